@@ -1,0 +1,163 @@
+"""The vxnet server application: Neutron v2.0 at `/` and `/v2.0/...`, Keystone v3 subset at
+`/identity/v3`, Prometheus metrics at `/metrics`, OpenAPI at `/openapi.json`.
+
+Error contract: every error is a NeutronError body with a 4xx status. Unknown paths give 404,
+wrong methods 405, both in Neutron's shape. An unexpected exception is logged and turned into
+a 500 NeutronError: that is a bug to fix, never an expected outcome.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vxnet.api.errors import ApiError
+from vxnet.api.extensions import EXTENSIONS
+from vxnet.api.state import AppState
+from vxnet.config import Config
+from vxnet.services.repo import ClaimTaken, Conflict
+from vxnet.store.contract import Store, StoreUnavailable
+
+log = logging.getLogger("vxnet.api")
+
+# Resource routers, one module per resource (api/routers/<name>.py, each exposing `router`).
+ROUTER_MODULES = [
+    "identity",
+    "networks",
+    "subnets",
+    "ports",
+    "routers",
+    "floatingips",
+    "security_groups",
+    "agents",
+    "tags",
+    "agent_stream",
+]
+
+COLLECTIONS = ["networks", "subnets", "ports", "routers", "floatingips", "security-groups",
+               "security-group-rules", "agents", "subnetpools"]
+
+
+def create_app(config: Config, store: Store) -> FastAPI:
+    """Build the ASGI application over an open store."""
+    app = FastAPI(title="vxnet", version="2.0", docs_url=None, redoc_url=None)
+    state = AppState(config, store)
+    app.state.vxnet = state
+    _install_metrics(app, state)
+    _install_errors(app)
+
+    @app.get("/", tags=["discovery"])
+    async def versions(request: Request) -> dict[str, Any]:
+        base = state.public_url(request)
+        return {"versions": [{"id": "v2.0", "status": "CURRENT",
+                              "links": [{"rel": "self", "href": f"{base}/v2.0/"}]}]}
+
+    @app.get("/v2.0/", tags=["discovery"])
+    async def resources(request: Request) -> dict[str, Any]:
+        state.context(request)
+        base = state.public_url(request)
+        return {"resources": [
+            {"name": c.rstrip("s").replace("-", "_"), "collection": c,
+             "links": [{"rel": "self", "href": f"{base}/v2.0/{c}"}]}
+            for c in COLLECTIONS
+        ]}
+
+    @app.get("/v2.0/extensions", tags=["discovery"])
+    async def extensions(request: Request) -> dict[str, Any]:
+        state.context(request)
+        return {"extensions": EXTENSIONS}
+
+    @app.get("/v2.0/extensions/{alias}", tags=["discovery"])
+    async def extension(alias: str, request: Request) -> dict[str, Any]:
+        state.context(request)
+        for e in EXTENSIONS:
+            if e["alias"] == alias:
+                return {"extension": e}
+        raise ApiError(404, "ExtensionNotFound", f"Extension with alias {alias} does not exist")
+
+    for name in ROUTER_MODULES:
+        try:
+            mod = importlib.import_module(f"vxnet.api.routers.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"vxnet.api.routers.{name}":
+                continue  # resource not built yet
+            raise
+        app.include_router(mod.router)
+        setup = getattr(mod, "setup", None)
+        if setup is not None:
+            setup(app, state)
+    return app
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(ClaimTaken)
+    async def claim_taken(request: Request, exc: ClaimTaken) -> JSONResponse:
+        err = ApiError(409, "Conflict", f"Resource {exc.key.split('/', 2)[-1]} is in use; try again")
+        return JSONResponse(err.body(), status_code=409)
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
+        err = ApiError(409, "Conflict", str(exc))
+        return JSONResponse(err.body(), status_code=409)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        err = ApiError(503, "ServiceUnavailable", f"The store is unavailable: {exc}")
+        return JSONResponse(err.body(), status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = ApiError(400, "BadRequest", f"Invalid request: {exc.errors()[0].get('msg', 'bad input')}")
+        return JSONResponse(err.body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            err = ApiError(404, "HTTPNotFound", f"The resource could not be found: {request.url.path}")
+        elif exc.status_code == 405:
+            err = ApiError(405, "HTTPMethodNotAllowed", f"Method {request.method} not allowed on {request.url.path}")
+        else:
+            err = ApiError(exc.status_code, "HTTPError", str(exc.detail))
+        return JSONResponse(err.body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        err = ApiError(500, "InternalError", f"Request failed: internal server error ({type(exc).__name__})")
+        return JSONResponse(err.body(), status_code=500)
+
+
+def _install_metrics(app: FastAPI, state: AppState) -> None:
+    registry = CollectorRegistry()
+    requests = Counter("vxnet_api_requests", "API requests", ["method", "route", "status"], registry=registry)
+    latency = Histogram("vxnet_api_request_seconds", "API request latency", ["method", "route"], registry=registry,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+    revision = Gauge("vxnet_store_revision", "Current store revision", registry=registry)
+    revision.set_function(lambda: state.store.revision())
+    app.state.metrics_registry = registry
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        latency.labels(request.method, path).observe(time.perf_counter() - start)
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

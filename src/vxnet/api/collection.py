@@ -1,0 +1,227 @@
+"""Generic Neutron collection behaviour shared by every resource router.
+
+- `ResourceSpec` says how one resource is seen: who may see an object, how it is presented to
+  a caller (admin-only attributes stripped), which extra filters it understands.
+- `list_response` applies Neutron's query language: attribute filters (repeated key = OR,
+  booleans as `True`/`true`/`1`), `tags`/`tags-any`/`not-tags`/`not-tags-any`, `fields`,
+  `sort_key`/`sort_dir` pairs, `limit`/`marker`/`page_reverse` with `<collection>_links`.
+- `get_visible` fetches one object or raises the resource's 404 (another project's object is
+  indistinguishable from a missing one).
+- `check_if_match` implements `If-Match: revision_number=N` (412 on mismatch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request
+
+from vxnet.api.auth import Context
+from vxnet.api.errors import ApiError, not_found, precondition_failed
+from vxnet.services.repo import Repo
+
+RESERVED = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir",
+            "tags", "tags-any", "not-tags", "not-tags-any"}
+
+Presenter = Callable[[Context, dict[str, Any]], dict[str, Any]]
+Visibility = Callable[[Context, dict[str, Any]], bool]
+ExtraFilter = Callable[[dict[str, Any], list[str]], bool]
+
+
+def owner_visible(ctx: Context, obj: dict[str, Any]) -> bool:
+    """Default visibility: admins see all, others their own project's objects."""
+    return ctx.is_admin or obj.get("project_id") == ctx.project_id
+
+
+def identity_present(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
+    return dict(obj)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceSpec:
+    collection: str  # e.g. "networks"
+    member: str  # e.g. "network"
+    visible: Visibility = owner_visible
+    present: Presenter = identity_present
+    extra_filters: dict[str, ExtraFilter] = dataclasses.field(default_factory=dict)
+    sortable: bool = True
+
+
+def to_bool(text: str) -> bool | None:
+    t = text.strip().lower()
+    if t in ("true", "1", "yes", "on"):
+        return True
+    if t in ("false", "0", "no", "off"):
+        return False
+    return None
+
+
+def _matches(value: Any, wanted: list[str]) -> bool:
+    """Whether an attribute value matches any of the query values (OR)."""
+    for w in wanted:
+        if isinstance(value, bool):
+            if to_bool(w) == value:
+                return True
+        elif isinstance(value, list):
+            if w in [str(v) for v in value]:
+                return True
+        elif value is None:
+            if w in ("", "None", "null"):
+                return True
+        elif str(value) == w:
+            return True
+    return False
+
+
+def _tag_filter(obj: dict[str, Any], q: Request) -> bool:
+    tags = set(obj.get("tags", []))
+
+    def lists(key: str) -> list[set[str]]:
+        return [set(t for t in v.split(",") if t) for v in q.query_params.getlist(key)]
+
+    for want in lists("tags"):
+        if not want <= tags:
+            return False
+    for want in lists("tags-any"):
+        if not want & tags:
+            return False
+    for want in lists("not-tags"):
+        if want and want <= tags:
+            return False
+    for want in lists("not-tags-any"):
+        if want & tags:
+            return False
+    return True
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (0, "")
+    if isinstance(value, bool | int | float):
+        return (1, value)
+    return (2, str(value))
+
+
+def _fields(request: Request) -> list[str]:
+    out: list[str] = []
+    for f in request.query_params.getlist("fields"):
+        out.extend(x for x in f.split(",") if x)
+    return out
+
+
+def select_fields(obj: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    if not fields:
+        return obj
+    return {f: obj[f] for f in fields if f in obj}
+
+
+def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of `GET /v2.0/<collection>` over `objects` (all of the collection)."""
+    q = request.query_params
+    filters = {k: q.getlist(k) for k in q.keys() if k not in RESERVED}
+    items = []
+    for obj in objects:
+        if not spec.visible(ctx, obj):
+            continue
+        shown = spec.present(ctx, obj)
+        ok = True
+        for k, wanted in filters.items():
+            if k in spec.extra_filters:
+                ok = spec.extra_filters[k](shown, wanted)
+            elif k in shown:
+                ok = _matches(shown[k], wanted)
+            if not ok:
+                break
+        if ok and _tag_filter(shown, request):
+            items.append(shown)
+
+    sort_keys = q.getlist("sort_key")
+    sort_dirs = q.getlist("sort_dir")
+    if sort_dirs and len(sort_dirs) != len(sort_keys):
+        raise ApiError(400, "BadRequest", "The number of sort_keys and sort_dirs must be same")
+    for d in sort_dirs:
+        if d not in ("asc", "desc"):
+            raise ApiError(400, "BadRequest", f"{d} is invalid value for sort_dir, valid value is 'asc' and 'desc'")
+    if items:
+        known = set(items[0])
+        for k in sort_keys:
+            if k not in known:
+                raise ApiError(400, "BadRequest", f"{k} is invalid attribute for sort_key")
+    order = list(zip(sort_keys, sort_dirs or ["asc"] * len(sort_keys), strict=False)) + [("id", "asc")]
+    for key, direction in reversed(order):
+        items.sort(key=lambda o, k=key: _sort_key(o.get(k)), reverse=direction == "desc")
+
+    links: list[dict[str, str]] = []
+    limit_s = q.get("limit")
+    if limit_s is not None:
+        try:
+            limit = int(limit_s)
+        except ValueError:
+            raise ApiError(400, "BadRequest", f"Limit must be an integer 0 or greater and not '{limit_s}'") from None
+        if limit < 0:
+            raise ApiError(400, "BadRequest", f"Limit must be an integer 0 or greater and not '{limit}'")
+        marker = q.get("marker")
+        reverse = to_bool(q.get("page_reverse", "false")) or False
+        if marker:
+            idx = next((i for i, o in enumerate(items) if o["id"] == marker), None)
+            if idx is None:
+                raise not_found(spec.member, marker)
+            items = items[:idx] if reverse else items[idx + 1 :]
+        if limit:
+            page = items[-limit:] if reverse else items[:limit]
+            links = _links(request, spec, page, limit, reverse)
+            items = page
+    fields = _fields(request)
+    body: dict[str, Any] = {spec.collection: [select_fields(o, fields) for o in items]}
+    if links:
+        body[f"{spec.collection}_links"] = links
+    return body
+
+
+def _links(request: Request, spec: ResourceSpec, page: list[dict[str, Any]], limit: int, reverse: bool) -> list[dict[str, str]]:
+    """Neutron's rule: `next` unless a forward page came back short, `previous` unless a
+    reverse page came back short."""
+    if not page:
+        return []
+    base = str(request.url).split("?", 1)[0]
+    params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("marker", "page_reverse")]
+    out = []
+    if not (len(page) < limit and not reverse):
+        out.append({"rel": "next", "href": base + "?" + urlencode(params + [("marker", page[-1]["id"])])})
+    if not (len(page) < limit and reverse):
+        out.append({"rel": "previous", "href": base + "?" + urlencode(
+            params + [("marker", page[0]["id"]), ("page_reverse", "True")])})
+    return out
+
+
+def get_visible(repo: Repo, ctx: Context, spec: ResourceSpec, id_: str) -> dict[str, Any]:
+    """The object as stored (a private copy), or the resource's 404."""
+    obj = repo.get(spec.collection, id_)
+    if obj is None or not spec.visible(ctx, obj):
+        raise not_found(spec.member, id_)
+    return obj
+
+
+def show_response(request: Request, ctx: Context, spec: ResourceSpec, obj: dict[str, Any]) -> dict[str, Any]:
+    return {spec.member: select_fields(spec.present(ctx, obj), _fields(request))}
+
+
+def check_if_match(request: Request, obj: dict[str, Any]) -> None:
+    """`If-Match: revision_number=N`: 412 unless the object is at revision N."""
+    header = request.headers.get("If-Match")
+    if not header:
+        return
+    for part in header.split(","):
+        part = part.strip()
+        if part.startswith("revision_number="):
+            try:
+                want = int(part.split("=", 1)[1])
+            except ValueError:
+                raise ApiError(400, "BadRequest", f"Invalid If-Match header {header!r}") from None
+            if obj.get("revision_number") != want:
+                raise precondition_failed(
+                    f"Constraint not met. Expected revision {want}, current is {obj.get('revision_number')}"
+                )

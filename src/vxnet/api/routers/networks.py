@@ -1,0 +1,296 @@
+"""/v2.0/networks: tenant networks (one VXLAN VNI each) and admin external/flat networks.
+
+Invariants:
+- Every `vxlan` network holds exactly one VNI, claimed at `/vxnet/vni/<vni>` in the same
+  transaction that creates it and released in the one that deletes it.
+- `subnets` lists the network's subnet ids; subnet create/delete update it (and so bump the
+  network's revision_number, as Neutron does).
+- A network with ports other than its own service ports cannot be deleted (409 NetworkInUse);
+  deleting it deletes its subnets.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from vxnet.api.auth import Context
+from vxnet.api.collection import ResourceSpec, check_if_match, get_visible, list_response, show_response
+from vxnet.api.errors import ApiError, bad_request, conflict, not_found
+from vxnet.api.state import AppState, read_json
+from vxnet.api.validation import (
+    Body,
+    Bool,
+    Description,
+    Name,
+    ProjectId,
+    Tags,
+    changes,
+    parse_create,
+    parse_update,
+    require_admin_for,
+    require_writer,
+    resolve_project,
+)
+from vxnet.services.repo import ROOT, UnitOfWork, now_iso
+from pydantic import Field
+
+router = APIRouter(prefix="/v2.0", tags=["networks"])
+
+VNI_MIN = 1001
+VNI_MAX = 16_000_000
+ADMIN_ONLY = {"provider:network_type", "provider:physical_network", "provider:segmentation_id",
+              "router:external", "is_default"}
+SERVICE_OWNERS = ("network:dhcp",)
+
+
+def network_visible(ctx: Context, obj: dict[str, Any]) -> bool:
+    return ctx.is_admin or obj["project_id"] == ctx.project_id or obj["shared"] or obj["router:external"]
+
+
+def present_network(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
+    out = dict(obj)
+    if not ctx.is_admin:
+        for k in ("provider:network_type", "provider:physical_network", "provider:segmentation_id"):
+            out.pop(k, None)
+    return out
+
+
+SPEC = ResourceSpec("networks", "network", visible=network_visible, present=present_network)
+
+
+class NetworkCreate(Body):
+    name: Name = ""
+    description: Description = ""
+    admin_state_up: Bool = True
+    shared: Bool = False
+    port_security_enabled: Bool = True
+    mtu: int | None = Field(default=None, ge=68, le=9000)
+    tags: Tags = []
+    availability_zone_hints: list[str] = []
+    project_id: ProjectId | None = None
+    tenant_id: ProjectId | None = None
+    router_external: Bool = Field(default=False, alias="router:external")
+    is_default: Bool = False
+    provider_network_type: str | None = Field(default=None, alias="provider:network_type")
+    provider_physical_network: str | None = Field(default=None, alias="provider:physical_network")
+    provider_segmentation_id: int | None = Field(default=None, alias="provider:segmentation_id")
+
+
+class NetworkUpdate(Body):
+    name: Name = ""
+    description: Description = ""
+    admin_state_up: Bool = True
+    shared: Bool = False
+    port_security_enabled: Bool = True
+    mtu: int = Field(default=1450, ge=68, le=9000)
+    router_external: Bool = Field(default=False, alias="router:external")
+    is_default: Bool = False
+
+
+def _aliased(model: Body) -> dict[str, Any]:
+    """Set attributes under their wire names."""
+    out = {}
+    for name in model.model_fields_set:
+        alias = type(model).model_fields[name].alias or name
+        out[alias] = getattr(model, name)
+    return out
+
+
+def max_mtu(st: AppState) -> int:
+    return st.config.underlay_mtu - 50
+
+
+def allocate_vni(uow: UnitOfWork, network_id: str, wanted: int | None) -> int:
+    """Claim a VNI: the wanted one (409 if taken) or the lowest free one."""
+    if wanted is not None:
+        if not VNI_MIN <= wanted <= VNI_MAX and not 1 <= wanted <= VNI_MAX:
+            raise bad_request(f"Invalid input for operation: segmentation_id {wanted} out of range")
+        key = f"{ROOT}vni/{wanted}"
+        if uow.is_claimed(key):
+            raise conflict("SegmentationIdInUse", f"Unable to create the network. The VXLAN {wanted} is in use.")
+        uow.claim(key, network_id)
+        return wanted
+    kvs, _ = uow.repo.store.range(f"{ROOT}vni/")
+    used = {int(kv.key.rsplit("/", 1)[1]) for kv in kvs}
+    vni = VNI_MIN
+    while vni in used:
+        vni += 1
+    uow.claim(f"{ROOT}vni/{vni}", network_id)
+    return vni
+
+
+def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWork) -> dict[str, Any]:
+    set_fields = {(NetworkCreate.model_fields[n].alias or n) for n in item.model_fields_set}
+    require_admin_for(ctx, set_fields, ADMIN_ONLY, "create_network")
+    project = resolve_project(ctx, item.project_id, item.tenant_id)
+    if item.mtu is not None and item.mtu > max_mtu(st):
+        raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
+    net_type = item.provider_network_type or "vxlan"
+    if net_type not in ("vxlan", "flat"):
+        raise bad_request(f"Invalid input for operation: network_type value '{net_type}' not supported.")
+    nid = str(uuid.uuid4())
+    now = now_iso()
+    vni = None
+    physnet = None
+    if net_type == "vxlan":
+        if item.provider_physical_network:
+            raise bad_request("Invalid input for operation: physical_network not allowed for vxlan provider network.")
+        vni = allocate_vni(uow, nid, item.provider_segmentation_id)
+    else:
+        physnet = item.provider_physical_network or "external"
+        if item.provider_segmentation_id is not None:
+            raise bad_request("Invalid input for operation: segmentation_id not allowed for flat provider network.")
+        key = f"{ROOT}physnet/{physnet}"
+        if uow.is_claimed(key):
+            raise conflict("FlatNetworkInUse", f"Unable to create the flat network. Physical network {physnet} is in use.")
+        uow.claim(key, nid)
+    return {
+        "id": nid,
+        "name": item.name,
+        "description": item.description,
+        "admin_state_up": item.admin_state_up,
+        "status": "ACTIVE",
+        "subnets": [],
+        "shared": item.shared,
+        "router:external": item.router_external,
+        "is_default": item.is_default,
+        "mtu": item.mtu or max_mtu(st),
+        "port_security_enabled": item.port_security_enabled,
+        "availability_zone_hints": item.availability_zone_hints,
+        "availability_zones": ["nova"],
+        "ipv4_address_scope": None,
+        "ipv6_address_scope": None,
+        "l2_adjacency": True,
+        "provider:network_type": net_type,
+        "provider:physical_network": physnet,
+        "provider:segmentation_id": vni,
+        "project_id": project,
+        "tenant_id": project,
+        "tags": item.tags,
+        "created_at": now,
+        "updated_at": now,
+        "revision_number": 0,
+    }
+
+
+@router.get("/networks")
+async def list_networks(request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    return list_response(request, ctx, SPEC, st.repo.list("networks"))
+
+
+@router.get("/networks/{network_id}")
+async def show_network(network_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    return show_response(request, ctx, SPEC, get_visible(st.repo, ctx, SPEC, network_id))
+
+
+@router.post("/networks", status_code=201)
+async def create_network(request: Request) -> JSONResponse:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    require_writer(ctx, "create_network")
+    items, bulk = parse_create(await read_json(request), "network", "networks", NetworkCreate)
+
+    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
+        nets = [build_network(st, ctx, item, uow) for item in items]
+        for n in nets:
+            uow.put("networks", n)
+        return nets
+
+    nets = st.repo.transact(txn)
+    shown = [present_network(ctx, n) for n in nets]
+    return JSONResponse({"networks": shown} if bulk else {"network": shown[0]}, status_code=201)
+
+
+@router.put("/networks/{network_id}")
+async def update_network(network_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    upd = parse_update(await read_json(request), "network", NetworkUpdate)
+    fields = _aliased(upd)
+    require_admin_for(ctx, set(fields), ADMIN_ONLY, "update_network")
+
+    def txn(uow: UnitOfWork) -> dict[str, Any]:
+        net = uow.get("networks", network_id)
+        if net is None or not network_visible(ctx, net):
+            raise not_found("network", network_id)
+        if not ctx.owns(net):
+            raise ApiError(403, "PolicyNotAuthorized", "(update_network) is disallowed by policy")
+        require_writer(ctx, "update_network")
+        check_if_match(request, net)
+        if "mtu" in fields and fields["mtu"] > max_mtu(st):
+            raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
+        if fields.get("shared") is False and net["shared"]:
+            foreign = uow.list("ports", lambda p: p["network_id"] == network_id and p["project_id"] != net["project_id"]
+                               and not p["device_owner"].startswith("network:"))
+            if foreign:
+                raise conflict("InvalidSharedSetting",
+                               f"Unable to reconfigure sharing settings for network {network_id}. "
+                               "Multiple tenants are using it.")
+        touch(net, fields)
+        uow.put("networks", net)
+        return net
+
+    return {"network": present_network(ctx, st.repo.transact(txn))}
+
+
+def touch(obj: dict[str, Any], fields: dict[str, Any] | None = None) -> None:
+    """Apply changed attributes and bump revision_number / updated_at (Neutron's standard attrs)."""
+    if fields:
+        obj.update(fields)
+    obj["revision_number"] = obj.get("revision_number", 0) + 1
+    obj["updated_at"] = now_iso()
+
+
+def network_in_use(uow: UnitOfWork, network_id: str) -> bool:
+    ports = uow.list("ports", lambda p: p["network_id"] == network_id)
+    return any(p["device_owner"] not in SERVICE_OWNERS for p in ports)
+
+
+@router.delete("/networks/{network_id}", status_code=204)
+async def delete_network(network_id: str, request: Request) -> Response:
+    st = AppState.of(request)
+    ctx = st.context(request)
+
+    def txn(uow: UnitOfWork) -> None:
+        net = uow.get("networks", network_id)
+        if net is None or not network_visible(ctx, net):
+            raise not_found("network", network_id)
+        if not ctx.owns(net):
+            raise ApiError(403, "PolicyNotAuthorized", "(delete_network) is disallowed by policy")
+        require_writer(ctx, "delete_network")
+        check_if_match(request, net)
+        if network_in_use(uow, network_id):
+            raise conflict(
+                "NetworkInUse",
+                f"Unable to complete operation on network {network_id}. "
+                "There are one or more ports still in use on the network.",
+            )
+        for p in uow.list("ports", lambda p: p["network_id"] == network_id):
+            delete_port_records(uow, p)
+        for sid in net["subnets"]:
+            uow.delete("subnets", sid)
+            uow.delete_raw(f"{ROOT}ipam-subnet/{sid}")
+        if net["provider:segmentation_id"] is not None:
+            uow.delete_raw(f"{ROOT}vni/{net['provider:segmentation_id']}")
+        if net["provider:physical_network"]:
+            uow.delete_raw(f"{ROOT}physnet/{net['provider:physical_network']}")
+        uow.delete("networks", network_id)
+
+    st.repo.transact(txn)
+    return Response(status_code=204)
+
+
+def delete_port_records(uow: UnitOfWork, port: dict[str, Any]) -> None:
+    """Stage the deletion of a port and release its IPs and MAC."""
+    for ip in port["fixed_ips"]:
+        uow.delete_raw(f"{ROOT}ipam/{ip['subnet_id']}/{ip['ip_address']}")
+    uow.delete_raw(f"{ROOT}mac/{port['network_id']}/{port['mac_address']}")
+    uow.delete("ports", port["id"])

@@ -1,0 +1,193 @@
+"""Request bodies: pydantic models with Neutron's error wording.
+
+Each resource module declares `XCreate` and `XUpdate` models (extra attributes forbidden) from
+the field types below; `parse_create` / `parse_update` unwrap `{"x": {...}}` or `{"xs": [...]}`
+bodies and turn validation errors into Neutron's 400 messages, e.g.
+`Invalid input for name. Reason: '7' is not a valid string.` or `Unrecognized attribute(s) 'foo'`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from vxnet.api.auth import Context
+from vxnet.api.errors import ApiError, bad_request, policy_denied
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Body(BaseModel):
+    """Base of every request model: unknown attributes are an error."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+def _strict_str(max_len: int) -> Any:
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise ValueError(f"'{v}' is not a valid string")
+        if len(v) > max_len:
+            raise ValueError(f"'{v}' exceeds maximum length of {max_len}")
+        return v
+
+    return BeforeValidator(check)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
+        return v.strip().lower() in ("true", "1")
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise ValueError(f"'{v}' cannot be converted to boolean")
+
+
+def _uuid(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"'{v}' is not a valid UUID")
+    try:
+        uuid.UUID(v)
+    except ValueError:
+        raise ValueError(f"'{v}' is not a valid UUID") from None
+    return v
+
+
+def _project_id(v: Any) -> str:
+    if not isinstance(v, str) or not v or len(v) > 255:
+        raise ValueError(f"'{v}' is not a valid project id")
+    return v
+
+
+_MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+
+
+def _mac(v: Any) -> str:
+    if not isinstance(v, str) or not _MAC_RE.match(v):
+        raise ValueError(f"'{v}' is not a valid MAC address")
+    mac = v.lower()
+    if mac == "00:00:00:00:00:00" or int(mac[:2], 16) & 1:
+        raise ValueError(f"'{v}' is not a valid MAC address")
+    return mac
+
+
+def _ip(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"'{v}' is not a valid IP address")
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        raise ValueError(f"'{v}' is not a valid IP address") from None
+
+
+def _cidr(v: Any) -> str:
+    if not isinstance(v, str) or "/" not in v:
+        raise ValueError(f"'{v}' is not a valid IP subnet")
+    try:
+        net = ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise ValueError(f"'{v}' is not a valid IP subnet") from None
+    return str(net)
+
+
+def _tags(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(t, str) and 0 < len(t) <= 255 for t in v):
+        raise ValueError(f"'{v}' is not a valid list of tags")
+    return list(dict.fromkeys(v))
+
+
+Name = Annotated[str, _strict_str(255)]
+Description = Annotated[str, _strict_str(255)]
+Bool = Annotated[bool, BeforeValidator(_bool)]
+Uuid = Annotated[str, BeforeValidator(_uuid)]
+ProjectId = Annotated[str, BeforeValidator(_project_id)]
+Mac = Annotated[str, BeforeValidator(_mac)]
+IpAddr = Annotated[str, BeforeValidator(_ip)]
+Cidr = Annotated[str, BeforeValidator(_cidr)]
+Tags = Annotated[list[str], BeforeValidator(_tags)]
+ShortStr = Annotated[str, _strict_str(255)]
+
+
+def _non_negative(v: int) -> int:
+    if v < 0:
+        raise ValueError(f"'{v}' should be non-negative")
+    return v
+
+
+NonNegInt = Annotated[int, AfterValidator(_non_negative)]
+
+
+def _message(err: ValidationError) -> str:
+    unknown = [str(e["loc"][0]) for e in err.errors() if e["type"] == "extra_forbidden"]
+    if unknown:
+        return "Unrecognized attribute(s) '" + ", ".join(unknown) + "'"
+    e = err.errors()[0]
+    field = ".".join(str(x) for x in e["loc"]) or "body"
+    reason = str(e.get("ctx", {}).get("error", "")) or e["msg"]
+    if e["type"] == "missing":
+        return f"Failed to parse request. Required attribute '{e['loc'][0]}' not specified"
+    return f"Invalid input for {field}. Reason: {reason}."
+
+
+def validate(model: type[M], data: Any) -> M:
+    """Validate one object; a 400 with Neutron's wording on failure."""
+    if not isinstance(data, dict):
+        raise bad_request("Body contains invalid data")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise bad_request(_message(e)) from None
+
+
+def parse_create(body: Any, member: str, collection: str, model: type[M]) -> tuple[list[M], bool]:
+    """Items of a create body and whether it was a bulk request."""
+    if not isinstance(body, dict) or len(body) != 1 or not (member in body or collection in body):
+        raise bad_request(f"Resource body required: expected '{member}' or '{collection}'")
+    if collection in body:
+        items = body[collection]
+        if not isinstance(items, list) or not items:
+            raise bad_request(f"Resources required: '{collection}' must be a non-empty list")
+        return [validate(model, (i or {}).get(member, i) if isinstance(i, dict) else i) for i in items], True
+    return [validate(model, body[member])], False
+
+
+def parse_update(body: Any, member: str, model: type[M]) -> M:
+    """The update model; only attributes present in the body are in `model_fields_set`."""
+    if not isinstance(body, dict) or member not in body or not isinstance(body[member], dict):
+        raise bad_request(f"Resource body required: expected '{member}'")
+    if not body[member]:
+        raise bad_request("Resource body contains no attributes to update")
+    return validate(model, body[member])
+
+
+def changes(update: BaseModel) -> dict[str, Any]:
+    """The attributes an update body set, with their values."""
+    return {k: getattr(update, k) for k in update.model_fields_set}
+
+
+def resolve_project(ctx: Context, project_id: str | None, tenant_id: str | None) -> str:
+    """The project a new object belongs to; naming another project needs admin."""
+    if project_id and tenant_id and project_id != tenant_id:
+        raise bad_request("'project_id' and 'tenant_id' do not match")
+    wanted = project_id or tenant_id or ctx.project_id
+    if wanted != ctx.project_id and not ctx.is_admin:
+        raise policy_denied("create")
+    return wanted
+
+
+def require_writer(ctx: Context, action: str) -> None:
+    """Reader-only callers may not change anything (403)."""
+    if not ctx.can_write:
+        raise policy_denied(action)
+
+
+def require_admin_for(ctx: Context, fields: set[str], admin_only: set[str], action: str) -> None:
+    """403 if a non-admin sets an admin-only attribute."""
+    bad = fields & admin_only
+    if bad and not ctx.is_admin:
+        raise ApiError(403, "PolicyNotAuthorized", f"({action}) is disallowed by policy: {', '.join(sorted(bad))}")

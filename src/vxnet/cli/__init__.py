@@ -1,0 +1,1 @@
+"""The `vxnet` command line: server, agent, lab, demo, trace, bench."""

@@ -1,0 +1,175 @@
+"""Resources over the store: one JSON object per key, changed by optimistic transactions.
+
+Layout (all under `/vxnet/`):
+- `res/<collection>/<id>`: a resource as the API shows it to an admin (e.g. `res/ports/<id>`).
+- `ipam/<subnet_id>/<ip>` = port id: an allocated fixed IP (unique by construction).
+- `mac/<mac>` = port id; `vni/<vni>` = network id; `sgdefault/<project_id>` = group id.
+- `agents/<host>`: an agent's registration, attached to its heartbeat lease.
+
+Writes go through `Repo.transact(fn)`: `fn(uow)` reads what it needs through the unit of work
+(every read becomes a compare on the key's mod revision), stages puts/deletes/claims, and
+`transact` commits them as one store transaction. If anything it read changed meanwhile, or a
+claimed key was taken, the whole function runs again (bounded), so concurrent requests on any
+number of servers never interleave half-way. A function that raises stages nothing: a failed
+request leaves nothing behind.
+
+Reads outside a transaction come from a parse cache keyed by mod revision. `Repo.list` returns
+the cached objects themselves: treat them as read-only. `Repo.get` returns a private copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from vxnet.store.contract import Compare, Delete, KeyValue, Op, Put, Store, key_missing
+
+ROOT = "/vxnet/"
+T = TypeVar("T")
+
+
+def res_key(collection: str, id_: str) -> str:
+    return f"{ROOT}res/{collection}/{id_}"
+
+
+def now_iso() -> str:
+    """Neutron's timestamp format."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Conflict(Exception):
+    """The transaction's reads went stale or a claim was taken; `transact` retries."""
+
+
+class ClaimTaken(Exception):
+    """A claimed key exists already (raised by `UnitOfWork.claim(..., must=True)` at commit)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class UnitOfWork:
+    """Reads with compares, staged writes; committed by `Repo.transact`."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self._compares: dict[str, Compare] = {}
+        self._ops: dict[str, Op] = {}
+        self._claims: set[str] = set()
+        self.after_commit: list[Callable[[], None]] = []
+
+    # reads -------------------------------------------------------------------------------------
+    def get(self, collection: str, id_: str) -> dict[str, Any] | None:
+        """A private copy of the resource (None if missing); the read is guarded."""
+        key = res_key(collection, id_)
+        kv = self.repo.store.get(key)
+        self._guard(key, kv)
+        return json.loads(kv.value) if kv else None
+
+    def list(self, collection: str, where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """Read-only cached objects of a collection; guards every returned object and the
+        absence of others is *not* guarded (use claims for uniqueness)."""
+        out = []
+        for kv, obj in self.repo._scan(f"{ROOT}res/{collection}/"):
+            if where is None or where(obj):
+                self._guard(kv.key, kv)
+                out.append(obj)
+        return out
+
+    def get_raw(self, key: str) -> str | None:
+        kv = self.repo.store.get(key)
+        self._guard(key, kv)
+        return kv.value if kv else None
+
+    def _guard(self, key: str, kv: KeyValue | None) -> None:
+        if key in self._compares or key in self._ops:
+            return
+        self._compares[key] = Compare(key, "mod", "==", kv.mod_revision if kv else 0)
+
+    # writes ------------------------------------------------------------------------------------
+    def put(self, collection: str, obj: dict[str, Any]) -> None:
+        self._ops[res_key(collection, obj["id"])] = Put(res_key(collection, obj["id"]), json.dumps(obj))
+
+    def delete(self, collection: str, id_: str) -> None:
+        self._ops[res_key(collection, id_)] = Delete(res_key(collection, id_))
+
+    def put_raw(self, key: str, value: str) -> None:
+        self._ops[key] = Put(key, value)
+
+    def delete_raw(self, key: str) -> None:
+        self._ops[key] = Delete(key)
+
+    def claim(self, key: str, value: str) -> None:
+        """Create `key` only if it does not exist at commit (e.g. an IP or a MAC)."""
+        self._claims.add(key)
+        self._compares[key] = key_missing(key)
+        self._ops[key] = Put(key, value)
+
+    def is_claimed(self, key: str) -> bool:
+        """Claimed in the store or staged here already."""
+        return key in self._claims or self.repo.store.get(key) is not None
+
+
+class Repo:
+    """Resource access over a `Store` (see the module docstring)."""
+
+    def __init__(self, store: Store, max_retries: int = 50) -> None:
+        self.store = store
+        self.max_retries = max_retries
+        self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def _scan(self, prefix: str) -> list[tuple[KeyValue, dict[str, Any]]]:
+        kvs, _ = self.store.range(prefix)
+        out = []
+        cache = self._cache
+        for kv in kvs:
+            hit = cache.get(kv.key)
+            if hit is None or hit[0] != kv.mod_revision:
+                hit = (kv.mod_revision, json.loads(kv.value))
+                cache[kv.key] = hit
+            out.append((kv, hit[1]))
+        if len(cache) > 2 * len(kvs) + 100_000:  # drop entries of deleted keys now and then
+            with self._lock:
+                live = {kv.key for kv in self.store.range(ROOT)[0]}
+                for k in [k for k in cache if k not in live]:
+                    cache.pop(k, None)
+        return out
+
+    def list(self, collection: str) -> list[dict[str, Any]]:
+        """Read-only cached objects of a collection, in key order."""
+        return [obj for _, obj in self._scan(f"{ROOT}res/{collection}/")]
+
+    def get(self, collection: str, id_: str) -> dict[str, Any] | None:
+        """A private copy of one resource, or None."""
+        kv = self.store.get(res_key(collection, id_))
+        if kv is None:
+            return None
+        hit = self._cache.get(kv.key)
+        if hit is not None and hit[0] == kv.mod_revision:
+            return copy.deepcopy(hit[1])
+        return json.loads(kv.value)
+
+    def transact(self, fn: Callable[[UnitOfWork], T]) -> T:
+        """Run `fn` in a unit of work and commit it; rerun on conflicts (see module doc).
+        Raises ClaimTaken when a claim still fails after retries."""
+        last_claim: str | None = None
+        for _ in range(self.max_retries):
+            uow = UnitOfWork(self)
+            result = fn(uow)
+            if not uow._ops:
+                return result
+            txn = self.store.txn(list(uow._compares.values()), list(uow._ops.values()))
+            if txn.succeeded:
+                for cb in uow.after_commit:
+                    cb()
+                return result
+            last_claim = next((k for k in uow._claims if self.store.get(k) is not None), None)
+        if last_claim is not None:
+            raise ClaimTaken(last_claim)
+        raise Conflict("too many concurrent changes; try again")

@@ -1,0 +1,202 @@
+"""The store contract: an etcd-like key-value store with revisions.
+
+Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked by
+`tests/store/test_contract.py` against each backend:
+
+- One global revision counter. Every successful write transaction increments it by exactly
+  one; all keys written by the transaction share that `mod_revision`.
+- A key remembers `create_revision` (revision of its creation; reset when it is deleted and
+  created again), `mod_revision`, `version` (writes since creation) and `lease` (0 = none).
+- `txn(compares, success, failure)` is atomic: if every compare holds, the success operations
+  are applied, otherwise the failure operations. Reads in it see the state before it.
+- `watch(prefix, start_revision, callback)` first delivers every retained event with
+  revision >= start_revision, then each newly committed revision, in order, exactly once, as
+  one list of events per revision. A start revision older than the compaction point raises
+  `CompactedError`; the watcher must then relist (`range`) and watch from the list's revision+1.
+- Leases: keys attached to a lease are deleted (with delete events) when it expires or is
+  revoked. `refresh_lease` returns the remaining TTL, or raises `LeaseNotFound`.
+
+Values are text (JSON in practice). Keys are text paths under one root prefix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
+
+
+class StoreError(Exception):
+    """Base class of store errors."""
+
+
+class CompactedError(StoreError):
+    """The requested revision is no longer in the history."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted up to {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+class LeaseNotFound(StoreError):
+    """The lease does not exist (expired or revoked)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now; the request may be retried."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyValue:
+    """One key as stored."""
+
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+class EventType(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """A change of one key. For DELETE, `kv.value` is "" and `kv.mod_revision` is the
+    revision of the deletion."""
+
+    type: EventType
+    kv: KeyValue
+
+
+CompareTarget = Literal["create", "mod", "version", "value", "exists"]
+CompareOp = Literal["==", "!=", "<", ">"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Compare:
+    """A condition on one key. `exists` compares a bool; a missing key has create/mod/version 0."""
+
+    key: str
+    target: CompareTarget
+    op: CompareOp
+    value: int | str | bool
+
+    def holds(self, kv: KeyValue | None) -> bool:
+        """Evaluate against the current value of the key (None if missing)."""
+        actual: int | str | bool
+        if self.target == "exists":
+            actual = kv is not None
+        elif self.target == "value":
+            actual = kv.value if kv else ""
+        elif self.target == "create":
+            actual = kv.create_revision if kv else 0
+        elif self.target == "mod":
+            actual = kv.mod_revision if kv else 0
+        else:
+            actual = kv.version if kv else 0
+        if self.op == "==":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        if self.op == "<":
+            return actual < self.value  # type: ignore[operator]
+        return actual > self.value  # type: ignore[operator]
+
+
+def key_missing(key: str) -> Compare:
+    """Compare that holds when `key` does not exist."""
+    return Compare(key, "create", "==", 0)
+
+
+def key_unchanged(kv: KeyValue) -> Compare:
+    """Compare that holds when `kv` was not modified since it was read."""
+    return Compare(kv.key, "mod", "==", kv.mod_revision)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: str
+    lease: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete one key, or every key under it if `prefix` is set."""
+
+    key: str
+    prefix: bool = False
+
+
+Op = Put | Delete
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+
+
+WatchCallback = Callable[[list[Event]], None]
+
+
+class WatchHandle(Protocol):
+    def cancel(self) -> None:
+        """Stop delivering events. Idempotent."""
+
+
+class Store(Protocol):
+    """The contract every backend implements. Methods are thread-safe and blocking."""
+
+    def get(self, key: str) -> KeyValue | None:
+        """The key, or None."""
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """All keys starting with `prefix`, sorted by key, and the revision they were read at."""
+
+    def revision(self) -> int:
+        """The current revision."""
+
+    def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        """Atomic compare-and-swap; see the module docstring."""
+
+    def watch(self, prefix: str, start_revision: int, callback: WatchCallback) -> WatchHandle:
+        """Deliver events under `prefix` from `start_revision` on; see the module docstring.
+        The callback runs on the store's thread and must not block."""
+
+    def grant_lease(self, ttl: int) -> int:
+        """A new lease id with `ttl` seconds."""
+
+    def refresh_lease(self, lease_id: int) -> int:
+        """Keep a lease alive; returns its TTL. Raises LeaseNotFound."""
+
+    def revoke_lease(self, lease_id: int) -> None:
+        """Delete the lease and its keys. Unknown ids are ignored."""
+
+    def compact(self, revision: int) -> None:
+        """Forget history before `revision`."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+def put(store: Store, key: str, value: str, lease: int = 0) -> int:
+    """Unconditional put; returns the new revision."""
+    return store.txn([], [Put(key, value, lease)]).revision
+
+
+def delete(store: Store, key: str) -> int:
+    """Unconditional delete; returns the new revision."""
+    return store.txn([], [Delete(key)]).revision
+
+
+def prefix_end(prefix: str) -> str:
+    """The smallest key greater than every key starting with `prefix`."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"

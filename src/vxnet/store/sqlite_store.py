@@ -1,0 +1,333 @@
+"""Embedded store: the contract of `contract.py` on one SQLite file.
+
+Design:
+- The file is the durable copy; each transaction is one SQLite transaction (WAL,
+  synchronous=NORMAL: a commit survives a crash of the process, which is what "acknowledged"
+  means here). A write is acknowledged only after its COMMIT returned.
+- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite.
+  That is sound because one process owns the file: `open` takes an exclusive `flock` on a
+  lock file beside it, and a second server on the same file gets a clear error.
+- History for watches is the `events` table; old events are compacted automatically, keeping
+  `history` revisions.
+- Leases live in the `leases` table; a reaper thread deletes the keys of expired leases. After a
+  restart every lease gets its full TTL again (as etcd does after a leader change).
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+
+from vxnet.store.contract import (
+    Compare,
+    CompactedError,
+    Delete,
+    Event,
+    EventType,
+    KeyValue,
+    LeaseNotFound,
+    Op,
+    Put,
+    StoreError,
+    TxnResult,
+    WatchCallback,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS events (rev INTEGER NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+    key TEXT NOT NULL, value TEXT NOT NULL, create_rev INTEGER NOT NULL, version INTEGER NOT NULL,
+    lease INTEGER NOT NULL, PRIMARY KEY (rev, seq));
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
+"""
+
+
+class _Watcher:
+    __slots__ = ("prefix", "callback", "cancelled", "store")
+
+    def __init__(self, store: SqliteStore, prefix: str, callback: WatchCallback) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.store._drop_watcher(self)
+
+
+class SqliteStore:
+    """The embedded backend. See the module docstring."""
+
+    def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25) -> None:
+        self.path = path
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._lockfile = open(path + ".lock", "w")  # noqa: SIM115 - held for the store's life
+            try:
+                fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lockfile.close()
+                raise StoreError(f"store {path} is in use by another process") from None
+        else:
+            self._lockfile = None
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._history = history
+        self._kv: dict[str, KeyValue] = {}
+        self._keys: list[str] = []
+        for row in self._db.execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv"):
+            self._kv[row[0]] = KeyValue(*row)
+        self._keys = sorted(self._kv)
+        self._rev = self._meta("revision")
+        self._compacted = self._meta("compacted")
+        self._next_lease = self._meta("next_lease") or int(time.time() * 1000)
+        now = time.monotonic()
+        self._leases: dict[int, tuple[int, float]] = {
+            lid: (ttl, now + ttl) for lid, ttl in self._db.execute("SELECT id, ttl FROM leases")
+        }
+        self._watchers: list[_Watcher] = []
+        self._closed = threading.Event()
+        self._reaper = threading.Thread(
+            target=self._reap_loop, args=(reap_interval,), name="vxnet-lease-reaper", daemon=True
+        )
+        self._reaper.start()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        return self._kv.get(key)
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        with self._lock:
+            lo = bisect.bisect_left(self._keys, prefix)
+            out = []
+            for k in self._keys[lo:]:
+                if not k.startswith(prefix):
+                    break
+                out.append(self._kv[k])
+            return out, self._rev
+
+    def revision(self) -> int:
+        return self._rev
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        with self._lock:
+            self._check_open()
+            ok = all(c.holds(self._kv.get(c.key)) for c in compares)
+            ops = success if ok else failure
+            if not ops:
+                return TxnResult(ok, self._rev)
+            for op in ops:
+                if isinstance(op, Put) and op.lease and op.lease not in self._leases:
+                    raise LeaseNotFound(f"lease {op.lease} not found")
+            self._apply(ops)
+            return TxnResult(ok, self._rev)
+
+    def _apply(self, ops: Sequence[Op]) -> list[Event]:
+        """Apply ops as one revision (caller holds the lock). Returns the events."""
+        rev = self._rev + 1
+        staged: dict[str, KeyValue | None] = {}
+        events: list[Event] = []
+
+        def current(key: str) -> KeyValue | None:
+            return staged[key] if key in staged else self._kv.get(key)
+
+        for op in ops:
+            if isinstance(op, Put):
+                old = current(op.key)
+                kv = KeyValue(
+                    op.key,
+                    op.value,
+                    old.create_revision if old else rev,
+                    rev,
+                    (old.version + 1) if old else 1,
+                    op.lease,
+                )
+                staged[op.key] = kv
+                events.append(Event(EventType.PUT, kv))
+            else:
+                keys = [op.key]
+                if op.prefix:
+                    keys = self._prefix_keys(op.key) + [k for k in staged if k.startswith(op.key)]
+                for key in dict.fromkeys(keys):
+                    if current(key) is None:
+                        continue
+                    staged[key] = None
+                    events.append(Event(EventType.DELETE, KeyValue(key, "", 0, rev, 0, 0)))
+        if not events:
+            return []
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for key, kv in staged.items():
+                if kv is None:
+                    db.execute("DELETE FROM kv WHERE key=?", (key,))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)",
+                        (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+                    )
+            db.executemany(
+                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (rev, i, e.type.value, e.kv.key, e.kv.value, e.kv.create_revision, e.kv.version, e.kv.lease)
+                    for i, e in enumerate(events)
+                ],
+            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (rev,))
+            if rev - self._compacted > self._history + 1000:
+                self._compact_locked(rev - self._history)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._rev = rev
+        for key, kv in staged.items():
+            if kv is None:
+                if self._kv.pop(key, None) is not None:
+                    i = bisect.bisect_left(self._keys, key)
+                    del self._keys[i]
+            else:
+                if key not in self._kv:
+                    bisect.insort(self._keys, key)
+                self._kv[key] = kv
+        self._notify(events)
+        return events
+
+    def _prefix_keys(self, prefix: str) -> list[str]:
+        lo = bisect.bisect_left(self._keys, prefix)
+        out = []
+        for k in self._keys[lo:]:
+            if not k.startswith(prefix):
+                break
+            out.append(k)
+        return out
+
+    # --- watch -------------------------------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int, callback: WatchCallback) -> _Watcher:
+        with self._lock:
+            self._check_open()
+            if start_revision <= self._compacted:
+                raise CompactedError(self._compacted)
+            w = _Watcher(self, prefix, callback)
+            if start_revision <= self._rev:
+                rows = self._db.execute(
+                    "SELECT rev, type, key, value, create_rev, version, lease FROM events "
+                    "WHERE rev >= ? ORDER BY rev, seq",
+                    (start_revision,),
+                )
+                batch: list[Event] = []
+                batch_rev = None
+                for rev, typ, key, value, crev, version, lease in rows:
+                    if not key.startswith(prefix):
+                        continue
+                    if batch_rev is not None and rev != batch_rev and batch:
+                        callback(batch)
+                        batch = []
+                    batch_rev = rev
+                    batch.append(Event(EventType(typ), KeyValue(key, value, crev, rev, version, lease)))
+                if batch:
+                    callback(batch)
+            self._watchers.append(w)
+            return w
+
+    def _drop_watcher(self, w: _Watcher) -> None:
+        with self._lock:
+            if w in self._watchers:
+                self._watchers.remove(w)
+
+    def _notify(self, events: list[Event]) -> None:
+        for w in list(self._watchers):
+            mine = [e for e in events if e.kv.key.startswith(w.prefix)]
+            if mine and not w.cancelled:
+                w.callback(mine)
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def grant_lease(self, ttl: int) -> int:
+        with self._lock:
+            self._check_open()
+            self._next_lease += 1
+            lid = self._next_lease
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('next_lease', ?)", (lid,))
+            self._db.execute("INSERT INTO leases VALUES (?, ?)", (lid, ttl))
+            self._leases[lid] = (ttl, time.monotonic() + ttl)
+            return lid
+
+    def refresh_lease(self, lease_id: int) -> int:
+        with self._lock:
+            if lease_id not in self._leases:
+                raise LeaseNotFound(f"lease {lease_id} not found")
+            ttl, _ = self._leases[lease_id]
+            self._leases[lease_id] = (ttl, time.monotonic() + ttl)
+            return ttl
+
+    def revoke_lease(self, lease_id: int) -> None:
+        with self._lock:
+            if self._leases.pop(lease_id, None) is None:
+                return
+            self._db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
+            keys = [k for k, kv in self._kv.items() if kv.lease == lease_id]
+            if keys:
+                self._apply([Delete(k) for k in keys])
+
+    def _reap_loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            now = time.monotonic()
+            expired = [lid for lid, (_, deadline) in list(self._leases.items()) if deadline < now]
+            for lid in expired:
+                try:
+                    self.revoke_lease(lid)
+                except Exception:  # noqa: BLE001 - the reaper must survive a closing store
+                    if self._closed.is_set():
+                        return
+
+    # --- maintenance -------------------------------------------------------------------------
+
+    def compact(self, revision: int) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._compact_locked(min(revision, self._rev))
+            self._db.execute("COMMIT")
+
+    def _compact_locked(self, revision: int) -> None:
+        if revision <= self._compacted:
+            return
+        self._db.execute("DELETE FROM events WHERE rev < ?", (revision,))
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (revision - 1,))
+        self._compacted = revision - 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            self._watchers.clear()
+            self._db.close()
+            if self._lockfile is not None:
+                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+                self._lockfile.close()
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise StoreError("store is closed")
+
+    def _meta(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return int(row[0]) if row else 0
