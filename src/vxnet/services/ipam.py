@@ -1,0 +1,155 @@
+"""IP and MAC allocation by store transactions.
+
+Invariants:
+- An allocated fixed IP is the key `/vxnet/ipam/<subnet_id>/<ip>` (value: port id), created by
+  a claim (compare: key missing) in the transaction that creates or updates the port. Two
+  requests, on one server or many, can never commit the same IP: the loser's transaction fails
+  and `Repo.transact` reruns it, which then picks another address.
+- A MAC is `/vxnet/mac/<network_id>/<mac>` (unique per network, as in Neutron; tenants on
+  different networks may reuse MACs).
+- Releasing is deleting those keys in the transaction that deletes/changes the port.
+- Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409 IpAddressInUse.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Any
+
+from vxnet.api.errors import ApiError, bad_request, conflict
+from vxnet.services.repo import ROOT, UnitOfWork
+
+MAC_PREFIX = "fa:16:3e"
+
+
+def ip_key(subnet_id: str, ip: str) -> str:
+    return f"{ROOT}ipam/{subnet_id}/{ip}"
+
+
+def mac_key(network_id: str, mac: str) -> str:
+    return f"{ROOT}mac/{network_id}/{mac}"
+
+
+def used_ips(uow: UnitOfWork, subnet_id: str) -> set[str]:
+    kvs, _ = uow.repo.store.range(f"{ROOT}ipam/{subnet_id}/")
+    return {kv.key.rsplit("/", 1)[1] for kv in kvs}
+
+
+def in_pools(subnet: dict[str, Any], ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return any(
+        ipaddress.ip_address(p["start"]) <= addr <= ipaddress.ip_address(p["end"]) for p in subnet["allocation_pools"]
+    )
+
+
+def in_subnet(subnet: dict[str, Any], ip: str) -> bool:
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(subnet["cidr"])
+
+
+def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: str | None = None) -> str:
+    """Claim `wanted` (anywhere in the subnet but the network/broadcast address) or the lowest
+    free address of the allocation pools."""
+    sid = subnet["id"]
+    if wanted is not None:
+        net = ipaddress.ip_network(subnet["cidr"])
+        addr = ipaddress.ip_address(wanted)
+        if addr not in net:
+            raise bad_request(f"IP address {wanted} is not a valid IP for the specified subnet.", "InvalidIpForSubnet")
+        if net.version == 4 and net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):
+            raise bad_request(f"IP address {wanted} is not a valid IP for the specified subnet.", "InvalidIpForSubnet")
+        if uow.is_claimed(ip_key(sid, wanted)):
+            raise conflict(
+                "IpAddressAlreadyAllocated",
+                f"IP address {wanted} already allocated in subnet {sid}",
+            )
+        uow.claim(ip_key(sid, wanted), port_id)
+        return wanted
+    used = used_ips(uow, sid) | {k.rsplit("/", 1)[1] for k in uow._claims if k.startswith(f"{ROOT}ipam/{sid}/")}
+    for pool in subnet["allocation_pools"]:
+        start = int(ipaddress.ip_address(pool["start"]))
+        end = int(ipaddress.ip_address(pool["end"]))
+        for n in range(start, end + 1):
+            ip = str(ipaddress.ip_address(n))
+            if ip not in used:
+                uow.claim(ip_key(sid, ip), port_id)
+                return ip
+    raise ApiError(
+        409,
+        "IpAddressGenerationFailure",
+        f"No more IP addresses available on network {subnet['network_id']}.",
+    )
+
+
+def release_ip(uow: UnitOfWork, subnet_id: str, ip: str) -> None:
+    uow.delete_raw(ip_key(subnet_id, ip))
+
+
+def allocate_mac(uow: UnitOfWork, network_id: str, port_id: str, wanted: str | None = None) -> str:
+    """Claim `wanted` (409 MacAddressInUse if taken on this network) or a random fa:16:3e MAC."""
+    if wanted is not None:
+        if uow.is_claimed(mac_key(network_id, wanted)):
+            raise conflict(
+                "MacAddressInUse",
+                f"Unable to complete operation for network {network_id}. The mac address {wanted} is in use.",
+            )
+        uow.claim(mac_key(network_id, wanted), port_id)
+        return wanted
+    for _ in range(32):
+        mac = MAC_PREFIX + "".join(f":{random.randrange(256):02x}" for _ in range(3))
+        if not uow.is_claimed(mac_key(network_id, mac)):
+            uow.claim(mac_key(network_id, mac), port_id)
+            return mac
+    raise conflict("MacAddressGenerationFailure", f"Unable to generate unique mac on network {network_id}.")
+
+
+def release_mac(uow: UnitOfWork, network_id: str, mac: str) -> None:
+    uow.delete_raw(mac_key(network_id, mac))
+
+
+def allocate_fixed_ips(
+    uow: UnitOfWork,
+    network: dict[str, Any],
+    subnets: list[dict[str, Any]],
+    port_id: str,
+    requested: list[dict[str, Any]] | None,
+) -> list[dict[str, str]]:
+    """Neutron's fixed_ips semantics for a new port on `network`.
+
+    `requested` None: one address from the first IPv4 subnet with free addresses (each IPv6
+    subnet too, if any). Otherwise each item names `subnet_id` and/or `ip_address`; an
+    `ip_address` alone is matched to the network's subnet containing it.
+    """
+    by_id = {s["id"]: s for s in subnets}
+    out: list[dict[str, str]] = []
+    if requested is None:
+        last_error: ApiError | None = None
+        for version in (4, 6):
+            for s in (s for s in subnets if s["ip_version"] == version):
+                try:
+                    out.append({"subnet_id": s["id"], "ip_address": allocate_ip(uow, s, port_id)})
+                    break
+                except ApiError as e:
+                    last_error = e
+        if not out and last_error is not None:
+            raise last_error
+        return out
+    for item in requested:
+        sid = item.get("subnet_id")
+        ip = item.get("ip_address")
+        if sid is None and ip is None:
+            raise bad_request("Invalid input for fixed_ips: each entry needs subnet_id or ip_address")
+        if sid is not None:
+            subnet = by_id.get(sid)
+            if subnet is None:
+                raise bad_request(
+                    f"Invalid input for operation: Failed to create port on network {network['id']}, "
+                    f"because fixed_ips included invalid subnet {sid}.",
+                    "InvalidInput",
+                )
+        else:
+            subnet = next((s for s in subnets if in_subnet(s, ip)), None)  # type: ignore[arg-type]
+            if subnet is None:
+                raise bad_request(f"IP address {ip} is not a valid IP for the specified subnet.", "InvalidIpForNetwork")
+        out.append({"subnet_id": subnet["id"], "ip_address": allocate_ip(uow, subnet, port_id, ip)})
+    return out
