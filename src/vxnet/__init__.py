@@ -1,0 +1,1 @@
+"""vxnet: software-defined network virtualisation for multi-tenant clouds on plain Linux."""

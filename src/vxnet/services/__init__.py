@@ -1,0 +1,1 @@
+"""Resources over the store: transactions, IPAM, records shared between resources."""
