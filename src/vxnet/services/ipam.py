@@ -150,6 +150,9 @@ def allocate_fixed_ips(
         else:
             subnet = next((s for s in subnets if in_subnet(s, ip)), None)  # type: ignore[arg-type]
             if subnet is None:
-                raise bad_request(f"IP address {ip} is not a valid IP for the specified subnet.", "InvalidIpForNetwork")
+                raise bad_request(
+                    f"IP address {ip} is not a valid IP for any of the subnets on the specified network.",
+                    "InvalidIpForNetwork",
+                )
         out.append({"subnet_id": subnet["id"], "ip_address": allocate_ip(uow, subnet, port_id, ip)})
     return out

@@ -1,0 +1,189 @@
+"""Port records: building, allocating and deleting ports inside one unit of work.
+
+Used by the ports API and by routers / floating IPs (interface, gateway and floating IP ports),
+so every port in the store has the same shape and the same allocation rules.
+
+Invariants:
+- A port record is staged together with the claims of its MAC (`/vxnet/mac/<net>/<mac>`) and
+  fixed IPs (`/vxnet/ipam/<subnet>/<ip>`) in the caller's transaction: either all of them commit
+  or none does (a raising caller stages nothing, see services/repo.py).
+- `delete_port_record` releases exactly the keys the record holds and clears floating IP
+  associations to the port in the same transaction.
+- Ports owned by `network:*` devices get no security groups by default (as in Neutron);
+  other ports get the project's `default` group unless port security is off.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Any
+
+from vxnet.api.errors import ApiError, bad_request, not_found
+from vxnet.services import ipam
+from vxnet.services.repo import UnitOfWork, now_iso
+from vxnet.services.secgroups import ensure_default_group
+
+ROUTER_INTERFACE_OWNERS = (
+    "network:router_interface",
+    "network:router_interface_distributed",
+    "network:ha_router_replicated_interface",
+    "network:router_centralized_snat",
+)
+
+
+def vif_type(host_id: str) -> str:
+    return "bridge" if host_id else "unbound"
+
+
+def network_subnets(uow: UnitOfWork, network_id: str) -> list[dict[str, Any]]:
+    """The network's subnets (guarded reads), oldest first."""
+    subs = uow.list("subnets", lambda s: s["network_id"] == network_id)
+    return sorted(subs, key=lambda s: (s.get("created_at", ""), s["id"]))
+
+
+def normalize_address_pairs(pairs: list[dict[str, Any]], port_mac: str) -> list[dict[str, str]]:
+    """Neutron's allowed_address_pairs: `ip_address` (IP or CIDR) and `mac_address` (default:
+    the port's). A duplicate pair is a 400."""
+    out: list[dict[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for p in pairs:
+        ip = p["ip_address"]
+        mac = p.get("mac_address") or port_mac
+        if (ip, mac) in seen:
+            raise bad_request("Request contains duplicate address pair: mac_address "
+                              f"{mac} ip_address {ip}.", "DuplicateAddressPairInRequest")
+        seen.add((ip, mac))
+        out.append({"ip_address": ip, "mac_address": mac})
+    return out
+
+
+def check_security_groups(uow: UnitOfWork, group_ids: list[str], project_id: str, is_admin: bool) -> list[str]:
+    """The groups, each existing and belonging to the port's project (or shared; any for an
+    admin); 404 SecurityGroupNotFound otherwise. Duplicates are dropped."""
+    out: list[str] = []
+    for gid in dict.fromkeys(group_ids):
+        group = uow.get("security_groups", gid)
+        if group is None or not (is_admin or group["project_id"] == project_id or group.get("shared")):
+            raise not_found("security_group", gid)
+        out.append(gid)
+    return out
+
+
+def port_security_conflict_create() -> ApiError:
+    return ApiError(400, "PortSecurityAndIPRequiredForSecurityGroups",
+                    "Port security must be enabled and port must have an IP address in order to use "
+                    "security groups.")
+
+
+def port_security_conflict_update() -> ApiError:
+    return ApiError(409, "PortSecurityPortHasSecurityGroup",
+                    "Port has security group associated. Cannot disable port security or IP address "
+                    "until security group is removed")
+
+
+def new_port_record(
+    uow: UnitOfWork,
+    *,
+    network: dict[str, Any],
+    project_id: str,
+    port_id: str | None = None,
+    name: str = "",
+    fixed_ips: list[dict[str, Any]] | None = None,
+    mac_address: str | None = None,
+    device_owner: str = "",
+    device_id: str = "",
+    admin_state_up: bool = True,
+    security_groups: list[str] | None = None,
+    port_security_enabled: bool | None = None,
+    host_id: str = "",
+    description: str = "",
+    allowed_address_pairs: list[dict[str, Any]] | None = None,
+    tags: list[str] | None = None,
+    status: str = "DOWN",
+    vnic_type: str = "normal",
+    binding_profile: dict[str, Any] | None = None,
+    is_admin: bool = True,
+) -> dict[str, Any]:
+    """Allocate MAC and fixed IPs, resolve security groups, and stage a complete port (the
+    admin view). `fixed_ips` None means "one address from the network's subnets"; `[]` means
+    none. Raises ApiError (staging nothing useful: the caller's transaction must not commit)."""
+    pid = port_id or str(uuid.uuid4())
+    ps = network.get("port_security_enabled", True) if port_security_enabled is None else port_security_enabled
+    mac = ipam.allocate_mac(uow, network["id"], pid, mac_address)
+    ips = ipam.allocate_fixed_ips(uow, network, network_subnets(uow, network["id"]), pid, fixed_ips)
+    if security_groups is None:
+        if ps and not device_owner.startswith("network:"):
+            groups = [ensure_default_group(uow, project_id)]
+        else:
+            groups = []
+    else:
+        if security_groups and not ps:
+            raise port_security_conflict_create()
+        groups = check_security_groups(uow, security_groups, project_id, is_admin)
+    pairs = normalize_address_pairs(allowed_address_pairs or [], mac)
+    if pairs and not ps:
+        raise ApiError(409, "AddressPairAndPortSecurityRequired",
+                       "Port Security must be enabled in order to have allowed address pairs on a port.")
+    now = now_iso()
+    port = {
+        "id": pid,
+        "name": name,
+        "network_id": network["id"],
+        "project_id": project_id,
+        "tenant_id": project_id,
+        "mac_address": mac,
+        "admin_state_up": admin_state_up,
+        "status": status,
+        "device_id": device_id,
+        "device_owner": device_owner,
+        "fixed_ips": ips,
+        "allowed_address_pairs": pairs,
+        "security_groups": groups,
+        "port_security_enabled": ps,
+        "description": description,
+        "binding:host_id": host_id,
+        "binding:vif_type": vif_type(host_id),
+        "binding:vif_details": {},
+        "binding:vnic_type": vnic_type,
+        "binding:profile": binding_profile or {},
+        "tags": list(tags or []),
+        "created_at": now,
+        "updated_at": now,
+        "revision_number": 0,
+    }
+    uow.put("ports", port)
+    return port
+
+
+def release_port_addresses(uow: UnitOfWork, port: dict[str, Any]) -> None:
+    for ip in port["fixed_ips"]:
+        ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
+    ipam.release_mac(uow, port["network_id"], port["mac_address"])
+
+
+def clear_floating_ips(uow: UnitOfWork, port_id: str) -> None:
+    """Disassociate floating IPs from a port that goes away (Neutron does this on port delete)."""
+    for fip in uow.list("floatingips", lambda f: f.get("port_id") == port_id):
+        fip = dict(fip)
+        fip.update({"port_id": None, "fixed_ip_address": None, "router_id": None, "status": "DOWN"})
+        if "port_details" in fip:
+            fip["port_details"] = None
+        fip["revision_number"] = fip.get("revision_number", 0) + 1
+        fip["updated_at"] = now_iso()
+        uow.put("floatingips", fip)
+
+
+def delete_port_record(uow: UnitOfWork, port: dict[str, Any]) -> None:
+    """Stage the deletion of `port`, the release of its IPs and MAC, and the disassociation
+    of floating IPs pointing at it."""
+    release_port_addresses(uow, port)
+    clear_floating_ips(uow, port["id"])
+    uow.delete("ports", port["id"])
+
+
+def ip_in_cidr(ip: str, cidr: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
