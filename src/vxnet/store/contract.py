@@ -4,7 +4,9 @@ Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked 
 `tests/store/test_contract.py` against each backend:
 
 - One global revision counter. Every successful write transaction increments it by exactly
-  one; all keys written by the transaction share that `mod_revision`.
+  one; all keys written by the transaction share that `mod_revision`. A transaction that
+  changes nothing (a failed compare without failure ops, a delete of a missing key) makes no
+  revision, as in etcd.
 - A key remembers `create_revision` (revision of its creation; reset when it is deleted and
   created again), `mod_revision`, `version` (writes since creation) and `lease` (0 = none).
 - `txn(compares, success, failure)` is atomic: if every compare holds, the success operations
@@ -13,6 +15,8 @@ Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked 
   revision >= start_revision, then each newly committed revision, in order, exactly once, as
   one list of events per revision. A start revision older than the compaction point raises
   `CompactedError`; the watcher must then relist (`range`) and watch from the list's revision+1.
+  A callback that raises is the watcher's bug: the store logs it, keeps delivering, and neither
+  the writer nor the other watchers notice.
 - Leases: keys attached to a lease are deleted (with delete events) when it expires or is
   revoked. `refresh_lease` returns the remaining TTL, or raises `LeaseNotFound`.
 

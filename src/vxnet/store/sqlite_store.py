@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -36,7 +37,10 @@ from vxnet.store.contract import (
     StoreError,
     TxnResult,
     WatchCallback,
+    prefix_end,
 )
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, create_rev INTEGER NOT NULL,
@@ -138,8 +142,9 @@ class SqliteStore:
             self._apply(ops)
             return TxnResult(ok, self._rev)
 
-    def _apply(self, ops: Sequence[Op]) -> list[Event]:
-        """Apply ops as one revision (caller holds the lock). Returns the events."""
+    def _apply(self, ops: Sequence[Op], revoked_lease: int = 0) -> list[Event]:
+        """Apply ops as one revision (caller holds the lock). Returns the events. With
+        `revoked_lease`, the lease's row is deleted in the same SQLite transaction."""
         rev = self._rev + 1
         staged: dict[str, KeyValue | None] = {}
         events: list[Event] = []
@@ -169,11 +174,15 @@ class SqliteStore:
                         continue
                     staged[key] = None
                     events.append(Event(EventType.DELETE, KeyValue(key, "", 0, rev, 0, 0)))
-        if not events:
-            return []
         db = self._db
+        if not events:
+            if revoked_lease:
+                db.execute("DELETE FROM leases WHERE id=?", (revoked_lease,))
+            return []
         try:
             db.execute("BEGIN IMMEDIATE")
+            if revoked_lease:
+                db.execute("DELETE FROM leases WHERE id=?", (revoked_lease,))
             for key, kv in staged.items():
                 if kv is None:
                     db.execute("DELETE FROM kv WHERE key=?", (key,))
@@ -194,7 +203,8 @@ class SqliteStore:
                 self._compact_locked(rev - self._history)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         self._rev = rev
         for key, kv in staged.items():
@@ -229,8 +239,8 @@ class SqliteStore:
             if start_revision <= self._rev:
                 rows = self._db.execute(
                     "SELECT rev, type, key, value, create_rev, version, lease FROM events "
-                    "WHERE rev >= ? ORDER BY rev, seq",
-                    (start_revision,),
+                    "WHERE rev >= ? AND key >= ? AND key < ? ORDER BY rev, seq",
+                    (start_revision, prefix, prefix_end(prefix)),
                 )
                 batch: list[Event] = []
                 batch_rev = None
@@ -238,12 +248,12 @@ class SqliteStore:
                     if not key.startswith(prefix):
                         continue
                     if batch_rev is not None and rev != batch_rev and batch:
-                        callback(batch)
+                        _deliver(callback, batch)
                         batch = []
                     batch_rev = rev
                     batch.append(Event(EventType(typ), KeyValue(key, value, crev, rev, version, lease)))
                 if batch:
-                    callback(batch)
+                    _deliver(callback, batch)
             self._watchers.append(w)
             return w
 
@@ -256,7 +266,7 @@ class SqliteStore:
         for w in list(self._watchers):
             mine = [e for e in events if e.kv.key.startswith(w.prefix)]
             if mine and not w.cancelled:
-                w.callback(mine)
+                _deliver(w.callback, mine)
 
     # --- leases ------------------------------------------------------------------------------
 
@@ -280,12 +290,21 @@ class SqliteStore:
 
     def revoke_lease(self, lease_id: int) -> None:
         with self._lock:
-            if self._leases.pop(lease_id, None) is None:
+            self._check_open()
+            if lease_id not in self._leases:
                 return
-            self._db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
             keys = [k for k, kv in self._kv.items() if kv.lease == lease_id]
-            if keys:
-                self._apply([Delete(k) for k in keys])
+            # the lease row goes in the same SQLite transaction as its keys: a crash in between
+            # would otherwise leave keys attached to a lease that no longer expires
+            self._apply([Delete(k) for k in keys], revoked_lease=lease_id)
+            del self._leases[lease_id]
+
+    def _expire(self, lease_id: int) -> None:
+        """Revoke `lease_id` if it is still past its deadline (a refresh may have won the race)."""
+        with self._lock:
+            entry = self._leases.get(lease_id)
+            if entry is not None and entry[1] < time.monotonic():
+                self.revoke_lease(lease_id)
 
     def _reap_loop(self, interval: float) -> None:
         while not self._closed.wait(interval):
@@ -293,10 +312,11 @@ class SqliteStore:
             expired = [lid for lid, (_, deadline) in list(self._leases.items()) if deadline < now]
             for lid in expired:
                 try:
-                    self.revoke_lease(lid)
+                    self._expire(lid)
                 except Exception:  # noqa: BLE001 - the reaper must survive a closing store
                     if self._closed.is_set():
                         return
+                    log.exception("expiring lease %s failed; will retry", lid)
 
     # --- maintenance -------------------------------------------------------------------------
 
@@ -331,3 +351,12 @@ class SqliteStore:
     def _meta(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return int(row[0]) if row else 0
+
+
+def _deliver(callback: WatchCallback, events: list[Event]) -> None:
+    """Run a watch callback; its failure is logged and hurts neither the writer (whose
+    transaction is committed already) nor the other watchers."""
+    try:
+        callback(events)
+    except Exception:  # noqa: BLE001 - a watcher's bug must not fail someone else's write
+        log.exception("watch callback %r failed at revision %s", callback, events[0].kv.mod_revision)
