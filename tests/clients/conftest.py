@@ -1,0 +1,218 @@
+"""Fixtures for the real-client tests: a `vxnet server` SUBPROCESS and the unmodified clients.
+
+`vxnet_cloud` starts `.venv/bin/vxnet server --listen 127.0.0.1:PORT --config FILE --data-dir TMP`
+as a child process with a TOML config holding tempest's pre-provisioned accounts, writes a
+clouds.yaml for the `openstack` CLI, waits until the Keystone token endpoint answers, and on
+teardown stops the server by its PID (SIGTERM, then SIGKILL after a grace period). The server's
+stderr goes to a log file in the workspace, shown when a test fails to start it.
+
+Invariants:
+- Only the process this fixture started is ever signalled, by its own PID.
+- Every run gets a fresh data directory; nothing outlives the fixture except pytest's tmp dirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.clients.tempest_conf import tempest_accounts
+
+VENV_BIN = Path(sys.executable).parent
+VXNET = VENV_BIN / "vxnet"
+OPENSTACK = VENV_BIN / "openstack"
+
+
+# tempest's pre-provisioned accounts (NEUTRON-API-NOTES.md section 3) in two sets, so that
+# `tempest run --concurrency 2` finds free accounts; the CLI test uses demo, alt_demo and admin.
+ACCOUNTS = tuple(tempest_accounts(sets=2))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_toml(listen: str, data_dir: Path) -> str:
+    """The server's TOML configuration: listen address, data dir and the accounts above."""
+    lines = [
+        "[server]",
+        f'listen = "{listen}"',
+        f'data_dir = "{data_dir}"',
+        "",
+    ]
+    for a in ACCOUNTS:
+        roles = ", ".join(f'"{r}"' for r in a.roles)
+        lines += [
+            "[[identity.users]]",
+            f'name = "{a.username}"',
+            f'password = "{a.password}"',
+            f'project = "{a.project}"',
+            f"roles = [{roles}]",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def clouds_yaml(url: str) -> str:
+    """A clouds.yaml with one cloud per account (JSON is valid YAML, so no YAML library needed)."""
+    clouds = {
+        a.username: {
+            "auth": {
+                "auth_url": f"{url}/identity/v3",
+                "username": a.username,
+                "password": a.password,
+                "project_name": a.project,
+                "user_domain_name": "Default",
+                "project_domain_name": "Default",
+            },
+            "region_name": "RegionOne",
+            "identity_api_version": 3,
+            "interface": "public",
+        }
+        for a in ACCOUNTS
+    }
+    return json.dumps({"clouds": clouds}, indent=2)
+
+
+@dataclasses.dataclass
+class Cloud:
+    """A running vxnet server subprocess plus what clients need to reach it."""
+
+    url: str
+    port: int
+    workdir: Path
+    clouds_file: Path
+    log_file: Path
+    proc: subprocess.Popen[bytes]
+
+    def token(self, user: str) -> str:
+        """A project-scoped token for one of ACCOUNTS (plain HTTP, no client library)."""
+        a = next(x for x in ACCOUNTS if x.username == user)
+        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": a.username, "domain": {"id": "default"}, "password": a.password}}},
+            "scope": {"project": {"name": a.project, "domain": {"id": "default"}}}}}
+        r = httpx.post(self.url + "/identity/v3/auth/tokens", json=body, timeout=10)
+        assert r.status_code == 201, r.text
+        return r.headers["X-Subject-Token"]
+
+    def api(self, user: str = "admin") -> httpx.Client:
+        """An httpx client on /v2.0 holding `user`'s token."""
+        return httpx.Client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self.token(user)}, timeout=30)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def openstack(self, cloud: str, *args: str, check: bool = True, timeout: float = 120) -> CliResult:
+        """Run the unmodified `openstack` CLI as `cloud` (an account name) and capture its output."""
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("OS_")
+        } | {"OS_CLIENT_CONFIG_FILE": str(self.clouds_file), "OS_CLOUD": cloud, "PYTHONWARNINGS": "ignore"}
+        cmd = [str(OPENSTACK), *args]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=self.workdir)
+        res = CliResult(cmd=["openstack", f"--os-cloud={cloud}", *args], rc=p.returncode, stdout=p.stdout,
+                        stderr=p.stderr)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{res}\n--- server log tail ---\n{self.log_tail(20)}")
+        return res
+
+
+@dataclasses.dataclass(frozen=True)
+class CliResult:
+    """What one CLI invocation printed."""
+
+    cmd: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def __str__(self) -> str:
+        return f"$ {' '.join(self.cmd)}\nrc={self.rc}\nstdout: {self.stdout.strip()}\nstderr: {self.stderr.strip()[-2000:]}"
+
+
+def start_cloud(workdir: Path, port: int | None = None) -> Cloud:
+    """Start `vxnet server` as a subprocess in `workdir` and wait until it issues tokens."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "vxnet.toml"
+    cfg.write_text(config_toml(f"127.0.0.1:{port}", data_dir))
+    clouds = workdir / "clouds.yaml"
+    clouds.write_text(clouds_yaml(url))
+    log_file = workdir / "server.log"
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(
+            [str(VXNET), "server", "--listen", f"127.0.0.1:{port}", "--config", str(cfg),
+             "--data-dir", str(data_dir)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
+        )
+    cloud = Cloud(url, port, workdir, clouds, log_file, proc)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vxnet server exited with {proc.returncode}:\n{cloud.log_tail()}")
+        try:
+            if httpx.get(url + "/identity/v3", timeout=2).status_code == 200:
+                return cloud
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            stop_cloud(cloud)
+            raise RuntimeError(f"vxnet server did not answer within 30 s:\n{cloud.log_tail()}")
+        time.sleep(0.1)
+
+
+def stop_cloud(cloud: Cloud) -> None:
+    """Stop the server this fixture started, by its PID only."""
+    proc = cloud.proc
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def vxnet_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """One `vxnet server` subprocess per test module."""
+    cloud = start_cloud(tmp_path_factory.mktemp("cloud"))
+    try:
+        yield cloud
+    finally:
+        stop_cloud(cloud)
+
+
+@pytest.fixture(scope="module")
+def public_network(vxnet_cloud: Cloud) -> dict[str, Any]:
+    """An admin-owned external network with a subnet (tempest's public_network_id)."""
+    with vxnet_cloud.api("admin") as c:
+        r = c.post("/networks", json={"network": {"name": "public", "router:external": True}})
+        assert r.status_code == 201, r.text
+        net = r.json()["network"]
+        r = c.post("/subnets", json={"subnet": {
+            "network_id": net["id"], "name": "public-subnet", "ip_version": 4, "cidr": "203.0.113.0/24",
+            "gateway_ip": "203.0.113.1", "enable_dhcp": False}})
+        assert r.status_code == 201, r.text
+        return {"network": net, "subnet": r.json()["subnet"]}
