@@ -1,0 +1,114 @@
+"""The one diff structure: desired vs actual entries, keyed, reused by every driver.
+
+`diff(desired, actual)` splits keys into create (only desired), update (both, entries differ)
+and delete (only actual). Applying a diff to `actual` (`apply`) yields `desired` exactly: that
+is the contract every driver implements against the kernel, and the fake table in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable, Iterable
+from typing import Generic, Protocol, TypeVar
+
+from vxnet.compute.state import HostState
+
+
+class Keyed(Protocol):
+    @property
+    def key(self) -> Hashable: ...
+
+
+T = TypeVar("T", bound=Keyed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Diff(Generic[T]):
+    """What must change so that `actual` becomes `desired`."""
+
+    create: tuple[T, ...] = ()
+    update: tuple[tuple[T, T], ...] = ()   # (actual, desired) pairs with the same key
+    delete: tuple[T, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.update or self.delete)
+
+    def __len__(self) -> int:
+        return len(self.create) + len(self.update) + len(self.delete)
+
+    def without(self, drop: Callable[[T], bool]) -> Diff[T]:
+        """The same diff minus the entries `drop` selects (e.g. deletes implied by a link deletion)."""
+        return Diff(
+            tuple(e for e in self.create if not drop(e)),
+            tuple(p for p in self.update if not drop(p[1])),
+            tuple(e for e in self.delete if not drop(e)),
+        )
+
+
+def diff(desired: Iterable[T], actual: Iterable[T]) -> Diff[T]:
+    """Keyed difference; output is sorted by key repr so it is deterministic."""
+    want = {e.key: e for e in desired}
+    have = {e.key: e for e in actual}
+    create = tuple(sorted((want[k] for k in want.keys() - have.keys()), key=lambda e: repr(e.key)))
+    update = tuple(sorted(((have[k], want[k]) for k in want.keys() & have.keys() if want[k] != have[k]),
+                          key=lambda p: repr(p[0].key)))
+    delete = tuple(sorted((have[k] for k in have.keys() - want.keys()), key=lambda e: repr(e.key)))
+    return Diff(create, update, delete)
+
+
+def apply(actual: Iterable[T], d: Diff[T], failed: Iterable[T] = ()) -> frozenset[T]:
+    """`actual` after `d` was applied, except for the entries in `failed` (left as they were)."""
+    failed_keys = {e.key for e in failed}
+    out = {e.key: e for e in actual}
+    for e in d.delete:
+        if e.key not in failed_keys:
+            out.pop(e.key, None)
+    for _, e in d.update:
+        if e.key not in failed_keys:
+            out[e.key] = e
+    for e in d.create:
+        if e.key not in failed_keys:
+            out[e.key] = e
+    return frozenset(out.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class HostDiff:
+    """One `Diff` per kind of host state entry."""
+
+    bridges: Diff
+    vxlans: Diff
+    plugs: Diff
+    fdb: Diff
+    neighs: Diff
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, f.name).empty for f in dataclasses.fields(self))
+
+    def counts(self) -> dict[str, int]:
+        return {f.name: len(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def diff_host(desired: HostState, actual: HostState) -> HostDiff:
+    """Diff of every kind (local_ports is bookkeeping, not kernel state, and is not diffed)."""
+    return HostDiff(
+        diff(desired.bridges, actual.bridges),
+        diff(desired.vxlans, actual.vxlans),
+        diff(desired.plugs, actual.plugs),
+        diff(desired.fdb, actual.fdb),
+        diff(desired.neighs, actual.neighs),
+    )
+
+
+def apply_host(actual: HostState, d: HostDiff) -> HostState:
+    """`actual` after applying `d` completely (the fake kernel used by pure tests)."""
+    return dataclasses.replace(
+        actual,
+        bridges=apply(actual.bridges, d.bridges),
+        vxlans=apply(actual.vxlans, d.vxlans),
+        plugs=apply(actual.plugs, d.plugs),
+        fdb=apply(actual.fdb, d.fdb),
+        neighs=apply(actual.neighs, d.neighs),
+    )

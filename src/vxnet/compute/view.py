@@ -1,0 +1,54 @@
+"""The agent's copy of its host view, and how stream messages change it (pure).
+
+Messages are those of the agent <-> server contract: `snapshot` replaces the view, `update`
+puts and deletes objects by kind and id, `ping` only advances the revision. A message whose
+revision is not newer than the view's is ignored (a replay after a reconnect), so applying the
+same stream twice gives the same view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+KINDS = ("hosts", "networks", "subnets", "ports", "routers", "floatingips", "security_groups",
+         "security_group_rules")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewState:
+    """A view at a revision; `complete` once a snapshot has been received."""
+
+    revision: int = 0
+    complete: bool = False
+    data: Mapping[str, Mapping[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+
+    def size(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.data.items()}
+
+
+def apply_message(state: ViewState, msg: Mapping[str, Any]) -> ViewState:
+    """The view after one stream message."""
+    kind = msg.get("type")
+    rev = int(msg.get("revision") or 0)
+    if kind == "snapshot":
+        view = msg.get("view") or {}
+        data = {k: dict(view.get(k) or {}) for k in set(KINDS) | set(view) if k != "host"}
+        return ViewState(rev, True, data)
+    if kind == "update":
+        if rev <= state.revision and state.complete:
+            return state
+        data = dict(state.data)   # copy only the buckets this message touches
+        put, delete = msg.get("put") or {}, msg.get("delete") or {}
+        for k in set(put) | set(delete):
+            data[k] = dict(data.get(k) or {})
+        for k, objs in put.items():
+            data[k].update(objs)
+        for k, ids in delete.items():
+            for i in ids:
+                data[k].pop(i, None)
+        return ViewState(max(rev, state.revision), state.complete, data)
+    if kind == "ping" and rev > state.revision and state.complete:
+        return dataclasses.replace(state, revision=rev)
+    return state
