@@ -1,6 +1,12 @@
 """A Keystone v3 subset under /identity: version discovery, password and token auth with
 project scope, a catalog with `network` and `identity` endpoints, token validation, and
-read-only projects/users/roles/domains as declared in the config file.
+projects/users/roles/domains as declared in the config file.
+
+Projects: the config file's are fixed; an admin may also create (`POST /v3/projects`) and delete
+projects of its own, kept in the store under `/vxnet/identity/projects/<id>` with the name claimed
+at `/vxnet/identity/project-names/<name>` in the same transaction, so names stay unique across
+servers. tempest's admin tests create such a project to own resources made on its behalf. No
+users are created, so nobody can log in to such a project; it only names an owner.
 
 What the clients expect on the wire is in ../shared/NEUTRON-API-NOTES.md section 1.
 """
@@ -8,6 +14,8 @@ What the clients expect on the wire is in ../shared/NEUTRON-API-NOTES.md section
 from __future__ import annotations
 
 import datetime as dt
+import json
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,10 +25,13 @@ from vxnet.api.auth import Context, issue_token, new_context, verify_token
 from vxnet.api.errors import ApiError, unauthorized
 from vxnet.api.state import AppState, read_json
 from vxnet.config import User, project_id_for
+from vxnet.store.contract import Delete, Put, key_missing, key_unchanged
 
 router = APIRouter(prefix="/identity", tags=["identity"])
 
 DOMAIN = {"id": "default", "name": "Default"}
+PROJECTS_PREFIX = "/vxnet/identity/projects/"
+PROJECT_NAMES_PREFIX = "/vxnet/identity/project-names/"
 REGION = "RegionOne"
 
 
@@ -163,9 +174,24 @@ async def revoke_token(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def _project(pid: str, name: str) -> dict[str, Any]:
-    return {"id": pid, "name": name, "domain_id": "default", "enabled": True, "description": "",
+def _project(pid: str, name: str, description: str = "") -> dict[str, Any]:
+    return {"id": pid, "name": name, "domain_id": "default", "enabled": True, "description": description,
             "is_domain": False, "parent_id": "default", "tags": [], "links": {}}
+
+
+def _all_projects(st: AppState) -> dict[str, dict[str, Any]]:
+    """Every project: the config file's and the ones admins created, by id."""
+    out = {pid: _project(pid, name) for pid, name in st.config.projects.items()}
+    kvs, _ = st.store.range(PROJECTS_PREFIX)
+    for kv in kvs:
+        rec = json.loads(kv.value)
+        out.setdefault(rec["id"], _project(rec["id"], rec["name"], rec.get("description", "")))
+    return out
+
+
+def _require_admin(ctx: Context) -> None:
+    if not ctx.is_admin:
+        raise ApiError(403, "Forbidden", "You are not authorized to perform the requested action: identity:admin.")
 
 
 @router.get("/v3/projects")
@@ -174,9 +200,8 @@ async def list_projects(request: Request) -> dict[str, Any]:
     ctx = st.context(request)
     name = request.query_params.get("name")
     projects = [
-        _project(pid, n)
-        for pid, n in sorted(st.config.projects.items(), key=lambda x: x[1])
-        if (ctx.is_admin or pid == ctx.project_id) and (name is None or n == name)
+        p for p in sorted(_all_projects(st).values(), key=lambda x: x["name"])
+        if (ctx.is_admin or p["id"] == ctx.project_id) and (name is None or p["name"] == name)
     ]
     return {"projects": projects, "links": {"self": None, "next": None, "previous": None}}
 
@@ -185,10 +210,51 @@ async def list_projects(request: Request) -> dict[str, Any]:
 async def show_project(pid: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
-    name = st.config.projects.get(pid)
-    if name is None or not (ctx.is_admin or pid == ctx.project_id):
+    project = _all_projects(st).get(pid)
+    if project is None or not (ctx.is_admin or pid == ctx.project_id):
         raise ApiError(404, "NotFound", f"Could not find project: {pid}.")
-    return {"project": _project(pid, name)}
+    return {"project": project}
+
+
+@router.post("/v3/projects")
+async def create_project(request: Request) -> JSONResponse:
+    """Admin only: a project with a unique name (config names included), 201."""
+    st = AppState.of(request)
+    _require_admin(st.context(request))
+    body = await read_json(request)
+    p = body.get("project") if isinstance(body, dict) else None
+    if not isinstance(p, dict) or not isinstance(p.get("name"), str) or not p["name"].strip():
+        raise ApiError(400, "ValidationError", "Invalid input for field 'project': 'name' is a required property")
+    name = p["name"]
+    description = p.get("description") or ""
+    if not isinstance(description, str):
+        raise ApiError(400, "ValidationError", "Invalid input for field 'description': not a string")
+    if project_id_for(name) in st.config.projects:
+        raise ApiError(409, "Conflict", f"Conflict occurred attempting to store project - Duplicate entry {name}.")
+    pid = uuid.uuid4().hex
+    rec = json.dumps({"id": pid, "name": name, "description": description})
+    name_key = PROJECT_NAMES_PREFIX + name
+    res = st.store.txn([key_missing(name_key)], [Put(name_key, pid), Put(PROJECTS_PREFIX + pid, rec)])
+    if not res.succeeded:
+        raise ApiError(409, "Conflict", f"Conflict occurred attempting to store project - Duplicate entry {name}.")
+    return JSONResponse({"project": _project(pid, name, description)}, status_code=201)
+
+
+@router.delete("/v3/projects/{pid}")
+async def delete_project(pid: str, request: Request) -> Response:
+    """Admin only: delete a project an admin created (the config file's are fixed). 204."""
+    st = AppState.of(request)
+    _require_admin(st.context(request))
+    if pid in st.config.projects:
+        raise ApiError(403, "Forbidden", f"Project {pid} is declared in the configuration file and cannot be deleted.")
+    kv = st.store.get(PROJECTS_PREFIX + pid)
+    if kv is None:
+        raise ApiError(404, "NotFound", f"Could not find project: {pid}.")
+    name_key = PROJECT_NAMES_PREFIX + json.loads(kv.value)["name"]
+    res = st.store.txn([key_unchanged(kv)], [Delete(PROJECTS_PREFIX + pid), Delete(name_key)])
+    if not res.succeeded:
+        raise ApiError(404, "NotFound", f"Could not find project: {pid}.")
+    return Response(status_code=204)
 
 
 @router.get("/v3/domains")
