@@ -7,6 +7,7 @@ Invariants:
   and `Repo.transact` reruns it, which then picks another address.
 - A MAC is `/vxnet/mac/<network_id>/<mac>` (unique per network, as in Neutron; tenants on
   different networks may reuse MACs).
+- Every allocation also writes `/vxnet/ipam-subnet/<subnet_id>`, which a subnet delete guards.
 - Releasing is deleting those keys in the transaction that deletes/changes the port.
 - Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409 IpAddressInUse.
 """
@@ -25,6 +26,12 @@ MAC_PREFIX = "fa:16:3e"
 
 def ip_key(subnet_id: str, ip: str) -> str:
     return f"{ROOT}ipam/{subnet_id}/{ip}"
+
+
+def subnet_alloc_key(subnet_id: str) -> str:
+    """Written by every allocation on the subnet; the subnet's delete guards it, so an
+    allocation and the delete of its subnet never both commit."""
+    return f"{ROOT}ipam-subnet/{subnet_id}"
 
 
 def mac_key(network_id: str, mac: str) -> str:
@@ -51,6 +58,7 @@ def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: s
     """Claim `wanted` (anywhere in the subnet but the network/broadcast address) or the lowest
     free address of the allocation pools."""
     sid = subnet["id"]
+    uow.put_raw(subnet_alloc_key(sid), port_id)
     if wanted is not None:
         net = ipaddress.ip_network(subnet["cidr"])
         addr = ipaddress.ip_address(wanted)

@@ -22,7 +22,8 @@ from typing import Any
 from vxnet.api.errors import ApiError, bad_request, not_found
 from vxnet.services import ipam
 from vxnet.services.repo import UnitOfWork, now_iso
-from vxnet.services.secgroups import ensure_default_group
+from vxnet.services.secgroups import default_key, ensure_default_group
+from vxnet.store.contract import Put
 
 ROUTER_INTERFACE_OWNERS = (
     "network:router_interface",
@@ -56,6 +57,15 @@ def normalize_address_pairs(pairs: list[dict[str, Any]], port_mac: str) -> list[
         seen.add((ip, mac))
         out.append({"ip_address": ip, "mac_address": mac})
     return out
+
+
+def default_group(uow: UnitOfWork, project_id: str) -> str:
+    """The project's default group id; reuses a creation staged earlier in this unit of work
+    (a bulk create of several ports must not create two default groups)."""
+    staged = uow._ops.get(default_key(project_id))
+    if isinstance(staged, Put):
+        return staged.value
+    return ensure_default_group(uow, project_id)
 
 
 def check_security_groups(uow: UnitOfWork, group_ids: list[str], project_id: str, is_admin: bool) -> list[str]:
@@ -114,7 +124,7 @@ def new_port_record(
     ips = ipam.allocate_fixed_ips(uow, network, network_subnets(uow, network["id"]), pid, fixed_ips)
     if security_groups is None:
         if ps and not device_owner.startswith("network:"):
-            groups = [ensure_default_group(uow, project_id)]
+            groups = [default_group(uow, project_id)]
         else:
             groups = []
     else:

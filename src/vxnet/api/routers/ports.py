@@ -1,0 +1,411 @@
+"""/v2.0/ports: ports with fixed IPs, MACs, security groups, address pairs and port binding.
+
+Invariants:
+- A port's MAC and fixed IPs are claimed (services/ipam.py) in the transaction that creates or
+  changes the port, and released in the one that changes or deletes it: never a duplicate,
+  never a leak, even when the request fails half-way (nothing is committed then).
+- `status` is DOWN on create and is owned by the host agent afterwards; an update keeps it,
+  unless `binding:host_id` changes (then DOWN again until the new host reports).
+- Router interface/gateway and floating IP ports are deleted through their owner's API
+  (409 ServicePortInUse here) while that owner exists.
+- Visibility: admins, the port's project and the network's owner. `binding:*` attributes
+  but `binding:vnic_type` are admin-only (set by admins or the `service` role, hidden from
+  others).
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BeforeValidator, Field
+
+from vxnet.api.auth import Context
+from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
+from vxnet.api.errors import ApiError, bad_request, not_found
+from vxnet.api.routers.networks import network_visible, touch
+from vxnet.api.state import AppState, read_json
+from vxnet.api.validation import (
+    Body,
+    Bool,
+    Description,
+    IpAddr,
+    Mac,
+    Name,
+    ProjectId,
+    ShortStr,
+    Tags,
+    Uuid,
+    parse_create,
+    parse_update,
+    require_writer,
+    resolve_project,
+)
+from vxnet.services import ipam
+from vxnet.services import ports as svc
+from vxnet.services.repo import UnitOfWork
+
+router = APIRouter(prefix="/v2.0", tags=["ports"])
+
+BINDING_ADMIN = {"binding:host_id", "binding:profile"}
+BINDING_HIDDEN = ("binding:host_id", "binding:vif_type", "binding:vif_details", "binding:profile")
+VNIC_TYPES = ("normal", "direct", "macvtap", "baremetal", "direct-physical", "virtio-forwarder",
+              "smart-nic", "remote-managed", "vdpa")
+READ_ONLY = ("id", "network_id", "project_id", "tenant_id", "status", "binding:vif_type",
+             "binding:vif_details", "created_at", "updated_at", "revision_number")
+PROTECTED_OWNERS = svc.ROUTER_INTERFACE_OWNERS + ("network:router_gateway", "network:floatingip")
+
+
+def can_bind(ctx: Context) -> bool:
+    return ctx.is_admin or "service" in ctx.roles
+
+
+def port_visible(ctx: Context, port: dict[str, Any], network: dict[str, Any] | None) -> bool:
+    if ctx.is_admin or port["project_id"] == ctx.project_id:
+        return True
+    return network is not None and network["project_id"] == ctx.project_id
+
+
+def present_port(ctx: Context, port: dict[str, Any]) -> dict[str, Any]:
+    out = dict(port)
+    if not can_bind(ctx):
+        for k in BINDING_HIDDEN:
+            out.pop(k, None)
+    return out
+
+
+def _fixed_ips_filter(port: dict[str, Any], wanted: list[str]) -> bool:
+    """`fixed_ips=subnet_id=X&fixed_ips=ip_address=Y`: every condition holds for one entry
+    (Neutron ANDs them)."""
+    conds = []
+    for w in wanted:
+        key, _, value = w.partition("=")
+        conds.append((key.strip(), value.strip()))
+
+    def entry_ok(ip: dict[str, str]) -> bool:
+        for key, value in conds:
+            if key == "ip_address_substr":
+                if value not in ip["ip_address"]:
+                    return False
+            elif key in ("subnet_id", "ip_address"):
+                if ip.get(key) != value:
+                    return False
+            else:
+                return False
+        return True
+
+    return any(entry_ok(ip) for ip in port["fixed_ips"])
+
+
+def spec_for(networks: dict[str, dict[str, Any]]) -> ResourceSpec:
+    def visible(ctx: Context, p: dict[str, Any]) -> bool:
+        return port_visible(ctx, p, networks.get(p["network_id"]))
+
+    return ResourceSpec("ports", "port", visible=visible, present=present_port,
+                        extra_filters={"fixed_ips": _fixed_ips_filter})
+
+
+def _ip_or_cidr(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"'{v}' is not a valid IP address or CIDR")
+    try:
+        if "/" in v:
+            ipaddress.ip_network(v, strict=False)
+        else:
+            ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError(f"'{v}' is not a valid IP address or CIDR") from None
+    return v
+
+
+def _vnic(v: Any) -> str:
+    if v not in VNIC_TYPES:
+        raise ValueError(f"{v!r} is not in {list(VNIC_TYPES)}")
+    return v  # type: ignore[no-any-return]
+
+
+IpOrCidr = Annotated[str, BeforeValidator(_ip_or_cidr)]
+VnicType = Annotated[str, BeforeValidator(_vnic)]
+
+
+class FixedIp(Body):
+    subnet_id: Uuid | None = None
+    ip_address: IpAddr | None = None
+
+
+class AddressPair(Body):
+    ip_address: IpOrCidr
+    mac_address: Mac | None = None
+
+
+class PortCreate(Body):
+    network_id: Uuid
+    name: Name = ""
+    description: Description = ""
+    admin_state_up: Bool = True
+    mac_address: Mac | None = None
+    fixed_ips: list[FixedIp] | None = None
+    device_id: ShortStr = ""
+    device_owner: ShortStr = ""
+    security_groups: list[Uuid] | None = None
+    port_security_enabled: Bool | None = None
+    allowed_address_pairs: list[AddressPair] = []
+    binding_host_id: ShortStr = Field(default="", alias="binding:host_id")
+    binding_profile: dict[str, Any] = Field(default={}, alias="binding:profile")
+    binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
+    tags: Tags = []
+    project_id: ProjectId | None = None
+    tenant_id: ProjectId | None = None
+
+
+class PortUpdate(Body):
+    name: Name = ""
+    description: Description = ""
+    admin_state_up: Bool = True
+    mac_address: Mac = ""
+    fixed_ips: list[FixedIp] = []
+    device_id: ShortStr = ""
+    device_owner: ShortStr = ""
+    security_groups: list[Uuid] | None = None
+    port_security_enabled: Bool = True
+    allowed_address_pairs: list[AddressPair] | None = None
+    binding_host_id: ShortStr | None = Field(default=None, alias="binding:host_id")
+    binding_profile: dict[str, Any] | None = Field(default=None, alias="binding:profile")
+    binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
+
+
+def _wire(model: Body) -> set[str]:
+    return {type(model).model_fields[n].alias or n for n in model.model_fields_set}
+
+
+def _deny(action: str, what: str = "") -> ApiError:
+    return ApiError(403, "PolicyNotAuthorized", f"({action}) is disallowed by policy" + (f": {what}" if what else ""))
+
+
+def _requested_ips(items: list[FixedIp] | None) -> list[dict[str, Any]] | None:
+    if items is None:
+        return None
+    return [{k: v for k, v in i.model_dump().items() if v is not None} for i in items]
+
+
+def _network_for_port(ctx: Context, uow: UnitOfWork, network_id: str) -> dict[str, Any]:
+    net = uow.get("networks", network_id)
+    if net is None or not network_visible(ctx, net):
+        raise not_found("network", network_id)
+    return net
+
+
+def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork) -> dict[str, Any]:
+    fields = _wire(item)
+    if fields & BINDING_ADMIN and not can_bind(ctx):
+        raise _deny("create_port", ", ".join(sorted(fields & BINDING_ADMIN)))
+    project = resolve_project(ctx, item.project_id, item.tenant_id)
+    net = _network_for_port(ctx, uow, item.network_id)
+    net_owner = ctx.is_admin or net["project_id"] == ctx.project_id
+    if not net_owner:
+        if not net["shared"]:
+            raise _deny("create_port")
+        if item.mac_address is not None:
+            raise _deny("create_port:mac_address")
+        if any(i.ip_address is not None for i in item.fixed_ips or []):
+            raise _deny("create_port:fixed_ips:ip_address")
+        if item.device_owner.startswith("network:"):
+            raise _deny("create_port:device_owner")
+    return svc.new_port_record(
+        uow,
+        network=net,
+        project_id=project,
+        name=item.name,
+        description=item.description,
+        fixed_ips=_requested_ips(item.fixed_ips),
+        mac_address=item.mac_address,
+        device_owner=item.device_owner,
+        device_id=item.device_id,
+        admin_state_up=item.admin_state_up,
+        security_groups=item.security_groups,
+        port_security_enabled=item.port_security_enabled,
+        host_id=item.binding_host_id,
+        allowed_address_pairs=[p.model_dump() for p in item.allowed_address_pairs],
+        tags=item.tags,
+        vnic_type=item.binding_vnic_type,
+        binding_profile=item.binding_profile,
+        is_admin=ctx.is_admin,
+    )
+
+
+def changed_ips(original: list[dict[str, str]], requested: list[dict[str, Any]]
+                ) -> tuple[list[dict[str, str]], list[dict[str, Any]], list[dict[str, str]]]:
+    """Neutron's matching of a fixed_ips update: (kept, to add, to remove). An entry naming an
+    address the port has keeps it; a subnet-only entry reuses the port's address there."""
+    kept: list[dict[str, str]] = []
+    add: list[dict[str, Any]] = []
+    by_ip = {ip["ip_address"]: ip for ip in original}
+    for r in requested:
+        if "ip_address" not in r:
+            continue
+        orig = by_ip.pop(r["ip_address"], None)
+        if orig is not None and r.get("subnet_id", orig["subnet_id"]) == orig["subnet_id"]:
+            kept.append(orig)
+        else:
+            if orig is not None:
+                by_ip[orig["ip_address"]] = orig
+            add.append(r)
+    by_subnet: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+    for ip in by_ip.values():
+        by_subnet[ip["subnet_id"]].append(ip)
+    for r in requested:
+        if "ip_address" in r:
+            continue
+        pool = by_subnet.get(r.get("subnet_id", ""))
+        if pool:
+            kept.append(pool.pop())
+        else:
+            add.append(r)
+    remove = [ip for ips in by_subnet.values() for ip in ips]
+    return kept, add, remove
+
+
+@router.get("/ports")
+async def list_ports(request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    nets = {n["id"]: n for n in st.repo.list("networks")}
+    return list_response(request, ctx, spec_for(nets), st.repo.list("ports"))
+
+
+@router.get("/ports/{port_id}")
+async def show_port(port_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    port = st.repo.get("ports", port_id)
+    if port is None or not port_visible(ctx, port, st.repo.get("networks", port["network_id"])):
+        raise not_found("port", port_id)
+    return show_response(request, ctx, ResourceSpec("ports", "port", present=present_port), port)
+
+
+@router.post("/ports", status_code=201)
+async def create_port(request: Request) -> JSONResponse:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    require_writer(ctx, "create_port")
+    items, bulk = parse_create(await read_json(request), "port", "ports", PortCreate)
+
+    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
+        return [build_port(ctx, item, uow) for item in items]
+
+    ports = [present_port(ctx, p) for p in st.repo.transact(txn)]
+    return JSONResponse({"ports": ports} if bulk else {"port": ports[0]}, status_code=201)
+
+
+def _get_for_change(ctx: Context, uow: UnitOfWork, port_id: str, action: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    port = uow.get("ports", port_id)
+    if port is None:
+        raise not_found("port", port_id)
+    net = uow.get("networks", port["network_id"])
+    if not port_visible(ctx, port, net):
+        raise not_found("port", port_id)
+    require_writer(ctx, action)
+    assert net is not None
+    return port, net
+
+
+@router.put("/ports/{port_id}")
+async def update_port(port_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    body = await read_json(request)
+    if isinstance(body, dict) and isinstance(body.get("port"), dict):
+        for attr in READ_ONLY:
+            if attr in body["port"]:
+                raise bad_request(f"Cannot update read-only attribute {attr}")
+    upd = parse_update(body, "port", PortUpdate)
+    fields = _wire(upd)
+    if fields & BINDING_ADMIN and not can_bind(ctx):
+        raise _deny("update_port", ", ".join(sorted(fields & BINDING_ADMIN)))
+    if "mac_address" in fields and not ctx.is_admin:
+        raise _deny("update_port:mac_address")
+
+    def txn(uow: UnitOfWork) -> dict[str, Any]:
+        port, net = _get_for_change(ctx, uow, port_id, "update_port")
+        check_if_match(request, port)
+        net_owner = ctx.is_admin or net["project_id"] == ctx.project_id
+        changed: dict[str, Any] = {}
+        for f in ("name", "description", "admin_state_up", "device_id"):
+            if f in fields:
+                changed[f] = getattr(upd, f)
+        if "device_owner" in fields:
+            if upd.device_owner.startswith("network:") and not net_owner:
+                raise _deny("update_port:device_owner")
+            changed["device_owner"] = upd.device_owner
+        if "binding:vnic_type" in fields:
+            changed["binding:vnic_type"] = upd.binding_vnic_type
+        if "binding:profile" in fields:
+            changed["binding:profile"] = upd.binding_profile or {}
+        if "binding:host_id" in fields:
+            host = upd.binding_host_id or ""
+            if host != port["binding:host_id"]:
+                changed.update({"binding:host_id": host, "binding:vif_type": svc.vif_type(host), "status": "DOWN"})
+        mac = port["mac_address"]
+        if "mac_address" in fields and upd.mac_address != port["mac_address"]:
+            if port["binding:host_id"]:
+                raise ApiError(409, "PortBound", f"Unable to complete operation on port {port_id}, port is already "
+                               f"bound, port type: {port['binding:vif_type']}, old_mac {port['mac_address']}, "
+                               f"new_mac {upd.mac_address}.")
+            ipam.release_mac(uow, net["id"], port["mac_address"])
+            mac = ipam.allocate_mac(uow, net["id"], port_id, upd.mac_address)
+            changed["mac_address"] = mac
+        if "fixed_ips" in fields:
+            requested = _requested_ips(upd.fixed_ips) or []
+            if not net_owner and any("ip_address" in r for r in requested):
+                raise _deny("update_port:fixed_ips:ip_address")
+            kept, add, remove = changed_ips(port["fixed_ips"], requested)
+            for ip in remove:
+                ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
+            new = ipam.allocate_fixed_ips(uow, net, svc.network_subnets(uow, net["id"]), port_id, add) if add else []
+            changed["fixed_ips"] = kept + new
+        ps = upd.port_security_enabled if "port_security_enabled" in fields else port["port_security_enabled"]
+        groups = port["security_groups"]
+        if "security_groups" in fields:
+            groups = svc.check_security_groups(uow, upd.security_groups or [], port["project_id"], ctx.is_admin)
+            if groups and not ps:
+                raise svc.port_security_conflict_create()
+            changed["security_groups"] = groups
+        pairs = port["allowed_address_pairs"]
+        if "allowed_address_pairs" in fields:
+            pairs = svc.normalize_address_pairs([p.model_dump() for p in upd.allowed_address_pairs or []], mac)
+            changed["allowed_address_pairs"] = pairs
+        if "port_security_enabled" in fields:
+            if not ps and groups:
+                raise svc.port_security_conflict_update()
+            changed["port_security_enabled"] = ps
+        if pairs and not ps:
+            raise ApiError(409, "AddressPairAndPortSecurityRequired",
+                           "Port Security must be enabled in order to have allowed address pairs on a port.")
+        touch(port, changed)
+        uow.put("ports", port)
+        return port
+
+    return {"port": present_port(ctx, st.repo.transact(txn))}
+
+
+@router.delete("/ports/{port_id}", status_code=204)
+async def delete_port(port_id: str, request: Request) -> Response:
+    st = AppState.of(request)
+    ctx = st.context(request)
+
+    def txn(uow: UnitOfWork) -> None:
+        port, _ = _get_for_change(ctx, uow, port_id, "delete_port")
+        check_if_match(request, port)
+        owner = port["device_owner"]
+        if owner in PROTECTED_OWNERS and port["device_id"]:
+            collection = "floatingips" if owner == "network:floatingip" else "routers"
+            if uow.get(collection, port["device_id"]) is not None:
+                raise ApiError(409, "ServicePortInUse", f"Port {port_id} cannot be deleted directly via the port "
+                               f"API: has device owner {owner}.")
+        svc.delete_port_record(uow, port)
+
+    st.repo.transact(txn)
+    return Response(status_code=204)

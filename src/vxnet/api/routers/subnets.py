@@ -1,0 +1,439 @@
+"""/v2.0/subnets: IPv4 subnets with allocation pools, gateway, DNS servers and host routes.
+
+Invariants:
+- A subnet belongs to one network; its id is in the network's `subnets` list, written in the
+  same transaction that creates/deletes the subnet (bumping the network's revision_number).
+- Subnets of one network never overlap (checked against the network's subnets, whose list the
+  transaction guards through the network object).
+- `allocation_pools` lie inside the CIDR (without network and broadcast addresses), do not
+  overlap and never contain `gateway_ip`.
+- A subnet is deleted only when no port but DHCP ports holds an IP on it (409 SubnetInUse).
+  Port creation writes the subnet's allocation key `/vxnet/ipam-subnet/<id>`; the delete guards
+  it, so a port allocating concurrently and the delete cannot both commit.
+- Visibility: the owner, admins, and everyone for subnets of shared networks. Subnets of an
+  external, non-shared network are hidden from other projects (no subnet-external-network).
+- IPv6 is refused with a 400 (not supported yet); `subnetpool_id` may only be null.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field
+
+from vxnet.api.auth import Context
+from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response, to_bool
+from vxnet.api.errors import ApiError, bad_request, conflict, invalid_input, not_found
+from vxnet.api.routers.networks import network_visible, touch
+from vxnet.api.state import AppState, read_json
+from vxnet.api.validation import (
+    Body,
+    Bool,
+    Cidr,
+    Description,
+    IpAddr,
+    Name,
+    ProjectId,
+    Tags,
+    Uuid,
+    parse_create,
+    parse_update,
+    require_writer,
+    resolve_project,
+)
+from vxnet.services import ipam
+from vxnet.services.repo import ROOT, UnitOfWork, now_iso
+
+router = APIRouter(prefix="/v2.0", tags=["subnets"])
+
+MAX_DNS = 5
+MAX_ROUTES = 20
+READ_ONLY = ("cidr", "network_id", "ip_version", "project_id", "tenant_id", "subnetpool_id",
+             "ipv6_ra_mode", "ipv6_address_mode", "id")
+DHCP_OWNER = "network:dhcp"
+
+
+def subnet_visible(ctx: Context, subnet: dict[str, Any], network: dict[str, Any] | None) -> bool:
+    if ctx.is_admin or subnet["project_id"] == ctx.project_id:
+        return True
+    if network is None:
+        return False
+    return bool(network["shared"]) or network["project_id"] == ctx.project_id
+
+
+def spec_for(networks: dict[str, dict[str, Any]]) -> ResourceSpec:
+    """The subnets' ResourceSpec over a snapshot of the networks (visibility, `shared`)."""
+
+    def visible(ctx: Context, s: dict[str, Any]) -> bool:
+        return subnet_visible(ctx, s, networks.get(s["network_id"]))
+
+    def shared(s: dict[str, Any], wanted: list[str]) -> bool:
+        net = networks.get(s["network_id"])
+        value = bool(net and net["shared"])
+        return any(to_bool(w) == value for w in wanted)
+
+    return ResourceSpec("subnets", "subnet", visible=visible, extra_filters={"shared": shared})
+
+
+class Pool(Body):
+    start: IpAddr
+    end: IpAddr
+
+
+class HostRoute(Body):
+    destination: Cidr
+    nexthop: IpAddr
+
+
+class SubnetCreate(Body):
+    network_id: Uuid
+    ip_version: int
+    cidr: Cidr | None = None
+    name: Name = ""
+    description: Description = ""
+    gateway_ip: IpAddr | None = None
+    allocation_pools: list[Pool] | None = None
+    enable_dhcp: Bool = True
+    dns_nameservers: list[IpAddr] = []
+    host_routes: list[HostRoute] = []
+    ipv6_ra_mode: str | None = None
+    ipv6_address_mode: str | None = None
+    subnetpool_id: None = None
+    use_default_subnetpool: Bool = False
+    prefixlen: int | None = None
+    segment_id: None = None
+    service_types: list[str] = []
+    tags: Tags = []
+    project_id: ProjectId | None = None
+    tenant_id: ProjectId | None = None
+
+
+class SubnetUpdate(Body):
+    name: Name = ""
+    description: Description = ""
+    gateway_ip: IpAddr | None = None
+    allocation_pools: list[Pool] = []
+    enable_dhcp: Bool = True
+    dns_nameservers: list[IpAddr] = []
+    host_routes: list[HostRoute] = []
+    service_types: list[str] = []
+    segment_id: None = None
+
+
+# validation (pure) ----------------------------------------------------------------------------
+def _pool_str(start: Any, end: Any) -> str:
+    return f"{start}-{end}"
+
+
+def default_pools(net: ipaddress.IPv4Network, gateway: str | None) -> list[dict[str, str]]:
+    """The CIDR's host range minus the gateway (one or two pools)."""
+    if net.prefixlen >= 31:
+        first, last = int(net.network_address), int(net.broadcast_address)
+    else:
+        first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
+    ranges = [(first, last)]
+    if gateway is not None:
+        g = int(ipaddress.ip_address(gateway))
+        ranges = []
+        if first <= g - 1:
+            ranges.append((first, min(last, g - 1)))
+        if g + 1 <= last:
+            ranges.append((max(first, g + 1), last))
+        if not (first <= g <= last):
+            ranges = [(first, last)]
+    return [{"start": str(ipaddress.ip_address(a)), "end": str(ipaddress.ip_address(b))} for a, b in ranges if a <= b]
+
+
+def validate_pools(net: ipaddress.IPv4Network, pools: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Given pools, sorted: each inside the host range, start <= end, no overlaps."""
+    if net.prefixlen >= 31:
+        first, last = net.network_address, net.broadcast_address
+    else:
+        first, last = net.network_address + 1, net.broadcast_address - 1
+    spans = []
+    for p in pools:
+        start, end = ipaddress.ip_address(p["start"]), ipaddress.ip_address(p["end"])
+        if start.version != net.version or end.version != net.version or start > end:
+            raise bad_request(f"The allocation pool {_pool_str(start, end)} is not valid.", "InvalidAllocationPool")
+        if start < first or end > last:
+            raise bad_request(f"The allocation pool {_pool_str(start, end)} spans beyond the subnet cidr {net}.",
+                              "OutOfBoundsAllocationPool")
+        spans.append((start, end))
+    spans.sort()
+    for (s1, e1), (s2, e2) in zip(spans, spans[1:], strict=False):
+        if s2 <= e1:
+            raise conflict("OverlappingAllocationPools",
+                           f"Found overlapping allocation pools: {_pool_str(s1, e1)} and {_pool_str(s2, e2)} "
+                           f"for subnet {net}.")
+    return [{"start": str(s), "end": str(e)} for s, e in spans]
+
+
+def check_gateway(net: ipaddress.IPv4Network, gateway: str | None, pools: list[dict[str, str]]) -> None:
+    if gateway is None:
+        return
+    gw = ipaddress.ip_address(gateway)
+    if gw.version != net.version:
+        raise invalid_input(f"gateway_ip '{gateway}' does not match the ip_version '{net.version}'")
+    if gw not in net or (net.prefixlen < 31 and gw in (net.network_address, net.broadcast_address)):
+        raise invalid_input(f"Gateway is not valid on subnet {net}")
+    for p in pools:
+        if ipaddress.ip_address(p["start"]) <= gw <= ipaddress.ip_address(p["end"]):
+            raise conflict("GatewayConflictWithAllocationPools",
+                           f"Gateway ip {gateway} conflicts with allocation pool {_pool_str(p['start'], p['end'])}")
+
+
+def check_dns(servers: list[str]) -> list[str]:
+    if len(servers) > MAX_DNS:
+        raise bad_request(f"Number of DNS nameservers exceeds the limit {MAX_DNS}", "DNSNameServersExhausted")
+    seen: set[str] = set()
+    for s in servers:
+        if s in seen:
+            raise bad_request(f"Invalid input for dns_nameservers. Reason: Duplicate nameserver '{s}'.")
+        seen.add(s)
+    return servers
+
+
+def check_routes(routes: list[HostRoute], version: int) -> list[dict[str, str]]:
+    if len(routes) > MAX_ROUTES:
+        raise bad_request(f"Number of host routes exceeds the limit {MAX_ROUTES}", "HostRoutesExhausted")
+    out: list[dict[str, str]] = []
+    for r in routes:
+        dest = ipaddress.ip_network(r.destination)
+        hop = ipaddress.ip_address(r.nexthop)
+        if dest.version != version or hop.version != version:
+            raise invalid_input(f"host_route {r.destination} via {r.nexthop} does not match the ip_version '{version}'")
+        item = {"destination": r.destination, "nexthop": r.nexthop}
+        if item in out:
+            raise bad_request(f"Invalid input for host_routes. Reason: Duplicate hostroute '{item}'.")
+        out.append(item)
+    return out
+
+
+def check_cidr(cidr: str | None, ip_version: int, enable_dhcp: bool, item: SubnetCreate) -> ipaddress.IPv4Network:
+    if ip_version not in (4, 6):
+        raise bad_request(f"Invalid input for ip_version. Reason: {ip_version} is not in valid values [4, 6].")
+    if ip_version == 6 or item.ipv6_ra_mode is not None or item.ipv6_address_mode is not None:
+        raise invalid_input("IPv6 subnets are not supported by this server")
+    if cidr is None:
+        if item.use_default_subnetpool or item.prefixlen is not None:
+            raise invalid_input("subnet pools are not supported by this server")
+        raise bad_request("Bad subnets request: a subnetpool must be specified in the absence of a cidr.")
+    net = ipaddress.ip_network(cidr)
+    if net.version != ip_version:
+        raise invalid_input(f"cidr '{cidr}' does not match the ip_version '{ip_version}'")
+    if net.prefixlen == 0:
+        raise invalid_input("0 is not allowed as CIDR prefix length")
+    if enable_dhcp and net.prefixlen > 30:
+        raise invalid_input("Subnet has a prefix length that is incompatible with DHCP service enabled")
+    return net  # type: ignore[return-value]
+
+
+# transactions --------------------------------------------------------------------------------
+def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[str, dict[str, Any]],
+                 staged: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    net = nets.get(item.network_id)
+    if net is None:
+        net = uow.get("networks", item.network_id)
+        if net is None or not network_visible(ctx, net):
+            raise not_found("network", item.network_id)
+        nets[item.network_id] = net
+    if not ctx.owns(net):
+        raise ApiError(403, "PolicyNotAuthorized", "(create_subnet) is disallowed by policy")
+    project = resolve_project(ctx, item.project_id, item.tenant_id)
+    cidr = check_cidr(item.cidr, item.ip_version, item.enable_dhcp, item)
+    others = uow.list("subnets", lambda s: s["network_id"] == net["id"]) + staged.get(net["id"], [])
+    for other in others:
+        if ipaddress.ip_network(other["cidr"]).overlaps(cidr):
+            raise invalid_input(f"Requested subnet with cidr: {cidr} for network: {net['id']} overlaps with "
+                                "another subnet")
+    fields = item.model_fields_set
+    if "gateway_ip" in fields:
+        gateway = item.gateway_ip
+    else:
+        gateway = str(cidr.network_address + 1) if cidr.prefixlen < 31 else None
+    if item.allocation_pools is not None:
+        pools = validate_pools(cidr, [p.model_dump() for p in item.allocation_pools])
+    else:
+        pools = default_pools(cidr, gateway)
+    check_gateway(cidr, gateway, pools)
+    now = now_iso()
+    sid = str(uuid.uuid4())
+    subnet = {
+        "id": sid,
+        "name": item.name,
+        "description": item.description,
+        "network_id": net["id"],
+        "project_id": project,
+        "tenant_id": project,
+        "ip_version": 4,
+        "cidr": str(cidr),
+        "gateway_ip": gateway,
+        "allocation_pools": pools,
+        "enable_dhcp": item.enable_dhcp,
+        "dns_nameservers": check_dns(item.dns_nameservers),
+        "host_routes": check_routes(item.host_routes, 4),
+        "ipv6_ra_mode": None,
+        "ipv6_address_mode": None,
+        "subnetpool_id": None,
+        "segment_id": None,
+        "service_types": item.service_types,
+        "tags": item.tags,
+        "created_at": now,
+        "updated_at": now,
+        "revision_number": 0,
+    }
+    staged.setdefault(net["id"], []).append(subnet)
+    net["subnets"] = net["subnets"] + [sid]
+    return subnet
+
+
+@router.get("/subnets")
+async def list_subnets(request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    nets = {n["id"]: n for n in st.repo.list("networks")}
+    return list_response(request, ctx, spec_for(nets), st.repo.list("subnets"))
+
+
+def _get_visible(st: AppState, ctx: Context, subnet_id: str) -> dict[str, Any]:
+    subnet = st.repo.get("subnets", subnet_id)
+    if subnet is None:
+        raise not_found("subnet", subnet_id)
+    net = st.repo.get("networks", subnet["network_id"])
+    if not subnet_visible(ctx, subnet, net):
+        raise not_found("subnet", subnet_id)
+    return subnet
+
+
+@router.get("/subnets/{subnet_id}")
+async def show_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    subnet = _get_visible(st, ctx, subnet_id)
+    return show_response(request, ctx, ResourceSpec("subnets", "subnet"), subnet)
+
+
+@router.post("/subnets", status_code=201)
+async def create_subnet(request: Request) -> JSONResponse:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    require_writer(ctx, "create_subnet")
+    items, bulk = parse_create(await read_json(request), "subnet", "subnets", SubnetCreate)
+
+    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
+        nets: dict[str, dict[str, Any]] = {}
+        staged: dict[str, list[dict[str, Any]]] = {}
+        subnets = [build_subnet(ctx, item, uow, nets, staged) for item in items]
+        for s in subnets:
+            uow.put("subnets", s)
+        for net in nets.values():
+            touch(net)
+            uow.put("networks", net)
+        return subnets
+
+    subnets = st.repo.transact(txn)
+    return JSONResponse({"subnets": subnets} if bulk else {"subnet": subnets[0]}, status_code=201)
+
+
+@router.put("/subnets/{subnet_id}")
+async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    body = await read_json(request)
+    if isinstance(body, dict) and isinstance(body.get("subnet"), dict):
+        for attr in READ_ONLY:
+            if attr in body["subnet"]:
+                raise bad_request(f"Cannot update read-only attribute {attr}")
+    upd = parse_update(body, "subnet", SubnetUpdate)
+    fields = upd.model_fields_set
+
+    def txn(uow: UnitOfWork) -> dict[str, Any]:
+        subnet = uow.get("subnets", subnet_id)
+        if subnet is None:
+            raise not_found("subnet", subnet_id)
+        net = uow.get("networks", subnet["network_id"])
+        if not subnet_visible(ctx, subnet, net):
+            raise not_found("subnet", subnet_id)
+        if not ctx.owns(subnet):
+            raise ApiError(403, "PolicyNotAuthorized", "(update_subnet) is disallowed by policy")
+        require_writer(ctx, "update_subnet")
+        check_if_match(request, subnet)
+        cidr = ipaddress.ip_network(subnet["cidr"])
+        changed: dict[str, Any] = {}
+        for f in ("name", "description", "enable_dhcp", "service_types"):
+            if f in fields:
+                changed[f] = getattr(upd, f)
+        if upd.enable_dhcp and "enable_dhcp" in fields and not subnet["enable_dhcp"] and cidr.prefixlen > 30:
+            raise invalid_input("Subnet has a prefix length that is incompatible with DHCP service enabled")
+        if "dns_nameservers" in fields:
+            changed["dns_nameservers"] = check_dns(upd.dns_nameservers)
+        if "host_routes" in fields:
+            changed["host_routes"] = check_routes(upd.host_routes, cidr.version)
+        gateway = upd.gateway_ip if "gateway_ip" in fields else subnet["gateway_ip"]
+        pools = subnet["allocation_pools"]
+        if "allocation_pools" in fields:
+            pools = validate_pools(cidr, [p.model_dump() for p in upd.allocation_pools])  # type: ignore[arg-type]
+            changed["allocation_pools"] = pools
+        if "gateway_ip" in fields and gateway != subnet["gateway_ip"] and gateway is not None:
+            holder = uow.get_raw(ipam.ip_key(subnet_id, gateway))
+            if holder is not None:
+                port = uow.get("ports", holder)
+                if port is None or not port["device_owner"].startswith("network:router_interface"):
+                    raise conflict("IpAddressInUse",
+                                   f"Unable to complete operation for network {subnet['network_id']}. "
+                                   f"The IP address {gateway} is in use.")
+        if "gateway_ip" in fields or "allocation_pools" in fields:
+            check_gateway(cidr, gateway, pools)  # type: ignore[arg-type]
+        if "gateway_ip" in fields:
+            changed["gateway_ip"] = gateway
+        touch(subnet, changed)
+        uow.put("subnets", subnet)
+        return subnet
+
+    return {"subnet": st.repo.transact(txn)}
+
+
+@router.delete("/subnets/{subnet_id}", status_code=204)
+async def delete_subnet(subnet_id: str, request: Request) -> Response:
+    st = AppState.of(request)
+    ctx = st.context(request)
+
+    def txn(uow: UnitOfWork) -> None:
+        subnet = uow.get("subnets", subnet_id)
+        if subnet is None:
+            raise not_found("subnet", subnet_id)
+        net = uow.get("networks", subnet["network_id"])
+        if not subnet_visible(ctx, subnet, net):
+            raise not_found("subnet", subnet_id)
+        if not ctx.owns(subnet):
+            raise ApiError(403, "PolicyNotAuthorized", "(delete_subnet) is disallowed by policy")
+        require_writer(ctx, "delete_subnet")
+        check_if_match(request, subnet)
+        uow.get_raw(ipam.subnet_alloc_key(subnet_id))  # guard: no allocation may commit meanwhile
+        holders = uow.list("ports", lambda p: any(ip["subnet_id"] == subnet_id for ip in p["fixed_ips"]))
+        if any(p["device_owner"] != DHCP_OWNER for p in holders):
+            raise conflict("SubnetInUse", f"Unable to complete operation on subnet {subnet_id}: "
+                           "One or more ports have an IP allocation from this subnet.")
+        for p in holders:  # DHCP ports only: drop their address on this subnet
+            port = dict(p)
+            for ip in port["fixed_ips"]:
+                if ip["subnet_id"] == subnet_id:
+                    ipam.release_ip(uow, subnet_id, ip["ip_address"])
+            port["fixed_ips"] = [ip for ip in port["fixed_ips"] if ip["subnet_id"] != subnet_id]
+            touch(port)
+            uow.put("ports", port)
+        kvs, _ = uow.repo.store.range(f"{ROOT}ipam/{subnet_id}/")
+        for kv in kvs:  # defensive: nothing should be left; never leave orphans behind
+            uow.delete_raw(kv.key)
+        uow.delete_raw(ipam.subnet_alloc_key(subnet_id))
+        uow.delete("subnets", subnet_id)
+        if net is not None:
+            touch(net, {"subnets": [s for s in net["subnets"] if s != subnet_id]})
+            uow.put("networks", net)
+
+    st.repo.transact(txn)
+    return Response(status_code=204)
