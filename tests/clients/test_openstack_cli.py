@@ -232,7 +232,7 @@ def test_security_group_and_rule(cli: Cloud, security_groups: dict[str, dict[str
         assert rule["protocol"] == "tcp"
         assert (rule["port_range_min"], rule["port_range_max"]) == (22, 22)
         assert rule["remote_ip_prefix"] == "0.0.0.0/0"
-        assert rule["ethertype"] == "IPv4"
+        assert rule["ether_type"] == "IPv4"  # the CLI renames ethertype
         groups = {g["Name"]: g["ID"] for g in cli.openstack(p, "security", "group", "list", "-f", "json").json()}
         assert groups.get("web") == sg["id"] and "default" in groups, groups
         rules = cli.openstack(p, "security", "group", "rule", "list", "web", "-f", "json").json()
