@@ -1,0 +1,513 @@
+"""The view of one host, and the fan-out index that keeps every host's view current.
+
+What a host sees (the contract of `GET /v2.0/vxnet/hosts/{host}/view`), for host H:
+
+- L: ports with `binding:host_id == H` (local ports); N0: their networks.
+- R: routers with an interface port (device_owner in ROUTER_IFACE_OWNERS, device_id = router)
+  on a network of N0; N1: the networks of every interface of those routers.
+- Gateway hosts (agent registered with `gateway: true`) add every router with an external
+  gateway to R (and so its interfaces' networks to N1), every `router:external` network and
+  every router's external gateway network, and every floating IP.
+- N = N0 | N1 | (gateway networks). The view holds the networks of N, their subnets, ALL their
+  ports, the routers of R, the floating IPs of local ports, the security groups of local ports
+  and their rules, the member ports of every remote group those rules name, and the `hosts`
+  entries ({host, underlay_ip, alive, gateway}) of H and of every host a port of the view is
+  bound to (registered hosts only).
+
+Membership is kept as ids: a network, router, group or host id is a member as soon as something
+refers to it, and appears in the view once the object exists. So creating or deleting such an
+object never changes membership, only what is shown.
+
+`full_view` computes a view from scratch by scanning every object: it is the reference.
+`ViewIndex` keeps the same views incrementally: it holds every object plus indexes (ports by
+network, host and group, router interfaces, ...) and, per tracked host, the member ids; and the
+reverse index `holders[(collection, id)]` = hosts whose view contains that id. A change costs:
+- an attribute change that cannot move anything (port status, names, fixed IPs, ...): one put
+  per host holding the object;
+- a change of a "structural" attribute (a port's network, binding, owner, groups; a rule's
+  group or remote group; a router's external gateway; ...): the hosts it can affect are found
+  through the indexes and only their memberships are recomputed (from the indexes, not by a
+  scan) and diffed.
+
+Invariant (tested against `full_view` on random histories): for every tracked host, applying
+`ViewIndex.apply`'s messages in order to `ViewIndex.snapshot` gives `full_view` of the same
+objects. The module is pure: no I/O, no clock, no threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+Obj = dict[str, Any]
+View = dict[str, dict[str, Any]]
+
+COLLECTIONS = ("networks", "subnets", "ports", "routers", "floatingips", "security_groups",
+               "security_group_rules")
+VIEW_KEYS = COLLECTIONS + ("hosts",)
+# The same owners as services/ports.py ROUTER_INTERFACE_OWNERS (kept here so this module
+# imports nothing from the API layer).
+ROUTER_IFACE_OWNERS = frozenset({
+    "network:router_interface",
+    "network:router_interface_distributed",
+    "network:ha_router_replicated_interface",
+    "network:router_centralized_snat",
+})
+
+# Attributes whose change can move objects in or out of some view (networks, routers and
+# groups are members by id; only gateway hosts depend on their attributes).
+_STRUCTURAL: dict[str, tuple[str, ...]] = {
+    "ports": ("network_id", "binding:host_id", "device_owner", "device_id", "security_groups"),
+    "subnets": ("network_id",),
+    "floatingips": ("port_id",),
+    "security_group_rules": ("security_group_id", "remote_group_id"),
+}
+
+
+def host_entry(agent: Obj | None) -> Obj | None:
+    """The `hosts` entry a registered agent record gives (None for no record)."""
+    if agent is None:
+        return None
+    conf = agent.get("configurations") or {}
+    return {"host": agent["host"], "underlay_ip": conf.get("underlay_ip"), "alive": bool(agent.get("alive")),
+            "gateway": bool(conf.get("gateway"))}
+
+
+def _gw_network(router: Obj) -> str | None:
+    info = router.get("external_gateway_info") or {}
+    return info.get("network_id") or None
+
+
+def _is_iface(port: Obj) -> bool:
+    return port.get("device_owner") in ROUTER_IFACE_OWNERS and bool(port.get("device_id"))
+
+
+def empty_view() -> View:
+    return {k: {} for k in VIEW_KEYS}
+
+
+# --- the reference: a full scan -------------------------------------------------------------
+
+def full_view(objects: Mapping[str, Mapping[str, Obj]], hosts: Mapping[str, Obj], host: str) -> View:
+    """The view of `host` computed from scratch. `objects[collection][id]`; `hosts[name]` are
+    `host_entry` values of registered hosts."""
+    ports = objects.get("ports", {})
+    routers = objects.get("routers", {})
+    networks = objects.get("networks", {})
+    me = hosts.get(host)
+    gateway = bool(me and me["gateway"])
+    local = {pid for pid, p in ports.items() if p.get("binding:host_id") == host}
+    n0 = {ports[p]["network_id"] for p in local}
+    r_ids = {p["device_id"] for p in ports.values() if _is_iface(p) and p["network_id"] in n0}
+    nets = set(n0)
+    if gateway:
+        r_ids |= {rid for rid, r in routers.items() if _gw_network(r)}
+        nets |= {nid for nid, n in networks.items() if n.get("router:external")}
+        nets |= {g for r in routers.values() if (g := _gw_network(r))}
+    nets |= {p["network_id"] for p in ports.values() if _is_iface(p) and p["device_id"] in r_ids}
+    port_ids = local | {pid for pid, p in ports.items() if p["network_id"] in nets}
+    sgs = {g for p in local for g in ports[p].get("security_groups") or ()}
+    rules = {rid: r for rid, r in objects.get("security_group_rules", {}).items() if r["security_group_id"] in sgs}
+    remote = {r["remote_group_id"] for r in rules.values() if r.get("remote_group_id")}
+    port_ids |= {pid for pid, p in ports.items() if set(p.get("security_groups") or ()) & remote}
+    fips = {fid: f for fid, f in objects.get("floatingips", {}).items() if gateway or f.get("port_id") in local}
+    host_names = {ports[p].get("binding:host_id") for p in port_ids} | {host}
+    view = empty_view()
+    view["networks"] = {n: networks[n] for n in nets if n in networks}
+    view["subnets"] = {sid: s for sid, s in objects.get("subnets", {}).items() if s["network_id"] in nets}
+    view["ports"] = {p: ports[p] for p in port_ids}
+    view["routers"] = {r: routers[r] for r in r_ids if r in routers}
+    view["floatingips"] = fips
+    view["security_groups"] = {g: o for g, o in objects.get("security_groups", {}).items() if g in sgs}
+    view["security_group_rules"] = rules
+    view["hosts"] = {h: hosts[h] for h in host_names if h and h in hosts}
+    return view
+
+
+# --- the incremental index ------------------------------------------------------------------
+
+def _add(index: dict[str, set[str]], key: str | None, value: str) -> None:
+    if key:
+        index.setdefault(key, set()).add(value)
+
+
+def _discard(index: dict[str, set[str]], key: str | None, value: str) -> None:
+    if key:
+        s = index.get(key)
+        if s is not None:
+            s.discard(value)
+            if not s:
+                del index[key]
+
+
+@dataclasses.dataclass
+class Message:
+    """What one host must apply for one revision: puts and deletes per view key. Several steps
+    of one revision compose: an entry that comes and goes, or leaves and comes back unchanged,
+    leaves no trace."""
+
+    put: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    delete: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    _before: dict[tuple[str, str], Any] = dataclasses.field(default_factory=dict)
+
+    def _unset(self, coll: str, id_: str) -> None:
+        for m in (self.put, self.delete):
+            c = m.get(coll)
+            if c is not None and id_ in c:
+                c.pop(id_) if isinstance(c, dict) else c.discard(id_)
+                if not c:
+                    del m[coll]
+
+    def set(self, coll: str, id_: str, obj: Any, old: Any) -> None:
+        """Show `obj`; `old` is what the host had before this step (None: nothing)."""
+        before = self._before.setdefault((coll, id_), old)
+        self._unset(coll, id_)
+        if before != obj:
+            self.put.setdefault(coll, {})[id_] = obj
+
+    def drop(self, coll: str, id_: str, old: Any) -> None:
+        """Remove the entry the host had before this step (`old`)."""
+        before = self._before.setdefault((coll, id_), old)
+        self._unset(coll, id_)
+        if before is not None:
+            self.delete.setdefault(coll, set()).add(id_)
+
+    def __bool__(self) -> bool:
+        return bool(self.put or self.delete)
+
+    def wire(self) -> dict[str, Any]:
+        """The `put` / `delete` members of an update message (delete ids sorted)."""
+        return {"put": self.put, "delete": {k: sorted(v) for k, v in self.delete.items()}}
+
+
+def apply_message(view: View, put: Mapping[str, Mapping[str, Any]], delete: Mapping[str, Iterable[str]]) -> None:
+    """Apply an update to a view held as `view[key][id]` (what an agent does)."""
+    for coll, ids in delete.items():
+        for i in ids:
+            view.setdefault(coll, {}).pop(i, None)
+    for coll, objs in put.items():
+        view.setdefault(coll, {}).update(objs)
+
+
+class ViewIndex:
+    """All objects, their indexes, and the member ids of every tracked host's view."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Obj]] = {c: {} for c in COLLECTIONS}
+        self.hosts: dict[str, Obj] = {}  # host name -> host_entry of a registered agent
+        self._agent_host: dict[str, str] = {}  # agent record id -> host name
+        # indexes over objects
+        self._ports_by_net: dict[str, set[str]] = {}
+        self._ports_by_host: dict[str, set[str]] = {}
+        self._ports_by_sg: dict[str, set[str]] = {}
+        self._ifaces_by_net: dict[str, set[str]] = {}
+        self._ifaces_by_router: dict[str, set[str]] = {}
+        self._subnets_by_net: dict[str, set[str]] = {}
+        self._rules_by_sg: dict[str, set[str]] = {}
+        self._fips_by_port: dict[str, set[str]] = {}
+        self._gw_routers: dict[str, str] = {}  # router id -> external network id
+        self._ext_nets: set[str] = set()
+        # per tracked host: member ids per view key, and remote groups; reverse indexes
+        self.members: dict[str, dict[str, set[str]]] = {}
+        self._remote: dict[str, set[str]] = {}
+        self._holders: dict[tuple[str, str], set[str]] = {}
+        self._remote_watch: dict[str, set[str]] = {}
+
+    # --- object indexes -------------------------------------------------------------------
+
+    def _index(self, coll: str, id_: str, obj: Obj, add: bool) -> None:
+        f = _add if add else _discard
+        if coll == "ports":
+            f(self._ports_by_net, obj["network_id"], id_)
+            f(self._ports_by_host, obj.get("binding:host_id"), id_)
+            for g in obj.get("security_groups") or ():
+                f(self._ports_by_sg, g, id_)
+            if _is_iface(obj):
+                f(self._ifaces_by_net, obj["network_id"], id_)
+                f(self._ifaces_by_router, obj["device_id"], id_)
+        elif coll == "subnets":
+            f(self._subnets_by_net, obj["network_id"], id_)
+        elif coll == "security_group_rules":
+            f(self._rules_by_sg, obj["security_group_id"], id_)
+        elif coll == "floatingips":
+            f(self._fips_by_port, obj.get("port_id"), id_)
+        elif coll == "routers":
+            gw = _gw_network(obj)
+            if add and gw:
+                self._gw_routers[id_] = gw
+            elif not add:
+                self._gw_routers.pop(id_, None)
+        elif coll == "networks":
+            if add and obj.get("router:external"):
+                self._ext_nets.add(id_)
+            elif not add:
+                self._ext_nets.discard(id_)
+
+    def _store(self, coll: str, id_: str, obj: Obj | None) -> Obj | None:
+        old = self.objects[coll].pop(id_, None)
+        if old is not None:
+            self._index(coll, id_, old, False)
+        if obj is not None:
+            self.objects[coll][id_] = obj
+            self._index(coll, id_, obj, True)
+        return old
+
+    # --- membership -----------------------------------------------------------------------
+
+    def _gateway(self, host: str) -> bool:
+        e = self.hosts.get(host)
+        return bool(e and e["gateway"])
+
+    def membership(self, host: str) -> tuple[dict[str, set[str]], set[str]]:
+        """Member ids per view key of `host`, and its remote groups, from the indexes."""
+        ports = self.objects["ports"]
+        local = set(self._ports_by_host.get(host, ()))
+        n0 = {ports[p]["network_id"] for p in local}
+        r_ids: set[str] = set()
+        for n in n0:
+            r_ids |= {ports[q]["device_id"] for q in self._ifaces_by_net.get(n, ())}
+        nets = set(n0)
+        gateway = self._gateway(host)
+        if gateway:
+            r_ids |= set(self._gw_routers)
+            nets |= self._ext_nets
+            nets |= set(self._gw_routers.values())
+        for r in r_ids:
+            nets |= {ports[q]["network_id"] for q in self._ifaces_by_router.get(r, ())}
+        port_ids = set(local)
+        subnets: set[str] = set()
+        for n in nets:
+            port_ids |= self._ports_by_net.get(n, set())
+            subnets |= self._subnets_by_net.get(n, set())
+        sgs: set[str] = set()
+        for p in local:
+            sgs.update(ports[p].get("security_groups") or ())
+        rules: set[str] = set()
+        for g in sgs:
+            rules |= self._rules_by_sg.get(g, set())
+        all_rules = self.objects["security_group_rules"]
+        remote = {rg for r in rules if (rg := all_rules[r].get("remote_group_id"))}
+        for g in remote:
+            port_ids |= self._ports_by_sg.get(g, set())
+        if gateway:
+            fips = set(self.objects["floatingips"])
+        else:
+            fips = set()
+            for p in local:
+                fips |= self._fips_by_port.get(p, set())
+        host_names = {h for p in port_ids if (h := ports[p].get("binding:host_id"))}
+        host_names.add(host)
+        return ({"networks": nets, "subnets": subnets, "ports": port_ids, "routers": r_ids,
+                 "floatingips": fips, "security_groups": sgs, "security_group_rules": rules,
+                 "hosts": host_names}, remote)
+
+    def _value(self, key: str, id_: str) -> Any:
+        if key == "hosts":
+            return self.hosts.get(id_)
+        return self.objects[key].get(id_)
+
+    def track(self, host: str) -> bool:
+        """Start keeping `host`'s view current; False if it was tracked already."""
+        if host in self.members:
+            return False
+        mem, remote = self.membership(host)
+        self.members[host] = {k: set() for k in VIEW_KEYS}
+        self._remote[host] = set()
+        self._set_membership(host, mem, remote)
+        return True
+
+    def untrack(self, host: str) -> None:
+        if host not in self.members:
+            return
+        self._set_membership(host, {k: set() for k in VIEW_KEYS}, set())
+        del self.members[host]
+        del self._remote[host]
+
+    def _set_membership(self, host: str, mem: dict[str, set[str]], remote: set[str]) -> None:
+        old = self.members[host]
+        for k in VIEW_KEYS:
+            for i in old[k] - mem[k]:
+                _discard_t(self._holders, (k, i), host)
+            for i in mem[k] - old[k]:
+                self._holders.setdefault((k, i), set()).add(host)
+        for g in self._remote[host] - remote:
+            _discard(self._remote_watch, g, host)
+        for g in remote - self._remote[host]:
+            _add(self._remote_watch, g, host)
+        self.members[host] = mem
+        self._remote[host] = remote
+
+    def snapshot(self, host: str) -> View:
+        """The current view of a tracked host."""
+        view = empty_view()
+        for k, ids in self.members[host].items():
+            for i in ids:
+                v = self._value(k, i)
+                if v is not None:
+                    view[k][i] = v
+        return view
+
+    def holders(self, key: str, id_: str) -> set[str]:
+        """Tracked hosts whose view contains (or would show) `key`/`id_`."""
+        return self._holders.get((key, id_), set())
+
+    # --- changes --------------------------------------------------------------------------
+
+    def load(self, objects: Mapping[str, Mapping[str, Obj]], agents: Mapping[str, Obj]) -> None:
+        """Replace every object (tracked hosts are recomputed with no messages)."""
+        tracked = list(self.members)
+        self.__init__()  # type: ignore[misc]
+        for coll, objs in objects.items():
+            for i, o in objs.items():
+                self._store(coll, i, o)
+        for aid, rec in agents.items():
+            self._agent_host[aid] = rec["host"]
+            self.hosts[rec["host"]] = host_entry(rec)  # type: ignore[assignment]
+        for h in tracked:
+            self.track(h)
+
+    def apply(self, changes: Iterable[tuple[str, str, Obj | None]]) -> dict[str, Message]:
+        """Apply changes (collection, id, new object or None for a delete) in order; the
+        messages for each tracked host whose view changed. Collection "agents" takes agent
+        records (id = agent id) and changes the `hosts` entries."""
+        out: dict[str, Message] = {}
+        for coll, id_, obj in changes:
+            if coll == "agents":
+                self._apply_agent(id_, obj, out)
+            elif coll in self.objects:
+                self._apply_object(coll, id_, obj, out)
+        return {h: m for h, m in out.items() if m}
+
+    def _apply_agent(self, agent_id: str, rec: Obj | None, out: dict[str, Message]) -> None:
+        name = rec["host"] if rec is not None else self._agent_host.get(agent_id)
+        if name is None:
+            return
+        old = self.hosts.get(name)
+        new = host_entry(rec)
+        if rec is None:
+            self._agent_host.pop(agent_id, None)
+            self.hosts.pop(name, None)
+        else:
+            self._agent_host[agent_id] = name
+            self.hosts[name] = new  # type: ignore[assignment]
+        if old == new:
+            return
+        if rec is not None and name not in self.members:
+            self.track(name)  # a registered host is always tracked
+        for h in self.holders("hosts", name):
+            if new is not None:
+                out.setdefault(h, Message()).set("hosts", name, new, old)
+            else:
+                out.setdefault(h, Message()).drop("hosts", name, old)
+        if (old is not None and old["gateway"]) != (new is not None and new["gateway"]) and name in self.members:
+            self._recompute([name], None, out)
+
+    def _apply_object(self, coll: str, id_: str, obj: Obj | None, out: dict[str, Message]) -> None:
+        old = self.objects[coll].get(id_)
+        if old is None and obj is None:
+            return
+        if coll in ("networks", "routers", "security_groups"):
+            # Membership is by id: only a gateway host's membership depends on these objects
+            # (external networks, routers with a gateway); every other holder sees a put/delete.
+            recompute = set()
+            if _touches_gateway(coll, old) or _touches_gateway(coll, obj):
+                recompute = self._gateway_hosts()
+            self._store(coll, id_, obj)
+            self._recompute(recompute, (coll, id_, old), out)
+            self._content(coll, id_, old, obj, self.holders(coll, id_) - recompute, out)
+            return
+        structural = old is None or obj is None or any(old.get(a) != obj.get(a) for a in _STRUCTURAL[coll])
+        if not structural:
+            self._store(coll, id_, obj)
+            self._content(coll, id_, old, obj, self.holders(coll, id_), out)
+            return
+        affected = set(self.holders(coll, id_))
+        if old is not None:
+            affected |= self._affected_by(coll, old)
+        self._store(coll, id_, obj)
+        if obj is not None:
+            affected |= self._affected_by(coll, obj)
+        self._recompute(affected, (coll, id_, old), out)
+
+    def _content(self, coll: str, id_: str, old: Obj | None, obj: Obj | None, hosts: Iterable[str],
+                 out: dict[str, Message]) -> None:
+        """A change that moves nothing: show the new value (or the deletion) to `hosts`."""
+        for h in hosts:
+            if obj is not None:
+                out.setdefault(h, Message()).set(coll, id_, obj, old)
+            elif old is not None:
+                out.setdefault(h, Message()).drop(coll, id_, old)
+
+    def _gateway_hosts(self) -> set[str]:
+        return {h for h, e in self.hosts.items() if e["gateway"] and h in self.members}
+
+    def _affected_by(self, coll: str, o: Obj) -> set[str]:
+        """Tracked hosts whose membership may depend on object `o` of `coll`."""
+        hs: set[str] = set()
+        if coll == "ports":
+            if o.get("binding:host_id"):
+                hs.add(o["binding:host_id"])
+            hs |= self.holders("networks", o["network_id"])
+            for g in o.get("security_groups") or ():
+                hs |= self._remote_watch.get(g, set())
+            if _is_iface(o):  # gateway hosts hold every router with a gateway already
+                hs |= self.holders("routers", o["device_id"])
+        elif coll == "subnets":
+            hs |= self.holders("networks", o["network_id"])
+        elif coll == "security_group_rules":
+            hs |= self.holders("security_groups", o["security_group_id"])
+        elif coll == "floatingips":
+            port = self.objects["ports"].get(o.get("port_id") or "")
+            if port is not None and port.get("binding:host_id"):
+                hs.add(port["binding:host_id"])
+            hs |= self._gateway_hosts()
+        return {h for h in hs if h in self.members}
+
+    def _recompute(self, hosts: Iterable[str], changed: tuple[str, str, Obj | None] | None,
+                   out: dict[str, Message]) -> None:
+        """Recompute the membership of `hosts` and emit the difference. `changed` names the
+        object this change touched and its value before (the world holds the value after)."""
+        for h in hosts:
+            if h not in self.members:
+                continue
+            before = self.members[h]
+            after, remote = self.membership(h)
+            msg = out.setdefault(h, Message())
+            for k in VIEW_KEYS:
+                b, a = before[k], after[k]
+                for i in a - b:
+                    v = self._value(k, i)
+                    if v is not None:
+                        msg.set(k, i, v, None)
+                for i in b - a:
+                    prev = changed[2] if changed and changed[:2] == (k, i) else self._value(k, i)
+                    if prev is not None:
+                        msg.drop(k, i, prev)
+            if changed is not None:
+                k, i, old = changed
+                if i in before[k] and i in after[k]:
+                    v = self._value(k, i)
+                    if v is not None:
+                        msg.set(k, i, v, old)
+                    elif old is not None:
+                        msg.drop(k, i, old)
+            self._set_membership(h, after, remote)
+
+
+def _touches_gateway(coll: str, o: Obj | None) -> bool:
+    if o is None:
+        return False
+    if coll == "routers":
+        return _gw_network(o) is not None
+    if coll == "networks":
+        return bool(o.get("router:external"))
+    return False
+
+
+def _discard_t(index: dict[tuple[str, str], set[str]], key: tuple[str, str], value: str) -> None:
+    s = index.get(key)
+    if s is not None:
+        s.discard(value)
+        if not s:
+            del index[key]

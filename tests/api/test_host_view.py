@@ -1,0 +1,417 @@
+"""Host views: the incremental index against the full scan, then the stream over HTTP.
+
+Part 1 (pure): random histories of networks, subnets, ports, routers, floating IPs, groups,
+rules and agents are applied to `ViewIndex`; after every revision, for every tracked host, the
+view an agent holds (snapshot + every message) equals `full_view` of the same objects, and
+every message a host receives changes its view (no host hears of a change it does not care
+about).
+
+Part 2 (HTTP): the `/v2.0/vxnet/hosts/{host}/view` stream of a real server: snapshot, updates
+for the owning host only, resume with `since`, snapshot when `since` is too old, latency.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import USERS, ServerHandle, get_token, start_server
+from vxnet.config import Config, User
+from vxnet.services.host_view import ViewIndex, apply_message, empty_view, full_view
+from vxnet.store.contract import put as store_put
+
+# --- part 1: pure -------------------------------------------------------------------------
+
+HOSTS = ["h1", "h2", "h3", "h4", "gw1"]
+NETS = [f"n{i}" for i in range(6)]
+ROUTERS = ["r1", "r2", "r3"]
+GROUPS = ["g1", "g2", "g3"]
+OWNERS = ["", "compute:nova", "compute:nova", "network:router_interface", "network:dhcp",
+          "network:router_gateway", "network:floatingip"]
+
+
+class RandomWorld:
+    """Random changes over a small id space, so that objects collide and move often."""
+
+    def __init__(self, seed: int) -> None:
+        self.rnd = random.Random(seed)
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in (
+            "networks", "subnets", "ports", "routers", "floatingips", "security_groups", "security_group_rules")}
+        self.agents: dict[str, dict[str, Any]] = {}
+        self.counter = 0
+
+    def _pick(self, coll: str, fresh: list[str]) -> str:
+        existing = list(self.objects[coll])
+        if existing and self.rnd.random() < 0.7:
+            return self.rnd.choice(existing)
+        return self.rnd.choice(fresh)
+
+    def _obj(self, coll: str, id_: str) -> dict[str, Any]:
+        r = self.rnd
+        self.counter += 1
+        base: dict[str, Any] = {"id": id_, "rev": self.counter}
+        if coll == "networks":
+            base["router:external"] = r.random() < 0.25
+        elif coll == "subnets":
+            base["network_id"] = r.choice(NETS)
+        elif coll == "ports":
+            owner = r.choice(OWNERS)
+            base.update({
+                "network_id": r.choice(NETS),
+                "binding:host_id": r.choice(HOSTS + ["h9", "", ""]),
+                "device_owner": owner,
+                "device_id": r.choice(ROUTERS) if owner.startswith("network:router") else r.choice(["", "vm1"]),
+                "security_groups": r.sample(GROUPS, r.randint(0, 2)),
+                "status": r.choice(["ACTIVE", "DOWN"]),
+            })
+        elif coll == "routers":
+            base["external_gateway_info"] = {"network_id": r.choice(NETS)} if r.random() < 0.5 else None
+        elif coll == "floatingips":
+            ports = list(self.objects["ports"])
+            base["port_id"] = r.choice(ports) if ports and r.random() < 0.7 else None
+        elif coll == "security_group_rules":
+            base["security_group_id"] = r.choice(GROUPS)
+            base["remote_group_id"] = r.choice(GROUPS) if r.random() < 0.5 else None
+        return base
+
+    def change(self) -> tuple[str, str, dict[str, Any] | None]:
+        """One random change, applied to the reference world too."""
+        r = self.rnd
+        coll = r.choice(list(self.objects) + ["ports", "ports", "ports", "agents"])
+        if coll == "agents":
+            host = r.choice(HOSTS)
+            aid = "agent-" + host
+            if aid in self.agents and r.random() < 0.2:
+                del self.agents[aid]
+                return ("agents", aid, None)
+            rec = {"id": aid, "host": host, "alive": r.random() < 0.8,
+                   "configurations": {"underlay_ip": f"198.51.100.{r.randint(1, 4)}",
+                                      "gateway": host == "gw1" or r.random() < 0.1}}
+            self.agents[aid] = rec
+            return ("agents", aid, rec)
+        fresh = {"networks": NETS, "routers": ROUTERS, "security_groups": GROUPS}.get(
+            coll, [f"{coll[:2]}{i}" for i in range(12)])
+        id_ = self._pick(coll, fresh)
+        if id_ in self.objects[coll] and r.random() < 0.25:
+            del self.objects[coll][id_]
+            return (coll, id_, None)
+        if id_ in self.objects[coll] and r.random() < 0.4:  # touch a non-structural attribute only
+            obj = dict(self.objects[coll][id_])
+            self.counter += 1
+            obj["rev"] = self.counter
+        else:
+            obj = self._obj(coll, id_)
+        self.objects[coll][id_] = obj
+        return (coll, id_, obj)
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        from vxnet.services.host_view import host_entry
+        return {a["host"]: host_entry(a) for a in self.agents.values()}  # type: ignore[misc]
+
+
+def _assert_agrees(index: ViewIndex, world: RandomWorld, held: dict[str, dict[str, Any]]) -> None:
+    for h in index.members:
+        want = full_view(world.objects, world.hosts(), h)
+        assert held[h] == want, f"host {h}: incremental view differs from full recompute"
+        assert index.snapshot(h) == want
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_incremental_views_equal_full_recompute(seed: int) -> None:
+    world = RandomWorld(seed)
+    index = ViewIndex()
+    held: dict[str, dict[str, Any]] = {}
+    for h in ("h1", "h2", "h9"):  # h9 never registers: it is tracked because it subscribed
+        index.track(h)
+        held[h] = index.snapshot(h)
+    messages = 0
+    for step in range(400):
+        batch = [world.change() for _ in range(world.rnd.choice([1, 1, 1, 2, 3]))]
+        out = index.apply(batch)
+        for h in index.members:
+            if h not in held:  # newly registered: starts from a snapshot taken now
+                held[h] = index.snapshot(h)
+                continue
+            if h in out:
+                before = copy.deepcopy(held[h])
+                wire = json.loads(json.dumps(out[h].wire()))
+                apply_message(held[h], wire["put"], wire["delete"])
+                assert held[h] != before, f"step {step}: host {h} got a message that changes nothing"
+                messages += 1
+        _assert_agrees(index, world, held)
+    assert messages > 100  # the history really moved views around
+    assert {"h3", "h4", "gw1"} & set(index.members)  # registration starts tracking
+
+
+def test_full_view_of_a_small_topology() -> None:
+    """The rules of the view, spelled out on a hand-made topology."""
+    p = lambda pid, net, host, owner="compute:nova", dev="vm", sgs=(): {  # noqa: E731
+        "id": pid, "network_id": net, "binding:host_id": host, "device_owner": owner, "device_id": dev,
+        "security_groups": list(sgs)}
+    objects = {
+        "networks": {n: {"id": n, "router:external": n == "ext"} for n in ("a", "b", "c", "ext")},
+        "subnets": {"sa": {"id": "sa", "network_id": "a"}, "sb": {"id": "sb", "network_id": "b"},
+                    "sc": {"id": "sc", "network_id": "c"}},
+        "ports": {
+            "pa1": p("pa1", "a", "h1", sgs=["web"]), "pa2": p("pa2", "a", "h2"),
+            "ra": p("ra", "a", "", "network:router_interface", "r"),
+            "rb": p("rb", "b", "", "network:router_interface", "r"),
+            "pb": p("pb", "b", "h3"), "pc": p("pc", "c", "h4", sgs=["db"]),
+            "gwp": p("gwp", "ext", "", "network:router_gateway", "r"),
+        },
+        "routers": {"r": {"id": "r", "external_gateway_info": {"network_id": "ext"}}},
+        "floatingips": {"f1": {"id": "f1", "port_id": "pa1"}, "f2": {"id": "f2", "port_id": "pc"}},
+        "security_groups": {"web": {"id": "web"}, "db": {"id": "db"}},
+        "security_group_rules": {"w1": {"id": "w1", "security_group_id": "web", "remote_group_id": "db"},
+                                 "d1": {"id": "d1", "security_group_id": "db", "remote_group_id": None}},
+    }
+    hosts = {h: {"host": h, "underlay_ip": ip, "alive": True, "gateway": h == "gw"}
+             for h, ip in (("h1", "198.51.100.1"), ("h2", "198.51.100.2"), ("h3", "198.51.100.3"),
+                           ("h4", "198.51.100.4"), ("gw", "198.51.100.9"))}
+    v1 = full_view(objects, hosts, "h1")
+    assert set(v1["networks"]) == {"a", "b"}  # its network and the one behind router r
+    assert set(v1["subnets"]) == {"sa", "sb"}
+    assert set(v1["ports"]) == {"pa1", "pa2", "ra", "rb", "pb", "pc"}  # pc: member of remote group db
+    assert set(v1["routers"]) == {"r"}
+    assert set(v1["floatingips"]) == {"f1"}
+    assert set(v1["security_groups"]) == {"web"} and set(v1["security_group_rules"]) == {"w1"}
+    assert set(v1["hosts"]) == {"h1", "h2", "h3", "h4"}
+    v4 = full_view(objects, hosts, "h4")
+    assert set(v4["networks"]) == {"c"} and set(v4["ports"]) == {"pc"} and set(v4["routers"]) == set()
+    assert set(v4["floatingips"]) == {"f2"} and set(v4["security_group_rules"]) == {"d1"}
+    gw = full_view(objects, hosts, "gw")
+    assert set(gw["networks"]) == {"a", "b", "ext"} and set(gw["routers"]) == {"r"}
+    assert set(gw["floatingips"]) == {"f1", "f2"} and "gwp" in gw["ports"]
+    assert full_view(objects, hosts, "nobody") == empty_view()
+
+
+def test_status_change_reaches_only_holders() -> None:
+    """A port's status change is one put per host that holds the port, nothing for others."""
+    index = ViewIndex()
+    objects: dict[str, dict[str, dict[str, Any]]] = {"networks": {}, "ports": {}}
+    for n in range(50):
+        objects["networks"][f"n{n}"] = {"id": f"n{n}"}
+        for h in range(4):
+            pid = f"p{n}-{h}"
+            objects["ports"][pid] = {"id": pid, "network_id": f"n{n}", "binding:host_id": f"host{n}-{h}",
+                                     "device_owner": "compute:nova", "device_id": "vm", "security_groups": []}
+    index.load(objects, {})
+    for n in range(50):
+        for h in range(4):
+            index.track(f"host{n}-{h}")
+    port = dict(objects["ports"]["p7-2"], status="ACTIVE")
+    out = index.apply([("ports", "p7-2", port)])
+    assert set(out) == {f"host7-{h}" for h in range(4)}
+    assert all(m.put == {"ports": {"p7-2": port}} and not m.delete for m in out.values())
+
+
+# --- part 2: the stream over HTTP ---------------------------------------------------------
+
+AGENT = User("vxnet-agent", "vxnet-agent-pw", "service", ("service",))
+
+
+def agent_config(port: int, **kw: Any) -> Config:
+    return Config(listen=f"127.0.0.1:{port}", users=USERS + (AGENT,), **kw)
+
+
+@pytest.fixture
+def srv(tmp_path) -> Iterator[ServerHandle]:
+    from tests.conftest import free_port
+    port = free_port()
+    h = start_server(os.path.join(tmp_path, "vxnet.db"), agent_config(port), port)
+    yield h
+    h.stop()
+
+
+def agent_client(h: ServerHandle) -> httpx.Client:
+    tok = get_token(h.url, AGENT.name, AGENT.password, AGENT.project)
+    return httpx.Client(base_url=h.url + "/v2.0/vxnet", headers={"X-Auth-Token": tok}, timeout=30)
+
+
+class StreamReader:
+    """Reads one host's view stream in a thread; lines are kept with their arrival time."""
+
+    def __init__(self, h: ServerHandle, host: str, since: int | None = None) -> None:
+        self.lines: list[tuple[float, dict[str, Any]]] = []
+        self.cond = threading.Condition()
+        self._client = agent_client(h)
+        params = {} if since is None else {"since": str(since)}
+        self._cm = self._client.stream("GET", f"/hosts/{host}/view", params=params,
+                                       timeout=httpx.Timeout(30, read=None))
+        self.response = self._cm.__enter__()
+        assert self.response.status_code == 200
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for line in self.response.iter_lines():
+                if line:
+                    with self.cond:
+                        self.lines.append((time.perf_counter(), json.loads(line)))
+                        self.cond.notify_all()
+        except (httpx.HTTPError, RuntimeError):
+            pass
+
+    def wait(self, pred: Any, timeout: float = 10) -> tuple[float, dict[str, Any]]:
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                for t, m in self.lines:
+                    if pred(m):
+                        return t, m
+                left = deadline - time.time()
+                if left <= 0:
+                    raise AssertionError("no matching stream line")
+                self.cond.wait(left)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _port(net: str, host: str, pid: str | None = None, **kw: Any) -> dict[str, Any]:
+    return {"id": pid or str(uuid.uuid4()), "network_id": net, "binding:host_id": host,
+            "device_owner": "compute:nova", "device_id": "vm", "security_groups": [],
+            "mac_address": "fa:16:3e:00:00:01", "fixed_ips": [], "status": "DOWN", **kw}
+
+
+def _put(h: ServerHandle, coll: str, obj: dict[str, Any]) -> int:
+    return store_put(h.store, f"/vxnet/res/{coll}/{obj['id']}", json.dumps(obj))
+
+
+def test_stream_snapshot_updates_and_isolation(srv: ServerHandle) -> None:
+    c = agent_client(srv)
+    for host, ip in (("hv1", "198.51.100.1"), ("hv2", "198.51.100.2"), ("hv3", "198.51.100.3")):
+        r = c.post(f"/hosts/{host}/register", json={"underlay_ip": ip, "gateway": False})
+        assert r.status_code == 200, r.text
+    net = srv.api("alice").post("/networks", json={"network": {"name": "n1"}}).json()["network"]
+    _put(srv, "ports", _port(net["id"], "hv1", "p-hv1"))
+    s1, s2, s3 = StreamReader(srv, "hv1"), StreamReader(srv, "hv2"), StreamReader(srv, "hv3")
+    _, snap = s1.wait(lambda m: m["type"] == "snapshot")
+    assert set(snap["view"]["ports"]) == {"p-hv1"} and set(snap["view"]["networks"]) == {net["id"]}
+    assert snap["view"]["host"]["underlay_ip"] == "198.51.100.1"
+    assert snap["view"]["hosts"]["hv1"]["alive"] is True
+    _, snap2 = s2.wait(lambda m: m["type"] == "snapshot")
+    assert snap2["view"]["ports"] == {}
+    # a port of hv2 on the same network: hv1 and hv2 see it, hv3 hears nothing
+    rev = _put(srv, "ports", _port(net["id"], "hv2", "p-hv2"))
+    _, u1 = s1.wait(lambda m: m["type"] == "update" and m["revision"] == rev)
+    assert set(u1["put"]["ports"]) == {"p-hv2"} and "hv2" in u1["put"]["hosts"]
+    _, u2 = s2.wait(lambda m: m["type"] == "update" and m["revision"] == rev)
+    assert set(u2["put"]["networks"]) == {net["id"]}
+    # the move of p-hv2 to hv3: hv2 loses the network, hv3 gains it
+    rev2 = _put(srv, "ports", _port(net["id"], "hv3", "p-hv2"))
+    _, u2b = s2.wait(lambda m: m.get("revision") == rev2)
+    assert set(u2b["delete"]["ports"]) == {"p-hv1", "p-hv2"} and u2b["delete"]["networks"] == [net["id"]]
+    s3.wait(lambda m: m.get("revision") == rev2)
+    assert [m for _, m in s3.lines if m["type"] == "update" and m["revision"] < rev2] == []
+    for s in (s1, s2, s3):
+        s.close()
+    c.close()
+
+
+def test_stream_resume_and_compacted_since(srv: ServerHandle) -> None:
+    c = agent_client(srv)
+    assert c.post("/hosts/hv1/register", json={"underlay_ip": "198.51.100.1"}).status_code == 200
+    net = srv.api("admin").post("/networks", json={"network": {"name": "n"}}).json()["network"]
+    s = StreamReader(srv, "hv1")
+    _, snap = s.wait(lambda m: m["type"] == "snapshot")
+    s.close()
+    # changes while disconnected: resuming from the snapshot's revision replays them, no snapshot
+    r1 = _put(srv, "ports", _port(net["id"], "hv1", "pa"))
+    r2 = _put(srv, "ports", _port(net["id"], "elsewhere", "pb"))
+    r3 = _put(srv, "ports", _port(net["id"], "hv1", "pa", status="ACTIVE"))
+    s = StreamReader(srv, "hv1", since=snap["revision"])
+    s.wait(lambda m: m.get("revision") == r3)
+    types = [m["type"] for _, m in s.lines]
+    assert "snapshot" not in types
+    revs = [m["revision"] for _, m in s.lines if m["type"] == "update"]
+    assert revs == [r1, r2, r3]
+    view = copy.deepcopy(snap["view"])
+    for _, m in s.lines:
+        if m["type"] == "update":
+            apply_message(view, m["put"], m["delete"])
+    assert view["ports"]["pa"]["status"] == "ACTIVE" and "pb" in view["ports"]
+    s.close()
+    # a revision older than what the server can replay: a snapshot first
+    s = StreamReader(srv, "hv1", since=1)
+    _, first = s.wait(lambda m: True)
+    assert first["type"] == "snapshot" and set(first["view"]["ports"]) == {"pa", "pb"}
+    s.close()
+    # a revision from the future (another store): a snapshot too
+    s = StreamReader(srv, "hv1", since=10**9)
+    _, first = s.wait(lambda m: True)
+    assert first["type"] == "snapshot"
+    s.close()
+    c.close()
+
+
+def test_stream_needs_service_or_admin(srv: ServerHandle) -> None:
+    r = srv.api("alice").get("/vxnet/hosts/hv1/view")
+    assert r.status_code == 403 and r.json()["NeutronError"]["type"] == "PolicyNotAuthorized"
+    r = httpx.get(srv.url + "/v2.0/vxnet/hosts/hv1/view")
+    assert r.status_code == 401
+    r = agent_client(srv).get("/hosts/hv1/view", params={"since": "abc"})
+    assert r.status_code == 400
+
+
+def test_ping_on_silence(tmp_path) -> None:
+    from tests.conftest import free_port
+    from vxnet.api.routers import agent_stream
+    port = free_port()
+    old = agent_stream.PING_INTERVAL
+    agent_stream.PING_INTERVAL = 0.3
+    h = start_server(os.path.join(tmp_path, "db"), agent_config(port), port)
+    try:
+        s = StreamReader(h, "quiet")
+        _, ping = s.wait(lambda m: m["type"] == "ping", timeout=5)
+        assert ping["revision"] >= 0
+        s.close()
+    finally:
+        agent_stream.PING_INTERVAL = old
+        h.stop()
+
+
+@pytest.mark.slow
+def test_latency_port_write_to_owner_stream(srv: ServerHandle) -> None:
+    """Time from a port's store write to its line on the owning host's stream, while an
+    unrelated host's stream stays silent."""
+    c = agent_client(srv)
+    for i in range(20):
+        c.post(f"/hosts/hv{i}/register", json={"underlay_ip": f"198.51.100.{i + 1}"})
+    nets = [srv.api("admin").post("/networks", json={"network": {"name": f"n{i}"}}).json()["network"]["id"]
+            for i in range(20)]
+    for i in range(20):  # 20 hosts, one network each, 10 ports per host
+        for j in range(10):
+            _put(srv, "ports", _port(nets[i], f"hv{i}", f"p{i}-{j}"))
+    owner, other = StreamReader(srv, "hv3"), StreamReader(srv, "hv4")
+    owner.wait(lambda m: m["type"] == "snapshot")
+    other.wait(lambda m: m["type"] == "snapshot")
+    base = len(other.lines)
+    samples = []
+    for k in range(300):
+        status = "ACTIVE" if k % 2 == 0 else "DOWN"
+        pid = f"p3-{k % 10}" if k % 3 else f"new-{k}"  # status flips and new ports
+        t0 = time.perf_counter()
+        rev = _put(srv, "ports", _port(nets[3], "hv3", pid, status=status))
+        t1, _ = owner.wait(lambda m, rev=rev: m.get("revision") == rev)
+        samples.append(t1 - t0)
+    samples.sort()
+    p50 = statistics.median(samples) * 1000
+    p99 = samples[int(len(samples) * 0.99) - 1] * 1000
+    print(f"\nport write -> owner stream line: p50 {p50:.2f} ms, p99 {p99:.2f} ms (n={len(samples)})")
+    assert p50 < 50
+    assert [m for _, m in other.lines[base:] if m["type"] != "ping"] == []
+    owner.close()
+    other.close()
