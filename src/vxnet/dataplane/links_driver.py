@@ -1,0 +1,222 @@
+"""Links: bridges and VXLAN devices the agent owns, and VM devices it plugs into them.
+
+Contract:
+- `read_links` reads every link once and returns the owned bridges / VXLAN devices and every
+  `tap*` device as `compute.state` entries (a tap's `bridge` is the name of its master, or "").
+- `LinksDriver.apply_*` take a `Diff` of those entries and converge the kernel: create and
+  update in dependency order (bridges, then VXLAN devices, then plugs), delete in reverse.
+  Creating something that exists, or deleting something gone, counts as success.
+- Only links named with the owned prefixes are ever created or deleted; taps are only
+  attached/detached (set master), never created or deleted.
+- A VXLAN device whose immutable attributes (VNI, local IP, port, learning) differ is recreated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vxnet.compute import naming
+from vxnet.compute.diff import Diff
+from vxnet.compute.state import Bridge, Plug, Vxlan
+
+log = logging.getLogger("vxnet.dataplane.links")
+
+IFF_UP = 0x1
+_GONE = (errno.ENODEV, errno.ENOENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkSnapshot:
+    """What `read_links` found."""
+
+    bridges: frozenset[Bridge]
+    vxlans: frozenset[Vxlan]
+    taps: frozenset[Plug]
+    index: dict[str, int]
+
+    @property
+    def tap_names(self) -> frozenset[str]:
+        return frozenset(p.tap for p in self.taps)
+
+
+def _data(info: Any, key: str) -> dict[str, Any]:
+    d = info.get(key) if info else None
+    if not d:
+        return {}
+    return {k: v for k, v in d["attrs"]}
+
+
+def read_links(ipr: IPRoute) -> LinkSnapshot:
+    """One link dump, parsed into owned bridges, owned VXLAN devices and taps."""
+    raw = list(ipr.get_links())
+    names = {link["index"]: link.get("ifname") for link in raw}
+    bridges, vxlans, taps = set(), set(), set()
+    index: dict[str, int] = {}
+    for link in raw:
+        name = link.get("ifname") or ""
+        index[name] = link["index"]
+        up = bool(link["flags"] & IFF_UP)
+        mtu = int(link.get("IFLA_MTU") or 0)
+        master = names.get(link.get("IFLA_MASTER") or 0, "") or ""
+        info = link.get("IFLA_LINKINFO")
+        if naming.is_bridge(name):
+            bridges.add(Bridge(name, (link.get("IFLA_ADDRESS") or "").lower(), mtu, up))
+        elif naming.is_vxlan(name):
+            d = _data(info, "IFLA_INFO_DATA")
+            port = _data(info, "IFLA_INFO_SLAVE_DATA")
+            vxlans.add(Vxlan(
+                name, int(d.get("IFLA_VXLAN_ID", 0)), str(d.get("IFLA_VXLAN_LOCAL", "")), master, mtu,
+                int(d.get("IFLA_VXLAN_PORT", 0)), bool(d.get("IFLA_VXLAN_LEARNING", 1)),
+                bool(port.get("IFLA_BRPORT_LEARNING", 1)), bool(port.get("IFLA_BRPORT_NEIGH_SUPPRESS", 0)), up))
+        elif naming.is_tap(name):
+            taps.add(Plug(name, master, mtu, up))
+    return LinkSnapshot(frozenset(bridges), frozenset(vxlans), frozenset(taps), index)
+
+
+def underlay_index(ipr: IPRoute, underlay_ip: str) -> int | None:
+    """Index of the device holding the underlay IP (the VXLAN devices' lower device)."""
+    for a in ipr.get_addr(address=underlay_ip):
+        return int(a["index"])
+    return None
+
+
+class LinksDriver:
+    """Applies link diffs; collects the entries that failed (they stay dirty)."""
+
+    def __init__(self, ipr: IPRoute, underlay_ip: str) -> None:
+        self.ipr = ipr
+        self.underlay_ip = underlay_ip
+        self.failed: list[object] = []
+        self.applied = 0
+
+    # -- helpers --------------------------------------------------------------------------
+    def _idx(self, name: str) -> int | None:
+        found = self.ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def _try(self, entry: object, what: str, fn: Any) -> bool:
+        try:
+            fn()
+            self.applied += 1
+            return True
+        except NetlinkError as e:
+            if what == "delete" and e.code in _GONE:
+                return True
+            if what == "create" and e.code == errno.EEXIST:
+                return True
+            log.warning("link %s failed for %s: %s", what, entry, e)
+            self.failed.append(entry)
+            return False
+
+    # -- bridges --------------------------------------------------------------------------
+    def create_bridge(self, b: Bridge) -> None:
+        def go() -> None:
+            try:
+                self.ipr.link("add", ifname=b.name, kind="bridge", address=b.mac, mtu=b.mtu)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+            self._set_bridge(b)
+        self._try(b, "create", go)
+
+    def _set_bridge(self, b: Bridge) -> None:
+        idx = self._idx(b.name)
+        if idx is None:
+            raise NetlinkError(errno.ENODEV, f"{b.name} vanished")
+        self.ipr.link("set", index=idx, address=b.mac, mtu=b.mtu, state="up" if b.up else "down")
+
+    def update_bridge(self, b: Bridge) -> None:
+        self._try(b, "update", lambda: self._set_bridge(b))
+
+    def delete_link(self, entry: Bridge | Vxlan) -> None:
+        assert naming.is_owned(entry.name), entry
+        def go() -> None:
+            idx = self._idx(entry.name)
+            if idx is not None:
+                self.ipr.link("del", index=idx)
+        self._try(entry, "delete", go)
+
+    # -- vxlan ----------------------------------------------------------------------------
+    def create_vxlan(self, v: Vxlan) -> None:
+        def go() -> None:
+            lower = underlay_index(self.ipr, v.local_ip)
+            kw: dict[str, Any] = {}
+            if lower is not None:
+                kw["vxlan_link"] = lower
+            try:
+                self.ipr.link("add", ifname=v.name, kind="vxlan", vxlan_id=v.vni, vxlan_local=v.local_ip,
+                              vxlan_port=v.dstport, vxlan_learning=int(v.learning), mtu=v.mtu, **kw)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+            self._set_vxlan(v)
+        self._try(v, "create", go)
+
+    def _set_vxlan(self, v: Vxlan) -> None:
+        idx, br = self._idx(v.name), self._idx(v.bridge)
+        if idx is None or br is None:
+            raise NetlinkError(errno.ENODEV, f"{v.name} or {v.bridge} missing")
+        self.ipr.link("set", index=idx, master=br, mtu=v.mtu)
+        # Suppression on the VXLAN port only: on the ingress (VM) port it disables the proxy
+        # (KERNEL-NOTES §2). Learning off on the port so a static entry is never moved.
+        self.ipr.brport("set", index=idx, neigh_suppress=int(v.neigh_suppress), learning=int(v.port_learning))
+        self.ipr.link("set", index=idx, state="up" if v.up else "down")
+
+    def update_vxlan(self, old: Vxlan, new: Vxlan) -> None:
+        immutable = ("vni", "local_ip", "dstport", "learning")
+        if any(getattr(old, f) != getattr(new, f) for f in immutable):
+            log.info("recreating %s: %s -> %s", new.name, old, new)
+            self.delete_link(old)
+            self.create_vxlan(new)
+            return
+        self._try(new, "update", lambda: self._set_vxlan(new))
+
+    # -- plugs ----------------------------------------------------------------------------
+    def plug(self, p: Plug) -> None:
+        def go() -> None:
+            idx, br = self._idx(p.tap), self._idx(p.bridge)
+            if idx is None or br is None:
+                raise NetlinkError(errno.ENODEV, f"{p.tap} or {p.bridge} missing")
+            self.ipr.link("set", index=idx, master=br, mtu=p.mtu, state="up" if p.up else "down")
+        self._try(p, "update", go)
+
+    def unplug(self, p: Plug) -> None:
+        def go() -> None:
+            idx = self._idx(p.tap)
+            if idx is not None:
+                self.ipr.link("set", index=idx, master=0)
+        self._try(p, "delete", go)
+
+    # -- whole diffs ----------------------------------------------------------------------
+    def apply_up(self, bridges: Diff[Bridge], vxlans: Diff[Vxlan], plugs: Diff[Plug]) -> None:
+        """Creates and updates, in dependency order."""
+        for b in bridges.create:
+            self.create_bridge(b)
+        for _, b in bridges.update:
+            self.update_bridge(b)
+        for v in vxlans.create:
+            self.create_vxlan(v)
+        for old, v in vxlans.update:
+            self.update_vxlan(old, v)
+        for p in plugs.create:
+            self.plug(p)
+        for _, p in plugs.update:
+            self.plug(p)
+
+    def apply_down(self, bridges: Diff[Bridge], vxlans: Diff[Vxlan], plugs: Diff[Plug]) -> None:
+        """Deletes, in reverse dependency order."""
+        for p in plugs.delete:
+            self.unplug(p)
+        for v in vxlans.delete:
+            self.delete_link(v)
+        for b in bridges.delete:
+            self.delete_link(b)
+
+

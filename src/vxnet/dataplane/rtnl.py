@@ -1,0 +1,204 @@
+"""A raw rtnetlink socket for batched neighbour/FDB changes and fast neighbour/FDB dumps.
+
+Why not pyroute2 for these: compiling one request with `IPBatch` costs ~0.2 ms and parsing a
+dump ~0.1 ms per entry here, i.e. most of the time of a 1,000-entry change. The messages are
+small fixed layouts (struct ndmsg + 2-3 attributes), so they are encoded and parsed directly.
+
+Batching (KERNEL-NOTES §9): all requests go out in one `sendto`; only the last carries
+NLM_F_ACK (errors are reported for every message anyway, ACKs would overflow the receive
+buffer); the socket is dedicated to batches so no stray reply lands in another call. Each
+message carries its index as sequence number, so an error names the entry that failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno as errno_mod
+import ipaddress
+import socket
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
+NLM_F_CREATE = 0x400
+
+RTM_NEWNEIGH = 28
+RTM_DELNEIGH = 29
+RTM_GETNEIGH = 30
+
+NDA_DST = 1
+NDA_LLADDR = 2
+NDA_MASTER = 9
+
+NTF_SELF = 0x02
+NTF_MASTER = 0x04
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+
+AF_BRIDGE = 7
+
+_HDR = struct.Struct("=IHHII")
+_ND = struct.Struct("=BBHiHBB")
+_ATTR = struct.Struct("=HH")
+
+_netns_lock = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighRecord:
+    """One neighbour or FDB entry as the kernel reports it."""
+
+    family: int
+    ifindex: int
+    state: int
+    flags: int
+    dst: str | None
+    lladdr: str | None
+    master: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighRequest:
+    """One neighbour/FDB change to send in a batch."""
+
+    op: str          # "replace" | "del"
+    family: int      # AF_BRIDGE for FDB, AF_INET for neighbours
+    ifindex: int
+    state: int
+    flags: int
+    lladdr: str | None
+    dst: str | None
+
+    def encode(self, seq: int, ack: bool) -> bytes:
+        body = _ND.pack(self.family, 0, 0, self.ifindex, self.state, self.flags, 0)
+        if self.dst is not None:
+            body += _attr(NDA_DST, ipaddress.ip_address(self.dst).packed)
+        if self.lladdr is not None:
+            body += _attr(NDA_LLADDR, bytes.fromhex(self.lladdr.replace(":", "")))
+        if self.op == "replace":
+            mtype, flags = RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
+        elif self.op == "del":
+            mtype, flags = RTM_DELNEIGH, NLM_F_REQUEST
+        else:
+            raise ValueError(self.op)
+        if ack:
+            flags |= NLM_F_ACK
+        return _HDR.pack(_HDR.size + len(body), mtype, flags, seq, 0) + body
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    raw = _ATTR.pack(_ATTR.size + len(data), kind) + data
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _open(netns: str | None) -> socket.socket:
+    if netns is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    from pyroute2.netns import popns, pushns
+
+    # setns() is per thread; the socket keeps the namespace it was created in.
+    with _netns_lock:
+        pushns(netns)
+        try:
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        finally:
+            popns()
+
+
+class RtnlSocket:
+    """A dedicated rtnetlink socket (in `netns`, or the caller's namespace)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._sock = _open(netns)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self._sock.bind((0, 0))
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def batch(self, requests: Sequence[NeighRequest]) -> list[int]:
+        """Send all requests in one write; the errno of each (0 = done). Blocks until the last ACK."""
+        if not requests:
+            return []
+        with self._lock:
+            base = self._seq + 1
+            self._seq += len(requests)
+            last = len(requests) - 1
+            data = b"".join(r.encode(base + i, i == last) for i, r in enumerate(requests))
+            self._sock.sendto(data, (0, 0))
+            errors = [0] * len(requests)
+            done = False
+            while not done:
+                for mtype, seq, payload in self._recv():
+                    if mtype != NLMSG_ERROR or not base <= seq <= base + last:
+                        continue
+                    (code,) = struct.unpack_from("=i", payload, 0)
+                    errors[seq - base] = -code
+                    if seq == base + last:
+                        done = True
+            return errors
+
+    def dump_neigh(self, family: int) -> list[NeighRecord]:
+        """All neighbour (AF_INET) or FDB (AF_BRIDGE) entries of the namespace."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            body = _ND.pack(family, 0, 0, 0, 0, 0, 0)
+            self._sock.sendto(_HDR.pack(_HDR.size + len(body), RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body,
+                              (0, 0))
+            out: list[NeighRecord] = []
+            while True:
+                for mtype, mseq, payload in self._recv():
+                    if mseq != seq:
+                        continue
+                    if mtype == NLMSG_DONE:
+                        return out
+                    if mtype == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", payload, 0)
+                        raise OSError(-code, f"neighbour dump failed: {errno_mod.errorcode.get(-code, code)}")
+                    if mtype == RTM_NEWNEIGH:
+                        out.append(_parse_nd(payload))
+
+    def _recv(self) -> Iterator[tuple[int, int, bytes]]:
+        data = self._sock.recv(1 << 20)
+        off = 0
+        while off + _HDR.size <= len(data):
+            length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, off)
+            if length < _HDR.size:
+                break
+            yield mtype, seq, data[off + _HDR.size: off + length]
+            off += (length + 3) & ~3
+
+
+def _parse_nd(payload: bytes) -> NeighRecord:
+    family, _, _, ifindex, state, flags, _ = _ND.unpack_from(payload, 0)
+    dst = lladdr = None
+    master = None
+    off = _ND.size
+    while off + _ATTR.size <= len(payload):
+        alen, akind = _ATTR.unpack_from(payload, off)
+        if alen < _ATTR.size:
+            break
+        data = payload[off + _ATTR.size: off + alen]
+        akind &= 0x3FFF
+        if akind == NDA_DST and len(data) in (4, 16):
+            dst = str(ipaddress.ip_address(data))
+        elif akind == NDA_LLADDR and len(data) == 6:
+            lladdr = ":".join(f"{b:02x}" for b in data)
+        elif akind == NDA_MASTER and len(data) == 4:
+            (master,) = struct.unpack("=I", data)
+        off += (alen + 3) & ~3
+    return NeighRecord(family, ifindex, state, flags, dst, lladdr, master)

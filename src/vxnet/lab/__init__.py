@@ -1,0 +1,1 @@
+"""`vxnet lab`: hosts and VMs as network namespaces on one machine, with a real server and agents."""

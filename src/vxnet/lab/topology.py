@@ -1,0 +1,157 @@
+"""Lab topology: namespaces and veths, all named with the lab prefix, and their removal.
+
+Layout (every name starts with `vxl`; `down()` finds everything by that prefix):
+- `vxl-ul`: the "physical" network: bridge `vxlul0` (underlay, 198.51.100.0/24) and bridge
+  `vxlmg0` (management, 100.127.255.0/24), kept apart so agent<->server traffic never shows in
+  underlay captures.
+- `vxl-h<i>`: host i; `vxleth0` = 198.51.100.<i> (its VTEP), `vxlmgmt0` = 100.127.255.<i>.
+- root namespace: `vxlmgmt` = 100.127.255.254, the lab server's address for the hosts.
+- `vxl-v-<name>`: a VM; its `eth0` is the peer of `tap<port id[:11]>` in its host's namespace.
+IPv6 is off in every lab namespace (clean captures). VM offloads are off (KERNEL-NOTES §8) so
+MTU mistakes are not hidden by GSO.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+PREFIX = "vxl"
+UNDERLAY_NS = "vxl-ul"
+UNDERLAY_BR = "vxlul0"
+MGMT_BR = "vxlmg0"
+ROOT_MGMT = "vxlmgmt"
+HOST_UNDERLAY_DEV = "vxleth0"
+HOST_MGMT_DEV = "vxlmgmt0"
+MGMT_SERVER_IP = "100.127.255.254"
+MAX_HOSTS = 200
+
+
+def host_ns(i: int) -> str:
+    return f"vxl-h{i}"
+
+
+def host_name(i: int) -> str:
+    return f"h{i}"
+
+
+def underlay_ip(i: int) -> str:
+    return f"198.51.100.{i}"
+
+
+def mgmt_ip(i: int) -> str:
+    return f"100.127.255.{i}"
+
+
+def vm_ns(name: str) -> str:
+    return f"vxl-v-{name}"
+
+
+def sh(cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run one command; raise with its stderr on failure."""
+    r = subprocess.run(list(cmd), capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    return r
+
+
+def ip_batch(lines: Sequence[str], netns: str | None = None) -> None:
+    """Many `ip` commands in one process."""
+    cmd = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    r = subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip -batch failed: {r.stderr.strip()}")
+
+
+def _quiet_ns(ns: str) -> None:
+    sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1"])
+
+
+def build_underlay(hosts: int) -> None:
+    """The underlay/management namespace, N hosts, and the root-namespace management veth."""
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise ValueError(f"hosts must be 1..{MAX_HOSTS}")
+    sh(["ip", "netns", "add", UNDERLAY_NS])
+    _quiet_ns(UNDERLAY_NS)
+    ip_batch([f"link add {UNDERLAY_BR} type bridge mcast_snooping 0", f"link set {UNDERLAY_BR} up",
+              f"link add {MGMT_BR} type bridge mcast_snooping 0", f"link set {MGMT_BR} up", "link set lo up"], UNDERLAY_NS)
+    ip_batch([f"link add {ROOT_MGMT} type veth peer name vxlmg-root netns {UNDERLAY_NS}",
+              f"addr add {MGMT_SERVER_IP}/24 dev {ROOT_MGMT}", f"link set {ROOT_MGMT} up"])
+    ip_batch(["link set vxlmg-root master vxlmg0 up"], UNDERLAY_NS)
+    for i in range(1, hosts + 1):
+        add_host(i)
+    pin_underlay_neighbours(hosts)
+
+
+def pin_underlay_neighbours(hosts: int) -> None:
+    """Permanent ARP entries between the hosts' VTEP addresses, as a static fabric would have.
+
+    Why: the lab's captures count ARP frames on the underlay; the hosts' own ARP for each
+    other's VTEPs (and its unicast refresh probes) is fabric behaviour, not overlay behaviour.
+    """
+    macs = {}
+    for i in range(1, hosts + 1):
+        out = sh(["ip", "-n", host_ns(i), "-o", "link", "show", HOST_UNDERLAY_DEV]).stdout
+        macs[i] = out.split("link/ether", 1)[1].split()[0]
+    for i in range(1, hosts + 1):
+        ip_batch([f"neigh replace {underlay_ip(j)} lladdr {macs[j]} dev {HOST_UNDERLAY_DEV} nud permanent"
+                  for j in range(1, hosts + 1) if j != i], host_ns(i))
+
+
+def add_host(i: int) -> None:
+    """Host namespace i on the underlay and management bridges."""
+    ns = host_ns(i)
+    sh(["ip", "netns", "add", ns])
+    _quiet_ns(ns)
+    ip_batch([f"link add vxlul-h{i} type veth peer name {HOST_UNDERLAY_DEV} netns {ns}",
+              f"link set vxlul-h{i} master {UNDERLAY_BR} up",
+              f"link add vxlmg-h{i} type veth peer name {HOST_MGMT_DEV} netns {ns}",
+              f"link set vxlmg-h{i} master {MGMT_BR} up"], UNDERLAY_NS)
+    ip_batch(["link set lo up", f"addr add {underlay_ip(i)}/24 dev {HOST_UNDERLAY_DEV}",
+              f"link set {HOST_UNDERLAY_DEV} up", f"addr add {mgmt_ip(i)}/24 dev {HOST_MGMT_DEV}",
+              f"link set {HOST_MGMT_DEV} up"], ns)
+
+
+def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, mtu: int,
+           gateway: str | None = None) -> None:
+    """A VM namespace whose eth0 is the peer of `tap` in the host namespace (tap left down:
+    the agent brings it up when it plugs it)."""
+    ns = vm_ns(name)
+    sh(["ip", "netns", "add", ns])
+    _quiet_ns(ns)
+    lines = ["link set lo up", f"link set eth0 address {mac} mtu {mtu}", "link set eth0 up"]
+    if cidr_ip:
+        lines.append(f"addr add {cidr_ip} dev eth0")
+    if gateway:
+        lines.append(f"route add default via {gateway}")
+    # Create from the host side so the tap appears in the host namespace as Nova's would.
+    sh(["ip", "-n", host_netns, "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    ip_batch(lines, ns)
+    sh(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"], check=False)
+
+
+def del_vm(name: str) -> None:
+    sh(["ip", "netns", "del", vm_ns(name)], check=False)
+
+
+def lab_namespaces() -> list[str]:
+    """Every namespace the lab may have created (found by prefix, so also after a crash)."""
+    r = sh(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.split() and line.split()[0].startswith("vxl-")]
+
+
+def teardown() -> None:
+    """Remove every lab namespace and the root management link; safe to run any number of times."""
+    for ns in lab_namespaces():
+        if ns.startswith("vxl-v-"):
+            sh(["ip", "netns", "del", ns], check=False)
+    for ns in lab_namespaces():
+        sh(["ip", "netns", "del", ns], check=False)
+    r = sh(["ip", "-o", "link", "show"], check=False)
+    for line in r.stdout.splitlines():
+        parts = line.split(":")
+        if len(parts) > 1:
+            name = parts[1].strip().split("@")[0]
+            if name.startswith(PREFIX):
+                sh(["ip", "link", "del", name], check=False)

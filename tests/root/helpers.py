@@ -1,0 +1,53 @@
+"""Helpers for root tests: commands in namespaces, ping parsing, underlay captures."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from vxnet.lab import topology
+
+
+def nsexec(ns: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def ping(vm: str, ip: str, count: int = 2, interval: float = 0.2, wait: float = 1) -> int:
+    """Replies received by `count` pings from VM `vm`."""
+    r = nsexec(topology.vm_ns(vm), "ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(wait), ip)
+    m = re.search(r"(\d+) received", r.stdout)
+    return int(m.group(1)) if m else 0
+
+
+@contextmanager
+def capture(ns: str = topology.UNDERLAY_NS, dev: str = topology.UNDERLAY_BR) -> Iterator[list[str]]:
+    """tcpdump (immediate mode) on the underlay bridge; the list fills with one decoded line per frame at exit."""
+    fd, path = tempfile.mkstemp(prefix="vxl-cap-", suffix=".pcap")
+    os.close(fd)
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", dev, "--immediate-mode", "-n", "-U",
+                             "-w", path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines: list[str] = []
+    try:
+        # tcpdump prints "listening on" once the capture is armed.
+        deadline = time.time() + 5
+        buf = b""
+        while b"listening on" not in buf and time.time() < deadline:
+            buf += proc.stderr.read1(4096) if proc.stderr else b""  # type: ignore[attr-defined]
+        yield lines
+        time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(5)
+        r = subprocess.run(["tcpdump", "-r", path, "-n", "-e", "-v"], capture_output=True, text=True)
+        for line in r.stdout.splitlines():     # one entry per frame, continuation lines joined
+            if lines and not re.match(r"\d\d:\d\d:\d\d\.", line):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        os.unlink(path)
