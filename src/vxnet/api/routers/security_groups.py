@@ -67,7 +67,8 @@ def present_group(obj: dict[str, Any], rules: list[dict[str, Any]]) -> dict[str,
     return out
 
 
-# The spec other modules (tags) use for visibility; presenting needs the rules, see _group_spec.
+# Visibility and names; presenting a group needs its rules, so handlers derive specs from this one
+# with the rules at hand (_group_spec, show).
 SPEC = ResourceSpec("security_groups", "security_group", visible=group_visible,
                     present=lambda ctx, obj: present_group(obj, []))
 RULE_SPEC_BASE = ResourceSpec("security_group_rules", "security_group_rule")

@@ -19,7 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +26,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from vxnet.api.auth import Context
-from vxnet.api.collection import owner_visible
 from vxnet.api.errors import ApiError, invalid_input, not_found, policy_denied
-from vxnet.api.routers.networks import touch
+from vxnet.api.routers.networks import network_visible, touch
+from vxnet.api.routers.subnets import subnet_visible
 from vxnet.api.state import AppState, read_json
 from vxnet.services.repo import UnitOfWork
 
@@ -38,26 +37,35 @@ router = APIRouter(prefix="/v2.0", tags=["tags"])
 MAX_TAG_LEN = 255
 
 
-# URL collection -> (store collection, member name, router module that defines its SPEC)
-TAGGABLE: dict[str, tuple[str, str, str]] = {
-    "networks": ("networks", "network", "networks"),
-    "subnets": ("subnets", "subnet", "subnets"),
-    "ports": ("ports", "port", "ports"),
-    "routers": ("routers", "router", "routers"),
-    "floatingips": ("floatingips", "floatingip", "floatingips"),
-    "security-groups": ("security_groups", "security_group", "security_groups"),
-    "subnetpools": ("subnetpools", "subnetpool", "subnetpools"),
+# URL collection -> (store collection, member name used in its 404)
+TAGGABLE: dict[str, tuple[str, str]] = {
+    "networks": ("networks", "network"),
+    "subnets": ("subnets", "subnet"),
+    "ports": ("ports", "port"),
+    "routers": ("routers", "router"),
+    "floatingips": ("floatingips", "floatingip"),
+    "security-groups": ("security_groups", "security_group"),
+    "subnetpools": ("subnetpools", "subnetpool"),
 }
 
+Getter = Callable[[str, str], "dict[str, Any] | None"]
 
-def _visibility(module: str) -> Callable[[Context, dict[str, Any]], bool]:
-    """The resource module's own visibility rule (owner or admin when it has none)."""
-    try:
-        mod = importlib.import_module(f"vxnet.api.routers.{module}")
-    except ModuleNotFoundError:
-        return owner_visible
-    spec = getattr(mod, "SPEC", None)
-    return spec.visible if spec is not None else owner_visible  # type: ignore[no-any-return]
+
+def parent_visible(collection: str, ctx: Context, obj: dict[str, Any], get: Getter) -> bool:
+    """Whether the caller may see `obj` (the rule of the resource's own API). `get` fetches
+    related objects (a subnet's or port's network)."""
+    if ctx.is_admin or obj.get("project_id") == ctx.project_id:
+        return True
+    if collection == "networks":
+        return network_visible(ctx, obj)
+    if collection == "subnets":
+        return subnet_visible(ctx, obj, get("networks", obj.get("network_id", "")))
+    if collection == "ports":  # Neutron lets a network's owner see the ports on it
+        net = get("networks", obj.get("network_id", ""))
+        return net is not None and net["project_id"] == ctx.project_id
+    if collection in ("security_groups", "subnetpools"):
+        return bool(obj.get("shared"))
+    return False
 
 
 def validate_tag(tag: Any) -> str:
@@ -94,14 +102,14 @@ class _Parent:
     """How one taggable collection is reached."""
 
     def __init__(self, url_collection: str) -> None:
-        self.collection, self.member, self.module = TAGGABLE[url_collection]
+        self.collection, self.member = TAGGABLE[url_collection]
 
     def read(self, request: Request, resource_id: str) -> dict[str, Any]:
         """The parent as stored, or its 404 (read-only path)."""
         st = AppState.of(request)
         ctx = st.context(request)
         obj = st.repo.get(self.collection, resource_id)
-        if obj is None or not _visibility(self.module)(ctx, obj):
+        if obj is None or not parent_visible(self.collection, ctx, obj, st.repo.get):
             raise not_found(self.member, resource_id)
         return obj
 
@@ -109,11 +117,9 @@ class _Parent:
         """Apply `fn` to the parent's tags in one transaction; bump the revision if they changed."""
         st = AppState.of(request)
         ctx = st.context(request)
-        visible = _visibility(self.module)
-
         def txn(uow: UnitOfWork) -> list[str]:
             obj = uow.get(self.collection, resource_id)
-            if obj is None or not visible(ctx, obj):
+            if obj is None or not parent_visible(self.collection, ctx, obj, uow.get):
                 raise not_found(self.member, resource_id)
             if not ctx.owns(obj) or not ctx.can_write:
                 raise policy_denied(f"update_{self.member}_tags")
