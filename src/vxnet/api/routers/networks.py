@@ -6,6 +6,7 @@ Invariants:
 - `subnets` lists the network's subnet ids; subnet create/delete update it (and so bump the
   network's revision_number, as Neutron does).
 - A network with ports other than its own service ports cannot be deleted (409 NetworkInUse);
+  unassociated floating IPs on an external network do not count and are deleted with it;
   deleting it deletes its subnets.
 """
 
@@ -45,6 +46,7 @@ VNI_MAX = 16_000_000
 ADMIN_ONLY = {"provider:network_type", "provider:physical_network", "provider:segmentation_id",
               "router:external", "is_default"}
 SERVICE_OWNERS = ("network:dhcp",)
+FIP_OWNER = "network:floatingip"
 
 
 def network_visible(ctx: Context, obj: dict[str, Any]) -> bool:
@@ -249,9 +251,15 @@ def touch(obj: dict[str, Any], fields: dict[str, Any] | None = None) -> None:
     obj["updated_at"] = now_iso()
 
 
-def network_in_use(uow: UnitOfWork, network_id: str) -> bool:
+def network_in_use(uow: UnitOfWork, network_id: str, doomed_fips: frozenset[str] = frozenset()) -> bool:
+    """Ports other than service ports, and other than those of the floating IPs `doomed_fips`
+    (deleted together with the network), are on the network."""
     ports = uow.list("ports", lambda p: p["network_id"] == network_id)
-    return any(p["device_owner"] not in SERVICE_OWNERS for p in ports)
+    return any(
+        p["device_owner"] not in SERVICE_OWNERS
+        and not (p["device_owner"] == FIP_OWNER and p["device_id"] in doomed_fips)
+        for p in ports
+    )
 
 
 @router.delete("/networks/{network_id}", status_code=204)
@@ -267,12 +275,19 @@ async def delete_network(network_id: str, request: Request) -> Response:
             raise ApiError(403, "PolicyNotAuthorized", "(delete_network) is disallowed by policy")
         require_writer(ctx, "delete_network")
         check_if_match(request, net)
-        if network_in_use(uow, network_id):
+        # Neutron deletes an external network's unassociated floating IPs with it (ml2
+        # delete_network -> l3 delete_disassociated_floatingips); an associated one keeps its
+        # network:floatingip port, so the network stays in use.
+        loose_fips = uow.list("floatingips", lambda f: f.get("floating_network_id") == network_id
+                              and not f.get("port_id"))
+        if network_in_use(uow, network_id, frozenset(f["id"] for f in loose_fips)):
             raise conflict(
                 "NetworkInUse",
                 f"Unable to complete operation on network {network_id}. "
                 "There are one or more ports still in use on the network.",
             )
+        for f in loose_fips:
+            uow.delete("floatingips", f["id"])
         for p in uow.list("ports", lambda p: p["network_id"] == network_id):
             delete_port_records(uow, p)
         for sid in net["subnets"]:
