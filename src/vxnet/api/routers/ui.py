@@ -1,0 +1,354 @@
+"""/ui: the web UI (static page + assets) and `/ui/events`, its live change stream (SSE).
+
+The page itself is static (src/vxnet/web/static/); it logs in through `/identity/v3` and then
+uses the public REST API like any other client, so it can do and see exactly what the REST API
+lets its user do and see. This module adds only what a browser cannot get from the REST API:
+
+`GET /ui/events?token=<X-Auth-Token>` (EventSource cannot set headers, so the token may come in
+the query string here, and only here; the header works too). A text/event-stream of
+- `event: ready` once, `data: {"revision": N}`: the stream is live from revision N+1; the page
+  (re)loads everything it shows after this (also after every automatic reconnect), so a lost
+  notification can only delay a refresh, never leave the page wrong (level-triggered).
+- `event: change`, `id: <revision>`, `data: {"revision": N, "changes": [{"collection", "id",
+  "type": "put"|"delete"}]}`: what changed in one store revision. Notifications only, never
+  object bodies: the page re-reads the named collections through the REST API.
+- `: keepalive` comments every KEEPALIVE seconds; the stream ends when the token expires or after
+  MAX_STREAM seconds (the page reconnects), so no stream outlives a server's graceful shutdown
+  by more than that.
+
+Isolation invariant: a caller is told about a change of object O only if O, before or after the
+change, is visible to it under the REST API's own rules for O's collection: the resource modules'
+visibility functions where they exist (networks, subnets with their network), else "admin or
+same project" (never more permissive than the REST API), and admin-only for agents and anything
+not a resource. A tenant never learns the id of another tenant's private object.
+
+Threading: the store's watch callback runs on the committing thread; it only hands the raw
+events to the event loop (`call_soon_threadsafe`). Everything else (parsing, the snapshot of
+last-known objects that lets a delete be judged by what was deleted, fan-out) runs on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import mimetypes
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+
+from vxnet.api.auth import Context, verify_token
+from vxnet.api.errors import ApiError, unauthorized
+from vxnet.api.state import AppState
+from vxnet.services.repo import ROOT
+from vxnet.store.contract import Event, EventType, Store, WatchHandle
+
+log = logging.getLogger("vxnet.ui")
+
+router = APIRouter(tags=["ui"], include_in_schema=False)
+
+KEEPALIVE = 15.0
+MAX_STREAM = 300.0
+QUEUE_MAX = 1000  # per subscriber; on overflow the stream ends and the page reconnects + reloads
+RES_PREFIX = f"{ROOT}res/"
+AGENT_PREFIXES = (f"{ROOT}agents/", f"{ROOT}res/agents/")
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def static_dir() -> Path:
+    """Where the page's files are (inside the installed package)."""
+    return Path(str(resources.files("vxnet.web") / "static"))
+
+
+# --- visibility ---------------------------------------------------------------------------------
+
+Snapshot = dict[str, dict[str, dict[str, Any]]]  # collection -> id -> last known object
+Rule = Callable[[Context, dict[str, Any], Snapshot], bool]
+
+
+def _owner_rule(ctx: Context, obj: dict[str, Any], snap: Snapshot) -> bool:
+    return ctx.is_admin or (bool(ctx.project_id) and obj.get("project_id") == ctx.project_id)
+
+
+def _admin_rule(ctx: Context, obj: dict[str, Any], snap: Snapshot) -> bool:
+    return ctx.is_admin
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(f"vxnet.api.routers.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"vxnet.api.routers.{name}":
+            return None
+        raise
+
+
+def _two_arg(fn: Any) -> bool:
+    try:
+        return len(inspect.signature(fn).parameters) == 2
+    except (TypeError, ValueError):
+        return False
+
+
+def visibility_rules() -> dict[str, Rule]:
+    """Collection (as stored) -> who may hear of an object, taken from the resource modules."""
+    rules: dict[str, Rule] = {}
+    nets = _module("networks")
+    if nets is not None and hasattr(nets, "network_visible"):
+        nv = nets.network_visible
+        rules["networks"] = lambda ctx, obj, snap: bool(nv(ctx, obj))
+    subs = _module("subnets")
+    if subs is not None and hasattr(subs, "subnet_visible"):
+        sv = subs.subnet_visible
+        rules["subnets"] = lambda ctx, obj, snap: bool(
+            sv(ctx, obj, snap.get("networks", {}).get(obj.get("network_id", ""))))
+    for mod_name in ("ports", "routers", "floatingips", "security_groups"):
+        mod = _module(mod_name)
+        if mod is None:
+            continue
+        for value in vars(mod).values():
+            coll = getattr(value, "collection", None)
+            vis = getattr(value, "visible", None)
+            if isinstance(coll, str) and vis is not None and _two_arg(vis) and coll not in rules:
+                rules[coll] = (lambda v: lambda ctx, obj, snap: bool(v(ctx, obj)))(vis)
+    return rules
+
+
+def rule_for(rules: dict[str, Rule], collection: str) -> Rule:
+    if collection == "agents":
+        return _admin_rule
+    for name in (collection, collection.replace("_", "-"), collection.replace("-", "_")):
+        if name in rules:
+            return rules[name]
+    return _owner_rule
+
+
+# --- the hub ------------------------------------------------------------------------------------
+
+class Subscriber:
+    """One open /ui/events stream."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(QUEUE_MAX)
+
+
+class UiHub:
+    """One store watch per application, fanned out to the open streams by visibility."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.revision = 0
+        self.snapshot: Snapshot = {}
+        self.subscribers: set[Subscriber] = set()
+        self.rules: dict[str, Rule] = {}
+        self._watch: WatchHandle | None = None
+
+    def ensure_started(self) -> None:
+        """Start watching (on the loop, at the first subscriber)."""
+        loop = asyncio.get_running_loop()
+        if self._watch is not None and self.loop is loop:
+            return
+        if self._watch is not None:
+            self._watch.cancel()
+        self.loop = loop
+        self.rules = visibility_rules()
+        kvs, rev = self.store.range(ROOT + "res/")
+        self.snapshot = {}
+        for kv in kvs:
+            self._remember(kv.key, kv.value)
+        self.revision = rev
+        self._watch = self.store.watch(ROOT, rev + 1, self._on_store_thread)
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        for sub in list(self.subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                sub.queue.put_nowait(None)
+
+    def _on_store_thread(self, events: list[Event]) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._apply, events)
+        except RuntimeError:  # the loop is closed: the server has stopped
+            if self._watch is not None:
+                self._watch.cancel()
+
+    @staticmethod
+    def classify(key: str) -> tuple[str, str] | None:
+        """(collection, id) of a key the UI cares about, else None."""
+        for p in AGENT_PREFIXES:
+            if key.startswith(p):
+                return "agents", key[len(p):]
+        if key.startswith(RES_PREFIX):
+            rest = key[len(RES_PREFIX):]
+            if "/" in rest:
+                coll, id_ = rest.split("/", 1)
+                return coll, id_
+        return None
+
+    def _remember(self, key: str, value: str) -> dict[str, Any] | None:
+        where = self.classify(key)
+        if where is None:
+            return None
+        try:
+            obj = json.loads(value)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            obj = {}
+        self.snapshot.setdefault(where[0], {})[where[1]] = obj
+        return obj
+
+    def _apply(self, events: list[Event]) -> None:
+        changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]] = []
+        rev = self.revision
+        for ev in events:
+            rev = max(rev, ev.kv.mod_revision)
+            where = self.classify(ev.kv.key)
+            if where is None:
+                continue
+            coll, id_ = where
+            before = self.snapshot.get(coll, {}).get(id_)
+            if ev.type == EventType.DELETE:
+                self.snapshot.get(coll, {}).pop(id_, None)
+                after = None
+            else:
+                after = self._remember(ev.kv.key, ev.kv.value)
+            note = {"collection": coll, "id": id_, "type": ev.type.value}
+            changes.append((note, before, after))
+        self.revision = rev
+        if not changes:
+            return
+        for sub in list(self.subscribers):
+            mine = [note for note, before, after in changes if self._may_know(sub.ctx, note["collection"], before, after)]
+            if not mine:
+                continue
+            try:
+                sub.queue.put_nowait({"revision": rev, "changes": mine})
+            except asyncio.QueueFull:
+                self.subscribers.discard(sub)  # a stuck client: end its stream, it will reload
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    sub.queue.get_nowait()
+                sub.queue.put_nowait(None)
+
+    def _may_know(self, ctx: Context, coll: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+        rule = rule_for(self.rules, coll)
+        for obj in (before, after):
+            if obj is None:
+                continue
+            try:
+                if rule(ctx, obj, self.snapshot):
+                    return True
+            except (KeyError, TypeError, AttributeError):
+                continue  # an object a rule cannot judge is not shown
+        return False
+
+
+def setup(app: FastAPI, state: AppState) -> None:
+    """Attach the hub to the application (it starts with the first stream)."""
+    app.state.ui_hub = UiHub(state.store)
+
+
+def _hub(request: Request) -> UiHub:
+    hub = getattr(request.app.state, "ui_hub", None)
+    if hub is None:
+        hub = UiHub(AppState.of(request).store)
+        request.app.state.ui_hub = hub
+    return hub
+
+
+def _sse(event: str | None, data: Any, id_: int | None = None) -> str:
+    lines = []
+    if event:
+        lines.append(f"event: {event}")
+    if id_ is not None:
+        lines.append(f"id: {id_}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return "\n".join(lines) + "\n\n"
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+@router.get("/ui/events")
+async def events(request: Request) -> StreamingResponse:
+    st = AppState.of(request)
+    token = request.headers.get("X-Auth-Token") or request.query_params.get("token")
+    if not token:
+        raise unauthorized()
+    ctx = verify_token(st.token_key, token)
+    hub = _hub(request)
+    hub.ensure_started()
+    sub = Subscriber(ctx)
+    hub.subscribers.add(sub)
+    start_rev = hub.revision
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 1000\n" + _sse("ready", {"revision": start_rev, "project_id": ctx.project_id,
+                                                  "admin": ctx.is_admin})
+            end = min(time.monotonic() + MAX_STREAM, time.monotonic() + (ctx.expires_at - time.time()))
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), timeout=min(KEEPALIVE, left))
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                if item is None:
+                    return
+                yield _sse("change", item, item["revision"])
+        finally:
+            hub.subscribers.discard(sub)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+@router.get("/ui")
+async def index() -> Response:
+    return _file("index.html")
+
+
+@router.get("/ui/")
+async def index_slash() -> Response:
+    return RedirectResponse("/ui", status_code=308)
+
+
+@router.get("/ui/{path:path}")
+async def asset(path: str) -> Response:
+    return _file(path)
+
+
+def _file(path: str) -> Response:
+    """A file under the static directory (nothing outside it), or a NeutronError 404."""
+    root = static_dir().resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise ApiError(404, "HTTPNotFound", f"The resource could not be found: /ui/{path}")
+    kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if kind.startswith("text/") or kind in ("application/javascript", "image/svg+xml"):
+        kind += "; charset=utf-8"
+    return Response(target.read_bytes(), media_type=kind, headers=SECURITY_HEADERS)
