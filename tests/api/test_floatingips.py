@@ -1,0 +1,317 @@
+"""Floating IPs over real HTTP: shape, the hidden network:floatingip port, association rules
+(router lookup, one floating IP per fixed IP, ownership), disassociation, what association
+blocks on the router, release on delete, the policy matrix, and two projects with the same
+CIDR behind their own routers sharing one external network."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+import pytest
+
+_cidr = itertools.count(1)
+
+
+def ok(r: httpx.Response, status: int = 200) -> Any:
+    assert r.status_code == status, r.text
+    return r.json() if r.content else None
+
+
+def err(r: httpx.Response, status: int, type_: str, message: str | None = None) -> str:
+    assert r.status_code == status, r.text
+    body = r.json()["NeutronError"]
+    assert body["type"] == type_, body
+    if message is not None:
+        assert body["message"] == message, body["message"]
+    return str(body["message"])
+
+
+@pytest.fixture(scope="module")
+def ext(shared_server) -> dict[str, Any]:
+    admin = shared_server.api("admin")
+    net = ok(admin.post("/networks", json={"network": {"name": "public", "router:external": True}}), 201)["network"]
+    sub = ok(admin.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
+                                                     "cidr": "203.0.113.0/24"}}), 201)["subnet"]
+    return {"net": net, "subnet": sub}
+
+
+def backend(c: httpx.Client, ext: dict[str, Any], cidr: str | None = None, gateway: bool = True,
+            interface: bool = True) -> dict[str, Any]:
+    """A tenant network + subnet, a VM-like port on it, and a router (optionally with its
+    gateway on `ext` and an interface on the subnet)."""
+    cidr = cidr or f"100.64.{next(_cidr)}.0/24"
+    net = ok(c.post("/networks", json={"network": {"name": "n"}}), 201)["network"]
+    sub = ok(c.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4, "cidr": cidr}}), 201)[
+        "subnet"]
+    port = ok(c.post("/ports", json={"port": {"network_id": net["id"], "name": "vm",
+                                              "device_owner": "compute:nova"}}), 201)["port"]
+    attrs: dict[str, Any] = {"name": "r"}
+    if gateway:
+        attrs["external_gateway_info"] = {"network_id": ext["net"]["id"]}
+    router = ok(c.post("/routers", json={"router": attrs}), 201)["router"]
+    if interface:
+        ok(c.put(f"/routers/{router['id']}/add_router_interface", json={"subnet_id": sub["id"]}))
+    return {"net": net, "subnet": sub, "port": port, "router": router}
+
+
+def fip_body(ext: dict[str, Any], **attrs: Any) -> dict[str, Any]:
+    return {"floatingip": {"floating_network_id": ext["net"]["id"], **attrs}}
+
+
+def fip_ports(admin: httpx.Client, fip_id: str) -> list[dict[str, Any]]:
+    return ok(admin.get("/ports", params={"device_id": fip_id}))["ports"]
+
+
+def test_create_unassociated_shape_and_hidden_port(shared_server, ext):
+    alice = shared_server.api("alice")
+    admin = shared_server.api("admin")
+    fip = ok(alice.post("/floatingips", json=fip_body(ext, description="d")), 201)["floatingip"]
+    assert fip["floating_network_id"] == ext["net"]["id"] and fip["floating_ip_address"].startswith("203.0.113.")
+    assert fip["status"] == "DOWN"
+    assert fip["port_id"] is None and fip["fixed_ip_address"] is None and fip["router_id"] is None
+    assert fip["port_details"] is None and fip["port_forwardings"] == [] and fip["qos_policy_id"] is None
+    assert "dns_name" not in fip and "dns_domain" not in fip and "subnet_id" not in fip
+    assert fip["project_id"] == fip["tenant_id"] and fip["revision_number"] == 0 and fip["description"] == "d"
+    [port] = fip_ports(admin, fip["id"])
+    assert port["device_owner"] == "network:floatingip" and port["project_id"] == ""
+    assert port["fixed_ips"] == [{"subnet_id": ext["subnet"]["id"], "ip_address": fip["floating_ip_address"]}]
+    assert fip_ports(alice, fip["id"]) == []
+    assert ok(alice.get(f"/floatingips/{fip['id']}"))["floatingip"] == fip
+    listed = ok(alice.get("/floatingips", params={"floating_ip_address": fip["floating_ip_address"]}))["floatingips"]
+    assert [f["id"] for f in listed] == [fip["id"]]
+
+
+def test_create_errors(shared_server, ext):
+    alice = shared_server.api("alice")
+    admin = shared_server.api("admin")
+    net = ok(alice.post("/networks", json={"network": {"name": "private"}}), 201)["network"]
+    ok(alice.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
+                                               "cidr": "100.64.250.0/24"}}), 201)
+    ports_before = len(ok(admin.get("/ports"))["ports"])
+    err(alice.post("/floatingips", json={"floatingip": {"floating_network_id": net["id"]}}), 400, "BadRequest",
+        f"Bad floatingip request: Network {net['id']} is not a valid external network.")
+    missing = "3c0f0e0e-3333-4333-8333-333333333333"
+    err(alice.post("/floatingips", json={"floatingip": {"floating_network_id": missing}}), 404, "NetworkNotFound")
+    err(alice.post("/floatingips", json={"floatingip": {}}), 400, "BadRequest",
+        "Failed to parse request. Required attribute 'floating_network_id' not specified")
+    err(alice.post("/floatingips", json=fip_body(ext, fixed_ip_address="100.64.250.5")), 400, "BadRequest",
+        "Bad floatingip request: fixed_ip_address cannot be specified without a port_id.")
+    err(alice.post("/floatingips", json=fip_body(ext, floating_ip_address="203.0.113.77")), 403, "PolicyNotAuthorized")
+    err(alice.post("/floatingips", json=fip_body(ext, port_id=missing)), 404, "PortNotFound")
+    err(alice.post("/floatingips", json=fip_body(ext, status="ACTIVE")), 400, "HTTPBadRequest")
+    err(alice.post("/floatingips", json=fip_body(ext, dns_name="x")), 400, "BadRequest")
+    bare = ok(admin.post("/networks", json={"network": {"name": "bare-ext", "router:external": True}}), 201)["network"]
+    err(alice.post("/floatingips", json={"floatingip": {"floating_network_id": bare["id"]}}), 400, "BadRequest",
+        f"Bad floatingip request: Network {bare['id']} does not contain any IPv4 subnet.")
+    assert len(ok(admin.get("/ports"))["ports"]) == ports_before  # nothing left behind
+
+
+def test_admin_chooses_address_and_delete_releases_it(shared_server, ext):
+    admin = shared_server.api("admin")
+    alice = shared_server.api("alice")
+    fip = ok(admin.post("/floatingips", json=fip_body(ext, floating_ip_address="203.0.113.77")), 201)["floatingip"]
+    assert fip["floating_ip_address"] == "203.0.113.77"
+    r = admin.post("/floatingips", json=fip_body(ext, floating_ip_address="203.0.113.77"))
+    assert r.status_code == 409, r.text
+    ok(admin.delete(f"/floatingips/{fip['id']}"), 204)
+    assert fip_ports(admin, fip["id"]) == []
+    err(admin.get(f"/floatingips/{fip['id']}"), 404, "FloatingIPNotFound", f"Floating IP {fip['id']} could not be found")
+    again = ok(admin.post("/floatingips", json=fip_body(ext, floating_ip_address="203.0.113.77",
+                                                        tenant_id=fip["project_id"])), 201)["floatingip"]
+    assert again["floating_ip_address"] == "203.0.113.77"
+    by_subnet = ok(alice.post("/floatingips", json=fip_body(ext, subnet_id=ext["subnet"]["id"])), 201)["floatingip"]
+    assert by_subnet["floating_ip_address"].startswith("203.0.113.")
+
+
+def test_associate_at_create_and_port_details(shared_server, ext):
+    alice = shared_server.api("alice")
+    b = backend(alice, ext)
+    port = b["port"]
+    fip = ok(alice.post("/floatingips", json=fip_body(ext, port_id=port["id"])), 201)["floatingip"]
+    assert fip["port_id"] == port["id"] and fip["router_id"] == b["router"]["id"]
+    assert fip["fixed_ip_address"] == port["fixed_ips"][0]["ip_address"]
+    # No data plane yet: ACTIVE means "associated" until the agent's router issue lands.
+    assert fip["status"] == "ACTIVE"
+    details = fip["port_details"]
+    assert details == {"name": "vm", "network_id": b["net"]["id"], "mac_address": port["mac_address"],
+                       "admin_state_up": True, "status": details["status"], "device_id": port["device_id"],
+                       "device_owner": "compute:nova"}
+    assert ok(alice.get(f"/floatingips/{fip['id']}"))["floatingip"]["port_details"] == details
+    listed = ok(alice.get("/floatingips", params={"port_id": port["id"]}))["floatingips"]
+    assert [f["id"] for f in listed] == [fip["id"]] and listed[0]["port_details"] == details
+
+
+def test_no_router_to_external_network_is_404(shared_server, ext):
+    alice = shared_server.api("alice")
+    for kwargs in ({"interface": False}, {"gateway": False}):
+        b = backend(alice, ext, **kwargs)
+        port, sub = b["port"], b["subnet"]
+        err(alice.post("/floatingips", json=fip_body(ext, port_id=port["id"])), 404,
+            "ExternalGatewayForFloatingIPNotFound",
+            f"External network {ext['net']['id']} is not reachable from subnet {sub['id']}.  Therefore, cannot "
+            f"associate Port {port['id']} with a Floating IP.")
+        fip = ok(alice.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
+        err(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": port["id"]}}), 404,
+            "ExternalGatewayForFloatingIPNotFound")
+        assert ok(alice.get(f"/floatingips/{fip['id']}"))["floatingip"]["port_id"] is None
+
+
+def test_associate_disassociate_reassociate(shared_server, ext):
+    alice = shared_server.api("alice")
+    b = backend(alice, ext)
+    port = b["port"]
+    fip = ok(alice.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
+    url = f"/floatingips/{fip['id']}"
+    up = ok(alice.put(url, json={"floatingip": {"port_id": port["id"]}}))["floatingip"]
+    assert up["port_id"] == port["id"] and up["status"] == "ACTIVE" and up["router_id"] == b["router"]["id"]
+    assert up["revision_number"] == 1 and up["port_details"]["mac_address"] == port["mac_address"]
+    # a description-only update keeps the association
+    up = ok(alice.put(url, json={"floatingip": {"description": "web"}}))["floatingip"]
+    assert up["port_id"] == port["id"] and up["description"] == "web"
+    err(alice.put(url, json={"floatingip": {"fixed_ip_address": up["fixed_ip_address"]}}), 400, "BadRequest",
+        "Bad floatingip request: fixed_ip_address cannot be specified without a port_id.")
+    err(alice.put(url, json={"floatingip": {"floating_ip_address": "203.0.113.9"}}), 400, "HTTPBadRequest",
+        "Cannot update read-only attribute floating_ip_address")
+    down = ok(alice.put(url, json={"floatingip": {"port_id": None}}))["floatingip"]
+    assert down["port_id"] is None and down["fixed_ip_address"] is None and down["router_id"] is None
+    assert down["status"] == "DOWN" and down["port_details"] is None
+    # once free, another floating IP may take the fixed IP
+    other = ok(alice.post("/floatingips", json=fip_body(ext, port_id=port["id"])), 201)["floatingip"]
+    assert other["port_id"] == port["id"]
+
+
+def test_fixed_ip_already_associated_is_409(shared_server, ext):
+    alice = shared_server.api("alice")
+    b = backend(alice, ext)
+    port = b["port"]
+    first = ok(alice.post("/floatingips", json=fip_body(ext, port_id=port["id"])), 201)["floatingip"]
+    fixed = first["fixed_ip_address"]
+    second = ok(alice.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
+    err(alice.put(f"/floatingips/{second['id']}", json={"floatingip": {"port_id": port["id"]}}), 409,
+        "FloatingIPPortAlreadyAssociated",
+        f"Cannot associate floating IP {second['floating_ip_address']} ({second['id']}) with port {port['id']} "
+        f"using fixed IP {fixed}, as that fixed IP already has a floating IP on external network {ext['net']['id']}.")
+    err(alice.post("/floatingips", json=fip_body(ext, port_id=port["id"])), 409, "FloatingIPPortAlreadyAssociated")
+    # re-associating the same floating IP with the same port is not a conflict
+    ok(alice.put(f"/floatingips/{first['id']}", json={"floatingip": {"port_id": port["id"]}}))
+
+
+def test_fixed_ip_address_rules(shared_server, ext):
+    alice = shared_server.api("alice")
+    b = backend(alice, ext)
+    sub = b["subnet"]
+    two = ok(alice.post("/ports", json={"port": {"network_id": b["net"]["id"], "fixed_ips": [
+        {"subnet_id": sub["id"]}, {"subnet_id": sub["id"]}]}}), 201)["port"]
+    err(alice.post("/floatingips", json=fip_body(ext, port_id=two["id"])), 400, "BadRequest",
+        f"Bad floatingip request: Port {two['id']} has multiple fixed IPv4 addresses.  Must provide a specific IPv4 "
+        "address when assigning a floating IP.")
+    err(alice.post("/floatingips", json=fip_body(ext, port_id=two["id"], fixed_ip_address="100.64.99.99")), 400,
+        "BadRequest", f"Bad floatingip request: Port {two['id']} does not have fixed ip 100.64.99.99.")
+    ips = [ip["ip_address"] for ip in two["fixed_ips"]]
+    a = ok(alice.post("/floatingips", json=fip_body(ext, port_id=two["id"], fixed_ip_address=ips[0])), 201)["floatingip"]
+    c = ok(alice.post("/floatingips", json=fip_body(ext, port_id=two["id"], fixed_ip_address=ips[1])), 201)["floatingip"]
+    assert (a["fixed_ip_address"], c["fixed_ip_address"]) == (ips[0], ips[1])
+    none = ok(alice.post("/ports", json={"port": {"network_id": b["net"]["id"], "fixed_ips": []}}), 201)["port"]
+    err(alice.post("/floatingips", json=fip_body(ext, port_id=none["id"])), 400, "BadRequest",
+        f"Bad floatingip request: Cannot add floating IP to port {none['id']} that has no fixed IPv4 addresses.")
+    rport = ok(alice.get("/ports", params={"device_id": b["router"]["id"]}))["ports"][0]
+    err(alice.post("/floatingips", json=fip_body(ext, port_id=rport["id"])), 400, "BadRequest",
+        f"Bad floatingip request: Port {rport['id']} is unable to be assigned a floating IP.")
+
+
+def test_association_blocks_router_changes(shared_server, ext):
+    alice = shared_server.api("alice")
+    b = backend(alice, ext)
+    rid, sub = b["router"]["id"], b["subnet"]
+    fip = ok(alice.post("/floatingips", json=fip_body(ext, port_id=b["port"]["id"])), 201)["floatingip"]
+    err(alice.put(f"/routers/{rid}/remove_router_interface", json={"subnet_id": sub["id"]}), 409,
+        "RouterInterfaceInUseByFloatingIP",
+        f"Router interface for subnet {sub['id']} on router {rid} cannot be deleted, as it is required by one or "
+        "more floating IPs.")
+    err(alice.put(f"/routers/{rid}", json={"router": {"external_gateway_info": None}}), 409,
+        "RouterExternalGatewayInUseByFloatingIp",
+        f"Gateway cannot be updated for router {rid}, since a gateway to external network {ext['net']['id']} is "
+        "required by one or more floating IPs.")
+    assert ok(alice.get(f"/routers/{rid}"))["router"]["external_gateway_info"] is not None
+    ok(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": None}}))
+    ok(alice.put(f"/routers/{rid}/remove_router_interface", json={"subnet_id": sub["id"]}))
+    ok(alice.put(f"/routers/{rid}", json={"router": {"external_gateway_info": None}}))
+
+
+def test_deleting_the_port_disassociates(shared_server, ext):
+    alice = shared_server.api("alice")
+    b = backend(alice, ext)
+    fip = ok(alice.post("/floatingips", json=fip_body(ext, port_id=b["port"]["id"])), 201)["floatingip"]
+    ok(alice.delete(f"/ports/{b['port']['id']}"), 204)
+    got = ok(alice.get(f"/floatingips/{fip['id']}"))["floatingip"]
+    assert got["port_id"] is None and got["fixed_ip_address"] is None and got["router_id"] is None
+    assert got["status"] == "DOWN" and got["port_details"] is None
+    # a new port can now be associated with it
+    port2 = ok(alice.post("/ports", json={"port": {"network_id": b["net"]["id"]}}), 201)["port"]
+    assert ok(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": port2["id"]}}))[
+        "floatingip"]["port_id"] == port2["id"]
+
+
+def test_policy_matrix(shared_server, ext):
+    alice = shared_server.api("alice")
+    reader = shared_server.api("alice_reader")
+    bob = shared_server.api("bob")
+    admin = shared_server.api("admin")
+    b = backend(alice, ext)
+    fip = ok(alice.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
+    url = f"/floatingips/{fip['id']}"
+    assert ok(reader.get(url))["floatingip"]["id"] == fip["id"]
+    err(reader.post("/floatingips", json=fip_body(ext)), 403, "PolicyNotAuthorized")
+    err(reader.put(url, json={"floatingip": {"port_id": b["port"]["id"]}}), 403, "PolicyNotAuthorized")
+    err(reader.delete(url), 403, "PolicyNotAuthorized")
+    err(bob.get(url), 404, "FloatingIPNotFound")
+    err(bob.put(url, json={"floatingip": {"port_id": None}}), 404, "FloatingIPNotFound")
+    err(bob.delete(url), 404, "FloatingIPNotFound")
+    assert fip["id"] not in [f["id"] for f in ok(bob.get("/floatingips"))["floatingips"]]
+    # bob cannot point his floating IP at alice's port: it does not exist for him
+    bobs = ok(bob.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
+    err(bob.put(f"/floatingips/{bobs['id']}", json={"floatingip": {"port_id": b["port"]["id"]}}), 404, "PortNotFound")
+    # an admin's floating IP for alice's project may use alice's port; the admin sees everything
+    theirs = ok(admin.post("/floatingips", json=fip_body(ext, port_id=b["port"]["id"],
+                                                         project_id=fip["project_id"])), 201)["floatingip"]
+    assert theirs["project_id"] == fip["project_id"] and theirs["router_id"] == b["router"]["id"]
+    assert {fip["id"], bobs["id"], theirs["id"]} <= {f["id"] for f in ok(admin.get("/floatingips"))["floatingips"]}
+    # an admin's own floating IP is invisible to a member
+    own = ok(admin.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
+    err(alice.put(f"/floatingips/{own['id']}", json={"floatingip": {"port_id": None}}), 404, "FloatingIPNotFound")
+    ok(alice.delete(url), 204)
+
+
+def test_two_projects_same_cidr_share_external_network(shared_server, ext):
+    alice = shared_server.api("alice")
+    bob = shared_server.api("bob")
+    ba = backend(alice, ext, "100.64.240.0/24")
+    bb = backend(bob, ext, "100.64.240.0/24")
+    assert ba["port"]["fixed_ips"][0]["ip_address"] == bb["port"]["fixed_ips"][0]["ip_address"]
+    fa = ok(alice.post("/floatingips", json=fip_body(ext, port_id=ba["port"]["id"])), 201)["floatingip"]
+    fb = ok(bob.post("/floatingips", json=fip_body(ext, port_id=bb["port"]["id"])), 201)["floatingip"]
+    assert fa["fixed_ip_address"] == fb["fixed_ip_address"]
+    assert fa["floating_ip_address"] != fb["floating_ip_address"]
+    assert (fa["router_id"], fb["router_id"]) == (ba["router"]["id"], bb["router"]["id"])
+    assert [f["id"] for f in ok(alice.get("/floatingips", params={"id": [fa["id"], fb["id"]]}))["floatingips"]] == \
+        [fa["id"]]
+    assert [f["id"] for f in ok(bob.get("/floatingips", params={"id": [fa["id"], fb["id"]]}))["floatingips"]] == \
+        [fb["id"]]
+    # each project's second floating IP on its own fixed IP still conflicts only within itself
+    err(bob.post("/floatingips", json=fip_body(ext, port_id=bb["port"]["id"])), 409, "FloatingIPPortAlreadyAssociated")
+
+
+def test_bulk_create_is_all_or_nothing(shared_server, ext):
+    alice = shared_server.api("alice")
+    admin = shared_server.api("admin")
+    made = ok(alice.post("/floatingips", json={"floatingips": [fip_body(ext), fip_body(ext)]}), 201)["floatingips"]
+    assert len({f["floating_ip_address"] for f in made}) == 2
+    ports_before = len(ok(admin.get("/ports"))["ports"])
+    fips_before = len(ok(admin.get("/floatingips"))["floatingips"])
+    missing = "4d0f0e0e-4444-4444-8444-444444444444"
+    err(alice.post("/floatingips", json={"floatingips": [fip_body(ext), fip_body(ext, port_id=missing)]}), 404,
+        "PortNotFound")
+    assert len(ok(admin.get("/ports"))["ports"]) == ports_before
+    assert len(ok(admin.get("/floatingips"))["floatingips"]) == fips_before
