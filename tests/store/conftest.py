@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from vxnet.store.contract import Store
+from vxnet.store.etcd_store import EtcdStore
 from vxnet.store.sqlite_store import SqliteStore
+from tests.support.etcd import EtcdCluster
 
 
 @dataclasses.dataclass
@@ -55,7 +57,43 @@ def _sqlite(path: str) -> Store:
     return SqliteStore(path, reap_interval=0.05)
 
 
+_etcd: EtcdCluster | None = None
+
+
+_granted: list[int] = []
+
+
+class _TrackedEtcdStore(EtcdStore):
+    """Remembers the leases a test grants, so teardown can revoke them: the member is shared,
+    and a lease expiring during a later test would bump the global revision under it."""
+
+    def grant_lease(self, ttl: int) -> int:
+        lid = super().grant_lease(ttl)
+        _granted.append(lid)
+        return lid
+
+
+def _etcd_store(_location: str) -> Store:
+    """A client of the one etcd member shared by the session (started on first use)."""
+    global _etcd
+    if _etcd is None:
+        _etcd = EtcdCluster(1, prefix="vxt-store")
+    return _TrackedEtcdStore(_etcd.endpoints)
+
+
+def _revoke_granted() -> None:
+    if _etcd is None or not _granted:
+        return
+    s = EtcdStore(_etcd.endpoints)
+    for lid in _granted:
+        s.revoke_lease(lid)
+    _granted.clear()
+    s.close()
+
+
 BACKENDS: dict[str, Callable[[str], Backend]] = {
+    # a real etcd member; keys are namespaced per test, so tests share it
+    "etcd": lambda tmp: Backend("etcd", _etcd_store, durable=True, exclusive_path=False, location="etcd"),
     # location = a file in the test's tmp dir
     "sqlite-file": lambda tmp: Backend("sqlite-file", _sqlite, durable=True, exclusive_path=True,
                                        location=os.path.join(tmp, "store", "vxnet.db")),
@@ -68,6 +106,7 @@ def _make(request: pytest.FixtureRequest, tmp_path: str) -> Iterator[Backend]:
     b = BACKENDS[request.param](str(tmp_path))
     yield b
     b.close_all()
+    _revoke_granted()
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -171,9 +171,17 @@ class Store(Protocol):
     ) -> TxnResult:
         """Atomic compare-and-swap; see the module docstring."""
 
-    def watch(self, prefix: str, start_revision: int, callback: WatchCallback) -> WatchHandle:
+    def watch(
+        self,
+        prefix: str,
+        start_revision: int,
+        callback: WatchCallback,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> WatchHandle:
         """Deliver events under `prefix` from `start_revision` on; see the module docstring.
-        The callback runs on the store's thread and must not block."""
+        The callback runs on the store's thread and must not block. `on_error` is called once
+        if the watch ends by itself (history compacted under a lagging watcher: CompactedError;
+        store closed); the caller then relists and watches again."""
 
     def grant_lease(self, ttl: int) -> int:
         """A new lease id with `ttl` seconds."""

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from vxnet.store.contract import (
     Compare,
@@ -230,7 +230,16 @@ class SqliteStore:
 
     # --- watch -------------------------------------------------------------------------------
 
-    def watch(self, prefix: str, start_revision: int, callback: WatchCallback) -> _Watcher:
+    def watch(
+        self,
+        prefix: str,
+        start_revision: int,
+        callback: WatchCallback,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> _Watcher:
+        """See the contract. The embedded store never ends a watch by itself (it compacts only
+        history older than any live watcher could need, and delivers synchronously), so
+        `on_error` is never called."""
         with self._lock:
             self._check_open()
             if start_revision <= self._compacted:

@@ -1,0 +1,354 @@
+"""etcd backend of the store contract, over etcd's own HTTP/JSON gateway (v3 API).
+
+Why the gateway and not gRPC: no binary dependency, failover in a few lines, and every
+behaviour checked in ../shared/ETCD-NOTES.md (about 2x the latency of gRPC; fine for a control
+plane whose reads are few). Keys and values are base64 on the wire; int64 fields arrive as
+strings; zero-valued fields are omitted (a PUT event has no "type", a failed txn no
+"succeeded").
+
+Contract mapping and invariants:
+- Revisions, create/mod revision, version and leases are etcd's own.
+- Several ops on one key in one txn are coalesced (the later op wins), because etcd refuses
+  duplicate keys in a txn. A prefix delete and a put under that prefix in the same txn are
+  turned into explicit deletes of the keys found under the prefix (read just before).
+- Writes are sent once: only a request that never reached a member (connect error) is retried
+  on the next endpoint. A write whose answer was lost raises StoreUnavailable: it may have been
+  applied, and only the caller knows whether retrying is safe. Reads are retried freely.
+- A watch runs in its own thread, resumes after a failover from the last delivered revision + 1
+  (no gap, no duplicate), delivers one batch per revision, and ends with `on_error` on
+  compaction (CompactedError) or when the store is closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from vxnet.store.contract import (
+    Compare,
+    CompactedError,
+    Delete,
+    Event,
+    EventType,
+    KeyValue,
+    LeaseNotFound,
+    Op,
+    Put,
+    StoreError,
+    StoreUnavailable,
+    TxnResult,
+    WatchCallback,
+    prefix_end,
+)
+
+_TARGETS = {"create": ("CREATE", "create_revision"), "mod": ("MOD", "mod_revision"),
+            "version": ("VERSION", "version"), "value": ("VALUE", "value")}
+_RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str | None) -> str:
+    return base64.b64decode(text or "").decode()
+
+
+def _kv(raw: dict[str, Any]) -> KeyValue:
+    return KeyValue(
+        _unb64(raw["key"]),
+        _unb64(raw.get("value")),
+        int(raw.get("create_revision", 0)),
+        int(raw.get("mod_revision", 0)),
+        int(raw.get("version", 0)),
+        int(raw.get("lease", 0)),
+    )
+
+
+def _endpoint(text: str) -> str:
+    text = text.strip()
+    if not text.startswith(("http://", "https://")):
+        text = "http://" + text
+    return text.rstrip("/")
+
+
+class _EtcdError(StoreError):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Watch:
+    def __init__(self, store: EtcdStore, prefix: str, start: int, callback: WatchCallback,
+                 on_error: Callable[[Exception], None] | None) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.next_rev = start
+        self.callback = callback
+        self.on_error = on_error
+        self.cancelled = threading.Event()
+        self._response: httpx.Response | None = None
+        self.thread = threading.Thread(target=self._run, name=f"vxnet-etcd-watch {prefix}", daemon=True)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        resp = self._response
+        if resp is not None:
+            try:
+                resp.close()
+            except Exception:  # noqa: BLE001 - closing a dead stream may fail; we are done anyway
+                pass
+
+    def _deliver(self, events: list[Event]) -> None:
+        if events and not self.cancelled.is_set():
+            try:
+                self.callback(events)
+            except Exception:  # noqa: BLE001 - a broken callback must not kill the watch
+                pass
+
+    def _fail(self, exc: Exception) -> None:
+        self.cancelled.set()
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _run(self) -> None:
+        body = {"create_request": {"key": _b64(self.prefix), "range_end": _b64(prefix_end(self.prefix)),
+                                   "start_revision": str(self.next_rev)}}
+        while not self.cancelled.is_set():
+            body["create_request"]["start_revision"] = str(self.next_rev)
+            ep = self.store._current()
+            try:
+                with self.store._stream_client.stream("POST", ep + "/v3/watch", json=body) as resp:
+                    self._response = resp
+                    for line in resp.iter_lines():
+                        if self.cancelled.is_set():
+                            return
+                        if not line:
+                            continue
+                        res = json.loads(line).get("result", {})
+                        if res.get("canceled"):
+                            if "compact_revision" in res:
+                                self._fail(CompactedError(int(res["compact_revision"])))
+                                return
+                            break  # cancelled by the server for another reason: resume
+                        batch: list[Event] = []
+                        for raw in res.get("events", []):
+                            kv = _kv(raw["kv"])
+                            typ = EventType.DELETE if raw.get("type") == "DELETE" else EventType.PUT
+                            if batch and batch[0].kv.mod_revision != kv.mod_revision:
+                                self._deliver(batch)
+                                batch = []
+                            batch.append(Event(typ, kv))
+                        if batch:
+                            self._deliver(batch)
+                            self.next_rev = batch[0].kv.mod_revision + 1
+            except (httpx.HTTPError, ValueError):
+                pass
+            if self.cancelled.is_set() or self.store._closed.is_set():
+                return
+            self.store._rotate(ep)
+            time.sleep(0.2)
+
+
+class EtcdStore:
+    """The contract over an etcd cluster (see the module docstring)."""
+
+    def __init__(self, endpoints: Sequence[str], timeout: float = 3.0) -> None:
+        if not endpoints:
+            raise StoreError("etcd store needs at least one endpoint")
+        self._eps = [_endpoint(e) for e in endpoints]
+        self._cur = 0
+        self._client = httpx.Client(timeout=timeout)
+        self._stream_client = httpx.Client(timeout=httpx.Timeout(timeout, read=None))
+        self._closed = threading.Event()
+        self._watches: list[_Watch] = []
+        self._lock = threading.Lock()
+        self.revision()  # fail early when no member answers
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def _current(self) -> str:
+        return self._eps[self._cur % len(self._eps)]
+
+    def _rotate(self, failed: str) -> None:
+        with self._lock:
+            if self._current() == failed:
+                self._cur += 1
+
+    def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        if self._closed.is_set():
+            raise StoreError("store is closed")
+        last: Exception | None = None
+        for _ in range(2 * len(self._eps)):
+            ep = self._current()
+            try:
+                r = self._client.post(ep + path, json=body)
+            except httpx.ConnectError as e:  # never reached a member: always safe to retry
+                last = e
+                self._rotate(ep)
+                continue
+            except httpx.HTTPError as e:
+                if not idempotent:
+                    raise StoreUnavailable(f"etcd request to {ep} failed, outcome unknown: {e}") from e
+                last = e
+                self._rotate(ep)
+                continue
+            data = r.json()
+            if r.status_code != 200 or "error" in data:
+                code = int(data.get("code", 2))
+                if code in (14, 4):  # UNAVAILABLE, DEADLINE_EXCEEDED: no leader right now
+                    last = _EtcdError(code, data.get("message", ""))
+                    if not idempotent:
+                        raise StoreUnavailable(f"etcd: {data.get('message')}")
+                    time.sleep(0.2)
+                    continue
+                raise _EtcdError(code, data.get("message", data.get("error", "etcd error")))
+            return data  # type: ignore[no-any-return]
+        raise StoreUnavailable(f"no etcd member answered: {last}")
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        data = self._call("/v3/kv/range", {"key": _b64(key)}, idempotent=True)
+        kvs = data.get("kvs", [])
+        return _kv(kvs[0]) if kvs else None
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        data = self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))},
+                          idempotent=True)
+        return [_kv(raw) for raw in data.get("kvs", [])], int(data["header"]["revision"])
+
+    def revision(self) -> int:
+        data = self._call("/v3/kv/range", {"key": _b64("\0"), "count_only": True}, idempotent=True)
+        return int(data["header"]["revision"])
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def _ops(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
+        final: dict[str, Op] = {}
+        for op in ops:
+            if isinstance(op, Delete) and op.prefix:
+                for k in [k for k in final if k.startswith(op.key)]:
+                    del final[k]
+            final[op.key if not (isinstance(op, Delete) and op.prefix) else "\0prefix\0" + op.key] = op
+        puts = {k for k, op in final.items() if isinstance(op, Put)}
+        out: list[dict[str, Any]] = []
+        for k, op in final.items():
+            if isinstance(op, Put):
+                req: dict[str, Any] = {"key": _b64(op.key), "value": _b64(op.value)}
+                if op.lease:
+                    req["lease"] = str(op.lease)
+                out.append({"request_put": req})
+            elif op.prefix:
+                inside = [p for p in puts if p.startswith(op.key)]
+                if inside:  # etcd refuses overlapping put and delete ranges: expand the prefix
+                    for kv in self.range(op.key)[0]:
+                        if kv.key not in puts:
+                            out.append({"request_delete_range": {"key": _b64(kv.key)}})
+                else:
+                    out.append({"request_delete_range": {"key": _b64(op.key), "range_end": _b64(prefix_end(op.key))}})
+            else:
+                out.append({"request_delete_range": {"key": _b64(op.key)}})
+        return out
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        cmp = []
+        for c in compares:
+            if c.target == "exists":
+                want_exists = bool(c.value) == (c.op == "==")
+                cmp.append({"key": _b64(c.key), "target": "CREATE",
+                            "result": "GREATER" if want_exists else "EQUAL", "create_revision": "0"})
+                continue
+            target, field = _TARGETS[c.target]
+            value = _b64(str(c.value)) if c.target == "value" else str(c.value)
+            cmp.append({"key": _b64(c.key), "target": target, "result": _RESULTS[c.op], field: value})
+        body = {"compare": cmp, "success": self._ops(success), "failure": self._ops(failure)}
+        try:
+            data = self._call("/v3/kv/txn", body, idempotent=False)
+        except _EtcdError as e:
+            if "lease not found" in str(e):
+                raise LeaseNotFound(str(e)) from None
+            raise
+        return TxnResult(bool(data.get("succeeded", False)), int(data["header"]["revision"]))
+
+    # --- watch -------------------------------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int, callback: WatchCallback,
+              on_error: Callable[[Exception], None] | None = None) -> _Watch:
+        if self._closed.is_set():
+            raise StoreError("store is closed")
+        start_revision = max(start_revision, 1)
+        if start_revision <= self.revision():
+            try:  # a range at a compacted revision fails: tell the caller now, not later
+                self._call("/v3/kv/range", {"key": _b64(prefix), "count_only": True,
+                                            "revision": str(start_revision)}, idempotent=True)
+            except _EtcdError as e:
+                if e.code == 11 and "compacted" in str(e):
+                    raise CompactedError(self._compact_revision(prefix, start_revision)) from None
+                raise
+        w = _Watch(self, prefix, start_revision, callback, on_error)
+        with self._lock:
+            self._watches.append(w)
+        w.thread.start()
+        return w
+
+    def _compact_revision(self, prefix: str, start: int) -> int:
+        body = {"create_request": {"key": _b64(prefix), "start_revision": str(start)}}
+        try:
+            with self._stream_client.stream("POST", self._current() + "/v3/watch", json=body) as r:
+                for line in r.iter_lines():
+                    res = json.loads(line).get("result", {}) if line else {}
+                    if res.get("canceled"):
+                        return int(res.get("compact_revision", start))
+        except httpx.HTTPError:
+            pass
+        return start
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def grant_lease(self, ttl: int) -> int:
+        data = self._call("/v3/lease/grant", {"TTL": str(ttl)}, idempotent=False)
+        return int(data["ID"])
+
+    def refresh_lease(self, lease_id: int) -> int:
+        data = self._call("/v3/lease/keepalive", {"ID": str(lease_id)}, idempotent=True)
+        ttl = int(data.get("result", data).get("TTL", 0))
+        if ttl <= 0:
+            raise LeaseNotFound(f"lease {lease_id} not found")
+        return ttl
+
+    def revoke_lease(self, lease_id: int) -> None:
+        try:
+            self._call("/v3/lease/revoke", {"ID": str(lease_id)}, idempotent=True)
+        except _EtcdError as e:
+            if "not found" not in str(e):
+                raise
+
+    # --- maintenance -------------------------------------------------------------------------
+
+    def compact(self, revision: int) -> None:
+        try:
+            self._call("/v3/kv/compaction", {"revision": str(revision), "physical": True}, idempotent=True)
+        except _EtcdError as e:
+            if "compacted" not in str(e):  # compacting an already compacted revision is fine
+                raise
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with self._lock:
+            watches, self._watches = self._watches, []
+        for w in watches:
+            w.cancel()
+        self._client.close()
+        self._stream_client.close()
