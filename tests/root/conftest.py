@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -27,3 +28,121 @@ def underlay3() -> Iterator[list[str]]:
         yield [topology.host_ns(i) for i in (1, 2, 3)]
     finally:
         topology.teardown()
+
+
+USERS_TOML = """
+[server]
+listen = "127.0.0.1:{port}"
+store = "sqlite:///{db}"
+underlay_mtu = 1500
+
+[[identity.users]]
+name = "admin"
+password = "s3cret"
+project = "admin"
+roles = ["admin"]
+
+[[identity.users]]
+name = "alice"
+password = "alice-pw"
+project = "tenant-a"
+roles = ["member", "reader"]
+
+[[identity.users]]
+name = "bob"
+password = "bob-pw"
+project = "tenant-b"
+roles = ["member", "reader"]
+
+[[identity.users]]
+name = "vxnet-agent"
+password = "vxnet-agent-pw"
+project = "service"
+roles = ["service"]
+"""
+PASSWORDS = {"admin": ("s3cret", "admin"), "alice": ("alice-pw", "tenant-a"), "bob": ("bob-pw", "tenant-b")}
+
+
+class Lab:
+    """A running `vxnet lab` (server + 3 agents) and API helpers for tests."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.url = state["url"]
+        self._tokens: dict[str, str] = {}
+
+    def api(self, user: str = "admin") -> "httpx.Client":
+        import httpx
+
+        from tests.conftest import get_token
+
+        if user not in self._tokens:
+            pw, project = PASSWORDS[user]
+            self._tokens[user] = get_token(self.url, user, pw, project)
+        return httpx.Client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self._tokens[user]}, timeout=30)
+
+    def network(self, user: str, cidr: str, name: str = "net") -> tuple[dict, dict]:
+        with self.api(user) as c:
+            net = c.post("/networks", json={"network": {"name": name}})
+            assert net.status_code == 201, net.text
+            n = net.json()["network"]
+            sub = c.post("/subnets", json={"subnet": {"network_id": n["id"], "cidr": cidr, "ip_version": 4}})
+            assert sub.status_code == 201, sub.text
+            return n, sub.json()["subnet"]
+
+    def port(self, user: str, network_id: str, ip: str | None = None, mac: str | None = None,
+             project: str | None = None) -> dict:
+        body: dict = {"network_id": network_id}
+        if ip:
+            body["fixed_ips"] = [{"ip_address": ip}]
+        if mac:   # setting a MAC needs admin
+            body["mac_address"] = mac
+            body["project_id"] = project
+            user = "admin"
+        with self.api(user) as c:
+            r = c.post("/ports", json={"port": body})
+            assert r.status_code == 201, r.text
+            return r.json()["port"]
+
+    def vm(self, name: str, host: str, port: dict) -> None:
+        from vxnet.lab import lab
+
+        lab.vm_add(name, host, port["id"])
+
+    def port_status(self, port_id: str) -> str:
+        with self.api() as c:
+            return c.get(f"/ports/{port_id}").json()["port"]["status"]
+
+    def wait_status(self, port_id: str, status: str, timeout: float = 10) -> float:
+        """Seconds until the port has `status` (fails the test on timeout)."""
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.port_status(port_id) == status:
+                return time.time() - t0
+            time.sleep(0.02)
+        raise AssertionError(f"port {port_id} not {status} after {timeout}s (is {self.port_status(port_id)})")
+
+
+@pytest.fixture(scope="module")
+def lab3(tmp_path_factory) -> Iterator[Lab]:
+    """`vxnet lab up --hosts 3` with a fresh store; always `vxnet lab down` afterwards."""
+    from tests.conftest import free_port
+    from vxnet.lab import lab
+
+    d = tmp_path_factory.mktemp("lab")
+    cfg = d / "lab.toml"
+    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
+    old = os.environ.get("VXNET_LAB_DIR")
+    os.environ["VXNET_LAB_DIR"] = str(d / "state")
+    try:
+        lab.down(quiet=True)
+        st = lab.up(3, str(cfg))
+        yield Lab(st)
+    finally:
+        try:
+            lab.down()
+        finally:
+            if old is None:
+                os.environ.pop("VXNET_LAB_DIR", None)
+            else:
+                os.environ["VXNET_LAB_DIR"] = old

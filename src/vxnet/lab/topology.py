@@ -131,6 +131,19 @@ def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, 
     sh(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"], check=False)
 
 
+def move_vm(name: str, old_host_netns: str, new_host_netns: str, tap: str, mac: str, cidr_ip: str | None,
+            mtu: int) -> None:
+    """Live-migrate the VM's NIC: its tap disappears from the old host and appears on the new one."""
+    ns = vm_ns(name)
+    sh(["ip", "-n", old_host_netns, "link", "del", tap], check=False)
+    sh(["ip", "-n", new_host_netns, "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    lines = [f"link set eth0 address {mac} mtu {mtu}", "link set eth0 up"]
+    if cidr_ip:
+        lines.append(f"addr add {cidr_ip} dev eth0")
+    ip_batch(lines, ns)
+    sh(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"], check=False)
+
+
 def del_vm(name: str) -> None:
     sh(["ip", "netns", "del", vm_ns(name)], check=False)
 

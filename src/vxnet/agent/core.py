@@ -1,0 +1,293 @@
+"""The agent loop: view stream -> coalesce -> compute (pure) -> reconcile -> port status.
+
+Threads (all daemons, all stopped by `stop()`):
+- stream: consumes the control plane's view stream into a `ViewState`; reconnects with
+  `since=<last fully applied revision>` and backoff, failing over between servers (the
+  control plane object's business).
+- monitor: netlink link/neighbour events; a tap appearing wakes the reconciler at once, a
+  deletion of something we own (or of a static entry) also invalidates its cache.
+- reconcile (the caller's thread in `run()`): waits for a wake-up or the resync period,
+  coalesces for `coalesce` seconds, computes the desired state from the whole view and
+  converges the kernel. Level-triggered: every pass starts from the current view and kernel.
+- heartbeat: keeps the host registered (re-registers when the server forgot it).
+
+Invariants:
+- Nothing is reconciled (so nothing deleted) before the first complete view (snapshot); a
+  restarted agent therefore adopts the kernel state and disturbs no traffic.
+- When no server is reachable the kernel keeps its last state; drift repair keeps running on
+  the last known view.
+- A local port is reported ACTIVE only after a pass that applied its data path without error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+from vxnet.agent import metrics
+from vxnet.agent.reconciler import Reconciler, ReconcileResult
+from vxnet.compute.l2 import compute_l2
+from vxnet.compute.view import ViewState, apply_message
+
+log = logging.getLogger("vxnet.agent")
+
+
+class ControlPlane(Protocol):
+    """What the agent needs from the servers (implemented over HTTP by the client)."""
+
+    def register(self) -> Mapping[str, Any]: ...
+    def heartbeat(self) -> bool: ...
+    def stream(self, since: int | None) -> Iterator[Mapping[str, Any]]: ...
+    def report_status(self, active: Iterable[str], down: Iterable[str]) -> None: ...
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    host: str
+    underlay_ip: str
+    netns: str | None = None          # tests: run the data plane of a namespace from outside it
+    coalesce: float = 0.002
+    resync_interval: float = 30.0
+    heartbeat_interval: float = 3.0
+    retry_interval: float = 1.0
+
+
+class Agent:
+    """One host's agent. `run()` blocks; `start()` runs it in a thread."""
+
+    def __init__(self, cfg: AgentConfig, control: ControlPlane, reconciler: Reconciler | None = None) -> None:
+        self.cfg = cfg
+        self.control = control
+        self.reconciler = reconciler or Reconciler(cfg.underlay_ip, cfg.netns)
+        self._lock = threading.Lock()
+        self._view = ViewState()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._invalidate = False
+        self._applied_revision: int | None = None
+        self._reported: dict[str, tuple[str, Any]] = {}
+        self._threads: list[threading.Thread] = []
+        self.last_result: ReconcileResult | None = None
+        self.passes = 0
+        self.applied = threading.Condition()
+
+    # ------------------------------------------------------------------ public surface
+    @property
+    def view(self) -> ViewState:
+        with self._lock:
+            return self._view
+
+    @property
+    def applied_revision(self) -> int | None:
+        return self._applied_revision
+
+    def on_message(self, msg: Mapping[str, Any]) -> None:
+        """Feed one stream message (thread-safe)."""
+        with self._lock:
+            self._view = apply_message(self._view, msg)
+            view = self._view
+        metrics.VIEW_REVISION.set(view.revision)
+        if msg.get("type") != "ping":
+            self._wake.set()
+
+    def kernel_changed(self, invalidate: bool) -> None:
+        """Something changed in the kernel behind our back (or a tap appeared)."""
+        if invalidate:
+            self._invalidate = True
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run the agent in background threads."""
+        for target, name in ((self._stream_loop, "stream"), (self._monitor_loop, "monitor"),
+                             (self._heartbeat_loop, "heartbeat"), (self._reconcile_loop, "reconcile")):
+            t = threading.Thread(target=target, name=f"vxnet-agent-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def run(self) -> None:
+        """Run until `stop()` (the reconcile loop in the calling thread)."""
+        for target, name in ((self._stream_loop, "stream"), (self._monitor_loop, "monitor"),
+                             (self._heartbeat_loop, "heartbeat")):
+            t = threading.Thread(target=target, name=f"vxnet-agent-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._reconcile_loop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            if t is not threading.current_thread() and t.name.endswith("reconcile"):
+                t.join(5)
+
+    def wait_applied(self, revision: int, timeout: float = 10) -> bool:
+        """Test helper: block until a pass applied at least `revision`."""
+        with self.applied:
+            return self.applied.wait_for(lambda: (self._applied_revision or -1) >= revision, timeout)
+
+    # ------------------------------------------------------------------ reconcile
+    def run_once(self) -> ReconcileResult | None:
+        """One level-triggered pass over the current view; None before the first snapshot."""
+        view = self.view
+        if not view.complete:
+            return None
+        if self._invalidate:
+            self._invalidate = False
+            self.reconciler.invalidate()
+        desired = compute_l2(view.data, self.cfg.host, self.cfg.underlay_ip)
+        try:
+            result = self.reconciler.reconcile(desired)
+        except Exception:
+            metrics.ERRORS.labels("reconcile").inc()
+            log.exception("reconcile failed (host=%s)", self.cfg.host)
+            self.reconciler.invalidate()
+            return None
+        self.passes += 1
+        self.last_result = result
+        self._record(view, desired, result)
+        pending = self._report(view, result)
+        if not result.failed:
+            with self.applied:
+                self._applied_revision = view.revision
+                self.applied.notify_all()
+            metrics.APPLIED_REVISION.set(view.revision)
+        if result.failed or pending:
+            self._retry_later()
+        return result
+
+    def _record(self, view: ViewState, desired: Any, result: ReconcileResult) -> None:
+        for kind, n in view.size().items():
+            metrics.VIEW_OBJECTS.labels(kind).set(n)
+        for kind, n in desired.size().items():
+            metrics.DESIRED_OBJECTS.labels(kind).set(n)
+        metrics.RECONCILES.labels(str(result.full_read).lower()).inc()
+        metrics.RECONCILE_SECONDS.observe(result.seconds)
+        for kind, d in dataclasses.asdict(result.diff).items():
+            for op in ("create", "update", "delete"):
+                n = len(getattr(getattr(result.diff, kind), op))
+                if n:
+                    metrics.KERNEL_CHANGES.labels(kind, op).inc(n)
+        if result.failed:
+            metrics.ERRORS.labels("apply").inc(len(result.failed))
+        metrics.PORTS.labels("ACTIVE").set(len(result.active))
+        metrics.PORTS.labels("DOWN").set(len(result.down))
+        if result.changes:
+            log.info("host=%s revision=%s applied %s in %.1f ms%s", self.cfg.host, view.revision,
+                     {k: v for k, v in result.diff.counts().items() if v}, result.seconds * 1000,
+                     f" failed={list(result.failed)}" if result.failed else "")
+
+    def _report(self, view: ViewState, result: ReconcileResult) -> bool:
+        """Send status changes; True if some could not be sent (retry later)."""
+        ports = view.data.get("ports", {})
+        active, down = [], []
+        for pid, status, bucket in [(p, "ACTIVE", active) for p in result.active] + [(p, "DOWN", down) for p in result.down]:
+            obj = ports.get(pid) or {}
+            stamp = (status, obj.get("revision_number", obj.get("status")))
+            if obj.get("status") != status and self._reported.get(pid) != stamp:
+                bucket.append(pid)
+        for pid in list(self._reported):
+            if pid not in result.active and pid not in result.down:
+                del self._reported[pid]
+        if not active and not down:
+            return False
+        try:
+            self.control.report_status(sorted(active), sorted(down))
+        except Exception as e:  # server unreachable: keep forwarding, retry later
+            metrics.ERRORS.labels("report_status").inc()
+            log.warning("host=%s status report failed (%s); will retry", self.cfg.host, e)
+            return True
+        for pid in active:
+            obj = ports.get(pid) or {}
+            self._reported[pid] = ("ACTIVE", obj.get("revision_number", obj.get("status")))
+        for pid in down:
+            obj = ports.get(pid) or {}
+            self._reported[pid] = ("DOWN", obj.get("revision_number", obj.get("status")))
+        log.info("host=%s ports ACTIVE=%s DOWN=%s", self.cfg.host, active, down)
+        return False
+
+    def _retry_later(self) -> None:
+        t = threading.Timer(self.cfg.retry_interval, self._wake.set)
+        t.daemon = True
+        t.start()
+
+    def _reconcile_loop(self) -> None:
+        next_resync = time.monotonic() + self.cfg.resync_interval
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_resync - time.monotonic()))
+            if self._stop.is_set():
+                break
+            if time.monotonic() >= next_resync:
+                self._invalidate = True     # drift repair: read the kernel again
+                next_resync = time.monotonic() + self.cfg.resync_interval
+            if self.cfg.coalesce:
+                time.sleep(self.cfg.coalesce)
+            self._wake.clear()
+            self.run_once()
+        self.reconciler.close()
+
+    # ------------------------------------------------------------------ stream
+    def _stream_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                since = self._applied_revision if self.view.complete else None
+                for msg in self.control.stream(since):
+                    if self._stop.is_set():
+                        return
+                    metrics.STREAM_CONNECTED.set(1)
+                    backoff = 0.1
+                    self.on_message(msg)
+            except Exception as e:
+                metrics.ERRORS.labels("stream").inc()
+                log.warning("host=%s view stream lost: %s", self.cfg.host, e)
+            metrics.STREAM_CONNECTED.set(0)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _heartbeat_loop(self) -> None:
+        registered = False
+        while not self._stop.is_set():
+            try:
+                if not registered:
+                    reply = self.control.register()
+                    self.cfg.heartbeat_interval = float(reply.get("heartbeat_interval", self.cfg.heartbeat_interval))
+                    registered = True
+                    log.info("host=%s registered (underlay %s)", self.cfg.host, self.cfg.underlay_ip)
+                elif not self.control.heartbeat():
+                    registered = False
+                    continue
+            except Exception as e:
+                metrics.ERRORS.labels("heartbeat").inc()
+                log.warning("host=%s heartbeat failed: %s", self.cfg.host, e)
+                registered = False
+                self._stop.wait(1.0)
+                continue
+            self._stop.wait(self.cfg.heartbeat_interval)
+
+    # ------------------------------------------------------------------ kernel events
+    def _monitor_loop(self) -> None:
+        from pyroute2 import IPRoute
+
+        from vxnet.compute import naming
+
+        while not self._stop.is_set():
+            try:
+                ipr = IPRoute(netns=self.cfg.netns) if self.cfg.netns else IPRoute()
+                ipr.bind()
+                while not self._stop.is_set():
+                    for msg in ipr.get():
+                        event = msg.get("event")
+                        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+                            name = msg.get("ifname") or msg.get_attr("IFLA_IFNAME") or ""
+                            if naming.is_tap(name) or naming.is_owned(name):
+                                self.kernel_changed(invalidate=event == "RTM_DELLINK")
+                        elif event == "RTM_DELNEIGH" and msg["state"] & 0xC0:   # PERMANENT or NOARP
+                            self.kernel_changed(invalidate=True)
+            except Exception as e:
+                metrics.ERRORS.labels("monitor").inc()
+                log.warning("host=%s netlink monitor restarting: %s", self.cfg.host, e)
+                self._stop.wait(1.0)

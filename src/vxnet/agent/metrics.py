@@ -1,0 +1,18 @@
+"""Prometheus metrics of the agent (one process = one agent, so the default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+VIEW_OBJECTS = Gauge("vxnet_agent_view_objects", "Objects in this host's view", ["kind"])
+VIEW_REVISION = Gauge("vxnet_agent_view_revision", "Store revision of the view")
+APPLIED_REVISION = Gauge("vxnet_agent_applied_revision", "Last view revision fully applied to the kernel")
+DESIRED_OBJECTS = Gauge("vxnet_agent_desired_objects", "Kernel objects in the desired state", ["kind"])
+RECONCILES = Counter("vxnet_agent_reconciles_total", "Reconcile passes", ["full_read"])
+RECONCILE_SECONDS = Histogram("vxnet_agent_reconcile_seconds", "Duration of a reconcile pass",
+                              buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+KERNEL_CHANGES = Counter("vxnet_agent_kernel_changes_total", "Kernel objects created/updated/deleted",
+                         ["kind", "op"])
+ERRORS = Counter("vxnet_agent_errors_total", "Errors", ["where"])
+STREAM_CONNECTED = Gauge("vxnet_agent_stream_connected", "1 while the view stream is connected")
+PORTS = Gauge("vxnet_agent_local_ports", "Local ports by data-path status", ["status"])

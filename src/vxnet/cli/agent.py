@@ -1,0 +1,45 @@
+"""`vxnet agent`: the host agent (runs in the host's network namespace, as root)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `agent` command to the main CLI."""
+
+    @app.command()
+    def agent(
+        server: str = typer.Option(..., help="server URL(s), comma-separated, tried in order (failover)"),
+        host: str = typer.Option(..., help="this host's name (binding:host_id of its ports)"),
+        underlay_ip: str = typer.Option(..., help="this host's VTEP address on the underlay"),
+        user: str = typer.Option("vxnet-agent", help="service user"),
+        password: str = typer.Option("vxnet-agent-pw", help="service user's password"),
+        project: str = typer.Option("service", help="service user's project"),
+        gateway: bool = typer.Option(False, help="this host is a gateway host"),
+        metrics_listen: str = typer.Option(None, help="HOST:PORT for Prometheus /metrics"),
+        resync: float = typer.Option(30.0, help="seconds between drift-repair resyncs"),
+        log_level: str = typer.Option("info", help="log level"),
+    ) -> None:
+        """Run the host agent: watch this host's view and converge the kernel to it."""
+        from vxnet.agent.control import make_control_plane
+        from vxnet.agent.core import Agent, AgentConfig
+
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        if metrics_listen:
+            from prometheus_client import start_http_server
+
+            mhost, _, mport = metrics_listen.rpartition(":")
+            start_http_server(int(mport), addr=mhost.strip("[]") or "127.0.0.1")
+        control = make_control_plane([s.strip() for s in server.split(",") if s.strip()], host, underlay_ip,
+                                     user, password, project, gateway)
+        a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync), control)
+        signal.signal(signal.SIGTERM, lambda *_: a.stop())
+        try:
+            a.run()
+        except KeyboardInterrupt:
+            a.stop()

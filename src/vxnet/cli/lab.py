@@ -1,0 +1,101 @@
+"""`vxnet lab`: hosts and VMs as namespaces on this machine, with a server and real agents."""
+
+from __future__ import annotations
+
+import signal
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `lab` command group to the main CLI."""
+    lab = typer.Typer(help="Test and demo bench: hosts and VMs as network namespaces (needs root).",
+                      no_args_is_help=True)
+    vm = typer.Typer(help="VMs (namespaces plugged like Nova's taps).", no_args_is_help=True)
+    agent = typer.Typer(help="Stop/start a host's agent (failure tests).", no_args_is_help=True)
+    lab.add_typer(vm, name="vm")
+    lab.add_typer(agent, name="agent")
+    app.add_typer(lab, name="lab")
+
+    def _run(fn, *a, **kw):  # type: ignore[no-untyped-def]
+        from vxnet.lab.lab import LabError
+
+        try:
+            return fn(*a, **kw)
+        except LabError as e:
+            typer.echo(f"vxnet lab: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    @lab.command("up")
+    def lab_up(
+        hosts: int = typer.Option(3, help="number of hosts (h1..hN)"),
+        config: str = typer.Option(..., help="server TOML configuration"),
+        server: str = typer.Option(None, help="reuse a running server at this URL instead of starting one"),
+    ) -> None:
+        """Build the underlay and N hosts, start the server and one agent per host; print the API URL."""
+        from vxnet.lab import lab as L
+
+        st = _run(L.up, hosts, config, server)
+        typer.echo(st["url"])
+
+    @lab.command("down")
+    def lab_down() -> None:
+        """Remove everything the lab created (also after a crash)."""
+        from vxnet.lab import lab as L
+
+        L.down()
+
+    @lab.command("status")
+    def lab_status() -> None:
+        """Show the running lab's state."""
+        import json
+
+        from vxnet.lab import lab as L
+
+        typer.echo(json.dumps({k: v for k, v in _run(L.load_state).items() if k not in ("admin", "agent_user")},
+                              indent=1))
+
+    @vm.command("add")
+    def vm_add(name: str, host: str = typer.Option(..., help="h1..hN"),
+               port: str = typer.Option(..., help="port id"),
+               no_bind: bool = typer.Option(False, help="create the VM but do not bind the port")) -> None:
+        """Create VM NAME on HOST with the port's MAC/IP/MTU, and bind the port to HOST."""
+        from vxnet.lab import lab as L
+
+        info = _run(L.vm_add, name, host, port, not no_bind)
+        typer.echo(f"{name} on {host}: {info['ip']}")
+
+    @vm.command("del")
+    def vm_del(name: str) -> None:
+        """Delete VM NAME (its tap disappears from the host)."""
+        from vxnet.lab import lab as L
+
+        _run(L.vm_del, name)
+
+    @vm.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def vm_exec(ctx: typer.Context, name: str) -> None:
+        """Run a command in VM NAME: `vxnet lab vm exec NAME -- CMD ...`."""
+        from vxnet.lab import lab as L
+
+        raise typer.Exit(_run(L.vm_exec, name, list(ctx.args)))
+
+    @vm.command("migrate")
+    def vm_migrate(name: str, host: str = typer.Option(..., help="destination host")) -> None:
+        """Move VM NAME to HOST: recreate its tap there, then rebind its port (like a live migration)."""
+        from vxnet.lab import lab as L
+
+        _run(L.vm_migrate, name, host)
+
+    @agent.command("stop")
+    def agent_stop(host: str, kill: bool = typer.Option(False, "--kill", help="SIGKILL (crash) instead of SIGTERM")) -> None:
+        """Stop HOST's agent."""
+        from vxnet.lab import lab as L
+
+        _run(L.stop_agent, _run(L.load_state), host, signal.SIGKILL if kill else signal.SIGTERM)
+
+    @agent.command("start")
+    def agent_start(host: str) -> None:
+        """Start HOST's agent (again)."""
+        from vxnet.lab import lab as L
+
+        typer.echo(_run(L.start_agent, _run(L.load_state), host))

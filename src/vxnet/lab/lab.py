@@ -1,0 +1,296 @@
+"""The lab: state directory, server and agent processes, VMs. Used by `vxnet lab ...` and tests.
+
+State lives in `state_dir()/state.json` (default /run/vxnet-lab, `VXNET_LAB_DIR` overrides):
+the processes the lab started (by PID, with their command line to recognise them), the server
+URLs, the admin credentials from the config, and the VMs. `down()` kills only those PIDs (after
+checking their command line), then removes every namespace and link with the lab prefix, so
+it also cleans up after a crash that lost the state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from vxnet.compute import naming
+from vxnet.config import load_config
+from vxnet.lab import topology
+
+
+class LabError(Exception):
+    """A lab operation cannot be done (message for the user)."""
+
+
+def state_dir() -> str:
+    return os.environ.get("VXNET_LAB_DIR", "/run/vxnet-lab")
+
+
+def _state_path() -> str:
+    return os.path.join(state_dir(), "state.json")
+
+
+def load_state() -> dict[str, Any]:
+    try:
+        with open(_state_path()) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise LabError("no lab is running (no state in %s)" % state_dir()) from None
+
+
+def save_state(st: dict[str, Any]) -> None:
+    os.makedirs(state_dir(), exist_ok=True)
+    tmp = _state_path() + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(st, f, indent=1)
+    os.replace(tmp, _state_path())
+
+
+def _python_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from vxnet.cli.main import main; sys.argv[0] = 'vxnet'; main()", *args]
+
+
+def _spawn(cmd: list[str], log_name: str) -> int:
+    logf = open(os.path.join(state_dir(), log_name), "ab")
+    p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    logf.close()
+    return p.pid
+
+
+def _alive(pid: int, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except OSError:
+        return False
+    return marker in cmd
+
+
+def _kill(pid: int, marker: str, sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
+    """Signal our own process `pid` (only if its command line still carries `marker`)."""
+    if not _alive(pid, marker):
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + wait
+    while time.time() < deadline and _alive(pid, marker):
+        time.sleep(0.02)
+    if _alive(pid, marker):
+        os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/", timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise LabError(f"server at {url} did not come up")
+
+
+def token(st: dict[str, Any], url: str | None = None) -> str:
+    """An admin token from the lab's server."""
+    adm = st["admin"]
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": adm["name"], "domain": {"id": "default"}, "password": adm["password"]}}},
+        "scope": {"project": {"name": adm["project"], "domain": {"id": "default"}}}}}
+    r = httpx.post((url or st["url"]) + "/identity/v3/auth/tokens", json=body, timeout=10)
+    if r.status_code != 201:
+        raise LabError(f"cannot log in as {adm['name']}: {r.status_code} {r.text}")
+    return r.headers["X-Subject-Token"]
+
+
+def up(hosts: int, config: str, server: str | None = None, agent_args: list[str] | None = None) -> dict[str, Any]:
+    """Build the lab and start server (unless `server` is given) and agents; returns the state."""
+    if os.path.exists(_state_path()):
+        try:
+            st = load_state()
+        except (LabError, ValueError):
+            st = {}
+        if st and _alive(st.get("server_pid") or -1, "vxnet.lab.server") or any(
+                _alive(p, "agent") for p in (st.get("agents") or {}).values()):
+            raise LabError(f"a lab is already up (state in {state_dir()}); run `vxnet lab down` first")
+    down(quiet=True)
+    cfg = load_config(config)
+    admins = [u for u in cfg.users if "admin" in u.roles]
+    agents_users = [u for u in cfg.users if "service" in u.roles] or admins
+    if not admins:
+        raise LabError(f"{config} defines no user with the admin role")
+    os.makedirs(state_dir(), exist_ok=True)
+    st: dict[str, Any] = {"hosts": hosts, "config": os.path.abspath(config), "agents": {}, "vms": {},
+                          "admin": {"name": admins[0].name, "password": admins[0].password,
+                                    "project": admins[0].project},
+                          "agent_user": {"name": agents_users[0].name, "password": agents_users[0].password,
+                                         "project": agents_users[0].project},
+                          "agent_args": agent_args or []}
+    save_state(st)
+    topology.build_underlay(hosts)
+    lhost, _, lport = cfg.listen.rpartition(":")
+    if server:
+        st["url"] = server.rstrip("/")
+        mgmt = httpx.URL(st["url"])
+        host_part = mgmt.host
+        if host_part in ("127.0.0.1", "localhost", "::1"):
+            host_part = topology.MGMT_SERVER_IP   # the server must listen on 0.0.0.0 or on this address
+        st["mgmt_url"] = str(mgmt.copy_with(host=host_part)).rstrip("/")
+        st["server_pid"] = None
+    else:
+        listen_local = f"{lhost or '127.0.0.1'}:{lport}"
+        listen_mgmt = f"{topology.MGMT_SERVER_IP}:{lport}"
+        args = ["--config", os.path.abspath(config), "--listen", listen_local, "--listen", listen_mgmt]
+        if not cfg.store:
+            args += ["--store", "sqlite:///" + os.path.join(state_dir(), "vxnet.db")]
+        st["server_pid"] = _spawn([sys.executable, "-m", "vxnet.lab.server", *args], "server.log")
+        st["url"] = f"http://{lhost or '127.0.0.1'}:{lport}"
+        st["mgmt_url"] = f"http://{listen_mgmt}"
+        save_state(st)
+        _wait_http(st["url"])
+    save_state(st)
+    for i in range(1, hosts + 1):
+        start_agent(st, topology.host_name(i))
+    save_state(st)
+    return st
+
+
+def _host_index(st: dict[str, Any], host: str) -> int:
+    if not host.startswith("h") or not host[1:].isdigit() or not 1 <= int(host[1:]) <= st["hosts"]:
+        raise LabError(f"unknown host {host!r} (this lab has h1..h{st['hosts']})")
+    return int(host[1:])
+
+
+def start_agent(st: dict[str, Any], host: str) -> int:
+    """Start (or restart) the agent of `host` inside its namespace."""
+    i = _host_index(st, host)
+    u = st["agent_user"]
+    cmd = ["ip", "netns", "exec", topology.host_ns(i), *_python_cmd(
+        "agent", "--server", st["mgmt_url"], "--host", host, "--underlay-ip", topology.underlay_ip(i),
+        "--user", u["name"], "--password", u["password"], "--project", u["project"], *st.get("agent_args", []))]
+    pid = _spawn(cmd, f"agent-{host}.log")
+    st["agents"][host] = pid
+    save_state(st)
+    return pid
+
+
+def stop_agent(st: dict[str, Any], host: str, sig: int = signal.SIGTERM) -> None:
+    """Stop the agent of `host` (SIGKILL = a crash: nothing is cleaned up)."""
+    _host_index(st, host)
+    pid = st["agents"].get(host)
+    if pid:
+        _kill(pid, "agent", sig)
+
+
+def _api(st: dict[str, Any]) -> httpx.Client:
+    return httpx.Client(base_url=st["url"] + "/v2.0", headers={"X-Auth-Token": token(st)}, timeout=10)
+
+
+def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, Any]:
+    """A VM namespace plugged like Nova would (tap named after the port), then the port bound."""
+    st = load_state()
+    i = _host_index(st, host)
+    if name in st["vms"] or os.path.exists(f"/run/netns/{topology.vm_ns(name)}"):
+        raise LabError(f"VM {name} exists")
+    if len(topology.vm_ns(name)) > 64 or not name.replace("-", "").isalnum():
+        raise LabError("VM names are letters, digits and '-'")
+    with _api(st) as api:
+        r = api.get(f"/ports/{port_id}")
+        if r.status_code != 200:
+            raise LabError(f"port {port_id}: {r.status_code} {r.text}")
+        port = r.json()["port"]
+        net = api.get(f"/networks/{port['network_id']}").json()["network"]
+        cidr_ip, gateway = None, None
+        for fip in port.get("fixed_ips") or ():
+            sub = api.get(f"/subnets/{fip['subnet_id']}").json().get("subnet") or {}
+            if sub.get("ip_version") == 4:
+                cidr_ip = f"{fip['ip_address']}/{sub['cidr'].split('/')[1]}"
+                gateway = sub.get("gateway_ip")
+                break
+        topology.add_vm(name, topology.host_ns(i), naming.tap_name(port_id), port["mac_address"], cidr_ip,
+                        int(net.get("mtu") or 1450), gateway=None)
+        st["vms"][name] = {"host": host, "port": port_id, "ip": cidr_ip, "gateway": gateway}
+        save_state(st)
+        if bind:
+            bind_port(st, port_id, host, api)
+    return st["vms"][name]
+
+
+def bind_port(st: dict[str, Any], port_id: str, host: str, api: httpx.Client | None = None) -> None:
+    """Set binding:host_id (what Nova does when it starts or migrates a VM)."""
+    own = api is None
+    api = api or _api(st)
+    try:
+        r = api.put(f"/ports/{port_id}", json={"port": {"binding:host_id": host, "device_owner": "compute:nova"}})
+        if r.status_code != 200:
+            raise LabError(f"binding port {port_id} to {host}: {r.status_code} {r.text}")
+    finally:
+        if own:
+            api.close()
+
+
+def vm_migrate(name: str, host: str) -> None:
+    """Move VM `name` to `host`: its tap moves (VM downtime), then the port binding follows."""
+    st = load_state()
+    vm = st["vms"].get(name)
+    if vm is None:
+        raise LabError(f"no VM {name}")
+    new, old = _host_index(st, host), _host_index(st, vm["host"])
+    with _api(st) as api:
+        port = api.get(f"/ports/{vm['port']}").json()["port"]
+        net = api.get(f"/networks/{port['network_id']}").json()["network"]
+        topology.move_vm(name, topology.host_ns(old), topology.host_ns(new), naming.tap_name(vm["port"]),
+                         port["mac_address"], vm["ip"], int(net.get("mtu") or 1450))
+        bind_port(st, vm["port"], host, api)
+    vm["host"] = host
+    save_state(st)
+
+
+def vm_del(name: str) -> None:
+    st = load_state()
+    st["vms"].pop(name, None)
+    topology.del_vm(name)
+    save_state(st)
+
+
+def vm_exec(name: str, cmd: list[str]) -> int:
+    if not os.path.exists(f"/run/netns/{topology.vm_ns(name)}"):
+        raise LabError(f"no VM {name}")
+    return subprocess.call(["ip", "netns", "exec", topology.vm_ns(name), *cmd])
+
+
+def down(quiet: bool = False) -> None:
+    """Stop our processes and remove everything with the lab prefix (also after a crash)."""
+    try:
+        st = load_state()
+    except (LabError, ValueError):
+        st = {}
+    for pid in (st.get("agents") or {}).values():
+        _kill(pid, "agent")
+    if st.get("server_pid"):
+        _kill(st["server_pid"], "vxnet.lab.server")
+    topology.teardown()
+    if os.path.exists(_state_path()):
+        os.unlink(_state_path())
+    if not quiet:
+        shutil.rmtree(state_dir(), ignore_errors=True)

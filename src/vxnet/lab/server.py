@@ -1,0 +1,52 @@
+"""The lab's server process: one vxnet server application listening on several addresses.
+
+Why: the hosts (namespaces) reach it on the management address, the machine itself on the
+config's listen address, and both must be one process so the in-process store notifications
+reach every agent stream. Run as `python -m vxnet.lab.server --config F --listen A --listen B`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+
+import uvicorn
+
+from vxnet.api.app import create_app
+from vxnet.config import load_config
+from vxnet.store import open_store
+
+
+def _bind(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host.strip("[]") or "127.0.0.1", int(port)))
+    s.listen(1024)
+    s.set_inheritable(True)
+    return s
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--listen", action="append", required=True)
+    ap.add_argument("--store")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--log-level", default="warning")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cfg = load_config(args.config).with_overrides(store=args.store, data_dir=args.data_dir, listen=args.listen[0])
+    store = open_store(cfg.store, cfg.data_dir)
+    sockets = [_bind(a) for a in args.listen]
+    app = create_app(cfg, store)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False))
+    try:
+        server.run(sockets=sockets)
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
