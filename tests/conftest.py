@@ -19,6 +19,7 @@ import uvicorn
 
 from vxnet.api.app import create_app
 from vxnet.config import Config, User
+from vxnet.store.contract import Store
 from vxnet.store.sqlite_store import SqliteStore
 
 USERS = (
@@ -39,7 +40,7 @@ def free_port() -> int:
 class ServerHandle:
     """A running server: its base URL, store and config."""
 
-    def __init__(self, url: str, store: SqliteStore, config: Config, thread: threading.Thread, server: uvicorn.Server) -> None:
+    def __init__(self, url: str, store: Store, config: Config, thread: threading.Thread, server: uvicorn.Server) -> None:
         self.url = url
         self.store = store
         self.config = config
@@ -70,10 +71,11 @@ def get_token(url: str, user: str, password: str, project: str) -> str:
     return r.headers["X-Subject-Token"]
 
 
-def start_server(db_path: str, config: Config | None = None, port: int | None = None) -> ServerHandle:
+def start_server(db_path: str, config: Config | None = None, port: int | None = None, store: Store | None = None) -> ServerHandle:
+    """A server on `db_path` (or on `store`, e.g. an EtcdStore) in a thread."""
     port = port or free_port()
     config = config or Config(listen=f"127.0.0.1:{port}", users=USERS)
-    store = SqliteStore(db_path)
+    store = store if store is not None else SqliteStore(db_path)
     app = create_app(config, store)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
