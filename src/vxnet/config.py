@@ -9,6 +9,8 @@ public_url = "http://127.0.0.1:9696"  # what the catalog advertises (default: fr
 underlay_mtu = 1500                   # network mtu = underlay_mtu - 50
 token_ttl = 3600                      # seconds
 agent_down_time = 15                  # seconds without heartbeat -> agent not alive
+tls_cert = "/etc/vxnet/server.pem"    # serve HTTPS (both or neither)
+tls_key = "/etc/vxnet/server.key"
 
 [[identity.users]]
 name = "admin"
@@ -63,6 +65,8 @@ class Config:
     underlay_mtu: int = 1500
     token_ttl: int = 3600
     agent_down_time: int = 15
+    tls_cert: str | None = None
+    tls_key: str | None = None
     users: tuple[User, ...] = ()
     extra_projects: tuple[str, ...] = ()
 

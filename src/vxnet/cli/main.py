@@ -60,8 +60,9 @@ def server(
         raise typer.Exit(2) from None
     host, port = split_listen(cfg.listen)
     application = create_app(cfg, st)
+    tls = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key} if cfg.tls_cert else {}
     try:
-        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, **tls)
     finally:
         st.close()
 

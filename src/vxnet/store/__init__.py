@@ -11,7 +11,8 @@ DEFAULT_DATA_DIR = "/var/lib/vxnet"
 
 def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
     """Open a store by URL: `sqlite:///abs/path.db`, `sqlite://relative.db`, `memory://`,
-    or (with the etcd backend) `etcd://h1:2379,h2:2379`. None means the embedded default."""
+    `etcd://h1:2379,h2:2379`, or with TLS
+    `etcds://h1:2379,h2:2379?ca=/etc/vxnet/ca.pem&cert=/etc/vxnet/client.pem&key=/etc/vxnet/client.key`. None means the embedded default."""
     if not url:
         url = "sqlite:///" + os.path.join(data_dir, "vxnet.db")
     scheme, sep, rest = url.partition("://")
@@ -25,10 +26,17 @@ def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
         from vxnet.store.sqlite_store import SqliteStore
 
         return SqliteStore(":memory:")
-    if scheme == "etcd":
-        try:
-            from vxnet.store.etcd_store import EtcdStore  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise StoreError("the etcd backend is not available in this build") from e
-        return EtcdStore(rest.split(","))
+    if scheme in ("etcd", "etcds"):
+        from urllib.parse import parse_qs
+
+        from vxnet.store.etcd_store import EtcdStore
+
+        hosts, _, query = rest.partition("?")
+        opts = {k: v[-1] for k, v in parse_qs(query).items()}
+        unknown = set(opts) - {"ca", "cert", "key"}
+        if unknown:
+            raise StoreError(f"unknown etcd URL options: {', '.join(sorted(unknown))} (ca, cert, key)")
+        proto = "https" if scheme == "etcds" else "http"
+        endpoints = [h if "://" in h else f"{proto}://{h}" for h in hosts.split(",") if h]
+        return EtcdStore(endpoints, ca=opts.get("ca"), cert=opts.get("cert"), key=opts.get("key"))
     raise StoreError(f"unknown store scheme {scheme!r}")

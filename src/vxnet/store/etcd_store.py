@@ -162,13 +162,17 @@ class _Watch:
 class EtcdStore:
     """The contract over an etcd cluster (see the module docstring)."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 3.0) -> None:
+    def __init__(self, endpoints: Sequence[str], timeout: float = 3.0, ca: str | None = None,
+                 cert: str | None = None, key: str | None = None) -> None:
+        """`ca` verifies https members; `cert`/`key` is the client certificate, if etcd asks."""
         if not endpoints:
             raise StoreError("etcd store needs at least one endpoint")
         self._eps = [_endpoint(e) for e in endpoints]
         self._cur = 0
-        self._client = httpx.Client(timeout=timeout)
-        self._stream_client = httpx.Client(timeout=httpx.Timeout(timeout, read=None))
+        verify: Any = ca if ca else True
+        client_cert = (cert, key) if cert and key else None
+        self._client = httpx.Client(timeout=timeout, verify=verify, cert=client_cert)
+        self._stream_client = httpx.Client(timeout=httpx.Timeout(timeout, read=None), verify=verify, cert=client_cert)
         self._closed = threading.Event()
         self._watches: list[_Watch] = []
         self._lock = threading.Lock()
