@@ -25,11 +25,14 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
-from tests.conftest import USERS, ServerHandle, get_token, start_server
+from tests.conftest import USERS, ServerHandle, free_port, get_token
+from vxnet.api.app import create_app
 from vxnet.config import Config, User
 from vxnet.services.host_view import ViewIndex, apply_message, empty_view, full_view
 from vxnet.store.contract import put as store_put
+from vxnet.store.sqlite_store import SqliteStore
 
 # --- part 1: pure -------------------------------------------------------------------------
 
@@ -221,15 +224,29 @@ def test_status_change_reaches_only_holders() -> None:
 AGENT = User("vxnet-agent", "vxnet-agent-pw", "service", ("service",))
 
 
-def agent_config(port: int, **kw: Any) -> Config:
-    return Config(listen=f"127.0.0.1:{port}", users=USERS + (AGENT,), **kw)
+def start_agent_server(db_path: str | None = None, port: int | None = None, store: SqliteStore | None = None,
+                       **config: Any) -> ServerHandle:
+    """Like conftest.start_server, with the agent user, and with a graceful-shutdown timeout so
+    that open (endless) view streams are cut when the server stops."""
+    port = port or free_port()
+    cfg = Config(listen=f"127.0.0.1:{port}", users=USERS + (AGENT,), **config)
+    store = store or SqliteStore(db_path or ":memory:")
+    app = create_app(cfg, store)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.01)
+    return ServerHandle(f"http://127.0.0.1:{port}", store, cfg, thread, server)
 
 
 @pytest.fixture
 def srv(tmp_path) -> Iterator[ServerHandle]:
-    from tests.conftest import free_port
-    port = free_port()
-    h = start_server(os.path.join(tmp_path, "vxnet.db"), agent_config(port), port)
+    h = start_agent_server(os.path.join(tmp_path, "vxnet.db"))
     yield h
     h.stop()
 
@@ -367,12 +384,10 @@ def test_stream_needs_service_or_admin(srv: ServerHandle) -> None:
 
 
 def test_ping_on_silence(tmp_path) -> None:
-    from tests.conftest import free_port
     from vxnet.api.routers import agent_stream
-    port = free_port()
     old = agent_stream.PING_INTERVAL
     agent_stream.PING_INTERVAL = 0.3
-    h = start_server(os.path.join(tmp_path, "db"), agent_config(port), port)
+    h = start_agent_server(os.path.join(tmp_path, "db"))
     try:
         s = StreamReader(h, "quiet")
         _, ping = s.wait(lambda m: m["type"] == "ping", timeout=5)
@@ -404,7 +419,7 @@ def test_latency_port_write_to_owner_stream(srv: ServerHandle) -> None:
         status = "ACTIVE" if k % 2 == 0 else "DOWN"
         pid = f"p3-{k % 10}" if k % 3 else f"new-{k}"  # status flips and new ports
         t0 = time.perf_counter()
-        rev = _put(srv, "ports", _port(nets[3], "hv3", pid, status=status))
+        rev = _put(srv, "ports", _port(nets[3], "hv3", pid, status=status, description=f"k{k}"))
         t1, _ = owner.wait(lambda m, rev=rev: m.get("revision") == rev)
         samples.append(t1 - t0)
     samples.sort()

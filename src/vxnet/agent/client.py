@@ -1,0 +1,292 @@
+"""The agent's client of the servers' control plane (`/v2.0/vxnet/hosts/{host}/...`).
+
+`ServerClient(urls, host, user, password, project)` talks to one of several equivalent servers
+(`--server URL[,URL...]`; `unix:///path/to.sock` reaches a server on a unix socket, which
+every network namespace can see):
+
+- login: a Keystone v3 password token, renewed before 80 % of its lifetime and after any 401.
+  Tokens are per server URL (servers on one store accept each other's tokens, but nothing
+  here relies on it).
+- every call goes to the current server; a connection failure moves to the next URL, in
+  order, and the one that answers becomes current (failover, no pinning to the first URL).
+- `register()`, `heartbeat()` (False when the server forgot the host: register again),
+  `heartbeat_loop(stop)` (does both, on the interval the server hands out).
+- `stream(since)`: the NDJSON view stream of one connection, parsed; it ends or raises when
+  the connection breaks. A silent connection (no line for `read_timeout`, three ping periods)
+  counts as broken.
+- `watch(since)`: the endless stream an agent consumes: reconnects after any break with
+  `since` = the revision of the last message the caller has finished with (a message counts
+  as applied when the caller asks for the next one), with backoff, on whichever server
+  answers. The server decides between resuming and a fresh snapshot; after a snapshot, the
+  caller must replace its view.
+- `report_status(active, down)`: ports' Neutron status; returns the ids the server changed.
+
+Synchronous (httpx), safe to use from a few threads (heartbeats in one, the stream in another).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("vxnet.agent.client")
+
+PATH = "/v2.0/vxnet/hosts"
+
+
+class ServerUnavailable(ConnectionError):
+    """No server URL answered."""
+
+
+class ServerRejected(RuntimeError):
+    """A server answered with an error the client cannot fix by retrying elsewhere."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+class _Server:
+    """One server URL: its HTTP client and token."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        url = url.strip().rstrip("/")
+        if url.startswith("unix://"):
+            self.base = "http://localhost"
+            self.transport: httpx.HTTPTransport | None = httpx.HTTPTransport(uds=url[len("unix://"):])
+        else:
+            self.base = url
+            self.transport = None
+        self.url = url
+        self.http = httpx.Client(base_url=self.base, timeout=timeout, transport=self.transport)
+        self.token: str | None = None
+        self.renew_at = 0.0
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def split_urls(urls: str | Sequence[str]) -> list[str]:
+    """`"a,b"` or `["a", "b,c"]` -> `["a", "b", "c"]`."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out = [u.strip() for item in items for u in item.split(",") if u.strip()]
+    if not out:
+        raise ValueError("at least one server URL is needed")
+    return out
+
+
+class ServerClient:
+    """The agent's connection to the servers (see the module docstring)."""
+
+    def __init__(self, urls: str | Sequence[str], host: str, user: str, password: str, project: str = "service",
+                 *, underlay_ip: str | None = None, gateway: bool = False, external_interface: str | None = None,
+                 timeout: float = 5.0, read_timeout: float = 15.0, max_backoff: float = 5.0) -> None:
+        self.servers = [_Server(u, timeout) for u in split_urls(urls)]
+        self.host = host
+        self.user, self.password, self.project = user, password, project
+        self.underlay_ip, self.gateway, self.external_interface = underlay_ip, gateway, external_interface
+        self.timeout = timeout
+        self.read_timeout = read_timeout
+        self.max_backoff = max_backoff
+        self.heartbeat_interval = 3.0
+        self.lease_ttl = 10.0
+        self.applied_revision: int | None = None  # what watch() resumes from
+        self._current = 0
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._response: httpx.Response | None = None
+
+    # --- plumbing -------------------------------------------------------------------------------
+    @property
+    def current_url(self) -> str:
+        return self.servers[self._current].url
+
+    def _order(self) -> list[int]:
+        n = len(self.servers)
+        start = self._current
+        return [(start + i) % n for i in range(n)]
+
+    def _login(self, srv: _Server) -> str:
+        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": self.user, "domain": {"id": "default"}, "password": self.password}}},
+            "scope": {"project": {"name": self.project, "domain": {"id": "default"}}}}}
+        r = srv.http.post("/identity/v3/auth/tokens", json=body)
+        if r.status_code != 201:
+            raise ServerRejected(r.status_code, r.text)
+        tok = r.json()["token"]
+        lifetime = _ts(tok["expires_at"]) - _ts(tok["issued_at"])
+        srv.token = r.headers["X-Subject-Token"]
+        srv.renew_at = time.time() + 0.8 * max(lifetime, 1.0)
+        return srv.token
+
+    def _token(self, srv: _Server, renew: bool = False) -> str:
+        with self._lock:
+            if renew or srv.token is None or time.time() >= srv.renew_at:
+                return self._login(srv)
+            return srv.token
+
+    def _call(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """One request to the first server that answers (current first); re-login on 401."""
+        last: Exception | None = None
+        for i in self._order():
+            srv = self.servers[i]
+            try:
+                for renew in (False, True):
+                    r = srv.http.request(method, f"{PATH}/{self.host}/{path}", json=body,
+                                         headers={"X-Auth-Token": self._token(srv, renew)})
+                    if r.status_code != 401:
+                        break
+                self._current = i
+                return r
+            except (httpx.TransportError, ServerRejected) as e:
+                last = e
+                log.warning("server %s: %s", srv.url, e)
+        raise ServerUnavailable(f"no server answered: {last}")
+
+    # --- registration and liveness --------------------------------------------------------------
+    def register(self, underlay_ip: str | None = None, gateway: bool | None = None,
+                 external_interface: str | None = None) -> dict[str, Any]:
+        """Register the host (again); remembers the arguments for later re-registrations."""
+        if underlay_ip is not None:
+            self.underlay_ip = underlay_ip
+        if gateway is not None:
+            self.gateway = gateway
+        if external_interface is not None:
+            self.external_interface = external_interface
+        if self.underlay_ip is None:
+            raise ValueError("register needs the host's underlay_ip")
+        r = self._call("POST", "register", {"underlay_ip": self.underlay_ip, "gateway": self.gateway,
+                                            "external_interface": self.external_interface,
+                                            "agent_type": "vxnet agent"})
+        if r.status_code != 200:
+            raise ServerRejected(r.status_code, r.text)
+        reply: dict[str, Any] = r.json()
+        self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
+        self.lease_ttl = float(reply.get("lease_ttl", self.lease_ttl))
+        return reply
+
+    def heartbeat(self) -> bool:
+        """Refresh the host's lease; False if the server does not know the host (register)."""
+        r = self._call("POST", "heartbeat")
+        if r.status_code == 404:
+            return False
+        if r.status_code != 200:
+            raise ServerRejected(r.status_code, r.text)
+        return True
+
+    def heartbeat_loop(self, stop: threading.Event) -> None:
+        """Heartbeat every interval until `stop`; register whenever the server forgot us.
+        Errors are logged and retried on the next tick (the agent keeps forwarding meanwhile)."""
+        registered = False
+        while not stop.is_set() and not self._closed.is_set():
+            try:
+                if not registered or not self.heartbeat():
+                    self.register()
+                registered = True
+            except (ServerUnavailable, ServerRejected) as e:
+                log.warning("host %s heartbeat: %s", self.host, e)
+            stop.wait(self.heartbeat_interval)
+
+    def start_heartbeats(self, stop: threading.Event) -> threading.Thread:
+        """`heartbeat_loop` in a daemon thread."""
+        t = threading.Thread(target=self.heartbeat_loop, args=(stop,), name=f"heartbeat-{self.host}", daemon=True)
+        t.start()
+        return t
+
+    # --- status ---------------------------------------------------------------------------------
+    def report_status(self, active: Iterable[str], down: Iterable[str]) -> list[str]:
+        """Set ports ACTIVE / DOWN (ports bound elsewhere are ignored); the ids changed."""
+        r = self._call("POST", "ports-status", {"ACTIVE": list(active), "DOWN": list(down)})
+        if r.status_code != 200:
+            raise ServerRejected(r.status_code, r.text)
+        return list(r.json().get("updated", []))
+
+    # --- the view stream ------------------------------------------------------------------------
+    def stream(self, since: int | None = None) -> Iterator[dict[str, Any]]:
+        """Messages of one view-stream connection (to the first server that accepts it); returns
+        or raises ServerUnavailable / httpx errors when the connection breaks."""
+        params = {} if since is None else {"since": str(since)}
+        timeout = httpx.Timeout(self.timeout, read=self.read_timeout)
+        last: Exception | None = None
+        for i in self._order():
+            srv = self.servers[i]
+            try:
+                for renew in (False, True):
+                    req = srv.http.build_request("GET", f"{PATH}/{self.host}/view", params=params, timeout=timeout,
+                                                 headers={"X-Auth-Token": self._token(srv, renew)})
+                    resp = srv.http.send(req, stream=True)
+                    if resp.status_code != 401:
+                        break
+                    resp.close()
+            except (httpx.TransportError, ServerRejected) as e:
+                last = e
+                log.warning("view stream from %s: %s", srv.url, e)
+                continue
+            if resp.status_code != 200:
+                body = resp.read().decode(errors="replace")
+                resp.close()
+                raise ServerRejected(resp.status_code, body)
+            self._current = i
+            self._response = resp
+            try:
+                for line in resp.iter_lines():
+                    if line:
+                        yield json.loads(line)
+                return
+            finally:
+                self._response = None
+                resp.close()
+        raise ServerUnavailable(f"no server accepted the view stream: {last}")
+
+    def watch(self, since: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every message for this host, forever (until `close()`), across disconnects and
+        servers; resumes from the last message the caller has finished with."""
+        self.applied_revision = since
+        backoff = 0.05
+        while not self._closed.is_set():
+            try:
+                for msg in self.stream(self.applied_revision):
+                    backoff = 0.05
+                    yield msg
+                    # The caller asked for the next message: this one is applied.
+                    if isinstance(msg.get("revision"), int):
+                        self.applied_revision = msg["revision"]
+                log.info("view stream of %s ended; reconnecting", self.host)
+            except (ServerUnavailable, httpx.HTTPError, ValueError) as e:
+                if self._closed.is_set():
+                    return
+                log.warning("view stream of %s broke: %s", self.host, e)
+            except ServerRejected as e:
+                log.warning("view stream of %s refused: %s", self.host, e)
+            if self._closed.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def close(self) -> None:
+        """Stop `watch` and release connections (safe from another thread)."""
+        self._closed.set()
+        resp = self._response
+        if resp is not None:
+            resp.close()
+        for s in self.servers:
+            s.close()
+
+
+def _ts(text: str) -> float:
+    """Keystone's ISO timestamp ("2026-01-01T00:00:00.000000Z") as epoch seconds."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def make_control_plane(servers: list[str], host: str, underlay_ip: str, user: str, password: str,
+                       project: str, gateway: bool = False) -> ServerClient:
+    """The client as the agent core's control plane (same signature as agent/control.py)."""
+    return ServerClient(servers, host, user, password, project, underlay_ip=underlay_ip, gateway=gateway)
+
+
