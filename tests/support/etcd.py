@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -27,7 +28,9 @@ def _free_port() -> int:
 class EtcdCluster:
     """`size` members on 127.0.0.1; `endpoints` are their client URLs."""
 
-    def __init__(self, size: int = 1, prefix: str = "vxt") -> None:
+    def __init__(self, size: int = 1, prefix: str = "vxt", tls: tuple[str, str, str] | None = None) -> None:
+        """`tls` = (ca, cert, key): serve clients over HTTPS and require client certificates."""
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix=f"{prefix}-etcd-")
         self.names = [f"{prefix}{i}" for i in range(size)]
         self.client_ports = {n: _free_port() for n in self.names}
@@ -41,19 +44,29 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{self.client_ports[n]}" for n in self.names]
+        proto = "https" if self.tls else "http"
+        return [f"{proto}://127.0.0.1:{self.client_ports[n]}" for n in self.names]
 
     def url(self) -> str:
         """A store URL for vxnet."""
-        return "etcd://" + ",".join(f"127.0.0.1:{self.client_ports[n]}" for n in self.names)
+        hosts = ",".join(f"127.0.0.1:{self.client_ports[n]}" for n in self.names)
+        if self.tls:
+            ca, cert, key = self.tls
+            return f"etcds://{hosts}?ca={ca}&cert={cert}&key={key}"
+        return "etcd://" + hosts
 
     def start(self, name: str, new: bool = False) -> None:
         cport, pport = self.client_ports[name], self.peer_ports[name]
+        proto = "https" if self.tls else "http"
+        tls_args = []
+        if self.tls:
+            ca, cert, key = self.tls
+            tls_args = ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth"]
         log = open(os.path.join(self.dir, f"{name}.log"), "ab")  # noqa: SIM115 - owned by the process
         self.procs[name] = subprocess.Popen(
             [ETCD, "--name", name, "--data-dir", os.path.join(self.dir, name),
-             "--listen-client-urls", f"http://127.0.0.1:{cport}",
-             "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+             "--listen-client-urls", f"{proto}://127.0.0.1:{cport}",
+             "--advertise-client-urls", f"{proto}://127.0.0.1:{cport}", *tls_args,
              "--listen-peer-urls", f"http://127.0.0.1:{pport}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
              "--initial-cluster", self.initial, "--initial-cluster-state", "new",
@@ -73,7 +86,7 @@ class EtcdCluster:
         for ep in live:
             while True:
                 try:
-                    r = httpx.get(ep + "/health", timeout=1)
+                    r = httpx.get(ep + "/health", timeout=1, verify=self._ssl() if self.tls else True)
                     if r.status_code == 200 and r.json().get("health") in ("true", True):
                         break
                 except httpx.HTTPError:
@@ -81,6 +94,12 @@ class EtcdCluster:
                 if time.time() > deadline:
                     raise RuntimeError(f"etcd {ep} not healthy; logs in {self.dir}")
                 time.sleep(0.1)
+
+    def _ssl(self) -> ssl.SSLContext:
+        assert self.tls is not None
+        ctx = ssl.create_default_context(cafile=self.tls[0])
+        ctx.load_cert_chain(self.tls[1], self.tls[2])
+        return ctx
 
     def stop(self) -> None:
         for n in list(self.procs):

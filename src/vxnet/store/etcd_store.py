@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -169,10 +170,13 @@ class EtcdStore:
             raise StoreError("etcd store needs at least one endpoint")
         self._eps = [_endpoint(e) for e in endpoints]
         self._cur = 0
-        verify: Any = ca if ca else True
-        client_cert = (cert, key) if cert and key else None
-        self._client = httpx.Client(timeout=timeout, verify=verify, cert=client_cert)
-        self._stream_client = httpx.Client(timeout=httpx.Timeout(timeout, read=None), verify=verify, cert=client_cert)
+        verify: Any = True
+        if ca or cert:
+            verify = ssl.create_default_context(cafile=ca)
+            if cert and key:
+                verify.load_cert_chain(cert, key)
+        self._client = httpx.Client(timeout=timeout, verify=verify)
+        self._stream_client = httpx.Client(timeout=httpx.Timeout(timeout, read=None), verify=verify)
         self._closed = threading.Event()
         self._watches: list[_Watch] = []
         self._lock = threading.Lock()
