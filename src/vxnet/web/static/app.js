@@ -82,7 +82,7 @@
   async function start() {
     $("#login-view").hidden = true;
     $("#app-view").hidden = false;
-    $("#who").textContent = `${S.auth.user} · ${S.auth.projectName}` + (isAdmin() ? " · admin" : "");
+    $("#who").textContent = `${S.auth.user} @ ${S.auth.projectName}` + (isAdmin() ? " (admin)" : "");
     S.view = isAdmin() ? "" : S.auth.projectId;
     $("#admin-pane").hidden = !isAdmin();
     $("#project-pick").hidden = !isAdmin();

@@ -11,8 +11,9 @@
  *
  * Layout: each external network is a full-width bar at the top with its own vertical "spine" on
  * the left; a router hangs off the spine of its gateway network; a router's networks hang below
- * it on a bus (one drop per network, labelled with the router's address on that network). A
- * network reached by several routers is drawn once, under the first, and names the others.
+ * it on a bus (one drop per network, labelled with the router's address on that network).
+ * Routers with a gateway come first (then by name). A network reached by several routers is
+ * drawn once, under the first of them, and names the others.
  * No text from the API is ever parsed as HTML (SVG text nodes only).
  */
 (function () {
@@ -45,7 +46,9 @@
     const nets = (data.networks || []).slice().sort(byName);
     const subnets = data.subnets || [];
     const ports = data.ports || [];
-    const routersAll = (data.routers || []).filter(mine).slice().sort(byName);
+    // Routers with a gateway first, so the external spines stay short and pass no other router.
+    const hasGw = r => (r.external_gateway_info && r.external_gateway_info.network_id ? 0 : 1);
+    const routersAll = (data.routers || []).filter(mine).slice().sort((a, b) => hasGw(a) - hasGw(b) || byName(a, b));
     const fips = (data.floatingips || []).filter(mine);
     const subnetsOf = id => subnets.filter(s => s.network_id === id)
       .sort((a, b) => (a.cidr || "").localeCompare(b.cidr || ""));
@@ -129,9 +132,9 @@
     const extBottom = {};
     model.externals.forEach((e, i) => { extBottom[e.id] = PAD + i * (EXT_H + 8) + EXT_H; });
     const rx = PAD + 10 + model.externals.length * 12 + 14;
-    const cardsFrom = x0 => {
+    const cardsFrom = (x0, count) => {
       const avail = W - x0 - PAD;
-      const cols = Math.max(1, Math.floor((avail + GAP) / (220 + GAP)));
+      const cols = Math.max(1, Math.min(count, Math.floor((avail + GAP) / (220 + GAP))));
       const cw = Math.min(300, Math.floor((avail - (cols - 1) * GAP) / cols));
       return { cw, cols };
     };
@@ -150,7 +153,7 @@
       if (g.members.length) {
         const trunkX = rx + 16;
         const x0 = rx + 34;
-        const { cw, cols } = cardsFrom(x0);
+        const { cw, cols } = cardsFrom(x0, g.members.length);
         let row = 0;
         let lastBus = y;
         for (let i = 0; i < g.members.length; i += cols) {
@@ -182,7 +185,7 @@
     if (model.unrouted.length) {
       items.push({ type: "label", text: model.groups.length ? "Networks without a router" : "Networks", x: rx, y: y + 12 });
       y += 22;
-      const { cw, cols } = cardsFrom(rx);
+      const { cw, cols } = cardsFrom(rx, model.unrouted.length);
       for (let i = 0; i < model.unrouted.length; i += cols) {
         let rowH = 0;
         model.unrouted.slice(i, i + cols).forEach((n, j) => {
@@ -289,7 +292,7 @@
       y += LINE_H;
     }
     for (const l of n.links.slice(1)) {
-      text(g, it.x + 10, y + 13, clip(`also routed by ${l.routerName} (${l.ips.join(", ")})`, it.w - 20, 6.7), "muted-t");
+      text(g, it.x + 10, y + 13, clip(`also via ${l.routerName} ${l.ips.join(", ")}`, it.w - 20, 6.7), "muted-t");
       y += LINE_H;
     }
     el("line", { x1: it.x + 8, x2: it.x + it.w - 8, y1: y + 3, y2: y + 3, class: "sep" }, g);

@@ -1,0 +1,383 @@
+"""The web UI in a real browser (Debian's Chromium, headless, driven by Playwright).
+
+Each test signs in through the page's own form and checks what is drawn against the REST API.
+Screenshots of the topology page land in test-output/ui/ (1280x800 and 390x844).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+from playwright.sync_api import Page, expect
+
+from tests.conftest import ServerHandle
+from tests.ui.conftest import login
+
+NARROW = (390, 844)
+
+
+def node(page: Page, kind: str, name: str) -> Any:
+    return page.locator(f'#graph svg [data-kind="{kind}"][data-name="{name}"]')
+
+
+def make_external(h: ServerHandle, cidr: str = "203.0.113.0/24") -> dict[str, Any]:
+    adm = h.api("admin")
+    net = adm.post("/networks", json={"network": {"name": "public", "router:external": True}}).json()["network"]
+    r = adm.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": cidr, "ip_version": 4,
+                                              "enable_dhcp": False}})
+    assert r.status_code == 201, r.text
+    return net
+
+
+def open_form(page: Page, summary: str) -> None:
+    details = page.locator("details.form-card", has=page.locator("summary", has_text=summary))
+    if details.get_attribute("open") is None:
+        details.locator("summary").click()
+
+
+def shoot(page: Page, out: Path, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(out / f"{name}-1280x800.png"))
+    page.screenshot(path=str(out / f"{name}-1280x800-full.png"), full_page=True)
+    page.set_viewport_size({"width": NARROW[0], "height": NARROW[1]})
+    deadline = time.monotonic() + 5
+    while int(page.locator("#graph svg").get_attribute("width") or 9999) > NARROW[0]:
+        assert time.monotonic() < deadline, "the drawing did not follow the narrow viewport"
+        page.wait_for_timeout(20)
+    page.screenshot(path=str(out / f"{name}-390x844.png"))
+    page.screenshot(path=str(out / f"{name}-390x844-full.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+
+def test_tenant_builds_a_topology_from_the_page(ui_server: ServerHandle, new_page: Callable[..., Page],
+                                                out_dir: Path) -> None:
+    ext = make_external(ui_server)
+    page = new_page()
+    login(page, ui_server.url, "alice")
+
+    page.get_by_label("Name", exact=True).first.fill("web")
+    page.get_by_label("Subnet CIDR").fill("10.10.0.0/24")
+    page.get_by_role("button", name="Create network").click()
+    expect(node(page, "network", "web")).to_be_visible()
+    expect(node(page, "network", "web")).to_contain_text("10.10.0.0/24")
+
+    open_form(page, "Create router")
+    page.locator("#router-name").fill("r1")
+    page.locator("#router-external").select_option(label="public")
+    page.get_by_role("button", name="Create router").click()
+    expect(node(page, "router", "r1")).to_be_visible()
+    expect(node(page, "router", "r1")).to_contain_text("gw 203.0.113.")
+
+    open_form(page, "Connect router to subnet")
+    page.locator("#iface-router").select_option(label="r1")
+    page.locator("#iface-subnet").select_option(label="web: 10.10.0.0/24 (web-subnet)")
+    page.get_by_role("button", name="Add interface").click()
+
+    api = ui_server.api("alice")
+    router = api.get("/routers", params={"name": "r1"}).json()["routers"][0]
+    net = api.get("/networks", params={"name": "web"}).json()["networks"][0]
+    # the interface is drawn as a drop from r1's bus to web, labelled with the router's address
+    link = page.locator(f'#graph path[data-link="iface"][data-router="{router["id"]}"][data-network="{net["id"]}"]')
+    expect(link).to_have_count(1)
+    expect(page.locator("#graph svg .link-label", has_text="10.10.0.1")).to_have_count(1)
+    gw = page.locator(f'#graph path[data-link="gateway"][data-router="{router["id"]}"]')
+    expect(gw).to_have_count(1)
+    # and it is real: the REST API shows the same objects
+    assert router["external_gateway_info"]["network_id"] == ext["id"]
+    ports = api.get("/ports", params={"device_id": router["id"], "network_id": net["id"]}).json()["ports"]
+    assert [ip["ip_address"] for p in ports for ip in p["fixed_ips"]] == ["10.10.0.1"]
+    assert [s["cidr"] for s in api.get("/subnets", params={"network_id": net["id"]}).json()["subnets"]] == ["10.10.0.0/24"]
+
+    # a VM port and a floating IP attached from the page, drawn on the port
+    port = api.post("/ports", json={"port": {"network_id": net["id"], "name": "vm-1", "device_owner": "compute:nova",
+                                             "device_id": "0d3c3c8e-0000-4000-8000-000000000001"}}).json()["port"]
+    expect(node(page, "port", "vm-1")).to_contain_text(port["fixed_ips"][0]["ip_address"])
+    open_form(page, "Floating IP")
+    page.locator("#fip-network").select_option(label="public")
+    page.locator("#fip-port").select_option(value=port["id"])
+    page.get_by_role("button", name="Allocate floating IP").click()
+    fips = api.get("/floatingips", params={"port_id": port["id"]}).json()["floatingips"]
+    assert len(fips) == 1
+    expect(node(page, "port", "vm-1")).to_contain_text("⇄ " + fips[0]["floating_ip_address"])
+
+    page.wait_for_timeout(200)
+    shoot(page, out_dir, "tenant-topology")
+
+
+def test_rest_change_appears_without_reload(ui_server: ServerHandle, new_page: Callable[..., Page]) -> None:
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    page.evaluate("window.__sameDocument = true")
+    api = ui_server.api("alice")
+
+    t0 = time.monotonic()
+    net = api.post("/networks", json={"network": {"name": "from-cli"}}).json()["network"]
+    node(page, "network", "from-cli").wait_for(timeout=1000)
+    appeared = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.30.0.0/24", "ip_version": 4}})
+    assert sub.status_code == 201, sub.text
+    expect(node(page, "network", "from-cli")).to_contain_text("10.30.0.0/24", timeout=1000)
+    subnet_shown = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    assert api.delete(f"/networks/{net['id']}").status_code == 204
+    node(page, "network", "from-cli").wait_for(state="detached", timeout=1000)
+    gone = time.monotonic() - t0
+
+    assert page.evaluate("window.__sameDocument") is True  # never reloaded
+    print(f"\nREST change -> drawn: create {appeared * 1000:.0f} ms, subnet {subnet_shown * 1000:.0f} ms, "
+          f"delete {gone * 1000:.0f} ms")
+
+
+def test_tenant_b_never_sees_tenant_a(ui_server: ServerHandle, new_page: Callable[..., Page], out_dir: Path) -> None:
+    make_external(ui_server)
+    bob_page = new_page()
+    login(bob_page, ui_server.url, "bob")
+    alice = ui_server.api("alice")
+    net = alice.post("/networks", json={"network": {"name": "alice-secret"}}).json()["network"]
+    alice.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.40.0.0/24", "ip_version": 4}})
+    alice.post("/routers", json={"router": {"name": "alice-router"}})
+    alice.post("/ports", json={"port": {"network_id": net["id"], "name": "alice-vm", "device_owner": "compute:nova"}})
+
+    # bob's own change is the positive control: once it is drawn, alice's (made earlier) would be too
+    bob = ui_server.api("bob")
+    bob.post("/networks", json={"network": {"name": "bob-net"}})
+    expect(node(bob_page, "network", "bob-net")).to_be_visible(timeout=2000)
+    text = bob_page.locator("body").inner_text()
+    for secret in ("alice-secret", "alice-router", "alice-vm", "10.40.0."):
+        assert secret not in text
+    assert net["id"] not in bob_page.content()
+    shoot(bob_page, out_dir, "tenant-b-view")
+
+
+def test_event_stream_tells_a_tenant_only_its_own_changes(ui_server: ServerHandle) -> None:
+    """/ui/events at the HTTP level: bob's stream carries bob's changes and nothing of alice's."""
+    alice, bob = ui_server.api("alice"), ui_server.api("bob")
+    seen: list[dict[str, Any]] = []
+    url = ui_server.url + "/ui/events"
+    with httpx.stream("GET", url, params={"token": ui_server.token("bob")}, timeout=10) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        event = _next_event(lines)
+        assert event[0] == "ready"
+        a_net = alice.post("/networks", json={"network": {"name": "a"}}).json()["network"]
+        alice.post("/subnets", json={"subnet": {"network_id": a_net["id"], "cidr": "10.50.0.0/24", "ip_version": 4}})
+        a_router = alice.post("/routers", json={"router": {"name": "ar"}}).json()["router"]
+        alice.delete(f"/routers/{a_router['id']}")
+        b_net = bob.post("/networks", json={"network": {"name": "b"}}).json()["network"]
+        while True:
+            kind, data = _next_event(lines)
+            if kind == "change":
+                seen.extend(data["changes"])
+                if any(c["id"] == b_net["id"] for c in seen):
+                    break
+    alice_ids = {a_net["id"], a_router["id"]}
+    for coll in ("networks", "subnets", "ports", "routers", "security-groups", "security-group-rules"):
+        key = coll.replace("-", "_")
+        alice_ids |= {o["id"] for o in alice.get(f"/{coll}").json()[key] if o["project_id"] != b_net["project_id"]}
+    assert len(alice_ids) >= 4  # network, subnet, router, default group (+ its rules)
+    assert not alice_ids & {c["id"] for c in seen}
+    assert b_net["id"] in {c["id"] for c in seen}
+    assert {c["collection"] for c in seen} <= {"networks", "security_groups", "security-groups",
+                                               "security_group_rules", "security-group-rules", "ports"}
+
+
+def _next_event(lines: Any) -> tuple[str, Any]:
+    import json
+
+    kind, data = "", None
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data = json.loads(line[6:])
+        elif line == "" and kind:
+            return kind, data
+    raise AssertionError("stream ended")
+
+
+def test_overlapping_cidr_shows_the_api_message(ui_server: ServerHandle, new_page: Callable[..., Page],
+                                                out_dir: Path) -> None:
+    api = ui_server.api("alice")
+    net = api.post("/networks", json={"network": {"name": "web"}}).json()["network"]
+    assert api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.60.0.0/24",
+                                                 "ip_version": 4}}).status_code == 201
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    open_form(page, "Add subnet")
+    page.locator("#subnet-network").select_option(label="web")
+    page.locator("#subnet-cidr").fill("10.60.0.128/25")
+    page.get_by_role("button", name="Add subnet").click()
+    error = page.locator("#form-subnet .form-error")
+    expect(error).not_to_be_empty()
+
+    # the very message the API gives for the same request, and nothing was created
+    same = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.60.0.128/25",
+                                                 "ip_version": 4, "enable_dhcp": True}})
+    assert same.status_code == 400
+    message = same.json()["NeutronError"]["message"]
+    assert "overlap" in message.lower()
+    expect(error).to_have_text(message)
+    expect(page.locator("#banner-text")).to_have_text(message)
+    assert len(api.get("/subnets", params={"network_id": net["id"]}).json()["subnets"]) == 1
+    page.screenshot(path=str(out_dir / "overlap-error-1280x800.png"))
+
+    # the combined "network + subnet" form keeps nothing when the subnet is refused
+    page.get_by_label("Name", exact=True).first.fill("bad")
+    page.get_by_label("Subnet CIDR").fill("10.70.0.0/33")
+    page.get_by_role("button", name="Create network").click()
+    expect(page.locator("#form-network .form-error")).not_to_be_empty()
+    assert api.get("/networks", params={"name": "bad"}).json()["networks"] == []
+
+
+def test_keyboard_only_create_select_and_delete(ui_server: ServerHandle, new_page: Callable[..., Page]) -> None:
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    page.locator("#net-name").focus()
+    page.keyboard.type("kbd-net")
+    page.keyboard.press("Tab")
+    page.keyboard.type("10.80.0.0/24")
+    page.keyboard.press("Enter")  # submits the form
+    target = node(page, "network", "kbd-net")
+    expect(target).to_be_visible()
+    target.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#details-body h3")).to_have_text("Network kbd-net")
+    focused = page.evaluate("document.activeElement.textContent")
+    assert focused == "Delete subnet"  # focus moved into the details, on its first action
+    page.get_by_role("button", name="Delete network").focus()
+    page.keyboard.press("Enter")
+    expect(target).to_have_count(0)
+    assert ui_server.api("alice").get("/networks", params={"name": "kbd-net"}).json()["networks"] == []
+
+
+def test_security_group_rule_from_the_page(ui_server: ServerHandle, new_page: Callable[..., Page]) -> None:
+    api = ui_server.api("alice")
+    assert api.get("/security-groups").status_code == 200  # creates the default group
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    open_form(page, "Security group rule")
+    page.locator("#rule-group").select_option(label="default")
+    page.locator("#rule-protocol").select_option("tcp")
+    page.locator("#rule-min").fill("22")
+    page.locator("#rule-remote").fill("198.51.100.0/24")
+    page.get_by_role("button", name="Add rule").click()
+    item = page.locator("#sg-list li", has_text="ingress IPv4 tcp 22 from 198.51.100.0/24")
+    expect(item).to_have_count(1)
+    rules = [r for r in api.get("/security-group-rules").json()["security_group_rules"]
+             if r["remote_ip_prefix"] == "198.51.100.0/24"]
+    assert [(r["port_range_min"], r["port_range_max"], r["protocol"]) for r in rules] == [(22, 22, "tcp")]
+    # a bad rule shows the API's message
+    page.locator("#rule-protocol").select_option("tcp")
+    page.locator("#rule-min").fill("90")
+    page.locator("#rule-max").fill("80")
+    page.get_by_role("button", name="Add rule").click()
+    expect(page.locator("#form-rule .form-error")).not_to_be_empty()
+    item.get_by_role("button", name="Delete rule").click()
+    expect(item).to_have_count(0)
+    assert not [r for r in api.get("/security-group-rules").json()["security_group_rules"]
+                if r["remote_ip_prefix"] == "198.51.100.0/24"]
+
+
+def test_admin_sees_hosts_and_agents_and_switches_project(ui_server: ServerHandle, new_page: Callable[..., Page],
+                                                          out_dir: Path) -> None:
+    adm = ui_server.api("admin")
+    r = adm.post("/vxnet/hosts/compute-1/register", json={"underlay_ip": "192.0.2.11"})
+    assert r.status_code == 200, r.text
+    a_net = ui_server.api("alice").post("/networks", json={"network": {"name": "a-net"}}).json()["network"]
+    ui_server.api("alice").post("/subnets", json={"subnet": {"network_id": a_net["id"], "cidr": "10.90.0.0/24",
+                                                             "ip_version": 4}})
+    ui_server.api("bob").post("/networks", json={"network": {"name": "b-net"}})
+    port = adm.post("/ports", json={"port": {"network_id": a_net["id"], "name": "vm-a", "device_owner": "compute:nova",
+                                             "binding:host_id": "compute-1", "project_id": a_net["project_id"]}})
+    assert port.status_code == 201, port.text
+    vni = adm.get(f"/networks/{a_net['id']}").json()["network"]["provider:segmentation_id"]
+
+    page = new_page()
+    login(page, ui_server.url, "admin")
+    row = page.locator('#hosts-table tr[data-host="compute-1"]')
+    expect(row).to_contain_text("alive")
+    expect(row.locator("td").nth(3)).to_have_text(str(1))  # one port bound there
+    expect(row.locator("td").nth(4)).to_have_text(str(vni))
+    age = float(row.locator("td[data-age]").get_attribute("data-age") or "nan")
+    assert 0 <= age < 30
+    expect(node(page, "network", "a-net")).to_be_visible()
+    expect(node(page, "network", "b-net")).to_be_visible()
+    expect(node(page, "network", "a-net")).to_contain_text(f"VNI {vni}")
+    expect(node(page, "port", "vm-a")).to_contain_text("@ compute-1")
+
+    page.get_by_label("Project to show").select_option(label="tenant-b")
+    expect(node(page, "network", "a-net")).to_have_count(0)
+    expect(node(page, "network", "b-net")).to_be_visible()
+    page.get_by_label("Project to show").select_option(label="tenant-a")
+    expect(node(page, "network", "b-net")).to_have_count(0)
+    expect(node(page, "network", "a-net")).to_be_visible()
+
+    # a second host registering shows up live in the operator table
+    adm.post("/vxnet/hosts/compute-2/register", json={"underlay_ip": "192.0.2.12"})
+    expect(page.locator('#hosts-table tr[data-host="compute-2"]')).to_contain_text("alive", timeout=1000)
+    shoot(page, out_dir, "admin-view")
+
+
+def test_rich_topology_is_drawn_completely(ui_server: ServerHandle, new_page: Callable[..., Page],
+                                           out_dir: Path) -> None:
+    """A realistic project: two routers, four networks, VMs on two hosts, a floating IP."""
+    ext = make_external(ui_server)
+    api, adm = ui_server.api("alice"), ui_server.api("admin")
+    nets, subnets = {}, {}
+    for name, cidr in (("web", "10.1.0.0/24"), ("app", "10.2.0.0/24"), ("db", "10.3.0.0/24"),
+                       ("scratch", "10.4.0.0/24")):
+        nets[name] = api.post("/networks", json={"network": {"name": name}}).json()["network"]
+        subnets[name] = api.post("/subnets", json={"subnet": {"network_id": nets[name]["id"], "cidr": cidr,
+                                                              "ip_version": 4, "name": f"{name}-v4"}}).json()["subnet"]
+    r1 = api.post("/routers", json={"router": {"name": "edge", "external_gateway_info": {"network_id": ext["id"]}}}).json()["router"]
+    r2 = api.post("/routers", json={"router": {"name": "backend"}}).json()["router"]
+    for router, name in ((r1, "web"), (r1, "app"), (r2, "db"), (r2, "app")):
+        sid = subnets[name]["id"]
+        body: dict[str, Any] = {"subnet_id": sid}
+        if router is r2 and name == "app":  # a second router on the same subnet needs its own port
+            p = api.post("/ports", json={"port": {"network_id": nets["app"]["id"],
+                                                  "fixed_ips": [{"subnet_id": sid, "ip_address": "10.2.0.254"}]}})
+            body = {"port_id": p.json()["port"]["id"]}
+        r = api.put(f"/routers/{router['id']}/add_router_interface", json=body)
+        assert r.status_code == 200, r.text
+    vms = {}
+    for name, net, host in (("web-1", "web", "compute-1"), ("web-2", "web", "compute-2"),
+                            ("app-1", "app", "compute-1"), ("db-1", "db", "compute-2")):
+        port = api.post("/ports", json={"port": {"network_id": nets[net]["id"], "name": name,
+                                                 "device_owner": "compute:nova"}}).json()["port"]
+        r = adm.put(f"/ports/{port['id']}", json={"port": {"binding:host_id": host}})
+        assert r.status_code == 200, r.text
+        vms[name] = port
+    fip = api.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"],
+                                                        "port_id": vms["web-1"]["id"]}}).json()["floatingip"]
+
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    expect(page.locator('#graph svg [data-kind="network"]')).to_have_count(4)
+    expect(page.locator('#graph svg [data-kind="router"]')).to_have_count(2)
+    expect(page.locator('#graph svg [data-kind="port"]')).to_have_count(4)
+    expect(page.locator('#graph svg [data-kind="external"]')).to_have_count(1)
+    # a network reached by two routers hangs under the first (gateway routers first) and names the other
+    expect(node(page, "network", "app")).to_contain_text("also via backend 10.2.0.254")
+    expect(node(page, "port", "web-1")).to_contain_text("⇄ " + fip["floating_ip_address"])
+    expect(node(page, "port", "db-1")).to_contain_text("10.3.0.")
+    assert "compute-" not in page.locator("#graph").inner_text()  # binding:host_id is admin-only in the API
+    expect(page.locator('#graph path[data-link="iface"]')).to_have_count(3)  # web, app under edge; db under backend
+    expect(page.locator('#graph path[data-link="gateway"]')).to_have_count(1)
+    expect(page.locator("#graph svg .section-label", has_text="Networks without a router")).to_have_count(1)
+    node(page, "router", "edge").click()
+    expect(page.locator("#details-body")).to_contain_text("Interfaces")
+    expect(page.locator("#details-body li")).to_have_count(2)  # web and app
+    shoot(page, out_dir, "rich-topology")
+
+    admin_page = new_page()
+    login(admin_page, ui_server.url, "admin")
+    expect(node(admin_page, "port", "db-1")).to_contain_text("@ compute-2")
+    expect(admin_page.locator('#hosts-table tr[data-host="compute-1"] td').nth(3)).to_have_text("2")
