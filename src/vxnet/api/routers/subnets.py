@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field
+from pydantic import BeforeValidator
 
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response, to_bool
@@ -79,6 +79,21 @@ def spec_for(networks: dict[str, dict[str, Any]]) -> ResourceSpec:
     return ResourceSpec("subnets", "subnet", visible=visible, extra_filters={"shared": shared})
 
 
+def _ip_version(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise ValueError(f"'{v}' is not an integer")
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"'{v}' is not an integer") from None
+    if n not in (4, 6):
+        raise ValueError(f"{n} is not in valid values [4, 6]")
+    return n
+
+
+IpVersion = Annotated[int, BeforeValidator(_ip_version)]
+
+
 class Pool(Body):
     start: IpAddr
     end: IpAddr
@@ -91,7 +106,7 @@ class HostRoute(Body):
 
 class SubnetCreate(Body):
     network_id: Uuid
-    ip_version: int
+    ip_version: IpVersion
     cidr: Cidr | None = None
     name: Name = ""
     description: Description = ""
