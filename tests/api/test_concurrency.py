@@ -29,6 +29,7 @@ import uvicorn
 from tests.conftest import USERS, free_port, get_token
 from vxnet.api.app import create_app
 from vxnet.config import Config
+from vxnet.store.contract import Delete
 from vxnet.store.sqlite_store import SqliteStore
 
 N_REQUESTS = 200
@@ -88,20 +89,8 @@ def test_200_parallel_creates_on_a_slash_26(server) -> None:
 
 def test_200_parallel_creates_across_four_servers_sharing_a_store(tmp_path) -> None:
     store = SqliteStore(str(tmp_path / "vxnet.db"))
-    servers: list[tuple[uvicorn.Server, threading.Thread, str]] = []
+    servers = _start_many(store, 4)
     try:
-        for _ in range(4):
-            port = free_port()
-            cfg = Config(listen=f"127.0.0.1:{port}", users=USERS)
-            srv = uvicorn.Server(uvicorn.Config(create_app(cfg, store), host="127.0.0.1", port=port,
-                                                log_level="warning", access_log=False))
-            th = threading.Thread(target=srv.run, daemon=True)
-            th.start()
-            servers.append((srv, th, f"http://127.0.0.1:{port}"))
-        deadline = time.time() + 10
-        while not all(s.started for s, _, _ in servers):
-            assert time.time() < deadline, "servers did not start"
-            time.sleep(0.01)
         urls = [u for _, _, u in servers]
         token = get_token(urls[0], "alice", "alice-pw", "tenant-a")
         with httpx.Client(base_url=urls[1] + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
@@ -131,6 +120,49 @@ def test_200_parallel_creates_across_four_servers_sharing_a_store(tmp_path) -> N
             srv.should_exit = True
             th.join(10)
         store.close()
+
+
+def _start_many(store: SqliteStore, n: int) -> list[tuple[uvicorn.Server, threading.Thread, str]]:
+    servers = []
+    for _ in range(n):
+        port = free_port()
+        cfg = Config(listen=f"127.0.0.1:{port}", users=USERS)
+        srv = uvicorn.Server(uvicorn.Config(create_app(cfg, store), host="127.0.0.1", port=port,
+                                            log_level="warning", access_log=False))
+        th = threading.Thread(target=srv.run, daemon=True)
+        th.start()
+        servers.append((srv, th, f"http://127.0.0.1:{port}"))
+    deadline = time.time() + 10
+    while not all(s.started for s, _, _ in servers):
+        assert time.time() < deadline, "servers did not start"
+        time.sleep(0.01)
+    return servers
+
+
+def test_address_released_by_another_server_is_found_again(server) -> None:
+    """Each server process keeps a hint of where free addresses start; a release committed by
+    another process (here: a raw store transaction, as another server would write it) is
+    invisible to that hint, and must still be found (rescan) rather than reported as exhaustion."""
+    a = server.api("alice")
+    net, sub = make_net(a, "192.0.2.0/29")  # .2-.6
+    made = [a.post("/ports", json={"port": {"network_id": net["id"]}}).json()["port"] for _ in range(5)]
+    assert [p["fixed_ips"][0]["ip_address"] for p in made] == [f"192.0.2.{i}" for i in range(2, 7)]
+    gone = made[1]
+    txn = server.store.txn([], [Delete(f"/vxnet/ipam/{sub['id']}/192.0.2.3"),
+                                Delete(f"/vxnet/mac/{net['id']}/{gone['mac_address']}"),
+                                Delete(f"/vxnet/res/ports/{gone['id']}")])
+    assert txn.succeeded
+    r = a.post("/ports", json={"port": {"network_id": net["id"]}})
+    assert r.status_code == 201, r.text
+    assert r.json()["port"]["fixed_ips"][0]["ip_address"] == "192.0.2.3"
+    r = a.post("/ports", json={"port": {"network_id": net["id"]}})
+    assert r.status_code == 409 and r.json()["NeutronError"]["type"] == "IpAddressGenerationFailure"
+    # releases through this server are reused at once, lowest first
+    assert a.delete(f"/ports/{made[3]['id']}").status_code == 204
+    assert a.delete(f"/ports/{made[0]['id']}").status_code == 204
+    ips = [a.post("/ports", json={"port": {"network_id": net["id"]}}).json()["port"]["fixed_ips"][0]["ip_address"]
+           for _ in range(2)]
+    assert ips == ["192.0.2.2", "192.0.2.5"]
 
 
 # --- a real server process, killed and restarted mid-run ------------------------------------------

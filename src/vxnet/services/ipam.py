@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Iterator
 from typing import Any
 
 from vxnet.api.errors import ApiError, bad_request, conflict
@@ -73,24 +74,68 @@ def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: s
             )
         uow.claim(ip_key(sid, wanted), port_id)
         return wanted
-    used = used_ips(uow, sid) | {k.rsplit("/", 1)[1] for k in uow._claims if k.startswith(f"{ROOT}ipam/{sid}/")}
+    addr = _lowest_free(uow, subnet, port_id)
+    if addr is None:
+        raise ApiError(
+            409,
+            "IpAddressGenerationFailure",
+            f"No more IP addresses available on network {subnet['network_id']}.",
+        )
+    return addr
+
+
+# Per-process hint: subnet id -> (its pools, an address below which every pool address was seen
+# taken), advanced when an allocation commits, lowered when a release commits. It only tells
+# where to start looking; every candidate is still checked against the store and claimed, so a
+# stale hint (e.g. after a release by another server) costs a rescan, never a duplicate.
+_low_water: dict[str, tuple[str, int]] = {}
+
+
+def _pools_sig(subnet: dict[str, Any]) -> str:
+    return ",".join(f"{p['start']}-{p['end']}" for p in subnet["allocation_pools"])
+
+
+def _candidates(subnet: dict[str, Any], start_at: int) -> Iterator[int]:
     for pool in subnet["allocation_pools"]:
         start = int(ipaddress.ip_address(pool["start"]))
         end = int(ipaddress.ip_address(pool["end"]))
-        for n in range(start, end + 1):
+        yield from range(max(start, start_at), end + 1)
+
+
+def _lowest_free(uow: UnitOfWork, subnet: dict[str, Any], port_id: str) -> str | None:
+    """Claim the lowest free pool address (as far as the hint knows), or None if none is free."""
+    sid = subnet["id"]
+    sig = _pools_sig(subnet)
+    seen = _low_water.get(sid)
+    hint = seen[1] if seen and seen[0] == sig else 0
+    for start_at in ((hint, 0) if hint else (0,)):
+        for n in _candidates(subnet, start_at):
             ip = str(ipaddress.ip_address(n))
-            if ip not in used:
+            if not uow.is_claimed(ip_key(sid, ip)):
                 uow.claim(ip_key(sid, ip), port_id)
+                uow.after_commit.append(lambda sid=sid, sig=sig, n=n: _advance(sid, sig, n))
                 return ip
-    raise ApiError(
-        409,
-        "IpAddressGenerationFailure",
-        f"No more IP addresses available on network {subnet['network_id']}.",
-    )
+    return None
+
+
+def _advance(subnet_id: str, sig: str, n: int) -> None:
+    seen = _low_water.get(subnet_id)
+    if seen is None or seen[0] != sig or n > seen[1]:
+        _low_water[subnet_id] = (sig, n)
+
+
+def _lower(subnet_id: str, ip: str) -> None:
+    seen = _low_water.get(subnet_id)
+    if seen is None:
+        return
+    n = int(ipaddress.ip_address(ip))
+    if n < seen[1]:
+        _low_water[subnet_id] = (seen[0], n)
 
 
 def release_ip(uow: UnitOfWork, subnet_id: str, ip: str) -> None:
     uow.delete_raw(ip_key(subnet_id, ip))
+    uow.after_commit.append(lambda: _lower(subnet_id, ip))
 
 
 def allocate_mac(uow: UnitOfWork, network_id: str, port_id: str, wanted: str | None = None) -> str:
