@@ -290,8 +290,9 @@ async def list_security_group_rules(request: Request) -> dict[str, Any]:
     return list_response(request, ctx, _rule_spec(groups), st.repo.list("security_group_rules"))
 
 
-def _get_rule(st: AppState, ctx: Context, rule: dict[str, Any] | None, rule_id: str,
+def _get_rule(ctx: Context, rule: dict[str, Any] | None, rule_id: str,
               group: dict[str, Any] | None) -> dict[str, Any]:
+    """The rule if the caller may see it (given its group), else the rule's 404."""
     if rule is None:
         raise not_found("security_group_rule", rule_id)
     groups = {group["id"]: group} if group else {}
@@ -306,7 +307,7 @@ async def show_security_group_rule(rule_id: str, request: Request) -> dict[str, 
     ctx = st.context(request)
     rule = st.repo.get("security_group_rules", rule_id)
     group = st.repo.get("security_groups", rule["security_group_id"]) if rule else None
-    rule = _get_rule(st, ctx, rule, rule_id, group)
+    rule = _get_rule(ctx, rule, rule_id, group)
     return show_response(request, ctx, RULE_SPEC_BASE, rule)
 
 
@@ -385,7 +386,7 @@ async def update_security_group_rule(rule_id: str, request: Request) -> dict[str
     def txn(uow: UnitOfWork) -> dict[str, Any]:
         rule = uow.get("security_group_rules", rule_id)
         group = uow.get("security_groups", rule["security_group_id"]) if rule else None
-        rule = _get_rule(st, ctx, rule, rule_id, group)
+        rule = _get_rule(ctx, rule, rule_id, group)
         require_writer(ctx, "update_security_group_rule")
         check_if_match(request, rule)
         touch(rule, changes(upd))
@@ -403,7 +404,7 @@ async def delete_security_group_rule(rule_id: str, request: Request) -> Response
     def txn(uow: UnitOfWork) -> None:
         rule = uow.get("security_group_rules", rule_id)
         group = uow.get("security_groups", rule["security_group_id"]) if rule else None
-        _get_rule(st, ctx, rule, rule_id, group)
+        _get_rule(ctx, rule, rule_id, group)
         require_writer(ctx, "delete_security_group_rule")
         check_if_match(request, rule or {})
         uow.delete("security_group_rules", rule_id)
