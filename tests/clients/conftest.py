@@ -113,6 +113,11 @@ class Cloud:
         """An httpx client on /v2.0 holding `user`'s token."""
         return httpx.Client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self.token(user)}, timeout=30)
 
+    def server_errors(self) -> list[str]:
+        """Lines of the server log reporting an unexpected exception (each one was a 500)."""
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return [line for line in text.splitlines() if "unexpected error" in line or "Traceback" in line]
+
     def log_tail(self, n: int = 60) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])

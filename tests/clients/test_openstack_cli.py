@@ -297,3 +297,4 @@ def test_zz_delete_everything(cli: Cloud, floating_ips: dict[str, dict[str, Any]
     cli.openstack("admin", "subnet", "delete", "public-subnet")
     cli.openstack("admin", "network", "delete", "public")
     assert cli.openstack("admin", "network", "list", "-f", "json").json() == []
+    assert not cli.server_errors(), cli.log_tail(80)
