@@ -5,11 +5,22 @@ CIDR behind their own routers sharing one external network."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 import itertools
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+
+from tests.conftest import USERS, ServerHandle, free_port
+from vxnet.api.app import create_app
+from vxnet.config import Config
+from vxnet.store.sqlite_store import SqliteStore
 
 _cidr = itertools.count(1)
 
@@ -315,3 +326,55 @@ def test_bulk_create_is_all_or_nothing(shared_server, ext):
         "PortNotFound")
     assert len(ok(admin.get("/ports"))["ports"]) == ports_before
     assert len(ok(admin.get("/floatingips"))["floatingips"]) == fips_before
+
+
+# -- concurrency: several API servers over one store -------------------------------------------
+
+@pytest.fixture
+def servers(tmp_path) -> Iterator[list[ServerHandle]]:
+    """Four API servers (each its own event loop thread) over one store, as several vxnet servers
+    over one etcd would be: requests on different servers really run their transactions at once."""
+    config_port = free_port()
+    store = SqliteStore(os.path.join(tmp_path, "vxnet.db"))
+    config = Config(listen=f"127.0.0.1:{config_port}", users=USERS)
+    handles = []
+    for _ in range(4):
+        port = free_port()
+        srv = uvicorn.Server(uvicorn.Config(create_app(config, store), host="127.0.0.1", port=port,
+                                            log_level="warning", access_log=False))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        while not srv.started:
+            time.sleep(0.01)
+        handles.append(ServerHandle(f"http://127.0.0.1:{port}", store, config, thread, srv))
+    yield handles
+    for h in handles:
+        h._server.should_exit = True
+        h._thread.join(10)
+    store.close()
+
+
+def test_concurrent_associations_of_one_fixed_ip_exactly_one_wins(servers):
+    """Eight floating IPs created at once for the same port through four servers: one 201,
+    seven 409, and no leaked floating IP or port."""
+    alice = servers[0].api("alice")
+    admin = servers[0].api("admin")
+    net = ok(admin.post("/networks", json={"network": {"name": "public", "router:external": True}}), 201)["network"]
+    sub = ok(admin.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
+                                                     "cidr": "203.0.113.0/24"}}), 201)["subnet"]
+    ext = {"net": net, "subnet": sub}
+    clients = [servers[i % 4].api("alice") for i in range(8)]
+    barrier = threading.Barrier(8)
+    for _ in range(3):
+        b = backend(alice, ext)
+        before = len(ok(admin.get("/ports"))["ports"])
+
+        def create(i: int, port_id: str = b["port"]["id"]) -> int:
+            barrier.wait()
+            return clients[i].post("/floatingips", json=fip_body(ext, port_id=port_id)).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(create, range(8)))
+        assert codes == [201] + [409] * 7
+        assert len(ok(alice.get("/floatingips", params={"port_id": b["port"]["id"]}))["floatingips"]) == 1
+        assert len(ok(admin.get("/ports"))["ports"]) == before + 1

@@ -4,11 +4,22 @@ same CIDR behind their own routers on one external network."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 import itertools
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+
+from tests.conftest import USERS, ServerHandle, free_port
+from vxnet.api.app import create_app
+from vxnet.config import Config
+from vxnet.store.sqlite_store import SqliteStore
 
 _cidr = itertools.count(1)
 
@@ -433,3 +444,50 @@ def test_two_projects_same_cidr_each_with_own_router(shared_server, ext):
     pb = ok(bob.get(f"/ports/{ib['port_id']}"))["port"]
     assert pa["fixed_ips"][0]["ip_address"] == pb["fixed_ips"][0]["ip_address"] == "100.64.230.1"
     err(bob.get(f"/ports/{ia['port_id']}"), 404, "PortNotFound")
+
+
+# -- concurrency: several API servers over one store -------------------------------------------
+
+@pytest.fixture
+def servers(tmp_path) -> Iterator[list[ServerHandle]]:
+    """Four API servers (each its own event loop thread) over one store, as several vxnet servers
+    over one etcd would be: requests on different servers really run their transactions at once."""
+    config_port = free_port()
+    store = SqliteStore(os.path.join(tmp_path, "vxnet.db"))
+    config = Config(listen=f"127.0.0.1:{config_port}", users=USERS)
+    handles = []
+    for _ in range(4):
+        port = free_port()
+        srv = uvicorn.Server(uvicorn.Config(create_app(config, store), host="127.0.0.1", port=port,
+                                            log_level="warning", access_log=False))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        while not srv.started:
+            time.sleep(0.01)
+        handles.append(ServerHandle(f"http://127.0.0.1:{port}", store, config, thread, srv))
+    yield handles
+    for h in handles:
+        h._server.should_exit = True
+        h._thread.join(10)
+    store.close()
+
+
+def test_concurrent_overlapping_interfaces_exactly_one_wins(servers):
+    """Eight overlapping subnets added to one router at once through four servers: one 200,
+    seven 400 overlaps, and the router ends up with exactly one interface."""
+    alice = servers[0].api("alice")
+    subs = [tenant_net(alice, "100.64.201.0/24")[1] for _ in range(8)]
+    r = make_router(alice)
+    clients = [servers[i % 4].api("alice") for i in range(8)]
+    barrier = threading.Barrier(8)
+
+    def add(i: int) -> int:
+        barrier.wait()
+        return clients[i].put(f"/routers/{r['id']}/add_router_interface", json={"subnet_id": subs[i]["id"]}).status_code
+
+    for _ in range(3):
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(add, range(8)))
+        assert codes == [200] + [400] * 7
+        [port] = ports_of(alice, device_id=r["id"])
+        ok(alice.put(f"/routers/{r['id']}/remove_router_interface", json={"port_id": port["id"]}))
