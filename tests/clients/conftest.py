@@ -126,12 +126,16 @@ class Cloud:
 
     def openstack(self, cloud: str, *args: str, check: bool = True, timeout: float = 120) -> CliResult:
         """Run the unmodified `openstack` CLI as `cloud` (an account name) and capture its output."""
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("OS_")
-        } | {"OS_CLIENT_CONFIG_FILE": str(self.clouds_file), "OS_CLOUD": cloud, "PYTHONWARNINGS": "ignore"}
-        cmd = [str(OPENSTACK), *args]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=self.workdir)
-        res = CliResult(cmd=["openstack", f"--os-cloud={cloud}", *args], rc=p.returncode, stdout=p.stdout,
+        return self.openstack_env({"OS_CLIENT_CONFIG_FILE": str(self.clouds_file), "OS_CLOUD": cloud}, *args,
+                                  check=check, timeout=timeout, label=f"--os-cloud={cloud}")
+
+    def openstack_env(self, os_env: dict[str, str], *args: str, check: bool = True, timeout: float = 120,
+                      label: str = "") -> CliResult:
+        """Run the CLI with exactly the OS_* variables `os_env` (none inherited)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")} | os_env | {"PYTHONWARNINGS": "ignore"}
+        p = subprocess.run([str(OPENSTACK), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                           cwd=self.workdir)
+        res = CliResult(cmd=["openstack", label or repr(os_env), *args], rc=p.returncode, stdout=p.stdout,
                         stderr=p.stderr)
         if check and p.returncode != 0:
             raise AssertionError(f"{res}\n--- server log tail ---\n{self.log_tail(20)}")

@@ -140,6 +140,25 @@ def test_networks_are_per_project(cli: Cloud, networks: dict[str, dict[str, Any]
     assert shown["id"] == demo["id"]
 
 
+@pytest.mark.parametrize("auth_url_path, auth_type", [
+    ("/identity/v3", "password"),   # GET /v3 discovery, then POST /v3/auth/tokens
+    ("/identity", "password"),      # GET / (300, list of versions), then POST
+    ("/identity/v3/", "password"),
+    ("/identity/v3", "v3password"),  # no discovery at all
+])
+def test_auth_url_forms_from_environment(cli: Cloud, networks: dict[str, dict[str, Any]], auth_url_path: str,
+                                         auth_type: str) -> None:
+    env = {"OS_AUTH_URL": cli.url + auth_url_path, "OS_AUTH_TYPE": auth_type, "OS_USERNAME": "alt_demo",
+           "OS_PASSWORD": "alt_demo", "OS_PROJECT_NAME": "alt_demo", "OS_USER_DOMAIN_NAME": "Default",
+           "OS_PROJECT_DOMAIN_NAME": "Default", "OS_IDENTITY_API_VERSION": "3", "OS_REGION_NAME": "RegionOne"}
+    rows = cli.openstack_env(env, "network", "list", "-f", "json").json()
+    assert [r["ID"] for r in rows if r["Name"] == "net"] == [networks["alt_demo"]["id"]]
+    token = cli.openstack_env(env, "token", "issue", "-f", "json").json()
+    assert token["project_id"] == networks["alt_demo"]["project_id"]
+    bad = cli.openstack_env(env | {"OS_PASSWORD": "wrong"}, "network", "list", check=False)
+    assert bad.rc != 0 and "401" in bad.stderr, bad
+
+
 def test_reader_cannot_write(cli: Cloud, networks: dict[str, dict[str, Any]]) -> None:
     rows = cli.openstack("demo_reader", "network", "list", "-f", "json").json()
     assert networks["demo"]["id"] in by_id(rows)
