@@ -17,6 +17,7 @@ Counts of the last run are written to `<workspace>/summary.json` and printed (ru
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -63,7 +64,7 @@ def parse_subunit(stream: bytes) -> list[Outcome]:
                 break
         outcomes.append(Outcome(test["id"], test["status"], reason))
 
-    case = subunit.ByteStreamToStreamResult(_BytesSource(stream), non_subunit_name="stdout")
+    case = subunit.ByteStreamToStreamResult(io.BytesIO(stream), non_subunit_name="stdout")
     result = testtools.StreamToDict(on_test)
     result.startTestRun()
     try:
@@ -71,21 +72,6 @@ def parse_subunit(stream: bytes) -> list[Outcome]:
     finally:
         result.stopTestRun()
     return outcomes
-
-
-class _BytesSource:
-    """A minimal binary file over bytes, as subunit's parser wants one."""
-
-    def __init__(self, data: bytes) -> None:
-        import io
-
-        self._buf = io.BytesIO(data)
-
-    def read(self, n: int = -1) -> bytes:
-        return self._buf.read(n)
-
-    def readline(self) -> bytes:
-        return self._buf.readline()
 
 
 def exclusions() -> list[tuple[str, str]]:
@@ -146,6 +132,23 @@ def summarize(outcomes: list[Outcome]) -> dict[str, int]:
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
     return counts
+
+
+def test_subunit_parser_sees_passes_skips_and_failures() -> None:
+    """The harness's own parser: a failing test (or setUpClass) must come out as `fail`."""
+    buf = io.BytesIO()
+    out = subunit.StreamResultToBytes(buf)
+    for tid, status, detail in (("t.ok", "success", None), ("t.skipped", "skip", "reason: no ipv6"),
+                                ("setUpClass (t.Cls)", "fail", "Traceback: boom")):
+        out.status(test_id=tid, test_status="inprogress")
+        if detail:
+            out.status(test_id=tid, file_name="traceback" if status == "fail" else "reason",
+                       file_bytes=detail.encode(), mime_type="text/plain; charset=utf8")
+        out.status(test_id=tid, test_status=status)
+    got = {o.test_id: (o.status, o.reason) for o in parse_subunit(buf.getvalue())}
+    assert got == {"t.ok": ("success", ""), "t.skipped": ("skip", "reason: no ipv6"),
+                   "setUpClass (t.Cls)": ("fail", "Traceback: boom")}, got
+    assert summarize(parse_subunit(buf.getvalue())) == {"success": 1, "skip": 1, "fail": 1}
 
 
 def list_network_tests(ws: Path) -> list[str]:
