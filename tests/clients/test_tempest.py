@@ -8,7 +8,8 @@ then runs
     tempest run --concurrency 2 --regex '^tempest\\.api\\.network\\.' --exclude-list tempest_exclude.txt
 
 and reads the subunit stream stestr recorded. The test fails if any test that is not excluded
-failed (including a failing setUpClass), or if nothing passed at all. Each line of
+failed (including a failing setUpClass), if fewer than MIN_PASSED passed, or if the server
+logged an unexpected error (a 500). Each line of
 tempest_exclude.txt names a feature vxnet does not offer, with a `# why` comment.
 
 Counts of the last run are written to `<workspace>/summary.json` and printed (run pytest with -s).
@@ -39,7 +40,12 @@ TEMPEST = Path(sys.executable).parent / "tempest"
 STESTR = Path(sys.executable).parent / "stestr"
 REGEX = r"^tempest\.api\.network\."
 CONCURRENCY = 2
-RUN_TIMEOUT = 900  # seconds; a healthy run takes a few minutes on 2 cores
+RUN_TIMEOUT = 900  # seconds; a healthy run takes about 10 s on 2 cores
+# A ratchet against silent loss of coverage (a config mistake that makes whole classes skip
+# would otherwise pass): 118 tests passed on 2026-11-24; raise it as vxnet gains features.
+MIN_PASSED = 110
+# vxnet refuses IPv6 subnets with a clear 400 (subnets.py), so tempest's IPv6 classes are off.
+IPV6 = False
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +111,7 @@ def write_workspace(ws: Path, cloud: Cloud, public: dict[str, Any]) -> Path:
     (ws / "tempest_lock").mkdir(exist_ok=True)
     settings = TempestSettings(
         url=cloud.url, workspace=str(ws), public_network_id=public["id"], public_network_name=public["name"],
-        api_extensions=tuple(ALIASES), ipv6=False,
+        api_extensions=tuple(ALIASES), ipv6=IPV6,
     )
     conf = ws / "etc" / "tempest.conf"
     conf.write_text(tempest_conf(settings))
@@ -194,6 +200,8 @@ def test_tempest_network_api(vxnet_cloud: Cloud, tmp_path: Path) -> None:
     print(f"\ntempest {REGEX}: {counts} (workspace {ws})")
     report = "\n\n".join(f"FAIL {o.test_id}\n{o.reason[-1200:]}" for o in failed)
     assert not failed, f"{len(failed)} tempest test(s) failed, counts {counts}:\n{report}"
-    assert counts.get("success", 0) > 0, f"no tempest test passed: rc={proc.returncode}\n{proc.stdout[-3000:]}"
+    assert counts.get("success", 0) >= MIN_PASSED, (
+        f"only {counts.get('success', 0)} tempest tests passed (at least {MIN_PASSED} expected), counts {counts}; "
+        f"rc={proc.returncode}\n{proc.stdout[-3000:]}")
     assert not vxnet_cloud.server_errors(), f"the server hit unexpected errors:\n{vxnet_cloud.log_tail(80)}"
     assert proc.returncode == 0, f"tempest run exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
