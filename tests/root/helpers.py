@@ -51,3 +51,24 @@ def capture(ns: str = topology.UNDERLAY_NS, dev: str = topology.UNDERLAY_BR) -> 
             else:
                 lines.append(line)
         os.unlink(path)
+
+
+def start_ping(vm: str, ip: str, interval: float, count: int) -> subprocess.Popen[str]:
+    """A background `ping -D` from VM `vm` (timestamps let outages be measured from gaps)."""
+    return subprocess.Popen(["ip", "netns", "exec", topology.vm_ns(vm), "ping", "-n", "-D", "-i", str(interval),
+                             "-c", str(count), "-W", "1", ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def ping_result(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, int, list[float]]:
+    """(transmitted, received, reply timestamps) of a finished `start_ping`."""
+    out, _ = proc.communicate(timeout=timeout)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    stamps = [float(x) for x in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+    return int(m.group(1)), int(m.group(2)), stamps
+
+
+def max_gap(stamps: list[float]) -> float:
+    """Longest time between two consecutive replies (seconds)."""
+    return max((b - a for a, b in zip(stamps, stamps[1:])), default=0.0)

@@ -24,7 +24,7 @@ import time
 from pyroute2 import IPRoute
 
 from vxnet.compute import naming
-from vxnet.compute.diff import HostDiff, apply, diff
+from vxnet.compute.diff import Diff, HostDiff, apply, diff
 from vxnet.compute.state import Fdb, HostState, Neigh
 from vxnet.dataplane.links_driver import LinksDriver, read_links
 from vxnet.dataplane.neigh_driver import apply_entries, read_fdb, read_neighs
@@ -78,22 +78,28 @@ class Reconciler:
         d_vx = diff(desired.vxlans, links.vxlans)
         d_pl = diff(want_plugs, have_plugs)
 
-        drv = LinksDriver(self.ipr, self.underlay_ip)
-        drv.apply_up(d_br, d_vx, d_pl)
-        structural = not (d_br.empty and d_vx.empty) or bool(d_pl.delete)
-        if structural:
-            self.invalidate()
-        index = read_links(self.ipr).index if not (d_br.empty and d_vx.empty and d_pl.empty) else links.index
+        # Order matters for the first packets: a VM's device is attached (and brought up) only
+        # after its network's FDB and neighbour entries are in place; otherwise its first ARP
+        # can miss the suppression table and the VM retries only a second later.
+        drv = LinksDriver(self.ipr, self.underlay_ip, links.index)
+        drv.apply_up(d_br, d_vx)
+        if not (d_br.empty and d_vx.empty) or d_pl.delete:
+            self.invalidate()       # entries went with deleted/recreated links
 
         full_read = self._entries is None
-        plugged = frozenset(p.tap for p in want_plugs)
+        plugged_before = frozenset(p.tap for p in have_plugs if naming.is_bridge(p.bridge))
         if self._entries is None:
-            self._entries = (read_fdb(self.rtnl, index, plugged), read_neighs(self.rtnl, index))
+            index = read_links(self.ipr).index if not (d_br.empty and d_vx.empty) else links.index
+            self._entries = (read_fdb(self.rtnl, index, plugged_before), read_neighs(self.rtnl, index))
         have_fdb, have_neigh = self._entries
+        plugged = frozenset(p.tap for p in want_plugs)
         want_fdb = frozenset(e for e in desired.fdb if not naming.is_tap(e.dev) or e.dev in plugged)
         d_fdb = diff(want_fdb, have_fdb)
         d_nb = diff(desired.neighs, have_neigh)
-        failed_entries = apply_entries(self.rtnl, d_fdb, d_nb, index)
+        on_tap = lambda e: naming.is_tap(e.dev)  # noqa: E731
+        failed_entries = apply_entries(self.rtnl, d_fdb.without(on_tap), d_nb, drv.index)
+        drv.apply_plugs(d_pl)
+        failed_entries += apply_entries(self.rtnl, d_fdb.without(lambda e: not on_tap(e)), Diff(), drv.index)
         self._entries = (apply(have_fdb, d_fdb, failed_entries), apply(have_neigh, d_nb, failed_entries))
 
         drv.apply_down(d_br, d_vx, d_pl)

@@ -90,16 +90,27 @@ def underlay_index(ipr: IPRoute, underlay_ip: str) -> int | None:
 class LinksDriver:
     """Applies link diffs; collects the entries that failed (they stay dirty)."""
 
-    def __init__(self, ipr: IPRoute, underlay_ip: str) -> None:
+    def __init__(self, ipr: IPRoute, underlay_ip: str, index: dict[str, int] | None = None) -> None:
         self.ipr = ipr
         self.underlay_ip = underlay_ip
+        self.index = dict(index or {})
         self.failed: list[object] = []
         self.applied = 0
 
     # -- helpers --------------------------------------------------------------------------
     def _idx(self, name: str) -> int | None:
-        found = self.ipr.link_lookup(ifname=name)
-        return found[0] if found else None
+        """Index by name: from the read snapshot, else one RTM_GETLINK (not a full dump)."""
+        if name in self.index:
+            return self.index[name]
+        try:
+            found = self.ipr.link("get", ifname=name)
+        except NetlinkError as e:
+            if e.code in _GONE:
+                return None
+            raise
+        idx = int(found[0]["index"])
+        self.index[name] = idx
+        return idx
 
     def _try(self, entry: object, what: str, fn: Any) -> bool:
         try:
@@ -141,6 +152,7 @@ class LinksDriver:
             idx = self._idx(entry.name)
             if idx is not None:
                 self.ipr.link("del", index=idx)
+            self.index.pop(entry.name, None)
         self._try(entry, "delete", go)
 
     # -- vxlan ----------------------------------------------------------------------------
@@ -195,8 +207,8 @@ class LinksDriver:
         self._try(p, "delete", go)
 
     # -- whole diffs ----------------------------------------------------------------------
-    def apply_up(self, bridges: Diff[Bridge], vxlans: Diff[Vxlan], plugs: Diff[Plug]) -> None:
-        """Creates and updates, in dependency order."""
+    def apply_up(self, bridges: Diff[Bridge], vxlans: Diff[Vxlan]) -> None:
+        """Creates and updates of owned links, in dependency order."""
         for b in bridges.create:
             self.create_bridge(b)
         for _, b in bridges.update:
@@ -205,6 +217,9 @@ class LinksDriver:
             self.create_vxlan(v)
         for old, v in vxlans.update:
             self.update_vxlan(old, v)
+
+    def apply_plugs(self, plugs: Diff[Plug]) -> None:
+        """Attach (and bring up) VM devices; called once their network's entries are in place."""
         for p in plugs.create:
             self.plug(p)
         for _, p in plugs.update:

@@ -163,16 +163,31 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
         args = ["--config", os.path.abspath(config), "--listen", listen_local, "--listen", listen_mgmt]
         if not cfg.store:
             args += ["--store", "sqlite:///" + os.path.join(state_dir(), "vxnet.db")]
-        st["server_pid"] = _spawn([sys.executable, "-m", "vxnet.lab.server", *args], "server.log")
+        st["server_args"] = args
         st["url"] = f"http://{lhost or '127.0.0.1'}:{lport}"
         st["mgmt_url"] = f"http://{listen_mgmt}"
-        save_state(st)
-        _wait_http(st["url"])
+        start_server(st)
     save_state(st)
     for i in range(1, hosts + 1):
         start_agent(st, topology.host_name(i))
     save_state(st)
     return st
+
+
+def start_server(st: dict[str, Any]) -> int:
+    """Start the lab's own server (again) and wait until it answers."""
+    if not st.get("server_args"):
+        raise LabError("this lab uses an external server")
+    st["server_pid"] = _spawn([sys.executable, "-m", "vxnet.lab.server", *st["server_args"]], "server.log")
+    save_state(st)
+    _wait_http(st["url"])
+    return st["server_pid"]
+
+
+def stop_server(st: dict[str, Any], sig: int = signal.SIGTERM) -> None:
+    """Stop the lab's own server (agents keep the data plane as it is)."""
+    if st.get("server_pid"):
+        _kill(st["server_pid"], "vxnet.lab.server", sig)
 
 
 def _host_index(st: dict[str, Any], host: str) -> int:
