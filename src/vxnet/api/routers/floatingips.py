@@ -203,6 +203,8 @@ def release_association(uow: UnitOfWork, fip: dict[str, Any]) -> None:
 
 
 def apply_association(fip: dict[str, Any], assoc: Association | None) -> None:
+    # No data plane for floating IPs exists yet (it comes with the agent's router issue), so
+    # ACTIVE only means "associated in the API"; the agent will own this status then.
     if assoc is None:
         fip.update({"port_id": None, "fixed_ip_address": None, "router_id": None, "status": "DOWN"})
     else:

@@ -9,6 +9,7 @@ Records and invariants:
   router (project = the router's project); the gateway is the port with `network:router_gateway`
   on an external network (project "" as in Neutron, so tenants do not see it). Every port is
   made and deleted through `services/ports.py`, in the same transaction as the router change.
+  Both start DOWN: only the agent that programs them may report them ACTIVE.
 - Every interface or gateway change rewrites the router record (revision_number + 1), so two
   concurrent changes of one router conflict in the store and one of them is rerun: the overlap
   and "already attached" checks cannot both pass on a stale view.
@@ -386,7 +387,7 @@ def set_gateway(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], gw: GatewayI
             delete_port_record(uow, current)
         check_dup_router_subnets(uow, interfaces, subnets)
         port = new_port_record(uow, network=net, project_id="", fixed_ips=wanted or None,
-                               device_owner=GW_OWNER, device_id=rtr["id"], status="ACTIVE")
+                               device_owner=GW_OWNER, device_id=rtr["id"])
         if not port["fixed_ips"]:
             raise bad_request(f"Unable to find any IP address on external network {net['id']}.",
                               "ExternalIpAddressExhausted")
@@ -649,7 +650,7 @@ def _add_by_subnet(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: li
         raise not_found("subnet", subnet_id)
     port = new_port_record(uow, network=net, project_id=rtr["project_id"],
                            fixed_ips=[{"subnet_id": subnet_id, "ip_address": subnet["gateway_ip"]}],
-                           device_owner=INTF_OWNER, device_id=rtr["id"], status="ACTIVE")
+                           device_owner=INTF_OWNER, device_id=rtr["id"])
     return port, [subnet_id]
 
 
