@@ -362,6 +362,18 @@ def test_extra_routes(shared_server):
     err(alice.put(url, json={"router": {"routes": too_many}}), 400, "RoutesExhausted")
 
 
+def test_route_via_gateway_network_and_gateway_removal(shared_server, ext):
+    alice = shared_server.api("alice")
+    r = make_router(alice, external_gateway_info={"network_id": ext["net"]["id"]})
+    route = {"destination": "192.0.2.0/24", "nexthop": "203.0.113.250"}
+    assert ok(alice.put(f"/routers/{r['id']}", json={"router": {"routes": [route]}}))["router"]["routes"] == [route]
+    err(alice.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": None}}), 400, "InvalidRoutes",
+        f"Invalid format for routes: [{route}], the nexthop is not connected with router")
+    assert len(ports_of(shared_server.api("admin"), device_id=r["id"])) == 1  # the refused change left it alone
+    up = ok(alice.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": None, "routes": []}}))
+    assert up["router"]["external_gateway_info"] is None and up["router"]["routes"] == []
+
+
 # -- policy matrix -----------------------------------------------------------------------------
 
 def test_policy_matrix(shared_server, ext):

@@ -272,18 +272,19 @@ def check_dup_router_subnets(uow: UnitOfWork, ports: list[dict[str, Any]], new_s
                                  f"of subnet {sub['id']}")
 
 
-def validate_routes(uow: UnitOfWork, router_id: str, routes: list[dict[str, str]], ports: list[dict[str, Any]],
-                    extra_cidrs: list[str] | None = None) -> None:
-    """Every nexthop in a subnet of the router's ports (or `extra_cidrs`) and not one of the
-    router's own addresses (InvalidRoutes); at most MAX_ROUTES routes (RoutesExhausted)."""
+def validate_routes(uow: UnitOfWork, router_id: str, routes: list[dict[str, str]], ports: list[dict[str, Any]]) -> None:
+    """Every nexthop in a subnet of the router's ports and not one of the router's own
+    addresses (InvalidRoutes); at most MAX_ROUTES routes (RoutesExhausted)."""
     if len(routes) > MAX_ROUTES:
         raise bad_request(f"Unable to complete operation for {router_id}. The number of routes exceeds the "
                           f"maximum {MAX_ROUTES}.", "RoutesExhausted")
     if not routes:
         return
-    cidrs = list(extra_cidrs or [])
+    cidrs: list[str] = []
     ips = set()
     for p in ports:
+        if p["device_owner"] == GW_OWNER:  # Neutron counts every subnet of the gateway network
+            cidrs.extend(s["cidr"] for s in network_subnets(uow, p["network_id"]))
         for ip in p["fixed_ips"]:
             sub = uow.get("subnets", ip["subnet_id"])
             if sub is not None:
