@@ -18,9 +18,10 @@ the query string here, and only here; the header works too). A text/event-stream
 
 Isolation invariant: a caller is told about a change of object O only if O, before or after the
 change, is visible to it under the REST API's own rules for O's collection: the resource modules'
-visibility functions where they exist (networks, subnets with their network), else "admin or
-same project" (never more permissive than the REST API), and admin-only for agents and anything
-not a resource. A tenant never learns the id of another tenant's private object.
+own visibility functions (VISIBILITY; those that judge an object with its parent, like a subnet
+with its network, get the parent from the snapshot), else "admin or same project" (never more
+permissive than the REST API), and admin-only for agents and anything that is not a resource.
+A tenant never learns the id of another tenant's private object.
 
 Threading: the store's watch callback runs on the committing thread; it only hands the raw
 events to the event loop (`call_soon_threadsafe`). Everything else (parsing, the snapshot of
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import inspect
 import json
 import logging
 import mimetypes
@@ -98,34 +98,39 @@ def _module(name: str) -> Any:
         raise
 
 
-def _two_arg(fn: Any) -> bool:
-    try:
-        return len(inspect.signature(fn).parameters) == 2
-    except (TypeError, ValueError):
-        return False
+# collection (as stored) -> (module, visibility function, parent collection and the attribute
+# naming the parent, for functions that judge an object together with its parent)
+VISIBILITY: dict[str, tuple[str, str, tuple[str, str] | None]] = {
+    "networks": ("networks", "network_visible", None),
+    "subnets": ("subnets", "subnet_visible", ("networks", "network_id")),
+    "ports": ("ports", "port_visible", ("networks", "network_id")),
+    "routers": ("routers", "router_visible", None),
+    "floatingips": ("floatingips", "fip_visible", None),
+    "security_groups": ("security_groups", "group_visible", None),
+    "security_group_rules": ("security_groups", "_rule_visible_fn", ("security_groups", "security_group_id")),
+}
+
+
+def _rule(fn: Any, parent: tuple[str, str] | None, factory: bool) -> Rule:
+    if factory:  # fn(parents_by_id) -> visible(ctx, obj)
+        coll = parent[0] if parent else ""
+        return lambda ctx, obj, snap: bool(fn(snap.get(coll, {}))(ctx, obj))
+    if parent is None:
+        return lambda ctx, obj, snap: bool(fn(ctx, obj))
+    coll, attr = parent
+    return lambda ctx, obj, snap: bool(fn(ctx, obj, snap.get(coll, {}).get(obj.get(attr, ""))))
 
 
 def visibility_rules() -> dict[str, Rule]:
-    """Collection (as stored) -> who may hear of an object, taken from the resource modules."""
+    """Collection (as stored) -> who may hear of an object: the resource modules' own rules.
+    A collection whose module or function is missing falls back to "admin or same project"."""
     rules: dict[str, Rule] = {}
-    nets = _module("networks")
-    if nets is not None and hasattr(nets, "network_visible"):
-        nv = nets.network_visible
-        rules["networks"] = lambda ctx, obj, snap: bool(nv(ctx, obj))
-    subs = _module("subnets")
-    if subs is not None and hasattr(subs, "subnet_visible"):
-        sv = subs.subnet_visible
-        rules["subnets"] = lambda ctx, obj, snap: bool(
-            sv(ctx, obj, snap.get("networks", {}).get(obj.get("network_id", ""))))
-    for mod_name in ("ports", "routers", "floatingips", "security_groups"):
+    for coll, (mod_name, fn_name, parent) in VISIBILITY.items():
         mod = _module(mod_name)
-        if mod is None:
+        fn = getattr(mod, fn_name, None) if mod is not None else None
+        if fn is None:
             continue
-        for value in vars(mod).values():
-            coll = getattr(value, "collection", None)
-            vis = getattr(value, "visible", None)
-            if isinstance(coll, str) and vis is not None and _two_arg(vis) and coll not in rules:
-                rules[coll] = (lambda v: lambda ctx, obj, snap: bool(v(ctx, obj)))(vis)
+        rules[coll] = _rule(fn, parent, factory=fn_name.endswith("_fn"))
     return rules
 
 
