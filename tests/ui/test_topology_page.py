@@ -381,3 +381,69 @@ def test_rich_topology_is_drawn_completely(ui_server: ServerHandle, new_page: Ca
     login(admin_page, ui_server.url, "admin")
     expect(node(admin_page, "port", "db-1")).to_contain_text("@ compute-2")
     expect(admin_page.locator('#hosts-table tr[data-host="compute-1"] td').nth(3)).to_have_text("2")
+
+
+def test_router_gateway_and_interfaces_managed_from_the_page(ui_server: ServerHandle,
+                                                             new_page: Callable[..., Page]) -> None:
+    ext = make_external(ui_server)
+    api = ui_server.api("alice")
+    net = api.post("/networks", json={"network": {"name": "lan"}}).json()["network"]
+    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.11.0.0/24",
+                                                "ip_version": 4}}).json()["subnet"]
+    router = api.post("/routers", json={"router": {"name": "gw-r"}}).json()["router"]
+    assert api.put(f"/routers/{router['id']}/add_router_interface", json={"subnet_id": sub["id"]}).status_code == 200
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    expect(node(page, "router", "gw-r")).to_contain_text("no gateway")
+
+    open_form(page, "Router gateway")
+    page.locator("#gw-router").select_option(label="gw-r")
+    page.locator("#gw-network").select_option(label="public")
+    page.get_by_role("button", name="Set gateway").click()
+    expect(node(page, "router", "gw-r")).to_contain_text("gw 203.0.113.")
+    assert api.get(f"/routers/{router['id']}").json()["router"]["external_gateway_info"]["network_id"] == ext["id"]
+
+    # deleting a router with an interface: the API refuses, and the page says why
+    node(page, "router", "gw-r").click()
+    page.get_by_role("button", name="Delete router").click()
+    same = api.delete(f"/routers/{router['id']}")
+    assert same.status_code == 409
+    expect(page.locator("#banner-text")).to_have_text(same.json()["NeutronError"]["message"])
+
+    page.get_by_role("button", name="Remove interface").click()
+    expect(page.locator('#graph path[data-link="iface"]')).to_have_count(0)
+    expect(node(page, "network", "lan")).to_be_visible()  # now among the networks without a router
+    page.get_by_role("button", name="Clear gateway").click()
+    expect(node(page, "router", "gw-r")).to_contain_text("no gateway")
+    assert api.get(f"/routers/{router['id']}").json()["router"]["external_gateway_info"] is None
+    page.get_by_role("button", name="Delete router").click()
+    expect(node(page, "router", "gw-r")).to_have_count(0)
+    assert api.get(f"/routers/{router['id']}").status_code == 404
+
+
+def test_keyboard_focus_survives_live_updates(ui_server: ServerHandle, new_page: Callable[..., Page]) -> None:
+    api = ui_server.api("alice")
+    api.post("/networks", json={"network": {"name": "steady"}})
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    node(page, "network", "steady").focus()
+    renders = int(page.locator("#graph").get_attribute("data-renders") or 0)
+    api.post("/networks", json={"network": {"name": "other"}})
+    expect(node(page, "network", "other")).to_be_visible()
+    assert int(page.locator("#graph").get_attribute("data-renders") or 0) > renders  # it was redrawn
+    assert page.evaluate("document.activeElement.dataset.name") == "steady"
+
+
+def test_stream_reconnects_and_page_catches_up(ui_server: ServerHandle, new_page: Callable[..., Page],
+                                               monkeypatch: Any) -> None:
+    """A stream the server ends (here after 0.5 s) is reopened by the page, which re-reads
+    everything: a change made while it was away still appears."""
+    from vxnet.api.routers import ui
+
+    monkeypatch.setattr(ui, "MAX_STREAM", 0.5)
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    page.wait_for_timeout(1500)
+    assert page.evaluate("window.vxState.connects") >= 2
+    ui_server.api("alice").post("/networks", json={"network": {"name": "after-reconnect"}})
+    expect(node(page, "network", "after-reconnect")).to_be_visible(timeout=2000)

@@ -153,6 +153,7 @@
     S.es = es;
     es.addEventListener("ready", ev => {
       S.revision = JSON.parse(ev.data).revision;
+      S.connects = (S.connects || 0) + 1;
       setLive(true);
       reload(null);   // level-triggered: everything after each (re)connect
     });
@@ -179,7 +180,29 @@
   // --- drawing -----------------------------------------------------------------------------------
   function inView(o) { return !S.view || o.project_id === S.view; }
 
+  /* Where the keyboard focus is, in terms that survive a redraw. */
+  function focusKey() {
+    const a = document.activeElement;
+    if (!a || a === document.body) return null;
+    const g = a.closest && a.closest("#graph [data-kind][data-id]");
+    if (g) return { sel: `#graph [data-kind="${g.dataset.kind}"][data-id="${g.dataset.id}"]` };
+    for (const box of ["#details-body", "#sg-list"]) {
+      const c = $(box);
+      if (c.contains(a)) return { box, index: [...c.querySelectorAll("button")].indexOf(a) };
+    }
+    return null;
+  }
+
+  function restoreFocus(key) {
+    if (!key) return;
+    let target = null;
+    if (key.sel) target = document.querySelector(key.sel);
+    else if (key.index >= 0) target = $(key.box).querySelectorAll("button")[key.index] || null;
+    if (target && document.activeElement !== target) target.focus({ preventScroll: true });
+  }
+
   function draw() {
+    const focus = focusKey();
     const graph = $("#graph");
     const model = VxTopology.buildModel(S.data, { projectId: S.view || null });
     const width = graph.clientWidth || 800;
@@ -193,10 +216,12 @@
     if (isAdmin()) drawHosts();
     const gone = Object.keys(S.missing).filter(k => S.missing[k]);
     $("#agents-note").textContent = gone.length ? `Not available on this server: ${gone.join(", ")}.` : "";
+    restoreFocus(focus);
   }
 
   function select(kind, id) {
     S.selected = { kind, id };
+    document.activeElement && document.activeElement.blur && document.activeElement.blur();
     draw();
     const body = $("#details");
     body.scrollIntoView({ block: "nearest" });
@@ -527,7 +552,7 @@
     }
   }
 
-  function setStatus(msg) { $("#live").dataset.last = msg; }
+  function setStatus(msg) { $("#status").textContent = msg; }
 
   function showBanner(msg) {
     $("#banner-text").textContent = msg;
