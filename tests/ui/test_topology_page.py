@@ -447,3 +447,29 @@ def test_stream_reconnects_and_page_catches_up(ui_server: ServerHandle, new_page
     assert page.evaluate("window.vxState.connects") >= 2
     ui_server.api("alice").post("/networks", json={"network": {"name": "after-reconnect"}})
     expect(node(page, "network", "after-reconnect")).to_be_visible(timeout=2000)
+
+
+def test_floating_ip_detach_and_release_from_the_page(ui_server: ServerHandle, new_page: Callable[..., Page]) -> None:
+    ext = make_external(ui_server)
+    api = ui_server.api("alice")
+    net = api.post("/networks", json={"network": {"name": "lan"}}).json()["network"]
+    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.12.0.0/24",
+                                                "ip_version": 4}}).json()["subnet"]
+    router = api.post("/routers", json={"router": {"name": "r", "external_gateway_info": {"network_id": ext["id"]}}})
+    api.put(f"/routers/{router.json()['router']['id']}/add_router_interface", json={"subnet_id": sub["id"]})
+    port = api.post("/ports", json={"port": {"network_id": net["id"], "name": "vm", "device_owner": "compute:nova"}}).json()["port"]
+    fip = api.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": port["id"]}}).json()["floatingip"]
+    address = fip["floating_ip_address"]
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    expect(node(page, "port", "vm")).to_contain_text("⇄ " + address)
+    node(page, "port", "vm").click()
+    expect(page.locator("#details-body h3")).to_have_text("Port vm")
+    page.get_by_role("button", name="Detach").click()
+    expect(node(page, "port", "vm")).not_to_contain_text(address)
+    expect(node(page, "external", "public")).to_contain_text(f"{address} (free)")
+    assert api.get(f"/floatingips/{fip['id']}").json()["floatingip"]["port_id"] is None
+    node(page, "external", "public").click()
+    page.locator("#details-body li", has_text=address).get_by_role("button", name="Release").click()
+    expect(node(page, "external", "public")).to_contain_text("no floating IPs")
+    assert api.get(f"/floatingips/{fip['id']}").status_code == 404

@@ -56,7 +56,7 @@ log = logging.getLogger("vxnet.ui")
 router = APIRouter(tags=["ui"], include_in_schema=False)
 
 KEEPALIVE = 15.0
-MAX_STREAM = 300.0
+MAX_STREAM = 60.0
 QUEUE_MAX = 1000  # per subscriber; on overflow the stream ends and the page reconnects + reloads
 RES_PREFIX = f"{ROOT}res/"
 AGENT_PREFIXES = (f"{ROOT}agents/", f"{ROOT}res/agents/")
