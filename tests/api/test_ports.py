@@ -284,6 +284,8 @@ def test_security_groups_and_port_security(server) -> None:
     p = port(alice, net, security_groups=[sg["id"]])
     assert p["security_groups"] == [sg["id"]]
     assert port(alice, net, security_groups=[])["security_groups"] == []
+    assert port(alice, net, security_groups=None)["security_groups"] == []  # null means none, as in Neutron
+    assert port(alice, net, allowed_address_pairs=None)["allowed_address_pairs"] == []
     assert_error(alice.post("/ports", json={"port": {"network_id": net["id"], "security_groups": [bob_sg["id"]]}}),
                  404, "SecurityGroupNotFound")
     assert_error(alice.post("/ports", json={"port": {"network_id": net["id"], "security_groups": [str(uuid.uuid4())]}}),

@@ -240,8 +240,11 @@ def test_update_attributes_and_revision(shared_server) -> None:
     assert u["dns_nameservers"] == ["198.51.100.53"]
     assert u["revision_number"] == s["revision_number"] + 1 and u["cidr"] == s["cidr"]
     assert port(alice, net)["fixed_ips"][0]["ip_address"] == "192.0.2.100"
-    r = alice.put(f"/subnets/{s['id']}", json={"subnet": {"gateway_ip": None}})
-    assert r.status_code == 200 and r.json()["subnet"]["gateway_ip"] is None
+    r = alice.put(f"/subnets/{s['id']}", json={"subnet": {"gateway_ip": None, "dns_nameservers": None,
+                                                          "host_routes": None}})
+    assert r.status_code == 200, r.text
+    assert r.json()["subnet"]["gateway_ip"] is None
+    assert r.json()["subnet"]["dns_nameservers"] == [] and r.json()["subnet"]["host_routes"] == []
 
 
 def test_update_errors(shared_server) -> None:

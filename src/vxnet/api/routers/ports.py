@@ -128,6 +128,7 @@ def _vnic(v: Any) -> str:
 
 
 IpOrCidr = Annotated[str, BeforeValidator(_ip_or_cidr)]
+NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 VnicType = Annotated[str, BeforeValidator(_vnic)]
 
 
@@ -150,9 +151,9 @@ class PortCreate(Body):
     fixed_ips: list[FixedIp] | None = None
     device_id: ShortStr = ""
     device_owner: ShortStr = ""
-    security_groups: list[Uuid] | None = None
+    security_groups: list[Uuid] | None = None  # absent: the default group; null: none
     port_security_enabled: Bool | None = None
-    allowed_address_pairs: list[AddressPair] = []
+    allowed_address_pairs: Annotated[list[AddressPair], NoneIsEmpty] = []
     binding_host_id: ShortStr = Field(default="", alias="binding:host_id")
     binding_profile: dict[str, Any] = Field(default={}, alias="binding:profile")
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
@@ -169,9 +170,9 @@ class PortUpdate(Body):
     fixed_ips: list[FixedIp] = []
     device_id: ShortStr = ""
     device_owner: ShortStr = ""
-    security_groups: list[Uuid] | None = None
+    security_groups: Annotated[list[Uuid], NoneIsEmpty] = []
     port_security_enabled: Bool = True
-    allowed_address_pairs: list[AddressPair] | None = None
+    allowed_address_pairs: Annotated[list[AddressPair], NoneIsEmpty] = []
     binding_host_id: ShortStr | None = Field(default=None, alias="binding:host_id")
     binding_profile: dict[str, Any] | None = Field(default=None, alias="binding:profile")
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
@@ -225,7 +226,7 @@ def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork) -> dict[str, Any
         device_owner=item.device_owner,
         device_id=item.device_id,
         admin_state_up=item.admin_state_up,
-        security_groups=item.security_groups,
+        security_groups=(item.security_groups or []) if "security_groups" in fields else None,
         port_security_enabled=item.port_security_enabled,
         host_id=item.binding_host_id,
         allowed_address_pairs=[p.model_dump() for p in item.allowed_address_pairs],
@@ -369,13 +370,13 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
         ps = upd.port_security_enabled if "port_security_enabled" in fields else port["port_security_enabled"]
         groups = port["security_groups"]
         if "security_groups" in fields:
-            groups = svc.check_security_groups(uow, upd.security_groups or [], port["project_id"], ctx.is_admin)
+            groups = svc.check_security_groups(uow, upd.security_groups, port["project_id"], ctx.is_admin)
             if groups and not ps:
                 raise svc.port_security_conflict_create()
             changed["security_groups"] = groups
         pairs = port["allowed_address_pairs"]
         if "allowed_address_pairs" in fields:
-            pairs = svc.normalize_address_pairs([p.model_dump() for p in upd.allowed_address_pairs or []], mac)
+            pairs = svc.normalize_address_pairs([p.model_dump() for p in upd.allowed_address_pairs], mac)
             changed["allowed_address_pairs"] = pairs
         if "port_security_enabled" in fields:
             if not ps and groups:

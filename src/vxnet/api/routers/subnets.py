@@ -92,6 +92,7 @@ def _ip_version(v: Any) -> int:
 
 
 IpVersion = Annotated[int, BeforeValidator(_ip_version)]
+NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 
 
 class Pool(Body):
@@ -113,8 +114,8 @@ class SubnetCreate(Body):
     gateway_ip: IpAddr | None = None
     allocation_pools: list[Pool] | None = None
     enable_dhcp: Bool = True
-    dns_nameservers: list[IpAddr] = []
-    host_routes: list[HostRoute] = []
+    dns_nameservers: Annotated[list[IpAddr], NoneIsEmpty] = []
+    host_routes: Annotated[list[HostRoute], NoneIsEmpty] = []
     ipv6_ra_mode: str | None = None
     ipv6_address_mode: str | None = None
     subnetpool_id: None = None
@@ -133,8 +134,8 @@ class SubnetUpdate(Body):
     gateway_ip: IpAddr | None = None
     allocation_pools: list[Pool] = []
     enable_dhcp: Bool = True
-    dns_nameservers: list[IpAddr] = []
-    host_routes: list[HostRoute] = []
+    dns_nameservers: Annotated[list[IpAddr], NoneIsEmpty] = []
+    host_routes: Annotated[list[HostRoute], NoneIsEmpty] = []
     service_types: list[str] = []
     segment_id: None = None
 
