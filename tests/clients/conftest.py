@@ -7,12 +7,14 @@ teardown stops the server by its PID (SIGTERM, then SIGKILL after a grace period
 stderr goes to a log file in the workspace, shown when a test fails to start it.
 
 Invariants:
-- Only the process this fixture started is ever signalled, by its own PID.
+- Only the process this fixture started is ever signalled, by its own PID; if pytest itself is
+  killed, the kernel sends the server SIGTERM (PR_SET_PDEATHSIG), so no server outlives a crash.
 - Every run gets a fresh data directory; nothing outlives the fixture except pytest's tmp dirs.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -158,6 +160,12 @@ class CliResult:
         return f"$ {' '.join(self.cmd)}\nrc={self.rc}\nstdout: {self.stdout.strip()}\nstderr: {self.stderr.strip()[-2000:]}"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when pytest dies, so a crashed run leaves no server."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_cloud(workdir: Path, port: int | None = None) -> Cloud:
     """Start `vxnet server` as a subprocess in `workdir` and wait until it issues tokens."""
     port = port or free_port()
@@ -173,7 +181,7 @@ def start_cloud(workdir: Path, port: int | None = None) -> Cloud:
         proc = subprocess.Popen(
             [str(VXNET), "server", "--listen", f"127.0.0.1:{port}", "--config", str(cfg),
              "--data-dir", str(data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=_die_with_parent,
         )
     cloud = Cloud(url, port, workdir, clouds, log_file, proc)
     deadline = time.monotonic() + 30
