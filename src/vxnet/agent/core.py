@@ -37,7 +37,7 @@ log = logging.getLogger("vxnet.agent")
 
 
 class ControlPlane(Protocol):
-    """What the agent needs from the servers (implemented over HTTP by the client)."""
+    """What the agent needs from the servers (`vxnet.agent.client.ServerClient` implements it)."""
 
     def register(self) -> Mapping[str, Any]: ...
     def heartbeat(self) -> bool: ...

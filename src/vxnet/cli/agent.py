@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info", help="log level"),
     ) -> None:
         """Run the host agent: watch this host's view and converge the kernel to it."""
-        from vxnet.agent.control import make_control_plane
+        from vxnet.agent.client import make_control_plane
         from vxnet.agent.core import Agent, AgentConfig
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
