@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -278,6 +279,7 @@ class Agent:
             try:
                 ipr = IPRoute(netns=self.cfg.netns) if self.cfg.netns else IPRoute()
                 ipr.bind()
+                ipr.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
                 while not self._stop.is_set():
                     for msg in ipr.get():
                         event = msg.get("event")
@@ -288,6 +290,9 @@ class Agent:
                         elif event == "RTM_DELNEIGH" and msg["state"] & 0xC0:   # PERMANENT or NOARP
                             self.kernel_changed(invalidate=True)
             except Exception as e:
+                # Typically ENOBUFS after a burst of our own changes: events were lost, so
+                # whatever they said is unknown; read the kernel again (level-triggered).
                 metrics.ERRORS.labels("monitor").inc()
-                log.warning("host=%s netlink monitor restarting: %s", self.cfg.host, e)
-                self._stop.wait(1.0)
+                log.info("host=%s netlink monitor restarting (events lost: %s)", self.cfg.host, e)
+                self.kernel_changed(invalidate=True)
+                self._stop.wait(0.05)

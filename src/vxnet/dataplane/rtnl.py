@@ -46,6 +46,7 @@ NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 
 AF_BRIDGE = 7
+CHUNK = 2000        # messages per write: ~100 KB, well under the default socket send buffer
 
 _HDR = struct.Struct("=IHHII")
 _ND = struct.Struct("=BBHiHBB")
@@ -130,7 +131,17 @@ class RtnlSocket:
         self._sock.close()
 
     def batch(self, requests: Sequence[NeighRequest]) -> list[int]:
-        """Send all requests in one write; the errno of each (0 = done). Blocks until the last ACK."""
+        """Send the requests in as few writes as the socket allows; the errno of each (0 = done).
+
+        One write carries at most CHUNK messages (a netlink write larger than the socket's send
+        buffer fails with EMSGSIZE); each write waits for the ACK of its last message.
+        """
+        out: list[int] = []
+        for i in range(0, len(requests), CHUNK):
+            out += self._batch(requests[i:i + CHUNK])
+        return out
+
+    def _batch(self, requests: Sequence[NeighRequest]) -> list[int]:
         if not requests:
             return []
         with self._lock:

@@ -1,0 +1,53 @@
+"""Run as a child process: an agent whose view holds N ports, applied to namespace argv[1]; prints
+its peak RSS in MB. The view arrives as one snapshot message through the agent's own code path."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+from collections.abc import Iterator
+
+from vxnet.agent.core import Agent, AgentConfig
+
+NS, N, NETS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+
+def view() -> dict:
+    nets = {f"{i:08x}-0000-4000-8000-000000000000": {"id": f"{i:08x}-0000-4000-8000-000000000000",
+            "provider:network_type": "vxlan", "provider:segmentation_id": 5000 + i, "mtu": 1450,
+            "name": f"net{i}", "project_id": "p" * 32, "subnets": [], "status": "ACTIVE"} for i in range(NETS)}
+    ids = list(nets)
+    ports = {}
+    for i in range(N):
+        pid = f"{i:08x}-1111-4000-8000-000000000000"
+        ports[pid] = {"id": pid, "network_id": ids[i % NETS], "binding:host_id": "h1" if i < NETS else f"h{2 + i % 2}",
+                      "mac_address": f"02:01:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}:01",
+                      "fixed_ips": [{"subnet_id": "s" * 36, "ip_address": f"100.{64 + (i >> 16)}.{i >> 8 & 255}.{i & 255}"}],
+                      "status": "DOWN", "revision_number": 1, "name": "", "description": "", "admin_state_up": True,
+                      "device_owner": "compute:nova", "device_id": "d" * 36, "project_id": "p" * 32,
+                      "security_groups": ["g" * 36], "allowed_address_pairs": [], "tags": []}
+    return {"hosts": {f"h{i}": {"underlay_ip": f"198.51.100.{i}"} for i in (1, 2, 3)}, "networks": nets, "ports": ports}
+
+
+class Once:
+    def register(self) -> dict:
+        return {}
+
+    def heartbeat(self) -> bool:
+        return True
+
+    def stream(self, since: int | None) -> Iterator[dict]:
+        yield {"type": "snapshot", "revision": 1, "view": view()}
+        threading.Event().wait()
+
+    def report_status(self, active, down) -> None:
+        pass
+
+
+a = Agent(AgentConfig(host="h1", underlay_ip="198.51.100.1", netns=NS, resync_interval=3600), Once())
+a.start()
+assert a.wait_applied(1, timeout=120)
+r = a.last_result
+assert r is not None and not r.failed, r
+print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} {r.diff.counts()} {r.seconds:.2f}")
