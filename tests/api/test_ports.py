@@ -469,3 +469,25 @@ def test_router_interface_port_cannot_be_deleted_directly(server) -> None:
     stray = port(alice, net, device_owner="network:router_interface", device_id=str(uuid.uuid4()))
     assert alice.delete(f"/ports/{stray['id']}").status_code == 204
     ipam_consistent(server)
+
+
+def test_deleting_a_port_disassociates_its_floating_ip(server) -> None:
+    admin, alice = server.api("admin"), server.api("alice")
+    ext, _ = netsub(admin, "203.0.113.0/24", **{"router:external": True})
+    net, sub = netsub(alice)
+    r = alice.post("/routers", json={"router": {"name": "r", "external_gateway_info": {"network_id": ext["id"]}}})
+    assert r.status_code == 201, r.text
+    rid = r.json()["router"]["id"]
+    assert alice.put(f"/routers/{rid}/add_router_interface", json={"subnet_id": sub["id"]}).status_code == 200
+    p = port(alice, net)
+    r = alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": p["id"]}})
+    assert r.status_code == 201, r.text
+    fip = r.json()["floatingip"]
+    assert fip["port_id"] == p["id"] and fip["router_id"] == rid
+    assert server.store.range("/vxnet/fip-assoc/")[0]
+    assert alice.delete(f"/ports/{p['id']}").status_code == 204
+    got = alice.get(f"/floatingips/{fip['id']}").json()["floatingip"]
+    assert (got["port_id"], got["fixed_ip_address"], got["router_id"], got["status"]) == (None, None, None, "DOWN")
+    assert got["revision_number"] > fip["revision_number"]
+    assert server.store.range("/vxnet/fip-assoc/")[0] == []  # the association claim went with it
+    ipam_consistent(server)

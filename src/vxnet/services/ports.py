@@ -15,13 +15,12 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from typing import Any
 
 from vxnet.api.errors import ApiError, bad_request, not_found
 from vxnet.services import ipam
-from vxnet.services.repo import UnitOfWork, now_iso
+from vxnet.services.repo import ROOT, UnitOfWork, now_iso
 from vxnet.services.secgroups import default_key, ensure_default_group
 from vxnet.store.contract import Put
 
@@ -172,10 +171,20 @@ def release_port_addresses(uow: UnitOfWork, port: dict[str, Any]) -> None:
     ipam.release_mac(uow, port["network_id"], port["mac_address"])
 
 
+def fip_assoc_key(network_id: str, port_id: str, ip: str) -> str:
+    """The floating IP association claim (written by api/routers/floatingips.py, same format)."""
+    return f"{ROOT}fip-assoc/{network_id}/{port_id}/{ip}"
+
+
 def clear_floating_ips(uow: UnitOfWork, port_id: str) -> None:
-    """Disassociate floating IPs from a port that goes away (Neutron does this on port delete)."""
+    """Disassociate floating IPs from a port that goes away (Neutron does this on port delete),
+    releasing their association claims."""
     for fip in uow.list("floatingips", lambda f: f.get("port_id") == port_id):
         fip = dict(fip)
+        if fip.get("fixed_ip_address"):
+            key = fip_assoc_key(fip["floating_network_id"], port_id, fip["fixed_ip_address"])
+            if uow.get_raw(key) == fip["id"]:
+                uow.delete_raw(key)
         fip.update({"port_id": None, "fixed_ip_address": None, "router_id": None, "status": "DOWN"})
         if "port_details" in fip:
             fip["port_details"] = None
@@ -191,9 +200,3 @@ def delete_port_record(uow: UnitOfWork, port: dict[str, Any]) -> None:
     clear_floating_ips(uow, port["id"])
     uow.delete("ports", port["id"])
 
-
-def ip_in_cidr(ip: str, cidr: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr, strict=False)
-    except ValueError:
-        return False
