@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -271,28 +270,28 @@ class Agent:
 
     # ------------------------------------------------------------------ kernel events
     def _monitor_loop(self) -> None:
-        from pyroute2 import IPRoute
-
         from vxnet.compute import naming
+        from vxnet.dataplane.rtnl import RTM_DELLINK, RTM_DELNEIGH, RTM_NEWLINK, RtnlMonitor
 
         while not self._stop.is_set():
+            mon = None
             try:
-                ipr = IPRoute(netns=self.cfg.netns) if self.cfg.netns else IPRoute()
-                ipr.bind()
-                ipr.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+                mon = RtnlMonitor(self.cfg.netns)
                 while not self._stop.is_set():
-                    for msg in ipr.get():
-                        event = msg.get("event")
-                        if event in ("RTM_NEWLINK", "RTM_DELLINK"):
-                            name = msg.get("ifname") or msg.get_attr("IFLA_IFNAME") or ""
+                    for ev in mon.events(timeout=1.0):
+                        if ev.type in (RTM_NEWLINK, RTM_DELLINK):
+                            name = ev.ifname or ""
                             if naming.is_tap(name) or naming.is_owned(name):
-                                self.kernel_changed(invalidate=event == "RTM_DELLINK")
-                        elif event == "RTM_DELNEIGH" and msg["state"] & 0xC0:   # PERMANENT or NOARP
+                                self.kernel_changed(invalidate=ev.type == RTM_DELLINK)
+                        elif ev.type == RTM_DELNEIGH and ev.state & 0xC0:   # PERMANENT or NOARP: ours
                             self.kernel_changed(invalidate=True)
-            except Exception as e:
-                # Typically ENOBUFS after a burst of our own changes: events were lost, so
-                # whatever they said is unknown; read the kernel again (level-triggered).
+            except OSError as e:
+                # Typically ENOBUFS after a burst of changes: events were lost, so whatever they
+                # said is unknown; read the kernel again (level-triggered).
                 metrics.ERRORS.labels("monitor").inc()
                 log.info("host=%s netlink monitor restarting (events lost: %s)", self.cfg.host, e)
                 self.kernel_changed(invalidate=True)
                 self._stop.wait(0.05)
+            finally:
+                if mon is not None:
+                    mon.close()

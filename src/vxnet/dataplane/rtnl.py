@@ -213,3 +213,70 @@ def _parse_nd(payload: bytes) -> NeighRecord:
             (master,) = struct.unpack("=I", data)
         off += (alen + 3) & ~3
     return NeighRecord(family, ifindex, state, flags, dst, lladdr, master)
+
+
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+IFLA_IFNAME = 3
+RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+_IFI = struct.Struct("=BxHiII")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelEvent:
+    """A link or neighbour notification, reduced to what the agent reacts to."""
+
+    type: int                 # RTM_NEWLINK / RTM_DELLINK / RTM_NEWNEIGH / RTM_DELNEIGH
+    ifname: str | None = None  # links
+    state: int = 0             # neighbours
+
+
+class RtnlMonitor:
+    """Link and neighbour notifications, parsed minimally (the agent's own changes produce one
+    event per entry; pyroute2 would build a full object for each).
+
+    `events()` raises OSError(ENOBUFS) when the kernel dropped notifications: the caller must
+    then assume anything may have changed.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._sock = _open(netns)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self._sock.bind((0, RTMGRP_LINK | RTMGRP_NEIGH))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def events(self, timeout: float | None = None) -> list[KernelEvent]:
+        """The events of one read (waits up to `timeout` seconds; [] on timeout)."""
+        self._sock.settimeout(timeout)
+        try:
+            data = self._sock.recv(1 << 20)
+        except TimeoutError:
+            return []
+        out: list[KernelEvent] = []
+        off = 0
+        while off + _HDR.size <= len(data):
+            length, mtype, _flags, _seq, _pid = _HDR.unpack_from(data, off)
+            if length < _HDR.size:
+                break
+            payload = data[off + _HDR.size: off + length]
+            if mtype in (RTM_NEWLINK, RTM_DELLINK):
+                out.append(KernelEvent(mtype, ifname=_ifname(payload)))
+            elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and len(payload) >= _ND.size:
+                out.append(KernelEvent(mtype, state=_ND.unpack_from(payload, 0)[4]))
+            off += (length + 3) & ~3
+        return out
+
+
+def _ifname(payload: bytes) -> str | None:
+    off = _IFI.size
+    while off + _ATTR.size <= len(payload):
+        alen, akind = _ATTR.unpack_from(payload, off)
+        if alen < _ATTR.size:
+            break
+        if akind & 0x3FFF == IFLA_IFNAME:
+            return payload[off + _ATTR.size: off + alen].split(b"\0", 1)[0].decode(errors="replace")
+        off += (alen + 3) & ~3
+    return None
