@@ -5,6 +5,8 @@ Pure functions: inputs in, file text out. The recipe is ../shared/NEUTRON-API-NO
 Invariants:
 - `[network-feature-enabled] api_extensions` is exactly `vxnet.api.extensions.ALIASES`, so a test
   gated on an extension runs if and only if the server advertises that extension.
+- `[network] build_timeout` is short (10 s): without agents nothing in vxnet changes state on
+  its own, so a test waiting for a status only an agent sets fails fast instead of in 300 s.
 - Credentials are pre-provisioned (no Keystone admin API needed). `tempest run --concurrency N`
   locks one account per role per test class, so the accounts come in `sets` copies: each set has
   a member project and an alt project, each with a member+reader and a reader-only user, plus an
@@ -112,7 +114,7 @@ floating_network_name = {s.public_network_name}
 project_network_cidr = {s.project_network_cidr}
 project_network_mask_bits = {s.project_network_mask_bits}
 project_networks_reachable = False
-build_timeout = 30
+build_timeout = 10
 build_interval = 1
 
 [network-feature-enabled]
