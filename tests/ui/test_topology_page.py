@@ -99,6 +99,7 @@ def test_tenant_builds_a_topology_from_the_page(ui_server: ServerHandle, new_pag
     page.locator("#fip-network").select_option(label="public")
     page.locator("#fip-port").select_option(value=port["id"])
     page.get_by_role("button", name="Allocate floating IP").click()
+    expect(node(page, "port", "vm-1")).to_contain_text("⇄ 203.0.113.")
     fips = api.get("/floatingips", params={"port_id": port["id"]}).json()["floatingips"]
     assert len(fips) == 1
     expect(node(page, "port", "vm-1")).to_contain_text("⇄ " + fips[0]["floating_ip_address"])
