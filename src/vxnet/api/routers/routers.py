@@ -176,11 +176,11 @@ def check_admin_attrs(ctx: Context, action: str, fields: set[str], gw: GatewayIn
     `external_fixed_ips` are admin-only to set."""
     if ctx.is_admin:
         return
-    for f in sorted(fields & ADMIN_ONLY):
-        raise policy_denied(f"{action}:{f}")
+    denied = [f"{action}:{f}" for f in sorted(fields & ADMIN_ONLY)]
     if gw is not None:
-        for f in sorted(gw.model_fields_set & GW_ADMIN_ONLY):
-            raise policy_denied(f"{action}:external_gateway_info:{f}")
+        denied += [f"{action}:external_gateway_info:{f}" for f in sorted(gw.model_fields_set & GW_ADMIN_ONLY)]
+    if denied:
+        raise policy_denied(denied[0])
 
 
 def check_distribution(distributed: bool | None, ha: bool | None) -> None:
