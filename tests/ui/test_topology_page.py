@@ -7,8 +7,9 @@ Screenshots of the topology page land in test-output/ui/ (1280x800 and 390x844).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 from playwright.sync_api import Page, expect
@@ -88,8 +89,9 @@ def test_tenant_builds_a_topology_from_the_page(ui_server: ServerHandle, new_pag
     # and it is real: the REST API shows the same objects
     assert router["external_gateway_info"]["network_id"] == ext["id"]
     ports = api.get("/ports", params={"device_id": router["id"], "network_id": net["id"]}).json()["ports"]
-    assert [ip["ip_address"] for p in ports for ip in p["fixed_ips"]] == ["10.10.0.1"]
-    assert [s["cidr"] for s in api.get("/subnets", params={"network_id": net["id"]}).json()["subnets"]] == ["10.10.0.0/24"]
+    assert [ip["ip_address"] for port in ports for ip in port["fixed_ips"]] == ["10.10.0.1"]
+    subnets = api.get("/subnets", params={"network_id": net["id"]}).json()["subnets"]
+    assert [s["cidr"] for s in subnets] == ["10.10.0.0/24"]
 
     # a VM port and a floating IP attached from the page, drawn on the port
     port = api.post("/ports", json={"port": {"network_id": net["id"], "name": "vm-1", "device_owner": "compute:nova",
@@ -337,7 +339,8 @@ def test_rich_topology_is_drawn_completely(ui_server: ServerHandle, new_page: Ca
         nets[name] = api.post("/networks", json={"network": {"name": name}}).json()["network"]
         subnets[name] = api.post("/subnets", json={"subnet": {"network_id": nets[name]["id"], "cidr": cidr,
                                                               "ip_version": 4, "name": f"{name}-v4"}}).json()["subnet"]
-    r1 = api.post("/routers", json={"router": {"name": "edge", "external_gateway_info": {"network_id": ext["id"]}}}).json()["router"]
+    gateway = {"network_id": ext["id"]}
+    r1 = api.post("/routers", json={"router": {"name": "edge", "external_gateway_info": gateway}}).json()["router"]
     r2 = api.post("/routers", json={"router": {"name": "backend"}}).json()["router"]
     for router, name in ((r1, "web"), (r1, "app"), (r2, "db"), (r2, "app")):
         sid = subnets[name]["id"]
@@ -458,8 +461,10 @@ def test_floating_ip_detach_and_release_from_the_page(ui_server: ServerHandle, n
                                                 "ip_version": 4}}).json()["subnet"]
     router = api.post("/routers", json={"router": {"name": "r", "external_gateway_info": {"network_id": ext["id"]}}})
     api.put(f"/routers/{router.json()['router']['id']}/add_router_interface", json={"subnet_id": sub["id"]})
-    port = api.post("/ports", json={"port": {"network_id": net["id"], "name": "vm", "device_owner": "compute:nova"}}).json()["port"]
-    fip = api.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": port["id"]}}).json()["floatingip"]
+    port = api.post("/ports", json={"port": {"network_id": net["id"], "name": "vm",
+                                             "device_owner": "compute:nova"}}).json()["port"]
+    fip = api.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"],
+                                                        "port_id": port["id"]}}).json()["floatingip"]
     address = fip["floating_ip_address"]
     page = new_page()
     login(page, ui_server.url, "alice")

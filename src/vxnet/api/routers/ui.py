@@ -246,7 +246,8 @@ class UiHub:
         if not changes:
             return
         for sub in list(self.subscribers):
-            mine = [note for note, before, after in changes if self._may_know(sub.ctx, note["collection"], before, after)]
+            mine = [note for note, before, after in changes
+                    if self._may_know(sub.ctx, note["collection"], before, after)]
             if not mine:
                 continue
             try:
