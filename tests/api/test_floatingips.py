@@ -326,6 +326,11 @@ def test_bulk_create_is_all_or_nothing(shared_server, ext):
         "PortNotFound")
     assert len(ok(admin.get("/ports"))["ports"]) == ports_before
     assert len(ok(admin.get("/floatingips"))["floatingips"]) == fips_before
+    # two floating IPs for one fixed IP in one bulk request: the second conflicts with the first
+    b = backend(alice, ext)
+    err(alice.post("/floatingips", json={"floatingips": [fip_body(ext, port_id=b["port"]["id"])] * 2}), 409,
+        "FloatingIPPortAlreadyAssociated")
+    assert ok(alice.get("/floatingips", params={"port_id": b["port"]["id"]}))["floatingips"] == []
 
 
 # -- concurrency: several API servers over one store -------------------------------------------

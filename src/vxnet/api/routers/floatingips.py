@@ -176,20 +176,29 @@ def resolve_association(uow: UnitOfWork, ctx: Context, fip: dict[str, Any], port
     return Association(port, chosen["ip_address"], router_id)
 
 
-def claim_association(uow: UnitOfWork, fip: dict[str, Any], assoc: Association) -> None:
+def claim_association(uow: UnitOfWork, fip: dict[str, Any], assoc: Association,
+                      staged: dict[str, str] | None = None) -> None:
     """409 FloatingIPPortAlreadyAssociated if another floating IP on the same external network
-    holds this fixed IP; otherwise record `fip` as the holder (see the module docstring)."""
+    holds this fixed IP; otherwise record `fip` as the holder (see the module docstring).
+    `staged` maps the keys claimed earlier in the same transaction (bulk create) to their holder."""
     key = assoc_key(fip["floating_network_id"], assoc.port["id"], assoc.fixed_ip_address)
+    staged = {} if staged is None else staged
     holder = uow.get_raw(key)
-    if holder and holder != fip["id"]:
+    if key in staged and staged[key] != fip["id"]:
+        taken = True
+    elif holder and holder != fip["id"]:
         other = uow.get("floatingips", holder)
-        if other and other.get("port_id") == assoc.port["id"] \
-                and other.get("fixed_ip_address") == assoc.fixed_ip_address:
+        taken = bool(other and other.get("port_id") == assoc.port["id"]
+                     and other.get("fixed_ip_address") == assoc.fixed_ip_address)
+    else:
+        taken = False
+    if taken:
             raise conflict("FloatingIPPortAlreadyAssociated",
                            f"Cannot associate floating IP {fip['floating_ip_address']} ({fip['id']}) with port "
                            f"{assoc.port['id']} using fixed IP {assoc.fixed_ip_address}, as that fixed IP already "
                            f"has a floating IP on external network {fip['floating_network_id']}.")
     uow.put_raw(key, fip["id"])
+    staged[key] = fip["id"]
     touch_fence(uow, assoc.router_id)
 
 
@@ -212,7 +221,8 @@ def apply_association(fip: dict[str, Any], assoc: Association | None) -> None:
                     "router_id": assoc.router_id, "status": "ACTIVE"})
 
 
-def build_fip(uow: UnitOfWork, ctx: Context, item: FloatingIPCreate) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def build_fip(uow: UnitOfWork, ctx: Context, item: FloatingIPCreate,
+              staged: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     fields = item.model_fields_set
     if "floating_ip_address" in fields and item.floating_ip_address is not None and not ctx.is_admin:
         raise policy_denied("create_floatingip:floating_ip_address")
@@ -260,7 +270,7 @@ def build_fip(uow: UnitOfWork, ctx: Context, item: FloatingIPCreate) -> tuple[di
     internal = None
     if item.port_id is not None:
         assoc = resolve_association(uow, ctx, fip, item.port_id, item.fixed_ip_address)
-        claim_association(uow, fip, assoc)
+        claim_association(uow, fip, assoc, staged)
         apply_association(fip, assoc)
         internal = assoc.port
     return fip, internal
@@ -308,8 +318,9 @@ async def create_floatingip(request: Request) -> JSONResponse:
 
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
         out = []
+        staged: dict[str, str] = {}
         for item in items:
-            fip, port = build_fip(uow, ctx, item)
+            fip, port = build_fip(uow, ctx, item, staged)
             uow.put("floatingips", fip)
             out.append(present_fip(fip, port))
         return out
