@@ -479,3 +479,69 @@ def test_floating_ip_detach_and_release_from_the_page(ui_server: ServerHandle, n
     page.locator("#details-body li", has_text=address).get_by_role("button", name="Release").click()
     expect(node(page, "external", "public")).to_contain_text("no floating IPs")
     assert api.get(f"/floatingips/{fip['id']}").status_code == 404
+
+
+def _random_collections(rng: Any) -> dict[str, list[dict[str, Any]]]:
+    """REST-shaped collections of a random project (ids are short but unique)."""
+    nets = [{"id": f"ext{i}", "name": f"ext-{i}", "router:external": True, "shared": False, "project_id": "p",
+             "status": "ACTIVE"} for i in range(rng.randint(0, 2))]
+    subnets, ports, routers = [], [], []
+    for i in range(rng.randint(0, 9)):
+        nets.append({"id": f"n{i}", "name": "net-" + "x" * rng.randint(1, 40), "router:external": False,
+                     "shared": False, "project_id": "p", "status": "ACTIVE", "provider:segmentation_id": 1000 + i})
+        for j in range(rng.randint(0, 3)):
+            subnets.append({"id": f"s{i}-{j}", "network_id": f"n{i}", "cidr": f"10.{i}.{j}.0/24",
+                            "gateway_ip": f"10.{i}.{j}.1", "name": "", "project_id": "p"})
+        for k in range(rng.randint(0, 6)):
+            ports.append({"id": f"p{i}-{k}", "network_id": f"n{i}", "name": f"vm-{i}-{k}",
+                          "device_owner": "compute:nova",
+                          "status": "ACTIVE", "fixed_ips": [{"subnet_id": "", "ip_address": f"10.{i}.0.{k + 2}"}],
+                          "project_id": "p", "device_id": f"d{i}{k}"})
+    internal = [n["id"] for n in nets if not n["router:external"]]
+    externals = [n["id"] for n in nets if n["router:external"]]
+    for r in range(rng.randint(0, 4)):
+        gw = {"network_id": rng.choice(externals), "external_fixed_ips": [{"ip_address": "203.0.113.9"}]} \
+            if externals and rng.random() < 0.6 else None
+        routers.append({"id": f"r{r}", "name": f"router-{r}", "status": "ACTIVE", "project_id": "p",
+                        "external_gateway_info": gw})
+        for n in rng.sample(internal, rng.randint(0, len(internal))):
+            ports.append({"id": f"rp{r}-{n}", "network_id": n, "device_owner": "network:router_interface",
+                          "device_id": f"r{r}", "fixed_ips": [{"subnet_id": "", "ip_address": "10.0.0.1"}],
+                          "project_id": "p", "status": "ACTIVE", "name": ""})
+    return {"networks": nets, "subnets": subnets, "ports": ports, "routers": routers, "floatingips": []}
+
+
+def test_layout_boxes_never_overlap_and_fit_the_width(ui_server: ServerHandle, new_page: Callable[..., Page]) -> None:
+    """The pure layout, run in the browser on random projects at widths from a phone to a wide screen."""
+    import random
+
+    page = new_page()
+    page.goto(ui_server.url + "/ui")
+    page.wait_for_function("() => !!window.VxTopology")
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(25):
+        data = _random_collections(rng)
+        for width in (300, 360, 390, 768, 1000, 1280, 1920):
+            result = page.evaluate("""([data, width]) => {
+                const m = VxTopology.buildModel(data, {projectId: null});
+                const lay = VxTopology.layout(m, width);
+                const boxes = lay.items.filter(i => ["ext", "router", "network"].includes(i.type))
+                  .map(i => ({x: i.x, y: i.y, w: i.w, h: i.h, kind: i.type}));
+                return {width: lay.width, height: lay.height, boxes,
+                        networks: m.networks.length, routers: m.routers.length,
+                        drawnNetworks: lay.items.filter(i => i.type === "network").length};
+            }""", [data, width])
+            boxes = result["boxes"]
+            for b in boxes:
+                assert b["x"] >= 0 and b["x"] + b["w"] <= result["width"], (width, b)
+                assert b["y"] >= 0 and b["y"] + b["h"] <= result["height"], (width, b)
+                assert b["w"] > 0 and b["h"] > 0
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1:]:
+                    apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+                             or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+                    assert apart, (width, a, b)
+            assert result["drawnNetworks"] == result["networks"]  # every network drawn exactly once
+            checked += 1
+    assert checked == 25 * 7
