@@ -162,26 +162,26 @@ class RtnlSocket:
                         done = True
             return errors
 
-    def dump_neigh(self, family: int) -> list[NeighRecord]:
-        """All neighbour (AF_INET) or FDB (AF_BRIDGE) entries of the namespace."""
+    def dump_neigh(self, family: int) -> Iterator[NeighRecord]:
+        """All neighbour (AF_INET) or FDB (AF_BRIDGE) entries of the namespace, as they are parsed
+        (a generator: a dump of 30k entries is never held as a whole). Consume it entirely."""
         with self._lock:
             self._seq += 1
             seq = self._seq
             body = _ND.pack(family, 0, 0, 0, 0, 0, 0)
             self._sock.sendto(_HDR.pack(_HDR.size + len(body), RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body,
                               (0, 0))
-            out: list[NeighRecord] = []
             while True:
                 for mtype, mseq, payload in self._recv():
                     if mseq != seq:
                         continue
                     if mtype == NLMSG_DONE:
-                        return out
+                        return
                     if mtype == NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", payload, 0)
                         raise OSError(-code, f"neighbour dump failed: {errno_mod.errorcode.get(-code, code)}")
                     if mtype == RTM_NEWNEIGH:
-                        out.append(_parse_nd(payload))
+                        yield _parse_nd(payload)
 
     def _recv(self) -> Iterator[tuple[int, int, bytes]]:
         data = self._sock.recv(1 << 20)
