@@ -313,10 +313,13 @@ def test_admin_sees_hosts_and_agents_and_switches_project(ui_server: ServerHandl
     expect(node(page, "network", "a-net")).to_be_visible()
     expect(node(page, "network", "b-net")).to_be_visible()
     expect(node(page, "network", "a-net")).to_contain_text(f"VNI {vni}")
+    expect(node(page, "network", "a-net")).to_contain_text("project tenant-a")  # all projects: labelled
+    expect(node(page, "network", "b-net")).to_contain_text("project tenant-b")
     expect(node(page, "port", "vm-a")).to_contain_text("@ compute-1")
 
     page.get_by_label("Project to show").select_option(label="tenant-b")
     expect(node(page, "network", "a-net")).to_have_count(0)
+    expect(node(page, "network", "b-net")).not_to_contain_text("project tenant-b")  # one project: no label
     expect(node(page, "network", "b-net")).to_be_visible()
     page.get_by_label("Project to show").select_option(label="tenant-a")
     expect(node(page, "network", "b-net")).to_have_count(0)
@@ -385,6 +388,7 @@ def test_rich_topology_is_drawn_completely(ui_server: ServerHandle, new_page: Ca
     login(admin_page, ui_server.url, "admin")
     expect(node(admin_page, "port", "db-1")).to_contain_text("@ compute-2")
     expect(admin_page.locator('#hosts-table tr[data-host="compute-1"] td').nth(3)).to_have_text("2")
+    shoot(admin_page, out_dir, "admin-rich")
 
 
 def test_router_gateway_and_interfaces_managed_from_the_page(ui_server: ServerHandle,

@@ -204,7 +204,8 @@
   function draw() {
     const focus = focusKey();
     const graph = $("#graph");
-    const model = VxTopology.buildModel(S.data, { projectId: S.view || null });
+    const names = isAdmin() && !S.view ? Object.fromEntries(S.projects.map(p => [p.id, p.name])) : null;
+    const model = VxTopology.buildModel(S.data, { projectId: S.view || null, projectNames: names });
     const width = graph.clientWidth || 800;
     VxTopology.render(graph, VxTopology.layout(model, width), select, S.selected && S.selected.id);
     graph.dataset.ready = "true";
@@ -403,7 +404,7 @@
       return h("tr", { "data-host": e.name },
         h("th", { scope: "row" }, e.name),
         h("td", {}, e.agents.map(a => a.agent_type || a.binary).join(", ") || "none"),
-        h("td", { class: alive === null ? "muted" : alive ? "ok-t" : "bad-t" }, alive === null ? "unknown" : alive ? "alive" : "DOWN"),
+        h("td", { class: alive === null ? "muted" : alive ? "ok-t" : "bad-t" }, alive === null ? "no agent" : alive ? "alive" : "DOWN"),
         h("td", { "data-age": age === null ? "" : age.toFixed(1) }, age === null ? "–" : fmtAge(age)),
         h("td", {}, String(e.ports)),
         h("td", {}, [...e.vnis].sort((a, b) => a - b).join(", ") || "–"));

@@ -4,6 +4,8 @@
  * - `VxTopology.buildModel(data, opts)` is pure: REST collections in (networks, subnets, ports,
  *   routers, floatingips), the picture's model out: external networks, router groups (a router
  *   with the internal networks it is connected to), and networks no router reaches.
+ *   opts.projectId: show only that project (null: all); opts.projectNames: id -> name, to label
+ *   each network with its project (the admin's all-projects view).
  * - `VxTopology.layout(model, width)` is pure: positions for every box and line, fitted to the
  *   width (cards wrap into as many columns as fit; at least one).
  * - `VxTopology.render(container, layout, onSelect)` replaces the container's SVG. Every object
@@ -66,6 +68,7 @@
     const networks = internal.map(n => ({
       id: n.id, name: n.name || n.id.slice(0, 8), status: n.status, shared: !!n.shared,
       vni: n["provider:segmentation_id"], projectId: n.project_id,
+      project: opts && opts.projectNames ? (opts.projectNames[n.project_id] || n.project_id) : null,
       subnets: subnetsOf(n.id).map(s => ({ id: s.id, name: s.name, cidr: s.cidr, gateway: s.gateway_ip })),
       ports: ports.filter(p => p.network_id === n.id && VM_OWNER.test(p.device_owner || "") && (mine(p) || mine(n)))
         .sort(byName).map(p => ({
@@ -113,7 +116,7 @@
   }
 
   function cardHeight(n) {
-    const extra = n.links.length > 1 ? n.links.length - 1 : 0;
+    const extra = (n.links.length > 1 ? n.links.length - 1 : 0) + (n.project ? 1 : 0);
     return HEAD_H + 6 + (n.subnets.length || 1) * LINE_H + extra * LINE_H + 6
       + (n.ports.length ? n.ports.length * PORT_H : LINE_H) + 8;
   }
@@ -289,6 +292,10 @@
     for (const s of n.subnets) {
       const sg = el("g", { class: "subnet", "data-kind": "subnet", "data-id": s.id, "data-cidr": s.cidr }, g);
       text(sg, it.x + 10, y + 13, clip(`${s.cidr}${s.gateway ? "  gw " + s.gateway : ""}${s.name ? "  · " + s.name : ""}`, it.w - 20, 6.7), "subnet-t");
+      y += LINE_H;
+    }
+    if (n.project) {
+      text(g, it.x + 10, y + 13, clip(`project ${n.project}`, it.w - 20, 6.7), "muted-t project-t");
       y += LINE_H;
     }
     for (const l of n.links.slice(1)) {
