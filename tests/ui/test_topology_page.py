@@ -549,3 +549,33 @@ def test_layout_boxes_never_overlap_and_fit_the_width(ui_server: ServerHandle, n
             assert result["drawnNetworks"] == result["networks"]  # every network drawn exactly once
             checked += 1
     assert checked == 25 * 7
+
+
+def test_operator_sees_port_status_and_agent_death_live(ui_server: ServerHandle,
+                                                        new_page: Callable[..., Page]) -> None:
+    """An agent reports a port ACTIVE, then dies (its lease is revoked): both show without reload."""
+    import json
+
+    adm = ui_server.api("admin")
+    assert adm.post("/vxnet/hosts/compute-9/register", json={"underlay_ip": "192.0.2.19"}).status_code == 200
+    net = ui_server.api("alice").post("/networks", json={"network": {"name": "n"}}).json()["network"]
+    ui_server.api("alice").post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.13.0.0/24",
+                                                             "ip_version": 4}})
+    port = adm.post("/ports", json={"port": {"network_id": net["id"], "name": "vm-9", "device_owner": "compute:nova",
+                                             "binding:host_id": "compute-9", "project_id": net["project_id"]}})
+    assert port.status_code == 201, port.text
+    page = new_page()
+    login(page, ui_server.url, "admin")
+    expect(node(page, "port", "vm-9")).to_contain_text("DOWN")
+    row = page.locator('#hosts-table tr[data-host="compute-9"]')
+    expect(row).to_contain_text("alive")
+
+    r = adm.post("/vxnet/hosts/compute-9/ports-status", json={"ACTIVE": [port.json()["port"]["id"]]})
+    assert r.status_code == 200 and r.json()["updated"] == [port.json()["port"]["id"]]
+    expect(node(page, "port", "vm-9")).to_contain_text("ACTIVE", timeout=1000)
+
+    live = ui_server.store.get("/vxnet/agents/compute-9")
+    assert live is not None
+    ui_server.store.revoke_lease(json.loads(live.value)["lease"])
+    expect(row.locator("td").nth(1)).to_have_text("DOWN", timeout=3000)
+    expect(node(page, "port", "vm-9")).to_contain_text("DOWN", timeout=3000)  # the server marks its ports DOWN
