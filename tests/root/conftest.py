@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from vxnet.lab import topology
@@ -71,9 +72,7 @@ class Lab:
         self.url = state["url"]
         self._tokens: dict[str, str] = {}
 
-    def api(self, user: str = "admin") -> "httpx.Client":
-        import httpx
-
+    def api(self, user: str = "admin") -> httpx.Client:
         from tests.conftest import get_token
 
         if user not in self._tokens:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ from vxnet.lab import topology
 
 
 def nsexec(ns: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def ping(vm: str, ip: str, count: int = 2, interval: float = 0.2, wait: float = 1) -> int:
@@ -44,7 +45,7 @@ def capture(ns: str = topology.UNDERLAY_NS, dev: str = topology.UNDERLAY_BR) -> 
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(5)
-        r = subprocess.run(["tcpdump", "-r", path, "-n", "-e", "-v"], capture_output=True, text=True)
+        r = subprocess.run(["tcpdump", "-r", path, "-n", "-e", "-v"], capture_output=True, text=True, check=False)
         for line in r.stdout.splitlines():     # one entry per frame, continuation lines joined
             if lines and not re.match(r"\d\d:\d\d:\d\d\.", line):
                 lines[-1] += " " + line.strip()
@@ -65,10 +66,10 @@ def ping_result(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, 
     out, _ = proc.communicate(timeout=timeout)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
-    stamps = [float(x) for x in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+    stamps = [float(x) for x in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.MULTILINE)]
     return int(m.group(1)), int(m.group(2)), stamps
 
 
 def max_gap(stamps: list[float]) -> float:
     """Longest time between two consecutive replies (seconds)."""
-    return max((b - a for a, b in zip(stamps, stamps[1:])), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)

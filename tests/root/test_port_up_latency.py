@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 import select
 import signal
-import subprocess
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -24,7 +24,7 @@ N = 30
 
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def _first_reply(proc: subprocess.Popen[str], deadline: float) -> float | None:

@@ -141,7 +141,7 @@ class Agent:
         desired = compute_l2(view.data, self.cfg.host, self.cfg.underlay_ip)
         try:
             result = self.reconciler.reconcile(desired)
-        except Exception:
+        except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
             log.exception("reconcile failed (host=%s)", self.cfg.host)
             self.reconciler.invalidate()
@@ -166,7 +166,7 @@ class Agent:
             metrics.DESIRED_OBJECTS.labels(kind).set(n)
         metrics.RECONCILES.labels(str(result.full_read).lower()).inc()
         metrics.RECONCILE_SECONDS.observe(result.seconds)
-        for kind, d in dataclasses.asdict(result.diff).items():
+        for kind in dataclasses.asdict(result.diff):
             for op in ("create", "update", "delete"):
                 n = len(getattr(getattr(result.diff, kind), op))
                 if n:
@@ -196,7 +196,7 @@ class Agent:
             return False
         try:
             self.control.report_status(sorted(active), sorted(down))
-        except Exception as e:  # server unreachable: keep forwarding, retry later
+        except Exception as e:  # noqa: BLE001 - server unreachable/refusing: keep forwarding, retry later
             metrics.ERRORS.labels("report_status").inc()
             log.warning("host=%s status report failed (%s); will retry", self.cfg.host, e)
             return True
@@ -241,7 +241,7 @@ class Agent:
                     metrics.STREAM_CONNECTED.set(1)
                     backoff = 0.1
                     self.on_message(msg)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - whatever broke the stream, reconnect
                 metrics.ERRORS.labels("stream").inc()
                 log.warning("host=%s view stream lost: %s", self.cfg.host, e)
             metrics.STREAM_CONNECTED.set(0)
@@ -260,7 +260,7 @@ class Agent:
                 elif not self.control.heartbeat():
                     registered = False
                     continue
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - keep heartbeating whatever the failure
                 metrics.ERRORS.labels("heartbeat").inc()
                 log.warning("host=%s heartbeat failed: %s", self.cfg.host, e)
                 registered = False

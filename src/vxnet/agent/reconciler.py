@@ -69,7 +69,7 @@ class Reconciler:
     def reconcile(self, desired: HostState) -> ReconcileResult:
         """Converge the kernel to `desired` (see module contract)."""
         t0 = time.perf_counter()
-        links = read_links(self.ipr)
+        links = read_links(self.rtnl)
         present = links.tap_names
         wanted_taps = {p.tap for p in desired.plugs}
         want_plugs = frozenset(p for p in desired.plugs if p.tap in present)
@@ -89,14 +89,14 @@ class Reconciler:
         full_read = self._entries is None
         plugged_before = frozenset(p.tap for p in have_plugs if naming.is_bridge(p.bridge))
         if self._entries is None:
-            index = read_links(self.ipr).index if not (d_br.empty and d_vx.empty) else links.index
+            index = read_links(self.rtnl).index if not (d_br.empty and d_vx.empty) else links.index
             self._entries = (read_fdb(self.rtnl, index, plugged_before), read_neighs(self.rtnl, index))
         have_fdb, have_neigh = self._entries
         plugged = frozenset(p.tap for p in want_plugs)
         want_fdb = frozenset(e for e in desired.fdb if not naming.is_tap(e.dev) or e.dev in plugged)
         d_fdb = diff(want_fdb, have_fdb)
         d_nb = diff(desired.neighs, have_neigh)
-        on_tap = lambda e: naming.is_tap(e.dev)  # noqa: E731
+        on_tap = lambda e: naming.is_tap(e.dev)
         failed_entries = apply_entries(self.rtnl, d_fdb.without(on_tap), d_nb, drv.index)
         drv.apply_plugs(d_pl)
         failed_entries += apply_entries(self.rtnl, d_fdb.without(lambda e: not on_tap(e)), Diff(), drv.index)

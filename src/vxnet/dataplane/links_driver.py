@@ -1,7 +1,7 @@
 """Links: bridges and VXLAN devices the agent owns, and VM devices it plugs into them.
 
 Contract:
-- `read_links` reads every link once and returns the owned bridges / VXLAN devices and every
+- `read_links` reads every link once (raw netlink dump) and returns the owned bridges / VXLAN devices and every
   `tap*` device as `compute.state` entries (a tap's `bridge` is the name of its master, or "").
 - `LinksDriver.apply_*` take a `Diff` of those entries and converge the kernel: create and
   update in dependency order (bridges, then VXLAN devices, then plugs), delete in reverse.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -25,6 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vxnet.compute import naming
 from vxnet.compute.diff import Diff
 from vxnet.compute.state import Bridge, Plug, Vxlan
+from vxnet.dataplane.rtnl import RtnlSocket, dump_links
 
 log = logging.getLogger("vxnet.dataplane.links")
 
@@ -46,37 +46,25 @@ class LinkSnapshot:
         return frozenset(p.tap for p in self.taps)
 
 
-def _data(info: Any, key: str) -> dict[str, Any]:
-    d = info.get(key) if info else None
-    if not d:
-        return {}
-    return {k: v for k, v in d["attrs"]}
-
-
-def read_links(ipr: IPRoute) -> LinkSnapshot:
-    """One link dump, parsed into owned bridges, owned VXLAN devices and taps."""
-    raw = list(ipr.get_links())
-    names = {link["index"]: link.get("ifname") for link in raw}
+def read_links(sock: RtnlSocket) -> LinkSnapshot:
+    """One link dump (raw netlink: pyroute2 takes ~1 ms per link to parse, this ~25 us),
+    parsed into owned bridges, owned VXLAN devices and taps."""
+    raw = dump_links(sock)
+    names = {link.index: link.ifname for link in raw}
     bridges, vxlans, taps = set(), set(), set()
     index: dict[str, int] = {}
     for link in raw:
-        name = link.get("ifname") or ""
-        index[name] = link["index"]
-        up = bool(link["flags"] & IFF_UP)
-        mtu = int(link.get("IFLA_MTU") or 0)
-        master = names.get(link.get("IFLA_MASTER") or 0, "") or ""
-        info = link.get("IFLA_LINKINFO")
+        name = link.ifname
+        index[name] = link.index
+        up = bool(link.flags & IFF_UP)
+        master = names.get(link.master, "") if link.master else ""
         if naming.is_bridge(name):
-            bridges.add(Bridge(name, (link.get("IFLA_ADDRESS") or "").lower(), mtu, up))
+            bridges.add(Bridge(name, link.address, link.mtu, up))
         elif naming.is_vxlan(name):
-            d = _data(info, "IFLA_INFO_DATA")
-            port = _data(info, "IFLA_INFO_SLAVE_DATA")
-            vxlans.add(Vxlan(
-                name, int(d.get("IFLA_VXLAN_ID", 0)), str(d.get("IFLA_VXLAN_LOCAL", "")), master, mtu,
-                int(d.get("IFLA_VXLAN_PORT", 0)), bool(d.get("IFLA_VXLAN_LEARNING", 1)),
-                bool(port.get("IFLA_BRPORT_LEARNING", 1)), bool(port.get("IFLA_BRPORT_NEIGH_SUPPRESS", 0)), up))
+            vxlans.add(Vxlan(name, link.vxlan_id, link.vxlan_local, master, link.mtu, link.vxlan_port,
+                             link.vxlan_learning, link.port_learning, link.port_neigh_suppress, up))
         elif naming.is_tap(name):
-            taps.add(Plug(name, master, mtu, up))
+            taps.add(Plug(name, master, link.mtu, up))
     return LinkSnapshot(frozenset(bridges), frozenset(vxlans), frozenset(taps), index)
 
 

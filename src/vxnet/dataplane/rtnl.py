@@ -280,3 +280,100 @@ def _ifname(payload: bytes) -> str | None:
             return payload[off + _ATTR.size: off + alen].split(b"\0", 1)[0].decode(errors="replace")
         off += (alen + 3) & ~3
     return None
+
+
+RTM_GETLINK = 18
+IFLA_ADDRESS = 1
+IFLA_MTU = 4
+IFLA_MASTER = 10
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+IFLA_INFO_SLAVE_DATA = 5
+IFLA_VXLAN_ID = 1
+IFLA_VXLAN_LOCAL = 4
+IFLA_VXLAN_LEARNING = 7
+IFLA_VXLAN_PORT = 15
+IFLA_BRPORT_LEARNING = 8
+IFLA_BRPORT_NEIGH_SUPPRESS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkRecord:
+    """The attributes of a link the agent compares (see links_driver.read_links)."""
+
+    index: int
+    ifname: str
+    flags: int
+    mtu: int
+    address: str
+    master: int
+    kind: str
+    vxlan_id: int = 0
+    vxlan_local: str = ""
+    vxlan_port: int = 0
+    vxlan_learning: bool = True
+    port_learning: bool = True
+    port_neigh_suppress: bool = False
+
+
+def _attrs(buf: bytes, off: int = 0) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    while off + _ATTR.size <= len(buf):
+        alen, akind = _ATTR.unpack_from(buf, off)
+        if alen < _ATTR.size:
+            break
+        out[akind & 0x3FFF] = buf[off + _ATTR.size: off + alen]
+        off += (alen + 3) & ~3
+    return out
+
+
+def _parse_link(payload: bytes) -> LinkRecord:
+    _family, _type, index, flags, _change = _IFI.unpack_from(payload, 0)
+    a = _attrs(payload, _IFI.size)
+    name = a.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
+    mtu = struct.unpack("=I", a[IFLA_MTU])[0] if len(a.get(IFLA_MTU, b"")) == 4 else 0
+    master = struct.unpack("=I", a[IFLA_MASTER])[0] if len(a.get(IFLA_MASTER, b"")) == 4 else 0
+    mac = ":".join(f"{b:02x}" for b in a.get(IFLA_ADDRESS, b""))
+    kind, extra = "", {}
+    info = _attrs(a.get(IFLA_LINKINFO, b""))
+    if info:
+        kind = info.get(IFLA_INFO_KIND, b"").split(b"\0", 1)[0].decode()
+        if kind == "vxlan":
+            d = _attrs(info.get(IFLA_INFO_DATA, b""))
+            if len(d.get(IFLA_VXLAN_ID, b"")) == 4:
+                extra["vxlan_id"] = struct.unpack("=I", d[IFLA_VXLAN_ID])[0]
+            if len(d.get(IFLA_VXLAN_LOCAL, b"")) == 4:
+                extra["vxlan_local"] = str(ipaddress.IPv4Address(d[IFLA_VXLAN_LOCAL]))
+            if len(d.get(IFLA_VXLAN_PORT, b"")) == 2:
+                extra["vxlan_port"] = struct.unpack("!H", d[IFLA_VXLAN_PORT])[0]
+            if d.get(IFLA_VXLAN_LEARNING):
+                extra["vxlan_learning"] = bool(d[IFLA_VXLAN_LEARNING][0])
+        sd = _attrs(info.get(IFLA_INFO_SLAVE_DATA, b""))
+        if sd.get(IFLA_BRPORT_LEARNING):
+            extra["port_learning"] = bool(sd[IFLA_BRPORT_LEARNING][0])
+        if sd.get(IFLA_BRPORT_NEIGH_SUPPRESS):
+            extra["port_neigh_suppress"] = bool(sd[IFLA_BRPORT_NEIGH_SUPPRESS][0])
+    return LinkRecord(index, name, flags, mtu, mac, master, kind, **extra)
+
+
+def dump_links(sock: RtnlSocket) -> list[LinkRecord]:
+    """Every link of the namespace (one RTM_GETLINK dump, parsed minimally)."""
+    with sock._lock:
+        sock._seq += 1
+        seq = sock._seq
+        body = _IFI.pack(0, 0, 0, 0, 0)
+        sock._sock.sendto(_HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body,
+                          (0, 0))
+        out: list[LinkRecord] = []
+        while True:
+            for mtype, mseq, payload in sock._recv():
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_DONE:
+                    return out
+                if mtype == NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", payload, 0)
+                    raise OSError(-code, "link dump failed")
+                if mtype == RTM_NEWLINK:
+                    out.append(_parse_link(payload))

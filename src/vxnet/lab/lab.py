@@ -42,7 +42,7 @@ def load_state() -> dict[str, Any]:
         with open(_state_path()) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise LabError("no lab is running (no state in %s)" % state_dir()) from None
+        raise LabError(f"no lab is running (no state in {state_dir()})") from None
 
 
 def save_state(st: dict[str, Any]) -> None:
@@ -58,10 +58,9 @@ def _python_cmd(*args: str) -> list[str]:
 
 
 def _spawn(cmd: list[str], log_name: str) -> int:
-    logf = open(os.path.join(state_dir(), log_name), "ab")
-    p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
-    logf.close()
+    with open(os.path.join(state_dir(), log_name), "ab") as logf:
+        p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
     return p.pid
 
 

@@ -49,7 +49,7 @@ def vm_ns(name: str) -> str:
 
 def sh(cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run one command; raise with its stderr on failure."""
-    r = subprocess.run(list(cmd), capture_output=True, text=True)
+    r = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
     return r
@@ -58,7 +58,7 @@ def sh(cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[st
 def ip_batch(lines: Sequence[str], netns: str | None = None) -> None:
     """Many `ip` commands in one process."""
     cmd = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
-    r = subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True)
+    r = subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"ip -batch failed: {r.stderr.strip()}")
 
