@@ -2,6 +2,7 @@
 
 - nothing in the kernel is touched before the first complete view (a stale owned bridge survives);
 - after the snapshot, owned leftovers are removed and foreign objects are left alone;
+- hand-made drift (deleted FDB / neighbour entries) is repaired at once;
 - a tap that appears later is plugged at once (netlink event, not the resync timer), and the
   port is reported ACTIVE only when the kernel really has it plugged; a vanished tap -> DOWN.
 """
@@ -105,6 +106,14 @@ def test_agent_loop_adopts_plugs_on_events_and_reports_after_apply(underlay3: li
         print(f"\ntap appeared -> plugged and reported ACTIVE in {(when - t0) * 1e3:.1f} ms "
               f"(includes creating the VM namespace)")
         assert when - t0 < 2.0
+
+        # Drift: a remote FDB entry and the bridge's neighbour entry deleted by hand come back
+        # (the deletion events invalidate the agent's cache; no waiting for the resync timer).
+        vx = naming.vxlan_name(NET)
+        nsexec(ns, "bridge", "fdb", "del", remote["mac_address"], "dev", vx, "self")
+        nsexec(ns, "ip", "neigh", "del", "192.0.2.72", "dev", naming.bridge_name(NET))
+        assert _wait(lambda: "dst 198.51.100.2" in nsexec(ns, "bridge", "fdb", "show", "dev", vx).stdout
+                     and "192.0.2.72" in nsexec(ns, "ip", "neigh", "show", "dev", naming.bridge_name(NET)).stdout)
 
         # The server records ACTIVE (the view's port changes); the tap vanishes -> DOWN.
         ctl.reported.clear()

@@ -271,7 +271,7 @@ class Agent:
     # ------------------------------------------------------------------ kernel events
     def _monitor_loop(self) -> None:
         from vxnet.compute import naming
-        from vxnet.dataplane.rtnl import RTM_DELLINK, RTM_DELNEIGH, RTM_NEWLINK, RtnlMonitor
+        from vxnet.dataplane.rtnl import AF_BRIDGE, RTM_DELLINK, RTM_DELNEIGH, RTM_NEWLINK, RtnlMonitor
 
         while not self._stop.is_set():
             mon = None
@@ -283,7 +283,9 @@ class Agent:
                             name = ev.ifname or ""
                             if naming.is_tap(name) or naming.is_owned(name):
                                 self.kernel_changed(invalidate=ev.type == RTM_DELLINK)
-                        elif ev.type == RTM_DELNEIGH and ev.state & 0xC0:   # PERMANENT or NOARP: ours
+                        elif ev.type == RTM_DELNEIGH and (
+                                (ev.family == AF_BRIDGE and ev.state & 0xC0)     # static FDB entry
+                                or ev.ifindex in self.reconciler.owned_ifindexes):  # on our bridge
                             self.kernel_changed(invalidate=True)
             except OSError as e:
                 # Typically ENOBUFS after a burst of changes: events were lost, so whatever they

@@ -57,6 +57,7 @@ class Reconciler:
         self.ipr = IPRoute(netns=netns) if netns else IPRoute()
         self.rtnl = RtnlSocket(netns)
         self._entries: tuple[frozenset[Fdb], frozenset[Neigh]] | None = None
+        self.owned_ifindexes: frozenset[int] = frozenset()   # read by the event monitor thread
 
     def close(self) -> None:
         self.ipr.close()
@@ -83,6 +84,7 @@ class Reconciler:
         # can miss the suppression table and the VM retries only a second later.
         drv = LinksDriver(self.ipr, self.underlay_ip, links.index)
         drv.apply_up(d_br, d_vx)
+        self.owned_ifindexes = frozenset(i for n, i in drv.index.items() if naming.is_owned(n))
         if not (d_br.empty and d_vx.empty) or d_pl.delete:
             self.invalidate()       # entries went with deleted/recreated links
 

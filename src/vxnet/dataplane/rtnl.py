@@ -229,7 +229,9 @@ class KernelEvent:
 
     type: int                 # RTM_NEWLINK / RTM_DELLINK / RTM_NEWNEIGH / RTM_DELNEIGH
     ifname: str | None = None  # links
-    state: int = 0             # neighbours
+    state: int = 0             # neighbours (a deleted IPv4 neighbour is reported FAILED)
+    family: int = 0            # neighbours: AF_INET or AF_BRIDGE (FDB)
+    ifindex: int = 0           # neighbours
 
 
 class RtnlMonitor:
@@ -265,7 +267,8 @@ class RtnlMonitor:
             if mtype in (RTM_NEWLINK, RTM_DELLINK):
                 out.append(KernelEvent(mtype, ifname=_ifname(payload)))
             elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and len(payload) >= _ND.size:
-                out.append(KernelEvent(mtype, state=_ND.unpack_from(payload, 0)[4]))
+                family, _, _, ifindex, state, _, _ = _ND.unpack_from(payload, 0)
+                out.append(KernelEvent(mtype, state=state, family=family, ifindex=ifindex))
             off += (length + 3) & ~3
         return out
 
