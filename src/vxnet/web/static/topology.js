@@ -52,7 +52,15 @@
     const hasGw = r => (r.external_gateway_info && r.external_gateway_info.network_id ? 0 : 1);
     const routersAll = (data.routers || []).filter(mine).slice().sort((a, b) => hasGw(a) - hasGw(b) || byName(a, b));
     const fips = (data.floatingips || []).filter(mine);
-    const subnetsOf = id => subnets.filter(s => s.network_id === id)
+    const group = (list, key) => {
+      const out = new Map();
+      for (const o of list) { const k = o[key]; if (!out.has(k)) out.set(k, []); out.get(k).push(o); }
+      return out;
+    };
+    const subnetsByNet = group(subnets, "network_id");
+    const portsByNet = group(ports, "network_id");
+    const portsByDevice = group(ports, "device_id");
+    const subnetsOf = id => (subnetsByNet.get(id) || []).slice()
       .sort((a, b) => (a.cidr || "").localeCompare(b.cidr || ""));
     const fipByPort = {};
     for (const f of fips) if (f.port_id) (fipByPort[f.port_id] = fipByPort[f.port_id] || []).push(f.floating_ip_address);
@@ -70,7 +78,7 @@
       vni: n["provider:segmentation_id"], projectId: n.project_id,
       project: opts && opts.projectNames ? (opts.projectNames[n.project_id] || n.project_id) : null,
       subnets: subnetsOf(n.id).map(s => ({ id: s.id, name: s.name, cidr: s.cidr, gateway: s.gateway_ip })),
-      ports: ports.filter(p => p.network_id === n.id && VM_OWNER.test(p.device_owner || "") && (mine(p) || mine(n)))
+      ports: (portsByNet.get(n.id) || []).filter(p => VM_OWNER.test(p.device_owner || "") && (mine(p) || mine(n)))
         .sort(byName).map(p => ({
           id: p.id, name: p.name || (p.device_id ? "vm " + p.device_id.slice(0, 8) : "port " + p.id.slice(0, 8)),
           status: p.status || "DOWN", ips: ips(p), host: p["binding:host_id"] || "",
@@ -82,7 +90,7 @@
 
     const routers = routersAll.map(r => {
       const gw = r.external_gateway_info || null;
-      const ifaces = ports.filter(p => p.device_id === r.id && ROUTER_IF.test(p.device_owner || ""))
+      const ifaces = (portsByDevice.get(r.id) || []).filter(p => ROUTER_IF.test(p.device_owner || ""))
         .map(p => ({ portId: p.id, networkId: p.network_id, ips: ips(p),
                      subnetIds: (p.fixed_ips || []).map(f => f.subnet_id) }));
       return {
