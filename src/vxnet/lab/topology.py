@@ -154,8 +154,29 @@ def lab_namespaces() -> list[str]:
     return [line.split()[0] for line in r.stdout.splitlines() if line.split() and line.split()[0].startswith("vxl-")]
 
 
+def _kill_inside(namespaces: list[str]) -> None:
+    """Stop processes still running inside lab namespaces (agents, pings, captures the lab or its
+    tests started); without this, deleting a namespace leaves them running in a detached one."""
+    import os
+    import signal
+    import time
+
+    pids = [int(p) for ns in namespaces for p in sh(["ip", "netns", "pids", ns], check=False).stdout.split()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 2
+        while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.02)
+
+
 def teardown() -> None:
-    """Remove every lab namespace and the root management link; safe to run any number of times."""
+    """Remove every lab namespace (and what still runs in it) and the root management link;
+    safe to run any number of times."""
+    _kill_inside(lab_namespaces())
     for ns in lab_namespaces():
         if ns.startswith("vxl-v-"):
             sh(["ip", "netns", "del", ns], check=False)
