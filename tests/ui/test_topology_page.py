@@ -579,3 +579,13 @@ def test_operator_sees_port_status_and_agent_death_live(ui_server: ServerHandle,
     ui_server.store.revoke_lease(json.loads(live.value)["lease"])
     expect(row.locator("td").nth(1)).to_have_text("DOWN", timeout=3000)
     expect(node(page, "port", "vm-9")).to_contain_text("DOWN", timeout=3000)  # the server marks its ports DOWN
+
+
+def test_reader_sees_the_topology_with_forms_disabled(ui_server: ServerHandle, new_page: Callable[..., Page]) -> None:
+    ui_server.api("alice").post("/networks", json={"network": {"name": "shown"}})
+    page = new_page()
+    login(page, ui_server.url, "alice_reader")
+    expect(node(page, "network", "shown")).to_be_visible()
+    expect(page.locator("#readonly-note")).to_be_visible()
+    expect(page.get_by_role("button", name="Create network")).to_be_disabled()
+    expect(page.locator("#net-name")).to_be_disabled()

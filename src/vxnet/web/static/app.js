@@ -84,6 +84,9 @@
     $("#app-view").hidden = false;
     $("#who").textContent = `${S.auth.user} @ ${S.auth.projectName}` + (isAdmin() ? " (admin)" : "");
     S.view = isAdmin() ? "" : S.auth.projectId;
+    const readOnly = !isAdmin() && S.auth.roles.every(r => r === "reader");
+    for (const f of document.querySelectorAll("form[data-action] :is(input, select, button)")) f.disabled = readOnly;
+    $("#readonly-note").hidden = !readOnly;
     $("#admin-pane").hidden = !isAdmin();
     $("#project-pick").hidden = !isAdmin();
     if (isAdmin()) await loadProjects();
