@@ -225,6 +225,7 @@ def test_add_remove_interface_by_subnet(shared_server):
     port = ok(alice.get(f"/ports/{info['port_id']}"))["port"]
     assert port["device_owner"] == "network:router_interface" and port["device_id"] == r["id"]
     assert port["fixed_ips"] == [{"subnet_id": sub["id"], "ip_address": sub["gateway_ip"]}]
+    assert port["status"] == "ACTIVE"  # tempest waits for it (distributed: no host reports it)
     assert [p["id"] for p in ports_of(alice, device_id=r["id"])] == [info["port_id"]]  # CLI's interfaces_info
     assert ok(alice.get(f"/routers/{r['id']}"))["router"]["revision_number"] == 1
     err(alice.put(f"/routers/{r['id']}/add_router_interface", json={"subnet_id": sub["id"]}), 400, "BadRequest",
@@ -289,6 +290,7 @@ def test_add_remove_interface_by_port(shared_server):
     assert info["port_id"] == port["id"] and info["subnet_ids"] == [sub["id"]]
     got = ok(alice.get(f"/ports/{port['id']}"))["port"]
     assert got["device_owner"] == "network:router_interface" and got["device_id"] == r["id"]
+    assert got["status"] == "ACTIVE" and got["revision_number"] == port["revision_number"] + 1
     r2 = make_router(alice)
     err(alice.put(f"/routers/{r2['id']}/add_router_interface", json={"port_id": port["id"]}), 409, "PortInUse",
         f"Unable to complete operation on port {port['id']} for network {net['id']}. "
@@ -491,6 +493,8 @@ def test_concurrent_overlapping_interfaces_exactly_one_wins(servers):
     subs = [tenant_net(alice, "100.64.201.0/24")[1] for _ in range(8)]
     r = make_router(alice)
     clients = [servers[i % 4].api("alice") for i in range(8)]
+    for c in clients[:4]:  # FastAPI builds a route's state on first use; not thread-safe across apps
+        err(c.put(f"/routers/{r['id']}/add_router_interface", json={}), 400, "BadRequest")
     barrier = threading.Barrier(8)
 
     def add(i: int) -> int:

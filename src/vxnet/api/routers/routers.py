@@ -9,7 +9,10 @@ Records and invariants:
   router (project = the router's project); the gateway is the port with `network:router_gateway`
   on an external network (project "" as in Neutron, so tenants do not see it). Every port is
   made and deleted through `services/ports.py`, in the same transaction as the router change.
-  Both start DOWN: only the agent that programs them may report them ACTIVE.
+  An interface is ACTIVE from the start, like the router itself: vxnet routers are
+  distributed, so an interface lives on every host that needs it and no single host could
+  report it up (tempest, without the `dvr` extension, waits for ACTIVE). The gateway port is
+  DOWN until the gateway host's agent (the router data-plane issue) reports it.
 - Every interface or gateway change rewrites the router record (revision_number + 1), so two
   concurrent changes of one router conflict in the store and one of them is rerun: the overlap
   and "already attached" checks cannot both pass on a stale view.
@@ -62,6 +65,7 @@ router = APIRouter(prefix="/v2.0", tags=["routers"])
 
 INTF_OWNER = "network:router_interface"
 GW_OWNER = "network:router_gateway"
+INTF_STATUS = "ACTIVE"  # see the module docstring
 MAX_ROUTES = 30  # Neutron's default `max_routes`
 ADMIN_ONLY = {"distributed", "ha"}
 GW_ADMIN_ONLY = {"enable_snat", "external_fixed_ips"}
@@ -651,7 +655,7 @@ def _add_by_subnet(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: li
         raise not_found("subnet", subnet_id)
     port = new_port_record(uow, network=net, project_id=rtr["project_id"],
                            fixed_ips=[{"subnet_id": subnet_id, "ip_address": subnet["gateway_ip"]}],
-                           device_owner=INTF_OWNER, device_id=rtr["id"])
+                           device_owner=INTF_OWNER, device_id=rtr["id"], status=INTF_STATUS)
     return port, [subnet_id]
 
 
@@ -680,7 +684,7 @@ def _add_by_port(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: list
                 raise bad_router(f"Cannot add interface to router because specified port {port_id} has an IP "
                                  f"address out of the allocation pool of subnet {sub['id']}, which is not owned "
                                  "by the project making the request")
-    touch(port, {"device_id": rtr["id"], "device_owner": INTF_OWNER})
+    touch(port, {"device_id": rtr["id"], "device_owner": INTF_OWNER, "status": INTF_STATUS})
     uow.put("ports", port)
     return port, [s["id"] for s in subnets]
 
