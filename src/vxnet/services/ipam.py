@@ -9,7 +9,11 @@ Invariants:
   different networks may reuse MACs).
 - Every allocation also writes `/vxnet/ipam-subnet/<subnet_id>`, which a subnet delete guards.
 - Releasing is deleting those keys in the transaction that deletes/changes the port.
-- Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409 IpAddressInUse.
+- Automatic addresses are the lowest free pool address this process knows of: the search
+  starts at a per-process low-water hint (advanced/lowered after commits) and rescans the pools
+  from their start before declaring exhaustion, so a stale hint never causes a false 409.
+- Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409
+  IpAddressAlreadyAllocated (tempest accepts it or IpAddressInUse).
 """
 
 from __future__ import annotations
