@@ -491,3 +491,30 @@ def test_deleting_a_port_disassociates_its_floating_ip(server) -> None:
     assert got["revision_number"] > fip["revision_number"]
     assert server.store.range("/vxnet/fip-assoc/")[0] == []  # the association claim went with it
     ipam_consistent(server)
+
+
+# --- the pure matching of a fixed_ips update ------------------------------------------------------
+
+
+@pytest.mark.parametrize("requested,kept,add,remove", [
+    # same address named: kept
+    ([{"ip_address": "10.0.0.5"}], ["10.0.0.5"], [], ["10.0.1.5"]),
+    # subnet only: reuses the port's address on that subnet
+    ([{"subnet_id": "s1"}], ["10.0.0.5"], [], ["10.0.1.5"]),
+    ([{"subnet_id": "s1"}, {"subnet_id": "s1"}], ["10.0.0.5"], [{"subnet_id": "s1"}], ["10.0.1.5"]),
+    # a new address on a subnet the port is on: added, the old one removed
+    ([{"subnet_id": "s1", "ip_address": "10.0.0.6"}, {"subnet_id": "s2"}], ["10.0.1.5"],
+     [{"subnet_id": "s1", "ip_address": "10.0.0.6"}], ["10.0.0.5"]),
+    # an address the port has, claimed for another subnet: not a match
+    ([{"subnet_id": "s2", "ip_address": "10.0.0.5"}], [], [{"subnet_id": "s2", "ip_address": "10.0.0.5"}],
+     ["10.0.0.5", "10.0.1.5"]),
+    ([], [], [], ["10.0.0.5", "10.0.1.5"]),
+])
+def test_changed_ips(requested: list[dict[str, str]], kept: list[str], add: list[dict[str, str]], remove: list[str]) -> None:
+    from vxnet.api.routers.ports import changed_ips
+
+    original = [{"subnet_id": "s1", "ip_address": "10.0.0.5"}, {"subnet_id": "s2", "ip_address": "10.0.1.5"}]
+    k, a, r = changed_ips(original, requested)
+    assert [ip["ip_address"] for ip in k] == kept
+    assert a == add
+    assert sorted(ip["ip_address"] for ip in r) == sorted(remove)

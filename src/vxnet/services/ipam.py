@@ -43,11 +43,6 @@ def mac_key(network_id: str, mac: str) -> str:
     return f"{ROOT}mac/{network_id}/{mac}"
 
 
-def used_ips(uow: UnitOfWork, subnet_id: str) -> set[str]:
-    kvs, _ = uow.repo.store.range(f"{ROOT}ipam/{subnet_id}/")
-    return {kv.key.rsplit("/", 1)[1] for kv in kvs}
-
-
 def in_pools(subnet: dict[str, Any], ip: str) -> bool:
     addr = ipaddress.ip_address(ip)
     return any(
