@@ -17,6 +17,7 @@ _ALIASES = {
     "ext-gw-mode": "Neutron L3 Configurable external gateway mode",
     "external-net": "Neutron external network",
     "extraroute": "Neutron Extra Route",
+    "extraroute-atomic": "Atomically add/remove extra routes",
     "fip-port-details": "Floating IP Port Details Extension",
     "net-mtu": "Network MTU",
     "pagination": "Pagination support",
