@@ -10,6 +10,8 @@ Threads (all daemons, all stopped by `stop()`):
   coalesces for `coalesce` seconds, computes the desired state from the whole view and
   converges the kernel. Level-triggered: every pass starts from the current view and kernel.
 - heartbeat: keeps the host registered (re-registers when the server forgot it).
+- reporter: sends port status changes queued by reconcile passes (latest truth wins), retrying
+  while no server answers; reconcile never waits on HTTP.
 
 Invariants:
 - Nothing is reconciled (so nothing deleted) before the first complete view (snapshot); a
@@ -69,7 +71,10 @@ class Agent:
         self._stop = threading.Event()
         self._invalidate = False
         self._applied_revision: int | None = None
-        self._reported: dict[str, tuple[str, Any]] = {}
+        self._status_lock = threading.Lock()
+        self._reported: dict[str, tuple[str, Any]] = {}     # port -> (status, port revision) sent
+        self._to_report: dict[str, tuple[str, Any]] = {}    # port -> (status, port revision) to send
+        self._report_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self.last_result: ReconcileResult | None = None
         self.passes = 0
@@ -103,7 +108,8 @@ class Agent:
     def start(self) -> None:
         """Run the agent in background threads."""
         for target, name in ((self._stream_loop, "stream"), (self._monitor_loop, "monitor"),
-                             (self._heartbeat_loop, "heartbeat"), (self._reconcile_loop, "reconcile")):
+                             (self._heartbeat_loop, "heartbeat"), (self._reporter_loop, "reporter"),
+                             (self._reconcile_loop, "reconcile")):
             t = threading.Thread(target=target, name=f"vxnet-agent-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -111,7 +117,7 @@ class Agent:
     def run(self) -> None:
         """Run until `stop()` (the reconcile loop in the calling thread)."""
         for target, name in ((self._stream_loop, "stream"), (self._monitor_loop, "monitor"),
-                             (self._heartbeat_loop, "heartbeat")):
+                             (self._heartbeat_loop, "heartbeat"), (self._reporter_loop, "reporter")):
             t = threading.Thread(target=target, name=f"vxnet-agent-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -120,6 +126,7 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._report_wake.set()
         for t in self._threads:
             if t is not threading.current_thread() and t.name.endswith("reconcile"):
                 t.join(5)
@@ -149,13 +156,13 @@ class Agent:
         self.passes += 1
         self.last_result = result
         self._record(view, desired, result)
-        pending = self._report(view, result)
+        self._report(view, result)
         if not result.failed:
             with self.applied:
                 self._applied_revision = view.revision
                 self.applied.notify_all()
             metrics.APPLIED_REVISION.set(view.revision)
-        if result.failed or pending:
+        if result.failed:
             self._retry_later()
         return result
 
@@ -180,34 +187,50 @@ class Agent:
                      {k: v for k, v in result.diff.counts().items() if v}, result.seconds * 1000,
                      f" failed={list(result.failed)}" if result.failed else "")
 
-    def _report(self, view: ViewState, result: ReconcileResult) -> bool:
-        """Send status changes; True if some could not be sent (retry later)."""
+    def _report(self, view: ViewState, result: ReconcileResult) -> None:
+        """Queue the status changes of this pass for the reporter thread (never blocks on HTTP:
+        a slow or unreachable server must not delay the next reconcile)."""
         ports = view.data.get("ports", {})
-        active, down = [], []
-        for pid, status, bucket in [(p, "ACTIVE", active) for p in result.active] + [(p, "DOWN", down) for p in result.down]:
-            obj = ports.get(pid) or {}
-            stamp = (status, obj.get("revision_number", obj.get("status")))
-            if obj.get("status") != status and self._reported.get(pid) != stamp:
-                bucket.append(pid)
-        for pid in list(self._reported):
-            if pid not in result.active and pid not in result.down:
-                del self._reported[pid]
-        if not active and not down:
-            return False
-        try:
-            self.control.report_status(sorted(active), sorted(down))
-        except Exception as e:  # noqa: BLE001 - server unreachable/refusing: keep forwarding, retry later
-            metrics.ERRORS.labels("report_status").inc()
-            log.warning("host=%s status report failed (%s); will retry", self.cfg.host, e)
-            return True
-        for pid in active:
-            obj = ports.get(pid) or {}
-            self._reported[pid] = ("ACTIVE", obj.get("revision_number", obj.get("status")))
-        for pid in down:
-            obj = ports.get(pid) or {}
-            self._reported[pid] = ("DOWN", obj.get("revision_number", obj.get("status")))
-        log.info("host=%s ports ACTIVE=%s DOWN=%s", self.cfg.host, active, down)
-        return False
+        want: dict[str, tuple[str, Any]] = {}
+        local = result.active | result.down
+        with self._status_lock:
+            for pid in local:
+                status = "ACTIVE" if pid in result.active else "DOWN"
+                obj = ports.get(pid) or {}
+                stamp = (status, obj.get("revision_number", obj.get("status")))
+                if obj.get("status") != status and self._reported.get(pid) != stamp:
+                    want[pid] = stamp
+            for pid in list(self._reported):
+                if pid not in local:
+                    del self._reported[pid]
+            self._to_report = want      # level-triggered: the latest truth replaces older wishes
+        if want:
+            self._report_wake.set()
+
+    def _reporter_loop(self) -> None:
+        while not self._stop.is_set():
+            self._report_wake.wait(1.0)
+            self._report_wake.clear()
+            with self._status_lock:
+                batch = dict(self._to_report)
+            if not batch or self._stop.is_set():
+                continue
+            active = sorted(p for p, (s, _) in batch.items() if s == "ACTIVE")
+            down = sorted(p for p, (s, _) in batch.items() if s == "DOWN")
+            try:
+                self.control.report_status(active, down)
+            except Exception as e:  # noqa: BLE001 - server unreachable/refusing: keep forwarding, retry
+                metrics.ERRORS.labels("report_status").inc()
+                log.warning("host=%s status report failed (%s); will retry", self.cfg.host, e)
+                self._stop.wait(self.cfg.retry_interval)
+                self._report_wake.set()
+                continue
+            with self._status_lock:
+                for pid, stamp in batch.items():
+                    self._reported[pid] = stamp
+                    if self._to_report.get(pid) == stamp:
+                        del self._to_report[pid]
+            log.info("host=%s ports ACTIVE=%s DOWN=%s", self.cfg.host, active, down)
 
     def _retry_later(self) -> None:
         t = threading.Timer(self.cfg.retry_interval, self._wake.set)

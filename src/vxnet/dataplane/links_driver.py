@@ -184,7 +184,11 @@ class LinksDriver:
             idx, br = self._idx(p.tap), self._idx(p.bridge)
             if idx is None or br is None:
                 raise NetlinkError(errno.ENODEV, f"{p.tap} or {p.bridge} missing")
-            self.ipr.link("set", index=idx, master=br, mtu=p.mtu, state="up" if p.up else "down")
+            # Two requests: the kernel applies a link's flags before its master, so "master + up"
+            # in one message brings the device up outside the bridge for a moment, and a frame
+            # the VM sends then (its first ARP) is lost.
+            self.ipr.link("set", index=idx, master=br, mtu=p.mtu)
+            self.ipr.link("set", index=idx, state="up" if p.up else "down")
         self._try(p, "update", go)
 
     def unplug(self, p: Plug) -> None:
