@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
 
 from tests.conftest import ServerHandle
@@ -37,3 +40,33 @@ def test_event_stream_needs_a_valid_token(ui_server: ServerHandle) -> None:
         assert r.status_code == 200
         first = next(r.iter_lines())
         assert first.startswith("retry:") or first.startswith("event: ready")
+
+
+def _changes_until(lines: Any, stop_id: str) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    kind = ""
+    for line in lines:
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: ") and kind == "change":
+            seen.extend(json.loads(line[6:])["changes"])
+            if any(c["id"] == stop_id and c["type"] == "delete" for c in seen):
+                return seen
+    raise AssertionError("stream ended")
+
+
+def test_shared_network_and_its_subnets_deleted_together_reach_other_tenants(ui_server: ServerHandle) -> None:
+    """Bob sees an admin's shared network and its subnet; deleting the network deletes the subnet
+    in the same transaction, and bob is told of both (the subnet judged with its deleted network)."""
+    adm = ui_server.api("admin")
+    net = adm.post("/networks", json={"network": {"name": "shared", "shared": True}}).json()["network"]
+    sub = adm.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.99.0.0/24",
+                                                "ip_version": 4}}).json()["subnet"]
+    assert [s["id"] for s in ui_server.api("bob").get("/subnets").json()["subnets"]] == [sub["id"]]
+    with httpx.stream("GET", ui_server.url + "/ui/events", params={"token": ui_server.token("bob")}, timeout=10) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("retry:")
+        assert adm.delete(f"/networks/{net['id']}").status_code == 204
+        seen = _changes_until(lines, net["id"])
+    assert {(c["collection"], c["id"], c["type"]) for c in seen} >= {
+        ("networks", net["id"], "delete"), ("subnets", sub["id"], "delete")}

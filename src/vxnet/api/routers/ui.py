@@ -227,6 +227,7 @@ class UiHub:
 
     def _apply(self, events: list[Event]) -> None:
         changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]] = []
+        gone: dict[str, dict[str, dict[str, Any]]] = {}  # deleted in this batch, still parents here
         rev = self.revision
         for ev in events:
             rev = max(rev, ev.kv.mod_revision)
@@ -237,17 +238,25 @@ class UiHub:
             before = self.snapshot.get(coll, {}).get(id_)
             if ev.type == EventType.DELETE:
                 self.snapshot.get(coll, {}).pop(id_, None)
+                if before is not None:
+                    gone.setdefault(coll, {})[id_] = before
                 after = None
             else:
                 after = self._remember(ev.kv.key, ev.kv.value)
             note = {"collection": coll, "id": id_, "type": ev.type.value}
             changes.append((note, before, after))
         self.revision = rev
-        if not changes:
+        if not changes or not self.subscribers:
             return
+        # An object deleted together with its parent (a network's subnets) is judged with the parent.
+        snap = self.snapshot
+        if gone:
+            snap = dict(self.snapshot)
+            for coll, objs in gone.items():
+                snap[coll] = {**self.snapshot.get(coll, {}), **objs}
         for sub in list(self.subscribers):
             mine = [note for note, before, after in changes
-                    if self._may_know(sub.ctx, note["collection"], before, after)]
+                    if self._may_know(sub.ctx, note["collection"], before, after, snap)]
             if not mine:
                 continue
             try:
@@ -258,13 +267,14 @@ class UiHub:
                     sub.queue.get_nowait()
                 sub.queue.put_nowait(None)
 
-    def _may_know(self, ctx: Context, coll: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> bool:
+    def _may_know(self, ctx: Context, coll: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
+                  snap: Snapshot) -> bool:
         rule = rule_for(self.rules, coll)
         for obj in (before, after):
             if obj is None:
                 continue
             try:
-                if rule(ctx, obj, self.snapshot):
+                if rule(ctx, obj, snap):
                     return True
             except (KeyError, TypeError, AttributeError):
                 continue  # an object a rule cannot judge is not shown

@@ -133,7 +133,7 @@
 
   function collectionsFor(stored) {
     const c = stored.replace(/_/g, "-");
-    if (c === "subnets") return ["subnets", "networks"];
+    if (c === "subnets" || c === "networks") return ["subnets", "networks"];
     if (c === "security-group-rules") return ["security-groups"];
     if (COLLECTIONS.includes(c) || c === "agents") return [c];
     return COLLECTIONS;
