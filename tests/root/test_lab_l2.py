@@ -91,3 +91,33 @@ def test_port_delete_removes_its_entries_everywhere(lab3: Lab) -> None:
     neigh = nsexec(topology.host_ns(1), "ip", "neigh", "show", "dev", naming.bridge_name(n["id"])).stdout
     assert "198.51.100.22" not in neigh
     assert ping("d1", "198.51.100.22", count=1, wait=0.5) == 0
+
+
+def test_network_delete_removes_its_devices_on_every_host(lab3: Lab) -> None:
+    import time
+
+    from vxnet.compute import naming
+
+    n, _ = lab3.network("alice", "203.0.113.0/24", "gone")
+    ports = [lab3.port("alice", n["id"], f"203.0.113.{31 + i}") for i in range(2)]
+    lab3.vm("g1", "h1", ports[0])
+    lab3.vm("g2", "h3", ports[1])
+    for p in ports:
+        lab3.wait_status(p["id"], "ACTIVE")
+    assert ping("g1", "203.0.113.32") == 2
+    with lab3.api("alice") as c:
+        for p in ports:
+            assert c.delete(f"/ports/{p['id']}").status_code == 204
+        assert c.delete(f"/networks/{n['id']}").status_code == 204
+    names = (naming.bridge_name(n["id"]), naming.vxlan_name(n["id"]))
+
+    def gone() -> bool:
+        return all(not any(x in nsexec(topology.host_ns(h), "ip", "-o", "link").stdout for x in names)
+                   for h in (1, 2, 3))
+    deadline = time.time() + 5
+    while time.time() < deadline and not gone():
+        time.sleep(0.02)
+    assert gone()
+    # The VMs' taps still exist (Nova's, not ours) but belong to no bridge.
+    tap = naming.tap_name(ports[0]["id"])
+    assert "master" not in nsexec(topology.host_ns(1), "ip", "-o", "link", "show", tap).stdout
