@@ -227,15 +227,10 @@
     return t;
   }
 
-  function node(svg, kind, obj, label, onSelect) {
+  function node(svg, kind, obj, label) {
     const g = el("g", { class: "node " + kind, tabindex: 0, role: "button", "data-kind": kind,
                          "data-id": obj.id, "data-name": obj.name, "aria-label": label }, svg);
     el("title", {}, g).textContent = label;
-    const fire = () => onSelect(kind, obj.id);
-    g.addEventListener("click", fire);
-    g.addEventListener("keydown", ev => {
-      if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); fire(); }
-    });
     return g;
   }
 
@@ -250,6 +245,16 @@
   function render(container, lay, onSelect, selected) {
     const svg = el("svg", { width: lay.width, height: lay.height, viewBox: `0 0 ${lay.width} ${lay.height}`,
                             role: "group", "aria-label": "Network topology", class: "topology" });
+    // One listener for every object (the innermost focusable one wins: a port inside its network).
+    const target = ev => ev.target.closest && ev.target.closest("[data-kind][data-id][tabindex]");
+    svg.addEventListener("click", ev => {
+      const t = target(ev);
+      if (t) onSelect(t.dataset.kind, t.dataset.id);
+    });
+    svg.addEventListener("keydown", ev => {
+      const t = target(ev);
+      if (t && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); onSelect(t.dataset.kind, t.dataset.id); }
+    });
     const lines = el("g", { class: "lines" }, svg);
     for (const it of lay.items) {
       if (it.type === "line") {
@@ -263,14 +268,14 @@
     for (const it of lay.items) {
       if (it.type === "ext") {
         const e = it.ext;
-        const g = node(svg, "external", e, `External network ${e.name} ${e.cidrs.join(" ")}`, onSelect);
+        const g = node(svg, "external", e, `External network ${e.name} ${e.cidrs.join(" ")}`);
         el("rect", { x: it.x, y: it.y, width: it.w, height: it.h, rx: 6, class: "ext-bar" }, g);
         text(g, it.x + 10, it.y + 18, clip(`${e.name}  ·  external`, it.w - 20, 7.4), "ext-name");
         const fipText = e.fips.length ? `floating IPs: ${e.fips.map(f => f.floating_ip_address + (f.port_id ? "" : " (free)")).join(", ")}` : "no floating IPs";
         text(g, it.x + 10, it.y + 36, clip(`${e.cidrs.join(", ") || "no subnet visible"}  ·  ${fipText}`, it.w - 20, 6.6), "ext-sub");
       } else if (it.type === "router") {
         const r = it.router;
-        const g = node(svg, "router", r, `Router ${r.name}, ${r.status}` + (r.gateway ? `, gateway ${r.gateway.ips.join(" ")}` : ", no gateway"), onSelect);
+        const g = node(svg, "router", r, `Router ${r.name}, ${r.status}` + (r.gateway ? `, gateway ${r.gateway.ips.join(" ")}` : ", no gateway"));
         el("rect", { x: it.x, y: it.y, width: it.w, height: it.h, rx: 10, class: "router-box" + (selected === r.id ? " selected" : "") }, g);
         el("circle", { cx: it.x + 20, cy: it.y + 20, r: 9, class: "router-icon" }, g);
         el("path", { d: `M${it.x + 14},${it.y + 20} h12 M${it.x + 20},${it.y + 14} v12`, class: "router-cross" }, g);
@@ -278,17 +283,17 @@
         const gw = r.gateway ? `gw ${r.gateway.ips.join(", ") || "(pending)"}` : "no gateway";
         text(g, it.x + 12, it.y + 45, clip(`${r.status.toLowerCase()} · ${gw}`, it.w - 22, 6.6), "router-sub");
       } else if (it.type === "network") {
-        drawNetwork(svg, it, onSelect, selected);
+        drawNetwork(svg, it, selected);
       }
     }
     container.replaceChildren(svg);
   }
 
-  function drawNetwork(svg, it, onSelect, selected) {
+  function drawNetwork(svg, it, selected) {
     const n = it.network;
     const h = hue(n.id);
     const label = `Network ${n.name}, subnets ${n.subnets.map(s => s.cidr).join(" ") || "none"}, ${n.ports.length} ports`;
-    const g = node(svg, "network", n, label, onSelect);
+    const g = node(svg, "network", n, label);
     el("rect", { x: it.x, y: it.y, width: it.w, height: it.h, rx: 8, class: "net-card" + (selected === n.id ? " selected" : "") }, g);
     el("rect", { x: it.x, y: it.y, width: it.w, height: HEAD_H, rx: 8, fill: `hsl(${h} 55% 34%)`, class: "net-head" }, g);
     el("rect", { x: it.x, y: it.y + HEAD_H - 8, width: it.w, height: 8, fill: `hsl(${h} 55% 34%)` }, g);
@@ -316,10 +321,6 @@
     for (const p of n.ports) {
       const pg = el("g", { class: "port", tabindex: 0, role: "button", "data-kind": "port", "data-id": p.id, "data-name": p.name,
                            "aria-label": `Port ${p.name} ${p.ips.join(" ")} ${p.status}${p.host ? " on " + p.host : ""}` }, g);
-      pg.addEventListener("click", ev => { ev.stopPropagation(); onSelect("port", p.id); });
-      pg.addEventListener("keydown", ev => {
-        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); ev.stopPropagation(); onSelect("port", p.id); }
-      });
       el("rect", { x: it.x + 6, y: y + 1, width: it.w - 12, height: PORT_H - 4, rx: 5, class: "port-box" + (selected === p.id ? " selected" : "") }, pg);
       el("circle", { cx: it.x + 16, cy: y + 12, r: 4.5, class: "dot " + statusClass(p.status) }, pg);
       text(pg, it.x + 26, y + 16, clip(p.name, it.w - 100, 7.2), "port-name");
