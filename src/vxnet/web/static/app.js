@@ -188,7 +188,7 @@
     const a = document.activeElement;
     if (!a || a === document.body) return null;
     const g = a.closest && a.closest("#graph [data-kind][data-id]");
-    if (g) return { sel: `#graph [data-kind="${g.dataset.kind}"][data-id="${g.dataset.id}"]` };
+    if (g) return { sel: `#graph [data-kind="${CSS.escape(g.dataset.kind)}"][data-id="${CSS.escape(g.dataset.id)}"]` };
     for (const box of ["#details-body", "#sg-list"]) {
       const c = $(box);
       if (c.contains(a)) return { box, index: [...c.querySelectorAll("button")].indexOf(a) };
