@@ -451,8 +451,10 @@ def test_stream_reconnects_and_page_catches_up(ui_server: ServerHandle, new_page
     monkeypatch.setattr(ui, "MAX_STREAM", 0.5)
     page = new_page()
     login(page, ui_server.url, "alice")
-    page.wait_for_timeout(1500)
-    assert page.evaluate("window.vxState.connects") >= 2
+    deadline = time.monotonic() + 10
+    while page.evaluate("window.vxState.connects") < 2:  # the stream ended after 0.5 s; retry: 1 s
+        assert time.monotonic() < deadline, "the page did not reconnect"
+        page.wait_for_timeout(50)
     ui_server.api("alice").post("/networks", json={"network": {"name": "after-reconnect"}})
     expect(node(page, "network", "after-reconnect")).to_be_visible(timeout=2000)
 
