@@ -456,7 +456,7 @@ def test_stream_reconnects_and_page_catches_up(ui_server: ServerHandle, new_page
         assert time.monotonic() < deadline, "the page did not reconnect"
         page.wait_for_timeout(50)
     ui_server.api("alice").post("/networks", json={"network": {"name": "after-reconnect"}})
-    expect(node(page, "network", "after-reconnect")).to_be_visible(timeout=2000)
+    expect(node(page, "network", "after-reconnect")).to_be_visible(timeout=5000)
 
 
 def test_floating_ip_detach_and_release_from_the_page(ui_server: ServerHandle, new_page: Callable[..., Page]) -> None:
