@@ -152,6 +152,7 @@ class Agent:
             metrics.ERRORS.labels("reconcile").inc()
             log.exception("reconcile failed (host=%s)", self.cfg.host)
             self.reconciler.invalidate()
+            self._retry_later()
             return None
         self.passes += 1
         self.last_result = result
