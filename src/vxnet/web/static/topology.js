@@ -295,8 +295,8 @@
     const label = `Network ${n.name}, subnets ${n.subnets.map(s => s.cidr).join(" ") || "none"}, ${n.ports.length} ports`;
     const g = node(svg, "network", n, label);
     el("rect", { x: it.x, y: it.y, width: it.w, height: it.h, rx: 8, class: "net-card" + (selected === n.id ? " selected" : "") }, g);
-    el("rect", { x: it.x, y: it.y, width: it.w, height: HEAD_H, rx: 8, fill: `hsl(${h} 55% 34%)`, class: "net-head" }, g);
-    el("rect", { x: it.x, y: it.y + HEAD_H - 8, width: it.w, height: 8, fill: `hsl(${h} 55% 34%)` }, g);
+    el("rect", { x: it.x, y: it.y, width: it.w, height: HEAD_H, rx: 8, fill: `hsl(${h} 55% 29%)`, class: "net-head" }, g);
+    el("rect", { x: it.x, y: it.y + HEAD_H - 8, width: it.w, height: 8, fill: `hsl(${h} 55% 29%)` }, g);
     const right = (n.vni != null ? `VNI ${n.vni}` : "") + (n.shared ? " shared" : "");
     text(g, it.x + 10, it.y + 19, clip(n.name, it.w - 20 - right.length * 7, 7.6), "net-name");
     if (right) text(g, it.x + it.w - 10, it.y + 19, right.trim(), "net-vni", { "text-anchor": "end" });
