@@ -33,6 +33,7 @@ _ALIASES = {
     "standard-attr-tag": "Tag support for resources with standard attribute: subnet, trunk, network_segment_range, router, network, policy, subnetpool, port, security_group, floatingip",
     "standard-attr-timestamp": "Resource timestamps",
     "stateful-security-group": "Stateful security group",
+    "tag": "Tag support",
 }
 
 EXTENSIONS: list[dict[str, Any]] = [
