@@ -70,11 +70,10 @@ def port_visible(ctx: Context, port: dict[str, Any], network: dict[str, Any] | N
 
 
 def present_port(ctx: Context, port: dict[str, Any]) -> dict[str, Any]:
-    out = dict(port)
-    if not can_bind(ctx):
-        for k in BINDING_HIDDEN:
-            out.pop(k, None)
-    return out
+    """The port as `ctx` may see it (the object itself for admins: callers only read it)."""
+    if can_bind(ctx):
+        return port
+    return {k: v for k, v in port.items() if k not in BINDING_HIDDEN}
 
 
 def _fixed_ips_filter(port: dict[str, Any], wanted: list[str]) -> bool:
