@@ -121,3 +121,21 @@ def test_network_delete_removes_its_devices_on_every_host(lab3: Lab) -> None:
     # The VMs' taps still exist (Nova's, not ours) but belong to no bridge.
     tap = naming.tap_name(ports[0]["id"])
     assert "master" not in nsexec(topology.host_ns(1), "ip", "-o", "link", "show", tap).stdout
+
+
+def test_admin_down_port_is_cut_off_and_down(lab3: Lab) -> None:
+    n, _ = lab3.network("alice", "100.64.30.0/24", "adm")
+    ports = [lab3.port("alice", n["id"], f"100.64.30.{11 + i}") for i in range(2)]
+    lab3.vm("ad1", "h1", ports[0])
+    lab3.vm("ad2", "h2", ports[1])
+    for p in ports:
+        lab3.wait_status(p["id"], "ACTIVE")
+    assert ping("ad1", "100.64.30.12") == 2
+    with lab3.api("alice") as c:
+        assert c.put(f"/ports/{ports[1]['id']}", json={"port": {"admin_state_up": False}}).status_code == 200
+    lab3.wait_status(ports[1]["id"], "DOWN")
+    assert ping("ad1", "100.64.30.12", count=1, wait=0.5) == 0
+    with lab3.api("alice") as c:
+        assert c.put(f"/ports/{ports[1]['id']}", json={"port": {"admin_state_up": True}}).status_code == 200
+    lab3.wait_status(ports[1]["id"], "ACTIVE")
+    assert ping("ad1", "100.64.30.12") == 2

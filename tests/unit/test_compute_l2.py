@@ -140,3 +140,12 @@ def test_same_result_whatever_the_event_order(order: list[int], seed: int) -> No
     for h in ("h1", "h2", "h3"):
         ip = HOSTS[h]["underlay_ip"]
         assert compute_l2(s.data, h, ip) == compute_l2(expected, h, ip)
+
+
+def test_admin_down_port_is_detached_and_unknown_to_peers() -> None:
+    down2 = dict(P2, admin_state_up=False)
+    h1 = compute_l2(view([P1, down2]), "h1", "198.51.100.1")
+    assert P2["mac_address"] not in {f.mac for f in h1.fdb} | {n.mac for n in h1.neighs}
+    h2 = compute_l2(view([P1, down2]), "h2", "198.51.100.2")
+    assert not h2.plugs and {lp.port_id for lp in h2.local_ports} == {P2["id"]}
+    assert P2["mac_address"] not in {f.mac for f in h2.fdb}

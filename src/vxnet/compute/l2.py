@@ -14,6 +14,8 @@ Rules (KERNEL-NOTES §2-3):
   VXLAN port, whose neigh_suppress then answers ARP for it).
 - Every bound port (local or remote) gets a permanent neighbour entry per IPv4 fixed IP on the
   bridge (the suppression table). Unbound ports get nothing. IPv6 is not handled yet.
+- A port with `admin_state_up: false` is on no network: no plug (its device is detached, so it
+  is reported DOWN), and no FDB/neighbour entries anywhere.
 - Ports whose MAC is claimed twice in one network (a misconfiguration) are programmed for the
   lowest port id only, so the output never depends on dict order.
 """
@@ -82,11 +84,16 @@ def compute_l2(view: View, host: str, underlay_ip: str) -> HostState:
         if (nid, mac) in seen_mac:
             continue
         seen_mac.add((nid, mac))
+        admin_up = port.get("admin_state_up", True) is not False
         if bound == host:
             tap = naming.tap_name(pid)
             local.add(LocalPort(pid, tap, nid, br, mac))
+            if not admin_up:
+                continue          # known, reported DOWN, but not on the network
             plugs.add(Plug(tap, br, mtu))
             fdb.add(Fdb(tap, mac))
+        elif bound and not admin_up:
+            continue
         elif bound:
             vtep = (hosts.get(bound) or {}).get("underlay_ip")
             if not vtep or vtep == underlay_ip:
