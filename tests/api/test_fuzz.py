@@ -372,3 +372,44 @@ def test_server_still_healthy_after_fuzzing(api: dict[str, Any], shared_server) 
     fives = [line for line in metrics.splitlines()
              if line.startswith("vxnet_api_requests_total") and re.search(r'status="5\d\d"', line)]
     assert fives == []
+
+
+def test_fuzzing_left_no_orphan_allocations(api: dict[str, Any], shared_server) -> None:
+    """Failed and successful requests alike left the allocation keys consistent with the
+    resources: every claimed IP, MAC and VNI belongs to an existing object that holds it, and
+    every port's IPs and MAC and every network's VNI are claimed (no leak, no double use)."""
+    store = shared_server.store
+
+    def objs(coll: str) -> dict[str, dict[str, Any]]:
+        return {kv.key.rsplit("/", 1)[1]: json.loads(kv.value) for kv in store.range(f"/vxnet/res/{coll}/")[0]}
+
+    ports, nets = objs("ports"), objs("networks")
+    problems = []
+    for kv in store.range("/vxnet/ipam/")[0]:
+        subnet_id, ip = kv.key.split("/")[-2:]
+        port = ports.get(kv.value)
+        if port is None or {"subnet_id": subnet_id, "ip_address": ip} not in port["fixed_ips"]:
+            problems.append(f"orphan IP claim {kv.key} -> {kv.value}")
+    for kv in store.range("/vxnet/mac/")[0]:
+        port = ports.get(kv.value)
+        if port is None or port["mac_address"] != kv.key.rsplit("/", 1)[1]:
+            problems.append(f"orphan MAC claim {kv.key} -> {kv.value}")
+    for kv in store.range("/vxnet/vni/")[0]:
+        net = nets.get(kv.value)
+        if net is None or str(net["provider:segmentation_id"]) != kv.key.rsplit("/", 1)[1]:
+            problems.append(f"orphan VNI claim {kv.key} -> {kv.value}")
+    for pid, port in ports.items():
+        for ip in port["fixed_ips"]:
+            kv = store.get(f"/vxnet/ipam/{ip['subnet_id']}/{ip['ip_address']}")
+            if kv is None or kv.value != pid:
+                problems.append(f"port {pid} holds unclaimed IP {ip}")
+        kv = store.get(f"/vxnet/mac/{port['network_id']}/{port['mac_address']}")
+        if kv is None or kv.value != pid:
+            problems.append(f"port {pid} holds unclaimed MAC {port['mac_address']}")
+    for nid, net in nets.items():
+        if net["provider:segmentation_id"] is not None:
+            kv = store.get(f"/vxnet/vni/{net['provider:segmentation_id']}")
+            if kv is None or kv.value != nid:
+                problems.append(f"network {nid} holds unclaimed VNI {net['provider:segmentation_id']}")
+    assert problems == [], problems[:10]
+    assert ports and nets  # the check looked at something
