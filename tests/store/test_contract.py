@@ -703,3 +703,26 @@ def test_failing_watch_callback_hurts_neither_writer_nor_other_watchers(store: S
     while len(calls) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert calls == [r1, r2, r1, r2]
+
+
+# --- range compares ------------------------------------------------------------------------------
+
+
+def test_range_unchanged_since_detects_new_and_changed_keys_only(store: Store, ns: str) -> None:
+    from vxnet.store.contract import range_unchanged_since
+
+    put(store, ns + "p/a", "1")
+    put(store, ns + "q", "outside")
+    seen = store.revision()
+    guard = range_unchanged_since(ns + "p/", seen)
+    assert store.txn([guard], [Put(ns + "ok1", "x")]).succeeded  # nothing changed under p/
+    put(store, ns + "q", "outside changed")  # outside the prefix: irrelevant
+    assert store.txn([guard], [Put(ns + "ok2", "x")]).succeeded
+    delete(store, ns + "p/a")  # deleting does not break it
+    assert store.txn([guard], [Put(ns + "ok3", "x")]).succeeded
+    put(store, ns + "p/new", "1")  # a key created after the read does
+    r0 = store.revision()
+    res = store.txn([guard], [Put(ns + "bad", "x")])
+    assert not res.succeeded and store.get(ns + "bad") is None and store.revision() == r0
+    # an empty prefix holds trivially
+    assert store.txn([range_unchanged_since(ns + "empty/", 0)], [Put(ns + "ok4", "x")]).succeeded

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vxnet.store.contract import Compare, Delete, KeyValue, Op, Put, Store, key_missing
+from vxnet.store.contract import Compare, Delete, KeyValue, Op, Put, Store, key_missing, range_unchanged_since
 
 ROOT = "/vxnet/"
 T = TypeVar("T")
@@ -71,11 +71,22 @@ class UnitOfWork:
         self._guard(key, kv)
         return json.loads(kv.value) if kv else None
 
-    def list(self, collection: str, where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
-        """Read-only cached objects of a collection; guards every returned object and the
-        absence of others is *not* guarded (use claims for uniqueness)."""
+    def list(
+        self,
+        collection: str,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        *,
+        guard_new: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Read-only cached objects of a collection; guards every returned object. With
+        `guard_new` the commit also fails if any object of the collection was created or
+        changed after this read (e.g. "no port uses this group" for a delete); without it the
+        absence of other objects is not guarded (use claims for uniqueness)."""
         out = []
-        for kv, obj in self.repo._scan(f"{ROOT}res/{collection}/"):
+        prefix = f"{ROOT}res/{collection}/"
+        if guard_new:
+            self._compares["range:" + prefix] = range_unchanged_since(prefix, self.repo.store.revision())
+        for kv, obj in self.repo._scan(prefix):
             if where is None or where(obj):
                 self._guard(kv.key, kv)
                 out.append(obj)

@@ -83,12 +83,17 @@ CompareOp = Literal["==", "!=", "<", ">"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Compare:
-    """A condition on one key. `exists` compares a bool; a missing key has create/mod/version 0."""
+    """A condition on one key. `exists` compares a bool; a missing key has create/mod/version 0.
+
+    With `prefix=True` the condition must hold for every key under `key` that exists (and holds
+    trivially when none does), as etcd's compare with a range_end. `range_unchanged_since` uses
+    it to detect keys created or changed under a prefix after a read."""
 
     key: str
     target: CompareTarget
     op: CompareOp
     value: int | str | bool
+    prefix: bool = False
 
     def holds(self, kv: KeyValue | None) -> bool:
         """Evaluate against the current value of the key (None if missing)."""
@@ -115,6 +120,12 @@ class Compare:
 def key_missing(key: str) -> Compare:
     """Compare that holds when `key` does not exist."""
     return Compare(key, "create", "==", 0)
+
+
+def range_unchanged_since(prefix: str, revision: int) -> Compare:
+    """Compare that holds when no key under `prefix` was created or modified after `revision`
+    (deleting keys does not break it)."""
+    return Compare(prefix, "mod", "<", revision + 1, prefix=True)
 
 
 def key_unchanged(kv: KeyValue) -> Compare:

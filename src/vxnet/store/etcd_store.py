@@ -278,7 +278,10 @@ class EtcdStore:
                 continue
             target, field = _TARGETS[c.target]
             value = _b64(str(c.value)) if c.target == "value" else str(c.value)
-            cmp.append({"key": _b64(c.key), "target": target, "result": _RESULTS[c.op], field: value})
+            entry = {"key": _b64(c.key), "target": target, "result": _RESULTS[c.op], field: value}
+            if c.prefix:
+                entry["range_end"] = _b64(prefix_end(c.key))
+            cmp.append(entry)
         body = {"compare": cmp, "success": self._ops(success), "failure": self._ops(failure)}
         try:
             data = self._call("/v3/kv/txn", body, idempotent=False)

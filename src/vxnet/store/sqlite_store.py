@@ -132,7 +132,7 @@ class SqliteStore:
     ) -> TxnResult:
         with self._lock:
             self._check_open()
-            ok = all(c.holds(self._kv.get(c.key)) for c in compares)
+            ok = all(self._holds(c) for c in compares)
             ops = success if ok else failure
             if not ops:
                 return TxnResult(ok, self._rev)
@@ -218,6 +218,11 @@ class SqliteStore:
                 self._kv[key] = kv
         self._notify(events)
         return events
+
+    def _holds(self, c: Compare) -> bool:
+        if not c.prefix:
+            return c.holds(self._kv.get(c.key))
+        return all(c.holds(self._kv[k]) for k in self._prefix_keys(c.key))
 
     def _prefix_keys(self, prefix: str) -> list[str]:
         lo = bisect.bisect_left(self._keys, prefix)

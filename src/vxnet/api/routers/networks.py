@@ -254,7 +254,8 @@ def touch(obj: dict[str, Any], fields: dict[str, Any] | None = None) -> None:
 def network_in_use(uow: UnitOfWork, network_id: str, doomed_fips: frozenset[str] = frozenset()) -> bool:
     """Ports other than service ports, and other than those of the floating IPs `doomed_fips`
     (deleted together with the network), are on the network."""
-    ports = uow.list("ports", lambda p: p["network_id"] == network_id)
+    # guard_new: a port created on the network meanwhile makes the delete rerun and see it
+    ports = uow.list("ports", lambda p: p["network_id"] == network_id, guard_new=True)
     return any(
         p["device_owner"] not in SERVICE_OWNERS
         and not (p["device_owner"] == FIP_OWNER and p["device_id"] in doomed_fips)

@@ -231,7 +231,9 @@ async def delete_security_group(group_id: str, request: Request) -> Response:
             raise ApiError(403, "PolicyNotAuthorized", "(delete_security_group) is disallowed by policy")
         require_writer(ctx, "delete_security_group")
         check_if_match(request, group)
-        if group_id in groups_in_use(uow.list("ports", lambda p: group_id in (p.get("security_groups") or []))):
+        # guard_new: a port created meanwhile with this group makes the commit fail and rerun
+        users = uow.list("ports", lambda p: group_id in (p.get("security_groups") or []), guard_new=True)
+        if group_id in groups_in_use(users):
             raise conflict("SecurityGroupInUse", f"Security Group {group_id} in use.")
         if group["name"] == "default" and not ctx.is_admin:
             raise conflict("SecurityGroupCannotRemoveDefault",
