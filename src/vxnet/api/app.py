@@ -40,6 +40,7 @@ ROUTER_MODULES = [
     "agents",
     "tags",
     "agent_stream",
+    "ui",
 ]
 
 COLLECTIONS = ["networks", "subnets", "ports", "routers", "floatingips", "security-groups",

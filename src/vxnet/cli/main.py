@@ -62,7 +62,8 @@ def server(
     application = create_app(cfg, st)
     tls = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key} if cfg.tls_cert else {}
     try:
-        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, **tls)
+        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False,
+                    timeout_graceful_shutdown=5, **tls)
     finally:
         st.close()
 
