@@ -25,7 +25,6 @@ import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import PASSWORDS, USERS, ServerHandle
-from vxnet.api import app as app_module
 from vxnet.api.app import create_app
 from vxnet.config import Config
 from vxnet.store.sqlite_store import SqliteStore
@@ -46,11 +45,6 @@ def start_ui_server(db_path: str) -> ServerHandle:
     config = Config(listen=f"127.0.0.1:{port}", users=USERS)
     store = SqliteStore(db_path)
     app = create_app(config, store)
-    if "ui" not in app_module.ROUTER_MODULES:
-        from vxnet.api.routers import ui
-
-        app.include_router(ui.router)
-        ui.setup(app, app.state.vxnet)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
