@@ -36,6 +36,7 @@ objects. The module is pure: no I/O, no clock, no threads.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -211,6 +212,7 @@ class ViewIndex:
         # per tracked host: member ids per view key, and remote groups; reverse indexes
         self.members: dict[str, dict[str, set[str]]] = {}
         self._remote: dict[str, set[str]] = {}
+        self._host_refs: dict[str, collections.Counter[str]] = {}  # host -> binding host -> view ports
         self._holders: dict[tuple[str, str], set[str]] = {}
         self._remote_watch: dict[str, set[str]] = {}
 
@@ -323,6 +325,7 @@ class ViewIndex:
         self._set_membership(host, {k: set() for k in VIEW_KEYS}, set())
         del self.members[host]
         del self._remote[host]
+        del self._host_refs[host]
 
     def _set_membership(self, host: str, mem: dict[str, set[str]], remote: set[str]) -> None:
         old = self.members[host]
@@ -337,6 +340,9 @@ class ViewIndex:
             _add(self._remote_watch, g, host)
         self.members[host] = mem
         self._remote[host] = remote
+        ports = self.objects["ports"]
+        self._host_refs[host] = collections.Counter(
+            b for p in mem["ports"] if (b := ports[p].get("binding:host_id")))
 
     def snapshot(self, host: str) -> View:
         """The current view of a tracked host."""
@@ -422,13 +428,93 @@ class ViewIndex:
             self._store(coll, id_, obj)
             self._content(coll, id_, old, obj, self.holders(coll, id_), out)
             return
-        affected = set(self.holders(coll, id_))
-        if old is not None:
-            affected |= self._affected_by(coll, old)
+        if coll == "security_group_rules" or (coll == "ports" and any(o is not None and _is_iface(o)
+                                                                      for o in (old, obj))):
+            # Rules and router interfaces shape other hosts' views (remote groups, routers and
+            # the networks behind them): recompute every host they can affect.
+            affected = set(self.holders(coll, id_))
+            if old is not None:
+                affected |= self._affected_by(coll, old)
+            self._store(coll, id_, obj)
+            if obj is not None:
+                affected |= self._affected_by(coll, obj)
+            self._recompute(affected, (coll, id_, old), out)
+            return
+        # Ports, subnets and floating IPs are leaves of every view except that a port is a
+        # root of its own host's view (its network, groups and floating IPs come with it).
+        roots: set[str] = set()
+        leaves = set(self.holders(coll, id_))
+        for o in (old, obj):
+            if o is None:
+                continue
+            if coll == "ports":
+                if o.get("binding:host_id") in self.members:
+                    roots.add(o["binding:host_id"])
+                leaves |= self.holders("networks", o["network_id"])
+                for g in o.get("security_groups") or ():
+                    leaves |= self._remote_watch.get(g, set())
+            elif coll == "subnets":
+                leaves |= self.holders("networks", o["network_id"])
         self._store(coll, id_, obj)
-        if obj is not None:
-            affected |= self._affected_by(coll, obj)
-        self._recompute(affected, (coll, id_, old), out)
+        if coll == "floatingips":
+            leaves |= self._gateway_hosts()
+            port = self.objects["ports"].get((obj or {}).get("port_id") or "")
+            if port is not None and port.get("binding:host_id") in self.members:
+                leaves.add(port["binding:host_id"])
+        self._recompute(roots, (coll, id_, old), out)
+        for h in leaves - roots:
+            self._leaf(h, coll, id_, old, obj, out)
+
+    def _leaf(self, h: str, coll: str, id_: str, old: Obj | None, obj: Obj | None, out: dict[str, Message]) -> None:
+        """Move one port, subnet or floating IP in or out of `h`'s view (whose roots this change
+        leaves alone), keeping the `hosts` entries of the view's ports."""
+        mem = self.members[h]
+        was = id_ in mem[coll]
+        now = obj is not None and self._in_view(h, coll, obj)
+        if not was and not now:
+            return
+        msg = out.setdefault(h, Message())
+        if now:
+            msg.set(coll, id_, obj, old if was else None)
+            if not was:
+                mem[coll].add(id_)
+                self._holders.setdefault((coll, id_), set()).add(h)
+        else:
+            msg.drop(coll, id_, old)
+            mem[coll].discard(id_)
+            _discard_t(self._holders, (coll, id_), h)
+        if coll != "ports":
+            return
+        before = old.get("binding:host_id") if was and old is not None else None
+        after = obj.get("binding:host_id") if now and obj is not None else None
+        if before == after:
+            return
+        refs = self._host_refs[h]
+        if before:
+            refs[before] -= 1
+            if refs[before] <= 0:
+                del refs[before]
+                if before != h:
+                    mem["hosts"].discard(before)
+                    _discard_t(self._holders, ("hosts", before), h)
+                    if (entry := self.hosts.get(before)) is not None:
+                        msg.drop("hosts", before, entry)
+        if after:
+            refs[after] += 1
+            if after not in mem["hosts"]:
+                mem["hosts"].add(after)
+                self._holders.setdefault(("hosts", after), set()).add(h)
+                if (entry := self.hosts.get(after)) is not None:
+                    msg.set("hosts", after, entry, None)
+
+    def _in_view(self, h: str, coll: str, o: Obj) -> bool:
+        """Whether a leaf object belongs to `h`'s view, given `h`'s current roots."""
+        if coll == "subnets":
+            return o["network_id"] in self.members[h]["networks"]
+        if coll == "floatingips":
+            return self._gateway(h) or (o.get("port_id") or "") in self._ports_by_host.get(h, ())
+        return (o.get("binding:host_id") == h or o["network_id"] in self.members[h]["networks"]
+                or not self._remote[h].isdisjoint(o.get("security_groups") or ()))
 
     def _content(self, coll: str, id_: str, old: Obj | None, obj: Obj | None, hosts: Iterable[str],
                  out: dict[str, Message]) -> None:

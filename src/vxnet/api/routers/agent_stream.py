@@ -197,10 +197,11 @@ class Hub:
             self.resync()
             return
         self.revision = rev
-        for h in self.index.members:
-            if h not in self.floor:  # newly registered host: tracked from this revision on
-                self.floor[h] = rev
-                self.logs[h] = collections.deque()
+        if len(self.index.members) != len(self.floor):  # a host registered: tracked from here on
+            for h in self.index.members:
+                if h not in self.floor:
+                    self.floor[h] = rev
+                    self.logs[h] = collections.deque()
         for h, msg in messages.items():
             body = {"type": "update", "revision": rev}
             body.update(msg.wire())
