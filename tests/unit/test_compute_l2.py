@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from vxnet.compute import naming
 from vxnet.compute.diff import apply_host, diff_host
-from vxnet.compute.l2 import compute_l2
+from vxnet.compute.l2 import L2Cache, compute_l2
 from vxnet.compute.state import Bridge, Fdb, HostState, Neigh, Plug, Vxlan
 from vxnet.compute.view import ViewState, apply_message
 
@@ -149,3 +149,40 @@ def test_admin_down_port_is_detached_and_unknown_to_peers() -> None:
     h2 = compute_l2(view([P1, down2]), "h2", "198.51.100.2")
     assert not h2.plugs and {lp.port_id for lp in h2.local_ports} == {P2["id"]}
     assert P2["mac_address"] not in {f.mac for f in h2.fdb}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "delete", "move", "host"]), st.integers(0, 7)), max_size=25))
+def test_incremental_cache_equals_full_recompute(ops: list[tuple[str, int]]) -> None:
+    """After every message, the per-network cache gives exactly `compute_l2` of the same view."""
+    nets = [net(NET_A, 1001), net(NET_B, 1002)]
+    s = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": view(_ports[:3], nets)})
+    caches = {h: L2Cache(h, HOSTS[h]["underlay_ip"]) for h in HOSTS}
+    rev = itertools.count(2)
+    for op, i in ops:
+        p = _ports[i]
+        if op == "put":
+            msg = {"put": {"ports": {p["id"]: p}}}
+        elif op == "delete":
+            msg = {"delete": {"ports": [p["id"]]}}
+        elif op == "move":
+            msg = {"put": {"ports": {p["id"]: dict(p, **{"binding:host_id": f"h{i % 3 + 1}" if i % 2 else "h1"})}}}
+        else:
+            msg = {"put": {"hosts": {f"h{i % 3 + 1}": {"underlay_ip": f"198.51.100.{50 + i}"}}}}
+        s = apply_message(s, {"type": "update", "revision": next(rev), **msg})
+        for h, cache in caches.items():
+            ip = HOSTS[h]["underlay_ip"]
+            assert cache.compute(s.data) == compute_l2(s.data, h, ip)
+
+
+def test_incremental_cache_recomputes_only_the_touched_network() -> None:
+    nets = [net(NET_A, 1001), net(NET_B, 1002)]
+    s = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": view(_ports[:4], nets)})
+    cache = L2Cache("h1", "198.51.100.1")
+    first = cache.compute(s.data)
+    assert cache.recomputed == 2
+    again = cache.compute(s.data)
+    assert cache.recomputed == 0 and again == first
+    s = apply_message(s, {"type": "update", "revision": 2, "put": {"ports": {_ports[5]["id"]: _ports[5]}}})
+    cache.compute(s.data)
+    assert cache.recomputed == 1     # _ports[5] is on NET_A only

@@ -7,8 +7,9 @@ Threads (all daemons, all stopped by `stop()`):
 - monitor: netlink link/neighbour events; a tap appearing wakes the reconciler at once, a
   deletion of something we own (or of a static entry) also invalidates its cache.
 - reconcile (the caller's thread in `run()`): waits for a wake-up or the resync period,
-  coalesces for `coalesce` seconds, computes the desired state from the whole view and
-  converges the kernel. Level-triggered: every pass starts from the current view and kernel.
+  coalesces for `coalesce` seconds, computes the desired state of the whole view (only the
+  networks whose objects changed are recomputed, `L2Cache`) and converges the kernel.
+  Level-triggered: every pass starts from the current view and kernel.
 - heartbeat: keeps the host registered (re-registers when the server forgot it).
 - reporter: sends port status changes queued by reconcile passes (latest truth wins), retrying
   while no server answers; reconcile never waits on HTTP.
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 
 from vxnet.agent import metrics
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
-from vxnet.compute.l2 import compute_l2
+from vxnet.compute.l2 import L2Cache
 from vxnet.compute.view import ViewState, apply_message
 
 log = logging.getLogger("vxnet.agent")
@@ -67,6 +68,7 @@ class Agent:
         self.reconciler = reconciler or Reconciler(cfg.underlay_ip, cfg.netns)
         self._lock = threading.Lock()
         self._view = ViewState()
+        self._l2 = L2Cache(cfg.host, cfg.underlay_ip)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._invalidate = False
@@ -145,7 +147,7 @@ class Agent:
         if self._invalidate:
             self._invalidate = False
             self.reconciler.invalidate()
-        desired = compute_l2(view.data, self.cfg.host, self.cfg.underlay_ip)
+        desired = self._l2.compute(view.data)   # == compute_l2(view.data, host, underlay_ip)
         try:
             result = self.reconciler.reconcile(desired)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass

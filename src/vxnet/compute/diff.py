@@ -47,13 +47,21 @@ class Diff(Generic[T]):
 
 
 def diff(desired: Iterable[T], actual: Iterable[T]) -> Diff[T]:
-    """Keyed difference; output is sorted by key repr so it is deterministic."""
-    want = {e.key: e for e in desired}
-    have = {e.key: e for e in actual}
-    create = tuple(sorted((want[k] for k in want.keys() - have.keys()), key=lambda e: repr(e.key)))
-    update = tuple(sorted(((have[k], want[k]) for k in want.keys() & have.keys() if want[k] != have[k]),
-                          key=lambda p: repr(p[0].key)))
-    delete = tuple(sorted((have[k] for k in have.keys() - want.keys()), key=lambda e: repr(e.key)))
+    """Keyed difference; output is sorted by key repr so it is deterministic.
+
+    Entries are hashable values, so the set differences (done in C) find what changed; only
+    those few entries are then split by key. With 30,000 entries and one change this costs a
+    few milliseconds instead of indexing both sides.
+    """
+    want = desired if isinstance(desired, frozenset | set) else frozenset(desired)
+    have = actual if isinstance(actual, frozenset | set) else frozenset(actual)
+    if want == have:
+        return Diff()
+    new = {e.key: e for e in want - have}
+    old = {e.key: e for e in have - want}
+    create = tuple(sorted((new[k] for k in new.keys() - old.keys()), key=lambda e: repr(e.key)))
+    update = tuple(sorted(((old[k], new[k]) for k in new.keys() & old.keys()), key=lambda p: repr(p[0].key)))
+    delete = tuple(sorted((old[k] for k in old.keys() - new.keys()), key=lambda e: repr(e.key)))
     return Diff(create, update, delete)
 
 
