@@ -159,7 +159,7 @@ def test_incremental_views_equal_full_recompute(seed: int) -> None:
 
 def test_full_view_of_a_small_topology() -> None:
     """The rules of the view, spelled out on a hand-made topology."""
-    p = lambda pid, net, host, owner="compute:nova", dev="vm", sgs=(): {  # noqa: E731
+    p = lambda pid, net, host, owner="compute:nova", dev="vm", sgs=(): {
         "id": pid, "network_id": net, "binding:host_id": host, "device_owner": owner, "device_id": dev,
         "security_groups": list(sgs)}
     objects = {

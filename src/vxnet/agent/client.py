@@ -281,7 +281,7 @@ class ServerClient:
 
 def _ts(text: str) -> float:
     """Keystone's ISO timestamp ("2026-01-01T00:00:00.000000Z") as epoch seconds."""
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return dt.datetime.fromisoformat(text).timestamp()
 
 
 def make_control_plane(servers: list[str], host: str, underlay_ip: str, user: str, password: str,

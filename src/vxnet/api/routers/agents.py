@@ -27,7 +27,7 @@ from vxnet.api.collection import ResourceSpec, check_if_match, list_response, sh
 from vxnet.api.errors import not_found
 from vxnet.api.routers.agent_stream import live_key
 from vxnet.api.state import AppState, read_json
-from vxnet.api.validation import Bool, Body, Description, parse_update
+from vxnet.api.validation import Body, Bool, Description, parse_update
 from vxnet.services.repo import UnitOfWork
 
 router = APIRouter(prefix="/v2.0", tags=["agents"])
