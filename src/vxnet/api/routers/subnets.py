@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import uuid
 from typing import Annotated, Any
 
@@ -180,7 +181,7 @@ def validate_pools(net: ipaddress.IPv4Network, pools: list[dict[str, str]]) -> l
                               "OutOfBoundsAllocationPool")
         spans.append((start, end))
     spans.sort()
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:], strict=False):
+    for (s1, e1), (s2, e2) in itertools.pairwise(spans):
         if s2 <= e1:
             raise conflict("OverlappingAllocationPools",
                            f"Found overlapping allocation pools: {_pool_str(s1, e1)} and {_pool_str(s2, e2)} "
