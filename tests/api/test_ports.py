@@ -317,9 +317,9 @@ def test_allowed_address_pairs(shared_server) -> None:
     alice = shared_server.api("alice")
     net, _ = netsub(alice)
     p = port(alice, net, allowed_address_pairs=[{"ip_address": "192.0.2.200"},
-                                                {"ip_address": "10.1.0.0/16", "mac_address": "fa:16:3e:aa:bb:cc"}])
+                                                {"ip_address": "100.65.0.0/16", "mac_address": "fa:16:3e:aa:bb:cc"}])
     assert p["allowed_address_pairs"] == [{"ip_address": "192.0.2.200", "mac_address": p["mac_address"]},
-                                          {"ip_address": "10.1.0.0/16", "mac_address": "fa:16:3e:aa:bb:cc"}]
+                                          {"ip_address": "100.65.0.0/16", "mac_address": "fa:16:3e:aa:bb:cc"}]
     for pairs, status in ([{"ip_address": "192.0.2.1"}, {"ip_address": "192.0.2.1"}], 400),\
             ([{"ip_address": "nope"}], 400), ([{"mac_address": "fa:16:3e:aa:bb:cc"}], 400),\
             ([{"ip_address": "192.0.2.1", "mac_address": "bad"}], 400):
@@ -498,22 +498,22 @@ def test_deleting_a_port_disassociates_its_floating_ip(server) -> None:
 
 @pytest.mark.parametrize("requested,kept,add,remove", [
     # same address named: kept
-    ([{"ip_address": "10.0.0.5"}], ["10.0.0.5"], [], ["10.0.1.5"]),
+    ([{"ip_address": "100.64.0.5"}], ["100.64.0.5"], [], ["100.64.1.5"]),
     # subnet only: reuses the port's address on that subnet
-    ([{"subnet_id": "s1"}], ["10.0.0.5"], [], ["10.0.1.5"]),
-    ([{"subnet_id": "s1"}, {"subnet_id": "s1"}], ["10.0.0.5"], [{"subnet_id": "s1"}], ["10.0.1.5"]),
+    ([{"subnet_id": "s1"}], ["100.64.0.5"], [], ["100.64.1.5"]),
+    ([{"subnet_id": "s1"}, {"subnet_id": "s1"}], ["100.64.0.5"], [{"subnet_id": "s1"}], ["100.64.1.5"]),
     # a new address on a subnet the port is on: added, the old one removed
-    ([{"subnet_id": "s1", "ip_address": "10.0.0.6"}, {"subnet_id": "s2"}], ["10.0.1.5"],
-     [{"subnet_id": "s1", "ip_address": "10.0.0.6"}], ["10.0.0.5"]),
+    ([{"subnet_id": "s1", "ip_address": "100.64.0.6"}, {"subnet_id": "s2"}], ["100.64.1.5"],
+     [{"subnet_id": "s1", "ip_address": "100.64.0.6"}], ["100.64.0.5"]),
     # an address the port has, claimed for another subnet: not a match
-    ([{"subnet_id": "s2", "ip_address": "10.0.0.5"}], [], [{"subnet_id": "s2", "ip_address": "10.0.0.5"}],
-     ["10.0.0.5", "10.0.1.5"]),
-    ([], [], [], ["10.0.0.5", "10.0.1.5"]),
+    ([{"subnet_id": "s2", "ip_address": "100.64.0.5"}], [], [{"subnet_id": "s2", "ip_address": "100.64.0.5"}],
+     ["100.64.0.5", "100.64.1.5"]),
+    ([], [], [], ["100.64.0.5", "100.64.1.5"]),
 ])
 def test_changed_ips(requested: list[dict[str, str]], kept: list[str], add: list[dict[str, str]], remove: list[str]) -> None:
     from vxnet.api.routers.ports import changed_ips
 
-    original = [{"subnet_id": "s1", "ip_address": "10.0.0.5"}, {"subnet_id": "s2", "ip_address": "10.0.1.5"}]
+    original = [{"subnet_id": "s1", "ip_address": "100.64.0.5"}, {"subnet_id": "s2", "ip_address": "100.64.1.5"}]
     k, a, r = changed_ips(original, requested)
     assert [ip["ip_address"] for ip in k] == kept
     assert a == add

@@ -60,10 +60,10 @@ def test_tenant_builds_a_topology_from_the_page(ui_server: ServerHandle, new_pag
     login(page, ui_server.url, "alice")
 
     page.get_by_label("Name", exact=True).first.fill("web")
-    page.get_by_label("Subnet CIDR").fill("10.10.0.0/24")
+    page.get_by_label("Subnet CIDR").fill("100.74.0.0/24")
     page.get_by_role("button", name="Create network").click()
     expect(node(page, "network", "web")).to_be_visible()
-    expect(node(page, "network", "web")).to_contain_text("10.10.0.0/24")
+    expect(node(page, "network", "web")).to_contain_text("100.74.0.0/24")
 
     open_form(page, "Create router")
     page.locator("#router-name").fill("r1")
@@ -74,7 +74,7 @@ def test_tenant_builds_a_topology_from_the_page(ui_server: ServerHandle, new_pag
 
     open_form(page, "Connect router to subnet")
     page.locator("#iface-router").select_option(label="r1")
-    page.locator("#iface-subnet").select_option(label="web: 10.10.0.0/24 (web-subnet)")
+    page.locator("#iface-subnet").select_option(label="web: 100.74.0.0/24 (web-subnet)")
     page.get_by_role("button", name="Add interface").click()
 
     api = ui_server.api("alice")
@@ -83,15 +83,15 @@ def test_tenant_builds_a_topology_from_the_page(ui_server: ServerHandle, new_pag
     # the interface is drawn as a drop from r1's bus to web, labelled with the router's address
     link = page.locator(f'#graph path[data-link="iface"][data-router="{router["id"]}"][data-network="{net["id"]}"]')
     expect(link).to_have_count(1)
-    expect(page.locator("#graph svg .link-label", has_text="10.10.0.1")).to_have_count(1)
+    expect(page.locator("#graph svg .link-label", has_text="100.74.0.1")).to_have_count(1)
     gw = page.locator(f'#graph path[data-link="gateway"][data-router="{router["id"]}"]')
     expect(gw).to_have_count(1)
     # and it is real: the REST API shows the same objects
     assert router["external_gateway_info"]["network_id"] == ext["id"]
     ports = api.get("/ports", params={"device_id": router["id"], "network_id": net["id"]}).json()["ports"]
-    assert [ip["ip_address"] for port in ports for ip in port["fixed_ips"]] == ["10.10.0.1"]
+    assert [ip["ip_address"] for port in ports for ip in port["fixed_ips"]] == ["100.74.0.1"]
     subnets = api.get("/subnets", params={"network_id": net["id"]}).json()["subnets"]
-    assert [s["cidr"] for s in subnets] == ["10.10.0.0/24"]
+    assert [s["cidr"] for s in subnets] == ["100.74.0.0/24"]
 
     # a VM port and a floating IP attached from the page, drawn on the port
     port = api.post("/ports", json={"port": {"network_id": net["id"], "name": "vm-1", "device_owner": "compute:nova",
@@ -122,9 +122,9 @@ def test_rest_change_appears_without_reload(ui_server: ServerHandle, new_page: C
     appeared = time.monotonic() - t0
 
     t0 = time.monotonic()
-    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.30.0.0/24", "ip_version": 4}})
+    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.94.0.0/24", "ip_version": 4}})
     assert sub.status_code == 201, sub.text
-    expect(node(page, "network", "from-cli")).to_contain_text("10.30.0.0/24", timeout=1000)
+    expect(node(page, "network", "from-cli")).to_contain_text("100.94.0.0/24", timeout=1000)
     subnet_shown = time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -143,7 +143,7 @@ def test_tenant_b_never_sees_tenant_a(ui_server: ServerHandle, new_page: Callabl
     login(bob_page, ui_server.url, "bob")
     alice = ui_server.api("alice")
     net = alice.post("/networks", json={"network": {"name": "alice-secret"}}).json()["network"]
-    alice.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.40.0.0/24", "ip_version": 4}})
+    alice.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.104.0.0/24", "ip_version": 4}})
     alice.post("/routers", json={"router": {"name": "alice-router"}})
     alice.post("/ports", json={"port": {"network_id": net["id"], "name": "alice-vm", "device_owner": "compute:nova"}})
 
@@ -152,7 +152,7 @@ def test_tenant_b_never_sees_tenant_a(ui_server: ServerHandle, new_page: Callabl
     bob.post("/networks", json={"network": {"name": "bob-net"}})
     expect(node(bob_page, "network", "bob-net")).to_be_visible(timeout=2000)
     text = bob_page.locator("body").inner_text()
-    for secret in ("alice-secret", "alice-router", "alice-vm", "10.40.0."):
+    for secret in ("alice-secret", "alice-router", "alice-vm", "100.104.0."):
         assert secret not in text
     assert net["id"] not in bob_page.content()
     shoot(bob_page, out_dir, "tenant-b-view")
@@ -170,7 +170,7 @@ def test_event_stream_tells_a_tenant_only_its_own_changes(ui_server: ServerHandl
         event = _next_event(lines)
         assert event[0] == "ready"
         a_net = alice.post("/networks", json={"network": {"name": "a"}}).json()["network"]
-        alice.post("/subnets", json={"subnet": {"network_id": a_net["id"], "cidr": "10.50.0.0/24", "ip_version": 4}})
+        alice.post("/subnets", json={"subnet": {"network_id": a_net["id"], "cidr": "100.114.0.0/24", "ip_version": 4}})
         a_router = alice.post("/routers", json={"router": {"name": "ar"}}).json()["router"]
         alice.delete(f"/routers/{a_router['id']}")
         b_net = bob.post("/networks", json={"network": {"name": "b"}}).json()["network"]
@@ -209,19 +209,19 @@ def test_overlapping_cidr_shows_the_api_message(ui_server: ServerHandle, new_pag
                                                 out_dir: Path) -> None:
     api = ui_server.api("alice")
     net = api.post("/networks", json={"network": {"name": "web"}}).json()["network"]
-    assert api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.60.0.0/24",
+    assert api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.124.0.0/24",
                                                  "ip_version": 4}}).status_code == 201
     page = new_page()
     login(page, ui_server.url, "alice")
     open_form(page, "Add subnet")
     page.locator("#subnet-network").select_option(label="web")
-    page.locator("#subnet-cidr").fill("10.60.0.128/25")
+    page.locator("#subnet-cidr").fill("100.124.0.128/25")
     page.get_by_role("button", name="Add subnet").click()
     error = page.locator("#form-subnet .form-error")
     expect(error).not_to_be_empty()
 
     # the very message the API gives for the same request, and nothing was created
-    same = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.60.0.128/25",
+    same = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.124.0.128/25",
                                                  "ip_version": 4, "enable_dhcp": True}})
     assert same.status_code == 400
     message = same.json()["NeutronError"]["message"]
@@ -233,7 +233,7 @@ def test_overlapping_cidr_shows_the_api_message(ui_server: ServerHandle, new_pag
 
     # the combined "network + subnet" form keeps nothing when the subnet is refused
     page.get_by_label("Name", exact=True).first.fill("bad")
-    page.get_by_label("Subnet CIDR").fill("10.70.0.0/33")
+    page.get_by_label("Subnet CIDR").fill("100.134.0.0/33")
     page.get_by_role("button", name="Create network").click()
     expect(page.locator("#form-network .form-error")).not_to_be_empty()
     assert api.get("/networks", params={"name": "bad"}).json()["networks"] == []
@@ -245,7 +245,7 @@ def test_keyboard_only_create_select_and_delete(ui_server: ServerHandle, new_pag
     page.locator("#net-name").focus()
     page.keyboard.type("kbd-net")
     page.keyboard.press("Tab")
-    page.keyboard.type("10.80.0.0/24")
+    page.keyboard.type("100.144.0.0/24")
     page.keyboard.press("Enter")  # submits the form
     target = node(page, "network", "kbd-net")
     expect(target).to_be_visible()
@@ -294,7 +294,7 @@ def test_admin_sees_hosts_and_agents_and_switches_project(ui_server: ServerHandl
     r = adm.post("/vxnet/hosts/compute-1/register", json={"underlay_ip": "192.0.2.11"})
     assert r.status_code == 200, r.text
     a_net = ui_server.api("alice").post("/networks", json={"network": {"name": "a-net"}}).json()["network"]
-    ui_server.api("alice").post("/subnets", json={"subnet": {"network_id": a_net["id"], "cidr": "10.90.0.0/24",
+    ui_server.api("alice").post("/subnets", json={"subnet": {"network_id": a_net["id"], "cidr": "100.154.0.0/24",
                                                              "ip_version": 4}})
     ui_server.api("bob").post("/networks", json={"network": {"name": "b-net"}})
     port = adm.post("/ports", json={"port": {"network_id": a_net["id"], "name": "vm-a", "device_owner": "compute:nova",
@@ -337,8 +337,8 @@ def test_rich_topology_is_drawn_completely(ui_server: ServerHandle, new_page: Ca
     ext = make_external(ui_server)
     api, adm = ui_server.api("alice"), ui_server.api("admin")
     nets, subnets = {}, {}
-    for name, cidr in (("web", "10.1.0.0/24"), ("app", "10.2.0.0/24"), ("db", "10.3.0.0/24"),
-                       ("scratch", "10.4.0.0/24")):
+    for name, cidr in (("web", "100.65.0.0/24"), ("app", "100.66.0.0/24"), ("db", "100.67.0.0/24"),
+                       ("scratch", "100.68.0.0/24")):
         nets[name] = api.post("/networks", json={"network": {"name": name}}).json()["network"]
         subnets[name] = api.post("/subnets", json={"subnet": {"network_id": nets[name]["id"], "cidr": cidr,
                                                               "ip_version": 4, "name": f"{name}-v4"}}).json()["subnet"]
@@ -350,7 +350,7 @@ def test_rich_topology_is_drawn_completely(ui_server: ServerHandle, new_page: Ca
         body: dict[str, Any] = {"subnet_id": sid}
         if router is r2 and name == "app":  # a second router on the same subnet needs its own port
             p = api.post("/ports", json={"port": {"network_id": nets["app"]["id"],
-                                                  "fixed_ips": [{"subnet_id": sid, "ip_address": "10.2.0.254"}]}})
+                                                  "fixed_ips": [{"subnet_id": sid, "ip_address": "100.66.0.254"}]}})
             body = {"port_id": p.json()["port"]["id"]}
         r = api.put(f"/routers/{router['id']}/add_router_interface", json=body)
         assert r.status_code == 200, r.text
@@ -372,9 +372,9 @@ def test_rich_topology_is_drawn_completely(ui_server: ServerHandle, new_page: Ca
     expect(page.locator('#graph svg [data-kind="port"]')).to_have_count(4)
     expect(page.locator('#graph svg [data-kind="external"]')).to_have_count(1)
     # a network reached by two routers hangs under the first (gateway routers first) and names the other
-    expect(node(page, "network", "app")).to_contain_text("also via backend 10.2.0.254")
+    expect(node(page, "network", "app")).to_contain_text("also via backend 100.66.0.254")
     expect(node(page, "port", "web-1")).to_contain_text("⇄ " + fip["floating_ip_address"])
-    expect(node(page, "port", "db-1")).to_contain_text("10.3.0.")
+    expect(node(page, "port", "db-1")).to_contain_text("100.67.0.")
     assert "compute-" not in page.locator("#graph").inner_text()  # binding:host_id is admin-only in the API
     expect(page.locator('#graph path[data-link="iface"]')).to_have_count(3)  # web, app under edge; db under backend
     expect(page.locator('#graph path[data-link="gateway"]')).to_have_count(1)
@@ -396,7 +396,7 @@ def test_router_gateway_and_interfaces_managed_from_the_page(ui_server: ServerHa
     ext = make_external(ui_server)
     api = ui_server.api("alice")
     net = api.post("/networks", json={"network": {"name": "lan"}}).json()["network"]
-    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.11.0.0/24",
+    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.75.0.0/24",
                                                 "ip_version": 4}}).json()["subnet"]
     router = api.post("/routers", json={"router": {"name": "gw-r"}}).json()["router"]
     assert api.put(f"/routers/{router['id']}/add_router_interface", json={"subnet_id": sub["id"]}).status_code == 200
@@ -463,7 +463,7 @@ def test_floating_ip_detach_and_release_from_the_page(ui_server: ServerHandle, n
     ext = make_external(ui_server)
     api = ui_server.api("alice")
     net = api.post("/networks", json={"network": {"name": "lan"}}).json()["network"]
-    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.12.0.0/24",
+    sub = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.76.0.0/24",
                                                 "ip_version": 4}}).json()["subnet"]
     router = api.post("/routers", json={"router": {"name": "r", "external_gateway_info": {"network_id": ext["id"]}}})
     api.put(f"/routers/{router.json()['router']['id']}/add_router_interface", json={"subnet_id": sub["id"]})
@@ -496,12 +496,12 @@ def _random_collections(rng: Any) -> dict[str, list[dict[str, Any]]]:
         nets.append({"id": f"n{i}", "name": "net-" + "x" * rng.randint(1, 40), "router:external": False,
                      "shared": False, "project_id": "p", "status": "ACTIVE", "provider:segmentation_id": 1000 + i})
         for j in range(rng.randint(0, 3)):
-            subnets.append({"id": f"s{i}-{j}", "network_id": f"n{i}", "cidr": f"10.{i}.{j}.0/24",
-                            "gateway_ip": f"10.{i}.{j}.1", "name": "", "project_id": "p"})
+            subnets.append({"id": f"s{i}-{j}", "network_id": f"n{i}", "cidr": f"100.{64 + i}.{j}.0/24",
+                            "gateway_ip": f"100.{64 + i}.{j}.1", "name": "", "project_id": "p"})
         for k in range(rng.randint(0, 6)):
             ports.append({"id": f"p{i}-{k}", "network_id": f"n{i}", "name": f"vm-{i}-{k}",
                           "device_owner": "compute:nova",
-                          "status": "ACTIVE", "fixed_ips": [{"subnet_id": "", "ip_address": f"10.{i}.0.{k + 2}"}],
+                          "status": "ACTIVE", "fixed_ips": [{"subnet_id": "", "ip_address": f"100.{64 + i}.0.{k + 2}"}],
                           "project_id": "p", "device_id": f"d{i}{k}"})
     internal = [n["id"] for n in nets if not n["router:external"]]
     externals = [n["id"] for n in nets if n["router:external"]]
@@ -512,7 +512,7 @@ def _random_collections(rng: Any) -> dict[str, list[dict[str, Any]]]:
                         "external_gateway_info": gw})
         for n in rng.sample(internal, rng.randint(0, len(internal))):
             ports.append({"id": f"rp{r}-{n}", "network_id": n, "device_owner": "network:router_interface",
-                          "device_id": f"r{r}", "fixed_ips": [{"subnet_id": "", "ip_address": "10.0.0.1"}],
+                          "device_id": f"r{r}", "fixed_ips": [{"subnet_id": "", "ip_address": "100.64.0.1"}],
                           "project_id": "p", "status": "ACTIVE", "name": ""})
     return {"networks": nets, "subnets": subnets, "ports": ports, "routers": routers, "floatingips": []}
 
@@ -561,7 +561,7 @@ def test_operator_sees_port_status_and_agent_death_live(ui_server: ServerHandle,
     adm = ui_server.api("admin")
     assert adm.post("/vxnet/hosts/compute-9/register", json={"underlay_ip": "192.0.2.19"}).status_code == 200
     net = ui_server.api("alice").post("/networks", json={"network": {"name": "n"}}).json()["network"]
-    ui_server.api("alice").post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.13.0.0/24",
+    ui_server.api("alice").post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.77.0.0/24",
                                                              "ip_version": 4}})
     port = adm.post("/ports", json={"port": {"network_id": net["id"], "name": "vm-9", "device_owner": "compute:nova",
                                              "binding:host_id": "compute-9", "project_id": net["project_id"]}})

@@ -60,7 +60,7 @@ def test_shared_network_and_its_subnets_deleted_together_reach_other_tenants(ui_
     in the same transaction, and bob is told of both (the subnet judged with its deleted network)."""
     adm = ui_server.api("admin")
     net = adm.post("/networks", json={"network": {"name": "shared", "shared": True}}).json()["network"]
-    sub = adm.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.99.0.0/24",
+    sub = adm.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.163.0.0/24",
                                                 "ip_version": 4}}).json()["subnet"]
     assert [s["id"] for s in ui_server.api("bob").get("/subnets").json()["subnets"]] == [sub["id"]]
     with httpx.stream("GET", ui_server.url + "/ui/events", params={"token": ui_server.token("bob")}, timeout=10) as r:
