@@ -427,6 +427,116 @@ def test_latency_port_write_to_owner_stream(srv: ServerHandle) -> None:
     p99 = samples[int(len(samples) * 0.99) - 1] * 1000
     print(f"\nport write -> owner stream line: p50 {p50:.2f} ms, p99 {p99:.2f} ms (n={len(samples)})")
     assert p50 < 50
+    # Through the API: POST /ports (validation, IPAM, transaction) until the owner's line.
+    admin = srv.api("admin")
+    net = admin.get(f"/networks/{nets[3]}").json()["network"]
+    admin.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.64.3.0/24", "ip_version": 4}})
+    api_samples = []
+    for k in range(100):
+        t0 = time.perf_counter()
+        r = admin.post("/ports", json={"port": {"network_id": net["id"], "binding:host_id": "hv3",
+                                                "project_id": net["project_id"], "name": f"api{k}"}})
+        assert r.status_code == 201, r.text
+        pid = r.json()["port"]["id"]
+        t1, _ = owner.wait(lambda m, pid=pid: m["type"] == "update" and pid in m["put"].get("ports", {}))
+        api_samples.append(t1 - t0)
+    api_samples.sort()
+    print(f"POST /ports -> owner stream line: p50 {statistics.median(api_samples) * 1000:.2f} ms, "
+          f"p99 {api_samples[98] * 1000:.2f} ms (n={len(api_samples)})")
     assert [m for _, m in other.lines[base:] if m["type"] != "ping"] == []
     owner.close()
     other.close()
+
+
+def _reference(store: SqliteStore, host: str) -> dict[str, Any]:
+    from vxnet.services.host_view import COLLECTIONS, host_entry
+    kvs, _ = store.range("/vxnet/res/")
+    objects: dict[str, dict[str, Any]] = {c: {} for c in COLLECTIONS}
+    hosts: dict[str, Any] = {}
+    for kv in kvs:
+        coll, _, id_ = kv.key[len("/vxnet/res/"):].partition("/")
+        if coll in objects:
+            objects[coll][id_] = json.loads(kv.value)
+        elif coll == "agents":
+            rec = json.loads(kv.value)
+            hosts[rec["host"]] = host_entry(rec)
+    return full_view(objects, hosts, host)
+
+
+def _held(reader: StreamReader) -> dict[str, Any]:
+    """The view an agent holds after every line received so far."""
+    view: dict[str, Any] = {}
+    for _, m in list(reader.lines):
+        if m["type"] == "snapshot":
+            view = copy.deepcopy(m["view"])
+            del view["host"]
+        elif m["type"] == "update":
+            apply_message(view, m["put"], m["delete"])
+    return view
+
+
+def test_views_through_the_resource_apis(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Networks, subnets, ports, routers, gateways, floating IPs and groups made through the
+    API: every agent's view equals the full recompute, after every step."""
+    from vxnet.api.routers import agent_stream
+    monkeypatch.setattr(agent_stream, "PING_INTERVAL", 0.3)
+    c = agent_client(srv)
+    for host, ip, gw in (("hv1", "198.51.100.1", False), ("hv2", "198.51.100.2", False),
+                         ("hv3", "198.51.100.3", False), ("gw1", "198.51.100.9", True)):
+        assert c.post(f"/hosts/{host}/register", json={"underlay_ip": ip, "gateway": gw}).status_code == 200
+    readers = {h: StreamReader(srv, h) for h in ("hv1", "hv2", "hv3", "gw1")}
+    admin, alice = srv.api("admin"), srv.api("alice")
+
+    def settle() -> None:
+        rev = srv.store.revision()
+        for h, r in readers.items():
+            # an update at `rev` or later, or a ping saying "nothing for you up to here"
+            r.wait(lambda m, rev=rev: m.get("revision", -1) >= rev, timeout=8)
+            assert _held(r) == _reference(srv.store, h), f"view of {h} differs from the full recompute"
+
+    def ok(r: httpx.Response) -> dict[str, Any]:
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    ext = ok(admin.post("/networks", json={"network": {"name": "ext", "router:external": True}}))["network"]
+    ok(admin.post("/subnets", json={"subnet": {"network_id": ext["id"], "cidr": "203.0.113.0/24",
+                                               "ip_version": 4}}))
+    n1 = ok(alice.post("/networks", json={"network": {"name": "a"}}))["network"]
+    s1 = ok(alice.post("/subnets", json={"subnet": {"network_id": n1["id"], "cidr": "100.64.1.0/24",
+                                                    "ip_version": 4}}))["subnet"]
+    n2 = ok(alice.post("/networks", json={"network": {"name": "b"}}))["network"]
+    s2 = ok(alice.post("/subnets", json={"subnet": {"network_id": n2["id"], "cidr": "100.64.2.0/24",
+                                                    "ip_version": 4}}))["subnet"]
+    p1 = ok(admin.post("/ports", json={"port": {"network_id": n1["id"], "binding:host_id": "hv1",
+                                                "project_id": n1["project_id"]}}))["port"]
+    p2 = ok(admin.post("/ports", json={"port": {"network_id": n2["id"], "binding:host_id": "hv2",
+                                                "project_id": n2["project_id"]}}))["port"]
+    settle()
+    assert set(_held(readers["hv1"])["ports"]) >= {p1["id"]} and p2["id"] in _held(readers["hv1"])["ports"]
+    # p2 is in hv1's view only through the default group's remote-group rule; hv3 sees nothing
+    assert _held(readers["hv3"])["ports"] == {}
+    r = ok(alice.post("/routers", json={"router": {"name": "r"}}))["router"]
+    ok(alice.put(f"/routers/{r['id']}/add_router_interface", json={"subnet_id": s1["id"]}))
+    ok(alice.put(f"/routers/{r['id']}/add_router_interface", json={"subnet_id": s2["id"]}))
+    settle()
+    v1 = _held(readers["hv1"])
+    assert set(v1["routers"]) == {r["id"]} and {n1["id"], n2["id"]} <= set(v1["networks"])
+    assert _held(readers["gw1"])["routers"] == {}  # no gateway yet
+    ok(alice.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": {"network_id": ext["id"]}}}))
+    fip = ok(alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"],
+                                                             "port_id": p1["id"]}}))["floatingip"]
+    settle()
+    assert set(_held(readers["gw1"])["routers"]) == {r["id"]} and fip["id"] in _held(readers["gw1"])["floatingips"]
+    assert set(_held(readers["hv1"])["floatingips"]) == {fip["id"]} and _held(readers["hv2"])["floatingips"] == {}
+    # live migration of p1 to hv3, status reports, then deletions
+    ok(admin.put(f"/ports/{p1['id']}", json={"port": {"binding:host_id": "hv3"}}))
+    ok(c.post("/hosts/hv3/ports-status", json={"ACTIVE": [p1["id"]]}))
+    settle()
+    assert p1["id"] in _held(readers["hv3"])["ports"] and _held(readers["hv3"])["ports"][p1["id"]]["status"] == "ACTIVE"
+    assert _held(readers["hv1"])["ports"] == {}
+    ok(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": None}}))
+    ok(alice.put(f"/routers/{r['id']}/remove_router_interface", json={"subnet_id": s2["id"]}))
+    assert alice.delete(f"/ports/{p2['id']}").status_code == 204
+    settle()
+    for rd in readers.values():
+        rd.close()
