@@ -7,7 +7,6 @@ Invariants:
 - A port record is staged together with the claims of its MAC (`/vxnet/mac/<net>/<mac>`) and
   fixed IPs (`/vxnet/ipam/<subnet>/<ip>`) in the caller's transaction: either all of them commit
   or none does (a raising caller stages nothing, see services/repo.py).
-- Every port creation writes `/vxnet/netports/<network_id>` (see `network_ports_key`).
 - `delete_port_record` releases exactly the keys the record holds and clears floating IP
   associations to the port in the same transaction.
 - Ports owned by `network:*` devices get no security groups by default (as in Neutron);
@@ -31,12 +30,6 @@ ROUTER_INTERFACE_OWNERS = (
     "network:ha_router_replicated_interface",
     "network:router_centralized_snat",
 )
-
-
-def network_ports_key(network_id: str) -> str:
-    """Written by every port creation on the network; a network delete that reads (guards) it
-    cannot commit alongside a port created meanwhile."""
-    return f"{ROOT}netports/{network_id}"
 
 
 def vif_type(host_id: str) -> str:
@@ -169,7 +162,6 @@ def new_port_record(
         "revision_number": 0,
     }
     uow.put("ports", port)
-    uow.put_raw(network_ports_key(network["id"]), pid)
     return port
 
 
