@@ -294,7 +294,12 @@ class StreamReader:
                 self.cond.wait(left)
 
     def close(self) -> None:
+        from vxnet.agent.client import _shutdown
+        _shutdown(self.response)
+        self.response.close()
         self._client.close()
+        self._thread.join(5)
+        assert not self._thread.is_alive()
 
 
 def _port(net: str, host: str, pid: str | None = None, **kw: Any) -> dict[str, Any]:

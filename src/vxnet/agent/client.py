@@ -26,9 +26,11 @@ Synchronous (httpx), safe to use from a few threads (heartbeats in one, the stre
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -274,9 +276,20 @@ class ServerClient:
         self._closed.set()
         resp = self._response
         if resp is not None:
+            _shutdown(resp)
             resp.close()
         for s in self.servers:
             s.close()
+
+
+def _shutdown(resp: httpx.Response) -> None:
+    """Wake a thread blocked reading `resp`: closing a socket does not interrupt a blocked
+    recv() in another thread, shutting it down does."""
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _ts(text: str) -> float:

@@ -48,6 +48,7 @@ from vxnet.api.validation import Body, Bool, IpAddr, ShortStr, validate
 from vxnet.services.host_view import COLLECTIONS, ViewIndex
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso, res_key
 from vxnet.store.contract import (
+    CompactedError,
     Compare,
     Event,
     EventType,
@@ -137,8 +138,13 @@ class Hub:
         if self.loop is not None:
             return
         self.loop = loop
-        self._load()
-        self._watch = self.store.watch(ROOT, self.revision + 1, self._on_events)
+        while True:
+            self._load()
+            try:
+                self._watch = self.store.watch(ROOT, self.revision + 1, self._on_events)
+                return
+            except CompactedError:  # compacted between the range and the watch: list again
+                continue
 
     def stop(self) -> None:
         if self._watch is not None:
