@@ -296,3 +296,45 @@ def test_unix_socket_server(tmp_path) -> None:
         server.should_exit = True
         thread.join(10)
         store.close()
+
+
+@pytest.mark.slow
+def test_failover_and_expiry_over_etcd() -> None:
+    """Two servers, each with its own client of one etcd member (as on two machines): the
+    agent fails over and resumes without a snapshot; when it stops, its lease expires in etcd
+    and the surviving server declares it dead."""
+    from tests.support.etcd import EtcdCluster
+    from vxnet.store.contract import Put
+    from vxnet.store.etcd_store import EtcdStore
+
+    cluster = EtcdCluster(1, prefix="vxac")
+    try:
+        cluster.wait_healthy()
+        sa, sb = EtcdStore(cluster.endpoints), EtcdStore(cluster.endpoints)
+        a = start_agent_server(store=sa, agent_down_time=3)  # type: ignore[arg-type]
+        b = start_agent_server(store=sb, agent_down_time=3)  # type: ignore[arg-type]
+        c = client([a.url, b.url])
+        c.register()
+        net = a.api("admin").post("/networks", json={"network": {"name": "n"}}).json()["network"]["id"]
+        agent = Agent(c)
+
+        def write(p: dict[str, Any]) -> int:
+            return sb.txn([], [Put(f"/vxnet/res/ports/{p['id']}", json.dumps(p))]).revision
+
+        agent.wait_revision(write(port(net, "hv1", "p1")))
+        stop_server_only(a)
+        revs = [write(port(net, "hv2", f"q{i}")) for i in range(5)]
+        agent.wait_revision(revs[-1])
+        assert agent.snapshots() == 1 and c.current_url == b.url
+        assert agent.view == reference_view(sb, "hv1")  # type: ignore[arg-type]
+        c.close()  # the agent stops: no more heartbeats
+        aid = agent_id_for("hv1")
+        deadline = time.time() + 15
+        while b.api("admin").get(f"/agents/{aid}").json()["agent"]["alive"]:
+            assert time.time() < deadline, "agent never declared dead"
+            time.sleep(0.2)
+        stop_server_only(b)
+        sa.close()
+        sb.close()
+    finally:
+        cluster.stop()
