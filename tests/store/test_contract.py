@@ -29,6 +29,7 @@ from vxnet.store.contract import (
     key_unchanged,
     prefix_end,
     put,
+    range_unchanged_since,
 )
 
 
@@ -268,6 +269,56 @@ def test_put_and_delete_of_same_key_in_one_txn(store: Store, ns: str) -> None:
     assert store.revision() == r0 + 1
 
 
+def test_value_compare_on_missing_key_never_holds(store: Store, ns: str) -> None:
+    for op in ("==", "!=", "<", ">"):
+        for value in ("", "x"):
+            assert not store.txn([Compare(ns + "missing", "value", op, value)], []).succeeded, (op, value)
+
+
+def test_prefix_compare_on_an_empty_range_is_a_missing_key(store: Store, ns: str) -> None:
+    empty = ns + "empty/"
+    assert store.txn([Compare(empty, "mod", "==", 0, prefix=True)], []).succeeded
+    assert store.txn([Compare(empty, "create", "<", 1, prefix=True)], []).succeeded
+    assert not store.txn([Compare(empty, "mod", "==", 5, prefix=True)], []).succeeded
+    assert not store.txn([Compare(empty, "version", ">", 0, prefix=True)], []).succeeded
+    assert not store.txn([Compare(empty, "value", "==", "x", prefix=True)], []).succeeded
+    assert not store.txn([Compare(empty, "value", "!=", "x", prefix=True)], []).succeeded
+    with pytest.raises(ValueError):
+        Compare(empty, "exists", "==", True, prefix=True)
+
+
+def test_prefix_compare_must_hold_for_every_key_under_the_prefix(store: Store, ns: str) -> None:
+    put(store, ns + "p/a", "x")
+    put(store, ns + "p/b", "x")
+    put(store, ns + "pz", "other")  # shares the string prefix "p" but not "p/"
+    assert store.txn([Compare(ns + "p/", "value", "==", "x", prefix=True)], []).succeeded
+    put(store, ns + "p/c", "y")
+    r0 = store.revision()
+    res = store.txn([Compare(ns + "p/", "value", "==", "x", prefix=True)], [Put(ns + "s", "1")], [Put(ns + "f", "1")])
+    assert not res.succeeded and store.get(ns + "f") is not None and res.revision == r0 + 1
+    assert store.txn([Compare(ns + "p/", "version", "==", 1, prefix=True)], []).succeeded
+
+
+def test_range_unchanged_since(store: Store, ns: str) -> None:
+    put(store, ns + "r/a", "1")
+    put(store, ns + "r/b", "1")
+    put(store, ns + "elsewhere", "1")
+    _, read_rev = store.range(ns + "r/")
+    guard = range_unchanged_since(ns + "r/", read_rev)
+    assert store.txn([guard], []).succeeded
+    put(store, ns + "elsewhere", "2")  # outside the prefix: irrelevant
+    assert store.txn([guard], []).succeeded
+    delete(store, ns + "r/a")  # deletions do not break it
+    assert store.txn([guard], []).succeeded
+    put(store, ns + "r/new", "1")  # a key created after the read does
+    assert not store.txn([guard], [Put(ns + "w", "x")]).succeeded
+    assert store.get(ns + "w") is None
+    _, read_rev = store.range(ns + "r/")
+    assert store.txn([range_unchanged_since(ns + "r/", read_rev)], []).succeeded
+    put(store, ns + "r/b", "2")  # and so does a modified one
+    assert not store.txn([range_unchanged_since(ns + "r/", read_rev)], []).succeeded
+
+
 # --- ranges and prefix deletes -------------------------------------------------------------------
 
 
@@ -400,6 +451,20 @@ def test_watch_started_during_writes_sees_every_revision_exactly_once(store: Sto
     h.cancel()
     assert_batches_well_formed(batches)
     assert rec.revisions() == [start] + written
+
+
+def test_healthy_or_cancelled_watch_never_reports_an_error(store: Store, ns: str) -> None:
+    errors: list[Exception] = []
+    rec = Recorder()
+    h = store.watch(ns, store.revision() + 1, rec, on_error=errors.append)
+    r = put(store, ns + "a", "1")
+    rec.wait_revision(r)
+    h.cancel()
+    probe = Recorder()
+    store.watch(ns, store.revision() + 1, probe)
+    r2 = put(store, ns + "b", "2")
+    probe.wait_revision(r2)
+    assert errors == [] and rec.revisions() == [r]
 
 
 def test_several_watchers_each_get_every_event(store: Store, ns: str) -> None:

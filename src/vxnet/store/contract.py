@@ -83,11 +83,14 @@ CompareOp = Literal["==", "!=", "<", ">"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Compare:
-    """A condition on one key. `exists` compares a bool; a missing key has create/mod/version 0.
+    """A condition on one key. `exists` compares a bool; a missing key has create/mod/version 0
+    and no value: a `value` compare on a missing key never holds, whatever the op (etcd's rule).
 
-    With `prefix=True` the condition must hold for every key under `key` that exists (and holds
-    trivially when none does), as etcd's compare with a range_end. `range_unchanged_since` uses
-    it to detect keys created or changed under a prefix after a read."""
+    With `prefix=True` the condition must hold for every key under `key` that exists; when none
+    does, it is evaluated once against a missing key (so `mod < N` holds and a `value` compare
+    fails), exactly as etcd's compare with a range_end. `exists` takes no prefix.
+    `range_unchanged_since` uses it to detect keys created or changed under a prefix after a
+    read."""
 
     key: str
     target: CompareTarget
@@ -95,13 +98,19 @@ class Compare:
     value: int | str | bool
     prefix: bool = False
 
+    def __post_init__(self) -> None:
+        if self.prefix and self.target == "exists":
+            raise ValueError("an `exists` compare takes no prefix")
+
     def holds(self, kv: KeyValue | None) -> bool:
         """Evaluate against the current value of the key (None if missing)."""
         actual: int | str | bool
         if self.target == "exists":
             actual = kv is not None
         elif self.target == "value":
-            actual = kv.value if kv else ""
+            if kv is None:
+                return False
+            actual = kv.value
         elif self.target == "create":
             actual = kv.create_revision if kv else 0
         elif self.target == "mod":

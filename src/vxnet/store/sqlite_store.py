@@ -222,7 +222,10 @@ class SqliteStore:
     def _holds(self, c: Compare) -> bool:
         if not c.prefix:
             return c.holds(self._kv.get(c.key))
-        return all(c.holds(self._kv[k]) for k in self._prefix_keys(c.key))
+        keys = self._prefix_keys(c.key)
+        if not keys:  # as etcd: an empty range is compared as one missing key
+            return c.holds(None)
+        return all(c.holds(self._kv[k]) for k in keys)
 
     def _prefix_keys(self, prefix: str) -> list[str]:
         lo = bisect.bisect_left(self._keys, prefix)
