@@ -545,3 +545,26 @@ def test_views_through_the_resource_apis(srv: ServerHandle, monkeypatch: pytest.
     settle()
     for rd in readers.values():
         rd.close()
+
+
+def test_replay_log_is_bounded(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay logs keep at most LOG_BYTES: a `since` older than what is kept gets a
+    snapshot, a recent one still resumes."""
+    from vxnet.api.routers import agent_stream
+    monkeypatch.setattr(agent_stream, "LOG_BYTES", 20_000)
+    c = agent_client(srv)
+    assert c.post("/hosts/hv1/register", json={"underlay_ip": "198.51.100.1"}).status_code == 200
+    net = srv.api("admin").post("/networks", json={"network": {"name": "n"}}).json()["network"]
+    first = _put(srv, "ports", _port(net["id"], "hv1", "p0"))
+    revs = [_put(srv, "ports", _port(net["id"], "hv1", f"p{i % 5}", description="x" * 200 + str(i)))
+            for i in range(200)]  # ~100 KB of lines for hv1
+    s = StreamReader(srv, "hv1", since=revs[-3])  # recent: replayed
+    s.wait(lambda m: m.get("revision") == revs[-1])
+    assert [m["type"] for _, m in s.lines][:2] == ["update", "update"]
+    s.close()
+    s = StreamReader(srv, "hv1", since=first)  # evicted from the log: snapshot
+    _, m = s.wait(lambda m: True)
+    assert m["type"] == "snapshot" and m["revision"] >= revs[-1]
+    s.close()
+    hub = srv._server.config.app.state.vxnet.hub
+    assert hub._log_bytes <= 20_000

@@ -15,8 +15,9 @@ Store layout:
 The hub (one per server process and app): one store watch on `/vxnet/` from the revision of
 one initial `range`, feeding `ViewIndex` on the event loop (callbacks come on the committing
 thread and are handed over with `call_soon_threadsafe`). For every tracked host (registered or
-subscribed) it keeps the update lines of the last LOG_LENGTH revisions that touched the host,
-and `floor[host]`: every update after that revision is in the log. A stream with
+subscribed) it keeps the recent update lines that touched the host (all hosts' logs together
+hold at most LOG_BYTES; the oldest lines go first), and `floor[host]`: every update after that
+revision is in the log. A stream with
 `since >= floor` replays the log after `since`; otherwise it starts with a snapshot. So an
 agent resumes without a snapshot on this server, or on another server that was already
 running, as long as the log reaches back far enough. Pings carry the hub's revision: "nothing
@@ -62,7 +63,8 @@ log = logging.getLogger("vxnet.agents")
 router = APIRouter(prefix="/v2.0/vxnet", tags=["agent control plane"])
 
 PING_INTERVAL = 5.0
-LOG_LENGTH = 4096
+LOG_LENGTH = 4096  # lines a stream may fall behind before it is cut
+LOG_BYTES = 32 * 1024 * 1024  # all hosts' replay logs together
 HEARTBEAT_RECORD_INTERVAL = 10.0
 LIVE_PREFIX = f"{ROOT}agents/"
 _AGENT_NS = uuid.UUID("0c5d1a7e-3f0b-4d2a-8a51-6e1f4b2c9d07")
@@ -128,6 +130,8 @@ class Hub:
         self.revision = 0
         self.logs: dict[str, collections.deque[tuple[int, bytes]]] = {}
         self.floor: dict[str, int] = {}
+        self._log_order: collections.deque[tuple[str, int, int]] = collections.deque()  # host, rev, size
+        self._log_bytes = 0
         self.subs: dict[str, set[Subscriber]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._watch: Any = None
@@ -220,14 +224,21 @@ class Hub:
                 self.on_liveness_lost(host)
 
     def _record(self, host: str, rev: int, line: bytes) -> None:
-        logq = self.logs.setdefault(host, collections.deque())
-        logq.append((rev, line))
-        while len(logq) > LOG_LENGTH:
-            old_rev, _ = logq.popleft()
-            self.floor[host] = max(self.floor.get(host, 0), old_rev)
+        self.logs.setdefault(host, collections.deque()).append((rev, line))
+        self._log_order.append((host, rev, len(line)))
+        self._log_bytes += len(line)
+        while self._log_bytes > LOG_BYTES:
+            h, old_rev, size = self._log_order.popleft()
+            self._log_bytes -= size
+            logq = self.logs.get(h)
+            if logq and logq[0][0] == old_rev:
+                logq.popleft()
+                self.floor[h] = max(self.floor.get(h, 0), old_rev)
 
     def resync(self) -> None:
         """Reload every object and send every open stream a snapshot."""
+        self._log_order.clear()
+        self._log_bytes = 0
         self._load()
         for host, subs in self.subs.items():
             self.index.track(host)
