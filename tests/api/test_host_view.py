@@ -568,3 +568,15 @@ def test_replay_log_is_bounded(srv: ServerHandle, monkeypatch: pytest.MonkeyPatc
     s.close()
     hub = srv._server.config.app.state.vxnet.hub
     assert hub._log_bytes <= 20_000
+
+
+def test_stream_metrics(srv: ServerHandle) -> None:
+    s = StreamReader(srv, "hv1")
+    s.wait(lambda m: m["type"] == "snapshot")
+    _put(srv, "ports", _port("net-x", "hv1", "p1"))
+    s.wait(lambda m: m["type"] == "update")
+    text = httpx.get(srv.url + "/metrics").text
+    assert "vxnet_view_streams 1.0" in text and "vxnet_view_tracked_hosts 1.0" in text
+    count = [line for line in text.splitlines() if line.startswith("vxnet_view_fanout_seconds_count")]
+    assert count and float(count[0].split()[1]) >= 1
+    s.close()

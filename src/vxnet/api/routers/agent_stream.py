@@ -41,6 +41,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import StreamingResponse
+from prometheus_client import Gauge, Histogram
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, bad_request, policy_denied
@@ -136,6 +137,7 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._watch: Any = None
         self.on_liveness_lost: Any = None  # callable(host), set by setup()
+        self.fanout_seconds: Any = None  # a prometheus Histogram, set by setup()
 
     # start / stop ------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -200,6 +202,7 @@ class Hub:
                     changes.append((coll, id_, json.loads(e.kv.value) if e.type is EventType.PUT else None))
             elif key.startswith(LIVE_PREFIX) and e.type is EventType.DELETE:
                 lost.append(key[len(LIVE_PREFIX):])
+        started = time.perf_counter()
         try:
             messages = self.index.apply(changes)
         except Exception:
@@ -219,6 +222,8 @@ class Hub:
             self._record(h, rev, line)
             for s in self.subs.get(h, ()):
                 s.push(line, rev)
+        if self.fanout_seconds is not None:
+            self.fanout_seconds.observe(time.perf_counter() - started)
         if lost and self.on_liveness_lost is not None:
             for host in lost:
                 self.on_liveness_lost(host)
@@ -337,6 +342,15 @@ def setup(app: FastAPI, state: AppState) -> None:
         hub.loop.call_soon(mark_dead, state, host)
 
     hub.on_liveness_lost = lost
+    registry = getattr(app.state, "metrics_registry", None)
+    if registry is not None:
+        hub.fanout_seconds = Histogram(
+            "vxnet_view_fanout_seconds", "Time to turn one store revision into every host's view update",
+            registry=registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
+        Gauge("vxnet_view_streams", "Open agent view streams", registry=registry).set_function(
+            lambda: sum(len(s) for s in hub.subs.values()))
+        Gauge("vxnet_view_tracked_hosts", "Hosts whose views this server keeps", registry=registry).set_function(
+            lambda: len(hub.index.members))
     previous = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
