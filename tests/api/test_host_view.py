@@ -580,3 +580,28 @@ def test_stream_metrics(srv: ServerHandle) -> None:
     count = [line for line in text.splitlines() if line.startswith("vxnet_view_fanout_seconds_count")]
     assert count and float(count[0].split()[1]) >= 1
     s.close()
+
+
+def test_index_failure_falls_back_to_full_reload(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the incremental path ever raises, the hub reloads everything and every open stream
+    gets a fresh snapshot that includes the change; later changes flow as before."""
+    s = StreamReader(srv, "hv1")
+    s.wait(lambda m: m["type"] == "snapshot")
+    real = ViewIndex.apply
+    calls = {"n": 0}
+
+    def flaky(self: ViewIndex, changes: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected bug")
+        return real(self, changes)
+
+    monkeypatch.setattr(ViewIndex, "apply", flaky)
+    rev = _put(srv, "ports", _port("net-x", "hv1", "p1"))
+    _, snap = s.wait(lambda m: m["type"] == "snapshot" and m["revision"] >= rev)
+    assert set(snap["view"]["ports"]) == {"p1"}
+    rev2 = _put(srv, "ports", _port("net-x", "hv1", "p2"))
+    _, upd = s.wait(lambda m: m.get("revision") == rev2)
+    assert upd["type"] == "update" and set(upd["put"]["ports"]) == {"p2"}
+    assert _held(s) == _reference(srv.store, "hv1")
+    s.close()

@@ -192,20 +192,21 @@ class Hub:
         rev = events[0].kv.mod_revision
         if rev <= self.revision:
             return  # already in a reload
-        changes: list[tuple[str, str, dict[str, Any] | None]] = []
-        lost: list[str] = []
-        for e in events:
-            key = e.kv.key
-            if key.startswith(f"{ROOT}res/"):
-                coll, _, id_ = key[len(ROOT) + 4:].partition("/")
-                if coll in COLLECTIONS or coll == "agents":
-                    changes.append((coll, id_, json.loads(e.kv.value) if e.type is EventType.PUT else None))
-            elif key.startswith(LIVE_PREFIX) and e.type is EventType.DELETE:
-                lost.append(key[len(LIVE_PREFIX):])
+        lost = [e.kv.key[len(LIVE_PREFIX):] for e in events
+                if e.type is EventType.DELETE and e.kv.key.startswith(LIVE_PREFIX)]
+        if lost and self.on_liveness_lost is not None:
+            for host in lost:
+                self.on_liveness_lost(host)  # scheduled: runs after this revision is applied
         started = time.perf_counter()
         try:
+            changes: list[tuple[str, str, dict[str, Any] | None]] = []
+            for e in events:
+                if e.kv.key.startswith(f"{ROOT}res/"):
+                    coll, _, id_ = e.kv.key[len(ROOT) + 4:].partition("/")
+                    if coll in COLLECTIONS or coll == "agents":
+                        changes.append((coll, id_, json.loads(e.kv.value) if e.type is EventType.PUT else None))
             messages = self.index.apply(changes)
-        except Exception:
+        except Exception:  # a bug in the incremental path must not lose views: reload instead
             log.exception("view index failed at revision %d; reloading", rev)
             self.resync()
             return
@@ -224,9 +225,6 @@ class Hub:
                 s.push(line, rev)
         if self.fanout_seconds is not None:
             self.fanout_seconds.observe(time.perf_counter() - started)
-        if lost and self.on_liveness_lost is not None:
-            for host in lost:
-                self.on_liveness_lost(host)
 
     def _record(self, host: str, rev: int, line: bytes) -> None:
         self.logs.setdefault(host, collections.deque()).append((rev, line))
@@ -316,7 +314,7 @@ def mark_dead(st: AppState, host: str) -> None:
 
     try:
         st.repo.transact(txn)
-    except Exception:
+    except Exception:  # the next start-up sweep or expiry retries; the watch must go on
         log.exception("marking agent %s dead failed", host)
 
 
