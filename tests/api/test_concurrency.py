@@ -4,6 +4,10 @@
   succeed, 139 get 409 IpAddressGenerationFailure, no duplicate IP or MAC.
 - The same against four API servers sharing one store (the claims, not a process-wide lock,
   keep addresses unique).
+- An address released by another server (invisible to this process's search hint) is found
+  again instead of a false exhaustion.
+- Subnet deletes racing port creates through different servers never leave a port holding an
+  address on a deleted subnet.
 - The same against a real `vxnet server` subprocess that is killed with SIGKILL half-way and
   restarted on the same port and store while clients retry connection errors: every port
   acknowledged with a 201 survives, nothing is duplicated, and the store's IPAM and MAC keys are
