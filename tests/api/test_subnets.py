@@ -141,6 +141,7 @@ BAD_CREATES = [
     ({"enable_dhcp": "maybe"}, 400, None, "enable_dhcp"),
     ({"name": 7}, 400, None, "Invalid input for name"),
     ({"subnetpool_id": str(uuid.uuid4())}, 400, None, None),
+    ({"use_default_subnetpool": True}, 400, "InvalidInput", "subnet pools are not supported"),
     ({"frobnicate": 1}, 400, None, "Unrecognized attribute(s) 'frobnicate'"),
     ({"network_id": "not-a-uuid"}, 400, None, "network_id"),
     ({"network_id": str(uuid.uuid4())}, 404, "NetworkNotFound", None),

@@ -235,8 +235,10 @@ def check_cidr(cidr: str | None, ip_version: int, enable_dhcp: bool, item: Subne
         raise bad_request(f"Invalid input for ip_version. Reason: {ip_version} is not in valid values [4, 6].")
     if ip_version == 6 or item.ipv6_ra_mode is not None or item.ipv6_address_mode is not None:
         raise invalid_input("IPv6 subnets are not supported by this server")
+    if item.use_default_subnetpool:
+        raise invalid_input("subnet pools are not supported by this server")
     if cidr is None:
-        if item.use_default_subnetpool or item.prefixlen is not None:
+        if item.prefixlen is not None:
             raise invalid_input("subnet pools are not supported by this server")
         raise bad_request("Bad subnets request: a subnetpool must be specified in the absence of a cidr.")
     net = ipaddress.ip_network(cidr)
