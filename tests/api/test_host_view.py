@@ -219,6 +219,24 @@ def test_status_change_reaches_only_holders() -> None:
     assert all(m.put == {"ports": {"p7-2": port}} and not m.delete for m in out.values())
 
 
+def test_agent_heartbeat_rewrite_is_silent() -> None:
+    """Rewriting an agent record's heartbeat time changes no view; its underlay IP or
+    liveness reaches every host whose view shows that host."""
+    index = ViewIndex()
+    port = {"id": "p", "network_id": "n", "binding:host_id": "h2", "device_owner": "compute:nova",
+            "device_id": "vm", "security_groups": []}
+    mine = dict(port, id="q", **{"binding:host_id": "h1"})
+    rec = {"id": "a2", "host": "h2", "alive": True, "heartbeat_timestamp": "2026-01-01 00:00:00",
+           "configurations": {"underlay_ip": "198.51.100.2", "gateway": False}}
+    index.load({"ports": {"p": port, "q": mine}, "networks": {"n": {"id": "n"}}}, {"a2": rec})
+    index.track("h1")
+    index.track("h3")
+    assert index.apply([("agents", "a2", dict(rec, heartbeat_timestamp="2026-01-01 00:00:10"))]) == {}
+    out = index.apply([("agents", "a2", dict(rec, alive=False))])
+    assert set(out) == {"h1", "h2"} and out["h1"].put == {"hosts": {"h2": {
+        "host": "h2", "underlay_ip": "198.51.100.2", "alive": False, "gateway": False}}}
+
+
 # --- part 2: the stream over HTTP ---------------------------------------------------------
 
 AGENT = User("vxnet-agent", "vxnet-agent-pw", "service", ("service",))
