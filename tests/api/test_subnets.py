@@ -77,8 +77,8 @@ def test_create_defaults_and_network_bookkeeping(shared_server) -> None:
 def test_gateway_null_and_custom_gateway_pools(shared_server) -> None:
     alice = shared_server.api("alice")
     net = network(alice)
-    s = subnet(alice, net, "192.0.2.0/24", gateway_ip=None)
-    assert s["gateway_ip"] is None
+    s = subnet(alice, net, "192.0.2.0/24", gateway_ip=None, subnetpool_id=None)
+    assert s["gateway_ip"] is None and s["subnetpool_id"] is None
     assert s["allocation_pools"] == [{"start": "192.0.2.1", "end": "192.0.2.254"}]
     net2 = network(alice)
     s2 = subnet(alice, net2, "192.0.2.0/24", gateway_ip="192.0.2.100")
