@@ -213,6 +213,7 @@ class ViewIndex:
         self.members: dict[str, dict[str, set[str]]] = {}
         self._remote: dict[str, set[str]] = {}
         self._host_refs: dict[str, collections.Counter[str]] = {}  # host -> binding host -> view ports
+        self._n0: dict[str, set[str]] = {}  # host -> networks of its local ports
         self._holders: dict[tuple[str, str], set[str]] = {}
         self._remote_watch: dict[str, set[str]] = {}
 
@@ -326,6 +327,7 @@ class ViewIndex:
         del self.members[host]
         del self._remote[host]
         del self._host_refs[host]
+        del self._n0[host]
 
     def _set_membership(self, host: str, mem: dict[str, set[str]], remote: set[str]) -> None:
         old = self.members[host]
@@ -343,6 +345,7 @@ class ViewIndex:
         ports = self.objects["ports"]
         self._host_refs[host] = collections.Counter(
             b for p in mem["ports"] if (b := ports[p].get("binding:host_id")))
+        self._n0[host] = {ports[p]["network_id"] for p in self._ports_by_host.get(host, ())}
 
     def snapshot(self, host: str) -> View:
         """The current view of a tracked host."""
@@ -450,6 +453,9 @@ class ViewIndex:
             if coll == "ports":
                 if o.get("binding:host_id") in self.members:
                     roots.add(o["binding:host_id"])
+                    if o is obj and self._joins_cheaply(o["binding:host_id"], old, obj):
+                        roots.discard(o["binding:host_id"])
+                        leaves.add(o["binding:host_id"])
                 leaves |= self.holders("networks", o["network_id"])
                 for g in o.get("security_groups") or ():
                     leaves |= self._remote_watch.get(g, set())
@@ -464,6 +470,17 @@ class ViewIndex:
         self._recompute(roots, (coll, id_, old), out)
         for h in leaves - roots:
             self._leaf(h, coll, id_, old, obj, out)
+
+    def _joins_cheaply(self, h: str, old: Obj | None, new: Obj) -> bool:
+        """Whether port `new` (bound to `h`) leaves `h`'s roots as they are: a VM port on a
+        network `h` has local ports on already, in groups `h` uses already, with no floating
+        IP, that was not bound to `h` before or was with the same network and groups. Then the
+        port is just one more member, like a leaf (the common case of a VM booting)."""
+        sgs = set(new.get("security_groups") or ())
+        if old is not None and old.get("binding:host_id") == h:
+            return old["network_id"] == new["network_id"] and set(old.get("security_groups") or ()) == sgs
+        return (new["network_id"] in self._n0[h] and sgs <= self.members[h]["security_groups"]
+                and not self._fips_by_port.get(new["id"]))
 
     def _leaf(self, h: str, coll: str, id_: str, old: Obj | None, obj: Obj | None, out: dict[str, Message]) -> None:
         """Move one port, subnet or floating IP in or out of `h`'s view (whose roots this change
