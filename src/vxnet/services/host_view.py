@@ -24,10 +24,15 @@ network, host and group, router interfaces, ...) and, per tracked host, the memb
 reverse index `holders[(collection, id)]` = hosts whose view contains that id. A change costs:
 - an attribute change that cannot move anything (port status, names, fixed IPs, ...): one put
   per host holding the object;
-- a change of a "structural" attribute (a port's network, binding, owner, groups; a rule's
-  group or remote group; a router's external gateway; ...): the hosts it can affect are found
-  through the indexes and only their memberships are recomputed (from the indexes, not by a
-  scan) and diffed.
+- a port, subnet or floating IP appearing, moving or going: for every other host it can touch
+  (found through the indexes: hosts holding its network, its remote groups, ...) an O(1)
+  membership test ("leaf" path), plus a recompute of the port's own old and new host, unless
+  the port just joins a host already on its network and groups (a VM booting);
+- a change that reshapes views (a rule, a router interface, a gateway, a gateway host): the
+  memberships of the hosts it can affect are recomputed from the indexes (not by a scan) and
+  diffed.
+Measured (one core, pure index, 1,000 hosts, 20,000 ports): a port status change p50 ~0.01 ms,
+a new port ~0.4 ms, a VM port joining a host already on its network ~0.03 ms.
 
 Invariant (tested against `full_view` on random histories): for every tracked host, applying
 `ViewIndex.apply`'s messages in order to `ViewIndex.snapshot` gives `full_view` of the same
