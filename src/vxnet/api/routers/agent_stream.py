@@ -12,6 +12,9 @@ Store layout:
   server does this (idempotently); at start each server also repairs records left `alive`
   without a liveness key.
 
+Stream messages are those of the contract; the snapshot's `view.host` is the host's own
+`hosts` entry, which also appears (and changes) under `hosts` like any other.
+
 The hub (one per server process and app): one store watch on `/vxnet/` from the revision of
 one initial `range`, feeding `ViewIndex` on the event loop (callbacks come on the committing
 thread and are handed over with `call_soon_threadsafe`). For every tracked host (registered or
