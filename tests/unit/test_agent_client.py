@@ -338,3 +338,34 @@ def test_failover_and_expiry_over_etcd() -> None:
         sb.close()
     finally:
         cluster.stop()
+
+
+def test_a_server_answering_5xx_is_skipped(srv: ServerHandle) -> None:
+    """A server that answers but cannot serve (503, e.g. its store is gone) is failed over
+    like an unreachable one."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def unavailable(request: Any) -> JSONResponse:
+        return JSONResponse({"NeutronError": {"type": "ServiceUnavailable", "message": "store down",
+                                              "detail": ""}}, status_code=503)
+
+    sick = Starlette(routes=[Route("/{path:path}", unavailable, methods=["GET", "POST"])])
+    port_no = free_port()
+    server = uvicorn.Server(uvicorn.Config(sick, host="127.0.0.1", port=port_no, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        c = client([f"http://127.0.0.1:{port_no}", srv.url])
+        assert c.register()["host"] == "hv1" and c.current_url == srv.url
+        c._current = 0  # back to the sick one first: the stream fails over too
+        first = next(iter(c.stream(None)))
+        assert first["type"] == "snapshot" and c.current_url == srv.url
+        c.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -7,8 +7,8 @@ every network namespace can see):
 - login: a Keystone v3 password token, renewed before 80 % of its lifetime and after any 401.
   Tokens are per server URL (servers on one store accept each other's tokens, but nothing
   here relies on it).
-- every call goes to the current server; a connection failure moves to the next URL, in
-  order, and the one that answers becomes current (failover, no pinning to the first URL).
+- every call goes to the current server; a connection failure or a 5xx moves to the next URL,
+  in order, and the one that answers becomes current (failover, no pinning to the first URL).
 - `register()`, `heartbeat()` (False when the server forgot the host: register again),
   `heartbeat_loop(stop)` (does both, on the interval the server hands out).
 - `stream(since)`: the NDJSON view stream of one connection, parsed; it ends or raises when
@@ -145,6 +145,8 @@ class ServerClient:
                                          headers={"X-Auth-Token": self._token(srv, renew)})
                     if r.status_code != 401:
                         break
+                if r.status_code >= 500:  # this server cannot serve now (e.g. its store): next
+                    raise ServerRejected(r.status_code, r.text)
                 self._current = i
                 return r
             except (httpx.TransportError, ServerRejected) as e:
@@ -227,6 +229,10 @@ class ServerClient:
                     if resp.status_code != 401:
                         break
                     resp.close()
+                if resp.status_code >= 500:
+                    body = resp.read().decode(errors="replace")
+                    resp.close()
+                    raise ServerRejected(resp.status_code, body)
             except (httpx.TransportError, ServerRejected) as e:
                 last = e
                 log.warning("view stream from %s: %s", srv.url, e)
