@@ -623,3 +623,45 @@ def test_index_failure_falls_back_to_full_reload(srv: ServerHandle, monkeypatch:
     assert upd["type"] == "update" and set(upd["put"]["ports"]) == {"p2"}
     assert _held(s) == _reference(srv.store, "hv1")
     s.close()
+
+
+@pytest.mark.slow
+def test_fanout_reaches_exactly_the_hosts_that_care(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 agents streaming, 4 hosts per network: each port change reaches exactly the 4 hosts
+    on its network, in about a millisecond, and no other stream hears of it."""
+    from vxnet.api.routers import agent_stream
+    monkeypatch.setattr(agent_stream, "PING_INTERVAL", 0.5)
+    c = agent_client(srv)
+    n = 40
+    for i in range(n):
+        assert c.post(f"/hosts/hv{i}/register", json={"underlay_ip": f"198.51.100.{i + 1}"}).status_code == 200
+    admin = srv.api("admin")
+    nets = [admin.post("/networks", json={"network": {"name": f"n{i}"}}).json()["network"]["id"]
+            for i in range(n // 4)]
+    for i in range(n):
+        for j in range(3):
+            _put(srv, "ports", _port(nets[i // 4], f"hv{i}", f"p{i}-{j}"))
+    readers = [StreamReader(srv, f"hv{i}") for i in range(n)]
+    for r in readers:
+        r.wait(lambda m: m["type"] == "snapshot")
+    base = [len(r.lines) for r in readers]
+    expect = [0] * n
+    lat = []
+    for k in range(200):
+        i = (k * 7) % n
+        t0 = time.perf_counter()
+        rev = _put(srv, "ports", _port(nets[i // 4], f"hv{i}", f"p{i}-{k % 3}", description=str(k)))
+        t1, _ = readers[i].wait(lambda m, rev=rev: m.get("revision") == rev)
+        lat.append(t1 - t0)
+        for x in range(4 * (i // 4), 4 * (i // 4) + 4):
+            expect[x] += 1
+    last = rev
+    for r in readers:  # every stream has caught up (an update or a ping at or after the last change)
+        r.wait(lambda m: m.get("revision", -1) >= last, timeout=10)
+    got = [sum(1 for _, m in r.lines[b:] if m["type"] == "update") for r, b in zip(readers, base, strict=True)]
+    assert got == expect
+    lat.sort()
+    print(f"\n{n} open streams: owner latency p50 {statistics.median(lat) * 1000:.2f} ms, "
+          f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.2f} ms")
+    for r in readers:
+        r.close()
