@@ -665,3 +665,22 @@ def test_fanout_reaches_exactly_the_hosts_that_care(srv: ServerHandle, monkeypat
           f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.2f} ms")
     for r in readers:
         r.close()
+
+
+def test_long_replay_becomes_a_snapshot(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume that would replay more lines than a stream may queue gets a snapshot."""
+    from vxnet.api.routers import agent_stream
+    monkeypatch.setattr(agent_stream, "LOG_LENGTH", 10)
+    c = agent_client(srv)
+    assert c.post("/hosts/hv1/register", json={"underlay_ip": "198.51.100.1"}).status_code == 200
+    since = srv.store.revision()
+    revs = [_put(srv, "ports", _port("net-x", "hv1", f"p{i}")) for i in range(5)]
+    s = StreamReader(srv, "hv1", since=since)  # 5 lines: replayed
+    s.wait(lambda m: m.get("revision") == revs[-1])
+    assert [m["type"] for _, m in s.lines] == ["update"] * 5
+    s.close()
+    revs += [_put(srv, "ports", _port("net-x", "hv1", f"q{i}")) for i in range(10)]
+    s = StreamReader(srv, "hv1", since=since)  # 15 lines: a snapshot instead
+    _, first = s.wait(lambda m: True)
+    assert first["type"] == "snapshot" and len(first["view"]["ports"]) == 15
+    s.close()

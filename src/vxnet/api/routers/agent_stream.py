@@ -268,12 +268,15 @@ class Hub:
             self.floor[host] = self.revision
             self.logs[host] = collections.deque()
         floor = self.floor.get(host, self.revision)
-        if since is None or since < floor or since > self.store.revision():
-            sub = Subscriber(host, self.revision)
+        replay: list[tuple[int, bytes]] = []
+        if since is not None and floor <= since <= self.store.revision():
+            replay = [(rev, line) for rev, line in self.logs.get(host, ()) if rev > since]
+        if since is None or since < floor or since > self.store.revision() or len(replay) >= LOG_LENGTH:
+            sub = Subscriber(host, self.revision)  # a snapshot is shorter than a long replay
             sub.push(self.snapshot_line(host))
         else:
             sub = Subscriber(host, since)
-            for rev, line in self.logs.get(host, ()):
+            for rev, line in replay:
                 sub.push(line, rev)
         self.subs.setdefault(host, set()).add(sub)
         return sub
