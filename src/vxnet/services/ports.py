@@ -21,8 +21,7 @@ from typing import Any
 from vxnet.api.errors import ApiError, bad_request, not_found
 from vxnet.services import ipam
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso
-from vxnet.services.secgroups import default_key, ensure_default_group
-from vxnet.store.contract import Put
+from vxnet.services.secgroups import ensure_default_group
 
 ROUTER_INTERFACE_OWNERS = (
     "network:router_interface",
@@ -59,11 +58,8 @@ def normalize_address_pairs(pairs: list[dict[str, Any]], port_mac: str) -> list[
 
 
 def default_group(uow: UnitOfWork, project_id: str) -> str:
-    """The project's default group id; reuses a creation staged earlier in this unit of work
-    (a bulk create of several ports must not create two default groups)."""
-    staged = uow._ops.get(default_key(project_id))
-    if isinstance(staged, Put):
-        return staged.value
+    """The project's default group id (a creation staged earlier in this unit of work is
+    reused: the unit of work reads its own writes, so a bulk create makes one group)."""
     return ensure_default_group(uow, project_id)
 
 

@@ -65,8 +65,12 @@ class UnitOfWork:
 
     # reads -------------------------------------------------------------------------------------
     def get(self, collection: str, id_: str) -> dict[str, Any] | None:
-        """A private copy of the resource (None if missing); the read is guarded."""
+        """A private copy of the resource (None if missing); the read is guarded. A write
+        staged earlier in this unit of work is seen (read your own writes)."""
         key = res_key(collection, id_)
+        if key in self._ops:  # read your own staged write
+            op = self._ops[key]
+            return json.loads(op.value) if isinstance(op, Put) else None
         kv = self.repo.store.get(key)
         self._guard(key, kv)
         return json.loads(kv.value) if kv else None
@@ -93,6 +97,10 @@ class UnitOfWork:
         return out
 
     def get_raw(self, key: str) -> str | None:
+        """The value of a raw key (None if missing); staged writes of this unit are seen."""
+        if key in self._ops:
+            op = self._ops[key]
+            return op.value if isinstance(op, Put) else None
         kv = self.repo.store.get(key)
         self._guard(key, kv)
         return kv.value if kv else None

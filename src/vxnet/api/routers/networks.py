@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import Field
 
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, get_visible, list_response, show_response
@@ -29,15 +30,15 @@ from vxnet.api.validation import (
     Name,
     ProjectId,
     Tags,
-    changes,
     parse_create,
     parse_update,
     require_admin_for,
     require_writer,
     resolve_project,
 )
+from vxnet.services.ipam import subnet_alloc_key
+from vxnet.services.ports import delete_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso
-from pydantic import Field
 
 router = APIRouter(prefix="/v2.0", tags=["networks"])
 
@@ -290,10 +291,10 @@ async def delete_network(network_id: str, request: Request) -> Response:
         for f in loose_fips:
             uow.delete("floatingips", f["id"])
         for p in uow.list("ports", lambda p: p["network_id"] == network_id):
-            delete_port_records(uow, p)
+            delete_port_record(uow, p)
         for sid in net["subnets"]:
             uow.delete("subnets", sid)
-            uow.delete_raw(f"{ROOT}ipam-subnet/{sid}")
+            uow.delete_raw(subnet_alloc_key(sid))
         if net["provider:segmentation_id"] is not None:
             uow.delete_raw(f"{ROOT}vni/{net['provider:segmentation_id']}")
         if net["provider:physical_network"]:
@@ -303,10 +304,3 @@ async def delete_network(network_id: str, request: Request) -> Response:
     st.repo.transact(txn)
     return Response(status_code=204)
 
-
-def delete_port_records(uow: UnitOfWork, port: dict[str, Any]) -> None:
-    """Stage the deletion of a port and release its IPs and MAC."""
-    for ip in port["fixed_ips"]:
-        uow.delete_raw(f"{ROOT}ipam/{ip['subnet_id']}/{ip['ip_address']}")
-    uow.delete_raw(f"{ROOT}mac/{port['network_id']}/{port['mac_address']}")
-    uow.delete("ports", port["id"])
