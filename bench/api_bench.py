@@ -1,4 +1,4 @@
-"""API throughput on the embedded store, against a real `vxnet server` subprocess.
+"""API throughput on the embedded store (and on etcd), against a real `vxnet server` subprocess.
 
 Measures, as a tenant (member role) over keep-alive HTTP/1.1 connections:
 - port creates per second and p50/p99 latency with 1 and with 8 concurrent clients
@@ -35,7 +35,7 @@ from typing import Any
 
 from bench.report import Report, percentile
 
-NAME = "API throughput (embedded SQLite store)"
+NAME = "API throughput (embedded SQLite store and etcd)"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VXNET = os.path.join(REPO, ".venv", "bin", "vxnet")
 PYSPY = os.path.join(REPO, ".venv", "bin", "py-spy")
@@ -43,6 +43,7 @@ ADMIN = ("admin", "bench-admin-pw", "admin")
 MEMBER = ("bench", "bench-pw", "bench")
 CIDR = "100.64.0.0/16"
 LIST_PORTS = 10_000
+BULK = 25  # ports per bulk create: 3 store ops each must stay under etcd's 128 ops per txn
 
 
 # --- a server subprocess -------------------------------------------------------------------------
@@ -55,8 +56,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(workdir: str) -> Iterator[tuple[int, int]]:
-    """Run `vxnet server` on a fresh store; yields (http port, pid). Killed (by pid) on exit."""
+def server_process(workdir: str, store_url: str | None = None) -> Iterator[tuple[int, int]]:
+    """Run `vxnet server` on a fresh store (embedded SQLite in `workdir` unless `store_url`);
+    yields (http port, pid). Killed (by pid) on exit."""
     port = free_port()
     cfg = os.path.join(workdir, "vxnet.toml")
     with open(cfg, "w") as f:
@@ -65,7 +67,7 @@ def server_process(workdir: str) -> Iterator[tuple[int, int]]:
             f.write(f'\n[[identity.users]]\nname = "{name}"\npassword = "{pw}"\nproject = "{project}"\n'
                     f"roles = {roles}\n")
     log = open(os.path.join(workdir, "server.log"), "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([VXNET, "server", "--config", cfg, "--store", f"sqlite://{workdir}/vxnet.db"],
+    proc = subprocess.Popen([VXNET, "server", "--config", cfg, "--store", store_url or f"sqlite://{workdir}/vxnet.db"],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 30
@@ -223,7 +225,7 @@ def top_up(port: int, tok: str, work: Workload, target: int) -> None:
     have = count(port, tok, work.resource)
     i = 1_000_000
     while have < target:
-        n = min(200, target - have)
+        n = min(BULK, target - have)
         status, body, _, _ = c.call("POST", f"/v2.0/{work.resource}", work.bulk_body(i, n))
         assert status == 201, body
         have += n
@@ -319,19 +321,34 @@ def _short(frame: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--creates", type=int, default=2000, help="creates per concurrency level (default 2000)")
+    p.add_argument("--stores", default="sqlite,etcd", help="store backends to measure (default sqlite,etcd)")
     p.add_argument("--profile", action="store_true", help="also sample the server with py-spy during creates")
     p.add_argument("--profile-dir", default=None, help="keep py-spy's raw collapsed stacks in this directory")
 
 
-def run(opts: argparse.Namespace) -> Report:
-    load0 = os.getloadavg()
+@contextlib.contextmanager
+def backend(name: str, workdir: str) -> Iterator[str | None]:
+    """The store URL for a backend: None (embedded) or a fresh single etcd member."""
+    if name == "sqlite":
+        yield None
+        return
+    sys.path.insert(0, REPO)
+    from tests.support.etcd import EtcdCluster  # a member on free ports, stopped by PID
+
+    cluster = EtcdCluster(1, prefix="vxbench")
+    try:
+        yield cluster.url()
+    finally:
+        cluster.stop()
+
+
+def run_backend(opts: argparse.Namespace, store: str, rows: list[list[str]], notes: list[str]) -> str:
+    """Measure one backend into `rows`; returns profile markdown (if asked)."""
     creates = max(100, opts.creates // (10 if opts.quick else 1))
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-")
-    rows: list[list[str]] = []
-    notes: list[str] = []
     extra = ""
     try:
-        with server_process(workdir) as (port, pid):
+        with backend(store, workdir) as url, server_process(workdir, url) as (port, pid):
             tok, admin_tok = token(port, MEMBER), token(port, ADMIN)
             work = Workload(port, tok)
             if work.resource != "ports":
@@ -341,7 +358,7 @@ def run(opts: argparse.Namespace) -> Report:
                 cpu0 = cpu_seconds(pid)
                 r = create_run(port, tok, work, clients, creates)
                 cpu = cpu_seconds(pid) - cpu0
-                rows.append([f"{work.resource[:-1]} create, {clients} client{'s' if clients > 1 else ''}",
+                rows.append([store, f"{work.resource[:-1]} create, {clients} client{'s' if clients > 1 else ''}",
                              f"{r['rate']:.0f}/s", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.1f}",
                              f"{r['n']} ok, {r['errors']} failed; server CPU {1000 * cpu / max(1, r['n']):.2f} ms/create"])
             target = LIST_PORTS // (10 if opts.quick else 1)
@@ -363,19 +380,38 @@ def run(opts: argparse.Namespace) -> Report:
                     c.close()
                     path = f"/v2.0/{work.resource}/{body[work.resource][0]['id']}"
                 p50, p99, items = timed_gets(port, tk, path, reps)
-                rows.append([label, "", f"{p50:.1f}", f"{p99:.1f}", "", f"{items} items returned; {n_items} in store"])
+                rows.append([store, label, "", f"{p50:.1f}", f"{p99:.1f}", "",
+                             f"{items} items returned; {n_items} in store"])
             if opts.profile:
-                extra = "### Where the server's time goes: 8 clients creating\n\n" + profile(
-                    pid, lambda: create_run(port, tok, work, 8, creates), "create", opts.profile_dir)
-                extra += "\n\n### Where the server's time goes: listing all ports (member)\n\n" + profile(
-                    pid, lambda: timed_gets(port, tok, f"/v2.0/{work.resource}", 10), "list", opts.profile_dir)
+                extra = f"### Where the server's time goes: 8 clients creating ({store})\n\n" + profile(
+                    pid, lambda: create_run(port, tok, work, 8, creates), f"create-{store}", opts.profile_dir)
+                extra += f"\n\n### Where the server's time goes: listing all ports, member ({store})\n\n" + profile(
+                    pid, lambda: timed_gets(port, tok, f"/v2.0/{work.resource}", 10), f"list-{store}",
+                    opts.profile_dir) + "\n\n"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return extra
+
+
+def run(opts: argparse.Namespace) -> Report:
+    load0 = os.getloadavg()
+    rows: list[list[str]] = []
+    notes: list[str] = []
+    extra = ""
+    stores = [b for b in opts.stores.split(",") if b]
+    if "etcd" in stores and not shutil.which("etcd") and not os.path.exists("/usr/bin/etcd"):
+        notes.append("etcd is not installed: the etcd backend was not measured.")
+        stores.remove("etcd")
+    for store in stores:
+        extra += run_backend(opts, store, rows, notes)
     goals = ["Goal (issue 2): >= 500 creates/s and p99 <= 50 ms with the embedded store."]
     notes.append("Load average (1/5/15 min) at the start of the run: " + " / ".join(f"{x:.1f}" for x in load0))
     notes.append("Load average (1/5/15 min) at the end of the run: " + " / ".join(
         f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs (client and server share them).")
-    return Report(NAME, ["measurement", "throughput", "p50 ms", "p99 ms", "max ms", "notes"], rows,
+    if "etcd" in stores:
+        notes.append("etcd: one member on loopback (Debian's etcd), started fresh for the run; the server talks "
+                     "to it over its JSON gateway (`vxnet.store.etcd_store`).")
+    return Report(NAME, ["store", "measurement", "throughput", "p50 ms", "p99 ms", "max ms", "notes"], rows,
                   notes=notes, goals=goals, extra_markdown=extra)
 
 
