@@ -288,8 +288,6 @@ def test_bulk_create(shared_server) -> None:
     assert sorted(n["id"] for n in listed) == sorted(n["id"] for n in nets)
 
 
-@pytest.mark.xfail(strict=True, reason="networks.allocate_vni ignores VNIs claimed earlier in the same "
-                   "unit of work: a bulk create gives every network the same VNI (reported)")
 def test_bulk_create_allocates_distinct_vnis(shared_server) -> None:
     admin = shared_server.api("admin")
     r = admin.post("/networks", json={"networks": [{"name": "v1"}, {"name": "v2"}, {"name": "v3"}]})
@@ -411,8 +409,6 @@ def test_shared_network_visibility(shared_server) -> None:
     assert_error(bob.get(f"/networks/{shared['id']}"), 404, "NetworkNotFound")
 
 
-@pytest.mark.xfail(strict=True, reason="networks.py lets members create shared networks; Neutron's "
-                   "create_network:shared policy is admin-only (reported)")
 def test_member_cannot_create_shared_network(shared_server) -> None:
     alice = shared_server.api("alice")
     assert_error(alice.post("/networks", json={"network": {"shared": True}}), 403, "PolicyNotAuthorized")

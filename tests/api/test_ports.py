@@ -389,7 +389,8 @@ def test_isolation_matrix(shared_server) -> None:
 
 def test_shared_and_external_networks(shared_server) -> None:
     admin, alice, bob = shared_server.api("admin"), shared_server.api("alice"), shared_server.api("bob")
-    shared, sub = netsub(alice, "100.64.30.0/24", shared=True)
+    # sharing a network is admin-only (Neutron's create_network:shared); it belongs to tenant-a
+    shared, sub = netsub(admin, "100.64.30.0/24", shared=True, project_id=TENANT_A)
     bp = port(bob, shared)
     assert bp["project_id"] == TENANT_B
     assert alice.get(f"/ports/{bp['id']}").status_code == 200  # the network's owner sees it

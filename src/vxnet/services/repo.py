@@ -129,6 +129,10 @@ class UnitOfWork:
         self._compares[key] = key_missing(key)
         self._ops[key] = Put(key, value)
 
+    def claimed_under(self, prefix: str) -> set[str]:
+        """Keys under `prefix` claimed so far in this unit of work (not yet in the store)."""
+        return {k for k in self._claims if k.startswith(prefix)}
+
     def is_claimed(self, key: str) -> bool:
         """Claimed in the store or staged here already."""
         return key in self._claims or self.repo.store.get(key) is not None

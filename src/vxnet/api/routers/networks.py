@@ -44,8 +44,9 @@ router = APIRouter(prefix="/v2.0", tags=["networks"])
 
 VNI_MIN = 1001
 VNI_MAX = 16_000_000
+# Neutron's policy: these are admin-only on create and update (shared included).
 ADMIN_ONLY = {"provider:network_type", "provider:physical_network", "provider:segmentation_id",
-              "router:external", "is_default"}
+              "router:external", "is_default", "shared"}
 SERVICE_OWNERS = ("network:dhcp",)
 FIP_OWNER = "network:floatingip"
 
@@ -118,7 +119,8 @@ def allocate_vni(uow: UnitOfWork, network_id: str, wanted: int | None) -> int:
         uow.claim(key, network_id)
         return wanted
     kvs, _ = uow.repo.store.range(f"{ROOT}vni/")
-    used = {int(kv.key.rsplit("/", 1)[1]) for kv in kvs}
+    keys = {kv.key for kv in kvs} | uow.claimed_under(f"{ROOT}vni/")  # a bulk create claims several
+    used = {int(k.rsplit("/", 1)[1]) for k in keys}
     vni = VNI_MIN
     while vni in used:
         vni += 1
