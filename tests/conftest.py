@@ -27,6 +27,7 @@ USERS = (
     User("alice", "alice-pw", "tenant-a", ("member", "reader")),
     User("alice_reader", "reader-pw", "tenant-a", ("reader",)),
     User("bob", "bob-pw", "tenant-b", ("member", "reader")),
+    User("vxnet-agent", "vxnet-agent-pw", "service", ("service",)),
 )
 PASSWORDS = {u.name: u.password for u in USERS}
 
@@ -77,7 +78,8 @@ def start_server(db_path: str, config: Config | None = None, port: int | None = 
     config = config or Config(listen=f"127.0.0.1:{port}", users=USERS)
     store = store if store is not None else SqliteStore(db_path)
     app = create_app(config, store)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=1))  # open agent/UI streams end fast
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 10

@@ -63,3 +63,22 @@ def test_migrate_embedded_store_to_etcd(tmp_path, etcd: EtcdCluster) -> None:
         assert len(ips) == len(set(ips)) and p["fixed_ips"][0]["ip_address"] in ips
     finally:
         h2.stop()
+
+
+def test_bulk_request_larger_than_an_etcd_transaction_is_a_clear_400(tmp_path) -> None:
+    cluster = EtcdCluster(1, prefix="vxt-big", max_txn_ops=128)  # etcd's default limit
+    store = EtcdStore(cluster.endpoints)
+    h = start_server(os.path.join(tmp_path, "unused.db"), store=store)
+    try:
+        alice = h.api("alice")
+        net = alice.post("/networks", json={"network": {"name": "n"}}).json()["network"]
+        alice.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.64.0.0/22", "ip_version": 4}})
+        r = alice.post("/ports", json={"ports": [{"network_id": net["id"]} for _ in range(60)]})
+        assert r.status_code == 400, r.text
+        assert "too many objects" in r.json()["NeutronError"]["message"]
+        assert alice.get("/ports", params={"network_id": net["id"]}).json()["ports"] == []  # nothing half-made
+        r = alice.post("/ports", json={"ports": [{"network_id": net["id"]} for _ in range(20)]})
+        assert r.status_code == 201, r.text
+    finally:
+        h.stop()
+        cluster.stop()

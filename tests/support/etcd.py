@@ -28,19 +28,25 @@ def _free_port() -> int:
 class EtcdCluster:
     """`size` members on 127.0.0.1; `endpoints` are their client URLs."""
 
-    def __init__(self, size: int = 1, prefix: str = "vxt", tls: tuple[str, str, str] | None = None) -> None:
+    def __init__(self, size: int = 1, prefix: str = "vxt", tls: tuple[str, str, str] | None = None,
+                 max_txn_ops: int = 1024) -> None:
         """`tls` = (ca, cert, key): serve clients over HTTPS and require client certificates."""
         self.tls = tls
+        self.max_txn_ops = max_txn_ops
         self.dir = tempfile.mkdtemp(prefix=f"{prefix}-etcd-")
         self.names = [f"{prefix}{i}" for i in range(size)]
         self.client_ports = {n: _free_port() for n in self.names}
         self.peer_ports = {n: _free_port() for n in self.names}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_ports[n]}" for n in self.names)
+        atexit.register(self.stop)  # first, so a member that never gets healthy is still stopped
         for n in self.names:
             self.start(n, new=True)
-        self.wait_healthy()
-        atexit.register(self.stop)
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def endpoints(self) -> list[str]:
@@ -70,7 +76,8 @@ class EtcdCluster:
              "--listen-peer-urls", f"http://127.0.0.1:{pport}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
              "--initial-cluster", self.initial, "--initial-cluster-state", "new",
-             "--initial-cluster-token", os.path.basename(self.dir)],
+             "--initial-cluster-token", os.path.basename(self.dir),
+             "--max-txn-ops", str(self.max_txn_ops)],
             stdout=log, stderr=log,
         )
 

@@ -76,23 +76,25 @@ def _matches(value: Any, wanted: list[str]) -> bool:
     return False
 
 
-def _tag_filter(obj: dict[str, Any], q: Request) -> bool:
+def _tag_filters(q: Request) -> list[tuple[str, set[str]]]:
+    """The request's tag filters, parsed once: (kind, tags) pairs."""
+    out = []
+    for kind in ("tags", "tags-any", "not-tags", "not-tags-any"):
+        for v in q.query_params.getlist(kind):
+            out.append((kind, {t for t in v.split(",") if t}))
+    return out
+
+
+def _tags_match(obj: dict[str, Any], filters: list[tuple[str, set[str]]]) -> bool:
     tags = set(obj.get("tags", []))
-
-    def lists(key: str) -> list[set[str]]:
-        return [set(t for t in v.split(",") if t) for v in q.query_params.getlist(key)]
-
-    for want in lists("tags"):
-        if not want <= tags:
+    for kind, want in filters:
+        if kind == "tags" and not want <= tags:
             return False
-    for want in lists("tags-any"):
-        if not want & tags:
+        if kind == "tags-any" and not want & tags:
             return False
-    for want in lists("not-tags"):
-        if want and want <= tags:
+        if kind == "not-tags" and want and want <= tags:
             return False
-    for want in lists("not-tags-any"):
-        if want & tags:
+        if kind == "not-tags-any" and want & tags:
             return False
     return True
 
@@ -103,6 +105,10 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     if isinstance(value, bool | int | float):
         return (1, value)
     return (2, str(value))
+
+
+def _by_id(items: list[dict[str, Any]]) -> bool:
+    return all(items[i]["id"] <= items[i + 1]["id"] for i in range(len(items) - 1))
 
 
 def _fields(request: Request) -> list[str]:
@@ -122,6 +128,7 @@ def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: l
     """The body of `GET /v2.0/<collection>` over `objects` (all of the collection)."""
     q = request.query_params
     filters = {k: q.getlist(k) for k in q.keys() if k not in RESERVED}
+    tag_filters = _tag_filters(request)
     items = []
     for obj in objects:
         if not spec.visible(ctx, obj):
@@ -135,7 +142,7 @@ def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: l
                 ok = _matches(shown[k], wanted)
             if not ok:
                 break
-        if ok and _tag_filter(shown, request):
+        if ok and (not tag_filters or _tags_match(shown, tag_filters)):
             items.append(shown)
 
     sort_keys = q.getlist("sort_key")
@@ -151,8 +158,9 @@ def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: l
             if k not in known:
                 raise ApiError(400, "BadRequest", f"{k} is invalid attribute for sort_key")
     order = list(zip(sort_keys, sort_dirs or ["asc"] * len(sort_keys), strict=False)) + [("id", "asc")]
-    for key, direction in reversed(order):
-        items.sort(key=lambda o, k=key: _sort_key(o.get(k)), reverse=direction == "desc")
+    if order != [("id", "asc")] or not _by_id(items):  # the store lists by key, i.e. by id, already
+        for key, direction in reversed(order):
+            items.sort(key=lambda o, k=key: _sort_key(o.get(k)), reverse=direction == "desc")
 
     links: list[dict[str, str]] = []
     limit_s = q.get("limit")

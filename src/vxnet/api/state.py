@@ -22,7 +22,7 @@ class AppState:
         self.store = store
         self.repo = Repo(store)
         self.token_key = token_key(store)
-        self.hub: Any = None  # the watch hub for agents and the UI, set by app.py
+        self.hub: Any = None  # the agents' view hub, set by routers/agent_stream.setup()
 
     @staticmethod
     def of(request: Request) -> AppState:

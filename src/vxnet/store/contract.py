@@ -47,6 +47,10 @@ class LeaseNotFound(StoreError):
     """The lease does not exist (expired or revoked)."""
 
 
+class TxnTooLarge(StoreError):
+    """The transaction has more operations than the store accepts (etcd's --max-txn-ops)."""
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be reached right now; the request may be retried."""
 

@@ -44,6 +44,7 @@ from vxnet.store.contract import (
     StoreError,
     StoreUnavailable,
     TxnResult,
+    TxnTooLarge,
     WatchCallback,
     prefix_end,
 )
@@ -288,6 +289,8 @@ class EtcdStore:
         except _EtcdError as e:
             if "lease not found" in str(e):
                 raise LeaseNotFound(str(e)) from None
+            if "too many operations" in str(e):
+                raise TxnTooLarge(f"{len(body['success'])} operations in one transaction: {e}") from None
             raise
         return TxnResult(bool(data.get("succeeded", False)), int(data["header"]["revision"]))
 
