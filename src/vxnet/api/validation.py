@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
+from collections.abc import Collection
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -156,10 +157,14 @@ def parse_create(body: Any, member: str, collection: str, model: type[M]) -> tup
     return [validate(model, body[member])], False
 
 
-def parse_update(body: Any, member: str, model: type[M]) -> M:
-    """The update model; only attributes present in the body are in `model_fields_set`."""
+def parse_update(body: Any, member: str, model: type[M], read_only: Collection[str] = ()) -> M:
+    """The update model; only attributes present in the body are in `model_fields_set`.
+    Naming an attribute of `read_only` is Neutron's 400 "Cannot update read-only attribute"."""
     if not isinstance(body, dict) or member not in body or not isinstance(body[member], dict):
         raise bad_request(f"Resource body required: expected '{member}'")
+    for attr in read_only:
+        if attr in body[member]:
+            raise ApiError(400, "HTTPBadRequest", f"Cannot update read-only attribute {attr}")
     if not body[member]:
         raise bad_request("Resource body contains no attributes to update")
     return validate(model, body[member])

@@ -334,11 +334,7 @@ async def update_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
     body = await read_json(request)
-    if isinstance(body, dict) and isinstance(body.get("floatingip"), dict):
-        for attr in UPDATE_READ_ONLY:
-            if attr in body["floatingip"]:
-                raise ApiError(400, "HTTPBadRequest", f"Cannot update read-only attribute {attr}")
-    upd = parse_update(body, "floatingip", FloatingIPUpdate)
+    upd = parse_update(body, "floatingip", FloatingIPUpdate, read_only=UPDATE_READ_ONLY)
     fields = upd.model_fields_set
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:

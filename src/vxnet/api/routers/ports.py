@@ -25,7 +25,7 @@ from pydantic import BeforeValidator, Field
 
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
-from vxnet.api.errors import ApiError, bad_request, not_found
+from vxnet.api.errors import ApiError, not_found
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.state import AppState, read_json
 from vxnet.api.validation import (
@@ -317,11 +317,7 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
     body = await read_json(request)
-    if isinstance(body, dict) and isinstance(body.get("port"), dict):
-        for attr in READ_ONLY:
-            if attr in body["port"]:
-                raise bad_request(f"Cannot update read-only attribute {attr}")
-    upd = parse_update(body, "port", PortUpdate)
+    upd = parse_update(body, "port", PortUpdate, read_only=READ_ONLY)
     fields = _wire(upd)
     if fields & BINDING_ADMIN and not can_bind(ctx):
         raise _deny("update_port", ", ".join(sorted(fields & BINDING_ADMIN)))

@@ -44,13 +44,13 @@ from vxnet.api.state import AppState, read_json
 from vxnet.api.validation import (
     Body,
     Bool,
+    Cidr,
     Description,
     IpAddr,
     Name,
     ProjectId,
     Tags,
     Uuid,
-    Cidr,
     parse_create,
     parse_update,
     require_writer,
@@ -516,11 +516,7 @@ async def update_router(router_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
     body = await read_json(request)
-    if isinstance(body, dict) and isinstance(body.get("router"), dict):
-        for attr in UPDATE_READ_ONLY:
-            if attr in body["router"]:
-                raise ApiError(400, "HTTPBadRequest", f"Cannot update read-only attribute {attr}")
-    upd = parse_update(body, "router", RouterUpdate)
+    upd = parse_update(body, "router", RouterUpdate, read_only=UPDATE_READ_ONLY)
     fields = set(upd.model_fields_set)
     gw = parse_gateway(upd.external_gateway_info) if "external_gateway_info" in fields else None
     routes = normalize_routes(upd.routes or []) if "routes" in fields else None

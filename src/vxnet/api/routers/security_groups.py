@@ -379,11 +379,7 @@ async def update_security_group_rule(rule_id: str, request: Request) -> dict[str
     st = AppState.of(request)
     ctx = st.context(request)
     body = await read_json(request)
-    if isinstance(body, dict) and isinstance(body.get("security_group_rule"), dict):
-        for attr in READ_ONLY_RULE_ATTRS:
-            if attr in body["security_group_rule"]:
-                raise bad_request(f"Cannot update read-only attribute {attr}")
-    upd = parse_update(body, "security_group_rule", RuleUpdate)
+    upd = parse_update(body, "security_group_rule", RuleUpdate, read_only=READ_ONLY_RULE_ATTRS)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
         rule = uow.get("security_group_rules", rule_id)

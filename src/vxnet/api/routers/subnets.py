@@ -363,11 +363,7 @@ async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
     body = await read_json(request)
-    if isinstance(body, dict) and isinstance(body.get("subnet"), dict):
-        for attr in READ_ONLY:
-            if attr in body["subnet"]:
-                raise bad_request(f"Cannot update read-only attribute {attr}")
-    upd = parse_update(body, "subnet", SubnetUpdate)
+    upd = parse_update(body, "subnet", SubnetUpdate, read_only=READ_ONLY)
     fields = upd.model_fields_set
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
