@@ -66,4 +66,5 @@ def register(app: typer.Typer) -> None:
         typer.echo("  .venv/bin/openstack --os-cloud vxnet-admin network agent list")
         typer.echo("Ctrl-C stops the server.")
         os.environ.setdefault("VXNET_DEMO", "1")
-        server(listen=listen, store=f"sqlite:///{data / 'vxnet.db'}", config=config, data_dir=str(data), log_level="warning")
+        server(listen=listen, store=f"sqlite:///{data / 'vxnet.db'}", config=config, data_dir=str(data),
+               log_level="warning", workers=1)
