@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -38,6 +39,7 @@ class ServerProc:
     def __init__(self, cmd: list[str], url: str, log: str) -> None:
         self.cmd, self.url, self.log = cmd, url, log
         self.proc: subprocess.Popen[bytes] | None = None
+        self.config_path = ""
         atexit.register(self.kill)
 
     def start(self, wait: float = 20) -> None:
@@ -75,7 +77,9 @@ class ServerProc:
 def vxnet_server(config: str, listen: str, store: str, log: str) -> ServerProc:
     """`vxnet server` on one address."""
     cmd = [sys.executable, "-m", "vxnet.cli.main", "server", "--config", config, "--listen", listen, "--store", store]
-    return ServerProc(cmd, f"http://{listen}", log)
+    proc = ServerProc(cmd, f"http://{listen}", log)
+    proc.config_path = config
+    return proc
 
 
 def token(url: str, user: str = "admin") -> str:
@@ -154,3 +158,65 @@ def leader_name(cluster: EtcdCluster) -> str:
                         continue
         time.sleep(0.1)
     raise RuntimeError("no etcd leader")
+
+
+def lab_servers_on_etcd(cluster: EtcdCluster, directory: str, n: int = 2) -> list[ServerProc]:
+    """`n` `vxnet server` processes on `cluster`, each on its own port of the lab's management
+    address (which the host namespaces reach, and so does the root namespace). Not started."""
+    from vxnet.lab import topology
+
+    config = write_config(directory)
+    return [vxnet_server(config, f"{topology.MGMT_SERVER_IP}:{free_port()}", cluster.url(),
+                         os.path.join(directory, f"server{i}.log")) for i in range(n)]
+
+
+class LabEnv:
+    """A running lab whose agents know every server URL; `servers` are ours to kill/start."""
+
+    def __init__(self, state: dict, servers: list[ServerProc], config: str) -> None:
+        self.state, self.servers, self.config = state, servers, config
+
+    def live_url(self) -> str:
+        for s in self.servers:
+            if s.pid is not None:
+                return s.url
+        raise AssertionError("no server is running")
+
+
+@contextmanager
+def lab_dir(directory: str) -> Iterator[None]:
+    """VXNET_LAB_DIR set to `directory` for the duration (the lab keeps its state there)."""
+    old = os.environ.get("VXNET_LAB_DIR")
+    os.environ["VXNET_LAB_DIR"] = directory
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VXNET_LAB_DIR", None)
+        else:
+            os.environ["VXNET_LAB_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def etcd_lab(etcd3: EtcdCluster, tmp_path_factory) -> Iterator[LabEnv]:
+    """`vxnet lab up --hosts 3 --server URL1,URL2` with two `vxnet server`s on `etcd3`.
+
+    The servers listen on the management address, which exists once the lab's underlay is
+    built, so they start right after `lab.up` (the agents retry until one answers)."""
+    from vxnet.lab import lab
+
+    d = str(tmp_path_factory.mktemp("etcdlab"))
+    procs = lab_servers_on_etcd(etcd3, d)
+    with lab_dir(os.path.join(d, "state")):
+        try:
+            lab.down(quiet=True)
+            st = lab.up(3, procs[0].config_path, server=",".join(p.url for p in procs))
+            for p in procs:
+                p.start()
+            yield LabEnv(st, procs, procs[0].config_path)
+        finally:
+            try:
+                lab.down()
+            finally:
+                for p in procs:
+                    p.kill()

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
     def lab_up(
         hosts: int = typer.Option(3, help="number of hosts (h1..hN)"),
         config: str = typer.Option(..., help="server TOML configuration"),
-        server: str = typer.Option(None, help="reuse a running server at this URL instead of starting one"),
+        server: str = typer.Option(None, help="reuse running server(s) at this URL (several: comma-separated, agents fail over) instead of starting one"),
     ) -> None:
         """Build the underlay and N hosts, start the server and one agent per host; print the API URL."""
         from vxnet.lab import lab as L

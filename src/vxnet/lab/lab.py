@@ -149,12 +149,17 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
     topology.build_underlay(hosts)
     lhost, _, lport = cfg.listen.rpartition(":")
     if server:
-        st["url"] = server.rstrip("/")
-        mgmt = httpx.URL(st["url"])
-        host_part = mgmt.host
-        if host_part in ("127.0.0.1", "localhost", "::1"):
-            host_part = topology.MGMT_SERVER_IP   # the server must listen on 0.0.0.0 or on this address
-        st["mgmt_url"] = str(mgmt.copy_with(host=host_part)).rstrip("/")
+        # One or several equivalent servers (comma-separated; agents fail over between them).
+        st["urls"] = [u.strip().rstrip("/") for u in server.split(",") if u.strip()]
+        st["url"] = st["urls"][0]
+        mgmt_urls = []
+        for u in st["urls"]:
+            mgmt = httpx.URL(u)
+            host_part = mgmt.host
+            if host_part in ("127.0.0.1", "localhost", "::1"):
+                host_part = topology.MGMT_SERVER_IP   # the server must listen on 0.0.0.0 or on this address
+            mgmt_urls.append(str(mgmt.copy_with(host=host_part)).rstrip("/"))
+        st["mgmt_url"] = ",".join(mgmt_urls)
         st["server_pid"] = None
     else:
         listen_local = f"{lhost or '127.0.0.1'}:{lport}"
@@ -217,7 +222,14 @@ def stop_agent(st: dict[str, Any], host: str, sig: int = signal.SIGTERM) -> None
 
 
 def _api(st: dict[str, Any]) -> httpx.Client:
-    return httpx.Client(base_url=st["url"] + "/v2.0", headers={"X-Auth-Token": token(st)}, timeout=10)
+    """An admin client of the first of the lab's servers that answers."""
+    urls = st.get("urls") or [st["url"]]
+    for url in urls[:-1]:
+        try:
+            return httpx.Client(base_url=url + "/v2.0", headers={"X-Auth-Token": token(st, url)}, timeout=10)
+        except httpx.TransportError:
+            continue
+    return httpx.Client(base_url=urls[-1] + "/v2.0", headers={"X-Auth-Token": token(st, urls[-1])}, timeout=10)
 
 
 def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, Any]:
