@@ -220,3 +220,17 @@ def etcd_lab(etcd3: EtcdCluster, tmp_path_factory) -> Iterator[LabEnv]:
             finally:
                 for p in procs:
                     p.kill()
+
+
+def make_leader(cluster: EtcdCluster, name: str) -> None:
+    """Move etcd leadership to member `name` (etcd's transfer-leadership, asked of the leader)."""
+    target = etcd_status(cluster.endpoints[cluster.names.index(name)])["header"]["member_id"]
+    for _ in range(50):
+        current = leader_name(cluster)
+        if current == name:
+            return
+        r = httpx.post(cluster.endpoints[cluster.names.index(current)] + "/v3/maintenance/transfer-leadership",
+                       json={"targetID": target}, timeout=10)
+        if r.status_code != 200:
+            time.sleep(0.1)
+    raise RuntimeError(f"could not make {name} the etcd leader")
