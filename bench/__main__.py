@@ -24,7 +24,7 @@ import sys
 
 from bench.report import Report, markdown_table, text_table
 
-MODULES = ["api_bench"]
+MODULES = ["api_bench", "port_up_bench", "agent_bench"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
 HEADER = """# Benchmarks
@@ -58,7 +58,7 @@ def machine() -> str:
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "?"
+                              timeout=10, check=False).stdout.strip() or "?"
     except OSError:
         return "?"
 
@@ -76,9 +76,12 @@ def section(module: str, rep: Report, command: str, when: str) -> str:
 
 
 def write_doc(sections: dict[str, str]) -> None:
-    text = open(DOC).read() if os.path.exists(DOC) else HEADER
+    text = HEADER
+    if os.path.exists(DOC):
+        with open(DOC) as f:
+            text = f.read()
     for module, body in sections.items():
-        pattern = re.compile(rf"<!-- bench:{module} -->.*?<!-- /bench:{module} -->", re.S)
+        pattern = re.compile(rf"<!-- bench:{module} -->.*?<!-- /bench:{module} -->", re.DOTALL)
         if pattern.search(text):
             text = pattern.sub(lambda _m, b=body: b, text)
         else:
