@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     store = open_store(cfg.store, cfg.data_dir)
     sockets = [_bind(a) for a in args.listen]
     app = create_app(cfg, store)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False))
+    # Agent view streams never end by themselves: without a bound, SIGTERM waits on them.
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=1))
     try:
         server.run(sockets=sockets)
     finally:
