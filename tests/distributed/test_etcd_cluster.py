@@ -64,6 +64,7 @@ def test_etcd_leader_killed_during_writes_loses_nothing_acknowledged(etcd3: Etcd
     net_id = _network(servers.urls[0], tok, "100.64.16.0/20", "stream")
     acked: dict[str, dict] = {}          # name -> port as acknowledged
     retries: Counter[str] = Counter()    # why a request was sent again
+    retried: set[str] = set()            # names whose create was sent more than once
     errors: list[str] = []               # anything else (fails the test)
     stalls: list[float] = []             # per-write latency including retries
     stop = threading.Event()
@@ -81,11 +82,13 @@ def test_etcd_leader_killed_during_writes_loses_nothing_acknowledged(etcd3: Etcd
                     except httpx.TransportError as e:   # connection-level: retry (outcome may be unknown)
                         with lock:
                             retries[type(e).__name__] += 1
+                            retried.add(name)
                         time.sleep(0.1)
                         continue
                     if r.status_code == 503:
                         with lock:
                             retries["503"] += 1
+                            retried.add(name)
                         time.sleep(0.1)
                         continue
                     break
@@ -130,9 +133,12 @@ def test_etcd_leader_killed_during_writes_loses_nothing_acknowledged(etcd3: Etcd
     macs = [p["mac_address"] for p in stored.values()]
     assert len(ips) == len(set(ips)), "an IP was allocated twice"
     assert len(macs) == len(set(macs)), "a MAC was allocated twice"
-    extra = len(stored) - len(acked)
-    print(f"ports stored {len(stored)}, acknowledged {len(acked)}: {extra} created by an attempt whose answer "
-          f"was lost and then retried")
+    acked_ids = {p["id"] for p in acked.values()}
+    extra = [p["name"] for i, p in stored.items() if i not in acked_ids]
+    print(f"ports stored {len(stored)}, acknowledged {len(acked)}: {len(extra)} created by an attempt whose "
+          f"answer was lost (503 or connection error) and then retried")
+    # A port nobody acknowledged can only come from a request that was sent again.
+    assert set(extra) <= retried, (extra, retried)
     # The member comes back and catches up (the next test uses the full cluster).
     etcd3.start(victim)
     etcd3.wait_healthy()
