@@ -216,3 +216,44 @@ def test_reregistration_does_not_expire_the_host(short_lease: ServerHandle) -> N
         assert c.post("/hosts/hv1/heartbeat").status_code == 200
         assert h.api("admin").get(f"/agents/{agent_id_for('hv1')}").json()["agent"]["alive"] is True
 
+
+
+def test_startup_sweep_waits_a_lease_before_declaring_hosts_dead(tmp_path) -> None:
+    """A store new to the agents (migration, restored backup) has their records but no liveness
+    keys: a host that re-registers within one lease keeps its ports ACTIVE; the ports of one that
+    does not go DOWN after that lease (the sweep did run)."""
+    from vxnet.cli.migrate import migrate
+    from vxnet.store.sqlite_store import SqliteStore
+
+    old = start_agent_server(os.path.join(tmp_path, "old.db"), agent_down_time=30)
+    c = agent_client(old)
+    register(c, "hv1", "198.51.100.1")
+    register(c, "hv2", "198.51.100.2")
+    p1, p2 = bound_port(old, "hv1"), bound_port(old, "hv2", user="bob")
+    assert c.post("/hosts/hv1/ports-status", json={"ACTIVE": [p1["id"]]}).status_code == 200
+    assert c.post("/hosts/hv2/ports-status", json={"ACTIVE": [p2["id"]]}).status_code == 200
+    old.stop()
+    src, dst = SqliteStore(os.path.join(tmp_path, "old.db")), SqliteStore(os.path.join(tmp_path, "new.db"))
+    migrate(src, dst)  # copies everything but lease-bound keys, as `vxnet migrate` does
+    src.close()
+    new = start_agent_server(store=dst, agent_down_time=2)
+    try:
+        admin = new.api("admin")
+
+        def status(port: dict[str, Any]) -> str:
+            return str(admin.get(f"/ports/{port['id']}").json()["port"]["status"])
+
+        assert status(p1) == status(p2) == "ACTIVE"  # nothing swept at start
+        c2 = agent_client(new)
+        register(c2, "hv1", "198.51.100.1")
+        deadline = time.time() + 8
+        while status(p2) == "ACTIVE" and time.time() < deadline:
+            assert c2.post("/hosts/hv1/heartbeat").status_code == 200
+            assert status(p1) == "ACTIVE"
+            time.sleep(0.2)
+        assert status(p2) == "DOWN", "the host that never came back was not swept"
+        assert status(p1) == "ACTIVE"
+        assert admin.get(f"/agents/{agent_id_for('hv1')}").json()["agent"]["alive"] is True
+        assert admin.get(f"/agents/{agent_id_for('hv2')}").json()["agent"]["alive"] is False
+    finally:
+        new.stop()

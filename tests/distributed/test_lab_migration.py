@@ -185,9 +185,6 @@ def test_migrate_running_lab_to_etcd(lab3: Lab, etcd3: EtcdCluster) -> None:  # 
         assert sent > 100 and not lost, f"pings lost during the migration: icmp_seq {lost[:20]} of {sent}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: liveness keys are not migrated and the server's start-up sweep (agent_stream.sweep_dead) "
-    "marks every host dead at once, so all VM ports flip ACTIVE -> DOWN until the agents re-register"))
 def test_migration_keeps_port_status() -> None:
     """Port status through the migration (observed by the test above): nothing changed for a
     tenant, so no port should have left ACTIVE."""

@@ -60,6 +60,7 @@ from vxnet.store.contract import (
     LeaseNotFound,
     Put,
     Store,
+    StoreError,
     key_missing,
 )
 
@@ -331,9 +332,12 @@ def _touch(obj: dict[str, Any]) -> None:
 
 def sweep_dead(st: AppState) -> None:
     """Records left alive without a liveness key (e.g. a server was down at expiry)."""
-    for rec in st.repo.list("agents"):
-        if rec.get("alive") and st.store.get(live_key(rec["host"])) is None:
-            mark_dead(st, rec["host"])
+    try:
+        for rec in st.repo.list("agents"):
+            if rec.get("alive") and st.store.get(live_key(rec["host"])) is None:
+                mark_dead(st, rec["host"])
+    except StoreError:
+        log.exception("start-up sweep of dead agents failed; expiries seen from now on still count")
 
 
 def setup(app: FastAPI, state: AppState) -> None:
@@ -359,10 +363,15 @@ def setup(app: FastAPI, state: AppState) -> None:
 
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
-        hub.start(asyncio.get_running_loop())
-        sweep_dead(state)
+        loop = asyncio.get_running_loop()
+        hub.start(loop)
+        # The sweep waits one lease period: agents whose liveness keys are missing only because
+        # this store is new to them (a migration, a restored backup) re-register meanwhile and
+        # keep their ports ACTIVE; a host that really died is marked dead at the end of it.
+        sweep = loop.call_later(lease_ttl(state), sweep_dead, state)
         async with previous(a) as inner:
             yield inner
+        sweep.cancel()
         hub.stop()
 
     app.router.lifespan_context = lifespan
