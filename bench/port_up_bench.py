@@ -386,8 +386,16 @@ def run(opts: argparse.Namespace) -> Report:
     notes.append("Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) +
                  "; at the end: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs.")
     extra = ""
+    series = [("vxnet bind -> first reply", vx.get("reply") if vx else None), ("OVN lsp-add + plug -> first reply",
+                                                                                ovn["ping"])]
+    for label, xs in series:
+        if xs:
+            q = max(1, len(xs) // 4)  # type: ignore[arg-type]
+            extra += (f"{label}, per port in creation order (ms; mean of the first {q}: "
+                      f"{_ms(statistics.mean(xs[:q]))}, of the last {q}: {_ms(statistics.mean(xs[-q:]))}):\n\n"  # type: ignore[index]
+                      "`" + " ".join(f"{x * 1e3:.0f}" for x in xs) + "`\n\n")  # type: ignore[union-attr]
     if ovn["summary"]:
-        extra = ("OVN lab's own summary lines from `measure` (same run):\n\n```\n" +
+        extra += ("OVN lab's own summary lines from `measure` (same run):\n\n```\n" +
                  "\n".join(ovn["summary"]) + "\n```")  # type: ignore[arg-type]
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
 
