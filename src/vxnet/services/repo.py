@@ -23,10 +23,21 @@ import copy
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vxnet.store.contract import Compare, Delete, KeyValue, Op, Put, Store, key_missing, range_unchanged_since
+from vxnet.store.contract import (
+    Compare,
+    Delete,
+    KeyValue,
+    Op,
+    Put,
+    Store,
+    StoreUnavailable,
+    key_missing,
+    range_unchanged_since,
+)
 
 ROOT = "/vxnet/"
 T = TypeVar("T")
@@ -144,6 +155,7 @@ class Repo:
     def __init__(self, store: Store, max_retries: int = 50) -> None:
         self.store = store
         self.max_retries = max_retries
+        self.ambiguity_patience = 6.0  # seconds to wait for the store after a lost answer
         self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -187,8 +199,13 @@ class Repo:
             result = fn(uow)
             if not uow._ops:
                 return result
-            txn = self.store.txn(list(uow._compares.values()), list(uow._ops.values()))
-            if txn.succeeded:
+            try:
+                succeeded = self.store.txn(list(uow._compares.values()), list(uow._ops.values())).succeeded
+            except StoreUnavailable:
+                # The answer was lost (e.g. etcd's leader died): the write may or may not have
+                # been applied. Answering 503 would invite a retry that duplicates it, so look.
+                succeeded = self._holds_staged(uow)
+            if succeeded:
                 for cb in uow.after_commit:
                     cb()
                 return result
@@ -196,3 +213,22 @@ class Repo:
         if last_claim is not None:
             raise ClaimTaken(last_claim)
         raise Conflict("too many concurrent changes; try again")
+
+    def _holds_staged(self, uow: UnitOfWork) -> bool:
+        """After an ambiguous commit: whether the store now holds exactly what `uow` staged
+        (every put key has our value, every deleted key is gone). True means the transaction
+        landed, or the store already is what we wanted; False means it did not land and `fn`
+        may run again. Waits up to `ambiguity_patience` seconds for the store to answer (an etcd
+        leader election takes 1-2 s); still unreachable -> StoreUnavailable (outcome unknown)."""
+        deadline = time.monotonic() + self.ambiguity_patience
+        while True:
+            try:
+                for key, op in uow._ops.items():
+                    kv = self.store.get(key)
+                    if isinstance(op, Put) != (kv is not None) or (kv is not None and kv.value != op.value):
+                        return False
+                return True
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
