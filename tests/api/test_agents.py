@@ -257,3 +257,25 @@ def test_startup_sweep_waits_a_lease_before_declaring_hosts_dead(tmp_path) -> No
         assert admin.get(f"/agents/{agent_id_for('hv2')}").json()["agent"]["alive"] is False
     finally:
         new.stop()
+
+
+def test_resume_from_another_stores_revision_gets_a_snapshot(srv: ServerHandle) -> None:
+    """Revisions are positions in one store: a `since` tagged with another epoch (the store
+    before a migration) starts over with a snapshot; the same epoch resumes without one."""
+    c = agent_client(srv)
+    register(c, "hv1", "198.51.100.1")
+    port = bound_port(srv, "hv1")
+    first = StreamReader(srv, "hv1")
+    _, snap = first.wait(lambda m: m["type"] == "snapshot")
+    first.close()
+    assert isinstance(snap["epoch"], str) and snap["epoch"]
+    same = StreamReader(srv, "hv1", since=snap["revision"], epoch=snap["epoch"])
+    other = StreamReader(srv, "hv1", since=snap["revision"], epoch="0" * 32)
+    r = srv.api("admin").put(f"/ports/{port['id']}", json={"port": {"name": "changed"}})
+    assert r.status_code == 200
+    _, m = same.wait(lambda m: m["type"] in ("snapshot", "update"))
+    assert m["type"] == "update"  # resumed, no snapshot
+    _, m = other.wait(lambda m: m["type"] in ("snapshot", "update"))
+    assert m["type"] == "snapshot" and m["epoch"] == snap["epoch"]
+    same.close()
+    other.close()

@@ -277,11 +277,13 @@ def agent_client(h: ServerHandle) -> httpx.Client:
 class StreamReader:
     """Reads one host's view stream in a thread; lines are kept with their arrival time."""
 
-    def __init__(self, h: ServerHandle, host: str, since: int | None = None) -> None:
+    def __init__(self, h: ServerHandle, host: str, since: int | None = None, epoch: str | None = None) -> None:
         self.lines: list[tuple[float, dict[str, Any]]] = []
         self.cond = threading.Condition()
         self._client = agent_client(h)
         params = {} if since is None else {"since": str(since)}
+        if epoch is not None:
+            params["epoch"] = epoch
         self._cm = self._client.stream("GET", f"/hosts/{host}/view", params=params,
                                        timeout=httpx.Timeout(30, read=None))
         self.response = self._cm.__enter__()

@@ -12,7 +12,9 @@ import pytest
 
 from tests.conftest import ServerHandle, start_server
 from tests.support.etcd import EtcdCluster
+from vxnet.services.repo import EPOCH_KEY
 from vxnet.store.etcd_store import EtcdStore
+from vxnet.store.sqlite_store import SqliteStore
 
 COLLECTIONS = ["networks", "subnets", "ports", "security-groups", "security-group-rules"]
 
@@ -50,6 +52,9 @@ def test_migrate_embedded_store_to_etcd(tmp_path, etcd: EtcdCluster) -> None:
     assert again.returncode == 1 and "already holds" in again.stderr
 
     store = EtcdStore(etcd.endpoints)
+    source = SqliteStore(db)
+    assert store.get(EPOCH_KEY).value != source.get(EPOCH_KEY).value  # a new store epoch
+    source.close()
     h2 = start_server(db + ".unused", store=store)
     try:
         assert snapshot(h2) == before

@@ -100,6 +100,7 @@ class ServerClient:
         self.heartbeat_interval = 3.0
         self.lease_ttl = 10.0
         self.applied_revision: int | None = None  # what watch() resumes from
+        self.epoch: str | None = None  # the store epoch applied_revision belongs to (from snapshots)
         self._current = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -217,6 +218,8 @@ class ServerClient:
         """Messages of one view-stream connection (to the first server that accepts it); returns
         or raises ServerUnavailable / httpx errors when the connection breaks."""
         params = {} if since is None else {"since": str(since)}
+        if since is not None and self.epoch is not None:
+            params["epoch"] = self.epoch  # the store `since` belongs to
         timeout = httpx.Timeout(self.timeout, read=self.read_timeout)
         last: Exception | None = None
         for i in self._order():
@@ -262,6 +265,8 @@ class ServerClient:
             try:
                 for msg in self.stream(self.applied_revision):
                     backoff = 0.05
+                    if msg.get("type") == "snapshot" and isinstance(msg.get("epoch"), str):
+                        self.epoch = msg["epoch"]
                     yield msg
                     # The caller asked for the next message: this one is applied.
                     if isinstance(msg.get("revision"), int):

@@ -3,16 +3,19 @@
 
 Invariants: the target must hold nothing under `/vxnet/` (unless --force); keys are written in
 transactions of at most 100 keys, each guarded by "key missing", so a concurrent writer or a
-second migration cannot be overwritten; lease-bound keys (agent liveness) are not copied, since
+second migration cannot be overwritten; the target gets a new store epoch (agents resuming
+with a revision of the source get a snapshot); lease-bound keys (agent liveness) are not copied, since
 agents re-register on their own; afterwards every copied key is read back and compared. The
 source is only read. Stop the servers first: the embedded store is locked by its server.
 """
 
 from __future__ import annotations
 
+import uuid
+
 import typer
 
-from vxnet.services.repo import ROOT
+from vxnet.services.repo import EPOCH_KEY, ROOT
 from vxnet.store import open_store
 from vxnet.store.contract import Delete, Put, Store, StoreError, key_missing
 
@@ -36,9 +39,14 @@ def migrate(source: Store, target: Store, force: bool = False) -> int:
     copied, _ = target.range(ROOT)
     want = {kv.key: kv.value for kv in kvs}
     got = {kv.key: kv.value for kv in copied}
+    want.pop(EPOCH_KEY, None)
+    got.pop(EPOCH_KEY, None)
     if want != got:
         missing = sorted(set(want) - set(got))[:5]
         raise StoreError(f"verification failed: {len(set(want) ^ set(got))} keys differ (e.g. {missing})")
+    # A new epoch: revisions of the source mean nothing here; agents resuming with one get a
+    # snapshot (see agent_stream.store_epoch).
+    target.txn([], [Put(EPOCH_KEY, uuid.uuid4().hex)])
     return len(kvs)
 
 

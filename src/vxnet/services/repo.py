@@ -40,6 +40,7 @@ from vxnet.store.contract import (
 )
 
 ROOT = "/vxnet/"
+EPOCH_KEY = f"{ROOT}meta/epoch"  # the store's epoch: see api/routers/agent_stream.store_epoch
 T = TypeVar("T")
 
 

@@ -51,7 +51,7 @@ from vxnet.api.errors import ApiError, bad_request, policy_denied
 from vxnet.api.state import AppState, read_json
 from vxnet.api.validation import Body, Bool, IpAddr, ShortStr, validate
 from vxnet.services.host_view import COLLECTIONS, ViewIndex
-from vxnet.services.repo import ROOT, UnitOfWork, now_iso, res_key
+from vxnet.services.repo import EPOCH_KEY, ROOT, UnitOfWork, now_iso, res_key
 from vxnet.store.contract import (
     CompactedError,
     Compare,
@@ -78,6 +78,18 @@ _AGENT_NS = uuid.UUID("0c5d1a7e-3f0b-4d2a-8a51-6e1f4b2c9d07")
 def agent_id_for(host: str) -> str:
     """The agent record id of a host (the same on every server)."""
     return str(uuid.uuid5(_AGENT_NS, "agent:" + host))
+
+
+def store_epoch(store: Store) -> str:
+    """The store's epoch: revisions only mean something within one epoch. It is created once
+    per store and replaced by `vxnet migrate`, so an agent that resumes with a revision of
+    another store (same keys, other numbering) gets a snapshot instead of a wrong replay."""
+    kv = store.get(EPOCH_KEY)
+    if kv is None:
+        store.txn([key_missing(EPOCH_KEY)], [Put(EPOCH_KEY, uuid.uuid4().hex)])
+        kv = store.get(EPOCH_KEY)
+        assert kv is not None
+    return kv.value
 
 
 def live_key(host: str) -> str:
@@ -131,6 +143,7 @@ class Hub:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.epoch = store_epoch(store)  # revisions are positions in this store only
         self.index = ViewIndex()
         self.revision = 0
         self.logs: dict[str, collections.deque[tuple[int, bytes]]] = {}
@@ -260,7 +273,7 @@ class Hub:
         view: dict[str, Any] = self.index.snapshot(host)
         me = self.index.hosts.get(host)
         view = {"host": me or {"host": host, "underlay_ip": None, "alive": False, "gateway": False}, **view}
-        return (json.dumps({"type": "snapshot", "revision": self.revision, "view": view},
+        return (json.dumps({"type": "snapshot", "revision": self.revision, "epoch": self.epoch, "view": view},
                            separators=(",", ":")) + "\n").encode()
 
     def subscribe(self, host: str, since: int | None) -> Subscriber:
@@ -477,6 +490,8 @@ async def view(host: str, request: Request) -> StreamingResponse:
         if since < 0:
             raise bad_request(f"Invalid since '{since_s}': expected a revision number")
     hub = hub_of(st)
+    if request.query_params.get("epoch", hub.epoch) != hub.epoch:
+        since = None  # a revision of another store (before a migration): start from a snapshot
     sub = hub.subscribe(host, since)
     # A stream never ends on its own. A vanished client is noticed by the next write (at the
     # latest the next ping); a server shutting down must cancel streams after a grace period
