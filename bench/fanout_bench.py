@@ -333,12 +333,13 @@ def sample(pids: list[int]) -> tuple[float, float]:
 
 
 async def measure(srv: list[tuple[int, int]], etcd_pids: list[int], opts: argparse.Namespace,
-                  label: str, rows: list[list[str]], notes: list[str]) -> None:
+                  label: str, rows: list[list[str]], notes: list[str], phase: list[str]) -> None:
     rng = random.Random(6)
     ports = [p for p, _ in srv]
     spids = [pid for _, pid in srv]
     admin_tok, agent_tok = get_token(ports[0], ADMIN), get_token(ports[0], AGENT)
     t = time.perf_counter()
+    phase.append("creating networks, subnets, ports and registering hosts")
     world = await populate(ports, admin_tok, agent_tok, opts, rng)
     populate_s = time.perf_counter() - t
     n_ports = sum(len(v) for v in world.ports_of.values())
@@ -349,6 +350,7 @@ async def measure(srv: list[tuple[int, int]], etcd_pids: list[int], opts: argpar
     bench = Fanout()
     bench.agents = [Agent(h, ports[i % len(ports)], agent_tok, bench) for i, h in enumerate(world.hosts)]
     t0 = time.perf_counter()
+    phase.append("cold start")
     tasks = [asyncio.create_task(a.run()) for a in bench.agents]
     try:
         try:
@@ -370,6 +372,7 @@ async def measure(srv: list[tuple[int, int]], etcd_pids: list[int], opts: argpar
                      + f"; ports per view p50 {percentile(views, 50):.0f}, max {max(views)}"
                      + (f"; etcd CPU {ecpu1 - ecpu0:.1f} s" if etcd_pids else "")])
 
+        phase.append("port changes")
         await asyncio.sleep(1.0)
         updates_before = sum(a.updates for a in bench.agents)
         stray_before = bench.stray
@@ -457,12 +460,13 @@ def run_backend(store: str, opts: argparse.Namespace, rows: list[list[str]], not
     n_servers = 1 if store == "sqlite" else 2
     workdir = tempfile.mkdtemp(prefix="vxnet-fanout-")
     members = opts.fanout_etcd_members
+    phase = ["starting the store and servers"]
     label = "embedded (1 server)" if store == "sqlite" else f"etcd x{members} (2 servers)"
     try:
         with store_for(store, members) as (url, etcd_pids), servers(workdir, url, n_servers) as srv:
-            asyncio.run(asyncio.wait_for(measure(srv, etcd_pids, opts, label, rows, notes), BUDGET))
+            asyncio.run(asyncio.wait_for(measure(srv, etcd_pids, opts, label, rows, notes, phase), BUDGET))
     except TimeoutError:
-        rows.append([label, "FAILED", "", "", "", "", "", f"cut after {BUDGET:.0f} s"])
+        rows.append([label, "FAILED", "", "", "", "", "", f"cut after {BUDGET:.0f} s, while {phase[-1]}"])
     except Exception as e:  # noqa: BLE001 - a failed backend is a row, the other still runs
         rows.append([label, "FAILED", "", "", "", "", "", f"{type(e).__name__}: {str(e)[:300]}"])
     finally:
