@@ -24,7 +24,7 @@ from tests.root.helpers import max_gap, nsexec, ping, start_ping
 from tests.support.etcd import EtcdCluster
 from vxnet.config import load_config
 from vxnet.lab import lab, topology
-from vxnet.services.repo import ROOT
+from vxnet.services.repo import EPOCH_KEY, ROOT
 from vxnet.store import open_store
 from vxnet.store.contract import Event, EventType
 from vxnet.store.etcd_store import EtcdStore
@@ -133,6 +133,7 @@ def test_migrate_running_lab_to_etcd(lab3: Lab, etcd3: EtcdCluster) -> None:  # 
             migrated_rev = etcd.revision()
         finally:
             etcd.close()
+        assert got.pop(EPOCH_KEY) != want.pop(EPOCH_KEY)     # a new store epoch (resume positions)
         assert got == want                                     # every object, value for value
         st["server_args"] = [*st["server_args"], "--store", etcd3.url()]
         lab.start_server(st)                                   # same addresses, now on etcd
