@@ -34,7 +34,10 @@ test: setup
 demo: setup
 	$(VENV)/bin/vxnet demo
 
+# The benchmarks compare with OVN (../shared/peers/ovn-lab.sh): its packages are only for them.
 bench: setup
+	@missing=$$(for p in $$(cat etc/apt-packages-bench.txt); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing; fi
 	$(VENV)/bin/python -m bench
 
 clean:
