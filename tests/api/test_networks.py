@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.helpers import assert_error
 from vxnet.config import project_id_for
 
 TENANT_A = project_id_for("tenant-a")
@@ -28,18 +29,6 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 def tag() -> str:
     return "t-" + uuid.uuid4().hex[:10]
 
-
-def assert_error(r: httpx.Response, status: int, type_: str | None = None, message: str | None = None) -> dict[str, Any]:
-    """The response is a NeutronError with this status (and type / message fragment)."""
-    assert r.status_code == status, r.text
-    err = r.json()["NeutronError"]
-    assert set(err) == {"type", "message", "detail"}
-    assert isinstance(err["message"], str) and err["message"]
-    if type_ is not None:
-        assert err["type"] == type_, err
-    if message is not None:
-        assert message in err["message"], err
-    return err
 
 
 def create(c: httpx.Client, **attrs: Any) -> dict[str, Any]:

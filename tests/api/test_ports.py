@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.helpers import assert_error, network, port, subnet
 from vxnet.config import project_id_for
 from vxnet.services.repo import Repo
 
@@ -23,33 +24,8 @@ MAC = re.compile(r"^fa:16:3e(:[0-9a-f]{2}){3}$")
 BINDING_HIDDEN = ("binding:host_id", "binding:vif_type", "binding:vif_details", "binding:profile")
 
 
-def assert_error(r: httpx.Response, status: int, type_: str | None = None, message: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    err = r.json()["NeutronError"]
-    assert set(err) == {"type", "message", "detail"}
-    if type_ is not None:
-        assert err["type"] == type_, err
-    if message is not None:
-        assert message in err["message"], err
-    return err
 
 
-def network(c: httpx.Client, **attrs: Any) -> dict[str, Any]:
-    r = c.post("/networks", json={"network": {"name": "n-" + uuid.uuid4().hex[:6], **attrs}})
-    assert r.status_code == 201, r.text
-    return r.json()["network"]
-
-
-def subnet(c: httpx.Client, net: dict[str, Any], cidr: str, **attrs: Any) -> dict[str, Any]:
-    r = c.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4, "cidr": cidr, **attrs}})
-    assert r.status_code == 201, r.text
-    return r.json()["subnet"]
-
-
-def port(c: httpx.Client, net: dict[str, Any], **attrs: Any) -> dict[str, Any]:
-    r = c.post("/ports", json={"port": {"network_id": net["id"], **attrs}})
-    assert r.status_code == 201, r.text
-    return r.json()["port"]
 
 
 def ips(p: dict[str, Any]) -> list[str]:
