@@ -57,10 +57,12 @@ class ServerHandle:
     def api(self, user: str = "admin") -> httpx.Client:
         return httpx.Client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self.token(user)}, timeout=30)
 
-    def stop(self) -> None:
+    def stop(self, close_store: bool = True) -> None:
+        """Stop the server; keep the store open when other servers share it."""
         self._server.should_exit = True
         self._thread.join(10)
-        self.store.close()
+        if close_store:
+            self.store.close()
 
 
 def get_token(url: str, user: str, password: str, project: str) -> str:

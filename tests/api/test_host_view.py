@@ -25,10 +25,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from tests.conftest import USERS, ServerHandle, free_port, get_token
-from vxnet.api.app import create_app
+from tests.conftest import USERS, ServerHandle, free_port, get_token, start_server
 from vxnet.config import Config, User
 from vxnet.services.host_view import ViewIndex, apply_message, empty_view, full_view
 from vxnet.store.contract import put as store_put
@@ -244,22 +242,11 @@ AGENT = User("vxnet-agent", "vxnet-agent-pw", "service", ("service",))
 
 def start_agent_server(db_path: str | None = None, port: int | None = None, store: SqliteStore | None = None,
                        **config: Any) -> ServerHandle:
-    """Like conftest.start_server, with the agent user, and with a graceful-shutdown timeout so
-    that open (endless) view streams are cut when the server stops."""
+    """conftest.start_server with config overrides (its USERS include the agent user AGENT)."""
     port = port or free_port()
-    cfg = Config(listen=f"127.0.0.1:{port}", users=USERS + (AGENT,), **config)
-    store = store or SqliteStore(db_path or ":memory:")
-    app = create_app(cfg, store)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.01)
-    return ServerHandle(f"http://127.0.0.1:{port}", store, cfg, thread, server)
+    assert AGENT in USERS
+    cfg = Config(listen=f"127.0.0.1:{port}", users=USERS, **config)
+    return start_server(db_path or ":memory:", config=cfg, port=port, store=store)
 
 
 @pytest.fixture

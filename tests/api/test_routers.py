@@ -4,21 +4,17 @@ same CIDR behind their own routers on one external network."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-import itertools
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from tests.conftest import USERS, ServerHandle, free_port
-from vxnet.api.app import create_app
-from vxnet.config import Config
+from tests.conftest import ServerHandle, start_server
 from vxnet.store.sqlite_store import SqliteStore
 
 _cidr = itertools.count(1)
@@ -466,23 +462,11 @@ def test_two_projects_same_cidr_each_with_own_router(shared_server, ext):
 def servers(tmp_path) -> Iterator[list[ServerHandle]]:
     """Four API servers (each its own event loop thread) over one store, as several vxnet servers
     over one etcd would be: requests on different servers really run their transactions at once."""
-    config_port = free_port()
     store = SqliteStore(os.path.join(tmp_path, "vxnet.db"))
-    config = Config(listen=f"127.0.0.1:{config_port}", users=USERS)
-    handles = []
-    for _ in range(4):
-        port = free_port()
-        srv = uvicorn.Server(uvicorn.Config(create_app(config, store), host="127.0.0.1", port=port,
-                                            log_level="warning", access_log=False))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        while not srv.started:
-            time.sleep(0.01)
-        handles.append(ServerHandle(f"http://127.0.0.1:{port}", store, config, thread, srv))
+    handles = [start_server("", store=store) for _ in range(4)]
     yield handles
     for h in handles:
-        h._server.should_exit = True
-        h._thread.join(10)
+        h.stop(close_store=False)
     store.close()
 
 
