@@ -309,8 +309,9 @@ def _ts(text: str) -> float:
 
 
 def make_control_plane(servers: list[str], host: str, underlay_ip: str, user: str, password: str,
-                       project: str, gateway: bool = False) -> ServerClient:
-    """The client as the agent core's control plane (same signature as agent/control.py)."""
-    return ServerClient(servers, host, user, password, project, underlay_ip=underlay_ip, gateway=gateway)
+                       project: str, gateway: bool = False, external_interface: str | None = None) -> ServerClient:
+    """The client as the agent core's control plane."""
+    return ServerClient(servers, host, user, password, project, underlay_ip=underlay_ip, gateway=gateway,
+                        external_interface=external_interface)
 
 

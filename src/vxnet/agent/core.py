@@ -32,8 +32,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from vxnet.agent import metrics
+from vxnet.agent.features import Feature, FeatureResult, HostContext, build_features
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
-from vxnet.compute.l2 import L2Cache
+from vxnet.compute.l2 import L2Cache, merge
 from vxnet.compute.view import ViewState, apply_message
 
 log = logging.getLogger("vxnet.agent")
@@ -57,15 +58,25 @@ class AgentConfig:
     resync_interval: float = 30.0
     heartbeat_interval: float = 3.0
     retry_interval: float = 1.0
+    gateway: bool = False
+    external_interface: str | None = None
+    dhcp_lease_time: int = 86400
+
+    @property
+    def context(self) -> HostContext:
+        return HostContext(self.host, self.underlay_ip, self.netns, self.gateway, self.external_interface,
+                           self.dhcp_lease_time)
 
 
 class Agent:
     """One host's agent. `run()` blocks; `start()` runs it in a thread."""
 
-    def __init__(self, cfg: AgentConfig, control: ControlPlane, reconciler: Reconciler | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, control: ControlPlane, reconciler: Reconciler | None = None,
+                 features: list[Feature] | None = None) -> None:
         self.cfg = cfg
         self.control = control
         self.reconciler = reconciler or Reconciler(cfg.underlay_ip, cfg.netns)
+        self.features: list[Feature] = build_features(cfg.context) if features is None else features
         self._lock = threading.Lock()
         self._view = ViewState()
         self._l2 = L2Cache(cfg.host, cfg.underlay_ip)
@@ -147,8 +158,14 @@ class Agent:
         if self._invalidate:
             self._invalidate = False
             self.reconciler.invalidate()
+            for f in self.features:
+                f.invalidate()
         desired = self._l2.compute(view.data)   # == compute_l2(view.data, host, underlay_ip)
         try:
+            wanted = [(f, f.compute(view.data)) for f in self.features]
+            if wanted:
+                desired = merge([desired, *(d.l2 for _, d in wanted)])
+            fresults = [self._apply_feature(f, d) for f, d in wanted]
             result = self.reconciler.reconcile(desired)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
@@ -156,6 +173,8 @@ class Agent:
             self.reconciler.invalidate()
             self._retry_later()
             return None
+        if fresults:
+            result = self._combine(result, fresults)
         self.passes += 1
         self.last_result = result
         self._record(view, desired, result)
@@ -168,6 +187,26 @@ class Agent:
         if result.failed:
             self._retry_later()
         return result
+
+    def _apply_feature(self, f: Feature, desired: Any) -> FeatureResult:
+        try:
+            return f.apply(desired)
+        except Exception:   # noqa: BLE001 - one feature's bug must not stop the others (retried next pass)
+            metrics.ERRORS.labels(f"feature_{f.name}").inc()
+            log.exception("feature %s failed (host=%s)", f.name, self.cfg.host)
+            f.invalidate()
+            return FeatureResult(failed=(f"feature {f.name}",), all_down=True)
+
+    def _combine(self, result: ReconcileResult, fresults: list[FeatureResult]) -> ReconcileResult:
+        """The L2 result with the features' failures and DOWN ports folded in."""
+        local = result.active | result.down
+        down = local if any(r.all_down for r in fresults) else frozenset().union(*(r.down for r in fresults)) & local
+        failed = result.failed + tuple(x for r in fresults for x in r.failed)
+        for f, r in zip(self.features, fresults, strict=True):
+            if any(r.changes.values()):
+                log.info("host=%s feature %s applied %s", self.cfg.host, f.name,
+                         {k: v for k, v in r.changes.items() if v})
+        return dataclasses.replace(result, failed=failed, active=result.active - down, down=result.down | down)
 
     def _record(self, view: ViewState, desired: Any, result: ReconcileResult) -> None:
         for kind, n in view.size().items():
@@ -254,6 +293,11 @@ class Agent:
             self._wake.clear()
             self.run_once()
         self.reconciler.close()
+        for f in self.features:
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.exception("closing feature %s", f.name)
 
     # ------------------------------------------------------------------ stream
     def _stream_loop(self) -> None:
@@ -307,7 +351,7 @@ class Agent:
                     for ev in mon.events(timeout=1.0):
                         if ev.type in (RTM_NEWLINK, RTM_DELLINK):
                             name = ev.ifname or ""
-                            if naming.is_tap(name) or naming.is_owned(name):
+                            if naming.is_plug(name) or naming.is_owned(name):
                                 self.kernel_changed(invalidate=ev.type == RTM_DELLINK)
                         elif ev.type == RTM_DELNEIGH and (
                                 (ev.family == AF_BRIDGE and ev.state & 0xC0)     # static FDB entry
@@ -323,3 +367,4 @@ class Agent:
             finally:
                 if mon is not None:
                     mon.close()
+

@@ -95,10 +95,10 @@ class Reconciler:
             self._entries = (read_fdb(self.rtnl, index, plugged_before), read_neighs(self.rtnl, index))
         have_fdb, have_neigh = self._entries
         plugged = frozenset(p.tap for p in want_plugs)
-        want_fdb = frozenset(e for e in desired.fdb if not naming.is_tap(e.dev) or e.dev in plugged)
+        want_fdb = frozenset(e for e in desired.fdb if not naming.is_plug(e.dev) or e.dev in plugged)
         d_fdb = diff(want_fdb, have_fdb)
         d_nb = diff(desired.neighs, have_neigh)
-        on_tap = lambda e: naming.is_tap(e.dev)
+        on_tap = lambda e: naming.is_plug(e.dev)
         failed_entries = apply_entries(self.rtnl, d_fdb.without(on_tap), d_nb, drv.index)
         drv.apply_plugs(d_pl)
         failed_entries += apply_entries(self.rtnl, d_fdb.without(lambda e: not on_tap(e)), Diff(), drv.index)

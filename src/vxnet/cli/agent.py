@@ -21,7 +21,10 @@ def register(app: typer.Typer) -> None:
                                      help="service user's password (prefer the environment variable: "
                                           "a command line is visible to every user of the host)"),
         project: str = typer.Option("service", envvar="VXNET_AGENT_PROJECT", help="service user's project"),
-        gateway: bool = typer.Option(False, help="this host is a gateway host"),
+        gateway: bool = typer.Option(False, help="this host is a gateway host (SNAT, floating IPs)"),
+        external_interface: str = typer.Option(None, help="gateway hosts: the interface of the external "
+                                                          "(flat) networks"),
+        dhcp_lease_time: int = typer.Option(86400, help="DHCP lease time in seconds (VMs renew at half)"),
         metrics_listen: str = typer.Option(None, help="HOST:PORT for Prometheus /metrics"),
         resync: float = typer.Option(30.0, help="seconds between drift-repair resyncs"),
         log_level: str = typer.Option("info", help="log level"),
@@ -38,8 +41,9 @@ def register(app: typer.Typer) -> None:
             mhost, _, mport = metrics_listen.rpartition(":")
             start_http_server(int(mport), addr=mhost.strip("[]") or "127.0.0.1")
         control = make_control_plane([s.strip() for s in server.split(",") if s.strip()], host, underlay_ip,
-                                     user, password, project, gateway)
-        a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync), control)
+                                     user, password, project, gateway, external_interface)
+        a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
+                              external_interface=external_interface, dhcp_lease_time=dhcp_lease_time), control)
         signal.signal(signal.SIGTERM, lambda *_: a.stop())
         try:
             a.run()

@@ -5,6 +5,10 @@ Invariants:
 - Every link the agent creates starts with `OWNED_PREFIXES`; the agent deletes nothing else.
 - VM-facing devices are created by the hypervisor (Nova names them `tap` + 11 characters of the
   port id); the agent plugs and unplugs them but never creates or deletes them.
+- Service ports are bridge ports the agent's features create for themselves (the DHCP
+  responder's port, a router namespace's leg on a network): named `vxp` + a kind letter + 11
+  characters of an id. The L2 reconciler plugs them like taps; the feature that created one
+  deletes it (the L2 links driver never does).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import hashlib
 BRIDGE_PREFIX = "vxb-"
 VXLAN_PREFIX = "vxv-"
 TAP_PREFIX = "tap"
+SERVICE_PREFIX = "vxp"
+PLUG_PREFIXES = (TAP_PREFIX, SERVICE_PREFIX)
 OWNED_PREFIXES = (BRIDGE_PREFIX, VXLAN_PREFIX)
 ID_CHARS = 11
 VXLAN_PORT = 4789
@@ -47,8 +53,21 @@ def is_vxlan(ifname: str) -> bool:
     return ifname.startswith(VXLAN_PREFIX)
 
 
+def service_port_name(kind: str, object_id: str) -> str:
+    """A feature's own bridge port: `vxp` + one kind letter (d: DHCP, r: router...) + 11 id chars."""
+    if len(kind) != 1:
+        raise ValueError("service port kind is one letter")
+    return SERVICE_PREFIX + kind + object_id[:ID_CHARS]
+
+
 def is_tap(ifname: str) -> bool:
+    """A hypervisor-created VM device."""
     return ifname.startswith(TAP_PREFIX)
+
+
+def is_plug(ifname: str) -> bool:
+    """A device the L2 reconciler plugs into bridges: a VM tap or a feature's service port."""
+    return ifname.startswith(PLUG_PREFIXES)
 
 
 def bridge_mac(network_id: str, host: str) -> str:

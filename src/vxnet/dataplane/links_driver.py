@@ -2,7 +2,7 @@
 
 Contract:
 - `read_links` reads every link once (raw netlink dump) and returns the owned bridges / VXLAN devices and every
-  `tap*` device as `compute.state` entries (a tap's `bridge` is the name of its master, or "").
+  pluggable (`tap*` / service `vxp*`) device as `compute.state` entries (a tap's `bridge` is the name of its master, or "").
 - `LinksDriver.apply_*` take a `Diff` of those entries and converge the kernel: create and
   update in dependency order (bridges, then VXLAN devices, then plugs), delete in reverse.
   Creating something that exists, or deleting something gone, counts as success.
@@ -63,7 +63,7 @@ def read_links(sock: RtnlSocket) -> LinkSnapshot:
         elif naming.is_vxlan(name):
             vxlans.add(Vxlan(name, link.vxlan_id, link.vxlan_local, master, link.mtu, link.vxlan_port,
                              link.vxlan_learning, link.port_learning, link.port_neigh_suppress, up))
-        elif naming.is_tap(name):
+        elif naming.is_plug(name):
             taps.add(Plug(name, master, link.mtu, up))
     return LinkSnapshot(frozenset(bridges), frozenset(vxlans), frozenset(taps), index)
 
