@@ -204,7 +204,10 @@ def start_agent(st: dict[str, Any], host: str) -> int:
     """Start (or restart) the agent of `host` inside its namespace."""
     i = _host_index(st, host)
     u = st["agent_user"]
-    cmd = ["ip", "netns", "exec", topology.host_ns(i), *_python_cmd(
+    # nsenter --net, not `ip netns exec`: the latter gives the agent a slave mount namespace, so
+    # namespaces the agent creates (router, DHCP...) would be mounted only inside it: invisible
+    # to everyone else and destroyed with the agent process (routing broken by a restart).
+    cmd = ["nsenter", f"--net=/run/netns/{topology.host_ns(i)}", *_python_cmd(
         "agent", "--server", st["mgmt_url"], "--host", host, "--underlay-ip", topology.underlay_ip(i),
         "--user", u["name"], "--password", u["password"], "--project", u["project"], *st.get("agent_args", []))]
     pid = _spawn(cmd, f"agent-{host}.log")
@@ -254,7 +257,7 @@ def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, A
                 gateway = sub.get("gateway_ip")
                 break
         topology.add_vm(name, topology.host_ns(i), naming.tap_name(port_id), port["mac_address"], cidr_ip,
-                        int(net.get("mtu") or 1450), gateway=None)
+                        int(net.get("mtu") or 1450), gateway=gateway)
         st["vms"][name] = {"host": host, "port": port_id, "ip": cidr_ip, "gateway": gateway}
         save_state(st)
         if bind:
@@ -305,6 +308,18 @@ def vm_exec(name: str, cmd: list[str]) -> int:
     return subprocess.call(["ip", "netns", "exec", topology.vm_ns(name), *cmd])
 
 
+def _remove_router_namespaces() -> None:
+    """Router namespaces the lab's agents made (`vxr-<router>-h<i>`, docs/routing.md): agents
+    keep kernel state when they stop, so the lab removes them (they are not `vxl`-prefixed)."""
+    import re
+
+    r = topology.sh(["ip", "netns", "list"], check=False)
+    for line in r.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if re.fullmatch(r"vxr-[0-9a-f-]{11}-h\d+", name):
+            topology.sh(["ip", "netns", "del", name], check=False)
+
+
 def down(quiet: bool = False) -> None:
     """Stop our processes and remove everything with the lab prefix (also after a crash)."""
     try:
@@ -316,6 +331,7 @@ def down(quiet: bool = False) -> None:
     if st.get("server_pid"):
         _kill(st["server_pid"], "vxnet.lab.server")
     topology.teardown()
+    _remove_router_namespaces()
     if os.path.exists(_state_path()):
         os.unlink(_state_path())
     if not quiet:
