@@ -1,15 +1,9 @@
-"""`vxnet demo`: the one-command experience.
-
-For now (until the lab-based demo lands) it starts a server on the embedded store with the
-sample configuration, writes a clouds.yaml for its users, and prints how to drive it with the
-unmodified `openstack` CLI. It runs until Ctrl-C.
-"""
+"""`vxnet demo`: the one-command experience (see vxnet/demo/run.py), and the clouds.yaml it
+writes so the unmodified `openstack` CLI drives the demo cloud."""
 
 from __future__ import annotations
 
 import os
-import pathlib
-
 import typer
 
 from vxnet.config import load_config
@@ -46,25 +40,17 @@ def clouds_yaml(url: str, config_path: str) -> str:
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        config: str = typer.Option("etc/vxnet.toml", help="server configuration"),
-        data_dir: str = typer.Option("var/demo", help="where the demo keeps its store and files"),
-        listen: str = typer.Option("127.0.0.1:9696", help="HOST:PORT"),
+        config: str = typer.Option("etc/vxnet.toml", help="sample configuration (its users are the demo's)"),
+        data_dir: str = typer.Option("var/demo", help="where the demo keeps its store, logs and files"),
+        listen: str = typer.Option("127.0.0.1:9696", help="HOST:PORT of the demo's API server and web UI"),
+        check: bool = typer.Option(False, "--check", help="prove the matrix, remove everything, exit non-zero "
+                                                          "if any cell is wrong (no waiting)"),
     ) -> None:
-        """Start a demo server and print how to use it (Ctrl-C stops it)."""
-        from vxnet.cli.main import server
+        """Build a two-tenant cloud on a lab (3 hosts + a gateway, real agents), prove its
+        connectivity matrix with real packets, keep it running until Ctrl-C (needs root)."""
+        from vxnet.demo.run import run
 
-        data = pathlib.Path(data_dir).resolve()
-        data.mkdir(parents=True, exist_ok=True)
-        url = f"http://{listen}"
-        clouds = data / "clouds.yaml"
-        clouds.write_text(clouds_yaml(url, config))
-        typer.echo(f"vxnet server on {url}  (store: {data / 'vxnet.db'})")
-        typer.echo(f"clouds.yaml written to {clouds}; try:")
-        typer.echo(f"  export OS_CLIENT_CONFIG_FILE={clouds}")
-        typer.echo("  .venv/bin/openstack --os-cloud vxnet-alice network create net1")
-        typer.echo("  .venv/bin/openstack --os-cloud vxnet-alice subnet create --network net1 --subnet-range 192.0.2.0/24 sub1")
-        typer.echo("  .venv/bin/openstack --os-cloud vxnet-admin network agent list")
-        typer.echo("Ctrl-C stops the server.")
-        os.environ.setdefault("VXNET_DEMO", "1")
-        server(listen=listen, store=f"sqlite:///{data / 'vxnet.db'}", config=config, data_dir=str(data),
-               log_level="warning", workers=1)
+        if os.geteuid() != 0:
+            typer.echo("vxnet demo builds network namespaces: run it as root", err=True)
+            raise typer.Exit(2)
+        raise typer.Exit(run(config, data_dir, listen, check, typer.echo))
