@@ -50,6 +50,7 @@ from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, bad_request, policy_denied
 from vxnet.api.state import AppState, read_json
 from vxnet.api.validation import Body, Bool, IpAddr, ShortStr, validate
+from vxnet.services import scheduler
 from vxnet.services.host_view import COLLECTIONS, ViewIndex
 from vxnet.services.repo import EPOCH_KEY, ROOT, UnitOfWork, now_iso, res_key
 from vxnet.store.contract import (
@@ -331,6 +332,7 @@ def mark_dead(st: AppState, host: str) -> None:
             p["status"] = "DOWN"
             _touch(p)
             uow.put("ports", p)
+        scheduler.reschedule(uow)  # a dead gateway host's routers move to an alive one
 
     try:
         st.repo.transact(txn)
@@ -446,6 +448,8 @@ async def register(host: str, request: Request) -> dict[str, Any]:
     if live_kv is not None and live_kv.lease and live_kv.lease != lease:
         # The key now belongs to the new lease, so revoking the old one deletes nothing.
         st.store.revoke_lease(live_kv.lease)
+    if body.gateway or (old and (old.get("configurations") or {}).get("gateway")):
+        st.repo.transact(scheduler.reschedule)  # unscheduled routers get this gateway host
     return {"host": host, "agent_id": rec["id"], "lease_ttl": ttl, "heartbeat_interval": heartbeat_interval(st)}
 
 

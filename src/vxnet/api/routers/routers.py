@@ -20,6 +20,9 @@ Records and invariants:
   changes that could break it (interface removal, gateway change, router delete) all rewrite
   the router's fence key `/vxnet/fence/router/<id>` after reading it, so they are serialized
   too: an interface in use by a floating IP cannot be removed by a concurrent request.
+- While a gateway is set, every IPv4 interface subnet also has a snat port, and the gateway
+  and snat ports are bound to the router's gateway host (services/scheduler.py, called last in
+  every transaction that changes interfaces or the gateway).
 - Extra routes: each nexthop lies in a subnet connected to the router and is none of the
   router's own addresses; an interface whose subnet holds a nexthop cannot be removed (409).
 - vxnet routers are distributed by construction: `distributed` is always true, `ha` false.
@@ -57,7 +60,7 @@ from vxnet.api.validation import (
     resolve_project,
     validate,
 )
-from vxnet.services import ipam
+from vxnet.services import ipam, scheduler
 from vxnet.services.ports import delete_port_record, network_subnets, new_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso
 
@@ -502,6 +505,7 @@ async def create_router(request: Request) -> JSONResponse:
         routers = [build_router(uow, ctx, item) for item in items]
         for r in routers:
             uow.put("routers", r)
+            scheduler.sync_router(uow, r["id"])   # snat ports + gateway host (services/scheduler.py)
         return routers
 
     routers = st.repo.transact(txn)
@@ -538,6 +542,7 @@ async def update_router(router_id: str, request: Request) -> dict[str, Any]:
             changed["routes"] = routes
         touch(rtr, changed)
         uow.put("routers", rtr)
+        scheduler.sync_router(uow, router_id)
         return rtr
 
     return {"router": present_router(ctx, st.repo.transact(txn))}
@@ -595,6 +600,7 @@ async def delete_router(router_id: str, request: Request) -> Response:
             delete_port_record(uow, gw)
         uow.delete("routers", router_id)
         uow.delete_raw(fence_key(router_id))
+        scheduler.sync_router(uow, router_id)
 
     st.repo.transact(txn)
     return Response(status_code=204)
@@ -700,6 +706,7 @@ async def add_router_interface(router_id: str, request: Request) -> dict[str, An
             port, subnet_ids = _add_by_subnet(uow, ctx, rtr, ports, subnet_id)  # type: ignore[arg-type]
         touch(rtr)  # serializes concurrent interface changes of this router
         uow.put("routers", rtr)
+        scheduler.sync_router(uow, router_id)
         return interface_info(rtr, port, subnet_ids, last=True)
 
     return st.repo.transact(txn)
@@ -761,6 +768,7 @@ async def remove_router_interface(router_id: str, request: Request) -> dict[str,
         delete_port_record(uow, port)
         touch(rtr)
         uow.put("routers", rtr)
+        scheduler.sync_router(uow, router_id)
         return interface_info(rtr, port, subnet_ids, last=False)
 
     return st.repo.transact(txn)
