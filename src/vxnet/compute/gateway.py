@@ -1,0 +1,242 @@
+"""View of a gateway host -> its desired gateway state (pure): external bridges, one SNAT
+namespace per router scheduled here, and the NAT rules of each (KERNEL-NOTES §5).
+
+Contract: `compute_gateway(view, host, external_interface)` is a pure function of its
+arguments and returns a `GatewayDesired`:
+- `externals`: every `router:external` flat network of the view gets a bridge (named like any
+  network's bridge, explicit MAC); the host's external interface is enslaved to ONE of them
+  (physical network "external" first, then the lowest id; one interface = one physical network).
+  Flat networks are ignored by the L2 compute, so the bridge is part of this feature's `.l2`.
+- `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host gets
+  namespace `router_netns(router id, host)` with
+  * the gateway leg: host side `tap<gw port 11>` plugged into the external bridge (Plug + FDB
+    in `.l2`, and a LocalPort so its status is reported), inside `qg-<router 11>` with the
+    port's MAC, its address, every floating IP as /32 (so the namespace answers ARP for them)
+    and the default route via the external subnet's gateway_ip;
+  * one snat leg per snat port (`network:router_centralized_snat`) bound here: host side
+    `tap<snat port 11>` (a bound port on a VXLAN network: the L2 compute plugs it and reports
+    it like a VM port), inside `sg-<snat port 11>` with the port's MAC and address, so every
+    router subnet is connected;
+  * the router's extra routes whose nexthop is on a connected subnet;
+  * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed and SNAT fixed -> fip, then (if
+    enable_snat) SNAT of the router's interface subnets to the gateway address; MSS clamping
+    of forwarded SYNs to the route MTU.
+- Only IPv4. A router whose gateway port has no IPv4 address or no known external subnet is
+  skipped (nothing to build yet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from vxnet.compute import naming
+from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Plug
+
+View = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+GW_OWNER = "network:router_gateway"
+SNAT_OWNER = "network:router_centralized_snat"
+INTF_OWNERS = ("network:router_interface", "network:router_interface_distributed")
+NETNS_PREFIX = "vxs-"
+NAT_TABLE = "vxnet_nat"
+DEFAULT_MTU = 1450
+
+
+def router_netns(router_id: str, host: str) -> str:
+    """The SNAT namespace of a router on a host (host in the name: lab hosts share /run/netns)."""
+    return f"{NETNS_PREFIX}{router_id[:naming.ID_CHARS]}-{host}"
+
+
+def is_router_netns(name: str, host: str) -> bool:
+    """A namespace this host's gateway feature made (and so may delete)."""
+    return (name.startswith(NETNS_PREFIX) and name.endswith("-" + host)
+            and len(name) == len(NETNS_PREFIX) + naming.ID_CHARS + 1 + len(host))
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Leg:
+    """A veth between the host (`tap`, a bridge port) and a gateway namespace (`inner`)."""
+
+    port_id: str
+    tap: str
+    inner: str
+    mac: str
+    cidr: str          # address/prefix inside the namespace
+    mtu: int
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class FloatingNat:
+    floating_ip: str
+    fixed_ip: str
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class GatewayRouter:
+    """Everything one router's SNAT namespace holds."""
+
+    router_id: str
+    netns: str
+    gw: Leg
+    gateway_ip: str | None
+    snat_legs: tuple[Leg, ...]
+    snat_cidrs: tuple[str, ...]
+    enable_snat: bool
+    fips: tuple[FloatingNat, ...]
+    routes: tuple[tuple[str, str], ...]     # (destination, nexthop)
+
+    @property
+    def legs(self) -> tuple[Leg, ...]:
+        return (self.gw, *self.snat_legs)
+
+    @property
+    def gw_ip(self) -> str:
+        return self.gw.cidr.split("/")[0]
+
+    @property
+    def port_ids(self) -> frozenset[str]:
+        return frozenset(leg.port_id for leg in self.legs)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ExternalBridge:
+    network_id: str
+    bridge: str
+    interface: str | None     # the host's external interface, enslaved to this bridge
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayDesired:
+    """Shaped like `agent.features.FeatureDesired` (its `l2` part is merged into the L2 state);
+    not a subclass so that this pure layer imports nothing from the agent."""
+
+    l2: HostState = HostState()
+    host: str = ""
+    externals: tuple[ExternalBridge, ...] = ()
+    routers: tuple[GatewayRouter, ...] = ()
+
+
+def _is_flat_external(net: Mapping[str, Any]) -> bool:
+    return bool(net.get("router:external")) and net.get("provider:network_type") == "flat"
+
+
+def _ipv4(port: Mapping[str, Any], subnets: Mapping[str, Mapping[str, Any]]) -> tuple[str, Mapping[str, Any]] | None:
+    """The port's first IPv4 address with its (known) subnet."""
+    for fip in port.get("fixed_ips") or ():
+        sub = subnets.get(fip.get("subnet_id", ""))
+        if sub is None:
+            continue
+        try:
+            addr = ipaddress.ip_address(fip.get("ip_address", ""))
+        except ValueError:
+            continue
+        if addr.version == 4:
+            return str(addr), sub
+    return None
+
+
+def _leg(pid: str, port: Mapping[str, Any], inner: str, ip: str, sub: Mapping[str, Any], mtu: int) -> Leg:
+    prefix = ipaddress.ip_network(sub["cidr"]).prefixlen
+    return Leg(pid, naming.tap_name(pid), inner, (port.get("mac_address") or "").lower(), f"{ip}/{prefix}", mtu)
+
+
+def _router(rid: str, rtr: Mapping[str, Any], gw_id: str, gw_port: Mapping[str, Any], view: View,
+            host: str) -> GatewayRouter | None:
+    networks, subnets, ports = view.get("networks", {}), view.get("subnets", {}), view.get("ports", {})
+    found = _ipv4(gw_port, subnets)
+    ext = networks.get(gw_port.get("network_id", ""))
+    if found is None or ext is None:
+        return None
+    gw_ip, ext_sub = found
+    gw = _leg(gw_id, gw_port, "qg-" + rid[:naming.ID_CHARS], gw_ip, ext_sub, int(ext.get("mtu") or DEFAULT_MTU))
+    legs: list[Leg] = []
+    cidrs: set[str] = set()
+    for pid in sorted(ports):
+        p = ports[pid]
+        if p.get("device_id") != rid:
+            continue
+        owner = p.get("device_owner")
+        if owner in INTF_OWNERS:
+            for f in p.get("fixed_ips") or ():
+                sub = subnets.get(f.get("subnet_id", ""))
+                if sub is not None and ipaddress.ip_network(sub["cidr"]).version == 4:
+                    cidrs.add(sub["cidr"])
+        elif owner == SNAT_OWNER and p.get("binding:host_id") == host and p.get("admin_state_up", True) is not False:
+            got = _ipv4(p, subnets)
+            net = networks.get(p.get("network_id", ""))
+            if got is not None and net is not None:
+                legs.append(_leg(pid, p, "sg-" + pid[:naming.ID_CHARS], got[0], got[1],
+                                 int(net.get("mtu") or DEFAULT_MTU)))
+    connected = [ipaddress.ip_network(leg.cidr, strict=False) for leg in (gw, *legs)]
+    routes = []
+    for r in rtr.get("routes") or ():
+        try:
+            hop = ipaddress.ip_address(r["nexthop"])
+            dest = ipaddress.ip_network(r["destination"], strict=False)
+        except (KeyError, ValueError):
+            continue
+        if hop.version == 4 and dest.version == 4 and any(hop in n for n in connected):
+            routes.append((str(dest), str(hop)))
+    fips = []
+    for f in view.get("floatingips", {}).values():
+        if f.get("router_id") == rid and f.get("port_id") and f.get("fixed_ip_address") and f.get("floating_ip_address"):
+            fips.append(FloatingNat(f["floating_ip_address"], f["fixed_ip_address"]))
+    info = rtr.get("external_gateway_info") or {}
+    return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.get("gateway_ip") or None, tuple(sorted(legs)),
+                         tuple(sorted(cidrs)), info.get("enable_snat", True) is not False,
+                         tuple(sorted(set(fips))), tuple(sorted(set(routes))))
+
+
+def compute_gateway(view: View, host: str, external_interface: str | None) -> GatewayDesired:
+    """Desired gateway state of `host` (see the module contract)."""
+    networks, ports, routers = view.get("networks", {}), view.get("ports", {}), view.get("routers", {})
+    flat = sorted((nid for nid, n in networks.items() if _is_flat_external(n)),
+                  key=lambda nid: (networks[nid].get("provider:physical_network") != "external", nid))
+    externals = tuple(ExternalBridge(nid, naming.bridge_name(nid), external_interface if i == 0 else None)
+                      for i, nid in enumerate(flat))
+    bridges = {Bridge(naming.bridge_name(nid), naming.bridge_mac(nid, host), int(networks[nid].get("mtu") or DEFAULT_MTU))
+               for nid in flat}
+    out: list[GatewayRouter] = []
+    plugs, fdb, local = set(), set(), set()
+    for pid in sorted(ports):
+        p = ports[pid]
+        rid = p.get("device_id", "")
+        if p.get("device_owner") != GW_OWNER or p.get("binding:host_id") != host or rid not in routers:
+            continue
+        if p.get("network_id") not in flat:
+            continue
+        r = _router(rid, routers[rid], pid, p, view, host)
+        if r is None:
+            continue
+        out.append(r)
+        br = naming.bridge_name(p["network_id"])
+        plugs.add(Plug(r.gw.tap, br, r.gw.mtu))
+        fdb.add(Fdb(r.gw.tap, r.gw.mac))
+        local.add(LocalPort(pid, r.gw.tap, p["network_id"], br, r.gw.mac))
+    l2 = HostState(bridges=frozenset(bridges), plugs=frozenset(plugs), fdb=frozenset(fdb), local_ports=frozenset(local))
+    return GatewayDesired(l2=l2, host=host, externals=externals, routers=tuple(sorted(out)))
+
+
+def nat_ruleset(r: GatewayRouter) -> str:
+    """The router namespace's whole `table ip vxnet_nat`, for one `nft -f` transaction (the
+    table is declared, deleted and rebuilt in the same transaction: atomic, nothing stale)."""
+    qg = r.gw.inner
+    pre = [f'iifname "{qg}" ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
+    post = [f'oifname "{qg}" ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
+    if r.enable_snat and r.snat_cidrs:
+        post.append(f'oifname "{qg}" ip saddr {{ {", ".join(r.snat_cidrs)} }} snat to {r.gw_ip}')
+
+    def chain(name: str, hook: str, rules: list[str]) -> str:
+        body = "".join(f"\n    {x}" for x in rules)
+        return f"  chain {name} {{\n    {hook}{body}\n  }}\n"
+
+    return (f"table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\ntable ip {NAT_TABLE} {{\n"
+            + chain("pre", "type nat hook prerouting priority dstnat; policy accept;", pre)
+            + chain("post", "type nat hook postrouting priority srcnat; policy accept;", post)
+            # Why: the external MTU is larger than the tenant one (1500 vs 1450, KERNEL-NOTES §5).
+            + chain("mss", "type filter hook forward priority mangle; policy accept;",
+                    ["tcp flags syn tcp option maxseg size set rt mtu"])
+            + "}\n")
