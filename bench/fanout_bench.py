@@ -81,7 +81,8 @@ def rss_mib(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def servers(workdir: str, store_url: str | None, count: int) -> Iterator[list[tuple[int, int]]]:
+def servers(workdir: str, store_url: str | None, count: int,
+            start_timeout: float = 30.0) -> Iterator[list[tuple[int, int]]]:
     """`count` servers on one store; yields [(http port, pid)]. Stopped by PID on exit."""
     procs: list[subprocess.Popen[bytes]] = []
     out: list[tuple[int, int]] = []
@@ -99,7 +100,7 @@ def servers(workdir: str, store_url: str | None, count: int) -> Iterator[list[tu
             proc = subprocess.Popen([VXNET, "server", "--config", cfg, "--store",
                                      store_url or f"sqlite://{workdir}/vxnet.db"], stdout=log, stderr=subprocess.STDOUT)
             procs.append(proc)
-            deadline = time.time() + 30
+            deadline = time.time() + start_timeout
             while True:
                 if proc.poll() is not None:
                     with open(log.name) as f:
