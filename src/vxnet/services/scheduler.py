@@ -49,7 +49,7 @@ def _list(uow: UnitOfWork, collection: str, where: Callable[[dict[str, Any]], bo
     router change that calls us has just staged ports (an interface, the gateway port)."""
     objs = {o["id"]: o for o in uow.list(collection, where)}
     prefix = res_key(collection, "")
-    for key, op in list(uow._ops.items()):  # noqa: SLF001 - read-your-writes for lists
+    for key, op in list(uow._ops.items()):
         if not key.startswith(prefix):
             continue
         id_ = key[len(prefix):]
