@@ -1,0 +1,408 @@
+"""Data plane VM-to-VM throughput and latency: vxnet vs a hand-built kernel VXLAN path vs the raw
+underlay vs OVN's lab, side by side in one run (issue 9, item 3).
+
+What runs, all in one private network + mount namespace (bench.port_up_bench.in_sandbox), all
+built before the first measurement and kept until the last:
+- vxnet: `vxnet lab up` (server + 3 real agents), one network, VMs dp1@h1, dp2@h2, dp3@h1
+  created through the API, measured once every port is ACTIVE.
+- kernel: bench.kernel_lab.KernelLab "static" (`vxk-*`): the KERNEL-NOTES §2 recipe by hand,
+  same VNI/MTU (1450)/bridge-port flags/VM offloads (TSO/GSO/GRO off) as the lab's VMs, no
+  control plane: the physical limit of this design on this machine.
+- underlay: iperf3/ping between two of the kernel lab's host namespaces over the underlay
+  bridge (host defaults: MTU 1500, offloads on), and over a plain veth pair `vxk-u1`/`vxk-u2`
+  with the VMs' settings (MTU 1450, TSO/GSO/GRO off): no bridge, no VXLAN.
+- OVN: ../shared/peers/ovn-lab.sh `start` (3 chassis, OVS userspace datapath, Geneve; its VMs
+  are MTU 1400 with tx checksum offload off, which its datapath needs), then our own iperf3/ping
+  on its VMs, and once its own `measure` (NPORTS=0) whose lines are quoted verbatim.
+
+Each row is a function `(Labs) -> Path` in ROWS (add routed / floating-IP rows the same way).
+Every round measures every row once, the order reversed on every other round (alternating
+rounds, so load from others falls on every row); per row: iperf3 single stream for
+`--dp-seconds`, then `ping -c 200 -i 0.01` after 3 warm-up pings. The table gives the median
+over rounds of iperf3 Gbit/s and the pooled RTT avg/p50/p99; ratios are per-round ratios,
+median over rounds.
+
+Contract: only namespaces of its own sandbox; every process started is stopped by PID (iperf3
+servers, OVN daemons by ovn-lab.sh `stop`, the lab's by `lab down`); figures are never invented:
+a row that could not run says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bench.kernel_lab import KernelLab, batch, iperf3_run, nic_settings, nsx, ping_run, sh, vm_nic_settings
+from bench.port_up_bench import OVN_LAB, REPO, _import_repo, _tail, in_sandbox
+from bench.report import Report, percentile
+
+NAME = "Data plane: VM-to-VM iperf3 and ping, vxnet vs hand-built kernel VXLAN vs underlay vs OVN (same run)"
+CIDR24 = "100.64.40"
+OVN_BINS = ("ovsdb-server", "ovs-vswitchd", "ovn-northd", "ovn-controller", "ovn-nbctl", "iperf3", "ethtool")
+
+
+class Unavailable(Exception):
+    """A row that cannot be measured in this tree / on this machine (the message says why)."""
+
+
+@dataclasses.dataclass
+class Path:
+    src_ns: str
+    dst_ns: str
+    dst_ip: str
+    dev: str = "eth0"          # the sender's device whose MTU/offloads the row states
+
+
+@dataclasses.dataclass
+class Labs:
+    vx_vms: dict[str, str]                # VM name -> namespace (vxnet lab)
+    k: KernelLab | None
+    ovn_dir: str | None                   # LAB directory of a started OVN lab
+    ovn_error: str | None = None
+    direct: tuple[str, str] | None = None
+
+
+# --- rows: each returns the two endpoints, or raises Unavailable --------------------------------
+
+
+def vx_cross(labs: Labs) -> Path:
+    return Path(labs.vx_vms["dp1"], labs.vx_vms["dp2"], f"{CIDR24}.12")
+
+
+def vx_same(labs: Labs) -> Path:
+    return Path(labs.vx_vms["dp1"], labs.vx_vms["dp3"], f"{CIDR24}.13")
+
+
+def k_cross(labs: Labs) -> Path:
+    assert labs.k
+    return Path(labs.k.vm_ns("k1"), labs.k.vm_ns("k2"), f"{CIDR24}.12")
+
+
+def k_same(labs: Labs) -> Path:
+    assert labs.k
+    return Path(labs.k.vm_ns("k1"), labs.k.vm_ns("k3"), f"{CIDR24}.13")
+
+
+def underlay_hosts(labs: Labs) -> Path:
+    assert labs.k
+    return Path(labs.k.host_ns(1), labs.k.host_ns(2), labs.k.vtep(2), labs.k.eth)
+
+
+def underlay_vm_settings(labs: Labs) -> Path:
+    assert labs.direct
+    return Path(labs.direct[0], labs.direct[1], "203.0.113.2")
+
+
+def _ovn(labs: Labs) -> None:
+    if not labs.ovn_dir:
+        raise Unavailable(labs.ovn_error or "OVN lab not started")
+
+
+def ovn_cross(labs: Labs) -> Path:
+    _ovn(labs)
+    return Path("ovn-vm1", "ovn-vm2", "198.51.100.2")
+
+
+def ovn_same(labs: Labs) -> Path:
+    _ovn(labs)
+    return Path("ovn-vm1", "ovn-vm3", "198.51.100.3")
+
+
+def vx_routed(labs: Labs) -> Path:
+    raise Unavailable("routing feature (src/vxnet/agent/routing.py) not registered in this tree yet")
+
+
+def vx_floating(labs: Labs) -> Path:
+    raise Unavailable("gateway / floating-IP feature not registered in this tree yet")
+
+
+ROWS: list[tuple[str, str, Callable[[Labs], Path]]] = [
+    ("vxnet", "VM->VM across hosts", vx_cross),
+    ("kernel VXLAN (hand-built)", "VM->VM across hosts", k_cross),
+    ("OVN", "VM->VM across chassis", ovn_cross),
+    ("underlay", "host->host over the underlay bridge (host defaults)", underlay_hosts),
+    ("underlay veth", "ns->ns veth, VM settings", underlay_vm_settings),
+    ("vxnet", "VM->VM same host", vx_same),
+    ("kernel VXLAN (hand-built)", "VM->VM same host", k_same),
+    ("OVN", "VM->VM same chassis", ovn_same),
+    ("vxnet", "VM->VM routed across hosts", vx_routed),
+    ("vxnet", "external -> floating IP -> VM", vx_floating),
+]
+
+
+# --- lab construction (inside the sandbox) -----------------------------------------------------
+
+
+def _vxnet_vms(lab3: Any) -> dict[str, str]:
+    from vxnet.lab import topology
+
+    net, _ = lab3.network("alice", f"{CIDR24}.0/24", "dataplane")
+    ports = {}
+    for name, host, octet in (("dp1", "h1", 11), ("dp2", "h2", 12), ("dp3", "h1", 13)):
+        ports[name] = lab3.port("alice", net["id"], f"{CIDR24}.{octet}")
+        lab3.vm(name, host, ports[name])
+    for p in ports.values():
+        lab3.wait_status(p["id"], "ACTIVE", timeout=30)
+    return {name: topology.vm_ns(name) for name in ports}
+
+
+def _direct_pair() -> tuple[str, str]:
+    a, b = "vxk-u1", "vxk-u2"
+    for ns in (a, b):
+        sh(["ip", "netns", "del", ns], check=False)
+        sh(["ip", "netns", "add", ns])
+        nsx(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    sh(["ip", "-n", a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b])
+    for ns, octet in ((a, 1), (b, 2)):
+        batch("ip", ns, ["link set lo up", "link set eth0 mtu 1450 up", f"addr add 203.0.113.{octet}/24 dev eth0"])
+        vm_nic_settings(ns)
+    return a, b
+
+
+@contextlib.contextmanager
+def ovn_lab(script: str) -> Iterator[tuple[str | None, str | None, dict[str, str]]]:
+    """ovn-lab.sh start ... stop; yields (LAB dir or None, error or None, env)."""
+    missing = [b for b in OVN_BINS if shutil.which(b) is None]
+    if not os.path.exists(script) or missing:
+        yield None, (f"{script} not found" if missing == [] else
+                     "not run: missing " + ", ".join(missing) + " (`make bench` installs etc/apt-packages-bench.txt)"), {}
+        return
+    tmp = tempfile.mkdtemp(prefix="vxnet-bench-ovn-")
+    env = dict(os.environ, LAB=os.path.join(tmp, "ovnlab"), NCH="3", NPORTS="0")
+    try:
+        r = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=300, check=False)
+        if r.returncode != 0:
+            yield None, f"`ovn-lab.sh start` failed (exit {r.returncode}): {_tail(r.stdout + r.stderr)}", env
+        else:
+            yield env["LAB"], None, env
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, text=True, timeout=120, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    t = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            t += int(fields[11]) + int(fields[12])
+    return t
+
+
+def _ovn_pids(lab_dir: str) -> list[int]:
+    pids = []
+    for root, _dirs, files in os.walk(lab_dir):
+        for fn in files:
+            if fn.endswith(".pid"):
+                with contextlib.suppress(OSError, ValueError), open(os.path.join(root, fn)) as f:
+                    pids.append(int(f.read().strip()))
+    return pids
+
+
+def _vxnet_pids() -> list[int]:
+    from vxnet.lab import lab
+
+    st = lab.load_state()
+    return [p for p in [st.get("server_pid"), *st["agents"].values()] if p]
+
+
+def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, Any]:
+    """Build every lab, then `rounds` alternating rounds over ROWS (runs inside the sandbox)."""
+    _import_repo()
+    from bench.port_up_bench import vxnet_lab
+
+    out: dict[str, Any] = {"rows": {}, "settings": {}, "notes": [], "ovn_measure": ""}
+    k = KernelLab(mode="static", prefix="vxk", cidr24=CIDR24)
+    workdir = tempfile.mkdtemp(prefix="vxnet-bench-dp-")
+    try:
+        with vxnet_lab(workdir) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
+            vx_vms = _vxnet_vms(lab3)
+            k.build()
+            for name, host, octet in (("k1", 1, 11), ("k2", 2, 12), ("k3", 1, 13)):
+                k.add_vm(name, host, octet)
+            labs = Labs(vx_vms, k, ovn_dir, ovn_err, _direct_pair())
+            out["notes"].append("br_netfilter `net.bridge.bridge-nf-call-iptables` on the host: vxnet h1 = "
+                                + nsx("vxl-h1", "sysctl", "-n", "net.bridge.bridge-nf-call-iptables", check=False).stdout.strip()
+                                + ", hand-built h1 = "
+                                + nsx(k.host_ns(1), "sysctl", "-n", "net.bridge.bridge-nf-call-iptables", check=False).stdout.strip()
+                                + "; nftables rules in vxnet h1: "
+                                + str(sum(1 for ln in nsx("vxl-h1", "nft", "list", "ruleset", check=False).stdout.splitlines()
+                                          if ln.strip() and not ln.strip().startswith(("table", "chain", "}", "type"))))
+                                + ", in hand-built h1: "
+                                + str(sum(1 for ln in nsx(k.host_ns(1), "nft", "list", "ruleset", check=False).stdout.splitlines()
+                                          if ln.strip() and not ln.strip().startswith(("table", "chain", "}", "type")))))
+            # Idle CPU of the control planes while nothing is measured (they stay up during every row).
+            pids_vx = _vxnet_pids()
+            pids_ovn = _ovn_pids(ovn_dir) if ovn_dir else []
+            c0 = (_cpu_ticks(pids_vx), _cpu_ticks(pids_ovn))
+            time.sleep(5)
+            tck = os.sysconf("SC_CLK_TCK")
+            out["idle_cpu"] = {"vxnet server+3 agents": (_cpu_ticks(pids_vx) - c0[0]) / tck / 5,
+                               "OVN daemons": (_cpu_ticks(pids_ovn) - c0[1]) / tck / 5 if ovn_dir else None}
+            for i, (system, path, fn) in enumerate(ROWS):
+                key = f"{i}"
+                out["rows"][key] = {"system": system, "path": path, "rounds": [], "error": None}
+                try:
+                    p = fn(labs)
+                    out["settings"][key] = nic_settings(p.src_ns, p.dev)
+                except Unavailable as e:
+                    out["rows"][key]["error"] = str(e)
+                except Exception as e:  # noqa: BLE001 - the table says what broke
+                    out["rows"][key]["error"] = f"{type(e).__name__}: {e}"[:300]
+            for rnd in range(rounds):
+                order = list(range(len(ROWS)))
+                if rnd % 2:
+                    order.reverse()
+                for i in order:
+                    row = out["rows"][str(i)]
+                    if row["error"]:
+                        continue
+                    p = ROWS[i][2](labs)
+                    res: dict[str, Any] = {"load1": os.getloadavg()[0]}
+                    res["iperf"] = iperf3_run(p.src_ns, p.dst_ns, p.dst_ip, seconds)
+                    res["ping"] = ping_run(p.src_ns, p.dst_ip, count, 0.01)
+                    row["rounds"].append(res)
+            if ovn_dir:
+                env = dict(ovn_env, IPERF_T=str(max(1, int(seconds))))
+                r = subprocess.run(["bash", script, "measure"], env=env, capture_output=True, text=True, timeout=300,
+                                   check=False)
+                out["ovn_measure"] = "\n".join(ln for ln in r.stdout.splitlines()
+                                               if ln.startswith(("###", "vm", "   CPU")))
+                if r.returncode != 0:
+                    out["notes"].append(f"`ovn-lab.sh measure` exit {r.returncode}: {_tail(r.stderr)}")
+    finally:
+        k.teardown()
+        for ns in ("vxk-u1", "vxk-u2"):
+            sh(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dp-rounds", type=int, default=3, help="alternating rounds over every data-plane row (3)")
+    p.add_argument("--dp-seconds", type=float, default=3.0, help="iperf3 seconds per row and round (3)")
+    p.add_argument("--dp-pings", type=int, default=200, help="pings per row and round, 10 ms apart (200)")
+
+
+def _f(x: float | None, fmt: str = "{:.3f}") -> str:
+    return "" if x is None else fmt.format(x)
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    gb = [r["iperf"]["gbps"] for r in row["rounds"] if "gbps" in r["iperf"]]
+    rtts = [x for r in row["rounds"] for x in r["ping"]["rtts"]]
+    errs = [r["iperf"]["error"] for r in row["rounds"] if "error" in r["iperf"]]
+    return {"gb": gb, "rtts": rtts, "lost": sum(r["ping"]["lost"] for r in row["rounds"]),
+            "retr": [r["iperf"].get("retransmits") for r in row["rounds"] if "gbps" in r["iperf"]], "errs": errs}
+
+
+def _paired_ratio(a: dict[str, Any], b: dict[str, Any], what: str) -> float | None:
+    """Median over rounds of a's figure / b's figure in the same round."""
+    ratios = []
+    for ra, rb in zip(a["rounds"], b["rounds"], strict=False):
+        if what == "gbps":
+            if "gbps" in ra["iperf"] and "gbps" in rb["iperf"] and rb["iperf"]["gbps"] > 0:
+                ratios.append(ra["iperf"]["gbps"] / rb["iperf"]["gbps"])
+        elif ra["ping"]["rtts"] and rb["ping"]["rtts"]:
+            ratios.append(percentile(ra["ping"]["rtts"], 50) / percentile(rb["ping"]["rtts"], 50))
+    return statistics.median(ratios) if ratios else None
+
+
+def run(opts: argparse.Namespace) -> Report:
+    cols = ["system", "path", "iperf3 Gbit/s (median; min-max)", "retransmits", "ping avg ms", "p50 ms", "p99 ms",
+            "lost", "sender NIC (read from the kernel)"]
+    if os.geteuid() != 0:
+        return Report(NAME, cols, [["all", "not run", "", "", "", "", "", "", "needs root (namespaces)"]])
+    rounds = 1 if opts.quick else max(1, opts.dp_rounds)
+    seconds = 1.0 if opts.quick else opts.dp_seconds
+    count = 50 if opts.quick else opts.dp_pings
+    load0 = os.getloadavg()
+    notes: list[str] = []
+    try:
+        res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
+            f"__import__('bench.dataplane_bench', fromlist=['_']).measure({rounds}, {seconds}, {count}, "
+            f"{opts.ovn_lab!r})", 900 + rounds * len(ROWS) * (seconds + count * 0.012 + 10))
+    except Exception as e:  # noqa: BLE001 - the table says what broke
+        return Report(NAME, cols, [["all", "failed", "", "", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
+    rows: list[list[str]] = []
+    by = {(r["system"], r["path"]): r for r in res["rows"].values()}
+    for key, row in res["rows"].items():
+        if row["error"]:
+            rows.append([row["system"], row["path"], "not measured", "", "", "", "", "", row["error"].replace("|", "/")])
+            continue
+        s = _summary(row)
+        gb = (f"{statistics.median(s['gb']):.2f}; {min(s['gb']):.2f}-{max(s['gb']):.2f}" if s["gb"] else
+              "failed: " + "; ".join(s["errs"])[:200])
+        rtts = s["rtts"]
+        rows.append([row["system"], row["path"], gb, "/".join(str(x) for x in s["retr"]),
+                     _f(statistics.mean(rtts)) if rtts else "", _f(percentile(rtts, 50)) if rtts else "",
+                     _f(percentile(rtts, 99)) if rtts else "", str(s["lost"]), res["settings"].get(key, "")])
+    pairs = [(("vxnet", "VM->VM across hosts"), ("kernel VXLAN (hand-built)", "VM->VM across hosts")),
+             (("vxnet", "VM->VM same host"), ("kernel VXLAN (hand-built)", "VM->VM same host")),
+             (("kernel VXLAN (hand-built)", "VM->VM across hosts"), ("underlay veth", "ns->ns veth, VM settings")),
+             (("OVN", "VM->VM across chassis"), ("vxnet", "VM->VM across hosts")),
+             (("OVN", "VM->VM same chassis"), ("vxnet", "VM->VM same host"))]
+    for a, b in pairs:
+        ra, rb = by.get(a), by.get(b)
+        if not ra or not rb or ra["error"] or rb["error"]:
+            continue
+        g, lat = _paired_ratio(ra, rb, "gbps"), _paired_ratio(ra, rb, "p50")
+        rows.append([f"ratio {a[0]} / {b[0]}", a[1] if a[1] == b[1] else f"{a[1]} / {b[1]}",
+                     _f(g, "{:.2f}x"), "", "", _f(lat, "{:.2f}x"), "", "",
+                     "per-round ratios, median over rounds (Gbit/s; ping p50)"])
+    goals = ["Goal (issue 9): vxnet's data path is the kernel's: vxnet / hand-built ratio ~1.0 for Gbit/s and "
+             "latency (same devices, same flags, same offloads)."]
+    ra, rb = by.get(("vxnet", "VM->VM across hosts")), by.get(("kernel VXLAN (hand-built)", "VM->VM across hosts"))
+    if ra and rb and not ra["error"] and not rb["error"]:
+        g, lat = _paired_ratio(ra, rb, "gbps"), _paired_ratio(ra, rb, "p50")
+        if g is not None and lat is not None:
+            goals.append(f"Across hosts here: throughput ratio {g:.2f}x, p50 latency ratio {lat:.2f}x "
+                         f"({'within' if 0.9 <= g <= 1.1 else 'OUTSIDE'} +-10% for throughput).")
+    idle = res.get("idle_cpu") or {}
+    notes.append(f"{rounds} alternating rounds (row order reversed every other round), each row: iperf3 -t "
+                 f"{seconds:g} single TCP stream, then {count} pings 10 ms apart (3 warm-up pings not counted). "
+                 "Gbit/s = receiver side. Every lab ran in one private network + mount namespace (`unshare`), "
+                 "all built before the first row and kept up until the last.")
+    notes.append("Offloads (the GSO/MTU pitfall, KERNEL-NOTES §8): vxnet and hand-built VMs and the 'VM settings' "
+                 "veth run MTU 1450 with TSO/GSO/GRO off (the lab's VM settings, so an MTU bug cannot hide behind "
+                 "GSO); their host-side taps, bridges and VXLAN devices keep the kernel defaults; the underlay "
+                 "host row uses the host veths' defaults (MTU 1500, offloads on). OVN's VMs: MTU 1400, tx checksum "
+                 "off (needed by its userspace datapath), so OVN rows are not the same packet sizes.")
+    notes += res.get("notes", [])
+    if idle:
+        notes.append("Idle CPU of the control planes (5 s before the first row; both stay up during every row): "
+                     + ", ".join(f"{k} {v * 100:.1f}% of a CPU" for k, v in idle.items() if v is not None) + ".")
+    loads = [r["load1"] for row in res["rows"].values() for r in row["rounds"]]
+    notes.append("Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) +
+                 "; at the end: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()) +
+                 (f"; 1-min load before each row: {min(loads):.1f}-{max(loads):.1f}" if loads else "") +
+                 f" on {os.cpu_count()} CPUs shared with other sessions' tests: absolute figures move with it, "
+                 "the per-round ratios much less.")
+    extra = "Per round (Gbit/s | ping p50 ms | 1-min load before the row):\n\n"
+    extra += "| system | path | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |\n"
+    extra += "|---|---|" + "---|" * rounds + "\n"
+    for row in res["rows"].values():
+        if row["error"]:
+            continue
+        cells = []
+        for r in row["rounds"]:
+            g = f"{r['iperf']['gbps']:.2f}" if "gbps" in r["iperf"] else "fail"
+            p = f"{percentile(r['ping']['rtts'], 50):.3f}" if r["ping"]["rtts"] else "-"
+            cells.append(f"{g} / {p} / {r['load1']:.1f}")
+        extra += f"| {row['system']} | {row['path']} | " + " | ".join(cells) + " |\n"
+    if res.get("ovn_measure"):
+        extra += ("\nOVN lab's own `ovn-lab.sh measure` (NPORTS=0, IPERF_T="
+                  f"{max(1, int(seconds))}), same run, after the rounds:\n\n```\n{res['ovn_measure']}\n```\n")
+    return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
