@@ -72,4 +72,5 @@ def build_features(ctx: HostContext) -> list[Feature]:
     """The features an agent runs, in apply order (one line per feature)."""
     features: list[Feature] = []
     from vxnet.agent import gateway; features += gateway.build(ctx)  # noqa: E702 - SNAT/floating IPs (gateway hosts)
+    from vxnet.agent.routing import RoutingFeature; features.append(RoutingFeature(ctx))  # noqa: E702
     return features

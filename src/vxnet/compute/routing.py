@@ -1,0 +1,287 @@
+"""View of one host -> the distributed routers it must run (pure; issue #5, east-west part).
+
+Contract: `compute_routing(view, ctx_host)` is a pure function of the view and the host name.
+It returns the router namespaces the host needs (`RouterNs`, frozen, diffable) and the L2
+entries those namespaces need on the host's bridges (`HostState`, merged into the L2 state so
+the L2 reconciler owns every bridge-level entry).
+
+Rules (KERNEL-NOTES §4, asymmetric IRB with an anycast gateway):
+- A host runs router R when R is in its view, `admin_state_up` is not false, and R has an
+  interface on a network where the host has a local port that is not an infrastructure port
+  (device_owner `network:*`: router interfaces, SNAT ports, DHCP...): i.e. a VM.
+- Every interface port of R (device_owner `network:router_interface`, device_id R) on a VXLAN
+  network of the view becomes a veth: bridge side `vxpr<port id[:11]>` (a service port), router
+  side `qr-<port id[:11]>` with the port's MAC and its IPv4 fixed IPs (prefix of their subnet),
+  MTU = the network MTU. The same MAC and IP on every host (anycast gateway).
+- L2 part per interface: Plug(service port on the network's bridge), `master static` FDB entry
+  for the gateway MAC on the service port, a permanent neighbour entry G -> gateway MAC on the
+  bridge (pitfall C: a VM's ARP for its gateway never floods). Pitfall A (gateway MAC learned
+  from VXLAN frames of other hosts' routers) cannot happen: VXLAN devices have `nolearning` and
+  their bridge port `learning off` (compute/l2.py, links_driver.py), checked by a root test.
+- Routes inside the namespace: connected subnets come from the addresses (kernel); extra routes
+  (`routes`: destination via nexthop) go in the main table, on the interface whose subnet holds
+  the nexthop (a route whose nexthop no interface reaches is left out).
+- SNAT fallback (contract with the north-south part): for each interface subnet S on which R has
+  a port with device_owner `network:router_centralized_snat` (device_id R) holding an IP on S:
+  rule `from S lookup main suppress_prefixlength 0` (priority 1000), rule `from S lookup T_i`
+  (priority 2000), and in table T_i `default via <snat IP> dev qr-...`. T_i is the interface's
+  table: TABLE_BASE + the first 4 hex digits of its port id, probing upwards in port-id order on
+  a collision, so it is stable while other interfaces come and go.
+- No NAT, no stateful filtering here: each host's router sees only one direction of a flow.
+- Namespace name: `vxr-<router id[:11]>-<host>` (docs/routing.md): netns names are global to a
+  mount namespace, and in the lab every host shares /run/netns, so the name carries the host;
+  an agent only ever touches namespaces ending in its own host's suffix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from vxnet.compute import naming
+from vxnet.compute.l2 import DEFAULT_MTU, _is_vxlan
+from vxnet.compute.state import Fdb, HostState, Neigh, Plug
+
+View = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+NS_PREFIX = "vxr-"
+IFACE_PREFIX = "qr-"
+SERVICE_KIND = "r"
+INTF_OWNERS = frozenset({"network:router_interface", "network:router_interface_distributed"})
+SNAT_OWNER = "network:router_centralized_snat"
+MAIN_TABLE = 254
+TABLE_BASE = 1000
+SUPPRESS_PRIORITY = 1000
+SNAT_PRIORITY = 2000
+_HOST_SAFE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def netns_name(router_id: str, host: str) -> str:
+    """The namespace of router `router_id` on `host`."""
+    return f"{NS_PREFIX}{router_id[:naming.ID_CHARS]}-{host_suffix(host)}"
+
+
+def host_suffix(host: str) -> str:
+    """The host part of namespace names (the host name, or a digest if it is not file-name safe)."""
+    if _HOST_SAFE.fullmatch(host):
+        return host
+    return "x" + hashlib.sha256(host.encode()).hexdigest()[:16]
+
+
+def is_host_netns(name: str, host: str) -> bool:
+    """True for a router namespace of `host` (and only of `host`)."""
+    n = len(NS_PREFIX) + naming.ID_CHARS
+    return name.startswith(NS_PREFIX) and len(name) > n + 1 and name[n] == "-" and name[n + 1:] == host_suffix(host)
+
+
+def iface_name(port_id: str) -> str:
+    """Router-side device of an interface port (inside the router namespace)."""
+    return IFACE_PREFIX + port_id[:naming.ID_CHARS]
+
+
+def service_port(port_id: str) -> str:
+    """Bridge-side device of an interface port (in the host namespace)."""
+    return naming.service_port_name(SERVICE_KIND, port_id)
+
+
+def is_service_port(ifname: str) -> bool:
+    return ifname.startswith(naming.SERVICE_PREFIX + SERVICE_KIND)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class RouterIface:
+    """One leg of a router namespace: a veth from the network's bridge into the namespace."""
+
+    port_id: str
+    name: str                       # qr-... inside the namespace
+    service_port: str               # vxpr... on the bridge
+    network_id: str
+    bridge: str
+    mac: str
+    addresses: tuple[str, ...]      # "ip/prefixlen", sorted
+    mtu: int
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Route:
+    """A route the agent owns in a router namespace (`dst` a CIDR, 0.0.0.0/0 for default)."""
+
+    dst: str
+    gateway: str
+    dev: str
+    table: int = MAIN_TABLE
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.dst, self.table)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Rule:
+    """A policy rule the agent owns: `from src lookup table [suppress_prefixlength N]`."""
+
+    priority: int
+    src: str
+    table: int
+    suppress_prefixlength: int | None = None
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.priority, self.src, self.table)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class RouterNs:
+    """Everything one router namespace on this host must hold."""
+
+    router_id: str
+    netns: str
+    ifaces: tuple[RouterIface, ...]     # sorted by port id
+    routes: tuple[Route, ...]           # sorted
+    rules: tuple[Rule, ...]             # sorted
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingState:
+    routers: tuple[RouterNs, ...] = ()  # sorted by netns name
+    l2: HostState = HostState()
+
+
+def _ipv4_fixed(port: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(subnet id, ip) of the port's IPv4 fixed IPs."""
+    out = []
+    for f in port.get("fixed_ips") or ():
+        try:
+            if ipaddress.ip_address(f.get("ip_address", "")).version == 4:
+                out.append((f.get("subnet_id", ""), f["ip_address"]))
+        except ValueError:
+            continue
+    return out
+
+
+def _tables(port_ids: list[str]) -> dict[str, int]:
+    """Deterministic, collision-free table numbers for a router's interfaces."""
+    used: set[int] = set()
+    out = {}
+    for pid in sorted(port_ids):
+        hexpart = re.sub(r"[^0-9a-f]", "", pid.lower())[:4] or "0"
+        t = TABLE_BASE + int(hexpart, 16)
+        while t in used or t in (253, 254, 255):
+            t += 1
+        used.add(t)
+        out[pid] = t
+    return out
+
+
+def _is_vm(port: Mapping[str, Any]) -> bool:
+    return not (port.get("device_owner") or "").startswith("network:")
+
+
+def _routers_needed(view: View, host: str) -> set[str]:
+    """Routers with an interface on a network where this host has a VM."""
+    ports = view.get("ports", {})
+    vm_nets = {p.get("network_id") for p in ports.values() if p.get("binding:host_id") == host and _is_vm(p)}
+    return {p["device_id"] for p in ports.values()
+            if p.get("device_owner") in INTF_OWNERS and p.get("device_id") and p.get("network_id") in vm_nets}
+
+
+def _router(rid: str, router: Mapping[str, Any], ifaces: list[tuple[str, Mapping[str, Any]]],
+            snat: list[Mapping[str, Any]], view: View, host: str) -> tuple[RouterNs, HostState]:
+    networks, subnets = view.get("networks", {}), view.get("subnets", {})
+    legs: list[RouterIface] = []
+    cidr_of_leg: list[tuple[ipaddress.IPv4Network, RouterIface, str]] = []   # (subnet, leg, subnet id)
+    for pid, port in ifaces:
+        net = networks.get(port.get("network_id"))
+        mac = (port.get("mac_address") or "").lower()
+        if net is None or not _is_vxlan(net) or not mac:
+            continue
+        addrs = []
+        nets_here = []
+        for sid, ip in _ipv4_fixed(port):
+            sub = subnets.get(sid)
+            if sub is None:
+                continue
+            cidr = ipaddress.ip_network(sub["cidr"], strict=False)
+            addrs.append(f"{ip}/{cidr.prefixlen}")
+            nets_here.append((cidr, sid))
+        if not addrs:
+            continue
+        leg = RouterIface(pid, iface_name(pid), service_port(pid), port["network_id"],
+                          naming.bridge_name(port["network_id"]), mac, tuple(sorted(addrs)),
+                          int(net.get("mtu") or DEFAULT_MTU))
+        legs.append(leg)
+        cidr_of_leg.extend((c, leg, sid) for c, sid in nets_here)
+
+    routes: set[Route] = set()
+    for r in router.get("routes") or ():
+        try:
+            dst = ipaddress.ip_network(r["destination"], strict=False)
+            hop = ipaddress.ip_address(r["nexthop"])
+        except (KeyError, ValueError):
+            continue
+        if dst.version != 4 or hop.version != 4:
+            continue
+        leg = next((lg for c, lg, _ in cidr_of_leg if hop in c), None)
+        if leg is not None:
+            routes.add(Route(str(dst), str(hop), leg.name))
+
+    rules: set[Rule] = set()
+    tables = _tables([lg.port_id for lg in legs])
+    snat_ip: dict[str, str] = {}
+    for p in sorted(snat, key=lambda p: p.get("id", "")):
+        for sid, ip in _ipv4_fixed(p):
+            snat_ip.setdefault(sid, ip)
+    for cidr, leg, sid in cidr_of_leg:
+        hop = snat_ip.get(sid)
+        if hop is None or ipaddress.ip_address(hop) not in cidr:
+            continue
+        table = tables[leg.port_id]
+        rules.add(Rule(SUPPRESS_PRIORITY, str(cidr), MAIN_TABLE, 0))
+        rules.add(Rule(SNAT_PRIORITY, str(cidr), table))
+        routes.add(Route("0.0.0.0/0", hop, leg.name, table))
+
+    ns = RouterNs(rid, netns_name(rid, host), tuple(sorted(legs)), tuple(sorted(routes)), tuple(sorted(rules)))
+    l2 = HostState(
+        plugs=frozenset(Plug(lg.service_port, lg.bridge, lg.mtu) for lg in legs),
+        fdb=frozenset(Fdb(lg.service_port, lg.mac) for lg in legs),
+        neighs=frozenset(Neigh(lg.bridge, a.split("/")[0], lg.mac) for lg in legs for a in lg.addresses),
+    )
+    return ns, l2
+
+
+def compute_routing(view: View, host: str) -> RoutingState:
+    """The router namespaces `host` needs and their L2 entries (pure)."""
+    routers = view.get("routers", {})
+    ports = view.get("ports", {})
+    needed = _routers_needed(view, host)
+    ifaces: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    snat: dict[str, list[Mapping[str, Any]]] = {}
+    for pid in sorted(ports):
+        p = ports[pid]
+        rid = p.get("device_id")
+        if rid not in needed:
+            continue
+        if p.get("device_owner") in INTF_OWNERS:
+            ifaces.setdefault(rid, []).append((pid, p))
+        elif p.get("device_owner") == SNAT_OWNER:
+            snat.setdefault(rid, []).append(p)
+    out: list[RouterNs] = []
+    l2: list[HostState] = []
+    for rid in sorted(needed):
+        router = routers.get(rid)
+        if router is None or router.get("admin_state_up", True) is False:
+            continue
+        ns, part = _router(rid, router, ifaces.get(rid, []), snat.get(rid, []), view, host)
+        if ns.ifaces:
+            out.append(ns)
+            l2.append(part)
+    merged = HostState(
+        plugs=frozenset().union(*(p.plugs for p in l2)),
+        fdb=frozenset().union(*(p.fdb for p in l2)),
+        neighs=frozenset().union(*(p.neighs for p in l2)),
+    )
+    return RoutingState(tuple(sorted(out, key=lambda r: r.netns)), merged)

@@ -1,0 +1,320 @@
+"""Router namespaces: namespaces, veths, addresses, routes, rules and sysctls, converged.
+
+Contract:
+- `RouterDriver.apply(routers)` makes this host's router namespaces exactly `routers`
+  (`compute.routing.RouterNs`): it creates missing namespaces (sysctls first: ip_forward=1,
+  rp_filter=0, redirects off, IPv6 off), their veths (bridge side `vxpr...` in the host
+  namespace, router side `qr-...` in the router namespace, created as one pair directly across
+  the two namespaces), MACs, MTUs, addresses, routes and rules; it removes what the desired
+  state no longer has; and it deletes the namespaces of this host that are not wanted (also
+  leftovers of a crashed agent), legs first, so routing through them stops at once.
+- Ownership: namespaces `vxr-*` whose name ends with this host's suffix
+  (`compute.routing.is_host_netns`); links `qr-*` inside them; service ports `vxpr*` in the
+  host namespace; routes and rules with protocol `ROUTE_PROTO` inside them. Nothing else is
+  ever changed or deleted (kernel routes of connected subnets are the kernel's).
+- Level-triggered and cheap: a namespace equal to what the previous pass applied is not read
+  again (one `listdir` of /run/netns per pass); after `invalidate()` every namespace is read
+  back and converged, and orphan service ports in the host namespace are removed. A failure
+  leaves the namespace dirty (re-read and retried next pass) and is reported, never raised.
+- Creating something that exists and deleting something gone count as success (idempotent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vxnet.compute.routing import IFACE_PREFIX, RouterIface, RouterNs, Route, Rule, is_host_netns, is_service_port
+
+log = logging.getLogger("vxnet.dataplane.router")
+
+NETNS_DIR = "/run/netns"
+ROUTE_PROTO = 118           # 'v': routes and rules the agent owns inside router namespaces
+IFF_UP = 0x1
+SYSCTLS = (
+    ("net/ipv6/conf/all/disable_ipv6", "1"),
+    ("net/ipv6/conf/default/disable_ipv6", "1"),
+    ("net/ipv4/conf/all/rp_filter", "0"),        # asymmetric paths: replies come back elsewhere
+    ("net/ipv4/conf/default/rp_filter", "0"),
+    ("net/ipv4/conf/all/send_redirects", "0"),
+    ("net/ipv4/conf/default/send_redirects", "0"),
+    ("net/ipv4/ip_forward", "1"),
+)
+_GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH)
+
+
+@dataclasses.dataclass
+class ApplyResult:
+    failed: list[str] = dataclasses.field(default_factory=list)
+    changes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def count(self, kind: str, n: int = 1) -> None:
+        self.changes[kind] = self.changes.get(kind, 0) + n
+
+
+def in_netns(name: str, fn: Callable[[], object]) -> object:
+    """Run `fn` in a short-lived thread that entered network namespace `name` (setns is per
+    thread, so the agent's own threads never move)."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            pr_netns.setns(name, flags=0)
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, name=f"vxnet-netns-{name}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out.get("value")
+
+
+def _write_sysctls() -> list[str]:
+    """Set SYSCTLS in the current thread's namespace; returns the ones that needed a change."""
+    changed = []
+    for key, value in SYSCTLS:
+        path = "/proc/sys/" + key
+        with open(path) as f:
+            if f.read().strip() == value:
+                continue
+        with open(path, "w") as f:
+            f.write(value)
+        changed.append(key)
+    return changed
+
+
+def list_host_netns(host: str, run_dir: str = NETNS_DIR) -> list[str]:
+    """This host's router namespaces present in `run_dir`."""
+    try:
+        return sorted(n for n in os.listdir(run_dir) if is_host_netns(n, host))
+    except FileNotFoundError:
+        return []
+
+
+class RouterDriver:
+    """Converges this host's router namespaces; owns one netlink socket per namespace."""
+
+    def __init__(self, host: str, host_netns: str | None = None, run_dir: str = NETNS_DIR) -> None:
+        self.host = host
+        self.host_netns = host_netns
+        self.run_dir = run_dir
+        self.host_ipr = IPRoute(netns=host_netns) if host_netns else IPRoute()
+        self._ipr: dict[str, IPRoute] = {}
+        self._applied: dict[str, RouterNs] = {}
+        self._full = True
+
+    def close(self) -> None:
+        for ipr in self._ipr.values():
+            ipr.close()
+        self._ipr.clear()
+        self.host_ipr.close()
+
+    def invalidate(self) -> None:
+        """Read every namespace back on the next pass."""
+        self._applied.clear()
+        self._full = True
+
+    # ------------------------------------------------------------------ the pass
+    def apply(self, routers: Iterable[RouterNs]) -> ApplyResult:
+        res = ApplyResult()
+        want = {r.netns: r for r in routers}
+        present = set(list_host_netns(self.host, self.run_dir))
+        for name in sorted(present - want.keys()):
+            try:
+                self._delete_ns(name, res)
+            except (OSError, NetlinkError) as e:
+                log.warning("deleting router namespace %s failed: %s", name, e)
+                res.failed.append(name)
+        for name, r in sorted(want.items()):
+            if name in present and self._applied.get(name) == r:
+                continue
+            self._applied.pop(name, None)
+            try:
+                self._converge(r, name in present, res)
+                self._applied[name] = r
+            except (OSError, NetlinkError) as e:
+                log.warning("router namespace %s: %s", name, e)
+                self._drop_socket(name)
+                res.failed.append(name)
+        if self._full and not res.failed:
+            self._delete_orphan_ports({i.service_port for r in want.values() for i in r.ifaces}, res)
+            self._full = False
+        return res
+
+    # ------------------------------------------------------------------ namespaces
+    def _ns(self, name: str) -> IPRoute:
+        ipr = self._ipr.get(name)
+        if ipr is None:
+            ipr = self._ipr[name] = IPRoute(netns=name)
+        return ipr
+
+    def _drop_socket(self, name: str) -> None:
+        ipr = self._ipr.pop(name, None)
+        if ipr is not None:
+            ipr.close()
+
+    def _create_ns(self, name: str, res: ApplyResult) -> None:
+        path = os.path.join(self.run_dir, name)
+        if os.path.exists(path) and not os.path.ismount(path):
+            os.unlink(path)     # a name without a namespace behind it (e.g. a mount lost with its mount namespace)
+        try:
+            pr_netns.create(name)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+        res.count("namespaces")
+
+    def _delete_ns(self, name: str, res: ApplyResult) -> None:
+        """Legs first (the veth pairs go at once, not when the namespace is finally freed)."""
+        path = os.path.join(self.run_dir, name)
+        if os.path.ismount(path):
+            ipr = self._ns(name)
+            for link in ipr.get_links():
+                if (link.get("ifname") or "").startswith(IFACE_PREFIX):
+                    _ok_gone(lambda link=link: ipr.link("del", index=link["index"]))
+        self._drop_socket(name)
+        self._applied.pop(name, None)
+        try:
+            pr_netns.remove(name)
+        except FileNotFoundError:
+            pass
+        res.count("namespaces")
+
+    # ------------------------------------------------------------------ one router
+    def _converge(self, r: RouterNs, present: bool, res: ApplyResult) -> None:
+        path = os.path.join(self.run_dir, r.netns)
+        if not present or not os.path.ismount(path):
+            self._drop_socket(r.netns)
+            self._create_ns(r.netns, res)
+        changed = in_netns(r.netns, _write_sysctls)
+        if changed:
+            res.count("sysctls", len(changed))  # type: ignore[arg-type]
+        ipr = self._ns(r.netns)
+        links = {link.get("ifname"): link for link in ipr.get_links()}
+        lo = links.get("lo")
+        if lo is not None and not lo["flags"] & IFF_UP:
+            ipr.link("set", index=lo["index"], state="up")
+        wanted = {i.name for i in r.ifaces}
+        for name, link in links.items():
+            if (name or "").startswith(IFACE_PREFIX) and name not in wanted:
+                _ok_gone(lambda link=link: ipr.link("del", index=link["index"]))
+                res.count("links")
+        index: dict[str, int] = {}
+        for leg in r.ifaces:
+            index[leg.name] = self._leg(ipr, r.netns, leg, links.get(leg.name), res)
+        self._routes(ipr, r.routes, index, res)
+        self._rules(ipr, r.rules, res)
+
+    def _leg(self, ipr: IPRoute, ns: str, leg: RouterIface, link: object, res: ApplyResult) -> int:
+        host_idx = self.host_ipr.link_lookup(ifname=leg.service_port)
+        if link is None or not host_idx:
+            # A half pair (one end deleted behind our back) cannot be repaired: start again.
+            if link is not None:
+                _ok_gone(lambda: ipr.link("del", index=link["index"]))  # type: ignore[index]
+            if host_idx:
+                _ok_gone(lambda: self.host_ipr.link("del", index=host_idx[0]))
+            self.host_ipr.link("add", ifname=leg.service_port, kind="veth", mtu=leg.mtu,
+                               peer={"ifname": leg.name, "net_ns_fd": ns, "address": leg.mac, "mtu": leg.mtu})
+            res.count("links")
+            link = ipr.link("get", ifname=leg.name)[0]
+        idx = int(link["index"])  # type: ignore[index]
+        if (link.get("address") or "").lower() != leg.mac or link.get("mtu") != leg.mtu \
+                or not link["flags"] & IFF_UP:  # type: ignore[attr-defined,index]
+            ipr.link("set", index=idx, address=leg.mac, mtu=leg.mtu, state="up")
+            res.count("links")
+        have = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=idx)}
+        for a in sorted(set(leg.addresses) - have):
+            ip, plen = a.split("/")
+            _ok_exists(lambda ip=ip, plen=plen: ipr.addr("add", index=idx, address=ip, prefixlen=int(plen)))
+            res.count("addresses")
+        for a in sorted(have - set(leg.addresses)):
+            ip, plen = a.split("/")
+            _ok_gone(lambda ip=ip, plen=plen: ipr.addr("del", index=idx, address=ip, prefixlen=int(plen)))
+            res.count("addresses")
+        return idx
+
+    def _routes(self, ipr: IPRoute, routes: tuple[Route, ...], index: dict[str, int], res: ApplyResult) -> None:
+        names = {i: n for n, i in index.items()}
+        have: dict[tuple[str, int], Route] = {}
+        raw: dict[tuple[str, int], object] = {}
+        for m in ipr.get_routes(family=2, proto=ROUTE_PROTO):
+            dst = f"{m.get('RTA_DST') or '0.0.0.0'}/{m['dst_len']}"
+            rt = Route(str(ipaddress.ip_network(dst, strict=False)), m.get("RTA_GATEWAY") or "",
+                       names.get(m.get("RTA_OIF"), "?"), int(m.get("RTA_TABLE") or m["table"]))
+            have[rt.key] = rt
+            raw[rt.key] = m
+        want = {rt.key: rt for rt in routes}
+        for key, rt in have.items():
+            if key not in want:
+                _ok_gone(lambda rt=rt: ipr.route("del", dst=rt.dst, table=rt.table, proto=ROUTE_PROTO))
+                res.count("routes")
+        for key, rt in want.items():
+            if have.get(key) != rt:
+                ipr.route("replace", dst=rt.dst, gateway=rt.gateway, oif=index[rt.dev], table=rt.table,
+                          proto=ROUTE_PROTO)
+                res.count("routes")
+
+    def _rules(self, ipr: IPRoute, rules: tuple[Rule, ...], res: ApplyResult) -> None:
+        have: dict[tuple[int, str, int], Rule] = {}
+        for m in ipr.get_rules(family=2):
+            if m.get("FRA_PROTOCOL") != ROUTE_PROTO:
+                continue
+            sup = m.get("FRA_SUPPRESS_PREFIXLEN")
+            rule = Rule(int(m.get("priority") or 0), f"{m.get('FRA_SRC') or '0.0.0.0'}/{m['src_len']}",
+                        int(m.get("FRA_TABLE") or m["table"]), None if sup in (None, 0xFFFFFFFF) else int(sup))
+            have[rule.key] = rule
+        want = {r.key: r for r in rules}
+        for key, rule in have.items():
+            if want.get(key) != rule:
+                _ok_gone(lambda rule=rule: ipr.rule("del", **_rule_args(rule)))
+                res.count("rules")
+        for key, rule in want.items():
+            if have.get(key) != rule:
+                _ok_exists(lambda rule=rule: ipr.rule("add", protocol=ROUTE_PROTO, **_rule_args(rule)))
+                res.count("rules")
+
+    # ------------------------------------------------------------------ host side
+    def _delete_orphan_ports(self, wanted: set[str], res: ApplyResult) -> None:
+        """Service ports of routers that no longer exist here (e.g. the namespace vanished)."""
+        for link in self.host_ipr.get_links():
+            name = link.get("ifname") or ""
+            if is_service_port(name) and name not in wanted:
+                _ok_gone(lambda link=link: self.host_ipr.link("del", index=link["index"]))
+                res.count("links")
+
+
+def _rule_args(rule: Rule) -> dict[str, object]:
+    src, plen = rule.src.split("/")
+    kw: dict[str, object] = {"priority": rule.priority, "src": src, "src_len": int(plen), "table": rule.table,
+                             "family": 2}
+    if rule.suppress_prefixlength is not None:
+        kw["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength   # `suppress_prefixlength=` is ignored by pyroute2 0.9.7
+    return kw
+
+
+def _ok_gone(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except NetlinkError as e:
+        if e.code not in _GONE:
+            raise
+
+
+def _ok_exists(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
