@@ -1,0 +1,65 @@
+"""The "firewall" agent feature: port security and security groups (docs/security-groups.md).
+
+- `compute(view)`: `compute_firewall(view, host)` (pure), reused as long as the view buckets it
+  reads are the very same objects (view updates replace only the buckets they touch), so a
+  pass that changed nothing relevant costs a few identity checks. It adds nothing to the L2
+  state (it filters VM taps, it owns no bridge port).
+- `apply(desired)`: `NftDriver.apply` of the two tables in one transaction, incremental by
+  chain and set element; nothing at all when the tables did not change.
+- DOWN: every filtered local port when the transaction failed (its rules are not what they
+  must be; retried next pass from the kernel), and ports the model could not filter
+  (mark index capacity, tap name clash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from vxnet.agent.features import FeatureDesired, FeatureResult, HostContext, View
+from vxnet.compute.firewall import Firewall, compute_firewall
+from vxnet.dataplane.nft_driver import NftDriver, NftError
+
+log = logging.getLogger("vxnet.agent.firewall")
+
+_INPUTS = ("networks", "ports", "security_groups", "security_group_rules")
+
+
+@dataclasses.dataclass(frozen=True)
+class FirewallDesired(FeatureDesired):
+    firewall: Firewall = dataclasses.field(default_factory=Firewall)
+
+
+class FirewallFeature:
+    name = "firewall"
+
+    def __init__(self, ctx: HostContext, driver: NftDriver | None = None) -> None:
+        self.ctx = ctx
+        self.driver = driver or NftDriver(ctx.netns)
+        self._cache: tuple[tuple[Any, ...], FirewallDesired] | None = None
+
+    def compute(self, view: View) -> FirewallDesired:
+        key = tuple(view.get(k) for k in _INPUTS)
+        if self._cache is not None and all(a is b for a, b in zip(self._cache[0], key, strict=True)):
+            return self._cache[1]
+        desired = FirewallDesired(firewall=compute_firewall(view, self.ctx.host))
+        self._cache = (key, desired)
+        return desired
+
+    def apply(self, desired: FeatureDesired) -> FeatureResult:
+        fw = desired.firewall if isinstance(desired, FirewallDesired) else Firewall()
+        try:
+            res = self.driver.apply(fw.tables)
+        except NftError as e:
+            log.error("host=%s firewall rules not loaded: %s", self.ctx.host, e)
+            return FeatureResult(failed=(f"firewall: {e}",),
+                                 down=frozenset(p.port_id for p in fw.ports) | frozenset(fw.unfiltered))
+        changes = {"nft_" + res.mode: 1} if res.mode != "noop" else {}
+        return FeatureResult(down=frozenset(fw.unfiltered), changes=changes)
+
+    def invalidate(self) -> None:
+        self.driver.invalidate()
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,557 @@
+"""View of one host -> its desired port security and security-group rulesets (pure).
+
+Contract: `compute_firewall(view, host)` is a pure function; it returns a `Firewall`: a
+structured model (ports, groups and their rules, remote-group member sets, conntrack zones)
+and its rendering as two nftables tables the agent owns (`Firewall.tables`). `decide()`
+evaluates the model for one packet ("which rule decides"), the same way the kernel does.
+
+Data path (KERNEL-NOTES §0, §6: bridge-family `ct` does not exist here, so conntrack is done
+by br_netfilter in `table inet`, where a bridged packet's iifname/oifname is the *bridge*;
+ports are therefore tagged with skb marks in bridge-family chains):
+
+- `table bridge vxnet_ps`
+  - `pre` (prerouting -200): zero the mark; `iifname vmap` -> `ps_<port>` per local port with
+    port security: source MAC in {port MAC, pair MACs}; ARP sender (MAC . IP) in the allowed
+    pairs (or 0.0.0.0, address probes); DHCP client frames (0.0.0.0:68 -> :67) pass; any
+    `udp sport 67` is dropped (a VM is never a DHCP server); IPv4 (MAC . source IP) in the
+    allowed pairs, then mark low 16 bits = the port's index; everything else (IPv6, VLAN...)
+    dropped.
+  - `out` (forward -100, before br_netfilter): `oifname vmap` -> `mk_<port>`: drop IPv6 to the
+    port, set mark high 16 bits = the port's index.
+- `table inet vxnet_sg`
+  - `zone` (prerouting, raw): `ct zone set iifname map {bridge: zone}` for every network
+    bridge; `notrack` for traffic of ports whose groups are all `stateful=false`.
+  - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>`; `ingress` (forward 10)
+    dispatches `mark & 0xffff0000` to `in_<port>`. Two base chains, because `accept` only ends
+    its own base chain: a packet between two local ports passes both.
+  - per port: [stateful: ct established,related accept; ct invalid drop], DHCP, then a jump to
+    each group's chain of that direction (`gi_<group>` / `ge_<group>`: one rule per Neutron
+    rule, `accept`), then drop. Group chains are shared by ports, so a rule change rewrites
+    one chain whatever the number of ports using the group.
+  - remote groups: named set `rg_<group>` of member IPv4 addresses (fixed IPs and allowed
+    address pairs of every port of the group in the view), updated as elements.
+- Every rule has a counter and a comment `vxnet:<kind>[:<Neutron rule id>]#<hash>`; the hash
+  (of the rule text) lets the driver recognise its own rules when it reads the kernel back.
+
+Semantics (Neutron): ports with `port_security_enabled: false` and `network:*` ports (routers,
+DHCP: trusted, as in Neutron) are not filtered; a port with port security and no group drops
+all IP both ways (DHCP and ARP aside); IPv6 rules are ignored (vxnet's data plane is IPv4
+only) and IPv6 frames to/from filtered ports are dropped; a port whose groups are all
+stateless gets no conntrack (its replies need rules); a mix counts as stateful.
+Service ports (`vxp*`) and VXLAN ports are never filtered: traffic routed to a VM is filtered
+at the VM's own port, with its real source address.
+
+Conntrack zones: zone = VNI when VNI <= 65535 (the server allocates the lowest free VNI from
+1001, so every network has this exact, stable, per-host-distinct zone until 64,535 networks
+exist). A larger VNI (admin-chosen) folds to `1 + vni % 65535`, probing upwards past zones
+already taken on this host (taken first by the identity zones, then by lower VNIs): distinct on
+the host, stable as long as no colliding network joins the host.
+
+Mark indexes (1..65535): `1 + crc32(port id) % 65535`, probing past collisions in port-id
+order: the same on every pass while ports come and go, except on a (rare) collision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import ipaddress
+import re
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from vxnet.compute import naming
+
+View = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+PS_TABLE = ("bridge", "vxnet_ps")
+SG_TABLE = ("inet", "vxnet_sg")
+MAX_INDEX = 0xFFFF
+# neutron_lib.constants.IP_PROTOCOL_MAP (copied: the pure layer imports nothing from the API)
+IP_PROTOCOL_MAP: dict[str, int] = {
+    "ah": 51, "dccp": 33, "egp": 8, "esp": 50, "gre": 47, "hopopt": 0, "icmp": 1, "igmp": 2,
+    "ipip": 4, "ipv6-encap": 41, "ipv6-frag": 44, "ipv6-icmp": 58, "icmpv6": 58,
+    "ipv6-nonxt": 59, "ipv6-opts": 60, "ipv6-route": 43, "ospf": 89, "pgm": 113, "rsvp": 46,
+    "sctp": 132, "tcp": 6, "udp": 17, "udplite": 136, "vrrp": 112,
+}
+PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})     # destination port at the same offset (th dport)
+ICMP = 1
+ANY_V4 = "0.0.0.0/0"
+
+
+# --- the structured model ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, order=True)
+class SgRule:
+    """One IPv4 Neutron rule as the data plane evaluates it."""
+
+    rule_id: str
+    direction: str                    # ingress | egress
+    protocol: int | None = None       # None: any
+    port_min: int | None = None       # destination ports (port protocols)
+    port_max: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    remote_cidr: str | None = None    # None: any
+    remote_group: str | None = None   # group id whose members' addresses match
+
+    def match_text(self) -> str:
+        """The nft match expression (without counter/verdict)."""
+        side = "saddr" if self.direction == "ingress" else "daddr"
+        parts = ["meta nfproto ipv4"]
+        if self.remote_cidr:
+            parts.append(f"ip {side} {self.remote_cidr}")
+        if self.remote_group:
+            parts.append(f"ip {side} @{set_name(self.remote_group)}")
+        if self.protocol == ICMP and self.icmp_type is not None:
+            parts.append(f"icmp type {self.icmp_type}")
+            if self.icmp_code is not None:
+                parts.append(f"icmp code {self.icmp_code}")
+        elif self.protocol is not None:
+            parts.append(f"meta l4proto {self.protocol}")
+            if self.protocol in PORT_PROTOCOLS and self.port_min is not None:
+                hi = self.port_max if self.port_max is not None else self.port_min
+                parts.append(f"th dport {self.port_min}" if hi == self.port_min else f"th dport {self.port_min}-{hi}")
+        return " ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRules:
+    """A security group's IPv4 rules in one direction (a shared chain)."""
+
+    group_id: str
+    direction: str
+    rules: tuple[SgRule, ...]
+
+    @property
+    def chain(self) -> str:
+        return ("gi_" if self.direction == "ingress" else "ge_") + _ident(self.group_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class PortFilter:
+    """A local port with port security: what it may send and which groups filter it."""
+
+    port_id: str
+    tap: str
+    bridge: str
+    index: int                                  # mark index 1..65535
+    macs: tuple[str, ...]                       # allowed source MACs
+    pairs: tuple[tuple[str, str], ...]          # allowed (MAC, IPv4 address or CIDR)
+    groups: tuple[str, ...]                     # group ids (sorted)
+    stateful: bool
+
+    @property
+    def ident(self) -> str:
+        return _ident(self.port_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class NftRule:
+    """One rule line of a chain (`text` includes its counter, verdict and comment)."""
+
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NftChain:
+    name: str
+    rules: tuple[NftRule, ...]
+    hook: str | None = None           # base chain spec, e.g. "type filter hook forward priority 0; policy accept;"
+
+
+@dataclasses.dataclass(frozen=True)
+class NftSet:
+    name: str
+    type: str
+    elements: frozenset[str]
+    flags: str = "interval"
+
+
+@dataclasses.dataclass(frozen=True)
+class NftTable:
+    family: str
+    name: str
+    chains: tuple[NftChain, ...]
+    sets: tuple[NftSet, ...] = ()
+
+    def chain_map(self) -> dict[str, NftChain]:
+        return {c.name: c for c in self.chains}
+
+
+@dataclasses.dataclass(frozen=True)
+class Firewall:
+    """The desired firewall of one host: the model and its two tables."""
+
+    ports: tuple[PortFilter, ...] = ()
+    open_ports: frozenset[str] = frozenset()             # local ports not filtered (port security off)
+    groups: tuple[GroupRules, ...] = ()
+    members: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)  # group -> v4 addrs
+    zones: tuple[tuple[str, int], ...] = ()              # (bridge, conntrack zone)
+    ignored_rules: tuple[str, ...] = ()                  # IPv6 rules (not in the data plane)
+    unfiltered: tuple[str, ...] = ()                     # ports over the index capacity (reported down)
+
+    @functools.cached_property
+    def tables(self) -> tuple[NftTable, NftTable]:
+        """The rendering (computed once per object)."""
+        return render(self)
+
+    def port(self, port_id: str) -> PortFilter | None:
+        return next((p for p in self.ports if p.port_id == port_id), None)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _ident(obj_id: str) -> str:
+    """An id as an nft identifier (letters, digits, `_`)."""
+    return re.sub(r"[^A-Za-z0-9_]", "", obj_id) or "x"
+
+
+def set_name(group_id: str) -> str:
+    return "rg_" + _ident(group_id)
+
+
+def _comment(kind: str, text: str) -> str:
+    h = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f'comment "vxnet:{kind}#{h}"'
+
+
+def _rule(match: str, verdict: str, kind: str) -> NftRule:
+    body = f"{match} counter {verdict}".strip()
+    return NftRule(f"{body} {_comment(kind, body)}")
+
+
+def comment_kind(comment: str) -> str:
+    """`vxnet:sg:<rule id>#1a2b3c4d` -> `sg:<rule id>` (the identity a counter belongs to)."""
+    return comment.removeprefix("vxnet:").split("#", 1)[0]
+
+
+def collapse(addrs: Iterable[str]) -> frozenset[str]:
+    """IPv4 addresses/CIDRs merged into non-overlapping prefixes (nft interval sets refuse
+    overlaps); a /32 is written as a plain address."""
+    nets = []
+    for a in addrs:
+        try:
+            n = ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            continue
+        if n.version == 4:
+            nets.append(n)
+    return frozenset(str(n.network_address) if n.prefixlen == 32 else str(n)
+                     for n in ipaddress.collapse_addresses(nets))
+
+
+def _protocol(value: Any) -> int | None:
+    if value is None or value == "" or value == "any":
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return int(text)
+    return IP_PROTOCOL_MAP.get(text, -1)
+
+
+def _sg_rule(r: Mapping[str, Any]) -> SgRule | None:
+    """A Neutron rule object as an `SgRule`; None for an IPv6 (or unusable) rule."""
+    if r.get("ethertype", "IPv4") != "IPv4" or r.get("direction") not in ("ingress", "egress"):
+        return None
+    proto = _protocol(r.get("protocol"))
+    if proto is not None and proto < 0:
+        return None
+    cidr = r.get("normalized_cidr") or r.get("remote_ip_prefix")
+    if cidr:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            return None
+        cidr = None if str(net) == ANY_V4 else str(net)
+    pmin, pmax = r.get("port_range_min"), r.get("port_range_max")
+    icmp_t = icmp_c = None
+    if proto == ICMP:
+        icmp_t, icmp_c, pmin, pmax = pmin, pmax, None, None
+    elif proto not in PORT_PROTOCOLS:
+        pmin = pmax = None
+    return SgRule(r["id"], r["direction"], proto, pmin, pmax, icmp_t, icmp_c, cidr,
+                  r.get("remote_group_id") or None)
+
+
+def _v4(addr: str) -> bool:
+    try:
+        return ipaddress.ip_network(addr, strict=False).version == 4
+    except ValueError:
+        return False
+
+
+def port_addresses(port: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(MAC, IPv4 address or CIDR) a port may use: fixed IPs and allowed address pairs."""
+    mac = (port.get("mac_address") or "").lower()
+    out = [(mac, f["ip_address"]) for f in port.get("fixed_ips") or () if _v4(f.get("ip_address", ""))]
+    for pair in port.get("allowed_address_pairs") or ():
+        ip = pair.get("ip_address") or ""
+        if _v4(ip):
+            out.append(((pair.get("mac_address") or mac).lower(), ip))
+    return out
+
+
+def zone_map(vnis: Mapping[str, int]) -> dict[str, int]:
+    """Network id -> conntrack zone (see the module docstring); distinct values."""
+    out: dict[str, int] = {}
+    used: set[int] = set()
+    for nid, vni in vnis.items():
+        if 1 <= vni <= MAX_INDEX:
+            out[nid] = vni
+            used.add(vni)
+    for nid, vni in sorted(((n, v) for n, v in vnis.items() if n not in out), key=lambda x: (x[1], x[0])):
+        z = 1 + vni % MAX_INDEX
+        while z in used:
+            z = z % MAX_INDEX + 1
+        out[nid] = z
+        used.add(z)
+    return out
+
+
+def mark_indexes(port_ids: Iterable[str]) -> dict[str, int]:
+    """Port id -> mark index in 1..65535 (stable hash, collisions probed in id order); ports
+    beyond the capacity are left out."""
+    out: dict[str, int] = {}
+    used: set[int] = set()
+    for pid in sorted(port_ids):
+        if len(used) >= MAX_INDEX:
+            break
+        i = 1 + zlib.crc32(pid.encode()) % MAX_INDEX
+        while i in used:
+            i = i % MAX_INDEX + 1
+        out[pid] = i
+        used.add(i)
+    return out
+
+
+# --- compute ----------------------------------------------------------------------------------
+
+def compute_firewall(view: View, host: str) -> Firewall:
+    """The desired firewall of `host` from its view (pure)."""
+    networks = view.get("networks", {})
+    vnis = {nid: int(n["provider:segmentation_id"]) for nid, n in networks.items()
+            if (n.get("provider:network_type") or "vxlan") == "vxlan" and n.get("provider:segmentation_id") is not None}
+    zones = zone_map(vnis)
+    ports = view.get("ports", {})
+    sgs = view.get("security_groups", {})
+    local: dict[str, Mapping[str, Any]] = {}
+    open_ports: set[str] = set()
+    for pid, p in ports.items():
+        if p.get("binding:host_id") != host or p.get("network_id") not in vnis:
+            continue
+        if (p.get("device_owner") or "").startswith("network:") or p.get("port_security_enabled") is False:
+            open_ports.add(pid)
+        else:
+            local[pid] = p
+    taps: dict[str, str] = {}
+    for pid in sorted(local):      # two ports sharing a tap name (11 id chars): the lowest id wins
+        taps.setdefault(naming.tap_name(pid), pid)
+    index = mark_indexes(taps.values())
+    rules_by_group: dict[str, list[SgRule]] = {}
+    ignored: list[str] = []
+    for rid, r in sorted(view.get("security_group_rules", {}).items()):
+        rule = _sg_rule(r)
+        if rule is None:
+            ignored.append(rid)
+            continue
+        rules_by_group.setdefault(r["security_group_id"], []).append(rule)
+    filters: list[PortFilter] = []
+    used_groups: set[str] = set()
+    for pid in sorted(index):
+        p = local[pid]
+        mac = (p.get("mac_address") or "").lower()
+        addrs = port_addresses(p)
+        macs = tuple(sorted({mac, *(m for m, _ in addrs)} - {""}))
+        pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
+        groups = tuple(sorted(g for g in dict.fromkeys(p.get("security_groups") or ()) if g in sgs))
+        used_groups.update(groups)
+        stateful = not groups or any(sgs[g].get("stateful", True) is not False for g in groups)
+        filters.append(PortFilter(pid, naming.tap_name(pid), naming.bridge_name(p["network_id"]), index[pid],
+                                  macs, pairs, groups, stateful))
+    group_rules = tuple(GroupRules(g, d, tuple(r for r in rules_by_group.get(g, ()) if r.direction == d))
+                        for g in sorted(used_groups) for d in ("ingress", "egress"))
+    remote = {r.remote_group for gr in group_rules for r in gr.rules if r.remote_group}
+    members: dict[str, frozenset[str]] = {}
+    for g in sorted(remote):
+        members[g] = collapse(a for p in ports.values() if g in (p.get("security_groups") or ())
+                              for _, a in port_addresses(p))
+    return Firewall(tuple(filters), frozenset(open_ports), group_rules, members,
+                    tuple(sorted((naming.bridge_name(n), z) for n, z in zones.items())),
+                    tuple(ignored), tuple(sorted(set(local) - set(index))))
+
+
+# --- render -----------------------------------------------------------------------------------
+
+def _set_text(elements: Iterable[str]) -> str:
+    return "{ " + ", ".join(sorted(elements)) + " }"
+
+
+@functools.lru_cache(maxsize=8192)
+def _ps_chain(p: PortFilter) -> NftChain:
+    macs = _set_text(p.macs)
+    pairs = [f"{m} . {a}" for m, a in p.pairs]
+    arp_ok = _set_text(pairs + [f"{m} . 0.0.0.0" for m in p.macs])
+    rules = [_rule(f"ether saddr != {macs}", "drop", "spoof-mac"),
+             _rule(f"arp saddr ether . arp saddr ip != {arp_ok}", "drop", "spoof-arp"),
+             _rule("ether type arp", "accept", "arp"),
+             _rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client"),
+             _rule("udp sport 67", "drop", "dhcp-server")]
+    if pairs:
+        rules.append(_rule(f"ether saddr . ip saddr != {_set_text(pairs)}", "drop", "spoof-ip"))
+        rules.append(_rule(f"ether type ip meta mark set {p.index:#x}", "accept", "mark"))
+    else:
+        rules.append(_rule("ether type ip", "drop", "spoof-ip"))
+    rules.append(_rule("", "drop", "other"))
+    return NftChain(f"ps_{p.ident}", tuple(rules))
+
+
+@functools.lru_cache(maxsize=8192)
+def _mark_chain(p: PortFilter) -> NftChain:
+    return NftChain(f"mk_{p.ident}", (
+        _rule("ether type ip6", "drop", "ipv6"),
+        _rule("", f"meta mark set meta mark and 0x0000ffff or {p.index << 16:#010x}", "mark")))
+
+
+@functools.lru_cache(maxsize=16384)
+def _port_sg_chain(p: PortFilter, direction: str) -> NftChain:
+    prefix, gprefix = ("in_", "gi_") if direction == "ingress" else ("eg_", "ge_")
+    rules = []
+    if p.stateful:
+        rules += [_rule("ct state established,related", "accept", "ct-established"),
+                  _rule("ct state invalid", "drop", "ct-invalid")]
+    if direction == "ingress":
+        rules.append(_rule("udp sport 67 udp dport 68", "accept", "dhcp-reply"))
+    else:
+        rules.append(_rule("udp sport 68 udp dport 67", "accept", "dhcp-request"))
+    rules += [_rule("", f"jump {gprefix}{_ident(g)}", "group:" + g) for g in p.groups]
+    rules.append(_rule("", "drop", "default-drop"))
+    return NftChain(prefix + p.ident, tuple(rules))
+
+
+@functools.lru_cache(maxsize=4096)
+def _group_chain(g: GroupRules) -> NftChain:
+    return NftChain(g.chain, tuple(_rule(r.match_text(), "accept", "sg:" + r.rule_id) for r in g.rules))
+
+
+def _vmap(key: str, entries: list[tuple[str, str]]) -> list[NftRule]:
+    if not entries:
+        return []
+    body = ", ".join(f"{k} : jump {c}" for k, c in entries)
+    return [_rule("", f"{key} vmap {{ {body} }}", "dispatch")]
+
+
+def render(fw: Firewall) -> tuple[NftTable, NftTable]:
+    """The two tables of `fw` (bridge anti-spoofing, inet security groups)."""
+    ps_chains = [NftChain("pre", (_rule("", "meta mark set 0x0", "mark-clear"),
+                                  *_vmap("iifname", [(f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports])),
+                          "type filter hook prerouting priority -200; policy accept;"),
+                 NftChain("out", tuple(_vmap("oifname", [(f'"{p.tap}"', f"mk_{p.ident}") for p in fw.ports])),
+                          "type filter hook forward priority -100; policy accept;")]
+    for p in fw.ports:
+        ps_chains += [_ps_chain(p), _mark_chain(p)]
+    zone_rules = []
+    if fw.zones:
+        body = ", ".join(f'"{b}" : {z}' for b, z in fw.zones)
+        zone_rules.append(_rule("", f"ct zone set iifname map {{ {body} }}", "zones"))
+    stateless = [p for p in fw.ports if not p.stateful]
+    if stateless:
+        zone_rules.append(_rule(f"meta mark and 0x0000ffff {_set_text(f'{p.index:#x}' for p in stateless)}",
+                                "notrack", "stateless-egress"))
+        dst = [f'"{p.bridge}" . {a}' for p in stateless for _, a in p.pairs]
+        if dst:
+            zone_rules.append(_rule(f"iifname . ip daddr {_set_text(sorted(set(dst)))}", "notrack",
+                                    "stateless-ingress"))
+    sg_chains = [NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
+                 NftChain("egress", tuple(_vmap("meta mark and 0x0000ffff",
+                                                [(f"{p.index:#x}", f"eg_{p.ident}") for p in fw.ports])),
+                          "type filter hook forward priority 0; policy accept;"),
+                 NftChain("ingress", tuple(_vmap("meta mark and 0xffff0000",
+                                                 [(f"{p.index << 16:#010x}", f"in_{p.ident}") for p in fw.ports])),
+                          "type filter hook forward priority 10; policy accept;")]
+    sg_chains += [_group_chain(g) for g in fw.groups]
+    for p in fw.ports:
+        sg_chains += [_port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress")]
+    sets = tuple(NftSet(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
+                 for g in sorted({r.remote_group for g in fw.groups for r in g.rules if r.remote_group}))
+    return (NftTable(*PS_TABLE, tuple(ps_chains)), NftTable(*SG_TABLE, tuple(sg_chains), sets))
+
+
+def table_text(t: NftTable) -> str:
+    """The whole table as `nft -f` input that (re)creates it in one transaction."""
+    lines = [f"add table {t.family} {t.name}", f"delete table {t.family} {t.name}", f"add table {t.family} {t.name}"]
+    lines += table_body(t)
+    return "\n".join(lines) + "\n"
+
+
+def table_body(t: NftTable) -> list[str]:
+    """Commands creating the sets, chains and rules of `t` in an existing empty table."""
+    lines = []
+    for s in t.sets:
+        lines.append(f"add set {t.family} {t.name} {s.name} {{ type {s.type}; flags {s.flags}; }}")
+        if s.elements:
+            lines.append(f"add element {t.family} {t.name} {s.name} {_set_text(s.elements)}")
+    for c in t.chains:
+        lines.append(f"add chain {t.family} {t.name} {c.name}" + (f" {{ {c.hook} }}" if c.hook else ""))
+    for c in t.chains:
+        lines += [f"add rule {t.family} {t.name} {c.name} {r.text}" for r in c.rules]
+    return lines
+
+
+# --- evaluation ("which rule decides") ------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Packet:
+    """An IPv4 packet as seen at a port (for `decide`)."""
+
+    src: str
+    dst: str
+    protocol: int = 6
+    sport: int | None = None
+    dport: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    ct_state: str = "new"             # new | established | related | invalid | untracked
+
+
+def _rule_matches(r: SgRule, pkt: Packet, members: Mapping[str, frozenset[str]]) -> bool:
+    remote = ipaddress.ip_address(pkt.src if r.direction == "ingress" else pkt.dst)
+    if r.remote_cidr and remote not in ipaddress.ip_network(r.remote_cidr):
+        return False
+    if r.remote_group and not any(remote in ipaddress.ip_network(a) for a in members.get(r.remote_group, ())):
+        return False
+    if r.protocol == ICMP and r.icmp_type is not None:
+        return (pkt.protocol == ICMP and pkt.icmp_type == r.icmp_type
+                and (r.icmp_code is None or pkt.icmp_code == r.icmp_code))
+    if r.protocol is not None:
+        if pkt.protocol != r.protocol:
+            return False
+        if r.protocol in PORT_PROTOCOLS and r.port_min is not None:
+            hi = r.port_max if r.port_max is not None else r.port_min
+            return pkt.dport is not None and r.port_min <= pkt.dport <= hi
+    return True
+
+
+def decide(fw: Firewall, port_id: str, direction: str, pkt: Packet) -> tuple[str, str]:
+    """(verdict, deciding rule identity) of the security groups of local port `port_id` for
+    `pkt` leaving (`egress`) or reaching (`ingress`) it; identities are the counter comments'
+    (`ct-established`, `sg:<rule id>`, `default-drop`, `unfiltered`...)."""
+    p = fw.port(port_id)
+    if p is None:
+        return "accept", "unfiltered"
+    if p.stateful and pkt.ct_state in ("established", "related"):
+        return "accept", "ct-established"
+    if p.stateful and pkt.ct_state == "invalid":
+        return "drop", "ct-invalid"
+    if pkt.protocol == 17 and (pkt.sport, pkt.dport) == ((67, 68) if direction == "ingress" else (68, 67)):
+        return "accept", "dhcp-reply" if direction == "ingress" else "dhcp-request"
+    by_group = {(g.group_id, g.direction): g for g in fw.groups}
+    for gid in p.groups:
+        for r in by_group[(gid, direction)].rules:
+            if _rule_matches(r, pkt, fw.members):
+                return "accept", "sg:" + r.rule_id
+    return "drop", "default-drop"

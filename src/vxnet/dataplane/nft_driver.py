@@ -1,0 +1,241 @@
+"""nftables driver: converge the agent's own tables to a desired `NftTable` set, atomically.
+
+Contract:
+- `apply(tables)` makes the kernel hold exactly `tables` (only tables named there are touched)
+  with ONE `nft -f -` run, i.e. one netlink transaction: the kernel switches from the old
+  ruleset to the new one between two packets, and conntrack entries are untouched (so
+  established connections that remain allowed keep flowing).
+- Incremental by chain: with a known previous state it sends only new chains (`add chain`),
+  changed chains (`flush chain` + their rules), removed chains/sets (`delete`, after the
+  chains referring to them were flushed in the same transaction) and set element changes
+  (`delete element` / `add element`). A security-group rule change rewrites one group chain
+  whatever the number of ports using the group; a remote-group member change is an element
+  update. Nothing to do: no process is started at all.
+- Full replace (`add table; delete table; add table; ...` in one transaction) when the
+  previous state is unknown (start, `invalidate()`, a failed transaction) AND the kernel does
+  not already hold the desired rules. Recognising them: every rule carries a comment with a
+  hash of its text (compute/firewall.py); the driver lists the tables tersely and compares
+  each chain's comment sequence. So a restarted agent adopts its rules without resetting a
+  counter; sets are re-filled exactly (flush + add) in that case.
+- `NftError` on failure (nothing was applied: transactions are all or nothing); the next
+  `apply` starts from the kernel again.
+- Host namespace: `ip netns exec NS nft ...` when `netns` is set, else plain `nft`.
+- `ensure_br_netfilter()`: `net.bridge.bridge-nf-call-iptables=1` (bridged IPv4 traverses the
+  inet hooks: without it security groups are silently bypassed, KERNEL-NOTES §6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Iterable
+
+from vxnet.compute.firewall import NftTable, table_text
+
+log = logging.getLogger("vxnet.dataplane.nft")
+
+_COMMENT = re.compile(r'comment "(vxnet:[^"]*)"')
+_CHAIN = re.compile(r"^\s*chain (\S+) \{")
+_SET = re.compile(r"^\s*set (\S+) \{")
+
+
+class NftError(Exception):
+    """An nft transaction was refused (nothing of it was applied)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyResult:
+    mode: str                 # noop | adopt | incremental | full
+    commands: int             # lines sent to nft
+    seconds: float
+
+
+def _set_text(elements: Iterable[str]) -> str:
+    return "{ " + ", ".join(sorted(elements)) + " }"
+
+
+def fingerprint(t: NftTable) -> dict[str, tuple[str, ...]]:
+    """Chain name -> the comments of its rules (what a terse kernel listing shows)."""
+    return {c.name: tuple(m.group(1) for r in c.rules if (m := _COMMENT.search(r.text))) for c in t.chains}
+
+
+def parse_listing(text: str) -> tuple[dict[str, tuple[str, ...]], set[str]]:
+    """Chain fingerprints and set names of a `nft -t list table` output."""
+    chains: dict[str, list[str]] = {}
+    sets: set[str] = set()
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if m := _CHAIN.match(line):
+            current = chains.setdefault(m.group(1), [])
+        elif m := _SET.match(line):
+            sets.add(m.group(1))
+            current = None
+        elif current is not None and (m := _COMMENT.search(line)):
+            current.append(m.group(1))
+    return {k: tuple(v) for k, v in chains.items()}, sets
+
+
+def diff_table(old: NftTable, new: NftTable) -> list[str]:
+    """Commands turning table `old` into `new` (same family and name) in one transaction."""
+    f, n = new.family, new.name
+    oc, nc = old.chain_map(), new.chain_map()
+    if any(name in oc and oc[name].hook != c.hook for name, c in nc.items()):
+        return table_text(new).splitlines()       # a base chain's hook changed: rebuild
+    os_, ns_ = {s.name: s for s in old.sets}, {s.name: s for s in new.sets}
+    head: list[str] = []
+    rules: list[str] = []
+    tail: list[str] = []
+    for name, s in ns_.items():
+        before = os_.get(name)
+        if before is None or before.type != s.type or before.flags != s.flags:
+            if before is not None:                # type changed: cannot happen with our names, but be exact
+                return table_text(new).splitlines()
+            head.append(f"add set {f} {n} {name} {{ type {s.type}; flags {s.flags}; }}")
+            if s.elements:
+                head.append(f"add element {f} {n} {name} {_set_text(s.elements)}")
+            continue
+        gone, added = before.elements - s.elements, s.elements - before.elements
+        if gone:
+            head.append(f"delete element {f} {n} {name} {_set_text(gone)}")
+        if added:
+            head.append(f"add element {f} {n} {name} {_set_text(added)}")
+    for name, c in nc.items():
+        before = oc.get(name)
+        if before is None:
+            head.append(f"add chain {f} {n} {name}" + (f" {{ {c.hook} }}" if c.hook else ""))
+        elif before.rules == c.rules:
+            continue
+        else:
+            rules.append(f"flush chain {f} {n} {name}")
+        rules += [f"add rule {f} {n} {name} {r.text}" for r in c.rules]
+    # Removed chains: their referrers (vmaps, jumps) changed, so they were flushed above.
+    # Delete non-base chains after all flushes.
+    tail += [f"flush chain {f} {n} {name}" for name in oc if name not in nc]
+    tail += [f"delete chain {f} {n} {name}" for name in oc if name not in nc]
+    tail += [f"delete set {f} {n} {name}" for name in os_ if name not in ns_]
+    return head + rules + tail
+
+
+class NftDriver:
+    """Owns the given tables in one host namespace."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._applied: dict[tuple[str, str], NftTable] | None = None
+        self._sysctl_ok = False
+        self.last: ApplyResult | None = None
+
+    # ------------------------------------------------------------------ process
+    def _cmd(self, *args: str) -> list[str]:
+        return (["ip", "netns", "exec", self.netns] if self.netns else []) + list(args)
+
+    def nft(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+        """Run nft (in the host namespace); its stdout, or NftError with its stderr."""
+        r = subprocess.run(self._cmd("nft", *args), input=stdin, capture_output=True, text=True,
+                           timeout=timeout, check=False)
+        if r.returncode != 0:
+            raise NftError((r.stderr or r.stdout).strip()[-2000:])
+        return r.stdout
+
+    def ensure_br_netfilter(self) -> None:
+        """Bridged IPv4 through the inet hooks (per namespace; built-in br_netfilter)."""
+        path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        if self.netns:
+            r = subprocess.run(self._cmd("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"),
+                               capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                raise NftError(f"bridge-nf-call-iptables: {r.stderr.strip()}")
+        else:
+            try:
+                with open(path) as fh:
+                    if fh.read().strip() == "1":
+                        return
+                with open(path, "w") as fh:
+                    fh.write("1\n")
+            except OSError as e:
+                raise NftError(f"bridge-nf-call-iptables: {e}") from e
+
+    # ------------------------------------------------------------------ public
+    def invalidate(self) -> None:
+        """Forget what was applied: the next `apply` reads the kernel again."""
+        self._applied = None
+        self._sysctl_ok = False
+
+    def apply(self, tables: Iterable[NftTable], force_full: bool = False) -> ApplyResult:
+        """Converge the kernel to `tables` in one transaction (see the module docstring)."""
+        t0 = time.perf_counter()
+        want = {(t.family, t.name): t for t in tables}
+        if not self._sysctl_ok:
+            self.ensure_br_netfilter()
+            self._sysctl_ok = True
+        mode = "incremental"
+        if self._applied is None or force_full:
+            lines, mode = ([], "full") if force_full else self._adopt(want)
+            if mode == "full":
+                lines = [line for t in want.values() for line in table_text(t).splitlines()]
+        else:
+            lines = []
+            for key, t in want.items():
+                old = self._applied.get(key)
+                if old is None:
+                    lines += table_text(t).splitlines()
+                elif old is not t and old != t:
+                    lines += diff_table(old, t)
+        if lines:
+            try:
+                self.nft("-f", "-", stdin="\n".join(lines) + "\n")
+            except (NftError, subprocess.TimeoutExpired) as e:
+                self._applied = None
+                raise NftError(str(e)) from e
+        elif mode == "incremental":
+            mode = "noop"
+        self._applied = dict(want)
+        self.last = ApplyResult(mode, len(lines), time.perf_counter() - t0)
+        return self.last
+
+    def _adopt(self, want: dict[tuple[str, str], NftTable]) -> tuple[list[str], str]:
+        """(commands, "adopt") when the kernel already holds every desired chain and rule
+        (sets are re-filled exactly), else ([], "full")."""
+        lines: list[str] = []
+        for (family, name), t in want.items():
+            try:
+                listing = self.nft("-t", "list", "table", family, name)
+            except NftError:
+                return [], "full"
+            chains, sets = parse_listing(listing)
+            if chains != fingerprint(t) or sets != {s.name for s in t.sets}:
+                return [], "full"
+            for s in t.sets:
+                lines.append(f"flush set {family} {name} {s.name}")
+                if s.elements:
+                    lines.append(f"add element {family} {name} {s.name} {_set_text(s.elements)}")
+        return lines, "adopt"
+
+    def delete(self, tables: Iterable[tuple[str, str]]) -> None:
+        """Remove our tables (tests, uninstall)."""
+        lines = [f"add table {f} {n}\ndelete table {f} {n}" for f, n in tables]
+        if lines:
+            self.nft("-f", "-", stdin="\n".join(lines) + "\n")
+        self._applied = None
+
+    def counters(self, family: str, name: str) -> dict[tuple[str, str], tuple[int, int]]:
+        """(chain, rule identity) -> (packets, bytes) summed over rules of that identity
+        (identity = the comment without `vxnet:` and the hash, e.g. `sg:<rule id>`)."""
+        data = json.loads(self.nft("-j", "list", "table", family, name))
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for item in data.get("nftables", ()):
+            rule = item.get("rule")
+            if not rule or not str(rule.get("comment", "")).startswith("vxnet:"):
+                continue
+            kind = rule["comment"].removeprefix("vxnet:").split("#", 1)[0]
+            for e in rule.get("expr", ()):
+                if "counter" in e:
+                    k = (rule["chain"], kind)
+                    p, b = out.get(k, (0, 0))
+                    out[k] = (p + int(e["counter"]["packets"]), b + int(e["counter"]["bytes"]))
+        return out
+
