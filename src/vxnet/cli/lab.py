@@ -31,11 +31,14 @@ def register(app: typer.Typer) -> None:
         hosts: int = typer.Option(3, help="number of hosts (h1..hN)"),
         config: str = typer.Option(..., help="server TOML configuration"),
         server: str = typer.Option(None, help="reuse running server(s) at this URL (several: comma-separated, agents fail over) instead of starting one"),
+        gateways: int = typer.Option(0, help="extra gateway hosts (h<N+1>..), agents with --gateway"),
+        external: bool = typer.Option(False, "--external", help="external segment: the gateway hosts' external "
+                                      "interfaces and an outside client namespace (vxl-x, 203.0.113.100 and .1)"),
     ) -> None:
         """Build the underlay and N hosts, start the server and one agent per host; print the API URL."""
         from vxnet.lab import lab as L
 
-        st = _run(L.up, hosts, config, server)
+        st = _run(L.up, hosts, config, server, None, gateways, external)
         typer.echo(st["url"])
 
     @lab.command("down")

@@ -122,8 +122,12 @@ def token(st: dict[str, Any], url: str | None = None) -> str:
     return r.headers["X-Subject-Token"]
 
 
-def up(hosts: int, config: str, server: str | None = None, agent_args: list[str] | None = None) -> dict[str, Any]:
-    """Build the lab and start server (unless `server` is given) and agents; returns the state."""
+def up(hosts: int, config: str, server: str | None = None, agent_args: list[str] | None = None,
+       gateways: int = 0, external: bool = False) -> dict[str, Any]:
+    """Build the lab and start server (unless `server` is given) and agents; returns the state.
+
+    `gateways` extra hosts (h<hosts+1>..) run their agents with `--gateway`; with `external`,
+    they also get an external interface on the external segment (topology.build_external)."""
     if os.path.exists(_state_path()):
         try:
             st = load_state()
@@ -139,14 +143,17 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
     if not admins:
         raise LabError(f"{config} defines no user with the admin role")
     os.makedirs(state_dir(), exist_ok=True)
-    st: dict[str, Any] = {"hosts": hosts, "config": os.path.abspath(config), "agents": {}, "vms": {},
+    gw_hosts = [topology.host_name(i) for i in range(hosts + 1, hosts + gateways + 1)]
+    st: dict[str, Any] = {"hosts": hosts + gateways, "gateways": gw_hosts, "external": external, "config": os.path.abspath(config), "agents": {}, "vms": {},
                           "admin": {"name": admins[0].name, "password": admins[0].password,
                                     "project": admins[0].project},
                           "agent_user": {"name": agents_users[0].name, "password": agents_users[0].password,
                                          "project": agents_users[0].project},
                           "agent_args": agent_args or []}
     save_state(st)
-    topology.build_underlay(hosts)
+    topology.build_underlay(hosts + gateways)
+    if external:
+        topology.build_external(range(hosts + 1, hosts + gateways + 1))
     lhost, _, lport = cfg.listen.rpartition(":")
     if server:
         # One or several equivalent servers (comma-separated; agents fail over between them).
@@ -172,7 +179,7 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
         st["mgmt_url"] = f"http://{listen_mgmt}"
         start_server(st)
     save_state(st)
-    for i in range(1, hosts + 1):
+    for i in range(1, hosts + gateways + 1):
         start_agent(st, topology.host_name(i))
     save_state(st)
     return st
@@ -204,12 +211,15 @@ def start_agent(st: dict[str, Any], host: str) -> int:
     """Start (or restart) the agent of `host` inside its namespace."""
     i = _host_index(st, host)
     u = st["agent_user"]
+    gw_args = []
+    if host in st.get("gateways", ()):
+        gw_args = ["--gateway"] + (["--external-interface", topology.HOST_EXTERNAL_DEV] if st.get("external") else [])
     # nsenter --net, not `ip netns exec`: the latter gives the agent a slave mount namespace, so
     # namespaces the agent creates (router, DHCP...) would be mounted only inside it: invisible
     # to everyone else and destroyed with the agent process (routing broken by a restart).
     cmd = ["nsenter", f"--net=/run/netns/{topology.host_ns(i)}", *_python_cmd(
         "agent", "--server", st["mgmt_url"], "--host", host, "--underlay-ip", topology.underlay_ip(i),
-        "--user", u["name"], "--password", u["password"], "--project", u["project"], *st.get("agent_args", []))]
+        "--user", u["name"], "--password", u["password"], "--project", u["project"], *gw_args, *st.get("agent_args", []))]
     pid = _spawn(cmd, f"agent-{host}.log")
     st["agents"][host] = pid
     save_state(st)
@@ -316,7 +326,7 @@ def _remove_router_namespaces() -> None:
     r = topology.sh(["ip", "netns", "list"], check=False)
     for line in r.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if re.fullmatch(r"vxr-[0-9a-f-]{11}-h\d+", name):
+        if re.fullmatch(r"vx[rs]-[0-9a-f-]{11}-h\d+", name):   # vxs-: gateway (SNAT) namespaces
             topology.sh(["ip", "netns", "del", name], check=False)
 
 

@@ -7,6 +7,11 @@ Layout (every name starts with `vxl`; `down()` finds everything by that prefix):
 - `vxl-h<i>`: host i; `vxleth0` = 198.51.100.<i> (its VTEP), `vxlmgmt0` = 100.127.255.<i>.
 - root namespace: `vxlmgmt` = 100.127.255.254, the lab server's address for the hosts.
 - `vxl-v-<name>`: a VM; its `eth0` is the peer of `tap<port id[:11]>` in its host's namespace.
+- With an external network (`vxnet lab up --gateways G --external`): bridge `vxlexb0` in
+  `vxl-ul` is the external L2 segment; each gateway host's `vxlext0` (no address: the agent
+  enslaves it to the external network's bridge) and the outside namespace `vxl-x` (`vxlx0`:
+  203.0.113.100/24, the client, and 203.0.113.1/24, the upstream router = the external
+  subnet's gateway) are its ports.
 IPv6 is off in every lab namespace (clean captures). VM offloads are off (KERNEL-NOTES §8) so
 MTU mistakes are not hidden by GSO.
 """
@@ -25,6 +30,18 @@ HOST_UNDERLAY_DEV = "vxleth0"
 HOST_MGMT_DEV = "vxlmgmt0"
 MGMT_SERVER_IP = "100.127.255.254"
 MAX_HOSTS = 200
+EXTERNAL_BR = "vxlexb0"
+HOST_EXTERNAL_DEV = "vxlext0"
+EXTERNAL_NS = "vxl-x"
+EXTERNAL_DEV = "vxlx0"
+EXTERNAL_CLIENT_IP = "203.0.113.100"
+EXTERNAL_GATEWAY_IP = "203.0.113.1"
+EXTERNAL_PREFIX = 24
+
+
+def external_client_ns() -> str:
+    """The outside namespace (client and upstream router of the external network)."""
+    return EXTERNAL_NS
 
 
 def host_ns(i: int) -> str:
@@ -111,6 +128,24 @@ def add_host(i: int) -> None:
     ip_batch(["link set lo up", f"addr add {underlay_ip(i)}/24 dev {HOST_UNDERLAY_DEV}",
               f"link set {HOST_UNDERLAY_DEV} up", f"addr add {mgmt_ip(i)}/24 dev {HOST_MGMT_DEV}",
               f"link set {HOST_MGMT_DEV} up"], ns)
+
+
+def build_external(host_indexes: Sequence[int]) -> None:
+    """The external segment: a bridge in the underlay namespace, each listed host's external
+    interface and the outside client/upstream namespace on it."""
+    ip_batch([f"link add {EXTERNAL_BR} type bridge mcast_snooping 0", f"link set {EXTERNAL_BR} up"], UNDERLAY_NS)
+    sh(["ip", "netns", "add", EXTERNAL_NS])
+    _quiet_ns(EXTERNAL_NS)
+    ip_batch([f"link add vxlx-out type veth peer name {EXTERNAL_DEV} netns {EXTERNAL_NS}",
+              f"link set vxlx-out master {EXTERNAL_BR} up"], UNDERLAY_NS)
+    # The client's address first: it is the source the client uses on the external subnet.
+    ip_batch(["link set lo up", f"addr add {EXTERNAL_CLIENT_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
+              f"addr add {EXTERNAL_GATEWAY_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}", f"link set {EXTERNAL_DEV} up"],
+             EXTERNAL_NS)
+    for i in host_indexes:
+        ip_batch([f"link add vxlx-h{i} type veth peer name {HOST_EXTERNAL_DEV} netns {host_ns(i)}",
+                  f"link set vxlx-h{i} master {EXTERNAL_BR} up"], UNDERLAY_NS)
+        ip_batch([f"link set {HOST_EXTERNAL_DEV} up"], host_ns(i))
 
 
 def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, mtu: int,
