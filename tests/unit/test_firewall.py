@@ -1,0 +1,342 @@
+"""Pure firewall compute (view -> model -> nft tables), the driver's chain diff against a
+stateful fake table, and `decide` ("which rule decides"). No kernel, no mocks."""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+
+import pytest
+
+from vxnet.agent.features import HostContext
+from vxnet.agent.firewall import FirewallFeature
+from vxnet.compute import firewall as fwm
+from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, zone_map
+from vxnet.dataplane.nft_driver import diff_table, fingerprint, parse_listing
+
+NET = "aaaaaaaa-0000-4000-8000-000000000001"
+NET2 = "bbbbbbbb-0000-4000-8000-000000000002"
+G1 = "11111111-0000-4000-8000-000000000001"
+G2 = "22222222-0000-4000-8000-000000000002"
+GS = "33333333-0000-4000-8000-000000000003"   # stateless
+
+
+def port(pid: str, ip: str, host: str = "h1", groups: tuple[str, ...] = (G1,), net: str = NET, **kw) -> dict:
+    a, b = (int(x) for x in ip.split(".")[-2:])
+    return {"id": pid, "network_id": net, "binding:host_id": host, "mac_address": f"02:00:00:00:{a:02x}:{b:02x}",
+            "fixed_ips": [{"subnet_id": "s", "ip_address": ip}], "security_groups": list(groups),
+            "port_security_enabled": True, "device_owner": "compute:nova", "allowed_address_pairs": [], **kw}
+
+
+def rule(rid: str, group: str, direction: str, **kw) -> dict:
+    return {"id": rid, "security_group_id": group, "direction": direction, "ethertype": "IPv4", "protocol": None,
+            "port_range_min": None, "port_range_max": None, "remote_ip_prefix": None, "remote_group_id": None, **kw}
+
+
+P1 = "p1000000-0000-4000-8000-000000000001"
+P2 = "p2000000-0000-4000-8000-000000000002"
+P3 = "p3000000-0000-4000-8000-000000000003"
+P4 = "p4000000-0000-4000-8000-000000000004"
+RULES = [
+    rule("r-egress", G1, "egress"),
+    rule("r-egress6", G1, "egress", ethertype="IPv6"),
+    rule("r-group", G1, "ingress", remote_group_id=G2),
+    rule("r-ssh", G1, "ingress", protocol="tcp", port_range_min=22, port_range_max=23,
+         remote_ip_prefix="100.64.0.0/16", normalized_cidr="100.64.0.0/16"),
+    rule("r-ping", G1, "ingress", protocol="icmp", port_range_min=8, port_range_max=0),
+    rule("r-gre", G1, "ingress", protocol="47"),
+    rule("r-dns", GS, "ingress", protocol="udp", port_range_min=53, port_range_max=53),
+    rule("r-dns-out", GS, "egress", protocol="17", port_range_min=53, port_range_max=53,
+         remote_ip_prefix="0.0.0.0/0"),
+]
+
+
+def view(ports: list[dict], rules: list[dict] = RULES) -> dict:
+    return {
+        "networks": {NET: {"id": NET, "provider:network_type": "vxlan", "provider:segmentation_id": 1001},
+                     NET2: {"id": NET2, "provider:network_type": "vxlan", "provider:segmentation_id": 1002}},
+        "ports": {p["id"]: p for p in ports},
+        "security_groups": {G1: {"id": G1, "stateful": True}, G2: {"id": G2, "stateful": True},
+                            GS: {"id": GS, "stateful": False}},
+        "security_group_rules": {r["id"]: r for r in rules},
+    }
+
+
+def base_ports() -> list[dict]:
+    return [port(P1, "192.0.2.11", groups=(G1,)),
+            port(P2, "192.0.2.12", host="h2", groups=(G2,)),
+            port(P3, "192.0.2.13", groups=(GS,), net=NET2),
+            port(P4, "192.0.2.14", groups=(), port_security_enabled=False)]
+
+
+def chain(fw: fwm.Firewall, family: str, name: str) -> list[str]:
+    t = next(t for t in fw.tables if t.family == family)
+    return [r.text for r in t.chain_map()[name].rules]
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def test_which_ports_are_filtered() -> None:
+    ports = [*base_ports(), port("p5000000-0000-4000-8000-000000000005", "192.0.2.1", groups=(),
+                                 device_owner="network:router_interface_distributed", port_security_enabled=True)]
+    fw = compute_firewall(view(ports), "h1")
+    assert [p.port_id for p in fw.ports] == [P1, P3]          # P2 is remote; P4 and the router port are open
+    assert fw.open_ports == {P4, "p5000000-0000-4000-8000-000000000005"}
+    assert fw.ignored_rules == ("r-egress6",)
+    assert fw.port(P1).stateful and not fw.port(P3).stateful
+
+
+def test_anti_spoofing_allows_own_and_pair_addresses_only() -> None:
+    p1 = port(P1, "192.0.2.11", allowed_address_pairs=[
+        {"ip_address": "198.51.100.0/28", "mac_address": "02:00:00:00:07:10"},
+        {"ip_address": "198.51.100.5", "mac_address": "02:00:00:00:07:10"},      # inside the /28: merged
+        {"ip_address": "2001:db8::1", "mac_address": "02:00:00:00:07:10"}])      # IPv6: not in the v4 table
+    fw = compute_firewall(view([p1]), "h1")
+    p = fw.port(P1)
+    assert p.macs == ("02:00:00:00:02:0b", "02:00:00:00:07:10")
+    assert p.pairs == (("02:00:00:00:02:0b", "192.0.2.11"), ("02:00:00:00:07:10", "198.51.100.0/28"))
+    rules = chain(fw, "bridge", f"ps_{p.ident}")
+    text = "\n".join(rules)
+    assert "ether saddr != { 02:00:00:00:02:0b, 02:00:00:00:07:10 } counter drop" in text
+    assert "02:00:00:00:02:0b . 0.0.0.0" in rules[1] and "02:00:00:00:07:10 . 198.51.100.0/28" in rules[1]
+    kinds = [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in rules]
+    assert kinds == ["spoof-mac", "spoof-arp", "arp", "dhcp-client", "dhcp-server", "spoof-ip", "mark", "other"]
+    assert rules[4].startswith("udp sport 67 counter drop")      # never a DHCP server, checked before IP
+    assert all("counter " in r for r in rules)
+    assert rules[6].startswith(f"ether type ip meta mark set {p.index:#x} counter accept")
+
+
+def test_port_without_addresses_sends_no_ip() -> None:
+    fw = compute_firewall(view([port(P1, "192.0.2.11", fixed_ips=[])]), "h1")
+    rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
+    assert any(r.startswith("ether type ip counter drop") for r in rules)
+    assert not any("meta mark set" in r for r in rules)
+
+
+def test_rule_kinds_render_to_nft_matches() -> None:
+    fw = compute_firewall(view(base_ports()), "h1")
+    gi = chain(fw, "inet", "gi_" + G1.replace("-", ""))
+    assert [r.split(" counter")[0] for r in gi] == [      # rule id order (all rules accept)
+        "meta nfproto ipv4 meta l4proto 47",
+        f"meta nfproto ipv4 ip saddr @rg_{G2.replace('-', '')}",
+        "meta nfproto ipv4 icmp type 8 icmp code 0",
+        "meta nfproto ipv4 ip saddr 100.64.0.0/16 meta l4proto 6 th dport 22-23"]
+    assert [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in gi] == [
+        "sg:r-gre", "sg:r-group", "sg:r-ping", "sg:r-ssh"]
+    assert chain(fw, "inet", "ge_" + G1.replace("-", ""))[0].startswith("meta nfproto ipv4 counter accept")
+    ge_s = chain(fw, "inet", "ge_" + GS.replace("-", ""))
+    assert ge_s[0].startswith("meta nfproto ipv4 meta l4proto 17 th dport 53 counter accept")   # 0.0.0.0/0 = any
+
+
+def test_port_chains_stateful_and_stateless() -> None:
+    fw = compute_firewall(view(base_ports()), "h1")
+    p1, p3 = fw.port(P1), fw.port(P3)
+    in1 = chain(fw, "inet", f"in_{p1.ident}")
+    assert in1[0].startswith("ct state established,related counter accept")
+    assert in1[1].startswith("ct state invalid counter drop")
+    assert in1[3].startswith(f"counter jump gi_{G1.replace('-', '')}")
+    assert in1[-1].startswith("counter drop")
+    in3 = chain(fw, "inet", f"in_{p3.ident}")
+    assert not any("ct state" in r for r in in3)
+    zone = "\n".join(chain(fw, "inet", "zone"))
+    assert f"meta mark and 0x0000ffff {{ {p3.index:#x} }} counter notrack" in zone
+    assert '"vxb-bbbbbbbb-00" . 192.0.2.13' in zone
+    assert '"vxb-aaaaaaaa-00" : 1001, "vxb-bbbbbbbb-00" : 1002' in zone
+
+
+def test_port_with_no_group_drops_everything_but_dhcp() -> None:
+    fw = compute_firewall(view([port(P1, "192.0.2.11", groups=())]), "h1")
+    p = fw.port(P1)
+    assert p.groups == () and p.stateful
+    for d in ("ingress", "egress"):
+        assert decide(fw, P1, d, Packet("192.0.2.12", "192.0.2.11", 6, dport=22)) == ("drop", "default-drop")
+    assert decide(fw, P1, "egress", Packet("0.0.0.0", "255.255.255.255", 17, 68, 67))[0] == "accept"
+
+
+def test_remote_group_members_follow_ports() -> None:
+    ports = base_ports()
+    fw = compute_firewall(view(ports), "h1")
+    assert fw.members == {G2: frozenset({"192.0.2.12"})}
+    more = [*ports, port("p6000000-0000-4000-8000-000000000006", "192.0.2.16", host="h3", groups=(G2,),
+                         allowed_address_pairs=[{"ip_address": "203.0.113.0/24", "mac_address": "02:00:00:00:01:16"}])]
+    fw2 = compute_firewall(view(more), "h1")
+    assert fw2.members[G2] == {"192.0.2.12", "192.0.2.16", "203.0.113.0/24"}
+    sg1, sg2 = fw.tables[1], fw2.tables[1]
+    # Only the set's elements differ: the chains are the same objects' equals.
+    assert sg1.chains == sg2.chains and sg1.sets != sg2.sets
+    assert diff_table(sg1, sg2) == [(f"add element inet vxnet_sg rg_{G2.replace('-', '')} "
+                                    "{ 192.0.2.16, 203.0.113.0/24 }")]
+    assert diff_table(sg2, sg1) == [(f"delete element inet vxnet_sg rg_{G2.replace('-', '')} "
+                                    "{ 192.0.2.16, 203.0.113.0/24 }")]
+
+
+def test_decide_names_the_deciding_rule() -> None:
+    fw = compute_firewall(view(base_ports()), "h1")
+    cases = [
+        (P1, "ingress", Packet("192.0.2.12", "192.0.2.11", 6, dport=5000), ("accept", "sg:r-group")),
+        (P1, "ingress", Packet("192.0.2.99", "192.0.2.11", 6, dport=5000), ("drop", "default-drop")),
+        (P1, "ingress", Packet("100.64.3.4", "192.0.2.11", 6, dport=23), ("accept", "sg:r-ssh")),
+        (P1, "ingress", Packet("100.64.3.4", "192.0.2.11", 6, dport=24), ("drop", "default-drop")),
+        (P1, "ingress", Packet("100.65.3.4", "192.0.2.11", 6, dport=22), ("drop", "default-drop")),
+        (P1, "ingress", Packet("203.0.113.9", "192.0.2.11", 1, icmp_type=8, icmp_code=0), ("accept", "sg:r-ping")),
+        (P1, "ingress", Packet("203.0.113.9", "192.0.2.11", 1, icmp_type=13, icmp_code=0), ("drop", "default-drop")),
+        (P1, "ingress", Packet("203.0.113.9", "192.0.2.11", 47), ("accept", "sg:r-gre")),
+        (P1, "ingress", Packet("203.0.113.9", "192.0.2.11", 6, dport=80, ct_state="established"),
+         ("accept", "ct-established")),
+        (P1, "egress", Packet("192.0.2.11", "203.0.113.9", 6, dport=80), ("accept", "sg:r-egress")),
+        (P3, "egress", Packet("192.0.2.13", "203.0.113.9", 6, dport=80, ct_state="untracked"), ("drop", "default-drop")),
+        (P3, "egress", Packet("192.0.2.13", "203.0.113.9", 17, dport=53), ("accept", "sg:r-dns-out")),
+        (P3, "ingress", Packet("203.0.113.9", "192.0.2.13", 6, dport=80, ct_state="established"),
+         ("drop", "default-drop")),                                     # stateless: no conntrack shortcut
+        (P4, "ingress", Packet("203.0.113.9", "192.0.2.14", 6, dport=80), ("accept", "unfiltered")),
+    ]
+    for pid, direction, pkt, want in cases:
+        assert decide(fw, pid, direction, pkt) == want, (pid, direction, pkt)
+
+
+def test_zones_exact_for_low_vnis_distinct_for_high() -> None:
+    assert zone_map({"a": 1001, "b": 65535}) == {"a": 1001, "b": 65535}
+    z = zone_map({"a": 1001, "b": 1001 + 65535, "c": 1001 + 2 * 65535, "d": 16_000_000})
+    assert z["a"] == 1001 and len(set(z.values())) == 4 and all(1 <= v <= 65535 for v in z.values())
+    # Adding a network never moves an existing low-VNI zone.
+    assert zone_map({"a": 1001, "x": 1002})["a"] == 1001
+
+
+def test_mark_indexes_distinct_and_stable() -> None:
+    ids = [f"port-{i}" for i in range(3000)]
+    idx = mark_indexes(ids)
+    assert len(set(idx.values())) == 3000 and all(1 <= v <= 0xFFFF for v in idx.values())
+    fewer = mark_indexes(ids[:2000])
+    moved = [p for p in fewer if fewer[p] != idx[p]]
+    assert len(moved) < 40       # only collision losers can move
+    assert mark_indexes(reversed(ids)) == idx
+
+
+def test_same_result_whatever_the_order() -> None:
+    v = view(base_ports())
+    shuffled = copy.deepcopy(v)
+    for k in ("ports", "security_group_rules"):
+        items = list(shuffled[k].items())
+        random.Random(4).shuffle(items)
+        shuffled[k] = dict(items)
+    assert compute_firewall(v, "h1").tables == compute_firewall(shuffled, "h1").tables
+
+
+# --- driver diff against a stateful fake table --------------------------------------------------------
+
+class FakeNft:
+    """The subset of nft commands the driver sends, applied to a dict model."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[str, str], dict] = {}
+
+    def run(self, lines: list[str]) -> None:
+        for line in lines:
+            w = line.split()
+            op, obj, key = w[0], w[1], (w[2], w[3])
+            if obj == "table":
+                if op == "add":
+                    self.tables.setdefault(key, {"chains": {}, "sets": {}})
+                else:
+                    del self.tables[key]
+                continue
+            t = self.tables[key]
+            name = w[4]
+            rest = line.split(name, 1)[1].strip()
+            if obj == "chain" and op == "add":
+                assert name not in t["chains"]
+                t["chains"][name] = []
+            elif obj == "chain" and op == "flush":
+                t["chains"][name] = []
+            elif obj == "chain" and op == "delete":
+                assert not t["chains"].pop(name), "deleting a non-empty chain"
+                assert not any(f" {name} " in r + " " for rs in t["chains"].values() for r in rs), "still referenced"
+            elif obj == "rule":
+                t["chains"][name].append(rest)
+            elif obj == "set" and op == "add":
+                t["sets"][name] = set()
+            elif obj == "set" and op == "delete":
+                del t["sets"][name]
+            elif obj == "element":
+                elems = {e.strip() for e in rest.strip("{} ").split(",")}
+                if op == "add":
+                    t["sets"][name] |= elems
+                else:
+                    assert elems <= t["sets"][name], "deleting absent elements"
+                    t["sets"][name] -= elems
+
+    def state(self, t: fwm.NftTable) -> dict:
+        return {"chains": {c.name: [r.text for r in c.rules] for c in t.chains},
+                "sets": {s.name: set(s.elements) for s in t.sets}}
+
+
+def test_diff_converges_and_reverts() -> None:
+    """Random views: applying diff(a, b) to a fake holding a gives b; then diff(b, a) gives a back."""
+    rng = random.Random(7)
+    pool = [port(f"p{i:02x}000000-0000-4000-8000-0000000000{i:02x}", f"192.0.2.{i + 10}",
+                 host=rng.choice(("h1", "h1", "h2")), groups=tuple(rng.sample([G1, G2, GS], rng.randint(0, 2))),
+                 net=rng.choice((NET, NET2))) for i in range(1, 30)]
+
+    def random_view() -> dict:
+        ports = [p for p in pool if rng.random() < 0.6]
+        rules = [r for r in RULES if rng.random() < 0.7]
+        return view(ports, rules)
+
+    for _ in range(30):
+        a, b = compute_firewall(random_view(), "h1"), compute_firewall(random_view(), "h1")
+        fake = FakeNft()
+        for ta in a.tables:
+            fake.run(fwm.table_text(ta).splitlines())
+        for ta, tb in zip(a.tables, b.tables, strict=True):
+            fake.run(diff_table(ta, tb))
+            assert fake.tables[(tb.family, tb.name)] == fake.state(tb)
+        for ta, tb in zip(a.tables, b.tables, strict=True):
+            fake.run(diff_table(tb, ta))
+            assert fake.tables[(ta.family, ta.name)] == fake.state(ta)
+
+
+def test_rule_change_rewrites_one_chain_whatever_the_ports() -> None:
+    ports = [port(f"p{i:03x}00000-0000-4000-8000-000000000{i:03x}", f"100.64.{i // 200}.{i % 200 + 1}")
+             for i in range(300)]
+    a = compute_firewall(view(ports), "h1")
+    b = compute_firewall(view(ports, [*RULES, rule("r-web", G1, "ingress", protocol="tcp",
+                                                   port_range_min=80, port_range_max=80)]), "h1")
+    assert diff_table(a.tables[0], b.tables[0]) == []
+    cmds = diff_table(a.tables[1], b.tables[1])
+    assert cmds[0] == f"flush chain inet vxnet_sg gi_{G1.replace('-', '')}" and len(cmds) == 6
+
+
+def test_fingerprint_matches_a_kernel_listing() -> None:
+    fw = compute_firewall(view(base_ports()), "h1")
+    sg = fw.tables[1]
+    # What `nft -t list table` prints: normalised rules, but our comments verbatim.
+    listing = ["table inet vxnet_sg {"]
+    for s in sg.sets:
+        listing += [f"\tset {s.name} {{", "\t\ttype ipv4_addr", "\t}"]
+    for c in sg.chains:
+        listing.append(f"\tchain {c.name} {{")
+        listing += ["\t\tsomething normalised " + re.search(r'comment "[^"]*"', r.text).group(0) for r in c.rules]
+        listing.append("\t}")
+    listing.append("}")
+    chains, sets = parse_listing("\n".join(listing))
+    assert chains == fingerprint(sg) and sets == {s.name for s in sg.sets}
+    other = compute_firewall(view(base_ports(), RULES[:-1]), "h1").tables[1]
+    assert fingerprint(other) != chains
+
+
+def test_feature_reuses_its_result_while_inputs_are_unchanged() -> None:
+    feat = FirewallFeature(HostContext("h1", "198.51.100.1"), driver=None)
+    v = view(base_ports())
+    d1 = feat.compute(v)
+    assert feat.compute(dict(v)) is d1                  # same buckets
+    v2 = {**v, "ports": dict(v["ports"])}
+    d2 = feat.compute(v2)
+    assert d2 is not d1 and d2 == d1
+    assert d1.l2.size() == {k: 0 for k in d1.l2.size()}
+
+
+@pytest.mark.parametrize("proto,expected", [("tcp", 6), ("UDP", 17), ("132", 132), (None, None), ("any", None)])
+def test_protocol_names_and_numbers(proto: str | None, expected: int | None) -> None:
+    r = fwm._sg_rule(rule("x", G1, "ingress", protocol=proto))
+    assert r is not None and r.protocol == expected
