@@ -1,0 +1,382 @@
+"""View of one host -> its desired DHCP state; and what a responder answers (pure).
+
+Contract: `compute_dhcp(view, host, lease_time)` is a pure function of its arguments; `answer`
+is a pure function of one received request and the lease the responder holds for its MAC.
+
+Desired state (docs/dhcp.md):
+- A responder per VXLAN network on which this host has at least one *leased* port: a port bound
+  here, `admin_state_up` not false, not an infrastructure port (device_owner `network:*`), with
+  an IPv4 fixed IP on a subnet of the view with `enable_dhcp` true (its first such IP is leased).
+- The responder is a veth pair: bridge side `service_port_name("d", network id)` (a service
+  port: the L2 part plugs it and gives its MAC a `master static` FDB entry), host side
+  `vxdr<11 id chars>`: in the host namespace, up, no IP, IPv6 off, and a MAC *different* from
+  the responder MAC, so the host's IP stack classifies every frame sent to the responder as
+  PACKET_OTHERHOST and drops it (never forwarded out another interface); the responder reads
+  them with an AF_PACKET socket.
+- Responder MAC (`responder_mac`): derived from the network id, locally administered, the same
+  on every host, so a client's RENEW goes to the same MAC wherever its VM runs.
+- Server id of a lease: its subnet's gateway_ip when set; otherwise the highest host address of
+  the subnet that no port of the network holds (deterministic on every host: the view holds all
+  ports of the network). When no port holds the server id, the L2 part adds a permanent
+  neighbour entry server id -> responder MAC (so the ARP never floods to the VXLAN port) and the
+  responder answers the ARP itself (a neighbour entry alone makes the bridge answer only for
+  MACs behind neigh_suppress ports, and the service port is plugged like a tap). When a port
+  holds it (a router interface on the gateway IP: the routing feature pins it to the router's
+  MAC), nothing is added: the client's unicast RENEW goes to the router's MAC and is steered.
+- Steering (table `bridge vxnet_dhcp`, `nft_script`): every `udp sport 68 dport 67` frame that
+  enters the bridge from a leased port's tap gets its destination MAC rewritten to its network's
+  responder MAC at bridge prerouting, so broadcast or unicast, every client->server frame goes
+  only to the local responder: never to the VXLAN port (underlay), never to other local VMs.
+- Lease content (`Lease`): fixed IP, mask, broadcast, router (option 3: the subnet's gateway, or
+  the nexthop of a 0.0.0.0/0 host route), DNS servers (6), hostname (12: the port's dns_name,
+  else `host-a-b-c-d` as Neutron), MTU (26: the network MTU), lease time (51) with T1 = 1/2 and
+  T2 = 7/8 of it, server id (54), classless routes (121: host routes, the other IPv4 subnets of
+  the network on-link, and the default route as RFC 3442 requires, sent whenever there is a
+  non-default route).
+
+Answers (`answer`, RFC 2131): unknown MACs, relayed requests and requests whose Ethernet source
+is not their chaddr get silence. DISCOVER -> OFFER. REQUEST: SELECTING (server id present: ours
+-> ACK/NAK on the requested IP, another -> silence), INIT-REBOOT (requested IP, no server id) and
+RENEWING/REBINDING (ciaddr) -> ACK when the address is the lease's, NAK otherwise (so an IP
+change reaches a client at its next renewal: NAK, then a fresh DISCOVER). INFORM -> ACK without
+lease time. RELEASE/DECLINE -> no answer (leases are static). Replies go to the client's MAC
+always; the IP destination is ciaddr when set, 255.255.255.255 for NAKs and when the client
+set the broadcast flag, else yiaddr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from vxnet.compute import dhcp_packet as pkt
+from vxnet.compute import naming
+from vxnet.compute.state import Fdb, HostState, Neigh, Plug
+
+View = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+DEFAULT_MTU = 1450
+SERVICE_KIND = "d"
+DEVICE_PREFIX = "vxdr"
+NFT_TABLE = "vxnet_dhcp"
+INFRA_OWNER_PREFIX = "network:"
+
+
+def service_port(network_id: str) -> str:
+    """Bridge side of a network's responder veth."""
+    return naming.service_port_name(SERVICE_KIND, network_id)
+
+
+def device_name(network_id: str) -> str:
+    """Host side of a network's responder veth (where the AF_PACKET socket listens)."""
+    return DEVICE_PREFIX + network_id[:naming.ID_CHARS]
+
+
+def is_service_port(ifname: str) -> bool:
+    return ifname.startswith(naming.SERVICE_PREFIX + SERVICE_KIND)
+
+
+def is_device(ifname: str) -> bool:
+    return ifname.startswith(DEVICE_PREFIX)
+
+
+def _derived_mac(first_octet: int, seed: str) -> str:
+    digest = hashlib.sha256(seed.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (first_octet, *digest[:5]))
+
+
+def responder_mac(network_id: str) -> str:
+    """The responder's MAC on a network: the same on every host, locally administered unicast."""
+    return _derived_mac(0x0A, f"dhcp/{network_id}")
+
+
+def device_mac(network_id: str) -> str:
+    """MAC of the host-side device: anything but the responder MAC (see module docstring)."""
+    return _derived_mac(0x0E, f"dhcp-dev/{network_id}")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Lease:
+    """What a client with `mac` gets."""
+
+    mac: str
+    port_id: str
+    ip: str
+    prefixlen: int
+    server_id: str
+    lease_time: int
+    mtu: int
+    hostname: str
+    router: str | None = None
+    dns: tuple[str, ...] = ()
+    routes: tuple[tuple[str, str], ...] = ()     # option 121 (destination CIDR, nexthop)
+
+    @property
+    def netmask(self) -> str:
+        return str(ipaddress.IPv4Network(f"0.0.0.0/{self.prefixlen}").netmask)
+
+    @property
+    def broadcast(self) -> str:
+        return str(ipaddress.IPv4Network(f"{self.ip}/{self.prefixlen}", strict=False).broadcast_address)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Responder:
+    """The DHCP responder of one network on this host."""
+
+    network_id: str
+    port: str                  # bridge side (service port)
+    device: str                # host side (AF_PACKET socket)
+    mac: str                   # responder MAC: frames' source, FDB entry, ARP answers
+    device_mac: str
+    bridge: str
+    mtu: int
+    leases: tuple[Lease, ...] = ()        # sorted by MAC
+    arp_ips: tuple[str, ...] = ()         # server ids whose ARP the responder answers
+    taps: tuple[str, ...] = ()            # local taps steered to this responder
+
+    def lease_table(self) -> dict[str, Lease]:
+        return {lease.mac: lease for lease in self.leases}
+
+
+@dataclasses.dataclass(frozen=True)
+class DhcpState:
+    """Desired DHCP state of a host: the responders and their L2 part."""
+
+    responders: tuple[Responder, ...] = ()       # sorted by network id
+    l2: HostState = dataclasses.field(default_factory=HostState)
+
+
+# ---------------------------------------------------------------------------------- compute
+def _is_vxlan(net: Mapping[str, Any]) -> bool:
+    return (net.get("provider:network_type") or "vxlan") == "vxlan" and net.get("provider:segmentation_id") is not None
+
+
+def _ipv4_fixed(port: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(subnet id, IPv4 address) of a port's fixed IPs, in order."""
+    out = []
+    for fip in port.get("fixed_ips") or ():
+        try:
+            addr = ipaddress.ip_address(fip.get("ip_address", ""))
+        except ValueError:
+            continue
+        if addr.version == 4:
+            out.append((fip.get("subnet_id") or "", str(addr)))
+    return out
+
+
+def hostname(port: Mapping[str, Any], ip: str) -> str:
+    """Neutron's DHCP hostname: the port's dns_name, else `host-` + the IP with dashes."""
+    name = port.get("dns_name") or ""
+    return name if name else "host-" + ip.replace(".", "-")
+
+
+def server_id(subnet: Mapping[str, Any], held: set[str]) -> str:
+    """The gateway IP, else the highest host address of the subnet no port holds (see module)."""
+    if subnet.get("gateway_ip"):
+        return str(subnet["gateway_ip"])
+    net = ipaddress.IPv4Network(subnet["cidr"], strict=False)
+    last = int(net.broadcast_address) - 1 if net.prefixlen < 31 else int(net.broadcast_address)
+    first = int(net.network_address) + 1 if net.prefixlen < 31 else int(net.network_address)
+    for n in range(last, first - 1, -1):
+        ip = str(ipaddress.IPv4Address(n))
+        if ip not in held:
+            return ip
+    return str(ipaddress.IPv4Address(last))
+
+
+def _routes(subnet: Mapping[str, Any], others: Iterable[str]) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """(router, option 121 routes) of a subnet: host routes, other subnets on-link, default last."""
+    default = subnet.get("gateway_ip") or None
+    routes: list[tuple[str, str]] = []
+    for r in subnet.get("host_routes") or ():
+        try:
+            dest = ipaddress.IPv4Network(r["destination"], strict=False)
+            nexthop = str(ipaddress.IPv4Address(r["nexthop"]))
+        except (KeyError, ValueError):
+            continue
+        if dest.prefixlen == 0:
+            default = nexthop
+        else:
+            routes.append((str(dest), nexthop))
+    for cidr in others:
+        routes.append((cidr, "0.0.0.0"))
+    if routes and default:
+        routes.append(("0.0.0.0/0", default))      # RFC 3442: with 121 the client ignores option 3
+    return default, tuple(routes)
+
+
+def _is_leasable(port: Mapping[str, Any], host: str) -> bool:
+    return (port.get("binding:host_id") == host and port.get("admin_state_up", True) is not False
+            and not str(port.get("device_owner") or "").startswith(INFRA_OWNER_PREFIX)
+            and bool(port.get("mac_address")))
+
+
+def compute_dhcp(view: View, host: str, lease_time: int) -> DhcpState:
+    """Desired DHCP state of `host` (see module contract)."""
+    networks = view.get("networks", {})
+    subnets = view.get("subnets", {})
+    ports = view.get("ports", {})
+    local: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for pid in sorted(ports):
+        p = ports[pid]
+        nid = p.get("network_id")
+        if nid in networks and _is_leasable(p, host) and _is_vxlan(networks[nid]):
+            local.setdefault(nid, []).append((pid, p))
+    if not local:
+        return DhcpState()
+    subnets_of: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for sid in sorted(subnets):
+        s = subnets[sid]
+        if s.get("network_id") in local and s.get("ip_version", 4) == 4 and s.get("cidr"):
+            subnets_of.setdefault(s["network_id"], []).append((sid, s))
+    held: dict[str, set[str]] = {nid: set() for nid in local}
+    for p in ports.values():
+        if p.get("network_id") in held:
+            held[p["network_id"]].update(ip for _, ip in _ipv4_fixed(p))
+
+    responders = []
+    for nid in sorted(local):
+        net = networks[nid]
+        mtu = int(net.get("mtu") or DEFAULT_MTU)
+        subs = dict(subnets_of.get(nid, []))
+        dhcp_subs = {sid: s for sid, s in subs.items() if s.get("enable_dhcp", True) is not False}
+        if not dhcp_subs:
+            continue
+        sid_of = {sid: server_id(s, held[nid]) for sid, s in dhcp_subs.items()}
+        leases: dict[str, Lease] = {}
+        taps = []
+        for pid, p in local[nid]:
+            mac = str(p["mac_address"]).lower()
+            choice = next(((sid, ip) for sid, ip in _ipv4_fixed(p) if sid in dhcp_subs), None)
+            if choice is None or mac in leases:
+                continue
+            sid, ip = choice
+            s = dhcp_subs[sid]
+            router, routes = _routes(s, [o["cidr"] for osid, o in subs.items() if osid != sid])
+            leases[mac] = Lease(mac, pid, ip, ipaddress.IPv4Network(s["cidr"], strict=False).prefixlen,
+                                sid_of[sid], lease_time, mtu, hostname(p, ip), router,
+                                tuple(str(d) for d in s.get("dns_nameservers") or ()), routes)
+            taps.append(naming.tap_name(pid))
+        if not leases:
+            continue
+        used = {leases[m].server_id for m in leases}
+        arp_ips = tuple(sorted(ip for ip in used if ip not in held[nid]))
+        responders.append(Responder(nid, service_port(nid), device_name(nid), responder_mac(nid), device_mac(nid),
+                                    naming.bridge_name(nid), mtu, tuple(sorted(leases.values())), arp_ips,
+                                    tuple(sorted(taps))))
+    return DhcpState(tuple(responders), l2_part(responders))
+
+
+def l2_part(responders: Iterable[Responder]) -> HostState:
+    """Plugs of the service ports, their `master static` FDB entries, server-id neighbours."""
+    plugs, fdb, neighs = set(), set(), set()
+    for r in responders:
+        plugs.add(Plug(r.port, r.bridge, r.mtu))
+        fdb.add(Fdb(r.port, r.mac))
+        neighs.update(Neigh(r.bridge, ip, r.mac) for ip in r.arp_ips)
+    return HostState(plugs=frozenset(plugs), fdb=frozenset(fdb), neighs=frozenset(neighs))
+
+
+def nft_script(responders: Iterable[Responder]) -> str:
+    """The steering table, replaced atomically (add, delete, define in one transaction); only
+    the deletion when no responder is wanted."""
+    head = f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n"
+    elems = [f'"{tap}" : {r.mac}' for r in responders for tap in r.taps]
+    if not elems:
+        return head
+    return head + (
+        f"table bridge {NFT_TABLE} {{\n"
+        "  map steer {\n    type ifname : ether_addr\n"
+        f"    elements = {{ {', '.join(elems)} }}\n  }}\n"
+        "  chain prerouting {\n"
+        "    type filter hook prerouting priority -300; policy accept;\n"
+        "    udp sport 68 udp dport 67 ether daddr set iifname map @steer\n"
+        "  }\n}\n")
+
+
+# ---------------------------------------------------------------------------------- answers
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """What the responder does with one request: `kind` is the counter it bumps."""
+
+    kind: str                      # "offers" | "acks" | "naks" | "ignored" | "releases" | "declines"
+    frame: bytes | None = None     # the Ethernet frame to send, if any
+    reason: str = ""
+
+
+def _reply(req: pkt.DhcpFrame, responder_mac: str, lease: Lease, msg_type: int, yiaddr: str,
+           options: list[tuple[int, bytes]]) -> bytes:
+    m = req.msg
+    msg = pkt.Bootp(pkt.BOOTREPLY, m.xid, m.chaddr, flags=m.flags, ciaddr=m.ciaddr, yiaddr=yiaddr,
+                    siaddr="0.0.0.0", giaddr=m.giaddr,
+                    options=((pkt.OPT_MSG_TYPE, bytes((msg_type,))), (pkt.OPT_SERVER_ID, pkt.ip_bytes(lease.server_id)),
+                             *options))
+    if msg_type == pkt.NAK:
+        dst_ip = "255.255.255.255"
+    elif m.ciaddr != "0.0.0.0":
+        dst_ip = m.ciaddr
+    elif m.broadcast:
+        dst_ip = "255.255.255.255"
+    else:
+        dst_ip = yiaddr
+    return pkt.udp_frame(responder_mac, m.chaddr, lease.server_id, dst_ip, pkt.SERVER_PORT, pkt.CLIENT_PORT,
+                         pkt.encode_bootp(msg))
+
+
+def lease_options(lease: Lease, with_lease_time: bool = True) -> list[tuple[int, bytes]]:
+    """The options of an OFFER/ACK for `lease`."""
+    opts: list[tuple[int, bytes]] = []
+    if with_lease_time:
+        opts += [(pkt.OPT_LEASE_TIME, pkt.opt_u32(lease.lease_time)),
+                 (pkt.OPT_T1, pkt.opt_u32(lease.lease_time // 2)),
+                 (pkt.OPT_T2, pkt.opt_u32(lease.lease_time * 7 // 8))]
+    opts += [(pkt.OPT_SUBNET_MASK, pkt.ip_bytes(lease.netmask)), (pkt.OPT_BROADCAST, pkt.ip_bytes(lease.broadcast))]
+    if lease.router:
+        opts.append((pkt.OPT_ROUTER, pkt.ip_bytes(lease.router)))
+    if lease.dns:
+        opts.append((pkt.OPT_DNS, pkt.opt_ips(lease.dns)))
+    opts += [(pkt.OPT_HOSTNAME, lease.hostname.encode()), (pkt.OPT_MTU, pkt.opt_u16(lease.mtu))]
+    if lease.routes:
+        opts.append((pkt.OPT_CLASSLESS_ROUTES, pkt.classless_routes(lease.routes)))
+    return opts
+
+
+def answer(req: pkt.DhcpFrame, responder_mac: str, leases: Mapping[str, Lease]) -> Answer:
+    """The responder's answer to one client request (see module contract)."""
+    m = req.msg
+    if m.giaddr != "0.0.0.0":
+        return Answer("ignored", reason="relayed")
+    if req.src_mac != m.chaddr:
+        return Answer("ignored", reason="chaddr is not the frame's source")
+    lease = leases.get(m.chaddr)
+    if lease is None:
+        return Answer("ignored", reason="unknown MAC")
+    t = m.msg_type
+    if t == pkt.DISCOVER:
+        return Answer("offers", _reply(req, responder_mac, lease, pkt.OFFER, lease.ip, lease_options(lease)))
+    if t == pkt.REQUEST:
+        sid, requested = m.opt_ip(pkt.OPT_SERVER_ID), m.opt_ip(pkt.OPT_REQUESTED_IP)
+        if sid is not None and sid != lease.server_id:
+            return Answer("ignored", reason=f"client selected server {sid}")
+        if sid is not None or requested is not None:
+            wanted = requested if requested is not None else m.ciaddr
+        elif m.ciaddr != "0.0.0.0":
+            wanted = m.ciaddr
+        else:
+            return Answer("ignored", reason="REQUEST without address")
+        if wanted == lease.ip:
+            return Answer("acks", _reply(req, responder_mac, lease, pkt.ACK, lease.ip, lease_options(lease)))
+        nak = dataclasses.replace(req, msg=dataclasses.replace(m, ciaddr="0.0.0.0"))
+        return Answer("naks", _reply(nak, responder_mac, lease, pkt.NAK, "0.0.0.0",
+                                     [(pkt.OPT_MESSAGE, b"address not available")]))
+    if t == pkt.INFORM:
+        return Answer("acks", _reply(req, responder_mac, lease, pkt.ACK, "0.0.0.0", lease_options(lease, False)))
+    if t == pkt.RELEASE:
+        return Answer("releases")
+    if t == pkt.DECLINE:
+        return Answer("declines")
+    return Answer("ignored", reason=f"message type {t}")
