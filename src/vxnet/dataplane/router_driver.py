@@ -26,7 +26,10 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from pyroute2 import IPRoute
@@ -79,6 +82,36 @@ def in_netns(name: str, fn: Callable[[], object]) -> object:
     if "error" in out:
         raise out["error"]  # type: ignore[misc]
     return out.get("value")
+
+
+def announce(ns: str, dev: str, mac: str, ips: list[str], delays: tuple[float, ...] = (0.2, 1.0, 3.0)) -> None:
+    """Gratuitous ARP for a new leg, in the background: VMs holding the gateway IP with an
+    older MAC (an interface removed and added again is a new port, so a new MAC) update it at
+    once instead of after their neighbour entry goes stale. The first is sent after a short
+    delay so the L2 pass of the same round has plugged the service port. Stays on the host:
+    the bridge never floods a gratuitous ARP to the (neigh_suppress) VXLAN port."""
+    hw = bytes.fromhex(mac.replace(":", ""))
+    frames = [b"\xff" * 6 + hw + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+              + hw + socket.inet_aton(ip) + b"\x00" * 6 + socket.inet_aton(ip) for ip in ips]
+
+    def send() -> None:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+            s.bind((dev, 0))
+            for f in frames:
+                s.send(f)
+
+    def run() -> None:
+        last = 0.0
+        for d in delays:
+            time.sleep(d - last)
+            last = d
+            try:
+                in_netns(ns, send)
+            except OSError as e:       # the leg or namespace went meanwhile
+                log.debug("gratuitous ARP on %s/%s: %s", ns, dev, e)
+                return
+
+    threading.Thread(target=run, name=f"vxnet-garp-{dev}", daemon=True).start()
 
 
 def _write_sysctls() -> list[str]:
@@ -229,6 +262,7 @@ class RouterDriver:
                                peer={"ifname": leg.name, "net_ns_fd": ns, "address": leg.mac, "mtu": leg.mtu})
             res.count("links")
             link = ipr.link("get", ifname=leg.name)[0]
+            announce(ns, leg.name, leg.mac, [a.split("/")[0] for a in leg.addresses])
         idx = int(link["index"])  # type: ignore[index]
         if (link.get("address") or "").lower() != leg.mac or link.get("mtu") != leg.mtu \
                 or not link["flags"] & IFF_UP:  # type: ignore[attr-defined,index]
