@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import gc
 import hashlib
 import json
 import resource
@@ -198,7 +199,26 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _stats(agents: list[SimAgent]) -> dict[str, Any]:
+class GcPauses:
+    """Pauses of the worker's garbage collector by generation: (count, total s, max s)."""
+
+    def __init__(self) -> None:
+        self.by_gen: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
+        self._t = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+            return
+        d = time.perf_counter() - self._t
+        s = self.by_gen[info["generation"]]
+        s[0] += 1
+        s[1] += d
+        s[2] = max(s[2], d)
+
+
+def _stats(agents: list[SimAgent], gcp: GcPauses) -> dict[str, Any]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     counts: collections.Counter[str] = collections.Counter()
     ferr: collections.Counter[str] = collections.Counter()
@@ -213,10 +233,12 @@ def _stats(agents: list[SimAgent]) -> dict[str, Any]:
         "errors": sum(1 for a in agents if a.error), "counts": dict(counts), "feature_errors": dict(ferr),
         "view_ports": [len(a.view.data.get("ports", {})) for a in agents],
         "fdb": [len(a.driver.actual.fdb) for a in agents],
+        "gc": {g: tuple(v) for g, v in gcp.by_gen.items()},
     }
 
 
 async def _worker(conn: Connection, spec: dict[str, Any]) -> None:
+    gcp = GcPauses()
     loop = asyncio.get_running_loop()
     cmds: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     report = conn.send
@@ -231,7 +253,7 @@ async def _worker(conn: Connection, spec: dict[str, Any]) -> None:
             if cmd[0] == "go":
                 tasks = [asyncio.create_task(a.run()) for a in agents]
             elif cmd[0] == "stats":
-                report(("stats", _stats(agents)))
+                report(("stats", _stats(agents, gcp)))
             elif cmd[0] == "stop":
                 break
     finally:
