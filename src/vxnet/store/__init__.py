@@ -12,7 +12,9 @@ DEFAULT_DATA_DIR = "/var/lib/vxnet"
 def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
     """Open a store by URL: `sqlite:///abs/path.db`, `sqlite://relative.db`, `memory://`,
     `etcd://h1:2379,h2:2379`, or with TLS
-    `etcds://h1:2379,h2:2379?ca=/etc/vxnet/ca.pem&cert=/etc/vxnet/client.pem&key=/etc/vxnet/client.key`. None means the embedded default."""
+    `etcds://h1:2379,h2:2379?ca=/etc/vxnet/ca.pem&cert=/etc/vxnet/client.pem&key=/etc/vxnet/client.key`. None means the embedded default.
+    etcd URLs take `cache=0` to read etcd on every read instead of the watch-fed mirror
+    (`store/cache.py`; for comparisons and debugging)."""
     if not url:
         url = "sqlite:///" + os.path.join(data_dir, "vxnet.db")
     scheme, sep, rest = url.partition("://")
@@ -33,10 +35,13 @@ def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
 
         hosts, _, query = rest.partition("?")
         opts = {k: v[-1] for k, v in parse_qs(query).items()}
-        unknown = set(opts) - {"ca", "cert", "key"}
+        unknown = set(opts) - {"ca", "cert", "key", "cache"}
         if unknown:
-            raise StoreError(f"unknown etcd URL options: {', '.join(sorted(unknown))} (ca, cert, key)")
+            raise StoreError(f"unknown etcd URL options: {', '.join(sorted(unknown))} (ca, cert, key, cache)")
+        if opts.get("cache", "1") not in ("0", "1"):
+            raise StoreError("etcd URL option cache must be 0 or 1")
         proto = "https" if scheme == "etcds" else "http"
         endpoints = [h if "://" in h else f"{proto}://{h}" for h in hosts.split(",") if h]
-        return EtcdStore(endpoints, ca=opts.get("ca"), cert=opts.get("cert"), key=opts.get("key"))
+        return EtcdStore(endpoints, ca=opts.get("ca"), cert=opts.get("cert"), key=opts.get("key"),
+                         cache=opts.get("cache", "1") == "1")
     raise StoreError(f"unknown store scheme {scheme!r}")

@@ -17,6 +17,22 @@ Contract mapping and invariants:
 - A watch runs in its own thread, resumes after a failover from the last delivered revision + 1
   (no gap, no duplicate), delivers one batch per revision, and ends with `on_error` on
   compaction (CompactedError) or when the store is closed.
+
+Reads and the read cache (`cache.Mirror`, on unless `cache=False`): `get`, `range` and
+`revision` are served from a local mirror of every key, fed by one watch, instead of one HTTP
+round trip each. Consistency:
+- Reads are serializable (the whole state at one revision the cluster had), at most one watch
+  delay behind writes made through other clients (other servers): about a millisecond here.
+- Never behind this store's own writes or earlier reads: every txn answer (succeeded or not)
+  and every read raises a floor revision, and a read waits until the mirror has reached it
+  (at most `cache_wait` seconds; then it reads etcd, and the mirror's stream is restarted).
+  So a read after a successful write sees it, and a CAS retry after a failed compare sees at
+  least the state that made it fail.
+- After a write whose answer was lost (StoreUnavailable) the floor is unknown: the next read
+  first asks etcd for its current revision (so reading back staged writes sees them if they
+  landed).
+- While the mirror's stream is down (member lost, reloading after compaction) reads go to etcd.
+- Transactions, compares, watches and leases always go to etcd: CAS stays linearizable.
 """
 
 from __future__ import annotations
@@ -48,6 +64,7 @@ from vxnet.store.contract import (
     WatchCallback,
     prefix_end,
 )
+from vxnet.store.cache import Mirror
 
 _TARGETS = {"create": ("CREATE", "create_revision"), "mod": ("MOD", "mod_revision"),
             "version": ("VERSION", "version"), "value": ("VALUE", "value")}
@@ -165,8 +182,11 @@ class EtcdStore:
     """The contract over an etcd cluster (see the module docstring)."""
 
     def __init__(self, endpoints: Sequence[str], timeout: float = 3.0, ca: str | None = None,
-                 cert: str | None = None, key: str | None = None) -> None:
-        """`ca` verifies https members; `cert`/`key` is the client certificate, if etcd asks."""
+                 cert: str | None = None, key: str | None = None, cache: bool = True,
+                 cache_wait: float = 1.0) -> None:
+        """`ca` verifies https members; `cert`/`key` is the client certificate, if etcd asks.
+        `cache`: serve reads from a watch-fed mirror (see the module docstring); a read waits
+        at most `cache_wait` seconds for the mirror to catch up before asking etcd."""
         if not endpoints:
             raise StoreError("etcd store needs at least one endpoint")
         self._eps = [_endpoint(e) for e in endpoints]
@@ -181,7 +201,15 @@ class EtcdStore:
         self._closed = threading.Event()
         self._watches: list[_Watch] = []
         self._lock = threading.Lock()
-        self.revision()  # fail early when no member answers
+        self._floor = 0              # the oldest revision a read may show (see the module docstring)
+        self._floor_unknown = False  # a write's answer was lost: ask etcd for the floor first
+        self._floor_lock = threading.Lock()
+        self._cache_wait = cache_wait
+        self._mirror: Mirror | None = None
+        if cache:
+            self._mirror = Mirror(self)  # loads every key: fails early when no member answers
+        else:
+            self._real_revision()  # fail early when no member answers
 
     # --- transport ---------------------------------------------------------------------------
 
@@ -226,19 +254,61 @@ class EtcdStore:
 
     # --- reads -------------------------------------------------------------------------------
 
+    def _raise_floor(self, revision: int) -> None:
+        with self._floor_lock:
+            if revision > self._floor:
+                self._floor = revision
+
+    def _cached(self) -> Mirror | None:
+        """The mirror when it may answer now (connected, at or past the floor), else None."""
+        m = self._mirror
+        if m is None:
+            return None
+        if self._closed.is_set():
+            raise StoreError("store is closed")
+        if self._floor_unknown:
+            self._raise_floor(self._real_revision())  # may raise StoreUnavailable: the caller retries
+            self._floor_unknown = False
+        return m if m.wait(self._floor, self._cache_wait) else None
+
     def get(self, key: str) -> KeyValue | None:
+        m = self._cached()
+        if m is not None:
+            return m.get(key)
         data = self._call("/v3/kv/range", {"key": _b64(key)}, idempotent=True)
+        self._raise_floor(int(data["header"]["revision"]))
         kvs = data.get("kvs", [])
         return _kv(kvs[0]) if kvs else None
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        m = self._cached()
+        if m is not None:
+            return m.range(prefix)
+        kvs, rev = self._real_range(prefix)
+        self._raise_floor(rev)
+        return kvs, rev
+
+    def revision(self) -> int:
+        m = self._cached()
+        if m is not None:
+            return m.revision()
+        rev = self._real_revision()
+        self._raise_floor(rev)
+        return rev
+
+    def _real_range(self, prefix: str) -> tuple[list[KeyValue], int]:
         data = self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))},
                           idempotent=True)
         return [_kv(raw) for raw in data.get("kvs", [])], int(data["header"]["revision"])
 
-    def revision(self) -> int:
+    def _real_revision(self) -> int:
         data = self._call("/v3/kv/range", {"key": _b64("\0"), "count_only": True}, idempotent=True)
         return int(data["header"]["revision"])
+
+    @property
+    def cache_live(self) -> bool:
+        """Whether reads are being served from the mirror (its watch is connected)."""
+        return self._mirror is not None and self._mirror.live
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -260,7 +330,7 @@ class EtcdStore:
             elif op.prefix:
                 inside = [p for p in puts if p.startswith(op.key)]
                 if inside:  # etcd refuses overlapping put and delete ranges: expand the prefix
-                    for kv in self.range(op.key)[0]:
+                    for kv in self._real_range(op.key)[0]:
                         if kv.key not in puts:
                             out.append({"request_delete_range": {"key": _b64(kv.key)}})
                 else:
@@ -286,13 +356,18 @@ class EtcdStore:
         body = {"compare": cmp, "success": self._ops(success), "failure": self._ops(failure)}
         try:
             data = self._call("/v3/kv/txn", body, idempotent=False)
+        except StoreUnavailable:
+            self._floor_unknown = True  # it may have landed: the next read must see it if it did
+            raise
         except _EtcdError as e:
             if "lease not found" in str(e):
                 raise LeaseNotFound(str(e)) from None
             if "too many operations" in str(e):
                 raise TxnTooLarge(f"{len(body['success'])} operations in one transaction: {e}") from None
             raise
-        return TxnResult(bool(data.get("succeeded", False)), int(data["header"]["revision"]))
+        rev = int(data["header"]["revision"])
+        self._raise_floor(rev)
+        return TxnResult(bool(data.get("succeeded", False)), rev)
 
     # --- watch -------------------------------------------------------------------------------
 
@@ -301,7 +376,7 @@ class EtcdStore:
         if self._closed.is_set():
             raise StoreError("store is closed")
         start_revision = max(start_revision, 1)
-        if start_revision <= self.revision():
+        if start_revision <= self._real_revision():
             try:  # a range at a compacted revision fails: tell the caller now, not later
                 self._call("/v3/kv/range", {"key": _b64(prefix), "count_only": True,
                                             "revision": str(start_revision)}, idempotent=True)
@@ -341,8 +416,9 @@ class EtcdStore:
         return ttl
 
     def revoke_lease(self, lease_id: int) -> None:
-        try:
-            self._call("/v3/lease/revoke", {"ID": str(lease_id)}, idempotent=True)
+        try:  # its key deletions are a write: reads after it must not show those keys
+            data = self._call("/v3/lease/revoke", {"ID": str(lease_id)}, idempotent=True)
+            self._raise_floor(int(data.get("header", {}).get("revision", 0)))
         except _EtcdError as e:
             if "not found" not in str(e):
                 raise
@@ -364,5 +440,7 @@ class EtcdStore:
             watches, self._watches = self._watches, []
         for w in watches:
             w.cancel()
+        if self._mirror is not None:
+            self._mirror.close()
         self._client.close()
         self._stream_client.close()

@@ -1,0 +1,222 @@
+"""Watch-fed read cache for the etcd store: a local mirror of every key, kept by one watch.
+
+How it is kept: a full range read of the whole key space at one revision R (paged, every page
+at R), then one watch of the whole key space from R+1. The events of a watch response are
+applied in one step under the lock, and etcd never splits one revision over two responses
+(it would only with `fragment`, which we do not ask for), so the mirror is always exactly the
+cluster's state at `revision`. Every revision changes at least one key (etcd makes no revision
+for a txn that changes nothing), so watching every key means the mirror reaches every revision.
+A lost stream resumes from `revision + 1` on the next member; a watch cancelled for compaction
+(the mirror fell behind the compaction point) reloads everything.
+
+What the mirror promises to `EtcdStore` (which decides when to use it):
+- `wait(floor, timeout)` returns True only when the watch is connected and the mirror has
+  reached `floor`; otherwise the caller reads etcd itself. A wait that times out while the
+  stream looks connected restarts the stream on the next member (a partitioned member keeps
+  a stream open but sends nothing).
+- `get`/`range`/`revision` answer from the mirror; `range` returns keys and the revision they
+  are consistent at, taken under one lock.
+Nothing here writes: transactions and compares always go to etcd.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from vxnet.store.contract import KeyValue, StoreError
+
+if TYPE_CHECKING:
+    from vxnet.store.etcd_store import EtcdStore
+
+log = logging.getLogger(__name__)
+
+ALL = "\0"     # key "\0" with range_end "\0": every key (etcd's "all keys >= key")
+PAGE = 2000    # keys per page of the initial load
+
+
+class Mirror:
+    """Every key of the cluster, as of `revision` (see the module docstring)."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self._store = store
+        self._cond = threading.Condition(threading.Lock())
+        self._kv: dict[str, KeyValue] = {}
+        self._keys: list[str] = []
+        self._rev = 0
+        self._live = False          # the watch stream is open (its `created` line arrived)
+        self._need_load = True
+        self._stop = threading.Event()
+        self._response: httpx.Response | None = None
+        self.loads = 0              # full loads so far (the first one included)
+        self._load()                # fail early, like the store itself
+        self._thread = threading.Thread(target=self._run, name="vxnet-etcd-mirror", daemon=True)
+        self._thread.start()
+
+    # --- reads (the store calls these after `wait` said yes) ----------------------------------
+
+    def wait(self, floor: int, timeout: float) -> bool:
+        """True when the stream is connected and the mirror has reached `floor` (waiting at
+        most `timeout` seconds for it); False means: read etcd instead."""
+        with self._cond:
+            if not self._live:
+                return False
+            if self._rev >= floor:
+                return True
+            ok = self._cond.wait_for(lambda: not self._live or self._rev >= floor, timeout)
+            if ok and self._live:
+                return True
+            stuck = self._live
+        if stuck:
+            log.warning("etcd mirror at %d did not reach %d in %.1f s: restarting its watch", self._rev, floor,
+                        timeout)
+            self.kick()
+        return False
+
+    def get(self, key: str) -> KeyValue | None:
+        return self._kv.get(key)
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        with self._cond:
+            keys = self._keys
+            lo = bisect.bisect_left(keys, prefix)
+            out = []
+            kv = self._kv
+            for k in keys[lo:]:
+                if not k.startswith(prefix):
+                    break
+                out.append(kv[k])
+            return out, self._rev
+
+    def revision(self) -> int:
+        return self._rev
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    # --- upkeep -------------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Drop the current stream; the loop reconnects (to the next member) and resumes."""
+        resp = self._response
+        if resp is not None:
+            # Closing the response does not wake a thread blocked reading it: shut the socket.
+            stream = resp.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+                else:
+                    resp.close()
+            except Exception:  # noqa: BLE001 - closing a dead stream may fail; it is gone anyway
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._live = False
+            self._cond.notify_all()
+        self.kick()
+        self._thread.join(5)
+
+    def _load(self) -> None:
+        """Replace the mirror by a full read of every key at one revision."""
+        from vxnet.store.etcd_store import _b64, _kv
+
+        kvs: list[KeyValue] = []
+        rev = 0
+        start = ALL
+        while True:
+            body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(ALL), "limit": str(PAGE)}
+            if rev:
+                body["revision"] = str(rev)
+            data = self._store._call("/v3/kv/range", body, idempotent=True)
+            rev = rev or int(data["header"]["revision"])
+            page = [_kv(raw) for raw in data.get("kvs", [])]
+            kvs += page
+            if not data.get("more") or not page:
+                break
+            start = page[-1].key + "\0"
+        with self._cond:
+            self._kv = {kv.key: kv for kv in kvs}
+            self._keys = [kv.key for kv in kvs]   # etcd returns them sorted by key (bytes = UTF-8 order)
+            self._keys.sort()
+            self._rev = rev
+            self._need_load = False
+            self.loads += 1
+            self._cond.notify_all()
+
+    def _apply(self, events: list[dict[str, Any]]) -> None:
+        from vxnet.store.etcd_store import _kv
+
+        parsed = [(raw.get("type") == "DELETE", _kv(raw["kv"])) for raw in events]
+        with self._cond:
+            kvs, keys = self._kv, self._keys
+            for deleted, kv in parsed:
+                if deleted:
+                    if kvs.pop(kv.key, None) is not None:
+                        del keys[bisect.bisect_left(keys, kv.key)]
+                else:
+                    if kv.key not in kvs:
+                        bisect.insort(keys, kv.key)
+                    kvs[kv.key] = kv
+                if kv.mod_revision > self._rev:
+                    self._rev = kv.mod_revision
+            self._cond.notify_all()
+
+    def _set_live(self, live: bool) -> None:
+        with self._cond:
+            self._live = live
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        from vxnet.store.etcd_store import _b64
+
+        store = self._store
+        while not self._stop.is_set():
+            ep = store._current()
+            failed = True
+            try:
+                if self._need_load:
+                    self._load()
+                body = {"create_request": {"key": _b64(ALL), "range_end": _b64(ALL),
+                                           "start_revision": str(self._rev + 1)}}
+                with store._stream_client.stream("POST", ep + "/v3/watch", json=body) as resp:
+                    self._response = resp
+                    if self._stop.is_set():
+                        return
+                    for line in resp.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if not line:
+                            continue
+                        res = json.loads(line).get("result", {})
+                        if res.get("created"):
+                            self._set_live(True)
+                        if res.get("canceled"):
+                            if "compact_revision" in res:   # history gone under us: reload everything
+                                log.warning("etcd mirror behind the compaction point %s: reloading",
+                                            res["compact_revision"])
+                                self._need_load = True
+                                failed = False
+                            break
+                        if res.get("events"):
+                            self._apply(res["events"])
+            except (httpx.HTTPError, ValueError, StoreError) as e:
+                log.debug("etcd mirror stream on %s ended: %s", ep, e)
+            finally:
+                self._response = None
+                self._set_live(False)
+            if self._stop.is_set() or store._closed.is_set():
+                return
+            if failed:
+                store._rotate(ep)
+                time.sleep(0.05)
