@@ -11,8 +11,10 @@ external subnet's gateway 203.0.113.1).
 - Gateway host failure (agent SIGKILLed and its SNAT namespaces removed): the routers move to
   the other gateway host after the agent lease; SNAT and the floating IP come back. The outage
   is measured from `ping -D` gaps and printed.
-Until distributed router namespaces exist, the VMs' default route points at their router's
-snat port (the gateway namespace's leg on their subnet).
+- The real path: a VM whose default route is its subnet's gateway (the distributed `vxr-`
+  router on its own host, policy-routed to the snat port) gets SNAT and a floating IP too.
+The other tests point the VMs' default route at their router's snat port (the gateway
+namespace's leg on their subnet), so they test the gateway alone.
 """
 
 from __future__ import annotations
@@ -155,14 +157,16 @@ def gateway_ip(r: dict) -> str:
     return r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
 
 
-def vm_behind(g: Lab, name: str, host: str, port: dict, rid: str) -> None:
-    """A VM whose default route is its router's snat port (see the module docstring)."""
+def vm_behind(g: Lab, name: str, host: str, port: dict, rid: str, via_snat: bool = True) -> None:
+    """A VM whose default route is its router's snat port (see the module docstring), or with
+    `via_snat=False` its subnet's gateway (the distributed router, as the lab sets it)."""
     g.vm(name, host, port)
     g.wait_status(port["id"], "ACTIVE")
     snat = router_ports(g, rid, "network:router_centralized_snat")
     assert len(snat) == 1
     g.wait_status(snat[0]["id"], "ACTIVE", timeout=20)
-    nsexec(topology.vm_ns(name), "ip", "route", "replace", "default", "via", snat[0]["fixed_ips"][0]["ip_address"])
+    if via_snat:
+        nsexec(topology.vm_ns(name), "ip", "route", "replace", "default", "via", snat[0]["fixed_ips"][0]["ip_address"])
 
 
 def wait_for(fn: Any, timeout: float = 10, interval: float = 0.05) -> float:
@@ -234,7 +238,7 @@ def test_floating_ip_both_ways_follows_set_unset_delete(gwlab: Lab) -> None:
     flow = subprocess.Popen(["ip", "netns", "exec", OUT, "ping", "-n", "-D", "-i", "0.02", "-c", "150", "-W", "1", addr],
                             stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
-    rx2 = lambda: int(nsexec(topology.vm_ns("f2"), "cat", "/sys/class/net/eth0/statistics/rx_packets").stdout)  # noqa: E731
+    rx2 = lambda: int(nsexec(topology.vm_ns("f2"), "cat", "/sys/class/net/eth0/statistics/rx_packets").stdout)
     before = rx2()
     t0 = time.time()
     with g.api("alice") as c:
@@ -256,6 +260,26 @@ def test_floating_ip_both_ways_follows_set_unset_delete(gwlab: Lab) -> None:
     with g.api("alice") as c:
         assert c.delete(f"/floatingips/{fip['id']}").status_code == 204
     wait_for(lambda: ask(OUT, addr, 8081, 0.3).startswith("ERR"))
+
+
+def test_real_path_through_distributed_router(gwlab: Lab) -> None:
+    g = gwlab
+    na, _, rr = tenant_router(g, "alice", "100.64.50.0/24", "real")
+    p = g.port("alice", na["id"], "100.64.50.11")
+    allow_outside(g, "alice")
+    vm_behind(g, "r1", "h2", p, rr["id"], via_snat=False)
+    assert "default via 100.64.50.1" in nsexec(topology.vm_ns("r1"), "ip", "route").stdout
+    g.servers.append(serve(topology.vm_ns("r1"), 8081, "r1"))  # type: ignore[attr-defined]
+    wait_for(lambda: ask(topology.vm_ns("r1"), CLIENT, 8080, 0.5) == f"outside {gateway_ip(rr)}", timeout=15)
+    ext = external_network(g)
+    with g.api("alice") as c:
+        fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": p["id"]}}),
+                 201)["floatingip"]
+    addr = fip["floating_ip_address"]
+    wait_for(lambda: ask(OUT, addr, 8081, 0.5) == f"r1 {CLIENT}")
+    assert ask(topology.vm_ns("r1"), CLIENT, 8080) == f"outside {addr}"
+    with g.api("alice") as c:
+        assert c.delete(f"/floatingips/{fip['id']}").status_code == 204
 
 
 def test_gateway_host_failure_moves_snat_and_floating_ip(gwlab: Lab) -> None:

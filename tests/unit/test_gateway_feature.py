@@ -1,0 +1,71 @@
+"""agent/gateway.py against a stateful fake driver: only changed routers are converged,
+failures report the router's ports DOWN and are retried, invalidate() re-converges everything,
+namespaces of routers no longer scheduled here are deleted."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tests.unit.test_gateway_compute import RID, view
+from vxnet.agent.features import HostContext
+from vxnet.agent.gateway import GatewayFeature, build
+from vxnet.compute.gateway import ExternalBridge, GatewayRouter
+from vxnet.compute.state import Bridge
+from vxnet.dataplane.gateway_driver import GatewayError
+
+
+class FakeDriver:
+    def __init__(self) -> None:
+        self.namespaces: dict[str, GatewayRouter] = {}
+        self.externals: set[str] = set()
+        self.calls = 0
+        self.fail = False
+
+    def ensure_external(self, ext: ExternalBridge, bridge: Bridge) -> None:
+        self.externals.add(f"{ext.interface}@{bridge.name}")
+
+    def apply_router(self, r: GatewayRouter, previous: GatewayRouter | None) -> bool:
+        self.calls += 1
+        if self.fail:
+            raise GatewayError("nft: boom")
+        created = r.netns not in self.namespaces
+        self.namespaces[r.netns] = r
+        return created
+
+    def delete_stale(self, host: str, keep: set[str]) -> list[str]:
+        gone = sorted(n for n in self.namespaces if n not in keep)
+        for n in gone:
+            del self.namespaces[n]
+        return gone
+
+    def close(self) -> None:
+        pass
+
+
+def test_apply_converges_only_changes_and_retries_failures() -> None:
+    drv = FakeDriver()
+    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv)  # type: ignore[arg-type]
+    d = f.compute(view())
+    res = f.apply(d)
+    assert not res.failed and res.changes["namespaces_created"] == 1 and drv.calls == 1
+    assert len(drv.externals) == 1
+    f.apply(f.compute(view()))
+    assert drv.calls == 1                                   # nothing changed: nothing done
+    drv.fail = True
+    res = f.apply(f.compute(view(fip=False)))               # the floating IP went away, the kernel refuses
+    assert res.failed and res.down == {"gwport-0001", "snat-0001"}
+    drv.fail = False
+    res = f.apply(f.compute(view(fip=False)))               # retried on the next pass
+    assert not res.failed and drv.namespaces[d.routers[0].netns].fips == ()
+    calls = drv.calls
+    f.invalidate()
+    f.apply(f.compute(view(fip=False)))
+    assert drv.calls == calls + 1                           # drift repair: converged again
+    res = f.apply(f.compute(view(host="gw2")))              # rescheduled elsewhere: namespace deleted
+    assert drv.namespaces == {} and res.changes["namespaces_deleted"] == 1
+    assert RID[:11] in d.routers[0].netns
+
+
+def test_only_on_gateway_hosts() -> None:
+    assert build(HostContext("h1", "198.51.100.1")) == []
+    assert [x.name for x in build(dataclasses.replace(HostContext("g", "198.51.100.2"), gateway=True))] == ["gateway"]
