@@ -47,6 +47,7 @@ from bench.report import Report, percentile
 
 NAME = "Data plane: VM-to-VM iperf3 and ping, vxnet vs hand-built kernel VXLAN vs underlay vs OVN (same run)"
 CIDR24 = "100.64.40"
+CIDR24_B = "100.64.41"
 OVN_BINS = ("ovsdb-server", "ovs-vswitchd", "ovn-northd", "ovn-controller", "ovn-nbctl", "iperf3", "ethtool")
 
 
@@ -60,11 +61,14 @@ class Path:
     dst_ns: str
     dst_ip: str
     dev: str = "eth0"          # the sender's device whose MTU/offloads the row states
+    bind_ip: str | None = None  # the server's own address when it differs from dst_ip (floating IP)
 
 
 @dataclasses.dataclass
 class Labs:
     vx_vms: dict[str, str]                # VM name -> namespace (vxnet lab)
+    vx_routed: str | None                 # why the routed VMs are missing (None: they work)
+    vx_fip: str                           # the floating IP of dp1, or why there is none ("!" + reason)
     k: KernelLab | None
     ovn_dir: str | None                   # LAB directory of a started OVN lab
     ovn_error: str | None = None
@@ -90,6 +94,16 @@ def k_cross(labs: Labs) -> Path:
 def k_same(labs: Labs) -> Path:
     assert labs.k
     return Path(labs.k.vm_ns("k1"), labs.k.vm_ns("k3"), f"{CIDR24}.13")
+
+
+def k_routed(labs: Labs) -> Path:
+    assert labs.k
+    return Path(labs.k.vm_ns("k1"), labs.k.vm_ns("kr2"), f"{CIDR24_B}.12")
+
+
+def k_routed_same(labs: Labs) -> Path:
+    assert labs.k
+    return Path(labs.k.vm_ns("k1"), labs.k.vm_ns("kr3"), f"{CIDR24_B}.13")
 
 
 def underlay_hosts(labs: Labs) -> Path:
@@ -118,11 +132,23 @@ def ovn_same(labs: Labs) -> Path:
 
 
 def vx_routed(labs: Labs) -> Path:
-    raise Unavailable("routing feature (src/vxnet/agent/routing.py) not registered in this tree yet")
+    if labs.vx_routed:
+        raise Unavailable(labs.vx_routed)
+    return Path(labs.vx_vms["dp1"], labs.vx_vms["dr2"], f"{CIDR24_B}.12")
+
+
+def vx_routed_same(labs: Labs) -> Path:
+    if labs.vx_routed:
+        raise Unavailable(labs.vx_routed)
+    return Path(labs.vx_vms["dp1"], labs.vx_vms["dr3"], f"{CIDR24_B}.13")
 
 
 def vx_floating(labs: Labs) -> Path:
-    raise Unavailable("gateway / floating-IP feature not registered in this tree yet")
+    if labs.vx_fip.startswith("!"):
+        raise Unavailable(labs.vx_fip[1:])
+    from vxnet.lab import topology
+
+    return Path(topology.EXTERNAL_NS, labs.vx_vms["dp1"], labs.vx_fip, topology.EXTERNAL_DEV, f"{CIDR24}.11")
 
 
 ROWS: list[tuple[str, str, Callable[[Labs], Path]]] = [
@@ -135,24 +161,128 @@ ROWS: list[tuple[str, str, Callable[[Labs], Path]]] = [
     ("kernel VXLAN (hand-built)", "VM->VM same host", k_same),
     ("OVN", "VM->VM same chassis", ovn_same),
     ("vxnet", "VM->VM routed across hosts", vx_routed),
-    ("vxnet", "external -> floating IP -> VM", vx_floating),
+    ("kernel VXLAN (hand-built)", "VM->VM routed across hosts", k_routed),
+    ("vxnet", "VM->VM routed, same host", vx_routed_same),
+    ("kernel VXLAN (hand-built)", "VM->VM routed, same host", k_routed_same),
+    ("vxnet", "outside client -> floating IP -> VM (via gateway host h4)", vx_floating),
 ]
 
 
 # --- lab construction (inside the sandbox) -----------------------------------------------------
 
 
-def _vxnet_vms(lab3: Any) -> dict[str, str]:
+def _wait_ping(ns: str, ip: str, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if nsx(ns, "ping", "-n", "-q", "-c", "1", "-W", "1", ip, check=False).returncode == 0:
+            return True
+    return False
+
+
+def _ok(r: Any, status: int = 200) -> Any:
+    if r.status_code != status:
+        raise RuntimeError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:200]}")
+    return r.json() if r.content else None
+
+
+def _vxnet_topology(lab3: Any, gateway: bool) -> Labs:
+    """Network A (dp1@h1, dp2@h2, dp3@h1); a router to network B (dr2@h2, dr3@h1); with a
+    gateway host, the router's gateway on an external network and a floating IP for dp1."""
     from vxnet.lab import topology
 
-    net, _ = lab3.network("alice", f"{CIDR24}.0/24", "dataplane")
+    net, sub = lab3.network("alice", f"{CIDR24}.0/24", "dataplane")
     ports = {}
     for name, host, octet in (("dp1", "h1", 11), ("dp2", "h2", 12), ("dp3", "h1", 13)):
         ports[name] = lab3.port("alice", net["id"], f"{CIDR24}.{octet}")
         lab3.vm(name, host, ports[name])
     for p in ports.values():
         lab3.wait_status(p["id"], "ACTIVE", timeout=30)
-    return {name: topology.vm_ns(name) for name in ports}
+    vms = {name: topology.vm_ns(name) for name in ports}
+    routed: str | None = None
+    fip = "!no gateway host in this lab (`vxnet lab up --gateways/--external` not available)"
+    rid = None
+    try:
+        net_b, sub_b = lab3.network("alice", f"{CIDR24_B}.0/24", "dataplane-b")
+        with lab3.api("alice") as c:
+            rid = _ok(c.post("/routers", json={"router": {"name": "dataplane"}}), 201)["router"]["id"]
+            for s in (sub, sub_b):
+                _ok(c.put(f"/routers/{rid}/add_router_interface", json={"subnet_id": s["id"]}))
+        for name, host, octet in (("dr2", "h2", 12), ("dr3", "h1", 13)):
+            ports[name] = lab3.port("alice", net_b["id"], f"{CIDR24_B}.{octet}")
+            lab3.vm(name, host, ports[name])
+            vms[name] = topology.vm_ns(name)
+        for name in ("dr2", "dr3"):
+            lab3.wait_status(ports[name]["id"], "ACTIVE", timeout=30)
+        for name, gw in (("dp1", f"{CIDR24}.1"), ("dp2", f"{CIDR24}.1"), ("dp3", f"{CIDR24}.1"),
+                         ("dr2", f"{CIDR24_B}.1"), ("dr3", f"{CIDR24_B}.1")):
+            nsx(vms[name], "ip", "route", "replace", "default", "via", gw)
+        if not (_wait_ping(vms["dp1"], f"{CIDR24_B}.12", 30) and _wait_ping(vms["dp1"], f"{CIDR24_B}.13", 10)):
+            routed = "routed ping dp1 -> dr2/dr3 never answered within 30 s"
+    except Exception as e:  # noqa: BLE001 - the row says what broke
+        routed = f"routed setup failed: {type(e).__name__}: {e}"[:300]
+    if gateway and rid and not routed:
+        try:
+            fip = _floating_ip(lab3, rid, ports["dp1"])
+        except Exception as e:  # noqa: BLE001
+            fip = f"!floating IP setup failed: {type(e).__name__}: {e}"[:300]
+    return Labs(vx_vms=vms, vx_routed=routed, vx_fip=fip, k=None, ovn_dir=None)
+
+
+def _floating_ip(lab3: Any, rid: str, port: dict[str, Any]) -> str:
+    """External network (flat, physnet "external", 203.0.113.0/24 via the outside's .1), the
+    router's gateway on it, a floating IP for `port`, and a default-group rule letting the
+    outside in; returns the floating IP once the outside client's ping is answered."""
+    from vxnet.lab import topology
+
+    with lab3.api("admin") as c:
+        ext = _ok(c.post("/networks", json={"network": {
+            "name": "public", "router:external": True, "provider:network_type": "flat",
+            "provider:physical_network": "external"}}), 201)["network"]
+        _ok(c.post("/subnets", json={"subnet": {
+            "network_id": ext["id"], "ip_version": 4, "cidr": "203.0.113.0/24",
+            "gateway_ip": topology.EXTERNAL_GATEWAY_IP,
+            "allocation_pools": [{"start": "203.0.113.10", "end": "203.0.113.99"}]}}), 201)
+    with lab3.api("alice") as c:
+        _ok(c.put(f"/routers/{rid}", json={"router": {"external_gateway_info": {"network_id": ext["id"]}}}))
+        sg = _ok(c.get("/security-groups", params={"name": "default"}))["security_groups"][0]
+        for proto in ("icmp", "tcp"):
+            _ok(c.post("/security-group-rules", json={"security_group_rule": {
+                "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv4", "protocol": proto,
+                "remote_ip_prefix": "203.0.113.0/24"}}), 201)
+        fip = _ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"],
+                                                             "port_id": port["id"]}}), 201)["floatingip"]
+    addr = fip["floating_ip_address"]
+    if not _wait_ping(topology.EXTERNAL_NS, addr, 40):
+        raise RuntimeError(f"the outside client's ping to floating IP {addr} never answered within 40 s")
+    return addr
+
+
+@contextlib.contextmanager
+def _lab(workdir: str, gateway: bool) -> Iterator[Any]:
+    """`vxnet lab up --hosts 3` (+ `--gateways 1 --external` when the lab has them) on a fresh
+    store in `workdir`; always `lab down` afterwards. Yields a tests.root.conftest.Lab."""
+    _import_repo()
+    from tests.conftest import free_port
+    from tests.root.conftest import USERS_TOML, Lab
+    from vxnet.lab import lab
+
+    cfg = os.path.join(workdir, "lab.toml")
+    with open(cfg, "w") as f:
+        f.write(USERS_TOML.format(port=free_port(), db=os.path.join(workdir, "vxnet.db")))
+    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
+    try:
+        st = lab.up(3, cfg, gateways=1, external=True) if gateway else lab.up(3, cfg)
+        yield Lab(st)
+    finally:
+        lab.down()
+
+
+def _lab_has_gateways() -> bool:
+    import inspect
+
+    from vxnet.lab import lab
+
+    return {"gateways", "external"} <= set(inspect.signature(lab.up).parameters)
 
 
 def _direct_pair() -> tuple[str, str]:
@@ -218,18 +348,21 @@ def _vxnet_pids() -> list[int]:
 def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, Any]:
     """Build every lab, then `rounds` alternating rounds over ROWS (runs inside the sandbox)."""
     _import_repo()
-    from bench.port_up_bench import vxnet_lab
-
     out: dict[str, Any] = {"rows": {}, "settings": {}, "notes": [], "ovn_measure": ""}
-    k = KernelLab(mode="static", prefix="vxk", cidr24=CIDR24)
+    gateway = _lab_has_gateways()
+    k = KernelLab(mode="static", prefix="vxk", cidr24=CIDR24, more_networks={4243: CIDR24_B})
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-dp-")
     try:
-        with vxnet_lab(workdir) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
-            vx_vms = _vxnet_vms(lab3)
+        with _lab(workdir, gateway) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
+            labs = _vxnet_topology(lab3, gateway)
             k.build()
             for name, host, octet in (("k1", 1, 11), ("k2", 2, 12), ("k3", 1, 13)):
                 k.add_vm(name, host, octet)
-            labs = Labs(vx_vms, k, ovn_dir, ovn_err, _direct_pair())
+            for name, host, octet in (("kr2", 2, 12), ("kr3", 1, 13)):
+                k.add_vm(name, host, octet, 4243)
+            k.add_routers()
+            k.apply_firewall()
+            labs.k, labs.ovn_dir, labs.ovn_error, labs.direct = k, ovn_dir, ovn_err, _direct_pair()
             out["notes"].append("br_netfilter `net.bridge.bridge-nf-call-iptables` on the host: vxnet h1 = "
                                 + nsx("vxl-h1", "sysctl", "-n", "net.bridge.bridge-nf-call-iptables", check=False).stdout.strip()
                                 + ", hand-built h1 = "
@@ -246,7 +379,7 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
             c0 = (_cpu_ticks(pids_vx), _cpu_ticks(pids_ovn))
             time.sleep(5)
             tck = os.sysconf("SC_CLK_TCK")
-            out["idle_cpu"] = {"vxnet server+3 agents": (_cpu_ticks(pids_vx) - c0[0]) / tck / 5,
+            out["idle_cpu"] = {"vxnet server+agents": (_cpu_ticks(pids_vx) - c0[0]) / tck / 5,
                                "OVN daemons": (_cpu_ticks(pids_ovn) - c0[1]) / tck / 5 if ovn_dir else None}
             for i, (system, path, fn) in enumerate(ROWS):
                 key = f"{i}"
@@ -268,7 +401,7 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
                         continue
                     p = ROWS[i][2](labs)
                     res: dict[str, Any] = {"load1": os.getloadavg()[0]}
-                    res["iperf"] = iperf3_run(p.src_ns, p.dst_ns, p.dst_ip, seconds)
+                    res["iperf"] = iperf3_run(p.src_ns, p.dst_ns, p.dst_ip, seconds, p.bind_ip)
                     res["ping"] = ping_run(p.src_ns, p.dst_ip, count, 0.01)
                     row["rounds"].append(res)
             if ovn_dir:
@@ -351,6 +484,8 @@ def run(opts: argparse.Namespace) -> Report:
                      _f(percentile(rtts, 99)) if rtts else "", str(s["lost"]), res["settings"].get(key, "")])
     pairs = [(("vxnet", "VM->VM across hosts"), ("kernel VXLAN (hand-built)", "VM->VM across hosts")),
              (("vxnet", "VM->VM same host"), ("kernel VXLAN (hand-built)", "VM->VM same host")),
+             (("vxnet", "VM->VM routed across hosts"), ("kernel VXLAN (hand-built)", "VM->VM routed across hosts")),
+             (("vxnet", "VM->VM routed, same host"), ("kernel VXLAN (hand-built)", "VM->VM routed, same host")),
              (("kernel VXLAN (hand-built)", "VM->VM across hosts"), ("underlay veth", "ns->ns veth, VM settings")),
              (("OVN", "VM->VM across chassis"), ("vxnet", "VM->VM across hosts")),
              (("OVN", "VM->VM same chassis"), ("vxnet", "VM->VM same host"))]

@@ -79,18 +79,27 @@ class KVm:
     host: int
     ip: str
     mac: str
+    vni: int = VNI
 
 
 class KernelLab:
     """A hand-built 1-network VXLAN lab (see the module docstring); `mode` is "static" or "flood"."""
 
-    def __init__(self, hosts: int = 3, mode: str = "static", prefix: str = "vxk", cidr24: str = "100.64.40") -> None:
+    def __init__(self, hosts: int = 3, mode: str = "static", prefix: str = "vxk", cidr24: str = "100.64.40",
+                 more_networks: dict[int, str] | None = None) -> None:
         if mode not in ("static", "flood"):
             raise ValueError(mode)
-        self.hosts, self.mode, self.p, self.cidr24 = hosts, mode, prefix, cidr24
+        self.hosts, self.mode, self.p = hosts, mode, prefix
+        self.nets: dict[int, str] = {VNI: cidr24, **(more_networks or {})}   # VNI -> first three octets of its /24
         self.vms: dict[str, KVm] = {}
+        self.routers = False
         self.ul_ns, self.ul_br, self.eth = f"{prefix}-ul", f"{prefix}ul0", f"{prefix}eth0"
-        self.br, self.vx = f"{prefix}br{VNI}", f"{prefix}vx{VNI}"
+
+    def br(self, vni: int = VNI) -> str:
+        return f"{self.p}br{vni}"
+
+    def vx(self, vni: int = VNI) -> str:
+        return f"{self.p}vx{vni}"
 
     def host_ns(self, i: int) -> str:
         return f"{self.p}-h{i}"
@@ -130,22 +139,28 @@ class KernelLab:
             lines = [f"neigh replace {self.vtep(j)} lladdr {macs[j]} dev {self.eth} nud permanent"
                      for j in range(1, self.hosts + 1) if j != i]
             learning = "" if self.mode == "flood" else " nolearning"
-            lines += [f"link add {self.br} address 02:00:00:4b:00:{i:02x} mtu {MTU} type bridge",
-                      f"link add {self.vx} mtu {MTU} type vxlan id {VNI} local {self.vtep(i)} dstport 4789"
-                      f"{learning} dev {self.eth}",
-                      f"link set {self.vx} master {self.br}"]
+            for n, vni in enumerate(self.nets):
+                br, vx = self.br(vni), self.vx(vni)
+                lines += [f"link add {br} address 02:00:00:4b:{n:02x}:{i:02x} mtu {MTU} type bridge",
+                          f"link add {vx} mtu {MTU} type vxlan id {vni} local {self.vtep(i)} dstport 4789"
+                          f"{learning} dev {self.eth}",
+                          f"link set {vx} master {br}"]
             batch("ip", ns, lines)
-            if self.mode == "static":
-                batch("bridge", ns, [f"link set dev {self.vx} neigh_suppress on learning off"])
-            else:
-                batch("bridge", ns, [f"fdb append 00:00:00:00:00:00 dev {self.vx} dst {self.vtep(j)}"
-                                     for j in range(1, self.hosts + 1) if j != i])
-            batch("ip", ns, [f"link set {self.vx} up", f"link set {self.br} up"])
+            lines = []
+            for vni in self.nets:
+                if self.mode == "static":
+                    batch("bridge", ns, [f"link set dev {self.vx(vni)} neigh_suppress on learning off"])
+                else:
+                    batch("bridge", ns, [f"fdb append 00:00:00:00:00:00 dev {self.vx(vni)} dst {self.vtep(j)}"
+                                         for j in range(1, self.hosts + 1) if j != i])
+                batch("ip", ns, [f"link set {self.vx(vni)} up", f"link set {self.br(vni)} up"])
         return self
 
-    def add_vm(self, name: str, host: int, last_octet: int) -> KVm:
-        """A VM namespace on `host` (its tap in the bridge), published everywhere in static mode."""
-        vm = KVm(name, host, f"{self.cidr24}.{last_octet}", f"02:00:00:4c:{host:02x}:{last_octet:02x}")
+    def add_vm(self, name: str, host: int, last_octet: int, vni: int = VNI) -> KVm:
+        """A VM namespace on `host` (its tap in the network's bridge), published everywhere in
+        static mode; its default route is the network's .1 (the routers' anycast address)."""
+        vm = KVm(name, host, f"{self.nets[vni]}.{last_octet}",
+                 f"02:00:00:4c:{host:02x}:{last_octet + 0x80 * (vni != VNI):02x}", vni)
         ns, hns, tap = self.vm_ns(name), self.host_ns(host), self.tap(name)
         sh(["ip", "netns", "add", ns])
         quiet_ns(ns)
@@ -158,18 +173,87 @@ class KernelLab:
     def _plug(self, vm: KVm, hns: str, ns: str, tap: str) -> None:
         sh(["ip", "-n", hns, "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns])
         batch("ip", ns, ["link set lo up", f"link set eth0 address {vm.mac} mtu {MTU}", "link set eth0 up",
-                         f"addr add {vm.ip}/24 dev eth0"])
+                         f"addr add {vm.ip}/24 dev eth0", f"route add default via {self.nets[vm.vni]}.1"])
         vm_nic_settings(ns)
-        batch("ip", hns, [f"link set {tap} mtu {MTU} master {self.br} up"])
+        batch("ip", hns, [f"link set {tap} mtu {MTU} master {self.br(vm.vni)} up"])
         if self.mode == "static":
             batch("bridge", hns, [f"fdb replace {vm.mac} dev {tap} master static"])
 
     def _publish(self, vm: KVm) -> None:
         for j in range(1, self.hosts + 1):
             if j != vm.host:
-                batch("bridge", self.host_ns(j), [f"fdb replace {vm.mac} dev {self.vx} self dst {self.vtep(vm.host)}",
-                                                  f"fdb replace {vm.mac} dev {self.vx} master static"])
-            batch("ip", self.host_ns(j), [f"neigh replace {vm.ip} lladdr {vm.mac} dev {self.br} nud permanent"])
+                vx = self.vx(vm.vni)
+                batch("bridge", self.host_ns(j), [f"fdb replace {vm.mac} dev {vx} self dst {self.vtep(vm.host)}",
+                                                  f"fdb replace {vm.mac} dev {vx} master static"])
+            batch("ip", self.host_ns(j), [f"neigh replace {vm.ip} lladdr {vm.mac} dev {self.br(vm.vni)} nud permanent"])
+
+    def add_routers(self) -> None:
+        """KERNEL-NOTES §4: a router namespace `<p>-r<i>` on every host with a leg on every
+        network (veth `<p>g<vni>` in the bridge / `<p>q<vni>` in the router), the same MAC and
+        the network's .1 on every host (anycast gateway); the leg MAC `master static sticky` on
+        the leg port and a permanent neighbour entry for .1 on the bridge. No NAT, no filtering
+        in the router (each sees one direction of a flow)."""
+        for i in range(1, self.hosts + 1):
+            rns, hns = f"{self.p}-r{i}", self.host_ns(i)
+            sh(["ip", "netns", "add", rns])
+            quiet_ns(rns)
+            nsx(rns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            host_lines, r_lines, br_lines = [], ["link set lo up"], []
+            for n, (vni, c24) in enumerate(self.nets.items()):
+                mac = f"02:00:00:00:ff:{n:02x}"
+                host_lines += [f"link add {self.p}g{vni} type veth peer name {self.p}q{vni} netns {rns}",
+                               f"link set {self.p}g{vni} mtu {MTU} master {self.br(vni)} up",
+                               f"neigh replace {c24}.1 lladdr {mac} dev {self.br(vni)} nud permanent"]
+                r_lines += [f"link set {self.p}q{vni} address {mac} mtu {MTU} up", f"addr add {c24}.1/24 dev {self.p}q{vni}"]
+                br_lines += [f"fdb replace {mac} dev {self.p}g{vni} master static sticky"]
+            batch("ip", hns, host_lines)
+            batch("ip", rns, r_lines)
+            batch("bridge", hns, br_lines)
+        self.routers = True
+
+    def apply_firewall(self) -> None:
+        """Port security + a stateful security group on every host, written by hand after
+        KERNEL-NOTES §6 with the semantics of vxnet's default group: per-port anti-spoofing in a
+        bridge table (MAC, ARP sender, IPv4 source; other ethertypes dropped) that marks the
+        port's traffic; in an inet table via br_netfilter, a conntrack zone per network, egress
+        `ct established,related` / `ct invalid drop` / IPv4 accepted, ingress the same with
+        sources from the group's member set; everything else dropped. Rules for every VM on
+        every host (so a migrated VM finds its rules already in place)."""
+        vms = sorted(self.vms.values(), key=lambda v: v.name)
+        members = ", ".join(v.ip for v in vms)
+        ps = [f"table bridge {self.p}ps {{", "  chain pre { type filter hook prerouting priority -200; policy accept;"]
+        ps += [f'    iifname "{self.tap(v.name)}" jump port_{v.name}' for v in vms]
+        ps += ["  }", "  chain out { type filter hook forward priority -100; policy accept;"]
+        ps += [f'    oifname "{self.tap(v.name)}" meta mark set meta mark or 0x00010000' for v in vms]
+        ps += ["  }"]
+        for v in vms:
+            ps += [f"  chain port_{v.name} {{", f"    ether saddr != {v.mac} counter drop",
+                   f"    ether type arp arp saddr ether != {v.mac} counter drop",
+                   f"    ether type arp arp saddr ip != {{ 0.0.0.0, {v.ip} }} counter drop", "    ether type arp accept",
+                   "    ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept", "    udp sport 67 counter drop",
+                   f"    ether type ip ip saddr != {v.ip} counter drop",
+                   "    ether type ip meta mark set meta mark or 0x00000001 accept", "    counter drop", "  }"]
+        ps += ["}"]
+        sg = [f"table inet {self.p}sg {{", f"  set members {{ type ipv4_addr; elements = {{ {members} }}; }}",
+              "  chain zone { type filter hook prerouting priority raw; policy accept;",
+              *(f'    iifname "{self.br(vni)}" ct zone set {n + 1}' for n, vni in enumerate(self.nets)), "  }",
+              # Two base chains: an `accept` ends its base chain only, so same-host traffic
+              # meets both the sender's egress and the receiver's ingress rules.
+              "  chain fwd_eg { type filter hook forward priority 0; policy accept;",
+              "    meta mark & 0x0000ffff == 0x00000001 jump egress", "  }",
+              "  chain fwd_in { type filter hook forward priority 10; policy accept;",
+              "    meta mark & 0xffff0000 == 0x00010000 jump ingress", "  }",
+              "  chain egress {", "    ct state established,related accept", "    ct state invalid drop",
+              "    meta nfproto ipv4 accept", "    drop", "  }",
+              "  chain ingress {", "    ct state established,related accept", "    ct state invalid drop",
+              "    ip saddr @members accept", "    drop", "  }",
+              "}"]
+        text = "\n".join(ps + sg) + "\n"
+        for i in range(1, self.hosts + 1):
+            ns = self.host_ns(i)
+            sh(["ip", "netns", "exec", ns, "nft", "-f", "-"],
+               inp=f"table bridge {self.p}ps {{}}\ndelete table bridge {self.p}ps\n"
+                   f"table inet {self.p}sg {{}}\ndelete table inet {self.p}sg\n" + text)
 
     def migrate_commands(self, name: str, new_host: int) -> tuple[list[list[str]], list[tuple[str, str]]]:
         """KERNEL-NOTES §10 for a static lab, split in (VM move commands, FDB rewrite batches):
@@ -181,11 +265,12 @@ class KernelLab:
                 ["ip", "-n", new, "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns],
                 ["ip", "-n", ns, "-batch", "-", f"link set eth0 address {vm.mac} mtu {MTU}\nlink set eth0 up\n"
                  f"addr add {vm.ip}/24 dev eth0\n"],
-                ["ip", "-n", new, "link", "set", tap, "mtu", str(MTU), "master", self.br, "up"],
+                ["ip", "-n", new, "link", "set", tap, "mtu", str(MTU), "master", self.br(vm.vni), "up"],
                 ["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"]]
-        rewrite = [(new, f"fdb del {vm.mac} dev {self.vx} self\nfdb replace {vm.mac} dev {tap} master static\n")]
-        rewrite += [(self.host_ns(j), f"fdb replace {vm.mac} dev {self.vx} self dst {self.vtep(new_host)}\n"
-                                      f"fdb replace {vm.mac} dev {self.vx} master static\n")
+        vx = self.vx(vm.vni)
+        rewrite = [(new, f"fdb del {vm.mac} dev {vx} self\nfdb replace {vm.mac} dev {tap} master static\n")]
+        rewrite += [(self.host_ns(j), f"fdb replace {vm.mac} dev {vx} self dst {self.vtep(new_host)}\n"
+                                      f"fdb replace {vm.mac} dev {vx} master static\n")
                     for j in range(1, self.hosts + 1) if j != new_host]
         return move, rewrite
 
@@ -243,9 +328,11 @@ def _kill(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
             proc.wait()
 
 
-def iperf3_run(src_ns: str, dst_ns: str, dst_ip: str, seconds: float) -> dict[str, object]:
-    """One single-stream TCP iperf3 from `src_ns` to `dst_ip` in `dst_ns`: Gbit/s received, retransmits."""
-    srv = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-B", dst_ip, "-p", "5201"],
+def iperf3_run(src_ns: str, dst_ns: str, dst_ip: str, seconds: float, bind_ip: str | None = None
+               ) -> dict[str, object]:
+    """One single-stream TCP iperf3 from `src_ns` to `dst_ip` (the server in `dst_ns` listens on
+    `bind_ip`, default `dst_ip`): Gbit/s received, retransmits."""
+    srv = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-B", bind_ip or dst_ip, "-p", "5201"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 5

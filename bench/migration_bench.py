@@ -110,6 +110,7 @@ def measure(runs: int, interval: float) -> dict[str, Any]:
             k.build()
             k.add_vm("km1", 1, 11)
             k.add_vm("km2", 2, 12)
+            k.apply_firewall()
             m1, km1 = topology.vm_ns("m1"), k.vm_ns("km1")
             for ns in (m1, km1):
                 if nsx(ns, "ping", "-c", "2", "-i", "0.1", "-W", "1", f"{CIDR24}.12", check=False).returncode:

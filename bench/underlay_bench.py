@@ -67,6 +67,8 @@ def _kernel_run(mode: str, nvms: int, prefix: str) -> dict[str, Any]:
     try:
         k.build()
         vms = [k.add_vm(f"u{i}", (i - 1) % HOSTS + 1, 10 + i) for i in range(1, nvms + 1)]
+        if mode == "static":
+            k.apply_firewall()     # vxnet's port security + default group, as in the data-plane benchmark
         return _count(k.ul_ns, k.ul_br, [(k.vm_ns(v.name), v.ip) for v in vms],
                       {v.mac: k.vtep(v.host) for v in vms})
     finally:
