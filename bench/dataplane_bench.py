@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.kernel_lab import KernelLab, batch, iperf3_run, nic_settings, nsx, ping_run, sh, vm_nic_settings
-from bench.port_up_bench import OVN_LAB, REPO, _import_repo, _tail, in_sandbox
+from bench.port_up_bench import _import_repo, _tail, in_sandbox
 from bench.report import Report, percentile
 
 NAME = "Data plane: VM-to-VM iperf3 and ping, vxnet vs hand-built kernel VXLAN vs underlay vs OVN (same run)"
@@ -497,8 +497,8 @@ def run(opts: argparse.Namespace) -> Report:
         rows.append([f"ratio {a[0]} / {b[0]}", a[1] if a[1] == b[1] else f"{a[1]} / {b[1]}",
                      _f(g, "{:.2f}x"), "", "", _f(lat, "{:.2f}x"), "", "",
                      "per-round ratios, median over rounds (Gbit/s; ping p50)"])
-    goals = ["Goal (issue 9): vxnet's data path is the kernel's: vxnet / hand-built ratio ~1.0 for Gbit/s and "
-             "latency (same devices, same flags, same offloads)."]
+    goals = [("Goal (issue 9): vxnet's data path is the kernel's: vxnet / hand-built ratio ~1.0 for Gbit/s and "
+             "latency (same devices, same flags, same offloads).")]
     ra, rb = by.get(("vxnet", "VM->VM across hosts")), by.get(("kernel VXLAN (hand-built)", "VM->VM across hosts"))
     if ra and rb and not ra["error"] and not rb["error"]:
         g, lat = _paired_ratio(ra, rb, "gbps"), _paired_ratio(ra, rb, "p50")

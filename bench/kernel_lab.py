@@ -142,8 +142,8 @@ class KernelLab:
             for n, vni in enumerate(self.nets):
                 br, vx = self.br(vni), self.vx(vni)
                 lines += [f"link add {br} address 02:00:00:4b:{n:02x}:{i:02x} mtu {MTU} type bridge",
-                          f"link add {vx} mtu {MTU} type vxlan id {vni} local {self.vtep(i)} dstport 4789"
-                          f"{learning} dev {self.eth}",
+                          (f"link add {vx} mtu {MTU} type vxlan id {vni} local {self.vtep(i)} dstport 4789"
+                          f"{learning} dev {self.eth}"),
                           f"link set {vx} master {br}"]
             batch("ip", ns, lines)
             lines = []
@@ -263,14 +263,14 @@ class KernelLab:
         old, new = self.host_ns(vm.host), self.host_ns(new_host)
         move = [["ip", "-n", old, "link", "del", tap],
                 ["ip", "-n", new, "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns],
-                ["ip", "-n", ns, "-batch", "-", f"link set eth0 address {vm.mac} mtu {MTU}\nlink set eth0 up\n"
-                 f"addr add {vm.ip}/24 dev eth0\n"],
+                ["ip", "-n", ns, "-batch", "-", (f"link set eth0 address {vm.mac} mtu {MTU}\nlink set eth0 up\n"
+                 f"addr add {vm.ip}/24 dev eth0\n")],
                 ["ip", "-n", new, "link", "set", tap, "mtu", str(MTU), "master", self.br(vm.vni), "up"],
                 ["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"]]
         vx = self.vx(vm.vni)
         rewrite = [(new, f"fdb del {vm.mac} dev {vx} self\nfdb replace {vm.mac} dev {tap} master static\n")]
-        rewrite += [(self.host_ns(j), f"fdb replace {vm.mac} dev {vx} self dst {self.vtep(new_host)}\n"
-                                      f"fdb replace {vm.mac} dev {vx} master static\n")
+        rewrite += [(self.host_ns(j), (f"fdb replace {vm.mac} dev {vx} self dst {self.vtep(new_host)}\n"
+                                      f"fdb replace {vm.mac} dev {vx} master static\n"))
                     for j in range(1, self.hosts + 1) if j != new_host]
         return move, rewrite
 

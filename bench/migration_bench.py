@@ -214,19 +214,19 @@ def run(opts: argparse.Namespace) -> Report:
         rows.append(["ratio vxnet / kernel", "live migration", str(len(pairs)),
                      f"{statistics.median(pairs):.2f}x" if pairs else "", "", "", "",
                      f"{statistics.median(ctl):.2f}x" if ctl else "", "per-run pairs (alternating), median"])
-    goals = ["Goal (issue 9): migration outage = VM move + control-plane propagation, nothing more; agent restart "
-             "loses nothing (0 pings)."]
+    goals = [("Goal (issue 9): migration outage = VM move + control-plane propagation, nothing more; agent restart "
+             "loses nothing (0 pings).")]
     if res["restart"]:
         lost = [r["sent"] - r["received"] for r in res["restart"]]
         goals.append(f"Agent restart here: {sum(lost)} pings lost over {len(lost)} runs "
                      f"({'met' if sum(lost) == 0 else 'NOT met'}); largest gap "
                      f"{_ms(max(r['gap'] for r in res['restart']))} ms.")
-    notes = [f"Ping every {opts.mig_interval * 1e3:g} ms with `ping -D` from a VM on h1 to the migrating VM; "
+    notes = [(f"Ping every {opts.mig_interval * 1e3:g} ms with `ping -D` from a VM on h1 to the migrating VM; "
              f"{runs} migrations per system (vxnet and kernel alternating, h2 -> h3 -> h2 ...), then {runs} "
-             "agent-restart runs. Outage = largest gap between consecutive reply timestamps.",
-             "The VM move (old tap deleted, new veth created and addressed on the new host, ~6 ip/ethtool process "
+             "agent-restart runs. Outage = largest gap between consecutive reply timestamps."),
+             ("The VM move (old tap deleted, new veth created and addressed on the new host, ~6 ip/ethtool process "
              "spawns) is the same code in both systems and stands for the VM's downtime; the kernel row's control "
-             "plane is one `bridge -batch` per host run back to back.",
+             "plane is one `bridge -batch` per host run back to back."),
              "Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) + "; at the end: "
              + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs shared with other "
              "sessions (process spawns, hence the move part, slow down with load).",

@@ -162,14 +162,14 @@ def run(opts: argparse.Namespace) -> Report:
         goals.append(f"Met here: {'yes' if b == 0 else 'NO'} ({b} broadcast, {a} ARP frames over "
                      f"{len(res['vxnet'])} runs)" + (f"; VXLAN unicast per run {vxu} for {cross} cross-host pings "
                                                      f"(2 each = {2 * cross})" if cross is not None else "") + ".")
-    notes = [f"{nvms} VMs round-robin over {HOSTS} hosts, {nvms * (nvms - 1)} pings per run (every ordered pair "
+    notes = [(f"{nvms} VMs round-robin over {HOSTS} hosts, {nvms * (nvms - 1)} pings per run (every ordered pair "
              f"once, sequential, `ping -c 1 -W 1`), {runs} runs per system, alternating (vxnet, kernel static, "
              "flood-and-learn); counts are per run (mean, with min-max where runs differ). Capture: tcpdump "
-             "--immediate-mode on the underlay bridge of that system's lab.",
-             "Kinds: ARP = ARP on the underlay or inside VXLAN; broadcast/multicast = outer or inner group "
+             "--immediate-mode on the underlay bridge of that system's lab."),
+             ("Kinds: ARP = ARP on the underlay or inside VXLAN; broadcast/multicast = outer or inner group "
              "destination (an ARP request is both ARP and broadcast); unknown-unicast flood = a VXLAN copy of an "
              "inner unicast frame sent to a VTEP that does not host its destination (head-end replication of an "
-             "unknown MAC); VXLAN unicast = inner unicast to the VTEP that hosts the destination.",
+             "unknown MAC); VXLAN unicast = inner unicast to the VTEP that hosts the destination."),
              "Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) + "; at the end: "
              + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (frame counts do not depend on load).",
              *res["errors"]]
