@@ -13,8 +13,9 @@ external subnet's gateway 203.0.113.1).
   is measured from `ping -D` gaps and printed.
 - The real path: a VM whose default route is its subnet's gateway (the distributed `vxr-`
   router on its own host, policy-routed to the snat port) gets SNAT and a floating IP too.
-The other tests point the VMs' default route at their router's snat port (the gateway
-namespace's leg on their subnet), so they test the gateway alone.
+The SNAT and floating-IP tests point the VMs' default route at their router's snat port (the
+gateway namespace's leg on their subnet), so they test the gateway alone; the failure test uses
+the real path.
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def test_gateway_host_failure_moves_snat_and_floating_ip(gwlab: Lab) -> None:
     na, _, rr = tenant_router(g, "alice", "100.64.30.0/24", "fail")
     p = g.port("alice", na["id"], "100.64.30.11")
     allow_outside(g, "alice")
-    vm_behind(g, "k1", "h1", p, rr["id"])
+    vm_behind(g, "k1", "h1", p, rr["id"], via_snat=False)    # the real path: via the distributed router
     g.servers.append(serve(topology.vm_ns("k1"), 8081, "k1"))  # type: ignore[attr-defined]
     ext = external_network(g)
     with g.api("alice") as c:
