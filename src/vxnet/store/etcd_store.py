@@ -206,6 +206,8 @@ class EtcdStore:
         self._floor_lock = threading.Lock()
         self._cache_wait = cache_wait
         self._mirror: Mirror | None = None
+        self.reads_cached = 0        # reads answered by the mirror / by etcd (for tests and benchmarks)
+        self.reads_etcd = 0
         if cache:
             self._mirror = Mirror(self)  # loads every key: fails early when no member answers
         else:
@@ -263,13 +265,18 @@ class EtcdStore:
         """The mirror when it may answer now (connected, at or past the floor), else None."""
         m = self._mirror
         if m is None:
+            self.reads_etcd += 1
             return None
         if self._closed.is_set():
             raise StoreError("store is closed")
         if self._floor_unknown:
             self._raise_floor(self._real_revision())  # may raise StoreUnavailable: the caller retries
             self._floor_unknown = False
-        return m if m.wait(self._floor, self._cache_wait) else None
+        if m.wait(self._floor, self._cache_wait):
+            self.reads_cached += 1
+            return m
+        self.reads_etcd += 1
+        return None
 
     def get(self, key: str) -> KeyValue | None:
         m = self._cached()

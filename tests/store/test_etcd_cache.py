@@ -1,0 +1,161 @@
+"""The etcd store's read cache (`vxnet.store.cache.Mirror`), on a real 3-member etcd cluster.
+
+The contract suite (test_contract.py) already runs every contract test through the cache; these
+tests check what only the cache can get wrong, counting which reads the mirror answered
+(`reads_cached`) and which went to etcd (`reads_etcd`) so a test cannot pass by falling back:
+- read-your-writes: a read right after this store's own write sees it, from the mirror;
+- a CAS that lost sees, on the next read, at least the state that made it lose;
+- another client's write becomes visible without any write of ours;
+- the mirror's member dies while others write, delete and compact: reads go to etcd while the
+  stream is down, then the mirror reloads everything (its resume point was compacted) and
+  shows exactly the cluster's state again;
+- `cache=0` in the URL turns it off.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.etcd import EtcdCluster
+from vxnet.store import open_store
+from vxnet.store.contract import Put, StoreUnavailable, delete, key_unchanged, put
+from vxnet.store.etcd_store import EtcdStore
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EtcdCluster]:
+    c = EtcdCluster(3, prefix="vxt-cache")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"/c/{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+def stores(cluster: EtcdCluster) -> Iterator[list[EtcdStore]]:
+    """Opened stores, closed after the test."""
+    opened: list[EtcdStore] = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+def open_live(stores: list[EtcdStore], endpoints: list[str], **kw: object) -> EtcdStore:
+    """A store whose mirror's watch is connected."""
+    s = EtcdStore(endpoints, **kw)  # type: ignore[arg-type]
+    stores.append(s)
+    wait_for(lambda: s.cache_live, "mirror never connected")
+    return s
+
+
+def wait_for(cond, what: str, timeout: float = TIMEOUT) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_reads_right_after_own_writes_see_them_from_the_mirror(cluster: EtcdCluster, stores: list[EtcdStore],
+                                                               ns: str) -> None:
+    s = open_live(stores, cluster.endpoints)
+    c0, e0 = s.reads_cached, s.reads_etcd
+    for i in range(100):
+        rev = put(s, ns + "k", str(i))
+        kv = s.get(ns + "k")
+        assert kv is not None and kv.value == str(i) and kv.mod_revision == rev
+        kvs, at = s.range(ns)
+        assert at >= rev and [kv.value for kv in kvs] == [str(i)]
+        assert s.revision() >= rev
+        if i % 10 == 0:
+            r = delete(s, ns + "k")
+            assert s.get(ns + "k") is None and s.range(ns)[1] >= r
+    assert s.reads_etcd == e0, "a read fell back to etcd: the mirror did not keep up within cache_wait"
+    assert s.reads_cached - c0 == 100 * 3 + 10 * 2
+
+
+def test_a_lost_cas_then_reads_the_state_that_beat_it(cluster: EtcdCluster, stores: list[EtcdStore],
+                                                      ns: str) -> None:
+    a = open_live(stores, cluster.endpoints)
+    b = open_live(stores, cluster.endpoints[1:])  # another server, on another member
+    put(a, ns + "k", "0")
+    e0 = a.reads_etcd
+    bulk = "x" * 2000
+    for i in range(1, 11):
+        seen = a.get(ns + "k")
+        assert seen is not None
+        # the other server wins the race, with a big txn: a's mirror needs a few ms to take it in,
+        # longer than a's own losing CAS takes, so only the floor makes the next read wait for it
+        b.txn([], [Put(ns + "k", f"b{i}")] + [Put(ns + f"bulk/{j}", bulk) for j in range(400)])
+        res = a.txn([key_unchanged(seen)], [Put(ns + "k", f"a{i}")])
+        assert not res.succeeded
+        now = a.get(ns + "k")  # must not be the stale value the CAS was based on
+        assert now is not None and now.value == f"b{i}" and now.mod_revision <= res.revision
+    assert a.reads_etcd == e0
+
+
+def test_another_clients_write_becomes_visible(cluster: EtcdCluster, stores: list[EtcdStore], ns: str) -> None:
+    a = open_live(stores, cluster.endpoints)
+    b = open_live(stores, cluster.endpoints[2:])
+    e0 = a.reads_etcd
+    rev = b.txn([], [Put(ns + "x", "1"), Put(ns + "y", "2")]).revision
+    wait_for(lambda: a.get(ns + "x") is not None, "another client's write never showed up")
+    kvs, at = a.range(ns)
+    assert at >= rev and [(kv.key, kv.value, kv.mod_revision) for kv in kvs] == [
+        (ns + "x", "1", rev), (ns + "y", "2", rev)]
+    assert a.revision() >= rev
+    assert a.reads_etcd == e0, "served by etcd, not by the mirror"
+
+
+def test_mirror_reloads_after_its_member_was_gone_past_a_compaction(
+        cluster: EtcdCluster, stores: list[EtcdStore], ns: str) -> None:
+    name = cluster.names[0]
+    a = open_live(stores, cluster.endpoints[:1])   # knows only member 0
+    b = open_live(stores, cluster.endpoints[1:])
+    put(b, ns + "keep", "1")
+    put(b, ns + "gone", "1")
+    put(b, ns + "changed", "old")
+    wait_for(lambda: a.get(ns + "changed") is not None, "mirror never saw the first writes")
+    assert a._mirror is not None and a._mirror.loads == 1
+    cluster.kill(name)
+    try:
+        wait_for(lambda: not a.cache_live, "mirror still live with its only member dead")
+        with pytest.raises(StoreUnavailable):   # no stale answer while the stream is down
+            a.get(ns + "keep")
+        delete(b, ns + "gone")
+        put(b, ns + "changed", "new")
+        put(b, ns + "added", "1")
+        for i in range(20):
+            put(b, ns + "filler", str(i))
+        b.compact(b.revision())
+        expected = b.range(ns)
+    finally:
+        cluster.start(name)
+        cluster.wait_healthy()
+    wait_for(lambda: a.cache_live and a._mirror.loads == 2, "mirror did not reload after compaction", 20)
+    e0 = a.reads_etcd
+    wait_for(lambda: a.range(ns)[1] >= expected[1], "mirror did not catch up")
+    assert a.range(ns)[0] == expected[0]
+    assert a.get(ns + "gone") is None and a.get(ns + "changed").value == "new"
+    assert a.reads_etcd == e0
+    r = put(a, ns + "after", "1")          # and it keeps following
+    assert a.get(ns + "after").mod_revision == r
+
+
+def test_cache_off_reads_etcd(cluster: EtcdCluster, stores: list[EtcdStore], ns: str) -> None:
+    s = open_store("etcd://" + ",".join(e.removeprefix("http://") for e in cluster.endpoints) + "?cache=0")
+    assert isinstance(s, EtcdStore)
+    stores.append(s)
+    rev = put(s, ns + "k", "v")
+    assert s.get(ns + "k").mod_revision == rev and s.range(ns)[1] >= rev
+    assert s.reads_cached == 0 and s.reads_etcd == 2 and not s.cache_live
