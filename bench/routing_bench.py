@@ -169,10 +169,10 @@ def run(opts: argparse.Namespace) -> Report:
                          f"and {lat:.2f}x its p50 latency (KERNEL-NOTES §8 by hand: 0.146 ms routed vs 0.119 ms "
                          "L2 across hosts, 1.23x).")
     loads = [r["load1"] for row in res["rows"] for r in row["rounds"]]
-    notes = [f"{rounds} alternating rounds (row order reversed every other round); each row: iperf3 -t {seconds:g} "
-             f"single TCP stream (receiver Gbit/s), then {count} pings 10 ms apart (3 warm-up pings not counted). "
-             "VMs: MTU 1450, TSO/GSO/GRO off (the lab's VM settings); the port security / security group "
-             "tables of the firewall feature are active on every VM port (default group).",
+    notes = [(f"{rounds} alternating rounds (row order reversed every other round); each row: iperf3 -t {seconds:g} "
+              f"single TCP stream (receiver Gbit/s), then {count} pings 10 ms apart (3 warm-up pings not counted). "
+              "VMs: MTU 1450, TSO/GSO/GRO off (the lab's VM settings); the port security / security group "
+              "tables of the firewall feature are active on every VM port (default group)."),
              f"Lab setup (networks, router, 5 VMs ACTIVE, first routed ping answered): {res['setup_s']:.1f} s."
              if res.get("setup_s") else "Lab setup did not finish.",
              "Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) + "; at the end: "

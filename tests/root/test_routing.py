@@ -63,7 +63,8 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10, what: str = "") -> f
             for n in router_namespaces(h):
                 print(n, nsexec(n, "ip", "route").stdout, nsexec(n, "ip", "-br", "addr").stdout)
         d = os.environ.get("VXNET_LAB_DIR", "")
-        print(subprocess.run(f"tail -n 30 {d}/agent-h1.log", shell=True, capture_output=True, text=True).stdout)
+        print(subprocess.run(f"tail -n 30 {d}/agent-h1.log", shell=True, capture_output=True, text=True,
+                             check=False).stdout)
     raise AssertionError(f"timed out after {timeout}s: {what}")
 
 
@@ -249,8 +250,8 @@ def test_snat_fallback_rules(topo: Topo) -> None:
     ns1 = netns_name(topo.router["id"], "h1")
     wait_for(lambda: "suppress_prefixlength 0" in nsexec(ns1, "ip", "rule").stdout, what="snat rules on h1")
     rules = nsexec(ns1, "ip", "rule").stdout
-    assert re.search(r"^1000:\s+from 192\.0\.2\.0/24 lookup main suppress_prefixlength 0", rules, re.M), rules
-    m = re.search(r"^2000:\s+from 192\.0\.2\.0/24 lookup (\d+)", rules, re.M)
+    assert re.search(r"^1000:\s+from 192\.0\.2\.0/24 lookup main suppress_prefixlength 0", rules, re.MULTILINE), rules
+    m = re.search(r"^2000:\s+from 192\.0\.2\.0/24 lookup (\d+)", rules, re.MULTILINE)
     assert m, rules
     table = nsexec(ns1, "ip", "route", "show", "table", m.group(1)).stdout
     assert f"default via 192.0.2.3 dev {iface_name(topo.iface_a)}" in table

@@ -148,7 +148,7 @@ class RouterNs:
 @dataclasses.dataclass(frozen=True)
 class RoutingState:
     routers: tuple[RouterNs, ...] = ()  # sorted by netns name
-    l2: HostState = HostState()
+    l2: HostState = dataclasses.field(default_factory=HostState)
 
 
 def _ipv4_fixed(port: Mapping[str, Any]) -> list[tuple[str, str]]:
