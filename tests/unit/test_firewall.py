@@ -140,7 +140,7 @@ def test_port_chains_stateful_and_stateless() -> None:
     in3 = chain(fw, "inet", f"in_{p3.ident}")
     assert not any("ct state" in r for r in in3)
     zone = "\n".join(chain(fw, "inet", "zone"))
-    assert f"meta mark and 0x0000ffff {{ {p3.index:#x} }} counter notrack" in zone
+    assert f"meta mark and 0x0000ffff {{ {p3.index:#x} }} counter notrack accept" in zone
     assert '"vxb-bbbbbbbb-00" . 192.0.2.13' in zone
     assert '"vxb-aaaaaaaa-00" : 1001, "vxb-bbbbbbbb-00" : 1002' in zone
 

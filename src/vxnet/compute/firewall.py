@@ -19,8 +19,8 @@ ports are therefore tagged with skb marks in bridge-family chains):
   - `out` (forward -100, before br_netfilter): `oifname vmap` -> `mk_<port>`: drop IPv6 to the
     port, set mark high 16 bits = the port's index.
 - `table inet vxnet_sg`
-  - `zone` (prerouting, raw): `ct zone set iifname map {bridge: zone}` for every network
-    bridge; `notrack` for traffic of ports whose groups are all `stateful=false`.
+  - `zone` (prerouting, raw): `notrack accept` for traffic from/to ports whose groups are all
+    `stateful=false`, then `ct zone set iifname map {bridge: zone}` for every network bridge.
   - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>`; `ingress` (forward 10)
     dispatches `mark & 0xffff0000` to `in_<port>`. Two base chains, because `accept` only ends
     its own base chain: a packet between two local ports passes both.
@@ -454,18 +454,20 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable]:
                           "type filter hook forward priority -100; policy accept;")]
     for p in fw.ports:
         ps_chains += [_ps_chain(p), _mark_chain(p)]
+    # notrack first, and `accept` (ends this chain): a `ct zone set` before it would attach a
+    # conntrack template, and `notrack` ignores packets that already have one.
     zone_rules = []
-    if fw.zones:
-        body = ", ".join(f'"{b}" : {z}' for b, z in fw.zones)
-        zone_rules.append(_rule("", f"ct zone set iifname map {{ {body} }}", "zones"))
     stateless = [p for p in fw.ports if not p.stateful]
     if stateless:
         zone_rules.append(_rule(f"meta mark and 0x0000ffff {_set_text(f'{p.index:#x}' for p in stateless)}",
-                                "notrack", "stateless-egress"))
+                                "notrack accept", "stateless-egress"))
         dst = [f'"{p.bridge}" . {a}' for p in stateless for _, a in p.pairs]
         if dst:
-            zone_rules.append(_rule(f"iifname . ip daddr {_set_text(sorted(set(dst)))}", "notrack",
+            zone_rules.append(_rule(f"iifname . ip daddr {_set_text(sorted(set(dst)))}", "notrack accept",
                                     "stateless-ingress"))
+    if fw.zones:
+        body = ", ".join(f'"{b}" : {z}' for b, z in fw.zones)
+        zone_rules.append(_rule("", f"ct zone set iifname map {{ {body} }}", "zones"))
     sg_chains = [NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
                  NftChain("egress", tuple(_vmap("meta mark and 0x0000ffff",
                                                 [(f"{p.index:#x}", f"eg_{p.ident}") for p in fw.ports])),
