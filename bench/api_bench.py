@@ -1,4 +1,4 @@
-"""API throughput on the embedded store (and on etcd), against a real `vxnet server` subprocess.
+"""API throughput on the embedded store and on etcd, against a real `vxnet server` subprocess.
 
 Measures, as a tenant (member role) over keep-alive HTTP/1.1 connections:
 - port creates per second and p50/p99 latency with 1 and with 8 concurrent clients
@@ -8,6 +8,12 @@ Measures, as a tenant (member role) over keep-alive HTTP/1.1 connections:
   a 100-item page) and show latency;
 - server CPU per create (from /proc), and optionally (`--profile`) where the server spends its
   time during creates (py-spy, sampled in a separate run so it does not skew the figures).
+
+Backends (`--stores`, one after the other in the same run): `sqlite` (embedded), `etcd` (a fresh
+3-member cluster on loopback, `--etcd-members`, with the store's watch-fed read cache) and
+`etcd-nocache` (a fresh cluster again, `?cache=0`: every read is a round trip to etcd, as before
+the cache). Ratio rows compare each etcd variant with the embedded store, and the cache with no
+cache, measurement by measurement; etcd's own CPU per create (all members) is reported too.
 
 The client is the standard library's `http.client` (one connection per client thread): on a
 2-CPU machine the load generator shares the CPUs with the server, and httpx costs several
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -171,7 +178,7 @@ class Workload:
         return {self.resource: [self.body(start + k)[self.member] for k in range(n)]}
 
 
-def create_run(port: int, tok: str, work: Workload, clients: int, total: int) -> dict[str, float]:
+def create_run(port: int, tok: str, work: Workload, clients: int, total: int) -> dict[str, Any]:
     """`total` creates spread over `clients` threads; throughput and latency percentiles."""
     latencies: list[float] = []
     errors: collections.Counter[int] = collections.Counter()
@@ -206,7 +213,7 @@ def create_run(port: int, tok: str, work: Workload, clients: int, total: int) ->
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return {"n": len(latencies), "errors": sum(errors.values()), "rate": len(latencies) / wall,
+    return {"lat": latencies, "n": len(latencies), "errors": sum(errors.values()), "rate": len(latencies) / wall,
             "p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000,
             "max": max(latencies) * 1000, "wall": wall}
 
@@ -233,8 +240,8 @@ def top_up(port: int, tok: str, work: Workload, target: int) -> None:
     c.close()
 
 
-def timed_gets(port: int, tok: str, path: str, reps: int) -> tuple[float, float, int]:
-    """(p50 ms, p99 ms, items in the response) over `reps` GETs (after one warm-up)."""
+def timed_gets(port: int, tok: str, path: str, reps: int) -> tuple[list[float], int]:
+    """(seconds of each of `reps` GETs, items in the response), after one warm-up GET."""
     c = Client(port, tok)
     status, body, _, resp = c.call("GET", path)
     assert status == 200, body
@@ -243,7 +250,7 @@ def timed_gets(port: int, tok: str, path: str, reps: int) -> tuple[float, float,
     for _ in range(reps):
         times.append(c.call("GET", path)[2])
     c.close()
-    return percentile(times, 50) * 1000, percentile(times, 99) * 1000, items
+    return times, items
 
 
 # --- profiling -----------------------------------------------------------------------------------
@@ -321,76 +328,170 @@ def _short(frame: str) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--creates", type=int, default=2000, help="creates per concurrency level (default 2000)")
-    p.add_argument("--stores", default="sqlite,etcd", help="store backends to measure (default sqlite,etcd)")
+    p.add_argument("--stores", default="sqlite,etcd,etcd-nocache",
+                   help="store backends to measure: sqlite, etcd, etcd-nocache (default: all three)")
+    p.add_argument("--etcd-members", type=int, default=3, help="members of the etcd cluster (default 3)")
+    p.add_argument("--api-rounds", type=int, default=4,
+                   help="alternating rounds over the backends per measurement, pooled (default 4)")
     p.add_argument("--profile", action="store_true", help="also sample the server with py-spy during creates")
     p.add_argument("--profile-dir", default=None, help="keep py-spy's raw collapsed stacks in this directory")
 
 
 @contextlib.contextmanager
-def backend(name: str, workdir: str) -> Iterator[str | None]:
-    """The store URL for a backend: None (embedded) or a fresh single etcd member."""
+def backend(name: str, members: int) -> Iterator[tuple[str | None, list[int]]]:
+    """(store URL, etcd member pids) for a backend: (None, []) for the embedded store, else a
+    fresh etcd cluster of `members` on loopback, with (`etcd`) or without (`etcd-nocache`) the
+    store's read cache."""
     if name == "sqlite":
-        yield None
+        yield None, []
         return
-    sys.path.insert(0, REPO)
-    from tests.support.etcd import EtcdCluster  # a member on free ports, stopped by PID
+    if name not in ("etcd", "etcd-nocache"):
+        raise ValueError(f"unknown store {name!r} (sqlite, etcd, etcd-nocache)")
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from tests.support.etcd import EtcdCluster  # members on free ports, stopped by PID
 
-    cluster = EtcdCluster(1, prefix="vxbench")
+    cluster = EtcdCluster(members, prefix="vxbench")
     try:
-        yield cluster.url()
+        yield cluster.url() + ("?cache=0" if name == "etcd-nocache" else ""), [p.pid for p in cluster.procs.values()]
     finally:
         cluster.stop()
 
 
-def run_backend(opts: argparse.Namespace, store: str, rows: list[list[str]], notes: list[str]) -> str:
-    """Measure one backend into `rows`; returns profile markdown (if asked)."""
+@dataclasses.dataclass
+class Target:
+    """One backend under test: its server and what the workload needs."""
+
+    store: str
+    port: int
+    pid: int
+    etcd_pids: list[int]
+    tok: str
+    admin_tok: str
+    work: Workload
+
+
+def start_targets(opts: argparse.Namespace, stores: list[str], stack: contextlib.ExitStack,
+                  notes: list[str]) -> list[Target]:
+    """A server per backend, all running side by side for the whole run (idle ones cost little),
+    so every measurement can alternate between them."""
+    out = []
+    for store in stores:
+        workdir = tempfile.mkdtemp(prefix="vxnet-bench-")
+        stack.callback(shutil.rmtree, workdir, True)
+        url, etcd_pids = stack.enter_context(backend(store, opts.etcd_members))
+        port, pid = stack.enter_context(server_process(workdir, url))
+        tok = token(port, MEMBER)
+        work = Workload(port, tok)
+        if work.resource != "ports":
+            notes.append(f"{store}: POST /v2.0/ports did not work on this build: network creates were measured "
+                         "instead.")
+        out.append(Target(store, port, pid, etcd_pids, tok, token(port, ADMIN), work))
+    return out
+
+
+def measure(opts: argparse.Namespace, targets: list[Target], rows: list[list[str]],
+            figures: dict[str, dict[str, tuple[float, float, float]]]) -> None:
+    """Every measurement in `rounds` alternating rounds over the backends (the order rotates each
+    round), pooled: load from elsewhere on the machine falls on every backend alike."""
     creates = max(100, opts.creates // (10 if opts.quick else 1))
-    workdir = tempfile.mkdtemp(prefix="vxnet-bench-")
+    rounds = max(1, opts.api_rounds)
+    for t in targets:
+        create_run(t.port, t.tok, t.work, 8, min(200, creates))  # warm-up (imports, caches, WAL)
+
+    def order(rnd: int) -> list[Target]:
+        k = rnd % len(targets)
+        return targets[k:] + targets[:k]
+
+    for clients in (1, 8):
+        lat: dict[str, list[float]] = {t.store: [] for t in targets}
+        acc = {t.store: {"wall": 0.0, "errors": 0, "cpu": 0.0, "ecpu": 0.0} for t in targets}
+        for rnd in range(rounds):
+            for t in order(rnd):
+                cpu0, ecpu0 = cpu_seconds(t.pid), sum(cpu_seconds(p) for p in t.etcd_pids)
+                r = create_run(t.port, t.tok, t.work, clients, creates // rounds)
+                a = acc[t.store]
+                a["cpu"] += cpu_seconds(t.pid) - cpu0
+                a["ecpu"] += sum(cpu_seconds(p) for p in t.etcd_pids) - ecpu0
+                a["wall"] += r["wall"]
+                a["errors"] += r["errors"]
+                lat[t.store] += r["lat"]
+        for t in targets:
+            xs, a = lat[t.store], acc[t.store]
+            n = len(xs)
+            label = f"{t.work.resource[:-1]} create, {clients} client{'s' if clients > 1 else ''}"
+            rate, p50, p99 = n / a["wall"], percentile(xs, 50) * 1000, percentile(xs, 99) * 1000
+            figures[t.store][label] = (rate, p50, p99)
+            rows.append([t.store, label, f"{rate:.0f}/s", f"{p50:.1f}", f"{p99:.1f}", f"{max(xs) * 1000:.1f}",
+                         f"{n} ok, {a['errors']:.0f} failed; server CPU {1000 * a['cpu'] / max(1, n):.2f} ms/create"
+                         + (f"; etcd CPU {1000 * a['ecpu'] / max(1, n):.2f} ms/create" if t.etcd_pids else "")])
+    target = LIST_PORTS // (10 if opts.quick else 1)
+    for t in targets:
+        top_up(t.port, t.tok, t.work, target)
+    reps = max(1, (5 if opts.quick else 20) // rounds)
+    for kind in ("member", "admin", "filter", "fields", "limit", "show"):
+        times: dict[str, list[float]] = {t.store: [] for t in targets}
+        info: dict[str, tuple[str, int, int]] = {}
+        for rnd in range(rounds):
+            for t in order(rnd):
+                label, tk, path = list_case(t, kind)
+                xs, items = timed_gets(t.port, tk, path, reps)
+                times[t.store] += xs
+                info[t.store] = (label, items, count(t.port, t.tok, t.work.resource) if rnd == 0 else
+                                 info[t.store][2])
+        for t in targets:
+            label, items, n_items = info[t.store]
+            xs = times[t.store]
+            p50, p99 = percentile(xs, 50) * 1000, percentile(xs, 99) * 1000
+            figures[t.store][label] = (0.0, p50, p99)
+            rows.append([t.store, label, "", f"{p50:.1f}", f"{p99:.1f}", f"{max(xs) * 1000:.1f}",
+                         f"{items} items returned; {n_items} in store; {len(xs)} requests"])
+
+
+def list_case(t: Target, kind: str) -> tuple[str, str, str]:
+    """(label, token, path) of one read measurement."""
+    res, w = t.work.resource, t.work
+    if kind == "member":
+        return f"list all {res} (member)", t.tok, f"/v2.0/{res}"
+    if kind == "admin":
+        return f"list all {res} (admin)", t.admin_tok, f"/v2.0/{res}"
+    if kind == "filter":
+        return (f"list {res}, network_id filter", t.tok,
+                f"/v2.0/{res}?network_id={w.network_id}" if res == "ports" else f"/v2.0/{res}?name=n5")
+    if kind == "fields":
+        return f"list {res}, fields=id,name", t.tok, f"/v2.0/{res}?fields=id&fields=name"
+    if kind == "limit":
+        return f"list {res}, limit=100", t.tok, f"/v2.0/{res}?limit=100"
+    c = Client(t.port, t.tok)
+    _, body, _, _ = c.call("GET", f"/v2.0/{res}?limit=1")
+    c.close()
+    return f"show one {w.member}", t.tok, f"/v2.0/{res}/{body[res][0]['id']}"
+
+
+def profiles(opts: argparse.Namespace, targets: list[Target]) -> str:
+    """py-spy profiles of creates and of a full list, per backend (after the measurements)."""
+    creates = max(100, opts.creates // (10 if opts.quick else 1))
     extra = ""
-    try:
-        with backend(store, workdir) as url, server_process(workdir, url) as (port, pid):
-            tok, admin_tok = token(port, MEMBER), token(port, ADMIN)
-            work = Workload(port, tok)
-            if work.resource != "ports":
-                notes.append("POST /v2.0/ports did not work on this build: network creates were measured instead.")
-            create_run(port, tok, work, 8, min(200, creates))  # warm-up (imports, caches, WAL)
-            for clients in (1, 8):
-                cpu0 = cpu_seconds(pid)
-                r = create_run(port, tok, work, clients, creates)
-                cpu = cpu_seconds(pid) - cpu0
-                rows.append([store, f"{work.resource[:-1]} create, {clients} client{'s' if clients > 1 else ''}",
-                             f"{r['rate']:.0f}/s", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.1f}",
-                             f"{r['n']} ok, {r['errors']} failed; server CPU {1000 * cpu / max(1, r['n']):.2f} ms/create"])
-            target = LIST_PORTS // (10 if opts.quick else 1)
-            top_up(port, tok, work, target)
-            n_items = count(port, tok, work.resource)
-            reps = 5 if opts.quick else 20
-            for label, tk, path in (
-                (f"list all {work.resource} (member)", tok, f"/v2.0/{work.resource}"),
-                (f"list all {work.resource} (admin)", admin_tok, f"/v2.0/{work.resource}"),
-                (f"list {work.resource}, network_id filter", tok, f"/v2.0/{work.resource}?network_id={work.network_id}"
-                 if work.resource == "ports" else f"/v2.0/{work.resource}?name=n5"),
-                (f"list {work.resource}, fields=id,name", tok, f"/v2.0/{work.resource}?fields=id&fields=name"),
-                (f"list {work.resource}, limit=100", tok, f"/v2.0/{work.resource}?limit=100"),
-                (f"show one {work.member}", tok, None),
-            ):
-                if path is None:
-                    c = Client(port, tok)
-                    _, body, _, _ = c.call("GET", f"/v2.0/{work.resource}?limit=1")
-                    c.close()
-                    path = f"/v2.0/{work.resource}/{body[work.resource][0]['id']}"
-                p50, p99, items = timed_gets(port, tk, path, reps)
-                rows.append([store, label, "", f"{p50:.1f}", f"{p99:.1f}", "",
-                             f"{items} items returned; {n_items} in store"])
-            if opts.profile:
-                extra = f"### Where the server's time goes: 8 clients creating ({store})\n\n" + profile(
-                    pid, lambda: create_run(port, tok, work, 8, creates), f"create-{store}", opts.profile_dir)
-                extra += f"\n\n### Where the server's time goes: listing all ports, member ({store})\n\n" + profile(
-                    pid, lambda: timed_gets(port, tok, f"/v2.0/{work.resource}", 10), f"list-{store}",
-                    opts.profile_dir) + "\n\n"
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    for t in targets:
+        extra += f"### Where the server's time goes: 8 clients creating ({t.store})\n\n" + profile(
+            t.pid, lambda t=t: create_run(t.port, t.tok, t.work, 8, creates), f"create-{t.store}", opts.profile_dir)
+        extra += f"\n\n### Where the server's time goes: listing all ports, member ({t.store})\n\n" + profile(
+            t.pid, lambda t=t: timed_gets(t.port, t.tok, f"/v2.0/{t.work.resource}", 10), f"list-{t.store}",
+            opts.profile_dir) + "\n\n"
     return extra
+
+
+def ratio_rows(a: dict[str, tuple[float, float, float]], b: dict[str, tuple[float, float, float]],
+               what: str) -> list[list[str]]:
+    """One row per measurement both backends have: throughput a/b, p50 a/b, p99 a/b."""
+    out = []
+    for label, (ra, p50a, p99a) in a.items():
+        if label not in b:
+            continue
+        rb, p50b, p99b = b[label]
+        out.append([what, label, f"{ra / rb:.2f}x" if ra and rb else "",
+                    f"{p50a / p50b:.2f}x" if p50b else "", f"{p99a / p99b:.2f}x" if p99b else "", "", "ratio"])
+    return out
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -399,18 +500,29 @@ def run(opts: argparse.Namespace) -> Report:
     notes: list[str] = []
     extra = ""
     stores = [b for b in opts.stores.split(",") if b]
-    if "etcd" in stores and not shutil.which("etcd") and not os.path.exists("/usr/bin/etcd"):
-        notes.append("etcd is not installed: the etcd backend was not measured.")
-        stores.remove("etcd")
-    for store in stores:
-        extra += run_backend(opts, store, rows, notes)
+    if any(s.startswith("etcd") for s in stores) and not shutil.which("etcd") and not os.path.exists("/usr/bin/etcd"):
+        notes.append("etcd is not installed: the etcd backends were not measured.")
+        stores = [s for s in stores if not s.startswith("etcd")]
+    figures: dict[str, dict[str, tuple[float, float, float]]] = {s: {} for s in stores}
+    with contextlib.ExitStack() as stack:
+        targets = start_targets(opts, stores, stack, notes)
+        measure(opts, targets, rows, figures)
+        if opts.profile:
+            extra = profiles(opts, targets)
+    rows.sort(key=lambda r: stores.index(r[0]))  # group by backend, measurements in order
+    for a, b, what in (("etcd", "sqlite", "etcd / embedded"), ("etcd-nocache", "sqlite", "etcd no cache / embedded"),
+                       ("etcd", "etcd-nocache", "etcd cache / no cache")):
+        rows += ratio_rows(figures.get(a, {}), figures.get(b, {}), what)
     goals = ["Goal (issue 2): >= 500 creates/s and p99 <= 50 ms with the embedded store."]
     notes.append("Load average (1/5/15 min) at the start of the run: " + " / ".join(f"{x:.1f}" for x in load0))
     notes.append("Load average (1/5/15 min) at the end of the run: " + " / ".join(
         f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs (client and server share them).")
-    if "etcd" in stores:
-        notes.append("etcd: one member on loopback (Debian's etcd), started fresh for the run; the server talks "
-                     "to it over its JSON gateway (`vxnet.store.etcd_store`).")
+    if any(s.startswith("etcd") for s in stores):
+        notes.append(f"etcd: {opts.etcd_members} members on loopback (Debian's etcd), a fresh cluster per etcd "
+                     "backend; the server talks to it over its JSON gateway (`vxnet.store.etcd_store`). `etcd` "
+                     "serves reads from the store's watch-fed mirror (`vxnet.store.cache`); `etcd-nocache` "
+                     "(`?cache=0`) reads etcd on every read, as before the cache. Ratio rows: throughput as a / b, "
+                     "latencies as a / b (so < 1 means a is faster).")
     return Report(NAME, ["store", "measurement", "throughput", "p50 ms", "p99 ms", "max ms", "notes"], rows,
                   notes=notes, goals=goals, extra_markdown=extra)
 

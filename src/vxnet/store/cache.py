@@ -168,8 +168,7 @@ class Mirror:
                     if kv.key not in kvs:
                         bisect.insort(keys, kv.key)
                     kvs[kv.key] = kv
-                if kv.mod_revision > self._rev:
-                    self._rev = kv.mod_revision
+                self._rev = max(self._rev, kv.mod_revision)
             self._cond.notify_all()
 
     def _set_live(self, live: bool) -> None:

@@ -47,9 +47,10 @@ from typing import Any
 
 import httpx
 
+from vxnet.store.cache import Mirror
 from vxnet.store.contract import (
-    Compare,
     CompactedError,
+    Compare,
     Delete,
     Event,
     EventType,
@@ -64,7 +65,6 @@ from vxnet.store.contract import (
     WatchCallback,
     prefix_end,
 )
-from vxnet.store.cache import Mirror
 
 _TARGETS = {"create": ("CREATE", "create_revision"), "mod": ("MOD", "mod_revision"),
             "version": ("VERSION", "version"), "value": ("VALUE", "value")}
@@ -258,8 +258,7 @@ class EtcdStore:
 
     def _raise_floor(self, revision: int) -> None:
         with self._floor_lock:
-            if revision > self._floor:
-                self._floor = revision
+            self._floor = max(self._floor, revision)
 
     def _cached(self) -> Mirror | None:
         """The mirror when it may answer now (connected, at or past the floor), else None."""
