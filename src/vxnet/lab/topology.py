@@ -142,6 +142,10 @@ def build_external(host_indexes: Sequence[int]) -> None:
     ip_batch(["link set lo up", f"addr add {EXTERNAL_CLIENT_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
               f"addr add {EXTERNAL_GATEWAY_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}", f"link set {EXTERNAL_DEV} up"],
              EXTERNAL_NS)
+    # Offloads off like the VMs': GSO would hide MTU mistakes (KERNEL-NOTES §8) and make the
+    # outside a faster sender than any VM.
+    sh(["ip", "netns", "exec", EXTERNAL_NS, "ethtool", "-K", EXTERNAL_DEV, "tso", "off", "gso", "off", "gro", "off"],
+       check=False)
     for i in host_indexes:
         ip_batch([f"link add vxlx-h{i} type veth peer name {HOST_EXTERNAL_DEV} netns {host_ns(i)}",
                   f"link set vxlx-h{i} master {EXTERNAL_BR} up"], UNDERLAY_NS)
