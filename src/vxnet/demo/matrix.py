@@ -46,11 +46,12 @@ class Cell:
     expect: str               # "open" or "blocked"
     got: str = ""             # "open" / "blocked"
     evidence: str = ""        # RTT and who answered, or why it is blocked
-    check: str = ""           # extra condition that must hold (e.g. the peer address seen)
+    trace: tuple[str, str, str, int | None] = ("", "", "icmp", None)   # (from, to, proto, dport)
+    traced: str = ""          # `vxnet trace`'s verdict and deciding entry for the same packet
 
     @property
     def ok(self) -> bool:
-        return self.got == self.expect and not self.evidence.startswith("WRONG")
+        return self.got == self.expect and not self.evidence.startswith("WRONG") and not self.traced.startswith("WRONG")
 
 
 def start_service(netns: str, who: str, ports: list[int]) -> subprocess.Popen[str]:

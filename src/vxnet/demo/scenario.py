@@ -105,8 +105,9 @@ def build_tenant(api: httpx.Client, user: str, public_id: str,
             "dns_nameservers": ["203.0.113.53"]}})["subnet"]
         t.subnets[name] = sub["id"]
         progress(f"{user}: network {name} {cidr}")
+    # enable_snat is admin-only to set (Neutron policy); its default is on.
     rtr = call(api, "POST", "/routers", {"router": {
-        "name": "edge", "external_gateway_info": {"network_id": public_id, "enable_snat": True}}})["router"]
+        "name": "edge", "external_gateway_info": {"network_id": public_id}}})["router"]
     t.router = rtr["id"]
     t.gateway_ip = rtr["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
     for name in ("web", "db"):

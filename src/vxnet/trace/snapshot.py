@@ -1,0 +1,123 @@
+"""The state a trace walks: every object (as the admin API shows it) and, per host, the view and
+the desired data-plane state the agents compute from it — with the agents' own pure functions
+(`full_view` is the reference the server's view index is tested against; `compute_l2`,
+`compute_firewall`, `compute_routing`, `compute_gateway` are what each agent applies). So a trace
+cannot drift from what the agents program: it reads the same desired state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from vxnet.compute.firewall import Firewall, compute_firewall
+from vxnet.compute.gateway import GatewayDesired, compute_gateway
+from vxnet.compute.l2 import compute_l2
+from vxnet.compute.routing import RoutingState, compute_routing
+from vxnet.compute.state import HostState
+from vxnet.services.host_view import full_view, host_entry
+
+Obj = dict[str, Any]
+COLLECTIONS = {"networks": "networks", "subnets": "subnets", "ports": "ports", "routers": "routers",
+               "floatingips": "floatingips", "security_groups": "security-groups",
+               "security_group_rules": "security-group-rules"}
+
+
+class Snapshot:
+    """All objects plus the hosts table; per-host views and desired states computed on demand."""
+
+    def __init__(self, objects: Mapping[str, Mapping[str, Obj]], hosts: Mapping[str, Obj]) -> None:
+        self.objects = {k: dict(objects.get(k) or {}) for k in COLLECTIONS}
+        self.hosts = dict(hosts)
+        self._memo: dict[tuple[str, str], Any] = {}
+
+    def _cached(self, kind: str, host: str, fn: Any) -> Any:
+        key = (kind, host)
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    # -- per host (memoized: a snapshot never changes) -----------------------------------------
+    def view(self, host: str) -> dict[str, Any]:
+        return self._cached("view", host, lambda: full_view(self.objects, self.hosts, host))
+
+    def underlay_ip(self, host: str) -> str:
+        return str((self.hosts.get(host) or {}).get("underlay_ip") or "")
+
+    def l2(self, host: str) -> HostState:
+        return self._cached("l2", host, lambda: compute_l2(self.view(host), host, self.underlay_ip(host)))
+
+    def firewall(self, host: str) -> Firewall:
+        return self._cached("firewall", host, lambda: compute_firewall(self.view(host), host))
+
+    def routing(self, host: str) -> RoutingState:
+        return self._cached("routing", host, lambda: compute_routing(self.view(host), host))
+
+    def gateway(self, host: str) -> GatewayDesired:
+        return self._cached("gateway", host, lambda: compute_gateway(self.view(host), host, None))
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def host_of_vtep(self, vtep: str) -> str | None:
+        return next((h for h, e in self.hosts.items() if e.get("underlay_ip") == vtep), None)
+
+    def port_by_mac(self, network_id: str, mac: str) -> tuple[str, Obj] | None:
+        for pid, p in sorted(self.objects["ports"].items()):
+            if p.get("network_id") == network_id and (p.get("mac_address") or "").lower() == mac.lower():
+                return pid, p
+        return None
+
+    def subnet_of(self, network_id: str, ip: str) -> tuple[str, Obj] | None:
+        addr = ipaddress.ip_address(ip)
+        for sid, s in sorted(self.objects["subnets"].items()):
+            if s.get("network_id") == network_id and s.get("ip_version", 4) == 4 \
+                    and addr in ipaddress.ip_network(s["cidr"]):
+                return sid, s
+        return None
+
+    def external_subnet_of(self, ip: str) -> tuple[str, Obj] | None:
+        """(network id, subnet) of a `router:external` network whose subnet holds `ip`."""
+        addr = ipaddress.ip_address(ip)
+        for sid, s in sorted(self.objects["subnets"].items()):
+            net = self.objects["networks"].get(s.get("network_id", "")) or {}
+            if net.get("router:external") and s.get("ip_version", 4) == 4 and addr in ipaddress.ip_network(s["cidr"]):
+                return s["network_id"], s
+        return None
+
+    def name(self, coll: str, id_: str) -> str:
+        o = self.objects[coll].get(id_) or {}
+        return f"{o.get('name') or '-'} ({id_[:8]})"
+
+    def describe_rule(self, rule_id: str) -> str:
+        r = self.objects["security_group_rules"].get(rule_id)
+        if r is None:
+            return rule_id
+        g = self.objects["security_groups"].get(r.get("security_group_id", "")) or {}
+        proto = r.get("protocol") or "any protocol"
+        lo, hi = r.get("port_range_min"), r.get("port_range_max")
+        ports = "" if lo is None else f" port {lo}" if hi in (None, lo) else f" ports {lo}-{hi}"
+        peer = r.get("remote_ip_prefix") or (f"members of {self.name('security_groups', r['remote_group_id'])}"
+                                             if r.get("remote_group_id") else "anywhere")
+        side = "from" if r.get("direction") == "ingress" else "to"
+        return (f"rule {rule_id[:8]} of group {g.get('name') or '-'}: {r.get('direction')} {proto}{ports} "
+                f"{side} {peer}")
+
+
+def fetch(url: str, token: str) -> Snapshot:
+    """Every object through the admin API (what an operator's token can see)."""
+    objects: dict[str, dict[str, Obj]] = {}
+    with httpx.Client(base_url=url.rstrip("/") + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as api:
+        for coll, path in COLLECTIONS.items():
+            r = api.get(f"/{path}")
+            r.raise_for_status()
+            objects[coll] = {o["id"]: o for o in r.json()[coll]}
+        r = api.get("/agents")
+        r.raise_for_status()
+        hosts = {}
+        for agent in r.json()["agents"]:
+            entry = host_entry(agent)
+            if entry and entry.get("underlay_ip"):
+                hosts[entry["host"]] = entry
+    return Snapshot(objects, hosts)
