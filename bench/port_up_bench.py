@@ -1,4 +1,4 @@
-"""Port-up latency, vxnet's lab against ../shared/peers/ovn-lab.sh, in the same run.
+"""Port-up latency, vxnet's lab (embedded store, and etcd) against ../shared/peers/ovn-lab.sh, in one run.
 
 Definition (issue 3): bind through the API -> ACTIVE -> first reply to a ping every 2 ms from a VM
 on another host. vxnet: `vxnet lab` with 3 hosts (server + 3 real agents in namespaces), one
@@ -9,6 +9,14 @@ does not quantise the figure) and pings it every 2 ms with `ping -D`; t0 is just
 `PUT /v2.0/ports/ID {"binding:host_id": H}`; "ACTIVE" is the first GET that shows it; "first
 reply" is the `ping -D` timestamp of the first echo reply. The measuring loop is the one of
 tests/root/test_port_up_latency.py (its helpers are imported, not copied).
+
+vxnet on etcd (issue 6): the same lab and loop, but the lab's agents are given two `vxnet
+server`s (`--server URL,URL`) on a fresh 3-member etcd cluster on loopback (the setup of
+tests/distributed/test_lab_failover.py, inside the same private namespace). The agents watch the
+first server; the benchmark's API calls (create, bind, the ACTIVE poll) go to the second, so a
+bind travels API server -> etcd -> the other server's watch -> agent stream, the path of a
+deployment with several servers. Rounds alternate (embedded, etcd, OVN, embedded, ...) and the
+table has the ratio etcd / embedded.
 
 OVN: the peer script `start`, `measure` with NPORTS=100, `stop` (its own LAB directory under a
 temporary directory). Its port-up loop is the same shape: VM netns and veth made first, static
@@ -41,7 +49,7 @@ from collections.abc import Iterator
 
 from bench.report import Report, percentile
 
-NAME = "Port-up latency: vxnet lab vs OVN lab (same run)"
+NAME = "Port-up latency: vxnet lab (embedded store and etcd) vs OVN lab (same run)"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVN_LAB = os.path.normpath(os.path.join(REPO, "..", "shared", "peers", "ovn-lab.sh"))
 HOSTS = ("h1", "h2", "h3")
@@ -156,8 +164,45 @@ def vxnet_lab(workdir: str) -> Iterator[object]:
                 os.environ["VXNET_LAB_DIR"] = old
 
 
-def measure_vxnet(nports: int) -> dict[str, object]:
-    """Per-port bind->ACTIVE and bind->first reply (seconds) on a fresh 3-host lab."""
+@contextlib.contextmanager
+def vxnet_lab_etcd(workdir: str) -> Iterator[object]:
+    """`vxnet lab up --hosts 3 --server URL1,URL2` with two `vxnet server`s on a fresh 3-member
+    etcd cluster on loopback (as tests/distributed's `etcd_lab`); everything stopped afterwards.
+    Yields a tests.root.conftest.Lab whose API calls go to the second server (the agents watch
+    the first)."""
+    _import_repo()
+    from tests.distributed.conftest import lab_servers_on_etcd
+    from tests.root.conftest import Lab
+    from tests.support.etcd import EtcdCluster
+    from vxnet.lab import lab
+
+    cluster = EtcdCluster(3, prefix="vxbench-pu")
+    old = os.environ.get("VXNET_LAB_DIR")
+    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
+    procs = lab_servers_on_etcd(cluster, workdir)
+    try:
+        st = lab.up(len(HOSTS), procs[0].config_path, server=",".join(p.url for p in procs))
+        for p in procs:
+            p.start()
+        lab3 = Lab(st)
+        lab3.url = procs[1].url
+        yield lab3
+    finally:
+        try:
+            lab.down()
+        finally:
+            for p in procs:
+                p.kill()
+            cluster.stop()
+            if old is None:
+                os.environ.pop("VXNET_LAB_DIR", None)
+            else:
+                os.environ["VXNET_LAB_DIR"] = old
+
+
+def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
+    """Per-port bind->ACTIVE and bind->first reply (seconds) on a fresh 3-host lab whose server
+    uses the embedded store (`store="embedded"`) or which has 2 servers on etcd (`"etcd"`)."""
     _import_repo()
     from tests.root.helpers import nsexec, start_ping
     from tests.root.test_port_up_latency import _first_reply
@@ -168,8 +213,9 @@ def measure_vxnet(nports: int) -> dict[str, object]:
     reply: list[float] = []
     failures: list[str] = []
     agent_rss: dict[str, float] = {}
+    make_lab = {"embedded": vxnet_lab, "etcd": vxnet_lab_etcd}[store]
     try:
-        with vxnet_lab(workdir) as lab3:
+        with make_lab(workdir) as lab3:
             net, _ = lab3.network("alice", NET_CIDR, "portup")
             probers = {}
             for i, h in enumerate(HOSTS):
@@ -313,6 +359,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ovn-lab", default=OVN_LAB, help="path of the OVN peer lab script")
     p.add_argument("--lab-wait", type=float, default=900.0,
                    help="seconds to wait for a lab someone else is running before giving up (900)")
+    p.add_argument("--portup-stores", default="embedded,etcd",
+                   help="vxnet labs to measure: embedded (the lab's own server), etcd (2 servers on a 3-member "
+                        "cluster); default both")
+    p.add_argument("--skip-ovn", action="store_true", help="do not run the OVN lab (default: run it)")
+
+
+def ovn_notes(nports: int, ovn_lab: str) -> list[str]:
+    """What the OVN rows are and how they were made."""
+    return [
+        "OVN lab: OVS userspace datapath (netdev), Geneve, ovn-lab.sh `start` / `measure` with "
+        f"NPORTS={nports} / `stop`; its first-reply time ends when its `ping -c 1` exits, so it "
+        "includes that ping process' start-up (a few ms), which vxnet's `ping -D` timestamp does not.",
+        f"OVN commands run: `LAB=$TMP/ovnlab NCH=3 NPORTS={nports} bash {os.path.relpath(ovn_lab, REPO)} "
+        "start`, then `... measure`, then `... stop` (needs Debian's openvswitch-switch, ovn-central, "
+        "ovn-host; their packaged services are not used).",
+    ]
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -324,29 +386,34 @@ def run(opts: argparse.Namespace) -> Report:
     if os.geteuid() != 0:
         return Report(NAME, cols, [["vxnet", "not run", "", "", "", "", "", "", "needs root (namespaces)"],
                                    ["OVN", "not run", "", "", "", "", "", "", "needs root (namespaces)"]])
-    # Rounds alternate the two labs (vxnet, OVN, vxnet, OVN, ...) so load from elsewhere on the
-    # machine falls on both; the table pools every round, one row per round shows the spread.
-    vx: dict[str, object] = {}
+    # Rounds alternate the labs (vxnet embedded, vxnet on etcd, OVN, vxnet embedded, ...) so load
+    # from elsewhere on the machine falls on all; the table pools every round, one row per round
+    # shows the spread.
+    stores = [x for x in opts.portup_stores.split(",") if x]
+    system = {"embedded": "vxnet", "etcd": "vxnet on etcd"}
+    vxs: dict[str, dict[str, object]] = {}
     ovn: dict[str, object] = {"up": [], "ping": [], "failures": [], "error": None, "summary": [], "calibration": []}
     per_round: list[list[str]] = []
     rounds = max(1, opts.portup_rounds)
     for rnd in range(1, rounds + 1):
-        got: dict[str, object] = {}
-        for attempt in range(1, 3):
-            try:
-                got = in_sandbox(f"p.measure_vxnet({nports})", 300 + 10 * nports)  # type: ignore[assignment]
-                break
-            except Exception as e:  # noqa: BLE001 - the table says what broke
-                msg = f"{type(e).__name__}: {e}"[:600].replace("|", "/")
-                notes.append(f"vxnet round {rnd} attempt {attempt} failed (not counted): {msg}")
-        if got:
-            if not vx:
-                vx = {"reply": [], "active": [], "failures": [], "agent_rss": {}}
-            for k in ("reply", "active", "failures"):
-                vx[k] += got[k]  # type: ignore[operator]
-            vx["agent_rss"] = got["agent_rss"]
-            per_round.append(_stats_row("vxnet", f"round {rnd}: bind -> first reply", got["reply"],  # type: ignore[arg-type]
-                                        len(got["failures"]), ""))  # type: ignore[arg-type]
+        for store in stores:
+            got: dict[str, object] = {}
+            for attempt in range(1, 3):
+                try:
+                    got = in_sandbox(f"p.measure_vxnet({nports}, {store!r})", 300 + 10 * nports)  # type: ignore[assignment]
+                    break
+                except Exception as e:  # noqa: BLE001 - the table says what broke
+                    msg = f"{type(e).__name__}: {e}"[:600].replace("|", "/")
+                    notes.append(f"{system[store]} round {rnd} attempt {attempt} failed (not counted): {msg}")
+            if got:
+                acc = vxs.setdefault(store, {"reply": [], "active": [], "failures": [], "agent_rss": {}})
+                for k in ("reply", "active", "failures"):
+                    acc[k] += got[k]  # type: ignore[operator]
+                acc["agent_rss"] = got["agent_rss"]
+                per_round.append(_stats_row(system[store], f"round {rnd}: bind -> first reply", got["reply"],  # type: ignore[arg-type]
+                                            len(got["failures"]), ""))  # type: ignore[arg-type]
+        if opts.skip_ovn:
+            continue
         o = measure_ovn(nports, opts.ovn_lab, opts.lab_wait)
         for k in ("up", "ping", "failures", "calibration"):
             ovn[k] += o.get(k) or []  # type: ignore[operator]
@@ -357,17 +424,29 @@ def run(opts: argparse.Namespace) -> Report:
         if o["ping"]:
             per_round.append(_stats_row("OVN", f"round {rnd}: lsp-add + plug -> first reply", o["ping"],  # type: ignore[arg-type]
                                         len(o["failures"]), ""))  # type: ignore[arg-type]
-    if not vx:
-        rows.append(["vxnet", "failed", "", "", "", "", "", "", "every attempt failed; see notes"])
-    if vx:
-        fails = vx["failures"]
-        rows.append(_stats_row("vxnet", "bind -> first reply (ping every 2 ms, other host)", vx["reply"],  # type: ignore[arg-type]
-                               len(fails), "headline"))  # type: ignore[arg-type]
-        rows.append(_stats_row("vxnet", "bind -> ACTIVE (API)", vx["active"], len(fails), ""))  # type: ignore[arg-type]
-        notes += [f"vxnet failure: {f}" for f in fails]  # type: ignore[attr-defined]
-        if vx["agent_rss"]:
-            notes.append("vxnet agents' RSS after the run: " + ", ".join(
-                f"{h} {v:.1f} MB" for h, v in sorted(vx["agent_rss"].items())))  # type: ignore[attr-defined]
+    for store in stores:
+        vxi = vxs.get(store)
+        if not vxi:
+            rows.append([system[store], "failed", "", "", "", "", "", "", "every attempt failed; see notes"])
+            continue
+        fails = vxi["failures"]
+        where = "other host" + ("; bind through server 2, agents on server 1" if store == "etcd" else "")
+        rows.append(_stats_row(system[store], f"bind -> first reply (ping every 2 ms, {where})",
+                               vxi["reply"], len(fails), "headline"))  # type: ignore[arg-type]
+        rows.append(_stats_row(system[store], "bind -> ACTIVE (API)", vxi["active"], len(fails), ""))  # type: ignore[arg-type]
+        notes += [f"{system[store]} failure: {f}" for f in fails]  # type: ignore[attr-defined]
+        if vxi["agent_rss"]:
+            notes.append(f"{system[store]}: agents' RSS after the run: " + ", ".join(
+                f"{h} {v:.1f} MB" for h, v in sorted(vxi["agent_rss"].items())))  # type: ignore[attr-defined]
+    vx = vxs.get("embedded", {})
+    ve = vxs.get("etcd", {})
+    if vx and ve and vx["reply"] and ve["reply"]:
+        for key, what in (("reply", "first reply"), ("active", "ACTIVE")):
+            a, b = ve[key], vx[key]
+            rows.append(["etcd / embedded", f"ratio of bind -> {what} latencies", "",
+                         *(f"{percentile(a, q) / percentile(b, q):.2f}x" for q in (50, 90, 99)),  # type: ignore[arg-type]
+                         f"{max(a) / max(b):.2f}x", f"{statistics.mean(a) / statistics.mean(b):.2f}x",  # type: ignore[arg-type]
+                         "> 1 means etcd is slower"])
     if ovn["ping"] or ovn["up"]:
         fails = ovn["failures"]
         rows.append(_stats_row("OVN", "lsp-add + plug -> first reply (ping every 2 ms, other chassis)",
@@ -398,23 +477,28 @@ def run(opts: argparse.Namespace) -> Report:
         goals.append(f"Met here: p50 {'yes' if p50 <= 0.015 else 'NO'} ({_ms(p50)} ms), p99 "
                      f"{'yes' if p99 <= 0.040 else 'NO'} ({_ms(p99)} ms), ahead of OVN at p50 and p99 "
                      f"{'yes' if ahead else 'NO' if ovn['ping'] else 'unknown (OVN not measured)'}.")
-    notes.append(f"Percentiles are nearest-rank over {rounds} x {nports} ports per system; the two labs ran "
-                 "alternately in this run (never at the same time), each on 3 hosts/chassis in namespaces. The vxnet lab "
+    labs = [system[x] for x in stores] + ([] if opts.skip_ovn else ["OVN"])
+    notes.append(f"Percentiles are nearest-rank over {rounds} x {nports} ports per system; the labs ({', '.join(labs)}) "
+                 "ran alternately in this run (never at the same time), each on 3 hosts/chassis in namespaces. The vxnet labs "
                  "ran in a private network + mount namespace (`unshare --mount --net`, empty /run/netns), the "
                  "same topology and code as `vxnet lab up`, so root tests running elsewhere on the machine "
-                 "could not tear it down.")
-    notes.append("OVN lab: OVS userspace datapath (netdev), Geneve, ovn-lab.sh `start` / `measure` with "
-                 f"NPORTS={nports} / `stop`; its first-reply time ends when its `ping -c 1` exits, so it "
-                 "includes that ping process' start-up (a few ms), which vxnet's `ping -D` timestamp does not.")
-    notes.append(f"OVN commands run: `LAB=$TMP/ovnlab NCH=3 NPORTS={nports} bash {os.path.relpath(opts.ovn_lab, REPO)} "
-                 "start`, then `... measure`, then `... stop` (needs Debian's openvswitch-switch, ovn-central, "
-                 "ovn-host; their packaged services are not used).")
+                 "could not tear them down.")
+    if "etcd" in stores:
+        notes.append("vxnet on etcd: a fresh 3-member etcd cluster on loopback (in the same private namespace) and two "
+                     "`vxnet server`s on it (JSON gateway, the store's watch-fed read cache on); agents started with "
+                     "`--server URL1,URL2` watch server 1; the benchmark creates, binds and polls ACTIVE through "
+                     "server 2, so each bind crosses etcd and the other server's watch before reaching an agent.")
+    if opts.skip_ovn:
+        notes.append("OVN was not run in this run (`--skip-ovn`).")
+    if not opts.skip_ovn:
+        notes += ovn_notes(nports, opts.ovn_lab)
     notes.append("Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) +
                  "; at the end: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs "
                  "(other sessions' tests may share them).")
     extra = ""
-    series = [("vxnet bind -> first reply", vx.get("reply") if vx else None), ("OVN lsp-add + plug -> first reply",
-                                                                                ovn["ping"])]
+    series = [("vxnet bind -> first reply", vx.get("reply") if vx else None),
+              ("vxnet on etcd bind -> first reply", ve.get("reply") if ve else None),
+              ("OVN lsp-add + plug -> first reply", ovn["ping"])]
     for label, xs in series:
         if xs:
             q = max(1, len(xs) // 4)  # type: ignore[arg-type]
