@@ -368,12 +368,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def ovn_notes(nports: int, ovn_lab: str) -> list[str]:
     """What the OVN rows are and how they were made."""
     return [
-        "OVN lab: OVS userspace datapath (netdev), Geneve, ovn-lab.sh `start` / `measure` with "
-        f"NPORTS={nports} / `stop`; its first-reply time ends when its `ping -c 1` exits, so it "
-        "includes that ping process' start-up (a few ms), which vxnet's `ping -D` timestamp does not.",
-        f"OVN commands run: `LAB=$TMP/ovnlab NCH=3 NPORTS={nports} bash {os.path.relpath(ovn_lab, REPO)} "
-        "start`, then `... measure`, then `... stop` (needs Debian's openvswitch-switch, ovn-central, "
-        "ovn-host; their packaged services are not used).",
+        ("OVN lab: OVS userspace datapath (netdev), Geneve, ovn-lab.sh `start` / `measure` with "
+         f"NPORTS={nports} / `stop`; its first-reply time ends when its `ping -c 1` exits, so it "
+         "includes that ping process' start-up (a few ms), which vxnet's `ping -D` timestamp does not."),
+        (f"OVN commands run: `LAB=$TMP/ovnlab NCH=3 NPORTS={nports} bash {os.path.relpath(ovn_lab, REPO)} "
+         "start`, then `... measure`, then `... stop` (needs Debian's openvswitch-switch, ovn-central, "
+         "ovn-host; their packaged services are not used)."),
     ]
 
 
