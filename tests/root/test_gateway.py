@@ -232,6 +232,13 @@ def test_floating_ip_both_ways_follows_set_unset_delete(gwlab: Lab) -> None:
     addr = fip["floating_ip_address"]
     took = wait_for(lambda: ask(OUT, addr, 8081, 0.5) == f"f1 {CLIENT}")
     print(f"\nfloating IP create -> first answer from outside: {took * 1000:.0f} ms")
+    # MSS clamping: the outside (MTU 1500) offers MSS 1460; the VM (MTU 1450) must see 1410.
+    cap = subprocess.Popen(["ip", "netns", "exec", topology.vm_ns("f1"), "tcpdump", "-l", "-n", "-c", "1", "-i", "eth0",
+                            "tcp[tcpflags] == tcp-syn"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(0.5)
+    assert ask(OUT, addr, 8081) == f"f1 {CLIENT}"
+    syn, _ = cap.communicate(timeout=10)
+    assert "mss 1410" in syn, syn
     assert ask(topology.vm_ns("f1"), CLIENT, 8080) == f"outside {addr}"        # outbound leaves from the fip
     assert ask(topology.vm_ns("f2"), CLIENT, 8080) == f"outside {gateway_ip(ra)}"   # the other VM: plain SNAT
 
