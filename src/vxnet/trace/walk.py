@@ -318,6 +318,10 @@ def walk(snap: Snapshot, source: str, dst_ip: str, proto: str = "icmp", dport: i
     w = Walker(snap, protocol_number(proto), dport)
     port = snap.objects["ports"].get(source)
     if port is None:
+        try:
+            ipaddress.IPv4Address(source)
+        except ValueError:
+            raise ValueError(f"{source!r} is neither a port id, a lab VM name, nor an IPv4 address") from None
         ext = snap.external_subnet_of(source)
         if ext is None:
             raise ValueError(f"{source} is neither a port id nor an address on an external network")
