@@ -1,0 +1,60 @@
+"""`vxnet trace`'s walk on hand-made objects (pure): L2 across hosts names the VXLAN entry,
+security groups name the deciding rule or the default drop, unknown destinations are
+unreachable, bad sources are a clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+from vxnet.trace.snapshot import Snapshot
+from vxnet.trace.walk import walk
+
+NET = {"id": "net-1", "name": "web", "provider:network_type": "vxlan", "provider:segmentation_id": 1001,
+       "mtu": 1450, "router:external": False}
+SUB = {"id": "sub-1", "network_id": "net-1", "cidr": "192.0.2.0/24", "ip_version": 4, "gateway_ip": "192.0.2.1"}
+SG = {"id": "sg-1", "name": "default", "stateful": True}
+RULES = {
+    "r-in": {"id": "r-in", "security_group_id": "sg-1", "direction": "ingress", "ethertype": "IPv4",
+             "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "192.0.2.0/24",
+             "remote_group_id": None},
+    "r-out": {"id": "r-out", "security_group_id": "sg-1", "direction": "egress", "ethertype": "IPv4",
+              "protocol": None, "port_range_min": None, "port_range_max": None, "remote_ip_prefix": None,
+              "remote_group_id": None},
+}
+
+
+def _port(pid: str, ip: str, mac: str, host: str) -> dict:
+    return {"id": pid, "name": pid, "network_id": "net-1", "mac_address": mac, "binding:host_id": host,
+            "device_owner": "compute:nova", "fixed_ips": [{"subnet_id": "sub-1", "ip_address": ip}],
+            "security_groups": ["sg-1"], "port_security_enabled": True, "allowed_address_pairs": [],
+            "admin_state_up": True, "status": "ACTIVE"}
+
+
+def snapshot() -> Snapshot:
+    ports = {"a": _port("a", "192.0.2.11", "fa:16:3e:00:00:0a", "h1"),
+             "b": _port("b", "192.0.2.12", "fa:16:3e:00:00:0b", "h2")}
+    hosts = {h: {"host": h, "underlay_ip": f"198.51.100.{i}", "alive": True, "gateway": False}
+             for i, h in ((1, "h1"), (2, "h2"))}
+    return Snapshot({"networks": {"net-1": NET}, "subnets": {"sub-1": SUB}, "ports": ports,
+                     "security_groups": {"sg-1": SG}, "security_group_rules": RULES}, hosts)
+
+
+def test_allowed_tcp_crosses_vxlan_and_names_the_rule() -> None:
+    t = walk(snapshot(), "a", "192.0.2.12", "tcp", 22)
+    assert t.verdict == "delivered"
+    assert "rule r-in of group default" in t.deciding
+    text = " ".join(h.decision for h in t.hops)
+    assert "VXLAN VNI 1001 to host h2" in text and "dst 198.51.100.2" in text
+
+
+def test_other_port_is_dropped_by_default() -> None:
+    t = walk(snapshot(), "a", "192.0.2.12", "tcp", 80)
+    assert t.verdict == "dropped"
+    assert "default drop" in t.deciding
+    assert t.hops[-1].host == "h2"          # decided at the destination's host
+
+
+def test_unknown_destination_and_bad_source() -> None:
+    assert walk(snapshot(), "a", "192.0.2.99", "icmp").verdict == "dropped"
+    with pytest.raises(ValueError, match="neither a port id"):
+        walk(snapshot(), "no-such-vm", "192.0.2.12")
