@@ -67,7 +67,7 @@ def wait_active(admin: httpx.Client, port_ids: list[str], timeout: float = 60) -
 def cells_for(t: scenario.Tenant, outside_ns: str, vm_ns: Callable[[str], str]) -> list[Cell]:
     """The matrix rows of one tenant (each also says how to trace the same packet)."""
     u, p, out = t.user, t.ports, scenario.OUTSIDE_CLIENT
-    ns = lambda vm: vm_ns(t.vm(vm))  # noqa: E731
+    ns = lambda vm: vm_ns(t.vm(vm))
     return [
         matrix.probe_tcp(Cell(u, f"east-west  web1 -> web2 {t.ips['web2']}:22 (same network, "
                                  f"{t.hosts['web1']} -> {t.hosts['web2']})", "open",
