@@ -62,4 +62,4 @@ class FirewallFeature:
         self.driver.invalidate()
 
     def close(self) -> None:
-        pass
+        self.driver.close()
