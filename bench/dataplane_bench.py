@@ -514,7 +514,9 @@ def run(opts: argparse.Namespace) -> Report:
                  "veth run MTU 1450 with TSO/GSO/GRO off (the lab's VM settings, so an MTU bug cannot hide behind "
                  "GSO); their host-side taps, bridges and VXLAN devices keep the kernel defaults; the underlay "
                  "host row uses the host veths' defaults (MTU 1500, offloads on). OVN's VMs: MTU 1400, tx checksum "
-                 "off (needed by its userspace datapath), so OVN rows are not the same packet sizes.")
+                 "off (needed by its userspace datapath), so OVN rows are not the same packet sizes. The floating-IP row "
+                 "sends from the lab's outside namespace (MTU 1500, offloads on) towards the VM: the gateway's "
+                 "MSS clamping and NAT are in the path, the VM only receives.")
     notes += res.get("notes", [])
     if idle:
         notes.append("Idle CPU of the control planes (5 s before the first row; both stay up during every row): "

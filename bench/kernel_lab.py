@@ -437,6 +437,7 @@ def classify(frames: list[bytes], mac_vtep: dict[str, str]) -> dict[str, int]:
     """
     n = dict.fromkeys(KINDS, 0)
     n["frames"] = len(frames)
+    n["IGMP"] = 0             # of the multicast ones: IGMP reports inside VXLAN
     for fr in frames:
         if len(fr) < 14:
             n["other"] += 1
@@ -468,6 +469,7 @@ def classify(frames: list[bytes], mac_vtep: dict[str, str]) -> dict[str, int]:
             n["broadcast"] += 1
         elif idst[0] & 1:
             n["multicast"] += 1
+            n["IGMP"] += itype == 0x0800 and len(inner) > 23 and inner[23] == 2
         elif mac_vtep.get(_mac(idst)) != outer_dst:
             n["unknown-unicast flood"] += 1
         else:

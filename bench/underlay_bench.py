@@ -151,7 +151,7 @@ def run(opts: argparse.Namespace) -> Report:
             cells.append(f"{mean:g}" if min(vals) == max(vals) else f"{mean:.1f} ({min(vals)}-{max(vals)})")
         fpp = sum(c["frames"] for c in per) / max(1, total)
         rows.append([system, str(len(rs)), f"{ok}/{total}", *cells, f"{fpp:.2f}"])
-        per_run += [f"{system} run {i + 1}: " + ", ".join(f"{k} {c[k]}" for k in ("frames", *KINDS)) +
+        per_run += [f"{system} run {i + 1}: " + ", ".join(f"{k} {c[k]}" for k in ("frames", *KINDS, "IGMP")) +
                     f"; pings {r['ok']}/{r['total']}" for i, (r, c) in enumerate(zip(rs, per, strict=True))]
     goals = ["Goal (issue 9): vxnet 0 broadcast frames on the underlay for all-to-all first contact."]
     if res["vxnet"]:
@@ -169,7 +169,9 @@ def run(opts: argparse.Namespace) -> Report:
              ("Kinds: ARP = ARP on the underlay or inside VXLAN; broadcast/multicast = outer or inner group "
              "destination (an ARP request is both ARP and broadcast); unknown-unicast flood = a VXLAN copy of an "
              "inner unicast frame sent to a VTEP that does not host its destination (head-end replication of an "
-             "unknown MAC); VXLAN unicast = inner unicast to the VTEP that hosts the destination."),
+             "unknown MAC); VXLAN unicast = inner unicast to the VTEP that hosts the destination. The per-run list also counts "
+             "the IGMP reports among the multicast frames (VMs report their groups for a few seconds after their NIC "
+             "comes up; with BUM entries every host gets them)."),
              "Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) + "; at the end: "
              + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (frame counts do not depend on load).",
              *res["errors"]]
