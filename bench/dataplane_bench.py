@@ -424,7 +424,7 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dp-rounds", type=int, default=3, help="alternating rounds over every data-plane row (3)")
+    p.add_argument("--dp-rounds", type=int, default=5, help="alternating rounds over every data-plane row (5)")
     p.add_argument("--dp-seconds", type=float, default=3.0, help="iperf3 seconds per row and round (3)")
     p.add_argument("--dp-pings", type=int, default=200, help="pings per row and round, 10 ms apart (200)")
 
