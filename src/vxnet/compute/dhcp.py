@@ -8,11 +8,12 @@ Desired state (docs/dhcp.md):
   here, `admin_state_up` not false, not an infrastructure port (device_owner `network:*`), with
   an IPv4 fixed IP on a subnet of the view with `enable_dhcp` true (its first such IP is leased).
 - The responder is a veth pair: bridge side `service_port_name("d", network id)` (a service
-  port: the L2 part plugs it and gives its MAC a `master static` FDB entry), host side
-  `vxdr<11 id chars>`: in the host namespace, up, no IP, IPv6 off, and a MAC *different* from
-  the responder MAC, so the host's IP stack classifies every frame sent to the responder as
-  PACKET_OTHERHOST and drops it (never forwarded out another interface); the responder reads
-  them with an AF_PACKET socket.
+  port: the L2 part plugs it and gives the responder MAC a `master static` FDB entry), host
+  side `vxdr<11 id chars>`: in the host namespace, up, no IP, NOARP, IPv6 off, with the
+  kernel's random MAC, *not* the responder MAC: the host's IP stack classifies every frame sent
+  to the responder as PACKET_OTHERHOST and drops it (never forwarded, never answered), and the
+  device never answers ARP for the host's own addresses; the responder reads the frames with
+  an AF_PACKET socket and sends with the responder MAC as source.
 - Responder MAC (`responder_mac`): derived from the network id, locally administered, the same
   on every host, so a client's RENEW goes to the same MAC wherever its VM runs.
 - Server id of a lease: its subnet's gateway_ip when set; otherwise the highest host address of
@@ -83,19 +84,11 @@ def is_device(ifname: str) -> bool:
     return ifname.startswith(DEVICE_PREFIX)
 
 
-def _derived_mac(first_octet: int, seed: str) -> str:
-    digest = hashlib.sha256(seed.encode()).digest()
-    return ":".join(f"{b:02x}" for b in (first_octet, *digest[:5]))
-
-
 def responder_mac(network_id: str) -> str:
-    """The responder's MAC on a network: the same on every host, locally administered unicast."""
-    return _derived_mac(0x0A, f"dhcp/{network_id}")
-
-
-def device_mac(network_id: str) -> str:
-    """MAC of the host-side device: anything but the responder MAC (see module docstring)."""
-    return _derived_mac(0x0E, f"dhcp-dev/{network_id}")
+    """The responder's MAC on a network: the same on every host, locally administered unicast
+    (first octet 0x0a: never a bridge MAC, `naming.bridge_mac` uses 0x02)."""
+    digest = hashlib.sha256(f"dhcp/{network_id}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x0A, *digest[:5]))
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -131,7 +124,6 @@ class Responder:
     port: str                  # bridge side (service port)
     device: str                # host side (AF_PACKET socket)
     mac: str                   # responder MAC: frames' source, FDB entry, ARP answers
-    device_mac: str
     bridge: str
     mtu: int
     leases: tuple[Lease, ...] = ()        # sorted by MAC
@@ -265,7 +257,7 @@ def compute_dhcp(view: View, host: str, lease_time: int) -> DhcpState:
             continue
         used = {leases[m].server_id for m in leases}
         arp_ips = tuple(sorted(ip for ip in used if ip not in held[nid]))
-        responders.append(Responder(nid, service_port(nid), device_name(nid), responder_mac(nid), device_mac(nid),
+        responders.append(Responder(nid, service_port(nid), device_name(nid), responder_mac(nid),
                                     naming.bridge_name(nid), mtu, tuple(sorted(leases.values())), arp_ips,
                                     tuple(sorted(taps))))
     return DhcpState(tuple(responders), l2_part(responders))

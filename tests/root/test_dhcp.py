@@ -1,0 +1,352 @@
+"""DHCP answered by the agents (agent/dhcp.py) on a real `vxnet lab`, with real clients in VMs.
+
+The lab's agents run with `--dhcp-lease-time 10` (clients renew after 5 s). Each test flushes
+its VMs' static addresses and runs busybox udhcpc (private `-s` script) or ISC dhclient
+(private `-cf -sf -lf -pf`, killed by its pidfile); nothing touches /etc/resolv.conf.
+
+- udhcpc and dhclient get the port's IP, mask, router, DNS, MTU, classless routes (default
+  route included), hostname and lease time; the underlay sees 0 DHCP frames; a second VM on
+  the same host sees none of the first VM's DHCP frames (steering).
+- A subnet option change reaches a VM (dhclient, T1 = 5 s) at its renewal, which is a unicast
+  REQUEST to the server id answered by an ACK; a port IP change reaches a VM (udhcpc renewing on
+  SIGUSR1, as busybox clamps leases to >= 122 s; port security off, see docs/dhcp.md) through a
+  NAK and a new DISCOVER; once a router interface owns the gateway IP the unicast RENEW goes to
+  the router's MAC and is still answered (steered to the responder).
+- An unknown MAC and a subnet with enable_dhcp false get no lease; no responder exists on a
+  network without DHCP.
+- Agent crash (SIGKILL): the restarted agent adopts its responder (same device) and answers;
+  the responder of a network whose last local port went while the agent was dead is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.helpers import capture, nsexec
+from vxnet.compute import dhcp as cdhcp
+from vxnet.compute import dhcp_packet as pkt
+from vxnet.compute import naming
+from vxnet.lab import topology
+
+pytestmark = [pytest.mark.root, needs_root]
+
+LEASE = 10
+UDHCPC_SCRIPT = r"""#!/bin/sh
+# Private udhcpc script: record what the server sent; configure only the address (a renewal is
+# sent from a socket bound to it), never /etc/resolv.conf.
+{ echo "event=$1"
+  for v in ip mask subnet router dns mtu staticroutes hostname lease serverid broadcast message; do
+    eval "echo $v=\$$v"
+  done
+  echo; } >> "$(dirname "$0")/$interface-$(ip netns identify).out"
+case "$1" in
+  deconfig) ip -4 addr flush dev "$interface" ;;
+  bound|renew) ip -4 addr show dev "$interface" | grep -q "inet $ip/$mask " ||
+               { ip -4 addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"; } ;;
+esac
+"""
+DHCLIENT_SCRIPT = r"""#!/bin/sh
+# Private dhclient script: record, and configure only the address (unicast renewals need it).
+{ echo "reason=$reason"; env | grep '^new_' | sort; echo; } >> "$(dirname "$0")/dhclient.out"
+case "$reason" in
+  BOUND|RENEW|REBIND|REBOOT) ip -4 addr show dev "$interface" | grep -q "inet $new_ip_address/" ||
+      { ip -4 addr flush dev "$interface"; ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"; } ;;
+esac
+"""
+DHCLIENT_CONF = """option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
+request subnet-mask, broadcast-address, routers, domain-name-servers, host-name, interface-mtu,
+        rfc3442-classless-static-routes;
+timeout 10;
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[Lab]:
+    """`vxnet lab up --hosts 2` with a short DHCP lease; always torn down."""
+    from tests.conftest import free_port
+    from vxnet.lab import lab as vlab
+
+    d = tmp_path_factory.mktemp("dhcplab")
+    cfg = d / "lab.toml"
+    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
+    old = os.environ.get("VXNET_LAB_DIR")
+    os.environ["VXNET_LAB_DIR"] = str(d / "state")
+    try:
+        vlab.down(quiet=True)
+        yield Lab(vlab.up(2, str(cfg), agent_args=["--dhcp-lease-time", str(LEASE)]))
+    finally:
+        try:
+            vlab.down()
+        finally:
+            if old is None:
+                os.environ.pop("VXNET_LAB_DIR", None)
+            else:
+                os.environ["VXNET_LAB_DIR"] = old
+
+
+@pytest.fixture
+def scripts(tmp_path) -> str:
+    for name, text in (("udhcpc.sh", UDHCPC_SCRIPT), ("dhclient.sh", DHCLIENT_SCRIPT), ("dhclient.conf", DHCLIENT_CONF)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    return str(tmp_path)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def make_net(lab: Lab, cidr: str, name: str, **subnet: object) -> tuple[dict, dict]:
+    with lab.api("alice") as c:
+        n = c.post("/networks", json={"network": {"name": name}})
+        assert n.status_code == 201, n.text
+        net = n.json()["network"]
+        s = c.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": cidr, "ip_version": 4, **subnet}})
+        assert s.status_code == 201, s.text
+        return net, s.json()["subnet"]
+
+
+def make_port(lab: Lab, net: dict, ip: str, **extra: object) -> dict:
+    with lab.api("alice") as c:
+        r = c.post("/ports", json={"port": {"network_id": net["id"], "fixed_ips": [{"ip_address": ip}], **extra}})
+        assert r.status_code == 201, r.text
+        return r.json()["port"]
+
+
+def boot(lab: Lab, name: str, host: str, port: dict) -> None:
+    """A lab VM for `port`, its static address removed (the DHCP client must configure it)."""
+    lab.vm(name, host, port)
+    lab.wait_status(port["id"], "ACTIVE")
+    r = nsexec(topology.vm_ns(name), "ip", "-4", "addr", "flush", "dev", "eth0")
+    assert r.returncode == 0, r.stderr
+
+
+def records(path: str) -> list[dict[str, str]]:
+    """The blocks a client script appended (one dict per event)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for block in text.split("\n\n"):
+        rec = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if rec:
+            out.append(rec)
+    return out
+
+
+def out_file(scripts: str, vm: str) -> str:
+    return os.path.join(scripts, f"eth0-{topology.vm_ns(vm)}.out")
+
+
+def udhcpc(scripts: str, vm: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """One-shot udhcpc (-q: exit once bound) asking for MTU and classless routes."""
+    return nsexec(topology.vm_ns(vm), "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "3", "-T", "1",
+                  "-O", "mtu", "-O", "staticroutes", "-s", os.path.join(scripts, "udhcpc.sh"), *args, timeout=timeout)
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def dhcp_frames(frames: list[str]) -> list[str]:
+    return [f for f in frames if "BOOTP" in f or re.search(r"\.6[78]\b", f)]
+
+
+# ---------------------------------------------------------------------------------- tests
+def test_real_clients_get_their_port_config_and_dhcp_stays_on_the_host(lab: Lab, scripts: str) -> None:
+    net, _ = make_net(lab, "192.0.2.0/24", "dhcp-a", dns_nameservers=["203.0.113.53", "203.0.113.54"],
+                        host_routes=[{"destination": "100.64.0.0/10", "nexthop": "192.0.2.254"}])
+    p1, p3 = (make_port(lab, net, ip) for ip in ("192.0.2.11", "192.0.2.13"))
+    # c2 without port security: its own filter would drop c1's broadcast, hiding a steering bug.
+    p2 = make_port(lab, net, "192.0.2.12", port_security_enabled=False)
+    for name, host, p in (("c1", "h1", p1), ("c2", "h1", p2), ("c3", "h2", p3)):
+        boot(lab, name, host, p)
+    mtu = net["mtu"]
+    assert mtu == 1450
+
+    # udhcpc on h1, while the underlay and the second VM on h1 are captured.
+    with capture() as underlay, capture(topology.vm_ns("c2"), "eth0") as neighbour:
+        r = udhcpc(scripts, "c1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    bound = [x for x in records(out_file(scripts, "c1")) if x["event"] == "bound"]
+    assert len(bound) == 1, records(out_file(scripts, "c1"))
+    got = bound[0]
+    assert got == {"event": "bound", "ip": "192.0.2.11", "mask": "24", "subnet": "255.255.255.0",
+                   "router": "192.0.2.1", "dns": "203.0.113.53 203.0.113.54", "mtu": str(mtu),
+                   "staticroutes": "100.64.0.0/10 192.0.2.254 0.0.0.0/0 192.0.2.1",
+                   "hostname": "host-192-0-2-11", "lease": str(LEASE), "serverid": "192.0.2.1",
+                   "broadcast": "192.0.2.255", "message": ""}, got
+    assert "192.0.2.11/24" in nsexec(topology.vm_ns("c1"), "ip", "-4", "addr", "show", "dev", "eth0").stdout
+    dev = nsexec(topology.host_ns(1), "ip", "-d", "addr", "show", cdhcp.device_name(net["id"])).stdout
+    assert "NOARP" in dev and "inet" not in dev, dev          # no IPv4, no IPv6, never answers ARP
+    assert dhcp_frames(underlay) == [], "\n".join(underlay)
+    assert dhcp_frames(neighbour) == [], "\n".join(neighbour)
+
+    # ISC dhclient on h2 (requests interface-mtu and classless routes in its private config).
+    lf, pf = os.path.join(scripts, "dhclient.leases"), os.path.join(scripts, "dhclient.pid")
+    with capture() as underlay:
+        r = nsexec(topology.vm_ns("c3"), "dhclient", "-1", "-cf", os.path.join(scripts, "dhclient.conf"),
+                   "-sf", os.path.join(scripts, "dhclient.sh"), "-lf", lf, "-pf", pf, "eth0", timeout=30)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        bound = [x for x in records(os.path.join(scripts, "dhclient.out")) if x["reason"] == "BOUND"]
+        assert len(bound) == 1, records(os.path.join(scripts, "dhclient.out"))
+        got = bound[0]
+        routes = " ".join(str(b) for b in pkt.classless_routes([("100.64.0.0/10", "192.0.2.254"),
+                                                                 ("0.0.0.0/0", "192.0.2.1")]))
+        assert {k: got.get(k) for k in ("new_ip_address", "new_subnet_mask", "new_routers",
+                                        "new_domain_name_servers", "new_interface_mtu", "new_host_name",
+                                        "new_dhcp_lease_time", "new_dhcp_server_identifier",
+                                        "new_rfc3442_classless_static_routes")} == {
+            "new_ip_address": "192.0.2.13", "new_subnet_mask": "255.255.255.0", "new_routers": "192.0.2.1",
+            "new_domain_name_servers": "203.0.113.53 203.0.113.54", "new_interface_mtu": str(mtu),
+            "new_host_name": "host-192-0-2-13", "new_dhcp_lease_time": str(LEASE),
+            "new_dhcp_server_identifier": "192.0.2.1", "new_rfc3442_classless_static_routes": routes}, got
+    finally:
+        with open(pf) as f:
+            os.kill(int(f.read().strip()), signal.SIGTERM)
+    assert dhcp_frames(underlay) == [], "\n".join(underlay)
+
+
+def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab, scripts: str) -> None:
+    net, sub = make_net(lab, "100.64.30.0/24", "dhcp-b", dns_nameservers=["203.0.113.53"])
+    pa = make_port(lab, net, "100.64.30.11")                                # port security on (default)
+    pb = make_port(lab, net, "100.64.30.12", port_security_enabled=False)   # see docs/dhcp.md
+    boot(lab, "r1", "h1", pa)
+    boot(lab, "r2", "h1", pb)
+    # r1: dhclient, which renews at T1 = lease / 2 = 5 s. r2: udhcpc, which clamps leases to
+    # >= 122 s, so its renewal is triggered with SIGUSR1 (the same unicast RENEW as at T1).
+    dh_out, lf, pf = (os.path.join(scripts, n) for n in ("dhclient.out", "r1.leases", "r1.pid"))
+    r = nsexec(topology.vm_ns("r1"), "dhclient", "-1", "-cf", os.path.join(scripts, "dhclient.conf"),
+               "-sf", os.path.join(scripts, "dhclient.sh"), "-lf", lf, "-pf", pf, "eth0", timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ud = subprocess.Popen(["ip", "netns", "exec", topology.vm_ns("r2"), "busybox", "udhcpc", "-i", "eth0", "-f",
+                           "-t", "3", "-T", "1", "-s", os.path.join(scripts, "udhcpc.sh")],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fb = out_file(scripts, "r2")
+    try:
+        wait_for("r2 bound", lambda: any(x["event"] == "bound" for x in records(fb)), 10)
+        assert [x["new_ip_address"] for x in records(dh_out) if x["reason"] == "BOUND"] == ["100.64.30.11"]
+
+        # An option change reaches r1 at its next renewal: a unicast REQUEST to the server id.
+        with lab.api("alice") as c:
+            assert c.put(f"/subnets/{sub['id']}", json={"subnet": {"dns_nameservers": ["203.0.113.99"]}}
+                         ).status_code == 200
+        with capture(topology.vm_ns("r1"), "eth0") as frames:
+            wait_for("r1 renewal with the new DNS", lambda: any(
+                x["reason"] == "RENEW" and x.get("new_domain_name_servers") == "203.0.113.99"
+                for x in records(dh_out)), LEASE)
+        assert [f for f in frames if "Request" in f and p_ip(f) == ("100.64.30.11", "100.64.30.1")], \
+            "no unicast RENEW to the server id:\n" + "\n".join(frames)
+        assert not [f for f in frames if "255.255.255.255.67" in f], "the renewal was broadcast (REBIND)"
+
+        # An IP change reaches r2 at its renewal: NAK, then DISCOVER/REQUEST for the new IP.
+        with lab.api("alice") as c:
+            assert c.put(f"/ports/{pb['id']}", json={"port": {"fixed_ips": [{"ip_address": "100.64.30.22"}]}}
+                         ).status_code == 200
+        time.sleep(1)       # the view reaches h1's agent
+        ud.send_signal(signal.SIGUSR1)
+        wait_for("r2 bound to its new IP",
+                 lambda: any(x["event"] == "bound" and x["ip"] == "100.64.30.22" for x in records(fb)), 10)
+        assert [x["event"] for x in records(fb)][-3:] == ["nak", "deconfig", "bound"], records(fb)
+        assert "100.64.30.22/24" in nsexec(topology.vm_ns("r2"), "ip", "-4", "addr", "show", "dev", "eth0").stdout
+
+        # A router interface takes the gateway IP: r1's RENEW now goes to the router's MAC and
+        # is still answered by the responder (steered at the bridge).
+        with lab.api("alice") as c:
+            router = c.post("/routers", json={"router": {"name": "dhcp-r"}}).json()["router"]
+            r = c.put(f"/routers/{router['id']}/add_router_interface", json={"subnet_id": sub["id"]})
+            assert r.status_code == 200, r.text
+            rmac = c.get(f"/ports/{r.json()['port_id']}").json()["port"]["mac_address"]
+        wait_for("the router answering ARP for the gateway on h1", lambda: rmac in nsexec(
+            topology.vm_ns("r1"), "sh", "-c", "ip neigh flush dev eth0; ping -c1 -W1 100.64.30.1 >/dev/null;"
+            " ip neigh show 100.64.30.1").stdout, 15)
+        n_renew = sum(x["reason"] == "RENEW" for x in records(dh_out))
+        with capture(topology.vm_ns("r1"), "eth0") as frames:
+            wait_for("r1 renewal through the router's MAC",
+                     lambda: sum(x["reason"] == "RENEW" for x in records(dh_out)) > n_renew, LEASE)
+        assert [f for f in frames if "Request" in f and f"> {rmac}" in f], "\n".join(frames)
+        assert [f for f in frames if "Reply" in f and p_ip(f) == ("100.64.30.1", "100.64.30.11")], \
+            "\n".join(frames)
+    finally:
+        ud.kill()
+        ud.wait(5)
+        with open(pf) as f:
+            os.kill(int(f.read().strip()), signal.SIGTERM)
+
+
+def p_ip(frame: str) -> tuple[str, str] | None:
+    """(source IP, destination IP) of a decoded DHCP frame line."""
+    m = re.search(r"(\d+\.\d+\.\d+\.\d+)\.6[78] > (\d+\.\d+\.\d+\.\d+)\.6[78]", frame)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def test_unknown_mac_and_disabled_subnet_get_nothing(lab: Lab, scripts: str) -> None:
+    net, _ = make_net(lab, "203.0.113.0/24", "dhcp-c")
+    off, _ = make_net(lab, "100.64.10.0/24", "dhcp-off", enable_dhcp=False)
+    known = make_port(lab, net, "203.0.113.11", port_security_enabled=False)
+    nodhcp = make_port(lab, off, "100.64.10.11")
+    boot(lab, "u1", "h1", known)
+    boot(lab, "u2", "h1", nodhcp)
+    # u1 changes its MAC: its tap is steered to the responder, which has no lease for that MAC.
+    assert nsexec(topology.vm_ns("u1"), "ip", "link", "set", "eth0", "address", "02:00:00:0e:ee:01").returncode == 0
+    procs = [subprocess.Popen(["ip", "netns", "exec", topology.vm_ns(vm), "busybox", "udhcpc", "-i", "eth0", "-f",
+                               "-q", "-n", "-t", "2", "-T", "1", "-s", os.path.join(scripts, "udhcpc.sh")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for vm in ("u1", "u2")]
+    with capture() as underlay:
+        outs = [p.communicate(timeout=20)[0] for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    for vm in ("u1", "u2"):
+        assert not [x for x in records(out_file(scripts, vm)) if x["event"] == "bound"]
+    links = nsexec(topology.host_ns(1), "ip", "-o", "link").stdout
+    assert cdhcp.service_port(net["id"]) in links
+    assert cdhcp.service_port(off["id"]) not in links and cdhcp.device_name(off["id"]) not in links
+    assert dhcp_frames(underlay) == [], "\n".join(underlay)
+    # Sanity: the same VM with its port's MAC back gets its lease from the same responder.
+    assert nsexec(topology.vm_ns("u1"), "ip", "link", "set", "eth0", "address", known["mac_address"]).returncode == 0
+    r = udhcpc(scripts, "u1")
+    assert r.returncode == 0 and "lease of 203.0.113.11 obtained" in r.stderr, r.stdout + r.stderr
+
+
+def test_agent_crash_adopts_responders_and_removes_unwanted_ones(lab: Lab, scripts: str) -> None:
+    from vxnet.lab import lab as vlab
+
+    net, _ = make_net(lab, "100.64.20.0/24", "dhcp-d")
+    k1 = make_port(lab, net, "100.64.20.11")
+    k2 = make_port(lab, net, "100.64.20.12")
+    boot(lab, "k1", "h1", k1)
+    boot(lab, "k2", "h2", k2)
+    dev = cdhcp.device_name(net["id"])
+
+    def ifindex(host: int, name: str) -> str | None:
+        m = re.match(r"(\d+):", nsexec(topology.host_ns(host), "ip", "-o", "link", "show", name).stdout)
+        return m.group(1) if m else None
+
+    before = ifindex(1, dev)
+    assert before and ifindex(2, dev)
+    st = vlab.load_state()
+    for host in ("h1", "h2"):
+        vlab.stop_agent(st, host, signal.SIGKILL)
+    # While the agents are dead, k2's port goes: h2 no longer needs the network's responder.
+    with lab.api("alice") as c:
+        assert c.delete(f"/ports/{k2['id']}").status_code == 204
+    for host in ("h1", "h2"):
+        vlab.start_agent(st, host)
+    wait_for("h2's responder removed", lambda: ifindex(2, dev) is None, 20)
+    assert ifindex(1, dev) == before, "h1's responder was recreated instead of adopted"
+    r = udhcpc(scripts, "k1")
+    assert r.returncode == 0 and "lease of 100.64.20.11 obtained" in r.stderr, r.stdout + r.stderr
+    rules = nsexec(topology.host_ns(1), "nft", "list", "table", "bridge", cdhcp.NFT_TABLE).stdout
+    assert naming.tap_name(k1["id"]) in rules and rules.count("ether daddr set") == 1, rules
