@@ -36,7 +36,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vxnet.compute.routing import IFACE_PREFIX, RouterIface, RouterNs, Route, Rule, is_host_netns, is_service_port
+from vxnet.compute.routing import IFACE_PREFIX, Route, RouterIface, RouterNs, Rule, is_host_netns, is_service_port
 
 log = logging.getLogger("vxnet.dataplane.router")
 
