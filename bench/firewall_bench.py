@@ -205,7 +205,7 @@ def run(opts: argparse.Namespace) -> Report:
     ap = res["apply"]
     rows.append([f"compute (pure) + render, {nports} ports", f"{ap['compute_ms']:.0f} ms",
                  f"{ap['rules']} rules in the two tables"])
-    rows.append(["first load (full, empty kernel)", f"{ap['first']:.0f} ms", "one `nft -f` transaction"])
+    rows.append(["first load (full, empty kernel)", f"{ap['first']:.0f} ms", "one transaction"])
     for key, label in (("incremental", "rule added to the group of all ports: incremental (chain flush + refill)"),
                        ("full", "the same change by full table replacement")):
         xs = [x[0] for x in ap[key]]
@@ -223,9 +223,10 @@ def run(opts: argparse.Namespace) -> Report:
     notes = [(f"{rounds} alternating rounds of single-stream iperf3 -t {seconds:g} per path (order reversed every other "
              "round); 'no tables' = the hand-built lab's hosts with `nft flush ruleset` for that measurement (no "
              "conntrack either), re-applied right after."),
-             ("Apply-time rows: `ip netns exec` + `nft -f -` in a namespace of the sandbox, timed from the driver's "
-             "call to its return (process start included); each incremental/full sample starts from the same "
-             "loaded state."),
+             ("Apply-time rows: `NftDriver(netns).apply` in a namespace of the sandbox (libnftables in-process, in "
+             "the driver's worker thread inside that namespace: the agent's own path), timed from the call to its "
+             "return; each incremental/full sample starts from the same loaded state; the read-back of a restarted "
+             "agent runs `nft -t list table` (a process) per table."),
              *tp["notes"], *errors,
              "Load average (1/5/15 min) at start: " + " / ".join(f"{x:.1f}" for x in load0) + "; at the end: "
              + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs shared with other "

@@ -99,12 +99,13 @@ def test_anti_spoofing_allows_own_and_pair_addresses_only() -> None:
     rules = chain(fw, "bridge", f"ps_{p.ident}")
     text = "\n".join(rules)
     assert "ether saddr != { 02:00:00:00:02:0b, 02:00:00:00:07:10 } counter drop" in text
-    assert "02:00:00:00:02:0b . 0.0.0.0" in rules[1] and "02:00:00:00:07:10 . 198.51.100.0/28" in rules[1]
+    assert "02:00:00:00:02:0b . 0.0.0.0" in rules[3] and "02:00:00:00:07:10 . 198.51.100.0/28" in rules[3]
     kinds = [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in rules]
-    assert kinds == ["spoof-mac", "spoof-arp", "arp", "dhcp-client", "dhcp-server", "spoof-ip", "mark", "other"]
-    assert rules[4].startswith("udp sport 67 counter drop")      # never a DHCP server, checked before IP
+    assert kinds == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp", "dhcp-client", "spoof-ip", "other"]
+    assert rules[0].startswith("udp sport 67 counter drop")      # never a DHCP server, checked before IP
     assert all("counter " in r for r in rules)
-    assert rules[6].startswith(f"ether type ip meta mark set {p.index:#x} counter accept")
+    assert rules[1].startswith("ether saddr . ip saddr { 02:00:00:00:02:0b . 192.0.2.11, "
+                               f"02:00:00:00:07:10 . 198.51.100.0/28 }} counter meta mark set {p.index:#x} accept")
 
 
 def test_port_without_addresses_sends_no_ip() -> None:

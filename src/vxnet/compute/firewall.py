@@ -10,12 +10,12 @@ by br_netfilter in `table inet`, where a bridged packet's iifname/oifname is the
 ports are therefore tagged with skb marks in bridge-family chains):
 
 - `table bridge vxnet_ps`
-  - `pre` (prerouting -200): zero the mark; `iifname vmap` -> `ps_<port>` per local port with
-    port security: source MAC in {port MAC, pair MACs}; ARP sender (MAC . IP) in the allowed
-    pairs (or 0.0.0.0, address probes); DHCP client frames (0.0.0.0:68 -> :67) pass; any
-    `udp sport 67` is dropped (a VM is never a DHCP server); IPv4 (MAC . source IP) in the
-    allowed pairs, then mark low 16 bits = the port's index; everything else (IPv6, VLAN...)
-    dropped.
+  - `pre` (prerouting -200): `iifname vmap` -> `ps_<port>` per local port with port security:
+    any `udp sport 67` dropped (a VM is never a DHCP server); IPv4 whose (MAC . source IP) is
+    in the allowed pairs: mark low 16 bits = the port's index, accept; source MAC not in {port
+    MAC, pair MACs}: drop; ARP whose sender (MAC . IP) is not an allowed pair (or 0.0.0.0,
+    address probes): drop; ARP accepted; DHCP client frames (0.0.0.0:68 -> :67) accepted;
+    other IPv4 (spoofed source) and everything else (IPv6, VLAN...) dropped.
   - `out` (forward -100, before br_netfilter): `oifname vmap` -> `mk_<port>`: drop IPv6 to the
     port, set mark high 16 bits = the port's index.
 - `table inet vxnet_sg`
@@ -396,16 +396,16 @@ def _ps_chain(p: PortFilter) -> NftChain:
     macs = _set_text(p.macs)
     pairs = [f"{m} . {a}" for m, a in p.pairs]
     arp_ok = _set_text(pairs + [f"{m} . 0.0.0.0" for m in p.macs])
-    rules = [_rule(f"ether saddr != {macs}", "drop", "spoof-mac"),
-             _rule(f"arp saddr ether . arp saddr ip != {arp_ok}", "drop", "spoof-arp"),
-             _rule("ether type arp", "accept", "arp"),
-             _rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client"),
-             _rule("udp sport 67", "drop", "dhcp-server")]
+    # The accepted IPv4 case first (one lookup per frame of the data path), then the drop
+    # reasons in an order that names the first forged field; a VM is never a DHCP server.
+    rules = [_rule("udp sport 67", "drop", "dhcp-server")]
     if pairs:
-        rules.append(_rule(f"ether saddr . ip saddr != {_set_text(pairs)}", "drop", "spoof-ip"))
-        rules.append(_rule(f"ether type ip meta mark set {p.index:#x}", "accept", "mark"))
-    else:
-        rules.append(_rule("ether type ip", "drop", "spoof-ip"))
+        rules.append(_rule(f"ether saddr . ip saddr {_set_text(pairs)}", f"meta mark set {p.index:#x} accept", "mark"))
+    rules += [_rule(f"ether saddr != {macs}", "drop", "spoof-mac"),
+              _rule(f"arp saddr ether . arp saddr ip != {arp_ok}", "drop", "spoof-arp"),
+              _rule("ether type arp", "accept", "arp"),
+              _rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client"),
+              _rule("ether type ip", "drop", "spoof-ip")]
     rules.append(_rule("", "drop", "other"))
     return NftChain(f"ps_{p.ident}", tuple(rules))
 
@@ -447,8 +447,9 @@ def _vmap(key: str, entries: list[tuple[str, str]]) -> list[NftRule]:
 
 def render(fw: Firewall) -> tuple[NftTable, NftTable]:
     """The two tables of `fw` (bridge anti-spoofing, inet security groups)."""
-    ps_chains = [NftChain("pre", (_rule("", "meta mark set 0x0", "mark-clear"),
-                                  *_vmap("iifname", [(f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports])),
+    # No mark reset on entry: frames reach a bridge with mark 0 (crossing a namespace scrubs
+    # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
+    ps_chains = [NftChain("pre", tuple(_vmap("iifname", [(f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports])),
                           "type filter hook prerouting priority -200; policy accept;"),
                  NftChain("out", tuple(_vmap("oifname", [(f'"{p.tap}"', f"mk_{p.ident}") for p in fw.ports])),
                           "type filter hook forward priority -100; policy accept;")]
