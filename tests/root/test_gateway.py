@@ -37,7 +37,9 @@ pytestmark = [pytest.mark.root, needs_root]
 
 OUT = topology.EXTERNAL_NS
 CLIENT = topology.EXTERNAL_CLIENT_IP
-LEASE = 3          # agent_down_time of this lab (seconds)
+# agent_down_time of this lab (seconds): short for the failover test, long enough that an agent
+# restart (a Python start-up, slow on a loaded 2-CPU machine) completes within it.
+LEASE = 8
 
 PEER_SERVER = """
 import socket, sys
@@ -288,6 +290,44 @@ def test_real_path_through_distributed_router(gwlab: Lab) -> None:
     assert ask(topology.vm_ns("r1"), CLIENT, 8080) == f"outside {addr}"
     with g.api("alice") as c:
         assert c.delete(f"/floatingips/{fip['id']}").status_code == 204
+
+
+def test_gateway_agent_restart_disturbs_nothing(gwlab: Lab) -> None:
+    """A restarted gateway agent adopts its namespaces: a ping through the floating IP and one
+    through SNAT lose nothing while the agent is stopped and started again."""
+    from vxnet.lab import lab
+
+    g = gwlab
+    na, _, rr = tenant_router(g, "alice", "100.64.60.0/24", "rst")
+    p = g.port("alice", na["id"], "100.64.60.11")
+    allow_outside(g, "alice")
+    vm_behind(g, "s1", "h1", p, rr["id"], via_snat=False)
+    ext = external_network(g)
+    with g.api("alice") as c:
+        fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": p["id"]}}),
+                 201)["floatingip"]
+    addr = fip["floating_ip_address"]
+    wait_for(lambda: nsexec(OUT, "ping", "-c", "1", "-W", "0.3", addr).returncode == 0)
+    host = router_ports(g, rr["id"], "network:router_gateway")[0]["binding:host_id"]
+    ns = router_netns(rr["id"], host)
+    before = nsexec(ns, "ip", "-o", "link").stdout.count("qg-")
+    pings = [subprocess.Popen(["ip", "netns", "exec", src, "ping", "-n", "-D", "-i", "0.02", "-c", "200", "-W", "1", dst],
+                              stdout=subprocess.PIPE, text=True)
+             for src, dst in ((OUT, addr), (topology.vm_ns("s1"), CLIENT))]
+    time.sleep(0.5)
+    st = lab.load_state()
+    with g.api("admin") as c:
+        started = lambda: c.get("/agents", params={"host": host}).json()["agents"][0]["started_at"]
+        old = started()
+        t0 = time.time()
+        lab.stop_agent(st, host)
+        lab.start_agent(lab.load_state(), host)
+        wait_for(lambda: started() != old, timeout=LEASE + 5, interval=0.1)
+    print(f"\ngateway agent {host} restarted (stop -> registered again) in {time.time() - t0:.2f} s")
+    for proc in pings:
+        sent, got, stamps = ping_result(proc)
+        assert sent == got == 200, f"lost {sent - got}, longest gap {max_gap(stamps):.3f} s"
+    assert nsexec(ns, "ip", "-o", "link").stdout.count("qg-") == before == 1
 
 
 def test_gateway_host_failure_moves_snat_and_floating_ip(gwlab: Lab) -> None:
