@@ -386,14 +386,17 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         row("fill the store (API builders, direct commits)", f"{len(world.ports)} ports", "", "", "",
             f"{fill_s:.0f} s wall", "", f"{len(world.nets)} networks + subnets, {len(world.hosts)} hosts; {size}")
         phase.append("starting the server(s) (loading the store)")
+        ecpu_fill, _ = sample(etcd_pids)
         t = time.monotonic()
         srv = stack.enter_context(servers(workdir, url, n_srv, start_timeout=600))
         sports = [p for p, _ in srv]
         spids = [pid for _, pid in srv]
         start_s = time.monotonic() - t
         cpu_start, rss_start = sample(spids)
+        ecpu_start, _ = sample(etcd_pids)
         row("server start (load + view index)", "", "", "", "", f"{start_s:.1f} s wall, {cpu_start:.1f} s CPU",
-            f"{rss_start:.0f}", f"{n_srv} server(s), started one after the other")
+            f"{rss_start:.0f}", f"{n_srv} server(s), started one after the other"
+            + (f"; etcd CPU meanwhile {ecpu_start - ecpu_fill:.1f} s" if etcd_pids else ""))
         admin_tok, agent_tok = get_token(sports[0], ADMIN), get_token(sports[0], AGENT)
         phase.append("registering hosts")
         t = time.monotonic()
