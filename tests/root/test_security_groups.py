@@ -7,7 +7,8 @@ servers on the other side) and pings:
   replies of allowed connections pass (conntrack), also when egress allows nothing of them;
 - an established TCP connection keeps working across an unrelated rule change (one nft
   transaction, conntrack untouched);
-- removing a port from a remote group revokes its access (set element removed);
+- removing a port from a remote group revokes its access (set element removed), also for the
+  connection it had open (its conntrack entries are deleted);
 - two projects with the same CIDR, the same addresses and the same TCP 4-tuple at the same time:
   both connections work, and conntrack holds the identical tuple in two zones (= the VNIs).
 """
@@ -245,10 +246,19 @@ def test_remote_group_membership_follows_ports(topo: Topo) -> None:
         return nsexec(topology.host_ns(1), "nft", "list", "set", "inet", "vxnet_sg", set_name).stdout
     wait_until(lambda: "100.64.10.50" in members(), what="c2 in the member set")
     assert probe("c2", "tcp", "100.64.10.10", 8080)
-    # c1 leaves the group: its access is revoked.
+    # c1 leaves the group: its access is revoked, also for the connection it has open (its
+    # conntrack entries on h1 are deleted, so its next segment meets the rules again).
+    conn = topo.client("c1", "100.64.10.10", 8080)
+    assert roundtrip(conn)
+
+    def tracked() -> str:
+        return nsexec(topology.host_ns(1), "conntrack", "-L", "-p", "tcp", "-s", "100.64.10.5", "--dport", "8080").stdout
+    assert "ESTABLISHED" in tracked()
     with topo.lab.api("alice") as c:
         assert c.put(f"/ports/{topo.c1['id']}", json={"port": {"security_groups": [topo.open_g["id"]]}}).status_code == 200
     wait_until(lambda: "100.64.10.5," not in members() and "100.64.10.5 " not in members(), what="c1 removed")
+    wait_until(lambda: "dport=8080" not in tracked(), what="c1's flows forgotten on h1")
+    assert not roundtrip(conn)
     assert not probe("c1", "tcp", "100.64.10.10", 8080)
     assert probe("c2", "tcp", "100.64.10.10", 8080)
     topo.del_rule(r["id"])

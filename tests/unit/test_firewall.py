@@ -10,7 +10,7 @@ import re
 import pytest
 
 from vxnet.agent.features import HostContext
-from vxnet.agent.firewall import FirewallFeature
+from vxnet.agent.firewall import FirewallFeature, revoked_flows
 from vxnet.compute import firewall as fwm
 from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, zone_map
 from vxnet.dataplane.nft_driver import diff_table, fingerprint, parse_listing
@@ -341,3 +341,13 @@ def test_feature_reuses_its_result_while_inputs_are_unchanged() -> None:
 def test_protocol_names_and_numbers(proto: str | None, expected: int | None) -> None:
     r = fwm._sg_rule(rule("x", G1, "ingress", protocol=proto))
     assert r is not None and r.protocol == expected
+
+
+def test_revoked_flows_are_the_leavers_in_the_zones_of_the_ports_that_name_the_group() -> None:
+    ports = base_ports()
+    more = [*ports, port("p6000000-0000-4000-8000-000000000006", "192.0.2.16", host="h3", groups=(G2,))]
+    before, after = compute_firewall(view(more), "h1"), compute_firewall(view(ports), "h1")
+    assert revoked_flows(before, after) == [(1001, "192.0.2.16")]      # P1 (zone 1001) names G2
+    assert revoked_flows(after, before) == []                          # joining revokes nothing
+    no_rule = compute_firewall(view(ports, [r for r in RULES if r["id"] != "r-group"]), "h1")
+    assert revoked_flows(before, no_rule) == []                        # nobody names G2 any more

@@ -6,6 +6,9 @@
   state (it filters VM taps, it owns no bridge port).
 - `apply(desired)`: `NftDriver.apply` of the two tables in one transaction, incremental by
   chain and set element; nothing at all when the tables did not change.
+- Revocation: an address that left a remote group loses its conntrack entries in the zones of
+  the local ports whose rules name the group (as Neutron does), so an established connection
+  it had is checked by the rules again (and dropped) instead of riding `ct established`.
 - DOWN: every filtered local port when the transaction failed (its rules are not what they
   must be; retried next pass from the kernel), and ports the model could not filter
   (mark index capacity, tap name clash).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import subprocess
 from typing import Any
 
 from vxnet.agent.features import FeatureDesired, FeatureResult, HostContext, View
@@ -31,6 +35,22 @@ class FirewallDesired(FeatureDesired):
     firewall: Firewall = dataclasses.field(default_factory=Firewall)
 
 
+def revoked_flows(old: Firewall, new: Firewall) -> list[tuple[int, str]]:
+    """(zone, address) whose conntrack entries must go: an address that left a remote group,
+    in the zone of every local port whose rules (still) name that group."""
+    zones = dict(new.zones)
+    out: set[tuple[int, str]] = set()
+    for gid, before in old.members.items():
+        gone = before - new.members.get(gid, frozenset())
+        if not gone:
+            continue
+        users = {g.group_id for g in new.groups if any(r.remote_group == gid for r in g.rules)}
+        for p in new.ports:
+            if users.intersection(p.groups) and p.bridge in zones:
+                out.update((zones[p.bridge], a) for a in gone)
+    return sorted(out)
+
+
 class FirewallFeature:
     name = "firewall"
 
@@ -38,6 +58,7 @@ class FirewallFeature:
         self.ctx = ctx
         self.driver = driver or NftDriver(ctx.netns)
         self._cache: tuple[tuple[Any, ...], FirewallDesired] | None = None
+        self._last: Firewall | None = None       # what the last successful apply loaded
 
     def compute(self, view: View) -> FirewallDesired:
         key = tuple(view.get(k) for k in _INPUTS)
@@ -56,7 +77,19 @@ class FirewallFeature:
             return FeatureResult(failed=(f"firewall: {e}",),
                                  down=frozenset(p.port_id for p in fw.ports) | frozenset(fw.unfiltered))
         changes = {"nft_" + res.mode: 1} if res.mode != "noop" else {}
-        return FeatureResult(down=frozenset(fw.unfiltered), changes=changes)
+        failed: tuple[object, ...] = ()
+        if self._last is not None and self._last is not fw:
+            revoked = revoked_flows(self._last, fw)
+            for zone, addr in revoked:
+                try:
+                    self.driver.forget_flows(zone, addr)
+                except (NftError, OSError, subprocess.SubprocessError) as e:   # the rules are in place; log it
+                    failed = (f"firewall: conntrack cleanup {addr}: {e}",)
+                    log.warning("host=%s conntrack cleanup of %s in zone %s failed: %s", self.ctx.host, addr, zone, e)
+            if revoked:
+                changes["conntrack_revoked"] = len(revoked)
+        self._last = fw
+        return FeatureResult(failed=failed, down=frozenset(fw.unfiltered), changes=changes)
 
     def invalidate(self) -> None:
         self.driver.invalidate()

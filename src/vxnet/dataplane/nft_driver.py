@@ -23,6 +23,9 @@ Contract:
   process, which would sit on every port-up's critical path), in a worker thread that entered
   the host namespace (`setns` is per thread) when `netns` is set; without libnftables, `nft -f -`
   (`ip netns exec NS nft ...`). Reads (listing for adoption, counters) use the `nft` program.
+- `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
+  (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
+  packet meets the rules again instead of `ct established`.
 - `ensure_br_netfilter()`: `net.bridge.bridge-nf-call-iptables=1` (bridged IPv4 traverses the
   inet hooks: without it security groups are silently bypassed, KERNEL-NOTES §6).
 """
@@ -325,6 +328,20 @@ class NftDriver:
                 if s.elements:
                     lines.append(f"add element {family} {name} {s.name} {_set_text(s.elements)}")
         return lines, "adopt"
+
+    def forget_flows(self, zone: int, address: str) -> None:
+        """Delete the conntrack entries of `zone` whose original source or destination is
+        `address` (an IPv4 address or prefix): their next packet is checked by the rules again."""
+        net = address if "/" in address else address + "/32"
+        ip, bits = net.split("/")
+        mask = ".".join(str((0xFFFFFFFF << (32 - int(bits)) >> s) & 255) for s in (24, 16, 8, 0))
+        for side in ("src", "dst"):
+            flag = "-s" if side == "src" else "-d"
+            cmd = ["conntrack", "-D", "-w", str(zone), flag, ip, f"--mask-{side}", mask]
+            r = subprocess.run((["ip", "netns", "exec", self.netns] if self.netns else []) + cmd,
+                               capture_output=True, text=True, timeout=30, check=False)
+            if r.returncode not in (0, 1):       # 1: no entry matched
+                raise NftError(f"conntrack: {r.stderr.strip()[-300:]}")
 
     def close(self) -> None:
         """Stop the worker thread (kernel state stays: a restarted agent adopts it)."""
