@@ -74,4 +74,5 @@ def build_features(ctx: HostContext) -> list[Feature]:
     from vxnet.agent import gateway; features += gateway.build(ctx)  # noqa: E702 - SNAT/floating IPs (gateway hosts)
     from vxnet.agent.routing import RoutingFeature; features.append(RoutingFeature(ctx))  # noqa: E702
     from vxnet.agent.firewall import FirewallFeature; features.append(FirewallFeature(ctx))  # noqa: E702
+    from vxnet.agent.dhcp import DhcpFeature; features.append(DhcpFeature(ctx))  # noqa: E702 - DHCP for local VMs
     return features
