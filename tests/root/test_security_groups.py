@@ -360,3 +360,33 @@ def test_same_tuple_in_two_projects_two_zones(lab3: Lab) -> None:
             assert all("ESTABLISHED" in ln for ln in lines), out
     finally:
         t.close()
+
+
+def test_restarted_agent_adopts_its_rules_counters_kept(topo: Topo) -> None:
+    """A restarted agent reads its tables back and recognises every rule (comment hashes): no
+    reload, so no counter restarts and no packet meets a half-built ruleset."""
+    import os
+
+    from vxnet.lab import lab as vlab
+
+    port_in = "in_" + fwm._ident(topo.srv["id"])
+    assert not probe("c2", "tcp", "100.64.10.10", 24)
+    before = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")[(port_in, "default-drop")][0]
+    assert before > 0
+    st = vlab.load_state()
+    log_path = os.path.join(vlab.state_dir(), "agent-h1.log")
+    offset = os.path.getsize(log_path)
+    vlab.stop_agent(st, "h1")
+    vlab.start_agent(st, "h1")
+
+    def adopted() -> bool:
+        with open(log_path) as f:
+            f.seek(offset)
+            return "feature firewall applied {'nft_adopt': 1}" in f.read()
+    wait_until(adopted, timeout=30, what="the restarted agent's adoption pass")
+    after = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")[(port_in, "default-drop")][0]
+    assert after >= before
+    assert probe("c1", "tcp", "100.64.10.10", 22)
+    with open(log_path) as f:
+        f.seek(offset)
+        assert "nft_full" not in f.read()

@@ -228,19 +228,26 @@ def comment_kind(comment: str) -> str:
     return comment.removeprefix("vxnet:").split("#", 1)[0]
 
 
+@functools.lru_cache(maxsize=65536)
+def _norm4(addr: str) -> str | None:
+    """An IPv4 address or prefix in canonical form (a /32 as a plain address); None otherwise."""
+    try:
+        n = ipaddress.ip_network(addr, strict=False)
+    except ValueError:
+        return None
+    if n.version != 4:
+        return None
+    return str(n.network_address) if n.prefixlen == 32 else str(n)
+
+
 def collapse(addrs: Iterable[str]) -> frozenset[str]:
     """IPv4 addresses/CIDRs merged into non-overlapping prefixes (nft interval sets refuse
     overlaps); a /32 is written as a plain address."""
-    nets = []
-    for a in addrs:
-        try:
-            n = ipaddress.ip_network(a, strict=False)
-        except ValueError:
-            continue
-        if n.version == 4:
-            nets.append(n)
-    return frozenset(str(n.network_address) if n.prefixlen == 32 else str(n)
-                     for n in ipaddress.collapse_addresses(nets))
+    norm = {n for a in addrs if (n := _norm4(a)) is not None}
+    if not any("/" in n for n in norm):
+        return frozenset(norm)             # plain addresses never overlap
+    nets = ipaddress.collapse_addresses(ipaddress.ip_network(n) for n in norm)
+    return frozenset(str(n.network_address) if n.prefixlen == 32 else str(n) for n in nets)
 
 
 def _protocol(value: Any) -> int | None:
@@ -279,10 +286,7 @@ def _sg_rule(r: Mapping[str, Any]) -> SgRule | None:
 
 
 def _v4(addr: str) -> bool:
-    try:
-        return ipaddress.ip_network(addr, strict=False).version == 4
-    except ValueError:
-        return False
+    return _norm4(addr) is not None
 
 
 def port_addresses(port: Mapping[str, Any]) -> list[tuple[str, str]]:
