@@ -350,3 +350,44 @@ def test_agent_crash_adopts_responders_and_removes_unwanted_ones(lab: Lab, scrip
     assert r.returncode == 0 and "lease of 100.64.20.11 obtained" in r.stderr, r.stdout + r.stderr
     rules = nsexec(topology.host_ns(1), "nft", "list", "table", "bridge", cdhcp.NFT_TABLE).stdout
     assert naming.tap_name(k1["id"]) in rules and rules.count("ether daddr set") == 1, rules
+
+
+def test_in_process_agent_driving_a_host_namespace_counts_what_it_answers(lab: Lab, scripts: str) -> None:
+    """The `netns=` path (agent outside its host namespace, as in the in-process tests): the
+    responder thread enters the namespace; counters per network."""
+    from tests.root.test_agent_loop import FakeControl
+    from vxnet.agent.core import Agent, AgentConfig
+    from vxnet.agent.dhcp import DhcpFeature
+
+    topology.add_host(9)
+    ns = topology.host_ns(9)
+    nid, sid, pid = ("eeeeeeee-0000-4000-8000-00000000000" + c for c in "123")
+    mac = "02:00:00:00:09:11"
+    view = {"hosts": {"h9": {"host": "h9", "underlay_ip": topology.underlay_ip(9), "alive": True}},
+            "networks": {nid: {"id": nid, "provider:network_type": "vxlan", "provider:segmentation_id": 4999,
+                               "mtu": 1400}},
+            "subnets": {sid: {"id": sid, "network_id": nid, "ip_version": 4, "cidr": "203.0.113.0/25",
+                              "gateway_ip": None, "enable_dhcp": True}},
+            "ports": {pid: {"id": pid, "network_id": nid, "binding:host_id": "h9", "mac_address": mac,
+                            "device_owner": "compute:nova",
+                            "fixed_ips": [{"subnet_id": sid, "ip_address": "203.0.113.9"}]}}}
+    cfg = AgentConfig(host="h9", underlay_ip=topology.underlay_ip(9), netns=ns, resync_interval=3600)
+    feature = DhcpFeature(cfg.context)
+    agent = Agent(cfg, FakeControl(ns), features=[feature])
+    try:
+        topology.add_vm("n1", ns, naming.tap_name(pid), mac, None, 1500)
+        agent.start()
+        agent.on_message({"type": "snapshot", "revision": 1, "view": view})
+        assert agent.wait_applied(1)
+        r = udhcpc(scripts, "n1")
+        assert r.returncode == 0 and "lease of 203.0.113.9 obtained from 203.0.113.126" in r.stderr, r.stderr
+        got = [x for x in records(out_file(scripts, "n1")) if x["event"] == "bound"][-1]
+        assert (got["mtu"], got["router"], got["serverid"]) == ("1400", "", "203.0.113.126")
+        nsexec(topology.vm_ns("n1"), "ip", "link", "set", "eth0", "address", "02:00:00:00:09:99")
+        assert udhcpc(scripts, "n1", "-t", "1").returncode != 0            # unknown MAC: silence
+        assert feature.counters()[nid] == {"offers": 1, "acks": 1, "ignored": 1}
+    finally:
+        agent.stop()
+        agent.control.q.put(None)   # type: ignore[attr-defined]
+        topology.del_vm("n1")
+        subprocess.run(["ip", "netns", "del", ns], check=False)
