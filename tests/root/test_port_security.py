@@ -205,8 +205,9 @@ def test_rogue_dhcp_server_is_dropped(vms: Ports) -> None:
     before = counters(1, s1["id"])
     with vm_capture("s3", "udp port 68") as seen:
         raw("s1", "udp", s1["mac_address"], "-", "192.0.2.21", "67:68:255.255.255.255")   # an offer
-        raw("s1", "udp", s1["mac_address"], "-", "192.0.2.21", "68:67:255.255.255.255")   # control: a request
-    assert len(seen) == 3 and all("192.0.2.21.68 > 255.255.255.255.67" in ln for ln in seen), "\n".join(seen)
+        # Control: the same broadcast to port 68 from source port 69 reaches s3 (so the capture sees).
+        raw("s1", "udp", s1["mac_address"], "-", "192.0.2.21", "69:68:255.255.255.255")
+    assert len(seen) == 3 and all("192.0.2.21.69 > 255.255.255.255.68" in ln for ln in seen), "\n".join(seen)
     assert counters(1, s1["id"])["dhcp-server"] - before.get("dhcp-server", 0) == 3
 
 
