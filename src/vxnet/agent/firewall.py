@@ -76,7 +76,7 @@ class FirewallFeature:
             log.error("host=%s firewall rules not loaded: %s", self.ctx.host, e)
             return FeatureResult(failed=(f"firewall: {e}",),
                                  down=frozenset(p.port_id for p in fw.ports) | frozenset(fw.unfiltered))
-        changes = {"nft_" + res.mode: 1} if res.mode != "noop" else {}
+        changes = {"nft_" + res.mode: 1} if res.mode not in ("noop", "unchanged") else {}
         failed: tuple[object, ...] = ()
         if self._last is not None and self._last is not fw:
             revoked = revoked_flows(self._last, fw)
