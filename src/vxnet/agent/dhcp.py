@@ -363,6 +363,7 @@ class DhcpFeature:
         if not self.server.alive:
             log.warning("DHCP responder thread stopped; starting a new one")
             counters = self.server.counters
+            self.server.close()
             self.server = ResponderServer(self.ctx.netns)
             self.server.counters = counters
             self._served = None
