@@ -111,6 +111,31 @@ def probe_tcp(cell: Cell, netns: str, ip: str, port: int, want_who: str | None =
     return cell
 
 
+DHCP_SCRIPT = """#!/bin/sh
+# udhcpc event script for the demo: report what the lease says, change nothing in the VM.
+[ "$1" = bound ] && echo "lease ip=$ip mask=$mask router=$router mtu=$mtu dns=$dns"
+exit 0
+"""
+
+
+def probe_dhcp(cell: Cell, netns: str, script: str, want_ip: str, want_router: str, want_mtu: int) -> Cell:
+    """A real DHCP client (busybox udhcpc) in the VM asks for a lease; the VM's own host answers.
+    The script only reports the lease, so the VM's configuration is left as it is."""
+    r = subprocess.run(["ip", "netns", "exec", netns, "busybox", "udhcpc", "-f", "-q", "-n", "-t", "4", "-T", "1",
+                        "-i", "eth0", "-O", "mtu", "-s", script], capture_output=True, text=True, check=False,
+                       timeout=30)
+    lease = next((line for line in r.stdout.splitlines() if line.startswith("lease ")), "")
+    if not lease:
+        cell.got, cell.evidence = "blocked", "no lease: " + (r.stdout + r.stderr).strip().replace("\n", " ")[-120:]
+        return cell
+    cell.got = "open"
+    got = dict(kv.split("=", 1) for kv in lease.split()[1:] if "=" in kv)
+    cell.evidence = f"{got.get('ip')}/{got.get('mask')} router {got.get('router')} mtu {got.get('mtu')}"
+    if (got.get("ip"), got.get("router"), got.get("mtu")) != (want_ip, want_router, str(want_mtu)):
+        cell.evidence = f"WRONG: {cell.evidence}; expected {want_ip} router {want_router} mtu {want_mtu}"
+    return cell
+
+
 def probe_ping(cell: Cell, netns: str, ip: str) -> Cell:
     rtt = None
     for _ in range(3 if cell.expect == "open" else 1):

@@ -64,11 +64,13 @@ def wait_active(admin: httpx.Client, port_ids: list[str], timeout: float = 60) -
         time.sleep(0.3)
 
 
-def cells_for(t: scenario.Tenant, outside_ns: str, vm_ns: Callable[[str], str]) -> list[Cell]:
+def cells_for(t: scenario.Tenant, outside_ns: str, vm_ns: Callable[[str], str], dhcp_script: str) -> list[Cell]:
     """The matrix rows of one tenant (each also says how to trace the same packet)."""
     u, p, out = t.user, t.ports, scenario.OUTSIDE_CLIENT
     ns = lambda vm: vm_ns(t.vm(vm))
     return [
+        matrix.probe_dhcp(Cell(u, f"DHCP       db1 asks for a lease (answered by its own host {t.hosts['db1']})",
+                               "open"), ns("db1"), dhcp_script, t.ips["db1"], scenario.DB_GW, 1450),
         matrix.probe_tcp(Cell(u, f"east-west  web1 -> web2 {t.ips['web2']}:22 (same network, "
                                  f"{t.hosts['web1']} -> {t.hosts['web2']})", "open",
                               trace=(p["web1"], t.ips["web2"], "tcp", 22)),
@@ -103,6 +105,8 @@ def add_traces(cells: list[Cell], url: str, admin_token: str) -> None:
     snap = fetch(url, admin_token)
     for c in cells:
         src, dst, proto, dport = c.trace
+        if not src:
+            continue
         t = walk(snap, src, dst, proto, dport)
         passes = t.verdict in ("delivered", "leaves")
         agree = passes == (c.got == "open")
@@ -116,7 +120,8 @@ def print_matrix(cells: list[Cell], echo: Callable[[str], None]) -> None:
     for c in cells:
         mark = "ok " if c.ok else "BAD"
         echo(f"{mark} {c.tenant:6}  {c.what:{width}}  {c.expect:7}  {c.got:7}  {c.evidence}")
-        echo(f"    {'':6}  {'':{width}}  {'':7}  {'':7}  {c.traced}")
+        if c.traced:
+            echo(f"    {'':6}  {'':{width}}  {'':7}  {'':7}  {c.traced}")
     echo("")
 
 
@@ -165,7 +170,10 @@ def run(sample_config: str, data_dir: str, listen: str, check: bool, echo: Calla
         services.append(matrix.start_service(outside, "outside", [8080]))
         echo(f"      6 VMs ACTIVE ({time.time() - t0:.1f} s since start)")
         echo("[5/5] the matrix, with real packets")
-        cells = [c for t in tenants.values() for c in cells_for(t, outside, topology.vm_ns)]
+        script = data / "udhcpc-report.sh"
+        script.write_text(matrix.DHCP_SCRIPT)
+        script.chmod(0o755)
+        cells = [c for t in tenants.values() for c in cells_for(t, outside, topology.vm_ns, str(script))]
         add_traces(cells, url, admin.headers["X-Auth-Token"])
         print_matrix(cells, echo)
         bad = [c for c in cells if not c.ok]
