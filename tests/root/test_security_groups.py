@@ -223,6 +223,10 @@ def test_cidr_port_range_udp_and_icmp_rules(topo: Topo) -> None:
     r_ping = topo.add_rule(topo.srv_g, direction="ingress", protocol="icmp", port_range_min=8, port_range_max=0)
     wait_until(rule_loaded(1, r_ping["id"]), what="icmp rule on h1")
     assert ping("c1", "100.64.10.10", count=2) == 2
+    # The rule was added to the group chain by itself: the other rules kept their counters.
+    counters = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")
+    assert counters[(gi, f"sg:{r_ssh['id']}")][0] == 2
+    assert counters[(gi, f"sg:{r_ping['id']}")][0] == 1          # the first echo request; then ct established
     for rid in (r_dns["id"], r_ts["id"], r_ping["id"]):
         topo.del_rule(rid)
     wait_until(rule_gone(1, r_ping["id"]), what="icmp rule removed")

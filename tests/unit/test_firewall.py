@@ -13,7 +13,7 @@ from vxnet.agent.features import HostContext
 from vxnet.agent.firewall import FirewallFeature, revoked_flows
 from vxnet.compute import firewall as fwm
 from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, zone_map
-from vxnet.dataplane.nft_driver import diff_table, fingerprint, parse_listing
+from vxnet.dataplane.nft_driver import diff_table, fingerprint, normalise_listing, parse_handles, parse_listing
 
 NET = "aaaaaaaa-0000-4000-8000-000000000001"
 NET2 = "bbbbbbbb-0000-4000-8000-000000000002"
@@ -227,10 +227,13 @@ def test_same_result_whatever_the_order() -> None:
 # --- driver diff against a stateful fake table --------------------------------------------------------
 
 class FakeNft:
-    """The subset of nft commands the driver sends, applied to a dict model."""
+    """The subset of nft commands the driver sends, applied to a dict model (rules carry
+    handles, as in the kernel)."""
 
     def __init__(self) -> None:
         self.tables: dict[tuple[str, str], dict] = {}
+        self.next_handle = 1
+        self.handles: dict[tuple[str, str], int] = {}     # (chain, rule text) -> handle
 
     def run(self, lines: list[str]) -> None:
         for line in lines:
@@ -253,8 +256,14 @@ class FakeNft:
             elif obj == "chain" and op == "delete":
                 assert not t["chains"].pop(name), "deleting a non-empty chain"
                 assert not any(f" {name} " in r + " " for rs in t["chains"].values() for r in rs), "still referenced"
+            elif obj == "rule" and op == "delete":
+                h = int(rest.split("handle", 1)[1])
+                text = next(r for r in t["chains"][name] if self.handles[(name, r)] == h)
+                t["chains"][name].remove(text)
             elif obj == "rule":
                 t["chains"][name].append(rest)
+                self.handles[(name, rest)] = self.next_handle
+                self.next_handle += 1
             elif obj == "set" and op == "add":
                 t["sets"][name] = set()
             elif obj == "set" and op == "delete":
@@ -268,8 +277,22 @@ class FakeNft:
                     t["sets"][name] -= elems
 
     def state(self, t: fwm.NftTable) -> dict:
-        return {"chains": {c.name: [r.text for r in c.rules] for c in t.chains},
-                "sets": {s.name: set(s.elements) for s in t.sets}}
+        """What the fake must hold for `t` (unordered chains in the fake's order)."""
+        held = self.tables.get((t.family, t.name), {"chains": {}})["chains"]
+        chains = {}
+        for c in t.chains:
+            want = [r.text for r in c.rules]
+            chains[c.name] = want if c.ordered or sorted(want) != sorted(held.get(c.name, [])) else held[c.name]
+        return {"chains": chains, "sets": {s.name: set(s.elements) for s in t.sets}}
+
+    def comment_handles(self, t: fwm.NftTable) -> dict[str, dict[str, int]]:
+        """What `nft -a list chain` gives the driver: comment -> handle, per chain."""
+        out: dict[str, dict[str, int]] = {}
+        for name, rules in self.tables[(t.family, t.name)]["chains"].items():
+            h = parse_handles("\n".join(f'{r} # handle {self.handles[(name, r)]}' for r in rules))
+            if h is not None:
+                out[name] = h
+        return out
 
 
 def test_diff_converges_and_reverts() -> None:
@@ -289,11 +312,12 @@ def test_diff_converges_and_reverts() -> None:
         fake = FakeNft()
         for ta in a.tables:
             fake.run(fwm.table_text(ta).splitlines())
+        with_handles = rng.random() < 0.5      # rule-by-rule edits of group chains, or flush + refill
         for ta, tb in zip(a.tables, b.tables, strict=True):
-            fake.run(diff_table(ta, tb))
+            fake.run(diff_table(ta, tb, fake.comment_handles(ta) if with_handles else None))
             assert fake.tables[(tb.family, tb.name)] == fake.state(tb)
         for ta, tb in zip(a.tables, b.tables, strict=True):
-            fake.run(diff_table(tb, ta))
+            fake.run(diff_table(tb, ta, fake.comment_handles(tb) if with_handles else None))
             assert fake.tables[(ta.family, ta.name)] == fake.state(ta)
 
 
@@ -306,6 +330,14 @@ def test_rule_change_rewrites_one_chain_whatever_the_ports() -> None:
     assert diff_table(a.tables[0], b.tables[0]) == []
     cmds = diff_table(a.tables[1], b.tables[1])
     assert cmds[0] == f"flush chain inet vxnet_sg gi_{G1.replace('-', '')}" and len(cmds) == 6
+    # With the kernel's rule handles: one added rule, the others (and their counters) untouched.
+    fake = FakeNft()
+    fake.run(fwm.table_text(a.tables[1]).splitlines())
+    cmds = diff_table(a.tables[1], b.tables[1], fake.comment_handles(a.tables[1]))
+    assert len(cmds) == 1 and cmds[0].startswith(f"add rule inet vxnet_sg gi_{G1.replace('-', '')} ")
+    assert "sg:r-web#" in cmds[0]
+    cmds = diff_table(b.tables[1], a.tables[1], {"gi_" + G1.replace("-", ""): {"vxnet:x#1": 7}})
+    assert cmds[0].startswith("flush chain")                # handles that do not fit: flush + refill
 
 
 def test_fingerprint_matches_a_kernel_listing() -> None:
@@ -321,7 +353,11 @@ def test_fingerprint_matches_a_kernel_listing() -> None:
         listing.append("\t}")
     listing.append("}")
     chains, sets = parse_listing("\n".join(listing))
-    assert chains == fingerprint(sg) and sets == {s.name for s in sg.sets}
+    assert normalise_listing(sg, chains) == fingerprint(sg) and sets == {s.name for s in sg.sets}
+    # A group chain whose rules were added in another order is still recognised.
+    gi = "gi_" + G1.replace("-", "")
+    shuffled = dict(chains, **{gi: tuple(reversed(chains[gi]))})
+    assert normalise_listing(sg, shuffled) == fingerprint(sg)
     other = compute_firewall(view(base_ports(), RULES[:-1]), "h1").tables[1]
     assert fingerprint(other) != chains
 

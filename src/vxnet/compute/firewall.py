@@ -160,6 +160,7 @@ class NftChain:
     name: str
     rules: tuple[NftRule, ...]
     hook: str | None = None           # base chain spec, e.g. "type filter hook forward priority 0; policy accept;"
+    ordered: bool = True              # False: every rule ends in the same verdict, order is irrelevant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,7 +440,7 @@ def _port_sg_chain(p: PortFilter, direction: str) -> NftChain:
 
 @functools.lru_cache(maxsize=4096)
 def _group_chain(g: GroupRules) -> NftChain:
-    return NftChain(g.chain, tuple(_rule(r.match_text(), "accept", "sg:" + r.rule_id) for r in g.rules))
+    return NftChain(g.chain, tuple(_rule(r.match_text(), "accept", "sg:" + r.rule_id) for r in g.rules), ordered=False)
 
 
 def _vmap(key: str, entries: list[tuple[str, str]]) -> list[NftRule]:

@@ -49,13 +49,16 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from vxnet.compute.firewall import NftTable, table_text
+from vxnet.compute.firewall import NftChain, NftTable, table_text
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
 _COMMENT = re.compile(r'comment "(vxnet:[^"]*)"')
 _CHAIN = re.compile(r"^\s*chain (\S+) \{")
 _SET = re.compile(r"^\s*set (\S+) \{")
+_HANDLE = re.compile(r"# handle (\d+)\s*$")
+OUTPUT_HANDLE = 1 << 3          # NFT_CTX_OUTPUT_HANDLE (libnftables.h)
+OUTPUT_TERSE = 1 << 11          # NFT_CTX_OUTPUT_TERSE
 
 
 class NftError(Exception):
@@ -73,9 +76,32 @@ def _set_text(elements: Iterable[str]) -> str:
     return "{ " + ", ".join(sorted(elements)) + " }"
 
 
+def _comments(c: NftChain) -> tuple[str, ...]:
+    return tuple(m.group(1) for r in c.rules if (m := _COMMENT.search(r.text)))
+
+
 def fingerprint(t: NftTable) -> dict[str, tuple[str, ...]]:
-    """Chain name -> the comments of its rules (what a terse kernel listing shows)."""
-    return {c.name: tuple(m.group(1) for r in c.rules if (m := _COMMENT.search(r.text))) for c in t.chains}
+    """Chain name -> the comments of its rules (what a terse kernel listing shows), sorted for
+    chains whose order does not matter (rules are added to them at the end)."""
+    return {c.name: _comments(c) if c.ordered else tuple(sorted(_comments(c))) for c in t.chains}
+
+
+def normalise_listing(t: NftTable, chains: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """A kernel listing's fingerprint made comparable with `fingerprint(t)`."""
+    unordered = {c.name for c in t.chains if not c.ordered}
+    return {k: tuple(sorted(v)) if k in unordered else v for k, v in chains.items()}
+
+
+def parse_handles(text: str) -> dict[str, int] | None:
+    """Comment -> rule handle of a `list chain` output with handles; None if a comment repeats."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        m, h = _COMMENT.search(line), _HANDLE.search(line)
+        if m and h:
+            if m.group(1) in out:
+                return None
+            out[m.group(1)] = int(h.group(1))
+    return out
 
 
 def parse_listing(text: str) -> tuple[dict[str, tuple[str, ...]], set[str]]:
@@ -94,8 +120,12 @@ def parse_listing(text: str) -> tuple[dict[str, tuple[str, ...]], set[str]]:
     return {k: tuple(v) for k, v in chains.items()}, sets
 
 
-def diff_table(old: NftTable, new: NftTable) -> list[str]:
-    """Commands turning table `old` into `new` (same family and name) in one transaction."""
+def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] | None = None) -> list[str]:
+    """Commands turning table `old` into `new` (same family and name) in one transaction.
+
+    `handles[chain]` (comment -> kernel rule handle) lets a changed unordered chain be edited
+    rule by rule (delete the rules that went, add the new ones), so the counters of the rules
+    that stay keep counting; without it the chain is flushed and refilled."""
     f, n = new.family, new.name
     oc, nc = old.chain_map(), new.chain_map()
     if any(name in oc and oc[name].hook != c.hook for name, c in nc.items()):
@@ -124,6 +154,9 @@ def diff_table(old: NftTable, new: NftTable) -> list[str]:
             head.append(f"add chain {f} {n} {name}" + (f" {{ {c.hook} }}" if c.hook else ""))
         elif before.rules == c.rules:
             continue
+        elif not c.ordered and (edit := _edit_rules(f, n, before, c, (handles or {}).get(name))) is not None:
+            rules += edit
+            continue
         else:
             rules.append(f"flush chain {f} {n} {name}")
         rules += [f"add rule {f} {n} {name} {r.text}" for r in c.rules]
@@ -133,6 +166,17 @@ def diff_table(old: NftTable, new: NftTable) -> list[str]:
     tail += [f"delete chain {f} {n} {name}" for name in oc if name not in nc]
     tail += [f"delete set {f} {n} {name}" for name in os_ if name not in ns_]
     return head + rules + tail
+
+
+def _edit_rules(f: str, n: str, old: NftChain, new: NftChain, handles: dict[str, int] | None) -> list[str] | None:
+    """Rule-by-rule edit of an unordered chain, or None when the handles do not fit `old`."""
+    if handles is None or sorted(handles) != sorted(_comments(old)) or len(set(_comments(old))) != len(old.rules):
+        return None
+    keep = {r.text for r in new.rules}
+    have = {r.text for r in old.rules}
+    out = [f"delete rule {f} {n} {old.name} handle {handles[m.group(1)]}"
+           for r in old.rules if r.text not in keep and (m := _COMMENT.search(r.text))]
+    return out + [f"add rule {f} {n} {new.name} {r.text}" for r in new.rules if r.text not in have]
 
 
 class _LibNft:
@@ -147,6 +191,9 @@ class _LibNft:
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
         ctx = lib.nft_ctx_new(0)
         if not ctx:
             raise OSError("nft_ctx_new failed")
@@ -159,6 +206,18 @@ class _LibNft:
         rc = self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
         err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace").strip()
         return None if rc == 0 else (err or f"nft error {rc}")
+
+    def output(self, cmd: str, flags: int) -> str:
+        """The output of a listing command run with output `flags` (OSError on failure)."""
+        self._lib.nft_ctx_output_set_flags(self._ctx, flags)
+        try:
+            err = self.run(cmd)
+            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
+        finally:
+            self._lib.nft_ctx_output_set_flags(self._ctx, 0)
+        if err is not None:
+            raise OSError(err)
+        return out
 
     def close(self) -> None:
         self._lib.nft_ctx_free(self._ctx)
@@ -277,6 +336,27 @@ class _Transactions:
         except (OSError, TimeoutError, subprocess.SubprocessError) as e:
             return f"{type(e).__name__}: {e}"
 
+    def output(self, cmd: str, flags: int) -> str:
+        """A listing's text in the host namespace (libnftables, else the `nft` program)."""
+        if self.netns is None:
+            if self._lib is None and self.in_process:
+                try:
+                    self._lib = _LibNft()
+                except OSError:
+                    self.in_process = False
+            if self._lib is not None:
+                return self._lib.output(cmd, flags)
+        elif self._worker_lib is not None or self._thread is None:
+            out = self.call(lambda: self._worker_lib.output(cmd, flags) if self._worker_lib is not None else None)
+            if out is not None:
+                return str(out)
+        opts = (["-a"] if flags & OUTPUT_HANDLE else []) + (["-t"] if flags & OUTPUT_TERSE else [])
+        r = subprocess.run((["ip", "netns", "exec", self.netns] if self.netns else []) + ["nft", *opts, *cmd.split()],
+                           capture_output=True, text=True, timeout=120, check=False)
+        if r.returncode != 0:
+            raise OSError(r.stderr.strip()[-500:])
+        return r.stdout
+
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             self._q.put(None)
@@ -355,7 +435,7 @@ class NftDriver:
                 if old is None:
                     lines += table_text(t).splitlines()
                 elif old is not t and old != t:
-                    lines += diff_table(old, t)
+                    lines += diff_table(old, t, self._handles(old, t))
         if lines:
             err = self._tx.run("\n".join(lines) + "\n")
             if err is not None:
@@ -371,17 +451,33 @@ class NftDriver:
         self.last = ApplyResult(mode, len(lines), time.perf_counter() - t0)
         return self.last
 
+    def _handles(self, old: NftTable, new: NftTable) -> dict[str, dict[str, int]]:
+        """Rule handles of the unordered chains that change (read from the kernel)."""
+        oc = old.chain_map()
+        out: dict[str, dict[str, int]] = {}
+        for c in new.chains:
+            if c.ordered or c.name not in oc or oc[c.name].rules == c.rules:
+                continue
+            try:
+                h = parse_handles(self._tx.output(f"list chain {new.family} {new.name} {c.name}", OUTPUT_HANDLE))
+            except (OSError, TimeoutError) as e:
+                log.debug("no handles for %s: %s", c.name, e)
+                continue
+            if h is not None:
+                out[c.name] = h
+        return out
+
     def _adopt(self, want: dict[tuple[str, str], NftTable]) -> tuple[list[str], str]:
         """(commands, "adopt") when the kernel already holds every desired chain and rule
         (sets are re-filled exactly), else ([], "full")."""
         lines: list[str] = []
         for (family, name), t in want.items():
             try:
-                listing = self.nft("-t", "list", "table", family, name)
-            except NftError:
+                listing = self._tx.output(f"list table {family} {name}", OUTPUT_TERSE)
+            except (OSError, TimeoutError):
                 return [], "full"
             chains, sets = parse_listing(listing)
-            if chains != fingerprint(t) or sets != {s.name for s in t.sets}:
+            if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
                 return [], "full"
             for s in t.sets:
                 lines.append(f"flush set {family} {name} {s.name}")
