@@ -56,6 +56,8 @@ import httpx
 from bench.fanout_bench import ADMIN, AGENT, get_token, sample, servers, store_for
 from bench.report import Report, percentile
 from bench.sim_agents import ports_digest, worker_main
+from vxnet.store import open_store
+from vxnet.store.contract import Store
 
 NAME = "Control-plane scale: 1,000 simulated agents, 100,000 ports on 5,000 networks"
 CHANGE_TIMEOUT = 10.0
@@ -94,15 +96,15 @@ class World:
         return {p for n in self.nets_of_host[host] for p in self.ports_on[n]}
 
 
-def fill(url: str, opts: argparse.Namespace, rng: random.Random, batch: int) -> World:
-    """Write networks, subnets and ports with the API's builders (see the module docstring)."""
+def fill(store: Store, opts: argparse.Namespace, rng: random.Random, batch: int) -> World:
+    """Write networks, subnets and ports into `store` with the API's builders (see the module
+    docstring), `batch` ports per transaction."""
     from vxnet.api.auth import new_context
     from vxnet.api.routers.networks import NetworkCreate, build_network, touch
     from vxnet.api.routers.subnets import SubnetCreate, build_subnet
     from vxnet.config import Config, project_id_for, user_id_for
     from vxnet.services.ports import new_port_record
     from vxnet.services.repo import Repo, UnitOfWork
-    from vxnet.store import open_store
 
     subnets_of: dict[str, list[dict[str, Any]]] = {}
 
@@ -116,7 +118,6 @@ def fill(url: str, opts: argparse.Namespace, rng: random.Random, batch: int) -> 
                 return super().list(collection, where, guard_new=guard_new)
             return [s for s in subnets_of.get(self.network_id, []) if where is None or where(s)]
 
-    store = open_store(url)
     repo = Repo(store)
 
     def commit(fn: Any) -> Any:
@@ -132,77 +133,74 @@ def fill(url: str, opts: argparse.Namespace, rng: random.Random, batch: int) -> 
     st = SimpleNamespace(config=Config())
     admin = ADMIN[0]
     ctx = new_context(user_id_for(admin), admin, project_id_for(ADMIN[2]), ADMIN[2], ("admin",), 3600)
-    try:
-        n_nets = opts.scale_networks
-        for start in range(0, n_nets, 100):
-            items = [NetworkCreate.model_validate({"name": f"scale-net-{start + k}"})
-                     for k in range(min(100, n_nets - start))]
+    n_nets = opts.scale_networks
+    for start in range(0, n_nets, 100):
+        items = [NetworkCreate.model_validate({"name": f"scale-net-{start + k}"})
+                 for k in range(min(100, n_nets - start))]
 
-            def networks_txn(uow: FillUnitOfWork, items: list[Any] = items) -> list[dict[str, Any]]:
-                nets = [build_network(st, ctx, it, uow) for it in items]  # as create_network
-                for n in nets:
-                    uow.put("networks", n)
-                return nets
+        def networks_txn(uow: FillUnitOfWork, items: list[Any] = items) -> list[dict[str, Any]]:
+            nets = [build_network(st, ctx, it, uow) for it in items]  # as create_network
+            for n in nets:
+                uow.put("networks", n)
+            return nets
 
-            world.nets += commit(networks_txn)
-        for start in range(0, n_nets, 100):
-            chunk = world.nets[start:start + 100]
+        world.nets += commit(networks_txn)
+    for start in range(0, n_nets, 100):
+        chunk = world.nets[start:start + 100]
 
-            def subnets_txn(uow: FillUnitOfWork, chunk: list[dict[str, Any]] = chunk, start: int = start) -> list[Any]:
-                nets = {n["id"]: n for n in chunk}
-                staged: dict[str, list[dict[str, Any]]] = {}
-                out = []
-                for k, n in enumerate(chunk):
-                    i = start + k
-                    uow.network_id = n["id"]
-                    item = SubnetCreate.model_validate({"network_id": n["id"], "ip_version": 4,
-                                                        "cidr": f"100.{64 + i // 256}.{i % 256}.0/24",
-                                                        "name": f"scale-sub-{i}"})
-                    out.append(build_subnet(ctx, item, uow, nets, staged))
-                for s in out:
-                    uow.put("subnets", s)
-                for n in nets.values():
-                    touch(n)
-                    uow.put("networks", n)
-                return out
+        def subnets_txn(uow: FillUnitOfWork, chunk: list[dict[str, Any]] = chunk, start: int = start) -> list[Any]:
+            nets = {n["id"]: n for n in chunk}
+            staged: dict[str, list[dict[str, Any]]] = {}
+            out = []
+            for k, n in enumerate(chunk):
+                i = start + k
+                uow.network_id = n["id"]
+                item = SubnetCreate.model_validate({"network_id": n["id"], "ip_version": 4,
+                                                    "cidr": f"100.{64 + i // 256}.{i % 256}.0/24",
+                                                    "name": f"scale-sub-{i}"})
+                out.append(build_subnet(ctx, item, uow, nets, staged))
+            for s in out:
+                uow.put("subnets", s)
+            for n in nets.values():
+                touch(n)
+                uow.put("networks", n)
+            return out
 
-            subs = commit(subnets_txn)
-            for s in subs:
-                subnets_of.setdefault(s["network_id"], []).append(s)
-            world.subnets += subs
-        hosts = world.hosts
-        k = min(opts.scale_hosts_per_network, len(hosts))
-        for i, n in enumerate(world.nets):
-            first = hosts[i % len(hosts)]
-            others = rng.sample(hosts, min(k + 1, len(hosts)))
-            placed = [first] + [h for h in others if h != first][:k - 1]
-            world.hosts_on[n["id"]] = placed
-            world.ports_on[n["id"]] = []
-        wanted = []
-        for j in range(opts.scale_ports):
-            n = world.nets[j % n_nets]
-            placed = world.hosts_on[n["id"]]
-            wanted.append((n, placed[(j // n_nets) % len(placed)], j))
-        project = project_id_for(ADMIN[2])
-        for start in range(0, len(wanted), batch):
-            chunk = wanted[start:start + batch]
+        subs = commit(subnets_txn)
+        for s in subs:
+            subnets_of.setdefault(s["network_id"], []).append(s)
+        world.subnets += subs
+    hosts = world.hosts
+    k = min(opts.scale_hosts_per_network, len(hosts))
+    for i, n in enumerate(world.nets):
+        first = hosts[i % len(hosts)]
+        others = rng.sample(hosts, min(k + 1, len(hosts)))
+        placed = [first] + [h for h in others if h != first][:k - 1]
+        world.hosts_on[n["id"]] = placed
+        world.ports_on[n["id"]] = []
+    wanted = []
+    for j in range(opts.scale_ports):
+        n = world.nets[j % n_nets]
+        placed = world.hosts_on[n["id"]]
+        wanted.append((n, placed[(j // n_nets) % len(placed)], j))
+    project = project_id_for(ADMIN[2])
+    for start in range(0, len(wanted), batch):
+        chunk = wanted[start:start + batch]
 
-            def ports_txn(uow: FillUnitOfWork, chunk: list[Any] = chunk) -> list[dict[str, Any]]:
-                out = []
-                for n, h, j in chunk:
-                    uow.network_id = n["id"]
-                    out.append(new_port_record(uow, network=n, project_id=project, name=f"{h}-p{j}",
-                                               device_owner="compute:nova", device_id=f"vm-{j}",
-                                               security_groups=[], host_id=h, is_admin=True))
-                return out
+        def ports_txn(uow: FillUnitOfWork, chunk: list[Any] = chunk) -> list[dict[str, Any]]:
+            out = []
+            for n, h, j in chunk:
+                uow.network_id = n["id"]
+                out.append(new_port_record(uow, network=n, project_id=project, name=f"{h}-p{j}",
+                                           device_owner="compute:nova", device_id=f"vm-{j}",
+                                           security_groups=[], host_id=h, is_admin=True))
+            return out
 
-            for p in commit(ports_txn):
-                world.ports.append(p)
-                world.net_of[p["id"]] = p["network_id"]
-                world.ports_on[p["network_id"]].append(p["id"])
-                world.nets_of_host[p["binding:host_id"]].add(p["network_id"])
-    finally:
-        store.close()
+        for p in commit(ports_txn):
+            world.ports.append(p)
+            world.net_of[p["id"]] = p["network_id"]
+            world.ports_on[p["network_id"]].append(p["id"])
+            world.nets_of_host[p["binding:host_id"]].add(p["network_id"])
     return world
 
 
@@ -379,7 +377,11 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
             n_srv, batch = 2, 200  # 4 ops + 2 compares per port: within the bench cluster's 1024 ops per txn
         t = time.monotonic()
         phase.append("filling the store")
-        world = fill(url, opts, rng, batch)
+        store = open_store(url)
+        try:
+            world = fill(store, opts, rng, batch)
+        finally:
+            store.close()
         fill_s = time.monotonic() - t
         size = (f"database {os.path.getsize(f'{workdir}/vxnet.db') / 2**20:.0f} MiB" if backend == "sqlite"
                 else f"etcd RSS {sample(etcd_pids)[1]:.0f} MiB (all members)")
