@@ -513,6 +513,13 @@ def run(opts: argparse.Namespace) -> Report:
     for a, b, what in (("etcd", "sqlite", "etcd / embedded"), ("etcd-nocache", "sqlite", "etcd no cache / embedded"),
                        ("etcd", "etcd-nocache", "etcd cache / no cache")):
         rows += ratio_rows(figures.get(a, {}), figures.get(b, {}), what)
+    cached, uncached = figures.get("etcd", {}), figures.get("etcd-nocache", {})
+    gains = [f"{label}: {uncached[label][0]:.0f}/s -> {cached[label][0]:.0f}/s, p99 {uncached[label][2]:.0f} -> "
+             f"{cached[label][2]:.0f} ms" for label in cached if label in uncached and cached[label][0]]
+    gains += [f"{label}: p50 {uncached[label][1]:.1f} -> {cached[label][1]:.1f} ms" for label in cached
+              if label in uncached and not cached[label][0] and label.startswith("list all")]
+    if gains:
+        notes.append("What the etcd read cache buys in this run (no cache -> cache): " + "; ".join(gains) + ".")
     goals = ["Goal (issue 2): >= 500 creates/s and p99 <= 50 ms with the embedded store."]
     notes.append("Load average (1/5/15 min) at the start of the run: " + " / ".join(f"{x:.1f}" for x in load0))
     notes.append("Load average (1/5/15 min) at the end of the run: " + " / ".join(
