@@ -7,7 +7,10 @@
      its remote-group set, conntrack zone per network);
    - hand-built: bench.kernel_lab.KernelLab "static" with `apply_firewall()` (KERNEL-NOTES §6 by
      hand with the default group's semantics), VMs k1@h1, k2@h2, same MTU and VM offloads;
-   - hand-built without any table (for scale: what the filtering itself costs).
+   - hand-built without any table (for scale: what the filtering itself costs);
+   - then, in the vxnet lab itself with its agents stopped, the same VMs with vxnet's tables
+     and with the hand-written recipe swapped in (one `nft -f` per host and switch), rounds
+     alternating: only the rulesets differ.
    Each round runs one single-stream iperf3 per path, the order reversed every other round;
    the ratio vxnet / hand-built is computed per round, median over rounds (goal >= 0.95).
 2. Apply time at 1,000 ports (its own namespace in the same sandbox, no lab): a synthetic host
@@ -83,9 +86,79 @@ def _throughput(rounds: int, seconds: float) -> dict[str, Any]:
                     if name == "hand-built, no tables":
                         k.apply_firewall()
                 out["rounds"].append(res)
+            k.teardown()
+            out["same_lab"] = _same_lab(lab3, ports, rounds, seconds)
     finally:
         k.teardown()
         shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def _recipe(vms: list[tuple[str, str, str]], bridge: str) -> str:
+    """KERNEL-NOTES §6 written by hand (the same text as bench.kernel_lab.KernelLab.apply_firewall)
+    for the lab's own VMs `(tap, mac, ip)` on `bridge`: tables `vxr_ps` / `vxr_sg`."""
+    members = ", ".join(ip for _, _, ip in vms)
+    ps = ["table bridge vxr_ps {", "  chain pre { type filter hook prerouting priority -200; policy accept;"]
+    ps += [f'    iifname "{tap}" jump port_{n}' for n, (tap, _, _) in enumerate(vms)]
+    ps += ["  }", "  chain out { type filter hook forward priority -100; policy accept;"]
+    ps += [f'    oifname "{tap}" meta mark set meta mark or 0x00010000' for tap, _, _ in vms]
+    ps += ["  }"]
+    for n, (_, mac, ip) in enumerate(vms):
+        ps += [f"  chain port_{n} {{", f"    ether saddr != {mac} counter drop",
+               f"    ether type arp arp saddr ether != {mac} counter drop",
+               f"    ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }} counter drop", "    ether type arp accept",
+               "    ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept", "    udp sport 67 counter drop",
+               f"    ether type ip ip saddr != {ip} counter drop",
+               "    ether type ip meta mark set meta mark or 0x00000001 accept", "    counter drop", "  }"]
+    ps += ["}"]
+    sg = ["table inet vxr_sg {", f"  set members {{ type ipv4_addr; elements = {{ {members} }}; }}",
+          "  chain zone { type filter hook prerouting priority raw; policy accept;",
+          f'    iifname "{bridge}" ct zone set 1', "  }",
+          "  chain fwd_eg { type filter hook forward priority 0; policy accept;",
+          "    meta mark & 0x0000ffff == 0x00000001 jump egress", "  }",
+          "  chain fwd_in { type filter hook forward priority 10; policy accept;",
+          "    meta mark & 0xffff0000 == 0x00010000 jump ingress", "  }",
+          "  chain egress {", "    ct state established,related accept", "    ct state invalid drop",
+          "    meta nfproto ipv4 accept", "    drop", "  }",
+          "  chain ingress {", "    ct state established,related accept", "    ct state invalid drop",
+          "    ip saddr @members accept", "    drop", "  }", "}"]
+    return "\n".join(ps + sg) + "\n"
+
+
+_DROP = {"vxnet": "table bridge vxnet_ps {}\ndelete table bridge vxnet_ps\ntable inet vxnet_sg {}\ndelete table inet vxnet_sg\n",
+         "recipe": "table bridge vxr_ps {}\ndelete table bridge vxr_ps\ntable inet vxr_sg {}\ndelete table inet vxr_sg\n"}
+
+
+def _swap(hosts: list[str], saved: dict[str, str], recipe: str, to: str) -> None:
+    """Replace one ruleset by the other on `hosts`, in one transaction per host."""
+    for h in hosts:
+        text = (_DROP["vxnet"] + _DROP["recipe"] + (recipe if to == "recipe" else saved[h]))
+        sh(["ip", "netns", "exec", h, "nft", "-f", "-"], inp=text)
+
+
+def _same_lab(lab3: Any, ports: dict[str, Any], rounds: int, seconds: float) -> list[dict[str, Any]]:
+    """The vxnet lab's own VMs with vxnet's tables vs the hand-written recipe swapped in (agents
+    stopped meanwhile, so nobody puts theirs back): only the rulesets differ."""
+    from vxnet.compute import naming
+    from vxnet.lab import lab, topology
+
+    st = lab.load_state()
+    for h in ("h1", "h2", "h3"):
+        lab.stop_agent(st, h)
+    hosts = [topology.host_ns(i) for i in (1, 2)]
+    saved = {h: nsx(h, "nft", "list", "table", "bridge", "vxnet_ps").stdout
+             + nsx(h, "nft", "list", "table", "inet", "vxnet_sg").stdout for h in hosts}
+    vms = [(naming.tap_name(p["id"]), p["mac_address"], p["fixed_ips"][0]["ip_address"]) for p in ports.values()]
+    recipe = _recipe(vms, naming.bridge_name(next(iter(ports.values()))["network_id"]))
+    out = []
+    src, dst, ip = topology.vm_ns("fw1"), topology.vm_ns("fw2"), ports["fw2"]["fixed_ips"][0]["ip_address"]
+    for rnd in range(rounds):
+        res: dict[str, Any] = {"load1": os.getloadavg()[0]}
+        for name in (("vxnet", "recipe") if rnd % 2 == 0 else ("recipe", "vxnet")):
+            _swap(hosts, saved, recipe, name)
+            res[name] = iperf3_run(src, dst, ip, seconds)
+        out.append(res)
+    _swap(hosts, saved, recipe, "vxnet")
     return out
 
 
@@ -207,6 +280,18 @@ def run(opts: argparse.Namespace) -> Report:
     if cost:
         rows.append(["ratio hand-built with tables / without (per round, median)", f"{statistics.median(cost):.2f}",
                      "what anti-spoofing + conntrack + SG cost on this path"])
+    same = tp.get("same_lab") or []
+    sr = [r["vxnet"]["gbps"] / r["recipe"]["gbps"] for r in same
+          if "gbps" in r.get("vxnet", {}) and "gbps" in r.get("recipe", {}) and r["recipe"]["gbps"] > 0]
+    for k in ("vxnet", "recipe"):
+        xs = [r[k]["gbps"] for r in same if "gbps" in r.get(k, {})]
+        if xs:
+            rows.append([f"same lab, same VMs: {'vxnet tables' if k == 'vxnet' else 'hand-written recipe swapped in'}",
+                         f"{statistics.median(xs):.2f} Gbit/s", "rounds: " + ", ".join(f"{x:.2f}" for x in xs)])
+    if sr:
+        rows.append(["ratio vxnet tables / recipe, same lab (per round, median)", f"{statistics.median(sr):.2f}",
+                     "rounds: " + ", ".join(f"{x:.2f}" for x in sr)])
+    errors += [f"same lab {k}: {v['error']}" for r in same for k, v in r.items() if k != "load1" and "error" in v]
     ap = res["apply"]
     rows.append([f"compute (pure) + render, {nports} ports", f"{ap['compute_ms']:.0f} ms",
                  f"{ap['rules']} rules in the two tables"])
@@ -224,8 +309,10 @@ def run(opts: argparse.Namespace) -> Report:
         ms, mode, cmds = ap[key]
         rows.append([label, f"{ms:.0f} ms", f"mode {mode}, {cmds} commands"])
     goals = ["Goal: vxnet / hand-built throughput ratio >= 0.95"
-             + (f": measured {statistics.median(ratios):.2f} ({'met' if statistics.median(ratios) >= 0.95 else 'NOT met'})."
-                if ratios else ": not measured.")]
+             + (f": separate labs {statistics.median(ratios):.2f} ({'met' if statistics.median(ratios) >= 0.95 else 'NOT met'})"
+                if ratios else ": separate labs not measured")
+             + (f"; same lab, rulesets swapped {statistics.median(sr):.2f} "
+                f"({'met' if statistics.median(sr) >= 0.95 else 'NOT met'})." if sr else ".")]
     notes = [(f"{rounds} alternating rounds of single-stream iperf3 -t {seconds:g} per path (order reversed every other "
              "round); 'no tables' = the hand-built lab's hosts with `nft flush ruleset` for that measurement (no "
              "conntrack either), re-applied right after."),
