@@ -40,7 +40,8 @@ parent -> worker: ("go",) open every stream; ("stats",); ("stop",).
 worker -> parent: ("ready", feature names); ("snap", host, t_received, t_applied, ports digest,
 n ports, n fdb entries); ("seen", host, port id, name, t_received, t_applied, was in view) for
 every port put whose name starts with `watch_prefix`, once the pass that included it finished;
-("error", host, text); ("stats", dict).
+("error", host, text); ("stats", dict). A "seen" ends with the time its pass started (so
+receipt -> pass start = coalescing and waiting for the CPU; pass start -> applied = the pass).
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class SimAgent:
     def run_pass(self) -> None:
         """As `Agent.run_once`, with the recording driver instead of the kernel."""
         self._pass = None
+        started = time.monotonic()
         view = self.view
         if not view.complete:
             return
@@ -184,7 +186,7 @@ class SimAgent:
             self.report(("snap", self.host, self._snap_at, done, ports_digest(ports), len(ports),
                          len(self.driver.actual.fdb)))
         for pid, name, t_recv, held in self._seen:
-            self.report(("seen", self.host, pid, name, t_recv, done, held))
+            self.report(("seen", self.host, pid, name, t_recv, done, held, started))
         self._seen.clear()
 
     def close(self) -> None:
@@ -206,7 +208,8 @@ def _rss_mib() -> float:
 
 
 class GcPauses:
-    """Pauses of the worker's garbage collector by generation: (count, total s, max s)."""
+    """Pauses of the worker's garbage collector by generation: (count, total s, max s); the
+    max is of the pauses since the previous `take()`."""
 
     def __init__(self) -> None:
         self.by_gen: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
@@ -222,6 +225,12 @@ class GcPauses:
         s[0] += 1
         s[1] += d
         s[2] = max(s[2], d)
+
+    def take(self) -> dict[int, tuple[float, ...]]:
+        out = {g: tuple(v) for g, v in self.by_gen.items()}
+        for v in self.by_gen.values():
+            v[2] = 0.0
+        return out
 
 
 def _stats(agents: list[SimAgent], gcp: GcPauses) -> dict[str, Any]:
@@ -239,7 +248,7 @@ def _stats(agents: list[SimAgent], gcp: GcPauses) -> dict[str, Any]:
         "errors": sum(1 for a in agents if a.error), "counts": dict(counts), "feature_errors": dict(ferr),
         "view_ports": [len(a.view.data.get("ports", {})) for a in agents],
         "fdb": [len(a.driver.actual.fdb) for a in agents],
-        "gc": {g: tuple(v) for g, v in gcp.by_gen.items()},
+        "gc": gcp.take(),
     }
 
 
