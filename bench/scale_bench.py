@@ -428,6 +428,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         features = sorted({f for names in col.ready.values() for f in names})
         wcpu0, _ = sample(wpids)
         phase.append("cold start")
+        load_cold = os.getloadavg()[0]
         cpu0, _ = sample(spids)
         ecpu0, _ = sample(etcd_pids)
         t0 = time.monotonic()
@@ -459,6 +460,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
             f"FDB entries per host p50 {percentile(fdbs, 50):.0f}")
 
         phase.append("port changes")
+        load_changes = os.getloadavg()[0]
         col.pump(1.0)
         st0 = col.collect_stats(conns)
         updates0 = sum(s["updates"] for s in st0.values())
@@ -503,6 +505,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         end = time.monotonic() + 1.0
         while time.monotonic() < end:
             col.pump(0.2)  # late leaks still count
+        load_end = os.getloadavg()[0]
         cpu3, rss3 = sample(spids)
         ecpu3, erss3 = sample(etcd_pids)
         wcpu3, wrss3 = sample(wpids)
@@ -557,6 +560,8 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
             f"{rss3:.0f}", f"RSS after start {rss_start:.0f}, after registrations {rss0:.0f}, "
             f"after cold start {rss1:.0f}, after the changes {rss3:.0f} MiB"
             + (f"; etcd RSS {erss3:.0f} MiB (all members)" if etcd_pids else ""))
+        notes.append(f"{label}: 1-min load average at the cold start {load_cold:.1f}, at the first change "
+                     f"{load_changes:.1f}, after the last change {load_end:.1f} (2 vCPUs).")
         gc_cold = [s["gc"][2] for s in st0.values()]
         gc2 = [s["gc"][2] for s in st1.values()]
         notes.append(f"{label}: features computed by every simulated agent: {', '.join(features) or 'none registered'}"
