@@ -2,15 +2,17 @@
 
 Contract:
 - `apply(tables)` makes the kernel hold exactly `tables` (only tables named there are touched)
-  with ONE `nft -f -` run, i.e. one netlink transaction: the kernel switches from the old
-  ruleset to the new one between two packets, and conntrack entries are untouched (so
-  established connections that remain allowed keep flowing).
+  with ONE nft script, i.e. one netlink transaction: the kernel switches from the old ruleset
+  to the new one between two packets, and conntrack entries are untouched (so established
+  connections that remain allowed keep flowing).
 - Incremental by chain: with a known previous state it sends only new chains (`add chain`),
-  changed chains (`flush chain` + their rules), removed chains/sets (`delete`, after the
-  chains referring to them were flushed in the same transaction) and set element changes
-  (`delete element` / `add element`). A security-group rule change rewrites one group chain
-  whatever the number of ports using the group; a remote-group member change is an element
-  update. Nothing to do: no process is started at all.
+  changed chains (`flush chain` + their rules; for unordered chains, i.e. the shared group
+  chains, rule by rule: `delete rule ... handle H` for the rules that went, `add rule` for the
+  new ones, handles read back from the kernel, so the other rules keep their counters),
+  removed chains/sets (`delete`, after the chains referring to them were flushed in the same
+  transaction) and set element changes (`delete element` / `add element`). A security-group
+  rule change is one command whatever the number of ports using the group; a remote-group
+  member change is one element. Nothing to do: nothing is sent.
 - Full replace (`add table; delete table; add table; ...` in one transaction) when the
   previous state is unknown (start, `invalidate()`, a failed transaction) AND the kernel does
   not already hold the desired rules. Recognising them: every rule carries a comment with a
@@ -24,7 +26,7 @@ Contract:
 - Transactions go through libnftables in-process (ctypes; ~1 ms instead of ~15 ms for an `nft`
   process, which would sit on every port-up's critical path), in a worker thread that entered
   the host namespace (`setns` is per thread) when `netns` is set; without libnftables, `nft -f -`
-  (`ip netns exec NS nft ...`). Reads (listing for adoption, counters) use the `nft` program.
+  (`ip netns exec NS nft ...`). Listings (adoption, handles) too; `counters()` runs `nft -j`.
 - `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
   (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
   packet meets the rules again instead of `ct established`.
