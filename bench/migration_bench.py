@@ -244,7 +244,8 @@ def run(opts: argparse.Namespace) -> Report:
     slow = [r for r in res["kernel"] + res["vxnet"] if r.get("control", 0) > 0.5]
     if slow:
         notes.append(f"{len(slow)} run(s) had a control-plane part over 0.5 s. Cause, reproduced outside the "
-                     "benchmark (8 of 8 cases): the new tap's ifindex in the host namespace equalled the VM-side "
+                     "benchmark (in 8 migrations, the 2 with this coincidence had the ~1 s gap, none of the 6 others): "
+                     "the new tap's ifindex in the host namespace equalled the VM-side "
                      "eth0's ifindex in the VM namespace. The kernel's linkwatch then treats the veth's carrier "
                      "change as non-urgent (iflink == ifindex) and applies it up to 1 s later, and the bridge "
                      "keeps the port disabled until then. vxnet's lab and agents are exposed the same way; which "
