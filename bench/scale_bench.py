@@ -639,8 +639,10 @@ READING = """How to read it (bench/scale_bench.py, bench/sim_agents.py):
   `diff_host` 0.25, recording the diff 0.33 ms. The "of which" rows split the agent side into
   waiting (coalesce, then the worker's event loop and a CPU: ~250 agents share one loop per
   worker, and the server, etcd, the workers and other engineers' runs share 2 vCPUs) and the
-  pass itself. Tails grow with the machine's load (the
-  same bench at load 12-18 gave p99 225-250 ms for all interested agents, at load ~2 p99 22 ms).
+  pass itself. Tails grow with the machine's load: earlier runs of this bench on the same
+  machine gave p99 to all interested agents of 22 ms (load ~1-2, embedded), 225-250 ms (load
+  12-18, both backends, before the GC freeze), and 397 ms on etcd when the load jumped to 12
+  during its changes (the control plane alone, *received*, was then 289 ms at p99).
 - Leaks are judged against the model (the hosts that have a port on the network) and against
   each agent's view before the update; both must say 0. A rename changes no kernel state, so
   the recorded changes are those of the cold start (every bridge, VXLAN device, plug, FDB and
