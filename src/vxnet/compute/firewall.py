@@ -195,7 +195,7 @@ class Firewall:
     unfiltered: tuple[str, ...] = ()                     # ports over the index capacity (reported down)
 
     @functools.cached_property
-    def tables(self) -> tuple[NftTable, NftTable]:
+    def tables(self) -> tuple[NftTable, NftTable, NftTable]:
         """The rendering (computed once per object)."""
         return render(self)
 
@@ -450,8 +450,19 @@ def _vmap(key: str, entries: list[tuple[str, str]]) -> list[NftRule]:
     return [_rule("", f"{key} vmap {{ {body} }}", "dispatch")]
 
 
-def render(fw: Firewall) -> tuple[NftTable, NftTable]:
-    """The two tables of `fw` (bridge anti-spoofing, inet security groups)."""
+HOST_TABLE = ("arp", "vxnet_host")
+HOST_GUARD = 'iifname "vxb-*"'   # naming.BRIDGE_PREFIX: traffic a tenant bridge hands to the host itself
+
+
+def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
+    """The tables of `fw`: bridge anti-spoofing, inet security groups, and the host guard.
+
+    Host guard: the bridges live in the host's own namespace, and with the kernel defaults the
+    host answers ARP for ANY of its addresses on any interface, and accepts IP for them: a VM
+    could ARP for the host's underlay address (a tenant may use that range) and reach the
+    host's services. Nothing for the host arrives through a tenant bridge, so ARP (table arp)
+    and IP (the `host` input chain) entering the host from a `vxb-` bridge are dropped. Bridged
+    traffic and the bridge's own ARP suppression never pass these input hooks."""
     # No mark reset on entry: frames reach a bridge with mark 0 (crossing a namespace scrubs
     # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
     ps_chains = [NftChain("pre", tuple(_vmap("iifname", [(f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports])),
@@ -474,7 +485,9 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable]:
     if fw.zones:
         body = ", ".join(f'"{b}" : {z}' for b, z in fw.zones)
         zone_rules.append(_rule("", f"ct zone set iifname map {{ {body} }}", "zones"))
-    sg_chains = [NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
+    sg_chains = [NftChain("host", (_rule(HOST_GUARD, "drop", "host-guard"),),
+                          "type filter hook input priority 0; policy accept;"),
+                 NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
                  NftChain("egress", tuple(_vmap("meta mark and 0x0000ffff",
                                                 [(f"{p.index:#x}", f"eg_{p.ident}") for p in fw.ports])),
                           "type filter hook forward priority 0; policy accept;"),
@@ -486,7 +499,9 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable]:
         sg_chains += [_port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress")]
     sets = tuple(NftSet(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
                  for g in sorted({r.remote_group for g in fw.groups for r in g.rules if r.remote_group}))
-    return (NftTable(*PS_TABLE, tuple(ps_chains)), NftTable(*SG_TABLE, tuple(sg_chains), sets))
+    host = NftTable(*HOST_TABLE, (NftChain("in", (_rule(HOST_GUARD, "drop", "host-guard"),),
+                                           "type filter hook input priority 0; policy accept;"),))
+    return (NftTable(*PS_TABLE, tuple(ps_chains)), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
 
 
 def table_text(t: NftTable) -> str:
