@@ -66,6 +66,18 @@ def wait_for(cond, what: str, timeout: float = TIMEOUT) -> None:  # type: ignore
         time.sleep(0.01)
 
 
+def retrying(fn):  # type: ignore[no-untyped-def]
+    """`fn()`, retried while etcd has no leader (StoreUnavailable), for at most TIMEOUT."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            return fn()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_reads_right_after_own_writes_see_them_from_the_mirror(cluster: EtcdCluster, stores: list[EtcdStore],
                                                                ns: str) -> None:
     s = open_live(stores, cluster.endpoints)
@@ -132,13 +144,15 @@ def test_mirror_reloads_after_its_member_was_gone_past_a_compaction(
         wait_for(lambda: not a.cache_live, "mirror still live with its only member dead")
         with pytest.raises(StoreUnavailable):   # no stale answer while the stream is down
             a.get(ns + "keep")
-        delete(b, ns + "gone")
-        put(b, ns + "changed", "new")
-        put(b, ns + "added", "1")
+        # if member 0 led, writes time out until the others elect a leader (1-2 s): retry them
+        # (each is idempotent, so an ambiguous first attempt does no harm)
+        retrying(lambda: delete(b, ns + "gone"))
+        retrying(lambda: put(b, ns + "changed", "new"))
+        retrying(lambda: put(b, ns + "added", "1"))
         for i in range(20):
-            put(b, ns + "filler", str(i))
-        b.compact(b.revision())
-        expected = b.range(ns)
+            retrying(lambda i=i: put(b, ns + "filler", str(i)))
+        retrying(lambda: b.compact(b.revision()))
+        expected = retrying(lambda: b.range(ns))
     finally:
         cluster.start(name)
         cluster.wait_healthy()
