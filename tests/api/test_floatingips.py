@@ -223,7 +223,8 @@ def test_fixed_ip_address_rules(shared_server, ext):
     none = ok(alice.post("/ports", json={"port": {"network_id": b["net"]["id"], "fixed_ips": []}}), 201)["port"]
     err(alice.post("/floatingips", json=fip_body(ext, port_id=none["id"])), 400, "BadRequest",
         f"Bad floatingip request: Cannot add floating IP to port {none['id']} that has no fixed IPv4 addresses.")
-    rport = ok(alice.get("/ports", params={"device_id": b["router"]["id"]}))["ports"][0]
+    rport = ok(alice.get("/ports", params={"device_id": b["router"]["id"],
+                                           "device_owner": "network:router_interface"}))["ports"][0]
     err(alice.post("/floatingips", json=fip_body(ext, port_id=rport["id"])), 400, "BadRequest",
         f"Bad floatingip request: Port {rport['id']} is unable to be assigned a floating IP.")
 

@@ -70,14 +70,16 @@ def test_snat_ports_follow_interfaces_and_gateway(srv: ServerHandle) -> None:
     ok(alice.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": {"network_id": ext["id"]}}}))
     snat = router_ports(admin, r["id"], SNAT)
     assert len(snat) == 1 and snat[0]["fixed_ips"][0]["subnet_id"] == s1["id"]
-    assert snat[0]["project_id"] == r["project_id"] and snat[0]["fixed_ips"][0]["ip_address"] != "100.64.1.1"
+    assert snat[0]["project_id"] == "" and snat[0]["fixed_ips"][0]["ip_address"] != "100.64.1.1"
     ok(alice.put(f"/routers/{r['id']}/add_router_interface", json={"subnet_id": s2["id"]}))
     assert sorted(p["fixed_ips"][0]["subnet_id"] for p in router_ports(admin, r["id"], SNAT)) == \
         sorted([s1["id"], s2["id"]])
-    # the tenant sees its own snat ports (Neutron shows them to the router's project) but cannot delete them
+    # project "" as in Neutron; the tenant sees them as the owner of their networks, and nobody
+    # deletes them through the port API
     mine = ok(alice.get("/ports", params={"device_owner": SNAT}))["ports"]
     assert len(mine) == 2
     assert alice.delete(f"/ports/{mine[0]['id']}").status_code == 409
+    assert admin.delete(f"/ports/{mine[0]['id']}").status_code == 409
     ok(alice.put(f"/routers/{r['id']}/remove_router_interface", json={"subnet_id": s1["id"]}))
     assert [p["fixed_ips"][0]["subnet_id"] for p in router_ports(admin, r["id"], SNAT)] == [s2["id"]]
     ok(alice.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": {}}}))

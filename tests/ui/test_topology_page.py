@@ -88,7 +88,8 @@ def test_tenant_builds_a_topology_from_the_page(ui_server: ServerHandle, new_pag
     expect(gw).to_have_count(1)
     # and it is real: the REST API shows the same objects
     assert router["external_gateway_info"]["network_id"] == ext["id"]
-    ports = api.get("/ports", params={"device_id": router["id"], "network_id": net["id"]}).json()["ports"]
+    ports = api.get("/ports", params={"device_id": router["id"], "network_id": net["id"],
+                                      "device_owner": "network:router_interface"}).json()["ports"]
     assert [ip["ip_address"] for port in ports for ip in port["fixed_ips"]] == ["100.74.0.1"]
     subnets = api.get("/subnets", params={"network_id": net["id"]}).json()["subnets"]
     assert [s["cidr"] for s in subnets] == ["100.74.0.0/24"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 import json
 import random
 
@@ -67,7 +68,13 @@ def run_agent(messages: list[dict]) -> tuple[SimAgent, list[tuple]]:
         agent.close()
         return agent
 
-    return asyncio.run(main()), reports
+    # In a thread of its own: the suite may already run an event loop in this one (Playwright).
+    out: list[SimAgent] = []
+    t = threading.Thread(target=lambda: out.append(asyncio.run(main())))
+    t.start()
+    t.join(60)
+    assert out, "the simulated agent did not finish"
+    return out[0], reports
 
 
 def test_sim_agent_records_what_the_agent_computes() -> None:

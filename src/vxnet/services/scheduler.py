@@ -2,8 +2,9 @@
 
 Model (Neutron DVR's centralized SNAT): a router with an external gateway has, besides its
 distributed interfaces, one **snat port** per IPv4 subnet of its interfaces
-(`device_owner` `network:router_centralized_snat`, `device_id` = the router, the router's
-project, one fixed IP on that subnet, allocated from its pool). The distributed routers send
+(`device_owner` `network:router_centralized_snat`, `device_id` = the router, project "" like
+Neutron's (plumbing: admins see it, the tenant's port lists, `router show` and the UI do not),
+one fixed IP on that subnet, allocated from its pool). The distributed routers send
 north-south traffic to it; the gateway namespace on the gateway host owns it.
 
 Contract:
@@ -126,7 +127,7 @@ def sync_router(uow: UnitOfWork, router_id: str) -> None:
         net = uow.get("networks", nid)
         if net is None:
             continue
-        new_port_record(uow, network=net, project_id=rtr["project_id"], fixed_ips=[{"subnet_id": sid}],  # type: ignore[index]
+        new_port_record(uow, network=net, project_id="", fixed_ips=[{"subnet_id": sid}],  # type: ignore[index]
                         device_owner=SNAT_OWNER, device_id=router_id)
     if rtr is not None:
         _schedule(uow, _router_ports(uow, router_id), alive_gateways(uow))
