@@ -90,6 +90,7 @@ class Agent:
         self._report_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self.last_result: ReconcileResult | None = None
+        self.last_timings: dict[str, float] = {}     # part of the last pass -> seconds
         self.passes = 0
         self.applied = threading.Condition()
 
@@ -160,12 +161,23 @@ class Agent:
             self.reconciler.invalidate()
             for f in self.features:
                 f.invalidate()
+        t0 = time.perf_counter()
         desired = self._l2.compute(view.data)   # == compute_l2(view.data, host, underlay_ip)
+        timings: dict[str, float] = {}
         try:
-            wanted = [(f, f.compute(view.data)) for f in self.features]
+            wanted = []
+            for f in self.features:
+                t = time.perf_counter()
+                wanted.append((f, f.compute(view.data)))
+                timings[f"compute_{f.name}"] = time.perf_counter() - t
             if wanted:
                 desired = merge([desired, *(d.l2 for _, d in wanted)])
-            fresults = [self._apply_feature(f, d) for f, d in wanted]
+            timings["compute"] = time.perf_counter() - t0
+            fresults = []
+            for f, d in wanted:
+                t = time.perf_counter()
+                fresults.append(self._apply_feature(f, d))
+                timings[f"apply_{f.name}"] = time.perf_counter() - t
             result = self.reconciler.reconcile(desired)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
@@ -173,6 +185,10 @@ class Agent:
             self.reconciler.invalidate()
             self._retry_later()
             return None
+        timings["l2"] = result.seconds
+        self.last_timings = timings
+        for part, secs in timings.items():
+            metrics.PASS_PART_SECONDS.labels(part).observe(secs)
         if fresults:
             result = self._combine(result, fresults)
         self.passes += 1
@@ -191,7 +207,7 @@ class Agent:
     def _apply_feature(self, f: Feature, desired: Any) -> FeatureResult:
         try:
             return f.apply(desired)
-        except Exception:   # noqa: BLE001 - one feature's bug must not stop the others (retried next pass)
+        except Exception:
             metrics.ERRORS.labels(f"feature_{f.name}").inc()
             log.exception("feature %s failed (host=%s)", f.name, self.cfg.host)
             f.invalidate()
@@ -225,8 +241,9 @@ class Agent:
         metrics.PORTS.labels("ACTIVE").set(len(result.active))
         metrics.PORTS.labels("DOWN").set(len(result.down))
         if result.changes:
-            log.info("host=%s revision=%s applied %s in %.1f ms%s", self.cfg.host, view.revision,
-                     {k: v for k, v in result.diff.counts().items() if v}, result.seconds * 1000,
+            parts = " ".join(f"{k}={v * 1000:.1f}" for k, v in self.last_timings.items() if v >= 0.0001)
+            log.info("host=%s revision=%s applied %s in %.1f ms (ms: %s)%s", self.cfg.host, view.revision,
+                     {k: v for k, v in result.diff.counts().items() if v}, result.seconds * 1000, parts,
                      f" failed={list(result.failed)}" if result.failed else "")
 
     def _report(self, view: ViewState, result: ReconcileResult) -> None:
@@ -296,7 +313,7 @@ class Agent:
         for f in self.features:
             try:
                 f.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 log.exception("closing feature %s", f.name)
 
     # ------------------------------------------------------------------ stream

@@ -48,7 +48,7 @@ class HostContext:
 class FeatureDesired:
     """Base of a feature's desired state: its contribution to the L2 state."""
 
-    l2: HostState = HostState()
+    l2: HostState = dataclasses.field(default_factory=HostState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +69,16 @@ class Feature(Protocol):
 
 
 def build_features(ctx: HostContext) -> list[Feature]:
-    """The features an agent runs, in apply order (one line per feature)."""
-    features: list[Feature] = []
-    from vxnet.agent import gateway; features += gateway.build(ctx)  # noqa: E702 - SNAT/floating IPs (gateway hosts)
-    from vxnet.agent.routing import RoutingFeature; features.append(RoutingFeature(ctx))  # noqa: E702
-    from vxnet.agent.firewall import FirewallFeature; features.append(FirewallFeature(ctx))  # noqa: E702
-    from vxnet.agent.dhcp import DhcpFeature; features.append(DhcpFeature(ctx))  # noqa: E702 - DHCP for local VMs
-    return features
+    """The features an agent runs, in apply order. (Imported here: each feature module imports
+    this one for the types above.)"""
+    from vxnet.agent import gateway
+    from vxnet.agent.dhcp import DhcpFeature
+    from vxnet.agent.firewall import FirewallFeature
+    from vxnet.agent.routing import RoutingFeature
+
+    return [
+        *gateway.build(ctx),        # SNAT and floating IPs (gateway hosts only)
+        RoutingFeature(ctx),        # distributed routers
+        FirewallFeature(ctx),       # port security, security groups (before any tap is plugged)
+        DhcpFeature(ctx),           # DHCP for local VMs
+    ]

@@ -225,17 +225,38 @@ class _LibNft:
         self._lib.nft_ctx_free(self._ctx)
 
 
-def nft_genid() -> int:
-    """The nftables ruleset generation of the calling thread's namespace (NFT_MSG_GETGEN): it
-    changes with every committed transaction, ours or anyone's."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)        # NETLINK_NETFILTER
-    try:
-        s.settimeout(5)
-        s.bind((0, 0))
+class GenIdReader:
+    """Reads the nftables ruleset generation (NFT_MSG_GETGEN) of the namespace of the thread
+    that first calls it: it changes with every committed transaction, ours or anyone's.
+
+    The netlink socket is kept open: closing a NETLINK_NETFILTER socket costs the kernel a
+    grace period (5-15 ms measured here), which every port-up paid when it was per call."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def read(self) -> int:
+        if self._sock is None:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)        # NETLINK_NETFILTER
+            s.settimeout(5)
+            s.bind((0, 0))
+            self._sock = s
+        try:
+            return self._query(self._sock)
+        except OSError:
+            self.close()            # a broken socket: the next read opens a fresh one
+            raise
+
+    def _query(self, s: socket.socket) -> int:
+        self._seq += 1
         body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)              # nfgenmsg
-        s.send(struct.pack("=IHHII", 16 + len(body), (10 << 8) | 16, 1, 1, 0) + body)  # NFTABLES, GETGEN
-        data = s.recv(65536)
-        length, mtype = struct.unpack_from("=IH", data)
+        s.send(struct.pack("=IHHII", 16 + len(body), (10 << 8) | 16, 1, self._seq, 0) + body)  # NFTABLES, GETGEN
+        while True:
+            data = s.recv(65536)
+            length, mtype, _, seq = struct.unpack_from("=IHHI", data)
+            if seq == self._seq:
+                break                                                    # an older answer: skip it
         if mtype == 2:                                                   # NLMSG_ERROR
             raise OSError(-struct.unpack_from("=i", data, 16)[0], "NFT_MSG_GETGEN")
         off = 20
@@ -245,8 +266,20 @@ def nft_genid() -> int:
                 return int(struct.unpack_from("!I", data, off + 4)[0])
             off += (alen + 3) & ~3
         raise OSError("NFT_MSG_GETGEN: no generation id")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def nft_genid() -> int:
+    """The ruleset generation of the calling thread's namespace (one-off: opens and closes a socket)."""
+    r = GenIdReader()
+    try:
+        return r.read()
     finally:
-        s.close()
+        r.close()
 
 
 def _bridge_nf_call_iptables() -> None:
@@ -379,6 +412,7 @@ class NftDriver:
         self._tx = _Transactions(netns)
         self._suspect: dict[tuple[str, str], NftTable] | None = None   # applied before invalidate()
         self._gen: int | None = None        # ruleset generation right after our last transaction
+        self._gen_reader = GenIdReader()    # used only from the transactions' thread
 
     # ------------------------------------------------------------------ process
     def _cmd(self, *args: str) -> list[str]:
@@ -410,7 +444,7 @@ class NftDriver:
 
     def _genid(self) -> int | None:
         try:
-            return int(self._tx.call(nft_genid))
+            return int(self._tx.call(self._gen_reader.read))
         except (OSError, TimeoutError, ValueError) as e:
             log.debug("nft generation unreadable: %s", e)
             return None
@@ -503,6 +537,10 @@ class NftDriver:
 
     def close(self) -> None:
         """Stop the worker thread (kernel state stays: a restarted agent adopts it)."""
+        try:
+            self._tx.call(self._gen_reader.close)
+        except (OSError, TimeoutError):
+            pass
         self._tx.close()
 
     def delete(self, tables: Iterable[tuple[str, str]]) -> None:
