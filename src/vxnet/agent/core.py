@@ -40,6 +40,18 @@ from vxnet.compute.view import ViewState, apply_message
 log = logging.getLogger("vxnet.agent")
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (the agent's threads would each get one, and their fragments
+    count in RSS: about 2 MB with 10,000 ports in view). Best effort; call at start-up."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)   # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 class ControlPlane(Protocol):
     """What the agent needs from the servers (`vxnet.agent.client.ServerClient` implements it)."""
 

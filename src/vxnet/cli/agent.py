@@ -31,7 +31,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the host agent: watch this host's view and converge the kernel to it."""
         from vxnet.agent.client import make_control_plane
-        from vxnet.agent.core import Agent, AgentConfig
+        from vxnet.agent.core import Agent, AgentConfig, limit_malloc_arenas
+
+        limit_malloc_arenas()
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
