@@ -222,10 +222,12 @@ class Repo:
         may run again. Waits up to `ambiguity_patience` seconds for the store to answer (an etcd
         leader election takes 1-2 s); still unreachable -> StoreUnavailable (outcome unknown)."""
         deadline = time.monotonic() + self.ambiguity_patience
+        # Never from a read cache: a stale "not there" would run the change a second time.
+        get = getattr(self.store, "get_linearizable", self.store.get)
         while True:
             try:
                 for key, op in uow._ops.items():
-                    kv = self.store.get(key)
+                    kv = get(key)
                     if isinstance(op, Put) != (kv is not None) or (kv is not None and kv.value != op.value):
                         return False
                 return True

@@ -286,6 +286,16 @@ class EtcdStore:
         kvs = data.get("kvs", [])
         return _kv(kvs[0]) if kvs else None
 
+    def get_linearizable(self, key: str) -> KeyValue | None:
+        """`get` answered by the etcd cluster itself (a linearizable read through the leader),
+        never by the mirror: what deciding the outcome of an ambiguous commit needs, because a
+        wrong "it did not land" there would run the change twice."""
+        self.reads_etcd += 1
+        data = self._call("/v3/kv/range", {"key": _b64(key)}, idempotent=True)
+        self._raise_floor(int(data["header"]["revision"]))
+        kvs = data.get("kvs", [])
+        return _kv(kvs[0]) if kvs else None
+
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         m = self._cached()
         if m is not None:
