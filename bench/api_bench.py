@@ -353,7 +353,7 @@ def backend(name: str, members: int) -> Iterator[tuple[str | None, list[int]]]:
 
     cluster = EtcdCluster(members, prefix="vxbench")
     try:
-        yield cluster.url() + ("?cache=0" if name == "etcd-nocache" else ""), [p.pid for p in cluster.procs.values()]
+        yield cluster.url() + ("?cache=0" if name == "etcd-nocache" else "?cache=1"), [p.pid for p in cluster.procs.values()]
     finally:
         cluster.stop()
 

@@ -9,7 +9,7 @@ tests check what only the cache can get wrong, counting which reads the mirror a
 - the mirror's member dies while others write, delete and compact: reads go to etcd while the
   stream is down, then the mirror reloads everything (its resume point was compacted) and
   shows exactly the cluster's state again;
-- `cache=0` in the URL turns it off.
+- `cache=0` in the URL (the default since the leader-kill duplicate, see docs/deployment.md) turns it off.
 """
 
 from __future__ import annotations

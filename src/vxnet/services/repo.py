@@ -157,6 +157,7 @@ class Repo:
         self.store = store
         self.max_retries = max_retries
         self.ambiguity_patience = 6.0  # seconds to wait for the store after a lost answer
+        self.ambiguity_settle = 2.0    # seconds a lost write may still take to appear
         self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -221,17 +222,26 @@ class Repo:
         landed, or the store already is what we wanted; False means it did not land and `fn`
         may run again. Waits up to `ambiguity_patience` seconds for the store to answer (an etcd
         leader election takes 1-2 s); still unreachable -> StoreUnavailable (outcome unknown)."""
-        deadline = time.monotonic() + self.ambiguity_patience
+        start = time.monotonic()
+        deadline = start + self.ambiguity_patience
         # Never from a read cache: a stale "not there" would run the change a second time.
         get = getattr(self.store, "get_linearizable", self.store.get)
         while True:
             try:
-                for key, op in uow._ops.items():
-                    kv = get(key)
-                    if isinstance(op, Put) != (kv is not None) or (kv is not None and kv.value != op.value):
-                        return False
-                return True
+                if all(self._matches(op, get(key)) for key, op in uow._ops.items()):
+                    return True
+                # Not there (yet): a proposal the store gave up waiting for may still commit
+                # (etcd under load answers "request timed out" and commits a moment later), so
+                # look again for a while before concluding that it did not land.
+                if time.monotonic() - start >= self.ambiguity_settle:
+                    return False
+                time.sleep(0.1)
             except StoreUnavailable:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    @staticmethod
+    def _matches(op: Any, kv: Any) -> bool:
+        """The store holds what `op` staged (a put's value, or a deleted key's absence)."""
+        return isinstance(op, Put) == (kv is not None) and (kv is None or kv.value == op.value)
