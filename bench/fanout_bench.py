@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -226,6 +226,32 @@ async def populate(ports: list[int], admin_tok: str, agent_tok: str, opts: argpa
 # --- simulated agents ----------------------------------------------------------------------------
 
 
+
+async def read_view(owner: Any, port: int, host: str, token: str, limit: int,
+                    clock: Any) -> AsyncIterator[tuple[float, dict[str, Any]]]:
+    """One host's view stream over raw asyncio HTTP/1.1 (chunked NDJSON): (receipt time, message)
+    per line. Light enough for 1,000 streams in one process; `owner.writer` gets the connection's
+    writer so the owner can close it."""
+    reader, owner.writer = await asyncio.open_connection("127.0.0.1", port, limit=limit)
+    owner.writer.write((f"GET /v2.0/vxnet/hosts/{host}/view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        f"X-Auth-Token: {token}\r\nAccept: application/x-ndjson\r\n\r\n").encode())
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(status.decode(errors="replace").strip())
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass
+    buf = b""
+    while True:
+        size = int((await reader.readline()).split(b";")[0], 16)
+        if size == 0:
+            raise RuntimeError("stream ended")
+        buf += (await reader.readexactly(size + 2))[:-2]
+        now = clock()
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line:
+                yield now, json.loads(line)
+
 class Agent:
     """One view stream read with raw asyncio (HTTP/1.1 chunked NDJSON)."""
 
@@ -240,25 +266,8 @@ class Agent:
 
     async def run(self) -> None:
         try:
-            reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 24)
-            self.writer.write((f"GET /v2.0/vxnet/hosts/{self.host}/view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                               f"X-Auth-Token: {self.tok}\r\nAccept: application/x-ndjson\r\n\r\n").encode())
-            status = await reader.readline()
-            if b" 200 " not in status:
-                raise RuntimeError(status.decode(errors="replace").strip())
-            while (await reader.readline()) not in (b"\r\n", b""):
-                pass
-            buf = b""
-            while True:
-                size = int((await reader.readline()).split(b";")[0], 16)
-                if size == 0:
-                    raise RuntimeError("stream ended")
-                buf += (await reader.readexactly(size + 2))[:-2]
-                now = time.perf_counter()
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if line:
-                        self.on_line(now, json.loads(line))
+            async for now, msg in read_view(self, self.port, self.host, self.tok, 1 << 24, time.perf_counter):
+                self.on_line(now, msg)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - reported in the table

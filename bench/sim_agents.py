@@ -16,7 +16,7 @@ The same as the real agent (`vxnet.agent.core.Agent.on_message` / `run_once`):
 - the wire: the same endpoint (`GET /v2.0/vxnet/hosts/{host}/view`), the same NDJSON messages,
   one HTTP connection per agent.
 Not the same (and why):
-- the stream reader is a raw asyncio HTTP/1.1 chunked reader (as in bench/fanout_bench.py),
+- the stream reader is the raw asyncio HTTP/1.1 chunked reader of bench/fanout_bench.py (`read_view`),
   not `ServerClient.stream` (httpx, one blocking thread per agent: 1,000 threads and clients in
   a few processes would measure the GIL, not the control plane). It hands the same decoded
   messages, in the same order, to the same `apply_message`. No reconnect/`since`/failover (no
@@ -51,12 +51,12 @@ import collections
 import dataclasses
 import gc
 import hashlib
-import json
 import resource
 import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from bench.fanout_bench import read_view
 from vxnet.agent.features import HostContext, build_features
 from vxnet.compute.diff import HostDiff, apply_host, diff_host
 from vxnet.compute.l2 import L2Cache, merge
@@ -115,25 +115,8 @@ class SimAgent:
 
     async def run(self) -> None:
         try:
-            reader, self.writer = await asyncio.open_connection("127.0.0.1", self.server_port, limit=1 << 26)
-            self.writer.write((f"GET /v2.0/vxnet/hosts/{self.host}/view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                               f"X-Auth-Token: {self.token}\r\nAccept: application/x-ndjson\r\n\r\n").encode())
-            status = await reader.readline()
-            if b" 200 " not in status:
-                raise RuntimeError(status.decode(errors="replace").strip())
-            while (await reader.readline()) not in (b"\r\n", b""):
-                pass
-            buf = b""
-            while True:
-                size = int((await reader.readline()).split(b";")[0], 16)
-                if size == 0:
-                    raise RuntimeError("stream ended")
-                buf += (await reader.readexactly(size + 2))[:-2]
-                now = time.monotonic()
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if line:
-                        self.on_message(json.loads(line), now)
+            async for now, msg in read_view(self, self.server_port, self.host, self.token, 1 << 26, time.monotonic):
+                self.on_message(msg, now)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - reported to the parent
