@@ -297,6 +297,11 @@ def test_restart_mid_run_loses_nothing_acknowledged(tmp_path) -> None:
             nonlocal acked_count, acked_after_restart, transport_errors
             deadline = time.time() + 120
             while True:
+                # Once half the pool is acknowledged, hold new requests until the kill has
+                # happened: at most the 16 in flight land before it, so the kill always falls
+                # inside the allocation phase, however slow or loaded the machine is.
+                if half.is_set() and not killed.is_set():
+                    assert killed.wait(120), "the server was never killed"
                 try:
                     r = client.post("/ports", json={"port": {"network_id": net["id"], "name": f"p{i}"}})
                     if r.status_code == 503:  # store not ready yet: retry like a client would
