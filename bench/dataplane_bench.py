@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bench.common import lab, paired_ratio, wait_ping
 from bench.kernel_lab import KernelLab, batch, iperf3_run, nic_settings, nsx, ping_run, sh, vm_nic_settings
 from bench.port_up_bench import _import_repo, _tail, in_sandbox
 from bench.report import Report, percentile
@@ -171,14 +172,6 @@ ROWS: list[tuple[str, str, Callable[[Labs], Path]]] = [
 # --- lab construction (inside the sandbox) -----------------------------------------------------
 
 
-def _wait_ping(ns: str, ip: str, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if nsx(ns, "ping", "-n", "-q", "-c", "1", "-W", "1", ip, check=False).returncode == 0:
-            return True
-    return False
-
-
 def _ok(r: Any, status: int = 200) -> Any:
     if r.status_code != status:
         raise RuntimeError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:200]}")
@@ -216,7 +209,7 @@ def _vxnet_topology(lab3: Any, gateway: bool) -> Labs:
         for name, gw in (("dp1", f"{CIDR24}.1"), ("dp2", f"{CIDR24}.1"), ("dp3", f"{CIDR24}.1"),
                          ("dr2", f"{CIDR24_B}.1"), ("dr3", f"{CIDR24_B}.1")):
             nsx(vms[name], "ip", "route", "replace", "default", "via", gw)
-        if not (_wait_ping(vms["dp1"], f"{CIDR24_B}.12", 30) and _wait_ping(vms["dp1"], f"{CIDR24_B}.13", 10)):
+        if not (wait_ping(vms["dp1"], f"{CIDR24_B}.12", 30) and wait_ping(vms["dp1"], f"{CIDR24_B}.13", 10)):
             routed = "routed ping dp1 -> dr2/dr3 never answered within 30 s"
     except Exception as e:  # noqa: BLE001 - the row says what broke
         routed = f"routed setup failed: {type(e).__name__}: {e}"[:300]
@@ -252,29 +245,9 @@ def _floating_ip(lab3: Any, rid: str, port: dict[str, Any]) -> str:
         fip = _ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"],
                                                              "port_id": port["id"]}}), 201)["floatingip"]
     addr = fip["floating_ip_address"]
-    if not _wait_ping(topology.EXTERNAL_NS, addr, 40):
+    if not wait_ping(topology.EXTERNAL_NS, addr, 40):
         raise RuntimeError(f"the outside client's ping to floating IP {addr} never answered within 40 s")
     return addr
-
-
-@contextlib.contextmanager
-def _lab(workdir: str, gateway: bool) -> Iterator[Any]:
-    """`vxnet lab up --hosts 3` (+ `--gateways 1 --external` when the lab has them) on a fresh
-    store in `workdir`; always `lab down` afterwards. Yields a tests.root.conftest.Lab."""
-    _import_repo()
-    from tests.conftest import free_port
-    from tests.root.conftest import USERS_TOML, Lab
-    from vxnet.lab import lab
-
-    cfg = os.path.join(workdir, "lab.toml")
-    with open(cfg, "w") as f:
-        f.write(USERS_TOML.format(port=free_port(), db=os.path.join(workdir, "vxnet.db")))
-    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
-    try:
-        st = lab.up(3, cfg, gateways=1, external=True) if gateway else lab.up(3, cfg)
-        yield Lab(st)
-    finally:
-        lab.down()
 
 
 def _lab_has_gateways() -> bool:
@@ -353,7 +326,7 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
     k = KernelLab(mode="static", prefix="vxk", cidr24=CIDR24, more_networks={4243: CIDR24_B})
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-dp-")
     try:
-        with _lab(workdir, gateway) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
+        with lab(workdir, gateway) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
             labs = _vxnet_topology(lab3, gateway)
             k.build()
             for name, host, octet in (("k1", 1, 11), ("k2", 2, 12), ("k3", 1, 13)):
@@ -441,18 +414,6 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
             "retr": [r["iperf"].get("retransmits") for r in row["rounds"] if "gbps" in r["iperf"]], "errs": errs}
 
 
-def _paired_ratio(a: dict[str, Any], b: dict[str, Any], what: str) -> float | None:
-    """Median over rounds of a's figure / b's figure in the same round."""
-    ratios = []
-    for ra, rb in zip(a["rounds"], b["rounds"], strict=False):
-        if what == "gbps":
-            if "gbps" in ra["iperf"] and "gbps" in rb["iperf"] and rb["iperf"]["gbps"] > 0:
-                ratios.append(ra["iperf"]["gbps"] / rb["iperf"]["gbps"])
-        elif ra["ping"]["rtts"] and rb["ping"]["rtts"]:
-            ratios.append(percentile(ra["ping"]["rtts"], 50) / percentile(rb["ping"]["rtts"], 50))
-    return statistics.median(ratios) if ratios else None
-
-
 def run(opts: argparse.Namespace) -> Report:
     cols = ["system", "path", "iperf3 Gbit/s (median; min-max)", "retransmits", "ping avg ms", "p50 ms", "p99 ms",
             "lost", "sender NIC (read from the kernel)"]
@@ -493,7 +454,7 @@ def run(opts: argparse.Namespace) -> Report:
         ra, rb = by.get(a), by.get(b)
         if not ra or not rb or ra["error"] or rb["error"]:
             continue
-        g, lat = _paired_ratio(ra, rb, "gbps"), _paired_ratio(ra, rb, "p50")
+        g, lat = paired_ratio(ra, rb, "gbps"), paired_ratio(ra, rb, "p50")
         rows.append([f"ratio {a[0]} / {b[0]}", a[1] if a[1] == b[1] else f"{a[1]} / {b[1]}",
                      _f(g, "{:.2f}x"), "", "", _f(lat, "{:.2f}x"), "", "",
                      "per-round ratios, median over rounds (Gbit/s; ping p50)"])
@@ -501,7 +462,7 @@ def run(opts: argparse.Namespace) -> Report:
              "latency (same devices, same flags, same offloads).")]
     ra, rb = by.get(("vxnet", "VM->VM across hosts")), by.get(("kernel VXLAN (hand-built)", "VM->VM across hosts"))
     if ra and rb and not ra["error"] and not rb["error"]:
-        g, lat = _paired_ratio(ra, rb, "gbps"), _paired_ratio(ra, rb, "p50")
+        g, lat = paired_ratio(ra, rb, "gbps"), paired_ratio(ra, rb, "p50")
         if g is not None and lat is not None:
             goals.append(f"Across hosts here: throughput ratio {g:.2f}x, p50 latency ratio {lat:.2f}x "
                          f"({'within' if 0.9 <= g <= 1.1 else 'OUTSIDE'} +-10% for throughput).")

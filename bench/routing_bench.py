@@ -18,16 +18,15 @@ servers by bench.kernel_lab, the lab's by `lab down`); a row that could not run 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from bench.kernel_lab import iperf3_run, nsx, ping_run
+from bench.common import lab, paired_ratio, wait_ping
+from bench.kernel_lab import iperf3_run, ping_run
 from bench.port_up_bench import _import_repo, in_sandbox
 from bench.report import Report, percentile
 
@@ -48,31 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rt-pings", type=int, default=200, help="pings per row and round, 10 ms apart (200)")
 
 
-@contextlib.contextmanager
-def _lab(workdir: str) -> Iterator[Any]:
-    _import_repo()
-    from tests.conftest import free_port
-    from tests.root.conftest import USERS_TOML, Lab
-    from vxnet.lab import lab
-
-    cfg = os.path.join(workdir, "lab.toml")
-    with open(cfg, "w") as f:
-        f.write(USERS_TOML.format(port=free_port(), db=os.path.join(workdir, "vxnet.db")))
-    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
-    try:
-        yield Lab(lab.up(3, cfg))
-    finally:
-        lab.down()
-
-
-def _wait_ping(ns: str, ip: str, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if nsx(ns, "ping", "-n", "-q", "-c", "1", "-W", "1", ip, check=False).returncode == 0:
-            return True
-    return False
-
-
 def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
     """Build the lab and run `rounds` alternating rounds (runs inside the sandbox)."""
     _import_repo()
@@ -81,7 +55,7 @@ def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": [{"rounds": [], "error": None} for _ in ROWS], "setup_s": None}
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-rt-")
     try:
-        with _lab(workdir) as lab3:
+        with lab(workdir) as lab3:
             t0 = time.time()
             nets = {"A": lab3.network("alice", f"{A24}.0/24", "rt-a"), "B": lab3.network("alice", f"{B24}.0/24", "rt-b")}
             with lab3.api("alice") as c:
@@ -97,7 +71,7 @@ def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
             for p in ports.values():
                 lab3.wait_status(p["id"], "ACTIVE", timeout=30)
             for i, (_, _, src, dst, ip) in enumerate(ROWS):
-                if not _wait_ping(topology.vm_ns(src), ip, 30):
+                if not wait_ping(topology.vm_ns(src), ip, 30):
                     out["rows"][i]["error"] = f"{src} -> {dst} ({ip}) never answered within 30 s"
             out["setup_s"] = time.time() - t0
             for rnd in range(rounds):
@@ -116,17 +90,6 @@ def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return out
-
-
-def _ratio(a: dict[str, Any], b: dict[str, Any], what: str) -> float | None:
-    ratios = []
-    for ra, rb in zip(a["rounds"], b["rounds"], strict=False):
-        if what == "gbps":
-            if "gbps" in ra["iperf"] and "gbps" in rb["iperf"] and rb["iperf"]["gbps"] > 0:
-                ratios.append(ra["iperf"]["gbps"] / rb["iperf"]["gbps"])
-        elif ra["ping"]["rtts"] and rb["ping"]["rtts"]:
-            ratios.append(percentile(ra["ping"]["rtts"], 50) / percentile(rb["ping"]["rtts"], 50))
-    return statistics.median(ratios) if ratios else None
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -160,7 +123,7 @@ def run(opts: argparse.Namespace) -> Report:
         a, b = res["rows"][routed], res["rows"][l2]
         if a["error"] or b["error"]:
             continue
-        g, lat = _ratio(a, b, "gbps"), _ratio(a, b, "p50")
+        g, lat = paired_ratio(a, b, "gbps"), paired_ratio(a, b, "p50")
         rows.append(["ratio routed / L2", ROWS[routed][1].split(" (")[0],
                      f"{g:.2f}x" if g is not None else "", "", f"{lat:.2f}x" if lat is not None else "", "", ""])
         if routed == 1 and g is not None and lat is not None:
