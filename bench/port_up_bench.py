@@ -90,6 +90,7 @@ def in_sandbox(call: str, timeout: float) -> object:
     same topology (same veths, bridges, VXLAN devices, agents, server) where no one else can see
     it; when the child exits, its namespaces go with it, even after a crash.
     """
+    os.makedirs("/run/netns", exist_ok=True)  # the tmpfs mount point; absent on a fresh machine
     fd, out = tempfile.mkstemp(prefix="vxnet-bench-", suffix=".json")
     os.close(fd)
     code = ("import json, bench.port_up_bench as p, bench.agent_bench as a; p.QUIET = 0\n"
