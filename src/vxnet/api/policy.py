@@ -38,6 +38,7 @@ from oslo_policy import _checks, policy
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError
 
+
 def _fast_check(rule: Any, target: Any, creds: Any, enforcer: Any, current_rule: str | None) -> bool:
     """oslo.policy's `_checks._check`, with the check's call arity looked up once per class.
 
@@ -48,7 +49,7 @@ def _fast_check(rule: Any, target: Any, creds: Any, enforcer: Any, current_rule:
     return bool(rule(target, creds, enforcer))  # legacy checks without current_rule
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_current_rule(cls: type) -> bool:
     return len(inspect.getfullargspec(cls.__call__).args) > 4
 
@@ -67,7 +68,7 @@ class FieldCheck(policy.Check):  # type: ignore[misc]
     def __init__(self, kind: str, match: str) -> None:
         super().__init__(kind, match)
         resource, _, rest = match.partition(":")
-        self.singular = resource[:-1] if resource.endswith("s") else resource
+        self.singular = resource.removesuffix("s")
         if "=~" in rest:
             self.field, _, pattern = rest.partition("=~")
             self.regex: re.Pattern[str] | None = re.compile(pattern)
