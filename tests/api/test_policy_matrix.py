@@ -397,3 +397,109 @@ def test_matrix(lab: Lab, case: Case, caller: str) -> None:
     if case.created:  # a denied create leaves nothing: no object, no IP or MAC claim
         assert _listing(lab, case.created) == before
         assert lab.claims() == claims
+
+
+# -- references: every object a caller names must be hers (or she is admin) ---------------------
+
+def test_router_hijack_by_device_id_is_refused(lab: Lab) -> None:
+    """Bob's port on his own network naming alice's router as its router is a 409
+    DeviceIDNotOwnedByTenant (Neutron), on create and on update; alice's router keeps no leg of
+    his; an admin may still do it."""
+    rtr = lab.router()
+    bob = lab.c["other"]
+    net = lab.ok(bob.post("/networks", json={"network": {"name": "bobnet"}}), "network")
+    lab.ok(bob.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
+                                                 "cidr": "198.51.100.0/24"}}), "subnet")
+    for owner in ("network:router_interface", "network:router_interface_distributed", "network:router_gateway"):
+        before = lab.claims()
+        r = bob.post("/ports", json={"port": {"network_id": net["id"], "device_owner": owner, "device_id": rtr["id"]}})
+        assert_error(r, 409, "DeviceIDNotOwnedByTenant", rtr["id"])
+        assert lab.claims() == before
+    port = lab.ok(bob.post("/ports", json={"port": {"network_id": net["id"]}}), "port")
+    for body in ({"device_owner": "network:router_interface", "device_id": rtr["id"]}, {"device_id": rtr["id"]}):
+        if "device_owner" not in body:
+            lab.ok(bob.put(f"/ports/{port['id']}", json={"port": {"device_owner": "network:router_interface"}}), "port")
+        assert_error(bob.put(f"/ports/{port['id']}", json={"port": body}), 409, "DeviceIDNotOwnedByTenant")
+    # carol, owner of the shared network, cannot attach it to alice's router either
+    r = lab.c["netowner"].post("/ports", json={"port": {"network_id": lab.shared["id"],
+                                                         "device_owner": "network:router_interface",
+                                                         "device_id": rtr["id"]}})
+    assert_error(r, 409, "DeviceIDNotOwnedByTenant")
+    ports = lab.c["admin"].get("/ports", params={"device_id": rtr["id"]}).json()["ports"]
+    assert ports == []
+    # a floating IP named by another project's port
+    fip = lab.fip()
+    r = bob.post("/ports", json={"port": {"network_id": net["id"], "device_owner": "network:floatingip",
+                                          "device_id": fip["id"]}})
+    assert_error(r, 409, "DeviceIDNotOwnedByTenant")
+    # alice's own port may name her own router (Neutron's port-first interface flow)
+    alice_net = lab.network()
+    lab.ok(lab.c["owner"].post("/ports", json={"port": {"network_id": alice_net["id"],
+                                                         "device_owner": "network:router_interface",
+                                                         "device_id": rtr["id"]}}), "port")
+
+
+def test_references_to_other_projects_objects(lab: Lab) -> None:
+    """Router interfaces, gateways, floating IP ports, remote groups, port groups, subnets'
+    networks: naming another project's object is refused (404 as if it did not exist, or
+    Neutron's 400), and nothing is written."""
+    alice, bob = lab.c["owner"], lab.c["other"]
+    rtr = lab.router()
+    bnet = lab.ok(bob.post("/networks", json={"network": {"name": "b2"}}), "network")
+    bsub = lab.ok(bob.post("/subnets", json={"subnet": {"network_id": bnet["id"], "ip_version": 4,
+                                                        "cidr": "192.0.2.0/25"}}), "subnet")
+    bport = lab.ok(bob.post("/ports", json={"port": {"network_id": bnet["id"]}}), "port")
+    # alice may not plug bob's subnet or port into her router
+    assert_error(alice.put(f"/routers/{rtr['id']}/add_router_interface", json={"subnet_id": bsub["id"]}), 404)
+    assert_error(alice.put(f"/routers/{rtr['id']}/add_router_interface", json={"port_id": bport["id"]}), 404)
+    # bob may not plug his into hers
+    assert_error(bob.put(f"/routers/{rtr['id']}/add_router_interface", json={"subnet_id": bsub["id"]}), 404)
+    assert lab.c["admin"].get("/ports", params={"device_id": rtr["id"]}).json()["ports"] == []
+    # a gateway needs an external network: bob's private one is not even visible to alice
+    r = alice.put(f"/routers/{rtr['id']}", json={"router": {"external_gateway_info": {"network_id": bnet["id"]}}})
+    assert_error(r, 404)
+    # floating IP association with bob's port
+    fip = lab.fip()
+    assert_error(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": bport["id"]}}), 404)
+    # a subnet on bob's network; a port on it
+    assert_error(alice.post("/subnets", json={"subnet": {"network_id": bnet["id"], "ip_version": 4,
+                                                         "cidr": "192.0.2.128/25"}}), 404)
+    assert_error(alice.post("/ports", json={"port": {"network_id": bnet["id"]}}), 404)
+    # security groups: bob's group as a port's group or as a remote group
+    bgroup = lab.ok(bob.post("/security-groups", json={"security_group": {"name": "bg"}}), "security_group")
+    anet = lab.network()
+    assert_error(alice.post("/ports", json={"port": {"network_id": anet["id"], "security_groups": [bgroup["id"]]}}), 404)
+    agroup = lab.group()
+    r = alice.post("/security-group-rules", json={"security_group_rule": {
+        "security_group_id": agroup["id"], "direction": "ingress", "remote_group_id": bgroup["id"]}})
+    assert_error(r, 404)
+    # a network owner may delete, not change, another project's port on her shared network
+    p = lab.port()
+    carol = lab.c["netowner"]
+    for body in ({"security_groups": []}, {"port_security_enabled": False}, {"admin_state_up": False},
+                 {"device_id": "x"}, {"device_owner": "compute:x"}):
+        assert_error(carol.put(f"/ports/{p['id']}", json={"port": body}), 403, "PolicyNotAuthorized")
+    assert carol.delete(f"/ports/{p['id']}").status_code == 204
+
+
+def test_operator_policy_file_overrides_rules(tmp_path: Any) -> None:
+    """`[server] policy_file`: an operator lets members create shared networks and forbids
+    them routers; the rest keeps Neutron's defaults."""
+    path = tmp_path / "policy.yaml"
+    path.write_text('"create_network:shared": "rule:regular_user"\n"create_router": "rule:admin_only"\n')
+    h = start_server(os.path.join(tmp_path, "vxnet.db"), Config(users=USERS, policy_file=str(path)))
+    try:
+        bob = h.api("bob")
+        assert bob.post("/networks", json={"network": {"shared": True}}).status_code == 201
+        assert_error(bob.post("/routers", json={"router": {}}), 403, "PolicyNotAuthorized", "create_router")
+        assert_error(bob.post("/networks", json={"network": {"router:external": True}}), 403)
+        assert h.api("admin").post("/routers", json={"router": {}}).status_code == 201
+        assert_error(h.api("alice_reader").post("/networks", json={"network": {}}), 403)
+    finally:
+        h.stop()
+
+
+def test_missing_policy_file_fails_the_start(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="policy_file"):
+        start_server(os.path.join(tmp_path, "vxnet.db"),
+                     Config(users=USERS, policy_file=str(tmp_path / "nope.yaml")))
