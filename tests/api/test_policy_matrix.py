@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -484,7 +485,7 @@ def test_references_to_other_projects_objects(lab: Lab) -> None:
 
 def test_operator_policy_file_overrides_rules(tmp_path: Any) -> None:
     """`[server] policy_file`: an operator lets members create shared networks and forbids
-    them routers; the rest keeps Neutron's defaults."""
+    them routers; the rest keeps Neutron's defaults; a changed file applies without a restart."""
     path = tmp_path / "policy.yaml"
     path.write_text('"create_network:shared": "rule:regular_user"\n"create_router": "rule:admin_only"\n')
     h = start_server(os.path.join(tmp_path, "vxnet.db"), Config(users=USERS, policy_file=str(path)))
@@ -495,6 +496,10 @@ def test_operator_policy_file_overrides_rules(tmp_path: Any) -> None:
         assert_error(bob.post("/networks", json={"network": {"router:external": True}}), 403)
         assert h.api("admin").post("/routers", json={"router": {}}).status_code == 201
         assert_error(h.api("alice_reader").post("/networks", json={"network": {}}), 403)
+        # the file is re-read when it changes: routers back to Neutron's default
+        path.write_text('"create_network:shared": "rule:regular_user"\n')
+        os.utime(path, (time.time() + 5, time.time() + 5))
+        assert bob.post("/routers", json={"router": {}}).status_code == 201
     finally:
         h.stop()
 
