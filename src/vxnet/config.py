@@ -11,6 +11,7 @@ token_ttl = 3600                      # seconds
 agent_down_time = 15                  # seconds without heartbeat -> agent not alive
 tls_cert = "/etc/vxnet/server.pem"    # serve HTTPS (both or neither)
 tls_key = "/etc/vxnet/server.key"
+policy_file = "/etc/vxnet/policy.yaml"  # operator overrides of the API policy (docs/policy.md)
 
 [[identity.users]]
 name = "admin"
@@ -67,6 +68,7 @@ class Config:
     agent_down_time: int = 15
     tls_cert: str | None = None
     tls_key: str | None = None
+    policy_file: str | None = None  # oslo.policy overrides of Neutron's rules (docs/policy.md)
     users: tuple[User, ...] = ()
     extra_projects: tuple[str, ...] = ()
 

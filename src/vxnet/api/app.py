@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vxnet.api import policy
 from vxnet.api.errors import ApiError
 from vxnet.api.extensions import EXTENSIONS
 from vxnet.api.state import AppState
@@ -68,6 +69,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
     """Build the ASGI application over an open store."""
     app = FastAPI(title="vxnet", version="2.0", docs_url=None, redoc_url=None)
     state = AppState(config, store)
+    policy.of(config)  # build the enforcer now: a bad policy_file fails the start, not a request
     app.state.vxnet = state
     _install_metrics(app, state)
     _install_errors(app)

@@ -30,9 +30,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
-from vxnet.api.errors import ApiError, bad_request, conflict, not_found, policy_denied
+from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.routers.routers import INTF_OWNER, port_visible, touch_fence
 from vxnet.api.state import AppState, read_json
@@ -45,7 +46,6 @@ from vxnet.api.validation import (
     Uuid,
     parse_create,
     parse_update,
-    require_writer,
     resolve_project,
 )
 from vxnet.services.ports import delete_port_record, network_subnets, new_port_record
@@ -221,12 +221,11 @@ def apply_association(fip: dict[str, Any], assoc: Association | None) -> None:
                     "router_id": assoc.router_id, "status": "ACTIVE"})
 
 
-def build_fip(uow: UnitOfWork, ctx: Context, item: FloatingIPCreate,
-              staged: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    fields = item.model_fields_set
-    if "floating_ip_address" in fields and item.floating_ip_address is not None and not ctx.is_admin:
-        raise policy_denied("create_floatingip:floating_ip_address")
+def build_fip(uow: UnitOfWork, ctx: Context, item: FloatingIPCreate, staged: dict[str, str],
+              pol: policy.Policy) -> tuple[dict[str, Any], dict[str, Any] | None]:
     project = resolve_project(ctx, item.project_id, item.tenant_id)
+    attrs = sorted(f for f in item.model_fields_set if getattr(item, f) is not None)
+    pol.enforce(ctx, "create_floatingip", policy.target("floatingip", {"project_id": project}), attrs)
     net_id = item.floating_network_id
     net = uow.get("networks", net_id)
     if net is None or not network_visible(ctx, net):
@@ -311,16 +310,16 @@ async def show_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
 async def create_floatingip(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
-    require_writer(ctx, "create_floatingip")
     body = await read_json(request)
     _reject_create_keys(body)
     items, bulk = parse_create(body, "floatingip", "floatingips", FloatingIPCreate)
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
         out = []
         staged: dict[str, str] = {}
         for item in items:
-            fip, port = build_fip(uow, ctx, item, staged)
+            fip, port = build_fip(uow, ctx, item, staged, pol)
             uow.put("floatingips", fip)
             out.append(present_fip(fip, port))
         return out
@@ -336,12 +335,13 @@ async def update_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
     body = await read_json(request)
     upd = parse_update(body, "floatingip", FloatingIPUpdate, read_only=UPDATE_READ_ONLY)
     fields = upd.model_fields_set
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
         fip = uow.get("floatingips", fip_id)
         if fip is None or not fip_visible(ctx, fip):
             raise not_found("floatingip", fip_id)
-        require_writer(ctx, "update_floatingip")
+        pol.enforce(ctx, "update_floatingip", policy.target("floatingip", fip), sorted(fields))
         check_if_match(request, fip)
         if upd.fixed_ip_address is not None and not upd.port_id:
             raise bad_fip("fixed_ip_address cannot be specified without a port_id")
@@ -372,12 +372,13 @@ async def update_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
 async def delete_floatingip(fip_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> None:
         fip = uow.get("floatingips", fip_id)
         if fip is None or not fip_visible(ctx, fip):
             raise not_found("floatingip", fip_id)
-        require_writer(ctx, "delete_floatingip")
+        pol.enforce(ctx, "delete_floatingip", policy.target("floatingip", fip))
         check_if_match(request, fip)
         release_association(uow, fip)
         for port in uow.list("ports", lambda p: p["device_owner"] == FIP_OWNER and p["device_id"] == fip_id):

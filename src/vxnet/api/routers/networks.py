@@ -19,9 +19,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
+from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, get_visible, list_response, show_response
-from vxnet.api.errors import ApiError, bad_request, conflict, not_found
+from vxnet.api.errors import bad_request, conflict, not_found
 from vxnet.api.state import AppState, read_json
 from vxnet.api.validation import (
     Body,
@@ -32,8 +33,6 @@ from vxnet.api.validation import (
     Tags,
     parse_create,
     parse_update,
-    require_admin_for,
-    require_writer,
     resolve_project,
 )
 from vxnet.services.ipam import subnet_alloc_key
@@ -45,8 +44,6 @@ router = APIRouter(prefix="/v2.0", tags=["networks"])
 VNI_MIN = 1001
 VNI_MAX = 16_000_000
 # Neutron's policy: these are admin-only on create and update (shared included).
-ADMIN_ONLY = {"provider:network_type", "provider:physical_network", "provider:segmentation_id",
-              "router:external", "is_default", "shared"}
 SERVICE_OWNERS = ("network:dhcp",)
 FIP_OWNER = "network:floatingip"
 
@@ -128,10 +125,20 @@ def allocate_vni(uow: UnitOfWork, network_id: str, wanted: int | None) -> int:
     return vni
 
 
+CREATE_DEFAULTS = {"shared": False, "is_default": False}
+
+
+def _wire_set(item: Body) -> set[str]:
+    return {(type(item).model_fields[n].alias or n) for n in item.model_fields_set}
+
+
 def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWork) -> dict[str, Any]:
-    set_fields = {(NetworkCreate.model_fields[n].alias or n) for n in item.model_fields_set}
-    require_admin_for(ctx, set_fields, ADMIN_ONLY, "create_network")
     project = resolve_project(ctx, item.project_id, item.tenant_id)
+    values = item.model_dump(by_alias=True)
+    # Neutron's _is_attribute_explicitly_set: an attribute given its default is not "set".
+    set_fields = sorted(f for f in values if f in _wire_set(item) and values[f] != CREATE_DEFAULTS.get(f, ...))
+    policy.of(st.config).enforce(ctx, "create_network", policy.target("network", {**values, "project_id": project}),
+                                 set_fields)
     if item.mtu is not None and item.mtu > max_mtu(st):
         raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
     net_type = item.provider_network_type or "vxlan"
@@ -200,7 +207,6 @@ async def show_network(network_id: str, request: Request) -> dict[str, Any]:
 async def create_network(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
-    require_writer(ctx, "create_network")
     items, bulk = parse_create(await read_json(request), "network", "networks", NetworkCreate)
 
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
@@ -220,15 +226,13 @@ async def update_network(network_id: str, request: Request) -> dict[str, Any]:
     ctx = st.context(request)
     upd = parse_update(await read_json(request), "network", NetworkUpdate)
     fields = _aliased(upd)
-    require_admin_for(ctx, set(fields), ADMIN_ONLY, "update_network")
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
         net = uow.get("networks", network_id)
         if net is None or not network_visible(ctx, net):
             raise not_found("network", network_id)
-        if not ctx.owns(net):
-            raise ApiError(403, "PolicyNotAuthorized", "(update_network) is disallowed by policy")
-        require_writer(ctx, "update_network")
+        pol.enforce(ctx, "update_network", policy.target("network", {**net, **fields}), sorted(fields))
         check_if_match(request, net)
         if "mtu" in fields and fields["mtu"] > max_mtu(st):
             raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
@@ -271,13 +275,13 @@ async def delete_network(network_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
 
+    pol = policy.of(st.config)
+
     def txn(uow: UnitOfWork) -> None:
         net = uow.get("networks", network_id)
         if net is None or not network_visible(ctx, net):
             raise not_found("network", network_id)
-        if not ctx.owns(net):
-            raise ApiError(403, "PolicyNotAuthorized", "(delete_network) is disallowed by policy")
-        require_writer(ctx, "delete_network")
+        pol.enforce(ctx, "delete_network", policy.target("network", net))
         check_if_match(request, net)
         # Neutron deletes an external network's unassociated floating IPs with it (ml2
         # delete_network -> l3 delete_disassociated_floatingips); an associated one keeps its

@@ -8,9 +8,14 @@ Invariants:
   unless `binding:host_id` changes (then DOWN again until the new host reports).
 - Router interface/gateway and floating IP ports are deleted through their owner's API
   (409 ServicePortInUse here) while that owner exists.
-- Visibility: admins, the port's project and the network's owner. `binding:*` attributes
-  but `binding:vnic_type` are admin-only (set by admins or the `service` role, hidden from
-  others).
+- Visibility: admins, the port's project and the network's owner. Changes are decided by the
+  policy (api/policy.py, Neutron's rules): the network's owner may delete, not update, another
+  project's port on her network; `mac_address`, `fixed_ips` addresses, `port_security_enabled`,
+  `allowed_address_pairs` and a `network:*` `device_owner` need admin or the network's owner;
+  `binding:host_id`/`binding:profile` need admin or the `service` role (hidden from others).
+- A port whose `device_owner` makes it part of a router or floating IP may name (`device_id`)
+  only an object of its own project (409 DeviceIDNotOwnedByTenant), checked in the same
+  transaction that writes the port.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BeforeValidator, Field
 
+from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, not_found
@@ -41,7 +47,6 @@ from vxnet.api.validation import (
     Uuid,
     parse_create,
     parse_update,
-    require_writer,
     resolve_project,
 )
 from vxnet.services import ipam
@@ -50,7 +55,6 @@ from vxnet.services.repo import UnitOfWork
 
 router = APIRouter(prefix="/v2.0", tags=["ports"])
 
-BINDING_ADMIN = {"binding:host_id", "binding:profile"}
 BINDING_HIDDEN = ("binding:host_id", "binding:vif_type", "binding:vif_details", "binding:profile")
 VNIC_TYPES = ("normal", "direct", "macvtap", "baremetal", "direct-physical", "virtio-forwarder",
               "smart-nic", "remote-managed", "vdpa")
@@ -198,22 +202,44 @@ def _network_for_port(ctx: Context, uow: UnitOfWork, network_id: str) -> dict[st
     return net
 
 
-def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork) -> dict[str, Any]:
+def check_device_id(ctx: Context, uow: UnitOfWork, device_owner: str, device_id: str, project_id: str) -> None:
+    """Neutron's _enforce_device_owner_not_router_intf_or_device_id, for every owner that makes
+    a port part of another object (router interface or gateway, floating IP): a non-admin's port
+    may name only an object of the port's own project (409 DeviceIDNotOwnedByTenant). Read in the
+    transaction that writes the port, so the check and the write cannot be separated."""
+    if ctx.is_admin or not device_id or device_owner not in PROTECTED_OWNERS:
+        return
+    collection = "floatingips" if device_owner == "network:floatingip" else "routers"
+    owner = uow.get(collection, device_id)
+    if owner is not None and owner["project_id"] != project_id:
+        raise ApiError(409, "DeviceIDNotOwnedByTenant", f"The following device_id {device_id} is not owned by "
+                       "your tenant or matches another tenants router.")
+
+
+# Neutron's _is_attribute_explicitly_set: on create, an attribute given its default value is
+# not "set" for the attribute rules (attributes without a default count whenever present).
+CREATE_DEFAULTS = {"device_owner": "", "device_id": "", "binding:host_id": "", "binding:vnic_type": "normal"}
+
+
+def create_attrs(item: PortCreate, fields: set[str]) -> list[str]:
+    """The attributes of a create that are explicitly set (with fixed_ips' keys), for the
+    `create_port:<attr>` rules."""
+    values = item.model_dump(by_alias=True)
+    attrs = sorted(f for f in fields if f not in CREATE_DEFAULTS or values.get(f) != CREATE_DEFAULTS[f])
+    return attrs + policy.sub_attrs("fixed_ips", _requested_ips(item.fixed_ips))
+
+
+def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork, pol: policy.Policy) -> dict[str, Any]:
     fields = _wire(item)
-    if fields & BINDING_ADMIN and not can_bind(ctx):
-        raise _deny("create_port", ", ".join(sorted(fields & BINDING_ADMIN)))
     project = resolve_project(ctx, item.project_id, item.tenant_id)
     net = _network_for_port(ctx, uow, item.network_id)
-    net_owner = ctx.is_admin or net["project_id"] == ctx.project_id
-    if not net_owner:
-        if not net["shared"]:
-            raise _deny("create_port")
-        if item.mac_address is not None:
-            raise _deny("create_port:mac_address")
-        if any(i.ip_address is not None for i in item.fixed_ips or []):
-            raise _deny("create_port:fixed_ips:ip_address")
-        if item.device_owner.startswith("network:"):
-            raise _deny("create_port:device_owner")
+    # Neutron's _validate_network_tenant_ownership: not shared -> only the network's project.
+    if not ctx.is_admin and not net["shared"] and net["project_id"] != project:
+        raise _deny("create_port")
+    wanted = {"project_id": project, "device_owner": item.device_owner, "device_id": item.device_id,
+              "network_id": net["id"]}
+    pol.enforce(ctx, "create_port", policy.target("port", wanted, net), create_attrs(item, fields))
+    check_device_id(ctx, uow, item.device_owner, item.device_id, project)
     return svc.new_port_record(
         uow,
         network=net,
@@ -290,24 +316,25 @@ async def show_port(port_id: str, request: Request) -> dict[str, Any]:
 async def create_port(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
-    require_writer(ctx, "create_port")
     items, bulk = parse_create(await read_json(request), "port", "ports", PortCreate)
 
+    pol = policy.of(st.config)
+
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
-        return [build_port(ctx, item, uow) for item in items]
+        return [build_port(ctx, item, uow, pol) for item in items]
 
     ports = [present_port(ctx, p) for p in st.repo.transact(txn)]
     return JSONResponse({"ports": ports} if bulk else {"port": ports[0]}, status_code=201)
 
 
-def _get_for_change(ctx: Context, uow: UnitOfWork, port_id: str, action: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _get_for_change(ctx: Context, uow: UnitOfWork, port_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The port and its network; 404 when the caller cannot see the port."""
     port = uow.get("ports", port_id)
     if port is None:
         raise not_found("port", port_id)
     net = uow.get("networks", port["network_id"])
     if not port_visible(ctx, port, net):
         raise not_found("port", port_id)
-    require_writer(ctx, action)
     assert net is not None
     return port, net
 
@@ -319,22 +346,23 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
     body = await read_json(request)
     upd = parse_update(body, "port", PortUpdate, read_only=READ_ONLY)
     fields = _wire(upd)
-    if fields & BINDING_ADMIN and not can_bind(ctx):
-        raise _deny("update_port", ", ".join(sorted(fields & BINDING_ADMIN)))
-    if "mac_address" in fields and not ctx.is_admin:
-        raise _deny("update_port:mac_address")
+    attrs = sorted(fields) + (policy.sub_attrs("fixed_ips", _requested_ips(upd.fixed_ips))
+                              if "fixed_ips" in fields else [])
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
-        port, net = _get_for_change(ctx, uow, port_id, "update_port")
+        port, net = _get_for_change(ctx, uow, port_id)
+        # Neutron evaluates the attribute rules on the port as the update would leave it.
+        after = {**port, **{f: getattr(upd, f) for f in ("device_owner", "device_id") if f in fields}}
+        pol.enforce(ctx, "update_port", policy.target("port", after, net), attrs)
+        if {"device_owner", "device_id"} & fields:
+            check_device_id(ctx, uow, after["device_owner"], after["device_id"], port["project_id"])
         check_if_match(request, port)
-        net_owner = ctx.is_admin or net["project_id"] == ctx.project_id
         changed: dict[str, Any] = {}
         for f in ("name", "description", "admin_state_up", "device_id"):
             if f in fields:
                 changed[f] = getattr(upd, f)
         if "device_owner" in fields:
-            if upd.device_owner.startswith("network:") and not net_owner:
-                raise _deny("update_port:device_owner")
             changed["device_owner"] = upd.device_owner
         if "binding:vnic_type" in fields:
             changed["binding:vnic_type"] = upd.binding_vnic_type
@@ -355,8 +383,6 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
             changed["mac_address"] = mac
         if "fixed_ips" in fields:
             requested = _requested_ips(upd.fixed_ips) or []
-            if not net_owner and any("ip_address" in r for r in requested):
-                raise _deny("update_port:fixed_ips:ip_address")
             kept, add, remove = changed_ips(port["fixed_ips"], requested)
             for ip in remove:
                 ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
@@ -392,8 +418,11 @@ async def delete_port(port_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
 
+    pol = policy.of(st.config)
+
     def txn(uow: UnitOfWork) -> None:
-        port, _ = _get_for_change(ctx, uow, port_id, "delete_port")
+        port, net = _get_for_change(ctx, uow, port_id)
+        pol.enforce(ctx, "delete_port", policy.target("port", port, net))
         check_if_match(request, port)
         owner = port["device_owner"]
         if owner in PROTECTED_OWNERS and port["device_id"]:

@@ -39,9 +39,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
+from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
-from vxnet.api.errors import ApiError, bad_request, conflict, not_found, policy_denied
+from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.state import AppState, read_json
 from vxnet.api.validation import (
@@ -56,7 +57,6 @@ from vxnet.api.validation import (
     Uuid,
     parse_create,
     parse_update,
-    require_writer,
     resolve_project,
     validate,
 )
@@ -71,7 +71,6 @@ GW_OWNER = "network:router_gateway"
 INTF_STATUS = "ACTIVE"  # see the module docstring
 MAX_ROUTES = 30  # Neutron's default `max_routes`
 ADMIN_ONLY = {"distributed", "ha"}
-GW_ADMIN_ONLY = {"enable_snat", "external_fixed_ips"}
 AVAILABILITY_ZONES = ("nova",)
 CREATE_FORBIDDEN = ("routes", "status", "id", "gw_port_id", "availability_zones")
 UPDATE_READ_ONLY = ("id", "status", "project_id", "tenant_id", "availability_zone_hints",
@@ -178,16 +177,14 @@ def parse_gateway(raw: dict[str, Any] | None) -> GatewayInfo | None:
     return validate(GatewayInfo, raw)
 
 
-def check_admin_attrs(ctx: Context, action: str, fields: set[str], gw: GatewayInfo | None) -> None:
-    """Neutron's policy: `distributed`, `ha`, and a gateway's `enable_snat` /
-    `external_fixed_ips` are admin-only to set."""
-    if ctx.is_admin:
-        return
-    denied = [f"{action}:{f}" for f in sorted(fields & ADMIN_ONLY)]
+def router_attrs(fields: set[str], gw: GatewayInfo | None) -> list[str]:
+    """The attributes a create/update sets, with the gateway's keys as
+    `external_gateway_info:<key>` (Neutron's sub-attribute rules: `distributed`, `ha`, a
+    gateway's `enable_snat` / `external_fixed_ips` are admin-only)."""
+    attrs = sorted(fields)
     if gw is not None:
-        denied += [f"{action}:external_gateway_info:{f}" for f in sorted(gw.model_fields_set & GW_ADMIN_ONLY)]
-    if denied:
-        raise policy_denied(denied[0])
+        attrs += [f"external_gateway_info:{f}" for f in sorted(gw.model_fields_set)]
+    return attrs
 
 
 def check_distribution(distributed: bool | None, ha: bool | None) -> None:
@@ -233,12 +230,14 @@ def touch_fence(uow: UnitOfWork, router_id: str) -> None:
     uow.put_raw(fence_key(router_id), str(uuid.uuid4()))
 
 
-def get_router_for_update(uow: UnitOfWork, ctx: Context, router_id: str, action: str) -> dict[str, Any]:
-    """The router (private copy): 404 if the caller cannot see it, 403 if it may not change it."""
+def get_router_for_update(uow: UnitOfWork, ctx: Context, router_id: str, action: str, pol: policy.Policy,
+                          attrs: list[str] | None = None) -> dict[str, Any]:
+    """The router (private copy): 404 if the caller cannot see it, 403 if the policy denies
+    `action` (or one of its attribute rules)."""
     obj = uow.get("routers", router_id)
     if obj is None or not router_visible(ctx, obj):
         raise router_not_found(router_id)
-    require_writer(ctx, action)
+    pol.enforce(ctx, action, policy.target("router", obj), attrs or ())
     return obj
 
 
@@ -424,12 +423,12 @@ def ensure_gateway_unused(uow: UnitOfWork, rtr: dict[str, Any]) -> None:
 
 # -- create / read ----------------------------------------------------------------------------
 
-def build_router(uow: UnitOfWork, ctx: Context, item: RouterCreate) -> dict[str, Any]:
+def build_router(uow: UnitOfWork, ctx: Context, item: RouterCreate, pol: policy.Policy) -> dict[str, Any]:
     fields = set(item.model_fields_set)
     gw = parse_gateway(item.external_gateway_info)
-    check_admin_attrs(ctx, "create_router", fields, gw)
-    check_distribution(item.distributed, item.ha)
     project = resolve_project(ctx, item.project_id, item.tenant_id)
+    pol.enforce(ctx, "create_router", policy.target("router", {"project_id": project}), router_attrs(fields, gw))
+    check_distribution(item.distributed, item.ha)
     for az in item.availability_zone_hints:
         if az not in AVAILABILITY_ZONES:
             raise ApiError(404, "AvailabilityZoneNotFound", f"AvailabilityZone {az} could not be found.")
@@ -496,13 +495,13 @@ async def show_router(router_id: str, request: Request) -> dict[str, Any]:
 async def create_router(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
-    require_writer(ctx, "create_router")
+    pol = policy.of(st.config)
     body = await read_json(request)
     _reject_keys(body, "router", "routers", CREATE_FORBIDDEN, "Attribute '{}' not allowed in POST")
     items, bulk = parse_create(body, "router", "routers", RouterCreate)
 
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
-        routers = [build_router(uow, ctx, item) for item in items]
+        routers = [build_router(uow, ctx, item, pol) for item in items]
         for r in routers:
             uow.put("routers", r)
             scheduler.sync_router(uow, r["id"])   # snat ports + gateway host (services/scheduler.py)
@@ -524,10 +523,10 @@ async def update_router(router_id: str, request: Request) -> dict[str, Any]:
     fields = set(upd.model_fields_set)
     gw = parse_gateway(upd.external_gateway_info) if "external_gateway_info" in fields else None
     routes = normalize_routes(upd.routes or []) if "routes" in fields else None
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
-        rtr = get_router_for_update(uow, ctx, router_id, "update_router")
-        check_admin_attrs(ctx, "update_router", fields, gw)
+        rtr = get_router_for_update(uow, ctx, router_id, "update_router", pol, router_attrs(fields, gw))
         check_distribution(upd.distributed if "distributed" in fields else None,
                            upd.ha if "ha" in fields else None)
         check_if_match(request, rtr)
@@ -556,9 +555,10 @@ async def _change_routes(router_id: str, request: Request, adding: bool) -> dict
         raise bad_request("Resource body required: expected 'router'")
     delta = normalize_routes(validate(RoutesBody, body["router"]).routes)
     action = "add_extraroutes" if adding else "remove_extraroutes"
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
-        rtr = get_router_for_update(uow, ctx, router_id, action)
+        rtr = get_router_for_update(uow, ctx, router_id, action, pol)
         old = rtr["routes"]
         if adding:
             new = old + [r for r in delta if r not in old]
@@ -586,9 +586,10 @@ async def remove_extraroutes(router_id: str, request: Request) -> dict[str, Any]
 async def delete_router(router_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> None:
-        rtr = get_router_for_update(uow, ctx, router_id, "delete_router")
+        rtr = get_router_for_update(uow, ctx, router_id, "delete_router", pol)
         check_if_match(request, rtr)
         ports = router_ports(uow, router_id)
         attached = [p["id"] for p in interface_ports(ports)]
@@ -696,9 +697,10 @@ async def add_router_interface(router_id: str, request: Request) -> dict[str, An
     st = AppState.of(request)
     ctx = st.context(request)
     port_id, subnet_id = _interface_request(await read_json(request), for_removal=False)
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
-        rtr = get_router_for_update(uow, ctx, router_id, "add_router_interface")
+        rtr = get_router_for_update(uow, ctx, router_id, "add_router_interface", pol)
         ports = router_ports(uow, router_id)
         if port_id is not None:
             port, subnet_ids = _add_by_port(uow, ctx, rtr, ports, port_id)
@@ -737,9 +739,10 @@ async def remove_router_interface(router_id: str, request: Request) -> dict[str,
     st = AppState.of(request)
     ctx = st.context(request)
     port_id, subnet_id = _interface_request(await read_json(request), for_removal=True)
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
-        rtr = get_router_for_update(uow, ctx, router_id, "remove_router_interface")
+        rtr = get_router_for_update(uow, ctx, router_id, "remove_router_interface", pol)
         touch_fence(uow, router_id)
         interfaces = interface_ports(router_ports(uow, router_id))
         if port_id is not None:

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
@@ -38,7 +39,6 @@ from vxnet.api.validation import (
     changes,
     parse_create,
     parse_update,
-    require_writer,
     resolve_project,
 )
 from vxnet.services.repo import UnitOfWork
@@ -171,12 +171,14 @@ async def show_security_group(group_id: str, request: Request) -> dict[str, Any]
 async def create_security_group(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
-    require_writer(ctx, "create_security_group")
     items, bulk = parse_create(await read_json(request), "security_group", "security_groups", GroupCreate)
+    projects = [resolve_project(ctx, item.project_id, item.tenant_id) for item in items]
+    pol = policy.of(st.config)
+    for project in projects:
+        pol.enforce(ctx, "create_security_group", policy.target("security_group", {"project_id": project}))
     for item in items:
         if item.name.lower() == "default":
             raise default_exists()
-    projects = [resolve_project(ctx, item.project_id, item.tenant_id) for item in items]
 
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
         out = []
@@ -198,11 +200,11 @@ async def update_security_group(group_id: str, request: Request) -> dict[str, An
     upd = parse_update(await read_json(request), "security_group", GroupUpdate)
     fields = changes(upd)
 
+    pol = policy.of(st.config)
+
     def txn(uow: UnitOfWork) -> dict[str, Any]:
         group = _get_group(uow, ctx, group_id)
-        if not ctx.owns(group):
-            raise ApiError(403, "PolicyNotAuthorized", "(update_security_group) is disallowed by policy")
-        require_writer(ctx, "update_security_group")
+        pol.enforce(ctx, "update_security_group", policy.target("security_group", group), sorted(fields))
         check_if_match(request, group)
         if "name" in fields:
             if group["name"] == "default":
@@ -225,11 +227,11 @@ async def delete_security_group(group_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
 
+    pol = policy.of(st.config)
+
     def txn(uow: UnitOfWork) -> None:
         group = _get_group(uow, ctx, group_id)
-        if not ctx.owns(group):
-            raise ApiError(403, "PolicyNotAuthorized", "(delete_security_group) is disallowed by policy")
-        require_writer(ctx, "delete_security_group")
+        pol.enforce(ctx, "delete_security_group", policy.target("security_group", group))
         check_if_match(request, group)
         # guard_new: a port created meanwhile with this group makes the commit fail and rerun
         users = uow.list("ports", lambda p: group_id in (p.get("security_groups") or []), guard_new=True)
@@ -323,8 +325,8 @@ def _single(values: list[str], exc: ApiError) -> str:
 async def create_security_group_rule(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
-    require_writer(ctx, "create_security_group_rule")
     items, bulk = parse_create(await read_json(request), "security_group_rule", "security_group_rules", RuleCreate)
+    pol = policy.of(st.config)
     specs = []
     for item in items:
         if item.remote_address_group_id is not None:
@@ -349,8 +351,8 @@ async def create_security_group_rule(request: Request) -> JSONResponse:
             if remote and remote != group_id:
                 _get_group(uow, ctx, remote)
         group = _get_group(uow, ctx, group_id)
-        if not ctx.owns(group):
-            raise ApiError(403, "PolicyNotAuthorized", "(create_security_group_rule) is disallowed by policy")
+        # The rule belongs to its group's project (Neutron: the group must be the rule tenant's).
+        pol.enforce(ctx, "create_security_group_rule", policy.target("security_group_rule", group))
         new_keys: dict[tuple[Any, ...], None] = {}
         for spec in specs:
             key = rule_key({**spec, "security_group_id": group_id})
@@ -381,11 +383,13 @@ async def update_security_group_rule(rule_id: str, request: Request) -> dict[str
     body = await read_json(request)
     upd = parse_update(body, "security_group_rule", RuleUpdate, read_only=READ_ONLY_RULE_ATTRS)
 
+    pol = policy.of(st.config)
+
     def txn(uow: UnitOfWork) -> dict[str, Any]:
         rule = uow.get("security_group_rules", rule_id)
         group = uow.get("security_groups", rule["security_group_id"]) if rule else None
         rule = _get_rule(ctx, rule, rule_id, group)
-        require_writer(ctx, "update_security_group_rule")
+        pol.enforce(ctx, "update_security_group_rule", policy.target("security_group_rule", rule))
         check_if_match(request, rule)
         touch(rule, changes(upd))
         uow.put("security_group_rules", rule)
@@ -399,11 +403,13 @@ async def delete_security_group_rule(rule_id: str, request: Request) -> Response
     st = AppState.of(request)
     ctx = st.context(request)
 
+    pol = policy.of(st.config)
+
     def txn(uow: UnitOfWork) -> None:
         rule = uow.get("security_group_rules", rule_id)
         group = uow.get("security_groups", rule["security_group_id"]) if rule else None
-        _get_rule(ctx, rule, rule_id, group)
-        require_writer(ctx, "delete_security_group_rule")
+        rule = _get_rule(ctx, rule, rule_id, group)
+        pol.enforce(ctx, "delete_security_group_rule", policy.target("security_group_rule", rule))
         check_if_match(request, rule or {})
         uow.delete("security_group_rules", rule_id)
         if group is not None:

@@ -26,9 +26,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BeforeValidator
 
+from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response, to_bool
-from vxnet.api.errors import ApiError, bad_request, conflict, invalid_input, not_found
+from vxnet.api.errors import bad_request, conflict, invalid_input, not_found
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.state import AppState, read_json
 from vxnet.api.validation import (
@@ -43,7 +44,6 @@ from vxnet.api.validation import (
     Uuid,
     parse_create,
     parse_update,
-    require_writer,
     resolve_project,
 )
 from vxnet.services import ipam
@@ -253,16 +253,17 @@ def check_cidr(cidr: str | None, ip_version: int, enable_dhcp: bool, item: Subne
 
 # transactions --------------------------------------------------------------------------------
 def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[str, dict[str, Any]],
-                 staged: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+                 staged: dict[str, list[dict[str, Any]]], pol: policy.Policy) -> dict[str, Any]:
     net = nets.get(item.network_id)
     if net is None:
         net = uow.get("networks", item.network_id)
         if net is None or not network_visible(ctx, net):
             raise not_found("network", item.network_id)
         nets[item.network_id] = net
-    if not ctx.owns(net):
-        raise ApiError(403, "PolicyNotAuthorized", "(create_subnet) is disallowed by policy")
     project = resolve_project(ctx, item.project_id, item.tenant_id)
+    fields = sorted(type(item).model_fields[n].alias or n for n in item.model_fields_set)
+    pol.enforce(ctx, "create_subnet", policy.target("subnet", {"project_id": project, "network_id": net["id"]}, net),
+                fields)
     cidr = check_cidr(item.cidr, item.ip_version, item.enable_dhcp, item)
     others = uow.list("subnets", lambda s: s["network_id"] == net["id"]) + staged.get(net["id"], [])
     for other in others:
@@ -340,13 +341,13 @@ async def show_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
 async def create_subnet(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
-    require_writer(ctx, "create_subnet")
     items, bulk = parse_create(await read_json(request), "subnet", "subnets", SubnetCreate)
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
         nets: dict[str, dict[str, Any]] = {}
         staged: dict[str, list[dict[str, Any]]] = {}
-        subnets = [build_subnet(ctx, item, uow, nets, staged) for item in items]
+        subnets = [build_subnet(ctx, item, uow, nets, staged, pol) for item in items]
         for s in subnets:
             uow.put("subnets", s)
         for net in nets.values():
@@ -365,6 +366,7 @@ async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
     body = await read_json(request)
     upd = parse_update(body, "subnet", SubnetUpdate, read_only=READ_ONLY)
     fields = upd.model_fields_set
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
         subnet = uow.get("subnets", subnet_id)
@@ -373,9 +375,7 @@ async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
         net = uow.get("networks", subnet["network_id"])
         if not subnet_visible(ctx, subnet, net):
             raise not_found("subnet", subnet_id)
-        if not ctx.owns(subnet):
-            raise ApiError(403, "PolicyNotAuthorized", "(update_subnet) is disallowed by policy")
-        require_writer(ctx, "update_subnet")
+        pol.enforce(ctx, "update_subnet", policy.target("subnet", subnet, net), sorted(fields))
         check_if_match(request, subnet)
         cidr = ipaddress.ip_network(subnet["cidr"])
         changed: dict[str, Any] = {}
@@ -416,6 +416,7 @@ async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
 async def delete_subnet(subnet_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
+    pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> None:
         subnet = uow.get("subnets", subnet_id)
@@ -424,9 +425,7 @@ async def delete_subnet(subnet_id: str, request: Request) -> Response:
         net = uow.get("networks", subnet["network_id"])
         if not subnet_visible(ctx, subnet, net):
             raise not_found("subnet", subnet_id)
-        if not ctx.owns(subnet):
-            raise ApiError(403, "PolicyNotAuthorized", "(delete_subnet) is disallowed by policy")
-        require_writer(ctx, "delete_subnet")
+        pol.enforce(ctx, "delete_subnet", policy.target("subnet", subnet, net))
         check_if_match(request, subnet)
         uow.get_raw(ipam.subnet_alloc_key(subnet_id))  # guard: no allocation may commit meanwhile
         holders = uow.list("ports", lambda p: any(ip["subnet_id"] == subnet_id for ip in p["fixed_ips"]))
