@@ -11,6 +11,14 @@ token_ttl = 3600                      # seconds
 agent_down_time = 15                  # seconds without heartbeat -> agent not alive
 tls_cert = "/etc/vxnet/server.pem"    # serve HTTPS (both or neither)
 tls_key = "/etc/vxnet/server.key"
+max_body_bytes = 1048576              # bigger request bodies -> 413, refused before they are read
+max_json_depth = 32                   # deeper JSON bodies -> 400
+max_page_size = 1000                  # list pages never hold more (Neutron's pagination_max_limit;
+                                      # `<collection>_links` carry the `next` page); 0 = no cap
+access_log = true                     # one line per request on `vxnet.access`, writes and
+                                      # denials on `vxnet.audit` (both at info)
+metrics_listen = "127.0.0.1:9697"     # serve /metrics only there (not on the API port)
+metrics_public = false                # on the API port, /metrics needs an admin token unless true
 
 [[identity.users]]
 name = "admin"
@@ -67,6 +75,12 @@ class Config:
     agent_down_time: int = 15
     tls_cert: str | None = None
     tls_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    max_json_depth: int = 32
+    max_page_size: int = 1000
+    access_log: bool = True
+    metrics_listen: str | None = None
+    metrics_public: bool = False
     users: tuple[User, ...] = ()
     extra_projects: tuple[str, ...] = ()
 
@@ -82,6 +96,20 @@ class Config:
 
 class ConfigError(Exception):
     """The configuration file is unusable."""
+
+
+_LIMITS = {"max_body_bytes": 1, "max_json_depth": 1, "max_page_size": 0}
+
+
+def _check_limits(server: dict[str, object]) -> None:
+    """The request-limit keys are integers with a floor; the switches are booleans."""
+    for key, floor in _LIMITS.items():
+        v = server.get(key, floor)
+        if isinstance(v, bool) or not isinstance(v, int) or v < floor:
+            raise ConfigError(f"[server] {key} must be an integer >= {floor}, not {v!r}")
+    for key in ("access_log", "metrics_public"):
+        if not isinstance(server.get(key, False), bool):
+            raise ConfigError(f"[server] {key} must be true or false")
 
 
 def load_config(path: str | None) -> Config:
@@ -104,6 +132,7 @@ def load_config(path: str | None) -> Config:
     unknown = set(server) - allowed
     if unknown:
         raise ConfigError(f"unknown [server] keys: {', '.join(sorted(unknown))}")
+    _check_limits(server)
     return Config(
         users=tuple(users),
         extra_projects=tuple(raw.get("identity", {}).get("projects", [])),
