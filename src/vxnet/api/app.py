@@ -40,7 +40,6 @@ from prometheus_client import (
     start_http_server,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute
 
 from vxnet.api.errors import ApiError, policy_denied
 from vxnet.api.extensions import served_extensions
@@ -70,12 +69,24 @@ ROUTER_MODULES = [
 _COLLECTION_PATH = re.compile(r"/v2\.0/([a-z][a-z0-9_-]*)")
 
 
-def served_collections(routes: list[BaseRoute]) -> list[str]:
+def route_table(app: FastAPI) -> dict[str, set[str]]:
+    """Every routed path template with its methods: the OpenAPI document's (which sees into
+    included routers whatever the FastAPI version) plus the app's own top-level routes."""
+    table: dict[str, set[str]] = {}
+    for path, ops in app.openapi().get("paths", {}).items():
+        table.setdefault(path, set()).update(m.upper() for m in ops)
+    for r in app.routes:
+        if isinstance(getattr(r, "path", None), str):
+            table.setdefault(r.path, set()).update(getattr(r, "methods", None) or ())
+    return table
+
+
+def served_collections(table: dict[str, set[str]]) -> list[str]:
     """The collections `GET /v2.0/<collection>` is routed for (sorted), but `extensions`."""
     out = set()
-    for r in routes:
-        m = _COLLECTION_PATH.fullmatch(getattr(r, "path", ""))
-        if m and "GET" in (getattr(r, "methods", None) or ()) and m.group(1) != "extensions":
+    for path, methods in table.items():
+        m = _COLLECTION_PATH.fullmatch(path)
+        if m and "GET" in methods and m.group(1) != "extensions":
             out.add(m.group(1))
     return sorted(out)
 
@@ -87,10 +98,6 @@ def member_name(collection: str) -> str:
     if name.endswith("ies"):
         return name[:-3] + "y"
     return name[:-1] if name.endswith("s") else name
-
-
-def served_paths(routes: list[BaseRoute]) -> set[str]:
-    return {p for r in routes if (p := getattr(r, "path", None))}
 
 
 SPEC_ENV = "VXNET_SERVER_SPEC"
@@ -125,8 +132,9 @@ def create_app(config: Config, store: Store) -> FastAPI:
     def discovery() -> dict[str, Any]:
         """Collections and extensions, from the routes (all registered before the first request)."""
         if not discovered:
-            discovered["collections"] = served_collections(app.routes)
-            discovered["extensions"] = served_extensions(served_paths(app.routes))
+            table = route_table(app)
+            discovered["collections"] = served_collections(table)
+            discovered["extensions"] = served_extensions(set(table))
         return discovered
 
     @app.get("/", tags=["discovery"])
