@@ -81,6 +81,17 @@ def raw_exchange(url: str, head: bytes, parts: list[bytes], wait: float = 10) ->
         return data
 
 
+def refusal(status: int, body: dict[str, Any]) -> str:
+    """The message of an error body: Neutron's shape, or Keystone's (identity routes render
+    their own errors that way)."""
+    if "error" in body:
+        assert body["error"]["code"] == status and body["error"]["message"], body
+        return str(body["error"]["message"])
+    err = body["NeutronError"]
+    assert set(err) == {"type", "message", "detail"} and err["message"], body
+    return str(err["message"])
+
+
 def status_and_body(raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -128,7 +139,7 @@ def test_chunked_body_is_cut_off_at_the_limit(shared_server: ServerHandle) -> No
             f"Transfer-Encoding: chunked\r\n\r\n").encode()
     chunk = b"%x\r\n" % 65536 + b" " * 65536 + b"\r\n"
     status, body, headers = status_and_body(raw_exchange(shared_server.url, head, [chunk] * 20))
-    assert status == 413 and body["NeutronError"]["type"] == "RequestEntityTooLarge"
+    assert status == 413 and "larger than the limit of 1048576 bytes" in refusal(413, body)
     assert RID.match(headers["x-openstack-request-id"])
 
 
@@ -184,8 +195,8 @@ def test_deep_json_is_400(shared_server: ServerHandle, depth: int, route: str, u
         headers["X-Auth-Token"] = shared_server.token(user)
     body = '{"network": {"name": ' + nested(depth - 2) + "}}"
     r = httpx.post(shared_server.url + route, content=body, headers=headers, timeout=30)
-    err = assert_error(r, 400, "BadRequest", "deeper than the limit of 32 levels")
-    assert "nests" in err["message"]
+    assert r.status_code == 400
+    assert "nests arrays/objects deeper than the limit of 32 levels" in refusal(400, r.json())
     rid_of(r)
 
 
