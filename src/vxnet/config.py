@@ -32,6 +32,7 @@ Project and user ids are derived from their names (stable across servers and res
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import uuid
 
@@ -93,6 +94,9 @@ class Config:
     def with_overrides(self, **kw: object) -> Config:
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
 
+    def __post_init__(self) -> None:
+        _check_limits(self)
+
 
 class ConfigError(Exception):
     """The configuration file is unusable."""
@@ -101,15 +105,17 @@ class ConfigError(Exception):
 _LIMITS = {"max_body_bytes": 1, "max_json_depth": 1, "max_page_size": 0}
 
 
-def _check_limits(server: dict[str, object]) -> None:
+def _check_limits(cfg: Config) -> None:
     """The request-limit keys are integers with a floor; the switches are booleans."""
     for key, floor in _LIMITS.items():
-        v = server.get(key, floor)
+        v = getattr(cfg, key)
         if isinstance(v, bool) or not isinstance(v, int) or v < floor:
             raise ConfigError(f"[server] {key} must be an integer >= {floor}, not {v!r}")
     for key in ("access_log", "metrics_public"):
-        if not isinstance(server.get(key, False), bool):
+        if not isinstance(getattr(cfg, key), bool):
             raise ConfigError(f"[server] {key} must be true or false")
+    if cfg.metrics_listen is not None and not re.fullmatch(r"\[?[\w.:-]*\]?:\d{1,5}", cfg.metrics_listen):
+        raise ConfigError(f"[server] metrics_listen must be HOST:PORT, not {cfg.metrics_listen!r}")
 
 
 def load_config(path: str | None) -> Config:
@@ -132,7 +138,6 @@ def load_config(path: str | None) -> Config:
     unknown = set(server) - allowed
     if unknown:
         raise ConfigError(f"unknown [server] keys: {', '.join(sorted(unknown))}")
-    _check_limits(server)
     return Config(
         users=tuple(users),
         extra_projects=tuple(raw.get("identity", {}).get("projects", [])),

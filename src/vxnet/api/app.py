@@ -110,6 +110,9 @@ def app_from_env() -> FastAPI:
     from vxnet.store import open_store
 
     spec = json.loads(os.environ[SPEC_ENV])
+    if not logging.getLogger().handlers:  # a fresh worker process: log like the parent does
+        logging.basicConfig(level=str(spec.get("log_level", "warning")).upper(),
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = load_config(spec["config"]).with_overrides(listen=spec["listen"], store=spec["store"],
                                                      data_dir=spec["data_dir"])
     return create_app(cfg, open_store(cfg.store, cfg.data_dir))
