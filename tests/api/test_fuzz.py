@@ -425,6 +425,31 @@ def test_updates_of_real_objects_never_5xx(api: dict[str, Any], data: st.DataObj
     send(api, req)
 
 
+IDENTITY_POSTS = ["/identity/v3/auth/tokens", "/identity/v3/projects"]
+
+
+@FUZZ
+@given(data=st.data())
+def test_identity_bodies_never_5xx(api: dict[str, Any], data: st.DataObject) -> None:
+    """Token requests and project creation with every part of the body in a wrong shape,
+    with or without a token; also validation (GET/HEAD) of random subject tokens."""
+    path = data.draw(st.sampled_from(IDENTITY_POSTS))
+    if path.endswith("/tokens"):
+        body: Any = data.draw(auth_body(api))
+    else:
+        body = {"project": data.draw(attrs_dict(api))} if data.draw(st.booleans()) else data.draw(JSON)
+    headers = {"Content-Type": "application/json"}
+    user = data.draw(st.sampled_from(USERS))
+    if user:
+        headers["X-Auth-Token"] = api["tokens"][user]
+    send(api, {"method": "POST", "url": path, "params": data.draw(query(api["ids"])),
+               "content": json.dumps(body).encode(), "headers": headers})
+    if user and data.draw(st.booleans()):
+        subject = data.draw(st.sampled_from([*api["tokens"].values(), "", "a.b", "x" * 300, "\u00e9."]))
+        send(api, {"method": data.draw(st.sampled_from(["GET", "HEAD", "DELETE"])), "url": "/identity/v3/auth/tokens",
+                   "params": [], "content": None, "headers": {**headers, "X-Subject-Token": subject.encode()}})
+
+
 HOSTILE = settings(FUZZ, max_examples=max(20, EXAMPLES // 5))
 
 
