@@ -286,14 +286,19 @@ def _serve_metrics_apart(app: FastAPI, registry: CollectorRegistry, listen: str)
 
     @contextlib.asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
-        server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
-        log.info("metrics served on http://%s/metrics", listen)
+        try:
+            server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+            log.info("metrics served on http://%s/metrics", listen)
+        except OSError as e:  # e.g. a second `--workers` process: the API must still come up
+            log.warning("metrics_listen %s: cannot listen (%s); this process serves no metrics", listen, e)
+            server = thread = None
         try:
             async with previous(a) as inner:
                 yield inner
         finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+            if server is not None and thread is not None:
+                server.shutdown()
+                server.server_close()
+                thread.join(5)
 
     app.router.lifespan_context = lifespan
