@@ -135,8 +135,8 @@ def test_50_mb_body_sent_in_full_gets_the_413(shared_server: ServerHandle, user:
 def test_chunked_body_is_cut_off_at_the_limit(shared_server: ServerHandle) -> None:
     """No Content-Length: the server counts the chunks and answers 413 once they pass 1 MiB,
     without waiting for the body's end (the final chunk is never sent here)."""
-    head = (f"POST /identity/v3/auth/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Transfer-Encoding: chunked\r\n\r\n").encode()
+    head = (b"POST /identity/v3/auth/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"%x\r\n" % 65536 + b" " * 65536 + b"\r\n"
     status, body, headers = status_and_body(raw_exchange(shared_server.url, head, [chunk] * 20))
     assert status == 413 and "larger than the limit of 1048576 bytes" in refusal(413, body)

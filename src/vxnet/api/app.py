@@ -97,7 +97,7 @@ def member_name(collection: str) -> str:
     name = collection.replace("-", "_")
     if name.endswith("ies"):
         return name[:-3] + "y"
-    return name[:-1] if name.endswith("s") else name
+    return name.removesuffix("s")
 
 
 SPEC_ENV = "VXNET_SERVER_SPEC"

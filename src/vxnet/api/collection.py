@@ -169,7 +169,7 @@ def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: l
     (also when no `limit` is given): a full page carries a `next` link, which clients follow.
     Without a `limit` from the client only that `next` link is given (no `previous`)."""
     q = request.query_params
-    filters = {k: q.getlist(k) for k in q.keys() if k not in RESERVED}
+    filters = {k: q.getlist(k) for k in q if k not in RESERVED}
     tag_filters = _tag_filters(request)
     order = _sort_order(request)
     limit, marker, reverse = _page_params(request)
