@@ -204,6 +204,17 @@ def fill(store: Store, opts: argparse.Namespace, rng: random.Random, batch: int)
     return world
 
 
+def list_all(c: httpx.Client, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object of a collection: the server caps pages (`max_page_size`), so follow `next`."""
+    key = path.rsplit("/", 1)[1].replace("-", "_")
+    body = c.get(path, params=params).json()
+    out = list(body[key])
+    while body[key] and (nxt := [ln["href"] for ln in body.get(f"{key}_links", []) if ln["rel"] == "next"]):
+        body = c.get(nxt[0]).json()
+        out += body[key]
+    return out
+
+
 def verify(base: str, admin_tok: str, world: World, rng: random.Random) -> list[str]:
     """Compare filled records read back through the API with ones the API creates; problems."""
     problems: list[str] = []
@@ -237,7 +248,7 @@ def verify(base: str, admin_tok: str, world: World, rng: random.Random) -> list[
                     problems.append(f"{one} {o['id']}: types differ for {types}")
                 if got != o:
                     problems.append(f"{one} {o['id']}: read back differs from what was written")
-        ids = c.get("/v2.0/ports", params={"fields": "id"}).json()["ports"]
+        ids = list_all(c, "/v2.0/ports", {"fields": "id"})
         if len(ids) != len(world.ports) + 1:
             problems.append(f"the API lists {len(ids)} ports, expected {len(world.ports) + 1}")
     return problems

@@ -12,6 +12,14 @@ agent_down_time = 15                  # seconds without heartbeat -> agent not a
 tls_cert = "/etc/vxnet/server.pem"    # serve HTTPS (both or neither)
 tls_key = "/etc/vxnet/server.key"
 policy_file = "/etc/vxnet/policy.yaml"  # operator overrides of the API policy (docs/policy.md)
+max_body_bytes = 1048576              # bigger request bodies -> 413, refused before they are read
+max_json_depth = 32                   # deeper JSON bodies -> 400
+max_page_size = 1000                  # list pages never hold more (Neutron's pagination_max_limit;
+                                      # `<collection>_links` carry the `next` page); 0 = no cap
+access_log = true                     # one line per request on `vxnet.access`, writes and
+                                      # denials on `vxnet.audit` (both at info)
+metrics_listen = "127.0.0.1:9697"     # serve /metrics only there (not on the API port)
+metrics_public = false                # on the API port, /metrics needs an admin token unless true
 
 [[identity.users]]
 name = "admin"
@@ -25,6 +33,7 @@ Project and user ids are derived from their names (stable across servers and res
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import uuid
 
@@ -69,6 +78,12 @@ class Config:
     tls_cert: str | None = None
     tls_key: str | None = None
     policy_file: str | None = None  # oslo.policy overrides of Neutron's rules (docs/policy.md)
+    max_body_bytes: int = 1 << 20
+    max_json_depth: int = 32
+    max_page_size: int = 1000
+    access_log: bool = True
+    metrics_listen: str | None = None
+    metrics_public: bool = False
     users: tuple[User, ...] = ()
     extra_projects: tuple[str, ...] = ()
 
@@ -81,9 +96,28 @@ class Config:
     def with_overrides(self, **kw: object) -> Config:
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
 
+    def __post_init__(self) -> None:
+        _check_limits(self)
+
 
 class ConfigError(Exception):
     """The configuration file is unusable."""
+
+
+_LIMITS = {"max_body_bytes": 1, "max_json_depth": 1, "max_page_size": 0}
+
+
+def _check_limits(cfg: Config) -> None:
+    """The request-limit keys are integers with a floor; the switches are booleans."""
+    for key, floor in _LIMITS.items():
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < floor:
+            raise ConfigError(f"[server] {key} must be an integer >= {floor}, not {v!r}")
+    for key in ("access_log", "metrics_public"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise ConfigError(f"[server] {key} must be true or false")
+    if cfg.metrics_listen is not None and not re.fullmatch(r"\[?[\w.:-]*\]?:\d{1,5}", cfg.metrics_listen):
+        raise ConfigError(f"[server] metrics_listen must be HOST:PORT, not {cfg.metrics_listen!r}")
 
 
 def load_config(path: str | None) -> Config:

@@ -587,7 +587,7 @@ def test_stream_metrics(srv: ServerHandle) -> None:
     s.wait(lambda m: m["type"] == "snapshot")
     _put(srv, "ports", _port("net-x", "hv1", "p1"))
     s.wait(lambda m: m["type"] == "update")
-    text = httpx.get(srv.url + "/metrics").text
+    text = httpx.get(srv.url + "/metrics", headers={"X-Auth-Token": srv.token("admin")}).text
     assert "vxnet_view_streams 1.0" in text and "vxnet_view_tracked_hosts 1.0" in text
     count = [line for line in text.splitlines() if line.startswith("vxnet_view_fanout_seconds_count")]
     assert count and float(count[0].split()[1]) >= 1

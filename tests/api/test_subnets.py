@@ -88,7 +88,7 @@ BAD_CREATES = [
     ({"cidr": "not-a-cidr"}, 400, None, "Invalid input for cidr"),
     ({"cidr": "192.0.2.0"}, 400, None, "Invalid input for cidr"),
     ({"cidr": 42}, 400, None, "Invalid input for cidr"),
-    ({"cidr": "0.0.0.0/0"}, 400, "InvalidInput", "0 is not allowed"),
+    ({"cidr": "0.0.0.0/0", "enable_dhcp": False}, 400, "InvalidInput", "0 is not allowed"),
     ({"cidr": "192.0.2.0/31"}, 400, "InvalidInput", "incompatible with DHCP"),
     ({"ip_version": 5}, 400, None, "Invalid input for ip_version. Reason: 5 is not in valid values [4, 6]."),
     ({"ip_version": "four"}, 400, None, "Invalid input for ip_version. Reason: 'four' is not an integer."),

@@ -4,26 +4,47 @@
 Error contract: every error is a NeutronError body with a 4xx status. Unknown paths give 404,
 wrong methods 405, both in Neutron's shape. An unexpected exception is logged and turned into
 a 500 NeutronError: that is a bug to fix, never an expected outcome.
+
+Every request passes `api/middleware.py`'s RequestGuard first (request ids, body size limit,
+access and audit log). `GET /v2.0/` lists the collections the registered routes serve, and
+`/v2.0/extensions` the advertised extensions whose routes are registered, both derived from the
+routes at the first request, so a router added later shows up with no list to edit.
+
+`/metrics`: with `[server] metrics_listen` it is served only on that address (a separate plain
+HTTP listener for a management network) and the API port answers 404; otherwise the API port
+serves it to admin tokens only, or to anyone with `[server] metrics_public = true`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vxnet.api import policy
-from vxnet.api.errors import ApiError
-from vxnet.api.extensions import EXTENSIONS
+from vxnet.api.errors import ApiError, policy_denied
+from vxnet.api.extensions import served_extensions
+from vxnet.api.middleware import RequestGuard
 from vxnet.api.state import AppState
 from vxnet.config import Config
 from vxnet.services.repo import ClaimTaken, Conflict
@@ -46,8 +67,38 @@ ROUTER_MODULES = [
     "ui",
 ]
 
-COLLECTIONS = ["networks", "subnets", "ports", "routers", "floatingips", "security-groups",
-               "security-group-rules", "agents", "subnetpools"]
+_COLLECTION_PATH = re.compile(r"/v2\.0/([a-z][a-z0-9_-]*)")
+
+
+def route_table(app: FastAPI) -> dict[str, set[str]]:
+    """Every routed path template with its methods: the OpenAPI document's (which sees into
+    included routers whatever the FastAPI version) plus the app's own top-level routes."""
+    table: dict[str, set[str]] = {}
+    for path, ops in app.openapi().get("paths", {}).items():
+        table.setdefault(path, set()).update(m.upper() for m in ops)
+    for r in app.routes:
+        if isinstance(getattr(r, "path", None), str):
+            table.setdefault(r.path, set()).update(getattr(r, "methods", None) or ())
+    return table
+
+
+def served_collections(table: dict[str, set[str]]) -> list[str]:
+    """The collections `GET /v2.0/<collection>` is routed for (sorted), but `extensions`."""
+    out = set()
+    for path, methods in table.items():
+        m = _COLLECTION_PATH.fullmatch(path)
+        if m and "GET" in methods and m.group(1) != "extensions":
+            out.add(m.group(1))
+    return sorted(out)
+
+
+def member_name(collection: str) -> str:
+    """Neutron's resource name of a collection: `security-groups` -> `security_group`,
+    `network-ip-availabilities` -> `network_ip_availability`."""
+    name = collection.replace("-", "_")
+    if name.endswith("ies"):
+        return name[:-3] + "y"
+    return name.removesuffix("s")
 
 
 SPEC_ENV = "VXNET_SERVER_SPEC"
@@ -60,6 +111,9 @@ def app_from_env() -> FastAPI:
     from vxnet.store import open_store
 
     spec = json.loads(os.environ[SPEC_ENV])
+    if not logging.getLogger().handlers:  # a fresh worker process: log like the parent does
+        logging.basicConfig(level=str(spec.get("log_level", "warning")).upper(),
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = load_config(spec["config"]).with_overrides(listen=spec["listen"], store=spec["store"],
                                                      data_dir=spec["data_dir"])
     return create_app(cfg, open_store(cfg.store, cfg.data_dir))
@@ -73,6 +127,20 @@ def create_app(config: Config, store: Store) -> FastAPI:
     app.state.vxnet = state
     _install_metrics(app, state)
     _install_errors(app)
+    app.add_middleware(RequestGuard, max_body_bytes=config.max_body_bytes)  # last added = outermost
+    if config.access_log:
+        for name in ("vxnet.access", "vxnet.audit"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.INFO)
+    discovered: dict[str, Any] = {}
+
+    def discovery() -> dict[str, Any]:
+        """Collections and extensions, from the routes (all registered before the first request)."""
+        if not discovered:
+            table = route_table(app)
+            discovered["collections"] = served_collections(table)
+            discovered["extensions"] = served_extensions(set(table))
+        return discovered
 
     @app.get("/", tags=["discovery"])
     async def versions(request: Request) -> dict[str, Any]:
@@ -85,20 +153,20 @@ def create_app(config: Config, store: Store) -> FastAPI:
         state.context(request)
         base = state.public_url(request)
         return {"resources": [
-            {"name": c.rstrip("s").replace("-", "_"), "collection": c,
+            {"name": member_name(c), "collection": c,
              "links": [{"rel": "self", "href": f"{base}/v2.0/{c}"}]}
-            for c in COLLECTIONS
+            for c in discovery()["collections"]
         ]}
 
     @app.get("/v2.0/extensions", tags=["discovery"])
     async def extensions(request: Request) -> dict[str, Any]:
         state.context(request)
-        return {"extensions": EXTENSIONS}
+        return {"extensions": discovery()["extensions"]}
 
     @app.get("/v2.0/extensions/{alias}", tags=["discovery"])
     async def extension(alias: str, request: Request) -> dict[str, Any]:
         state.context(request)
-        for e in EXTENSIONS:
+        for e in discovery()["extensions"]:
             if e["alias"] == alias:
                 return {"extension": e}
         raise ApiError(404, "ExtensionNotFound", f"Extension with alias {alias} does not exist")
@@ -200,7 +268,39 @@ def _install_metrics(app: FastAPI, state: AppState) -> None:
                 requests.labels(scope["method"], path, str(status["code"])).inc()
 
     app.add_middleware(Measure)
+    config = state.config
+
+    if config.metrics_listen:
+        _serve_metrics_apart(app, registry, config.metrics_listen)
+        return
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not config.metrics_public and not state.context(request).is_admin:
+            raise policy_denied("get_metrics")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _serve_metrics_apart(app: FastAPI, registry: CollectorRegistry, listen: str) -> None:
+    """Serve `registry` on `listen` (HOST:PORT) for as long as the application runs."""
+    host, _, port = listen.rpartition(":")
+    previous = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        try:
+            server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+            log.info("metrics served on http://%s/metrics", listen)
+        except OSError as e:  # e.g. a second `--workers` process: the API must still come up
+            log.warning("metrics_listen %s: cannot listen (%s); this process serves no metrics", listen, e)
+            server = thread = None
+        try:
+            async with previous(a) as inner:
+                yield inner
+        finally:
+            if server is not None and thread is not None:
+                server.shutdown()
+                server.server_close()
+                thread.join(5)
+
+    app.router.lifespan_context = lifespan

@@ -5,6 +5,8 @@
 - `list_response` applies Neutron's query language: attribute filters (repeated key = OR,
   booleans as `True`/`true`/`1`), `tags`/`tags-any`/`not-tags`/`not-tags-any`, `fields`,
   `sort_key`/`sort_dir` pairs, `limit`/`marker`/`page_reverse` with `<collection>_links`.
+  Pages are capped by `[server] max_page_size` like Neutron's `pagination_max_limit`: a list
+  without `limit` (or with a bigger one) returns that many objects and a `next` link.
 - `get_visible` fetches one object or raises the resource's 404 (another project's object is
   indistinguishable from a missing one).
 - `check_if_match` implements `If-Match: revision_number=N` (412 on mismatch).
@@ -13,7 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,6 +23,7 @@ from fastapi import Request
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, not_found, precondition_failed
+from vxnet.api.state import AppState
 from vxnet.services.repo import Repo
 
 RESERVED = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir",
@@ -124,46 +127,13 @@ def select_fields(obj: dict[str, Any], fields: list[str]) -> dict[str, Any]:
     return {f: obj[f] for f in fields if f in obj}
 
 
-def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: list[dict[str, Any]]) -> dict[str, Any]:
-    """The body of `GET /v2.0/<collection>` over `objects` (all of the collection)."""
+def _page_params(request: Request) -> tuple[int | None, str | None, bool]:
+    """(limit, marker, page_reverse) with Neutron's `pagination_max_limit` rule: the server's
+    `max_page_size` caps any `limit`, and `limit` absent or 0 means that cap (None: no cap)."""
     q = request.query_params
-    filters = {k: q.getlist(k) for k in q.keys() if k not in RESERVED}
-    tag_filters = _tag_filters(request)
-    items = []
-    for obj in objects:
-        if not spec.visible(ctx, obj):
-            continue
-        shown = spec.present(ctx, obj)
-        ok = True
-        for k, wanted in filters.items():
-            if k in spec.extra_filters:
-                ok = spec.extra_filters[k](shown, wanted)
-            elif k in shown:
-                ok = _matches(shown[k], wanted)
-            if not ok:
-                break
-        if ok and (not tag_filters or _tags_match(shown, tag_filters)):
-            items.append(shown)
-
-    sort_keys = q.getlist("sort_key")
-    sort_dirs = q.getlist("sort_dir")
-    if sort_dirs and len(sort_dirs) != len(sort_keys):
-        raise ApiError(400, "BadRequest", "The number of sort_keys and sort_dirs must be same")
-    for d in sort_dirs:
-        if d not in ("asc", "desc"):
-            raise ApiError(400, "BadRequest", f"{d} is invalid value for sort_dir, valid value is 'asc' and 'desc'")
-    if items:
-        known = set(items[0])
-        for k in sort_keys:
-            if k not in known:
-                raise ApiError(400, "BadRequest", f"{k} is invalid attribute for sort_key")
-    order = list(zip(sort_keys, sort_dirs or ["asc"] * len(sort_keys), strict=False)) + [("id", "asc")]
-    if order != [("id", "asc")] or not _by_id(items):  # the store lists by key, i.e. by id, already
-        for key, direction in reversed(order):
-            items.sort(key=lambda o, k=key: _sort_key(o.get(k)), reverse=direction == "desc")
-
-    links: list[dict[str, str]] = []
+    cap = AppState.of(request).config.max_page_size or None
     limit_s = q.get("limit")
+    limit = None
     if limit_s is not None:
         try:
             limit = int(limit_s)
@@ -171,22 +141,103 @@ def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: l
             raise ApiError(400, "BadRequest", f"Limit must be an integer 0 or greater and not '{limit_s}'") from None
         if limit < 0:
             raise ApiError(400, "BadRequest", f"Limit must be an integer 0 or greater and not '{limit}'")
-        marker = q.get("marker")
-        reverse = to_bool(q.get("page_reverse", "false")) or False
-        if marker:
+    if cap is not None:
+        limit = min(limit, cap) if limit else cap
+    if not limit:
+        return None, None, False  # no pagination: `marker` and `page_reverse` are ignored
+    reverse = to_bool(q.get("page_reverse", "false")) or False
+    return limit, q.get("marker") or None, reverse
+
+
+def _sort_order(request: Request) -> list[tuple[str, str]]:
+    """`sort_key`/`sort_dir` pairs, then `id` ascending (Neutron's tie-break)."""
+    q = request.query_params
+    sort_keys = q.getlist("sort_key")
+    sort_dirs = q.getlist("sort_dir")
+    if sort_dirs and len(sort_dirs) != len(sort_keys):
+        raise ApiError(400, "BadRequest", "The number of sort_keys and sort_dirs must be same")
+    for d in sort_dirs:
+        if d not in ("asc", "desc"):
+            raise ApiError(400, "BadRequest", f"{d} is invalid value for sort_dir, valid value is 'asc' and 'desc'")
+    return list(zip(sort_keys, sort_dirs or ["asc"] * len(sort_keys), strict=False)) + [("id", "asc")]
+
+
+def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of `GET /v2.0/<collection>` over `objects` (all of the collection).
+
+    A page holds at most `limit` objects, and never more than the server's `max_page_size`
+    (also when no `limit` is given): a full page carries a `next` link, which clients follow.
+    Without a `limit` from the client only that `next` link is given (no `previous`)."""
+    q = request.query_params
+    filters = {k: q.getlist(k) for k in q if k not in RESERVED}
+    tag_filters = _tag_filters(request)
+    order = _sort_order(request)
+    limit, marker, reverse = _page_params(request)
+
+    def matching() -> Iterator[dict[str, Any]]:
+        for obj in objects:
+            if not spec.visible(ctx, obj):
+                continue
+            shown = spec.present(ctx, obj)
+            ok = True
+            for k, wanted in filters.items():
+                if k in spec.extra_filters:
+                    ok = spec.extra_filters[k](shown, wanted)
+                elif k in shown:
+                    ok = _matches(shown[k], wanted)
+                if not ok:
+                    break
+            if ok and (not tag_filters or _tags_match(shown, tag_filters)):
+                yield shown
+
+    page = None
+    if order == [("id", "asc")] and limit is not None and not reverse:
+        page = _first_page_by_id(matching(), marker, limit)  # stops after `limit` matches
+    if page is None:
+        items = list(matching())
+        if items:
+            known = set(items[0])
+            for k, _ in order[:-1]:
+                if k not in known:
+                    raise ApiError(400, "BadRequest", f"{k} is invalid attribute for sort_key")
+        if order != [("id", "asc")] or not _by_id(items):  # the store lists by key, i.e. by id, already
+            for key, direction in reversed(order):
+                items.sort(key=lambda o, k=key: _sort_key(o.get(k)), reverse=direction == "desc")
+        if marker:  # only with a limit
             idx = next((i for i, o in enumerate(items) if o["id"] == marker), None)
             if idx is None:
                 raise not_found(spec.member, marker)
             items = items[:idx] if reverse else items[idx + 1 :]
-        if limit:
-            page = items[-limit:] if reverse else items[:limit]
-            links = _links(request, spec, page, limit, reverse)
-            items = page
+        page = (items[-limit:] if reverse else items[:limit]) if limit else items
+    links = _links(request, spec, page, limit, reverse) if limit else []
+    if limit and q.get("limit", "0").strip() in ("", "0"):  # the cap alone paged: say where the rest is
+        links = [link for link in links if link["rel"] == "next"]
     fields = _fields(request)
-    body: dict[str, Any] = {spec.collection: [select_fields(o, fields) for o in items]}
+    body: dict[str, Any] = {spec.collection: [select_fields(o, fields) for o in page]}
     if links:
         body[f"{spec.collection}_links"] = links
     return body
+
+
+def _first_page_by_id(matching: Iterator[dict[str, Any]], marker: str | None, limit: int) -> list[dict[str, Any]] | None:
+    """The page after `marker` of objects that come in id order: read only as far as needed.
+    None when they turn out not to be in id order (the caller sorts them all then)."""
+    page: list[dict[str, Any]] = []
+    found = marker is None
+    last = ""
+    for shown in matching:
+        if shown["id"] < last:
+            return None
+        last = shown["id"]
+        if not found:
+            found = shown["id"] == marker
+            continue
+        page.append(shown)
+        if len(page) == limit:
+            return page
+    if not found:
+        return None  # the caller answers the marker's 404 (or finds it after sorting)
+    return page
 
 
 def _links(request: Request, spec: ResourceSpec, page: list[dict[str, Any]], limit: int, reverse: bool) -> list[dict[str, str]]:

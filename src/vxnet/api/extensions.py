@@ -2,6 +2,10 @@
 
 Tempest's `[network-feature-enabled] api_extensions` is generated from this list, so a
 feature listed here is exercised by tempest's own tests in CI.
+
+An extension that brings its own resource names the route it needs in `_NEEDS`; the server
+lists it only when that route is registered (`served_extensions`), so a resource module that is
+missing never leaves an extension advertised for it.
 """
 
 from __future__ import annotations
@@ -38,9 +42,29 @@ _ALIASES = {
     "tag": "Tag support",
 }
 
+# alias -> the route path the extension cannot work without
+_NEEDS = {
+    "agent": "/v2.0/agents",
+    "dvr": "/v2.0/routers",
+    "ext-gw-mode": "/v2.0/routers",
+    "extraroute": "/v2.0/routers",
+    "extraroute-atomic": "/v2.0/routers/{router_id}/add_extraroutes",
+    "fip-port-details": "/v2.0/floatingips",
+    "network-ip-availability": "/v2.0/network-ip-availabilities",
+    "quotas": "/v2.0/quotas",
+    "router": "/v2.0/routers",
+    "security-group": "/v2.0/security-groups",
+    "stateful-security-group": "/v2.0/security-groups",
+}
+
 EXTENSIONS: list[dict[str, Any]] = [
     {"alias": a, "name": n, "description": n, "updated": _UPDATED, "links": []}
     for a, n in sorted(_ALIASES.items())
 ]
 
 ALIASES: list[str] = sorted(_ALIASES)
+
+
+def served_extensions(paths: set[str]) -> list[dict[str, Any]]:
+    """The extensions whose needed route (if any) is among the registered route `paths`."""
+    return [e for e in EXTENSIONS if e["alias"] not in _NEEDS or _NEEDS[e["alias"]] in paths]

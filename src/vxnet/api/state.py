@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Request
 
 from vxnet.api.auth import Context, token_key, verify_token
-from vxnet.api.errors import ApiError, unauthorized
+from vxnet.api.body import parse_json
+from vxnet.api.errors import unauthorized
 from vxnet.config import Config
 from vxnet.services.repo import Repo
 from vxnet.store.contract import Store
@@ -48,11 +48,7 @@ class AppState:
 
 
 async def read_json(request: Request) -> Any:
-    """The request body as JSON; a clear 400 when it is not."""
+    """The request body as JSON, within the server's size and depth limits; a clear 400 (or
+    413) when it is not (see `api/body.py`)."""
     raw = await request.body()
-    if not raw:
-        raise ApiError(400, "BadRequest", "Request body is empty or is not valid JSON")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "MalformedRequestBody", "Malformed request body: body is not valid JSON") from None
+    return parse_json(raw, AppState.of(request).config.max_json_depth)

@@ -87,13 +87,50 @@ def _ip(v: Any) -> str:
 
 
 def _cidr(v: Any) -> str:
-    if not isinstance(v, str) or "/" not in v:
-        raise ValueError(f"'{v}' is not a valid IP subnet")
+    """Neutron's `validate_subnet`, then its normalisation: host bits are cleared
+    (`192.0.2.1/24` -> `192.0.2.0/24`), as Neutron stores `<network>/<prefixlen>`."""
     try:
-        net = ipaddress.ip_network(v, strict=False)
+        net = ipaddress.ip_network(v, strict=False) if isinstance(v, str) else None
     except ValueError:
-        raise ValueError(f"'{v}' is not a valid IP subnet") from None
+        net = None
+    if net is None:
+        raise ValueError(f"'{v}' is not a valid IP subnet")
+    if "/" not in v:
+        raise ValueError(f"'{v}' isn't a recognized IP subnet cidr, '{net}' is recommended")
     return str(net)
+
+
+# Ranges no host address may come from: Neutron refuses a subnet inside the first three when
+# DHCP is on; vxnet refuses any subnet overlapping one of them (its router namespaces and
+# kernel routing could not use such addresses: the kernel treats them as martians).
+_NOT_FOR_HOSTS = (
+    (ipaddress.ip_network("0.0.0.0/8"), "'this network' range"),
+    (ipaddress.ip_network("127.0.0.0/8"), "loopback range"),
+    (ipaddress.ip_network("224.0.0.0/4"), "multicast range"),
+    (ipaddress.ip_network("240.0.0.0/4"), "reserved range"),
+)
+
+
+def subnet_cidr_problem(net: ipaddress.IPv4Network | ipaddress.IPv6Network, enable_dhcp: bool) -> str | None:
+    """What is wrong with `net` as a new subnet's CIDR (None: nothing). Neutron's checks in
+    Neutron's order and words (`_validate_subnet`, then `_validate_subnet_cidr`'s /0), then
+    vxnet's stricter one: no overlap with a range hosts cannot use, DHCP or not."""
+    if enable_dhcp:
+        if net.prefixlen > (30 if net.version == 4 else 126):
+            return "Subnet has a prefix length that is incompatible with DHCP service enabled"
+        if net.is_multicast:
+            return "Multicast IP subnet is not supported if enable_dhcp is True"
+        if net.is_loopback:
+            return "Loopback IP subnet is not supported if enable_dhcp is True"
+        if net.version == 4 and int(net.network_address) == 0:
+            return "First IP '0.0.0.0' of network is not supported if enable_dhcp is True."
+    if net.prefixlen == 0:
+        return "0 is not allowed as CIDR prefix length"
+    if net.version == 4:
+        for special, what in _NOT_FOR_HOSTS:
+            if net.overlaps(special):  # type: ignore[arg-type]
+                return f"Subnet {net} overlaps the {what} {special}, whose addresses hosts cannot use"
+    return None
 
 
 def _tags(v: Any) -> list[str]:

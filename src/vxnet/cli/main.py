@@ -69,7 +69,7 @@ def server(
             typer.echo("vxnet server: --workers needs an etcd store (the embedded store serves one process)", err=True)
             raise typer.Exit(2)
         os.environ[SPEC_ENV] = json.dumps({"config": config, "listen": cfg.listen, "store": cfg.store,
-                                           "data_dir": cfg.data_dir})
+                                           "data_dir": cfg.data_dir, "log_level": log_level})
         uvicorn.run("vxnet.api.app:app_from_env", factory=True, workers=workers, host=host, port=port,
                     log_level=log_level, access_log=False, timeout_graceful_shutdown=5, **tls)
         return

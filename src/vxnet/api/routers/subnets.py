@@ -45,6 +45,7 @@ from vxnet.api.validation import (
     parse_create,
     parse_update,
     resolve_project,
+    subnet_cidr_problem,
 )
 from vxnet.services import ipam
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso
@@ -195,8 +196,11 @@ def check_gateway(net: ipaddress.IPv4Network, gateway: str | None, pools: list[d
     gw = ipaddress.ip_address(gateway)
     if gw.version != net.version:
         raise invalid_input(f"gateway_ip '{gateway}' does not match the ip_version '{net.version}'")
-    if gw not in net or (net.prefixlen < 31 and gw in (net.network_address, net.broadcast_address)):
-        raise invalid_input(f"Gateway is not valid on subnet {net}")
+    if gw not in net:
+        raise invalid_input(f"Gateway is not valid on subnet {net}: {gateway} is outside it")
+    if net.prefixlen < 31 and gw in (net.network_address, net.broadcast_address):
+        raise invalid_input(f"Gateway is not valid on subnet {net}: {gateway} is its "
+                            f"{'network' if gw == net.network_address else 'broadcast'} address")
     for p in pools:
         if ipaddress.ip_address(p["start"]) <= gw <= ipaddress.ip_address(p["end"]):
             raise conflict("GatewayConflictWithAllocationPools",
@@ -244,10 +248,9 @@ def check_cidr(cidr: str | None, ip_version: int, enable_dhcp: bool, item: Subne
     net = ipaddress.ip_network(cidr)
     if net.version != ip_version:
         raise invalid_input(f"cidr '{cidr}' does not match the ip_version '{ip_version}'")
-    if net.prefixlen == 0:
-        raise invalid_input("0 is not allowed as CIDR prefix length")
-    if enable_dhcp and net.prefixlen > 30:
-        raise invalid_input("Subnet has a prefix length that is incompatible with DHCP service enabled")
+    problem = subnet_cidr_problem(net, enable_dhcp)
+    if problem:
+        raise invalid_input(problem)
     return net  # type: ignore[return-value]
 
 

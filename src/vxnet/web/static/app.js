@@ -107,10 +107,21 @@
 
   // --- data --------------------------------------------------------------------------------------
   async function fetchCollection(name) {
+    const key = name.replace(/-/g, "_");
     try {
-      const r = await api("GET", `/v2.0/${name}`);
+      // The server caps a page ([server] max_page_size): follow `next` links to the end.
+      let r = await api("GET", `/v2.0/${name}`);
+      const all = [];
+      for (;;) {
+        const page = r.json[key] || [];
+        all.push(...page);
+        const next = (r.json[`${key}_links`] || []).find(l => l.rel === "next");
+        if (!page.length || !next) break;
+        const u = new URL(next.href, location.href);
+        r = await api("GET", u.pathname + u.search);
+      }
       S.missing[name] = false;
-      return r.json[name.replace(/-/g, "_")] || [];
+      return all;
     } catch (e) {
       if (e.status === 404 || e.status === 405) { S.missing[name] = true; return []; }
       throw e;
