@@ -70,6 +70,8 @@ class _Watcher:
 class SqliteStore:
     """The embedded backend. See the module docstring."""
 
+    may_lose_answers = False  # a txn either commits and answers, or raises before COMMIT
+
     def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25) -> None:
         self.path = path
         if path != ":memory:":
