@@ -13,7 +13,8 @@
 - Checker, after healing: every server lists the same ports and floating IPs (within 20 s);
   every acknowledged create is present with its acknowledged id unless a delete of it was
   acknowledged or unknown; no name twice; nothing present whose create failed; an unknown
-  create present at most once; an acknowledged delete is absent; no IP and no MAC twice.
+  create present at most once; an acknowledged delete is absent; no IP and no MAC twice; no 5xx
+  but 503 (the API's "outcome unknown").
 
 `python -m bench.jepsen_bench --iterations 20` (as root) prints the anomaly counts per
 iteration and in total. `tests/distributed/test_jepsen.py` runs 3 iterations and requires zero.
@@ -396,7 +397,9 @@ def check(env: Env, wl: Workload) -> tuple[collections.Counter[str], dict[str, A
     stats: collections.Counter[str] = collections.Counter()
     invoked: dict[str, set[str]] = {"port": set(), "fip": set()}
     for op in wl.history:
-        stats[f"{op.kind} {op.outcome}"] += 1
+        stats[f"{op.kind} {op.outcome}" + (f" {op.status or 'conn'}" if op.outcome != "ok" else "")] += 1
+        if op.status >= 500 and op.status != 503:
+            anomalies[f"http-{op.status}"] += 1  # only 503 (outcome unknown) is a legal 5xx
         if not op.kind.startswith("create"):
             continue
         res = op.kind.split("-")[1]
