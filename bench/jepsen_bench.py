@@ -454,6 +454,20 @@ def iteration(env: Env, it: int, rnd: random.Random, log: list[str]) -> tuple[co
     return check(env, wl)
 
 
+def resolved(env: Env) -> collections.Counter[str]:
+    """Lost store answers the servers resolved so far (their logs): applied / fenced."""
+    n: collections.Counter[str] = collections.Counter()
+    for s in env.servers:
+        try:
+            with open(s.log, errors="replace") as f:
+                for line in f:
+                    if "lost store answer resolved" in line:
+                        n["lost answer: " + line.rsplit(" ", 1)[-1].strip()] += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
 def run(iterations: int, directory: str | None = None, out: Any = sys.stdout) -> collections.Counter[str]:
     d = directory or tempfile.mkdtemp(prefix="vxjepsen-")
     env = Env(d)
@@ -463,10 +477,13 @@ def run(iterations: int, directory: str | None = None, out: Any = sys.stdout) ->
         for it in range(iterations):
             log: list[str] = []
             t0 = time.time()
+            before = resolved(env)
             anomalies, stats = iteration(env, it, rnd, log)
+            stats.update(resolved(env) - before)
             total.update(anomalies)
             print(f"iteration {it + 1}/{iterations} ({time.time() - t0:.0f} s): anomalies {dict(anomalies) or 0}; "
                   f"{stats}; nemesis: {'; '.join(log)}", file=out, flush=True)
+        print(f"lost store answers resolved by the servers: {dict(resolved(env)) or 0}", file=out, flush=True)
     finally:
         env.stop()
         if directory is None:

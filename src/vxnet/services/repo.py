@@ -39,6 +39,7 @@ import contextvars
 import copy
 import datetime as dt
 import json
+import logging
 import threading
 import time
 import uuid
@@ -57,6 +58,8 @@ from vxnet.store.contract import (
     key_missing,
     range_unchanged_since,
 )
+
+log = logging.getLogger(__name__)
 
 ROOT = "/vxnet/"
 EPOCH_KEY = f"{ROOT}meta/epoch"  # the store's epoch: see api/routers/agent_stream.store_epoch
@@ -334,10 +337,13 @@ class Repo:
                     raise StoreUnavailable("too late to tell whether the write was applied: outcome unknown")
                 kv = read(marker)
                 if kv is not None:  # ours: applied, or fenced by an earlier fence of ours
+                    log.warning("lost store answer resolved: attempt %s %s", marker,
+                                "applied" if kv.value == COMMITTED else "fenced")
                     return kv.value == COMMITTED
                 if not fence_lease:
                     fence_lease = self.store.grant_lease(self.fence_ttl)
                 if self.store.txn([key_missing(marker)], [Put(marker, ABORTED, fence_lease)]).succeeded:
+                    log.warning("lost store answer resolved: attempt %s fenced", marker)
                     return False  # the attempt's compare on its marker can never hold again
                 # the marker exists now: read it (applied, or a fence whose answer was lost)
             except LeaseNotFound:
