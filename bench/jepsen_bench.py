@@ -43,8 +43,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from tests.distributed.conftest import ServerProc, token, vxnet_server, write_config  # noqa: E402
-from tests.support.etcd import ETCD  # noqa: E402
+from tests.distributed.conftest import ServerProc, token, vxnet_server, write_config
+from tests.support.etcd import ETCD
 
 NAME = "Jepsen-style faults on etcd (kills, pauses, partitions, server kills)"
 
@@ -169,9 +169,9 @@ class NetnsEtcd:
         for n in list(self.procs):
             self.kill(n)
         for ns in [m for m in self._made if m != "bridge"]:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         if "bridge" in self._made:
-            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
         self._made.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 

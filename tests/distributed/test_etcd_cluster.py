@@ -20,6 +20,7 @@ import time
 from collections import Counter
 
 import httpx
+
 from tests.distributed.conftest import Servers, api, leader_name, make_leader, token
 from tests.support.etcd import EtcdCluster
 from vxnet.services.repo import res_key

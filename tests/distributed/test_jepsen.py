@@ -42,7 +42,7 @@ class _Srv:
 
 
 class _Env:
-    servers = [_Srv("a"), _Srv("b")]
+    servers = (_Srv("a"), _Srv("b"))
 
 
 def _port(id_: str, name: str, ip: str, mac: str) -> dict:

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests.store.conftest import Backend
 from vxnet.services import ipam
 from vxnet.services.ports import new_port_record
 from vxnet.services.repo import TXN_PREFIX, Repo, UnitOfWork
 from vxnet.store.contract import Compare, Op, Store, StoreUnavailable, TxnResult
-
-from tests.store.conftest import Backend
 
 
 class Faulty:

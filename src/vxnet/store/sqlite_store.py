@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL)
 
 
 class _Watcher:
-    __slots__ = ("prefix", "callback", "cancelled", "store", "start")
+    __slots__ = ("callback", "cancelled", "prefix", "start", "store")
 
     def __init__(self, store: SqliteStore, prefix: str, callback: WatchCallback, start: int = 0) -> None:
         self.store = store
