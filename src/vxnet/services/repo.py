@@ -312,7 +312,7 @@ class Repo:
                 for cb in uow.after_commit:
                     cb()
                 return result
-            mine = self._created_earlier(uow, attempts)
+            mine = self._created_earlier(uow, attempts) if attempts else None
             if mine is not None:  # an earlier attempt created our ids: the request is done
                 for cb in mine[0].after_commit:
                     cb()
