@@ -214,3 +214,21 @@ def test_a_reapplied_create_is_recognised_as_this_requests_own(backend: Backend)
     acked = repo.transact(create)
     assert len(ids) == 2 and ids[0] == ids[1]  # the rerun drew the same id
     _assert_one_copy(repo, net, acked, "a")
+
+
+def test_absence_is_no_evidence_once_the_marker_may_have_expired(faulty: Faulty) -> None:
+    """A marker's lease bounds how long its absence means "not applied": past that, the
+    outcome is reported unknown at once (no fence, never a rerun)."""
+    repo = Repo(faulty)  # type: ignore[arg-type]
+    net = _setup(repo)
+    repo.marker_ttl = 16  # absence is evidence until 16 - 15 s after the lease's grant ...
+    repo._markers.current()
+    repo._markers._granted_at -= 2.0  # ... and the lease was granted 2 s ago
+    faulty.script = ["hold"]
+    n = faulty.txns
+    with pytest.raises(StoreUnavailable):
+        repo.transact(_create(net, "a"))
+    assert faulty.txns == n + 1  # the held attempt only: no fence, no rerun
+    marker = next(op.key for op in faulty.held[0][1] if op.key.startswith(TXN_PREFIX))
+    assert faulty.inner.get(marker) is None
+    assert [p for p in _ports(repo, net) if p["name"] == "a"] == []

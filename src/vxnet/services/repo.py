@@ -331,10 +331,10 @@ class Repo:
         read = getattr(self.store, "get_linearizable", self.store.get)
         fence_lease = 0
         while True:
+            # Absence proves "not applied" only while the marker cannot have expired.
+            if time.monotonic() > granted_at + self.marker_ttl - MARKER_MARGIN:
+                raise StoreUnavailable("too late to tell whether the write was applied: outcome unknown")
             try:
-                # Absence proves "not applied" only while the marker could not have expired.
-                if time.monotonic() > granted_at + self.marker_ttl - MARKER_MARGIN:
-                    raise StoreUnavailable("too late to tell whether the write was applied: outcome unknown")
                 kv = read(marker)
                 if kv is not None:  # ours: applied, or fenced by an earlier fence of ours
                     log.warning("lost store answer resolved: attempt %s %s", marker,
