@@ -20,7 +20,6 @@ import time
 from collections import Counter
 
 import httpx
-import pytest
 
 from tests.distributed.conftest import Servers, api, leader_name, make_leader, token
 from tests.support.etcd import EtcdCluster
@@ -140,15 +139,13 @@ def test_etcd_leader_killed_during_writes_loses_nothing_acknowledged(etcd3: Etcd
           f"answer was lost (503 or connection error) and then retried")
     # The member comes back and catches up (the next test uses the full cluster).
     etcd3.start(victim)
-    # A port nobody acknowledged can only come from a request that was sent again. KNOWN BUG
-    # (open, see the session-2 closing note): under the suite's load about 1 run in 3 stores
-    # one extra, unacknowledged port created by a write whose answer was lost during the
-    # election, although the server's read-back said it had not landed. Reported as XFAIL, with
-    # the port names, so it stays visible; every other assertion above stays strict.
+    # A port nobody acknowledged can only come from a request the client sent again after a 503
+    # or a connection error (the API, like Neutron, has no idempotency key). One that was never
+    # sent again would be a write applied twice by the server: `Repo.transact`'s markers and
+    # fence (docs/store.md) rule that out, strictly.
     unexplained = sorted(set(extra) - retried)
     etcd3.wait_healthy()
-    if unexplained:
-        pytest.xfail(f"known bug: unacknowledged ports stored after the leader kill: {unexplained}")
+    assert not unexplained, f"unacknowledged ports stored after the leader kill, never retried: {unexplained}"
 
 
 def test_200_concurrent_creates_over_two_servers_on_a_slash26(etcd3: EtcdCluster, servers: Servers) -> None:

@@ -19,6 +19,8 @@ from vxnet.store.sqlite_store import SqliteStore
 class LosingStore:
     """Delegates to a SqliteStore; the next txn is applied-then-lost or lost-before-applying."""
 
+    may_lose_answers = True  # so Repo uses its attempt markers, as on etcd
+
     def __init__(self, mode: str) -> None:
         self.inner = SqliteStore(":memory:")
         self.mode = mode  # "after" | "before" | "down"
@@ -59,7 +61,8 @@ def test_lost_answer_neither_duplicates_nor_fails(mode: str) -> None:
     ports = repo.list("ports")
     assert [p["id"] for p in ports] == [pid]  # exactly one port, and it is the one reported
     assert store.inner.get("/vxnet/ipam/s1/192.0.2.10").value == pid
-    assert store.txns == (1 if mode == "after" else 2)  # landed: no rerun; lost: one rerun
+    # landed: no rerun; lost: a fence, then one rerun
+    assert store.txns == (1 if mode == "after" else 3)
 
 
 def test_unknown_outcome_stays_unknown_while_the_store_is_down() -> None:

@@ -7,7 +7,8 @@ Invariants:
   and `Repo.transact` reruns it, which then picks another address.
 - A MAC is `/vxnet/mac/<network_id>/<mac>` (unique per network, as in Neutron; tenants on
   different networks may reuse MACs).
-- Every allocation also writes `/vxnet/ipam-subnet/<subnet_id>`, which a subnet delete guards.
+- Every allocation also touches `/vxnet/ipam-subnet/<subnet_id>` (`UnitOfWork.touch`: a new
+  revision, no meaningful value), which a subnet delete guards; nothing reads its value.
 - Releasing is deleting those keys in the transaction that deletes/changes the port.
 - Automatic addresses are the lowest free pool address this process knows of: the search
   starts at a per-process low-water hint (advanced/lowered after commits) and rescans the pools
@@ -34,7 +35,7 @@ def ip_key(subnet_id: str, ip: str) -> str:
 
 
 def subnet_alloc_key(subnet_id: str) -> str:
-    """Written by every allocation on the subnet; the subnet's delete guards it, so an
+    """Touched by every allocation on the subnet; the subnet's delete guards it, so an
     allocation and the delete of its subnet never both commit."""
     return f"{ROOT}ipam-subnet/{subnet_id}"
 
@@ -58,7 +59,7 @@ def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: s
     """Claim `wanted` (anywhere in the subnet but the network/broadcast address) or the lowest
     free address of the allocation pools."""
     sid = subnet["id"]
-    uow.put_raw(subnet_alloc_key(sid), port_id)
+    uow.touch(subnet_alloc_key(sid))
     if wanted is not None:
         net = ipaddress.ip_network(subnet["cidr"])
         addr = ipaddress.ip_address(wanted)

@@ -15,12 +15,11 @@ Invariants:
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from vxnet.api.errors import ApiError, bad_request, not_found
 from vxnet.services import ipam
-from vxnet.services.repo import ROOT, UnitOfWork, now_iso
+from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 from vxnet.services.secgroups import ensure_default_group
 
 ROUTER_INTERFACE_OWNERS = (
@@ -113,7 +112,7 @@ def new_port_record(
     """Allocate MAC and fixed IPs, resolve security groups, and stage a complete port (the
     admin view). `fixed_ips` None means "one address from the network's subnets"; `[]` means
     none. Raises ApiError (staging nothing useful: the caller's transaction must not commit)."""
-    pid = port_id or str(uuid.uuid4())
+    pid = port_id or new_id("ports")
     ps = network.get("port_security_enabled", True) if port_security_enabled is None else port_security_enabled
     mac = ipam.allocate_mac(uow, network["id"], pid, mac_address)
     ips = ipam.allocate_fixed_ips(uow, network, network_subnets(uow, network["id"]), pid, fixed_ips)

@@ -13,17 +13,36 @@ claimed key was taken, the whole function runs again (bounded), so concurrent re
 number of servers never interleave half-way. A function that raises stages nothing: a failed
 request leaves nothing behind.
 
+Exactly once (docs/store.md has the proof): every attempt also writes a marker key
+`/vxnet-txn/<attempt>` = "committed" (compare: it does not exist), attached to a lease so markers
+expire. When the store's answer is lost (`StoreUnavailable` from the txn; etcd's leader died), the
+marker decides: present -> the attempt was applied; absent -> a *fence* txn puts the marker as
+"aborted" if it still does not exist. The fence's success proves the attempt can never apply
+later (its compare on the marker would fail), so `fn` may run again; its failure means the marker
+exists, i.e. the attempt was applied. No time window is involved. A store that declares
+`may_lose_answers = False` (the embedded one: its txn either commits and answers or raises
+before committing) skips the marker.
+
+Resource ids come from `new_id(collection)`, drawn once per `transact` call: every rerun of `fn`
+gets the same ids, and `put` of an object with such an id claims its key (must not exist), so a
+re-applied create can never store a second copy and is recognised as this request's own.
+`touch(key)` bumps a key's revision for others to guard on (e.g. "an allocation on this subnet
+happened"); its value means nothing and nothing reads it back.
+
 Reads outside a transaction come from a parse cache keyed by mod revision. `Repo.list` returns
 the cached objects themselves: treat them as read-only. `Repo.get` returns a private copy.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import datetime as dt
 import json
+import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +50,7 @@ from vxnet.store.contract import (
     Compare,
     Delete,
     KeyValue,
+    LeaseNotFound,
     Op,
     Put,
     Store,
@@ -39,9 +59,44 @@ from vxnet.store.contract import (
     range_unchanged_since,
 )
 
+log = logging.getLogger(__name__)
+
 ROOT = "/vxnet/"
 EPOCH_KEY = f"{ROOT}meta/epoch"  # the store's epoch: see api/routers/agent_stream.store_epoch
+# Attempt markers live outside ROOT, so that watches, migration and listings never see them.
+TXN_PREFIX = "/vxnet-txn/"
+COMMITTED = "committed"
+ABORTED = "aborted"
+MARKER_MARGIN = 15.0  # seconds: a marker's absence is evidence only this long before it may expire
 T = TypeVar("T")
+
+_current_uow: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar("vxnet_uow", default=None)
+
+
+def new_id(collection: str) -> str:
+    """A new resource id. Inside `Repo.transact`'s function: the same id on every rerun of that
+    function (see the module docstring); elsewhere a fresh uuid4."""
+    uow = _current_uow.get()
+    return uow.new_id(collection) if uow is not None else str(uuid.uuid4())
+
+
+class IdSource:
+    """The ids of one logical request: the n-th id asked for `collection` is the same in every
+    attempt (a new `cursor()` per attempt)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, list[str]] = {}
+
+    def cursor(self) -> dict[str, int]:
+        return {}
+
+    def take(self, cursor: dict[str, int], collection: str) -> str:
+        drawn = self._ids.setdefault(collection, [])
+        n = cursor.get(collection, 0)
+        cursor[collection] = n + 1
+        if n == len(drawn):
+            drawn.append(str(uuid.uuid4()))
+        return drawn[n]
 
 
 def res_key(collection: str, id_: str) -> str:
@@ -68,12 +123,22 @@ class ClaimTaken(Exception):
 class UnitOfWork:
     """Reads with compares, staged writes; committed by `Repo.transact`."""
 
-    def __init__(self, repo: Repo) -> None:
+    def __init__(self, repo: Repo, ids: IdSource | None = None) -> None:
         self.repo = repo
         self._compares: dict[str, Compare] = {}
         self._ops: dict[str, Op] = {}
         self._claims: set[str] = set()
+        self._ids = ids or IdSource()
+        self._cursor = self._ids.cursor()
+        self._created: set[str] = set()  # resource keys under ids of this request
         self.after_commit: list[Callable[[], None]] = []
+
+    def new_id(self, collection: str) -> str:
+        """An id for a new resource of `collection`, the same on every rerun of the function;
+        putting the resource claims its key."""
+        id_ = self._ids.take(self._cursor, collection)
+        self._created.add(res_key(collection, id_))
+        return id_
 
     # reads -------------------------------------------------------------------------------------
     def get(self, collection: str, id_: str) -> dict[str, Any] | None:
@@ -124,13 +189,22 @@ class UnitOfWork:
 
     # writes ------------------------------------------------------------------------------------
     def put(self, collection: str, obj: dict[str, Any]) -> None:
-        self._ops[res_key(collection, obj["id"])] = Put(res_key(collection, obj["id"]), json.dumps(obj))
+        key = res_key(collection, obj["id"])
+        if key in self._created:  # a create: the key must not exist (a re-apply fails here)
+            self._compares[key] = key_missing(key)
+        self._ops[key] = Put(key, json.dumps(obj))
 
     def delete(self, collection: str, id_: str) -> None:
         self._ops[res_key(collection, id_)] = Delete(res_key(collection, id_))
 
     def put_raw(self, key: str, value: str) -> None:
         self._ops[key] = Put(key, value)
+
+    def touch(self, key: str) -> None:
+        """Bump `key`'s revision without reading it, so that transactions guarding it (having
+        read it) fail. The value is meaningless: never compare it or use it as evidence."""
+        if key not in self._ops:
+            self._ops[key] = Put(key, "")
 
     def delete_raw(self, key: str) -> None:
         self._ops[key] = Delete(key)
@@ -156,8 +230,11 @@ class Repo:
     def __init__(self, store: Store, max_retries: int = 50) -> None:
         self.store = store
         self.max_retries = max_retries
-        self.ambiguity_patience = 6.0  # seconds to wait for the store after a lost answer
-        self.ambiguity_settle = 2.0    # seconds a lost write may still take to appear
+        self.ambiguity_patience = 6.0  # seconds to keep trying to learn a lost answer's outcome
+        self.marker_ttl = 60           # seconds an attempt marker lives at most ...
+        self.marker_rotate = 15.0      # ... and at least marker_ttl - marker_rotate
+        self.fence_ttl = 3600          # seconds a fence keeps a fenced attempt from applying
+        self._markers = _MarkerLeases(self)
         self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -193,55 +270,125 @@ class Repo:
         return json.loads(kv.value)
 
     def transact(self, fn: Callable[[UnitOfWork], T]) -> T:
-        """Run `fn` in a unit of work and commit it; rerun on conflicts (see module doc).
-        Raises ClaimTaken when a claim still fails after retries."""
+        """Run `fn` in a unit of work and commit it, exactly once; rerun on conflicts (see the
+        module doc). Raises ClaimTaken when a claim still fails after retries, and
+        StoreUnavailable when the store cannot be reached, or stays unreachable after a lost
+        answer for `ambiguity_patience` seconds (then the outcome is unknown: the write may
+        or may not have been applied)."""
+        ids = IdSource()
+        markers = bool(getattr(self.store, "may_lose_answers", True))
+        attempts: list[tuple[UnitOfWork, T]] = []
         last_claim: str | None = None
         for _ in range(self.max_retries):
-            uow = UnitOfWork(self)
-            result = fn(uow)
+            uow = UnitOfWork(self, ids)
+            token = _current_uow.set(uow)
+            try:
+                result = fn(uow)
+            finally:
+                _current_uow.reset(token)
             if not uow._ops:
                 return result
+            compares = list(uow._compares.values())
+            ops = list(uow._ops.values())
+            marker = ""
+            granted_at = 0.0
+            if markers:
+                marker = TXN_PREFIX + uuid.uuid4().hex
+                lease, granted_at = self._markers.current()
+                compares.append(key_missing(marker))
+                ops.append(Put(marker, COMMITTED, lease))
             try:
-                succeeded = self.store.txn(list(uow._compares.values()), list(uow._ops.values())).succeeded
+                succeeded = self.store.txn(compares, ops).succeeded
+            except LeaseNotFound:
+                self._markers.drop()  # the marker lease ended early (e.g. a store restart)
+                continue
             except StoreUnavailable:
-                # The answer was lost (e.g. etcd's leader died): the write may or may not have
-                # been applied. Answering 503 would invite a retry that duplicates it, so look.
-                succeeded = self._holds_staged(uow)
+                if not markers:
+                    raise  # such a store applies nothing it does not answer for
+                # The answer was lost (e.g. etcd's leader died): decide, by the marker, whether
+                # this attempt applied, so that fn reruns only when it never can.
+                succeeded = self._resolve(marker, granted_at)
             if succeeded:
                 for cb in uow.after_commit:
                     cb()
                 return result
+            mine = self._created_earlier(uow, attempts) if attempts else None
+            if mine is not None:  # an earlier attempt created our ids: the request is done
+                for cb in mine[0].after_commit:
+                    cb()
+                return mine[1]
+            attempts.append((uow, result))
             last_claim = next((k for k in uow._claims if self.store.get(k) is not None), None)
         if last_claim is not None:
             raise ClaimTaken(last_claim)
         raise Conflict("too many concurrent changes; try again")
 
-    def _holds_staged(self, uow: UnitOfWork) -> bool:
-        """After an ambiguous commit: whether the store now holds exactly what `uow` staged
-        (every put key has our value, every deleted key is gone). True means the transaction
-        landed, or the store already is what we wanted; False means it did not land and `fn`
-        may run again. Waits up to `ambiguity_patience` seconds for the store to answer (an etcd
-        leader election takes 1-2 s); still unreachable -> StoreUnavailable (outcome unknown)."""
-        start = time.monotonic()
-        deadline = start + self.ambiguity_patience
-        # Never from a read cache: a stale "not there" would run the change a second time.
-        get = getattr(self.store, "get_linearizable", self.store.get)
+    def _resolve(self, marker: str, granted_at: float) -> bool:
+        """After a lost answer: True if the attempt that wrote `marker` was applied; False if
+        it was not and never can be (a fence holds its marker key). See the module docstring.
+        Keeps trying for `ambiguity_patience` seconds, then raises StoreUnavailable."""
+        deadline = time.monotonic() + self.ambiguity_patience
+        read = getattr(self.store, "get_linearizable", self.store.get)
+        fence_lease = 0
         while True:
+            # Absence proves "not applied" only while the marker cannot have expired.
+            if time.monotonic() > granted_at + self.marker_ttl - MARKER_MARGIN:
+                raise StoreUnavailable("too late to tell whether the write was applied: outcome unknown")
             try:
-                if all(self._matches(op, get(key)) for key, op in uow._ops.items()):
-                    return True
-                # Not there (yet): a proposal the store gave up waiting for may still commit
-                # (etcd under load answers "request timed out" and commits a moment later), so
-                # look again for a while before concluding that it did not land.
-                if time.monotonic() - start >= self.ambiguity_settle:
-                    return False
-                time.sleep(0.1)
+                kv = read(marker)
+                if kv is not None:  # ours: applied, or fenced by an earlier fence of ours
+                    log.warning("lost store answer resolved: attempt %s %s", marker,
+                                "applied" if kv.value == COMMITTED else "fenced")
+                    return kv.value == COMMITTED
+                if not fence_lease:
+                    fence_lease = self.store.grant_lease(self.fence_ttl)
+                if self.store.txn([key_missing(marker)], [Put(marker, ABORTED, fence_lease)]).succeeded:
+                    log.warning("lost store answer resolved: attempt %s fenced", marker)
+                    return False  # the attempt's compare on its marker can never hold again
+                # the marker exists now: read it (applied, or a fence whose answer was lost)
+            except LeaseNotFound:
+                fence_lease = 0
             except StoreUnavailable:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
 
-    @staticmethod
-    def _matches(op: Any, kv: Any) -> bool:
-        """The store holds what `op` staged (a put's value, or a deleted key's absence)."""
-        return isinstance(op, Put) == (kv is not None) and (kv is None or kv.value == op.value)
+    def _created_earlier(
+        self, uow: UnitOfWork, attempts: list[tuple[UnitOfWork, T]]
+    ) -> tuple[UnitOfWork, T] | None:
+        """After a failed compare: the earlier attempt whose creates are in the store, if one
+        is. Ids are drawn once per request (`IdSource`), so a key created under one of them
+        can only come from an attempt of this request; its value tells which one."""
+        for key in uow._created:
+            kv = self.store.get(key)
+            if kv is None:
+                continue
+            for earlier in attempts:
+                op = earlier[0]._ops.get(key)
+                if isinstance(op, Put) and op.value == kv.value:
+                    return earlier
+        return None
+
+
+class _MarkerLeases:
+    """The lease the attempt markers are attached to: a new one every `rotate` seconds, each
+    living `ttl` seconds, so a marker lives at least `ttl - rotate` seconds and at most `ttl`."""
+
+    def __init__(self, repo: Repo) -> None:
+        self._repo = repo
+        self._lock = threading.Lock()
+        self._lease = 0
+        self._granted_at = 0.0
+
+    def current(self) -> tuple[int, float]:
+        """(lease id, monotonic time just before it was granted)."""
+        with self._lock:
+            now = time.monotonic()
+            if not self._lease or now - self._granted_at > self._repo.marker_rotate:
+                self._lease = self._repo.store.grant_lease(self._repo.marker_ttl)
+                self._granted_at = now
+            return self._lease, self._granted_at
+
+    def drop(self) -> None:
+        with self._lock:
+            self._lease = 0

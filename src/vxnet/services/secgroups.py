@@ -21,11 +21,10 @@ returns the values to store, or raises the 400 Neutron raises, with its exceptio
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from typing import Any
 
 from vxnet.api.errors import ApiError
-from vxnet.services.repo import ROOT, UnitOfWork, now_iso
+from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 # neutron_lib.constants.IP_PROTOCOL_MAP
 IP_PROTOCOL_MAP: dict[str, int] = {
@@ -67,7 +66,7 @@ def new_rule(
     now = now_iso()
     project = project_id or group["project_id"]
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id("security_group_rules"),
         "security_group_id": group["id"],
         "direction": direction,
         "ethertype": ethertype,
@@ -93,7 +92,7 @@ def new_group(project_id: str, name: str, description: str = "", stateful: bool 
     """A group record with no rules (rules are separate `security_group_rules` objects)."""
     now = now_iso()
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id("security_groups"),
         "name": name,
         "description": description,
         "stateful": stateful,

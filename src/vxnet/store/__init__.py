@@ -11,6 +11,7 @@ DEFAULT_DATA_DIR = "/var/lib/vxnet"
 
 def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
     """Open a store by URL: `sqlite:///abs/path.db`, `sqlite://relative.db`, `memory://`,
+    (`?synchronous=normal` trades durability on power loss for speed: docs/deployment.md),
     `etcd://h1:2379,h2:2379`, or with TLS
     `etcds://h1:2379,h2:2379?ca=/etc/vxnet/ca.pem&cert=/etc/vxnet/client.pem&key=/etc/vxnet/client.key`. None means the embedded default.
     etcd URLs read etcd on every read by default; `cache=1` serves reads from the watch-fed
@@ -22,9 +23,17 @@ def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
     if not sep:
         raise StoreError(f"store URL {url!r} has no scheme (sqlite://, memory://, etcd://)")
     if scheme == "sqlite":
+        from urllib.parse import parse_qs
+
         from vxnet.store.sqlite_store import SqliteStore
 
-        return SqliteStore(rest if rest.startswith("/") else os.path.abspath(rest))
+        path, _, query = rest.partition("?")
+        opts = {k: v[-1] for k, v in parse_qs(query).items()}
+        if set(opts) - {"synchronous"}:
+            raise StoreError(f"unknown sqlite URL options: {', '.join(sorted(set(opts) - {'synchronous'}))} "
+                             "(synchronous)")
+        return SqliteStore(path if path.startswith("/") else os.path.abspath(path),
+                           synchronous=opts.get("synchronous", "full"))
     if scheme == "memory":
         from vxnet.store.sqlite_store import SqliteStore
 

@@ -19,6 +19,10 @@ Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked 
   the writer nor the other watchers notice.
 - Leases: keys attached to a lease are deleted (with delete events) when it expires or is
   revoked. `refresh_lease` returns the remaining TTL, or raises `LeaseNotFound`.
+- Lost answers: `may_lose_answers` says whether `txn` can raise `StoreUnavailable` after the
+  transaction was (or may later be) applied. etcd can (a leader dies after proposing); the
+  embedded store cannot (its txn raises only before COMMIT, or answers). Callers that must
+  apply a write exactly once (`services/repo.py`) resolve such outcomes with a marker key.
 
 Values are text (JSON in practice). Keys are text paths under one root prefix.
 """
@@ -180,6 +184,8 @@ class WatchHandle(Protocol):
 
 class Store(Protocol):
     """The contract every backend implements. Methods are thread-safe and blocking."""
+
+    may_lose_answers: bool
 
     def get(self, key: str) -> KeyValue | None:
         """The key, or None."""

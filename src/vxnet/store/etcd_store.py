@@ -181,6 +181,8 @@ class _Watch:
 class EtcdStore:
     """The contract over an etcd cluster (see the module docstring)."""
 
+    may_lose_answers = True  # a txn whose answer is lost may have been, or may still be, applied
+
     def __init__(self, endpoints: Sequence[str], timeout: float = 3.0, ca: str | None = None,
                  cert: str | None = None, key: str | None = None, cache: bool = True,
                  cache_wait: float = 1.0) -> None:

@@ -1,9 +1,18 @@
 """Embedded store: the contract of `contract.py` on one SQLite file.
 
 Design:
-- The file is the durable copy; each transaction is one SQLite transaction (WAL,
-  synchronous=NORMAL: a commit survives a crash of the process, which is what "acknowledged"
-  means here). A write is acknowledged only after its COMMIT returned.
+- The file is the durable copy (WAL, synchronous=FULL by default: a commit is on disk, fsynced,
+  so it survives a crash of the process *and* of the machine / a power loss). A write is
+  acknowledged (txn returns) only after the SQLite COMMIT that holds it returned.
+- Group commit: a txn is decided and applied in memory under the store lock (fast), queued, and
+  then written by whichever waiting txn takes the database lock first, together with every
+  other queued txn, in one SQLite transaction (one fsync for the group). While one group is
+  being fsynced, the next group collects. Revisions stay one per txn, in order.
+- Reads (`get`/`range`/`revision`) and compares see a txn as soon as it is decided, before its
+  group is on disk (at most one fsync earlier than its writer's answer); a txn that depends on
+  such a read is in the same or a later group, so it is never durable without it. Watchers get
+  events only once they are durable. If a COMMIT fails, memory is ahead of the file: the store
+  closes itself (every later call raises StoreError) and a restart reloads the file.
 - All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite.
   That is sound because one process owns the file: `open` takes an exclusive `flock` on a
   lock file beside it, and a second server on the same file gets a clear error.
@@ -54,13 +63,14 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL)
 
 
 class _Watcher:
-    __slots__ = ("prefix", "callback", "cancelled", "store")
+    __slots__ = ("callback", "cancelled", "prefix", "start", "store")
 
-    def __init__(self, store: SqliteStore, prefix: str, callback: WatchCallback) -> None:
+    def __init__(self, store: SqliteStore, prefix: str, callback: WatchCallback, start: int = 0) -> None:
         self.store = store
         self.prefix = prefix
         self.callback = callback
         self.cancelled = False
+        self.start = start
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -70,7 +80,14 @@ class _Watcher:
 class SqliteStore:
     """The embedded backend. See the module docstring."""
 
-    def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25) -> None:
+    may_lose_answers = False  # a txn either commits and answers, or raises before COMMIT
+
+    def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25,
+                 synchronous: str = "FULL") -> None:
+        """`synchronous`: SQLite's setting, FULL (durable on power loss, the default) or NORMAL
+        (durable on a process crash only)."""
+        if synchronous.upper() not in ("FULL", "NORMAL"):
+            raise StoreError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = path
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -84,9 +101,13 @@ class SqliteStore:
             self._lockfile = None
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()    # memory; taken after _db_lock, never before it
+        self._db_lock = threading.Lock()  # the SQLite connection (one group commit at a time)
+        self._queue: list[tuple[int, dict[str, KeyValue | None], list[Event], int]] = []
+        self._failed: BaseException | None = None
+        self._shut = False
         self._history = history
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []
@@ -94,6 +115,7 @@ class SqliteStore:
             self._kv[row[0]] = KeyValue(*row)
         self._keys = sorted(self._kv)
         self._rev = self._meta("revision")
+        self._durable_rev = self._rev  # the newest revision on disk (and delivered to watchers)
         self._compacted = self._meta("compacted")
         self._next_lease = self._meta("next_lease") or int(time.time() * 1000)
         now = time.monotonic()
@@ -139,12 +161,16 @@ class SqliteStore:
             for op in ops:
                 if isinstance(op, Put) and op.lease and op.lease not in self._leases:
                     raise LeaseNotFound(f"lease {op.lease} not found")
-            self._apply(ops)
-            return TxnResult(ok, self._rev)
+            if not self._apply(ops):
+                return TxnResult(ok, self._rev)
+            rev = self._rev
+        self._sync(rev)
+        return TxnResult(ok, rev)
 
     def _apply(self, ops: Sequence[Op], revoked_lease: int = 0) -> list[Event]:
-        """Apply ops as one revision (caller holds the lock). Returns the events. With
-        `revoked_lease`, the lease's row is deleted in the same SQLite transaction."""
+        """Apply ops as one revision in memory and queue it for the next group commit (caller
+        holds the lock). Returns the events. With `revoked_lease`, the lease's row is deleted
+        in the same SQLite transaction."""
         rev = self._rev + 1
         staged: dict[str, KeyValue | None] = {}
         events: list[Event] = []
@@ -174,38 +200,11 @@ class SqliteStore:
                         continue
                     staged[key] = None
                     events.append(Event(EventType.DELETE, KeyValue(key, "", 0, rev, 0, 0)))
-        db = self._db
         if not events:
             if revoked_lease:
-                db.execute("DELETE FROM leases WHERE id=?", (revoked_lease,))
+                self._queue.append((0, {}, [], revoked_lease))
             return []
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            if revoked_lease:
-                db.execute("DELETE FROM leases WHERE id=?", (revoked_lease,))
-            for key, kv in staged.items():
-                if kv is None:
-                    db.execute("DELETE FROM kv WHERE key=?", (key,))
-                else:
-                    db.execute(
-                        "INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)",
-                        (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease),
-                    )
-            db.executemany(
-                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (rev, i, e.type.value, e.kv.key, e.kv.value, e.kv.create_revision, e.kv.version, e.kv.lease)
-                    for i, e in enumerate(events)
-                ],
-            )
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (rev,))
-            if rev - self._compacted > self._history + 1000:
-                self._compact_locked(rev - self._history)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        self._queue.append((rev, staged, events, revoked_lease))
         self._rev = rev
         for key, kv in staged.items():
             if kv is None:
@@ -216,8 +215,65 @@ class SqliteStore:
                 if key not in self._kv:
                     bisect.insort(self._keys, key)
                 self._kv[key] = kv
-        self._notify(events)
         return events
+
+    def _sync(self, rev: int) -> None:
+        """Return once revision `rev` is on disk: write it, with everything queued, in one
+        SQLite transaction, unless another caller's group commit already did."""
+        with self._db_lock:
+            if self._durable_rev >= rev:
+                return
+            self._flush_locked()
+        if self._durable_rev < rev:
+            raise StoreError(f"store failed: {self._failed}")
+
+    def _flush_locked(self) -> None:
+        """Commit every queued revision (caller holds _db_lock, not _lock)."""
+        with self._lock:
+            queue, self._queue = self._queue, []
+            upto = self._rev
+            if self._failed is not None:
+                return
+        if not queue:
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for rev, staged, events, revoked_lease in queue:
+                if revoked_lease:
+                    db.execute("DELETE FROM leases WHERE id=?", (revoked_lease,))
+                for key, kv in staged.items():
+                    if kv is None:
+                        db.execute("DELETE FROM kv WHERE key=?", (key,))
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)",
+                            (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+                        )
+                db.executemany(
+                    "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
+                    [
+                        (rev, i, e.type.value, e.kv.key, e.kv.value, e.kv.create_revision, e.kv.version, e.kv.lease)
+                        for i, e in enumerate(events)
+                    ],
+                )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (upto,))
+            if upto - self._compacted > self._history + 1000:
+                self._compact_locked(upto - self._history)
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            with self._lock:  # memory is ahead of the file now: stop serving
+                self._failed = e
+                self._closed.set()
+            log.exception("group commit failed: the store is closed")
+            raise StoreError(f"commit failed: {e}") from e
+        with self._lock:
+            self._durable_rev = upto
+            for rev, _, events, _ in queue:
+                if events:
+                    self._notify(events)
 
     def _holds(self, c: Compare) -> bool:
         if not c.prefix:
@@ -248,12 +304,12 @@ class SqliteStore:
         """See the contract. The embedded store never ends a watch by itself (it compacts only
         history older than any live watcher could need, and delivers synchronously), so
         `on_error` is never called."""
-        with self._lock:
+        with self._db_lock, self._lock:  # the file holds exactly the revisions up to _durable_rev
             self._check_open()
             if start_revision <= self._compacted:
                 raise CompactedError(self._compacted)
-            w = _Watcher(self, prefix, callback)
-            if start_revision <= self._rev:
+            w = _Watcher(self, prefix, callback, start_revision)
+            if start_revision <= self._durable_rev:
                 rows = self._db.execute(
                     "SELECT rev, type, key, value, create_rev, version, lease FROM events "
                     "WHERE rev >= ? AND key >= ? AND key < ? ORDER BY rev, seq",
@@ -281,6 +337,8 @@ class SqliteStore:
 
     def _notify(self, events: list[Event]) -> None:
         for w in list(self._watchers):
+            if events[0].kv.mod_revision < w.start:
+                continue
             mine = [e for e in events if e.kv.key.startswith(w.prefix)]
             if mine and not w.cancelled:
                 _deliver(w.callback, mine)
@@ -288,7 +346,7 @@ class SqliteStore:
     # --- leases ------------------------------------------------------------------------------
 
     def grant_lease(self, ttl: int) -> int:
-        with self._lock:
+        with self._db_lock, self._lock:
             self._check_open()
             self._next_lease += 1
             lid = self._next_lease
@@ -306,22 +364,28 @@ class SqliteStore:
             return ttl
 
     def revoke_lease(self, lease_id: int) -> None:
+        self._revoke(lease_id, expired_only=False)
+
+    def _revoke(self, lease_id: int, expired_only: bool) -> None:
         with self._lock:
             self._check_open()
-            if lease_id not in self._leases:
-                return
+            entry = self._leases.get(lease_id)
+            if entry is None or (expired_only and entry[1] >= time.monotonic()):
+                return  # gone, or refreshed meanwhile
             keys = [k for k, kv in self._kv.items() if kv.lease == lease_id]
             # the lease row goes in the same SQLite transaction as its keys: a crash in between
             # would otherwise leave keys attached to a lease that no longer expires
             self._apply([Delete(k) for k in keys], revoked_lease=lease_id)
             del self._leases[lease_id]
+            rev = self._rev
+        with self._db_lock:
+            self._flush_locked()
+        if self._durable_rev < rev:
+            raise StoreError(f"store failed: {self._failed}")
 
     def _expire(self, lease_id: int) -> None:
         """Revoke `lease_id` if it is still past its deadline (a refresh may have won the race)."""
-        with self._lock:
-            entry = self._leases.get(lease_id)
-            if entry is not None and entry[1] < time.monotonic():
-                self.revoke_lease(lease_id)
+        self._revoke(lease_id, expired_only=True)
 
     def _reap_loop(self, interval: float) -> None:
         while not self._closed.wait(interval):
@@ -338,7 +402,7 @@ class SqliteStore:
     # --- maintenance -------------------------------------------------------------------------
 
     def compact(self, revision: int) -> None:
-        with self._lock:
+        with self._db_lock, self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._compact_locked(min(revision, self._rev))
             self._db.execute("COMMIT")
@@ -351,15 +415,22 @@ class SqliteStore:
         self._compacted = revision - 1
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed.is_set():
+        with self._db_lock:
+            if self._shut:
                 return
-            self._closed.set()
-            self._watchers.clear()
-            self._db.close()
-            if self._lockfile is not None:
-                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
-                self._lockfile.close()
+            if not self._closed.is_set():
+                try:
+                    self._flush_locked()  # queued txns whose writers are waiting for it
+                except StoreError:
+                    pass
+            with self._lock:
+                self._shut = True
+                self._closed.set()
+                self._watchers.clear()
+                self._db.close()
+                if self._lockfile is not None:
+                    fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+                    self._lockfile.close()
 
     def _check_open(self) -> None:
         if self._closed.is_set():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -49,7 +48,7 @@ from vxnet.api.validation import (
     resolve_project,
 )
 from vxnet.services.ports import delete_port_record, network_subnets, new_port_record
-from vxnet.services.repo import ROOT, Repo, UnitOfWork, now_iso
+from vxnet.services.repo import ROOT, Repo, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["floatingips"])
 
@@ -236,7 +235,7 @@ def build_fip(uow: UnitOfWork, ctx: Context, item: FloatingIPCreate, staged: dic
         raise bad_fip(f"Network {net_id} does not contain any IPv4 subnet")
     if item.fixed_ip_address is not None and item.port_id is None:
         raise bad_fip("fixed_ip_address cannot be specified without a port_id")
-    fip_id = str(uuid.uuid4())
+    fip_id = new_id("floatingips")
     wanted: dict[str, str] = {}
     if item.subnet_id is not None:
         wanted["subnet_id"] = item.subnet_id

@@ -12,7 +12,6 @@ Invariants:
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -37,7 +36,7 @@ from vxnet.api.validation import (
 )
 from vxnet.services.ipam import subnet_alloc_key
 from vxnet.services.ports import delete_port_record
-from vxnet.services.repo import ROOT, UnitOfWork, now_iso
+from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["networks"])
 
@@ -144,7 +143,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
     net_type = item.provider_network_type or "vxlan"
     if net_type not in ("vxlan", "flat"):
         raise bad_request(f"Invalid input for operation: network_type value '{net_type}' not supported.")
-    nid = str(uuid.uuid4())
+    nid = new_id("networks")
     now = now_iso()
     vni = None
     physnet = None

@@ -62,7 +62,7 @@ from vxnet.api.validation import (
 )
 from vxnet.services import ipam, scheduler
 from vxnet.services.ports import delete_port_record, network_subnets, new_port_record
-from vxnet.services.repo import ROOT, UnitOfWork, now_iso
+from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["routers"])
 
@@ -227,7 +227,7 @@ def fence_key(router_id: str) -> str:
 def touch_fence(uow: UnitOfWork, router_id: str) -> None:
     """Read and rewrite the router's fence key (see the module docstring)."""
     uow.get_raw(fence_key(router_id))
-    uow.put_raw(fence_key(router_id), str(uuid.uuid4()))
+    uow.touch(fence_key(router_id))
 
 
 def get_router_for_update(uow: UnitOfWork, ctx: Context, router_id: str, action: str, pol: policy.Policy,
@@ -436,7 +436,7 @@ def build_router(uow: UnitOfWork, ctx: Context, item: RouterCreate, pol: policy.
         raise ApiError(404, "FlavorNotFound", f"Flavor {item.flavor_id} could not be found.")
     now = now_iso()
     rtr: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
+        "id": new_id("routers"),
         "name": item.name,
         "description": item.description,
         "admin_state_up": item.admin_state_up,

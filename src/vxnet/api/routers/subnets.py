@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -48,7 +47,7 @@ from vxnet.api.validation import (
     subnet_cidr_problem,
 )
 from vxnet.services import ipam
-from vxnet.services.repo import ROOT, UnitOfWork, now_iso
+from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["subnets"])
 
@@ -284,7 +283,7 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
         pools = default_pools(cidr, gateway)
     check_gateway(cidr, gateway, pools)
     now = now_iso()
-    sid = str(uuid.uuid4())
+    sid = new_id("subnets")
     subnet = {
         "id": sid,
         "name": item.name,

@@ -1,0 +1,506 @@
+"""Jepsen-style check of vxnet on etcd: real etcd members, real `vxnet server`s, faults, a history.
+
+- Cluster: 3 etcd members, each in its own network namespace (`vxj<pid>-<i>`) with a veth to a
+  bridge in the caller's namespace (100.126.<n>.0/24); 2 `vxnet server` processes on it.
+- Workload: client threads through both servers doing port creates (each with a unique name),
+  port updates (description) and deletes, floating-IP creates (unique description), updates
+  and deletes. Every operation is recorded as invoke -> ok / fail / unknown. Unknown: the answer
+  was a 5xx or the connection broke after sending; a request that never connected is a fail.
+  Nothing is retried: a retry of an unknown create would be a second logical create.
+- Nemesis (one iteration runs each fault once, in a rotating order): kill -9 the etcd leader
+  and restart it; SIGSTOP a member for 5 s; partition a member (its veth cut) for a few
+  seconds; kill -9 an API server mid-write and restart it.
+- Checker, after healing: every server lists the same ports and floating IPs (within 20 s);
+  every acknowledged create is present with its acknowledged id unless a delete of it was
+  acknowledged or unknown; no name twice; nothing present whose create failed; an unknown
+  create present at most once; an acknowledged delete is absent; no IP and no MAC twice; no 5xx
+  but 503 (the API's "outcome unknown").
+
+`python -m bench.jepsen_bench --iterations 20` (as root) prints the anomaly counts per
+iteration and in total. `tests/distributed/test_jepsen.py` runs 3 iterations and requires zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import itertools
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import httpx
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from tests.distributed.conftest import ServerProc, token, vxnet_server, write_config
+from tests.support.etcd import ETCD
+
+NAME = "Jepsen-style faults on etcd (kills, pauses, partitions, server kills)"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+class NetnsEtcd:
+    """`size` etcd members, member i in netns `<tag>-<i>` at 100.126.<net>.<10+i>, linked to
+    bridge `<tag>b` (100.126.<net>.1) by veth `<tag>h<i>`. Stopped by PID; namespaces removed."""
+
+    def __init__(self, size: int = 3) -> None:
+        pid = os.getpid() % 100000
+        self.tag = f"vxj{pid}"
+        self.net = 1 + pid % 250
+        self.dir = tempfile.mkdtemp(prefix="vxjepsen-etcd-")
+        self.names = [f"m{i}" for i in range(size)]
+        self.ips = {n: f"100.126.{self.net}.{10 + i}" for i, n in enumerate(self.names)}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopped: set[str] = set()
+        self.bridge = f"{self.tag}b"
+        self._made: list[str] = []
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            self._made.append("bridge")
+            _ip("addr", "add", f"100.126.{self.net}.1/24", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+            for i, n in enumerate(self.names):
+                ns, veth = self.ns(n), self.veth(n)
+                _ip("netns", "add", ns)
+                self._made.append(ns)
+                _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                _ip("link", "set", veth, "master", self.bridge, "up")
+                _ip("-n", ns, "addr", "add", f"{self.ips[n]}/24", "dev", "eth0")
+                _ip("-n", ns, "link", "set", "eth0", "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+            for n in self.names:
+                self.start(n)
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def ns(self, name: str) -> str:
+        return f"{self.tag}-{self.names.index(name)}"
+
+    def veth(self, name: str) -> str:
+        return f"{self.tag}h{self.names.index(name)}"
+
+    def endpoint(self, name: str) -> str:
+        return f"http://{self.ips[name]}:2379"
+
+    def url(self) -> str:
+        return "etcd://" + ",".join(f"{self.ips[n]}:2379" for n in self.names)
+
+    def start(self, name: str) -> None:
+        ip = self.ips[name]
+        initial = ",".join(f"{n}=http://{self.ips[n]}:2380" for n in self.names)
+        log = open(os.path.join(self.dir, f"{name}.log"), "ab")  # noqa: SIM115 - owned by the process
+        self.procs[name] = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(name), ETCD, "--name", name,
+             "--data-dir", os.path.join(self.dir, name),
+             "--listen-client-urls", f"http://{ip}:2379", "--advertise-client-urls", f"http://{ip}:2379",
+             "--listen-peer-urls", f"http://{ip}:2380", "--initial-advertise-peer-urls", f"http://{ip}:2380",
+             "--initial-cluster", initial, "--initial-cluster-state", "new",
+             "--initial-cluster-token", self.tag],
+            stdout=log, stderr=log)
+
+    def kill(self, name: str) -> None:
+        p = self.procs.pop(name, None)
+        if p is not None and p.poll() is None:
+            if name in self.stopped:
+                p.send_signal(signal.SIGCONT)
+                self.stopped.discard(name)
+            p.send_signal(signal.SIGKILL)
+            p.wait(10)
+
+    def pause(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGSTOP)
+        self.stopped.add(name)
+
+    def resume(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
+        self.stopped.discard(name)
+
+    def cut(self, name: str, cut: bool) -> None:
+        _ip("link", "set", self.veth(name), "down" if cut else "up")
+
+    def status(self, name: str) -> dict[str, Any]:
+        return httpx.post(self.endpoint(name) + "/v3/maintenance/status", json={}, timeout=1).json()
+
+    def leader(self) -> str | None:
+        ids: dict[str, str] = {}
+        leader = None
+        for n in self.names:
+            if n not in self.procs or n in self.stopped:
+                continue
+            try:
+                st = self.status(n)
+            except (httpx.HTTPError, ValueError):
+                continue
+            ids[st["header"]["member_id"]] = n
+            leader = st.get("leader") or leader
+        return ids.get(leader) if leader else None
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        for n in self.names:
+            while True:
+                try:
+                    r = httpx.get(self.endpoint(n) + "/health", timeout=1)
+                    if r.status_code == 200 and r.json().get("health") in ("true", True):
+                        break
+                except (httpx.HTTPError, ValueError):
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"etcd {n} not healthy; logs in {self.dir}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for n in list(self.procs):
+            self.kill(n)
+        for ns in [m for m in self._made if m != "bridge"]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        if "bridge" in self._made:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, check=False)
+        self._made.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Op:
+    """One history entry."""
+
+    thread: int
+    kind: str          # create-port, update-port, delete-port, create-fip, update-fip, delete-fip
+    key: str           # the unique name (port) or description (floating IP)
+    id: str | None     # the resource id (known for updates/deletes, and for acknowledged creates)
+    t0: float
+    t1: float = 0.0
+    outcome: str = ""  # ok | fail | unknown
+    body: dict[str, Any] | None = None
+    status: int = 0
+
+
+class Env:
+    """A cluster, servers, and the networks one iteration works on."""
+
+    def __init__(self, directory: str, servers: int = 2) -> None:
+        self.dir = directory
+        self.etcd = NetnsEtcd(3)
+        try:
+            config = write_config(directory)
+            from tests.conftest import free_port
+
+            self.servers: list[ServerProc] = [
+                vxnet_server(config, f"127.0.0.1:{free_port()}", self.etcd.url(),
+                             os.path.join(directory, f"server{i}.log")) for i in range(servers)]
+            for s in self.servers:
+                s.start(60)
+            self.tok = token(self.servers[0].url)
+        except BaseException:
+            self.stop()
+            raise
+
+    def client(self, url: str, timeout: float = 10) -> httpx.Client:
+        return httpx.Client(base_url=url + "/v2.0", headers={"X-Auth-Token": self.tok}, timeout=timeout)
+
+    def networks(self, it: int) -> tuple[str, str]:
+        """(tenant network, external network) for iteration `it`, with their subnets."""
+        for attempt in range(60):
+            try:
+                with self.client(self.servers[0].url, 30) as c:
+                    net = c.post("/networks", json={"network": {"name": f"j{it}"}}).raise_for_status().json()
+                    nid = net["network"]["id"]
+                    c.post("/subnets", json={"subnet": {"network_id": nid, "cidr": f"100.{64 + it % 32}.0.0/16",
+                                                        "ip_version": 4}}).raise_for_status()
+                    ext = c.post("/networks", json={"network": {"name": f"jx{it}", "router:external": True}})
+                    eid = ext.raise_for_status().json()["network"]["id"]
+                    c.post("/subnets", json={"subnet": {"network_id": eid, "cidr": f"100.{96 + it % 16}.0.0/16",
+                                                        "ip_version": 4}}).raise_for_status()
+                    return nid, eid
+            except httpx.HTTPError:
+                if attempt == 59:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        for s in getattr(self, "servers", []):
+            s.kill()
+        self.etcd.stop()
+
+
+class Workload:
+    def __init__(self, env: Env, net: str, ext: str, threads: int = 4) -> None:
+        self.env, self.net, self.ext, self.threads = env, net, ext, threads
+        self.history: list[Op] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.seq = itertools.count()
+        self.live: dict[str, list[str]] = {"port": [], "fip": []}  # acknowledged ids (for updates/deletes)
+        self.keys: dict[str, str] = {}  # id -> unique name / description
+
+    def _call(self, c: httpx.Client, op: Op, method: str, path: str, body: Any = None) -> None:
+        try:
+            r = c.request(method, path, json=body)
+        except httpx.ConnectError:       # never reached the server
+            op.outcome = "fail"
+        except httpx.TransportError:     # sent; the answer is lost
+            op.outcome = "unknown"
+        else:
+            op.status = r.status_code
+            if r.status_code < 300:
+                op.outcome = "ok"
+                op.body = r.json() if r.content else None
+            elif r.status_code >= 500:
+                op.outcome = "unknown"
+            else:
+                op.outcome = "fail"
+        op.t1 = time.time()
+
+    def run_thread(self, t: int) -> None:
+        rnd = random.Random(t * 7919 + os.getpid())
+        url = self.env.servers[t % len(self.env.servers)].url
+        with self.env.client(url) as c:
+            while not self.stop.is_set():
+                x = rnd.random()
+                kind = ("create-port" if x < 0.45 else "update-port" if x < 0.6 else "delete-port" if x < 0.7
+                        else "create-fip" if x < 0.85 else "update-fip" if x < 0.93 else "delete-fip")
+                res = kind.split("-")[1]
+                target = None
+                if not kind.startswith("create"):
+                    with self.lock:
+                        if not self.live[res]:
+                            continue
+                        target = rnd.choice(self.live[res])
+                        if kind.startswith("delete"):
+                            self.live[res].remove(target)
+                op = Op(t, kind, f"{res}{next(self.seq)}" if target is None else "", target, time.time())
+                with self.lock:
+                    self.history.append(op)
+                if kind == "create-port":
+                    self._call(c, op, "POST", "/ports", {"port": {"network_id": self.net, "name": op.key}})
+                elif kind == "update-port":
+                    self._call(c, op, "PUT", f"/ports/{target}", {"port": {"description": f"d{op.t0}"}})
+                elif kind == "delete-port":
+                    self._call(c, op, "DELETE", f"/ports/{target}")
+                elif kind == "create-fip":
+                    self._call(c, op, "POST", "/floatingips",
+                               {"floatingip": {"floating_network_id": self.ext, "description": op.key}})
+                elif kind == "update-fip":
+                    self._call(c, op, "PUT", f"/floatingips/{target}",  # same value: a write all the same
+                               {"floatingip": {"description": self.keys[target or ""]}})
+                else:
+                    self._call(c, op, "DELETE", f"/floatingips/{target}")
+                if kind.startswith("create") and op.outcome == "ok" and op.body:
+                    op.id = op.body[res if res == "port" else "floatingip"]["id"]
+                    with self.lock:
+                        self.live[res].append(op.id)
+                        self.keys[op.id] = op.key
+                if op.outcome == "unknown" or (op.outcome == "fail" and not op.status):
+                    time.sleep(0.1)  # the server is down or busy failing over: do not spin
+
+
+class Nemesis:
+    FAULTS = ("kill-leader", "pause-member", "partition-member", "kill-server")
+
+    def __init__(self, env: Env, log: list[str]) -> None:
+        self.env, self.log = env, log
+
+    def _say(self, text: str) -> None:
+        self.log.append(f"{time.strftime('%H:%M:%S')} {text}")
+
+    def leader(self) -> str:
+        for _ in range(100):
+            n = self.env.etcd.leader()
+            if n:
+                return n
+            time.sleep(0.1)
+        raise RuntimeError("no etcd leader")
+
+    def run(self, fault: str, rnd: random.Random) -> None:
+        etcd = self.env.etcd
+        if fault == "kill-leader":
+            victim = self.leader()
+            self._say(f"kill -9 etcd leader {victim}")
+            etcd.kill(victim)
+            time.sleep(1.0)
+            etcd.start(victim)
+            self._say(f"restarted {victim}")
+        elif fault == "pause-member":
+            victim = self.leader() if rnd.random() < 0.5 else rnd.choice(etcd.names)
+            self._say(f"SIGSTOP {victim} for 5 s")
+            etcd.pause(victim)
+            time.sleep(5.0)
+            etcd.resume(victim)
+        elif fault == "partition-member":
+            victim = self.leader() if rnd.random() < 0.5 else rnd.choice(etcd.names)
+            self._say(f"partition {victim} for 3 s")
+            etcd.cut(victim, True)
+            time.sleep(3.0)
+            etcd.cut(victim, False)
+        elif fault == "kill-server":
+            s = rnd.choice(self.env.servers)
+            self._say(f"kill -9 API server {s.url}")
+            s.kill()
+            time.sleep(0.5)
+            s.start(60)
+            self._say(f"restarted API server {s.url}")
+        etcd.wait_healthy(60)
+
+
+def _listing(env: Env, url: str, net: str, ext: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    with env.client(url, 30) as c:
+        ports = c.get("/ports", params={"network_id": net}).raise_for_status().json()["ports"]
+        fips = c.get("/floatingips", params={"floating_network_id": ext}).raise_for_status().json()["floatingips"]
+    return ports, fips
+
+
+def check(env: Env, wl: Workload) -> tuple[collections.Counter[str], dict[str, Any]]:
+    """Anomaly counts (all must be 0) and statistics of one iteration's history."""
+    anomalies: collections.Counter[str] = collections.Counter()
+    deadline = time.time() + 20
+    while True:
+        try:
+            views = [_listing(env, s.url, wl.net, wl.ext) for s in env.servers]
+        except httpx.HTTPError:
+            views = []
+        def ids(v: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> tuple[set[str], set[str]]:
+            return {p["id"] for p in v[0]}, {f["id"] for f in v[1]}
+        if views and all(ids(v) == ids(views[0]) for v in views):
+            break
+        if time.time() > deadline:
+            anomalies["servers-diverged"] += 1
+            if not views:
+                return anomalies, {}
+            break
+        time.sleep(0.5)
+    ports, fips = views[0]
+    present = {"port": collections.Counter(p["name"] for p in ports),
+               "fip": collections.Counter(f["description"] for f in fips if f["description"].startswith("fip"))}
+    by_id = {"port": {p["id"]: p for p in ports}, "fip": {f["id"]: f for f in fips}}
+    deleted_ok: set[str] = set()
+    deleted_maybe: set[str] = set()
+    for op in wl.history:
+        if op.kind.startswith("delete") and op.id:
+            (deleted_ok if op.outcome == "ok" else deleted_maybe if op.outcome == "unknown" else set()).add(op.id)
+    stats: collections.Counter[str] = collections.Counter()
+    invoked: dict[str, set[str]] = {"port": set(), "fip": set()}
+    for op in wl.history:
+        stats[f"{op.kind} {op.outcome}" + (f" {op.status or 'conn'}" if op.outcome != "ok" else "")] += 1
+        if op.status >= 500 and op.status != 503:
+            anomalies[f"http-{op.status}"] += 1  # only 503 (outcome unknown) is a legal 5xx
+        if not op.kind.startswith("create"):
+            continue
+        res = op.kind.split("-")[1]
+        invoked[res].add(op.key)
+        n = present[res].get(op.key, 0)
+        if n > 1:
+            anomalies[f"{res}-twice"] += 1
+        if op.outcome == "ok":
+            if op.id in deleted_ok:
+                if op.id in by_id[res]:
+                    anomalies[f"{res}-deleted-but-present"] += 1
+            elif op.id not in by_id[res] and op.id not in deleted_maybe:
+                anomalies[f"{res}-acknowledged-create-lost"] += 1
+        elif op.outcome == "fail" and n:
+            anomalies[f"{res}-failed-create-present"] += 1
+        elif op.outcome == "unknown":
+            stats[f"unknown {res} create present" if n else f"unknown {res} create absent"] += 1
+    for res in ("port", "fip"):
+        for key in present[res]:
+            if key not in invoked[res]:
+                anomalies[f"{res}-never-invoked"] += 1
+    ips = [ip["ip_address"] for p in ports for ip in p["fixed_ips"]] + [f["floating_ip_address"] for f in fips]
+    macs = [p["mac_address"] for p in ports]
+    anomalies["ip-twice"] += len(ips) - len(set(ips))
+    anomalies["mac-twice"] += len(macs) - len(set(macs))
+    stats["ports present"] = len(ports)
+    stats["fips present"] = len(fips)
+    return +anomalies, dict(stats)
+
+
+def iteration(env: Env, it: int, rnd: random.Random, log: list[str]) -> tuple[collections.Counter[str], dict[str, Any]]:
+    net, ext = env.networks(it)
+    wl = Workload(env, net, ext)
+    threads = [threading.Thread(target=wl.run_thread, args=(t,), daemon=True) for t in range(wl.threads)]
+    for t in threads:
+        t.start()
+    faults = list(Nemesis.FAULTS)
+    k = it % len(faults)
+    nemesis = Nemesis(env, log)
+    try:
+        time.sleep(1.0)
+        for fault in faults[k:] + faults[:k]:
+            nemesis.run(fault, rnd)
+            time.sleep(0.5)
+    finally:
+        wl.stop.set()
+        for t in threads:
+            t.join(60)
+    for s in env.servers:  # a server killed and restarted by the nemesis must be up again
+        if s.pid is None:
+            s.start(60)
+    return check(env, wl)
+
+
+def resolved(env: Env) -> collections.Counter[str]:
+    """Lost store answers the servers resolved so far (their logs): applied / fenced."""
+    n: collections.Counter[str] = collections.Counter()
+    for s in env.servers:
+        try:
+            with open(s.log, errors="replace") as f:
+                for line in f:
+                    if "lost store answer resolved" in line:
+                        n["lost answer: " + line.rsplit(" ", 1)[-1].strip()] += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def run(iterations: int, directory: str | None = None, out: Any = sys.stdout) -> collections.Counter[str]:
+    d = directory or tempfile.mkdtemp(prefix="vxjepsen-")
+    env = Env(d)
+    total: collections.Counter[str] = collections.Counter()
+    rnd = random.Random(os.getpid())
+    try:
+        for it in range(iterations):
+            log: list[str] = []
+            t0 = time.time()
+            before = resolved(env)
+            anomalies, stats = iteration(env, it, rnd, log)
+            stats.update(resolved(env) - before)
+            total.update(anomalies)
+            print(f"iteration {it + 1}/{iterations} ({time.time() - t0:.0f} s): anomalies {dict(anomalies) or 0}; "
+                  f"{stats}; nemesis: {'; '.join(log)}", file=out, flush=True)
+        print(f"lost store answers resolved by the servers: {dict(resolved(env)) or 0}", file=out, flush=True)
+    finally:
+        env.stop()
+        if directory is None:
+            shutil.rmtree(d, ignore_errors=True)
+    print(f"total anomalies over {iterations} iterations: {dict(total) or 0}", file=out, flush=True)
+    return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--iterations", type=int, default=20)
+    opts = p.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces for the etcd members)")
+    total = run(opts.iterations)
+    sys.exit(1 if total else 0)
+
+
+if __name__ == "__main__":
+    main()
