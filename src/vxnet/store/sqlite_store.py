@@ -9,6 +9,8 @@ Design:
   lock file beside it, and a second server on the same file gets a clear error.
 - History for watches is the `events` table; old events are compacted automatically, keeping
   `history` revisions.
+- Every file of the store is 0600 and a new directory 0700 (`secure_files.py`): the store holds
+  the token signing keys. A store file others can read is refused at open.
 - Leases live in the `leases` table; a reaper thread deletes the keys of expired leases. After a
   restart every lease gets its full TTL again (as etcd does after a leader change).
 """
@@ -18,15 +20,15 @@ from __future__ import annotations
 import bisect
 import fcntl
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from vxnet.store import secure_files
 from vxnet.store.contract import (
-    Compare,
     CompactedError,
+    Compare,
     Delete,
     Event,
     EventType,
@@ -54,7 +56,7 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL)
 
 
 class _Watcher:
-    __slots__ = ("prefix", "callback", "cancelled", "store")
+    __slots__ = ("callback", "cancelled", "prefix", "store")
 
     def __init__(self, store: SqliteStore, prefix: str, callback: WatchCallback) -> None:
         self.store = store
@@ -73,7 +75,7 @@ class SqliteStore:
     def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25) -> None:
         self.path = path
         if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            secure_files.prepare_sqlite(path)  # 0700 dir if new, 0600 files, refuses readable ones
             self._lockfile = open(path + ".lock", "w")  # noqa: SIM115 - held for the store's life
             try:
                 fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -86,6 +88,8 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        if path != ":memory:":
+            secure_files.verify_sqlite(path)
         self._lock = threading.RLock()
         self._history = history
         self._kv: dict[str, KeyValue] = {}
@@ -330,7 +334,7 @@ class SqliteStore:
             for lid in expired:
                 try:
                     self._expire(lid)
-                except Exception:  # noqa: BLE001 - the reaper must survive a closing store
+                except Exception:
                     if self._closed.is_set():
                         return
                     log.exception("expiring lease %s failed; will retry", lid)
@@ -375,5 +379,5 @@ def _deliver(callback: WatchCallback, events: list[Event]) -> None:
     transaction is committed already) nor the other watchers."""
     try:
         callback(events)
-    except Exception:  # noqa: BLE001 - a watcher's bug must not fail someone else's write
+    except Exception:
         log.exception("watch callback %r failed at revision %s", callback, events[0].kv.mod_revision)
