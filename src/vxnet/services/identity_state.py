@@ -81,6 +81,7 @@ class IdentityState:
         self._old: dict[str, bytes] = {}
         self._stamp_key: bytes = b""
         self._revoked: dict[str, float] = {}
+        self._stamps: dict[str, tuple[bytes, str]] = {}
         self._watches: list[WatchHandle] = []
         self._stale = True
         self._next_resync = 0.0
@@ -188,7 +189,14 @@ class IdentityState:
         """A short keyed digest of a user's credential: changes when the password does, and tells
         nothing about the password to whoever holds a token."""
         self._fresh()
-        return hmac.new(self._stamp_key, credential.encode(), hashlib.sha256).hexdigest()[:24]
+        key = self._stamp_key
+        hit = self._stamps.get(credential)
+        if hit is None or hit[0] != key:  # computed once per user and stamp key
+            hit = (key, hmac.new(key, credential.encode(), hashlib.sha256).hexdigest()[:24])
+            if len(self._stamps) > 10_000:
+                self._stamps.clear()
+            self._stamps[credential] = hit
+        return hit[1]
 
     def revoke(self, audit_id: str, expires_at: float) -> None:
         """Record that the token `audit_id` (valid until `expires_at`) is revoked, for every server."""

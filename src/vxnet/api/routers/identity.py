@@ -140,7 +140,7 @@ def _token_body(ctx: Context, base: str, methods: list[str], catalog: bool) -> d
         "roles": [{"id": r, "name": r} for r in ctx.roles],
         "expires_at": _iso(ctx.expires_at),
         "issued_at": _iso(ctx.issued_at),
-        "audit_ids": [ctx.audit_id],
+        "audit_ids": [ctx.audit_id, *([ctx.chain_id] if ctx.chain_id else [])],  # Keystone: [own, chain's]
         "is_domain": False,
     }
     if catalog:
