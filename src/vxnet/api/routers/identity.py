@@ -268,21 +268,25 @@ async def create_token(request: Request) -> JSONResponse:
     )
 
 
-def _subject(st: AppState, request: Request) -> Context:
+def _subject(st: AppState, request: Request, action: str) -> Context:
     """The token named by X-Subject-Token: 404 (as Keystone) when it is not a valid one, revoked
-    included. The caller must hold a valid token itself."""
-    st.context(request)
+    included. The caller must hold a valid token itself and be an admin, a service, or the
+    token's own user (Keystone's default `identity:<action>` policy)."""
+    ctx = st.context(request)
     subject = request.headers.get("X-Subject-Token", "")
     try:
-        return st.check_token(subject)
+        sub = st.check_token(subject)
     except ApiError:
         raise ApiError(404, "Not Found", "Could not find token.") from None
+    if not (ctx.is_admin or "service" in ctx.roles or sub.user_id == ctx.user_id):
+        raise ApiError(403, "Forbidden", f"You are not authorized to perform the requested action: identity:{action}.")
+    return sub
 
 
 @router.get("/v3/auth/tokens")
 async def validate_token(request: Request) -> JSONResponse:
     st = AppState.of(request)
-    subject = _subject(st, request)
+    subject = _subject(st, request, "validate_token")
     return JSONResponse(
         _token_body(subject, st.public_url(request), ["password"], "nocatalog" not in request.query_params),
         headers={"X-Subject-Token": request.headers.get("X-Subject-Token", "")},
@@ -291,7 +295,7 @@ async def validate_token(request: Request) -> JSONResponse:
 
 @router.head("/v3/auth/tokens")
 async def check_token(request: Request) -> Response:
-    _subject(AppState.of(request), request)
+    _subject(AppState.of(request), request, "check_token")
     return Response(status_code=200)
 
 
@@ -301,10 +305,7 @@ async def revoke_token(request: Request) -> Response:
     from it by token auth go with it. 204; 404 for a token that is not valid (any more)."""
     st = AppState.of(request)
     ctx = st.context(request)
-    subject = _subject(st, request)
-    if not (ctx.is_admin or subject.user_id == ctx.user_id):
-        raise ApiError(403, "Forbidden", "You are not authorized to perform the requested action: "
-                                         "identity:revoke_token.")
+    subject = _subject(st, request, "revoke_token")
     await run_in_threadpool(st.identity.revoke, subject.audit_id, subject.expires_at)
     log.info("token %s of user %s revoked by %s", subject.audit_id, subject.user_name, ctx.user_name)
     return Response(status_code=204)
