@@ -6,8 +6,8 @@
   at the first step; the same attack on a readable copy gets the key, and its forged 10-year
   admin token is still refused.
 - Tokens are checked against the store and the config: revoked (across two servers on one
-  store, within a second, with token->token and GET/HEAD validation), user removed, disabled,
-  roles changed, password changed.
+  store, within a second, with token->token and GET/HEAD validation; one token or all of a
+  user's), user removed, disabled, roles changed, password changed.
 - Key rotation with and without --revoke, through the real `vxnet keys rotate`.
 - Password hashes (`vxnet passwd`), failed-login rate limits per user and per source.
 - Every identity input validated: fuzzed bodies, shapes, types and sizes never give a 5xx, and
@@ -280,6 +280,26 @@ def test_revocation_on_one_server_is_honoured_by_the_other_within_a_second(two_s
     assert networks(a.url, admin) == 200
 
 
+def test_all_tokens_of_a_user_can_be_revoked_on_every_server(two_servers) -> None:
+    a, b = two_servers
+    alice = [token_of(a.url, USER["alice"]), token_of(b.url, USER["alice"])]
+    alice.append(token_auth(a.url, alice[0]).headers["X-Subject-Token"])
+    bob = token_of(a.url, USER["bob"])
+    uid = USER["alice"].id
+    url = f"/identity/v3/OS-VXNET/users/{uid}/tokens"
+    keystone_error(httpx.delete(a.url + url, headers={"X-Auth-Token": bob}), 403)  # not bob's to do
+    keystone_error(httpx.delete(a.url + "/identity/v3/OS-VXNET/users/nobody/tokens",
+                                headers={"X-Auth-Token": token_of(a.url, USER["admin"])}), 404)
+    assert all(networks(b.url, t) == 200 for t in alice)
+    time.sleep(0.01)  # tokens issued in the same clock tick as the cut-off would be ambiguous
+    assert httpx.delete(a.url + url, headers={"X-Auth-Token": token_of(a.url, USER["admin"])}).status_code == 204
+    assert [networks(b.url, t) for t in alice] == [401, 401, 401]
+    assert networks(b.url, bob) == 200
+    assert networks(b.url, token_of(a.url, USER["alice"])) == 200  # logging in again works
+    kvs, _ = a.store.range("/vxnet/identity/not-before/")
+    assert [kv.key.rsplit("/", 1)[1] for kv in kvs] == [uid] and kvs[0].lease != 0
+
+
 def test_revocation_survives_a_restart(tmp_path) -> None:
     db = os.path.join(tmp_path, "vxnet.db")
     h = start_server(db)
@@ -531,7 +551,8 @@ def auth_body(draw: st.DrawFn) -> Any:
 IDENTITY_ROUTES = [("POST", TOKENS), ("GET", TOKENS), ("HEAD", TOKENS), ("DELETE", TOKENS),
                    ("POST", "/identity/v3/projects"), ("GET", "/identity/v3/projects/{x}"),
                    ("DELETE", "/identity/v3/projects/{x}"), ("GET", "/identity/v3/users/{x}"),
-                   ("POST", "/identity/v3/OS-VXNET/keys/rotate"), ("GET", "/identity/v3/projects")]
+                   ("POST", "/identity/v3/OS-VXNET/keys/rotate"), ("GET", "/identity/v3/projects"),
+                   ("DELETE", "/identity/v3/OS-VXNET/users/{x}/tokens")]
 
 
 @pytest.fixture(scope="module")

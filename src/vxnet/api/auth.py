@@ -9,7 +9,7 @@ auth), and a stamp of the user's credential.
 A signature alone is not enough (`authenticate`): every server also checks, from memory (see
 services/identity_state.py), that
 - the key that signed it is current, or retired by a rotation and still kept;
-- neither the token nor its chain was revoked;
+- neither the token nor its chain was revoked, nor all of its user's tokens issued before it;
 - its lifetime is no longer than this server issues (a forged 10-year token is refused);
 - the user still exists and is enabled, still has exactly these roles on this project, and its
   credential stamp is unchanged (a changed password or hash ends every older token).
@@ -146,6 +146,7 @@ def authenticate(
     user = users.get(ctx.user_id)
     if (
         identity.is_revoked(ctx.audit_id, ctx.chain_id)
+        or ctx.issued_at < identity.not_before(ctx.user_id)
         or ctx.expires_at - ctx.issued_at > max_ttl + 1
         or ctx.issued_at > now + CLOCK_SKEW
         or user is None

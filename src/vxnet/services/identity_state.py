@@ -9,6 +9,11 @@ memory, fed by its own watch:
   token it signed has expired), `user-stamp-key` (the key of the users' credential stamps).
 - `/vxnet/identity/revoked/<audit id>`: one record per revoked token, `{"expires_at": t}`, on
   a lease that ends shortly after the token would have expired anyway (garbage collection).
+- `/vxnet/identity/not-before/<user id>`: `{"not_before": t}`: every token of that user issued
+  before t is void ("log this user out everywhere"); on a lease of one token lifetime, after
+  which no such token can be alive anyway.
+The watch covers all of `/vxnet/identity/` (admin-created projects live there too; they are
+ignored here).
 
 Invariants:
 - A revocation is visible to the revoking server when `revoke()` returns, and to every other
@@ -50,7 +55,9 @@ SECRET_PREFIX = "/vxnet/secret/"
 TOKEN_KEY = SECRET_PREFIX + "token-key"
 OLD_KEYS_PREFIX = SECRET_PREFIX + "token-keys-old/"
 STAMP_KEY = SECRET_PREFIX + "user-stamp-key"
-REVOKED_PREFIX = "/vxnet/identity/revoked/"
+IDENTITY_PREFIX = "/vxnet/identity/"
+REVOKED_PREFIX = IDENTITY_PREFIX + "revoked/"
+NOT_BEFORE_PREFIX = IDENTITY_PREFIX + "not-before/"
 GRACE = 60  # seconds a revocation record outlives its token (clock skew between servers)
 
 
@@ -81,6 +88,7 @@ class IdentityState:
         self._old: dict[str, bytes] = {}
         self._stamp_key: bytes = b""
         self._revoked: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}
         self._stamps: dict[str, tuple[bytes, str]] = {}
         self._watches: list[WatchHandle] = []
         self._stale = True
@@ -100,21 +108,22 @@ class IdentityState:
         # Never call the store while holding self._lock: the embedded store delivers watch events
         # on the writer's thread under its own lock, and _on_events takes ours.
         secret_kvs, secret_rev = self.store.range(SECRET_PREFIX)
-        revoked_kvs, revoked_rev = self.store.range(REVOKED_PREFIX)
+        identity_kvs, identity_rev = self.store.range(IDENTITY_PREFIX)
         with self._lock:
             self._old = {}
             self._revoked = {}
+            self._not_before = {}
             for kv in secret_kvs:
                 self._put_secret(kv)
             now = self.clock()
-            for kv in revoked_kvs:
-                self._put_revoked(kv, now)
+            for kv in identity_kvs:
+                self._put_identity(kv, now)
             self._stale = False
             self._next_resync = time.monotonic() + self.resync_interval
             self.resyncs += 1
         self._watches = [
             self.store.watch(SECRET_PREFIX, secret_rev + 1, self._on_events, self._on_watch_end),
-            self.store.watch(REVOKED_PREFIX, revoked_rev + 1, self._on_events, self._on_watch_end),
+            self.store.watch(IDENTITY_PREFIX, identity_rev + 1, self._on_events, self._on_watch_end),
         ]
 
     def _fresh(self) -> None:
@@ -135,12 +144,14 @@ class IdentityState:
             for ev in events:
                 key = ev.kv.key
                 if ev.type is EventType.PUT:
-                    if key.startswith(REVOKED_PREFIX):
-                        self._put_revoked(ev.kv, now)
+                    if key.startswith(IDENTITY_PREFIX):
+                        self._put_identity(ev.kv, now)
                     else:
                         self._put_secret(ev.kv)
                 elif key.startswith(REVOKED_PREFIX):
                     self._revoked.pop(key[len(REVOKED_PREFIX):], None)
+                elif key.startswith(NOT_BEFORE_PREFIX):
+                    self._not_before.pop(key[len(NOT_BEFORE_PREFIX):], None)
                 elif key.startswith(OLD_KEYS_PREFIX):
                     self._old.pop(key[len(OLD_KEYS_PREFIX):], None)
 
@@ -156,6 +167,16 @@ class IdentityState:
             self._stamp_key = value
         elif kv.key.startswith(OLD_KEYS_PREFIX):
             self._old[kv.key[len(OLD_KEYS_PREFIX):]] = value
+
+    def _put_identity(self, kv: KeyValue, now: float) -> None:
+        if kv.key.startswith(REVOKED_PREFIX):
+            self._put_revoked(kv, now)
+        elif kv.key.startswith(NOT_BEFORE_PREFIX):
+            try:
+                t = float(json.loads(kv.value)["not_before"])
+            except (ValueError, KeyError, TypeError):
+                t = float("inf")  # unreadable record: refuse the user's tokens rather than accept them
+            self._not_before[kv.key[len(NOT_BEFORE_PREFIX):]] = t
 
     def _put_revoked(self, kv: KeyValue, now: float) -> None:
         try:
@@ -184,6 +205,20 @@ class IdentityState:
         self._fresh()
         revoked = self._revoked
         return any(a in revoked for a in audit_ids if a)
+
+    def not_before(self, user_id: str) -> float:
+        """Tokens of `user_id` issued before this time are void (0: none)."""
+        self._fresh()
+        return self._not_before.get(user_id, 0.0)
+
+    def revoke_user(self, user_id: str, token_ttl: int) -> float:
+        """Void every token of `user_id` issued until now, on every server. Returns the cut-off."""
+        now = self.clock()
+        lease = self.store.grant_lease(max(1, token_ttl) + GRACE)
+        self.store.txn([], [Put(NOT_BEFORE_PREFIX + user_id, json.dumps({"not_before": now}), lease)])
+        with self._lock:
+            self._not_before[user_id] = max(now, self._not_before.get(user_id, 0.0))
+        return now
 
     def stamp(self, credential: str) -> str:
         """A short keyed digest of a user's credential: changes when the password does, and tells

@@ -422,6 +422,22 @@ async def list_roles(request: Request) -> dict[str, Any]:
     return {"roles": [{"id": r, "name": r, "domain_id": None, "links": {}} for r in names]}
 
 
+@router.delete("/v3/OS-VXNET/users/{uid}/tokens")
+async def revoke_user_tokens(uid: str, request: Request) -> Response:
+    """A vxnet extension: void every token of a user issued until now ("log out everywhere"), on
+    every server. An admin for anyone, a user for itself; 204."""
+    st = AppState.of(request)
+    ctx = st.context(request)
+    if not (ctx.is_admin or uid == ctx.user_id):
+        raise ApiError(403, "Forbidden", "You are not authorized to perform the requested action: "
+                                         "identity:revoke_user_tokens.")
+    if uid not in st.users:
+        raise ApiError(404, "Not Found", f"Could not find user: {uid[:64]}.")
+    await run_in_threadpool(st.identity.revoke_user, uid, st.config.token_ttl)
+    log.info("every token of user %s revoked by %s", uid, ctx.user_name)
+    return Response(status_code=204)
+
+
 @router.post("/v3/OS-VXNET/keys/rotate")
 async def rotate_signing_key(request: Request) -> dict[str, Any]:
     """Admin only, a vxnet extension (what `vxnet keys rotate` uses while a server holds the
