@@ -467,6 +467,24 @@ def test_failed_logins_are_limited_per_user_and_per_source(tmp_path) -> None:
         h.stop()
 
 
+def test_parallel_guesses_cannot_race_past_the_limit(tmp_path) -> None:
+    """With a hashed password the check runs in a thread; 30 guesses sent at once still get
+    at most the limit's worth of 401s, the rest 429."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    frank = User("frank", "", "p", ("member",), hash_password("frank-pw", ln=12))
+    config = Config(listen=f"127.0.0.1:{port}", users=(frank,), login_failures_per_user=3,
+                    login_failures_per_source=1000)
+    h = start_server(os.path.join(tmp_path, "vxnet.db"), config, port)
+    try:
+        with ThreadPoolExecutor(30) as ex:
+            codes = sorted(ex.map(lambda i: login(h.url, "frank", f"guess{i}", "p").status_code, range(30)))
+        assert codes.count(401) <= 3 and codes.count(429) >= 27 and set(codes) == {401, 429}, codes
+    finally:
+        h.stop()
+
+
 def test_login_limiter_window_and_bounds() -> None:
     now = [1000.0]
     lim = LoginLimiter(per_user=2, per_source=100, window=10, max_keys=5, clock=lambda: now[0])
@@ -474,7 +492,9 @@ def test_login_limiter_window_and_bounds() -> None:
     now[0] += 5
     lim.failed("u", "s2")
     assert lim.retry_after("u", "s3") == 5  # until the first failure leaves the window
-    lim.succeeded("u", "s1")  # forgets s1's failure only
+    lim.failed("u", "s1")  # an attempt, counted before its check...
+    lim.succeeded("u", "s1")  # ...that succeeded: forgets s1's failures only
+    assert len(lim._sources["s1"]) == 1
     assert lim.retry_after("u", "s3") is None
     lim.failed("u", "s1")
     assert lim.retry_after("u", "s3") is not None

@@ -5,9 +5,11 @@ Contract:
   limit of failures in the last `window` seconds, else the seconds until the oldest counted
   failure leaves the window (what `Retry-After` says). A limited login is refused with 429
   before its password is checked, so guessing stops even when a guess would have been right.
-- `failed(user, source)` counts one failure for both.
-- `succeeded(user, source)` forgets only the failures of this user *from this source*: a
-  legitimate login elsewhere does not reset an attacker's count.
+- `failed(user, source)` counts one failure for both. The API counts every attempt *before*
+  checking the password (an awaited check: parallel guesses could otherwise all pass the limit
+  check first) and takes it back on success.
+- `succeeded(user, source)` takes back that attempt and forgets the failures of this user *from
+  this source* only: a legitimate login elsewhere does not reset an attacker's count.
 
 The counters live in this server's memory (not in the store): with N servers behind a balancer a
 guesser gets at most N times the limit, and a restart forgets the counts. Memory is bounded:
@@ -83,7 +85,12 @@ class LoginLimiter:
                         table.popitem(last=False)
 
     def succeeded(self, user: str, source: str) -> None:
+        """Take back the attempt counted for this login, and forget this user's failures from this
+        source (only: other sources keep their counts)."""
         with self._lock:
+            sq = self._sources.get(source)
+            if sq:
+                sq.pop()
             uq = self._users.get(user)
             if uq is None:
                 return

@@ -215,6 +215,9 @@ async def _password_auth(st: AppState, request: Request, ident: dict[str, Any], 
     if wait is not None:
         log.info("login for %s from %s refused: too many failures, retry in %d s", who, source, wait)
         raise RateLimited(wait)
+    # counted before the (slow, awaited) check, so parallel guesses cannot all pass the limit
+    # check first; a success takes it back
+    st.login_limiter.failed(who, source)
     if user is not None and user.password_hash:
         ok = await run_in_threadpool(check_password, given, user.password, user.password_hash)
     elif user is not None:
@@ -224,12 +227,11 @@ async def _password_auth(st: AppState, request: Request, ident: dict[str, Any], 
             await run_in_threadpool(dummy_check, given)  # an unknown name costs what a known one does
         ok = False
     if not ok or user is None or not user.enabled:
-        st.login_limiter.failed(who, source)
         raise unauthorized()
+    st.login_limiter.succeeded(who, source)
     pid, _ = _scope_project(scope, user.project)
     if pid != user.project_id:
         raise unauthorized()
-    st.login_limiter.succeeded(who, source)
     return new_context(user.id, user.name, user.project_id, user.project, user.roles, st.config.token_ttl,
                        st.identity.stamp(credential(user)))
 
