@@ -16,4 +16,5 @@ printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" > "$
 openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
   -extfile "$name.ext" -out "$name.pem" 2>/dev/null
 rm -f "$name.csr" "$name.ext"
+chmod 600 ca.key "$name.key"  # private keys: the owner's alone
 echo "$out/$name.pem $out/$name.key (CA: $out/ca.pem)"

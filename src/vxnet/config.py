@@ -21,11 +21,18 @@ access_log = true                     # one line per request on `vxnet.access`, 
 metrics_listen = "127.0.0.1:9697"     # serve /metrics only there (not on the API port)
 metrics_public = false                # on the API port, /metrics needs an admin token unless true
 
+[identity]
+login_failures_per_user = 5           # failed logins per user name per window -> 429
+login_failures_per_source = 20        # failed logins per client address per window -> 429
+login_failure_window = 60             # seconds
+
 [[identity.users]]
 name = "admin"
-password = "s3cret"
+password_hash = "$scrypt$ln=15,r=8,p=1$..."   # from `vxnet passwd`; preferred over a plain
+# password = "s3cret"                         # `password` (one of the two is required)
 project = "admin"
 roles = ["admin"]
+enabled = true                        # false: no login, and the user's tokens stop working
 ```
 Project and user ids are derived from their names (stable across servers and restarts).
 """
@@ -56,6 +63,8 @@ class User:
     password: str
     project: str
     roles: tuple[str, ...]
+    password_hash: str = ""
+    enabled: bool = True
 
     @property
     def id(self) -> str:
@@ -86,6 +95,9 @@ class Config:
     metrics_public: bool = False
     users: tuple[User, ...] = ()
     extra_projects: tuple[str, ...] = ()
+    login_failures_per_user: int = 5
+    login_failures_per_source: int = 20
+    login_failure_window: int = 60
 
     @property
     def projects(self) -> dict[str, str]:
@@ -130,18 +142,56 @@ def load_config(path: str | None) -> Config:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     server = raw.get("server", {})
-    users = []
-    for u in raw.get("identity", {}).get("users", []):
-        try:
-            users.append(User(str(u["name"]), str(u["password"]), str(u["project"]), tuple(u.get("roles", ["member"]))))
-        except KeyError as e:
-            raise ConfigError(f"identity.users entry {u!r} lacks {e}") from e
-    allowed = {f.name for f in dataclasses.fields(Config)} - {"users", "extra_projects"}
+    identity = raw.get("identity", {})
+    users = tuple(_user(u) for u in identity.get("users", []))
+    allowed = {f.name for f in dataclasses.fields(Config)} - {"users", "extra_projects", *IDENTITY_KEYS}
     unknown = set(server) - allowed
     if unknown:
         raise ConfigError(f"unknown [server] keys: {', '.join(sorted(unknown))}")
+    limits = {k: identity[k] for k in IDENTITY_KEYS if k in identity}
+    unknown = set(identity) - {"users", "projects", *IDENTITY_KEYS}
+    if unknown:
+        raise ConfigError(f"unknown [identity] keys: {', '.join(sorted(unknown))}")
+    for k, v in limits.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"[identity] {k} must be a positive integer, not {v!r}")
     return Config(
-        users=tuple(users),
-        extra_projects=tuple(raw.get("identity", {}).get("projects", [])),
+        users=users,
+        extra_projects=tuple(identity.get("projects", [])),
+        **limits,
         **server,
     )
+
+
+IDENTITY_KEYS = ("login_failures_per_user", "login_failures_per_source", "login_failure_window")
+_USER_KEYS = {"name", "password", "password_hash", "project", "roles", "enabled"}
+
+
+def _user(u: object) -> User:
+    """One `[[identity.users]]` entry, checked."""
+    from vxnet.api.passwords import BadHash, parse_hash
+
+    if not isinstance(u, dict):
+        raise ConfigError(f"identity.users entry {u!r} is not a table")
+    unknown = set(u) - _USER_KEYS
+    if unknown:
+        raise ConfigError(f"identity.users entry {u.get('name')!r} has unknown keys: {', '.join(sorted(unknown))}")
+    try:
+        name, project = str(u["name"]), str(u["project"])
+    except KeyError as e:
+        raise ConfigError(f"identity.users entry {u!r} lacks {e}") from e
+    password, password_hash = str(u.get("password", "")), str(u.get("password_hash", ""))
+    if not password and not password_hash:
+        raise ConfigError(f"identity.users entry {name!r} needs password_hash (preferred) or password")
+    if password_hash:
+        try:
+            parse_hash(password_hash)
+        except BadHash as e:
+            raise ConfigError(f"identity.users entry {name!r}: {e}") from None
+    roles = u.get("roles", ["member"])
+    if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
+        raise ConfigError(f"identity.users entry {name!r}: roles must be a list of names")
+    enabled = u.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"identity.users entry {name!r}: enabled must be true or false")
+    return User(name, password, project, tuple(roles), password_hash, enabled)

@@ -171,7 +171,7 @@ def start_cloud(workdir: Path, port: int | None = None) -> Cloud:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir = workdir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the server refuses a readable state dir
     cfg = workdir / "vxnet.toml"
     cfg.write_text(config_toml(f"127.0.0.1:{port}", data_dir))
     clouds = workdir / "clouds.yaml"

@@ -1,9 +1,18 @@
 """Tokens and the request context.
 
-Tokens are stateless: `base64url(json payload) + "." + HMAC-SHA256`, signed with a key kept in
-the store (created once by a compare-and-swap), so any number of API servers issue and accept
-each other's tokens with no shared session state. The payload names the user, project, roles,
-issue and expiry times and an audit id.
+Tokens are signed, not stored: `base64url(json payload) + "." + HMAC-SHA256`, signed with a key
+kept in the store (created once by a compare-and-swap), so any number of API servers issue and
+accept each other's tokens with no session table. The payload names the user, project, roles,
+issue and expiry times, an audit id, the audit id of the chain it was derived from (token->token
+auth), and a stamp of the user's credential.
+
+A signature alone is not enough (`authenticate`): every server also checks, from memory (see
+services/identity_state.py), that
+- the key that signed it is current, or retired by a rotation and still kept;
+- neither the token nor its chain was revoked, nor all of its user's tokens issued before it;
+- its lifetime is no longer than this server issues (a forged 10-year token is refused);
+- the user still exists and is enabled, still has exactly these roles on this project, and its
+  credential stamp is unchanged (a changed password or hash ends every older token).
 
 `Context` is what handlers get: who asks, for which project, and what the policy lets them do.
 Neutron's policy, reduced to what the API needs:
@@ -20,14 +29,20 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import secrets
 import time
 import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from vxnet.api.errors import unauthorized
-from vxnet.store.contract import Put, Store, key_missing
+from vxnet.services.identity_state import TOKEN_KEY, ensure_secret
+from vxnet.store.contract import Store
 
-TOKEN_KEY = "/vxnet/secret/token-key"
+if TYPE_CHECKING:
+    from vxnet.config import User
+    from vxnet.services.identity_state import IdentityState
+
+CLOCK_SKEW = 60  # seconds a token's issue time may lie in the future (servers' clocks differ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +57,8 @@ class Context:
     expires_at: float = 0.0
     issued_at: float = 0.0
     audit_id: str = ""
+    stamp: str = ""  # keyed digest of the user's credential when the token was issued
+    chain_id: str = ""  # audit id of the first token of a token->token chain ("" = this one)
 
     @property
     def is_admin(self) -> bool:
@@ -57,13 +74,8 @@ class Context:
 
 
 def token_key(store: Store) -> bytes:
-    """The signing key, created on first use by whichever server gets there first."""
-    kv = store.get(TOKEN_KEY)
-    if kv is None:
-        store.txn([key_missing(TOKEN_KEY)], [Put(TOKEN_KEY, secrets.token_hex(32))])
-        kv = store.get(TOKEN_KEY)
-        assert kv is not None
-    return bytes.fromhex(kv.value)
+    """The current signing key, created on first use by whichever server gets there first."""
+    return ensure_secret(store, TOKEN_KEY)
 
 
 def _b64(data: bytes) -> str:
@@ -85,33 +97,75 @@ def issue_token(key: bytes, ctx: Context) -> str:
         "e": ctx.expires_at,
         "i": ctx.issued_at,
         "a": ctx.audit_id,
+        "s": ctx.stamp,
+        "c": ctx.chain_id,
     }
     body = _b64(json.dumps(payload, separators=(",", ":")).encode())
     sig = _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
     return f"{body}.{sig}"
 
 
-def verify_token(key: bytes, token: str, now: float | None = None) -> Context:
-    """The context of a valid, unexpired token; raises a 401 ApiError otherwise."""
+MAX_TOKEN_LEN = 8192
+
+
+def verify_token(key: bytes | Sequence[bytes], token: str, now: float | None = None) -> Context:
+    """The context of a token signed with `key` (or one of `keys`) and not expired; raises a 401
+    ApiError otherwise. Signature and expiry only: `authenticate` checks the rest."""
+    keys = [key] if isinstance(key, bytes) else list(key)
     try:
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LEN:
+            raise ValueError("not a token")
         body, sig = token.split(".", 1)
-        want = _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(want, sig):
+        if not any(hmac.compare_digest(_b64(hmac.new(k, body.encode(), hashlib.sha256).digest()), sig)
+                   for k in keys if k):
             raise ValueError("bad signature")
         p = json.loads(_unb64(body))
-        ctx = Context(p["u"], p["un"], p["p"], p["pn"], tuple(p["r"]), p["e"], p["i"], p["a"])
-    except (ValueError, KeyError, TypeError):
+        ctx = Context(p["u"], p["un"], p["p"], p["pn"], tuple(p["r"]), float(p["e"]), float(p["i"]), p["a"],
+                      p.get("s", ""), p.get("c", ""))
+        if not all(isinstance(v, str) for v in (ctx.user_id, ctx.user_name, ctx.project_id, ctx.project_name,
+                                                 ctx.audit_id, ctx.stamp, ctx.chain_id, *ctx.roles)):
+            raise TypeError("bad payload")
+    except (ValueError, KeyError, TypeError, UnicodeError):
         raise unauthorized() from None
     if ctx.expires_at <= (time.time() if now is None else now):
         raise unauthorized()
     return ctx
 
 
+def credential(user: User) -> str:
+    """What a user's credential stamp is computed over: changes with the password or hash."""
+    return f"{user.name}\0{user.password_hash or 'plain:' + user.password}"
+
+
+def authenticate(
+    identity: IdentityState, users: Mapping[str, User], token: str, max_ttl: float, now: float | None = None
+) -> Context:
+    """The caller of a token, after every check of the module docstring; 401 otherwise."""
+    now = time.time() if now is None else now
+    ctx = verify_token(identity.verify_keys(), token, now)
+    user = users.get(ctx.user_id)
+    if (
+        identity.is_revoked(ctx.audit_id, ctx.chain_id)
+        or ctx.issued_at < identity.not_before(ctx.user_id)
+        or ctx.expires_at - ctx.issued_at > max_ttl + 1
+        or ctx.issued_at > now + CLOCK_SKEW
+        or user is None
+        or not user.enabled
+        or user.project_id != ctx.project_id
+        or sorted(user.roles) != sorted(ctx.roles)
+        or not hmac.compare_digest(identity.stamp(credential(user)), ctx.stamp)
+    ):
+        raise unauthorized()
+    return ctx
+
+
 def new_context(
-    user_id: str, user_name: str, project_id: str, project_name: str, roles: tuple[str, ...], ttl: int
+    user_id: str, user_name: str, project_id: str, project_name: str, roles: tuple[str, ...], ttl: int,
+    stamp: str = "", chain_id: str = "",
 ) -> Context:
     """A fresh context for a token issued now."""
     now = time.time()
     return Context(
-        user_id, user_name, project_id, project_name, roles, now + ttl, now, _b64(uuid.uuid4().bytes)
+        user_id, user_name, project_id, project_name, roles, now + ttl, now, _b64(uuid.uuid4().bytes),
+        stamp, chain_id,
     )

@@ -6,10 +6,12 @@ from typing import Any
 
 from fastapi import Request
 
-from vxnet.api.auth import Context, token_key, verify_token
+from vxnet.api.auth import Context, authenticate
 from vxnet.api.body import parse_json
 from vxnet.api.errors import unauthorized
+from vxnet.api.login_limits import LoginLimiter
 from vxnet.config import Config
+from vxnet.services.identity_state import IdentityState
 from vxnet.services.repo import Repo
 from vxnet.store.contract import Store
 
@@ -21,8 +23,20 @@ class AppState:
         self.config = config
         self.store = store
         self.repo = Repo(store)
-        self.token_key = token_key(store)
+        self.identity = IdentityState(store)  # signing keys and revocations, mirrored by a watch
+        self.users = {u.id: u for u in config.users}
+        self.login_limiter = LoginLimiter(config.login_failures_per_user, config.login_failures_per_source,
+                                          config.login_failure_window)
         self.hub: Any = None  # the agents' view hub, set by routers/agent_stream.setup()
+
+    @property
+    def token_key(self) -> bytes:
+        """The key new tokens are signed with (it changes when the keys are rotated)."""
+        return self.identity.signing_key
+
+    def check_token(self, token: str) -> Context:
+        """The caller of `token` after every check (auth.authenticate); 401 otherwise."""
+        return authenticate(self.identity, self.users, token, self.config.token_ttl)
 
     @staticmethod
     def of(request: Request) -> AppState:
@@ -36,7 +50,7 @@ class AppState:
         token = request.headers.get("X-Auth-Token")
         if not token:
             raise unauthorized()
-        ctx = verify_token(self.token_key, token)
+        ctx = self.check_token(token)
         request.state.ctx = ctx
         return ctx
 

@@ -24,6 +24,7 @@ import httpx
 from vxnet.config import load_config
 from vxnet.demo import matrix, scenario
 from vxnet.demo.matrix import Cell
+from vxnet.store.secure_files import private_dir, write_private
 
 DEMO_TOML = """# written by `vxnet demo`: the sample configuration's users, the store in the lab directory
 [server]
@@ -47,7 +48,7 @@ def write_config(sample: str, data: pathlib.Path, listen: str) -> pathlib.Path:
     users = "".join(USER_TOML.format(name=u.name, password=u.password, project=u.project,
                                      roles=", ".join(f'"{r}"' for r in u.roles)) for u in cfg.users)
     path = data / "vxnet.toml"
-    path.write_text(DEMO_TOML.format(listen=listen, users=users))
+    write_private(str(path), DEMO_TOML.format(listen=listen, users=users))  # holds passwords: 0600
     return path
 
 
@@ -132,7 +133,7 @@ def run(sample_config: str, data_dir: str, listen: str, check: bool, echo: Calla
     from vxnet.lab import topology
 
     data = pathlib.Path(data_dir).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    private_dir(str(data))
     os.environ["VXNET_LAB_DIR"] = str(data / "lab")
     config = write_config(sample_config, data, listen)
     services: list[subprocess.Popen[str]] = []
@@ -148,7 +149,7 @@ def run(sample_config: str, data_dir: str, listen: str, check: bool, echo: Calla
         echo("[1/5] lab: 3 compute hosts + 1 gateway host, real agents, external network and client ...")
         st = L.up(3, str(config), gateways=1, external=True)
         url = st["url"]
-        (data / "clouds.yaml").write_text(clouds_yaml(url, str(config)))
+        write_private(str(data / "clouds.yaml"), clouds_yaml(url, str(config)))
         admin = scenario.login(url, "admin", *_password(config, "admin"))
         echo(f"      server {url}, agents on {', '.join(sorted(st['agents']))}")
         echo("[2/5] admin: external network public 203.0.113.0/24 (flat, on the gateway host)")

@@ -23,6 +23,7 @@ import httpx
 from vxnet.compute import naming
 from vxnet.config import load_config
 from vxnet.lab import topology
+from vxnet.store.secure_files import write_private
 
 
 class LabError(Exception):
@@ -48,8 +49,7 @@ def load_state() -> dict[str, Any]:
 def save_state(st: dict[str, Any]) -> None:
     os.makedirs(state_dir(), exist_ok=True)
     tmp = _state_path() + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(st, f, indent=1)
+    write_private(tmp, json.dumps(st, indent=1))  # holds the admin's password: 0600
     os.replace(tmp, _state_path())
 
 

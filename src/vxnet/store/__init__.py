@@ -18,6 +18,11 @@ def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
     mirror (`store/cache.py`), EXPERIMENTAL: under load and an etcd leader kill it let a write
     be applied twice (docs/deployment.md, "Read cache")."""
     if not url:
+        # the default store lives in the state directory, which must be the owner's alone
+        from vxnet.store.secure_files import check_private, private_dir
+
+        private_dir(data_dir)
+        check_private(data_dir, "state directory")
         url = "sqlite:///" + os.path.join(data_dir, "vxnet.db")
     scheme, sep, rest = url.partition("://")
     if not sep:

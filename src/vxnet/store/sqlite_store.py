@@ -18,6 +18,8 @@ Design:
   lock file beside it, and a second server on the same file gets a clear error.
 - History for watches is the `events` table; old events are compacted automatically, keeping
   `history` revisions.
+- Every file of the store is 0600 and a new directory 0700 (`secure_files.py`): the store holds
+  the token signing keys. A store file others can read is refused at open.
 - Leases live in the `leases` table; a reaper thread deletes the keys of expired leases. After a
   restart every lease gets its full TTL again (as etcd does after a leader change).
 """
@@ -27,15 +29,15 @@ from __future__ import annotations
 import bisect
 import fcntl
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from vxnet.store import secure_files
 from vxnet.store.contract import (
-    Compare,
     CompactedError,
+    Compare,
     Delete,
     Event,
     EventType,
@@ -90,7 +92,7 @@ class SqliteStore:
             raise StoreError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = path
         if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            secure_files.prepare_sqlite(path)  # 0700 dir if new, 0600 files, refuses readable ones
             self._lockfile = open(path + ".lock", "w")  # noqa: SIM115 - held for the store's life
             try:
                 fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,6 +105,8 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
+        if path != ":memory:":
+            secure_files.verify_sqlite(path)
         self._lock = threading.RLock()    # memory; taken after _db_lock, never before it
         self._db_lock = threading.Lock()  # the SQLite connection (one group commit at a time)
         self._queue: list[tuple[int, dict[str, KeyValue | None], list[Event], int]] = []
@@ -394,7 +398,7 @@ class SqliteStore:
             for lid in expired:
                 try:
                     self._expire(lid)
-                except Exception:  # noqa: BLE001 - the reaper must survive a closing store
+                except Exception:
                     if self._closed.is_set():
                         return
                     log.exception("expiring lease %s failed; will retry", lid)
@@ -446,5 +450,5 @@ def _deliver(callback: WatchCallback, events: list[Event]) -> None:
     transaction is committed already) nor the other watchers."""
     try:
         callback(events)
-    except Exception:  # noqa: BLE001 - a watcher's bug must not fail someone else's write
+    except Exception:
         log.exception("watch callback %r failed at revision %s", callback, events[0].kv.mod_revision)

@@ -1,6 +1,13 @@
 """A Keystone v3 subset under /identity: version discovery, password and token auth with
-project scope, a catalog with `network` and `identity` endpoints, token validation, and
-projects/users/roles/domains as declared in the config file.
+project scope, a catalog with `network` and `identity` endpoints, token validation and
+revocation, and projects/users/roles/domains as declared in the config file.
+
+Errors here have Keystone's shape (`{"error": {"code", "title", "message"}}`), not Neutron's.
+Every input is checked for type and size before use (400, never 500). Failed password logins are
+rate-limited per user and per source address (429 with Retry-After, api/login_limits.py).
+Revocation (`DELETE /v3/auth/tokens`) is recorded in the store and honoured by every server
+(services/identity_state.py); validating a revoked or otherwise invalid token answers 404, as
+Keystone does.
 
 Projects: the config file's are fixed; an admin may also create (`POST /v3/projects`) and delete
 projects of its own, kept in the store under `/vxnet/identity/projects/<id>` with the name claimed
@@ -13,21 +20,69 @@ What the clients expect on the wire is in ../shared/NEUTRON-API-NOTES.md section
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import logging
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 
-from vxnet.api.auth import Context, issue_token, new_context, verify_token
+from vxnet.api.auth import MAX_TOKEN_LEN, Context, credential, issue_token, new_context
 from vxnet.api.errors import ApiError, unauthorized
+from vxnet.api.passwords import check_password, dummy_check
 from vxnet.api.state import AppState, read_json
 from vxnet.config import User, project_id_for
+from vxnet.services.identity_state import rotate_keys
 from vxnet.store.contract import Delete, Put, key_missing, key_unchanged
 
-router = APIRouter(prefix="/identity", tags=["identity"])
+log = logging.getLogger("vxnet.identity")
+
+MAX_NAME = 255  # Keystone's limit for user and project names
+MAX_PASSWORD = 4096
+
+
+class RateLimited(ApiError):
+    """429: too many failed logins for this user or from this address."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(429, "Too Many Requests",
+                         f"Too many failed authentication attempts; retry in {retry_after} seconds.")
+        self.retry_after = retry_after
+
+
+def keystone_error(exc: ApiError) -> JSONResponse:
+    """Keystone's error body: `{"error": {"code", "title", "message"}}`."""
+    title = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+             429: "Too Many Requests"}.get(exc.status, exc.type)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Keystone uri="/identity/v3"'
+    return JSONResponse({"error": {"code": exc.status, "title": title, "message": exc.message}},
+                        status_code=exc.status, headers=headers)
+
+
+class KeystoneRoute(APIRoute):
+    """Identity routes answer errors in Keystone's shape, not Neutron's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        inner = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await inner(request)
+            except ApiError as exc:
+                return keystone_error(exc)
+
+        return handler
+
+
+router = APIRouter(prefix="/identity", tags=["identity"], route_class=KeystoneRoute)
 
 DOMAIN = {"id": "default", "name": "Default"}
 PROJECTS_PREFIX = "/vxnet/identity/projects/"
@@ -85,7 +140,7 @@ def _token_body(ctx: Context, base: str, methods: list[str], catalog: bool) -> d
         "roles": [{"id": r, "name": r} for r in ctx.roles],
         "expires_at": _iso(ctx.expires_at),
         "issued_at": _iso(ctx.issued_at),
-        "audit_ids": [ctx.audit_id],
+        "audit_ids": [ctx.audit_id, *([ctx.chain_id] if ctx.chain_id else [])],  # Keystone: [own, chain's]
         "is_domain": False,
     }
     if catalog:
@@ -93,23 +148,104 @@ def _token_body(ctx: Context, base: str, methods: list[str], catalog: bool) -> d
     return {"token": tok}
 
 
+def _str(value: Any, what: str, max_len: int = MAX_NAME) -> str:
+    """A non-empty string of bounded length, else 400."""
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise ApiError(400, "ValidationError", f"Invalid input for field '{what}': expected a string of 1 to "
+                                               f"{max_len} characters.")
+    return value
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ApiError(400, "ValidationError", f"Invalid input for field '{what}': expected an object.")
+    return value
+
+
 def _find_user(st: AppState, ref: dict[str, Any]) -> User | None:
-    for u in st.config.users:
-        if ref.get("id") in (u.id, u.name) or (ref.get("name") == u.name and "id" not in ref):
-            return u
-    return None
+    """The configured user a password auth names (by id, or by name)."""
+    if "id" in ref:
+        uid = _str(ref["id"], "user.id")
+        return st.users.get(uid) or next((u for u in st.config.users if u.name == uid), None)
+    name = _str(ref.get("name"), "user.name")
+    return next((u for u in st.config.users if u.name == name), None)
 
 
 def _scope_project(scope: Any, default: str) -> tuple[str, str]:
     """(project id, name) the request scopes to; an unscoped request gets the user's project."""
-    if not isinstance(scope, dict) or "project" not in scope:
+    if scope is None or scope == "unscoped":
         return project_id_for(default), default
-    p = scope["project"]
-    if not isinstance(p, dict):
-        raise ApiError(400, "ValidationError", "Invalid scope")
+    scope = _obj(scope, "scope")
+    if "project" not in scope:
+        raise ApiError(401, "Unauthorized", "Only project-scoped tokens are issued.")
+    p = _obj(scope["project"], "scope.project")
     if "name" in p:
-        return project_id_for(str(p["name"])), str(p["name"])
-    return str(p.get("id")), ""
+        name = _str(p["name"], "scope.project.name")
+        return project_id_for(name), name
+    return _str(p.get("id"), "scope.project.id"), ""
+
+
+def _methods(ident: dict[str, Any]) -> list[str]:
+    methods = ident.get("methods")
+    if not isinstance(methods, list) or not methods or len(methods) > 4 or not all(
+            isinstance(m, str) for m in methods):
+        raise ApiError(400, "ValidationError", "Invalid input for field 'identity.methods': expected a list of "
+                                               "method names.")
+    unknown = sorted(set(methods) - {"password", "token"})
+    if unknown:
+        raise ApiError(401, "Unauthorized", f"Attempted to authenticate with an unsupported method: {unknown[0]}.")
+    return methods
+
+
+def _client(request: Request) -> str:
+    """The source address failed logins are counted against (the peer: a proxy's header is not trusted)."""
+    return request.client.host if request.client else "?"
+
+
+async def _password_auth(st: AppState, request: Request, ident: dict[str, Any], scope: Any) -> Context:
+    pw = _obj(ident.get("password"), "identity.password")
+    uref = _obj(pw.get("user"), "identity.password.user")
+    if "domain" in uref:
+        _obj(uref["domain"], "user.domain")
+    given = _str(uref.get("password"), "user.password", MAX_PASSWORD)
+    user = _find_user(st, uref)
+    who = user.id if user is not None else "?" + str(uref.get("name") or uref.get("id"))
+    source = _client(request)
+    wait = st.login_limiter.retry_after(who, source)
+    if wait is not None:
+        log.info("login for %s from %s refused: too many failures, retry in %d s", who, source, wait)
+        raise RateLimited(wait)
+    # counted before the (slow, awaited) check, so parallel guesses cannot all pass the limit
+    # check first; a success takes it back
+    st.login_limiter.failed(who, source)
+    if user is not None and user.password_hash:
+        ok = await run_in_threadpool(check_password, given, user.password, user.password_hash)
+    elif user is not None:
+        ok = check_password(given, user.password)
+    else:
+        if any(u.password_hash for u in st.config.users):
+            await run_in_threadpool(dummy_check, given)  # an unknown name costs what a known one does
+        ok = False
+    if not ok or user is None or not user.enabled:
+        raise unauthorized()
+    st.login_limiter.succeeded(who, source)
+    pid, _ = _scope_project(scope, user.project)
+    if pid != user.project_id:
+        raise unauthorized()
+    return new_context(user.id, user.name, user.project_id, user.project, user.roles, st.config.token_ttl,
+                       st.identity.stamp(credential(user)))
+
+
+def _token_auth(st: AppState, ident: dict[str, Any], scope: Any) -> Context:
+    tok = _obj(ident.get("token"), "identity.token")
+    old = st.check_token(_str(tok.get("id"), "token.id", MAX_TOKEN_LEN))
+    if scope is not None:
+        pid, _ = _scope_project(scope, old.project_name)
+        if pid != old.project_id:
+            raise unauthorized()
+    ctx = new_context(old.user_id, old.user_name, old.project_id, old.project_name, old.roles,
+                      st.config.token_ttl, old.stamp, old.chain_id or old.audit_id)
+    return dataclasses.replace(ctx, expires_at=min(ctx.expires_at, old.expires_at))
 
 
 @router.post("/v3/auth/tokens")
@@ -117,27 +253,14 @@ async def create_token(request: Request) -> JSONResponse:
     """Password or token auth with project scope. 201 with X-Subject-Token."""
     st = AppState.of(request)
     body = await read_json(request)
-    try:
-        ident = body["auth"]["identity"]
-        methods = list(ident["methods"])
-    except (KeyError, TypeError):
-        raise ApiError(400, "ValidationError", "Expecting to find identity in auth") from None
-    scope = body["auth"].get("scope")
+    auth = _obj(_obj(body, "body").get("auth"), "auth")
+    ident = _obj(auth.get("identity"), "auth.identity")
+    methods = _methods(ident)
+    scope = auth.get("scope")
     if "password" in methods:
-        uref = (ident.get("password") or {}).get("user") or {}
-        user = _find_user(st, uref)
-        if user is None or uref.get("password") != user.password:
-            raise ApiError(401, "Unauthorized", "The request you have made requires authentication.")
-        pid, pname = _scope_project(scope, user.project)
-        if pid != user.project_id:
-            raise unauthorized()
-        ctx = new_context(user.id, user.name, user.project_id, user.project, user.roles, st.config.token_ttl)
-    elif "token" in methods:
-        old = verify_token(st.token_key, str((ident.get("token") or {}).get("id", "")))
-        ctx = new_context(old.user_id, old.user_name, old.project_id, old.project_name, old.roles, st.config.token_ttl)
-        ctx = Context(**{**ctx.__dict__, "expires_at": min(ctx.expires_at, old.expires_at)})
+        ctx = await _password_auth(st, request, ident, scope)
     else:
-        raise ApiError(400, "ValidationError", f"Unsupported auth methods {methods}")
+        ctx = _token_auth(st, ident, scope)
     token = issue_token(st.token_key, ctx)
     nocatalog = "nocatalog" in request.query_params
     return JSONResponse(
@@ -147,30 +270,46 @@ async def create_token(request: Request) -> JSONResponse:
     )
 
 
+def _subject(st: AppState, request: Request, action: str) -> Context:
+    """The token named by X-Subject-Token: 404 (as Keystone) when it is not a valid one, revoked
+    included. The caller must hold a valid token itself and be an admin, a service, or the
+    token's own user (Keystone's default `identity:<action>` policy)."""
+    ctx = st.context(request)
+    subject = request.headers.get("X-Subject-Token", "")
+    try:
+        sub = st.check_token(subject)
+    except ApiError:
+        raise ApiError(404, "Not Found", "Could not find token.") from None
+    if not (ctx.is_admin or "service" in ctx.roles or sub.user_id == ctx.user_id):
+        raise ApiError(403, "Forbidden", f"You are not authorized to perform the requested action: identity:{action}.")
+    return sub
+
+
 @router.get("/v3/auth/tokens")
 async def validate_token(request: Request) -> JSONResponse:
     st = AppState.of(request)
-    st.context(request)  # the caller must hold a valid token itself
-    subject = verify_token(st.token_key, request.headers.get("X-Subject-Token", ""))
+    subject = _subject(st, request, "validate_token")
     return JSONResponse(
-        _token_body(subject, st.public_url(request), ["password"], True),
+        _token_body(subject, st.public_url(request), ["password"], "nocatalog" not in request.query_params),
         headers={"X-Subject-Token": request.headers.get("X-Subject-Token", "")},
     )
 
 
 @router.head("/v3/auth/tokens")
 async def check_token(request: Request) -> Response:
-    st = AppState.of(request)
-    st.context(request)
-    verify_token(st.token_key, request.headers.get("X-Subject-Token", ""))
+    _subject(AppState.of(request), request, "check_token")
     return Response(status_code=200)
 
 
 @router.delete("/v3/auth/tokens")
 async def revoke_token(request: Request) -> Response:
-    """Tokens are stateless; revocation is accepted and the token simply runs to expiry."""
+    """Revoke the X-Subject-Token (one's own, or any as admin), on every server; tokens derived
+    from it by token auth go with it. 204; 404 for a token that is not valid (any more)."""
     st = AppState.of(request)
-    st.context(request)
+    ctx = st.context(request)
+    subject = _subject(st, request, "revoke_token")
+    await run_in_threadpool(st.identity.revoke, subject.audit_id, subject.expires_at)
+    log.info("token %s of user %s revoked by %s", subject.audit_id, subject.user_name, ctx.user_name)
     return Response(status_code=204)
 
 
@@ -226,9 +365,12 @@ async def create_project(request: Request) -> JSONResponse:
     if not isinstance(p, dict) or not isinstance(p.get("name"), str) or not p["name"].strip():
         raise ApiError(400, "ValidationError", "Invalid input for field 'project': 'name' is a required property")
     name = p["name"]
+    if len(name) > 64 or not name.isprintable():
+        raise ApiError(400, "ValidationError", "Invalid input for field 'name': 1 to 64 printable characters.")
     description = p.get("description") or ""
-    if not isinstance(description, str):
-        raise ApiError(400, "ValidationError", "Invalid input for field 'description': not a string")
+    if not isinstance(description, str) or len(description) > 4096:
+        raise ApiError(400, "ValidationError", "Invalid input for field 'description': a string of at most 4096 "
+                                               "characters.")
     if project_id_for(name) in st.config.projects:
         raise ApiError(409, "Conflict", f"Conflict occurred attempting to store project - Duplicate entry {name}.")
     pid = uuid.uuid4().hex
@@ -269,7 +411,7 @@ async def show_user(uid: str, request: Request) -> dict[str, Any]:
     ctx = st.context(request)
     for u in st.config.users:
         if u.id == uid and (ctx.is_admin or u.id == ctx.user_id):
-            return {"user": {"id": u.id, "name": u.name, "domain_id": "default", "enabled": True,
+            return {"user": {"id": u.id, "name": u.name, "domain_id": "default", "enabled": u.enabled,
                              "default_project_id": u.project_id, "links": {}}}
     raise ApiError(404, "NotFound", f"Could not find user: {uid}.")
 
@@ -280,3 +422,36 @@ async def list_roles(request: Request) -> dict[str, Any]:
     st.context(request)
     names = sorted({r for u in st.config.users for r in u.roles} | {"admin", "member", "reader"})
     return {"roles": [{"id": r, "name": r, "domain_id": None, "links": {}} for r in names]}
+
+
+@router.delete("/v3/OS-VXNET/users/{uid}/tokens")
+async def revoke_user_tokens(uid: str, request: Request) -> Response:
+    """A vxnet extension: void every token of a user issued until now ("log out everywhere"), on
+    every server. An admin for anyone, a user for itself; 204."""
+    st = AppState.of(request)
+    ctx = st.context(request)
+    if not (ctx.is_admin or uid == ctx.user_id):
+        raise ApiError(403, "Forbidden", "You are not authorized to perform the requested action: "
+                                         "identity:revoke_user_tokens.")
+    if uid not in st.users:
+        raise ApiError(404, "Not Found", f"Could not find user: {uid[:64]}.")
+    await run_in_threadpool(st.identity.revoke_user, uid, st.config.token_ttl)
+    log.info("every token of user %s revoked by %s", uid, ctx.user_name)
+    return Response(status_code=204)
+
+
+@router.post("/v3/OS-VXNET/keys/rotate")
+async def rotate_signing_key(request: Request) -> dict[str, Any]:
+    """Admin only, a vxnet extension (what `vxnet keys rotate` uses while a server holds the
+    embedded store): a new signing key; `{"revoke": true}` also drops every older key at once."""
+    st = AppState.of(request)
+    ctx = st.context(request)
+    _require_admin(ctx)
+    body = await read_json(request)
+    revoke = _obj(body, "body").get("revoke", False)
+    if not isinstance(revoke, bool):
+        raise ApiError(400, "ValidationError", "Invalid input for field 'revoke': expected true or false.")
+    old, new = await run_in_threadpool(rotate_keys, st.store, st.config.token_ttl, revoke)
+    log.warning("signing key rotated by %s: %s -> %s%s", ctx.user_name, old, new,
+                " (older keys dropped: their tokens are void)" if revoke else "")
+    return {"rotation": {"old_key_id": old, "new_key_id": new, "revoked": revoke}}

@@ -45,7 +45,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
-from vxnet.api.auth import Context, verify_token
+from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, unauthorized
 from vxnet.api.state import AppState
 from vxnet.services.repo import ROOT
@@ -312,7 +312,7 @@ async def events(request: Request) -> StreamingResponse:
     token = request.headers.get("X-Auth-Token") or request.query_params.get("token")
     if not token:
         raise unauthorized()
-    ctx = verify_token(st.token_key, token)
+    ctx = st.check_token(token)
     hub = _hub(request)
     hub.ensure_started()
     sub = Subscriber(ctx)
