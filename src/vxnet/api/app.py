@@ -41,6 +41,8 @@ ROUTER_MODULES = [
     "security_groups",
     "agents",
     "tags",
+    "quotas",
+    "network_ip_availabilities",
     "agent_stream",
     "ui",
 ]

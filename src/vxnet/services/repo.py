@@ -13,6 +13,10 @@ claimed key was taken, the whole function runs again (bounded), so concurrent re
 number of servers never interleave half-way. A function that raises stages nothing: a failed
 request leaves nothing behind.
 
+`Repo.stage_hook` (None unless installed; services/quotas.py installs one) sees every staged
+`put`/`delete` of a resource, before it is staged, in the same unit of work: it may read and
+stage more keys (e.g. usage counters) or raise to refuse the whole transaction.
+
 Reads outside a transaction come from a parse cache keyed by mod revision. `Repo.list` returns
 the cached objects themselves: treat them as read-only. `Repo.get` returns a private copy.
 """
@@ -25,7 +29,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from vxnet.store.contract import (
     Compare,
@@ -65,6 +69,13 @@ class ClaimTaken(Exception):
         self.key = key
 
 
+class StageHook(Protocol):
+    """Called by `UnitOfWork.put`/`delete` before a resource write is staged (`obj` None for
+    a delete); may read/stage through `uow` or raise (see the module docstring)."""
+
+    def __call__(self, uow: UnitOfWork, collection: str, key: str, obj: dict[str, Any] | None) -> None: ...
+
+
 class UnitOfWork:
     """Reads with compares, staged writes; committed by `Repo.transact`."""
 
@@ -74,6 +85,7 @@ class UnitOfWork:
         self._ops: dict[str, Op] = {}
         self._claims: set[str] = set()
         self.after_commit: list[Callable[[], None]] = []
+        self.hook_state: dict[str, Any] = {}  # the stage hook's per-transaction notes
 
     # reads -------------------------------------------------------------------------------------
     def get(self, collection: str, id_: str) -> dict[str, Any] | None:
@@ -124,10 +136,16 @@ class UnitOfWork:
 
     # writes ------------------------------------------------------------------------------------
     def put(self, collection: str, obj: dict[str, Any]) -> None:
-        self._ops[res_key(collection, obj["id"])] = Put(res_key(collection, obj["id"]), json.dumps(obj))
+        key = res_key(collection, obj["id"])
+        if self.repo.stage_hook is not None:
+            self.repo.stage_hook(self, collection, key, obj)
+        self._ops[key] = Put(key, json.dumps(obj))
 
     def delete(self, collection: str, id_: str) -> None:
-        self._ops[res_key(collection, id_)] = Delete(res_key(collection, id_))
+        key = res_key(collection, id_)
+        if self.repo.stage_hook is not None:
+            self.repo.stage_hook(self, collection, key, None)
+        self._ops[key] = Delete(key)
 
     def put_raw(self, key: str, value: str) -> None:
         self._ops[key] = Put(key, value)
@@ -160,6 +178,7 @@ class Repo:
         self.ambiguity_settle = 2.0    # seconds a lost write may still take to appear
         self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self.stage_hook: StageHook | None = None
 
     def _scan(self, prefix: str) -> list[tuple[KeyValue, dict[str, Any]]]:
         kvs, _ = self.store.range(prefix)

@@ -25,6 +25,7 @@ import uuid
 from typing import Any
 
 from vxnet.api.errors import ApiError
+from vxnet.services import quotas
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso
 
 # neutron_lib.constants.IP_PROTOCOL_MAP
@@ -127,7 +128,8 @@ def ensure_default_group(uow: UnitOfWork, project_id: str) -> str:
         return existing
     group = new_group(project_id, "default", "Default security group")
     uow.claim(default_key(project_id), group["id"])
-    stage_group(uow, group)
+    with quotas.exempt(uow):  # implicit: counted, never refused (as in Neutron)
+        stage_group(uow, group)
     return group["id"]
 
 
