@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,6 +40,24 @@ A = project_id_for("tenant-a")
 B = project_id_for("tenant-b")
 DEFAULTS = {"network": 100, "subnet": 100, "port": 500, "router": 10, "floatingip": 50,
             "security_group": 10, "security_group_rule": 100}
+
+
+@pytest.fixture
+def server(tmp_path: Any) -> Iterator[Any]:
+    """A fresh server with the product's quota settings (Neutron's defaults)."""
+    p = free_port()
+    h = start_server(os.path.join(tmp_path, "vxnet.db"), Config(listen=f"127.0.0.1:{p}", users=USERS))
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: Any) -> Iterator[Any]:
+    p = free_port()
+    h = start_server(os.path.join(tmp_path_factory.mktemp("srv"), "vxnet.db"),
+                     Config(listen=f"127.0.0.1:{p}", users=USERS))
+    yield h
+    h.stop()
 
 
 def ok(r: httpx.Response, status: int = 200) -> Any:
