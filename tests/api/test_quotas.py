@@ -7,7 +7,7 @@ store transaction (services/quotas.py).
 - OverQuota (409, Neutron's body) for each counted resource, bulk creates counted as a whole,
   deletes and cascades freeing quota, nothing left behind by a refused create (no port, no IP or
   MAC claim), `check_limit`, counting on first use for a store without counters, the config's
-  defaults, `enabled = false`;
+  defaults, `enabled = false` and `vxnet quota reset-usage` after it;
 - max_fixed_ips_per_port / max_allowed_address_pair (400s);
 - 50 parallel port creates through two servers sharing one embedded store with a quota of 10:
   exactly 10 succeed;
@@ -17,6 +17,8 @@ store transaction (services/quotas.py).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -36,6 +38,7 @@ from vxnet.services.quotas import USAGE_PREFIX
 from vxnet.store.contract import Delete
 from vxnet.store.sqlite_store import SqliteStore
 
+VXNET = os.path.join(os.path.dirname(sys.executable), "vxnet")
 A = project_id_for("tenant-a")
 B = project_id_for("tenant-b")
 DEFAULTS = {"network": 100, "subnet": 100, "port": 500, "router": 10, "floatingip": 50,
@@ -513,3 +516,43 @@ def test_network_ip_availabilities(server: Any) -> None:
     assert ok(alice.get("/network-ip-availabilities")) == {"network_ip_availabilities": []}
     assert_error(alice.get(f"/network-ip-availabilities/{net['id']}"), 404)
     assert_error(admin.get("/network-ip-availabilities/00000000-0000-0000-0000-000000000000"), 404)
+
+
+def test_reset_usage_after_running_with_quotas_off(tmp_path: Any) -> None:
+    db = str(tmp_path / "vxnet.db")
+    settings = {on: QuotaSettings(enabled=on, defaults=tuple({**DEFAULTS, "port": 6}.items())) for on in (True, False)}
+
+    def run(on: bool, creates: int) -> dict[str, dict[str, int]]:
+        p = free_port()
+        h = start_server(db, Config(listen=f"127.0.0.1:{p}", users=USERS, quotas=settings[on]))
+        try:
+            alice = h.api("alice")
+            nets = ok(alice.get("/networks"))["networks"]
+            net = nets[0] if nets else network(alice)
+            for _ in range(creates):
+                ok(alice.post("/ports", json={"port": {"network_id": net["id"], "fixed_ips": []}}), 201)
+            return details(alice)
+        finally:
+            h.stop()
+
+    assert run(True, 2)["port"]["used"] == 2
+    run(False, 3)  # nothing counted: the counter says 2, the store holds 5
+    store = SqliteStore(db)
+    assert store.get(f"{USAGE_PREFIX}{A}/port").value == "2"  # type: ignore[union-attr]
+    store.close()
+    out = subprocess.run([str(VXNET), "quota", "reset-usage", "--store", f"sqlite://{db}"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "deleted" in out.stdout, out
+    store = SqliteStore(db)
+    assert store.range(USAGE_PREFIX)[0] == []
+    store.close()
+    after = run(True, 1)  # recounted: 5 + 1
+    assert after["port"] == {"limit": 6, "used": 6, "reserved": 0}
+    p = free_port()
+    h = start_server(db, Config(listen=f"127.0.0.1:{p}", users=USERS, quotas=settings[True]))
+    try:
+        alice = h.api("alice")
+        net = ok(alice.get("/networks"))["networks"][0]
+        over_quota(alice.post("/ports", json={"port": {"network_id": net["id"]}}), "port")
+    finally:
+        h.stop()
