@@ -44,8 +44,7 @@ from typing import Any
 from vxnet.api.errors import ApiError, invalid_input
 from vxnet.config import QuotaSettings
 from vxnet.services.repo import ROOT, Repo, UnitOfWork
-from vxnet.store.contract import Delete
-from vxnet.store.contract import Store
+from vxnet.store.contract import Delete, Store
 
 # collection -> Neutron's resource name, in Neutron's display order
 COUNTED: dict[str, str] = {

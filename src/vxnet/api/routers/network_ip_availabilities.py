@@ -83,7 +83,7 @@ async def list_availabilities(request: Request) -> dict[str, Any]:
         by_net[s["network_id"]].append(s)
     used = _used_by_subnet(st.repo)
     q = request.query_params
-    query = {k: q.getlist(k) for k in q.keys() if k != "fields"}
+    query = {k: q.getlist(k) for k in q if k != "fields"}
     fields = [f for v in q.getlist("fields") for f in v.split(",") if f]
     items = [availability(n, by_net.get(n["id"], []), used) for n in st.repo.list("networks")]
     return {"network_ip_availabilities": [select_fields(i, fields) for i in items if _matches(i, query)]}
