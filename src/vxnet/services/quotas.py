@@ -10,7 +10,8 @@ sees every `UnitOfWork.put`/`delete` of a resource, whichever API module stages 
 cascades (a network delete removing its subnets and ports, a group delete removing its rules).
 For a counted collection it compares the project owning the key before the write (the store's
 value, read with a guard, or what this transaction staged earlier) with the project after it,
-and moves the counters by the difference, in the same transaction. The counter is read with a
+and moves the counters by the difference, in the same transaction. (An update of an object the
+transaction read costs no extra read: no API changes an object's `project_id`.) The counter is read with a
 guard, so two concurrent creates of one project on any number of servers cannot both commit on
 the same count: the loser reruns (Repo.transact) and sees the new value. An increment past the
 project's limit (also read with a guard) raises 409 `OverQuota`, so the transaction stages
@@ -130,8 +131,13 @@ class QuotaEngine:
         notes = _notes(uow)
         if obj is not None and collection == "ports":
             self._check_port(uow, key, obj)
-        prev = notes.owner[key] if key in notes.owner else _owner(uow.get_raw(key))
         new = (obj.get("project_id") or None) if obj is not None else None
+        if key in notes.owner:
+            prev = notes.owner[key]
+        elif obj is not None and uow.read_revision(key):
+            prev = new  # an update of an object this transaction read: `project_id` never changes
+        else:
+            prev = _owner(uow.get_raw(key))
         notes.owner[key] = new
         if prev == new:
             return

@@ -129,6 +129,12 @@ class UnitOfWork:
         self._guard(key, kv)
         return kv.value if kv else None
 
+    def read_revision(self, key: str) -> int | None:
+        """The mod revision this unit of work read `key` at (0: read as missing), None if it
+        did not read it (or only staged it)."""
+        c = self._compares.get(key)
+        return c.value if c is not None and c.target == "mod" and c.op == "==" else None  # type: ignore[return-value]
+
     def _guard(self, key: str, kv: KeyValue | None) -> None:
         if key in self._compares or key in self._ops:
             return
