@@ -302,10 +302,14 @@ def test_cascades_and_router_interfaces(server: Any) -> None:
     ok(alice.put(f"/routers/{rtr['id']}/remove_router_interface", json={"subnet_id": sub["id"]}))
     assert details(alice)["port"]["used"] == 0
     ok(alice.delete(f"/routers/{rtr['id']}"), 204)
-    # a network delete removes its subnets (and its service ports) in one transaction
+    # a network delete removes its subnets and its service (dhcp) ports in one transaction
+    port(alice, net, device_owner="network:dhcp")
+    assert details(alice)["port"]["used"] == 1
     ok(alice.delete(f"/networks/{net['id']}"), 204)
     used = {r: v["used"] for r, v in details(alice).items()}
-    assert used["network"] == 0 and used["subnet"] == 0 and used["router"] == 0 and used["floatingip"] == 0
+    assert used == {"network": 0, "subnet": 0, "port": 0, "router": 0, "floatingip": 0,
+                    "security_group": 0, "security_group_rule": 0}  # network:* ports get no default group
+    assert server.store.get(f"{USAGE_PREFIX}{A}/port").value == "0"  # type: ignore[union-attr]
     # a group delete removes its rules
     g = ok(alice.post("/security-groups", json={"security_group": {"name": "g"}}), 201)["security_group"]
     assert details(alice)["security_group_rule"]["used"] == 4 + 2
