@@ -50,6 +50,7 @@ ADMIN = ("admin", "bench-admin-pw", "admin")
 MEMBER = ("bench", "bench-pw", "bench")
 CIDR = "100.64.0.0/16"
 LIST_PORTS = 10_000
+QUOTA_RESOURCES = ("network", "subnet", "port", "router", "floatingip", "security_group", "security_group_rule")
 BULK = 25  # ports per bulk create: 3 store ops each must stay under etcd's 128 ops per txn
 
 
@@ -63,13 +64,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(workdir: str, store_url: str | None = None) -> Iterator[tuple[int, int]]:
+def server_process(workdir: str, store_url: str | None = None, quotas: bool = True) -> Iterator[tuple[int, int]]:
     """Run `vxnet server` on a fresh store (embedded SQLite in `workdir` unless `store_url`);
-    yields (http port, pid). Killed (by pid) on exit."""
+    yields (http port, pid). Killed (by pid) on exit. Quotas are counted and checked against
+    unlimited limits (the bench holds 10,000 ports), or off entirely (`quotas=False`)."""
     port = free_port()
     cfg = os.path.join(workdir, "vxnet.toml")
     with open(cfg, "w") as f:
         f.write(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{workdir}"\n')
+        f.write("\n[quotas]\n" + ("".join(f"quota_{r} = -1\n" for r in QUOTA_RESOURCES) if quotas
+                                   else "enabled = false\n"))
         for name, pw, project, roles in (ADMIN + ('["admin"]',), MEMBER + ('["member", "reader"]',)):
             f.write(f'\n[[identity.users]]\nname = "{name}"\npassword = "{pw}"\nproject = "{project}"\n'
                     f"roles = {roles}\n")
@@ -329,8 +333,9 @@ def _short(frame: str) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--creates", type=int, default=2000, help="creates per concurrency level (default 2000)")
     p.add_argument("--stores", default="sqlite,etcd,etcd-nocache",
-                   help="store backends to measure: sqlite, sqlite-normal (synchronous=NORMAL), etcd, "
-                        "etcd-nocache (default: sqlite,etcd,etcd-nocache)")
+                   help="store backends to measure: sqlite, sqlite-normal (synchronous=NORMAL), etcd, etcd-nocache "
+                        "(default: sqlite,etcd,etcd-nocache); each may end in -noquota for a server with quotas "
+                        "off (e.g. sqlite,sqlite-noquota)")
     p.add_argument("--etcd-members", type=int, default=3, help="members of the etcd cluster (default 3)")
     p.add_argument("--api-rounds", type=int, default=4,
                    help="alternating rounds over the backends per measurement, pooled (default 4)")
@@ -387,8 +392,8 @@ def start_targets(opts: argparse.Namespace, stores: list[str], stack: contextlib
     for store in stores:
         workdir = tempfile.mkdtemp(prefix="vxnet-bench-")
         stack.callback(shutil.rmtree, workdir, True)
-        url, etcd_pids = stack.enter_context(backend(store, opts.etcd_members))
-        port, pid = stack.enter_context(server_process(workdir, url))
+        url, etcd_pids = stack.enter_context(backend(store.removesuffix("-noquota"), opts.etcd_members))
+        port, pid = stack.enter_context(server_process(workdir, url, quotas=not store.endswith("-noquota")))
         tok = token(port, MEMBER)
         work = Workload(port, tok)
         if work.resource != "ports":
@@ -519,7 +524,9 @@ def run(opts: argparse.Namespace) -> Report:
             extra = profiles(opts, targets)
     rows.sort(key=lambda r: stores.index(r[0]))  # group by backend, measurements in order
     for a, b, what in (("etcd", "sqlite", "etcd / embedded"), ("etcd-nocache", "sqlite", "etcd no cache / embedded"),
-                       ("etcd", "etcd-nocache", "etcd cache / no cache")):
+                       ("etcd", "etcd-nocache", "etcd cache / no cache"),
+                       ("sqlite", "sqlite-noquota", "quotas on / off (embedded)"),
+                       ("etcd", "etcd-noquota", "quotas on / off (etcd)")):
         rows += ratio_rows(figures.get(a, {}), figures.get(b, {}), what)
     cached, uncached = figures.get("etcd", {}), figures.get("etcd-nocache", {})
     gains = [f"{label}: {uncached[label][0]:.0f}/s -> {cached[label][0]:.0f}/s, p99 {uncached[label][2]:.0f} -> "

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from vxnet.api.app import create_app
-from vxnet.config import Config, User
+from vxnet.config import QUOTA_DEFAULTS, Config, QuotaSettings, User
 from vxnet.store.contract import Store
 from vxnet.store.sqlite_store import SqliteStore
 
@@ -30,6 +30,9 @@ USERS = (
     User("vxnet-agent", "vxnet-agent-pw", "service", ("service",)),
 )
 PASSWORDS = {u.name: u.password for u in USERS}
+# Module-scoped servers accumulate one project's objects over many tests: the fixtures' servers
+# count but do not limit (tests/api/test_quotas.py runs its servers with Neutron's defaults).
+UNLIMITED = QuotaSettings(defaults=tuple((r, -1) for r in QUOTA_DEFAULTS))
 
 
 def free_port() -> int:
@@ -77,7 +80,7 @@ def get_token(url: str, user: str, password: str, project: str) -> str:
 def start_server(db_path: str, config: Config | None = None, port: int | None = None, store: Store | None = None) -> ServerHandle:
     """A server on `db_path` (or on `store`, e.g. an EtcdStore) in a thread."""
     port = port or free_port()
-    config = config or Config(listen=f"127.0.0.1:{port}", users=USERS)
+    config = config or Config(listen=f"127.0.0.1:{port}", users=USERS, quotas=UNLIMITED)
     store = store if store is not None else SqliteStore(db_path)
     app = create_app(config, store)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,

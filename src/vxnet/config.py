@@ -26,6 +26,12 @@ login_failures_per_user = 5           # failed logins per user name per window -
 login_failures_per_source = 20        # failed logins per client address per window -> 429
 login_failure_window = 60             # seconds
 
+[quotas]                              # Neutron's defaults; -1 = unlimited (docs/quotas.md)
+quota_port = 500                      # also quota_network, quota_subnet, quota_router, ...
+max_fixed_ips_per_port = 5
+max_allowed_address_pair = 10
+enabled = true                        # false: no counting, no enforcement
+
 [[identity.users]]
 name = "admin"
 password_hash = "$scrypt$ln=15,r=8,p=1$..."   # from `vxnet passwd`; preferred over a plain
@@ -75,6 +81,44 @@ class User:
         return project_id_for(self.project)
 
 
+QUOTA_DEFAULTS: dict[str, int] = {  # Neutron's default quotas
+    "network": 100, "subnet": 100, "port": 500, "router": 10, "floatingip": 50,
+    "security_group": 10, "security_group_rule": 100,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuotaSettings:
+    """The `[quotas]` section: default limits (`quota_<resource>`, -1 = unlimited) and the
+    per-port limits Neutron keeps in its [DEFAULT] section."""
+
+    enabled: bool = True
+    defaults: tuple[tuple[str, int], ...] = tuple(QUOTA_DEFAULTS.items())
+    max_fixed_ips_per_port: int = 5
+    max_allowed_address_pair: int = 10
+
+
+def load_quotas(raw: dict[str, object]) -> QuotaSettings:
+    """Parse a `[quotas]` table; unknown keys or values that are not integers >= -1 are errors."""
+    defaults = dict(QUOTA_DEFAULTS)
+    out: dict[str, object] = {}
+    for key, value in raw.items():
+        if key == "enabled":
+            if not isinstance(value, bool):
+                raise ConfigError("[quotas] enabled must be true or false")
+            out["enabled"] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise ConfigError(f"[quotas] {key} must be an integer >= -1, not {value!r}")
+        if key in ("max_fixed_ips_per_port", "max_allowed_address_pair"):
+            out[key] = value
+        elif key.startswith("quota_") and key[6:] in defaults:
+            defaults[key[6:]] = value
+        else:
+            raise ConfigError(f"unknown [quotas] key: {key}")
+    return QuotaSettings(defaults=tuple(defaults.items()), **out)  # type: ignore[arg-type]
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:9696"
@@ -98,6 +142,7 @@ class Config:
     login_failures_per_user: int = 5
     login_failures_per_source: int = 20
     login_failure_window: int = 60
+    quotas: QuotaSettings = QuotaSettings()
 
     @property
     def projects(self) -> dict[str, str]:
@@ -144,7 +189,7 @@ def load_config(path: str | None) -> Config:
     server = raw.get("server", {})
     identity = raw.get("identity", {})
     users = tuple(_user(u) for u in identity.get("users", []))
-    allowed = {f.name for f in dataclasses.fields(Config)} - {"users", "extra_projects", *IDENTITY_KEYS}
+    allowed = {f.name for f in dataclasses.fields(Config)} - {"users", "extra_projects", "quotas", *IDENTITY_KEYS}
     unknown = set(server) - allowed
     if unknown:
         raise ConfigError(f"unknown [server] keys: {', '.join(sorted(unknown))}")
@@ -159,6 +204,7 @@ def load_config(path: str | None) -> Config:
         users=users,
         extra_projects=tuple(identity.get("projects", [])),
         **limits,
+        quotas=load_quotas(raw.get("quotas", {})),
         **server,
     )
 

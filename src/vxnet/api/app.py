@@ -63,6 +63,8 @@ ROUTER_MODULES = [
     "security_groups",
     "agents",
     "tags",
+    "quotas",
+    "network_ip_availabilities",
     "agent_stream",
     "ui",
 ]

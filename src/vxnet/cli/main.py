@@ -25,7 +25,7 @@ def _root() -> None:
 
 # Sub-command groups living in their own modules (vxnet/cli/<name>.py exposing `app`),
 # added when present.
-for _name in ("agent", "lab", "demo", "trace", "bench", "migrate", "keys"):
+for _name in ("agent", "lab", "demo", "trace", "bench", "migrate", "keys", "quota"):
     try:
         _mod = importlib.import_module(f"vxnet.cli.{_name}")
     except ModuleNotFoundError as _e:

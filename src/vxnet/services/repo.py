@@ -29,6 +29,10 @@ re-applied create can never store a second copy and is recognised as this reques
 `touch(key)` bumps a key's revision for others to guard on (e.g. "an allocation on this subnet
 happened"); its value means nothing and nothing reads it back.
 
+`Repo.stage_hook` (None unless installed; services/quotas.py installs one) sees every staged
+`put`/`delete` of a resource, before it is staged, in the same unit of work: it may read and
+stage more keys (e.g. usage counters) or raise to refuse the whole transaction.
+
 Reads outside a transaction come from a parse cache keyed by mod revision. `Repo.list` returns
 the cached objects themselves: treat them as read-only. `Repo.get` returns a private copy.
 """
@@ -44,7 +48,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from vxnet.store.contract import (
     Compare,
@@ -120,6 +124,13 @@ class ClaimTaken(Exception):
         self.key = key
 
 
+class StageHook(Protocol):
+    """Called by `UnitOfWork.put`/`delete` before a resource write is staged (`obj` None for
+    a delete); may read/stage through `uow` or raise (see the module docstring)."""
+
+    def __call__(self, uow: UnitOfWork, collection: str, key: str, obj: dict[str, Any] | None) -> None: ...
+
+
 class UnitOfWork:
     """Reads with compares, staged writes; committed by `Repo.transact`."""
 
@@ -132,6 +143,7 @@ class UnitOfWork:
         self._cursor = self._ids.cursor()
         self._created: set[str] = set()  # resource keys under ids of this request
         self.after_commit: list[Callable[[], None]] = []
+        self.hook_state: dict[str, Any] = {}  # the stage hook's per-transaction notes
 
     def new_id(self, collection: str) -> str:
         """An id for a new resource of `collection`, the same on every rerun of the function;
@@ -182,6 +194,12 @@ class UnitOfWork:
         self._guard(key, kv)
         return kv.value if kv else None
 
+    def read_revision(self, key: str) -> int | None:
+        """The mod revision this unit of work read `key` at (0: read as missing), None if it
+        did not read it (or only staged it)."""
+        c = self._compares.get(key)
+        return c.value if c is not None and c.target == "mod" and c.op == "==" else None  # type: ignore[return-value]
+
     def _guard(self, key: str, kv: KeyValue | None) -> None:
         if key in self._compares or key in self._ops:
             return
@@ -192,10 +210,15 @@ class UnitOfWork:
         key = res_key(collection, obj["id"])
         if key in self._created:  # a create: the key must not exist (a re-apply fails here)
             self._compares[key] = key_missing(key)
+        if self.repo.stage_hook is not None:
+            self.repo.stage_hook(self, collection, key, obj)
         self._ops[key] = Put(key, json.dumps(obj))
 
     def delete(self, collection: str, id_: str) -> None:
-        self._ops[res_key(collection, id_)] = Delete(res_key(collection, id_))
+        key = res_key(collection, id_)
+        if self.repo.stage_hook is not None:
+            self.repo.stage_hook(self, collection, key, None)
+        self._ops[key] = Delete(key)
 
     def put_raw(self, key: str, value: str) -> None:
         self._ops[key] = Put(key, value)
@@ -237,6 +260,7 @@ class Repo:
         self._markers = _MarkerLeases(self)
         self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self.stage_hook: StageHook | None = None
 
     def _scan(self, prefix: str) -> list[tuple[KeyValue, dict[str, Any]]]:
         kvs, _ = self.store.range(prefix)

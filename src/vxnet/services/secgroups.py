@@ -24,6 +24,7 @@ import ipaddress
 from typing import Any
 
 from vxnet.api.errors import ApiError
+from vxnet.services import quotas
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 # neutron_lib.constants.IP_PROTOCOL_MAP
@@ -126,7 +127,8 @@ def ensure_default_group(uow: UnitOfWork, project_id: str) -> str:
         return existing
     group = new_group(project_id, "default", "Default security group")
     uow.claim(default_key(project_id), group["id"])
-    stage_group(uow, group)
+    with quotas.exempt(uow):  # implicit: counted, never refused (as in Neutron)
+        stage_group(uow, group)
     return group["id"]
 
 

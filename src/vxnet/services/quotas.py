@@ -1,0 +1,250 @@
+"""Neutron's quotas: per-project limits, enforced in the store transaction of every create.
+
+Keys (under `/vxnet/`):
+- `quota/<project_id>` = JSON `{resource: limit}`: the project's limits that were set through
+  the API (absent: every limit is the configured default). -1 means unlimited.
+- `quota-usage/<project_id>/<resource>` = decimal count of the project's objects of that kind.
+
+Counting is central: `QuotaEngine.stage` is the repository's stage hook (services/repo.py), so it
+sees every `UnitOfWork.put`/`delete` of a resource, whichever API module stages it, including
+cascades (a network delete removing its subnets and ports, a group delete removing its rules).
+For a counted collection it compares the project owning the key before the write (the store's
+value, read with a guard, or what this transaction staged earlier) with the project after it,
+and moves the counters by the difference, in the same transaction. (An update of an object the
+transaction read costs no extra read: no API changes an object's `project_id`.) The counter is read with a
+guard, so two concurrent creates of one project on any number of servers cannot both commit on
+the same count: the loser reruns (Repo.transact) and sees the new value. An increment past the
+project's limit (also read with a guard) raises 409 `OverQuota`, so the transaction stages
+nothing: a quota of N admits exactly N objects, never N+1, and a refused create leaves no port,
+IP or MAC claim behind.
+
+What counts: objects whose `project_id` is not empty. The cloud's own ports (router gateway and
+floating IP ports have project '') count for nobody. The default security group and its rules,
+created implicitly on a project's first use, count but are never refused (`exempt`), as in
+Neutron; so do objects an update merely keeps. Only the API server installs the hook.
+
+Migration: a missing counter is counted from the store on first use. That count cannot race: the
+counter's absence is part of the transaction's compares and every counted change writes the
+counter. A store served for a while with `[quotas] enabled = false` has stale counters:
+`reset_usage` (CLI: `vxnet quota reset-usage`) deletes them all, to be recounted on next use.
+
+Per-port limits (Neutron's `max_fixed_ips_per_port`, `max_allowed_address_pair`) are checked on
+every staged port too: more fixed IPs than allowed (ports of `network:*` owners are exempt, as in
+Neutron) -> 400 InvalidInput; more address pairs -> 400 AllowedAddressPairExhausted. A port
+already beyond a limit (the limit was lowered) may be updated as long as it does not grow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from vxnet.api.errors import ApiError, invalid_input
+from vxnet.config import QuotaSettings
+from vxnet.services.repo import ROOT, Repo, UnitOfWork
+from vxnet.store.contract import Delete, Store
+
+# collection -> Neutron's resource name, in Neutron's display order
+COUNTED: dict[str, str] = {
+    "networks": "network",
+    "subnets": "subnet",
+    "ports": "port",
+    "routers": "router",
+    "floatingips": "floatingip",
+    "security_groups": "security_group",
+    "security_group_rules": "security_group_rule",
+}
+RESOURCES: tuple[str, ...] = tuple(COUNTED.values())
+COLLECTION_OF: dict[str, str] = {r: c for c, r in COUNTED.items()}
+LIMIT_PREFIX = f"{ROOT}quota/"
+USAGE_PREFIX = f"{ROOT}quota-usage/"
+MAX_LIMIT = 2**31 - 1  # Neutron's DB_INTEGER_MAX_VALUE
+
+
+def limit_key(project_id: str) -> str:
+    return f"{LIMIT_PREFIX}{project_id}"
+
+
+def usage_key(project_id: str, resource: str) -> str:
+    return f"{USAGE_PREFIX}{project_id}/{resource}"
+
+
+def over_quota(resources: list[str]) -> ApiError:
+    """Neutron's OverQuota (409)."""
+    return ApiError(409, "OverQuota", f"Quota exceeded for resources: {sorted(resources)}.")
+
+
+@dataclasses.dataclass
+class _Notes:
+    """What the hook remembers within one unit of work."""
+
+    owner: dict[str, str | None] = dataclasses.field(default_factory=dict)  # key -> staged counted project
+    limits: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # project -> overrides
+    exempt: bool = False
+
+
+def _notes(uow: UnitOfWork) -> _Notes:
+    notes = uow.hook_state.get("quota")
+    if notes is None:
+        notes = uow.hook_state["quota"] = _Notes()
+    return notes  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def exempt(uow: UnitOfWork) -> Iterator[None]:
+    """Objects staged inside count but are never refused (implicit creations)."""
+    notes = _notes(uow)
+    before, notes.exempt = notes.exempt, True
+    try:
+        yield
+    finally:
+        notes.exempt = before
+
+
+def _owner(value: str | None) -> str | None:
+    """The counted project of a stored resource value (None: absent or the cloud's own)."""
+    if value is None:
+        return None
+    return json.loads(value).get("project_id") or None
+
+
+class QuotaEngine:
+    """Limits and usage over one store; `install` makes a repository count and enforce."""
+
+    def __init__(self, settings: QuotaSettings) -> None:
+        self.settings = settings
+        self.defaults: dict[str, int] = dict(settings.defaults)
+
+    def install(self, repo: Repo) -> None:
+        if self.settings.enabled:
+            repo.stage_hook = self.stage
+
+    # the stage hook ------------------------------------------------------------------------------
+    def stage(self, uow: UnitOfWork, collection: str, key: str, obj: dict[str, Any] | None) -> None:
+        """Move the counters for one staged write (see the module docstring); may raise."""
+        resource = COUNTED.get(collection)
+        if resource is None:
+            return
+        notes = _notes(uow)
+        if obj is not None and collection == "ports":
+            self._check_port(uow, key, obj)
+        new = (obj.get("project_id") or None) if obj is not None else None
+        if key in notes.owner:
+            prev = notes.owner[key]
+        elif obj is not None and uow.read_revision(key):
+            prev = new  # an update of an object this transaction read: `project_id` never changes
+        else:
+            prev = _owner(uow.get_raw(key))
+        notes.owner[key] = new
+        if prev == new:
+            return
+        if prev is not None:
+            self._add(uow, notes, prev, resource, -1)
+        if new is not None:
+            self._add(uow, notes, new, resource, +1)
+
+    def _add(self, uow: UnitOfWork, notes: _Notes, project: str, resource: str, delta: int) -> None:
+        ukey = usage_key(project, resource)
+        raw = uow.get_raw(ukey)
+        used = (int(raw) if raw is not None else count_in_store(uow.repo, project, resource)) + delta
+        if delta > 0 and not notes.exempt:
+            limit = self._limit(uow, notes, project, resource)
+            if 0 <= limit < used:
+                raise over_quota([resource])
+        uow.put_raw(ukey, str(max(used, 0)))
+
+    def _limit(self, uow: UnitOfWork, notes: _Notes, project: str, resource: str) -> int:
+        overrides = notes.limits.get(project)
+        if overrides is None:
+            raw = uow.get_raw(limit_key(project))
+            overrides = notes.limits[project] = json.loads(raw) if raw else {}
+        return int(overrides.get(resource, self.defaults[resource]))
+
+    def _check_port(self, uow: UnitOfWork, key: str, port: dict[str, Any]) -> None:
+        max_ips = self.settings.max_fixed_ips_per_port
+        max_pairs = self.settings.max_allowed_address_pair
+        ips = len(port.get("fixed_ips") or [])
+        pairs = len(port.get("allowed_address_pairs") or [])
+        trusted = str(port.get("device_owner") or "").startswith("network:")
+        too_many_ips = not trusted and 0 <= max_ips < ips
+        too_many_pairs = 0 <= max_pairs < pairs
+        if not (too_many_ips or too_many_pairs):
+            return
+        raw = uow.get_raw(key)  # the port before this write: growing is refused, keeping is not
+        old = json.loads(raw) if raw else {}
+        if too_many_ips and ips > len(old.get("fixed_ips") or []):
+            raise invalid_input("Exceeded maximum amount of fixed ips per port")
+        if too_many_pairs and pairs > len(old.get("allowed_address_pairs") or []):
+            raise ApiError(400, "AllowedAddressPairExhausted",
+                           f"The number of allowed address pair exceeds the maximum {max_pairs}.")
+
+    # limits and usage for the API --------------------------------------------------------------
+    def limits(self, store: Store, project: str) -> dict[str, int]:
+        """The project's effective limits, every resource."""
+        kv = store.get(limit_key(project))
+        return self._merge(json.loads(kv.value) if kv else {})
+
+    def _merge(self, overrides: dict[str, Any]) -> dict[str, int]:
+        return {r: int(overrides.get(r, self.defaults[r])) for r in RESOURCES}
+
+    def all_overrides(self, store: Store) -> list[tuple[str, dict[str, int]]]:
+        """(project, effective limits) of every project with limits set through the API."""
+        kvs, _ = store.range(LIMIT_PREFIX)
+        return [(kv.key[len(LIMIT_PREFIX):], self._merge(json.loads(kv.value))) for kv in kvs]
+
+    def set_limits(self, repo: Repo, project: str, changes: dict[str, int], check_limit: bool) -> dict[str, int]:
+        """Store new limits for `project` (with `check_limit`, a limit below the current usage
+        is a 400, checked in the same transaction); returns the effective limits."""
+
+        def txn(uow: UnitOfWork) -> dict[str, int]:
+            raw = uow.get_raw(limit_key(project))
+            overrides = json.loads(raw) if raw else {}
+            for resource, limit in changes.items():
+                if check_limit and limit >= 0:
+                    used = self._used_guarded(uow, project, resource)
+                    if used > limit:
+                        raise ApiError(400, "BadRequest",
+                                       f"Quota limit {limit} for {resource} must be greater than or "
+                                       f"equal to already used {used}")
+                overrides[resource] = limit
+            uow.put_raw(limit_key(project), json.dumps(overrides, sort_keys=True))
+            return self._merge(overrides)
+
+        return repo.transact(txn)
+
+    def _used_guarded(self, uow: UnitOfWork, project: str, resource: str) -> int:
+        raw = uow.get_raw(usage_key(project, resource))
+        return int(raw) if raw is not None else count_in_store(uow.repo, project, resource)
+
+    def delete_limits(self, repo: Repo, project: str) -> bool:
+        """Back to the defaults; False if the project had no limits set."""
+
+        def txn(uow: UnitOfWork) -> bool:
+            if uow.get_raw(limit_key(project)) is None:
+                return False
+            uow.delete_raw(limit_key(project))
+            return True
+
+        return repo.transact(txn)
+
+    def usage(self, repo: Repo, project: str) -> dict[str, int]:
+        """The project's usage per resource (the counters; a missing one is counted)."""
+        out = {}
+        for r in RESOURCES:
+            kv = repo.store.get(usage_key(project, r))
+            out[r] = int(kv.value) if kv is not None else count_in_store(repo, project, r)
+        return out
+
+
+def count_in_store(repo: Repo, project: str, resource: str) -> int:
+    """The project's objects of `resource` as stored now (a full scan of the collection)."""
+    return sum(1 for obj in repo.list(COLLECTION_OF[resource]) if obj.get("project_id") == project)
+
+
+def reset_usage(store: Store) -> None:
+    """Delete every usage counter (each is recounted on its next use). Safe while servers run:
+    a transaction that read a counter fails its compare and reruns."""
+    store.txn([], [Delete(USAGE_PREFIX, prefix=True)])
