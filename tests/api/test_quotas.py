@@ -499,6 +499,7 @@ def test_network_ip_availabilities(server: Any) -> None:
     port(alice, net, fixed_ips=[{"subnet_id": s2["id"]}])
     empty = network(alice, name="empty")
     one = ok(admin.get(f"/network-ip-availabilities/{net['id']}"))["network_ip_availability"]
+    one["subnet_ip_availability"].sort(key=lambda s: s["cidr"])  # the server lists subnets by id
     assert one == {
         "network_id": net["id"], "network_name": "avail", "project_id": A, "tenant_id": A,
         "total_ips": 253 + 5, "used_ips": 4,
@@ -510,6 +511,8 @@ def test_network_ip_availabilities(server: Any) -> None:
         ],
     }
     listed = ok(admin.get("/network-ip-availabilities"))["network_ip_availabilities"]
+    for item in listed:
+        item["subnet_ip_availability"].sort(key=lambda s: s["cidr"])
     assert {i["network_id"] for i in listed} == {net["id"], empty["id"]}
     assert next(i for i in listed if i["network_id"] == net["id"]) == one
     assert next(i for i in listed if i["network_id"] == empty["id"])["total_ips"] == 0
