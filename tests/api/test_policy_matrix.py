@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.api.helpers import assert_error
-from tests.conftest import USERS, ServerHandle, get_token, start_server
+from tests.conftest import UNLIMITED, USERS, ServerHandle, get_token, start_server
 from vxnet.api import policy
 from vxnet.config import Config, User, project_id_for
 
@@ -363,7 +363,7 @@ NOT_EXERCISED = {
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    cfg = Config(users=(*USERS, CAROL))
+    cfg = Config(users=(*USERS, CAROL), quotas=UNLIMITED)
     h = start_server(os.path.join(tmp_path_factory.mktemp("policy"), "vxnet.db"), cfg)
     yield Lab(h)
     h.stop()
@@ -488,7 +488,7 @@ def test_operator_policy_file_overrides_rules(tmp_path: Any) -> None:
     them routers; the rest keeps Neutron's defaults; a changed file applies without a restart."""
     path = tmp_path / "policy.yaml"
     path.write_text('"create_network:shared": "rule:regular_user"\n"create_router": "rule:admin_only"\n')
-    h = start_server(os.path.join(tmp_path, "vxnet.db"), Config(users=USERS, policy_file=str(path)))
+    h = start_server(os.path.join(tmp_path, "vxnet.db"), Config(users=USERS, policy_file=str(path), quotas=UNLIMITED))
     try:
         bob = h.api("bob")
         assert bob.post("/networks", json={"network": {"shared": True}}).status_code == 201
