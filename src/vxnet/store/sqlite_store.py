@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 
 from vxnet.store import secure_files
 from vxnet.store.contract import (
-    CompactedError,
     Compare,
+    CompactedError,
     Delete,
     Event,
     EventType,
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL)
 
 
 class _Watcher:
-    __slots__ = ("callback", "cancelled", "prefix", "store")
+    __slots__ = ("prefix", "callback", "cancelled", "store")
 
     def __init__(self, store: SqliteStore, prefix: str, callback: WatchCallback) -> None:
         self.store = store
@@ -334,7 +334,7 @@ class SqliteStore:
             for lid in expired:
                 try:
                     self._expire(lid)
-                except Exception:
+                except Exception:  # noqa: BLE001 - the reaper must survive a closing store
                     if self._closed.is_set():
                         return
                     log.exception("expiring lease %s failed; will retry", lid)
@@ -379,5 +379,5 @@ def _deliver(callback: WatchCallback, events: list[Event]) -> None:
     transaction is committed already) nor the other watchers."""
     try:
         callback(events)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a watcher's bug must not fail someone else's write
         log.exception("watch callback %r failed at revision %s", callback, events[0].kv.mod_revision)
