@@ -46,6 +46,7 @@ Project and user ids are derived from their names (stable across servers and res
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tomllib
 import uuid
@@ -72,11 +73,11 @@ class User:
     password_hash: str = ""
     enabled: bool = True
 
-    @property
+    @functools.cached_property  # checked on every request (api/auth.py); uuid5 is not free
     def id(self) -> str:
         return user_id_for(self.name)
 
-    @property
+    @functools.cached_property
     def project_id(self) -> str:
         return project_id_for(self.project)
 

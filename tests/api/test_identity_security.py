@@ -641,3 +641,30 @@ def test_revocation_and_rotation_across_two_servers_on_etcd() -> None:
             b.stop()
     finally:
         cluster.stop()
+
+
+def test_identity_mirror_recovers_from_a_lost_or_stuck_watch(tmp_path) -> None:
+    """The watch is the fast path; a watch that ended (on_error) is replaced at the next check,
+    and a silently stuck one at the next resync interval."""
+    store = SqliteStore(os.path.join(tmp_path, "vxnet.db"))
+    try:
+        writer = IdentityState(store)
+        reader = IdentityState(store, resync_interval=3600)
+        for w in reader._watches:  # the watch dies silently...
+            w.cancel()
+        writer.revoke("a1", time.time() + 600)
+        assert not reader.is_revoked("a1")  # ...so the mirror is behind
+        reader._on_watch_end(RuntimeError("compacted"))  # the store reports the end
+        assert reader.is_revoked("a1") and reader.resyncs == 2
+        stuck = IdentityState(store, resync_interval=0.2)
+        for w in stuck._watches:
+            w.cancel()  # no error reported at all
+        writer.revoke("a2", time.time() + 600)
+        rotate_keys(store, 3600, revoke=True)
+        assert not stuck.is_revoked("a2")
+        time.sleep(0.25)
+        assert stuck.is_revoked("a2") and stuck.signing_key == writer.signing_key
+        for s in (writer, reader, stuck):
+            s.close()
+    finally:
+        store.close()

@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -91,6 +92,7 @@ class IdentityState:
         self._not_before: dict[str, float] = {}
         self._stamps: dict[str, tuple[bytes, str]] = {}
         self._watches: list[WatchHandle] = []
+        self._generation = 0  # events of a watch from before the last resync are dropped
         self._stale = True
         self._next_resync = 0.0
         self.resyncs = 0
@@ -110,6 +112,8 @@ class IdentityState:
         secret_kvs, secret_rev = self.store.range(SECRET_PREFIX)
         identity_kvs, identity_rev = self.store.range(IDENTITY_PREFIX)
         with self._lock:
+            self._generation += 1
+            generation = self._generation
             self._old = {}
             self._revoked = {}
             self._not_before = {}
@@ -122,8 +126,10 @@ class IdentityState:
             self._next_resync = time.monotonic() + self.resync_interval
             self.resyncs += 1
         self._watches = [
-            self.store.watch(SECRET_PREFIX, secret_rev + 1, self._on_events, self._on_watch_end),
-            self.store.watch(IDENTITY_PREFIX, identity_rev + 1, self._on_events, self._on_watch_end),
+            self.store.watch(SECRET_PREFIX, secret_rev + 1, functools.partial(self._on_events, generation),
+                             self._on_watch_end),
+            self.store.watch(IDENTITY_PREFIX, identity_rev + 1, functools.partial(self._on_events, generation),
+                             self._on_watch_end),
         ]
 
     def _fresh(self) -> None:
@@ -138,9 +144,11 @@ class IdentityState:
         log.warning("identity watch ended (%s); the next request relists", err)
         self._stale = True
 
-    def _on_events(self, events: list[Event]) -> None:
+    def _on_events(self, generation: int, events: list[Event]) -> None:
         now = self.clock()
         with self._lock:
+            if generation != self._generation:
+                return  # a late delivery of a cancelled watch: the resync's range already has it
             for ev in events:
                 key = ev.kv.key
                 if ev.type is EventType.PUT:
