@@ -1,17 +1,47 @@
-"""What every request handler can reach: config, store, repository, token key, context."""
+"""What every request handler can reach: config, store, repository, token key, context, and
+`run_store`, the one way a handler runs blocking store work.
+
+Store calls are synchronous (an etcd transaction is a network round trip, retries sleep), so an
+`async def` handler never makes them itself: it hands the whole piece of work (a repo
+transaction, a service call, a read) to `run_store`, which runs it on a worker thread under a
+bounded limiter (STORE_THREADS at once; the rest wait without blocking the loop). The event loop
+only parses, validates and streams.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import Request
 
 from vxnet.api.auth import Context, token_key, verify_token
 from vxnet.api.errors import ApiError, unauthorized
 from vxnet.config import Config
 from vxnet.services.repo import Repo
+from vxnet.services.view_hub import Hub
 from vxnet.store.contract import Store
+
+P = ParamSpec("P")
+T = TypeVar("T")
+STORE_THREADS = 32  # concurrent store calls per server process; more wait their turn
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+async def run_store(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run blocking store work `fn(*args, **kwargs)` on a worker thread (bounded); its result.
+    Exceptions propagate as if called directly."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:  # one per loop: a limiter's waiters belong to the loop they wait on
+        limiter = _limiters[loop] = CapacityLimiter(STORE_THREADS)
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
 
 
 class AppState:
@@ -22,7 +52,7 @@ class AppState:
         self.store = store
         self.repo = Repo(store)
         self.token_key = token_key(store)
-        self.hub: Any = None  # the agents' view hub, set by routers/agent_stream.setup()
+        self.hub: Hub | None = None  # the server's one store watch, set by routers/agent_stream.setup()
 
     @staticmethod
     def of(request: Request) -> AppState:

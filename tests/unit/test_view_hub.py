@@ -1,0 +1,70 @@
+"""The view hub's stream on its own (real embedded store, no HTTP): a ping never claims a
+revision whose update the stream has not delivered yet.
+
+The interleaving (issue 21's host-view late update): the stream waits for lines with a
+timeout; the timeout fires; before the stream's coroutine resumes, the loop runs the hub's
+`_apply` of a new revision, which queues an update for this host and advances the hub's
+revision. A stream that then sends a ping with the hub's revision tells the agent "nothing for
+you up to R" while the update at R is still queued: an agent whose connection breaks right
+after resumes from R and never gets that update. The test drives exactly that interleaving
+through the stream's `wait` seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from vxnet.services.view_hub import Hub
+from vxnet.store.contract import Event, EventType, KeyValue
+from vxnet.store.sqlite_store import SqliteStore
+
+
+def _port_event(rev: int, pid: str, host: str) -> Event:
+    port = {"id": pid, "network_id": "n1", "binding:host_id": host, "device_owner": "compute:nova",
+            "device_id": "vm", "security_groups": [], "mac_address": "fa:16:3e:00:00:01", "fixed_ips": [],
+            "status": "DOWN"}
+    return Event(EventType.PUT, KeyValue(f"/vxnet/res/ports/{pid}", json.dumps(port), rev, rev, 1))
+
+
+def test_ping_never_overtakes_a_queued_update(tmp_path: Path) -> None:
+    async def run() -> list[dict[str, Any]]:
+        store = SqliteStore(str(tmp_path / "s.db"))
+        hub = Hub(store)
+        hub.start(asyncio.get_running_loop())
+        sub = hub.subscribe("hv1", None, store.revision())
+        timeouts = 0
+
+        async def wait(aw: Any, timeout: float) -> None:
+            """The timeout fires; a new revision is applied before the stream resumes."""
+            nonlocal timeouts
+            aw.close()
+            timeouts += 1
+            if timeouts <= 2:
+                hub._apply([_port_event(hub.revision + 1, f"p{timeouts}", "hv1")])
+            raise TimeoutError
+
+        got: list[dict[str, Any]] = []
+        stream = hub.lines(sub, wait=wait)
+        async for chunk in stream:
+            got += [json.loads(line) for line in chunk.decode().splitlines()]
+            if timeouts >= 3 and got[-1]["type"] == "ping":
+                break
+        await stream.aclose()
+        hub.stop()
+        store.close()
+        return got
+
+    msgs = asyncio.run(run())
+    assert msgs[0]["type"] == "snapshot"
+    updates = [m for m in msgs if m["type"] == "update"]
+    assert [sorted(m["put"]["ports"]) for m in updates] == [["p1"], ["p2"]]
+    delivered = msgs[0]["revision"]
+    for m in msgs:
+        if m["type"] == "ping":
+            assert m["revision"] <= delivered, f"ping at {m['revision']} before the update it claims: {msgs}"
+        else:
+            delivered = max(delivered, m["revision"])
+    assert msgs[-1] == {"type": "ping", "revision": updates[-1]["revision"]}
