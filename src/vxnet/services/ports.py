@@ -18,8 +18,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from vxnet.api.errors import ApiError, bad_request, not_found
 from vxnet.services import ipam
+from vxnet.services.errors import BadRequest, Conflict, bad_request, not_found
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso
 from vxnet.services.secgroups import ensure_default_group
 
@@ -75,14 +75,14 @@ def check_security_groups(uow: UnitOfWork, group_ids: list[str], project_id: str
     return out
 
 
-def port_security_conflict_create() -> ApiError:
-    return ApiError(400, "PortSecurityAndIPRequiredForSecurityGroups",
-                    "Port security must be enabled and port must have an IP address in order to use "
-                    "security groups.")
+def port_security_conflict_create() -> BadRequest:
+    return BadRequest("PortSecurityAndIPRequiredForSecurityGroups",
+                      "Port security must be enabled and port must have an IP address in order to use "
+                      "security groups.")
 
 
-def port_security_conflict_update() -> ApiError:
-    return ApiError(409, "PortSecurityPortHasSecurityGroup",
+def port_security_conflict_update() -> Conflict:
+    return Conflict("PortSecurityPortHasSecurityGroup",
                     "Port has security group associated. Cannot disable port security or IP address "
                     "until security group is removed")
 
@@ -112,7 +112,7 @@ def new_port_record(
 ) -> dict[str, Any]:
     """Allocate MAC and fixed IPs, resolve security groups, and stage a complete port (the
     admin view). `fixed_ips` None means "one address from the network's subnets"; `[]` means
-    none. Raises ApiError (staging nothing useful: the caller's transaction must not commit)."""
+    none. Raises ServiceError (staging nothing useful: the caller's transaction must not commit)."""
     pid = port_id or str(uuid.uuid4())
     ps = network.get("port_security_enabled", True) if port_security_enabled is None else port_security_enabled
     mac = ipam.allocate_mac(uow, network["id"], pid, mac_address)
@@ -128,7 +128,7 @@ def new_port_record(
         groups = check_security_groups(uow, security_groups, project_id, is_admin)
     pairs = normalize_address_pairs(allowed_address_pairs or [], mac)
     if pairs and not ps:
-        raise ApiError(409, "AddressPairAndPortSecurityRequired",
+        raise Conflict("AddressPairAndPortSecurityRequired",
                        "Port Security must be enabled in order to have allowed address pairs on a port.")
     now = now_iso()
     port = {

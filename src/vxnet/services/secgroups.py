@@ -24,7 +24,7 @@ import ipaddress
 import uuid
 from typing import Any
 
-from vxnet.api.errors import ApiError
+from vxnet.services.errors import BadRequest
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso
 
 # neutron_lib.constants.IP_PROTOCOL_MAP
@@ -138,8 +138,8 @@ def sort_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # rule semantics ----------------------------------------------------------------------------------
 
-def _invalid(type_: str, message: str) -> ApiError:
-    return ApiError(400, type_, message)
+def _invalid(type_: str, message: str) -> BadRequest:
+    return BadRequest(type_, message)
 
 
 def convert_port(value: Any) -> int | None:
