@@ -68,3 +68,60 @@ def test_ping_never_overtakes_a_queued_update(tmp_path: Path) -> None:
         else:
             delivered = max(delivered, m["revision"])
     assert msgs[-1] == {"type": "ping", "revision": updates[-1]["revision"]}
+
+
+class _LosingWatchStore(SqliteStore):
+    """The embedded store, whose watches can be ended from the test as etcd ends one on
+    compaction (on_error(CompactedError)); later watches work normally."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.ends: list[Any] = []
+
+    def watch(self, prefix: str, start_revision: int, callback: Any, on_error: Any = None) -> Any:
+        handle = super().watch(prefix, start_revision, callback, on_error)
+        self.ends.append((handle, on_error))
+        return handle
+
+
+def test_watch_lost_to_compaction_reloads_and_watches_again(tmp_path: Path) -> None:
+    """A watch that ends by itself (etcd: history compacted under it) must not freeze the
+    views: the hub relists, sends open streams a snapshot with what changed meanwhile, and
+    goes on with a new watch."""
+    from vxnet.store.contract import CompactedError, put
+
+    def port(pid: str) -> str:
+        return json.dumps({"id": pid, "network_id": "n1", "binding:host_id": "hv1", "device_owner": "compute:nova",
+                           "device_id": "vm", "security_groups": [], "mac_address": "fa:16:3e:00:00:01",
+                           "fixed_ips": [], "status": "DOWN"})
+
+    async def run() -> list[dict[str, Any]]:
+        store = _LosingWatchStore(str(tmp_path / "s.db"))
+        hub = Hub(store)
+        hub.start(asyncio.get_running_loop())
+        sub = hub.subscribe("hv1", None, store.revision())
+        first, on_error = store.ends[0]
+        assert on_error is not None, "the hub must ask to hear when its watch ends"
+        first.cancel()  # the watch is gone: what happens now is only seen by a relist
+        put(store, "/vxnet/res/ports/p-missed", port("p-missed"))
+        on_error(CompactedError(store.revision()))
+        for _ in range(200):
+            if len(store.ends) > 1:
+                break
+            await asyncio.sleep(0.01)
+        put(store, "/vxnet/res/ports/p-after", port("p-after"))
+        got: list[dict[str, Any]] = []
+        for _ in range(200):
+            got += [json.loads(line) for line in b"".join(sub.lines).decode().splitlines()]
+            sub.lines.clear()
+            if any(m["type"] == "update" and "p-after" in m["put"].get("ports", {}) for m in got):
+                break
+            await asyncio.sleep(0.01)
+        hub.stop()
+        store.close()
+        return got
+
+    msgs = asyncio.run(run())
+    snaps = [m for m in msgs if m["type"] == "snapshot"]
+    assert len(snaps) == 2 and "p-missed" in snaps[-1]["view"]["ports"]
+    assert any(m["type"] == "update" and "p-after" in m["put"].get("ports", {}) for m in msgs)

@@ -146,13 +146,39 @@ class Hub:
         if self.loop is not None:
             return
         self.loop = loop
+        self._load()
+        self._watch_from_here()
+
+    def _watch_from_here(self) -> None:
         while True:
-            self._load()
             try:
-                self._watch = self.store.watch(ROOT, self.revision + 1, self._on_events)
+                self._watch = self.store.watch(ROOT, self.revision + 1, self._on_events, self._on_watch_error)
                 return
             except CompactedError:  # compacted between the range and the watch: list again
-                continue
+                self.resync()
+
+    def _on_watch_error(self, exc: Exception) -> None:
+        """Store thread: the watch ended by itself (history compacted under it, store closed).
+        Relist off the loop, then install it and watch again on the loop."""
+        loop = self.loop
+        if loop is None or loop.is_closed() or self._watch is None:
+            return
+        log.warning("store watch ended (%s): reloading every view", exc)
+
+        def fetched(fut: asyncio.Future[tuple[Any, ...]]) -> None:
+            if self._watch is None or fut.exception() is not None:
+                if fut.exception() is not None:
+                    log.error("reload after a lost watch failed: %s; retrying", fut.exception())
+                    loop.call_later(1.0, self._on_watch_error, exc)
+                return
+            self.resync(fut.result())
+            self._watch_from_here()
+
+        def go() -> None:
+            loop.run_in_executor(None, self._fetch).add_done_callback(fetched)
+
+        with contextlib.suppress(RuntimeError):  # loop closing
+            loop.call_soon_threadsafe(go)
 
     def stop(self) -> None:
         if self._watch is not None:
@@ -167,8 +193,14 @@ class Hub:
         """Every resource the hub holds (the index's collections and the others); read-only."""
         return {**self.others, **self.index.objects}
 
-    def _load(self) -> None:
+    def _fetch(self) -> tuple[Any, ...]:
+        """The store reads of a load (blocking; may run on a worker thread)."""
         kvs, rev = self.store.range(RES_PREFIX)
+        live, _ = self.store.range(LIVE_PREFIX)
+        return kvs, rev, live
+
+    def _load(self, fetched: tuple[Any, ...] | None = None) -> None:
+        kvs, rev, live = fetched or self._fetch()
         objects: Objects = {c: {} for c in COLLECTIONS}
         others: Objects = {}
         keep = [(coll, id_, kv.value) for kv in kvs
@@ -186,7 +218,6 @@ class Hub:
         self.others = others
         for rec in agents.values():
             self.index.track(rec["host"])
-        live, _ = self.store.range(LIVE_PREFIX)
         self.live = {kv.key[len(LIVE_PREFIX):]: _parse(kv.value) for kv in live}
         self.revision = rev
         for h in self.index.members:
@@ -275,11 +306,12 @@ class Hub:
                 logq.popleft()
                 self.floor[h] = max(self.floor.get(h, 0), old_rev)
 
-    def resync(self) -> None:
-        """Reload every object and send every open stream a snapshot."""
+    def resync(self, fetched: tuple[Any, ...] | None = None) -> None:
+        """Reload every object (from `fetched` when the reads were made off the loop) and send
+        every open stream a snapshot."""
         self._log_order.clear()
         self._log_bytes = 0
-        self._load()
+        self._load(fetched)
         for host, subs in self.subs.items():
             self.index.track(host)
             self.floor[host] = self.revision
