@@ -14,6 +14,8 @@ Invariants:
   from their start before declaring exhaustion, so a stale hint never causes a false 409.
 - Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409
   IpAddressAlreadyAllocated (tempest accepts it or IpAddressInUse).
+- Every `vxlan` network holds exactly one VNI, claimed at `/vxnet/vni/<vni>` (value: network
+  id) in the transaction that creates the network (`allocate_vni`), released by its delete.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from vxnet.api.errors import ApiError, bad_request, conflict
+from vxnet.services.errors import Conflict, ServiceError, bad_request, conflict
 from vxnet.services.repo import ROOT, UnitOfWork
 
 MAC_PREFIX = "fa:16:3e"
@@ -75,8 +77,7 @@ def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: s
         return wanted
     addr = _lowest_free(uow, subnet, port_id)
     if addr is None:
-        raise ApiError(
-            409,
+        raise Conflict(
             "IpAddressGenerationFailure",
             f"No more IP addresses available on network {subnet['network_id']}.",
         )
@@ -175,13 +176,13 @@ def allocate_fixed_ips(
     by_id = {s["id"]: s for s in subnets}
     out: list[dict[str, str]] = []
     if requested is None:
-        last_error: ApiError | None = None
+        last_error: ServiceError | None = None
         for version in (4, 6):
             for s in (s for s in subnets if s["ip_version"] == version):
                 try:
                     out.append({"subnet_id": s["id"], "ip_address": allocate_ip(uow, s, port_id)})
                     break
-                except ApiError as e:
+                except ServiceError as e:
                     last_error = e
         if not out and last_error is not None:
             raise last_error
@@ -208,3 +209,32 @@ def allocate_fixed_ips(
                 )
         out.append({"subnet_id": subnet["id"], "ip_address": allocate_ip(uow, subnet, port_id, ip)})
     return out
+
+
+VNI_MIN = 1001
+VNI_MAX = 16_000_000
+
+
+def vni_key(vni: int) -> str:
+    """The claim of one VXLAN network identifier."""
+    return f"{ROOT}vni/{vni}"
+
+
+def allocate_vni(uow: UnitOfWork, network_id: str, wanted: int | None) -> int:
+    """Claim a VNI: the wanted one (409 SegmentationIdInUse if taken) or the lowest free one."""
+    if wanted is not None:
+        if not VNI_MIN <= wanted <= VNI_MAX and not 1 <= wanted <= VNI_MAX:
+            raise bad_request(f"Invalid input for operation: segmentation_id {wanted} out of range")
+        key = vni_key(wanted)
+        if uow.is_claimed(key):
+            raise conflict("SegmentationIdInUse", f"Unable to create the network. The VXLAN {wanted} is in use.")
+        uow.claim(key, network_id)
+        return wanted
+    kvs, _ = uow.repo.store.range(f"{ROOT}vni/")
+    keys = {kv.key for kv in kvs} | uow.claimed_under(f"{ROOT}vni/")  # a bulk create claims several
+    used = {int(k.rsplit("/", 1)[1]) for k in keys}
+    vni = VNI_MIN
+    while vni in used:
+        vni += 1
+    uow.claim(vni_key(vni), network_id)
+    return vni

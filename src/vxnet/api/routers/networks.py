@@ -36,14 +36,12 @@ from vxnet.api.validation import (
     require_writer,
     resolve_project,
 )
-from vxnet.services.ipam import subnet_alloc_key
+from vxnet.services.ipam import allocate_vni, subnet_alloc_key, vni_key
 from vxnet.services.ports import delete_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["networks"])
 
-VNI_MIN = 1001
-VNI_MAX = 16_000_000
 # Neutron's policy: these are admin-only on create and update (shared included).
 ADMIN_ONLY = {"provider:network_type", "provider:physical_network", "provider:segmentation_id",
               "router:external", "is_default", "shared"}
@@ -106,26 +104,6 @@ def _aliased(model: Body) -> dict[str, Any]:
 
 def max_mtu(st: AppState) -> int:
     return st.config.underlay_mtu - 50
-
-
-def allocate_vni(uow: UnitOfWork, network_id: str, wanted: int | None) -> int:
-    """Claim a VNI: the wanted one (409 if taken) or the lowest free one."""
-    if wanted is not None:
-        if not VNI_MIN <= wanted <= VNI_MAX and not 1 <= wanted <= VNI_MAX:
-            raise bad_request(f"Invalid input for operation: segmentation_id {wanted} out of range")
-        key = f"{ROOT}vni/{wanted}"
-        if uow.is_claimed(key):
-            raise conflict("SegmentationIdInUse", f"Unable to create the network. The VXLAN {wanted} is in use.")
-        uow.claim(key, network_id)
-        return wanted
-    kvs, _ = uow.repo.store.range(f"{ROOT}vni/")
-    keys = {kv.key for kv in kvs} | uow.claimed_under(f"{ROOT}vni/")  # a bulk create claims several
-    used = {int(k.rsplit("/", 1)[1]) for k in keys}
-    vni = VNI_MIN
-    while vni in used:
-        vni += 1
-    uow.claim(f"{ROOT}vni/{vni}", network_id)
-    return vni
 
 
 def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWork) -> dict[str, Any]:
@@ -298,7 +276,7 @@ async def delete_network(network_id: str, request: Request) -> Response:
             uow.delete("subnets", sid)
             uow.delete_raw(subnet_alloc_key(sid))
         if net["provider:segmentation_id"] is not None:
-            uow.delete_raw(f"{ROOT}vni/{net['provider:segmentation_id']}")
+            uow.delete_raw(vni_key(net["provider:segmentation_id"]))
         if net["provider:physical_network"]:
             uow.delete_raw(f"{ROOT}physnet/{net['provider:physical_network']}")
         uow.delete("networks", network_id)
