@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,6 +90,13 @@ def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: s
 # where to start looking; every candidate is still checked against the store and claimed, so a
 # stale hint (e.g. after a release by another server) costs a rescan, never a duplicate.
 _low_water: dict[str, tuple[str, int]] = {}
+# Per-process addresses staged by units of work that have not committed yet (subnet id, address)
+# -> until when: a concurrent unit of work of this process skips them instead of claiming the same
+# address and losing the commit race (with creates on worker threads, N threads would otherwise
+# all try the lowest free address and N-1 of them rerun). Only a hint, like `_low_water`: the
+# claim is still checked by the store, and an entry left by an aborted unit expires.
+_in_flight: dict[tuple[str, int], float] = {}
+IN_FLIGHT_SECONDS = 2.0
 
 
 def _pools_sig(subnet: dict[str, Any]) -> str:
@@ -108,17 +116,35 @@ def _lowest_free(uow: UnitOfWork, subnet: dict[str, Any], port_id: str) -> str |
     sig = _pools_sig(subnet)
     seen = _low_water.get(sid)
     hint = seen[1] if seen and seen[0] == sig else 0
+    now = time.monotonic()
+    skipped = False
     for start_at in ((hint, 0) if hint else (0,)):
         for n in _candidates(subnet, start_at):
+            if _in_flight.get((sid, n), 0.0) > now:
+                skipped = True
+                continue  # another unit of work of this process is claiming it
             ip = str(ipaddress.ip_address(n))
             if not uow.is_claimed(ip_key(sid, ip)):
                 uow.claim(ip_key(sid, ip), port_id)
+                _in_flight[(sid, n)] = now + IN_FLIGHT_SECONDS
                 uow.after_commit.append(lambda sid=sid, sig=sig, n=n: _advance(sid, sig, n))
                 return ip
+    # Every free address seemed in flight: let the store decide (ignore the in-flight hint).
+    for n in _candidates(subnet, 0) if skipped else ():
+        ip = str(ipaddress.ip_address(n))
+        if not uow.is_claimed(ip_key(sid, ip)):
+            uow.claim(ip_key(sid, ip), port_id)
+            uow.after_commit.append(lambda sid=sid, sig=sig, n=n: _advance(sid, sig, n))
+            return ip
     return None
 
 
 def _advance(subnet_id: str, sig: str, n: int) -> None:
+    _in_flight.pop((subnet_id, n), None)
+    if len(_in_flight) > 4096:  # drop what aborted units left behind
+        now = time.monotonic()
+        for key in [k for k, until in list(_in_flight.items()) if until <= now]:
+            _in_flight.pop(key, None)
     seen = _low_water.get(subnet_id)
     if seen is None or seen[0] != sig or n > seen[1]:
         _low_water[subnet_id] = (sig, n)
