@@ -14,7 +14,7 @@ import asyncio
 import functools
 import json
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
@@ -42,6 +42,33 @@ async def run_store(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     if limiter is None:  # one per loop: a limiter's waiters belong to the loop they wait on
         limiter = _limiters[loop] = CapacityLimiter(STORE_THREADS)
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
+
+
+def off_loop(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Decorate an `async def` request handler whose only awaits are on the request body
+    (`read_json`): the body is read on the event loop, then the whole handler runs on a store
+    worker thread (`run_store`), store calls and retry sleeps included. A handler that awaits
+    anything else fails loudly (RuntimeError) instead of blocking or deadlocking."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, Request):
+                await value.body()  # cached on the request: the handler's own read returns at once
+        return await run_store(_drive, handler, args, kwargs)
+
+    return wrapper
+
+
+def _drive(handler: Callable[..., Coroutine[Any, Any, T]], args: Any, kwargs: Any) -> T:
+    """Run a coroutine that never suspends to completion (on the calling thread)."""
+    coro = handler(*args, **kwargs)
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError(f"{handler.__qualname__} awaited something that needs the event loop; it cannot be off_loop")
 
 
 class AppState:

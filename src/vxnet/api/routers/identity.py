@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from vxnet.api.auth import Context, issue_token, new_context, verify_token
 from vxnet.api.errors import ApiError, unauthorized
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.config import User, project_id_for
 from vxnet.store.contract import Delete, Put, key_missing, key_unchanged
 
@@ -51,6 +51,7 @@ def _version(base: str) -> dict[str, Any]:
 
 @router.get("")
 @router.get("/")
+@off_loop
 async def versions(request: Request) -> JSONResponse:
     """Keystone's root: the list of versions (300, as Keystone answers)."""
     st = AppState.of(request)
@@ -59,6 +60,7 @@ async def versions(request: Request) -> JSONResponse:
 
 @router.get("/v3")
 @router.get("/v3/")
+@off_loop
 async def v3(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     return {"version": _version(st.public_url(request))}
@@ -113,6 +115,7 @@ def _scope_project(scope: Any, default: str) -> tuple[str, str]:
 
 
 @router.post("/v3/auth/tokens")
+@off_loop
 async def create_token(request: Request) -> JSONResponse:
     """Password or token auth with project scope. 201 with X-Subject-Token."""
     st = AppState.of(request)
@@ -148,6 +151,7 @@ async def create_token(request: Request) -> JSONResponse:
 
 
 @router.get("/v3/auth/tokens")
+@off_loop
 async def validate_token(request: Request) -> JSONResponse:
     st = AppState.of(request)
     st.context(request)  # the caller must hold a valid token itself
@@ -159,6 +163,7 @@ async def validate_token(request: Request) -> JSONResponse:
 
 
 @router.head("/v3/auth/tokens")
+@off_loop
 async def check_token(request: Request) -> Response:
     st = AppState.of(request)
     st.context(request)
@@ -167,6 +172,7 @@ async def check_token(request: Request) -> Response:
 
 
 @router.delete("/v3/auth/tokens")
+@off_loop
 async def revoke_token(request: Request) -> Response:
     """Tokens are stateless; revocation is accepted and the token simply runs to expiry."""
     st = AppState.of(request)
@@ -195,6 +201,7 @@ def _require_admin(ctx: Context) -> None:
 
 
 @router.get("/v3/projects")
+@off_loop
 async def list_projects(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -207,6 +214,7 @@ async def list_projects(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v3/projects/{pid}")
+@off_loop
 async def show_project(pid: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -217,6 +225,7 @@ async def show_project(pid: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/v3/projects")
+@off_loop
 async def create_project(request: Request) -> JSONResponse:
     """Admin only: a project with a unique name (config names included), 201."""
     st = AppState.of(request)
@@ -241,6 +250,7 @@ async def create_project(request: Request) -> JSONResponse:
 
 
 @router.delete("/v3/projects/{pid}")
+@off_loop
 async def delete_project(pid: str, request: Request) -> Response:
     """Admin only: delete a project an admin created (the config file's are fixed). 204."""
     st = AppState.of(request)
@@ -258,12 +268,14 @@ async def delete_project(pid: str, request: Request) -> Response:
 
 
 @router.get("/v3/domains")
+@off_loop
 async def list_domains(request: Request) -> dict[str, Any]:
     AppState.of(request).context(request)
     return {"domains": [{**DOMAIN, "enabled": True, "description": "", "links": {}}]}
 
 
 @router.get("/v3/users/{uid}")
+@off_loop
 async def show_user(uid: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -275,6 +287,7 @@ async def show_user(uid: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v3/roles")
+@off_loop
 async def list_roles(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     st.context(request)

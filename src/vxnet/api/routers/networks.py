@@ -22,7 +22,7 @@ from pydantic import Field
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, get_visible, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -161,6 +161,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
 
 
 @router.get("/networks")
+@off_loop
 async def list_networks(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -168,6 +169,7 @@ async def list_networks(request: Request) -> dict[str, Any]:
 
 
 @router.get("/networks/{network_id}")
+@off_loop
 async def show_network(network_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -175,6 +177,7 @@ async def show_network(network_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/networks", status_code=201)
+@off_loop
 async def create_network(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -193,6 +196,7 @@ async def create_network(request: Request) -> JSONResponse:
 
 
 @router.put("/networks/{network_id}")
+@off_loop
 async def update_network(network_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -245,6 +249,7 @@ def network_in_use(uow: UnitOfWork, network_id: str, doomed_fips: frozenset[str]
 
 
 @router.delete("/networks/{network_id}", status_code=204)
+@off_loop
 async def delete_network(network_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)

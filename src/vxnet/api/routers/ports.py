@@ -26,7 +26,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, not_found
 from vxnet.api.routers.networks import network_visible
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -239,6 +239,7 @@ def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork) -> dict[str, Any
 
 
 @router.get("/ports")
+@off_loop
 async def list_ports(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -247,6 +248,7 @@ async def list_ports(request: Request) -> dict[str, Any]:
 
 
 @router.get("/ports/{port_id}")
+@off_loop
 async def show_port(port_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -257,6 +259,7 @@ async def show_port(port_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/ports", status_code=201)
+@off_loop
 async def create_port(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -283,6 +286,7 @@ def _get_for_change(ctx: Context, uow: UnitOfWork, port_id: str, action: str) ->
 
 
 @router.put("/ports/{port_id}")
+@off_loop
 async def update_port(port_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -309,6 +313,7 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/ports/{port_id}", status_code=204)
+@off_loop
 async def delete_port(port_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)

@@ -29,7 +29,7 @@ from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, invalid_input, not_found, policy_denied
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.routers.subnets import subnet_visible
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.services.repo import UnitOfWork
 
 router = APIRouter(prefix="/v2.0", tags=["tags"])
@@ -177,13 +177,13 @@ def _register(url_collection: str) -> None:
         return Response(status_code=204)
 
     one = base + "/{tag:path}"
-    router.add_api_route(base, list_tags, methods=["GET"], name=f"list_{op}_tags")
-    router.add_api_route(base, replace_tags, methods=["PUT"], name=f"replace_{op}_tags")
-    router.add_api_route(base, add_tags, methods=["POST"], status_code=201, name=f"add_{op}_tags")
-    router.add_api_route(base, delete_all_tags, methods=["DELETE"], status_code=204, name=f"delete_all_{op}_tags")
-    router.add_api_route(one, check_tag, methods=["GET"], status_code=204, name=f"check_{op}_tag")
-    router.add_api_route(one, add_tag, methods=["PUT"], status_code=201, name=f"add_{op}_tag")
-    router.add_api_route(one, delete_tag, methods=["DELETE"], status_code=204, name=f"delete_{op}_tag")
+    router.add_api_route(base, off_loop(list_tags), methods=["GET"], name=f"list_{op}_tags")
+    router.add_api_route(base, off_loop(replace_tags), methods=["PUT"], name=f"replace_{op}_tags")
+    router.add_api_route(base, off_loop(add_tags), methods=["POST"], status_code=201, name=f"add_{op}_tags")
+    router.add_api_route(base, off_loop(delete_all_tags), methods=["DELETE"], status_code=204, name=f"delete_all_{op}_tags")
+    router.add_api_route(one, off_loop(check_tag), methods=["GET"], status_code=204, name=f"check_{op}_tag")
+    router.add_api_route(one, off_loop(add_tag), methods=["PUT"], status_code=201, name=f"add_{op}_tag")
+    router.add_api_route(one, off_loop(delete_tag), methods=["DELETE"], status_code=204, name=f"delete_{op}_tag")
 
 
 for _collection in TAGGABLE:
