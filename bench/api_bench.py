@@ -9,10 +9,11 @@ Measures, as a tenant (member role) over keep-alive HTTP/1.1 connections:
 - server CPU per create (from /proc), and optionally (`--profile`) where the server spends its
   time during creates (py-spy, sampled in a separate run so it does not skew the figures).
 
-Backends (`--stores`, one after the other in the same run): `sqlite` (embedded), `etcd` (a fresh
-3-member cluster on loopback, `--etcd-members`, with the store's watch-fed read cache) and
-`etcd-nocache` (a fresh cluster again, `?cache=0`: every read is a round trip to etcd, as before
-the cache). Ratio rows compare each etcd variant with the embedded store, and the cache with no
+Backends (`--stores`, side by side in the same run): `sqlite` (embedded, one server), `etcd` (a
+fresh 3-member cluster on loopback, `--etcd-members`, with the store's watch-fed read cache,
+served by `--etcd-servers` API servers, default 2) and `etcd-nocache` (a fresh cluster again,
+`?cache=0`: every read is a round trip to etcd). The clients of an etcd backend are spread over
+its servers (client k talks to server k mod N); lists go through the first server. Ratio rows compare each etcd variant with the embedded store, and the cache with no
 cache, measurement by measurement; etcd's own CPU per create (all members) is reported too.
 
 The client is the standard library's `http.client` (one connection per client thread): on a
@@ -182,16 +183,18 @@ class Workload:
         return {self.resource: [self.body(start + k)[self.member] for k in range(n)]}
 
 
-def create_run(port: int, tok: str, work: Workload, clients: int, total: int) -> dict[str, Any]:
-    """`total` creates spread over `clients` threads; throughput and latency percentiles."""
+def create_run(port: int | list[int], tok: str, work: Workload, clients: int, total: int) -> dict[str, Any]:
+    """`total` creates spread over `clients` threads (client k on server k mod len(port) when
+    given several); throughput and latency percentiles."""
+    ports = port if isinstance(port, list) else [port]
     latencies: list[float] = []
     errors: collections.Counter[int] = collections.Counter()
     lock = threading.Lock()
     counter = iter(range(total))
     start_gate = threading.Barrier(clients + 1)
 
-    def worker() -> None:
-        c = Client(port, tok)
+    def worker(k: int) -> None:
+        c = Client(ports[k % len(ports)], tok)
         mine: list[float] = []
         start_gate.wait()
         while True:
@@ -209,7 +212,7 @@ def create_run(port: int, tok: str, work: Workload, clients: int, total: int) ->
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
     start_gate.wait()
@@ -337,6 +340,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: sqlite,etcd,etcd-nocache); each may end in -noquota for a server with quotas "
                         "off (e.g. sqlite,sqlite-noquota)")
     p.add_argument("--etcd-members", type=int, default=3, help="members of the etcd cluster (default 3)")
+    p.add_argument("--etcd-servers", type=int, default=2,
+                   help="API servers sharing each etcd cluster; creates are spread over them (default 2)")
     p.add_argument("--api-rounds", type=int, default=4,
                    help="alternating rounds over the backends per measurement, pooled (default 4)")
     p.add_argument("--profile", action="store_true", help="also sample the server with py-spy during creates")
@@ -379,6 +384,8 @@ class Target:
     port: int
     pid: int
     etcd_pids: list[int]
+    ports: list[int]  # every server of this backend (the first is `port`)
+    pids: list[int]
     tok: str
     admin_tok: str
     work: Workload
@@ -393,13 +400,20 @@ def start_targets(opts: argparse.Namespace, stores: list[str], stack: contextlib
         workdir = tempfile.mkdtemp(prefix="vxnet-bench-")
         stack.callback(shutil.rmtree, workdir, True)
         url, etcd_pids = stack.enter_context(backend(store.removesuffix("-noquota"), opts.etcd_members))
-        port, pid = stack.enter_context(server_process(workdir, url, quotas=not store.endswith("-noquota")))
+        quotas = not store.endswith("-noquota")
+        servers = [stack.enter_context(server_process(workdir, url, quotas=quotas))]
+        for _ in range(1, max(1, opts.etcd_servers) if url else 1):
+            other = tempfile.mkdtemp(prefix="vxnet-bench-")
+            stack.callback(shutil.rmtree, other, True)
+            servers.append(stack.enter_context(server_process(other, url, quotas=quotas)))
+        port, pid = servers[0]
         tok = token(port, MEMBER)
         work = Workload(port, tok)
         if work.resource != "ports":
             notes.append(f"{store}: POST /v2.0/ports did not work on this build: network creates were measured "
                          "instead.")
-        out.append(Target(store, port, pid, etcd_pids, tok, token(port, ADMIN), work))
+        out.append(Target(store, port, pid, etcd_pids, [p for p, _ in servers], [q for _, q in servers], tok,
+                          token(port, ADMIN), work))
     return out
 
 
@@ -410,7 +424,7 @@ def measure(opts: argparse.Namespace, targets: list[Target], rows: list[list[str
     creates = max(100, opts.creates // (10 if opts.quick else 1))
     rounds = max(1, opts.api_rounds)
     for t in targets:
-        create_run(t.port, t.tok, t.work, 8, min(200, creates))  # warm-up (imports, caches, WAL)
+        create_run(t.ports, t.tok, t.work, 8, min(200, creates))  # warm-up (imports, caches, WAL)
 
     def order(rnd: int) -> list[Target]:
         k = rnd % len(targets)
@@ -421,10 +435,10 @@ def measure(opts: argparse.Namespace, targets: list[Target], rows: list[list[str
         acc = {t.store: {"wall": 0.0, "errors": 0, "cpu": 0.0, "ecpu": 0.0} for t in targets}
         for rnd in range(rounds):
             for t in order(rnd):
-                cpu0, ecpu0 = cpu_seconds(t.pid), sum(cpu_seconds(p) for p in t.etcd_pids)
-                r = create_run(t.port, t.tok, t.work, clients, creates // rounds)
+                cpu0, ecpu0 = sum(cpu_seconds(p) for p in t.pids), sum(cpu_seconds(p) for p in t.etcd_pids)
+                r = create_run(t.ports, t.tok, t.work, clients, creates // rounds)
                 a = acc[t.store]
-                a["cpu"] += cpu_seconds(t.pid) - cpu0
+                a["cpu"] += sum(cpu_seconds(p) for p in t.pids) - cpu0
                 a["ecpu"] += sum(cpu_seconds(p) for p in t.etcd_pids) - ecpu0
                 a["wall"] += r["wall"]
                 a["errors"] += r["errors"]
@@ -432,11 +446,12 @@ def measure(opts: argparse.Namespace, targets: list[Target], rows: list[list[str
         for t in targets:
             xs, a = lat[t.store], acc[t.store]
             n = len(xs)
+            via = f" via {len(t.ports)} servers" if len(t.ports) > 1 else ""
             label = f"{t.work.resource[:-1]} create, {clients} client{'s' if clients > 1 else ''}"
             rate, p50, p99 = n / a["wall"], percentile(xs, 50) * 1000, percentile(xs, 99) * 1000
             figures[t.store][label] = (rate, p50, p99)
             rows.append([t.store, label, f"{rate:.0f}/s", f"{p50:.1f}", f"{p99:.1f}", f"{max(xs) * 1000:.1f}",
-                         f"{n} ok, {a['errors']:.0f} failed; server CPU {1000 * a['cpu'] / max(1, n):.2f} ms/create"
+                         f"{n} ok, {a['errors']:.0f} failed{via}; server CPU {1000 * a['cpu'] / max(1, n):.2f} ms/create"
                          + (f"; etcd CPU {1000 * a['ecpu'] / max(1, n):.2f} ms/create" if t.etcd_pids else "")])
     target = LIST_PORTS // (10 if opts.quick else 1)
     for t in targets:
@@ -487,7 +502,7 @@ def profiles(opts: argparse.Namespace, targets: list[Target]) -> str:
     extra = ""
     for t in targets:
         extra += f"### Where the server's time goes: 8 clients creating ({t.store})\n\n" + profile(
-            t.pid, lambda t=t: create_run(t.port, t.tok, t.work, 8, creates), f"create-{t.store}", opts.profile_dir)
+            t.pid, lambda t=t: create_run(t.ports, t.tok, t.work, 8, creates), f"create-{t.store}", opts.profile_dir)
         extra += f"\n\n### Where the server's time goes: listing all ports, member ({t.store})\n\n" + profile(
             t.pid, lambda t=t: timed_gets(t.port, t.tok, f"/v2.0/{t.work.resource}", 10), f"list-{t.store}",
             opts.profile_dir) + "\n\n"
@@ -541,7 +556,7 @@ def run(opts: argparse.Namespace) -> Report:
         f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs (client and server share them).")
     if any(s.startswith("etcd") for s in stores):
         notes.append(f"etcd: {opts.etcd_members} members on loopback (Debian's etcd), a fresh cluster per etcd "
-                     "backend; the server talks to it over its JSON gateway (`vxnet.store.etcd_store`). `etcd` "
+                     "backend with `--etcd-servers` API servers on it (creates spread over them, CPU summed); each server talks to it over its JSON gateway (`vxnet.store.etcd_store`). `etcd` "
                      "serves reads from the store's watch-fed mirror (`vxnet.store.cache`); `etcd-nocache` "
                      "(`?cache=0`) reads etcd on every read, as before the cache. Ratio rows: throughput as a / b, "
                      "latencies as a / b (so < 1 means a is faster).")

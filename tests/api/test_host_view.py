@@ -396,9 +396,9 @@ def test_stream_needs_service_or_admin(srv: ServerHandle) -> None:
 
 
 def test_ping_on_silence(tmp_path) -> None:
-    from vxnet.api.routers import agent_stream
-    old = agent_stream.PING_INTERVAL
-    agent_stream.PING_INTERVAL = 0.3
+    from vxnet.services import view_hub
+    old = view_hub.PING_INTERVAL
+    view_hub.PING_INTERVAL = 0.3
     h = start_agent_server(os.path.join(tmp_path, "db"))
     try:
         s = StreamReader(h, "quiet")
@@ -406,7 +406,7 @@ def test_ping_on_silence(tmp_path) -> None:
         assert ping["revision"] >= 0
         s.close()
     finally:
-        agent_stream.PING_INTERVAL = old
+        view_hub.PING_INTERVAL = old
         h.stop()
 
 
@@ -490,8 +490,8 @@ def _held(reader: StreamReader) -> dict[str, Any]:
 def test_views_through_the_resource_apis(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     """Networks, subnets, ports, routers, gateways, floating IPs and groups made through the
     API: every agent's view equals the full recompute, after every step."""
-    from vxnet.api.routers import agent_stream
-    monkeypatch.setattr(agent_stream, "PING_INTERVAL", 0.3)
+    from vxnet.services import view_hub
+    monkeypatch.setattr(view_hub, "PING_INTERVAL", 0.3)
     c = agent_client(srv)
     for host, ip, gw in (("hv1", "198.51.100.1", False), ("hv2", "198.51.100.2", False),
                          ("hv3", "198.51.100.3", False), ("gw1", "198.51.100.9", True)):
@@ -562,8 +562,8 @@ def test_views_through_the_resource_apis(srv: ServerHandle, monkeypatch: pytest.
 def test_replay_log_is_bounded(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     """The replay logs keep at most LOG_BYTES: a `since` older than what is kept gets a
     snapshot, a recent one still resumes."""
-    from vxnet.api.routers import agent_stream
-    monkeypatch.setattr(agent_stream, "LOG_BYTES", 20_000)
+    from vxnet.services import view_hub
+    monkeypatch.setattr(view_hub, "LOG_BYTES", 20_000)
     c = agent_client(srv)
     assert c.post("/hosts/hv1/register", json={"underlay_ip": "198.51.100.1"}).status_code == 200
     net = srv.api("admin").post("/networks", json={"network": {"name": "n"}}).json()["network"]
@@ -623,8 +623,8 @@ def test_index_failure_falls_back_to_full_reload(srv: ServerHandle, monkeypatch:
 def test_fanout_reaches_exactly_the_hosts_that_care(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     """40 agents streaming, 4 hosts per network: each port change reaches exactly the 4 hosts
     on its network, in about a millisecond, and no other stream hears of it."""
-    from vxnet.api.routers import agent_stream
-    monkeypatch.setattr(agent_stream, "PING_INTERVAL", 0.5)
+    from vxnet.services import view_hub
+    monkeypatch.setattr(view_hub, "PING_INTERVAL", 0.5)
     c = agent_client(srv)
     n = 40
     for i in range(n):
@@ -663,8 +663,8 @@ def test_fanout_reaches_exactly_the_hosts_that_care(srv: ServerHandle, monkeypat
 
 def test_long_replay_becomes_a_snapshot(srv: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     """A resume that would replay more lines than a stream may queue gets a snapshot."""
-    from vxnet.api.routers import agent_stream
-    monkeypatch.setattr(agent_stream, "LOG_LENGTH", 10)
+    from vxnet.services import view_hub
+    monkeypatch.setattr(view_hub, "LOG_LENGTH", 10)
     c = agent_client(srv)
     assert c.post("/hosts/hv1/register", json={"underlay_ip": "198.51.100.1"}).status_code == 200
     since = srv.store.revision()

@@ -9,7 +9,7 @@ tests check what only the cache can get wrong, counting which reads the mirror a
 - the mirror's member dies while others write, delete and compact: reads go to etcd while the
   stream is down, then the mirror reloads everything (its resume point was compacted) and
   shows exactly the cluster's state again;
-- `cache=0` in the URL (the default since the leader-kill duplicate, see docs/deployment.md) turns it off.
+- the cache is on by default for etcd URLs, and `cache=0` in the URL turns it off.
 """
 
 from __future__ import annotations
@@ -164,6 +164,15 @@ def test_mirror_reloads_after_its_member_was_gone_past_a_compaction(
     assert a.reads_etcd == e0
     r = put(a, ns + "after", "1")          # and it keeps following
     assert a.get(ns + "after").mod_revision == r
+
+
+def test_cache_on_by_default(cluster: EtcdCluster, stores: list[EtcdStore], ns: str) -> None:
+    s = open_store("etcd://" + ",".join(e.removeprefix("http://") for e in cluster.endpoints))
+    assert isinstance(s, EtcdStore)
+    stores.append(s)
+    rev = put(s, ns + "k", "v")
+    assert s.get(ns + "k").mod_revision == rev
+    assert s.reads_cached >= 1 and s.cache_live
 
 
 def test_cache_off_reads_etcd(cluster: EtcdCluster, stores: list[EtcdStore], ns: str) -> None:

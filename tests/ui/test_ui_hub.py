@@ -10,6 +10,7 @@ from typing import Any
 
 from vxnet.api.auth import Context
 from vxnet.api.routers.ui import Subscriber, UiHub
+from vxnet.services.view_hub import Hub
 from vxnet.store.contract import Event, EventType, KeyValue
 from vxnet.store.sqlite_store import SqliteStore
 
@@ -42,21 +43,23 @@ def _drain(sub: Subscriber) -> list[tuple[str, str, str]]:
 def test_fan_out_by_visibility_in_any_event_order(tmp_path: Path) -> None:
     async def run() -> None:
         store = SqliteStore(str(tmp_path / "s.db"))
-        hub = UiHub(store)
+        view_hub = Hub(store)  # the server's one watch; the UI feed listens to it
+        view_hub.start(asyncio.get_running_loop())
+        hub = UiHub(view_hub)
         hub.ensure_started()
         subs = {name: Subscriber(ctx) for name, ctx in (("alice", ALICE), ("bob", BOB), ("admin", ADMIN))}
         hub.subscribers.update(subs.values())
         shared = _net("n-shared", "p0", shared=True)
         private = _net("n-alice", "pa")
-        hub._apply([_put(2, "networks", shared), _put(2, "networks", private)])
-        hub._apply([_put(3, "subnets", {"id": "s-shared", "network_id": "n-shared", "project_id": "p0"}),
+        view_hub._apply([_put(2, "networks", shared), _put(2, "networks", private)])
+        view_hub._apply([_put(3, "subnets", {"id": "s-shared", "network_id": "n-shared", "project_id": "p0"}),
                     _put(3, "subnets", {"id": "s-alice", "network_id": "n-alice", "project_id": "pa"}),
                     _put(3, "routers", {"id": "r-alice", "project_id": "pa"}),
                     _put(3, "agents", {"id": "agent-1", "host": "h1"})])
         # the parent first: its subnet must still be judged with it
-        hub._apply([_delete(4, "networks", "n-shared"), _delete(4, "subnets", "s-shared")])
-        hub._apply([_put(5, "networks", {**private, "shared": True})])  # alice shares her network
-        hub._apply([_put(6, "networks", private)])  # and unshares it: bob hears of that too
+        view_hub._apply([_delete(4, "networks", "n-shared"), _delete(4, "subnets", "s-shared")])
+        view_hub._apply([_put(5, "networks", {**private, "shared": True})])  # alice shares her network
+        view_hub._apply([_put(6, "networks", private)])  # and unshares it: bob hears of that too
         got = {name: _drain(sub) for name, sub in subs.items()}
         assert got["bob"] == [("networks", "n-shared", "put"), ("subnets", "s-shared", "put"),
                               ("networks", "n-shared", "delete"), ("subnets", "s-shared", "delete"),
@@ -65,6 +68,7 @@ def test_fan_out_by_visibility_in_any_event_order(tmp_path: Path) -> None:
         assert all(c != "agents" for c, _, _ in got["alice"] + got["bob"])
         assert ("agents", "agent-1", "put") in got["admin"] and len(got["admin"]) == 10
         hub.stop()
+        view_hub.stop()
         store.close()
 
     # In a thread of its own: Playwright's sync API keeps an event loop running in this one.

@@ -42,11 +42,12 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vxnet.api import policy
-from vxnet.api.errors import ApiError, policy_denied
+from vxnet.api.errors import ApiError, from_service, policy_denied
 from vxnet.api.extensions import served_extensions
 from vxnet.api.middleware import RequestGuard
 from vxnet.api.state import AppState
 from vxnet.config import Config
+from vxnet.services.errors import ServiceError
 from vxnet.services.repo import ClaimTaken, Conflict
 from vxnet.store.contract import Store, StoreUnavailable, TxnTooLarge
 
@@ -191,6 +192,12 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        err = from_service(exc)
+        headers = {"Retry-After": "1"} if err.status == 503 else None
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     @app.exception_handler(ClaimTaken)
     async def claim_taken(request: Request, exc: ClaimTaken) -> JSONResponse:

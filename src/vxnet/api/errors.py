@@ -3,11 +3,16 @@
 Every error leaves the server as `{"NeutronError": {"type", "message", "detail"}}` with a 4xx
 status, using Neutron's exception names and wording (clients and tempest match on them).
 Raise `ApiError` (or a helper below) anywhere in request handling; `app.py` renders it.
+Services raise their own `vxnet.services.errors.ServiceError`s; `FAULT_MAP` gives each kind its
+HTTP status (as Neutron's API maps neutron-lib's exception classes) and `from_service` turns one
+into an ApiError, so both render the same way.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from vxnet.services import errors
 
 
 class ApiError(Exception):
@@ -24,33 +29,9 @@ class ApiError(Exception):
         return {"NeutronError": {"type": self.type, "message": self.message, "detail": self.detail}}
 
 
-_NOT_FOUND_NAMES = {
-    "network": "Network",
-    "subnet": "Subnet",
-    "port": "Port",
-    "router": "Router",
-    "floatingip": "FloatingIP",
-    "security_group": "SecurityGroup",
-    "security_group_rule": "SecurityGroupRule",
-    "agent": "Agent",
-    "subnetpool": "SubnetPool",
-}
-
-
 def not_found(resource: str, id_: str) -> ApiError:
     """`NetworkNotFound: Network <id> could not be found.` and friends."""
-    name = _NOT_FOUND_NAMES.get(resource, resource.title().replace("_", ""))
-    if resource == "security_group":
-        msg = f"Security group {id_} does not exist"
-    elif resource == "security_group_rule":
-        msg = f"Security group rule {id_} does not exist"
-    elif resource == "floatingip":
-        msg = f"Floating IP {id_} could not be found"
-    elif resource == "subnetpool":
-        msg = f"Subnet pool {id_} could not be found."
-    else:
-        msg = f"{name} {id_} could not be found."
-    return ApiError(404, f"{name}NotFound", msg)
+    return from_service(errors.not_found(resource, id_))
 
 
 def bad_request(message: str, type_: str = "BadRequest") -> ApiError:
@@ -75,3 +56,20 @@ def unauthorized() -> ApiError:
 
 def precondition_failed(message: str = "Constraint not met.") -> ApiError:
     return ApiError(412, "PreconditionFailed", message)
+
+
+# Most specific first: InUse is a Conflict.
+FAULT_MAP: tuple[tuple[type[errors.ServiceError], int], ...] = (
+    (errors.InUse, 409),
+    (errors.Conflict, 409),
+    (errors.NotFound, 404),
+    (errors.NotAuthorized, 403),
+    (errors.BadRequest, 400),
+    (errors.Unavailable, 503),
+)
+
+
+def from_service(exc: errors.ServiceError) -> ApiError:
+    """The API error of a service error: its kind's status, its Neutron type and message."""
+    status = next((code for kind, code in FAULT_MAP if isinstance(exc, kind)), 400)
+    return ApiError(status, exc.type, exc.message, exc.detail)

@@ -1,9 +1,23 @@
-"""What every request handler can reach: config, store, repository, token key, context."""
+"""What every request handler can reach: config, store, repository, token key, context, and
+`run_store`, the one way a handler runs blocking store work.
+
+Store calls are synchronous (an etcd transaction is a network round trip, retries sleep), so an
+`async def` handler never makes them itself: it hands the whole piece of work (a repo
+transaction, a service call, a read) to `run_store`, which runs it on a worker thread under a
+bounded limiter (STORE_THREADS at once; the rest wait without blocking the loop). The event loop
+only parses, validates and streams.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import functools
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import Request
 
 from vxnet.api.auth import Context, authenticate
@@ -13,7 +27,50 @@ from vxnet.api.login_limits import LoginLimiter
 from vxnet.config import Config
 from vxnet.services.identity_state import IdentityState
 from vxnet.services.repo import Repo
+from vxnet.services.view_hub import Hub
 from vxnet.store.contract import Store
+
+P = ParamSpec("P")
+T = TypeVar("T")
+STORE_THREADS = 32  # concurrent store calls per server process; more wait their turn
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = weakref.WeakKeyDictionary()
+
+
+async def run_store(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run blocking store work `fn(*args, **kwargs)` on a worker thread (bounded); its result.
+    Exceptions propagate as if called directly."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:  # one per loop: a limiter's waiters belong to the loop they wait on
+        limiter = _limiters[loop] = CapacityLimiter(STORE_THREADS)
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
+
+
+def off_loop(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Decorate an `async def` request handler whose only awaits are on the request body
+    (`read_json`): the body is read on the event loop, then the whole handler runs on a store
+    worker thread (`run_store`), store calls and retry sleeps included. A handler that awaits
+    anything else fails loudly (RuntimeError) instead of blocking or deadlocking."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, Request):
+                await value.body()  # cached on the request: the handler's own read returns at once
+        return await run_store(_drive, handler, args, kwargs)
+
+    return wrapper
+
+
+def _drive(handler: Callable[..., Coroutine[Any, Any, T]], args: Any, kwargs: Any) -> T:
+    """Run a coroutine that never suspends to completion (on the calling thread)."""
+    coro = handler(*args, **kwargs)
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError(f"{handler.__qualname__} awaited something that needs the event loop; it cannot be off_loop")
 
 
 class AppState:
@@ -27,7 +84,7 @@ class AppState:
         self.users = {u.id: u for u in config.users}
         self.login_limiter = LoginLimiter(config.login_failures_per_user, config.login_failures_per_source,
                                           config.login_failure_window)
-        self.hub: Any = None  # the agents' view hub, set by routers/agent_stream.setup()
+        self.hub: Hub | None = None  # the server's one store watch, set by routers/agent_stream.setup()
 
     @property
     def token_key(self) -> bytes:

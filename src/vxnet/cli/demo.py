@@ -4,6 +4,7 @@ writes so the unmodified `openstack` CLI drives the demo cloud."""
 from __future__ import annotations
 
 import os
+
 import typer
 
 from vxnet.config import load_config

@@ -15,16 +15,19 @@ Invariants:
   from their start before declaring exhaustion, so a stale hint never causes a false 409.
 - Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409
   IpAddressAlreadyAllocated (tempest accepts it or IpAddressInUse).
+- Every `vxlan` network holds exactly one VNI, claimed at `/vxnet/vni/<vni>` (value: network
+  id) in the transaction that creates the network (`allocate_vni`), released by its delete.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from vxnet.api.errors import ApiError, bad_request, conflict
+from vxnet.services.errors import Conflict, ServiceError, bad_request, conflict
 from vxnet.services.repo import ROOT, UnitOfWork
 
 MAC_PREFIX = "fa:16:3e"
@@ -76,8 +79,7 @@ def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: s
         return wanted
     addr = _lowest_free(uow, subnet, port_id)
     if addr is None:
-        raise ApiError(
-            409,
+        raise Conflict(
             "IpAddressGenerationFailure",
             f"No more IP addresses available on network {subnet['network_id']}.",
         )
@@ -89,6 +91,13 @@ def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: s
 # where to start looking; every candidate is still checked against the store and claimed, so a
 # stale hint (e.g. after a release by another server) costs a rescan, never a duplicate.
 _low_water: dict[str, tuple[str, int]] = {}
+# Per-process addresses staged by units of work that have not committed yet (subnet id, address)
+# -> until when: a concurrent unit of work of this process skips them instead of claiming the same
+# address and losing the commit race (with creates on worker threads, N threads would otherwise
+# all try the lowest free address and N-1 of them rerun). Only a hint, like `_low_water`: the
+# claim is still checked by the store, and an entry left by an aborted unit expires.
+_in_flight: dict[tuple[str, int], float] = {}
+IN_FLIGHT_SECONDS = 2.0
 
 
 def _pools_sig(subnet: dict[str, Any]) -> str:
@@ -108,17 +117,35 @@ def _lowest_free(uow: UnitOfWork, subnet: dict[str, Any], port_id: str) -> str |
     sig = _pools_sig(subnet)
     seen = _low_water.get(sid)
     hint = seen[1] if seen and seen[0] == sig else 0
+    now = time.monotonic()
+    skipped = False
     for start_at in ((hint, 0) if hint else (0,)):
         for n in _candidates(subnet, start_at):
+            if _in_flight.get((sid, n), 0.0) > now:
+                skipped = True
+                continue  # another unit of work of this process is claiming it
             ip = str(ipaddress.ip_address(n))
             if not uow.is_claimed(ip_key(sid, ip)):
                 uow.claim(ip_key(sid, ip), port_id)
+                _in_flight[(sid, n)] = now + IN_FLIGHT_SECONDS
                 uow.after_commit.append(lambda sid=sid, sig=sig, n=n: _advance(sid, sig, n))
                 return ip
+    # Every free address seemed in flight: let the store decide (ignore the in-flight hint).
+    for n in _candidates(subnet, 0) if skipped else ():
+        ip = str(ipaddress.ip_address(n))
+        if not uow.is_claimed(ip_key(sid, ip)):
+            uow.claim(ip_key(sid, ip), port_id)
+            uow.after_commit.append(lambda sid=sid, sig=sig, n=n: _advance(sid, sig, n))
+            return ip
     return None
 
 
 def _advance(subnet_id: str, sig: str, n: int) -> None:
+    _in_flight.pop((subnet_id, n), None)
+    if len(_in_flight) > 4096:  # drop what aborted units left behind
+        now = time.monotonic()
+        for key in [k for k, until in list(_in_flight.items()) if until <= now]:
+            _in_flight.pop(key, None)
     seen = _low_water.get(subnet_id)
     if seen is None or seen[0] != sig or n > seen[1]:
         _low_water[subnet_id] = (sig, n)
@@ -176,13 +203,13 @@ def allocate_fixed_ips(
     by_id = {s["id"]: s for s in subnets}
     out: list[dict[str, str]] = []
     if requested is None:
-        last_error: ApiError | None = None
+        last_error: ServiceError | None = None
         for version in (4, 6):
             for s in (s for s in subnets if s["ip_version"] == version):
                 try:
                     out.append({"subnet_id": s["id"], "ip_address": allocate_ip(uow, s, port_id)})
                     break
-                except ApiError as e:
+                except ServiceError as e:
                     last_error = e
         if not out and last_error is not None:
             raise last_error
@@ -209,3 +236,32 @@ def allocate_fixed_ips(
                 )
         out.append({"subnet_id": subnet["id"], "ip_address": allocate_ip(uow, subnet, port_id, ip)})
     return out
+
+
+VNI_MIN = 1001
+VNI_MAX = 16_000_000
+
+
+def vni_key(vni: int) -> str:
+    """The claim of one VXLAN network identifier."""
+    return f"{ROOT}vni/{vni}"
+
+
+def allocate_vni(uow: UnitOfWork, network_id: str, wanted: int | None) -> int:
+    """Claim a VNI: the wanted one (409 SegmentationIdInUse if taken) or the lowest free one."""
+    if wanted is not None:
+        if not VNI_MIN <= wanted <= VNI_MAX and not 1 <= wanted <= VNI_MAX:
+            raise bad_request(f"Invalid input for operation: segmentation_id {wanted} out of range")
+        key = vni_key(wanted)
+        if uow.is_claimed(key):
+            raise conflict("SegmentationIdInUse", f"Unable to create the network. The VXLAN {wanted} is in use.")
+        uow.claim(key, network_id)
+        return wanted
+    kvs, _ = uow.repo.store.range(f"{ROOT}vni/")
+    keys = {kv.key for kv in kvs} | uow.claimed_under(f"{ROOT}vni/")  # a bulk create claims several
+    used = {int(k.rsplit("/", 1)[1]) for k in keys}
+    vni = VNI_MIN
+    while vni in used:
+        vni += 1
+    uow.claim(vni_key(vni), network_id)
+    return vni

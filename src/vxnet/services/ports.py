@@ -15,10 +15,12 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Mapping
 from typing import Any
 
-from vxnet.api.errors import ApiError, bad_request, not_found
 from vxnet.services import ipam
+from vxnet.services.errors import BadRequest, Conflict, bad_request, not_found
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 from vxnet.services.secgroups import ensure_default_group
 
@@ -74,14 +76,14 @@ def check_security_groups(uow: UnitOfWork, group_ids: list[str], project_id: str
     return out
 
 
-def port_security_conflict_create() -> ApiError:
-    return ApiError(400, "PortSecurityAndIPRequiredForSecurityGroups",
-                    "Port security must be enabled and port must have an IP address in order to use "
-                    "security groups.")
+def port_security_conflict_create() -> BadRequest:
+    return BadRequest("PortSecurityAndIPRequiredForSecurityGroups",
+                      "Port security must be enabled and port must have an IP address in order to use "
+                      "security groups.")
 
 
-def port_security_conflict_update() -> ApiError:
-    return ApiError(409, "PortSecurityPortHasSecurityGroup",
+def port_security_conflict_update() -> Conflict:
+    return Conflict("PortSecurityPortHasSecurityGroup",
                     "Port has security group associated. Cannot disable port security or IP address "
                     "until security group is removed")
 
@@ -111,7 +113,7 @@ def new_port_record(
 ) -> dict[str, Any]:
     """Allocate MAC and fixed IPs, resolve security groups, and stage a complete port (the
     admin view). `fixed_ips` None means "one address from the network's subnets"; `[]` means
-    none. Raises ApiError (staging nothing useful: the caller's transaction must not commit)."""
+    none. Raises ServiceError (staging nothing useful: the caller's transaction must not commit)."""
     pid = port_id or new_id("ports")
     ps = network.get("port_security_enabled", True) if port_security_enabled is None else port_security_enabled
     mac = ipam.allocate_mac(uow, network["id"], pid, mac_address)
@@ -127,7 +129,7 @@ def new_port_record(
         groups = check_security_groups(uow, security_groups, project_id, is_admin)
     pairs = normalize_address_pairs(allowed_address_pairs or [], mac)
     if pairs and not ps:
-        raise ApiError(409, "AddressPairAndPortSecurityRequired",
+        raise Conflict("AddressPairAndPortSecurityRequired",
                        "Port Security must be enabled in order to have allowed address pairs on a port.")
     now = now_iso()
     port = {
@@ -195,3 +197,97 @@ def delete_port_record(uow: UnitOfWork, port: dict[str, Any]) -> None:
     clear_floating_ips(uow, port["id"])
     uow.delete("ports", port["id"])
 
+
+def changed_ips(original: list[dict[str, str]], requested: list[dict[str, Any]]
+                ) -> tuple[list[dict[str, str]], list[dict[str, Any]], list[dict[str, str]]]:
+    """Neutron's matching of a fixed_ips update: (kept, to add, to remove). An entry naming an
+    address the port has keeps it; a subnet-only entry reuses the port's address there."""
+    kept: list[dict[str, str]] = []
+    add: list[dict[str, Any]] = []
+    by_ip = {ip["ip_address"]: ip for ip in original}
+    for r in requested:
+        if "ip_address" not in r:
+            continue
+        orig = by_ip.pop(r["ip_address"], None)
+        if orig is not None and r.get("subnet_id", orig["subnet_id"]) == orig["subnet_id"]:
+            kept.append(orig)
+        else:
+            if orig is not None:
+                by_ip[orig["ip_address"]] = orig
+            add.append(r)
+    by_subnet: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+    for ip in by_ip.values():
+        by_subnet[ip["subnet_id"]].append(ip)
+    for r in requested:
+        if "ip_address" in r:
+            continue
+        pool = by_subnet.get(r.get("subnet_id", ""))
+        if pool:
+            kept.append(pool.pop())
+        else:
+            add.append(r)
+    remove = [ip for ips in by_subnet.values() for ip in ips]
+    return kept, add, remove
+
+
+def update_port(uow: UnitOfWork, port: dict[str, Any], net: dict[str, Any], changes: Mapping[str, Any], *,
+                is_admin: bool) -> dict[str, Any]:
+    """Apply a validated update to `port` (on `net`) and stage it; the updated record.
+    `changes`: the fields the caller sent, by wire name (`fixed_ips` as requested entries,
+    `allowed_address_pairs` as dicts). Moving the binding sets status DOWN; a MAC change needs
+    an unbound port; removed addresses are released and new ones claimed in the same unit of
+    work. Who may change which field is the API policy's business (api/policy.py, checked by
+    the caller in the same unit of work); `is_admin` only widens which groups may be named."""
+    changed: dict[str, Any] = {}
+    for f in ("name", "description", "admin_state_up", "device_id"):
+        if f in changes:
+            changed[f] = changes[f]
+    if "device_owner" in changes:
+        changed["device_owner"] = changes["device_owner"]
+    if "binding:vnic_type" in changes:
+        changed["binding:vnic_type"] = changes["binding:vnic_type"]
+    if "binding:profile" in changes:
+        changed["binding:profile"] = changes["binding:profile"] or {}
+    if "binding:host_id" in changes:
+        host = changes["binding:host_id"] or ""
+        if host != port["binding:host_id"]:
+            changed.update({"binding:host_id": host, "binding:vif_type": vif_type(host), "status": "DOWN"})
+    mac = port["mac_address"]
+    if "mac_address" in changes and changes["mac_address"] != port["mac_address"]:
+        if port["binding:host_id"]:
+            raise Conflict("PortBound", f"Unable to complete operation on port {port['id']}, port is already "
+                           f"bound, port type: {port['binding:vif_type']}, old_mac {port['mac_address']}, "
+                           f"new_mac {changes['mac_address']}.")
+        ipam.release_mac(uow, net["id"], port["mac_address"])
+        mac = ipam.allocate_mac(uow, net["id"], port["id"], changes["mac_address"])
+        changed["mac_address"] = mac
+    if "fixed_ips" in changes:
+        requested = changes["fixed_ips"] or []
+        kept, add, remove = changed_ips(port["fixed_ips"], requested)
+        for ip in remove:
+            ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
+        new = ipam.allocate_fixed_ips(uow, net, network_subnets(uow, net["id"]), port["id"], add) if add else []
+        changed["fixed_ips"] = kept + new
+    ps = changes["port_security_enabled"] if "port_security_enabled" in changes else port["port_security_enabled"]
+    groups = port["security_groups"]
+    if "security_groups" in changes:
+        groups = check_security_groups(uow, changes["security_groups"], port["project_id"], is_admin)
+        if groups and not ps:
+            raise port_security_conflict_create()
+        changed["security_groups"] = groups
+    pairs = port["allowed_address_pairs"]
+    if "allowed_address_pairs" in changes:
+        pairs = normalize_address_pairs(changes["allowed_address_pairs"], mac)
+        changed["allowed_address_pairs"] = pairs
+    if "port_security_enabled" in changes:
+        if not ps and groups:
+            raise port_security_conflict_update()
+        changed["port_security_enabled"] = ps
+    if pairs and not ps:
+        raise Conflict("AddressPairAndPortSecurityRequired",
+                       "Port Security must be enabled in order to have allowed address pairs on a port.")
+    port.update(changed)
+    port["revision_number"] = port.get("revision_number", 0) + 1
+    port["updated_at"] = now_iso()
+    uow.put("ports", port)
+    return port

@@ -42,8 +42,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from vxnet.api.errors import ApiError, invalid_input
 from vxnet.config import QuotaSettings
+from vxnet.services.errors import BadRequest, Conflict
 from vxnet.services.repo import ROOT, Repo, UnitOfWork
 from vxnet.store.contract import Delete, Store
 
@@ -72,9 +72,9 @@ def usage_key(project_id: str, resource: str) -> str:
     return f"{USAGE_PREFIX}{project_id}/{resource}"
 
 
-def over_quota(resources: list[str]) -> ApiError:
+def over_quota(resources: list[str]) -> Conflict:
     """Neutron's OverQuota (409)."""
-    return ApiError(409, "OverQuota", f"Quota exceeded for resources: {sorted(resources)}.")
+    return Conflict("OverQuota", f"Quota exceeded for resources: {sorted(resources)}.")
 
 
 @dataclasses.dataclass
@@ -176,10 +176,11 @@ class QuotaEngine:
         raw = uow.get_raw(key)  # the port before this write: growing is refused, keeping is not
         old = json.loads(raw) if raw else {}
         if too_many_ips and ips > len(old.get("fixed_ips") or []):
-            raise invalid_input("Exceeded maximum amount of fixed ips per port")
+            raise BadRequest("InvalidInput",
+                             "Invalid input for operation: Exceeded maximum amount of fixed ips per port.")
         if too_many_pairs and pairs > len(old.get("allowed_address_pairs") or []):
-            raise ApiError(400, "AllowedAddressPairExhausted",
-                           f"The number of allowed address pair exceeds the maximum {max_pairs}.")
+            raise BadRequest("AllowedAddressPairExhausted",
+                             f"The number of allowed address pair exceeds the maximum {max_pairs}.")
 
     # limits and usage for the API --------------------------------------------------------------
     def limits(self, store: Store, project: str) -> dict[str, int]:
@@ -206,8 +207,8 @@ class QuotaEngine:
                 if check_limit and limit >= 0:
                     used = self._used_guarded(uow, project, resource)
                     if used > limit:
-                        raise ApiError(400, "BadRequest",
-                                       f"Quota limit {limit} for {resource} must be greater than or "
+                        raise BadRequest("BadRequest",
+                                         f"Quota limit {limit} for {resource} must be greater than or "
                                        f"equal to already used {used}")
                 overrides[resource] = limit
             uow.put_raw(limit_key(project), json.dumps(overrides, sort_keys=True))

@@ -23,8 +23,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from vxnet.api.errors import ApiError
 from vxnet.services import quotas
+from vxnet.services.errors import BadRequest
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 # neutron_lib.constants.IP_PROTOCOL_MAP
@@ -139,8 +139,8 @@ def sort_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # rule semantics ----------------------------------------------------------------------------------
 
-def _invalid(type_: str, message: str) -> ApiError:
-    return ApiError(400, type_, message)
+def _invalid(type_: str, message: str) -> BadRequest:
+    return BadRequest(type_, message)
 
 
 def convert_port(value: Any) -> int | None:

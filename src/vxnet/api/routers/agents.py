@@ -26,7 +26,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import not_found
 from vxnet.api.routers.agent_stream import live_key
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import Body, Bool, Description, parse_update
 from vxnet.services.repo import UnitOfWork
 
@@ -64,6 +64,7 @@ def _get(st: AppState, ctx: Context, agent_id: str) -> dict[str, Any]:
 
 
 @router.get("/agents")
+@off_loop
 async def list_agents(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -74,6 +75,7 @@ async def list_agents(request: Request) -> dict[str, Any]:
 
 
 @router.get("/agents/{agent_id}")
+@off_loop
 async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -82,6 +84,7 @@ async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.put("/agents/{agent_id}")
+@off_loop
 async def update_agent(agent_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -101,6 +104,7 @@ async def update_agent(agent_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/agents/{agent_id}", status_code=204)
+@off_loop
 async def delete_agent(agent_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)

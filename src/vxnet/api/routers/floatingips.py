@@ -35,7 +35,7 @@ from vxnet.api.collection import ResourceSpec, check_if_match, list_response, sh
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.routers.routers import INTF_OWNER, port_visible, touch_fence
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
     Description,
@@ -289,6 +289,7 @@ def _reject_create_keys(body: Any) -> None:
 
 
 @router.get("/floatingips")
+@off_loop
 async def list_floatingips(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -296,6 +297,7 @@ async def list_floatingips(request: Request) -> dict[str, Any]:
 
 
 @router.get("/floatingips/{fip_id}")
+@off_loop
 async def show_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -306,6 +308,7 @@ async def show_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/floatingips", status_code=201)
+@off_loop
 async def create_floatingip(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -328,6 +331,7 @@ async def create_floatingip(request: Request) -> JSONResponse:
 
 
 @router.put("/floatingips/{fip_id}")
+@off_loop
 async def update_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -368,6 +372,7 @@ async def update_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/floatingips/{fip_id}", status_code=204)
+@off_loop
 async def delete_floatingip(fip_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)

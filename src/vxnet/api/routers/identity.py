@@ -29,14 +29,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from vxnet.api.auth import MAX_TOKEN_LEN, Context, credential, issue_token, new_context
 from vxnet.api.errors import ApiError, unauthorized
 from vxnet.api.passwords import check_password, dummy_check
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.config import User, project_id_for
 from vxnet.services.identity_state import rotate_keys
 from vxnet.store.contract import Delete, Put, key_missing, key_unchanged
@@ -106,6 +105,7 @@ def _version(base: str) -> dict[str, Any]:
 
 @router.get("")
 @router.get("/")
+@off_loop
 async def versions(request: Request) -> JSONResponse:
     """Keystone's root: the list of versions (300, as Keystone answers)."""
     st = AppState.of(request)
@@ -114,6 +114,7 @@ async def versions(request: Request) -> JSONResponse:
 
 @router.get("/v3")
 @router.get("/v3/")
+@off_loop
 async def v3(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     return {"version": _version(st.public_url(request))}
@@ -202,7 +203,7 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "?"
 
 
-async def _password_auth(st: AppState, request: Request, ident: dict[str, Any], scope: Any) -> Context:
+def _password_auth(st: AppState, request: Request, ident: dict[str, Any], scope: Any) -> Context:
     pw = _obj(ident.get("password"), "identity.password")
     uref = _obj(pw.get("user"), "identity.password.user")
     if "domain" in uref:
@@ -215,16 +216,16 @@ async def _password_auth(st: AppState, request: Request, ident: dict[str, Any], 
     if wait is not None:
         log.info("login for %s from %s refused: too many failures, retry in %d s", who, source, wait)
         raise RateLimited(wait)
-    # counted before the (slow, awaited) check, so parallel guesses cannot all pass the limit
+    # counted before the (slow) check, so parallel guesses cannot all pass the limit
     # check first; a success takes it back
     st.login_limiter.failed(who, source)
     if user is not None and user.password_hash:
-        ok = await run_in_threadpool(check_password, given, user.password, user.password_hash)
+        ok = check_password(given, user.password, user.password_hash)
     elif user is not None:
         ok = check_password(given, user.password)
     else:
         if any(u.password_hash for u in st.config.users):
-            await run_in_threadpool(dummy_check, given)  # an unknown name costs what a known one does
+            dummy_check(given)  # an unknown name costs what a known one does
         ok = False
     if not ok or user is None or not user.enabled:
         raise unauthorized()
@@ -249,6 +250,7 @@ def _token_auth(st: AppState, ident: dict[str, Any], scope: Any) -> Context:
 
 
 @router.post("/v3/auth/tokens")
+@off_loop
 async def create_token(request: Request) -> JSONResponse:
     """Password or token auth with project scope. 201 with X-Subject-Token."""
     st = AppState.of(request)
@@ -258,7 +260,7 @@ async def create_token(request: Request) -> JSONResponse:
     methods = _methods(ident)
     scope = auth.get("scope")
     if "password" in methods:
-        ctx = await _password_auth(st, request, ident, scope)
+        ctx = _password_auth(st, request, ident, scope)
     else:
         ctx = _token_auth(st, ident, scope)
     token = issue_token(st.token_key, ctx)
@@ -286,6 +288,7 @@ def _subject(st: AppState, request: Request, action: str) -> Context:
 
 
 @router.get("/v3/auth/tokens")
+@off_loop
 async def validate_token(request: Request) -> JSONResponse:
     st = AppState.of(request)
     subject = _subject(st, request, "validate_token")
@@ -296,19 +299,21 @@ async def validate_token(request: Request) -> JSONResponse:
 
 
 @router.head("/v3/auth/tokens")
+@off_loop
 async def check_token(request: Request) -> Response:
     _subject(AppState.of(request), request, "check_token")
     return Response(status_code=200)
 
 
 @router.delete("/v3/auth/tokens")
+@off_loop
 async def revoke_token(request: Request) -> Response:
     """Revoke the X-Subject-Token (one's own, or any as admin), on every server; tokens derived
     from it by token auth go with it. 204; 404 for a token that is not valid (any more)."""
     st = AppState.of(request)
     ctx = st.context(request)
     subject = _subject(st, request, "revoke_token")
-    await run_in_threadpool(st.identity.revoke, subject.audit_id, subject.expires_at)
+    st.identity.revoke(subject.audit_id, subject.expires_at)
     log.info("token %s of user %s revoked by %s", subject.audit_id, subject.user_name, ctx.user_name)
     return Response(status_code=204)
 
@@ -334,6 +339,7 @@ def _require_admin(ctx: Context) -> None:
 
 
 @router.get("/v3/projects")
+@off_loop
 async def list_projects(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -346,6 +352,7 @@ async def list_projects(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v3/projects/{pid}")
+@off_loop
 async def show_project(pid: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -356,6 +363,7 @@ async def show_project(pid: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/v3/projects")
+@off_loop
 async def create_project(request: Request) -> JSONResponse:
     """Admin only: a project with a unique name (config names included), 201."""
     st = AppState.of(request)
@@ -383,6 +391,7 @@ async def create_project(request: Request) -> JSONResponse:
 
 
 @router.delete("/v3/projects/{pid}")
+@off_loop
 async def delete_project(pid: str, request: Request) -> Response:
     """Admin only: delete a project an admin created (the config file's are fixed). 204."""
     st = AppState.of(request)
@@ -400,12 +409,14 @@ async def delete_project(pid: str, request: Request) -> Response:
 
 
 @router.get("/v3/domains")
+@off_loop
 async def list_domains(request: Request) -> dict[str, Any]:
     AppState.of(request).context(request)
     return {"domains": [{**DOMAIN, "enabled": True, "description": "", "links": {}}]}
 
 
 @router.get("/v3/users/{uid}")
+@off_loop
 async def show_user(uid: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -417,6 +428,7 @@ async def show_user(uid: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v3/roles")
+@off_loop
 async def list_roles(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     st.context(request)
@@ -435,7 +447,7 @@ async def revoke_user_tokens(uid: str, request: Request) -> Response:
                                          "identity:revoke_user_tokens.")
     if uid not in st.users:
         raise ApiError(404, "Not Found", f"Could not find user: {uid[:64]}.")
-    await run_in_threadpool(st.identity.revoke_user, uid, st.config.token_ttl)
+    st.identity.revoke_user(uid, st.config.token_ttl)
     log.info("every token of user %s revoked by %s", uid, ctx.user_name)
     return Response(status_code=204)
 
@@ -451,7 +463,7 @@ async def rotate_signing_key(request: Request) -> dict[str, Any]:
     revoke = _obj(body, "body").get("revoke", False)
     if not isinstance(revoke, bool):
         raise ApiError(400, "ValidationError", "Invalid input for field 'revoke': expected true or false.")
-    old, new = await run_in_threadpool(rotate_keys, st.store, st.config.token_ttl, revoke)
+    old, new = rotate_keys(st.store, st.config.token_ttl, revoke)
     log.warning("signing key rotated by %s: %s -> %s%s", ctx.user_name, old, new,
                 " (older keys dropped: their tokens are void)" if revoke else "")
     return {"rotation": {"old_key_id": old, "new_key_id": new, "revoked": revoke}}

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 
 from vxnet.api.collection import select_fields
 from vxnet.api.errors import ApiError
-from vxnet.api.state import AppState
+from vxnet.api.state import AppState, off_loop
 from vxnet.services.repo import ROOT, Repo
 
 router = APIRouter(prefix="/v2.0", tags=["network-ip-availabilities"])
@@ -73,6 +73,7 @@ def _matches(item: dict[str, Any], query: dict[str, list[str]]) -> bool:
 
 
 @router.get("/network-ip-availabilities")
+@off_loop
 async def list_availabilities(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -90,6 +91,7 @@ async def list_availabilities(request: Request) -> dict[str, Any]:
 
 
 @router.get("/network-ip-availabilities/{network_id}")
+@off_loop
 async def show_availability(network_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)

@@ -22,7 +22,7 @@ from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, get_visible, list_response, show_response
 from vxnet.api.errors import bad_request, conflict, not_found
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -34,14 +34,12 @@ from vxnet.api.validation import (
     parse_update,
     resolve_project,
 )
-from vxnet.services.ipam import subnet_alloc_key
+from vxnet.services.ipam import allocate_vni, subnet_alloc_key, vni_key
 from vxnet.services.ports import delete_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["networks"])
 
-VNI_MIN = 1001
-VNI_MAX = 16_000_000
 # Neutron's policy: these are admin-only on create and update (shared included).
 SERVICE_OWNERS = ("network:dhcp",)
 FIP_OWNER = "network:floatingip"
@@ -102,26 +100,6 @@ def _aliased(model: Body) -> dict[str, Any]:
 
 def max_mtu(st: AppState) -> int:
     return st.config.underlay_mtu - 50
-
-
-def allocate_vni(uow: UnitOfWork, network_id: str, wanted: int | None) -> int:
-    """Claim a VNI: the wanted one (409 if taken) or the lowest free one."""
-    if wanted is not None:
-        if not VNI_MIN <= wanted <= VNI_MAX and not 1 <= wanted <= VNI_MAX:
-            raise bad_request(f"Invalid input for operation: segmentation_id {wanted} out of range")
-        key = f"{ROOT}vni/{wanted}"
-        if uow.is_claimed(key):
-            raise conflict("SegmentationIdInUse", f"Unable to create the network. The VXLAN {wanted} is in use.")
-        uow.claim(key, network_id)
-        return wanted
-    kvs, _ = uow.repo.store.range(f"{ROOT}vni/")
-    keys = {kv.key for kv in kvs} | uow.claimed_under(f"{ROOT}vni/")  # a bulk create claims several
-    used = {int(k.rsplit("/", 1)[1]) for k in keys}
-    vni = VNI_MIN
-    while vni in used:
-        vni += 1
-    uow.claim(f"{ROOT}vni/{vni}", network_id)
-    return vni
 
 
 CREATE_DEFAULTS = {"shared": False, "is_default": False}
@@ -189,6 +167,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
 
 
 @router.get("/networks")
+@off_loop
 async def list_networks(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -196,6 +175,7 @@ async def list_networks(request: Request) -> dict[str, Any]:
 
 
 @router.get("/networks/{network_id}")
+@off_loop
 async def show_network(network_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -203,6 +183,7 @@ async def show_network(network_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/networks", status_code=201)
+@off_loop
 async def create_network(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -220,6 +201,7 @@ async def create_network(request: Request) -> JSONResponse:
 
 
 @router.put("/networks/{network_id}")
+@off_loop
 async def update_network(network_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -270,6 +252,7 @@ def network_in_use(uow: UnitOfWork, network_id: str, doomed_fips: frozenset[str]
 
 
 @router.delete("/networks/{network_id}", status_code=204)
+@off_loop
 async def delete_network(network_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -301,7 +284,7 @@ async def delete_network(network_id: str, request: Request) -> Response:
             uow.delete("subnets", sid)
             uow.delete_raw(subnet_alloc_key(sid))
         if net["provider:segmentation_id"] is not None:
-            uow.delete_raw(f"{ROOT}vni/{net['provider:segmentation_id']}")
+            uow.delete_raw(vni_key(net["provider:segmentation_id"]))
         if net["provider:physical_network"]:
             uow.delete_raw(f"{ROOT}physnet/{net['provider:physical_network']}")
         uow.delete("networks", network_id)

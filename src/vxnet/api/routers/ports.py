@@ -20,7 +20,6 @@ Invariants:
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 from typing import Annotated, Any
 
@@ -32,8 +31,8 @@ from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, not_found
-from vxnet.api.routers.networks import network_visible, touch
-from vxnet.api.state import AppState, read_json
+from vxnet.api.routers.networks import network_visible
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -49,8 +48,8 @@ from vxnet.api.validation import (
     parse_update,
     resolve_project,
 )
-from vxnet.services import ipam
 from vxnet.services import ports as svc
+from vxnet.services.ports import changed_ips  # noqa: F401 - part of this module's API (tests)
 from vxnet.services.repo import UnitOfWork
 
 router = APIRouter(prefix="/v2.0", tags=["ports"])
@@ -181,6 +180,9 @@ class PortUpdate(Body):
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
 
 
+_UPDATE_ATTR = {(f.alias or n): n for n, f in PortUpdate.model_fields.items()}  # wire name -> attribute
+
+
 def _wire(model: Body) -> set[str]:
     return {type(model).model_fields[n].alias or n for n in model.model_fields_set}
 
@@ -262,39 +264,8 @@ def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork, pol: policy.Poli
     )
 
 
-def changed_ips(original: list[dict[str, str]], requested: list[dict[str, Any]]
-                ) -> tuple[list[dict[str, str]], list[dict[str, Any]], list[dict[str, str]]]:
-    """Neutron's matching of a fixed_ips update: (kept, to add, to remove). An entry naming an
-    address the port has keeps it; a subnet-only entry reuses the port's address there."""
-    kept: list[dict[str, str]] = []
-    add: list[dict[str, Any]] = []
-    by_ip = {ip["ip_address"]: ip for ip in original}
-    for r in requested:
-        if "ip_address" not in r:
-            continue
-        orig = by_ip.pop(r["ip_address"], None)
-        if orig is not None and r.get("subnet_id", orig["subnet_id"]) == orig["subnet_id"]:
-            kept.append(orig)
-        else:
-            if orig is not None:
-                by_ip[orig["ip_address"]] = orig
-            add.append(r)
-    by_subnet: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
-    for ip in by_ip.values():
-        by_subnet[ip["subnet_id"]].append(ip)
-    for r in requested:
-        if "ip_address" in r:
-            continue
-        pool = by_subnet.get(r.get("subnet_id", ""))
-        if pool:
-            kept.append(pool.pop())
-        else:
-            add.append(r)
-    remove = [ip for ips in by_subnet.values() for ip in ips]
-    return kept, add, remove
-
-
 @router.get("/ports")
+@off_loop
 async def list_ports(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -303,6 +274,7 @@ async def list_ports(request: Request) -> dict[str, Any]:
 
 
 @router.get("/ports/{port_id}")
+@off_loop
 async def show_port(port_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -313,6 +285,7 @@ async def show_port(port_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/ports", status_code=201)
+@off_loop
 async def create_port(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -340,6 +313,7 @@ def _get_for_change(ctx: Context, uow: UnitOfWork, port_id: str) -> tuple[dict[s
 
 
 @router.put("/ports/{port_id}")
+@off_loop
 async def update_port(port_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -350,6 +324,12 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
                               if "fixed_ips" in fields else [])
     pol = policy.of(st.config)
 
+    changes: dict[str, Any] = {f: getattr(upd, _UPDATE_ATTR[f]) for f in fields}
+    if "fixed_ips" in changes:
+        changes["fixed_ips"] = _requested_ips(upd.fixed_ips) or []
+    if "allowed_address_pairs" in changes:
+        changes["allowed_address_pairs"] = [p.model_dump() for p in upd.allowed_address_pairs]
+
     def txn(uow: UnitOfWork) -> dict[str, Any]:
         port, net = _get_for_change(ctx, uow, port_id)
         # Neutron evaluates the attribute rules on the port as the update would leave it.
@@ -358,62 +338,13 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
         if {"device_owner", "device_id"} & fields:
             check_device_id(ctx, uow, after["device_owner"], after["device_id"], port["project_id"])
         check_if_match(request, port)
-        changed: dict[str, Any] = {}
-        for f in ("name", "description", "admin_state_up", "device_id"):
-            if f in fields:
-                changed[f] = getattr(upd, f)
-        if "device_owner" in fields:
-            changed["device_owner"] = upd.device_owner
-        if "binding:vnic_type" in fields:
-            changed["binding:vnic_type"] = upd.binding_vnic_type
-        if "binding:profile" in fields:
-            changed["binding:profile"] = upd.binding_profile or {}
-        if "binding:host_id" in fields:
-            host = upd.binding_host_id or ""
-            if host != port["binding:host_id"]:
-                changed.update({"binding:host_id": host, "binding:vif_type": svc.vif_type(host), "status": "DOWN"})
-        mac = port["mac_address"]
-        if "mac_address" in fields and upd.mac_address != port["mac_address"]:
-            if port["binding:host_id"]:
-                raise ApiError(409, "PortBound", f"Unable to complete operation on port {port_id}, port is already "
-                               f"bound, port type: {port['binding:vif_type']}, old_mac {port['mac_address']}, "
-                               f"new_mac {upd.mac_address}.")
-            ipam.release_mac(uow, net["id"], port["mac_address"])
-            mac = ipam.allocate_mac(uow, net["id"], port_id, upd.mac_address)
-            changed["mac_address"] = mac
-        if "fixed_ips" in fields:
-            requested = _requested_ips(upd.fixed_ips) or []
-            kept, add, remove = changed_ips(port["fixed_ips"], requested)
-            for ip in remove:
-                ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
-            new = ipam.allocate_fixed_ips(uow, net, svc.network_subnets(uow, net["id"]), port_id, add) if add else []
-            changed["fixed_ips"] = kept + new
-        ps = upd.port_security_enabled if "port_security_enabled" in fields else port["port_security_enabled"]
-        groups = port["security_groups"]
-        if "security_groups" in fields:
-            groups = svc.check_security_groups(uow, upd.security_groups, port["project_id"], ctx.is_admin)
-            if groups and not ps:
-                raise svc.port_security_conflict_create()
-            changed["security_groups"] = groups
-        pairs = port["allowed_address_pairs"]
-        if "allowed_address_pairs" in fields:
-            pairs = svc.normalize_address_pairs([p.model_dump() for p in upd.allowed_address_pairs], mac)
-            changed["allowed_address_pairs"] = pairs
-        if "port_security_enabled" in fields:
-            if not ps and groups:
-                raise svc.port_security_conflict_update()
-            changed["port_security_enabled"] = ps
-        if pairs and not ps:
-            raise ApiError(409, "AddressPairAndPortSecurityRequired",
-                           "Port Security must be enabled in order to have allowed address pairs on a port.")
-        touch(port, changed)
-        uow.put("ports", port)
-        return port
+        return svc.update_port(uow, port, net, changes, is_admin=ctx.is_admin)
 
     return {"port": present_port(ctx, st.repo.transact(txn))}
 
 
 @router.delete("/ports/{port_id}", status_code=204)
+@off_loop
 async def delete_port(port_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)

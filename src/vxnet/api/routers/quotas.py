@@ -25,7 +25,7 @@ from fastapi.responses import Response
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, bad_request, policy_denied
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.services.quotas import MAX_LIMIT, RESOURCES, QuotaEngine
 
 router = APIRouter(prefix="/v2.0", tags=["quotas"])
@@ -52,6 +52,7 @@ def _with_project(limits: dict[str, Any], project_id: str) -> dict[str, Any]:
 
 
 @router.get("/quotas")
+@off_loop
 async def list_quotas(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -61,18 +62,21 @@ async def list_quotas(request: Request) -> dict[str, Any]:
 
 
 @router.get("/quotas/tenant")
+@off_loop
 async def quota_tenant(request: Request) -> dict[str, Any]:
     ctx = AppState.of(request).context(request)
     return {"tenant": {"tenant_id": ctx.project_id}}
 
 
 @router.get("/quotas/project")
+@off_loop
 async def quota_project(request: Request) -> dict[str, Any]:
     ctx = AppState.of(request).context(request)
     return {"project": {"project_id": ctx.project_id}}
 
 
 @router.get("/quotas/{project_id}")
+@off_loop
 async def show_quota(project_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     _may_read(st.context(request), project_id)
@@ -80,6 +84,7 @@ async def show_quota(project_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/quotas/{project_id}/default")
+@off_loop
 async def default_quota(project_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     _may_read(st.context(request), project_id)
@@ -88,6 +93,7 @@ async def default_quota(project_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/quotas/{project_id}/details")
+@off_loop
 async def quota_details(project_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     _may_read(st.context(request), project_id)
@@ -122,6 +128,7 @@ def _flag(name: str, value: Any) -> bool:
 
 
 @router.put("/quotas/{project_id}")
+@off_loop
 async def update_quota(project_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -144,6 +151,7 @@ async def update_quota(project_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/quotas/{project_id}", status_code=204)
+@off_loop
 async def delete_quota(project_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)

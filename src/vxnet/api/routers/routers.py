@@ -44,7 +44,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.routers.networks import network_visible, touch
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -475,6 +475,7 @@ def _reject_keys(body: Any, member: str, collection: str, keys: tuple[str, ...],
 
 
 @router.get("/routers")
+@off_loop
 async def list_routers(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -482,6 +483,7 @@ async def list_routers(request: Request) -> dict[str, Any]:
 
 
 @router.get("/routers/{router_id}")
+@off_loop
 async def show_router(router_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -492,6 +494,7 @@ async def show_router(router_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/routers", status_code=201)
+@off_loop
 async def create_router(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -515,6 +518,7 @@ async def create_router(request: Request) -> JSONResponse:
 # -- update / delete --------------------------------------------------------------------------
 
 @router.put("/routers/{router_id}")
+@off_loop
 async def update_router(router_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -573,16 +577,19 @@ async def _change_routes(router_id: str, request: Request, adding: bool) -> dict
 
 
 @router.put("/routers/{router_id}/add_extraroutes")
+@off_loop
 async def add_extraroutes(router_id: str, request: Request) -> dict[str, Any]:
     return await _change_routes(router_id, request, adding=True)
 
 
 @router.put("/routers/{router_id}/remove_extraroutes")
+@off_loop
 async def remove_extraroutes(router_id: str, request: Request) -> dict[str, Any]:
     return await _change_routes(router_id, request, adding=False)
 
 
 @router.delete("/routers/{router_id}", status_code=204)
+@off_loop
 async def delete_router(router_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -693,6 +700,7 @@ def _add_by_port(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: list
 
 
 @router.put("/routers/{router_id}/add_router_interface")
+@off_loop
 async def add_router_interface(router_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -735,6 +743,7 @@ def _confirm_not_in_use(uow: UnitOfWork, rtr: dict[str, Any], subnet: dict[str, 
 
 
 @router.put("/routers/{router_id}/remove_router_interface")
+@off_loop
 async def remove_router_interface(router_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)

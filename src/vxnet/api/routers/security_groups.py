@@ -28,7 +28,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.routers.networks import touch
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -148,6 +148,7 @@ def default_exists() -> ApiError:
 
 
 @router.get("/security-groups")
+@off_loop
 async def list_security_groups(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -156,6 +157,7 @@ async def list_security_groups(request: Request) -> dict[str, Any]:
 
 
 @router.get("/security-groups/{group_id}")
+@off_loop
 async def show_security_group(group_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -168,6 +170,7 @@ async def show_security_group(group_id: str, request: Request) -> dict[str, Any]
 
 
 @router.post("/security-groups", status_code=201)
+@off_loop
 async def create_security_group(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -194,6 +197,7 @@ async def create_security_group(request: Request) -> JSONResponse:
 
 
 @router.put("/security-groups/{group_id}")
+@off_loop
 async def update_security_group(group_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -223,6 +227,7 @@ async def update_security_group(group_id: str, request: Request) -> dict[str, An
 
 
 @router.delete("/security-groups/{group_id}", status_code=204)
+@off_loop
 async def delete_security_group(group_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -286,6 +291,7 @@ READ_ONLY_RULE_ATTRS = ("security_group_id", "direction", "ethertype", "protocol
 
 
 @router.get("/security-group-rules")
+@off_loop
 async def list_security_group_rules(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -306,6 +312,7 @@ def _get_rule(ctx: Context, rule: dict[str, Any] | None, rule_id: str,
 
 
 @router.get("/security-group-rules/{rule_id}")
+@off_loop
 async def show_security_group_rule(rule_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -322,6 +329,7 @@ def _single(values: list[str], exc: ApiError) -> str:
 
 
 @router.post("/security-group-rules", status_code=201)
+@off_loop
 async def create_security_group_rule(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -377,6 +385,7 @@ async def create_security_group_rule(request: Request) -> JSONResponse:
 
 
 @router.put("/security-group-rules/{rule_id}")
+@off_loop
 async def update_security_group_rule(rule_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -399,6 +408,7 @@ async def update_security_group_rule(rule_id: str, request: Request) -> dict[str
 
 
 @router.delete("/security-group-rules/{rule_id}", status_code=204)
+@off_loop
 async def delete_security_group_rule(rule_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)

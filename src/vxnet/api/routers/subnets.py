@@ -30,7 +30,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response, to_bool
 from vxnet.api.errors import bad_request, conflict, invalid_input, not_found
 from vxnet.api.routers.networks import network_visible, touch
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -314,6 +314,7 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
 
 
 @router.get("/subnets")
+@off_loop
 async def list_subnets(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -332,6 +333,7 @@ def _get_visible(st: AppState, ctx: Context, subnet_id: str) -> dict[str, Any]:
 
 
 @router.get("/subnets/{subnet_id}")
+@off_loop
 async def show_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -340,6 +342,7 @@ async def show_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/subnets", status_code=201)
+@off_loop
 async def create_subnet(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -362,6 +365,7 @@ async def create_subnet(request: Request) -> JSONResponse:
 
 
 @router.put("/subnets/{subnet_id}")
+@off_loop
 async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -415,6 +419,7 @@ async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/subnets/{subnet_id}", status_code=204)
+@off_loop
 async def delete_subnet(subnet_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)

@@ -29,7 +29,7 @@ from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, invalid_input, not_found, policy_denied
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.routers.subnets import subnet_visible
-from vxnet.api.state import AppState, read_json
+from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.services.repo import UnitOfWork
 
 router = APIRouter(prefix="/v2.0", tags=["tags"])
@@ -138,29 +138,35 @@ def _register(url_collection: str) -> None:
     base = f"/{url_collection}/{{resource_id}}/tags"
     op = url_collection.replace("-", "_")
 
+    @off_loop
     async def list_tags(resource_id: str, request: Request) -> dict[str, Any]:
         return {"tags": list(parent.read(request, resource_id).get("tags") or [])}
 
+    @off_loop
     async def check_tag(resource_id: str, tag: str, request: Request) -> Response:
         validate_tag(tag)
         if tag not in (parent.read(request, resource_id).get("tags") or []):
             raise tag_not_found(tag)
         return Response(status_code=204)
 
+    @off_loop
     async def replace_tags(resource_id: str, request: Request) -> dict[str, Any]:
         tags = validate_tags(await read_json(request))
         return {"tags": parent.change(request, resource_id, lambda old: tags)}
 
+    @off_loop
     async def add_tags(resource_id: str, request: Request) -> JSONResponse:
         tags = validate_tags(await read_json(request))
         result = parent.change(request, resource_id, lambda old: old + [t for t in tags if t not in old])
         return JSONResponse({"tags": result}, status_code=201)
 
+    @off_loop
     async def add_tag(resource_id: str, tag: str, request: Request) -> Response:
         validate_tag(tag)
         parent.change(request, resource_id, lambda old: old if tag in old else [*old, tag])
         return Response(status_code=201)
 
+    @off_loop
     async def delete_tag(resource_id: str, tag: str, request: Request) -> Response:
         validate_tag(tag)
 
@@ -172,18 +178,19 @@ def _register(url_collection: str) -> None:
         parent.change(request, resource_id, remove)
         return Response(status_code=204)
 
+    @off_loop
     async def delete_all_tags(resource_id: str, request: Request) -> Response:
         parent.change(request, resource_id, lambda old: [])
         return Response(status_code=204)
 
     one = base + "/{tag:path}"
-    router.add_api_route(base, list_tags, methods=["GET"], name=f"list_{op}_tags")
-    router.add_api_route(base, replace_tags, methods=["PUT"], name=f"replace_{op}_tags")
-    router.add_api_route(base, add_tags, methods=["POST"], status_code=201, name=f"add_{op}_tags")
-    router.add_api_route(base, delete_all_tags, methods=["DELETE"], status_code=204, name=f"delete_all_{op}_tags")
-    router.add_api_route(one, check_tag, methods=["GET"], status_code=204, name=f"check_{op}_tag")
-    router.add_api_route(one, add_tag, methods=["PUT"], status_code=201, name=f"add_{op}_tag")
-    router.add_api_route(one, delete_tag, methods=["DELETE"], status_code=204, name=f"delete_{op}_tag")
+    router.add_api_route(base, off_loop(list_tags), methods=["GET"], name=f"list_{op}_tags")
+    router.add_api_route(base, off_loop(replace_tags), methods=["PUT"], name=f"replace_{op}_tags")
+    router.add_api_route(base, off_loop(add_tags), methods=["POST"], status_code=201, name=f"add_{op}_tags")
+    router.add_api_route(base, off_loop(delete_all_tags), methods=["DELETE"], status_code=204, name=f"delete_all_{op}_tags")
+    router.add_api_route(one, off_loop(check_tag), methods=["GET"], status_code=204, name=f"check_{op}_tag")
+    router.add_api_route(one, off_loop(add_tag), methods=["PUT"], status_code=201, name=f"add_{op}_tag")
+    router.add_api_route(one, off_loop(delete_tag), methods=["DELETE"], status_code=204, name=f"delete_{op}_tag")
 
 
 for _collection in TAGGABLE:

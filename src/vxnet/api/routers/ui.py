@@ -23,9 +23,10 @@ with its network, get the parent from the snapshot), else "admin or same project
 permissive than the REST API), and admin-only for agents and anything that is not a resource.
 A tenant never learns the id of another tenant's private object.
 
-Threading: the store's watch callback runs on the committing thread; it only hands the raw
-events to the event loop (`call_soon_threadsafe`). Everything else (parsing, the snapshot of
-last-known objects that lets a delete be judged by what was deleted, fan-out) runs on the loop.
+One watch: the feed is a listener of the server's view hub (`vxnet.services.view_hub`), which
+parses each store revision once and hands over (collection, id, before, after) and its objects
+after the change; a delete is judged by what was deleted. Fan-out runs on the event loop and
+does no store I/O. If the hub reloads (its fallback), every stream ends and the page reloads.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, unauthorized
+from vxnet.api.routers.agent_stream import hub_of
 from vxnet.api.state import AppState
-from vxnet.services.repo import ROOT
-from vxnet.store.contract import Event, EventType, Store, WatchHandle
+from vxnet.services.view_hub import Change, Hub, Objects
 
 log = logging.getLogger("vxnet.ui")
 
@@ -58,8 +59,6 @@ router = APIRouter(tags=["ui"], include_in_schema=False)
 KEEPALIVE = 15.0
 MAX_STREAM = 60.0
 QUEUE_MAX = 1000  # per subscriber; on overflow the stream ends and the page reconnects + reloads
-RES_PREFIX = f"{ROOT}res/"
-AGENT_PREFIXES = (f"{ROOT}agents/", f"{ROOT}res/agents/")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -143,7 +142,7 @@ def rule_for(rules: dict[str, Rule], collection: str) -> Rule:
     return _owner_rule
 
 
-# --- the hub ------------------------------------------------------------------------------------
+# --- the feed -----------------------------------------------------------------------------------
 
 class Subscriber:
     """One open /ui/events stream."""
@@ -154,118 +153,72 @@ class Subscriber:
 
 
 class UiHub:
-    """One store watch per application, fanned out to the open streams by visibility."""
+    """The UI's change feed: a listener of the server's one store watch (the view hub), fanned
+    out to the open streams by visibility. It keeps no watch and no copy of the data: `before`
+    and the objects come from the view hub."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.revision = 0
-        self.snapshot: Snapshot = {}
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
         self.subscribers: set[Subscriber] = set()
         self.rules: dict[str, Rule] = {}
-        self._watch: WatchHandle | None = None
+        self._attached = False
+
+    @property
+    def revision(self) -> int:
+        return self.hub.revision
 
     def ensure_started(self) -> None:
-        """Start watching (on the loop, at the first subscriber)."""
-        loop = asyncio.get_running_loop()
-        if self._watch is not None and self.loop is loop:
-            return
-        if self._watch is not None:
-            self._watch.cancel()
-        self.loop = loop
-        self.rules = visibility_rules()
-        kvs, rev = self.store.range(ROOT + "res/")
-        self.snapshot = {}
-        for kv in kvs:
-            self._remember(kv.key, kv.value)
-        self.revision = rev
-        self._watch = self.store.watch(ROOT, rev + 1, self._on_store_thread)
+        """Attach to the view hub (on the loop, at the first subscriber)."""
+        if not self._attached:
+            self.rules = visibility_rules()
+            self.hub.listeners.append(self)
+            self._attached = True
 
     def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+        if self._attached:
+            with contextlib.suppress(ValueError):
+                self.hub.listeners.remove(self)
+            self._attached = False
         for sub in list(self.subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                sub.queue.put_nowait(None)
+            self._end(sub)
 
-    def _on_store_thread(self, events: list[Event]) -> None:
-        loop = self.loop
-        if loop is None:
+    def _end(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while sub.queue.full():
+                sub.queue.get_nowait()
+        sub.queue.put_nowait(None)
+
+    def on_reload(self, revision: int) -> None:
+        """The hub reloaded: notifications may be missing; every page reconnects and reloads."""
+        for sub in list(self.subscribers):
+            self._end(sub)
+
+    def on_changes(self, revision: int, changes: list[Change], objects: Objects) -> None:
+        """One store revision (after the hub applied it) to every subscriber allowed to know."""
+        if not self.subscribers:
             return
-        try:
-            loop.call_soon_threadsafe(self._apply, events)
-        except RuntimeError:  # the loop is closed: the server has stopped
-            if self._watch is not None:
-                self._watch.cancel()
-
-    @staticmethod
-    def classify(key: str) -> tuple[str, str] | None:
-        """(collection, id) of a key the UI cares about, else None."""
-        for p in AGENT_PREFIXES:
-            if key.startswith(p):
-                return "agents", key[len(p):]
-        if key.startswith(RES_PREFIX):
-            rest = key[len(RES_PREFIX):]
-            if "/" in rest:
-                coll, id_ = rest.split("/", 1)
-                return coll, id_
-        return None
-
-    def _remember(self, key: str, value: str) -> dict[str, Any] | None:
-        where = self.classify(key)
-        if where is None:
-            return None
-        try:
-            obj = json.loads(value)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            obj = {}
-        self.snapshot.setdefault(where[0], {})[where[1]] = obj
-        return obj
-
-    def _apply(self, events: list[Event]) -> None:
-        changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]] = []
-        gone: dict[str, dict[str, dict[str, Any]]] = {}  # deleted in this batch, still parents here
-        rev = self.revision
-        for ev in events:
-            rev = max(rev, ev.kv.mod_revision)
-            where = self.classify(ev.kv.key)
-            if where is None:
-                continue
-            coll, id_ = where
-            before = self.snapshot.get(coll, {}).get(id_)
-            if ev.type == EventType.DELETE:
-                self.snapshot.get(coll, {}).pop(id_, None)
-                if before is not None:
-                    gone.setdefault(coll, {})[id_] = before
-                after = None
-            else:
-                after = self._remember(ev.kv.key, ev.kv.value)
-            note = {"collection": coll, "id": id_, "type": ev.type.value}
-            changes.append((note, before, after))
-        self.revision = rev
-        if not changes or not self.subscribers:
-            return
+        notes = [({"collection": coll, "id": id_, "type": "put" if after is not None else "delete"}, before, after)
+                 for coll, id_, before, after in changes]
         # An object deleted together with its parent (a network's subnets) is judged with the parent.
-        snap = self.snapshot
+        gone: dict[str, dict[str, dict[str, Any]]] = {}
+        for coll, id_, before, after in changes:
+            if after is None and before is not None:
+                gone.setdefault(coll, {})[id_] = before
+        snap: Snapshot = objects
         if gone:
-            snap = dict(self.snapshot)
+            snap = dict(objects)
             for coll, objs in gone.items():
-                snap[coll] = {**self.snapshot.get(coll, {}), **objs}
+                snap[coll] = {**objects.get(coll, {}), **objs}
         for sub in list(self.subscribers):
-            mine = [note for note, before, after in changes
+            mine = [note for note, before, after in notes
                     if self._may_know(sub.ctx, note["collection"], before, after, snap)]
             if not mine:
                 continue
             try:
-                sub.queue.put_nowait({"revision": rev, "changes": mine})
+                sub.queue.put_nowait({"revision": revision, "changes": mine})
             except asyncio.QueueFull:
-                self.subscribers.discard(sub)  # a stuck client: end its stream, it will reload
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    sub.queue.get_nowait()
-                sub.queue.put_nowait(None)
+                self._end(sub)  # a stuck client: end its stream, it will reload
 
     def _may_know(self, ctx: Context, coll: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
                   snap: Snapshot) -> bool:
@@ -282,14 +235,16 @@ class UiHub:
 
 
 def setup(app: FastAPI, state: AppState) -> None:
-    """Attach the hub to the application (it starts with the first stream)."""
-    app.state.ui_hub = UiHub(state.store)
+    """Attach the feed to the application's view hub (it listens from the first stream on)."""
+    if state.hub is not None:
+        app.state.ui_hub = UiHub(state.hub)
 
 
 def _hub(request: Request) -> UiHub:
     hub = getattr(request.app.state, "ui_hub", None)
     if hub is None:
-        hub = UiHub(AppState.of(request).store)
+        st = AppState.of(request)
+        hub = UiHub(hub_of(st))
         request.app.state.ui_hub = hub
     return hub
 

@@ -1,0 +1,198 @@
+"""Agents: registration, liveness and port status (the service behind the agents' endpoints).
+
+Store layout:
+- `/vxnet/res/agents/<agent id>`: the Neutron agent record (durable; id derived from the host
+  name, so every server computes the same one). `alive` there is what the server last decided.
+- `/vxnet/agents/<host>`: the liveness key, attached to the agent's lease. Heartbeats refresh
+  the lease (no write); the record's `heartbeat_timestamp` is rewritten at most every
+  HEARTBEAT_RECORD_INTERVAL seconds.
+- When the liveness key disappears (lease expired or revoked) and has not been recreated, the
+  record becomes `alive: false` and the host's ACTIVE ports DOWN, in one transaction. Every
+  server does this (idempotently); at start each server also repairs records left `alive`
+  without a liveness key.
+
+Every function here does blocking store I/O: call it from a worker thread, never on the event
+loop. Failures are `vxnet.services.errors` (or store errors), never API errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from vxnet.services import scheduler
+from vxnet.services.errors import Conflict, NotFound
+from vxnet.services.repo import ROOT, Repo, UnitOfWork, now_iso, res_key
+from vxnet.store.contract import Compare, LeaseNotFound, Put, Store, StoreError, key_missing
+
+log = logging.getLogger("vxnet.agents")
+
+HEARTBEAT_RECORD_INTERVAL = 10.0
+LIVE_PREFIX = f"{ROOT}agents/"
+_AGENT_NS = uuid.UUID("0c5d1a7e-3f0b-4d2a-8a51-6e1f4b2c9d07")
+
+
+def agent_id_for(host: str) -> str:
+    """The agent record id of a host (the same on every server)."""
+    return str(uuid.uuid5(_AGENT_NS, "agent:" + host))
+
+
+def live_key(host: str) -> str:
+    """The liveness key of a host (attached to its agent's lease)."""
+    return LIVE_PREFIX + host
+
+
+def agent_time(t: float | None = None) -> str:
+    """Neutron's agent timestamp format."""
+    return dt.datetime.fromtimestamp(time.time() if t is None else t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def lease_ttl(agent_down_time: float) -> int:
+    """The liveness lease's TTL for the configured agent_down_time."""
+    return max(2, int(agent_down_time))
+
+
+def heartbeat_interval(agent_down_time: float) -> float:
+    """How often agents heartbeat: three times per lease."""
+    return max(0.5, lease_ttl(agent_down_time) / 3)
+
+
+def _touch(obj: dict[str, Any]) -> None:
+    obj["revision_number"] = obj.get("revision_number", 0) + 1
+    obj["updated_at"] = now_iso()
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """What an agent says about itself when it registers."""
+
+    underlay_ip: str
+    gateway: bool = False
+    external_interface: str | None = None
+    agent_type: str = "vxnet agent"
+
+
+def register(store: Store, repo: Repo, host: str, reg: Registration, ttl: int) -> dict[str, Any]:
+    """Write the host's record and a liveness key on a new lease (revoking the previous lease);
+    the stored record. A gateway host (now or before) triggers a reschedule of routers."""
+    lease = store.grant_lease(ttl)
+    rkey, lkey = res_key("agents", agent_id_for(host)), live_key(host)
+    for _ in range(50):
+        rec_kv, live_kv = store.get(rkey), store.get(lkey)
+        old = json.loads(rec_kv.value) if rec_kv else None
+        now = agent_time()
+        rec = {
+            "id": agent_id_for(host),
+            "agent_type": reg.agent_type,
+            "binary": "vxnet-agent",
+            "host": host,
+            "topic": "N/A",
+            "alive": True,
+            "admin_state_up": old["admin_state_up"] if old else True,
+            "heartbeat_timestamp": now,
+            "created_at": old["created_at"] if old else now,
+            "started_at": now,
+            "configurations": {"underlay_ip": reg.underlay_ip, "gateway": reg.gateway,
+                               "external_interface": reg.external_interface},
+            "availability_zone": None,
+            "description": old["description"] if old else "",
+            "resources_synced": None,
+        }
+        compares = [Compare(rkey, "mod", "==", rec_kv.mod_revision) if rec_kv else key_missing(rkey),
+                    Compare(lkey, "mod", "==", live_kv.mod_revision) if live_kv else key_missing(lkey)]
+        live = json.dumps({"host": host, "lease": lease, "registered_at": now})
+        if store.txn(compares, [Put(rkey, json.dumps(rec)), Put(lkey, live, lease)]).succeeded:
+            break
+    else:
+        store.revoke_lease(lease)
+        raise Conflict("Conflict", f"Agent {host} is registering concurrently; try again")
+    if live_kv is not None and live_kv.lease and live_kv.lease != lease:
+        # The key now belongs to the new lease, so revoking the old one deletes nothing.
+        store.revoke_lease(live_kv.lease)
+    if reg.gateway or (old and (old.get("configurations") or {}).get("gateway")):
+        repo.transact(scheduler.reschedule)  # unscheduled routers get this gateway host
+    return rec
+
+
+def heartbeat(store: Store, host: str) -> None:
+    """Refresh the host's lease (and, at most every HEARTBEAT_RECORD_INTERVAL, its record).
+    NotFound (AgentNotFound) when the host is not registered."""
+    kv = store.get(live_key(host))
+    not_registered = NotFound("AgentNotFound", f"Agent for host {host} is not registered")
+    if kv is None or not kv.lease:
+        raise not_registered
+    try:
+        store.refresh_lease(kv.lease)
+    except LeaseNotFound:
+        raise not_registered from None
+    rkey = res_key("agents", agent_id_for(host))
+    rec_kv = store.get(rkey)
+    if rec_kv is None:
+        raise not_registered
+    rec = json.loads(rec_kv.value)
+    stamp = dt.datetime.strptime(rec["heartbeat_timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
+    if not rec["alive"] or time.time() - stamp.timestamp() >= HEARTBEAT_RECORD_INTERVAL:
+        rec["alive"] = True
+        rec["heartbeat_timestamp"] = agent_time()
+        # Best effort: a concurrent change of the record wins; the next heartbeat retries.
+        store.txn([Compare(rkey, "mod", "==", rec_kv.mod_revision)], [Put(rkey, json.dumps(rec))])
+
+
+def set_ports_status(repo: Repo, host: str, wanted: dict[str, str]) -> list[str]:
+    """Set the status of the host's own ports (port id -> ACTIVE/DOWN); the ids changed.
+    Ports bound elsewhere or missing are ignored."""
+    if not wanted:
+        return []
+
+    def txn(uow: UnitOfWork) -> list[str]:
+        changed = []
+        for pid, status in wanted.items():
+            port = uow.get("ports", pid)
+            if port is None or port.get("binding:host_id") != host or port.get("status") == status:
+                continue
+            port["status"] = status
+            _touch(port)
+            uow.put("ports", port)
+            changed.append(pid)
+        return changed
+
+    return repo.transact(txn)
+
+
+def mark_dead(repo: Repo, host: str) -> None:
+    """If `host` has no liveness key: its record says not alive and its ACTIVE ports go DOWN
+    (and a dead gateway host's routers move). Logs failures: the next sweep retries."""
+
+    def txn(uow: UnitOfWork) -> None:
+        if uow.get_raw(live_key(host)) is not None:
+            return  # registered again meanwhile
+        rec = uow.get("agents", agent_id_for(host))
+        if rec is not None and rec.get("alive"):
+            rec["alive"] = False
+            uow.put("agents", rec)
+        for port in uow.list("ports", lambda p: p.get("binding:host_id") == host and p.get("status") == "ACTIVE"):
+            p = dict(port)
+            p["status"] = "DOWN"
+            _touch(p)
+            uow.put("ports", p)
+        scheduler.reschedule(uow)  # a dead gateway host's routers move to an alive one
+
+    try:
+        repo.transact(txn)
+    except Exception:  # the next start-up sweep or expiry retries; the watch must go on
+        log.exception("marking agent %s dead failed", host)
+
+
+def sweep_dead(repo: Repo, store: Store) -> None:
+    """Records left alive without a liveness key (e.g. a server was down at expiry)."""
+    try:
+        for rec in repo.list("agents"):
+            if rec.get("alive") and store.get(live_key(rec["host"])) is None:
+                mark_dead(repo, rec["host"])
+    except StoreError:
+        log.exception("start-up sweep of dead agents failed; expiries seen from now on still count")

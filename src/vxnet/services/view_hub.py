@@ -1,0 +1,390 @@
+"""The server's one store watch: agents' views (per-host logs and streams) and change listeners.
+
+One `Hub` per server process and app: one store watch on `/vxnet/` from the revision of one
+initial `range`, feeding `ViewIndex` on the event loop (callbacks come on the committing thread
+and are handed over with `call_soon_threadsafe`). Every value is parsed once, here; listeners
+(the UI's change feed) get each revision's changes as (collection, id, before, after) plus
+`objects()`, the hub's own copy of every resource, so nothing else keeps a watch or a copy.
+
+For every tracked host (registered or subscribed) the hub keeps the recent update lines that
+touched the host (all hosts' logs together hold at most LOG_BYTES; the oldest lines go first),
+and `floor[host]`: every update after that revision is in the log. A stream with
+`since >= floor` replays the log after `since`; otherwise it starts with a snapshot. So an agent
+resumes without a snapshot on this server, or on another server that was already running, as
+long as the log reaches back far enough. A subscriber that falls LOG_LENGTH lines behind is
+disconnected (it resumes or gets a snapshot). If applying a change ever fails, the hub reloads
+everything and sends every stream a snapshot (full recompute fallback); listeners get
+`on_reload`.
+
+Pings carry a revision: "nothing for you up to here", so a resumed `since` stays recent.
+Invariant: a stream never claims a revision it has not delivered. A ping is sent only when the
+stream's queue is empty, and it names the hub's revision at that moment: every update of this
+host up to it has already been written to the stream (updates are queued on the loop in the same
+step that advances `revision`). The agent resumes from the last revision it was told, so a ping
+that overtook a queued update would make a reconnect skip that update forever.
+
+The hub does no store I/O on the event loop after `start` (which runs before serving): the
+store revision a subscribe needs is read by the caller off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from vxnet.services.agents import LIVE_PREFIX
+from vxnet.services.host_view import COLLECTIONS, ViewIndex
+from vxnet.services.repo import EPOCH_KEY, ROOT
+from vxnet.store.contract import CompactedError, Event, EventType, Put, Store, WatchHandle, key_missing
+
+log = logging.getLogger("vxnet.agents")
+
+PING_INTERVAL = 5.0
+LOG_LENGTH = 4096  # lines a stream may fall behind before it is cut
+LOG_BYTES = 32 * 1024 * 1024  # all hosts' replay logs together
+RES_PREFIX = f"{ROOT}res/"
+
+Obj = dict[str, Any]
+Objects = dict[str, dict[str, Obj]]  # collection -> id -> object
+Change = tuple[str, str, "Obj | None", "Obj | None"]  # collection, id, before, after
+
+
+class Listener(Protocol):
+    """Something fed by the hub's watch (the UI's change feed)."""
+
+    def on_changes(self, revision: int, changes: list[Change], objects: Objects) -> None:
+        """One store revision, after the hub applied it; `objects` is the state after it."""
+
+    def on_reload(self, revision: int) -> None:
+        """The hub reloaded everything (a full resync); earlier notifications may be missing."""
+
+
+def store_epoch(store: Store) -> str:
+    """The store's epoch: revisions only mean something within one epoch. It is created once
+    per store and replaced by `vxnet migrate`, so an agent that resumes with a revision of
+    another store (same keys, other numbering) gets a snapshot instead of a wrong replay."""
+    kv = store.get(EPOCH_KEY)
+    if kv is None:
+        store.txn([key_missing(EPOCH_KEY)], [Put(EPOCH_KEY, uuid.uuid4().hex)])
+        kv = store.get(EPOCH_KEY)
+        assert kv is not None
+    return kv.value
+
+
+def classify(key: str) -> tuple[str, str] | None:
+    """(collection, id) of a key listeners hear about: resources, and liveness keys as
+    collection "agents" (id = host); else None."""
+    if key.startswith(LIVE_PREFIX):
+        return "agents", key[len(LIVE_PREFIX):]
+    if key.startswith(RES_PREFIX):
+        coll, sep, id_ = key[len(RES_PREFIX):].partition("/")
+        if sep:
+            return coll, id_
+    return None
+
+
+def _parse(value: str) -> Obj:
+    try:
+        obj = json.loads(value)
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+class Subscriber:
+    """One open stream: lines waiting to be sent."""
+
+    def __init__(self, host: str, since: int) -> None:
+        self.host = host
+        self.since = since  # updates up to this revision are known to the agent already
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.ready = asyncio.Event()
+        self.closed = False
+
+    def push(self, line: bytes, rev: int | None = None) -> None:
+        """Queue a line; an update at or before `since` is skipped (the agent has it)."""
+        if rev is not None and rev <= self.since:
+            return
+        if len(self.lines) >= LOG_LENGTH:
+            self.closed = True  # too slow: let it reconnect and resume (or take a snapshot)
+        else:
+            self.lines.append(line)
+        self.ready.set()
+
+
+class Hub:
+    """The server's one store watch, the view index, per-host logs, open streams, listeners."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.epoch = store_epoch(store)  # revisions are positions in this store only
+        self.index = ViewIndex()
+        self.revision = 0
+        self.others: Objects = {}  # resources outside COLLECTIONS: agent records, tags, ...
+        self.live: dict[str, Obj] = {}  # liveness keys by host (listeners see them as "agents")
+        self.logs: dict[str, collections.deque[tuple[int, bytes]]] = {}
+        self.floor: dict[str, int] = {}
+        self._log_order: collections.deque[tuple[str, int, int]] = collections.deque()  # host, rev, size
+        self._log_bytes = 0
+        self.subs: dict[str, set[Subscriber]] = {}
+        self.listeners: list[Listener] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._watch: WatchHandle | None = None
+        self.on_liveness_lost: Callable[[str], None] | None = None
+        self.fanout_seconds: Any = None  # a prometheus Histogram, set by the API's setup
+
+    # start / stop ------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Load everything and watch from there (call before serving: it reads the store)."""
+        if self.loop is not None:
+            return
+        self.loop = loop
+        self._load()
+        self._watch_from_here()
+
+    def _watch_from_here(self) -> None:
+        while True:
+            try:
+                self._watch = self.store.watch(ROOT, self.revision + 1, self._on_events, self._on_watch_error)
+                return
+            except CompactedError:  # compacted between the range and the watch: list again
+                self.resync()
+
+    def _on_watch_error(self, exc: Exception) -> None:
+        """Store thread: the watch ended by itself (history compacted under it, store closed).
+        Relist off the loop, then install it and watch again on the loop."""
+        loop = self.loop
+        if loop is None or loop.is_closed() or self._watch is None:
+            return
+        log.warning("store watch ended (%s): reloading every view", exc)
+
+        def fetched(fut: asyncio.Future[tuple[Any, ...]]) -> None:
+            if self._watch is None or fut.exception() is not None:
+                if fut.exception() is not None:
+                    log.error("reload after a lost watch failed: %s; retrying", fut.exception())
+                    loop.call_later(1.0, self._on_watch_error, exc)
+                return
+            self.resync(fut.result())
+            self._watch_from_here()
+
+        def go() -> None:
+            loop.run_in_executor(None, self._fetch).add_done_callback(fetched)
+
+        with contextlib.suppress(RuntimeError):  # loop closing
+            loop.call_soon_threadsafe(go)
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        for subs in self.subs.values():
+            for s in subs:
+                s.closed = True
+                s.ready.set()
+
+    def objects(self) -> Objects:
+        """Every resource the hub holds (the index's collections and the others); read-only."""
+        return {**self.others, **self.index.objects}
+
+    def _fetch(self) -> tuple[Any, ...]:
+        """The store reads of a load (blocking; may run on a worker thread)."""
+        kvs, rev = self.store.range(RES_PREFIX)
+        live, _ = self.store.range(LIVE_PREFIX)
+        return kvs, rev, live
+
+    def _load(self, fetched: tuple[Any, ...] | None = None) -> None:
+        kvs, rev, live = fetched or self._fetch()
+        objects: Objects = {c: {} for c in COLLECTIONS}
+        others: Objects = {}
+        keep = [(coll, id_, kv.value) for kv in kvs
+                for coll, _, id_ in [kv.key[len(RES_PREFIX):].partition("/")]]
+        # One parse of every value: the parser shares equal keys within one document, so 100,000
+        # ports hold one copy of each field name, not one each (about 40% of their memory).
+        try:
+            values = json.loads("[" + ",".join(v for _, _, v in keep) + "]")
+        except ValueError:  # a value that is not JSON: parse one by one
+            values = [_parse(v) for _, _, v in keep]
+        for (coll, id_, _), obj in zip(keep, values, strict=True):
+            (objects if coll in objects else others).setdefault(coll, {})[id_] = obj
+        agents = others.get("agents", {})
+        self.index.load(objects, agents)
+        self.others = others
+        for rec in agents.values():
+            self.index.track(rec["host"])
+        self.live = {kv.key[len(LIVE_PREFIX):]: _parse(kv.value) for kv in live}
+        self.revision = rev
+        for h in self.index.members:
+            self.floor[h] = rev
+            self.logs[h] = collections.deque()
+
+    def _on_events(self, events: list[Event]) -> None:
+        """Store thread: hand the revision to the event loop."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop closing
+            loop.call_soon_threadsafe(self._apply, events)
+
+    # changes -----------------------------------------------------------------------------------
+    def _apply(self, events: list[Event]) -> None:
+        rev = events[0].kv.mod_revision
+        if rev <= self.revision:
+            return  # already in a reload
+        lost = [e.kv.key[len(LIVE_PREFIX):] for e in events
+                if e.type is EventType.DELETE and e.kv.key.startswith(LIVE_PREFIX)]
+        if lost and self.on_liveness_lost is not None:
+            for host in lost:
+                self.on_liveness_lost(host)  # scheduled: runs after this revision is applied
+        started = time.perf_counter()
+        try:
+            changes: list[Change] = []
+            index_changes: list[tuple[str, str, Obj | None]] = []
+            for e in events:
+                where = classify(e.kv.key)
+                if where is None:
+                    continue
+                coll, id_ = where
+                after = _parse(e.kv.value) if e.type is EventType.PUT else None
+                live = e.kv.key.startswith(LIVE_PREFIX)
+                if coll in COLLECTIONS:
+                    before = self.index.objects[coll].get(id_)
+                    index_changes.append((coll, id_, after))
+                else:
+                    bucket = self.live if live else self.others.setdefault(coll, {})
+                    before = bucket.get(id_)
+                    if after is None:
+                        bucket.pop(id_, None)
+                    else:
+                        bucket[id_] = after
+                    if coll == "agents" and not live:
+                        index_changes.append((coll, id_, after))
+                changes.append((coll, id_, before, after))
+            messages = self.index.apply(index_changes)
+        except Exception:  # a bug in the incremental path must not lose views: reload instead
+            log.exception("view index failed at revision %d; reloading", rev)
+            self.resync()
+            return
+        self.revision = rev
+        if len(self.index.members) != len(self.floor):  # a host registered: tracked from here on
+            for h in self.index.members:
+                if h not in self.floor:
+                    self.floor[h] = rev
+                    self.logs[h] = collections.deque()
+        for h, msg in messages.items():
+            body = {"type": "update", "revision": rev}
+            body.update(msg.wire())
+            line = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+            self._record(h, rev, line)
+            for s in self.subs.get(h, ()):
+                s.push(line, rev)
+        if self.fanout_seconds is not None:
+            self.fanout_seconds.observe(time.perf_counter() - started)
+        if changes and self.listeners:
+            objects = self.objects()
+            for listener in list(self.listeners):
+                try:
+                    listener.on_changes(rev, changes, objects)
+                except Exception:  # one listener's bug must not stop the views
+                    log.exception("change listener failed at revision %d", rev)
+
+    def _record(self, host: str, rev: int, line: bytes) -> None:
+        self.logs.setdefault(host, collections.deque()).append((rev, line))
+        self._log_order.append((host, rev, len(line)))
+        self._log_bytes += len(line)
+        while self._log_bytes > LOG_BYTES:
+            h, old_rev, size = self._log_order.popleft()
+            self._log_bytes -= size
+            logq = self.logs.get(h)
+            if logq and logq[0][0] == old_rev:
+                logq.popleft()
+                self.floor[h] = max(self.floor.get(h, 0), old_rev)
+
+    def resync(self, fetched: tuple[Any, ...] | None = None) -> None:
+        """Reload every object (from `fetched` when the reads were made off the loop) and send
+        every open stream a snapshot."""
+        self._log_order.clear()
+        self._log_bytes = 0
+        self._load(fetched)
+        for host, subs in self.subs.items():
+            self.index.track(host)
+            self.floor[host] = self.revision
+            self.logs[host] = collections.deque()
+            for s in subs:
+                s.since = self.revision
+                s.push(self.snapshot_line(host))
+        for listener in list(self.listeners):
+            with contextlib.suppress(Exception):
+                listener.on_reload(self.revision)
+
+    # streams -----------------------------------------------------------------------------------
+    def snapshot_line(self, host: str) -> bytes:
+        view: dict[str, Any] = self.index.snapshot(host)
+        me = self.index.hosts.get(host)
+        view = {"host": me or {"host": host, "underlay_ip": None, "alive": False, "gateway": False}, **view}
+        return (json.dumps({"type": "snapshot", "revision": self.revision, "epoch": self.epoch, "view": view},
+                           separators=(",", ":")) + "\n").encode()
+
+    def subscribe(self, host: str, since: int | None, store_revision: int) -> Subscriber:
+        """A new stream for `host`, primed with a snapshot or the log after `since`.
+        `store_revision`: the store's current revision, read by the caller off the loop (a
+        `since` beyond it belongs to another store)."""
+        if self.index.track(host):
+            self.floor[host] = self.revision
+            self.logs[host] = collections.deque()
+        store_revision = max(store_revision, self.revision)
+        floor = self.floor.get(host, self.revision)
+        replay: list[tuple[int, bytes]] = []
+        if since is not None and floor <= since <= store_revision:
+            replay = [(rev, line) for rev, line in self.logs.get(host, ()) if rev > since]
+        if since is None or since < floor or since > store_revision or len(replay) >= LOG_LENGTH:
+            sub = Subscriber(host, self.revision)  # a snapshot is shorter than a long replay
+            sub.push(self.snapshot_line(host))
+        else:
+            sub = Subscriber(host, since)
+            for rev, line in replay:
+                sub.push(line, rev)
+        self.subs.setdefault(host, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self.subs.get(sub.host)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.subs[sub.host]
+
+    def ping_line(self, sub: Subscriber) -> bytes:
+        """"Nothing for you up to here": only valid while `sub` has nothing queued."""
+        assert not sub.lines, "a ping must not overtake queued updates"
+        return (json.dumps({"type": "ping", "revision": max(self.revision, sub.since)}) + "\n").encode()
+
+    async def lines(self, sub: Subscriber,
+                    wait: Callable[[Awaitable[Any], float], Awaitable[Any]] | None = None) -> AsyncIterator[bytes]:
+        """The stream of `sub`: queued lines as they come, a ping after PING_INTERVAL of silence.
+        Ends when the subscriber is closed (unsubscribing it). `wait` (asyncio.wait_for by
+        default) is a seam for tests that need a given interleaving."""
+        wait_for = wait or asyncio.wait_for
+        try:
+            while not sub.closed:
+                if sub.lines:
+                    batch = b"".join(sub.lines)
+                    sub.lines.clear()
+                    yield batch
+                    continue
+                sub.ready.clear()
+                try:
+                    await wait_for(sub.ready.wait(), PING_INTERVAL)
+                except TimeoutError:
+                    # Updates may have been queued after the timeout fired and before this
+                    # resumed: they go first, or the ping would claim a revision not delivered.
+                    if not sub.lines and not sub.closed:
+                        yield self.ping_line(sub)
+        finally:
+            self.unsubscribe(sub)

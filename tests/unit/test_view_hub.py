@@ -1,0 +1,150 @@
+"""The view hub's stream on its own (real embedded store, no HTTP): a ping never claims a
+revision whose update the stream has not delivered yet.
+
+The interleaving (issue 21's host-view late update): the stream waits for lines with a
+timeout; the timeout fires; before the stream's coroutine resumes, the loop runs the hub's
+`_apply` of a new revision, which queues an update for this host and advances the hub's
+revision. A stream that then sends a ping with the hub's revision tells the agent "nothing for
+you up to R" while the update at R is still queued: an agent whose connection breaks right
+after resumes from R and never gets that update. The test drives exactly that interleaving
+through the stream's `wait` seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from vxnet.services.view_hub import Hub
+from vxnet.store.contract import Event, EventType, KeyValue
+from vxnet.store.sqlite_store import SqliteStore
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """asyncio.run(main()) in a thread of its own (another test's library, e.g. Playwright's sync
+    API, may keep an event loop running in this one)."""
+    out: list[Any] = []
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            out.append(asyncio.run(main()))
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    t = threading.Thread(target=go)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the event loop did not finish"
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
+def _port_event(rev: int, pid: str, host: str) -> Event:
+    port = {"id": pid, "network_id": "n1", "binding:host_id": host, "device_owner": "compute:nova",
+            "device_id": "vm", "security_groups": [], "mac_address": "fa:16:3e:00:00:01", "fixed_ips": [],
+            "status": "DOWN"}
+    return Event(EventType.PUT, KeyValue(f"/vxnet/res/ports/{pid}", json.dumps(port), rev, rev, 1))
+
+
+def test_ping_never_overtakes_a_queued_update(tmp_path: Path) -> None:
+    async def run() -> list[dict[str, Any]]:
+        store = SqliteStore(str(tmp_path / "s.db"))
+        hub = Hub(store)
+        hub.start(asyncio.get_running_loop())
+        sub = hub.subscribe("hv1", None, store.revision())
+        timeouts = 0
+
+        async def wait(aw: Any, timeout: float) -> None:
+            """The timeout fires; a new revision is applied before the stream resumes."""
+            nonlocal timeouts
+            aw.close()
+            timeouts += 1
+            if timeouts <= 2:
+                hub._apply([_port_event(hub.revision + 1, f"p{timeouts}", "hv1")])
+            raise TimeoutError
+
+        got: list[dict[str, Any]] = []
+        stream = hub.lines(sub, wait=wait)
+        async for chunk in stream:
+            got += [json.loads(line) for line in chunk.decode().splitlines()]
+            if timeouts >= 3 and got[-1]["type"] == "ping":
+                break
+        await stream.aclose()
+        hub.stop()
+        store.close()
+        return got
+
+    msgs = _run(run)
+    assert msgs[0]["type"] == "snapshot"
+    updates = [m for m in msgs if m["type"] == "update"]
+    assert [sorted(m["put"]["ports"]) for m in updates] == [["p1"], ["p2"]]
+    delivered = msgs[0]["revision"]
+    for m in msgs:
+        if m["type"] == "ping":
+            assert m["revision"] <= delivered, f"ping at {m['revision']} before the update it claims: {msgs}"
+        else:
+            delivered = max(delivered, m["revision"])
+    assert msgs[-1] == {"type": "ping", "revision": updates[-1]["revision"]}
+
+
+class _LosingWatchStore(SqliteStore):
+    """The embedded store, whose watches can be ended from the test as etcd ends one on
+    compaction (on_error(CompactedError)); later watches work normally."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.ends: list[Any] = []
+
+    def watch(self, prefix: str, start_revision: int, callback: Any, on_error: Any = None) -> Any:
+        handle = super().watch(prefix, start_revision, callback, on_error)
+        self.ends.append((handle, on_error))
+        return handle
+
+
+def test_watch_lost_to_compaction_reloads_and_watches_again(tmp_path: Path) -> None:
+    """A watch that ends by itself (etcd: history compacted under it) must not freeze the
+    views: the hub relists, sends open streams a snapshot with what changed meanwhile, and
+    goes on with a new watch."""
+    from vxnet.store.contract import CompactedError, put
+
+    def port(pid: str) -> str:
+        return json.dumps({"id": pid, "network_id": "n1", "binding:host_id": "hv1", "device_owner": "compute:nova",
+                           "device_id": "vm", "security_groups": [], "mac_address": "fa:16:3e:00:00:01",
+                           "fixed_ips": [], "status": "DOWN"})
+
+    async def run() -> list[dict[str, Any]]:
+        store = _LosingWatchStore(str(tmp_path / "s.db"))
+        hub = Hub(store)
+        hub.start(asyncio.get_running_loop())
+        sub = hub.subscribe("hv1", None, store.revision())
+        first, on_error = store.ends[0]
+        assert on_error is not None, "the hub must ask to hear when its watch ends"
+        first.cancel()  # the watch is gone: what happens now is only seen by a relist
+        put(store, "/vxnet/res/ports/p-missed", port("p-missed"))
+        on_error(CompactedError(store.revision()))
+        for _ in range(200):
+            if len(store.ends) > 1:
+                break
+            await asyncio.sleep(0.01)
+        put(store, "/vxnet/res/ports/p-after", port("p-after"))
+        got: list[dict[str, Any]] = []
+        for _ in range(200):
+            got += [json.loads(line) for line in b"".join(sub.lines).decode().splitlines()]
+            sub.lines.clear()
+            if any(m["type"] == "update" and "p-after" in m["put"].get("ports", {}) for m in got):
+                break
+            await asyncio.sleep(0.01)
+        hub.stop()
+        store.close()
+        return got
+
+    msgs = _run(run)
+    snaps = [m for m in msgs if m["type"] == "snapshot"]
+    assert len(snaps) == 2 and "p-missed" in snaps[-1]["view"]["ports"]
+    assert any(m["type"] == "update" and "p-after" in m["put"].get("ports", {}) for m in msgs)
