@@ -138,35 +138,29 @@ def _register(url_collection: str) -> None:
     base = f"/{url_collection}/{{resource_id}}/tags"
     op = url_collection.replace("-", "_")
 
-    @off_loop
     async def list_tags(resource_id: str, request: Request) -> dict[str, Any]:
         return {"tags": list(parent.read(request, resource_id).get("tags") or [])}
 
-    @off_loop
     async def check_tag(resource_id: str, tag: str, request: Request) -> Response:
         validate_tag(tag)
         if tag not in (parent.read(request, resource_id).get("tags") or []):
             raise tag_not_found(tag)
         return Response(status_code=204)
 
-    @off_loop
     async def replace_tags(resource_id: str, request: Request) -> dict[str, Any]:
         tags = validate_tags(await read_json(request))
         return {"tags": parent.change(request, resource_id, lambda old: tags)}
 
-    @off_loop
     async def add_tags(resource_id: str, request: Request) -> JSONResponse:
         tags = validate_tags(await read_json(request))
         result = parent.change(request, resource_id, lambda old: old + [t for t in tags if t not in old])
         return JSONResponse({"tags": result}, status_code=201)
 
-    @off_loop
     async def add_tag(resource_id: str, tag: str, request: Request) -> Response:
         validate_tag(tag)
         parent.change(request, resource_id, lambda old: old if tag in old else [*old, tag])
         return Response(status_code=201)
 
-    @off_loop
     async def delete_tag(resource_id: str, tag: str, request: Request) -> Response:
         validate_tag(tag)
 
@@ -178,7 +172,6 @@ def _register(url_collection: str) -> None:
         parent.change(request, resource_id, remove)
         return Response(status_code=204)
 
-    @off_loop
     async def delete_all_tags(resource_id: str, request: Request) -> Response:
         parent.change(request, resource_id, lambda old: [])
         return Response(status_code=204)
