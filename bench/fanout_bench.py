@@ -93,6 +93,7 @@ def servers(workdir: str, store_url: str | None, count: int,
             cfg = os.path.join(workdir, f"vxnet{i}.toml")
             with open(cfg, "w") as f:
                 f.write(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{workdir}"\nagent_down_time = 3600\n')
+                f.write("\n[quotas]\nquota_network = -1\nquota_subnet = -1\nquota_port = -1\n")  # admin makes thousands
                 f.writelines(f'\n[[identity.users]]\nname = "{name}"\npassword = "{pw}"\nproject = "{project}"\n'
                              f"roles = {roles}\n" for name, pw, project, roles in (ADMIN, AGENT))
             log = open(os.path.join(workdir, f"server{i}.log"), "w")  # noqa: SIM115 - closed below

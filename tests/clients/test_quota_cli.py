@@ -2,7 +2,8 @@
 subprocess: the admin sets a port quota of 3 for project `demo`, `quota show` (plain and
 `--usage`, as admin and as demo) shows it, demo's 4th port is refused with Neutron's OverQuota
 message, `quota set` below the usage is refused (the CLI sends `check_limit` unless `--force`),
-a member cannot set quotas, and `quota delete --network` restores the defaults.
+a member cannot set quotas, and `quota delete --network` restores the defaults; the admin's
+`openstack ip availability list/show` report the network's addresses.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def test_quota_set_show_and_enforcement_with_the_real_cli(vxnet_cloud: Cloud) ->
     assert refused.rc != 0 and "Quota exceeded for resources: ['port']" in refused.stderr, refused
     ports = cloud.openstack("demo", "port", "list", "--network", "qnet", "-f", "json").json()
     assert sorted(p["Name"] for p in ports) == ["qp0", "qp1", "qp2"]
+
+    avail = cloud.openstack("admin", "ip", "availability", "show", "qnet", "-f", "json").json()
+    assert avail["network_name"] == "qnet" and avail["used_ips"] == 3 and avail["total_ips"] == 253, avail
+    listed = cloud.openstack("admin", "ip", "availability", "list", "-f", "json").json()
+    assert any(row["Network Name"] == "qnet" and row["Total IPs"] == 253 and row["Used IPs"] == 3
+               for row in listed), listed
 
     usage = _show(cloud, "admin", "--usage", "demo")
     assert int(usage["ports"]["In Use"]) == 3 and _limit(usage["ports"]) == 3, usage

@@ -11,10 +11,11 @@ cascades (a network delete removing its subnets and ports, a group delete removi
 For a counted collection it compares the project owning the key before the write (the store's
 value, read with a guard, or what this transaction staged earlier) with the project after it,
 and moves the counters by the difference, in the same transaction. (An update of an object the
-transaction read costs no extra read: no API changes an object's `project_id`.) The counter is read with a
+transaction read costs no extra read: no API changes an object's `project_id`; nor does a
+create: a new object, never read and at revision 0, is staged with "key missing" as a compare.) The counter is read with a
 guard, so two concurrent creates of one project on any number of servers cannot both commit on
 the same count: the loser reruns (Repo.transact) and sees the new value. An increment past the
-project's limit (also read with a guard) raises 409 `OverQuota`, so the transaction stages
+project's limit raises 409 `OverQuota`, so the transaction stages
 nothing: a quota of N admits exactly N objects, never N+1, and a refused create leaves no port,
 IP or MAC claim behind.
 
@@ -132,10 +133,16 @@ class QuotaEngine:
         if obj is not None and collection == "ports":
             self._check_port(uow, key, obj)
         new = (obj.get("project_id") or None) if obj is not None else None
+        seen = uow.read_revision(key) if key not in notes.owner else None
         if key in notes.owner:
             prev = notes.owner[key]
-        elif obj is not None and uow.read_revision(key):
+        elif obj is not None and seen:
             prev = new  # an update of an object this transaction read: `project_id` never changes
+        elif obj is not None and seen is None and obj.get("revision_number") == 0:
+            # a new object (fresh id, never read: every update reads first and bumps the
+            # revision): no read, the commit requires the key to be missing instead
+            uow.claim(key, "")
+            prev = None
         else:
             prev = _owner(uow.get_raw(key))
         notes.owner[key] = new
@@ -159,8 +166,10 @@ class QuotaEngine:
     def _limit(self, uow: UnitOfWork, notes: _Notes, project: str, resource: str) -> int:
         overrides = notes.limits.get(project)
         if overrides is None:
-            raw = uow.get_raw(limit_key(project))
-            overrides = notes.limits[project] = json.loads(raw) if raw else {}
+            # Not guarded: a create committing just before a concurrent limit change is the
+            # same as one made before it; exactness comes from the counter's guard.
+            kv = uow.repo.store.get(limit_key(project))
+            overrides = notes.limits[project] = json.loads(kv.value) if kv else {}
         return int(overrides.get(resource, self.defaults[resource]))
 
     def _check_port(self, uow: UnitOfWork, key: str, port: dict[str, Any]) -> None:
