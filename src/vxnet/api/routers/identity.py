@@ -123,8 +123,13 @@ async def create_token(request: Request) -> JSONResponse:
     except (KeyError, TypeError):
         raise ApiError(400, "ValidationError", "Expecting to find identity in auth") from None
     scope = body["auth"].get("scope")
+    if not isinstance(ident, dict) or not all(isinstance(m, str) for m in methods):
+        raise ApiError(400, "ValidationError", "Invalid input for field 'identity'")
     if "password" in methods:
-        uref = (ident.get("password") or {}).get("user") or {}
+        pw = ident.get("password") or {}
+        uref = (pw.get("user") or {}) if isinstance(pw, dict) else None
+        if not isinstance(uref, dict):
+            raise ApiError(400, "ValidationError", "Invalid input for field 'identity.password.user'")
         user = _find_user(st, uref)
         if user is None or uref.get("password") != user.password:
             raise ApiError(401, "Unauthorized", "The request you have made requires authentication.")
@@ -133,7 +138,10 @@ async def create_token(request: Request) -> JSONResponse:
             raise unauthorized()
         ctx = new_context(user.id, user.name, user.project_id, user.project, user.roles, st.config.token_ttl)
     elif "token" in methods:
-        old = verify_token(st.token_key, str((ident.get("token") or {}).get("id", "")))
+        tok = ident.get("token") or {}
+        if not isinstance(tok, dict):
+            raise ApiError(400, "ValidationError", "Invalid input for field 'identity.token'")
+        old = verify_token(st.token_key, str(tok.get("id", "")))
         ctx = new_context(old.user_id, old.user_name, old.project_id, old.project_name, old.roles, st.config.token_ttl)
         ctx = Context(**{**ctx.__dict__, "expires_at": min(ctx.expires_at, old.expires_at)})
     else:
