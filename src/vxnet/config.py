@@ -18,7 +18,7 @@ max_page_size = 1000                  # list pages never hold more (Neutron's pa
                                       # `<collection>_links` carry the `next` page); 0 = no cap
 access_log = true                     # one line per request on `vxnet.access`, writes and
                                       # denials on `vxnet.audit` (both at info)
-metrics_listen = "127.0.0.1:9697"     # serve /metrics only there (not on the API port)
+metrics_listen = "127.0.0.1:9698"     # serve /metrics only there (not on the API port)
 metrics_public = false                # on the API port, /metrics needs an admin token unless true
 
 [identity]

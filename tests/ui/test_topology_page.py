@@ -592,3 +592,26 @@ def test_reader_sees_the_topology_with_forms_disabled(ui_server: ServerHandle, n
     expect(page.locator("#readonly-note")).to_be_visible()
     expect(page.get_by_role("button", name="Create network")).to_be_disabled()
     expect(page.locator("#net-name")).to_be_disabled()
+
+
+def test_page_shows_every_object_past_the_page_cap(tmp_path: Path, new_page: Callable[..., Page],
+                                                   monkeypatch: Any) -> None:
+    """The server caps list pages ([server] max_page_size, here 3): the page follows the
+    `next` links and draws all 8 networks."""
+    import functools
+
+    from tests.ui import conftest as ui_conftest
+
+    monkeypatch.setattr(ui_conftest, "Config", functools.partial(ui_conftest.Config, max_page_size=3))
+    h = ui_conftest.start_ui_server(str(tmp_path / "vxnet.db"))
+    try:
+        api = h.api("alice")
+        for i in range(8):
+            assert api.post("/networks", json={"network": {"name": f"capped-{i}"}}).status_code == 201
+        assert len(api.get("/networks").json()["networks"]) == 3
+        page = new_page()
+        login(page, h.url, "alice")
+        for i in range(8):
+            node(page, "network", f"capped-{i}").wait_for(timeout=5000)
+    finally:
+        h.stop()

@@ -32,7 +32,7 @@ from typing import Any
 from vxnet.api.errors import ApiError
 
 HEADER = b"x-openstack-request-id"
-_GLOBAL_ID = re.compile(r"^req-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$")
+_GLOBAL_ID = re.compile(r"req-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}")
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CREATED_MAX = 256 * 1024  # read a create's response for its id only up to this size
 
@@ -90,7 +90,7 @@ class RequestGuard:
         for name, value in scope["headers"]:
             if name == HEADER:
                 text = value.decode("latin-1")
-                if _GLOBAL_ID.match(text):
+                if _GLOBAL_ID.fullmatch(text):
                     global_id = text
             elif name == b"content-length":
                 try:

@@ -105,18 +105,30 @@ class Snapshot:
                 f"{side} {peer}")
 
 
+def _list_all(api: httpx.Client, path: str, key: str) -> list[Obj]:
+    """Every object of a collection: the server caps pages (`max_page_size`), so follow the
+    `next` links to the end."""
+    r = api.get(path)
+    r.raise_for_status()
+    out = list(r.json()[key])
+    while r.json()[key]:
+        nxt = [link["href"] for link in r.json().get(f"{key}_links", []) if link.get("rel") == "next"]
+        if not nxt:
+            break
+        r = api.get(nxt[0])
+        r.raise_for_status()
+        out += r.json()[key]
+    return out
+
+
 def fetch(url: str, token: str) -> Snapshot:
     """Every object through the admin API (what an operator's token can see)."""
     objects: dict[str, dict[str, Obj]] = {}
     with httpx.Client(base_url=url.rstrip("/") + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as api:
         for coll, path in COLLECTIONS.items():
-            r = api.get(f"/{path}")
-            r.raise_for_status()
-            objects[coll] = {o["id"]: o for o in r.json()[coll]}
-        r = api.get("/agents")
-        r.raise_for_status()
+            objects[coll] = {o["id"]: o for o in _list_all(api, f"/{path}", coll)}
         hosts = {}
-        for agent in r.json()["agents"]:
+        for agent in _list_all(api, "/agents", "agents"):
             entry = host_entry(agent)
             if entry and entry.get("underlay_ip"):
                 hosts[entry["host"]] = entry
