@@ -131,8 +131,11 @@ def _start_many(store: SqliteStore, n: int) -> list[tuple[uvicorn.Server, thread
     for _ in range(n):
         port = free_port()
         cfg = Config(listen=f"127.0.0.1:{port}", users=USERS)
+        # Keep-alive longer than the test: the clients pool 40 connections per server, and one
+        # left idle past uvicorn's default 5 s (a loaded machine) can be closed by the server
+        # just as a client reuses it, which resets a POST that httpx will not retry.
         srv = uvicorn.Server(uvicorn.Config(create_app(cfg, store), host="127.0.0.1", port=port,
-                                            log_level="warning", access_log=False))
+                                            log_level="warning", access_log=False, timeout_keep_alive=120))
         th = threading.Thread(target=srv.run, daemon=True)
         th.start()
         servers.append((srv, th, f"http://127.0.0.1:{port}"))

@@ -45,7 +45,7 @@ def migrate(source: Store, target: Store, force: bool = False) -> int:
         missing = sorted(set(want) - set(got))[:5]
         raise StoreError(f"verification failed: {len(set(want) ^ set(got))} keys differ (e.g. {missing})")
     # A new epoch: revisions of the source mean nothing here; agents resuming with one get a
-    # snapshot (see agent_stream.store_epoch).
+    # snapshot (see services/view_hub.store_epoch).
     target.txn([], [Put(EPOCH_KEY, uuid.uuid4().hex)])
     return len(kvs)
 
