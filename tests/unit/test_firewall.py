@@ -9,11 +9,11 @@ import re
 
 import pytest
 
-from vxnet.agent.features import HostContext
-from vxnet.agent.firewall import FirewallFeature, revoked_flows
+from vxnet.agent.firewall import revoked_flows
 from vxnet.compute import firewall as fwm
 from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, zone_map
 from vxnet.dataplane.nft_driver import diff_table, fingerprint, normalise_listing, parse_handles, parse_listing
+from vxnet.model import parse
 
 NET = "aaaaaaaa-0000-4000-8000-000000000001"
 NET2 = "bbbbbbbb-0000-4000-8000-000000000002"
@@ -362,20 +362,9 @@ def test_fingerprint_matches_a_kernel_listing() -> None:
     assert fingerprint(other) != chains
 
 
-def test_feature_reuses_its_result_while_inputs_are_unchanged() -> None:
-    feat = FirewallFeature(HostContext("h1", "198.51.100.1"), driver=None)
-    v = view(base_ports())
-    d1 = feat.compute(v)
-    assert feat.compute(dict(v)) is d1                  # same buckets
-    v2 = {**v, "ports": dict(v["ports"])}
-    d2 = feat.compute(v2)
-    assert d2 is not d1 and d2 == d1
-    assert d1.l2.size() == {k: 0 for k in d1.l2.size()}
-
-
 @pytest.mark.parametrize("proto,expected", [("tcp", 6), ("UDP", 17), ("132", 132), (None, None), ("any", None)])
 def test_protocol_names_and_numbers(proto: str | None, expected: int | None) -> None:
-    r = fwm._sg_rule(rule("x", G1, "ingress", protocol=proto))
+    r = fwm._sg_rule(parse("security_group_rules", "x", rule("x", G1, "ingress", protocol=proto)))
     assert r is not None and r.protocol == expected
 
 

@@ -7,8 +7,9 @@ Threads (all daemons, all stopped by `stop()`):
 - monitor: netlink link/neighbour events; a tap appearing wakes the reconciler at once, a
   deletion of something we own (or of a static entry) also invalidates its cache.
 - reconcile (the caller's thread in `run()`): waits for a wake-up or the resync period,
-  coalesces for `coalesce` seconds, computes the desired state of the whole view (only the
-  networks whose objects changed are recomputed, `L2Cache`) and converges the kernel.
+  coalesces for `coalesce` seconds, computes the desired state of the whole host
+  (`compute.host.HostComputer`: exactly the pure `compute_host`, recomputing only what
+  changed) and converges the kernel.
   Level-triggered: every pass starts from the current view and kernel.
 - heartbeat: keeps the host registered (re-registers when the server forgot it).
 - reporter: sends port status changes queued by reconcile passes (latest truth wins), retrying
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 from vxnet.agent import metrics
 from vxnet.agent.features import Feature, FeatureResult, HostContext, build_features
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
-from vxnet.compute.l2 import L2Cache, merge
+from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
 
 log = logging.getLogger("vxnet.agent")
@@ -91,7 +92,7 @@ class Agent:
         self.features: list[Feature] = build_features(cfg.context) if features is None else features
         self._lock = threading.Lock()
         self._view = ViewState()
-        self._l2 = L2Cache(cfg.host, cfg.underlay_ip)
+        self.computer = HostComputer(cfg.context.spec)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._invalidate = False
@@ -174,23 +175,16 @@ class Agent:
             for f in self.features:
                 f.invalidate()
         t0 = time.perf_counter()
-        desired = self._l2.compute(view.data)   # == compute_l2(view.data, host, underlay_ip)
-        timings: dict[str, float] = {}
         try:
-            wanted = []
-            for f in self.features:
-                t = time.perf_counter()
-                wanted.append((f, f.compute(view.data)))
-                timings[f"compute_{f.name}"] = time.perf_counter() - t
-            if wanted:
-                desired = merge([desired, *(d.l2 for _, d in wanted)])
+            desired = self.computer.compute(view.view)     # == compute_host(view.view, spec)
+            timings = dict(self.computer.timings)
             timings["compute"] = time.perf_counter() - t0
             fresults = []
-            for f, d in wanted:
+            for f in self.features:
                 t = time.perf_counter()
-                fresults.append(self._apply_feature(f, d))
+                fresults.append(self._apply_feature(f, desired.features[f.name]))
                 timings[f"apply_{f.name}"] = time.perf_counter() - t
-            result = self.reconciler.reconcile(desired)
+            result = self.reconciler.reconcile(desired.l2)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
             log.exception("reconcile failed (host=%s)", self.cfg.host)
@@ -236,10 +230,10 @@ class Agent:
                          {k: v for k, v in r.changes.items() if v})
         return dataclasses.replace(result, failed=failed, active=result.active - down, down=result.down | down)
 
-    def _record(self, view: ViewState, desired: Any, result: ReconcileResult) -> None:
+    def _record(self, view: ViewState, desired: HostDesired, result: ReconcileResult) -> None:
         for kind, n in view.size().items():
             metrics.VIEW_OBJECTS.labels(kind).set(n)
-        for kind, n in desired.size().items():
+        for kind, n in desired.l2.size().items():
             metrics.DESIRED_OBJECTS.labels(kind).set(n)
         metrics.RECONCILES.labels(str(result.full_read).lower()).inc()
         metrics.RECONCILE_SECONDS.observe(result.seconds)
@@ -261,15 +255,16 @@ class Agent:
     def _report(self, view: ViewState, result: ReconcileResult) -> None:
         """Queue the status changes of this pass for the reporter thread (never blocks on HTTP:
         a slow or unreachable server must not delay the next reconcile)."""
-        ports = view.data.get("ports", {})
+        ports = view.view.ports
         want: dict[str, tuple[str, Any]] = {}
         local = result.active | result.down
         with self._status_lock:
             for pid in local:
                 status = "ACTIVE" if pid in result.active else "DOWN"
-                obj = ports.get(pid) or {}
-                stamp = (status, obj.get("revision_number", obj.get("status")))
-                if obj.get("status") != status and self._reported.get(pid) != stamp:
+                obj = ports.get(pid)
+                known = obj.status if obj is not None else None
+                stamp = (status, obj.revision if obj is not None and obj.revision is not None else known)
+                if known != status and self._reported.get(pid) != stamp:
                     want[pid] = stamp
             for pid in list(self._reported):
                 if pid not in local:

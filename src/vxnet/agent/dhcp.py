@@ -1,7 +1,7 @@
 """The DHCP feature: every host answers the DHCP of its own VMs, inside the agent (docs/dhcp.md).
 
-`compute` is `compute.dhcp.compute_dhcp` (responders per network, leases, and the L2 part: the
-service ports' plugs, FDB entries and server-id neighbours). `apply`:
+Its desired state is `HostDesired.dhcp` (`compute.dhcp`: responders per network, leases, and the
+L2 part: the service ports' plugs, FDB entries and server-id neighbours). `apply`:
 1. converges the responder veth pairs (bridge side `vxpd<id>`, host side `vxdr<id>`: up, no
    IP, NOARP, addrgenmode none so it never sends IPv6 into the bridge, MTU = network MTU;
    compute/dhcp.py says why its MAC is not the responder MAC). The kernel
@@ -48,9 +48,9 @@ from prometheus_client import Counter
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from vxnet.agent.features import FeatureDesired, FeatureResult, HostContext, View
+from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.compute import dhcp_packet as pkt
-from vxnet.compute.dhcp import Lease, Responder, answer, compute_dhcp, is_device, is_service_port, nft_script
+from vxnet.compute.dhcp import DhcpState, Lease, Responder, answer, is_device, is_service_port, nft_script
 from vxnet.dataplane.rtnl import LinkRecord, RtnlSocket, dump_links
 
 log = logging.getLogger("vxnet.agent.dhcp")
@@ -70,11 +70,6 @@ BPF_DHCP_ARP = ((0x28, 0, 0, 0x0000000c), (0x15, 8, 0, 0x00000806), (0x15, 0, 8,
                 (0x45, 4, 0, 0x00001fff), (0xb1, 0, 0, 0x0000000e), (0x48, 0, 0, 0x00000010),
                 (0x15, 0, 1, 0x00000043), (0x6, 0, 0, 0x00040000), (0x6, 0, 0, 0x00000000))
 SYNC_TIMEOUT = 2.0
-
-
-@dataclasses.dataclass(frozen=True)
-class DhcpDesired(FeatureDesired):
-    responders: tuple[Responder, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,23 +315,13 @@ class DhcpFeature:
         self._links: dict[str, LinkRecord] | None = None     # our links as last read / applied
         self._nft: str | None = None                         # script last applied
         self._served: dict[str, _Served] | None = None
-        self._last_view: object = None
-        self._last: DhcpDesired | None = None
-
-    def compute(self, view: View) -> DhcpDesired:
-        if view is self._last_view and self._last is not None:
-            return self._last
-        st = compute_dhcp(view, self.ctx.host, self.ctx.dhcp_lease_time)
-        self._last_view, self._last = view, DhcpDesired(st.l2, st.responders)
-        return self._last
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Per network: offers, acks, naks, ignored, releases, declines (since start)."""
         return {nid: dict(c) for nid, c in self.server.counters.items()}
 
     # -- apply ----------------------------------------------------------------------------
-    def apply(self, desired: FeatureDesired) -> FeatureResult:
-        assert isinstance(desired, DhcpDesired)
+    def apply(self, desired: DhcpState) -> FeatureResult:
         try:
             return self._apply(desired)
         except Exception as e:   # a DHCP bug must not turn every port of the host DOWN
@@ -346,7 +331,7 @@ class DhcpFeature:
             return FeatureResult(failed=(f"dhcp: {e}",),
                                  down=frozenset(lease.port_id for r in desired.responders for lease in r.leases))
 
-    def _apply(self, desired: DhcpDesired) -> FeatureResult:
+    def _apply(self, desired: DhcpState) -> FeatureResult:
         changes: collections.Counter[str] = collections.Counter()
         failed: list[object] = []
         bad: set[str] = set()
@@ -386,7 +371,7 @@ class DhcpFeature:
         down = frozenset(lease.port_id for r in desired.responders if r.network_id in bad for lease in r.leases)
         return FeatureResult(failed=tuple(failed), down=down, changes=dict(changes))
 
-    def _converge_links(self, desired: DhcpDesired, changes: collections.Counter[str], failed: list[object],
+    def _converge_links(self, desired: DhcpState, changes: collections.Counter[str], failed: list[object],
                         bad: set[str]) -> dict[str, LinkRecord]:
         """Responder veths: delete the unwanted, create or fix the wanted; returns our links."""
         if self._links is None:

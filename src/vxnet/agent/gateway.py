@@ -3,7 +3,7 @@ gateway host (`vxnet agent --gateway --external-interface IF`). See compute/gate
 what is built and dataplane/gateway_driver.py for how.
 
 Contract (agent/features.py):
-- `compute(view)` = `compute_gateway(view, host, external_interface)`: pure.
+- Its desired state is `HostDesired.gateway` (`compute_gateway`, pure).
 - `apply(desired)` converges only what changed since the last pass (per router, by equality
   of its desired object); after `invalidate()` every router is converged again from the kernel.
   Namespaces of this host's routers that are no longer desired are deleted, but nothing is
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 
-from vxnet.agent.features import FeatureResult, HostContext, View
-from vxnet.compute.gateway import GatewayDesired, GatewayRouter, compute_gateway
+from vxnet.agent.features import FeatureResult, HostContext
+from vxnet.compute.gateway import GatewayDesired, GatewayRouter
 from vxnet.dataplane.gateway_driver import GatewayDriver, GatewayError
 
 log = logging.getLogger("vxnet.agent.gateway")
@@ -33,16 +33,13 @@ class GatewayFeature:
         self._externals_ok: tuple[object, ...] | None = None
         self._valid = False
 
-    def compute(self, view: View) -> GatewayDesired:
-        return compute_gateway(view, self.ctx.host, self.ctx.external_interface)
-
     def invalidate(self) -> None:
         self._valid = False
 
     def close(self) -> None:
         self.driver.close()
 
-    def apply(self, desired: GatewayDesired) -> FeatureResult:  # type: ignore[override]
+    def apply(self, desired: GatewayDesired) -> FeatureResult:
         failed: list[object] = []
         down: set[str] = set()
         changes = {"externals": 0, "routers": 0, "namespaces_created": 0, "namespaces_deleted": 0}

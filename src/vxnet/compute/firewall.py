@@ -63,8 +63,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vxnet.compute import naming
-
-View = Mapping[str, Mapping[str, Mapping[str, Any]]]
+from vxnet.model import Port, Rule, View, as_view
 
 PS_TABLE = ("bridge", "vxnet_ps")
 SG_TABLE = ("inet", "vxnet_sg")
@@ -262,42 +261,38 @@ def _protocol(value: Any) -> int | None:
     return IP_PROTOCOL_MAP.get(text, -1)
 
 
-def _sg_rule(r: Mapping[str, Any]) -> SgRule | None:
-    """A Neutron rule object as an `SgRule`; None for an IPv6 (or unusable) rule."""
-    if r.get("ethertype", "IPv4") != "IPv4" or r.get("direction") not in ("ingress", "egress"):
+def _sg_rule(r: Rule) -> SgRule | None:
+    """A Neutron rule as an `SgRule`; None for an IPv6 (or unusable) rule."""
+    if r.ethertype != "IPv4" or r.direction not in ("ingress", "egress"):
         return None
-    proto = _protocol(r.get("protocol"))
+    proto = _protocol(r.protocol)
     if proto is not None and proto < 0:
         return None
-    cidr = r.get("normalized_cidr") or r.get("remote_ip_prefix")
+    cidr = r.remote_ip_prefix
     if cidr:
         try:
             net = ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             return None
         cidr = None if str(net) == ANY_V4 else str(net)
-    pmin, pmax = r.get("port_range_min"), r.get("port_range_max")
+    pmin, pmax = r.port_range_min, r.port_range_max
     icmp_t = icmp_c = None
     if proto == ICMP:
         icmp_t, icmp_c, pmin, pmax = pmin, pmax, None, None
     elif proto not in PORT_PROTOCOLS:
         pmin = pmax = None
-    return SgRule(r["id"], r["direction"], proto, pmin, pmax, icmp_t, icmp_c, cidr,
-                  r.get("remote_group_id") or None)
+    return SgRule(r.id, r.direction, proto, pmin, pmax, icmp_t, icmp_c, cidr, r.remote_group_id)
 
 
 def _v4(addr: str) -> bool:
     return _norm4(addr) is not None
 
 
-def port_addresses(port: Mapping[str, Any]) -> list[tuple[str, str]]:
+def port_addresses(port: Port) -> list[tuple[str, str]]:
     """(MAC, IPv4 address or CIDR) a port may use: fixed IPs and allowed address pairs."""
-    mac = (port.get("mac_address") or "").lower()
-    out = [(mac, f["ip_address"]) for f in port.get("fixed_ips") or () if _v4(f.get("ip_address", ""))]
-    for pair in port.get("allowed_address_pairs") or ():
-        ip = pair.get("ip_address") or ""
-        if _v4(ip):
-            out.append(((pair.get("mac_address") or mac).lower(), ip))
+    out = [(port.mac, f.ip_address) for f in port.fixed_ips if _v4(f.ip_address)]
+    out += [(pair.mac_address or port.mac, pair.ip_address) for pair in port.allowed_address_pairs
+            if _v4(pair.ip_address)]
     return out
 
 
@@ -336,55 +331,56 @@ def mark_indexes(port_ids: Iterable[str]) -> dict[str, int]:
 
 # --- compute ----------------------------------------------------------------------------------
 
-def compute_firewall(view: View, host: str) -> Firewall:
+def _filtered(p: Port) -> bool:
+    """Port security applies: not a trusted infrastructure port, not switched off."""
+    return not p.is_infra and p.port_security
+
+
+def port_filter(p: Port, index: int, sgs: Mapping[str, Any]) -> PortFilter:
+    """The filter of one local port with port security (mark index `index`)."""
+    addrs = port_addresses(p)
+    macs = tuple(sorted({p.mac, *(m for m, _ in addrs)} - {""}))
+    pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
+    groups = tuple(sorted(g for g in p.security_groups if g in sgs))
+    stateful = not groups or any(sgs[g].stateful for g in groups)
+    return PortFilter(p.id, naming.tap_name(p.id), naming.bridge_name(p.network_id), index, macs, pairs, groups,
+                      stateful)
+
+
+def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) -> Firewall:
     """The desired firewall of `host` from its view (pure)."""
-    networks = view.get("networks", {})
-    vnis = {nid: int(n["provider:segmentation_id"]) for nid, n in networks.items()
-            if (n.get("provider:network_type") or "vxlan") == "vxlan" and n.get("provider:segmentation_id") is not None}
+    v = as_view(view)
+    vnis = {nid: n.segmentation_id for nid, n in v.networks.items() if n.is_vxlan and n.segmentation_id is not None}
     zones = zone_map(vnis)
-    ports = view.get("ports", {})
-    sgs = view.get("security_groups", {})
-    local: dict[str, Mapping[str, Any]] = {}
+    local: dict[str, Port] = {}
     open_ports: set[str] = set()
-    for pid, p in ports.items():
-        if p.get("binding:host_id") != host or p.get("network_id") not in vnis:
+    for pid, p in v.ports.items():
+        if p.host != host or p.network_id not in vnis:
             continue
-        if (p.get("device_owner") or "").startswith("network:") or p.get("port_security_enabled") is False:
-            open_ports.add(pid)
-        else:
+        if _filtered(p):
             local[pid] = p
+        else:
+            open_ports.add(pid)
     taps: dict[str, str] = {}
     for pid in sorted(local):      # two ports sharing a tap name (11 id chars): the lowest id wins
         taps.setdefault(naming.tap_name(pid), pid)
     index = mark_indexes(taps.values())
     rules_by_group: dict[str, list[SgRule]] = {}
     ignored: list[str] = []
-    for rid, r in sorted(view.get("security_group_rules", {}).items()):
+    for rid, r in sorted(v.security_group_rules.items()):
         rule = _sg_rule(r)
         if rule is None:
             ignored.append(rid)
             continue
-        rules_by_group.setdefault(r["security_group_id"], []).append(rule)
-    filters: list[PortFilter] = []
-    used_groups: set[str] = set()
-    for pid in sorted(index):
-        p = local[pid]
-        mac = (p.get("mac_address") or "").lower()
-        addrs = port_addresses(p)
-        macs = tuple(sorted({mac, *(m for m, _ in addrs)} - {""}))
-        pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
-        groups = tuple(sorted(g for g in dict.fromkeys(p.get("security_groups") or ()) if g in sgs))
-        used_groups.update(groups)
-        stateful = not groups or any(sgs[g].get("stateful", True) is not False for g in groups)
-        filters.append(PortFilter(pid, naming.tap_name(pid), naming.bridge_name(p["network_id"]), index[pid],
-                                  macs, pairs, groups, stateful))
+        rules_by_group.setdefault(r.security_group_id, []).append(rule)
+    filters = [port_filter(local[pid], index[pid], v.security_groups) for pid in sorted(index)]
+    used_groups = {g for f in filters for g in f.groups}
     group_rules = tuple(GroupRules(g, d, tuple(r for r in rules_by_group.get(g, ()) if r.direction == d))
                         for g in sorted(used_groups) for d in ("ingress", "egress"))
     remote = {r.remote_group for gr in group_rules for r in gr.rules if r.remote_group}
     members: dict[str, frozenset[str]] = {}
     for g in sorted(remote):
-        members[g] = collapse(a for p in ports.values() if g in (p.get("security_groups") or ())
-                              for _, a in port_addresses(p))
+        members[g] = collapse(a for p in v.ports.values() if g in p.security_groups for _, a in port_addresses(p))
     return Firewall(tuple(filters), frozenset(open_ports), group_rules, members,
                     tuple(sorted((naming.bridge_name(n), z) for n, z in zones.items())),
                     tuple(ignored), tuple(sorted(set(local) - set(index))))

@@ -1,0 +1,40 @@
+"""Per-key memo by input identity: the incremental half of the compute layer (pure).
+
+`IdentityMemo.get(key, inputs, fn)` returns the value computed last time for `key` when every
+input is the very same object as then (view updates replace only the objects they change, so
+identity means "unchanged"); else it calls `fn()` and keeps the result. `begin()` (at the start of a pass)
+drops keys not asked for in the previous pass, so the memo never holds objects the view dropped (and
+never answers for an id reused later). The memo holds the inputs, so they stay alive (and
+their ids unique) while cached. Correctness never depends on it: a miss only recomputes, and
+the tests check every cached path against the full recompute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class IdentityMemo(Generic[T]):
+    def __init__(self) -> None:
+        self._old: dict[Hashable, tuple[tuple[object, ...], T]] = {}
+        self._new: dict[Hashable, tuple[tuple[object, ...], T]] = {}
+        self.recomputed = 0      # misses in the current pass (observability, tests)
+
+    def get(self, key: Hashable, inputs: tuple[object, ...], fn: Callable[[], T]) -> T:
+        hit = self._new.get(key) or self._old.get(key)
+        if hit is not None and len(hit[0]) == len(inputs) and all(
+                a is b for a, b in zip(hit[0], inputs, strict=True)):
+            self._new[key] = hit
+            return hit[1]
+        self.recomputed += 1
+        value = fn()
+        self._new[key] = (inputs, value)
+        return value
+
+    def begin(self) -> None:
+        """Start of a pass: forget keys the previous pass did not use; reset the miss counter."""
+        self._old, self._new = self._new, {}
+        self.recomputed = 0
