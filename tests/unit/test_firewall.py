@@ -256,6 +256,7 @@ class FakeNft:
             elif obj == "chain" and op == "delete":
                 assert not t["chains"].pop(name), "deleting a non-empty chain"
                 assert not any(f" {name} " in r + " " for rs in t["chains"].values() for r in rs), "still referenced"
+                assert not any(e.endswith(f"jump {name}") for es in t["sets"].values() for e in es), "in a map"
             elif obj == "rule" and op == "delete":
                 h = int(rest.split("handle", 1)[1])
                 text = next(r for r in t["chains"][name] if self.handles[(name, r)] == h)
@@ -264,17 +265,22 @@ class FakeNft:
                 t["chains"][name].append(rest)
                 self.handles[(name, rest)] = self.next_handle
                 self.next_handle += 1
-            elif obj == "set" and op == "add":
+            elif obj in ("set", "map") and op == "add":
                 t["sets"][name] = set()
-            elif obj == "set" and op == "delete":
+            elif obj in ("set", "map") and op == "flush":
+                t["sets"][name] = set()
+            elif obj in ("set", "map") and op == "delete":
                 del t["sets"][name]
             elif obj == "element":
                 elems = {e.strip() for e in rest.strip("{} ").split(",")}
                 if op == "add":
+                    for e in elems:       # a map element jumps to a chain that must exist already
+                        assert " : jump " not in e or e.split("jump ", 1)[1] in t["chains"], f"no chain for {e}"
                     t["sets"][name] |= elems
-                else:
-                    assert elems <= t["sets"][name], "deleting absent elements"
-                    t["sets"][name] -= elems
+                else:                     # map elements are deleted by key
+                    held = {e.split(" : ", 1)[0]: e for e in t["sets"][name]}
+                    assert elems <= set(held), "deleting absent elements"
+                    t["sets"][name] -= {held[k] for k in elems}
 
     def state(self, t: fwm.NftTable) -> dict:
         """What the fake must hold for `t` (unordered chains in the fake's order)."""

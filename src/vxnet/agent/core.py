@@ -7,7 +7,8 @@ Threads (all daemons, all stopped by `stop()`):
 - monitor: netlink link/neighbour events; a tap appearing wakes the reconciler at once, a
   deletion of something we own (or of a static entry) also invalidates its cache.
 - reconcile (the caller's thread in `run()`): waits for a wake-up or the resync period,
-  coalesces for `coalesce` seconds, computes the desired state of the whole host
+  coalesces for `coalesce` seconds when a pass ended less than `BURST_WINDOW` ago (an
+  isolated change, such as a port bind, is not delayed), computes the desired state of the whole host
   (`compute.host.HostComputer`: exactly the pure `compute_host`, recomputing only what
   changed) and converges the kernel.
   Level-triggered: every pass starts from the current view and kernel.
@@ -39,6 +40,8 @@ from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
 
 log = logging.getLogger("vxnet.agent")
+
+BURST_WINDOW = 0.05     # seconds after a pass within which a wake-up is coalesced
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -314,6 +317,7 @@ class Agent:
 
     def _reconcile_loop(self) -> None:
         next_resync = time.monotonic() + self.cfg.resync_interval
+        last_end = 0.0
         while not self._stop.is_set():
             self._wake.wait(max(0.0, next_resync - time.monotonic()))
             if self._stop.is_set():
@@ -321,10 +325,14 @@ class Agent:
             if time.monotonic() >= next_resync:
                 self._invalidate = True     # drift repair: read the kernel again
                 next_resync = time.monotonic() + self.cfg.resync_interval
-            if self.cfg.coalesce:
+            # Coalesce only in a burst (the previous pass ended moments ago): an isolated change,
+            # e.g. a port bind, starts its pass at once; during a burst the changes that arrive
+            # while a pass runs, plus `coalesce`, go into the next one.
+            if self.cfg.coalesce and time.monotonic() - last_end < BURST_WINDOW:
                 time.sleep(self.cfg.coalesce)
             self._wake.clear()
             self.run_once()
+            last_end = time.monotonic()
         self.reconciler.close()
         for f in self.features:
             try:

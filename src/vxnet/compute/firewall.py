@@ -10,19 +10,22 @@ by br_netfilter in `table inet`, where a bridged packet's iifname/oifname is the
 ports are therefore tagged with skb marks in bridge-family chains):
 
 - `table bridge vxnet_ps`
-  - `pre` (prerouting -200): `iifname vmap` -> `ps_<port>` per local port with port security:
+  - `pre` (prerouting -200): `iifname vmap @pre_ports` -> `ps_<port>` per local port with port security:
     any `udp sport 67` dropped (a VM is never a DHCP server); IPv4 whose (MAC . source IP) is
     in the allowed pairs: mark low 16 bits = the port's index, accept; source MAC not in {port
     MAC, pair MACs}: drop; ARP whose sender (MAC . IP) is not an allowed pair (or 0.0.0.0,
     address probes): drop; ARP accepted; DHCP client frames (0.0.0.0:68 -> :67) accepted;
     other IPv4 (spoofed source) and everything else (IPv6, VLAN...) dropped.
-  - `out` (forward -100, before br_netfilter): `oifname vmap` -> `mk_<port>`: drop IPv6 to the
-    port, set mark high 16 bits = the port's index.
+  - `out` (forward -100, before br_netfilter): `oifname vmap @out_ports` -> `mk_<port>`: drop
+    IPv6 to the port, set mark high 16 bits = the port's index.
+  - The dispatch tables are named verdict maps, not inline vmaps: a port coming or going is one
+    element per map plus its own chains, so the transaction of a port-up does not grow with
+    the number of ports on the host (the inline form rewrote every port's entry).
 - `table inet vxnet_sg`
   - `zone` (prerouting, raw): `notrack accept` for traffic from/to ports whose groups are all
     `stateful=false`, then `ct zone set iifname map {bridge: zone}` for every network bridge.
-  - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>`; `ingress` (forward 10)
-    dispatches `mark & 0xffff0000` to `in_<port>`. Two base chains, because `accept` only ends
+  - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>` (map `eg_ports`); `ingress`
+    (forward 10) dispatches `mark & 0xffff0000` to `in_<port>` (map `in_ports`). Two base chains, because `accept` only ends
     its own base chain: a packet between two local ports passes both.
   - per port: [stateful: ct established,related accept; ct invalid drop], DHCP, then a jump to
     each group's chain of that direction (`gi_<group>` / `ge_<group>`: one rule per Neutron
@@ -164,10 +167,17 @@ class NftChain:
 
 @dataclasses.dataclass(frozen=True)
 class NftSet:
+    """A named set, or (`kind="map"`) a verdict map whose elements are `key : verdict` texts."""
+
     name: str
     type: str
     elements: frozenset[str]
     flags: str = "interval"
+    kind: str = "set"           # set | map
+
+    def declaration(self) -> str:
+        """The `{ ... }` body of its `add set` / `add map` command."""
+        return f"{{ type {self.type};" + (f" flags {self.flags};" if self.flags else "") + " }"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,11 +449,14 @@ def _group_chain(g: GroupRules) -> NftChain:
     return NftChain(g.chain, tuple(_rule(r.match_text(), "accept", "sg:" + r.rule_id) for r in g.rules), ordered=False)
 
 
-def _vmap(key: str, entries: list[tuple[str, str]]) -> list[NftRule]:
-    if not entries:
-        return []
-    body = ", ".join(f"{k} : jump {c}" for k, c in entries)
-    return [_rule("", f"{key} vmap {{ {body} }}", "dispatch")]
+def _dispatch(key: str, name: str) -> tuple[NftRule, ...]:
+    """The one rule of a dispatch base chain: a lookup in its verdict map."""
+    return (_rule("", f"{key} vmap @{name}", "dispatch"),)
+
+
+def _vmap(name: str, key_type: str, entries: Iterable[tuple[str, str]]) -> NftSet:
+    """A dispatch map: key -> `jump chain`."""
+    return NftSet(name, f"{key_type} : verdict", frozenset(f"{k} : jump {c}" for k, c in entries), "", "map")
 
 
 HOST_TABLE = ("arp", "vxnet_host")
@@ -461,9 +474,11 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     traffic and the bridge's own ARP suppression never pass these input hooks."""
     # No mark reset on entry: frames reach a bridge with mark 0 (crossing a namespace scrubs
     # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
-    ps_chains = [NftChain("pre", tuple(_vmap("iifname", [(f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports])),
+    ps_maps = (_vmap("pre_ports", "ifname", ((f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports)),
+               _vmap("out_ports", "ifname", ((f'"{p.tap}"', f"mk_{p.ident}") for p in fw.ports)))
+    ps_chains = [NftChain("pre", _dispatch("iifname", "pre_ports"),
                           "type filter hook prerouting priority -200; policy accept;"),
-                 NftChain("out", tuple(_vmap("oifname", [(f'"{p.tap}"', f"mk_{p.ident}") for p in fw.ports])),
+                 NftChain("out", _dispatch("oifname", "out_ports"),
                           "type filter hook forward priority -100; policy accept;")]
     for p in fw.ports:
         ps_chains += [_ps_chain(p), _mark_chain(p)]
@@ -484,20 +499,20 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     sg_chains = [NftChain("host", (_rule(HOST_GUARD, "drop", "host-guard"),),
                           "type filter hook input priority 0; policy accept;"),
                  NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
-                 NftChain("egress", tuple(_vmap("meta mark and 0x0000ffff",
-                                                [(f"{p.index:#x}", f"eg_{p.ident}") for p in fw.ports])),
+                 NftChain("egress", _dispatch("meta mark and 0x0000ffff", "eg_ports"),
                           "type filter hook forward priority 0; policy accept;"),
-                 NftChain("ingress", tuple(_vmap("meta mark and 0xffff0000",
-                                                 [(f"{p.index << 16:#010x}", f"in_{p.ident}") for p in fw.ports])),
+                 NftChain("ingress", _dispatch("meta mark and 0xffff0000", "in_ports"),
                           "type filter hook forward priority 10; policy accept;")]
+    sg_maps = (_vmap("eg_ports", "mark", ((f"{p.index:#010x}", f"eg_{p.ident}") for p in fw.ports)),
+               _vmap("in_ports", "mark", ((f"{p.index << 16:#010x}", f"in_{p.ident}") for p in fw.ports)))
     sg_chains += [_group_chain(g) for g in fw.groups]
     for p in fw.ports:
         sg_chains += [_port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress")]
     sets = tuple(NftSet(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
-                 for g in sorted({r.remote_group for g in fw.groups for r in g.rules if r.remote_group}))
+                 for g in sorted({r.remote_group for g in fw.groups for r in g.rules if r.remote_group})) + sg_maps
     host = NftTable(*HOST_TABLE, (NftChain("in", (_rule(HOST_GUARD, "drop", "host-guard"),),
                                            "type filter hook input priority 0; policy accept;"),))
-    return (NftTable(*PS_TABLE, tuple(ps_chains)), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
+    return (NftTable(*PS_TABLE, tuple(ps_chains), ps_maps), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
 
 
 def table_text(t: NftTable) -> str:
@@ -508,14 +523,12 @@ def table_text(t: NftTable) -> str:
 
 
 def table_body(t: NftTable) -> list[str]:
-    """Commands creating the sets, chains and rules of `t` in an existing empty table."""
-    lines = []
-    for s in t.sets:
-        lines.append(f"add set {t.family} {t.name} {s.name} {{ type {s.type}; flags {s.flags}; }}")
-        if s.elements:
-            lines.append(f"add element {t.family} {t.name} {s.name} {_set_text(s.elements)}")
+    """Commands creating the sets, chains and rules of `t` in an existing empty table (chains
+    before set and map elements: a map element jumps to a chain, which must exist)."""
+    lines = [f"add {s.kind} {t.family} {t.name} {s.name} {s.declaration()}" for s in t.sets]
     for c in t.chains:
         lines.append(f"add chain {t.family} {t.name} {c.name}" + (f" {{ {c.hook} }}" if c.hook else ""))
+    lines += [f"add element {t.family} {t.name} {s.name} {_set_text(s.elements)}" for s in t.sets if s.elements]
     for c in t.chains:
         lines += [f"add rule {t.family} {t.name} {c.name} {r.text}" for r in c.rules]
     return lines

@@ -57,7 +57,7 @@ log = logging.getLogger("vxnet.dataplane.nft")
 
 _COMMENT = re.compile(r'comment "(vxnet:[^"]*)"')
 _CHAIN = re.compile(r"^\s*chain (\S+) \{")
-_SET = re.compile(r"^\s*set (\S+) \{")
+_SET = re.compile(r"^\s*(?:set|map) (\S+) \{")
 _HANDLE = re.compile(r"# handle (\d+)\s*$")
 OUTPUT_HANDLE = 1 << 3          # NFT_CTX_OUTPUT_HANDLE (libnftables.h)
 OUTPUT_TERSE = 1 << 11          # NFT_CTX_OUTPUT_TERSE
@@ -133,23 +133,25 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     if any(name in oc and oc[name].hook != c.hook for name, c in nc.items()):
         return table_text(new).splitlines()       # a base chain's hook changed: rebuild
     os_, ns_ = {s.name: s for s in old.sets}, {s.name: s for s in new.sets}
-    head: list[str] = []
+    head: list[str] = []          # new sets and maps, then new chains (map elements jump to them)
+    elements: list[str] = []      # element changes: after the chains they name exist
     rules: list[str] = []
     tail: list[str] = []
     for name, s in ns_.items():
         before = os_.get(name)
-        if before is None or before.type != s.type or before.flags != s.flags:
+        if before is None or before.type != s.type or before.flags != s.flags or before.kind != s.kind:
             if before is not None:                # type changed: cannot happen with our names, but be exact
                 return table_text(new).splitlines()
-            head.append(f"add set {f} {n} {name} {{ type {s.type}; flags {s.flags}; }}")
+            head.append(f"add {s.kind} {f} {n} {name} {s.declaration()}")
             if s.elements:
-                head.append(f"add element {f} {n} {name} {_set_text(s.elements)}")
+                elements.append(f"add element {f} {n} {name} {_set_text(s.elements)}")
             continue
         gone, added = before.elements - s.elements, s.elements - before.elements
         if gone:
-            head.append(f"delete element {f} {n} {name} {_set_text(gone)}")
+            keys = {e.split(" : ", 1)[0] for e in gone} if s.kind == "map" else gone
+            elements.append(f"delete element {f} {n} {name} {_set_text(keys)}")
         if added:
-            head.append(f"add element {f} {n} {name} {_set_text(added)}")
+            elements.append(f"add element {f} {n} {name} {_set_text(added)}")
     for name, c in nc.items():
         before = oc.get(name)
         if before is None:
@@ -162,12 +164,12 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         else:
             rules.append(f"flush chain {f} {n} {name}")
         rules += [f"add rule {f} {n} {name} {r.text}" for r in c.rules]
-    # Removed chains: their referrers (vmaps, jumps) changed, so they were flushed above.
-    # Delete non-base chains after all flushes.
+    # Removed chains: their referrers (jumps, map elements) changed above. Delete non-base
+    # chains after all flushes, and sets/maps last.
     tail += [f"flush chain {f} {n} {name}" for name in oc if name not in nc]
     tail += [f"delete chain {f} {n} {name}" for name in oc if name not in nc]
-    tail += [f"delete set {f} {n} {name}" for name in os_ if name not in ns_]
-    return head + rules + tail
+    tail += [f"delete {s.kind} {f} {n} {name}" for name, s in os_.items() if name not in ns_]
+    return head + elements + rules + tail
 
 
 def _edit_rules(f: str, n: str, old: NftChain, new: NftChain, handles: dict[str, int] | None) -> list[str] | None:
@@ -516,7 +518,7 @@ class NftDriver:
             if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
                 return [], "full"
             for s in t.sets:
-                lines.append(f"flush set {family} {name} {s.name}")
+                lines.append(f"flush {s.kind} {family} {name} {s.name}")
                 if s.elements:
                     lines.append(f"add element {family} {name} {s.name} {_set_text(s.elements)}")
         return lines, "adopt"

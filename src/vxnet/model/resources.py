@@ -103,16 +103,16 @@ class Port:
     dns_name: str = ""
     status: str | None = None               # only in the view of the port's own host (server side)
     revision: int | None = None
+    ipv4: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv4 fixed IPs
+
+    def __post_init__(self) -> None:
+        # Derived once (every compute function reads it; parsing addresses is not cheap).
+        object.__setattr__(self, "ipv4", tuple(f for f in self.fixed_ips if _is_v4(f.ip_address)))
 
     @property
     def is_infra(self) -> bool:
         """Router interfaces, SNAT and gateway ports, DHCP...: not a VM."""
         return self.device_owner.startswith(INFRA_OWNER_PREFIX)
-
-    @property
-    def ipv4(self) -> tuple[FixedIp, ...]:
-        """The IPv4 fixed IPs, in order."""
-        return tuple(f for f in self.fixed_ips if _is_v4(f.ip_address))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
