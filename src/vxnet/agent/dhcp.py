@@ -10,7 +10,8 @@ L2 part: the service ports' plugs, FDB entries and server-id neighbours). `apply
    leftovers of a crashed agent that are not wanted, are deleted; wanted ones are adopted.
 2. hands the responder thread the new lease table (one reference swap) and, when its text
    changed (or after `invalidate()`), the steering table `bridge vxnet_dhcp`
-   (`compute.dhcp.nft_script`, one atomic transaction), and waits until the thread has applied
+   (`compute.dhcp.steer_script`: the whole table when its state is unknown, else only the map
+   elements that changed; one atomic transaction), and waits until the thread has applied
    both and has its sockets open on the current devices: a port is reported ACTIVE only when
    its DHCP answers. Nothing changed: no work at all (no syscall).
 
@@ -50,7 +51,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.compute import dhcp_packet as pkt
-from vxnet.compute.dhcp import DhcpState, Lease, Responder, answer, is_device, is_service_port, nft_script
+from vxnet.compute.dhcp import (
+    DhcpState, Lease, Responder, answer, is_device, is_service_port, steer_elements, steer_script,
+)
 from vxnet.dataplane.rtnl import LinkRecord, RtnlSocket, dump_links
 
 log = logging.getLogger("vxnet.agent.dhcp")
@@ -313,7 +316,7 @@ class DhcpFeature:
         self._ipr: IPRoute | None = None
         self.server = ResponderServer(ctx.netns)
         self._links: dict[str, LinkRecord] | None = None     # our links as last read / applied
-        self._nft: str | None = None                         # script last applied
+        self._steer: frozenset[str] | None = None            # steering map elements applied (None: unknown)
         self._served: dict[str, _Served] | None = None
 
     def counters(self) -> dict[str, dict[str, int]]:
@@ -343,8 +346,8 @@ class DhcpFeature:
             failed.append(f"dhcp links: {e}")
         table = {r.device: _Served(r, links[r.device].index, r.lease_table(), frozenset(r.arp_ips))
                  for r in desired.responders if r.network_id not in bad and r.device in links}
-        script = nft_script(desired.responders)
-        nft = script if script != self._nft else None
+        steer = steer_elements(desired.responders)
+        nft = steer_script(self._steer, steer) or None
         if not self.server.alive:
             log.warning("DHCP responder thread stopped; starting a new one")
             counters = self.server.counters
@@ -360,12 +363,12 @@ class DhcpFeature:
             self._served = None if res.no_socket else table
             if nft is not None:
                 if res.nft_error is None:
-                    self._nft = script
+                    self._steer = steer
                     changes["steering_table"] += 1
                 else:
                     log.warning("DHCP steering table failed: %s", res.nft_error)
                     failed.append("dhcp steering table")
-                    self._nft = None
+                    self._steer = None
         if failed:
             self._links = None            # read the kernel again next pass
         down = frozenset(lease.port_id for r in desired.responders if r.network_id in bad for lease in r.leases)
@@ -397,8 +400,8 @@ class DhcpFeature:
 
     def invalidate(self) -> None:
         self._links = None
-        if self._nft != nft_script(()):
-            self._nft = None      # re-applied (atomic replace); an absent table stays absent
+        if self._steer:
+            self._steer = None    # re-applied (atomic replace); an absent table stays absent
 
     def close(self) -> None:
         self.server.close()

@@ -279,21 +279,43 @@ def l2_part(responders: Iterable[Responder]) -> HostState:
     return HostState(plugs=frozenset(plugs), fdb=frozenset(fdb), neighs=frozenset(neighs))
 
 
+def steer_elements(responders: Iterable[Responder]) -> frozenset[str]:
+    """The steering map's elements: `"<tap>" : <responder MAC>` per leased local tap."""
+    return frozenset(f'"{tap}" : {r.mac}' for r in responders for tap in r.taps)
+
+
 def nft_script(responders: Iterable[Responder]) -> str:
     """The steering table, replaced atomically (add, delete, define in one transaction); only
     the deletion when no responder is wanted."""
+    return steer_script(None, steer_elements(responders))
+
+
+def steer_script(applied: frozenset[str] | None, wanted: frozenset[str]) -> str:
+    """The transaction that turns the steering table holding `applied` (None: unknown, or
+    absent) into one holding `wanted`: a whole-table replace when the state is unknown or the
+    table comes or goes, else only the map elements that changed (a port-up adds one element,
+    whatever the number of ports); "" when nothing changes."""
     head = f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n"
-    elems = [f'"{tap}" : {r.mac}' for r in responders for tap in r.taps]
-    if not elems:
-        return head
-    return head + (
-        f"table bridge {NFT_TABLE} {{\n"
-        "  map steer {\n    type ifname : ether_addr\n"
-        f"    elements = {{ {', '.join(elems)} }}\n  }}\n"
-        "  chain prerouting {\n"
-        "    type filter hook prerouting priority -300; policy accept;\n"
-        "    udp sport 68 udp dport 67 ether daddr set iifname map @steer\n"
-        "  }\n}\n")
+    if applied is None or not applied or not wanted:
+        if applied is not None and not applied and not wanted:
+            return ""
+        if not wanted:
+            return head
+        return head + (
+            f"table bridge {NFT_TABLE} {{\n"
+            "  map steer {\n    type ifname : ether_addr\n"
+            f"    elements = {{ {', '.join(sorted(wanted))} }}\n  }}\n"
+            "  chain prerouting {\n"
+            "    type filter hook prerouting priority -300; policy accept;\n"
+            "    udp sport 68 udp dport 67 ether daddr set iifname map @steer\n"
+            "  }\n}\n")
+    gone, added = applied - wanted, wanted - applied
+    lines = []
+    if gone:
+        lines.append(f"delete element bridge {NFT_TABLE} steer {{ {', '.join(sorted(e.split(' : ')[0] for e in gone))} }}")
+    if added:
+        lines.append(f"add element bridge {NFT_TABLE} steer {{ {', '.join(sorted(added))} }}")
+    return "".join(line + "\n" for line in lines)
 
 
 # ---------------------------------------------------------------------------------- answers
