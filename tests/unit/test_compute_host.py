@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from vxnet.agent.core import Agent, AgentConfig
 from vxnet.agent.reconciler import ReconcileResult
-from vxnet.compute.diff import diff_host
 from vxnet.compute.dhcp import DhcpCache, compute_dhcp
+from vxnet.compute.diff import diff_host
 from vxnet.compute.host import HostComputer, HostSpec, compute_host
 from vxnet.compute.state import HostState
 from vxnet.compute.view import ViewState, apply_message

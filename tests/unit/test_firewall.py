@@ -265,9 +265,7 @@ class FakeNft:
                 t["chains"][name].append(rest)
                 self.handles[(name, rest)] = self.next_handle
                 self.next_handle += 1
-            elif obj in ("set", "map") and op == "add":
-                t["sets"][name] = set()
-            elif obj in ("set", "map") and op == "flush":
+            elif obj in ("set", "map") and op == "add" or obj in ("set", "map") and op == "flush":
                 t["sets"][name] = set()
             elif obj in ("set", "map") and op == "delete":
                 del t["sets"][name]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
 import json
 import random
+import threading
 
 from bench.scale_bench import World, add_arguments, fill, underlay
 from bench.sim_agents import SimAgent, ports_digest

@@ -19,6 +19,8 @@ Threads (all daemons, all stopped by `stop()`):
 Invariants:
 - Nothing is reconciled (so nothing deleted) before the first complete view (snapshot); a
   restarted agent therefore adopts the kernel state and disturbs no traffic.
+- A failed pass (or status report) is retried after an exponential backoff (0.1 s doubling up
+  to 30 s, with jitter), reset by the next success; the periodic resync goes on regardless.
 - When no server is reachable the kernel keeps its last state; drift repair keeps running on
   the last known view.
 - A local port is reported ACTIVE only after a pass that applied its data path without error.
@@ -34,6 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from vxnet.agent import metrics
+from vxnet.agent.backoff import Backoff
 from vxnet.agent.features import Feature, FeatureResult, HostContext, build_features
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
 from vxnet.compute.host import HostComputer, HostDesired
@@ -73,7 +76,8 @@ class AgentConfig:
     coalesce: float = 0.002
     resync_interval: float = 30.0
     heartbeat_interval: float = 3.0
-    retry_interval: float = 1.0
+    retry_interval: float = 0.1       # first retry after a failed pass or report; doubles while failing
+    retry_max: float = 30.0
     gateway: bool = False
     external_interface: str | None = None
     dhcp_lease_time: int = 86400
@@ -105,6 +109,8 @@ class Agent:
         self._to_report: dict[str, tuple[str, Any]] = {}    # port -> (status, port revision) to send
         self._report_wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pass_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
+        self._report_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
         self.last_result: ReconcileResult | None = None
         self.last_timings: dict[str, float] = {}     # part of the last pass -> seconds
         self.passes = 0
@@ -214,6 +220,7 @@ class Agent:
         self._record(view, desired, result)
         self._report(view, result)
         if not result.failed:
+            self._pass_backoff.reset()
             with self.applied:
                 self._applied_revision = view.revision
                 self.applied.notify_all()
@@ -300,9 +307,10 @@ class Agent:
             except Exception as e:  # noqa: BLE001 - server unreachable/refusing: keep forwarding, retry
                 metrics.ERRORS.labels("report_status").inc()
                 log.warning("host=%s status report failed (%s); will retry", self.cfg.host, e)
-                self._stop.wait(self.cfg.retry_interval)
+                self._stop.wait(self._report_backoff.next())
                 self._report_wake.set()
                 continue
+            self._report_backoff.reset()
             with self._status_lock:
                 for pid, stamp in batch.items():
                     self._reported[pid] = stamp
@@ -311,7 +319,11 @@ class Agent:
             log.info("host=%s ports ACTIVE=%s DOWN=%s", self.cfg.host, active, down)
 
     def _retry_later(self) -> None:
-        t = threading.Timer(self.cfg.retry_interval, self._wake.set)
+        """Wake the reconcile loop again after the next backoff delay (0.1 s, doubling while
+        passes keep failing, up to `retry_max`; reset by a pass without failures)."""
+        delay = self._pass_backoff.next()
+        metrics.RETRY_SECONDS.set(delay)
+        t = threading.Timer(delay, self._wake.set)
         t.daemon = True
         t.start()
 

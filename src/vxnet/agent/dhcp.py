@@ -16,8 +16,8 @@ L2 part: the service ports' plugs, FDB entries and server-id neighbours). `apply
    its DHCP answers. Nothing changed: no work at all (no syscall).
 
 The responder thread (`ResponderServer`): one daemon thread that enters the host namespace
-(`pyroute2.netns.setns`, per thread), runs the nft transactions there (libnftables in-process,
-`Nft`: ~0.25 ms against ~16 ms for an `nft` process), and holds one AF_PACKET socket per
+(`pyroute2.netns.setns`, per thread), runs the nft transactions there (the one executor,
+`dataplane/nft_exec.py`: libnftables in-process), and holds one AF_PACKET socket per
 responder device, with
 a classic BPF filter (`arp or ip udp dst port 67`, not fragments) so it wakes only for DHCP
 requests and ARP. It answers DHCP (`compute.dhcp.answer`) and the ARP for server ids no port
@@ -40,10 +40,8 @@ import os
 import select
 import socket
 import struct
-import subprocess
 import threading
 from collections.abc import Mapping
-from typing import Any
 
 from prometheus_client import Counter
 from pyroute2 import IPRoute
@@ -52,8 +50,16 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute.dhcp import (
-    DhcpState, Lease, Responder, answer, is_device, is_service_port, steer_elements, steer_script,
+    DhcpState,
+    Lease,
+    Responder,
+    answer,
+    is_device,
+    is_service_port,
+    steer_elements,
+    steer_script,
 )
+from vxnet.dataplane.nft_exec import NftExecutor
 from vxnet.dataplane.rtnl import LinkRecord, RtnlSocket, dump_links
 
 log = logging.getLogger("vxnet.agent.dhcp")
@@ -146,14 +152,14 @@ class ResponderServer:
     # -- thread side ----------------------------------------------------------------------
     def _run(self) -> None:
         socks: dict[str, tuple[int, socket.socket]] = {}
-        nft: Nft | None = None
+        nft: NftExecutor | None = None
         table: Mapping[str, _Served] = {}
         try:
             if self.netns:
                 from pyroute2.netns import setns
 
                 setns(self.netns, flags=0)       # this thread only; flags=0: never create it
-            nft = Nft()
+            nft = NftExecutor()     # in this thread's namespace (entered above)
             while True:
                 with self._cond:
                     if self._stop:
@@ -242,48 +248,6 @@ class ResponderServer:
             s.send(frame)
         except OSError as e:
             log.warning("DHCP send failed: %s", e)
-
-
-class Nft:
-    """nftables transactions in the calling thread's namespace: libnftables through ctypes
-    (~0.25 ms a transaction here, against ~16 ms for an `nft -f -` process, which would sit on
-    every port-up's critical path), else the `nft` program. Use it from one thread only."""
-
-    def __init__(self) -> None:
-        self._lib: Any = None
-        self._ctx: Any = None
-        try:
-            lib = ctypes.CDLL("libnftables.so.1")
-        except OSError:
-            return
-        lib.nft_ctx_new.restype = ctypes.c_void_p
-        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
-            getattr(lib, fn).argtypes = [ctypes.c_void_p]
-        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-        ctx = lib.nft_ctx_new(0)
-        if not ctx:
-            return
-        lib.nft_ctx_buffer_output(ctx)
-        lib.nft_ctx_buffer_error(ctx)
-        self._lib, self._ctx = lib, ctx
-
-    def run(self, script: str) -> str | None:
-        """Apply `script` as one transaction; None on success, else the error text."""
-        if self._lib is None:
-            r = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=10,
-                               check=False)
-            return None if r.returncode == 0 else (r.stderr.strip() or f"nft exited {r.returncode}")
-        rc = self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode())
-        err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace").strip()
-        return None if rc == 0 else (err or f"nft error {rc}")
-
-    def close(self) -> None:
-        if self._lib is not None:
-            self._lib.nft_ctx_free(self._ctx)
-            self._lib = None
 
 
 def _packet_socket(dev: str, ifindex: int) -> socket.socket:

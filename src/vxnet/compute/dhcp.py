@@ -59,9 +59,9 @@ from vxnet.compute.memo import IdentityMemo
 from vxnet.compute.state import Fdb, HostState, Neigh, Plug
 from vxnet.model import Network, Port, Subnet, View, as_view
 
-SERVICE_KIND = "d"
-DEVICE_PREFIX = "vxdr"
-NFT_TABLE = "vxnet_dhcp"
+SERVICE_KIND = naming.DHCP_KIND
+DEVICE_PREFIX = naming.DHCP_DEVICE_PREFIX
+NFT_TABLE = naming.DHCP_TABLE[1]
 
 
 def service_port(network_id: str) -> str:

@@ -68,8 +68,8 @@ from typing import Any
 from vxnet.compute import naming
 from vxnet.model import Port, Rule, View, as_view
 
-PS_TABLE = ("bridge", "vxnet_ps")
-SG_TABLE = ("inet", "vxnet_sg")
+PS_TABLE = naming.PS_TABLE
+SG_TABLE = naming.SG_TABLE
 MAX_INDEX = 0xFFFF
 # neutron_lib.constants.IP_PROTOCOL_MAP (copied: the pure layer imports nothing from the API)
 IP_PROTOCOL_MAP: dict[str, int] = {
@@ -459,7 +459,7 @@ def _vmap(name: str, key_type: str, entries: Iterable[tuple[str, str]]) -> NftSe
     return NftSet(name, f"{key_type} : verdict", frozenset(f"{k} : jump {c}" for k, c in entries), "", "map")
 
 
-HOST_TABLE = ("arp", "vxnet_host")
+HOST_TABLE = naming.HOST_TABLE
 HOST_GUARD = 'iifname "vxb-*"'   # naming.BRIDGE_PREFIX: traffic a tenant bridge hands to the host itself
 
 

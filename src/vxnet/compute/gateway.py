@@ -39,8 +39,8 @@ from vxnet.model import Port, Router, Subnet, View, as_view
 GW_OWNER = "network:router_gateway"
 SNAT_OWNER = "network:router_centralized_snat"
 INTF_OWNERS = ("network:router_interface", "network:router_interface_distributed")
-NETNS_PREFIX = "vxs-"
-NAT_TABLE = "vxnet_nat"
+NETNS_PREFIX = naming.SNAT_NS_PREFIX
+NAT_TABLE = naming.NAT_TABLE[1]
 
 
 def router_netns(router_id: str, host: str) -> str:
@@ -110,7 +110,7 @@ class ExternalBridge:
 class GatewayDesired:
     """A gateway host's desired state (its `l2` part is merged into `HostDesired.l2`)."""
 
-    l2: HostState = HostState()
+    l2: HostState = dataclasses.field(default_factory=HostState)
     host: str = ""
     externals: tuple[ExternalBridge, ...] = ()
     routers: tuple[GatewayRouter, ...] = ()
@@ -137,7 +137,7 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     if found is None or ext is None:
         return None
     gw_ip, ext_sub = found
-    gw = _leg(gw_port, "qg-" + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu)
+    gw = _leg(gw_port, naming.GATEWAY_IFACE_PREFIX + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu)
     legs: list[Leg] = []
     cidrs: set[str] = set()
     for pid in sorted(v.ports):
@@ -153,7 +153,7 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
             got = _ipv4(p, v.subnets)
             net = v.networks.get(p.network_id)
             if got is not None and net is not None:
-                legs.append(_leg(p, "sg-" + pid[:naming.ID_CHARS], got[0], got[1], net.mtu))
+                legs.append(_leg(p, naming.SNAT_IFACE_PREFIX + pid[:naming.ID_CHARS], got[0], got[1], net.mtu))
     connected = [ipaddress.ip_network(leg.cidr, strict=False) for leg in (gw, *legs)]
     routes = []
     for r in rtr.routes:

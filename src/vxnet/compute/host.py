@@ -53,11 +53,11 @@ class HostSpec:
 class HostDesired:
     """The whole desired state of one host."""
 
-    l2: HostState = HostState()              # overlay L2 + every feature's L2 part
-    firewall: Firewall = Firewall()
-    routing: RoutingState = RoutingState()
-    dhcp: DhcpState = DhcpState()
-    gateway: GatewayDesired = GatewayDesired()
+    l2: HostState = dataclasses.field(default_factory=HostState)   # overlay L2 + every feature's L2 part
+    firewall: Firewall = dataclasses.field(default_factory=Firewall)
+    routing: RoutingState = dataclasses.field(default_factory=RoutingState)
+    dhcp: DhcpState = dataclasses.field(default_factory=DhcpState)
+    gateway: GatewayDesired = dataclasses.field(default_factory=GatewayDesired)
 
     @property
     def features(self) -> dict[str, Any]:

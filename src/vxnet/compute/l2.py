@@ -121,7 +121,7 @@ class L2Cache:
         for nid, net in v.networks.items():
             if net.is_vxlan:
                 ports = grouped.get(nid, [])
-                parts.append(self._memo.get(nid, (net, v.hosts, *ports),
-                                            lambda: network_l2(net, ports, v.hosts, self.host, self.underlay_ip)))
+                parts.append(self._memo.get(nid, (net, v.hosts, *ports), lambda net=net, ports=ports: network_l2(
+                    net, ports, v.hosts, self.host, self.underlay_ip)))
         self._merged.begin()       # nothing changed: the very same state (cheap downstream)
         return self._merged.get("all", tuple(parts), lambda: merge(parts))

@@ -46,9 +46,9 @@ from vxnet.compute import naming
 from vxnet.compute.state import Fdb, HostState, Neigh, Plug, merge
 from vxnet.model import Port, Router, View, as_view
 
-NS_PREFIX = "vxr-"
-IFACE_PREFIX = "qr-"
-SERVICE_KIND = "r"
+NS_PREFIX = naming.ROUTER_NS_PREFIX
+IFACE_PREFIX = naming.ROUTER_IFACE_PREFIX
+SERVICE_KIND = naming.ROUTER_KIND
 INTF_OWNERS = frozenset({"network:router_interface", "network:router_interface_distributed"})
 SNAT_OWNER = "network:router_centralized_snat"
 MAIN_TABLE = 254

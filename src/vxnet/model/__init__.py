@@ -4,7 +4,18 @@ The layer under compute/: it imports nothing else of vxnet. See resources.py and
 """
 
 from vxnet.model.resources import (
-    AddressPair, FixedIp, FloatingIP, Host, HostRoute, Network, Port, Router, Rule, SecurityGroup, Subnet, parse,
+    AddressPair,
+    FixedIp,
+    FloatingIP,
+    Host,
+    HostRoute,
+    Network,
+    Port,
+    Router,
+    Rule,
+    SecurityGroup,
+    Subnet,
+    parse,
 )
 from vxnet.model.view import KINDS, View, as_view, parse_view
 

@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from vxnet.model.resources import (
-    FloatingIP, Host, Network, Port, Router, Rule, SecurityGroup, Subnet, parse,
+    FloatingIP,
+    Host,
+    Network,
+    Port,
+    Router,
+    Rule,
+    SecurityGroup,
+    Subnet,
+    parse,
 )
 
 KINDS = ("hosts", "networks", "subnets", "ports", "routers", "floatingips", "security_groups",
