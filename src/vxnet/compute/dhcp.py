@@ -55,7 +55,7 @@ from typing import Any
 
 from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute import naming
-from vxnet.compute.memo import IdentityMemo
+from vxnet.compute.memo import PartsMemo
 from vxnet.compute.state import Fdb, HostState, Neigh, Plug
 from vxnet.model import Network, Port, Subnet, View, as_view
 
@@ -249,8 +249,7 @@ class DhcpCache:
 
     def __init__(self, host: str, lease_time: int) -> None:
         self.host, self.lease_time = host, lease_time
-        self._memo: IdentityMemo[Responder | None] = IdentityMemo()
-        self._merged: IdentityMemo[DhcpState] = IdentityMemo()
+        self._memo: PartsMemo[Responder | None, DhcpState] = PartsMemo(_state)
 
     @property
     def recomputed(self) -> int:
@@ -259,14 +258,11 @@ class DhcpCache:
     def compute(self, view: View | Mapping[str, Mapping[str, Any]]) -> DhcpState:
         v = as_view(view)
         ports, subnets = _by_network(v)
-        self._memo.begin()
-        found = tuple(self._memo.get(
-            nid, (v.networks[nid], *subnets.get(nid, ()), *ports[nid]),
-            lambda nid=nid: network_dhcp(v.networks[nid], subnets.get(nid, []), ports[nid], self.host,  # type: ignore[misc]
-                                         self.lease_time))
+        return self._memo.compute(
+            (nid, (v.networks[nid], *subnets.get(nid, ()), *ports[nid]),
+             lambda nid=nid: network_dhcp(v.networks[nid], subnets.get(nid, []), ports[nid], self.host,  # type: ignore[misc]
+                                          self.lease_time))
             for nid in sorted(ports) if nid in v.networks)
-        self._merged.begin()       # nothing changed: the very same state (cheap downstream)
-        return self._merged.get("all", found, lambda: _state(found))
 
 
 def l2_part(responders: Iterable[Responder]) -> HostState:

@@ -22,10 +22,10 @@ Rules (KERNEL-NOTES §2-3):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from vxnet.compute import naming
-from vxnet.compute.memo import IdentityMemo
+from vxnet.compute.memo import PartsMemo
 from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Neigh, Plug, Vxlan, merge
 from vxnet.model import Host, Network, Port, View, as_view
 from vxnet.model.resources import DEFAULT_MTU
@@ -105,8 +105,7 @@ class L2Cache:
     def __init__(self, host: str, underlay_ip: str) -> None:
         self.host = host
         self.underlay_ip = underlay_ip
-        self._memo: IdentityMemo[HostState] = IdentityMemo()
-        self._merged: IdentityMemo[HostState] = IdentityMemo()
+        self._memo: PartsMemo[HostState, HostState] = PartsMemo(merge)
 
     @property
     def recomputed(self) -> int:
@@ -116,12 +115,8 @@ class L2Cache:
     def compute(self, view: View | Mapping[str, Mapping[str, object]]) -> HostState:
         v = as_view(view)
         grouped = ports_by_network(v)
-        self._memo.begin()
-        parts = []
-        for nid, net in v.networks.items():
-            if net.is_vxlan:
-                ports = grouped.get(nid, [])
-                parts.append(self._memo.get(nid, (net, v.hosts, *ports), lambda net=net, ports=ports: network_l2(
-                    net, ports, v.hosts, self.host, self.underlay_ip)))
-        self._merged.begin()       # nothing changed: the very same state (cheap downstream)
-        return self._merged.get("all", tuple(parts), lambda: merge(parts))
+
+        def part(net: Network, ports: list[Port]) -> tuple[str, tuple[object, ...], Callable[[], HostState]]:
+            return net.id, (net, v.hosts, *ports), lambda: network_l2(net, ports, v.hosts, self.host, self.underlay_ip)
+
+        return self._memo.compute(part(net, grouped.get(nid, [])) for nid, net in v.networks.items() if net.is_vxlan)

@@ -13,10 +13,12 @@ the tests check every cached path against the full recompute.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
+Part = tuple[Hashable, tuple[object, ...], Callable[[], T]]    # key, inputs, how to compute
 
 
 class IdentityMemo(Generic[T]):
@@ -42,3 +44,24 @@ class IdentityMemo(Generic[T]):
         """Start of a pass: forget keys the previous pass did not use; reset the miss counter."""
         self._old, self._new = self._new, {}
         self.recomputed = 0
+
+
+class PartsMemo(Generic[T, R]):
+    """A whole-view value made of per-key parts (e.g. one per network): each part recomputed
+    only when its inputs changed, the whole only when a part did (the same object otherwise)."""
+
+    def __init__(self, combine: Callable[[tuple[T, ...]], R]) -> None:
+        self._combine = combine
+        self._parts: IdentityMemo[T] = IdentityMemo()
+        self._whole: IdentityMemo[R] = IdentityMemo()
+
+    @property
+    def recomputed(self) -> int:
+        """Parts recomputed by the last call."""
+        return self._parts.recomputed
+
+    def compute(self, parts: Iterable[Part[T]]) -> R:
+        self._parts.begin()
+        found = tuple(self._parts.get(key, inputs, fn) for key, inputs, fn in parts)
+        self._whole.begin()
+        return self._whole.get("all", found, lambda: self._combine(found))

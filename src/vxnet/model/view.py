@@ -18,17 +18,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.model.resources import (
-    FloatingIP,
-    Host,
-    Network,
-    Port,
-    Router,
-    Rule,
-    SecurityGroup,
-    Subnet,
-    parse,
-)
+from vxnet.model import resources as r
 
 KINDS = ("hosts", "networks", "subnets", "ports", "routers", "floatingips", "security_groups",
          "security_group_rules")
@@ -39,14 +29,14 @@ _EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 class View:
     """A host's view (typed). Buckets are read-only by convention (never mutated once built)."""
 
-    hosts: Mapping[str, Host] = dataclasses.field(default_factory=lambda: _EMPTY)
-    networks: Mapping[str, Network] = dataclasses.field(default_factory=lambda: _EMPTY)
-    subnets: Mapping[str, Subnet] = dataclasses.field(default_factory=lambda: _EMPTY)
-    ports: Mapping[str, Port] = dataclasses.field(default_factory=lambda: _EMPTY)
-    routers: Mapping[str, Router] = dataclasses.field(default_factory=lambda: _EMPTY)
-    floatingips: Mapping[str, FloatingIP] = dataclasses.field(default_factory=lambda: _EMPTY)
-    security_groups: Mapping[str, SecurityGroup] = dataclasses.field(default_factory=lambda: _EMPTY)
-    security_group_rules: Mapping[str, Rule] = dataclasses.field(default_factory=lambda: _EMPTY)
+    hosts: Mapping[str, r.Host] = dataclasses.field(default_factory=lambda: _EMPTY)
+    networks: Mapping[str, r.Network] = dataclasses.field(default_factory=lambda: _EMPTY)
+    subnets: Mapping[str, r.Subnet] = dataclasses.field(default_factory=lambda: _EMPTY)
+    ports: Mapping[str, r.Port] = dataclasses.field(default_factory=lambda: _EMPTY)
+    routers: Mapping[str, r.Router] = dataclasses.field(default_factory=lambda: _EMPTY)
+    floatingips: Mapping[str, r.FloatingIP] = dataclasses.field(default_factory=lambda: _EMPTY)
+    security_groups: Mapping[str, r.SecurityGroup] = dataclasses.field(default_factory=lambda: _EMPTY)
+    security_group_rules: Mapping[str, r.Rule] = dataclasses.field(default_factory=lambda: _EMPTY)
 
     def bucket(self, kind: str) -> Mapping[str, Any]:
         return getattr(self, kind)  # type: ignore[no-any-return]
@@ -58,7 +48,7 @@ class View:
 
 def parse_bucket(kind: str, objs: Mapping[str, Any]) -> dict[str, Any]:
     """Every object of one bucket in its typed form."""
-    return {k: parse(kind, k, o) for k, o in objs.items()}
+    return {k: r.parse(kind, k, o) for k, o in objs.items()}
 
 
 def _typed(kind: str, objs: Mapping[str, Any]) -> Mapping[str, Any]:
