@@ -133,14 +133,14 @@ def measure_fdb(rounds: int) -> dict[str, object]:
         if res.failed or len(res.diff.fdb.delete) != 2000 or sum(kernel_dsts().values()) != 0:
             raise RuntimeError("removal wrong")
         # The bare netlink batch: 1000 FDB `self` replaces in one write.
-        idx = rec.ipr.link("get", ifname=vx)[0]["index"]
+        idx = rec.kernel.ipr.link("get", ifname=vx)[0]["index"]
         batches = []
         for k in range(rounds):
             dst = topology.underlay_ip(2 + k % 2)
             reqs = [NeighRequest("replace", AF_BRIDGE, idx, NUD_NOARP | NUD_PERMANENT, NTF_SELF,
                                  f"02:00:01:00:{i >> 8:02x}:{i & 255:02x}", dst) for i in range(1000)]
             t = time.perf_counter()
-            errors = rec.rtnl.batch(reqs)
+            errors = rec.kernel.rtnl.batch(reqs)
             batches.append(time.perf_counter() - t)
             if errors != [0] * 1000 or kernel_dsts()[dst] != 1000:
                 raise RuntimeError(f"bare batch wrong: {sum(1 for e in errors if e)} errors")
