@@ -48,6 +48,7 @@ set the broadcast flag, else yiaddr.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -180,6 +181,14 @@ def _routes(subnet: Subnet, others: Iterable[str]) -> tuple[str | None, tuple[tu
     return default, tuple(routes)
 
 
+@functools.lru_cache(maxsize=16384)
+def _lease(p: Port, ip: str, s: Subnet, others: tuple[str, ...], server: str, lease_time: int, mtu: int) -> Lease:
+    # Memoized on its (hashable, frozen) inputs: a pass rebuilds only the leases that changed.
+    router, routes = _routes(s, others)
+    return Lease(p.mac, p.id, ip, ipaddress.IPv4Network(s.cidr, strict=False).prefixlen, server, lease_time, mtu,
+                 hostname(p, ip), router, s.dns_nameservers, routes)
+
+
 def _is_leasable(port: Port, host: str) -> bool:
     return port.host == host and port.admin_up and not port.is_infra and bool(port.mac)
 
@@ -204,10 +213,8 @@ def network_dhcp(net: Network, subnets: list[Subnet], ports: list[Port], host: s
         if choice is None or p.mac in leases:
             continue
         s = dhcp_subs[choice.subnet_id]
-        router, routes = _routes(s, [o.cidr for osid, o in subs.items() if osid != s.id])
-        leases[p.mac] = Lease(p.mac, p.id, choice.ip_address, ipaddress.IPv4Network(s.cidr, strict=False).prefixlen,
-                              sid_of[s.id], lease_time, net.mtu, hostname(p, choice.ip_address), router,
-                              s.dns_nameservers, routes)
+        others = tuple(o.cidr for osid, o in subs.items() if osid != s.id)
+        leases[p.mac] = _lease(p, choice.ip_address, s, others, sid_of[s.id], lease_time, net.mtu)
         taps.append(naming.tap_name(p.id))
     if not leases:
         return None

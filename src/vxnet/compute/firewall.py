@@ -214,6 +214,7 @@ class Firewall:
 
 # --- helpers ----------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=65536)
 def _ident(obj_id: str) -> str:
     """An id as an nft identifier (letters, digits, `_`)."""
     return re.sub(r"[^A-Za-z0-9_]", "", obj_id) or "x"
@@ -298,12 +299,13 @@ def _v4(addr: str) -> bool:
     return _norm4(addr) is not None
 
 
-def port_addresses(port: Port) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=65536)
+def port_addresses(port: Port) -> tuple[tuple[str, str], ...]:
     """(MAC, IPv4 address or CIDR) a port may use: fixed IPs and allowed address pairs."""
     out = [(port.mac, f.ip_address) for f in port.fixed_ips if _v4(f.ip_address)]
     out += [(pair.mac_address or port.mac, pair.ip_address) for pair in port.allowed_address_pairs
             if _v4(pair.ip_address)]
-    return out
+    return tuple(out)
 
 
 def zone_map(vnis: Mapping[str, int]) -> dict[str, int]:
@@ -348,11 +350,16 @@ def _filtered(p: Port) -> bool:
 
 def port_filter(p: Port, index: int, sgs: Mapping[str, Any]) -> PortFilter:
     """The filter of one local port with port security (mark index `index`)."""
+    groups = tuple(sorted(g for g in p.security_groups if g in sgs))
+    return _port_filter(p, index, groups, not groups or any(sgs[g].stateful for g in groups))
+
+
+@functools.lru_cache(maxsize=16384)
+def _port_filter(p: Port, index: int, groups: tuple[str, ...], stateful: bool) -> PortFilter:
+    # Memoized on the (hashable, frozen) port: a pass recomputes only the ports that changed.
     addrs = port_addresses(p)
     macs = tuple(sorted({p.mac, *(m for m, _ in addrs)} - {""}))
     pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
-    groups = tuple(sorted(g for g in p.security_groups if g in sgs))
-    stateful = not groups or any(sgs[g].stateful for g in groups)
     return PortFilter(p.id, naming.tap_name(p.id), naming.bridge_name(p.network_id), index, macs, pairs, groups,
                       stateful)
 

@@ -22,6 +22,7 @@ Rules (KERNEL-NOTES §2-3):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 from vxnet.compute import naming
@@ -33,15 +34,31 @@ from vxnet.model.resources import DEFAULT_MTU
 __all__ = ["DEFAULT_MTU", "L2Cache", "compute_l2", "merge", "network_l2", "ports_by_network"]
 
 
+@functools.lru_cache(maxsize=32768)
+def _port_l2(port: Port, vtep: str, host: str, underlay_ip: str, br: str, vx: str,
+             mtu: int) -> tuple[LocalPort | None, tuple[Plug, ...], tuple[Fdb, ...], bool]:
+    """One port's entries: (its LocalPort, plugs, FDB entries, whether its IPs get neighbour
+    entries). Memoized on its (hashable, frozen) inputs: a pass builds entries only for the
+    ports that changed."""
+    if port.host == host:
+        local = LocalPort(port.id, naming.tap_name(port.id), port.network_id, br, port.mac)
+        if not port.admin_up:
+            return local, (), (), False    # known, reported DOWN, but not on the network
+        return local, (Plug(local.tap, br, mtu),), (Fdb(local.tap, port.mac),), True
+    if not port.host or not port.admin_up or not vtep or vtep == underlay_ip:
+        return None, (), (), False
+    return None, (), (Fdb(vx, port.mac, vtep), Fdb(vx, port.mac)), True
+
+
 def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host: str,
                underlay_ip: str) -> HostState:
     """The part of the host state that belongs to one network (`ports` sorted by id)."""
     nid, mtu = net.id, net.mtu
     br, vx = naming.bridge_name(nid), naming.vxlan_name(nid)
-    plugs: set[Plug] = set()
-    fdb: set[Fdb] = set()
-    neighs: set[Neigh] = set()
-    local: set[LocalPort] = set()
+    plugs: list[Plug] = []
+    fdb: list[Fdb] = []
+    neighs: list[Neigh] = []
+    local: list[LocalPort] = []
     seen_mac: set[str] = set()
     seen_ip: set[str] = set()
     for port in ports:
@@ -49,30 +66,27 @@ def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host:
         if not mac or mac in seen_mac:
             continue
         seen_mac.add(mac)
-        if port.host == host:
-            tap = naming.tap_name(port.id)
-            local.add(LocalPort(port.id, tap, nid, br, mac))
-            if not port.admin_up:
-                continue          # known, reported DOWN, but not on the network
-            plugs.add(Plug(tap, br, mtu))
-            fdb.add(Fdb(tap, mac))
-        elif not port.host or not port.admin_up:
-            continue
-        else:
-            remote = hosts.get(port.host)
-            vtep = remote.underlay_ip if remote is not None else ""
-            if not vtep or vtep == underlay_ip:
-                continue
-            fdb.add(Fdb(vx, mac, vtep))
-            fdb.add(Fdb(vx, mac))
-        for f in port.ipv4:
-            if f.ip_address not in seen_ip:
-                seen_ip.add(f.ip_address)
-                neighs.add(Neigh(br, f.ip_address, mac))
+        remote = hosts.get(port.host) if port.host != host else None
+        lp, pl, fd, on_net = _port_l2(port, remote.underlay_ip if remote is not None else "", host, underlay_ip,
+                                      br, vx, mtu)
+        if lp is not None:
+            local.append(lp)
+        plugs += pl
+        fdb += fd
+        if on_net:
+            for f in port.ipv4:
+                if f.ip_address not in seen_ip:
+                    seen_ip.add(f.ip_address)
+                    neighs.append(_neigh(br, f.ip_address, mac))
     assert net.segmentation_id is not None
     return HostState(frozenset({Bridge(br, naming.bridge_mac(nid, host), mtu)}),
                      frozenset({Vxlan(vx, net.segmentation_id, underlay_ip, br, mtu, naming.VXLAN_PORT)}),
                      frozenset(plugs), frozenset(fdb), frozenset(neighs), frozenset(local))
+
+
+@functools.lru_cache(maxsize=32768)
+def _neigh(br: str, ip: str, mac: str) -> Neigh:
+    return Neigh(br, ip, mac)
 
 
 def ports_by_network(view: View) -> dict[str, list[Port]]:
