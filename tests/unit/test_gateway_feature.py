@@ -48,7 +48,9 @@ def _desired(f: GatewayFeature, view: dict) -> GatewayDesired:
 
 def test_apply_converges_only_changes_and_retries_failures() -> None:
     drv = FakeDriver()
-    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv)  # type: ignore[arg-type]
+    now = [0.0]
+    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
     d = _desired(f, view())
     res = f.apply(d)
     assert not res.failed and res.changes["namespaces_created"] == 1 and drv.calls == 1
@@ -59,7 +61,11 @@ def test_apply_converges_only_changes_and_retries_failures() -> None:
     res = f.apply(_desired(f, view(fip=False)))               # the floating IP went away, the kernel refuses
     assert res.failed and res.down == {"gwport-0001", "snat-0001"}
     drv.fail = False
-    res = f.apply(_desired(f, view(fip=False)))               # retried on the next pass
+    calls = drv.calls
+    res = f.apply(_desired(f, view(fip=False)))               # not yet: the router waits for its backoff
+    assert res.failed and drv.calls == calls
+    now[0] += 1.0
+    res = f.apply(_desired(f, view(fip=False)))               # retried once its backoff is over
     assert not res.failed and drv.namespaces[d.routers[0].netns].fips == ()
     calls = drv.calls
     f.invalidate()
