@@ -90,6 +90,7 @@ def measure_fdb(rounds: int) -> dict[str, object]:
     from vxnet.compute.l2 import compute_l2
     from vxnet.dataplane.rtnl import AF_BRIDGE, NTF_SELF, NUD_NOARP, NUD_PERMANENT, NeighRequest
     from vxnet.lab import topology
+    from vxnet.model import parse_view
 
     me, ns, vx = topology.underlay_ip(1), topology.host_ns(1), naming.vxlan_name(NET)
 
@@ -109,8 +110,9 @@ def measure_fdb(rounds: int) -> dict[str, object]:
         where = "h2"
         for _ in range(rounds):
             where = "h3" if where == "h2" else "h2"
+            view = parse_view(_view(1000, where))      # the agent parses objects when they arrive
             t = time.perf_counter()
-            desired = compute_l2(_view(1000, where), "h1", me)
+            desired = compute_l2(view, "h1", me)
             tc = time.perf_counter() - t
             res = rec.reconcile(desired)
             res_["moves"].append(time.perf_counter() - t)       # type: ignore[union-attr]
@@ -131,14 +133,14 @@ def measure_fdb(rounds: int) -> dict[str, object]:
         if res.failed or len(res.diff.fdb.delete) != 2000 or sum(kernel_dsts().values()) != 0:
             raise RuntimeError("removal wrong")
         # The bare netlink batch: 1000 FDB `self` replaces in one write.
-        idx = rec.ipr.link("get", ifname=vx)[0]["index"]
+        idx = rec.kernel.ipr.link("get", ifname=vx)[0]["index"]
         batches = []
         for k in range(rounds):
             dst = topology.underlay_ip(2 + k % 2)
             reqs = [NeighRequest("replace", AF_BRIDGE, idx, NUD_NOARP | NUD_PERMANENT, NTF_SELF,
                                  f"02:00:01:00:{i >> 8:02x}:{i & 255:02x}", dst) for i in range(1000)]
             t = time.perf_counter()
-            errors = rec.rtnl.batch(reqs)
+            errors = rec.kernel.rtnl.batch(reqs)
             batches.append(time.perf_counter() - t)
             if errors != [0] * 1000 or kernel_dsts()[dst] != 1000:
                 raise RuntimeError(f"bare batch wrong: {sum(1 for e in errors if e)} errors")

@@ -4,10 +4,8 @@ view stream, with a data-plane driver that only records what it would apply.
 
 The same as the real agent (`vxnet.agent.core.Agent.on_message` / `run_once`):
 - the view: `ViewState` + `apply_message` (compute/view.py) for every stream message;
-- a pass: `L2Cache.compute(view.data)` and `compute(view.data)` of every feature that
-  `build_features(HostContext(host, underlay_ip))` returns (whatever features exist in the
-  checkout; their names are reported), their `.l2` parts merged into the L2 desired state with
-  `merge`, exactly as `run_once` does;
+- a pass: `HostComputer(HostSpec(host, underlay_ip)).compute(view.view)` (compute/host.py:
+  the L2 state with every feature's L2 part merged in, exactly what `run_once` reconciles);
 - the diff against what the previous pass applied: `diff_host(desired, recorded)` (the keyed
   diff of compute/diff.py that the reconciler's drivers apply), then `apply_host` updates the
   record, as the reconciler updates its cache of applied entries;
@@ -57,9 +55,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.fanout_bench import read_view
-from vxnet.agent.features import HostContext, build_features
 from vxnet.compute.diff import HostDiff, apply_host, diff_host
-from vxnet.compute.l2 import L2Cache, merge
+from vxnet.compute.host import HostComputer, HostDesired, HostSpec
 from vxnet.compute.state import HostState
 from vxnet.compute.view import ViewState, apply_message
 
@@ -99,8 +96,7 @@ class SimAgent:
         self.host, self.underlay_ip, self.server_port, self.token = host, underlay_ip, server_port, token
         self.coalesce, self.watch_prefix, self.report = coalesce, watch_prefix, report
         self.view = ViewState()
-        self.l2 = L2Cache(host, underlay_ip)
-        self.features = build_features(HostContext(host, underlay_ip))
+        self.computer = HostComputer(HostSpec(host, underlay_ip))
         self.driver = RecordingDriver()
         self.writer: asyncio.StreamWriter | None = None
         self._pass: asyncio.TimerHandle | None = None
@@ -151,15 +147,11 @@ class SimAgent:
         view = self.view
         if not view.complete:
             return
-        desired = self.l2.compute(view.data)
-        parts = []
-        for f in self.features:
-            try:
-                parts.append(f.compute(view.data).l2)
-            except Exception:  # noqa: BLE001 - as the agent: one feature's bug is logged, not fatal
-                self.feature_errors[f.name] += 1
-        if parts:
-            desired = merge([desired, *parts])
+        try:
+            desired = self.computer.compute(view.view).l2
+        except Exception:  # noqa: BLE001 - as the agent: a compute bug is logged, not fatal
+            self.feature_errors["compute"] += 1
+            return
         self.driver.apply(desired)
         done = time.monotonic()
         if not self.snapshot_reported and self._snap_at is not None:
@@ -175,11 +167,7 @@ class SimAgent:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        for f in self.features:
-            try:
-                f.close()
-            except Exception:  # noqa: BLE001, S110 - closing is best effort
-                pass
+        self.computer = HostComputer(self.computer.spec)     # drop the caches
 
 
 def _rss_mib() -> float:
@@ -243,7 +231,7 @@ async def _worker(conn: Connection, spec: dict[str, Any]) -> None:
     agents = [SimAgent(h, ip, port, spec["token"], spec["coalesce"], spec["watch_prefix"], report)
               for h, ip, port in spec["agents"]]
     loop.add_reader(conn.fileno(), lambda: cmds.put_nowait(conn.recv()))
-    report(("ready", sorted({f.name for a in agents for f in a.features})))
+    report(("ready", sorted(HostDesired().features)))
     tasks: list[asyncio.Task[None]] = []
     try:
         while True:

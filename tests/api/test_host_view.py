@@ -197,8 +197,9 @@ def test_full_view_of_a_small_topology() -> None:
     assert full_view(objects, hosts, "nobody") == empty_view()
 
 
-def test_status_change_reaches_only_holders() -> None:
-    """A port's status change is one put per host that holds the port, nothing for others."""
+def test_status_change_reaches_only_the_ports_own_host() -> None:
+    """A port's status change is one put to the port's own host; the other hosts holding the
+    port are shown it without status fields (`project`), so they get nothing."""
     index = ViewIndex()
     objects: dict[str, dict[str, dict[str, Any]]] = {"networks": {}, "ports": {}}
     for n in range(50):
@@ -211,10 +212,12 @@ def test_status_change_reaches_only_holders() -> None:
     for n in range(50):
         for h in range(4):
             index.track(f"host{n}-{h}")
-    port = dict(objects["ports"]["p7-2"], status="ACTIVE")
+    port = dict(objects["ports"]["p7-2"], status="ACTIVE", revision_number=2, updated_at="2026-01-01T00:00:01Z")
     out = index.apply([("ports", "p7-2", port)])
-    assert set(out) == {f"host7-{h}" for h in range(4)}
-    assert all(m.put == {"ports": {"p7-2": port}} and not m.delete for m in out.values())
+    assert set(out) == {"host7-2"}
+    assert out["host7-2"].put == {"ports": {"p7-2": port}} and not out["host7-2"].delete
+    assert "status" not in index.snapshot("host7-0")["ports"]["p7-2"]
+    assert index.snapshot("host7-2")["ports"]["p7-2"]["status"] == "ACTIVE"
 
 
 def test_agent_heartbeat_rewrite_is_silent() -> None:

@@ -261,7 +261,9 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
         wait_for("r2 bound to its new IP",
                  lambda: any(x["event"] == "bound" and x["ip"] == "100.64.30.22" for x in records(fb)), 10)
         assert [x["event"] for x in records(fb)][-3:] == ["nak", "deconfig", "bound"], records(fb)
-        assert "100.64.30.22/24" in nsexec(topology.vm_ns("r2"), "ip", "-4", "addr", "show", "dev", "eth0").stdout
+        # The client script records "bound" before it sets the address: wait for the address.
+        wait_for("r2 configured with its new IP", lambda: "100.64.30.22/24" in nsexec(
+            topology.vm_ns("r2"), "ip", "-4", "addr", "show", "dev", "eth0").stdout, 5)
 
         # A router interface takes the gateway IP: r1's RENEW now goes to the router's MAC and
         # is still answered by the responder (steered at the bridge).

@@ -1,20 +1,19 @@
-"""Port-up latency on the full lab: bind through the API -> ACTIVE -> first reply to a ping every
-2 ms from a VM on another host (which already knows the target's MAC). 30 ports round-robin over 3 hosts (the VM devices exist before
-the bind, as Nova creates the tap first). Prints p50/p90/max; asserts every port came up."""
+"""Port-up latency on the full lab: bind through the API -> ACTIVE -> first reply to an echo
+request sent every 2 ms on a fixed schedule (tests/support/probe.py, kernel receive timestamps;
+never `ping -i`, which quantises to 10 ms) from a VM on another host (which already knows the
+target's MAC). 30 ports round-robin over 3 hosts (the VM devices exist before the bind, as Nova
+creates the tap first). Prints p50/p90/max; asserts every port came up."""
 
 from __future__ import annotations
 
-import re
-import select
-import signal
 import statistics
-import subprocess
 import time
 
 import pytest
 
 from tests.root.conftest import Lab, needs_root
-from tests.root.helpers import nsexec, start_ping
+from tests.root.helpers import nsexec
+from tests.support import probe
 from vxnet.lab import lab, topology
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -25,22 +24,6 @@ N = 30
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
-
-
-def _first_reply(proc: subprocess.Popen[str], deadline: float) -> float | None:
-    """Timestamp (ping -D) of the first reply, reading the ping's output as it comes."""
-    assert proc.stdout is not None
-    while time.time() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.time()))
-        if not ready:
-            return None
-        line = proc.stdout.readline()
-        if not line:
-            return None
-        m = re.match(r"^\[(\d+\.\d+)\] \d+ bytes from", line)
-        if m:
-            return float(m.group(1))
-    return None
 
 
 def test_port_up_latency(lab3: Lab) -> None:
@@ -65,17 +48,15 @@ def test_port_up_latency(lab3: Lab) -> None:
             # 1 s by the VM's kernel, which would measure the VM's timers, not the data path.
             nsexec(topology.vm_ns(prober), "ip", "neigh", "replace", ip, "lladdr", port["mac_address"],
                    "dev", "eth0", "nud", "permanent")
-            proc = start_ping(prober, ip, 0.002, 1000)
-            time.sleep(0.05)
+            proc = probe.start_probe(topology.vm_ns(prober), ip, 0.002, 2500)
             t0 = time.time()
             lab.bind_port(st, port["id"], host, api)
             while api.get(f"/ports/{port['id']}").json()["port"]["status"] != "ACTIVE":
                 assert time.time() - t0 < 10, f"port {n} never ACTIVE"
                 time.sleep(0.001)
             t_active = time.time()
-            first = _first_reply(proc, deadline=t0 + 5)
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=5)
+            first = probe.first_reply(proc, deadline=t0 + 5)
+            probe.stop(proc)
             assert first is not None, f"port {n}: no reply within 5 s"
             active_lat.append(t_active - t0)
             reply_lat.append(first - t0)

@@ -281,3 +281,22 @@ def test_unknown_relayed_and_spoofed_requests_get_silence() -> None:
     assert answer(relayed, rmac, leases).kind == "ignored"
     spoofed = dataclasses.replace(_req(pkt.DISCOVER), src_mac="02:00:00:00:09:99")
     assert answer(spoofed, rmac, leases).kind == "ignored"
+
+
+def test_steering_changes_are_map_elements_once_the_table_is_known() -> None:
+    """Unknown state: the whole table; then a port-up or port-down is one element; the table
+    goes with its last element and comes back whole."""
+    from vxnet.compute.dhcp import steer_elements, steer_script
+
+    one = steer_elements(compute_dhcp(view([P1]), "h1", LEASE_TIME).responders)
+    two = steer_elements(compute_dhcp(view([P1, P3]), "h1", LEASE_TIME).responders)
+    assert steer_script(None, two) == nft_script(compute_dhcp(view([P1, P3]), "h1", LEASE_TIME).responders)
+    add = steer_script(one, two)
+    assert add.startswith("add element bridge vxnet_dhcp steer {") and add.count("\n") == 1
+    assert len(two - one) == 1 and next(iter(two - one)) in add
+    gone = steer_script(two, one)
+    tap = next(iter(two - one)).split(" : ")[0]
+    assert gone == f"delete element bridge vxnet_dhcp steer {{ {tap} }}\n"
+    assert steer_script(two, two) == "" and steer_script(frozenset(), frozenset()) == ""
+    assert steer_script(one, frozenset()) == nft_script(())          # the table goes
+    assert steer_script(frozenset(), one).startswith(nft_script(()))  # and comes back whole

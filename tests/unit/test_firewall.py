@@ -9,11 +9,11 @@ import re
 
 import pytest
 
-from vxnet.agent.features import HostContext
-from vxnet.agent.firewall import FirewallFeature, revoked_flows
+from vxnet.agent.firewall import revoked_flows
 from vxnet.compute import firewall as fwm
 from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, zone_map
 from vxnet.dataplane.nft_driver import diff_table, fingerprint, normalise_listing, parse_handles, parse_listing
+from vxnet.model import parse
 
 NET = "aaaaaaaa-0000-4000-8000-000000000001"
 NET2 = "bbbbbbbb-0000-4000-8000-000000000002"
@@ -256,6 +256,7 @@ class FakeNft:
             elif obj == "chain" and op == "delete":
                 assert not t["chains"].pop(name), "deleting a non-empty chain"
                 assert not any(f" {name} " in r + " " for rs in t["chains"].values() for r in rs), "still referenced"
+                assert not any(e.endswith(f"jump {name}") for es in t["sets"].values() for e in es), "in a map"
             elif obj == "rule" and op == "delete":
                 h = int(rest.split("handle", 1)[1])
                 text = next(r for r in t["chains"][name] if self.handles[(name, r)] == h)
@@ -264,17 +265,20 @@ class FakeNft:
                 t["chains"][name].append(rest)
                 self.handles[(name, rest)] = self.next_handle
                 self.next_handle += 1
-            elif obj == "set" and op == "add":
+            elif obj in ("set", "map") and op == "add" or obj in ("set", "map") and op == "flush":
                 t["sets"][name] = set()
-            elif obj == "set" and op == "delete":
+            elif obj in ("set", "map") and op == "delete":
                 del t["sets"][name]
             elif obj == "element":
                 elems = {e.strip() for e in rest.strip("{} ").split(",")}
                 if op == "add":
+                    for e in elems:       # a map element jumps to a chain that must exist already
+                        assert " : jump " not in e or e.split("jump ", 1)[1] in t["chains"], f"no chain for {e}"
                     t["sets"][name] |= elems
-                else:
-                    assert elems <= t["sets"][name], "deleting absent elements"
-                    t["sets"][name] -= elems
+                else:                     # map elements are deleted by key
+                    held = {e.split(" : ", 1)[0]: e for e in t["sets"][name]}
+                    assert elems <= set(held), "deleting absent elements"
+                    t["sets"][name] -= {held[k] for k in elems}
 
     def state(self, t: fwm.NftTable) -> dict:
         """What the fake must hold for `t` (unordered chains in the fake's order)."""
@@ -362,20 +366,9 @@ def test_fingerprint_matches_a_kernel_listing() -> None:
     assert fingerprint(other) != chains
 
 
-def test_feature_reuses_its_result_while_inputs_are_unchanged() -> None:
-    feat = FirewallFeature(HostContext("h1", "198.51.100.1"), driver=None)
-    v = view(base_ports())
-    d1 = feat.compute(v)
-    assert feat.compute(dict(v)) is d1                  # same buckets
-    v2 = {**v, "ports": dict(v["ports"])}
-    d2 = feat.compute(v2)
-    assert d2 is not d1 and d2 == d1
-    assert d1.l2.size() == {k: 0 for k in d1.l2.size()}
-
-
 @pytest.mark.parametrize("proto,expected", [("tcp", 6), ("UDP", 17), ("132", 132), (None, None), ("any", None)])
 def test_protocol_names_and_numbers(proto: str | None, expected: int | None) -> None:
-    r = fwm._sg_rule(rule("x", G1, "ingress", protocol=proto))
+    r = fwm._sg_rule(parse("security_group_rules", "x", rule("x", G1, "ingress", protocol=proto)))
     assert r is not None and r.protocol == expected
 
 

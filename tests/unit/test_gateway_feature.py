@@ -9,7 +9,7 @@ import dataclasses
 from tests.unit.test_gateway_compute import RID, view
 from vxnet.agent.features import HostContext
 from vxnet.agent.gateway import GatewayFeature, build
-from vxnet.compute.gateway import ExternalBridge, GatewayRouter
+from vxnet.compute.gateway import ExternalBridge, GatewayDesired, GatewayRouter, compute_gateway
 from vxnet.compute.state import Bridge
 from vxnet.dataplane.gateway_driver import GatewayError
 
@@ -42,26 +42,36 @@ class FakeDriver:
         pass
 
 
+def _desired(f: GatewayFeature, view: dict) -> GatewayDesired:
+    return compute_gateway(view, f.ctx.host, f.ctx.external_interface)
+
+
 def test_apply_converges_only_changes_and_retries_failures() -> None:
     drv = FakeDriver()
-    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv)  # type: ignore[arg-type]
-    d = f.compute(view())
+    now = [0.0]
+    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    d = _desired(f, view())
     res = f.apply(d)
     assert not res.failed and res.changes["namespaces_created"] == 1 and drv.calls == 1
     assert len(drv.externals) == 1
-    f.apply(f.compute(view()))
+    f.apply(_desired(f, view()))
     assert drv.calls == 1                                   # nothing changed: nothing done
     drv.fail = True
-    res = f.apply(f.compute(view(fip=False)))               # the floating IP went away, the kernel refuses
+    res = f.apply(_desired(f, view(fip=False)))               # the floating IP went away, the kernel refuses
     assert res.failed and res.down == {"gwport-0001", "snat-0001"}
     drv.fail = False
-    res = f.apply(f.compute(view(fip=False)))               # retried on the next pass
+    calls = drv.calls
+    res = f.apply(_desired(f, view(fip=False)))               # not yet: the router waits for its backoff
+    assert res.failed and drv.calls == calls
+    now[0] += 1.0
+    res = f.apply(_desired(f, view(fip=False)))               # retried once its backoff is over
     assert not res.failed and drv.namespaces[d.routers[0].netns].fips == ()
     calls = drv.calls
     f.invalidate()
-    f.apply(f.compute(view(fip=False)))
+    f.apply(_desired(f, view(fip=False)))
     assert drv.calls == calls + 1                           # drift repair: converged again
-    res = f.apply(f.compute(view(host="gw2")))              # rescheduled elsewhere: namespace deleted
+    res = f.apply(_desired(f, view(host="gw2")))              # rescheduled elsewhere: namespace deleted
     assert drv.namespaces == {} and res.changes["namespaces_deleted"] == 1
     assert RID[:11] in d.routers[0].netns
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
 import json
 import random
+import threading
 
 from bench.scale_bench import World, add_arguments, fill, underlay
 from bench.sim_agents import SimAgent, ports_digest
-from vxnet.compute.l2 import compute_l2, merge
+from vxnet.compute.host import HostSpec, compute_host
 from vxnet.services.host_view import COLLECTIONS, full_view
 from vxnet.services.ipam import ip_key, mac_key
 from vxnet.store import open_store
@@ -90,7 +90,7 @@ def test_sim_agent_records_what_the_agent_computes() -> None:
             {"type": "update", "revision": 6, "put": {"ports": {pid: renamed}}, "delete": {}},
             {"type": "update", "revision": 7, "put": {"ports": {"remote-1": new_remote}}, "delete": {}}]
     agent, reports = run_agent(msgs[:1])
-    expected = merge([compute_l2(view, host, underlay(1)), *(f.compute(view).l2 for f in agent.features)])
+    expected = compute_host(view, HostSpec(host, underlay(1))).l2
     assert agent.driver.actual.fdb == expected.fdb and agent.driver.actual.neighs == expected.neighs
     assert agent.driver.actual.plugs == expected.plugs and agent.driver.actual.bridges == expected.bridges
     snap = [r for r in reports if r[0] == "snap"]

@@ -7,8 +7,10 @@ Threads (all daemons, all stopped by `stop()`):
 - monitor: netlink link/neighbour events; a tap appearing wakes the reconciler at once, a
   deletion of something we own (or of a static entry) also invalidates its cache.
 - reconcile (the caller's thread in `run()`): waits for a wake-up or the resync period,
-  coalesces for `coalesce` seconds, computes the desired state of the whole view (only the
-  networks whose objects changed are recomputed, `L2Cache`) and converges the kernel.
+  coalesces for `coalesce` seconds when a pass ended less than `BURST_WINDOW` ago (an
+  isolated change, such as a port bind, is not delayed), computes the desired state of the whole host
+  (`compute.host.HostComputer`: exactly the pure `compute_host`, recomputing only what
+  changed) and converges the kernel.
   Level-triggered: every pass starts from the current view and kernel.
 - heartbeat: keeps the host registered (re-registers when the server forgot it).
 - reporter: sends port status changes queued by reconcile passes (latest truth wins), retrying
@@ -17,6 +19,8 @@ Threads (all daemons, all stopped by `stop()`):
 Invariants:
 - Nothing is reconciled (so nothing deleted) before the first complete view (snapshot); a
   restarted agent therefore adopts the kernel state and disturbs no traffic.
+- A failed pass (or status report) is retried after an exponential backoff (0.1 s doubling up
+  to 30 s, with jitter), reset by the next success; the periodic resync goes on regardless.
 - When no server is reachable the kernel keeps its last state; drift repair keeps running on
   the last known view.
 - A local port is reported ACTIVE only after a pass that applied its data path without error.
@@ -32,12 +36,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from vxnet.agent import metrics
+from vxnet.agent.backoff import Backoff
 from vxnet.agent.features import Feature, FeatureResult, HostContext, build_features
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
-from vxnet.compute.l2 import L2Cache, merge
+from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
 
 log = logging.getLogger("vxnet.agent")
+
+BURST_WINDOW = 0.05     # seconds after a pass within which a wake-up is coalesced
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -69,7 +76,8 @@ class AgentConfig:
     coalesce: float = 0.002
     resync_interval: float = 30.0
     heartbeat_interval: float = 3.0
-    retry_interval: float = 1.0
+    retry_interval: float = 0.1       # first retry after a failed pass or report; doubles while failing
+    retry_max: float = 30.0
     gateway: bool = False
     external_interface: str | None = None
     dhcp_lease_time: int = 86400
@@ -91,7 +99,7 @@ class Agent:
         self.features: list[Feature] = build_features(cfg.context) if features is None else features
         self._lock = threading.Lock()
         self._view = ViewState()
-        self._l2 = L2Cache(cfg.host, cfg.underlay_ip)
+        self.computer = HostComputer(cfg.context.spec)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._invalidate = False
@@ -101,9 +109,13 @@ class Agent:
         self._to_report: dict[str, tuple[str, Any]] = {}    # port -> (status, port revision) to send
         self._report_wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pass_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
+        self._report_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
         self.last_result: ReconcileResult | None = None
         self.last_timings: dict[str, float] = {}     # part of the last pass -> seconds
         self.passes = 0
+        self.unchanged_passes = 0        # passes whose desired state was the previous pass's
+        self._last_desired: HostDesired | None = None
         self.applied = threading.Condition()
 
     # ------------------------------------------------------------------ public surface
@@ -122,6 +134,9 @@ class Agent:
             self._view = apply_message(self._view, msg)
             view = self._view
         metrics.VIEW_REVISION.set(view.revision)
+        if msg.get("type") == "update":
+            for kind in {*(msg.get("put") or {}), *(msg.get("delete") or {})}:
+                metrics.VIEW_UPDATES.labels(kind).inc()
         if msg.get("type") != "ping":
             self._wake.set()
 
@@ -174,23 +189,16 @@ class Agent:
             for f in self.features:
                 f.invalidate()
         t0 = time.perf_counter()
-        desired = self._l2.compute(view.data)   # == compute_l2(view.data, host, underlay_ip)
-        timings: dict[str, float] = {}
         try:
-            wanted = []
-            for f in self.features:
-                t = time.perf_counter()
-                wanted.append((f, f.compute(view.data)))
-                timings[f"compute_{f.name}"] = time.perf_counter() - t
-            if wanted:
-                desired = merge([desired, *(d.l2 for _, d in wanted)])
+            desired = self.computer.compute(view.view)     # == compute_host(view.view, spec)
+            timings = dict(self.computer.timings)
             timings["compute"] = time.perf_counter() - t0
             fresults = []
-            for f, d in wanted:
+            for f in self.features:
                 t = time.perf_counter()
-                fresults.append(self._apply_feature(f, d))
+                fresults.append(self._apply_feature(f, desired.features[f.name]))
                 timings[f"apply_{f.name}"] = time.perf_counter() - t
-            result = self.reconciler.reconcile(desired)
+            result = self.reconciler.reconcile(desired.l2)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
             log.exception("reconcile failed (host=%s)", self.cfg.host)
@@ -204,10 +212,15 @@ class Agent:
         if fresults:
             result = self._combine(result, fresults)
         self.passes += 1
+        unchanged = desired is self._last_desired
+        self.unchanged_passes += unchanged
+        self._last_desired = desired
+        metrics.PASSES.labels("unchanged" if unchanged else "changed").inc()
         self.last_result = result
         self._record(view, desired, result)
         self._report(view, result)
         if not result.failed:
+            self._pass_backoff.reset()
             with self.applied:
                 self._applied_revision = view.revision
                 self.applied.notify_all()
@@ -236,10 +249,10 @@ class Agent:
                          {k: v for k, v in r.changes.items() if v})
         return dataclasses.replace(result, failed=failed, active=result.active - down, down=result.down | down)
 
-    def _record(self, view: ViewState, desired: Any, result: ReconcileResult) -> None:
+    def _record(self, view: ViewState, desired: HostDesired, result: ReconcileResult) -> None:
         for kind, n in view.size().items():
             metrics.VIEW_OBJECTS.labels(kind).set(n)
-        for kind, n in desired.size().items():
+        for kind, n in desired.l2.size().items():
             metrics.DESIRED_OBJECTS.labels(kind).set(n)
         metrics.RECONCILES.labels(str(result.full_read).lower()).inc()
         metrics.RECONCILE_SECONDS.observe(result.seconds)
@@ -261,15 +274,16 @@ class Agent:
     def _report(self, view: ViewState, result: ReconcileResult) -> None:
         """Queue the status changes of this pass for the reporter thread (never blocks on HTTP:
         a slow or unreachable server must not delay the next reconcile)."""
-        ports = view.data.get("ports", {})
+        ports = view.view.ports
         want: dict[str, tuple[str, Any]] = {}
         local = result.active | result.down
         with self._status_lock:
             for pid in local:
                 status = "ACTIVE" if pid in result.active else "DOWN"
-                obj = ports.get(pid) or {}
-                stamp = (status, obj.get("revision_number", obj.get("status")))
-                if obj.get("status") != status and self._reported.get(pid) != stamp:
+                obj = ports.get(pid)
+                known = obj.status if obj is not None else None
+                stamp = (status, obj.revision if obj is not None and obj.revision is not None else known)
+                if known != status and self._reported.get(pid) != stamp:
                     want[pid] = stamp
             for pid in list(self._reported):
                 if pid not in local:
@@ -293,9 +307,10 @@ class Agent:
             except Exception as e:  # noqa: BLE001 - server unreachable/refusing: keep forwarding, retry
                 metrics.ERRORS.labels("report_status").inc()
                 log.warning("host=%s status report failed (%s); will retry", self.cfg.host, e)
-                self._stop.wait(self.cfg.retry_interval)
+                self._stop.wait(self._report_backoff.next())
                 self._report_wake.set()
                 continue
+            self._report_backoff.reset()
             with self._status_lock:
                 for pid, stamp in batch.items():
                     self._reported[pid] = stamp
@@ -304,12 +319,17 @@ class Agent:
             log.info("host=%s ports ACTIVE=%s DOWN=%s", self.cfg.host, active, down)
 
     def _retry_later(self) -> None:
-        t = threading.Timer(self.cfg.retry_interval, self._wake.set)
+        """Wake the reconcile loop again after the next backoff delay (0.1 s, doubling while
+        passes keep failing, up to `retry_max`; reset by a pass without failures)."""
+        delay = self._pass_backoff.next()
+        metrics.RETRY_SECONDS.set(delay)
+        t = threading.Timer(delay, self._wake.set)
         t.daemon = True
         t.start()
 
     def _reconcile_loop(self) -> None:
         next_resync = time.monotonic() + self.cfg.resync_interval
+        last_end = 0.0
         while not self._stop.is_set():
             self._wake.wait(max(0.0, next_resync - time.monotonic()))
             if self._stop.is_set():
@@ -317,10 +337,14 @@ class Agent:
             if time.monotonic() >= next_resync:
                 self._invalidate = True     # drift repair: read the kernel again
                 next_resync = time.monotonic() + self.cfg.resync_interval
-            if self.cfg.coalesce:
+            # Coalesce only in a burst (the previous pass ended moments ago): an isolated change,
+            # e.g. a port bind, starts its pass at once; during a burst the changes that arrive
+            # while a pass runs, plus `coalesce`, go into the next one.
+            if self.cfg.coalesce and time.monotonic() - last_end < BURST_WINDOW:
                 time.sleep(self.cfg.coalesce)
             self._wake.clear()
             self.run_once()
+            last_end = time.monotonic()
         self.reconciler.close()
         for f in self.features:
             try:

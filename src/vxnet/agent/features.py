@@ -1,21 +1,22 @@
 """Agent features: data-plane functions layered on the L2 overlay (DHCP, port security and
 security groups, routing, gateways).
 
-Contract of a feature (the agent calls these from its reconcile thread, in this order, on
-every pass that has a complete view):
-1. `compute(view)`: pure function of the view (and the feature's fixed `HostContext`); returns
-   a `FeatureDesired` whose `l2` part (plugs of its service ports, FDB and neighbour entries)
-   is merged into the L2 desired state, so the L2 reconciler owns every bridge-level entry and
-   never deletes a feature's entries as unknown. The rest of the desired object is the
-   feature's own business.
-2. `apply(desired)`: converge the feature's own kernel objects (namespaces, service-port veths,
-   nftables tables, responder sockets...) and return a `FeatureResult`. Called before the L2
-   pass, so a VM's filters exist before its tap is plugged and service ports exist before the
-   L2 reconciler plugs them. It runs on every pass: it must be cheap when nothing changed
-   (compare with what it applied last) and must read the kernel again after `invalidate()`
-   (periodic drift repair, lost netlink events). It must not raise for ordinary failures:
-   report them in `failed` (retried on the next pass); an exception is logged and retried too.
-3. `close()`: release sockets and threads (not kernel state: a restarted agent adopts it).
+Contract of a feature (the agent calls these from its reconcile thread, on every pass that
+has a complete view):
+- A feature computes nothing: the agent computes the whole host once
+  (`compute.host.HostComputer`, equal to the pure `compute_host`), and hands each feature its
+  part, `HostDesired.features[feature.name]`. Each part's `l2` (plugs of its service ports,
+  FDB and neighbour entries) is already merged into `HostDesired.l2`, so the L2 reconciler owns
+  every bridge-level entry and never deletes a feature's entries as unknown.
+- `apply(desired)`: converge the feature's own kernel objects (namespaces, service-port veths,
+  nftables tables, responder sockets...) and return a `FeatureResult`. Called before the L2
+  pass plugs what it filters or serves, so a VM's filters exist before its tap is plugged and
+  service ports exist before the L2 reconciler plugs them. It runs on every pass: it must be
+  cheap when nothing changed (compare with what it applied last) and must read the kernel
+  again after `invalidate()` (periodic drift repair, lost netlink events). It must not raise
+  for ordinary failures: report them in `failed` (retried on the next pass); an exception is
+  logged and retried too.
+- `close()`: release sockets and threads (not kernel state: a restarted agent adopts it).
 
 A local port listed in any feature's `down` is reported DOWN even when its L2 path is applied
 (e.g. its security-group rules failed to load): ACTIVE means the whole data path is in place.
@@ -27,9 +28,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from vxnet.compute.state import HostState
-
-View = Mapping[str, Mapping[str, Mapping[str, Any]]]
+from vxnet.compute.host import HostSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +42,10 @@ class HostContext:
     external_interface: str | None = None    # gateway hosts: the physical port of external networks
     dhcp_lease_time: int = 86400             # seconds (the VM renews at half of it)
 
-
-@dataclasses.dataclass(frozen=True)
-class FeatureDesired:
-    """Base of a feature's desired state: its contribution to the L2 state."""
-
-    l2: HostState = dataclasses.field(default_factory=HostState)
+    @property
+    def spec(self) -> HostSpec:
+        """What the compute layer needs of this context."""
+        return HostSpec(self.host, self.underlay_ip, self.gateway, self.external_interface, self.dhcp_lease_time)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +59,7 @@ class FeatureResult:
 class Feature(Protocol):
     name: str
 
-    def compute(self, view: View) -> FeatureDesired: ...
-    def apply(self, desired: FeatureDesired) -> FeatureResult: ...
+    def apply(self, desired: Any) -> FeatureResult: ...
     def invalidate(self) -> None: ...
     def close(self) -> None: ...
 

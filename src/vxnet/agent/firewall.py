@@ -1,10 +1,8 @@
 """The "firewall" agent feature: port security and security groups (docs/security-groups.md).
 
-- `compute(view)`: `compute_firewall(view, host)` (pure), reused as long as the view buckets it
-  reads are the very same objects (view updates replace only the buckets they touch), so a
-  pass that changed nothing relevant costs a few identity checks. It adds nothing to the L2
-  state (it filters VM taps, it owns no bridge port).
-- `apply(desired)`: `NftDriver.apply` of the two tables in one transaction, incremental by
+- Its desired state is `HostDesired.firewall` (`compute_firewall`, pure). It adds nothing to
+  the L2 state (it filters VM taps, it owns no bridge port).
+- `apply(firewall)`: `NftDriver.apply` of the two tables in one transaction, incremental by
   chain and set element; nothing at all when the tables did not change.
 - Revocation: an address that left a remote group loses its conntrack entries in the zones of
   the local ports whose rules name the group (as Neutron does), so an established connection
@@ -16,23 +14,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import subprocess
-from typing import Any
 
-from vxnet.agent.features import FeatureDesired, FeatureResult, HostContext, View
-from vxnet.compute.firewall import Firewall, compute_firewall
+from vxnet.agent.features import FeatureResult, HostContext
+from vxnet.compute.firewall import Firewall
 from vxnet.dataplane.nft_driver import NftDriver, NftError
 
 log = logging.getLogger("vxnet.agent.firewall")
-
-_INPUTS = ("networks", "ports", "security_groups", "security_group_rules")
-
-
-@dataclasses.dataclass(frozen=True)
-class FirewallDesired(FeatureDesired):
-    firewall: Firewall = dataclasses.field(default_factory=Firewall)
 
 
 def revoked_flows(old: Firewall, new: Firewall) -> list[tuple[int, str]]:
@@ -57,19 +46,9 @@ class FirewallFeature:
     def __init__(self, ctx: HostContext, driver: NftDriver | None = None) -> None:
         self.ctx = ctx
         self.driver = driver or NftDriver(ctx.netns)
-        self._cache: tuple[tuple[Any, ...], FirewallDesired] | None = None
         self._last: Firewall | None = None       # what the last successful apply loaded
 
-    def compute(self, view: View) -> FirewallDesired:
-        key = tuple(view.get(k) for k in _INPUTS)
-        if self._cache is not None and all(a is b for a, b in zip(self._cache[0], key, strict=True)):
-            return self._cache[1]
-        desired = FirewallDesired(firewall=compute_firewall(view, self.ctx.host))
-        self._cache = (key, desired)
-        return desired
-
-    def apply(self, desired: FeatureDesired) -> FeatureResult:
-        fw = desired.firewall if isinstance(desired, FirewallDesired) else Firewall()
+    def apply(self, fw: Firewall) -> FeatureResult:
         try:
             res = self.driver.apply(fw.tables)
         except NftError as e:

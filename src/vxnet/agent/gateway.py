@@ -3,11 +3,13 @@ gateway host (`vxnet agent --gateway --external-interface IF`). See compute/gate
 what is built and dataplane/gateway_driver.py for how.
 
 Contract (agent/features.py):
-- `compute(view)` = `compute_gateway(view, host, external_interface)`: pure.
-- `apply(desired)` converges only what changed since the last pass (per router, by equality
-  of its desired object); after `invalidate()` every router is converged again from the kernel.
-  Namespaces of this host's routers that are no longer desired are deleted, but nothing is
-  deleted before the first apply (the agent calls features only with a complete view).
+- Its desired state is `HostDesired.gateway` (`compute_gateway`, pure).
+- `apply(desired)` converges only what changed since the last pass: the SNAT namespaces are a
+  `Manager` keyed by router (desired / applied / dirty, exponential backoff per failing
+  router, the other routers going on); after `invalidate()` every router is converged again
+  from the kernel. Namespaces of this host's routers that are no longer desired are deleted
+  (all leftovers at the first pass and after `invalidate()`), but nothing is deleted before the
+  first apply (the agent calls features only with a complete view).
 - A router whose namespace failed to converge is reported in `failed` and its gateway and snat
   ports in `down` (DOWN until a later pass succeeds).
 """
@@ -15,9 +17,12 @@ Contract (agent/features.py):
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
-from vxnet.agent.features import FeatureResult, HostContext, View
-from vxnet.compute.gateway import GatewayDesired, GatewayRouter, compute_gateway
+from vxnet.agent.features import FeatureResult, HostContext
+from vxnet.agent.manager import Manager
+from vxnet.compute.gateway import GatewayDesired, GatewayRouter
 from vxnet.dataplane.gateway_driver import GatewayDriver, GatewayError
 
 log = logging.getLogger("vxnet.agent.gateway")
@@ -26,29 +31,25 @@ log = logging.getLogger("vxnet.agent.gateway")
 class GatewayFeature:
     name = "gateway"
 
-    def __init__(self, ctx: HostContext, driver: GatewayDriver | None = None) -> None:
+    def __init__(self, ctx: HostContext, driver: GatewayDriver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.driver = driver or GatewayDriver(ctx.netns)
-        self._applied: dict[str, GatewayRouter] = {}
+        self.clock = clock
+        self.routers: Manager[str, GatewayRouter] = Manager()
         self._externals_ok: tuple[object, ...] | None = None
-        self._valid = False
-
-    def compute(self, view: View) -> GatewayDesired:
-        return compute_gateway(view, self.ctx.host, self.ctx.external_interface)
 
     def invalidate(self) -> None:
-        self._valid = False
+        self.routers.invalidate()
+        self._externals_ok = None
 
     def close(self) -> None:
         self.driver.close()
 
-    def apply(self, desired: GatewayDesired) -> FeatureResult:  # type: ignore[override]
+    def apply(self, desired: GatewayDesired) -> FeatureResult:
         failed: list[object] = []
         down: set[str] = set()
         changes = {"externals": 0, "routers": 0, "namespaces_created": 0, "namespaces_deleted": 0}
-        if not self._valid:
-            self._applied = {}
-            self._externals_ok = None
         if desired.externals != self._externals_ok:
             bridges = {b.name: b for b in desired.l2.bridges}
             try:
@@ -59,26 +60,29 @@ class GatewayFeature:
             except GatewayError as e:
                 log.warning("host=%s external bridge: %s", self.ctx.host, e)
                 failed.append("external")
-        wanted = {r.router_id: r for r in desired.routers}
-        if not self._valid or set(self._applied) != set(wanted):
+        m, now = self.routers, self.clock()
+        m.want({r.router_id: r for r in desired.routers})
+        upserts, deletes = m.dirty(now)
+        if not m.known or deletes:
+            # Namespaces are found by name in the kernel: this also removes leftovers.
             gone = self.driver.delete_stale(self.ctx.host, {r.netns for r in desired.routers})
             changes["namespaces_deleted"] = len(gone)
-            for rid in [rid for rid in self._applied if rid not in wanted]:
-                del self._applied[rid]
-        for rid, r in wanted.items():
-            if self._applied.get(rid) == r:
-                continue
+            for rid, _ in deletes:
+                m.ok(rid, None)
+            m.mark_known()
+        for rid, r, previous in upserts:
             try:
-                if self.driver.apply_router(r, self._applied.get(rid)):
+                if self.driver.apply_router(r, previous):
                     changes["namespaces_created"] += 1
-                self._applied[rid] = r
+                m.ok(rid, r)
                 changes["routers"] += 1
             except GatewayError as e:
                 log.warning("host=%s gateway router %s: %s", self.ctx.host, rid, e)
-                self._applied.pop(rid, None)
+                m.failed(rid, now)
+        for rid in m.desired:
+            if rid not in m.applied:              # failed now or earlier, waiting for its retry
                 failed.append(f"gateway router {rid}")
-                down |= r.port_ids
-        self._valid = True
+                down |= m.desired[rid].port_ids
         return FeatureResult(failed=tuple(failed), down=frozenset(down), changes=changes)
 
 

@@ -19,3 +19,7 @@ KERNEL_CHANGES = Counter("vxnet_agent_kernel_changes_total", "Kernel objects cre
 ERRORS = Counter("vxnet_agent_errors_total", "Errors", ["where"])
 STREAM_CONNECTED = Gauge("vxnet_agent_stream_connected", "1 while the view stream is connected")
 PORTS = Gauge("vxnet_agent_local_ports", "Local ports by data-path status", ["status"])
+PASSES = Counter("vxnet_agent_passes_total", "Reconcile passes by whether the host's desired state changed "
+                 "(`unchanged`: the pass was woken by something no compute reads, or by the kernel)", ["desired"])
+VIEW_UPDATES = Counter("vxnet_agent_view_updates_total", "View stream updates received, by collection", ["kind"])
+RETRY_SECONDS = Gauge("vxnet_agent_retry_delay_seconds", "Delay before the retry of the last failed pass")

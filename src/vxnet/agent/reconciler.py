@@ -13,6 +13,8 @@ Contract:
   hypervisor creates taps, the agent plugs them when they appear.
 - Only owned objects are touched (see `vxnet.dataplane`). The caller must not call this before
   it has a complete view: an incomplete desired state would delete live entries.
+- All kernel access goes through one `Kernel` (`dataplane/host_kernel.RtnlKernel`; the tests'
+  `tests/support/fake_netlink.FakeKernel` is a stateful fake of it).
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-
-from pyroute2 import IPRoute
+from collections.abc import Mapping
+from typing import Protocol
 
 from vxnet.compute import naming
 from vxnet.compute.diff import Diff, HostDiff, apply, diff
-from vxnet.compute.state import Fdb, HostState, Neigh
-from vxnet.dataplane.links_driver import LinksDriver, read_links
-from vxnet.dataplane.neigh_driver import apply_entries, read_fdb, read_neighs
-from vxnet.dataplane.rtnl import RtnlSocket
+from vxnet.compute.state import Bridge, Fdb, HostState, Neigh, Plug, Vxlan
+from vxnet.dataplane.links_driver import LinkSnapshot
 
 log = logging.getLogger("vxnet.agent.reconciler")
 
@@ -49,19 +49,42 @@ class ReconcileResult:
         return sum(self.diff.counts().values())
 
 
-class Reconciler:
-    """Owns the netlink sockets of one host (namespace `netns`, or the caller's)."""
+class LinkOps(Protocol):
+    """Applies link diffs of one pass; `failed` collects what failed, `index` names -> ifindex."""
 
-    def __init__(self, underlay_ip: str, netns: str | None = None) -> None:
+    index: dict[str, int]
+    failed: list[object]
+
+    def apply_up(self, bridges: Diff[Bridge], vxlans: Diff[Vxlan]) -> None: ...
+    def apply_plugs(self, plugs: Diff[Plug]) -> None: ...
+    def apply_down(self, bridges: Diff[Bridge], vxlans: Diff[Vxlan], plugs: Diff[Plug]) -> None: ...
+
+
+class Kernel(Protocol):
+    """What the reconciler reads and writes (dataplane/host_kernel.py)."""
+
+    def read_links(self) -> LinkSnapshot: ...
+    def links(self, index: dict[str, int]) -> LinkOps: ...
+    def read_fdb(self, index: Mapping[str, int], taps: frozenset[str]) -> frozenset[Fdb]: ...
+    def read_neighs(self, index: Mapping[str, int]) -> frozenset[Neigh]: ...
+    def apply_entries(self, fdb: Diff[Fdb], neighs: Diff[Neigh], index: Mapping[str, int]) -> list[Fdb | Neigh]: ...
+    def close(self) -> None: ...
+
+
+class Reconciler:
+    """Owns the kernel access of one host (namespace `netns`, or the caller's)."""
+
+    def __init__(self, underlay_ip: str, netns: str | None = None, kernel: Kernel | None = None) -> None:
+        if kernel is None:
+            from vxnet.dataplane.host_kernel import RtnlKernel
+            kernel = RtnlKernel(underlay_ip, netns)
         self.underlay_ip = underlay_ip
-        self.ipr = IPRoute(netns=netns) if netns else IPRoute()
-        self.rtnl = RtnlSocket(netns)
+        self.kernel = kernel
         self._entries: tuple[frozenset[Fdb], frozenset[Neigh]] | None = None
         self.owned_ifindexes: frozenset[int] = frozenset()   # read by the event monitor thread
 
     def close(self) -> None:
-        self.ipr.close()
-        self.rtnl.close()
+        self.kernel.close()
 
     def invalidate(self) -> None:
         """Forget the cached FDB/neighbour state: the next pass reads the kernel."""
@@ -70,7 +93,8 @@ class Reconciler:
     def reconcile(self, desired: HostState) -> ReconcileResult:
         """Converge the kernel to `desired` (see module contract)."""
         t0 = time.perf_counter()
-        links = read_links(self.rtnl)
+        k = self.kernel
+        links = k.read_links()
         present = links.tap_names
         wanted_taps = {p.tap for p in desired.plugs}
         want_plugs = frozenset(p for p in desired.plugs if p.tap in present)
@@ -82,7 +106,7 @@ class Reconciler:
         # Order matters for the first packets: a VM's device is attached (and brought up) only
         # after its network's FDB and neighbour entries are in place; otherwise its first ARP
         # can miss the suppression table and the VM retries only a second later.
-        drv = LinksDriver(self.ipr, self.underlay_ip, links.index)
+        drv = k.links(links.index)
         drv.apply_up(d_br, d_vx)
         self.owned_ifindexes = frozenset(i for n, i in drv.index.items() if naming.is_owned(n))
         if not (d_br.empty and d_vx.empty) or d_pl.delete:
@@ -91,17 +115,17 @@ class Reconciler:
         full_read = self._entries is None
         plugged_before = frozenset(p.tap for p in have_plugs if naming.is_bridge(p.bridge))
         if self._entries is None:
-            index = read_links(self.rtnl).index if not (d_br.empty and d_vx.empty) else links.index
-            self._entries = (read_fdb(self.rtnl, index, plugged_before), read_neighs(self.rtnl, index))
+            index = k.read_links().index if not (d_br.empty and d_vx.empty) else links.index
+            self._entries = (k.read_fdb(index, plugged_before), k.read_neighs(index))
         have_fdb, have_neigh = self._entries
         plugged = frozenset(p.tap for p in want_plugs)
         want_fdb = frozenset(e for e in desired.fdb if not naming.is_plug(e.dev) or e.dev in plugged)
         d_fdb = diff(want_fdb, have_fdb)
         d_nb = diff(desired.neighs, have_neigh)
         on_tap = lambda e: naming.is_plug(e.dev)
-        failed_entries = apply_entries(self.rtnl, d_fdb.without(on_tap), d_nb, drv.index)
+        failed_entries = k.apply_entries(d_fdb.without(on_tap), d_nb, drv.index)
         drv.apply_plugs(d_pl)
-        failed_entries += apply_entries(self.rtnl, d_fdb.without(lambda e: not on_tap(e)), Diff(), drv.index)
+        failed_entries += k.apply_entries(d_fdb.without(lambda e: not on_tap(e)), Diff(), drv.index)
         self._entries = (apply(have_fdb, d_fdb, failed_entries), apply(have_neigh, d_nb, failed_entries))
 
         drv.apply_down(d_br, d_vx, d_pl)

@@ -1,8 +1,8 @@
 """The routing feature: distributed east-west routers on this host (compute/routing.py,
 dataplane/router_driver.py).
 
-`compute` is `compute_routing(view, host)`: the router namespaces the host needs, with their
-service ports, gateway FDB and neighbour entries as the L2 part. `apply` converges the
+Its desired state is `HostDesired.routing` (`compute_routing`): the router namespaces the host
+needs, with their service ports, gateway FDB and neighbour entries as the L2 part. `apply` converges the
 namespaces (cheap when nothing changed: the driver skips namespaces equal to what it applied
 last). Router failures are reported in `failed` (retried next pass); they do not turn VM ports
 DOWN: a VM's own data path (L2) does not depend on its router.
@@ -10,17 +10,11 @@ DOWN: a VM's own data path (L2) does not depend on its router.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from vxnet.agent.features import FeatureDesired, FeatureResult, HostContext, View
-from vxnet.compute.routing import RouterNs, compute_routing
+from vxnet.agent.features import FeatureResult, HostContext
+from vxnet.compute.routing import RoutingState
 from vxnet.dataplane.router_driver import RouterDriver
-
-
-@dataclasses.dataclass(frozen=True)
-class RoutingDesired(FeatureDesired):
-    routers: tuple[RouterNs, ...] = ()
 
 
 class RoutingFeature:
@@ -29,8 +23,6 @@ class RoutingFeature:
     def __init__(self, ctx: HostContext, driver: Any = None) -> None:
         self.ctx = ctx
         self._driver = driver
-        self._last_view: object = None
-        self._last: RoutingDesired | None = None
 
     @property
     def driver(self) -> RouterDriver:
@@ -38,17 +30,7 @@ class RoutingFeature:
             self._driver = RouterDriver(self.ctx.host, self.ctx.netns)
         return self._driver
 
-    def compute(self, view: View) -> RoutingDesired:
-        # The same view object twice (a pass woken by the kernel, not the stream) gives the
-        # same answer: skip the scan.
-        if view is self._last_view and self._last is not None:
-            return self._last
-        st = compute_routing(view, self.ctx.host)
-        self._last_view, self._last = view, RoutingDesired(st.l2, st.routers)
-        return self._last
-
-    def apply(self, desired: FeatureDesired) -> FeatureResult:
-        assert isinstance(desired, RoutingDesired)
+    def apply(self, desired: RoutingState) -> FeatureResult:
         if not desired.routers and self._driver is None:
             # Nothing wanted and never opened: still remove leftovers of an earlier run once.
             from vxnet.dataplane.router_driver import list_host_netns

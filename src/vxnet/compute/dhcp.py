@@ -48,6 +48,7 @@ set the broadcast flag, else yiaddr.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -55,15 +56,13 @@ from typing import Any
 
 from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute import naming
+from vxnet.compute.memo import PartsMemo
 from vxnet.compute.state import Fdb, HostState, Neigh, Plug
+from vxnet.model import Network, Port, Subnet, View, as_view
 
-View = Mapping[str, Mapping[str, Mapping[str, Any]]]
-
-DEFAULT_MTU = 1450
-SERVICE_KIND = "d"
-DEVICE_PREFIX = "vxdr"
-NFT_TABLE = "vxnet_dhcp"
-INFRA_OWNER_PREFIX = "network:"
+SERVICE_KIND = naming.DHCP_KIND
+DEVICE_PREFIX = naming.DHCP_DEVICE_PREFIX
+NFT_TABLE = naming.DHCP_TABLE[1]
 
 
 def service_port(network_id: str) -> str:
@@ -143,34 +142,16 @@ class DhcpState:
 
 
 # ---------------------------------------------------------------------------------- compute
-def _is_vxlan(net: Mapping[str, Any]) -> bool:
-    return (net.get("provider:network_type") or "vxlan") == "vxlan" and net.get("provider:segmentation_id") is not None
-
-
-def _ipv4_fixed(port: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(subnet id, IPv4 address) of a port's fixed IPs, in order."""
-    out = []
-    for fip in port.get("fixed_ips") or ():
-        try:
-            addr = ipaddress.ip_address(fip.get("ip_address", ""))
-        except ValueError:
-            continue
-        if addr.version == 4:
-            out.append((fip.get("subnet_id") or "", str(addr)))
-    return out
-
-
-def hostname(port: Mapping[str, Any], ip: str) -> str:
+def hostname(port: Port, ip: str) -> str:
     """Neutron's DHCP hostname: the port's dns_name, else `host-` + the IP with dashes."""
-    name = port.get("dns_name") or ""
-    return name if name else "host-" + ip.replace(".", "-")
+    return port.dns_name or "host-" + ip.replace(".", "-")
 
 
-def server_id(subnet: Mapping[str, Any], held: set[str]) -> str:
+def server_id(subnet: Subnet, held: set[str]) -> str:
     """The gateway IP, else the highest host address of the subnet no port holds (see module)."""
-    if subnet.get("gateway_ip"):
-        return str(subnet["gateway_ip"])
-    net = ipaddress.IPv4Network(subnet["cidr"], strict=False)
+    if subnet.gateway_ip:
+        return subnet.gateway_ip
+    net = ipaddress.IPv4Network(subnet.cidr, strict=False)
     last = int(net.broadcast_address) - 1 if net.prefixlen < 31 else int(net.broadcast_address)
     first = int(net.network_address) + 1 if net.prefixlen < 31 else int(net.network_address)
     for n in range(last, first - 1, -1):
@@ -180,87 +161,115 @@ def server_id(subnet: Mapping[str, Any], held: set[str]) -> str:
     return str(ipaddress.IPv4Address(last))
 
 
-def _routes(subnet: Mapping[str, Any], others: Iterable[str]) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+def _routes(subnet: Subnet, others: Iterable[str]) -> tuple[str | None, tuple[tuple[str, str], ...]]:
     """(router, option 121 routes) of a subnet: host routes, other subnets on-link, default last."""
-    default = subnet.get("gateway_ip") or None
+    default = subnet.gateway_ip
     routes: list[tuple[str, str]] = []
-    for r in subnet.get("host_routes") or ():
+    for r in subnet.host_routes:
         try:
-            dest = ipaddress.IPv4Network(r["destination"], strict=False)
-            nexthop = str(ipaddress.IPv4Address(r["nexthop"]))
-        except (KeyError, ValueError):
+            dest = ipaddress.IPv4Network(r.destination, strict=False)
+            nexthop = str(ipaddress.IPv4Address(r.nexthop))
+        except ValueError:
             continue
         if dest.prefixlen == 0:
             default = nexthop
         else:
             routes.append((str(dest), nexthop))
-    for cidr in others:
-        routes.append((cidr, "0.0.0.0"))
+    routes += [(cidr, "0.0.0.0") for cidr in others]
     if routes and default:
         routes.append(("0.0.0.0/0", default))      # RFC 3442: with 121 the client ignores option 3
     return default, tuple(routes)
 
 
-def _is_leasable(port: Mapping[str, Any], host: str) -> bool:
-    return (port.get("binding:host_id") == host and port.get("admin_state_up", True) is not False
-            and not str(port.get("device_owner") or "").startswith(INFRA_OWNER_PREFIX)
-            and bool(port.get("mac_address")))
+@functools.lru_cache(maxsize=16384)
+def _lease(p: Port, ip: str, s: Subnet, others: tuple[str, ...], server: str, lease_time: int, mtu: int) -> Lease:
+    # Memoized on its (hashable, frozen) inputs: a pass rebuilds only the leases that changed.
+    router, routes = _routes(s, others)
+    return Lease(p.mac, p.id, ip, ipaddress.IPv4Network(s.cidr, strict=False).prefixlen, server, lease_time, mtu,
+                 hostname(p, ip), router, s.dns_nameservers, routes)
 
 
-def compute_dhcp(view: View, host: str, lease_time: int) -> DhcpState:
+def _is_leasable(port: Port, host: str) -> bool:
+    return port.host == host and port.admin_up and not port.is_infra and bool(port.mac)
+
+
+def network_dhcp(net: Network, subnets: list[Subnet], ports: list[Port], host: str,
+                 lease_time: int) -> Responder | None:
+    """The responder of one network on `host` (`subnets` and `ports`: the network's, sorted by
+    id), None when no local port gets a lease there."""
+    local = [p for p in ports if _is_leasable(p, host)]
+    if not local or not net.is_vxlan:
+        return None
+    subs = {s.id: s for s in subnets if s.ip_version == 4 and s.cidr}
+    dhcp_subs = {sid: s for sid, s in subs.items() if s.enable_dhcp}
+    if not dhcp_subs:
+        return None
+    held = {f.ip_address for p in ports for f in p.ipv4}
+    sid_of = {sid: server_id(s, held) for sid, s in dhcp_subs.items()}
+    leases: dict[str, Lease] = {}
+    taps = []
+    for p in local:
+        choice = next((f for f in p.ipv4 if f.subnet_id in dhcp_subs), None)
+        if choice is None or p.mac in leases:
+            continue
+        s = dhcp_subs[choice.subnet_id]
+        others = tuple(o.cidr for osid, o in subs.items() if osid != s.id)
+        leases[p.mac] = _lease(p, choice.ip_address, s, others, sid_of[s.id], lease_time, net.mtu)
+        taps.append(naming.tap_name(p.id))
+    if not leases:
+        return None
+    arp_ips = tuple(sorted({lease.server_id for lease in leases.values()} - held))
+    return Responder(net.id, service_port(net.id), device_name(net.id), responder_mac(net.id),
+                     naming.bridge_name(net.id), net.mtu, tuple(sorted(leases.values())), arp_ips, tuple(sorted(taps)))
+
+
+def _by_network(view: View) -> tuple[dict[str, list[Port]], dict[str, list[Subnet]]]:
+    """Ports and subnets of the networks where this view has ports, by network, sorted by id."""
+    ports: dict[str, list[Port]] = {}
+    for pid in sorted(view.ports):
+        p = view.ports[pid]
+        ports.setdefault(p.network_id, []).append(p)
+    subnets: dict[str, list[Subnet]] = {}
+    for sid in sorted(view.subnets):
+        s = view.subnets[sid]
+        if s.network_id in ports:
+            subnets.setdefault(s.network_id, []).append(s)
+    return ports, subnets
+
+
+def _state(responders: Iterable[Responder | None]) -> DhcpState:
+    found = tuple(r for r in responders if r is not None)
+    return DhcpState(found, l2_part(found)) if found else DhcpState()
+
+
+def compute_dhcp(view: View | Mapping[str, Mapping[str, Any]], host: str, lease_time: int) -> DhcpState:
     """Desired DHCP state of `host` (see module contract)."""
-    networks = view.get("networks", {})
-    subnets = view.get("subnets", {})
-    ports = view.get("ports", {})
-    local: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
-    for pid in sorted(ports):
-        p = ports[pid]
-        nid = p.get("network_id")
-        if nid in networks and _is_leasable(p, host) and _is_vxlan(networks[nid]):
-            local.setdefault(nid, []).append((pid, p))
-    if not local:
-        return DhcpState()
-    subnets_of: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
-    for sid in sorted(subnets):
-        s = subnets[sid]
-        if s.get("network_id") in local and s.get("ip_version", 4) == 4 and s.get("cidr"):
-            subnets_of.setdefault(s["network_id"], []).append((sid, s))
-    held: dict[str, set[str]] = {nid: set() for nid in local}
-    for p in ports.values():
-        if p.get("network_id") in held:
-            held[p["network_id"]].update(ip for _, ip in _ipv4_fixed(p))
+    v = as_view(view)
+    ports, subnets = _by_network(v)
+    return _state(network_dhcp(v.networks[nid], subnets.get(nid, []), ports[nid], host, lease_time)
+                  for nid in sorted(ports) if nid in v.networks)
 
-    responders = []
-    for nid in sorted(local):
-        net = networks[nid]
-        mtu = int(net.get("mtu") or DEFAULT_MTU)
-        subs = dict(subnets_of.get(nid, []))
-        dhcp_subs = {sid: s for sid, s in subs.items() if s.get("enable_dhcp", True) is not False}
-        if not dhcp_subs:
-            continue
-        sid_of = {sid: server_id(s, held[nid]) for sid, s in dhcp_subs.items()}
-        leases: dict[str, Lease] = {}
-        taps = []
-        for pid, p in local[nid]:
-            mac = str(p["mac_address"]).lower()
-            choice = next(((sid, ip) for sid, ip in _ipv4_fixed(p) if sid in dhcp_subs), None)
-            if choice is None or mac in leases:
-                continue
-            sid, ip = choice
-            s = dhcp_subs[sid]
-            router, routes = _routes(s, [o["cidr"] for osid, o in subs.items() if osid != sid])
-            leases[mac] = Lease(mac, pid, ip, ipaddress.IPv4Network(s["cidr"], strict=False).prefixlen,
-                                sid_of[sid], lease_time, mtu, hostname(p, ip), router,
-                                tuple(str(d) for d in s.get("dns_nameservers") or ()), routes)
-            taps.append(naming.tap_name(pid))
-        if not leases:
-            continue
-        used = {leases[m].server_id for m in leases}
-        arp_ips = tuple(sorted(ip for ip in used if ip not in held[nid]))
-        responders.append(Responder(nid, service_port(nid), device_name(nid), responder_mac(nid),
-                                    naming.bridge_name(nid), mtu, tuple(sorted(leases.values())), arp_ips,
-                                    tuple(sorted(taps))))
-    return DhcpState(tuple(responders), l2_part(responders))
+
+class DhcpCache:
+    """`compute_dhcp` recomputing only the networks whose network, subnets or ports changed
+    (identity, `compute.memo`); always equal to `compute_dhcp` of the same view (tested)."""
+
+    def __init__(self, host: str, lease_time: int) -> None:
+        self.host, self.lease_time = host, lease_time
+        self._memo: PartsMemo[Responder | None, DhcpState] = PartsMemo(_state)
+
+    @property
+    def recomputed(self) -> int:
+        return self._memo.recomputed
+
+    def compute(self, view: View | Mapping[str, Mapping[str, Any]]) -> DhcpState:
+        v = as_view(view)
+        ports, subnets = _by_network(v)
+        return self._memo.compute(
+            (nid, (v.networks[nid], *subnets.get(nid, ()), *ports[nid]),
+             lambda nid=nid: network_dhcp(v.networks[nid], subnets.get(nid, []), ports[nid], self.host,  # type: ignore[misc]
+                                          self.lease_time))
+            for nid in sorted(ports) if nid in v.networks)
 
 
 def l2_part(responders: Iterable[Responder]) -> HostState:
@@ -273,21 +282,43 @@ def l2_part(responders: Iterable[Responder]) -> HostState:
     return HostState(plugs=frozenset(plugs), fdb=frozenset(fdb), neighs=frozenset(neighs))
 
 
+def steer_elements(responders: Iterable[Responder]) -> frozenset[str]:
+    """The steering map's elements: `"<tap>" : <responder MAC>` per leased local tap."""
+    return frozenset(f'"{tap}" : {r.mac}' for r in responders for tap in r.taps)
+
+
 def nft_script(responders: Iterable[Responder]) -> str:
     """The steering table, replaced atomically (add, delete, define in one transaction); only
     the deletion when no responder is wanted."""
+    return steer_script(None, steer_elements(responders))
+
+
+def steer_script(applied: frozenset[str] | None, wanted: frozenset[str]) -> str:
+    """The transaction that turns the steering table holding `applied` (None: unknown, or
+    absent) into one holding `wanted`: a whole-table replace when the state is unknown or the
+    table comes or goes, else only the map elements that changed (a port-up adds one element,
+    whatever the number of ports); "" when nothing changes."""
     head = f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n"
-    elems = [f'"{tap}" : {r.mac}' for r in responders for tap in r.taps]
-    if not elems:
-        return head
-    return head + (
-        f"table bridge {NFT_TABLE} {{\n"
-        "  map steer {\n    type ifname : ether_addr\n"
-        f"    elements = {{ {', '.join(elems)} }}\n  }}\n"
-        "  chain prerouting {\n"
-        "    type filter hook prerouting priority -300; policy accept;\n"
-        "    udp sport 68 udp dport 67 ether daddr set iifname map @steer\n"
-        "  }\n}\n")
+    if applied is None or not applied or not wanted:
+        if applied is not None and not applied and not wanted:
+            return ""
+        if not wanted:
+            return head
+        return head + (
+            f"table bridge {NFT_TABLE} {{\n"
+            "  map steer {\n    type ifname : ether_addr\n"
+            f"    elements = {{ {', '.join(sorted(wanted))} }}\n  }}\n"
+            "  chain prerouting {\n"
+            "    type filter hook prerouting priority -300; policy accept;\n"
+            "    udp sport 68 udp dport 67 ether daddr set iifname map @steer\n"
+            "  }\n}\n")
+    gone, added = applied - wanted, wanted - applied
+    lines = []
+    if gone:
+        lines.append(f"delete element bridge {NFT_TABLE} steer {{ {', '.join(sorted(e.split(' : ')[0] for e in gone))} }}")
+    if added:
+        lines.append(f"add element bridge {NFT_TABLE} steer {{ {', '.join(sorted(added))} }}")
+    return "".join(line + "\n" for line in lines)
 
 
 # ---------------------------------------------------------------------------------- answers

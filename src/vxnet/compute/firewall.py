@@ -10,19 +10,22 @@ by br_netfilter in `table inet`, where a bridged packet's iifname/oifname is the
 ports are therefore tagged with skb marks in bridge-family chains):
 
 - `table bridge vxnet_ps`
-  - `pre` (prerouting -200): `iifname vmap` -> `ps_<port>` per local port with port security:
+  - `pre` (prerouting -200): `iifname vmap @pre_ports` -> `ps_<port>` per local port with port security:
     any `udp sport 67` dropped (a VM is never a DHCP server); IPv4 whose (MAC . source IP) is
     in the allowed pairs: mark low 16 bits = the port's index, accept; source MAC not in {port
     MAC, pair MACs}: drop; ARP whose sender (MAC . IP) is not an allowed pair (or 0.0.0.0,
     address probes): drop; ARP accepted; DHCP client frames (0.0.0.0:68 -> :67) accepted;
     other IPv4 (spoofed source) and everything else (IPv6, VLAN...) dropped.
-  - `out` (forward -100, before br_netfilter): `oifname vmap` -> `mk_<port>`: drop IPv6 to the
-    port, set mark high 16 bits = the port's index.
+  - `out` (forward -100, before br_netfilter): `oifname vmap @out_ports` -> `mk_<port>`: drop
+    IPv6 to the port, set mark high 16 bits = the port's index.
+  - The dispatch tables are named verdict maps, not inline vmaps: a port coming or going is one
+    element per map plus its own chains, so the transaction of a port-up does not grow with
+    the number of ports on the host (the inline form rewrote every port's entry).
 - `table inet vxnet_sg`
   - `zone` (prerouting, raw): `notrack accept` for traffic from/to ports whose groups are all
     `stateful=false`, then `ct zone set iifname map {bridge: zone}` for every network bridge.
-  - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>`; `ingress` (forward 10)
-    dispatches `mark & 0xffff0000` to `in_<port>`. Two base chains, because `accept` only ends
+  - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>` (map `eg_ports`); `ingress`
+    (forward 10) dispatches `mark & 0xffff0000` to `in_<port>` (map `in_ports`). Two base chains, because `accept` only ends
     its own base chain: a packet between two local ports passes both.
   - per port: [stateful: ct established,related accept; ct invalid drop], DHCP, then a jump to
     each group's chain of that direction (`gi_<group>` / `ge_<group>`: one rule per Neutron
@@ -63,11 +66,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vxnet.compute import naming
+from vxnet.model import Port, Rule, View, as_view
 
-View = Mapping[str, Mapping[str, Mapping[str, Any]]]
-
-PS_TABLE = ("bridge", "vxnet_ps")
-SG_TABLE = ("inet", "vxnet_sg")
+PS_TABLE = naming.PS_TABLE
+SG_TABLE = naming.SG_TABLE
 MAX_INDEX = 0xFFFF
 # neutron_lib.constants.IP_PROTOCOL_MAP (copied: the pure layer imports nothing from the API)
 IP_PROTOCOL_MAP: dict[str, int] = {
@@ -165,10 +167,17 @@ class NftChain:
 
 @dataclasses.dataclass(frozen=True)
 class NftSet:
+    """A named set, or (`kind="map"`) a verdict map whose elements are `key : verdict` texts."""
+
     name: str
     type: str
     elements: frozenset[str]
     flags: str = "interval"
+    kind: str = "set"           # set | map
+
+    def declaration(self) -> str:
+        """The `{ ... }` body of its `add set` / `add map` command."""
+        return f"{{ type {self.type};" + (f" flags {self.flags};" if self.flags else "") + " }"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +214,7 @@ class Firewall:
 
 # --- helpers ----------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=65536)
 def _ident(obj_id: str) -> str:
     """An id as an nft identifier (letters, digits, `_`)."""
     return re.sub(r"[^A-Za-z0-9_]", "", obj_id) or "x"
@@ -262,43 +272,40 @@ def _protocol(value: Any) -> int | None:
     return IP_PROTOCOL_MAP.get(text, -1)
 
 
-def _sg_rule(r: Mapping[str, Any]) -> SgRule | None:
-    """A Neutron rule object as an `SgRule`; None for an IPv6 (or unusable) rule."""
-    if r.get("ethertype", "IPv4") != "IPv4" or r.get("direction") not in ("ingress", "egress"):
+def _sg_rule(r: Rule) -> SgRule | None:
+    """A Neutron rule as an `SgRule`; None for an IPv6 (or unusable) rule."""
+    if r.ethertype != "IPv4" or r.direction not in ("ingress", "egress"):
         return None
-    proto = _protocol(r.get("protocol"))
+    proto = _protocol(r.protocol)
     if proto is not None and proto < 0:
         return None
-    cidr = r.get("normalized_cidr") or r.get("remote_ip_prefix")
+    cidr = r.remote_ip_prefix
     if cidr:
         try:
             net = ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             return None
         cidr = None if str(net) == ANY_V4 else str(net)
-    pmin, pmax = r.get("port_range_min"), r.get("port_range_max")
+    pmin, pmax = r.port_range_min, r.port_range_max
     icmp_t = icmp_c = None
     if proto == ICMP:
         icmp_t, icmp_c, pmin, pmax = pmin, pmax, None, None
     elif proto not in PORT_PROTOCOLS:
         pmin = pmax = None
-    return SgRule(r["id"], r["direction"], proto, pmin, pmax, icmp_t, icmp_c, cidr,
-                  r.get("remote_group_id") or None)
+    return SgRule(r.id, r.direction, proto, pmin, pmax, icmp_t, icmp_c, cidr, r.remote_group_id)
 
 
 def _v4(addr: str) -> bool:
     return _norm4(addr) is not None
 
 
-def port_addresses(port: Mapping[str, Any]) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=65536)
+def port_addresses(port: Port) -> tuple[tuple[str, str], ...]:
     """(MAC, IPv4 address or CIDR) a port may use: fixed IPs and allowed address pairs."""
-    mac = (port.get("mac_address") or "").lower()
-    out = [(mac, f["ip_address"]) for f in port.get("fixed_ips") or () if _v4(f.get("ip_address", ""))]
-    for pair in port.get("allowed_address_pairs") or ():
-        ip = pair.get("ip_address") or ""
-        if _v4(ip):
-            out.append(((pair.get("mac_address") or mac).lower(), ip))
-    return out
+    out = [(port.mac, f.ip_address) for f in port.fixed_ips if _v4(f.ip_address)]
+    out += [(pair.mac_address or port.mac, pair.ip_address) for pair in port.allowed_address_pairs
+            if _v4(pair.ip_address)]
+    return tuple(out)
 
 
 def zone_map(vnis: Mapping[str, int]) -> dict[str, int]:
@@ -336,55 +343,61 @@ def mark_indexes(port_ids: Iterable[str]) -> dict[str, int]:
 
 # --- compute ----------------------------------------------------------------------------------
 
-def compute_firewall(view: View, host: str) -> Firewall:
+def _filtered(p: Port) -> bool:
+    """Port security applies: not a trusted infrastructure port, not switched off."""
+    return not p.is_infra and p.port_security
+
+
+def port_filter(p: Port, index: int, sgs: Mapping[str, Any]) -> PortFilter:
+    """The filter of one local port with port security (mark index `index`)."""
+    groups = tuple(sorted(g for g in p.security_groups if g in sgs))
+    return _port_filter(p, index, groups, not groups or any(sgs[g].stateful for g in groups))
+
+
+@functools.lru_cache(maxsize=16384)
+def _port_filter(p: Port, index: int, groups: tuple[str, ...], stateful: bool) -> PortFilter:
+    # Memoized on the (hashable, frozen) port: a pass recomputes only the ports that changed.
+    addrs = port_addresses(p)
+    macs = tuple(sorted({p.mac, *(m for m, _ in addrs)} - {""}))
+    pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
+    return PortFilter(p.id, naming.tap_name(p.id), naming.bridge_name(p.network_id), index, macs, pairs, groups,
+                      stateful)
+
+
+def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) -> Firewall:
     """The desired firewall of `host` from its view (pure)."""
-    networks = view.get("networks", {})
-    vnis = {nid: int(n["provider:segmentation_id"]) for nid, n in networks.items()
-            if (n.get("provider:network_type") or "vxlan") == "vxlan" and n.get("provider:segmentation_id") is not None}
+    v = as_view(view)
+    vnis = {nid: n.segmentation_id for nid, n in v.networks.items() if n.is_vxlan and n.segmentation_id is not None}
     zones = zone_map(vnis)
-    ports = view.get("ports", {})
-    sgs = view.get("security_groups", {})
-    local: dict[str, Mapping[str, Any]] = {}
+    local: dict[str, Port] = {}
     open_ports: set[str] = set()
-    for pid, p in ports.items():
-        if p.get("binding:host_id") != host or p.get("network_id") not in vnis:
+    for pid, p in v.ports.items():
+        if p.host != host or p.network_id not in vnis:
             continue
-        if (p.get("device_owner") or "").startswith("network:") or p.get("port_security_enabled") is False:
-            open_ports.add(pid)
-        else:
+        if _filtered(p):
             local[pid] = p
+        else:
+            open_ports.add(pid)
     taps: dict[str, str] = {}
     for pid in sorted(local):      # two ports sharing a tap name (11 id chars): the lowest id wins
         taps.setdefault(naming.tap_name(pid), pid)
     index = mark_indexes(taps.values())
     rules_by_group: dict[str, list[SgRule]] = {}
     ignored: list[str] = []
-    for rid, r in sorted(view.get("security_group_rules", {}).items()):
+    for rid, r in sorted(v.security_group_rules.items()):
         rule = _sg_rule(r)
         if rule is None:
             ignored.append(rid)
             continue
-        rules_by_group.setdefault(r["security_group_id"], []).append(rule)
-    filters: list[PortFilter] = []
-    used_groups: set[str] = set()
-    for pid in sorted(index):
-        p = local[pid]
-        mac = (p.get("mac_address") or "").lower()
-        addrs = port_addresses(p)
-        macs = tuple(sorted({mac, *(m for m, _ in addrs)} - {""}))
-        pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
-        groups = tuple(sorted(g for g in dict.fromkeys(p.get("security_groups") or ()) if g in sgs))
-        used_groups.update(groups)
-        stateful = not groups or any(sgs[g].get("stateful", True) is not False for g in groups)
-        filters.append(PortFilter(pid, naming.tap_name(pid), naming.bridge_name(p["network_id"]), index[pid],
-                                  macs, pairs, groups, stateful))
+        rules_by_group.setdefault(r.security_group_id, []).append(rule)
+    filters = [port_filter(local[pid], index[pid], v.security_groups) for pid in sorted(index)]
+    used_groups = {g for f in filters for g in f.groups}
     group_rules = tuple(GroupRules(g, d, tuple(r for r in rules_by_group.get(g, ()) if r.direction == d))
                         for g in sorted(used_groups) for d in ("ingress", "egress"))
     remote = {r.remote_group for gr in group_rules for r in gr.rules if r.remote_group}
     members: dict[str, frozenset[str]] = {}
     for g in sorted(remote):
-        members[g] = collapse(a for p in ports.values() if g in (p.get("security_groups") or ())
-                              for _, a in port_addresses(p))
+        members[g] = collapse(a for p in v.ports.values() if g in p.security_groups for _, a in port_addresses(p))
     return Firewall(tuple(filters), frozenset(open_ports), group_rules, members,
                     tuple(sorted((naming.bridge_name(n), z) for n, z in zones.items())),
                     tuple(ignored), tuple(sorted(set(local) - set(index))))
@@ -443,14 +456,17 @@ def _group_chain(g: GroupRules) -> NftChain:
     return NftChain(g.chain, tuple(_rule(r.match_text(), "accept", "sg:" + r.rule_id) for r in g.rules), ordered=False)
 
 
-def _vmap(key: str, entries: list[tuple[str, str]]) -> list[NftRule]:
-    if not entries:
-        return []
-    body = ", ".join(f"{k} : jump {c}" for k, c in entries)
-    return [_rule("", f"{key} vmap {{ {body} }}", "dispatch")]
+def _dispatch(key: str, name: str) -> tuple[NftRule, ...]:
+    """The one rule of a dispatch base chain: a lookup in its verdict map."""
+    return (_rule("", f"{key} vmap @{name}", "dispatch"),)
 
 
-HOST_TABLE = ("arp", "vxnet_host")
+def _vmap(name: str, key_type: str, entries: Iterable[tuple[str, str]]) -> NftSet:
+    """A dispatch map: key -> `jump chain`."""
+    return NftSet(name, f"{key_type} : verdict", frozenset(f"{k} : jump {c}" for k, c in entries), "", "map")
+
+
+HOST_TABLE = naming.HOST_TABLE
 HOST_GUARD = 'iifname "vxb-*"'   # naming.BRIDGE_PREFIX: traffic a tenant bridge hands to the host itself
 
 
@@ -465,9 +481,11 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     traffic and the bridge's own ARP suppression never pass these input hooks."""
     # No mark reset on entry: frames reach a bridge with mark 0 (crossing a namespace scrubs
     # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
-    ps_chains = [NftChain("pre", tuple(_vmap("iifname", [(f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports])),
+    ps_maps = (_vmap("pre_ports", "ifname", ((f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports)),
+               _vmap("out_ports", "ifname", ((f'"{p.tap}"', f"mk_{p.ident}") for p in fw.ports)))
+    ps_chains = [NftChain("pre", _dispatch("iifname", "pre_ports"),
                           "type filter hook prerouting priority -200; policy accept;"),
-                 NftChain("out", tuple(_vmap("oifname", [(f'"{p.tap}"', f"mk_{p.ident}") for p in fw.ports])),
+                 NftChain("out", _dispatch("oifname", "out_ports"),
                           "type filter hook forward priority -100; policy accept;")]
     for p in fw.ports:
         ps_chains += [_ps_chain(p), _mark_chain(p)]
@@ -488,20 +506,20 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     sg_chains = [NftChain("host", (_rule(HOST_GUARD, "drop", "host-guard"),),
                           "type filter hook input priority 0; policy accept;"),
                  NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
-                 NftChain("egress", tuple(_vmap("meta mark and 0x0000ffff",
-                                                [(f"{p.index:#x}", f"eg_{p.ident}") for p in fw.ports])),
+                 NftChain("egress", _dispatch("meta mark and 0x0000ffff", "eg_ports"),
                           "type filter hook forward priority 0; policy accept;"),
-                 NftChain("ingress", tuple(_vmap("meta mark and 0xffff0000",
-                                                 [(f"{p.index << 16:#010x}", f"in_{p.ident}") for p in fw.ports])),
+                 NftChain("ingress", _dispatch("meta mark and 0xffff0000", "in_ports"),
                           "type filter hook forward priority 10; policy accept;")]
+    sg_maps = (_vmap("eg_ports", "mark", ((f"{p.index:#010x}", f"eg_{p.ident}") for p in fw.ports)),
+               _vmap("in_ports", "mark", ((f"{p.index << 16:#010x}", f"in_{p.ident}") for p in fw.ports)))
     sg_chains += [_group_chain(g) for g in fw.groups]
     for p in fw.ports:
         sg_chains += [_port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress")]
     sets = tuple(NftSet(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
-                 for g in sorted({r.remote_group for g in fw.groups for r in g.rules if r.remote_group}))
+                 for g in sorted({r.remote_group for g in fw.groups for r in g.rules if r.remote_group})) + sg_maps
     host = NftTable(*HOST_TABLE, (NftChain("in", (_rule(HOST_GUARD, "drop", "host-guard"),),
                                            "type filter hook input priority 0; policy accept;"),))
-    return (NftTable(*PS_TABLE, tuple(ps_chains)), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
+    return (NftTable(*PS_TABLE, tuple(ps_chains), ps_maps), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
 
 
 def table_text(t: NftTable) -> str:
@@ -512,14 +530,12 @@ def table_text(t: NftTable) -> str:
 
 
 def table_body(t: NftTable) -> list[str]:
-    """Commands creating the sets, chains and rules of `t` in an existing empty table."""
-    lines = []
-    for s in t.sets:
-        lines.append(f"add set {t.family} {t.name} {s.name} {{ type {s.type}; flags {s.flags}; }}")
-        if s.elements:
-            lines.append(f"add element {t.family} {t.name} {s.name} {_set_text(s.elements)}")
+    """Commands creating the sets, chains and rules of `t` in an existing empty table (chains
+    before set and map elements: a map element jumps to a chain, which must exist)."""
+    lines = [f"add {s.kind} {t.family} {t.name} {s.name} {s.declaration()}" for s in t.sets]
     for c in t.chains:
         lines.append(f"add chain {t.family} {t.name} {c.name}" + (f" {{ {c.hook} }}" if c.hook else ""))
+    lines += [f"add element {t.family} {t.name} {s.name} {_set_text(s.elements)}" for s in t.sets if s.elements]
     for c in t.chains:
         lines += [f"add rule {t.family} {t.name} {c.name} {r.text}" for r in c.rules]
     return lines

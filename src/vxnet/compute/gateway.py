@@ -34,15 +34,13 @@ from typing import Any
 
 from vxnet.compute import naming
 from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Plug
-
-View = Mapping[str, Mapping[str, Mapping[str, Any]]]
+from vxnet.model import Port, Router, Subnet, View, as_view
 
 GW_OWNER = "network:router_gateway"
 SNAT_OWNER = "network:router_centralized_snat"
 INTF_OWNERS = ("network:router_interface", "network:router_interface_distributed")
-NETNS_PREFIX = "vxs-"
-NAT_TABLE = "vxnet_nat"
-DEFAULT_MTU = 1450
+NETNS_PREFIX = naming.SNAT_NS_PREFIX
+NAT_TABLE = naming.NAT_TABLE[1]
 
 
 def router_netns(router_id: str, host: str) -> str:
@@ -110,112 +108,92 @@ class ExternalBridge:
 
 @dataclasses.dataclass(frozen=True)
 class GatewayDesired:
-    """Shaped like `agent.features.FeatureDesired` (its `l2` part is merged into the L2 state);
-    not a subclass so that this pure layer imports nothing from the agent."""
+    """A gateway host's desired state (its `l2` part is merged into `HostDesired.l2`)."""
 
-    l2: HostState = HostState()
+    l2: HostState = dataclasses.field(default_factory=HostState)
     host: str = ""
     externals: tuple[ExternalBridge, ...] = ()
     routers: tuple[GatewayRouter, ...] = ()
 
 
-def _is_flat_external(net: Mapping[str, Any]) -> bool:
-    return bool(net.get("router:external")) and net.get("provider:network_type") == "flat"
-
-
-def _ipv4(port: Mapping[str, Any], subnets: Mapping[str, Mapping[str, Any]]) -> tuple[str, Mapping[str, Any]] | None:
+def _ipv4(port: Port, subnets: Mapping[str, Subnet]) -> tuple[str, Subnet] | None:
     """The port's first IPv4 address with its (known) subnet."""
-    for fip in port.get("fixed_ips") or ():
-        sub = subnets.get(fip.get("subnet_id", ""))
-        if sub is None:
-            continue
-        try:
-            addr = ipaddress.ip_address(fip.get("ip_address", ""))
-        except ValueError:
-            continue
-        if addr.version == 4:
-            return str(addr), sub
+    for f in port.ipv4:
+        sub = subnets.get(f.subnet_id)
+        if sub is not None:
+            return str(ipaddress.ip_address(f.ip_address)), sub
     return None
 
 
-def _leg(pid: str, port: Mapping[str, Any], inner: str, ip: str, sub: Mapping[str, Any], mtu: int) -> Leg:
-    prefix = ipaddress.ip_network(sub["cidr"]).prefixlen
-    return Leg(pid, naming.tap_name(pid), inner, (port.get("mac_address") or "").lower(), f"{ip}/{prefix}", mtu)
+def _leg(port: Port, inner: str, ip: str, sub: Subnet, mtu: int) -> Leg:
+    prefix = ipaddress.ip_network(sub.cidr).prefixlen
+    return Leg(port.id, naming.tap_name(port.id), inner, port.mac, f"{ip}/{prefix}", mtu)
 
 
-def _router(rid: str, rtr: Mapping[str, Any], gw_id: str, gw_port: Mapping[str, Any], view: View,
-            host: str) -> GatewayRouter | None:
-    networks, subnets, ports = view.get("networks", {}), view.get("subnets", {}), view.get("ports", {})
-    found = _ipv4(gw_port, subnets)
-    ext = networks.get(gw_port.get("network_id", ""))
+def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | None:
+    rid = rtr.id
+    found = _ipv4(gw_port, v.subnets)
+    ext = v.networks.get(gw_port.network_id)
     if found is None or ext is None:
         return None
     gw_ip, ext_sub = found
-    gw = _leg(gw_id, gw_port, "qg-" + rid[:naming.ID_CHARS], gw_ip, ext_sub, int(ext.get("mtu") or DEFAULT_MTU))
+    gw = _leg(gw_port, naming.GATEWAY_IFACE_PREFIX + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu)
     legs: list[Leg] = []
     cidrs: set[str] = set()
-    for pid in sorted(ports):
-        p = ports[pid]
-        if p.get("device_id") != rid:
+    for pid in sorted(v.ports):
+        p = v.ports[pid]
+        if p.device_id != rid:
             continue
-        owner = p.get("device_owner")
-        if owner in INTF_OWNERS:
-            for f in p.get("fixed_ips") or ():
-                sub = subnets.get(f.get("subnet_id", ""))
-                if sub is not None and ipaddress.ip_network(sub["cidr"]).version == 4:
-                    cidrs.add(sub["cidr"])
-        elif owner == SNAT_OWNER and p.get("binding:host_id") == host and p.get("admin_state_up", True) is not False:
-            got = _ipv4(p, subnets)
-            net = networks.get(p.get("network_id", ""))
+        if p.device_owner in INTF_OWNERS:
+            for f in p.fixed_ips:
+                sub = v.subnets.get(f.subnet_id)
+                if sub is not None and ipaddress.ip_network(sub.cidr).version == 4:
+                    cidrs.add(sub.cidr)
+        elif p.device_owner == SNAT_OWNER and p.host == host and p.admin_up:
+            got = _ipv4(p, v.subnets)
+            net = v.networks.get(p.network_id)
             if got is not None and net is not None:
-                legs.append(_leg(pid, p, "sg-" + pid[:naming.ID_CHARS], got[0], got[1],
-                                 int(net.get("mtu") or DEFAULT_MTU)))
+                legs.append(_leg(p, naming.SNAT_IFACE_PREFIX + pid[:naming.ID_CHARS], got[0], got[1], net.mtu))
     connected = [ipaddress.ip_network(leg.cidr, strict=False) for leg in (gw, *legs)]
     routes = []
-    for r in rtr.get("routes") or ():
+    for r in rtr.routes:
         try:
-            hop = ipaddress.ip_address(r["nexthop"])
-            dest = ipaddress.ip_network(r["destination"], strict=False)
-        except (KeyError, ValueError):
+            hop = ipaddress.ip_address(r.nexthop)
+            dest = ipaddress.ip_network(r.destination, strict=False)
+        except ValueError:
             continue
         if hop.version == 4 and dest.version == 4 and any(hop in n for n in connected):
             routes.append((str(dest), str(hop)))
-    fips = []
-    for f in view.get("floatingips", {}).values():
-        if f.get("router_id") == rid and f.get("port_id") and f.get("fixed_ip_address") and f.get("floating_ip_address"):
-            fips.append(FloatingNat(f["floating_ip_address"], f["fixed_ip_address"]))
-    info = rtr.get("external_gateway_info") or {}
-    return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.get("gateway_ip") or None, tuple(sorted(legs)),
-                         tuple(sorted(cidrs)), info.get("enable_snat", True) is not False,
-                         tuple(sorted(set(fips))), tuple(sorted(set(routes))))
+    fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in v.floatingips.values()
+            if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address}
+    return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
+                         tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))))
 
 
-def compute_gateway(view: View, host: str, external_interface: str | None) -> GatewayDesired:
+def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
+                    external_interface: str | None) -> GatewayDesired:
     """Desired gateway state of `host` (see the module contract)."""
-    networks, ports, routers = view.get("networks", {}), view.get("ports", {}), view.get("routers", {})
-    flat = sorted((nid for nid, n in networks.items() if _is_flat_external(n)),
-                  key=lambda nid: (networks[nid].get("provider:physical_network") != "external", nid))
+    v = as_view(view)
+    flat = sorted((nid for nid, n in v.networks.items() if n.is_flat_external),
+                  key=lambda nid: (v.networks[nid].physical_network != "external", nid))
     externals = tuple(ExternalBridge(nid, naming.bridge_name(nid), external_interface if i == 0 else None)
                       for i, nid in enumerate(flat))
-    bridges = {Bridge(naming.bridge_name(nid), naming.bridge_mac(nid, host), int(networks[nid].get("mtu") or DEFAULT_MTU))
-               for nid in flat}
+    bridges = {Bridge(naming.bridge_name(nid), naming.bridge_mac(nid, host), v.networks[nid].mtu) for nid in flat}
     out: list[GatewayRouter] = []
     plugs, fdb, local = set(), set(), set()
-    for pid in sorted(ports):
-        p = ports[pid]
-        rid = p.get("device_id", "")
-        if p.get("device_owner") != GW_OWNER or p.get("binding:host_id") != host or rid not in routers:
+    for pid in sorted(v.ports):
+        p = v.ports[pid]
+        rtr = v.routers.get(p.device_id)
+        if p.device_owner != GW_OWNER or p.host != host or rtr is None or p.network_id not in flat:
             continue
-        if p.get("network_id") not in flat:
-            continue
-        r = _router(rid, routers[rid], pid, p, view, host)
+        r = _router(rtr, p, v, host)
         if r is None:
             continue
         out.append(r)
-        br = naming.bridge_name(p["network_id"])
+        br = naming.bridge_name(p.network_id)
         plugs.add(Plug(r.gw.tap, br, r.gw.mtu))
         fdb.add(Fdb(r.gw.tap, r.gw.mac))
-        local.add(LocalPort(pid, r.gw.tap, p["network_id"], br, r.gw.mac))
+        local.add(LocalPort(pid, r.gw.tap, p.network_id, br, r.gw.mac))
     l2 = HostState(bridges=frozenset(bridges), plugs=frozenset(plugs), fdb=frozenset(fdb), local_ports=frozenset(local))
     return GatewayDesired(l2=l2, host=host, externals=externals, routers=tuple(sorted(out)))
 

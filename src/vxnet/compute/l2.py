@@ -1,8 +1,8 @@
 """View of one host -> its desired L2 state (bridges, VXLAN devices, plugs, FDB, neighbours).
 
 Contract: `compute_l2(view, host, underlay_ip)` is a pure function of its arguments. The view is
-the agent's copy of the server's per-host view (`{"networks": {id: obj}, "ports": {...},
-"hosts": {name: {"underlay_ip": ...}}, ...}`, objects as the Neutron admin representation).
+the agent's typed copy of the server's per-host view (`vxnet.model.View`; a raw view is parsed
+at the call).
 
 Rules (KERNEL-NOTES §2-3):
 - Every VXLAN network in the view gets a bridge (explicit MAC) and a VXLAN device (its VNI,
@@ -22,115 +22,96 @@ Rules (KERNEL-NOTES §2-3):
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
 
 from vxnet.compute import naming
-from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Neigh, Plug, Vxlan
+from vxnet.compute.memo import PartsMemo
+from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Neigh, Plug, Vxlan, merge
+from vxnet.model import Host, Network, Port, View, as_view
+from vxnet.model.resources import DEFAULT_MTU
 
-View = Mapping[str, Mapping[str, Mapping[str, Any]]]
-
-DEFAULT_MTU = 1450
-
-
-def _is_vxlan(net: Mapping[str, Any]) -> bool:
-    return (net.get("provider:network_type") or "vxlan") == "vxlan" and net.get("provider:segmentation_id") is not None
+__all__ = ["DEFAULT_MTU", "L2Cache", "compute_l2", "merge", "network_l2", "ports_by_network"]
 
 
-def _ipv4s(port: Mapping[str, Any]) -> list[str]:
-    out = []
-    for fip in port.get("fixed_ips") or ():
-        try:
-            addr = ipaddress.ip_address(fip.get("ip_address", ""))
-        except ValueError:
-            continue
-        if addr.version == 4:
-            out.append(str(addr))
-    return out
+@functools.lru_cache(maxsize=32768)
+def _port_l2(port: Port, vtep: str, host: str, underlay_ip: str, br: str, vx: str,
+             mtu: int) -> tuple[LocalPort | None, tuple[Plug, ...], tuple[Fdb, ...], bool]:
+    """One port's entries: (its LocalPort, plugs, FDB entries, whether its IPs get neighbour
+    entries). Memoized on its (hashable, frozen) inputs: a pass builds entries only for the
+    ports that changed."""
+    if port.host == host:
+        local = LocalPort(port.id, naming.tap_name(port.id), port.network_id, br, port.mac)
+        if not port.admin_up:
+            return local, (), (), False    # known, reported DOWN, but not on the network
+        return local, (Plug(local.tap, br, mtu),), (Fdb(local.tap, port.mac),), True
+    if not port.host or not port.admin_up or not vtep or vtep == underlay_ip:
+        return None, (), (), False
+    return None, (), (Fdb(vx, port.mac, vtep), Fdb(vx, port.mac)), True
 
 
-def _network_l2(nid: str, net: Mapping[str, Any], ports: list[tuple[str, Mapping[str, Any]]],
-                hosts: Mapping[str, Mapping[str, Any]], host: str, underlay_ip: str) -> HostState:
+def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host: str,
+               underlay_ip: str) -> HostState:
     """The part of the host state that belongs to one network (`ports` sorted by id)."""
-    mtu = int(net.get("mtu") or DEFAULT_MTU)
+    nid, mtu = net.id, net.mtu
     br, vx = naming.bridge_name(nid), naming.vxlan_name(nid)
-    plugs: set[Plug] = set()
-    fdb: set[Fdb] = set()
-    neighs: set[Neigh] = set()
-    local: set[LocalPort] = set()
+    plugs: list[Plug] = []
+    fdb: list[Fdb] = []
+    neighs: list[Neigh] = []
+    local: list[LocalPort] = []
     seen_mac: set[str] = set()
     seen_ip: set[str] = set()
-    for pid, port in ports:
-        mac = (port.get("mac_address") or "").lower()
+    for port in ports:
+        mac = port.mac
         if not mac or mac in seen_mac:
             continue
         seen_mac.add(mac)
-        bound = port.get("binding:host_id") or ""
-        admin_up = port.get("admin_state_up", True) is not False
-        if bound == host:
-            tap = naming.tap_name(pid)
-            local.add(LocalPort(pid, tap, nid, br, mac))
-            if not admin_up:
-                continue          # known, reported DOWN, but not on the network
-            plugs.add(Plug(tap, br, mtu))
-            fdb.add(Fdb(tap, mac))
-        elif bound and not admin_up:
-            continue
-        elif bound:
-            vtep = (hosts.get(bound) or {}).get("underlay_ip")
-            if not vtep or vtep == underlay_ip:
-                continue
-            fdb.add(Fdb(vx, mac, vtep))
-            fdb.add(Fdb(vx, mac))
-        else:
-            continue
-        for ip in _ipv4s(port):
-            if ip not in seen_ip:
-                seen_ip.add(ip)
-                neighs.add(Neigh(br, ip, mac))
+        remote = hosts.get(port.host) if port.host != host else None
+        lp, pl, fd, on_net = _port_l2(port, remote.underlay_ip if remote is not None else "", host, underlay_ip,
+                                      br, vx, mtu)
+        if lp is not None:
+            local.append(lp)
+        plugs += pl
+        fdb += fd
+        if on_net:
+            for f in port.ipv4:
+                if f.ip_address not in seen_ip:
+                    seen_ip.add(f.ip_address)
+                    neighs.append(_neigh(br, f.ip_address, mac))
+    assert net.segmentation_id is not None
     return HostState(frozenset({Bridge(br, naming.bridge_mac(nid, host), mtu)}),
-                     frozenset({Vxlan(vx, int(net["provider:segmentation_id"]), underlay_ip, br, mtu,
-                                      naming.VXLAN_PORT)}),
+                     frozenset({Vxlan(vx, net.segmentation_id, underlay_ip, br, mtu, naming.VXLAN_PORT)}),
                      frozenset(plugs), frozenset(fdb), frozenset(neighs), frozenset(local))
 
 
-def _ports_by_network(view: View) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:
-    networks = view.get("networks", {})
-    out: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
-    ports = view.get("ports", {})
-    for pid in sorted(ports):
-        port = ports[pid]
-        nid = port.get("network_id")
-        if nid in networks:
-            out.setdefault(nid, []).append((pid, port))
+@functools.lru_cache(maxsize=32768)
+def _neigh(br: str, ip: str, mac: str) -> Neigh:
+    return Neigh(br, ip, mac)
+
+
+def ports_by_network(view: View) -> dict[str, list[Port]]:
+    """The view's ports on networks of the view, by network, sorted by port id."""
+    out: dict[str, list[Port]] = {}
+    for pid in sorted(view.ports):
+        port = view.ports[pid]
+        if port.network_id in view.networks:
+            out.setdefault(port.network_id, []).append(port)
     return out
 
 
-def merge(parts: list[HostState]) -> HostState:
-    """The union of per-network states."""
-    if not parts:
-        return HostState()
-    return HostState(*(frozenset().union(*(getattr(p, f) for p in parts))
-                       for f in ("bridges", "vxlans", "plugs", "fdb", "neighs", "local_ports")))
-
-
-def compute_l2(view: View, host: str, underlay_ip: str) -> HostState:
+def compute_l2(view: View | Mapping[str, Mapping[str, object]], host: str, underlay_ip: str) -> HostState:
     """Desired L2 state of `host` given its view; pure (the reference `L2Cache` must equal)."""
-    networks = view.get("networks", {})
-    hosts = view.get("hosts", {})
-    grouped = _ports_by_network(view)
-    return merge([_network_l2(nid, net, grouped.get(nid, []), hosts, host, underlay_ip)
-                  for nid, net in networks.items() if _is_vxlan(net)])
+    v = as_view(view)
+    grouped = ports_by_network(v)
+    return merge([network_l2(net, grouped.get(nid, []), v.hosts, host, underlay_ip)
+                  for nid, net in v.networks.items() if net.is_vxlan])
 
 
 class L2Cache:
     """`compute_l2` recomputing only the networks whose inputs changed.
 
     A network's part is reused when its network object, its ports (same objects, same order)
-    and the hosts table are the very same objects as last time: view updates replace the
-    objects they change and keep the others (`compute.view`), so identity means "unchanged".
-    The cache holds the input objects, so an id is never reused while cached. Reusing the
+    and the hosts table are the very same objects as last time (`compute.memo`). Reusing the
     same entry objects also makes the reconciler's set comparisons cheap (identity first).
     Result always equals `compute_l2(view, host, underlay_ip)` (tested).
     """
@@ -138,26 +119,18 @@ class L2Cache:
     def __init__(self, host: str, underlay_ip: str) -> None:
         self.host = host
         self.underlay_ip = underlay_ip
-        self._parts: dict[str, tuple[tuple[object, ...], HostState]] = {}
-        self.recomputed = 0      # networks recomputed by the last call (observability, tests)
+        self._memo: PartsMemo[HostState, HostState] = PartsMemo(merge)
 
-    def compute(self, view: View) -> HostState:
-        networks = view.get("networks", {})
-        hosts = view.get("hosts", {})
-        grouped = _ports_by_network(view)
-        parts: dict[str, tuple[tuple[object, ...], HostState]] = {}
-        self.recomputed = 0
-        for nid, net in networks.items():
-            if not _is_vxlan(net):
-                continue
-            ports = grouped.get(nid, [])
-            inputs = (net, hosts, *[p for _, p in ports])
-            cached = self._parts.get(nid)
-            if cached is not None and len(cached[0]) == len(inputs) and all(
-                    a is b for a, b in zip(cached[0], inputs, strict=True)):
-                parts[nid] = cached
-                continue
-            self.recomputed += 1
-            parts[nid] = (inputs, _network_l2(nid, net, ports, hosts, self.host, self.underlay_ip))
-        self._parts = parts
-        return merge([state for _, state in parts.values()])
+    @property
+    def recomputed(self) -> int:
+        """Networks recomputed by the last call."""
+        return self._memo.recomputed
+
+    def compute(self, view: View | Mapping[str, Mapping[str, object]]) -> HostState:
+        v = as_view(view)
+        grouped = ports_by_network(v)
+
+        def part(net: Network, ports: list[Port]) -> tuple[str, tuple[object, ...], Callable[[], HostState]]:
+            return net.id, (net, v.hosts, *ports), lambda: network_l2(net, ports, v.hosts, self.host, self.underlay_ip)
+
+        return self._memo.compute(part(net, grouped.get(nid, [])) for nid, net in v.networks.items() if net.is_vxlan)

@@ -9,6 +9,9 @@ Invariants:
   responder's port, a router namespace's leg on a network): named `vxp` + a kind letter + 11
   characters of an id. The L2 reconciler plugs them like taps; the feature that created one
   deletes it (the L2 links driver never does).
+- Every ownership mark is defined here, so that an agent restarted with no memory recognises
+  (and cleans up) exactly its own objects: link prefixes, namespace prefixes, nftables tables,
+  route protocol numbers. Modules use these constants, never their own literals.
 """
 
 from __future__ import annotations
@@ -23,6 +26,26 @@ PLUG_PREFIXES = (TAP_PREFIX, SERVICE_PREFIX)
 OWNED_PREFIXES = (BRIDGE_PREFIX, VXLAN_PREFIX)
 ID_CHARS = 11
 VXLAN_PORT = 4789
+
+# Features' service ports (`service_port_name` kinds) and their other devices.
+DHCP_KIND = "d"                       # vxpd<network>: the DHCP responder's bridge side
+ROUTER_KIND = "r"                     # vxpr<port>: a router namespace's leg, bridge side
+DHCP_DEVICE_PREFIX = "vxdr"           # vxdr<network>: the DHCP responder's host side
+# Namespaces (the host name is part of the name: lab hosts share /run/netns).
+ROUTER_NS_PREFIX = "vxr-"             # vxr-<router>-<host>: distributed router
+SNAT_NS_PREFIX = "vxs-"               # vxs-<router>-<host>: a gateway host's SNAT namespace
+ROUTER_IFACE_PREFIX = "qr-"           # inside vxr-: a router leg
+GATEWAY_IFACE_PREFIX = "qg-"          # inside vxs-: the external leg
+SNAT_IFACE_PREFIX = "sg-"             # inside vxs-: a leg on a tenant network
+# nftables tables (family, name): the agent touches no other table.
+PS_TABLE = ("bridge", "vxnet_ps")     # port security, port marks
+SG_TABLE = ("inet", "vxnet_sg")       # security groups, conntrack zones
+HOST_TABLE = ("arp", "vxnet_host")    # the host guard
+DHCP_TABLE = ("bridge", "vxnet_dhcp") # DHCP steering
+NAT_TABLE = ("ip", "vxnet_nat")       # inside vxs- namespaces
+# Routes and rules the agent owns.
+ROUTER_ROUTE_PROTO = 118              # 'v': inside router namespaces
+GATEWAY_ROUTE_PROTO = "static"        # inside SNAT namespaces (the kernel's own are proto kernel)
 
 
 def bridge_name(network_id: str) -> str:

@@ -43,14 +43,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from vxnet.compute import naming
-from vxnet.compute.l2 import DEFAULT_MTU, _is_vxlan
-from vxnet.compute.state import Fdb, HostState, Neigh, Plug
+from vxnet.compute.state import Fdb, HostState, Neigh, Plug, merge
+from vxnet.model import Port, Router, View, as_view
 
-View = Mapping[str, Mapping[str, Mapping[str, Any]]]
-
-NS_PREFIX = "vxr-"
-IFACE_PREFIX = "qr-"
-SERVICE_KIND = "r"
+NS_PREFIX = naming.ROUTER_NS_PREFIX
+IFACE_PREFIX = naming.ROUTER_IFACE_PREFIX
+SERVICE_KIND = naming.ROUTER_KIND
 INTF_OWNERS = frozenset({"network:router_interface", "network:router_interface_distributed"})
 SNAT_OWNER = "network:router_centralized_snat"
 MAIN_TABLE = 254
@@ -151,18 +149,6 @@ class RoutingState:
     l2: HostState = dataclasses.field(default_factory=HostState)
 
 
-def _ipv4_fixed(port: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(subnet id, ip) of the port's IPv4 fixed IPs."""
-    out = []
-    for f in port.get("fixed_ips") or ():
-        try:
-            if ipaddress.ip_address(f.get("ip_address", "")).version == 4:
-                out.append((f.get("subnet_id", ""), f["ip_address"]))
-        except ValueError:
-            continue
-    return out
-
-
 def _tables(port_ids: list[str]) -> dict[str, int]:
     """Deterministic, collision-free table numbers for a router's interfaces."""
     used: set[int] = set()
@@ -177,51 +163,43 @@ def _tables(port_ids: list[str]) -> dict[str, int]:
     return out
 
 
-def _is_vm(port: Mapping[str, Any]) -> bool:
-    return not (port.get("device_owner") or "").startswith("network:")
-
-
 def _routers_needed(view: View, host: str) -> set[str]:
     """Routers with an interface on a network where this host has a VM."""
-    ports = view.get("ports", {})
-    vm_nets = {p.get("network_id") for p in ports.values() if p.get("binding:host_id") == host and _is_vm(p)}
-    return {p["device_id"] for p in ports.values()
-            if p.get("device_owner") in INTF_OWNERS and p.get("device_id") and p.get("network_id") in vm_nets}
+    vm_nets = {p.network_id for p in view.ports.values() if p.host == host and not p.is_infra}
+    return {p.device_id for p in view.ports.values()
+            if p.device_owner in INTF_OWNERS and p.device_id and p.network_id in vm_nets}
 
 
-def _router(rid: str, router: Mapping[str, Any], ifaces: list[tuple[str, Mapping[str, Any]]],
-            snat: list[Mapping[str, Any]], view: View, host: str) -> tuple[RouterNs, HostState]:
-    networks, subnets = view.get("networks", {}), view.get("subnets", {})
+def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
+            host: str) -> tuple[RouterNs, HostState]:
     legs: list[RouterIface] = []
     cidr_of_leg: list[tuple[ipaddress.IPv4Network, RouterIface, str]] = []   # (subnet, leg, subnet id)
-    for pid, port in ifaces:
-        net = networks.get(port.get("network_id"))
-        mac = (port.get("mac_address") or "").lower()
-        if net is None or not _is_vxlan(net) or not mac:
+    for port in ifaces:
+        net = view.networks.get(port.network_id)
+        if net is None or not net.is_vxlan or not port.mac:
             continue
         addrs = []
         nets_here = []
-        for sid, ip in _ipv4_fixed(port):
-            sub = subnets.get(sid)
+        for f in port.ipv4:
+            sub = view.subnets.get(f.subnet_id)
             if sub is None:
                 continue
-            cidr = ipaddress.ip_network(sub["cidr"], strict=False)
-            addrs.append(f"{ip}/{cidr.prefixlen}")
-            nets_here.append((cidr, sid))
+            cidr = ipaddress.ip_network(sub.cidr, strict=False)
+            addrs.append(f"{f.ip_address}/{cidr.prefixlen}")
+            nets_here.append((cidr, f.subnet_id))
         if not addrs:
             continue
-        leg = RouterIface(pid, iface_name(pid), service_port(pid), port["network_id"],
-                          naming.bridge_name(port["network_id"]), mac, tuple(sorted(addrs)),
-                          int(net.get("mtu") or DEFAULT_MTU))
+        leg = RouterIface(port.id, iface_name(port.id), service_port(port.id), port.network_id,
+                          naming.bridge_name(port.network_id), port.mac, tuple(sorted(addrs)), net.mtu)
         legs.append(leg)
         cidr_of_leg.extend((c, leg, sid) for c, sid in nets_here)
 
     routes: set[Route] = set()
-    for r in router.get("routes") or ():
+    for r in router.routes:
         try:
-            dst = ipaddress.ip_network(r["destination"], strict=False)
-            hop = ipaddress.ip_address(r["nexthop"])
-        except (KeyError, ValueError):
+            dst = ipaddress.ip_network(r.destination, strict=False)
+            hop = ipaddress.ip_address(r.nexthop)
+        except ValueError:
             continue
         if dst.version != 4 or hop.version != 4:
             continue
@@ -232,9 +210,9 @@ def _router(rid: str, router: Mapping[str, Any], ifaces: list[tuple[str, Mapping
     rules: set[Rule] = set()
     tables = _tables([lg.port_id for lg in legs])
     snat_ip: dict[str, str] = {}
-    for p in sorted(snat, key=lambda p: p.get("id", "")):
-        for sid, ip in _ipv4_fixed(p):
-            snat_ip.setdefault(sid, ip)
+    for p in sorted(snat, key=lambda p: p.id):
+        for f in p.ipv4:
+            snat_ip.setdefault(f.subnet_id, f.ip_address)
     for cidr, leg, sid in cidr_of_leg:
         hop = snat_ip.get(sid)
         if hop is None or ipaddress.ip_address(hop) not in cidr:
@@ -244,7 +222,8 @@ def _router(rid: str, router: Mapping[str, Any], ifaces: list[tuple[str, Mapping
         rules.add(Rule(SNAT_PRIORITY, str(cidr), table))
         routes.add(Route("0.0.0.0/0", hop, leg.name, table))
 
-    ns = RouterNs(rid, netns_name(rid, host), tuple(sorted(legs)), tuple(sorted(routes)), tuple(sorted(rules)))
+    ns = RouterNs(router.id, netns_name(router.id, host), tuple(sorted(legs)), tuple(sorted(routes)),
+                  tuple(sorted(rules)))
     l2 = HostState(
         plugs=frozenset(Plug(lg.service_port, lg.bridge, lg.mtu) for lg in legs),
         fdb=frozenset(Fdb(lg.service_port, lg.mac) for lg in legs),
@@ -253,35 +232,28 @@ def _router(rid: str, router: Mapping[str, Any], ifaces: list[tuple[str, Mapping
     return ns, l2
 
 
-def compute_routing(view: View, host: str) -> RoutingState:
+def compute_routing(view: View | Mapping[str, Mapping[str, Any]], host: str) -> RoutingState:
     """The router namespaces `host` needs and their L2 entries (pure)."""
-    routers = view.get("routers", {})
-    ports = view.get("ports", {})
-    needed = _routers_needed(view, host)
-    ifaces: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
-    snat: dict[str, list[Mapping[str, Any]]] = {}
-    for pid in sorted(ports):
-        p = ports[pid]
-        rid = p.get("device_id")
-        if rid not in needed:
+    v = as_view(view)
+    needed = _routers_needed(v, host)
+    ifaces: dict[str, list[Port]] = {}
+    snat: dict[str, list[Port]] = {}
+    for pid in sorted(v.ports):
+        p = v.ports[pid]
+        if p.device_id not in needed:
             continue
-        if p.get("device_owner") in INTF_OWNERS:
-            ifaces.setdefault(rid, []).append((pid, p))
-        elif p.get("device_owner") == SNAT_OWNER:
-            snat.setdefault(rid, []).append(p)
+        if p.device_owner in INTF_OWNERS:
+            ifaces.setdefault(p.device_id, []).append(p)
+        elif p.device_owner == SNAT_OWNER:
+            snat.setdefault(p.device_id, []).append(p)
     out: list[RouterNs] = []
     l2: list[HostState] = []
     for rid in sorted(needed):
-        router = routers.get(rid)
-        if router is None or router.get("admin_state_up", True) is False:
+        router = v.routers.get(rid)
+        if router is None or not router.admin_up:
             continue
-        ns, part = _router(rid, router, ifaces.get(rid, []), snat.get(rid, []), view, host)
+        ns, part = _router(router, ifaces.get(rid, []), snat.get(rid, []), v, host)
         if ns.ifaces:
             out.append(ns)
             l2.append(part)
-    merged = HostState(
-        plugs=frozenset().union(*(p.plugs for p in l2)),
-        fdb=frozenset().union(*(p.fdb for p in l2)),
-        neighs=frozenset().union(*(p.neighs for p in l2)),
-    )
-    return RoutingState(tuple(sorted(out, key=lambda r: r.netns)), merged)
+    return RoutingState(tuple(sorted(out, key=lambda r: r.netns)), merge(l2))

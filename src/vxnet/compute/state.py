@@ -123,3 +123,14 @@ class HostState:
 def index(entries: Iterable[object]) -> dict[Hashable, object]:
     """Entries by key."""
     return {e.key: e for e in entries}  # type: ignore[attr-defined]
+
+
+def merge(parts: Iterable[HostState]) -> HostState:
+    """The union of partial host states (per network, per feature)."""
+    parts = list(parts)
+    if not parts:
+        return HostState()
+    if len(parts) == 1:
+        return parts[0]
+    return HostState(*(frozenset().union(*(getattr(p, f.name) for p in parts))
+                       for f in dataclasses.fields(HostState)))

@@ -4,6 +4,11 @@ Messages are those of the agent <-> server contract: `snapshot` replaces the vie
 puts and deletes objects by kind and id, `ping` only advances the revision. A message whose
 revision is not newer than the view's is ignored (a replay after a reconnect), so applying the
 same stream twice gives the same view.
+
+Objects are parsed into their typed form (`vxnet.model`) here, once, when they arrive; the
+buckets hold typed objects, and `ViewState.view` wraps them as a `model.View` without copying.
+An update replaces only the objects it carries, so an unchanged object stays the very same
+Python object from one view to the next (what the incremental caches key on).
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-KINDS = ("hosts", "networks", "subnets", "ports", "routers", "floatingips", "security_groups",
-         "security_group_rules")
+from vxnet.model import KINDS, View, parse
+from vxnet.model.view import _EMPTY, parse_bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +32,11 @@ class ViewState:
     def size(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.data.items()}
 
+    @property
+    def view(self) -> View:
+        """The typed view (the buckets themselves: no copy)."""
+        return View(**{k: self.data.get(k, _EMPTY) for k in KINDS})
+
 
 def apply_message(state: ViewState, msg: Mapping[str, Any]) -> ViewState:
     """The view after one stream message."""
@@ -34,7 +44,7 @@ def apply_message(state: ViewState, msg: Mapping[str, Any]) -> ViewState:
     rev = int(msg.get("revision") or 0)
     if kind == "snapshot":
         view = msg.get("view") or {}
-        data = {k: dict(view.get(k) or {}) for k in set(KINDS) | set(view) if k != "host"}
+        data = {k: parse_bucket(k, view.get(k) or {}) for k in set(KINDS) | set(view) if k != "host"}
         return ViewState(rev, True, data)
     if kind == "update":
         if rev <= state.revision and state.complete:
@@ -44,7 +54,7 @@ def apply_message(state: ViewState, msg: Mapping[str, Any]) -> ViewState:
         for k in set(put) | set(delete):
             data[k] = dict(data.get(k) or {})
         for k, objs in put.items():
-            data[k].update(objs)
+            data[k].update((i, parse(k, i, o)) for i, o in objs.items())
         for k, ids in delete.items():
             for i in ids:
                 data[k].pop(i, None)

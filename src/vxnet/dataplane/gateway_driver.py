@@ -29,6 +29,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 
+from vxnet.compute import naming
 from vxnet.compute.gateway import (
     ExternalBridge,
     GatewayRouter,
@@ -41,7 +42,7 @@ from vxnet.compute.state import Bridge
 log = logging.getLogger("vxnet.dataplane.gateway")
 
 NETNS_DIR = "/run/netns"
-ROUTE_PROTO = "static"    # routes we add; the kernel's connected routes are proto kernel
+ROUTE_PROTO = naming.GATEWAY_ROUTE_PROTO   # routes we add; the kernel's connected routes are proto kernel
 
 
 class GatewayError(Exception):

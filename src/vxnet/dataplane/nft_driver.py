@@ -23,10 +23,9 @@ Contract:
   transaction, nothing at all was committed since, and the kernel is not read.
 - `NftError` on failure (nothing was applied: transactions are all or nothing); the next
   `apply` starts from the kernel again.
-- Transactions go through libnftables in-process (ctypes; ~1 ms instead of ~15 ms for an `nft`
-  process, which would sit on every port-up's critical path), in a worker thread that entered
-  the host namespace (`setns` is per thread) when `netns` is set; without libnftables, `nft -f -`
-  (`ip netns exec NS nft ...`). Listings (adoption, handles) too; `counters()` runs `nft -j`.
+- Transactions and listings go through the one executor (`dataplane/nft_exec.py`: libnftables
+  in-process, else the `nft` program), in a worker thread that entered the host namespace
+  (`setns` is per thread) when `netns` is set; `counters()` runs `nft -j`.
 - `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
   (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
   packet meets the rules again instead of `ct established`.
@@ -52,15 +51,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vxnet.compute.firewall import NftChain, NftTable, table_text
+from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_TERSE, NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
 _COMMENT = re.compile(r'comment "(vxnet:[^"]*)"')
 _CHAIN = re.compile(r"^\s*chain (\S+) \{")
-_SET = re.compile(r"^\s*set (\S+) \{")
+_SET = re.compile(r"^\s*(?:set|map) (\S+) \{")
 _HANDLE = re.compile(r"# handle (\d+)\s*$")
-OUTPUT_HANDLE = 1 << 3          # NFT_CTX_OUTPUT_HANDLE (libnftables.h)
-OUTPUT_TERSE = 1 << 11          # NFT_CTX_OUTPUT_TERSE
 
 
 class NftError(Exception):
@@ -133,23 +131,25 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     if any(name in oc and oc[name].hook != c.hook for name, c in nc.items()):
         return table_text(new).splitlines()       # a base chain's hook changed: rebuild
     os_, ns_ = {s.name: s for s in old.sets}, {s.name: s for s in new.sets}
-    head: list[str] = []
+    head: list[str] = []          # new sets and maps, then new chains (map elements jump to them)
+    elements: list[str] = []      # element changes: after the chains they name exist
     rules: list[str] = []
     tail: list[str] = []
     for name, s in ns_.items():
         before = os_.get(name)
-        if before is None or before.type != s.type or before.flags != s.flags:
+        if before is None or before.type != s.type or before.flags != s.flags or before.kind != s.kind:
             if before is not None:                # type changed: cannot happen with our names, but be exact
                 return table_text(new).splitlines()
-            head.append(f"add set {f} {n} {name} {{ type {s.type}; flags {s.flags}; }}")
+            head.append(f"add {s.kind} {f} {n} {name} {s.declaration()}")
             if s.elements:
-                head.append(f"add element {f} {n} {name} {_set_text(s.elements)}")
+                elements.append(f"add element {f} {n} {name} {_set_text(s.elements)}")
             continue
         gone, added = before.elements - s.elements, s.elements - before.elements
         if gone:
-            head.append(f"delete element {f} {n} {name} {_set_text(gone)}")
+            keys = {e.split(" : ", 1)[0] for e in gone} if s.kind == "map" else gone
+            elements.append(f"delete element {f} {n} {name} {_set_text(keys)}")
         if added:
-            head.append(f"add element {f} {n} {name} {_set_text(added)}")
+            elements.append(f"add element {f} {n} {name} {_set_text(added)}")
     for name, c in nc.items():
         before = oc.get(name)
         if before is None:
@@ -162,12 +162,12 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         else:
             rules.append(f"flush chain {f} {n} {name}")
         rules += [f"add rule {f} {n} {name} {r.text}" for r in c.rules]
-    # Removed chains: their referrers (vmaps, jumps) changed, so they were flushed above.
-    # Delete non-base chains after all flushes.
+    # Removed chains: their referrers (jumps, map elements) changed above. Delete non-base
+    # chains after all flushes, and sets/maps last.
     tail += [f"flush chain {f} {n} {name}" for name in oc if name not in nc]
     tail += [f"delete chain {f} {n} {name}" for name in oc if name not in nc]
-    tail += [f"delete set {f} {n} {name}" for name in os_ if name not in ns_]
-    return head + rules + tail
+    tail += [f"delete {s.kind} {f} {n} {name}" for name, s in os_.items() if name not in ns_]
+    return head + elements + rules + tail
 
 
 def _edit_rules(f: str, n: str, old: NftChain, new: NftChain, handles: dict[str, int] | None) -> list[str] | None:
@@ -179,50 +179,6 @@ def _edit_rules(f: str, n: str, old: NftChain, new: NftChain, handles: dict[str,
     out = [f"delete rule {f} {n} {old.name} handle {handles[m.group(1)]}"
            for r in old.rules if r.text not in keep and (m := _COMMENT.search(r.text))]
     return out + [f"add rule {f} {n} {new.name} {r.text}" for r in new.rules if r.text not in have]
-
-
-class _LibNft:
-    """A libnftables context, bound to the network namespace of the thread that made it."""
-
-    def __init__(self) -> None:
-        lib = ctypes.CDLL("libnftables.so.1")
-        lib.nft_ctx_new.restype = ctypes.c_void_p
-        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
-            getattr(lib, fn).argtypes = [ctypes.c_void_p]
-        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-        ctx = lib.nft_ctx_new(0)
-        if not ctx:
-            raise OSError("nft_ctx_new failed")
-        lib.nft_ctx_buffer_output(ctx)
-        lib.nft_ctx_buffer_error(ctx)
-        self._lib, self._ctx = lib, ctx
-
-    def run(self, text: str) -> str | None:
-        """None on success, else the error text."""
-        rc = self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
-        err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace").strip()
-        return None if rc == 0 else (err or f"nft error {rc}")
-
-    def output(self, cmd: str, flags: int) -> str:
-        """The output of a listing command run with output `flags` (OSError on failure)."""
-        self._lib.nft_ctx_output_set_flags(self._ctx, flags)
-        try:
-            err = self.run(cmd)
-            out = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
-        finally:
-            self._lib.nft_ctx_output_set_flags(self._ctx, 0)
-        if err is not None:
-            raise OSError(err)
-        return out
-
-    def close(self) -> None:
-        self._lib.nft_ctx_free(self._ctx)
 
 
 class GenIdReader:
@@ -303,26 +259,24 @@ def _enter_netns(name: str) -> None:
 
 
 class _Transactions:
-    """Runs nft scripts as transactions in the host namespace: libnftables in the calling thread
-    (no `netns`) or in a worker thread inside `netns`; the `nft` program when libnftables fails."""
+    """Runs nft scripts as transactions in the host namespace: one `NftExecutor` in the calling
+    thread (no `netns`) or in a worker thread inside `netns`."""
 
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
-        self._lib: _LibNft | None = None
+        self._local: NftExecutor | None = None
         self._q: queue.Queue[tuple[Callable[[], Any], list[Any], threading.Event] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._worker_lib: _LibNft | None = None
-        self.in_process = True
+        self._worker_exec: NftExecutor | None = None
 
     def _worker(self) -> None:
-        lib = None
+        entered = True
         try:
             _enter_netns(self.netns or "")
-            lib = _LibNft()
         except OSError as e:
-            log.warning("libnftables unavailable in %s (%s): using the nft program", self.netns, e)
-            self.in_process = False
-        self._worker_lib = lib
+            log.warning("cannot enter %s (%s): using the nft program", self.netns, e)
+            entered = False
+        ex = self._worker_exec = NftExecutor(self.netns, in_process=entered)
         while (job := self._q.get()) is not None:
             fn, out, done = job
             try:
@@ -330,13 +284,7 @@ class _Transactions:
             except Exception as e:  # noqa: BLE001 - re-raised in the caller
                 out.append((False, e))
             done.set()
-        if lib is not None:
-            lib.close()
-
-    def _program(self, text: str) -> str | None:
-        cmd = (["ip", "netns", "exec", self.netns] if self.netns else []) + ["nft", "-f", "-"]
-        r = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=120, check=False)
-        return None if r.returncode == 0 else ((r.stderr or r.stdout).strip()[-2000:] or f"nft exit {r.returncode}")
+        ex.close()
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """`fn()` in the host namespace (the worker thread when `netns` is set)."""
@@ -355,50 +303,33 @@ class _Transactions:
             raise value
         return value
 
+    def _exec(self) -> NftExecutor:
+        """The executor of the thread `call` runs in."""
+        if self.netns is not None:
+            assert self._worker_exec is not None
+            return self._worker_exec
+        if self._local is None:
+            self._local = NftExecutor()
+        return self._local
+
     def run(self, text: str) -> str | None:
         """None on success, else the error text (nothing applied)."""
-        if self.netns is None:
-            if self._lib is None and self.in_process:
-                try:
-                    self._lib = _LibNft()
-                except OSError as e:
-                    log.warning("libnftables unavailable (%s): using the nft program", e)
-                    self.in_process = False
-            return self._lib.run(text) if self._lib is not None else self._program(text)
         try:
-            return self.call(lambda: self._worker_lib.run(text) if self._worker_lib is not None
-                             else self._program(text))
+            return str(self.call(lambda: self._exec().run(text) or "")) or None
         except (OSError, TimeoutError, subprocess.SubprocessError) as e:
             return f"{type(e).__name__}: {e}"
 
     def output(self, cmd: str, flags: int) -> str:
-        """A listing's text in the host namespace (libnftables, else the `nft` program)."""
-        if self.netns is None:
-            if self._lib is None and self.in_process:
-                try:
-                    self._lib = _LibNft()
-                except OSError:
-                    self.in_process = False
-            if self._lib is not None:
-                return self._lib.output(cmd, flags)
-        elif self._worker_lib is not None or self._thread is None:
-            out = self.call(lambda: self._worker_lib.output(cmd, flags) if self._worker_lib is not None else None)
-            if out is not None:
-                return str(out)
-        opts = (["-a"] if flags & OUTPUT_HANDLE else []) + (["-t"] if flags & OUTPUT_TERSE else [])
-        r = subprocess.run((["ip", "netns", "exec", self.netns] if self.netns else []) + ["nft", *opts, *cmd.split()],
-                           capture_output=True, text=True, timeout=120, check=False)
-        if r.returncode != 0:
-            raise OSError(r.stderr.strip()[-500:])
-        return r.stdout
+        """A listing's text in the host namespace (OSError on failure)."""
+        return str(self.call(lambda: self._exec().output(cmd, flags)))
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             self._q.put(None)
             self._thread.join(5)
-        if self._lib is not None:
-            self._lib.close()
-            self._lib = None
+        if self._local is not None:
+            self._local.close()
+            self._local = None
 
 
 class NftDriver:
@@ -516,7 +447,7 @@ class NftDriver:
             if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
                 return [], "full"
             for s in t.sets:
-                lines.append(f"flush set {family} {name} {s.name}")
+                lines.append(f"flush {s.kind} {family} {name} {s.name}")
                 if s.elements:
                     lines.append(f"add element {family} {name} {s.name} {_set_text(s.elements)}")
         return lines, "adopt"

@@ -36,12 +36,13 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vxnet.compute import naming
 from vxnet.compute.routing import IFACE_PREFIX, Route, RouterIface, RouterNs, Rule, is_host_netns, is_service_port
 
 log = logging.getLogger("vxnet.dataplane.router")
 
 NETNS_DIR = "/run/netns"
-ROUTE_PROTO = 118           # 'v': routes and rules the agent owns inside router namespaces
+ROUTE_PROTO = naming.ROUTER_ROUTE_PROTO   # routes and rules the agent owns inside router namespaces
 IFF_UP = 0x1
 SYSCTLS = (
     ("net/ipv6/conf/all/disable_ipv6", "1"),

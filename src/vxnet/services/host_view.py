@@ -34,6 +34,11 @@ reverse index `holders[(collection, id)]` = hosts whose view contains that id. A
 Measured (one core, pure index, 1,000 hosts, 20,000 ports): a port status change p50 ~0.01 ms,
 a new port ~0.4 ms, a VM port joining a host already on its network ~0.03 ms.
 
+Port status is the port's own host's business (`project`): a port bound to another host is
+shown without `status`, `revision_number` and `updated_at`, so a status report (which changes
+only those) reaches the reporting host alone and wakes no peer's agent; the port's own host
+sees every field (its agent compares the status it reports with the stored one).
+
 Invariant (tested against `full_view` on random histories): for every tracked host, applying
 `ViewIndex.apply`'s messages in order to `ViewIndex.snapshot` gives `full_view` of the same
 objects. The module is pure: no I/O, no clock, no threads.
@@ -69,6 +74,26 @@ _STRUCTURAL: dict[str, tuple[str, ...]] = {
     "floatingips": ("port_id",),
     "security_group_rules": ("security_group_id", "remote_group_id"),
 }
+
+
+# Fields only the port's own host is shown (see `project`).
+PEER_HIDDEN = ("status", "revision_number", "updated_at")
+_projected: dict[int, tuple[Obj, Obj]] = {}   # id(port) -> (port, its peer projection): one copy per change
+
+
+def project(host: str, coll: str, obj: Any) -> Any:
+    """What `host` is shown of object `obj` of `coll`: a port bound elsewhere without its
+    status fields (`PEER_HIDDEN`); everything else as it is."""
+    if coll != "ports" or obj is None or obj.get("binding:host_id") == host:
+        return obj
+    hit = _projected.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    if len(_projected) > 256:
+        _projected.clear()
+    out = {k: v for k, v in obj.items() if k not in PEER_HIDDEN}
+    _projected[id(obj)] = (obj, out)
+    return out
 
 
 def host_entry(agent: Obj | None) -> Obj | None:
@@ -122,7 +147,7 @@ def full_view(objects: Mapping[str, Mapping[str, Obj]], hosts: Mapping[str, Obj]
     view = empty_view()
     view["networks"] = {n: networks[n] for n in nets if n in networks}
     view["subnets"] = {sid: s for sid, s in objects.get("subnets", {}).items() if s["network_id"] in nets}
-    view["ports"] = {p: ports[p] for p in port_ids}
+    view["ports"] = {p: project(host, "ports", ports[p]) for p in port_ids}
     view["routers"] = {r: routers[r] for r in r_ids if r in routers}
     view["floatingips"] = fips
     view["security_groups"] = {g: o for g, o in objects.get("security_groups", {}).items() if g in sgs}
@@ -359,7 +384,7 @@ class ViewIndex:
             for i in ids:
                 v = self._value(k, i)
                 if v is not None:
-                    view[k][i] = v
+                    view[k][i] = project(host, k, v)
         return view
 
     def holders(self, key: str, id_: str) -> set[str]:
@@ -497,12 +522,12 @@ class ViewIndex:
             return
         msg = out.setdefault(h, Message())
         if now:
-            msg.set(coll, id_, obj, old if was else None)
+            msg.set(coll, id_, project(h, coll, obj), project(h, coll, old) if was else None)
             if not was:
                 mem[coll].add(id_)
                 self._holders.setdefault((coll, id_), set()).add(h)
         else:
-            msg.drop(coll, id_, old)
+            msg.drop(coll, id_, project(h, coll, old))
             mem[coll].discard(id_)
             _discard_t(self._holders, (coll, id_), h)
         if coll != "ports":
@@ -543,9 +568,9 @@ class ViewIndex:
         """A change that moves nothing: show the new value (or the deletion) to `hosts`."""
         for h in hosts:
             if obj is not None:
-                out.setdefault(h, Message()).set(coll, id_, obj, old)
+                out.setdefault(h, Message()).set(coll, id_, project(h, coll, obj), project(h, coll, old))
             elif old is not None:
-                out.setdefault(h, Message()).drop(coll, id_, old)
+                out.setdefault(h, Message()).drop(coll, id_, project(h, coll, old))
 
     def _gateway_hosts(self) -> set[str]:
         return {h for h, e in self.hosts.items() if e["gateway"] and h in self.members}
@@ -587,19 +612,19 @@ class ViewIndex:
                 for i in a - b:
                     v = self._value(k, i)
                     if v is not None:
-                        msg.set(k, i, v, None)
+                        msg.set(k, i, project(h, k, v), None)
                 for i in b - a:
                     prev = changed[2] if changed and changed[:2] == (k, i) else self._value(k, i)
                     if prev is not None:
-                        msg.drop(k, i, prev)
+                        msg.drop(k, i, project(h, k, prev))
             if changed is not None:
                 k, i, old = changed
                 if i in before[k] and i in after[k]:
                     v = self._value(k, i)
                     if v is not None:
-                        msg.set(k, i, v, old)
+                        msg.set(k, i, project(h, k, v), project(h, k, old))
                     elif old is not None:
-                        msg.drop(k, i, old)
+                        msg.drop(k, i, project(h, k, old))
             self._set_membership(h, after, remote)
 
 

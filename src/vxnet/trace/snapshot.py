@@ -1,8 +1,8 @@
 """The state a trace walks: every object (as the admin API shows it) and, per host, the view and
-the desired data-plane state the agents compute from it — with the agents' own pure functions
-(`full_view` is the reference the server's view index is tested against; `compute_l2`,
-`compute_firewall`, `compute_routing`, `compute_gateway` are what each agent applies). So a trace
-cannot drift from what the agents program: it reads the same desired state.
+the desired data-plane state the agents compute from it — with the agents' own pure function
+(`full_view` is the reference the server's view index is tested against; `compute_host` is the
+one function every agent's passes compute, DHCP included). So a trace cannot drift from what the
+agents program: it reads the same desired state.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from typing import Any
 
 import httpx
 
-from vxnet.compute.firewall import Firewall, compute_firewall
-from vxnet.compute.gateway import GatewayDesired, compute_gateway
-from vxnet.compute.l2 import compute_l2
-from vxnet.compute.routing import RoutingState, compute_routing
+from vxnet.compute.dhcp import DhcpState
+from vxnet.compute.firewall import Firewall
+from vxnet.compute.gateway import GatewayDesired
+from vxnet.compute.host import HostDesired, HostSpec, compute_host
+from vxnet.compute.routing import RoutingState
 from vxnet.compute.state import HostState
+from vxnet.model import parse_view
 from vxnet.services.host_view import full_view, host_entry
 
 Obj = dict[str, Any]
@@ -47,17 +49,30 @@ class Snapshot:
     def underlay_ip(self, host: str) -> str:
         return str((self.hosts.get(host) or {}).get("underlay_ip") or "")
 
+    def spec(self, host: str) -> HostSpec:
+        """The host as its agent sees itself (the gateway role from its registration)."""
+        entry = self.hosts.get(host) or {}
+        return HostSpec(host, self.underlay_ip(host), gateway=bool(entry.get("gateway")))
+
+    def desired(self, host: str) -> HostDesired:
+        """What the agent of `host` applies: `compute_host` of its view, as in `Agent.run_once`."""
+        return self._cached("desired", host, lambda: compute_host(parse_view(self.view(host)), self.spec(host)))
+
     def l2(self, host: str) -> HostState:
-        return self._cached("l2", host, lambda: compute_l2(self.view(host), host, self.underlay_ip(host)))
+        """The L2 state the host's reconciler converges (every feature's L2 part included)."""
+        return self.desired(host).l2
 
     def firewall(self, host: str) -> Firewall:
-        return self._cached("firewall", host, lambda: compute_firewall(self.view(host), host))
+        return self.desired(host).firewall
 
     def routing(self, host: str) -> RoutingState:
-        return self._cached("routing", host, lambda: compute_routing(self.view(host), host))
+        return self.desired(host).routing
 
     def gateway(self, host: str) -> GatewayDesired:
-        return self._cached("gateway", host, lambda: compute_gateway(self.view(host), host, None))
+        return self.desired(host).gateway
+
+    def dhcp(self, host: str) -> DhcpState:
+        return self.desired(host).dhcp
 
     # -- lookups ---------------------------------------------------------------------------------
     def host_of_vtep(self, vtep: str) -> str | None:

@@ -1,0 +1,232 @@
+"""Typed logical resources as the agent's compute layer reads them (frozen, hashable).
+
+Contract: `parse(kind, obj)` turns one object of the host view stream (the Neutron admin
+representation, a JSON dict) into its typed form, once, when the object arrives. Every default
+and every "missing, null or empty" case is settled here, so compute code reads plain fields
+and never branches on `.get(x) or {}`. Only what some compute function (or the agent's status
+reporting) reads is kept; everything else (names, descriptions, tags, timestamps) is dropped,
+so a view costs less memory than the dicts it came from.
+
+Invariants: objects are immutable and compare by value; MAC addresses are lower case; an
+absent `binding:host_id`, `device_owner` or `device_id` is ""; addresses are kept as the API
+gave them (compute code validates them where it needs a family).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+
+DEFAULT_MTU = 1450
+INFRA_OWNER_PREFIX = "network:"
+
+
+def _is_v4(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).version == 4
+    except ValueError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Host:
+    """A host known to the view (its VTEP)."""
+
+    name: str
+    underlay_ip: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Network:
+    id: str
+    network_type: str = "vxlan"
+    segmentation_id: int | None = None
+    mtu: int = DEFAULT_MTU
+    external: bool = False                 # router:external
+    physical_network: str | None = None
+
+    @property
+    def is_vxlan(self) -> bool:
+        """An overlay network this agent builds a bridge and a VXLAN device for."""
+        return self.network_type == "vxlan" and self.segmentation_id is not None
+
+    @property
+    def is_flat_external(self) -> bool:
+        return self.external and self.network_type == "flat"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostRoute:
+    destination: str
+    nexthop: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subnet:
+    id: str
+    network_id: str
+    cidr: str
+    ip_version: int = 4
+    gateway_ip: str | None = None
+    enable_dhcp: bool = True
+    dns_nameservers: tuple[str, ...] = ()
+    host_routes: tuple[HostRoute, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FixedIp:
+    subnet_id: str
+    ip_address: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddressPair:
+    ip_address: str
+    mac_address: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Port:
+    id: str
+    network_id: str
+    mac: str = ""
+    host: str = ""                          # binding:host_id
+    admin_up: bool = True
+    device_owner: str = ""
+    device_id: str = ""
+    fixed_ips: tuple[FixedIp, ...] = ()
+    allowed_address_pairs: tuple[AddressPair, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    port_security: bool = True
+    dns_name: str = ""
+    status: str | None = None               # only in the view of the port's own host (server side)
+    revision: int | None = None
+    ipv4: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv4 fixed IPs
+
+    def __post_init__(self) -> None:
+        # Derived once (every compute function reads it; parsing addresses is not cheap).
+        object.__setattr__(self, "ipv4", tuple(f for f in self.fixed_ips if _is_v4(f.ip_address)))
+
+    @property
+    def is_infra(self) -> bool:
+        """Router interfaces, SNAT and gateway ports, DHCP...: not a VM."""
+        return self.device_owner.startswith(INFRA_OWNER_PREFIX)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Router:
+    id: str
+    admin_up: bool = True
+    routes: tuple[HostRoute, ...] = ()
+    enable_snat: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecurityGroup:
+    id: str
+    stateful: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    """A security-group rule (Neutron's fields; `remote_ip_prefix` already normalised when the
+    server sent `normalized_cidr`)."""
+
+    id: str
+    security_group_id: str
+    direction: str
+    ethertype: str = "IPv4"
+    protocol: str | int | None = None
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FloatingIP:
+    id: str
+    floating_ip_address: str = ""
+    fixed_ip_address: str = ""
+    router_id: str = ""
+    port_id: str = ""
+
+
+def _routes(items: Any) -> tuple[HostRoute, ...]:
+    out = []
+    for r in items or ():
+        if isinstance(r, Mapping) and r.get("destination") and r.get("nexthop"):
+            out.append(HostRoute(str(r["destination"]), str(r["nexthop"])))
+    return tuple(out)
+
+
+def _port(o: Mapping[str, Any]) -> Port:
+    rev = o.get("revision_number")
+    return Port(
+        id=o["id"], network_id=o.get("network_id") or "", mac=(o.get("mac_address") or "").lower(),
+        host=o.get("binding:host_id") or "", admin_up=o.get("admin_state_up", True) is not False,
+        device_owner=o.get("device_owner") or "", device_id=o.get("device_id") or "",
+        fixed_ips=tuple(FixedIp(f.get("subnet_id") or "", str(f.get("ip_address") or ""))
+                        for f in o.get("fixed_ips") or ()),
+        allowed_address_pairs=tuple(AddressPair(str(p.get("ip_address") or ""),
+                                                (p.get("mac_address") or "").lower() or None)
+                                    for p in o.get("allowed_address_pairs") or ()),
+        security_groups=tuple(dict.fromkeys(o.get("security_groups") or ())),
+        port_security=o.get("port_security_enabled") is not False, dns_name=o.get("dns_name") or "",
+        status=o.get("status"), revision=int(rev) if rev is not None else None)
+
+
+def _network(o: Mapping[str, Any]) -> Network:
+    seg = o.get("provider:segmentation_id")
+    return Network(o["id"], o.get("provider:network_type") or "vxlan", int(seg) if seg is not None else None,
+                   int(o.get("mtu") or DEFAULT_MTU), bool(o.get("router:external")),
+                   o.get("provider:physical_network"))
+
+
+def _subnet(o: Mapping[str, Any]) -> Subnet:
+    return Subnet(o["id"], o.get("network_id") or "", o.get("cidr") or "", int(o.get("ip_version") or 4),
+                  o.get("gateway_ip") or None, o.get("enable_dhcp", True) is not False,
+                  tuple(str(d) for d in o.get("dns_nameservers") or ()), _routes(o.get("host_routes")))
+
+
+def _router(o: Mapping[str, Any]) -> Router:
+    info = o.get("external_gateway_info") or {}
+    return Router(o["id"], o.get("admin_state_up", True) is not False, _routes(o.get("routes")),
+                  info.get("enable_snat", True) is not False)
+
+
+def _rule(o: Mapping[str, Any]) -> Rule:
+    return Rule(o["id"], o.get("security_group_id") or "", o.get("direction") or "", o.get("ethertype") or "IPv4",
+                o.get("protocol"), o.get("port_range_min"), o.get("port_range_max"),
+                o.get("normalized_cidr") or o.get("remote_ip_prefix") or None, o.get("remote_group_id") or None)
+
+
+def _fip(o: Mapping[str, Any]) -> FloatingIP:
+    return FloatingIP(o["id"], o.get("floating_ip_address") or "", o.get("fixed_ip_address") or "",
+                      o.get("router_id") or "", o.get("port_id") or "")
+
+
+PARSERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "networks": _network,
+    "subnets": _subnet,
+    "ports": _port,
+    "routers": _router,
+    "floatingips": _fip,
+    "security_groups": lambda o: SecurityGroup(o["id"], o.get("stateful", True) is not False),
+    "security_group_rules": _rule,
+}
+
+
+def parse(kind: str, key: str, obj: Any) -> Any:
+    """One view object in its typed form (`key` is its id, or the host name for `hosts`);
+    objects of an unknown kind, and already typed ones, are returned as they are."""
+    if not isinstance(obj, Mapping):
+        return obj
+    if kind == "hosts":
+        return Host(key, str(obj.get("underlay_ip") or ""))
+    fn = PARSERS.get(kind)
+    if fn is None:
+        return obj
+    return fn({"id": key, **obj} if "id" not in obj else obj)
