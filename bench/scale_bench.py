@@ -100,6 +100,7 @@ def fill(store: Store, opts: argparse.Namespace, rng: random.Random, batch: int)
     """Write networks, subnets and ports into `store` with the API's builders (see the module
     docstring), `batch` ports per transaction."""
     from vxnet.api.auth import new_context
+    from vxnet.api import policy
     from vxnet.api.routers.networks import NetworkCreate, build_network, touch
     from vxnet.api.routers.subnets import SubnetCreate, build_subnet
     from vxnet.config import Config, project_id_for, user_id_for
@@ -131,6 +132,7 @@ def fill(store: Store, opts: argparse.Namespace, rng: random.Random, batch: int)
 
     world = World(opts.scale_hosts)
     st = SimpleNamespace(config=Config())
+    pol = policy.of(st.config)
     admin = ADMIN[0]
     ctx = new_context(user_id_for(admin), admin, project_id_for(ADMIN[2]), ADMIN[2], ("admin",), 3600)
     n_nets = opts.scale_networks
@@ -158,7 +160,7 @@ def fill(store: Store, opts: argparse.Namespace, rng: random.Random, batch: int)
                 item = SubnetCreate.model_validate({"network_id": n["id"], "ip_version": 4,
                                                     "cidr": f"100.{64 + i // 256}.{i % 256}.0/24",
                                                     "name": f"scale-sub-{i}"})
-                out.append(build_subnet(ctx, item, uow, nets, staged))
+                out.append(build_subnet(ctx, item, uow, nets, staged, pol))
             for s in out:
                 uow.put("subnets", s)
             for n in nets.values():
