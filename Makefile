@@ -40,5 +40,9 @@ bench: setup
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing; fi
 	$(VENV)/bin/python -m bench
 
+# ruff with the repo's config (pyproject.toml; the version is pinned in the test extras).
+lint: setup
+	$(VENV)/bin/ruff check .
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info

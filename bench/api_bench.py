@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from bench.report import Report, percentile
@@ -75,9 +76,8 @@ def server_process(workdir: str, store_url: str | None = None, quotas: bool = Tr
         f.write(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{workdir}"\n')
         f.write("\n[quotas]\n" + ("".join(f"quota_{r} = -1\n" for r in QUOTA_RESOURCES) if quotas
                                    else "enabled = false\n"))
-        for name, pw, project, roles in (ADMIN + ('["admin"]',), MEMBER + ('["member", "reader"]',)):
-            f.write(f'\n[[identity.users]]\nname = "{name}"\npassword = "{pw}"\nproject = "{project}"\n'
-                    f"roles = {roles}\n")
+        f.writelines(f'\n[[identity.users]]\nname = "{name}"\npassword = "{pw}"\nproject = "{project}"\n'
+                    f"roles = {roles}\n" for name, pw, project, roles in (ADMIN + ('["admin"]',), MEMBER + ('["member", "reader"]',)))
     log = open(os.path.join(workdir, "server.log"), "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([VXNET, "server", "--config", cfg, "--store", store_url or f"sqlite://{workdir}/vxnet.db"],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -85,7 +85,7 @@ def server_process(workdir: str, store_url: str | None = None, quotas: bool = Tr
         deadline = time.time() + 30
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {open(log.name).read()[-2000:]}")
+                raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 c.request("GET", "/")
@@ -250,7 +250,7 @@ def top_up(port: int, tok: str, work: Workload, target: int) -> None:
 def timed_gets(port: int, tok: str, path: str, reps: int) -> tuple[list[float], int]:
     """(seconds of each of `reps` GETs, items in the response), after one warm-up GET."""
     c = Client(port, tok)
-    status, body, _, resp = c.call("GET", path)
+    status, body, _, _resp = c.call("GET", path)
     assert status == 200, body
     items = next((len(v) for v in body.values() if isinstance(v, list)), 1) if isinstance(body, dict) else 0
     times = []

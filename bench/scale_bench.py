@@ -99,8 +99,8 @@ class World:
 def fill(store: Store, opts: argparse.Namespace, rng: random.Random, batch: int) -> World:
     """Write networks, subnets and ports into `store` with the API's builders (see the module
     docstring), `batch` ports per transaction."""
-    from vxnet.api.auth import new_context
     from vxnet.api import policy
+    from vxnet.api.auth import new_context
     from vxnet.api.routers.networks import NetworkCreate, build_network, touch
     from vxnet.api.routers.subnets import SubnetCreate, build_subnet
     from vxnet.config import Config, project_id_for, user_id_for

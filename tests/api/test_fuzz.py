@@ -96,7 +96,7 @@ def api(shared_server) -> dict[str, Any]:
     tokens = {u: shared_server.token(u) for u in USERS if u and u != "forged"}
     tokens["forged"] = "eyJ1IjoieCJ9.c2lnbmF0dXJl"
     admin = shared_server.api("admin")
-    alice = shared_server.api("alice")
+    shared_server.api("alice")
     seeds = seed_objects(shared_server, routes)
     client = httpx.Client(base_url=shared_server.url, timeout=30)
     ids, pools, examples, by_collection = observe(admin, routes)
@@ -191,7 +191,7 @@ def value_for(draw: st.DrawFn, key: str, api: dict[str, Any]) -> Any:
     """A value for attribute `key`: often plausible (a real id, a value some object has), often wrong."""
     ids, seen = api["ids"], api["examples"].get(key)
     choice = draw(st.integers(0, 5))
-    if choice < 2 and (key.endswith("_id") or key.endswith("_ids") or key == "id") and ids:
+    if choice < 2 and (key.endswith(("_id", "_ids")) or key == "id") and ids:
         real = draw(st.sampled_from(ids))
         return [real] if key.endswith("s") and draw(st.booleans()) else real
     if choice < 2 and seen:

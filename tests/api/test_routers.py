@@ -439,7 +439,7 @@ def test_two_projects_same_cidr_each_with_own_router(shared_server, ext):
     bob = shared_server.api("bob")
     made = {}
     for name, c in (("alice", alice), ("bob", bob)):
-        net, sub = tenant_net(c, "100.64.230.0/24")
+        _net, sub = tenant_net(c, "100.64.230.0/24")
         r = make_router(c, external_gateway_info={"network_id": ext["net"]["id"]})
         info = ok(c.put(f"/routers/{r['id']}/add_router_interface", json={"subnet_id": sub["id"]}))
         made[name] = (r, sub, info)

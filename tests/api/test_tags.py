@@ -121,7 +121,7 @@ def test_tags_filter_listings(shared_server: Any, parents: dict[str, str]) -> No
     nid = parents["networks"]
     marker = f"m-{uuid.uuid4().hex[:6]}"
     assert alice.put(f"/networks/{nid}/tags", json={"tags": [marker, "blue"]}).status_code == 200
-    ids = lambda **q: [n["id"] for n in alice.get("/networks", params=q).json()["networks"]]  # noqa: E731
+    ids = lambda **q: [n["id"] for n in alice.get("/networks", params=q).json()["networks"]]
     assert ids(tags=marker) == [nid]
     assert ids(tags=f"{marker},blue") == [nid]
     assert ids(tags=f"{marker},green") == []

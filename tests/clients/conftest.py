@@ -135,7 +135,7 @@ class Cloud:
                       label: str = "") -> CliResult:
         """Run the CLI with exactly the OS_* variables `os_env` (none inherited)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")} | os_env | {"PYTHONWARNINGS": "ignore"}
-        p = subprocess.run([str(OPENSTACK), *args], env=env, capture_output=True, text=True, timeout=timeout,
+        p = subprocess.run([str(OPENSTACK), *args], check=False, env=env, capture_output=True, text=True, timeout=timeout,
                            cwd=self.workdir)
         res = CliResult(cmd=["openstack", label or repr(os_env), *args], rc=p.returncode, stdout=p.stdout,
                         stderr=p.stderr)
@@ -181,7 +181,7 @@ def start_cloud(workdir: Path, port: int | None = None) -> Cloud:
         proc = subprocess.Popen(
             [str(VXNET), "server", "--listen", f"127.0.0.1:{port}", "--config", str(cfg),
              "--data-dir", str(data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no locks
         )
     cloud = Cloud(url, port, workdir, clouds, log_file, proc)
     deadline = time.monotonic() + 30

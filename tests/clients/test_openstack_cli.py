@@ -223,7 +223,7 @@ def test_router_with_interface_and_gateway(cli: Cloud, routers: dict[str, dict[s
         # `router show` builds interfaces_info from the router's ports
         # (as with Neutron's DVR: the interface and, while a gateway is set, the centralized SNAT port)
         ifaces = r["interfaces_info"]
-        assert sorted((i["subnet_id"], i["ip_address"]) for i in ifaces)[0] == (subnets[p]["id"], "100.64.10.1"), ifaces
+        assert min((i["subnet_id"], i["ip_address"]) for i in ifaces) == (subnets[p]["id"], "100.64.10.1"), ifaces
         assert len(ifaces) == 2 and all(i["subnet_id"] == subnets[p]["id"] for i in ifaces), ifaces
         listed = by_id(cli.openstack(p, "router", "list", "-f", "json").json())
         assert list(listed) == [r["id"]]

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support.etcd import EtcdCluster
 from vxnet.store.contract import Store
 from vxnet.store.etcd_store import EtcdStore
 from vxnet.store.sqlite_store import SqliteStore
-from tests.support.etcd import EtcdCluster
 
 
 @dataclasses.dataclass

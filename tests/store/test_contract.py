@@ -32,7 +32,6 @@ from vxnet.store.contract import (
     range_unchanged_since,
 )
 
-
 Backend = Any  # conftest.Backend: open(), reopen(store)
 TIMEOUT = 10.0
 
@@ -165,7 +164,7 @@ def sample(store: Store, ns: str) -> tuple[Store, str, KeyValue]:
 
 def _compare_cases(kv: KeyValue) -> list[tuple[str, str, object, bool]]:
     """(target, op, value, expected) for the sample key."""
-    c, m, v = kv.create_revision, kv.mod_revision, kv.version
+    c, m, _v = kv.create_revision, kv.mod_revision, kv.version
     return [
         ("create", "==", c, True), ("create", "==", c + 1, False),
         ("create", "!=", c, False), ("create", "!=", c + 1, True),

@@ -44,11 +44,11 @@ def test_migrate_embedded_store_to_etcd(tmp_path, etcd: EtcdCluster) -> None:
     h.stop()
 
     cli = [sys.executable, "-m", "vxnet.cli.main", "migrate", "--from", f"sqlite:///{db}", "--to", etcd.url()]
-    out = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(cli, check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "copied and verified" in out.stdout
     # a second run refuses to overwrite
-    again = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(cli, check=False, capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "already holds" in again.stderr
 
     store = EtcdStore(etcd.endpoints)

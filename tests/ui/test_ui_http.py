@@ -39,7 +39,7 @@ def test_event_stream_needs_a_valid_token(ui_server: ServerHandle) -> None:
     with httpx.stream("GET", url, headers={"X-Auth-Token": ui_server.token("alice")}, timeout=5) as r:
         assert r.status_code == 200
         first = next(r.iter_lines())
-        assert first.startswith("retry:") or first.startswith("event: ready")
+        assert first.startswith(("retry:", "event: ready"))
 
 
 def _changes_until(lines: Any, stop_id: str) -> list[dict[str, Any]]:

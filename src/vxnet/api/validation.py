@@ -31,7 +31,7 @@ class Body(BaseModel):
 def _strict_str(max_len: int) -> Any:
     def check(v: Any) -> str:
         if not isinstance(v, str):
-            raise ValueError(f"'{v}' is not a valid string")
+            raise ValueError(f"'{v}' is not a valid string")  # noqa: TRY004 - pydantic reports only ValueError as a validation error
         if len(v) > max_len:
             raise ValueError(f"'{v}' exceeds maximum length of {max_len}")
         return v
@@ -51,7 +51,7 @@ def _bool(v: Any) -> bool:
 
 def _uuid(v: Any) -> str:
     if not isinstance(v, str):
-        raise ValueError(f"'{v}' is not a valid UUID")
+        raise ValueError(f"'{v}' is not a valid UUID")  # noqa: TRY004 - pydantic reports only ValueError as a validation error
     try:
         uuid.UUID(v)
     except ValueError:
@@ -79,7 +79,7 @@ def _mac(v: Any) -> str:
 
 def _ip(v: Any) -> str:
     if not isinstance(v, str):
-        raise ValueError(f"'{v}' is not a valid IP address")
+        raise ValueError(f"'{v}' is not a valid IP address")  # noqa: TRY004 - pydantic reports only ValueError as a validation error
     try:
         return str(ipaddress.ip_address(v))
     except ValueError:

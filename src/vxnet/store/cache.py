@@ -22,6 +22,7 @@ Nothing here writes: transactions and compares always go to etcd.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
 import socket
@@ -111,13 +112,11 @@ class Mirror:
             # Closing the response does not wake a thread blocked reading it: shut the socket.
             stream = resp.extensions.get("network_stream")
             sock = stream.get_extra_info("socket") if stream is not None else None
-            try:
+            with contextlib.suppress(Exception):  # closing a dead stream may fail; it is gone anyway
                 if sock is not None:
                     sock.shutdown(socket.SHUT_RDWR)
                 else:
                     resp.close()
-            except Exception:  # noqa: BLE001 - closing a dead stream may fail; it is gone anyway
-                pass
 
     def close(self) -> None:
         self._stop.set()

@@ -38,7 +38,9 @@ round trip each. Consistency:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import ssl
 import threading
 import time
@@ -65,6 +67,8 @@ from vxnet.store.contract import (
     WatchCallback,
     prefix_end,
 )
+
+log = logging.getLogger(__name__)
 
 _TARGETS = {"create": ("CREATE", "create_revision"), "mod": ("MOD", "mod_revision"),
             "version": ("VERSION", "version"), "value": ("VALUE", "value")}
@@ -119,25 +123,23 @@ class _Watch:
         self.cancelled.set()
         resp = self._response
         if resp is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a dead stream may fail; we are done anyway
                 resp.close()
-            except Exception:  # noqa: BLE001 - closing a dead stream may fail; we are done anyway
-                pass
 
     def _deliver(self, events: list[Event]) -> None:
         if events and not self.cancelled.is_set():
             try:
                 self.callback(events)
-            except Exception:  # noqa: BLE001 - a broken callback must not kill the watch
-                pass
+            except Exception:
+                log.exception("watch callback for %s failed", self.prefix)
 
     def _fail(self, exc: Exception) -> None:
         self.cancelled.set()
         if self.on_error is not None:
             try:
                 self.on_error(exc)
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception:
+                log.exception("watch error handler for %s failed", self.prefix)
 
     def _run(self) -> None:
         body = {"create_request": {"key": _b64(self.prefix), "range_end": _b64(prefix_end(self.prefix)),

@@ -398,7 +398,7 @@ class SqliteStore:
             for lid in expired:
                 try:
                     self._expire(lid)
-                except Exception:  # noqa: BLE001 - the reaper must survive a closing store
+                except Exception:
                     if self._closed.is_set():
                         return
                     log.exception("expiring lease %s failed; will retry", lid)
@@ -450,5 +450,5 @@ def _deliver(callback: WatchCallback, events: list[Event]) -> None:
     transaction is committed already) nor the other watchers."""
     try:
         callback(events)
-    except Exception:  # noqa: BLE001 - a watcher's bug must not fail someone else's write
+    except Exception:
         log.exception("watch callback %r failed at revision %s", callback, events[0].kv.mod_revision)

@@ -112,7 +112,7 @@ def spec_for(networks: dict[str, dict[str, Any]]) -> ResourceSpec:
 
 def _ip_or_cidr(v: Any) -> str:
     if not isinstance(v, str):
-        raise ValueError(f"'{v}' is not a valid IP address or CIDR")
+        raise ValueError(f"'{v}' is not a valid IP address or CIDR")  # noqa: TRY004 - pydantic reports only ValueError as a validation error
     try:
         if "/" in v:
             ipaddress.ip_network(v, strict=False)

@@ -245,9 +245,9 @@ def get_subnet_visible(uow: UnitOfWork, ctx: Context, subnet_id: str) -> dict[st
     subnet = uow.get("subnets", subnet_id)
     if subnet is None:
         raise not_found("subnet", subnet_id)
-    if not ctx.is_admin and subnet["project_id"] != ctx.project_id:
-        if not subnet_visible(ctx, subnet, uow.get("networks", subnet["network_id"])):
-            raise not_found("subnet", subnet_id)
+    if (not ctx.is_admin and subnet["project_id"] != ctx.project_id
+            and not subnet_visible(ctx, subnet, uow.get("networks", subnet["network_id"]))):
+        raise not_found("subnet", subnet_id)
     return subnet
 
 

@@ -82,7 +82,7 @@ def spec_for(networks: dict[str, dict[str, Any]]) -> ResourceSpec:
 
 def _ip_version(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int | str):
-        raise ValueError(f"'{v}' is not an integer")
+        raise ValueError(f"'{v}' is not an integer")  # noqa: TRY004 - pydantic reports only ValueError as a validation error
     try:
         n = int(v)
     except ValueError:
