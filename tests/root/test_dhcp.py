@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -279,6 +280,14 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
         requests = [p_ip(f) for f in frames2 if "Request" in f]
         assert requests and requests[0] == ("100.64.30.12", "100.64.30.1"), "\n".join(frames2)
         assert ("100.64.30.12", "255.255.255.255") not in requests, "\n".join(frames2)
+        # `vxnet trace` names the same rules as the kernel, and finds them in h1's ps chain.
+        renew = trace("--from", "r2", "--to", "100.64.30.1", "--proto", "udp", "--dport", "67", "--sport", "68",
+                      "--src-ip", "100.64.30.12", "--live")
+        assert "(rule dhcp-renew" in renew and "live: ok: nft rule dhcp-renew present" in renew, renew
+        assert "verdict: DELIVERED" in renew and "responder" in renew, renew
+        spoof = trace("--from", "r2", "--to", "100.64.30.1", "--proto", "udp", "--dport", "53",
+                      "--src-ip", "100.64.30.12", "--live")
+        assert "verdict: DROPPED" in spoof and "live: ok: nft rule spoof-ip present" in spoof, spoof
         # The client script records "bound" before it sets the address: wait for the address.
         wait_for("r2 configured with its new IP", lambda: "100.64.30.22/24" in nsexec(
             topology.vm_ns("r2"), "ip", "-4", "addr", "show", "dev", "eth0").stdout, 5)
@@ -305,6 +314,14 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
         ud.wait(5)
         with open(pf) as f:
             os.kill(int(f.read().strip()), signal.SIGTERM)
+
+
+def trace(*args: str) -> str:
+    """`vxnet trace` against this lab (no drift: exit 0); its output."""
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vxnet"), "trace", *args], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
 
 
 def p_ip(frame: str) -> tuple[str, str] | None:
