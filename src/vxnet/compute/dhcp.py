@@ -28,6 +28,9 @@ Desired state (docs/dhcp.md):
   enters the bridge from a leased port's tap gets its destination MAC rewritten to its network's
   responder MAC at bridge prerouting, so broadcast or unicast, every client->server frame goes
   only to the local responder: never to the VXLAN port (underlay), never to other local VMs.
+  Which ports are leased is one predicate, `leased`: the firewall uses it too, to accept a
+  leased port's client->server frames to the responder MAC whatever their source address (a
+  RENEW from an address the port no longer holds), which steering confines to the responder.
 - Lease content (`Lease`): fixed IP, mask, broadcast, router (option 3: the subnet's gateway, or
   the nexthop of a 0.0.0.0/0 host route), DNS servers (6), hostname (12: the port's dns_name,
   else `host-a-b-c-d` as Neutron), MTU (26: the network MTU), lease time (51) with T1 = 1/2 and
