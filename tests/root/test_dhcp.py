@@ -9,11 +9,12 @@ its VMs' static addresses and runs busybox udhcpc (private `-s` script) or ISC d
   the same host sees none of the first VM's DHCP frames (steering).
 - A subnet option change reaches a VM (dhclient, T1 = 5 s) at its renewal, which is a unicast
   REQUEST to the server id answered by an ACK; a port IP change reaches a VM (udhcpc renewing on
-  SIGUSR1, as busybox clamps leases to >= 122 s; port security off, see docs/dhcp.md) through a
-  NAK and a new DISCOVER; once a router interface owns the gateway IP the unicast RENEW goes to
+  SIGUSR1, as busybox clamps leases to >= 122 s; port security on: its unicast RENEW from the
+  former address is accepted, steered to the responder) through a NAK and a new DISCOVER; once a router interface owns the gateway IP the unicast RENEW goes to
   the router's MAC and is still answered (steered to the responder).
 - An unknown MAC and a subnet with enable_dhcp false get no lease; no responder exists on a
-  network without DHCP.
+  network without DHCP, and there a DHCP request from a spoofed source IP is dropped by
+  anti-spoofing (no steering confines it): a peer VM sees none of it.
 - Agent crash (SIGKILL): the restarted agent adopts its responder (same device) and answers;
   the responder of a network whose last local port went while the agent was dead is removed.
 """
@@ -24,6 +25,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -31,8 +33,11 @@ import pytest
 
 from tests.root.conftest import USERS_TOML, Lab, needs_root
 from tests.root.helpers import capture, nsexec
+from tests.root.test_port_security import counters as ps_counters
+from tests.root.test_port_security import raw
 from vxnet.compute import dhcp as cdhcp
 from vxnet.compute import dhcp_packet as pkt
+from vxnet.compute import firewall as fwm
 from vxnet.compute import naming
 from vxnet.lab import topology
 
@@ -223,7 +228,7 @@ def test_real_clients_get_their_port_config_and_dhcp_stays_on_the_host(lab: Lab,
 def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab, scripts: str) -> None:
     net, sub = make_net(lab, "100.64.30.0/24", "dhcp-b", dns_nameservers=["203.0.113.53"])
     pa = make_port(lab, net, "100.64.30.11")                                # port security on (default)
-    pb = make_port(lab, net, "100.64.30.12", port_security_enabled=False)   # see docs/dhcp.md
+    pb = make_port(lab, net, "100.64.30.12")                                # port security on too
     boot(lab, "r1", "h1", pa)
     boot(lab, "r2", "h1", pb)
     # r1: dhclient, which renews at T1 = lease / 2 = 5 s. r2: udhcpc, which clamps leases to
@@ -252,15 +257,37 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
             "no unicast RENEW to the server id:\n" + "\n".join(frames)
         assert not [f for f in frames if "255.255.255.255.67" in f], "the renewal was broadcast (REBIND)"
 
-        # An IP change reaches r2 at its renewal: NAK, then DISCOVER/REQUEST for the new IP.
+        # An IP change reaches r2 at its renewal: its unicast RENEW from the address the port no
+        # longer holds passes anti-spoofing (rule dhcp-renew: steered to the responder), NAK,
+        # then DISCOVER/REQUEST for the new IP. r2 has the server's neighbour entry, as a VM in
+        # use has its gateway's (its ARP from the old address would be dropped, rightly).
+        nsexec(topology.vm_ns("r2"), "ping", "-c1", "-W1", sub["gateway_ip"])
+        assert "lladdr" in nsexec(topology.vm_ns("r2"), "ip", "neigh", "show", sub["gateway_ip"]).stdout
         with lab.api("alice") as c:
             assert c.put(f"/ports/{pb['id']}", json={"port": {"fixed_ips": [{"ip_address": "100.64.30.22"}]}}
                          ).status_code == 200
-        time.sleep(1)       # the view reaches h1's agent
-        ud.send_signal(signal.SIGUSR1)
-        wait_for("r2 bound to its new IP",
-                 lambda: any(x["event"] == "bound" and x["ip"] == "100.64.30.22" for x in records(fb)), 10)
+        wait_for("the old address out of r2's allowed pairs", lambda: "100.64.30.12" not in nsexec(
+            topology.host_ns(1), "nft", "list", "chain", "bridge", "vxnet_ps", "ps_" + fwm._ident(pb["id"])).stdout, 10)
+        before = ps_counters(1, pb["id"])
+        with capture(topology.vm_ns("r2"), "eth0") as frames2:
+            ud.send_signal(signal.SIGUSR1)
+            wait_for("r2 bound to its new IP",
+                     lambda: any(x["event"] == "bound" and x["ip"] == "100.64.30.22" for x in records(fb)), 10)
         assert [x["event"] for x in records(fb)][-3:] == ["nak", "deconfig", "bound"], records(fb)
+        assert ps_counters(1, pb["id"]).get("dhcp-renew", 0) > before.get("dhcp-renew", 0)
+        # At its renewal: the first request after the change is the unicast RENEW from the old
+        # address to the server id, and no REBIND (broadcast from the old address) was needed.
+        requests = [p_ip(f) for f in frames2 if "Request" in f]
+        assert requests and requests[0] == ("100.64.30.12", "100.64.30.1"), "\n".join(frames2)
+        assert ("100.64.30.12", "255.255.255.255") not in requests, "\n".join(frames2)
+        # `vxnet trace` names the same rules as the kernel, and finds them in h1's ps chain.
+        renew = trace("--from", "r2", "--to", "100.64.30.1", "--proto", "udp", "--dport", "67", "--sport", "68",
+                      "--src-ip", "100.64.30.12", "--live")
+        assert "(rule dhcp-renew" in renew and "live: ok: nft rule dhcp-renew present" in renew, renew
+        assert "verdict: DELIVERED" in renew and "responder" in renew, renew
+        spoof = trace("--from", "r2", "--to", "100.64.30.1", "--proto", "udp", "--dport", "53",
+                      "--src-ip", "100.64.30.12", "--live")
+        assert "verdict: DROPPED" in spoof and "live: ok: nft rule spoof-ip present" in spoof, spoof
         # The client script records "bound" before it sets the address: wait for the address.
         wait_for("r2 configured with its new IP", lambda: "100.64.30.22/24" in nsexec(
             topology.vm_ns("r2"), "ip", "-4", "addr", "show", "dev", "eth0").stdout, 5)
@@ -289,6 +316,14 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
             os.kill(int(f.read().strip()), signal.SIGTERM)
 
 
+def trace(*args: str) -> str:
+    """`vxnet trace` against this lab (no drift: exit 0); its output."""
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "vxnet"), "trace", *args], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
 def p_ip(frame: str) -> tuple[str, str] | None:
     """(source IP, destination IP) of a decoded DHCP frame line."""
     m = re.search(r"(\d+\.\d+\.\d+\.\d+)\.6[78] > (\d+\.\d+\.\d+\.\d+)\.6[78]", frame)
@@ -300,8 +335,10 @@ def test_unknown_mac_and_disabled_subnet_get_nothing(lab: Lab, scripts: str) -> 
     off, _ = make_net(lab, "100.64.10.0/24", "dhcp-off", enable_dhcp=False)
     known = make_port(lab, net, "203.0.113.11", port_security_enabled=False)
     nodhcp = make_port(lab, off, "100.64.10.11")
+    peer = make_port(lab, off, "100.64.10.12", port_security_enabled=False)
     boot(lab, "u1", "h1", known)
     boot(lab, "u2", "h1", nodhcp)
+    boot(lab, "u3", "h1", peer)
     # u1 changes its MAC: its tap is steered to the responder, which has no lease for that MAC.
     assert nsexec(topology.vm_ns("u1"), "ip", "link", "set", "eth0", "address", "02:00:00:0e:ee:01").returncode == 0
     procs = [subprocess.Popen(["ip", "netns", "exec", topology.vm_ns(vm), "busybox", "udhcpc", "-i", "eth0", "-f",
@@ -316,6 +353,18 @@ def test_unknown_mac_and_disabled_subnet_get_nothing(lab: Lab, scripts: str) -> 
     assert cdhcp.service_port(net["id"]) in links
     assert cdhcp.service_port(off["id"]) not in links and cdhcp.device_name(off["id"]) not in links
     assert dhcp_frames(underlay) == [], "\n".join(underlay)
+    # No DHCP on u2's network, so no steering: a client->server frame from a spoofed source IP
+    # (broadcast, or to the responder MAC it would have) is dropped; from its own IP it passes.
+    before = ps_counters(1, nodhcp["id"])
+    with capture(topology.vm_ns("u3"), "eth0") as seen:
+        for dst_mac in ("-", cdhcp.responder_mac(off["id"])):
+            raw("u2", "udp", nodhcp["mac_address"], dst_mac, "100.64.10.99", "68:67:255.255.255.255")
+        raw("u2", "udp", nodhcp["mac_address"], "-", "100.64.10.11", "68:67:255.255.255.255")    # control
+        time.sleep(1)       # over VXLAN to h2
+    assert ps_counters(1, nodhcp["id"]).get("spoof-ip", 0) - before.get("spoof-ip", 0) == 6
+    assert "dhcp-renew" not in ps_counters(1, nodhcp["id"])
+    udp = [f for f in seen if ".68 > 255.255.255.255.67" in f]
+    assert len(udp) == 3 and all("100.64.10.11.68 >" in f for f in udp), "\n".join(seen)
     # Sanity: the same VM with its port's MAC back gets its lease from the same responder.
     assert nsexec(topology.vm_ns("u1"), "ip", "link", "set", "eth0", "address", known["mac_address"]).returncode == 0
     r = udhcpc(scripts, "u1")

@@ -380,3 +380,76 @@ def test_revoked_flows_are_the_leavers_in_the_zones_of_the_ports_that_name_the_g
     assert revoked_flows(after, before) == []                          # joining revokes nothing
     no_rule = compute_firewall(view(ports, [r for r in RULES if r["id"] != "r-group"]), "h1")
     assert revoked_flows(before, no_rule) == []                        # nobody names G2 any more
+
+
+# --- DHCP renewal from an address the port no longer holds ------------------------------------
+
+def dhcp_view(ports: list[dict], enable_dhcp: bool = True) -> dict:
+    """`view` with an IPv4 subnet `s` on NET (DHCP on or off); NET2 has no subnet."""
+    v = view(ports)
+    v["subnets"] = {"s": {"id": "s", "network_id": NET, "cidr": "192.0.2.0/24", "ip_version": 4,
+                          "gateway_ip": "192.0.2.1", "enable_dhcp": enable_dhcp}}
+    return v
+
+
+def kinds_of(fw: fwm.Firewall, pid: str) -> list[str]:
+    return [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1))
+            for r in chain(fw, "bridge", f"ps_{fw.port(pid).ident}")]
+
+
+def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() -> None:
+    from vxnet.compute import dhcp
+
+    fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11"), port(P3, "192.0.2.13", net=NET2)]), "h1")
+    rmac = dhcp.responder_mac(NET)
+    assert fw.port(P1).dhcp_mac == rmac
+    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
+                                "dhcp-renew", "spoof-ip", "other"]
+    rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
+    assert rules[6].startswith(f"ether daddr {rmac} udp sport 68 udp dport 67 counter accept")
+    # NET2 has no DHCP subnet: its tap is not steered, so no exemption (the frame would go anywhere).
+    assert fw.port(P3).dhcp_mac == ""
+    assert "dhcp-renew" not in kinds_of(fw, P3)
+    assert not any("ether daddr" in r for r in chain(fw, "bridge", f"ps_{fw.port(P3).ident}"))
+
+
+def test_the_renew_exemption_follows_the_dhcp_predicate() -> None:
+    from vxnet.compute import dhcp
+
+    # enable_dhcp false, the port bound elsewhere, admin down: not leased, not steered, no rule.
+    for v, host in ((dhcp_view([port(P1, "192.0.2.11")], enable_dhcp=False), "h1"),
+                    (dhcp_view([port(P1, "192.0.2.11", admin_state_up=False)]), "h1")):
+        fw = compute_firewall(v, host)
+        assert fw.port(P1).dhcp_mac == "" and "dhcp-renew" not in kinds_of(fw, P1)
+        assert dhcp.compute_dhcp(v, host, 60).responders == ()
+    # The firewall's "leased" is exactly the taps DHCP steers, port by port.
+    ports = [port(P1, "192.0.2.11"), port(P2, "192.0.2.12", groups=(G2,)), port(P3, "192.0.2.13", net=NET2),
+             port(P4, "192.0.2.14", fixed_ips=[{"subnet_id": "other", "ip_address": "192.0.2.14"}])]
+    v = dhcp_view([dict(p, **{"binding:host_id": "h1"}) for p in ports])
+    fw = compute_firewall(v, "h1")
+    steered = {t for r in dhcp.compute_dhcp(v, "h1", 60).responders for t in r.taps}
+    assert {p.tap for p in fw.ports if p.dhcp_mac} == steered == {fw.port(P1).tap, fw.port(P2).tap}
+
+
+def test_port_security_off_gets_no_chain_at_all() -> None:
+    fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11", port_security_enabled=False)]), "h1")
+    assert fw.port(P1) is None and fw.open_ports == {P1}
+    ps = next(t for t in fw.tables if t.family == "bridge")
+    assert [c.name for c in ps.chains] == ["pre", "out"]
+    assert fwm.port_security(fw, P1, "02:00:00:00:02:0b", Packet("192.0.2.99", "192.0.2.1", 17, 68, 67)) == \
+        ("accept", "unfiltered")
+
+
+def test_port_security_evaluation_names_the_rule() -> None:
+    fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11"), port(P3, "192.0.2.13", net=NET2)]), "h1")
+    own1, own3 = "02:00:00:00:02:0b", "02:00:00:00:02:0d"
+    renew = Packet("192.0.2.99", "192.0.2.1", 17, 68, 67)           # from a former address
+    assert fwm.port_security(fw, P1, own1, renew, "02:00:00:00:00:01") == ("accept", "dhcp-renew")   # steered
+    assert fwm.port_security(fw, P1, "02:00:00:00:99:99", renew) == ("drop", "spoof-mac")
+    assert fwm.port_security(fw, P1, own1, Packet("192.0.2.99", "192.0.2.1", 17, 40000, 67)) == ("drop", "spoof-ip")
+    assert fwm.port_security(fw, P1, own1, Packet("192.0.2.11", "192.0.2.1", 17, 67, 68)) == ("drop", "dhcp-server")
+    assert fwm.port_security(fw, P1, own1, Packet("0.0.0.0", "255.255.255.255", 17, 68, 67)) == \
+        ("accept", "dhcp-client")
+    assert fwm.port_security(fw, P1, own1, Packet("192.0.2.11", "192.0.2.1", 6, 40000, 22)) == ("accept", "mark")
+    # Not leased (no DHCP on NET2): the same frame, even addressed to a responder MAC, is spoofing.
+    assert fwm.port_security(fw, P3, own3, renew, fwm.dhcp.responder_mac(NET)) == ("drop", "spoof-ip")

@@ -58,3 +58,26 @@ def test_unknown_destination_and_bad_source() -> None:
     assert walk(snapshot(), "a", "192.0.2.99", "icmp").verdict == "dropped"
     with pytest.raises(ValueError, match="neither a port id"):
         walk(snapshot(), "no-such-vm", "192.0.2.12")
+
+
+def test_port_security_names_its_rule_for_a_dhcp_request_from_a_former_address() -> None:
+    # a's subnet has DHCP (the default): a's tap is steered, its RENEW from an address it no
+    # longer holds is accepted by rule dhcp-renew and ends at the responder on its host.
+    t = walk(snapshot(), "a", "192.0.2.1", "udp", 67, src_ip="192.0.2.99", sport=68)
+    assert (t.verdict, t.deciding) == ("delivered", "dhcp-renew")
+    assert "rule dhcp-renew" in t.hops[0].decision and t.hops[0].check is not None
+    assert dict(t.hops[0].check.args) == {"table": "ps", "chain": "ps_a", "rule": "dhcp-renew"}
+    assert t.hops[-1].host == "h1" and "responder" in t.summary
+    # The same address in any other frame is spoofing.
+    t = walk(snapshot(), "a", "192.0.2.12", "udp", 53, src_ip="192.0.2.99")
+    assert (t.verdict, t.deciding) == ("dropped", "spoof-ip")
+    # Its own address: the mark rule, then the egress groups, as for any packet.
+    t = walk(snapshot(), "a", "192.0.2.12", "tcp", 22)
+    assert "rule mark" in t.hops[0].decision and any("egress security groups" in h.what for h in t.hops)
+
+
+def test_no_dhcp_no_steering_so_a_dhcp_request_from_a_former_address_is_dropped() -> None:
+    snap = snapshot()
+    snap.objects["subnets"]["sub-1"] = dict(SUB, enable_dhcp=False)
+    t = walk(snap, "a", "192.0.2.1", "udp", 67, src_ip="192.0.2.99", sport=68)
+    assert (t.verdict, t.deciding) == ("dropped", "spoof-ip")

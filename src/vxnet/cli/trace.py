@@ -50,6 +50,9 @@ def register(app: typer.Typer) -> None:
         to: str = typer.Option(..., "--to", help="destination IPv4 address"),
         proto: str = typer.Option("icmp", help="tcp, udp, icmp or a protocol number"),
         dport: int = typer.Option(None, help="destination port (tcp/udp)"),
+        sport: int = typer.Option(None, help="source port (tcp/udp; default 40000)"),
+        src_ip: str = typer.Option(None, "--src-ip", help="source address a port sends from (default: its own; "
+                                                         "another one is what port security checks)"),
         live: bool = typer.Option(False, "--live", help="check each hop against the real kernel of its host"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
         server: str = typer.Option(None, envvar="VXNET_URL", help="API URL (default: the running lab's)"),
@@ -68,7 +71,7 @@ def register(app: typer.Typer) -> None:
         tok = _token(url, user or lab.get("user", "admin"), password or lab.get("password", ""),
                      project or lab.get("project", "admin"))
         try:
-            t = run(url, tok, resolve_source(source), to, proto, dport, live)
+            t = run(url, tok, resolve_source(source), to, proto, dport, live, src_ip, sport)
         except ValueError as e:
             typer.echo(f"vxnet trace: {e}", err=True)
             raise typer.Exit(2) from None

@@ -28,6 +28,9 @@ Desired state (docs/dhcp.md):
   enters the bridge from a leased port's tap gets its destination MAC rewritten to its network's
   responder MAC at bridge prerouting, so broadcast or unicast, every client->server frame goes
   only to the local responder: never to the VXLAN port (underlay), never to other local VMs.
+  Which ports are leased is one predicate, `leased`: the firewall uses it too, to accept a
+  leased port's client->server frames to the responder MAC whatever their source address (a
+  RENEW from an address the port no longer holds), which steering confines to the responder.
 - Lease content (`Lease`): fixed IP, mask, broadcast, router (option 3: the subnet's gateway, or
   the nexthop of a 0.0.0.0/0 host route), DNS servers (6), hostname (12: the port's dns_name,
   else `host-a-b-c-d` as Neutron), MTU (26: the network MTU), lease time (51) with T1 = 1/2 and
@@ -58,7 +61,7 @@ from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute import naming
 from vxnet.compute.memo import PartsMemo
 from vxnet.compute.state import Fdb, HostState, Neigh, Plug
-from vxnet.model import Network, Port, Subnet, View, as_view
+from vxnet.model import FixedIp, Network, Port, Subnet, View, as_view
 
 SERVICE_KIND = naming.DHCP_KIND
 DEVICE_PREFIX = naming.DHCP_DEVICE_PREFIX
@@ -193,31 +196,54 @@ def _is_leasable(port: Port, host: str) -> bool:
     return port.host == host and port.admin_up and not port.is_infra and bool(port.mac)
 
 
+def dhcp_subnets(net: Network, subnets: Iterable[Subnet]) -> dict[str, Subnet]:
+    """The subnets a network's responder leases on (by id): IPv4 with a CIDR and `enable_dhcp`,
+    on a VXLAN network (none otherwise)."""
+    if not net.is_vxlan:
+        return {}
+    return {s.id: s for s in subnets if s.ip_version == 4 and s.cidr and s.enable_dhcp}
+
+
+def leased(net: Network, subnets: Iterable[Subnet], ports: Iterable[Port], host: str) -> list[tuple[Port, FixedIp]]:
+    """The ports of `net` that get a lease on `host`, each with the fixed IP leased (`ports`: the
+    network's, sorted by id; `subnets`: the network's). The one definition of "leased": the
+    responder answers exactly these ports' MACs and steering confines exactly their taps'
+    client->server frames to it, so the firewall relies on it too (`compute.firewall`: their
+    DHCP requests are accepted whatever their source address)."""
+    dhcp_subs = dhcp_subnets(net, subnets)
+    if not dhcp_subs:
+        return []
+    out: list[tuple[Port, FixedIp]] = []
+    macs: set[str] = set()
+    for p in ports:
+        if not _is_leasable(p, host) or p.mac in macs:
+            continue
+        choice = next((f for f in p.ipv4 if f.subnet_id in dhcp_subs), None)
+        if choice is not None:
+            out.append((p, choice))
+            macs.add(p.mac)
+    return out
+
+
 def network_dhcp(net: Network, subnets: list[Subnet], ports: list[Port], host: str,
                  lease_time: int) -> Responder | None:
     """The responder of one network on `host` (`subnets` and `ports`: the network's, sorted by
     id), None when no local port gets a lease there."""
-    local = [p for p in ports if _is_leasable(p, host)]
-    if not local or not net.is_vxlan:
+    chosen = leased(net, subnets, ports, host)
+    if not chosen:
         return None
     subs = {s.id: s for s in subnets if s.ip_version == 4 and s.cidr}
-    dhcp_subs = {sid: s for sid, s in subs.items() if s.enable_dhcp}
-    if not dhcp_subs:
-        return None
     held = {f.ip_address for p in ports for f in p.ipv4}
-    sid_of = {sid: server_id(s, held) for sid, s in dhcp_subs.items()}
+    sid_of: dict[str, str] = {}
     leases: dict[str, Lease] = {}
     taps = []
-    for p in local:
-        choice = next((f for f in p.ipv4 if f.subnet_id in dhcp_subs), None)
-        if choice is None or p.mac in leases:
-            continue
-        s = dhcp_subs[choice.subnet_id]
+    for p, choice in chosen:
+        s = subs[choice.subnet_id]
+        if s.id not in sid_of:
+            sid_of[s.id] = server_id(s, held)
         others = tuple(o.cidr for osid, o in subs.items() if osid != s.id)
         leases[p.mac] = _lease(p, choice.ip_address, s, others, sid_of[s.id], lease_time, net.mtu)
         taps.append(naming.tap_name(p.id))
-    if not leases:
-        return None
     arp_ips = tuple(sorted({lease.server_id for lease in leases.values()} - held))
     return Responder(net.id, service_port(net.id), device_name(net.id), responder_mac(net.id),
                      naming.bridge_name(net.id), net.mtu, tuple(sorted(leases.values())), arp_ips, tuple(sorted(taps)))

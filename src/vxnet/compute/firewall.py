@@ -15,7 +15,10 @@ ports are therefore tagged with skb marks in bridge-family chains):
     in the allowed pairs: mark low 16 bits = the port's index, accept; source MAC not in {port
     MAC, pair MACs}: drop; ARP whose sender (MAC . IP) is not an allowed pair (or 0.0.0.0,
     address probes): drop; ARP accepted; DHCP client frames (0.0.0.0:68 -> :67) accepted;
-    other IPv4 (spoofed source) and everything else (IPv6, VLAN...) dropped.
+    on a *leased* port (`dhcp.leased`: its tap is steered), client->server DHCP (68 -> 67) to
+    its network's responder MAC accepted whatever the source IP (a RENEW/REBIND from an address
+    the port no longer holds: it can only reach the local responder); other IPv4 (spoofed
+    source) and everything else (IPv6, VLAN...) dropped.
   - `out` (forward -100, before br_netfilter): `oifname vmap @out_ports` -> `mk_<port>`: drop
     IPv6 to the port, set mark high 16 bits = the port's index.
   - The dispatch tables are named verdict maps, not inline vmaps: a port coming or going is one
@@ -65,8 +68,8 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from vxnet.compute import naming
-from vxnet.model import Port, Rule, View, as_view
+from vxnet.compute import dhcp, naming
+from vxnet.model import Port, Rule, Subnet, View, as_view
 
 PS_TABLE = naming.PS_TABLE
 SG_TABLE = naming.SG_TABLE
@@ -144,6 +147,7 @@ class PortFilter:
     pairs: tuple[tuple[str, str], ...]          # allowed (MAC, IPv4 address or CIDR)
     groups: tuple[str, ...]                     # group ids (sorted)
     stateful: bool
+    dhcp_mac: str = ""                          # its network's responder MAC when DHCP leases it, else ""
 
     @property
     def ident(self) -> str:
@@ -348,20 +352,41 @@ def _filtered(p: Port) -> bool:
     return not p.is_infra and p.port_security
 
 
-def port_filter(p: Port, index: int, sgs: Mapping[str, Any]) -> PortFilter:
-    """The filter of one local port with port security (mark index `index`)."""
+def port_filter(p: Port, index: int, sgs: Mapping[str, Any], dhcp_mac: str = "") -> PortFilter:
+    """The filter of one local port with port security (mark index `index`; `dhcp_mac`: its
+    network's responder MAC when DHCP leases the port, see `dhcp.leased`)."""
     groups = tuple(sorted(g for g in p.security_groups if g in sgs))
-    return _port_filter(p, index, groups, not groups or any(sgs[g].stateful for g in groups))
+    return _port_filter(p, index, groups, not groups or any(sgs[g].stateful for g in groups), dhcp_mac)
 
 
 @functools.lru_cache(maxsize=16384)
-def _port_filter(p: Port, index: int, groups: tuple[str, ...], stateful: bool) -> PortFilter:
+def _port_filter(p: Port, index: int, groups: tuple[str, ...], stateful: bool, dhcp_mac: str) -> PortFilter:
     # Memoized on the (hashable, frozen) port: a pass recomputes only the ports that changed.
     addrs = port_addresses(p)
     macs = tuple(sorted({p.mac, *(m for m, _ in addrs)} - {""}))
     pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
     return PortFilter(p.id, naming.tap_name(p.id), naming.bridge_name(p.network_id), index, macs, pairs, groups,
-                      stateful)
+                      stateful, dhcp_mac)
+
+
+def _leased_ports(v: View, host: str, network_ids: Iterable[str]) -> dict[str, str]:
+    """Port id -> its network's responder MAC, for the ports DHCP leases on `host` on these
+    networks (`dhcp.leased`: the same predicate the DHCP part steers by)."""
+    nets = set(network_ids)
+    ports: dict[str, list[Port]] = {}
+    for pid in sorted(v.ports):
+        p = v.ports[pid]
+        if p.network_id in nets and p.host == host:
+            ports.setdefault(p.network_id, []).append(p)
+    subnets: dict[str, list[Subnet]] = {}
+    for s in v.subnets.values():
+        if s.network_id in nets:
+            subnets.setdefault(s.network_id, []).append(s)
+    out: dict[str, str] = {}
+    for nid, nports in ports.items():
+        mac = dhcp.responder_mac(nid)
+        out.update((p.id, mac) for p, _ in dhcp.leased(v.networks[nid], subnets.get(nid, ()), nports, host))
+    return out
 
 
 def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) -> Firewall:
@@ -390,7 +415,8 @@ def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) ->
             ignored.append(rid)
             continue
         rules_by_group.setdefault(r.security_group_id, []).append(rule)
-    filters = [port_filter(local[pid], index[pid], v.security_groups) for pid in sorted(index)]
+    dhcp_macs = _leased_ports(v, host, {p.network_id for p in local.values()})
+    filters = [port_filter(local[pid], index[pid], v.security_groups, dhcp_macs.get(pid, "")) for pid in sorted(index)]
     used_groups = {g for f in filters for g in f.groups}
     group_rules = tuple(GroupRules(g, d, tuple(r for r in rules_by_group.get(g, ()) if r.direction == d))
                         for g in sorted(used_groups) for d in ("ingress", "egress"))
@@ -422,8 +448,14 @@ def _ps_chain(p: PortFilter) -> NftChain:
     rules += [_rule(f"ether saddr != {macs}", "drop", "spoof-mac"),
               _rule(f"arp saddr ether . arp saddr ip != {arp_ok}", "drop", "spoof-arp"),
               _rule("ether type arp", "accept", "arp"),
-              _rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client"),
-              _rule("ether type ip", "drop", "spoof-ip")]
+              _rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client")]
+    if p.dhcp_mac:
+        # A leased port's tap is steered (table vxnet_dhcp, before this chain): every 68 -> 67
+        # frame from it has the responder MAC as destination, which only the local responder
+        # holds (a static FDB entry), so a RENEW from an address the port no longer holds
+        # reaches nothing else. Never on an unsteered port: its frame would go anywhere.
+        rules.append(_rule(f"ether daddr {p.dhcp_mac} udp sport 68 udp dport 67", "accept", "dhcp-renew"))
+    rules.append(_rule("ether type ip", "drop", "spoof-ip"))
     rules.append(_rule("", "drop", "other"))
     return NftChain(f"ps_{p.ident}", tuple(rules))
 
@@ -594,3 +626,34 @@ def decide(fw: Firewall, port_id: str, direction: str, pkt: Packet) -> tuple[str
             if _rule_matches(r, pkt, fw.members):
                 return "accept", "sg:" + r.rule_id
     return "drop", "default-drop"
+
+
+def _in_pairs(p: PortFilter, mac: str, src: str) -> bool:
+    addr = ipaddress.ip_address(src)
+    return any(m == mac and addr in ipaddress.ip_network(a) for m, a in p.pairs)
+
+
+def port_security(fw: Firewall, port_id: str, src_mac: str, pkt: Packet, dst_mac: str = "") -> tuple[str, str]:
+    """(verdict, deciding rule identity) of the port-security chain of local port `port_id` for
+    the IPv4 frame `pkt` it sends from `src_mac` to `dst_mac`, after DHCP steering (a leased
+    port's 68 -> 67 frames go to its network's responder MAC), in the chain's order: `dhcp-server`,
+    `mark` (its own MAC . address), `spoof-mac`, `dhcp-client` (from 0.0.0.0), `dhcp-renew`,
+    `spoof-ip`; `unfiltered` for a port without the chain."""
+    p = fw.port(port_id)
+    if p is None:
+        return "accept", "unfiltered"
+    udp = (pkt.sport, pkt.dport) if pkt.protocol == 17 else (None, None)
+    client = udp == (68, 67)
+    if client and p.dhcp_mac:
+        dst_mac = p.dhcp_mac                   # steered before the chain (table vxnet_dhcp)
+    if udp[0] == 67:
+        return "drop", "dhcp-server"
+    if _in_pairs(p, src_mac, pkt.src):
+        return "accept", "mark"
+    if src_mac not in p.macs:
+        return "drop", "spoof-mac"
+    if client and pkt.src == "0.0.0.0":
+        return "accept", "dhcp-client"
+    if client and p.dhcp_mac and dst_mac == p.dhcp_mac:
+        return "accept", "dhcp-renew"
+    return "drop", "spoof-ip"

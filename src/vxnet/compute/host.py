@@ -33,7 +33,7 @@ from vxnet.compute.state import HostState, merge
 from vxnet.model import View, as_view
 
 # The view buckets each whole-view part reads (its memo key).
-FIREWALL_INPUTS = ("networks", "ports", "security_groups", "security_group_rules")
+FIREWALL_INPUTS = ("networks", "subnets", "ports", "security_groups", "security_group_rules")   # subnets: DHCP
 ROUTING_INPUTS = ("networks", "subnets", "ports", "routers")
 GATEWAY_INPUTS = ("networks", "subnets", "ports", "routers", "floatingips")
 

@@ -8,9 +8,9 @@ from vxnet.trace.walk import Hop, Trace, walk
 
 
 def run(url: str, token: str, source: str, dst_ip: str, proto: str = "icmp", dport: int | None = None,
-        live: bool = False) -> Trace:
+        live: bool = False, src_ip: str | None = None, sport: int | None = None) -> Trace:
     """Fetch the state, walk the packet, optionally verify against the kernels."""
-    t = walk(fetch(url, token), source, dst_ip, proto, dport)
+    t = walk(fetch(url, token), source, dst_ip, proto, dport, src_ip, sport)
     if live:
         from vxnet.trace.live import verify
 

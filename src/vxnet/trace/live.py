@@ -76,6 +76,16 @@ def check(c: Check, netns: str | None) -> str:
             f"DRIFT: fdb {mac} dev {dev}{' dst ' + dst if dst else ''} missing in the kernel"
     if c.kind == "neigh":
         return "ok"
+    if c.kind == "nft-rule" and dict(c.args).get("table") == "ps":
+        # A port-security rule: the rule of that identity in the port's own chain.
+        rules = _nft_rules(netns, *PS_TABLE)
+        if rules is None:
+            return f"DRIFT: table {' '.join(PS_TABLE)} missing"
+        chain, kind = c.arg("chain"), c.arg("rule")
+        hits = [r for r in rules if r.get("chain") == chain and (r.get("comment") or "").startswith(f"vxnet:{kind}#")]
+        if not hits:
+            return f"DRIFT: no rule {kind} in chain {chain} of {' '.join(PS_TABLE)}"
+        return f"ok: nft rule {kind} present in {chain}, counter {sum(_counter(r) or 0 for r in hits)} packets"
     if c.kind == "nft-rule":
         rules = _nft_rules(netns, *SG_TABLE)
         if rules is None:

@@ -1,13 +1,17 @@
 """Walk one packet through the logical topology, hop by hop, over the agents' desired state.
 
-Contract: `walk(snapshot, source, dst_ip, proto, dport)` is pure. `source` is a port id, or an
-IPv4 address on a `router:external` network (a client outside the cloud). It returns a `Trace`:
+Contract: `walk(snapshot, source, dst_ip, proto, dport, src_ip, sport)` is pure. `source` is a
+port id, or an IPv4 address on a `router:external` network (a client outside the cloud); a port
+sends from its own MAC and first IPv4 address unless `src_ip` says which source address it
+uses (a spoofed or former address: port security decides); `sport` is the source port (tcp/udp). It returns a `Trace`:
 hops in order, each naming the host, the object and the exact entry that decides (a
 security-group rule id, an FDB/neighbour entry, a route, a NAT rule), with an optional `Check`
 saying which kernel object `--live` must find on which host; and the verdict.
 
 The path model is the data path the agents build (docs/architecture.md):
-source port -> port security (bridge table) -> egress security groups -> same subnet: the
+source port -> port security (bridge table: `firewall.port_security` names the rule; a client
+->server DHCP frame from a port DHCP steers ends at its network's responder on the host) ->
+egress security groups (frames the port-security chain marked) -> same subnet: the
 network's ARP-suppression entry and FDB entry (local tap or VXLAN to the destination's VTEP);
 other subnet: the distributed router on the source host (connected subnets, extra routes,
 then the policy rule to the router's centralized SNAT port) -> gateway namespace on the gateway
@@ -25,7 +29,7 @@ import ipaddress
 from typing import Any
 
 from vxnet.compute import naming
-from vxnet.compute.firewall import IP_PROTOCOL_MAP, Packet, decide
+from vxnet.compute.firewall import IP_PROTOCOL_MAP, Packet, decide, port_security
 from vxnet.compute.routing import MAIN_TABLE, RouterNs
 from vxnet.trace.snapshot import Snapshot
 
@@ -74,10 +78,10 @@ def protocol_number(proto: str) -> int:
     return IP_PROTOCOL_MAP[proto]
 
 
-def _packet(src: str, dst: str, proto: int, dport: int | None) -> Packet:
+def _packet(src: str, dst: str, proto: int, dport: int | None, sport: int | None = None) -> Packet:
     if proto == 1:
         return Packet(src, dst, 1, icmp_type=8, icmp_code=0)
-    return Packet(src, dst, proto, sport=40000, dport=dport)
+    return Packet(src, dst, proto, sport=sport or 40000, dport=dport)
 
 
 def _ipv4(port: dict[str, Any]) -> str | None:
@@ -313,8 +317,45 @@ def _fip_owner(s: Snapshot, ip: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def walk(snap: Snapshot, source: str, dst_ip: str, proto: str = "icmp", dport: int | None = None) -> Trace:
-    """Trace a new connection from `source` (port id or outside IPv4 address) to `dst_ip`."""
+def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt: Packet) -> Trace | None:
+    """The source port's anti-spoofing hop; a Trace when the frame ends there (dropped, or
+    steered to the DHCP responder), None when it goes on (to the egress security groups when
+    marked)."""
+    fw = w.s.firewall(host)
+    pf = fw.port(source)
+    mac = str(port.get("mac_address") or "")
+    steered = next((r for r in w.s.dhcp(host).responders if naming.tap_name(source) in r.taps), None)
+    dhcp_client = pkt.protocol == 17 and (pkt.sport, pkt.dport) == (68, 67)
+    if pf is None:
+        w.hop(host, w.port_label(source), f"sends {_pkt_text(pkt)}; port security off: not checked")
+        verdict, kind = "accept", "unfiltered"
+    else:
+        verdict, kind = port_security(fw, source, mac, pkt)
+        check = Check("nft-rule", host, (("table", "ps"), ("chain", f"ps_{pf.ident}"), ("rule", kind)))
+        why = {"mark": "from its own MAC and address", "dhcp-client": "a DHCP client frame from 0.0.0.0",
+               "dhcp-renew": "a DHCP request steered to its network's responder, whatever its source address",
+               }.get(kind, "")
+        w.hop(host, w.port_label(source), f"sends {_pkt_text(pkt)}: port security "
+                                          f"{'passes' if verdict == 'accept' else 'DROPS it'} (rule {kind}"
+                                          f"{': ' + why if why else ''})", check)
+        if verdict != "accept":
+            return w.done("dropped", f"dropped by the port security of {w.port_label(source)} ({kind})", kind)
+        if kind == "mark":
+            ok, ident = w.sg(host, source, "egress", pkt)
+            if not ok:
+                return w.done("dropped", f"dropped by the egress security groups of {w.port_label(source)}", ident)
+    if dhcp_client and steered is not None:
+        w.hop(host, f"network {w.s.name('networks', steered.network_id)} on {host}",
+              f"DHCP steering: destination MAC -> the responder {steered.mac} (table bridge vxnet_dhcp)")
+        return w.done("delivered", f"steered to the DHCP responder of network "
+                                   f"{w.s.name('networks', steered.network_id)} on {host}", kind)
+    return None
+
+
+def walk(snap: Snapshot, source: str, dst_ip: str, proto: str = "icmp", dport: int | None = None,
+         src_ip: str | None = None, sport: int | None = None) -> Trace:
+    """Trace a new connection from `source` (port id or outside IPv4 address) to `dst_ip`
+    (from `src_ip` instead of the port's own address when given; source port `sport`)."""
     w = Walker(snap, protocol_number(proto), dport)
     port = snap.objects["ports"].get(source)
     if port is None:
@@ -326,24 +367,17 @@ def walk(snap: Snapshot, source: str, dst_ip: str, proto: str = "icmp", dport: i
         if ext is None:
             raise ValueError(f"{source} is neither a port id nor an address on an external network")
         w.hop("-", f"client {source} outside the cloud", f"on external network {snap.name('networks', ext[0])}")
-        return w.outside_in(_packet(source, dst_ip, w.proto, dport))
+        return w.outside_in(_packet(source, dst_ip, w.proto, dport, sport))
     host = port.get("binding:host_id") or ""
-    src = _ipv4(port)
+    src = src_ip or _ipv4(port)
     if not host or not src:
         w.hop(host or "-", w.port_label(source), "DROPPED: the port is not bound to a host or has no IPv4 address")
         return w.done("unreachable", "source port not bound", "unbound")
-    pkt = _packet(src, dst_ip, w.proto, dport)
+    pkt = _packet(src, dst_ip, w.proto, dport, sport)
     net = port["network_id"]
-    fw = snap.firewall(host)
-    pf = fw.port(source)
-    if pf is None:
-        w.hop(host, w.port_label(source), f"sends {_pkt_text(pkt)}; port security off: not checked")
-    else:
-        w.hop(host, w.port_label(source), f"sends {_pkt_text(pkt)} from its own MAC and address: port security "
-                                          "passes", Check("nft-chain", host, (("port", source), ("direction", "ps"))))
-        ok, ident = w.sg(host, source, "egress", pkt)
-        if not ok:
-            return w.done("dropped", f"dropped by the egress security groups of {w.port_label(source)}", ident)
+    ended = _port_security(w, host, source, port, pkt)
+    if ended is not None:
+        return ended
     sub = snap.subnet_of(net, src)
     if sub is not None and ipaddress.ip_address(dst_ip) in ipaddress.ip_network(sub[1]["cidr"]):
         found = w.l2(host, net, dst_ip)
