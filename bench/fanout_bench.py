@@ -50,8 +50,8 @@ from bench.servers import (
     AGENT,
     NO_AGENT_EXPIRY,
     UNLIMITED_QUOTAS,
+    backends,
     etcd_cluster,
-    etcd_installed,
     load_averages,
     raise_open_files_limit,
     sample,
@@ -417,10 +417,7 @@ def run(opts: argparse.Namespace) -> Report:
     load0 = load_averages()
     rows: list[list[str]] = []
     notes: list[str] = []
-    for store in [s for s in opts.fanout_stores.split(",") if s]:
-        if store == "etcd" and not etcd_installed():
-            notes.append("etcd is not installed: the etcd backend was not measured.")
-            continue
+    for store in backends(opts.fanout_stores, notes):
         run_backend(store, opts, rows, notes)
     by = {r[0]: r for r in rows if r[1].startswith("port rename -> all")}
     if len(by) == 2:

@@ -58,8 +58,8 @@ from bench.servers import (
     AGENT,
     NO_AGENT_EXPIRY,
     UNLIMITED_QUOTAS,
+    backends,
     etcd_cluster,
-    etcd_installed,
     load_averages,
     raise_open_files_limit,
     sample,
@@ -623,10 +623,7 @@ def run(opts: argparse.Namespace) -> Report:
     rows: list[list[str]] = []
     notes: list[str] = []
     t = time.monotonic()
-    for backend in [b for b in opts.scale_stores.split(",") if b]:
-        if backend == "etcd" and not etcd_installed():
-            notes.append("etcd is not installed: the etcd backend was not measured.")
-            continue
+    for backend in backends(opts.scale_stores, notes):
         workdir = tempfile.mkdtemp(prefix="vxnet-scale-")
         phase = ["starting"]
         try:

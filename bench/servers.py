@@ -186,6 +186,16 @@ def etcd_installed() -> bool:
     return shutil.which("etcd") is not None or os.path.exists("/usr/bin/etcd")
 
 
+def backends(spec: str, notes: list[str]) -> list[str]:
+    """The store backends of a comma list ("etcd,sqlite"), without the etcd ones when etcd is
+    not installed (said in `notes`)."""
+    names = [b for b in spec.split(",") if b]
+    if not etcd_installed() and any(b.startswith("etcd") for b in names):
+        notes.append("etcd is not installed: the etcd backend was not measured.")
+        names = [b for b in names if not b.startswith("etcd")]
+    return names
+
+
 @contextlib.contextmanager
 def etcd_cluster(members: int, prefix: str) -> Iterator[tuple[str, list[int]]]:
     """A fresh etcd cluster of `members` on loopback (tests/support/etcd.py), members named
