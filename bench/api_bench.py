@@ -32,86 +32,34 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from bench import servers
 from bench.report import Report, percentile
+from bench.servers import ADMIN, QUOTAS_OFF, REPO, UNLIMITED_QUOTAS, User, cpu_seconds, token
 
 NAME = "API throughput (embedded SQLite store and etcd)"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VXNET = os.path.join(REPO, ".venv", "bin", "vxnet")
 PYSPY = os.path.join(REPO, ".venv", "bin", "py-spy")
-ADMIN = ("admin", "bench-admin-pw", "admin")
-MEMBER = ("bench", "bench-pw", "bench")
+MEMBER: User = ("bench", "bench-pw", "bench", '["member", "reader"]')
 CIDR = "100.64.0.0/16"
 LIST_PORTS = 10_000
-QUOTA_RESOURCES = ("network", "subnet", "port", "router", "floatingip", "security_group", "security_group_rule")
 BULK = 25  # ports per bulk create: 3 store ops each must stay under etcd's 128 ops per txn
-
-
-# --- a server subprocess -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
 def server_process(workdir: str, store_url: str | None = None, quotas: bool = True) -> Iterator[tuple[int, int]]:
-    """Run `vxnet server` on a fresh store (embedded SQLite in `workdir` unless `store_url`);
-    yields (http port, pid). Killed (by pid) on exit. Quotas are counted and checked against
+    """`vxnet server` on a fresh store (embedded SQLite in `workdir` unless `store_url`) with the
+    admin and the bench member; yields (http port, pid). Quotas are counted and checked against
     unlimited limits (the bench holds 10,000 ports), or off entirely (`quotas=False`)."""
-    port = free_port()
-    cfg = os.path.join(workdir, "vxnet.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{workdir}"\n')
-        f.write("\n[quotas]\n" + ("".join(f"quota_{r} = -1\n" for r in QUOTA_RESOURCES) if quotas
-                                   else "enabled = false\n"))
-        f.writelines(f'\n[[identity.users]]\nname = "{name}"\npassword = "{pw}"\nproject = "{project}"\n'
-                    f"roles = {roles}\n" for name, pw, project, roles in (ADMIN + ('["admin"]',), MEMBER + ('["member", "reader"]',)))
-    log = open(os.path.join(workdir, "server.log"), "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([VXNET, "server", "--config", cfg, "--store", store_url or f"sqlite://{workdir}/vxnet.db"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/")
-                c.getresponse().read()
-                c.close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.1)
-        yield port, proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with servers.server_process(workdir, store_url, (ADMIN, MEMBER),
+                                quotas=UNLIMITED_QUOTAS if quotas else QUOTAS_OFF) as srv:
+        yield srv
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
@@ -138,19 +86,6 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def token(port: int, user: tuple[str, str, str]) -> str:
-    name, pw, project = user
-    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": name, "domain": {"id": "default"}, "password": pw}}},
-        "scope": {"project": {"name": project, "domain": {"id": "default"}}}}}
-    c = Client(port)
-    status, _, _, resp = c.call("POST", "/identity/v3/auth/tokens", body)
-    c.close()
-    if status != 201:
-        raise RuntimeError(f"token for {name}: HTTP {status}")
-    return resp.headers["X-Subject-Token"]
 
 
 # --- workload ------------------------------------------------------------------------------------
@@ -274,12 +209,7 @@ def profile(pid: int, action: Any, name: str, keep_dir: str | None) -> str:
                             "--output", out, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     action()
-    spy.send_signal(signal.SIGINT)
-    try:
-        spy.wait(30)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        spy.wait()
+    servers.stop_processes([spy], signal.SIGINT, timeout=30)
     if not os.path.exists(out):
         return f"py-spy failed: {spy.stderr.read().decode()[-500:] if spy.stderr else ''}"
     summary = summarize_profile(out)
@@ -365,15 +295,8 @@ def backend(name: str, members: int) -> Iterator[tuple[str | None, list[int]]]:
         return
     if name not in ("etcd", "etcd-nocache"):
         raise ValueError(f"unknown store {name!r} (sqlite, etcd, etcd-nocache)")
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    from tests.support.etcd import EtcdCluster  # members on free ports, stopped by PID
-
-    cluster = EtcdCluster(members, prefix="vxbench")
-    try:
-        yield cluster.url() + ("?cache=0" if name == "etcd-nocache" else "?cache=1"), [p.pid for p in cluster.procs.values()]
-    finally:
-        cluster.stop()
+    with servers.etcd_cluster(members, "vxbench") as (url, pids):
+        yield url + ("?cache=0" if name == "etcd-nocache" else "?cache=1"), pids
 
 
 @dataclasses.dataclass
@@ -401,18 +324,18 @@ def start_targets(opts: argparse.Namespace, stores: list[str], stack: contextlib
         stack.callback(shutil.rmtree, workdir, True)
         url, etcd_pids = stack.enter_context(backend(store.removesuffix("-noquota"), opts.etcd_members))
         quotas = not store.endswith("-noquota")
-        servers = [stack.enter_context(server_process(workdir, url, quotas=quotas))]
+        started = [stack.enter_context(server_process(workdir, url, quotas=quotas))]
         for _ in range(1, max(1, opts.etcd_servers) if url else 1):
             other = tempfile.mkdtemp(prefix="vxnet-bench-")
             stack.callback(shutil.rmtree, other, True)
-            servers.append(stack.enter_context(server_process(other, url, quotas=quotas)))
-        port, pid = servers[0]
+            started.append(stack.enter_context(server_process(other, url, quotas=quotas)))
+        port, pid = started[0]
         tok = token(port, MEMBER)
         work = Workload(port, tok)
         if work.resource != "ports":
             notes.append(f"{store}: POST /v2.0/ports did not work on this build: network creates were measured "
                          "instead.")
-        out.append(Target(store, port, pid, etcd_pids, [p for p, _ in servers], [q for _, q in servers], tok,
+        out.append(Target(store, port, pid, etcd_pids, [p for p, _ in started], [q for _, q in started], tok,
                           token(port, ADMIN), work))
     return out
 
@@ -565,11 +488,6 @@ def run(opts: argparse.Namespace) -> Report:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    add_arguments(parser)
-    rep = run(parser.parse_args())
-    from bench.report import text_table
+    from bench.__main__ import main
 
-    print(text_table(rep.columns, rep.rows))
-    sys.exit(0)
+    sys.exit(main(["--only", "api_bench", *sys.argv[1:]]))

@@ -36,8 +36,6 @@ import os
 import random
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,14 +44,22 @@ from typing import Any
 
 import httpx
 
-from bench.api_bench import cpu_seconds, free_port
 from bench.report import Report, percentile
+from bench.servers import (
+    ADMIN,
+    AGENT,
+    NO_AGENT_EXPIRY,
+    UNLIMITED_QUOTAS,
+    backends,
+    etcd_cluster,
+    load_averages,
+    raise_open_files_limit,
+    sample,
+    servers,
+)
+from bench.servers import token as get_token
 
 NAME = "Watch fan-out to simulated agents (2 servers on etcd, 1 on the embedded store)"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VXNET = os.path.join(REPO, ".venv", "bin", "vxnet")
-ADMIN = ("admin", "bench-admin-pw", "admin", '["admin"]')
-AGENT = ("vxnet-agent", "vxnet-agent-pw", "service", '["service"]')
 CHANGE_TIMEOUT = 10.0
 BUDGET = 280.0  # seconds per backend (populate, cold start, changes); then the run is cut
 CHANGES_BUDGET = 120.0  # of which at most this for the changes (fewer changes are measured then)
@@ -69,91 +75,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fanout-stores", default="etcd,sqlite", help="backends (default etcd,sqlite)")
 
 
-# --- processes -----------------------------------------------------------------------------------
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-@contextlib.contextmanager
-def servers(workdir: str, store_url: str | None, count: int,
-            start_timeout: float = 30.0) -> Iterator[list[tuple[int, int]]]:
-    """`count` servers on one store; yields [(http port, pid)]. Stopped by PID on exit."""
-    procs: list[subprocess.Popen[bytes]] = []
-    out: list[tuple[int, int]] = []
-    logs = []
-    try:
-        for i in range(count):
-            port = free_port()
-            cfg = os.path.join(workdir, f"vxnet{i}.toml")
-            with open(cfg, "w") as f:
-                f.write(f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{workdir}"\nagent_down_time = 3600\n')
-                f.write("\n[quotas]\nquota_network = -1\nquota_subnet = -1\nquota_port = -1\n")  # admin makes thousands
-                f.writelines(f'\n[[identity.users]]\nname = "{name}"\npassword = "{pw}"\nproject = "{project}"\n'
-                             f"roles = {roles}\n" for name, pw, project, roles in (ADMIN, AGENT))
-            log = open(os.path.join(workdir, f"server{i}.log"), "w")  # noqa: SIM115 - closed below
-            logs.append(log)
-            proc = subprocess.Popen([VXNET, "server", "--config", cfg, "--store",
-                                     store_url or f"sqlite://{workdir}/vxnet.db"], stdout=log, stderr=subprocess.STDOUT)
-            procs.append(proc)
-            deadline = time.time() + start_timeout
-            while True:
-                if proc.poll() is not None:
-                    with open(log.name) as f:
-                        raise RuntimeError(f"server exited: {f.read()[-2000:]}")
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-                    break
-                except httpx.HTTPError:
-                    if time.time() > deadline:
-                        raise RuntimeError("server did not start") from None
-                    time.sleep(0.1)
-            out.append((port, proc.pid))
-        yield out
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in logs:
-            log.close()
-
-
 @contextlib.contextmanager
 def store_for(name: str, members: int) -> Iterator[tuple[str | None, list[int]]]:
     """(store URL or None for the embedded store, etcd member PIDs)."""
     if name == "sqlite":
         yield None, []
         return
-    sys.path.insert(0, REPO)
-    from tests.support.etcd import EtcdCluster
-
-    cluster = EtcdCluster(members, prefix="vxfan", max_txn_ops=1024)
-    try:
-        yield cluster.url(), [p.pid for p in cluster.procs.values()]
-    finally:
-        cluster.stop()
-
-
-def get_token(port: int, user: tuple[str, str, str, str]) -> str:
-    name, pw, project, _ = user
-    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": name, "domain": {"id": "default"}, "password": pw}}},
-        "scope": {"project": {"name": project, "domain": {"id": "default"}}}}}
-    r = httpx.post(f"http://127.0.0.1:{port}/identity/v3/auth/tokens", json=body, timeout=30)
-    if r.status_code != 201:
-        raise RuntimeError(f"token for {name}: HTTP {r.status_code} {r.text[:200]}")
-    return r.headers["X-Subject-Token"]
+    with etcd_cluster(members, "vxfan") as cluster:
+        yield cluster
 
 
 # --- the world -----------------------------------------------------------------------------------
@@ -338,11 +267,6 @@ class Fanout:
             self.leaks += 1
 
 
-def sample(pids: list[int]) -> tuple[float, float]:
-    """(total CPU seconds, total RSS MiB) of `pids`."""
-    return sum(cpu_seconds(p) for p in pids), sum(rss_mib(p) for p in pids)
-
-
 async def measure(srv: list[tuple[int, int]], etcd_pids: list[int], opts: argparse.Namespace,
                   label: str, rows: list[list[str]], notes: list[str], phase: list[str]) -> None:
     rng = random.Random(6)
@@ -474,7 +398,7 @@ def run_backend(store: str, opts: argparse.Namespace, rows: list[list[str]], not
     phase = ["starting the store and servers"]
     label = "embedded (1 server)" if store == "sqlite" else f"etcd x{members} (2 servers)"
     try:
-        with store_for(store, members) as (url, etcd_pids), servers(workdir, url, n_servers) as srv:
+        with store_for(store, members) as (url, etcd_pids), servers(workdir, url, n_servers, server=NO_AGENT_EXPIRY, quotas=UNLIMITED_QUOTAS) as srv:
             asyncio.run(asyncio.wait_for(measure(srv, etcd_pids, opts, label, rows, notes, phase), BUDGET))
     except TimeoutError:
         rows.append([label, "FAILED", "", "", "", "", "", f"cut after {BUDGET:.0f} s, while {phase[-1]}"])
@@ -489,15 +413,11 @@ def run(opts: argparse.Namespace) -> Report:
         opts.fanout_agents = max(10, opts.fanout_agents // 10)
         opts.fanout_networks = max(5, opts.fanout_networks // 10)
         opts.fanout_changes = max(20, opts.fanout_changes // 10)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    load0 = os.getloadavg()
+    raise_open_files_limit()
+    load0 = load_averages()
     rows: list[list[str]] = []
     notes: list[str] = []
-    for store in [s for s in opts.fanout_stores.split(",") if s]:
-        if store == "etcd" and not os.path.exists(shutil.which("etcd") or "/usr/bin/etcd"):
-            notes.append("etcd is not installed: the etcd backend was not measured.")
-            continue
+    for store in backends(opts.fanout_stores, notes):
         run_backend(store, opts, rows, notes)
     by = {r[0]: r for r in rows if r[1].startswith("port rename -> all")}
     if len(by) == 2:
@@ -512,29 +432,13 @@ def run(opts: argparse.Namespace) -> Report:
                  "of the deliveries cross from the writing server through etcd's watch to the other server. "
                  "One change at a time. Client (all agents, one asyncio process) and servers and etcd share "
                  f"{os.cpu_count()} CPUs.")
-    notes.append("Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0)
-                 + "; at the end: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + ".")
+    notes.append(f"Load average (1/5/15 min) at the start: {load0}; at the end: {load_averages()}.")
     goals = ["Goal (issue 9, at 100,000 ports): p99 <= 200 ms from a port change to every interested agent."]
     return Report(NAME, ["backend", "measurement", "wall ms", "p50 ms", "p99 ms", "server CPU s", "server RSS MiB",
                          "notes"], rows, notes=notes, goals=goals)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.fanout_bench")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true")
-    add_arguments(parser)
-    o = parser.parse_args()
-    rep = run(o)
-    from bench.report import text_table
+    from bench.__main__ import main
 
-    print(text_table(rep.columns, rep.rows))
-    for line in rep.goals + rep.notes:
-        print("  " + line)
-    if not o.no_write and not o.quick:
-        from bench.__main__ import section, write_doc
-
-        cmd = ".venv/bin/python -m bench.fanout_bench " + " ".join(sys.argv[1:])
-        write_doc({"fanout_bench": section("fanout_bench", rep, cmd.strip(),
-                                           time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))})
-        print("wrote docs/benchmarks.md")
+    sys.exit(main(["--only", "fanout_bench", *sys.argv[1:]]))

@@ -41,7 +41,6 @@ import contextlib
 import multiprocessing
 import os
 import random
-import resource
 import shutil
 import sys
 import tempfile
@@ -53,8 +52,20 @@ from typing import Any
 
 import httpx
 
-from bench.fanout_bench import ADMIN, AGENT, get_token, sample, servers, store_for
 from bench.report import Report, percentile
+from bench.servers import (
+    ADMIN,
+    AGENT,
+    NO_AGENT_EXPIRY,
+    UNLIMITED_QUOTAS,
+    backends,
+    etcd_cluster,
+    load_averages,
+    raise_open_files_limit,
+    sample,
+    servers,
+)
+from bench.servers import token as get_token
 from bench.sim_agents import ports_digest, worker_main
 from vxnet.store import open_store
 from vxnet.store.contract import Store
@@ -390,7 +401,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         if backend == "sqlite":
             url, etcd_pids, n_srv, batch = f"sqlite://{workdir}/vxnet.db", [], 1, 500
         else:
-            url, etcd_pids = stack.enter_context(store_for("etcd", opts.scale_etcd_members))
+            url, etcd_pids = stack.enter_context(etcd_cluster(opts.scale_etcd_members, "vxscale"))
             n_srv, batch = 2, 200  # 4 ops + 2 compares per port: within the bench cluster's 1024 ops per txn
         t = time.monotonic()
         phase.append("filling the store")
@@ -407,7 +418,8 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         phase.append("starting the server(s) (loading the store)")
         ecpu_fill, _ = sample(etcd_pids)
         t = time.monotonic()
-        srv = stack.enter_context(servers(workdir, url, n_srv, start_timeout=600))
+        srv = stack.enter_context(servers(workdir, url, n_srv, server=NO_AGENT_EXPIRY,
+                                            quotas=UNLIMITED_QUOTAS, start_timeout=600))
         sports = [p for p, _ in srv]
         spids = [pid for _, pid in srv]
         start_s = time.monotonic() - t
@@ -606,16 +618,12 @@ def run(opts: argparse.Namespace) -> Report:
         opts.scale_networks = max(10, opts.scale_networks // 10)
         opts.scale_ports = max(100, opts.scale_ports // 10)
         opts.scale_changes = max(20, opts.scale_changes // 10)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    load0 = os.getloadavg()
+    raise_open_files_limit()
+    load0 = load_averages()
     rows: list[list[str]] = []
     notes: list[str] = []
     t = time.monotonic()
-    for backend in [b for b in opts.scale_stores.split(",") if b]:
-        if backend == "etcd" and not shutil.which("etcd"):
-            notes.append("etcd is not installed: the etcd backend was not measured.")
-            continue
+    for backend in backends(opts.scale_stores, notes):
         workdir = tempfile.mkdtemp(prefix="vxnet-scale-")
         phase = ["starting"]
         try:
@@ -632,9 +640,8 @@ def run(opts: argparse.Namespace) -> Report:
     notes.append("Latency is from the admin's PUT being sent until the agent's stream delivered the renamed port "
                  "(received) and until the agent's pass that included it had computed the L2 state (+ features) "
                  "and recorded the diff (computed + recorded). One change at a time.")
-    notes.append(f"Whole run {time.monotonic() - t:.0f} s. Load average (1/5/15 min) at the start: "
-                 + " / ".join(f"{x:.1f}" for x in load0) + "; at the end: "
-                 + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + ".")
+    notes.append(f"Whole run {time.monotonic() - t:.0f} s. Load average (1/5/15 min) at the start: {load0}; "
+                 f"at the end: {load_averages()}.")
     goals = [("Goal (issue 9): p99 <= 200 ms from a port change until every interested agent has computed and "
              "applied it; no other agent receives it.")]
     return Report(NAME, ["backend", "measurement", "count", "p50 ms", "p99 ms", "max ms", "CPU", "RSS MiB", "notes"],
@@ -673,14 +680,6 @@ READING = """How to read it (bench/scale_bench.py, bench/sim_agents.py):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.scale_bench")
-    parser.add_argument("--quick", action="store_true")
-    add_arguments(parser)
-    o = parser.parse_args()
-    rep = run(o)
-    from bench.report import text_table
+    from bench.__main__ import main
 
-    print(text_table(rep.columns, rep.rows))
-    for line in rep.goals + rep.notes:
-        print("  " + line)
-    sys.exit(0)
+    sys.exit(main(["--only", "scale_bench", *sys.argv[1:]]))

@@ -23,7 +23,6 @@ set VXNET_FUZZ_RANDOM=1 (and VXNET_FUZZ_EXAMPLES=N) to explore with fresh random
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -69,11 +68,7 @@ def attribute_pools() -> tuple[list[str], dict[str, list[str]]]:
     """All request attribute names, and per collection those of the module serving it."""
     every: set[str] = set()
     per: dict[str, set[str]] = {}
-    for name in app_module.ROUTER_MODULES:
-        try:
-            mod = importlib.import_module(f"vxnet.api.routers.{name}")
-        except ModuleNotFoundError:
-            continue
+    for mod in app_module.ROUTER_MODULES:
         names = _names(_models(mod))
         every |= names
         for route in getattr(mod.router, "routes", []):

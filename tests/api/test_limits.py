@@ -570,8 +570,9 @@ def test_index_follows_the_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     """A collection route added to the app shows up with no list to edit; without the agents
     module, neither `agents` nor the `agent` extension is advertised."""
     from vxnet.api import app as app_module
+    from vxnet.api.routers import agents
 
-    monkeypatch.setattr(app_module, "ROUTER_MODULES", [m for m in app_module.ROUTER_MODULES if m != "agents"])
+    monkeypatch.setattr(app_module, "ROUTER_MODULES", tuple(m for m in app_module.ROUTER_MODULES if m is not agents))
     h = limited_server(tmp_path)
     try:
         async def widgets() -> dict[str, Any]:

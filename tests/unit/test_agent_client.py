@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.api.test_host_view import AGENT, start_agent_server
+from tests.api.test_host_view import AGENT, apply_update, start_agent_server
 from tests.conftest import ServerHandle, free_port
-from vxnet.agent.client import ServerClient, ServerUnavailable, split_urls
+from vxnet.agent.client import ServerClient, ServerRejected, ServerUnavailable, split_urls
 from vxnet.api.routers.agent_stream import agent_id_for
-from vxnet.services.host_view import COLLECTIONS, apply_message, full_view, host_entry
+from vxnet.services.host_view import COLLECTIONS, full_view, host_entry
 from vxnet.store.contract import put as store_put
 from vxnet.store.sqlite_store import SqliteStore
 
@@ -48,26 +49,40 @@ def reference_view(store: SqliteStore, host: str) -> dict[str, Any]:
 
 
 class Agent:
-    """Consumes `watch()` in a thread, like the agent core does."""
+    """Consumes `stream()` in a thread as the agent core does: reconnects after any break with
+    `since` = the revision of the last message it applied."""
 
     def __init__(self, c: ServerClient, since: int | None = None) -> None:
         self.c = c
         self.view: dict[str, Any] = {}
         self.messages: list[dict[str, Any]] = []
         self.cond = threading.Condition()
+        self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(since,), daemon=True)
         self.thread.start()
 
     def _run(self, since: int | None) -> None:
-        for msg in self.c.watch(since):
-            with self.cond:
-                if msg["type"] == "snapshot":
-                    self.view = copy.deepcopy(msg["view"])
-                    del self.view["host"]
-                elif msg["type"] == "update":
-                    apply_message(self.view, msg["put"], msg["delete"])
-                self.messages.append(msg)
-                self.cond.notify_all()
+        while not self.stopped.is_set():
+            try:
+                for msg in self.c.stream(since):
+                    with self.cond:
+                        if msg["type"] == "snapshot":
+                            self.view = copy.deepcopy(msg["view"])
+                            del self.view["host"]
+                        elif msg["type"] == "update":
+                            apply_update(self.view, msg["put"], msg["delete"])
+                        self.messages.append(msg)
+                        self.cond.notify_all()
+                    if isinstance(msg.get("revision"), int):
+                        since = msg["revision"]
+            except (ServerUnavailable, ServerRejected, httpx.HTTPError, RuntimeError, ValueError):
+                pass  # broken, refused, or closed under us: reconnect unless stopped
+            self.stopped.wait(0.05)
+
+    def close(self) -> None:
+        """Stop: from another thread, while the stream may be blocked reading."""
+        self.stopped.set()
+        self.c.close()
 
     def wait_revision(self, rev: int, timeout: float = 15) -> None:
         deadline = time.time() + timeout
@@ -115,7 +130,7 @@ def test_split_urls() -> None:
 def test_register_heartbeat_and_status(srv: ServerHandle) -> None:
     c = client(srv.url)
     reply = c.register()
-    assert reply["lease_ttl"] == 15 and c.heartbeat_interval == 5.0
+    assert reply["lease_ttl"] == 15 and reply["heartbeat_interval"] == 5.0
     assert c.heartbeat() is True
     agent = srv.api("admin").get(f"/agents/{agent_id_for('hv1')}").json()["agent"]
     assert agent["alive"] and agent["configurations"]["underlay_ip"] == "198.51.100.1"
@@ -125,17 +140,12 @@ def test_register_heartbeat_and_status(srv: ServerHandle) -> None:
     assert c.report_status([p["id"]], []) == [p["id"]]
     assert srv.api("admin").get(f"/ports/{p['id']}").json()["port"]["status"] == "ACTIVE"
     assert c.report_status([], [p["id"]]) == [p["id"]]
-    # an unknown host: heartbeat says so, the loop registers it
+    # an unknown host: heartbeat says so (the agent core then registers it)
     other = client(srv.url, host="hv-new")
     assert other.heartbeat() is False
-    stop = threading.Event()
-    t = other.start_heartbeats(stop)
-    deadline = time.time() + 5
-    while srv.api("admin").get(f"/agents/{agent_id_for('hv-new')}").status_code != 200:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    stop.set()
-    t.join(10)
+    assert srv.api("admin").get(f"/agents/{agent_id_for('hv-new')}").status_code == 404
+    other.register()
+    assert srv.api("admin").get(f"/agents/{agent_id_for('hv-new')}").status_code == 200
     assert other.heartbeat() is True
     c.close()
     other.close()
@@ -177,7 +187,7 @@ def test_watch_follows_changes(srv: ServerHandle) -> None:
     assert agent.view == reference_view(srv.store, "hv1")
     assert agent.snapshots() == 1
     t0 = time.time()
-    c.close()  # from another thread, while watch() is blocked reading: it ends promptly
+    agent.close()  # from another thread, while stream() is blocked reading: it ends promptly
     agent.thread.join(10)
     assert not agent.thread.is_alive() and time.time() - t0 < 2
 
@@ -203,7 +213,7 @@ def test_server_restart_resumes_without_snapshot(tmp_path) -> None:
         assert agent.view == reference_view(store, "hv1")
         assert set(agent.view["ports"]) == {"p1", "p2"}
     finally:
-        c.close()
+        agent.close()
         b.stop()
 
 
@@ -230,7 +240,7 @@ def test_changes_while_disconnected_then_snapshot(tmp_path) -> None:
         assert set(agent.view["ports"]) == {"p1", "p2", "p3"}  # p1 on another host, same network
         assert agent.view["ports"]["p1"]["binding:host_id"] == "hv9"
     finally:
-        c.close()
+        agent.close()
         b.stop()
 
 
@@ -262,8 +272,47 @@ def test_failover_to_a_running_server_replays_the_gap(tmp_path) -> None:
         assert agent.view == reference_view(store, "hv1")
         assert c.heartbeat() is True and c.current_url == b.url
     finally:
-        c.close()
+        agent.close()
         b.stop()
+
+
+def test_failover_to_a_server_of_another_store_starts_over(tmp_path) -> None:
+    """The next server runs on another store (a migrated one): the client's `since` is a
+    revision of the old store, which the new one could take for its own; the store epoch the
+    client sends with it makes the server answer with a snapshot, and the view is the new
+    store's, not the old one's plus a replay."""
+    old_store = SqliteStore(os.path.join(tmp_path, "old.db"))
+    new_store = SqliteStore(os.path.join(tmp_path, "new.db"))
+    a = start_agent_server(store=old_store)
+    b = start_agent_server(store=new_store)
+    on_b = client(b.url)
+    on_b.register()  # hv1 is known to the new store early: b logs its updates from here on
+    on_b.close()
+    c = client([a.url, b.url])
+    c.register()
+    net = a.api("admin").post("/networks", json={"network": {"name": "n"}}).json()["network"]["id"]
+    agent = Agent(c)
+    agent.wait_revision(put(old_store, "ports", port(net, "hv1", "old-port")))
+    assert c.epoch is not None
+    old_epoch = c.epoch
+    # The new store holds another world, at revisions past the old one's: without the epoch,
+    # b would take `since` for one of its own revisions and replay its log after it.
+    net2 = b.api("admin").post("/networks", json={"network": {"name": "n2"}}).json()["network"]["id"]
+    for i in range(10):
+        put(new_store, "ports", port(net2, "hv2", f"filler{i}"))
+    rev = put(new_store, "ports", port(net2, "hv1", "new-port"))
+    assert rev > agent.messages[-1]["revision"]
+    stop_server_only(a)
+    try:
+        agent.wait_revision(rev)
+        assert c.current_url == b.url
+        assert "old-port" not in agent.view["ports"] and "new-port" in agent.view["ports"]
+        assert agent.view == reference_view(new_store, "hv1")
+        assert agent.snapshots() == 2 and c.epoch not in (None, old_epoch)
+    finally:
+        agent.close()
+        b.stop()
+        old_store.close()
 
 
 def test_unix_socket_server(tmp_path) -> None:
@@ -327,7 +376,7 @@ def test_failover_and_expiry_over_etcd() -> None:
         agent.wait_revision(revs[-1])
         assert agent.snapshots() == 1 and c.current_url == b.url
         assert agent.view == reference_view(sb, "hv1")  # type: ignore[arg-type]
-        c.close()  # the agent stops: no more heartbeats
+        agent.close()  # the agent stops: no more heartbeats
         aid = agent_id_for("hv1")
         deadline = time.time() + 15
         while b.api("admin").get(f"/agents/{aid}").json()["agent"]["alive"]:

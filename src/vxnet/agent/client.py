@@ -9,16 +9,14 @@ every network namespace can see):
   here relies on it).
 - every call goes to the current server; a connection failure or a 5xx moves to the next URL,
   in order, and the one that answers becomes current (failover, no pinning to the first URL).
-- `register()`, `heartbeat()` (False when the server forgot the host: register again),
-  `heartbeat_loop(stop)` (does both, on the interval the server hands out).
+- `register()`, `heartbeat()` (False when the server forgot the host: register again). The
+  caller (the agent core) runs the loop, on the interval `register()` returns.
 - `stream(since)`: the NDJSON view stream of one connection, parsed; it ends or raises when
   the connection breaks. A silent connection (no line for `read_timeout`, three ping periods)
-  counts as broken.
-- `watch(since)`: the endless stream an agent consumes: reconnects after any break with
-  `since` = the revision of the last message the caller has finished with (a message counts
-  as applied when the caller asks for the next one), with backoff, on whichever server
-  answers. The server decides between resuming and a fresh snapshot; after a snapshot, the
-  caller must replace its view.
+  counts as broken. The caller reconnects (the agent core, with `since` = its last applied
+  revision); the server decides between resuming and a fresh snapshot. The client remembers
+  the store epoch of the last snapshot and sends it with every `since`, so a `since` of
+  another store (a server of a migrated store) gets a snapshot, never a resume.
 - `report_status(active, down)`: ports' Neutron status; returns the ids the server changed.
 
 Synchronous (httpx), safe to use from a few threads (heartbeats in one, the stream in another).
@@ -89,21 +87,16 @@ class ServerClient:
 
     def __init__(self, urls: str | Sequence[str], host: str, user: str, password: str, project: str = "service",
                  *, underlay_ip: str | None = None, gateway: bool = False, external_interface: str | None = None,
-                 timeout: float = 5.0, read_timeout: float = 15.0, max_backoff: float = 5.0) -> None:
+                 timeout: float = 5.0, read_timeout: float = 15.0) -> None:
         self.servers = [_Server(u, timeout) for u in split_urls(urls)]
         self.host = host
         self.user, self.password, self.project = user, password, project
         self.underlay_ip, self.gateway, self.external_interface = underlay_ip, gateway, external_interface
         self.timeout = timeout
         self.read_timeout = read_timeout
-        self.max_backoff = max_backoff
-        self.heartbeat_interval = 3.0
-        self.lease_ttl = 10.0
-        self.applied_revision: int | None = None  # what watch() resumes from
-        self.epoch: str | None = None  # the store epoch applied_revision belongs to (from snapshots)
+        self.epoch: str | None = None  # the store epoch of the last snapshot: what a `since` belongs to
         self._current = 0
         self._lock = threading.Lock()
-        self._closed = threading.Event()
         self._response: httpx.Response | None = None
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -173,8 +166,6 @@ class ServerClient:
         if r.status_code != 200:
             raise ServerRejected(r.status_code, r.text)
         reply: dict[str, Any] = r.json()
-        self.heartbeat_interval = float(reply.get("heartbeat_interval", self.heartbeat_interval))
-        self.lease_ttl = float(reply.get("lease_ttl", self.lease_ttl))
         return reply
 
     def heartbeat(self) -> bool:
@@ -185,25 +176,6 @@ class ServerClient:
         if r.status_code != 200:
             raise ServerRejected(r.status_code, r.text)
         return True
-
-    def heartbeat_loop(self, stop: threading.Event) -> None:
-        """Heartbeat every interval until `stop`; register whenever the server forgot us.
-        Errors are logged and retried on the next tick (the agent keeps forwarding meanwhile)."""
-        registered = False
-        while not stop.is_set() and not self._closed.is_set():
-            try:
-                if not registered or not self.heartbeat():
-                    self.register()
-                registered = True
-            except (ServerUnavailable, ServerRejected) as e:
-                log.warning("host %s heartbeat: %s", self.host, e)
-            stop.wait(self.heartbeat_interval)
-
-    def start_heartbeats(self, stop: threading.Event) -> threading.Thread:
-        """`heartbeat_loop` in a daemon thread."""
-        t = threading.Thread(target=self.heartbeat_loop, args=(stop,), name=f"heartbeat-{self.host}", daemon=True)
-        t.start()
-        return t
 
     # --- status ---------------------------------------------------------------------------------
     def report_status(self, active: Iterable[str], down: Iterable[str]) -> list[str]:
@@ -249,42 +221,19 @@ class ServerClient:
             try:
                 for line in resp.iter_lines():
                     if line:
-                        yield json.loads(line)
+                        msg = json.loads(line)
+                        if msg.get("type") == "snapshot" and isinstance(msg.get("epoch"), str):
+                            self.epoch = msg["epoch"]  # a `since` from now on is a revision of this store
+                        yield msg
                 return
             finally:
                 self._response = None
                 resp.close()
         raise ServerUnavailable(f"no server accepted the view stream: {last}")
 
-    def watch(self, since: int | None = None) -> Iterator[dict[str, Any]]:
-        """Every message for this host, forever (until `close()`), across disconnects and
-        servers; resumes from the last message the caller has finished with."""
-        self.applied_revision = since
-        backoff = 0.05
-        while not self._closed.is_set():
-            try:
-                for msg in self.stream(self.applied_revision):
-                    backoff = 0.05
-                    if msg.get("type") == "snapshot" and isinstance(msg.get("epoch"), str):
-                        self.epoch = msg["epoch"]
-                    yield msg
-                    # The caller asked for the next message: this one is applied.
-                    if isinstance(msg.get("revision"), int):
-                        self.applied_revision = msg["revision"]
-                log.info("view stream of %s ended; reconnecting", self.host)
-            except (ServerUnavailable, httpx.HTTPError, ValueError) as e:
-                if self._closed.is_set():
-                    return
-                log.warning("view stream of %s broke: %s", self.host, e)
-            except ServerRejected as e:
-                log.warning("view stream of %s refused: %s", self.host, e)
-            if self._closed.wait(backoff):
-                return
-            backoff = min(backoff * 2, self.max_backoff)
-
     def close(self) -> None:
-        """Stop `watch` and release connections (safe from another thread)."""
-        self._closed.set()
+        """Release connections; a `stream` blocked reading in another thread ends (safe
+        from another thread)."""
         resp = self._response
         if resp is not None:
             _shutdown(resp)

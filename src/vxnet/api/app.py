@@ -18,13 +18,13 @@ serves it to admin tokens only, or to anyone with `[server] metrics_public = tru
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
 import re
 import time
 from collections.abc import AsyncIterator
+from types import ModuleType
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -45,6 +45,21 @@ from vxnet.api import policy
 from vxnet.api.errors import ApiError, from_service, policy_denied
 from vxnet.api.extensions import served_extensions
 from vxnet.api.middleware import RequestGuard
+from vxnet.api.routers import (
+    agent_stream,
+    agents,
+    floatingips,
+    identity,
+    network_ip_availabilities,
+    networks,
+    ports,
+    quotas,
+    routers,
+    security_groups,
+    subnets,
+    tags,
+    ui,
+)
 from vxnet.api.state import AppState
 from vxnet.config import Config
 from vxnet.services.errors import ServiceError
@@ -53,22 +68,24 @@ from vxnet.store.contract import Store, StoreUnavailable, TxnTooLarge
 
 log = logging.getLogger("vxnet.api")
 
-# Resource routers, one module per resource (api/routers/<name>.py, each exposing `router`).
-ROUTER_MODULES = [
-    "identity",
-    "networks",
-    "subnets",
-    "ports",
-    "routers",
-    "floatingips",
-    "security_groups",
-    "agents",
-    "tags",
-    "quotas",
-    "network_ip_availabilities",
-    "agent_stream",
-    "ui",
-]
+# Resource routers, one module per resource (api/routers/<name>.py, each exposing `router` and
+# optionally `setup(app, state)`). Imported explicitly: a missing or broken module stops the
+# server at start instead of leaving its resource silently unserved.
+ROUTER_MODULES: tuple[ModuleType, ...] = (
+    identity,
+    networks,
+    subnets,
+    ports,
+    routers,
+    floatingips,
+    security_groups,
+    agents,
+    tags,
+    quotas,
+    network_ip_availabilities,
+    agent_stream,
+    ui,
+)
 
 _COLLECTION_PATH = re.compile(r"/v2\.0/([a-z][a-z0-9_-]*)")
 
@@ -174,13 +191,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
                 return {"extension": e}
         raise ApiError(404, "ExtensionNotFound", f"Extension with alias {alias} does not exist")
 
-    for name in ROUTER_MODULES:
-        try:
-            mod = importlib.import_module(f"vxnet.api.routers.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"vxnet.api.routers.{name}":
-                continue  # resource not built yet
-            raise
+    for mod in ROUTER_MODULES:
         app.include_router(mod.router)
         setup = getattr(mod, "setup", None)
         if setup is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -10,6 +9,13 @@ import sys
 
 import typer
 
+from vxnet.cli import agent as cli_agent
+from vxnet.cli import demo as cli_demo
+from vxnet.cli import keys as cli_keys
+from vxnet.cli import lab as cli_lab
+from vxnet.cli import migrate as cli_migrate
+from vxnet.cli import quota as cli_quota
+from vxnet.cli import trace as cli_trace
 from vxnet.config import ConfigError, load_config
 from vxnet.store import open_store
 from vxnet.store.contract import StoreError
@@ -23,15 +29,10 @@ def _root() -> None:
     """vxnet: software-defined network virtualisation on plain Linux."""
 
 
-# Sub-command groups living in their own modules (vxnet/cli/<name>.py exposing `app`),
-# added when present.
-for _name in ("agent", "lab", "demo", "trace", "bench", "migrate", "keys", "quota"):
-    try:
-        _mod = importlib.import_module(f"vxnet.cli.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"vxnet.cli.{_name}":
-            raise
-        continue
+# Sub-commands living in their own modules (vxnet/cli/<name>.py exposing `register(app)`).
+# Imported explicitly: a missing or broken module fails `vxnet` at once, never drops its
+# commands silently. (Each keeps its heavy imports inside its commands, so `--help` stays fast.)
+for _mod in (cli_agent, cli_lab, cli_demo, cli_trace, cli_migrate, cli_keys, cli_quota):
     _mod.register(app)
 
 

@@ -212,15 +212,6 @@ class Message:
         return {"put": self.put, "delete": {k: sorted(v) for k, v in self.delete.items()}}
 
 
-def apply_message(view: View, put: Mapping[str, Mapping[str, Any]], delete: Mapping[str, Iterable[str]]) -> None:
-    """Apply an update to a view held as `view[key][id]` (what an agent does)."""
-    for coll, ids in delete.items():
-        for i in ids:
-            view.setdefault(coll, {}).pop(i, None)
-    for coll, objs in put.items():
-        view.setdefault(coll, {}).update(objs)
-
-
 class ViewIndex:
     """All objects, their indexes, and the member ids of every tracked host's view."""
 
