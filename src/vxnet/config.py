@@ -51,6 +51,8 @@ import re
 import tomllib
 import uuid
 
+from vxnet.passwords import BadHash, parse_hash
+
 _NS = uuid.UUID("6f1b1c3e-7d8a-4c55-9a3e-2b7c1f0d9e11")
 
 
@@ -216,8 +218,6 @@ _USER_KEYS = {"name", "password", "password_hash", "project", "roles", "enabled"
 
 def _user(u: object) -> User:
     """One `[[identity.users]]` entry, checked."""
-    from vxnet.api.passwords import BadHash, parse_hash
-
     if not isinstance(u, dict):
         raise ConfigError(f"identity.users entry {u!r} is not a table")
     unknown = set(u) - _USER_KEYS

@@ -40,8 +40,8 @@ from tests.conftest import USERS, ServerHandle, free_port, start_server
 from vxnet.api.auth import Context, issue_token, verify_token
 from vxnet.api.errors import ApiError
 from vxnet.api.login_limits import LoginLimiter
-from vxnet.api.passwords import check_password, hash_password
 from vxnet.config import Config, ConfigError, User, load_config
+from vxnet.passwords import check_password, hash_password
 from vxnet.services.identity_state import TOKEN_KEY, IdentityState, rotate_keys
 from vxnet.store import open_store
 from vxnet.store.secure_files import InsecureFile

@@ -35,10 +35,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from vxnet.agent import metrics
+from vxnet.agent import gateway, metrics
 from vxnet.agent.backoff import Backoff
-from vxnet.agent.features import Feature, FeatureResult, HostContext, build_features
+from vxnet.agent.dhcp import DhcpFeature
+from vxnet.agent.features import Feature, FeatureResult, HostContext
+from vxnet.agent.firewall import FirewallFeature
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
+from vxnet.agent.routing import RoutingFeature
 from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
 
@@ -421,3 +424,12 @@ class Agent:
                 if mon is not None:
                     mon.close()
 
+
+def build_features(ctx: HostContext) -> list[Feature]:
+    """The features an agent runs, in apply order."""
+    return [
+        *gateway.build(ctx),        # SNAT and floating IPs (gateway hosts only)
+        RoutingFeature(ctx),        # distributed routers
+        FirewallFeature(ctx),       # port security, security groups (before any tap is plugged)
+        DhcpFeature(ctx),           # DHCP for local VMs
+    ]

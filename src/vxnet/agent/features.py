@@ -62,19 +62,3 @@ class Feature(Protocol):
     def apply(self, desired: Any) -> FeatureResult: ...
     def invalidate(self) -> None: ...
     def close(self) -> None: ...
-
-
-def build_features(ctx: HostContext) -> list[Feature]:
-    """The features an agent runs, in apply order. (Imported here: each feature module imports
-    this one for the types above.)"""
-    from vxnet.agent import gateway
-    from vxnet.agent.dhcp import DhcpFeature
-    from vxnet.agent.firewall import FirewallFeature
-    from vxnet.agent.routing import RoutingFeature
-
-    return [
-        *gateway.build(ctx),        # SNAT and floating IPs (gateway hosts only)
-        RoutingFeature(ctx),        # distributed routers
-        FirewallFeature(ctx),       # port security, security groups (before any tap is plugged)
-        DhcpFeature(ctx),           # DHCP for local VMs
-    ]

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def passwd() -> None:
         """Print a password_hash for `[[identity.users]]` (password from the tty, or stdin)."""
-        from vxnet.api.passwords import hash_password
+        from vxnet.passwords import hash_password
 
         if sys.stdin.isatty():
             pw = getpass.getpass("password: ")

@@ -128,7 +128,7 @@ def print_matrix(cells: list[Cell], echo: Callable[[str], None]) -> None:
 
 def run(sample_config: str, data_dir: str, listen: str, check: bool, echo: Callable[[str], None]) -> int:
     """The whole demo; returns the exit code (non-zero when a cell is wrong)."""
-    from vxnet.cli.demo import clouds_yaml
+    from vxnet.demo.clouds import clouds_yaml
     from vxnet.lab import lab as L
     from vxnet.lab import topology
 

@@ -28,14 +28,24 @@ import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
 from vxnet.store.contract import KeyValue, StoreError
+from vxnet.store.etcd_wire import _b64, _kv
 
-if TYPE_CHECKING:
-    from vxnet.store.etcd_store import EtcdStore
+
+class EtcdGateway(Protocol):
+    """What the mirror uses of its etcd backend (`etcd_store.EtcdStore`): its JSON gateway calls,
+    its watch client, its endpoint rotation and whether it is closed."""
+
+    _stream_client: httpx.Client
+    _closed: threading.Event
+
+    def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]: ...
+    def _current(self) -> str: ...
+    def _rotate(self, failed: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +56,7 @@ PAGE = 2000    # keys per page of the initial load
 class Mirror:
     """Every key of the cluster, as of `revision` (see the module docstring)."""
 
-    def __init__(self, store: EtcdStore) -> None:
+    def __init__(self, store: EtcdGateway) -> None:
         self._store = store
         self._cond = threading.Condition(threading.Lock())
         self._kv: dict[str, KeyValue] = {}
@@ -128,7 +138,6 @@ class Mirror:
 
     def _load(self) -> None:
         """Replace the mirror by a full read of every key at one revision."""
-        from vxnet.store.etcd_store import _b64, _kv
 
         kvs: list[KeyValue] = []
         rev = 0
@@ -154,7 +163,6 @@ class Mirror:
             self._cond.notify_all()
 
     def _apply(self, events: list[dict[str, Any]]) -> None:
-        from vxnet.store.etcd_store import _kv
 
         parsed = [(raw.get("type") == "DELETE", _kv(raw["kv"])) for raw in events]
         with self._cond:
@@ -176,7 +184,6 @@ class Mirror:
             self._cond.notify_all()
 
     def _run(self) -> None:
-        from vxnet.store.etcd_store import _b64
 
         store = self._store
         while not self._stop.is_set():

@@ -37,7 +37,6 @@ round trip each. Consistency:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -67,31 +66,13 @@ from vxnet.store.contract import (
     WatchCallback,
     prefix_end,
 )
+from vxnet.store.etcd_wire import _b64, _kv
 
 log = logging.getLogger(__name__)
 
 _TARGETS = {"create": ("CREATE", "create_revision"), "mod": ("MOD", "mod_revision"),
             "version": ("VERSION", "version"), "value": ("VALUE", "value")}
 _RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def _unb64(text: str | None) -> str:
-    return base64.b64decode(text or "").decode()
-
-
-def _kv(raw: dict[str, Any]) -> KeyValue:
-    return KeyValue(
-        _unb64(raw["key"]),
-        _unb64(raw.get("value")),
-        int(raw.get("create_revision", 0)),
-        int(raw.get("mod_revision", 0)),
-        int(raw.get("version", 0)),
-        int(raw.get("lease", 0)),
-    )
 
 
 def _endpoint(text: str) -> str:

@@ -34,9 +34,9 @@ from fastapi.routing import APIRoute
 
 from vxnet.api.auth import MAX_TOKEN_LEN, Context, credential, issue_token, new_context
 from vxnet.api.errors import ApiError, unauthorized
-from vxnet.api.passwords import check_password, dummy_check
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.config import User, project_id_for
+from vxnet.passwords import check_password, dummy_check
 from vxnet.services.identity_state import rotate_keys
 from vxnet.store.contract import Delete, Put, key_missing, key_unchanged
 
