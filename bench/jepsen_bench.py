@@ -359,10 +359,23 @@ class Nemesis:
         etcd.wait_healthy(60)
 
 
+def _all_pages(c: httpx.Client, path: str, key: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    """Every object of a listing: the server caps a page (`max_page_size`), so follow `next`."""
+    body = c.get(path, params=params).raise_for_status().json()
+    out = list(body[key])
+    while body[key]:
+        nxt = [link["href"] for link in body.get(f"{key}_links", []) if link.get("rel") == "next"]
+        if not nxt:
+            break
+        body = c.get(nxt[0]).raise_for_status().json()
+        out += body[key]
+    return out
+
+
 def _listing(env: Env, url: str, net: str, ext: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     with env.client(url, 30) as c:
-        ports = c.get("/ports", params={"network_id": net}).raise_for_status().json()["ports"]
-        fips = c.get("/floatingips", params={"floating_network_id": ext}).raise_for_status().json()["floatingips"]
+        ports = _all_pages(c, "/ports", "ports", {"network_id": net})
+        fips = _all_pages(c, "/floatingips", "floatingips", {"floating_network_id": ext})
     return ports, fips
 
 

@@ -29,6 +29,7 @@ import functools
 import inspect
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -278,22 +279,29 @@ class Policy:
         # Without an operator file there is nothing to re-read: stop oslo looking for one on
         # every call. With one, oslo stats it per call and reloads it when it changes.
         self.enforcer.use_conf = policy_file is not None
+        # One evaluation at a time: handlers run on worker threads, and oslo's generic checks
+        # call ast.literal_eval, which on this CPython (3.11) raises "SystemError: AST
+        # constructor recursion depth mismatch" when two threads parse at once (seen as a 500
+        # in test_concurrent_overlapping_creates_one_wins). A check costs tens of microseconds.
+        self._lock = threading.Lock()
 
     def check(self, ctx: Context | Mapping[str, Any], rule: str, tgt: Mapping[str, Any]) -> bool:
         """Whether `rule` holds for the caller on `tgt` (an unknown rule name uses `default`)."""
         creds = credentials(ctx) if isinstance(ctx, Context) else ctx
-        return bool(self.enforcer.enforce(rule, tgt, creds))
+        with self._lock:
+            return bool(self.enforcer.enforce(rule, tgt, creds))
 
     def enforce(self, ctx: Context, action: str, tgt: Mapping[str, Any], attrs: Iterable[str] = ()) -> None:
         """`action`, then `action:<attr>` for each given attribute that has a rule of its own;
         403 PolicyNotAuthorized naming the first rule that fails."""
         creds = credentials(ctx)
-        if not self.enforcer.enforce(action, tgt, creds):
-            raise denied(action)
-        for attr in attrs:
-            name = f"{action}:{attr}"
-            if name in self.enforcer.rules and not self.enforcer.enforce(name, tgt, creds):
-                raise denied(name)
+        with self._lock:
+            if not self.enforcer.enforce(action, tgt, creds):
+                raise denied(action)
+            for attr in attrs:
+                name = f"{action}:{attr}"
+                if name in self.enforcer.rules and not self.enforcer.enforce(name, tgt, creds):
+                    raise denied(name)
 
 
 def denied(rule: str) -> ApiError:

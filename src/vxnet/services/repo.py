@@ -275,7 +275,7 @@ class Repo:
         if len(cache) > 2 * len(kvs) + 100_000:  # drop entries of deleted keys now and then
             with self._lock:
                 live = {kv.key for kv in self.store.range(ROOT)[0]}
-                for k in [k for k in cache if k not in live]:
+                for k in [k for k in list(cache) if k not in live]:
                     cache.pop(k, None)
         return out
 
