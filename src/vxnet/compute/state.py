@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Hashable, Iterable
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True, order=True, slots=True)
 class Bridge:
     """One Linux bridge per network present on the host."""
 
@@ -25,7 +25,7 @@ class Bridge:
         return self.name
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True, order=True, slots=True)
 class Vxlan:
     """The VXLAN device of a network: no learning, port of its bridge with neigh_suppress on."""
 
@@ -45,7 +45,7 @@ class Vxlan:
         return self.name
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True, order=True, slots=True)
 class Plug:
     """A VM-facing device (created by the hypervisor) attached to a bridge with the network MTU."""
 
@@ -59,7 +59,7 @@ class Plug:
         return self.tap
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True, order=True, slots=True)
 class Fdb:
     """A forwarding entry.
 
@@ -80,7 +80,7 @@ class Fdb:
         return (self.dev, self.mac, self.dst is None)
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True, order=True, slots=True)
 class Neigh:
     """A permanent neighbour entry on a bridge: the table ARP suppression answers from."""
 
@@ -93,7 +93,7 @@ class Neigh:
         return (self.dev, self.ip)
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True, order=True, slots=True)
 class LocalPort:
     """A port bound to this host: where its VM device is expected and what it needs."""
 
