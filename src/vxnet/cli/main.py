@@ -10,6 +10,7 @@ import sys
 import typer
 
 from vxnet.cli import agent as cli_agent
+from vxnet.cli import backup as cli_backup
 from vxnet.cli import demo as cli_demo
 from vxnet.cli import keys as cli_keys
 from vxnet.cli import lab as cli_lab
@@ -32,7 +33,7 @@ def _root() -> None:
 # Sub-commands living in their own modules (vxnet/cli/<name>.py exposing `register(app)`).
 # Imported explicitly: a missing or broken module fails `vxnet` at once, never drops its
 # commands silently. (Each keeps its heavy imports inside its commands, so `--help` stays fast.)
-for _mod in (cli_agent, cli_lab, cli_demo, cli_trace, cli_migrate, cli_keys, cli_quota):
+for _mod in (cli_agent, cli_lab, cli_demo, cli_trace, cli_migrate, cli_keys, cli_quota, cli_backup):
     _mod.register(app)
 
 
