@@ -141,6 +141,7 @@ class Agent:
             for kind in {*(msg.get("put") or {}), *(msg.get("delete") or {})}:
                 metrics.VIEW_UPDATES.labels(kind).inc()
         if msg.get("type") != "ping":
+            metrics.UPDATE_REVISION.set(view.revision)
             self._wake.set()
 
     def kernel_changed(self, invalidate: bool) -> None:
@@ -221,6 +222,8 @@ class Agent:
         metrics.PASSES.labels("unchanged" if unchanged else "changed").inc()
         self.last_result = result
         self._record(view, desired, result)
+        if unchanged:
+            self._count_drift(result, fresults)
         self._report(view, result)
         if not result.failed:
             self._pass_backoff.reset()
@@ -231,6 +234,16 @@ class Agent:
         if result.failed:
             self._retry_later()
         return result
+
+    def _count_drift(self, result: ReconcileResult, fresults: list[FeatureResult]) -> None:
+        """Changes made for an unchanged desired state: the kernel had drifted (metrics only)."""
+        for kind, n in result.diff.counts().items():
+            if n:
+                metrics.DRIFT_REPAIRS.labels(kind).inc(n)
+        for f, r in zip(self.features, fresults, strict=True):
+            for kind, n in r.changes.items():
+                if n:
+                    metrics.DRIFT_REPAIRS.labels(f"{f.name}_{kind}").inc(n)
 
     def _apply_feature(self, f: Feature, desired: Any) -> FeatureResult:
         try:

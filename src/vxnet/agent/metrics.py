@@ -6,6 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 VIEW_OBJECTS = Gauge("vxnet_agent_view_objects", "Objects in this host's view", ["kind"])
 VIEW_REVISION = Gauge("vxnet_agent_view_revision", "Store revision of the view")
+UPDATE_REVISION = Gauge("vxnet_agent_update_revision", "Store revision of the last update or snapshot received "
+                        "(pings excluded): applied_revision is behind it until a pass applied it")
 APPLIED_REVISION = Gauge("vxnet_agent_applied_revision", "Last view revision fully applied to the kernel")
 DESIRED_OBJECTS = Gauge("vxnet_agent_desired_objects", "Kernel objects in the desired state", ["kind"])
 RECONCILES = Counter("vxnet_agent_reconciles_total", "Reconcile passes", ["full_read"])
@@ -23,3 +25,6 @@ PASSES = Counter("vxnet_agent_passes_total", "Reconcile passes by whether the ho
                  "(`unchanged`: the pass was woken by something no compute reads, or by the kernel)", ["desired"])
 VIEW_UPDATES = Counter("vxnet_agent_view_updates_total", "View stream updates received, by collection", ["kind"])
 RETRY_SECONDS = Gauge("vxnet_agent_retry_delay_seconds", "Delay before the retry of the last failed pass")
+DRIFT_REPAIRS = Counter("vxnet_agent_drift_repairs_total", "Kernel objects changed by passes whose desired state had "
+                        "not changed (drift repaired; also a tap that appeared being plugged, or a failed change "
+                        "retried)", ["kind"])

@@ -41,7 +41,7 @@ from prometheus_client import (
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vxnet.api import policy
+from vxnet.api import ops_metrics, policy
 from vxnet.api.errors import ApiError, from_service, policy_denied
 from vxnet.api.extensions import served_extensions
 from vxnet.api.middleware import RequestGuard
@@ -259,7 +259,8 @@ def _install_metrics(app: FastAPI, state: AppState) -> None:
     latency = Histogram("vxnet_api_request_seconds", "API request latency", ["method", "route"], registry=registry,
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
     revision = Gauge("vxnet_store_revision", "Current store revision", registry=registry)
-    revision.set_function(lambda: state.store.revision())
+    revision.set_function(lambda: ops_metrics.revision_or_nan(state.store))
+    ops_metrics.register(registry, state)
     app.state.metrics_registry = registry
 
     class Measure:
