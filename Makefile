@@ -5,12 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
+# The Ansible example (examples/ansible) runs in its own venv: ansible and a pinned openstacksdk.
+ANSIBLE_VENV := .venv-ansible
+STAMP_ANSIBLE := $(ANSIBLE_VENV)/.pip-stamp
 APT_PACKAGES := $(shell grep -v '^\#' etc/apt-packages.txt)
 PYTHON ?= python3
 
 .PHONY: setup test demo bench clean lint
 
-setup: $(STAMP_APT) $(STAMP_PIP)
+setup: $(STAMP_APT) $(STAMP_PIP) $(STAMP_ANSIBLE)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +29,11 @@ $(STAMP_APT): etc/apt-packages.txt | $(VENV)/bin/python
 
 $(STAMP_PIP): pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+$(STAMP_ANSIBLE): examples/ansible/requirements.txt
+	$(PYTHON) -m venv $(ANSIBLE_VENV)
+	$(ANSIBLE_VENV)/bin/pip install -q -r examples/ansible/requirements.txt
 	touch $@
 
 test: setup
@@ -45,4 +53,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(ANSIBLE_VENV) build src/*.egg-info
