@@ -2,7 +2,8 @@
 
 - nothing in the kernel is touched before the first complete view (a stale owned bridge survives);
 - after the snapshot, owned leftovers are removed and foreign objects are left alone;
-- hand-made drift (deleted FDB / neighbour entries) is repaired at once;
+- hand-made drift (deleted FDB / neighbour entries) is repaired at once, and counted in
+  vxnet_agent_drift_repairs_total;
 - a tap that appears later is plugged at once (netlink event, not the resync timer), and the
   port is reported ACTIVE only when the kernel really has it plugged; a vanished tap -> DOWN.
 """
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.root.conftest import needs_root
 from tests.root.helpers import nsexec
@@ -56,6 +58,10 @@ class FakeControl:
         master = nsexec(self.ns, "ip", "-o", "link", "show", naming.tap_name(PORT)).stdout
         self.reports.append((time.time(), list(active), list(down), master))
         self.reported.set()
+
+
+def drift_repairs(kind: str) -> float:
+    return REGISTRY.get_sample_value("vxnet_agent_drift_repairs_total", {"kind": kind}) or 0.0
 
 
 def _wait(cond: Any, timeout: float = 5) -> bool:
@@ -110,15 +116,21 @@ def test_agent_loop_adopts_plugs_on_events_and_reports_after_apply(underlay3: li
         # Drift: a remote FDB entry and the bridge's neighbour entry deleted by hand come back
         # (the deletion events invalidate the agent's cache; no waiting for the resync timer).
         vx = naming.vxlan_name(NET)
+        repairs = {k: drift_repairs(k) for k in ("fdb", "neighs")}
         nsexec(ns, "bridge", "fdb", "del", remote["mac_address"], "dev", vx, "self")
         nsexec(ns, "ip", "neigh", "del", "192.0.2.72", "dev", naming.bridge_name(NET))
         assert _wait(lambda: "dst 198.51.100.2" in nsexec(ns, "bridge", "fdb", "show", "dev", vx).stdout
                      and "192.0.2.72" in nsexec(ns, "ip", "neigh", "show", "dev", naming.bridge_name(NET)).stdout)
+        # ... and are counted as drift repairs (the desired state did not change)
+        assert _wait(lambda: all(drift_repairs(k) > repairs[k] for k in repairs)), repairs
+        assert REGISTRY.get_sample_value("vxnet_agent_update_revision") == 5
 
         # The server records ACTIVE (the view's port changes); the tap vanishes -> DOWN.
         ctl.reported.clear()
         ctl.q.put({"type": "update", "revision": 6, "put": {"ports": {PORT: dict(port, status="ACTIVE", revision_number=2)}}})
         assert agent.wait_applied(6)
+        assert REGISTRY.get_sample_value("vxnet_agent_update_revision") == 6
+        assert REGISTRY.get_sample_value("vxnet_agent_applied_revision") == 6
         topology.del_vm("lp1")
         assert ctl.reported.wait(5)
         assert ctl.reports[-1][1:3] == ([], [PORT])
