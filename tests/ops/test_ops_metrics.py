@@ -27,14 +27,16 @@ def scrape(listen: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_agents_and_ports_gauges_follow_the_api(tmp_path) -> None:
     listen = f"127.0.0.1:{free_port()}"
-    h = start_agent_server(os.path.join(tmp_path, "vxnet.db"), agent_down_time=2, metrics_listen=listen)
+    h = start_agent_server(os.path.join(tmp_path, "vxnet.db"), agent_down_time=4, metrics_listen=listen)
     try:
+        port = bound_port(h, "h1")
+        h.api("alice").post("/ports", json={"port": {"network_id": port["network_id"]}})
         with agent_client(h) as c:
             register(c, "h1")
             register(c, "h2", "198.51.100.2")
-        port = bound_port(h, "h1")
-        h.api("alice").post("/ports", json={"port": {"network_id": port["network_id"]}})
-        m = scrape(listen)
+            for host in ("h1", "h2"):  # alive now, however slow the machine was so far
+                assert c.post(f"/hosts/{host}/heartbeat").json() == {"alive": True}
+            m = scrape(listen)
         assert m[("vxnet_store_up", ())] == 1
         assert m[("vxnet_agents", (("alive", "true"),))] == 2
         assert m[("vxnet_agents", (("alive", "false"),))] == 0

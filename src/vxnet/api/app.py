@@ -60,7 +60,7 @@ from vxnet.api.routers import (
     tags,
     ui,
 )
-from vxnet.api.state import AppState
+from vxnet.api.state import AppState, run_store
 from vxnet.config import Config
 from vxnet.services.errors import ServiceError
 from vxnet.services.repo import ClaimTaken, Conflict
@@ -299,7 +299,8 @@ def _install_metrics(app: FastAPI, state: AppState) -> None:
     async def metrics(request: Request) -> Response:
         if not config.metrics_public and not state.context(request).is_admin:
             raise policy_denied("get_metrics")
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # off the event loop: the store-derived gauges read the store (ops_metrics.py)
+        return Response(await run_store(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _serve_metrics_apart(app: FastAPI, registry: CollectorRegistry, listen: str) -> None:
