@@ -104,6 +104,7 @@ def test_backup_of_a_running_embedded_store_restores_identically(tmp_path) -> No
         assert sorted(n["id"] for n in after["networks"]) == sorted([net_id, busy])
         ports = after["ports"]
         assert 5 <= len(ports) <= 5 + len(made)
+        print(f"\n{len(made)} ports created while the backup ran; the backup holds {len(ports) - 5} of them")
         # one revision: the project's port counter matches the ports that exist
         with h2.api("admin") as admin:
             project = ports[0]["project_id"]
