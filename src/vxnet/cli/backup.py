@@ -224,7 +224,7 @@ def register(app: typer.Typer) -> None:
         config: str = typer.Option(None, help="TOML configuration file naming the store"),
         force: bool = typer.Option(False, help="replace what the target holds under /vxnet/"),
     ) -> None:
-        """Restore a backup into a store (stop its servers first for the embedded store) and verify it."""
+        """Restore a backup into a store and verify it (stop the store's servers first; start them after)."""
         from vxnet.config import ConfigError
         from vxnet.store import open_store
 
