@@ -84,7 +84,7 @@ class FakeDriver:
     def links(self) -> set[str]:
         return self.taps | self.ifbs
 
-    def owned(self, taps: Any = None) -> tuple[set[str], set[str]]:
+    def owned(self) -> tuple[set[str], set[str]]:
         return set(self.on), set(self.ifbs)
 
     def apply_tap(self, t: TapQos) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
 
 from vxnet.compute import naming
 from vxnet.compute.qos import TBF_LATENCY_MS, Limit, TapQos
@@ -73,15 +72,21 @@ class QosDriver:
     def _ingress_filters(self, dev: str) -> list[dict]:
         return self._json("tc", "-j", "filter", "show", "dev", dev, "ingress")
 
-    def owned(self, taps: Sequence[str] | None = None) -> tuple[set[str], set[str]]:
-        """(taps carrying a QoS object of ours, our IFB devices), from the kernel."""
-        links = self.links()
-        ifbs = {n for n in links if n.startswith(naming.QOS_IFB_PREFIX)}
-        marked = set()
-        for dev in (taps if taps is not None else [n for n in links if naming.is_tap(n)]):
-            if dev not in links:
+    def owned(self) -> tuple[set[str], set[str]]:
+        """(taps carrying a QoS object of ours, our IFB devices), from the kernel: one qdisc
+        listing of every device, then the filters of the taps that have an ingress qdisc."""
+        ifbs = {n for n in self.links() if n.startswith(naming.QOS_IFB_PREFIX)}
+        marked, with_ingress = set(), set()
+        for q in self._json("tc", "-j", "qdisc", "show"):
+            dev = str(q.get("dev", ""))
+            if not naming.is_tap(dev):
                 continue
-            if self._root_is_ours(dev) or any(str(f.get("pref")) == PREF for f in self._ingress_filters(dev)):
+            if q.get("root") and q.get("handle") == HANDLE:
+                marked.add(dev)
+            elif q.get("kind") in ("ingress", "clsact"):
+                with_ingress.add(dev)
+        for dev in with_ingress - marked:
+            if any(str(f.get("pref")) == PREF for f in self._ingress_filters(dev)):
                 marked.add(dev)
         return marked, ifbs
 
