@@ -216,3 +216,17 @@ def test_rule_types(h) -> None:
         params = d["drivers"][0]["supported_parameters"]
         assert params[0]["parameter_name"] == "dscp_mark" and 46 in params[0]["parameter_values"]
         assert_error(c.get("/qos/rule-types/nonsense"), 404)
+
+
+def test_policy_tags(h, projects) -> None:
+    with h.api() as admin:
+        p = make_policy(admin, project_id=projects["tenant-a"], tags=["a"])
+        assert p["tags"] == ["a"]
+        assert admin.put(f"/qos/policies/{p['id']}/tags/b").status_code == 201
+        assert admin.get(f"/qos/policies/{p['id']}/tags").json()["tags"] == ["a", "b"]
+        assert admin.get(f"/qos/policies/{p['id']}").json()["policy"]["revision_number"] == 1
+    with h.api("alice") as c:   # her project's policy: she reads its tags, only admins change them
+        assert c.get(f"/qos/policies/{p['id']}/tags/a").status_code == 204
+        assert_error(c.put(f"/qos/policies/{p['id']}/tags/c"), 403, "PolicyNotAuthorized")
+    with h.api("bob") as c:
+        assert_error(c.get(f"/qos/policies/{p['id']}/tags"), 404, "QosPolicyNotFound")
