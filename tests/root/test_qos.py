@@ -176,8 +176,8 @@ def test_bandwidth_limits_dscp_and_removal(lab3: Lab) -> None:
 
 def test_network_policy_applies_to_its_vm_ports(lab3: Lab) -> None:
     """A policy on the network limits a VM port without one of its own (Neutron's inheritance)."""
-    net, _ = lab3.network("alice", "198.51.100.0/24", "qosnet")
-    p3 = lab3.port("alice", net["id"], "198.51.100.31")
+    net, _ = lab3.network("alice", "100.64.20.0/24", "qosnet")
+    p3 = lab3.port("alice", net["id"], "100.64.20.31")
     lab3.vm("v3", "h3", p3)
     lab3.wait_status(p3["id"], "ACTIVE")
     tap = naming.tap_name(p3["id"])
