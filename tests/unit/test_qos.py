@@ -98,6 +98,8 @@ class FakeDriver:
             self.ifbs.discard(t.ifb)
 
     def clear_tap(self, tap: str, port_id: str) -> None:
+        if self.fail:
+            raise QosError("tc: boom")
         self.on.pop(tap, None)
         self.ifbs.discard(naming.qos_ifb_name(port_id))
 
@@ -164,3 +166,16 @@ def test_restart_adopts_and_removes_leftovers() -> None:
     res = f2.apply(compute_qos(view(), "h1"))
     assert not res.failed and set(drv.on) == {tap} and drv.on[tap] == kept
     assert drv.ifbs == {naming.qos_ifb_name(P1)}
+
+
+def test_failed_removal_is_retried_from_the_kernel() -> None:
+    tap = naming.tap_name(P1)
+    drv, now = FakeDriver({tap}), [0.0]
+    f = feature(drv, now)
+    f.apply(compute_qos(view(), "h1"))
+    drv.fail = True
+    res = f.apply(compute_qos(view(port_qos=None), "h1"))
+    assert res.failed and tap in drv.on
+    drv.fail = False
+    res = f.apply(compute_qos(view(port_qos=None), "h1"))    # the kernel is read again: the leftover goes
+    assert not res.failed and drv.on == {} and drv.ifbs == set()

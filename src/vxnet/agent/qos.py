@@ -100,6 +100,8 @@ class QosFeature:
             except QosError as e:
                 log.warning("host=%s qos clear %s: %s", self.ctx.host, tap, e)
                 m.failed(tap, now)
+                m.known = False           # what is left on it is unknown: the next pass reads the kernel
+                failed.append(f"qos clear {tap}")
         ruleset = dscp_ruleset(desired)
         if ruleset != self._dscp_ok:
             try:

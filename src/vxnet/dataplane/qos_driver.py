@@ -9,6 +9,10 @@ core) to an IFB device whose root TBF shapes it, as the VM's ingress is shaped b
 tap's root. TBF counts whole frames: a TCP flow's goodput is the limit times payload/frame
 (~95.5% at MTU 1450).
 
+It drives iproute2's `tc` and `ip` programs (JSON listings to read back), as the gateway
+driver does: QoS changes are rare and off the port-up path (a tap's limits are applied in the
+pass that plugs it, a few ms).
+
 Contract:
 - `QosDriver(netns)`: commands run in `netns` (tests drive a host namespace from outside) or in
   the caller's namespace.
