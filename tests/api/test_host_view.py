@@ -60,7 +60,8 @@ class RandomWorld:
     def __init__(self, seed: int) -> None:
         self.rnd = random.Random(seed)
         self.objects: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in (
-            "networks", "subnets", "ports", "routers", "floatingips", "security_groups", "security_group_rules")}
+            "networks", "subnets", "ports", "routers", "floatingips", "security_groups", "security_group_rules",
+            "qos_policies")}
         self.agents: dict[str, dict[str, Any]] = {}
         self.counter = 0
 
@@ -570,6 +571,18 @@ def test_views_through_the_resource_apis(srv: ServerHandle, monkeypatch: pytest.
     ok(alice.put(f"/routers/{r['id']}/remove_router_interface", json={"subnet_id": s2["id"]}))
     assert alice.delete(f"/ports/{p2['id']}").status_code == 204
     settle()
+    # QoS policies reach every host, rules embedded; a rule change is one put of the policy
+    qp = ok(admin.post("/qos/policies", json={"policy": {"name": "q", "shared": True}}))["policy"]
+    ok(admin.post(f"/qos/policies/{qp['id']}/bandwidth_limit_rules", json={"bandwidth_limit_rule": {"max_kbps": 100}}))
+    ok(alice.put(f"/ports/{p1['id']}", json={"port": {"qos_policy_id": qp["id"]}}))
+    settle()
+    for h in readers:
+        assert _held(readers[h])["qos_policies"][qp["id"]]["rules"][0]["max_kbps"] == 100
+    assert _held(readers["hv3"])["ports"][p1["id"]]["qos_policy_id"] == qp["id"]
+    ok(alice.put(f"/ports/{p1['id']}", json={"port": {"qos_policy_id": None}}))
+    assert admin.delete(f"/qos/policies/{qp['id']}").status_code == 204
+    settle()
+    assert all(_held(rd)["qos_policies"] == {} for rd in readers.values())
     for rd in readers.values():
         rd.close()
 

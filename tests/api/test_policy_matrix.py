@@ -112,6 +112,11 @@ class Lab:
         return self.ok(self.c["owner"].post("/security-groups", json={"security_group": {
             "name": f"g{next(_n)}"}}), "security_group")
 
+    def qos_policy(self) -> dict[str, Any]:
+        """A QoS policy of alice's project (only admins create them)."""
+        return self.ok(self.c["admin"].post("/qos/policies", json={"policy": {
+            "name": f"q{next(_n)}", "project_id": self.project["owner"]}}), "policy")
+
     def own_subnet(self) -> dict[str, Any]:
         net = self.network()
         return self.ok(self.c["owner"].post("/subnets", json={"subnet": {
@@ -325,8 +330,34 @@ def cases() -> list[Case]:
                                                                   "port_range_max": 22}}), OWNER_SEEN),
         Case("update_security_group_rule", "owner", "any", rule_action("PUT"), OWNER_SEEN),
         Case("delete_security_group_rule", "owner", "any", rule_action("DELETE"), OWNER_SEEN),
+        # QoS: only admins write policies and rules (Neutron's defaults); alice's project reads ---
+        Case("create_policy", "admin", "any", post("/qos/policies", lambda lab: {"policy": {"name": "q"}})),
+        Case("update_policy", "admin", "any", on("qos_policy", "PUT", "/qos/policies/{id}",
+                                                 lambda lab, o: {"policy": {"description": "x"}}), OWNER_SEEN),
+        Case("delete_policy", "admin", "any", on("qos_policy", "DELETE", "/qos/policies/{id}"), OWNER_SEEN),
+        *[Case(f"{op}_policy_{kind}_rule", "admin", "any", qos_rule_action(op, kind), OWNER_SEEN)
+          for op in ("create", "update", "delete") for kind in QOS_RULE_BODIES],
     ]
     return out
+
+
+QOS_RULE_BODIES = {"bandwidth_limit": {"max_kbps": 1000}, "dscp_marking": {"dscp_mark": 26},
+                   "minimum_bandwidth": {"min_kbps": 1000}}
+
+
+def qos_rule_action(op: str, kind: str) -> Callable[[Lab, str], httpx.Response]:
+    """Create, update or delete a `kind` rule of a fresh policy of alice's project, as the caller."""
+    def run(lab: Lab, caller: str) -> httpx.Response:
+        pol = lab.qos_policy()
+        url = f"/qos/policies/{pol['id']}/{kind}_rules"
+        body = {f"{kind}_rule": QOS_RULE_BODIES[kind]}
+        if op == "create":
+            return lab.c[caller].post(url, json=body)
+        rule = lab.ok(lab.c["admin"].post(url, json=body), f"{kind}_rule")
+        if op == "update":
+            return lab.c[caller].put(f"{url}/{rule['id']}", json=body)
+        return lab.c[caller].delete(f"{url}/{rule['id']}")
+    return run
 
 
 def add_interface(lab: Lab, caller: str) -> httpx.Response:

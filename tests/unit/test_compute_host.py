@@ -90,7 +90,8 @@ def test_compute_host_is_the_sum_of_its_parts() -> None:
     assert not d.gateway.routers and not d.gateway.l2.bridges      # not a gateway host
 
 
-OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "move", "status", "dhcp_off", "rule", "host", "down"]),
+OPS = st.lists(st.tuples(st.sampled_from(["put", "delete", "move", "status", "dhcp_off", "rule", "host", "down",
+                                          "qos"]),
                          st.integers(0, 7)), max_size=20)
 
 
@@ -122,6 +123,11 @@ def test_incremental_host_computer_equals_the_full_recompute(ops: list[tuple[str
             r = {"id": f"x{i}", "security_group_id": SG, "direction": "ingress", "ethertype": "IPv4",
                  "protocol": "udp", "port_range_min": 1000 + i, "port_range_max": 1000 + i}
             msg = {"put": {"security_group_rules": {r["id"]: r}}} if i % 2 else {"delete": {"security_group_rules": ["r2"]}}
+        elif op == "qos":   # a policy's rules change, a port or a network names it
+            qp = {"id": "q1", "rules": [{"type": "bandwidth_limit", "max_kbps": 1000 * (i + 1), "direction": "egress"}]}
+            msg = ({"put": {"qos_policies": {"q1": qp}}} if i % 3 == 0 else
+                   {"put": {"ports": {p["id"]: dict(p, qos_policy_id="q1")}}} if i % 3 == 1 else
+                   {"put": {"networks": {NETS[i % 2]: dict(network(i % 2), qos_policy_id="q1")}}})
         else:
             msg = {"put": {"hosts": {f"h{i % 3 + 1}": {"underlay_ip": f"198.51.100.{50 + i}"}}}}
         for h in HOSTS:

@@ -40,6 +40,7 @@ from vxnet.agent.backoff import Backoff
 from vxnet.agent.dhcp import DhcpFeature
 from vxnet.agent.features import Feature, FeatureResult, HostContext
 from vxnet.agent.firewall import FirewallFeature
+from vxnet.agent.qos import QosFeature
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
 from vxnet.agent.routing import RoutingFeature
 from vxnet.compute.host import HostComputer, HostDesired
@@ -445,4 +446,5 @@ def build_features(ctx: HostContext) -> list[Feature]:
         RoutingFeature(ctx),        # distributed routers
         FirewallFeature(ctx),       # port security, security groups (before any tap is plugged)
         DhcpFeature(ctx),           # DHCP for local VMs
+        QosFeature(ctx),            # bandwidth limits and DSCP marks on VM taps
     ]

@@ -1,5 +1,5 @@
 """Agent features: data-plane functions layered on the L2 overlay (DHCP, port security and
-security groups, routing, gateways).
+security groups, routing, gateways, QoS).
 
 Contract of a feature (the agent calls these from its reconcile thread, on every pass that
 has a complete view):

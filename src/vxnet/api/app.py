@@ -53,6 +53,7 @@ from vxnet.api.routers import (
     network_ip_availabilities,
     networks,
     ports,
+    qos,
     quotas,
     routers,
     security_groups,
@@ -83,6 +84,7 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     tags,
     quotas,
     network_ip_availabilities,
+    qos,
     agent_stream,
     ui,
 )

@@ -227,7 +227,17 @@ SECURITY_GROUPS = [
     _rule("delete_security_group_rule", _write(ADMIN_OR_OWNER)),
 ]
 
-RULES: list[policy.RuleDefault] = BASE + NETWORKS + SUBNETS + PORTS + ROUTERS + FLOATINGIPS + SECURITY_GROUPS
+# Neutron's QoS defaults: admins write policies and rules and read rule types; reads of
+# policies and rules are the handlers' visibility (own project's or shared).
+QOS = [
+    *[_rule(f"{op}_policy", _write(ADMIN_ONLY)) for op in ("create", "update", "delete")],
+    *[_rule(f"{op}_policy_{kind}_rule", _write(ADMIN_ONLY)) for op in ("create", "update", "delete")
+      for kind in ("bandwidth_limit", "dscp_marking", "minimum_bandwidth")],
+    _rule("get_rule_type", ADMIN_ONLY),
+]
+
+RULES: list[policy.RuleDefault] = (BASE + NETWORKS + SUBNETS + PORTS + ROUTERS + FLOATINGIPS + SECURITY_GROUPS
+                                   + QOS)
 RULE_NAMES = frozenset(r.name for r in RULES)
 
 

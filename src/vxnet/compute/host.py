@@ -8,10 +8,10 @@ Contract:
   view is parsed) and the host's fixed `HostSpec`. It returns `HostDesired`: the L2 state of
   the host with every feature's L2 part merged in (`l2`: what the L2 reconciler converges, so it
   owns every bridge-level entry), and each feature's own desired state (`firewall`, `routing`,
-  `dhcp`, `gateway`; the gateway part is empty on hosts started without `--gateway`).
+  `dhcp`, `gateway`, `qos`; the gateway part is empty on hosts started without `--gateway`).
 - `HostComputer(spec).compute(view)` returns exactly `compute_host(view, spec)` (tested on random
   histories) while recomputing only what changed: L2 and DHCP per network (`L2Cache`,
-  `DhcpCache`), the firewall, routing and gateway parts when one of the view buckets they read
+  `DhcpCache`), the firewall, routing, gateway and QoS parts when one of the view buckets they read
   is a different object (view updates replace only the buckets they touch), and the merged L2
   only when some part changed. A pass in which nothing changed returns the previous object.
 """
@@ -28,6 +28,7 @@ from vxnet.compute.firewall import Firewall, compute_firewall
 from vxnet.compute.gateway import GatewayDesired, compute_gateway
 from vxnet.compute.l2 import L2Cache, compute_l2
 from vxnet.compute.memo import IdentityMemo
+from vxnet.compute.qos import QosState, compute_qos
 from vxnet.compute.routing import RoutingState, compute_routing
 from vxnet.compute.state import HostState, merge
 from vxnet.model import View, as_view
@@ -36,6 +37,7 @@ from vxnet.model import View, as_view
 FIREWALL_INPUTS = ("networks", "subnets", "ports", "security_groups", "security_group_rules")   # subnets: DHCP
 ROUTING_INPUTS = ("networks", "subnets", "ports", "routers")
 GATEWAY_INPUTS = ("networks", "subnets", "ports", "routers", "floatingips")
+QOS_INPUTS = ("networks", "ports", "qos_policies")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +60,13 @@ class HostDesired:
     routing: RoutingState = dataclasses.field(default_factory=RoutingState)
     dhcp: DhcpState = dataclasses.field(default_factory=DhcpState)
     gateway: GatewayDesired = dataclasses.field(default_factory=GatewayDesired)
+    qos: QosState = dataclasses.field(default_factory=QosState)
 
     @property
     def features(self) -> dict[str, Any]:
         """Feature name -> its desired state (the agent's features are named like the fields)."""
-        return {"gateway": self.gateway, "routing": self.routing, "firewall": self.firewall, "dhcp": self.dhcp}
+        return {"gateway": self.gateway, "routing": self.routing, "firewall": self.firewall, "dhcp": self.dhcp,
+                "qos": self.qos}
 
 
 def _gateway(v: View, spec: HostSpec) -> GatewayDesired:
@@ -70,9 +74,9 @@ def _gateway(v: View, spec: HostSpec) -> GatewayDesired:
 
 
 def _assemble(overlay: HostState, fw: Firewall, routing: RoutingState, dhcp: DhcpState,
-              gateway: GatewayDesired) -> HostDesired:
-    # The firewall filters taps and owns no bridge port: no L2 part.
-    return HostDesired(merge([overlay, routing.l2, dhcp.l2, gateway.l2]), fw, routing, dhcp, gateway)
+              gateway: GatewayDesired, qos: QosState) -> HostDesired:
+    # The firewall and QoS act on taps and own no bridge port: no L2 part.
+    return HostDesired(merge([overlay, routing.l2, dhcp.l2, gateway.l2]), fw, routing, dhcp, gateway, qos)
 
 
 def compute_host(view: View | Mapping[str, Mapping[str, Any]], spec: HostSpec) -> HostDesired:
@@ -80,7 +84,7 @@ def compute_host(view: View | Mapping[str, Mapping[str, Any]], spec: HostSpec) -
     v = as_view(view)
     return _assemble(compute_l2(v, spec.host, spec.underlay_ip), compute_firewall(v, spec.host),
                      compute_routing(v, spec.host), compute_dhcp(v, spec.host, spec.dhcp_lease_time),
-                     _gateway(v, spec))
+                     _gateway(v, spec), compute_qos(v, spec.host))
 
 
 class HostComputer:
@@ -113,7 +117,9 @@ class HostComputer:
         dhcp = timed("dhcp", lambda: self.dhcp.compute(v))
         gateway = timed("gateway", lambda: self._parts.get(
             "gateway", tuple(v.bucket(k) for k in GATEWAY_INPUTS), lambda: _gateway(v, spec)))
+        qos = timed("qos", lambda: self._parts.get(
+            "qos", tuple(v.bucket(k) for k in QOS_INPUTS), lambda: compute_qos(v, spec.host)))
         self.timings = t
         self._merged.begin()
-        return self._merged.get("all", (overlay, fw, routing, dhcp, gateway),
-                                lambda: _assemble(overlay, fw, routing, dhcp, gateway))
+        return self._merged.get("all", (overlay, fw, routing, dhcp, gateway, qos),
+                                lambda: _assemble(overlay, fw, routing, dhcp, gateway, qos))

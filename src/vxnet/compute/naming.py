@@ -31,6 +31,7 @@ VXLAN_PORT = 4789
 DHCP_KIND = "d"                       # vxpd<network>: the DHCP responder's bridge side
 ROUTER_KIND = "r"                     # vxpr<port>: a router namespace's leg, bridge side
 DHCP_DEVICE_PREFIX = "vxdr"           # vxdr<network>: the DHCP responder's host side
+QOS_IFB_PREFIX = "vxqi"               # vxqi<port>: the IFB a VM's egress is shaped on (QoS)
 # Namespaces (the host name is part of the name: lab hosts share /run/netns).
 ROUTER_NS_PREFIX = "vxr-"             # vxr-<router>-<host>: distributed router
 SNAT_NS_PREFIX = "vxs-"               # vxs-<router>-<host>: a gateway host's SNAT namespace
@@ -43,6 +44,11 @@ SG_TABLE = ("inet", "vxnet_sg")       # security groups, conntrack zones
 HOST_TABLE = ("arp", "vxnet_host")    # the host guard
 DHCP_TABLE = ("bridge", "vxnet_dhcp") # DHCP steering
 NAT_TABLE = ("ip", "vxnet_nat")       # inside vxs- namespaces
+QOS_TABLE = ("bridge", "vxnet_qos")   # QoS DSCP marking
+# tc objects the QoS feature owns (on VM taps and its IFBs): a root qdisc with this handle, and
+# on the tap's ingress qdisc a filter with this preference (the ingress qdisc itself is ffff:).
+QOS_QDISC_HANDLE = "7671:"
+QOS_FILTER_PREF = 30247
 # Routes and rules the agent owns.
 ROUTER_ROUTE_PROTO = 118              # 'v': inside router namespaces
 GATEWAY_ROUTE_PROTO = "static"        # inside SNAT namespaces (the kernel's own are proto kernel)
@@ -81,6 +87,11 @@ def service_port_name(kind: str, object_id: str) -> str:
     if len(kind) != 1:
         raise ValueError("service port kind is one letter")
     return SERVICE_PREFIX + kind + object_id[:ID_CHARS]
+
+
+def qos_ifb_name(port_id: str) -> str:
+    """The IFB device that shapes a VM port's egress (its tap's ingress is redirected to it)."""
+    return QOS_IFB_PREFIX + port_id[:ID_CHARS]
 
 
 def is_tap(ifname: str) -> bool:

@@ -11,6 +11,8 @@ from vxnet.model.resources import (
     HostRoute,
     Network,
     Port,
+    QosPolicy,
+    QosRule,
     Router,
     Rule,
     SecurityGroup,
@@ -19,5 +21,5 @@ from vxnet.model.resources import (
 )
 from vxnet.model.view import KINDS, View, as_view, parse_view
 
-__all__ = ["KINDS", "AddressPair", "FixedIp", "FloatingIP", "Host", "HostRoute", "Network", "Port", "Router",
+__all__ = ["KINDS", "AddressPair", "FixedIp", "FloatingIP", "Host", "HostRoute", "Network", "Port", "QosPolicy", "QosRule", "Router",
            "Rule", "SecurityGroup", "Subnet", "View", "as_view", "parse", "parse_view"]

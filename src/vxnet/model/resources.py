@@ -46,6 +46,7 @@ class Network:
     mtu: int = DEFAULT_MTU
     external: bool = False                 # router:external
     physical_network: str | None = None
+    qos_policy_id: str = ""
 
     @property
     def is_vxlan(self) -> bool:
@@ -103,6 +104,7 @@ class Port:
     dns_name: str = ""
     status: str | None = None               # only in the view of the port's own host (server side)
     revision: int | None = None
+    qos_policy_id: str = ""
     ipv4: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv4 fixed IPs
 
     def __post_init__(self) -> None:
@@ -146,6 +148,24 @@ class Rule:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class QosRule:
+    """One rule of a QoS policy (Neutron's fields; `direction` from the VM's side)."""
+
+    type: str                      # bandwidth_limit | dscp_marking | minimum_bandwidth
+    direction: str = "egress"
+    max_kbps: int = 0
+    max_burst_kbps: int = 0
+    dscp_mark: int = 0
+    min_kbps: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QosPolicy:
+    id: str
+    rules: tuple[QosRule, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class FloatingIP:
     id: str
     floating_ip_address: str = ""
@@ -175,14 +195,15 @@ def _port(o: Mapping[str, Any]) -> Port:
                                     for p in o.get("allowed_address_pairs") or ()),
         security_groups=tuple(dict.fromkeys(o.get("security_groups") or ())),
         port_security=o.get("port_security_enabled") is not False, dns_name=o.get("dns_name") or "",
-        status=o.get("status"), revision=int(rev) if rev is not None else None)
+        status=o.get("status"), revision=int(rev) if rev is not None else None,
+        qos_policy_id=o.get("qos_policy_id") or "")
 
 
 def _network(o: Mapping[str, Any]) -> Network:
     seg = o.get("provider:segmentation_id")
     return Network(o["id"], o.get("provider:network_type") or "vxlan", int(seg) if seg is not None else None,
                    int(o.get("mtu") or DEFAULT_MTU), bool(o.get("router:external")),
-                   o.get("provider:physical_network"))
+                   o.get("provider:physical_network"), o.get("qos_policy_id") or "")
 
 
 def _subnet(o: Mapping[str, Any]) -> Subnet:
@@ -208,6 +229,20 @@ def _fip(o: Mapping[str, Any]) -> FloatingIP:
                       o.get("router_id") or "", o.get("port_id") or "")
 
 
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _qos_policy(o: Mapping[str, Any]) -> QosPolicy:
+    rules = tuple(QosRule(str(r.get("type") or ""), str(r.get("direction") or "egress"), _int(r.get("max_kbps")),
+                          _int(r.get("max_burst_kbps")), _int(r.get("dscp_mark")), _int(r.get("min_kbps")))
+                  for r in o.get("rules") or () if isinstance(r, Mapping))
+    return QosPolicy(o["id"], rules)
+
+
 PARSERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "networks": _network,
     "subnets": _subnet,
@@ -216,6 +251,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "floatingips": _fip,
     "security_groups": lambda o: SecurityGroup(o["id"], o.get("stateful", True) is not False),
     "security_group_rules": _rule,
+    "qos_policies": _qos_policy,
 }
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from vxnet.model import resources as r
 
 KINDS = ("hosts", "networks", "subnets", "ports", "routers", "floatingips", "security_groups",
-         "security_group_rules")
+         "security_group_rules", "qos_policies")
 _EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 
 
@@ -37,6 +37,7 @@ class View:
     floatingips: Mapping[str, r.FloatingIP] = dataclasses.field(default_factory=lambda: _EMPTY)
     security_groups: Mapping[str, r.SecurityGroup] = dataclasses.field(default_factory=lambda: _EMPTY)
     security_group_rules: Mapping[str, r.Rule] = dataclasses.field(default_factory=lambda: _EMPTY)
+    qos_policies: Mapping[str, r.QosPolicy] = dataclasses.field(default_factory=lambda: _EMPTY)
 
     def bucket(self, kind: str) -> Mapping[str, Any]:
         return getattr(self, kind)  # type: ignore[no-any-return]

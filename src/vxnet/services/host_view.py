@@ -13,6 +13,8 @@ What a host sees (the contract of `GET /v2.0/vxnet/hosts/{host}/view`), for host
   and their rules, the member ports of every remote group those rules name, and the `hosts`
   entries ({host, underlay_ip, alive, gateway}) of H and of every host a port of the view is
   bound to (registered hosts only).
+- Every host sees every QoS policy (`qos_policies`, rules embedded): few objects, made by
+  admins, that ports and networks name by id; broadcasting them keeps them out of membership.
 
 Membership is kept as ids: a network, router, group or host id is a member as soon as something
 refers to it, and appears in the view once the object exists. So creating or deleting such an
@@ -55,7 +57,8 @@ Obj = dict[str, Any]
 View = dict[str, dict[str, Any]]
 
 COLLECTIONS = ("networks", "subnets", "ports", "routers", "floatingips", "security_groups",
-               "security_group_rules")
+               "security_group_rules", "qos_policies")
+BROADCAST = ("qos_policies",)   # every tracked host holds every object of these
 VIEW_KEYS = COLLECTIONS + ("hosts",)
 # The same owners as services/ports.py ROUTER_INTERFACE_OWNERS (kept here so this module
 # imports nothing from the API layer).
@@ -152,6 +155,8 @@ def full_view(objects: Mapping[str, Mapping[str, Obj]], hosts: Mapping[str, Obj]
     view["floatingips"] = fips
     view["security_groups"] = {g: o for g, o in objects.get("security_groups", {}).items() if g in sgs}
     view["security_group_rules"] = rules
+    for coll in BROADCAST:
+        view[coll] = dict(objects.get(coll, {}))
     view["hosts"] = {h: hosts[h] for h in host_names if h and h in hosts}
     return view
 
@@ -324,7 +329,7 @@ class ViewIndex:
         host_names.add(host)
         return ({"networks": nets, "subnets": subnets, "ports": port_ids, "routers": r_ids,
                  "floatingips": fips, "security_groups": sgs, "security_group_rules": rules,
-                 "hosts": host_names}, remote)
+                 **{c: set(self.objects[c]) for c in BROADCAST}, "hosts": host_names}, remote)
 
     def _value(self, key: str, id_: str) -> Any:
         if key == "hosts":
@@ -436,6 +441,19 @@ class ViewIndex:
     def _apply_object(self, coll: str, id_: str, obj: Obj | None, out: dict[str, Message]) -> None:
         old = self.objects[coll].get(id_)
         if old is None and obj is None:
+            return
+        if coll in BROADCAST:
+            self._store(coll, id_, obj)
+            for h, mem in self.members.items():
+                msg = out.setdefault(h, Message())
+                if obj is not None:
+                    msg.set(coll, id_, obj, old if id_ in mem[coll] else None)
+                    mem[coll].add(id_)
+                    self._holders.setdefault((coll, id_), set()).add(h)
+                else:
+                    msg.drop(coll, id_, old)
+                    mem[coll].discard(id_)
+                    _discard_t(self._holders, (coll, id_), h)
             return
         if coll in ("networks", "routers", "security_groups"):
             # Membership is by id: only a gateway host's membership depends on these objects

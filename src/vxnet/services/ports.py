@@ -110,6 +110,7 @@ def new_port_record(
     vnic_type: str = "normal",
     binding_profile: dict[str, Any] | None = None,
     is_admin: bool = True,
+    qos_policy_id: str | None = None,
 ) -> dict[str, Any]:
     """Allocate MAC and fixed IPs, resolve security groups, and stage a complete port (the
     admin view). `fixed_ips` None means "one address from the network's subnets"; `[]` means
@@ -153,6 +154,7 @@ def new_port_record(
         "binding:vif_details": {},
         "binding:vnic_type": vnic_type,
         "binding:profile": binding_profile or {},
+        "qos_policy_id": qos_policy_id,
         "tags": list(tags or []),
         "created_at": now,
         "updated_at": now,
@@ -239,7 +241,7 @@ def update_port(uow: UnitOfWork, port: dict[str, Any], net: dict[str, Any], chan
     work. Who may change which field is the API policy's business (api/policy.py, checked by
     the caller in the same unit of work); `is_admin` only widens which groups may be named."""
     changed: dict[str, Any] = {}
-    for f in ("name", "description", "admin_state_up", "device_id"):
+    for f in ("name", "description", "admin_state_up", "device_id", "qos_policy_id"):
         if f in changes:
             changed[f] = changes[f]
     if "device_owner" in changes:

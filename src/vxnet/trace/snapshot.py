@@ -25,7 +25,8 @@ from vxnet.services.host_view import full_view, host_entry
 Obj = dict[str, Any]
 COLLECTIONS = {"networks": "networks", "subnets": "subnets", "ports": "ports", "routers": "routers",
                "floatingips": "floatingips", "security_groups": "security-groups",
-               "security_group_rules": "security-group-rules"}
+               "security_group_rules": "security-group-rules", "qos_policies": "qos/policies"}
+RESPONSE_KEYS = {"qos_policies": "policies"}     # where the list body's key is not the collection
 
 
 class Snapshot:
@@ -141,7 +142,7 @@ def fetch(url: str, token: str) -> Snapshot:
     objects: dict[str, dict[str, Obj]] = {}
     with httpx.Client(base_url=url.rstrip("/") + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as api:
         for coll, path in COLLECTIONS.items():
-            objects[coll] = {o["id"]: o for o in _list_all(api, f"/{path}", coll)}
+            objects[coll] = {o["id"]: o for o in _list_all(api, f"/{path}", RESPONSE_KEYS.get(coll, coll))}
         hosts = {}
         for agent in _list_all(api, "/agents", "agents"):
             entry = host_entry(agent)

@@ -30,10 +30,12 @@ from vxnet.api.validation import (
     Name,
     ProjectId,
     Tags,
+    Uuid,
     parse_create,
     parse_update,
     resolve_project,
 )
+from vxnet.services import qos
 from vxnet.services.ipam import allocate_vni, subnet_alloc_key, vni_key
 from vxnet.services.ports import delete_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
@@ -76,6 +78,7 @@ class NetworkCreate(Body):
     provider_network_type: str | None = Field(default=None, alias="provider:network_type")
     provider_physical_network: str | None = Field(default=None, alias="provider:physical_network")
     provider_segmentation_id: int | None = Field(default=None, alias="provider:segmentation_id")
+    qos_policy_id: Uuid | None = None
 
 
 class NetworkUpdate(Body):
@@ -87,6 +90,7 @@ class NetworkUpdate(Body):
     mtu: int = Field(default=1450, ge=68, le=9000)
     router_external: Bool = Field(default=False, alias="router:external")
     is_default: Bool = False
+    qos_policy_id: Uuid | None = None
 
 
 def _aliased(model: Body) -> dict[str, Any]:
@@ -121,6 +125,9 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
     net_type = item.provider_network_type or "vxlan"
     if net_type not in ("vxlan", "flat"):
         raise bad_request(f"Invalid input for operation: network_type value '{net_type}' not supported.")
+    # qos-default: a network created without a policy gets its project's default one.
+    qos_policy = (qos.resolve_policy_id(uow, ctx.is_admin, ctx.project_id, item.qos_policy_id)
+                  if "qos_policy_id" in item.model_fields_set else qos.default_policy_id(uow, project))
     nid = new_id("networks")
     now = now_iso()
     vni = None
@@ -157,6 +164,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
         "provider:network_type": net_type,
         "provider:physical_network": physnet,
         "provider:segmentation_id": vni,
+        "qos_policy_id": qos_policy,
         "project_id": project,
         "tenant_id": project,
         "tags": item.tags,
@@ -215,6 +223,8 @@ async def update_network(network_id: str, request: Request) -> dict[str, Any]:
             raise not_found("network", network_id)
         pol.enforce(ctx, "update_network", policy.target("network", {**net, **fields}), sorted(fields))
         check_if_match(request, net)
+        if "qos_policy_id" in fields:   # another project's non-shared policy: 404, as in Neutron
+            fields["qos_policy_id"] = qos.resolve_policy_id(uow, ctx.is_admin, ctx.project_id, fields["qos_policy_id"])
         if "mtu" in fields and fields["mtu"] > max_mtu(st):
             raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
         if fields.get("shared") is False and net["shared"]:

@@ -49,6 +49,7 @@ from vxnet.api.validation import (
     resolve_project,
 )
 from vxnet.services import ports as svc
+from vxnet.services import qos
 from vxnet.services.ports import changed_ips  # noqa: F401 - part of this module's API (tests)
 from vxnet.services.repo import UnitOfWork
 
@@ -159,6 +160,7 @@ class PortCreate(Body):
     binding_host_id: ShortStr = Field(default="", alias="binding:host_id")
     binding_profile: dict[str, Any] = Field(default={}, alias="binding:profile")
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
+    qos_policy_id: Uuid | None = None
     tags: Tags = []
     project_id: ProjectId | None = None
     tenant_id: ProjectId | None = None
@@ -178,6 +180,7 @@ class PortUpdate(Body):
     binding_host_id: ShortStr | None = Field(default=None, alias="binding:host_id")
     binding_profile: dict[str, Any] | None = Field(default=None, alias="binding:profile")
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
+    qos_policy_id: Uuid | None = None
 
 
 _UPDATE_ATTR = {(f.alias or n): n for n, f in PortUpdate.model_fields.items()}  # wire name -> attribute
@@ -261,6 +264,7 @@ def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork, pol: policy.Poli
         vnic_type=item.binding_vnic_type,
         binding_profile=item.binding_profile,
         is_admin=ctx.is_admin,
+        qos_policy_id=qos.resolve_policy_id(uow, ctx.is_admin, ctx.project_id, item.qos_policy_id),
     )
 
 
@@ -338,6 +342,8 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
         if {"device_owner", "device_id"} & fields:
             check_device_id(ctx, uow, after["device_owner"], after["device_id"], port["project_id"])
         check_if_match(request, port)
+        if "qos_policy_id" in changes:   # another project's non-shared policy: 404, as in Neutron
+            changes["qos_policy_id"] = qos.resolve_policy_id(uow, ctx.is_admin, ctx.project_id, upd.qos_policy_id)
         return svc.update_port(uow, port, net, changes, is_admin=ctx.is_admin)
 
     return {"port": present_port(ctx, st.repo.transact(txn))}

@@ -46,7 +46,10 @@ TAGGABLE: dict[str, tuple[str, str]] = {
     "floatingips": ("floatingips", "floatingip"),
     "security-groups": ("security_groups", "security_group"),
     "subnetpools": ("subnetpools", "subnetpool"),
+    "qos/policies": ("qos_policies", "qos_policy"),
 }
+# Collections whose objects only admins change (Neutron's QoS defaults): their tags too.
+ADMIN_WRITES = frozenset({"qos_policies"})
 
 Getter = Callable[[str, str], "dict[str, Any] | None"]
 
@@ -63,7 +66,7 @@ def parent_visible(collection: str, ctx: Context, obj: dict[str, Any], get: Gett
     if collection == "ports":  # Neutron lets a network's owner see the ports on it
         net = get("networks", obj.get("network_id", ""))
         return net is not None and net["project_id"] == ctx.project_id
-    if collection in ("security_groups", "subnetpools"):
+    if collection in ("security_groups", "subnetpools", "qos_policies"):
         return bool(obj.get("shared"))
     return False
 
@@ -121,7 +124,7 @@ class _Parent:
             obj = uow.get(self.collection, resource_id)
             if obj is None or not parent_visible(self.collection, ctx, obj, uow.get):
                 raise not_found(self.member, resource_id)
-            if not ctx.owns(obj) or not ctx.can_write:
+            if not ctx.owns(obj) or not ctx.can_write or (self.collection in ADMIN_WRITES and not ctx.is_admin):
                 raise policy_denied(f"update_{self.member}_tags")
             old = list(obj.get("tags") or [])
             new = fn(old)
@@ -136,7 +139,7 @@ class _Parent:
 def _register(url_collection: str) -> None:
     parent = _Parent(url_collection)
     base = f"/{url_collection}/{{resource_id}}/tags"
-    op = url_collection.replace("-", "_")
+    op = url_collection.replace("-", "_").replace("/", "_")
 
     async def list_tags(resource_id: str, request: Request) -> dict[str, Any]:
         return {"tags": list(parent.read(request, resource_id).get("tags") or [])}

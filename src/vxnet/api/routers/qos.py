@@ -1,0 +1,314 @@
+"""/v2.0/qos/...: QoS policies, their rules and the rule types (Neutron's `qos`,
+`qos-bw-limit-direction`, `qos-default` and `qos-rule-type-details` extensions).
+
+    /v2.0/qos/policies[/{id}]                                   GET POST / GET PUT DELETE
+    /v2.0/qos/policies/{id}/bandwidth_limit_rules[/{rule}]      GET POST / GET PUT DELETE
+    /v2.0/qos/policies/{id}/dscp_marking_rules[/{rule}]         (the same)
+    /v2.0/qos/policies/{id}/minimum_bandwidth_rules[/{rule}]    (the same)
+    /v2.0/qos/rule-types[/{type}]                               GET
+
+Invariants (records and checks in services/qos.py):
+- Neutron's policy defaults (api/policy.py QOS): only admins create, change or delete
+  policies and rules, and read rule types; everyone reads the policies visible to them (their
+  project's and shared ones; others' are a 404, never a 403 that would confirm they exist).
+- A policy named by a port or a network cannot be deleted (409 QosPolicyInUse), nor stop being
+  shared while another project's port or network names it (409 QosPolicyInUse).
+- Rule changes bump the policy's `revision_number`: the policy (rules embedded) is the one
+  object the host views carry, and the agents converge the taps of its ports from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from vxnet.api import policy
+from vxnet.api.auth import Context
+from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
+from vxnet.api.errors import ApiError, from_service
+from vxnet.api.routers.networks import touch
+from vxnet.api.state import AppState, off_loop, read_json
+from vxnet.api.validation import (
+    Body,
+    Bool,
+    Description,
+    Name,
+    ProjectId,
+    ShortStr,
+    Tags,
+    changes,
+    parse_create,
+    parse_update,
+    resolve_project,
+)
+from vxnet.services import qos as svc
+from vxnet.services.repo import UnitOfWork
+
+router = APIRouter(prefix="/v2.0/qos", tags=["qos"])
+
+
+def _visible(ctx: Context, obj: dict[str, Any]) -> bool:
+    return svc.policy_visible(ctx.is_admin, ctx.project_id, obj)
+
+
+SPEC = ResourceSpec("policies", "policy", visible=_visible)   # stored as qos_policies/<id>
+
+
+class PolicyCreate(Body):
+    name: Name = ""
+    description: Description = ""
+    shared: Bool = False
+    is_default: Bool = False
+    tags: Tags = []
+    project_id: ProjectId | None = None
+    tenant_id: ProjectId | None = None
+
+
+class PolicyUpdate(Body):
+    name: Name = ""
+    description: Description = ""
+    shared: Bool = False
+    is_default: Bool = False
+
+
+class BandwidthLimitCreate(Body):
+    max_kbps: int
+    max_burst_kbps: int = 0
+    direction: ShortStr = "egress"
+
+
+class BandwidthLimitUpdate(Body):
+    max_kbps: int = 0
+    max_burst_kbps: int = 0
+    direction: ShortStr = "egress"
+
+
+class DscpMarkingCreate(Body):
+    dscp_mark: int
+
+
+class DscpMarkingUpdate(Body):
+    dscp_mark: int = 0
+
+
+class MinimumBandwidthCreate(Body):
+    min_kbps: int
+    direction: ShortStr = "egress"
+
+
+class MinimumBandwidthUpdate(Body):
+    min_kbps: int = 0
+    direction: ShortStr = "egress"
+
+
+RULE_MODELS: dict[str, tuple[type[Body], type[Body]]] = {
+    "bandwidth_limit": (BandwidthLimitCreate, BandwidthLimitUpdate),
+    "dscp_marking": (DscpMarkingCreate, DscpMarkingUpdate),
+    "minimum_bandwidth": (MinimumBandwidthCreate, MinimumBandwidthUpdate),
+}
+
+
+def _get(uow: UnitOfWork | None, st: AppState, ctx: Context, policy_id: str) -> dict[str, Any]:
+    pol = uow.get("qos_policies", policy_id) if uow is not None else st.repo.get("qos_policies", policy_id)
+    if pol is None or not _visible(ctx, pol):
+        raise from_service(svc.policy_not_found(policy_id))
+    return pol
+
+
+# policies ----------------------------------------------------------------------------------------
+
+@router.get("/policies")
+@off_loop
+async def list_policies(request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    return list_response(request, ctx, SPEC, st.repo.list("qos_policies"))
+
+
+@router.get("/policies/{policy_id}")
+@off_loop
+async def show_policy(policy_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    return show_response(request, ctx, SPEC, _get(None, st, ctx, policy_id))
+
+
+@router.post("/policies", status_code=201)
+@off_loop
+async def create_policy(request: Request) -> JSONResponse:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    items, bulk = parse_create(await read_json(request), "policy", "policies", PolicyCreate)
+    pol = policy.of(st.config)
+    projects = []
+    for item in items:
+        project = resolve_project(ctx, item.project_id, item.tenant_id) if ctx.is_admin else ctx.project_id
+        pol.enforce(ctx, "create_policy", policy.target("policy", {"project_id": project}))
+        projects.append(project)
+
+    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
+        out = []
+        for item, project in zip(items, projects, strict=True):
+            rec = svc.new_policy(project, item.name, item.description, item.shared, item.is_default, item.tags)
+            svc.check_default(uow, rec)
+            if any(o["is_default"] and o["project_id"] == project for o in out) and rec["is_default"]:
+                raise from_service(svc.errors.Conflict("QoSPolicyDefaultAlreadyExists",
+                                                       f"A default QoS policy exists for project {project}."))
+            uow.put("qos_policies", rec)
+            out.append(rec)
+        return out
+
+    recs = st.repo.transact(txn)
+    return JSONResponse({"policies": recs} if bulk else {"policy": recs[0]}, status_code=201)
+
+
+@router.put("/policies/{policy_id}")
+@off_loop
+async def update_policy(policy_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    fields = changes(parse_update(await read_json(request), "policy", PolicyUpdate, read_only=("id", "project_id")))
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> dict[str, Any]:
+        rec = _get(uow, st, ctx, policy_id)
+        pol.enforce(ctx, "update_policy", policy.target("policy", rec), sorted(fields))
+        check_if_match(request, rec)
+        if fields.get("shared") is False and rec["shared"]:
+            foreign = [o for c in ("ports", "networks") for o in uow.list(c, lambda o: o.get("qos_policy_id") ==
+                       policy_id and o["project_id"] != rec["project_id"], guard_new=True)]
+            if foreign:
+                raise ApiError(409, "QosPolicyInUse", f"QoS Policy {policy_id} is used by another project's "
+                               f"object {foreign[0]['id']}: it cannot stop being shared.")
+        touch(rec, fields)
+        svc.check_default(uow, rec)
+        uow.put("qos_policies", rec)
+        return rec
+
+    return {"policy": st.repo.transact(txn)}
+
+
+@router.delete("/policies/{policy_id}", status_code=204)
+@off_loop
+async def delete_policy(policy_id: str, request: Request) -> Response:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> None:
+        rec = _get(uow, st, ctx, policy_id)
+        pol.enforce(ctx, "delete_policy", policy.target("policy", rec))
+        check_if_match(request, rec)
+        if svc.policy_in_use(uow, policy_id):
+            raise ApiError(409, "QosPolicyInUse", f"QoS Policy {policy_id} is used by a port or a network.")
+        uow.delete("qos_policies", policy_id)
+
+    st.repo.transact(txn)
+    return Response(status_code=204)
+
+
+# rules -------------------------------------------------------------------------------------------
+
+def _add_rule_routes(rule_type: str) -> None:
+    coll, member, _ = svc.RULE_TYPES[rule_type]
+    create_model, update_model = RULE_MODELS[rule_type]
+    spec = ResourceSpec(coll, member, visible=lambda ctx, obj: True)   # the policy's visibility decides
+
+    async def list_rules(policy_id: str, request: Request) -> dict[str, Any]:
+        st = AppState.of(request)
+        ctx = st.context(request)
+        rec = _get(None, st, ctx, policy_id)
+        return list_response(request, ctx, spec, [dict(r) for r in rec["rules"] if r["type"] == rule_type])
+
+    async def show_rule(policy_id: str, rule_id: str, request: Request) -> dict[str, Any]:
+        st = AppState.of(request)
+        ctx = st.context(request)
+        rec = _get(None, st, ctx, policy_id)
+        return show_response(request, ctx, spec, svc.find_rule(rec, rule_type, rule_id))
+
+    async def create_rule(policy_id: str, request: Request) -> JSONResponse:
+        st = AppState.of(request)
+        ctx = st.context(request)
+        items, _ = parse_create(await read_json(request), member, coll, create_model)
+        values = changes(items[0])
+        pol = policy.of(st.config)
+
+        def txn(uow: UnitOfWork) -> dict[str, Any]:
+            rec = _get(uow, st, ctx, policy_id)
+            pol.enforce(ctx, f"create_policy_{member}", policy.target("policy", rec))
+            rule = svc.add_rule(rec, rule_type, values)
+            svc.bump(rec)
+            uow.put("qos_policies", rec)
+            return rule
+
+        return JSONResponse({member: st.repo.transact(txn)}, status_code=201)
+
+    async def update_rule(policy_id: str, rule_id: str, request: Request) -> dict[str, Any]:
+        st = AppState.of(request)
+        ctx = st.context(request)
+        values = changes(parse_update(await read_json(request), member, update_model,
+                                      read_only=("id", "qos_policy_id", "type")))
+        pol = policy.of(st.config)
+
+        def txn(uow: UnitOfWork) -> dict[str, Any]:
+            rec = _get(uow, st, ctx, policy_id)
+            pol.enforce(ctx, f"update_policy_{member}", policy.target("policy", rec))
+            rule = svc.update_rule(rec, rule_type, rule_id, values)
+            svc.bump(rec)
+            uow.put("qos_policies", rec)
+            return rule
+
+        return {member: st.repo.transact(txn)}
+
+    async def delete_rule(policy_id: str, rule_id: str, request: Request) -> Response:
+        st = AppState.of(request)
+        ctx = st.context(request)
+        pol = policy.of(st.config)
+
+        def txn(uow: UnitOfWork) -> None:
+            rec = _get(uow, st, ctx, policy_id)
+            pol.enforce(ctx, f"delete_policy_{member}", policy.target("policy", rec))
+            svc.delete_rule(rec, rule_type, rule_id)
+            svc.bump(rec)
+            uow.put("qos_policies", rec)
+
+        st.repo.transact(txn)
+        return Response(status_code=204)
+
+    base = f"/policies/{{policy_id}}/{coll}"
+    for fn in (list_rules, show_rule, create_rule, update_rule, delete_rule):
+        fn.__name__ = f"{fn.__name__}_{rule_type}"
+    router.add_api_route(base, off_loop(list_rules), methods=["GET"])
+    router.add_api_route(base, off_loop(create_rule), methods=["POST"], status_code=201)
+    router.add_api_route(base + "/{rule_id}", off_loop(show_rule), methods=["GET"])
+    router.add_api_route(base + "/{rule_id}", off_loop(update_rule), methods=["PUT"])
+    router.add_api_route(base + "/{rule_id}", off_loop(delete_rule), methods=["DELETE"], status_code=204)
+
+
+for _t in svc.RULE_TYPES:
+    _add_rule_routes(_t)
+
+
+# rule types --------------------------------------------------------------------------------------
+
+@router.get("/rule-types")
+@off_loop
+async def list_rule_types(request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    policy.of(st.config).enforce(ctx, "get_rule_type", {})
+    return {"rule_types": [{"type": t} for t in svc.RULE_TYPES]}
+
+
+@router.get("/rule-types/{rule_type}")
+@off_loop
+async def show_rule_type(rule_type: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    policy.of(st.config).enforce(ctx, "get_rule_type", {})
+    if rule_type not in svc.RULE_TYPES:
+        raise ApiError(404, "NotFound", f"QoS rule type {rule_type} could not be found.")
+    return {"rule_type": {"type": rule_type, "drivers": [
+        {"name": "vxnet", "supported_parameters": svc.SUPPORTED_PARAMETERS[rule_type]}]}}
