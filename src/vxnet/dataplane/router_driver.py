@@ -17,6 +17,11 @@ Contract:
   back and converged, and orphan service ports in the host namespace are removed. A failure
   leaves the namespace dirty (re-read and retried next pass) and is reported, never raised.
 - Creating something that exists and deleting something gone count as success (idempotent).
+- Address scopes: the namespace's nftables table `ip vxnet_scope` (a forward-hook chain that
+  drops what a leg of one scope group would forward out of a leg of another) is replaced as a
+  whole, in one nftables transaction, on every converge of the namespace; with fewer than two
+  groups the table is removed. It is the only nftables table the agent owns in a router
+  namespace.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import naming
 from vxnet.compute.routing import IFACE_PREFIX, Route, RouterIface, RouterNs, Rule, is_host_netns, is_service_port
+from vxnet.dataplane.nft_exec import NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.router")
 
@@ -54,6 +60,21 @@ SYSCTLS = (
     ("net/ipv4/ip_forward", "1"),
 )
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH)
+SCOPE_TABLE = "vxnet_scope"
+
+
+def scope_ruleset(groups: tuple[tuple[str, ...], ...]) -> str:
+    """One nftables transaction leaving the namespace's scope table exactly as `groups` want
+    (no table when there are fewer than two groups)."""
+    text = f"table ip {SCOPE_TABLE} {{}}\ndelete table ip {SCOPE_TABLE}\n"
+    if len(groups) < 2:
+        return text
+    drops = []
+    for g in groups:
+        names = ", ".join(f'"{n}"' for n in g)
+        drops.append(f"    iifname {{ {names} }} oifname != {{ {names} }} drop")
+    return (text + f"table ip {SCOPE_TABLE} {{\n  chain forward {{\n"
+            "    type filter hook forward priority 0; policy accept;\n" + "\n".join(drops) + "\n  }\n}\n")
 
 
 @dataclasses.dataclass
@@ -250,6 +271,23 @@ class RouterDriver:
             index[leg.name] = self._leg(ipr, r.netns, leg, links.get(leg.name), res)
         self._routes(ipr, r.routes, index, res)
         self._rules(ipr, r.rules, res)
+        self._scope_filter(r, res)
+
+    def _scope_filter(self, r: RouterNs, res: ApplyResult) -> None:
+        text = scope_ruleset(r.scope_groups)
+
+        def run() -> str | None:
+            nft = NftExecutor(netns=r.netns)  # libnftables works in the namespace of the thread that makes it
+            try:
+                return nft.run(text)
+            finally:
+                nft.close()
+
+        err = in_netns(r.netns, run)
+        if err:
+            raise OSError(f"address scope filter: {err}")
+        if r.scope_groups:
+            res.count("scope_filters")
 
     def _leg(self, ipr: IPRoute, ns: str, leg: RouterIface, link: object, res: ApplyResult) -> int:
         host_idx = self.host_ipr.link_lookup(ifname=leg.service_port)
