@@ -145,6 +145,25 @@ def test_subnets_from_a_pool_by_prefixlen_default_and_cidr(srv) -> None:
     assert again["cidr"] == left["cidr"]
 
 
+def test_bulk_allocations_are_disjoint_and_a_network_delete_returns_its_prefixes(srv) -> None:
+    alice = srv.api("alice")
+    block = fresh(4)
+    p = pool(alice, [block], default_prefixlen=24)
+    nets = [network(alice) for _ in range(3)]
+    r = alice.post("/subnets", json={"subnets": [
+        {"network_id": n["id"], "ip_version": 4, "subnetpool_id": p["id"]} for n in nets]})
+    cidrs = sorted(s["cidr"] for s in ok(r)["subnets"])
+    assert cidrs == [str(n) for n in list(ipaddress.ip_network(block).subnets(new_prefix=24))[:3]]
+    # a refused bulk item leaves nothing (the three /24s left one, a bulk of two cannot fit)
+    assert_error(alice.post("/subnets", json={"subnets": [
+        {"network_id": network(alice)["id"], "ip_version": 4, "subnetpool_id": p["id"]} for _ in range(2)]}), 409,
+        "SubnetAllocationError")
+    assert len(ok(alice.get("/subnets", params={"subnetpool_id": p["id"]}), 200)["subnets"]) == 3
+    ok(alice.delete(f"/networks/{nets[0]['id']}"), 204)          # its subnet goes with it, and the prefix
+    again = ok(from_pool(alice, network(alice), subnetpool_id=p["id"], cidr=cidrs[0]))["subnet"]
+    assert again["cidr"] == cidrs[0]
+
+
 def test_prefixes_never_shrink_below_allocations_and_pool_delete(srv) -> None:
     alice = srv.api("alice")
     block = ipaddress.ip_network(fresh(2))  # a /23
