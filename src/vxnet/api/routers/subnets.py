@@ -337,13 +337,11 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
     check_request(item)
     pool = resolve_pool(uow, ctx, item)
     others = uow.list("subnets", lambda s: s["network_id"] == net["id"]) + staged.get(net["id"], [])
+    check_affinity(net, others, pool, item.ip_version)
     requested = item.cidr
     if pool is not None:
-        check_affinity(net, others, pool, item.ip_version)
         requested = subnet_alloc.allocate(uow, pool, project, cidr=item.cidr, prefixlen=item.prefixlen,
                                           staged=[s for group in staged.values() for s in group])
-    else:
-        check_affinity(net, others, None, item.ip_version)
     cidr = check_cidr(requested, item.ip_version, item.enable_dhcp)  # type: ignore[arg-type]
     for other in others:
         if ipaddress.ip_network(other["cidr"]).overlaps(cidr):
