@@ -122,3 +122,24 @@ def test_moving_a_pool_into_the_scope_lets_its_subnets_route(topo: dict) -> None
     wait_for(lambda: ping("a1", b, count=1) == 1, what="a1 -> b1 once both are in S1")
     assert ping("b1", a, count=3) == 3
     assert scope_table(topo) == ""
+
+
+def test_a_restarted_agent_converges_the_filter_changed_while_it_was_down(topo: dict) -> None:
+    """The agent keeps no memory of the filter across a crash: a scope change made while it was
+    down is applied (table added) and undone (table removed) by the restarted agent."""
+    from vxnet.lab import lab as labmod
+
+    a, b = topo["a1"]["ip"], topo["b1"]["ip"]
+    pool_url = f"/subnetpools/{topo['pools']['P2']['id']}"
+    for scope, routed in (("S2", False), ("S1", True)):
+        st = labmod.load_state()
+        labmod.stop_agent(st, "h1", sig=9)
+        with topo["lab"].api("alice") as c:
+            r = c.put(pool_url, json={"subnetpool": {"address_scope_id": topo["scopes"][scope]["id"]}})
+            assert r.status_code == 200, r.text
+        labmod.start_agent(st, "h1")
+        wait_for(lambda routed=routed: (scope_table(topo) == "") == routed, what=f"scope table after moving to {scope}")
+        if routed:
+            wait_for(lambda: ping("a1", b, count=1) == 1, what="a1 -> b1 in one scope")
+        else:
+            assert ping("a1", b, count=3) == 0 and ping("b1", a, count=3) == 0
