@@ -555,9 +555,9 @@ def test_index_lists_only_served_collections(shared_server: ServerHandle) -> Non
     admin = shared_server.api("admin")
     body = admin.get(shared_server.url + "/v2.0/").json()
     names = {r["collection"]: r["name"] for r in body["resources"]}
-    assert "subnetpools" not in names
+    assert "metering-labels" not in names
     assert {"networks", "subnets", "ports", "routers", "floatingips", "security-groups",
-            "security-group-rules"} <= set(names)
+            "security-group-rules", "subnetpools", "address-scopes"} <= set(names)
     assert names["security-groups"] == "security_group" and names["floatingips"] == "floatingip"
     for r in body["resources"]:
         href = r["links"][0]["href"]

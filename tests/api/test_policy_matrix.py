@@ -122,6 +122,14 @@ class Lab:
         return self.ok(self.c["owner"].post("/subnets", json={"subnet": {
             "network_id": net["id"], "ip_version": 4, "cidr": "192.0.2.0/24"}}), "subnet")
 
+    def subnetpool(self) -> dict[str, Any]:
+        return self.ok(self.c["owner"].post("/subnetpools", json={"subnetpool": {
+            "prefixes": [f"100.69.{next(_n) % 250}.0/24"]}}), "subnetpool")
+
+    def address_scope(self) -> dict[str, Any]:
+        return self.ok(self.c["owner"].post("/address-scopes", json={"address_scope": {
+            "name": f"s{next(_n)}", "ip_version": 4}}), "address_scope")
+
     def claims(self) -> int:
         """IP and MAC claims in the store."""
         return sum(len(self.h.store.range(p)[0]) for p in ("/vxnet/ipam/", "/vxnet/mac/"))
@@ -337,6 +345,37 @@ def cases() -> list[Case]:
         Case("delete_policy", "admin", "any", on("qos_policy", "DELETE", "/qos/policies/{id}"), OWNER_SEEN),
         *[Case(f"{op}_policy_{kind}_rule", "admin", "any", qos_rule_action(op, kind), OWNER_SEEN)
           for op in ("create", "update", "delete") for kind in QOS_RULE_BODIES],
+        # subnet pools ---------------------------------------------------------------------------
+        Case("create_subnetpool", "any", "any", post("/subnetpools", lambda lab: {"subnetpool": {
+            "prefixes": [f"100.70.{next(_n) % 250}.0/24"]}}), created="subnetpools"),
+        Case("create_subnetpool:shared", "any", "admin", post("/subnetpools", lambda lab: {"subnetpool": {
+            "prefixes": [f"100.70.{next(_n) % 250}.0/24"], "shared": True}}), created="subnetpools"),
+        # IPv6: the IPv4 default is left free for update_subnetpool:is_default
+        Case("create_subnetpool:is_default", "any", "admin", post("/subnetpools", lambda lab: {"subnetpool": {
+            "prefixes": ["2001:db8:70::/48"], "is_default": True}}), created="subnetpools"),
+        Case("update_subnetpool", "owner", "any",
+             on("subnetpool", "PUT", "/subnetpools/{id}", lambda lab, o: {"subnetpool": {"name": "x"}}), OWNER_SEEN),
+        Case("update_subnetpool:is_default", "owner", "admin",
+             on("subnetpool", "PUT", "/subnetpools/{id}", lambda lab, o: {"subnetpool": {"is_default": True}}),
+             OWNER_SEEN),
+        Case("delete_subnetpool", "owner", "any", on("subnetpool", "DELETE", "/subnetpools/{id}"), OWNER_SEEN),
+        Case("add_prefixes", "owner", "any", on("subnetpool", "PUT", "/subnetpools/{id}/add_prefixes",
+                                                lambda lab, o: {"prefixes": [f"100.71.{next(_n) % 250}.0/24"]}),
+             OWNER_SEEN),
+        Case("remove_prefixes", "owner", "any", on("subnetpool", "PUT", "/subnetpools/{id}/remove_prefixes",
+                                                   lambda lab, o: {"prefixes": o["prefixes"]}), OWNER_SEEN),
+        # address scopes -------------------------------------------------------------------------
+        Case("create_address_scope", "any", "any", post("/address-scopes", lambda lab: {"address_scope": {
+            "name": "s", "ip_version": 4}}), created="address-scopes"),
+        Case("create_address_scope:shared", "any", "admin", post("/address-scopes", lambda lab: {"address_scope": {
+            "name": "s", "ip_version": 4, "shared": True}}), created="address-scopes"),
+        Case("update_address_scope", "owner", "any", on("address_scope", "PUT", "/address-scopes/{id}",
+                                                        lambda lab, o: {"address_scope": {"name": "x"}}), OWNER_SEEN),
+        Case("update_address_scope:shared", "owner", "admin", on(
+            "address_scope", "PUT", "/address-scopes/{id}", lambda lab, o: {"address_scope": {"shared": True}}),
+            OWNER_SEEN),
+        Case("delete_address_scope", "owner", "any", on("address_scope", "DELETE", "/address-scopes/{id}"),
+             OWNER_SEEN),
     ]
     return out
 

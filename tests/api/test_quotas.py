@@ -42,7 +42,7 @@ VXNET = os.path.join(os.path.dirname(sys.executable), "vxnet")
 A = project_id_for("tenant-a")
 B = project_id_for("tenant-b")
 DEFAULTS = {"network": 100, "subnet": 100, "port": 500, "router": 10, "floatingip": 50,
-            "security_group": 10, "security_group_rule": 100}
+            "security_group": 10, "security_group_rule": 100, "subnetpool": -1}
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_show_default_details_and_tenant_with_neutrons_defaults(server: Any) -> 
     port(alice, net)  # also creates the project's default group with its 4 rules
     used = {r: v["used"] for r, v in details(alice).items()}
     assert used == {"network": 1, "subnet": 0, "port": 1, "router": 0, "floatingip": 0,
-                    "security_group": 1, "security_group_rule": 4}
+                    "security_group": 1, "security_group_rule": 4, "subnetpool": 0}
 
 
 def test_admin_sets_lists_and_deletes(server: Any) -> None:
@@ -196,12 +196,14 @@ def _makers(server: Any) -> dict[str, Any]:
         "security_group_rule": lambda: alice.post("/security-group-rules", json={"security_group_rule": {
             "security_group_id": group["id"], "direction": "ingress", "protocol": "tcp",
             "port_range_min": next(counter), "port_range_max": 2000}}),
+        "subnetpool": lambda: alice.post("/subnetpools", json={"subnetpool": {
+            "prefixes": [f"100.65.{next(counter)}.0/24"]}}),
     }
 
 
 LIST_PATHS = {"network": "networks", "subnet": "subnets", "port": "ports", "router": "routers",
               "floatingip": "floatingips", "security_group": "security-groups",
-              "security_group_rule": "security-group-rules"}
+              "security_group_rule": "security-group-rules", "subnetpool": "subnetpools"}
 
 
 @pytest.mark.parametrize("resource", list(DEFAULTS))
@@ -308,7 +310,7 @@ def test_cascades_and_router_interfaces(server: Any) -> None:
     ok(alice.delete(f"/networks/{net['id']}"), 204)
     used = {r: v["used"] for r, v in details(alice).items()}
     assert used == {"network": 0, "subnet": 0, "port": 0, "router": 0, "floatingip": 0,
-                    "security_group": 0, "security_group_rule": 0}  # network:* ports get no default group
+                    "security_group": 0, "security_group_rule": 0, "subnetpool": 0}  # network:* ports get no default group
     assert server.store.get(f"{USAGE_PREFIX}{A}/port").value == "0"  # type: ignore[union-attr]
     # a group delete removes its rules
     g = ok(alice.post("/security-groups", json={"security_group": {"name": "g"}}), 201)["security_group"]

@@ -206,3 +206,26 @@ def test_result_does_not_depend_on_dict_order() -> None:
     for _ in range(10):
         rng.shuffle(ports)
         assert compute_routing(view(ports), "h1") == ref
+
+
+IF_C = iface("ic000000-0000-4000-8000-00000000000c", NET_C, SUB_C, "203.0.113.1", "fa:16:3e:00:00:0c")
+
+
+def scoped_view(scopes: dict[str, str | None]) -> dict:
+    v = view([IF_A, IF_B, IF_C, VM_A1])
+    for nid, scope in scopes.items():
+        v["networks"][nid]["ipv4_address_scope"] = scope
+    return v
+
+
+def test_address_scopes_group_the_legs_and_one_scope_needs_no_filter() -> None:
+    a, b, c = (iface_name(p["id"]) for p in (IF_A, IF_B, IF_C))
+    (same,) = compute_routing(scoped_view({NET_A: "s1", NET_B: "s1", NET_C: "s1"}), "h1").routers
+    assert same.scope_groups == ()
+    (none,) = compute_routing(scoped_view({}), "h1").routers
+    assert none.scope_groups == ()                       # no scope anywhere: one (implicit) scope
+    (two,) = compute_routing(scoped_view({NET_A: "s1", NET_B: "s2", NET_C: "s1"}), "h1").routers
+    assert two.scope_groups == ((a, c), (b,))
+    (mixed,) = compute_routing(scoped_view({NET_A: "s1"}), "h1").routers
+    assert mixed.scope_groups == ((a,), (b, c))          # no scope is a scope of its own, as in Neutron
+    assert mixed.ifaces == two.ifaces and mixed.routes == two.routes   # only the filter differs

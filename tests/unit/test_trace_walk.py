@@ -81,3 +81,31 @@ def test_no_dhcp_no_steering_so_a_dhcp_request_from_a_former_address_is_dropped(
     snap.objects["subnets"]["sub-1"] = dict(SUB, enable_dhcp=False)
     t = walk(snap, "a", "192.0.2.1", "udp", 67, src_ip="192.0.2.99", sport=68)
     assert (t.verdict, t.deciding) == ("dropped", "spoof-ip")
+
+
+def routed_snapshot(scope_a: str | None, scope_b: str | None) -> Snapshot:
+    """a (192.0.2.11, h1) on net-1 and c (100.64.1.11, h1) on net-2 behind router r."""
+    snap = snapshot()
+    snap.objects["networks"]["net-1"] = dict(NET, ipv4_address_scope=scope_a)
+    snap.objects["networks"]["net-2"] = dict(NET, id="net-2", name="db", **{"provider:segmentation_id": 1002},
+                                             ipv4_address_scope=scope_b)
+    snap.objects["subnets"]["sub-2"] = dict(SUB, id="sub-2", network_id="net-2", cidr="100.64.1.0/24",
+                                            gateway_ip="100.64.1.1")
+    snap.objects["routers"] = {"r": {"id": "r", "name": "r", "admin_state_up": True, "routes": []}}
+    c = _port("c", "100.64.1.11", "fa:16:3e:00:00:0c", "h1")
+    c.update(network_id="net-2", fixed_ips=[{"subnet_id": "sub-2", "ip_address": "100.64.1.11"}])
+    snap.objects["ports"]["c"] = c
+    for pid, net, sub, ip, mac in (("ia", "net-1", "sub-1", "192.0.2.1", "fa:16:3e:00:01:0a"),
+                                   ("ic", "net-2", "sub-2", "100.64.1.1", "fa:16:3e:00:01:0c")):
+        snap.objects["ports"][pid] = {**_port(pid, ip, mac, ""), "network_id": net, "device_owner":
+                                      "network:router_interface", "device_id": "r",
+                                      "fixed_ips": [{"subnet_id": sub, "ip_address": ip}], "security_groups": []}
+    return snap
+
+
+def test_a_router_does_not_route_between_address_scopes() -> None:
+    assert walk(routed_snapshot("s1", "s1"), "a", "100.64.1.11", "tcp", 22).verdict == "delivered"
+    t = walk(routed_snapshot("s1", "s2"), "a", "100.64.1.11", "tcp", 22)
+    assert (t.verdict, t.deciding) == ("dropped", "address scope")
+    assert "different address scopes" in t.hops[-1].decision
+    assert walk(routed_snapshot(None, "s2"), "a", "100.64.1.11", "tcp", 22).verdict == "dropped"

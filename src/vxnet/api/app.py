@@ -46,6 +46,7 @@ from vxnet.api.errors import ApiError, from_service, policy_denied
 from vxnet.api.extensions import served_extensions
 from vxnet.api.middleware import RequestGuard
 from vxnet.api.routers import (
+    address_scopes,
     agent_stream,
     agents,
     floatingips,
@@ -57,6 +58,7 @@ from vxnet.api.routers import (
     quotas,
     routers,
     security_groups,
+    subnetpools,
     subnets,
     tags,
     ui,
@@ -76,6 +78,8 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     identity,
     networks,
     subnets,
+    subnetpools,
+    address_scopes,
     ports,
     routers,
     floatingips,

@@ -15,9 +15,11 @@ from typing import Any
 _UPDATED = "2025-01-01T00:00:00-00:00"
 
 _ALIASES = {
+    "address-scope": "Address scope",
     "agent": "agent",
     "allowed-address-pairs": "Allowed Address Pairs",
     "binding": "Port Binding",
+    "default-subnetpools": "Default Subnetpools",
     "dvr": "Distributed Virtual Router",
     "ext-gw-mode": "Neutron L3 Configurable external gateway mode",
     "external-net": "Neutron external network",
@@ -46,12 +48,16 @@ _ALIASES = {
     "standard-attr-tag": "Tag support for resources with standard attribute: subnet, trunk, network_segment_range, router, network, policy, subnetpool, port, security_group, floatingip",
     "standard-attr-timestamp": "Resource timestamps",
     "stateful-security-group": "Stateful security group",
+    "subnet_allocation": "Subnet Allocation",
+    "subnetpool-prefix-ops": "Subnet Pool Prefix Operations",
     "tag": "Tag support",
 }
 
 # alias -> the route path the extension cannot work without
 _NEEDS = {
+    "address-scope": "/v2.0/address-scopes",
     "agent": "/v2.0/agents",
+    "default-subnetpools": "/v2.0/subnetpools",
     "dvr": "/v2.0/routers",
     "ext-gw-mode": "/v2.0/routers",
     "extraroute": "/v2.0/routers",
@@ -66,6 +72,8 @@ _NEEDS = {
     "router": "/v2.0/routers",
     "security-group": "/v2.0/security-groups",
     "stateful-security-group": "/v2.0/security-groups",
+    "subnet_allocation": "/v2.0/subnetpools",
+    "subnetpool-prefix-ops": "/v2.0/subnetpools/{pool_id}/add_prefixes",
 }
 
 EXTENSIONS: list[dict[str, Any]] = [

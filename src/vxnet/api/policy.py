@@ -236,8 +236,29 @@ QOS = [
     _rule("get_rule_type", ADMIN_ONLY),
 ]
 
+SUBNETPOOLS = [
+    _rule("shared_subnetpools", "field:subnetpools:shared=True", "Definition of a shared subnetpool"),
+    _rule("create_subnetpool", _write(ANY)),
+    _rule("create_subnetpool:shared", ADMIN_ONLY),
+    _rule("create_subnetpool:is_default", ADMIN_ONLY),
+    _rule("update_subnetpool", _write(ADMIN_OR_OWNER)),
+    _rule("update_subnetpool:is_default", ADMIN_ONLY),
+    _rule("delete_subnetpool", _write(ADMIN_OR_OWNER)),
+    _rule("add_prefixes", _write(ADMIN_OR_OWNER)),
+    _rule("remove_prefixes", _write(ADMIN_OR_OWNER)),
+]
+
+ADDRESS_SCOPES = [
+    _rule("shared_address_scopes", "field:address_scopes:shared=True", "Definition of a shared address scope"),
+    _rule("create_address_scope", _write(ANY)),
+    _rule("create_address_scope:shared", ADMIN_ONLY),
+    _rule("update_address_scope", _write(ADMIN_OR_OWNER)),
+    _rule("update_address_scope:shared", ADMIN_ONLY),
+    _rule("delete_address_scope", _write(ADMIN_OR_OWNER)),
+]
+
 RULES: list[policy.RuleDefault] = (BASE + NETWORKS + SUBNETS + PORTS + ROUTERS + FLOATINGIPS + SECURITY_GROUPS
-                                   + QOS)
+                                   + QOS + SUBNETPOOLS + ADDRESS_SCOPES)
 RULE_NAMES = frozenset(r.name for r in RULES)
 
 

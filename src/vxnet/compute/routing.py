@@ -28,6 +28,13 @@ Rules (KERNEL-NOTES §4, asymmetric IRB with an anycast gateway):
   table: TABLE_BASE + the first 4 hex digits of its port id, probing upwards in port-id order on
   a collision, so it is stable while other interfaces come and go.
 - No NAT, no stateful filtering here: each host's router sees only one direction of a flow.
+- Address scopes (Neutron: a router does not route between subnets of different address
+  scopes; only NAT crosses them): a leg's scope is its network's `ipv4_address_scope` (all
+  IPv4 subnets of a network share one scope), no scope being a scope of its own. When a
+  router's legs span more than one scope, `scope_groups` lists the leg names of each scope,
+  and the namespace drops (stateless, per packet) what a leg of one group would forward out of
+  a leg of another. Packets leaving by the leg they came in on (the SNAT fallback) are never
+  affected.
 - Namespace name: `vxr-<router id[:11]>-<host>` (docs/routing.md): netns names are global to a
   mount namespace, and in the lab every host shares /run/netns, so the name carries the host;
   an agent only ever touches namespaces ending in its own host's suffix.
@@ -141,6 +148,7 @@ class RouterNs:
     ifaces: tuple[RouterIface, ...]     # sorted by port id
     routes: tuple[Route, ...]           # sorted
     rules: tuple[Rule, ...]             # sorted
+    scope_groups: tuple[tuple[str, ...], ...] = ()  # leg names per address scope; () if one scope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +181,7 @@ def _routers_needed(view: View, host: str) -> set[str]:
 def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
             host: str) -> tuple[RouterNs, HostState]:
     legs: list[RouterIface] = []
+    scope_of_leg: dict[str, str] = {}   # leg name -> its network's IPv4 address scope ("" for none)
     cidr_of_leg: list[tuple[ipaddress.IPv4Network, RouterIface, str]] = []   # (subnet, leg, subnet id)
     for port in ifaces:
         net = view.networks.get(port.network_id)
@@ -192,6 +201,7 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
         leg = RouterIface(port.id, iface_name(port.id), service_port(port.id), port.network_id,
                           naming.bridge_name(port.network_id), port.mac, tuple(sorted(addrs)), net.mtu)
         legs.append(leg)
+        scope_of_leg[leg.name] = net.ipv4_address_scope or ""
         cidr_of_leg.extend((c, leg, sid) for c, sid in nets_here)
 
     routes: set[Route] = set()
@@ -222,8 +232,12 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
         rules.add(Rule(SNAT_PRIORITY, str(cidr), table))
         routes.add(Route("0.0.0.0/0", hop, leg.name, table))
 
+    groups: dict[str, list[str]] = {}
+    for name, scope in scope_of_leg.items():
+        groups.setdefault(scope, []).append(name)
+    scope_groups = tuple(sorted(tuple(sorted(g)) for g in groups.values())) if len(groups) > 1 else ()
     ns = RouterNs(router.id, netns_name(router.id, host), tuple(sorted(legs)), tuple(sorted(routes)),
-                  tuple(sorted(rules)))
+                  tuple(sorted(rules)), scope_groups)
     l2 = HostState(
         plugs=frozenset(Plug(lg.service_port, lg.bridge, lg.mtu) for lg in legs),
         fdb=frozenset(Fdb(lg.service_port, lg.mac) for lg in legs),

@@ -17,6 +17,14 @@ Contract:
   back and converged, and orphan service ports in the host namespace are removed. A failure
   leaves the namespace dirty (re-read and retried next pass) and is reported, never raised.
 - Creating something that exists and deleting something gone count as success (idempotent).
+- Address scopes: the namespace's nftables table `ip vxnet_scope` (a forward-hook chain that
+  drops what a leg of one scope group would forward out of a leg of another) is replaced as a
+  whole, in one nftables transaction, when the groups differ from what this process last left
+  there (after `invalidate()`: always once); with fewer than two groups the table is removed.
+  It is the only nftables table the agent owns in a router namespace. Each namespace keeps one
+  libnftables context, made by a thread inside it (its netlink socket stays bound to that
+  namespace whichever thread uses it later): a fresh context's first transaction costs ~12-16
+  ms, later ones under 1 ms.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import naming
 from vxnet.compute.routing import IFACE_PREFIX, Route, RouterIface, RouterNs, Rule, is_host_netns, is_service_port
+from vxnet.dataplane.nft_exec import NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.router")
 
@@ -54,6 +63,21 @@ SYSCTLS = (
     ("net/ipv4/ip_forward", "1"),
 )
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH)
+SCOPE_TABLE = "vxnet_scope"
+
+
+def scope_ruleset(groups: tuple[tuple[str, ...], ...]) -> str:
+    """One nftables transaction leaving the namespace's scope table exactly as `groups` want
+    (no table when there are fewer than two groups)."""
+    text = f"table ip {SCOPE_TABLE} {{}}\ndelete table ip {SCOPE_TABLE}\n"
+    if len(groups) < 2:
+        return text
+    drops = []
+    for g in groups:
+        names = ", ".join(f'"{n}"' for n in g)
+        drops.append(f"    iifname {{ {names} }} oifname != {{ {names} }} drop")
+    return (text + f"table ip {SCOPE_TABLE} {{\n  chain forward {{\n"
+            "    type filter hook forward priority 0; policy accept;\n" + "\n".join(drops) + "\n  }\n}\n")
 
 
 @dataclasses.dataclass
@@ -148,16 +172,22 @@ class RouterDriver:
         self._ipr: dict[str, IPRoute] = {}
         self._applied: dict[str, RouterNs] = {}
         self._full = True
+        self._nft: dict[str, NftExecutor] = {}                       # namespace -> its nftables context
+        self._scopes: dict[str, tuple[tuple[str, ...], ...]] = {}    # namespace -> scope groups as applied
 
     def close(self) -> None:
         for ipr in self._ipr.values():
             ipr.close()
         self._ipr.clear()
+        for nft in self._nft.values():
+            nft.close()
+        self._nft.clear()
         self.host_ipr.close()
 
     def invalidate(self) -> None:
         """Read every namespace back on the next pass."""
         self._applied.clear()
+        self._scopes.clear()
         self._full = True
 
     # ------------------------------------------------------------------ the pass
@@ -198,6 +228,10 @@ class RouterDriver:
         ipr = self._ipr.pop(name, None)
         if ipr is not None:
             ipr.close()
+        nft = self._nft.pop(name, None)
+        if nft is not None:
+            nft.close()
+        self._scopes.pop(name, None)
 
     def _create_ns(self, name: str, res: ApplyResult) -> None:
         path = os.path.join(self.run_dir, name)
@@ -232,6 +266,7 @@ class RouterDriver:
         if not present or not os.path.ismount(path):
             self._drop_socket(r.netns)
             self._create_ns(r.netns, res)
+            self._scopes[r.netns] = ()  # a new namespace holds no nftables table
         changed = in_netns(r.netns, _write_sysctls)
         if changed:
             res.count("sysctls", len(changed))  # type: ignore[arg-type]
@@ -250,6 +285,20 @@ class RouterDriver:
             index[leg.name] = self._leg(ipr, r.netns, leg, links.get(leg.name), res)
         self._routes(ipr, r.routes, index, res)
         self._rules(ipr, r.rules, res)
+        self._scope_filter(r, res)
+
+    def _scope_filter(self, r: RouterNs, res: ApplyResult) -> None:
+        if self._scopes.get(r.netns) == r.scope_groups:
+            return
+        nft = self._nft.get(r.netns)
+        if nft is None:  # made inside the namespace: its socket stays there
+            nft = self._nft[r.netns] = in_netns(r.netns, lambda: NftExecutor(netns=r.netns))  # type: ignore[assignment]
+        err = nft.run(scope_ruleset(r.scope_groups))  # type: ignore[union-attr]
+        if err:
+            self._scopes.pop(r.netns, None)
+            raise OSError(f"address scope filter: {err}")
+        self._scopes[r.netns] = r.scope_groups
+        res.count("scope_filters")
 
     def _leg(self, ipr: IPRoute, ns: str, leg: RouterIface, link: object, res: ApplyResult) -> int:
         host_idx = self.host_ipr.link_lookup(ifname=leg.service_port)

@@ -47,6 +47,7 @@ class Network:
     external: bool = False                 # router:external
     physical_network: str | None = None
     qos_policy_id: str = ""
+    ipv4_address_scope: str | None = None  # the address scope of its IPv4 subnets (their pool's)
 
     @property
     def is_vxlan(self) -> bool:
@@ -203,7 +204,8 @@ def _network(o: Mapping[str, Any]) -> Network:
     seg = o.get("provider:segmentation_id")
     return Network(o["id"], o.get("provider:network_type") or "vxlan", int(seg) if seg is not None else None,
                    int(o.get("mtu") or DEFAULT_MTU), bool(o.get("router:external")),
-                   o.get("provider:physical_network"), o.get("qos_policy_id") or "")
+                   o.get("provider:physical_network"), o.get("qos_policy_id") or "",
+                   o.get("ipv4_address_scope") or None)
 
 
 def _subnet(o: Mapping[str, Any]) -> Subnet:

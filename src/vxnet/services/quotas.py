@@ -57,6 +57,7 @@ COUNTED: dict[str, str] = {
     "floatingips": "floatingip",
     "security_groups": "security_group",
     "security_group_rules": "security_group_rule",
+    "subnetpools": "subnetpool",
 }
 RESOURCES: tuple[str, ...] = tuple(COUNTED.values())
 COLLECTION_OF: dict[str, str] = {r: c for c, r in COUNTED.items()}

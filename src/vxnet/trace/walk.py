@@ -216,6 +216,12 @@ class Walker:
             self.hop(host, label, f"DROPPED: no route to {pkt.dst}")
             return self.done("unreachable", f"router {rns.router_id[:8]} has no route to {pkt.dst}", "no route")
         net2, nexthop, why = chosen
+        leg_in = next((i.name for i in rns.ifaces if i.network_id == network_id), "")
+        leg_out = next((i.name for i in rns.ifaces if i.network_id == net2), "")
+        if rns.scope_groups and leg_in != leg_out and not any(leg_in in g and leg_out in g for g in rns.scope_groups):
+            self.hop(host, label, f"DROPPED: {leg_in} and {leg_out} are in different address scopes "
+                                  "(table ip vxnet_scope)")
+            return self.done("dropped", "the router does not route between address scopes", "address scope")
         self.hop(host, label, f"routes {pkt.dst}: {why}",
                  Check("route", host, (("netns", rns.netns), ("dst", pkt.dst), ("src", pkt.src))))
         found = self.l2(host, net2, nexthop)

@@ -12,7 +12,15 @@ Invariants:
   it, so a port allocating concurrently and the delete cannot both commit.
 - Visibility: the owner, admins, and everyone for subnets of shared networks. Subnets of an
   external, non-shared network are hidden from other projects (no subnet-external-network).
-- IPv6 is refused with a 400 (not supported yet); `subnetpool_id` may only be null.
+- IPv6 is refused with a 400 (not supported yet).
+- Subnet pools (Neutron's subnet_allocation): `subnetpool_id` (or `use_default_subnetpool`)
+  with `prefixlen` (default: the pool's default_prefixlen) or a `cidr` inside the pool; the
+  prefix is allocated in the create's transaction (services/subnet_alloc.py), so no two subnets
+  of a pool ever overlap. A pool the caller cannot see is 404 SubnetPoolNotFound. As Neutron:
+  the IPv4 subnets of a network come from one pool, or from pools of one address scope
+  (400 NetworkSubnetPoolAffinityError / NetworkAddressScopeAffinityError), and the network's
+  `ipv4_address_scope` is that scope, kept in the transactions that create and delete subnets
+  (and that change a pool's scope: api/routers/subnetpools.py).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from vxnet.api.validation import (
     resolve_project,
     subnet_cidr_problem,
 )
-from vxnet.services import ipam
+from vxnet.services import ipam, subnet_alloc
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["subnets"])
@@ -93,6 +101,22 @@ def _ip_version(v: Any) -> int:
 
 
 IpVersion = Annotated[int, BeforeValidator(_ip_version)]
+
+
+def _prefixlen(v: Any) -> int:
+    """Neutron's convert_to_int (the openstack CLI sends `--prefix-length` as a string)."""
+    if isinstance(v, bool):
+        raise ValueError(f"'{v}' is not an integer")  # noqa: TRY004 - pydantic reports only ValueError as a validation error
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{v}' is not an integer") from None
+    if not 0 <= n <= 128:
+        raise ValueError(f"'{v}' is not a valid prefix length")
+    return n
+
+
+PrefixLen = Annotated[int, BeforeValidator(_prefixlen)]
 NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 
 
@@ -119,9 +143,9 @@ class SubnetCreate(Body):
     host_routes: Annotated[list[HostRoute], NoneIsEmpty] = []
     ipv6_ra_mode: str | None = None
     ipv6_address_mode: str | None = None
-    subnetpool_id: None = None
+    subnetpool_id: Uuid | None = None
     use_default_subnetpool: Bool = False
-    prefixlen: int | None = None
+    prefixlen: PrefixLen | None = None
     segment_id: None = None
     service_types: list[str] = []
     tags: Tags = []
@@ -233,17 +257,61 @@ def check_routes(routes: list[HostRoute], version: int) -> list[dict[str, str]]:
     return out
 
 
-def check_cidr(cidr: str | None, ip_version: int, enable_dhcp: bool, item: SubnetCreate) -> ipaddress.IPv4Network:
-    if ip_version not in (4, 6):
-        raise bad_request(f"Invalid input for ip_version. Reason: {ip_version} is not in valid values [4, 6].")
-    if ip_version == 6 or item.ipv6_ra_mode is not None or item.ipv6_address_mode is not None:
+def check_request(item: SubnetCreate) -> None:
+    """Neutron's checks of how the CIDR is asked for (`_create_subnet_precommit`)."""
+    if item.ip_version not in (4, 6):
+        raise bad_request(f"Invalid input for ip_version. Reason: {item.ip_version} is not in valid values [4, 6].")
+    if item.ip_version == 6 or item.ipv6_ra_mode is not None or item.ipv6_address_mode is not None:
         raise invalid_input("IPv6 subnets are not supported by this server")
-    if item.use_default_subnetpool:
-        raise invalid_input("subnet pools are not supported by this server")
-    if cidr is None:
-        if item.prefixlen is not None:
-            raise invalid_input("subnet pools are not supported by this server")
+    if item.cidr is not None and item.prefixlen is not None:
+        raise bad_request("Bad subnets request: cidr and prefixlen must not be supplied together.")
+    if item.subnetpool_id is not None and item.use_default_subnetpool:
+        raise bad_request("Bad subnets request: subnetpool_id and use_default_subnetpool cannot both be specified.")
+    pooled = item.subnetpool_id is not None or item.use_default_subnetpool
+    if not pooled and item.cidr is None:
         raise bad_request("Bad subnets request: a subnetpool must be specified in the absence of a cidr.")
+    if pooled and item.cidr is None and item.allocation_pools is not None:
+        raise bad_request("Bad subnets request: allocation_pools allowed only for specific subnet requests.")
+
+
+def resolve_pool(uow: UnitOfWork, ctx: Context, item: SubnetCreate) -> dict[str, Any] | None:
+    """The pool the subnet is to come from (read guarded), None for a plain CIDR."""
+    if item.use_default_subnetpool:
+        pool_id = uow.get_raw(subnet_alloc.default_key(item.ip_version))
+        pool = uow.get("subnetpools", pool_id) if pool_id else None
+        if pool is None or not (ctx.is_admin or pool["project_id"] == ctx.project_id or pool["shared"]):
+            raise bad_request(f"Bad subnets request: No default subnetpool found for IPv{item.ip_version}.")
+        return pool
+    if item.subnetpool_id is None:
+        return None
+    pool = uow.get("subnetpools", item.subnetpool_id)
+    if pool is None or not (ctx.is_admin or pool["project_id"] == ctx.project_id or pool["shared"]):
+        raise not_found("subnetpool", item.subnetpool_id)
+    if pool["ip_version"] != item.ip_version:
+        raise invalid_input(f"ip_version {item.ip_version} does not match the ip_version {pool['ip_version']} of "
+                            f"subnet pool {pool['id']}")
+    return pool
+
+
+def check_affinity(net: dict[str, Any], others: list[dict[str, Any]], pool: dict[str, Any] | None,
+                   version: int) -> None:
+    """Neutron's _validate_network_subnetpools: a network's subnets of one IP version come from one
+    pool, or from pools of one address scope; a network with pool subnets takes no plain CIDR."""
+    scope = net.get(f"ipv{version}_address_scope")
+    if scope and pool is not None and pool["address_scope_id"] != scope:
+        raise bad_request("Subnets of the same address family hosted on the same network must all participate "
+                          "in the same address scope.", "NetworkAddressScopeAffinityError")
+    for s in others:
+        if pool is not None:
+            if s.get("subnetpool_id") != pool["id"] and s["ip_version"] == pool["ip_version"] and not scope:
+                raise bad_request("Subnets hosted on the same network must be allocated from the same subnet pool.",
+                                  "NetworkSubnetPoolAffinityError")
+        elif s.get("subnetpool_id"):
+            raise bad_request("Subnets hosted on the same network must be allocated from the same subnet pool.",
+                              "NetworkSubnetPoolAffinityError")
+
+
+def check_cidr(cidr: str, ip_version: int, enable_dhcp: bool) -> ipaddress.IPv4Network:
     net = ipaddress.ip_network(cidr)
     if net.version != ip_version:
         raise invalid_input(f"cidr '{cidr}' does not match the ip_version '{ip_version}'")
@@ -266,8 +334,15 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
     fields = sorted(type(item).model_fields[n].alias or n for n in item.model_fields_set)
     pol.enforce(ctx, "create_subnet", policy.target("subnet", {"project_id": project, "network_id": net["id"]}, net),
                 fields)
-    cidr = check_cidr(item.cidr, item.ip_version, item.enable_dhcp, item)
+    check_request(item)
+    pool = resolve_pool(uow, ctx, item)
     others = uow.list("subnets", lambda s: s["network_id"] == net["id"]) + staged.get(net["id"], [])
+    check_affinity(net, others, pool, item.ip_version)
+    requested = item.cidr
+    if pool is not None:
+        requested = subnet_alloc.allocate(uow, pool, project, cidr=item.cidr, prefixlen=item.prefixlen,
+                                          staged=[s for group in staged.values() for s in group])
+    cidr = check_cidr(requested, item.ip_version, item.enable_dhcp)  # type: ignore[arg-type]
     for other in others:
         if ipaddress.ip_network(other["cidr"]).overlaps(cidr):
             raise invalid_input(f"Requested subnet with cidr: {cidr} for network: {net['id']} overlaps with "
@@ -300,7 +375,7 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
         "host_routes": check_routes(item.host_routes, 4),
         "ipv6_ra_mode": None,
         "ipv6_address_mode": None,
-        "subnetpool_id": None,
+        "subnetpool_id": pool["id"] if pool is not None else None,
         "segment_id": None,
         "service_types": item.service_types,
         "tags": item.tags,
@@ -310,6 +385,8 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
     }
     staged.setdefault(net["id"], []).append(subnet)
     net["subnets"] = net["subnets"] + [sid]
+    if pool is not None:
+        net["ipv4_address_scope"] = pool["address_scope_id"]
     return subnet
 
 
@@ -453,7 +530,12 @@ async def delete_subnet(subnet_id: str, request: Request) -> Response:
         uow.delete_raw(ipam.subnet_alloc_key(subnet_id))
         uow.delete("subnets", subnet_id)
         if net is not None:
-            touch(net, {"subnets": [s for s in net["subnets"] if s != subnet_id]})
+            changed: dict[str, Any] = {"subnets": [s for s in net["subnets"] if s != subnet_id]}
+            if subnet.get("subnetpool_id") and not uow.list(
+                    "subnets", lambda s: s["network_id"] == net["id"] and s["id"] != subnet_id
+                    and s["ip_version"] == subnet["ip_version"] and bool(s.get("subnetpool_id"))):
+                changed[f"ipv{subnet['ip_version']}_address_scope"] = None  # its last pool subnet: out of the scope
+            touch(net, changed)
             uow.put("networks", net)
 
     st.repo.transact(txn)

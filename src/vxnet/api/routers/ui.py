@@ -107,6 +107,8 @@ VISIBILITY: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "floatingips": ("floatingips", "fip_visible", None),
     "security_groups": ("security_groups", "group_visible", None),
     "security_group_rules": ("security_groups", "_rule_visible_fn", ("security_groups", "security_group_id")),
+    "subnetpools": ("subnetpools", "pool_visible", None),
+    "address_scopes": ("address_scopes", "scope_visible", None),
 }
 
 

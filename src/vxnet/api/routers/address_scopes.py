@@ -1,0 +1,173 @@
+"""/v2.0/address-scopes: Neutron's address scopes (extension `address-scope`).
+
+An address scope is a set of subnet pools whose prefixes never overlap; subnets allocated from
+those pools are in the scope (networks show it as `ipv4_address_scope`/`ipv6_address_scope`),
+and routers do not route between subnets of different scopes (compute/routing.py).
+
+Invariants:
+- Fields as Neutron: id, name, project_id/tenant_id, shared, ip_version (4 or 6, required,
+  never changed). No standard attributes (Neutron's address scopes have none).
+- Visibility: admins, the owner, everyone for a shared scope (`get_address_scope`); others get
+  404 AddressScopeNotFound. Writes follow Neutron's policy (`create_address_scope:shared` and
+  `update_address_scope:shared` are admin only); a shared scope cannot be unshared (400).
+- A scope with pools cannot be deleted (409 AddressScopeInUse). Pools joining a scope read and
+  touch the scope's lock key `/vxnet/address-scope-pools/<id>`; the delete reads it too, so a
+  pool joining concurrently and the delete cannot both commit.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BeforeValidator
+
+from vxnet.api import policy
+from vxnet.api.auth import Context
+from vxnet.api.collection import ResourceSpec, list_response, show_response
+from vxnet.api.errors import ApiError, bad_request, conflict
+from vxnet.api.state import AppState, off_loop, read_json
+from vxnet.api.validation import Body, Bool, Name, ProjectId, parse_create, parse_update, resolve_project
+from vxnet.services.repo import ROOT, UnitOfWork, new_id
+
+router = APIRouter(prefix="/v2.0", tags=["address-scopes"])
+COLLECTION = "address_scopes"
+
+
+def lock_key(scope_id: str) -> str:
+    """Read and touched by every pool joining the scope, and by the scope's delete."""
+    return f"{ROOT}address-scope-pools/{scope_id}"
+
+
+def scope_visible(ctx: Context, obj: dict[str, Any]) -> bool:
+    return ctx.is_admin or obj["project_id"] == ctx.project_id or bool(obj["shared"])
+
+
+SPEC = ResourceSpec(COLLECTION, "address_scope", visible=scope_visible)
+
+
+def scope_not_found(scope_id: str) -> ApiError:
+    return ApiError(404, "AddressScopeNotFound", f"Address scope {scope_id} could not be found.")
+
+
+def _ip_version(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | str) or str(v) not in ("4", "6"):
+        raise ValueError(f"{v} is not in valid values [4, 6]")
+    return int(v)
+
+
+class AddressScopeCreate(Body):
+    name: Name = ""
+    shared: Bool = False
+    ip_version: Annotated[int, BeforeValidator(_ip_version)]
+    project_id: ProjectId | None = None
+    tenant_id: ProjectId | None = None
+
+
+class AddressScopeUpdate(Body):
+    name: Name = ""
+    shared: Bool = False
+
+
+def get_for_pool(uow: UnitOfWork, ctx: Context, scope_id: str) -> dict[str, Any]:
+    """The scope a pool names (read guarded), or 404 if the caller cannot see it; the pool then
+    joins it, so its lock key is touched."""
+    scope = uow.get(COLLECTION, scope_id)
+    if scope is None or not scope_visible(ctx, scope):
+        raise scope_not_found(scope_id)
+    uow.get_raw(lock_key(scope_id))
+    uow.touch(lock_key(scope_id))
+    return scope
+
+
+@router.get("/address-scopes")
+@off_loop
+async def list_scopes(request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    return list_response(request, ctx, SPEC, st.repo.list(COLLECTION))
+
+
+@router.get("/address-scopes/{scope_id}")
+@off_loop
+async def show_scope(scope_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    obj = st.repo.get(COLLECTION, scope_id)
+    if obj is None or not scope_visible(ctx, obj):
+        raise scope_not_found(scope_id)
+    return show_response(request, ctx, SPEC, obj)
+
+
+@router.post("/address-scopes", status_code=201)
+@off_loop
+async def create_scope(request: Request) -> JSONResponse:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    items, bulk = parse_create(await read_json(request), "address_scope", "address_scopes", AddressScopeCreate)
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
+        out = []
+        for item in items:
+            project = resolve_project(ctx, item.project_id, item.tenant_id)
+            attrs = sorted(n for n in item.model_fields_set if n == "shared" and item.shared)
+            obj = {"id": new_id(COLLECTION), "name": item.name, "project_id": project, "tenant_id": project,
+                   "shared": item.shared, "ip_version": item.ip_version}
+            pol.enforce(ctx, "create_address_scope", policy.target("address_scope", obj), attrs)
+            uow.put(COLLECTION, obj)
+            out.append(obj)
+        return out
+
+    objs = st.repo.transact(txn)
+    return JSONResponse({"address_scopes": objs} if bulk else {"address_scope": objs[0]}, status_code=201)
+
+
+@router.put("/address-scopes/{scope_id}")
+@off_loop
+async def update_scope(scope_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    upd = parse_update(await read_json(request), "address_scope", AddressScopeUpdate,
+                       read_only=("id", "ip_version", "project_id", "tenant_id"))
+    fields = {n: getattr(upd, n) for n in upd.model_fields_set}
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> dict[str, Any]:
+        obj = uow.get(COLLECTION, scope_id)
+        if obj is None or not scope_visible(ctx, obj):
+            raise scope_not_found(scope_id)
+        pol.enforce(ctx, "update_address_scope", policy.target("address_scope", obj), sorted(fields))
+        if obj["shared"] and fields.get("shared") is False:
+            raise bad_request(f"Unable to update address scope {scope_id} : Shared address scope can't be "
+                              "unshared.", "AddressScopeUpdateError")
+        obj.update(fields)
+        uow.put(COLLECTION, obj)
+        return obj
+
+    return {"address_scope": st.repo.transact(txn)}
+
+
+@router.delete("/address-scopes/{scope_id}", status_code=204)
+@off_loop
+async def delete_scope(scope_id: str, request: Request) -> Response:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> None:
+        obj = uow.get(COLLECTION, scope_id)
+        if obj is None or not scope_visible(ctx, obj):
+            raise scope_not_found(scope_id)
+        pol.enforce(ctx, "delete_address_scope", policy.target("address_scope", obj))
+        uow.get_raw(lock_key(scope_id))  # guard: no pool may join meanwhile
+        if uow.list("subnetpools", lambda p: p.get("address_scope_id") == scope_id):
+            raise conflict("AddressScopeInUse", f"Unable to complete operation on address scope {scope_id}. "
+                                                "There are one or more subnet pools in use on the address scope.")
+        uow.delete_raw(lock_key(scope_id))
+        uow.delete(COLLECTION, scope_id)
+
+    st.repo.transact(txn)
+    return Response(status_code=204)
+
