@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from vxnet.buildinfo import register_build_info
+
 VIEW_OBJECTS = Gauge("vxnet_agent_view_objects", "Objects in this host's view", ["kind"])
 VIEW_REVISION = Gauge("vxnet_agent_view_revision", "Store revision of the view")
 APPLIED_REVISION = Gauge("vxnet_agent_applied_revision", "Last view revision fully applied to the kernel")
@@ -23,3 +25,6 @@ PASSES = Counter("vxnet_agent_passes_total", "Reconcile passes by whether the ho
                  "(`unchanged`: the pass was woken by something no compute reads, or by the kernel)", ["desired"])
 VIEW_UPDATES = Counter("vxnet_agent_view_updates_total", "View stream updates received, by collection", ["kind"])
 RETRY_SECONDS = Gauge("vxnet_agent_retry_delay_seconds", "Delay before the retry of the last failed pass")
+DRIFT_REPAIRS = Counter("vxnet_agent_drift_repairs_total", "Kernel objects the agent changed in passes whose "
+                        "desired state had not changed (the kernel drifted: someone else changed it)", ["kind"])
+BUILD_INFO = register_build_info()
