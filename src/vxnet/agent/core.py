@@ -12,7 +12,9 @@ Threads (all daemons, all stopped by `stop()`):
   (`compute.host.HostComputer`: exactly the pure `compute_host`, recomputing only what
   changed) and converges the kernel.
   Level-triggered: every pass starts from the current view and kernel.
-- heartbeat: keeps the host registered (re-registers when the server forgot it).
+- heartbeat: keeps the host registered (re-registers when the server forgot it); every
+  heartbeat carries `status_report()` (applied revision, ports, drift repairs, features: what
+  `vxnet status` shows).
 - reporter: sends port status changes queued by reconcile passes (latest truth wins), retrying
   while no server answers; reconcile never waits on HTTP.
 
@@ -24,6 +26,11 @@ Invariants:
 - When no server is reachable the kernel keeps its last state; drift repair keeps running on
   the last known view.
 - A local port is reported ACTIVE only after a pass that applied its data path without error.
+
+Operations (docs/operations.md): a pass logs the request ids (X-Openstack-Request-Id) of the
+updates it applied; a `doctor` stream message runs `doctor()` (read-only diff of desired and
+kernel state, `agent/doctor.py`; with `repair`, a pass that re-reads the kernel, then the diff
+again) in its own thread and sends the result back (`report_doctor`).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
+from vxnet import buildinfo
 from vxnet.agent import gateway, metrics
 from vxnet.agent.backoff import Backoff
 from vxnet.agent.dhcp import DhcpFeature
@@ -66,7 +74,7 @@ class ControlPlane(Protocol):
     """What the agent needs from the servers (`vxnet.agent.client.ServerClient` implements it)."""
 
     def register(self) -> Mapping[str, Any]: ...
-    def heartbeat(self) -> bool: ...
+    def heartbeat(self, report: Mapping[str, Any] | None = None) -> bool: ...
     def stream(self, since: int | None) -> Iterator[Mapping[str, Any]]: ...
     def report_status(self, active: Iterable[str], down: Iterable[str]) -> None: ...
 
@@ -119,7 +127,15 @@ class Agent:
         self.passes = 0
         self.unchanged_passes = 0        # passes whose desired state was the previous pass's
         self._last_desired: HostDesired | None = None
-        self.applied = threading.Condition()
+        self.applied = threading.Condition()     # notified after every pass
+        # what `status_report()` tells the servers (docs/operations.md)
+        self._received_revision: int | None = None  # revision of the last update/snapshot in the view
+        self._applied_received: int | None = None   # ... of the view the last clean pass applied
+        self._request_ids: list[str] = []            # of the updates not yet in a pass (logged by it)
+        self._down_reasons: dict[str, str] = {}      # local port -> why it is not ACTIVE
+        self._failing: tuple[str, ...] = ()          # what the last pass failed to apply
+        self.drift_repaired = 0                      # objects changed while the desired state did not
+        self.last_drift_at: str | None = None
 
     # ------------------------------------------------------------------ public surface
     @property
@@ -133,9 +149,18 @@ class Agent:
 
     def on_message(self, msg: Mapping[str, Any]) -> None:
         """Feed one stream message (thread-safe)."""
+        kind = msg.get("type")
+        if kind == "doctor":
+            self._doctor_request(msg)
+            return
         with self._lock:
             self._view = apply_message(self._view, msg)
             view = self._view
+            if kind in ("update", "snapshot") and view.revision == int(msg.get("revision") or 0):
+                self._received_revision = view.revision
+                rid = msg.get("request_id")
+                if isinstance(rid, str) and len(self._request_ids) < 1000:
+                    self._request_ids.append(rid[:80])
         metrics.VIEW_REVISION.set(view.revision)
         if msg.get("type") == "update":
             for kind in {*(msg.get("put") or {}), *(msg.get("delete") or {})}:
@@ -183,9 +208,11 @@ class Agent:
     # ------------------------------------------------------------------ reconcile
     def run_once(self) -> ReconcileResult | None:
         """One level-triggered pass over the current view; None before the first snapshot."""
-        view = self.view
-        if not view.complete:
-            return None
+        with self._lock:
+            view, received = self._view, self._received_revision
+            if not view.complete:
+                return None
+            request_ids, self._request_ids = self._request_ids, []
         if self._invalidate:
             self._invalidate = False
             self.reconciler.invalidate()
@@ -204,7 +231,9 @@ class Agent:
             result = self.reconciler.reconcile(desired.l2)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
-            log.exception("reconcile failed (host=%s)", self.cfg.host)
+            log.exception("reconcile failed (host=%s revision=%s request_ids=%s)", self.cfg.host, view.revision,
+                          ",".join(request_ids) or "-")
+            self._failing = ("reconcile: exception (see the agent log)",)
             self.reconciler.invalidate()
             self._retry_later()
             return None
@@ -212,6 +241,7 @@ class Agent:
         self.last_timings = timings
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
+        l2_result = result
         if fresults:
             result = self._combine(result, fresults)
         self.passes += 1
@@ -219,15 +249,21 @@ class Agent:
         self.unchanged_passes += unchanged
         self._last_desired = desired
         metrics.PASSES.labels("unchanged" if unchanged else "changed").inc()
+        if unchanged and not self._failing:
+            self._count_drift(result, fresults)
         self.last_result = result
-        self._record(view, desired, result)
+        self._explain_down(desired, l2_result, fresults)
+        self._failing = tuple(str(f)[:200] for f in result.failed[:5])
+        self._record(view, desired, result, request_ids)
         self._report(view, result)
         if not result.failed:
             self._pass_backoff.reset()
+            self._applied_received = received
             with self.applied:
                 self._applied_revision = view.revision
-                self.applied.notify_all()
             metrics.APPLIED_REVISION.set(view.revision)
+        with self.applied:
+            self.applied.notify_all()
         if result.failed:
             self._retry_later()
         return result
@@ -252,7 +288,107 @@ class Agent:
                          {k: v for k, v in r.changes.items() if v})
         return dataclasses.replace(result, failed=failed, active=result.active - down, down=result.down | down)
 
-    def _record(self, view: ViewState, desired: HostDesired, result: ReconcileResult) -> None:
+    def _count_drift(self, result: ReconcileResult, fresults: list[FeatureResult]) -> None:
+        """Changes made by a pass whose desired state had not changed (after a clean pass):
+        the kernel drifted (someone else changed it) and this pass repaired it."""
+        counts = {k: v for k, v in result.diff.counts().items() if v}
+        for f, r in zip(self.features, fresults, strict=False):
+            n = sum(r.changes.values())
+            if n:
+                counts[f.name] = n
+        if counts:
+            for kind, n in counts.items():
+                metrics.DRIFT_REPAIRS.labels(kind).inc(n)
+            self.drift_repaired += sum(counts.values())
+            self.last_drift_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            log.warning("host=%s repaired drift: %s", self.cfg.host, counts)
+
+    def _explain_down(self, desired: HostDesired, l2: ReconcileResult, fresults: list[FeatureResult]) -> None:
+        """Why each local port is not ACTIVE (for `vxnet status`)."""
+        bad_devs = {getattr(f, "name", None) or getattr(f, "tap", None) or getattr(f, "dev", None)
+                    for f in l2.failed}
+        reasons: dict[str, str] = {}
+        taps = {lp.port_id: lp for lp in desired.l2.local_ports}
+        for pid in l2.down:
+            lp = taps.get(pid)
+            if lp is not None and bad_devs & {lp.tap, lp.bridge}:
+                reasons[pid] = "L2 apply failed (retrying)"
+            else:
+                reasons[pid] = f"tap {lp.tap if lp else '?'} not present (VM not started here?)"
+        for f, r in zip(self.features, fresults, strict=False):
+            for pid in (l2.active | l2.down) if r.all_down else r.down:
+                reasons.setdefault(pid, f"feature {f.name} not applied")
+        self._down_reasons = reasons
+
+    def status_report(self) -> dict[str, Any]:
+        """What this agent tells the servers with every heartbeat (`vxnet status`). Only
+        changes when something happens (no clock in it but the last drift repair's time),
+        so the server stores it only then."""
+        reasons = self._down_reasons
+        result = self.last_result
+        return {
+            "version": buildinfo.version(),
+            "features": [f.name for f in self.features],
+            "received_revision": self._received_revision,
+            "applied_revision": self._applied_received,
+            "failing": list(self._failing),
+            "ports": {"active": len(result.active) if result else 0, "down": len(result.down) if result else 0},
+            "down": dict(sorted(reasons.items())[:100]),
+            "drift": {"repaired": self.drift_repaired, "last_repair_at": self.last_drift_at},
+        }
+
+    # ------------------------------------------------------------------ doctor
+    def doctor(self, repair: bool = False, timeout: float = 20.0) -> dict[str, Any]:
+        """Compare the desired state of the current view with the kernel (read-only); with
+        `repair`, have passes re-read the kernel until no drift is left (or `timeout`)."""
+        from vxnet.agent import doctor
+
+        view = self.view
+        if not view.complete:
+            return {"host": self.cfg.host, "error": "no complete view yet", "drift": []}
+        spec = self.cfg.context.spec
+        found = doctor.host_drift(view.view, spec, self.cfg.netns)
+        out: dict[str, Any] = {"host": self.cfg.host, "revision": view.revision, "checked": list(doctor.CHECKED),
+                               "drift": [d.as_dict() for d in found]}
+        if repair and found:
+            left = found
+            deadline = time.monotonic() + timeout
+            while left and time.monotonic() < deadline:
+                before = self.passes
+                self.kernel_changed(invalidate=True)
+                with self.applied:
+                    self.applied.wait_for(lambda b=before: self.passes > b or self._stop.is_set(),
+                                          max(0.0, deadline - time.monotonic()))
+                left = doctor.host_drift(self.view.view, spec, self.cfg.netns)
+            out["after_repair"] = [d.as_dict() for d in left]
+        log.info("host=%s doctor: %d drift(s)%s", self.cfg.host, len(found),
+                 f", {len(out['after_repair'])} left after repair" if "after_repair" in out else "")
+        return out
+
+    def _doctor_request(self, msg: Mapping[str, Any]) -> None:
+        """A `doctor` stream message: answer it from another thread (the diff reads the kernel)."""
+        hosts = msg.get("hosts")
+        if isinstance(hosts, list) and self.cfg.host not in hosts:
+            return
+        request_id = str(msg.get("id") or "")
+
+        def run() -> None:
+            try:
+                result = self.doctor(repair=bool(msg.get("repair")))
+            except Exception as e:  # answer with the failure rather than not at all
+                log.exception("host=%s doctor %s failed", self.cfg.host, request_id)
+                result = {"host": self.cfg.host, "error": f"{type(e).__name__}: {e}", "drift": []}
+            try:
+                report = getattr(self.control, "report_doctor", None)
+                if report is not None:
+                    report(request_id, result)
+            except Exception as e:  # noqa: BLE001 - the asker times out and says so
+                log.warning("host=%s doctor %s: answer not delivered: %s", self.cfg.host, request_id, e)
+
+        threading.Thread(target=run, name="vxnet-agent-doctor", daemon=True).start()
+
+    def _record(self, view: ViewState, desired: HostDesired, result: ReconcileResult,
+                request_ids: list[str] | None = None) -> None:
         for kind, n in view.size().items():
             metrics.VIEW_OBJECTS.labels(kind).set(n)
         for kind, n in desired.l2.size().items():
@@ -268,9 +404,10 @@ class Agent:
             metrics.ERRORS.labels("apply").inc(len(result.failed))
         metrics.PORTS.labels("ACTIVE").set(len(result.active))
         metrics.PORTS.labels("DOWN").set(len(result.down))
-        if result.changes:
+        if result.changes or request_ids:
             parts = " ".join(f"{k}={v * 1000:.1f}" for k, v in self.last_timings.items() if v >= 0.0001)
-            log.info("host=%s revision=%s applied %s in %.1f ms (ms: %s)%s", self.cfg.host, view.revision,
+            log.info("host=%s revision=%s request_ids=%s applied %s in %.1f ms (ms: %s)%s", self.cfg.host,
+                     view.revision, ",".join(dict.fromkeys(request_ids or ())) or "-",
                      {k: v for k, v in result.diff.counts().items() if v}, result.seconds * 1000, parts,
                      f" failed={list(result.failed)}" if result.failed else "")
 
@@ -383,7 +520,7 @@ class Agent:
                     self.cfg.heartbeat_interval = float(reply.get("heartbeat_interval", self.cfg.heartbeat_interval))
                     registered = True
                     log.info("host=%s registered (underlay %s)", self.cfg.host, self.cfg.underlay_ip)
-                elif not self.control.heartbeat():
+                elif not self.control.heartbeat(self.status_report()):
                     registered = False
                     continue
             except Exception as e:  # noqa: BLE001 - keep heartbeating whatever the failure

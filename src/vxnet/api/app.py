@@ -52,6 +52,7 @@ from vxnet.api.routers import (
     identity,
     network_ip_availabilities,
     networks,
+    operations,
     ports,
     quotas,
     routers,
@@ -85,6 +86,7 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     quotas,
     network_ip_availabilities,
     agent_stream,
+    operations,
     ui,
 )
 

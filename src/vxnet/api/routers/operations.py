@@ -1,0 +1,144 @@
+"""/v2.0/vxnet/status and /v2.0/vxnet/doctor: the operators' view of the cluster (admin only),
+and the agents' answers to doctor requests (service role, like the other agent endpoints).
+
+- `GET /v2.0/vxnet/status`: this server, the announced servers, the store's health (a read,
+  timed) and every host (`services/operations.build_status`).
+- `POST /v2.0/vxnet/doctor` `{"repair": bool, "hosts": [names] | null}` -> 202 with the request
+  id and the hosts expected to answer (alive ones among those named); agents get it in their
+  view stream. `GET /v2.0/vxnet/doctor/{id}`: the answers so far.
+- `POST /v2.0/vxnet/hosts/{host}/doctor/{id}`: an agent's answer (its drift list).
+
+The server announces itself at start (`services/servers.py`) and withdraws at stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from vxnet import buildinfo
+from vxnet.api.errors import bad_request, policy_denied
+from vxnet.api.routers.agent_stream import hub_of, require_service
+from vxnet.api.state import AppState, read_json, run_store
+from vxnet.services import operations, servers
+
+router = APIRouter(prefix="/v2.0/vxnet", tags=["operations"])
+
+RESULT_MAX_BYTES = 512 * 1024
+
+
+def setup(app: FastAPI, state: AppState) -> None:
+    """Announce this server while the app runs (refreshed on a timer, off the loop)."""
+    ann = servers.Announcement(state.store, state.config.public_url or f"http://{state.config.listen}")
+    state.announcement = ann
+    previous = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        async def keep() -> None:
+            while not stop.is_set():
+                await loop.run_in_executor(None, ann.refresh)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), servers.SERVER_TTL / 3)
+
+        task = loop.create_task(keep())
+        async with previous(a) as inner:
+            yield inner
+        stop.set()
+        with contextlib.suppress(Exception):
+            await task
+        await loop.run_in_executor(None, ann.withdraw)
+
+    app.router.lifespan_context = lifespan
+
+
+def _require_admin(request: Request, action: str) -> AppState:
+    st = AppState.of(request)
+    if not st.context(request).is_admin:
+        raise policy_denied(action)
+    return st
+
+
+def _store_health(st: AppState) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        rev = st.store.revision()
+    except Exception as e:  # noqa: BLE001 - what is wrong with the store is the answer
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"[:300], "backend": type(st.store).__name__}
+    return {"ok": True, "revision": rev, "read_ms": round((time.perf_counter() - t0) * 1000, 2),
+            "backend": type(st.store).__name__}
+
+
+@router.get("/status")
+async def status(request: Request) -> dict[str, Any]:
+    st = _require_admin(request, "get_vxnet_status")
+    hub = hub_of(st)
+    store = await run_store(_store_health, st)
+    try:
+        reports = await run_store(operations.read_statuses, st.store)
+        announced = await run_store(servers.list_servers, st.store)
+    except Exception:  # noqa: BLE001 - the store is down: say so, with what this server knows
+        reports, announced = {}, []
+    hosts = operations.build_status(hub.objects(), hub.live, reports, hub.last_change)
+    ann = st.announcement
+    states: dict[str, int] = {}
+    for h in hosts:
+        states[h["state"]] = states.get(h["state"], 0) + 1
+    return {"status": {
+        "server": {"id": getattr(ann, "id", None), "version": buildinfo.version(),
+                   "python": buildinfo.python_version(), "view_revision": hub.revision,
+                   "streams": sum(len(s) for s in hub.subs.values())},
+        "servers": announced,
+        "store": store,
+        "hosts": hosts,
+        "summary": {"hosts": len(hosts), "by_state": states},
+    }}
+
+
+@router.post("/doctor")
+async def doctor(request: Request) -> JSONResponse:
+    st = _require_admin(request, "create_vxnet_doctor")
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - {"repair", "hosts"}:
+        raise bad_request('Body must be {"repair": true|false, "hosts": [host names] or null}')
+    repair, hosts = body.get("repair", False), body.get("hosts")
+    if not isinstance(repair, bool):
+        raise bad_request("'repair' must be true or false")
+    if hosts is not None and (not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts)
+                              or len(hosts) > 10000):
+        raise bad_request("'hosts' must be a list of host names or null")
+    hub = hub_of(st)
+    doc = await run_store(operations.request_doctor, st.store, repair, hosts)
+    expected = sorted(h for h in hub.live if hosts is None or h in hosts)
+    return JSONResponse({"doctor": {**doc, "expected": expected}}, status_code=202)
+
+
+@router.get("/doctor/{request_id}")
+async def doctor_results(request_id: str, request: Request) -> dict[str, Any]:
+    st = _require_admin(request, "get_vxnet_doctor")
+    found = await run_store(operations.results, st.store, request_id)
+    return {"doctor": {"id": request_id, "results": found}}
+
+
+@router.post("/hosts/{host}/doctor/{request_id}")
+async def doctor_answer(host: str, request_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    require_service(st.context(request))
+    operations.check_id(request_id)
+    raw = await request.body()
+    if len(raw) > RESULT_MAX_BYTES:
+        raise bad_request(f"A doctor answer is limited to {RESULT_MAX_BYTES} bytes")
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise bad_request("Body must be a JSON object")
+    await run_store(operations.store_result, st.store, request_id, host, body)
+    return {"stored": True}
