@@ -13,6 +13,7 @@ from vxnet.cli import demo as cli_demo
 from vxnet.cli import keys as cli_keys
 from vxnet.cli import lab as cli_lab
 from vxnet.cli import migrate as cli_migrate
+from vxnet.cli import ops as cli_ops
 from vxnet.cli import quota as cli_quota
 from vxnet.cli import trace as cli_trace
 from vxnet.config import ConfigError, load_config
@@ -42,7 +43,7 @@ def _root(
 # Sub-commands living in their own modules (vxnet/cli/<name>.py exposing `register(app)`).
 # Imported explicitly: a missing or broken module fails `vxnet` at once, never drops its
 # commands silently. (Each keeps its heavy imports inside its commands, so `--help` stays fast.)
-for _mod in (cli_agent, cli_lab, cli_demo, cli_trace, cli_migrate, cli_keys, cli_quota):
+for _mod in (cli_agent, cli_lab, cli_demo, cli_trace, cli_migrate, cli_keys, cli_quota, cli_ops):
     _mod.register(app)
 
 

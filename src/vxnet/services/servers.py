@@ -2,7 +2,8 @@
 
 `/vxnet/servers/<id>` = {"id", "url", "version", "python", "hostname", "pid", "started_at"},
 attached to a lease of SERVER_TTL seconds that the server refreshes every SERVER_TTL / 3: a
-server that stops (or loses its store) disappears within SERVER_TTL. Nothing depends on
+server that stops (or loses its store) disappears within SERVER_TTL (a stopping server does
+not delete its key: see api/routers/operations.py). Nothing depends on
 these keys but the status report. Blocking store I/O: call from a worker thread.
 """
 
@@ -55,13 +56,6 @@ class Announcement:
             self.refresh()
         except Exception as e:  # noqa: BLE001 - the store may be down: the next refresh retries
             log.warning("server announcement not refreshed: %s", e)
-
-    def withdraw(self) -> None:
-        try:
-            if self.lease:
-                self.store.revoke_lease(self.lease)
-        except Exception as e:  # noqa: BLE001 - it expires anyway
-            log.info("server announcement not withdrawn: %s", e)
 
 
 def list_servers(store: Store) -> list[dict[str, Any]]:

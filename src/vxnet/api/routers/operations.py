@@ -8,7 +8,8 @@ and the agents' answers to doctor requests (service role, like the other agent e
   view stream. `GET /v2.0/vxnet/doctor/{id}`: the answers so far.
 - `POST /v2.0/vxnet/hosts/{host}/doctor/{id}`: an agent's answer (its drift list).
 
-The server announces itself at start (`services/servers.py`) and withdraws at stop.
+The server announces itself once serving (`services/servers.py`); its key expires SERVER_TTL
+after it stops.
 """
 
 from __future__ import annotations
@@ -50,13 +51,16 @@ def setup(app: FastAPI, state: AppState) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), servers.SERVER_TTL / 3)
 
-        task = loop.create_task(keep())
         async with previous(a) as inner:
+            # After the hub's load: a write between the last revision agents were told and the
+            # new hub's load would make every reconnecting agent take a snapshot instead of
+            # resuming. For the same reason a stopping server does not delete its key (it
+            # expires SERVER_TTL later, while another server's hub is running).
+            task = loop.create_task(keep())
             yield inner
-        stop.set()
-        with contextlib.suppress(Exception):
-            await task
-        await loop.run_in_executor(None, ann.withdraw)
+            stop.set()
+            with contextlib.suppress(Exception):
+                await task
 
     app.router.lifespan_context = lifespan
 
