@@ -56,6 +56,7 @@ from vxnet.compute.view import ViewState, apply_message
 log = logging.getLogger("vxnet.agent")
 
 BURST_WINDOW = 0.05     # seconds after a pass within which a wake-up is coalesced
+DOCTOR_SHOWN = 500      # drift entries a doctor answer lists (its `drift_count` counts them all)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -136,6 +137,10 @@ class Agent:
         self._failing: tuple[str, ...] = ()          # what the last pass failed to apply
         self.drift_repaired = 0                      # objects changed while the desired state did not
         self.last_drift_at: str | None = None
+        # `doctor()` reads the kernel through its own netlink socket and `nft` (None); tests put
+        # their fakes here (a `Kernel` and a `list_table(family, name)`, see agent/doctor.py).
+        self.doctor_kernel: Any = None
+        self.doctor_list_table: Any = None
 
     # ------------------------------------------------------------------ public surface
     @property
@@ -347,9 +352,13 @@ class Agent:
         if not view.complete:
             return {"host": self.cfg.host, "error": "no complete view yet", "drift": []}
         spec = self.cfg.context.spec
-        found = doctor.host_drift(view.view, spec, self.cfg.netns)
+
+        def check() -> list[doctor.Drift]:
+            return doctor.host_drift(self.view.view, spec, self.cfg.netns, self.doctor_kernel, self.doctor_list_table)
+
+        found = check()
         out: dict[str, Any] = {"host": self.cfg.host, "revision": view.revision, "checked": list(doctor.CHECKED),
-                               "drift": [d.as_dict() for d in found]}
+                               "drift": [d.as_dict() for d in found[:DOCTOR_SHOWN]], "drift_count": len(found)}
         if repair and found:
             left = found
             deadline = time.monotonic() + timeout
@@ -359,8 +368,8 @@ class Agent:
                 with self.applied:
                     self.applied.wait_for(lambda b=before: self.passes > b or self._stop.is_set(),
                                           max(0.0, deadline - time.monotonic()))
-                left = doctor.host_drift(self.view.view, spec, self.cfg.netns)
-            out["after_repair"] = [d.as_dict() for d in left]
+                left = check()
+            out["after_repair"] = [d.as_dict() for d in left[:DOCTOR_SHOWN]]
         log.info("host=%s doctor: %d drift(s)%s", self.cfg.host, len(found),
                  f", {len(out['after_repair'])} left after repair" if "after_repair" in out else "")
         return out
