@@ -10,6 +10,8 @@
   resync off, so only the doctor repairs), a rewritten FDB entry (wrong VTEP: real packets are
   lost) and a flushed table are reported by `vxnet doctor`, and `vxnet doctor --repair` fixes
   both: packets flow again and the next doctor is clean.
+- With the server down, `vxnet doctor --local` asks each running agent through its control
+  socket: it finds a flushed table and `--repair` fixes it.
 """
 
 from __future__ import annotations
@@ -211,3 +213,21 @@ def test_doctor_finds_drift_with_agents_stopped_and_repairs_with_agents_running(
     assert ping("op2", "192.0.2.31", count=2) == 2
     final = vxnet("doctor")
     assert final.returncode == 0, final.stdout
+
+
+def test_doctor_local_asks_the_running_agent_with_the_server_down(opslab: Lab, vms: dict) -> None:
+    st = lab.load_state()
+    lab.stop_server(st)
+    try:
+        nsexec(topology.host_ns(1), "nft", "flush", "table", "inet", "vxnet_sg")
+        seen = vxnet("doctor", "--local", "--json")
+        assert seen.returncode == 1, seen.stdout + seen.stderr
+        res = json.loads(seen.stdout)["results"]
+        assert {d["kind"] for d in res["h1"]["drift"]} == {"nftables"} and res["h2"]["drift"] == [], res
+        fixed = vxnet("doctor", "--local", "--repair", "--host", "h1")
+        assert fixed.returncode == 0 and "repaired: yes" in fixed.stdout, fixed.stdout + fixed.stderr
+        again = vxnet("doctor", "--local")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert ping("op2", "192.0.2.31", count=2) == 2
+    finally:
+        lab.start_server(lab.load_state())

@@ -243,3 +243,32 @@ def test_json_log_lines_and_runtime_level(capsys: pytest.CaptureFixture[str]) ->
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_control_socket_serves_doctor_to_root_only(tmp_path) -> None:
+    import os
+    import socket
+    import stat
+
+    from vxnet.agent.control import ControlSocket, ask_agent
+
+    path = str(tmp_path / "run" / "agent.sock")
+    assert ask_agent(path, False) is None                      # no agent: the caller falls back
+    calls: list[bool] = []
+
+    def doctor_fn(repair: bool) -> dict:
+        calls.append(repair)
+        return {"host": "h1", "drift": [], "after_repair": [] if repair else None}
+
+    srv = ControlSocket(path, doctor_fn)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert ask_agent(path, True) == {"host": "h1", "drift": [], "after_repair": []}
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            s.sendall(b'{"op": "shutdown"}\n')
+            answer = json.loads(s.makefile().readline())
+        assert "error" in answer and calls == [True]
+    finally:
+        srv.close()
+    assert not os.path.exists(path) and ask_agent(path, False) is None

@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+DEFAULT_CONTROL_SOCKET = "/run/vxnet/agent.sock"
+
 
 def agent_settings(path: str | None) -> dict[str, Any]:
     """The `[agent]` table of the agent's TOML file (`log_level`, `log_format`); {} without one."""
@@ -48,6 +50,8 @@ def register(app: typer.Typer) -> None:
         log_format: str = typer.Option(None, help="text or json (default: the config file's, else text)"),
         config: str = typer.Option(None, help="TOML file with an \\[agent] table: log_level, log_format "
                                               "(SIGHUP re-reads log_level)"),
+        control_socket: str = typer.Option(DEFAULT_CONTROL_SOCKET, help="unix socket where `vxnet doctor --local` "
+                                                                        "reaches this agent (\"\" = none)"),
     ) -> None:
         """Run the host agent: watch this host's view and converge the kernel to it."""
         from vxnet.agent.client import make_control_plane
@@ -76,8 +80,20 @@ def register(app: typer.Typer) -> None:
                                      user, password, project, gateway, external_interface)
         a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
                               external_interface=external_interface, dhcp_lease_time=dhcp_lease_time), control)
+        local = None
+        if control_socket:
+            from vxnet.agent.control import ControlSocket
+
+            try:
+                local = ControlSocket(control_socket, lambda repair: a.doctor(repair))
+            except OSError as e:    # not fatal: only `vxnet doctor --local` needs it
+                logging.getLogger("vxnet.agent").warning("control socket %s: %s (vxnet doctor --local cannot "
+                                                         "reach this agent)", control_socket, e)
         signal.signal(signal.SIGTERM, lambda *_: a.stop())
         try:
             a.run()
         except KeyboardInterrupt:
             a.stop()
+        finally:
+            if local is not None:
+                local.close()

@@ -7,9 +7,12 @@ Both talk to a server as an admin (`--server`/`VXNET_URL`, `--user`..., or the r
   every alive agent (or the named hosts), then their answers. Exit 0: no drift (or, with
   `--repair`, none left after the repair); 1: drift; 2: a host did not answer (agent dead,
   stopped or too old: run `vxnet doctor --local` on it).
-- `vxnet doctor --local [--host H] [--netns NS]`: no agent needed: fetch the host's view from a
-  server, compute its desired state here and compare it with the kernel of this namespace (or
-  `--netns`). On a lab, without `--host`, every lab host (each in its namespace).
+- `vxnet doctor --local [--repair] [--host H] [--netns NS]`: on the host itself. The running
+  agent is asked through its control socket (agent/control.py), which works while every
+  server is down; with no agent there (stopped, crashed), the host's view is fetched from a
+  server, its desired state computed here and compared with the kernel of this namespace (or
+  `--netns`); `--repair` then fails for that host (start the agent: it repairs on its first
+  pass). On a lab, without `--host`, every lab host (its namespace and its agent's socket).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 import typer
 
+from vxnet.agent.control import ask_agent
+from vxnet.cli.agent import DEFAULT_CONTROL_SOCKET
 from vxnet.cli.trace import _lab_defaults, _token
 
 
@@ -113,28 +118,31 @@ def doctor_exit(results: dict[str, dict[str, Any]], missing: list[str], repair: 
     return 0
 
 
-def local_targets(host: str | None, netns: str | None) -> list[tuple[str, str | None]]:
-    """(host, namespace) pairs for `--local`: the given one, else every lab host, else this one."""
+def local_targets(host: str | None, netns: str | None, sock: str) -> list[tuple[str, str | None, str]]:
+    """(host, namespace, agent control socket) for `--local`: the given host, else every lab
+    host, else this machine."""
     if host is not None:
-        if netns is None:
-            netns = _lab_netns(host)
-        return [(host, netns)]
+        lab_target = _lab_target(host)
+        if lab_target is not None and netns is None:
+            return [lab_target]
+        return [(host, netns, sock)]
     try:
         from vxnet.lab import lab, topology
 
         st = lab.load_state()
-        return [(topology.host_name(i), topology.host_ns(i)) for i in range(1, int(st["hosts"]) + 1)]
+        return [(topology.host_name(i), topology.host_ns(i), lab.control_socket(topology.host_name(i)))
+                for i in range(1, int(st["hosts"]) + 1)]
     except Exception:  # noqa: BLE001 - no lab: this machine's own host name
-        return [(socket.gethostname(), netns)]
+        return [(socket.gethostname(), netns, sock)]
 
 
-def _lab_netns(host: str) -> str | None:
+def _lab_target(host: str) -> tuple[str, str | None, str] | None:
     try:
         from vxnet.lab import lab, topology
 
         st = lab.load_state()
         i = int(host[1:]) if host.startswith("h") and host[1:].isdigit() else 0
-        return topology.host_ns(i) if 1 <= i <= int(st["hosts"]) else None
+        return (host, topology.host_ns(i), lab.control_socket(host)) if 1 <= i <= int(st["hosts"]) else None
     except Exception:  # noqa: BLE001 - not a lab
         return None
 
@@ -160,6 +168,30 @@ def local_drift(api: Any, host: str, netns: str | None) -> dict[str, Any]:
     found = doctor.host_drift(view.view, spec, netns)
     return {"host": host, "revision": msg.get("revision"), "checked": list(doctor.CHECKED),
             "drift": [d.as_dict() for d in found]}
+
+
+def cluster_doctor(api: Any, repair: bool, hosts: list[str], timeout: float) -> tuple[dict[str, Any], list[str]]:
+    """A doctor request through the servers; (answers by host, hosts that did not answer)."""
+    r = api.post("/vxnet/doctor", json={"repair": repair, "hosts": hosts or None})
+    if r.status_code != 202:
+        _fail("vxnet doctor", r)
+    req = r.json()["doctor"]
+    expected = set(req["expected"])
+    not_asked = set(hosts) - expected      # named but not alive
+    deadline = time.monotonic() + timeout
+    while True:
+        got = api.get(f"/vxnet/doctor/{req['id']}")
+        if got.status_code != 200:
+            _fail("vxnet doctor", got)
+        results: dict[str, Any] = got.json()["doctor"]["results"]
+        if expected <= set(results) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not hosts:   # registered hosts that are not alive were not asked
+        st = api.get("/vxnet/status")
+        if st.status_code == 200:
+            not_asked |= {h["host"] for h in st.json()["status"]["hosts"] if h["registered"] and not h["alive"]}
+    return results, sorted((expected | not_asked) - set(results))
 
 
 def register(app: typer.Typer) -> None:
@@ -195,9 +227,12 @@ def register(app: typer.Typer) -> None:
         repair: bool = typer.Option(False, "--repair", help="have the agents repair what differs (a pass that "
                                                              "reads the kernel again), then check again"),
         host: list[str] = typer.Option(None, "--host", help="only these hosts (repeatable)"),  # noqa: B008
-        local: bool = typer.Option(False, "--local", help="no agent: compare this host's kernel (or --netns's) "
+        local: bool = typer.Option(False, "--local", help="on this host: ask its running agent (works with every "
+                                                          "server down), else compare its kernel (or --netns's) "
                                                           "with its desired state computed here"),
         netns: str = typer.Option(None, "--netns", help="--local: the host's network namespace"),
+        control_socket: str = typer.Option(DEFAULT_CONTROL_SOCKET, "--control-socket",
+                                           help="--local: the running agent's socket (asked first)"),
         timeout: float = typer.Option(30.0, help="seconds to wait for the agents' answers"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
         server: str = creds["server"], user: str = creds["user"], password: str = creds["password"],
@@ -207,39 +242,29 @@ def register(app: typer.Typer) -> None:
         (object, expected, found). Exit 0 clean, 1 drift, 2 a host did not answer."""
         results: dict[str, dict[str, Any]] = {}
         missing: list[str] = []
-        with _client(server, user, password, project) as api:
-            if local:
-                if repair:
-                    typer.echo("vxnet doctor: --local does not repair: a (re)started agent converges its host "
-                               "on its first pass; or use `vxnet doctor --repair` through a server", err=True)
-                    raise typer.Exit(2)
-                if host and len(host) > 1 and netns:
-                    raise typer.BadParameter("--netns goes with a single --host")
-                targets = [t for h in host for t in local_targets(h, netns)] if host else local_targets(None, netns)
-                for h, ns in targets:
-                    results[h] = local_drift(api, h, ns)
-            else:
-                r = api.post("/vxnet/doctor", json={"repair": repair, "hosts": list(host) if host else None})
-                if r.status_code != 202:
-                    _fail("vxnet doctor", r)
-                req = r.json()["doctor"]
-                expected = set(req["expected"])
-                missing_hosts = set(host or ()) - expected      # named but not alive
-                deadline = time.monotonic() + timeout
-                while True:
-                    got = api.get(f"/vxnet/doctor/{req['id']}")
-                    if got.status_code != 200:
-                        _fail("vxnet doctor", got)
-                    results = got.json()["doctor"]["results"]
-                    if expected <= set(results) or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.2)
-                if not host:   # registered hosts that are not alive were not asked
-                    st = api.get("/vxnet/status")
-                    if st.status_code == 200:
-                        missing_hosts |= {h["host"] for h in st.json()["status"]["hosts"]
-                                          if h["registered"] and not h["alive"]}
-                missing = sorted((expected - set(results)) | (missing_hosts - set(results)))
+        if local:
+            if host and len(host) > 1 and netns:
+                raise typer.BadParameter("--netns goes with a single --host")
+            targets = ([t for h in host for t in local_targets(h, netns, control_socket)] if host
+                       else local_targets(None, netns, control_socket))
+            api = None
+            try:
+                for h, ns, sock in targets:
+                    answer = ask_agent(sock, repair)    # the running agent: works with every server down
+                    if answer is not None:
+                        results[h] = answer
+                    elif repair:
+                        results[h] = {"host": h, "drift": [], "error": "no agent answers on " + sock + ": start "
+                                      "it (its first pass repairs the host)"}
+                    else:
+                        api = api or _client(server, user, password, project)
+                        results[h] = local_drift(api, h, ns)
+            finally:
+                if api is not None:
+                    api.close()
+        else:
+            with _client(server, user, password, project) as api:
+                results, missing = cluster_doctor(api, repair, list(host or ()), timeout)
         code = doctor_exit(results, missing, repair)
         if as_json:
             typer.echo(json.dumps({"results": results, "no_answer": missing, "exit": code}, indent=1))
