@@ -164,6 +164,17 @@ def test_build_info_metric_and_version() -> None:
     assert out.returncode == 0 and out.stdout.strip() == f"vxnet {version()} (Python {sys.version.split()[0]})"
 
 
-def test_server_metrics_carry_build_info(srv: ServerHandle) -> None:
-    r = httpx.get(srv.url + "/metrics", headers={"X-Auth-Token": srv.token("admin")}, timeout=10)
-    assert r.status_code == 200 and "vxnet_build_info{" in r.text
+def test_server_metrics_carry_build_info_and_host_states(srv: ServerHandle) -> None:
+    c = agent_client(srv)
+    register(c, "hv1", "198.51.100.1")
+    register(c, "hv2", "198.51.100.2")
+    assert c.post("/hosts/hv1/heartbeat", json=report(srv.store.revision())).status_code == 200
+    deadline = time.time() + 10
+    while True:
+        r = httpx.get(srv.url + "/metrics", headers={"X-Auth-Token": srv.token("admin")}, timeout=10)
+        assert r.status_code == 200 and "vxnet_build_info{" in r.text
+        if 'vxnet_hosts{state="ok"} 1.0' in r.text or time.time() > deadline:
+            break
+        time.sleep(0.2)     # the hub sees the stored report through its watch
+    assert 'vxnet_hosts{state="ok"} 1.0' in r.text and 'vxnet_hosts{state="no report"} 1.0' in r.text, r.text
+    assert 'vxnet_host_up{host="hv1"} 1.0' in r.text and 'vxnet_host_revision_lag{host="hv1"} 0.0' in r.text

@@ -3,7 +3,7 @@
 Status (`build_status`, pure): every host with an agent record or a bound port, from what the
 server's view hub holds (agent records, liveness keys, ports, and `last_change[host]`: the
 last revision that changed the host's view, known since this server started) plus the agents'
-status reports (`services/agents.py`, `agent-status/<host>`). A host is
+status reports (`services/agents.py`, `agent-status/<host>`, kept by the hub too). A host is
 - `dead`: no liveness key (its lease expired: no heartbeat for agent_down_time);
 - `behind`: alive, but the revision it has applied is older than the last revision that changed
   its view (it received the change and has not applied it, or has not even received it);
@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.services.agents import STATUS_PREFIX
 from vxnet.services.errors import BadRequest
 from vxnet.services.repo import ROOT
 from vxnet.store.contract import Put, Store
@@ -42,20 +41,6 @@ NOT_ACTIVE_SHOWN = 50
 _ID = re.compile(r"[0-9a-f]{32}")
 
 Obj = dict[str, Any]
-
-
-def read_statuses(store: Store) -> dict[str, Obj]:
-    """Every agent's last status report, by host."""
-    kvs, _ = store.range(STATUS_PREFIX)
-    out: dict[str, Obj] = {}
-    for kv in kvs:
-        try:
-            doc = json.loads(kv.value)
-        except ValueError:
-            continue
-        if isinstance(doc, dict):
-            out[kv.key[len(STATUS_PREFIX):]] = doc
-    return out
 
 
 def _int(v: Any) -> int | None:

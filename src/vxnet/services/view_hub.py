@@ -45,7 +45,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from vxnet.services.agents import LIVE_PREFIX
+from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
 from vxnet.services.host_view import COLLECTIONS, ViewIndex
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
@@ -147,6 +147,7 @@ class Hub:
         self.on_liveness_lost: Callable[[str], None] | None = None
         self.fanout_seconds: Any = None  # a prometheus Histogram, set by the API's setup
         self.last_change: dict[str, int] = {}  # host -> last revision that changed its view (`vxnet status`)
+        self.reports: dict[str, Obj] = {}      # host -> its agent's last status report (`agent-status/`)
 
     # start / stop ------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -205,10 +206,12 @@ class Hub:
         """The store reads of a load (blocking; may run on a worker thread)."""
         kvs, rev = self.store.range(RES_PREFIX)
         live, _ = self.store.range(LIVE_PREFIX)
-        return kvs, rev, live
+        reports, _ = self.store.range(STATUS_PREFIX)
+        return kvs, rev, live, reports
 
     def _load(self, fetched: tuple[Any, ...] | None = None) -> None:
-        kvs, rev, live = fetched or self._fetch()
+        kvs, rev, live, reports = fetched or self._fetch()
+        self.reports = {kv.key[len(STATUS_PREFIX):]: _parse(kv.value) for kv in reports}
         objects: Objects = {c: {} for c in COLLECTIONS}
         others: Objects = {}
         keep = [(coll, id_, kv.value) for kv in kvs
@@ -292,6 +295,11 @@ class Hub:
         for e in events:
             if e.type is EventType.PUT and e.kv.key == DOCTOR_KEY:
                 self._doctor(e.kv.value)
+            elif e.kv.key.startswith(STATUS_PREFIX):
+                if e.type is EventType.PUT:
+                    self.reports[e.kv.key[len(STATUS_PREFIX):]] = _parse(e.kv.value)
+                else:
+                    self.reports.pop(e.kv.key[len(STATUS_PREFIX):], None)
         for h, msg in messages.items():
             self.last_change[h] = rev
             body: dict[str, Any] = {"type": "update", "revision": rev}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -38,6 +38,9 @@ def setup(app: FastAPI, state: AppState) -> None:
     """Announce this server while the app runs (refreshed on a timer, off the loop)."""
     ann = servers.Announcement(state.store, state.config.public_url or f"http://{state.config.listen}")
     state.announcement = ann
+    registry = getattr(app.state, "metrics_registry", None)
+    if registry is not None:
+        registry.register(HostsCollector(state))
     previous = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
@@ -65,6 +68,50 @@ def setup(app: FastAPI, state: AppState) -> None:
     app.router.lifespan_context = lifespan
 
 
+class HostsCollector:
+    """`vxnet_hosts{state}` and per host `vxnet_host_up{host}`, `vxnet_host_revision_lag{host}`
+    (the last revision that changed its view minus the one its agent applied; 0 when up to
+    date), from this server's hub: what `vxnet status` shows, for alerting."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def describe(self) -> list[Any]:
+        return []   # collected on scrape only (the registry must not call collect() at registration)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        hub = self.state.hub
+        if hub is None:
+            return
+        for _ in range(3):   # a scrape thread reads while the loop mutates: retry on a changed dict
+            try:
+                hosts = operations.build_status(
+                    {"agents": dict(hub.objects().get("agents") or {}), "ports": {}},
+                    dict(hub.live), dict(hub.reports), dict(hub.last_change))
+                break
+            except RuntimeError:
+                continue
+        else:
+            return
+        by_state = GaugeMetricFamily("vxnet_hosts", "Registered hosts by state (as `vxnet status`)", labels=["state"])
+        counts: dict[str, int] = dict.fromkeys(("ok", "behind", "failing", "dead", "no report"), 0)
+        up = GaugeMetricFamily("vxnet_host_up", "1 while the host's agent holds its lease", labels=["host"])
+        lag = GaugeMetricFamily("vxnet_host_revision_lag", "Store revisions between the last change of the "
+                                "host's view and what its agent applied (0: up to date)", labels=["host"])
+        for h in hosts:
+            counts[h["state"]] = counts.get(h["state"], 0) + 1
+            up.add_metric([h["host"]], 1.0 if h["alive"] else 0.0)
+            applied, wanted = h["revision"]["applied"], h["revision"]["wanted"] or 0
+            lag.add_metric([h["host"]], float(max(0, wanted - applied) if applied is not None else wanted))
+        for k, n in counts.items():
+            by_state.add_metric([k], float(n))
+        yield by_state
+        yield up
+        yield lag
+
+
 def _require_admin(request: Request, action: str) -> AppState:
     st = AppState.of(request)
     if not st.context(request).is_admin:
@@ -88,11 +135,10 @@ async def status(request: Request) -> dict[str, Any]:
     hub = hub_of(st)
     store = await run_store(_store_health, st)
     try:
-        reports = await run_store(operations.read_statuses, st.store)
         announced = await run_store(servers.list_servers, st.store)
     except Exception:  # noqa: BLE001 - the store is down: say so, with what this server knows
-        reports, announced = {}, []
-    hosts = operations.build_status(hub.objects(), hub.live, reports, hub.last_change)
+        announced = []
+    hosts = operations.build_status(hub.objects(), hub.live, hub.reports, hub.last_change)
     ann = st.announcement
     states: dict[str, int] = {}
     for h in hosts:
