@@ -272,3 +272,18 @@ def test_control_socket_serves_doctor_to_root_only(tmp_path) -> None:
     finally:
         srv.close()
     assert not os.path.exists(path) and ask_agent(path, False) is None
+
+
+def test_agent_config_file_settings(tmp_path) -> None:
+    from vxnet.cli.agent import agent_settings
+
+    assert agent_settings(None) == {}
+    f = tmp_path / "agent.toml"
+    f.write_text('[agent]\nlog_level = "debug"\nlog_format = "json"\n')
+    assert agent_settings(str(f)) == {"log_level": "debug", "log_format": "json"}
+    f.write_text('[agent]\nlog_levle = "debug"\n')
+    with pytest.raises(ValueError, match="unknown"):
+        agent_settings(str(f))
+    f.write_text("[agent\n")
+    with pytest.raises(ValueError):
+        agent_settings(str(f))
