@@ -42,8 +42,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from vxnet import buildinfo
-from vxnet.agent import gateway, metrics
+from vxnet.agent import gateway, metrics, report
 from vxnet.agent.backoff import Backoff
 from vxnet.agent.dhcp import DhcpFeature
 from vxnet.agent.features import Feature, FeatureResult, HostContext
@@ -56,7 +55,6 @@ from vxnet.compute.view import ViewState, apply_message
 log = logging.getLogger("vxnet.agent")
 
 BURST_WINDOW = 0.05     # seconds after a pass within which a wake-up is coalesced
-DOCTOR_SHOWN = 500      # drift entries a doctor answer lists (its `drift_count` counts them all)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -156,7 +154,9 @@ class Agent:
         """Feed one stream message (thread-safe)."""
         kind = msg.get("type")
         if kind == "doctor":
-            self._doctor_request(msg)
+            from vxnet.agent import doctor
+
+            doctor.answer_request(self, msg)
             return
         with self._lock:
             self._view = apply_message(self._view, msg)
@@ -257,7 +257,8 @@ class Agent:
         if unchanged and not self._failing:
             self._count_drift(result, fresults)
         self.last_result = result
-        self._explain_down(desired, l2_result, fresults)
+        self._down_reasons = report.down_reasons(desired.l2.local_ports, l2_result, [f.name for f in self.features],
+                                                 fresults)
         self._failing = tuple(str(f)[:200] for f in result.failed[:5])
         self._record(view, desired, result, request_ids)
         self._report(view, result)
@@ -296,11 +297,7 @@ class Agent:
     def _count_drift(self, result: ReconcileResult, fresults: list[FeatureResult]) -> None:
         """Changes made by a pass whose desired state had not changed (after a clean pass):
         the kernel drifted (someone else changed it) and this pass repaired it."""
-        counts = {k: v for k, v in result.diff.counts().items() if v}
-        for f, r in zip(self.features, fresults, strict=False):
-            n = sum(r.changes.values())
-            if n:
-                counts[f.name] = n
+        counts = report.drift_counts(result, [f.name for f in self.features], fresults)
         if counts:
             for kind, n in counts.items():
                 metrics.DRIFT_REPAIRS.labels(kind).inc(n)
@@ -308,93 +305,17 @@ class Agent:
             self.last_drift_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             log.warning("host=%s repaired drift: %s", self.cfg.host, counts)
 
-    def _explain_down(self, desired: HostDesired, l2: ReconcileResult, fresults: list[FeatureResult]) -> None:
-        """Why each local port is not ACTIVE (for `vxnet status`)."""
-        bad_devs = {getattr(f, "name", None) or getattr(f, "tap", None) or getattr(f, "dev", None)
-                    for f in l2.failed}
-        reasons: dict[str, str] = {}
-        taps = {lp.port_id: lp for lp in desired.l2.local_ports}
-        for pid in l2.down:
-            lp = taps.get(pid)
-            if lp is not None and bad_devs & {lp.tap, lp.bridge}:
-                reasons[pid] = "L2 apply failed (retrying)"
-            else:
-                reasons[pid] = f"tap {lp.tap if lp else '?'} not present (VM not started here?)"
-        for f, r in zip(self.features, fresults, strict=False):
-            for pid in (l2.active | l2.down) if r.all_down else r.down:
-                reasons.setdefault(pid, f"feature {f.name} not applied")
-        self._down_reasons = reasons
-
     def status_report(self) -> dict[str, Any]:
-        """What this agent tells the servers with every heartbeat (`vxnet status`). Only
-        changes when something happens (no clock in it but the last drift repair's time),
-        so the server stores it only then."""
-        reasons = self._down_reasons
-        result = self.last_result
-        return {
-            "version": buildinfo.version(),
-            "features": [f.name for f in self.features],
-            "received_revision": self._received_revision,
-            "applied_revision": self._applied_received,
-            "failing": list(self._failing),
-            "ports": {"active": len(result.active) if result else 0, "down": len(result.down) if result else 0},
-            "down": dict(sorted(reasons.items())[:100]),
-            "drift": {"repaired": self.drift_repaired, "last_repair_at": self.last_drift_at},
-        }
+        """What this agent tells the servers with every heartbeat (`vxnet status`)."""
+        return report.status_report(self._received_revision, self._applied_received, self.last_result,
+                                    [f.name for f in self.features], self._failing, self._down_reasons,
+                                    self.drift_repaired, self.last_drift_at)
 
-    # ------------------------------------------------------------------ doctor
     def doctor(self, repair: bool = False, timeout: float = 20.0) -> dict[str, Any]:
-        """Compare the desired state of the current view with the kernel (read-only); with
-        `repair`, have passes re-read the kernel until no drift is left (or `timeout`)."""
+        """Compare the desired state of the current view with the kernel (agent/doctor.py)."""
         from vxnet.agent import doctor
 
-        view = self.view
-        if not view.complete:
-            return {"host": self.cfg.host, "error": "no complete view yet", "drift": []}
-        spec = self.cfg.context.spec
-
-        def check() -> list[doctor.Drift]:
-            return doctor.host_drift(self.view.view, spec, self.cfg.netns, self.doctor_kernel, self.doctor_list_table)
-
-        found = check()
-        out: dict[str, Any] = {"host": self.cfg.host, "revision": view.revision, "checked": list(doctor.CHECKED),
-                               "drift": [d.as_dict() for d in found[:DOCTOR_SHOWN]], "drift_count": len(found)}
-        if repair and found:
-            left = found
-            deadline = time.monotonic() + timeout
-            while left and time.monotonic() < deadline:
-                before = self.passes
-                self.kernel_changed(invalidate=True)
-                with self.applied:
-                    self.applied.wait_for(lambda b=before: self.passes > b or self._stop.is_set(),
-                                          max(0.0, deadline - time.monotonic()))
-                left = check()
-            out["after_repair"] = [d.as_dict() for d in left[:DOCTOR_SHOWN]]
-        log.info("host=%s doctor: %d drift(s)%s", self.cfg.host, len(found),
-                 f", {len(out['after_repair'])} left after repair" if "after_repair" in out else "")
-        return out
-
-    def _doctor_request(self, msg: Mapping[str, Any]) -> None:
-        """A `doctor` stream message: answer it from another thread (the diff reads the kernel)."""
-        hosts = msg.get("hosts")
-        if isinstance(hosts, list) and self.cfg.host not in hosts:
-            return
-        request_id = str(msg.get("id") or "")
-
-        def run() -> None:
-            try:
-                result = self.doctor(repair=bool(msg.get("repair")))
-            except Exception as e:  # answer with the failure rather than not at all
-                log.exception("host=%s doctor %s failed", self.cfg.host, request_id)
-                result = {"host": self.cfg.host, "error": f"{type(e).__name__}: {e}", "drift": []}
-            try:
-                report = getattr(self.control, "report_doctor", None)
-                if report is not None:
-                    report(request_id, result)
-            except Exception as e:  # noqa: BLE001 - the asker times out and says so
-                log.warning("host=%s doctor %s: answer not delivered: %s", self.cfg.host, request_id, e)
-
-        threading.Thread(target=run, name="vxnet-agent-doctor", daemon=True).start()
+        return doctor.run(self, repair, timeout)
 
     def _record(self, view: ViewState, desired: HostDesired, result: ReconcileResult,
                 request_ids: list[str] | None = None) -> None:

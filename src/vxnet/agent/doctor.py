@@ -9,6 +9,11 @@ function (`compute_host`) and reads the kernel the way the reconcilers do, but c
   (set elements are not compared).
 Routing, DHCP and gateway objects are not checked (`CHECKED` says what is).
 
+`run(agent, repair)` is the agent's side (`Agent.doctor`): the diff of its current view; with
+`repair`, passes that read the kernel again (`kernel_changed(invalidate=True)`, as the periodic
+resync does) until no drift is left or the timeout. `answer_request(agent, msg)` answers a
+`doctor` stream message from its own thread and sends the result to the servers.
+
 Each difference is one `Drift(kind, object, expected, found)`: `found` None = missing in the
 kernel, `expected` None = in the kernel but not desired (an owned object the agent would
 delete). The agent runs this for `vxnet doctor` requests (its current view, the same
@@ -20,9 +25,12 @@ again on its next pass (`Agent.kernel_changed(invalidate=True)`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import subprocess
+import threading
+import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from vxnet.compute import naming
 from vxnet.compute.diff import Diff, diff
@@ -30,6 +38,9 @@ from vxnet.compute.firewall import NftTable
 from vxnet.compute.host import HostSpec, compute_host
 
 CHECKED = ("bridges", "vxlans", "plugs", "fdb", "neighs", "nftables")
+SHOWN = 500     # drift entries an answer lists (its `drift_count` counts them all)
+
+log = logging.getLogger("vxnet.agent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,3 +155,71 @@ def nft_list(netns: str | None, family: str, name: str) -> str:
     if r.returncode != 0:
         raise RuntimeError((r.stderr or r.stdout).strip()[-500:])
     return r.stdout
+
+
+class DoctorAgent(Protocol):
+    """What `run` and `answer_request` use of the agent (vxnet.agent.core.Agent)."""
+
+    cfg: Any
+    control: Any
+    passes: int
+    applied: threading.Condition
+    doctor_kernel: Any
+    doctor_list_table: Any
+
+    @property
+    def view(self) -> Any: ...
+    def kernel_changed(self, invalidate: bool) -> None: ...
+    def doctor(self, repair: bool = False, timeout: float = 20.0) -> dict[str, Any]: ...
+
+
+def run(agent: DoctorAgent, repair: bool = False, timeout: float = 20.0) -> dict[str, Any]:
+    """The agent's doctor answer: its drift now; with `repair`, what is left after repairing."""
+    view = agent.view
+    if not view.complete:
+        return {"host": agent.cfg.host, "error": "no complete view yet", "drift": []}
+    spec = agent.cfg.context.spec
+
+    def check() -> list[Drift]:
+        return host_drift(agent.view.view, spec, agent.cfg.netns, agent.doctor_kernel, agent.doctor_list_table)
+
+    found = check()
+    out: dict[str, Any] = {"host": agent.cfg.host, "revision": view.revision, "checked": list(CHECKED),
+                           "drift": [d.as_dict() for d in found[:SHOWN]], "drift_count": len(found)}
+    if repair and found:
+        left = found
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            before = agent.passes
+            agent.kernel_changed(invalidate=True)
+            with agent.applied:
+                agent.applied.wait_for(lambda b=before: agent.passes > b, max(0.0, deadline - time.monotonic()))
+            left = check()
+        out["after_repair"] = [d.as_dict() for d in left[:SHOWN]]
+    log.info("host=%s doctor: %d drift(s)%s", agent.cfg.host, len(found),
+             f", {len(out['after_repair'])} left after repair" if "after_repair" in out else "")
+    return out
+
+
+def answer_request(agent: DoctorAgent, msg: Mapping[str, Any]) -> None:
+    """A `doctor` stream message: answered from another thread (the diff reads the kernel, a
+    repair waits for passes), the result sent with `control.report_doctor`."""
+    hosts = msg.get("hosts")
+    if isinstance(hosts, list) and agent.cfg.host not in hosts:
+        return
+    request_id = str(msg.get("id") or "")
+
+    def answer() -> None:
+        try:
+            result = agent.doctor(repair=bool(msg.get("repair")))
+        except Exception as e:  # answer with the failure rather than not at all
+            log.exception("host=%s doctor %s failed", agent.cfg.host, request_id)
+            result = {"host": agent.cfg.host, "error": f"{type(e).__name__}: {e}", "drift": []}
+        try:
+            send = getattr(agent.control, "report_doctor", None)
+            if send is not None:
+                send(request_id, result)
+        except Exception as e:  # noqa: BLE001 - the asker times out and says so
+            log.warning("host=%s doctor %s: answer not delivered: %s", agent.cfg.host, request_id, e)
+
+    threading.Thread(target=answer, name="vxnet-agent-doctor", daemon=True).start()
