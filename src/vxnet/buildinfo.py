@@ -7,8 +7,8 @@ labels (`version`, `python`) carry the information, so a query can join on it.
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
+import os
+import sys
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import registry as prom_registry
@@ -17,16 +17,32 @@ METRIC = "vxnet_build_info"
 
 
 def version() -> str:
-    """The installed vxnet's version ("unknown" when run from a tree that was never installed)."""
-    try:
-        return metadata.version("vxnet")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The installed vxnet's version ("unknown" when run from a tree that was never installed).
+
+    Read from the distribution's METADATA on sys.path directly: `importlib.metadata` pulls in
+    the email and zipfile packages (about 7 MB of RSS), which the agent's memory budget notices."""
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("vxnet-") and name.endswith(".dist-info"):
+                try:
+                    with open(os.path.join(entry or ".", name, "METADATA"), encoding="utf-8") as f:
+                        for line in f:
+                            if line.startswith("Version:"):
+                                return line.split(":", 1)[1].strip()
+                            if not line.strip():
+                                break   # end of the headers
+                except OSError:
+                    continue
+    return "unknown"
 
 
 def python_version() -> str:
-    """The running Python, e.g. "3.11.2"."""
-    return platform.python_version()
+    """The running Python, e.g. "3.11.2" (what platform.python_version() says)."""
+    return sys.version.split()[0]
 
 
 def describe() -> str:

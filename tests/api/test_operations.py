@@ -158,6 +158,9 @@ def test_build_info_metric_and_version() -> None:
     reg = CollectorRegistry()
     register_build_info(reg)
     text = generate_latest(reg).decode()
+    from importlib import metadata
+
+    assert version() == metadata.version("vxnet")      # the package's metadata, read cheaply
     assert f'vxnet_build_info{{python="{sys.version.split()[0]}",version="{version()}"}} 1.0' in text
     out = subprocess.run([sys.executable, "-c", "from vxnet.cli.main import main; main()", "--version"],
                          capture_output=True, text=True, timeout=60, check=False)
