@@ -20,6 +20,8 @@ access_log = true                     # one line per request on `vxnet.access`, 
                                       # denials on `vxnet.audit` (both at info)
 metrics_listen = "127.0.0.1:9698"     # serve /metrics only there (not on the API port)
 metrics_public = false                # on the API port, /metrics needs an admin token unless true
+log_level = "info"                    # also --log-level (which wins); re-read on SIGHUP
+log_format = "text"                   # or "json" (one object per line); also --log-format
 
 [identity]
 login_failures_per_user = 5           # failed logins per user name per window -> 429
@@ -140,6 +142,8 @@ class Config:
     access_log: bool = True
     metrics_listen: str | None = None
     metrics_public: bool = False
+    log_level: str | None = None     # None: the command line's (default warning); re-read on SIGHUP
+    log_format: str = "text"         # text | json
     users: tuple[User, ...] = ()
     extra_projects: tuple[str, ...] = ()
     login_failures_per_user: int = 5
@@ -176,6 +180,12 @@ def _check_limits(cfg: Config) -> None:
     for key in ("access_log", "metrics_public"):
         if not isinstance(getattr(cfg, key), bool):
             raise ConfigError(f"[server] {key} must be true or false")
+    from vxnet.logsetup import check
+
+    try:
+        check(cfg.log_level or "info", cfg.log_format)
+    except ValueError as e:
+        raise ConfigError(f"[server] {e}") from None
     if cfg.metrics_listen is not None and not re.fullmatch(r"\[?[\w.:-]*\]?:\d{1,5}", cfg.metrics_listen):
         raise ConfigError(f"[server] metrics_listen must be HOST:PORT, not {cfg.metrics_listen!r}")
 

@@ -35,7 +35,7 @@ class Once:
     def register(self) -> dict:
         return {}
 
-    def heartbeat(self) -> bool:
+    def heartbeat(self, report: dict | None = None) -> bool:
         return True
 
     def stream(self, since: int | None) -> Iterator[dict]:

@@ -44,7 +44,7 @@ class FakeControl:
     def register(self) -> Mapping[str, Any]:
         return {"heartbeat_interval": 3}
 
-    def heartbeat(self) -> bool:
+    def heartbeat(self, report: Mapping[str, Any] | None = None) -> bool:
         return True
 
     def stream(self, since: int | None) -> Iterator[Mapping[str, Any]]:

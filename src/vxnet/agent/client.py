@@ -18,6 +18,8 @@ every network namespace can see):
   the store epoch of the last snapshot and sends it with every `since`, so a `since` of
   another store (a server of a migrated store) gets a snapshot, never a resume.
 - `report_status(active, down)`: ports' Neutron status; returns the ids the server changed.
+- `heartbeat(report)` carries the agent's status report; `report_doctor(id, result)` answers
+  a doctor request that came in the view stream.
 
 Synchronous (httpx), safe to use from a few threads (heartbeats in one, the stream in another).
 """
@@ -31,7 +33,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -168,9 +170,10 @@ class ServerClient:
         reply: dict[str, Any] = r.json()
         return reply
 
-    def heartbeat(self) -> bool:
-        """Refresh the host's lease; False if the server does not know the host (register)."""
-        r = self._call("POST", "heartbeat")
+    def heartbeat(self, report: Mapping[str, Any] | None = None) -> bool:
+        """Refresh the host's lease, with the agent's status report (`vxnet status`); False if
+        the server does not know the host (register)."""
+        r = self._call("POST", "heartbeat", None if report is None else {"status": dict(report)})
         if r.status_code == 404:
             return False
         if r.status_code != 200:
@@ -184,6 +187,12 @@ class ServerClient:
         if r.status_code != 200:
             raise ServerRejected(r.status_code, r.text)
         return list(r.json().get("updated", []))
+
+    def report_doctor(self, request_id: str, result: Mapping[str, Any]) -> None:
+        """Answer a doctor request (`vxnet doctor`)."""
+        r = self._call("POST", f"doctor/{request_id}", dict(result))
+        if r.status_code != 200:
+            raise ServerRejected(r.status_code, r.text)
 
     # --- the view stream ------------------------------------------------------------------------
     def stream(self, since: int | None = None) -> Iterator[dict[str, Any]]:

@@ -12,7 +12,9 @@ Threads (all daemons, all stopped by `stop()`):
   (`compute.host.HostComputer`: exactly the pure `compute_host`, recomputing only what
   changed) and converges the kernel.
   Level-triggered: every pass starts from the current view and kernel.
-- heartbeat: keeps the host registered (re-registers when the server forgot it).
+- heartbeat: keeps the host registered (re-registers when the server forgot it); every
+  heartbeat carries `status_report()` (applied revision, ports, drift repairs, features: what
+  `vxnet status` shows).
 - reporter: sends port status changes queued by reconcile passes (latest truth wins), retrying
   while no server answers; reconcile never waits on HTTP.
 
@@ -24,6 +26,11 @@ Invariants:
 - When no server is reachable the kernel keeps its last state; drift repair keeps running on
   the last known view.
 - A local port is reported ACTIVE only after a pass that applied its data path without error.
+
+Operations (docs/operations.md): a pass logs the request ids (X-Openstack-Request-Id) of the
+updates it applied; a `doctor` stream message runs `doctor()` (read-only diff of desired and
+kernel state, `agent/doctor.py`; with `repair`, a pass that re-reads the kernel, then the diff
+again) in its own thread and sends the result back (`report_doctor`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from vxnet.agent import gateway, metrics
+from vxnet.agent import gateway, metrics, report
 from vxnet.agent.backoff import Backoff
 from vxnet.agent.dhcp import DhcpFeature
 from vxnet.agent.features import Feature, FeatureResult, HostContext
@@ -67,7 +74,7 @@ class ControlPlane(Protocol):
     """What the agent needs from the servers (`vxnet.agent.client.ServerClient` implements it)."""
 
     def register(self) -> Mapping[str, Any]: ...
-    def heartbeat(self) -> bool: ...
+    def heartbeat(self, report: Mapping[str, Any] | None = None) -> bool: ...
     def stream(self, since: int | None) -> Iterator[Mapping[str, Any]]: ...
     def report_status(self, active: Iterable[str], down: Iterable[str]) -> None: ...
 
@@ -120,7 +127,19 @@ class Agent:
         self.passes = 0
         self.unchanged_passes = 0        # passes whose desired state was the previous pass's
         self._last_desired: HostDesired | None = None
-        self.applied = threading.Condition()
+        self.applied = threading.Condition()     # notified after every pass
+        # what `status_report()` tells the servers (docs/operations.md)
+        self._received_revision: int | None = None  # revision of the last update/snapshot in the view
+        self._applied_received: int | None = None   # ... of the view the last clean pass applied
+        self._request_ids: list[str] = []            # of the updates not yet in a pass (logged by it)
+        self._down_reasons: dict[str, str] = {}      # local port -> why it is not ACTIVE
+        self._failing: tuple[str, ...] = ()          # what the last pass failed to apply
+        self.drift_repaired = 0                      # objects changed while the desired state did not
+        self.last_drift_at: str | None = None
+        # `doctor()` reads the kernel through its own netlink socket and `nft` (None); tests put
+        # their fakes here (a `Kernel` and a `list_table(family, name)`, see agent/doctor.py).
+        self.doctor_kernel: Any = None
+        self.doctor_list_table: Any = None
 
     # ------------------------------------------------------------------ public surface
     @property
@@ -134,9 +153,20 @@ class Agent:
 
     def on_message(self, msg: Mapping[str, Any]) -> None:
         """Feed one stream message (thread-safe)."""
+        kind = msg.get("type")
+        if kind == "doctor":
+            from vxnet.agent import doctor
+
+            doctor.answer_request(self, msg)
+            return
         with self._lock:
             self._view = apply_message(self._view, msg)
             view = self._view
+            if kind in ("update", "snapshot") and view.revision == int(msg.get("revision") or 0):
+                self._received_revision = view.revision
+                rid = msg.get("request_id")
+                if isinstance(rid, str) and len(self._request_ids) < 1000:
+                    self._request_ids.append(rid[:80])
         metrics.VIEW_REVISION.set(view.revision)
         if msg.get("type") == "update":
             for kind in {*(msg.get("put") or {}), *(msg.get("delete") or {})}:
@@ -185,9 +215,11 @@ class Agent:
     # ------------------------------------------------------------------ reconcile
     def run_once(self) -> ReconcileResult | None:
         """One level-triggered pass over the current view; None before the first snapshot."""
-        view = self.view
-        if not view.complete:
-            return None
+        with self._lock:
+            view, received = self._view, self._received_revision
+            if not view.complete:
+                return None
+            request_ids, self._request_ids = self._request_ids, []
         if self._invalidate:
             self._invalidate = False
             self.reconciler.invalidate()
@@ -206,7 +238,9 @@ class Agent:
             result = self.reconciler.reconcile(desired.l2)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
-            log.exception("reconcile failed (host=%s)", self.cfg.host)
+            log.exception("reconcile failed (host=%s revision=%s request_ids=%s)", self.cfg.host, view.revision,
+                          ",".join(request_ids) or "-")
+            self._failing = ("reconcile: exception (see the agent log)",)
             self.reconciler.invalidate()
             self._retry_later()
             return None
@@ -214,6 +248,7 @@ class Agent:
         self.last_timings = timings
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
+        l2_result = result
         if fresults:
             result = self._combine(result, fresults)
         self.passes += 1
@@ -221,30 +256,25 @@ class Agent:
         self.unchanged_passes += unchanged
         self._last_desired = desired
         metrics.PASSES.labels("unchanged" if unchanged else "changed").inc()
-        self.last_result = result
-        self._record(view, desired, result)
-        if unchanged:
+        if unchanged and not self._failing:
             self._count_drift(result, fresults)
+        self.last_result = result
+        self._down_reasons = report.down_reasons(desired.l2.local_ports, l2_result, [f.name for f in self.features],
+                                                 fresults)
+        self._failing = tuple(str(f)[:200] for f in result.failed[:5])
+        self._record(view, desired, result, request_ids)
         self._report(view, result)
         if not result.failed:
             self._pass_backoff.reset()
+            self._applied_received = received
             with self.applied:
                 self._applied_revision = view.revision
-                self.applied.notify_all()
             metrics.APPLIED_REVISION.set(view.revision)
+        with self.applied:
+            self.applied.notify_all()
         if result.failed:
             self._retry_later()
         return result
-
-    def _count_drift(self, result: ReconcileResult, fresults: list[FeatureResult]) -> None:
-        """Changes made for an unchanged desired state: the kernel had drifted (metrics only)."""
-        for kind, n in result.diff.counts().items():
-            if n:
-                metrics.DRIFT_REPAIRS.labels(kind).inc(n)
-        for f, r in zip(self.features, fresults, strict=True):
-            for kind, n in r.changes.items():
-                if n:
-                    metrics.DRIFT_REPAIRS.labels(f"{f.name}_{kind}").inc(n)
 
     def _apply_feature(self, f: Feature, desired: Any) -> FeatureResult:
         try:
@@ -266,7 +296,31 @@ class Agent:
                          {k: v for k, v in r.changes.items() if v})
         return dataclasses.replace(result, failed=failed, active=result.active - down, down=result.down | down)
 
-    def _record(self, view: ViewState, desired: HostDesired, result: ReconcileResult) -> None:
+    def _count_drift(self, result: ReconcileResult, fresults: list[FeatureResult]) -> None:
+        """Changes made by a pass whose desired state had not changed (after a clean pass):
+        the kernel drifted (someone else changed it) and this pass repaired it."""
+        counts = report.drift_counts(result, [f.name for f in self.features], fresults)
+        if counts:
+            for kind, n in counts.items():
+                metrics.DRIFT_REPAIRS.labels(kind).inc(n)
+            self.drift_repaired += sum(counts.values())
+            self.last_drift_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            log.warning("host=%s repaired drift: %s", self.cfg.host, counts)
+
+    def status_report(self) -> dict[str, Any]:
+        """What this agent tells the servers with every heartbeat (`vxnet status`)."""
+        return report.status_report(self._received_revision, self._applied_received, self.last_result,
+                                    [f.name for f in self.features], self._failing, self._down_reasons,
+                                    self.drift_repaired, self.last_drift_at)
+
+    def doctor(self, repair: bool = False, timeout: float = 20.0) -> dict[str, Any]:
+        """Compare the desired state of the current view with the kernel (agent/doctor.py)."""
+        from vxnet.agent import doctor
+
+        return doctor.run(self, repair, timeout)
+
+    def _record(self, view: ViewState, desired: HostDesired, result: ReconcileResult,
+                request_ids: list[str] | None = None) -> None:
         for kind, n in view.size().items():
             metrics.VIEW_OBJECTS.labels(kind).set(n)
         for kind, n in desired.l2.size().items():
@@ -282,9 +336,10 @@ class Agent:
             metrics.ERRORS.labels("apply").inc(len(result.failed))
         metrics.PORTS.labels("ACTIVE").set(len(result.active))
         metrics.PORTS.labels("DOWN").set(len(result.down))
-        if result.changes:
+        if result.changes or request_ids:
             parts = " ".join(f"{k}={v * 1000:.1f}" for k, v in self.last_timings.items() if v >= 0.0001)
-            log.info("host=%s revision=%s applied %s in %.1f ms (ms: %s)%s", self.cfg.host, view.revision,
+            log.info("host=%s revision=%s request_ids=%s applied %s in %.1f ms (ms: %s)%s", self.cfg.host,
+                     view.revision, ",".join(dict.fromkeys(request_ids or ())) or "-",
                      {k: v for k, v in result.diff.counts().items() if v}, result.seconds * 1000, parts,
                      f" failed={list(result.failed)}" if result.failed else "")
 
@@ -397,7 +452,7 @@ class Agent:
                     self.cfg.heartbeat_interval = float(reply.get("heartbeat_interval", self.cfg.heartbeat_interval))
                     registered = True
                     log.info("host=%s registered (underlay %s)", self.cfg.host, self.cfg.underlay_ip)
-                elif not self.control.heartbeat():
+                elif not self.control.heartbeat(self.status_report()):
                     registered = False
                     continue
             except Exception as e:  # noqa: BLE001 - keep heartbeating whatever the failure

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from vxnet.buildinfo import register_build_info
+
 VIEW_OBJECTS = Gauge("vxnet_agent_view_objects", "Objects in this host's view", ["kind"])
 VIEW_REVISION = Gauge("vxnet_agent_view_revision", "Store revision of the view")
 UPDATE_REVISION = Gauge("vxnet_agent_update_revision", "Store revision of the last update or snapshot received "
@@ -28,3 +30,4 @@ RETRY_SECONDS = Gauge("vxnet_agent_retry_delay_seconds", "Delay before the retry
 DRIFT_REPAIRS = Counter("vxnet_agent_drift_repairs_total", "Kernel objects changed by passes whose desired state had "
                         "not changed (drift repaired; also a tap that appeared being plugged, or a failed change "
                         "retried)", ["kind"])
+BUILD_INFO = register_build_info()

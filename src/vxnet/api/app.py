@@ -53,6 +53,7 @@ from vxnet.api.routers import (
     identity,
     network_ip_availabilities,
     networks,
+    operations,
     ports,
     qos,
     quotas,
@@ -64,6 +65,7 @@ from vxnet.api.routers import (
     ui,
 )
 from vxnet.api.state import AppState, run_store
+from vxnet.buildinfo import register_build_info
 from vxnet.config import Config
 from vxnet.services.errors import ServiceError
 from vxnet.services.repo import ClaimTaken, Conflict
@@ -90,6 +92,7 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     network_ip_availabilities,
     qos,
     agent_stream,
+    operations,
     ui,
 )
 
@@ -133,13 +136,15 @@ SPEC_ENV = "VXNET_SERVER_SPEC"
 def app_from_env() -> FastAPI:
     """Factory for `vxnet server --workers N`: each worker process opens its own store client
     from the settings the parent put in the environment."""
+    from vxnet import logsetup
     from vxnet.config import load_config
     from vxnet.store import open_store
 
     spec = json.loads(os.environ[SPEC_ENV])
     if not logging.getLogger().handlers:  # a fresh worker process: log like the parent does
-        logging.basicConfig(level=str(spec.get("log_level", "warning")).upper(),
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logsetup.configure(str(spec.get("log_level", "warning")), str(spec.get("log_format", "text")))
+        if spec.get("config"):
+            logsetup.reload_on_sighup(lambda: load_config(spec["config"]).log_level)
     cfg = load_config(spec["config"]).with_overrides(listen=spec["listen"], store=spec["store"],
                                                      data_dir=spec["data_dir"])
     return create_app(cfg, open_store(cfg.store, cfg.data_dir))
@@ -267,6 +272,7 @@ def _install_metrics(app: FastAPI, state: AppState) -> None:
     revision = Gauge("vxnet_store_revision", "Current store revision", registry=registry)
     revision.set_function(lambda: ops_metrics.revision_or_nan(state.store))
     ops_metrics.register(registry, state)
+    register_build_info(registry)
     app.state.metrics_registry = registry
 
     class Measure:

@@ -13,6 +13,9 @@ For every HTTP request, before any route or authentication runs:
   413 is discarded by the HTTP server, which keeps the connection (so the client reads the 413
   instead of a reset).
 
+The request id is also set as `vxnet.services.repo.REQUEST_ID` while the request runs, so
+every store revision the request writes names it (the audit trail through to the agents).
+
 After the response, one access line on the `vxnet.access` logger at info:
 `<request id> global=<id|-> user=<id|-> project=<id|-> <METHOD> <path> <status> <ms>ms remote=<addr>`.
 Writes (POST/PUT/PATCH/DELETE) and denials (401/403) also go to `vxnet.audit` at info, with the
@@ -30,6 +33,7 @@ import uuid
 from typing import Any
 
 from vxnet.api.errors import ApiError
+from vxnet.services.repo import REQUEST_ID
 
 HEADER = b"x-openstack-request-id"
 _GLOBAL_ID = re.compile(r"req-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}")
@@ -130,6 +134,7 @@ class RequestGuard:
                     raise BodyTooLarge(limit)
             return message
 
+        rid_token = REQUEST_ID.set(rid)   # store writes of this request carry it (audit trail)
         try:
             if length is not None and length > limit:
                 raise BodyTooLarge(limit)  # refused before anything reads it
@@ -146,6 +151,7 @@ class RequestGuard:
             for message in _error_messages(err):
                 await send_with_id(message)
         finally:
+            REQUEST_ID.reset(rid_token)
             if access_log.isEnabledFor(logging.INFO) or audit_log.isEnabledFor(logging.INFO):
                 self._log(scope, state, rid, global_id, method, status, time.perf_counter() - start,
                           bytes(created) if capture else b"")

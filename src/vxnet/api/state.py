@@ -85,6 +85,7 @@ class AppState:
         self.login_limiter = LoginLimiter(config.login_failures_per_user, config.login_failures_per_source,
                                           config.login_failure_window)
         self.hub: Hub | None = None  # the server's one store watch, set by routers/agent_stream.setup()
+        self.announcement: Any = None  # this server's key in the store (services/servers.py), set by routers/operations
 
     @property
     def token_key(self) -> bytes:

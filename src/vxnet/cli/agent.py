@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import logging
 import signal
+import tomllib
+from typing import Any
 
 import typer
+
+DEFAULT_CONTROL_SOCKET = "/run/vxnet/agent.sock"
+
+
+def agent_settings(path: str | None) -> dict[str, Any]:
+    """The `[agent]` table of the agent's TOML file (`log_level`, `log_format`); {} without one."""
+    if path is None:
+        return {}
+    with open(path, "rb") as f:
+        try:
+            table = tomllib.load(f).get("agent", {})
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: {e}") from None
+    unknown = set(table) - {"log_level", "log_format"}
+    if unknown:
+        raise ValueError(f"{path}: unknown [agent] keys: {', '.join(sorted(unknown))}")
+    return dict(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +46,12 @@ def register(app: typer.Typer) -> None:
         dhcp_lease_time: int = typer.Option(86400, help="DHCP lease time in seconds (VMs renew at half)"),
         metrics_listen: str = typer.Option(None, help="HOST:PORT for Prometheus /metrics"),
         resync: float = typer.Option(30.0, help="seconds between drift-repair resyncs"),
-        log_level: str = typer.Option("info", help="log level"),
+        log_level: str = typer.Option(None, help="log level (default: the config file's, else info)"),
+        log_format: str = typer.Option(None, help="text or json (default: the config file's, else text)"),
+        config: str = typer.Option(None, help="TOML file with an \\[agent] table: log_level, log_format "
+                                              "(SIGHUP re-reads log_level)"),
+        control_socket: str = typer.Option(DEFAULT_CONTROL_SOCKET, help="unix socket where `vxnet doctor --local` "
+                                                                        "reaches this agent (\"\" = none)"),
     ) -> None:
         """Run the host agent: watch this host's view and converge the kernel to it."""
         from vxnet.agent.client import make_control_plane
@@ -35,7 +59,17 @@ def register(app: typer.Typer) -> None:
 
         limit_malloc_arenas()
 
-        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        from vxnet import logsetup
+
+        try:
+            settings = agent_settings(config)
+            logsetup.configure(log_level or settings.get("log_level") or "info",
+                               log_format or settings.get("log_format") or "text")
+        except (OSError, ValueError) as e:
+            typer.echo(f"vxnet agent: {e}", err=True)
+            raise typer.Exit(2) from None
+        if config:
+            logsetup.reload_on_sighup(lambda: agent_settings(config).get("log_level"))
         logging.getLogger("httpx").setLevel(logging.WARNING)
         if metrics_listen:
             from prometheus_client import start_http_server
@@ -46,8 +80,20 @@ def register(app: typer.Typer) -> None:
                                      user, password, project, gateway, external_interface)
         a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
                               external_interface=external_interface, dhcp_lease_time=dhcp_lease_time), control)
+        local = None
+        if control_socket:
+            from vxnet.agent.control import ControlSocket
+
+            try:
+                local = ControlSocket(control_socket, lambda repair: a.doctor(repair))
+            except OSError as e:    # not fatal: only `vxnet doctor --local` needs it
+                logging.getLogger("vxnet.agent").warning("control socket %s: %s (vxnet doctor --local cannot "
+                                                         "reach this agent)", control_socket, e)
         signal.signal(signal.SIGTERM, lambda *_: a.stop())
         try:
             a.run()
         except KeyboardInterrupt:
             a.stop()
+        finally:
+            if local is not None:
+                local.close()

@@ -82,7 +82,9 @@ def register(app: typer.Typer) -> None:
         else:
             for line in render(t):
                 typer.echo(line)
-        raise typer.Exit(3 if t.drift else 0)
+        # Scriptable: 0 = the packet arrives (delivered, or leaves to the outside), 1 = it does
+        # not (dropped, unreachable), 3 = the live kernel disagrees with the desired state.
+        raise typer.Exit(3 if t.drift else 0 if t.verdict in ("delivered", "leaves") else 1)
 
 
 

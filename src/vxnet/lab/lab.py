@@ -207,6 +207,11 @@ def _host_index(st: dict[str, Any], host: str) -> int:
     return int(host[1:])
 
 
+def control_socket(host: str) -> str:
+    """Where the lab's agent of `host` serves `vxnet doctor --local` (agent/control.py)."""
+    return os.path.join(state_dir(), f"agent-{host}.sock")
+
+
 def start_agent(st: dict[str, Any], host: str) -> int:
     """Start (or restart) the agent of `host` inside its namespace."""
     i = _host_index(st, host)
@@ -219,7 +224,8 @@ def start_agent(st: dict[str, Any], host: str) -> int:
     # to everyone else and destroyed with the agent process (routing broken by a restart).
     cmd = ["nsenter", f"--net=/run/netns/{topology.host_ns(i)}", *_python_cmd(
         "agent", "--server", st["mgmt_url"], "--host", host, "--underlay-ip", topology.underlay_ip(i),
-        "--user", u["name"], "--password", u["password"], "--project", u["project"], *gw_args, *st.get("agent_args", []))]
+        "--user", u["name"], "--password", u["password"], "--project", u["project"], *gw_args,
+        "--control-socket", control_socket(host), *st.get("agent_args", []))]
     pid = _spawn(cmd, f"agent-{host}.log")
     st["agents"][host] = pid
     save_state(st)

@@ -8,11 +8,11 @@ reach every agent stream. Run as `python -m vxnet.lab.server --config F --listen
 from __future__ import annotations
 
 import argparse
-import logging
 import socket
 
 import uvicorn
 
+from vxnet import logsetup
 from vxnet.api.app import create_app
 from vxnet.config import load_config
 from vxnet.store import open_store
@@ -37,15 +37,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--listen", action="append", required=True)
     ap.add_argument("--store")
     ap.add_argument("--data-dir")
-    ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--log-level", default=None)
+    ap.add_argument("--log-format", default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    cfg = load_config(args.config).with_overrides(store=args.store, data_dir=args.data_dir, listen=args.listen[0])
+    cfg = load_config(args.config).with_overrides(store=args.store, data_dir=args.data_dir, listen=args.listen[0],
+                                                  log_format=args.log_format)
+    args.log_level = args.log_level or cfg.log_level or "warning"
+    logsetup.configure(args.log_level, cfg.log_format)
+    logsetup.reload_on_sighup(lambda: load_config(args.config).log_level)
     store = open_store(cfg.store, cfg.data_dir)
     sockets = [_bind(a) for a in args.listen]
     app = create_app(cfg, store)
     # Agent view streams never end by themselves: without a bound, SIGTERM waits on them.
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=1))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=1,
+                                           **({"log_config": None} if cfg.log_format == "json" else {})))
     try:
         server.run(sockets=sockets)
     finally:

@@ -6,6 +6,10 @@ Store layout:
 - `/vxnet/agents/<host>`: the liveness key, attached to the agent's lease. Heartbeats refresh
   the lease (no write); the record's `heartbeat_timestamp` is rewritten at most every
   HEARTBEAT_RECORD_INTERVAL seconds.
+- `/vxnet/agent-status/<host>`: the agent's last status report (applied revision, ports,
+  drift repairs, features; `vxnet status`), sent with every heartbeat and written only when it
+  differs from the stored one (a report changes when something happens, not with time). Not
+  leased: a dead host's last report stays readable.
 - When the liveness key disappears (lease expired or revoked) and has not been recreated, the
   record becomes `alive: false` and the host's ACTIVE ports DOWN, in one transaction. Every
   server does this (idempotently); at start each server also repairs records left `alive`
@@ -34,6 +38,8 @@ log = logging.getLogger("vxnet.agents")
 
 HEARTBEAT_RECORD_INTERVAL = 10.0
 LIVE_PREFIX = f"{ROOT}agents/"
+STATUS_PREFIX = f"{ROOT}agent-status/"
+STATUS_MAX_BYTES = 64 * 1024
 _AGENT_NS = uuid.UUID("0c5d1a7e-3f0b-4d2a-8a51-6e1f4b2c9d07")
 
 
@@ -119,9 +125,15 @@ def register(store: Store, repo: Repo, host: str, reg: Registration, ttl: int) -
     return rec
 
 
-def heartbeat(store: Store, host: str) -> None:
-    """Refresh the host's lease (and, at most every HEARTBEAT_RECORD_INTERVAL, its record).
-    NotFound (AgentNotFound) when the host is not registered."""
+def status_key(host: str) -> str:
+    """Where the host's last status report is kept."""
+    return STATUS_PREFIX + host
+
+
+def heartbeat(store: Store, host: str, status: dict[str, Any] | None = None) -> None:
+    """Refresh the host's lease (and, at most every HEARTBEAT_RECORD_INTERVAL, its record);
+    store `status` when it differs from the stored report. NotFound (AgentNotFound) when the
+    host is not registered."""
     kv = store.get(live_key(host))
     not_registered = NotFound("AgentNotFound", f"Agent for host {host} is not registered")
     if kv is None or not kv.lease:
@@ -141,6 +153,12 @@ def heartbeat(store: Store, host: str) -> None:
         rec["heartbeat_timestamp"] = agent_time()
         # Best effort: a concurrent change of the record wins; the next heartbeat retries.
         store.txn([Compare(rkey, "mod", "==", rec_kv.mod_revision)], [Put(rkey, json.dumps(rec))])
+    if status is not None:
+        text = json.dumps(status, sort_keys=True, separators=(",", ":"))
+        skey = status_key(host)
+        old = store.get(skey)
+        if old is None or old.value != text:
+            store.txn([], [Put(skey, text)])
 
 
 def set_ports_status(repo: Repo, host: str, wanted: dict[str, str]) -> list[str]:

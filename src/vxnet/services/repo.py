@@ -29,6 +29,12 @@ re-applied create can never store a second copy and is recognised as this reques
 `touch(key)` bumps a key's revision for others to guard on (e.g. "an allocation on this subnet
 happened"); its value means nothing and nothing reads it back.
 
+Audit trail: while `REQUEST_ID` is set (the API's request guard sets it to the request's
+`X-Openstack-Request-Id` for the duration of the request), every committed transaction also
+puts `meta/request` = that id, so the store revision a request produced names the request; the
+servers' view hub sends it with that revision's view updates and agents log it with the pass
+that applied them (docs/operations.md). One key, overwritten: it costs one put per write.
+
 `Repo.stage_hook` (None unless installed; services/quotas.py installs one) sees every staged
 `put`/`delete` of a resource, before it is staged, in the same unit of work: it may read and
 stage more keys (e.g. usage counters) or raise to refuse the whole transaction.
@@ -74,6 +80,8 @@ ABORTED = "aborted"
 MARKER_MARGIN = 15.0  # seconds: a marker's absence is evidence only this long before it may expire
 T = TypeVar("T")
 
+REQUEST_KEY = f"{ROOT}meta/request"  # the request id of the transaction that wrote it (audit trail)
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("vxnet_request_id", default=None)
 _current_uow: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar("vxnet_uow", default=None)
 
 
@@ -314,6 +322,9 @@ class Repo:
                 return result
             compares = list(uow._compares.values())
             ops = list(uow._ops.values())
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                ops.append(Put(REQUEST_KEY, request_id))
             marker = ""
             granted_at = 0.0
             if markers:

@@ -16,6 +16,12 @@ disconnected (it resumes or gets a snapshot). If applying a change ever fails, t
 everything and sends every stream a snapshot (full recompute fallback); listeners get
 `on_reload`.
 
+An update of a revision written by an API request carries `request_id` (the request's
+X-Openstack-Request-Id, from the `meta/request` key written in the same transaction).
+
+A put of `doctor/request` (services/operations.py) sends a `doctor` line to the streams of the
+hosts it names: agents compare desired and kernel state and answer over HTTP.
+
 Pings carry a revision: "nothing for you up to here", so a resumed `since` stays recent.
 Invariant: a stream never claims a revision it has not delivered. A ping is sent only when the
 stream's queue is empty, and it names the hub's revision at that moment: every update of this
@@ -39,9 +45,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from vxnet.services.agents import LIVE_PREFIX
+from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
 from vxnet.services.host_view import COLLECTIONS, ViewIndex
-from vxnet.services.repo import EPOCH_KEY, ROOT
+from vxnet.services.operations import DOCTOR_KEY
+from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
 from vxnet.store.contract import CompactedError, Event, EventType, Put, Store, WatchHandle, key_missing
 
 log = logging.getLogger("vxnet.agents")
@@ -139,6 +146,8 @@ class Hub:
         self._watch: WatchHandle | None = None
         self.on_liveness_lost: Callable[[str], None] | None = None
         self.fanout_seconds: Any = None  # a prometheus Histogram, set by the API's setup
+        self.last_change: dict[str, int] = {}  # host -> last revision that changed its view (`vxnet status`)
+        self.reports: dict[str, Obj] = {}      # host -> its agent's last status report (`agent-status/`)
 
     # start / stop ------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -197,10 +206,12 @@ class Hub:
         """The store reads of a load (blocking; may run on a worker thread)."""
         kvs, rev = self.store.range(RES_PREFIX)
         live, _ = self.store.range(LIVE_PREFIX)
-        return kvs, rev, live
+        reports, _ = self.store.range(STATUS_PREFIX)
+        return kvs, rev, live, reports
 
     def _load(self, fetched: tuple[Any, ...] | None = None) -> None:
-        kvs, rev, live = fetched or self._fetch()
+        kvs, rev, live, reports = fetched or self._fetch()
+        self.reports = {kv.key[len(STATUS_PREFIX):]: _parse(kv.value) for kv in reports}
         objects: Objects = {c: {} for c in COLLECTIONS}
         others: Objects = {}
         keep = [(coll, id_, kv.value) for kv in kvs
@@ -277,8 +288,23 @@ class Hub:
                 if h not in self.floor:
                     self.floor[h] = rev
                     self.logs[h] = collections.deque()
+        request_id = next((e.kv.value for e in events
+                           if e.type is EventType.PUT and e.kv.key == REQUEST_KEY), None)
+        if request_id is not None and messages:
+            log.debug("revision %d (request %s) updates the views of %s", rev, request_id, ",".join(sorted(messages)))
+        for e in events:
+            if e.type is EventType.PUT and e.kv.key == DOCTOR_KEY:
+                self._doctor(e.kv.value)
+            elif e.kv.key.startswith(STATUS_PREFIX):
+                if e.type is EventType.PUT:
+                    self.reports[e.kv.key[len(STATUS_PREFIX):]] = _parse(e.kv.value)
+                else:
+                    self.reports.pop(e.kv.key[len(STATUS_PREFIX):], None)
         for h, msg in messages.items():
-            body = {"type": "update", "revision": rev}
+            self.last_change[h] = rev
+            body: dict[str, Any] = {"type": "update", "revision": rev}
+            if request_id is not None:
+                body["request_id"] = request_id  # the API call that produced this revision
             body.update(msg.wire())
             line = (json.dumps(body, separators=(",", ":")) + "\n").encode()
             self._record(h, rev, line)
@@ -293,6 +319,18 @@ class Hub:
                     listener.on_changes(rev, changes, objects)
                 except Exception:  # one listener's bug must not stop the views
                     log.exception("change listener failed at revision %d", rev)
+
+    def _doctor(self, value: str) -> None:
+        """A doctor request: a `doctor` line to the streams of the hosts it names (not logged
+        for replay: an agent that is not connected now does not answer)."""
+        doc = _parse(value)
+        hosts = doc.get("hosts")
+        line = (json.dumps({"type": "doctor", "id": doc.get("id"), "repair": bool(doc.get("repair")),
+                            "hosts": hosts}, separators=(",", ":")) + "\n").encode()
+        for h, subs in self.subs.items():
+            if hosts is None or h in hosts:
+                for s in subs:
+                    s.push(line)
 
     def _record(self, host: str, rev: int, line: bytes) -> None:
         self.logs.setdefault(host, collections.deque()).append((rev, line))

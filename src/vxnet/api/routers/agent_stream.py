@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -124,7 +125,15 @@ async def register(host: str, request: Request) -> dict[str, Any]:
 async def heartbeat(host: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     require_service(st.context(request))
-    await run_store(agents.heartbeat, st.store, host)
+    status: dict[str, Any] | None = None
+    if await request.body():  # the agent's status report (`vxnet status`); older agents send none
+        body = await read_json(request)
+        if not isinstance(body, dict) or set(body) - {"status"} or not isinstance(body.get("status"), dict):
+            raise bad_request('Body must be {"status": {...}} or empty')
+        status = body["status"]
+        if len(json.dumps(status)) > agents.STATUS_MAX_BYTES:
+            raise bad_request(f"A status report is limited to {agents.STATUS_MAX_BYTES} bytes")
+    await run_store(agents.heartbeat, st.store, host, status)
     return {"alive": True}
 
 
