@@ -52,7 +52,7 @@ def describe() -> str:
 
 def register_build_info(registry: CollectorRegistry | None = None) -> Gauge:
     """Add `vxnet_build_info{version, python} 1` to `registry` (the default one: the agent)."""
-    g = Gauge(METRIC, "vxnet build: always 1; the labels say the version and the Python",
+    g = Gauge("vxnet_build_info", "vxnet build: always 1; the labels say the version and the Python",
               ["version", "python"], registry=registry if registry is not None else prom_registry.REGISTRY)
     g.labels(version(), python_version()).set(1)
     return g
