@@ -78,7 +78,7 @@ def test_server_is_unprivileged_and_the_agent_has_only_its_capabilities() -> Non
     assert set(agent["CapabilityBoundingSet"][0].split()) == want
     assert set(agent["AmbientCapabilities"][0].split()) == want
     assert agent["ProtectSystem"] == ["strict"] and agent["NoNewPrivileges"] == ["yes"]
-    assert agent["RuntimeDirectory"] == ["netns"] and agent["RuntimeDirectoryPreserve"] == ["yes"]
+    assert agent["RuntimeDirectory"] == ["netns vxnet"] and agent["RuntimeDirectoryPreserve"] == ["yes"]
     # the sysusers entry creates the server's user
     sysusers = (UNITS / "vxnet.sysusers.conf").read_text()
     assert re.search(r"^u vxnet ", sysusers, re.MULTILINE)
