@@ -218,13 +218,6 @@ def run(opts: argparse.Namespace) -> Report:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--lab-wait", type=float, default=120.0)
-    add_arguments(parser)
-    rep = run(parser.parse_args())
-    from bench.report import text_table
+    from bench.__main__ import main
 
-    print(text_table(rep.columns, rep.rows))
-    for line in rep.goals + rep.notes:
-        print("  " + line)
+    sys.exit(main(["--only", "agent_bench", *sys.argv[1:]]))

@@ -34,17 +34,16 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bench.common import lab, paired_ratio, wait_ping
-from bench.kernel_lab import KernelLab, batch, iperf3_run, nic_settings, nsx, ping_run, sh, vm_nic_settings
+from bench.common import alternating, lab, load_note, measure_row, paired_ratio, per_round_table, row_cells, wait_ping
+from bench.kernel_lab import KernelLab, batch, nic_settings, nsx, sh, vm_nic_settings
 from bench.port_up_bench import _import_repo, _tail, in_sandbox
-from bench.report import Report, percentile
+from bench.report import Report
 
 NAME = "Data plane: VM-to-VM iperf3 and ping, vxnet vs hand-built kernel VXLAN vs underlay vs OVN (same run)"
 CIDR24 = "100.64.40"
@@ -364,19 +363,11 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
                     out["rows"][key]["error"] = str(e)
                 except Exception as e:  # noqa: BLE001 - the table says what broke
                     out["rows"][key]["error"] = f"{type(e).__name__}: {e}"[:300]
-            for rnd in range(rounds):
-                order = list(range(len(ROWS)))
-                if rnd % 2:
-                    order.reverse()
-                for i in order:
-                    row = out["rows"][str(i)]
-                    if row["error"]:
-                        continue
+            for i in alternating(rounds, len(ROWS)):
+                row = out["rows"][str(i)]
+                if not row["error"]:
                     p = ROWS[i][2](labs)
-                    res: dict[str, Any] = {"load1": os.getloadavg()[0]}
-                    res["iperf"] = iperf3_run(p.src_ns, p.dst_ns, p.dst_ip, seconds, p.bind_ip)
-                    res["ping"] = ping_run(p.src_ns, p.dst_ip, count, 0.01)
-                    row["rounds"].append(res)
+                    row["rounds"].append(measure_row(p.src_ns, p.dst_ns, p.dst_ip, seconds, count, p.bind_ip))
             if ovn_dir:
                 env = dict(ovn_env, IPERF_T=str(max(1, int(seconds))))
                 r = subprocess.run(["bash", script, "measure"], env=env, capture_output=True, text=True, timeout=300,
@@ -406,14 +397,6 @@ def _f(x: float | None, fmt: str = "{:.3f}") -> str:
     return "" if x is None else fmt.format(x)
 
 
-def _summary(row: dict[str, Any]) -> dict[str, Any]:
-    gb = [r["iperf"]["gbps"] for r in row["rounds"] if "gbps" in r["iperf"]]
-    rtts = [x for r in row["rounds"] for x in r["ping"]["rtts"]]
-    errs = [r["iperf"]["error"] for r in row["rounds"] if "error" in r["iperf"]]
-    return {"gb": gb, "rtts": rtts, "lost": sum(r["ping"]["lost"] for r in row["rounds"]),
-            "retr": [r["iperf"].get("retransmits") for r in row["rounds"] if "gbps" in r["iperf"]], "errs": errs}
-
-
 def run(opts: argparse.Namespace) -> Report:
     cols = ["system", "path", "iperf3 Gbit/s (median; min-max)", "retransmits", "ping avg ms", "p50 ms", "p99 ms",
             "lost", "sender NIC (read from the kernel)"]
@@ -436,13 +419,9 @@ def run(opts: argparse.Namespace) -> Report:
         if row["error"]:
             rows.append([row["system"], row["path"], "not measured", "", "", "", "", "", row["error"].replace("|", "/")])
             continue
-        s = _summary(row)
-        gb = (f"{statistics.median(s['gb']):.2f}; {min(s['gb']):.2f}-{max(s['gb']):.2f}" if s["gb"] else
-              "failed: " + "; ".join(s["errs"])[:200])
-        rtts = s["rtts"]
-        rows.append([row["system"], row["path"], gb, "/".join(str(x) for x in s["retr"]),
-                     _f(statistics.mean(rtts)) if rtts else "", _f(percentile(rtts, 50)) if rtts else "",
-                     _f(percentile(rtts, 99)) if rtts else "", str(s["lost"]), res["settings"].get(key, "")])
+        gb, *ping = row_cells(row["rounds"])
+        retr = "/".join(str(r["iperf"].get("retransmits")) for r in row["rounds"] if "gbps" in r["iperf"])
+        rows.append([row["system"], row["path"], gb, retr, *ping, res["settings"].get(key, "")])
     pairs = [(("vxnet", "VM->VM across hosts"), ("kernel VXLAN (hand-built)", "VM->VM across hosts")),
              (("vxnet", "VM->VM same host"), ("kernel VXLAN (hand-built)", "VM->VM same host")),
              (("vxnet", "VM->VM routed across hosts"), ("kernel VXLAN (hand-built)", "VM->VM routed across hosts")),
@@ -482,24 +461,9 @@ def run(opts: argparse.Namespace) -> Report:
     if idle:
         notes.append("Idle CPU of the control planes (5 s before the first row; both stay up during every row): "
                      + ", ".join(f"{k} {v * 100:.1f}% of a CPU" for k, v in idle.items() if v is not None) + ".")
-    loads = [r["load1"] for row in res["rows"].values() for r in row["rounds"]]
-    notes.append("Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) +
-                 "; at the end: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()) +
-                 (f"; 1-min load before each row: {min(loads):.1f}-{max(loads):.1f}" if loads else "") +
-                 f" on {os.cpu_count()} CPUs shared with other sessions' tests: absolute figures move with it, "
-                 "the per-round ratios much less.")
-    extra = "Per round (Gbit/s | ping p50 ms | 1-min load before the row):\n\n"
-    extra += "| system | path | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |\n"
-    extra += "|---|---|" + "---|" * rounds + "\n"
-    for row in res["rows"].values():
-        if row["error"]:
-            continue
-        cells = []
-        for r in row["rounds"]:
-            g = f"{r['iperf']['gbps']:.2f}" if "gbps" in r["iperf"] else "fail"
-            p = f"{percentile(r['ping']['rtts'], 50):.3f}" if r["ping"]["rtts"] else "-"
-            cells.append(f"{g} / {p} / {r['load1']:.1f}")
-        extra += f"| {row['system']} | {row['path']} | " + " | ".join(cells) + " |\n"
+    notes.append(load_note(load0, [row["rounds"] for row in res["rows"].values()]))
+    extra = per_round_table(("system", "path"), [(row["system"], row["path"], row["rounds"])
+                                                 for row in res["rows"].values() if not row["error"]], rounds)
     if res.get("ovn_measure"):
         extra += ("\nOVN lab's own `ovn-lab.sh measure` (NPORTS=0, IPERF_T="
                   f"{max(1, int(seconds))}), same run, after the rounds:\n\n```\n{res['ovn_measure']}\n```\n")

@@ -522,12 +522,6 @@ def run(opts: argparse.Namespace) -> Report:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    add_arguments(parser)
-    rep = run(parser.parse_args())
-    from bench.report import text_table
+    from bench.__main__ import main
 
-    print(text_table(rep.columns, rep.rows))
-    for line in rep.goals + rep.notes:
-        print("  " + line)
+    sys.exit(main(["--only", "port_up_bench", *sys.argv[1:]]))
