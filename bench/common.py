@@ -1,9 +1,10 @@
 """Pieces the data-plane benchmarks share: a `vxnet lab` on a fresh store, waiting for a first
-ping, alternating rounds over rows (one iperf3 + ping measurement per row and round), a row's
+ping, lab VMs on new ports waited ACTIVE, alternating rounds over rows (one iperf3 + ping measurement per row and round), a row's
 table cells and per-round cells, and per-round ratios of two rows measured in the same run.
 
 Contract: `lab()` always runs `lab down` (its namespaces and processes, by PID) when it exits;
-the benches call these helpers inside their own sandbox (bench.port_up_bench.in_sandbox).
+the benches call these helpers inside their own sandbox (bench.port_up_bench.in_sandbox);
+`lab_dir` restores VXNET_LAB_DIR.
 """
 
 from __future__ import annotations
@@ -12,19 +13,33 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from bench.kernel_lab import iperf3_run, nsx, ping_run
-from bench.port_up_bench import _import_repo
 from bench.report import percentile
+from bench.servers import import_repo
+
+
+@contextlib.contextmanager
+def lab_dir(workdir: str) -> Iterator[None]:
+    """VXNET_LAB_DIR = `workdir`/state (the lab's state files) for the block, then as it was."""
+    old = os.environ.get("VXNET_LAB_DIR")
+    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VXNET_LAB_DIR", None)
+        else:
+            os.environ["VXNET_LAB_DIR"] = old
 
 
 @contextlib.contextmanager
 def lab(workdir: str, gateway: bool = False) -> Iterator[Any]:
     """`vxnet lab up --hosts 3` (+ one gateway host and an outside client with `gateway`) on a
     fresh store in `workdir`; always `lab down` afterwards. Yields a tests.root.conftest.Lab."""
-    _import_repo()
+    import_repo()
     from tests.conftest import free_port
     from tests.root.conftest import USERS_TOML, Lab
     from vxnet.lab import lab as vxlab
@@ -32,12 +47,24 @@ def lab(workdir: str, gateway: bool = False) -> Iterator[Any]:
     cfg = os.path.join(workdir, "lab.toml")
     with open(cfg, "w") as f:
         f.write(USERS_TOML.format(port=free_port(), db=os.path.join(workdir, "vxnet.db")))
-    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
-    try:
-        st = vxlab.up(3, cfg, gateways=1, external=True) if gateway else vxlab.up(3, cfg)
-        yield Lab(st)
-    finally:
-        vxlab.down()
+    with lab_dir(workdir):
+        try:
+            st = vxlab.up(3, cfg, gateways=1, external=True) if gateway else vxlab.up(3, cfg)
+            yield Lab(st)
+        finally:
+            vxlab.down()
+
+def vms_active(lab3: Any, vms: Iterable[tuple[str, str, str, str]], project: str = "alice",
+               timeout: float = 30) -> dict[str, dict[str, Any]]:
+    """For each (VM name, host, network id, IP): a port through the API and a lab VM on it;
+    returns the ports by VM name once every one is ACTIVE (a tests.root.conftest.Lab `lab3`)."""
+    ports = {}
+    for name, host, network_id, ip in vms:
+        ports[name] = lab3.port(project, network_id, ip)
+        lab3.vm(name, host, ports[name])
+    for p in ports.values():
+        lab3.wait_status(p["id"], "ACTIVE", timeout=timeout)
+    return ports
 
 
 def wait_ping(ns: str, ip: str, timeout: float) -> bool:

@@ -40,10 +40,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bench.common import alternating, lab, load_note, measure_row, paired_ratio, per_round_table, row_cells, wait_ping
+from bench import common
 from bench.kernel_lab import KernelLab, batch, nic_settings, nsx, sh, vm_nic_settings
-from bench.port_up_bench import _import_repo, _tail, in_sandbox
+from bench.port_up_bench import _tail, in_sandbox
 from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Data plane: VM-to-VM iperf3 and ping, vxnet vs hand-built kernel VXLAN vs underlay vs OVN (same run)"
 CIDR24 = "100.64.40"
@@ -183,12 +184,8 @@ def _vxnet_topology(lab3: Any, gateway: bool) -> Labs:
     from vxnet.lab import topology
 
     net, sub = lab3.network("alice", f"{CIDR24}.0/24", "dataplane")
-    ports = {}
-    for name, host, octet in (("dp1", "h1", 11), ("dp2", "h2", 12), ("dp3", "h1", 13)):
-        ports[name] = lab3.port("alice", net["id"], f"{CIDR24}.{octet}")
-        lab3.vm(name, host, ports[name])
-    for p in ports.values():
-        lab3.wait_status(p["id"], "ACTIVE", timeout=30)
+    ports = common.vms_active(lab3, [(name, host, net["id"], f"{CIDR24}.{octet}")
+                              for name, host, octet in (("dp1", "h1", 11), ("dp2", "h2", 12), ("dp3", "h1", 13))])
     vms = {name: topology.vm_ns(name) for name in ports}
     routed: str | None = None
     fip = "!no gateway host in this lab (`vxnet lab up --gateways/--external` not available)"
@@ -199,16 +196,13 @@ def _vxnet_topology(lab3: Any, gateway: bool) -> Labs:
             rid = _ok(c.post("/routers", json={"router": {"name": "dataplane"}}), 201)["router"]["id"]
             for s in (sub, sub_b):
                 _ok(c.put(f"/routers/{rid}/add_router_interface", json={"subnet_id": s["id"]}))
-        for name, host, octet in (("dr2", "h2", 12), ("dr3", "h1", 13)):
-            ports[name] = lab3.port("alice", net_b["id"], f"{CIDR24_B}.{octet}")
-            lab3.vm(name, host, ports[name])
-            vms[name] = topology.vm_ns(name)
-        for name in ("dr2", "dr3"):
-            lab3.wait_status(ports[name]["id"], "ACTIVE", timeout=30)
+        ports |= common.vms_active(lab3, [(name, host, net_b["id"], f"{CIDR24_B}.{octet}")
+                                   for name, host, octet in (("dr2", "h2", 12), ("dr3", "h1", 13))])
+        vms |= {name: topology.vm_ns(name) for name in ("dr2", "dr3")}
         for name, gw in (("dp1", f"{CIDR24}.1"), ("dp2", f"{CIDR24}.1"), ("dp3", f"{CIDR24}.1"),
                          ("dr2", f"{CIDR24_B}.1"), ("dr3", f"{CIDR24_B}.1")):
             nsx(vms[name], "ip", "route", "replace", "default", "via", gw)
-        if not (wait_ping(vms["dp1"], f"{CIDR24_B}.12", 30) and wait_ping(vms["dp1"], f"{CIDR24_B}.13", 10)):
+        if not (common.wait_ping(vms["dp1"], f"{CIDR24_B}.12", 30) and common.wait_ping(vms["dp1"], f"{CIDR24_B}.13", 10)):
             routed = "routed ping dp1 -> dr2/dr3 never answered within 30 s"
     except Exception as e:  # noqa: BLE001 - the row says what broke
         routed = f"routed setup failed: {type(e).__name__}: {e}"[:300]
@@ -244,7 +238,7 @@ def _floating_ip(lab3: Any, rid: str, port: dict[str, Any]) -> str:
         fip = _ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"],
                                                              "port_id": port["id"]}}), 201)["floatingip"]
     addr = fip["floating_ip_address"]
-    if not wait_ping(topology.EXTERNAL_NS, addr, 40):
+    if not common.wait_ping(topology.EXTERNAL_NS, addr, 40):
         raise RuntimeError(f"the outside client's ping to floating IP {addr} never answered within 40 s")
     return addr
 
@@ -319,13 +313,13 @@ def _vxnet_pids() -> list[int]:
 
 def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, Any]:
     """Build every lab, then `rounds` alternating rounds over ROWS (runs inside the sandbox)."""
-    _import_repo()
+    import_repo()
     out: dict[str, Any] = {"rows": {}, "settings": {}, "notes": [], "ovn_measure": ""}
     gateway = _lab_has_gateways()
     k = KernelLab(mode="static", prefix="vxk", cidr24=CIDR24, more_networks={4243: CIDR24_B})
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-dp-")
     try:
-        with lab(workdir, gateway) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
+        with common.lab(workdir, gateway) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
             labs = _vxnet_topology(lab3, gateway)
             k.build()
             for name, host, octet in (("k1", 1, 11), ("k2", 2, 12), ("k3", 1, 13)):
@@ -363,11 +357,11 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
                     out["rows"][key]["error"] = str(e)
                 except Exception as e:  # noqa: BLE001 - the table says what broke
                     out["rows"][key]["error"] = f"{type(e).__name__}: {e}"[:300]
-            for i in alternating(rounds, len(ROWS)):
+            for i in common.alternating(rounds, len(ROWS)):
                 row = out["rows"][str(i)]
                 if not row["error"]:
                     p = ROWS[i][2](labs)
-                    row["rounds"].append(measure_row(p.src_ns, p.dst_ns, p.dst_ip, seconds, count, p.bind_ip))
+                    row["rounds"].append(common.measure_row(p.src_ns, p.dst_ns, p.dst_ip, seconds, count, p.bind_ip))
             if ovn_dir:
                 env = dict(ovn_env, IPERF_T=str(max(1, int(seconds))))
                 r = subprocess.run(["bash", script, "measure"], env=env, capture_output=True, text=True, timeout=300,
@@ -419,7 +413,7 @@ def run(opts: argparse.Namespace) -> Report:
         if row["error"]:
             rows.append([row["system"], row["path"], "not measured", "", "", "", "", "", row["error"].replace("|", "/")])
             continue
-        gb, *ping = row_cells(row["rounds"])
+        gb, *ping = common.row_cells(row["rounds"])
         retr = "/".join(str(r["iperf"].get("retransmits")) for r in row["rounds"] if "gbps" in r["iperf"])
         rows.append([row["system"], row["path"], gb, retr, *ping, res["settings"].get(key, "")])
     pairs = [(("vxnet", "VM->VM across hosts"), ("kernel VXLAN (hand-built)", "VM->VM across hosts")),
@@ -433,7 +427,7 @@ def run(opts: argparse.Namespace) -> Report:
         ra, rb = by.get(a), by.get(b)
         if not ra or not rb or ra["error"] or rb["error"]:
             continue
-        g, lat = paired_ratio(ra, rb, "gbps"), paired_ratio(ra, rb, "p50")
+        g, lat = common.paired_ratio(ra, rb, "gbps"), common.paired_ratio(ra, rb, "p50")
         rows.append([f"ratio {a[0]} / {b[0]}", a[1] if a[1] == b[1] else f"{a[1]} / {b[1]}",
                      _f(g, "{:.2f}x"), "", "", _f(lat, "{:.2f}x"), "", "",
                      "per-round ratios, median over rounds (Gbit/s; ping p50)"])
@@ -441,7 +435,7 @@ def run(opts: argparse.Namespace) -> Report:
              "latency (same devices, same flags, same offloads).")]
     ra, rb = by.get(("vxnet", "VM->VM across hosts")), by.get(("kernel VXLAN (hand-built)", "VM->VM across hosts"))
     if ra and rb and not ra["error"] and not rb["error"]:
-        g, lat = paired_ratio(ra, rb, "gbps"), paired_ratio(ra, rb, "p50")
+        g, lat = common.paired_ratio(ra, rb, "gbps"), common.paired_ratio(ra, rb, "p50")
         if g is not None and lat is not None:
             goals.append(f"Across hosts here: throughput ratio {g:.2f}x, p50 latency ratio {lat:.2f}x "
                          f"({'within' if 0.9 <= g <= 1.1 else 'OUTSIDE'} +-10% for throughput).")
@@ -461,8 +455,8 @@ def run(opts: argparse.Namespace) -> Report:
     if idle:
         notes.append("Idle CPU of the control planes (5 s before the first row; both stay up during every row): "
                      + ", ".join(f"{k} {v * 100:.1f}% of a CPU" for k, v in idle.items() if v is not None) + ".")
-    notes.append(load_note(load0, [row["rounds"] for row in res["rows"].values()]))
-    extra = per_round_table(("system", "path"), [(row["system"], row["path"], row["rounds"])
+    notes.append(common.load_note(load0, [row["rounds"] for row in res["rows"].values()]))
+    extra = common.per_round_table(("system", "path"), [(row["system"], row["path"], row["rounds"])
                                                  for row in res["rows"].values() if not row["error"]], rounds)
     if res.get("ovn_measure"):
         extra += ("\nOVN lab's own `ovn-lab.sh measure` (NPORTS=0, IPERF_T="

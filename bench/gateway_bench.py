@@ -25,8 +25,9 @@ import subprocess
 import time
 from typing import Any
 
-from bench.port_up_bench import _import_repo, in_sandbox
+from bench.port_up_bench import in_sandbox
 from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Floating IP path vs direct, and floating ip set -> first reply"
 TOML_EXTRA = "agent_down_time = 5"
@@ -53,7 +54,7 @@ def _iperf(ns: str, ip: str, seconds: int) -> float | None:
 
 def measure(rounds: int, sets: int, seconds: int) -> dict[str, Any]:
     """Runs inside the sandbox (see module docstring)."""
-    _import_repo()
+    import_repo()
     import tempfile
 
     from tests.conftest import free_port, get_token

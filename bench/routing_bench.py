@@ -24,9 +24,10 @@ import tempfile
 import time
 from typing import Any
 
-from bench.common import alternating, lab, load_note, measure_row, paired_ratio, per_round_table, row_cells, wait_ping
-from bench.port_up_bench import _import_repo, in_sandbox
+from bench import common
+from bench.port_up_bench import in_sandbox
 from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Distributed routing: routed VM-to-VM vs L2 (vxnet lab, same run, alternating rounds)"
 A24, B24 = "100.64.50", "100.64.51"
@@ -47,13 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
     """Build the lab and run `rounds` alternating rounds (runs inside the sandbox)."""
-    _import_repo()
+    import_repo()
     from vxnet.lab import topology
 
     out: dict[str, Any] = {"rows": [{"rounds": [], "error": None} for _ in ROWS], "setup_s": None}
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-rt-")
     try:
-        with lab(workdir) as lab3:
+        with common.lab(workdir) as lab3:
             t0 = time.time()
             nets = {"A": lab3.network("alice", f"{A24}.0/24", "rt-a"), "B": lab3.network("alice", f"{B24}.0/24", "rt-b")}
             with lab3.api("alice") as c:
@@ -61,22 +62,17 @@ def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
                 for _, sub in nets.values():
                     r = c.put(f"/routers/{rid}/add_router_interface", json={"subnet_id": sub["id"]})
                     assert r.status_code == 200, r.text
-            ports = {}
-            for name, net, host, octet in VMS:
-                prefix = A24 if net == "A" else B24
-                ports[name] = lab3.port("alice", nets[net][0]["id"], f"{prefix}.{octet}")
-                lab3.vm(name, host, ports[name])
-            for p in ports.values():
-                lab3.wait_status(p["id"], "ACTIVE", timeout=30)
+            common.vms_active(lab3, [(name, host, nets[net][0]["id"], f"{A24 if net == 'A' else B24}.{octet}")
+                              for name, net, host, octet in VMS])
             for i, (_, _, src, dst, ip) in enumerate(ROWS):
-                if not wait_ping(topology.vm_ns(src), ip, 30):
+                if not common.wait_ping(topology.vm_ns(src), ip, 30):
                     out["rows"][i]["error"] = f"{src} -> {dst} ({ip}) never answered within 30 s"
             out["setup_s"] = time.time() - t0
-            for i in alternating(rounds, len(ROWS)):
+            for i in common.alternating(rounds, len(ROWS)):
                 row = out["rows"][i]
                 if not row["error"]:
                     _, _, src, dst, ip = ROWS[i]
-                    row["rounds"].append(measure_row(topology.vm_ns(src), topology.vm_ns(dst), ip, seconds, count))
+                    row["rounds"].append(common.measure_row(topology.vm_ns(src), topology.vm_ns(dst), ip, seconds, count))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return out
@@ -101,13 +97,13 @@ def run(opts: argparse.Namespace) -> Report:
         if row["error"]:
             rows.append([kind, between, "not measured: " + row["error"], "", "", "", ""])
             continue
-        rows.append([kind, between, *row_cells(row["rounds"])])
+        rows.append([kind, between, *common.row_cells(row["rounds"])])
     goals = []
     for routed, l2 in PAIRS:
         a, b = res["rows"][routed], res["rows"][l2]
         if a["error"] or b["error"]:
             continue
-        g, lat = paired_ratio(a, b, "gbps"), paired_ratio(a, b, "p50")
+        g, lat = common.paired_ratio(a, b, "gbps"), common.paired_ratio(a, b, "p50")
         rows.append(["ratio routed / L2", ROWS[routed][1].split(" (")[0],
                      f"{g:.2f}x" if g is not None else "", "", f"{lat:.2f}x" if lat is not None else "", "", ""])
         if routed == 1 and g is not None and lat is not None:
@@ -121,8 +117,8 @@ def run(opts: argparse.Namespace) -> Report:
               "tables of the firewall feature are active on every VM port (default group)."),
              f"Lab setup (networks, router, 5 VMs ACTIVE, first routed ping answered): {res['setup_s']:.1f} s."
              if res.get("setup_s") else "Lab setup did not finish.",
-             load_note(load0, [row["rounds"] for row in res["rows"]])]
-    extra = per_round_table(("path", "between"), [(kind, between, row["rounds"])
+             common.load_note(load0, [row["rounds"] for row in res["rows"]])]
+    extra = common.per_round_table(("path", "between"), [(kind, between, row["rounds"])
                                                   for (kind, between, *_), row in zip(ROWS, res["rows"], strict=True)],
                             rounds)
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)

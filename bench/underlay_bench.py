@@ -31,9 +31,11 @@ import shutil
 import tempfile
 from typing import Any
 
+from bench.common import lab as vxnet_lab
 from bench.kernel_lab import KINDS, Capture, KernelLab, nsx
-from bench.port_up_bench import _import_repo, in_sandbox
+from bench.port_up_bench import in_sandbox
 from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Underlay overhead: frames for all-to-all first contact, vxnet vs flood-and-learn VXLAN"
 HOSTS = 3
@@ -97,8 +99,7 @@ def _vxnet_run(lab3: Any, run: int, nvms: int) -> dict[str, Any]:
 
 def measure(runs: int, nvms: int) -> dict[str, Any]:
     """`runs` alternating runs of (vxnet, kernel static, flood-and-learn) (inside the sandbox)."""
-    _import_repo()
-    from bench.port_up_bench import vxnet_lab
+    import_repo()
 
     out: dict[str, Any] = {"vxnet": [], "kernel static": [], "flood-and-learn": [], "errors": []}
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-ul-")
