@@ -1,10 +1,11 @@
-"""Pieces the data-plane benchmarks share: a `vxnet lab` on a fresh store, waiting for a first
-ping, lab VMs on new ports waited ACTIVE, alternating rounds over rows (one iperf3 + ping measurement per row and round), a row's
-table cells and per-round cells, and per-round ratios of two rows measured in the same run.
+"""Pieces the data-plane benchmarks share: a `vxnet lab` on a fresh store, lab VMs on new ports
+waited ACTIVE, waiting for a first ping, alternating rounds over rows (one iperf3 + ping
+measurement per row and round), a row's table cells and per-round cells, and per-round ratios
+of two rows measured in the same run.
 
 Contract: `lab()` always runs `lab down` (its namespaces and processes, by PID) when it exits;
 the benches call these helpers inside their own sandbox (bench.port_up_bench.in_sandbox);
-`lab_dir` restores VXNET_LAB_DIR.
+VXNET_LAB_DIR is restored afterwards.
 """
 
 from __future__ import annotations
@@ -22,32 +23,19 @@ from bench.servers import import_repo
 
 
 @contextlib.contextmanager
-def lab_dir(workdir: str) -> Iterator[None]:
-    """VXNET_LAB_DIR = `workdir`/state (the lab's state files) for the block, then as it was."""
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("VXNET_LAB_DIR", None)
-        else:
-            os.environ["VXNET_LAB_DIR"] = old
-
-
-@contextlib.contextmanager
 def lab(workdir: str, gateway: bool = False) -> Iterator[Any]:
     """`vxnet lab up --hosts 3` (+ one gateway host and an outside client with `gateway`) on a
     fresh store in `workdir`; always `lab down` afterwards. Yields a tests.root.conftest.Lab."""
     import_repo()
     from tests.conftest import free_port
+    from tests.distributed.conftest import lab_dir
     from tests.root.conftest import USERS_TOML, Lab
     from vxnet.lab import lab as vxlab
 
     cfg = os.path.join(workdir, "lab.toml")
     with open(cfg, "w") as f:
         f.write(USERS_TOML.format(port=free_port(), db=os.path.join(workdir, "vxnet.db")))
-    with lab_dir(workdir):
+    with lab_dir(os.path.join(workdir, "state")):
         try:
             st = vxlab.up(3, cfg, gateways=1, external=True) if gateway else vxlab.up(3, cfg)
             yield Lab(st)

@@ -35,6 +35,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -462,3 +463,9 @@ def run(opts: argparse.Namespace) -> Report:
         extra += ("\nOVN lab's own `ovn-lab.sh measure` (NPORTS=0, IPERF_T="
                   f"{max(1, int(seconds))}), same run, after the rounds:\n\n```\n{res['ovn_measure']}\n```\n")
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "dataplane_bench", *sys.argv[1:]]))

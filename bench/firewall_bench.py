@@ -29,6 +29,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any
@@ -297,3 +298,9 @@ def run(opts: argparse.Namespace) -> Report:
              + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs shared with other "
              "sessions: absolute figures move with it, per-round ratios much less."]
     return Report(NAME, cols, rows, notes=notes, goals=goals)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "firewall_bench", *sys.argv[1:]]))

@@ -22,6 +22,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -186,3 +187,9 @@ def run(opts: argparse.Namespace) -> Report:
               "external bridge, the gateway namespace (routing + DNAT/SNAT + conntrack) and, for replies, the "
               "distributed router namespace on h1.")]
     return Report(NAME, cols, rows, notes=notes)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "gateway_bench", *sys.argv[1:]]))

@@ -31,6 +31,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -254,3 +255,9 @@ def run(opts: argparse.Namespace) -> Report:
             f"{_ms(r['gap'])} / {_ms(r.get('vm_move'))} / {_ms(r.get('control'))} / {r['sent'] - r['received']}"
             + (f" (-> {r['dest']})" if "dest" in r else "") for r in res[key]) + "\n"
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "migration_bench", *sys.argv[1:]]))

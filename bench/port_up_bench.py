@@ -49,7 +49,6 @@ import time
 from collections.abc import Iterator
 
 from bench.common import lab as vxnet_lab
-from bench.common import lab_dir
 from bench.report import Report, percentile
 from bench.servers import import_repo
 
@@ -144,28 +143,18 @@ def vxnet_lab_etcd(workdir: str) -> Iterator[object]:
     Yields a tests.root.conftest.Lab whose API calls go to the second server (the agents watch
     the first)."""
     import_repo()
-    from tests.distributed.conftest import lab_servers_on_etcd
+    from tests.distributed.conftest import lab_on_etcd
     from tests.root.conftest import Lab
     from tests.support.etcd import EtcdCluster
-    from vxnet.lab import lab
 
     cluster = EtcdCluster(3, prefix="vxbench-pu")
-    with lab_dir(workdir):
-        procs = lab_servers_on_etcd(cluster, workdir)
-        try:
-            st = lab.up(len(HOSTS), procs[0].config_path, server=",".join(p.url for p in procs))
-            for p in procs:
-                p.start()
-            lab3 = Lab(st)
-            lab3.url = procs[1].url
+    try:
+        with lab_on_etcd(cluster, workdir) as env:
+            lab3 = Lab(env.state)
+            lab3.url = env.servers[1].url
             yield lab3
-        finally:
-            try:
-                lab.down()
-            finally:
-                for p in procs:
-                    p.kill()
-                cluster.stop()
+    finally:
+        cluster.stop()
 
 
 def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any
@@ -122,3 +123,9 @@ def run(opts: argparse.Namespace) -> Report:
                                                   for (kind, between, *_), row in zip(ROWS, res["rows"], strict=True)],
                             rounds)
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "routing_bench", *sys.argv[1:]]))

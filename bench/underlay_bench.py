@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -178,3 +179,9 @@ def run(opts: argparse.Namespace) -> Report:
              *res["errors"]]
     extra = "Per run:\n\n" + "\n".join(f"- {x}" for x in per_run) if per_run else ""
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "underlay_bench", *sys.argv[1:]]))
