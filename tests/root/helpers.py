@@ -79,13 +79,13 @@ def max_gap(stamps: list[float]) -> float:
 
 
 class PingStream:
-    """`ping -D -i INTERVAL` from VM `vm` with no count, its replies read as they come, so a test
+    """`ping -D -i INTERVAL` from namespace `ns` with no count, its replies read as they come, so a test
     waits for replies (events) instead of sleeping, and stops it when its own events are done.
     Requests are numbered in the order sent: a gap in the answered sequence numbers is a lost
     request; the ones still in flight when the stream is stopped come after every answered one."""
 
-    def __init__(self, vm: str, ip: str, interval: float) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", topology.vm_ns(vm), "ping", "-n", "-D", "-i",
+    def __init__(self, ns: str, ip: str, interval: float) -> None:
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-D", "-i",
                                       str(interval), "-W", "1", ip], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.seqs: list[int] = []

@@ -11,7 +11,7 @@ import pytest
 
 from tests.root.conftest import Lab, needs_root
 from tests.root.helpers import PingStream, max_gap, ping, ping_result, start_ping
-from vxnet.lab import lab
+from vxnet.lab import lab, topology
 
 pytestmark = [pytest.mark.root, needs_root]
 # An upper bound for restarted agents to come up and apply a change (a loaded machine may need
@@ -35,7 +35,7 @@ def test_agent_kill9_and_restart_loses_nothing(lab3: Lab) -> None:
     not one request may go unanswered."""
     _pair(lab3, "100.64.1", ("k1", "k2"), ("h1", "h2"))
     st = lab.load_state()
-    with PingStream("k1", "100.64.1.12", 0.01) as stream:
+    with PingStream(topology.vm_ns("k1"), "100.64.1.12", 0.01) as stream:
         stream.wait_replies(20)                       # the stream runs
         for h in ("h1", "h2"):
             lab.stop_agent(st, h, signal.SIGKILL)     # returns once the process is gone

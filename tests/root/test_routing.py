@@ -207,7 +207,7 @@ def test_extra_route(topo: Topo) -> None:
 
 def test_remove_interface_cuts_add_back_restores(topo: Topo) -> None:
     assert ping("a1", IPS["b3"]) == 2
-    with PingStream("a1", IPS["b3"], 0.05) as stream:
+    with PingStream(topology.vm_ns("a1"), IPS["b3"], 0.05) as stream:
         stream.wait_replies(5)            # the stream is routed before the removal
         topo.remove_iface(topo.sb)
         for h in ("h1", "h2", "h3"):
@@ -316,7 +316,7 @@ def test_agent_crash_and_restart_adopts_router_namespace(topo: Topo) -> None:
     ino = os.stat(f"/run/netns/{ns}").st_ino
     assert ping("a1", IPS["b3"]) == 2
     st = labmod.load_state()
-    with PingStream("a1", IPS["b3"], 0.01) as stream:
+    with PingStream(topology.vm_ns("a1"), IPS["b3"], 0.01) as stream:
         stream.wait_replies(20)                      # the stream is routed
         labmod.stop_agent(st, "h1", sig=9)           # a crash: nothing cleaned up (returns once it is gone)
         stream.wait_replies(stream.replies + 20)     # routed with no agent on h1
