@@ -5,7 +5,11 @@
     .venv/bin/python -m bench --only api_bench --profile
 
 Each module in MODULES exposes `NAME`, `run(opts) -> bench.report.Report` and optionally
-`add_arguments(parser)`. docs/benchmarks.md keeps one section per module between
+`add_arguments(parser)`; `python -m bench.<module> ARGS` is `python -m bench --only <module> ARGS`
+(the same table, and the same --quick/--no-write meaning). Shared pieces: bench/servers.py (API
+servers and etcd members as processes, tokens, /proc figures), bench/common.py (a `vxnet lab`,
+lab VMs, per-row iperf3/ping rounds and their cells), bench/kernel_lab.py (the hand-built
+reference data path), bench/report.py (tables). docs/benchmarks.md keeps one section per module between
 `<!-- bench:<module> -->` markers; a run replaces the sections of the modules it ran (with the
 machine, the date and the exact command) and keeps the others.
 """

@@ -29,8 +29,9 @@ import sys
 import time
 from collections.abc import Iterator
 
-from bench.port_up_bench import REPO, _import_repo, in_sandbox, wait_lab_free
+from bench.port_up_bench import in_sandbox, wait_lab_free
 from bench.report import Report, percentile
+from bench.servers import REPO, import_repo
 
 NAME = "Agent: RSS with 10k ports in view, time to apply 1,000 FDB changes"
 
@@ -162,7 +163,7 @@ def run(opts: argparse.Namespace) -> Report:
     notes: list[str] = []
     if os.geteuid() != 0:
         return Report(NAME, cols, [["not run", "", "", "", "", "needs root (namespaces)"]])
-    _import_repo()
+    import_repo()
 
     ports = max(1000, opts.rss_ports // (10 if opts.quick else 1))
     rounds = max(2, opts.fdb_rounds // (5 if opts.quick else 1))
@@ -218,13 +219,6 @@ def run(opts: argparse.Namespace) -> Report:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--lab-wait", type=float, default=120.0)
-    add_arguments(parser)
-    rep = run(parser.parse_args())
-    from bench.report import text_table
+    from bench.__main__ import main
 
-    print(text_table(rep.columns, rep.rows))
-    for line in rep.goals + rep.notes:
-        print("  " + line)
+    sys.exit(main(["--only", "agent_bench", *sys.argv[1:]]))

@@ -34,17 +34,18 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bench.common import lab, paired_ratio, wait_ping
-from bench.kernel_lab import KernelLab, batch, iperf3_run, nic_settings, nsx, ping_run, sh, vm_nic_settings
-from bench.port_up_bench import _import_repo, _tail, in_sandbox
-from bench.report import Report, percentile
+from bench import common
+from bench.kernel_lab import KernelLab, batch, nic_settings, nsx, sh, vm_nic_settings
+from bench.port_up_bench import _tail, in_sandbox
+from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Data plane: VM-to-VM iperf3 and ping, vxnet vs hand-built kernel VXLAN vs underlay vs OVN (same run)"
 CIDR24 = "100.64.40"
@@ -184,12 +185,8 @@ def _vxnet_topology(lab3: Any, gateway: bool) -> Labs:
     from vxnet.lab import topology
 
     net, sub = lab3.network("alice", f"{CIDR24}.0/24", "dataplane")
-    ports = {}
-    for name, host, octet in (("dp1", "h1", 11), ("dp2", "h2", 12), ("dp3", "h1", 13)):
-        ports[name] = lab3.port("alice", net["id"], f"{CIDR24}.{octet}")
-        lab3.vm(name, host, ports[name])
-    for p in ports.values():
-        lab3.wait_status(p["id"], "ACTIVE", timeout=30)
+    ports = common.vms_active(lab3, [(name, host, net["id"], f"{CIDR24}.{octet}")
+                              for name, host, octet in (("dp1", "h1", 11), ("dp2", "h2", 12), ("dp3", "h1", 13))])
     vms = {name: topology.vm_ns(name) for name in ports}
     routed: str | None = None
     fip = "!no gateway host in this lab (`vxnet lab up --gateways/--external` not available)"
@@ -200,16 +197,13 @@ def _vxnet_topology(lab3: Any, gateway: bool) -> Labs:
             rid = _ok(c.post("/routers", json={"router": {"name": "dataplane"}}), 201)["router"]["id"]
             for s in (sub, sub_b):
                 _ok(c.put(f"/routers/{rid}/add_router_interface", json={"subnet_id": s["id"]}))
-        for name, host, octet in (("dr2", "h2", 12), ("dr3", "h1", 13)):
-            ports[name] = lab3.port("alice", net_b["id"], f"{CIDR24_B}.{octet}")
-            lab3.vm(name, host, ports[name])
-            vms[name] = topology.vm_ns(name)
-        for name in ("dr2", "dr3"):
-            lab3.wait_status(ports[name]["id"], "ACTIVE", timeout=30)
+        ports |= common.vms_active(lab3, [(name, host, net_b["id"], f"{CIDR24_B}.{octet}")
+                                   for name, host, octet in (("dr2", "h2", 12), ("dr3", "h1", 13))])
+        vms |= {name: topology.vm_ns(name) for name in ("dr2", "dr3")}
         for name, gw in (("dp1", f"{CIDR24}.1"), ("dp2", f"{CIDR24}.1"), ("dp3", f"{CIDR24}.1"),
                          ("dr2", f"{CIDR24_B}.1"), ("dr3", f"{CIDR24_B}.1")):
             nsx(vms[name], "ip", "route", "replace", "default", "via", gw)
-        if not (wait_ping(vms["dp1"], f"{CIDR24_B}.12", 30) and wait_ping(vms["dp1"], f"{CIDR24_B}.13", 10)):
+        if not (common.wait_ping(vms["dp1"], f"{CIDR24_B}.12", 30) and common.wait_ping(vms["dp1"], f"{CIDR24_B}.13", 10)):
             routed = "routed ping dp1 -> dr2/dr3 never answered within 30 s"
     except Exception as e:  # noqa: BLE001 - the row says what broke
         routed = f"routed setup failed: {type(e).__name__}: {e}"[:300]
@@ -245,7 +239,7 @@ def _floating_ip(lab3: Any, rid: str, port: dict[str, Any]) -> str:
         fip = _ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"],
                                                              "port_id": port["id"]}}), 201)["floatingip"]
     addr = fip["floating_ip_address"]
-    if not wait_ping(topology.EXTERNAL_NS, addr, 40):
+    if not common.wait_ping(topology.EXTERNAL_NS, addr, 40):
         raise RuntimeError(f"the outside client's ping to floating IP {addr} never answered within 40 s")
     return addr
 
@@ -320,13 +314,13 @@ def _vxnet_pids() -> list[int]:
 
 def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, Any]:
     """Build every lab, then `rounds` alternating rounds over ROWS (runs inside the sandbox)."""
-    _import_repo()
+    import_repo()
     out: dict[str, Any] = {"rows": {}, "settings": {}, "notes": [], "ovn_measure": ""}
     gateway = _lab_has_gateways()
     k = KernelLab(mode="static", prefix="vxk", cidr24=CIDR24, more_networks={4243: CIDR24_B})
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-dp-")
     try:
-        with lab(workdir, gateway) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
+        with common.lab(workdir, gateway) as lab3, ovn_lab(script) as (ovn_dir, ovn_err, ovn_env):
             labs = _vxnet_topology(lab3, gateway)
             k.build()
             for name, host, octet in (("k1", 1, 11), ("k2", 2, 12), ("k3", 1, 13)):
@@ -364,19 +358,11 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
                     out["rows"][key]["error"] = str(e)
                 except Exception as e:  # noqa: BLE001 - the table says what broke
                     out["rows"][key]["error"] = f"{type(e).__name__}: {e}"[:300]
-            for rnd in range(rounds):
-                order = list(range(len(ROWS)))
-                if rnd % 2:
-                    order.reverse()
-                for i in order:
-                    row = out["rows"][str(i)]
-                    if row["error"]:
-                        continue
+            for i in common.alternating(rounds, len(ROWS)):
+                row = out["rows"][str(i)]
+                if not row["error"]:
                     p = ROWS[i][2](labs)
-                    res: dict[str, Any] = {"load1": os.getloadavg()[0]}
-                    res["iperf"] = iperf3_run(p.src_ns, p.dst_ns, p.dst_ip, seconds, p.bind_ip)
-                    res["ping"] = ping_run(p.src_ns, p.dst_ip, count, 0.01)
-                    row["rounds"].append(res)
+                    row["rounds"].append(common.measure_row(p.src_ns, p.dst_ns, p.dst_ip, seconds, count, p.bind_ip))
             if ovn_dir:
                 env = dict(ovn_env, IPERF_T=str(max(1, int(seconds))))
                 r = subprocess.run(["bash", script, "measure"], env=env, capture_output=True, text=True, timeout=300,
@@ -406,14 +392,6 @@ def _f(x: float | None, fmt: str = "{:.3f}") -> str:
     return "" if x is None else fmt.format(x)
 
 
-def _summary(row: dict[str, Any]) -> dict[str, Any]:
-    gb = [r["iperf"]["gbps"] for r in row["rounds"] if "gbps" in r["iperf"]]
-    rtts = [x for r in row["rounds"] for x in r["ping"]["rtts"]]
-    errs = [r["iperf"]["error"] for r in row["rounds"] if "error" in r["iperf"]]
-    return {"gb": gb, "rtts": rtts, "lost": sum(r["ping"]["lost"] for r in row["rounds"]),
-            "retr": [r["iperf"].get("retransmits") for r in row["rounds"] if "gbps" in r["iperf"]], "errs": errs}
-
-
 def run(opts: argparse.Namespace) -> Report:
     cols = ["system", "path", "iperf3 Gbit/s (median; min-max)", "retransmits", "ping avg ms", "p50 ms", "p99 ms",
             "lost", "sender NIC (read from the kernel)"]
@@ -436,13 +414,9 @@ def run(opts: argparse.Namespace) -> Report:
         if row["error"]:
             rows.append([row["system"], row["path"], "not measured", "", "", "", "", "", row["error"].replace("|", "/")])
             continue
-        s = _summary(row)
-        gb = (f"{statistics.median(s['gb']):.2f}; {min(s['gb']):.2f}-{max(s['gb']):.2f}" if s["gb"] else
-              "failed: " + "; ".join(s["errs"])[:200])
-        rtts = s["rtts"]
-        rows.append([row["system"], row["path"], gb, "/".join(str(x) for x in s["retr"]),
-                     _f(statistics.mean(rtts)) if rtts else "", _f(percentile(rtts, 50)) if rtts else "",
-                     _f(percentile(rtts, 99)) if rtts else "", str(s["lost"]), res["settings"].get(key, "")])
+        gb, *ping = common.row_cells(row["rounds"])
+        retr = "/".join(str(r["iperf"].get("retransmits")) for r in row["rounds"] if "gbps" in r["iperf"])
+        rows.append([row["system"], row["path"], gb, retr, *ping, res["settings"].get(key, "")])
     pairs = [(("vxnet", "VM->VM across hosts"), ("kernel VXLAN (hand-built)", "VM->VM across hosts")),
              (("vxnet", "VM->VM same host"), ("kernel VXLAN (hand-built)", "VM->VM same host")),
              (("vxnet", "VM->VM routed across hosts"), ("kernel VXLAN (hand-built)", "VM->VM routed across hosts")),
@@ -454,7 +428,7 @@ def run(opts: argparse.Namespace) -> Report:
         ra, rb = by.get(a), by.get(b)
         if not ra or not rb or ra["error"] or rb["error"]:
             continue
-        g, lat = paired_ratio(ra, rb, "gbps"), paired_ratio(ra, rb, "p50")
+        g, lat = common.paired_ratio(ra, rb, "gbps"), common.paired_ratio(ra, rb, "p50")
         rows.append([f"ratio {a[0]} / {b[0]}", a[1] if a[1] == b[1] else f"{a[1]} / {b[1]}",
                      _f(g, "{:.2f}x"), "", "", _f(lat, "{:.2f}x"), "", "",
                      "per-round ratios, median over rounds (Gbit/s; ping p50)"])
@@ -462,7 +436,7 @@ def run(opts: argparse.Namespace) -> Report:
              "latency (same devices, same flags, same offloads).")]
     ra, rb = by.get(("vxnet", "VM->VM across hosts")), by.get(("kernel VXLAN (hand-built)", "VM->VM across hosts"))
     if ra and rb and not ra["error"] and not rb["error"]:
-        g, lat = paired_ratio(ra, rb, "gbps"), paired_ratio(ra, rb, "p50")
+        g, lat = common.paired_ratio(ra, rb, "gbps"), common.paired_ratio(ra, rb, "p50")
         if g is not None and lat is not None:
             goals.append(f"Across hosts here: throughput ratio {g:.2f}x, p50 latency ratio {lat:.2f}x "
                          f"({'within' if 0.9 <= g <= 1.1 else 'OUTSIDE'} +-10% for throughput).")
@@ -482,25 +456,16 @@ def run(opts: argparse.Namespace) -> Report:
     if idle:
         notes.append("Idle CPU of the control planes (5 s before the first row; both stay up during every row): "
                      + ", ".join(f"{k} {v * 100:.1f}% of a CPU" for k, v in idle.items() if v is not None) + ".")
-    loads = [r["load1"] for row in res["rows"].values() for r in row["rounds"]]
-    notes.append("Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) +
-                 "; at the end: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()) +
-                 (f"; 1-min load before each row: {min(loads):.1f}-{max(loads):.1f}" if loads else "") +
-                 f" on {os.cpu_count()} CPUs shared with other sessions' tests: absolute figures move with it, "
-                 "the per-round ratios much less.")
-    extra = "Per round (Gbit/s | ping p50 ms | 1-min load before the row):\n\n"
-    extra += "| system | path | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |\n"
-    extra += "|---|---|" + "---|" * rounds + "\n"
-    for row in res["rows"].values():
-        if row["error"]:
-            continue
-        cells = []
-        for r in row["rounds"]:
-            g = f"{r['iperf']['gbps']:.2f}" if "gbps" in r["iperf"] else "fail"
-            p = f"{percentile(r['ping']['rtts'], 50):.3f}" if r["ping"]["rtts"] else "-"
-            cells.append(f"{g} / {p} / {r['load1']:.1f}")
-        extra += f"| {row['system']} | {row['path']} | " + " | ".join(cells) + " |\n"
+    notes.append(common.load_note(load0, [row["rounds"] for row in res["rows"].values()]))
+    extra = common.per_round_table(("system", "path"), [(row["system"], row["path"], row["rounds"])
+                                                 for row in res["rows"].values() if not row["error"]], rounds)
     if res.get("ovn_measure"):
         extra += ("\nOVN lab's own `ovn-lab.sh measure` (NPORTS=0, IPERF_T="
                   f"{max(1, int(seconds))}), same run, after the rounds:\n\n```\n{res['ovn_measure']}\n```\n")
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "dataplane_bench", *sys.argv[1:]]))

@@ -54,6 +54,7 @@ from bench.servers import (
     etcd_cluster,
     load_averages,
     raise_open_files_limit,
+    register_hosts,
     sample,
     servers,
 )
@@ -135,21 +136,7 @@ async def populate(ports: list[int], admin_tok: str, agent_tok: str, opts: argpa
                 world.net_of[p["id"]] = n
                 world.hosts_on[n].add(h)
                 world.ports_on[n].add(p["id"])
-    clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}/v2.0/vxnet", headers={"X-Auth-Token": agent_tok},
-                                 timeout=120) for p in ports]
-    sem = asyncio.Semaphore(16)
-
-    async def register(i: int, h: str) -> None:
-        async with sem:
-            r = await clients[i % len(clients)].post(f"/hosts/{h}/register",
-                                                     json={"underlay_ip": f"100.{100 + i // 65536}.{i // 256 % 256}.{i % 256}"})
-            assert r.status_code == 200, r.text
-
-    try:
-        await asyncio.gather(*(register(i, h) for i, h in enumerate(world.hosts)))
-    finally:
-        for cl in clients:
-            await cl.aclose()
+    await register_hosts(ports, agent_tok, world.hosts)
     return world
 
 

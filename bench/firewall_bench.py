@@ -29,13 +29,17 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any
 
-from bench.kernel_lab import KernelLab, iperf3_run, nsx, sh
-from bench.port_up_bench import _import_repo, in_sandbox
+from bench.common import lab as vxnet_lab
+from bench.common import vms_active
+from bench.kernel_lab import KernelLab, firewall_recipe, iperf3_run, nsx, sh
+from bench.port_up_bench import in_sandbox
 from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Security groups: throughput vs the hand-built recipe, and time to apply a change at 1,000 ports"
 CIDR24 = "100.64.44"
@@ -47,22 +51,16 @@ NET = "9b000000-0000-4000-8000-00000000000b"
 # --- 1. throughput ------------------------------------------------------------------------------
 
 def _throughput(rounds: int, seconds: float) -> dict[str, Any]:
-    from bench.dataplane_bench import _lab
 
     out: dict[str, Any] = {"rounds": [], "notes": []}
     k = KernelLab(mode="static", prefix="vxk", cidr24=CIDR24)
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-fw-")
     try:
-        with _lab(workdir, False) as lab3:
+        with vxnet_lab(workdir) as lab3:
             from vxnet.lab import topology
 
             net, _ = lab3.network("alice", f"{CIDR24}.0/24", "fw")
-            ports = {}
-            for name, host, octet in (("fw1", "h1", 11), ("fw2", "h2", 12)):
-                ports[name] = lab3.port("alice", net["id"], f"{CIDR24}.{octet}")
-                lab3.vm(name, host, ports[name])
-            for p in ports.values():
-                lab3.wait_status(p["id"], "ACTIVE", timeout=30)
+            ports = vms_active(lab3, [("fw1", "h1", net["id"], f"{CIDR24}.11"), ("fw2", "h2", net["id"], f"{CIDR24}.12")])
             k.build()
             k.add_vm("k1", 1, 11)
             k.add_vm("k2", 2, 12)
@@ -95,34 +93,9 @@ def _throughput(rounds: int, seconds: float) -> dict[str, Any]:
 
 
 def _recipe(vms: list[tuple[str, str, str]], bridge: str) -> str:
-    """KERNEL-NOTES §6 written by hand (the same text as bench.kernel_lab.KernelLab.apply_firewall)
-    for the lab's own VMs `(tap, mac, ip)` on `bridge`: tables `vxr_ps` / `vxr_sg`."""
-    members = ", ".join(ip for _, _, ip in vms)
-    ps = ["table bridge vxr_ps {", "  chain pre { type filter hook prerouting priority -200; policy accept;"]
-    ps += [f'    iifname "{tap}" jump port_{n}' for n, (tap, _, _) in enumerate(vms)]
-    ps += ["  }", "  chain out { type filter hook forward priority -100; policy accept;"]
-    ps += [f'    oifname "{tap}" meta mark set meta mark or 0x00010000' for tap, _, _ in vms]
-    ps += ["  }"]
-    for n, (_, mac, ip) in enumerate(vms):
-        ps += [f"  chain port_{n} {{", f"    ether saddr != {mac} counter drop",
-               f"    ether type arp arp saddr ether != {mac} counter drop",
-               f"    ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }} counter drop", "    ether type arp accept",
-               "    ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept", "    udp sport 67 counter drop",
-               f"    ether type ip ip saddr != {ip} counter drop",
-               "    ether type ip meta mark set meta mark or 0x00000001 accept", "    counter drop", "  }"]
-    ps += ["}"]
-    sg = ["table inet vxr_sg {", f"  set members {{ type ipv4_addr; elements = {{ {members} }}; }}",
-          "  chain zone { type filter hook prerouting priority raw; policy accept;",
-          f'    iifname "{bridge}" ct zone set 1', "  }",
-          "  chain fwd_eg { type filter hook forward priority 0; policy accept;",
-          "    meta mark & 0x0000ffff == 0x00000001 jump egress", "  }",
-          "  chain fwd_in { type filter hook forward priority 10; policy accept;",
-          "    meta mark & 0xffff0000 == 0x00010000 jump ingress", "  }",
-          "  chain egress {", "    ct state established,related accept", "    ct state invalid drop",
-          "    meta nfproto ipv4 accept", "    drop", "  }",
-          "  chain ingress {", "    ct state established,related accept", "    ct state invalid drop",
-          "    ip saddr @members accept", "    drop", "  }", "}"]
-    return "\n".join(ps + sg) + "\n"
+    """KERNEL-NOTES §6 written by hand (bench.kernel_lab.firewall_recipe, the text of
+    KernelLab.apply_firewall) for the lab's own VMs `(tap, mac, ip)` on `bridge`: tables `vxr_ps` / `vxr_sg`."""
+    return firewall_recipe("vxr_", [(str(n), tap, mac, ip) for n, (tap, mac, ip) in enumerate(vms)], [bridge])
 
 
 _DROP = {"vxnet": "table bridge vxnet_ps {}\ndelete table bridge vxnet_ps\ntable inet vxnet_sg {}\ndelete table inet vxnet_sg\n",
@@ -186,7 +159,7 @@ def _view(nports: int, extra_rules: int = 0, members_extra: int = 0) -> dict[str
 
 
 def _apply_times(nports: int, rounds: int) -> dict[str, Any]:
-    _import_repo()
+    import_repo()
     from vxnet.compute.firewall import compute_firewall
     from vxnet.dataplane.nft_driver import NftDriver
 
@@ -232,7 +205,7 @@ def _apply_times(nports: int, rounds: int) -> dict[str, Any]:
 
 def measure(rounds: int, seconds: float, nports: int, apply_rounds: int) -> dict[str, Any]:
     """Both parts, inside the sandbox."""
-    _import_repo()
+    import_repo()
     return {"throughput": _throughput(rounds, seconds), "apply": _apply_times(nports, apply_rounds)}
 
 
@@ -325,3 +298,9 @@ def run(opts: argparse.Namespace) -> Report:
              + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs shared with other "
              "sessions: absolute figures move with it, per-round ratios much less."]
     return Report(NAME, cols, rows, notes=notes, goals=goals)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "firewall_bench", *sys.argv[1:]]))

@@ -22,11 +22,13 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import time
 from typing import Any
 
-from bench.port_up_bench import _import_repo, in_sandbox
+from bench.port_up_bench import in_sandbox
 from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Floating IP path vs direct, and floating ip set -> first reply"
 TOML_EXTRA = "agent_down_time = 5"
@@ -53,7 +55,7 @@ def _iperf(ns: str, ip: str, seconds: int) -> float | None:
 
 def measure(rounds: int, sets: int, seconds: int) -> dict[str, Any]:
     """Runs inside the sandbox (see module docstring)."""
-    _import_repo()
+    import_repo()
     import tempfile
 
     from tests.conftest import free_port, get_token
@@ -185,3 +187,9 @@ def run(opts: argparse.Namespace) -> Report:
               "external bridge, the gateway namespace (routing + DNAT/SNAT + conntrack) and, for replies, the "
               "distributed router namespace on h1.")]
     return Report(NAME, cols, rows, notes=notes)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "gateway_bench", *sys.argv[1:]]))

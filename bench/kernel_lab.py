@@ -220,35 +220,8 @@ class KernelLab:
         sources from the group's member set; everything else dropped. Rules for every VM on
         every host (so a migrated VM finds its rules already in place)."""
         vms = sorted(self.vms.values(), key=lambda v: v.name)
-        members = ", ".join(v.ip for v in vms)
-        ps = [f"table bridge {self.p}ps {{", "  chain pre { type filter hook prerouting priority -200; policy accept;"]
-        ps += [f'    iifname "{self.tap(v.name)}" jump port_{v.name}' for v in vms]
-        ps += ["  }", "  chain out { type filter hook forward priority -100; policy accept;"]
-        ps += [f'    oifname "{self.tap(v.name)}" meta mark set meta mark or 0x00010000' for v in vms]
-        ps += ["  }"]
-        for v in vms:
-            ps += [f"  chain port_{v.name} {{", f"    ether saddr != {v.mac} counter drop",
-                   f"    ether type arp arp saddr ether != {v.mac} counter drop",
-                   f"    ether type arp arp saddr ip != {{ 0.0.0.0, {v.ip} }} counter drop", "    ether type arp accept",
-                   "    ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept", "    udp sport 67 counter drop",
-                   f"    ether type ip ip saddr != {v.ip} counter drop",
-                   "    ether type ip meta mark set meta mark or 0x00000001 accept", "    counter drop", "  }"]
-        ps += ["}"]
-        sg = [f"table inet {self.p}sg {{", f"  set members {{ type ipv4_addr; elements = {{ {members} }}; }}",
-              "  chain zone { type filter hook prerouting priority raw; policy accept;",
-              *(f'    iifname "{self.br(vni)}" ct zone set {n + 1}' for n, vni in enumerate(self.nets)), "  }",
-              # Two base chains: an `accept` ends its base chain only, so same-host traffic
-              # meets both the sender's egress and the receiver's ingress rules.
-              "  chain fwd_eg { type filter hook forward priority 0; policy accept;",
-              "    meta mark & 0x0000ffff == 0x00000001 jump egress", "  }",
-              "  chain fwd_in { type filter hook forward priority 10; policy accept;",
-              "    meta mark & 0xffff0000 == 0x00010000 jump ingress", "  }",
-              "  chain egress {", "    ct state established,related accept", "    ct state invalid drop",
-              "    meta nfproto ipv4 accept", "    drop", "  }",
-              "  chain ingress {", "    ct state established,related accept", "    ct state invalid drop",
-              "    ip saddr @members accept", "    drop", "  }",
-              "}"]
-        text = "\n".join(ps + sg) + "\n"
+        text = firewall_recipe(self.p, [(v.name, self.tap(v.name), v.mac, v.ip) for v in vms],
+                               [self.br(vni) for vni in self.nets])
         for i in range(1, self.hosts + 1):
             ns = self.host_ns(i)
             sh(["ip", "netns", "exec", ns, "nft", "-f", "-"],
@@ -303,6 +276,41 @@ class KernelLab:
 
 
 # -- measuring tools ----------------------------------------------------------------------------
+
+
+def firewall_recipe(prefix: str, vms: Sequence[tuple[str, str, str, str]], bridges: Sequence[str]) -> str:
+    """KERNEL-NOTES §6 by hand (see KernelLab.apply_firewall) as one nft script: tables
+    `<prefix>ps` (bridge) and `<prefix>sg` (inet) for `vms` = (chain suffix, tap, MAC, IPv4),
+    every VM in one group; conntrack zone n+1 for the n-th of `bridges`."""
+    members = ", ".join(ip for _, _, _, ip in vms)
+    ps = [f"table bridge {prefix}ps {{", "  chain pre { type filter hook prerouting priority -200; policy accept;"]
+    ps += [f'    iifname "{tap}" jump port_{name}' for name, tap, _, _ in vms]
+    ps += ["  }", "  chain out { type filter hook forward priority -100; policy accept;"]
+    ps += [f'    oifname "{tap}" meta mark set meta mark or 0x00010000' for _, tap, _, _ in vms]
+    ps += ["  }"]
+    for name, _, mac, ip in vms:
+        ps += [f"  chain port_{name} {{", f"    ether saddr != {mac} counter drop",
+               f"    ether type arp arp saddr ether != {mac} counter drop",
+               f"    ether type arp arp saddr ip != {{ 0.0.0.0, {ip} }} counter drop", "    ether type arp accept",
+               "    ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept", "    udp sport 67 counter drop",
+               f"    ether type ip ip saddr != {ip} counter drop",
+               "    ether type ip meta mark set meta mark or 0x00000001 accept", "    counter drop", "  }"]
+    ps += ["}"]
+    sg = [f"table inet {prefix}sg {{", f"  set members {{ type ipv4_addr; elements = {{ {members} }}; }}",
+          "  chain zone { type filter hook prerouting priority raw; policy accept;",
+          *(f'    iifname "{br}" ct zone set {n + 1}' for n, br in enumerate(bridges)), "  }",
+          # Two base chains: an `accept` ends its base chain only, so same-host traffic
+          # meets both the sender's egress and the receiver's ingress rules.
+          "  chain fwd_eg { type filter hook forward priority 0; policy accept;",
+          "    meta mark & 0x0000ffff == 0x00000001 jump egress", "  }",
+          "  chain fwd_in { type filter hook forward priority 10; policy accept;",
+          "    meta mark & 0xffff0000 == 0x00010000 jump ingress", "  }",
+          "  chain egress {", "    ct state established,related accept", "    ct state invalid drop",
+          "    meta nfproto ipv4 accept", "    drop", "  }",
+          "  chain ingress {", "    ct state established,related accept", "    ct state invalid drop",
+          "    ip saddr @members accept", "    drop", "  }",
+          "}"]
+    return "\n".join(ps + sg) + "\n"
 
 
 def nic_settings(ns: str, dev: str) -> str:

@@ -31,14 +31,18 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.common import lab as vxnet_lab
+from bench.common import vms_active
 from bench.kernel_lab import KernelLab, nsx
-from bench.port_up_bench import _import_repo, in_sandbox
+from bench.port_up_bench import in_sandbox
 from bench.report import Report, percentile
+from bench.servers import import_repo
 
 NAME = "Live-migration outage and agent-restart loss under a 2 ms ping stream"
 CIDR24 = "100.64.70"
@@ -89,8 +93,7 @@ def _with_stream(src_ns: str, dst_ip: str, interval: float, action: Callable[[],
 
 def measure(runs: int, interval: float) -> dict[str, Any]:
     """Alternating migration runs (vxnet, kernel), then agent-restart runs (inside the sandbox)."""
-    _import_repo()
-    from bench.port_up_bench import vxnet_lab
+    import_repo()
     from vxnet.lab import lab, topology
 
     out: dict[str, Any] = {"vxnet": [], "kernel": [], "restart": [], "errors": []}
@@ -107,11 +110,7 @@ def measure(runs: int, interval: float) -> dict[str, Any]:
     try:
         with vxnet_lab(workdir) as lab3:
             net, _ = lab3.network("alice", f"{CIDR24}.0/24", "mig")
-            ports = {n: lab3.port("alice", net["id"], f"{CIDR24}.{o}") for n, o in (("m1", 11), ("m2", 12))}
-            lab3.vm("m1", "h1", ports["m1"])
-            lab3.vm("m2", "h2", ports["m2"])
-            for p in ports.values():
-                lab3.wait_status(p["id"], "ACTIVE", timeout=30)
+            vms_active(lab3, [("m1", "h1", net["id"], f"{CIDR24}.11"), ("m2", "h2", net["id"], f"{CIDR24}.12")])
             k.build()
             k.add_vm("km1", 1, 11)
             k.add_vm("km2", 2, 12)
@@ -256,3 +255,9 @@ def run(opts: argparse.Namespace) -> Report:
             f"{_ms(r['gap'])} / {_ms(r.get('vm_move'))} / {_ms(r.get('control'))} / {r['sent'] - r['received']}"
             + (f" (-> {r['dest']})" if "dest" in r else "") for r in res[key]) + "\n"
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "migration_bench", *sys.argv[1:]]))

@@ -48,18 +48,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from bench.common import lab as vxnet_lab
 from bench.report import Report, percentile
+from bench.servers import import_repo
 
 NAME = "Port-up latency: vxnet lab (embedded store and etcd) vs OVN lab (same run)"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVN_LAB = os.path.normpath(os.path.join(REPO, "..", "shared", "peers", "ovn-lab.sh"))
 HOSTS = ("h1", "h2", "h3")
 NET_CIDR = "100.64.20.0/24"
-
-
-def _import_repo() -> None:
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
 
 
 def _ms(x: float) -> str:
@@ -117,7 +114,7 @@ def wait_lab_free(timeout: float, quiet: float | None = None) -> list[str]:
     gap between two tests of someone else's suite does not count as free); returns what is still
     there after `timeout`. The lab's names are fixed (one lab per machine), so a run of the root
     tests elsewhere and this benchmark would tear each other's lab down."""
-    _import_repo()
+    import_repo()
     from vxnet.lab import lab, topology
 
     quiet = QUIET if quiet is None else quiet
@@ -140,72 +137,30 @@ def wait_lab_free(timeout: float, quiet: float | None = None) -> list[str]:
 
 
 @contextlib.contextmanager
-def vxnet_lab(workdir: str) -> Iterator[object]:
-    """`vxnet lab up --hosts 3` on a fresh store in `workdir`; always `lab down` afterwards.
-    Yields a tests.root.conftest.Lab."""
-    _import_repo()
-    from tests.conftest import free_port
-    from tests.root.conftest import USERS_TOML, Lab
-    from vxnet.lab import lab
-
-    cfg = os.path.join(workdir, "lab.toml")
-    with open(cfg, "w") as f:
-        f.write(USERS_TOML.format(port=free_port(), db=os.path.join(workdir, "vxnet.db")))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
-    try:
-        st = lab.up(len(HOSTS), cfg)
-        yield Lab(st)
-    finally:
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
-
-
-@contextlib.contextmanager
 def vxnet_lab_etcd(workdir: str) -> Iterator[object]:
     """`vxnet lab up --hosts 3 --server URL1,URL2` with two `vxnet server`s on a fresh 3-member
     etcd cluster on loopback (as tests/distributed's `etcd_lab`); everything stopped afterwards.
     Yields a tests.root.conftest.Lab whose API calls go to the second server (the agents watch
     the first)."""
-    _import_repo()
-    from tests.distributed.conftest import lab_servers_on_etcd
+    import_repo()
+    from tests.distributed.conftest import lab_on_etcd
     from tests.root.conftest import Lab
     from tests.support.etcd import EtcdCluster
-    from vxnet.lab import lab
 
     cluster = EtcdCluster(3, prefix="vxbench-pu")
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = os.path.join(workdir, "state")
-    procs = lab_servers_on_etcd(cluster, workdir)
     try:
-        st = lab.up(len(HOSTS), procs[0].config_path, server=",".join(p.url for p in procs))
-        for p in procs:
-            p.start()
-        lab3 = Lab(st)
-        lab3.url = procs[1].url
-        yield lab3
+        with lab_on_etcd(cluster, workdir) as env:
+            lab3 = Lab(env.state)
+            lab3.url = env.servers[1].url
+            yield lab3
     finally:
-        try:
-            lab.down()
-        finally:
-            for p in procs:
-                p.kill()
-            cluster.stop()
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
+        cluster.stop()
 
 
 def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
     """Per-port bind->ACTIVE and bind->first reply (seconds) on a fresh 3-host lab whose server
     uses the embedded store (`store="embedded"`) or which has 2 servers on etcd (`"etcd"`)."""
-    _import_repo()
+    import_repo()
     from tests.root.helpers import nsexec
     from tests.support import probe
     from vxnet.lab import lab, topology
@@ -522,12 +477,6 @@ def run(opts: argparse.Namespace) -> Report:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    add_arguments(parser)
-    rep = run(parser.parse_args())
-    from bench.report import text_table
+    from bench.__main__ import main
 
-    print(text_table(rep.columns, rep.rows))
-    for line in rep.goals + rep.notes:
-        print("  " + line)
+    sys.exit(main(["--only", "port_up_bench", *sys.argv[1:]]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -132,10 +133,6 @@ def run(opts: argparse.Namespace) -> Report:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    add_arguments(parser)
-    rep = run(parser.parse_args())
-    from bench.report import text_table
+    from bench.__main__ import main
 
-    print(text_table(rep.columns, rep.rows))
+    sys.exit(main(["--only", "quota_bench", *sys.argv[1:]]))

@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
+import sys
 import tempfile
 import time
 from typing import Any
 
-from bench.common import lab, paired_ratio, wait_ping
-from bench.kernel_lab import iperf3_run, ping_run
-from bench.port_up_bench import _import_repo, in_sandbox
-from bench.report import Report, percentile
+from bench import common
+from bench.port_up_bench import in_sandbox
+from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Distributed routing: routed VM-to-VM vs L2 (vxnet lab, same run, alternating rounds)"
 A24, B24 = "100.64.50", "100.64.51"
@@ -49,13 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
     """Build the lab and run `rounds` alternating rounds (runs inside the sandbox)."""
-    _import_repo()
+    import_repo()
     from vxnet.lab import topology
 
     out: dict[str, Any] = {"rows": [{"rounds": [], "error": None} for _ in ROWS], "setup_s": None}
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-rt-")
     try:
-        with lab(workdir) as lab3:
+        with common.lab(workdir) as lab3:
             t0 = time.time()
             nets = {"A": lab3.network("alice", f"{A24}.0/24", "rt-a"), "B": lab3.network("alice", f"{B24}.0/24", "rt-b")}
             with lab3.api("alice") as c:
@@ -63,30 +63,17 @@ def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
                 for _, sub in nets.values():
                     r = c.put(f"/routers/{rid}/add_router_interface", json={"subnet_id": sub["id"]})
                     assert r.status_code == 200, r.text
-            ports = {}
-            for name, net, host, octet in VMS:
-                prefix = A24 if net == "A" else B24
-                ports[name] = lab3.port("alice", nets[net][0]["id"], f"{prefix}.{octet}")
-                lab3.vm(name, host, ports[name])
-            for p in ports.values():
-                lab3.wait_status(p["id"], "ACTIVE", timeout=30)
+            common.vms_active(lab3, [(name, host, nets[net][0]["id"], f"{A24 if net == 'A' else B24}.{octet}")
+                              for name, net, host, octet in VMS])
             for i, (_, _, src, dst, ip) in enumerate(ROWS):
-                if not wait_ping(topology.vm_ns(src), ip, 30):
+                if not common.wait_ping(topology.vm_ns(src), ip, 30):
                     out["rows"][i]["error"] = f"{src} -> {dst} ({ip}) never answered within 30 s"
             out["setup_s"] = time.time() - t0
-            for rnd in range(rounds):
-                order = list(range(len(ROWS)))
-                if rnd % 2:
-                    order.reverse()
-                for i in order:
-                    row = out["rows"][i]
-                    if row["error"]:
-                        continue
+            for i in common.alternating(rounds, len(ROWS)):
+                row = out["rows"][i]
+                if not row["error"]:
                     _, _, src, dst, ip = ROWS[i]
-                    res: dict[str, Any] = {"load1": os.getloadavg()[0]}
-                    res["iperf"] = iperf3_run(topology.vm_ns(src), topology.vm_ns(dst), ip, seconds)
-                    res["ping"] = ping_run(topology.vm_ns(src), ip, count, 0.01)
-                    row["rounds"].append(res)
+                    row["rounds"].append(common.measure_row(topology.vm_ns(src), topology.vm_ns(dst), ip, seconds, count))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return out
@@ -111,19 +98,13 @@ def run(opts: argparse.Namespace) -> Report:
         if row["error"]:
             rows.append([kind, between, "not measured: " + row["error"], "", "", "", ""])
             continue
-        gb = [r["iperf"]["gbps"] for r in row["rounds"] if "gbps" in r["iperf"]]
-        errs = [r["iperf"]["error"] for r in row["rounds"] if "error" in r["iperf"]]
-        rtts = [x for r in row["rounds"] for x in r["ping"]["rtts"]]
-        rows.append([kind, between,
-                     f"{statistics.median(gb):.2f}; {min(gb):.2f}-{max(gb):.2f}" if gb else "failed: " + "; ".join(errs)[:200],
-                     f"{statistics.mean(rtts):.3f}" if rtts else "", f"{percentile(rtts, 50):.3f}" if rtts else "",
-                     f"{percentile(rtts, 99):.3f}" if rtts else "", str(sum(r["ping"]["lost"] for r in row["rounds"]))])
+        rows.append([kind, between, *common.row_cells(row["rounds"])])
     goals = []
     for routed, l2 in PAIRS:
         a, b = res["rows"][routed], res["rows"][l2]
         if a["error"] or b["error"]:
             continue
-        g, lat = paired_ratio(a, b, "gbps"), paired_ratio(a, b, "p50")
+        g, lat = common.paired_ratio(a, b, "gbps"), common.paired_ratio(a, b, "p50")
         rows.append(["ratio routed / L2", ROWS[routed][1].split(" (")[0],
                      f"{g:.2f}x" if g is not None else "", "", f"{lat:.2f}x" if lat is not None else "", "", ""])
         if routed == 1 and g is not None and lat is not None:
@@ -131,24 +112,20 @@ def run(opts: argparse.Namespace) -> Report:
                          f"host (no NAT, no conntrack in the router namespace): here {g:.2f}x the L2 throughput "
                          f"and {lat:.2f}x its p50 latency (KERNEL-NOTES §8 by hand: 0.146 ms routed vs 0.119 ms "
                          "L2 across hosts, 1.23x).")
-    loads = [r["load1"] for row in res["rows"] for r in row["rounds"]]
     notes = [(f"{rounds} alternating rounds (row order reversed every other round); each row: iperf3 -t {seconds:g} "
               f"single TCP stream (receiver Gbit/s), then {count} pings 10 ms apart (3 warm-up pings not counted). "
               "VMs: MTU 1450, TSO/GSO/GRO off (the lab's VM settings); the port security / security group "
               "tables of the firewall feature are active on every VM port (default group)."),
              f"Lab setup (networks, router, 5 VMs ACTIVE, first routed ping answered): {res['setup_s']:.1f} s."
              if res.get("setup_s") else "Lab setup did not finish.",
-             "Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) + "; at the end: "
-             + " / ".join(f"{x:.1f}" for x in os.getloadavg())
-             + (f"; 1-min load before each row: {min(loads):.1f}-{max(loads):.1f}" if loads else "")
-             + f" on {os.cpu_count()} CPUs shared with other sessions: absolute figures move with it, the "
-             "per-round ratios much less."]
-    extra = "Per round (Gbit/s | ping p50 ms | 1-min load before the row):\n\n"
-    extra += "| path | between | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |\n"
-    extra += "|---|---|" + "---|" * rounds + "\n"
-    for (kind, between, *_), row in zip(ROWS, res["rows"], strict=True):
-        cells = [f"{r['iperf']['gbps']:.2f}" if "gbps" in r["iperf"] else "fail" for r in row["rounds"]]
-        cells = [f"{g} / {percentile(r['ping']['rtts'], 50):.3f} / {r['load1']:.1f}" if r["ping"]["rtts"] else g
-                 for g, r in zip(cells, row["rounds"], strict=True)]
-        extra += f"| {kind} | {between} | " + " | ".join(cells) + " |\n"
+             common.load_note(load0, [row["rounds"] for row in res["rows"]])]
+    extra = common.per_round_table(("path", "between"), [(kind, between, row["rounds"])
+                                                  for (kind, between, *_), row in zip(ROWS, res["rows"], strict=True)],
+                            rounds)
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "routing_bench", *sys.argv[1:]]))

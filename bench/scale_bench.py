@@ -62,8 +62,10 @@ from bench.servers import (
     etcd_cluster,
     load_averages,
     raise_open_files_limit,
+    register_hosts,
     sample,
     servers,
+    underlay,
 )
 from bench.servers import token as get_token
 from bench.sim_agents import ports_digest, worker_main
@@ -267,28 +269,6 @@ def verify(base: str, admin_tok: str, world: World, rng: random.Random) -> list[
     return problems
 
 
-async def register(ports: list[int], agent_tok: str, hosts: list[str]) -> None:
-    """Register host i on server i mod S, 16 requests at a time."""
-    sem = asyncio.Semaphore(16)
-    clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}/v2.0/vxnet", headers={"X-Auth-Token": agent_tok},
-                                 timeout=120) for p in ports]
-
-    async def one(i: int, h: str) -> None:
-        async with sem:
-            r = await clients[i % len(clients)].post(f"/hosts/{h}/register", json={"underlay_ip": underlay(i)})
-            assert r.status_code == 200, r.text
-
-    try:
-        await asyncio.gather(*(one(i, h) for i, h in enumerate(hosts)))
-    finally:
-        for c in clients:
-            await c.aclose()
-
-
-def underlay(i: int) -> str:
-    return f"100.{100 + i // 65536}.{i // 256 % 256}.{i % 256}"
-
-
 # --- the agent processes -------------------------------------------------------------------------
 
 
@@ -431,7 +411,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         admin_tok, agent_tok = get_token(sports[0], ADMIN), get_token(sports[0], AGENT)
         phase.append("registering hosts")
         t = time.monotonic()
-        asyncio.run(register(sports, agent_tok, world.hosts))
+        asyncio.run(register_hosts(sports, agent_tok, world.hosts))
         reg_s = time.monotonic() - t
         cpu0, rss0 = sample(spids)
         row(f"register {len(world.hosts)} hosts (agent API, 16 at a time)", "", "", "", "",

@@ -1,6 +1,6 @@
 """What the control-plane benchmarks start: `vxnet server` subprocesses on a fresh store (the
 embedded SQLite store in the work directory, or an etcd cluster on loopback), their users and
-tokens, and the CPU time and RSS of their PIDs read from /proc.
+tokens, the CPU time and RSS of their PIDs read from /proc, and simulated hosts registered on them.
 
 Contract: every process started here is stopped by its own PID (SIGTERM, then SIGKILL after a
 grace period) when its context exits, also when starting it or the benchmark failed; a server
@@ -9,6 +9,7 @@ that exits before it answers raises with the end of its log. Nothing else is sig
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -177,6 +178,32 @@ def token(port: int, user: User) -> str:
     if r.status_code != 201:
         raise RuntimeError(f"token for {name}: HTTP {r.status_code} {r.text[:200]}")
     return r.headers["X-Subject-Token"]
+
+
+# --- simulated hosts -----------------------------------------------------------------------------
+
+
+def underlay(i: int) -> str:
+    """Simulated host i's underlay address (unique for i < 2**24)."""
+    return f"100.{100 + i // 65536}.{i // 256 % 256}.{i % 256}"
+
+
+async def register_hosts(ports: list[int], agent_tok: str, hosts: list[str]) -> None:
+    """Register host i (underlay(i)) on server i mod S (ports), 16 requests at a time."""
+    sem = asyncio.Semaphore(16)
+    clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}/v2.0/vxnet", headers={"X-Auth-Token": agent_tok},
+                                 timeout=120) for p in ports]
+
+    async def one(i: int, h: str) -> None:
+        async with sem:
+            r = await clients[i % len(clients)].post(f"/hosts/{h}/register", json={"underlay_ip": underlay(i)})
+            assert r.status_code == 200, r.text
+
+    try:
+        await asyncio.gather(*(one(i, h) for i, h in enumerate(hosts)))
+    finally:
+        for c in clients:
+            await c.aclose()
 
 
 # --- stores --------------------------------------------------------------------------------------

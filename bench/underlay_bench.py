@@ -28,12 +28,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
+from bench.common import lab as vxnet_lab
 from bench.kernel_lab import KINDS, Capture, KernelLab, nsx
-from bench.port_up_bench import _import_repo, in_sandbox
+from bench.port_up_bench import in_sandbox
 from bench.report import Report
+from bench.servers import import_repo
 
 NAME = "Underlay overhead: frames for all-to-all first contact, vxnet vs flood-and-learn VXLAN"
 HOSTS = 3
@@ -97,8 +100,7 @@ def _vxnet_run(lab3: Any, run: int, nvms: int) -> dict[str, Any]:
 
 def measure(runs: int, nvms: int) -> dict[str, Any]:
     """`runs` alternating runs of (vxnet, kernel static, flood-and-learn) (inside the sandbox)."""
-    _import_repo()
-    from bench.port_up_bench import vxnet_lab
+    import_repo()
 
     out: dict[str, Any] = {"vxnet": [], "kernel static": [], "flood-and-learn": [], "errors": []}
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-ul-")
@@ -177,3 +179,9 @@ def run(opts: argparse.Namespace) -> Report:
              *res["errors"]]
     extra = "Per run:\n\n" + "\n".join(f"- {x}" for x in per_run) if per_run else ""
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
+
+
+if __name__ == "__main__":
+    from bench.__main__ import main
+
+    sys.exit(main(["--only", "underlay_bench", *sys.argv[1:]]))

@@ -197,16 +197,17 @@ def lab_dir(directory: str) -> Iterator[None]:
             os.environ["VXNET_LAB_DIR"] = old
 
 
-@pytest.fixture(scope="module")
-def etcd_lab(etcd3: EtcdCluster, tmp_path_factory) -> Iterator[LabEnv]:
-    """`vxnet lab up --hosts 3 --server URL1,URL2` with two `vxnet server`s on `etcd3`.
+@contextmanager
+def lab_on_etcd(cluster: EtcdCluster, d: str) -> Iterator[LabEnv]:
+    """`vxnet lab up --hosts 3 --server URL1,URL2` with two `vxnet server`s on `cluster`, state
+    and configs under `d`; `lab down` and the servers killed afterwards (also used by
+    bench/port_up_bench.py).
 
     The servers listen on the management address, which exists once the lab's underlay is
     built, so they start right after `lab.up` (the agents retry until one answers)."""
     from vxnet.lab import lab
 
-    d = str(tmp_path_factory.mktemp("etcdlab"))
-    procs = lab_servers_on_etcd(etcd3, d)
+    procs = lab_servers_on_etcd(cluster, d)
     with lab_dir(os.path.join(d, "state")):
         try:
             lab.down(quiet=True)
@@ -220,6 +221,13 @@ def etcd_lab(etcd3: EtcdCluster, tmp_path_factory) -> Iterator[LabEnv]:
             finally:
                 for p in procs:
                     p.kill()
+
+
+@pytest.fixture(scope="module")
+def etcd_lab(etcd3: EtcdCluster, tmp_path_factory) -> Iterator[LabEnv]:
+    """`lab_on_etcd` on `etcd3`."""
+    with lab_on_etcd(etcd3, str(tmp_path_factory.mktemp("etcdlab"))) as env:
+        yield env
 
 
 def make_leader(cluster: EtcdCluster, name: str) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import mimetypes
@@ -48,6 +47,16 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, unauthorized
+from vxnet.api.routers import (
+    address_scopes,
+    floatingips,
+    networks,
+    ports,
+    routers,
+    security_groups,
+    subnetpools,
+    subnets,
+)
 from vxnet.api.routers.agent_stream import hub_of
 from vxnet.api.state import AppState
 from vxnet.services.view_hub import Change, Hub, Objects
@@ -88,27 +97,20 @@ def _admin_rule(ctx: Context, obj: dict[str, Any], snap: Snapshot) -> bool:
     return ctx.is_admin
 
 
-def _module(name: str) -> Any:
-    try:
-        return importlib.import_module(f"vxnet.api.routers.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"vxnet.api.routers.{name}":
-            return None
-        raise
-
-
-# collection (as stored) -> (module, visibility function, parent collection and the attribute
-# naming the parent, for functions that judge an object together with its parent)
-VISIBILITY: dict[str, tuple[str, str, tuple[str, str] | None]] = {
-    "networks": ("networks", "network_visible", None),
-    "subnets": ("subnets", "subnet_visible", ("networks", "network_id")),
-    "ports": ("ports", "port_visible", ("networks", "network_id")),
-    "routers": ("routers", "router_visible", None),
-    "floatingips": ("floatingips", "fip_visible", None),
-    "security_groups": ("security_groups", "group_visible", None),
-    "security_group_rules": ("security_groups", "_rule_visible_fn", ("security_groups", "security_group_id")),
-    "subnetpools": ("subnetpools", "pool_visible", None),
-    "address_scopes": ("address_scopes", "scope_visible", None),
+# collection (as stored) -> (visibility function, parent collection and the attribute naming the
+# parent for functions that judge an object together with its parent, whether the function is a
+# factory taking the parents by id). Imported, not looked up: a broken resource module fails the
+# start instead of silently widening what the feed tells to "admin or same project".
+VISIBILITY: dict[str, tuple[Callable[..., Any], tuple[str, str] | None, bool]] = {
+    "networks": (networks.network_visible, None, False),
+    "subnets": (subnets.subnet_visible, ("networks", "network_id"), False),
+    "ports": (ports.port_visible, ("networks", "network_id"), False),
+    "routers": (routers.router_visible, None, False),
+    "floatingips": (floatingips.fip_visible, None, False),
+    "security_groups": (security_groups.group_visible, None, False),
+    "security_group_rules": (security_groups._rule_visible_fn, ("security_groups", "security_group_id"), True),
+    "subnetpools": (subnetpools.pool_visible, None, False),
+    "address_scopes": (address_scopes.scope_visible, None, False),
 }
 
 
@@ -124,15 +126,8 @@ def _rule(fn: Any, parent: tuple[str, str] | None, factory: bool) -> Rule:
 
 def visibility_rules() -> dict[str, Rule]:
     """Collection (as stored) -> who may hear of an object: the resource modules' own rules.
-    A collection whose module or function is missing falls back to "admin or same project"."""
-    rules: dict[str, Rule] = {}
-    for coll, (mod_name, fn_name, parent) in VISIBILITY.items():
-        mod = _module(mod_name)
-        fn = getattr(mod, fn_name, None) if mod is not None else None
-        if fn is None:
-            continue
-        rules[coll] = _rule(fn, parent, factory=fn_name.endswith("_fn"))
-    return rules
+    A collection not in VISIBILITY falls back to "admin or same project" (`rule_for`)."""
+    return {coll: _rule(fn, parent, factory) for coll, (fn, parent, factory) in VISIBILITY.items()}
 
 
 def rule_for(rules: dict[str, Rule], collection: str) -> Rule:
