@@ -54,6 +54,7 @@ from vxnet.api.routers import (
     networks,
     ports,
     quotas,
+    rbac_policies,
     routers,
     security_groups,
     subnets,
@@ -83,6 +84,7 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     tags,
     quotas,
     network_ip_availabilities,
+    rbac_policies,
     agent_stream,
     ui,
 )
