@@ -351,3 +351,47 @@ def test_network_stored_before_rbac_keeps_its_sharing(cl: Clients) -> None:
     pols = cl.admin.get("/rbac-policies", params={"object_id": net["id"]}).json()["rbac_policies"]
     assert sorted(p["target_tenant"] for p in pols) == sorted([B, "*"])
     assert ok(cl.carol.get(f"/networks/{net['id']}"), "network")["shared"] is True
+
+
+def test_host_views_follow_ports_on_networks_shared_by_policy(cl: Clients) -> None:
+    """A host whose only port is bob's, on alice's network shared with bob by a policy, gets
+    that network, its subnet and alice's ports on it (what its agent needs to forward between
+    them); a host with no port there gets none of it. A gateway host gets an external network
+    usable by one project only. Every held view equals the full recompute."""
+    from tests.api.test_host_view import StreamReader, _held, _reference, agent_client
+
+    h = cl.h
+    agent = agent_client(h)
+    for host, ip, gw in (("rb1", "198.51.100.11", False), ("rb2", "198.51.100.12", False),
+                         ("rb3", "198.51.100.13", False), ("rbgw", "198.51.100.19", True)):
+        assert agent.post(f"/hosts/{host}/register", json={"underlay_ip": ip, "gateway": gw}).status_code == 200
+    net = network(cl.alice)
+    sub = subnet(cl.alice, net, "100.64.50.0/24")
+    ok(share(cl.alice, net, B), "rbac_policy")
+    pb = port(cl.bob, net)
+    pa = port(cl.alice, net)
+    ok(cl.admin.put(f"/ports/{pb['id']}", json={"port": {"binding:host_id": "rb1"}}), "port")
+    ok(cl.admin.put(f"/ports/{pa['id']}", json={"port": {"binding:host_id": "rb2"}}), "port")
+    ext = ok(cl.admin.post("/networks", json={"network": {"name": "ext-only-b"}}), "network")
+    ok(share(cl.admin, ext, B, "access_as_external"), "rbac_policy")
+    readers = {host: StreamReader(h, host) for host in ("rb1", "rb2", "rb3", "rbgw")}
+    try:
+        for host, r in readers.items():
+            r.wait(lambda m: m["type"] == "snapshot")
+            assert _held(r) == _reference(h.store, host), host
+        v1 = _held(readers["rb1"])
+        assert net["id"] in v1["networks"] and sub["id"] in v1["subnets"]
+        assert {pa["id"], pb["id"]} <= set(v1["ports"])
+        assert {pa["id"], pb["id"]} <= set(_held(readers["rb2"])["ports"])
+        assert net["id"] not in _held(readers["rb3"])["networks"] and _held(readers["rb3"])["ports"] == {}
+        assert ext["id"] in _held(readers["rbgw"])["networks"]
+        # bob's port moves to rb3: rb3 now gets alice's network, rb1 loses it
+        rev = ok(cl.admin.put(f"/ports/{pb['id']}", json={"port": {"binding:host_id": "rb3"}}), "port")
+        assert rev["binding:host_id"] == "rb3"
+        readers["rb3"].wait(lambda m: m["type"] == "update" and pa["id"] in m["put"].get("ports", {}))
+        readers["rb1"].wait(lambda m: m["type"] == "update" and net["id"] in m["delete"].get("networks", []))
+        assert net["id"] in _held(readers["rb3"])["networks"] and net["id"] not in _held(readers["rb1"])["networks"]
+    finally:
+        for r in readers.values():
+            r.close()
+        agent.close()
