@@ -10,7 +10,8 @@ Callers, each in its own relation to the object acted on:
 Expected outcomes are Neutron's defaults written down independently of the rule table (the
 `who` classes below), so a wrong rule string fails here as surely as a handler skipping the
 check. A denial is a 403 PolicyNotAuthorized when the caller can see the object, else the
-object's 404; a denied create leaves nothing behind (no port, no IP or MAC claim).
+object's 404 (for an RBAC policy on a network the caller cannot see: Neutron's 400 InvalidInput);
+a denied create leaves nothing behind (no port, no IP or MAC claim, no policy).
 `test_every_rule_is_exercised` ties the matrix to the table: every write rule has cases.
 """
 
