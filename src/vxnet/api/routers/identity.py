@@ -343,14 +343,18 @@ def _require_admin(ctx: Context) -> None:
 async def list_projects(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
-    # Keystone's identity:list_projects is admin-only: a project-scoped member gets 403 (the
-    # `openstack` CLI then takes a project name or id as given, e.g. `--target-project <id>`)
-    _require_admin(ctx)
     name = request.query_params.get("name")
     projects = [
         p for p in sorted(_all_projects(st).values(), key=lambda x: x["name"])
-        if name is None or p["name"] == name
+        if (ctx.is_admin or p["id"] == ctx.project_id) and (name is None or p["name"] == name)
     ]
+    if not ctx.is_admin and name is not None and not projects:
+        # Keystone's identity:list_projects is admin-only; a member is answered only about its
+        # own project. Asking about another one (existing or not: nothing is revealed) is
+        # Keystone's 403, on which the `openstack` CLI takes the name or id as given
+        # (`network rbac create --target-project <id>`).
+        raise ApiError(403, "Forbidden", "You are not authorized to perform the requested action: "
+                                         "identity:list_projects.")
     return {"projects": projects, "links": {"self": None, "next": None, "previous": None}}
 
 
@@ -360,13 +364,8 @@ async def show_project(pid: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
     project = _all_projects(st).get(pid)
-    if project is None:
+    if project is None or not (ctx.is_admin or pid == ctx.project_id):
         raise ApiError(404, "NotFound", f"Could not find project: {pid}.")
-    if not (ctx.is_admin or pid == ctx.project_id):
-        # Keystone's identity:get_project: another project is 403 (the `openstack` CLI then
-        # uses the id as given, e.g. for `network rbac create --target-project <id>`)
-        raise ApiError(403, "Forbidden", "You are not authorized to perform the requested action: "
-                                         "identity:get_project.")
     return {"project": project}
 
 
