@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -395,3 +396,43 @@ def test_host_views_follow_ports_on_networks_shared_by_policy(cl: Clients) -> No
         for r in readers.values():
             r.close()
         agent.close()
+
+
+def race(cl: Clients, net: dict[str, Any], policy_id: str) -> dict[str, Any]:
+    """Bob's port create and alice's policy delete, released together; their answers."""
+    barrier = threading.Barrier(2)
+    res: dict[str, Any] = {}
+
+    def create() -> None:
+        barrier.wait()
+        r = cl.bob.post("/ports", json={"port": {"network_id": net["id"]}})
+        res["port"] = r.status_code
+        if r.status_code == 201:
+            res["port_id"] = r.json()["port"]["id"]
+
+    def delete() -> None:
+        barrier.wait()
+        res["delete"] = cl.alice.delete(f"/rbac-policies/{policy_id}").status_code
+
+    threads = [threading.Thread(target=create), threading.Thread(target=delete)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return res
+
+
+def test_port_create_racing_the_policy_delete_never_both_win(cl: Clients) -> None:
+    """Bob creating a port while alice deletes the policy that lets him: one of them wins, never
+    both (the delete's check of bob's ports and the create's read of the network conflict in
+    the store), so no port of bob's is ever left on a network he has no access to."""
+    net = network(cl.alice)
+    subnet(cl.alice, net, "100.64.60.0/24")
+    for _ in range(12):
+        pol = ok(share(cl.alice, net, B), "rbac_policy")
+        res = race(cl, net, pol["id"])
+        assert (res["port"], res["delete"]) in ((201, 409), (404, 204)), res
+        if res["port"] == 201:
+            assert cl.bob.delete(f"/ports/{res['port_id']}").status_code == 204
+            assert cl.alice.delete(f"/rbac-policies/{pol['id']}").status_code == 204
+        assert cl.admin.get("/ports", params={"network_id": net["id"], "project_id": B}).json()["ports"] == []
