@@ -10,7 +10,8 @@ Callers, each in its own relation to the object acted on:
 Expected outcomes are Neutron's defaults written down independently of the rule table (the
 `who` classes below), so a wrong rule string fails here as surely as a handler skipping the
 check. A denial is a 403 PolicyNotAuthorized when the caller can see the object, else the
-object's 404; a denied create leaves nothing behind (no port, no IP or MAC claim).
+object's 404 (for an RBAC policy on a network the caller cannot see: Neutron's 400 InvalidInput);
+a denied create leaves nothing behind (no port, no IP or MAC claim, no policy).
 `test_every_rule_is_exercised` ties the matrix to the table: every write rule has cases.
 """
 
@@ -46,6 +47,7 @@ def who(cls: str, caller: str) -> bool:
         "netowner": admin or caller == "netowner",  # tenant_id:%(network:tenant_id)s
         "owner_or_netowner": admin or caller in ("owner", "reader", "netowner"),
         "shared": True,  # rule:shared holds: the objects live on a shared network
+        "object_owner": admin or caller in ("owner", "reader"),  # owns the object a create names
     }[cls]
 
 
@@ -57,6 +59,7 @@ class Case:
     run: Callable[[Lab, str], httpx.Response]  # performs the request as the named caller
     visible: tuple[str, ...] = ("admin", "owner", "reader", "other", "netowner")
     created: str = ""  # a create: collection to check for leftovers on denial
+    hidden_status: int = 404  # the answer to a caller not in `visible` (Neutron's RBAC create: 400)
 
     def expected(self, caller: str) -> bool:
         def holds(cls: str) -> bool:
@@ -116,6 +119,13 @@ class Lab:
         """A QoS policy of alice's project (only admins create them)."""
         return self.ok(self.c["admin"].post("/qos/policies", json={"policy": {
             "name": f"q{next(_n)}", "project_id": self.project["owner"]}}), "policy")
+
+    def rbac_policy(self) -> dict[str, Any]:
+        """Alice's network shared by alice with bob's project."""
+        net = self.network()
+        return self.ok(self.c["owner"].post("/rbac-policies", json={"rbac_policy": {
+            "object_type": "network", "object_id": net["id"], "action": "access_as_shared",
+            "target_tenant": self.project["other"]}}), "rbac_policy")
 
     def own_subnet(self) -> dict[str, Any]:
         net = self.network()
@@ -376,6 +386,16 @@ def cases() -> list[Case]:
             OWNER_SEEN),
         Case("delete_address_scope", "owner", "any", on("address_scope", "DELETE", "/address-scopes/{id}"),
              OWNER_SEEN),
+        # network RBAC: alice's network; a project that cannot see it gets Neutron's 400 ----------
+        Case("create_rbac_policy", "any", "object_owner", share_own_network("other"), OWNER_SEEN,
+             created="rbac-policies", hidden_status=400),
+        Case("create_rbac_policy:target_tenant", "any", "admin", share_own_network("*"), created="rbac-policies"),
+        Case("update_rbac_policy", "owner", "any", on("rbac_policy", "PUT", "/rbac-policies/{id}", lambda lab, o: {
+            "rbac_policy": {"target_tenant": lab.project["netowner"]}}), OWNER_SEEN),
+        Case("update_rbac_policy:target_tenant", "owner", "admin", on(
+            "rbac_policy", "PUT", "/rbac-policies/{id}", lambda lab, o: {"rbac_policy": {"target_tenant": "*"}}),
+            OWNER_SEEN),
+        Case("delete_rbac_policy", "owner", "any", on("rbac_policy", "DELETE", "/rbac-policies/{id}"), OWNER_SEEN),
     ]
     return out
 
@@ -396,6 +416,16 @@ def qos_rule_action(op: str, kind: str) -> Callable[[Lab, str], httpx.Response]:
         if op == "update":
             return lab.c[caller].put(f"{url}/{rule['id']}", json=body)
         return lab.c[caller].delete(f"{url}/{rule['id']}")
+    return run
+
+
+def share_own_network(target: str) -> Callable[[Lab, str], httpx.Response]:
+    """The caller shares a fresh network of alice's with `target` (a caller's project, or "*")."""
+    def run(lab: Lab, caller: str) -> httpx.Response:
+        net = lab.network()
+        return lab.c[caller].post("/rbac-policies", json={"rbac_policy": {
+            "object_type": "network", "object_id": net["id"], "action": "access_as_shared",
+            "target_tenant": lab.project.get(target, target)}})
     return run
 
 
@@ -461,7 +491,7 @@ def test_matrix(lab: Lab, case: Case, caller: str) -> None:
     if case.expected(caller):
         assert r.status_code in (200, 201, 204), f"{case.rule} as {caller}: {r.status_code} {r.text}"
         return
-    status = 403 if caller in case.visible else 404
+    status = 403 if caller in case.visible else case.hidden_status
     err = assert_error(r, status)
     if status == 403:
         assert err["type"] == "PolicyNotAuthorized", err

@@ -13,7 +13,8 @@ Contract:
   `roles`, `is_admin`, and `writer`.
 - Targets are plain dicts: the object's attributes (as the request would leave them), its
   `project_id`/`tenant_id`, and the attributes of the network it lives on as `network:<attr>`
-  (Neutron's `%(network:tenant_id)s`); see `target()`.
+  (Neutron's `%(network:tenant_id)s`; `network:shared` is whether the network is shared with
+  the target's project, by RBAC); see `target()`.
 - `enforce(ctx, action, target, attrs)` checks `action`, then `action:<attr>` for every
   attribute the request sets that has a rule of its own (Neutron's attribute-based policy),
   raising 403 `PolicyNotAuthorized` naming the first rule that failed.
@@ -38,6 +39,7 @@ from oslo_policy import _checks, policy
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError
+from vxnet.services import rbac
 
 
 def _fast_check(rule: Any, target: Any, creds: Any, enforcer: Any, current_rule: str | None) -> bool:
@@ -257,8 +259,18 @@ ADDRESS_SCOPES = [
     _rule("delete_address_scope", _write(ADMIN_OR_OWNER)),
 ]
 
+RBAC_POLICIES = [
+    _rule("restrict_wildcard", _or("(not field:rbac_policy:target_tenant=*)", ADMIN_ONLY),
+          "Definition of a wildcard target_tenant"),
+    _rule("create_rbac_policy", _write(ANY)),
+    _rule("create_rbac_policy:target_tenant", "rule:restrict_wildcard"),
+    _rule("update_rbac_policy", _write(ADMIN_OR_OWNER)),
+    _rule("update_rbac_policy:target_tenant", f"rule:restrict_wildcard and {ADMIN_OR_OWNER}"),
+    _rule("delete_rbac_policy", _write(ADMIN_OR_OWNER)),
+]
+
 RULES: list[policy.RuleDefault] = (BASE + NETWORKS + SUBNETS + PORTS + ROUTERS + FLOATINGIPS + SECURITY_GROUPS
-                                   + QOS + SUBNETPOOLS + ADDRESS_SCOPES)
+                                   + QOS + SUBNETPOOLS + ADDRESS_SCOPES + RBAC_POLICIES)
 RULE_NAMES = frozenset(r.name for r in RULES)
 
 
@@ -287,7 +299,10 @@ def target(resource: str, obj: Mapping[str, Any], network: Mapping[str, Any] | N
     if network is not None:
         out["network:tenant_id"] = network.get("project_id") or network.get("tenant_id") or ""
         out["network:project_id"] = out["network:tenant_id"]
-        out["network:shared"] = bool(network.get("shared"))
+        # Neutron's FieldCheck reads `shared` of a parent network as the target's project sees it
+        # (RBAC: shared with that project or with everyone)
+        out["network:shared"] = (bool(network.get("shared")) if resource == "network"
+                                 else rbac.shared_with(network, project))
         out["network:router:external"] = bool(network.get("router:external"))
     out.update(extra)
     return out

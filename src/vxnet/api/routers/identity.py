@@ -348,6 +348,13 @@ async def list_projects(request: Request) -> dict[str, Any]:
         p for p in sorted(_all_projects(st).values(), key=lambda x: x["name"])
         if (ctx.is_admin or p["id"] == ctx.project_id) and (name is None or p["name"] == name)
     ]
+    if not ctx.is_admin and name is not None and not projects:
+        # Keystone's identity:list_projects is admin-only; a member is answered only about its
+        # own project. Asking about another one (existing or not: nothing is revealed) is
+        # Keystone's 403, on which the `openstack` CLI takes the name or id as given
+        # (`network rbac create --target-project <id>`).
+        raise ApiError(403, "Forbidden", "You are not authorized to perform the requested action: "
+                                         "identity:list_projects.")
     return {"projects": projects, "links": {"self": None, "next": None, "previous": None}}
 
 

@@ -5,9 +5,13 @@ Invariants:
   transaction that creates it and released in the one that deletes it.
 - `subnets` lists the network's subnet ids; subnet create/delete update it (and so bump the
   network's revision_number, as Neutron does).
+- Sharing is network RBAC (services/rbac.py): `shared` and `router:external` stand for "*"
+  policies, created and removed with the flags; other projects see the network and its
+  `shared` attribute as those policies grant them; `_rbac` (the network's policy entries) is
+  never shown.
 - A network with ports other than its own service ports cannot be deleted (409 NetworkInUse);
   unassociated floating IPs on an external network do not count and are deleted with it;
-  deleting it deletes its subnets.
+  deleting it deletes its subnets and its RBAC policies.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from vxnet.api.validation import (
     parse_update,
     resolve_project,
 )
-from vxnet.services import qos
+from vxnet.services import qos, rbac
 from vxnet.services.ipam import allocate_vni, subnet_alloc_key, vni_key
 from vxnet.services.ports import delete_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
@@ -45,14 +49,19 @@ router = APIRouter(prefix="/v2.0", tags=["networks"])
 # Neutron's policy: these are admin-only on create and update (shared included).
 SERVICE_OWNERS = ("network:dhcp",)
 FIP_OWNER = "network:floatingip"
+GW_OWNER = "network:router_gateway"
 
 
 def network_visible(ctx: Context, obj: dict[str, Any]) -> bool:
-    return ctx.is_admin or obj["project_id"] == ctx.project_id or obj["shared"] or obj["router:external"]
+    """Admins, the owner, and the projects RBAC policies let see it (services/rbac.py)."""
+    return ctx.is_admin or rbac.visible_to(obj, ctx.project_id)
 
 
 def present_network(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
-    out = dict(obj)
+    """`shared` as the caller's project is granted it (Neutron), internal entries and (for
+    non-admins) the provider attributes removed."""
+    out = rbac.strip(obj)
+    out["shared"] = rbac.shared_with(obj, ctx.project_id)
     if not ctx.is_admin:
         for k in ("provider:network_type", "provider:physical_network", "provider:segmentation_id"):
             out.pop(k, None)
@@ -144,7 +153,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
         if uow.is_claimed(key):
             raise conflict("FlatNetworkInUse", f"Unable to create the flat network. Physical network {physnet} is in use.")
         uow.claim(key, nid)
-    return {
+    net = {
         "id": nid,
         "name": item.name,
         "description": item.description,
@@ -172,6 +181,8 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
         "updated_at": now,
         "revision_number": 0,
     }
+    rbac.initial_entries(uow, net)
+    return net
 
 
 @router.get("/networks")
@@ -227,13 +238,27 @@ async def update_network(network_id: str, request: Request) -> dict[str, Any]:
             fields["qos_policy_id"] = qos.resolve_policy_id(uow, ctx.is_admin, ctx.project_id, fields["qos_policy_id"])
         if "mtu" in fields and fields["mtu"] > max_mtu(st):
             raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
+        if "shared" in fields or "router:external" in fields:
+            rbac.materialize(uow, net)
         if fields.get("shared") is False and net["shared"]:
-            foreign = uow.list("ports", lambda p: p["network_id"] == network_id and p["project_id"] != net["project_id"]
-                               and not p["device_owner"].startswith("network:"))
+            # Neutron's _validate_shared_update: projects with their own policy keep access
+            allowed = rbac.projects_with_own_entry(net, rbac.SHARED) | {net["project_id"]}
+            foreign = uow.list("ports", lambda p: p["network_id"] == network_id and p["project_id"] not in allowed
+                               and not p["device_owner"].startswith("network:"), guard_new=True)
+            foreign += uow.list("subnets", lambda s: s["network_id"] == network_id and s["project_id"] not in allowed)
             if foreign:
                 raise conflict("InvalidSharedSetting",
                                f"Unable to reconfigure sharing settings for network {network_id}. "
                                "Multiple tenants are using it.")
+        if fields.get("router:external") is False and net["router:external"] and uow.list(
+                "ports", lambda p: p["network_id"] == network_id and p["device_owner"] == GW_OWNER, guard_new=True):
+            raise conflict("ExternalNetworkInUse",
+                           f"External network {network_id} cannot be updated to be made non-external, "
+                           "since it has existing gateway ports.")
+        if "shared" in fields:
+            rbac.set_shared(uow, net, bool(fields["shared"]))
+        if "router:external" in fields:
+            rbac.set_external(uow, net, bool(fields["router:external"]))
         touch(net, fields)
         uow.put("networks", net)
         return net
@@ -297,6 +322,7 @@ async def delete_network(network_id: str, request: Request) -> Response:
             uow.delete_raw(vni_key(net["provider:segmentation_id"]))
         if net["provider:physical_network"]:
             uow.delete_raw(f"{ROOT}physnet/{net['provider:physical_network']}")
+        rbac.delete_all(uow, net)
         uow.delete("networks", network_id)
 
     st.repo.transact(txn)

@@ -49,7 +49,7 @@ from vxnet.api.validation import (
     resolve_project,
 )
 from vxnet.services import ports as svc
-from vxnet.services import qos
+from vxnet.services import qos, rbac
 from vxnet.services.ports import changed_ips  # noqa: F401 - part of this module's API (tests)
 from vxnet.services.repo import UnitOfWork
 
@@ -238,8 +238,9 @@ def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork, pol: policy.Poli
     fields = _wire(item)
     project = resolve_project(ctx, item.project_id, item.tenant_id)
     net = _network_for_port(ctx, uow, item.network_id)
-    # Neutron's _validate_network_tenant_ownership: not shared -> only the network's project.
-    if not ctx.is_admin and not net["shared"] and net["project_id"] != project:
+    # Neutron's _validate_network_tenant_ownership: not shared (with the port's project, by
+    # RBAC) -> only the network's project.
+    if not ctx.is_admin and not rbac.shared_with(net, project) and net["project_id"] != project:
         raise _deny("create_port")
     wanted = {"project_id": project, "device_owner": item.device_owner, "device_id": item.device_id,
               "network_id": net["id"]}

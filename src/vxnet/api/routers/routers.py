@@ -60,7 +60,7 @@ from vxnet.api.validation import (
     resolve_project,
     validate,
 )
-from vxnet.services import ipam, scheduler
+from vxnet.services import ipam, rbac, scheduler
 from vxnet.services.ports import delete_port_record, network_subnets, new_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
@@ -113,7 +113,7 @@ def port_visible(ctx: Context, port: dict[str, Any]) -> bool:
 def subnet_visible(ctx: Context, subnet: dict[str, Any], network: dict[str, Any] | None) -> bool:
     if ctx.is_admin or subnet["project_id"] == ctx.project_id:
         return True
-    return network is not None and (bool(network["shared"]) or network["project_id"] == ctx.project_id)
+    return network is not None and (rbac.shared_with(network, ctx.project_id) or network["project_id"] == ctx.project_id)
 
 
 SPEC = ResourceSpec("routers", "router", visible=router_visible, present=present_router)

@@ -10,8 +10,10 @@ Invariants:
 - A subnet is deleted only when no port but DHCP ports holds an IP on it (409 SubnetInUse).
   Port creation writes the subnet's allocation key `/vxnet/ipam-subnet/<id>`; the delete guards
   it, so a port allocating concurrently and the delete cannot both commit.
-- Visibility: the owner, admins, and everyone for subnets of shared networks. Subnets of an
-  external, non-shared network are hidden from other projects (no subnet-external-network).
+- Visibility: the owner, admins, and the projects the network is shared with (RBAC
+  `access_as_shared` to them or to "*"). Subnets of an external, non-shared network are hidden
+  from other projects (no subnet-external-network). The `shared` filter is the network's
+  `shared` as the caller is shown it.
 - IPv6 is refused with a 400 (not supported yet).
 - Subnet pools (Neutron's subnet_allocation): `subnetpool_id` (or `use_default_subnetpool`)
   with `prefixlen` (default: the pool's default_prefixlen) or a `cidr` inside the pool; the
@@ -54,7 +56,7 @@ from vxnet.api.validation import (
     resolve_project,
     subnet_cidr_problem,
 )
-from vxnet.services import ipam, subnet_alloc
+from vxnet.services import ipam, rbac, subnet_alloc
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["subnets"])
@@ -71,18 +73,19 @@ def subnet_visible(ctx: Context, subnet: dict[str, Any], network: dict[str, Any]
         return True
     if network is None:
         return False
-    return bool(network["shared"]) or network["project_id"] == ctx.project_id
+    return rbac.shared_with(network, ctx.project_id) or network["project_id"] == ctx.project_id
 
 
-def spec_for(networks: dict[str, dict[str, Any]]) -> ResourceSpec:
-    """The subnets' ResourceSpec over a snapshot of the networks (visibility, `shared`)."""
+def spec_for(networks: dict[str, dict[str, Any]], project: str | None = None) -> ResourceSpec:
+    """The subnets' ResourceSpec over a snapshot of the networks (visibility, `shared` as seen
+    by a caller of `project`)."""
 
     def visible(ctx: Context, s: dict[str, Any]) -> bool:
         return subnet_visible(ctx, s, networks.get(s["network_id"]))
 
     def shared(s: dict[str, Any], wanted: list[str]) -> bool:
         net = networks.get(s["network_id"])
-        value = bool(net and net["shared"])
+        value = bool(net and rbac.shared_with(net, project))
         return any(to_bool(w) == value for w in wanted)
 
     return ResourceSpec("subnets", "subnet", visible=visible, extra_filters={"shared": shared})
@@ -396,7 +399,7 @@ async def list_subnets(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
     nets = {n["id"]: n for n in st.repo.list("networks")}
-    return list_response(request, ctx, spec_for(nets), st.repo.list("subnets"))
+    return list_response(request, ctx, spec_for(nets, ctx.project_id), st.repo.list("subnets"))
 
 
 def _get_visible(st: AppState, ctx: Context, subnet_id: str) -> dict[str, Any]:

@@ -1,0 +1,190 @@
+"""/v2.0/rbac-policies: Neutron's network RBAC policies (extension `rbac-policies`).
+
+A policy shares one network with one project (or "*", every project): `access_as_shared` lets
+that project see the network and create ports on it (subnets stay the owner's, by
+`create_subnet`'s rule), `access_as_external` lets it see the network and use it as an external
+network (router gateway, floating IPs). Records and the access they grant: services/rbac.py.
+
+Who may do what (Neutron's defaults, legacy form, plus `rule:writer`):
+- create: any writer (`create_rbac_policy`); a "*" target only an admin
+  (`create_rbac_policy:target_tenant` = `rule:restrict_wildcard`, 403). The network must be one
+  the caller owns, unless admin: a network the caller cannot see answers 400 InvalidInput
+  "Network <id> could not be found." and one it sees but does not own 400 InvalidInput "Only
+  admins can manipulate policies on networks they do not own" (Neutron raises both from the
+  rbac callbacks, which its API turns into InvalidInput).
+- show/list: admins and the policy's own project (`get_rbac_policy`: admin_or_owner): the
+  project a network is shared with does not see the policy. Others get 404
+  RbacPolicyNotFound, as for a missing policy.
+- update (`target_tenant` only) and delete: the policy's project or admins; update to "*" admin
+  only. Taking access away from a project that still uses it: 409 RbacPolicyInUse.
+- `object_type` "network" only (else 400); an action networks do not have: 400
+  InvalidActionForType; the same (object, action, target) twice: 409 DuplicateRbacPolicy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from vxnet.api import policy
+from vxnet.api.auth import Context
+from vxnet.api.collection import ResourceSpec, list_response, show_response
+from vxnet.api.errors import ApiError, from_service, invalid_input
+from vxnet.api.state import AppState, off_loop, read_json
+from vxnet.api.validation import Body, ProjectId, ShortStr, Uuid, parse_create, parse_update, resolve_project
+from vxnet.services import rbac
+from vxnet.services.repo import UnitOfWork
+
+router = APIRouter(prefix="/v2.0", tags=["rbac-policies"])
+
+OBJECT_TYPES = ("network",)
+READ_ONLY = ("id", "object_type", "object_id", "action", "project_id", "tenant_id")
+
+
+def policy_visible(ctx: Context, obj: dict[str, Any]) -> bool:
+    """`get_rbac_policy`: admin_or_owner (the policy's project, not its target)."""
+    return ctx.is_admin or obj["project_id"] == ctx.project_id
+
+
+SPEC = ResourceSpec("rbac_policies", "rbac_policy", visible=policy_visible)
+
+
+def not_found(policy_id: str) -> ApiError:
+    return ApiError(404, "RbacPolicyNotFound", f"RBAC policy of type unknown with ID {policy_id} not found")
+
+
+class RbacPolicyCreate(Body):
+    object_type: ShortStr
+    object_id: Uuid
+    action: ShortStr
+    target_tenant: ShortStr
+    project_id: ProjectId | None = None
+    tenant_id: ProjectId | None = None
+
+
+class RbacPolicyUpdate(Body):
+    target_tenant: ShortStr
+
+
+def _object_type(value: str) -> str:
+    """Neutron's convert_valid_object_type."""
+    normalized = value.strip().lower()
+    if normalized not in OBJECT_TYPES:
+        raise invalid_input(f"'{value}' is not a valid RBAC object type")
+    return normalized
+
+
+def _network_for_owner(uow: UnitOfWork, ctx: Context, network_id: str) -> dict[str, Any]:
+    """The network a create or update acts on: it must be the caller's (or the caller an
+    admin); else Neutron's 400 InvalidInput (see the module docstring)."""
+    net = uow.get("networks", network_id)
+    if net is None or not (ctx.is_admin or rbac.visible_to(net, ctx.project_id)):
+        raise invalid_input(f"Network {network_id} could not be found")
+    if not ctx.is_admin and net["project_id"] != ctx.project_id:
+        raise invalid_input("Only admins can manipulate policies on networks they do not own")
+    return net
+
+
+def build_policy(uow: UnitOfWork, ctx: Context, item: RbacPolicyCreate, pol: policy.Policy) -> dict[str, Any]:
+    project = resolve_project(ctx, item.project_id, item.tenant_id)
+    object_type = _object_type(item.object_type)
+    wanted = {"project_id": project, "object_type": object_type, "object_id": item.object_id,
+              "action": item.action, "target_tenant": item.target_tenant}
+    pol.enforce(ctx, "create_rbac_policy", policy.target("rbac_policy", wanted),
+                ["object_type", "object_id", "target_tenant"])
+    if (err := rbac.valid_action(item.action)) is not None:
+        raise from_service(err)
+    net = _network_for_owner(uow, ctx, item.object_id)
+    record = rbac.add(uow, net, item.action, item.target_tenant, project)
+    uow.put("networks", net)
+    return record
+
+
+def _get(uow: UnitOfWork, ctx: Context, policy_id: str) -> dict[str, Any]:
+    record = uow.get(rbac.COLLECTION, policy_id)
+    if record is None or not policy_visible(ctx, record):
+        raise not_found(policy_id)
+    return record
+
+
+@router.get("/rbac-policies")
+@off_loop
+async def list_policies(request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    return list_response(request, ctx, SPEC, st.repo.list(rbac.COLLECTION))
+
+
+@router.get("/rbac-policies/{policy_id}")
+@off_loop
+async def show_policy(policy_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    record = st.repo.get(rbac.COLLECTION, policy_id)
+    if record is None or not policy_visible(ctx, record):
+        raise not_found(policy_id)
+    return show_response(request, ctx, SPEC, record)
+
+
+@router.post("/rbac-policies", status_code=201)
+@off_loop
+async def create_policy(request: Request) -> JSONResponse:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    items, bulk = parse_create(await read_json(request), "rbac_policy", "rbac_policies", RbacPolicyCreate)
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
+        return [build_policy(uow, ctx, item, pol) for item in items]
+
+    records = st.repo.transact(txn)
+    return JSONResponse({"rbac_policies": records} if bulk else {"rbac_policy": records[0]}, status_code=201)
+
+
+@router.put("/rbac-policies/{policy_id}")
+@off_loop
+async def update_policy(policy_id: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    upd = parse_update(await read_json(request), "rbac_policy", RbacPolicyUpdate, READ_ONLY)
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> dict[str, Any]:
+        record = _get(uow, ctx, policy_id)
+        new = {**record, "target_tenant": upd.target_tenant}
+        pol.enforce(ctx, "update_rbac_policy", policy.target("rbac_policy", new), ["target_tenant"])
+        net = _network_for_owner(uow, ctx, record["object_id"])
+        entry = next(e for e in rbac.entries(net) if e["id"] == policy_id)
+        rbac.check_release(uow, net, entry, upd.target_tenant)
+        rbac.retarget(net, policy_id, upd.target_tenant)
+        uow.put("networks", net)
+        uow.put(rbac.COLLECTION, new)
+        return new
+
+    return {"rbac_policy": st.repo.transact(txn)}
+
+
+@router.delete("/rbac-policies/{policy_id}", status_code=204)
+@off_loop
+async def delete_policy(policy_id: str, request: Request) -> Response:
+    st = AppState.of(request)
+    ctx = st.context(request)
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> None:
+        record = _get(uow, ctx, policy_id)
+        pol.enforce(ctx, "delete_rbac_policy", policy.target("rbac_policy", record))
+        net = uow.get("networks", record["object_id"])
+        if net is None:  # cannot happen (a network delete removes its policies); drop the orphan
+            uow.delete(rbac.COLLECTION, policy_id)
+            return
+        entry = next((e for e in rbac.entries(net) if e["id"] == policy_id), None)
+        if entry is not None:
+            rbac.check_release(uow, net, entry)
+        rbac.remove(uow, net, policy_id)
+        uow.put("networks", net)
+
+    st.repo.transact(txn)
+    return Response(status_code=204)
