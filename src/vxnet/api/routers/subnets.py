@@ -12,6 +12,8 @@ Invariants:
   it, so a port allocating concurrently and the delete cannot both commit.
 - Visibility: the owner, admins, and everyone for subnets of shared networks. Subnets of an
   external, non-shared network are hidden from other projects (no subnet-external-network).
+- The gateway address of a subnet does not change (nor become null) while a router port holds it
+  (409 GatewayIpInUse, as Neutron): the router's interface would keep the old address.
 - IPv6 is refused with a 400 (not supported yet); `subnetpool_id` may only be null.
 """
 
@@ -47,6 +49,7 @@ from vxnet.api.validation import (
     subnet_cidr_problem,
 )
 from vxnet.services import ipam
+from vxnet.services.ports import ROUTER_INTERFACE_OWNERS
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["subnets"])
@@ -56,6 +59,7 @@ MAX_ROUTES = 20
 READ_ONLY = ("cidr", "network_id", "ip_version", "project_id", "tenant_id", "subnetpool_id",
              "ipv6_ra_mode", "ipv6_address_mode", "id")
 DHCP_OWNER = "network:dhcp"
+ROUTER_PORT_OWNERS = (*ROUTER_INTERFACE_OWNERS, "network:router_gateway")
 
 
 def subnet_visible(ctx: Context, subnet: dict[str, Any], network: dict[str, Any] | None) -> bool:
@@ -253,6 +257,20 @@ def check_cidr(cidr: str | None, ip_version: int, enable_dhcp: bool, item: Subne
     return net  # type: ignore[return-value]
 
 
+def check_gateway_free(uow: UnitOfWork, subnet: dict[str, Any]) -> None:
+    """Neutron's GatewayIpInUse: the current gateway address may not move (nor go away) while a
+    router port holds it. The read guards the address's claim, so a router interface added
+    concurrently and this update cannot both commit."""
+    current = subnet["gateway_ip"]
+    if current is None:
+        return
+    holder = uow.get_raw(ipam.ip_key(subnet["id"], current))
+    port = uow.get("ports", holder) if holder else None
+    if port is not None and port["device_owner"] in ROUTER_PORT_OWNERS:
+        raise conflict("GatewayIpInUse", f"Current gateway ip {current} already in use by port {port['id']}. "
+                       "Unable to update.")
+
+
 # transactions --------------------------------------------------------------------------------
 def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[str, dict[str, Any]],
                  staged: dict[str, list[dict[str, Any]]], pol: policy.Policy) -> dict[str, Any]:
@@ -399,6 +417,8 @@ async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
         if "allocation_pools" in fields:
             pools = validate_pools(cidr, [p.model_dump() for p in upd.allocation_pools])  # type: ignore[arg-type]
             changed["allocation_pools"] = pools
+        if "gateway_ip" in fields and gateway != subnet["gateway_ip"]:
+            check_gateway_free(uow, subnet)
         if "gateway_ip" in fields and gateway != subnet["gateway_ip"] and gateway is not None:
             holder = uow.get_raw(ipam.ip_key(subnet_id, gateway))
             if holder is not None:
