@@ -289,6 +289,36 @@ def test_security_groups_and_port_security(server) -> None:
     assert [x["id"] for x in got] == [p["id"]]
 
 
+def test_port_groups_must_agree_on_stateful_and_not_repeat(server) -> None:
+    """Neutron: a port's groups are all stateful or all stateless (409 SecurityGroupConflict),
+    and a repeated group is a 400 (its list validator), on create and on update; a refused
+    request leaves nothing behind (no port, no address taken)."""
+    alice = server.api("alice")
+    net, _ = netsub(alice)
+    full = alice.post("/security-groups", json={"security_group": {"name": "tracked"}}).json()["security_group"]
+    bare = alice.post("/security-groups", json={"security_group": {"name": "untracked", "stateful": False}}).json()[
+        "security_group"]
+    assert full["stateful"] is True and bare["stateful"] is False
+    before = alice.get("/ports").json()["ports"]
+    body = {"port": {"network_id": net["id"], "security_groups": [full["id"], bare["id"]]}}
+    err = assert_error(alice.post("/ports", json=body), 409, "SecurityGroupConflict")
+    assert "both stateful and stateless security groups on the same port" in err["message"]
+    err = assert_error(alice.post("/ports", json={"port": {"network_id": net["id"],
+                                                           "security_groups": [full["id"], full["id"]]}}), 400)
+    assert err["message"] == f"Invalid input for security_groups. Reason: Duplicate items in the list: '{full['id']}'."
+    assert alice.get("/ports").json()["ports"] == before
+    ipam_consistent(server)
+    p = port(alice, net, security_groups=[bare["id"]])
+    url = f"/ports/{p['id']}"
+    assert_error(alice.put(url, json={"port": {"security_groups": [bare["id"], full["id"]]}}), 409,
+                 "SecurityGroupConflict")
+    assert_error(alice.put(url, json={"port": {"security_groups": [bare["id"], bare["id"]]}}), 400,
+                 message="Duplicate items in the list")
+    assert alice.get(url).json()["port"] == p
+    r = alice.put(url, json={"port": {"security_groups": [full["id"]]}})
+    assert r.status_code == 200 and r.json()["port"]["security_groups"] == [full["id"]]
+
+
 def test_allowed_address_pairs(shared_server) -> None:
     alice = shared_server.api("alice")
     net, _ = netsub(alice)

@@ -66,13 +66,20 @@ def default_group(uow: UnitOfWork, project_id: str) -> str:
 
 def check_security_groups(uow: UnitOfWork, group_ids: list[str], project_id: str, is_admin: bool) -> list[str]:
     """The groups, each existing and belonging to the port's project (or shared; any for an
-    admin); 404 SecurityGroupNotFound otherwise. Duplicates are dropped."""
+    admin); 404 SecurityGroupNotFound otherwise. All stateful or all stateless: a mix is
+    Neutron's 409 SecurityGroupConflict (a port's traffic is either tracked or not). The API
+    refuses duplicates before (400); any left here are dropped."""
     out: list[str] = []
+    stateful: set[bool] = set()
     for gid in dict.fromkeys(group_ids):
         group = uow.get("security_groups", gid)
         if group is None or not (is_admin or group["project_id"] == project_id or group.get("shared")):
             raise not_found("security_group", gid)
+        stateful.add(bool(group.get("stateful", True)))
         out.append(gid)
+    if len(stateful) > 1:
+        raise Conflict("SecurityGroupConflict", "Error Cannot apply both stateful and stateless security groups on "
+                       "the same port at the same time while attempting the operation.")
     return out
 
 
