@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -370,3 +371,49 @@ def test_concurrent_associations_of_one_fixed_ip_exactly_one_wins(servers):
         assert codes == [201] + [409] * 7
         assert len(ok(alice.get("/floatingips", params={"port_id": b["port"]["id"]}))["floatingips"]) == 1
         assert len(ok(admin.get("/ports"))["ports"]) == before + 1
+
+
+def test_empty_update_disassociates_and_agents_see_it(tmp_path):
+    """Neutron: `PUT {"floatingip": {}}` answers 200 with the association cleared; the hosts'
+    views (the agents' only source) follow: the gateway host's view holds it unassociated and
+    the VM's host no longer holds it."""
+    from tests.api.test_host_view import StreamReader, _held, _reference, agent_client, start_agent_server
+    h = start_agent_server(os.path.join(tmp_path, "vxnet.db"))
+    readers: list[StreamReader] = []
+    try:
+        c = agent_client(h)
+        for host, ip, gw in (("hv1", "198.51.100.1", False), ("gw1", "198.51.100.9", True)):
+            assert c.post(f"/hosts/{host}/register", json={"underlay_ip": ip, "gateway": gw}).status_code == 200
+        admin, alice = h.api("admin"), h.api("alice")
+        ext_net = ok(admin.post("/networks", json={"network": {"name": "pub", "router:external": True}}), 201)["network"]
+        ok(admin.post("/subnets", json={"subnet": {"network_id": ext_net["id"], "ip_version": 4,
+                                                   "cidr": "203.0.113.0/24"}}), 201)
+        b = backend(alice, {"net": ext_net})
+        ok(admin.put(f"/ports/{b['port']['id']}", json={"port": {"binding:host_id": "hv1"}}))
+        fip = ok(alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext_net["id"],
+                                                                 "port_id": b["port"]["id"]}}), 201)["floatingip"]
+        readers = [StreamReader(h, "hv1"), StreamReader(h, "gw1")]
+        hv1, gw1 = readers
+
+        def settled(r: StreamReader, host: str, pred: Any) -> None:
+            deadline = time.time() + 10
+            while not (pred(_held(r)) and _held(r) == _reference(h.store, host)) and time.time() < deadline:
+                time.sleep(0.05)
+            assert pred(_held(r)) and _held(r) == _reference(h.store, host)
+
+        settled(hv1, "hv1", lambda v: v.get("floatingips", {}).get(fip["id"], {}).get("port_id") == b["port"]["id"])
+        settled(gw1, "gw1", lambda v: v.get("floatingips", {}).get(fip["id"], {}).get("port_id") == b["port"]["id"])
+        down = ok(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {}}))["floatingip"]
+        assert down["port_id"] is None and down["fixed_ip_address"] is None and down["router_id"] is None
+        assert down["status"] == "DOWN" and down["revision_number"] == fip["revision_number"] + 1
+        assert ok(alice.get(f"/floatingips/{fip['id']}"))["floatingip"]["port_id"] is None
+        settled(hv1, "hv1", lambda v: fip["id"] not in v.get("floatingips", {}))
+        settled(gw1, "gw1", lambda v: all(f.get("port_id") is None for f in v.get("floatingips", {}).values()))
+        # the fixed IP is free again: another floating IP may take it
+        other = ok(alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext_net["id"],
+                                                                   "port_id": b["port"]["id"]}}), 201)["floatingip"]
+        assert other["port_id"] == b["port"]["id"]
+    finally:
+        for r in readers:
+            r.close()
+        h.stop()

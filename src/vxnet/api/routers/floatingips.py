@@ -18,6 +18,8 @@ Records and invariants:
 - An association reads its router and rewrites the router's fence key (routers.py), so it is
   serialized with interface removal, gateway changes and router deletion.
 - `port_details` is computed from the associated port when the floating IP is shown.
+- `PUT {"floatingip": {}}` disassociates (Neutron: 200, `port_id` null); an update naming other
+  attributes only (`description`) keeps the association.
 """
 
 from __future__ import annotations
@@ -336,8 +338,13 @@ async def update_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
     body = await read_json(request)
-    upd = parse_update(body, "floatingip", FloatingIPUpdate, read_only=UPDATE_READ_ONLY)
-    fields = upd.model_fields_set
+    if isinstance(body, dict) and body.get("floatingip") == {}:
+        # Neutron: an update that names no port_id is a disassociation (its
+        # _check_and_get_fip_assoc finds no port), so an empty body clears the association.
+        upd, fields = FloatingIPUpdate(), {"port_id"}
+    else:
+        upd = parse_update(body, "floatingip", FloatingIPUpdate, read_only=UPDATE_READ_ONLY)
+        fields = upd.model_fields_set
     pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
