@@ -293,6 +293,41 @@ def test_policy_matrix(shared_server, ext):
     ok(alice.delete(url), 204)
 
 
+def test_port_of_another_project_is_400_when_seen_404_when_not(shared_server, ext):
+    """Neutron's _internal_fip_assoc_data looks the port up with the caller's rights: a port the
+    caller sees (here: bob's port on alice's shared network) but does not own is a 400; one it
+    cannot see is a 404, exactly as a port that does not exist (no more is told than Neutron tells)."""
+    alice, bob, admin = (shared_server.api(u) for u in ("alice", "bob", "admin"))
+    b = backend(alice, ext)
+    a_project = b["net"]["project_id"]
+    shared = ok(admin.post("/networks", json={"network": {"name": "sh", "shared": True, "project_id": a_project}}),
+                201)["network"]
+    sub = ok(admin.post("/subnets", json={"subnet": {"network_id": shared["id"], "ip_version": 4, "project_id": a_project,
+                                                     "cidr": f"100.64.{next(_cidr)}.0/24"}}), 201)["subnet"]
+    ok(alice.put(f"/routers/{b['router']['id']}/add_router_interface", json={"subnet_id": sub["id"]}))
+    bobs_port = ok(bob.post("/ports", json={"port": {"network_id": shared["id"], "device_owner": "compute:nova"}}),
+                   201)["port"]
+    assert ok(alice.get(f"/ports/{bobs_port['id']}"))["port"]["project_id"] != a_project  # alice sees it
+    before = ok(admin.get("/floatingips"))["floatingips"]
+    msg = (f"Bad floatingip request: Cannot process floating IP association with Port {bobs_port['id']}, since "
+           "that port is owned by a different tenant.")
+    err(alice.post("/floatingips", json=fip_body(ext, port_id=bobs_port["id"])), 400, "BadRequest", msg)
+    assert ok(admin.get("/floatingips"))["floatingips"] == before  # nothing created, no address taken
+    fip = ok(alice.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
+    err(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": bobs_port["id"]}}), 400, "BadRequest",
+        msg)
+    assert ok(alice.get(f"/floatingips/{fip['id']}"))["floatingip"] == fip  # unchanged
+    # bob's port on bob's own network, and a port that does not exist: both 404 for alice
+    bb = backend(bob, ext)
+    for pid in (bb["port"]["id"], "9c1f3a34-9a51-4b43-8a53-0d3f2a6f5e11"):
+        err(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": pid}}), 404, "PortNotFound")
+        err(alice.post("/floatingips", json=fip_body(ext, port_id=pid)), 404, "PortNotFound")
+    # an admin may associate any project's port (Neutron: `and not context.is_admin`)
+    theirs = ok(admin.post("/floatingips", json=fip_body(ext, port_id=bobs_port["id"], project_id=a_project)),
+                201)["floatingip"]
+    assert theirs["port_id"] == bobs_port["id"]
+
+
 def test_two_projects_same_cidr_share_external_network(shared_server, ext):
     alice = shared_server.api("alice")
     bob = shared_server.api("bob")
