@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.helpers import assert_error
+from tests.api.helpers import assert_error, subnet
 from vxnet.config import project_id_for
 
 TENANT_A = project_id_for("tenant-a")
@@ -260,6 +260,43 @@ def test_pagination_walks_back_with_previous_links(server) -> None:
         body = alice.get(prev[0]).json()
         seen = ids(body) + seen
     assert seen == made[:4]
+
+
+@pytest.mark.parametrize("collection", ["networks", "subnets", "ports", "routers", "security-groups"])
+def test_past_the_last_page_keeps_a_previous_link(server, collection: str) -> None:
+    """Neutron (api_common.get_pagination_links): an empty forward page still has `previous`
+    (without a marker, reverse), which leads back to the last page; an empty reverse page has
+    `next`, which leads to the first page. Every paged collection answers alike."""
+    alice = server.api("alice")
+    net = create(alice, name="pager")
+    for i in range(3):
+        if collection == "networks":
+            create(alice, name=f"p{i}")
+        elif collection == "subnets":
+            subnet(alice, create(alice, name=f"s{i}"), f"192.0.2.{64 * i}/26")
+        elif collection == "ports":
+            assert alice.post("/ports", json={"port": {"network_id": net["id"]}}).status_code == 201
+        elif collection == "routers":
+            assert alice.post("/routers", json={"router": {"name": f"r{i}"}}).status_code == 201
+        else:
+            assert alice.post("/security-groups", json={"security_group": {"name": f"g{i}"}}).status_code == 201
+    key = collection.replace("-", "_")
+    every = sorted(o["id"] for o in alice.get(f"/{collection}").json()[key])
+    assert len(every) >= 3
+    body = alice.get(f"/{collection}", params={"limit": 2, "marker": every[-1]}).json()
+    assert body[key] == []
+    [link] = body[f"{key}_links"]
+    assert link["rel"] == "previous" and "marker" not in link["href"]
+    assert "limit=2" in link["href"] and "page_reverse=True" in link["href"]
+    assert link["href"].startswith(f"{server.url}/v2.0/{collection}?")
+    back = alice.get(link["href"]).json()
+    assert [o["id"] for o in back[key]] == every[-2:]
+    # the mirror image: before the first page, `next` leads to the first page
+    body = alice.get(f"/{collection}", params={"limit": 2, "marker": every[0], "page_reverse": "True"}).json()
+    assert body[key] == []
+    [link] = body[f"{key}_links"]
+    assert link["rel"] == "next" and "marker" not in link["href"] and "page_reverse" not in link["href"]
+    assert [o["id"] for o in alice.get(link["href"]).json()[key]] == every[:2]
 
 
 # --- bulk ----------------------------------------------------------------------------------------
