@@ -299,6 +299,49 @@ def test_past_the_last_page_keeps_a_previous_link(server, collection: str) -> No
     assert [o["id"] for o in alice.get(link["href"]).json()[key]] == every[:2]
 
 
+def test_member_naming_another_project_is_400_and_creates_nothing(server) -> None:
+    """neutron-lib's populate_project_id: a non-admin naming a project other than its own (as
+    project_id or tenant_id) gets a 400 before any policy check, for every resource, and no
+    object appears in either project."""
+    alice, bob, admin = server.api("alice"), server.api("bob"), server.api("admin")
+    reader = server.api("alice_reader")
+    net = create(alice, name="mine")
+    sub = subnet(alice, net, "192.0.2.0/24")
+    ext = create(admin, name="pub", **{"router:external": True})
+    subnet(admin, ext, "203.0.113.0/24")
+    group = alice.post("/security-groups", json={"security_group": {"name": "g"}}).json()["security_group"]
+    colls = ("networks", "subnets", "ports", "routers", "security-groups", "security-group-rules", "floatingips")
+
+    def snapshot() -> dict[str, list[str]]:
+        return {c: sorted(o["id"] for o in admin.get(f"/{c}").json()[c.replace("-", "_")]) for c in colls}
+
+    bodies = {
+        "networks": {"network": {"name": "x"}},
+        "subnets": {"subnet": {"network_id": net["id"], "ip_version": 4, "cidr": "198.51.100.0/24"}},
+        "ports": {"port": {"network_id": net["id"]}},
+        "routers": {"router": {"name": "x"}},
+        "security-groups": {"security_group": {"name": "x"}},
+        "security-group-rules": {"security_group_rule": {"security_group_id": group["id"], "direction": "ingress"}},
+        "floatingips": {"floatingip": {"floating_network_id": ext["id"]}},
+    }
+    before = snapshot()
+    message = ("Specifying 'project_id' or 'tenant_id' other than the authenticated project in request is not "
+               "allowed for current user.")
+    for coll, body in bodies.items():
+        member = next(iter(body))
+        for key in ("project_id", "tenant_id"):
+            for who in (alice, reader):
+                r = who.post(f"/{coll}", json={member: {**body[member], key: TENANT_B}})
+                assert_error(r, 400, "HTTPBadRequest", message)
+        # bulk: one foreign item refuses the whole request
+        r = alice.post(f"/{coll}", json={coll.replace("-", "_"): [body[member], {**body[member], "project_id": TENANT_B}]})
+        assert r.status_code == 400, (coll, r.text)
+    assert snapshot() == before
+    assert [n for n in bob.get("/networks").json()["networks"] if n["project_id"] == TENANT_B] == []
+    assert bob.get("/routers").json()["routers"] == []
+    assert sub["project_id"] == TENANT_A
+
+
 # --- bulk ----------------------------------------------------------------------------------------
 
 
@@ -463,10 +506,11 @@ def test_isolation_matrix(shared_server) -> None:
     assert net["id"] not in ids(bob.get("/networks").json())
     assert bob.get("/networks", params={"id": net["id"]}).json()["networks"] == []
 
-    # a member cannot create in another project; admin can
-    assert_error(alice.post("/networks", json={"network": {"project_id": TENANT_B}}), 403, "PolicyNotAuthorized")
-    assert_error(alice.post("/networks", json={"network": {"tenant_id": TENANT_B}}), 403, "PolicyNotAuthorized")
-    assert_error(admin.post("/networks", json={"network": {"project_id": TENANT_A, "tenant_id": TENANT_B}}), 400)
+    # a member cannot create in another project (400, as neutron-lib's populate_project_id); admin can
+    assert_error(alice.post("/networks", json={"network": {"project_id": TENANT_B}}), 400, "HTTPBadRequest")
+    assert_error(alice.post("/networks", json={"network": {"tenant_id": TENANT_B}}), 400, "HTTPBadRequest")
+    assert_error(admin.post("/networks", json={"network": {"project_id": TENANT_A, "tenant_id": TENANT_B}}), 400,
+                 "HTTPBadRequest", "'project_id' and 'tenant_id' do not match")
     for_bob = create(admin, tenant_id=TENANT_B)
     assert for_bob["project_id"] == for_bob["tenant_id"] == TENANT_B
     assert bob.get(f"/networks/{for_bob['id']}").status_code == 200

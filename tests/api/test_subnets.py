@@ -341,9 +341,10 @@ def test_isolation_matrix(shared_server) -> None:
     r = admin.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
                                                 "cidr": "198.51.100.0/24", "project_id": TENANT_A}})
     assert r.status_code == 201 and r.json()["subnet"]["project_id"] == TENANT_A
-    # member naming another project: 403
+    # member naming another project: 400 (neutron-lib's populate_project_id)
     assert_error(alice.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
-                                                          "cidr": "203.0.113.0/24", "project_id": "other"}}), 403)
+                                                          "cidr": "203.0.113.0/24", "project_id": "other"}}), 400,
+                 "HTTPBadRequest")
     assert alice.delete(url).status_code == 204
 
 
