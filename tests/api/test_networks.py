@@ -120,11 +120,36 @@ def test_mtu_limits(shared_server) -> None:
     alice = shared_server.api("alice")
     assert create(alice, mtu=1400)["mtu"] == 1400
     assert_error(alice.post("/networks", json={"network": {"mtu": 1451}}), 400, message="MTU is too big")
-    assert_error(alice.post("/networks", json={"network": {"mtu": 10}}), 400)
+    assert_error(alice.post("/networks", json={"network": {"mtu": -1}}), 400)
+    assert create(alice, mtu=0)["mtu"] == 1450  # 0: the default
     net = create(alice)
     assert_error(alice.put(f"/networks/{net['id']}", json={"network": {"mtu": 9000}}), 400)
     r = alice.put(f"/networks/{net['id']}", json={"network": {"mtu": 1300}})
     assert r.status_code == 200 and r.json()["network"]["mtu"] == 1300
+
+
+def test_mtu_below_ipv4_minimum_refuses_ipv4_subnets(shared_server) -> None:
+    """neutron-tempest-plugin's test_create_subnet_mtu_below_minimum_ipv4 and
+    test_update_network_mtu_below_minimum_ipv4: a network may have MTU 67, but then no IPv4
+    subnet (409), and a network with an IPv4 subnet cannot go below 68 (409)."""
+    alice, admin = shared_server.api("alice"), shared_server.api("admin")
+    tiny = create(alice, mtu=67)
+    assert tiny["mtu"] == 67 and alice.get(f"/networks/{tiny['id']}").json()["network"]["mtu"] == 67
+    body = {"subnet": {"network_id": tiny["id"], "ip_version": 4, "cidr": "192.0.2.0/24"}}
+    err = assert_error(alice.post("/subnets", json=body), 409)
+    assert "below the minimum MTU of IPv4 (68)" in err["message"]
+    assert alice.get("/subnets", params={"network_id": tiny["id"]}).json()["subnets"] == []
+    assert alice.get(f"/networks/{tiny['id']}").json()["network"]["subnets"] == []
+    # raised to 68 it may have one
+    assert alice.put(f"/networks/{tiny['id']}", json={"network": {"mtu": 68}}).status_code == 200
+    sub = alice.post("/subnets", json=body)
+    assert sub.status_code == 201, sub.text
+    # and with it, cannot go below again; nothing changes
+    net = alice.get(f"/networks/{tiny['id']}").json()["network"]
+    assert_error(alice.put(f"/networks/{tiny['id']}", json={"network": {"mtu": 67}}), 409)
+    assert alice.get(f"/networks/{tiny['id']}").json()["network"] == net
+    # the same for an admin
+    assert_error(admin.put(f"/networks/{tiny['id']}", json={"network": {"mtu": 1}}), 409)
 
 
 # --- filters, fields, sorting --------------------------------------------------------------------

@@ -5,6 +5,9 @@ Invariants:
   transaction that creates it and released in the one that deletes it.
 - `subnets` lists the network's subnet ids; subnet create/delete update it (and so bump the
   network's revision_number, as Neutron does).
+- `mtu` may be any non-negative value (0: the default, the underlay's minus VXLAN's 50 bytes);
+  below 68 (IPv4's minimum) the network can have no IPv4 subnet: adding one, or lowering the MTU
+  of a network that has one, is a 409 (Neutron). Agents never program a link MTU below 68.
 - A network with ports other than its own service ports cannot be deleted (409 NetworkInUse);
   unassociated floating IPs on an external network do not count and are deleted with it;
   deleting it deletes its subnets.
@@ -21,7 +24,7 @@ from pydantic import Field
 from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, get_visible, list_response, show_response
-from vxnet.api.errors import bad_request, conflict, not_found
+from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -66,7 +69,7 @@ class NetworkCreate(Body):
     admin_state_up: Bool = True
     shared: Bool = False
     port_security_enabled: Bool = True
-    mtu: int | None = Field(default=None, ge=68, le=9000)
+    mtu: int | None = Field(default=None, ge=0, le=9000)  # Neutron: non-negative; 0 = the default
     tags: Tags = []
     availability_zone_hints: list[str] = []
     project_id: ProjectId | None = None
@@ -84,7 +87,7 @@ class NetworkUpdate(Body):
     admin_state_up: Bool = True
     shared: Bool = False
     port_security_enabled: Bool = True
-    mtu: int = Field(default=1450, ge=68, le=9000)
+    mtu: int = Field(default=1450, ge=1, le=9000)
     router_external: Bool = Field(default=False, alias="router:external")
     is_default: Bool = False
 
@@ -100,6 +103,16 @@ def _aliased(model: Body) -> dict[str, Any]:
 
 def max_mtu(st: AppState) -> int:
     return st.config.underlay_mtu - 50
+
+
+IPV4_MIN_MTU = 68  # RFC 791: every IPv4 link carries 68-byte datagrams unfragmented
+
+
+def mtu_conflict(network_id: str, mtu: int) -> ApiError:
+    """409: an IPv4 subnet on a network whose MTU is below IPv4's minimum (Neutron refuses the
+    subnet, or the MTU change, with a Conflict; the network itself may have such an MTU)."""
+    return conflict("Conflict", f"Unable to complete operation on network {network_id}: its MTU {mtu} is below "
+                    f"the minimum MTU of IPv4 ({IPV4_MIN_MTU}), so it cannot have an IPv4 subnet.")
 
 
 CREATE_DEFAULTS = {"shared": False, "is_default": False}
@@ -217,6 +230,8 @@ async def update_network(network_id: str, request: Request) -> dict[str, Any]:
         check_if_match(request, net)
         if "mtu" in fields and fields["mtu"] > max_mtu(st):
             raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
+        if "mtu" in fields and fields["mtu"] < IPV4_MIN_MTU and net["subnets"]:
+            raise mtu_conflict(network_id, fields["mtu"])
         if fields.get("shared") is False and net["shared"]:
             foreign = uow.list("ports", lambda p: p["network_id"] == network_id and p["project_id"] != net["project_id"]
                                and not p["device_owner"].startswith("network:"))

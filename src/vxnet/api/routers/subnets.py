@@ -31,7 +31,7 @@ from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response, to_bool
 from vxnet.api.errors import bad_request, conflict, invalid_input, not_found
-from vxnet.api.routers.networks import network_visible, touch
+from vxnet.api.routers.networks import IPV4_MIN_MTU, mtu_conflict, network_visible, touch
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -285,6 +285,8 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
     pol.enforce(ctx, "create_subnet", policy.target("subnet", {"project_id": project, "network_id": net["id"]}, net),
                 fields)
     cidr = check_cidr(item.cidr, item.ip_version, item.enable_dhcp, item)
+    if int(net.get("mtu") or IPV4_MIN_MTU) < IPV4_MIN_MTU:
+        raise mtu_conflict(net["id"], net["mtu"])
     others = uow.list("subnets", lambda s: s["network_id"] == net["id"]) + staged.get(net["id"], [])
     for other in others:
         if ipaddress.ip_network(other["cidr"]).overlaps(cidr):
