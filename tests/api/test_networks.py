@@ -429,6 +429,37 @@ def test_if_match_revision_number(shared_server) -> None:
     assert alice.delete(url, headers={"If-Match": "revision_number=1"}).status_code == 204
 
 
+@pytest.mark.parametrize("collection", ["networks", "subnets", "ports", "routers", "security-groups",
+                                        "security-group-rules", "floatingips"])
+def test_delete_with_stale_if_match_is_412(server, collection: str) -> None:
+    """Every resource that honours If-Match on PUT honours it on DELETE: a stale revision is a
+    412 and the object stays; the current one deletes it."""
+    alice, admin = server.api("alice"), server.api("admin")
+    net = create(alice, name="im")
+    objs = {"networks": net, "subnets": subnet(alice, net, "192.0.2.0/24")}
+    if collection == "ports":
+        objs["ports"] = alice.post("/ports", json={"port": {"network_id": net["id"]}}).json()["port"]
+    elif collection == "routers":
+        objs["routers"] = alice.post("/routers", json={"router": {"name": "r"}}).json()["router"]
+    elif collection in ("security-groups", "security-group-rules"):
+        g = alice.post("/security-groups", json={"security_group": {"name": "g"}}).json()["security_group"]
+        objs["security-groups"] = g
+        objs["security-group-rules"] = alice.post("/security-group-rules", json={"security_group_rule": {
+            "security_group_id": g["id"], "direction": "ingress", "protocol": "tcp"}}).json()["security_group_rule"]
+    elif collection == "floatingips":
+        ext = create(admin, name="pub", **{"router:external": True})
+        subnet(admin, ext, "203.0.113.0/24")
+        objs["floatingips"] = alice.post("/floatingips", json={"floatingip": {
+            "floating_network_id": ext["id"]}}).json()["floatingip"]
+    obj = objs[collection]
+    url = f"/{collection}/{obj['id']}"
+    rev = alice.get(url).json()[next(iter(alice.get(url).json()))]["revision_number"]
+    assert_error(alice.delete(url, headers={"If-Match": f"revision_number={rev + 1}"}), 412, "PreconditionFailed")
+    assert alice.get(url).status_code == 200
+    assert alice.delete(url, headers={"If-Match": f"revision_number={rev}"}).status_code == 204
+    assert alice.get(url).status_code == 404
+
+
 # --- admin-only attributes, external and shared networks ----------------------------------------
 
 
