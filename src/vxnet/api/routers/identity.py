@@ -278,6 +278,14 @@ def _subject(st: AppState, request: Request, action: str) -> Context:
     token's own user (Keystone's default `identity:<action>` policy)."""
     ctx = st.context(request)
     subject = request.headers.get("X-Subject-Token", "")
+    if not subject:
+        # Keystone: without a subject the policy target is empty, so only an admin or a service
+        # passes `identity:<action>` (403 for others); then validate_token(None) raises
+        # TokenNotFound("No token in the request"): 404. Nothing is revoked either way.
+        if not (ctx.is_admin or "service" in ctx.roles):
+            raise ApiError(403, "Forbidden", f"You are not authorized to perform the requested action: "
+                                             f"identity:{action}.")
+        raise ApiError(404, "Not Found", "No token in the request")
     try:
         sub = st.check_token(subject)
     except ApiError:
