@@ -50,6 +50,7 @@ from vxnet.api.routers import (
     agents,
     floatingips,
     identity,
+    identity_users,
     network_ip_availabilities,
     networks,
     ports,
@@ -73,6 +74,7 @@ log = logging.getLogger("vxnet.api")
 # server at start instead of leaving its resource silently unserved.
 ROUTER_MODULES: tuple[ModuleType, ...] = (
     identity,
+    identity_users,
     networks,
     subnets,
     ports,

@@ -12,6 +12,8 @@ memory, fed by its own watch:
 - `/vxnet/identity/not-before/<user id>`: `{"not_before": t}`: every token of that user issued
   before t is void ("log this user out everywhere"); on a lease of one token lifetime, after
   which no such token can be alive anyway.
+- `/vxnet/identity/users/<id>`: users created through the API (services/identity_users.py),
+  checked on every request like the configured ones.
 The watch covers all of `/vxnet/identity/` (admin-created projects live there too; they are
 ignored here).
 
@@ -37,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from vxnet.services.identity_users import USERS_PREFIX, StoredUser, parse
 from vxnet.store.contract import (
     Delete,
     Event,
@@ -90,6 +93,7 @@ class IdentityState:
         self._stamp_key: bytes = b""
         self._revoked: dict[str, float] = {}
         self._not_before: dict[str, float] = {}
+        self._users: dict[str, StoredUser] = {}
         self._stamps: dict[str, tuple[bytes, str]] = {}
         self._watches: list[WatchHandle] = []
         self._generation = 0  # events of a watch from before the last resync are dropped
@@ -117,6 +121,7 @@ class IdentityState:
             self._old = {}
             self._revoked = {}
             self._not_before = {}
+            self._users = {}
             for kv in secret_kvs:
                 self._put_secret(kv)
             now = self.clock()
@@ -160,6 +165,8 @@ class IdentityState:
                     self._revoked.pop(key[len(REVOKED_PREFIX):], None)
                 elif key.startswith(NOT_BEFORE_PREFIX):
                     self._not_before.pop(key[len(NOT_BEFORE_PREFIX):], None)
+                elif key.startswith(USERS_PREFIX):
+                    self._users.pop(key[len(USERS_PREFIX):], None)
                 elif key.startswith(OLD_KEYS_PREFIX):
                     self._old.pop(key[len(OLD_KEYS_PREFIX):], None)
 
@@ -179,6 +186,13 @@ class IdentityState:
     def _put_identity(self, kv: KeyValue, now: float) -> None:
         if kv.key.startswith(REVOKED_PREFIX):
             self._put_revoked(kv, now)
+        elif kv.key.startswith(USERS_PREFIX):
+            uid = kv.key[len(USERS_PREFIX):]
+            try:
+                self._users[uid] = parse(kv.value)
+            except ValueError:
+                log.error("store key %s does not hold a user record; the user cannot log in", kv.key)
+                self._users.pop(uid, None)
         elif kv.key.startswith(NOT_BEFORE_PREFIX):
             try:
                 t = float(json.loads(kv.value)["not_before"])
@@ -218,6 +232,24 @@ class IdentityState:
         """Tokens of `user_id` issued before this time are void (0: none)."""
         self._fresh()
         return self._not_before.get(user_id, 0.0)
+
+    def stored_user(self, user_id: str) -> StoredUser | None:
+        """A user created through the API, as the store has it now (None: no such user)."""
+        self._fresh()
+        return self._users.get(user_id)
+
+    def stored_users(self) -> list[StoredUser]:
+        self._fresh()
+        return sorted(self._users.values(), key=lambda u: u.name)
+
+    def note_user(self, user_id: str, user: StoredUser | None) -> None:
+        """What this server just wrote (visible here at once, whatever the watch latency). A
+        later watch event for the same key overwrites it with the store's own value."""
+        with self._lock:
+            if user is None:
+                self._users.pop(user_id, None)
+            else:
+                self._users[user_id] = user
 
     def revoke_user(self, user_id: str, token_ttl: int) -> float:
         """Void every token of `user_id` issued until now, on every server. Returns the cut-off."""
