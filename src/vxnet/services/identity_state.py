@@ -94,6 +94,7 @@ class IdentityState:
         self._revoked: dict[str, float] = {}
         self._not_before: dict[str, float] = {}
         self._users: dict[str, StoredUser] = {}
+        self._user_revs: dict[str, int] = {}  # store revision of what _users holds per user id
         self._stamps: dict[str, tuple[bytes, str]] = {}
         self._watches: list[WatchHandle] = []
         self._generation = 0  # events of a watch from before the last resync are dropped
@@ -122,6 +123,7 @@ class IdentityState:
             self._revoked = {}
             self._not_before = {}
             self._users = {}
+            self._user_revs = {}
             for kv in secret_kvs:
                 self._put_secret(kv)
             now = self.clock()
@@ -166,7 +168,7 @@ class IdentityState:
                 elif key.startswith(NOT_BEFORE_PREFIX):
                     self._not_before.pop(key[len(NOT_BEFORE_PREFIX):], None)
                 elif key.startswith(USERS_PREFIX):
-                    self._users.pop(key[len(USERS_PREFIX):], None)
+                    self._drop_user(key[len(USERS_PREFIX):], ev.kv.mod_revision)
                 elif key.startswith(OLD_KEYS_PREFIX):
                     self._old.pop(key[len(OLD_KEYS_PREFIX):], None)
 
@@ -188,17 +190,26 @@ class IdentityState:
             self._put_revoked(kv, now)
         elif kv.key.startswith(USERS_PREFIX):
             uid = kv.key[len(USERS_PREFIX):]
+            if kv.mod_revision and kv.mod_revision < self._user_revs.get(uid, 0):
+                return  # older than what this server wrote itself (note_user)
             try:
                 self._users[uid] = parse(kv.value)
+                self._user_revs[uid] = kv.mod_revision
             except ValueError:
                 log.error("store key %s does not hold a user record; the user cannot log in", kv.key)
-                self._users.pop(uid, None)
+                self._drop_user(uid, kv.mod_revision)
         elif kv.key.startswith(NOT_BEFORE_PREFIX):
             try:
                 t = float(json.loads(kv.value)["not_before"])
             except (ValueError, KeyError, TypeError):
                 t = float("inf")  # unreadable record: refuse the user's tokens rather than accept them
             self._not_before[kv.key[len(NOT_BEFORE_PREFIX):]] = t
+
+    def _drop_user(self, uid: str, revision: int) -> None:
+        if revision and revision < self._user_revs.get(uid, 0):
+            return
+        self._users.pop(uid, None)
+        self._user_revs[uid] = revision
 
     def _put_revoked(self, kv: KeyValue, now: float) -> None:
         try:
@@ -242,10 +253,13 @@ class IdentityState:
         self._fresh()
         return sorted(self._users.values(), key=lambda u: u.name)
 
-    def note_user(self, user_id: str, user: StoredUser | None) -> None:
-        """What this server just wrote (visible here at once, whatever the watch latency). A
-        later watch event for the same key overwrites it with the store's own value."""
+    def note_user(self, user_id: str, user: StoredUser | None, revision: int) -> None:
+        """What this server just wrote at store `revision` (visible here at once, whatever the
+        watch latency); watch events older than it, still in flight, are ignored."""
         with self._lock:
+            if revision < self._user_revs.get(user_id, 0):
+                return
+            self._user_revs[user_id] = revision
             if user is None:
                 self._users.pop(user_id, None)
             else:

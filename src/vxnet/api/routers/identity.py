@@ -452,7 +452,7 @@ async def delete_project(pid: str, request: Request) -> Response:
     if not res.succeeded:
         raise ApiError(409, "Conflict", f"Project {pid} or a user with a role on it changed concurrently; try again.")
     for u in stripped:
-        st.identity.note_user(u.id, u)
+        st.identity.note_user(u.id, u, res.revision)
     return Response(status_code=204)
 
 

@@ -144,11 +144,11 @@ async def create_user(request: Request) -> JSONResponse:
         raise _name_taken(st, name)
     user = StoredUser(uuid.uuid4().hex, name, hash_password(attrs["password"]), attrs.get("enabled", True),
                       attrs.get("default_project_id"), (), attrs.get("email", ""), attrs.get("description", ""))
-    ok = st.store.txn([key_missing(USER_NAMES_PREFIX + name), key_missing(USERS_PREFIX + user.id)],
-                      [Put(USER_NAMES_PREFIX + name, user.id), Put(USERS_PREFIX + user.id, dump(user))]).succeeded
-    if not ok:
+    res = st.store.txn([key_missing(USER_NAMES_PREFIX + name), key_missing(USERS_PREFIX + user.id)],
+                       [Put(USER_NAMES_PREFIX + name, user.id), Put(USERS_PREFIX + user.id, dump(user))])
+    if not res.succeeded:
         raise _name_taken(st, name)
-    st.identity.note_user(user.id, user)
+    st.identity.note_user(user.id, user, res.revision)
     return JSONResponse({"user": public(user, _links(st, request, user.id))}, status_code=201)
 
 
@@ -198,11 +198,12 @@ async def update_user(uid: str, request: Request) -> dict[str, Any]:
             raise _name_taken(st, new.name)
         compares.append(key_missing(USER_NAMES_PREFIX + new.name))
         ops += [Put(USER_NAMES_PREFIX + new.name, uid), Delete(USER_NAMES_PREFIX + user.name)]
-    if not st.store.txn(compares, ops).succeeded:
+    res = st.store.txn(compares, ops)
+    if not res.succeeded:
         if new.name != user.name and st.store.get(USER_NAMES_PREFIX + new.name) is not None:
             raise _name_taken(st, new.name)
         raise ApiError(409, "Conflict", f"User {uid} changed concurrently; try again.")
-    st.identity.note_user(uid, new)
+    st.identity.note_user(uid, new, res.revision)
     return {"user": public(new, _links(st, request, uid))}
 
 
@@ -215,10 +216,10 @@ async def delete_user(uid: str, request: Request) -> Response:
     if not ctx.is_admin:
         raise _forbidden("delete_user")
     user, kv = _stored(st, uid)
-    ok = st.store.txn([key_unchanged(kv)], [Delete(USERS_PREFIX + uid), Delete(USER_NAMES_PREFIX + user.name)])
-    if not ok.succeeded:
+    res = st.store.txn([key_unchanged(kv)], [Delete(USERS_PREFIX + uid), Delete(USER_NAMES_PREFIX + user.name)])
+    if not res.succeeded:
         raise ApiError(409, "Conflict", f"User {uid} changed concurrently; try again.")
-    st.identity.note_user(uid, None)
+    st.identity.note_user(uid, None, res.revision)
     st.identity.revoke_user(uid, st.config.token_ttl)  # belt and braces: the record is gone anyway
     return Response(status_code=204)
 
@@ -244,8 +245,11 @@ def _grant(st: AppState, pid: str, uid: str, rid: str, present: bool) -> None:
     for _ in range(20):
         user, kv = _stored(st, uid)
         new = user.with_role(pid, rid, present)
-        if new == user or st.store.txn([key_unchanged(kv)], [Put(USERS_PREFIX + uid, dump(new))]).succeeded:
-            st.identity.note_user(uid, new)
+        if new == user:
+            return
+        res = st.store.txn([key_unchanged(kv)], [Put(USERS_PREFIX + uid, dump(new))])
+        if res.succeeded:
+            st.identity.note_user(uid, new, res.revision)
             return
     raise ApiError(409, "Conflict", f"User {uid} changed concurrently; try again.")
 
