@@ -53,3 +53,31 @@ def test_tempest_cred_client_creates_and_removes_users(server: ServerHandle) -> 
     names = [u["name"] for u in httpx.get(uri + "/users", headers={"X-Auth-Token": server.token("admin")}).json()[
         "users"]]
     assert "tdyn-u" not in names
+
+
+def test_openstack_cli_user_and_role_commands(vxnet_cloud) -> None:
+    """The unmodified `openstack` CLI: `user create --project --password`, `role add`, the user's
+    own login (environment credentials), `user set --disable`, `user delete`; a member may not."""
+    cli = vxnet_cloud
+    project = cli.openstack("admin", "project", "create", "cli-users", "-f", "json").json()
+    user = cli.openstack("admin", "user", "create", "cli-u", "--password", "cli-pw", "--project", project["id"],
+                         "--email", "cli@example.org", "-f", "json").json()
+    assert user["name"] == "cli-u" and user["default_project_id"] == project["id"]
+    cli.openstack("admin", "role", "add", "--project", project["id"], "--user", "cli-u", "member")
+    shown = cli.openstack("admin", "user", "show", "cli-u", "-f", "json").json()
+    assert shown["id"] == user["id"]
+    env = {"OS_AUTH_URL": cli.url + "/identity/v3", "OS_USERNAME": "cli-u", "OS_PASSWORD": "cli-pw",
+           "OS_PROJECT_NAME": "cli-users", "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default",
+           "OS_IDENTITY_API_VERSION": "3", "OS_REGION_NAME": "RegionOne"}
+    net = cli.openstack_env(env, "network", "create", "cli-net", "-f", "json").json()
+    assert net["project_id"] == project["id"]
+    r = cli.openstack("demo", "user", "create", "evil", "--password", "x", check=False)
+    assert r.rc != 0, r
+    cli.openstack("admin", "user", "set", "--disable", "cli-u")
+    r = cli.openstack_env(env, "network", "list", check=False)
+    assert r.rc != 0, r  # a disabled user gets no token
+    cli.openstack("admin", "network", "delete", net["id"])
+    cli.openstack("admin", "user", "delete", "cli-u")
+    r = cli.openstack("admin", "user", "show", "cli-u", check=False)
+    assert r.rc != 0, r
+    cli.openstack("admin", "project", "delete", project["id"])

@@ -468,8 +468,19 @@ async def list_domains(request: Request) -> dict[str, Any]:
 async def list_roles(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     st.context(request)
-    names = known_roles(st)
+    name = request.query_params.get("name")
+    names = [r for r in known_roles(st) if name is None or r == name]  # clients find roles by ?name=
     return {"roles": [{"id": r, "name": r, "domain_id": None, "links": {}} for r in names]}
+
+
+@router.get("/v3/roles/{rid}")
+@off_loop
+async def show_role(rid: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    st.context(request)
+    if rid not in known_roles(st):
+        raise ApiError(404, "Not Found", f"Could not find role: {rid[:64]}.")
+    return {"role": {"id": rid, "name": rid, "domain_id": None, "links": {}}}
 
 
 @router.delete("/v3/OS-VXNET/users/{uid}/tokens")
