@@ -129,6 +129,11 @@ def test_delete_agent_forces_reregistration(srv: ServerHandle) -> None:
     register(c, "compute-1")
     aid = agent_id_for("compute-1")
     assert c.post("/hosts/compute-1/heartbeat").json() == {"alive": True}
+    # as for PUT, a stale If-Match is a 412 and the agent stays (agents carry no revision_number)
+    r = srv.api("admin").delete(f"/agents/{aid}", headers={"If-Match": "revision_number=3"})
+    assert r.status_code == 412 and r.json()["NeutronError"]["type"] == "PreconditionFailed"
+    assert srv.api("admin").get(f"/agents/{aid}").status_code == 200
+    assert c.post("/hosts/compute-1/heartbeat").json() == {"alive": True}
     assert srv.api("admin").delete(f"/agents/{aid}").status_code == 204
     assert srv.api("admin").get(f"/agents/{aid}").status_code == 404
     r = c.post("/hosts/compute-1/heartbeat")

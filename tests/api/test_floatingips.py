@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -292,6 +293,41 @@ def test_policy_matrix(shared_server, ext):
     ok(alice.delete(url), 204)
 
 
+def test_port_of_another_project_is_400_when_seen_404_when_not(shared_server, ext):
+    """Neutron's _internal_fip_assoc_data looks the port up with the caller's rights: a port the
+    caller sees (here: bob's port on alice's shared network) but does not own is a 400; one it
+    cannot see is a 404, exactly as a port that does not exist (no more is told than Neutron tells)."""
+    alice, bob, admin = (shared_server.api(u) for u in ("alice", "bob", "admin"))
+    b = backend(alice, ext)
+    a_project = b["net"]["project_id"]
+    shared = ok(admin.post("/networks", json={"network": {"name": "sh", "shared": True, "project_id": a_project}}),
+                201)["network"]
+    sub = ok(admin.post("/subnets", json={"subnet": {"network_id": shared["id"], "ip_version": 4, "project_id": a_project,
+                                                     "cidr": f"100.64.{next(_cidr)}.0/24"}}), 201)["subnet"]
+    ok(alice.put(f"/routers/{b['router']['id']}/add_router_interface", json={"subnet_id": sub["id"]}))
+    bobs_port = ok(bob.post("/ports", json={"port": {"network_id": shared["id"], "device_owner": "compute:nova"}}),
+                   201)["port"]
+    assert ok(alice.get(f"/ports/{bobs_port['id']}"))["port"]["project_id"] != a_project  # alice sees it
+    before = ok(admin.get("/floatingips"))["floatingips"]
+    msg = (f"Bad floatingip request: Cannot process floating IP association with Port {bobs_port['id']}, since "
+           "that port is owned by a different tenant.")
+    err(alice.post("/floatingips", json=fip_body(ext, port_id=bobs_port["id"])), 400, "BadRequest", msg)
+    assert ok(admin.get("/floatingips"))["floatingips"] == before  # nothing created, no address taken
+    fip = ok(alice.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
+    err(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": bobs_port["id"]}}), 400, "BadRequest",
+        msg)
+    assert ok(alice.get(f"/floatingips/{fip['id']}"))["floatingip"] == fip  # unchanged
+    # bob's port on bob's own network, and a port that does not exist: both 404 for alice
+    bb = backend(bob, ext)
+    for pid in (bb["port"]["id"], "9c1f3a34-9a51-4b43-8a53-0d3f2a6f5e11"):
+        err(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": pid}}), 404, "PortNotFound")
+        err(alice.post("/floatingips", json=fip_body(ext, port_id=pid)), 404, "PortNotFound")
+    # an admin may associate any project's port (Neutron: `and not context.is_admin`)
+    theirs = ok(admin.post("/floatingips", json=fip_body(ext, port_id=bobs_port["id"], project_id=a_project)),
+                201)["floatingip"]
+    assert theirs["port_id"] == bobs_port["id"]
+
+
 def test_two_projects_same_cidr_share_external_network(shared_server, ext):
     alice = shared_server.api("alice")
     bob = shared_server.api("bob")
@@ -370,3 +406,49 @@ def test_concurrent_associations_of_one_fixed_ip_exactly_one_wins(servers):
         assert codes == [201] + [409] * 7
         assert len(ok(alice.get("/floatingips", params={"port_id": b["port"]["id"]}))["floatingips"]) == 1
         assert len(ok(admin.get("/ports"))["ports"]) == before + 1
+
+
+def test_empty_update_disassociates_and_agents_see_it(tmp_path):
+    """Neutron: `PUT {"floatingip": {}}` answers 200 with the association cleared; the hosts'
+    views (the agents' only source) follow: the gateway host's view holds it unassociated and
+    the VM's host no longer holds it."""
+    from tests.api.test_host_view import StreamReader, _held, _reference, agent_client, start_agent_server
+    h = start_agent_server(os.path.join(tmp_path, "vxnet.db"))
+    readers: list[StreamReader] = []
+    try:
+        c = agent_client(h)
+        for host, ip, gw in (("hv1", "198.51.100.1", False), ("gw1", "198.51.100.9", True)):
+            assert c.post(f"/hosts/{host}/register", json={"underlay_ip": ip, "gateway": gw}).status_code == 200
+        admin, alice = h.api("admin"), h.api("alice")
+        ext_net = ok(admin.post("/networks", json={"network": {"name": "pub", "router:external": True}}), 201)["network"]
+        ok(admin.post("/subnets", json={"subnet": {"network_id": ext_net["id"], "ip_version": 4,
+                                                   "cidr": "203.0.113.0/24"}}), 201)
+        b = backend(alice, {"net": ext_net})
+        ok(admin.put(f"/ports/{b['port']['id']}", json={"port": {"binding:host_id": "hv1"}}))
+        fip = ok(alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext_net["id"],
+                                                                 "port_id": b["port"]["id"]}}), 201)["floatingip"]
+        readers = [StreamReader(h, "hv1"), StreamReader(h, "gw1")]
+        hv1, gw1 = readers
+
+        def settled(r: StreamReader, host: str, pred: Any) -> None:
+            deadline = time.time() + 10
+            while not (pred(_held(r)) and _held(r) == _reference(h.store, host)) and time.time() < deadline:
+                time.sleep(0.05)
+            assert pred(_held(r)) and _held(r) == _reference(h.store, host)
+
+        settled(hv1, "hv1", lambda v: v.get("floatingips", {}).get(fip["id"], {}).get("port_id") == b["port"]["id"])
+        settled(gw1, "gw1", lambda v: v.get("floatingips", {}).get(fip["id"], {}).get("port_id") == b["port"]["id"])
+        down = ok(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {}}))["floatingip"]
+        assert down["port_id"] is None and down["fixed_ip_address"] is None and down["router_id"] is None
+        assert down["status"] == "DOWN" and down["revision_number"] == fip["revision_number"] + 1
+        assert ok(alice.get(f"/floatingips/{fip['id']}"))["floatingip"]["port_id"] is None
+        settled(hv1, "hv1", lambda v: fip["id"] not in v.get("floatingips", {}))
+        settled(gw1, "gw1", lambda v: all(f.get("port_id") is None for f in v.get("floatingips", {}).values()))
+        # the fixed IP is free again: another floating IP may take it
+        other = ok(alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext_net["id"],
+                                                                   "port_id": b["port"]["id"]}}), 201)["floatingip"]
+        assert other["port_id"] == b["port"]["id"]
+    finally:
+        for r in readers:
+            r.close()
+        h.stop()

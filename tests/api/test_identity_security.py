@@ -280,6 +280,24 @@ def test_revocation_on_one_server_is_honoured_by_the_other_within_a_second(two_s
     assert networks(a.url, admin) == 200
 
 
+def test_revoke_or_validate_without_a_subject_token_revokes_nothing(server: ServerHandle) -> None:
+    """Keystone: without X-Subject-Token the policy target is empty, so a member gets 403 and an
+    admin 404 ("No token in the request", from validate_token(None)); never a 204, and no token
+    (the caller's own included) is revoked."""
+    alice, admin = token_of(server.url, USER["alice"]), token_of(server.url, USER["admin"])
+    for headers in ({}, {"X-Subject-Token": ""}):
+        for method in ("DELETE", "GET"):
+            r = httpx.request(method, server.url + TOKENS, headers={"X-Auth-Token": alice, **headers}, timeout=30)
+            keystone_error(r, 403)
+            r = httpx.request(method, server.url + TOKENS, headers={"X-Auth-Token": admin, **headers}, timeout=30)
+            assert keystone_error(r, 404)["message"] == "No token in the request"
+        r = httpx.head(server.url + TOKENS, headers={"X-Auth-Token": admin, **headers}, timeout=30)
+        assert r.status_code == 404
+    assert networks(server.url, alice) == 200 and networks(server.url, admin) == 200
+    assert server.store.range("/vxnet/identity/revoked/")[0] == []
+    keystone_error(httpx.delete(server.url + TOKENS, timeout=30), 401)  # and no caller at all: 401
+
+
 def test_all_tokens_of_a_user_can_be_revoked_on_every_server(two_servers) -> None:
     a, b = two_servers
     alice = [token_of(a.url, USER["alice"]), token_of(b.url, USER["alice"])]

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.helpers import assert_error
+from tests.api.helpers import assert_error, subnet
 from vxnet.config import project_id_for
 
 TENANT_A = project_id_for("tenant-a")
@@ -120,11 +120,36 @@ def test_mtu_limits(shared_server) -> None:
     alice = shared_server.api("alice")
     assert create(alice, mtu=1400)["mtu"] == 1400
     assert_error(alice.post("/networks", json={"network": {"mtu": 1451}}), 400, message="MTU is too big")
-    assert_error(alice.post("/networks", json={"network": {"mtu": 10}}), 400)
+    assert_error(alice.post("/networks", json={"network": {"mtu": -1}}), 400)
+    assert create(alice, mtu=0)["mtu"] == 1450  # 0: the default
     net = create(alice)
     assert_error(alice.put(f"/networks/{net['id']}", json={"network": {"mtu": 9000}}), 400)
     r = alice.put(f"/networks/{net['id']}", json={"network": {"mtu": 1300}})
     assert r.status_code == 200 and r.json()["network"]["mtu"] == 1300
+
+
+def test_mtu_below_ipv4_minimum_refuses_ipv4_subnets(shared_server) -> None:
+    """neutron-tempest-plugin's test_create_subnet_mtu_below_minimum_ipv4 and
+    test_update_network_mtu_below_minimum_ipv4: a network may have MTU 67, but then no IPv4
+    subnet (409), and a network with an IPv4 subnet cannot go below 68 (409)."""
+    alice, admin = shared_server.api("alice"), shared_server.api("admin")
+    tiny = create(alice, mtu=67)
+    assert tiny["mtu"] == 67 and alice.get(f"/networks/{tiny['id']}").json()["network"]["mtu"] == 67
+    body = {"subnet": {"network_id": tiny["id"], "ip_version": 4, "cidr": "192.0.2.0/24"}}
+    err = assert_error(alice.post("/subnets", json=body), 409)
+    assert "below the minimum MTU of IPv4 (68)" in err["message"]
+    assert alice.get("/subnets", params={"network_id": tiny["id"]}).json()["subnets"] == []
+    assert alice.get(f"/networks/{tiny['id']}").json()["network"]["subnets"] == []
+    # raised to 68 it may have one
+    assert alice.put(f"/networks/{tiny['id']}", json={"network": {"mtu": 68}}).status_code == 200
+    sub = alice.post("/subnets", json=body)
+    assert sub.status_code == 201, sub.text
+    # and with it, cannot go below again; nothing changes
+    net = alice.get(f"/networks/{tiny['id']}").json()["network"]
+    assert_error(alice.put(f"/networks/{tiny['id']}", json={"network": {"mtu": 67}}), 409)
+    assert alice.get(f"/networks/{tiny['id']}").json()["network"] == net
+    # the same for an admin
+    assert_error(admin.put(f"/networks/{tiny['id']}", json={"network": {"mtu": 1}}), 409)
 
 
 # --- filters, fields, sorting --------------------------------------------------------------------
@@ -262,6 +287,86 @@ def test_pagination_walks_back_with_previous_links(server) -> None:
     assert seen == made[:4]
 
 
+@pytest.mark.parametrize("collection", ["networks", "subnets", "ports", "routers", "security-groups"])
+def test_past_the_last_page_keeps_a_previous_link(server, collection: str) -> None:
+    """Neutron (api_common.get_pagination_links): an empty forward page still has `previous`
+    (without a marker, reverse), which leads back to the last page; an empty reverse page has
+    `next`, which leads to the first page. Every paged collection answers alike."""
+    alice = server.api("alice")
+    net = create(alice, name="pager")
+    for i in range(3):
+        if collection == "networks":
+            create(alice, name=f"p{i}")
+        elif collection == "subnets":
+            subnet(alice, create(alice, name=f"s{i}"), f"192.0.2.{64 * i}/26")
+        elif collection == "ports":
+            assert alice.post("/ports", json={"port": {"network_id": net["id"]}}).status_code == 201
+        elif collection == "routers":
+            assert alice.post("/routers", json={"router": {"name": f"r{i}"}}).status_code == 201
+        else:
+            assert alice.post("/security-groups", json={"security_group": {"name": f"g{i}"}}).status_code == 201
+    key = collection.replace("-", "_")
+    every = sorted(o["id"] for o in alice.get(f"/{collection}").json()[key])
+    assert len(every) >= 3
+    body = alice.get(f"/{collection}", params={"limit": 2, "marker": every[-1]}).json()
+    assert body[key] == []
+    [link] = body[f"{key}_links"]
+    assert link["rel"] == "previous" and "marker" not in link["href"]
+    assert "limit=2" in link["href"] and "page_reverse=True" in link["href"]
+    assert link["href"].startswith(f"{server.url}/v2.0/{collection}?")
+    back = alice.get(link["href"]).json()
+    assert [o["id"] for o in back[key]] == every[-2:]
+    # the mirror image: before the first page, `next` leads to the first page
+    body = alice.get(f"/{collection}", params={"limit": 2, "marker": every[0], "page_reverse": "True"}).json()
+    assert body[key] == []
+    [link] = body[f"{key}_links"]
+    assert link["rel"] == "next" and "marker" not in link["href"] and "page_reverse" not in link["href"]
+    assert [o["id"] for o in alice.get(link["href"]).json()[key]] == every[:2]
+
+
+def test_member_naming_another_project_is_400_and_creates_nothing(server) -> None:
+    """neutron-lib's populate_project_id: a non-admin naming a project other than its own (as
+    project_id or tenant_id) gets a 400 before any policy check, for every resource, and no
+    object appears in either project."""
+    alice, bob, admin = server.api("alice"), server.api("bob"), server.api("admin")
+    reader = server.api("alice_reader")
+    net = create(alice, name="mine")
+    sub = subnet(alice, net, "192.0.2.0/24")
+    ext = create(admin, name="pub", **{"router:external": True})
+    subnet(admin, ext, "203.0.113.0/24")
+    group = alice.post("/security-groups", json={"security_group": {"name": "g"}}).json()["security_group"]
+    colls = ("networks", "subnets", "ports", "routers", "security-groups", "security-group-rules", "floatingips")
+
+    def snapshot() -> dict[str, list[str]]:
+        return {c: sorted(o["id"] for o in admin.get(f"/{c}").json()[c.replace("-", "_")]) for c in colls}
+
+    bodies = {
+        "networks": {"network": {"name": "x"}},
+        "subnets": {"subnet": {"network_id": net["id"], "ip_version": 4, "cidr": "198.51.100.0/24"}},
+        "ports": {"port": {"network_id": net["id"]}},
+        "routers": {"router": {"name": "x"}},
+        "security-groups": {"security_group": {"name": "x"}},
+        "security-group-rules": {"security_group_rule": {"security_group_id": group["id"], "direction": "ingress"}},
+        "floatingips": {"floatingip": {"floating_network_id": ext["id"]}},
+    }
+    before = snapshot()
+    message = ("Specifying 'project_id' or 'tenant_id' other than the authenticated project in request is not "
+               "allowed for current user.")
+    for coll, body in bodies.items():
+        member = next(iter(body))
+        for key in ("project_id", "tenant_id"):
+            for who in (alice, reader):
+                r = who.post(f"/{coll}", json={member: {**body[member], key: TENANT_B}})
+                assert_error(r, 400, "HTTPBadRequest", message)
+        # bulk: one foreign item refuses the whole request
+        r = alice.post(f"/{coll}", json={coll.replace("-", "_"): [body[member], {**body[member], "project_id": TENANT_B}]})
+        assert r.status_code == 400, (coll, r.text)
+    assert snapshot() == before
+    assert [n for n in bob.get("/networks").json()["networks"] if n["project_id"] == TENANT_B] == []
+    assert bob.get("/routers").json()["routers"] == []
+    assert sub["project_id"] == TENANT_A
+
+
 # --- bulk ----------------------------------------------------------------------------------------
 
 
@@ -322,6 +427,37 @@ def test_if_match_revision_number(shared_server) -> None:
     assert_error(alice.delete(url, headers={"If-Match": "revision_number=0"}), 412, "PreconditionFailed")
     assert_error(alice.put(url, json={"network": {"name": "x"}}, headers={"If-Match": "revision_number=abc"}), 400)
     assert alice.delete(url, headers={"If-Match": "revision_number=1"}).status_code == 204
+
+
+@pytest.mark.parametrize("collection", ["networks", "subnets", "ports", "routers", "security-groups",
+                                        "security-group-rules", "floatingips"])
+def test_delete_with_stale_if_match_is_412(server, collection: str) -> None:
+    """Every resource that honours If-Match on PUT honours it on DELETE: a stale revision is a
+    412 and the object stays; the current one deletes it."""
+    alice, admin = server.api("alice"), server.api("admin")
+    net = create(alice, name="im")
+    objs = {"networks": net, "subnets": subnet(alice, net, "192.0.2.0/24")}
+    if collection == "ports":
+        objs["ports"] = alice.post("/ports", json={"port": {"network_id": net["id"]}}).json()["port"]
+    elif collection == "routers":
+        objs["routers"] = alice.post("/routers", json={"router": {"name": "r"}}).json()["router"]
+    elif collection in ("security-groups", "security-group-rules"):
+        g = alice.post("/security-groups", json={"security_group": {"name": "g"}}).json()["security_group"]
+        objs["security-groups"] = g
+        objs["security-group-rules"] = alice.post("/security-group-rules", json={"security_group_rule": {
+            "security_group_id": g["id"], "direction": "ingress", "protocol": "tcp"}}).json()["security_group_rule"]
+    elif collection == "floatingips":
+        ext = create(admin, name="pub", **{"router:external": True})
+        subnet(admin, ext, "203.0.113.0/24")
+        objs["floatingips"] = alice.post("/floatingips", json={"floatingip": {
+            "floating_network_id": ext["id"]}}).json()["floatingip"]
+    obj = objs[collection]
+    url = f"/{collection}/{obj['id']}"
+    rev = alice.get(url).json()[next(iter(alice.get(url).json()))]["revision_number"]
+    assert_error(alice.delete(url, headers={"If-Match": f"revision_number={rev + 1}"}), 412, "PreconditionFailed")
+    assert alice.get(url).status_code == 200
+    assert alice.delete(url, headers={"If-Match": f"revision_number={rev}"}).status_code == 204
+    assert alice.get(url).status_code == 404
 
 
 # --- admin-only attributes, external and shared networks ----------------------------------------
@@ -426,10 +562,11 @@ def test_isolation_matrix(shared_server) -> None:
     assert net["id"] not in ids(bob.get("/networks").json())
     assert bob.get("/networks", params={"id": net["id"]}).json()["networks"] == []
 
-    # a member cannot create in another project; admin can
-    assert_error(alice.post("/networks", json={"network": {"project_id": TENANT_B}}), 403, "PolicyNotAuthorized")
-    assert_error(alice.post("/networks", json={"network": {"tenant_id": TENANT_B}}), 403, "PolicyNotAuthorized")
-    assert_error(admin.post("/networks", json={"network": {"project_id": TENANT_A, "tenant_id": TENANT_B}}), 400)
+    # a member cannot create in another project (400, as neutron-lib's populate_project_id); admin can
+    assert_error(alice.post("/networks", json={"network": {"project_id": TENANT_B}}), 400, "HTTPBadRequest")
+    assert_error(alice.post("/networks", json={"network": {"tenant_id": TENANT_B}}), 400, "HTTPBadRequest")
+    assert_error(admin.post("/networks", json={"network": {"project_id": TENANT_A, "tenant_id": TENANT_B}}), 400,
+                 "HTTPBadRequest", "'project_id' and 'tenant_id' do not match")
     for_bob = create(admin, tenant_id=TENANT_B)
     assert for_bob["project_id"] == for_bob["tenant_id"] == TENANT_B
     assert bob.get(f"/networks/{for_bob['id']}").status_code == 200

@@ -84,7 +84,7 @@ def test_admin_view_has_binding_attributes(shared_server) -> None:
     assert p["binding:host_id"] == "" and p["binding:vif_type"] == "unbound"
     assert p["binding:vif_details"] == {} and p["binding:profile"] == {}
     bound = port(admin, net, **{"binding:host_id": "host-1", "binding:profile": {"k": "v"}})
-    assert bound["binding:host_id"] == "host-1" and bound["binding:vif_type"] == "bridge"
+    assert bound["binding:host_id"] == "host-1" and bound["binding:vif_type"] == "binding_failed"  # no agent there
     assert bound["binding:profile"] == {"k": "v"} and bound["status"] == "DOWN"
 
 
@@ -226,7 +226,7 @@ def test_binding_is_admin_only_and_status_is_kept(server) -> None:
     assert_error(alice.put(f"/ports/{p['id']}", json={"port": {"binding:host_id": "h1"}}), 403)
     r = admin.put(f"/ports/{p['id']}", json={"port": {"binding:host_id": "h1"}})
     assert r.status_code == 200
-    assert r.json()["port"]["binding:vif_type"] == "bridge" and r.json()["port"]["status"] == "DOWN"
+    assert r.json()["port"]["binding:vif_type"] == "binding_failed" and r.json()["port"]["status"] == "DOWN"
     # the host agent reports the port up (through the store, as the agent's module does)
     repo = Repo(server.store)
 
@@ -250,6 +250,56 @@ def test_binding_is_admin_only_and_status_is_kept(server) -> None:
 
 
 # --- security groups and port security -----------------------------------------------------------
+
+
+def test_binding_fails_without_a_live_agent_until_one_registers(tmp_path) -> None:
+    """Neutron (ML2): binding a port to a host with no live agent gives `binding_failed`; once an
+    agent on that host is alive the port is bound (`bridge`). A host with a live agent binds at
+    once; a bound port stays bound when its agent goes away; unbinding gives `unbound`."""
+    import os
+
+    from tests.api.test_host_view import agent_client, start_agent_server
+    h = start_agent_server(os.path.join(tmp_path, "vxnet.db"))
+    try:
+        admin, c = h.api("admin"), agent_client(h)
+        net, _ = netsub(admin)
+        late = port(admin, net, **{"binding:host_id": "hv-late"})
+        moved = port(admin, net)
+        assert late["binding:vif_type"] == "binding_failed" and late["status"] == "DOWN"
+        r = admin.put(f"/ports/{moved['id']}", json={"port": {"binding:host_id": "hv-late"}})
+        assert r.json()["port"]["binding:vif_type"] == "binding_failed"
+        # a failed binding is not a bound port: its MAC may still change (Neutron's PortBound rule)
+        r = admin.put(f"/ports/{moved['id']}", json={"port": {"mac_address": "fa:16:3e:00:aa:01"}})
+        assert r.status_code == 200 and r.json()["port"]["mac_address"] == "fa:16:3e:00:aa:01", r.text
+        # moved away again before the agent comes: that port is not rebound to hv-late later
+        r = admin.put(f"/ports/{moved['id']}", json={"port": {"binding:host_id": "hv-other"}})
+        assert r.json()["port"]["binding:vif_type"] == "binding_failed"
+        assert c.post("/hosts/hv-late/register", json={"underlay_ip": "198.51.100.7"}).status_code == 200
+        got = admin.get(f"/ports/{late['id']}").json()["port"]
+        assert got["binding:vif_type"] == "bridge" and got["binding:host_id"] == "hv-late"
+        assert got["revision_number"] > late["revision_number"] and got["status"] == "DOWN"
+        assert admin.get(f"/ports/{moved['id']}").json()["port"]["binding:vif_type"] == "binding_failed"
+        # the agent reports the port up, as it does for any port bound to it
+        assert c.post("/hosts/hv-late/ports-status", json={"ACTIVE": [late["id"]]}).status_code == 200
+        assert admin.get(f"/ports/{late['id']}").json()["port"]["status"] == "ACTIVE"
+        # a host with a live agent binds at once; a bound port cannot change its MAC
+        now = port(admin, net, **{"binding:host_id": "hv-late"})
+        assert now["binding:vif_type"] == "bridge"
+        assert_error(admin.put(f"/ports/{now['id']}", json={"port": {"mac_address": "fa:16:3e:00:aa:02"}}), 409,
+                     "PortBound")
+        # the agent goes away: bound ports stay bound (as Neutron); new bindings there fail again
+        aid = admin.get("/agents", params={"host": "hv-late"}).json()["agents"][0]["id"]
+        assert admin.delete(f"/agents/{aid}").status_code == 204
+        assert admin.get(f"/ports/{late['id']}").json()["port"]["binding:vif_type"] == "bridge"
+        assert port(admin, net, **{"binding:host_id": "hv-late"})["binding:vif_type"] == "binding_failed"
+        r = admin.put(f"/ports/{late['id']}", json={"port": {"binding:host_id": ""}})
+        assert r.json()["port"]["binding:vif_type"] == "unbound"
+        # deleting a port whose binding failed leaves no record behind
+        assert admin.delete(f"/ports/{moved['id']}").status_code == 204
+        records = [kv.key for kv in h.store.range("/vxnet/binding-failed/")[0]]
+        assert records and all("hv-late/" in k for k in records) and moved["id"] not in "".join(records)
+    finally:
+        h.stop()
 
 
 def test_security_groups_and_port_security(server) -> None:
@@ -287,6 +337,36 @@ def test_security_groups_and_port_security(server) -> None:
     assert q["port_security_enabled"] is False and q["security_groups"] == []
     got = alice.get("/ports", params={"security_groups": sg["id"]}).json()["ports"]
     assert [x["id"] for x in got] == [p["id"]]
+
+
+def test_port_groups_must_agree_on_stateful_and_not_repeat(server) -> None:
+    """Neutron: a port's groups are all stateful or all stateless (409 SecurityGroupConflict),
+    and a repeated group is a 400 (its list validator), on create and on update; a refused
+    request leaves nothing behind (no port, no address taken)."""
+    alice = server.api("alice")
+    net, _ = netsub(alice)
+    full = alice.post("/security-groups", json={"security_group": {"name": "tracked"}}).json()["security_group"]
+    bare = alice.post("/security-groups", json={"security_group": {"name": "untracked", "stateful": False}}).json()[
+        "security_group"]
+    assert full["stateful"] is True and bare["stateful"] is False
+    before = alice.get("/ports").json()["ports"]
+    body = {"port": {"network_id": net["id"], "security_groups": [full["id"], bare["id"]]}}
+    err = assert_error(alice.post("/ports", json=body), 409, "SecurityGroupConflict")
+    assert "both stateful and stateless security groups on the same port" in err["message"]
+    err = assert_error(alice.post("/ports", json={"port": {"network_id": net["id"],
+                                                           "security_groups": [full["id"], full["id"]]}}), 400)
+    assert err["message"] == f"Invalid input for security_groups. Reason: Duplicate items in the list: '{full['id']}'."
+    assert alice.get("/ports").json()["ports"] == before
+    ipam_consistent(server)
+    p = port(alice, net, security_groups=[bare["id"]])
+    url = f"/ports/{p['id']}"
+    assert_error(alice.put(url, json={"port": {"security_groups": [bare["id"], full["id"]]}}), 409,
+                 "SecurityGroupConflict")
+    assert_error(alice.put(url, json={"port": {"security_groups": [bare["id"], bare["id"]]}}), 400,
+                 message="Duplicate items in the list")
+    assert alice.get(url).json()["port"] == p
+    r = alice.put(url, json={"port": {"security_groups": [full["id"]]}})
+    assert r.status_code == 200 and r.json()["port"]["security_groups"] == [full["id"]]
 
 
 def test_allowed_address_pairs(shared_server) -> None:
@@ -358,7 +438,8 @@ def test_isolation_matrix(shared_server) -> None:
     assert admin.put(url, json={"port": {"name": "adm"}}).json()["port"]["name"] == "adm"
     r = admin.post("/ports", json={"port": {"network_id": net["id"], "project_id": TENANT_B}})
     assert r.status_code == 201 and r.json()["port"]["project_id"] == TENANT_B
-    assert_error(alice.post("/ports", json={"port": {"network_id": net["id"], "project_id": TENANT_B}}), 403)
+    assert_error(alice.post("/ports", json={"port": {"network_id": net["id"], "project_id": TENANT_B}}), 400,
+                 "HTTPBadRequest")
     assert alice.delete(url).status_code == 204
     assert_error(alice.get(url), 404, "PortNotFound")
 

@@ -342,9 +342,10 @@ def test_isolation_matrix(shared_server) -> None:
     r = admin.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
                                                 "cidr": "198.51.100.0/24", "project_id": TENANT_A}})
     assert r.status_code == 201 and r.json()["subnet"]["project_id"] == TENANT_A
-    # member naming another project: 403
+    # member naming another project: 400 (neutron-lib's populate_project_id)
     assert_error(alice.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
-                                                          "cidr": "203.0.113.0/24", "project_id": "other"}}), 403)
+                                                          "cidr": "203.0.113.0/24", "project_id": "other"}}), 400,
+                 "HTTPBadRequest")
     assert alice.delete(url).status_code == 204
 
 
@@ -369,3 +370,33 @@ def test_external_network_subnets_hidden_from_other_projects(shared_server) -> N
     assert_error(alice.get(f"/subnets/{s['id']}"), 404, "SubnetNotFound")
     assert s["id"] not in [x["id"] for x in alice.get("/subnets").json()["subnets"]]
     assert s["id"] in [x["id"] for x in admin.get("/subnets").json()["subnets"]]
+
+
+# --- gateway held by a router (Neutron's GatewayIpInUse) -----------------------------------------
+
+
+def test_gateway_held_by_router_interface_cannot_move(shared_server) -> None:
+    alice = shared_server.api("alice")
+    net = network(alice)
+    s = subnet(alice, net, "192.0.2.0/24")
+    rtr = alice.post("/routers", json={"router": {"name": "gw-holder"}}).json()["router"]
+    r = alice.put(f"/routers/{rtr['id']}/add_router_interface", json={"subnet_id": s["id"]})
+    assert r.status_code == 200, r.text
+    intf = r.json()["port_id"]
+    url = f"/subnets/{s['id']}"
+    before = alice.get(url).json()["subnet"]
+    for gw in ("192.0.2.254", None):
+        err = assert_error(alice.put(url, json={"subnet": {"gateway_ip": gw}}), 409, "GatewayIpInUse")
+        assert err["message"] == f"Current gateway ip 192.0.2.1 already in use by port {intf}. Unable to update."
+    # also with other attributes in the same request: nothing of it is applied
+    assert_error(alice.put(url, json={"subnet": {"gateway_ip": None, "name": "renamed"}}), 409, "GatewayIpInUse")
+    assert alice.get(url).json()["subnet"] == before
+    assert alice.get(f"/ports/{intf}").json()["port"]["fixed_ips"] == [{"subnet_id": s["id"], "ip_address": "192.0.2.1"}]
+    # the same gateway again, or other attributes, are fine
+    r = alice.put(url, json={"subnet": {"gateway_ip": "192.0.2.1", "name": "kept"}})
+    assert r.status_code == 200 and r.json()["subnet"]["gateway_ip"] == "192.0.2.1", r.text
+    # once the interface is gone the gateway may move
+    r = alice.put(f"/routers/{rtr['id']}/remove_router_interface", json={"subnet_id": s["id"]})
+    assert r.status_code == 200, r.text
+    r = alice.put(url, json={"subnet": {"gateway_ip": None}})
+    assert r.status_code == 200 and r.json()["subnet"]["gateway_ip"] is None, r.text

@@ -51,6 +51,7 @@ from vxnet.api.routers import (
     agents,
     floatingips,
     identity,
+    identity_users,
     network_ip_availabilities,
     networks,
     operations,
@@ -79,6 +80,7 @@ log = logging.getLogger("vxnet.api")
 # server at start instead of leaving its resource silently unserved.
 ROUTER_MODULES: tuple[ModuleType, ...] = (
     identity,
+    identity_users,
     networks,
     subnets,
     subnetpools,

@@ -11,7 +11,8 @@ services/identity_state.py), that
 - the key that signed it is current, or retired by a rotation and still kept;
 - neither the token nor its chain was revoked, nor all of its user's tokens issued before it;
 - its lifetime is no longer than this server issues (a forged 10-year token is refused);
-- the user still exists and is enabled, still has exactly these roles on this project, and its
+- the user still exists and is enabled (a configured user, or one created through the API and
+  mirrored from the store), still has exactly these roles on this project, and its
   credential stamp is unchanged (a changed password or hash ends every older token).
 
 `Context` is what handlers get: who asks, for which project, and what the policy lets them do.
@@ -36,11 +37,13 @@ from typing import TYPE_CHECKING
 
 from vxnet.api.errors import unauthorized
 from vxnet.services.identity_state import TOKEN_KEY, ensure_secret
+from vxnet.services.identity_users import roles_on
 from vxnet.store.contract import Store
 
 if TYPE_CHECKING:
     from vxnet.config import User
     from vxnet.services.identity_state import IdentityState
+    from vxnet.services.identity_users import StoredUser
 
 CLOCK_SKEW = 60  # seconds a token's issue time may lie in the future (servers' clocks differ)
 
@@ -132,13 +135,13 @@ def verify_token(key: bytes | Sequence[bytes], token: str, now: float | None = N
     return ctx
 
 
-def credential(user: User) -> str:
+def credential(user: User | StoredUser) -> str:
     """What a user's credential stamp is computed over: changes with the password or hash."""
     return f"{user.name}\0{user.password_hash or 'plain:' + user.password}"
 
 
 def authenticate(
-    identity: IdentityState, users: Mapping[str, User], token: str, max_ttl: float, now: float | None = None
+    identity: IdentityState, users: Mapping[str, User | StoredUser], token: str, max_ttl: float, now: float | None = None
 ) -> Context:
     """The caller of a token, after every check of the module docstring; 401 otherwise."""
     now = time.time() if now is None else now
@@ -151,8 +154,8 @@ def authenticate(
         or ctx.issued_at > now + CLOCK_SKEW
         or user is None
         or not user.enabled
-        or user.project_id != ctx.project_id
-        or sorted(user.roles) != sorted(ctx.roles)
+        or not roles_on(user, ctx.project_id)
+        or sorted(roles_on(user, ctx.project_id)) != sorted(ctx.roles)
         or not hmac.compare_digest(identity.stamp(credential(user)), ctx.stamp)
     ):
         raise unauthorized()

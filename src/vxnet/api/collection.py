@@ -241,18 +241,18 @@ def _first_page_by_id(matching: Iterator[dict[str, Any]], marker: str | None, li
 
 
 def _links(request: Request, spec: ResourceSpec, page: list[dict[str, Any]], limit: int, reverse: bool) -> list[dict[str, str]]:
-    """Neutron's rule: `next` unless a forward page came back short, `previous` unless a
-    reverse page came back short."""
-    if not page:
-        return []
+    """Neutron's rule (api_common.get_pagination_links): `next` unless a forward page came back
+    short, `previous` unless a reverse page came back short. An empty page has no marker to
+    give: past the last page, `previous` (no marker, reverse) leads back to the last page."""
     base = str(request.url).split("?", 1)[0]
     params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("marker", "page_reverse")]
     out = []
     if not (len(page) < limit and not reverse):
-        out.append({"rel": "next", "href": base + "?" + urlencode(params + [("marker", page[-1]["id"])])})
+        marker = [("marker", page[-1]["id"])] if page else []
+        out.append({"rel": "next", "href": base + "?" + urlencode(params + marker)})
     if not (len(page) < limit and reverse):
-        out.append({"rel": "previous", "href": base + "?" + urlencode(
-            params + [("marker", page[0]["id"]), ("page_reverse", "True")])})
+        marker = [("marker", page[0]["id"])] if page else []
+        out.append({"rel": "previous", "href": base + "?" + urlencode(params + marker + [("page_reverse", "True")])})
     return out
 
 

@@ -26,6 +26,7 @@ from vxnet.api.errors import unauthorized
 from vxnet.api.login_limits import LoginLimiter
 from vxnet.config import Config
 from vxnet.services.identity_state import IdentityState
+from vxnet.services.identity_users import UserDirectory
 from vxnet.services.repo import Repo
 from vxnet.services.view_hub import Hub
 from vxnet.store.contract import Store
@@ -81,7 +82,7 @@ class AppState:
         self.store = store
         self.repo = Repo(store)
         self.identity = IdentityState(store)  # signing keys and revocations, mirrored by a watch
-        self.users = {u.id: u for u in config.users}
+        self.users = UserDirectory({u.id: u for u in config.users}, self.identity)  # config, then store
         self.login_limiter = LoginLimiter(config.login_failures_per_user, config.login_failures_per_source,
                                           config.login_failure_window)
         self.hub: Hub | None = None  # the server's one store watch, set by routers/agent_stream.setup()

@@ -213,12 +213,15 @@ def changes(update: BaseModel) -> dict[str, Any]:
 
 
 def resolve_project(ctx: Context, project_id: str | None, tenant_id: str | None) -> str:
-    """The project a new object belongs to; naming another project needs admin."""
+    """The project a new object belongs to. Naming another project needs admin: otherwise a 400
+    with neutron-lib's text (its `populate_project_id` runs before any policy check), and
+    nothing is created anywhere."""
     if project_id and tenant_id and project_id != tenant_id:
-        raise bad_request("'project_id' and 'tenant_id' do not match")
+        raise ApiError(400, "HTTPBadRequest", "'project_id' and 'tenant_id' do not match")
     wanted = project_id or tenant_id or ctx.project_id
     if wanted != ctx.project_id and not ctx.is_admin:
-        raise policy_denied("create")
+        raise ApiError(400, "HTTPBadRequest", "Specifying 'project_id' or 'tenant_id' other than the authenticated "
+                       "project in request is not allowed for current user.")
     return wanted
 
 

@@ -20,6 +20,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 DEFAULT_MTU = 1450
+# The API accepts a network MTU below 68 (such a network has no IPv4 subnet); the kernel
+# refuses bridge, VXLAN and veth MTUs below 68 (ETH_MIN_MTU), so links never get less.
+LINK_MIN_MTU = 68
 INFRA_OWNER_PREFIX = "network:"
 
 
@@ -203,7 +206,7 @@ def _port(o: Mapping[str, Any]) -> Port:
 def _network(o: Mapping[str, Any]) -> Network:
     seg = o.get("provider:segmentation_id")
     return Network(o["id"], o.get("provider:network_type") or "vxlan", int(seg) if seg is not None else None,
-                   int(o.get("mtu") or DEFAULT_MTU), bool(o.get("router:external")),
+                   max(LINK_MIN_MTU, int(o.get("mtu") or DEFAULT_MTU)), bool(o.get("router:external")),
                    o.get("provider:physical_network"), o.get("qos_policy_id") or "",
                    o.get("ipv4_address_scope") or None)
 

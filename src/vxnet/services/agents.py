@@ -10,6 +10,8 @@ Store layout:
   drift repairs, features; `vxnet status`), sent with every heartbeat and written only when it
   differs from the stored one (a report changes when something happens, not with time). Not
   leased: a dead host's last report stays readable.
+- A registration binds the ports whose binding to this host failed for want of a live agent
+  (services/bindings.py).
 - When the liveness key disappears (lease expired or revoked) and has not been recreated, the
   record becomes `alive: false` and the host's ACTIVE ports DOWN, in one transaction. Every
   server does this (idempotently); at start each server also repairs records left `alive`
@@ -29,7 +31,8 @@ import time
 import uuid
 from typing import Any
 
-from vxnet.services import scheduler
+from vxnet.services import bindings, scheduler
+from vxnet.services.bindings import LIVE_PREFIX, live_key  # noqa: F401 - LIVE_PREFIX: part of this module's API
 from vxnet.services.errors import Conflict, NotFound
 from vxnet.services.repo import ROOT, Repo, UnitOfWork, now_iso, res_key
 from vxnet.store.contract import Compare, LeaseNotFound, Put, Store, StoreError, key_missing
@@ -37,7 +40,6 @@ from vxnet.store.contract import Compare, LeaseNotFound, Put, Store, StoreError,
 log = logging.getLogger("vxnet.agents")
 
 HEARTBEAT_RECORD_INTERVAL = 10.0
-LIVE_PREFIX = f"{ROOT}agents/"
 STATUS_PREFIX = f"{ROOT}agent-status/"
 STATUS_MAX_BYTES = 64 * 1024
 _AGENT_NS = uuid.UUID("0c5d1a7e-3f0b-4d2a-8a51-6e1f4b2c9d07")
@@ -46,11 +48,6 @@ _AGENT_NS = uuid.UUID("0c5d1a7e-3f0b-4d2a-8a51-6e1f4b2c9d07")
 def agent_id_for(host: str) -> str:
     """The agent record id of a host (the same on every server)."""
     return str(uuid.uuid5(_AGENT_NS, "agent:" + host))
-
-
-def live_key(host: str) -> str:
-    """The liveness key of a host (attached to its agent's lease)."""
-    return LIVE_PREFIX + host
 
 
 def agent_time(t: float | None = None) -> str:
@@ -122,6 +119,8 @@ def register(store: Store, repo: Repo, host: str, reg: Registration, ttl: int) -
         store.revoke_lease(live_kv.lease)
     if reg.gateway or (old and (old.get("configurations") or {}).get("gateway")):
         repo.transact(scheduler.reschedule)  # unscheduled routers get this gateway host
+    if bindings.has_failed(store, host):  # ports bound here before this agent was alive
+        repo.transact(lambda uow: bindings.rebind_host(uow, host))
     return rec
 
 

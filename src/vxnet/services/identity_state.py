@@ -12,6 +12,8 @@ memory, fed by its own watch:
 - `/vxnet/identity/not-before/<user id>`: `{"not_before": t}`: every token of that user issued
   before t is void ("log this user out everywhere"); on a lease of one token lifetime, after
   which no such token can be alive anyway.
+- `/vxnet/identity/users/<id>`: users created through the API (services/identity_users.py),
+  checked on every request like the configured ones.
 The watch covers all of `/vxnet/identity/` (admin-created projects live there too; they are
 ignored here).
 
@@ -37,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from vxnet.services.identity_users import USERS_PREFIX, StoredUser, parse
 from vxnet.store.contract import (
     Delete,
     Event,
@@ -90,6 +93,8 @@ class IdentityState:
         self._stamp_key: bytes = b""
         self._revoked: dict[str, float] = {}
         self._not_before: dict[str, float] = {}
+        self._users: dict[str, StoredUser] = {}
+        self._user_revs: dict[str, int] = {}  # store revision of what _users holds per user id
         self._stamps: dict[str, tuple[bytes, str]] = {}
         self._watches: list[WatchHandle] = []
         self._generation = 0  # events of a watch from before the last resync are dropped
@@ -117,6 +122,8 @@ class IdentityState:
             self._old = {}
             self._revoked = {}
             self._not_before = {}
+            self._users = {}
+            self._user_revs = {}
             for kv in secret_kvs:
                 self._put_secret(kv)
             now = self.clock()
@@ -160,6 +167,8 @@ class IdentityState:
                     self._revoked.pop(key[len(REVOKED_PREFIX):], None)
                 elif key.startswith(NOT_BEFORE_PREFIX):
                     self._not_before.pop(key[len(NOT_BEFORE_PREFIX):], None)
+                elif key.startswith(USERS_PREFIX):
+                    self._drop_user(key[len(USERS_PREFIX):], ev.kv.mod_revision)
                 elif key.startswith(OLD_KEYS_PREFIX):
                     self._old.pop(key[len(OLD_KEYS_PREFIX):], None)
 
@@ -179,12 +188,28 @@ class IdentityState:
     def _put_identity(self, kv: KeyValue, now: float) -> None:
         if kv.key.startswith(REVOKED_PREFIX):
             self._put_revoked(kv, now)
+        elif kv.key.startswith(USERS_PREFIX):
+            uid = kv.key[len(USERS_PREFIX):]
+            if kv.mod_revision and kv.mod_revision < self._user_revs.get(uid, 0):
+                return  # older than what this server wrote itself (note_user)
+            try:
+                self._users[uid] = parse(kv.value)
+                self._user_revs[uid] = kv.mod_revision
+            except ValueError:
+                log.error("store key %s does not hold a user record; the user cannot log in", kv.key)
+                self._drop_user(uid, kv.mod_revision)
         elif kv.key.startswith(NOT_BEFORE_PREFIX):
             try:
                 t = float(json.loads(kv.value)["not_before"])
             except (ValueError, KeyError, TypeError):
                 t = float("inf")  # unreadable record: refuse the user's tokens rather than accept them
             self._not_before[kv.key[len(NOT_BEFORE_PREFIX):]] = t
+
+    def _drop_user(self, uid: str, revision: int) -> None:
+        if revision and revision < self._user_revs.get(uid, 0):
+            return
+        self._users.pop(uid, None)
+        self._user_revs[uid] = revision
 
     def _put_revoked(self, kv: KeyValue, now: float) -> None:
         try:
@@ -218,6 +243,27 @@ class IdentityState:
         """Tokens of `user_id` issued before this time are void (0: none)."""
         self._fresh()
         return self._not_before.get(user_id, 0.0)
+
+    def stored_user(self, user_id: str) -> StoredUser | None:
+        """A user created through the API, as the store has it now (None: no such user)."""
+        self._fresh()
+        return self._users.get(user_id)
+
+    def stored_users(self) -> list[StoredUser]:
+        self._fresh()
+        return sorted(self._users.values(), key=lambda u: u.name)
+
+    def note_user(self, user_id: str, user: StoredUser | None, revision: int) -> None:
+        """What this server just wrote at store `revision` (visible here at once, whatever the
+        watch latency); watch events older than it, still in flight, are ignored."""
+        with self._lock:
+            if revision < self._user_revs.get(user_id, 0):
+                return
+            self._user_revs[user_id] = revision
+            if user is None:
+                self._users.pop(user_id, None)
+            else:
+                self._users[user_id] = user
 
     def revoke_user(self, user_id: str, token_ttl: int) -> float:
         """Void every token of `user_id` issued until now, on every server. Returns the cut-off."""

@@ -9,6 +9,8 @@ Invariants:
   or none does (a raising caller stages nothing, see services/repo.py).
 - `delete_port_record` releases exactly the keys the record holds and clears floating IP
   associations to the port in the same transaction.
+- `binding:vif_type` follows `binding:host_id` as services/bindings.py decides (`unbound`,
+  `bridge` with a live agent on the host, `binding_failed` without one).
 - Ports owned by `network:*` devices get no security groups by default (as in Neutron);
   other ports get the project's `default` group unless port security is off.
 """
@@ -19,7 +21,7 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.services import ipam
+from vxnet.services import bindings, ipam
 from vxnet.services.errors import BadRequest, Conflict, bad_request, not_found
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 from vxnet.services.secgroups import ensure_default_group
@@ -30,10 +32,6 @@ ROUTER_INTERFACE_OWNERS = (
     "network:ha_router_replicated_interface",
     "network:router_centralized_snat",
 )
-
-
-def vif_type(host_id: str) -> str:
-    return "bridge" if host_id else "unbound"
 
 
 def network_subnets(uow: UnitOfWork, network_id: str) -> list[dict[str, Any]]:
@@ -66,13 +64,20 @@ def default_group(uow: UnitOfWork, project_id: str) -> str:
 
 def check_security_groups(uow: UnitOfWork, group_ids: list[str], project_id: str, is_admin: bool) -> list[str]:
     """The groups, each existing and belonging to the port's project (or shared; any for an
-    admin); 404 SecurityGroupNotFound otherwise. Duplicates are dropped."""
+    admin); 404 SecurityGroupNotFound otherwise. All stateful or all stateless: a mix is
+    Neutron's 409 SecurityGroupConflict (a port's traffic is either tracked or not). The API
+    refuses duplicates before (400); any left here are dropped."""
     out: list[str] = []
+    stateful: set[bool] = set()
     for gid in dict.fromkeys(group_ids):
         group = uow.get("security_groups", gid)
         if group is None or not (is_admin or group["project_id"] == project_id or group.get("shared")):
             raise not_found("security_group", gid)
+        stateful.add(bool(group.get("stateful", True)))
         out.append(gid)
+    if len(stateful) > 1:
+        raise Conflict("SecurityGroupConflict", "Error Cannot apply both stateful and stateless security groups on "
+                       "the same port at the same time while attempting the operation.")
     return out
 
 
@@ -149,8 +154,8 @@ def new_port_record(
         "security_groups": groups,
         "port_security_enabled": ps,
         "description": description,
-        "binding:host_id": host_id,
-        "binding:vif_type": vif_type(host_id),
+        "binding:host_id": "",
+        "binding:vif_type": bindings.UNBOUND,
         "binding:vif_details": {},
         "binding:vnic_type": vnic_type,
         "binding:profile": binding_profile or {},
@@ -160,6 +165,7 @@ def new_port_record(
         "updated_at": now,
         "revision_number": 0,
     }
+    bindings.bind(uow, port, host_id)
     uow.put("ports", port)
     return port
 
@@ -197,6 +203,7 @@ def delete_port_record(uow: UnitOfWork, port: dict[str, Any]) -> None:
     of floating IPs pointing at it."""
     release_port_addresses(uow, port)
     clear_floating_ips(uow, port["id"])
+    bindings.release(uow, port)
     uow.delete("ports", port["id"])
 
 
@@ -250,13 +257,15 @@ def update_port(uow: UnitOfWork, port: dict[str, Any], net: dict[str, Any], chan
         changed["binding:vnic_type"] = changes["binding:vnic_type"]
     if "binding:profile" in changes:
         changed["binding:profile"] = changes["binding:profile"] or {}
+    new_host = None
     if "binding:host_id" in changes:
         host = changes["binding:host_id"] or ""
         if host != port["binding:host_id"]:
-            changed.update({"binding:host_id": host, "binding:vif_type": vif_type(host), "status": "DOWN"})
+            new_host = host
+            changed["status"] = "DOWN"
     mac = port["mac_address"]
     if "mac_address" in changes and changes["mac_address"] != port["mac_address"]:
-        if port["binding:host_id"]:
+        if port["binding:vif_type"] not in (bindings.UNBOUND, bindings.FAILED):  # Neutron's PortBound rule
             raise Conflict("PortBound", f"Unable to complete operation on port {port['id']}, port is already "
                            f"bound, port type: {port['binding:vif_type']}, old_mac {port['mac_address']}, "
                            f"new_mac {changes['mac_address']}.")
@@ -289,6 +298,8 @@ def update_port(uow: UnitOfWork, port: dict[str, Any], net: dict[str, Any], chan
         raise Conflict("AddressPairAndPortSecurityRequired",
                        "Port Security must be enabled in order to have allowed address pairs on a port.")
     port.update(changed)
+    if new_host is not None:
+        bindings.bind(uow, port, new_host)
     port["revision_number"] = port.get("revision_number", 0) + 1
     port["updated_at"] = now_iso()
     uow.put("ports", port)

@@ -113,6 +113,7 @@ async def delete_agent(agent_id: str, request: Request) -> Response:
         rec = uow.get("agents", agent_id)
         if rec is None or not ctx.is_admin:
             raise not_found("agent", agent_id)
+        check_if_match(request, rec)  # as for PUT: a stale If-Match is a 412
         uow.delete("agents", agent_id)
         live = uow.get_raw(live_key(rec["host"]))
         if live is None:

@@ -18,6 +18,8 @@ Records and invariants:
 - An association reads its router and rewrites the router's fence key (routers.py), so it is
   serialized with interface removal, gateway changes and router deletion.
 - `port_details` is computed from the associated port when the floating IP is shown.
+- `PUT {"floatingip": {}}` disassociates (Neutron: 200, `port_id` null); an update naming other
+  attributes only (`description`) keeps the association.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.routers.networks import network_visible, touch
-from vxnet.api.routers.routers import INTF_OWNER, port_visible, touch_fence
+from vxnet.api.routers.ports import port_visible as port_seen
+from vxnet.api.routers.routers import INTF_OWNER, touch_fence
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -147,7 +150,9 @@ def resolve_association(uow: UnitOfWork, ctx: Context, fip: dict[str, Any], port
                         fixed_ip: str | None) -> Association:
     """Neutron's _internal_fip_assoc_data + router lookup, for floating IP `fip`."""
     port = uow.get("ports", port_id)
-    if port is None or not port_visible(ctx, port):
+    # Neutron looks the port up with the caller's rights (get_port: its project, or the owner of
+    # its network): a port the caller cannot see is a 404, one it sees but does not own a 400.
+    if port is None or not port_seen(ctx, port, uow.get("networks", port["network_id"])):
         raise not_found("port", port_id)
     if port["project_id"] != fip["project_id"] and not ctx.is_admin:
         raise bad_fip(f"Cannot process floating IP association with Port {port_id}, since that port is owned by a "
@@ -336,8 +341,13 @@ async def update_floatingip(fip_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
     body = await read_json(request)
-    upd = parse_update(body, "floatingip", FloatingIPUpdate, read_only=UPDATE_READ_ONLY)
-    fields = upd.model_fields_set
+    if isinstance(body, dict) and body.get("floatingip") == {}:
+        # Neutron: an update that names no port_id is a disassociation (its
+        # _check_and_get_fip_assoc finds no port), so an empty body clears the association.
+        upd, fields = FloatingIPUpdate(), {"port_id"}
+    else:
+        upd = parse_update(body, "floatingip", FloatingIPUpdate, read_only=UPDATE_READ_ONLY)
+        fields = upd.model_fields_set
     pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:

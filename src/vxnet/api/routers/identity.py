@@ -12,8 +12,9 @@ Keystone does.
 Projects: the config file's are fixed; an admin may also create (`POST /v3/projects`) and delete
 projects of its own, kept in the store under `/vxnet/identity/projects/<id>` with the name claimed
 at `/vxnet/identity/project-names/<name>` in the same transaction, so names stay unique across
-servers. tempest's admin tests create such a project to own resources made on its behalf. No
-users are created, so nobody can log in to such a project; it only names an owner.
+servers. tempest's admin tests create such a project to own resources made on its behalf. Users
+created through the API (api/routers/identity_users.py) log in to the projects they hold roles
+on; deleting a project drops those role assignments in the same transaction.
 
 What the clients expect on the wire is in ../shared/NEUTRON-API-NOTES.md section 1.
 """
@@ -38,7 +39,9 @@ from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.config import User, project_id_for
 from vxnet.passwords import check_password, dummy_check
 from vxnet.services.identity_state import rotate_keys
-from vxnet.store.contract import Delete, Put, key_missing, key_unchanged
+from vxnet.services.identity_users import USERS_PREFIX, StoredUser, roles_on
+from vxnet.services.identity_users import dump as dump_user
+from vxnet.store.contract import Delete, Op, Put, key_missing, key_unchanged
 
 log = logging.getLogger("vxnet.identity")
 
@@ -163,27 +166,47 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _find_user(st: AppState, ref: dict[str, Any]) -> User | None:
-    """The configured user a password auth names (by id, or by name)."""
+def _find_user(st: AppState, ref: dict[str, Any]) -> User | StoredUser | None:
+    """The user a password auth names (by id, or by name): configured first, then the store's."""
     if "id" in ref:
         uid = _str(ref["id"], "user.id")
-        return st.users.get(uid) or next((u for u in st.config.users if u.name == uid), None)
-    name = _str(ref.get("name"), "user.name")
-    return next((u for u in st.config.users if u.name == name), None)
+        return st.users.get(uid) or st.users.by_name(uid)
+    return st.users.by_name(_str(ref.get("name"), "user.name"))
 
 
-def _scope_project(scope: Any, default: str) -> tuple[str, str]:
-    """(project id, name) the request scopes to; an unscoped request gets the user's project."""
+def project_name(st: AppState, pid: str) -> str | None:
+    """The name of a project (the config's or one created in the store); None: no such project."""
+    if pid in st.config.projects:
+        return st.config.projects[pid]
+    kv = st.store.get(PROJECTS_PREFIX + pid) if pid and len(pid) <= MAX_NAME else None
+    return str(json.loads(kv.value)["name"]) if kv else None
+
+
+def project_id_by_name(st: AppState, name: str) -> str:
+    """The id of the project called `name` ("" if there is none)."""
+    pid = project_id_for(name)
+    if pid in st.config.projects:
+        return pid
+    kv = st.store.get(PROJECT_NAMES_PREFIX + name)
+    return kv.value if kv else ""
+
+
+def _scope_project(st: AppState, scope: Any, user: User | StoredUser) -> tuple[str, str]:
+    """(project id, name) the request scopes to; an unscoped request gets the user's (default)
+    project. ("", "") when there is no such project."""
     if scope is None or scope == "unscoped":
-        return project_id_for(default), default
-    scope = _obj(scope, "scope")
-    if "project" not in scope:
-        raise ApiError(401, "Unauthorized", "Only project-scoped tokens are issued.")
-    p = _obj(scope["project"], "scope.project")
-    if "name" in p:
-        name = _str(p["name"], "scope.project.name")
-        return project_id_for(name), name
-    return _str(p.get("id"), "scope.project.id"), ""
+        pid = user.default_project_id or "" if isinstance(user, StoredUser) else user.project_id
+    else:
+        scope = _obj(scope, "scope")
+        if "project" not in scope:
+            raise ApiError(401, "Unauthorized", "Only project-scoped tokens are issued.")
+        p = _obj(scope["project"], "scope.project")
+        if "name" in p:
+            pid = project_id_by_name(st, _str(p["name"], "scope.project.name"))
+        else:
+            pid = _str(p.get("id"), "scope.project.id")
+    name = project_name(st, pid) if pid else None
+    return (pid, name) if name is not None else ("", "")
 
 
 def _methods(ident: dict[str, Any]) -> list[str]:
@@ -224,16 +247,17 @@ def _password_auth(st: AppState, request: Request, ident: dict[str, Any], scope:
     elif user is not None:
         ok = check_password(given, user.password)
     else:
-        if any(u.password_hash for u in st.config.users):
+        if any(u.password_hash for u in st.config.users) or st.identity.stored_users():
             dummy_check(given)  # an unknown name costs what a known one does
         ok = False
     if not ok or user is None or not user.enabled:
         raise unauthorized()
     st.login_limiter.succeeded(who, source)
-    pid, _ = _scope_project(scope, user.project)
-    if pid != user.project_id:
+    pid, pname = _scope_project(st, scope, user)
+    roles = roles_on(user, pid) if pid else ()
+    if not roles:  # no role on that project (or no such project): Keystone's 401
         raise unauthorized()
-    return new_context(user.id, user.name, user.project_id, user.project, user.roles, st.config.token_ttl,
+    return new_context(user.id, user.name, pid, pname, roles, st.config.token_ttl,
                        st.identity.stamp(credential(user)))
 
 
@@ -241,7 +265,10 @@ def _token_auth(st: AppState, ident: dict[str, Any], scope: Any) -> Context:
     tok = _obj(ident.get("token"), "identity.token")
     old = st.check_token(_str(tok.get("id"), "token.id", MAX_TOKEN_LEN))
     if scope is not None:
-        pid, _ = _scope_project(scope, old.project_name)
+        user = st.users.get(old.user_id)
+        if user is None:
+            raise unauthorized()
+        pid, _ = _scope_project(st, scope, user)
         if pid != old.project_id:
             raise unauthorized()
     ctx = new_context(old.user_id, old.user_name, old.project_id, old.project_name, old.roles,
@@ -278,6 +305,14 @@ def _subject(st: AppState, request: Request, action: str) -> Context:
     token's own user (Keystone's default `identity:<action>` policy)."""
     ctx = st.context(request)
     subject = request.headers.get("X-Subject-Token", "")
+    if not subject:
+        # Keystone: without a subject the policy target is empty, so only an admin or a service
+        # passes `identity:<action>` (403 for others); then validate_token(None) raises
+        # TokenNotFound("No token in the request"): 404. Nothing is revoked either way.
+        if not (ctx.is_admin or "service" in ctx.roles):
+            raise ApiError(403, "Forbidden", f"You are not authorized to perform the requested action: "
+                                             f"identity:{action}.")
+        raise ApiError(404, "Not Found", "No token in the request")
     try:
         sub = st.check_token(subject)
     except ApiError:
@@ -331,6 +366,11 @@ def _all_projects(st: AppState) -> dict[str, dict[str, Any]]:
         rec = json.loads(kv.value)
         out.setdefault(rec["id"], _project(rec["id"], rec["name"], rec.get("description", "")))
     return out
+
+
+def known_roles(st: AppState) -> list[str]:
+    """Keystone's roles: Neutron's three, and every role a configured user holds (ids = names)."""
+    return sorted({r for u in st.config.users for r in u.roles} | {"admin", "member", "reader"})
 
 
 def _require_admin(ctx: Context) -> None:
@@ -409,9 +449,17 @@ async def delete_project(pid: str, request: Request) -> Response:
     if kv is None:
         raise ApiError(404, "NotFound", f"Could not find project: {pid}.")
     name_key = PROJECT_NAMES_PREFIX + json.loads(kv.value)["name"]
-    res = st.store.txn([key_unchanged(kv)], [Delete(PROJECTS_PREFIX + pid), Delete(name_key)])
+    # Keystone drops the project's role assignments with it: in the same transaction
+    holders = [(u, st.store.get(USERS_PREFIX + u.id)) for u in st.identity.stored_users() if u.roles_on(pid)]
+    compares = [key_unchanged(kv)] + [key_unchanged(ukv) for _, ukv in holders if ukv is not None]
+    stripped = [u.without_project(pid) for u, ukv in holders if ukv is not None]
+    ops: list[Op] = [Delete(PROJECTS_PREFIX + pid), Delete(name_key)]
+    ops += [Put(USERS_PREFIX + u.id, dump_user(u)) for u in stripped]
+    res = st.store.txn(compares, ops)
     if not res.succeeded:
-        raise ApiError(404, "NotFound", f"Could not find project: {pid}.")
+        raise ApiError(409, "Conflict", f"Project {pid} or a user with a role on it changed concurrently; try again.")
+    for u in stripped:
+        st.identity.note_user(u.id, u, res.revision)
     return Response(status_code=204)
 
 
@@ -422,25 +470,24 @@ async def list_domains(request: Request) -> dict[str, Any]:
     return {"domains": [{**DOMAIN, "enabled": True, "description": "", "links": {}}]}
 
 
-@router.get("/v3/users/{uid}")
-@off_loop
-async def show_user(uid: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    for u in st.config.users:
-        if u.id == uid and (ctx.is_admin or u.id == ctx.user_id):
-            return {"user": {"id": u.id, "name": u.name, "domain_id": "default", "enabled": u.enabled,
-                             "default_project_id": u.project_id, "links": {}}}
-    raise ApiError(404, "NotFound", f"Could not find user: {uid}.")
-
-
 @router.get("/v3/roles")
 @off_loop
 async def list_roles(request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     st.context(request)
-    names = sorted({r for u in st.config.users for r in u.roles} | {"admin", "member", "reader"})
+    name = request.query_params.get("name")
+    names = [r for r in known_roles(st) if name is None or r == name]  # clients find roles by ?name=
     return {"roles": [{"id": r, "name": r, "domain_id": None, "links": {}} for r in names]}
+
+
+@router.get("/v3/roles/{rid}")
+@off_loop
+async def show_role(rid: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    st.context(request)
+    if rid not in known_roles(st):
+        raise ApiError(404, "Not Found", f"Could not find role: {rid[:64]}.")
+    return {"role": {"id": rid, "name": rid, "domain_id": None, "links": {}}}
 
 
 @router.delete("/v3/OS-VXNET/users/{uid}/tokens")

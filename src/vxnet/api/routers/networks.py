@@ -9,6 +9,9 @@ Invariants:
   policies, created and removed with the flags; other projects see the network and its
   `shared` attribute as those policies grant them; `_rbac` (the network's policy entries) is
   never shown.
+- `mtu` may be any non-negative value (0: the default, the underlay's minus VXLAN's 50 bytes);
+  below 68 (IPv4's minimum) the network can have no IPv4 subnet: adding one, or lowering the MTU
+  of a network that has one, is a 409 (Neutron). Agents never program a link MTU below 68.
 - A network with ports other than its own service ports cannot be deleted (409 NetworkInUse);
   unassociated floating IPs on an external network do not count and are deleted with it;
   deleting it deletes its subnets and its RBAC policies.
@@ -25,7 +28,7 @@ from pydantic import Field
 from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, get_visible, list_response, show_response
-from vxnet.api.errors import bad_request, conflict, not_found
+from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -77,7 +80,7 @@ class NetworkCreate(Body):
     admin_state_up: Bool = True
     shared: Bool = False
     port_security_enabled: Bool = True
-    mtu: int | None = Field(default=None, ge=68, le=9000)
+    mtu: int | None = Field(default=None, ge=0, le=9000)  # Neutron: non-negative; 0 = the default
     tags: Tags = []
     availability_zone_hints: list[str] = []
     project_id: ProjectId | None = None
@@ -96,7 +99,7 @@ class NetworkUpdate(Body):
     admin_state_up: Bool = True
     shared: Bool = False
     port_security_enabled: Bool = True
-    mtu: int = Field(default=1450, ge=68, le=9000)
+    mtu: int = Field(default=1450, ge=1, le=9000)
     router_external: Bool = Field(default=False, alias="router:external")
     is_default: Bool = False
     qos_policy_id: Uuid | None = None
@@ -113,6 +116,16 @@ def _aliased(model: Body) -> dict[str, Any]:
 
 def max_mtu(st: AppState) -> int:
     return st.config.underlay_mtu - 50
+
+
+IPV4_MIN_MTU = 68  # RFC 791: every IPv4 link carries 68-byte datagrams unfragmented
+
+
+def mtu_conflict(network_id: str, mtu: int) -> ApiError:
+    """409: an IPv4 subnet on a network whose MTU is below IPv4's minimum (Neutron refuses the
+    subnet, or the MTU change, with a Conflict; the network itself may have such an MTU)."""
+    return conflict("Conflict", f"Unable to complete operation on network {network_id}: its MTU {mtu} is below "
+                    f"the minimum MTU of IPv4 ({IPV4_MIN_MTU}), so it cannot have an IPv4 subnet.")
 
 
 CREATE_DEFAULTS = {"shared": False, "is_default": False}
@@ -240,6 +253,8 @@ async def update_network(network_id: str, request: Request) -> dict[str, Any]:
             raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
         if "shared" in fields or "router:external" in fields:
             rbac.materialize(uow, net)
+        if "mtu" in fields and fields["mtu"] < IPV4_MIN_MTU and net["subnets"]:
+            raise mtu_conflict(network_id, fields["mtu"])
         if fields.get("shared") is False and net["shared"]:
             # Neutron's _validate_shared_update: projects with their own policy keep access
             allowed = rbac.projects_with_own_entry(net, rbac.SHARED) | {net["project_id"]}

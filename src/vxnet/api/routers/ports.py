@@ -13,6 +13,8 @@ Invariants:
   project's port on her network; `mac_address`, `fixed_ips` addresses, `port_security_enabled`,
   `allowed_address_pairs` and a `network:*` `device_owner` need admin or the network's owner;
   `binding:host_id`/`binding:profile` need admin or the `service` role (hidden from others).
+- `security_groups`: no repeats (400, Neutron's list validator) and all stateful or all stateless
+  (409 SecurityGroupConflict).
 - A port whose `device_owner` makes it part of a router or floating IP may name (`device_id`)
   only an object of its own project (409 DeviceIDNotOwnedByTenant), checked in the same
   transaction that writes the port.
@@ -25,7 +27,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
@@ -130,6 +132,15 @@ def _vnic(v: Any) -> str:
     return v  # type: ignore[no-any-return]
 
 
+def _unique(v: list[str] | None) -> list[str] | None:
+    """Neutron's list validators: a repeated item is a 400."""
+    if v is not None:
+        dups = [x for x in dict.fromkeys(v) if v.count(x) > 1]
+        if dups:
+            raise ValueError("Duplicate items in the list: '" + ", ".join(dups) + "'")
+    return v
+
+
 IpOrCidr = Annotated[str, BeforeValidator(_ip_or_cidr)]
 NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 VnicType = Annotated[str, BeforeValidator(_vnic)]
@@ -154,7 +165,7 @@ class PortCreate(Body):
     fixed_ips: list[FixedIp] | None = None
     device_id: ShortStr = ""
     device_owner: ShortStr = ""
-    security_groups: list[Uuid] | None = None  # absent: the default group; null: none
+    security_groups: Annotated[list[Uuid] | None, AfterValidator(_unique)] = None  # absent: default group; null: none
     port_security_enabled: Bool | None = None
     allowed_address_pairs: Annotated[list[AddressPair], NoneIsEmpty] = []
     binding_host_id: ShortStr = Field(default="", alias="binding:host_id")
@@ -174,7 +185,7 @@ class PortUpdate(Body):
     fixed_ips: list[FixedIp] = []
     device_id: ShortStr = ""
     device_owner: ShortStr = ""
-    security_groups: Annotated[list[Uuid], NoneIsEmpty] = []
+    security_groups: Annotated[list[Uuid], NoneIsEmpty, AfterValidator(_unique)] = []
     port_security_enabled: Bool = True
     allowed_address_pairs: Annotated[list[AddressPair], NoneIsEmpty] = []
     binding_host_id: ShortStr | None = Field(default=None, alias="binding:host_id")

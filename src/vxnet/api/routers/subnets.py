@@ -23,6 +23,8 @@ Invariants:
   (400 NetworkSubnetPoolAffinityError / NetworkAddressScopeAffinityError), and the network's
   `ipv4_address_scope` is that scope, kept in the transactions that create and delete subnets
   (and that change a pool's scope: api/routers/subnetpools.py).
+- The gateway address of a subnet does not change (nor become null) while a router port holds it
+  (409 GatewayIpInUse, as Neutron): the router's interface would keep the old address.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response, to_bool
 from vxnet.api.errors import bad_request, conflict, invalid_input, not_found
-from vxnet.api.routers.networks import network_visible, touch
+from vxnet.api.routers.networks import IPV4_MIN_MTU, mtu_conflict, network_visible, touch
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -57,6 +59,7 @@ from vxnet.api.validation import (
     subnet_cidr_problem,
 )
 from vxnet.services import ipam, rbac, subnet_alloc
+from vxnet.services.ports import ROUTER_INTERFACE_OWNERS
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["subnets"])
@@ -66,6 +69,7 @@ MAX_ROUTES = 20
 READ_ONLY = ("cidr", "network_id", "ip_version", "project_id", "tenant_id", "subnetpool_id",
              "ipv6_ra_mode", "ipv6_address_mode", "id")
 DHCP_OWNER = "network:dhcp"
+ROUTER_PORT_OWNERS = (*ROUTER_INTERFACE_OWNERS, "network:router_gateway")
 
 
 def subnet_visible(ctx: Context, subnet: dict[str, Any], network: dict[str, Any] | None) -> bool:
@@ -324,6 +328,20 @@ def check_cidr(cidr: str, ip_version: int, enable_dhcp: bool) -> ipaddress.IPv4N
     return net  # type: ignore[return-value]
 
 
+def check_gateway_free(uow: UnitOfWork, subnet: dict[str, Any]) -> None:
+    """Neutron's GatewayIpInUse: the current gateway address may not move (nor go away) while a
+    router port holds it. The read guards the address's claim, so a router interface added
+    concurrently and this update cannot both commit."""
+    current = subnet["gateway_ip"]
+    if current is None:
+        return
+    holder = uow.get_raw(ipam.ip_key(subnet["id"], current))
+    port = uow.get("ports", holder) if holder else None
+    if port is not None and port["device_owner"] in ROUTER_PORT_OWNERS:
+        raise conflict("GatewayIpInUse", f"Current gateway ip {current} already in use by port {port['id']}. "
+                       "Unable to update.")
+
+
 # transactions --------------------------------------------------------------------------------
 def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[str, dict[str, Any]],
                  staged: dict[str, list[dict[str, Any]]], pol: policy.Policy) -> dict[str, Any]:
@@ -339,6 +357,8 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
                 fields)
     check_request(item)
     pool = resolve_pool(uow, ctx, item)
+    if int(net.get("mtu") or IPV4_MIN_MTU) < IPV4_MIN_MTU:
+        raise mtu_conflict(net["id"], net["mtu"])
     others = uow.list("subnets", lambda s: s["network_id"] == net["id"]) + staged.get(net["id"], [])
     check_affinity(net, others, pool, item.ip_version)
     requested = item.cidr
@@ -479,6 +499,8 @@ async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
         if "allocation_pools" in fields:
             pools = validate_pools(cidr, [p.model_dump() for p in upd.allocation_pools])  # type: ignore[arg-type]
             changed["allocation_pools"] = pools
+        if "gateway_ip" in fields and gateway != subnet["gateway_ip"]:
+            check_gateway_free(uow, subnet)
         if "gateway_ip" in fields and gateway != subnet["gateway_ip"] and gateway is not None:
             holder = uow.get_raw(ipam.ip_key(subnet_id, gateway))
             if holder is not None:
