@@ -88,7 +88,7 @@ class User:
 
 QUOTA_DEFAULTS: dict[str, int] = {  # Neutron's default quotas
     "network": 100, "subnet": 100, "port": 500, "router": 10, "floatingip": 50,
-    "security_group": 10, "security_group_rule": 100, "subnetpool": -1,
+    "security_group": 10, "security_group_rule": 100, "subnetpool": -1, "rbac_policy": 10,
 }
 
 

@@ -165,10 +165,11 @@ def test_other_projects_policy_is_invisible_unless_shared(h, projects) -> None:
         r = c.put(f"/networks/{net['id']}", json={"network": {"qos_policy_id": shared["id"]}})
         assert r.status_code == 200 and r.json()["network"]["qos_policy_id"] == shared["id"]
     with h.api() as admin:
-        # in use by bob's port and network: cannot be deleted nor stop being shared
+        # in use by bob's port and network: cannot be deleted nor stop being shared (Neutron's
+        # update_shared refuses removing the "*" RBAC policy with RbacPolicyInUse)
         assert_error(admin.delete(f"/qos/policies/{shared['id']}"), 409, "QosPolicyInUse")
         assert_error(admin.put(f"/qos/policies/{shared['id']}", json={"policy": {"shared": False}}), 409,
-                     "QosPolicyInUse")
+                     "RbacPolicyInUse")
     with h.api("bob") as c:
         assert c.put(f"/ports/{p['id']}", json={"port": {"qos_policy_id": None}}).json()["port"]["qos_policy_id"] is None
         assert c.put(f"/networks/{net['id']}", json={"network": {"qos_policy_id": None}}).status_code == 200

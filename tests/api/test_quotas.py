@@ -42,7 +42,7 @@ VXNET = os.path.join(os.path.dirname(sys.executable), "vxnet")
 A = project_id_for("tenant-a")
 B = project_id_for("tenant-b")
 DEFAULTS = {"network": 100, "subnet": 100, "port": 500, "router": 10, "floatingip": 50,
-            "security_group": 10, "security_group_rule": 100, "subnetpool": -1}
+            "security_group": 10, "security_group_rule": 100, "subnetpool": -1, "rbac_policy": 10}
 
 
 @pytest.fixture
@@ -98,7 +98,8 @@ def test_show_default_details_and_tenant_with_neutrons_defaults(server: Any) -> 
     port(alice, net)  # also creates the project's default group with its 4 rules
     used = {r: v["used"] for r, v in details(alice).items()}
     assert used == {"network": 1, "subnet": 0, "port": 1, "router": 0, "floatingip": 0,
-                    "security_group": 1, "security_group_rule": 4, "subnetpool": 0}
+                    "security_group": 1, "security_group_rule": 4, "subnetpool": 0,
+                    "rbac_policy": 0}
 
 
 def test_admin_sets_lists_and_deletes(server: Any) -> None:
@@ -198,12 +199,16 @@ def _makers(server: Any) -> dict[str, Any]:
             "port_range_min": next(counter), "port_range_max": 2000}}),
         "subnetpool": lambda: alice.post("/subnetpools", json={"subnetpool": {
             "prefixes": [f"100.65.{next(counter)}.0/24"]}}),
+        "rbac_policy": lambda: alice.post("/rbac-policies", json={"rbac_policy": {
+            "object_type": "network", "object_id": net["id"], "action": "access_as_shared",
+            "target_tenant": f"project-{next(counter)}"}}),
     }
 
 
 LIST_PATHS = {"network": "networks", "subnet": "subnets", "port": "ports", "router": "routers",
               "floatingip": "floatingips", "security_group": "security-groups",
-              "security_group_rule": "security-group-rules", "subnetpool": "subnetpools"}
+              "security_group_rule": "security-group-rules", "subnetpool": "subnetpools",
+              "rbac_policy": "rbac-policies"}
 
 
 @pytest.mark.parametrize("resource", list(DEFAULTS))
@@ -229,6 +234,24 @@ def test_over_quota_for_each_resource_kind(server: Any, resource: str) -> None:
     # another project is not affected
     bob = server.api("bob")
     ok(bob.post("/networks", json={"network": {"name": "b"}}), 201)
+
+
+def test_implied_rbac_policies_count_but_are_never_refused(server: Any) -> None:
+    """The "*" policy a `shared` flag implies is alice's and counts, even past her quota (as
+    Neutron, whose quota is only checked on POST /rbac-policies); her own create is refused."""
+    admin, alice = server.api("admin"), server.api("alice")
+    set_quota(admin, rbac_policy=0)
+    net = ok(admin.post("/networks", json={"network": {"project_id": A, "shared": True}}), 201)["network"]
+    qos = ok(admin.post("/qos/policies", json={"policy": {"project_id": A, "shared": True}}), 201)["policy"]
+    assert details(alice)["rbac_policy"] == {"limit": 0, "used": 2, "reserved": 0}
+    over_quota(alice.post("/rbac-policies", json={"rbac_policy": {
+        "object_type": "network", "object_id": net["id"], "action": "access_as_shared", "target_tenant": B}}),
+        "rbac_policy")
+    # unsharing removes the implied policy and frees its count; deleting the object its policies
+    ok(admin.put(f"/networks/{net['id']}", json={"network": {"shared": False}}))
+    ok(admin.delete(f"/qos/policies/{qos['id']}"), 204)
+    assert details(alice)["rbac_policy"]["used"] == 0
+    assert ok(admin.get("/rbac-policies", params={"project_id": A}))["rbac_policies"] == []
 
 
 def test_unlimited_and_zero(server: Any) -> None:
@@ -310,7 +333,8 @@ def test_cascades_and_router_interfaces(server: Any) -> None:
     ok(alice.delete(f"/networks/{net['id']}"), 204)
     used = {r: v["used"] for r, v in details(alice).items()}
     assert used == {"network": 0, "subnet": 0, "port": 0, "router": 0, "floatingip": 0,
-                    "security_group": 0, "security_group_rule": 0, "subnetpool": 0}  # network:* ports get no default group
+                    "security_group": 0, "security_group_rule": 0, "subnetpool": 0,
+                    "rbac_policy": 0}  # network:* ports get no default group
     assert server.store.get(f"{USAGE_PREFIX}{A}/port").value == "0"  # type: ignore[union-attr]
     # a group delete removes its rules
     g = ok(alice.post("/security-groups", json={"security_group": {"name": "g"}}), 201)["security_group"]

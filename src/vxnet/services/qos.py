@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.services import errors
+from vxnet.services import errors, rbac
 from vxnet.services.repo import UnitOfWork, new_id, now_iso
 
 MAX_INT = 2**31 - 1
@@ -69,7 +69,8 @@ def rule_not_found(rule_id: str, policy_id: str) -> errors.NotFound:
 
 
 def policy_visible(is_admin: bool, project_id: str, pol: Mapping[str, Any]) -> bool:
-    return is_admin or pol["project_id"] == project_id or bool(pol.get("shared"))
+    """Admins, the owner, and projects it is shared with (its `shared` flag, or an RBAC policy)."""
+    return rbac.visible(is_admin, project_id, dict(pol))
 
 
 def new_policy(project_id: str, name: str, description: str, shared: bool, is_default: bool,
@@ -168,7 +169,7 @@ def bump(pol: dict[str, Any]) -> None:
 
 def resolve_policy_id(uow: UnitOfWork, is_admin: bool, project_id: str, policy_id: str | None) -> str | None:
     """A `qos_policy_id` a caller names for a port or network: None clears it; a policy the caller
-    cannot see (another project's, not shared) is 404 QosPolicyNotFound. Read in the caller's unit
+    cannot see (another project's, not shared with the caller's) is 404 QosPolicyNotFound. Read in the caller's unit
     of work, so a policy deleted meanwhile makes the write rerun."""
     if policy_id is None:
         return None

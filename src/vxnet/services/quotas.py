@@ -22,7 +22,8 @@ IP or MAC claim behind.
 What counts: objects whose `project_id` is not empty. The cloud's own ports (router gateway and
 floating IP ports have project '') count for nobody. The default security group and its rules,
 created implicitly on a project's first use, count but are never refused (`exempt`), as in
-Neutron; so do objects an update merely keeps. Only the API server installs the hook.
+Neutron; so do the RBAC policies a `shared` / `router:external` flag implies (only a
+`POST /v2.0/rbac-policies` is refused by the `rbac_policy` quota); so do objects an update merely keeps. Only the API server installs the hook.
 
 Migration: a missing counter is counted from the store on first use. That count cannot race: the
 counter's absence is part of the transaction's compares and every counted change writes the
@@ -58,6 +59,7 @@ COUNTED: dict[str, str] = {
     "security_groups": "security_group",
     "security_group_rules": "security_group_rule",
     "subnetpools": "subnetpool",
+    "rbac_policies": "rbac_policy",
 }
 RESOURCES: tuple[str, ...] = tuple(COUNTED.values())
 COLLECTION_OF: dict[str, str] = {r: c for c, r in COUNTED.items()}

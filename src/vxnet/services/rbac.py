@@ -1,6 +1,15 @@
-"""Network RBAC (Neutron's `rbac-policies` for object type `network`): which projects a network
-is shared with (`access_as_shared`) and which may use it as an external network
-(`access_as_external`), each to one project or to every project (`target_tenant` "*").
+"""Neutron's RBAC (`rbac-policies`) for object types `network`, `qos_policy`, `subnetpool` and
+`address_scope`: which projects an object is shared with (`access_as_shared`, every type) and
+which may use a network as an external network (`access_as_external`, networks only), each to one
+project or to every project (`target_tenant` "*").
+
+The other types (`TYPES`) follow the network rules below for `access_as_shared`: the same
+records, the stored `shared` flag is the "*" entry, and P sees and uses an object that is
+shared with it (a targeted QoS policy can be attached to P's ports and networks, a targeted
+subnet pool allocates P's subnets, a targeted address scope takes P's pools). Taking sharing
+away is refused with 409 RbacPolicyInUse while the project losing it has objects bound to it
+(Neutron's `get_bound_project_ids`): ports and networks naming the QoS policy, subnets
+allocated from the pool, pools in the address scope; the object's owner never depends on it.
 
 Records and invariants:
 - A policy is stored at `res/rbac_policies/<id>` as the API shows it: `id`, `project_id`
@@ -36,6 +45,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vxnet.services import quotas
 from vxnet.services.errors import BadRequest, InUse, conflict
 from vxnet.services.repo import UnitOfWork, new_id
 
@@ -46,6 +56,14 @@ WILDCARD = "*"
 ENTRIES = "_rbac"  # the network attribute holding its entries (never shown by the API)
 COLLECTION = "rbac_policies"
 GW_OWNER = "network:router_gateway"
+# object type -> (collection, its actions)
+TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "network": ("networks", ACTIONS),
+    "qos_policy": ("qos_policies", (SHARED,)),
+    "subnetpool": ("subnetpools", (SHARED,)),
+    "address_scope": ("address_scopes", (SHARED,)),
+}
+TYPE_OF: dict[str, str] = {coll: t for t, (coll, _) in TYPES.items()}
 
 Obj = dict[str, Any]
 
@@ -90,18 +108,25 @@ def projects_with_own_entry(net: Obj, action: str) -> set[str]:
     return _targets(net, action) - {WILDCARD}
 
 
-def policy_record(id_: str, project_id: str, network_id: str, action: str, target: str) -> Obj:
-    return {"id": id_, "project_id": project_id, "tenant_id": project_id, "object_type": "network",
-            "object_id": network_id, "action": action, "target_tenant": target}
+def policy_record(id_: str, project_id: str, object_id: str, action: str, target: str,
+                  object_type: str = "network") -> Obj:
+    return {"id": id_, "project_id": project_id, "tenant_id": project_id, "object_type": object_type,
+            "object_id": object_id, "action": action, "target_tenant": target}
 
 
-def _sync_flags(net: Obj) -> None:
-    """`shared` / `router:external` from the entries (see the invariants)."""
-    net["shared"] = WILDCARD in _targets(net, SHARED)
-    net["router:external"] = bool(_targets(net, EXTERNAL))
+def visible(is_admin: bool, project: str | None, obj: Obj) -> bool:
+    """Admins see everything; others what `visible_to` grants them."""
+    return is_admin or visible_to(obj, project)
 
 
-def materialize(uow: UnitOfWork, net: Obj) -> None:
+def _sync_flags(obj: Obj) -> None:
+    """`shared` (and a network's `router:external`) from the entries (see the invariants)."""
+    obj["shared"] = WILDCARD in _targets(obj, SHARED)
+    if "router:external" in obj:  # networks only
+        obj["router:external"] = bool(_targets(obj, EXTERNAL))
+
+
+def materialize(uow: UnitOfWork, net: Obj, object_type: str = "network") -> None:
     """Give a network stored before RBAC real policies for its flags (staged in `uow`; `net`
     is changed in place and must be put by the caller)."""
     if net.get(ENTRIES) is not None:
@@ -109,23 +134,31 @@ def materialize(uow: UnitOfWork, net: Obj) -> None:
     legacy = entries(net)
     net[ENTRIES] = []
     for e in legacy:
-        _attach(uow, net, e["action"], e["target_tenant"], net["project_id"])
+        _attach(uow, net, e["action"], e["target_tenant"], net["project_id"], object_type)
 
 
-def initial_entries(uow: UnitOfWork, net: Obj) -> None:
-    """A new network's policies: "*" `access_as_shared` if `shared`, "*" `access_as_external`
-    if `router:external` (owned by the network's project). Changes `net`; the caller puts it."""
+def initial_entries(uow: UnitOfWork, net: Obj, object_type: str = "network") -> None:
+    """A new object's policies: "*" `access_as_shared` if `shared`, and for a network "*"
+    `access_as_external` if `router:external` (owned by the object's project). Changes `net`;
+    the caller puts it."""
     net[ENTRIES] = []
     if net.get("shared"):
-        _attach(uow, net, SHARED, WILDCARD, net["project_id"])
+        _attach(uow, net, SHARED, WILDCARD, net["project_id"], object_type)
     if net.get("router:external"):
-        _attach(uow, net, EXTERNAL, WILDCARD, net["project_id"])
+        _attach(uow, net, EXTERNAL, WILDCARD, net["project_id"], object_type)
     _sync_flags(net)
 
 
-def _attach(uow: UnitOfWork, net: Obj, action: str, target: str, project: str) -> Obj:
-    pol = policy_record(new_id(COLLECTION), project, net["id"], action, target)
-    uow.put(COLLECTION, pol)
+def _attach(uow: UnitOfWork, net: Obj, action: str, target: str, project: str, object_type: str,
+            *, implicit: bool = True) -> Obj:
+    """Stage a policy on `net` (any type). An implicit one (the `shared` / `router:external`
+    flag's) counts in the `rbac_policy` quota but is never refused, as in Neutron."""
+    pol = policy_record(new_id(COLLECTION), project, net["id"], action, target, object_type)
+    if implicit:
+        with quotas.exempt(uow):
+            uow.put(COLLECTION, pol)
+    else:
+        uow.put(COLLECTION, pol)
     net[ENTRIES] = [*(net.get(ENTRIES) or []), {"id": pol["id"], "action": action, "target_tenant": target}]
     return pol
 
@@ -134,14 +167,14 @@ def find(net: Obj, action: str, target: str) -> Obj | None:
     return next((e for e in entries(net) if e["action"] == action and e["target_tenant"] == target), None)
 
 
-def add(uow: UnitOfWork, net: Obj, action: str, target: str, project: str) -> Obj:
+def add(uow: UnitOfWork, net: Obj, action: str, target: str, project: str, object_type: str = "network") -> Obj:
     """Create a policy on `net` (already checked: caller may, action valid). 409
     DuplicateRbacPolicy if the same (action, target) exists. Stages the policy; changes `net`
     (entries and flags) without putting it."""
-    materialize(uow, net)
+    materialize(uow, net, object_type)
     if find(net, action, target) is not None:
         raise conflict("DuplicateRbacPolicy", "An RBAC policy already exists with those values.")
-    pol = _attach(uow, net, action, target, project)
+    pol = _attach(uow, net, action, target, project, object_type, implicit=False)
     _sync_flags(net)
     return pol
 
@@ -226,13 +259,13 @@ def _check_external_release(uow: UnitOfWork, net: Obj, entry: Obj, target: str, 
         raise in_use(net["id"], "There are routers attached to this network that depend on this policy for access.")
 
 
-def set_shared(uow: UnitOfWork, net: Obj, value: bool) -> None:
-    """`PUT network shared=value`: add or remove the "*" `access_as_shared` policy (owned by
-    the network's project). The caller checked that nobody loses access it still uses."""
-    materialize(uow, net)
+def set_shared(uow: UnitOfWork, net: Obj, value: bool, object_type: str = "network") -> None:
+    """`PUT <object> shared=value`: add or remove the "*" `access_as_shared` policy (owned by
+    the object's project). The caller checked that nobody loses access it still uses."""
+    materialize(uow, net, object_type)
     wildcard = find(net, SHARED, WILDCARD)
     if value and wildcard is None:
-        _attach(uow, net, SHARED, WILDCARD, net["project_id"])
+        _attach(uow, net, SHARED, WILDCARD, net["project_id"], object_type)
     elif not value and wildcard is not None:
         remove(uow, net, wildcard["id"])
     _sync_flags(net)
@@ -244,7 +277,7 @@ def set_external(uow: UnitOfWork, net: Obj, value: bool) -> None:
     materialize(uow, net)
     external = [e for e in entries(net) if e["action"] == EXTERNAL]
     if value and not external:
-        _attach(uow, net, EXTERNAL, WILDCARD, net["project_id"])
+        _attach(uow, net, EXTERNAL, WILDCARD, net["project_id"], "network")
     elif not value:
         for e in external:
             remove(uow, net, e["id"])
@@ -252,21 +285,66 @@ def set_external(uow: UnitOfWork, net: Obj, value: bool) -> None:
 
 
 def delete_all(uow: UnitOfWork, net: Obj) -> None:
-    """Delete every policy of a network that is being deleted."""
+    """Delete every policy of an object (any type) that is being deleted."""
     for e in entries(net):
         if e["id"] is not None:
             uow.delete(COLLECTION, e["id"])
 
 
 def strip(net: Obj) -> Obj:
-    """A copy of the network without its internal entries (what API clients are shown)."""
+    """A copy of the object without its internal entries (what API clients are shown)."""
     return {k: v for k, v in net.items() if k != ENTRIES}
 
 
-def valid_action(action: str) -> BadRequest | None:
-    """Neutron's InvalidActionForType for an action networks do not have, else None."""
-    if action in ACTIONS:
+def present(obj: Obj, project: str | None) -> Obj:
+    """What `project` is shown: no entries, and `shared` as it is for that project (Neutron's
+    `is_shared_with_tenant`)."""
+    out = strip(obj)
+    out["shared"] = shared_with(obj, project)
+    return out
+
+
+def valid_action(action: str, object_type: str = "network") -> BadRequest | None:
+    """Neutron's InvalidActionForType for an action the object type does not have, else None."""
+    actions = TYPES[object_type][1]
+    if action in actions:
         return None
-    return BadRequest("InvalidActionForType", f"Invalid action '{action}' for object type 'network'. "
-                                              f"Valid actions: {list(ACTIONS)}")
+    return BadRequest("InvalidActionForType", f"Invalid action '{action}' for object type '{object_type}'. "
+                                              f"Valid actions: {list(actions)}")
+
+
+# Neutron's get_bound_project_ids: object type -> (collection, the field naming the object)
+BOUND_BY: dict[str, tuple[tuple[str, str], ...]] = {
+    "qos_policy": (("ports", "qos_policy_id"), ("networks", "qos_policy_id")),
+    "subnetpool": (("subnets", "subnetpool_id"),),
+    "address_scope": (("subnetpools", "address_scope_id"),),
+}
+
+
+def bound_projects(uow: UnitOfWork, object_type: str, obj: Obj) -> set[str]:
+    """Projects (other than the owner) with objects bound to `obj` (guarded reads, so one
+    binding meanwhile reruns the transaction)."""
+    out: set[str] = set()
+    for coll, field in BOUND_BY[object_type]:
+        out |= {o.get("project_id") or "" for o in uow.list(coll, lambda o, f=field: o.get(f) == obj["id"],
+                                                             guard_new=True)}
+    return out - {"", obj["project_id"]}
+
+
+def check_shared_release(uow: UnitOfWork, object_type: str, obj: Obj, target: str, entry_id: str | None,
+                         new_target: str | None = None) -> None:
+    """Neutron's validate_rbac_policy_delete / _update for the non-network types: refuse (409
+    RbacPolicyInUse) taking `target`'s access away (entry `entry_id`; None: the "*" entry of
+    `shared`) while a project it covers, and no other entry does, has objects bound to `obj`.
+    An update to "*" takes nothing away."""
+    if target == obj["project_id"] or (new_target is not None and new_target in (target, WILDCARD)):
+        return
+    others = {e["target_tenant"] for e in entries(obj) if e["action"] == SHARED and e["id"] != entry_id}
+    bound = bound_projects(uow, object_type, obj)
+    if target != WILDCARD:
+        users = set() if WILDCARD in others else bound & {target}
+    else:
+        users = bound - others
+    if users:
+        raise in_use(obj["id"], f"tenant_id={target}")
 

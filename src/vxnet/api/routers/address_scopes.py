@@ -7,7 +7,10 @@ and routers do not route between subnets of different scopes (compute/routing.py
 Invariants:
 - Fields as Neutron: id, name, project_id/tenant_id, shared, ip_version (4 or 6, required,
   never changed). No standard attributes (Neutron's address scopes have none).
-- Visibility: admins, the owner, everyone for a shared scope (`get_address_scope`); others get
+- Visibility: admins, the owner, and the projects the scope is shared with
+  (`get_address_scope`): everyone for a `shared` scope, one project by an RBAC policy (object
+  type `address_scope`, services/rbac.py; `shared` is the "*" policy and is shown true to a
+  targeted project), which may then put its pools in the scope; others get
   404 AddressScopeNotFound. Writes follow Neutron's policy (`create_address_scope:shared` and
   `update_address_scope:shared` are admin only); a shared scope cannot be unshared (400).
 - A scope with pools cannot be deleted (409 AddressScopeInUse). Pools joining a scope read and
@@ -29,6 +32,7 @@ from vxnet.api.collection import ResourceSpec, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import Body, Bool, Name, ProjectId, parse_create, parse_update, resolve_project
+from vxnet.services import rbac
 from vxnet.services.repo import ROOT, UnitOfWork, new_id
 
 router = APIRouter(prefix="/v2.0", tags=["address-scopes"])
@@ -41,10 +45,14 @@ def lock_key(scope_id: str) -> str:
 
 
 def scope_visible(ctx: Context, obj: dict[str, Any]) -> bool:
-    return ctx.is_admin or obj["project_id"] == ctx.project_id or bool(obj["shared"])
+    return rbac.visible(ctx.is_admin, ctx.project_id, obj)
 
 
-SPEC = ResourceSpec(COLLECTION, "address_scope", visible=scope_visible)
+def present(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
+    return rbac.present(obj, ctx.project_id)
+
+
+SPEC = ResourceSpec(COLLECTION, "address_scope", visible=scope_visible, present=present)
 
 
 def scope_not_found(scope_id: str) -> ApiError:
@@ -116,11 +124,12 @@ async def create_scope(request: Request) -> JSONResponse:
             obj = {"id": new_id(COLLECTION), "name": item.name, "project_id": project, "tenant_id": project,
                    "shared": item.shared, "ip_version": item.ip_version}
             pol.enforce(ctx, "create_address_scope", policy.target("address_scope", obj), attrs)
+            rbac.initial_entries(uow, obj, "address_scope")
             uow.put(COLLECTION, obj)
             out.append(obj)
         return out
 
-    objs = st.repo.transact(txn)
+    objs = [present(ctx, o) for o in st.repo.transact(txn)]
     return JSONResponse({"address_scopes": objs} if bulk else {"address_scope": objs[0]}, status_code=201)
 
 
@@ -142,11 +151,14 @@ async def update_scope(scope_id: str, request: Request) -> dict[str, Any]:
         if obj["shared"] and fields.get("shared") is False:
             raise bad_request(f"Unable to update address scope {scope_id} : Shared address scope can't be "
                               "unshared.", "AddressScopeUpdateError")
+        shared = fields.pop("shared", None)
+        if shared is not None:
+            rbac.set_shared(uow, obj, bool(shared), "address_scope")
         obj.update(fields)
         uow.put(COLLECTION, obj)
         return obj
 
-    return {"address_scope": st.repo.transact(txn)}
+    return {"address_scope": present(ctx, st.repo.transact(txn))}
 
 
 @router.delete("/address-scopes/{scope_id}", status_code=204)
@@ -166,6 +178,7 @@ async def delete_scope(scope_id: str, request: Request) -> Response:
             raise conflict("AddressScopeInUse", f"Unable to complete operation on address scope {scope_id}. "
                                                 "There are one or more subnet pools in use on the address scope.")
         uow.delete_raw(lock_key(scope_id))
+        rbac.delete_all(uow, obj)
         uow.delete(COLLECTION, scope_id)
 
     st.repo.transact(txn)

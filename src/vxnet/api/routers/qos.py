@@ -11,8 +11,12 @@ Invariants (records and checks in services/qos.py):
 - Neutron's policy defaults (api/policy.py QOS): only admins create, change or delete
   policies and rules, and read rule types; everyone reads the policies visible to them (their
   project's and shared ones; others' are a 404, never a 403 that would confirm they exist).
+- Sharing is Neutron's RBAC (object type `qos_policy`, services/rbac.py): `shared` is the "*"
+  `access_as_shared` policy; a project an RBAC policy targets sees the policy (shown to it
+  with `shared` true) and may attach it to its ports and networks.
 - A policy named by a port or a network cannot be deleted (409 QosPolicyInUse), nor stop being
-  shared while another project's port or network names it (409 QosPolicyInUse).
+  shared while another project that has no policy of its own names it on a port or network
+  (409 RbacPolicyInUse, as Neutron's update_shared).
 - Rule changes bump the policy's `revision_number`: the policy (rules embedded) is the one
   object the host views carry, and the agents converge the taps of its ports from it.
 """
@@ -44,6 +48,7 @@ from vxnet.api.validation import (
     resolve_project,
 )
 from vxnet.services import qos as svc
+from vxnet.services import rbac
 from vxnet.services.repo import UnitOfWork
 
 router = APIRouter(prefix="/v2.0/qos", tags=["qos"])
@@ -53,7 +58,11 @@ def _visible(ctx: Context, obj: dict[str, Any]) -> bool:
     return svc.policy_visible(ctx.is_admin, ctx.project_id, obj)
 
 
-SPEC = ResourceSpec("policies", "policy", visible=_visible)   # stored as qos_policies/<id>
+def present(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
+    return rbac.present(obj, ctx.project_id)
+
+
+SPEC = ResourceSpec("policies", "policy", visible=_visible, present=present)   # stored as qos_policies/<id>
 
 
 class PolicyCreate(Body):
@@ -156,11 +165,12 @@ async def create_policy(request: Request) -> JSONResponse:
             if any(o["is_default"] and o["project_id"] == project for o in out) and rec["is_default"]:
                 raise from_service(svc.errors.Conflict("QoSPolicyDefaultAlreadyExists",
                                                        f"A default QoS policy exists for project {project}."))
+            rbac.initial_entries(uow, rec, "qos_policy")
             uow.put("qos_policies", rec)
             out.append(rec)
         return out
 
-    recs = st.repo.transact(txn)
+    recs = [present(ctx, r) for r in st.repo.transact(txn)]
     return JSONResponse({"policies": recs} if bulk else {"policy": recs[0]}, status_code=201)
 
 
@@ -176,18 +186,18 @@ async def update_policy(policy_id: str, request: Request) -> dict[str, Any]:
         rec = _get(uow, st, ctx, policy_id)
         pol.enforce(ctx, "update_policy", policy.target("policy", rec), sorted(fields))
         check_if_match(request, rec)
-        if fields.get("shared") is False and rec["shared"]:
-            foreign = [o for c in ("ports", "networks") for o in uow.list(c, lambda o: o.get("qos_policy_id") ==
-                       policy_id and o["project_id"] != rec["project_id"], guard_new=True)]
-            if foreign:
-                raise ApiError(409, "QosPolicyInUse", f"QoS Policy {policy_id} is used by another project's "
-                               f"object {foreign[0]['id']}: it cannot stop being shared.")
+        shared = fields.pop("shared", None)
+        if shared is not None:
+            wildcard = rbac.find(rec, rbac.SHARED, rbac.WILDCARD)
+            if not shared and wildcard is not None:
+                rbac.check_shared_release(uow, "qos_policy", rec, rbac.WILDCARD, wildcard["id"])
+            rbac.set_shared(uow, rec, bool(shared), "qos_policy")
         touch(rec, fields)
         svc.check_default(uow, rec)
         uow.put("qos_policies", rec)
         return rec
 
-    return {"policy": st.repo.transact(txn)}
+    return {"policy": present(ctx, st.repo.transact(txn))}
 
 
 @router.delete("/policies/{policy_id}", status_code=204)
@@ -203,6 +213,7 @@ async def delete_policy(policy_id: str, request: Request) -> Response:
         check_if_match(request, rec)
         if svc.policy_in_use(uow, policy_id):
             raise ApiError(409, "QosPolicyInUse", f"QoS Policy {policy_id} is used by a port or a network.")
+        rbac.delete_all(uow, rec)
         uow.delete("qos_policies", policy_id)
 
     st.repo.transact(txn)

@@ -1,9 +1,13 @@
-"""/v2.0/rbac-policies: Neutron's network RBAC policies (extension `rbac-policies`).
+"""/v2.0/rbac-policies: Neutron's RBAC policies (extensions `rbac-policies`, `rbac-qos`,
+`rbac-subnetpool`, `rbac-address-scope`).
 
-A policy shares one network with one project (or "*", every project): `access_as_shared` lets
-that project see the network and create ports on it (subnets stay the owner's, by
-`create_subnet`'s rule), `access_as_external` lets it see the network and use it as an external
-network (router gateway, floating IPs). Records and the access they grant: services/rbac.py.
+A policy shares one object with one project (or "*", every project). For a network,
+`access_as_shared` lets that project see the network and create ports on it (subnets stay the
+owner's, by `create_subnet`'s rule), `access_as_external` lets it see the network and use it as
+an external network (router gateway, floating IPs). For a QoS policy, a subnet pool or an
+address scope (`access_as_shared` only) it lets the project see the object and use it (attach
+the QoS policy, allocate subnets from the pool, put its pools in the scope). Records and the
+access they grant: services/rbac.py.
 
 Who may do what (Neutron's defaults, legacy form, plus `rule:writer`):
 - create: any writer (`create_rbac_policy`); a "*" target only an admin
@@ -11,14 +15,17 @@ Who may do what (Neutron's defaults, legacy form, plus `rule:writer`):
   the caller owns, unless admin: a network the caller cannot see answers 400 InvalidInput
   "Network <id> could not be found." and one it sees but does not own 400 InvalidInput "Only
   admins can manipulate policies on networks they do not own" (Neutron raises both from the
-  rbac callbacks, which its API turns into InvalidInput).
+  rbac callbacks, which its API turns into InvalidInput); for the other types the same with
+  "objects they do not own".
 - show/list: admins and the policy's own project (`get_rbac_policy`: admin_or_owner): the
   project a network is shared with does not see the policy. Others get 404
   RbacPolicyNotFound, as for a missing policy.
 - update (`target_tenant` only) and delete: the policy's project or admins; update to "*" admin
   only. Taking access away from a project that still uses it: 409 RbacPolicyInUse.
-- `object_type` "network" only (else 400); an action networks do not have: 400
+- `object_type` one of `OBJECT_TYPES` (else 400); an action the type does not have: 400
   InvalidActionForType; the same (object, action, target) twice: 409 DuplicateRbacPolicy.
+- Every create through this API counts against and is limited by the project's `rbac_policy`
+  quota (the policies a `shared` / `router:external` flag implies count, but are never refused).
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ from vxnet.services.repo import UnitOfWork
 
 router = APIRouter(prefix="/v2.0", tags=["rbac-policies"])
 
-OBJECT_TYPES = ("network",)
+OBJECT_TYPES = tuple(rbac.TYPES)
+LABEL = {"network": "Network", "qos_policy": "QoS policy", "subnetpool": "Subnet pool",
+         "address_scope": "Address scope"}
 READ_ONLY = ("id", "object_type", "object_id", "action", "project_id", "tenant_id")
 
 
@@ -76,15 +85,24 @@ def _object_type(value: str) -> str:
     return normalized
 
 
-def _network_for_owner(uow: UnitOfWork, ctx: Context, network_id: str) -> dict[str, Any]:
-    """The network a create or update acts on: it must be the caller's (or the caller an
+def _object_for_owner(uow: UnitOfWork, ctx: Context, object_type: str, object_id: str) -> dict[str, Any]:
+    """The object a create or update acts on: it must be the caller's (or the caller an
     admin); else Neutron's 400 InvalidInput (see the module docstring)."""
-    net = uow.get("networks", network_id)
-    if net is None or not (ctx.is_admin or rbac.visible_to(net, ctx.project_id)):
-        raise invalid_input(f"Network {network_id} could not be found")
-    if not ctx.is_admin and net["project_id"] != ctx.project_id:
-        raise invalid_input("Only admins can manipulate policies on networks they do not own")
-    return net
+    obj = uow.get(rbac.TYPES[object_type][0], object_id)
+    if obj is None or not rbac.visible(ctx.is_admin, ctx.project_id, obj):
+        raise invalid_input(f"{LABEL[object_type]} {object_id} could not be found")
+    if not ctx.is_admin and obj["project_id"] != ctx.project_id:
+        what = "networks" if object_type == "network" else "objects"
+        raise invalid_input(f"Only admins can manipulate policies on {what} they do not own")
+    return obj
+
+
+def _check_release(uow: UnitOfWork, object_type: str, obj: dict[str, Any], entry: dict[str, Any],
+                   new_target: str | None = None) -> None:
+    if object_type == "network":
+        rbac.check_release(uow, obj, entry, new_target)
+    else:
+        rbac.check_shared_release(uow, object_type, obj, entry["target_tenant"], entry["id"], new_target)
 
 
 def build_policy(uow: UnitOfWork, ctx: Context, item: RbacPolicyCreate, pol: policy.Policy) -> dict[str, Any]:
@@ -94,11 +112,11 @@ def build_policy(uow: UnitOfWork, ctx: Context, item: RbacPolicyCreate, pol: pol
               "action": item.action, "target_tenant": item.target_tenant}
     pol.enforce(ctx, "create_rbac_policy", policy.target("rbac_policy", wanted),
                 ["object_type", "object_id", "target_tenant"])
-    if (err := rbac.valid_action(item.action)) is not None:
+    if (err := rbac.valid_action(item.action, object_type)) is not None:
         raise from_service(err)
-    net = _network_for_owner(uow, ctx, item.object_id)
-    record = rbac.add(uow, net, item.action, item.target_tenant, project)
-    uow.put("networks", net)
+    obj = _object_for_owner(uow, ctx, object_type, item.object_id)
+    record = rbac.add(uow, obj, item.action, item.target_tenant, project, object_type)
+    uow.put(rbac.TYPES[object_type][0], obj)
     return record
 
 
@@ -155,11 +173,12 @@ async def update_policy(policy_id: str, request: Request) -> dict[str, Any]:
         record = _get(uow, ctx, policy_id)
         new = {**record, "target_tenant": upd.target_tenant}
         pol.enforce(ctx, "update_rbac_policy", policy.target("rbac_policy", new), ["target_tenant"])
-        net = _network_for_owner(uow, ctx, record["object_id"])
-        entry = next(e for e in rbac.entries(net) if e["id"] == policy_id)
-        rbac.check_release(uow, net, entry, upd.target_tenant)
-        rbac.retarget(net, policy_id, upd.target_tenant)
-        uow.put("networks", net)
+        object_type = record["object_type"]
+        obj = _object_for_owner(uow, ctx, object_type, record["object_id"])
+        entry = next(e for e in rbac.entries(obj) if e["id"] == policy_id)
+        _check_release(uow, object_type, obj, entry, upd.target_tenant)
+        rbac.retarget(obj, policy_id, upd.target_tenant)
+        uow.put(rbac.TYPES[object_type][0], obj)
         uow.put(rbac.COLLECTION, new)
         return new
 
@@ -176,15 +195,17 @@ async def delete_policy(policy_id: str, request: Request) -> Response:
     def txn(uow: UnitOfWork) -> None:
         record = _get(uow, ctx, policy_id)
         pol.enforce(ctx, "delete_rbac_policy", policy.target("rbac_policy", record))
-        net = uow.get("networks", record["object_id"])
-        if net is None:  # cannot happen (a network delete removes its policies); drop the orphan
+        object_type = record["object_type"]
+        coll = rbac.TYPES[object_type][0]
+        obj = uow.get(coll, record["object_id"])
+        if obj is None:  # cannot happen (an object's delete removes its policies); drop the orphan
             uow.delete(rbac.COLLECTION, policy_id)
             return
-        entry = next((e for e in rbac.entries(net) if e["id"] == policy_id), None)
+        entry = next((e for e in rbac.entries(obj) if e["id"] == policy_id), None)
         if entry is not None:
-            rbac.check_release(uow, net, entry)
-        rbac.remove(uow, net, policy_id)
-        uow.put("networks", net)
+            _check_release(uow, object_type, obj, entry)
+        rbac.remove(uow, obj, policy_id)
+        uow.put(coll, obj)
 
     st.repo.transact(txn)
     return Response(status_code=204)

@@ -10,9 +10,12 @@ Invariants:
   default_quota, ip_version (from the prefixes, never sent), shared, is_default,
   address_scope_id, plus the standard attributes (description, tags, created_at, updated_at,
   revision_number).
-- Visibility: admins, the owner, and everyone for a shared pool (`get_subnetpool`); others get
-  404 SubnetPoolNotFound, also when they name the pool in a subnet create. Writes follow
-  Neutron's policy (`shared` and `is_default` are admin only).
+- Visibility: admins, the owner, and the projects the pool is shared with (`get_subnetpool`):
+  everyone for a `shared` pool, one project by an RBAC policy (object type `subnetpool`,
+  services/rbac.py; `shared` is the "*" policy and is shown true to a targeted project); they
+  may allocate subnets from it. Others get 404 SubnetPoolNotFound, also when they name the pool
+  in a subnet create. Writes follow Neutron's policy (`shared` and `is_default` are admin
+  only).
 - Prefixes never shrink by `PUT` (the new list must contain the old: 400
   IllegalSubnetPoolPrefixUpdate); `remove_prefixes` refuses a prefix that overlaps an
   allocated subnet (400 IllegalSubnetPoolPrefixUpdate, as Neutron); both run under the pool's
@@ -57,7 +60,7 @@ from vxnet.api.validation import (
     parse_update,
     resolve_project,
 )
-from vxnet.services import subnet_alloc
+from vxnet.services import rbac, subnet_alloc
 from vxnet.services.repo import UnitOfWork, new_id, now_iso
 
 router = APIRouter(prefix="/v2.0", tags=["subnetpools"])
@@ -65,10 +68,14 @@ COLLECTION = "subnetpools"
 
 
 def pool_visible(ctx: Context, obj: dict[str, Any]) -> bool:
-    return ctx.is_admin or obj["project_id"] == ctx.project_id or bool(obj["shared"])
+    return rbac.visible(ctx.is_admin, ctx.project_id, obj)
 
 
-SPEC = ResourceSpec(COLLECTION, "subnetpool", visible=pool_visible)
+def present(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
+    return rbac.present(obj, ctx.project_id)
+
+
+SPEC = ResourceSpec(COLLECTION, "subnetpool", visible=pool_visible, present=present)
 
 
 def _int(v: Any) -> int:
@@ -275,10 +282,11 @@ async def create_pool(request: Request) -> JSONResponse:
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
         pools = [build_pool(ctx, item, uow, pol) for item in items]
         for p in pools:
+            rbac.initial_entries(uow, p, "subnetpool")
             uow.put(COLLECTION, p)
         return pools
 
-    pools = st.repo.transact(txn)
+    pools = [present(ctx, p) for p in st.repo.transact(txn)]
     return JSONResponse({"subnetpools": pools} if bulk else {"subnetpool": pools[0]}, status_code=201)
 
 
@@ -339,7 +347,7 @@ async def update_pool(pool_id: str, request: Request) -> dict[str, Any]:
         uow.put(COLLECTION, new)
         return new
 
-    return {"subnetpool": st.repo.transact(txn)}
+    return {"subnetpool": present(ctx, st.repo.transact(txn))}
 
 
 def _prefix_body(body: Any) -> list[str]:
@@ -422,6 +430,7 @@ async def delete_pool(pool_id: str, request: Request) -> Response:
         if pool["is_default"]:
             uow.delete_raw(subnet_alloc.default_key(pool["ip_version"]))
         uow.delete_raw(subnet_alloc.lock_key(pool_id))
+        rbac.delete_all(uow, pool)
         uow.delete(COLLECTION, pool_id)
 
     st.repo.transact(txn)

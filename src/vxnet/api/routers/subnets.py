@@ -286,13 +286,13 @@ def resolve_pool(uow: UnitOfWork, ctx: Context, item: SubnetCreate) -> dict[str,
     if item.use_default_subnetpool:
         pool_id = uow.get_raw(subnet_alloc.default_key(item.ip_version))
         pool = uow.get("subnetpools", pool_id) if pool_id else None
-        if pool is None or not (ctx.is_admin or pool["project_id"] == ctx.project_id or pool["shared"]):
+        if pool is None or not rbac.visible(ctx.is_admin, ctx.project_id, pool):
             raise bad_request(f"Bad subnets request: No default subnetpool found for IPv{item.ip_version}.")
         return pool
     if item.subnetpool_id is None:
         return None
     pool = uow.get("subnetpools", item.subnetpool_id)
-    if pool is None or not (ctx.is_admin or pool["project_id"] == ctx.project_id or pool["shared"]):
+    if pool is None or not rbac.visible(ctx.is_admin, ctx.project_id, pool):
         raise not_found("subnetpool", item.subnetpool_id)
     if pool["ip_version"] != item.ip_version:
         raise invalid_input(f"ip_version {item.ip_version} does not match the ip_version {pool['ip_version']} of "
