@@ -557,8 +557,13 @@ def test_index_lists_only_served_collections(shared_server: ServerHandle) -> Non
     names = {r["collection"]: r["name"] for r in body["resources"]}
     assert "metering-labels" not in names
     assert {"networks", "subnets", "ports", "routers", "floatingips", "security-groups",
-            "security-group-rules", "subnetpools", "address-scopes"} <= set(names)
+            "security-group-rules", "subnetpools", "address-scopes", "rbac-policies", "qos/policies",
+            "qos/rule-types"} <= set(names)
     assert names["security-groups"] == "security_group" and names["floatingips"] == "floatingip"
+    # Neutron's names: the member of the last path segment
+    assert (names["qos/policies"], names["qos/rule-types"], names["rbac-policies"]) == ("policy", "rule_type",
+                                                                                        "rbac_policy")
+    assert not any(c.startswith(("vxnet/", "quotas/")) for c in names)
     for r in body["resources"]:
         href = r["links"][0]["href"]
         assert href == f"{shared_server.url}/v2.0/{r['collection']}"

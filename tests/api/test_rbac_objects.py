@@ -187,3 +187,35 @@ def test_unknown_object_type_is_refused(cl: Clients) -> None:
     # an id of another type is not found as this type
     assert_error(grant(cl.alice, "subnetpool", net["id"], B), 400, "InvalidInput", "could not be found")
     assert policy_ids(cl.admin) == before
+
+
+def test_tags_and_standard_attributes_of_rbac_shared_objects(cl: Clients) -> None:
+    """Subnet pools and QoS policies carry Neutron's standard attributes (tags, timestamps,
+    revision): a targeted project reads the tags but may not write them, an untargeted one gets
+    the object's 404; address scopes and RBAC policies have none, so no tags route."""
+    pool = ok(cl.alice.post("/subnetpools", json={"subnetpool": {"name": "t", "prefixes": ["100.66.0.0/16"],
+                                                               "tags": ["blue"]}}), "subnetpool")
+    qos = ok(cl.admin.post("/qos/policies", json={"policy": {"name": "t", "project_id": A}}), "policy")
+    assert ok(cl.admin.put(f"/qos/policies/{qos['id']}/tags", json={"tags": ["red"]}), "tags") == ["red"]
+    for obj, path, member in ((pool, "subnetpools", "subnetpool"), (qos, "qos/policies", "policy")):
+        assert {"created_at", "updated_at", "revision_number", "tags"} <= set(obj)
+        object_type = "subnetpool" if member == "subnetpool" else "qos_policy"
+        rev = ok(cl.admin.get(f"/{path}/{obj['id']}"), member)["revision_number"]
+        pol = ok(grant(cl.alice, object_type, obj["id"], B), "rbac_policy")
+        shown = ok(cl.admin.get(f"/{path}/{obj['id']}"), member)
+        assert shown["revision_number"] == rev  # a policy is not a change of the object
+        tags = cl.bob.get(f"/{path}/{obj['id']}/tags")
+        assert tags.status_code == 200 and tags.json()["tags"] == shown["tags"]
+        assert cl.bob.get(f"/{path}/{obj['id']}/tags/{shown['tags'][0]}").status_code == 204
+        assert_error(cl.bob.put(f"/{path}/{obj['id']}/tags/green"), 403, "PolicyNotAuthorized")
+        assert_error(cl.carol.get(f"/{path}/{obj['id']}/tags"), 404)
+        assert ok(cl.admin.get(f"/{path}/{obj['id']}"), member)["tags"] == shown["tags"]
+        assert cl.alice.delete(f"/rbac-policies/{pol['id']}").status_code == 204
+        assert_error(cl.bob.get(f"/{path}/{obj['id']}/tags"), 404)
+    scope = ok(cl.alice.post("/address-scopes", json={"address_scope": {"name": "t", "ip_version": 4}}),
+               "address_scope")
+    assert "revision_number" not in scope and "tags" not in scope
+    pol = ok(grant(cl.alice, "address_scope", scope["id"], B), "rbac_policy")
+    assert "tags" not in pol and "revision_number" not in pol
+    assert cl.alice.get(f"/address-scopes/{scope['id']}/tags").status_code == 404
+    assert cl.alice.get(f"/rbac-policies/{pol['id']}/tags").status_code == 404

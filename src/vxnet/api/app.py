@@ -100,7 +100,9 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     ui,
 )
 
-_COLLECTION_PATH = re.compile(r"/v2\.0/([a-z][a-z0-9_-]*)")
+# `<collection>` or, under one of Neutron's namespaces, `<namespace>/<collection>` (`qos/policies`)
+NAMESPACES = ("qos",)
+_COLLECTION_PATH = re.compile(r"/v2\.0/((?:(?:" + "|".join(NAMESPACES) + r")/)?[a-z][a-z0-9_-]*)")
 
 
 def route_table(app: FastAPI) -> dict[str, set[str]]:
@@ -127,8 +129,8 @@ def served_collections(table: dict[str, set[str]]) -> list[str]:
 
 def member_name(collection: str) -> str:
     """Neutron's resource name of a collection: `security-groups` -> `security_group`,
-    `network-ip-availabilities` -> `network_ip_availability`."""
-    name = collection.replace("-", "_")
+    `network-ip-availabilities` -> `network_ip_availability`, `qos/policies` -> `policy`."""
+    name = collection.rpartition("/")[2].replace("-", "_")
     if name.endswith("ies"):
         return name[:-3] + "y"
     return name.removesuffix("s")

@@ -10,8 +10,10 @@
 
 Invariants:
 - The parent is seen exactly as its own API shows it: another project's invisible object is
-  its 404 (e.g. NetworkNotFound); a visible object the caller does not own (a shared network)
-  is 403 for writes; a reader-only caller gets 403 for writes.
+  its 404 (e.g. NetworkNotFound); a visible object the caller does not own (a shared network,
+  a subnet pool or QoS policy shared with its project by RBAC) is 403 for writes; a
+  reader-only caller gets 403 for writes. Address scopes and RBAC policies have no standard
+  attributes in Neutron, hence no tags.
 - Tags live in the parent object's `tags` list (insertion order, no duplicates); a write that
   changes them bumps the parent's `revision_number` and `updated_at` in the same transaction,
   and a write that changes nothing leaves the object alone.
@@ -30,6 +32,7 @@ from vxnet.api.errors import ApiError, invalid_input, not_found, policy_denied
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.routers.subnets import subnet_visible
 from vxnet.api.state import AppState, off_loop, read_json
+from vxnet.services import rbac
 from vxnet.services.repo import UnitOfWork
 
 router = APIRouter(prefix="/v2.0", tags=["tags"])
@@ -66,7 +69,9 @@ def parent_visible(collection: str, ctx: Context, obj: dict[str, Any], get: Gett
     if collection == "ports":  # Neutron lets a network's owner see the ports on it
         net = get("networks", obj.get("network_id", ""))
         return net is not None and net["project_id"] == ctx.project_id
-    if collection in ("security_groups", "subnetpools", "qos_policies"):
+    if collection in ("subnetpools", "qos_policies"):  # shared with everyone or, by RBAC, this project
+        return rbac.visible_to(obj, ctx.project_id)
+    if collection == "security_groups":
         return bool(obj.get("shared"))
     return False
 
