@@ -61,9 +61,11 @@ def test_fan_out_by_visibility_in_any_event_order(tmp_path: Path) -> None:
         view_hub._apply([_put(5, "networks", {**private, "shared": True})])  # alice shares her network
         view_hub._apply([_put(6, "networks", private)])  # and unshares it: bob hears of that too
         got = {name: _drain(sub) for name, sub in subs.items()}
+        # with the network, bob gains and loses sight of its unchanged subnet, and is told so
         assert got["bob"] == [("networks", "n-shared", "put"), ("subnets", "s-shared", "put"),
                               ("networks", "n-shared", "delete"), ("subnets", "s-shared", "delete"),
-                              ("networks", "n-alice", "put"), ("networks", "n-alice", "put")]
+                              ("networks", "n-alice", "put"), ("subnets", "s-alice", "put"),
+                              ("networks", "n-alice", "put"), ("subnets", "s-alice", "delete")]
         assert ("routers", "r-alice", "put") in got["alice"] and ("subnets", "s-alice", "put") in got["alice"]
         assert all(c != "agents" for c, _, _ in got["alice"] + got["bob"])
         assert ("agents", "agent-1", "put") in got["admin"] and len(got["admin"]) == 10

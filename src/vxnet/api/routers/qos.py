@@ -54,8 +54,11 @@ from vxnet.services.repo import UnitOfWork
 router = APIRouter(prefix="/v2.0/qos", tags=["qos"])
 
 
-def _visible(ctx: Context, obj: dict[str, Any]) -> bool:
+def policy_visible(ctx: Context, obj: dict[str, Any]) -> bool:
     return svc.policy_visible(ctx.is_admin, ctx.project_id, obj)
+
+
+_visible = policy_visible
 
 
 def present(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:

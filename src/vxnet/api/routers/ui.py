@@ -23,6 +23,11 @@ with its network, get the parent from the snapshot), else "admin or same project
 permissive than the REST API), and admin-only for agents and anything that is not a resource.
 A tenant never learns the id of another tenant's private object.
 
+Access that changes with a parent: when a network becomes visible to a caller, or stops being
+(an RBAC policy shares it with the caller's project, or no longer does), the caller is also told
+of the network's subnets it now sees, or no longer sees (`put` / `delete` notes for subnets that
+did not change themselves), so the page re-reads them without waiting for its next reload.
+
 One watch: the feed is a listener of the server's view hub (`vxnet.services.view_hub`), which
 parses each store revision once and hands over (collection, id, before, after) and its objects
 after the change; a delete is judged by what was deleted. Fan-out runs on the event loop and
@@ -52,6 +57,8 @@ from vxnet.api.routers import (
     floatingips,
     networks,
     ports,
+    qos,
+    rbac_policies,
     routers,
     security_groups,
     subnetpools,
@@ -111,6 +118,8 @@ VISIBILITY: dict[str, tuple[Callable[..., Any], tuple[str, str] | None, bool]] =
     "security_group_rules": (security_groups._rule_visible_fn, ("security_groups", "security_group_id"), True),
     "subnetpools": (subnetpools.pool_visible, None, False),
     "address_scopes": (address_scopes.scope_visible, None, False),
+    "qos_policies": (qos.policy_visible, None, False),
+    "rbac_policies": (rbac_policies.policy_visible, None, False),
 }
 
 
@@ -207,15 +216,43 @@ class UiHub:
             snap = dict(objects)
             for coll, objs in gone.items():
                 snap[coll] = {**objects.get(coll, {}), **objs}
+        regranted = [(id_, before, after) for coll, id_, before, after in changes
+                     if coll == "networks" and before is not None and after is not None]
         for sub in list(self.subscribers):
             mine = [note for note, before, after in notes
                     if self._may_know(sub.ctx, note["collection"], before, after, snap)]
+            if regranted:
+                mine += self._children_of_regranted(sub.ctx, regranted, snap, {(n["collection"], n["id"]) for n in mine})
             if not mine:
                 continue
             try:
                 sub.queue.put_nowait({"revision": revision, "changes": mine})
             except asyncio.QueueFull:
                 self._end(sub)  # a stuck client: end its stream, it will reload
+
+    def _children_of_regranted(self, ctx: Context, nets: list[tuple[str, dict[str, Any], dict[str, Any]]],
+                               snap: Snapshot, told: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Notes for the unchanged subnets of networks the caller gained (`put`) or lost
+        (`delete`) sight of in this revision, each judged with the network it is seen through."""
+        net_rule, sub_rule = rule_for(self.rules, "networks"), rule_for(self.rules, "subnets")
+        out: list[dict[str, Any]] = []
+        for net_id, before, after in nets:
+            try:
+                saw, sees = net_rule(ctx, before, snap), net_rule(ctx, after, snap)
+            except (KeyError, TypeError, AttributeError):
+                continue
+            if saw == sees:
+                continue
+            judge: Snapshot = {"networks": {net_id: after if sees else before}}
+            for sid, subnet in snap.get("subnets", {}).items():
+                if subnet.get("network_id") != net_id or ("subnets", sid) in told:
+                    continue
+                try:
+                    if sub_rule(ctx, subnet, judge):
+                        out.append({"collection": "subnets", "id": sid, "type": "put" if sees else "delete"})
+                except (KeyError, TypeError, AttributeError):
+                    continue
+        return out
 
     def _may_know(self, ctx: Context, coll: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
                   snap: Snapshot) -> bool:
