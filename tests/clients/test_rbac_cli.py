@@ -95,3 +95,38 @@ def test_update_target_and_external_sharing(cli: Cloud) -> None:
         cli.openstack("admin", "network", "rbac", "delete", pid)
     assert cli.openstack("admin", "network", "show", net["id"], "-f", "json").json()["router:external"] is False
     assert cli.server_errors() == []
+
+
+def test_share_a_subnet_pool_address_scope_and_qos_policy(cli: Cloud) -> None:
+    """`network rbac create --type subnetpool|address_scope|qos_policy`: alt_demo sees each
+    object and uses the pool (a subnet from it) while demo2 sees none; the pool's policy cannot be
+    deleted while alt_demo's subnet comes from it."""
+    alt = project_id(cli, "alt_demo")
+    demo = project_id(cli, "demo")
+    scope = cli.openstack("demo", "address", "scope", "create", "--ip-version", "4", "rbac-scope",
+                          "-f", "json").json()
+    pool = cli.openstack("demo", "subnet", "pool", "create", "--pool-prefix", "100.64.96.0/20",
+                         "--default-prefix-length", "26", "rbac-pool", "-f", "json").json()
+    qos = cli.openstack("admin", "network", "qos", "policy", "create", "--project", demo, "rbac-qos",
+                        "-f", "json").json()
+    pols = {}
+    for kind, obj, user in (("address_scope", scope, "demo"), ("subnetpool", pool, "demo"),
+                            ("qos_policy", qos, "admin")):
+        pols[kind] = cli.openstack(user, "network", "rbac", "create", "--type", kind, "--action", "access_as_shared",
+                                   "--target-project", alt, obj["id"], "-f", "json").json()
+        assert pols[kind]["object_type"] == kind and pols[kind]["target_project_id"] == alt
+    assert cli.openstack("alt_demo", "address", "scope", "show", scope["id"], "-f", "json").json()["shared"] is True
+    assert cli.openstack("alt_demo", "network", "qos", "policy", "show", qos["id"], "-f", "json").json()["id"] == qos["id"]
+    for args in (("address", "scope", "show", scope["id"]), ("subnet", "pool", "show", pool["id"]),
+                 ("network", "qos", "policy", "show", qos["id"])):
+        assert cli.openstack("demo2", *args, check=False).rc != 0
+    net = cli.openstack("alt_demo", "network", "create", "rbac-pool-net", "-f", "json").json()
+    sub = cli.openstack("alt_demo", "subnet", "create", "--network", net["id"], "--subnet-pool", pool["id"],
+                        "rbac-pool-sub", "-f", "json").json()
+    assert sub["cidr"].startswith("100.64.") and sub["cidr"].endswith("/26")
+    assert cli.openstack("demo", "network", "rbac", "delete", pols["subnetpool"]["id"], check=False).rc != 0
+    cli.openstack("alt_demo", "subnet", "delete", sub["id"])
+    for kind in ("subnetpool", "address_scope", "qos_policy"):
+        cli.openstack("admin", "network", "rbac", "delete", pols[kind]["id"])
+    assert cli.openstack("alt_demo", "subnet", "pool", "show", pool["id"], check=False).rc != 0
+    assert cli.server_errors() == []
