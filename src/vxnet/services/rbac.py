@@ -346,5 +346,5 @@ def check_shared_release(uow: UnitOfWork, object_type: str, obj: Obj, target: st
     else:
         users = bound - others
     if users:
-        raise in_use(obj["id"], f"tenant_id={target}")
+        raise in_use(obj["id"], f"project_id={target}")
 
