@@ -11,6 +11,7 @@ targeted by nothing and must see and use nothing.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -219,3 +220,47 @@ def test_tags_and_standard_attributes_of_rbac_shared_objects(cl: Clients) -> Non
     assert "tags" not in pol and "revision_number" not in pol
     assert cl.alice.get(f"/address-scopes/{scope['id']}/tags").status_code == 404
     assert cl.alice.get(f"/rbac-policies/{pol['id']}/tags").status_code == 404
+
+
+def _race_alloc(cl: Clients, net: dict[str, Any], pool: dict[str, Any], policy_id: str) -> dict[str, Any]:
+    """Bob's allocation from `pool` and alice's delete of `policy_id`, released together."""
+    barrier = threading.Barrier(2)
+    res: dict[str, Any] = {}
+
+    def alloc() -> None:
+        barrier.wait()
+        r = cl.bob.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
+                                                     "subnetpool_id": pool["id"]}})
+        res["alloc"] = r.status_code
+        if r.status_code == 201:
+            res["subnet"] = r.json()["subnet"]["id"]
+
+    def revoke() -> None:
+        barrier.wait()
+        res["delete"] = cl.alice.delete(f"/rbac-policies/{policy_id}").status_code
+
+    threads = [threading.Thread(target=alloc), threading.Thread(target=revoke)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return res
+
+
+def test_allocation_racing_the_pool_policy_delete_never_both_win(cl: Clients) -> None:
+    """Bob allocating a subnet from alice's pool while alice deletes the policy that lets him:
+    one wins, never both (the delete's guarded read of the pool's subnets and the allocation's
+    read of the pool conflict in the store), so no subnet of bob's is left from a pool he has no
+    access to."""
+    pool = ok(cl.alice.post("/subnetpools", json={"subnetpool": {
+        "name": "race", "prefixes": ["100.67.0.0/16"], "default_prefixlen": 28}}), "subnetpool")
+    net = network(cl.bob)
+    for _ in range(10):
+        pol = ok(grant(cl.alice, "subnetpool", pool["id"], B), "rbac_policy")
+        res = _race_alloc(cl, net, pool, pol["id"])
+        assert (res["alloc"], res["delete"]) in ((201, 409), (404, 204)), res
+        if res["alloc"] == 201:
+            assert cl.bob.delete(f"/subnets/{res['subnet']}").status_code == 204
+            assert cl.alice.delete(f"/rbac-policies/{pol['id']}").status_code == 204
+        assert_error(cl.bob.get(f"/subnetpools/{pool['id']}"), 404, "SubnetPoolNotFound")
+    assert cl.admin.get("/subnets", params={"subnetpool_id": pool["id"]}).json()["subnets"] == []
