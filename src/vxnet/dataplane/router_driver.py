@@ -1,21 +1,20 @@
 """Router namespaces: namespaces, veths, addresses, routes, rules and sysctls, converged.
 
 Contract:
-- `RouterDriver.apply(routers)` makes this host's router namespaces exactly `routers`
-  (`compute.routing.RouterNs`): it creates missing namespaces (sysctls first: ip_forward=1,
-  rp_filter=0, redirects off, IPv6 off), their veths (bridge side `vxpr...` in the host
-  namespace, router side `qr-...` in the router namespace, created as one pair directly across
-  the two namespaces), MACs, MTUs, addresses, routes and rules; it removes what the desired
-  state no longer has; and it deletes the namespaces of this host that are not wanted (also
-  leftovers of a crashed agent), legs first, so routing through them stops at once.
+- `RouterDriver.converge(r)` makes one router namespace exactly `r` (`compute.routing.RouterNs`):
+  it creates it if missing (sysctls first: ip_forward=1, rp_filter=0, redirects off, IPv6 off),
+  its veths (bridge side `vxpr...` in the host namespace, router side `qr-...` in the router
+  namespace, created as one pair directly across the two namespaces), MACs, MTUs, addresses,
+  routes and rules, and removes what the desired state no longer has. `delete(name)` removes a
+  namespace, legs first, so routing through it stops at once.
 - Ownership: namespaces `vxr-*` whose name ends with this host's suffix
   (`compute.routing.is_host_netns`); links `qr-*` inside them; service ports `vxpr*` in the
   host namespace; routes and rules with protocol `ROUTE_PROTO` inside them. Nothing else is
   ever changed or deleted (kernel routes of connected subnets are the kernel's).
-- Level-triggered and cheap: a namespace equal to what the previous pass applied is not read
-  again (one `listdir` of /run/netns per pass); after `invalidate()` every namespace is read
-  back and converged, and orphan service ports in the host namespace are removed. A failure
-  leaves the namespace dirty (re-read and retried next pass) and is reported, never raised.
+- `present()` lists this host's namespaces, `delete_orphan_ports(wanted)` removes host-side
+  service ports of routers that are gone. What to converge when (what was applied,
+  backoff of a failing namespace) is the routing feature's `Manager` (agent/routing.py); this
+  driver keeps no record of what it applied. Failures raise OSError/NetlinkError.
 - Creating something that exists and deleting something gone count as success (idempotent).
 """
 
@@ -30,7 +29,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
@@ -138,7 +137,8 @@ def list_host_netns(host: str, run_dir: str = NETNS_DIR) -> list[str]:
 
 
 class RouterDriver:
-    """Converges this host's router namespaces; owns one netlink socket per namespace."""
+    """Converges this host's router namespaces, one at a time (the routing feature's manager
+    decides which); owns one netlink socket per namespace."""
 
     def __init__(self, host: str, host_netns: str | None = None, run_dir: str = NETNS_DIR) -> None:
         self.host = host
@@ -146,8 +146,6 @@ class RouterDriver:
         self.run_dir = run_dir
         self.host_ipr = IPRoute(netns=host_netns) if host_netns else IPRoute()
         self._ipr: dict[str, IPRoute] = {}
-        self._applied: dict[str, RouterNs] = {}
-        self._full = True
 
     def close(self) -> None:
         for ipr in self._ipr.values():
@@ -155,37 +153,21 @@ class RouterDriver:
         self._ipr.clear()
         self.host_ipr.close()
 
-    def invalidate(self) -> None:
-        """Read every namespace back on the next pass."""
-        self._applied.clear()
-        self._full = True
+    def present(self) -> list[str]:
+        """This host's router namespaces in the kernel (one listdir)."""
+        return list_host_netns(self.host, self.run_dir)
 
-    # ------------------------------------------------------------------ the pass
-    def apply(self, routers: Iterable[RouterNs]) -> ApplyResult:
-        res = ApplyResult()
-        want = {r.netns: r for r in routers}
-        present = set(list_host_netns(self.host, self.run_dir))
-        for name in sorted(present - want.keys()):
-            try:
-                self._delete_ns(name, res)
-            except (OSError, NetlinkError) as e:
-                log.warning("deleting router namespace %s failed: %s", name, e)
-                res.failed.append(name)
-        for name, r in sorted(want.items()):
-            if name in present and self._applied.get(name) == r:
-                continue
-            self._applied.pop(name, None)
-            try:
-                self._converge(r, name in present, res)
-                self._applied[name] = r
-            except (OSError, NetlinkError) as e:
-                log.warning("router namespace %s: %s", name, e)
-                self._drop_socket(name)
-                res.failed.append(name)
-        if self._full and not res.failed:
-            self._delete_orphan_ports({i.service_port for r in want.values() for i in r.ifaces}, res)
-            self._full = False
-        return res
+    def converge(self, r: RouterNs, res: ApplyResult) -> None:
+        """Make namespace `r.netns` exactly `r` (OSError/NetlinkError: left dirty, socket dropped)."""
+        try:
+            self._converge(r, res)
+        except (OSError, NetlinkError):
+            self._drop_socket(r.netns)
+            raise
+
+    def delete(self, name: str, res: ApplyResult) -> None:
+        """Delete namespace `name`, legs first (OSError/NetlinkError on failure)."""
+        self._delete_ns(name, res)
 
     # ------------------------------------------------------------------ namespaces
     def _ns(self, name: str) -> IPRoute:
@@ -219,7 +201,6 @@ class RouterDriver:
                 if (link.get("ifname") or "").startswith(IFACE_PREFIX):
                     _ok_gone(lambda link=link: ipr.link("del", index=link["index"]))
         self._drop_socket(name)
-        self._applied.pop(name, None)
         try:
             pr_netns.remove(name)
         except FileNotFoundError:
@@ -227,9 +208,9 @@ class RouterDriver:
         res.count("namespaces")
 
     # ------------------------------------------------------------------ one router
-    def _converge(self, r: RouterNs, present: bool, res: ApplyResult) -> None:
+    def _converge(self, r: RouterNs, res: ApplyResult) -> None:
         path = os.path.join(self.run_dir, r.netns)
-        if not present or not os.path.ismount(path):
+        if not os.path.ismount(path):
             self._drop_socket(r.netns)
             self._create_ns(r.netns, res)
         changed = in_netns(r.netns, _write_sysctls)
@@ -321,7 +302,7 @@ class RouterDriver:
                 res.count("rules")
 
     # ------------------------------------------------------------------ host side
-    def _delete_orphan_ports(self, wanted: set[str], res: ApplyResult) -> None:
+    def delete_orphan_ports(self, wanted: set[str], res: ApplyResult) -> None:
         """Service ports of routers that no longer exist here (e.g. the namespace vanished)."""
         for link in self.host_ipr.get_links():
             name = link.get("ifname") or ""
