@@ -26,7 +26,7 @@ Contract:
   passes `previous` None next time.
 - Transactions and listings go through the one executor (`dataplane/nft_exec.py`: libnftables
   in-process, else the `nft` program), in a worker thread that entered the host namespace
-  (`setns` is per thread) when `netns` is set; `counters()` runs `nft -j`.
+  (`setns` is per thread) when `netns` is set; `counters()` is a JSON listing through it.
 - `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
   (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
   packet meets the rules again instead of `ct established`.
@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vxnet.compute.firewall import NftChain, NftTable, table_text
-from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_TERSE, NftExecutor
+from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, OUTPUT_TERSE, NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
@@ -349,18 +349,7 @@ class NftDriver:
         self._committed: tuple[int, dict[Key, NftTable]] | None = None   # (generation after, tables)
         self._gen_reader = GenIdReader()    # used only from the transactions' thread
 
-    # ------------------------------------------------------------------ process
-    def _cmd(self, *args: str) -> list[str]:
-        return (["ip", "netns", "exec", self.netns] if self.netns else []) + list(args)
-
-    def nft(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
-        """Run nft (in the host namespace); its stdout, or NftError with its stderr."""
-        r = subprocess.run(self._cmd("nft", *args), input=stdin, capture_output=True, text=True,
-                           timeout=timeout, check=False)
-        if r.returncode != 0:
-            raise NftError((r.stderr or r.stdout).strip()[-2000:])
-        return r.stdout
-
+    # ------------------------------------------------------------------ host namespace
     def ensure_br_netfilter(self) -> None:
         """Bridged IPv4 through the inet hooks (per namespace; built-in br_netfilter)."""
         try:
@@ -476,14 +465,17 @@ class NftDriver:
     def delete(self, tables: Iterable[tuple[str, str]]) -> None:
         """Remove our tables (tests, uninstall)."""
         lines = [f"add table {f} {n}\ndelete table {f} {n}" for f, n in tables]
-        if lines:
-            self.nft("-f", "-", stdin="\n".join(lines) + "\n")
+        if lines and (err := self._tx.run("\n".join(lines) + "\n")) is not None:
+            raise NftError(err)
         self._committed = None
 
     def counters(self, family: str, name: str) -> dict[tuple[str, str], tuple[int, int]]:
         """(chain, rule identity) -> (packets, bytes) summed over rules of that identity
         (identity = the comment without `vxnet:` and the hash, e.g. `sg:<rule id>`)."""
-        data = json.loads(self.nft("-j", "list", "table", family, name))
+        try:
+            data = json.loads(self._tx.output(f"list table {family} {name}", OUTPUT_JSON))
+        except (OSError, TimeoutError) as e:
+            raise NftError(str(e)) from e
         out: dict[tuple[str, str], tuple[int, int]] = {}
         for item in data.get("nftables", ()):
             rule = item.get("rule")
