@@ -42,12 +42,23 @@ from vxnet.agent.features import Feature, FeatureResult, HostContext
 from vxnet.agent.firewall import FirewallFeature
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
 from vxnet.agent.routing import RoutingFeature
+from vxnet.compute.diff import Diff, HostDiff
 from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
 
 log = logging.getLogger("vxnet.agent")
 
 BURST_WINDOW = 0.05     # seconds after a pass within which a wake-up is coalesced
+PLUG_FIRST = frozenset({"firewall"})   # features applied before the L2 pass plugs taps
+
+
+def _then(first: ReconcileResult, second: ReconcileResult) -> ReconcileResult:
+    """Two L2 passes of one agent pass as one result: the second's verdict, both passes' changes."""
+    d1, d2 = first.diff, second.diff
+    hd = HostDiff(*(Diff(a.create + b.create, a.update + b.update, a.delete + b.delete)
+                    for a, b in ((getattr(d1, k), getattr(d2, k)) for k in ("bridges", "vxlans", "plugs", "fdb", "neighs"))))
+    return dataclasses.replace(second, diff=hd, seconds=first.seconds + second.seconds,
+                               full_read=first.full_read or second.full_read)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -131,10 +142,12 @@ class Agent:
     def applied_revision(self) -> int | None:
         return self._applied_revision
 
-    def on_message(self, msg: Mapping[str, Any]) -> None:
-        """Feed one stream message (thread-safe)."""
+    def on_message(self, msg: Mapping[str, Any], consume: bool = False) -> None:
+        """Feed one stream message (thread-safe). `consume`: the message is given up (the
+        stream's own): its raw objects are dropped as they are parsed, so a large snapshot's raw
+        and typed forms are never alive together (peak RSS)."""
         with self._lock:
-            self._view = apply_message(self._view, msg)
+            self._view = apply_message(self._view, msg, consume)
             view = self._view
         metrics.VIEW_REVISION.set(view.revision)
         if msg.get("type") == "update":
@@ -196,24 +209,35 @@ class Agent:
             desired = self.computer.compute(view.view)     # == compute_host(view.view, spec)
             timings = dict(self.computer.timings)
             timings["compute"] = time.perf_counter() - t0
-            fresults = []
+            # The plug path first: what must be in place before a tap is plugged (its firewall),
+            # then the L2 pass (plugs and entries); the other features after it. A feature that
+            # made or removed links gets its service ports plugged by a second L2 pass.
+            fresults: dict[str, FeatureResult] = {}
             for f in self.features:
-                t = time.perf_counter()
-                fresults.append(self._apply_feature(f, desired.features[f.name]))
-                timings[f"apply_{f.name}"] = time.perf_counter() - t
-            result = self.reconciler.reconcile(desired.l2)
+                if f.name in PLUG_FIRST:
+                    fresults[f.name] = self._timed_feature(f, desired, timings)
+            hold = frozenset().union(*(r.hold for r in fresults.values()))
+            result = self.reconciler.reconcile(desired.l2, hold)
+            timings["l2"] = result.seconds
+            timings["plug_path"] = time.perf_counter() - t0
+            for f in self.features:
+                if f.name not in PLUG_FIRST:
+                    fresults[f.name] = self._timed_feature(f, desired, timings)
+            if any(any(fresults[f.name].changes.values()) for f in self.features if f.name not in PLUG_FIRST):
+                again = self.reconciler.reconcile(desired.l2, hold)
+                timings["l2_after"] = again.seconds
+                result = _then(result, again)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
             log.exception("reconcile failed (host=%s)", self.cfg.host)
             self.reconciler.invalidate()
             self._retry_later()
             return None
-        timings["l2"] = result.seconds
         self.last_timings = timings
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
         if fresults:
-            result = self._combine(result, fresults)
+            result = self._combine(result, [fresults[f.name] for f in self.features])
         self.passes += 1
         unchanged = desired is self._last_desired
         self.unchanged_passes += unchanged
@@ -231,6 +255,14 @@ class Agent:
         if result.failed:
             self._retry_later()
         return result
+
+    def _timed_feature(self, f: Feature, desired: HostDesired, timings: dict[str, float]) -> FeatureResult:
+        t = time.perf_counter()
+        r = self._apply_feature(f, desired.features[f.name])
+        if r.all_down and f.name in PLUG_FIRST:       # crashed: nothing it guards may be plugged anew
+            r = dataclasses.replace(r, hold=frozenset(lp.port_id for lp in desired.l2.local_ports))
+        timings[f"apply_{f.name}"] = time.perf_counter() - t
+        return r
 
     def _apply_feature(self, f: Feature, desired: Any) -> FeatureResult:
         try:
@@ -366,7 +398,8 @@ class Agent:
                         return
                     metrics.STREAM_CONNECTED.set(1)
                     backoff = 0.1
-                    self.on_message(msg)
+                    self.on_message(msg, consume=True)
+                    del msg         # the next message may be read while this one's objects are freed
             except Exception as e:  # noqa: BLE001 - whatever broke the stream, reconnect
                 metrics.ERRORS.labels("stream").inc()
                 log.warning("host=%s view stream lost: %s", self.cfg.host, e)

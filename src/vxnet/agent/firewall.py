@@ -10,7 +10,8 @@
   the local ports whose rules name the group (as Neutron does), so an established connection
   it had is checked by the rules again (and dropped) instead of riding `ct established`.
 - DOWN: every filtered local port while the tables are not loaded (failed, or waiting for
-  the retry: its rules are not what they must be), and ports the model could not filter
+  the retry: its rules are not what they must be; they are also held: a tap not plugged yet
+  is not plugged until its rules are loaded), and ports the model could not filter
   (mark index capacity, tap name clash).
 """
 
@@ -73,8 +74,9 @@ class FirewallFeature:
                 for key, _, _ in upserts:
                     m.failed(key, now)
         if m.pending():                   # failed now, or waiting for its retry
-            return FeatureResult(failed=("firewall: rules not loaded",),
-                                 down=frozenset(p.port_id for p in fw.ports) | frozenset(fw.unfiltered))
+            filtered = frozenset(p.port_id for p in fw.ports)
+            return FeatureResult(failed=("firewall: rules not loaded",), down=filtered | frozenset(fw.unfiltered),
+                                 hold=filtered)
         failed: tuple[object, ...] = ()
         if self._last is not None and self._last is not fw:
             revoked = revoked_flows(self._last, fw)

@@ -10,7 +10,10 @@ Contract:
   otherwise taken from the cache of what the previous pass applied, so a port coming up costs
   one link dump and one netlink batch, not a dump of every entry.
 - Desired plugs (and their tap FDB entries) count only for taps present in the kernel: the
-  hypervisor creates taps, the agent plugs them when they appear.
+  hypervisor creates taps, the agent plugs them when they appear. A tap the caller holds
+  (`hold`: its port's filters are not loaded) is not plugged until it is released; one already
+  plugged stays (the filters it had are still in force: nftables transactions are all or
+  nothing).
 - Only owned objects are touched (see `vxnet.dataplane`). The caller must not call this before
   it has a complete view: an incomplete desired state would delete live entries.
 - All kernel access goes through one `Kernel` (`dataplane/host_kernel.RtnlKernel`; the tests'
@@ -90,15 +93,17 @@ class Reconciler:
         """Forget the cached FDB/neighbour state: the next pass reads the kernel."""
         self._entries = None
 
-    def reconcile(self, desired: HostState) -> ReconcileResult:
-        """Converge the kernel to `desired` (see module contract)."""
+    def reconcile(self, desired: HostState, hold: frozenset[str] = frozenset()) -> ReconcileResult:
+        """Converge the kernel to `desired` (see module contract); the taps of the local ports
+        in `hold` are not plugged if they are not plugged already (their filters are not loaded)."""
         t0 = time.perf_counter()
         k = self.kernel
         links = k.read_links()
         present = links.tap_names
         wanted_taps = {p.tap for p in desired.plugs}
-        want_plugs = frozenset(p for p in desired.plugs if p.tap in present)
         have_plugs = frozenset(p for p in links.taps if naming.is_bridge(p.bridge) or p.tap in wanted_taps)
+        held = {lp.tap for lp in desired.local_ports if lp.port_id in hold} if hold else set()
+        want_plugs = frozenset(p for p in desired.plugs if p.tap in present and (p.tap not in held or p in have_plugs))
         d_br = diff(desired.bridges, links.bridges)
         d_vx = diff(desired.vxlans, links.vxlans)
         d_pl = diff(want_plugs, have_plugs)
