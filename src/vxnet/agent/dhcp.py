@@ -7,9 +7,9 @@ L2 part: the service ports' plugs, FDB entries and server-id neighbours). `apply
    The kernel is read (one link dump) on the first pass and after `invalidate()` (leftovers of a
    crashed agent are deleted, existing pairs adopted); otherwise only new or changed responders
    are touched;
-2. `thread`, keys "table" and "steer": the responder thread (`dataplane/dhcp_driver.
-   ResponderServer`) gets the new lease table and, when it changed (or after `invalidate()`),
-   the steering table `bridge vxnet_dhcp` (`compute.dhcp.steer_script`: the whole table when its
+2. `thread`, keys "table" and "steer" (no backoff: what failed is retried on the next pass): the
+   responder thread (`dataplane/dhcp_driver.ResponderServer`) gets the new lease table and, when
+   it changed (or after `invalidate()`), the steering table `bridge vxnet_dhcp` (`compute.dhcp.steer_script`: the whole table when its
    state is unknown, else only the map elements that changed; one atomic transaction); the
    feature waits until the thread has applied both and has its sockets open on the current
    devices: a port is reported ACTIVE only when its DHCP answers. Nothing changed: no work at
@@ -17,7 +17,7 @@ L2 part: the service ports' plugs, FDB entries and server-id neighbours). `apply
 
 This module holds no kernel I/O of its own: it decides what to serve.
 
-Failures (each backs off on its own): a responder whose veth cannot be made is in `failed` and
+Failures (a veth pair backs off on its own; the thread's part is retried next pass): a responder whose veth cannot be made is in `failed` and
 its leased ports are DOWN (a VM there would get no address), as are those of a device whose
 socket did not open; an nft failure is in `failed` only (DHCP still answers the broadcast
 frames without steering).
@@ -89,26 +89,21 @@ class DhcpFeature:
         upserts = {k: (v, prev) for k, v, prev in t.dirty(now)[0]}
         no_socket: frozenset[str] = frozenset()
         if upserts:
+            # The thread is in-process: what it failed is retried on the next pass (forgotten,
+            # not backed off), so one device without a socket never delays another's leases.
             steer = upserts.get("steer")
             res = self.server.serve(table, steer_script(steer[1], steer[0]) or None if steer else None)
             no_socket = res.no_socket
-            if no_socket:
-                failed += [f"dhcp socket {dev}" for dev in sorted(no_socket)]
-                t.failed("table", now)
-            else:
-                t.ok("table", table)
-            if steer is not None:
-                if res.nft_error is None:
-                    t.ok("steer", steer[0])
-                    changes["steering_table"] += 1
-                else:
-                    log.warning("DHCP steering table failed: %s", res.nft_error)
-                    t.failed("steer", now)
-        if "steer" in t.pending():
-            failed.append("dhcp steering table")
-        if "table" in t.pending() and not no_socket:
-            failed.append("dhcp responder thread: waiting for retry")
-        bad = waiting | set(no_socket) | (set(table) if "table" in t.pending() else set())
+            t.ok("table", None if no_socket else table)
+            if steer is not None and res.nft_error is None:
+                t.ok("steer", steer[0])
+                changes["steering_table"] += 1
+            elif steer is not None:
+                log.warning("DHCP steering table failed: %s", res.nft_error)
+                t.ok("steer", None)
+                failed.append("dhcp steering table")
+        failed += [f"dhcp socket {dev}" for dev in sorted(no_socket)]
+        bad = waiting | set(no_socket)
         down = frozenset(lease.port_id for d in bad if d in by_dev for lease in by_dev[d].leases)
         return FeatureResult(failed=tuple(failed), down=down, changes=dict(changes))
 
@@ -116,45 +111,32 @@ class DhcpFeature:
                         failed: list[object]) -> None:
         m = self.pairs
         m.want({d: (r.port, d, r.mtu) for d, r in by_dev.items()})
-        have = None
+        have: dict[str, Any] = {}
         if not m.known:
             try:
                 have = self.links.read()
             except (NetlinkError, OSError) as e:       # the link dump itself failed: nothing is known
-                log.warning("DHCP links: %s", e)
                 failed.append(f"dhcp links: {e}")
                 for d in by_dev:
                     m.failed(d, now)
                 return
             m.observe(have)
             m.mark_known()
-        upserts, deletes = m.dirty(now)
-        for dev, _ in deletes:
-            try:
-                self.links.delete(dev)
-                m.ok(dev, None)
-                self._ifindex.pop(dev, None)
-                changes["responder_deleted"] += 1
-            except (NetlinkError, OSError) as e:
-                log.warning("deleting DHCP responder %s: %s", dev, e)
-                m.failed(dev, now)
-                failed.append(f"dhcp veth {dev}")
-        for dev, spec, prev in upserts:
-            r = by_dev[dev]
-            try:
-                self._ifindex[dev] = self.links.ensure(r, have.get(dev, (None, None)) if have is not None else
-                                                       None if prev is None else self._pair_of(dev))
-                m.ok(dev, spec)
-                changes["responder_created" if prev is None and (have is None or dev not in have) else
-                        "responder_updated"] += 1
-            except (NetlinkError, OSError, IndexError) as e:
-                log.warning("DHCP responder %s: %s", dev, e)
-                m.failed(dev, now)
-                failed.append(f"dhcp responder {r.network_id}")
 
-    def _pair_of(self, dev: str) -> Any:
-        """A changed responder's pair as the kernel holds it now."""
-        return self.links.read().get(dev, (None, None))
+        def ensure(dev: str, _: object, prev: object) -> None:
+            pair = have.get(dev) if prev is None else self.links.read().get(dev)   # changed: read it back
+            self._ifindex[dev] = self.links.ensure(by_dev[dev], pair)
+            if pair is None or prev is not None:          # adopting a correct pair is no change
+                changes["responder_created" if pair is None else "responder_updated"] += 1
+
+        def delete(dev: str, _: object) -> None:
+            self.links.delete(dev)
+            self._ifindex.pop(dev, None)
+            changes["responder_deleted"] += 1
+
+        for dev, e in m.run(now, ensure, delete, (NetlinkError, OSError, IndexError)):
+            log.warning("DHCP responder %s: %s", dev, e)
+            failed.append(f"dhcp responder {dev}")
 
     def invalidate(self) -> None:
         self.pairs.invalidate()

@@ -14,7 +14,7 @@ the DHCP responders' veth pairs by device...). Each pass:
    desired, previous-or-None)`) and to delete (applied or observed, no longer desired: `(key,
    applied-or-None)`), whose retry time has come;
 4. the caller applies them and reports each with `ok(key, value)` (value None: deleted) or
-   `failed(key, now)`.
+   `failed(key, now)`. `run(now, upsert, delete, errors)` does 3 and 4 with one callable each.
 A key that failed waits `initial` seconds, doubling while it keeps failing (up to `maximum`),
 while the other keys go on; success forgets its backoff. `invalidate()` forgets what was
 applied (drift repair: every desired key is applied again, the caller reads the kernel) and
@@ -27,7 +27,7 @@ last (compute memoises unchanged parts) costs no deep comparison.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from vxnet.agent.backoff import Backoff
@@ -90,6 +90,23 @@ class Manager(Generic[K, V]):
         delay = b.next()
         self._retry[key] = (now + delay, b)
         return delay
+
+    def run(self, now: float, upsert: Callable[[K, V, V | None], object], delete: Callable[[K, V | None], object],
+            errors: tuple[type[Exception], ...]) -> list[tuple[K, Exception]]:
+        """Steps 3 and 4 in one: `delete(key, applied)` then `upsert(key, desired, previous)` for
+        every due key, each reported `ok` or, when it raises one of `errors`, `failed`;
+        returns the failures (other exceptions propagate)."""
+        upserts, deletes = self.dirty(now)
+        out: list[tuple[K, Exception]] = []
+        for key, value, fn in [*((k, None, lambda k=k, a=a: delete(k, a)) for k, a in deletes),
+                               *((k, v, lambda k=k, v=v, p=p: upsert(k, v, p)) for k, v, p in upserts)]:
+            try:
+                fn()
+                self.ok(key, value)
+            except errors as e:
+                self.failed(key, now)
+                out.append((key, e))
+        return out
 
     def pending(self) -> list[K]:
         """Desired keys not applied (failed, or waiting for their retry)."""

@@ -2,14 +2,12 @@
 dataplane/router_driver.py).
 
 Its desired state is `HostDesired.routing` (`compute_routing`): the router namespaces the host
-needs, with their service ports, gateway FDB and neighbour entries as the L2 part. `apply`
-converges the namespaces through a `Manager` keyed by namespace name: one listdir of the host's
-namespaces per pass (`observe`: a namespace that vanished is made again, a leftover of a crashed
-agent is deleted), only namespaces whose desired state changed are converged, a failing one
-backs off on its own while the others go on. After `invalidate()` every namespace is read back
-and converged, and orphan service ports in the host namespace are removed. Router failures are
-reported in `failed`; they do not turn VM ports DOWN: a VM's own data path (L2) does not depend
-on its router.
+needs (their service ports, gateway FDB and neighbour entries are its L2 part). `apply` runs a
+`Manager` keyed by namespace: one listdir per pass (`observe`: a vanished namespace is made
+again, a leftover of a crashed agent deleted), only changed namespaces are converged, a failing
+one backs off alone. After `invalidate()` every namespace is converged again and orphan service
+ports are removed. Failures are in `failed`; they do not turn VM ports DOWN (a VM's own data
+path does not depend on its router).
 """
 
 from __future__ import annotations
@@ -33,9 +31,7 @@ class RoutingFeature:
     name = "routing"
 
     def __init__(self, ctx: HostContext, driver: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ctx = ctx
-        self._driver = driver
-        self.clock = clock
+        self.ctx, self._driver, self.clock = ctx, driver, clock
         self.routers: Manager[str, RouterNs] = Manager()
 
     @property
@@ -45,36 +41,22 @@ class RoutingFeature:
         return self._driver
 
     def apply(self, desired: RoutingState) -> FeatureResult:
-        m, now = self.routers, self.clock()
+        m = self.routers
         m.want({r.netns: r for r in desired.routers})
-        present = self.driver.present() if self._driver is not None else list_host_netns(self.ctx.host)
+        present = list_host_netns(self.ctx.host)
         if not m.desired and not present and self._driver is None:
             return FeatureResult()      # nothing wanted, nothing left over: never open a socket
         m.observe(present)
         res = ApplyResult()
-        upserts, deletes = m.dirty(now)
-        for name, _ in deletes:
-            self._do(name, None, res, now)
-        for name, r, _ in sorted(upserts, key=lambda u: u[0]):
-            self._do(name, r, res, now)
+        errors = m.run(self.clock(), lambda _, r, __: self.driver.converge(r, res),
+                       lambda name, _: self.driver.delete(name, res), (OSError, NetlinkError))
+        for name, e in errors:
+            log.warning("host=%s router namespace %s: %s", self.ctx.host, name, e)
         if not m.known and not m.pending():
             self.driver.delete_orphan_ports({i.service_port for r in m.desired.values() for i in r.ifaces}, res)
             m.mark_known()
-        failed = [*res.failed, *m.pending()]
-        return FeatureResult(failed=tuple(f"router {n}" for n in failed), changes=res.changes)
-
-    def _do(self, name: str, r: RouterNs | None, res: ApplyResult, now: float) -> None:
-        try:
-            if r is None:
-                self.driver.delete(name, res)
-            else:
-                self.driver.converge(r, res)
-            self.routers.ok(name, r)
-        except (OSError, NetlinkError) as e:
-            log.warning("host=%s router namespace %s: %s", self.ctx.host, name, e)
-            self.routers.failed(name, now)
-            if r is None:
-                res.failed.append(name)
+        return FeatureResult(failed=tuple(f"router {n}" for n in {*(n for n, _ in errors), *m.pending()}),
+                             changes=res.changes)
 
     def invalidate(self) -> None:
         self.routers.invalidate()

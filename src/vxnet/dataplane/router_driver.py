@@ -11,8 +11,8 @@ Contract:
   (`compute.routing.is_host_netns`); links `qr-*` inside them; service ports `vxpr*` in the
   host namespace; routes and rules with protocol `ROUTE_PROTO` inside them. Nothing else is
   ever changed or deleted (kernel routes of connected subnets are the kernel's).
-- `present()` lists this host's namespaces, `delete_orphan_ports(wanted)` removes host-side
-  service ports of routers that are gone. What to converge when (what was applied,
+- `list_host_netns(host)` lists this host's namespaces, `delete_orphan_ports(wanted)` removes
+  host-side service ports of routers that are gone. What to converge when (what was applied,
   backoff of a failing namespace) is the routing feature's `Manager` (agent/routing.py); this
   driver keeps no record of what it applied. Failures raise OSError/NetlinkError.
 - Creating something that exists and deleting something gone count as success (idempotent).
@@ -152,10 +152,6 @@ class RouterDriver:
             ipr.close()
         self._ipr.clear()
         self.host_ipr.close()
-
-    def present(self) -> list[str]:
-        """This host's router namespaces in the kernel (one listdir)."""
-        return list_host_netns(self.host, self.run_dir)
 
     def converge(self, r: RouterNs, res: ApplyResult) -> None:
         """Make namespace `r.netns` exactly `r` (OSError/NetlinkError: left dirty, socket dropped)."""
