@@ -3,6 +3,7 @@ its incremental form equals it on random histories; the agent and `vxnet trace` 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -220,7 +221,10 @@ def test_the_plug_path_comes_first_and_a_port_without_its_filters_is_held() -> N
         def reconcile(self, desired: HostState, hold: frozenset[str] = frozenset()) -> ReconcileResult:
             order.append("l2")
             self.holds = [*getattr(self, "holds", []), hold]
-            return super().reconcile(desired, hold)
+            res = super().reconcile(desired, hold)
+            return dataclasses.replace(res, absent=frozenset({"vxpdnotyet"})) if self.absent else res
+
+        absent = True
 
     class Feat(RecordingFeature):
         fail = False
@@ -238,8 +242,12 @@ def test_the_plug_path_comes_first_and_a_port_without_its_filters_is_held() -> N
                   features=feats)  # type: ignore[arg-type]
     agent.on_message({"type": "snapshot", "revision": 3, "view": full_view(world(BASE), HOSTS, "h1")})
     assert agent.run_once() is not None
-    assert order == ["firewall", "l2", "routing", "dhcp", "l2"]      # dhcp changed something: plug its ports
+    assert order == ["firewall", "l2", "routing", "dhcp", "l2"]      # a device was absent, dhcp changed something
     assert "plug_path" in agent.last_timings and rec.holds == [frozenset(), frozenset()]
+    rec.absent = False
+    order.clear()
+    agent.run_once()
+    assert order == ["firewall", "l2", "routing", "dhcp"]            # nothing absent: one L2 pass
     feats[1].fail = True
     res = agent.run_once()
     assert res is not None

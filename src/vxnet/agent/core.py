@@ -210,8 +210,9 @@ class Agent:
             timings = dict(self.computer.timings)
             timings["compute"] = time.perf_counter() - t0
             # The plug path first: what must be in place before a tap is plugged (its firewall),
-            # then the L2 pass (plugs and entries); the other features after it. A feature that
-            # made or removed links gets its service ports plugged by a second L2 pass.
+            # then the L2 pass (plugs and entries); the other features after it. When a desired
+            # plug's device was absent and a feature changed something (e.g. made its service
+            # port), a second L2 pass plugs it now.
             fresults: dict[str, FeatureResult] = {}
             for f in self.features:
                 if f.name in PLUG_FIRST:
@@ -223,7 +224,8 @@ class Agent:
             for f in self.features:
                 if f.name not in PLUG_FIRST:
                     fresults[f.name] = self._timed_feature(f, desired, timings)
-            if any(any(fresults[f.name].changes.values()) for f in self.features if f.name not in PLUG_FIRST):
+            if result.absent and any(any(fresults[f.name].changes.values())
+                                     for f in self.features if f.name not in PLUG_FIRST):
                 again = self.reconciler.reconcile(desired.l2, hold)
                 timings["l2_after"] = again.seconds
                 result = _then(result, again)

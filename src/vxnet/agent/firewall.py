@@ -8,7 +8,10 @@
   nothing at all when no table changed. A failed transaction backs off exponentially.
 - Revocation: an address that left a remote group loses its conntrack entries in the zones of
   the local ports whose rules name the group (as Neutron does), so an established connection
-  it had is checked by the rules again (and dropped) instead of riding `ct established`.
+  it had is checked by the rules again (and dropped) instead of riding `ct established`. The
+  `conntrack -D` runs happen in a background thread once the rules are loaded, not in the pass
+  (they cost tens of ms each: every other port's and feature's work would wait for them, e.g.
+  a DHCP lease change of the same port).
 - DOWN: every filtered local port while the tables are not loaded (failed, or waiting for
   the retry: its rules are not what they must be; they are also held: a tap not plugged yet
   is not plugged until its rules are loaded), and ports the model could not filter
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -77,19 +81,19 @@ class FirewallFeature:
             filtered = frozenset(p.port_id for p in fw.ports)
             return FeatureResult(failed=("firewall: rules not loaded",), down=filtered | frozenset(fw.unfiltered),
                                  hold=filtered)
-        failed: tuple[object, ...] = ()
-        if self._last is not None and self._last is not fw:
-            revoked = revoked_flows(self._last, fw)
-            for zone, addr in revoked:
-                try:
-                    self.driver.forget_flows(zone, addr)
-                except (NftError, OSError, subprocess.SubprocessError) as e:   # the rules are in place; log it
-                    failed = (f"firewall: conntrack cleanup {addr}: {e}",)
-                    log.warning("host=%s conntrack cleanup of %s in zone %s failed: %s", self.ctx.host, addr, zone, e)
-            if revoked:
-                changes["conntrack_revoked"] = len(revoked)
+        if self._last is not None and self._last is not fw and (revoked := revoked_flows(self._last, fw)):
+            changes["conntrack_revoked"] = len(revoked)
+            threading.Thread(target=self._forget, args=(revoked,), name="vxnet-conntrack", daemon=True).start()
         self._last = fw
-        return FeatureResult(failed=failed, down=frozenset(fw.unfiltered), changes=changes)
+        return FeatureResult(down=frozenset(fw.unfiltered), changes=changes)
+
+    def _forget(self, flows: list[tuple[int, str]]) -> None:
+        """Off the pass (a `conntrack -D` run costs tens of ms and the rules are in place)."""
+        for zone, addr in flows:
+            try:
+                self.driver.forget_flows(zone, addr)
+            except (NftError, OSError, subprocess.SubprocessError) as e:
+                log.warning("host=%s conntrack cleanup of %s in zone %s failed: %s", self.ctx.host, addr, zone, e)
 
     def invalidate(self) -> None:
         self.tables.invalidate()

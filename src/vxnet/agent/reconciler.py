@@ -46,6 +46,7 @@ class ReconcileResult:
     down: frozenset[str]        # local port ids without a data path (no tap yet, or failed)
     seconds: float
     full_read: bool
+    absent: frozenset[str] = frozenset()   # taps of desired plugs not in the kernel (yet)
 
     @property
     def changes(self) -> int:
@@ -145,4 +146,5 @@ class Reconciler:
             ok = lp.tap in plugged and not bad_devs & {lp.tap, lp.bridge, vx}
             (active if ok else down).add(lp.port_id)
         hd = HostDiff(d_br, d_vx, d_pl, d_fdb, d_nb)
-        return ReconcileResult(hd, failed, frozenset(active), frozenset(down), time.perf_counter() - t0, full_read)
+        return ReconcileResult(hd, failed, frozenset(active), frozenset(down), time.perf_counter() - t0, full_read,
+                               frozenset(wanted_taps - present))
