@@ -247,9 +247,25 @@ def test_the_plug_path_comes_first_and_a_port_without_its_filters_is_held() -> N
     rec.absent = False
     order.clear()
     agent.run_once()
-    assert order == ["firewall", "l2", "routing", "dhcp"]            # nothing absent: one L2 pass
+    assert order == ["firewall", "l2", "routing", "dhcp"]            # a device was absent last pass: one L2 pass
+    order.clear()
+    agent.run_once()
+    assert order == ["l2", "routing", "firewall", "dhcp"]            # nothing to plug: L2 entries first of all
     feats[1].fail = True
+    agent.run_once()                                                  # the rules fail to load ...
+    order.clear()
     res = agent.run_once()
-    assert res is not None
+    assert order[:2] == ["firewall", "l2"] and res is not None        # ... so the next pass guards the plugs again
     local = {lp.port_id for lp in rec.desired[-1].local_ports if lp.port_id.startswith("p")}
     assert local and local <= rec.holds[-1] and local <= res.down and not local & res.active
+    feats[1].fail = False
+    agent.run_once()
+    agent.run_once()
+    order.clear()
+    agent.run_once()
+    assert order[0] == "l2"                                           # settled: nothing to plug
+    new = vm(9, "h1")
+    agent.on_message({"type": "update", "revision": 4, "put": {"ports": {new["id"]: new}}})
+    order.clear()
+    agent.run_once()
+    assert order[:2] == ["firewall", "l2"]                            # a new local port: its filters first

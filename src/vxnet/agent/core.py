@@ -130,6 +130,7 @@ class Agent:
         self.passes = 0
         self.unchanged_passes = 0        # passes whose desired state was the previous pass's
         self._last_desired: HostDesired | None = None
+        self._held = False                # the last pass held taps (their filters not loaded)
         self.applied = threading.Condition()
 
     # ------------------------------------------------------------------ public surface
@@ -199,7 +200,8 @@ class Agent:
         view = self.view
         if not view.complete:
             return None
-        if self._invalidate:
+        invalidated = self._invalidate
+        if invalidated:
             self._invalidate = False
             self.reconciler.invalidate()
             for f in self.features:
@@ -210,23 +212,28 @@ class Agent:
             timings = dict(self.computer.timings)
             timings["compute"] = time.perf_counter() - t0
             # The plug path first: what must be in place before a tap is plugged (its firewall),
-            # then the L2 pass (plugs and entries); the other features after it. When a desired
-            # plug's device was absent and a feature changed something (e.g. made its service
-            # port), a second L2 pass plugs it now.
+            # then the L2 pass (plugs and entries); the other features after it. A pass that
+            # cannot plug a new tap (no new plug, no device absent or held last pass, no drift
+            # repair) runs the L2 pass first of all (e.g. a peer's new port: its FDB entry before anything). When a
+            # desired plug's device was absent and a feature changed something (e.g. made its
+            # service port), a second L2 pass plugs it now.
+            first = PLUG_FIRST if invalidated or self._may_plug(desired) else frozenset()
             fresults: dict[str, FeatureResult] = {}
             for f in self.features:
-                if f.name in PLUG_FIRST:
+                if f.name in first:
                     fresults[f.name] = self._timed_feature(f, desired, timings)
             hold = frozenset().union(*(r.hold for r in fresults.values()))
             result = self.reconciler.reconcile(desired.l2, hold)
             timings["l2"] = result.seconds
             timings["plug_path"] = time.perf_counter() - t0
             for f in self.features:
-                if f.name not in PLUG_FIRST:
+                if f.name not in first:
                     fresults[f.name] = self._timed_feature(f, desired, timings)
-            if result.absent and any(any(fresults[f.name].changes.values())
-                                     for f in self.features if f.name not in PLUG_FIRST):
-                again = self.reconciler.reconcile(desired.l2, hold)
+            self._held = any(r.hold for r in fresults.values())
+            if result.absent and any(any(fresults[f.name].changes.values()) for f in self.features
+                                     if f.name not in first):
+                again = self.reconciler.reconcile(desired.l2, hold | frozenset().union(
+                    *(r.hold for r in fresults.values())))
                 timings["l2_after"] = again.seconds
                 result = _then(result, again)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
@@ -257,6 +264,13 @@ class Agent:
         if result.failed:
             self._retry_later()
         return result
+
+    def _may_plug(self, desired: HostDesired) -> bool:
+        """Whether this pass's L2 pass may plug a tap whose filters it must wait for: a plug
+        the previous pass did not want, or a device it found absent, or one it held."""
+        last = self._last_desired
+        return (last is None or self._held or (self.last_result is not None and bool(self.last_result.absent))
+                or not desired.l2.plugs <= last.l2.plugs)
 
     def _timed_feature(self, f: Feature, desired: HostDesired, timings: dict[str, float]) -> FeatureResult:
         t = time.perf_counter()

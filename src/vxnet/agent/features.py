@@ -10,9 +10,10 @@ has a complete view):
   every bridge-level entry and never deletes a feature's entries as unknown.
 - `apply(desired)`: converge the feature's own kernel objects (namespaces, service-port veths,
   nftables tables, responder sockets...) and return a `FeatureResult`. The plug path comes
-  first (agent/core.py `PLUG_FIRST`): the firewall is applied before the L2 pass, so a VM's
-  filters are loaded before its tap is plugged; the other features are applied after the L2 pass, and when one of them reports
-  changes (e.g. a service port made) a second L2 pass plugs its service ports. It runs on
+  first (agent/core.py `PLUG_FIRST`): the firewall is applied before any L2 pass that may plug
+  a new tap, so a VM's filters are loaded before its tap is plugged (otherwise the L2 pass goes
+  first); the other features are applied after the L2 pass, and when one of them reports
+  changes while a desired device was absent, a second L2 pass plugs its service ports. It runs on
   every pass: it must be
   cheap when nothing changed (compare with what it applied last) and must read the kernel
   again after `invalidate()` (periodic drift repair, lost netlink events). It must not raise
