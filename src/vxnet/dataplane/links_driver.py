@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -24,7 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vxnet.compute import naming
 from vxnet.compute.diff import Diff
 from vxnet.compute.state import Bridge, Plug, Vxlan
-from vxnet.dataplane.rtnl import RtnlSocket, dump_links
+from vxnet.dataplane.rtnl import LinkSet, RtnlSocket, dump_links
 
 log = logging.getLogger("vxnet.dataplane.links")
 
@@ -78,8 +79,10 @@ def underlay_index(ipr: IPRoute, underlay_ip: str) -> int | None:
 class LinksDriver:
     """Applies link diffs; collects the entries that failed (they stay dirty)."""
 
-    def __init__(self, ipr: IPRoute, underlay_ip: str, index: dict[str, int] | None = None) -> None:
+    def __init__(self, ipr: IPRoute, underlay_ip: str, index: dict[str, int] | None = None,
+                 rtnl: RtnlSocket | None = None) -> None:
         self.ipr = ipr
+        self.rtnl = rtnl          # plugs: one raw netlink write (pyroute2's call costs more)
         self.underlay_ip = underlay_ip
         self.index = dict(index or {})
         self.failed: list[object] = []
@@ -184,11 +187,16 @@ class LinksDriver:
             idx, br = self._idx(p.tap), self._idx(p.bridge)
             if idx is None or br is None:
                 raise NetlinkError(errno.ENODEV, f"{p.tap} or {p.bridge} missing")
-            # Two requests: the kernel applies a link's flags before its master, so "master + up"
-            # in one message brings the device up outside the bridge for a moment, and a frame
-            # the VM sends then (its first ARP) is lost.
-            self.ipr.link("set", index=idx, master=br, mtu=p.mtu)
-            self.ipr.link("set", index=idx, state="up" if p.up else "down")
+            # Two messages (one write, in order): the kernel applies a link's flags before its
+            # master, so "master + up" in one message brings the device up outside the bridge
+            # for a moment, and a frame the VM sends then (its first ARP) is lost.
+            if self.rtnl is None:
+                self.ipr.link("set", index=idx, master=br, mtu=p.mtu)
+                self.ipr.link("set", index=idx, state="up" if p.up else "down")
+                return
+            for code in self.rtnl.batch([LinkSet(idx, master=br, mtu=p.mtu), LinkSet(idx, up=p.up)]):
+                if code:
+                    raise NetlinkError(code, os.strerror(code))
         self._try(p, "update", go)
 
     def unplug(self, p: Plug) -> None:

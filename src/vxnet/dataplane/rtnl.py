@@ -97,6 +97,28 @@ class NeighRequest:
         return _HDR.pack(_HDR.size + len(body), mtype, flags, seq, 0) + body
 
 
+@dataclasses.dataclass(frozen=True)
+class LinkSet:
+    """One RTM_NEWLINK change of an existing link (batched like `NeighRequest`): its master
+    and MTU, or its up/down flag (None: left alone)."""
+
+    ifindex: int
+    master: int | None = None
+    mtu: int | None = None
+    up: bool | None = None
+
+    def encode(self, seq: int, ack: bool) -> bytes:
+        flags = IFF_UP if self.up else 0
+        change = IFF_UP if self.up is not None else 0
+        body = _IFI.pack(0, 0, self.ifindex, flags, change)
+        if self.master is not None:
+            body += _attr(IFLA_MASTER, struct.pack("=I", self.master))
+        if self.mtu is not None:
+            body += _attr(IFLA_MTU, struct.pack("=I", self.mtu))
+        return _HDR.pack(_HDR.size + len(body), RTM_NEWLINK, NLM_F_REQUEST | (NLM_F_ACK if ack else 0), seq,
+                         0) + body
+
+
 def _attr(kind: int, data: bytes) -> bytes:
     raw = _ATTR.pack(_ATTR.size + len(data), kind) + data
     return raw + b"\0" * (-len(raw) % 4)
@@ -288,6 +310,7 @@ def _ifname(payload: bytes) -> str | None:
 RTM_GETLINK = 18
 IFLA_ADDRESS = 1
 IFLA_MTU = 4
+IFF_UP = 0x1
 IFLA_MASTER = 10
 IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
