@@ -18,6 +18,7 @@ tests check what only the cache can get wrong, counting which reads the mirror a
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -205,6 +206,26 @@ def poll_live(m: Mirror, floor: int, stale: list[int], stop: threading.Event) ->
             if m.live and m.revision() < floor:
                 stale.append(m.revision())
         time.sleep(0.001)
+
+
+def test_mirror_stops_serving_when_its_member_loses_the_leader(cluster: EtcdCluster, stores: list[EtcdStore],
+                                                              ns: str) -> None:
+    """Member 0's peers stop (SIGSTOP): member 0 keeps the mirror's watch open but can learn of
+    no new revision. etcd ends the watch (require-leader), so the mirror stops serving reads
+    rather than showing that member's frozen state; it serves again once the peers are back."""
+    a = open_live(stores, cluster.endpoints[:1])
+    others = [cluster.procs[n] for n in cluster.names[1:]]
+    for p in others:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: not a.cache_live, "mirror still serving from a member without a leader")
+    finally:
+        for p in others:
+            p.send_signal(signal.SIGCONT)
+    cluster.wait_healthy()
+    wait_for(lambda: a.cache_live, "mirror did not resume once the leader was back")
+    rev = retrying(lambda: put(a, ns + "k", "v"))
+    assert a.get(ns + "k").mod_revision == rev
 
 
 def test_cache_on_by_default(cluster: EtcdCluster, stores: list[EtcdStore], ns: str) -> None:
