@@ -30,9 +30,10 @@ most `cache_wait`, then reads etcd and restarts the stream).
 
 What the mirror promises to `EtcdStore` (which decides when to use it):
 - `wait(floor, timeout)` returns True only when the watch is connected, the mirror has caught
-  up with the cluster's revision read after the watch was created, and it has reached `floor`; otherwise the caller reads etcd itself. A wait that times out while the
-  stream looks connected restarts the stream on the next member (a partitioned member keeps
-  a stream open but sends nothing).
+  up with the cluster's revision read after the watch was created, and it has reached `floor`;
+  otherwise the caller reads etcd itself. A wait that times out while the stream looks
+  connected restarts the stream on the next member (a partitioned member keeps a stream open
+  but sends nothing).
 - `get`/`range`/`revision` answer from the mirror; `range` returns keys and the revision they
   are consistent at, taken under one lock.
 Nothing here writes: transactions and compares always go to etcd.
@@ -252,7 +253,8 @@ class Mirror:
                                            "start_revision": str(self._rev + 1)}}
                 with self._cond:
                     stream_no = self._stream_no
-                with store._stream_client.stream("POST", ep + "/v3/watch", json=body, headers=REQUIRE_LEADER) as resp:
+                with store._stream_client.stream("POST", ep + "/v3/watch", json=body,
+                                                 headers=REQUIRE_LEADER) as resp:
                     self._response = resp
                     if self._stop.is_set():
                         return
