@@ -30,6 +30,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, from_service, not_found
 from vxnet.api.routers.networks import touch
+from vxnet.api.routers.ports import port_visible
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -70,8 +71,6 @@ class TrunkUpdate(Body):
 
 
 def _visible_port(ctx: Context, uow: UnitOfWork, port_id: Any) -> dict[str, Any]:
-    from vxnet.api.routers.ports import port_visible   # ports imports this module's service
-
     port = uow.get("ports", port_id) if isinstance(port_id, str) else None
     if port is None or not port_visible(ctx, port, uow.get("networks", port["network_id"])):
         raise not_found("port", str(port_id))
