@@ -97,7 +97,8 @@ class Reconciler:
         links = k.read_links()
         present = links.tap_names
         wanted_taps = {p.tap for p in desired.plugs}
-        want_plugs = frozenset(p for p in desired.plugs if p.tap in present)
+        # a subport's VLAN device is made on its parent's tap (links driver): wanted once that is
+        want_plugs = frozenset(p for p in desired.plugs if p.tap in present or (p.parent and p.parent in present))
         have_plugs = frozenset(p for p in links.taps if naming.is_bridge(p.bridge) or p.tap in wanted_taps)
         d_br = diff(desired.bridges, links.bridges)
         d_vx = diff(desired.vxlans, links.vxlans)
