@@ -58,6 +58,8 @@ def test_trunk_lifecycle(h) -> None:
         r = c.put(f"/trunks/{t['id']}/add_subports", json={"sub_ports": [sp(s2["id"], 102)]})
         assert r.status_code == 200, r.text
         assert [x["segmentation_id"] for x in r.json()["sub_ports"]] == [101, 102]
+        assert c.put(f"/trunks/{t['id']}/tags/blue").status_code == 201
+        assert c.get("/trunks", params={"tags": "blue"}).json()["trunks"][0]["id"] == t["id"]
         got = c.get(f"/trunks/{t['id']}/get_subports")
         assert got.status_code == 200 and len(got.json()["sub_ports"]) == 2
         # duplicate VLAN, the same port twice, an unknown subport to remove
