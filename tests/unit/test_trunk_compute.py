@@ -77,3 +77,39 @@ def test_firewall_filters_the_subport_on_its_device() -> None:
     assert by_port[SUB].tap == naming.subport_device(SUB)
     assert by_port[SUB].bridge == naming.bridge_name(NET_B)
     assert by_port[PARENT].tap == naming.tap_name(PARENT)
+
+
+def test_reconciler_makes_follows_and_removes_the_vlan_device() -> None:
+    """Through the reconciler on the stateful fake kernel: no device before the parent's tap
+    exists (subport DOWN), made with it (ACTIVE), remade on a VLAN change, deleted with the
+    subport, gone with the tap and remade when the tap returns."""
+    from tests.support.fake_netlink import FakeKernel
+    from vxnet.agent.reconciler import Reconciler
+
+    k = FakeKernel()
+    rec = Reconciler("198.51.100.1", kernel=k)
+    dev, tap = naming.subport_device(SUB), naming.tap_name(PARENT)
+
+    def vlan() -> tuple[str, int] | None:
+        ln = k.links_by_name.get(dev)
+        return (ln.attrs["parent"], ln.attrs["vid"]) if ln is not None and ln.master else None
+
+    res = rec.reconcile(compute_l2(view(), "h1", "198.51.100.1"))
+    assert SUB in res.down and dev not in k.links_by_name
+    k.add_tap(tap)
+    res = rec.reconcile(compute_l2(view(), "h1", "198.51.100.1"))
+    assert {PARENT, SUB} <= res.active and vlan() == (tap, 101)
+    assert k.links_by_name[dev].master == naming.bridge_name(NET_B)
+    res = rec.reconcile(compute_l2(view(vid=202), "h1", "198.51.100.1"))
+    assert SUB in res.active and vlan() == (tap, 202)
+    rec.reconcile(compute_l2(view(with_sub=False), "h1", "198.51.100.1"))
+    assert dev not in k.links_by_name and k.links_by_name[tap].master == naming.bridge_name(NET_A)
+    rec.reconcile(compute_l2(view(), "h1", "198.51.100.1"))
+    assert vlan() == (tap, 101)
+    k.delete(tap)                              # the VM goes: its VLAN devices with it
+    assert dev not in k.links_by_name
+    res = rec.reconcile(compute_l2(view(), "h1", "198.51.100.1"))
+    assert SUB in res.down
+    k.add_tap(tap)
+    res = rec.reconcile(compute_l2(view(), "h1", "198.51.100.1"))
+    assert SUB in res.active and vlan() == (tap, 101)
