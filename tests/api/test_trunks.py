@@ -145,3 +145,23 @@ def test_policy_other_project(h) -> None:
 
 def c_free(c: httpx.Client, pid: str) -> bool:
     return c.get(f"/ports/{pid}").json()["port"]["device_owner"] == ""
+
+
+def test_network_owner_cannot_take_another_projects_port(h) -> None:
+    """Alice sees bob's port on her network (Neutron lets a network's owner), but cannot make it
+    her trunk's subport or parent: 403, and bob's port is untouched."""
+    with h.api("alice") as ca, h.api("bob") as cb, h.api() as admin:
+        a, b = _nets(ca)
+        bob_project = cb.get("/security-groups").json()["security_groups"][0]["project_id"]
+        bobs = admin.post("/ports", json={"port": {"network_id": b["id"], "project_id": bob_project}}).json()["port"]
+        assert ca.get(f"/ports/{bobs['id']}").status_code == 200
+        parent = port(ca, a)
+        assert_error(trunk(ca, parent["id"], [sp(bobs["id"], 8)]), 403, "PolicyNotAuthorized")
+        assert_error(trunk(ca, bobs["id"]), 403, "PolicyNotAuthorized")
+        t = trunk(ca, parent["id"]).json()["trunk"]
+        assert_error(ca.put(f"/trunks/{t['id']}/add_subports", json={"sub_ports": [sp(bobs["id"], 8)]}), 403)
+        after = admin.get(f"/ports/{bobs['id']}").json()["port"]
+        assert after["device_owner"] == "" and after["device_id"] == "" and after["revision_number"] == bobs[
+            "revision_number"]
+        assert admin.get(f"/trunks/{t['id']}").json()["trunk"]["sub_ports"] == []
+

@@ -8,8 +8,9 @@
 Invariants (records and checks in services/trunks.py):
 - Neutron's policy defaults (api/policy.py TRUNKS): the owner of a trunk (or an admin) reads and
   changes it; another project's trunk is a 404. A caller names only ports it can see: the
-  parent (404 PortNotFound otherwise) and each subport (404), and must own the parent (403 as
-  Neutron's create_trunk on a port of another project is refused by its owner rule).
+  parent (404 PortNotFound otherwise) and each subport (404), and must own the parent and
+  every subport (403: a network's owner sees other projects' ports on her network, but cannot
+  make them carry her VM's traffic).
 - Every change is one unit of work: the trunk, its parent's `trunk_details` and the subports'
   owner/device/binding move together or not at all.
 - A trunk whose `admin_state_up` is false refuses subport changes (409 TrunkDisabled).
@@ -96,11 +97,14 @@ def _subports_body(body: Any) -> list[dict[str, Any]]:
 
 
 def _add(ctx: Context, uow: UnitOfWork, rec: dict[str, Any], parent: dict[str, Any],
-         items: list[dict[str, Any]]) -> None:
+         items: list[dict[str, Any]], action: str) -> None:
     try:
         subs = svc.parse_subports(items, rec)
         for s in subs:
             port = _visible_port(ctx, uow, s["port_id"])
+            if not ctx.is_admin and port["project_id"] != ctx.project_id:
+                # a network's owner sees other projects' ports on it, but may not take them
+                raise policy.denied(action)
             svc.check_subport(uow, rec["id"], port)
             svc.attach(uow, rec, parent, port)
     except ServiceError as e:
@@ -145,7 +149,7 @@ async def create_trunk(request: Request) -> JSONResponse:
             except ServiceError as e:
                 raise from_service(e) from None
             rec = svc.new_trunk(project, item.name, item.description, item.admin_state_up, parent["id"], item.tags)
-            _add(ctx, uow, rec, parent, item.sub_ports)
+            _add(ctx, uow, rec, parent, item.sub_ports, "create_trunk")
             uow.put("trunks", rec)
             svc.sync_parent(uow, rec, parent)
             out.append(rec)
@@ -214,7 +218,7 @@ def _subport_change(action: str) -> Any:
             parent = uow.get("ports", rec["port_id"])
             assert parent is not None   # a parent cannot be deleted while in a trunk
             if action == "add_subports":
-                _add(ctx, uow, rec, parent, items)
+                _add(ctx, uow, rec, parent, items, action)
             else:
                 current = {s["port_id"]: s for s in rec["sub_ports"]}
                 gone = []
