@@ -165,3 +165,14 @@ def test_network_owner_cannot_take_another_projects_port(h) -> None:
             "revision_number"]
         assert admin.get(f"/trunks/{t['id']}").json()["trunk"]["sub_ports"] == []
 
+
+
+def test_trunk_details_cannot_be_written_through_the_port_api(h) -> None:
+    """The agents read a parent's subports from `trunk_details`: only the trunk API writes it."""
+    with h.api("alice") as c:
+        a, b = _nets(c)
+        p, other = port(c, a), port(c, b)
+        forged = {"trunk_id": "x", "sub_ports": [sp(other["id"], 5)]}
+        assert_error(c.put(f"/ports/{p['id']}", json={"port": {"trunk_details": forged}}), 400)
+        assert_error(c.post("/ports", json={"port": {"network_id": a["id"], "trunk_details": forged}}), 400)
+        assert c.get(f"/ports/{p['id']}").json()["port"].get("trunk_details") is None
