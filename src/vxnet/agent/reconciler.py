@@ -104,7 +104,9 @@ class Reconciler:
         wanted_taps = {p.tap for p in desired.plugs}
         have_plugs = frozenset(p for p in links.taps if naming.is_bridge(p.bridge) or p.tap in wanted_taps)
         held = {lp.tap for lp in desired.local_ports if lp.port_id in hold} if hold else set()
-        want_plugs = frozenset(p for p in desired.plugs if p.tap in present and (p.tap not in held or p in have_plugs))
+        # a subport's VLAN device is made on its parent's tap (links driver): wanted once that is
+        want_plugs = frozenset(p for p in desired.plugs if (p.tap in present or (p.parent and p.parent in present))
+                               and (p.tap not in held or p in have_plugs))
         d_br = diff(desired.bridges, links.bridges)
         d_vx = diff(desired.vxlans, links.vxlans)
         d_pl = diff(want_plugs, have_plugs)

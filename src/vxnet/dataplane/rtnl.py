@@ -311,7 +311,9 @@ RTM_GETLINK = 18
 IFLA_ADDRESS = 1
 IFLA_MTU = 4
 IFF_UP = 0x1
+IFLA_LINK = 5
 IFLA_MASTER = 10
+IFLA_VLAN_ID = 1
 IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
@@ -341,6 +343,8 @@ class LinkRecord:
     vxlan_learning: bool = True
     port_learning: bool = True
     port_neigh_suppress: bool = False
+    link: int = 0          # IFLA_LINK: a VLAN device's lower device
+    vlan_id: int = 0
 
 
 def _attrs(buf: bytes, off: int = 0) -> dict[int, bytes]:
@@ -362,6 +366,8 @@ def _parse_link(payload: bytes) -> LinkRecord:
     master = struct.unpack("=I", a[IFLA_MASTER])[0] if len(a.get(IFLA_MASTER, b"")) == 4 else 0
     mac = ":".join(f"{b:02x}" for b in a.get(IFLA_ADDRESS, b""))
     kind, extra = "", {}
+    if len(a.get(IFLA_LINK, b"")) == 4:
+        extra["link"] = struct.unpack("=I", a[IFLA_LINK])[0]
     info = _attrs(a.get(IFLA_LINKINFO, b""))
     if info:
         kind = info.get(IFLA_INFO_KIND, b"").split(b"\0", 1)[0].decode()
@@ -375,6 +381,10 @@ def _parse_link(payload: bytes) -> LinkRecord:
                 extra["vxlan_port"] = struct.unpack("!H", d[IFLA_VXLAN_PORT])[0]
             if d.get(IFLA_VXLAN_LEARNING):
                 extra["vxlan_learning"] = bool(d[IFLA_VXLAN_LEARNING][0])
+        elif kind == "vlan":
+            d = _attrs(info.get(IFLA_INFO_DATA, b""))
+            if len(d.get(IFLA_VLAN_ID, b"")) == 2:
+                extra["vlan_id"] = struct.unpack("=H", d[IFLA_VLAN_ID])[0]
         sd = _attrs(info.get(IFLA_INFO_SLAVE_DATA, b""))
         if sd.get(IFLA_BRPORT_LEARNING):
             extra["port_learning"] = bool(sd[IFLA_BRPORT_LEARNING][0])
