@@ -56,8 +56,9 @@ BULK = 25  # ports per bulk create: 3 store ops each must stay under etcd's 128 
 def server_process(workdir: str, store_url: str | None = None, quotas: bool = True) -> Iterator[tuple[int, int]]:
     """`vxnet server` on a fresh store (embedded SQLite in `workdir` unless `store_url`) with the
     admin and the bench member; yields (http port, pid). Quotas are counted and checked against
-    unlimited limits (the bench holds 10,000 ports), or off entirely (`quotas=False`)."""
-    with servers.server_process(workdir, store_url, (ADMIN, MEMBER),
+    unlimited limits (the bench holds 10,000 ports), or off entirely (`quotas=False`). Pages are
+    not capped (`max_page_size = 0`): a list is the whole collection, as the list rows say."""
+    with servers.server_process(workdir, store_url, (ADMIN, MEMBER), server="max_page_size = 0\n",
                                 quotas=UNLIMITED_QUOTAS if quotas else QUOTAS_OFF) as srv:
         yield srv
 

@@ -10,6 +10,13 @@
 - Nemesis (one iteration runs each fault once, in a rotating order): kill -9 the etcd leader
   and restart it; SIGSTOP a member for 5 s; partition a member (its veth cut) for a few
   seconds; kill -9 an API server mid-write and restart it.
+- Change feeds, recorded during all of it, on every server: the UI's change feed (`/ui/events`,
+  kept as a page keeps it: reload on `ready`, then apply each notification) and an agent's view
+  stream for host `jhost` (`/v2.0/vxnet/hosts/jhost/view`, resumed with `since` like an agent;
+  a third of the port creates bind to that host, so its view holds every port of the
+  iterations' networks). Within a stream a revision never comes twice
+  or backwards, and after healing each feed's state equals the store's (within 20 s): a missed
+  notification or update leaves it different.
 - Checker, after healing: every server lists the same ports and floating IPs (within 20 s);
   every acknowledged create is present with its acknowledged id unless a delete of it was
   acknowledged or unknown; no name twice; nothing present whose create failed; an unknown
@@ -26,6 +33,7 @@ import argparse
 import collections
 import dataclasses
 import itertools
+import json
 import os
 import random
 import shutil
@@ -289,7 +297,10 @@ class Workload:
                 with self.lock:
                     self.history.append(op)
                 if kind == "create-port":
-                    self._call(c, op, "POST", "/ports", {"port": {"network_id": self.net, "name": op.key}})
+                    port: dict[str, Any] = {"network_id": self.net, "name": op.key}
+                    if rnd.random() < 1 / 3:
+                        port["binding:host_id"] = VIEW_HOST
+                    self._call(c, op, "POST", "/ports", {"port": port})
                 elif kind == "update-port":
                     self._call(c, op, "PUT", f"/ports/{target}", {"port": {"description": f"d{op.t0}"}})
                 elif kind == "delete-port":
@@ -309,6 +320,158 @@ class Workload:
                         self.keys[op.id] = op.key
                 if op.outcome == "unknown" or (op.outcome == "fail" and not op.status):
                     time.sleep(0.1)  # the server is down or busy failing over: do not spin
+
+
+VIEW_HOST = "jhost"  # the host some port creates bind to; its view stream is recorded
+
+
+class _Recorder(threading.Thread):
+    """One server's feed, recorded in the background until `halt` (see the module docstring):
+    `state()` is what the feed says exists; `anomalies` counts revisions doubled or backwards."""
+
+    def __init__(self, env: Env, url: str) -> None:
+        super().__init__(daemon=True)
+        self.env, self.url = env, url
+        self.halt = threading.Event()
+        self.lock = threading.Lock()
+        self.anomalies: collections.Counter[str] = collections.Counter()
+        self.messages = 0
+        self.connects = 0
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.follow()
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            self.halt.wait(0.2)
+
+    def _lines(self, path: str, params: dict[str, str]) -> Any:
+        with httpx.Client(base_url=self.url, headers={"X-Auth-Token": self.env.tok},
+                          timeout=httpx.Timeout(10, read=20)) as c, c.stream("GET", path, params=params) as r:
+            # read=20: longer than the UI's keepalive (15 s) and the views' pings, so only a dead
+            # server or a stuck stream ends it; `halt` is noticed at the next line
+            r.raise_for_status()
+            self.connects += 1
+            for line in r.iter_lines():
+                if self.halt.is_set():
+                    return
+                yield line
+
+    def follow(self) -> None:
+        raise NotImplementedError
+
+
+class UiFeed(_Recorder):
+    """`/ui/events` as the page keeps it: on `ready`, list every port and floating IP, then
+    apply each notification (put: present, delete: absent)."""
+
+    def __init__(self, env: Env, url: str) -> None:
+        super().__init__(env, url)
+        self.objs: dict[str, set[str]] = {"ports": set(), "floatingips": set()}
+        self.last = -1   # the revision of the last `ready` or `change`
+
+    def state(self) -> dict[str, set[str]]:
+        with self.lock:
+            return {k: set(v) for k, v in self.objs.items()}
+
+    def follow(self) -> None:
+        event, data = "", ""
+        for line in self._lines("/ui/events", {}):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+            elif not line and data:
+                self.handle(event, json.loads(data))
+                event, data = "", ""
+
+    def handle(self, event: str, msg: dict[str, Any]) -> None:
+        if event == "ready":
+            objs = self.reload()
+            with self.lock:
+                self.objs = objs
+                self.last = msg["revision"]
+        elif event == "change":
+            self.messages += 1
+            with self.lock:
+                if msg["revision"] <= self.last:
+                    self.anomalies["ui-feed-revision-doubled-or-backwards"] += 1
+                self.last = max(self.last, msg["revision"])
+                for ch in msg["changes"]:
+                    if ch["collection"] in self.objs:
+                        (self.objs[ch["collection"]].add if ch["type"] == "put"
+                         else self.objs[ch["collection"]].discard)(ch["id"])
+
+    def reload(self) -> dict[str, set[str]]:
+        """What the page reloads after `ready`: every port and floating IP (all projects)."""
+        with self.env.client(self.url, 30) as c:
+            ports = _all_pages(c, "/ports", "ports", {})
+            fips = _all_pages(c, "/floatingips", "floatingips", {})
+        return {"ports": {p["id"] for p in ports}, "floatingips": {f["id"] for f in fips}}
+
+
+class ViewFeed(_Recorder):
+    """Host VIEW_HOST's view stream as an agent follows it: a snapshot, then updates, resumed
+    after a broken stream with `since` = the last revision it was told."""
+
+    def __init__(self, env: Env, url: str) -> None:
+        super().__init__(env, url)
+        from vxnet.compute.view import ViewState
+        self.view = ViewState()
+
+    def state(self) -> dict[str, set[str]]:
+        with self.lock:
+            return {"ports": set(self.view.data.get("ports", {}))}
+
+    def follow(self) -> None:
+        params = {"since": str(self.view.revision)} if self.view.complete else {}
+        for line in self._lines(f"/v2.0/vxnet/hosts/{VIEW_HOST}/view", params):
+            if line:
+                self.handle(json.loads(line))
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        from vxnet.compute.view import apply_message
+        rev = int(msg.get("revision") or 0)
+        with self.lock:
+            if msg.get("type") == "update":
+                self.messages += 1
+                if self.view.complete and rev <= self.view.revision:
+                    self.anomalies["view-update-doubled-or-backwards"] += 1
+            self.view = apply_message(self.view, msg)
+
+
+def check_feeds(env: Env, feeds: list[_Recorder]) -> tuple[collections.Counter[str], dict[str, Any]]:
+    """Each feed's final state against the store's (as server 0 lists it, all projects), within
+    20 s; plus the revision anomalies the feeds counted."""
+    anomalies: collections.Counter[str] = collections.Counter()
+    deadline = time.time() + 20
+    while True:
+        try:
+            with env.client(env.servers[0].url, 30) as c:
+                ports = _all_pages(c, "/ports", "ports", {})
+                fips = _all_pages(c, "/floatingips", "floatingips", {})
+        except httpx.HTTPError:
+            time.sleep(0.5)
+            continue
+        truth = {"ports": {p["id"] for p in ports}, "floatingips": {f["id"] for f in fips}}
+        # a host's view holds every port of every network it has a port on (its FDB and ARP)
+        nets = {p["network_id"] for p in ports if p.get("binding:host_id") == VIEW_HOST}
+        bound = {"ports": {p["id"] for p in ports if p["network_id"] in nets}}
+        wrong = {f: sum(len(want ^ f.state()[k]) for k, want in (bound if isinstance(f, ViewFeed) else truth).items())
+                 for f in feeds}
+        if not any(wrong.values()) or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    for f in feeds:
+        anomalies.update(f.anomalies)
+        if wrong[f]:
+            anomalies["ui-feed-missed" if isinstance(f, UiFeed) else "view-missed"] += wrong[f]
+    stats = {"ui notifications": sum(f.messages for f in feeds if isinstance(f, UiFeed)),
+             "view updates": sum(f.messages for f in feeds if isinstance(f, ViewFeed)),
+             "feed connects": sum(f.connects for f in feeds),
+             f"ports in {VIEW_HOST}'s view": len(bound["ports"])}
+    return +anomalies, stats
 
 
 class Nemesis:
@@ -445,6 +608,9 @@ def check(env: Env, wl: Workload) -> tuple[collections.Counter[str], dict[str, A
 
 def iteration(env: Env, it: int, rnd: random.Random, log: list[str]) -> tuple[collections.Counter[str], dict[str, Any]]:
     net, ext = env.networks(it)
+    feeds: list[_Recorder] = [cls(env, s.url) for s in env.servers for cls in (UiFeed, ViewFeed)]
+    for f in feeds:
+        f.start()
     wl = Workload(env, net, ext)
     threads = [threading.Thread(target=wl.run_thread, args=(t,), daemon=True) for t in range(wl.threads)]
     for t in threads:
@@ -464,7 +630,17 @@ def iteration(env: Env, it: int, rnd: random.Random, log: list[str]) -> tuple[co
     for s in env.servers:  # a server killed and restarted by the nemesis must be up again
         if s.pid is None:
             s.start(60)
-    return check(env, wl)
+    try:
+        anomalies, stats = check(env, wl)
+        feed_anomalies, feed_stats = check_feeds(env, feeds)
+    finally:
+        for f in feeds:
+            f.halt.set()
+        for f in feeds:
+            f.join(10)
+    anomalies.update(feed_anomalies)
+    stats.update(feed_stats)
+    return anomalies, stats
 
 
 def resolved(env: Env) -> collections.Counter[str]:

@@ -85,6 +85,9 @@ class Lab:
         self.ext = self.ok(a.post("/networks", json={"network": {"name": "ext", "router:external": True}}), "network")
         self.ext_subnet = self.ok(a.post("/subnets", json={"subnet": {
             "network_id": self.ext["id"], "ip_version": 4, "cidr": "203.0.113.0/24"}}), "subnet")
+        # a port of each caller's own project, for the create_trunk case (made now: a denied
+        # create is checked to leave no claim behind)
+        self.own_port = {role: self.port(project_id=self.project[role]) for role in CALLERS}
 
     @staticmethod
     def ok(r: httpx.Response, member: str) -> dict[str, Any]:
@@ -95,6 +98,11 @@ class Lab:
     def port(self, **attrs: Any) -> dict[str, Any]:
         body = {"network_id": self.shared["id"], "project_id": self.project["owner"], **attrs}
         return self.ok(self.c["admin"].post("/ports", json={"port": body}), "port")
+
+    def trunk(self) -> dict[str, Any]:
+        """A trunk of alice's project on a fresh port of hers, with one subport (VLAN 10)."""
+        return self.ok(self.c["owner"].post("/trunks", json={"trunk": {"port_id": self.port()["id"], "sub_ports": [
+            {"port_id": self.port()["id"], "segmentation_type": "vlan", "segmentation_id": 10}]}}), "trunk")
 
     def network(self) -> dict[str, Any]:
         return self.ok(self.c["owner"].post("/networks", json={"network": {"name": f"n{next(_n)}"}}), "network")
@@ -396,8 +404,24 @@ def cases() -> list[Case]:
             "rbac_policy", "PUT", "/rbac-policies/{id}", lambda lab, o: {"rbac_policy": {"target_tenant": "*"}}),
             OWNER_SEEN),
         Case("delete_rbac_policy", "owner", "any", on("rbac_policy", "DELETE", "/rbac-policies/{id}"), OWNER_SEEN),
+        # trunks: the owner of the trunk (and of its parent port) or an admin ----------------------
+        Case("create_trunk", "any", "any", create_trunk, created="trunks"),
+        Case("update_trunk", "owner", "any", on("trunk", "PUT", "/trunks/{id}",
+                                                lambda lab, o: {"trunk": {"name": "x"}}), OWNER_SEEN),
+        Case("delete_trunk", "owner", "any", on("trunk", "DELETE", "/trunks/{id}"), OWNER_SEEN),
+        Case("add_subports", "owner", "any", on("trunk", "PUT", "/trunks/{id}/add_subports", lambda lab, o: {
+            "sub_ports": [{"port_id": lab.port()["id"], "segmentation_type": "vlan", "segmentation_id": 11}]}),
+            OWNER_SEEN),
+        Case("remove_subports", "owner", "any", on("trunk", "PUT", "/trunks/{id}/remove_subports", lambda lab, o: {
+            "sub_ports": [{"port_id": o["sub_ports"][0]["port_id"]}]}), OWNER_SEEN),
     ]
     return out
+
+
+def create_trunk(lab: Lab, caller: str) -> httpx.Response:
+    """A trunk on a fresh port of the caller's own project (naming another's port is a 404)."""
+    parent = lab.own_port[caller]
+    return lab.c[caller].post("/trunks", json={"trunk": {"port_id": parent["id"]}})
 
 
 QOS_RULE_BODIES = {"bandwidth_limit": {"max_kbps": 1000}, "dscp_marking": {"dscp_mark": 26},

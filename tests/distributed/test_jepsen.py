@@ -4,11 +4,14 @@ recorded as a history, and a nemesis that kills the etcd leader, pauses a member
 partitions a member (its link cut) and kills an API server mid-write. The checker
 (`bench/jepsen_bench.check`) must find no anomaly in 3 iterations: every acknowledged write
 present, nothing twice (by unique name), no IP or MAC twice, an unknown outcome present once or
-absent, all servers converged. `python -m bench.jepsen_bench --iterations 20` runs more.
+absent, all servers converged; the UI's change feed and an agent's view stream on every server
+deliver no revision twice or backwards and end equal to the store (no missed update).
+`python -m bench.jepsen_bench --iterations 20` runs more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 
@@ -31,6 +34,8 @@ def test_three_iterations_of_faults_leave_no_anomaly(tmp_path) -> None:
         assert f"'{kind} ok'" in text, kind
     for fault in ("kill -9 etcd leader", "SIGSTOP", "partition", "kill -9 API server"):
         assert text.count(fault) >= 3, fault
+    # the change feeds were recorded and checked (their anomalies are in `total`)
+    assert "'ui notifications': 0," not in text and "'view updates': 0," not in text, text
 
 
 # --- the checker itself (pure logic over a made-up history and listings) ----------------------
@@ -43,6 +48,9 @@ class _Srv:
 
 class _Env:
     servers = (_Srv("a"), _Srv("b"))
+
+    def client(self, url: str, timeout: float = 10) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
 
 def _port(id_: str, name: str, ip: str, mac: str) -> dict:
@@ -82,3 +90,43 @@ def test_checker_finds_each_anomaly(monkeypatch: pytest.MonkeyPatch) -> None:
     deleted = _history(("create-port", "port1", "1", "ok", 201), ("delete-port", "", "1", "ok", 204))
     assert _check(monkeypatch, deleted, {"a": [p1], "b": [p1]}) == {"port-deleted-but-present": 1}
     assert _check(monkeypatch, _history(), {"a": [p1], "b": [p1]}) == {"port-never-invoked": 1}
+
+
+# --- the feed checks (pure logic over made-up messages) -------------------------------------
+
+
+def test_ui_feed_record_finds_doubled_and_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    f = jepsen_bench.UiFeed(None, "a")  # type: ignore[arg-type]
+    monkeypatch.setattr(f, "reload", lambda: {"ports": {"p1"}, "floatingips": set()})
+    f.handle("ready", {"revision": 10})
+    f.handle("change", {"revision": 11, "changes": [{"collection": "ports", "id": "p2", "type": "put"}]})
+    f.handle("change", {"revision": 12, "changes": [{"collection": "ports", "id": "p1", "type": "delete"},
+                                                    {"collection": "networks", "id": "n", "type": "put"}]})
+    assert f.state() == {"ports": {"p2"}, "floatingips": set()} and not f.anomalies
+    f.handle("change", {"revision": 12, "changes": []})
+    assert f.anomalies == {"ui-feed-revision-doubled-or-backwards": 1}
+    f.handle("ready", {"revision": 5})   # a reconnect: reload, revisions start over
+    f.handle("change", {"revision": 6, "changes": []})
+    assert f.anomalies == {"ui-feed-revision-doubled-or-backwards": 1} and f.state()["ports"] == {"p1"}
+
+    g = jepsen_bench.UiFeed(None, "a")  # type: ignore[arg-type]
+    g.objs = {"ports": {"p1"}, "floatingips": set()}
+    v = jepsen_bench.ViewFeed(None, "a")  # type: ignore[arg-type]
+    v.handle({"type": "snapshot", "revision": 3, "view": {"ports": {}}})
+    truth = [{"id": "p1", "network_id": "n", "binding:host_id": jepsen_bench.VIEW_HOST},
+             {"id": "p2", "network_id": "n", "binding:host_id": ""}]
+    monkeypatch.setattr(jepsen_bench, "_all_pages", lambda c, path, key, params: truth if key == "ports" else [])
+    monkeypatch.setattr(jepsen_bench.time, "time", iter(range(0, 10_000, 30)).__next__)
+    monkeypatch.setattr(jepsen_bench.time, "sleep", lambda s: None)
+    anomalies, _ = jepsen_bench.check_feeds(_Env(), [g, v])  # type: ignore[arg-type]
+    assert anomalies == {"ui-feed-missed": 1, "view-missed": 2}
+
+
+def test_view_feed_record_finds_a_doubled_update() -> None:
+    v = jepsen_bench.ViewFeed(None, "a")  # type: ignore[arg-type]
+    v.handle({"type": "snapshot", "revision": 3, "view": {}})
+    v.handle({"type": "update", "revision": 4, "put": {}, "delete": {}})
+    v.handle({"type": "ping", "revision": 6})
+    assert not v.anomalies
+    v.handle({"type": "update", "revision": 6, "put": {}, "delete": {}})   # not after the ping's 6
+    assert v.anomalies == {"view-update-doubled-or-backwards": 1}

@@ -4,6 +4,8 @@
 exactly 10 are created and the other 40 are 409 OverQuota with Neutron's body; the usage
 counter in etcd says 10; no IP or MAC claim is left by a refused create. Then deletes through
 one server free quota that creates through the other can use, again exactly up to the limit.
+With the quota unlimited, 30 more parallel creates spread over the usage counter's delta shards
+and the counters still add up to the exact count.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import httpx
 from tests.distributed.conftest import Servers, api, token
 from tests.support.etcd import EtcdCluster
 from vxnet.config import project_id_for
-from vxnet.services.quotas import USAGE_PREFIX
+from vxnet.services.quotas import stored_usage
 from vxnet.store import open_store
 
 A = project_id_for("tenant-a")
@@ -66,7 +68,7 @@ def test_50_parallel_creates_over_two_servers_with_a_quota_of_10(etcd3: EtcdClus
                 ports = [p for p in alice.get("/ports", params={"network_id": net["id"]}).json()["ports"]]
                 assert {p["id"] for p in ports} == created
                 assert alice.get(f"/quotas/{A}/details").json()["quota"]["port"]["used"] == len(before) + 10
-        assert store.get(f"{USAGE_PREFIX}{A}/port").value == str(len(before) + 10)  # type: ignore[union-attr]
+        assert stored_usage(store, A, "port") == len(before) + 10
         ips = {kv.key.rsplit("/", 1)[1] for kv in store.range(f"/vxnet/ipam/{sub['id']}/")[0]}
         assert ips == {ip["ip_address"] for p in ports for ip in p["fixed_ips"]}
         macs = {kv.key.rsplit("/", 1)[1] for kv in store.range(f"/vxnet/mac/{net['id']}/")[0]}
@@ -78,6 +80,18 @@ def test_50_parallel_creates_over_two_servers_with_a_quota_of_10(etcd3: EtcdClus
                 assert alice.delete(f"/ports/{pid}").status_code == 204
         again = _parallel_creates(urls[::-1], alice_tok, net["id"], 20)
         assert Counter(r.status_code for r in again) == {201: 3, 409: 17}
-        assert store.get(f"{USAGE_PREFIX}{A}/port").value == str(len(before) + 10)  # type: ignore[union-attr]
+        assert stored_usage(store, A, "port") == len(before) + 10
+
+        # unlimited: creates through both servers move separate delta shards, and no increment is lost
+        with api(urls[0], admin_tok) as admin:
+            assert admin.put(f"/quotas/{A}", json={"quota": {"port": -1}}).status_code == 200
+        more = _parallel_creates(urls, alice_tok, net["id"], 30)
+        assert Counter(r.status_code for r in more) == {201: 30}
+        shards = store.range(f"/vxnet/quota-usage/{A}/port/")[0]
+        assert len(shards) > 1  # the creates did not all meet on one counter key
+        assert stored_usage(store, A, "port") == len(before) + 40
+        for url in urls:
+            with api(url, alice_tok) as alice:
+                assert alice.get(f"/quotas/{A}/details").json()["quota"]["port"]["used"] == len(before) + 40
     finally:
         store.close()

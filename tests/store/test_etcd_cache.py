@@ -9,19 +9,27 @@ tests check what only the cache can get wrong, counting which reads the mirror a
 - the mirror's member dies while others write, delete and compact: reads go to etcd while the
   stream is down, then the mirror reloads everything (its resume point was compacted) and
   shows exactly the cluster's state again;
-- the cache is on by default for etcd URLs, and `cache=0` in the URL turns it off.
+- the cache is on by default for etcd URLs, and `cache=0` in the URL turns it off;
+- a watch that resumes in the past serves no read before it has caught up: etcd answers the
+  watch's `created` before the missed events (a gate in the watch's transport holds them, so the
+  window is as long as the test wants, not etcd's up-to-100 ms sync period);
+- read-your-writes and monotonic reads through member kills, restarts and leader changes.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.support.etcd import EtcdCluster
 from vxnet.store import open_store
+from vxnet.store.cache import Mirror
 from vxnet.store.contract import Put, StoreUnavailable, delete, key_unchanged, put
 from vxnet.store.etcd_store import EtcdStore
 
@@ -159,15 +167,26 @@ def test_mirror_reloads_after_its_member_was_gone_past_a_compaction(
         retrying(lambda: b.compact(b.revision()))
         expected = retrying(lambda: b.range(ns))
     finally:
+        stale: list[int] = []
+        stop = threading.Event()
+        poller = threading.Thread(target=poll_live, args=(a._mirror, expected[1], stale, stop))
+        poller.start()
         cluster.start(name)
         cluster.wait_healthy()
     # The events, in the order they happen: the mirror's first watch on the restarted member is
-    # created (the stream is live for a moment, the mirror still at its old revision), then
-    # cancelled for compaction (not live), the reload (loads == 2), a new watch (live again).
-    # Read `loads` before `cache_live`: read the other way round, a poll preempted between the two
-    # reads could see the first watch live and then the finished reload while the new watch is
-    # not yet live, and the next read would go to etcd.
-    wait_for(lambda: a._mirror.loads == 2 and a.cache_live, "mirror did not reload after compaction")
+    # created (etcd answers `created` at once and the cancel for compaction up to 100 ms later:
+    # the mirror must not serve its pre-outage state meanwhile), cancelled for compaction, the
+    # reload (loads == 2), a new watch (live once caught up). Polled meanwhile: whenever the
+    # mirror serves reads, it is at least at `expected`'s revision. Read `loads` before `cache_live`: read the
+    # other way round, a poll preempted between the two reads could see the first watch live and
+    # then the finished reload while the new watch is not yet live.
+
+    try:
+        wait_for(lambda: a._mirror.loads == 2 and a.cache_live, "mirror did not reload after compaction")
+    finally:
+        stop.set()
+        poller.join()
+    assert stale == [], "stale reads while the mirror resumed"
     e0 = a.reads_etcd
     wait_for(lambda: a.range(ns)[1] >= expected[1], "mirror did not catch up")
     assert a.range(ns)[0] == expected[0]
@@ -175,6 +194,38 @@ def test_mirror_reloads_after_its_member_was_gone_past_a_compaction(
     assert a.reads_etcd == e0
     r = put(a, ns + "after", "1")          # and it keeps following
     assert a.get(ns + "after").mod_revision == r
+
+
+def poll_live(m: Mirror, floor: int, stale: list[int], stop: threading.Event) -> None:
+    """Until `stop`, every ms: if the mirror says it serves reads, it must be at least at
+    `floor` (the revision of a linearizable read that completed before); record it if not.
+    This checks the mirror itself, not a read through the store: a store's read also waits for
+    the floor of its own earlier reads, which would hide the window from a test that reads."""
+    while not stop.is_set():
+        with m._cond:
+            if m.live and m.revision() < floor:
+                stale.append(m.revision())
+        time.sleep(0.001)
+
+
+def test_mirror_stops_serving_when_its_member_loses_the_leader(cluster: EtcdCluster, stores: list[EtcdStore],
+                                                              ns: str) -> None:
+    """Member 0's peers stop (SIGSTOP): member 0 keeps the mirror's watch open but can learn of
+    no new revision. etcd ends the watch (require-leader), so the mirror stops serving reads
+    rather than showing that member's frozen state; it serves again once the peers are back."""
+    a = open_live(stores, cluster.endpoints[:1])
+    others = [cluster.procs[n] for n in cluster.names[1:]]
+    for p in others:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: not a.cache_live, "mirror still serving from a member without a leader")
+    finally:
+        for p in others:
+            p.send_signal(signal.SIGCONT)
+    cluster.wait_healthy()
+    wait_for(lambda: a.cache_live, "mirror did not resume once the leader was back")
+    rev = retrying(lambda: put(a, ns + "k", "v"))
+    assert a.get(ns + "k").mod_revision == rev
 
 
 def test_cache_on_by_default(cluster: EtcdCluster, stores: list[EtcdStore], ns: str) -> None:
@@ -197,3 +248,120 @@ def test_cache_off_reads_etcd(cluster: EtcdCluster, stores: list[EtcdStore], ns:
     rev = put(s, ns + "k", "v")
     assert s.get(ns + "k").mod_revision == rev and s.range(ns)[1] >= rev
     assert s.reads_cached == 0 and s.reads_etcd == 2 and not s.cache_live
+
+
+class _WatchGate(httpx.BaseTransport):
+    """The mirror's watch transport, with two gates: a new stream waits at `connect` until the
+    test opens it, then its first line (etcd's `created`) passes and everything after it waits
+    until `events` opens. `held` is set once the mirror has taken the first line and asks for
+    more (so it has finished handling `created`)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.connect = threading.Event()
+        self.connecting = threading.Event()
+        self.events = threading.Event()
+        self.held = threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.connecting.set()
+        self.connect.wait()
+        resp = self._inner.handle_request(request)
+        return httpx.Response(resp.status_code, headers=resp.headers, stream=_GatedStream(resp.stream, self),
+                              extensions=resp.extensions)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _GatedStream(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream, gate: _WatchGate) -> None:
+        self._inner, self._gate = inner, gate
+
+    def __iter__(self) -> Iterator[bytes]:
+        first = True
+        for chunk in self._inner:
+            if first and b"\n" in chunk:
+                first = False
+                head, rest = chunk.split(b"\n", 1)
+                yield head + b"\n"
+                self._gate.held.set()
+                self._gate.events.wait()
+                if rest:
+                    yield rest
+            else:
+                yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_a_resumed_watch_serves_no_read_before_it_caught_up(cluster: EtcdCluster, stores: list[EtcdStore],
+                                                           ns: str) -> None:
+    a = open_live(stores, cluster.endpoints, cache_wait=TIMEOUT)
+    b = open_live(stores, cluster.endpoints)
+    put(a, ns + "k", "old")
+    assert a.get(ns + "k").value == "old"
+    assert a._mirror is not None
+    gate = _WatchGate()
+    before = a._stream_client
+    a._stream_client = httpx.Client(transport=gate, timeout=httpx.Timeout(3.0, read=None))
+    a._mirror.kick()                        # the stream drops; its successor waits at the gate
+    assert gate.connecting.wait(TIMEOUT), f"no new watch (mirror thread alive: {a._mirror._thread.is_alive()})"
+    before.close()
+    wait_for(lambda: not a.cache_live, "mirror still live without a stream")
+    rev = put(b, ns + "k", "new")           # acknowledged while a's mirror is disconnected
+    assert b.get_linearizable(ns + "k").value == "new"
+    gate.connect.set()
+    assert gate.held.wait(TIMEOUT), "the resumed watch never got its `created`"
+    # The window: a's watch exists (from the revision after "old"), the event with "new" is not in.
+    e0 = a.reads_etcd
+    kv = a.get(ns + "k")
+    assert kv is not None and kv.value == "new" and kv.mod_revision == rev, "stale read from a mirror catching up"
+    assert not a.cache_live and a.reads_etcd == e0 + 1, "the mirror answered before it caught up"
+    gate.events.set()
+    wait_for(lambda: a.cache_live, "mirror never caught up")
+    c0 = a.reads_cached
+    assert a.get(ns + "k").mod_revision == rev and a.reads_cached == c0 + 1
+    assert a._mirror.catchups == 1
+
+
+def test_read_your_writes_through_member_restarts(cluster: EtcdCluster, stores: list[EtcdStore], ns: str) -> None:
+    """Each round kills the member the mirror streams from (the leader too, now and then), writes
+    and reads back through the same store while the mirror reconnects to another member, then
+    restarts the member (it comes back behind the others and catches up). Every read after an
+    acknowledged write sees it, and no read goes back to an older revision."""
+    a = open_live(stores, cluster.endpoints)
+    names = dict(zip(cluster.endpoints, cluster.names, strict=True))
+    n = 0
+    seen = 0                                    # the newest revision a read has shown
+    mirrored = 0
+
+    def write_read(count: int) -> None:
+        nonlocal n, seen, mirrored
+        for _ in range(count):
+            n += 1
+            try:
+                put(a, ns + "k", str(n))
+            except StoreUnavailable:            # answer lost: it may have landed; put it again
+                retrying(lambda v=str(n): put(a, ns + "k", v))
+            c0 = a.reads_cached
+            kv = retrying(lambda: a.get(ns + "k"))
+            assert kv is not None and kv.value == str(n), f"write {n} acknowledged, read shows {kv}"
+            assert kv.mod_revision >= seen
+            seen = kv.mod_revision
+            mirrored += a.reads_cached - c0
+
+    for _ in range(3):
+        victim = names[a._current()]
+        cluster.kill(victim)
+        try:
+            write_read(15)
+        finally:
+            cluster.start(victim)
+        write_read(15)                          # the member rejoins (maybe not caught up yet)
+        cluster.wait_healthy()
+        write_read(5)
+    wait_for(lambda: a.cache_live, "mirror not live after the restarts")
+    write_read(5)
+    assert mirrored > 0, "no read came from the mirror: the test checked only etcd"

@@ -29,7 +29,7 @@ from vxnet.dataplane.links_driver import LinkSnapshot
 @dataclasses.dataclass
 class Link:
     name: str
-    kind: str                                # bridge | vxlan | tap
+    kind: str                                # bridge | vxlan | tap | vlan (attrs: parent, vid)
     index: int
     attrs: dict[str, Any]
     master: str | None = None
@@ -57,6 +57,8 @@ class FakeKernel:
                 bridges.add(Bridge(ln.name, a["mac"], a["mtu"], a["up"]))
             elif ln.kind == "vxlan":
                 vxlans.add(dataclasses.replace(a["spec"], bridge=ln.master or "", mtu=a["mtu"], up=a["up"]))
+            elif ln.kind == "vlan":
+                taps.add(Plug(ln.name, ln.master or "", a["mtu"], a["up"], a["parent"], a["vid"]))
             elif naming.is_plug(ln.name):
                 taps.add(Plug(ln.name, ln.master or "", a["mtu"], a["up"]))
         return LinkSnapshot(frozenset(bridges), frozenset(vxlans), frozenset(taps),
@@ -111,6 +113,8 @@ class FakeKernel:
         ln = self.links_by_name.pop(name, None)
         if ln is None:
             return
+        for vlan in [o.name for o in self.links_by_name.values() if o.kind == "vlan" and o.attrs["parent"] == name]:
+            self.delete(vlan)                 # a VLAN device goes with its lower device
         for other in self.links_by_name.values():
             if other.master == name:
                 other.master = None
@@ -165,6 +169,14 @@ class FakeLinks:
     def apply_plugs(self, plugs: Diff[Plug]) -> None:
         for p in [*plugs.create, *(n for _, n in plugs.update)]:
             ln = self.k.links_by_name.get(p.tap)
+            if p.parent:                      # a subport's VLAN device: made (or remade) on its parent
+                if ln is not None and (ln.attrs["parent"], ln.attrs["vid"]) != (p.parent, p.vid):
+                    self.k.delete(p.tap)
+                    ln = None
+                if ln is None and p.parent in self.k.links_by_name:
+                    ln = self.k.links_by_name[p.tap] = Link(p.tap, "vlan", next(self.k._ifindex), {
+                        "mtu": p.mtu, "up": False, "parent": p.parent, "vid": p.vid})
+                    self.index[p.tap] = ln.index
             if self._do(p, ln is not None and p.bridge in self.k.links_by_name) and ln is not None:
                 ln.master = p.bridge
                 ln.attrs.update(mtu=p.mtu, up=p.up)
@@ -172,7 +184,12 @@ class FakeLinks:
     def apply_down(self, bridges: Diff[Bridge], vxlans: Diff[Vxlan], plugs: Diff[Plug]) -> None:
         for p in plugs.delete:
             ln = self.k.links_by_name.get(p.tap)
-            if self._do(p, True) and ln is not None:
+            if not self._do(p, True) or ln is None:
+                continue
+            if ln.kind == "vlan":             # ours: deleted on unplug
+                self.k.delete(p.tap)
+                self.index.pop(p.tap, None)
+            else:
                 ln.master = None
                 self.k.fdb = {k: e for k, e in self.k.fdb.items() if not (e.dev == p.tap and e.dst is None)}
         for entry in [*vxlans.delete, *bridges.delete]:

@@ -3,6 +3,7 @@ its incremental form equals it on random histories; the agent and `vxnet trace` 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -166,7 +167,7 @@ class RecordingReconciler:
     def __init__(self) -> None:
         self.desired: list[HostState] = []
 
-    def reconcile(self, desired: HostState) -> ReconcileResult:
+    def reconcile(self, desired: HostState, hold: frozenset[str] = frozenset()) -> ReconcileResult:
         self.desired.append(desired)
         local = frozenset(lp.port_id for lp in desired.local_ports)
         return ReconcileResult(diff_host(desired, HostState()), (), local, frozenset(), 0.0, False)
@@ -213,3 +214,64 @@ def test_the_agent_and_the_trace_apply_the_same_compute_host() -> None:
         assert rec.desired == [reference.l2] == [snap.l2(host)]
         assert [f.applied for f in feats] == [[snap.routing(host)], [snap.firewall(host)], [snap.dhcp(host)]]
         assert snap.dhcp(host).responders, "the trace sees the DHCP responders the agent serves"
+
+
+def test_the_plug_path_comes_first_and_a_port_without_its_filters_is_held() -> None:
+    """The firewall is applied before the L2 pass, the other features after it; while the
+    firewall's rules are not loaded, the L2 pass is told to hold every filtered port."""
+    from vxnet.agent.features import FeatureResult
+
+    order: list[str] = []
+
+    class Rec(RecordingReconciler):
+        def reconcile(self, desired: HostState, hold: frozenset[str] = frozenset()) -> ReconcileResult:
+            order.append("l2")
+            self.holds = [*getattr(self, "holds", []), hold]
+            res = super().reconcile(desired, hold)
+            return dataclasses.replace(res, absent=frozenset({"vxpdnotyet"})) if self.absent else res
+
+        absent = True
+
+    class Feat(RecordingFeature):
+        fail = False
+
+        def apply(self, desired: Any) -> Any:
+            order.append(self.name)
+            if self.fail:
+                ports = frozenset(p.port_id for p in desired.ports)
+                return FeatureResult(failed=("x",), down=ports, hold=ports)
+            return FeatureResult(changes={"made": 1} if self.name == "dhcp" else {})
+
+    rec = Rec()
+    feats = [Feat(n) for n in ("routing", "firewall", "dhcp")]
+    agent = Agent(AgentConfig("h1", HOSTS["h1"]["underlay_ip"]), control=None, reconciler=rec,  # type: ignore[arg-type]
+                  features=feats)  # type: ignore[arg-type]
+    agent.on_message({"type": "snapshot", "revision": 3, "view": full_view(world(BASE), HOSTS, "h1")})
+    assert agent.run_once() is not None
+    assert order == ["firewall", "l2", "routing", "dhcp", "l2"]      # a device was absent, dhcp changed something
+    assert "plug_path" in agent.last_timings and rec.holds == [frozenset(), frozenset()]
+    rec.absent = False
+    order.clear()
+    agent.run_once()
+    assert order == ["firewall", "l2", "routing", "dhcp"]            # a device was absent last pass: one L2 pass
+    order.clear()
+    agent.run_once()
+    assert order == ["l2", "routing", "firewall", "dhcp"]            # nothing to plug: L2 entries first of all
+    feats[1].fail = True
+    agent.run_once()                                                  # the rules fail to load ...
+    order.clear()
+    res = agent.run_once()
+    assert order[:2] == ["firewall", "l2"] and res is not None        # ... so the next pass guards the plugs again
+    local = {lp.port_id for lp in rec.desired[-1].local_ports if lp.port_id.startswith("p")}
+    assert local and local <= rec.holds[-1] and local <= res.down and not local & res.active
+    feats[1].fail = False
+    agent.run_once()
+    agent.run_once()
+    order.clear()
+    agent.run_once()
+    assert order[0] == "l2"                                           # settled: nothing to plug
+    new = vm(9, "h1")
+    agent.on_message({"type": "update", "revision": 4, "put": {"ports": {new["id"]: new}}})
+    order.clear()
+    agent.run_once()
+    assert order[:2] == ["firewall", "l2"]                            # a new local port: its filters first

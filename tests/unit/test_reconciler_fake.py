@@ -107,3 +107,21 @@ def test_a_bridge_deleted_with_its_network_takes_its_entries_and_ports_along() -
     assert not res.failed and held(k, only_a) == only_a
     assert not [n for n in k.neighs.values() if n.dev == naming.bridge_name(NET_B)]
     assert all(isinstance(n, Neigh) for n in k.neighs.values())
+
+
+def test_a_held_tap_is_not_plugged_until_released_and_a_plugged_one_stays() -> None:
+    k = kernel()
+    rec = Reconciler(ME, kernel=k)
+    want = desired(POOL)
+    mine = sorted(lp.port_id for lp in want.local_ports)
+    new, old = mine[0], mine[1]
+    tap = {lp.port_id: lp.tap for lp in want.local_ports}
+    rec.reconcile(want, hold=frozenset({old}))
+    rec.reconcile(desired([p for p in POOL if p["id"] != new]))            # `old` plugged, `new` not wanted yet
+    res = rec.reconcile(want, hold=frozenset({new, old}))                  # filters of both not loaded
+    plugged = {p.tap for p in k.read_links().taps if p.bridge}
+    assert tap[new] not in plugged and new in res.down and new not in res.active
+    assert tap[old] in plugged                                            # already plugged: stays (old rules)
+    assert not any(e.dev == tap[new] for e in k.read_fdb(k.read_links().index, frozenset(plugged)))
+    res = rec.reconcile(want)                                             # released
+    assert tap[new] in {p.tap for p in k.read_links().taps if p.bridge} and new in res.active

@@ -231,6 +231,7 @@ class ServerClient:
                 for line in resp.iter_lines():
                     if line:
                         msg = json.loads(line)
+                        del line    # a snapshot's text: not kept alive beside its objects
                         if msg.get("type") == "snapshot" and isinstance(msg.get("epoch"), str):
                             self.epoch = msg["epoch"]  # a `since` from now on is a revision of this store
                         yield msg

@@ -50,12 +50,23 @@ from vxnet.agent.firewall import FirewallFeature
 from vxnet.agent.qos import QosFeature
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
 from vxnet.agent.routing import RoutingFeature
+from vxnet.compute.diff import Diff, HostDiff
 from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
 
 log = logging.getLogger("vxnet.agent")
 
 BURST_WINDOW = 0.05     # seconds after a pass within which a wake-up is coalesced
+PLUG_FIRST = frozenset({"firewall"})   # features applied before the L2 pass plugs taps
+
+
+def _then(first: ReconcileResult, second: ReconcileResult) -> ReconcileResult:
+    """Two L2 passes of one agent pass as one result: the second's verdict, both passes' changes."""
+    d1, d2 = first.diff, second.diff
+    hd = HostDiff(*(Diff(a.create + b.create, a.update + b.update, a.delete + b.delete)
+                    for a, b in ((getattr(d1, k), getattr(d2, k)) for k in ("bridges", "vxlans", "plugs", "fdb", "neighs"))))
+    return dataclasses.replace(second, diff=hd, seconds=first.seconds + second.seconds,
+                               full_read=first.full_read or second.full_read)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -127,6 +138,7 @@ class Agent:
         self.passes = 0
         self.unchanged_passes = 0        # passes whose desired state was the previous pass's
         self._last_desired: HostDesired | None = None
+        self._held = False                # the last pass held taps (their filters not loaded)
         self.applied = threading.Condition()     # notified after every pass
         # what `status_report()` tells the servers (docs/operations.md)
         self._received_revision: int | None = None  # revision of the last update/snapshot in the view
@@ -151,8 +163,10 @@ class Agent:
     def applied_revision(self) -> int | None:
         return self._applied_revision
 
-    def on_message(self, msg: Mapping[str, Any]) -> None:
-        """Feed one stream message (thread-safe)."""
+    def on_message(self, msg: Mapping[str, Any], consume: bool = False) -> None:
+        """Feed one stream message (thread-safe). `consume`: the message is given up (the
+        stream's own): its raw objects are dropped as they are parsed, so a large snapshot's raw
+        and typed forms are never alive together (peak RSS)."""
         kind = msg.get("type")
         if kind == "doctor":
             from vxnet.agent import doctor
@@ -160,7 +174,7 @@ class Agent:
             doctor.answer_request(self, msg)
             return
         with self._lock:
-            self._view = apply_message(self._view, msg)
+            self._view = apply_message(self._view, msg, consume)
             view = self._view
             if kind in ("update", "snapshot") and view.revision == int(msg.get("revision") or 0):
                 self._received_revision = view.revision
@@ -220,7 +234,8 @@ class Agent:
             if not view.complete:
                 return None
             request_ids, self._request_ids = self._request_ids, []
-        if self._invalidate:
+        invalidated = self._invalidate
+        if invalidated:
             self._invalidate = False
             self.reconciler.invalidate()
             for f in self.features:
@@ -230,12 +245,31 @@ class Agent:
             desired = self.computer.compute(view.view)     # == compute_host(view.view, spec)
             timings = dict(self.computer.timings)
             timings["compute"] = time.perf_counter() - t0
-            fresults = []
+            # The plug path first: what must be in place before a tap is plugged (its firewall),
+            # then the L2 pass (plugs and entries); the other features after it. A pass that
+            # cannot plug a new tap (no new plug, no device absent or held last pass, no drift
+            # repair) runs the L2 pass first of all (e.g. a peer's new port: its FDB entry before anything). When a
+            # desired plug's device was absent and a feature changed something (e.g. made its
+            # service port), a second L2 pass plugs it now.
+            first = PLUG_FIRST if invalidated or self._may_plug(desired) else frozenset()
+            fresults: dict[str, FeatureResult] = {}
             for f in self.features:
-                t = time.perf_counter()
-                fresults.append(self._apply_feature(f, desired.features[f.name]))
-                timings[f"apply_{f.name}"] = time.perf_counter() - t
-            result = self.reconciler.reconcile(desired.l2)
+                if f.name in first:
+                    fresults[f.name] = self._timed_feature(f, desired, timings)
+            hold = frozenset().union(*(r.hold for r in fresults.values()))
+            result = self.reconciler.reconcile(desired.l2, hold)
+            timings["l2"] = result.seconds
+            timings["plug_path"] = time.perf_counter() - t0
+            for f in self.features:
+                if f.name not in first:
+                    fresults[f.name] = self._timed_feature(f, desired, timings)
+            self._held = any(r.hold for r in fresults.values())
+            if result.absent and any(any(fresults[f.name].changes.values()) for f in self.features
+                                     if f.name not in first):
+                again = self.reconciler.reconcile(desired.l2, hold | frozenset().union(
+                    *(r.hold for r in fresults.values())))
+                timings["l2_after"] = again.seconds
+                result = _then(result, again)
         except Exception:   # a bug or kernel surprise must not stop the agent: logged, retried next pass
             metrics.ERRORS.labels("reconcile").inc()
             log.exception("reconcile failed (host=%s revision=%s request_ids=%s)", self.cfg.host, view.revision,
@@ -244,23 +278,23 @@ class Agent:
             self.reconciler.invalidate()
             self._retry_later()
             return None
-        timings["l2"] = result.seconds
         self.last_timings = timings
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
         l2_result = result
-        if fresults:
-            result = self._combine(result, fresults)
+        ordered = [fresults[f.name] for f in self.features]   # in the features' order
+        if ordered:
+            result = self._combine(result, ordered)
         self.passes += 1
         unchanged = desired is self._last_desired
         self.unchanged_passes += unchanged
         self._last_desired = desired
         metrics.PASSES.labels("unchanged" if unchanged else "changed").inc()
         if unchanged and not self._failing:
-            self._count_drift(result, fresults)
+            self._count_drift(result, ordered)
         self.last_result = result
         self._down_reasons = report.down_reasons(desired.l2.local_ports, l2_result, [f.name for f in self.features],
-                                                 fresults)
+                                                 ordered)
         self._failing = tuple(str(f)[:200] for f in result.failed[:5])
         self._record(view, desired, result, request_ids)
         self._report(view, result)
@@ -275,6 +309,21 @@ class Agent:
         if result.failed:
             self._retry_later()
         return result
+
+    def _may_plug(self, desired: HostDesired) -> bool:
+        """Whether this pass's L2 pass may plug a tap whose filters it must wait for: a plug
+        the previous pass did not want, or a device it found absent, or one it held."""
+        last = self._last_desired
+        return (last is None or self._held or (self.last_result is not None and bool(self.last_result.absent))
+                or not desired.l2.plugs <= last.l2.plugs)
+
+    def _timed_feature(self, f: Feature, desired: HostDesired, timings: dict[str, float]) -> FeatureResult:
+        t = time.perf_counter()
+        r = self._apply_feature(f, desired.features[f.name])
+        if r.all_down and f.name in PLUG_FIRST:       # crashed: nothing it guards may be plugged anew
+            r = dataclasses.replace(r, hold=frozenset(lp.port_id for lp in desired.l2.local_ports))
+        timings[f"apply_{f.name}"] = time.perf_counter() - t
+        return r
 
     def _apply_feature(self, f: Feature, desired: Any) -> FeatureResult:
         try:
@@ -435,7 +484,8 @@ class Agent:
                         return
                     metrics.STREAM_CONNECTED.set(1)
                     backoff = 0.1
-                    self.on_message(msg)
+                    self.on_message(msg, consume=True)
+                    del msg         # the next message may be read while this one's objects are freed
             except Exception as e:  # noqa: BLE001 - whatever broke the stream, reconnect
                 metrics.ERRORS.labels("stream").inc()
                 log.warning("host=%s view stream lost: %s", self.cfg.host, e)

@@ -9,14 +9,21 @@ has a complete view):
   FDB and neighbour entries) is already merged into `HostDesired.l2`, so the L2 reconciler owns
   every bridge-level entry and never deletes a feature's entries as unknown.
 - `apply(desired)`: converge the feature's own kernel objects (namespaces, service-port veths,
-  nftables tables, responder sockets...) and return a `FeatureResult`. Called before the L2
-  pass plugs what it filters or serves, so a VM's filters exist before its tap is plugged and
-  service ports exist before the L2 reconciler plugs them. It runs on every pass: it must be
+  nftables tables, responder sockets...) and return a `FeatureResult`. The plug path comes
+  first (agent/core.py `PLUG_FIRST`): the firewall is applied before any L2 pass that may plug
+  a new tap, so a VM's filters are loaded before its tap is plugged (otherwise the L2 pass goes
+  first); the other features are applied after the L2 pass, and when one of them reports
+  changes while a desired device was absent, a second L2 pass plugs its service ports. It runs on
+  every pass: it must be
   cheap when nothing changed (compare with what it applied last) and must read the kernel
   again after `invalidate()` (periodic drift repair, lost netlink events). It must not raise
   for ordinary failures: report them in `failed` (retried on the next pass); an exception is
   logged and retried too.
 - `close()`: release sockets and threads (not kernel state: a restarted agent adopts it).
+
+A plug-first feature (the firewall) lists in `hold` the local ports whose filters are not
+loaded: the L2 pass does not plug their taps (a tap already plugged stays, filtered by the rules
+it had), so no port passes traffic unfiltered.
 
 A local port listed in any feature's `down` is reported DOWN even when its L2 path is applied
 (e.g. its security-group rules failed to load): ACTIVE means the whole data path is in place.
@@ -54,6 +61,7 @@ class FeatureResult:
     down: frozenset[str] = frozenset()           # local port ids whose feature path is not in place
     changes: Mapping[str, int] = dataclasses.field(default_factory=dict)   # kind -> count (logs/metrics)
     all_down: bool = False                       # nothing of this feature is in place (e.g. it crashed)
+    hold: frozenset[str] = frozenset()           # local port ids whose taps must not be plugged yet
 
 
 class Feature(Protocol):

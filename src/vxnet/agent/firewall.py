@@ -2,13 +2,19 @@
 
 - Its desired state is `HostDesired.firewall` (`compute_firewall`, pure). It adds nothing to
   the L2 state (it filters VM taps, it owns no bridge port).
-- `apply(firewall)`: `NftDriver.apply` of the two tables in one transaction, incremental by
-  chain and set element; nothing at all when the tables did not change.
+- `apply(firewall)`: a `Manager` keyed by table holds what was applied; the tables that changed
+  go to `NftDriver.apply` in one transaction, incremental by chain and set element (with their
+  previous state; None after `invalidate()` or a failure: the driver reads the kernel);
+  nothing at all when no table changed. A failed transaction backs off exponentially.
 - Revocation: an address that left a remote group loses its conntrack entries in the zones of
   the local ports whose rules name the group (as Neutron does), so an established connection
-  it had is checked by the rules again (and dropped) instead of riding `ct established`.
-- DOWN: every filtered local port when the transaction failed (its rules are not what they
-  must be; retried next pass from the kernel), and ports the model could not filter
+  it had is checked by the rules again (and dropped) instead of riding `ct established`. The
+  `conntrack -D` runs happen in a background thread once the rules are loaded, not in the pass
+  (they cost tens of ms each: every other port's and feature's work would wait for them, e.g.
+  a DHCP lease change of the same port).
+- DOWN: every filtered local port while the tables are not loaded (failed, or waiting for
+  the retry: its rules are not what they must be; they are also held: a tap not plugged yet
+  is not plugged until its rules are loaded), and ports the model could not filter
   (mark index capacity, tap name clash).
 """
 
@@ -16,9 +22,13 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 
 from vxnet.agent.features import FeatureResult, HostContext
-from vxnet.compute.firewall import Firewall
+from vxnet.agent.manager import Manager
+from vxnet.compute.firewall import Firewall, NftTable
 from vxnet.dataplane.nft_driver import NftDriver, NftError
 
 log = logging.getLogger("vxnet.agent.firewall")
@@ -43,34 +53,50 @@ def revoked_flows(old: Firewall, new: Firewall) -> list[tuple[int, str]]:
 class FirewallFeature:
     name = "firewall"
 
-    def __init__(self, ctx: HostContext, driver: NftDriver | None = None) -> None:
+    def __init__(self, ctx: HostContext, driver: NftDriver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.driver = driver or NftDriver(ctx.netns)
-        self._last: Firewall | None = None       # what the last successful apply loaded
+        self.clock = clock
+        self.tables: Manager[tuple[str, str], NftTable] = Manager()
+        self._last: Firewall | None = None    # membership of the last load (revocation; survives invalidate)
 
     def apply(self, fw: Firewall) -> FeatureResult:
-        try:
-            res = self.driver.apply(fw.tables)
-        except NftError as e:
-            log.error("host=%s firewall rules not loaded: %s", self.ctx.host, e)
-            return FeatureResult(failed=(f"firewall: {e}",),
-                                 down=frozenset(p.port_id for p in fw.ports) | frozenset(fw.unfiltered))
-        changes = {"nft_" + res.mode: 1} if res.mode not in ("noop", "unchanged") else {}
-        failed: tuple[object, ...] = ()
-        if self._last is not None and self._last is not fw:
-            revoked = revoked_flows(self._last, fw)
-            for zone, addr in revoked:
-                try:
-                    self.driver.forget_flows(zone, addr)
-                except (NftError, OSError, subprocess.SubprocessError) as e:   # the rules are in place; log it
-                    failed = (f"firewall: conntrack cleanup {addr}: {e}",)
-                    log.warning("host=%s conntrack cleanup of %s in zone %s failed: %s", self.ctx.host, addr, zone, e)
-            if revoked:
-                changes["conntrack_revoked"] = len(revoked)
+        m, now = self.tables, self.clock()
+        m.want({(t.family, t.name): t for t in fw.tables})
+        upserts, _ = m.dirty(now)         # the tables are always desired: nothing to delete
+        changes: dict[str, int] = {}
+        if upserts:
+            try:
+                res = self.driver.apply([(t, previous) for _, t, previous in upserts])
+                for key, t, _ in upserts:
+                    m.ok(key, t)
+                if res.mode not in ("noop", "unchanged"):
+                    changes["nft_" + res.mode] = 1
+            except NftError as e:
+                log.error("host=%s firewall rules not loaded: %s", self.ctx.host, e)
+                for key, _, _ in upserts:
+                    m.failed(key, now)
+        if m.pending():                   # failed now, or waiting for its retry
+            filtered = frozenset(p.port_id for p in fw.ports)
+            return FeatureResult(failed=("firewall: rules not loaded",), down=filtered | frozenset(fw.unfiltered),
+                                 hold=filtered)
+        if self._last is not None and self._last is not fw and (revoked := revoked_flows(self._last, fw)):
+            changes["conntrack_revoked"] = len(revoked)
+            threading.Thread(target=self._forget, args=(revoked,), name="vxnet-conntrack", daemon=True).start()
         self._last = fw
-        return FeatureResult(failed=failed, down=frozenset(fw.unfiltered), changes=changes)
+        return FeatureResult(down=frozenset(fw.unfiltered), changes=changes)
+
+    def _forget(self, flows: list[tuple[int, str]]) -> None:
+        """Off the pass (a `conntrack -D` run costs tens of ms and the rules are in place)."""
+        for zone, addr in flows:
+            try:
+                self.driver.forget_flows(zone, addr)
+            except (NftError, OSError, subprocess.SubprocessError) as e:
+                log.warning("host=%s conntrack cleanup of %s in zone %s failed: %s", self.ctx.host, addr, zone, e)
 
     def invalidate(self) -> None:
+        self.tables.invalidate()
         self.driver.invalidate()
 
     def close(self) -> None:

@@ -62,27 +62,22 @@ class GatewayFeature:
                 failed.append("external")
         m, now = self.routers, self.clock()
         m.want({r.router_id: r for r in desired.routers})
-        upserts, deletes = m.dirty(now)
-        if not m.known or deletes:
+        if not m.known or m.dirty(now)[1]:
             # Namespaces are found by name in the kernel: this also removes leftovers.
             gone = self.driver.delete_stale(self.ctx.host, {r.netns for r in desired.routers})
             changes["namespaces_deleted"] = len(gone)
-            for rid, _ in deletes:
-                m.ok(rid, None)
+            m.observe(m.desired)              # what is not desired is gone now
             m.mark_known()
-        for rid, r, previous in upserts:
-            try:
-                if self.driver.apply_router(r, previous):
-                    changes["namespaces_created"] += 1
-                m.ok(rid, r)
-                changes["routers"] += 1
-            except GatewayError as e:
-                log.warning("host=%s gateway router %s: %s", self.ctx.host, rid, e)
-                m.failed(rid, now)
-        for rid in m.desired:
-            if rid not in m.applied:              # failed now or earlier, waiting for its retry
-                failed.append(f"gateway router {rid}")
-                down |= m.desired[rid].port_ids
+
+        def upsert(_: str, r: GatewayRouter, previous: GatewayRouter | None) -> None:
+            changes["namespaces_created"] += self.driver.apply_router(r, previous)
+            changes["routers"] += 1
+
+        for rid, e in m.run(now, upsert, lambda *_: None, (GatewayError,)):
+            log.warning("host=%s gateway router %s: %s", self.ctx.host, rid, e)
+        for rid in m.pending():               # failed now or earlier, waiting for its retry
+            failed.append(f"gateway router {rid}")
+            down |= m.desired[rid].port_ids
         return FeatureResult(failed=tuple(failed), down=frozenset(down), changes=changes)
 
 

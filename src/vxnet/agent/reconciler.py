@@ -10,7 +10,10 @@ Contract:
   otherwise taken from the cache of what the previous pass applied, so a port coming up costs
   one link dump and one netlink batch, not a dump of every entry.
 - Desired plugs (and their tap FDB entries) count only for taps present in the kernel: the
-  hypervisor creates taps, the agent plugs them when they appear.
+  hypervisor creates taps, the agent plugs them when they appear. A tap the caller holds
+  (`hold`: its port's filters are not loaded) is not plugged until it is released; one already
+  plugged stays (the filters it had are still in force: nftables transactions are all or
+  nothing).
 - Only owned objects are touched (see `vxnet.dataplane`). The caller must not call this before
   it has a complete view: an incomplete desired state would delete live entries.
 - All kernel access goes through one `Kernel` (`dataplane/host_kernel.RtnlKernel`; the tests'
@@ -43,6 +46,7 @@ class ReconcileResult:
     down: frozenset[str]        # local port ids without a data path (no tap yet, or failed)
     seconds: float
     full_read: bool
+    absent: frozenset[str] = frozenset()   # taps of desired plugs not in the kernel (yet)
 
     @property
     def changes(self) -> int:
@@ -90,15 +94,19 @@ class Reconciler:
         """Forget the cached FDB/neighbour state: the next pass reads the kernel."""
         self._entries = None
 
-    def reconcile(self, desired: HostState) -> ReconcileResult:
-        """Converge the kernel to `desired` (see module contract)."""
+    def reconcile(self, desired: HostState, hold: frozenset[str] = frozenset()) -> ReconcileResult:
+        """Converge the kernel to `desired` (see module contract); the taps of the local ports
+        in `hold` are not plugged if they are not plugged already (their filters are not loaded)."""
         t0 = time.perf_counter()
         k = self.kernel
         links = k.read_links()
         present = links.tap_names
         wanted_taps = {p.tap for p in desired.plugs}
-        want_plugs = frozenset(p for p in desired.plugs if p.tap in present)
         have_plugs = frozenset(p for p in links.taps if naming.is_bridge(p.bridge) or p.tap in wanted_taps)
+        held = {lp.tap for lp in desired.local_ports if lp.port_id in hold} if hold else set()
+        # a subport's VLAN device is made on its parent's tap (links driver): wanted once that is
+        want_plugs = frozenset(p for p in desired.plugs if (p.tap in present or (p.parent and p.parent in present))
+                               and (p.tap not in held or p in have_plugs))
         d_br = diff(desired.bridges, links.bridges)
         d_vx = diff(desired.vxlans, links.vxlans)
         d_pl = diff(want_plugs, have_plugs)
@@ -140,4 +148,5 @@ class Reconciler:
             ok = lp.tap in plugged and not bad_devs & {lp.tap, lp.bridge, vx}
             (active if ok else down).add(lp.port_id)
         hd = HostDiff(d_br, d_vx, d_pl, d_fdb, d_nb)
-        return ReconcileResult(hd, failed, frozenset(active), frozenset(down), time.perf_counter() - t0, full_read)
+        return ReconcileResult(hd, failed, frozenset(active), frozenset(down), time.perf_counter() - t0, full_read,
+                               frozenset(wanted_taps - present))

@@ -2,27 +2,37 @@
 dataplane/router_driver.py).
 
 Its desired state is `HostDesired.routing` (`compute_routing`): the router namespaces the host
-needs, with their service ports, gateway FDB and neighbour entries as the L2 part. `apply` converges the
-namespaces (cheap when nothing changed: the driver skips namespaces equal to what it applied
-last). Router failures are reported in `failed` (retried next pass); they do not turn VM ports
-DOWN: a VM's own data path (L2) does not depend on its router.
+needs (their service ports, gateway FDB and neighbour entries are its L2 part). `apply` runs a
+`Manager` keyed by namespace: one listdir per pass (`observe`: a vanished namespace is made
+again, a leftover of a crashed agent deleted), only changed namespaces are converged, a failing
+one backs off alone. After `invalidate()` every namespace is converged again and orphan service
+ports are removed. Failures are in `failed`; they do not turn VM ports DOWN (a VM's own data
+path does not depend on its router).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from vxnet.agent.features import FeatureResult, HostContext
-from vxnet.compute.routing import RoutingState
-from vxnet.dataplane.router_driver import RouterDriver
+from vxnet.agent.manager import Manager
+from vxnet.compute.routing import RouterNs, RoutingState
+from vxnet.dataplane.router_driver import ApplyResult, RouterDriver, list_host_netns
+
+log = logging.getLogger("vxnet.agent.routing")
 
 
 class RoutingFeature:
     name = "routing"
 
-    def __init__(self, ctx: HostContext, driver: Any = None) -> None:
-        self.ctx = ctx
-        self._driver = driver
+    def __init__(self, ctx: HostContext, driver: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ctx, self._driver, self.clock = ctx, driver, clock
+        self.routers: Manager[str, RouterNs] = Manager()
 
     @property
     def driver(self) -> RouterDriver:
@@ -31,17 +41,25 @@ class RoutingFeature:
         return self._driver
 
     def apply(self, desired: RoutingState) -> FeatureResult:
-        if not desired.routers and self._driver is None:
-            # Nothing wanted and never opened: still remove leftovers of an earlier run once.
-            from vxnet.dataplane.router_driver import list_host_netns
-            if not list_host_netns(self.ctx.host):
-                return FeatureResult()
-        res = self.driver.apply(desired.routers)
-        return FeatureResult(failed=tuple(f"router {n}" for n in res.failed), changes=res.changes)
+        m = self.routers
+        m.want({r.netns: r for r in desired.routers})
+        present = list_host_netns(self.ctx.host)
+        if not m.desired and not present and self._driver is None:
+            return FeatureResult()      # nothing wanted, nothing left over: never open a socket
+        m.observe(present)
+        res = ApplyResult()
+        errors = m.run(self.clock(), lambda _, r, __: self.driver.converge(r, res),
+                       lambda name, _: self.driver.delete(name, res), (OSError, NetlinkError))
+        for name, e in errors:
+            log.warning("host=%s router namespace %s: %s", self.ctx.host, name, e)
+        if not m.known and not m.pending():
+            self.driver.delete_orphan_ports({i.service_port for r in m.desired.values() for i in r.ifaces}, res)
+            m.mark_known()
+        return FeatureResult(failed=tuple(f"router {n}" for n in {*(n for n, _ in errors), *m.pending()}),
+                             changes=res.changes)
 
     def invalidate(self) -> None:
-        if self._driver is not None:
-            self._driver.invalidate()
+        self.routers.invalidate()
 
     def close(self) -> None:
         if self._driver is not None:

@@ -64,6 +64,7 @@ from vxnet.api.routers import (
     subnetpools,
     subnets,
     tags,
+    trunks,
     ui,
 )
 from vxnet.api.state import AppState, run_store
@@ -95,6 +96,7 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     network_ip_availabilities,
     qos,
     rbac_policies,
+    trunks,
     agent_stream,
     operations,
     ui,

@@ -54,6 +54,8 @@ _ALIASES = {
     "subnet_allocation": "Subnet Allocation",
     "subnetpool-prefix-ops": "Subnet Pool Prefix Operations",
     "tag": "Tag support",
+    "trunk": "Trunk Extension",
+    "trunk-details": "Trunk port details",
 }
 
 # alias -> the route path the extension cannot work without
@@ -76,6 +78,8 @@ _NEEDS = {
     "rbac-policies": "/v2.0/rbac-policies",
     "rbac-subnetpool": "/v2.0/subnetpools",
     "router": "/v2.0/routers",
+    "trunk": "/v2.0/trunks",
+    "trunk-details": "/v2.0/trunks",
     "security-group": "/v2.0/security-groups",
     "stateful-security-group": "/v2.0/security-groups",
     "subnet_allocation": "/v2.0/subnetpools",

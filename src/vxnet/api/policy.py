@@ -269,8 +269,20 @@ RBAC_POLICIES = [
     _rule("delete_rbac_policy", _write(ADMIN_OR_OWNER)),
 ]
 
+# Neutron's trunk defaults: the owner (or an admin) creates, reads and changes a trunk and its
+# subports (the handlers also require owning the parent port and seeing every subport).
+TRUNKS = [
+    _rule("create_trunk", _write(ADMIN_OR_OWNER)),
+    _rule("get_trunk", ADMIN_OR_OWNER),
+    _rule("update_trunk", _write(ADMIN_OR_OWNER)),
+    _rule("delete_trunk", _write(ADMIN_OR_OWNER)),
+    _rule("get_subports", ADMIN_OR_OWNER),
+    _rule("add_subports", _write(ADMIN_OR_OWNER)),
+    _rule("remove_subports", _write(ADMIN_OR_OWNER)),
+]
+
 RULES: list[policy.RuleDefault] = (BASE + NETWORKS + SUBNETS + PORTS + ROUTERS + FLOATINGIPS + SECURITY_GROUPS
-                                   + QOS + SUBNETPOOLS + ADDRESS_SCOPES + RBAC_POLICIES)
+                                   + QOS + SUBNETPOOLS + ADDRESS_SCOPES + RBAC_POLICIES + TRUNKS)
 RULE_NAMES = frozenset(r.name for r in RULES)
 
 

@@ -243,7 +243,7 @@ def network_dhcp(net: Network, subnets: list[Subnet], ports: list[Port], host: s
             sid_of[s.id] = server_id(s, held)
         others = tuple(o.cidr for osid, o in subs.items() if osid != s.id)
         leases[p.mac] = _lease(p, choice.ip_address, s, others, sid_of[s.id], lease_time, net.mtu)
-        taps.append(naming.tap_name(p.id))
+        taps.append(naming.port_device(p.id, p.is_subport))
     arp_ips = tuple(sorted({lease.server_id for lease in leases.values()} - held))
     return Responder(net.id, service_port(net.id), device_name(net.id), responder_mac(net.id),
                      naming.bridge_name(net.id), net.mtu, tuple(sorted(leases.values())), arp_ips, tuple(sorted(taps)))

@@ -365,7 +365,7 @@ def _port_filter(p: Port, index: int, groups: tuple[str, ...], stateful: bool, d
     addrs = port_addresses(p)
     macs = tuple(sorted({p.mac, *(m for m, _ in addrs)} - {""}))
     pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
-    return PortFilter(p.id, naming.tap_name(p.id), naming.bridge_name(p.network_id), index, macs, pairs, groups,
+    return PortFilter(p.id, naming.port_device(p.id, p.is_subport), naming.bridge_name(p.network_id), index, macs, pairs, groups,
                       stateful, dhcp_mac)
 
 
@@ -405,7 +405,7 @@ def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) ->
             open_ports.add(pid)
     taps: dict[str, str] = {}
     for pid in sorted(local):      # two ports sharing a tap name (11 id chars): the lowest id wins
-        taps.setdefault(naming.tap_name(pid), pid)
+        taps.setdefault(naming.port_device(pid, local[pid].is_subport), pid)
     index = mark_indexes(taps.values())
     rules_by_group: dict[str, list[SgRule]] = {}
     ignored: list[str] = []

@@ -14,6 +14,12 @@ Rules (KERNEL-NOTES §2-3):
   VXLAN port, whose neigh_suppress then answers ARP for it).
 - Every bound port (local or remote) gets a permanent neighbour entry per IPv4 fixed IP on the
   bridge (the suppression table). Unbound ports get nothing. IPv6 is not handled yet.
+- A trunk subport bound to this host whose parent is a local, enabled port carrying it in its
+  `trunk_details` gets a VLAN plug instead of a tap plug: its device (`naming.subport_device`)
+  is an 802.1Q device with the subport's VLAN id on the parent's tap (the agent creates it),
+  on the subport network's bridge, MTU min(its network's, the parent's). Frames the VM tags
+  with that VLAN id reach the subport's network untagged; the bridge's frames leave tagged.
+  Without such a parent the subport is known (reported DOWN) but gets no plug.
 - A port with `admin_state_up: false` is on no network: no plug (its device is detached, so it
   is reported DOWN), and no FDB/neighbour entries anywhere.
 - Ports whose MAC is claimed twice in one network (a misconfiguration) are programmed for the
@@ -34,16 +40,28 @@ from vxnet.model.resources import DEFAULT_MTU
 __all__ = ["DEFAULT_MTU", "L2Cache", "compute_l2", "merge", "network_l2", "ports_by_network"]
 
 
+# subport id -> (its parent's tap, VLAN id, the parent network's MTU)
+Trunked = Mapping[str, tuple[str, int, int]]
+_NO_TRUNK = ("", 0, 0)
+
+
 @functools.lru_cache(maxsize=32768)
 def _port_l2(port: Port, vtep: str, host: str, underlay_ip: str, br: str, vx: str,
-             mtu: int) -> tuple[LocalPort | None, tuple[Plug, ...], tuple[Fdb, ...], bool]:
+             mtu: int, trunk: tuple[str, int, int] = _NO_TRUNK
+             ) -> tuple[LocalPort | None, tuple[Plug, ...], tuple[Fdb, ...], bool]:
     """One port's entries: (its LocalPort, plugs, FDB entries, whether its IPs get neighbour
     entries). Memoized on its (hashable, frozen) inputs: a pass builds entries only for the
-    ports that changed."""
+    ports that changed. `trunk`: for a subport, where its VLAN device goes."""
     if port.host == host:
-        local = LocalPort(port.id, naming.tap_name(port.id), port.network_id, br, port.mac)
+        local = LocalPort(port.id, naming.port_device(port.id, port.is_subport), port.network_id, br, port.mac)
         if not port.admin_up:
             return local, (), (), False    # known, reported DOWN, but not on the network
+        if port.is_subport:
+            parent, vid, parent_mtu = trunk
+            if not parent:
+                return local, (), (), False    # its parent is not here (yet): DOWN
+            plug = Plug(local.tap, br, min(mtu, parent_mtu), parent=parent, vid=vid)
+            return local, (plug,), (Fdb(local.tap, port.mac),), True
         return local, (Plug(local.tap, br, mtu),), (Fdb(local.tap, port.mac),), True
     if not port.host or not port.admin_up or not vtep or vtep == underlay_ip:
         return None, (), (), False
@@ -51,7 +69,7 @@ def _port_l2(port: Port, vtep: str, host: str, underlay_ip: str, br: str, vx: st
 
 
 def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host: str,
-               underlay_ip: str) -> HostState:
+               underlay_ip: str, trunked: Trunked | None = None) -> HostState:
     """The part of the host state that belongs to one network (`ports` sorted by id)."""
     nid, mtu = net.id, net.mtu
     br, vx = naming.bridge_name(nid), naming.vxlan_name(nid)
@@ -67,8 +85,9 @@ def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host:
             continue
         seen_mac.add(mac)
         remote = hosts.get(port.host) if port.host != host else None
+        trunk = (trunked or {}).get(port.id, _NO_TRUNK) if port.is_subport else _NO_TRUNK
         lp, pl, fd, on_net = _port_l2(port, remote.underlay_ip if remote is not None else "", host, underlay_ip,
-                                      br, vx, mtu)
+                                      br, vx, mtu, trunk)
         if lp is not None:
             local.append(lp)
         plugs += pl
@@ -99,11 +118,34 @@ def ports_by_network(view: View) -> dict[str, list[Port]]:
     return out
 
 
+def trunked_subports(view: View, host: str) -> dict[str, tuple[str, int, int]]:
+    """Subports carried by this host's enabled trunk parents: subport id -> (the parent's tap,
+    VLAN id, the parent network's MTU). A subport named by two parents (never made by the API)
+    goes with the lowest parent id."""
+    out: dict[str, tuple[str, int, int]] = {}
+    for pid in sorted(view.ports):
+        p = view.ports[pid]
+        if not p.subports or p.host != host or not p.admin_up or p.is_subport:
+            continue
+        net = view.networks.get(p.network_id)
+        if net is None or not net.is_vxlan:
+            continue
+        for sid, vid in p.subports:
+            out.setdefault(sid, (naming.tap_name(pid), vid, net.mtu))
+    return out
+
+
+def _trunk_key(ports: list[Port], trunked: Trunked) -> tuple[tuple[str, tuple[str, int, int]], ...]:
+    """The part of `trunked` a network's ports read (its memo key)."""
+    return tuple((p.id, trunked[p.id]) for p in ports if p.is_subport and p.id in trunked)
+
+
 def compute_l2(view: View | Mapping[str, Mapping[str, object]], host: str, underlay_ip: str) -> HostState:
     """Desired L2 state of `host` given its view; pure (the reference `L2Cache` must equal)."""
     v = as_view(view)
     grouped = ports_by_network(v)
-    return merge([network_l2(net, grouped.get(nid, []), v.hosts, host, underlay_ip)
+    trunked = trunked_subports(v, host)
+    return merge([network_l2(net, grouped.get(nid, []), v.hosts, host, underlay_ip, trunked)
                   for nid, net in v.networks.items() if net.is_vxlan])
 
 
@@ -120,6 +162,7 @@ class L2Cache:
         self.host = host
         self.underlay_ip = underlay_ip
         self._memo: PartsMemo[HostState, HostState] = PartsMemo(merge)
+        self._trunk_keys: dict[str, tuple[tuple[str, tuple[str, int, int]], ...]] = {}
 
     @property
     def recomputed(self) -> int:
@@ -129,8 +172,14 @@ class L2Cache:
     def compute(self, view: View | Mapping[str, Mapping[str, object]]) -> HostState:
         v = as_view(view)
         grouped = ports_by_network(v)
+        trunked = trunked_subports(v, self.host)
 
         def part(net: Network, ports: list[Port]) -> tuple[str, tuple[object, ...], Callable[[], HostState]]:
-            return net.id, (net, v.hosts, *ports), lambda: network_l2(net, ports, v.hosts, self.host, self.underlay_ip)
+            tk = _trunk_key(ports, trunked)
+            if self._trunk_keys.get(net.id) == tk:
+                tk = self._trunk_keys[net.id]     # the memo compares inputs by identity
+            self._trunk_keys[net.id] = tk
+            return net.id, (net, v.hosts, tk, *ports), lambda: network_l2(net, ports, v.hosts, self.host,
+                                                                           self.underlay_ip, dict(tk))
 
         return self._memo.compute(part(net, grouped.get(nid, [])) for nid, net in v.networks.items() if net.is_vxlan)

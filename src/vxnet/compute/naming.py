@@ -5,6 +5,10 @@ Invariants:
 - Every link the agent creates starts with `OWNED_PREFIXES`; the agent deletes nothing else.
 - VM-facing devices are created by the hypervisor (Nova names them `tap` + 11 characters of the
   port id); the agent plugs and unplugs them but never creates or deletes them.
+- A trunk's subport rides on its parent's tap as an 802.1Q VLAN device the agent creates and
+  deletes itself: `vxt` + 11 characters of the subport's id (its VLAN id and parent are the
+  device's attributes, not part of its name), plugged into the subport network's bridge like a
+  tap; every per-port object (firewall, DHCP steering, QoS) names it by `port_device`.
 - Service ports are bridge ports the agent's features create for themselves (the DHCP
   responder's port, a router namespace's leg on a network): named `vxp` + a kind letter + 11
   characters of an id. The L2 reconciler plugs them like taps; the feature that created one
@@ -22,7 +26,8 @@ BRIDGE_PREFIX = "vxb-"
 VXLAN_PREFIX = "vxv-"
 TAP_PREFIX = "tap"
 SERVICE_PREFIX = "vxp"
-PLUG_PREFIXES = (TAP_PREFIX, SERVICE_PREFIX)
+SUBPORT_PREFIX = "vxt"                # vxt<subport>: a trunk subport's VLAN device on its parent's tap
+PLUG_PREFIXES = (TAP_PREFIX, SERVICE_PREFIX, SUBPORT_PREFIX)
 OWNED_PREFIXES = (BRIDGE_PREFIX, VXLAN_PREFIX)
 ID_CHARS = 11
 VXLAN_PORT = 4789
@@ -67,6 +72,20 @@ def vxlan_name(network_id: str) -> str:
 def tap_name(port_id: str) -> str:
     """Hypervisor-side device of a VM port, as Nova names it."""
     return TAP_PREFIX + port_id[:ID_CHARS]
+
+
+def subport_device(port_id: str) -> str:
+    """The VLAN device a trunk subport is carried on (created on its parent's tap)."""
+    return SUBPORT_PREFIX + port_id[:ID_CHARS]
+
+
+def port_device(port_id: str, subport: bool = False) -> str:
+    """The bridge-side device of a VM port: its tap, or for a trunk subport its VLAN device."""
+    return subport_device(port_id) if subport else tap_name(port_id)
+
+
+def is_subport_device(ifname: str) -> bool:
+    return ifname.startswith(SUBPORT_PREFIX)
 
 
 def is_owned(ifname: str) -> bool:

@@ -112,7 +112,7 @@ def compute_qos(v: View, host: str) -> QosState:
         pol = v.qos_policies.get(policy_id) if policy_id else None
         if pol is None:
             continue
-        t = tap_qos(naming.tap_name(pid), pid, pol)
+        t = tap_qos(naming.port_device(pid, p.is_subport), pid, pol)
         if not t.empty or t.min_egress_kbps or t.min_ingress_kbps:
             taps.append(t)
     taps.sort(key=lambda t: t.tap)

@@ -53,6 +53,8 @@ class Plug:
     bridge: str
     mtu: int
     up: bool = True
+    parent: str = ""      # a trunk subport's VLAN device: the parent tap it is created on...
+    vid: int = 0          # ...and its 802.1Q VLAN id (the agent creates and deletes such a device)
 
     @property
     def key(self) -> Hashable:

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.model import KINDS, View, parse
+from vxnet.model import KINDS, View
 from vxnet.model.view import _EMPTY, parse_bucket
 
 
@@ -38,13 +38,14 @@ class ViewState:
         return View(**{k: self.data.get(k, _EMPTY) for k in KINDS})
 
 
-def apply_message(state: ViewState, msg: Mapping[str, Any]) -> ViewState:
-    """The view after one stream message."""
+def apply_message(state: ViewState, msg: Mapping[str, Any], consume: bool = False) -> ViewState:
+    """The view after one stream message. `consume`: the message is the caller's to give up
+    (fresh from the wire); its raw objects are removed as they are parsed (`parse_bucket`)."""
     kind = msg.get("type")
     rev = int(msg.get("revision") or 0)
     if kind == "snapshot":
         view = msg.get("view") or {}
-        data = {k: parse_bucket(k, view.get(k) or {}) for k in set(KINDS) | set(view) if k != "host"}
+        data = {k: parse_bucket(k, view.get(k) or {}, consume) for k in set(KINDS) | set(view) if k != "host"}
         return ViewState(rev, True, data)
     if kind == "update":
         if rev <= state.revision and state.complete:
@@ -54,7 +55,7 @@ def apply_message(state: ViewState, msg: Mapping[str, Any]) -> ViewState:
         for k in set(put) | set(delete):
             data[k] = dict(data.get(k) or {})
         for k, objs in put.items():
-            data[k].update((i, parse(k, i, o)) for i, o in objs.items())
+            data[k].update(parse_bucket(k, objs, consume))
         for k, ids in delete.items():
             for i in ids:
                 data[k].pop(i, None)

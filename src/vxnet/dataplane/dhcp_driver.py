@@ -2,13 +2,13 @@
 sockets, the steering table's nft transactions). The agent's DHCP feature (agent/dhcp.py)
 decides what to serve; this module does every kernel I/O of it.
 
-`ResponderLinks.converge(responders)`: the veth pair of every responder exists with the right
-attributes (bridge side `vxpd<id>`, host side `vxdr<id>`: up, no IP, NOARP, addrgenmode none so
-it never sends IPv6 into the bridge, MTU = network MTU; compute/dhcp.py says why its MAC is not
-the responder MAC); pairs not wanted, and leftovers of a crashed agent, are deleted; wanted ones
-are adopted. The kernel is read (one raw link dump) on the first call and after `invalidate()`;
-otherwise the call compares with what it applied last. Idempotent: EEXIST on create and
-ENODEV/ENOENT on delete count as success.
+`ResponderLinks`: `read()` lists the responder pairs in the kernel (one raw link dump),
+`ensure(r, have)` makes one responder's veth pair exist with the right attributes (bridge side
+`vxpd<id>`, host side `vxdr<id>`: up, no IP, NOARP, addrgenmode none so it never sends IPv6
+into the bridge, MTU = network MTU; compute/dhcp.py says why its MAC is not the responder MAC)
+and returns its ifindex, `delete(device)` removes a pair. Which pairs to converge or delete
+(leftovers of a crashed agent included) is the DHCP feature's `Manager`. Idempotent: EEXIST on
+create and ENODEV/ENOENT on delete count as success.
 
 `ResponderServer`: one daemon thread that enters the host namespace (`pyroute2.netns.setns`,
 per thread), runs the nft transactions there (the one executor, `dataplane/nft_exec.py`), and
@@ -32,14 +32,15 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from prometheus_client import Counter
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import dhcp_packet as pkt
-from vxnet.compute.dhcp import Lease, Responder, answer, is_device, is_service_port
+from vxnet.compute import naming
+from vxnet.compute.dhcp import SERVICE_KIND, Lease, Responder, answer, is_device, is_service_port
 from vxnet.dataplane.nft_exec import NftExecutor
 from vxnet.dataplane.rtnl import LinkRecord, RtnlSocket, dump_links
 
@@ -252,16 +253,13 @@ def _packet_socket(dev: str, ifindex: int) -> socket.socket:
 
 
 class ResponderLinks:
-    """The responders' veth pairs in one host namespace (see the module docstring)."""
+    """The responders' veth pairs in one host namespace, one pair at a time (see the module
+    docstring); keeps no record of what it applied (the DHCP feature's `Manager` does)."""
 
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
         self._rtnl: RtnlSocket | None = None
         self._ipr: IPRoute | None = None
-        self._links: dict[str, LinkRecord] | None = None     # our links as last read / applied
-
-    def invalidate(self) -> None:
-        self._links = None
 
     def close(self) -> None:
         if self._ipr is not None:
@@ -269,93 +267,70 @@ class ResponderLinks:
         if self._rtnl is not None:
             self._rtnl.close()
 
-    def converge(self, responders: Iterable[Responder], changes: collections.Counter[str], failed: list[object],
-                 bad: set[str]) -> dict[str, LinkRecord]:
-        """Delete the unwanted pairs, create or fix the wanted; our links (NetlinkError/OSError
-        when even the link dump failed: nothing is known)."""
-        responders = list(responders)
-        if self._links is None:
-            self._links = {ln.ifname: ln for ln in dump_links(self.rtnl)
-                           if is_device(ln.ifname) or is_service_port(ln.ifname)}
-        links = self._links
-        wanted = {r.port for r in responders} | {r.device for r in responders}
-        for name in sorted(n for n in links if n not in wanted):
-            if name not in links:         # went with its peer
-                continue
-            if self._delete(name):
-                changes["responder_deleted"] += 1
-            else:
-                failed.append(f"dhcp veth {name}")
-        for r in responders:
-            try:
-                self._ensure(r, changes)
-            except (NetlinkError, OSError, IndexError) as e:
-                log.warning("DHCP responder %s: %s", r.device, e)
-                bad.add(r.network_id)
-                failed.append(f"dhcp responder {r.network_id}")
-        return links
-
-    @property
-    def rtnl(self) -> RtnlSocket:
-        if self._rtnl is None:
-            self._rtnl = RtnlSocket(self.netns)
-        return self._rtnl
-
     @property
     def ipr(self) -> IPRoute:
         if self._ipr is None:
             self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
         return self._ipr
 
-    def _delete(self, name: str) -> bool:
-        assert self._links is not None
-        link = self._links.pop(name)
-        try:
-            self.ipr.link("del", index=link.index)
-        except NetlinkError as e:
-            if e.code not in (errno.ENODEV, errno.ENOENT):
-                log.warning("deleting %s: %s", name, e)
-                return False
-        # The peer went with it.
-        for other in [n for n, ln in self._links.items() if n[4:] == name[4:]]:
-            self._links.pop(other)
-        log.info("DHCP responder device %s deleted", name)
-        return True
+    def read(self) -> dict[str, tuple[LinkRecord | None, LinkRecord | None]]:
+        """Device name -> (bridge side, host side) of every pair in the kernel (one dump;
+        NetlinkError/OSError when it fails)."""
+        if self._rtnl is None:
+            self._rtnl = RtnlSocket(self.netns)
+        out: dict[str, tuple[LinkRecord | None, LinkRecord | None]] = {}
+        for ln in dump_links(self._rtnl):
+            if is_device(ln.ifname) or is_service_port(ln.ifname):
+                key = pair_device(ln.ifname)
+                port, dev = out.get(key, (None, None))
+                out[key] = (port, ln) if is_device(ln.ifname) else (ln, dev)
+        return out
 
-    def _ensure(self, r: Responder, changes: collections.Counter[str]) -> None:
-        """The veth pair of `r` exists with the right attributes (created or fixed)."""
-        assert self._links is not None
-        port, dev = self._links.get(r.port), self._links.get(r.device)
+    def delete(self, device: str) -> None:
+        """Delete the pair of `device` (gone already: success; else NetlinkError)."""
+        for name in (device, pair_port(device)):
+            for idx in self.ipr.link_lookup(ifname=name):
+                try:
+                    self.ipr.link("del", index=idx)
+                except NetlinkError as e:
+                    if e.code not in (errno.ENODEV, errno.ENOENT):
+                        raise
+        log.info("DHCP responder device %s deleted", device)
+
+    def ensure(self, r: Responder, have: tuple[LinkRecord | None, LinkRecord | None] | None) -> int:
+        """The veth pair of `r` with the right attributes (created or fixed; `have`: the pair
+        as read, None: not read, assumed absent); returns the host side's ifindex."""
+        port, dev = have or (None, None)
         if port is None or dev is None or port.kind != "veth" or dev.kind != "veth":
-            for stale in (port, dev):
-                if stale is not None and stale.ifname in self._links:
-                    self._delete(stale.ifname)
-            self._create(r)
-            changes["responder_created"] += 1
-            return
+            if have is not None and (port or dev):
+                self.delete(r.device)
+            return self._create(r)
         if dev.mtu != r.mtu or dev.flags & (IFF_UP | IFF_NOARP) != IFF_UP | IFF_NOARP:
             self.ipr.link("set", index=dev.index, mtu=r.mtu, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
-            self._links[r.device] = dataclasses.replace(dev, mtu=r.mtu, flags=dev.flags | IFF_UP | IFF_NOARP)
-            changes["responder_updated"] += 1
+        return dev.index
 
-    def _create(self, r: Responder) -> None:
-        assert self._links is not None
+    def _create(self, r: Responder) -> int:
         try:
             self.ipr.link("add", ifname=r.port, kind="veth", mtu=r.mtu, peer={"ifname": r.device, "mtu": r.mtu})
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
         no_ipv6 = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", ADDR_GEN_MODE_NONE]]}]]}
-        for name in (r.port, r.device):
-            idx = self.ipr.link_lookup(ifname=name)[0]
-            self.ipr.link("set", index=idx, af_spec=no_ipv6)
+        idx = {name: self.ipr.link_lookup(ifname=name)[0] for name in (r.port, r.device)}
+        for i in idx.values():
+            self.ipr.link("set", index=i, af_spec=no_ipv6)
         # NOARP: the host never answers a tenant's ARP for its own addresses on this device.
         # The bridge side comes up when the L2 pass plugs it.
-        dev_idx = self.ipr.link_lookup(ifname=r.device)[0]
-        self.ipr.link("set", index=dev_idx, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
-        for ln in dump_links(self.rtnl):
-            if ln.ifname in (r.port, r.device):
-                self._links[ln.ifname] = ln
+        self.ipr.link("set", index=idx[r.device], mtu=r.mtu, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
         log.info("DHCP responder for network %s: %s/%s", r.network_id, r.port, r.device)
+        return idx[r.device]
 
 
+def pair_device(ifname: str) -> str:
+    """The host-side name of the pair `ifname` belongs to (both sides share the id suffix)."""
+    return naming.DHCP_DEVICE_PREFIX + ifname[len(naming.DHCP_DEVICE_PREFIX):]
+
+
+def pair_port(device: str) -> str:
+    """The bridge-side name of responder device `device`."""
+    return naming.service_port_name(SERVICE_KIND, "") + device[len(naming.DHCP_DEVICE_PREFIX):]

@@ -10,10 +10,16 @@ Contract:
 - `apply_router(r, previous)` converges one namespace to `r` and returns whether it was
   (re)created: missing namespace / legs are created, a leg whose MAC or MTU differs is fixed,
   addresses and routes not wanted are removed (only in our namespaces, which hold nothing
-  else), and the NAT table is replaced in one `nft -f` transaction. Floating IPs that went away
-  or changed their fixed IP have their conntrack entries deleted (`conntrack -D`, if
-  installed), so a move takes effect at once. GARP (`busybox arping -U`) for the gateway
-  address and floating IPs after a (re)creation and for new floating IPs.
+  else), and the NAT table is replaced in one transaction (libnftables, in a thread inside the
+  namespace). Floating IPs that went away or changed their fixed IP have their conntrack
+  entries deleted (`conntrack -D`, if installed), so a move takes effect at once. Gratuitous
+  ARP (raw AF_PACKET, `router_driver.announce`) for the gateway address and floating IPs after
+  a (re)creation and for new floating IPs.
+- Kernel access: netlink (pyroute2) for namespaces, links, addresses and routes; /proc/sys
+  from a thread inside the namespace for its sysctls. The one program still run is
+  `conntrack -D`: pyroute2 0.9.7's conntrack delete sends only an original tuple, so "every
+  entry whose reply destination is X" needs a dump, a filter and one delete per entry, which
+  conntrack-tools does in C; it runs only when a floating IP moves or goes.
 - `delete_stale(keep)` deletes this host's SNAT namespaces not in `keep` (a veth dies with its
   namespace, so the host-side taps go too).
 - Every method raises `GatewayError` on a kernel failure; the feature reports the router as
@@ -22,12 +28,17 @@ Contract:
 
 from __future__ import annotations
 
-import json
+import errno
+import ipaddress
 import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import naming
 from vxnet.compute.gateway import (
@@ -38,71 +49,103 @@ from vxnet.compute.gateway import (
     nat_ruleset,
 )
 from vxnet.compute.state import Bridge
+from vxnet.dataplane.nft_exec import NftExecutor
+from vxnet.dataplane.router_driver import announce, in_netns
 
 log = logging.getLogger("vxnet.dataplane.gateway")
 
 NETNS_DIR = "/run/netns"
 ROUTE_PROTO = naming.GATEWAY_ROUTE_PROTO   # routes we add; the kernel's connected routes are proto kernel
+RTPROT_KERNEL = 2
+IFF_UP = 0x1
+SYSCTLS = (("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/all/disable_ipv6", "1"),
+           ("net/ipv6/conf/default/disable_ipv6", "1"))
+_GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
 
 class GatewayError(Exception):
-    """A kernel command failed (message: the command and its stderr)."""
+    """A kernel operation failed (message: what and why)."""
 
 
-def _run(cmd: Sequence[str], stdin: str | None = None, check: bool = True) -> str:
-    r = subprocess.run(list(cmd), input=stdin, capture_output=True, text=True, check=False)
-    if check and r.returncode != 0:
-        raise GatewayError(f"{' '.join(cmd)}: {r.stderr.strip()}")
-    return r.stdout
+def _write_sysctls() -> None:
+    for key, value in SYSCTLS:
+        with open("/proc/sys/" + key, "w") as f:
+            f.write(value)
+
+
+def _nft_in_thread(text: str) -> str | None:
+    ex = NftExecutor()
+    try:
+        return ex.run(text)
+    finally:
+        ex.close()
+
+
+def _links(ipr: IPRoute) -> dict[str, dict]:
+    """ifname -> {index, address, mtu, up, master} of every link."""
+    out = {}
+    for m in ipr.get_links():
+        out[m.get("ifname")] = {"index": m["index"], "address": (m.get("address") or "").lower(),
+                                "mtu": m.get("mtu"), "up": bool(m["flags"] & IFF_UP), "master": m.get("master")}
+    return out
 
 
 class GatewayDriver:
-    """Thin wrapper over `ip`, `nft`, `conntrack` and `arping` for one host."""
+    """Netlink (pyroute2) for links, addresses, routes and namespaces, libnftables for the NAT
+    table, raw AF_PACKET for gratuitous ARP; only conntrack deletion runs a program."""
 
     def __init__(self, host_netns: str | None = None) -> None:
         self.host_netns = host_netns
-        self._garps: list[subprocess.Popen[bytes]] = []
+        self._host_ipr: IPRoute | None = None
         self.conntrack = shutil.which("conntrack")
 
-    # -- helpers --------------------------------------------------------------------------
-    def _ip(self, *args: str, ns: str | None = None, check: bool = True) -> str:
-        return _run(["ip", *(["-n", ns] if ns else []), *args], check=check)
-
-    def _host_ip(self, *args: str, check: bool = True) -> str:
-        return self._ip(*args, ns=self.host_netns, check=check)
-
-    def _json(self, *args: str, ns: str | None) -> list[dict]:
-        out = self._ip("-j", *args, ns=ns, check=False)
-        try:
-            return json.loads(out) if out.strip() else []
-        except ValueError:
-            return []
-
-    def _in_ns(self, ns: str, *cmd: str, stdin: str | None = None, check: bool = True) -> str:
-        return _run(["ip", "netns", "exec", ns, *cmd], stdin=stdin, check=check)
+    @property
+    def host_ipr(self) -> IPRoute:
+        if self._host_ipr is None:
+            self._host_ipr = IPRoute(netns=self.host_netns) if self.host_netns else IPRoute()
+        return self._host_ipr
 
     def close(self) -> None:
-        for p in self._garps:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        self._garps = []
+        if self._host_ipr is not None:
+            self._host_ipr.close()
+            self._host_ipr = None
+
+    @staticmethod
+    def _do(what: str, fn: Callable[[], object], ok: tuple[int, ...] = ()) -> None:
+        try:
+            fn()
+        except NetlinkError as e:
+            if e.code not in ok:
+                raise GatewayError(f"{what}: {e}") from e
+        except OSError as e:
+            raise GatewayError(f"{what}: {e}") from e
 
     # -- external bridge ------------------------------------------------------------------
     def ensure_external(self, ext: ExternalBridge, bridge: Bridge) -> None:
         """The external interface up and enslaved to `bridge` (created if missing)."""
         if not ext.interface:
             return
-        links = {link["ifname"]: link for link in self._json("link", "show", ns=self.host_netns)}
+        ipr = self.host_ipr
+        try:
+            links = _links(ipr)
+        except (NetlinkError, OSError) as e:
+            raise GatewayError(f"link dump: {e}") from e
         if ext.interface not in links:
             raise GatewayError(f"external interface {ext.interface} not found")
         if bridge.name not in links:
-            self._host_ip("link", "add", bridge.name, "address", bridge.mac, "mtu", str(bridge.mtu), "type", "bridge")
-            self._host_ip("link", "set", bridge.name, "up")
-        if links[ext.interface].get("master") != bridge.name:
-            self._host_ip("link", "set", ext.interface, "master", bridge.name)
-        if "UP" not in links[ext.interface].get("flags", []):
-            self._host_ip("link", "set", ext.interface, "up")
+            self._do(f"bridge {bridge.name}", lambda: ipr.link("add", ifname=bridge.name, kind="bridge",
+                                                                address=bridge.mac, mtu=bridge.mtu), (errno.EEXIST,))
+            idx = ipr.link_lookup(ifname=bridge.name)
+            if not idx:
+                raise GatewayError(f"bridge {bridge.name} not found after creation")
+            self._do(f"bridge {bridge.name} up", lambda: ipr.link("set", index=idx[0], state="up"))
+            links[bridge.name] = {"index": idx[0]}
+        ifc = links[ext.interface]
+        if ifc["master"] != links[bridge.name]["index"]:
+            self._do(f"{ext.interface} master", lambda: ipr.link("set", index=ifc["index"],
+                                                                 master=links[bridge.name]["index"]))
+        if not ifc["up"]:
+            self._do(f"{ext.interface} up", lambda: ipr.link("set", index=ifc["index"], state="up"))
 
     # -- namespaces -----------------------------------------------------------------------
     def namespaces(self, host: str) -> set[str]:
@@ -116,105 +159,128 @@ class GatewayDriver:
     def delete_stale(self, host: str, keep: Iterable[str]) -> list[str]:
         gone = sorted(self.namespaces(host) - set(keep))
         for ns in gone:
-            _run(["ip", "netns", "del", ns], check=False)
+            try:
+                pr_netns.remove(ns)
+            except OSError as e:
+                log.warning("deleting %s: %s", ns, e)
         return gone
 
     def _ensure_netns(self, ns: str) -> bool:
-        if os.path.exists(os.path.join(NETNS_DIR, ns)):
+        path = os.path.join(NETNS_DIR, ns)
+        if os.path.exists(path) and os.path.ismount(path):
             return False
-        _run(["ip", "netns", "add", ns])
-        self._in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1")
-        self._ip("link", "set", "lo", "up", ns=ns)
+        try:
+            if os.path.exists(path):
+                os.unlink(path)         # a name without a namespace behind it
+            pr_netns.create(ns)
+            in_netns(ns, _write_sysctls)
+        except OSError as e:
+            raise GatewayError(f"namespace {ns}: {e}") from e
         return True
 
-    def _ensure_leg(self, ns: str, leg: Leg, host_links: dict[str, dict], ns_links: dict[str, dict]) -> bool:
+    def _ensure_leg(self, ns: str, ipr: IPRoute, leg: Leg, host_links: dict[str, dict],
+                    ns_links: dict[str, dict]) -> bool:
         """The veth pair with MAC/MTU/up; True if it was (re)created."""
+        host = self.host_ipr
         created = False
         if leg.tap not in host_links or leg.inner not in ns_links:
-            self._host_ip("link", "del", leg.tap, check=False)
-            self._ip("link", "del", leg.inner, ns=ns, check=False)
-            self._host_ip("link", "add", leg.tap, "mtu", str(leg.mtu), "type", "veth", "peer", "name", leg.inner,
-                          "netns", ns)
-            ns_links[leg.inner] = {}
+            if leg.tap in host_links:
+                self._do(f"del {leg.tap}", lambda: host.link("del", index=host_links[leg.tap]["index"]), _GONE)
+            if leg.inner in ns_links:
+                self._do(f"del {leg.inner}", lambda: ipr.link("del", index=ns_links[leg.inner]["index"]), _GONE)
+            self._do(f"veth {leg.tap}", lambda: host.link("add", ifname=leg.tap, kind="veth", mtu=leg.mtu,
+                                                          peer={"ifname": leg.inner, "net_ns_fd": ns,
+                                                                "address": leg.mac, "mtu": leg.mtu}))
+            host_links[leg.tap] = {"index": host.link_lookup(ifname=leg.tap)[0], "mtu": leg.mtu, "up": False}
+            ns_links[leg.inner] = {"index": ipr.link_lookup(ifname=leg.inner)[0]}
             created = True
         inner = ns_links[leg.inner]
-        if created or inner.get("address") != leg.mac or inner.get("mtu") != leg.mtu or "UP" not in inner.get("flags", []):
-            self._ip("link", "set", leg.inner, "address", leg.mac, "mtu", str(leg.mtu), "up", ns=ns)
-        host = host_links.get(leg.tap, {})
-        if created or host.get("mtu") != leg.mtu or "UP" not in host.get("flags", []):
-            self._host_ip("link", "set", leg.tap, "mtu", str(leg.mtu), "up")
+        if created or inner.get("address") != leg.mac or inner.get("mtu") != leg.mtu or not inner.get("up"):
+            self._do(f"set {leg.inner}", lambda: ipr.link("set", index=inner["index"], address=leg.mac,
+                                                          mtu=leg.mtu, state="up"))
+        tap = host_links[leg.tap]
+        if created or tap.get("mtu") != leg.mtu or not tap.get("up"):
+            self._do(f"set {leg.tap}", lambda: host.link("set", index=tap["index"], mtu=leg.mtu, state="up"))
         return created
 
-    def _ensure_addrs(self, ns: str, dev: str, wanted: set[str]) -> None:
-        have = set()
-        for link in self._json("addr", "show", "dev", dev, ns=ns):
-            for a in link.get("addr_info", []):
-                if a.get("family") == "inet":
-                    have.add(f"{a['local']}/{a['prefixlen']}")
+    def _ensure_addrs(self, ipr: IPRoute, dev: str, index: int, wanted: set[str]) -> None:
+        have = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=index)}
         for cidr in sorted(have - wanted):
-            self._ip("addr", "del", cidr, "dev", dev, ns=ns, check=False)
+            ip, plen = cidr.split("/")
+            self._do(f"del {cidr} {dev}", lambda ip=ip, plen=plen: ipr.addr("del", index=index, address=ip,
+                                                                           prefixlen=int(plen)), _GONE)
         for cidr in sorted(wanted - have):
-            self._ip("addr", "replace", cidr, "dev", dev, ns=ns)
+            ip, plen = cidr.split("/")
+            self._do(f"add {cidr} {dev}", lambda ip=ip, plen=plen: ipr.addr("replace", index=index, address=ip,
+                                                                           prefixlen=int(plen)))
 
-    def _ensure_routes(self, ns: str, r: GatewayRouter) -> None:
-        wanted: dict[str, tuple[str, str]] = {}
+    def _ensure_routes(self, ipr: IPRoute, r: GatewayRouter, index: dict[str, int]) -> None:
+        wanted: dict[str, tuple[str, int | None]] = {}
         if r.gateway_ip:
-            wanted["default"] = (r.gateway_ip, r.gw.inner)
+            wanted["0.0.0.0/0"] = (r.gateway_ip, index[r.gw.inner])
         for dest, hop in r.routes:
-            wanted[dest] = (hop, "")
-        have = {}
-        for rt in self._json("route", "show", "table", "main", ns=ns):
-            if rt.get("protocol") != "kernel":
-                have[rt["dst"]] = (rt.get("gateway", ""), rt.get("dev", ""))
+            wanted[str(ipaddress.ip_network("0.0.0.0/0" if dest == "default" else dest, strict=False))] = (hop, None)
+        have: dict[str, tuple[str, int | None]] = {}
+        for m in ipr.get_routes(family=2, table=254):
+            if m["proto"] != RTPROT_KERNEL:
+                have[f"{m.get('RTA_DST') or '0.0.0.0'}/{m['dst_len']}"] = (m.get("RTA_GATEWAY") or "", m.get("RTA_OIF"))
         for dst in sorted(set(have) - set(wanted)):
-            self._ip("route", "del", dst, ns=ns, check=False)
-        for dst, (hop, dev) in sorted(wanted.items()):
-            if dst in have and have[dst][0] == hop and (not dev or have[dst][1] == dev):
+            self._do(f"del route {dst}", lambda dst=dst: ipr.route("del", dst=dst, table=254), _GONE)
+        for dst, (hop, oif) in sorted(wanted.items()):
+            if dst in have and have[dst][0] == hop and (oif is None or have[dst][1] == oif):
                 continue
-            self._ip("route", "replace", dst, "via", hop, *(["dev", dev] if dev else []), "proto", ROUTE_PROTO, ns=ns)
+            kw = {"oif": oif} if oif is not None else {}
+            self._do(f"route {dst} via {hop}", lambda dst=dst, hop=hop, kw=kw: ipr.route(
+                "replace", dst=dst, gateway=hop, table=254, proto=ROUTE_PROTO, **kw))
 
     def _forget_flows(self, ns: str, fips: Iterable[tuple[str, str]]) -> None:
-        """Delete conntrack entries of floating IPs that moved or went (no stale DNAT/SNAT)."""
+        """Delete conntrack entries of floating IPs that moved or went (no stale DNAT/SNAT).
+        The one program the driver runs: see the module docstring."""
         if not self.conntrack:
             return
         for fip, fixed in fips:
             for args in (("--orig-dst", fip), ("--reply-dst", fip), ("--orig-src", fixed)):
-                self._in_ns(ns, self.conntrack, "-D", *args, check=False)
-
-    def _garp(self, ns: str, dev: str, ips: Iterable[str]) -> None:
-        self._garps = [p for p in self._garps if p.poll() is None]
-        for ip in ips:
-            # Unsolicited ARP so the external network learns where the address lives now
-            # (a gateway moved to this host, or a floating IP moved here). Not waited for.
-            self._garps.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, "busybox", "arping", "-U", "-c", "2", "-w", "1", "-I", dev, "-s", ip, ip],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                subprocess.run(["ip", "netns", "exec", ns, self.conntrack, "-D", *args], capture_output=True,
+                               check=False)
 
     # -- one router -----------------------------------------------------------------------
     def apply_router(self, r: GatewayRouter, previous: GatewayRouter | None) -> bool:
         """Converge `r`'s namespace (see the module contract); True if it was (re)created."""
         ns = r.netns
         created = self._ensure_netns(ns)
-        host_links = {link["ifname"]: link for link in self._json("link", "show", ns=self.host_netns)}
-        ns_links = {link["ifname"]: link for link in self._json("link", "show", ns=ns)}
+        try:
+            with IPRoute(netns=ns) as ipr:
+                return self._apply_router(ipr, r, previous, created)
+        except (NetlinkError, OSError, IndexError) as e:
+            raise GatewayError(f"{ns}: {e}") from e
+
+    def _apply_router(self, ipr: IPRoute, r: GatewayRouter, previous: GatewayRouter | None, created: bool) -> bool:
+        ns = r.netns
+        host_links = _links(self.host_ipr)
+        ns_links = _links(ipr)
+        if not ns_links.get("lo", {}).get("up", True):
+            self._do(f"{ns} lo up", lambda: ipr.link("set", index=ns_links["lo"]["index"], state="up"))
         wanted_inner = {leg.inner for leg in r.legs} | {"lo"}
         for name in sorted(set(ns_links) - wanted_inner):
-            self._ip("link", "del", name, ns=ns, check=False)     # a removed snat leg (its tap goes too)
+            # a removed snat leg (its tap goes too)
+            self._do(f"del {name}", lambda name=name: ipr.link("del", index=ns_links[name]["index"]), _GONE)
         gw_new = False
         for leg in r.legs:
-            new = self._ensure_leg(ns, leg, host_links, ns_links)
+            new = self._ensure_leg(ns, ipr, leg, host_links, ns_links)
             gw_new = gw_new or (new and leg is r.gw)
             extra = {f"{f.floating_ip}/32" for f in r.fips} if leg is r.gw else set()
-            self._ensure_addrs(ns, leg.inner, {leg.cidr} | extra)
-        self._ensure_routes(ns, r)
+            self._ensure_addrs(ipr, leg.inner, ns_links[leg.inner]["index"], {leg.cidr} | extra)
+        self._ensure_routes(ipr, r, {n: ln["index"] for n, ln in ns_links.items()})
         if created or previous is None or nat_ruleset(previous) != nat_ruleset(r) or gw_new:
-            self._in_ns(ns, "nft", "-f", "-", stdin=nat_ruleset(r))
+            err = in_netns(ns, lambda: _nft_in_thread(nat_ruleset(r)))
+            if err is not None:
+                raise GatewayError(f"{ns} NAT table: {err}")
         old = {f.floating_ip: f.fixed_ip for f in (previous.fips if previous else ())}
         new = {f.floating_ip: f.fixed_ip for f in r.fips}
         self._forget_flows(ns, [(ip, fixed) for ip, fixed in old.items() if new.get(ip) != fixed])
-        if created or gw_new:
-            self._garp(ns, r.gw.inner, [r.gw_ip, *new])
-        else:
-            self._garp(ns, r.gw.inner, [ip for ip in new if old.get(ip) != new[ip]])
+        # Unsolicited ARP so the external network learns where the addresses live now (a
+        # gateway moved to this host, or a floating IP moved here). Not waited for.
+        garp = [r.gw_ip, *new] if created or gw_new else [ip for ip in new if old.get(ip) != new[ip]]
+        if garp:
+            announce(ns, r.gw.inner, r.gw.mac, garp, delays=(0.0, 0.5, 1.0))
         return created or gw_new

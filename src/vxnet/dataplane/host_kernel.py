@@ -30,7 +30,7 @@ class RtnlKernel:
         return read_links(self.rtnl)
 
     def links(self, index: dict[str, int]) -> LinksDriver:
-        return LinksDriver(self.ipr, self.underlay_ip, index)
+        return LinksDriver(self.ipr, self.underlay_ip, index, self.rtnl)
 
     def read_fdb(self, index: Mapping[str, int], taps: frozenset[str]) -> frozenset[Fdb]:
         return read_fdb(self.rtnl, index, taps)

@@ -8,6 +8,8 @@ Contract:
   Creating something that exists, or deleting something gone, counts as success.
 - Only links named with the owned prefixes are ever created or deleted; taps are only
   attached/detached (set master), never created or deleted.
+- A plug with a `parent` (a trunk subport, `vxt*`) is a VLAN device the driver creates on that
+  parent (its VLAN id), recreates when its parent or VLAN id differ, and deletes on unplug.
 - A VXLAN device whose immutable attributes (VNI, local IP, port, learning) differ is recreated.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -24,7 +27,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vxnet.compute import naming
 from vxnet.compute.diff import Diff
 from vxnet.compute.state import Bridge, Plug, Vxlan
-from vxnet.dataplane.rtnl import RtnlSocket, dump_links
+from vxnet.dataplane.rtnl import LinkSet, RtnlSocket, dump_links
 
 log = logging.getLogger("vxnet.dataplane.links")
 
@@ -63,6 +66,8 @@ def read_links(sock: RtnlSocket) -> LinkSnapshot:
         elif naming.is_vxlan(name):
             vxlans.add(Vxlan(name, link.vxlan_id, link.vxlan_local, master, link.mtu, link.vxlan_port,
                              link.vxlan_learning, link.port_learning, link.port_neigh_suppress, up))
+        elif naming.is_subport_device(name):
+            taps.add(Plug(name, master, link.mtu, up, names.get(link.link, "") if link.link else "", link.vlan_id))
         elif naming.is_plug(name):
             taps.add(Plug(name, master, link.mtu, up))
     return LinkSnapshot(frozenset(bridges), frozenset(vxlans), frozenset(taps), index)
@@ -78,8 +83,10 @@ def underlay_index(ipr: IPRoute, underlay_ip: str) -> int | None:
 class LinksDriver:
     """Applies link diffs; collects the entries that failed (they stay dirty)."""
 
-    def __init__(self, ipr: IPRoute, underlay_ip: str, index: dict[str, int] | None = None) -> None:
+    def __init__(self, ipr: IPRoute, underlay_ip: str, index: dict[str, int] | None = None,
+                 rtnl: RtnlSocket | None = None) -> None:
         self.ipr = ipr
+        self.rtnl = rtnl          # plugs: one raw netlink write (pyroute2's call costs more)
         self.underlay_ip = underlay_ip
         self.index = dict(index or {})
         self.failed: list[object] = []
@@ -179,23 +186,54 @@ class LinksDriver:
         self._try(new, "update", lambda: self._set_vxlan(new))
 
     # -- plugs ----------------------------------------------------------------------------
-    def plug(self, p: Plug) -> None:
+    def _vlan(self, p: Plug, old: Plug | None) -> None:
+        """Make sure a subport's VLAN device exists as `p` says (recreated if it differs)."""
+        if old is not None and (old.parent, old.vid) != (p.parent, p.vid):
+            idx = self._idx(p.tap)
+            if idx is not None:
+                self.ipr.link("del", index=idx)
+            self.index.pop(p.tap, None)
+        if self._idx(p.tap) is not None:
+            return
+        lower = self._idx(p.parent)
+        if lower is None:
+            raise NetlinkError(errno.ENODEV, f"{p.parent} missing")
+        try:
+            self.ipr.link("add", ifname=p.tap, kind="vlan", link=lower, vlan_id=p.vid, mtu=p.mtu)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        self.index.pop(p.tap, None)
+
+    def plug(self, p: Plug, old: Plug | None = None) -> None:
         def go() -> None:
+            if p.parent:
+                assert naming.is_subport_device(p.tap), p
+                self._vlan(p, old)
             idx, br = self._idx(p.tap), self._idx(p.bridge)
             if idx is None or br is None:
                 raise NetlinkError(errno.ENODEV, f"{p.tap} or {p.bridge} missing")
-            # Two requests: the kernel applies a link's flags before its master, so "master + up"
-            # in one message brings the device up outside the bridge for a moment, and a frame
-            # the VM sends then (its first ARP) is lost.
-            self.ipr.link("set", index=idx, master=br, mtu=p.mtu)
-            self.ipr.link("set", index=idx, state="up" if p.up else "down")
+            # Two messages (one write, in order): the kernel applies a link's flags before its
+            # master, so "master + up" in one message brings the device up outside the bridge
+            # for a moment, and a frame the VM sends then (its first ARP) is lost.
+            if self.rtnl is None:
+                self.ipr.link("set", index=idx, master=br, mtu=p.mtu)
+                self.ipr.link("set", index=idx, state="up" if p.up else "down")
+                return
+            for code in self.rtnl.batch([LinkSet(idx, master=br, mtu=p.mtu), LinkSet(idx, up=p.up)]):
+                if code:
+                    raise NetlinkError(code, os.strerror(code))
         self._try(p, "update", go)
 
     def unplug(self, p: Plug) -> None:
         def go() -> None:
             idx = self._idx(p.tap)
             if idx is not None:
-                self.ipr.link("set", index=idx, master=0)
+                if naming.is_subport_device(p.tap):
+                    self.ipr.link("del", index=idx)     # ours: a subport's VLAN device
+                    self.index.pop(p.tap, None)
+                else:
+                    self.ipr.link("set", index=idx, master=0)
         self._try(p, "delete", go)
 
     # -- whole diffs ----------------------------------------------------------------------
@@ -214,8 +252,8 @@ class LinksDriver:
         """Attach (and bring up) VM devices; called once their network's entries are in place."""
         for p in plugs.create:
             self.plug(p)
-        for _, p in plugs.update:
-            self.plug(p)
+        for old, p in plugs.update:
+            self.plug(p, old)
 
     def apply_down(self, bridges: Diff[Bridge], vxlans: Diff[Vxlan], plugs: Diff[Plug]) -> None:
         """Deletes, in reverse dependency order."""

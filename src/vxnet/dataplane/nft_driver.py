@@ -1,11 +1,12 @@
 """nftables driver: converge the agent's own tables to a desired `NftTable` set, atomically.
 
 Contract:
-- `apply(tables)` makes the kernel hold exactly `tables` (only tables named there are touched)
-  with ONE nft script, i.e. one netlink transaction: the kernel switches from the old ruleset
+- `apply([(table, previous), ...])` makes the kernel hold exactly those tables (only tables
+  named there are touched) with ONE nft script, i.e. one netlink transaction: the kernel switches from the old ruleset
   to the new one between two packets, and conntrack entries are untouched (so established
   connections that remain allowed keep flowing).
-- Incremental by chain: with a known previous state it sends only new chains (`add chain`),
+- `previous` is what the caller applied last (the firewall feature's `Manager` keeps it; the
+  driver keeps no such record). Incremental by chain: with a known previous state it sends only new chains (`add chain`),
   changed chains (`flush chain` + their rules; for unordered chains, i.e. the shared group
   chains, rule by rule: `delete rule ... handle H` for the rules that went, `add rule` for the
   new ones, handles read back from the kernel, so the other rules keep their counters),
@@ -14,18 +15,18 @@ Contract:
   rule change is one command whatever the number of ports using the group; a remote-group
   member change is one element. Nothing to do: nothing is sent.
 - Full replace (`add table; delete table; add table; ...` in one transaction) when the
-  previous state is unknown (start, `invalidate()`, a failed transaction) AND the kernel does
+  previous state is unknown (None: start, drift repair, a failed transaction) AND the kernel does
   not already hold the desired rules. Recognising them: every rule carries a comment with a
   hash of its text (compute/firewall.py); the driver lists the tables tersely and compares
   each chain's comment sequence. So a restarted agent adopts its rules without resetting a
   counter; sets are re-filled exactly (flush + add) in that case. Cheaper still: when the
   namespace's ruleset generation (NFT_MSG_GETGEN) is the one read right after our last
   transaction, nothing at all was committed since, and the kernel is not read.
-- `NftError` on failure (nothing was applied: transactions are all or nothing); the next
-  `apply` starts from the kernel again.
+- `NftError` on failure (nothing was applied: transactions are all or nothing); the caller
+  passes `previous` None next time.
 - Transactions and listings go through the one executor (`dataplane/nft_exec.py`: libnftables
   in-process, else the `nft` program), in a worker thread that entered the host namespace
-  (`setns` is per thread) when `netns` is set; `counters()` runs `nft -j`.
+  (`setns` is per thread) when `netns` is set; `counters()` is a JSON listing through it.
 - `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
   (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
   packet meets the rules again instead of `ct established`.
@@ -51,7 +52,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vxnet.compute.firewall import NftChain, NftTable, table_text
-from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_TERSE, NftExecutor
+from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, OUTPUT_TERSE, NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
@@ -332,31 +333,23 @@ class _Transactions:
             self._local = None
 
 
+Key = tuple[str, str]          # (family, name) of a table
+
+
 class NftDriver:
-    """Owns the given tables in one host namespace."""
+    """Applies table changes in one host namespace; keeps no record of what it applied (the
+    firewall feature's `Manager` does), only the proof that nothing changed since its last
+    transaction (the ruleset generation read right after it, and the tables it left)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._applied: dict[tuple[str, str], NftTable] | None = None
         self._sysctl_ok = False
         self.last: ApplyResult | None = None
         self._tx = _Transactions(netns)
-        self._suspect: dict[tuple[str, str], NftTable] | None = None   # applied before invalidate()
-        self._gen: int | None = None        # ruleset generation right after our last transaction
+        self._committed: tuple[int, dict[Key, NftTable]] | None = None   # (generation after, tables)
         self._gen_reader = GenIdReader()    # used only from the transactions' thread
 
-    # ------------------------------------------------------------------ process
-    def _cmd(self, *args: str) -> list[str]:
-        return (["ip", "netns", "exec", self.netns] if self.netns else []) + list(args)
-
-    def nft(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
-        """Run nft (in the host namespace); its stdout, or NftError with its stderr."""
-        r = subprocess.run(self._cmd("nft", *args), input=stdin, capture_output=True, text=True,
-                           timeout=timeout, check=False)
-        if r.returncode != 0:
-            raise NftError((r.stderr or r.stdout).strip()[-2000:])
-        return r.stdout
-
+    # ------------------------------------------------------------------ host namespace
     def ensure_br_netfilter(self) -> None:
         """Bridged IPv4 through the inet hooks (per namespace; built-in br_netfilter)."""
         try:
@@ -366,11 +359,7 @@ class NftDriver:
 
     # ------------------------------------------------------------------ public
     def invalidate(self) -> None:
-        """Forget what was applied: the next `apply` reads the kernel again (unless the
-        ruleset generation shows no transaction at all since ours)."""
-        if self._applied is not None:
-            self._suspect = self._applied
-        self._applied = None
+        """The next `apply` checks the sysctl again (tables: the caller passes `previous` None)."""
         self._sysctl_ok = False
 
     def _genid(self) -> int | None:
@@ -380,41 +369,41 @@ class NftDriver:
             log.debug("nft generation unreadable: %s", e)
             return None
 
-    def apply(self, tables: Iterable[NftTable], force_full: bool = False) -> ApplyResult:
-        """Converge the kernel to `tables` in one transaction (see the module docstring)."""
+    def apply(self, changes: Iterable[tuple[NftTable, NftTable | None]], force_full: bool = False) -> ApplyResult:
+        """Converge the kernel's tables to the `new` of each `(new, previous)` in one
+        transaction. `previous` is what the caller applied last (None: unknown, the kernel is
+        read, unless the ruleset generation shows no transaction at all since ours)."""
         t0 = time.perf_counter()
-        want = {(t.family, t.name): t for t in tables}
+        changes = list(changes)
         if not self._sysctl_ok:
             self.ensure_br_netfilter()
             self._sysctl_ok = True
-        mode = "incremental"
-        if self._applied is None and not force_full and self._suspect is not None and self._gen is not None \
-                and self._genid() == self._gen:
-            self._applied, mode = self._suspect, "unchanged"     # nobody committed anything since us
-        if self._applied is None or force_full:
-            lines, mode = ([], "full") if force_full else self._adopt(want)
-            if mode == "full":
-                lines = [line for t in want.values() for line in table_text(t).splitlines()]
-        else:
-            lines = []
-            for key, t in want.items():
-                old = self._applied.get(key)
-                if old is None:
-                    lines += table_text(t).splitlines()
-                elif old is not t and old != t:
-                    lines += diff_table(old, t, self._handles(old, t))
+        mode = "noop"
+        if not force_full and self._committed is not None and any(old is None for _, old in changes) \
+                and self._genid() == self._committed[0]:
+            mode, committed = "unchanged", self._committed[1]     # nobody committed anything since us
+            changes = [(t, old if old is not None else committed.get((t.family, t.name))) for t, old in changes]
+        lines: list[str] = []
+        for t, old in changes:
+            if force_full:
+                lines += table_text(t).splitlines()
+                mode = "full"
+            elif old is None:
+                adopt = self._adopt(t)
+                lines += table_text(t).splitlines() if adopt is None else adopt
+                mode = "full" if adopt is None or mode == "full" else "adopt"
+            elif old is not t and old != t:
+                lines += diff_table(old, t, self._handles(old, t))
+                mode = mode if mode in ("full", "adopt") else "incremental"
         if lines:
             err = self._tx.run("\n".join(lines) + "\n")
             if err is not None:
-                self._applied = self._suspect = None
+                self._committed = None
                 raise NftError(err[-2000:])
-            self._gen = self._genid()
-            mode = "incremental" if mode == "unchanged" else mode
-        elif mode == "incremental":
-            mode = "noop"
-        elif mode == "adopt":
-            self._gen = self._genid()
-        self._applied, self._suspect = dict(want), None
+        if lines or mode == "adopt":
+            gen = self._genid()
+            before = self._committed[1] if self._committed is not None else {}
+            self._committed = None if gen is None else (gen, {**before, **{(t.family, t.name): t for t, _ in changes}})
         self.last = ApplyResult(mode, len(lines), time.perf_counter() - t0)
         return self.last
 
@@ -434,23 +423,22 @@ class NftDriver:
                 out[c.name] = h
         return out
 
-    def _adopt(self, want: dict[tuple[str, str], NftTable]) -> tuple[list[str], str]:
-        """(commands, "adopt") when the kernel already holds every desired chain and rule
-        (sets are re-filled exactly), else ([], "full")."""
+    def _adopt(self, t: NftTable) -> list[str] | None:
+        """Commands re-filling the sets when the kernel already holds every desired chain and
+        rule of `t`, else None (replace the table)."""
+        try:
+            listing = self._tx.output(f"list table {t.family} {t.name}", OUTPUT_TERSE)
+        except (OSError, TimeoutError):
+            return None
+        chains, sets = parse_listing(listing)
+        if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
+            return None
         lines: list[str] = []
-        for (family, name), t in want.items():
-            try:
-                listing = self._tx.output(f"list table {family} {name}", OUTPUT_TERSE)
-            except (OSError, TimeoutError):
-                return [], "full"
-            chains, sets = parse_listing(listing)
-            if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
-                return [], "full"
-            for s in t.sets:
-                lines.append(f"flush {s.kind} {family} {name} {s.name}")
-                if s.elements:
-                    lines.append(f"add element {family} {name} {s.name} {_set_text(s.elements)}")
-        return lines, "adopt"
+        for s in t.sets:
+            lines.append(f"flush {s.kind} {t.family} {t.name} {s.name}")
+            if s.elements:
+                lines.append(f"add element {t.family} {t.name} {s.name} {_set_text(s.elements)}")
+        return lines
 
     def forget_flows(self, zone: int, address: str) -> None:
         """Delete the conntrack entries of `zone` whose original source or destination is
@@ -477,14 +465,17 @@ class NftDriver:
     def delete(self, tables: Iterable[tuple[str, str]]) -> None:
         """Remove our tables (tests, uninstall)."""
         lines = [f"add table {f} {n}\ndelete table {f} {n}" for f, n in tables]
-        if lines:
-            self.nft("-f", "-", stdin="\n".join(lines) + "\n")
-        self._applied = None
+        if lines and (err := self._tx.run("\n".join(lines) + "\n")) is not None:
+            raise NftError(err)
+        self._committed = None
 
     def counters(self, family: str, name: str) -> dict[tuple[str, str], tuple[int, int]]:
         """(chain, rule identity) -> (packets, bytes) summed over rules of that identity
         (identity = the comment without `vxnet:` and the hash, e.g. `sg:<rule id>`)."""
-        data = json.loads(self.nft("-j", "list", "table", family, name))
+        try:
+            data = json.loads(self._tx.output(f"list table {family} {name}", OUTPUT_JSON))
+        except (OSError, TimeoutError) as e:
+            raise NftError(str(e)) from e
         out: dict[tuple[str, str], tuple[int, int]] = {}
         for item in data.get("nftables", ()):
             rule = item.get("rule")

@@ -21,6 +21,7 @@ from typing import Any
 log = logging.getLogger("vxnet.dataplane.nft")
 
 OUTPUT_HANDLE = 1 << 3          # NFT_CTX_OUTPUT_HANDLE (libnftables.h)
+OUTPUT_JSON = 1 << 4            # NFT_CTX_OUTPUT_JSON
 OUTPUT_TERSE = 1 << 11          # NFT_CTX_OUTPUT_TERSE
 
 
@@ -101,7 +102,8 @@ class NftExecutor:
         """A listing's text (OSError on failure)."""
         if self._lib is not None:
             return self._lib.output(cmd, flags)
-        opts = (["-a"] if flags & OUTPUT_HANDLE else []) + (["-t"] if flags & OUTPUT_TERSE else [])
+        opts = ((["-a"] if flags & OUTPUT_HANDLE else []) + (["-t"] if flags & OUTPUT_TERSE else [])
+                + (["-j"] if flags & OUTPUT_JSON else []))
         r = subprocess.run([*self._prefix(), "nft", *opts, *cmd.split()], capture_output=True, text=True,
                            timeout=120, check=False)
         if r.returncode != 0:

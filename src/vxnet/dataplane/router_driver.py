@@ -1,30 +1,29 @@
 """Router namespaces: namespaces, veths, addresses, routes, rules and sysctls, converged.
 
 Contract:
-- `RouterDriver.apply(routers)` makes this host's router namespaces exactly `routers`
-  (`compute.routing.RouterNs`): it creates missing namespaces (sysctls first: ip_forward=1,
-  rp_filter=0, redirects off, IPv6 off), their veths (bridge side `vxpr...` in the host
-  namespace, router side `qr-...` in the router namespace, created as one pair directly across
-  the two namespaces), MACs, MTUs, addresses, routes and rules; it removes what the desired
-  state no longer has; and it deletes the namespaces of this host that are not wanted (also
-  leftovers of a crashed agent), legs first, so routing through them stops at once.
+- `RouterDriver.converge(r)` makes one router namespace exactly `r` (`compute.routing.RouterNs`):
+  it creates it if missing (sysctls first: ip_forward=1, rp_filter=0, redirects off, IPv6 off),
+  its veths (bridge side `vxpr...` in the host namespace, router side `qr-...` in the router
+  namespace, created as one pair directly across the two namespaces), MACs, MTUs, addresses,
+  routes and rules, and removes what the desired state no longer has. `delete(name)` removes a
+  namespace, legs first, so routing through it stops at once.
 - Ownership: namespaces `vxr-*` whose name ends with this host's suffix
   (`compute.routing.is_host_netns`); links `qr-*` inside them; service ports `vxpr*` in the
   host namespace; routes and rules with protocol `ROUTE_PROTO` inside them. Nothing else is
   ever changed or deleted (kernel routes of connected subnets are the kernel's).
-- Level-triggered and cheap: a namespace equal to what the previous pass applied is not read
-  again (one `listdir` of /run/netns per pass); after `invalidate()` every namespace is read
-  back and converged, and orphan service ports in the host namespace are removed. A failure
-  leaves the namespace dirty (re-read and retried next pass) and is reported, never raised.
+- `list_host_netns(host)` lists this host's namespaces, `delete_orphan_ports(wanted)` removes
+  host-side service ports of routers that are gone. What to converge when (what was applied,
+  backoff of a failing namespace) is the routing feature's `Manager` (agent/routing.py); this
+  driver keeps no record of what it applied. Failures raise OSError/NetlinkError.
 - Creating something that exists and deleting something gone count as success (idempotent).
 - Address scopes: the namespace's nftables table `ip vxnet_scope` (a forward-hook chain that
   drops what a leg of one scope group would forward out of a leg of another) is replaced as a
-  whole, in one nftables transaction, when the groups differ from what this process last left
-  there (after `invalidate()`: always once); with fewer than two groups the table is removed.
-  It is the only nftables table the agent owns in a router namespace. Each namespace keeps one
-  libnftables context, made by a thread inside it (its netlink socket stays bound to that
-  namespace whichever thread uses it later): a fresh context's first transaction costs ~12-16
-  ms, later ones under 1 ms.
+  whole, in one nftables transaction, by every converge of a namespace with two or more groups
+  (and once where this process does not know the namespace holds none); with fewer than two
+  groups the table is removed. It is the only nftables table the agent owns in a router
+  namespace. Each namespace keeps one libnftables context, made by a thread inside it (its
+  netlink socket stays bound to that namespace whichever thread uses it later): a fresh
+  context's first transaction costs ~12-16 ms, later ones under 1 ms.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
@@ -162,7 +161,8 @@ def list_host_netns(host: str, run_dir: str = NETNS_DIR) -> list[str]:
 
 
 class RouterDriver:
-    """Converges this host's router namespaces; owns one netlink socket per namespace."""
+    """Converges this host's router namespaces, one at a time (the routing feature's manager
+    decides which); owns one netlink socket per namespace."""
 
     def __init__(self, host: str, host_netns: str | None = None, run_dir: str = NETNS_DIR) -> None:
         self.host = host
@@ -170,8 +170,6 @@ class RouterDriver:
         self.run_dir = run_dir
         self.host_ipr = IPRoute(netns=host_netns) if host_netns else IPRoute()
         self._ipr: dict[str, IPRoute] = {}
-        self._applied: dict[str, RouterNs] = {}
-        self._full = True
         self._nft: dict[str, NftExecutor] = {}                       # namespace -> its nftables context
         self._scopes: dict[str, tuple[tuple[str, ...], ...]] = {}    # namespace -> scope groups as applied
 
@@ -184,38 +182,17 @@ class RouterDriver:
         self._nft.clear()
         self.host_ipr.close()
 
-    def invalidate(self) -> None:
-        """Read every namespace back on the next pass."""
-        self._applied.clear()
-        self._scopes.clear()
-        self._full = True
+    def converge(self, r: RouterNs, res: ApplyResult) -> None:
+        """Make namespace `r.netns` exactly `r` (OSError/NetlinkError: left dirty, socket dropped)."""
+        try:
+            self._converge(r, res)
+        except (OSError, NetlinkError):
+            self._drop_socket(r.netns)
+            raise
 
-    # ------------------------------------------------------------------ the pass
-    def apply(self, routers: Iterable[RouterNs]) -> ApplyResult:
-        res = ApplyResult()
-        want = {r.netns: r for r in routers}
-        present = set(list_host_netns(self.host, self.run_dir))
-        for name in sorted(present - want.keys()):
-            try:
-                self._delete_ns(name, res)
-            except (OSError, NetlinkError) as e:
-                log.warning("deleting router namespace %s failed: %s", name, e)
-                res.failed.append(name)
-        for name, r in sorted(want.items()):
-            if name in present and self._applied.get(name) == r:
-                continue
-            self._applied.pop(name, None)
-            try:
-                self._converge(r, name in present, res)
-                self._applied[name] = r
-            except (OSError, NetlinkError) as e:
-                log.warning("router namespace %s: %s", name, e)
-                self._drop_socket(name)
-                res.failed.append(name)
-        if self._full and not res.failed:
-            self._delete_orphan_ports({i.service_port for r in want.values() for i in r.ifaces}, res)
-            self._full = False
-        return res
+    def delete(self, name: str, res: ApplyResult) -> None:
+        """Delete namespace `name`, legs first (OSError/NetlinkError on failure)."""
+        self._delete_ns(name, res)
 
     # ------------------------------------------------------------------ namespaces
     def _ns(self, name: str) -> IPRoute:
@@ -253,7 +230,6 @@ class RouterDriver:
                 if (link.get("ifname") or "").startswith(IFACE_PREFIX):
                     _ok_gone(lambda link=link: ipr.link("del", index=link["index"]))
         self._drop_socket(name)
-        self._applied.pop(name, None)
         try:
             pr_netns.remove(name)
         except FileNotFoundError:
@@ -261,9 +237,9 @@ class RouterDriver:
         res.count("namespaces")
 
     # ------------------------------------------------------------------ one router
-    def _converge(self, r: RouterNs, present: bool, res: ApplyResult) -> None:
+    def _converge(self, r: RouterNs, res: ApplyResult) -> None:
         path = os.path.join(self.run_dir, r.netns)
-        if not present or not os.path.ismount(path):
+        if not os.path.ismount(path):
             self._drop_socket(r.netns)
             self._create_ns(r.netns, res)
             self._scopes[r.netns] = ()  # a new namespace holds no nftables table
@@ -288,8 +264,8 @@ class RouterDriver:
         self._scope_filter(r, res)
 
     def _scope_filter(self, r: RouterNs, res: ApplyResult) -> None:
-        if self._scopes.get(r.netns) == r.scope_groups:
-            return
+        if len(r.scope_groups) < 2 and self._scopes.get(r.netns) == ():
+            return  # none wanted, none there
         nft = self._nft.get(r.netns)
         if nft is None:  # made inside the namespace: its socket stays there
             nft = self._nft[r.netns] = in_netns(r.netns, lambda: NftExecutor(netns=r.netns))  # type: ignore[assignment]
@@ -297,7 +273,7 @@ class RouterDriver:
         if err:
             self._scopes.pop(r.netns, None)
             raise OSError(f"address scope filter: {err}")
-        self._scopes[r.netns] = r.scope_groups
+        self._scopes[r.netns] = () if len(r.scope_groups) < 2 else r.scope_groups
         res.count("scope_filters")
 
     def _leg(self, ipr: IPRoute, ns: str, leg: RouterIface, link: object, res: ApplyResult) -> int:
@@ -370,7 +346,7 @@ class RouterDriver:
                 res.count("rules")
 
     # ------------------------------------------------------------------ host side
-    def _delete_orphan_ports(self, wanted: set[str], res: ApplyResult) -> None:
+    def delete_orphan_ports(self, wanted: set[str], res: ApplyResult) -> None:
         """Service ports of routers that no longer exist here (e.g. the namespace vanished)."""
         for link in self.host_ipr.get_links():
             name = link.get("ifname") or ""

@@ -97,6 +97,28 @@ class NeighRequest:
         return _HDR.pack(_HDR.size + len(body), mtype, flags, seq, 0) + body
 
 
+@dataclasses.dataclass(frozen=True)
+class LinkSet:
+    """One RTM_NEWLINK change of an existing link (batched like `NeighRequest`): its master
+    and MTU, or its up/down flag (None: left alone)."""
+
+    ifindex: int
+    master: int | None = None
+    mtu: int | None = None
+    up: bool | None = None
+
+    def encode(self, seq: int, ack: bool) -> bytes:
+        flags = IFF_UP if self.up else 0
+        change = IFF_UP if self.up is not None else 0
+        body = _IFI.pack(0, 0, self.ifindex, flags, change)
+        if self.master is not None:
+            body += _attr(IFLA_MASTER, struct.pack("=I", self.master))
+        if self.mtu is not None:
+            body += _attr(IFLA_MTU, struct.pack("=I", self.mtu))
+        return _HDR.pack(_HDR.size + len(body), RTM_NEWLINK, NLM_F_REQUEST | (NLM_F_ACK if ack else 0), seq,
+                         0) + body
+
+
 def _attr(kind: int, data: bytes) -> bytes:
     raw = _ATTR.pack(_ATTR.size + len(data), kind) + data
     return raw + b"\0" * (-len(raw) % 4)
@@ -288,7 +310,10 @@ def _ifname(payload: bytes) -> str | None:
 RTM_GETLINK = 18
 IFLA_ADDRESS = 1
 IFLA_MTU = 4
+IFF_UP = 0x1
+IFLA_LINK = 5
 IFLA_MASTER = 10
+IFLA_VLAN_ID = 1
 IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
@@ -318,6 +343,8 @@ class LinkRecord:
     vxlan_learning: bool = True
     port_learning: bool = True
     port_neigh_suppress: bool = False
+    link: int = 0          # IFLA_LINK: a VLAN device's lower device
+    vlan_id: int = 0
 
 
 def _attrs(buf: bytes, off: int = 0) -> dict[int, bytes]:
@@ -339,6 +366,8 @@ def _parse_link(payload: bytes) -> LinkRecord:
     master = struct.unpack("=I", a[IFLA_MASTER])[0] if len(a.get(IFLA_MASTER, b"")) == 4 else 0
     mac = ":".join(f"{b:02x}" for b in a.get(IFLA_ADDRESS, b""))
     kind, extra = "", {}
+    if len(a.get(IFLA_LINK, b"")) == 4:
+        extra["link"] = struct.unpack("=I", a[IFLA_LINK])[0]
     info = _attrs(a.get(IFLA_LINKINFO, b""))
     if info:
         kind = info.get(IFLA_INFO_KIND, b"").split(b"\0", 1)[0].decode()
@@ -352,6 +381,10 @@ def _parse_link(payload: bytes) -> LinkRecord:
                 extra["vxlan_port"] = struct.unpack("!H", d[IFLA_VXLAN_PORT])[0]
             if d.get(IFLA_VXLAN_LEARNING):
                 extra["vxlan_learning"] = bool(d[IFLA_VXLAN_LEARNING][0])
+        elif kind == "vlan":
+            d = _attrs(info.get(IFLA_INFO_DATA, b""))
+            if len(d.get(IFLA_VLAN_ID, b"")) == 2:
+                extra["vlan_id"] = struct.unpack("=H", d[IFLA_VLAN_ID])[0]
         sd = _attrs(info.get(IFLA_INFO_SLAVE_DATA, b""))
         if sd.get(IFLA_BRPORT_LEARNING):
             extra["port_learning"] = bool(sd[IFLA_BRPORT_LEARNING][0])

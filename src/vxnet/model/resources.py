@@ -24,6 +24,7 @@ DEFAULT_MTU = 1450
 # refuses bridge, VXLAN and veth MTUs below 68 (ETH_MIN_MTU), so links never get less.
 LINK_MIN_MTU = 68
 INFRA_OWNER_PREFIX = "network:"
+SUBPORT_OWNER = "trunk:subport"
 
 
 def _is_v4(addr: str) -> bool:
@@ -109,6 +110,7 @@ class Port:
     status: str | None = None               # only in the view of the port's own host (server side)
     revision: int | None = None
     qos_policy_id: str = ""
+    subports: tuple[tuple[str, int], ...] = ()   # a trunk parent's (subport id, VLAN id), from trunk_details
     ipv4: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv4 fixed IPs
 
     def __post_init__(self) -> None:
@@ -119,6 +121,11 @@ class Port:
     def is_infra(self) -> bool:
         """Router interfaces, SNAT and gateway ports, DHCP...: not a VM."""
         return self.device_owner.startswith(INFRA_OWNER_PREFIX)
+
+    @property
+    def is_subport(self) -> bool:
+        """A trunk's subport: carried on its parent's device, not on a tap of its own."""
+        return self.device_owner == SUBPORT_OWNER
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -200,7 +207,19 @@ def _port(o: Mapping[str, Any]) -> Port:
         security_groups=tuple(dict.fromkeys(o.get("security_groups") or ())),
         port_security=o.get("port_security_enabled") is not False, dns_name=o.get("dns_name") or "",
         status=o.get("status"), revision=int(rev) if rev is not None else None,
-        qos_policy_id=o.get("qos_policy_id") or "")
+        qos_policy_id=o.get("qos_policy_id") or "", subports=_subports(o.get("trunk_details")))
+
+
+def _subports(details: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(details, Mapping):
+        return ()
+    out = []
+    for s in details.get("sub_ports") or ():
+        if isinstance(s, Mapping) and s.get("port_id") and s.get("segmentation_type", "vlan") == "vlan":
+            vid = _int(s.get("segmentation_id"))
+            if 1 <= vid <= 4094:
+                out.append((str(s["port_id"]), vid))
+    return tuple(sorted(out))
 
 
 def _network(o: Mapping[str, Any]) -> Network:

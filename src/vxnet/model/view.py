@@ -47,9 +47,17 @@ class View:
         return h.underlay_ip if h is not None else ""
 
 
-def parse_bucket(kind: str, objs: Mapping[str, Any]) -> dict[str, Any]:
-    """Every object of one bucket in its typed form."""
-    return {k: r.parse(kind, k, o) for k, o in objs.items()}
+def parse_bucket(kind: str, objs: Mapping[str, Any], consume: bool = False) -> dict[str, Any]:
+    """Every object of one bucket in its typed form. `consume`: `objs` is a dict the caller
+    owns and gives up; each raw object is removed from it as it is parsed, so the raw and the
+    typed forms of a large view are never alive together (the agent's snapshot)."""
+    if not consume or not isinstance(objs, dict):
+        return {k: r.parse(kind, k, o) for k, o in objs.items()}
+    out: dict[str, Any] = {}
+    while objs:
+        k, o = objs.popitem()
+        out[k] = r.parse(kind, k, o)
+    return out
 
 
 def _typed(kind: str, objs: Mapping[str, Any]) -> Mapping[str, Any]:

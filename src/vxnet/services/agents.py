@@ -160,11 +160,15 @@ def heartbeat(store: Store, host: str, status: dict[str, Any] | None = None) -> 
             store.txn([], [Put(skey, text)])
 
 
-def set_ports_status(repo: Repo, host: str, wanted: dict[str, str]) -> list[str]:
+def set_ports_status(repo: Repo, host: str, wanted: dict[str, str], seen_revision: int = 0) -> list[str]:
     """Set the status of the host's own ports (port id -> ACTIVE/DOWN); the ids changed.
-    Ports bound elsewhere or missing are ignored."""
+    Ports bound elsewhere or missing are ignored. `seen_revision`: the store revision the report
+    is based on (the view hub's); the reads see at least that revision."""
     if not wanted:
         return []
+    read_after = getattr(repo.store, "read_after", None)
+    if seen_revision and read_after is not None:
+        read_after(seen_revision)
 
     def txn(uow: UnitOfWork) -> list[str]:
         changed = []

@@ -3,7 +3,11 @@
 Keys (under `/vxnet/`):
 - `quota/<project_id>` = JSON `{resource: limit}`: the project's limits that were set through
   the API (absent: every limit is the configured default). -1 means unlimited.
-- `quota-usage/<project_id>/<resource>` = decimal count of the project's objects of that kind.
+- `quota-usage/<project_id>/<resource>` = decimal base count of the project's objects of that
+  kind, and `quota-usage/<project_id>/<resource>/<n>` (n < DELTA_SHARDS) = decimal deltas: the
+  usage is the base plus every delta. The base is written only when the usage is counted from
+  the store; each counted change moves one delta shard (chosen per worker thread), so concurrent
+  creates of one project on any number of servers do not all compare and write one hot key.
 
 Counting is central: `QuotaEngine.stage` is the repository's stage hook (services/repo.py), so it
 sees every `UnitOfWork.put`/`delete` of a resource, whichever API module stages it, including
@@ -12,12 +16,15 @@ For a counted collection it compares the project owning the key before the write
 value, read with a guard, or what this transaction staged earlier) with the project after it,
 and moves the counters by the difference, in the same transaction. (An update of an object the
 transaction read costs no extra read: no API changes an object's `project_id`; nor does a
-create: a new object, never read and at revision 0, is staged with "key missing" as a compare.) The counter is read with a
-guard, so two concurrent creates of one project on any number of servers cannot both commit on
-the same count: the loser reruns (Repo.transact) and sees the new value. An increment past the
-project's limit raises 409 `OverQuota`, so the transaction stages
-nothing: a quota of N admits exactly N objects, never N+1, and a refused create leaves no port,
-IP or MAC claim behind.
+create: a new object, never read and at revision 0, is staged with "key missing" as a compare.)
+Every counted change reads the base and its own delta shard with a guard (so no increment is
+ever lost). An increment checked against a finite limit also reads every delta shard with a
+range guard (no shard created or changed since), so two concurrent creates of one project on
+any number of servers cannot both commit on the same total: the loser reruns (Repo.transact)
+and sees the new value. An increment past the project's limit raises 409 `OverQuota`, so the
+transaction stages nothing: a quota of N admits exactly N objects, never N+1, and a refused
+create leaves no port, IP or MAC claim behind. With an unlimited quota (-1) creates only meet
+on a shard (rarely: each worker thread of a server has its own), not on the total.
 
 What counts: objects whose `project_id` is not empty. The cloud's own ports (router gateway and
 floating IP ports have project '') count for nobody. The default security group and its rules,
@@ -25,9 +32,10 @@ created implicitly on a project's first use, count but are never refused (`exemp
 Neutron; so do the RBAC policies a `shared` / `router:external` flag implies (only a
 `POST /v2.0/rbac-policies` is refused by the `rbac_policy` quota); so do objects an update merely keeps. Only the API server installs the hook.
 
-Migration: a missing counter is counted from the store on first use. That count cannot race: the
-counter's absence is part of the transaction's compares and every counted change writes the
-counter. A store served for a while with `[quotas] enabled = false` has stale counters:
+Migration: a missing base is counted from the store on first use (and any delta shards left
+without a base are dropped in the same transaction). That count cannot race: the base's absence
+is part of the transaction's compares and every counted change reads the base with a guard. A
+counter of an older version (a base without shards) is read as it is. A store served for a while with `[quotas] enabled = false` has stale counters:
 `reset_usage` (CLI: `vxnet quota reset-usage`) deletes them all, to be recounted on next use.
 
 Per-port limits (Neutron's `max_fixed_ips_per_port`, `max_allowed_address_pair`) are checked on
@@ -40,7 +48,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
+import random
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,8 +83,39 @@ def limit_key(project_id: str) -> str:
     return f"{LIMIT_PREFIX}{project_id}"
 
 
+DELTA_SHARDS = 64  # delta keys per (project, resource): see the module docstring
+
+
 def usage_key(project_id: str, resource: str) -> str:
+    """The base count's key; the delta shards are under `usage_key(...) + "/"`."""
     return f"{USAGE_PREFIX}{project_id}/{resource}"
+
+
+def _shard_prefix(project_id: str, resource: str) -> str:
+    return usage_key(project_id, resource) + "/"
+
+
+# The delta shard of the calling thread: consecutive threads of one process get consecutive
+# shards from a random start, so a server's concurrent transactions (one per worker thread) never
+# share a shard and two servers rarely do. Only a choice: any shard is correct.
+_shard_start = random.randrange(DELTA_SHARDS)
+_shard_seq = itertools.count()
+_shard_local = threading.local()
+
+
+def _my_shard() -> int:
+    n = getattr(_shard_local, "shard", None)
+    if n is None:
+        n = _shard_local.shard = (_shard_start + next(_shard_seq)) % DELTA_SHARDS
+    return n  # type: ignore[no-any-return]
+
+
+def stored_usage(store: Store, project_id: str, resource: str) -> int | None:
+    """The usage the counters hold (base plus deltas), None without a base (count on use)."""
+    base = store.get(usage_key(project_id, resource))
+    if base is None:
+        return None
+    return int(base.value) + sum(int(kv.value) for kv in store.range(_shard_prefix(project_id, resource))[0])
 
 
 def over_quota(resources: list[str]) -> Conflict:
@@ -88,6 +130,7 @@ class _Notes:
     owner: dict[str, str | None] = dataclasses.field(default_factory=dict)  # key -> staged counted project
     limits: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # project -> overrides
     exempt: bool = False
+    shard: int = dataclasses.field(default_factory=_my_shard)  # the delta shard this unit of work moves
 
 
 def _notes(uow: UnitOfWork) -> _Notes:
@@ -159,12 +202,28 @@ class QuotaEngine:
     def _add(self, uow: UnitOfWork, notes: _Notes, project: str, resource: str, delta: int) -> None:
         ukey = usage_key(project, resource)
         raw = uow.get_raw(ukey)
-        used = (int(raw) if raw is not None else count_in_store(uow.repo, project, resource)) + delta
+        if raw is None or uow.staged(ukey):  # no base yet: count the store, drop stray shards
+            if raw is None:
+                raw = str(count_in_store(uow.repo, project, resource))
+                for key in uow.range_raw(_shard_prefix(project, resource)):
+                    uow.delete_raw(key)
+            used = int(raw) + delta
+            if delta > 0 and not notes.exempt:
+                limit = self._limit(uow, notes, project, resource)
+                if 0 <= limit < used:
+                    raise over_quota([resource])
+            uow.put_raw(ukey, str(max(used, 0)))
+            return
+        skey = _shard_prefix(project, resource) + str(notes.shard)
+        mine = int(uow.get_raw(skey) or 0) + delta
         if delta > 0 and not notes.exempt:
             limit = self._limit(uow, notes, project, resource)
-            if 0 <= limit < used:
-                raise over_quota([resource])
-        uow.put_raw(ukey, str(max(used, 0)))
+            if limit >= 0:  # the total, guarded: no other shard may move before the commit
+                shards = uow.range_raw(_shard_prefix(project, resource))
+                used = int(raw) + mine + sum(int(v) for k, v in shards.items() if k != skey)
+                if limit < used:
+                    raise over_quota([resource])
+        uow.put_raw(skey, str(mine))
 
     def _limit(self, uow: UnitOfWork, notes: _Notes, project: str, resource: str) -> int:
         overrides = notes.limits.get(project)
@@ -230,7 +289,9 @@ class QuotaEngine:
 
     def _used_guarded(self, uow: UnitOfWork, project: str, resource: str) -> int:
         raw = uow.get_raw(usage_key(project, resource))
-        return int(raw) if raw is not None else count_in_store(uow.repo, project, resource)
+        if raw is None:
+            return count_in_store(uow.repo, project, resource)
+        return int(raw) + sum(int(v) for v in uow.range_raw(_shard_prefix(project, resource)).values())
 
     def delete_limits(self, repo: Repo, project: str) -> bool:
         """Back to the defaults; False if the project had no limits set."""
@@ -247,8 +308,8 @@ class QuotaEngine:
         """The project's usage per resource (the counters; a missing one is counted)."""
         out = {}
         for r in RESOURCES:
-            kv = repo.store.get(usage_key(project, r))
-            out[r] = int(kv.value) if kv is not None else count_in_store(repo, project, r)
+            used = stored_usage(repo.store, project, r)
+            out[r] = used if used is not None else count_in_store(repo, project, r)
         return out
 
 

@@ -202,6 +202,25 @@ class UnitOfWork:
         self._guard(key, kv)
         return kv.value if kv else None
 
+    def range_raw(self, prefix: str) -> dict[str, str]:
+        """Raw keys under `prefix` and their values, staged writes of this unit seen. Guarded as
+        a whole: the commit fails if any key under `prefix` was created or changed after this
+        read (deleting one does not count: guard a key that changes with such deletes)."""
+        kvs, rev = self.repo.store.range(prefix)
+        self._compares.setdefault("range:" + prefix, range_unchanged_since(prefix, rev))
+        out = {kv.key: kv.value for kv in kvs}
+        for key, op in self._ops.items():
+            if key.startswith(prefix):
+                if isinstance(op, Put):
+                    out[key] = op.value
+                else:
+                    out.pop(key, None)
+        return out
+
+    def staged(self, key: str) -> bool:
+        """Whether this unit of work staged a write of `key`."""
+        return key in self._ops
+
     def read_revision(self, key: str) -> int | None:
         """The mod revision this unit of work read `key` at (0: read as missing), None if it
         did not read it (or only staged it)."""

@@ -9,11 +9,31 @@ for a txn that changes nothing), so watching every key means the mirror reaches 
 A lost stream resumes from `revision + 1` on the next member; a watch cancelled for compaction
 (the mirror fell behind the compaction point) reloads everything.
 
+When the mirror serves reads ("live"): only once it has caught up. etcd answers a watch's
+`created` before it has sent any history: a watch that starts in the past (a resume after an
+outage, a reconnect to another member) is an "unsynced" watcher, fed by etcd's background sync
+loop (every 100 ms), which only then sends the missed events, or the cancel for compaction.
+Going live on `created` served the pre-outage state for up to that long (seen: 74 ms). So on
+`created` the mirror reads the cluster's current revision T linearizably (after the watch
+exists, so every revision up to T will reach it through the stream) and goes live only when
+it has applied T. Every read it then serves is at least as new as any read or write that
+completed before the watch was (re)established. A stream that does not catch up within
+`catchup_timeout` (a lagging or partitioned member streams nothing new) is restarted on the
+next member; until then reads go to etcd.
+
+A member cut off from the leader (partition, its peers gone) keeps serving a watch but sends
+nothing: the watch is opened with etcd's require-leader flag, so etcd ends it once the member
+has no leader (measured: about 5 s after the peers stopped, etcd 3.4); the mirror then resumes
+on the next member. Until then a server that writes nothing may serve the state of the moment
+the member was cut off (its own writes and reads still raise the floor: such a read waits at
+most `cache_wait`, then reads etcd and restarts the stream).
+
 What the mirror promises to `EtcdStore` (which decides when to use it):
-- `wait(floor, timeout)` returns True only when the watch is connected and the mirror has
-  reached `floor`; otherwise the caller reads etcd itself. A wait that times out while the
-  stream looks connected restarts the stream on the next member (a partitioned member keeps
-  a stream open but sends nothing).
+- `wait(floor, timeout)` returns True only when the watch is connected, the mirror has caught
+  up with the cluster's revision read after the watch was created, and it has reached `floor`;
+  otherwise the caller reads etcd itself. A wait that times out while the stream looks
+  connected restarts the stream on the next member (a partitioned member keeps a stream open
+  but sends nothing).
 - `get`/`range`/`revision` answer from the mirror; `range` returns keys and the revision they
   are consistent at, taken under one lock.
 Nothing here writes: transactions and compares always go to etcd.
@@ -51,18 +71,26 @@ log = logging.getLogger(__name__)
 
 ALL = "\0"     # key "\0" with range_end "\0": every key (etcd's "all keys >= key")
 PAGE = 2000    # keys per page of the initial load
+# gRPC metadata "hasleader" (through the gateway's Grpc-Metadata- headers): etcd ends the watch
+# when its member has lost the leader (partitioned, or its peers gone), instead of keeping a
+# stream open that receives nothing while the mirror keeps serving what it has.
+REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 
 
 class Mirror:
     """Every key of the cluster, as of `revision` (see the module docstring)."""
 
-    def __init__(self, store: EtcdGateway) -> None:
+    def __init__(self, store: EtcdGateway, catchup_timeout: float = 5.0) -> None:
         self._store = store
+        self._catchup_timeout = catchup_timeout
         self._cond = threading.Condition(threading.Lock())
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []
         self._rev = 0
-        self._live = False          # the watch stream is open (its `created` line arrived)
+        self._live = False          # serving: the watch is open and the mirror reached `_target`
+        self._target: int | None = None  # while catching up: the revision to reach before going live
+        self._stream_no = 0         # counts streams, so a late catch-up timer hits only its own
+        self.catchups = 0           # streams that had to catch up before going live (for tests)
         self._need_load = True
         self._stop = threading.Event()
         self._response: httpx.Response | None = None
@@ -130,9 +158,7 @@ class Mirror:
 
     def close(self) -> None:
         self._stop.set()
-        with self._cond:
-            self._live = False
-            self._cond.notify_all()
+        self._set_down()
         self.kick()
         self._thread.join(5)
 
@@ -176,11 +202,42 @@ class Mirror:
                         bisect.insort(keys, kv.key)
                     kvs[kv.key] = kv
                 self._rev = max(self._rev, kv.mod_revision)
+            if self._target is not None and self._rev >= self._target:
+                self._target = None
+                self._live = True
             self._cond.notify_all()
 
-    def _set_live(self, live: bool) -> None:
+    def _created(self, stream_no: int) -> None:
+        """The watch exists: go live once the mirror has reached the cluster's current revision
+        (read now, linearizably, so that every later revision reaches us through this watch)."""
+        data = self._store._call("/v3/kv/range", {"key": _b64(ALL), "count_only": True}, idempotent=True)
+        target = int(data["header"]["revision"])
         with self._cond:
-            self._live = live
+            if self._rev >= target:
+                self._live = True
+                self._cond.notify_all()
+                return
+            self._target = target
+            self.catchups += 1
+        log.info("etcd mirror at %d catching up to %d before serving reads", self._rev, target)
+        timer = threading.Timer(self._catchup_timeout, self._catchup_expired, (stream_no,))
+        timer.daemon = True
+        timer.start()
+
+    def _catchup_expired(self, stream_no: int) -> None:
+        with self._cond:
+            stuck = self._stream_no == stream_no and self._target is not None
+            rev, target = self._rev, self._target
+        if stuck:
+            log.warning("etcd mirror at %d did not reach %s in %.1f s: restarting its watch", rev, target,
+                        self._catchup_timeout)
+            self.kick()
+
+    def _set_down(self) -> None:
+        with self._cond:
+            self._live = False
+            self._target = None
+            self._stream_no += 1
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -194,7 +251,10 @@ class Mirror:
                     self._load()
                 body = {"create_request": {"key": _b64(ALL), "range_end": _b64(ALL),
                                            "start_revision": str(self._rev + 1)}}
-                with store._stream_client.stream("POST", ep + "/v3/watch", json=body) as resp:
+                with self._cond:
+                    stream_no = self._stream_no
+                with store._stream_client.stream("POST", ep + "/v3/watch", json=body,
+                                                 headers=REQUIRE_LEADER) as resp:
                     self._response = resp
                     if self._stop.is_set():
                         return
@@ -203,9 +263,13 @@ class Mirror:
                             return
                         if not line:
                             continue
-                        res = json.loads(line).get("result", {})
+                        msg = json.loads(line)
+                        if "error" in msg:          # e.g. "no leader" (REQUIRE_LEADER): next member
+                            log.info("etcd mirror stream on %s: %s", ep, msg["error"].get("message"))
+                            break
+                        res = msg.get("result", {})
                         if res.get("created"):
-                            self._set_live(True)
+                            self._created(stream_no)
                         if res.get("canceled"):
                             if "compact_revision" in res:   # history gone under us: reload everything
                                 log.warning("etcd mirror behind the compaction point %s: reloading",
@@ -219,7 +283,7 @@ class Mirror:
                 log.debug("etcd mirror stream on %s ended: %s", ep, e)
             finally:
                 self._response = None
-                self._set_live(False)
+                self._set_down()
             if self._stop.is_set() or store._closed.is_set():
                 return
             if failed:

@@ -28,6 +28,9 @@ round trip each. Consistency:
   (at most `cache_wait` seconds; then it reads etcd, and the mirror's stream is restarted).
   So a read after a successful write sees it, and a CAS retry after a failed compare sees at
   least the state that made it fail.
+- `read_after(revision)` raises the floor to a revision learned elsewhere (the server's view
+  hub watches on its own stream, which may run ahead of the mirror's): a request caused by
+  what the hub delivered then reads at least what the hub had.
 - After a write whose answer was lost (StoreUnavailable) the floor is unknown: the next read
   first asks etcd for its current revision (so reading back staged writes sees them if they
   landed).
@@ -244,6 +247,11 @@ class EtcdStore:
     def _raise_floor(self, revision: int) -> None:
         with self._floor_lock:
             self._floor = max(self._floor, revision)
+
+    def read_after(self, revision: int) -> None:
+        """Later reads of this store show at least `revision` (e.g. one this server saw on another
+        watch of the same cluster): a read waits for the mirror to reach it, as after a write."""
+        self._raise_floor(revision)
 
     def _cached(self) -> Mirror | None:
         """The mirror when it may answer now (connected, at or past the floor), else None."""

@@ -178,5 +178,9 @@ async def ports_status(host: str, request: Request) -> dict[str, Any]:
         for i in ids:
             wanted[i] = status
 
-    changed = await run_store(agents.set_ports_status, st.repo, host, wanted)
+    # The agent reports on what the hub streamed to it: read at least at the hub's revision, or a
+    # store mirror behind the hub's own watch would not show the port bound here yet and the
+    # report would be dropped as "bound elsewhere" (the agent does not repeat it).
+    seen = hub_of(st).revision
+    changed = await run_store(agents.set_ports_status, st.repo, host, wanted, seen)
     return {"updated": changed}

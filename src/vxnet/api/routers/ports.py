@@ -51,7 +51,7 @@ from vxnet.api.validation import (
     resolve_project,
 )
 from vxnet.services import ports as svc
-from vxnet.services import qos, rbac
+from vxnet.services import qos, rbac, trunks
 from vxnet.services.ports import changed_ips  # noqa: F401 - part of this module's API (tests)
 from vxnet.services.repo import UnitOfWork
 
@@ -356,7 +356,10 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
         check_if_match(request, port)
         if "qos_policy_id" in changes:   # another project's non-shared policy: 404, as in Neutron
             changes["qos_policy_id"] = qos.resolve_policy_id(uow, ctx.is_admin, ctx.project_id, upd.qos_policy_id)
-        return svc.update_port(uow, port, net, changes, is_admin=ctx.is_admin)
+        updated = svc.update_port(uow, port, net, changes, is_admin=ctx.is_admin)
+        if "binding:host_id" in changes and updated.get("trunk_details"):
+            trunks.follow_parent(uow, updated)    # a trunk's subports ride on its parent's device
+        return updated
 
     return {"port": present_port(ctx, st.repo.transact(txn))}
 
@@ -379,6 +382,13 @@ async def delete_port(port_id: str, request: Request) -> Response:
             if uow.get(collection, port["device_id"]) is not None:
                 raise ApiError(409, "ServicePortInUse", f"Port {port_id} cannot be deleted directly via the port "
                                f"API: has device owner {owner}.")
+        details = port.get("trunk_details")   # kept in step with the trunks (services/trunks.py)
+        if details:
+            raise ApiError(409, "PortInUseAsTrunkParent", f"Port {port_id} is currently a parent port for trunk "
+                           f"{details['trunk_id']}.")
+        if owner == trunks.SUBPORT_OWNER and uow.get("trunks", port["device_id"]) is not None:
+            raise ApiError(409, "PortInUseAsSubPort", f"Port {port_id} is currently a subport for trunk "
+                           f"{port['device_id']}.")
         svc.delete_port_record(uow, port)
 
     st.repo.transact(txn)

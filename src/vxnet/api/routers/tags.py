@@ -50,6 +50,7 @@ TAGGABLE: dict[str, tuple[str, str]] = {
     "security-groups": ("security_groups", "security_group"),
     "subnetpools": ("subnetpools", "subnetpool"),
     "qos/policies": ("qos_policies", "qos_policy"),
+    "trunks": ("trunks", "trunk"),
 }
 # Collections whose objects only admins change (Neutron's QoS defaults): their tags too.
 ADMIN_WRITES = frozenset({"qos_policies"})
