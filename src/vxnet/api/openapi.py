@@ -11,7 +11,8 @@ pydantic models the handlers validate with, without changing how anything is par
 - responses: the envelope (`{"network": {...}}`, `{"networks": [...], "networks_links": [...]}`)
   with the object's attributes typed as served (the model's types, constraints left out: a served
   object may hold values only the server sets), and for every error the real codes
-  (400/401/403/404/409/412/413/503) with the NeutronError body. FastAPI's 422 is removed: a body
+  (400/401/403/404/409/412/413/503) with the NeutronError body (Keystone's error body under
+  /identity). FastAPI's 422 is removed: a body
   or parameter the API refuses is a 400.
 - the endless streams (the agent's host view, the UI's event feed) are marked `x-stream: true`
   with their real media types (application/x-ndjson, text/event-stream).
@@ -66,13 +67,34 @@ for _type, (_coll, _member, _) in qos_svc.RULE_TYPES.items():
     RESOURCES[f"/v2.0/qos/policies/{{policy_id}}/{_coll}"] = (_coll, _member, _create, _update)
 
 # other bodies: (method, path) -> JSON schema (models by name are hoisted into components)
+_UUID = {"type": "string", "format": "uuid"}
+_PREFIXES = {"type": "object", "required": ["prefixes"], "properties": {"prefixes": {
+    "type": "array", "items": {"type": "string", "pattern": r"^[0-9a-fA-F.:]+/[0-9]{1,3}$"}}}}
+_ROUTES = {"type": "object", "required": ["router"], "properties": {"router": {"$ref": "#/components/schemas/RoutesBody"}}}
+_INTERFACE = {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1,
+              "properties": {"subnet_id": _UUID, "port_id": _UUID}}
+_PORT_STATUS = {"type": "object", "additionalProperties": False, "properties": {
+    "ACTIVE": {"type": "array", "items": {"type": "string"}}, "DOWN": {"type": "array", "items": {"type": "string"}}}}
 EXTRA_BODIES: dict[tuple[str, str], dict[str, Any] | type[BaseModel]] = {
     ("post", "/v2.0/vxnet/hosts/{host}/register"): agent_stream.RegisterBody,
+    ("post", "/v2.0/vxnet/hosts/{host}/ports-status"): _PORT_STATUS,
+    ("put", "/v2.0/subnetpools/{pool_id}/add_prefixes"): _PREFIXES,
+    ("put", "/v2.0/subnetpools/{pool_id}/remove_prefixes"): _PREFIXES,
+    ("put", "/v2.0/routers/{router_id}/add_extraroutes"): _ROUTES,
+    ("put", "/v2.0/routers/{router_id}/remove_extraroutes"): _ROUTES,
+    ("put", "/v2.0/routers/{router_id}/add_router_interface"): _INTERFACE,
+    ("put", "/v2.0/routers/{router_id}/remove_router_interface"): _INTERFACE,
 }
 
 STREAMS = {
     ("get", "/v2.0/vxnet/hosts/{host}/view"): "application/x-ndjson",
     ("get", "/ui/events"): "text/event-stream",
+}
+
+# answers whose status the handler sets itself (FastAPI's document assumes 200)
+OTHER_SUCCESS = {
+    ("get", "/identity"): ("300", "Keystone's version list (Multiple Choices, as Keystone answers)"),
+    ("get", "/identity/"): ("300", "Keystone's version list (Multiple Choices, as Keystone answers)"),
 }
 
 ERROR_CODES = {
@@ -93,6 +115,16 @@ NEUTRON_ERROR = {
         "type": "object",
         "required": ["type", "message", "detail"],
         "properties": {"type": {"type": "string"}, "message": {"type": "string"}, "detail": {"type": "string"}},
+    }},
+}
+
+KEYSTONE_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["code", "title", "message"],
+        "properties": {"code": {"type": "integer"}, "title": {"type": "string"}, "message": {"type": "string"}},
     }},
 }
 
@@ -172,14 +204,20 @@ def served_object(model: type[BaseModel] | None) -> dict[str, Any]:
         for name, prop in schema.get("properties", {}).items():
             props[name] = _loose(prop)
     props.update(STANDARD)
-    return {"type": "object", "required": ["id"], "properties": props}
+    return {"type": "object", "properties": props}  # `fields` may leave out any attribute
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
+TAGS = {"type": "object", "required": ["tags"], "additionalProperties": False,
+        "properties": {"tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 255}}}}
+
+
 def _body_for(method: str, path: str, components: dict[str, Any]) -> dict[str, Any] | None:
+    if path.endswith("/tags") and method in ("put", "post"):
+        return TAGS
     extra = EXTRA_BODIES.get((method, path))
     if extra is not None:
         return extra if isinstance(extra, dict) else _model_schema(extra, components)
@@ -207,6 +245,8 @@ def _body_for(method: str, path: str, components: dict[str, Any]) -> dict[str, A
 
 
 def _success_schema(method: str, path: str) -> dict[str, Any] | None:
+    if path.endswith("/tags") and method in ("get", "put", "post"):
+        return TAGS
     if path in RESOURCES:
         coll, member, create, update = RESOURCES[path]
         obj = served_object(create or update)
@@ -230,8 +270,11 @@ def describe(doc: dict[str, Any]) -> None:
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     components["NeutronError"] = NEUTRON_ERROR
-    error = _json({"$ref": "#/components/schemas/NeutronError"})
+    components["KeystoneError"] = KEYSTONE_ERROR
+    _model_schema(routers.RoutesBody, components)
     for path, ops in doc.get("paths", {}).items():
+        error = _json({"$ref": "#/components/schemas/" + ("KeystoneError" if path.startswith("/identity")
+                                                          else "NeutronError")})
         for method, op in ops.items():
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
@@ -240,12 +283,16 @@ def describe(doc: dict[str, Any]) -> None:
                 op["x-stream"] = True
                 responses["200"] = {"description": "An endless stream (ends when the client disconnects)",
                                     "content": {stream: {"schema": {"type": "string"}}}}
+            if (method, path) in OTHER_SUCCESS:
+                code, text = OTHER_SUCCESS[method, path]
+                responses.pop("200", None)
+                responses[code] = {"description": text, **_json({"type": "object"})}
             ok = next((c for c in responses if c.startswith("2")), None)
             schema = _success_schema(method, path)
             if ok is not None and ok != "204" and schema is not None:
                 responses[ok] = {"description": responses[ok].get("description", "Success"), **_json(schema)}
-            if ok == "204":
-                responses["204"] = {"description": "No content"}
+            if ok == "204" or (path.endswith("/tags/{tag}") and method == "put"):
+                responses[ok] = {"description": "No content"}
             for code, text in ERROR_CODES.items():
                 if code == "412" and method not in ("put", "delete", "patch"):
                     continue
