@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-
-schemathesis = pytest.importorskip("schemathesis")
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -53,7 +53,7 @@ def skipped(method: str, path: str, op: dict[str, Any]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory) -> ServerHandle:
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     h = start_server(os.path.join(tmp_path_factory.mktemp("fuzz"), "vxnet.db"))
     yield h
     h.stop()
