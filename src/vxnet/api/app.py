@@ -2,7 +2,8 @@
 `/identity/v3`, Prometheus metrics at `/metrics`, OpenAPI at `/openapi.json`.
 
 Error contract: every error is a NeutronError body with a 4xx status. Unknown paths give 404,
-wrong methods 405, both in Neutron's shape. An unexpected exception is logged and turned into
+wrong methods 405 with an `Allow` header, both in Neutron's shape. `/openapi.json` is built by
+`api/openapi.py` from the request models. An unexpected exception is logged and turned into
 a 500 NeutronError: that is a bug to fix, never an expected outcome.
 
 Every request passes `api/middleware.py`'s RequestGuard first (request ids, body size limit,
@@ -40,8 +41,9 @@ from prometheus_client import (
     start_http_server,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from vxnet.api import ops_metrics, policy
+from vxnet.api import openapi, ops_metrics, policy
 from vxnet.api.errors import ApiError, from_service, policy_denied
 from vxnet.api.extensions import served_extensions
 from vxnet.api.middleware import RequestGuard
@@ -102,6 +104,7 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     ui,
 )
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # `<collection>` or, under one of Neutron's namespaces, `<namespace>/<collection>` (`qos/policies`)
 NAMESPACES = ("qos",)
 _COLLECTION_PATH = re.compile(r"/v2\.0/((?:(?:" + "|".join(NAMESPACES) + r")/)?[a-z][a-z0-9_-]*)")
@@ -215,7 +218,19 @@ def create_app(config: Config, store: Store) -> FastAPI:
         setup = getattr(mod, "setup", None)
         if setup is not None:
             setup(app, state)
+    openapi.install(app)
     return app
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` header of a 405: every method some route fully matches the request's path
+    with (Starlette's own header names only the first matching route's methods)."""
+    methods = set()
+    for method in HTTP_METHODS:
+        scope = {**request.scope, "method": method}
+        if any(r.matches(scope)[0] == Match.FULL for r in request.app.router.routes):
+            methods.add(method)
+    return ", ".join(sorted(methods))
 
 
 def _install_errors(app: FastAPI) -> None:
@@ -263,7 +278,8 @@ def _install_errors(app: FastAPI) -> None:
             err = ApiError(405, "HTTPMethodNotAllowed", f"Method {request.method} not allowed on {request.url.path}")
         else:
             err = ApiError(exc.status_code, "HTTPError", str(exc.detail))
-        return JSONResponse(err.body(), status_code=exc.status_code)
+        headers = {"Allow": allowed_methods(request)} if exc.status_code == 405 else exc.headers
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

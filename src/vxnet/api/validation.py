@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Collection
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, WithJsonSchema
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, bad_request, policy_denied
@@ -139,16 +139,22 @@ def _tags(v: Any) -> list[str]:
     return list(dict.fromkeys(v))
 
 
-Name = Annotated[str, _strict_str(255)]
-Description = Annotated[str, _strict_str(255)]
-Bool = Annotated[bool, BeforeValidator(_bool)]
-Uuid = Annotated[str, BeforeValidator(_uuid)]
-ProjectId = Annotated[str, BeforeValidator(_project_id)]
-Mac = Annotated[str, BeforeValidator(_mac)]
-IpAddr = Annotated[str, BeforeValidator(_ip)]
-Cidr = Annotated[str, BeforeValidator(_cidr)]
-Tags = Annotated[list[str], BeforeValidator(_tags)]
-ShortStr = Annotated[str, _strict_str(255)]
+# WithJsonSchema: what /openapi.json says each type accepts (validation is the BeforeValidator's)
+_STR255 = WithJsonSchema({"type": "string", "maxLength": 255})
+Name = Annotated[str, _strict_str(255), _STR255]
+Description = Annotated[str, _strict_str(255), _STR255]
+Bool = Annotated[bool, BeforeValidator(_bool), WithJsonSchema({"type": "boolean"})]
+Uuid = Annotated[str, BeforeValidator(_uuid), WithJsonSchema({"type": "string", "format": "uuid"})]
+ProjectId = Annotated[str, BeforeValidator(_project_id),
+                      WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255})]
+Mac = Annotated[str, BeforeValidator(_mac),
+                WithJsonSchema({"type": "string", "pattern": "^([0-9a-f][02468ace])(:[0-9a-f]{2}){5}$"})]
+IpAddr = Annotated[str, BeforeValidator(_ip),
+                   WithJsonSchema({"anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}]})]
+Cidr = Annotated[str, BeforeValidator(_cidr), WithJsonSchema({"type": "string", "pattern": r"^[0-9a-fA-F.:]+/[0-9]{1,3}$"})]
+Tags = Annotated[list[str], BeforeValidator(_tags),
+                 WithJsonSchema({"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 255}})]
+ShortStr = Annotated[str, _strict_str(255), _STR255]
 
 
 def _non_negative(v: int) -> int:
