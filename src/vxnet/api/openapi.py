@@ -40,6 +40,7 @@ from vxnet.api.routers import (
     security_groups,
     subnetpools,
     subnets,
+    trunks,
 )
 from vxnet.services import qos as qos_svc
 
@@ -61,6 +62,7 @@ RESOURCES: dict[str, tuple[str, str, type[BaseModel] | None, type[BaseModel] | N
     "/v2.0/qos/policies": ("policies", "policy", qos.PolicyCreate, qos.PolicyUpdate),
     "/v2.0/rbac-policies": ("rbac_policies", "rbac_policy", rbac_policies.RbacPolicyCreate,
                             rbac_policies.RbacPolicyUpdate),
+    "/v2.0/trunks": ("trunks", "trunk", trunks.TrunkCreate, trunks.TrunkUpdate),
 }
 for _type, (_coll, _member, _) in qos_svc.RULE_TYPES.items():
     _create, _update = qos.RULE_MODELS[_type]
@@ -75,7 +77,13 @@ _INTERFACE = {"type": "object", "additionalProperties": False, "minProperties": 
               "properties": {"subnet_id": _UUID, "port_id": _UUID}}
 _PORT_STATUS = {"type": "object", "additionalProperties": False, "properties": {
     "ACTIVE": {"type": "array", "items": {"type": "string"}}, "DOWN": {"type": "array", "items": {"type": "string"}}}}
+_SUBPORTS = {"type": "object", "required": ["sub_ports"], "properties": {"sub_ports": {"type": "array", "items": {
+    "type": "object", "required": ["port_id"], "properties": {
+        "port_id": _UUID, "segmentation_type": {"type": "string", "enum": ["vlan"]},
+        "segmentation_id": {"type": "integer", "minimum": 1, "maximum": 4094}}}}}}
 EXTRA_BODIES: dict[tuple[str, str], dict[str, Any] | type[BaseModel]] = {
+    ("put", "/v2.0/trunks/{trunk_id}/add_subports"): _SUBPORTS,
+    ("put", "/v2.0/trunks/{trunk_id}/remove_subports"): _SUBPORTS,
     ("post", "/v2.0/vxnet/hosts/{host}/register"): agent_stream.RegisterBody,
     ("post", "/v2.0/vxnet/hosts/{host}/ports-status"): _PORT_STATUS,
     ("put", "/v2.0/subnetpools/{pool_id}/add_prefixes"): _PREFIXES,
