@@ -20,7 +20,7 @@ class _Recorder:
 
     owned_ifindexes: frozenset[int] = frozenset()
 
-    def reconcile(self, desired: HostState) -> ReconcileResult:
+    def reconcile(self, desired: HostState, hold: frozenset[str] = frozenset()) -> ReconcileResult:
         local = frozenset(lp.port_id for lp in desired.local_ports)
         return ReconcileResult(diff_host(desired, HostState()), (), local, frozenset(), 0.0, False)
 

@@ -38,10 +38,21 @@ def _network(url: str, tok: str, cidr: str, name: str) -> str:
 
 
 def _ports_via(url: str, tok: str, net_id: str) -> list[dict]:
+    """Every port of the network through the API, following the pages' next links (a page
+    holds at most 1,000)."""
+    ports: list[dict] = []
     with api(url, tok) as c:
-        r = c.get("/ports", params={"network_id": net_id})
-        assert r.status_code == 200, r.text
-        return r.json()["ports"]
+        params: dict[str, str] | None = {"network_id": net_id}
+        path = "/ports"
+        while True:
+            r = c.get(path, params=params)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            ports += body["ports"]
+            nxt = [link["href"] for link in body.get("ports_links", []) if link.get("rel") == "next"]
+            if not nxt or not body["ports"]:
+                return ports
+            path, params = nxt[0], None
 
 
 def _ports_in_store(cluster: EtcdCluster, net_id: str) -> dict[str, dict]:

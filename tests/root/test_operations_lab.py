@@ -187,6 +187,11 @@ def test_doctor_finds_drift_with_agents_stopped_and_repairs_with_agents_running(
     for h in ("h1", "h2", "h3"):
         lab.start_agent(st, h)
     wait_states({"h1": "ok", "h2": "ok", "h3": "ok"})
+    # "ok" is the agents' last report; the first echo may still meet an ARP entry of op2's that
+    # went stale while the path was broken: wait for one reply, then demand every reply.
+    deadline = time.monotonic() + 20
+    while ping("op2", "192.0.2.31", count=1) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert ping("op2", "192.0.2.31", count=2) == 2
     again = vxnet("doctor")
     assert again.returncode == 0, again.stdout
