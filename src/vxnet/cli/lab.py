@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     """Add the `lab` command group to the main CLI."""
     lab = typer.Typer(help="Test and demo bench: hosts and VMs as network namespaces (needs root).",
                       no_args_is_help=True)
-    vm = typer.Typer(help="VMs (namespaces plugged like Nova's taps).", no_args_is_help=True)
+    vm = typer.Typer(help="VMs (namespaces or QEMU guests, plugged like Nova's taps).", no_args_is_help=True)
     agent = typer.Typer(help="Stop/start a host's agent (failure tests).", no_args_is_help=True)
     lab.add_typer(vm, name="vm")
     lab.add_typer(agent, name="agent")
@@ -61,12 +61,29 @@ def register(app: typer.Typer) -> None:
     @vm.command("add")
     def vm_add(name: str, host: str = typer.Option(..., help="h1..hN"),
                port: str = typer.Option(..., help="port id"),
-               no_bind: bool = typer.Option(False, help="create the VM but do not bind the port")) -> None:
+               no_bind: bool = typer.Option(False, help="create the VM but do not bind the port"),
+               qemu: bool = typer.Option(False, "--qemu", help="a real QEMU guest (busybox, DHCP client) "
+                                         "instead of a namespace"),
+               cloud_init: bool = typer.Option(False, "--cloud-init", help="a QEMU guest of the Debian "
+                                               "cloud-init image (built on first use; slow)"),
+               user_data: str = typer.Option(None, "--user-data", help="file: user data for the lab's "
+                                              "metadata endpoint")) -> None:
         """Create VM NAME on HOST with the port's MAC/IP/MTU, and bind the port to HOST."""
         from vxnet.lab import lab as L
 
-        info = _run(L.vm_add, name, host, port, not no_bind)
-        typer.echo(f"{name} on {host}: {info['ip']}")
+        text = None
+        if user_data:
+            with open(user_data) as f:
+                text = f.read()
+        info = _run(L.vm_add, name, host, port, not no_bind, qemu, cloud_init, text)
+        typer.echo(f"{name} on {host}: {info['ip']}" + (f" (QEMU, {info['qemu']['accel']})" if qemu or cloud_init else ""))
+
+    @vm.command("console")
+    def vm_console(name: str) -> None:
+        """Print the console log of QEMU guest NAME."""
+        from vxnet.lab import lab as L
+
+        typer.echo(_run(L.vm_console, name), nl=False)
 
     @vm.command("del")
     def vm_del(name: str) -> None:

@@ -251,8 +251,14 @@ def _api(st: dict[str, Any]) -> httpx.Client:
     return httpx.Client(base_url=urls[-1] + "/v2.0", headers={"X-Auth-Token": token(st, urls[-1])}, timeout=10)
 
 
-def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, Any]:
-    """A VM namespace plugged like Nova would (tap named after the port), then the port bound."""
+def vm_add(name: str, host: str, port_id: str, bind: bool = True, qemu: bool = False, cloud: bool = False,
+           user_data: str | None = None) -> dict[str, Any]:
+    """A VM plugged like Nova would (tap named after the port), then the port bound.
+
+    By default the VM is a namespace whose eth0 has the port's address; with `qemu`, a real
+    guest (lab/qemu.py) on a tap that QEMU creates, taking its address by DHCP; `cloud` boots the
+    Debian cloud-init image instead of the busybox one. `user_data` is kept in the VM's state
+    for the lab's metadata endpoint."""
     st = load_state()
     i = _host_index(st, host)
     if name in st["vms"] or os.path.exists(f"/run/netns/{topology.vm_ns(name)}"):
@@ -265,6 +271,8 @@ def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, A
             raise LabError(f"port {port_id}: {r.status_code} {r.text}")
         port = r.json()["port"]
         net = api.get(f"/networks/{port['network_id']}").json()["network"]
+        if qemu or cloud:
+            return _qemu_vm_add(st, name, host, i, port, int(net.get("mtu") or 1450), bind, cloud, user_data, api)
         cidr_ip, gateway = None, None
         for fip in port.get("fixed_ips") or ():
             sub = api.get(f"/subnets/{fip['subnet_id']}").json().get("subnet") or {}
@@ -279,6 +287,51 @@ def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, A
         if bind:
             bind_port(st, port_id, host, api)
     return st["vms"][name]
+
+
+def _qemu_vm_add(st: dict[str, Any], name: str, host: str, i: int, port: dict[str, Any], mtu: int, bind: bool,
+                 cloud: bool, user_data: str | None, api: httpx.Client) -> dict[str, Any]:
+    from vxnet.lab import qemu
+
+    ips = [f["ip_address"] for f in port.get("fixed_ips") or () if ":" not in f["ip_address"]]
+    vm: dict[str, Any] = {"host": host, "port": port["id"], "ip": ips[0] if ips else None, "gateway": None,
+                          "qemu": {"cloud": cloud}, "user_data": user_data}
+    st["vms"][name] = vm   # recorded before the process exists: `lab down` after a crash finds it
+    save_state(st)
+    try:
+        vm["qemu"] = qemu.start(name, state_dir(), topology.host_ns(i), naming.tap_name(port["id"]),
+                                port["mac_address"], mtu, cloud=cloud)
+    except qemu.GuestError as e:
+        st["vms"].pop(name, None)
+        save_state(st)
+        raise LabError(str(e)) from None
+    save_state(st)
+    if bind:
+        bind_port(st, port["id"], host, api)
+    return vm
+
+
+def _qemu_stop(name: str, vm: dict[str, Any]) -> None:
+    from vxnet.lab import qemu
+
+    q = vm.get("qemu") or {}
+    if q.get("pid"):
+        qemu.stop(int(q["pid"]), name)
+    qemu.cleanup_files(state_dir(), name)
+
+
+def vm_console(name: str) -> str:
+    """The console log of QEMU guest `name`."""
+    vm = load_state()["vms"].get(name)
+    if vm is None:
+        raise LabError(f"no VM {name}")
+    if not vm.get("qemu"):
+        raise LabError(f"{name} is a namespace VM: it has no console")
+    try:
+        with open(vm["qemu"]["console"], errors="replace") as f:
+            return f.read()
+    except (KeyError, FileNotFoundError):
+        return ""
 
 
 def bind_port(st: dict[str, Any], port_id: str, host: str, api: httpx.Client | None = None) -> None:
@@ -300,6 +353,8 @@ def vm_migrate(name: str, host: str) -> None:
     vm = st["vms"].get(name)
     if vm is None:
         raise LabError(f"no VM {name}")
+    if vm.get("qemu"):
+        raise LabError(f"{name} is a QEMU guest: the lab migrates namespace VMs only")
     new, old = _host_index(st, host), _host_index(st, vm["host"])
     with _api(st) as api:
         port = api.get(f"/ports/{vm['port']}").json()["port"]
@@ -313,12 +368,35 @@ def vm_migrate(name: str, host: str) -> None:
 
 def vm_del(name: str) -> None:
     st = load_state()
-    st["vms"].pop(name, None)
-    topology.del_vm(name)
+    vm = st["vms"].pop(name, None)
+    if vm and vm.get("qemu"):
+        _qemu_stop(name, vm)   # its tap goes with the process
+    else:
+        topology.del_vm(name)
     save_state(st)
 
 
-def vm_exec(name: str, cmd: list[str]) -> int:
+def vm_exec(name: str, cmd: list[str], timeout: float = 120.0) -> int:
+    """Run `cmd` in VM `name` (its output goes to our stdout); returns its exit code.
+
+    In a QEMU guest the words are joined into one shell command line (quoted) for the guest's
+    `sh`, over the command channel; stderr comes back joined to stdout."""
+    try:
+        vm = load_state()["vms"].get(name) or {}
+    except LabError:
+        vm = {}
+    if vm.get("qemu"):
+        import shlex
+
+        from vxnet.lab import qemu
+
+        try:
+            rc, out = qemu.exec_(vm["qemu"]["ctl"], cmd[0] if len(cmd) == 1 else shlex.join(cmd), timeout)
+        except (qemu.GuestError, KeyError) as e:
+            raise LabError(f"{name}: {e}") from None
+        sys.stdout.buffer.write(out)
+        sys.stdout.flush()
+        return rc
     if not os.path.exists(f"/run/netns/{topology.vm_ns(name)}"):
         raise LabError(f"no VM {name}")
     return subprocess.call(["ip", "netns", "exec", topology.vm_ns(name), *cmd])
@@ -342,6 +420,9 @@ def down(quiet: bool = False) -> None:
         st = load_state()
     except (LabError, ValueError):
         st = {}
+    for name, vm in (st.get("vms") or {}).items():
+        if vm.get("qemu"):
+            _qemu_stop(name, vm)
     for pid in (st.get("agents") or {}).values():
         _kill(pid, "agent")
     if st.get("server_pid"):
