@@ -61,11 +61,22 @@ def register(app: typer.Typer) -> None:
     @vm.command("add")
     def vm_add(name: str, host: str = typer.Option(..., help="h1..hN"),
                port: str = typer.Option(..., help="port id"),
-               no_bind: bool = typer.Option(False, help="create the VM but do not bind the port")) -> None:
-        """Create VM NAME on HOST with the port's MAC/IP/MTU, and bind the port to HOST."""
+               no_bind: bool = typer.Option(False, help="create the VM but do not bind the port"),
+               hostname: str = typer.Option(None, help="hostname served by the metadata service (default: NAME)"),
+               user_data: str = typer.Option(None, "--user-data", help="FILE served as the VM's user data"),
+               ssh_key: str = typer.Option(None, "--ssh-key", help="public SSH key FILE served as the VM's key")
+               ) -> None:
+        """Create VM NAME on HOST with the port's MAC/IP/MTU, and bind the port to HOST (device_id:
+        the VM's instance id at the lab's Nova metadata endpoint)."""
         from vxnet.lab import lab as L
 
-        info = _run(L.vm_add, name, host, port, not no_bind)
+        try:
+            data = open(user_data, "rb").read() if user_data else None     # noqa: SIM115 - read at once
+            key = open(ssh_key).read() if ssh_key else None                  # noqa: SIM115
+        except OSError as e:
+            typer.echo(f"vxnet lab: {e}", err=True)
+            raise typer.Exit(1) from None
+        info = _run(L.vm_add, name, host, port, not no_bind, hostname, data, key)
         typer.echo(f"{name} on {host}: {info['ip']}")
 
     @vm.command("del")
