@@ -169,7 +169,7 @@ def test_routed_network_vm_gets_its_own_signed_metadata(lab: Lab, routed: dict) 
 
 
 def test_isolated_network_via_dhcp_option_121(lab: Lab, tmp_path) -> None:
-    net, sub = make_net(lab, "100.64.10.0/24", "md-isolated", gateway_ip=None)
+    net, _ = make_net(lab, "100.64.10.0/24", "md-isolated", gateway_ip=None)
     p = make_port(lab, net, "100.64.10.21")
     iid = boot(lab, "i1", "h2", p)
     script = tmp_path / "udhcpc.sh"
@@ -274,7 +274,8 @@ def test_lab_endpoint_checks_the_signature(lab: Lab, routed: dict) -> None:
 
     st = vlab.load_state()
     url = st["nova_metadata"]["url"] + "/openstack/latest/meta_data.json"
-    secret = open(nova_metadata.files(vlab.state_dir())["secret"]).read().strip()
+    with open(nova_metadata.files(vlab.state_dir())["secret"]) as f:
+        secret = f.read().strip()
     iid, project = routed["ids"]["m1"], routed["ports"]["m1"]["project_id"]
     good = {"X-Instance-ID": iid, "X-Tenant-ID": project, "X-Forwarded-For": "192.0.2.11",
             "X-Instance-ID-Signature": cmeta.sign(secret, iid)}
