@@ -134,12 +134,12 @@ def run(opts: argparse.Namespace) -> Report:
         rows.append([label, str(len(ms)), f"{stats[key][0]:.2f}", f"{stats[key][1]:.2f}", f"{sum(ms) / len(ms):.2f}"])
     add50, add99 = stats["proxied"][0] - stats["direct"][0], stats["proxied"][1] - stats["direct"][1]
     rows.append(["added by the proxy (proxied - direct)", "", f"{add50:.2f}", f"{add99:.2f}", ""])
-    notes = [f"{rounds} alternating rounds of {requests} sequential requests per row; a new TCP connection per "
+    notes = [(f"{rounds} alternating rounds of {requests} sequential requests per row; a new TCP connection per "
              f"request (the proxy closes its connection to the VM, and opens one to Nova per request). "
-             f"Non-200 answers: {res['bad']}. Load average before: {load0[0]:.1f}."]
-    goals = [f"The proxy adds {add50:.2f} ms at p50 ({add99:.2f} ms at p99) to a metadata request: the steered "
+             f"Non-200 answers: {res['bad']}. Load average before: {load0[0]:.1f}.")]
+    goals = [(f"The proxy adds {add50:.2f} ms at p50 ({add99:.2f} ms at p99) to a metadata request: the steered "
              "bridge hop into the metadata namespace, the agent's Python HTTP server, and a second TCP "
-             "connection to Nova."]
+             "connection to Nova.")]
     return Report(NAME, cols, rows, notes=notes, goals=goals)
 
 

@@ -5,6 +5,7 @@ also shows the proxy's signature is right.
 - Routed network (a router interface holds the gateway): a VM with its default route via the
   router gets its own instance's meta_data.json (uuid = its port's device_id, hostname, keys,
   project), user_data, network_data.json and the EC2 tree; the underlay carries none of it.
+- A VM with an on-link route to 169.254.169.254 gets the metadata device's ARP answer.
 - Isolated network (no router, no gateway IP): a VM configured by a real busybox udhcpc gets
   the option-121 route 169.254.169.254/32 via the DHCP server address, and reaches its metadata
   through it.
@@ -166,6 +167,19 @@ def test_routed_network_vm_gets_its_own_signed_metadata(lab: Lab, routed: dict) 
     with capture() as underlay:
         assert curl("m2", "/latest/meta-data/instance-id")[0] == 200
     assert not [f for f in underlay if "169.254.169.254" in f or ".80 " in f or ".80:" in f], underlay
+
+
+def test_on_link_route_arp_is_answered_by_the_metadata_device(routed: dict) -> None:
+    """A VM with 169.254.169.254 on-link (no gateway) ARPs for it: the metadata device answers."""
+    ns = topology.vm_ns("m2")
+    assert nsexec(ns, "ip", "route", "add", "169.254.169.254/32", "dev", "eth0").returncode == 0
+    try:
+        status, body = curl("m2", "/openstack/latest/meta_data.json")
+        assert status == 200 and json.loads(body)["uuid"] == routed["ids"]["m2"], (status, body)
+        neigh = nsexec(ns, "ip", "neigh", "show", "169.254.169.254").stdout
+        assert cmeta.metadata_mac(routed["net"]["id"]) in neigh, neigh
+    finally:
+        nsexec(ns, "ip", "route", "del", "169.254.169.254/32", "dev", "eth0")
 
 
 def test_isolated_network_via_dhcp_option_121(lab: Lab, tmp_path) -> None:

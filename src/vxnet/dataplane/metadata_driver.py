@@ -3,7 +3,8 @@ neighbours, and the steering table `bridge vxnet_meta` (compute/metadata.py says
 
 Contract:
 - `MetadataLinks(host_netns).converge(state)` makes the metadata namespace `state.netns` exist
-  (sysctls: IPv6 off, no forwarding, rp_filter off, arp_ignore 1; `lo` up) and hold exactly the
+  (sysctls: IPv6 off, no forwarding, rp_filter off, arp_ignore 1, port 80 bindable without
+  CAP_NET_BIND_SERVICE; `lo` up) and hold exactly the
   wanted `vxmd*` devices (peers of the `vxpm*` service ports in the host namespace, created as one
   pair across the two namespaces), with the metadata MAC, the network MTU, up, and
   169.254.169.254/32; exactly the wanted `<proxy ip>/32` routes (protocol `ROUTE_PROTO`) and
@@ -57,6 +58,9 @@ SYSCTLS = (
     ("net/ipv4/conf/default/rp_filter", "0"),
     ("net/ipv4/conf/all/arp_ignore", "1"),          # answer ARP only for the device's own address
     ("net/ipv4/conf/default/arp_ignore", "1"),
+    # The listener binds port 80 here; the agent's systemd unit keeps no CAP_NET_BIND_SERVICE,
+    # and only the agent's own socket lives in this namespace.
+    ("net/ipv4/ip_unprivileged_port_start", "80"),
 )
 
 
