@@ -102,6 +102,22 @@ def test_steering_table_keys_everything_by_the_ingress_device() -> None:
     assert m.nft_script(m.MetadataState()) == "table bridge vxnet_meta\ndelete table bridge vxnet_meta\n"
 
 
+def test_steering_changes_only_the_elements_that_changed() -> None:
+    a, b = port("p1000000-a", "192.0.2.11"), port("p2000000-b", "192.0.2.12")
+    one, two = (m.steer_elements(m.compute_metadata(view(ps), "h1")) for ps in ([a], [a, b]))
+    up = m.steer_script(one, two)                  # a port-up: one element per map, no table rebuild
+    assert "delete table" not in up and up.count("add element") == 3 and "tapp1000000-a" not in up
+    down = m.steer_script(two, one)
+    assert down.count("delete element") == 3 and "add element" not in down and "tapp1000000-a" not in down
+    assert m.steer_script(two, two) == ""
+    moved = m.steer_elements(m.compute_metadata(view([a, dict(b, fixed_ips=[{"subnet_id": SUB,
+                                                                             "ip_address": "192.0.2.99"}])]), "h1"))
+    change = m.steer_script(two, moved)            # a changed value: its key is deleted, then added
+    assert change.splitlines()[0].startswith("delete element bridge vxnet_meta back") and ": 192.0.2.99" in change
+    assert m.steer_script(None, two).startswith("table bridge vxnet_meta\ndelete table")      # unknown: whole
+    assert m.steer_script(two, m.steer_elements(m.MetadataState())).endswith("delete table bridge vxnet_meta\n")
+
+
 # ---------------------------------------------------------------------------------- the proxy
 class FakeNova:
     """A recording Nova metadata API on loopback; `mode`: ok | forbidden | silent."""

@@ -1,7 +1,7 @@
 """View of one host -> its desired metadata-proxy state; and what the proxy sends Nova (pure).
 
 Contract: `compute_metadata(view, host)` is a pure function of its arguments, and so are
-`nft_script`, `sign`, `upstream_headers` and `needs_metadata_route` (docs/metadata.md).
+`nft_script`, `steer_script`, `sign`, `upstream_headers` and `needs_metadata_route` (docs/metadata.md).
 
 Desired state:
 - A *served* port (`served`): bound to this host, `admin_state_up` not false, not an
@@ -22,7 +22,8 @@ Desired state:
   neighbour `<proxy ip> -> port MAC`. The L2 part also adds a bridge neighbour entry
   169.254.169.254 -> metadata MAC (a VM that ARPs for it directly gets the namespace's answer,
   and the ARP never floods to the VXLAN port).
-- Steering, table `bridge vxnet_meta` (`nft_script`, replaced whole in one transaction):
+- Steering, table `bridge vxnet_meta` (`steer_script`: one transaction; the whole table when
+  its state is unknown, else only the map elements that changed):
   1. prerouting (priority -300, before port security and br_netfilter): a frame from a served
      tap to 169.254.169.254 tcp/80 gets `ether daddr` = its network's metadata MAC, whatever
      MAC it was sent to (the router's, the DHCP server's): it is bridged to `vxpm<net>` only.
@@ -180,16 +181,54 @@ def compute_metadata(view: View | Mapping[str, Mapping[str, Any]], host: str) ->
     return MetadataState(netns_name(host), nets, ports, l2)
 
 
-def nft_script(state: MetadataState) -> str:
-    """The steering table, replaced atomically; only its deletion when nothing is served."""
-    head = f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n"
-    if not state.ports:
-        return head
+Elements = dict[str, frozenset[tuple[str, str]]]     # map name -> {(key, value)}
+
+
+def steer_elements(state: MetadataState) -> Elements:
+    """The steering table's map elements: `steer` tap -> metadata MAC, `src` tap -> proxy
+    address, `back` service port . proxy address -> fixed IP."""
     mac = {n.network_id: n.mac for n in state.networks}
     port_of = {n.network_id: n.port for n in state.networks}
-    steer = ", ".join(f'"{p.device}" : {mac[p.network_id]}' for p in state.ports)
-    src = ", ".join(f'"{p.device}" : {p.proxy_ip}' for p in state.ports)
-    back = ", ".join(f'"{port_of[p.network_id]}" . {p.proxy_ip} : {p.fixed_ip}' for p in state.ports)
+    return {"steer": frozenset((f'"{p.device}"', mac[p.network_id]) for p in state.ports),
+            "src": frozenset((f'"{p.device}"', p.proxy_ip) for p in state.ports),
+            "back": frozenset((f'"{port_of[p.network_id]}" . {p.proxy_ip}', p.fixed_ip) for p in state.ports)}
+
+
+def nft_script(state: MetadataState) -> str:
+    """The steering table, replaced atomically; only its deletion when nothing is served."""
+    return steer_script(None, steer_elements(state))
+
+
+def steer_script(applied: Elements | None, wanted: Elements) -> str:
+    """The transaction that turns the table holding `applied` (None: unknown or absent) into one
+    holding `wanted`: the whole table when its state is unknown or it comes or goes (deleting and
+    re-creating a table costs 5-20 ms here: base chains are unregistered and registered again),
+    else only the map elements that changed (a port-up: one element per map); "" for no change."""
+    head = f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n"
+    have_any, want_any = applied is not None and any(applied.values()), any(wanted.values())
+    if applied is not None and have_any and want_any:
+        lines = []
+        for name in ("steer", "src", "back"):
+            gone = {k for k, _ in applied[name] - wanted[name]} - {k for k, _ in wanted[name]}
+            changed = wanted[name] - applied[name]
+            if gone:
+                lines.append(f"delete element bridge {NFT_TABLE} {name} {{ {', '.join(sorted(gone))} }}")
+            if changed:      # a key whose value changed: delete it first (add would not replace it)
+                stale = {k for k, _ in changed} & {k for k, _ in applied[name]}
+                if stale:
+                    lines.append(f"delete element bridge {NFT_TABLE} {name} {{ {', '.join(sorted(stale))} }}")
+                lines.append(f"add element bridge {NFT_TABLE} {name} "
+                             f"{{ {', '.join(f'{k} : {v}' for k, v in sorted(changed))} }}")
+        return "".join(line + "\n" for line in lines)
+    if applied is not None and not have_any and not want_any:
+        return ""
+    if not want_any:
+        return head
+
+    def elements(name: str) -> str:
+        return ", ".join(f"{k} : {v}" for k, v in sorted(wanted[name]))
+
+    steer, src, back = elements("steer"), elements("src"), elements("back")
     svc = naming.SERVICE_PREFIX + SERVICE_KIND
     return head + (
         f"table bridge {NFT_TABLE} {{\n"

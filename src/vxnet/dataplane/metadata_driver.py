@@ -9,8 +9,10 @@ Contract:
   pair across the two namespaces), with the metadata MAC, the network MTU, up, and
   169.254.169.254/32; exactly the wanted `<proxy ip>/32` routes (protocol `ROUTE_PROTO`) and
   permanent neighbours on them. Host-side `vxpm*` ports without a wanted peer are deleted. It
-  reads the kernel back on every call (cheap: one namespace, a few dumps), so it is
-  level-triggered and needs no memory of what it applied. Idempotent (EEXIST/ENOENT count as
+  reads the kernel back (one namespace, a few dumps, one host link dump) on its first call,
+  after `drop_sockets()` (the feature's `invalidate()`: drift repair), after a failure, and
+  whenever the networks change; a change of ports only (a port-up: one route and one
+  neighbour) is applied as a difference from what it converged last. Idempotent (EEXIST/ENOENT count as
   success); failures raise OSError/NetlinkError.
 - `MetadataLinks.remove(netns)` deletes the namespace and the host-side service ports.
 - `NsWorker(netns)`: one daemon thread inside a namespace (the host's) running the nftables
@@ -94,6 +96,8 @@ class MetadataLinks:
         self.run_dir = run_dir
         self._host: IPRoute | None = None
         self._ns: dict[str, IPRoute] = {}
+        self._known: MetadataState | None = None    # converged by the last call (None: read the kernel)
+        self._index: dict[str, int] = {}            # vxmd device -> ifindex, as of `_known`
 
     def close(self) -> None:
         for ipr in [self._host, *self._ns.values()]:
@@ -101,6 +105,7 @@ class MetadataLinks:
                 ipr.close()
         self._host = None
         self._ns.clear()
+        self._known = None
 
     @property
     def host(self) -> IPRoute:
@@ -141,7 +146,40 @@ class MetadataLinks:
         return created
 
     def converge(self, state: MetadataState) -> dict[str, int]:
-        """Make the namespace and links exactly `state` (returns change counts)."""
+        """Make the namespace and links exactly `state` (returns change counts). After a full
+        read-back, a change of ports only (the same networks: a port-up) is applied as the route
+        and neighbour differences from the last converged state, without reading the kernel;
+        anything else, or the first call after `drop_sockets()` or a failure, reads it all."""
+        known, self._known = self._known, None
+        try:
+            if known is not None and (known.netns, known.networks) == (state.netns, state.networks):
+                changes = self._ports_only(known, state)
+            else:
+                changes = self._full(state)
+        except BaseException:
+            self.drop_sockets()
+            raise
+        self._known = state
+        return changes
+
+    def _ports_only(self, known: MetadataState, state: MetadataState) -> dict[str, int]:
+        ipr = self._ipr(state.netns)
+        dev = {n.network_id: self._index[n.device] for n in state.networks}
+        old = {(p.proxy_ip, dev[p.network_id], p.mac) for p in known.ports}
+        new = {(p.proxy_ip, dev[p.network_id], p.mac) for p in state.ports}
+        changes: dict[str, int] = {}
+        for ip, oif, _ in sorted(old - new):
+            if (ip, oif) not in {(i, o) for i, o, _ in new}:
+                _ok(lambda ip=ip, oif=oif: ipr.route("del", dst=f"{ip}/32", oif=oif, proto=ROUTE_PROTO), GONE)
+                _ok(lambda ip=ip, oif=oif: ipr.neigh("del", dst=ip, ifindex=oif), GONE)
+                changes["route_deleted"] = changes.get("route_deleted", 0) + 1
+        for ip, oif, mac in sorted(new - old):
+            ipr.route("replace", dst=f"{ip}/32", oif=oif, proto=ROUTE_PROTO, scope=253)
+            ipr.neigh("replace", dst=ip, ifindex=oif, lladdr=mac, state=NUD_PERMANENT)
+            changes["route"] = changes.get("route", 0) + 1
+        return changes
+
+    def _full(self, state: MetadataState) -> dict[str, int]:
         changes: dict[str, int] = {}
 
         def count(kind: str) -> None:
@@ -206,6 +244,7 @@ class MetadataLinks:
         for dst, oif, mac in sorted(want_neigh - have_neigh):
             ipr.neigh("replace", dst=dst, ifindex=oif, lladdr=mac, state=NUD_PERMANENT)
             count("neigh")
+        self._index = index
         return changes
 
     def _delete_orphan_ports(self, wanted: set[str], count: Callable[[str], None]) -> None:
@@ -217,6 +256,7 @@ class MetadataLinks:
 
     def remove(self, netns: str) -> None:
         """No port served: the namespace and every host-side service port go."""
+        self._known = None
         self._delete_orphan_ports(set(), lambda _: None)
         ipr = self._ns.pop(netns, None)
         if ipr is not None:
