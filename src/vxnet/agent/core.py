@@ -47,12 +47,14 @@ from vxnet.agent.backoff import Backoff
 from vxnet.agent.dhcp import DhcpFeature
 from vxnet.agent.features import Feature, FeatureResult, HostContext
 from vxnet.agent.firewall import FirewallFeature
+from vxnet.agent.metadata import MetadataFeature
 from vxnet.agent.qos import QosFeature
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
 from vxnet.agent.routing import RoutingFeature
 from vxnet.compute.diff import Diff, HostDiff
 from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
+from vxnet.config import MetadataSettings
 
 log = logging.getLogger("vxnet.agent")
 
@@ -103,11 +105,12 @@ class AgentConfig:
     gateway: bool = False
     external_interface: str | None = None
     dhcp_lease_time: int = 86400
+    metadata: MetadataSettings | None = None   # [metadata] of the agent's config file
 
     @property
     def context(self) -> HostContext:
         return HostContext(self.host, self.underlay_ip, self.netns, self.gateway, self.external_interface,
-                           self.dhcp_lease_time)
+                           self.dhcp_lease_time, self.metadata)
 
 
 class Agent:
@@ -552,4 +555,5 @@ def build_features(ctx: HostContext) -> list[Feature]:
         FirewallFeature(ctx),       # port security, security groups (before any tap is plugged)
         DhcpFeature(ctx),           # DHCP for local VMs
         QosFeature(ctx),            # bandwidth limits and DSCP marks on VM taps
+        MetadataFeature(ctx),       # 169.254.169.254 for local VMs, proxied to Nova
     ]

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from vxnet.compute.host import HostSpec
+from vxnet.config import MetadataSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,7 @@ class HostContext:
     gateway: bool = False                    # started with --gateway
     external_interface: str | None = None    # gateway hosts: the physical port of external networks
     dhcp_lease_time: int = 86400             # seconds (the VM renews at half of it)
+    metadata: MetadataSettings | None = None  # [metadata]: None -> the proxy answers 503
 
     @property
     def spec(self) -> HostSpec:

@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option(None, help="log level (default: the config file's, else info)"),
         log_format: str = typer.Option(None, help="text or json (default: the config file's, else text)"),
         config: str = typer.Option(None, help="TOML file with an \\[agent] table: log_level, log_format "
-                                              "(SIGHUP re-reads log_level)"),
+                                              "(SIGHUP re-reads log_level), and a \\[metadata] table: "
+                                              "nova_metadata_url, shared_secret or shared_secret_file, timeout"),
         control_socket: str = typer.Option(DEFAULT_CONTROL_SOCKET, help="unix socket where `vxnet doctor --local` "
                                                                         "reaches this agent (\"\" = none)"),
     ) -> None:
@@ -60,12 +61,14 @@ def register(app: typer.Typer) -> None:
         limit_malloc_arenas()
 
         from vxnet import logsetup
+        from vxnet.config import ConfigError, load_metadata
 
         try:
             settings = agent_settings(config)
+            metadata = load_metadata(config)
             logsetup.configure(log_level or settings.get("log_level") or "info",
                                log_format or settings.get("log_format") or "text")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ConfigError) as e:
             typer.echo(f"vxnet agent: {e}", err=True)
             raise typer.Exit(2) from None
         if config:
@@ -79,7 +82,8 @@ def register(app: typer.Typer) -> None:
         control = make_control_plane([s.strip() for s in server.split(",") if s.strip()], host, underlay_ip,
                                      user, password, project, gateway, external_interface)
         a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
-                              external_interface=external_interface, dhcp_lease_time=dhcp_lease_time), control)
+                              external_interface=external_interface, dhcp_lease_time=dhcp_lease_time,
+                              metadata=metadata), control)
         local = None
         if control_socket:
             from vxnet.agent.control import ControlSocket

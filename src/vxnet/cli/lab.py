@@ -62,20 +62,25 @@ def register(app: typer.Typer) -> None:
     def vm_add(name: str, host: str = typer.Option(..., help="h1..hN"),
                port: str = typer.Option(..., help="port id"),
                no_bind: bool = typer.Option(False, help="create the VM but do not bind the port"),
+               hostname: str = typer.Option(None, help="hostname served by the metadata service (default: NAME)"),
+               user_data: str = typer.Option(None, "--user-data", help="FILE served as the VM's user data"),
+               ssh_key: str = typer.Option(None, "--ssh-key", help="public SSH key FILE served as the VM's key"),
                qemu: bool = typer.Option(False, "--qemu", help="a real QEMU guest (busybox, DHCP client) "
                                          "instead of a namespace"),
                cloud_init: bool = typer.Option(False, "--cloud-init", help="a QEMU guest of the Debian "
                                                "cloud-init image (built on first use; slow)"),
-               user_data: str = typer.Option(None, "--user-data", help="file: user data for the lab's "
-                                              "metadata endpoint")) -> None:
-        """Create VM NAME on HOST with the port's MAC/IP/MTU, and bind the port to HOST."""
+               ) -> None:
+        """Create VM NAME on HOST with the port's MAC/IP/MTU, and bind the port to HOST (device_id:
+        the VM's instance id at the lab's Nova metadata endpoint)."""
         from vxnet.lab import lab as L
 
-        text = None
-        if user_data:
-            with open(user_data) as f:
-                text = f.read()
-        info = _run(L.vm_add, name, host, port, not no_bind, qemu, cloud_init, text)
+        try:
+            data = open(user_data, "rb").read() if user_data else None     # noqa: SIM115 - read at once
+            key = open(ssh_key).read() if ssh_key else None                  # noqa: SIM115
+        except OSError as e:
+            typer.echo(f"vxnet lab: {e}", err=True)
+            raise typer.Exit(1) from None
+        info = _run(L.vm_add, name, host, port, not no_bind, hostname, data, key, qemu, cloud_init)
         typer.echo(f"{name} on {host}: {info['ip']}" + (f" (QEMU, {info['qemu']['accel']})" if qemu or cloud_init else ""))
 
     @vm.command("console")

@@ -111,6 +111,7 @@ class Port:
     revision: int | None = None
     qos_policy_id: str = ""
     subports: tuple[tuple[str, int], ...] = ()   # a trunk parent's (subport id, VLAN id), from trunk_details
+    project_id: str = ""                    # the metadata proxy's X-Tenant-ID
     ipv4: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv4 fixed IPs
 
     def __post_init__(self) -> None:
@@ -207,7 +208,8 @@ def _port(o: Mapping[str, Any]) -> Port:
         security_groups=tuple(dict.fromkeys(o.get("security_groups") or ())),
         port_security=o.get("port_security_enabled") is not False, dns_name=o.get("dns_name") or "",
         status=o.get("status"), revision=int(rev) if rev is not None else None,
-        qos_policy_id=o.get("qos_policy_id") or "", subports=_subports(o.get("trunk_details")))
+        qos_policy_id=o.get("qos_policy_id") or "", subports=_subports(o.get("trunk_details")),
+        project_id=o.get("project_id") or o.get("tenant_id") or "")
 
 
 def _subports(details: Any) -> tuple[tuple[str, int], ...]:
