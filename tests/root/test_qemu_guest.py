@@ -1,9 +1,12 @@
 """Real QEMU guests in the lab (docs/guests.md): the guest's own DHCP client gets the port's
-address from the agent, it pings a namespace VM on another host, `vm exec` returns its exit
-codes, and `vm del` / `lab down` leave no QEMU process, tap or mount behind.
+address from the agent, it reads its hostname and user data from the metadata service, it pings
+a namespace VM on another host, `vm exec` returns its exit codes, and `vm del` / `lab down`
+leave no QEMU process, tap or mount behind.
 
 The guest runs under TCG unless a KVM probe boot works; boots take seconds, so the guests are
-few and always stopped (by PID) at the end."""
+few and always stopped (by PID) at the end. The Debian cloud-init guest (the real `cloud-init`
+package) needs a 2-minute image build and a slow boot: its test runs only with
+VXNET_CLOUD_GUEST=1 (outside `make test`); the busybox guest's metadata check stands for it there."""
 
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def test_guest_takes_its_lease_and_pings_a_namespace_vm_on_another_host(guest_ne
     pg = lab3.port("alice", net["id"])
     pv = lab3.port("alice", net["id"])
     lab3.vm("qgv", "h2", pv)
-    vm = lab.vm_add("qg1", "h1", pg["id"], qemu=True)
+    vm = lab.vm_add("qg1", "h1", pg["id"], qemu=True, hostname="qg-one",
+                    user_data=b"#!/bin/sh\necho user-data-was-here > /tmp/ud\n")
     ip = pg["fixed_ips"][0]["ip_address"]
     try:
         # The guest's own udhcpc took the port's address (the agent's DHCP responder answered).
@@ -66,6 +70,12 @@ def test_guest_takes_its_lease_and_pings_a_namespace_vm_on_another_host(guest_ne
         rc, out = qemu.exec_(vm["qemu"]["ctl"], "ip -4 -o addr show dev eth0; cat /sys/class/net/eth0/address")
         assert rc == 0 and f"inet {ip}/24" in out.decode() and pg["mac_address"] in out.decode(), out
         lab3.wait_status(pg["id"], "ACTIVE", 30)
+        # Metadata (169.254.169.254 through the host's proxy to the lab's Nova): the hostname
+        # given at `vm add`, and the user-data script ran.
+        log = qemu.wait_console(vm["qemu"]["console"], "vxnet-guest: ready", 60)
+        assert "vxnet-guest: hostname qg-one from metadata" in log, log
+        assert "vxnet-guest: user-data ran: 0" in log, log
+        assert qemu.exec_(vm["qemu"]["ctl"], "hostname; cat /tmp/ud") == (0, b"qg-one\nuser-data-was-here\n")
         # The NIC is a tap named like Nova's in h1, created by QEMU and plugged by the agent.
         tap = "tap" + pg["id"][:11]
         assert tap in _links("vxl-h1")
@@ -111,6 +121,38 @@ def test_exec_channel_keeps_order_and_exit_codes(guest_net) -> None:
         assert (rc, out) == (0, b"\x01\xffx")
     finally:
         lab.vm_del("qg2")
+    assert _qemu_pids() == []
+
+
+SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBoA8k3Yc0dZp1nYq1lJ5m1d0h5ZpXG0w3Xv3cB5lq7H "
+           "lab@vxnet-test")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("VXNET_CLOUD_GUEST") != "1",
+                    reason="the cloud-init guest is slow (image build + boot): VXNET_CLOUD_GUEST=1 runs it")
+def test_cloud_init_guest_sets_hostname_and_ssh_key_from_metadata(guest_net) -> None:
+    """Debian's cloud-init (OpenStack datasource, 169.254.169.254) sets the hostname and
+    installs the SSH key that the lab's Nova serves for this instance."""
+    from vxnet.lab import image, lab, qemu
+
+    image.build(cloud=True)   # cached; about 2 minutes the first time
+    lab3, net, _ = guest_net
+    p = lab3.port("alice", net["id"])
+    vm = lab.vm_add("qgc", "h2", p["id"], cloud=True, hostname="cloudy", ssh_key=SSH_KEY)
+    try:
+        log = qemu.wait_console(vm["qemu"]["console"], "vxnet-guest: cloud-init final", 120)
+        assert f"vxnet-guest: lease {p['fixed_ips'][0]['ip_address']}/24" in log, log
+        rc, out = qemu.exec_(vm["qemu"]["ctl"], "hostname; cat /home/debian/.ssh/authorized_keys; "
+                             "cat /var/lib/cloud/data/instance-id /var/lib/cloud/instance/datasource", timeout=60)
+        text = out.decode()
+        assert rc == 0, text
+        assert text.splitlines()[0] == "cloudy", text
+        assert SSH_KEY in text, text
+        assert lab.load_state()["vms"]["qgc"]["instance_id"] in text, text   # the lab's Nova's id
+        assert "DataSourceOpenStack" in text, text
+    finally:
+        lab.vm_del("qgc")
     assert _qemu_pids() == []
 
 

@@ -15,7 +15,9 @@ overrides):
 - with `cloud=True`, also `debian-cloud.ext4`: a Debian root file system with the real
   `cloud-init` (mmdebstrap from Debian's mirror, written into an ext4 image with `mke2fs -d`, so
   nothing is ever mounted on this machine). The same initramfs boots it when the kernel command
-  line says `vxnet.root=/dev/vda`: it mounts the disk, and switches to it with `/sbin/vxnet-init`
+  line says `vxnet.root=/dev/vda`: it mounts the disk, copies the lab's pieces into it (channel,
+  udhcpc script, `/sbin/vxnet-init`, the cloud-init configuration: the disk itself holds only
+  Debian's packages, so a changed recipe does not rebuild it), and switches to `/sbin/vxnet-init`
   (networking by udhcpc, then `cloud-init init` and `cloud-init modules`, then the channel).
 
 The build is idempotent: a `stamp` file with the inputs' versions marks a finished image, and
@@ -115,6 +117,11 @@ root=$(arg vxnet.root)
 if [ -n "$root" ]; then
   i=0; while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
   mount -t ext4 "$root" /newroot || { log "cannot mount $root"; exec sh; }
+  # The lab's own pieces come from this initramfs (the disk holds Debian's packages only).
+  mkdir -p /newroot/usr/local/bin /newroot/etc/cloud/cloud.cfg.d
+  cp /bin/vxnet-ctl /bin/udhcpc-script /newroot/usr/local/bin/
+  cp /bin/vxnet-cloud-init /newroot/sbin/vxnet-init
+  cp /etc/90-vxnet-lab.cfg /newroot/etc/cloud/cloud.cfg.d/
   mount --move /dev /newroot/dev; umount /proc /sys
   log "switching to $root"
   exec switch_root /newroot /sbin/vxnet-init
@@ -339,6 +346,8 @@ def _build_initrd() -> None:
         _write(os.path.join(root, "init"), INIT.replace("__MODULES__", " ".join(found)), 0o755)
         _write(os.path.join(root, "bin", "udhcpc-script"), UDHCPC_SCRIPT, 0o755)
         _write(os.path.join(root, "bin", "vxnet-ctl"), CTL, 0o755)
+        _write(os.path.join(root, "bin", "vxnet-cloud-init"), CLOUD_INIT, 0o755)
+        _write(os.path.join(root, "etc", "90-vxnet-lab.cfg"), CLOUD_CFG)
         _cpio(root, os.path.join(tmp, "initrd.gz"))
         shutil.copy(vmlinuz[0], os.path.join(tmp, "vmlinuz"))
         for name in ("vmlinuz", "initrd.gz"):
@@ -355,10 +364,6 @@ def _build_cloud() -> None:
         _run(["mmdebstrap", "--variant=minbase", "--mode=root", "--include=" + ",".join(CLOUD_PACKAGES),
               "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
               "--dpkgopt=path-exclude=/usr/share/locale/*", "bookworm", rootfs])
-        _write(os.path.join(rootfs, "sbin", "vxnet-init"), CLOUD_INIT, 0o755)
-        _write(os.path.join(rootfs, "usr/local/bin", "udhcpc-script"), UDHCPC_SCRIPT, 0o755)
-        _write(os.path.join(rootfs, "usr/local/bin", "vxnet-ctl"), CTL, 0o755)
-        _write(os.path.join(rootfs, "etc/cloud/cloud.cfg.d", "90-vxnet-lab.cfg"), CLOUD_CFG)
         _write(os.path.join(rootfs, "etc", "hostname"), "debian\n")
         img = os.path.join(tmp, "debian-cloud.ext4")
         _run(["mke2fs", "-q", "-t", "ext4", "-L", "vxnet-root", "-d", rootfs, img, f"{CLOUD_IMAGE_MB}M"])
