@@ -316,7 +316,12 @@ def ready(cloud: bool = False) -> bool:
 def build(cloud: bool = False, force: bool = False) -> str:
     """Build what is missing; returns the cache directory."""
     os.makedirs(cache_dir(), exist_ok=True)
-    if force or not ready() or _read_stamp("stamp") != _stamp():
+    try:
+        stamp = _stamp()
+    except ImageError:
+        _run(["apt-get", "update", "-qq"])   # a fresh machine may have no package lists yet
+        stamp = _stamp()
+    if force or not ready() or _read_stamp("stamp") != stamp:
         _build_initrd()
     if cloud and (force or not ready(cloud=True)):
         _build_cloud()
