@@ -2,8 +2,9 @@
 
 State lives in `state_dir()/state.json` (default /run/vxnet-lab, `VXNET_LAB_DIR` overrides):
 the processes the lab started (by PID, with their command line to recognise them), the server
-URLs, the admin credentials from the config, and the VMs. `down()` kills only those PIDs (after
-checking their command line), then removes every namespace and link with the lab prefix, so
+URLs, the admin credentials from the config, and the VMs (namespaces, or QEMU guests with their
+QEMU PID: lab/qemu.py, recorded before QEMU starts). `down()` kills only those PIDs (after
+checking their command line; QEMU guests first), then removes every namespace and link with the lab prefix, so
 it also cleans up after a crash that lost the state file.
 """
 
