@@ -53,6 +53,32 @@ def guest_net(lab3):
     return lab3, net, sub
 
 
+GET_MD = ("printf 'GET /openstack/latest/meta_data.json HTTP/1.0\\r\\n\\r\\n' "
+          "| nc -w 3 169.254.169.254 80 | tail -1")
+
+
+def _metadata_spoofing(ctl: str, other: dict) -> None:
+    """From inside the guest: its own request gets its own metadata; sent from the other VM's
+    address, or with the other VM's MAC, it gets nothing (port security drops it on the tap)."""
+    from vxnet.lab import qemu
+
+    _, out = qemu.exec_(ctl, GET_MD)
+    assert b'"hostname": "qg-one"' in out, out
+    vip = other["fixed_ips"][0]["ip_address"]
+    # The route to 169.254.169.254 as DHCP gave it, with the other VM's address as source.
+    route = "$(ip route get 169.254.169.254 | head -1 | sed 's/ src .*//')"
+    _, out = qemu.exec_(ctl, f"ip addr add {vip}/32 dev eth0 && r={route} && ip route replace $r src {vip} && "
+                             f"ip route get 169.254.169.254 | head -1; {GET_MD}; echo end")
+    assert f"src {vip}".encode() in out and b"hostname" not in out and out.endswith(b"end\n"), out
+    _, out = qemu.exec_(ctl, f"r={route}; ip route replace $r; ip addr del {vip}/32 dev eth0; {GET_MD}")
+    assert b'"hostname": "qg-one"' in out, out   # back to its own address: answered again
+    _, out = qemu.exec_(ctl, f"m=$(cat /sys/class/net/eth0/address); ip link set eth0 address {other['mac_address']}; "
+                             f"{GET_MD}; echo end; ip link set eth0 address $m")
+    assert b"hostname" not in out and out.endswith(b"end\n"), out
+    _, out = qemu.exec_(ctl, GET_MD)
+    assert b'"hostname": "qg-one"' in out, out   # its own MAC again: answered again
+
+
 def test_guest_takes_its_lease_and_pings_a_namespace_vm_on_another_host(guest_net) -> None:
     from vxnet.lab import lab, qemu
 
@@ -76,6 +102,7 @@ def test_guest_takes_its_lease_and_pings_a_namespace_vm_on_another_host(guest_ne
         assert "vxnet-guest: hostname qg-one from metadata" in log, log
         assert "vxnet-guest: user-data ran: 0" in log, log
         assert qemu.exec_(vm["qemu"]["ctl"], "hostname; cat /tmp/ud") == (0, b"qg-one\nuser-data-was-here\n")
+        _metadata_spoofing(vm["qemu"]["ctl"], pv)
         # The NIC is a tap named like Nova's in h1, created by QEMU and plugged by the agent.
         tap = "tap" + pg["id"][:11]
         assert tap in _links("vxl-h1")
