@@ -169,6 +169,7 @@ def test_cloud_init_guest_sets_hostname_and_ssh_key_from_metadata(guest_net) -> 
     vm = lab.vm_add("qgc", "h2", p["id"], cloud=True, hostname="cloudy", ssh_key=SSH_KEY)
     try:
         log = qemu.wait_console(vm["qemu"]["console"], "vxnet-guest: cloud-init init:", 120)
+        print(*(line for line in log.splitlines() if line.startswith("vxnet-guest:")), sep="\n")   # timings (-s)
         assert f"vxnet-guest: lease {p['fixed_ips'][0]['ip_address']}/24" in log, log
         rc, out = qemu.exec_(vm["qemu"]["ctl"], "hostname; cat /home/debian/.ssh/authorized_keys; "
                              "cat /var/lib/cloud/data/instance-id /var/lib/cloud/instance/datasource", timeout=60)

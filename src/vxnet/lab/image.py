@@ -122,8 +122,8 @@ if [ -n "$root" ]; then
   cp /bin/vxnet-ctl /bin/udhcpc-script /newroot/usr/local/bin/
   cp /bin/vxnet-cloud-init /newroot/sbin/vxnet-init
   cp /etc/90-vxnet-lab.cfg /newroot/etc/cloud/cloud.cfg.d/
-  mount --move /dev /newroot/dev; umount /proc /sys
   log "switching to $root"
+  mount --move /dev /newroot/dev; umount /proc /sys
   exec switch_root /newroot /sbin/vxnet-init
 fi
 hostname guest
