@@ -12,6 +12,7 @@ also shows the proxy's signature is right.
 - A VM cannot obtain another VM's metadata: with another VM's source IP (port security off, so
   the spoofed frames do reach the bridge) or its MAC and IP, it gets nothing (or its own); with
   port security on, the spoofed request is dropped.
+- An agent killed with SIGKILL and restarted serves again (it adopts the namespace).
 - A port without device_id gets 404; Nova stopped -> 502 at once; Nova frozen (SIGSTOP) -> 503
   after the configured timeout, never a hang.
 - The lab's endpoint rejects a bad signature (403), a tenant that is not the instance's (404)
@@ -281,6 +282,21 @@ def test_nova_down_is_an_error_never_a_hang(lab: Lab, routed: dict) -> None:
     assert status == 503, status
     assert 2.5 < took < 10, took      # the lab's agents wait `timeout = 3` s
     assert curl("m1", "/latest/meta-data/instance-id")[0] == 200
+
+
+def test_agent_crash_and_restart_serves_again(lab: Lab, routed: dict) -> None:
+    """SIGKILL leaves the namespace and links (nothing serves: the listener died with the
+    process); the restarted agent adopts them and opens a new listener."""
+    from vxnet.lab import lab as vlab
+
+    st = vlab.load_state()
+    assert wait_answer("m1", "/latest/meta-data/instance-id")[0] == 200
+    vlab.stop_agent(st, "h1", signal.SIGKILL)
+    assert "vxm-h1" in nsexec(topology.host_ns(1), "ip", "netns", "list").stdout
+    assert curl("m1", "/latest/meta-data/instance-id", timeout=2)[0] == 0        # nobody listens
+    vlab.start_agent(st, "h1")
+    status, body = wait_answer("m1", "/openstack/latest/meta_data.json", timeout=30)
+    assert status == 200 and json.loads(body)["uuid"] == routed["ids"]["m1"], (status, body)
 
 
 def test_lab_endpoint_checks_the_signature(lab: Lab, routed: dict) -> None:
