@@ -284,6 +284,29 @@ def test_nova_down_is_an_error_never_a_hang(lab: Lab, routed: dict) -> None:
     assert curl("m1", "/latest/meta-data/instance-id")[0] == 200
 
 
+def test_cli_vm_add_with_hostname_user_data_and_ssh_key(lab: Lab, routed: dict, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    p = make_port(lab, routed["net"], "192.0.2.15")
+    (tmp_path / "ud").write_bytes(b"#!/bin/sh\necho from-cli\n")
+    (tmp_path / "key.pub").write_text(SSH_KEY + "\n")
+    r = subprocess.run([sys.executable, "-m", "vxnet.cli.main", "lab", "vm", "add", "m5", "--host", "h2", "--port",
+                        p["id"], "--hostname", "cli-vm", "--user-data", str(tmp_path / "ud"), "--ssh-key",
+                        str(tmp_path / "key.pub")], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lab.wait_status(p["id"], "ACTIVE")
+    status, body = wait_answer("m5", "/openstack/latest/meta_data.json")
+    assert status == 200, body
+    md = json.loads(body)
+    assert md["hostname"] == "cli-vm" and md["public_keys"] == {"lab-key": SSH_KEY}
+    assert curl("m5", "/openstack/latest/user_data") == (200, "#!/bin/sh\necho from-cli\n")
+    r = subprocess.run([sys.executable, "-m", "vxnet.cli.main", "lab", "vm", "add", "m6", "--host", "h2", "--port",
+                        p["id"], "--user-data", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 1 and "missing" in r.stderr, r.stdout + r.stderr
+
+
 def test_agent_crash_and_restart_serves_again(lab: Lab, routed: dict) -> None:
     """SIGKILL leaves the namespace and links (nothing serves: the listener died with the
     process); the restarted agent adopts them and opens a new listener."""
