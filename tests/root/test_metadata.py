@@ -8,7 +8,7 @@ also shows the proxy's signature is right.
 - A VM with an on-link route to 169.254.169.254 gets the metadata device's ARP answer.
 - Isolated network (no router, no gateway IP): a VM configured by a real busybox udhcpc gets
   the option-121 route 169.254.169.254/32 via the DHCP server address, and reaches its metadata
-  through it.
+  through it; when its port goes, so do its network's metadata veth and steering elements.
 - A VM cannot obtain another VM's metadata: with another VM's source IP (port security off, so
   the spoofed frames do reach the bridge) or its MAC and IP, it gets nothing (or its own); with
   port security on, the spoofed request is dropped.
@@ -183,7 +183,7 @@ def test_on_link_route_arp_is_answered_by_the_metadata_device(routed: dict) -> N
         nsexec(ns, "ip", "route", "del", "169.254.169.254/32", "dev", "eth0")
 
 
-def test_isolated_network_via_dhcp_option_121(lab: Lab, tmp_path) -> None:
+def test_isolated_network_via_dhcp_option_121(lab: Lab, routed: dict, tmp_path) -> None:
     net, _ = make_net(lab, "100.64.10.0/24", "md-isolated", gateway_ip=None)
     p = make_port(lab, net, "100.64.10.21")
     iid = boot(lab, "i1", "h2", p)
@@ -203,6 +203,25 @@ def test_isolated_network_via_dhcp_option_121(lab: Lab, tmp_path) -> None:
     status, body = wait_answer("i1", "/openstack/latest/meta_data.json")
     assert status == 200, body
     assert json.loads(body)["uuid"] == iid
+    # The VM and its port go: so do the network's metadata veth and its steering elements on h2,
+    # and the host's other VM is still served.
+    from vxnet.lab import lab as vlab
+
+    vlab.vm_del("i1")
+    with lab.api("alice") as c:
+        assert c.delete(f"/ports/{p['id']}").status_code == 204
+    h2, meta = topology.host_ns(2), cmeta.netns_name("h2")
+    deadline = time.time() + 15
+    while True:
+        links = nsexec(h2, "ip", "-o", "link").stdout + nsexec(meta, "ip", "-o", "link").stdout
+        table = nsexec(h2, "nft", "list", "table", "bridge", cmeta.NFT_TABLE).stdout
+        if cmeta.service_port(net["id"]) not in links and cmeta.device_name(net["id"]) not in links \
+                and "tap" + p["id"][:11] not in table:
+            break
+        assert time.time() < deadline, (links, table)
+        time.sleep(0.2)
+    assert "tap" + routed["ports"]["m2"]["id"][:11] in table
+    assert wait_answer("m2", "/latest/meta-data/instance-id")[0] == 200
 
 
 def test_a_vm_cannot_obtain_another_vms_metadata(lab: Lab, routed: dict) -> None:
