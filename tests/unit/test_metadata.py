@@ -206,6 +206,15 @@ def test_proxy_errors_never_hang(nova: FakeNova) -> None:
         assert _get(port)[0] == 503                           # not configured
     finally:
         proxy.stop()
+    proxy, port = _proxy(MetadataSettings(nova.url, "s3cret", 2.0))
+    try:
+        for raw in (b"GET /x HTTP/1.1\r\nContent-Length: abc\r\n\r\n", b"GET http://elsewhere/ HTTP/1.1\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(raw)
+                assert s.recv(100).startswith(b"HTTP/1.1 400 "), raw
+        assert nova.seen == []
+    finally:
+        proxy.stop()
     proxy, port = _proxy(MetadataSettings(nova.url, "s3cret", 2.0), device_id="")
     try:
         assert _get(port)[0] == 404 and nova.seen == []      # no instance: Nova is not asked

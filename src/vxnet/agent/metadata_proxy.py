@@ -150,9 +150,12 @@ class MetadataProxy:
         port = self._table.get(h.client_address[0])
         if port is None or not port.device_id:
             return self._reply(h, 404, b"Not Found\n")
-        if not h.path.startswith("/"):
+        if not h.path.startswith("/") or any(ord(c) < 33 or ord(c) > 126 for c in h.path):
             return self._reply(h, 400, b"Bad Request\n")
-        length = int(h.headers.get("Content-Length") or 0)
+        try:
+            length = int(h.headers.get("Content-Length") or 0)
+        except ValueError:
+            return self._reply(h, 400, b"Bad Content-Length\n")
         if length < 0 or length > MAX_BODY:
             return self._reply(h, 413, b"Request body too large\n")
         body = h.rfile.read(length) if length else None
@@ -174,7 +177,7 @@ class MetadataProxy:
         except TimeoutError:
             log.warning("metadata: Nova at %s did not answer within %ss", s.nova_metadata_url, s.timeout)
             return self._reply(h, 503, b"Metadata service timed out\n")
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:
             log.warning("metadata: Nova at %s: %s", s.nova_metadata_url, e)
             return self._reply(h, 502, b"Metadata service unreachable\n")
         finally:
