@@ -13,6 +13,8 @@ also shows the proxy's signature is right.
   the spoofed frames do reach the bridge) or its MAC and IP, it gets nothing (or its own); with
   port security on, the spoofed request is dropped.
 - An agent killed with SIGKILL and restarted serves again (it adopts the namespace).
+- Security-group egress applies to the request (none: blocked; tcp/80 to 169.254.169.254 allowed:
+  answered).
 - A port without device_id gets 404; Nova stopped -> 502 at once; Nova frozen (SIGSTOP) -> 503
   after the configured timeout, never a hang.
 - The lab's endpoint rejects a bad signature (403), a tenant that is not the instance's (404)
@@ -263,6 +265,29 @@ def test_a_vm_cannot_obtain_another_vms_metadata(lab: Lab, routed: dict) -> None
     # And after all that, m3 still gets its own.
     status, body = wait_answer("m3", "/openstack/latest/meta_data.json")
     assert status == 200 and json.loads(body)["uuid"] == ids["m3"]
+
+
+def test_security_group_egress_applies_to_metadata(lab: Lab, routed: dict) -> None:
+    """As in Neutron: a group without egress rules blocks the request; allowing tcp/80 to
+    169.254.169.254/32 lets it through, the reply returning as established traffic."""
+    p2 = routed["ports"]["m2"]
+    with lab.api("alice") as c:
+        sg = c.post("/security-groups", json={"security_group": {"name": "md-no-egress"}}).json()["security_group"]
+        for rule in sg["security_group_rules"]:
+            assert c.delete(f"/security-group-rules/{rule['id']}").status_code == 204
+        old = c.get(f"/ports/{p2['id']}").json()["port"]["security_groups"]
+        assert c.put(f"/ports/{p2['id']}", json={"port": {"security_groups": [sg["id"]]}}).status_code == 200
+        try:
+            deadline = time.time() + 15
+            while curl("m2", "/latest/meta-data/instance-id", timeout=2)[0] != 0:
+                assert time.time() < deadline, "egress not blocked"
+            r = c.post("/security-group-rules", json={"security_group_rule": {
+                "security_group_id": sg["id"], "direction": "egress", "ethertype": "IPv4", "protocol": "tcp",
+                "port_range_min": 80, "port_range_max": 80, "remote_ip_prefix": "169.254.169.254/32"}})
+            assert r.status_code == 201, r.text
+            assert wait_answer("m2", "/latest/meta-data/instance-id")[0] == 200
+        finally:
+            assert c.put(f"/ports/{p2['id']}", json={"port": {"security_groups": old}}).status_code == 200
 
 
 def test_port_without_device_id_gets_404(lab: Lab, routed: dict) -> None:
