@@ -12,6 +12,8 @@ also shows the proxy's signature is right.
 - A VM cannot obtain another VM's metadata: with another VM's source IP (port security off, so
   the spoofed frames do reach the bridge) or its MAC and IP, it gets nothing (or its own); with
   port security on, the spoofed request is dropped.
+- Drift (the steering table or a route in the metadata namespace deleted) is repaired by the
+  agent's resync.
 - An agent killed with SIGKILL and restarted serves again (it adopts the namespace).
 - Security-group egress applies to the request (none: blocked; tcp/80 to 169.254.169.254 allowed:
   answered).
@@ -27,7 +29,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -35,11 +37,13 @@ import pytest
 from tests.root.conftest import USERS_TOML, Lab, needs_root
 from tests.root.helpers import capture, nsexec
 from vxnet.compute import metadata as cmeta
+from vxnet.compute import naming
 from vxnet.lab import nova_metadata, topology
 
 pytestmark = [pytest.mark.root, needs_root]
 
 MD = "http://169.254.169.254"
+RESYNC = 3          # the lab's agents re-read the kernel this often (drift repair)
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMetadataTestKeyOnlyForTheLab lab@vxnet"
 USER_DATA = b"#cloud-config\nhostname: from-user-data\n"
 UDHCPC_SCRIPT = r"""#!/bin/sh
@@ -57,7 +61,8 @@ esac
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[Lab]:
-    """`vxnet lab up --hosts 2` (with its Nova metadata endpoint); always torn down."""
+    """`vxnet lab up --hosts 2` (with its Nova metadata endpoint), agents resyncing every
+    `RESYNC` s; always torn down."""
     from tests.conftest import free_port
     from vxnet.lab import lab as vlab
 
@@ -68,7 +73,7 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     os.environ["VXNET_LAB_DIR"] = str(d / "state")
     try:
         vlab.down(quiet=True)
-        yield Lab(vlab.up(2, str(cfg)))
+        yield Lab(vlab.up(2, str(cfg), agent_args=["--resync", str(RESYNC)]))
     finally:
         try:
             vlab.down()
@@ -111,6 +116,13 @@ def curl(vm: str, path: str, *args: str, timeout: float = 8) -> tuple[int, str]:
                MD + path, timeout=timeout + 10)
     body, _, code = r.stdout.rpartition("\n")
     return int(code or 0), body
+
+
+def wait_kernel(what: str, cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, f"{what} not repaired within {timeout} s"
+        time.sleep(0.1)
 
 
 def wait_answer(vm: str, path: str, timeout: float = 15) -> tuple[int, str]:
@@ -326,6 +338,25 @@ def test_nova_down_is_an_error_never_a_hang(lab: Lab, routed: dict) -> None:
     assert status == 503, status
     assert 2.5 < took < 10, took      # the lab's agents wait `timeout = 3` s
     assert curl("m1", "/latest/meta-data/instance-id")[0] == 200
+
+
+def test_drift_is_repaired_by_the_resync(routed: dict) -> None:
+    """The steering table deleted, the namespace's route to a VM's proxy address deleted: the
+    next resync (a full read of the kernel) puts both back."""
+    h1, meta = topology.host_ns(1), cmeta.netns_name("h1")
+    assert wait_answer("m1", "/latest/meta-data/instance-id")[0] == 200
+    # (No check that requests fail in between: the resync may come at any moment.)
+    assert nsexec(h1, "nft", "delete", "table", "bridge", cmeta.NFT_TABLE).returncode == 0
+    wait_kernel("the steering table", lambda: nsexec(h1, "nft", "list", "table", "bridge", cmeta.NFT_TABLE).returncode
+                == 0, 4 * RESYNC)
+    status, body = wait_answer("m1", "/openstack/latest/meta_data.json")
+    assert status == 200 and json.loads(body)["uuid"] == routed["ids"]["m1"]
+    routes = nsexec(meta, "ip", "-4", "route", "show", "proto", str(naming.ROUTER_ROUTE_PROTO)).stdout.splitlines()
+    mine = next(r for r in routes if nsexec(meta, "ip", "neigh", "show", r.split()[0]).stdout.lower().count(
+        routed["ports"]["m1"]["mac_address"]))
+    assert nsexec(meta, "ip", "route", "del", mine.split()[0]).returncode == 0
+    wait_kernel("the route", lambda: mine.split()[0] in nsexec(meta, "ip", "-4", "route").stdout, 4 * RESYNC)
+    assert wait_answer("m1", "/latest/meta-data/instance-id")[0] == 200
 
 
 def test_cli_vm_add_with_hostname_user_data_and_ssh_key(lab: Lab, routed: dict, tmp_path) -> None:
