@@ -8,10 +8,15 @@ also shows the proxy's signature is right.
 - A VM with an on-link route to 169.254.169.254 gets the metadata device's ARP answer.
 - Isolated network (no router, no gateway IP): a VM configured by a real busybox udhcpc gets
   the option-121 route 169.254.169.254/32 via the DHCP server address, and reaches its metadata
-  through it.
+  through it; when its port goes, so do its network's metadata veth and steering elements.
 - A VM cannot obtain another VM's metadata: with another VM's source IP (port security off, so
   the spoofed frames do reach the bridge) or its MAC and IP, it gets nothing (or its own); with
   port security on, the spoofed request is dropped.
+- Drift (the steering table or a route in the metadata namespace deleted) is repaired by the
+  agent's resync.
+- An agent killed with SIGKILL and restarted serves again (it adopts the namespace).
+- Security-group egress applies to the request (none: blocked; tcp/80 to 169.254.169.254 allowed:
+  answered).
 - A port without device_id gets 404; Nova stopped -> 502 at once; Nova frozen (SIGSTOP) -> 503
   after the configured timeout, never a hang.
 - The lab's endpoint rejects a bad signature (403), a tenant that is not the instance's (404)
@@ -24,7 +29,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -32,11 +37,13 @@ import pytest
 from tests.root.conftest import USERS_TOML, Lab, needs_root
 from tests.root.helpers import capture, nsexec
 from vxnet.compute import metadata as cmeta
+from vxnet.compute import naming
 from vxnet.lab import nova_metadata, topology
 
 pytestmark = [pytest.mark.root, needs_root]
 
 MD = "http://169.254.169.254"
+RESYNC = 3          # the lab's agents re-read the kernel this often (drift repair)
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMetadataTestKeyOnlyForTheLab lab@vxnet"
 USER_DATA = b"#cloud-config\nhostname: from-user-data\n"
 UDHCPC_SCRIPT = r"""#!/bin/sh
@@ -54,7 +61,8 @@ esac
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[Lab]:
-    """`vxnet lab up --hosts 2` (with its Nova metadata endpoint); always torn down."""
+    """`vxnet lab up --hosts 2` (with its Nova metadata endpoint), agents resyncing every
+    `RESYNC` s; always torn down."""
     from tests.conftest import free_port
     from vxnet.lab import lab as vlab
 
@@ -65,7 +73,7 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     os.environ["VXNET_LAB_DIR"] = str(d / "state")
     try:
         vlab.down(quiet=True)
-        yield Lab(vlab.up(2, str(cfg)))
+        yield Lab(vlab.up(2, str(cfg), agent_args=["--resync", str(RESYNC)]))
     finally:
         try:
             vlab.down()
@@ -108,6 +116,13 @@ def curl(vm: str, path: str, *args: str, timeout: float = 8) -> tuple[int, str]:
                MD + path, timeout=timeout + 10)
     body, _, code = r.stdout.rpartition("\n")
     return int(code or 0), body
+
+
+def wait_kernel(what: str, cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, f"{what} not repaired within {timeout} s"
+        time.sleep(0.1)
 
 
 def wait_answer(vm: str, path: str, timeout: float = 15) -> tuple[int, str]:
@@ -182,7 +197,7 @@ def test_on_link_route_arp_is_answered_by_the_metadata_device(routed: dict) -> N
         nsexec(ns, "ip", "route", "del", "169.254.169.254/32", "dev", "eth0")
 
 
-def test_isolated_network_via_dhcp_option_121(lab: Lab, tmp_path) -> None:
+def test_isolated_network_via_dhcp_option_121(lab: Lab, routed: dict, tmp_path) -> None:
     net, _ = make_net(lab, "100.64.10.0/24", "md-isolated", gateway_ip=None)
     p = make_port(lab, net, "100.64.10.21")
     iid = boot(lab, "i1", "h2", p)
@@ -202,6 +217,25 @@ def test_isolated_network_via_dhcp_option_121(lab: Lab, tmp_path) -> None:
     status, body = wait_answer("i1", "/openstack/latest/meta_data.json")
     assert status == 200, body
     assert json.loads(body)["uuid"] == iid
+    # The VM and its port go: so do the network's metadata veth and its steering elements on h2,
+    # and the host's other VM is still served.
+    from vxnet.lab import lab as vlab
+
+    vlab.vm_del("i1")
+    with lab.api("alice") as c:
+        assert c.delete(f"/ports/{p['id']}").status_code == 204
+    h2, meta = topology.host_ns(2), cmeta.netns_name("h2")
+    deadline = time.time() + 15
+    while True:
+        links = nsexec(h2, "ip", "-o", "link").stdout + nsexec(meta, "ip", "-o", "link").stdout
+        table = nsexec(h2, "nft", "list", "table", "bridge", cmeta.NFT_TABLE).stdout
+        if cmeta.service_port(net["id"]) not in links and cmeta.device_name(net["id"]) not in links \
+                and "tap" + p["id"][:11] not in table:
+            break
+        assert time.time() < deadline, (links, table)
+        time.sleep(0.2)
+    assert "tap" + routed["ports"]["m2"]["id"][:11] in table
+    assert wait_answer("m2", "/latest/meta-data/instance-id")[0] == 200
 
 
 def test_a_vm_cannot_obtain_another_vms_metadata(lab: Lab, routed: dict) -> None:
@@ -245,6 +279,29 @@ def test_a_vm_cannot_obtain_another_vms_metadata(lab: Lab, routed: dict) -> None
     assert status == 200 and json.loads(body)["uuid"] == ids["m3"]
 
 
+def test_security_group_egress_applies_to_metadata(lab: Lab, routed: dict) -> None:
+    """As in Neutron: a group without egress rules blocks the request; allowing tcp/80 to
+    169.254.169.254/32 lets it through, the reply returning as established traffic."""
+    p2 = routed["ports"]["m2"]
+    with lab.api("alice") as c:
+        sg = c.post("/security-groups", json={"security_group": {"name": "md-no-egress"}}).json()["security_group"]
+        for rule in sg["security_group_rules"]:
+            assert c.delete(f"/security-group-rules/{rule['id']}").status_code == 204
+        old = c.get(f"/ports/{p2['id']}").json()["port"]["security_groups"]
+        assert c.put(f"/ports/{p2['id']}", json={"port": {"security_groups": [sg["id"]]}}).status_code == 200
+        try:
+            deadline = time.time() + 15
+            while curl("m2", "/latest/meta-data/instance-id", timeout=2)[0] != 0:
+                assert time.time() < deadline, "egress not blocked"
+            r = c.post("/security-group-rules", json={"security_group_rule": {
+                "security_group_id": sg["id"], "direction": "egress", "ethertype": "IPv4", "protocol": "tcp",
+                "port_range_min": 80, "port_range_max": 80, "remote_ip_prefix": "169.254.169.254/32"}})
+            assert r.status_code == 201, r.text
+            assert wait_answer("m2", "/latest/meta-data/instance-id")[0] == 200
+        finally:
+            assert c.put(f"/ports/{p2['id']}", json={"port": {"security_groups": old}}).status_code == 200
+
+
 def test_port_without_device_id_gets_404(lab: Lab, routed: dict) -> None:
     from vxnet.lab import lab as vlab
 
@@ -281,6 +338,63 @@ def test_nova_down_is_an_error_never_a_hang(lab: Lab, routed: dict) -> None:
     assert status == 503, status
     assert 2.5 < took < 10, took      # the lab's agents wait `timeout = 3` s
     assert curl("m1", "/latest/meta-data/instance-id")[0] == 200
+
+
+def test_drift_is_repaired_by_the_resync(routed: dict) -> None:
+    """The steering table deleted, the namespace's route to a VM's proxy address deleted: the
+    next resync (a full read of the kernel) puts both back."""
+    h1, meta = topology.host_ns(1), cmeta.netns_name("h1")
+    assert wait_answer("m1", "/latest/meta-data/instance-id")[0] == 200
+    # (No check that requests fail in between: the resync may come at any moment.)
+    assert nsexec(h1, "nft", "delete", "table", "bridge", cmeta.NFT_TABLE).returncode == 0
+    wait_kernel("the steering table", lambda: nsexec(h1, "nft", "list", "table", "bridge", cmeta.NFT_TABLE).returncode
+                == 0, 4 * RESYNC)
+    status, body = wait_answer("m1", "/openstack/latest/meta_data.json")
+    assert status == 200 and json.loads(body)["uuid"] == routed["ids"]["m1"]
+    routes = nsexec(meta, "ip", "-4", "route", "show", "proto", str(naming.ROUTER_ROUTE_PROTO)).stdout.splitlines()
+    mine = next(r for r in routes if nsexec(meta, "ip", "neigh", "show", r.split()[0]).stdout.lower().count(
+        routed["ports"]["m1"]["mac_address"]))
+    assert nsexec(meta, "ip", "route", "del", mine.split()[0]).returncode == 0
+    wait_kernel("the route", lambda: mine.split()[0] in nsexec(meta, "ip", "-4", "route").stdout, 4 * RESYNC)
+    assert wait_answer("m1", "/latest/meta-data/instance-id")[0] == 200
+
+
+def test_cli_vm_add_with_hostname_user_data_and_ssh_key(lab: Lab, routed: dict, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    p = make_port(lab, routed["net"], "192.0.2.15")
+    (tmp_path / "ud").write_bytes(b"#!/bin/sh\necho from-cli\n")
+    (tmp_path / "key.pub").write_text(SSH_KEY + "\n")
+    r = subprocess.run([sys.executable, "-m", "vxnet.cli.main", "lab", "vm", "add", "m5", "--host", "h2", "--port",
+                        p["id"], "--hostname", "cli-vm", "--user-data", str(tmp_path / "ud"), "--ssh-key",
+                        str(tmp_path / "key.pub")], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lab.wait_status(p["id"], "ACTIVE")
+    status, body = wait_answer("m5", "/openstack/latest/meta_data.json")
+    assert status == 200, body
+    md = json.loads(body)
+    assert md["hostname"] == "cli-vm" and md["public_keys"] == {"lab-key": SSH_KEY}
+    assert curl("m5", "/openstack/latest/user_data") == (200, "#!/bin/sh\necho from-cli\n")
+    r = subprocess.run([sys.executable, "-m", "vxnet.cli.main", "lab", "vm", "add", "m6", "--host", "h2", "--port",
+                        p["id"], "--user-data", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 1 and "missing" in r.stderr, r.stdout + r.stderr
+
+
+def test_agent_crash_and_restart_serves_again(lab: Lab, routed: dict) -> None:
+    """SIGKILL leaves the namespace and links (nothing serves: the listener died with the
+    process); the restarted agent adopts them and opens a new listener."""
+    from vxnet.lab import lab as vlab
+
+    st = vlab.load_state()
+    assert wait_answer("m1", "/latest/meta-data/instance-id")[0] == 200
+    vlab.stop_agent(st, "h1", signal.SIGKILL)
+    assert "vxm-h1" in nsexec(topology.host_ns(1), "ip", "netns", "list").stdout
+    assert curl("m1", "/latest/meta-data/instance-id", timeout=2)[0] == 0        # nobody listens
+    vlab.start_agent(st, "h1")
+    status, body = wait_answer("m1", "/openstack/latest/meta_data.json", timeout=30)
+    assert status == 200 and json.loads(body)["uuid"] == routed["ids"]["m1"], (status, body)
 
 
 def test_lab_endpoint_checks_the_signature(lab: Lab, routed: dict) -> None:

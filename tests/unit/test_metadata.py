@@ -7,7 +7,7 @@
   not moved by another port's arrival), the L2 part, the steering table.
 - `MetadataProxy` against a recording fake Nova: the signed headers arrive; unknown peer and
   missing device_id -> 404; Nova refusing -> 502, Nova silent -> 503 after the timeout; no
-  settings -> 503; 403 from Nova -> 403.
+  settings -> 503; 403 from Nova -> 403; a VM holding connections open is capped.
 - `load_metadata`: the secret must be in a private file.
 """
 
@@ -206,6 +206,15 @@ def test_proxy_errors_never_hang(nova: FakeNova) -> None:
         assert _get(port)[0] == 503                           # not configured
     finally:
         proxy.stop()
+    proxy, port = _proxy(MetadataSettings(nova.url, "s3cret", 2.0))
+    try:
+        for raw in (b"GET /x HTTP/1.1\r\nContent-Length: abc\r\n\r\n", b"GET http://elsewhere/ HTTP/1.1\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(raw)
+                assert s.recv(100).startswith(b"HTTP/1.1 400 "), raw
+        assert nova.seen == []
+    finally:
+        proxy.stop()
     proxy, port = _proxy(MetadataSettings(nova.url, "s3cret", 2.0), device_id="")
     try:
         assert _get(port)[0] == 404 and nova.seen == []      # no instance: Nova is not asked
@@ -229,6 +238,32 @@ def test_proxy_errors_never_hang(nova: FakeNova) -> None:
         assert status == 503 and 0.9 < took < 5
     finally:
         nova.release.set()
+        proxy.stop()
+
+
+def test_a_vm_holding_connections_open_is_capped(nova: FakeNova) -> None:
+    from vxnet.agent import metadata_proxy as mp
+
+    proxy, port = _proxy(MetadataSettings(nova.url, "s3cret", 2.0))
+    idle = []
+    try:
+        for _ in range(mp.MAX_PER_PORT):                   # connections that never send a request
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.settimeout(5)
+        assert extra.recv(10) == b""                         # closed at once, not left to hang
+        extra.close()
+        for s in idle:
+            s.close()
+        idle.clear()
+        deadline = time.monotonic() + 5
+        while _get(port)[0] != 200:                           # the slots come back
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        for s in idle:
+            s.close()
         proxy.stop()
 
 

@@ -69,6 +69,10 @@ class MetadataFeature:
             log.warning("metadata apply failed: %s", e)
             self.invalidate()
             return FeatureResult(failed=(f"metadata: {e}",))
+        except Exception as e:   # a metadata bug must not turn every port of the host DOWN
+            log.exception("metadata apply failed")
+            self.invalidate()
+            return FeatureResult(failed=(f"metadata: {e}",))
         self._applied = desired
         return FeatureResult(changes=changes)
 

@@ -8,7 +8,8 @@ Contract:
 - Unknown peer, or a port without device_id: 404. No `[metadata]` configured: 503. Nova
   refuses or fails to connect: 502; Nova does not answer within `timeout`: 503. Never a hang:
   the VM's own request must arrive within `CLIENT_TIMEOUT`, at most `MAX_INFLIGHT` requests are
-  proxied at once (more get 503 at once).
+  proxied at once (more get 503 at once); at most `MAX_CONNECTIONS` connections are open, and
+  `MAX_PER_PORT` from one port (more are closed at once, counted as status `refused`).
 - Upstream: `compute.metadata.upstream_headers` (device_id, project, fixed IP, HMAC signature;
   the VM's impersonating headers dropped). Nova's answer is passed through for 2xx and
   400/404/409 (status, Content-Type, body); 401/403 become 403 (the secrets differ), other
@@ -36,7 +37,9 @@ log = logging.getLogger("vxnet.agent.metadata")
 REQUESTS = Counter("vxnet_agent_metadata_requests_total", "Metadata requests answered by the host's proxy, by status",
                    ["status"])
 CLIENT_TIMEOUT = 10.0
-MAX_INFLIGHT = 64
+MAX_INFLIGHT = 64            # requests being proxied to Nova at once
+MAX_CONNECTIONS = 256        # open connections from VMs (each holds a thread)
+MAX_PER_PORT = 16            # ... from one VM port
 MAX_BODY = 64 * 1024
 PASS_THROUGH = {400, 404, 409}
 
@@ -50,6 +53,36 @@ class _Server(ThreadingHTTPServer):
         self.socket.close()
         self.socket = sock
         self.proxy = proxy
+        self._conns: dict[str, int] = {}       # peer (proxy address) -> open connections
+        self._lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, but at most `MAX_CONNECTIONS` in all and
+        `MAX_PER_PORT` per VM port: more are closed at once (a VM holding connections open
+        cannot exhaust the agent's threads, nor starve the other VMs of the host)."""
+        peer = client_address[0]
+        with self._lock:
+            if sum(self._conns.values()) >= MAX_CONNECTIONS or self._conns.get(peer, 0) >= MAX_PER_PORT:
+                refused = True
+            else:
+                refused = False
+                self._conns[peer] = self._conns.get(peer, 0) + 1
+        if refused:
+            REQUESTS.labels("refused").inc()
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                left = self._conns.get(client_address[0], 1) - 1
+                if left:
+                    self._conns[client_address[0]] = left
+                else:
+                    self._conns.pop(client_address[0], None)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -117,9 +150,12 @@ class MetadataProxy:
         port = self._table.get(h.client_address[0])
         if port is None or not port.device_id:
             return self._reply(h, 404, b"Not Found\n")
-        if not h.path.startswith("/"):
+        if not h.path.startswith("/") or any(ord(c) < 33 or ord(c) > 126 for c in h.path):
             return self._reply(h, 400, b"Bad Request\n")
-        length = int(h.headers.get("Content-Length") or 0)
+        try:
+            length = int(h.headers.get("Content-Length") or 0)
+        except ValueError:
+            return self._reply(h, 400, b"Bad Content-Length\n")
         if length < 0 or length > MAX_BODY:
             return self._reply(h, 413, b"Request body too large\n")
         body = h.rfile.read(length) if length else None
@@ -141,7 +177,7 @@ class MetadataProxy:
         except TimeoutError:
             log.warning("metadata: Nova at %s did not answer within %ss", s.nova_metadata_url, s.timeout)
             return self._reply(h, 503, b"Metadata service timed out\n")
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:
             log.warning("metadata: Nova at %s: %s", s.nova_metadata_url, e)
             return self._reply(h, 502, b"Metadata service unreachable\n")
         finally:

@@ -63,10 +63,10 @@ from vxnet.model import Port, Subnet, View, as_view
 
 METADATA_IP = "169.254.169.254"
 METADATA_PORT = 80
-SERVICE_KIND = "m"
-DEVICE_PREFIX = "vxmd"
-NETNS_PREFIX = "vxm-"
-NFT_TABLE = "vxnet_meta"
+SERVICE_KIND = naming.METADATA_KIND
+DEVICE_PREFIX = naming.METADATA_DEVICE_PREFIX
+NETNS_PREFIX = naming.METADATA_NS_PREFIX
+NFT_TABLE = naming.METADATA_TABLE[1]
 PROXY_NET = ipaddress.IPv4Network("169.254.0.0/16")
 ROUTER_OWNERS = ("network:router_interface", "network:router_interface_distributed",
                  "network:ha_router_replicated_interface")
