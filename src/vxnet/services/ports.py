@@ -10,7 +10,7 @@ Invariants:
 - `delete_port_record` releases exactly the keys the record holds and clears floating IP
   associations to the port in the same transaction.
 - `binding:vif_type` follows `binding:host_id` as services/bindings.py decides (`unbound`,
-  `bridge` with a live agent on the host, `binding_failed` without one).
+  `tap` with a live agent on the host, `binding_failed` without one).
 - Ports owned by `network:*` devices get no security groups by default (as in Neutron);
   other ports get the project's `default` group unless port security is off.
 """

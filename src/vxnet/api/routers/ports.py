@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -141,6 +142,20 @@ def _unique(v: list[str] | None) -> list[str] | None:
     return v
 
 
+def _profile(v: Any) -> dict[str, Any]:
+    """Neutron's binding:profile: a dict or null (= {}), stored as at most 4095 characters of
+    JSON (Neutron's column size)."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError(f"'{v}' is not a dictionary")
+    if len(json.dumps(v, separators=(",", ":"))) > PROFILE_MAX:
+        raise ValueError(f"binding:profile exceeds {PROFILE_MAX} characters")
+    return v
+
+
+PROFILE_MAX = 4095
+Profile = Annotated[dict[str, Any], BeforeValidator(_profile)]
 IpOrCidr = Annotated[str, BeforeValidator(_ip_or_cidr)]
 NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 VnicType = Annotated[str, BeforeValidator(_vnic)]
@@ -169,7 +184,7 @@ class PortCreate(Body):
     port_security_enabled: Bool | None = None
     allowed_address_pairs: Annotated[list[AddressPair], NoneIsEmpty] = []
     binding_host_id: ShortStr = Field(default="", alias="binding:host_id")
-    binding_profile: dict[str, Any] = Field(default={}, alias="binding:profile")
+    binding_profile: Profile = Field(default={}, alias="binding:profile")
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
     qos_policy_id: Uuid | None = None
     tags: Tags = []
@@ -189,7 +204,7 @@ class PortUpdate(Body):
     port_security_enabled: Bool = True
     allowed_address_pairs: Annotated[list[AddressPair], NoneIsEmpty] = []
     binding_host_id: ShortStr | None = Field(default=None, alias="binding:host_id")
-    binding_profile: dict[str, Any] | None = Field(default=None, alias="binding:profile")
+    binding_profile: Profile | None = Field(default=None, alias="binding:profile")
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
     qos_policy_id: Uuid | None = None
 
