@@ -297,6 +297,7 @@ class Sender:
         self._lease_at = 0.0
         self._watch: Any = None
         self._watch_broken = False
+        self._seen_rev = 0
         self.sent = 0  # events delivered (or dropped by Nova's answer) by this sender
 
     def start(self) -> None:
@@ -316,7 +317,10 @@ class Sender:
         self.client.close()
 
     # -- the loop ----------------------------------------------------------------------------
-    def _on_events(self, _events: Any) -> None:
+    def _on_events(self, events: Any) -> None:
+        # reads must show what woke us: a store whose reads come from a mirror fed by another
+        # watch (etcd's read cache) may not have this revision yet
+        self._seen_rev = max(self._seen_rev, *(e.kv.mod_revision for e in events))
         self._wake.set()
 
     def _on_error(self, _exc: Exception) -> None:
@@ -379,6 +383,9 @@ class Sender:
 
     def _claim(self) -> list[tuple[str, Obj]]:
         """Entries this sender holds (claimed now or earlier and not yet done), commit order."""
+        read_after = getattr(self.store, "read_after", None)
+        if read_after is not None and self._seen_rev:
+            read_after(self._seen_rev)
         for _ in range(10):
             entries, _ = self.store.range(OUTBOX)
             claims = {kv.key[len(CLAIMS):]: kv.value for kv in self.store.range(CLAIMS)[0]}
