@@ -324,7 +324,7 @@ def test_which_changes_give_events() -> None:
     """The transition table (pure), against Neutron's notifier."""
     vm = {"id": "p1", "device_id": str(uuid.uuid4()), "device_owner": "compute:az1", "status": "DOWN",
           "binding:vif_type": "tap", "fixed_ips": [{"ip_address": "100.64.0.5"}]}
-    names = lambda old, new: [(e["name"], e.get("status")) for e in nova_events.port_events(old, new)]  # noqa: E731
+    names = lambda old, new: [(e["name"], e.get("status")) for e in nova_events.port_events(old, new)]
     assert names(vm, {**vm, "status": "ACTIVE"}) == [("network-vif-plugged", "completed")]
     assert names({**vm, "status": "BUILD"}, {**vm, "status": "ERROR"}) == [("network-vif-plugged", "failed")]
     assert names({**vm, "status": "ACTIVE"}, vm) == [("network-vif-unplugged", "completed")]

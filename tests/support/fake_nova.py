@@ -41,7 +41,7 @@ class FakeNova:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:
                 at = time.time()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path != "/v2.1/os-server-external-events":

@@ -148,7 +148,7 @@ def _profile(v: Any) -> dict[str, Any]:
     if v is None:
         return {}
     if not isinstance(v, dict):
-        raise ValueError(f"'{v}' is not a dictionary")
+        raise ValueError(f"'{v}' is not a dictionary")  # noqa: TRY004 - pydantic turns only ValueError into a 400
     if len(json.dumps(v, separators=(",", ":"))) > PROFILE_MAX:
         raise ValueError(f"binding:profile exceeds {PROFILE_MAX} characters")
     return v
