@@ -18,8 +18,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from vxnet.api.auth import credential, issue_token, new_context
+from vxnet.api.routers.identity import project_id_by_name, project_name
 from vxnet.api.state import AppState, run_store
-from vxnet.config import NovaSettings, project_id_for
+from vxnet.config import NovaSettings
 from vxnet.services import nova_events
 from vxnet.services.identity_users import roles_on
 
@@ -33,8 +34,11 @@ def token_minter(state: AppState, settings: NovaSettings) -> Any:
         user = state.users.by_name(settings.username)
         if user is None or not user.enabled:
             raise nova_events.NovaError(f"[nova] username {settings.username!r} is not an enabled vxnet user")
-        project = settings.project or getattr(user, "project", "")
-        pid = project_id_for(project) if project else (getattr(user, "default_project_id", None) or "")
+        if settings.project:
+            project, pid = settings.project, project_id_by_name(state, settings.project)
+        else:  # the user's own (configured) or default (stored) project
+            pid = getattr(user, "project_id", None) or getattr(user, "default_project_id", None) or ""
+            project = project_name(state, pid) or ""
         roles = roles_on(user, pid) if pid else ()
         if not roles:
             raise nova_events.NovaError(f"[nova] user {settings.username!r} has no role on project {project!r}")

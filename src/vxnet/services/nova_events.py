@@ -299,6 +299,7 @@ class Sender:
         self._watch_broken = False
         self._seen_rev = 0
         self.sent = 0  # events delivered (or dropped by Nova's answer) by this sender
+        self.failures = 0  # attempts that ended in a retry (NovaError)
 
     def start(self) -> None:
         self._thread.start()
@@ -366,6 +367,7 @@ class Sender:
                     backoff = 0.0
                     continue  # more may be pending
             except NovaError as e:
+                self.failures += 1
                 backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, backoff * 2))
                 log.warning("nova events not delivered (retry in %.1f s): %s", backoff, e)
                 self._stop.wait(backoff)
