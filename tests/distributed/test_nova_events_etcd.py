@@ -94,3 +94,53 @@ def test_two_servers_on_etcd_deliver_each_event_once(etcd3: EtcdCluster, tmp_pat
             p.kill()
         store.close()
         nova.close()
+
+
+def test_a_crashed_servers_claims_lapse_and_another_server_delivers(etcd3: EtcdCluster, tmp_path) -> None:
+    """Server A claims events while Nova fails, then dies (SIGKILL: no lease revoked). Server B,
+    started after, takes them once A's claim lease (CLAIM_TTL) expires: delivered exactly once,
+    as nothing reached Nova before."""
+    nova = FakeNova()
+    cfg = os.path.join(tmp_path, "vxnet.toml")
+    with open(cfg, "w") as f:
+        f.write(USERS_TOML.format(port=free_port(), db=os.path.join(tmp_path, "unused.db")))
+        f.write(NOVA_TOML.format(url=nova.url))
+    a, b = (vxnet_server(cfg, f"127.0.0.1:{free_port()}", etcd3.url(), os.path.join(tmp_path, f"{n}.log"))
+            for n in "ab")
+    store = open_store(etcd3.url(), str(tmp_path))
+    try:
+        a.start()
+        nova.fail_with = 503
+        with api(a.url, token(a.url, "admin")) as admin:
+            agent_tok = get_token(a.url, "vxnet-agent", "vxnet-agent-pw", "service")
+            agent = httpx.Client(base_url=a.url + "/v2.0/vxnet", headers={"X-Auth-Token": agent_tok}, timeout=30)
+            assert agent.post("/hosts/hv2/register", json={"underlay_ip": "198.51.100.8"}).status_code == 200
+            net = admin.post("/networks", json={"network": {"name": "crash"}}).json()["network"]
+            assert admin.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
+                                                           "cidr": "100.64.31.0/24"}}).status_code == 201
+            ports = []
+            for _ in range(4):
+                r = admin.post("/ports", json={"port": {"network_id": net["id"], "device_owner": "compute:nova",
+                                                        "device_id": str(uuid.uuid4()), "binding:host_id": "hv2"}})
+                assert r.status_code == 201, r.text
+                ports.append(r.json()["port"])
+            r = agent.post("/hosts/hv2/ports-status", json={"ACTIVE": [p["id"] for p in ports]})
+            assert r.status_code == 200, r.text
+            agent.close()
+        assert nova.wait_for(lambda f: len(f.rejected) >= 2, 30)
+        claims = store.range(nova_events.CLAIMS)[0]
+        assert len(claims) == 4 and len({kv.value for kv in claims}) == 1  # all held by A's sender
+        a.kill()  # SIGKILL: A's lease is not revoked, its claims stay until the lease expires
+        nova.fail_with = None
+        b.start()
+        assert nova.wait_for(lambda f: len(f.events()) >= 4, nova_events.CLAIM_TTL + 30), nova.events()
+        deadline = time.time() + 20
+        while nova_events.pending(store) and time.time() < deadline:
+            time.sleep(0.05)
+        assert nova_events.pending(store) == 0
+        assert Counter(e["tag"] for e in nova.events()) == Counter({p["id"]: 1 for p in ports})
+    finally:
+        a.kill()
+        b.kill()
+        store.close()
+        nova.close()
