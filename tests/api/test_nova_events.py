@@ -135,6 +135,8 @@ def test_one_vif_plugged_per_bound_port_with_the_exact_payload_and_a_valid_token
     got = wait_events(nova, 4)
     assert got[3:] == [plugged(sentinel)] and len(got) == 4
     assert drained(env.store)
+    metrics = httpx.get(env.url + "/metrics", headers={"X-Auth-Token": env.token("admin")}).text
+    assert "vxnet_nova_events_pending 0.0" in metrics and "vxnet_nova_events_sent_total 4.0" in metrics
 
 
 def test_unplugged_changed_and_deleted(env, nova) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,6 +23,7 @@ from vxnet.api.state import AppState, run_store
 from vxnet.config import NovaSettings
 from vxnet.services import nova_events
 from vxnet.services.identity_users import roles_on
+from vxnet.store.contract import StoreError
 
 log = logging.getLogger("vxnet.nova")
 
@@ -49,12 +50,42 @@ def token_minter(state: AppState, settings: NovaSettings) -> Any:
     return mint
 
 
+class NovaCollector:
+    """`vxnet_nova_events_pending` (the outbox, every server's), and this server's sender's
+    `vxnet_nova_events_sent_total` / `vxnet_nova_events_retries_total`."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def describe(self) -> list[Any]:
+        return []  # collected on scrape only
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        sender = getattr(self.state, "nova_sender", None)
+        if sender is None:
+            return
+        try:
+            pending = float(nova_events.pending(self.state.store))
+        except StoreError:
+            pending = float("nan")
+        yield GaugeMetricFamily("vxnet_nova_events_pending", "Nova events waiting in the store outbox", value=pending)
+        yield CounterMetricFamily("vxnet_nova_events_sent_total", "Nova events this server's sender delivered "
+                                  "(or Nova refused for good)", value=sender.sent)
+        yield CounterMetricFamily("vxnet_nova_events_retries_total", "POSTs to Nova (or token requests) this "
+                                  "server's sender retried", value=sender.failures)
+
+
 def setup(app: FastAPI, state: AppState) -> None:
     """Call after every other stage hook is installed (it wraps the current one)."""
     settings = state.config.nova
     if settings is None:
         return
     state.repo.stage_hook = nova_events.OutboxHook(state.repo.stage_hook)
+    registry = getattr(app.state, "metrics_registry", None)
+    if registry is not None:
+        registry.register(NovaCollector(state))
     previous = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
