@@ -38,6 +38,7 @@ interface already gone.
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import threading
@@ -238,7 +239,7 @@ class TokenSource:
         expires = time.time() + 3600
         try:
             stamp = r.json()["token"]["expires_at"]
-            expires = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+            expires = float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
         except (ValueError, KeyError, TypeError):
             pass
         return token, expires

@@ -13,6 +13,7 @@ Invariants:
   project's port on her network; `mac_address`, `fixed_ips` addresses, `port_security_enabled`,
   `allowed_address_pairs` and a `network:*` `device_owner` need admin or the network's owner;
   `binding:host_id`/`binding:profile` need admin or the `service` role (hidden from others).
+- `binding:profile`: an object or null (= {}), at most 4095 characters of JSON (400 otherwise).
 - `security_groups`: no repeats (400, Neutron's list validator) and all stateful or all stateless
   (409 SecurityGroupConflict).
 - A port whose `device_owner` makes it part of a router or floating IP may name (`device_id`)
