@@ -205,7 +205,15 @@ def test_binding_failure_sends_failed_and_unknown_servers_are_dropped(env, nova)
     ok = vm_port(admin, net)
     report(a, "hv1", ACTIVE=[ok["id"]])
     assert wait_events(nova, 3)[2] == plugged(ok)
+    # one known and one unknown server in one change: one POST, Nova's 207, nothing retried
+    both = [vm_port(admin, net), vm_port(admin, net)]
+    nova.unknown.add(both[0]["device_id"])
+    report(a, "hv1", ACTIVE=[p["id"] for p in both])
+    got = wait_events(nova, 5)
+    assert sorted(got[3:], key=lambda e: e["tag"]) == sorted(map(plugged, both), key=lambda e: e["tag"])
+    assert nova.accepted[-1].code == 207 and len(nova.accepted[-1].events) == 2
     assert drained(env.store)
+    assert len(nova.events()) == 5 and not nova.rejected
 
 
 def test_outbox_survives_a_server_restart_and_delivers_once(tmp_path, nova) -> None:
