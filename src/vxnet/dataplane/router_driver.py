@@ -2,15 +2,20 @@
 
 Contract:
 - `RouterDriver.converge(r)` makes one router namespace exactly `r` (`compute.routing.RouterNs`):
-  it creates it if missing (sysctls first: ip_forward=1, rp_filter=0, redirects off, IPv6 off),
+  it creates it if missing (sysctls first: IPv4 and IPv6 forwarding, rp_filter=0, redirects
+  off, no IPv6 duplicate address detection or router advertisements accepted: the anycast
+  addresses are the same on every host by design; unsolicited neighbour advertisements on),
   its veths (bridge side `vxpr...` in the host namespace, router side `qr-...` in the router
-  namespace, created as one pair directly across the two namespaces), MACs, MTUs, addresses,
-  routes and rules, and removes what the desired state no longer has. `delete(name)` removes a
+  namespace, created as one pair directly across the two namespaces), MACs, MTUs, addresses
+  (IPv4 and IPv6, IPv6 ones `nodad`; link-local addresses are the kernel's), routes and rules
+  of both families, the legs' permanent IPv6 neighbours, and removes what the desired state no
+  longer has. `delete(name)` removes a
   namespace, legs first, so routing through it stops at once.
 - Ownership: namespaces `vxr-*` whose name ends with this host's suffix
   (`compute.routing.is_host_netns`); links `qr-*` inside them; service ports `vxpr*` in the
-  host namespace; routes and rules with protocol `ROUTE_PROTO` inside them. Nothing else is
-  ever changed or deleted (kernel routes of connected subnets are the kernel's).
+  host namespace; routes and rules with protocol `ROUTE_PROTO` inside them; permanent IPv6
+  neighbour entries on `qr-*` links. Nothing else is ever changed or deleted (kernel routes of
+  connected subnets and link-local addresses are the kernel's).
 - `list_host_netns(host)` lists this host's namespaces, `delete_orphan_ports(wanted)` removes
   host-side service ports of routers that are gone. What to converge when (what was applied,
   backoff of a failing namespace) is the routing feature's `Manager` (agent/routing.py); this
@@ -44,7 +49,16 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import naming
-from vxnet.compute.routing import IFACE_PREFIX, Route, RouterIface, RouterNs, Rule, is_host_netns, is_service_port
+from vxnet.compute.routing import (
+    IFACE_PREFIX,
+    NsNeigh,
+    Route,
+    RouterIface,
+    RouterNs,
+    Rule,
+    is_host_netns,
+    is_service_port,
+)
 from vxnet.dataplane.nft_exec import NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.router")
@@ -53,8 +67,15 @@ NETNS_DIR = "/run/netns"
 ROUTE_PROTO = naming.ROUTER_ROUTE_PROTO   # routes and rules the agent owns inside router namespaces
 IFF_UP = 0x1
 SYSCTLS = (
-    ("net/ipv6/conf/all/disable_ipv6", "1"),
-    ("net/ipv6/conf/default/disable_ipv6", "1"),
+    # IPv6 (issue #16): DAD off before any leg exists (legs inherit `default`): the anycast
+    # gateway address is on every host on purpose, and a tentative address would not route.
+    ("net/ipv6/conf/default/accept_dad", "0"),
+    ("net/ipv6/conf/all/accept_dad", "0"),
+    ("net/ipv6/conf/default/accept_ra", "0"),
+    ("net/ipv6/conf/default/ndisc_notify", "1"),   # a new leg announces itself (like the GARP)
+    ("net/ipv6/conf/all/disable_ipv6", "0"),
+    ("net/ipv6/conf/default/disable_ipv6", "0"),
+    ("net/ipv6/conf/all/forwarding", "1"),
     ("net/ipv4/conf/all/rp_filter", "0"),        # asymmetric paths: replies come back elsewhere
     ("net/ipv4/conf/default/rp_filter", "0"),
     ("net/ipv4/conf/all/send_redirects", "0"),
@@ -62,6 +83,9 @@ SYSCTLS = (
     ("net/ipv4/ip_forward", "1"),
 )
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH)
+AF_INET6 = socket.AF_INET6
+IFA_F_NODAD = 0x02
+NUD_PERMANENT = 0x80
 SCOPE_TABLE = "vxnet_scope"
 
 
@@ -261,6 +285,7 @@ class RouterDriver:
             index[leg.name] = self._leg(ipr, r.netns, leg, links.get(leg.name), res)
         self._routes(ipr, r.routes, index, res)
         self._rules(ipr, r.rules, res)
+        converge_neighs(ipr, r.neighs, index, IFACE_PREFIX, res)
         self._scope_filter(r, res)
 
     def _scope_filter(self, r: RouterNs, res: ApplyResult) -> None:
@@ -294,10 +319,11 @@ class RouterDriver:
                 or not link["flags"] & IFF_UP:  # type: ignore[attr-defined,index]
             ipr.link("set", index=idx, address=leg.mac, mtu=leg.mtu, state="up")
             res.count("links")
-        have = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=idx)}
+        have = read_addrs(ipr, idx)
         for a in sorted(set(leg.addresses) - have):
             ip, plen = a.split("/")
-            _ok_exists(lambda ip=ip, plen=plen: ipr.addr("add", index=idx, address=ip, prefixlen=int(plen)))
+            kw = {"flags": IFA_F_NODAD} if ":" in ip else {}
+            _ok_exists(lambda ip=ip, plen=plen, kw=kw: ipr.addr("add", index=idx, address=ip, prefixlen=int(plen), **kw))
             res.count("addresses")
         for a in sorted(have - set(leg.addresses)):
             ip, plen = a.split("/")
@@ -309,8 +335,8 @@ class RouterDriver:
         names = {i: n for n, i in index.items()}
         have: dict[tuple[str, int], Route] = {}
         raw: dict[tuple[str, int], object] = {}
-        for m in ipr.get_routes(family=2, proto=ROUTE_PROTO):
-            dst = f"{m.get('RTA_DST') or '0.0.0.0'}/{m['dst_len']}"
+        for m in [*ipr.get_routes(family=2, proto=ROUTE_PROTO), *ipr.get_routes(family=AF_INET6, proto=ROUTE_PROTO)]:
+            dst = f"{m.get('RTA_DST') or ('::' if m['family'] == AF_INET6 else '0.0.0.0')}/{m['dst_len']}"
             rt = Route(str(ipaddress.ip_network(dst, strict=False)), m.get("RTA_GATEWAY") or "",
                        names.get(m.get("RTA_OIF"), "?"), int(m.get("RTA_TABLE") or m["table"]))
             have[rt.key] = rt
@@ -318,21 +344,23 @@ class RouterDriver:
         want = {rt.key: rt for rt in routes}
         for key, rt in have.items():
             if key not in want:
-                _ok_gone(lambda rt=rt: ipr.route("del", dst=rt.dst, table=rt.table, proto=ROUTE_PROTO))
+                _ok_gone(lambda rt=rt: ipr.route("del", dst=rt.dst, table=rt.table, proto=ROUTE_PROTO,
+                                                 family=_family(rt.dst)))
                 res.count("routes")
         for key, rt in want.items():
             if have.get(key) != rt:
                 ipr.route("replace", dst=rt.dst, gateway=rt.gateway, oif=index[rt.dev], table=rt.table,
-                          proto=ROUTE_PROTO)
+                          proto=ROUTE_PROTO, family=_family(rt.dst))
                 res.count("routes")
 
     def _rules(self, ipr: IPRoute, rules: tuple[Rule, ...], res: ApplyResult) -> None:
         have: dict[tuple[int, str, int], Rule] = {}
-        for m in ipr.get_rules(family=2):
+        for m in [*ipr.get_rules(family=2), *ipr.get_rules(family=AF_INET6)]:
             if m.get("FRA_PROTOCOL") != ROUTE_PROTO:
                 continue
             sup = m.get("FRA_SUPPRESS_PREFIXLEN")
-            rule = Rule(int(m.get("priority") or 0), f"{m.get('FRA_SRC') or '0.0.0.0'}/{m['src_len']}",
+            any_src = "::" if m["family"] == AF_INET6 else "0.0.0.0"
+            rule = Rule(int(m.get("priority") or 0), f"{m.get('FRA_SRC') or any_src}/{m['src_len']}",
                         int(m.get("FRA_TABLE") or m["table"]), None if sup in (None, 0xFFFFFFFF) else int(sup))
             have[rule.key] = rule
         want = {r.key: r for r in rules}
@@ -358,10 +386,48 @@ class RouterDriver:
 def _rule_args(rule: Rule) -> dict[str, object]:
     src, plen = rule.src.split("/")
     kw: dict[str, object] = {"priority": rule.priority, "src": src, "src_len": int(plen), "table": rule.table,
-                             "family": 2}
+                             "family": _family(rule.src)}
     if rule.suppress_prefixlength is not None:
         kw["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength   # `suppress_prefixlength=` is ignored by pyroute2 0.9.7
     return kw
+
+
+def _family(cidr: str) -> int:
+    return AF_INET6 if ":" in cidr else socket.AF_INET
+
+
+def read_addrs(ipr: IPRoute, index: int) -> set[str]:
+    """"ip/prefixlen" of the link's IPv4 and global IPv6 addresses (link-local ones are the kernel's)."""
+    out = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=socket.AF_INET, index=index)}
+    for a in ipr.get_addr(family=AF_INET6, index=index):
+        ip = a.get("IFA_ADDRESS") or ""
+        if ip and not ipaddress.ip_address(ip).is_link_local:
+            out.add(f"{ipaddress.ip_address(ip)}/{a['prefixlen']}")
+    return out
+
+
+def converge_neighs(ipr: IPRoute, wanted: tuple[NsNeigh, ...], index: dict[str, int], prefix: str,
+                    res: ApplyResult | None = None) -> int:
+    """Make the permanent IPv6 neighbours on links named `prefix*` exactly `wanted` (entries on
+    links not in `index` are skipped); returns the number of changes."""
+    names = {i: n for n, i in index.items()}
+    have: dict[tuple[str, str], str] = {}
+    for m in ipr.get_neighbours(family=AF_INET6):
+        dev = names.get(m["ifindex"], "")
+        if dev.startswith(prefix) and m["state"] & NUD_PERMANENT and m.get("NDA_DST"):
+            have[(dev, str(ipaddress.ip_address(m["NDA_DST"])))] = (m.get("NDA_LLADDR") or "").lower()
+    want = {(n.dev, n.ip): n.mac for n in wanted if n.dev in index}
+    changes = 0
+    for (dev, ip) in sorted(set(have) - set(want)):
+        _ok_gone(lambda dev=dev, ip=ip: ipr.neigh("del", ifindex=index[dev], dst=ip, family=AF_INET6))
+        changes += 1
+    for (dev, ip), mac in sorted(want.items()):
+        if have.get((dev, ip)) != mac:
+            ipr.neigh("replace", ifindex=index[dev], dst=ip, lladdr=mac, state=NUD_PERMANENT, family=AF_INET6)
+            changes += 1
+    if res is not None and changes:
+        res.count("neighbours", changes)
+    return changes
 
 
 def _ok_gone(fn: Callable[[], object]) -> None:
