@@ -129,3 +129,52 @@ def test_gateway_without_v6_subnets_forwards_no_v6() -> None:
     f = filter6_ruleset(g)
     assert f'iifname "{g.gw.inner}" drop' in f and f'oifname "{g.gw.inner}" drop' in f
     assert naming.SNAT_IFACE_PREFIX == "sg-"
+
+
+# -- vxnet trace over the same objects (the walk reads the agents' own desired state) ----------
+SNAT_B6 = port("sn700000-0000-4000-8000-000000000007", NET_B, [("b6", "2001:db8:b::3")], "fa:16:3e:00:00:37", "h3",
+               "network:router_centralized_snat", R1)
+
+
+def snapshot(extra_ports: list[dict[str, Any]] = ()) -> Any:  # type: ignore[assignment]
+    from vxnet.trace.snapshot import Snapshot
+
+    ports = [IF_A, IF_B, VM_A1, VM_B2, SNAT_A6, SNAT_A4, SNAT_B6, GW, *extra_ports]
+    for p in ports:
+        p.setdefault("port_security_enabled", p["device_owner"] == "compute:nova" and False)
+        p.setdefault("security_groups", [])
+    v = view(ports)
+    objs = {k: {i: {"id": i, **o} for i, o in v[k].items()} for k in ("networks", "subnets", "ports", "routers")}
+    objs["routers"][R1]["external_gateway_info"]["external_fixed_ips"] = [
+        {"subnet_id": "e6", "ip_address": "2001:db8:ff::10"}]
+    return Snapshot(objs, HOSTS)
+
+
+def test_trace_v6_routed_across_hosts_names_the_router_and_its_static_neighbour() -> None:
+    from vxnet.trace.walk import walk
+
+    t = walk(snapshot(), VM_A1["id"], "2001:db8:b::12")
+    assert t.verdict == "delivered", [h.decision for h in t.hops]
+    text = " ".join(h.decision for h in t.hops)
+    assert "connected 2001:db8:b::/64" in text
+    assert "static neighbour 2001:db8:b::12 -> 02:00:00:00:0b:02" in text and "to host h2" in text
+    assert t.hops[-1].host == "h2"
+
+
+def test_trace_v6_out_and_in_without_nat() -> None:
+    from vxnet.trace.walk import walk
+
+    out = walk(snapshot(), VM_A1["id"], "2001:db8:ff::100")
+    assert out.verdict == "leaves", [h.decision for h in out.hops]
+    text = " ".join(h.decision for h in out.hops)
+    assert "default via 2001:db8:a::3 (the router's centralized port)" in text and "on-link on qg-" in text and "no NAT" in text
+    assert "as 2001:db8:a::11" in out.summary
+    back = walk(snapshot(), "2001:db8:ff::100", "2001:db8:a::11")
+    assert back.verdict == "delivered", [h.decision for h in back.hops]
+    assert "via 2001:db8:ff::10" in " ".join(h.decision for h in back.hops)
+    assert back.hops[-1].host == "h1"
+    # a spoofed source from another prefix is stopped by the isolation filter on the gateway
+    spoof = walk(snapshot(), VM_A1["id"], "2001:db8:ff::100", src_ip="2001:db8:c::11")
+    assert (spoof.verdict, spoof.deciding) == ("dropped", "ipv6 isolation")
+    # nobody routes a prefix no router has
+    assert walk(snapshot(), "2001:db8:ff::100", "2001:db8:c::11").verdict == "unreachable"
