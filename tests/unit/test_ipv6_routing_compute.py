@@ -173,8 +173,8 @@ def test_trace_v6_out_and_in_without_nat() -> None:
     assert back.verdict == "delivered", [h.decision for h in back.hops]
     assert "via 2001:db8:ff::10" in " ".join(h.decision for h in back.hops)
     assert back.hops[-1].host == "h1"
-    # a spoofed source from another prefix is stopped by the isolation filter on the gateway
+    # a source from another prefix has no way out: the fallback rule is per source subnet
     spoof = walk(snapshot(), VM_A1["id"], "2001:db8:ff::100", src_ip="2001:db8:c::11")
-    assert (spoof.verdict, spoof.deciding) == ("dropped", "ipv6 isolation")
+    assert (spoof.verdict, spoof.deciding) == ("unreachable", "no route")
     # nobody routes a prefix no router has
     assert walk(snapshot(), "2001:db8:ff::100", "2001:db8:c::11").verdict == "unreachable"

@@ -485,6 +485,9 @@ def walk(snap: Snapshot, source: str, dst_ip: str, proto: str = "icmp", dport: i
     if ended is not None:
         return ended
     sub = snap.subnet_of(net, src)
+    own = _address(port, version)
+    if sub is None and own is not None:     # another source address: still its own subnet's gateway
+        sub = snap.subnet_of(net, own)
     if sub is not None and ipaddress.ip_address(dst_ip) in ipaddress.ip_network(sub[1]["cidr"]):
         found = w.l2(host, net, dst_ip)
         if found is None:
