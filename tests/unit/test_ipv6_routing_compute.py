@@ -116,8 +116,8 @@ def test_gateway_v6_leg_route_neighbours_and_no_nat() -> None:
     assert "ip6" not in nat_ruleset(g) and "2001:db8" not in nat_ruleset(g)   # IPv6 is never NATed
     f = filter6_ruleset(g)
     qg = g.gw.inner
-    assert f'iifname "{qg}" ip6 daddr != {{ 2001:db8:a::/64, 2001:db8:b::/64 }} drop' in f
-    assert f'oifname "{qg}" ip6 saddr != {{ 2001:db8:a::/64, 2001:db8:b::/64 }} drop' in f
+    assert f'iifname "{qg}" ip6 daddr != {{ 2001:db8:a::/64, 2001:db8:b::/64 }} counter drop' in f
+    assert f'oifname "{qg}" ip6 saddr != {{ 2001:db8:a::/64, 2001:db8:b::/64 }} counter drop' in f
 
 
 def test_gateway_without_v6_subnets_forwards_no_v6() -> None:
@@ -127,7 +127,7 @@ def test_gateway_without_v6_subnets_forwards_no_v6() -> None:
     (g,) = compute_gateway(view([if4, VM_A1, SNAT_A4, gw4]), "h3", None).routers
     assert g.gateway_ip6 is None and g.cidrs6 == () and g.gw.more == ()
     f = filter6_ruleset(g)
-    assert f'iifname "{g.gw.inner}" drop' in f and f'oifname "{g.gw.inner}" drop' in f
+    assert f'iifname "{g.gw.inner}" counter drop' in f and f'oifname "{g.gw.inner}" counter drop' in f
     assert naming.SNAT_IFACE_PREFIX == "sg-"
 
 

@@ -285,9 +285,10 @@ def filter6_ruleset(r: GatewayRouter) -> str:
     qg = r.gw.inner
     if r.cidrs6:
         own = ", ".join(r.cidrs6)
-        rules = [f'iifname "{qg}" ip6 daddr != {{ {own} }} drop', f'oifname "{qg}" ip6 saddr != {{ {own} }} drop']
+        rules = [f'iifname "{qg}" ip6 daddr != {{ {own} }} counter drop',
+                 f'oifname "{qg}" ip6 saddr != {{ {own} }} counter drop']
     else:
-        rules = [f'iifname "{qg}" drop', f'oifname "{qg}" drop']
+        rules = [f'iifname "{qg}" counter drop', f'oifname "{qg}" counter drop']
     rules.append("tcp flags syn tcp option maxseg size set rt mtu")
     body = "".join(f"\n    {x}" for x in rules)
     return (f"table ip6 {FILTER6_TABLE} {{}}\ndelete table ip6 {FILTER6_TABLE}\ntable ip6 {FILTER6_TABLE} {{\n"

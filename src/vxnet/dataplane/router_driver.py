@@ -415,7 +415,7 @@ def converge_neighs(ipr: IPRoute, wanted: tuple[NsNeigh, ...], index: dict[str, 
     for m in ipr.get_neighbours(family=AF_INET6):
         dev = names.get(m["ifindex"], "")
         if dev.startswith(prefix) and m["state"] & NUD_PERMANENT and m.get("NDA_DST"):
-            have[(dev, str(ipaddress.ip_address(m["NDA_DST"])))] = (m.get("NDA_LLADDR") or "").lower()
+            have[(dev, str(ipaddress.ip_address(m.get("NDA_DST"))))] = (m.get("NDA_LLADDR") or "").lower()
     want = {(n.dev, n.ip): n.mac for n in wanted if n.dev in index}
     changes = 0
     for (dev, ip) in sorted(set(have) - set(want)):

@@ -152,7 +152,9 @@ def build_external(host_indexes: Sequence[int]) -> None:
     ip_batch(["link set lo up", f"addr add {EXTERNAL_CLIENT_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
               f"addr add {EXTERNAL_GATEWAY_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
               f"addr add {EXTERNAL_CLIENT_IP6}/64 dev {EXTERNAL_DEV} nodad",
-              f"addr add {EXTERNAL_GATEWAY_IP6}/64 dev {EXTERNAL_DEV} nodad", f"link set {EXTERNAL_DEV} up"],
+              # deprecated (preferred_lft 0): never chosen as a source address, still answered
+              f"addr add {EXTERNAL_GATEWAY_IP6}/64 dev {EXTERNAL_DEV} nodad preferred_lft 0",
+              f"link set {EXTERNAL_DEV} up"],
              EXTERNAL_NS)
     # Offloads off like the VMs': GSO would hide MTU mistakes (KERNEL-NOTES §8) and make the
     # outside a faster sender than any VM.
