@@ -351,3 +351,122 @@ def test_other_project_cannot_use_v6_subnet(shared_server) -> None:
                                                        "cidr": "2001:db8:4d::/64"}}), 404, "NetworkNotFound")
     assert_error(bob.post("/ports", json={"port": {"network_id": net["id"]}}), 404, "NetworkNotFound")
     assert bob.get("/subnets", params={"ipv6_ra_mode": "slaac"}).json()["subnets"] == []
+
+
+# --- routers and floating IPs ----------------------------------------------------------------------
+
+
+def add_intf(c: httpx.Client, router_id: str, **body: str) -> httpx.Response:
+    return c.put(f"/routers/{router_id}/add_router_interface", json=body)
+
+
+def remove_intf(c: httpx.Client, router_id: str, **body: str) -> httpx.Response:
+    return c.put(f"/routers/{router_id}/remove_router_interface", json=body)
+
+
+def router(c: httpx.Client, **attrs: Any) -> dict[str, Any]:
+    r = c.post("/routers", json={"router": {"name": "r", **attrs}})
+    assert r.status_code == 201, r.text
+    return r.json()["router"]
+
+
+def test_router_interfaces_on_v6_subnets_share_one_port(shared_server) -> None:
+    alice = shared_server.api("alice")
+    net = network(alice)
+    four = subnet(alice, net, "192.0.2.0/24")
+    slaac = v6(alice, net, "2001:db8:50::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    stateful = v6(alice, net, "2001:db8:51::/64", ipv6_ra_mode="dhcpv6-stateful", ipv6_address_mode="dhcpv6-stateful")
+    rtr = router(alice)
+    a = add_intf(alice, rtr["id"], subnet_id=slaac["id"])
+    assert a.status_code == 200, a.text
+    b = add_intf(alice, rtr["id"], subnet_id=stateful["id"])
+    assert b.status_code == 200, b.text
+    assert b.json()["port_id"] == a.json()["port_id"] and b.json()["subnet_ids"] == [stateful["id"]]
+    c = add_intf(alice, rtr["id"], subnet_id=four["id"])
+    assert c.status_code == 200 and c.json()["port_id"] != a.json()["port_id"], c.text
+    p = alice.get(f"/ports/{a.json()['port_id']}").json()["port"]
+    assert p["device_owner"] == "network:router_interface"
+    assert ips(p) == {slaac["id"]: "2001:db8:50::1", stateful["id"]: "2001:db8:51::1"}  # gateways, no EUI-64
+    assert_error(add_intf(alice, rtr["id"], subnet_id=slaac["id"]), 400, None, "already has a port on subnet")
+    # a port with an IPv6 address on a network where the router has an IPv6 port cannot join
+    net2 = network(alice)
+    x, y = v6(alice, net2, "2001:db8:54::/64"), v6(alice, net2, "2001:db8:55::/64")
+    assert add_intf(alice, rtr["id"], subnet_id=x["id"]).status_code == 200
+    spare = port(alice, net2, fixed_ips=[{"subnet_id": y["id"]}])
+    assert_error(add_intf(alice, rtr["id"], port_id=spare["id"]), 400, None, "Only one IPv6 port")
+    assert alice.get(f"/ports/{spare['id']}").json()["port"]["device_id"] == ""
+    # an overlapping IPv6 subnet of another network is refused
+    other = network(alice)
+    ov = v6(alice, other, "2001:db8:50::/64")
+    assert_error(add_intf(alice, rtr["id"], subnet_id=ov["id"]), 400, None, "overlaps")
+    assert claims(shared_server, ov["id"]) == set()
+    # removing one prefix keeps the port; removing the last removes it
+    r = remove_intf(alice, rtr["id"], subnet_id=slaac["id"])
+    assert r.status_code == 200, r.text
+    p = alice.get(f"/ports/{a.json()['port_id']}").json()["port"]
+    assert ips(p) == {stateful["id"]: "2001:db8:51::1"}
+    assert "2001:db8:50::1" not in claims(shared_server, slaac["id"])
+    assert remove_intf(alice, rtr["id"], subnet_id=stateful["id"]).status_code == 200
+    assert alice.get(f"/ports/{a.json()['port_id']}").status_code == 404
+    assert claims(shared_server, stateful["id"]) == set()
+
+
+def test_router_port_keeps_out_of_new_auto_subnet_and_blocks_its_delete(shared_server) -> None:
+    alice = shared_server.api("alice")
+    net = network(alice)
+    s1 = v6(alice, net, "2001:db8:52::/64", ipv6_address_mode="dhcpv6-stateful")
+    rtr = router(alice)
+    pid = add_intf(alice, rtr["id"], subnet_id=s1["id"]).json()["port_id"]
+    s2 = v6(alice, net, "2001:db8:53::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    assert set(ips(alice.get(f"/ports/{pid}").json()["port"])) == {s1["id"]}
+    assert add_intf(alice, rtr["id"], subnet_id=s2["id"]).json()["port_id"] == pid
+    assert_error(alice.delete(f"/subnets/{s2['id']}"), 409, "SubnetInUse")
+
+
+def external_dual_stack(admin: httpx.Client) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    ext = network(admin, **{"router:external": True})
+    s4 = subnet(admin, ext, "203.0.113.0/24", enable_dhcp=False)
+    s6 = v6(admin, ext, "2001:db8:ee::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    return ext, s4, s6
+
+
+def test_gateway_on_dual_stack_external_network_gets_both_addresses(shared_server) -> None:
+    admin, alice = shared_server.api("admin"), shared_server.api("alice")
+    ext, s4, s6 = external_dual_stack(admin)
+    rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
+    fixed = rtr["external_gateway_info"]["external_fixed_ips"]
+    assert {ip["subnet_id"] for ip in fixed} == {s4["id"], s6["id"]}
+    gw = admin.get("/ports", params={"device_id": rtr["id"], "device_owner": "network:router_gateway"}).json()["ports"][0]
+    assert ips(gw)[s6["id"]] == eui64_address(s6["cidr"], gw["mac_address"])
+    # a v6-only stateful external subnet: the gateway takes a pool address
+    ext2 = network(admin, **{"router:external": True})
+    s6b = v6(admin, ext2, "2001:db8:ef::/64", ipv6_address_mode="dhcpv6-stateful")
+    r2 = router(alice, external_gateway_info={"network_id": ext2["id"]})
+    assert r2["external_gateway_info"]["external_fixed_ips"] == [{"subnet_id": s6b["id"], "ip_address": "2001:db8:ef::2"}]
+
+
+def test_floating_ips_stay_ipv4(shared_server) -> None:
+    admin, alice = shared_server.api("admin"), shared_server.api("alice")
+    ext, s4, s6 = external_dual_stack(admin)
+    assert_error(admin.post("/floatingips", json={"floatingip": {
+        "floating_network_id": ext["id"], "floating_ip_address": "2001:db8:ee::99"}}), 400)
+    assert_error(alice.post("/floatingips", json={"floatingip": {
+        "floating_network_id": ext["id"], "subnet_id": s6["id"]}}), 400)
+    v6only = network(admin, **{"router:external": True})
+    v6(admin, v6only, "2001:db8:ed::/64", ipv6_address_mode="dhcpv6-stateful")
+    assert_error(alice.post("/floatingips", json={"floatingip": {"floating_network_id": v6only["id"]}}), 400)
+    assert claims(shared_server, s6["id"]) == set() and claims(shared_server, s4["id"]) == set()
+    # a port with IPv6 addresses only cannot take a floating IP; a dual-stack one maps its IPv4 address
+    net = network(alice)
+    inner6 = v6(alice, net, "2001:db8:56::/64", ipv6_address_mode="dhcpv6-stateful")
+    rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
+    assert add_intf(alice, rtr["id"], subnet_id=inner6["id"]).status_code == 200
+    p6 = port(alice, net)
+    fip = alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"]}})
+    assert fip.status_code == 201, fip.text
+    fip = fip.json()["floatingip"]
+    assert ipaddress.ip_address(fip["floating_ip_address"]).version == 4
+    assert_error(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": p6["id"]}}), 400, None,
+                 "no fixed IPv4 addresses")
+    assert_error(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {
+        "port_id": p6["id"], "fixed_ip_address": p6["fixed_ips"][0]["ip_address"]}}), 400, None, "IPv4")
