@@ -9,6 +9,7 @@ Expected EUI-64 addresses are computed by vxnet.services.ipv6, whose own test
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any
 
 import httpx
@@ -470,3 +471,85 @@ def test_floating_ips_stay_ipv4(shared_server) -> None:
                  "no fixed IPv4 addresses")
     assert_error(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {
         "port_id": p6["id"], "fixed_ip_address": p6["fixed_ips"][0]["ip_address"]}}), 400, None, "IPv4")
+
+
+# --- security groups ---------------------------------------------------------------------------------
+
+
+def test_security_group_rules_for_ipv6(shared_server) -> None:
+    alice = shared_server.api("alice")
+    g = alice.post("/security-groups", json={"security_group": {"name": "v6"}}).json()["security_group"]
+
+    def rule(**attrs: Any) -> httpx.Response:
+        return alice.post("/security-group-rules", json={"security_group_rule": {
+            "security_group_id": g["id"], "direction": "ingress", **attrs}})
+
+    r = rule(ethertype="IPv6", protocol="icmpv6", remote_ip_prefix="2001:db8:60::/64")
+    assert r.status_code == 201, r.text
+    assert (r.json()["security_group_rule"]["protocol"], r.json()["security_group_rule"]["ethertype"]) == (
+        "ipv6-icmp", "IPv6")
+    assert rule(ethertype="IPv6", protocol="58", port_range_min=128, port_range_max=0).status_code == 201
+    assert rule(ethertype="IPv6", protocol="tcp", port_range_min=22, port_range_max=22,
+                remote_ip_prefix="2001:db8:60::5/64").json()["security_group_rule"]["normalized_cidr"] == \
+        "2001:db8:60::/64"
+    assert_error(rule(ethertype="IPv4", remote_ip_prefix="2001:db8::/64"), 400, "SecurityGroupRuleParameterConflict",
+                 "Conflicting value ethertype IPv4 for CIDR 2001:db8::/64")
+    assert_error(rule(ethertype="IPv6", remote_ip_prefix="192.0.2.0/24"), 400, "SecurityGroupRuleParameterConflict")
+    assert_error(rule(ethertype="IPv4", protocol="ipv6-icmp"), 400, "SecurityGroupEthertypeConflictWithProtocol")
+    assert_error(rule(ethertype="IPv6", protocol="icmpv6", remote_ip_prefix="2001:db8:60::/64"), 409,
+                 "SecurityGroupRuleExists")
+    default = next(x for x in alice.get("/security-groups", params={"name": "default"}).json()["security_groups"])
+    v6_rules = sorted((r["direction"], r["remote_group_id"] is not None, r["remote_ip_prefix"])
+                      for r in default["security_group_rules"] if r["ethertype"] == "IPv6")
+    assert v6_rules == [("egress", False, None), ("ingress", True, None)]
+    # allowed address pairs with IPv6 prefixes
+    net = network(alice)
+    v6(alice, net, "2001:db8:61::/64", ipv6_address_mode="slaac")
+    p = port(alice, net, allowed_address_pairs=[{"ip_address": "2001:db8:61::/120"},
+                                                {"ip_address": "2001:db8:61::99"}])
+    assert [a["ip_address"] for a in p["allowed_address_pairs"]] == ["2001:db8:61::/120", "2001:db8:61::99"]
+
+
+# --- the host view ----------------------------------------------------------------------------------
+
+
+def test_host_view_carries_ipv6_to_the_agent(tmp_path) -> None:
+    from tests.api.test_host_view import StreamReader, _held, agent_client, start_agent_server
+    from vxnet.model.view import parse_view
+
+    srv = start_agent_server(str(tmp_path / "vxnet.db"))
+    try:
+        assert agent_client(srv).post("/hosts/hv1/register", json={"underlay_ip": "198.51.100.1"}).status_code == 200
+        reader = StreamReader(srv, "hv1")
+        admin, alice = srv.api("admin"), srv.api("alice")
+        net = network(alice)
+        four = subnet(alice, net, "192.0.2.0/24")
+        s = v6(alice, net, "2001:db8:70::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac",
+               dns_nameservers=["2001:db8::53"])
+        st = v6(alice, net, "2001:db8:71::/64", ipv6_ra_mode="dhcpv6-stateful", ipv6_address_mode="dhcpv6-stateful")
+        p = admin.post("/ports", json={"port": {"network_id": net["id"], "binding:host_id": "hv1",
+                                                "project_id": net["project_id"]}})
+        assert p.status_code == 201, p.text
+        p = p.json()["port"]
+        reader.wait(lambda m: p["id"] in (m.get("put", {}).get("ports") or m.get("view", {}).get("ports") or {}))
+        deadline = time.time() + 5
+        while st["id"] not in _held(reader).get("subnets", {}) and time.time() < deadline:
+            time.sleep(0.05)
+        raw = _held(reader)
+        reader.close()
+        assert raw["subnets"][s["id"]]["ipv6_ra_mode"] == "slaac"
+        assert raw["subnets"][st["id"]]["ipv6_address_mode"] == "dhcpv6-stateful"
+        view = parse_view(raw)
+        sub, sub_st, sub4 = view.subnets[s["id"]], view.subnets[st["id"]], view.subnets[four["id"]]
+        assert (sub.ip_version, sub.ipv6_ra_mode, sub.ipv6_address_mode, sub.is_auto_address) == (6, "slaac", "slaac", True)
+        assert sub.gateway_ip == "2001:db8:70::1" and sub.dns_nameservers == ("2001:db8::53",)
+        assert (sub_st.is_auto_address, sub_st.allocation_pools) == (False, (("2001:db8:71::2",
+                                                                              "2001:db8:71:0:ffff:ffff:ffff:ffff"),))
+        assert (sub4.ip_version, sub4.ipv6_ra_mode, sub4.is_auto_address) == (4, None, False)
+        port_t = view.ports[p["id"]]
+        assert {f.ip_address for f in port_t.ipv6} == {eui64_address(s["cidr"], p["mac_address"]), "2001:db8:71::2"}
+        assert [f.ip_address for f in port_t.ipv4] == ["192.0.2.2"]
+        ethertypes = {(r.direction, r.ethertype) for r in view.security_group_rules.values()}
+        assert {("egress", "IPv6"), ("ingress", "IPv6"), ("egress", "IPv4"), ("ingress", "IPv4")} <= ethertypes
+    finally:
+        srv.stop()
