@@ -471,7 +471,7 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
 
 def add_auto_addresses(uow: UnitOfWork, subnet: dict[str, Any]) -> None:
     """Neutron's `_add_auto_addrs_on_network_ports`: a new auto-address subnet gives every port
-    of its network but router interface ports (and floating IP ports) its EUI-64 address."""
+    of its network but router interface ports its EUI-64 address."""
     if not ipv6.is_auto_address_subnet(subnet):
         return
     for p in uow.list("ports", lambda p: p["network_id"] == subnet["network_id"]):
