@@ -178,3 +178,21 @@ def test_trace_v6_out_and_in_without_nat() -> None:
     assert (spoof.verdict, spoof.deciding) == ("unreachable", "no route")
     # nobody routes a prefix no router has
     assert walk(snapshot(), "2001:db8:ff::100", "2001:db8:c::11").verdict == "unreachable"
+
+
+def test_v6_address_scopes_group_the_v6_legs_apart_from_v4() -> None:
+    from vxnet.dataplane.router_driver import scope_ruleset
+
+    v = view([IF_A, IF_B, VM_A1, VM_B2])
+    v["networks"][NET_A]["ipv6_address_scope"] = "s6-a"
+    v["networks"][NET_B]["ipv6_address_scope"] = "s6-b"
+    (r,) = compute_routing(v, "h1").routers
+    la, lb = iface_name(IF_A["id"]), iface_name(IF_B["id"])
+    assert r.scope_groups6 == ((la,), (lb,))
+    assert r.scope_groups == ()              # only A has IPv4: one IPv4 scope
+    text = scope_ruleset(r.scope_groups, r.scope_groups6)
+    assert 'table ip6 vxnet_scope {\n  chain forward' in text
+    assert f'iifname {{ "{la}" }} oifname != {{ "{la}" }} drop' in text
+    assert "table ip vxnet_scope {\n" not in text      # no IPv4 table: declared and deleted only
+    v["networks"][NET_B]["ipv6_address_scope"] = "s6-a"
+    assert compute_routing(v, "h1").routers[0].scope_groups6 == ()

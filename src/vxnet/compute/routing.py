@@ -43,7 +43,8 @@ Rules (KERNEL-NOTES §4, asymmetric IRB with an anycast gateway):
   IPv4 subnets of a network share one scope), no scope being a scope of its own. When a
   router's legs span more than one scope, `scope_groups` lists the leg names of each scope,
   and the namespace drops (stateless, per packet) what a leg of one group would forward out of
-  a leg of another. Packets leaving by the leg they came in on (the SNAT fallback) are never
+  a leg of another. IPv6 likewise, by the network's `ipv6_address_scope`, over the legs
+  with an IPv6 address (`scope_groups6`). Packets leaving by the leg they came in on (the SNAT fallback) are never
   affected.
 - Namespace name: `vxr-<router id[:11]>-<host>` (docs/routing.md): netns names are global to a
   mount namespace, and in the lab every host shares /run/netns, so the name carries the host;
@@ -173,6 +174,7 @@ class RouterNs:
     rules: tuple[Rule, ...]             # sorted
     scope_groups: tuple[tuple[str, ...], ...] = ()  # leg names per address scope; () if one scope
     neighs: tuple[NsNeigh, ...] = ()    # IPv6 neighbours of the legs, sorted
+    scope_groups6: tuple[tuple[str, ...], ...] = ()  # the same for IPv6 address scopes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +225,14 @@ def _v6_neighs(legs: list[RouterIface], view: View) -> set[NsNeigh]:
     return out
 
 
+def _scope_groups(scope_of_leg: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """Leg names per address scope, sorted; () when the legs share one scope."""
+    groups: dict[str, list[str]] = {}
+    for name, scope in scope_of_leg.items():
+        groups.setdefault(scope, []).append(name)
+    return tuple(sorted(tuple(sorted(g)) for g in groups.values())) if len(groups) > 1 else ()
+
+
 def _routers_needed(view: View, host: str) -> set[str]:
     """Routers with an interface on a network where this host has a VM."""
     vm_nets = {p.network_id for p in view.ports.values() if p.host == host and not p.is_infra}
@@ -234,6 +244,7 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
             host: str) -> tuple[RouterNs, HostState]:
     legs: list[RouterIface] = []
     scope_of_leg: dict[str, str] = {}   # leg name -> its network's IPv4 address scope ("" for none)
+    scope6_of_leg: dict[str, str] = {}  # the same for IPv6
     cidr_of_leg: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, RouterIface, str]] = []
     for port in ifaces:
         net = view.networks.get(port.network_id)
@@ -261,6 +272,8 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
         legs.append(leg)
         if any(":" not in a for a in addrs):     # IPv4 address scopes: legs with an IPv4 address
             scope_of_leg[leg.name] = net.ipv4_address_scope or ""
+        if any(":" in a for a in addrs):
+            scope6_of_leg[leg.name] = net.ipv6_address_scope or ""
         cidr_of_leg.extend((c, leg, sid) for c, sid in nets_here)
 
     routes: set[Route] = set()
@@ -294,12 +307,9 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
         rules.add(Rule(SNAT_PRIORITY, str(cidr), table))
         routes.add(Route(default_route(str(cidr)), str(ipaddress.ip_address(hop)), leg.name, table))
 
-    groups: dict[str, list[str]] = {}
-    for name, scope in scope_of_leg.items():
-        groups.setdefault(scope, []).append(name)
-    scope_groups = tuple(sorted(tuple(sorted(g)) for g in groups.values())) if len(groups) > 1 else ()
     ns = RouterNs(router.id, netns_name(router.id, host), tuple(sorted(legs)), tuple(sorted(routes)),
-                  tuple(sorted(rules)), scope_groups, tuple(sorted(_v6_neighs(legs, view))))
+                  tuple(sorted(rules)), _scope_groups(scope_of_leg), tuple(sorted(_v6_neighs(legs, view))),
+                  _scope_groups(scope6_of_leg))
     l2 = HostState(
         plugs=frozenset(Plug(lg.service_port, lg.bridge, lg.mtu) for lg in legs),
         fdb=frozenset(Fdb(lg.service_port, lg.mac) for lg in legs),

@@ -21,11 +21,12 @@ Contract:
   backoff of a failing namespace) is the routing feature's `Manager` (agent/routing.py); this
   driver keeps no record of what it applied. Failures raise OSError/NetlinkError.
 - Creating something that exists and deleting something gone count as success (idempotent).
-- Address scopes: the namespace's nftables table `ip vxnet_scope` (a forward-hook chain that
-  drops what a leg of one scope group would forward out of a leg of another) is replaced as a
-  whole, in one nftables transaction, by every converge of a namespace with two or more groups
-  (and once where this process does not know the namespace holds none); with fewer than two
-  groups the table is removed. It is the only nftables table the agent owns in a router
+- Address scopes: the namespace's nftables tables `ip vxnet_scope` and `ip6 vxnet_scope` (a
+  forward-hook chain that drops what a leg of one scope group would forward out of a leg of
+  another; IPv4 and IPv6 groups) are replaced as a whole, in one nftables transaction, by every
+  converge of a namespace with two or more groups of either family (and once where this
+  process does not know the namespace holds none); a family with fewer than two groups has no
+  table. It is the only nftables table the agent owns in a router
   namespace. Each namespace keeps one libnftables context, made by a thread inside it (its
   netlink socket stays bound to that namespace whichever thread uses it later): a fresh
   context's first transaction costs ~12-16 ms, later ones under 1 ms.
@@ -89,18 +90,24 @@ NUD_PERMANENT = 0x80
 SCOPE_TABLE = "vxnet_scope"
 
 
-def scope_ruleset(groups: tuple[tuple[str, ...], ...]) -> str:
-    """One nftables transaction leaving the namespace's scope table exactly as `groups` want
-    (no table when there are fewer than two groups)."""
-    text = f"table ip {SCOPE_TABLE} {{}}\ndelete table ip {SCOPE_TABLE}\n"
-    if len(groups) < 2:
-        return text
-    drops = []
-    for g in groups:
-        names = ", ".join(f'"{n}"' for n in g)
-        drops.append(f"    iifname {{ {names} }} oifname != {{ {names} }} drop")
-    return (text + f"table ip {SCOPE_TABLE} {{\n  chain forward {{\n"
-            "    type filter hook forward priority 0; policy accept;\n" + "\n".join(drops) + "\n  }\n}\n")
+Groups = tuple[tuple[str, ...], ...]
+
+
+def scope_ruleset(groups: Groups, groups6: Groups = ()) -> str:
+    """One nftables transaction leaving the namespace's scope tables exactly as `groups` (IPv4)
+    and `groups6` (IPv6) want (no table for a family with fewer than two groups)."""
+    text = ""
+    for family, gs in (("ip", groups), ("ip6", groups6)):
+        text += f"table {family} {SCOPE_TABLE} {{}}\ndelete table {family} {SCOPE_TABLE}\n"
+        if len(gs) < 2:
+            continue
+        drops = []
+        for g in gs:
+            names = ", ".join(f'"{n}"' for n in g)
+            drops.append(f"    iifname {{ {names} }} oifname != {{ {names} }} drop")
+        text += (f"table {family} {SCOPE_TABLE} {{\n  chain forward {{\n"
+                 "    type filter hook forward priority 0; policy accept;\n" + "\n".join(drops) + "\n  }\n}\n")
+    return text
 
 
 @dataclasses.dataclass
@@ -195,7 +202,7 @@ class RouterDriver:
         self.host_ipr = IPRoute(netns=host_netns) if host_netns else IPRoute()
         self._ipr: dict[str, IPRoute] = {}
         self._nft: dict[str, NftExecutor] = {}                       # namespace -> its nftables context
-        self._scopes: dict[str, tuple[tuple[str, ...], ...]] = {}    # namespace -> scope groups as applied
+        self._scopes: dict[str, tuple[Groups, Groups]] = {}    # namespace -> scope groups (v4, v6) as applied
 
     def close(self) -> None:
         for ipr in self._ipr.values():
@@ -266,7 +273,7 @@ class RouterDriver:
         if not os.path.ismount(path):
             self._drop_socket(r.netns)
             self._create_ns(r.netns, res)
-            self._scopes[r.netns] = ()  # a new namespace holds no nftables table
+            self._scopes[r.netns] = ((), ())  # a new namespace holds no nftables table
         changed = in_netns(r.netns, _write_sysctls)
         if changed:
             res.count("sysctls", len(changed))  # type: ignore[arg-type]
@@ -289,16 +296,18 @@ class RouterDriver:
         self._scope_filter(r, res)
 
     def _scope_filter(self, r: RouterNs, res: ApplyResult) -> None:
-        if len(r.scope_groups) < 2 and self._scopes.get(r.netns) == ():
+        want = (r.scope_groups if len(r.scope_groups) > 1 else (),
+                r.scope_groups6 if len(r.scope_groups6) > 1 else ())
+        if want == ((), ()) and self._scopes.get(r.netns) == ((), ()):
             return  # none wanted, none there
         nft = self._nft.get(r.netns)
         if nft is None:  # made inside the namespace: its socket stays there
             nft = self._nft[r.netns] = in_netns(r.netns, lambda: NftExecutor(netns=r.netns))  # type: ignore[assignment]
-        err = nft.run(scope_ruleset(r.scope_groups))  # type: ignore[union-attr]
+        err = nft.run(scope_ruleset(*want))  # type: ignore[union-attr]
         if err:
             self._scopes.pop(r.netns, None)
             raise OSError(f"address scope filter: {err}")
-        self._scopes[r.netns] = () if len(r.scope_groups) < 2 else r.scope_groups
+        self._scopes[r.netns] = want
         res.count("scope_filters")
 
     def _leg(self, ipr: IPRoute, ns: str, leg: RouterIface, link: object, res: ApplyResult) -> int:

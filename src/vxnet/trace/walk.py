@@ -249,11 +249,15 @@ class Walker:
             self.hop(host, label, f"DROPPED: no route to {pkt.dst}")
             return self.done("unreachable", f"router {rns.router_id[:8]} has no route to {pkt.dst}", "no route")
         net2, nexthop, why = chosen
-        leg_in = next((i.name for i in rns.ifaces if i.network_id == network_id), "")
-        leg_out = next((i.name for i in rns.ifaces if i.network_id == net2), "")
-        if rns.scope_groups and leg_in != leg_out and not any(leg_in in g and leg_out in g for g in rns.scope_groups):
+        fam = (lambda i: any(":" in a for a in i.addresses)) if ":" in pkt.dst else \
+            (lambda i: any(":" not in a for a in i.addresses))
+        leg_in = next((i.name for i in rns.ifaces if i.network_id == network_id and fam(i)), "")
+        leg_out = next((i.name for i in rns.ifaces if i.network_id == net2 and fam(i)), "")
+        v6 = ":" in pkt.dst
+        groups = rns.scope_groups6 if v6 else rns.scope_groups
+        if groups and leg_in != leg_out and not any(leg_in in g and leg_out in g for g in groups):
             self.hop(host, label, f"DROPPED: {leg_in} and {leg_out} are in different address scopes "
-                                  "(table ip vxnet_scope)")
+                                  f"(table {'ip6' if v6 else 'ip'} vxnet_scope)")
             return self.done("dropped", "the router does not route between address scopes", "address scope")
         self.hop(host, label, f"routes {pkt.dst}: {why}",
                  Check("route", host, (("netns", rns.netns), ("dst", pkt.dst), ("src", pkt.src))))
