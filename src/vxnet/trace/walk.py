@@ -166,12 +166,13 @@ class Walker:
         routing = self.s.routing(host).l2
         neighs = {(n.dev, str(ipaddress.ip_address(n.ip))): n.mac for n in (*l2.neighs, *routing.neighs)}
         target_ip = str(ipaddress.ip_address(target_ip))
-        mac = neighs.get((br, target_ip))
-        how = f"ARP for {target_ip} answered on the host ({mac})" if ":" not in target_ip else \
-            f"neighbour solicitation for {target_ip} answered on the host ({mac})"
-        if mac is None and static and target_ip in static:
+        if static and target_ip in static:     # the sender's own entry: it never solicits
             mac, where = static[target_ip]
             how = f"static neighbour {target_ip} -> {mac} in {where}"
+        else:
+            mac = neighs.get((br, target_ip))
+            how = f"ARP for {target_ip} answered on the host ({mac})" if ":" not in target_ip else \
+                f"neighbour solicitation for {target_ip} answered on the host ({mac})"
         net_label = f"network {self.s.name('networks', network_id)} on {host}"
         if mac is None:
             what = "ARP-suppression entry: the ARP request" if ":" not in target_ip else \
