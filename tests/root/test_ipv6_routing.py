@@ -13,8 +13,11 @@
 - `vxnet trace` of IPv6 paths (routed across hosts, to the outside) agrees with the packets,
   `--live` included.
 
-The VMs' IPv6 addresses are configured statically (nodad), and their ports have
-port_security_enabled=false: this test does not depend on RA/DHCPv6 or on IPv6 port security.
+The VMs' IPv6 addresses are configured statically (nodad): this test does not depend on RA or
+DHCPv6. `PORT_SECURITY` False: the VM ports have port_security_enabled=false, so it does not
+depend on IPv6 port security either; True (once the host side filters IPv6): the ports keep port
+security and their project's default group gets ingress ICMPv6 and TCP 8081 from ::/0 (checked
+with the IPv6 host branch merged: the same 4 tests pass).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from vxnet.lab import topology
 
 pytestmark = [pytest.mark.root, needs_root]
 
+PORT_SECURITY = False
 OUT = topology.EXTERNAL_NS
 CLIENT6 = topology.EXTERNAL_CLIENT_IP6
 
@@ -170,11 +174,19 @@ def gw6(r: dict[str, Any]) -> str:
 
 
 def vm(g: Lab, user: str, name: str, host: str, net: dict, ips: list[tuple[dict, str]]) -> dict[str, Any]:
-    """A VM with these fixed IPs (IPv6 configured statically in it), port security off."""
+    """A VM with these fixed IPs (IPv6 configured statically in it); see PORT_SECURITY."""
     with g.api(user) as c:
         port = ok(c.post("/ports", json={"port": {
-            "network_id": net["id"], "port_security_enabled": False,
+            "network_id": net["id"], "port_security_enabled": PORT_SECURITY,
             "fixed_ips": [{"subnet_id": s["id"], "ip_address": ip} for s, ip in ips]}}), 201)["port"]
+        if PORT_SECURITY:
+            sg = ok(c.get("/security-groups", params={"name": "default"}))["security_groups"][0]
+            for rule in ({"protocol": "ipv6-icmp"}, {"protocol": "tcp", "port_range_min": 8081,
+                                                     "port_range_max": 8081}):
+                r = c.post("/security-group-rules", json={"security_group_rule": {
+                    "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv6",
+                    "remote_ip_prefix": "::/0", **rule}})
+                assert r.status_code in (201, 409), r.text
     g.vm(name, host, port)
     s6, ip6 = next((s, ip) for s, ip in ips if s["ip_version"] == 6)
     topology.vm_ipv6(name, f"{ip6}/{s6['cidr'].split('/')[1]}", s6["gateway_ip"])
