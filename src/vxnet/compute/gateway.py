@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vxnet.compute import naming
@@ -157,7 +157,8 @@ def _ipv6(port: Port, subnets: Mapping[str, Subnet]) -> list[tuple[str, Subnet]]
     return out
 
 
-def _leg(port: Port, inner: str, ip: str, sub: Subnet, mtu: int, v6: list[tuple[str, Subnet]] = ()) -> Leg:  # type: ignore[assignment]
+def _leg(port: Port, inner: str, ip: str, sub: Subnet, mtu: int,
+         v6: Sequence[tuple[str, Subnet]] = ()) -> Leg:
     prefix = ipaddress.ip_network(sub.cidr).prefixlen
     more = tuple(f"{a}/{ipaddress.ip_network(s.cidr).prefixlen}" for a, s in v6 if a != ip)
     return Leg(port.id, naming.tap_name(port.id), inner, port.mac, f"{ip}/{prefix}", mtu, more)

@@ -13,10 +13,11 @@ Contract:
   else), and the NAT table is replaced in one transaction (libnftables, in a thread inside the
   namespace). IPv6 (routed, no NAT): the legs' IPv6 addresses (`nodad`), the ::/0 route, the
   snat legs' permanent IPv6 neighbours and the `table ip6 vxnet_v6` isolation filter
-  (`filter6_ruleset`, replaced in one transaction when it changes). Floating IPs that went away or changed their fixed IP have their conntrack
-  entries deleted (`conntrack -D`, if installed), so a move takes effect at once. Gratuitous
-  ARP (raw AF_PACKET, `router_driver.announce`) for the gateway address and floating IPs after
-  a (re)creation and for new floating IPs.
+  (`filter6_ruleset`, replaced in one transaction when it changes). Floating IPs that went
+  away or changed their fixed IP have their conntrack entries deleted (`conntrack -D`, if
+  installed), so a move takes effect at once. Gratuitous ARP (raw AF_PACKET,
+  `router_driver.announce`) for the gateway address and floating IPs after a (re)creation and
+  for new floating IPs.
 - Kernel access: netlink (pyroute2) for namespaces, links, addresses and routes; /proc/sys
   from a thread inside the namespace for its sysctls. The one program still run is
   `conntrack -D`: pyroute2 0.9.7's conntrack delete sends only an original tuple, so "every
@@ -236,7 +237,7 @@ class GatewayDriver:
         have: dict[str, tuple[str, int | None]] = {}
         for fam, any_ in ((2, "0.0.0.0"), (AF_INET6, "::")):
             for m in ipr.get_routes(family=fam, table=254):
-                if m["proto"] != RTPROT_KERNEL and m.get("RTA_TYPE", m.get("type", 1)) == 1:
+                if m["proto"] != RTPROT_KERNEL and m.get("type", 1) == 1:   # unicast, not the kernel's
                     have[f"{m.get('RTA_DST') or any_}/{m['dst_len']}"] = (m.get("RTA_GATEWAY") or "", m.get("RTA_OIF"))
         for dst in sorted(set(have) - set(wanted)):
             fam = AF_INET6 if ":" in dst else 2

@@ -451,7 +451,8 @@ def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt:
         if ":" in pkt.src and verdict == "drop" and kind == "spoof-ip":
             verdict, kind = _port_security6(pf, mac, pkt.src)
         check = Check("nft-rule", host, (("table", "ps"), ("chain", f"ps_{pf.ident}"), ("rule", kind)))
-        why = {"mark": "from its own MAC and address", "mark6": "from its own MAC and IPv6 address", "dhcp-client": "a DHCP client frame from 0.0.0.0",
+        why = {"mark": "from its own MAC and address", "mark6": "from its own MAC and IPv6 address",
+               "dhcp-client": "a DHCP client frame from 0.0.0.0",
                "dhcp-renew": "a DHCP request steered to its network's responder, whatever its source address",
                }.get(kind, "")
         w.hop(host, w.port_label(source), f"sends {_pkt_text(pkt)}: port security "
