@@ -11,8 +11,11 @@ Layout (every name starts with `vxl`; `down()` finds everything by that prefix):
   `vxl-ul` is the external L2 segment; each gateway host's `vxlext0` (no address: the agent
   enslaves it to the external network's bridge) and the outside namespace `vxl-x` (`vxlx0`:
   203.0.113.100/24, the client, and 203.0.113.1/24, the upstream router = the external
-  subnet's gateway) are its ports.
-IPv6 is off in every lab namespace (clean captures). VM offloads are off (KERNEL-NOTES §8) so
+  subnet's gateway; IPv6: 2001:db8:ffff::100/64 and 2001:db8:ffff::1/64, the external IPv6
+  subnet's gateway) are its ports. The outside reaches a tenant's IPv6 prefix only through a
+  route the operator adds (`outside_route6`: prefix via the router's external IPv6 address).
+IPv6 is off in every other lab namespace (clean captures) until a test or the demo turns it on
+in a VM (`vm_ipv6`). VM offloads are off (KERNEL-NOTES §8) so
 MTU mistakes are not hidden by GSO.
 """
 
@@ -37,6 +40,9 @@ EXTERNAL_DEV = "vxlx0"
 EXTERNAL_CLIENT_IP = "203.0.113.100"
 EXTERNAL_GATEWAY_IP = "203.0.113.1"
 EXTERNAL_PREFIX = 24
+EXTERNAL_CLIENT_IP6 = "2001:db8:ffff::100"
+EXTERNAL_GATEWAY_IP6 = "2001:db8:ffff::1"
+EXTERNAL_CIDR6 = "2001:db8:ffff::/64"
 
 
 def external_client_ns() -> str:
@@ -138,9 +144,17 @@ def build_external(host_indexes: Sequence[int]) -> None:
     _quiet_ns(EXTERNAL_NS)
     ip_batch([f"link add vxlx-out type veth peer name {EXTERNAL_DEV} netns {EXTERNAL_NS}",
               f"link set vxlx-out master {EXTERNAL_BR} up"], UNDERLAY_NS)
+    # IPv6 on the outside (no DAD: the addresses are ours; no RAs accepted: routes are static).
+    sh(["ip", "netns", "exec", EXTERNAL_NS, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+        "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.default.accept_dad=0",
+        "net.ipv6.conf.default.accept_ra=0"])
     # The client's address first: it is the source the client uses on the external subnet.
     ip_batch(["link set lo up", f"addr add {EXTERNAL_CLIENT_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
-              f"addr add {EXTERNAL_GATEWAY_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}", f"link set {EXTERNAL_DEV} up"],
+              f"addr add {EXTERNAL_GATEWAY_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
+              f"addr add {EXTERNAL_CLIENT_IP6}/64 dev {EXTERNAL_DEV} nodad",
+              # deprecated (preferred_lft 0): never chosen as a source address, still answered
+              f"addr add {EXTERNAL_GATEWAY_IP6}/64 dev {EXTERNAL_DEV} nodad preferred_lft 0",
+              f"link set {EXTERNAL_DEV} up"],
              EXTERNAL_NS)
     # Offloads off like the VMs': GSO would hide MTU mistakes (KERNEL-NOTES §8) and make the
     # outside a faster sender than any VM.
@@ -171,6 +185,23 @@ def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, 
     ip_batch(lines, ns)
     sh(["ip", "-n", host_netns, "link", "set", tap, "up"])
     sh(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"], check=False)
+
+
+def vm_ipv6(name: str, cidr_ip: str, gateway: str | None = None) -> None:
+    """Turn IPv6 on in VM `name` with a static address (no DAD) and, optionally, a default route."""
+    ns = vm_ns(name)
+    sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+        "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.eth0.accept_dad=0",
+        "net.ipv6.conf.eth0.disable_ipv6=0"])
+    lines = [f"addr replace {cidr_ip} dev eth0 nodad"]
+    if gateway:
+        lines.append(f"route replace ::/0 via {gateway} dev eth0")
+    ip_batch(lines, ns)
+
+
+def outside_route6(prefix: str, via: str) -> None:
+    """The outside's route to a tenant IPv6 prefix (via a router's external IPv6 address)."""
+    sh(["ip", "-n", EXTERNAL_NS, "-6", "route", "replace", prefix, "via", via, "dev", EXTERNAL_DEV])
 
 
 def move_vm(name: str, old_host_netns: str, new_host_netns: str, tap: str, mac: str, cidr_ip: str | None,
