@@ -140,10 +140,11 @@ def start(name: str, state_dir: str, host_netns: str, tap: str, mac: str, mtu: i
     """Boot guest `name` with its NIC on `tap` in `host_netns`; returns what the lab records."""
     if shutil.which(QEMU) is None:
         raise GuestError(f"{QEMU} is not installed (package qemu-system-x86; make setup)")
-    try:
-        image.build(cloud=cloud) if not image.ready(cloud=cloud) else None
-    except image.ImageError as e:
-        raise GuestError(str(e)) from None
+    if not image.ready(cloud=cloud):
+        try:
+            image.build(cloud=cloud)   # first use: built from Debian packages, then cached
+        except image.ImageError as e:
+            raise GuestError(str(e)) from None
     accel = accelerator()
     p = paths(state_dir, name)
     for f in (p["console"], p["ctl"]):
