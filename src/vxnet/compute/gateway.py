@@ -7,8 +7,9 @@ arguments and returns a `GatewayDesired`:
   network's bridge, explicit MAC); the host's external interface is enslaved to ONE of them
   (physical network "external" first, then the lowest id; one interface = one physical network).
   Flat networks are ignored by the L2 compute, so the bridge is part of this feature's `.l2`.
-- `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host gets
-  namespace `router_netns(router id, host)` with
+- `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host
+  (`active`) or names it as a standby (`Port.standby`; `active` False) gets namespace
+  `router_netns(router id, host)` with
   * the gateway leg: host side `tap<gw port 11>` plugged into the external bridge (Plug + FDB
     in `.l2`, and a LocalPort so its status is reported), inside `qg-<router 11>` with the
     port's MAC, its address, every floating IP as /32 (so the namespace answers ARP for them)
@@ -21,6 +22,10 @@ arguments and returns a `GatewayDesired`:
   * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed and SNAT fixed -> fip, then (if
     enable_snat) SNAT of the router's interface subnets to the gateway address; MSS clamping
     of forwarded SYNs to the route MTU.
+- A standby router is built the same way (addresses, routes, NAT: a takeover is a local flip)
+  but its gateway leg has no Plug/FDB/LocalPort in `.l2` and its snat ports are not bound here,
+  so no tap of it is on a bridge: it answers no ARP and forwards nothing. The view given is
+  `compute.ha.failover_view`'s, so a standby whose active is down is computed as active.
 - Only IPv4. A router whose gateway port has no IPv4 address or no known external subnet is
   skipped (nothing to build yet).
 """
@@ -85,6 +90,7 @@ class GatewayRouter:
     enable_snat: bool
     fips: tuple[FloatingNat, ...]
     routes: tuple[tuple[str, str], ...]     # (destination, nexthop)
+    active: bool = True                     # False: a prepared standby (host-side taps down, unplugged)
 
     @property
     def legs(self) -> tuple[Leg, ...]:
@@ -130,6 +136,11 @@ def _leg(port: Port, inner: str, ip: str, sub: Subnet, mtu: int) -> Leg:
     return Leg(port.id, naming.tap_name(port.id), inner, port.mac, f"{ip}/{prefix}", mtu)
 
 
+def _here(p: Port, host: str) -> bool:
+    """The port is served (active) or prepared (standby) on `host`."""
+    return p.host == host or host in p.standby
+
+
 def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | None:
     rid = rtr.id
     found = _ipv4(gw_port, v.subnets)
@@ -149,7 +160,7 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
                 sub = v.subnets.get(f.subnet_id)
                 if sub is not None and ipaddress.ip_network(sub.cidr).version == 4:
                     cidrs.add(sub.cidr)
-        elif p.device_owner == SNAT_OWNER and p.host == host and p.admin_up:
+        elif p.device_owner == SNAT_OWNER and _here(p, host) and p.admin_up:
             got = _ipv4(p, v.subnets)
             net = v.networks.get(p.network_id)
             if got is not None and net is not None:
@@ -167,7 +178,8 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in v.floatingips.values()
             if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address}
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
-                         tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))))
+                         tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
+                         gw_port.host == host)
 
 
 def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
@@ -184,12 +196,14 @@ def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
     for pid in sorted(v.ports):
         p = v.ports[pid]
         rtr = v.routers.get(p.device_id)
-        if p.device_owner != GW_OWNER or p.host != host or rtr is None or p.network_id not in flat:
+        if p.device_owner != GW_OWNER or not _here(p, host) or rtr is None or p.network_id not in flat:
             continue
         r = _router(rtr, p, v, host)
         if r is None:
             continue
         out.append(r)
+        if not r.active:
+            continue                     # standby: its taps stay off the bridges
         br = naming.bridge_name(p.network_id)
         plugs.add(Plug(r.gw.tap, br, r.gw.mtu))
         fdb.add(Fdb(r.gw.tap, r.gw.mac))

@@ -20,6 +20,10 @@ Contract:
   `conntrack -D`: pyroute2 0.9.7's conntrack delete sends only an original tuple, so "every
   entry whose reply destination is X" needs a dump, a filter and one delete per entry, which
   conntrack-tools does in C; it runs only when a floating IP moves or goes.
+- A standby router (`r.active` False) is built the same, but the host side of its legs is
+  kept down and off any bridge (so the namespace answers nothing) and it sends no gratuitous
+  ARP; a router that becomes active (promoted) announces its addresses at once (its taps are
+  brought up here; the L2 pass plugs them).
 - `delete_stale(keep)` deletes this host's SNAT namespaces not in `keep` (a veth dies with its
   namespace, so the host-side taps go too).
 - Every method raises `GatewayError` on a kernel failure; the feature reports the router as
@@ -179,8 +183,9 @@ class GatewayDriver:
         return True
 
     def _ensure_leg(self, ns: str, ipr: IPRoute, leg: Leg, host_links: dict[str, dict],
-                    ns_links: dict[str, dict]) -> bool:
-        """The veth pair with MAC/MTU/up; True if it was (re)created."""
+                    ns_links: dict[str, dict], active: bool = True) -> bool:
+        """The veth pair with MAC/MTU/up (the host side down on a standby); True if it was
+        (re)created."""
         host = self.host_ipr
         created = False
         if leg.tap not in host_links or leg.inner not in ns_links:
@@ -199,8 +204,12 @@ class GatewayDriver:
             self._do(f"set {leg.inner}", lambda: ipr.link("set", index=inner["index"], address=leg.mac,
                                                           mtu=leg.mtu, state="up"))
         tap = host_links[leg.tap]
-        if created or tap.get("mtu") != leg.mtu or not tap.get("up"):
+        if active and (created or tap.get("mtu") != leg.mtu or not tap.get("up")):
             self._do(f"set {leg.tap}", lambda: host.link("set", index=tap["index"], mtu=leg.mtu, state="up"))
+        elif not active and (created or tap.get("up") or tap.get("master")):
+            # a standby: off the bridge and down, so nothing reaches the namespace (no ARP answer)
+            self._do(f"set {leg.tap} down", lambda: host.link("set", index=tap["index"], mtu=leg.mtu,
+                                                              state="down", master=0))
         return created
 
     def _ensure_addrs(self, ipr: IPRoute, dev: str, index: int, wanted: set[str]) -> None:
@@ -266,7 +275,7 @@ class GatewayDriver:
             self._do(f"del {name}", lambda name=name: ipr.link("del", index=ns_links[name]["index"]), _GONE)
         gw_new = False
         for leg in r.legs:
-            new = self._ensure_leg(ns, ipr, leg, host_links, ns_links)
+            new = self._ensure_leg(ns, ipr, leg, host_links, ns_links, r.active)
             gw_new = gw_new or (new and leg is r.gw)
             extra = {f"{f.floating_ip}/32" for f in r.fips} if leg is r.gw else set()
             self._ensure_addrs(ipr, leg.inner, ns_links[leg.inner]["index"], {leg.cidr} | extra)
@@ -280,7 +289,14 @@ class GatewayDriver:
         self._forget_flows(ns, [(ip, fixed) for ip, fixed in old.items() if new.get(ip) != fixed])
         # Unsolicited ARP so the external network learns where the addresses live now (a
         # gateway moved to this host, or a floating IP moved here). Not waited for.
-        garp = [r.gw_ip, *new] if created or gw_new else [ip for ip in new if old.get(ip) != new[ip]]
+        promoted = r.active and (previous is None or not previous.active)
+        if not r.active:
+            garp = []
+        elif created or gw_new or promoted:
+            garp = [r.gw_ip, *new]
+        else:
+            garp = [ip for ip in new if old.get(ip) != new[ip]]
         if garp:
-            announce(ns, r.gw.inner, r.gw.mac, garp, delays=(0.0, 0.5, 1.0))
+            # a takeover: the first at once (the external switch learns the MAC's new port)
+            announce(ns, r.gw.inner, r.gw.mac, garp, delays=(0.0, 0.2, 0.5, 1.0) if promoted else (0.0, 0.5, 1.0))
         return created or gw_new
