@@ -21,7 +21,8 @@ arguments and returns a `GatewayDesired`:
   * the router's extra routes whose nexthop is on a connected subnet;
   * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed and SNAT fixed -> fip, then (if
     enable_snat) SNAT of the router's interface subnets to the gateway address; MSS clamping
-    of forwarded SYNs to the route MTU.
+    of forwarded SYNs to the route MTU; TCP/UDP addressed to the namespace itself from its
+    legs is dropped (nothing listens there: no RST for a flow whose entry is not there yet).
 - A standby router is built the same way (addresses, routes, NAT: a takeover is a local flip)
   but its gateway leg has no Plug/FDB/LocalPort in `.l2` and its snat ports are not bound here,
   so no tap of it is on a bridge: it answers no ARP and forwards nothing. The view given is
@@ -216,6 +217,7 @@ def nat_ruleset(r: GatewayRouter) -> str:
     """The router namespace's whole `table ip vxnet_nat`, for one `nft -f` transaction (the
     table is declared, deleted and rebuilt in the same transaction: atomic, nothing stale)."""
     qg = r.gw.inner
+    legs = ", ".join(f'"{leg.inner}"' for leg in r.legs)
     pre = [f'iifname "{qg}" ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
     post = [f'oifname "{qg}" ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
     if r.enable_snat and r.snat_cidrs:
@@ -231,4 +233,10 @@ def nat_ruleset(r: GatewayRouter) -> str:
             # Why: the external MTU is larger than the tenant one (1500 vs 1450, KERNEL-NOTES §5).
             + chain("mss", "type filter hook forward priority mangle; policy accept;",
                     ["tcp flags syn tcp option maxseg size set rt mtu"])
+            # Why: nothing listens in a gateway namespace. A packet of an established flow that
+            # reaches a gateway without its conntrack entry (a takeover before the state synced,
+            # a reply to the SNAT address) would be delivered locally and answered with a RST,
+            # killing the flow; dropped, it is retransmitted once the entry exists.
+            + chain("local", "type filter hook input priority filter; policy accept;",
+                    [f"iifname {{ {legs} }} meta l4proto {{ tcp, udp }} drop"])
             + "}\n")

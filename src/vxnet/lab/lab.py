@@ -212,6 +212,12 @@ def control_socket(host: str) -> str:
     return os.path.join(state_dir(), f"agent-{host}.sock")
 
 
+def bfd_dir(host: str) -> str:
+    """Where a lab host's bfdd keeps its sockets (`--bfd`): traversable by FRR's user, unlike a
+    test's private state directory; `tools/sandbox` gives every sandbox its own."""
+    return f"/run/vxnet-lab/bfd-{host}"
+
+
 def start_agent(st: dict[str, Any], host: str) -> int:
     """Start (or restart) the agent of `host` inside its namespace."""
     i = _host_index(st, host)
@@ -226,6 +232,8 @@ def start_agent(st: dict[str, Any], host: str) -> int:
         "agent", "--server", st["mgmt_url"], "--host", host, "--underlay-ip", topology.underlay_ip(i),
         "--user", u["name"], "--password", u["password"], "--project", u["project"], *gw_args,
         "--control-socket", control_socket(host), *st.get("agent_args", []))]
+    if "--bfd" in st.get("agent_args", []):
+        cmd += ["--bfd-dir", bfd_dir(host)]
     pid = _spawn(cmd, f"agent-{host}.log")
     st["agents"][host] = pid
     save_state(st)
