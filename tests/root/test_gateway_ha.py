@@ -115,6 +115,14 @@ def dump(hosts: tuple[str, ...]) -> None:
         print(f"--- {h}:", "".join(lines[-30:]))
         print(subprocess.run(["ip", "-n", topology.host_ns(int(h[1:])), "-br", "link"], capture_output=True,
                              text=True, check=False).stdout)
+        from vxnet.lab.lab import bfd_dir
+
+        print(subprocess.run(["vtysh", "--vty_socket", bfd_dir(h), "-c", "show bfd peers brief"],
+                             capture_output=True, text=True, check=False).stdout)
+        print(subprocess.run(["tail", "-5", os.path.join(bfd_dir(h), "bfdd.log")], capture_output=True, text=True,
+                             check=False).stdout)
+        print(subprocess.run(["ip", "netns", "pids", topology.host_ns(int(h[1:]))], capture_output=True, text=True,
+                             check=False).stdout)
 
 
 def ns_exists(ns: str) -> bool:

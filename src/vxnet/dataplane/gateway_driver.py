@@ -63,7 +63,12 @@ ROUTE_PROTO = naming.GATEWAY_ROUTE_PROTO   # routes we add; the kernel's connect
 RTPROT_KERNEL = 2
 IFF_UP = 0x1
 SYSCTLS = (("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/all/disable_ipv6", "1"),
-           ("net/ipv6/conf/default/disable_ipv6", "1"))
+           ("net/ipv6/conf/default/disable_ipv6", "1"),
+           # HA: a flow that moves between gateways (takeover, failback) arrives with sequence
+           # numbers beyond the window of a stale or synced entry; window tracking would mark
+           # it INVALID (no NAT): loose tracking, as conntrackd's documentation advises for
+           # failover.
+           ("net/netfilter/nf_conntrack_tcp_be_liberal", "1"), ("net/netfilter/nf_conntrack_tcp_loose", "1"))
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
 
@@ -73,8 +78,12 @@ class GatewayError(Exception):
 
 def _write_sysctls() -> None:
     for key, value in SYSCTLS:
-        with open("/proc/sys/" + key, "w") as f:
-            f.write(value)
+        try:
+            with open("/proc/sys/" + key, "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            if not key.startswith("net/netfilter/"):   # conntrack not loaded yet: the NAT table loads it
+                raise
 
 
 def _nft_in_thread(text: str) -> str | None:
