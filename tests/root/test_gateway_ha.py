@@ -15,6 +15,8 @@ Then:
    expires: BFD moved the path (the standby took over, the computes re-pointed their FDB).
 2. `lab host recover`: the host registers again, the scheduler rebalances (actives back on
    both gateways, each router with a standby); the streams still have no gap over 1 s.
+   Before the failure, the standby's namespace already holds both flows' conntrack entries
+   (conntrackd, FTFW, one per gateway namespace).
 3. A partition (the active's underlay cable alone is cut; its agent and daemons run, the store
    still calls it alive): the standby takes over, the cut-off host fences itself (it lost
    every BFD session), and the outside never gets a duplicate answer; the streams go on.
@@ -125,6 +127,16 @@ def dump(hosts: tuple[str, ...]) -> None:
                              check=False).stdout)
 
 
+def synced(ns: str, fip: str) -> bool:
+    """The namespace's conntrack table holds the two streams' established flows (the floating
+    IP's DNAT one and the SNAT one), as conntrackd copied them from the active."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp"], capture_output=True,
+                         text=True, check=False).stdout
+    lines = [ln for ln in out.splitlines() if "ESTABLISHED" in ln]
+    return (any(f"dst={fip}" in ln and "dport=8081" in ln for ln in lines)
+            and any(f"dst={CLIENT}" in ln and "dport=8090" in ln for ln in lines))
+
+
 def ns_exists(ns: str) -> bool:
     return os.path.exists(f"/run/netns/{ns}")
 
@@ -211,6 +223,8 @@ def test_host_failure_and_recovery_keep_connections(halab: Lab, topo: dict[str, 
     act, sb = _ready(g, topo)
     streams = Streams(topo["fip"], "v2")
     try:
+        # conntrackd (FTFW) has put both established flows in the standby's table already
+        wait_for(lambda: synced(router_netns(topo["ra"], sb), topo["fip"]), timeout=20, interval=0.2)
         t_fail = time.time()
         killed = hostfail.fail(g.state, act)
         assert killed, "no process killed"

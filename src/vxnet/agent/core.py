@@ -110,7 +110,11 @@ class AgentConfig:
     @property
     def context(self) -> HostContext:
         return HostContext(self.host, self.underlay_ip, self.netns, self.gateway, self.external_interface,
-                           self.dhcp_lease_time)
+                           self.dhcp_lease_time, self.ha_dir)
+
+    @property
+    def ha_dir(self) -> str | None:
+        return (self.bfd_dir or f"/run/vxnet/bfd-{self.host}") if self.bfd else None
 
 
 class Agent:
@@ -157,7 +161,7 @@ class Agent:
         self.doctor_list_table: Any = None
         self.ha: HaFailover | None = None
         if cfg.bfd:
-            self.ha = HaFailover(cfg.host, cfg.underlay_ip, cfg.gateway, cfg.bfd_dir or f"/run/vxnet/bfd-{cfg.host}",
+            self.ha = HaFailover(cfg.host, cfg.underlay_ip, cfg.gateway, cfg.ha_dir or "",
                                  self._wake.set, cfg.netns)
 
     # ------------------------------------------------------------------ public surface

@@ -27,13 +27,18 @@ arguments and returns a `GatewayDesired`:
   but its gateway leg has no Plug/FDB/LocalPort in `.l2` and its snat ports are not bound here,
   so no tap of it is on a bridge: it answers no ARP and forwards nothing. The view given is
   `compute.ha.failover_view`'s, so a standby whose active is down is computed as active.
-- Only IPv4. A router whose gateway port has no IPv4 address or no known external subnet is
+- Connection-state sync: a router with a peer copy (its active, or its first standby, on
+  another host) gets `sync_ip`/`sync_peer`, addresses in 2001:db8:ffff::/48 derived from
+  (router, host): the driver gives the namespace a leg on the underlay (`hs-<router 11>`) and
+  the feature runs conntrackd (FTFW) between the two copies (dataplane/ctsync.py).
+- Only IPv4 (NAT). A router whose gateway port has no IPv4 address or no known external subnet is
   skipped (nothing to build yet).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
@@ -47,6 +52,16 @@ SNAT_OWNER = "network:router_centralized_snat"
 INTF_OWNERS = ("network:router_interface", "network:router_interface_distributed")
 NETNS_PREFIX = naming.SNAT_NS_PREFIX
 NAT_TABLE = naming.NAT_TABLE[1]
+SYNC_IFACE_PREFIX = "hs-"
+SYNC_PREFIX = "2001:db8:ffff:"      # + 80 bits of sha256(router, host): conntrack sync addresses
+SYNC_PLEN = 48
+
+
+def sync_ip(router_id: str, host: str) -> str:
+    """The conntrack-sync address of a router's copy on a host (unique per pair, stable)."""
+    h = hashlib.sha256(f"{router_id}/{host}".encode()).digest()
+    groups = [int.from_bytes(h[i:i + 2], "big") for i in range(0, 10, 2)]
+    return str(ipaddress.ip_address(SYNC_PREFIX + ":".join(f"{g:x}" for g in groups)))
 
 
 def router_netns(router_id: str, host: str) -> str:
@@ -92,6 +107,12 @@ class GatewayRouter:
     fips: tuple[FloatingNat, ...]
     routes: tuple[tuple[str, str], ...]     # (destination, nexthop)
     active: bool = True                     # False: a prepared standby (host-side taps down, unplugged)
+    sync_ip: str = ""                       # conntrack sync leg: this copy's address ("" = no peer)
+    sync_peer: str = ""                     # ... and the peer copy's (the active's or first standby's)
+
+    @property
+    def sync_dev(self) -> str:
+        return SYNC_IFACE_PREFIX + self.router_id[:naming.ID_CHARS]
 
     @property
     def legs(self) -> tuple[Leg, ...]:
@@ -178,9 +199,10 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
             routes.append((str(dest), str(hop)))
     fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in v.floatingips.values()
             if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address}
+    peer = next((h for h in (gw_port.host, *gw_port.standby) if h and h != host), "")
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
-                         gw_port.host == host)
+                         gw_port.host == host, sync_ip(rid, host) if peer else "", sync_ip(rid, peer) if peer else "")
 
 
 def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,

@@ -24,6 +24,9 @@ Contract:
   kept down and off any bridge (so the namespace answers nothing) and it sends no gratuitous
   ARP; a router that becomes active (promoted) announces its addresses at once (its taps are
   brought up here; the L2 pass plugs them).
+- A router with a sync address gets its conntrack-sync leg: a macvlan (bridge mode) of the
+  host's underlay interface moved into the namespace, IPv6 on it alone (`sync_ip`/48, no
+  link-local, no DAD); conntrackd (dataplane/ctsync.py) talks to the peer copy over it.
 - `delete_stale(keep)` deletes this host's SNAT namespaces not in `keep` (a veth dies with its
   namespace, so the host-side taps go too).
 - Every method raises `GatewayError` on a kernel failure; the feature reports the router as
@@ -46,6 +49,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import naming
 from vxnet.compute.gateway import (
+    SYNC_PLEN,
     ExternalBridge,
     GatewayRouter,
     Leg,
@@ -62,6 +66,7 @@ NETNS_DIR = "/run/netns"
 ROUTE_PROTO = naming.GATEWAY_ROUTE_PROTO   # routes we add; the kernel's connected routes are proto kernel
 RTPROT_KERNEL = 2
 IFF_UP = 0x1
+IFA_F_NODAD = 0x02
 SYSCTLS = (("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/all/disable_ipv6", "1"),
            ("net/ipv6/conf/default/disable_ipv6", "1"),
            # HA: a flow that moves between gateways (takeover, failback) arrives with sequence
@@ -86,6 +91,13 @@ def _write_sysctls() -> None:
                 raise
 
 
+def _sync_sysctls(dev: str) -> None:
+    """IPv6 on the sync leg only, without a link-local address (only the derived one)."""
+    for key, value in ((f"net/ipv6/conf/{dev}/addr_gen_mode", "1"), (f"net/ipv6/conf/{dev}/disable_ipv6", "0")):
+        with open("/proc/sys/" + key, "w") as f:
+            f.write(value)
+
+
 def _nft_in_thread(text: str) -> str | None:
     ex = NftExecutor()
     try:
@@ -107,8 +119,9 @@ class GatewayDriver:
     """Netlink (pyroute2) for links, addresses, routes and namespaces, libnftables for the NAT
     table, raw AF_PACKET for gratuitous ARP; only conntrack deletion runs a program."""
 
-    def __init__(self, host_netns: str | None = None) -> None:
+    def __init__(self, host_netns: str | None = None, underlay_ip: str | None = None) -> None:
         self.host_netns = host_netns
+        self.underlay_ip = underlay_ip
         self._host_ipr: IPRoute | None = None
         self.conntrack = shutil.which("conntrack")
 
@@ -261,6 +274,40 @@ class GatewayDriver:
                 subprocess.run(["ip", "netns", "exec", ns, self.conntrack, "-D", *args], capture_output=True,
                                check=False)
 
+    def _underlay_dev(self) -> int:
+        """Index of the host interface holding the underlay address."""
+        for a in self.host_ipr.get_addr(family=2):
+            if a.get("IFA_ADDRESS") == self.underlay_ip:
+                return int(a["index"])
+        raise GatewayError(f"no interface holds the underlay address {self.underlay_ip}")
+
+    def _ensure_sync_leg(self, ns: str, ipr: IPRoute, r: GatewayRouter, ns_links: dict[str, dict]) -> None:
+        """A macvlan of the underlay interface in the namespace, with only `r.sync_ip` (IPv6,
+        no link-local, no DAD): conntrackd's channel to the router's copy on the peer host."""
+        dev = r.sync_dev
+        if dev not in ns_links:
+            host = self.host_ipr
+            parent = self._underlay_dev()
+            self._do(f"macvlan {dev}", lambda: host.link("add", ifname=dev, kind="macvlan", link=parent,
+                                                         macvlan_mode="bridge"), (errno.EEXIST,))
+            idx = host.link_lookup(ifname=dev)
+            if idx:
+                self._do(f"{dev} to {ns}", lambda: host.link("set", index=idx[0], net_ns_fd=ns))
+            in_netns(ns, lambda: _sync_sysctls(dev))
+            found = ipr.link_lookup(ifname=dev)
+            if not found:
+                raise GatewayError(f"{ns}: {dev} missing after creation")
+            ns_links[dev] = {"index": found[0], "up": False}
+        index = ns_links[dev]["index"]
+        have = {a.get("IFA_ADDRESS") for a in ipr.get_addr(family=10, index=index)}
+        if have != {r.sync_ip}:
+            for a in have - {r.sync_ip}:
+                self._do(f"del {a}", lambda a=a: ipr.addr("del", index=index, address=a, prefixlen=SYNC_PLEN), _GONE)
+            self._do(f"{dev} {r.sync_ip}", lambda: ipr.addr("replace", index=index, address=r.sync_ip,
+                                                            prefixlen=SYNC_PLEN, flags=IFA_F_NODAD), (errno.EEXIST,))
+        if not ns_links[dev].get("up"):
+            self._do(f"{dev} up", lambda: ipr.link("set", index=index, state="up"))
+
     # -- one router -----------------------------------------------------------------------
     def apply_router(self, r: GatewayRouter, previous: GatewayRouter | None) -> bool:
         """Converge `r`'s namespace (see the module contract); True if it was (re)created."""
@@ -278,7 +325,7 @@ class GatewayDriver:
         ns_links = _links(ipr)
         if not ns_links.get("lo", {}).get("up", True):
             self._do(f"{ns} lo up", lambda: ipr.link("set", index=ns_links["lo"]["index"], state="up"))
-        wanted_inner = {leg.inner for leg in r.legs} | {"lo"}
+        wanted_inner = {leg.inner for leg in r.legs} | {"lo"} | ({r.sync_dev} if r.sync_ip else set())
         for name in sorted(set(ns_links) - wanted_inner):
             # a removed snat leg (its tap goes too)
             self._do(f"del {name}", lambda name=name: ipr.link("del", index=ns_links[name]["index"]), _GONE)
@@ -289,6 +336,8 @@ class GatewayDriver:
             extra = {f"{f.floating_ip}/32" for f in r.fips} if leg is r.gw else set()
             self._ensure_addrs(ipr, leg.inner, ns_links[leg.inner]["index"], {leg.cidr} | extra)
         self._ensure_routes(ipr, r, {n: ln["index"] for n, ln in ns_links.items()})
+        if r.sync_ip:
+            self._ensure_sync_leg(ns, ipr, r, ns_links)
         if created or previous is None or nat_ruleset(previous) != nat_ruleset(r) or gw_new:
             err = in_netns(ns, lambda: _nft_in_thread(nat_ruleset(r)))
             if err is not None:
