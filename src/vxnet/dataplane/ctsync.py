@@ -13,7 +13,7 @@ Contract:
   namespace's kernel table (a standby holds the active's flows before it takes over; nothing
   to commit at takeover), UDP between `r.sync_ip` and `r.sync_peer` on `r.sync_dev`. A running
   daemon with the same config is left alone (found by the namespace's PIDs and its command
-  line); a changed config restarts it. A router without a peer (`sync_ip` "") runs none.
+  line); a changed config (or a duplicate) restarts it. A router without a peer (`sync_ip` "") runs none.
 - `stop_in(namespaces)`: stops our daemons in those namespaces (SIGTERM by PID) before they
   are deleted (a process would keep a deleted namespace alive).
 """
@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 from vxnet.compute.gateway import GatewayRouter
 
@@ -103,7 +104,7 @@ class ConntrackSync:
         except FileNotFoundError:
             same = False
         running = self._pids(r.netns, conf)
-        if same and running:
+        if same and len(running) == 1:
             return
         self._stop(r.netns, conf)
         os.makedirs(d, exist_ok=True)
@@ -119,13 +120,20 @@ class ConntrackSync:
             raise OSError(f"conntrackd: {(res.stderr or res.stdout).strip()}")
 
     def _stop(self, ns: str, conf: str) -> None:
+        """SIGTERM our daemons of this namespace and config, then wait (up to 1 s) until they are
+        gone (a new one must not start beside them)."""
         if not os.path.exists(f"/run/netns/{ns}"):
             return
-        for pid in self._pids(ns, conf):
+        pids = self._pids(ns, conf)
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + 1.0
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if b"conntrackd" in _cmdline(p)]
+            time.sleep(0.02)
 
     def stop_in(self, namespaces: set[str]) -> None:
         """Stop our conntrackd in each of these namespaces (about to be deleted)."""

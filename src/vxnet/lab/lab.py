@@ -341,6 +341,11 @@ def _remove_router_namespaces() -> None:
     for line in r.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if re.fullmatch(r"vx[rs]-[0-9a-f-]{11}-h\d+", name):   # vxs-: gateway (SNAT) namespaces
+            # their daemons (conntrackd, agent --bfd) first: a process keeps a deleted namespace alive
+            pids = topology.sh(["ip", "netns", "pids", name], check=False).stdout.split()
+            for pid in pids:
+                if pid.isdigit() and _alive(int(pid), "conntrackd"):
+                    _kill(int(pid), "conntrackd", signal.SIGKILL)
             topology.sh(["ip", "netns", "del", name], check=False)
 
 
