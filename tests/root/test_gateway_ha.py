@@ -17,7 +17,9 @@ Then:
    both gateways, each router with a standby); the streams still have no gap over 1 s.
    Before the failure, the standby's namespace already holds both flows' conntrack entries
    (conntrackd, FTFW, one per gateway namespace).
-3. A partition (the active's underlay cable alone is cut; its agent and daemons run, the store
+3. A planned move: router B's active dies and comes back; the rebalance moves router A (with
+   the open connections) to it: no gap over 1 s, the connections survive.
+4. A partition (the active's underlay cable alone is cut; its agent and daemons run, the store
    still calls it alive): the standby takes over, the cut-off host fences itself (it lost
    every BFD session), and the outside never gets a duplicate answer; the streams go on.
 """
@@ -174,11 +176,13 @@ class Streams:
 @pytest.fixture(scope="module")
 def topo(halab: Lab) -> Iterator[dict[str, Any]]:
     g = halab
-    net, _, ra = tenant_router(g, "alice", "192.0.2.0/24", "ha-a")
-    _, _, rb = tenant_router(g, "alice", "100.64.20.0/24", "ha-b")
+    na, _, r1 = tenant_router(g, "alice", "192.0.2.0/24", "ha-a")
+    nb, _, r2 = tenant_router(g, "alice", "100.64.20.0/24", "ha-b")
+    # router A (the VMs' one) is the one with the lower id: the one a rebalance moves first
+    (net, base, ra), (_, _, rb) = sorted([(na, "192.0.2", r1), (nb, "100.64.20", r2)], key=lambda x: x[2]["id"])
     allow_outside(g, "alice")
-    p1 = g.port("alice", net["id"], "192.0.2.11")
-    p2 = g.port("alice", net["id"], "192.0.2.12")
+    p1 = g.port("alice", net["id"], f"{base}.11")
+    p2 = g.port("alice", net["id"], f"{base}.12")
     vm_behind(g, "v1", "h1", p1, ra["id"], via_snat=False)
     vm_behind(g, "v2", "h2", p2, ra["id"], via_snat=False)
     with g.api("alice") as c:
@@ -292,3 +296,32 @@ def test_partitioned_gateway_stops_serving(halab: Lab, topo: dict[str, Any]) -> 
         print(streams.stop())
     dups = [ln for ln in streams.ping.output if "DUP" in ln]
     assert dups == [], dups[:5]
+
+
+def test_rebalance_moves_a_router_with_live_connections(halab: Lab, topo: dict[str, Any]) -> None:
+    """A planned move: router B's active dies, so both routers are on one host; when it comes
+    back, the rebalance moves router A (the lower id, no standby to prefer) to it while both
+    connections are open: they survive, no gap over 1 s."""
+    g = halab
+    act, other = _ready(g, topo)
+    assert placement(g, topo["rb"])[0] == other
+    streams = Streams(topo["fip"], "v2")
+    try:
+        hostfail.fail(g.state, other)
+        wait_for(lambda: placement(g, topo["rb"])[0] == act and placement(g, topo["ra"]) == (act, ()),
+                 timeout=LEASE + 30, interval=0.2)
+        t_rec = time.time()
+        hostfail.recover(g.state, other)
+        wait_for(lambda: placement(g, topo["ra"]) == (other, (act,)), timeout=60, interval=0.2)
+        _ready(g, topo)
+        streams.flowing_after(time.time(), n=20)
+        gaps = streams.gaps(t_rec)
+        print(f"rebalance moved router A {act} -> {other}: gaps {gaps}")
+        assert streams.alive(), streams.fip_tcp.output[-3:] + streams.snat_tcp.output[-3:]
+        assert all(v <= BOUND for v in gaps.values()), gaps
+        assert placement(g, topo["rb"]) == (act, (other,))
+    except AssertionError:
+        dump(("h1", "h3", "h4"))
+        raise
+    finally:
+        print(streams.stop())
