@@ -151,7 +151,7 @@ def test_scheduling_register_and_lease_expiry(srv: ServerHandle) -> None:
     # a gateway joining: actives are spread (3-0 -> 2-1, the first router by id moves), every
     # router gets the other host as its standby
     placed = hosts()
-    moved = sorted(routers)[0]
+    moved = min(routers)
     assert placed[moved] == {"gw1"} and all(placed[rid] == {"gw2"} for rid in routers if rid != moved)
     assert standbys(admin, moved) == {("gw2",)}
     assert all(standbys(admin, rid) == {("gw1",)} for rid in routers if rid != moved)
