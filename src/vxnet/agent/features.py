@@ -50,6 +50,7 @@ class HostContext:
     external_interface: str | None = None    # gateway hosts: the physical port of external networks
     dhcp_lease_time: int = 86400             # seconds (the VM renews at half of it)
     metadata: MetadataSettings | None = None  # [metadata]: None -> the proxy answers 503
+    ha_dir: str | None = None                # with --bfd: bfdd's and conntrackd's run directory
 
     @property
     def spec(self) -> HostSpec:

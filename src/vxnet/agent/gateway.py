@@ -10,12 +10,16 @@ Contract (agent/features.py):
   from the kernel. Namespaces of this host's routers that are no longer desired are deleted
   (all leftovers at the first pass and after `invalidate()`), but nothing is deleted before the
   first apply (the agent calls features only with a complete view).
+- With HA (`ctx.ha_dir`, agent `--bfd`) and conntrackd installed, every router with a peer
+  copy runs conntrackd in its namespace (dataplane/ctsync.py), started after the namespace
+  converged and stopped when it goes.
 - A router whose namespace failed to converge is reported in `failed` and its gateway and snat
   ports in `down` (DOWN until a later pass succeeds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +27,8 @@ from collections.abc import Callable
 from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.agent.manager import Manager
 from vxnet.compute.gateway import GatewayDesired, GatewayRouter
+from vxnet.dataplane.ctsync import ConntrackSync
+from vxnet.dataplane.ctsync import available as ctsync_available
 from vxnet.dataplane.gateway_driver import GatewayDriver, GatewayError
 
 log = logging.getLogger("vxnet.agent.gateway")
@@ -34,7 +40,8 @@ class GatewayFeature:
     def __init__(self, ctx: HostContext, driver: GatewayDriver | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
-        self.driver = driver or GatewayDriver(ctx.netns)
+        self.driver = driver or GatewayDriver(ctx.netns, ctx.underlay_ip)
+        self.ctsync = ConntrackSync(ctx.ha_dir) if ctx.ha_dir and ctsync_available() else None
         self.clock = clock
         self.routers: Manager[str, GatewayRouter] = Manager()
         self._externals_ok: tuple[object, ...] | None = None
@@ -61,10 +68,15 @@ class GatewayFeature:
                 log.warning("host=%s external bridge: %s", self.ctx.host, e)
                 failed.append("external")
         m, now = self.routers, self.clock()
-        m.want({r.router_id: r for r in desired.routers})
+        routers = desired.routers if self.ctsync is not None else tuple(
+            dataclasses.replace(r, sync_ip="", sync_peer="") for r in desired.routers)   # no sync leg
+        m.want({r.router_id: r for r in routers})
         if not m.known or m.dirty(now)[1]:
             # Namespaces are found by name in the kernel: this also removes leftovers.
-            gone = self.driver.delete_stale(self.ctx.host, {r.netns for r in desired.routers})
+            keep = {r.netns for r in routers}
+            if self.ctsync is not None:
+                self.ctsync.stop_in(self.driver.namespaces(self.ctx.host) - keep)
+            gone = self.driver.delete_stale(self.ctx.host, keep)
             changes["namespaces_deleted"] = len(gone)
             m.observe(m.desired)              # what is not desired is gone now
             m.mark_known()
@@ -72,6 +84,11 @@ class GatewayFeature:
         def upsert(_: str, r: GatewayRouter, previous: GatewayRouter | None) -> None:
             changes["namespaces_created"] += self.driver.apply_router(r, previous)
             changes["routers"] += 1
+            if self.ctsync is not None:
+                try:
+                    self.ctsync.ensure(r)
+                except OSError as e:   # the router serves anyway; its flows are not synced
+                    log.warning("host=%s conntrackd for %s: %s", self.ctx.host, r.router_id, e)
 
         for rid, e in m.run(now, upsert, lambda *_: None, (GatewayError,)):
             log.warning("host=%s gateway router %s: %s", self.ctx.host, rid, e)

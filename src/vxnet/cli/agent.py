@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
         external_interface: str = typer.Option(None, help="gateway hosts: the interface of the external "
                                                           "(flat) networks"),
         dhcp_lease_time: int = typer.Option(86400, help="DHCP lease time in seconds (VMs renew at half)"),
+        bfd: bool = typer.Option(False, help="BFD (FRR bfdd, 100 ms x 3) to gateway hosts: gateway failover "
+                                 "in under a second, without waiting for the store's lease"),
+        bfd_dir: str = typer.Option(None, help="bfdd's sockets and pid file (default /run/vxnet/bfd-HOST)"),
         metrics_listen: str = typer.Option(None, help="HOST:PORT for Prometheus /metrics"),
         resync: float = typer.Option(30.0, help="seconds between drift-repair resyncs"),
         log_level: str = typer.Option(None, help="log level (default: the config file's, else info)"),
@@ -83,7 +86,8 @@ def register(app: typer.Typer) -> None:
                                      user, password, project, gateway, external_interface)
         a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
                               external_interface=external_interface, dhcp_lease_time=dhcp_lease_time,
-                              metadata=metadata), control)
+                              metadata=metadata, bfd=bfd, bfd_dir=bfd_dir),
+                  control)
         local = None
         if control_socket:
             from vxnet.agent.control import ControlSocket

@@ -15,6 +15,8 @@ def register(app: typer.Typer) -> None:
     agent = typer.Typer(help="Stop/start a host's agent (failure tests).", no_args_is_help=True)
     lab.add_typer(vm, name="vm")
     lab.add_typer(agent, name="agent")
+    hostg = typer.Typer(help="Kill and bring back a whole host (failure tests).", no_args_is_help=True)
+    lab.add_typer(hostg, name="host")
     app.add_typer(lab, name="lab")
 
     def _run(fn, *a, **kw):  # type: ignore[no-untyped-def]
@@ -124,3 +126,26 @@ def register(app: typer.Typer) -> None:
         from vxnet.lab import lab as L
 
         typer.echo(_run(L.start_agent, _run(L.load_state), host))
+
+    @hostg.command("fail")
+    def host_fail(host: str, partition: bool = typer.Option(
+            False, "--partition", help="only cut its underlay link (its agent and daemons go on)")) -> None:
+        """HOST dies: cables down, every process in its namespaces SIGKILLed (no clean shutdown)."""
+        from vxnet.lab import hostfail
+
+        killed = _run(hostfail.fail, _run(_lab_state), host, partition)
+        typer.echo(f"{host}: {'partitioned' if partition else f'down, killed {len(killed)} processes'}")
+
+    @hostg.command("recover")
+    def host_recover(host: str, partition: bool = typer.Option(
+            False, "--partition", help="end a partition (cable up only)")) -> None:
+        """HOST comes back like after a reboot: its agent starts again and registers."""
+        from vxnet.lab import hostfail
+
+        pid = _run(hostfail.recover, _run(_lab_state), host, partition)
+        typer.echo(f"{host}: up" + (f", agent {pid}" if pid else ""))
+
+    def _lab_state():  # type: ignore[no-untyped-def]
+        from vxnet.lab import lab as L
+
+        return L.load_state()

@@ -7,8 +7,9 @@ arguments and returns a `GatewayDesired`:
   network's bridge, explicit MAC); the host's external interface is enslaved to ONE of them
   (physical network "external" first, then the lowest id; one interface = one physical network).
   Flat networks are ignored by the L2 compute, so the bridge is part of this feature's `.l2`.
-- `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host gets
-  namespace `router_netns(router id, host)` with
+- `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host
+  (`active`) or names it as a standby (`Port.standby`; `active` False) gets namespace
+  `router_netns(router id, host)` with
   * the gateway leg: host side `tap<gw port 11>` plugged into the external bridge (Plug + FDB
     in `.l2`, and a LocalPort so its status is reported), inside `qg-<router 11>` with the
     port's MAC, its address, every floating IP as /32 (so the namespace answers ARP for them)
@@ -20,7 +21,16 @@ arguments and returns a `GatewayDesired`:
   * the router's extra routes whose nexthop is on a connected subnet;
   * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed and SNAT fixed -> fip, then (if
     enable_snat) SNAT of the router's interface subnets to the gateway address; MSS clamping
-    of forwarded SYNs to the route MTU.
+    of forwarded SYNs to the route MTU; TCP/UDP addressed to the namespace itself from its
+    legs is dropped (nothing listens there: no RST for a flow whose entry is not there yet).
+- A standby router is built the same way (addresses, routes, NAT: a takeover is a local flip)
+  but its gateway leg has no Plug/FDB/LocalPort in `.l2` and its snat ports are not bound here,
+  so no tap of it is on a bridge: it answers no ARP and forwards nothing. The view given is
+  `compute.ha.failover_view`'s, so a standby whose active is down is computed as active.
+- Connection-state sync: a router with a peer copy (its active, or its first standby, on
+  another host) gets `sync_ip`/`sync_peer`, addresses in 2001:db8:fffe::/48 derived from
+  (router, host): the driver gives the namespace a leg on the underlay (`hs-<router 11>`) and
+  the feature runs conntrackd (FTFW) between the two copies (dataplane/ctsync.py).
 - IPv6 (routed, never NAT; floating IPs stay IPv4, as Neutron): the gateway leg also gets the
   gateway port's IPv6 fixed IPs (`Leg.more`) and `gateway_ip6` = the gateway of the external
   IPv6 subnet (default route ::/0); a snat port's IPv6 fixed IPs go on its leg (a port with only
@@ -37,6 +47,7 @@ arguments and returns a `GatewayDesired`:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -51,6 +62,17 @@ INTF_OWNERS = ("network:router_interface", "network:router_interface_distributed
 NETNS_PREFIX = naming.SNAT_NS_PREFIX
 NAT_TABLE = naming.NAT_TABLE[1]
 FILTER6_TABLE = "vxnet_v6"
+
+SYNC_IFACE_PREFIX = "hs-"
+SYNC_PREFIX = "2001:db8:fffe:"      # + 80 bits of sha256(router, host): conntrack sync addresses
+SYNC_PLEN = 48
+
+
+def sync_ip(router_id: str, host: str) -> str:
+    """The conntrack-sync address of a router's copy on a host (unique per pair, stable)."""
+    h = hashlib.sha256(f"{router_id}/{host}".encode()).digest()
+    groups = [int.from_bytes(h[i:i + 2], "big") for i in range(0, 10, 2)]
+    return str(ipaddress.ip_address(SYNC_PREFIX + ":".join(f"{g:x}" for g in groups)))
 
 
 def router_netns(router_id: str, host: str) -> str:
@@ -103,6 +125,13 @@ class GatewayRouter:
     gateway_ip6: str | None = None          # the external IPv6 subnet's gateway (default ::/0)
     cidrs6: tuple[str, ...] = ()            # the router's IPv6 interface subnets
     neighs6: tuple[tuple[str, str, str], ...] = ()   # (leg inside, IPv6 address, MAC)
+    active: bool = True                     # False: a prepared standby (host-side taps down, unplugged)
+    sync_ip: str = ""                       # conntrack sync leg: this copy's address ("" = no peer)
+    sync_peer: str = ""                     # ... and the peer copy's (the active's or first standby's)
+
+    @property
+    def sync_dev(self) -> str:
+        return SYNC_IFACE_PREFIX + self.router_id[:naming.ID_CHARS]
 
     @property
     def legs(self) -> tuple[Leg, ...]:
@@ -164,6 +193,11 @@ def _leg(port: Port, inner: str, ip: str, sub: Subnet, mtu: int,
     return Leg(port.id, naming.tap_name(port.id), inner, port.mac, f"{ip}/{prefix}", mtu, more)
 
 
+def _here(p: Port, host: str) -> bool:
+    """The port is served (active) or prepared (standby) on `host`."""
+    return p.host == host or host in p.standby
+
+
 def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | None:
     rid = rtr.id
     found = _ipv4(gw_port, v.subnets)
@@ -187,7 +221,7 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
                     cidrs.add(sub.cidr)
                 elif sub is not None:
                     cidrs6.add(str(ipaddress.ip_network(sub.cidr)))
-        elif p.device_owner == SNAT_OWNER and p.host == host and p.admin_up:
+        elif p.device_owner == SNAT_OWNER and _here(p, host) and p.admin_up:
             got = _ipv4(p, v.subnets)
             v6 = _ipv6(p, v.subnets)
             got = got if got is not None else (v6[0] if v6 else None)
@@ -207,9 +241,11 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in v.floatingips.values()
             if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address}
     gateway6 = next((s.gateway_ip for _, s in gw6 if s.gateway_ip), None)
+    peer = next((h for h in (gw_port.host, *gw_port.standby) if h and h != host), "")
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
-                         gateway6, tuple(sorted(cidrs6)), _neighs6(legs, v))
+                         gateway6, tuple(sorted(cidrs6)), _neighs6(legs, v),
+                         gw_port.host == host, sync_ip(rid, host) if peer else "", sync_ip(rid, peer) if peer else "")
 
 
 def _neighs6(legs: list[Leg], v: View) -> tuple[tuple[str, str, str], ...]:
@@ -244,12 +280,14 @@ def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
     for pid in sorted(v.ports):
         p = v.ports[pid]
         rtr = v.routers.get(p.device_id)
-        if p.device_owner != GW_OWNER or p.host != host or rtr is None or p.network_id not in flat:
+        if p.device_owner != GW_OWNER or not _here(p, host) or rtr is None or p.network_id not in flat:
             continue
         r = _router(rtr, p, v, host)
         if r is None:
             continue
         out.append(r)
+        if not r.active:
+            continue                     # standby: its taps stay off the bridges
         br = naming.bridge_name(p.network_id)
         plugs.add(Plug(r.gw.tap, br, r.gw.mtu))
         fdb.add(Fdb(r.gw.tap, r.gw.mac))
@@ -262,6 +300,7 @@ def nat_ruleset(r: GatewayRouter) -> str:
     """The router namespace's whole `table ip vxnet_nat`, for one `nft -f` transaction (the
     table is declared, deleted and rebuilt in the same transaction: atomic, nothing stale)."""
     qg = r.gw.inner
+    legs = ", ".join(f'"{leg.inner}"' for leg in r.legs)
     pre = [f'iifname "{qg}" ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
     post = [f'oifname "{qg}" ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
     if r.enable_snat and r.snat_cidrs:
@@ -277,6 +316,12 @@ def nat_ruleset(r: GatewayRouter) -> str:
             # Why: the external MTU is larger than the tenant one (1500 vs 1450, KERNEL-NOTES §5).
             + chain("mss", "type filter hook forward priority mangle; policy accept;",
                     ["tcp flags syn tcp option maxseg size set rt mtu"])
+            # Why: nothing listens in a gateway namespace. A packet of an established flow that
+            # reaches a gateway without its conntrack entry (a takeover before the state synced,
+            # a reply to the SNAT address) would be delivered locally and answered with a RST,
+            # killing the flow; dropped, it is retransmitted once the entry exists.
+            + chain("local", "type filter hook input priority filter; policy accept;",
+                    [f"iifname {{ {legs} }} meta l4proto {{ tcp, udp }} drop"])
             + "}\n")
 
 

@@ -230,6 +230,12 @@ def control_socket(host: str) -> str:
     return os.path.join(state_dir(), f"agent-{host}.sock")
 
 
+def bfd_dir(host: str) -> str:
+    """Where a lab host's bfdd keeps its sockets (`--bfd`): traversable by FRR's user, unlike a
+    test's private state directory; `tools/sandbox` gives every sandbox its own."""
+    return f"/run/vxnet-lab/bfd-{host}"
+
+
 def start_agent(st: dict[str, Any], host: str) -> int:
     """Start (or restart) the agent of `host` inside its namespace."""
     i = _host_index(st, host)
@@ -245,6 +251,8 @@ def start_agent(st: dict[str, Any], host: str) -> int:
         "--user", u["name"], "--password", u["password"], "--project", u["project"], *gw_args,
         "--control-socket", control_socket(host), *nova_metadata.agent_args(st, state_dir()),
         *st.get("agent_args", []))]
+    if "--bfd" in st.get("agent_args", []):
+        cmd += ["--bfd-dir", bfd_dir(host)]
     pid = _spawn(cmd, f"agent-{host}.log")
     st["agents"][host] = pid
     save_state(st)
@@ -445,6 +453,11 @@ def _remove_router_namespaces() -> None:
         name = line.split()[0] if line.split() else ""
         if re.fullmatch(r"vx[rs]-[0-9a-f-]{11}-h\d+", name) or re.fullmatch(r"vxm-h\d+", name):
             # vxs-: gateway (SNAT) namespaces; vxm-: metadata namespaces
+            # their daemons (conntrackd, agent --bfd) first: a process keeps a deleted namespace alive
+            pids = topology.sh(["ip", "netns", "pids", name], check=False).stdout.split()
+            for pid in pids:
+                if pid.isdigit() and _alive(int(pid), "conntrackd"):
+                    _kill(int(pid), "conntrackd", signal.SIGKILL)
             topology.sh(["ip", "netns", "del", name], check=False)
 
 
