@@ -87,9 +87,9 @@ class MetadataFeature:
                 self._steered = steer_elements(desired)
                 self.proxy.set_table({})
                 self.proxy.stop()
-                self.links.remove(netns_name(self.ctx.host))
+                if self.links.remove(netns_name(self.ctx.host)):
+                    changes["removed"] = 1
                 self._cleaned = True
-                changes["cleaned"] = 1
             return changes
         self._cleaned = False
         changes = self.links.converge(desired)
@@ -100,13 +100,17 @@ class MetadataFeature:
             self.proxy.start(listen_socket(desired.netns))
             changes["listener"] = 1
         wanted = steer_elements(desired)
-        script = steer_script(self._steered, wanted)
+        known, self._steered = self._steered, None       # unknown until the transaction has applied
+        script = steer_script(known, wanted)
         if script:
-            self._steered = None            # unknown until the transaction is known to have applied
             err = self._nft(script)
             if err:
                 raise RuntimeError(f"steering table: {err}")
-            changes["steering_table"] = 1
+            if known is not None:
+                # Counted only when it follows a change of the desired state: the whole-table
+                # replace after `invalidate()` (every resync) is not drift (the agent counts the
+                # changes of passes whose desired state did not change as drift repairs).
+                changes["steering_elements"] = 1
         self._steered = wanted
         return changes
 

@@ -166,7 +166,8 @@ def proxy_ips(port_ids: Iterable[str]) -> dict[str, str]:
 def compute_metadata(view: View | Mapping[str, Mapping[str, Any]], host: str) -> MetadataState:
     """Desired metadata state of `host` (see module contract)."""
     v = as_view(view)
-    chosen = sorted((p for p in v.ports.values() if served(p, host) and p.network_id in v.networks
+    local = [p for p in v.ports.values() if p.host == host]       # the cheap test first: views hold peers' ports
+    chosen = sorted((p for p in local if served(p, host) and p.network_id in v.networks
                      and v.networks[p.network_id].is_vxlan), key=lambda p: p.id)
     if not chosen:
         return MetadataState()

@@ -254,18 +254,22 @@ class MetadataLinks:
                 _ok(lambda ln=ln: self.host.link("del", index=ln["index"]), GONE)
                 count("link_deleted")
 
-    def remove(self, netns: str) -> None:
-        """No port served: the namespace and every host-side service port go."""
+    def remove(self, netns: str) -> bool:
+        """No port served: the namespace and every host-side service port go (True when there
+        was something to remove)."""
         self._known = None
-        self._delete_orphan_ports(set(), lambda _: None)
+        removed: list[str] = []
+        self._delete_orphan_ports(set(), removed.append)
         ipr = self._ns.pop(netns, None)
         if ipr is not None:
             ipr.close()
         if os.path.ismount(os.path.join(self.run_dir, netns)):
             try:
                 pr_netns.remove(netns)
+                removed.append("namespace")
             except FileNotFoundError:
                 pass
+        return bool(removed)
 
 
 class NsWorker:
