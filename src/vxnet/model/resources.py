@@ -34,6 +34,13 @@ def _is_v4(addr: str) -> bool:
         return False
 
 
+def _is_v6(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).version == 6
+    except ValueError:
+        return False
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Host:
     """A host known to the view (its VTEP)."""
@@ -79,6 +86,8 @@ class Subnet:
     enable_dhcp: bool = True
     dns_nameservers: tuple[str, ...] = ()
     host_routes: tuple[HostRoute, ...] = ()
+    ipv6_ra_mode: str | None = None          # slaac | dhcpv6-stateless | dhcpv6-stateful (IPv6 only)
+    ipv6_address_mode: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,10 +121,12 @@ class Port:
     qos_policy_id: str = ""
     subports: tuple[tuple[str, int], ...] = ()   # a trunk parent's (subport id, VLAN id), from trunk_details
     ipv4: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv4 fixed IPs
+    ipv6: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv6 fixed IPs
 
     def __post_init__(self) -> None:
         # Derived once (every compute function reads it; parsing addresses is not cheap).
         object.__setattr__(self, "ipv4", tuple(f for f in self.fixed_ips if _is_v4(f.ip_address)))
+        object.__setattr__(self, "ipv6", tuple(f for f in self.fixed_ips if _is_v6(f.ip_address)))
 
     @property
     def is_infra(self) -> bool:
@@ -233,7 +244,8 @@ def _network(o: Mapping[str, Any]) -> Network:
 def _subnet(o: Mapping[str, Any]) -> Subnet:
     return Subnet(o["id"], o.get("network_id") or "", o.get("cidr") or "", int(o.get("ip_version") or 4),
                   o.get("gateway_ip") or None, o.get("enable_dhcp", True) is not False,
-                  tuple(str(d) for d in o.get("dns_nameservers") or ()), _routes(o.get("host_routes")))
+                  tuple(str(d) for d in o.get("dns_nameservers") or ()), _routes(o.get("host_routes")),
+                  o.get("ipv6_ra_mode") or None, o.get("ipv6_address_mode") or None)
 
 
 def _router(o: Mapping[str, Any]) -> Router:
