@@ -83,7 +83,8 @@ def test_which_ports_are_filtered() -> None:
     fw = compute_firewall(view(ports), "h1")
     assert [p.port_id for p in fw.ports] == [P1, P3]          # P2 is remote; P4 and the router port are open
     assert fw.open_ports == {P4, "p5000000-0000-4000-8000-000000000005"}
-    assert fw.ignored_rules == ("r-egress6",)
+    assert fw.ignored_rules == ()                              # IPv6 rules are in the data plane now
+    assert any(r.rule_id == "r-egress6" and r.ethertype == "IPv6" for g in fw.groups for r in g.rules)
     assert fw.port(P1).stateful and not fw.port(P3).stateful
 
 
@@ -99,9 +100,14 @@ def test_anti_spoofing_allows_own_and_pair_addresses_only() -> None:
     rules = chain(fw, "bridge", f"ps_{p.ident}")
     text = "\n".join(rules)
     assert "ether saddr != { 02:00:00:00:02:0b, 02:00:00:00:07:10 } counter drop" in text
-    assert "02:00:00:00:02:0b . 0.0.0.0" in rules[3] and "02:00:00:00:07:10 . 198.51.100.0/28" in rules[3]
+    arp = next(r for r in rules if "spoof-arp" in r)
+    assert "02:00:00:00:02:0b . 0.0.0.0" in arp and "02:00:00:00:07:10 . 198.51.100.0/28" in arp
     kinds = [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in rules]
-    assert kinds == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp", "dhcp-client", "spoof-ip", "other"]
+    assert kinds == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "mark6", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
+                     "v6-unspecified", "spoof-ip", "spoof-ip6", "other"]
+    # IPv6: the pair's address and both MACs' EUI-64 link-locals
+    assert p.pairs6 == (("02:00:00:00:02:0b", "fe80::ff:fe00:20b"), ("02:00:00:00:07:10", "2001:db8::1"),
+                        ("02:00:00:00:07:10", "fe80::ff:fe00:710"))
     assert rules[0].startswith("udp sport 67 counter drop")      # never a DHCP server, checked before IP
     assert all("counter " in r for r in rules)
     assert rules[1].startswith("ether saddr . ip saddr { 02:00:00:00:02:0b . 192.0.2.11, "
@@ -112,7 +118,9 @@ def test_port_without_addresses_sends_no_ip() -> None:
     fw = compute_firewall(view([port(P1, "192.0.2.11", fixed_ips=[])]), "h1")
     rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
     assert any(r.startswith("ether type ip counter drop") for r in rules)
-    assert not any("meta mark set" in r for r in rules)
+    assert not any("ip saddr" in r and "meta mark set" in r for r in rules)
+    # only its link-local for IPv6 (as Neutron allows it)
+    assert fw.port(P1).pairs6 == (("02:00:00:00:02:0b", "fe80::ff:fe00:20b"),)
 
 
 def test_rule_kinds_render_to_nft_matches() -> None:
@@ -136,7 +144,11 @@ def test_port_chains_stateful_and_stateless() -> None:
     in1 = chain(fw, "inet", f"in_{p1.ident}")
     assert in1[0].startswith("ct state established,related counter accept")
     assert in1[1].startswith("ct state invalid counter drop")
-    assert in1[3].startswith(f"counter jump gi_{G1.replace('-', '')}")
+    assert in1[2].startswith("udp sport 67 udp dport 68 counter accept")
+    assert in1[3].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
+                             "mld-listener-query } counter accept")
+    assert in1[4].startswith("meta nfproto ipv6 udp sport 547 udp dport 546 counter accept")
+    assert in1[5].startswith(f"counter jump gi_{G1.replace('-', '')}")
     assert in1[-1].startswith("counter drop")
     in3 = chain(fw, "inet", f"in_{p3.ident}")
     assert not any("ct state" in r for r in in3)
@@ -403,10 +415,11 @@ def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() ->
     fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11"), port(P3, "192.0.2.13", net=NET2)]), "h1")
     rmac = dhcp.responder_mac(NET)
     assert fw.port(P1).dhcp_mac == rmac
-    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
-                                "dhcp-renew", "spoof-ip", "other"]
+    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "mark6", "spoof-mac", "spoof-arp", "arp",
+                                "dhcp-client", "dhcp-renew", "v6-unspecified", "spoof-ip", "spoof-ip6", "other"]
     rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
-    assert rules[6].startswith(f"ether daddr {rmac} udp sport 68 udp dport 67 counter accept")
+    assert next(r for r in rules if "dhcp-renew" in r).startswith(
+        f"ether daddr {rmac} udp sport 68 udp dport 67 counter accept")
     # NET2 has no DHCP subnet: its tap is not steered, so no exemption (the frame would go anywhere).
     assert fw.port(P3).dhcp_mac == ""
     assert "dhcp-renew" not in kinds_of(fw, P3)
