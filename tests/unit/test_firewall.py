@@ -103,7 +103,7 @@ def test_anti_spoofing_allows_own_and_pair_addresses_only() -> None:
     arp = next(r for r in rules if "spoof-arp" in r)
     assert "02:00:00:00:02:0b . 0.0.0.0" in arp and "02:00:00:00:07:10 . 198.51.100.0/28" in arp
     kinds = [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in rules]
-    assert kinds == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "mark6", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
+    assert kinds == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-na-target", "spoof-dad-target", "spoof-nd-layout", "spoof-nd-lladdr", "spoof-rs-layout", "spoof-rs-lladdr", "mark6", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
                      "v6-unspecified", "spoof-ip", "spoof-ip6", "other"]
     # IPv6: the pair's address and both MACs' EUI-64 link-locals
     assert p.pairs6 == (("02:00:00:00:02:0b", "fe80::ff:fe00:20b"), ("02:00:00:00:07:10", "2001:db8::1"),
@@ -415,7 +415,7 @@ def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() ->
     fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11"), port(P3, "192.0.2.13", net=NET2)]), "h1")
     rmac = dhcp.responder_mac(NET)
     assert fw.port(P1).dhcp_mac == rmac
-    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "spoof-nd", "mark6", "spoof-mac", "spoof-arp", "arp",
+    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-na-target", "spoof-dad-target", "spoof-nd-layout", "spoof-nd-lladdr", "spoof-rs-layout", "spoof-rs-lladdr", "mark6", "spoof-mac", "spoof-arp", "arp",
                                 "dhcp-client", "dhcp-renew", "v6-unspecified", "spoof-ip", "spoof-ip6", "other"]
     rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
     assert next(r for r in rules if "dhcp-renew" in r).startswith(

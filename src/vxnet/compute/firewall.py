@@ -546,12 +546,14 @@ def _nd_rules(p: PortFilter) -> list[NftRule]:
     pairs = _set_text(f"{m} . {_raw6(a)}" for m, a in p.pairs6)
     macs = _set_text(_raw_mac(m) for m in p.macs)
     both = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }"
-    return [_rule(f"icmpv6 type nd-neighbor-advert ether saddr . @th,64,128 != {pairs}", "drop", "spoof-nd"),
-            _rule(f"ip6 saddr :: icmpv6 type nd-neighbor-solicit ether saddr . @th,64,128 != {pairs}", "drop", "spoof-nd"),
-            _rule(f"{both} ip6 length != {{ 24, 32 }}", "drop", "spoof-nd"),
-            _rule(f"{both} ip6 length 32 @th,192,8 {{ 1, 2 }} @th,208,48 != {macs}", "drop", "spoof-nd"),
-            _rule("icmpv6 type nd-router-solicit ip6 length != { 8, 16 }", "drop", "spoof-nd"),
-            _rule(f"icmpv6 type nd-router-solicit ip6 length 16 @th,64,8 1 @th,80,48 != {macs}", "drop", "spoof-nd")]
+    return [_rule(f"icmpv6 type nd-neighbor-advert ether saddr . @th,64,128 != {pairs}", "drop", "spoof-na-target"),
+            _rule(f"ip6 saddr :: icmpv6 type nd-neighbor-solicit ether saddr . @th,64,128 != {pairs}", "drop",
+                  "spoof-dad-target"),
+            _rule(f"{both} ip6 length != {{ 24, 32 }}", "drop", "spoof-nd-layout"),
+            _rule(f"{both} ip6 length 32 @th,192,8 {{ 1, 2 }} @th,208,48 != {macs}", "drop", "spoof-nd-lladdr"),
+            _rule("icmpv6 type nd-router-solicit ip6 length != { 8, 16 }", "drop", "spoof-rs-layout"),
+            _rule(f"icmpv6 type nd-router-solicit ip6 length 16 @th,64,8 1 @th,80,48 != {macs}", "drop",
+                  "spoof-rs-lladdr")]
 
 
 @functools.lru_cache(maxsize=8192)
