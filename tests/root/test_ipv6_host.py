@@ -277,7 +277,7 @@ def dhclient6(tmp: str, vm: str, *args: str) -> list[dict[str, str]]:
     with open(conf, "w") as f:
         f.write(DHCLIENT6_CONF)
     pid = os.path.join(tmp, f"{vm}.pid")
-    r = nsexec(topology.vm_ns(vm), "dhclient", "-6", "-1", *args, "-cf", conf, "-sf", script,
+    r = nsexec(topology.vm_ns(vm), "dhclient", "-6", "-1", "-v", *args, "-cf", conf, "-sf", script,
                "-lf", os.path.join(tmp, f"{vm}.leases"), "-pf", pid, "eth0", timeout=40)
     try:
         assert r.returncode == 0, r.stdout + r.stderr
@@ -316,8 +316,10 @@ def test_dhcpv6_stateful_and_stateless_answered_on_the_host(lab: Lab, tmp_path) 
     tmp2 = tmp_path / "s"
     tmp2.mkdir()
     got = dhclient6(str(tmp2), "d2", "-S")
-    info = [x for x in got if x.get("reason") == "INFORM6"]
+    # dhclient 4.4 reports an Information-request's Reply as RENEW6 (INFORM6 in older versions)
+    info = [x for x in got if x.get("reason") in ("INFORM6", "RENEW6")]
     assert info and info[0]["new_dhcp6_name_servers"] == "2001:db8::35", got
+    assert "new_ip6_address" not in info[0] and info[0]["new_dhcp6_info_refresh_time"] == str(LEASE)
 
 
 # ---------------------------------------------------------------------------------- groups

@@ -6,9 +6,11 @@ Pure (bytes in, bytes out; no sockets, no clock).
 
 Contract:
 - `decode_frame6` never raises on garbage: anything that is not an Ethernet II IPv6 frame whose
-  next header is ICMPv6 (a router solicitation, hop limit 255, code 0, good checksum) or UDP (good
-  checksum) gives None. Extension headers are not walked (nothing a responder must read
-  carries them); a truncated ND option ends option parsing.
+  next header is ICMPv6 or UDP, with lengths that fit, gives None. Checksums are NOT verified
+  (`checksum_ok` does it): a frame a VM's stack hands to its veth/tap carries a partial
+  checksum (CHECKSUM_PARTIAL, completed only by a NIC), which is how the responder's packet
+  socket reads it. Extension headers are not walked (nothing a responder must read carries
+  them); a truncated ND option ends option parsing.
 - `ra_frame` / `udp6_frame` / `ns_frame` / `na_frame` build frames with correct ICMPv6/UDP
   checksums (the IPv6 pseudo-header); `decode_ra` is the inverse of `ra_frame` for the fields
   it sets (tests and the root test's assertions read RAs with it).
@@ -263,20 +265,30 @@ def decode_frame6(frame: bytes) -> Ip6Frame | None:
     src, dst = frame[22:38], frame[38:54]
     payload = frame[54:54 + plen]
     if nxt == PROTO_ICMPV6:
-        if len(payload) < 4 or _sum16(src + dst + struct.pack("!I3xB", plen, nxt) + payload) != 0xFFFF:
+        if len(payload) < 4:
             return None
         return Ip6Frame(mac_str(frame[6:12]), mac_str(frame[0:6]), ip6_str(src), ip6_str(dst), nxt, hop, icmp=payload)
     if nxt == PROTO_UDP:
         if len(payload) < 8:
             return None
-        sport, dport, ulen, csum = struct.unpack_from("!HHHH", payload, 0)
+        sport, dport, ulen, _ = struct.unpack_from("!HHHH", payload, 0)
         if ulen < 8 or ulen > len(payload):
             return None
-        if csum == 0 or _sum16(src + dst + struct.pack("!I3xB", ulen, nxt) + payload[:ulen]) != 0xFFFF:
-            return None          # a zero UDP checksum is invalid over IPv6 (RFC 8200)
         return Ip6Frame(mac_str(frame[6:12]), mac_str(frame[0:6]), ip6_str(src), ip6_str(dst), nxt, hop,
                         sport=sport, dport=dport, data=payload[8:ulen])
     return None
+
+
+def checksum_ok(frame: bytes) -> bool:
+    """True when an Ethernet/IPv6 ICMPv6 or UDP frame's checksum is complete and right (a zero
+    UDP checksum is invalid over IPv6, RFC 8200)."""
+    if len(frame) < 54 + 4:
+        return False
+    plen, nxt = struct.unpack_from("!HB", frame, 18)
+    payload = frame[54:54 + plen]
+    if nxt == PROTO_UDP and payload[6:8] == b"\0\0":
+        return False
+    return _sum16(frame[22:54] + struct.pack("!I3xB", len(payload), nxt) + payload) == 0xFFFF
 
 
 def is_valid_rs(f: Ip6Frame) -> bool:
