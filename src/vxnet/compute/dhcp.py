@@ -6,7 +6,9 @@ is a pure function of one received request and the lease the responder holds for
 Desired state (docs/dhcp.md):
 - A responder per VXLAN network on which this host has at least one *leased* port: a port bound
   here, `admin_state_up` not false, not an infrastructure port (device_owner `network:*`), with
-  an IPv4 fixed IP on a subnet of the view with `enable_dhcp` true (its first such IP is leased).
+  an IPv4 fixed IP on a subnet of the view with `enable_dhcp` true (its first such IP is leased);
+  or at least one port served over IPv6 (router advertisements, DHCPv6: `compute.dhcp6`,
+  `Responder.v6`, docs/ipv6-dataplane.md), which the same responder carries.
 - The responder is a veth pair: bridge side `service_port_name("d", network id)` (a service
   port: the L2 part plugs it and gives the responder MAC a `master static` FDB entry), host
   side `vxdr<11 id chars>`: in the host namespace, up, no IP, NOARP, IPv6 off, with the

@@ -18,9 +18,15 @@ ports are therefore tagged with skb marks in bridge-family chains):
     on a *leased* port (`dhcp.leased`: its tap is steered), client->server DHCP (68 -> 67) to
     its network's responder MAC accepted whatever the source IP (a RENEW/REBIND from an address
     the port no longer holds: it can only reach the local responder); other IPv4 (spoofed
-    source) and everything else (IPv6, VLAN...) dropped.
-  - `out` (forward -100, before br_netfilter): `oifname vmap @out_ports` -> `mk_<port>`: drop
-    IPv6 to the port, set mark high 16 bits = the port's index.
+    source) dropped. IPv6 (docs/ipv6-dataplane.md): DHCPv6 server frames and router
+    advertisements/redirects dropped (guards); neighbour advertisements, DAD probes and ND
+    link-layer options checked against the port's pairs and MACs (`_nd_rules`); (MAC . IPv6
+    source) in the IPv6 pairs (fixed IPs, pairs, EUI-64 link-locals of the allowed MACs):
+    marked, accepted; DAD/MLD from `::` accepted; other IPv6 dropped. Anything else (VLAN...)
+    dropped.
+  - `out` (forward -100, before br_netfilter): ND/RA/MLD multicast and any RS/RA/redirect
+    towards a VXLAN port dropped (never on the underlay); `oifname vmap @out_ports` ->
+    `mk_<port>`: set mark high 16 bits = the port's index.
   - The dispatch tables are named verdict maps, not inline vmaps: a port coming or going is one
     element per map plus its own chains, so the transaction of a port-up does not grow with
     the number of ports on the host (the inline form rewrote every port's entry).
@@ -30,19 +36,21 @@ ports are therefore tagged with skb marks in bridge-family chains):
   - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>` (map `eg_ports`); `ingress`
     (forward 10) dispatches `mark & 0xffff0000` to `in_<port>` (map `in_ports`). Two base chains, because `accept` only ends
     its own base chain: a packet between two local ports passes both.
-  - per port: [stateful: ct established,related accept; ct invalid drop], DHCP, then a jump to
+  - per port: [stateful: ct established,related accept; ct invalid drop], DHCP, ND (always, as
+    Neutron), DHCPv6, then a jump to
     each group's chain of that direction (`gi_<group>` / `ge_<group>`: one rule per Neutron
     rule, `accept`), then drop. Group chains are shared by ports, so a rule change rewrites
     one chain whatever the number of ports using the group.
   - remote groups: named set `rg_<group>` of member IPv4 addresses (fixed IPs and allowed
-    address pairs of every port of the group in the view), updated as elements.
+    address pairs of every port of the group in the view), updated as elements; `rg6_<group>`
+    for IPv6 rules (IPv6 fixed IPs and pairs).
 - Every rule has a counter and a comment `vxnet:<kind>[:<Neutron rule id>]#<hash>`; the hash
   (of the rule text) lets the driver recognise its own rules when it reads the kernel back.
 
 Semantics (Neutron): ports with `port_security_enabled: false` and `network:*` ports (routers,
 DHCP: trusted, as in Neutron) are not filtered; a port with port security and no group drops
-all IP both ways (DHCP and ARP aside); IPv6 rules are ignored (vxnet's data plane is IPv4
-only) and IPv6 frames to/from filtered ports are dropped; a port whose groups are all
+all IP both ways (DHCP, DHCPv6, ARP and ND aside); IPv4 and IPv6 rules are both in the data
+plane (`ethertype`; `icmp` in an IPv6 rule is ICMPv6); a port whose groups are all
 stateless gets no conntrack (its replies need rules); a mix counts as stateful.
 Service ports (`vxp*`) and VXLAN ports are never filtered: traffic routed to a VM is filtered
 at the VM's own port, with its real source address.
