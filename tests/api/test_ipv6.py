@@ -553,3 +553,15 @@ def test_host_view_carries_ipv6_to_the_agent(tmp_path) -> None:
         assert {("egress", "IPv6"), ("ingress", "IPv6"), ("egress", "IPv4"), ("ingress", "IPv4")} <= ethertypes
     finally:
         srv.stop()
+
+
+def test_full_stateful_v6_subnet_fails_a_dual_stack_port_without_leaking(shared_server) -> None:
+    """Neutron: every address family the network offers must yield an address."""
+    alice = shared_server.api("alice")
+    net = network(alice)
+    four = subnet(alice, net, "192.0.2.0/24")
+    s = v6(alice, net, "2001:db8:4e::/64", ipv6_address_mode="dhcpv6-stateful",
+           allocation_pools=[{"start": "2001:db8:4e::10", "end": "2001:db8:4e::10"}])
+    port(alice, net)
+    assert_error(alice.post("/ports", json={"port": {"network_id": net["id"]}}), 409, "IpAddressGenerationFailure")
+    assert claims(shared_server, four["id"]) == {"192.0.2.2"} and claims(shared_server, s["id"]) == {"2001:db8:4e::10"}
