@@ -565,3 +565,37 @@ def test_full_stateful_v6_subnet_fails_a_dual_stack_port_without_leaking(shared_
     port(alice, net)
     assert_error(alice.post("/ports", json={"port": {"network_id": net["id"]}}), 409, "IpAddressGenerationFailure")
     assert claims(shared_server, four["id"]) == {"192.0.2.2"} and claims(shared_server, s["id"]) == {"2001:db8:4e::10"}
+
+
+def test_slaac_subnet_added_to_external_network_updates_router_gateways(shared_server) -> None:
+    admin, alice = shared_server.api("admin"), shared_server.api("alice")
+    ext = network(admin, **{"router:external": True})
+    s4 = subnet(admin, ext, "198.51.100.0/24", enable_dhcp=False)
+    rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
+    s6 = v6(admin, ext, "2001:db8:ec::/64", ipv6_address_mode="slaac")
+    gw = admin.get("/ports", params={"device_id": rtr["id"], "device_owner": "network:router_gateway"}).json()["ports"][0]
+    shown = alice.get(f"/routers/{rtr['id']}").json()["router"]["external_gateway_info"]["external_fixed_ips"]
+    assert shown == gw["fixed_ips"] and {ip["subnet_id"] for ip in shown} == {s4["id"], s6["id"]}
+    assert ips(gw)[s6["id"]] == eui64_address(s6["cidr"], gw["mac_address"])
+    assert admin.delete(f"/subnets/{s6['id']}").status_code == 204
+    shown = alice.get(f"/routers/{rtr['id']}").json()["router"]["external_gateway_info"]["external_fixed_ips"]
+    assert [ip["subnet_id"] for ip in shown] == [s4["id"]]
+
+
+def test_only_the_network_owner_may_make_router_owned_ports_on_an_auto_subnet(shared_server) -> None:
+    """The exemption for router interface ports cannot be borrowed: on a network shared with
+    him, another project may not create a port with a `network:*` owner (Neutron's policy)."""
+    admin, alice, bob = shared_server.api("admin"), shared_server.api("alice"), shared_server.api("bob")
+    net = network(alice)
+    s = v6(alice, net, "2001:db8:4f::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    r = admin.post("/rbac-policies", json={"rbac_policy": {"object_type": "network", "object_id": net["id"],
+                                                           "action": "access_as_shared", "target_tenant": "*"}})
+    assert r.status_code == 201, r.text
+    assert_error(bob.post("/ports", json={"port": {"network_id": net["id"], "device_owner": "network:router_interface",
+                                                   "fixed_ips": [{"subnet_id": s["id"], "ip_address": "2001:db8:4f::9"}]}}),
+                 403)
+    assert_error(bob.post("/ports", json={"port": {"network_id": net["id"], "fixed_ips": [
+        {"subnet_id": s["id"], "ip_address": "2001:db8:4f::9"}]}}), 403)  # explicit addresses: network owner only
+    mine = port(bob, net)
+    assert ips(mine) == {s["id"]: eui64_address(s["cidr"], mine["mac_address"])}
+    assert claims(shared_server, s["id"]) == {ips(mine)[s["id"]]}
