@@ -599,3 +599,20 @@ def test_only_the_network_owner_may_make_router_owned_ports_on_an_auto_subnet(sh
     mine = port(bob, net)
     assert ips(mine) == {s["id"]: eui64_address(s["cidr"], mine["mac_address"])}
     assert claims(shared_server, s["id"]) == {ips(mine)[s["id"]]}
+
+
+def test_fixed_ips_update_adds_a_missing_auto_address(shared_server) -> None:
+    """Neutron's _update_ips_for_port: a non-router port lacking its EUI-64 address on an
+    auto-address subnet gets it at its next fixed_ips update (here: a former router port)."""
+    admin = shared_server.api("admin")
+    net = network(admin)
+    four = subnet(admin, net, "192.0.2.0/24")
+    s = v6(admin, net, "2001:db8:4d::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    p = port(admin, net, device_owner="network:router_interface")
+    assert set(ips(p)) == {four["id"]}  # router ports take no automatic address
+    r = admin.put(f"/ports/{p['id']}", json={"port": {"device_owner": "", "fixed_ips": [{"subnet_id": four["id"]}]}})
+    assert r.status_code == 200, r.text
+    assert ips(r.json()["port"]) == {four["id"]: ips(p)[four["id"]], s["id"]: eui64_address(s["cidr"], p["mac_address"])}
+    # and a port created with fixed_ips [] still gets its automatic address (Neutron)
+    q = port(admin, net, fixed_ips=[])
+    assert ips(q) == {s["id"]: eui64_address(s["cidr"], q["mac_address"])}

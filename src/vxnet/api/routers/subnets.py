@@ -313,7 +313,7 @@ def check_eui64_applicable(subnet: dict[str, Any]) -> None:
     """Neutron's `_validate_eui64_applicable`: SLAAC addresses need a /64."""
     if ipv6.is_auto_address_subnet(subnet) and ipaddress.ip_network(subnet["cidr"]).prefixlen != 64:
         raise invalid_input(f"Invalid CIDR {subnet['cidr']} for IPv6 address mode. OpenStack uses the EUI-64 "
-                            "address format, which requires the prefix to be /64")
+                            "address format, which requires the prefix to be /64.")
 
 
 def check_request(item: SubnetCreate) -> None:
