@@ -616,3 +616,18 @@ def test_fixed_ips_update_adds_a_missing_auto_address(shared_server) -> None:
     # and a port created with fixed_ips [] still gets its automatic address (Neutron)
     q = port(admin, net, fixed_ips=[])
     assert ips(q) == {s["id"]: eui64_address(s["cidr"], q["mac_address"])}
+
+
+def test_zz_every_claim_is_a_fixed_ip_and_back(shared_server) -> None:
+    """Runs last on the module's server, after every success and error path above: the store's
+    address and MAC claims are exactly the ports' fixed IPs and MACs (nothing leaked, nothing
+    unclaimed)."""
+    admin = shared_server.api("admin")
+    ports = admin.get("/ports").json()["ports"]
+    held = {(ip["subnet_id"], ip["ip_address"], p["id"]) for p in ports for ip in p["fixed_ips"]}
+    kvs, _ = shared_server.store.range("/vxnet/ipam/")
+    claimed = {(*kv.key.split("/")[3:5], kv.value) for kv in kvs}
+    assert claimed == held
+    kvs, _ = shared_server.store.range("/vxnet/mac/")
+    assert {(*kv.key.split("/")[3:5], kv.value) for kv in kvs} == {(p["network_id"], p["mac_address"], p["id"])
+                                                                 for p in ports}

@@ -45,7 +45,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
@@ -146,7 +146,7 @@ def _ipv6_mode(v: Any) -> str:
     return str(v)
 
 
-Ipv6Mode = Annotated[str, BeforeValidator(_ipv6_mode)]
+Ipv6Mode = Annotated[str, BeforeValidator(_ipv6_mode), WithJsonSchema({"type": "string", "enum": list(ipv6.MODES)})]
 NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 
 
