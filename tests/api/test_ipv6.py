@@ -9,6 +9,7 @@ Expected EUI-64 addresses are computed by vxnet.services.ipv6, whose own test
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any
 
 import httpx
@@ -351,3 +352,282 @@ def test_other_project_cannot_use_v6_subnet(shared_server) -> None:
                                                        "cidr": "2001:db8:4d::/64"}}), 404, "NetworkNotFound")
     assert_error(bob.post("/ports", json={"port": {"network_id": net["id"]}}), 404, "NetworkNotFound")
     assert bob.get("/subnets", params={"ipv6_ra_mode": "slaac"}).json()["subnets"] == []
+
+
+# --- routers and floating IPs ----------------------------------------------------------------------
+
+
+def add_intf(c: httpx.Client, router_id: str, **body: str) -> httpx.Response:
+    return c.put(f"/routers/{router_id}/add_router_interface", json=body)
+
+
+def remove_intf(c: httpx.Client, router_id: str, **body: str) -> httpx.Response:
+    return c.put(f"/routers/{router_id}/remove_router_interface", json=body)
+
+
+def router(c: httpx.Client, **attrs: Any) -> dict[str, Any]:
+    r = c.post("/routers", json={"router": {"name": "r", **attrs}})
+    assert r.status_code == 201, r.text
+    return r.json()["router"]
+
+
+def test_router_interfaces_on_v6_subnets_share_one_port(shared_server) -> None:
+    alice = shared_server.api("alice")
+    net = network(alice)
+    four = subnet(alice, net, "192.0.2.0/24")
+    slaac = v6(alice, net, "2001:db8:50::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    stateful = v6(alice, net, "2001:db8:51::/64", ipv6_ra_mode="dhcpv6-stateful", ipv6_address_mode="dhcpv6-stateful")
+    rtr = router(alice)
+    a = add_intf(alice, rtr["id"], subnet_id=slaac["id"])
+    assert a.status_code == 200, a.text
+    b = add_intf(alice, rtr["id"], subnet_id=stateful["id"])
+    assert b.status_code == 200, b.text
+    assert b.json()["port_id"] == a.json()["port_id"] and b.json()["subnet_ids"] == [stateful["id"]]
+    c = add_intf(alice, rtr["id"], subnet_id=four["id"])
+    assert c.status_code == 200 and c.json()["port_id"] != a.json()["port_id"], c.text
+    p = alice.get(f"/ports/{a.json()['port_id']}").json()["port"]
+    assert p["device_owner"] == "network:router_interface"
+    assert ips(p) == {slaac["id"]: "2001:db8:50::1", stateful["id"]: "2001:db8:51::1"}  # gateways, no EUI-64
+    assert_error(add_intf(alice, rtr["id"], subnet_id=slaac["id"]), 400, None, "already has a port on subnet")
+    # a port with an IPv6 address on a network where the router has an IPv6 port cannot join
+    net2 = network(alice)
+    x, y = v6(alice, net2, "2001:db8:54::/64"), v6(alice, net2, "2001:db8:55::/64")
+    assert add_intf(alice, rtr["id"], subnet_id=x["id"]).status_code == 200
+    spare = port(alice, net2, fixed_ips=[{"subnet_id": y["id"]}])
+    assert_error(add_intf(alice, rtr["id"], port_id=spare["id"]), 400, None, "Only one IPv6 port")
+    assert alice.get(f"/ports/{spare['id']}").json()["port"]["device_id"] == ""
+    # an overlapping IPv6 subnet of another network is refused
+    other = network(alice)
+    ov = v6(alice, other, "2001:db8:50::/64")
+    assert_error(add_intf(alice, rtr["id"], subnet_id=ov["id"]), 400, None, "overlaps")
+    assert claims(shared_server, ov["id"]) == set()
+    # removing one prefix keeps the port; removing the last removes it
+    r = remove_intf(alice, rtr["id"], subnet_id=slaac["id"])
+    assert r.status_code == 200, r.text
+    p = alice.get(f"/ports/{a.json()['port_id']}").json()["port"]
+    assert ips(p) == {stateful["id"]: "2001:db8:51::1"}
+    assert "2001:db8:50::1" not in claims(shared_server, slaac["id"])
+    assert remove_intf(alice, rtr["id"], subnet_id=stateful["id"]).status_code == 200
+    assert alice.get(f"/ports/{a.json()['port_id']}").status_code == 404
+    assert claims(shared_server, stateful["id"]) == set()
+
+
+def test_router_port_keeps_out_of_new_auto_subnet_and_blocks_its_delete(shared_server) -> None:
+    alice = shared_server.api("alice")
+    net = network(alice)
+    s1 = v6(alice, net, "2001:db8:52::/64", ipv6_address_mode="dhcpv6-stateful")
+    rtr = router(alice)
+    pid = add_intf(alice, rtr["id"], subnet_id=s1["id"]).json()["port_id"]
+    s2 = v6(alice, net, "2001:db8:53::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    assert set(ips(alice.get(f"/ports/{pid}").json()["port"])) == {s1["id"]}
+    assert add_intf(alice, rtr["id"], subnet_id=s2["id"]).json()["port_id"] == pid
+    assert_error(alice.delete(f"/subnets/{s2['id']}"), 409, "SubnetInUse")
+
+
+def external_dual_stack(admin: httpx.Client) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    ext = network(admin, **{"router:external": True})
+    s4 = subnet(admin, ext, "203.0.113.0/24", enable_dhcp=False)
+    s6 = v6(admin, ext, "2001:db8:ee::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    return ext, s4, s6
+
+
+def test_gateway_on_dual_stack_external_network_gets_both_addresses(shared_server) -> None:
+    admin, alice = shared_server.api("admin"), shared_server.api("alice")
+    ext, s4, s6 = external_dual_stack(admin)
+    rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
+    fixed = rtr["external_gateway_info"]["external_fixed_ips"]
+    assert {ip["subnet_id"] for ip in fixed} == {s4["id"], s6["id"]}
+    gw = admin.get("/ports", params={"device_id": rtr["id"], "device_owner": "network:router_gateway"}).json()["ports"][0]
+    assert ips(gw)[s6["id"]] == eui64_address(s6["cidr"], gw["mac_address"])
+    # a v6-only stateful external subnet: the gateway takes a pool address
+    ext2 = network(admin, **{"router:external": True})
+    s6b = v6(admin, ext2, "2001:db8:ef::/64", ipv6_address_mode="dhcpv6-stateful")
+    r2 = router(alice, external_gateway_info={"network_id": ext2["id"]})
+    assert r2["external_gateway_info"]["external_fixed_ips"] == [{"subnet_id": s6b["id"], "ip_address": "2001:db8:ef::2"}]
+
+
+def test_floating_ips_stay_ipv4(shared_server) -> None:
+    admin, alice = shared_server.api("admin"), shared_server.api("alice")
+    ext, s4, s6 = external_dual_stack(admin)
+    assert_error(admin.post("/floatingips", json={"floatingip": {
+        "floating_network_id": ext["id"], "floating_ip_address": "2001:db8:ee::99"}}), 400)
+    assert_error(alice.post("/floatingips", json={"floatingip": {
+        "floating_network_id": ext["id"], "subnet_id": s6["id"]}}), 400)
+    v6only = network(admin, **{"router:external": True})
+    v6(admin, v6only, "2001:db8:ed::/64", ipv6_address_mode="dhcpv6-stateful")
+    assert_error(alice.post("/floatingips", json={"floatingip": {"floating_network_id": v6only["id"]}}), 400)
+    assert claims(shared_server, s6["id"]) == set() and claims(shared_server, s4["id"]) == set()
+    # a port with IPv6 addresses only cannot take a floating IP; a dual-stack one maps its IPv4 address
+    net = network(alice)
+    inner6 = v6(alice, net, "2001:db8:56::/64", ipv6_address_mode="dhcpv6-stateful")
+    rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
+    assert add_intf(alice, rtr["id"], subnet_id=inner6["id"]).status_code == 200
+    p6 = port(alice, net)
+    fip = alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"]}})
+    assert fip.status_code == 201, fip.text
+    fip = fip.json()["floatingip"]
+    assert ipaddress.ip_address(fip["floating_ip_address"]).version == 4
+    assert_error(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": p6["id"]}}), 400, None,
+                 "no fixed IPv4 addresses")
+    assert_error(alice.put(f"/floatingips/{fip['id']}", json={"floatingip": {
+        "port_id": p6["id"], "fixed_ip_address": p6["fixed_ips"][0]["ip_address"]}}), 400, None, "IPv4")
+
+
+# --- security groups ---------------------------------------------------------------------------------
+
+
+def test_security_group_rules_for_ipv6(shared_server) -> None:
+    alice = shared_server.api("alice")
+    g = alice.post("/security-groups", json={"security_group": {"name": "v6"}}).json()["security_group"]
+
+    def rule(**attrs: Any) -> httpx.Response:
+        return alice.post("/security-group-rules", json={"security_group_rule": {
+            "security_group_id": g["id"], "direction": "ingress", **attrs}})
+
+    r = rule(ethertype="IPv6", protocol="icmpv6", remote_ip_prefix="2001:db8:60::/64")
+    assert r.status_code == 201, r.text
+    assert (r.json()["security_group_rule"]["protocol"], r.json()["security_group_rule"]["ethertype"]) == (
+        "ipv6-icmp", "IPv6")
+    assert rule(ethertype="IPv6", protocol="58", port_range_min=128, port_range_max=0).status_code == 201
+    assert rule(ethertype="IPv6", protocol="tcp", port_range_min=22, port_range_max=22,
+                remote_ip_prefix="2001:db8:60::5/64").json()["security_group_rule"]["normalized_cidr"] == \
+        "2001:db8:60::/64"
+    assert_error(rule(ethertype="IPv4", remote_ip_prefix="2001:db8::/64"), 400, "SecurityGroupRuleParameterConflict",
+                 "Conflicting value ethertype IPv4 for CIDR 2001:db8::/64")
+    assert_error(rule(ethertype="IPv6", remote_ip_prefix="192.0.2.0/24"), 400, "SecurityGroupRuleParameterConflict")
+    assert_error(rule(ethertype="IPv4", protocol="ipv6-icmp"), 400, "SecurityGroupEthertypeConflictWithProtocol")
+    assert_error(rule(ethertype="IPv6", protocol="icmpv6", remote_ip_prefix="2001:db8:60::/64"), 409,
+                 "SecurityGroupRuleExists")
+    default = next(x for x in alice.get("/security-groups", params={"name": "default"}).json()["security_groups"])
+    v6_rules = sorted((r["direction"], r["remote_group_id"] is not None, r["remote_ip_prefix"])
+                      for r in default["security_group_rules"] if r["ethertype"] == "IPv6")
+    assert v6_rules == [("egress", False, None), ("ingress", True, None)]
+    # allowed address pairs with IPv6 prefixes
+    net = network(alice)
+    v6(alice, net, "2001:db8:61::/64", ipv6_address_mode="slaac")
+    p = port(alice, net, allowed_address_pairs=[{"ip_address": "2001:db8:61::/120"},
+                                                {"ip_address": "2001:db8:61::99"}])
+    assert [a["ip_address"] for a in p["allowed_address_pairs"]] == ["2001:db8:61::/120", "2001:db8:61::99"]
+
+
+# --- the host view ----------------------------------------------------------------------------------
+
+
+def test_host_view_carries_ipv6_to_the_agent(tmp_path) -> None:
+    from tests.api.test_host_view import StreamReader, _held, agent_client, start_agent_server
+    from vxnet.model.view import parse_view
+
+    srv = start_agent_server(str(tmp_path / "vxnet.db"))
+    try:
+        assert agent_client(srv).post("/hosts/hv1/register", json={"underlay_ip": "198.51.100.1"}).status_code == 200
+        reader = StreamReader(srv, "hv1")
+        admin, alice = srv.api("admin"), srv.api("alice")
+        net = network(alice)
+        four = subnet(alice, net, "192.0.2.0/24")
+        s = v6(alice, net, "2001:db8:70::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac",
+               dns_nameservers=["2001:db8::53"])
+        st = v6(alice, net, "2001:db8:71::/64", ipv6_ra_mode="dhcpv6-stateful", ipv6_address_mode="dhcpv6-stateful")
+        p = admin.post("/ports", json={"port": {"network_id": net["id"], "binding:host_id": "hv1",
+                                                "project_id": net["project_id"]}})
+        assert p.status_code == 201, p.text
+        p = p.json()["port"]
+        reader.wait(lambda m: p["id"] in (m.get("put", {}).get("ports") or m.get("view", {}).get("ports") or {}))
+        deadline = time.time() + 5
+        while st["id"] not in _held(reader).get("subnets", {}) and time.time() < deadline:
+            time.sleep(0.05)
+        raw = _held(reader)
+        reader.close()
+        assert raw["subnets"][s["id"]]["ipv6_ra_mode"] == "slaac"
+        assert raw["subnets"][st["id"]]["ipv6_address_mode"] == "dhcpv6-stateful"
+        view = parse_view(raw)
+        sub, sub_st, sub4 = view.subnets[s["id"]], view.subnets[st["id"]], view.subnets[four["id"]]
+        assert (sub.ip_version, sub.ipv6_ra_mode, sub.ipv6_address_mode, sub.is_auto_address) == (6, "slaac", "slaac", True)
+        assert sub.gateway_ip == "2001:db8:70::1" and sub.dns_nameservers == ("2001:db8::53",)
+        assert (sub_st.is_auto_address, sub_st.allocation_pools) == (False, (("2001:db8:71::2",
+                                                                              "2001:db8:71:0:ffff:ffff:ffff:ffff"),))
+        assert (sub4.ip_version, sub4.ipv6_ra_mode, sub4.is_auto_address) == (4, None, False)
+        port_t = view.ports[p["id"]]
+        assert {f.ip_address for f in port_t.ipv6} == {eui64_address(s["cidr"], p["mac_address"]), "2001:db8:71::2"}
+        assert [f.ip_address for f in port_t.ipv4] == ["192.0.2.2"]
+        ethertypes = {(r.direction, r.ethertype) for r in view.security_group_rules.values()}
+        assert {("egress", "IPv6"), ("ingress", "IPv6"), ("egress", "IPv4"), ("ingress", "IPv4")} <= ethertypes
+    finally:
+        srv.stop()
+
+
+def test_full_stateful_v6_subnet_fails_a_dual_stack_port_without_leaking(shared_server) -> None:
+    """Neutron: every address family the network offers must yield an address."""
+    alice = shared_server.api("alice")
+    net = network(alice)
+    four = subnet(alice, net, "192.0.2.0/24")
+    s = v6(alice, net, "2001:db8:4e::/64", ipv6_address_mode="dhcpv6-stateful",
+           allocation_pools=[{"start": "2001:db8:4e::10", "end": "2001:db8:4e::10"}])
+    port(alice, net)
+    assert_error(alice.post("/ports", json={"port": {"network_id": net["id"]}}), 409, "IpAddressGenerationFailure")
+    assert claims(shared_server, four["id"]) == {"192.0.2.2"} and claims(shared_server, s["id"]) == {"2001:db8:4e::10"}
+
+
+def test_slaac_subnet_added_to_external_network_updates_router_gateways(shared_server) -> None:
+    admin, alice = shared_server.api("admin"), shared_server.api("alice")
+    ext = network(admin, **{"router:external": True})
+    s4 = subnet(admin, ext, "198.51.100.0/24", enable_dhcp=False)
+    rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
+    s6 = v6(admin, ext, "2001:db8:ec::/64", ipv6_address_mode="slaac")
+    gw = admin.get("/ports", params={"device_id": rtr["id"], "device_owner": "network:router_gateway"}).json()["ports"][0]
+    shown = alice.get(f"/routers/{rtr['id']}").json()["router"]["external_gateway_info"]["external_fixed_ips"]
+    assert shown == gw["fixed_ips"] and {ip["subnet_id"] for ip in shown} == {s4["id"], s6["id"]}
+    assert ips(gw)[s6["id"]] == eui64_address(s6["cidr"], gw["mac_address"])
+    assert admin.delete(f"/subnets/{s6['id']}").status_code == 204
+    shown = alice.get(f"/routers/{rtr['id']}").json()["router"]["external_gateway_info"]["external_fixed_ips"]
+    assert [ip["subnet_id"] for ip in shown] == [s4["id"]]
+
+
+def test_only_the_network_owner_may_make_router_owned_ports_on_an_auto_subnet(shared_server) -> None:
+    """The exemption for router interface ports cannot be borrowed: on a network shared with
+    him, another project may not create a port with a `network:*` owner (Neutron's policy)."""
+    admin, alice, bob = shared_server.api("admin"), shared_server.api("alice"), shared_server.api("bob")
+    net = network(alice)
+    s = v6(alice, net, "2001:db8:4f::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    r = admin.post("/rbac-policies", json={"rbac_policy": {"object_type": "network", "object_id": net["id"],
+                                                           "action": "access_as_shared", "target_tenant": "*"}})
+    assert r.status_code == 201, r.text
+    assert_error(bob.post("/ports", json={"port": {"network_id": net["id"], "device_owner": "network:router_interface",
+                                                   "fixed_ips": [{"subnet_id": s["id"], "ip_address": "2001:db8:4f::9"}]}}),
+                 403)
+    assert_error(bob.post("/ports", json={"port": {"network_id": net["id"], "fixed_ips": [
+        {"subnet_id": s["id"], "ip_address": "2001:db8:4f::9"}]}}), 403)  # explicit addresses: network owner only
+    mine = port(bob, net)
+    assert ips(mine) == {s["id"]: eui64_address(s["cidr"], mine["mac_address"])}
+    assert claims(shared_server, s["id"]) == {ips(mine)[s["id"]]}
+
+
+def test_fixed_ips_update_adds_a_missing_auto_address(shared_server) -> None:
+    """Neutron's _update_ips_for_port: a non-router port lacking its EUI-64 address on an
+    auto-address subnet gets it at its next fixed_ips update (here: a former router port)."""
+    admin = shared_server.api("admin")
+    net = network(admin)
+    four = subnet(admin, net, "192.0.2.0/24")
+    s = v6(admin, net, "2001:db8:4d::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    p = port(admin, net, device_owner="network:router_interface")
+    assert set(ips(p)) == {four["id"]}  # router ports take no automatic address
+    r = admin.put(f"/ports/{p['id']}", json={"port": {"device_owner": "", "fixed_ips": [{"subnet_id": four["id"]}]}})
+    assert r.status_code == 200, r.text
+    assert ips(r.json()["port"]) == {four["id"]: ips(p)[four["id"]], s["id"]: eui64_address(s["cidr"], p["mac_address"])}
+    # and a port created with fixed_ips [] still gets its automatic address (Neutron)
+    q = port(admin, net, fixed_ips=[])
+    assert ips(q) == {s["id"]: eui64_address(s["cidr"], q["mac_address"])}
+
+
+def test_zz_every_claim_is_a_fixed_ip_and_back(shared_server) -> None:
+    """Runs last on the module's server, after every success and error path above: the store's
+    address and MAC claims are exactly the ports' fixed IPs and MACs (nothing leaked, nothing
+    unclaimed)."""
+    admin = shared_server.api("admin")
+    ports = admin.get("/ports").json()["ports"]
+    held = {(ip["subnet_id"], ip["ip_address"], p["id"]) for p in ports for ip in p["fixed_ips"]}
+    kvs, _ = shared_server.store.range("/vxnet/ipam/")
+    claimed = {(*kv.key.split("/")[3:5], kv.value) for kv in kvs}
+    assert claimed == held
+    kvs, _ = shared_server.store.range("/vxnet/mac/")
+    assert {(*kv.key.split("/")[3:5], kv.value) for kv in kvs} == {(p["network_id"], p["mac_address"], p["id"])
+                                                                 for p in ports}

@@ -16,8 +16,8 @@ Invariants:
 - Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409
   IpAddressAlreadyAllocated (tempest accepts it or IpAddressInUse).
 - IPv6 (Neutron's ipam backend): a new port gets one address from the IPv4 subnets, one from
-  the IPv6 subnets without automatic addresses, and, unless it is a router interface (or SNAT,
-  or floating IP) port, its EUI-64 address on every auto-address subnet (SLAAC / DHCPv6
+  the IPv6 subnets without automatic addresses, and, unless it is a router interface (or SNAT)
+  port, its EUI-64 address on every auto-address subnet (SLAAC / DHCPv6
   stateless), whatever fixed_ips it asked for. An explicit address on an auto-address subnet
   is a 400 except for router interface ports. An IPv6 subnet's first (subnet-router anycast)
   address may be taken only by router ports or ports without an owner (Neutron's
@@ -48,14 +48,12 @@ ROUTER_INTERFACE_OWNERS = (
 )
 ROUTER_INTERFACE_OWNERS_SNAT = (*ROUTER_INTERFACE_OWNERS, "network:router_centralized_snat")
 ROUTER_PORT_OWNERS = (*ROUTER_INTERFACE_OWNERS_SNAT, "network:router_gateway")
-FLOATINGIP_OWNER = "network:floatingip"
 
 
 def takes_auto_address(device_owner: str) -> bool:
     """Whether a port with this owner gets EUI-64 addresses on auto-address subnets (Neutron:
-    all but router interface and SNAT ports; vxnet also leaves floating IP ports out: a
-    floating IP is IPv4 only and its port is never plugged)."""
-    return device_owner not in ROUTER_INTERFACE_OWNERS_SNAT and device_owner != FLOATINGIP_OWNER
+    all but router interface and SNAT ports; the gateway and floating IP ports do)."""
+    return device_owner not in ROUTER_INTERFACE_OWNERS_SNAT
 
 
 def ip_key(subnet_id: str, ip: str) -> str:
@@ -252,9 +250,11 @@ def allocate_fixed_ips(
     out: list[dict[str, str]] = []
     takes_auto = takes_auto_address(device_owner)
     if requested is None:
-        last_error: ServiceError | None = None
+        # Neutron: each group (IPv4; IPv6 without automatic addresses) yields one address from
+        # the first of its subnets with a free one; a group whose every subnet is full fails the port.
         for group in ([s for s in subnets if s["ip_version"] == 4],
                       [s for s in subnets if s["ip_version"] == 6 and not ipv6.is_auto_address_subnet(s)]):
+            last_error: ServiceError | None = None
             for s in group:
                 try:
                     out.append({"subnet_id": s["id"], "ip_address": allocate_ip(uow, s, port_id,
@@ -262,10 +262,11 @@ def allocate_fixed_ips(
                     break
                 except ServiceError as e:
                     last_error = e
+            else:
+                if last_error is not None:
+                    raise last_error
         if mac is not None and add_auto and takes_auto:
             out += auto_address_ips(uow, subnets, port_id, mac)
-        if not out and last_error is not None:
-            raise last_error
         return out
     for item in requested:
         sid = item.get("subnet_id")
@@ -294,7 +295,7 @@ def allocate_fixed_ips(
                                   "InvalidInput")
             if ip is None:
                 if any(o["subnet_id"] == subnet["id"] for o in out) or not takes_auto:
-                    continue  # asked twice, or a port that never takes one (a floating IP port)
+                    continue  # asked twice
                 if mac is None:
                     raise bad_request(f"Invalid input for fixed_ips: subnet {subnet['id']} gives automatic "
                                       "addresses only")
