@@ -134,7 +134,7 @@ class Responder:
     leases: tuple[Lease, ...] = ()        # sorted by MAC
     arp_ips: tuple[str, ...] = ()         # server ids whose ARP the responder answers
     taps: tuple[str, ...] = ()            # local taps steered to this responder
-    v6: V6Service = V6Service()           # router advertisements and DHCPv6 (compute/dhcp6.py)
+    v6: V6Service = dataclasses.field(default_factory=V6Service)   # RAs and DHCPv6 (compute/dhcp6.py)
 
     def lease_table(self) -> dict[str, Lease]:
         return {lease.mac: lease for lease in self.leases}

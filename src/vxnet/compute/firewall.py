@@ -104,10 +104,11 @@ ND_EGRESS_TYPES = frozenset({133, 135, 136, 131, 143, 132})
 ND_INGRESS_TYPES = frozenset({134, 135, 136, 130})
 # ND/RA/MLD that must never reach the underlay: multicast ND, and router solicitations,
 # advertisements and redirects in any form (answers come from each host's own responder).
-ND_UNDERLAY = ("oifname \"vxv-*\" icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect }",
-               "oifname \"vxv-*\" ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00 icmpv6 type "
-               "{ nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, "
-               "mld2-listener-report, mld-listener-done }")
+_TO_VXLAN = f'oifname "{naming.VXLAN_PREFIX}*"'
+ND_UNDERLAY = (f"{_TO_VXLAN} icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-redirect }}",
+               (f"{_TO_VXLAN} ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00 icmpv6 type "
+                "{ nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, "
+                "mld2-listener-report, mld-listener-done }"))
 
 
 # --- the structured model ---------------------------------------------------------------------
