@@ -209,6 +209,26 @@ def test_slaac_address_from_vxnet_ra_and_no_ipv6_multicast_on_the_underlay(lab: 
     assert len(echoes) >= 4, "\n".join(underlay)      # the unicast traffic did cross
 
 
+def test_bridges_hold_ipv6_entries_without_an_address_and_drift_is_repaired(lab: Lab, slaac: dict) -> None:
+    from vxnet.compute import naming
+
+    br, h1 = naming.bridge_name(slaac["net"]["id"]), topology.host_ns(1)
+    sysctl = f"/proc/sys/net/ipv6/conf/{br}/disable_ipv6"
+
+    def entries() -> str:
+        return nsexec(h1, "ip", "-6", "neigh", "show", "dev", br, "nud", "permanent").stdout
+
+    assert nsexec(h1, "cat", sysctl).stdout.strip() == "0"
+    assert "inet6" not in nsexec(h1, "ip", "-6", "addr", "show", "dev", br).stdout     # the host has no address there
+    assert v6_of(slaac["a3"]) in entries() and nd.link_local(slaac["a3"]["mac_address"]) in entries()
+    # Someone turns IPv6 off on the bridge: the kernel flushes its IPv6 neighbours; the agent
+    # turns it back on and puts them back.
+    assert nsexec(h1, "sysctl", "-qw", f"net.ipv6.conf.{br}.disable_ipv6=1").returncode == 0
+    wait_for("bridge IPv6 back on with its entries", lambda: nsexec(h1, "cat", sysctl).stdout.strip() == "0"
+             and v6_of(slaac["a3"]) in entries(), 45)
+    assert "inet6" not in nsexec(h1, "ip", "-6", "addr", "show", "dev", br).stdout
+
+
 def test_vm_router_advertisement_and_dhcpv6_server_reach_no_other_vm(lab: Lab, slaac: dict) -> None:
     a1, a2 = slaac["a1"], slaac["a2"]
     for vm in ("a1", "a2", "a3"):
