@@ -6,8 +6,11 @@ clients: the VMs' own kernels (accept_ra=1) and ISC `dhclient -6`.
   IPv6 multicast at all (0 ND multicast, 0 RS/RA, 0 MLD) while this happens.
 - DHCPv6: `dhclient -6` gets the port's fixed address and the DNS servers (stateful), the DNS
   servers with `-S` (stateless); 0 DHCPv6 frames on the underlay.
+- Bridges keep IPv6 on with no address (the ND suppression table); IPv6 turned off on one by
+  hand is turned back on and its entries restored.
 - Guards: an RA and a DHCPv6 ADVERTISE sent by a VM reach no other VM (same host, other host);
-  a spoofed IPv6 source and a forged neighbour advertisement never leave the host.
+  a spoofed IPv6 source and a forged neighbour advertisement never leave the host; an allowed
+  address pair with an IPv6 prefix lets that source (and the VM's NA for it) through.
 - Security groups for IPv6: an ICMPv6 rule allows ping6, a TCP port without a rule is blocked,
   and an egress connection's replies pass by conntrack with no ingress rule.
 - Two projects with the same IPv6 prefix (and addresses) are isolated.
@@ -278,8 +281,25 @@ def test_spoofed_ipv6_source_and_forged_na_never_leave(lab: Lab, slaac: dict) ->
         # nobody learnt a1's MAC for a2's address
         for vm in ("a2", "a3"):
             assert a1["mac_address"] not in nsexec(topology.vm_ns(vm), "ip", "-6", "neigh", "show", v6_of(a2)).stdout
+        # An allowed address pair with an IPv6 prefix lets the same source (and the VM's NA for
+        # it, whose target is now inside its pairs) through: a2 on the same host resolves it.
+        with lab.api("alice") as c:
+            r = c.put(f"/ports/{a1['id']}", json={"port": {"allowed_address_pairs": [
+                {"ip_address": "2001:db8:1::90/124"}]}})
+            assert r.status_code == 200, r.text
+        wait_for("the pair allowed", lambda: ping6_from("a1", spoofed, v6_of(a2)) > 0, 15)
+        # (the port's chain was rewritten, its counters restarted): no NA of a1 dropped since
+        assert counters(1, a1["id"])["spoof-na-target"] == 0
     finally:
         nsexec(ns, "ip", "-6", "addr", "del", spoofed + "/64", "dev", "eth0")
+        with lab.api("alice") as c:
+            c.put(f"/ports/{a1['id']}", json={"port": {"allowed_address_pairs": []}})
+
+
+def ping6_from(vm: str, src: str, ip: str) -> int:
+    r = nsexec(topology.vm_ns(vm), "ping", "-6", "-n", "-c", "1", "-W", "1", "-I", src, ip)
+    m = re.search(r"(\d+) received", r.stdout)
+    return int(m.group(1)) if m else 0
 
 
 # ---------------------------------------------------------------------------------- DHCPv6
