@@ -466,3 +466,69 @@ def test_port_security_evaluation_names_the_rule() -> None:
     assert fwm.port_security(fw, P1, own1, Packet("192.0.2.11", "192.0.2.1", 6, 40000, 22)) == ("accept", "mark")
     # Not leased (no DHCP on NET2): the same frame, even addressed to a responder MAC, is spoofing.
     assert fwm.port_security(fw, P3, own3, renew, fwm.dhcp.responder_mac(NET)) == ("drop", "spoof-ip")
+
+
+# --- IPv6 --------------------------------------------------------------------------------------
+
+RULES6 = [
+    rule("r6-group", G1, "ingress", ethertype="IPv6", remote_group_id=G2),
+    rule("r6-ping", G1, "ingress", ethertype="IPv6", protocol="icmp", port_range_min=128, port_range_max=0),
+    rule("r6-ssh", G1, "ingress", ethertype="IPv6", protocol="tcp", port_range_min=22, port_range_max=22,
+         remote_ip_prefix="2001:db8:7::/48"),
+    rule("r6-any", G1, "egress", ethertype="IPv6", remote_ip_prefix="::/0"),
+    rule("r6-bad", G1, "ingress", ethertype="IPv6", remote_ip_prefix="192.0.2.0/24"),    # other family
+]
+
+
+def test_ipv6_rules_render_with_remote_group_sets_and_icmpv6() -> None:
+    p2 = port(P2, "192.0.2.12", host="h2", groups=(G2,), fixed_ips=[
+        {"subnet_id": "s", "ip_address": "192.0.2.12"}, {"subnet_id": "s6", "ip_address": "2001:db8::12"}],
+        allowed_address_pairs=[{"ip_address": "2001:db8:1::/64"}])
+    fw = compute_firewall(view([port(P1, "192.0.2.11"), p2], RULES6), "h1")
+    gi = chain(fw, "inet", "gi_" + G1.replace("-", ""))
+    assert [r.split(" counter")[0] for r in gi] == [
+        f"meta nfproto ipv6 ip6 saddr @rg6_{G2.replace('-', '')}",
+        "meta nfproto ipv6 icmpv6 type 128 icmpv6 code 0",
+        "meta nfproto ipv6 ip6 saddr 2001:db8:7::/48 meta l4proto 6 th dport 22"]
+    assert chain(fw, "inet", "ge_" + G1.replace("-", ""))[0].startswith("meta nfproto ipv6 counter accept")
+    assert fw.ignored_rules == ("r6-bad",)
+    # members: IPv6 fixed IPs and pairs, no link-locals; no IPv4 set (no IPv4 rule names G2)
+    assert fw.members6 == {G2: frozenset({"2001:db8::12", "2001:db8:1::/64"})} and fw.members == {}
+    sg = next(t for t in fw.tables if t.family == "inet")
+    assert {s.name: s.type for s in sg.sets if s.kind == "set"} == {f"rg6_{G2.replace('-', '')}": "ipv6_addr"}
+    # decide() evaluates them; an IPv4 packet never matches an IPv6 rule
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("2001:db8:1::5", "2001:db8::11", 6, dport=80)) == \
+        ("accept", "sg:r6-group")
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("2001:db8:9::5", "2001:db8::11", 58, icmp_type=128,
+                                                    icmp_code=0)) == ("accept", "sg:r6-ping")
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("2001:db8:9::5", "2001:db8::11", 6, dport=22)) == \
+        ("drop", "default-drop")
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("fe80::1", "fe80::2", 58, icmp_type=135)) == ("accept", "nd")
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("203.0.113.9", "192.0.2.11", 6, dport=22)) == \
+        ("drop", "default-drop")
+    # a member leaving revokes its IPv6 flows too
+    gone = compute_firewall(view([port(P1, "192.0.2.11")], RULES6), "h1")
+    assert revoked_flows(fw, gone) == [(1001, "2001:db8:1::/64"), (1001, "2001:db8::12")]
+
+
+def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
+    p1 = port(P1, "192.0.2.11", fixed_ips=[{"subnet_id": "s6", "ip_address": "2001:db8::11"}],
+              allowed_address_pairs=[{"ip_address": "2001:db8:5::/120", "mac_address": "02:00:00:00:07:10"}])
+    fw = compute_firewall(view([p1]), "h1")
+    rules = {fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)): r
+             for r in chain(fw, "bridge", f"ps_{fw.port(P1).ident}")}
+    na = rules["spoof-na-target"]
+    assert "02:00:00:00:02:0b . 0x20010db8000000000000000000000011" in na
+    assert ("02:00:00:00:07:10 . 0x20010db8000500000000000000000000-0x20010db80005000000000000000000ff" in na)
+    assert "02:00:00:00:07:10 . 0xfe8000000000000000000000fe000710" not in na      # EUI-64: ff:fe
+    assert "02:00:00:00:07:10 . 0xfe800000000000000000fffffe000710" not in na
+    assert "02:00:00:00:07:10 . 0xfe80000000000000000000fffe000710" in na          # fe80::ff:fe00:710
+    assert "@th,208,48 != { 0x02000000020b, 0x020000000710 }" in rules["spoof-nd-lladdr"]
+    assert rules["spoof-dad-target"].startswith("ip6 saddr :: icmpv6 type nd-neighbor-solicit")
+    assert rules["mark6"].startswith("ether saddr . ip6 saddr { 02:00:00:00:02:0b . 2001:db8::11, "
+                                     "02:00:00:00:02:0b . fe80::ff:fe00:20b, 02:00:00:00:07:10 . 2001:db8:5::/120, "
+                                     "02:00:00:00:07:10 . fe80::ff:fe00:710 }")
+    out = chain(fw, "bridge", "out")
+    assert out[0].startswith('oifname "vxv-*" icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect }')
+    assert "ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00" in out[1] and "mld2-listener-report" in out[1]
+    assert "oifname vmap @out_ports" in out[2] and len(out) == 3
