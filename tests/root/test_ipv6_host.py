@@ -210,6 +210,11 @@ def test_slaac_address_from_vxnet_ra_and_no_ipv6_multicast_on_the_underlay(lab: 
     assert v6_multicast(underlay) == [], "\n".join(v6_multicast(underlay))
     echoes = [f for f in underlay if "ICMP6, echo" in f]
     assert len(echoes) >= 4, "\n".join(underlay)      # the unicast traffic did cross
+    # The VMs' multicast ND/MLD that the bridge would flood to the VXLAN port was dropped
+    # before it (by the firewall's `nd-underlay` rule, not only for want of a BUM entry).
+    from vxnet.dataplane.nft_driver import NftDriver
+    c = NftDriver(topology.host_ns(1)).counters("bridge", "vxnet_ps")
+    assert sum(pk for (ch, kind), (pk, _) in c.items() if ch == "out" and kind == "nd-underlay") > 0, c
 
 
 def test_bridges_hold_ipv6_entries_without_an_address_and_drift_is_repaired(lab: Lab, slaac: dict) -> None:
