@@ -412,10 +412,21 @@ def test_router_interfaces_on_v6_subnets_share_one_port(shared_server) -> None:
     assert claims(shared_server, stateful["id"]) == set()
 
 
+def test_address_mode_only_subnet_is_not_for_a_vxnet_router(shared_server) -> None:
+    """Neutron: its RAs come from an outside router, so a Neutron router may not serve it."""
+    alice = shared_server.api("alice")
+    net = network(alice)
+    s = v6(alice, net, "2001:db8:57::/64", ipv6_address_mode="slaac")
+    rtr = router(alice)
+    assert_error(add_intf(alice, rtr["id"], subnet_id=s["id"]), 400, None,
+                 "configured to receive RAs from an external router cannot be added to Neutron Router")
+    assert claims(shared_server, s["id"]) == set()
+
+
 def test_router_port_keeps_out_of_new_auto_subnet_and_blocks_its_delete(shared_server) -> None:
     alice = shared_server.api("alice")
     net = network(alice)
-    s1 = v6(alice, net, "2001:db8:52::/64", ipv6_address_mode="dhcpv6-stateful")
+    s1 = v6(alice, net, "2001:db8:52::/64", ipv6_address_mode="dhcpv6-stateful", ipv6_ra_mode="dhcpv6-stateful")
     rtr = router(alice)
     pid = add_intf(alice, rtr["id"], subnet_id=s1["id"]).json()["port_id"]
     s2 = v6(alice, net, "2001:db8:53::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
@@ -459,7 +470,7 @@ def test_floating_ips_stay_ipv4(shared_server) -> None:
     assert claims(shared_server, s6["id"]) == set() and claims(shared_server, s4["id"]) == set()
     # a port with IPv6 addresses only cannot take a floating IP; a dual-stack one maps its IPv4 address
     net = network(alice)
-    inner6 = v6(alice, net, "2001:db8:56::/64", ipv6_address_mode="dhcpv6-stateful")
+    inner6 = v6(alice, net, "2001:db8:56::/64", ipv6_address_mode="dhcpv6-stateful", ipv6_ra_mode="dhcpv6-stateful")
     rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
     assert add_intf(alice, rtr["id"], subnet_id=inner6["id"]).status_code == 200
     p6 = port(alice, net)

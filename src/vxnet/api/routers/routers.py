@@ -21,7 +21,7 @@ Records and invariants:
   the router's fence key `/vxnet/fence/router/<id>` after reading it, so they are serialized
   too: an interface in use by a floating IP cannot be removed by a concurrent request.
 - IPv6 (Neutron's `_add_interface_by_subnet`): an interface on an IPv6 subnet takes its
-  gateway_ip; when the router already has an interface port with an IPv6 address on that
+  gateway_ip (not on an address-mode-only subnet, whose RAs come from an outside router: 400); when the router already has an interface port with an IPv6 address on that
   network, the new address is added to that port (one port, several IPv6 prefixes), and
   removing one of its subnets removes only that address (the port goes with its last one).
   A port with an IPv6 address can be attached only if the router has no other IPv6 port on
@@ -667,6 +667,9 @@ def _add_by_subnet(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: li
     if not ctx.is_admin and subnet["project_id"] != ctx.project_id:
         raise bad_router(f"Cannot add interface to router because subnet {subnet_id} is not owned by project "
                          "making the request")
+    if subnet["ip_version"] == 6 and subnet.get("ipv6_ra_mode") is None and subnet.get("ipv6_address_mode"):
+        raise bad_router(f"IPv6 subnet {subnet_id} configured to receive RAs from an external router cannot be "
+                         "added to Neutron Router.")
     check_dup_router_subnets(uow, ports, [subnet])
     net = uow.get("networks", subnet["network_id"])
     if net is None:
