@@ -343,6 +343,21 @@ def test_new_auto_subnet_addresses_existing_ports_and_delete_takes_them_back(sha
     assert claims(shared_server, s["id"]) == set()
 
 
+def test_bulk_create_of_two_auto_subnets_addresses_existing_ports_on_both(shared_server) -> None:
+    alice = shared_server.api("alice")
+    net = network(alice)
+    p = port(alice, net)
+    r = alice.post("/subnets", json={"subnets": [
+        {"network_id": net["id"], "ip_version": 6, "cidr": "2001:db8:4e:1::/64", "ipv6_address_mode": "slaac"},
+        {"network_id": net["id"], "ip_version": 6, "cidr": "2001:db8:4e:2::/64", "ipv6_address_mode": "dhcpv6-stateless",
+         "ipv6_ra_mode": "dhcpv6-stateless"}]})
+    assert r.status_code == 201, r.text
+    made = r.json()["subnets"]
+    got = ips(alice.get(f"/ports/{p['id']}").json()["port"])
+    assert got == {s["id"]: eui64_address(s["cidr"], p["mac_address"]) for s in made}
+    assert all(claims(shared_server, s["id"]) == {got[s["id"]]} for s in made)
+
+
 def test_other_project_cannot_use_v6_subnet(shared_server) -> None:
     alice, bob = shared_server.api("alice"), shared_server.api("bob")
     net = network(alice)
