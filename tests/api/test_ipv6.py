@@ -657,3 +657,65 @@ def test_zz_every_claim_is_a_fixed_ip_and_back(shared_server) -> None:
     kvs, _ = shared_server.store.range("/vxnet/mac/")
     assert {(*kv.key.split("/")[3:5], kv.value) for kv in kvs} == {(p["network_id"], p["mac_address"], p["id"])
                                                                  for p in ports}
+
+
+def test_ports_created_while_an_auto_subnet_is_created_all_get_their_address(server) -> None:
+    """Whatever the interleaving, every port of the network ends with its EUI-64 address on a
+    SLAAC subnet created concurrently (a port made meanwhile makes the subnet's unit rerun),
+    and the claims are exactly the ports' addresses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alice = server.api("alice")
+    net = network(alice)
+    subnet(alice, net, "192.0.2.0/24")
+
+    def make_port(i: int) -> int:
+        with server.api("alice") as c:
+            return c.post("/ports", json={"port": {"network_id": net["id"], "name": f"p{i}"}}).status_code
+
+    def make_subnet() -> dict[str, Any]:
+        with server.api("alice") as c:
+            r = c.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 6,
+                                                    "cidr": "2001:db8:90::/64", "ipv6_address_mode": "slaac"}})
+            assert r.status_code == 201, r.text
+            return r.json()["subnet"]  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(6) as pool:
+        first = [pool.submit(make_port, i) for i in range(12)]
+        s = pool.submit(make_subnet)
+        rest = [pool.submit(make_port, i) for i in range(12, 24)]
+        codes = [f.result() for f in first + rest]
+        s6 = s.result()
+    assert codes == [201] * 24
+    ports = alice.get("/ports", params={"network_id": net["id"]}).json()["ports"]
+    assert len(ports) == 24
+    for p in ports:
+        assert ips(p).get(s6["id"]) == eui64_address(s6["cidr"], p["mac_address"]), p
+    assert claims(server, s6["id"]) == {ips(p)[s6["id"]] for p in ports}
+
+
+def test_port_committed_between_an_auto_subnets_read_and_commit_reruns_it(server, monkeypatch) -> None:
+    """The interleaving made deterministic: a port commits after the subnet's unit listed the
+    network's ports but before it commits; the unit must rerun and address that port too."""
+    from vxnet.api.routers import subnets as subnets_api
+    from vxnet.services.ports import new_port_record
+
+    alice = server.api("alice")
+    net = network(alice)
+    subnet(alice, net, "192.0.2.0/24")
+    made: list[dict[str, Any]] = []
+    original = subnets_api.add_auto_addresses
+
+    def interleaved(uow: Any, sub: dict[str, Any]) -> None:
+        original(uow, sub)
+        if not made:  # first attempt only: another request's port lands now
+            def other(uow2: Any) -> dict[str, Any]:
+                return new_port_record(uow2, network=uow2.get("networks", net["id"]), project_id=net["project_id"])
+            made.append(uow.repo.transact(other))
+
+    monkeypatch.setattr(subnets_api, "add_auto_addresses", interleaved)
+    s6 = v6(alice, net, "2001:db8:91::/64", ipv6_address_mode="slaac")
+    assert len(made) == 1 and len(made[0]["fixed_ips"]) == 1  # it saw only the IPv4 subnet
+    p = alice.get(f"/ports/{made[0]['id']}").json()["port"]
+    assert ips(p).get(s6["id"]) == eui64_address(s6["cidr"], p["mac_address"])
+    assert claims(server, s6["id"]) == {ips(p)[s6["id"]]}
