@@ -472,6 +472,22 @@ def test_gateway_on_dual_stack_external_network_gets_both_addresses(shared_serve
     assert r2["external_gateway_info"]["external_fixed_ips"] == [{"subnet_id": s6b["id"], "ip_address": "2001:db8:ef::2"}]
 
 
+def test_gateway_fixed_ips_change_keeps_the_eui64_address(shared_server) -> None:
+    admin = shared_server.api("admin")
+    ext, s4, s6 = external_dual_stack(admin)
+    rtr = router(admin, external_gateway_info={"network_id": ext["id"]})
+    before = {ip["subnet_id"]: ip["ip_address"] for ip in rtr["external_gateway_info"]["external_fixed_ips"]}
+    r = admin.put(f"/routers/{rtr['id']}", json={"router": {"external_gateway_info": {
+        "network_id": ext["id"], "external_fixed_ips": [{"subnet_id": s4["id"], "ip_address": "203.0.113.77"}]}}})
+    assert r.status_code == 200, r.text
+    after = {ip["subnet_id"]: ip["ip_address"] for ip in r.json()["router"]["external_gateway_info"]["external_fixed_ips"]}
+    assert after == {s4["id"]: "203.0.113.77", s6["id"]: before[s6["id"]]}
+    assert_error(admin.put(f"/routers/{rtr['id']}", json={"router": {"external_gateway_info": {
+        "network_id": ext["id"], "external_fixed_ips": [{"subnet_id": s6["id"], "ip_address": "2001:db8:ee::5"}]}}}),
+        400, "InvalidInput", "automatic addresses")
+    assert claims(shared_server, s4["id"]) == {"203.0.113.77"} and claims(shared_server, s6["id"]) == {before[s6["id"]]}
+
+
 def test_floating_ips_stay_ipv4(shared_server) -> None:
     admin, alice = shared_server.api("admin"), shared_server.api("alice")
     ext, s4, s6 = external_dual_stack(admin)
