@@ -479,7 +479,7 @@ def add_auto_addresses(uow: UnitOfWork, subnet: dict[str, Any]) -> None:
     for p in uow.list("ports", lambda p: p["network_id"] == subnet["network_id"], guard_new=True):
         if not ipam.takes_auto_address(p["device_owner"]):
             continue
-        port = dict(p)
+        port = uow.get("ports", p["id"]) or dict(p)  # a bulk create's earlier subnet may have staged it
         ip = ipam.allocate_ip(uow, subnet, port["id"], ipv6.eui64_address(subnet["cidr"], port["mac_address"]))
         port["fixed_ips"] = [*port["fixed_ips"], {"subnet_id": subnet["id"], "ip_address": ip}]
         touch(port)
