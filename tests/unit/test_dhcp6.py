@@ -251,3 +251,24 @@ def test_ipv6_neighbour_entries_include_link_local() -> None:
     assert ips[nd.link_local(VM_MAC)] == VM_MAC
     assert ips["2001:db8:1::12"] == "fa:16:3e:00:00:12" and ips[nd.link_local("fa:16:3e:00:00:12")] == "fa:16:3e:00:00:12"
     assert all(str(ipaddress.ip_address(ip)) == ip for ip in ips)      # canonical, as the kernel reads back
+
+
+def test_unsolicited_ra_schedule_bursts_for_new_vms_and_changes_then_settles() -> None:
+    from vxnet.dataplane.dhcp_driver import RA_BURST, RA_INTERVAL, Served, _RaSchedule
+
+    (r,) = dhcp.compute_dhcp(_view(c6.SLAAC), "h1", 3600).responders
+    table = {r.device: Served(r, 7, {}, frozenset())}
+    s = _RaSchedule()
+    s.sync(table, 100.0)
+    sent = [t for t in (100.0, 100.5, 101.0, 102.9, 103.0, 108.0) if s.due(t)]
+    assert sent == [100.0 + b for b in RA_BURST]                 # the burst
+    assert s.due(108.0 + RA_INTERVAL[0] - 0.01) == []            # then no earlier than the interval
+    assert s.due(108.0 + RA_INTERVAL[1]) == [(r.device, VM_MAC)]
+    assert s.due(499.0) == [(r.device, VM_MAC)]                  # (periodic rounds since)
+    s.sync(table, 500.0)                                          # same content: no new burst
+    assert s.due(500.0) == []
+    (r2,) = dhcp.compute_dhcp(_view(c6.STATEFUL), "h1", 3600).responders    # the advertisement changed
+    s.sync({r2.device: Served(r2, 7, {}, frozenset())}, 600.0)
+    assert s.due(600.0) == [(r2.device, VM_MAC)]
+    s.sync({}, 700.0)                                             # the VM went
+    assert s.due(10_000.0) == [] and s.timeout(700.0, 1.0) == 1.0
