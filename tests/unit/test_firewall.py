@@ -119,8 +119,9 @@ def test_port_without_addresses_sends_no_ip() -> None:
     rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
     assert any(r.startswith("ether type ip counter drop") for r in rules)
     assert not any("ip saddr" in r and "meta mark set" in r for r in rules)
-    # only its link-local for IPv6 (as Neutron allows it)
-    assert fw.port(P1).pairs6 == (("02:00:00:00:02:0b", "fe80::ff:fe00:20b"),)
+    # no IPv6 address of its own: no IPv6 rules, not even its link-local (Neutron would allow it)
+    assert fw.port(P1).pairs6 == ()
+    assert rules[-2].startswith("ether type ip6 counter drop") and not any("icmpv6" in r for r in rules)
 
 
 def test_rule_kinds_render_to_nft_matches() -> None:
@@ -145,10 +146,7 @@ def test_port_chains_stateful_and_stateless() -> None:
     assert in1[0].startswith("ct state established,related counter accept")
     assert in1[1].startswith("ct state invalid counter drop")
     assert in1[2].startswith("udp sport 67 udp dport 68 counter accept")
-    assert in1[3].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
-                             "mld-listener-query } counter accept")
-    assert in1[4].startswith("meta nfproto ipv6 udp sport 547 udp dport 546 counter accept")
-    assert in1[5].startswith(f"counter jump gi_{G1.replace('-', '')}")
+    assert in1[3].startswith(f"counter jump gi_{G1.replace('-', '')}")       # IPv4-only port: no ND rules
     assert in1[-1].startswith("counter drop")
     in3 = chain(fw, "inet", f"in_{p3.ident}")
     assert not any("ct state" in r for r in in3)
@@ -415,8 +413,8 @@ def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() ->
     fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11"), port(P3, "192.0.2.13", net=NET2)]), "h1")
     rmac = dhcp.responder_mac(NET)
     assert fw.port(P1).dhcp_mac == rmac
-    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-na-target", "spoof-dad-target", "spoof-nd-layout", "spoof-nd-lladdr", "spoof-rs-layout", "spoof-rs-lladdr", "mark6", "spoof-mac", "spoof-arp", "arp",
-                                "dhcp-client", "dhcp-renew", "v6-unspecified", "spoof-ip", "spoof-ip6", "other"]
+    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp",
+                                "dhcp-client", "dhcp-renew", "spoof-ip", "spoof-ip6", "other"]
     rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
     assert next(r for r in rules if "dhcp-renew" in r).startswith(
         f"ether daddr {rmac} udp sport 68 udp dport 67 counter accept")
@@ -494,6 +492,8 @@ def test_ipv6_rules_render_with_remote_group_sets_and_icmpv6() -> None:
     assert fw.ignored_rules == ("r6-bad",)
     # members: IPv6 fixed IPs and pairs, no link-locals; no IPv4 set (no IPv4 rule names G2)
     assert fw.members6 == {G2: frozenset({"2001:db8::12", "2001:db8:1::/64"})} and fw.members == {}
+    in1 = chain(fw, "inet", f"in_{fw.port(P1).ident}")
+    assert not any("icmpv6" in r for r in in1)                  # P1 has no IPv6 address
     sg = next(t for t in fw.tables if t.family == "inet")
     assert {s.name: s.type for s in sg.sets if s.kind == "set"} == {f"rg6_{G2.replace('-', '')}": "ipv6_addr"}
     # decide() evaluates them; an IPv4 packet never matches an IPv6 rule
@@ -503,7 +503,13 @@ def test_ipv6_rules_render_with_remote_group_sets_and_icmpv6() -> None:
                                                     icmp_code=0)) == ("accept", "sg:r6-ping")
     assert fwm.decide(fw, P1, "ingress", fwm.Packet("2001:db8:9::5", "2001:db8::11", 6, dport=22)) == \
         ("drop", "default-drop")
-    assert fwm.decide(fw, P1, "ingress", fwm.Packet("fe80::1", "fe80::2", 58, icmp_type=135)) == ("accept", "nd")
+    # ND is always allowed to a port with IPv6 addresses; P1 has none
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("fe80::1", "fe80::2", 58, icmp_type=135)) == ("drop", "default-drop")
+    fw2 = compute_firewall(view([port(P1, "192.0.2.11", fixed_ips=[{"subnet_id": "s6", "ip_address": "2001:db8::11"}]),
+                                 p2], RULES6), "h1")
+    assert fwm.decide(fw2, P1, "ingress", fwm.Packet("fe80::1", "fe80::2", 58, icmp_type=135)) == ("accept", "nd")
+    assert fwm.decide(fw2, P1, "egress", fwm.Packet("fe80::2", "ff02::1:2", 17, sport=546, dport=547)) == \
+        ("accept", "dhcp6-request")
     assert fwm.decide(fw, P1, "ingress", fwm.Packet("203.0.113.9", "192.0.2.11", 6, dport=22)) == \
         ("drop", "default-drop")
     # a member leaving revokes its IPv6 flows too
@@ -528,6 +534,12 @@ def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
     assert rules["mark6"].startswith("ether saddr . ip6 saddr { 02:00:00:00:02:0b . 2001:db8::11, "
                                      "02:00:00:00:02:0b . fe80::ff:fe00:20b, 02:00:00:00:07:10 . 2001:db8:5::/120, "
                                      "02:00:00:00:07:10 . fe80::ff:fe00:710 }")
+    in1 = chain(fw, "inet", f"in_{fw.port(P1).ident}")
+    assert in1[3].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
+                             "mld-listener-query } counter accept")
+    assert in1[4].startswith("meta nfproto ipv6 udp sport 547 udp dport 546 counter accept")
+    eg1 = chain(fw, "inet", f"eg_{fw.port(P1).ident}")
+    assert any(r.startswith("meta nfproto ipv6 udp sport 546 udp dport 547 counter accept") for r in eg1)
     out = chain(fw, "bridge", "out")
     assert out[0].startswith('oifname "vxv-*" icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect }')
     assert "ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00" in out[1] and "mld2-listener-report" in out[1]

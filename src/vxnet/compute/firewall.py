@@ -454,7 +454,12 @@ def _port_filter(p: Port, index: int, groups: tuple[str, ...], stateful: bool, d
     addrs6 = port_addresses6(p)
     macs = tuple(sorted({p.mac, *(m for m, _ in addrs), *(m for m, _ in addrs6)} - {""}))
     pairs = tuple(sorted((m, a) for m in macs for a in collapse(x for mm, x in addrs if mm == m)))
-    pairs6 = tuple(sorted((m, a) for m in macs for a in collapse6(x for mm, x in addrs6 if mm == m)))
+    # A port without any IPv6 address of its own (fixed IP or pair) gets no IPv6 rules at all,
+    # not even its link-local (which Neutron allows): its IPv6 is dropped (`spoof-ip6`), and an
+    # IPv4-only host keeps its ruleset's size (1,000 ports: 24,045 commands, against 38,047 with
+    # every port's IPv6 checks).
+    has_v6 = any(not a.startswith("fe80:") for _, a in port_addresses6(p, False))
+    pairs6 = tuple(sorted((m, a) for m in macs for a in collapse6(x for mm, x in addrs6 if mm == m))) if has_v6 else ()
     return PortFilter(p.id, naming.port_device(p.id, p.is_subport), naming.bridge_name(p.network_id), index, macs, pairs, groups,
                       stateful, dhcp_mac, pairs6)
 
@@ -577,9 +582,9 @@ def _ps_chain(p: PortFilter) -> NftChain:
         rules.append(_rule(f"ether saddr . ip saddr {_set_text(pairs)}", f"meta mark set {p.index:#x} accept", "mark"))
     # IPv6: never a DHCPv6 server, never a router (RA guard: advertisements and redirects);
     # neighbour discovery checked; then the (MAC . source) pairs, link-locals included.
-    rules += [_rule("udp sport 547", "drop", "dhcp6-server"),
-              _rule("icmpv6 type { nd-router-advert, nd-redirect }", "drop", "ra-guard")]
     if p.pairs6:
+        rules += [_rule("udp sport 547", "drop", "dhcp6-server"),
+                  _rule("icmpv6 type { nd-router-advert, nd-redirect }", "drop", "ra-guard")]
         rules += _nd_rules(p)
         rules.append(_rule(f"ether saddr . ip6 saddr {_set_text(f'{m} . {a}' for m, a in p.pairs6)}",
                            f"meta mark set {p.index:#x} accept", "mark6"))
@@ -618,13 +623,15 @@ def _port_sg_chain(p: PortFilter, direction: str) -> NftChain:
         rules += [_rule("ct state established,related", "accept", "ct-established"),
                   _rule("ct state invalid", "drop", "ct-invalid")]
     if direction == "ingress":
-        rules += [_rule("udp sport 67 udp dport 68", "accept", "dhcp-reply"),
-                  _rule(f"icmpv6 type {ND_INGRESS}", "accept", "nd"),
-                  _rule("meta nfproto ipv6 udp sport 547 udp dport 546", "accept", "dhcp6-reply")]
+        rules.append(_rule("udp sport 67 udp dport 68", "accept", "dhcp-reply"))
+        if p.pairs6:
+            rules += [_rule(f"icmpv6 type {ND_INGRESS}", "accept", "nd"),
+                      _rule("meta nfproto ipv6 udp sport 547 udp dport 546", "accept", "dhcp6-reply")]
     else:
-        rules += [_rule("udp sport 68 udp dport 67", "accept", "dhcp-request"),
-                  _rule(f"icmpv6 type {ND_EGRESS}", "accept", "nd"),
-                  _rule("meta nfproto ipv6 udp sport 546 udp dport 547", "accept", "dhcp6-request")]
+        rules.append(_rule("udp sport 68 udp dport 67", "accept", "dhcp-request"))
+        if p.pairs6:
+            rules += [_rule(f"icmpv6 type {ND_EGRESS}", "accept", "nd"),
+                      _rule("meta nfproto ipv6 udp sport 546 udp dport 547", "accept", "dhcp6-request")]
     rules += [_rule("", f"jump {gprefix}{_ident(g)}", "group:" + g) for g in p.groups]
     rules.append(_rule("", "drop", "default-drop"))
     return NftChain(prefix + p.ident, tuple(rules))
@@ -779,7 +786,7 @@ def decide(fw: Firewall, port_id: str, direction: str, pkt: Packet) -> tuple[str
         return "drop", "ct-invalid"
     if pkt.protocol == 17 and (pkt.sport, pkt.dport) == ((67, 68) if direction == "ingress" else (68, 67)):
         return "accept", "dhcp-reply" if direction == "ingress" else "dhcp-request"
-    v6 = ipaddress.ip_address(pkt.src).version == 6
+    v6 = ipaddress.ip_address(pkt.src).version == 6 and bool(p.pairs6)    # ND/DHCPv6: ports with IPv6 only
     if v6 and pkt.protocol == ICMPV6 and pkt.icmp_type in (ND_INGRESS_TYPES if direction == "ingress" else ND_EGRESS_TYPES):
         return "accept", "nd"
     if v6 and pkt.protocol == 17 and (pkt.sport, pkt.dport) == ((547, 546) if direction == "ingress" else (546, 547)):
