@@ -250,9 +250,11 @@ def allocate_fixed_ips(
     out: list[dict[str, str]] = []
     takes_auto = takes_auto_address(device_owner)
     if requested is None:
-        last_error: ServiceError | None = None
+        # Neutron: each group (IPv4; IPv6 without automatic addresses) yields one address from
+        # the first of its subnets with a free one; a group whose every subnet is full fails the port.
         for group in ([s for s in subnets if s["ip_version"] == 4],
                       [s for s in subnets if s["ip_version"] == 6 and not ipv6.is_auto_address_subnet(s)]):
+            last_error: ServiceError | None = None
             for s in group:
                 try:
                     out.append({"subnet_id": s["id"], "ip_address": allocate_ip(uow, s, port_id,
@@ -260,10 +262,11 @@ def allocate_fixed_ips(
                     break
                 except ServiceError as e:
                     last_error = e
+            else:
+                if last_error is not None:
+                    raise last_error
         if mac is not None and add_auto and takes_auto:
             out += auto_address_ips(uow, subnets, port_id, mac)
-        if not out and last_error is not None:
-            raise last_error
         return out
     for item in requested:
         sid = item.get("subnet_id")
