@@ -660,6 +660,18 @@ def test_fixed_ips_update_adds_a_missing_auto_address(shared_server) -> None:
     assert ips(q) == {s["id"]: eui64_address(s["cidr"], q["mac_address"])}
 
 
+def test_ip_availability_counts_v6(shared_server) -> None:
+    admin = shared_server.api("admin")
+    net = network(admin)
+    s = v6(admin, net, "2001:db8:4f:1::/64", ipv6_address_mode="dhcpv6-stateful", ipv6_ra_mode="dhcpv6-stateful")
+    port(admin, net)
+    got = admin.get(f"/network-ip-availabilities/{net['id']}").json()["network_ip_availability"]
+    assert got["subnet_ip_availability"] == [{"subnet_id": s["id"], "subnet_name": "", "cidr": s["cidr"], "ip_version": 6,
+                                              "total_ips": 2**64 - 2, "used_ips": 1}]
+    listed = admin.get("/network-ip-availabilities", params={"ip_version": 6}).json()["network_ip_availabilities"]
+    assert net["id"] in {n["network_id"] for n in listed}
+
+
 def test_zz_every_claim_is_a_fixed_ip_and_back(shared_server) -> None:
     """Runs last on the module's server, after every success and error path above: the store's
     address and MAC claims are exactly the ports' fixed IPs and MACs (nothing leaked, nothing

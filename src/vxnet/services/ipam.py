@@ -288,13 +288,13 @@ def allocate_fixed_ips(
                     f"IP address {ip} is not a valid IP for any of the subnets on the specified network.",
                     "InvalidIpForNetwork",
                 )
-        if ipv6.is_auto_address_subnet(subnet) and device_owner not in ROUTER_INTERFACE_OWNERS_SNAT:
+        if ipv6.is_auto_address_subnet(subnet):  # Neutron's _test_fixed_ips_for_port
             if ip is not None and device_owner not in ROUTER_INTERFACE_OWNERS:
                 raise bad_request(f"IPv6 address {ip} cannot be directly assigned to a port on subnet "
                                   f"{subnet['id']} as the subnet is configured for automatic addresses",
                                   "InvalidInput")
-            if ip is None:
-                if any(o["subnet_id"] == subnet["id"] for o in out) or not takes_auto:
+            if ip is None and takes_auto:  # the port's EUI-64 address (router ports: a pool address)
+                if any(o["subnet_id"] == subnet["id"] for o in out):
                     continue  # asked twice
                 if mac is None:
                     raise bad_request(f"Invalid input for fixed_ips: subnet {subnet['id']} gives automatic "
