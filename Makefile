@@ -46,6 +46,7 @@ $(STAMP_ANSIBLE): examples/ansible/requirements.txt
 
 $(STAMP_GUEST): src/vxnet/lab/image.py | $(STAMP_APT) $(STAMP_PIP)
 	$(PY) -m vxnet.lab.image
+	$(PY) -m vxnet.lab.image --cloud
 	touch $@
 
 test: setup $(STAMP_GUEST)
