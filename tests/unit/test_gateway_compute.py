@@ -73,7 +73,9 @@ def test_nat_rules_floating_ip_before_snat_and_mss() -> None:
     r = compute_gateway(view(), "gw1", None).routers[0]
     rules = nat_ruleset(r)
     qg = r.gw.inner
-    assert f'iifname "{qg}" ip daddr 203.0.113.20 dnat to 192.0.2.11' in rules
+    assert '    ip daddr 203.0.113.20 dnat to 192.0.2.11' in rules      # from any leg (hairpin)
+    hair = f'iifname != "{qg}" oifname != "{qg}" ct status dnat'
+    assert rules.index(f"{hair} ip saddr 192.0.2.11 snat to 203.0.113.20") < rules.index(f"{hair} snat to 203.0.113.10")
     fip_snat = rules.index(f'oifname "{qg}" ip saddr 192.0.2.11 snat to 203.0.113.20')
     snat = rules.index(f'oifname "{qg}" ip saddr {{ 192.0.2.0/24 }} snat to 203.0.113.10')
     assert fip_snat < snat

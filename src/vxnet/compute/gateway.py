@@ -18,9 +18,10 @@ arguments and returns a `GatewayDesired`:
     it like a VM port), inside `sg-<snat port 11>` with the port's MAC and address, so every
     router subnet is connected;
   * the router's extra routes whose nexthop is on a connected subnet;
-  * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed and SNAT fixed -> fip, then (if
-    enable_snat) SNAT of the router's interface subnets to the gateway address; MSS clamping
-    of forwarded SYNs to the route MTU.
+  * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed (from any leg: hairpin) and SNAT
+    fixed -> fip, then hairpin SNAT (a DNATed flow from inside back inside: to the sender's
+    floating IP, else the gateway address), then (if enable_snat) SNAT of the router's
+    interface subnets to the gateway address; MSS clamping of forwarded SYNs to the route MTU.
 - Only IPv4. A router whose gateway port has no IPv4 address or no known external subnet is
   skipped (nothing to build yet).
 """
@@ -202,8 +203,18 @@ def nat_ruleset(r: GatewayRouter) -> str:
     """The router namespace's whole `table ip vxnet_nat`, for one `nft -f` transaction (the
     table is declared, deleted and rebuilt in the same transaction: atomic, nothing stale)."""
     qg = r.gw.inner
-    pre = [f'iifname "{qg}" ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
+    # DNAT from any side: from the outside (qg) and, for hairpin, from the router's own
+    # subnets (sg- legs: a VM reaching a floating IP of its router, its own included).
+    pre = [f'ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
     post = [f'oifname "{qg}" ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
+    # Hairpin: a DNATed flow that came from inside and goes back inside is SNATed too, or the
+    # answer would go straight back from the fixed address and the sender drop it. Its source
+    # becomes the sender's floating IP if it has one (what the outside would see), else the
+    # router's gateway address (as Neutron's `ctstate DNAT` SNAT rule).
+    hair = f'iifname != "{qg}" oifname != "{qg}" ct status dnat'
+    post += [f'{hair} ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
+    if r.fips:
+        post.append(f'{hair} snat to {r.gw_ip}')
     if r.enable_snat and r.snat_cidrs:
         post.append(f'oifname "{qg}" ip saddr {{ {", ".join(r.snat_cidrs)} }} snat to {r.gw_ip}')
 
