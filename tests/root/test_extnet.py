@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -125,3 +126,34 @@ def test_hairpin_to_floating_ips_of_the_same_cloud(xlab: Lab) -> None:
     with g.api("alice") as cl:
         ok(cl.put(f"/floatingips/{fb['id']}", json={"floatingip": {"port_id": None}}))
     wait_for(lambda: ask(topology.vm_ns("hc"), fb["floating_ip_address"], 8081, 0.3).startswith("ERR"))
+
+
+def fip_status(g: Lab, fid: str) -> str:
+    with g.api("admin") as c:
+        return ok(c.get(f"/floatingips/{fid}"))["floatingip"]["status"]
+
+
+def test_floating_ip_status_is_the_gateways_report(xlab: Lab) -> None:
+    """DOWN when created unassociated; associated: DOWN in the API's answer, ACTIVE once the
+    gateway host reported it programmed (and it answers from the outside); disassociated:
+    DOWN, and no report turns it ACTIVE again."""
+    g = xlab
+    net, _, r = tenant_router(g, "alice", "100.64.72.0/24", "st")
+    p = g.port("alice", net["id"], "100.64.72.11")
+    allow_outside(g, "alice")
+    vm_behind(g, "s1", "h1", p, r["id"], via_snat=False)
+    ext = external_network(g)
+    with g.api("alice") as c:
+        fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"]}}), 201)["floatingip"]
+        assert fip["status"] == "DOWN"
+        up = ok(c.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": p["id"]}}))["floatingip"]
+    assert up["status"] == "DOWN"                 # not the API's to say
+    took = wait_for(lambda: fip_status(g, fip["id"]) == "ACTIVE", timeout=20)
+    print(f"\nfloating IP associated -> ACTIVE (reported by the gateway): {took * 1000:.0f} ms")
+    assert subprocess.run(["ip", "netns", "exec", OUT, "ping", "-c", "1", "-W", "2", fip["floating_ip_address"]],
+                          capture_output=True).returncode == 0
+    with g.api("alice") as c:
+        ok(c.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": None}}))
+    assert fip_status(g, fip["id"]) == "DOWN"
+    time.sleep(1)                                 # and no agent report turns it ACTIVE again
+    assert fip_status(g, fip["id"]) == "DOWN"

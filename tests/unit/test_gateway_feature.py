@@ -79,3 +79,18 @@ def test_apply_converges_only_changes_and_retries_failures() -> None:
 def test_only_on_gateway_hosts() -> None:
     assert build(HostContext("h1", "198.51.100.1")) == []
     assert [x.name for x in build(dataclasses.replace(HostContext("g", "198.51.100.2"), gateway=True))] == ["gateway"]
+
+
+def test_floating_ip_status_follows_the_router_namespace() -> None:
+    drv = FakeDriver()
+    now = [0.0]
+    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    assert f.apply(_desired(f, view())).floatingips == {"f1": "ACTIVE"}
+    drv.fail = True
+    f.invalidate()
+    assert f.apply(_desired(f, view())).floatingips == {"f1": "DOWN"}     # not programmed: DOWN
+    drv.fail = False
+    now[0] += 1.0
+    assert f.apply(_desired(f, view())).floatingips == {"f1": "ACTIVE"}
+    assert f.apply(_desired(f, view(host="gw2"))).floatingips == {}       # served elsewhere: not ours to say

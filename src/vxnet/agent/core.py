@@ -129,6 +129,8 @@ class Agent:
         self._status_lock = threading.Lock()
         self._reported: dict[str, tuple[str, Any]] = {}     # port -> (status, port revision) sent
         self._to_report: dict[str, tuple[str, Any]] = {}    # port -> (status, port revision) to send
+        self._fip_reported: dict[str, tuple[str, Any]] = {}  # the same for floating IPs served here
+        self._fip_to_report: dict[str, tuple[str, Any]] = {}
         self._report_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pass_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
@@ -298,6 +300,7 @@ class Agent:
         self._failing = tuple(str(f)[:200] for f in result.failed[:5])
         self._record(view, desired, result, request_ids)
         self._report(view, result)
+        self._report_fips(view, {k: v for r in ordered for k, v in r.floatingips.items()})
         if not result.failed:
             self._pass_backoff.reset()
             self._applied_received = received
@@ -413,10 +416,57 @@ class Agent:
         if want:
             self._report_wake.set()
 
+    def _report_fips(self, view: ViewState, statuses: Mapping[str, str]) -> None:
+        """Queue the floating IP status changes of this pass (as `_report` for ports)."""
+        fips = view.view.floatingips
+        want: dict[str, tuple[str, Any]] = {}
+        with self._status_lock:
+            for fid, status in statuses.items():
+                obj = fips.get(fid)
+                if obj is None:
+                    continue
+                stamp = (status, obj.revision if obj.revision is not None else obj.status)
+                if obj.status != status and self._fip_reported.get(fid) != stamp:
+                    want[fid] = stamp
+            for fid in list(self._fip_reported):
+                if fid not in statuses:
+                    del self._fip_reported[fid]
+            self._fip_to_report = want
+        if want:
+            self._report_wake.set()
+
+    def _send_fips(self) -> bool:
+        """Send the queued floating IP statuses; False if that failed (retried)."""
+        with self._status_lock:
+            batch = dict(self._fip_to_report)
+        send = getattr(self.control, "report_floatingips_status", None)
+        if not batch or send is None:
+            return True
+        active = sorted(f for f, (s, _) in batch.items() if s == "ACTIVE")
+        down = sorted(f for f, (s, _) in batch.items() if s == "DOWN")
+        try:
+            send(active, down)
+        except Exception as e:  # noqa: BLE001 - as for ports: retried
+            metrics.ERRORS.labels("report_status").inc()
+            log.warning("host=%s floating IP status report failed (%s); will retry", self.cfg.host, e)
+            return False
+        with self._status_lock:
+            for fid, stamp in batch.items():
+                self._fip_reported[fid] = stamp
+                if self._fip_to_report.get(fid) == stamp:
+                    del self._fip_to_report[fid]
+        self._report_backoff.reset()
+        log.info("host=%s floating IPs ACTIVE=%s DOWN=%s", self.cfg.host, active, down)
+        return True
+
     def _reporter_loop(self) -> None:
         while not self._stop.is_set():
             self._report_wake.wait(1.0)
             self._report_wake.clear()
+            if not self._stop.is_set() and not self._send_fips():
+                self._stop.wait(self._report_backoff.next())
+                self._report_wake.set()
+                continue
             with self._status_lock:
                 batch = dict(self._to_report)
             if not batch or self._stop.is_set():

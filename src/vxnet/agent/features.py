@@ -25,6 +25,9 @@ A plug-first feature (the firewall) lists in `hold` the local ports whose filter
 loaded: the L2 pass does not plug their taps (a tap already plugged stays, filtered by the rules
 it had), so no port passes traffic unfiltered.
 
+A feature that serves floating IPs (the gateway) gives their status in `floatingips`; the agent
+reports the ones whose stored status differs, like port status.
+
 A local port listed in any feature's `down` is reported DOWN even when its L2 path is applied
 (e.g. its security-group rules failed to load): ACTIVE means the whole data path is in place.
 """
@@ -62,6 +65,7 @@ class FeatureResult:
     changes: Mapping[str, int] = dataclasses.field(default_factory=dict)   # kind -> count (logs/metrics)
     all_down: bool = False                       # nothing of this feature is in place (e.g. it crashed)
     hold: frozenset[str] = frozenset()           # local port ids whose taps must not be plugged yet
+    floatingips: Mapping[str, str] = dataclasses.field(default_factory=dict)   # served here: id -> ACTIVE/DOWN
 
 
 class Feature(Protocol):

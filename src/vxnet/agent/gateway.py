@@ -11,7 +11,8 @@ Contract (agent/features.py):
   (all leftovers at the first pass and after `invalidate()`), but nothing is deleted before the
   first apply (the agent calls features only with a complete view).
 - A router whose namespace failed to converge is reported in `failed` and its gateway and snat
-  ports in `down` (DOWN until a later pass succeeds).
+  ports in `down` (DOWN until a later pass succeeds); its floating IPs are DOWN in the result's
+  `floatingips`, the other routers' ACTIVE (the agent reports them, services/fip_status.py).
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ class GatewayFeature:
 
         for rid, e in m.run(now, upsert, lambda *_: None, (GatewayError,)):
             log.warning("host=%s gateway router %s: %s", self.ctx.host, rid, e)
-        for rid in m.pending():               # failed now or earlier, waiting for its retry
+        pending = set(m.pending())
+        for rid in sorted(pending):           # failed now or earlier, waiting for its retry
             failed.append(f"gateway router {rid}")
             down |= m.desired[rid].port_ids
-        return FeatureResult(failed=tuple(failed), down=frozenset(down), changes=changes)
+        fips = {fid: "DOWN" if r.router_id in pending else "ACTIVE" for r in desired.routers for fid in r.fip_ids}
+        return FeatureResult(failed=tuple(failed), down=frozenset(down), changes=changes, floatingips=fips)
 
 
 def build(ctx: HostContext) -> list[GatewayFeature]:

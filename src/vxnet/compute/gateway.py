@@ -22,6 +22,8 @@ arguments and returns a `GatewayDesired`:
     fixed -> fip, then hairpin SNAT (a DNATed flow from inside back inside: to the sender's
     floating IP, else the gateway address), then (if enable_snat) SNAT of the router's
     interface subnets to the gateway address; MSS clamping of forwarded SYNs to the route MTU.
+- `fip_ids`: the floating IPs a router serves (the feature reports them ACTIVE once the
+  router's namespace converged, DOWN while it fails).
 - Only IPv4. A router whose gateway port has no IPv4 address or no known external subnet is
   skipped (nothing to build yet).
 """
@@ -86,6 +88,7 @@ class GatewayRouter:
     enable_snat: bool
     fips: tuple[FloatingNat, ...]
     routes: tuple[tuple[str, str], ...]     # (destination, nexthop)
+    fip_ids: tuple[str, ...] = ()           # the floating IPs of `fips` (their status is reported)
 
     @property
     def legs(self) -> tuple[Leg, ...]:
@@ -165,10 +168,12 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
             continue
         if hop.version == 4 and dest.version == 4 and any(hop in n for n in connected):
             routes.append((str(dest), str(hop)))
-    fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in v.floatingips.values()
-            if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address}
+    served = [f for f in v.floatingips.values()
+              if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address]
+    fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in served}
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
-                         tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))))
+                         tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
+                         tuple(sorted(f.id for f in served)))
 
 
 def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,

@@ -28,7 +28,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from vxnet.services import bindings
+from vxnet.services import bindings, fip_status
 from vxnet.services.ports import delete_port_record, new_port_record
 from vxnet.services.repo import UnitOfWork, now_iso, res_key
 from vxnet.store.contract import Put
@@ -88,6 +88,8 @@ def _bind(uow: UnitOfWork, port: dict[str, Any], host: str) -> None:
     if (port.get("binding:host_id") or "") == host:
         return
     p = dict(port)
+    if p["device_owner"] == GW_OWNER:
+        fip_status.router_moved(uow, p["device_id"])   # DOWN until the new host reports them
     bindings.bind(uow, p, host)
     p.update({"status": "DOWN", "revision_number": p.get("revision_number", 0) + 1, "updated_at": now_iso()})
     uow.put("ports", p)
