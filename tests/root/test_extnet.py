@@ -1,5 +1,6 @@
 """The physical network side of gateways, real packets: `vxnet lab up --hosts 2 --gateways 1
---external` (h3 is the gateway host; vxl-x is the outside of physical network `external`).
+--external --external2` (h3 is the gateway host; vxl-x is the outside of physical network
+`external` on its vxlext0, vxl-x2 the outside of `external2` on its vxlext1).
 
 - Hairpin: a VM reaches another VM's floating IP of the same router, and its own, through the
   gateway namespace (DNAT + hairpin SNAT); a VM behind another router reaches it too (out on the
@@ -7,6 +8,11 @@
   gateway address when the sender has none), and the answer comes back from the floating IP.
 - Floating IP status: DOWN when created, ACTIVE once the serving gateway programmed it (the
   agent reports it), DOWN when disassociated.
+- Two external networks on different physical networks served by one gateway host: a router
+  on each, each VM reaches its own outside (and is seen with its router's address there), a
+  floating IP on the second network answers from the second outside only. A VLAN external
+  network is accepted by the API and refused by the agent (no 802.1Q in this kernel): its
+  router's gateway port stays DOWN and `vxnet status` says why.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from vxnet.lab import topology
 
 pytestmark = [pytest.mark.root, needs_root]
 
+PHYS2, OUT2, CLIENT2, GW2 = topology.SEGMENTS[1]
+
 
 @pytest.fixture(scope="module")
 def xlab(tmp_path_factory) -> Iterator[Lab]:
@@ -50,7 +58,7 @@ def xlab(tmp_path_factory) -> Iterator[Lab]:
     servers: list[subprocess.Popen[str]] = []
     try:
         lab.down(quiet=True)
-        st = lab.up(2, str(cfg), gateways=1, external=True)
+        st = lab.up(2, str(cfg), gateways=1, external=True, external2=True)
         g = Lab(st)
         g.servers = servers  # type: ignore[attr-defined]
 
@@ -60,6 +68,7 @@ def xlab(tmp_path_factory) -> Iterator[Lab]:
             return {a["host"] for a in agents if a["alive"]} >= {"h1", "h2", "h3"}
         wait_for(registered, timeout=30, interval=0.2)
         servers.append(serve(OUT, 8080, "outside"))
+        servers.append(serve(OUT2, 8080, "outside2"))
         yield g
     finally:
         for p in servers:
@@ -157,3 +166,93 @@ def test_floating_ip_status_is_the_gateways_report(xlab: Lab) -> None:
     assert fip_status(g, fip["id"]) == "DOWN"
     time.sleep(1)                                 # and no agent report turns it ACTIVE again
     assert fip_status(g, fip["id"]) == "DOWN"
+
+
+def second_external(g: Lab) -> dict:
+    with g.api("admin") as c:
+        net = ok(c.post("/networks", json={"network": {
+            "name": "public2", "router:external": True, "provider:network_type": "flat",
+            "provider:physical_network": PHYS2}}), 201)["network"]
+        ok(c.post("/subnets", json={"subnet": {
+            "network_id": net["id"], "ip_version": 4, "cidr": "100.127.254.0/24", "gateway_ip": GW2,
+            "allocation_pools": [{"start": "100.127.254.10", "end": "100.127.254.99"}]}}), 201)
+    return net
+
+
+def test_two_external_networks_on_two_physical_networks(xlab: Lab) -> None:
+    g = xlab
+    # a tenant may not choose the physical network (Neutron: admin only)
+    with g.api("alice") as c:
+        r = c.post("/networks", json={"network": {"name": "mine", "router:external": False,
+                                                  "provider:network_type": "flat", "provider:physical_network": PHYS2}})
+        assert r.status_code == 403, r.text
+    ext2 = second_external(g)
+    n1, _, r1 = tenant_router(g, "alice", "100.64.80.0/24", "x1")          # on `public` (external)
+    n2, _, _ = tenant_router(g, "bob", "100.64.81.0/24", "x2")
+    with g.api("bob") as c:                                                # bob's router: on public2
+        rid2 = ok(c.get("/routers", params={"name": "x2"}))["routers"][0]["id"]
+        r2 = ok(c.put(f"/routers/{rid2}", json={"router": {"external_gateway_info": {"network_id": ext2["id"]}}}))[
+            "router"]
+    assert gateway_ip(r2).startswith("100.127.254.")
+    p1 = g.port("alice", n1["id"], "100.64.80.11")
+    p2 = g.port("bob", n2["id"], "100.64.81.11")
+    vm_behind(g, "x1", "h1", p1, r1["id"], via_snat=False)
+    vm_behind(g, "x2", "h2", p2, r2["id"], via_snat=False)
+    # each reaches its own outside, seen there with its own router's address
+    wait_for(lambda: ask(topology.vm_ns("x1"), CLIENT, 8080, 0.5) == f"outside {gateway_ip(r1)}", timeout=20)
+    wait_for(lambda: ask(topology.vm_ns("x2"), CLIENT2, 8080, 0.5) == f"outside2 {gateway_ip(r2)}", timeout=20)
+    # and not the other one (different physical networks: no path between them)
+    assert ask(topology.vm_ns("x2"), CLIENT, 8080, 1).startswith("ERR")
+    assert ask(topology.vm_ns("x1"), CLIENT2, 8080, 1).startswith("ERR")
+    # a floating IP on the second network answers from the second outside only
+    with g.api("bob") as c:
+        sg = ok(c.get("/security-groups", params={"name": "default"}))["security_groups"][0]
+        rr = c.post("/security-group-rules", json={"security_group_rule": {
+            "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+            "port_range_min": 8081, "port_range_max": 8081, "remote_ip_prefix": "100.127.254.0/24"}})
+        assert rr.status_code in (201, 409), rr.text
+        fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext2["id"],
+                                                             "port_id": p2["id"]}}), 201)["floatingip"]
+    g.servers.append(serve(topology.vm_ns("x2"), 8081, "x2"))  # type: ignore[attr-defined]
+    addr = fip["floating_ip_address"]
+    assert addr.startswith("100.127.254.")
+    wait_for(lambda: ask(OUT2, addr, 8081, 0.5) == f"x2 {CLIENT2}", timeout=20)
+    wait_for(lambda: fip_status(g, fip["id"]) == "ACTIVE", timeout=20)
+    assert ask(topology.vm_ns("x2"), CLIENT2, 8080) == f"outside2 {addr}"
+    assert ask(OUT, addr, 8081, 1).startswith("ERR")
+    # one gateway host serves both, each interface in its own network's bridge
+    links = subprocess.run(["ip", "-n", topology.host_ns(3), "-o", "link"], capture_output=True, text=True).stdout
+    masters = {ln.split(":")[1].strip().split("@")[0]: ln.split(" master ")[1].split()[0]
+               for ln in links.splitlines() if " master " in ln and "vxlext" in ln}
+    from vxnet.compute import naming
+    ext1 = external_network(g)
+    assert masters == {"vxlext0": naming.bridge_name(ext1["id"]), "vxlext1": naming.bridge_name(ext2["id"])}, masters
+
+
+def test_vlan_external_network_refused_by_the_agent_with_its_reason(xlab: Lab) -> None:
+    g = xlab
+    with g.api("admin") as c:
+        net = ok(c.post("/networks", json={"network": {
+            "name": "public-vlan", "router:external": True, "provider:network_type": "vlan",
+            "provider:physical_network": PHYS2, "provider:segmentation_id": 101}}), 201)["network"]
+        ok(c.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
+                                               "cidr": "100.127.253.0/24"}}), 201)
+        rtr = ok(c.post("/routers", json={"router": {"name": "vl", "external_gateway_info": {
+            "network_id": net["id"]}}}), 201)["router"]
+        gw = ok(c.get("/ports", params={"device_id": rtr["id"], "device_owner": "network:router_gateway"}))["ports"][0]
+    assert gw["binding:host_id"] == "h3"
+
+    def reason() -> str:
+        with g.api("admin") as c:
+            hosts = ok(c.get("/vxnet/status"))["status"]["hosts"]
+        h3 = next(h for h in hosts if h["host"] == "h3")
+        return " ".join(h3.get("failing") or [])
+    wait_for(lambda: "802.1Q" in reason(), timeout=20)
+    assert f"external network {net['id']}" in reason() and "VLAN 101 on physical network external2" in reason()
+    with g.api("admin") as c:
+        assert ok(c.get(f"/ports/{gw['id']}"))["port"]["status"] == "DOWN"
+        # the other external networks keep working: remove it and the host is clean again
+        ok(c.put(f"/routers/{rtr['id']}", json={"router": {"external_gateway_info": {}}}))
+        assert c.delete(f"/routers/{rtr['id']}").status_code == 204
+        assert c.delete(f"/networks/{net['id']}").status_code == 204
+    wait_for(lambda: "802.1Q" not in reason(), timeout=40)

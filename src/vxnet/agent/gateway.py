@@ -10,6 +10,9 @@ Contract (agent/features.py):
   from the kernel. Namespaces of this host's routers that are no longer desired are deleted
   (all leftovers at the first pass and after `invalidate()`), but nothing is deleted before the
   first apply (the agent calls features only with a complete view).
+- An external network whose port cannot be made (interface missing, no 802.1Q for a VLAN
+  network) is reported in `failed` with the reason (`vxnet status` shows it), retried on later
+  passes; its routers' ports and floating IPs are DOWN.
 - A router whose namespace failed to converge is reported in `failed` and its gateway and snat
   ports in `down` (DOWN until a later pass succeeds); its floating IPs are DOWN in the result's
   `floatingips`, the other routers' ACTIVE (the agent reports them, services/fip_status.py).
@@ -38,11 +41,11 @@ class GatewayFeature:
         self.driver = driver or GatewayDriver(ctx.netns)
         self.clock = clock
         self.routers: Manager[str, GatewayRouter] = Manager()
-        self._externals_ok: tuple[object, ...] | None = None
+        self._externals_ok: set[object] = set()
 
     def invalidate(self) -> None:
         self.routers.invalidate()
-        self._externals_ok = None
+        self._externals_ok = set()
 
     def close(self) -> None:
         self.driver.close()
@@ -51,16 +54,20 @@ class GatewayFeature:
         failed: list[object] = []
         down: set[str] = set()
         changes = {"externals": 0, "routers": 0, "namespaces_created": 0, "namespaces_deleted": 0}
-        if desired.externals != self._externals_ok:
-            bridges = {b.name: b for b in desired.l2.bridges}
+        bridges = {b.name: b for b in desired.l2.bridges}
+        self._externals_ok &= set(desired.externals)
+        bad_nets: set[str] = set()
+        for ext in desired.externals:
+            if ext in self._externals_ok:
+                continue
             try:
-                for ext in desired.externals:
-                    self.driver.ensure_external(ext, bridges[ext.bridge])
-                self._externals_ok = desired.externals
-                changes["externals"] = len(desired.externals)
+                self.driver.ensure_external(ext, bridges[ext.bridge])
+                self._externals_ok.add(ext)
+                changes["externals"] += 1
             except GatewayError as e:
-                log.warning("host=%s external bridge: %s", self.ctx.host, e)
-                failed.append("external")
+                log.warning("host=%s external network %s: %s", self.ctx.host, ext.network_id, e)
+                failed.append(f"external network {ext.network_id}: {e}")
+                bad_nets.add(ext.network_id)
         m, now = self.routers, self.clock()
         m.want({r.router_id: r for r in desired.routers})
         if not m.known or m.dirty(now)[1]:
@@ -80,6 +87,10 @@ class GatewayFeature:
         for rid in sorted(pending):           # failed now or earlier, waiting for its retry
             failed.append(f"gateway router {rid}")
             down |= m.desired[rid].port_ids
+        for r in desired.routers:             # its external network cannot be served here
+            if r.network_id in bad_nets:
+                pending.add(r.router_id)
+                down |= r.port_ids
         fips = {fid: "DOWN" if r.router_id in pending else "ACTIVE" for r in desired.routers for fid in r.fip_ids}
         return FeatureResult(failed=tuple(failed), down=frozenset(down), changes=changes, floatingips=fips)
 

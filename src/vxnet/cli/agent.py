@@ -41,8 +41,10 @@ def register(app: typer.Typer) -> None:
                                           "a command line is visible to every user of the host)"),
         project: str = typer.Option("service", envvar="VXNET_AGENT_PROJECT", help="service user's project"),
         gateway: bool = typer.Option(False, help="this host is a gateway host (SNAT, floating IPs)"),
-        external_interface: str = typer.Option(None, help="gateway hosts: the interface of the external "
-                                                          "(flat) networks"),
+        external_interface: list[str] = typer.Option(
+            None, help="gateway hosts: PHYSNET:IF, the interface of a physical network's external networks "
+                       "(flat: the interface itself, VLAN: a VLAN device on it); repeatable. A bare IF is the "
+                       "interface of physical network 'external' (or else the first flat external network)"),
         dhcp_lease_time: int = typer.Option(86400, help="DHCP lease time in seconds (VMs renew at half)"),
         metrics_listen: str = typer.Option(None, help="HOST:PORT for Prometheus /metrics"),
         resync: float = typer.Option(30.0, help="seconds between drift-repair resyncs"),
@@ -58,6 +60,14 @@ def register(app: typer.Typer) -> None:
         from vxnet.agent.core import Agent, AgentConfig, limit_malloc_arenas
 
         limit_malloc_arenas()
+        from vxnet.compute.gateway import parse_external_interfaces
+
+        ext_spec = ",".join(i.strip() for i in external_interface or ()) or None
+        try:
+            parse_external_interfaces(ext_spec)
+        except ValueError as e:
+            typer.echo(f"vxnet agent: --external-interface: {e}", err=True)
+            raise typer.Exit(2) from None
 
         from vxnet import logsetup
 
@@ -77,9 +87,9 @@ def register(app: typer.Typer) -> None:
             mhost, _, mport = metrics_listen.rpartition(":")
             start_http_server(int(mport), addr=mhost.strip("[]") or "127.0.0.1")
         control = make_control_plane([s.strip() for s in server.split(",") if s.strip()], host, underlay_ip,
-                                     user, password, project, gateway, external_interface)
+                                     user, password, project, gateway, ext_spec)
         a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
-                              external_interface=external_interface, dhcp_lease_time=dhcp_lease_time), control)
+                              external_interface=ext_spec, dhcp_lease_time=dhcp_lease_time), control)
         local = None
         if control_socket:
             from vxnet.agent.control import ControlSocket

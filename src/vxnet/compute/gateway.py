@@ -3,10 +3,16 @@ namespace per router scheduled here, and the NAT rules of each (KERNEL-NOTES §5
 
 Contract: `compute_gateway(view, host, external_interface)` is a pure function of its
 arguments and returns a `GatewayDesired`:
-- `externals`: every `router:external` flat network of the view gets a bridge (named like any
-  network's bridge, explicit MAC); the host's external interface is enslaved to ONE of them
-  (physical network "external" first, then the lowest id; one interface = one physical network).
-  Flat networks are ignored by the L2 compute, so the bridge is part of this feature's `.l2`.
+- `external_interface` (`parse_external_interfaces`): comma-separated `PHYSNET:IF` items (the
+  interface of each physical network) and at most one bare `IF` (the legacy single form: the
+  interface of physical network "external", or else of the first flat external network by id).
+- `externals`: every `router:external` flat or VLAN network of the view gets a bridge (named like
+  any network's bridge, explicit MAC). A flat network's bridge enslaves the interface of its
+  physical network; a VLAN network's bridge enslaves a VLAN device (`vlan_dev`, VLAN id =
+  `provider:segmentation_id`) on that interface. One flat network per physical network (the API
+  enforces it), any number of VLANs. A network whose physical network has no interface here
+  gets its bridge without one. Provider networks are ignored by the L2 compute, so the bridge
+  is part of this feature's `.l2`.
 - `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host gets
   namespace `router_netns(router id, host)` with
   * the gateway leg: host side `tap<gw port 11>` plugged into the external bridge (Plug + FDB
@@ -44,6 +50,7 @@ SNAT_OWNER = "network:router_centralized_snat"
 INTF_OWNERS = ("network:router_interface", "network:router_interface_distributed")
 NETNS_PREFIX = naming.SNAT_NS_PREFIX
 NAT_TABLE = naming.NAT_TABLE[1]
+VLAN_PREFIX = "vxv-"            # + network id[:11]: a VLAN external network's device (15 chars)
 
 
 def router_netns(router_id: str, host: str) -> str:
@@ -89,6 +96,7 @@ class GatewayRouter:
     fips: tuple[FloatingNat, ...]
     routes: tuple[tuple[str, str], ...]     # (destination, nexthop)
     fip_ids: tuple[str, ...] = ()           # the floating IPs of `fips` (their status is reported)
+    network_id: str = ""                    # its external network
 
     @property
     def legs(self) -> tuple[Leg, ...]:
@@ -107,7 +115,48 @@ class GatewayRouter:
 class ExternalBridge:
     network_id: str
     bridge: str
-    interface: str | None     # the host's external interface, enslaved to this bridge
+    interface: str | None     # the host's interface of the network's physical network
+    vlan: int | None = None   # a VLAN network: its VLAN id on `interface`
+    physical_network: str = ""
+
+    @property
+    def vlan_dev(self) -> str | None:
+        """The VLAN device enslaved to the bridge (VLAN networks only)."""
+        return f"{VLAN_PREFIX}{self.network_id[:naming.ID_CHARS]}" if self.vlan is not None else None
+
+    @property
+    def port(self) -> str | None:
+        """What the bridge enslaves: the interface itself, or its VLAN device."""
+        return None if self.interface is None else (self.vlan_dev or self.interface)
+
+
+def parse_external_interfaces(spec: str | None) -> tuple[dict[str, str], str | None]:
+    """`PHYSNET:IF,...[,IF]` -> ({physnet: interface}, the bare interface or None). ValueError
+    on an empty item, a physical network given twice, an interface given twice or two bare ones."""
+    mapping: dict[str, str] = {}
+    bare: str | None = None
+    seen: set[str] = set()
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item and spec:
+            raise ValueError(f"empty item in external interfaces '{spec}'")
+        if not item:
+            continue
+        phys, sep, ifname = item.rpartition(":")
+        if not ifname or (sep and not phys):
+            raise ValueError(f"bad external interface '{item}': expected PHYSNET:IF or IF")
+        if ifname in seen:
+            raise ValueError(f"interface {ifname} given twice (one interface carries one physical network)")
+        seen.add(ifname)
+        if not sep:
+            if bare is not None:
+                raise ValueError("at most one external interface without a physical network")
+            bare = ifname
+        elif phys in mapping:
+            raise ValueError(f"physical network {phys} given twice")
+        else:
+            mapping[phys] = ifname
+    return mapping, bare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,24 +222,39 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in served}
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
-                         tuple(sorted(f.id for f in served)))
+                         tuple(sorted(f.id for f in served)), gw_port.network_id)
 
 
 def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
                     external_interface: str | None) -> GatewayDesired:
     """Desired gateway state of `host` (see the module contract)."""
     v = as_view(view)
-    flat = sorted((nid for nid, n in v.networks.items() if n.is_flat_external),
-                  key=lambda nid: (v.networks[nid].physical_network != "external", nid))
-    externals = tuple(ExternalBridge(nid, naming.bridge_name(nid), external_interface if i == 0 else None)
-                      for i, nid in enumerate(flat))
-    bridges = {Bridge(naming.bridge_name(nid), naming.bridge_mac(nid, host), v.networks[nid].mtu) for nid in flat}
+    mapping, bare = parse_external_interfaces(external_interface)
+    provider = sorted((nid for nid, n in v.networks.items() if n.external and n.network_type in ("flat", "vlan")),
+                      key=lambda nid: (v.networks[nid].physical_network != "external", nid))
+    # The bare (legacy) interface: physical network "external", else the first flat one's.
+    if bare is not None and "external" not in mapping:
+        first = next((v.networks[n].physical_network for n in provider if v.networks[n].network_type == "flat"), None)
+        mapping[first if first and first not in mapping else "external"] = bare
+    ext_list, untagged = [], set()
+    for nid in provider:
+        n = v.networks[nid]
+        phys = n.physical_network or ""
+        vlan = n.segmentation_id if n.network_type == "vlan" else None
+        ifname = mapping.get(phys)
+        if vlan is None and ifname is not None:
+            if ifname in untagged:      # one flat network per interface (never two bridges for one port)
+                ifname = None
+            untagged.add(ifname)
+        ext_list.append(ExternalBridge(nid, naming.bridge_name(nid), ifname, vlan, phys))
+    externals = tuple(ext_list)
+    bridges = {Bridge(naming.bridge_name(nid), naming.bridge_mac(nid, host), v.networks[nid].mtu) for nid in provider}
     out: list[GatewayRouter] = []
     plugs, fdb, local = set(), set(), set()
     for pid in sorted(v.ports):
         p = v.ports[pid]
         rtr = v.routers.get(p.device_id)
-        if p.device_owner != GW_OWNER or p.host != host or rtr is None or p.network_id not in flat:
+        if p.device_owner != GW_OWNER or p.host != host or rtr is None or p.network_id not in provider:
             continue
         r = _router(rtr, p, v, host)
         if r is None:

@@ -123,11 +123,12 @@ def token(st: dict[str, Any], url: str | None = None) -> str:
 
 
 def up(hosts: int, config: str, server: str | None = None, agent_args: list[str] | None = None,
-       gateways: int = 0, external: bool = False) -> dict[str, Any]:
+       gateways: int = 0, external: bool = False, external2: bool = False) -> dict[str, Any]:
     """Build the lab and start server (unless `server` is given) and agents; returns the state.
 
     `gateways` extra hosts (h<hosts+1>..) run their agents with `--gateway`; with `external`,
-    they also get an external interface on the external segment (topology.build_external)."""
+    they also get an external interface on the external segment (topology.build_external);
+    with `external2` too, a second one on a second segment (physical network `external2`)."""
     if os.path.exists(_state_path()):
         try:
             st = load_state()
@@ -144,7 +145,8 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
         raise LabError(f"{config} defines no user with the admin role")
     os.makedirs(state_dir(), exist_ok=True)
     gw_hosts = [topology.host_name(i) for i in range(hosts + 1, hosts + gateways + 1)]
-    st: dict[str, Any] = {"hosts": hosts + gateways, "gateways": gw_hosts, "external": external, "config": os.path.abspath(config), "agents": {}, "vms": {},
+    st: dict[str, Any] = {"hosts": hosts + gateways, "gateways": gw_hosts, "external": external,
+                          "external2": external and external2, "config": os.path.abspath(config), "agents": {}, "vms": {},
                           "admin": {"name": admins[0].name, "password": admins[0].password,
                                     "project": admins[0].project},
                           "agent_user": {"name": agents_users[0].name, "password": agents_users[0].password,
@@ -154,6 +156,8 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
     topology.build_underlay(hosts + gateways)
     if external:
         topology.build_external(range(hosts + 1, hosts + gateways + 1))
+        if external2:
+            topology.build_external(range(hosts + 1, hosts + gateways + 1), 1)
     lhost, _, lport = cfg.listen.rpartition(":")
     if server:
         # One or several equivalent servers (comma-separated; agents fail over between them).
@@ -218,7 +222,7 @@ def start_agent(st: dict[str, Any], host: str) -> int:
     u = st["agent_user"]
     gw_args = []
     if host in st.get("gateways", ()):
-        gw_args = ["--gateway"] + (["--external-interface", topology.HOST_EXTERNAL_DEV] if st.get("external") else [])
+        gw_args = ["--gateway"] + topology.external_args(bool(st.get("external")), bool(st.get("external2")))
     # nsenter --net, not `ip netns exec`: the latter gives the agent a slave mount namespace, so
     # namespaces the agent creates (router, DHCP...) would be mounted only inside it: invisible
     # to everyone else and destroyed with the agent process (routing broken by a restart).

@@ -12,6 +12,9 @@ Layout (every name starts with `vxl`; `down()` finds everything by that prefix):
   enslaves it to the external network's bridge) and the outside namespace `vxl-x` (`vxlx0`:
   203.0.113.100/24, the client, and 203.0.113.1/24, the upstream router = the external
   subnet's gateway) are its ports.
+- With a second one (`--external2`): segment 1 is the same with `vxlexb1`, `vxlext1` and the
+  outside namespace `vxl-x2` (`vxlx0`: 100.127.254.100/24 and 100.127.254.1/24); the gateway
+  agents then map physical network `external` to `vxlext0` and `external2` to `vxlext1`.
 IPv6 is off in every lab namespace (clean captures). VM offloads are off (KERNEL-NOTES §8) so
 MTU mistakes are not hidden by GSO.
 """
@@ -37,6 +40,23 @@ EXTERNAL_DEV = "vxlx0"
 EXTERNAL_CLIENT_IP = "203.0.113.100"
 EXTERNAL_GATEWAY_IP = "203.0.113.1"
 EXTERNAL_PREFIX = 24
+# Segment i of `build_external`: (physical network, outside namespace, client IP, gateway IP).
+SEGMENTS = (("external", EXTERNAL_NS, EXTERNAL_CLIENT_IP, EXTERNAL_GATEWAY_IP),
+            ("external2", "vxl-x2", "100.127.254.100", "100.127.254.1"))
+
+
+def external_dev(segment: int) -> str:
+    """A gateway host's interface on external segment `segment`."""
+    return f"vxlext{segment}"
+
+
+def external_args(external: bool, external2: bool) -> list[str]:
+    """The gateway agents' --external-interface options (the single legacy form for one segment)."""
+    if not external:
+        return []
+    if not external2:
+        return ["--external-interface", HOST_EXTERNAL_DEV]
+    return [a for s, seg in enumerate(SEGMENTS) for a in ("--external-interface", f"{seg[0]}:{external_dev(s)}")]
 
 
 def external_client_ns() -> str:
@@ -130,26 +150,28 @@ def add_host(i: int) -> None:
               f"link set {HOST_MGMT_DEV} up"], ns)
 
 
-def build_external(host_indexes: Sequence[int]) -> None:
-    """The external segment: a bridge in the underlay namespace, each listed host's external
-    interface and the outside client/upstream namespace on it."""
-    ip_batch([f"link add {EXTERNAL_BR} type bridge mcast_snooping 0", f"link set {EXTERNAL_BR} up"], UNDERLAY_NS)
-    sh(["ip", "netns", "add", EXTERNAL_NS])
-    _quiet_ns(EXTERNAL_NS)
-    ip_batch([f"link add vxlx-out type veth peer name {EXTERNAL_DEV} netns {EXTERNAL_NS}",
-              f"link set vxlx-out master {EXTERNAL_BR} up"], UNDERLAY_NS)
+def build_external(host_indexes: Sequence[int], segment: int = 0) -> None:
+    """External segment `segment` (SEGMENTS): a bridge in the underlay namespace, each listed
+    host's external interface and the outside client/upstream namespace on it."""
+    _, ns, client, gateway = SEGMENTS[segment]
+    br, s = f"vxlexb{segment}", "" if segment == 0 else str(segment)
+    ip_batch([f"link add {br} type bridge mcast_snooping 0", f"link set {br} up"], UNDERLAY_NS)
+    sh(["ip", "netns", "add", ns])
+    _quiet_ns(ns)
+    ip_batch([f"link add vxlx{s}-out type veth peer name {EXTERNAL_DEV} netns {ns}",
+              f"link set vxlx{s}-out master {br} up"], UNDERLAY_NS)
     # The client's address first: it is the source the client uses on the external subnet.
-    ip_batch(["link set lo up", f"addr add {EXTERNAL_CLIENT_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
-              f"addr add {EXTERNAL_GATEWAY_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}", f"link set {EXTERNAL_DEV} up"],
-             EXTERNAL_NS)
+    ip_batch(["link set lo up", f"addr add {client}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
+              f"addr add {gateway}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}", f"link set {EXTERNAL_DEV} up"], ns)
     # Offloads off like the VMs': GSO would hide MTU mistakes (KERNEL-NOTES §8) and make the
     # outside a faster sender than any VM.
-    sh(["ip", "netns", "exec", EXTERNAL_NS, "ethtool", "-K", EXTERNAL_DEV, "tso", "off", "gso", "off", "gro", "off"],
+    sh(["ip", "netns", "exec", ns, "ethtool", "-K", EXTERNAL_DEV, "tso", "off", "gso", "off", "gro", "off"],
        check=False)
+    dev = external_dev(segment)
     for i in host_indexes:
-        ip_batch([f"link add vxlx-h{i} type veth peer name {HOST_EXTERNAL_DEV} netns {host_ns(i)}",
-                  f"link set vxlx-h{i} master {EXTERNAL_BR} up"], UNDERLAY_NS)
-        ip_batch([f"link set {HOST_EXTERNAL_DEV} up"], host_ns(i))
+        ip_batch([f"link add vxlx{s}-h{i} type veth peer name {dev} netns {host_ns(i)}",
+                  f"link set vxlx{s}-h{i} master {br} up"], UNDERLAY_NS)
+        ip_batch([f"link set {dev} up"], host_ns(i))
 
 
 def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, mtu: int,
