@@ -103,11 +103,12 @@ class AgentConfig:
     gateway: bool = False
     external_interface: str | None = None
     dhcp_lease_time: int = 86400
+    bgp: Any = None                   # gateway hosts: a dataplane.bgp.BgpConfig
 
     @property
     def context(self) -> HostContext:
         return HostContext(self.host, self.underlay_ip, self.netns, self.gateway, self.external_interface,
-                           self.dhcp_lease_time)
+                           self.dhcp_lease_time, self.bgp)
 
 
 class Agent:

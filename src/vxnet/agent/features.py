@@ -36,9 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vxnet.compute.host import HostSpec
+
+if TYPE_CHECKING:
+    from vxnet.dataplane.bgp import BgpConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,7 @@ class HostContext:
     gateway: bool = False                    # started with --gateway
     external_interface: str | None = None    # gateway hosts: the physical port of external networks
     dhcp_lease_time: int = 86400             # seconds (the VM renews at half of it)
+    bgp: BgpConfig | None = None             # gateway hosts: announce to upstream routers
 
     @property
     def spec(self) -> HostSpec:

@@ -13,6 +13,9 @@ Contract (agent/features.py):
 - An external network whose port cannot be made (interface missing, no 802.1Q for a VLAN
   network) is reported in `failed` with the reason (`vxnet status` shows it), retried on later
   passes; its routers' ports and floating IPs are DOWN.
+- With BGP configured (`--bgp-as`, `--bgp-peer`), the host's one bgpd (dataplane/bgp.py)
+  announces `bgp_routes` of the routers served here and converged (so the announcement is
+  where the router is served, and moves when it moves); a bgpd/vtysh failure is in `failed`.
 - A router whose namespace failed to converge is reported in `failed` and its gateway and snat
   ports in `down` (DOWN until a later pass succeeds); its floating IPs are DOWN in the result's
   `floatingips`, the other routers' ACTIVE (the agent reports them, services/fip_status.py).
@@ -26,7 +29,8 @@ from collections.abc import Callable
 
 from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.agent.manager import Manager
-from vxnet.compute.gateway import GatewayDesired, GatewayRouter
+from vxnet.compute.gateway import GatewayDesired, GatewayRouter, bgp_routes
+from vxnet.dataplane.bgp import BgpError, BgpSpeaker
 from vxnet.dataplane.gateway_driver import GatewayDriver, GatewayError
 
 log = logging.getLogger("vxnet.agent.gateway")
@@ -36,9 +40,10 @@ class GatewayFeature:
     name = "gateway"
 
     def __init__(self, ctx: HostContext, driver: GatewayDriver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, bgp: BgpSpeaker | None = None) -> None:
         self.ctx = ctx
         self.driver = driver or GatewayDriver(ctx.netns)
+        self.bgp = bgp or (BgpSpeaker(ctx.bgp) if ctx.bgp is not None else None)
         self.clock = clock
         self.routers: Manager[str, GatewayRouter] = Manager()
         self._externals_ok: set[object] = set()
@@ -46,6 +51,8 @@ class GatewayFeature:
     def invalidate(self) -> None:
         self.routers.invalidate()
         self._externals_ok = set()
+        if self.bgp is not None:
+            self.bgp.invalidate()
 
     def close(self) -> None:
         self.driver.close()
@@ -92,6 +99,13 @@ class GatewayFeature:
                 pending.add(r.router_id)
                 down |= r.port_ids
         fips = {fid: "DOWN" if r.router_id in pending else "ACTIVE" for r in desired.routers for fid in r.fip_ids}
+        if self.bgp is not None:
+            # Only what is served: a router whose namespace fails is withdrawn meanwhile.
+            try:
+                changes["bgp"] = self.bgp.apply(bgp_routes(r for r in desired.routers if r.router_id not in pending))
+            except BgpError as e:
+                log.warning("host=%s bgp: %s", self.ctx.host, e)
+                failed.append(f"bgp: {e}")
         return FeatureResult(failed=tuple(failed), down=frozenset(down), changes=changes, floatingips=fips)
 
 

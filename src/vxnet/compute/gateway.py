@@ -30,6 +30,9 @@ arguments and returns a `GatewayDesired`:
     interface subnets to the gateway address; MSS clamping of forwarded SYNs to the route MTU.
 - `fip_ids`: the floating IPs a router serves (the feature reports them ACTIVE once the
   router's namespace converged, DOWN while it fails).
+- `bgp_routes(routers)`: what the host's BGP speaker announces for the routers it serves: each
+  floating IP /32 and the interface subnets of a router with SNAT disabled, with the router's
+  gateway address as next hop.
 - Only IPv4. A router whose gateway port has no IPv4 address or no known external subnet is
   skipped (nothing to build yet).
 """
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vxnet.compute import naming
@@ -298,3 +301,20 @@ def nat_ruleset(r: GatewayRouter) -> str:
             + chain("mss", "type filter hook forward priority mangle; policy accept;",
                     ["tcp flags syn tcp option maxseg size set rt mtu"])
             + "}\n")
+
+
+def bgp_routes(routers: Iterable[GatewayRouter]) -> dict[str, str]:
+    """What a gateway host announces for the routers it serves: prefix -> next hop (the
+    router's gateway address): each floating IP /32 and the interface subnets of a router
+    without SNAT (their addresses are seen outside as they are). Not the gateway address /32
+    itself: a route whose next hop is its own address is refused by BGP (FRR keeps it invalid),
+    and the upstream router on the external segment reaches it as a connected address."""
+    out: dict[str, str] = {}
+    for r in routers:
+        hop = r.gw_ip
+        for f in r.fips:
+            out[f"{f.floating_ip}/32"] = hop
+        if not r.enable_snat:
+            for cidr in r.snat_cidrs:
+                out[cidr] = hop
+    return out
