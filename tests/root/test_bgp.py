@@ -5,7 +5,8 @@ runs the upstream router, AS 64500, which accepts them over the management netwo
 - Both gateway hosts peer with the upstream router.
 - A floating IP's /32 is learned by the upstream router with the router's gateway address as
   next hop, from the gateway host that serves the router; disassociated: withdrawn;
-  associated again: back; a router without SNAT has its tenant subnet announced too.
+  associated again: back; a router without SNAT (admin only) has its subnet in the external
+  network's address scope announced too, never a subnet outside it.
 - The serving gateway host dies (its agent and bgpd SIGKILLed, its namespaces removed): the
   router moves to the other gateway host and the announcement moves with it (learned from the
   other peer, same next hop), and the floating IP answers from the outside again.
@@ -62,6 +63,7 @@ def blab(tmp_path_factory) -> Iterator[Lab]:
                 agents = c.get("/agents").json()["agents"]
             return {a["host"] for a in agents if a["alive"]} >= {"h1", "h2", "h3"}
         wait_for(registered, timeout=30, interval=0.2)
+        scoped_public(g)
         yield g
     finally:
         try:
@@ -71,6 +73,27 @@ def blab(tmp_path_factory) -> Iterator[Lab]:
                 os.environ.pop("VXNET_LAB_DIR", None)
             else:
                 os.environ["VXNET_LAB_DIR"] = old
+
+
+def scoped_public(g: Lab) -> None:
+    """The external network `public` with its subnet from a pool of address scope S, and a
+    shared pool of tenant addresses (100.64.90.0/23) in the same scope: what an operator makes
+    routable outside (what the gateways may announce for a router without SNAT)."""
+    with g.api("admin") as c:
+        scope = ok(c.post("/address-scopes", json={"address_scope": {"name": "S", "ip_version": 4, "shared": True}}),
+                   201)["address_scope"]
+        ext_pool = ok(c.post("/subnetpools", json={"subnetpool": {
+            "name": "ext", "prefixes": ["203.0.113.0/24"], "address_scope_id": scope["id"]}}), 201)["subnetpool"]
+        ok(c.post("/subnetpools", json={"subnetpool": {
+            "name": "routable", "prefixes": ["100.64.90.0/23"], "default_prefixlen": 24, "shared": True,
+            "address_scope_id": scope["id"]}}), 201)
+        net = ok(c.post("/networks", json={"network": {
+            "name": "public", "router:external": True, "provider:network_type": "flat",
+            "provider:physical_network": "external"}}), 201)["network"]
+        ok(c.post("/subnets", json={"subnet": {
+            "network_id": net["id"], "ip_version": 4, "cidr": "203.0.113.0/24", "subnetpool_id": ext_pool["id"],
+            "gateway_ip": topology.EXTERNAL_GATEWAY_IP,
+            "allocation_pools": [{"start": "203.0.113.10", "end": "203.0.113.99"}]}}), 201)
 
 
 def mgmt(host: str) -> str:
@@ -89,8 +112,14 @@ def test_both_gateways_peer_with_the_upstream_router(blab: Lab) -> None:
 
 def test_floating_ip_announced_by_its_gateway_and_withdrawn(blab: Lab) -> None:
     g = blab
-    net, _, r = tenant_router(g, "alice", "100.64.90.0/24", "bgp")
-    p = g.port("alice", net["id"], "100.64.90.11")
+    net, _, r = tenant_router(g, "alice", "100.64.92.0/24", "bgp")      # not in the external scope
+    with g.api("alice") as c:                                           # and one in it
+        pool = ok(c.get("/subnetpools", params={"name": "routable"}))["subnetpools"][0]
+        snet = ok(c.post("/networks", json={"network": {"name": "routable"}}), 201)["network"]
+        ssub = ok(c.post("/subnets", json={"subnet": {"network_id": snet["id"], "ip_version": 4,
+                                                      "subnetpool_id": pool["id"]}}), 201)["subnet"]
+        ok(c.put(f"/routers/{r['id']}/add_router_interface", json={"subnet_id": ssub["id"]}))
+    p = g.port("alice", net["id"], "100.64.92.11")
     g.vm("b1", "h1", p)
     host = router_ports(g, r["id"], "network:router_gateway")[0]["binding:host_id"]
     gw = gateway_ip(r)
@@ -109,15 +138,20 @@ def test_floating_ip_announced_by_its_gateway_and_withdrawn(blab: Lab) -> None:
     with g.api("alice") as c:
         ok(c.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": p["id"]}}))
     wait_for(lambda: learned(g, addr) == [(gw, mgmt(host))], timeout=20)
-    # a router without SNAT: its tenant subnet is announced via its gateway address
+    # a router without SNAT (admin only): its subnet in the external network's address scope is
+    # announced via its gateway address, its other subnet (the tenant's own range) never
+    with g.api("alice") as c:
+        assert c.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": {
+            "network_id": ext["id"], "enable_snat": False}}}).status_code == 403
     with g.api("admin") as c:
         ok(c.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": {
             "network_id": ext["id"], "enable_snat": False}}}))
-    wait_for(lambda: learned(g, "100.64.90.0/24") == [(gw, mgmt(host))], timeout=20)
+    wait_for(lambda: learned(g, ssub["cidr"]) == [(gw, mgmt(host))], timeout=20)
+    assert learned(g, "100.64.92.0/24") == []
     with g.api("admin") as c:
         ok(c.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": {
             "network_id": ext["id"], "enable_snat": True}}}))
-    wait_for(lambda: learned(g, "100.64.90.0/24") == [], timeout=20)
+    wait_for(lambda: learned(g, ssub["cidr"]) == [], timeout=20)
     # the upstream router's kernel is not touched (no zebra): only the BGP table changed
     routes = subprocess.run(["ip", "-n", OUT, "route"], capture_output=True, text=True, check=False).stdout
     assert fip["floating_ip_address"] not in routes

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from tests.unit.test_gateway_compute import view
+from tests.unit.test_gateway_compute import TEN, view
 from vxnet.compute.gateway import bgp_routes, compute_gateway
 from vxnet.dataplane.bgp import BgpConfig, BgpSpeaker, base_config, parse_peer
 
@@ -62,6 +62,14 @@ def test_apply_sends_only_the_difference() -> None:
 def test_routes_of_served_routers() -> None:
     r = compute_gateway(view(), "gw1", None).routers[0]
     assert bgp_routes([r]) == {"203.0.113.20/32": "203.0.113.10"}     # the floating IP, via the gateway address
+    # SNAT disabled: the tenant subnet only if it is in the external network's address scope
     nosnat = compute_gateway(view(enable_snat=False), "gw1", None).routers[0]
-    assert bgp_routes([nosnat]) == {"203.0.113.20/32": "203.0.113.10", "192.0.2.0/24": "203.0.113.10"}
+    assert bgp_routes([nosnat]) == {"203.0.113.20/32": "203.0.113.10"}
+    v = view(enable_snat=False)
+    v["networks"] = {k: {**n, "ipv4_address_scope": "scope-1"} for k, n in v["networks"].items()}
+    scoped = compute_gateway(v, "gw1", None).routers[0]
+    assert bgp_routes([scoped]) == {"203.0.113.20/32": "203.0.113.10", "192.0.2.0/24": "203.0.113.10"}
+    assert bgp_routes([dataclasses.replace(scoped, enable_snat=True)]) == {"203.0.113.20/32": "203.0.113.10"}
+    other = dict(v, networks={**v["networks"], TEN: {**v["networks"][TEN], "ipv4_address_scope": "scope-2"}})
+    assert bgp_routes(compute_gateway(other, "gw1", None).routers) == {"203.0.113.20/32": "203.0.113.10"}
     assert bgp_routes([]) == {}

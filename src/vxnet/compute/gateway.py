@@ -31,8 +31,9 @@ arguments and returns a `GatewayDesired`:
 - `fip_ids`: the floating IPs a router serves (the feature reports them ACTIVE once the
   router's namespace converged, DOWN while it fails).
 - `bgp_routes(routers)`: what the host's BGP speaker announces for the routers it serves: each
-  floating IP /32 and the interface subnets of a router with SNAT disabled, with the router's
-  gateway address as next hop.
+  floating IP /32 and the interface subnets of a router with SNAT disabled that are in the
+  external network's address scope (`routable_cidrs`), with the router's gateway address as
+  next hop.
 - Only IPv4. A router whose gateway port has no IPv4 address or no known external subnet is
   skipped (nothing to build yet).
 """
@@ -100,6 +101,7 @@ class GatewayRouter:
     routes: tuple[tuple[str, str], ...]     # (destination, nexthop)
     fip_ids: tuple[str, ...] = ()           # the floating IPs of `fips` (their status is reported)
     network_id: str = ""                    # its external network
+    routable_cidrs: tuple[str, ...] = ()    # interface subnets in the external network's address scope
 
     @property
     def legs(self) -> tuple[Leg, ...]:
@@ -196,15 +198,21 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     gw = _leg(gw_port, naming.GATEWAY_IFACE_PREFIX + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu)
     legs: list[Leg] = []
     cidrs: set[str] = set()
+    routable: set[str] = set()
     for pid in sorted(v.ports):
         p = v.ports[pid]
         if p.device_id != rid:
             continue
         if p.device_owner in INTF_OWNERS:
+            net = v.networks.get(p.network_id)
+            same_scope = (net is not None and ext.ipv4_address_scope is not None
+                          and net.ipv4_address_scope == ext.ipv4_address_scope)
             for f in p.fixed_ips:
                 sub = v.subnets.get(f.subnet_id)
                 if sub is not None and ipaddress.ip_network(sub.cidr).version == 4:
                     cidrs.add(sub.cidr)
+                    if same_scope:
+                        routable.add(sub.cidr)
         elif p.device_owner == SNAT_OWNER and p.host == host and p.admin_up:
             got = _ipv4(p, v.subnets)
             net = v.networks.get(p.network_id)
@@ -225,7 +233,7 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in served}
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
-                         tuple(sorted(f.id for f in served)), gw_port.network_id)
+                         tuple(sorted(f.id for f in served)), gw_port.network_id, tuple(sorted(routable)))
 
 
 def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
@@ -305,8 +313,10 @@ def nat_ruleset(r: GatewayRouter) -> str:
 
 def bgp_routes(routers: Iterable[GatewayRouter]) -> dict[str, str]:
     """What a gateway host announces for the routers it serves: prefix -> next hop (the
-    router's gateway address): each floating IP /32 and the interface subnets of a router
-    without SNAT (their addresses are seen outside as they are). Not the gateway address /32
+    router's gateway address): each floating IP /32 and, for a router without SNAT, its
+    interface subnets in the external network's address scope (`routable_cidrs`: as Neutron
+    dynamic routing, only addresses the operator made routable there; a tenant's own subnet
+    range is never announced, or a tenant could attract anyone's traffic). Not the gateway address /32
     itself: a route whose next hop is its own address is refused by BGP (FRR keeps it invalid),
     and the upstream router on the external segment reaches it as a connected address."""
     out: dict[str, str] = {}
@@ -315,6 +325,6 @@ def bgp_routes(routers: Iterable[GatewayRouter]) -> dict[str, str]:
         for f in r.fips:
             out[f"{f.floating_ip}/32"] = hop
         if not r.enable_snat:
-            for cidr in r.snat_cidrs:
+            for cidr in r.routable_cidrs:
                 out[cidr] = hop
     return out
