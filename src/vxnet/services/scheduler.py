@@ -15,7 +15,9 @@ Contract:
 - Scheduling: the router's gateway port and snat ports all get `binding:host_id` = its
   gateway host. A router keeps its host while that host is an alive gateway agent; otherwise
   it gets `choose(...)` of the alive gateway hosts (least routers first, ties by name), or ""
-  (unscheduled) when there is none. A moved port is DOWN until its new host reports it.
+  (unscheduled) when there is none. Only hosts that have the router's external network's
+  physical network are candidates (services/physnets.py). A moved port is DOWN until its new
+  host reports it.
 - `reschedule(uow)` applies that rule to every router with a gateway: called when a gateway
   agent registers (unscheduled routers get a host) and when an agent is marked dead (its
   routers move), in the transaction that changes the agent's record or right after it.
@@ -28,7 +30,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from vxnet.services import bindings, fip_status
+from vxnet.services import bindings, fip_status, physnets
 from vxnet.services.ports import delete_port_record, new_port_record
 from vxnet.services.repo import UnitOfWork, now_iso, res_key
 from vxnet.store.contract import Put
@@ -100,6 +102,7 @@ def _schedule(uow: UnitOfWork, ports: list[dict[str, Any]], alive: list[str]) ->
     gw = next((p for p in ports if p["device_owner"] == GW_OWNER), None)
     if gw is None:
         return
+    alive = physnets.able(uow, gw["network_id"], alive)   # hosts with the network's physical network
     current = gw.get("binding:host_id") or ""
     host = current if current in alive else choose(alive, _load(uow, alive))
     for p in ports:
