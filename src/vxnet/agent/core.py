@@ -132,6 +132,8 @@ class Agent:
         self._to_report: dict[str, tuple[str, Any]] = {}    # port -> (status, port revision) to send
         self._fip_reported: dict[str, tuple[str, Any]] = {}  # the same for floating IPs served here
         self._fip_to_report: dict[str, tuple[str, Any]] = {}
+        self._fip_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
+        self._fip_retry_at = 0.0          # a failed floating IP report waits until then (ports do not)
         self._report_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pass_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
@@ -436,38 +438,41 @@ class Agent:
         if want:
             self._report_wake.set()
 
-    def _send_fips(self) -> bool:
-        """Send the queued floating IP statuses; False if that failed (retried)."""
+    def _send_fips(self) -> None:
+        """Send the queued floating IP statuses. A failure is retried after its own backoff
+        (a timer wakes the reporter), without holding back port reports."""
         with self._status_lock:
             batch = dict(self._fip_to_report)
         send = getattr(self.control, "report_floatingips_status", None)
-        if not batch or send is None:
-            return True
+        if not batch or send is None or time.monotonic() < self._fip_retry_at:
+            return
         active = sorted(f for f, (s, _) in batch.items() if s == "ACTIVE")
         down = sorted(f for f, (s, _) in batch.items() if s == "DOWN")
         try:
             send(active, down)
         except Exception as e:  # noqa: BLE001 - as for ports: retried
             metrics.ERRORS.labels("report_status").inc()
-            log.warning("host=%s floating IP status report failed (%s); will retry", self.cfg.host, e)
-            return False
+            delay = self._fip_backoff.next()
+            log.warning("host=%s floating IP status report failed (%s); retry in %.1f s", self.cfg.host, e, delay)
+            self._fip_retry_at = time.monotonic() + delay
+            t = threading.Timer(delay, self._report_wake.set)
+            t.daemon = True
+            t.start()
+            return
+        self._fip_backoff.reset()
         with self._status_lock:
             for fid, stamp in batch.items():
                 self._fip_reported[fid] = stamp
                 if self._fip_to_report.get(fid) == stamp:
                     del self._fip_to_report[fid]
-        self._report_backoff.reset()
         log.info("host=%s floating IPs ACTIVE=%s DOWN=%s", self.cfg.host, active, down)
-        return True
 
     def _reporter_loop(self) -> None:
         while not self._stop.is_set():
             self._report_wake.wait(1.0)
             self._report_wake.clear()
-            if not self._stop.is_set() and not self._send_fips():
-                self._stop.wait(self._report_backoff.next())
-                self._report_wake.set()
-                continue
+            if not self._stop.is_set():
+                self._send_fips()
             with self._status_lock:
                 batch = dict(self._to_report)
             if not batch or self._stop.is_set():
