@@ -94,3 +94,32 @@ def test_floating_ip_status_follows_the_router_namespace() -> None:
     now[0] += 1.0
     assert f.apply(_desired(f, view())).floatingips == {"f1": "ACTIVE"}
     assert f.apply(_desired(f, view(host="gw2"))).floatingips == {}       # served elsewhere: not ours to say
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class _HaRouter(GatewayRouter):
+    active: bool = True          # as gateway HA marks a prepared standby copy
+
+
+def test_standby_copies_report_and_announce_nothing() -> None:
+    class Bgp:
+        def __init__(self) -> None:
+            self.routes: dict = {}
+
+        def apply(self, routes: dict) -> int:
+            self.routes = dict(routes)
+            return 0
+
+        def invalidate(self) -> None:
+            pass
+
+    drv, bgp = FakeDriver(), Bgp()
+    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv,  # type: ignore[arg-type]
+                       bgp=bgp)  # type: ignore[arg-type]
+    d = _desired(f, view())
+    r = d.routers[0]
+    fields = {fl.name: getattr(r, fl.name) for fl in dataclasses.fields(r)}
+    res = f.apply(dataclasses.replace(d, routers=(_HaRouter(**fields, active=True),)))
+    assert res.floatingips == {"f1": "ACTIVE"} and bgp.routes == {"203.0.113.20/32": "203.0.113.10"}
+    res = f.apply(dataclasses.replace(d, routers=(_HaRouter(**fields, active=False),)))
+    assert res.floatingips == {} and bgp.routes == {}

@@ -98,15 +98,22 @@ class GatewayFeature:
             if r.network_id in bad_nets:
                 pending.add(r.router_id)
                 down |= r.port_ids
-        fips = {fid: "DOWN" if r.router_id in pending else "ACTIVE" for r in desired.routers for fid in r.fip_ids}
+        serving = [r for r in desired.routers if serves(r)]
+        fips = {fid: "DOWN" if r.router_id in pending else "ACTIVE" for r in serving for fid in r.fip_ids}
         if self.bgp is not None:
             # Only what is served: a router whose namespace fails is withdrawn meanwhile.
             try:
-                changes["bgp"] = self.bgp.apply(bgp_routes(r for r in desired.routers if r.router_id not in pending))
+                changes["bgp"] = self.bgp.apply(bgp_routes(r for r in serving if r.router_id not in pending))
             except BgpError as e:
                 log.warning("host=%s bgp: %s", self.ctx.host, e)
                 failed.append(f"bgp: {e}")
         return FeatureResult(failed=tuple(failed), down=frozenset(down), changes=changes, floatingips=fips)
+
+
+def serves(r: GatewayRouter) -> bool:
+    """The router is served from this host: not a prepared standby copy (gateway HA marks those
+    `active=False`), so only the serving host reports its floating IPs and announces them."""
+    return bool(getattr(r, "active", True))
 
 
 def build(ctx: HostContext) -> list[GatewayFeature]:
