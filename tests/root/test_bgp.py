@@ -7,6 +7,7 @@ runs the upstream router, AS 64500, which accepts them over the management netwo
   next hop, from the gateway host that serves the router; disassociated: withdrawn;
   associated again: back; a router without SNAT (admin only) has its subnet in the external
   network's address scope announced too, never a subnet outside it.
+- The agent restarts: its bgpd is adopted (same pid, one bgpd), the route never disappears.
 - The serving gateway host dies (its agent and bgpd SIGKILLed, its namespaces removed): the
   router moves to the other gateway host and the announcement moves with it (learned from the
   other peer, same next hop), and the floating IP answers from the outside again.
@@ -155,6 +156,52 @@ def test_floating_ip_announced_by_its_gateway_and_withdrawn(blab: Lab) -> None:
     # the upstream router's kernel is not touched (no zebra): only the BGP table changed
     routes = subprocess.run(["ip", "-n", OUT, "route"], capture_output=True, text=True, check=False).stdout
     assert fip["floating_ip_address"] not in routes
+
+
+def test_agent_restart_keeps_the_announcement(blab: Lab) -> None:
+    """The agent restarts (stop, start): its bgpd keeps running and is adopted (same pid, no
+    second one), and the upstream router never loses the floating IP's route."""
+    from vxnet.lab import lab
+
+    g = blab
+    net, _, r = tenant_router(g, "alice", "100.64.93.0/24", "rs")
+    p = g.port("alice", net["id"], "100.64.93.11")
+    ext = external_network(g)
+    with g.api("alice") as c:
+        fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": p["id"]}}),
+                 201)["floatingip"]
+    host, gw = router_ports(g, r["id"], "network:router_gateway")[0]["binding:host_id"], gateway_ip(r)
+    prefix = f"{fip['floating_ip_address']}/32"
+    wait_for(lambda: learned(g, prefix) == [(gw, mgmt(host))], timeout=20)
+    pid_file = os.path.join(lab_bgp.bgp_dir(g.state_dir, host), "bgpd.pid")  # type: ignore[attr-defined]
+    with open(pid_file) as f:
+        before = int(f.read())
+    st = lab.load_state()
+    with g.api("admin") as c:
+        started = lambda: c.get("/agents", params={"host": host}).json()["agents"][0]["started_at"]
+        old = started()
+        lab.stop_agent(st, host)
+        lab.start_agent(lab.load_state(), host)
+        seen = []
+        deadline = time.time() + 60
+        while started() == old and time.time() < deadline:
+            seen.append(learned(g, prefix))
+        assert started() != old, "the agent did not register again"
+    for _ in range(20):                      # and a while with the new agent
+        seen.append(learned(g, prefix))
+    assert seen and all(s == [(gw, mgmt(host))] for s in seen), [s for s in seen if s != [(gw, mgmt(host))]][:3]
+    with open(pid_file) as f:
+        assert int(f.read()) == before
+    bgpds = subprocess.run(["ip", "netns", "pids", topology.host_ns(int(host[1:]))], capture_output=True, text=True,
+                           check=False).stdout.split()
+    names = []
+    for q in bgpds:
+        try:
+            with open(f"/proc/{q}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    assert names.count("bgpd") == 1, names
 
 
 def test_announcement_moves_with_the_router(blab: Lab) -> None:
