@@ -710,3 +710,12 @@ def test_vlan_external_network_admin_only_claims_its_vlan(shared_server) -> None
     assert again["provider:segmentation_id"] == 101
     # the VLAN id is not a VNI: deleting the VLAN network releases no VXLAN segment
     assert admin.delete(f"/networks/{again['id']}").status_code == 204
+
+
+@pytest.mark.parametrize("name", ["", "a/vlan/5", "a:b", "a,b", "has space", "x" * 65])
+def test_physical_network_names_are_checked(shared_server, name: str) -> None:
+    """A physical network names a claim key and an agent's PHYSNET:IF mapping: a name that
+    could collide with another claim (`x/vlan/5`) or break the mapping is a 400, not a network."""
+    admin = shared_server.api("admin")
+    for kind in ({"provider:network_type": "flat"}, {"provider:network_type": "vlan", "provider:segmentation_id": 5}):
+        assert_error(admin.post("/networks", json={"network": {"provider:physical_network": name, **kind}}), 400)

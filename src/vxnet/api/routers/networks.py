@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -135,6 +136,19 @@ def _wire_set(item: Body) -> set[str]:
     return {(type(item).model_fields[n].alias or n) for n in item.model_fields_set}
 
 
+PHYSNET_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def checked_physnet(name: str | None) -> str:
+    """The physical network name ("external" by default): letters, digits, '.', '_', '-', up to
+    64 (it names a claim key and an agent's `PHYSNET:IF` mapping: no '/', ':' or ',')."""
+    physnet = "external" if name is None else name
+    if not PHYSNET_RE.fullmatch(physnet):
+        raise bad_request(f"Invalid input for operation: physical_network '{physnet[:80]}' must be 1 to 64 letters, "
+                          "digits, '.', '_' or '-'.")
+    return physnet
+
+
 def physnet_key(physnet: str, vlan: int | None) -> str:
     """The claim of a flat network (the whole physical network) or of one VLAN on it."""
     return f"{ROOT}physnet/{physnet}" + (f"/vlan/{vlan}" if vlan is not None else "")
@@ -164,7 +178,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
             raise bad_request("Invalid input for operation: physical_network not allowed for vxlan provider network.")
         vni = allocate_vni(uow, nid, item.provider_segmentation_id)
     elif net_type == "flat":
-        physnet = item.provider_physical_network or "external"
+        physnet = checked_physnet(item.provider_physical_network)
         if item.provider_segmentation_id is not None:
             raise bad_request("Invalid input for operation: segmentation_id not allowed for flat provider network.")
         key = physnet_key(physnet, None)
@@ -174,7 +188,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
     else:
         # VLAN: accepted as in Neutron (an admin names the physical network and the VLAN); a
         # gateway agent whose kernel has no 802.1Q refuses it with that reason (docs/gateway.md).
-        physnet = item.provider_physical_network or "external"
+        physnet = checked_physnet(item.provider_physical_network)
         vni = item.provider_segmentation_id
         if vni is None or not 1 <= vni <= 4094:
             raise bad_request(f"Invalid input for operation: segmentation_id {vni} out of range (1 through 4094).")
