@@ -34,6 +34,14 @@ max_fixed_ips_per_port = 5
 max_allowed_address_pair = 10
 enabled = true                        # false: no counting, no enforcement
 
+[nova]                                # Nova external events (docs/nova.md); absent: none sent
+url = "http://nova:8774/v2.1"         # the compute endpoint (events go to {url}/os-server-external-events)
+username = "nova-notifier"            # without auth_url: a user of vxnet's own identity whose
+project = "service"                   # token is minted by the server (its roles on `project`)
+# auth_url = "http://keystone:5000/v3"  # with it: a real Keystone, password auth as Neutron
+# password = "..."                      # (also user_domain, project_domain: default "Default";
+# region = "RegionOne"                  #  region: recorded, the url is used as given)
+
 [[identity.users]]
 name = "admin"
 password_hash = "$scrypt$ln=15,r=8,p=1$..."   # from `vxnet passwd`; preferred over a plain
@@ -125,6 +133,45 @@ def load_quotas(raw: dict[str, object]) -> QuotaSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class NovaSettings:
+    """The `[nova]` section: where Nova's external events go and how the server authenticates."""
+
+    url: str
+    username: str = ""
+    password: str = ""
+    project: str = ""
+    auth_url: str = ""
+    region: str = ""
+    user_domain: str = "Default"
+    project_domain: str = "Default"
+
+
+_NOVA_KEYS = {f.name for f in dataclasses.fields(NovaSettings)}
+
+
+def load_nova(raw: object) -> NovaSettings | None:
+    """Parse a `[nova]` table (None when absent); `url` and `username` are required, and with
+    `auth_url` also `password` and `project`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("[nova] must be a table")
+    unknown = set(raw) - _NOVA_KEYS
+    if unknown:
+        raise ConfigError(f"unknown [nova] keys: {', '.join(sorted(unknown))}")
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"[nova] {k} must be a string, not {v!r}")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", raw.get("url", "")):
+        raise ConfigError("[nova] url must be the compute endpoint's http(s) URL")
+    if not raw.get("username"):
+        raise ConfigError("[nova] username is required (the service user events are sent as)")
+    if raw.get("auth_url") and not (raw.get("password") and raw.get("project")):
+        raise ConfigError("[nova] auth_url needs password and project")
+    return NovaSettings(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:9696"
     store: str | None = None
@@ -150,6 +197,7 @@ class Config:
     login_failures_per_source: int = 20
     login_failure_window: int = 60
     quotas: QuotaSettings = QuotaSettings()
+    nova: NovaSettings | None = None
 
     @property
     def projects(self) -> dict[str, str]:
@@ -202,7 +250,7 @@ def load_config(path: str | None) -> Config:
     server = raw.get("server", {})
     identity = raw.get("identity", {})
     users = tuple(_user(u) for u in identity.get("users", []))
-    allowed = {f.name for f in dataclasses.fields(Config)} - {"users", "extra_projects", "quotas", *IDENTITY_KEYS}
+    allowed = {f.name for f in dataclasses.fields(Config)} - {"users", "extra_projects", "quotas", "nova", *IDENTITY_KEYS}
     unknown = set(server) - allowed
     if unknown:
         raise ConfigError(f"unknown [server] keys: {', '.join(sorted(unknown))}")
@@ -218,6 +266,7 @@ def load_config(path: str | None) -> Config:
         extra_projects=tuple(identity.get("projects", [])),
         **limits,
         quotas=load_quotas(raw.get("quotas", {})),
+        nova=load_nova(raw.get("nova")),
         **server,
     )
 

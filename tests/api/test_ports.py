@@ -254,7 +254,7 @@ def test_binding_is_admin_only_and_status_is_kept(server) -> None:
 
 def test_binding_fails_without_a_live_agent_until_one_registers(tmp_path) -> None:
     """Neutron (ML2): binding a port to a host with no live agent gives `binding_failed`; once an
-    agent on that host is alive the port is bound (`bridge`). A host with a live agent binds at
+    agent on that host is alive the port is bound (`tap`). A host with a live agent binds at
     once; a bound port stays bound when its agent goes away; unbinding gives `unbound`."""
     import os
 
@@ -276,7 +276,7 @@ def test_binding_fails_without_a_live_agent_until_one_registers(tmp_path) -> Non
         assert r.json()["port"]["binding:vif_type"] == "binding_failed"
         assert c.post("/hosts/hv-late/register", json={"underlay_ip": "198.51.100.7"}).status_code == 200
         got = admin.get(f"/ports/{late['id']}").json()["port"]
-        assert got["binding:vif_type"] == "bridge" and got["binding:host_id"] == "hv-late"
+        assert got["binding:vif_type"] == "tap" and got["binding:host_id"] == "hv-late"
         assert got["revision_number"] > late["revision_number"] and got["status"] == "DOWN"
         assert admin.get(f"/ports/{moved['id']}").json()["port"]["binding:vif_type"] == "binding_failed"
         # the agent reports the port up, as it does for any port bound to it
@@ -284,13 +284,13 @@ def test_binding_fails_without_a_live_agent_until_one_registers(tmp_path) -> Non
         assert admin.get(f"/ports/{late['id']}").json()["port"]["status"] == "ACTIVE"
         # a host with a live agent binds at once; a bound port cannot change its MAC
         now = port(admin, net, **{"binding:host_id": "hv-late"})
-        assert now["binding:vif_type"] == "bridge"
+        assert now["binding:vif_type"] == "tap"
         assert_error(admin.put(f"/ports/{now['id']}", json={"port": {"mac_address": "fa:16:3e:00:aa:02"}}), 409,
                      "PortBound")
         # the agent goes away: bound ports stay bound (as Neutron); new bindings there fail again
         aid = admin.get("/agents", params={"host": "hv-late"}).json()["agents"][0]["id"]
         assert admin.delete(f"/agents/{aid}").status_code == 204
-        assert admin.get(f"/ports/{late['id']}").json()["port"]["binding:vif_type"] == "bridge"
+        assert admin.get(f"/ports/{late['id']}").json()["port"]["binding:vif_type"] == "tap"
         assert port(admin, net, **{"binding:host_id": "hv-late"})["binding:vif_type"] == "binding_failed"
         r = admin.put(f"/ports/{late['id']}", json={"port": {"binding:host_id": ""}})
         assert r.json()["port"]["binding:vif_type"] == "unbound"

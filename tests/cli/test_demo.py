@@ -1,5 +1,5 @@
 """`vxnet demo --check` (what the README's `make demo` shows, without waiting): the whole
-two-tenant matrix is right with real packets, and nothing is left behind afterwards (no
+two-tenant matrix (dual-stack cells included) is right with real packets, and nothing is left behind afterwards (no
 namespace, link or process of the lab, no file outside the data directory)."""
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def test_demo_check_proves_the_matrix_and_cleans_up(tmp_path) -> None:
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "BAD" not in out, out
-    assert "18/18 cells as expected" in out, out
-    for word in ("DHCP", "east-west", "routed", "SNAT", "floating", "blocked"):
+    assert "22/22 cells as expected" in out, out
+    for word in ("DHCP", "east-west", "routed", "SNAT", "floating", "blocked", "IPv6"):
         assert word in out
     assert not _netns(), _netns()
     assert not _links(), _links()

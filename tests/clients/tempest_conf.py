@@ -67,6 +67,8 @@ class TempestSettings:
     ipv6: bool = False
     project_network_cidr: str = "100.64.0.0/16"
     project_network_mask_bits: int = 28
+    project_network_v6_cidr: str = "2001:db8::/48"   # the documentation prefix only
+    project_network_v6_mask_bits: int = 64
 
 
 def tempest_conf(s: TempestSettings) -> str:
@@ -113,6 +115,8 @@ public_network_id = {s.public_network_id}
 floating_network_name = {s.public_network_name}
 project_network_cidr = {s.project_network_cidr}
 project_network_mask_bits = {s.project_network_mask_bits}
+project_network_v6_cidr = {s.project_network_v6_cidr}
+project_network_v6_mask_bits = {s.project_network_v6_mask_bits}
 project_networks_reachable = False
 build_timeout = 10
 build_interval = 1

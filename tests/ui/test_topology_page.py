@@ -615,3 +615,41 @@ def test_page_shows_every_object_past_the_page_cap(tmp_path: Path, new_page: Cal
             node(page, "network", f"capped-{i}").wait_for(timeout=5000)
     finally:
         h.stop()
+
+
+def test_dual_stack_network_shows_v6_subnets_and_addresses(ui_server: ServerHandle, new_page: Callable[..., Page],
+                                                          out_dir: Path) -> None:
+    page = new_page()
+    login(page, ui_server.url, "alice")
+    page.get_by_label("Name", exact=True).first.fill("ds")
+    page.get_by_label("Subnet CIDR").fill("2001:db8:7::/64")
+    page.locator("#net-v6mode").select_option("slaac")
+    page.get_by_role("button", name="Create network").click()
+    expect(node(page, "network", "ds")).to_contain_text("2001:db8:7::/64")
+    expect(node(page, "network", "ds")).to_contain_text("slaac")
+
+    open_form(page, "Add subnet")
+    page.locator("#subnet-network").select_option(label="ds")
+    page.locator("#subnet-cidr").fill("100.77.0.0/24")
+    page.get_by_role("button", name="Add subnet").click()
+    expect(node(page, "network", "ds")).to_contain_text("100.77.0.0/24")
+
+    api = ui_server.api("alice")
+    net = api.get("/networks", params={"name": "ds"}).json()["networks"][0]
+    subs = {s["ip_version"]: s for s in api.get("/subnets", params={"network_id": net["id"]}).json()["subnets"]}
+    assert (subs[6]["ipv6_ra_mode"], subs[6]["ipv6_address_mode"]) == ("slaac", "slaac")
+    assert subs[4]["cidr"] == "100.77.0.0/24"
+
+    r = api.post("/ports", json={"port": {"network_id": net["id"], "name": "vm-ds", "device_owner": "compute:nova",
+                                          "device_id": "0d3c3c8e-0000-4000-8000-0000000000d5"}})
+    assert r.status_code == 201, r.text
+    ips = {4 if ":" not in f["ip_address"] else 6: f["ip_address"] for f in r.json()["port"]["fixed_ips"]}
+    assert set(ips) == {4, 6}, ips           # one IPv4 address and the SLAAC (EUI-64) one
+    port_node = node(page, "port", "vm-ds")
+    expect(port_node).to_contain_text(ips[4])
+    v6_line = port_node.locator(".port-v6")
+    expect(v6_line).to_have_text(ips[6])      # on its own line, whole
+    box, line = port_node.locator("rect.port-box").bounding_box(), v6_line.bounding_box()
+    assert box and line and box["y"] <= line["y"] and line["y"] + line["height"] <= box["y"] + box["height"] + 1
+    page.wait_for_timeout(200)
+    shoot(page, out_dir, "dual-stack")

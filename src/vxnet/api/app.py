@@ -43,7 +43,7 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from vxnet.api import openapi, ops_metrics, policy
+from vxnet.api import nova, openapi, ops_metrics, policy
 from vxnet.api.errors import ApiError, from_service, policy_denied
 from vxnet.api.extensions import served_extensions
 from vxnet.api.middleware import RequestGuard
@@ -218,6 +218,7 @@ def create_app(config: Config, store: Store) -> FastAPI:
         setup = getattr(mod, "setup", None)
         if setup is not None:
             setup(app, state)
+    nova.setup(app, state)  # after quotas: its stage hook wraps theirs
     openapi.install(app)
     return app
 

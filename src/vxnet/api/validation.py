@@ -109,6 +109,12 @@ _NOT_FOR_HOSTS = (
     (ipaddress.ip_network("224.0.0.0/4"), "multicast range"),
     (ipaddress.ip_network("240.0.0.0/4"), "reserved range"),
 )
+_NOT_FOR_HOSTS_V6 = (
+    (ipaddress.ip_network("::/127"), "unspecified/loopback range"),
+    (ipaddress.ip_network("::ffff:0:0/96"), "IPv4-mapped range"),
+    (ipaddress.ip_network("fe80::/10"), "link-local range"),
+    (ipaddress.ip_network("ff00::/8"), "multicast range"),
+)
 
 
 def subnet_cidr_problem(net: ipaddress.IPv4Network | ipaddress.IPv6Network, enable_dhcp: bool) -> str | None:
@@ -126,10 +132,9 @@ def subnet_cidr_problem(net: ipaddress.IPv4Network | ipaddress.IPv6Network, enab
             return "First IP '0.0.0.0' of network is not supported if enable_dhcp is True."
     if net.prefixlen == 0:
         return "0 is not allowed as CIDR prefix length"
-    if net.version == 4:
-        for special, what in _NOT_FOR_HOSTS:
-            if net.overlaps(special):  # type: ignore[arg-type]
-                return f"Subnet {net} overlaps the {what} {special}, whose addresses hosts cannot use"
+    for special, what in _NOT_FOR_HOSTS if net.version == 4 else _NOT_FOR_HOSTS_V6:
+        if net.overlaps(special):  # type: ignore[arg-type]
+            return f"Subnet {net} overlaps the {what} {special}, whose addresses hosts cannot use"
     return None
 
 

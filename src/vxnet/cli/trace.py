@@ -46,8 +46,8 @@ def resolve_source(source: str) -> str:
 def register(app: typer.Typer) -> None:
     @app.command()
     def trace(
-        source: str = typer.Option(..., "--from", help="port id, lab VM name, or an outside IPv4 address"),
-        to: str = typer.Option(..., "--to", help="destination IPv4 address"),
+        source: str = typer.Option(..., "--from", help="port id, lab VM name, or an outside IPv4 or IPv6 address"),
+        to: str = typer.Option(..., "--to", help="destination address (IPv4 or IPv6)"),
         proto: str = typer.Option("icmp", help="tcp, udp, icmp or a protocol number"),
         dport: int = typer.Option(None, help="destination port (tcp/udp)"),
         sport: int = typer.Option(None, help="source port (tcp/udp; default 40000)"),

@@ -34,15 +34,24 @@ arguments and returns a `GatewayDesired`:
   floating IP /32 and the interface subnets of a router with SNAT disabled that are in the
   external network's address scope (`routable_cidrs`), with the router's gateway address as
   next hop.
-- Only IPv4. A router whose gateway port has no IPv4 address or no known external subnet is
-  skipped (nothing to build yet).
+- IPv6 (routed, never NAT; floating IPs stay IPv4, as Neutron): the gateway leg also gets the
+  gateway port's IPv6 fixed IPs (`Leg.more`) and `gateway_ip6` = the gateway of the external
+  IPv6 subnet (default route ::/0); a snat port's IPv6 fixed IPs go on its leg (a port with only
+  IPv6 has its first IPv6 address as `cidr`); `cidrs6` = the router's IPv6 interface subnets;
+  `neighs6` = permanent IPv6 neighbours on each snat leg for the bound, enabled ports of its
+  IPv6 subnets (no neighbour discovery across the underlay). `filter6_ruleset` isolates the
+  router: the gateway leg forwards inwards only to `cidrs6` and outwards only from them (a
+  tenant's prefix is reachable only through its own router; nothing transits the namespace
+  from the external network back to it), and clamps the MSS of IPv6 SYNs like IPv4's.
+- A router whose gateway port has no IPv4 address or no known external subnet is skipped
+  (nothing to build yet).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from vxnet.compute import naming
@@ -55,6 +64,7 @@ INTF_OWNERS = ("network:router_interface", "network:router_interface_distributed
 NETNS_PREFIX = naming.SNAT_NS_PREFIX
 NAT_TABLE = naming.NAT_TABLE[1]
 VLAN_PREFIX = "vxv-"            # + network id[:11]: a VLAN external network's device (15 chars)
+FILTER6_TABLE = "vxnet_v6"
 
 
 def router_netns(router_id: str, host: str) -> str:
@@ -78,6 +88,11 @@ class Leg:
     mac: str
     cidr: str          # address/prefix inside the namespace
     mtu: int
+    more: tuple[str, ...] = ()   # further addresses/prefix (IPv6) inside the namespace
+
+    @property
+    def cidrs(self) -> tuple[str, ...]:
+        return (self.cidr, *self.more)
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -99,6 +114,9 @@ class GatewayRouter:
     enable_snat: bool
     fips: tuple[FloatingNat, ...]
     routes: tuple[tuple[str, str], ...]     # (destination, nexthop)
+    gateway_ip6: str | None = None          # the external IPv6 subnet's gateway (default ::/0)
+    cidrs6: tuple[str, ...] = ()            # the router's IPv6 interface subnets
+    neighs6: tuple[tuple[str, str, str], ...] = ()   # (leg inside, IPv6 address, MAC)
     fip_ids: tuple[str, ...] = ()           # the floating IPs of `fips` (their status is reported)
     network_id: str = ""                    # its external network
     routable_cidrs: tuple[str, ...] = ()    # interface subnets in the external network's address scope
@@ -183,9 +201,25 @@ def _ipv4(port: Port, subnets: Mapping[str, Subnet]) -> tuple[str, Subnet] | Non
     return None
 
 
-def _leg(port: Port, inner: str, ip: str, sub: Subnet, mtu: int) -> Leg:
+def _ipv6(port: Port, subnets: Mapping[str, Subnet]) -> list[tuple[str, Subnet]]:
+    """The port's IPv6 addresses (compressed) with their (known) subnets."""
+    out = []
+    for f in port.fixed_ips:
+        sub = subnets.get(f.subnet_id)
+        try:
+            ip = ipaddress.ip_address(f.ip_address)
+        except ValueError:
+            continue
+        if sub is not None and ip.version == 6 and ":" in sub.cidr:
+            out.append((str(ip), sub))
+    return out
+
+
+def _leg(port: Port, inner: str, ip: str, sub: Subnet, mtu: int,
+         v6: Sequence[tuple[str, Subnet]] = ()) -> Leg:
     prefix = ipaddress.ip_network(sub.cidr).prefixlen
-    return Leg(port.id, naming.tap_name(port.id), inner, port.mac, f"{ip}/{prefix}", mtu)
+    more = tuple(f"{a}/{ipaddress.ip_network(s.cidr).prefixlen}" for a, s in v6 if a != ip)
+    return Leg(port.id, naming.tap_name(port.id), inner, port.mac, f"{ip}/{prefix}", mtu, more)
 
 
 def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | None:
@@ -195,10 +229,12 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     if found is None or ext is None:
         return None
     gw_ip, ext_sub = found
-    gw = _leg(gw_port, naming.GATEWAY_IFACE_PREFIX + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu)
+    gw6 = _ipv6(gw_port, v.subnets)
+    gw = _leg(gw_port, naming.GATEWAY_IFACE_PREFIX + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu, gw6)
     legs: list[Leg] = []
     cidrs: set[str] = set()
     routable: set[str] = set()
+    cidrs6: set[str] = set()
     for pid in sorted(v.ports):
         p = v.ports[pid]
         if p.device_id != rid:
@@ -213,12 +249,16 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
                     cidrs.add(sub.cidr)
                     if same_scope:
                         routable.add(sub.cidr)
+                elif sub is not None:
+                    cidrs6.add(str(ipaddress.ip_network(sub.cidr)))
         elif p.device_owner == SNAT_OWNER and p.host == host and p.admin_up:
             got = _ipv4(p, v.subnets)
+            v6 = _ipv6(p, v.subnets)
+            got = got if got is not None else (v6[0] if v6 else None)
             net = v.networks.get(p.network_id)
             if got is not None and net is not None:
-                legs.append(_leg(p, naming.SNAT_IFACE_PREFIX + pid[:naming.ID_CHARS], got[0], got[1], net.mtu))
-    connected = [ipaddress.ip_network(leg.cidr, strict=False) for leg in (gw, *legs)]
+                legs.append(_leg(p, naming.SNAT_IFACE_PREFIX + pid[:naming.ID_CHARS], got[0], got[1], net.mtu, v6))
+    connected = [ipaddress.ip_interface(c).network for leg in (gw, *legs) for c in leg.cidrs]
     routes = []
     for r in rtr.routes:
         try:
@@ -226,14 +266,35 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
             dest = ipaddress.ip_network(r.destination, strict=False)
         except ValueError:
             continue
-        if hop.version == 4 and dest.version == 4 and any(hop in n for n in connected):
+        if hop.version == dest.version and any(hop in n for n in connected):
             routes.append((str(dest), str(hop)))
     served = [f for f in v.floatingips.values()
               if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address]
     fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in served}
+    gateway6 = next((s.gateway_ip for _, s in gw6 if s.gateway_ip), None)
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
-                         tuple(sorted(f.id for f in served)), gw_port.network_id, tuple(sorted(routable)))
+                         gateway6, tuple(sorted(cidrs6)), _neighs6(legs, v),
+                         fip_ids=tuple(sorted(f.id for f in served)), network_id=gw_port.network_id,
+                         routable_cidrs=tuple(sorted(routable)))
+
+
+def _neighs6(legs: list[Leg], v: View) -> tuple[tuple[str, str, str], ...]:
+    """Permanent IPv6 neighbours of the snat legs: the bound, enabled ports of their subnets."""
+    out: set[tuple[str, str, str]] = set()
+    own = {leg.port_id for leg in legs}
+    for leg in legs:
+        nets6 = [ipaddress.ip_interface(c).network for c in leg.cidrs if ":" in c]
+        net_id = v.ports[leg.port_id].network_id if leg.port_id in v.ports else ""
+        if not nets6 or not net_id:
+            continue
+        for p in v.ports.values():
+            if p.network_id != net_id or p.id in own or not p.host or not p.admin_up or not p.mac:
+                continue
+            for ip, _ in _ipv6(p, v.subnets):
+                if any(ipaddress.ip_address(ip) in n for n in nets6):
+                    out.add((leg.inner, ip, p.mac))
+    return tuple(sorted(out))
 
 
 def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
@@ -309,6 +370,22 @@ def nat_ruleset(r: GatewayRouter) -> str:
             + chain("mss", "type filter hook forward priority mangle; policy accept;",
                     ["tcp flags syn tcp option maxseg size set rt mtu"])
             + "}\n")
+
+
+def filter6_ruleset(r: GatewayRouter) -> str:
+    """The namespace's whole `table ip6 vxnet_v6` (one transaction, see the module contract):
+    IPv6 crosses the gateway leg only to or from the router's own IPv6 subnets."""
+    qg = r.gw.inner
+    if r.cidrs6:
+        own = ", ".join(r.cidrs6)
+        rules = [f'iifname "{qg}" ip6 daddr != {{ {own} }} counter drop',
+                 f'oifname "{qg}" ip6 saddr != {{ {own} }} counter drop']
+    else:
+        rules = [f'iifname "{qg}" counter drop', f'oifname "{qg}" counter drop']
+    rules.append("tcp flags syn tcp option maxseg size set rt mtu")
+    body = "".join(f"\n    {x}" for x in rules)
+    return (f"table ip6 {FILTER6_TABLE} {{}}\ndelete table ip6 {FILTER6_TABLE}\ntable ip6 {FILTER6_TABLE} {{\n"
+            f"  chain forward {{\n    type filter hook forward priority 0; policy accept;{body}\n  }}\n}}\n")
 
 
 def bgp_routes(routers: Iterable[GatewayRouter]) -> dict[str, str]:

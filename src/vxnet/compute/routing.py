@@ -11,20 +11,30 @@ Rules (KERNEL-NOTES §4, asymmetric IRB with an anycast gateway):
   (device_owner `network:*`: router interfaces, SNAT ports, DHCP...): i.e. a VM.
 - Every interface port of R (device_owner `network:router_interface`, device_id R) on a VXLAN
   network of the view becomes a veth: bridge side `vxpr<port id[:11]>` (a service port), router
-  side `qr-<port id[:11]>` with the port's MAC and its IPv4 fixed IPs (prefix of their subnet),
-  MTU = the network MTU. The same MAC and IP on every host (anycast gateway).
+  side `qr-<port id[:11]>` with the port's MAC and its IPv4 and IPv6 fixed IPs (prefix of their
+  subnet), MTU = the network MTU. The same MAC and IPs on every host (anycast gateway; the
+  IPv6 link-local address, derived from the MAC, is the same everywhere too).
 - L2 part per interface: Plug(service port on the network's bridge), `master static` FDB entry
   for the gateway MAC on the service port, a permanent neighbour entry G -> gateway MAC on the
-  bridge (pitfall C: a VM's ARP for its gateway never floods). Pitfall A (gateway MAC learned
+  bridge for each IPv4 gateway address (pitfall C: a VM's ARP for its gateway never floods; a
+  VM's neighbour solicitation for an IPv6 gateway is answered by the local leg and never
+  crosses the underlay: VXLAN devices have no flood entries by default). Pitfall A (gateway MAC learned
   from VXLAN frames of other hosts' routers) cannot happen: VXLAN devices have `nolearning` and
   their bridge port `learning off` (compute/l2.py, links_driver.py), checked by a root test.
 - Routes inside the namespace: connected subnets come from the addresses (kernel); extra routes
-  (`routes`: destination via nexthop) go in the main table, on the interface whose subnet holds
-  the nexthop (a route whose nexthop no interface reaches is left out).
+  (`routes`: destination via nexthop, IPv4 or IPv6) go in the main table, on the interface whose
+  subnet holds the nexthop (a route whose nexthop no interface reaches is left out).
+- IPv6 neighbours (no neighbour discovery across the underlay): for every leg and every port of
+  its network that is bound to a host and enabled (VMs, the SNAT port, other routers' ports;
+  not the leg itself), a permanent neighbour entry per IPv6 fixed IP on one of the leg's IPv6
+  subnets -> the port's MAC, on the leg (`NsNeigh`). So the router never solicits a VM's
+  address, local or remote.
 - SNAT fallback (contract with the north-south part): for each interface subnet S on which R has
   a port with device_owner `network:router_centralized_snat` (device_id R) holding an IP on S:
   rule `from S lookup main suppress_prefixlength 0` (priority 1000), rule `from S lookup T_i`
-  (priority 2000), and in table T_i `default via <snat IP> dev qr-...`. T_i is the interface's
+  (priority 2000), and in table T_i `default via <snat IP> dev qr-...` (0.0.0.0/0 for an IPv4
+  subnet, ::/0 for an IPv6 one: IPv6 north-south is routed through the same centralized port,
+  without NAT, as Neutron DVR does). T_i is the interface's
   table: TABLE_BASE + the first 4 hex digits of its port id, probing upwards in port-id order on
   a collision, so it is stable while other interfaces come and go.
 - No NAT, no stateful filtering here: each host's router sees only one direction of a flow.
@@ -33,7 +43,8 @@ Rules (KERNEL-NOTES §4, asymmetric IRB with an anycast gateway):
   IPv4 subnets of a network share one scope), no scope being a scope of its own. When a
   router's legs span more than one scope, `scope_groups` lists the leg names of each scope,
   and the namespace drops (stateless, per packet) what a leg of one group would forward out of
-  a leg of another. Packets leaving by the leg they came in on (the SNAT fallback) are never
+  a leg of another. IPv6 likewise, by the network's `ipv6_address_scope`, over the legs
+  with an IPv6 address (`scope_groups6`). Packets leaving by the leg they came in on (the SNAT fallback) are never
   affected.
 - Namespace name: `vxr-<router id[:11]>-<host>` (docs/routing.md): netns names are global to a
   mount namespace, and in the lab every host shares /run/netns, so the name carries the host;
@@ -140,6 +151,19 @@ class Rule:
 
 
 @dataclasses.dataclass(frozen=True, order=True)
+class NsNeigh:
+    """A permanent IPv6 neighbour entry the agent owns on a leg inside a router namespace."""
+
+    dev: str
+    ip: str
+    mac: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.dev, self.ip)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
 class RouterNs:
     """Everything one router namespace on this host must hold."""
 
@@ -149,6 +173,8 @@ class RouterNs:
     routes: tuple[Route, ...]           # sorted
     rules: tuple[Rule, ...]             # sorted
     scope_groups: tuple[tuple[str, ...], ...] = ()  # leg names per address scope; () if one scope
+    neighs: tuple[NsNeigh, ...] = ()    # IPv6 neighbours of the legs, sorted
+    scope_groups6: tuple[tuple[str, ...], ...] = ()  # the same for IPv6 address scopes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +197,42 @@ def _tables(port_ids: list[str]) -> dict[str, int]:
     return out
 
 
+def default_route(cidr: str) -> str:
+    """The default destination of `cidr`'s address family."""
+    return "::/0" if ":" in cidr else "0.0.0.0/0"
+
+
+def _v6_neighs(legs: list[RouterIface], view: View) -> set[NsNeigh]:
+    """Permanent IPv6 neighbours of every leg: the bound, enabled ports of its network."""
+    out: set[NsNeigh] = set()
+    own = {lg.port_id for lg in legs}
+    for leg in legs:
+        nets6 = [ipaddress.ip_interface(a).network for a in leg.addresses if ":" in a]
+        if not nets6:
+            continue
+        for p in view.ports.values():
+            if p.network_id != leg.network_id or p.id in own or not p.host or not p.admin_up or not p.mac:
+                continue
+            for f in p.fixed_ips:
+                if ":" not in f.ip_address:
+                    continue
+                try:
+                    ip = ipaddress.ip_address(f.ip_address)
+                except ValueError:
+                    continue
+                if any(ip in n for n in nets6):
+                    out.add(NsNeigh(leg.name, str(ip), p.mac))
+    return out
+
+
+def _scope_groups(scope_of_leg: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """Leg names per address scope, sorted; () when the legs share one scope."""
+    groups: dict[str, list[str]] = {}
+    for name, scope in scope_of_leg.items():
+        groups.setdefault(scope, []).append(name)
+    return tuple(sorted(tuple(sorted(g)) for g in groups.values())) if len(groups) > 1 else ()
+
+
 def _routers_needed(view: View, host: str) -> set[str]:
     """Routers with an interface on a network where this host has a VM."""
     vm_nets = {p.network_id for p in view.ports.values() if p.host == host and not p.is_infra}
@@ -182,26 +244,36 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
             host: str) -> tuple[RouterNs, HostState]:
     legs: list[RouterIface] = []
     scope_of_leg: dict[str, str] = {}   # leg name -> its network's IPv4 address scope ("" for none)
-    cidr_of_leg: list[tuple[ipaddress.IPv4Network, RouterIface, str]] = []   # (subnet, leg, subnet id)
+    scope6_of_leg: dict[str, str] = {}  # the same for IPv6
+    cidr_of_leg: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, RouterIface, str]] = []
     for port in ifaces:
         net = view.networks.get(port.network_id)
         if net is None or not net.is_vxlan or not port.mac:
             continue
         addrs = []
         nets_here = []
-        for f in port.ipv4:
+        for f in port.fixed_ips:
             sub = view.subnets.get(f.subnet_id)
             if sub is None:
                 continue
-            cidr = ipaddress.ip_network(sub.cidr, strict=False)
-            addrs.append(f"{f.ip_address}/{cidr.prefixlen}")
+            try:
+                cidr = ipaddress.ip_network(sub.cidr, strict=False)
+                ip = ipaddress.ip_address(f.ip_address)
+            except ValueError:
+                continue
+            if ip.version != cidr.version or ip not in cidr:
+                continue
+            addrs.append(f"{ip}/{cidr.prefixlen}")
             nets_here.append((cidr, f.subnet_id))
         if not addrs:
             continue
         leg = RouterIface(port.id, iface_name(port.id), service_port(port.id), port.network_id,
                           naming.bridge_name(port.network_id), port.mac, tuple(sorted(addrs)), net.mtu)
         legs.append(leg)
-        scope_of_leg[leg.name] = net.ipv4_address_scope or ""
+        if any(":" not in a for a in addrs):     # IPv4 address scopes: legs with an IPv4 address
+            scope_of_leg[leg.name] = net.ipv4_address_scope or ""
+        if any(":" in a for a in addrs):
+            scope6_of_leg[leg.name] = net.ipv6_address_scope or ""
         cidr_of_leg.extend((c, leg, sid) for c, sid in nets_here)
 
     routes: set[Route] = set()
@@ -211,7 +283,7 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
             hop = ipaddress.ip_address(r.nexthop)
         except ValueError:
             continue
-        if dst.version != 4 or hop.version != 4:
+        if dst.version != hop.version:
             continue
         leg = next((lg for c, lg, _ in cidr_of_leg if hop in c), None)
         if leg is not None:
@@ -221,27 +293,28 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
     tables = _tables([lg.port_id for lg in legs])
     snat_ip: dict[str, str] = {}
     for p in sorted(snat, key=lambda p: p.id):
-        for f in p.ipv4:
+        for f in p.fixed_ips:
             snat_ip.setdefault(f.subnet_id, f.ip_address)
     for cidr, leg, sid in cidr_of_leg:
         hop = snat_ip.get(sid)
-        if hop is None or ipaddress.ip_address(hop) not in cidr:
+        try:
+            if hop is None or ipaddress.ip_address(hop) not in cidr:
+                continue
+        except ValueError:
             continue
         table = tables[leg.port_id]
         rules.add(Rule(SUPPRESS_PRIORITY, str(cidr), MAIN_TABLE, 0))
         rules.add(Rule(SNAT_PRIORITY, str(cidr), table))
-        routes.add(Route("0.0.0.0/0", hop, leg.name, table))
+        routes.add(Route(default_route(str(cidr)), str(ipaddress.ip_address(hop)), leg.name, table))
 
-    groups: dict[str, list[str]] = {}
-    for name, scope in scope_of_leg.items():
-        groups.setdefault(scope, []).append(name)
-    scope_groups = tuple(sorted(tuple(sorted(g)) for g in groups.values())) if len(groups) > 1 else ()
     ns = RouterNs(router.id, netns_name(router.id, host), tuple(sorted(legs)), tuple(sorted(routes)),
-                  tuple(sorted(rules)), scope_groups)
+                  tuple(sorted(rules)), _scope_groups(scope_of_leg), tuple(sorted(_v6_neighs(legs, view))),
+                  _scope_groups(scope6_of_leg))
     l2 = HostState(
         plugs=frozenset(Plug(lg.service_port, lg.bridge, lg.mtu) for lg in legs),
         fdb=frozenset(Fdb(lg.service_port, lg.mac) for lg in legs),
-        neighs=frozenset(Neigh(lg.bridge, a.split("/")[0], lg.mac) for lg in legs for a in lg.addresses),
+        neighs=frozenset(Neigh(lg.bridge, a.split("/")[0], lg.mac) for lg in legs for a in lg.addresses
+                         if ":" not in a),
     )
     return ns, l2
 

@@ -13,10 +13,13 @@ Contract:
   (re)created: missing namespace / legs are created, a leg whose MAC or MTU differs is fixed,
   addresses and routes not wanted are removed (only in our namespaces, which hold nothing
   else), and the NAT table is replaced in one transaction (libnftables, in a thread inside the
-  namespace). Floating IPs that went away or changed their fixed IP have their conntrack
-  entries deleted (`conntrack -D`, if installed), so a move takes effect at once. Gratuitous
-  ARP (raw AF_PACKET, `router_driver.announce`) for the gateway address and floating IPs after
-  a (re)creation and for new floating IPs.
+  namespace). IPv6 (routed, no NAT): the legs' IPv6 addresses (`nodad`), the ::/0 route, the
+  snat legs' permanent IPv6 neighbours and the `table ip6 vxnet_v6` isolation filter
+  (`filter6_ruleset`, replaced in one transaction when it changes). Floating IPs that went
+  away or changed their fixed IP have their conntrack entries deleted (`conntrack -D`, if
+  installed), so a move takes effect at once. Gratuitous ARP (raw AF_PACKET,
+  `router_driver.announce`) for the gateway address and floating IPs after a (re)creation and
+  for new floating IPs.
 - Kernel access: netlink (pyroute2) for namespaces, links, addresses and routes; /proc/sys
   from a thread inside the namespace for its sysctls. The one program still run is
   `conntrack -D`: pyroute2 0.9.7's conntrack delete sends only an original tuple, so "every
@@ -47,12 +50,14 @@ from vxnet.compute.gateway import (
     ExternalBridge,
     GatewayRouter,
     Leg,
+    filter6_ruleset,
     is_router_netns,
     nat_ruleset,
 )
+from vxnet.compute.routing import NsNeigh
 from vxnet.compute.state import Bridge
 from vxnet.dataplane.nft_exec import NftExecutor
-from vxnet.dataplane.router_driver import announce, in_netns
+from vxnet.dataplane.router_driver import AF_INET6, IFA_F_NODAD, announce, converge_neighs, in_netns, read_addrs
 
 log = logging.getLogger("vxnet.dataplane.gateway")
 
@@ -60,8 +65,13 @@ NETNS_DIR = "/run/netns"
 ROUTE_PROTO = naming.GATEWAY_ROUTE_PROTO   # routes we add; the kernel's connected routes are proto kernel
 RTPROT_KERNEL = 2
 IFF_UP = 0x1
-SYSCTLS = (("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/all/disable_ipv6", "1"),
-           ("net/ipv6/conf/default/disable_ipv6", "1"))
+# IPv6 on and forwarding (routed, no NAT); no DAD and no RAs accepted (addresses come from
+# IPAM; the default route is configured); unsolicited NA so the external network learns a
+# gateway address that moved here (the IPv6 side of the gratuitous ARP).
+SYSCTLS = (("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/default/accept_dad", "0"),
+           ("net/ipv6/conf/all/accept_dad", "0"), ("net/ipv6/conf/default/accept_ra", "0"),
+           ("net/ipv6/conf/default/ndisc_notify", "1"), ("net/ipv6/conf/all/disable_ipv6", "0"),
+           ("net/ipv6/conf/default/disable_ipv6", "0"), ("net/ipv6/conf/all/forwarding", "1"))
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
 
@@ -221,34 +231,42 @@ class GatewayDriver:
         return created
 
     def _ensure_addrs(self, ipr: IPRoute, dev: str, index: int, wanted: set[str]) -> None:
-        have = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=index)}
+        wanted = {f"{ipaddress.ip_interface(c).ip}/{ipaddress.ip_interface(c).network.prefixlen}" for c in wanted}
+        have = read_addrs(ipr, index)
         for cidr in sorted(have - wanted):
             ip, plen = cidr.split("/")
             self._do(f"del {cidr} {dev}", lambda ip=ip, plen=plen: ipr.addr("del", index=index, address=ip,
                                                                            prefixlen=int(plen)), _GONE)
         for cidr in sorted(wanted - have):
             ip, plen = cidr.split("/")
-            self._do(f"add {cidr} {dev}", lambda ip=ip, plen=plen: ipr.addr("replace", index=index, address=ip,
-                                                                           prefixlen=int(plen)))
+            kw = {"flags": IFA_F_NODAD} if ":" in ip else {}
+            self._do(f"add {cidr} {dev}", lambda ip=ip, plen=plen, kw=kw: ipr.addr("replace", index=index, address=ip,
+                                                                                 prefixlen=int(plen), **kw))
 
     def _ensure_routes(self, ipr: IPRoute, r: GatewayRouter, index: dict[str, int]) -> None:
         wanted: dict[str, tuple[str, int | None]] = {}
         if r.gateway_ip:
             wanted["0.0.0.0/0"] = (r.gateway_ip, index[r.gw.inner])
+        if r.gateway_ip6:
+            wanted["::/0"] = (str(ipaddress.ip_address(r.gateway_ip6)), index[r.gw.inner])
         for dest, hop in r.routes:
             wanted[str(ipaddress.ip_network("0.0.0.0/0" if dest == "default" else dest, strict=False))] = (hop, None)
         have: dict[str, tuple[str, int | None]] = {}
-        for m in ipr.get_routes(family=2, table=254):
-            if m["proto"] != RTPROT_KERNEL:
-                have[f"{m.get('RTA_DST') or '0.0.0.0'}/{m['dst_len']}"] = (m.get("RTA_GATEWAY") or "", m.get("RTA_OIF"))
+        for fam, any_ in ((2, "0.0.0.0"), (AF_INET6, "::")):
+            for m in ipr.get_routes(family=fam, table=254):
+                if m["proto"] != RTPROT_KERNEL and m.get("type", 1) == 1:   # unicast, not the kernel's
+                    have[f"{m.get('RTA_DST') or any_}/{m['dst_len']}"] = (m.get("RTA_GATEWAY") or "", m.get("RTA_OIF"))
         for dst in sorted(set(have) - set(wanted)):
-            self._do(f"del route {dst}", lambda dst=dst: ipr.route("del", dst=dst, table=254), _GONE)
+            fam = AF_INET6 if ":" in dst else 2
+            self._do(f"del route {dst}", lambda dst=dst, fam=fam: ipr.route("del", dst=dst, table=254, family=fam),
+                     _GONE)
         for dst, (hop, oif) in sorted(wanted.items()):
             if dst in have and have[dst][0] == hop and (oif is None or have[dst][1] == oif):
                 continue
             kw = {"oif": oif} if oif is not None else {}
-            self._do(f"route {dst} via {hop}", lambda dst=dst, hop=hop, kw=kw: ipr.route(
-                "replace", dst=dst, gateway=hop, table=254, proto=ROUTE_PROTO, **kw))
+            fam = AF_INET6 if ":" in dst else 2
+            self._do(f"route {dst} via {hop}", lambda dst=dst, hop=hop, kw=kw, fam=fam: ipr.route(
+                "replace", dst=dst, gateway=hop, table=254, proto=ROUTE_PROTO, family=fam, **kw))
 
     def _forget_flows(self, ns: str, fips: Iterable[tuple[str, str]]) -> None:
         """Delete conntrack entries of floating IPs that moved or went (no stale DNAT/SNAT).
@@ -265,6 +283,11 @@ class GatewayDriver:
         """Converge `r`'s namespace (see the module contract); True if it was (re)created."""
         ns = r.netns
         created = self._ensure_netns(ns)
+        if previous is None and not created:     # adopted: it may predate IPv6 (sysctls of an older version)
+            try:
+                in_netns(ns, _write_sysctls)
+            except OSError as e:
+                raise GatewayError(f"namespace {ns} sysctls: {e}") from e
         try:
             with IPRoute(netns=ns) as ipr:
                 return self._apply_router(ipr, r, previous, created)
@@ -286,12 +309,19 @@ class GatewayDriver:
             new = self._ensure_leg(ns, ipr, leg, host_links, ns_links)
             gw_new = gw_new or (new and leg is r.gw)
             extra = {f"{f.floating_ip}/32" for f in r.fips} if leg is r.gw else set()
-            self._ensure_addrs(ipr, leg.inner, ns_links[leg.inner]["index"], {leg.cidr} | extra)
+            self._ensure_addrs(ipr, leg.inner, ns_links[leg.inner]["index"], set(leg.cidrs) | extra)
         self._ensure_routes(ipr, r, {n: ln["index"] for n, ln in ns_links.items()})
+        neighs = tuple(NsNeigh(dev, ip, mac) for dev, ip, mac in r.neighs6)
+        self._do(f"{ns} IPv6 neighbours", lambda: converge_neighs(
+            ipr, neighs, {leg.inner: ns_links[leg.inner]["index"] for leg in r.snat_legs}, naming.SNAT_IFACE_PREFIX))
         if created or previous is None or nat_ruleset(previous) != nat_ruleset(r) or gw_new:
             err = in_netns(ns, lambda: _nft_in_thread(nat_ruleset(r)))
             if err is not None:
                 raise GatewayError(f"{ns} NAT table: {err}")
+        if created or previous is None or filter6_ruleset(previous) != filter6_ruleset(r) or gw_new:
+            err = in_netns(ns, lambda: _nft_in_thread(filter6_ruleset(r)))
+            if err is not None:
+                raise GatewayError(f"{ns} IPv6 filter table: {err}")
         old = {f.floating_ip: f.fixed_ip for f in (previous.fips if previous else ())}
         new = {f.floating_ip: f.fixed_ip for f in r.fips}
         self._forget_flows(ns, [(ip, fixed) for ip, fixed in old.items() if new.get(ip) != fixed])

@@ -2,25 +2,31 @@
 
 Contract:
 - `RouterDriver.converge(r)` makes one router namespace exactly `r` (`compute.routing.RouterNs`):
-  it creates it if missing (sysctls first: ip_forward=1, rp_filter=0, redirects off, IPv6 off),
+  it creates it if missing (sysctls first: IPv4 and IPv6 forwarding, rp_filter=0, redirects
+  off, no IPv6 duplicate address detection or router advertisements accepted: the anycast
+  addresses are the same on every host by design; unsolicited neighbour advertisements on),
   its veths (bridge side `vxpr...` in the host namespace, router side `qr-...` in the router
-  namespace, created as one pair directly across the two namespaces), MACs, MTUs, addresses,
-  routes and rules, and removes what the desired state no longer has. `delete(name)` removes a
+  namespace, created as one pair directly across the two namespaces), MACs, MTUs, addresses
+  (IPv4 and IPv6, IPv6 ones `nodad`; link-local addresses are the kernel's), routes and rules
+  of both families, the legs' permanent IPv6 neighbours, and removes what the desired state no
+  longer has. `delete(name)` removes a
   namespace, legs first, so routing through it stops at once.
 - Ownership: namespaces `vxr-*` whose name ends with this host's suffix
   (`compute.routing.is_host_netns`); links `qr-*` inside them; service ports `vxpr*` in the
-  host namespace; routes and rules with protocol `ROUTE_PROTO` inside them. Nothing else is
-  ever changed or deleted (kernel routes of connected subnets are the kernel's).
+  host namespace; routes and rules with protocol `ROUTE_PROTO` inside them; permanent IPv6
+  neighbour entries on `qr-*` links. Nothing else is ever changed or deleted (kernel routes of
+  connected subnets and link-local addresses are the kernel's).
 - `list_host_netns(host)` lists this host's namespaces, `delete_orphan_ports(wanted)` removes
   host-side service ports of routers that are gone. What to converge when (what was applied,
   backoff of a failing namespace) is the routing feature's `Manager` (agent/routing.py); this
   driver keeps no record of what it applied. Failures raise OSError/NetlinkError.
 - Creating something that exists and deleting something gone count as success (idempotent).
-- Address scopes: the namespace's nftables table `ip vxnet_scope` (a forward-hook chain that
-  drops what a leg of one scope group would forward out of a leg of another) is replaced as a
-  whole, in one nftables transaction, by every converge of a namespace with two or more groups
-  (and once where this process does not know the namespace holds none); with fewer than two
-  groups the table is removed. It is the only nftables table the agent owns in a router
+- Address scopes: the namespace's nftables tables `ip vxnet_scope` and `ip6 vxnet_scope` (a
+  forward-hook chain that drops what a leg of one scope group would forward out of a leg of
+  another; IPv4 and IPv6 groups) are replaced as a whole, in one nftables transaction, by every
+  converge of a namespace with two or more groups of either family (and once where this
+  process does not know the namespace holds none); a family with fewer than two groups has no
+  table. It is the only nftables table the agent owns in a router
   namespace. Each namespace keeps one libnftables context, made by a thread inside it (its
   netlink socket stays bound to that namespace whichever thread uses it later): a fresh
   context's first transaction costs ~12-16 ms, later ones under 1 ms.
@@ -44,7 +50,16 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import naming
-from vxnet.compute.routing import IFACE_PREFIX, Route, RouterIface, RouterNs, Rule, is_host_netns, is_service_port
+from vxnet.compute.routing import (
+    IFACE_PREFIX,
+    NsNeigh,
+    Route,
+    RouterIface,
+    RouterNs,
+    Rule,
+    is_host_netns,
+    is_service_port,
+)
 from vxnet.dataplane.nft_exec import NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.router")
@@ -53,8 +68,15 @@ NETNS_DIR = "/run/netns"
 ROUTE_PROTO = naming.ROUTER_ROUTE_PROTO   # routes and rules the agent owns inside router namespaces
 IFF_UP = 0x1
 SYSCTLS = (
-    ("net/ipv6/conf/all/disable_ipv6", "1"),
-    ("net/ipv6/conf/default/disable_ipv6", "1"),
+    # IPv6 (issue #16): DAD off before any leg exists (legs inherit `default`): the anycast
+    # gateway address is on every host on purpose, and a tentative address would not route.
+    ("net/ipv6/conf/default/accept_dad", "0"),
+    ("net/ipv6/conf/all/accept_dad", "0"),
+    ("net/ipv6/conf/default/accept_ra", "0"),
+    ("net/ipv6/conf/default/ndisc_notify", "1"),   # a new leg announces itself (like the GARP)
+    ("net/ipv6/conf/all/disable_ipv6", "0"),
+    ("net/ipv6/conf/default/disable_ipv6", "0"),
+    ("net/ipv6/conf/all/forwarding", "1"),
     ("net/ipv4/conf/all/rp_filter", "0"),        # asymmetric paths: replies come back elsewhere
     ("net/ipv4/conf/default/rp_filter", "0"),
     ("net/ipv4/conf/all/send_redirects", "0"),
@@ -62,21 +84,30 @@ SYSCTLS = (
     ("net/ipv4/ip_forward", "1"),
 )
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH)
+AF_INET6 = socket.AF_INET6
+IFA_F_NODAD = 0x02
+NUD_PERMANENT = 0x80
 SCOPE_TABLE = "vxnet_scope"
 
 
-def scope_ruleset(groups: tuple[tuple[str, ...], ...]) -> str:
-    """One nftables transaction leaving the namespace's scope table exactly as `groups` want
-    (no table when there are fewer than two groups)."""
-    text = f"table ip {SCOPE_TABLE} {{}}\ndelete table ip {SCOPE_TABLE}\n"
-    if len(groups) < 2:
-        return text
-    drops = []
-    for g in groups:
-        names = ", ".join(f'"{n}"' for n in g)
-        drops.append(f"    iifname {{ {names} }} oifname != {{ {names} }} drop")
-    return (text + f"table ip {SCOPE_TABLE} {{\n  chain forward {{\n"
-            "    type filter hook forward priority 0; policy accept;\n" + "\n".join(drops) + "\n  }\n}\n")
+Groups = tuple[tuple[str, ...], ...]
+
+
+def scope_ruleset(groups: Groups, groups6: Groups = ()) -> str:
+    """One nftables transaction leaving the namespace's scope tables exactly as `groups` (IPv4)
+    and `groups6` (IPv6) want (no table for a family with fewer than two groups)."""
+    text = ""
+    for family, gs in (("ip", groups), ("ip6", groups6)):
+        text += f"table {family} {SCOPE_TABLE} {{}}\ndelete table {family} {SCOPE_TABLE}\n"
+        if len(gs) < 2:
+            continue
+        drops = []
+        for g in gs:
+            names = ", ".join(f'"{n}"' for n in g)
+            drops.append(f"    iifname {{ {names} }} oifname != {{ {names} }} drop")
+        text += (f"table {family} {SCOPE_TABLE} {{\n  chain forward {{\n"
+                 "    type filter hook forward priority 0; policy accept;\n" + "\n".join(drops) + "\n  }\n}\n")
+    return text
 
 
 @dataclasses.dataclass
@@ -171,7 +202,7 @@ class RouterDriver:
         self.host_ipr = IPRoute(netns=host_netns) if host_netns else IPRoute()
         self._ipr: dict[str, IPRoute] = {}
         self._nft: dict[str, NftExecutor] = {}                       # namespace -> its nftables context
-        self._scopes: dict[str, tuple[tuple[str, ...], ...]] = {}    # namespace -> scope groups as applied
+        self._scopes: dict[str, tuple[Groups, Groups]] = {}    # namespace -> scope groups (v4, v6) as applied
 
     def close(self) -> None:
         for ipr in self._ipr.values():
@@ -242,7 +273,7 @@ class RouterDriver:
         if not os.path.ismount(path):
             self._drop_socket(r.netns)
             self._create_ns(r.netns, res)
-            self._scopes[r.netns] = ()  # a new namespace holds no nftables table
+            self._scopes[r.netns] = ((), ())  # a new namespace holds no nftables table
         changed = in_netns(r.netns, _write_sysctls)
         if changed:
             res.count("sysctls", len(changed))  # type: ignore[arg-type]
@@ -261,19 +292,22 @@ class RouterDriver:
             index[leg.name] = self._leg(ipr, r.netns, leg, links.get(leg.name), res)
         self._routes(ipr, r.routes, index, res)
         self._rules(ipr, r.rules, res)
+        converge_neighs(ipr, r.neighs, index, IFACE_PREFIX, res)
         self._scope_filter(r, res)
 
     def _scope_filter(self, r: RouterNs, res: ApplyResult) -> None:
-        if len(r.scope_groups) < 2 and self._scopes.get(r.netns) == ():
+        want = (r.scope_groups if len(r.scope_groups) > 1 else (),
+                r.scope_groups6 if len(r.scope_groups6) > 1 else ())
+        if want == ((), ()) and self._scopes.get(r.netns) == ((), ()):
             return  # none wanted, none there
         nft = self._nft.get(r.netns)
         if nft is None:  # made inside the namespace: its socket stays there
             nft = self._nft[r.netns] = in_netns(r.netns, lambda: NftExecutor(netns=r.netns))  # type: ignore[assignment]
-        err = nft.run(scope_ruleset(r.scope_groups))  # type: ignore[union-attr]
+        err = nft.run(scope_ruleset(*want))  # type: ignore[union-attr]
         if err:
             self._scopes.pop(r.netns, None)
             raise OSError(f"address scope filter: {err}")
-        self._scopes[r.netns] = () if len(r.scope_groups) < 2 else r.scope_groups
+        self._scopes[r.netns] = want
         res.count("scope_filters")
 
     def _leg(self, ipr: IPRoute, ns: str, leg: RouterIface, link: object, res: ApplyResult) -> int:
@@ -294,10 +328,11 @@ class RouterDriver:
                 or not link["flags"] & IFF_UP:  # type: ignore[attr-defined,index]
             ipr.link("set", index=idx, address=leg.mac, mtu=leg.mtu, state="up")
             res.count("links")
-        have = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=2, index=idx)}
+        have = read_addrs(ipr, idx)
         for a in sorted(set(leg.addresses) - have):
             ip, plen = a.split("/")
-            _ok_exists(lambda ip=ip, plen=plen: ipr.addr("add", index=idx, address=ip, prefixlen=int(plen)))
+            kw = {"flags": IFA_F_NODAD} if ":" in ip else {}
+            _ok_exists(lambda ip=ip, plen=plen, kw=kw: ipr.addr("add", index=idx, address=ip, prefixlen=int(plen), **kw))
             res.count("addresses")
         for a in sorted(have - set(leg.addresses)):
             ip, plen = a.split("/")
@@ -309,8 +344,8 @@ class RouterDriver:
         names = {i: n for n, i in index.items()}
         have: dict[tuple[str, int], Route] = {}
         raw: dict[tuple[str, int], object] = {}
-        for m in ipr.get_routes(family=2, proto=ROUTE_PROTO):
-            dst = f"{m.get('RTA_DST') or '0.0.0.0'}/{m['dst_len']}"
+        for m in [*ipr.get_routes(family=2, proto=ROUTE_PROTO), *ipr.get_routes(family=AF_INET6, proto=ROUTE_PROTO)]:
+            dst = f"{m.get('RTA_DST') or ('::' if m['family'] == AF_INET6 else '0.0.0.0')}/{m['dst_len']}"
             rt = Route(str(ipaddress.ip_network(dst, strict=False)), m.get("RTA_GATEWAY") or "",
                        names.get(m.get("RTA_OIF"), "?"), int(m.get("RTA_TABLE") or m["table"]))
             have[rt.key] = rt
@@ -318,21 +353,23 @@ class RouterDriver:
         want = {rt.key: rt for rt in routes}
         for key, rt in have.items():
             if key not in want:
-                _ok_gone(lambda rt=rt: ipr.route("del", dst=rt.dst, table=rt.table, proto=ROUTE_PROTO))
+                _ok_gone(lambda rt=rt: ipr.route("del", dst=rt.dst, table=rt.table, proto=ROUTE_PROTO,
+                                                 family=_family(rt.dst)))
                 res.count("routes")
         for key, rt in want.items():
             if have.get(key) != rt:
                 ipr.route("replace", dst=rt.dst, gateway=rt.gateway, oif=index[rt.dev], table=rt.table,
-                          proto=ROUTE_PROTO)
+                          proto=ROUTE_PROTO, family=_family(rt.dst))
                 res.count("routes")
 
     def _rules(self, ipr: IPRoute, rules: tuple[Rule, ...], res: ApplyResult) -> None:
         have: dict[tuple[int, str, int], Rule] = {}
-        for m in ipr.get_rules(family=2):
+        for m in [*ipr.get_rules(family=2), *ipr.get_rules(family=AF_INET6)]:
             if m.get("FRA_PROTOCOL") != ROUTE_PROTO:
                 continue
             sup = m.get("FRA_SUPPRESS_PREFIXLEN")
-            rule = Rule(int(m.get("priority") or 0), f"{m.get('FRA_SRC') or '0.0.0.0'}/{m['src_len']}",
+            any_src = "::" if m["family"] == AF_INET6 else "0.0.0.0"
+            rule = Rule(int(m.get("priority") or 0), f"{m.get('FRA_SRC') or any_src}/{m['src_len']}",
                         int(m.get("FRA_TABLE") or m["table"]), None if sup in (None, 0xFFFFFFFF) else int(sup))
             have[rule.key] = rule
         want = {r.key: r for r in rules}
@@ -358,10 +395,48 @@ class RouterDriver:
 def _rule_args(rule: Rule) -> dict[str, object]:
     src, plen = rule.src.split("/")
     kw: dict[str, object] = {"priority": rule.priority, "src": src, "src_len": int(plen), "table": rule.table,
-                             "family": 2}
+                             "family": _family(rule.src)}
     if rule.suppress_prefixlength is not None:
         kw["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength   # `suppress_prefixlength=` is ignored by pyroute2 0.9.7
     return kw
+
+
+def _family(cidr: str) -> int:
+    return AF_INET6 if ":" in cidr else socket.AF_INET
+
+
+def read_addrs(ipr: IPRoute, index: int) -> set[str]:
+    """"ip/prefixlen" of the link's IPv4 and global IPv6 addresses (link-local ones are the kernel's)."""
+    out = {f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(family=socket.AF_INET, index=index)}
+    for a in ipr.get_addr(family=AF_INET6, index=index):
+        ip = a.get("IFA_ADDRESS") or ""
+        if ip and not ipaddress.ip_address(ip).is_link_local:
+            out.add(f"{ipaddress.ip_address(ip)}/{a['prefixlen']}")
+    return out
+
+
+def converge_neighs(ipr: IPRoute, wanted: tuple[NsNeigh, ...], index: dict[str, int], prefix: str,
+                    res: ApplyResult | None = None) -> int:
+    """Make the permanent IPv6 neighbours on links named `prefix*` exactly `wanted` (entries on
+    links not in `index` are skipped); returns the number of changes."""
+    names = {i: n for n, i in index.items()}
+    have: dict[tuple[str, str], str] = {}
+    for m in ipr.get_neighbours(family=AF_INET6):
+        dev = names.get(m["ifindex"], "")
+        if dev.startswith(prefix) and m["state"] & NUD_PERMANENT and m.get("NDA_DST"):
+            have[(dev, str(ipaddress.ip_address(m.get("NDA_DST"))))] = (m.get("NDA_LLADDR") or "").lower()
+    want = {(n.dev, n.ip): n.mac for n in wanted if n.dev in index}
+    changes = 0
+    for (dev, ip) in sorted(set(have) - set(want)):
+        _ok_gone(lambda dev=dev, ip=ip: ipr.neigh("del", ifindex=index[dev], dst=ip, family=AF_INET6))
+        changes += 1
+    for (dev, ip), mac in sorted(want.items()):
+        if have.get((dev, ip)) != mac:
+            ipr.neigh("replace", ifindex=index[dev], dst=ip, lladdr=mac, state=NUD_PERMANENT, family=AF_INET6)
+            changes += 1
+    if res is not None and changes:
+        res.count("neighbours", changes)
+    return changes
 
 
 def _ok_gone(fn: Callable[[], object]) -> None:

@@ -17,14 +17,21 @@ import time
 SERVICE = r"""
 import socket, sys, threading
 who, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(16)
+def serve(s):
     while True:
         c, addr = s.accept()
         try: c.sendall(f"{who} saw {addr[0]}\n".encode())
         finally: c.close()
-for p in ports: threading.Thread(target=serve, args=(p,), daemon=True).start()
+for p in ports:
+    for fam, any_ in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((any_, p)); s.listen(16)
+        except OSError:
+            if fam == socket.AF_INET: raise
+            continue      # IPv6 off in this namespace
+        threading.Thread(target=serve, args=(s,), daemon=True).start()
 print("ready", flush=True); threading.Event().wait()
 """
 

@@ -95,6 +95,15 @@ def cells_for(t: scenario.Tenant, outside_ns: str, vm_ns: Callable[[str], str], 
         matrix.probe_tcp(Cell(u, f"blocked    outside -> {t.ips['web2']}:22 (a private address: no way in "
                                  "without a floating IP)", "blocked", trace=(out, t.ips["web2"], "tcp", 22)),
                          outside_ns, t.ips["web2"], 22),
+        # the dual-stack cell: IPv6 routed east-west and to the outside, never NATed
+        matrix.probe_tcp(Cell(u, f"IPv6       ds1 -> ds2 [{t.ips6['ds2']}]:22 (routed web -> db, "
+                                 f"{t.hosts['ds1']} -> {t.hosts['ds2']})", "open",
+                              trace=(p["ds1"], t.ips6["ds2"], "tcp", 22)),
+                         ns("ds1"), t.ips6["ds2"], 22, want_who=f"{u}/ds2", want_peer=t.ips6["ds1"]),
+        matrix.probe_tcp(Cell(u, f"IPv6       ds2 -> outside [{scenario.OUTSIDE_CLIENT6}]:8080 (routed via "
+                                 f"{t.gateway_ip6}, no NAT: seen as its own address)", "open",
+                              trace=(p["ds2"], scenario.OUTSIDE_CLIENT6, "tcp", 8080)),
+                         ns("ds2"), scenario.OUTSIDE_CLIENT6, 8080, want_peer=t.ips6["ds2"]),
     ]
 
 
@@ -152,7 +161,7 @@ def run(sample_config: str, data_dir: str, listen: str, check: bool, echo: Calla
         write_private(str(data / "clouds.yaml"), clouds_yaml(url, str(config)))
         admin = scenario.login(url, "admin", *_password(config, "admin"))
         echo(f"      server {url}, agents on {', '.join(sorted(st['agents']))}")
-        echo("[2/5] admin: external network public 203.0.113.0/24 (flat, on the gateway host)")
+        echo("[2/5] admin: external network public 203.0.113.0/24 + 2001:db8:ffff::/64 (flat, on the gateway host)")
         public = scenario.create_public(admin)
         tenants: dict[str, scenario.Tenant] = {}
         echo("[3/5] tenants build the same topology with the same addresses, through the API")
@@ -163,13 +172,17 @@ def run(sample_config: str, data_dir: str, listen: str, check: bool, echo: Calla
         for t in tenants.values():
             for vm in scenario.VMS:
                 L.vm_add(t.vm(vm), t.hosts[vm], t.ports[vm])
+            for vm, ip6 in t.ips6.items():        # static IPv6 in the dual-stack VMs
+                topology.vm_ipv6(t.vm(vm), f"{ip6}/64", t.gateways6[vm])
+            # the outside routes the tenant's prefix to its router (IPv6 is routed, not NATed)
+            topology.outside_route6(scenario.V6_PREFIX[t.user], t.gateway_ip6)
         wait_active(admin, [p for t in tenants.values() for p in t.ports.values()])
         for t in tenants.values():
             for vm in scenario.VMS:
                 services.append(matrix.start_service(topology.vm_ns(t.vm(vm)), f"{t.user}/{vm}", [22, 80]))
         outside = topology.external_client_ns()
         services.append(matrix.start_service(outside, "outside", [8080]))
-        echo(f"      6 VMs ACTIVE ({time.time() - t0:.1f} s since start)")
+        echo(f"      {sum(len(t.ports) for t in tenants.values())} VMs ACTIVE ({time.time() - t0:.1f} s since start)")
         echo("[5/5] the matrix, with real packets")
         script = data / "udhcpc-report.sh"
         script.write_text(matrix.DHCP_SCRIPT)

@@ -8,8 +8,14 @@ Per tenant (alice = tenant-a, bob = tenant-b), identical addresses:
   project's `default` group (all egress, ingress from the group's members);
 - VMs web1 (192.0.2.11), web2 (192.0.2.12), db1 (100.64.10.13) on different hosts (each tenant
   places them differently), and a floating IP for web1.
+- the dual-stack cell: an IPv6 subnet on `web` and one on `db` (static addressing), on the same
+  router, and VMs ds1 (web, 192.0.2.14 + ::14) and ds2 (db, 100.64.10.15 + ::15) on different
+  hosts. IPv6 is routed, never NATed, so each tenant has its own prefix (alice 2001:db8:a::/48,
+  bob 2001:db8:b::/48): the outside routes each prefix to that tenant's router's external IPv6
+  address. ds1 and ds2 have port security off (the demo's IPv6 cells do not depend on IPv6
+  port security and security groups).
 The admin creates the external network `public` (flat, 203.0.113.0/24, gateway 203.0.113.1 =
-the lab's outside router/client namespace).
+the lab's outside router/client namespace; IPv6 2001:db8:ffff::/64, gateway 2001:db8:ffff::1).
 The lab plays Nova: it creates each VM's namespace and tap, then binds the port to its host.
 """
 
@@ -27,9 +33,28 @@ EXTERNAL_POOL = ("203.0.113.10", "203.0.113.99")
 OUTSIDE_CLIENT = "203.0.113.100"
 WEB_CIDR, WEB_GW = "192.0.2.0/26", "192.0.2.1"
 DB_CIDR, DB_GW = "100.64.10.0/24", "100.64.10.1"
-VMS = {"web1": ("web", "192.0.2.11"), "web2": ("web", "192.0.2.12"), "db1": ("db", "100.64.10.13")}
-PLACEMENT = {"alice": {"web1": "h1", "web2": "h2", "db1": "h3"},
-             "bob": {"web1": "h2", "web2": "h3", "db1": "h1"}}
+EXTERNAL_CIDR6, EXTERNAL_GATEWAY6 = "2001:db8:ffff::/64", "2001:db8:ffff::1"
+EXTERNAL_POOL6 = ("2001:db8:ffff::10", "2001:db8:ffff::99")
+OUTSIDE_CLIENT6 = "2001:db8:ffff::100"
+VMS = {"web1": ("web", "192.0.2.11"), "web2": ("web", "192.0.2.12"), "db1": ("db", "100.64.10.13"),
+       "ds1": ("web", "192.0.2.14"), "ds2": ("db", "100.64.10.15")}
+DUAL_STACK = ("ds1", "ds2")
+PLACEMENT = {"alice": {"web1": "h1", "web2": "h2", "db1": "h3", "ds1": "h1", "ds2": "h2"},
+             "bob": {"web1": "h2", "web2": "h3", "db1": "h1", "ds1": "h3", "ds2": "h1"}}
+# Per tenant: its IPv6 prefix (routed from outside to its router) and one /64 per network.
+V6_PREFIX = {"alice": "2001:db8:a::/48", "bob": "2001:db8:b::/48"}
+
+
+def v6_subnet(user: str, net: str) -> str:
+    """The tenant's IPv6 subnet of network `net` ("web" -> :1::/64, "db" -> :2::/64)."""
+    base = V6_PREFIX[user].split("::")[0]
+    return f"{base}:{1 if net == 'web' else 2}::/64"
+
+
+def v6_address(user: str, vm: str) -> str:
+    """A dual-stack VM's IPv6 address: its IPv4 address's last byte as the interface id."""
+    net, ip4 = VMS[vm]
+    return v6_subnet(user, net).replace("::/64", f"::{ip4.rsplit('.', 1)[1]}")
 TENANTS = {"alice": ("alice-pw", "tenant-a"), "bob": ("bob-pw", "tenant-b")}
 
 
@@ -67,6 +92,10 @@ class Tenant:
     gateway_ip: str = ""           # the router's external address (what the outside sees for SNAT)
     ports: dict[str, str] = dataclasses.field(default_factory=dict)
     ips: dict[str, str] = dataclasses.field(default_factory=dict)
+    ips6: dict[str, str] = dataclasses.field(default_factory=dict)     # dual-stack VMs' IPv6 addresses
+    subnets6: dict[str, str] = dataclasses.field(default_factory=dict)
+    gateways6: dict[str, str] = dataclasses.field(default_factory=dict)   # dual-stack VM -> its IPv6 gateway
+    gateway_ip6: str = ""          # the router's external IPv6 address (the outside's route to the prefix)
     hosts: dict[str, str] = dataclasses.field(default_factory=dict)
     fip: str = ""
     fip_id: str = ""
@@ -89,6 +118,10 @@ def create_public(admin: httpx.Client) -> str:
         "name": "public-v4", "network_id": net["id"], "ip_version": 4, "cidr": EXTERNAL_CIDR,
         "gateway_ip": EXTERNAL_GATEWAY, "enable_dhcp": False,
         "allocation_pools": [{"start": EXTERNAL_POOL[0], "end": EXTERNAL_POOL[1]}]}})
+    call(admin, "POST", "/subnets", {"subnet": {
+        "name": "public-v6", "network_id": net["id"], "ip_version": 6, "cidr": EXTERNAL_CIDR6,
+        "gateway_ip": EXTERNAL_GATEWAY6, "enable_dhcp": False,
+        "allocation_pools": [{"start": EXTERNAL_POOL6[0], "end": EXTERNAL_POOL6[1]}]}})
     return str(net["id"])
 
 
@@ -104,15 +137,25 @@ def build_tenant(api: httpx.Client, user: str, public_id: str,
             "name": f"{name}-v4", "network_id": net["id"], "ip_version": 4, "cidr": cidr, "gateway_ip": gw,
             "dns_nameservers": ["203.0.113.53"]}})["subnet"]
         t.subnets[name] = sub["id"]
-        progress(f"{user}: network {name} {cidr}")
+        sub6 = call(api, "POST", "/subnets", {"subnet": {
+            "name": f"{name}-v6", "network_id": net["id"], "ip_version": 6, "cidr": v6_subnet(user, name),
+            "enable_dhcp": False}})["subnet"]
+        t.subnets6[name] = sub6["id"]
+        for vm in DUAL_STACK:
+            if VMS[vm][0] == name:
+                t.gateways6[vm] = sub6["gateway_ip"]
+        progress(f"{user}: network {name} {cidr} + {v6_subnet(user, name)}")
     # enable_snat is admin-only to set (Neutron policy); its default is on.
     rtr = call(api, "POST", "/routers", {"router": {
         "name": "edge", "external_gateway_info": {"network_id": public_id}}})["router"]
     t.router = rtr["id"]
-    t.gateway_ip = rtr["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+    gw_ips = [f["ip_address"] for f in rtr["external_gateway_info"]["external_fixed_ips"]]
+    t.gateway_ip = next(ip for ip in gw_ips if ":" not in ip)
+    t.gateway_ip6 = next((ip for ip in gw_ips if ":" in ip), "")
     for name in ("web", "db"):
-        call(api, "PUT", f"/routers/{t.router}/add_router_interface", {"subnet_id": t.subnets[name]})
-    progress(f"{user}: router edge (web, db -> public, SNAT as {t.gateway_ip})")
+        for sid in (t.subnets[name], t.subnets6[name]):
+            call(api, "PUT", f"/routers/{t.router}/add_router_interface", {"subnet_id": sid})
+    progress(f"{user}: router edge (web, db -> public, SNAT as {t.gateway_ip}, IPv6 routed via {t.gateway_ip6})")
     default = call(api, "GET", f"/security-groups?name=default&project_id={t.project_id}")["security_groups"]
     t.groups["default"] = default[0]["id"] if default else ""
     sg = call(api, "POST", "/security-groups", {"security_group": {
@@ -124,12 +167,16 @@ def build_tenant(api: httpx.Client, user: str, public_id: str,
     progress(f"{user}: security group ssh-in (tcp/22 from anywhere)")
     for vm, (net, ip) in VMS.items():
         groups = [g for g in (t.groups["default"], t.groups["ssh-in"] if vm == "web1" else "") if g]
-        port = call(api, "POST", "/ports", {"port": {
-            "name": vm, "network_id": t.networks[net], "security_groups": groups,
-            "fixed_ips": [{"subnet_id": t.subnets[net], "ip_address": ip}]}})["port"]
+        body: dict[str, Any] = {"name": vm, "network_id": t.networks[net], "security_groups": groups,
+                                "fixed_ips": [{"subnet_id": t.subnets[net], "ip_address": ip}]}
+        if vm in DUAL_STACK:
+            t.ips6[vm] = v6_address(user, vm)
+            body["fixed_ips"].append({"subnet_id": t.subnets6[net], "ip_address": t.ips6[vm]})
+            body.update(security_groups=[], port_security_enabled=False)
+        port = call(api, "POST", "/ports", {"port": body})["port"]
         t.ports[vm], t.ips[vm], t.hosts[vm] = port["id"], ip, PLACEMENT[user][vm]
     fip = call(api, "POST", "/floatingips", {"floatingip": {
         "floating_network_id": public_id, "port_id": t.ports["web1"]}})["floatingip"]
     t.fip, t.fip_id = fip["floating_ip_address"], fip["id"]
-    progress(f"{user}: ports web1 web2 db1, floating IP {t.fip} -> web1")
+    progress(f"{user}: ports web1 web2 db1, dual-stack ds1 ds2, floating IP {t.fip} -> web1")
     return t

@@ -11,11 +11,14 @@ Layout (every name starts with `vxl`; `down()` finds everything by that prefix):
   `vxl-ul` is the external L2 segment; each gateway host's `vxlext0` (no address: the agent
   enslaves it to the external network's bridge) and the outside namespace `vxl-x` (`vxlx0`:
   203.0.113.100/24, the client, and 203.0.113.1/24, the upstream router = the external
-  subnet's gateway) are its ports.
+  subnet's gateway; IPv6: 2001:db8:ffff::100/64 and 2001:db8:ffff::1/64, the external IPv6
+  subnet's gateway) are its ports. The outside reaches a tenant's IPv6 prefix only through a
+  route the operator adds (`outside_route6`: prefix via the router's external IPv6 address).
 - With a second one (`--external2`): segment 1 is the same with `vxlexb1`, `vxlext1` and the
-  outside namespace `vxl-x2` (`vxlx0`: 100.127.254.100/24 and 100.127.254.1/24); the gateway
-  agents then map physical network `external` to `vxlext0` and `external2` to `vxlext1`.
-IPv6 is off in every lab namespace (clean captures). VM offloads are off (KERNEL-NOTES §8) so
+  outside namespace `vxl-x2` (`vxlx0`: 100.127.254.100/24 and 100.127.254.1/24, IPv4 only); the
+  gateway agents then map physical network `external` to `vxlext0` and `external2` to `vxlext1`.
+IPv6 is off in every other lab namespace (clean captures) until a test or the demo turns it on
+in a VM (`vm_ipv6`). VM offloads are off (KERNEL-NOTES §8) so
 MTU mistakes are not hidden by GSO.
 """
 
@@ -40,6 +43,9 @@ EXTERNAL_DEV = "vxlx0"
 EXTERNAL_CLIENT_IP = "203.0.113.100"
 EXTERNAL_GATEWAY_IP = "203.0.113.1"
 EXTERNAL_PREFIX = 24
+EXTERNAL_CLIENT_IP6 = "2001:db8:ffff::100"
+EXTERNAL_GATEWAY_IP6 = "2001:db8:ffff::1"
+EXTERNAL_CIDR6 = "2001:db8:ffff::/64"
 # Segment i of `build_external`: (physical network, outside namespace, client IP, gateway IP).
 SEGMENTS = (("external", EXTERNAL_NS, EXTERNAL_CLIENT_IP, EXTERNAL_GATEWAY_IP),
             ("external2", "vxl-x2", "100.127.254.100", "100.127.254.1"))
@@ -152,7 +158,8 @@ def add_host(i: int) -> None:
 
 def build_external(host_indexes: Sequence[int], segment: int = 0) -> None:
     """External segment `segment` (SEGMENTS): a bridge in the underlay namespace, each listed
-    host's external interface and the outside client/upstream namespace on it."""
+    host's external interface and the outside client/upstream namespace on it (segment 0 with
+    IPv6 too)."""
     _, ns, client, gateway = SEGMENTS[segment]
     br, s = f"vxlexb{segment}", "" if segment == 0 else str(segment)
     ip_batch([f"link add {br} type bridge mcast_snooping 0", f"link set {br} up"], UNDERLAY_NS)
@@ -160,9 +167,18 @@ def build_external(host_indexes: Sequence[int], segment: int = 0) -> None:
     _quiet_ns(ns)
     ip_batch([f"link add vxlx{s}-out type veth peer name {EXTERNAL_DEV} netns {ns}",
               f"link set vxlx{s}-out master {br} up"], UNDERLAY_NS)
+    v6: list[str] = []
+    if segment == 0:
+        # IPv6 on the outside (no DAD: the addresses are ours; no RAs accepted: routes are static).
+        sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+            "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.default.accept_ra=0"])
+        v6 = [f"addr add {EXTERNAL_CLIENT_IP6}/64 dev {EXTERNAL_DEV} nodad",
+              # deprecated (preferred_lft 0): never chosen as a source address, still answered
+              f"addr add {EXTERNAL_GATEWAY_IP6}/64 dev {EXTERNAL_DEV} nodad preferred_lft 0"]
     # The client's address first: it is the source the client uses on the external subnet.
     ip_batch(["link set lo up", f"addr add {client}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
-              f"addr add {gateway}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}", f"link set {EXTERNAL_DEV} up"], ns)
+              f"addr add {gateway}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}", *v6, f"link set {EXTERNAL_DEV} up"], ns)
     # Offloads off like the VMs': GSO would hide MTU mistakes (KERNEL-NOTES §8) and make the
     # outside a faster sender than any VM.
     sh(["ip", "netns", "exec", ns, "ethtool", "-K", EXTERNAL_DEV, "tso", "off", "gso", "off", "gro", "off"],
@@ -193,6 +209,23 @@ def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, 
     ip_batch(lines, ns)
     sh(["ip", "-n", host_netns, "link", "set", tap, "up"])
     sh(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"], check=False)
+
+
+def vm_ipv6(name: str, cidr_ip: str, gateway: str | None = None) -> None:
+    """Turn IPv6 on in VM `name` with a static address (no DAD) and, optionally, a default route."""
+    ns = vm_ns(name)
+    sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+        "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.eth0.accept_dad=0",
+        "net.ipv6.conf.eth0.disable_ipv6=0"])
+    lines = [f"addr replace {cidr_ip} dev eth0 nodad"]
+    if gateway:
+        lines.append(f"route replace ::/0 via {gateway} dev eth0")
+    ip_batch(lines, ns)
+
+
+def outside_route6(prefix: str, via: str) -> None:
+    """The outside's route to a tenant IPv6 prefix (via a router's external IPv6 address)."""
+    sh(["ip", "-n", EXTERNAL_NS, "-6", "route", "replace", prefix, "via", via, "dev", EXTERNAL_DEV])
 
 
 def move_vm(name: str, old_host_netns: str, new_host_netns: str, tap: str, mac: str, cidr_ip: str | None,

@@ -10,6 +10,11 @@ so a view costs less memory than the dicts it came from.
 Invariants: objects are immutable and compare by value; MAC addresses are lower case; an
 absent `binding:host_id`, `device_owner` or `device_id` is ""; addresses are kept as the API
 gave them (compute code validates them where it needs a family).
+
+IPv6 (Neutron's field names): `Subnet.ipv6_ra_mode` / `ipv6_address_mode` are None or
+`slaac` / `dhcpv6-stateful` / `dhcpv6-stateless`; `Subnet.is_auto_address` says whether ports
+form their addresses by SLAAC (EUI-64, services/ipv6.py); `Port.ipv6` holds the IPv6 fixed IPs
+as `Port.ipv4` the IPv4 ones; security-group `Rule.ethertype` is `IPv4` or `IPv6`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ def _is_v4(addr: str) -> bool:
         return False
 
 
+def _is_v6(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).version == 6
+    except ValueError:
+        return False
+
+
+AUTO_ADDRESS_MODES = ("slaac", "dhcpv6-stateless")  # the same as services/ipv6.py (no import upward)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Host:
     """A host known to the view (its VTEP)."""
@@ -52,6 +67,7 @@ class Network:
     physical_network: str | None = None
     qos_policy_id: str = ""
     ipv4_address_scope: str | None = None  # the address scope of its IPv4 subnets (their pool's)
+    ipv6_address_scope: str | None = None  # the same for its IPv6 subnets
 
     @property
     def is_vxlan(self) -> bool:
@@ -79,6 +95,15 @@ class Subnet:
     enable_dhcp: bool = True
     dns_nameservers: tuple[str, ...] = ()
     host_routes: tuple[HostRoute, ...] = ()
+    ipv6_ra_mode: str | None = None         # who advertises: slaac | dhcpv6-stateful | dhcpv6-stateless
+    ipv6_address_mode: str | None = None    # how hosts get addresses (same values); None: no mode
+    allocation_pools: tuple[tuple[str, str], ...] = ()   # (start, end)
+
+    @property
+    def is_auto_address(self) -> bool:
+        """Addresses by SLAAC (EUI-64): either mode is slaac or dhcpv6-stateless (Neutron's
+        ipv6_utils.is_auto_address_subnet)."""
+        return self.ipv6_address_mode in AUTO_ADDRESS_MODES or self.ipv6_ra_mode in AUTO_ADDRESS_MODES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,10 +137,12 @@ class Port:
     qos_policy_id: str = ""
     subports: tuple[tuple[str, int], ...] = ()   # a trunk parent's (subport id, VLAN id), from trunk_details
     ipv4: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv4 fixed IPs
+    ipv6: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv6 fixed IPs
 
     def __post_init__(self) -> None:
         # Derived once (every compute function reads it; parsing addresses is not cheap).
         object.__setattr__(self, "ipv4", tuple(f for f in self.fixed_ips if _is_v4(f.ip_address)))
+        object.__setattr__(self, "ipv6", tuple(f for f in self.fixed_ips if _is_v6(f.ip_address)))
 
     @property
     def is_infra(self) -> bool:
@@ -230,13 +257,16 @@ def _network(o: Mapping[str, Any]) -> Network:
     return Network(o["id"], o.get("provider:network_type") or "vxlan", int(seg) if seg is not None else None,
                    max(LINK_MIN_MTU, int(o.get("mtu") or DEFAULT_MTU)), bool(o.get("router:external")),
                    o.get("provider:physical_network"), o.get("qos_policy_id") or "",
-                   o.get("ipv4_address_scope") or None)
+                   o.get("ipv4_address_scope") or None, o.get("ipv6_address_scope") or None)
 
 
 def _subnet(o: Mapping[str, Any]) -> Subnet:
     return Subnet(o["id"], o.get("network_id") or "", o.get("cidr") or "", int(o.get("ip_version") or 4),
                   o.get("gateway_ip") or None, o.get("enable_dhcp", True) is not False,
-                  tuple(str(d) for d in o.get("dns_nameservers") or ()), _routes(o.get("host_routes")))
+                  tuple(str(d) for d in o.get("dns_nameservers") or ()), _routes(o.get("host_routes")),
+                  o.get("ipv6_ra_mode") or None, o.get("ipv6_address_mode") or None,
+                  tuple((str(p["start"]), str(p["end"])) for p in o.get("allocation_pools") or ()
+                        if isinstance(p, Mapping) and p.get("start") and p.get("end")))
 
 
 def _router(o: Mapping[str, Any]) -> Router:

@@ -5,8 +5,18 @@ Neutron (ML2) binds a port when its host is set: with a live agent on that host 
 it, the port gets the mechanism's vif type; with none, `binding_failed`, until a later attempt
 succeeds. vxnet decides in the transaction that sets the host:
 - no host: `unbound`;
-- the host's liveness key exists (its agent holds a live lease, services/agents.py): `bridge`;
+- the host's liveness key exists (its agent holds a live lease, services/agents.py): `tap`;
 - otherwise `binding_failed`, recorded at `/vxnet/binding-failed/<host>/<port>`.
+
+`tap` is what Nova's libvirt driver plugs with no os-vif plugin of ours (as for Calico): Nova
+creates the tap `tap` + the port id's first 11 characters (`plug_tap`) with the host-side MAC
+`binding:vif_details.mac_address` and hands it to the guest (`get_config_tap`); the agent sees
+the tap appear and plugs it into the network's bridge, exactly as for the lab's taps. Details:
+`port_filter: true` (vxnet filters: Nova adds no firewall of its own) and `mac_address` =
+the port's MAC with the first octet `fe` (libvirt's convention for a tap's host side: never
+the guest's own MAC, which the bridge would then take as a local address, and high enough
+never to become the bridge's MAC). Unbound and failed ports have empty details. Ports bound
+before this rule keep `bridge` until their binding changes (no agent reads the vif type).
 Reading the liveness key guards it, so a registration committing meanwhile makes the binding
 transaction rerun (and bind). A registration committing first is followed by `rebind_host`,
 which turns exactly the recorded ports of that host to `bridge` (no scan of all ports). A
@@ -26,7 +36,8 @@ from vxnet.services.repo import ROOT, UnitOfWork, now_iso
 
 LIVE_PREFIX = f"{ROOT}agents/"
 FAILED_PREFIX = f"{ROOT}binding-failed/"
-UNBOUND, BOUND, FAILED = "unbound", "bridge", "binding_failed"
+UNBOUND, BOUND, FAILED = "unbound", "tap", "binding_failed"
+LEGACY_BOUND = "bridge"  # the vif type of ports bound before `tap` (still a bound port)
 
 
 def live_key(host: str) -> str:
@@ -36,6 +47,13 @@ def live_key(host: str) -> str:
 
 def failed_key(host: str, port_id: str) -> str:
     return f"{FAILED_PREFIX}{host}/{port_id}"
+
+
+def vif_details(port: dict[str, Any], vif: str) -> dict[str, Any]:
+    """The `binding:vif_details` of `port` with vif type `vif` (see the module docstring)."""
+    if vif != BOUND:
+        return {}
+    return {"port_filter": True, "mac_address": "fe" + port["mac_address"][2:]}
 
 
 def vif_type(uow: UnitOfWork, host: str) -> str:
@@ -56,6 +74,7 @@ def bind(uow: UnitOfWork, port: dict[str, Any], host: str) -> None:
         uow.put_raw(failed_key(host, port["id"]), "")
     port["binding:host_id"] = host
     port["binding:vif_type"] = vif
+    port["binding:vif_details"] = vif_details(port, vif)
 
 
 def release(uow: UnitOfWork, port: dict[str, Any]) -> None:
@@ -80,6 +99,7 @@ def rebind_host(uow: UnitOfWork, host: str) -> list[str]:
         if port is None or port.get("binding:host_id") != host or port.get("binding:vif_type") != FAILED:
             continue  # stale record: the port moved or went away
         port["binding:vif_type"] = BOUND
+        port["binding:vif_details"] = vif_details(port, BOUND)
         port["revision_number"] = port.get("revision_number", 0) + 1
         port["updated_at"] = now_iso()
         uow.put("ports", port)

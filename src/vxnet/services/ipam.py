@@ -15,6 +15,13 @@ Invariants:
   from their start before declaring exhaustion, so a stale hint never causes a false 409.
 - Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409
   IpAddressAlreadyAllocated (tempest accepts it or IpAddressInUse).
+- IPv6 (Neutron's ipam backend): a new port gets one address from the IPv4 subnets, one from
+  the IPv6 subnets without automatic addresses, and, unless it is a router interface (or SNAT)
+  port, its EUI-64 address on every auto-address subnet (SLAAC / DHCPv6
+  stateless), whatever fixed_ips it asked for. An explicit address on an auto-address subnet
+  is a 400 except for router interface ports. An IPv6 subnet's first (subnet-router anycast)
+  address may be taken only by router ports or ports without an owner (Neutron's
+  check_subnet_ip).
 - Every `vxlan` network holds exactly one VNI, claimed at `/vxnet/vni/<vni>` (value: network
   id) in the transaction that creates the network (`allocate_vni`), released by its delete.
 """
@@ -27,10 +34,26 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from vxnet.services import ipv6
 from vxnet.services.errors import Conflict, ServiceError, bad_request, conflict
 from vxnet.services.repo import ROOT, UnitOfWork
 
 MAC_PREFIX = "fa:16:3e"
+
+# neutron-lib constants: ROUTER_INTERFACE_OWNERS, + the DVR SNAT port, + the gateway (ROUTER_PORT_OWNERS)
+ROUTER_INTERFACE_OWNERS = (
+    "network:router_interface",
+    "network:router_interface_distributed",
+    "network:ha_router_replicated_interface",
+)
+ROUTER_INTERFACE_OWNERS_SNAT = (*ROUTER_INTERFACE_OWNERS, "network:router_centralized_snat")
+ROUTER_PORT_OWNERS = (*ROUTER_INTERFACE_OWNERS_SNAT, "network:router_gateway")
+
+
+def takes_auto_address(device_owner: str) -> bool:
+    """Whether a port with this owner gets EUI-64 addresses on auto-address subnets (Neutron:
+    all but router interface and SNAT ports; the gateway and floating IP ports do)."""
+    return device_owner not in ROUTER_INTERFACE_OWNERS_SNAT
 
 
 def ip_key(subnet_id: str, ip: str) -> str:
@@ -58,7 +81,8 @@ def in_subnet(subnet: dict[str, Any], ip: str) -> bool:
     return ipaddress.ip_address(ip) in ipaddress.ip_network(subnet["cidr"])
 
 
-def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: str | None = None) -> str:
+def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: str | None = None,
+                device_owner: str = "") -> str:
     """Claim `wanted` (anywhere in the subnet but the network/broadcast address) or the lowest
     free address of the allocation pools."""
     sid = subnet["id"]
@@ -70,6 +94,10 @@ def allocate_ip(uow: UnitOfWork, subnet: dict[str, Any], port_id: str, wanted: s
             raise bad_request(f"IP address {wanted} is not a valid IP for the specified subnet.", "InvalidIpForSubnet")
         if net.version == 4 and net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):
             raise bad_request(f"IP address {wanted} is not a valid IP for the specified subnet.", "InvalidIpForSubnet")
+        if (net.version == 6 and addr == net.network_address
+                and device_owner not in (*ROUTER_PORT_OWNERS, "")):
+            raise bad_request(f"IP address {wanted} is not a valid IP for the specified subnet.", "InvalidIpForSubnet")
+        wanted = str(addr)  # one spelling per address: the claim key is the compressed form
         if uow.is_claimed(ip_key(sid, wanted)):
             raise conflict(
                 "IpAddressAlreadyAllocated",
@@ -187,30 +215,53 @@ def release_mac(uow: UnitOfWork, network_id: str, mac: str) -> None:
     uow.delete_raw(mac_key(network_id, mac))
 
 
+def auto_address_ips(uow: UnitOfWork, subnets: list[dict[str, Any]], port_id: str, mac: str,
+                     skip: set[str] | None = None) -> list[dict[str, str]]:
+    """Claim the port's EUI-64 address on every auto-address subnet (but those in `skip`)."""
+    out: list[dict[str, str]] = []
+    for s in subnets:
+        if ipv6.is_auto_address_subnet(s) and s["id"] not in (skip or set()):
+            ip = allocate_ip(uow, s, port_id, ipv6.eui64_address(s["cidr"], mac))
+            out.append({"subnet_id": s["id"], "ip_address": ip})
+    return out
+
+
 def allocate_fixed_ips(
     uow: UnitOfWork,
     network: dict[str, Any],
     subnets: list[dict[str, Any]],
     port_id: str,
     requested: list[dict[str, Any]] | None,
+    *,
+    device_owner: str = "",
+    mac: str | None = None,
+    add_auto: bool = True,
 ) -> list[dict[str, str]]:
-    """Neutron's fixed_ips semantics for a new port on `network`.
+    """Neutron's fixed_ips semantics for a port on `network`.
 
-    `requested` None: one address from the first IPv4 subnet with free addresses (each IPv6
-    subnet too, if any). Otherwise each item names `subnet_id` and/or `ip_address`; an
-    `ip_address` alone is matched to the network's subnet containing it.
+    `requested` None: one address from the first IPv4 subnet with free addresses, and one from
+    the first IPv6 subnet without automatic addresses. Otherwise each item names `subnet_id`
+    and/or `ip_address`; an `ip_address` alone is matched to the network's subnet containing it.
+    With `mac` given and `add_auto` (a new port), the EUI-64 addresses of auto-address subnets
+    are added for ports that take them (`takes_auto_address`); a subnet-only item on such a
+    subnet asks for that address (router interface ports: a pool address).
     """
     by_id = {s["id"]: s for s in subnets}
     out: list[dict[str, str]] = []
+    takes_auto = takes_auto_address(device_owner)
     if requested is None:
         last_error: ServiceError | None = None
-        for version in (4, 6):
-            for s in (s for s in subnets if s["ip_version"] == version):
+        for group in ([s for s in subnets if s["ip_version"] == 4],
+                      [s for s in subnets if s["ip_version"] == 6 and not ipv6.is_auto_address_subnet(s)]):
+            for s in group:
                 try:
-                    out.append({"subnet_id": s["id"], "ip_address": allocate_ip(uow, s, port_id)})
+                    out.append({"subnet_id": s["id"], "ip_address": allocate_ip(uow, s, port_id,
+                                                                                  device_owner=device_owner)})
                     break
                 except ServiceError as e:
                     last_error = e
+        if mac is not None and add_auto and takes_auto:
+            out += auto_address_ips(uow, subnets, port_id, mac)
         if not out and last_error is not None:
             raise last_error
         return out
@@ -234,7 +285,21 @@ def allocate_fixed_ips(
                     f"IP address {ip} is not a valid IP for any of the subnets on the specified network.",
                     "InvalidIpForNetwork",
                 )
-        out.append({"subnet_id": subnet["id"], "ip_address": allocate_ip(uow, subnet, port_id, ip)})
+        if ipv6.is_auto_address_subnet(subnet) and device_owner not in ROUTER_INTERFACE_OWNERS_SNAT:
+            if ip is not None and device_owner not in ROUTER_INTERFACE_OWNERS:
+                raise bad_request(f"IPv6 address {ip} cannot be directly assigned to a port on subnet "
+                                  f"{subnet['id']} as the subnet is configured for automatic addresses",
+                                  "InvalidInput")
+            if ip is None:
+                if any(o["subnet_id"] == subnet["id"] for o in out) or not takes_auto:
+                    continue  # asked twice
+                if mac is None:
+                    raise bad_request(f"Invalid input for fixed_ips: subnet {subnet['id']} gives automatic "
+                                      "addresses only")
+                ip = ipv6.eui64_address(subnet["cidr"], mac)
+        out.append({"subnet_id": subnet["id"], "ip_address": allocate_ip(uow, subnet, port_id, ip, device_owner)})
+    if mac is not None and add_auto and takes_auto:
+        out += auto_address_ips(uow, subnets, port_id, mac, skip={o["subnet_id"] for o in out})
     return out
 
 

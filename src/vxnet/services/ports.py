@@ -10,7 +10,10 @@ Invariants:
 - `delete_port_record` releases exactly the keys the record holds and clears floating IP
   associations to the port in the same transaction.
 - `binding:vif_type` follows `binding:host_id` as services/bindings.py decides (`unbound`,
-  `bridge` with a live agent on the host, `binding_failed` without one).
+  `tap` with a live agent on the host, `binding_failed` without one).
+- IPv6 auto-address subnets (services/ipam.py): a new port takes its EUI-64 address on each;
+  an update of `fixed_ips` keeps those addresses (Neutron's `_is_ip_required_by_subnet`: only
+  router ports drop them); a MAC change moves them to the new MAC's EUI-64 addresses.
 - Ports owned by `network:*` devices get no security groups by default (as in Neutron);
   other ports get the project's `default` group unless port security is off.
 """
@@ -21,7 +24,7 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.services import bindings, ipam
+from vxnet.services import bindings, ipam, ipv6
 from vxnet.services.errors import BadRequest, Conflict, bad_request, not_found
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 from vxnet.services.secgroups import ensure_default_group
@@ -123,7 +126,8 @@ def new_port_record(
     pid = port_id or new_id("ports")
     ps = network.get("port_security_enabled", True) if port_security_enabled is None else port_security_enabled
     mac = ipam.allocate_mac(uow, network["id"], pid, mac_address)
-    ips = ipam.allocate_fixed_ips(uow, network, network_subnets(uow, network["id"]), pid, fixed_ips)
+    ips = ipam.allocate_fixed_ips(uow, network, network_subnets(uow, network["id"]), pid, fixed_ips,
+                                  device_owner=device_owner, mac=mac)
     if security_groups is None:
         if ps and not device_owner.startswith("network:"):
             groups = [default_group(uow, project_id)]
@@ -272,13 +276,32 @@ def update_port(uow: UnitOfWork, port: dict[str, Any], net: dict[str, Any], chan
         ipam.release_mac(uow, net["id"], port["mac_address"])
         mac = ipam.allocate_mac(uow, net["id"], port["id"], changes["mac_address"])
         changed["mac_address"] = mac
+    owner = changed.get("device_owner", port["device_owner"])
+    subnets = network_subnets(uow, net["id"]) if "fixed_ips" in changes or "mac_address" in changed else []
+    auto = {s["id"]: s for s in subnets if ipv6.is_auto_address_subnet(s)}
+    fixed = port["fixed_ips"]
     if "fixed_ips" in changes:
         requested = changes["fixed_ips"] or []
-        kept, add, remove = changed_ips(port["fixed_ips"], requested)
+        kept, add, remove = changed_ips(fixed, requested)
+        if ipam.takes_auto_address(owner):  # Neutron keeps automatic addresses of non-router ports
+            kept += [ip for ip in remove if ip["subnet_id"] in auto]
+            remove = [ip for ip in remove if ip["subnet_id"] not in auto]
         for ip in remove:
             ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
-        new = ipam.allocate_fixed_ips(uow, net, network_subnets(uow, net["id"]), port["id"], add) if add else []
-        changed["fixed_ips"] = kept + new
+        new = ipam.allocate_fixed_ips(uow, net, subnets, port["id"], add, device_owner=owner, mac=mac,
+                                      add_auto=False) if add else []
+        fixed = kept + new
+        changed["fixed_ips"] = fixed
+    if "mac_address" in changed:  # the EUI-64 addresses follow the MAC
+        moved = []
+        for ip in fixed:
+            s = auto.get(ip["subnet_id"])
+            if s is not None and ip["ip_address"] == ipv6.eui64_address(s["cidr"], port["mac_address"]):
+                ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
+                ip = {"subnet_id": s["id"], "ip_address": ipam.allocate_ip(
+                    uow, s, port["id"], ipv6.eui64_address(s["cidr"], mac), owner)}
+            moved.append(ip)
+        changed["fixed_ips"] = moved
     ps = changes["port_security_enabled"] if "port_security_enabled" in changes else port["port_security_enabled"]
     groups = port["security_groups"]
     if "security_groups" in changes:

@@ -1,7 +1,8 @@
 """Centralized SNAT: a router's snat ports and the gateway host that serves them.
 
 Model (Neutron DVR's centralized SNAT): a router with an external gateway has, besides its
-distributed interfaces, one **snat port** per IPv4 subnet of its interfaces
+distributed interfaces, one **snat port** per subnet of its interfaces (IPv4: SNAT; IPv6: routed
+north-south without NAT, as Neutron DVR's centralized port does)
 (`device_owner` `network:router_centralized_snat`, `device_id` = the router, project "" like
 Neutron's (plumbing: admins see it, the tenant's port lists, `router show` and the UI do not),
 one fixed IP on that subnet, allocated from its pool). The distributed routers send
@@ -9,7 +10,7 @@ north-south traffic to it; the gateway namespace on the gateway host owns it.
 
 Contract:
 - `sync_router(uow, router_id)` makes the snat ports match the router as staged in `uow`
-  (created for every IPv4 interface subnet while a gateway is set, deleted otherwise: gateway
+  (created for every interface subnet while a gateway is set, deleted otherwise: gateway
   cleared, interface removed, router deleted) and then schedules it. Callers run it last in the
   same transaction as the router change, so the ports commit or vanish with it.
 - Scheduling: the router's gateway port and snat ports all get `binding:host_id` = its
@@ -122,7 +123,7 @@ def sync_router(uow: UnitOfWork, router_id: str) -> None:
                 continue
             for ip in p["fixed_ips"]:
                 sub = uow.get("subnets", ip["subnet_id"])
-                if sub is not None and sub.get("ip_version", 4) == 4:
+                if sub is not None:
                     wanted[sub["id"]] = p["network_id"]
     for p in ports:
         if p["device_owner"] == SNAT_OWNER and (not p["fixed_ips"] or p["fixed_ips"][0]["subnet_id"] not in wanted):

@@ -106,13 +106,14 @@ def check(c: Check, netns: str | None) -> str:
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
         if rns not in {line.split()[0] for line in listed.splitlines() if line.split()}:
             return f"DRIFT: router namespace {rns} missing"
-        routes = _json(None, ["ip", "-n", rns, "-j", "route", "show", "table", "all"]) or []
         dst = ipaddress.ip_address(c.arg("dst"))
+        fam = "-6" if dst.version == 6 else "-4"
+        routes = _json(None, ["ip", fam, "-n", rns, "-j", "route", "show", "table", "all"]) or []
         for r in routes:
-            prefix = "0.0.0.0/0" if r.get("dst") == "default" else r.get("dst", "")
+            prefix = ("::/0" if dst.version == 6 else "0.0.0.0/0") if r.get("dst") == "default" else r.get("dst", "")
             try:
                 if "/" not in prefix:
-                    prefix += "/32"
+                    prefix += "/128" if dst.version == 6 else "/32"
                 if dst in ipaddress.ip_network(prefix, strict=False) and r.get("type", "unicast") == "unicast":
                     return f"ok: {rns} routes {dst} ({r.get('dst')}{' via ' + r['gateway'] if r.get('gateway') else ''}" \
                            f"{' table ' + str(r['table']) if r.get('table') not in (None, 'main') else ''})"

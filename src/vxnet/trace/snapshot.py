@@ -86,19 +86,19 @@ class Snapshot:
         return None
 
     def subnet_of(self, network_id: str, ip: str) -> tuple[str, Obj] | None:
+        """The subnet of the network holding `ip` (IPv4 or IPv6)."""
         addr = ipaddress.ip_address(ip)
         for sid, s in sorted(self.objects["subnets"].items()):
-            if s.get("network_id") == network_id and s.get("ip_version", 4) == 4 \
-                    and addr in ipaddress.ip_network(s["cidr"]):
+            if s.get("network_id") == network_id and _holds(s, addr):
                 return sid, s
         return None
 
     def external_subnet_of(self, ip: str) -> tuple[str, Obj] | None:
         """(network id, subnet) of a `router:external` network whose subnet holds `ip`."""
         addr = ipaddress.ip_address(ip)
-        for sid, s in sorted(self.objects["subnets"].items()):
+        for _, s in sorted(self.objects["subnets"].items()):
             net = self.objects["networks"].get(s.get("network_id", "")) or {}
-            if net.get("router:external") and s.get("ip_version", 4) == 4 and addr in ipaddress.ip_network(s["cidr"]):
+            if net.get("router:external") and _holds(s, addr):
                 return s["network_id"], s
         return None
 
@@ -119,6 +119,14 @@ class Snapshot:
         side = "from" if r.get("direction") == "ingress" else "to"
         return (f"rule {rule_id[:8]} of group {g.get('name') or '-'}: {r.get('direction')} {proto}{ports} "
                 f"{side} {peer}")
+
+
+def _holds(subnet: Obj, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        net = ipaddress.ip_network(subnet.get("cidr") or "", strict=False)
+    except ValueError:
+        return False
+    return net.version == addr.version and addr in net
 
 
 def _list_all(api: httpx.Client, path: str, key: str) -> list[Obj]:

@@ -1,8 +1,9 @@
 """Walk one packet through the logical topology, hop by hop, over the agents' desired state.
 
 Contract: `walk(snapshot, source, dst_ip, proto, dport, src_ip, sport)` is pure. `source` is a
-port id, or an IPv4 address on a `router:external` network (a client outside the cloud); a port
-sends from its own MAC and first IPv4 address unless `src_ip` says which source address it
+port id, or an address on a `router:external` network (a client outside the cloud); a port
+sends from its own MAC and first address of the destination's family (IPv4 or IPv6; `icmp`
+means ICMPv6 towards an IPv6 destination) unless `src_ip` says which source address it
 uses (a spoofed or former address: port security decides); `sport` is the source port (tcp/udp). It returns a `Trace`:
 hops in order, each naming the host, the object and the exact entry that decides (a
 security-group rule id, an FDB/neighbour entry, a route, a NAT rule), with an optional `Check`
@@ -19,6 +20,12 @@ host (floating-IP SNAT, else SNAT to the router's gateway address when enable_sn
 external network. From outside: the floating IP's gateway namespace (DNAT) -> the snat leg's
 subnet -> FDB/VXLAN -> destination port. Ingress security groups are evaluated at the
 destination port with the source address the port really sees (translation applied).
+IPv6 follows the same path without any NAT: out through the gateway namespace's IPv6 default
+route if the source is one of the router's IPv6 subnets (else the isolation filter drops it);
+from outside, to the gateway namespace of a router whose IPv6 interface subnets hold the
+destination (the outside's own route decides which, when two tenants use the same prefix: the
+trace names them all and follows the first). Neighbours of an IPv6 next hop come from the
+bridge's suppression entries, else the router's static neighbour entries.
 Only the new-connection direction is traced (replies pass as `ct established` when stateful).
 """
 
@@ -79,19 +86,32 @@ def protocol_number(proto: str) -> int:
 
 
 def _packet(src: str, dst: str, proto: int, dport: int | None, sport: int | None = None) -> Packet:
-    if proto == 1:
-        return Packet(src, dst, 1, icmp_type=8, icmp_code=0)
+    if proto in (1, 58):
+        v6 = ipaddress.ip_address(dst).version == 6
+        return Packet(src, dst, 58 if v6 else 1, icmp_type=128 if v6 else 8, icmp_code=0)
     return Packet(src, dst, proto, sport=sport or 40000, dport=dport)
 
 
-def _ipv4(port: dict[str, Any]) -> str | None:
+def _address(port: dict[str, Any], version: int = 4) -> str | None:
+    """The port's first fixed IP of that IP version."""
     for f in port.get("fixed_ips") or ():
         try:
-            if ipaddress.ip_address(f["ip_address"]).version == 4:
-                return str(f["ip_address"])
+            if ipaddress.ip_address(f["ip_address"]).version == version:
+                return str(ipaddress.ip_address(f["ip_address"]))
         except (KeyError, ValueError):
             continue
     return None
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
+def _default(ip: str) -> str:
+    return "::/0" if ":" in ip else "0.0.0.0/0"
 
 
 class Walker:
@@ -137,17 +157,28 @@ class Walker:
         return verdict == "accept", why
 
     # -- L2 on one network, from one host ----------------------------------------------------------
-    def l2(self, host: str, network_id: str, target_ip: str) -> tuple[str, dict[str, Any], str] | None:
-        """The port holding `target_ip` on the network as seen from `host`, and its host."""
+    def l2(self, host: str, network_id: str, target_ip: str,
+           static: dict[str, tuple[str, str]] | None = None) -> tuple[str, dict[str, Any], str] | None:
+        """The port holding `target_ip` on the network as seen from `host`, and its host.
+        `static`: IPv6 address -> (MAC, where) of the sending namespace's own neighbour entries."""
         br, vx = naming.bridge_name(network_id), naming.vxlan_name(network_id)
         l2 = self.s.l2(host)
         routing = self.s.routing(host).l2
-        neighs = {(n.dev, n.ip): n.mac for n in (*l2.neighs, *routing.neighs)}
-        mac = neighs.get((br, target_ip))
+        neighs = {(n.dev, str(ipaddress.ip_address(n.ip))): n.mac for n in (*l2.neighs, *routing.neighs)}
+        target_ip = str(ipaddress.ip_address(target_ip))
+        if static and target_ip in static:     # the sender's own entry: it never solicits
+            mac, where = static[target_ip]
+            how = f"static neighbour {target_ip} -> {mac} in {where}"
+        else:
+            mac = neighs.get((br, target_ip))
+            how = f"ARP for {target_ip} answered on the host ({mac})" if ":" not in target_ip else \
+                f"neighbour solicitation for {target_ip} answered on the host ({mac})"
         net_label = f"network {self.s.name('networks', network_id)} on {host}"
         if mac is None:
+            what = "ARP-suppression entry: the ARP request" if ":" not in target_ip else \
+                "neighbour entry: the neighbour solicitation"
             self.hop(host, net_label, f"DROPPED: no port of the network holds {target_ip} "
-                                      "(no ARP-suppression entry: the ARP request is not answered)")
+                                      f"(no {what} is not answered)")
             return None
         found = self.s.port_by_mac(network_id, mac)
         if found is None:
@@ -160,12 +191,12 @@ class Walker:
         if remote is not None:
             dest = self.s.host_of_vtep(remote.dst) or "?"
             vni = (self.s.objects["networks"].get(network_id) or {}).get("provider:segmentation_id")
-            self.hop(host, net_label, f"ARP for {target_ip} answered on the host ({mac}); FDB {mac} dev {vx} "
+            self.hop(host, net_label, f"{how}; FDB {mac} dev {vx} "
                                       f"dst {remote.dst}: VXLAN VNI {vni} to host {dest}",
                      Check("fdb", host, (("dev", vx), ("mac", mac), ("dst", remote.dst))))
             return pid, port, dest
         if bound == host and fdb:
-            self.hop(host, net_label, f"ARP for {target_ip} -> {mac}; FDB {mac} on {fdb[0].dev}: a port of this "
+            self.hop(host, net_label, f"{how}; FDB {mac} on {fdb[0].dev}: a port of this "
                                       "host", Check("fdb", host, (("dev", fdb[0].dev), ("mac", mac), ("dst", None))))
             return pid, port, host
         self.hop(host, net_label, f"DROPPED: {target_ip} is {self.port_label(pid)}, but this host has no FDB "
@@ -194,18 +225,21 @@ class Walker:
             return best[1], best[2], best[3]
         s = ipaddress.ip_address(src)
         for rule in sorted(rns.rules):
-            if rule.suppress_prefixlength is not None or s not in ipaddress.ip_network(rule.src):
+            net = ipaddress.ip_network(rule.src)
+            if rule.suppress_prefixlength is not None or net.version != s.version or s not in net:
                 continue
-            default = next((r for r in rns.routes if r.table == rule.table and r.dst == "0.0.0.0/0"), None)
+            default = next((r for r in rns.routes if r.table == rule.table and r.dst == _default(dst)), None)
             ifc = next((i for i in rns.ifaces if default and i.name == default.dev), None)
             if default and ifc:
                 return ifc.network_id, default.gateway, (f"rule from {rule.src} lookup {rule.table}: default via "
-                                                         f"{default.gateway} (the router's SNAT port)")
+                                                         f"{default.gateway} (the router's "
+                                                         f"{'centralized' if s.version == 6 else 'SNAT'} port)")
         return None
 
     def routed(self, host: str, network_id: str, gateway_ip: str, pkt: Packet) -> Trace:
         rns = next((r for r in self.s.routing(host).routers
-                    if any(i.network_id == network_id and any(a.split("/")[0] == gateway_ip for a in i.addresses)
+                    if any(i.network_id == network_id and any(_same_ip(a.split("/")[0], gateway_ip)
+                                                              for a in i.addresses)
                            for i in r.ifaces)), None)
         if rns is None:
             self.hop(host, f"gateway {gateway_ip}", f"DROPPED: no router on {host} owns {gateway_ip}")
@@ -216,18 +250,25 @@ class Walker:
             self.hop(host, label, f"DROPPED: no route to {pkt.dst}")
             return self.done("unreachable", f"router {rns.router_id[:8]} has no route to {pkt.dst}", "no route")
         net2, nexthop, why = chosen
-        leg_in = next((i.name for i in rns.ifaces if i.network_id == network_id), "")
-        leg_out = next((i.name for i in rns.ifaces if i.network_id == net2), "")
-        if rns.scope_groups and leg_in != leg_out and not any(leg_in in g and leg_out in g for g in rns.scope_groups):
+        fam = (lambda i: any(":" in a for a in i.addresses)) if ":" in pkt.dst else \
+            (lambda i: any(":" not in a for a in i.addresses))
+        leg_in = next((i.name for i in rns.ifaces if i.network_id == network_id and fam(i)), "")
+        leg_out = next((i.name for i in rns.ifaces if i.network_id == net2 and fam(i)), "")
+        v6 = ":" in pkt.dst
+        groups = rns.scope_groups6 if v6 else rns.scope_groups
+        if groups and leg_in != leg_out and not any(leg_in in g and leg_out in g for g in groups):
             self.hop(host, label, f"DROPPED: {leg_in} and {leg_out} are in different address scopes "
-                                  "(table ip vxnet_scope)")
+                                  f"(table {'ip6' if v6 else 'ip'} vxnet_scope)")
             return self.done("dropped", "the router does not route between address scopes", "address scope")
         self.hop(host, label, f"routes {pkt.dst}: {why}",
                  Check("route", host, (("netns", rns.netns), ("dst", pkt.dst), ("src", pkt.src))))
-        found = self.l2(host, net2, nexthop)
+        static = {n.ip: (n.mac, f"{rns.netns} ({n.dev})") for n in rns.neighs}
+        found = self.l2(host, net2, nexthop, static)
         if found is None:
             return self.done("dropped", f"next hop {nexthop} not found", "no neighbour")
         pid, port, dest = found
+        if port.get("device_owner") == SNAT_OWNER and ":" in pkt.dst:
+            return self.gateway_out6(dest, port, pkt)
         if port.get("device_owner") == SNAT_OWNER:
             return self.gateway_out(dest, port, pkt)
         if nexthop != pkt.dst:
@@ -259,7 +300,59 @@ class Walker:
                                        f"{self.s.name('networks', inner[0])} from {host} as {new_src}", why)
         return self.done("leaves", f"leaves the cloud from {host} via the external network's gateway as {new_src}", why)
 
+    def gateway_out6(self, host: str, snat_port: dict[str, Any], pkt: Packet) -> Trace:
+        """IPv6 through the router's gateway namespace: routed, never translated."""
+        rid = snat_port.get("device_id", "")
+        gw = next((r for r in self.s.gateway(host).routers if r.router_id == rid), None)
+        label = f"gateway namespace of router {self.s.name('routers', rid)} on {host}"
+        if gw is None:
+            self.hop(host, label, "DROPPED: the router's gateway is not scheduled on this host")
+            return self.done("dropped", "no gateway namespace", "gateway not scheduled")
+        src = ipaddress.ip_address(pkt.src)
+        if not any(src in ipaddress.ip_network(c) for c in gw.cidrs6):
+            self.hop(host, label, f"DROPPED: {pkt.src} is not in the router's IPv6 subnets "
+                                  f"({', '.join(gw.cidrs6) or 'none'}): table ip6 vxnet_v6 isolation filter")
+            return self.done("dropped", "IPv6 source outside the router's own subnets", "ipv6 isolation")
+        inner = self.s.external_subnet_of(pkt.dst)
+        if not gw.gateway_ip6 and inner is None:
+            self.hop(host, label, "DROPPED: no IPv6 default route (the gateway has no external IPv6 subnet)")
+            return self.done("unreachable", "no IPv6 route out", "no route")
+        way = f"on-link on {gw.gw.inner}" if inner is not None else f"::/0 via {gw.gateway_ip6} dev {gw.gw.inner}"
+        self.hop(host, label, f"routes {pkt.dst} {way}: no NAT for IPv6 (the source stays {pkt.src})",
+                 Check("route", host, (("netns", gw.netns), ("dst", pkt.dst), ("src", pkt.src))))
+        return self.done("leaves", f"leaves the cloud from {host} as {pkt.src} (IPv6, routed)", way)
+
+    def outside_in6(self, pkt: Packet) -> Trace:
+        """From outside to a tenant IPv6 address: through a router whose IPv6 subnets hold it."""
+        dst = ipaddress.ip_address(pkt.dst)
+        found = [(h, r) for h in sorted(self.s.hosts) for r in self.s.gateway(h).routers
+                 if any(dst in ipaddress.ip_network(c) for c in r.cidrs6)]
+        if not found:
+            self.hop("-", "external network", f"DROPPED: no router of this cloud has an IPv6 subnet holding {pkt.dst}")
+            return self.done("unreachable", f"no router routes {pkt.dst}", "no route")
+        host, gw = found[0]
+        via = ", ".join(f"{self.s.name('routers', r.router_id)} at {_gw6(r)}" for _, r in found)
+        more = f" (the outside's route decides; candidates: {via})" if len(found) > 1 else ""
+        label = f"gateway namespace of router {self.s.name('routers', gw.router_id)} on {host}"
+        leg = next((lg for lg in gw.snat_legs for c in lg.cidrs if ":" in c
+                    and dst in ipaddress.ip_interface(c).network), None)
+        if leg is None:
+            self.hop(host, label, f"DROPPED: no leg on the subnet of {pkt.dst}")
+            return self.done("unreachable", "no leg on the destination's subnet", "no route")
+        self.hop(host, label, f"the outside routes {pkt.dst} via {_gw6(gw)}{more}; connected on {leg.inner}, "
+                              "no NAT", Check("route", host, (("netns", gw.netns), ("dst", pkt.dst),
+                                                              ("src", pkt.src))))
+        net = (self.s.objects["ports"].get(leg.port_id) or {}).get("network_id") or ""
+        static = {ip: (mac, f"{gw.netns} ({dev})") for dev, ip, mac in gw.neighs6}
+        got = self.l2(host, net, pkt.dst, static)
+        if got is None:
+            return self.done("dropped", f"{pkt.dst} not found", "no neighbour")
+        pid, _, dest = got
+        return self.arrive(dest, pid, pkt)
+
     def outside_in(self, pkt: Packet, hop_text: str = "") -> Trace:
+        if ":" in pkt.dst:
+            return self.outside_in6(pkt)
         owner = _fip_owner(self.s, pkt.dst)
         if owner is None:
             for rid, r in sorted(self.s.objects["routers"].items()):
@@ -312,8 +405,12 @@ class Walker:
 
 
 def _pkt_text(pkt: Packet) -> str:
-    proto = {1: "icmp", 6: "tcp", 17: "udp"}.get(pkt.protocol, str(pkt.protocol))
+    proto = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}.get(pkt.protocol, str(pkt.protocol))
     return f"{proto} {pkt.src} -> {pkt.dst}{f':{pkt.dport}' if pkt.dport else ''}"
+
+
+def _gw6(r: Any) -> str:
+    return next((c.split("/")[0] for c in r.gw.cidrs if ":" in c), "?")
 
 
 def _fip_owner(s: Snapshot, ip: str) -> tuple[str, dict[str, Any]] | None:
@@ -321,6 +418,20 @@ def _fip_owner(s: Snapshot, ip: str) -> tuple[str, dict[str, Any]] | None:
         if f.get("floating_ip_address") == ip and f.get("port_id"):
             return fid, f
     return None
+
+
+def _port_security6(pf: Any, mac: str, src: str) -> tuple[str, str]:
+    """The IPv6 source check of the port-security chain, for a firewall model that has the
+    ports' IPv6 (MAC . address) pairs (`pairs6`): `mark6` or `spoof-ip6` (`spoof-mac` first)."""
+    pairs6 = getattr(pf, "pairs6", None)
+    if pairs6 is None:
+        return "drop", "spoof-ip"
+    addr = ipaddress.ip_address(src)
+    if any(m == mac and addr in ipaddress.ip_network(a, strict=False) for m, a in pairs6):
+        return "accept", "mark6"
+    if mac not in pf.macs:
+        return "drop", "spoof-mac"
+    return "drop", "spoof-ip6"
 
 
 def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt: Packet) -> Trace | None:
@@ -337,8 +448,11 @@ def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt:
         verdict, kind = "accept", "unfiltered"
     else:
         verdict, kind = port_security(fw, source, mac, pkt)
+        if ":" in pkt.src and verdict == "drop" and kind == "spoof-ip":
+            verdict, kind = _port_security6(pf, mac, pkt.src)
         check = Check("nft-rule", host, (("table", "ps"), ("chain", f"ps_{pf.ident}"), ("rule", kind)))
-        why = {"mark": "from its own MAC and address", "dhcp-client": "a DHCP client frame from 0.0.0.0",
+        why = {"mark": "from its own MAC and address", "mark6": "from its own MAC and IPv6 address",
+               "dhcp-client": "a DHCP client frame from 0.0.0.0",
                "dhcp-renew": "a DHCP request steered to its network's responder, whatever its source address",
                }.get(kind, "")
         w.hop(host, w.port_label(source), f"sends {_pkt_text(pkt)}: port security "
@@ -346,7 +460,7 @@ def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt:
                                           f"{': ' + why if why else ''})", check)
         if verdict != "accept":
             return w.done("dropped", f"dropped by the port security of {w.port_label(source)} ({kind})", kind)
-        if kind == "mark":
+        if kind in ("mark", "mark6"):
             ok, ident = w.sg(host, source, "egress", pkt)
             if not ok:
                 return w.done("dropped", f"dropped by the egress security groups of {w.port_label(source)}", ident)
@@ -360,24 +474,32 @@ def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt:
 
 def walk(snap: Snapshot, source: str, dst_ip: str, proto: str = "icmp", dport: int | None = None,
          src_ip: str | None = None, sport: int | None = None) -> Trace:
-    """Trace a new connection from `source` (port id or outside IPv4 address) to `dst_ip`
-    (from `src_ip` instead of the port's own address when given; source port `sport`)."""
+    """Trace a new connection from `source` (port id or outside address) to `dst_ip` (from
+    `src_ip` instead of the port's own address when given; source port `sport`)."""
     w = Walker(snap, protocol_number(proto), dport)
+    try:
+        version = ipaddress.ip_address(dst_ip).version
+    except ValueError:
+        raise ValueError(f"{dst_ip!r} is not an IP address") from None
     port = snap.objects["ports"].get(source)
     if port is None:
         try:
-            ipaddress.IPv4Address(source)
-        except ValueError:
-            raise ValueError(f"{source!r} is neither a port id, a lab VM name, nor an IPv4 address") from None
+            if ipaddress.ip_address(source).version != version:
+                raise ValueError(f"{source} and {dst_ip} are not of the same IP version")
+        except ValueError as e:
+            if "same IP version" in str(e):
+                raise
+            raise ValueError(f"{source!r} is neither a port id, a lab VM name, nor an IP address") from None
         ext = snap.external_subnet_of(source)
         if ext is None:
             raise ValueError(f"{source} is neither a port id nor an address on an external network")
         w.hop("-", f"client {source} outside the cloud", f"on external network {snap.name('networks', ext[0])}")
         return w.outside_in(_packet(source, dst_ip, w.proto, dport, sport))
     host = port.get("binding:host_id") or ""
-    src = src_ip or _ipv4(port)
+    src = src_ip or _address(port, version)
     if not host or not src:
-        w.hop(host or "-", w.port_label(source), "DROPPED: the port is not bound to a host or has no IPv4 address")
+        w.hop(host or "-", w.port_label(source), f"DROPPED: the port is not bound to a host or has no "
+                                                 f"IPv{version} address")
         return w.done("unreachable", "source port not bound", "unbound")
     pkt = _packet(src, dst_ip, w.proto, dport, sport)
     net = port["network_id"]
@@ -385,6 +507,9 @@ def walk(snap: Snapshot, source: str, dst_ip: str, proto: str = "icmp", dport: i
     if ended is not None:
         return ended
     sub = snap.subnet_of(net, src)
+    own = _address(port, version)
+    if sub is None and own is not None:     # another source address: still its own subnet's gateway
+        sub = snap.subnet_of(net, own)
     if sub is not None and ipaddress.ip_address(dst_ip) in ipaddress.ip_network(sub[1]["cidr"]):
         found = w.l2(host, net, dst_ip)
         if found is None:

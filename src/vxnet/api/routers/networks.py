@@ -122,11 +122,16 @@ def max_mtu(st: AppState) -> int:
 IPV4_MIN_MTU = 68  # RFC 791: every IPv4 link carries 68-byte datagrams unfragmented
 
 
-def mtu_conflict(network_id: str, mtu: int) -> ApiError:
-    """409: an IPv4 subnet on a network whose MTU is below IPv4's minimum (Neutron refuses the
-    subnet, or the MTU change, with a Conflict; the network itself may have such an MTU)."""
+IPV6_MIN_MTU = 1280  # RFC 8200: every IPv6 link carries 1280-byte packets
+
+
+def mtu_conflict(network_id: str, mtu: int, version: int = 4) -> ApiError:
+    """409: an IPv4 (IPv6) subnet on a network whose MTU is below IPv4's (IPv6's) minimum
+    (Neutron refuses the subnet, or the MTU change, with a Conflict; the network itself may have
+    such an MTU)."""
+    least = IPV4_MIN_MTU if version == 4 else IPV6_MIN_MTU
     return conflict("Conflict", f"Unable to complete operation on network {network_id}: its MTU {mtu} is below "
-                    f"the minimum MTU of IPv4 ({IPV4_MIN_MTU}), so it cannot have an IPv4 subnet.")
+                    f"the minimum MTU of IPv{version} ({least}), so it cannot have an IPv{version} subnet.")
 
 
 CREATE_DEFAULTS = {"shared": False, "is_default": False}
@@ -284,8 +289,12 @@ async def update_network(network_id: str, request: Request) -> dict[str, Any]:
             raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
         if "shared" in fields or "router:external" in fields:
             rbac.materialize(uow, net)
-        if "mtu" in fields and fields["mtu"] < IPV4_MIN_MTU and net["subnets"]:
-            raise mtu_conflict(network_id, fields["mtu"])
+        if "mtu" in fields and fields["mtu"] < IPV6_MIN_MTU and net["subnets"]:
+            versions = {s["ip_version"] for s in uow.list("subnets", lambda s: s["network_id"] == network_id)}
+            if 4 in versions and fields["mtu"] < IPV4_MIN_MTU:
+                raise mtu_conflict(network_id, fields["mtu"])
+            if 6 in versions:
+                raise mtu_conflict(network_id, fields["mtu"], 6)
         if fields.get("shared") is False and net["shared"]:
             # Neutron's _validate_shared_update: projects with their own policy keep access
             allowed = rbac.projects_with_own_entry(net, rbac.SHARED) | {net["project_id"]}

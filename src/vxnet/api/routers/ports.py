@@ -13,6 +13,7 @@ Invariants:
   project's port on her network; `mac_address`, `fixed_ips` addresses, `port_security_enabled`,
   `allowed_address_pairs` and a `network:*` `device_owner` need admin or the network's owner;
   `binding:host_id`/`binding:profile` need admin or the `service` role (hidden from others).
+- `binding:profile`: an object or null (= {}), at most 4095 characters of JSON (400 otherwise).
 - `security_groups`: no repeats (400, Neutron's list validator) and all stateful or all stateless
   (409 SecurityGroupConflict).
 - A port whose `device_owner` makes it part of a router or floating IP may name (`device_id`)
@@ -23,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -141,6 +143,20 @@ def _unique(v: list[str] | None) -> list[str] | None:
     return v
 
 
+def _profile(v: Any) -> dict[str, Any]:
+    """Neutron's binding:profile: a dict or null (= {}), stored as at most 4095 characters of
+    JSON (Neutron's column size)."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError(f"'{v}' is not a dictionary")  # noqa: TRY004 - pydantic turns only ValueError into a 400
+    if len(json.dumps(v, separators=(",", ":"))) > PROFILE_MAX:
+        raise ValueError(f"binding:profile exceeds {PROFILE_MAX} characters")
+    return v
+
+
+PROFILE_MAX = 4095
+Profile = Annotated[dict[str, Any], BeforeValidator(_profile)]
 IpOrCidr = Annotated[str, BeforeValidator(_ip_or_cidr)]
 NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 VnicType = Annotated[str, BeforeValidator(_vnic)]
@@ -169,7 +185,7 @@ class PortCreate(Body):
     port_security_enabled: Bool | None = None
     allowed_address_pairs: Annotated[list[AddressPair], NoneIsEmpty] = []
     binding_host_id: ShortStr = Field(default="", alias="binding:host_id")
-    binding_profile: dict[str, Any] = Field(default={}, alias="binding:profile")
+    binding_profile: Profile = Field(default={}, alias="binding:profile")
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
     qos_policy_id: Uuid | None = None
     tags: Tags = []
@@ -189,7 +205,7 @@ class PortUpdate(Body):
     port_security_enabled: Bool = True
     allowed_address_pairs: Annotated[list[AddressPair], NoneIsEmpty] = []
     binding_host_id: ShortStr | None = Field(default=None, alias="binding:host_id")
-    binding_profile: dict[str, Any] | None = Field(default=None, alias="binding:profile")
+    binding_profile: Profile | None = Field(default=None, alias="binding:profile")
     binding_vnic_type: VnicType = Field(default="normal", alias="binding:vnic_type")
     qos_policy_id: Uuid | None = None
 

@@ -20,6 +20,14 @@ Records and invariants:
   changes that could break it (interface removal, gateway change, router delete) all rewrite
   the router's fence key `/vxnet/fence/router/<id>` after reading it, so they are serialized
   too: an interface in use by a floating IP cannot be removed by a concurrent request.
+- IPv6 (Neutron's `_add_interface_by_subnet`): an interface on an IPv6 subnet takes its
+  gateway_ip; when the router already has an interface port with an IPv6 address on that
+  network, the new address is added to that port (one port, several IPv6 prefixes), and
+  removing one of its subnets removes only that address (the port goes with its last one).
+  A port with an IPv6 address can be attached only if the router has no other IPv6 port on
+  its network (Neutron's `_validate_one_router_ipv6_port_per_network`). The gateway port on an
+  external network with IPv4 and IPv6 subnets gets an address on each (EUI-64 on SLAAC
+  subnets). Routing IPv6 is never NAT; floating IPs stay IPv4 (api/routers/floatingips.py).
 - While a gateway is set, every IPv4 interface subnet also has a snat port, and the gateway
   and snat ports are bound to the router's gateway host (services/scheduler.py, called last in
   every transaction that changes interfaces or the gateway).
@@ -663,10 +671,29 @@ def _add_by_subnet(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: li
     net = uow.get("networks", subnet["network_id"])
     if net is None:
         raise not_found("subnet", subnet_id)
+    if subnet["ip_version"] == 6:
+        shared = ipv6_port_on_network(ports, net["id"])
+        if shared is not None:  # one router port per network carries every IPv6 prefix
+            port = dict(shared)
+            ip = ipam.allocate_ip(uow, subnet, port["id"], subnet["gateway_ip"], INTF_OWNER)
+            touch(port, {"fixed_ips": [*port["fixed_ips"], {"subnet_id": subnet_id, "ip_address": ip}]})
+            uow.put("ports", port)
+            return port, [subnet_id]
     port = new_port_record(uow, network=net, project_id=rtr["project_id"],
                            fixed_ips=[{"subnet_id": subnet_id, "ip_address": subnet["gateway_ip"]}],
                            device_owner=INTF_OWNER, device_id=rtr["id"], status=INTF_STATUS)
     return port, [subnet_id]
+
+
+def has_ipv6_address(port: dict[str, Any]) -> bool:
+    return any(ipaddress.ip_address(ip["ip_address"]).version == 6 for ip in port["fixed_ips"])
+
+
+def ipv6_port_on_network(ports: list[dict[str, Any]], network_id: str) -> dict[str, Any] | None:
+    """The router's interface port with an IPv6 address on `network_id` (Neutron's
+    `_find_ipv6_router_port_by_network`), if any."""
+    return next((p for p in interface_ports(ports) if p["network_id"] == network_id and p["device_owner"] == INTF_OWNER
+                 and has_ipv6_address(p)), None)
 
 
 def _add_by_port(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: list[dict[str, Any]],
@@ -688,6 +715,11 @@ def _add_by_port(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: list
     check_dup_router_subnets(uow, ports, subnets)
     if len([s for s in subnets if s.get("ip_version", 4) == 4]) > 1:
         raise bad_router("Cannot have multiple IPv4 subnets on router port")
+    other = ipv6_port_on_network(ports, port["network_id"]) if has_ipv6_address(port) else None
+    if other is not None and other["id"] != port["id"]:
+        raise bad_router(f"Router already contains IPv6 port {other['id']} belonging to network id "
+                         f"{port['network_id']}. Only one IPv6 port from the same network subnet can be connected "
+                         "to a router.")
     if not ctx.is_admin:
         for ip, sub in zip(port["fixed_ips"], subnets, strict=True):
             if sub["project_id"] != ctx.project_id and not ipam.in_pools(sub, ip["ip_address"]):
@@ -742,6 +774,15 @@ def _confirm_not_in_use(uow: UnitOfWork, rtr: dict[str, Any], subnet: dict[str, 
                            "as it is required by one or more routes.")
 
 
+def _remove_subnet_from_port(uow: UnitOfWork, port: dict[str, Any], subnet_id: str) -> None:
+    port = dict(port)
+    for ip in port["fixed_ips"]:
+        if ip["subnet_id"] == subnet_id:
+            ipam.release_ip(uow, subnet_id, ip["ip_address"])
+    touch(port, {"fixed_ips": [ip for ip in port["fixed_ips"] if ip["subnet_id"] != subnet_id]})
+    uow.put("ports", port)
+
+
 @router.put("/routers/{router_id}/remove_router_interface")
 @off_loop
 async def remove_router_interface(router_id: str, request: Request) -> dict[str, Any]:
@@ -777,6 +818,12 @@ async def remove_router_interface(router_id: str, request: Request) -> dict[str,
                 raise ApiError(404, "RouterInterfaceNotFoundForSubnet",
                                f"Router {router_id} has no interface on subnet {subnet_id}")
             subnet_ids = [subnet_id]
+            if len({ip["subnet_id"] for ip in port["fixed_ips"]}) > 1:  # a multi-prefix port: drop one
+                _remove_subnet_from_port(uow, port, subnet_id)
+                touch(rtr)
+                uow.put("routers", rtr)
+                scheduler.sync_router(uow, router_id)
+                return interface_info(rtr, port, subnet_ids, last=False)
         delete_port_record(uow, port)
         touch(rtr)
         uow.put("routers", rtr)

@@ -1,4 +1,4 @@
-"""/v2.0/subnets: IPv4 subnets with allocation pools, gateway, DNS servers and host routes.
+"""/v2.0/subnets: IPv4 and IPv6 subnets with allocation pools, gateway, DNS servers and host routes.
 
 Invariants:
 - A subnet belongs to one network; its id is in the network's `subnets` list, written in the
@@ -14,7 +14,17 @@ Invariants:
   `access_as_shared` to them or to "*"). Subnets of an external, non-shared network are hidden
   from other projects (no subnet-external-network). The `shared` filter is the network's
   `shared` as the caller is shown it.
-- IPv6 is refused with a 400 (not supported yet).
+- IPv6 (Neutron's `_validate_subnet` / `_validate_ipv6_attributes`): `ipv6_ra_mode` and
+  `ipv6_address_mode` are null or slaac / dhcpv6-stateful / dhcpv6-stateless; either on an IPv4
+  subnet is a 400; either with `enable_dhcp` false is a 400; both set must be equal; an
+  auto-address subnet (slaac or dhcpv6-stateless in either) needs a /64 (EUI-64). The gateway
+  defaults to the first address (`::1`); the pools run to the last address (no broadcast); a
+  link-local gateway outside the CIDR is allowed (Neutron's rule for IPv6). The modes never
+  change after create. A network's MTU must be at least 1280 for an IPv6 subnet (409).
+- Auto-address subnets (services/ipv6.py): creating one gives every port of the network except
+  router interface ports its EUI-64 address there, in the same transaction; deleting one takes
+  the address off those ports (409 SubnetInUse only while a router interface holds an address
+  on it), as Neutron does.
 - Subnet pools (Neutron's subnet_allocation): `subnetpool_id` (or `use_default_subnetpool`)
   with `prefixlen` (default: the pool's default_prefixlen) or a `cidr` inside the pool; the
   prefix is allocated in the create's transaction (services/subnet_alloc.py), so no two subnets
@@ -58,9 +68,11 @@ from vxnet.api.validation import (
     resolve_project,
     subnet_cidr_problem,
 )
-from vxnet.services import ipam, rbac, subnet_alloc
+from vxnet.services import ipam, ipv6, rbac, subnet_alloc
 from vxnet.services.ports import ROUTER_INTERFACE_OWNERS
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
+
+IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 router = APIRouter(prefix="/v2.0", tags=["subnets"])
 
@@ -124,6 +136,16 @@ def _prefixlen(v: Any) -> int:
 
 
 PrefixLen = Annotated[int, BeforeValidator(_prefixlen)]
+
+
+def _ipv6_mode(v: Any) -> str:
+    """Neutron's validate_values over constants.IPV6_MODES."""
+    if v not in ipv6.MODES:
+        raise ValueError(f"'{v}' is not in {list(ipv6.MODES)}")
+    return str(v)
+
+
+Ipv6Mode = Annotated[str, BeforeValidator(_ipv6_mode)]
 NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 
 
@@ -148,8 +170,8 @@ class SubnetCreate(Body):
     enable_dhcp: Bool = True
     dns_nameservers: Annotated[list[IpAddr], NoneIsEmpty] = []
     host_routes: Annotated[list[HostRoute], NoneIsEmpty] = []
-    ipv6_ra_mode: str | None = None
-    ipv6_address_mode: str | None = None
+    ipv6_ra_mode: Ipv6Mode | None = None
+    ipv6_address_mode: Ipv6Mode | None = None
     subnetpool_id: Uuid | None = None
     use_default_subnetpool: Bool = False
     prefixlen: PrefixLen | None = None
@@ -177,12 +199,19 @@ def _pool_str(start: Any, end: Any) -> str:
     return f"{start}-{end}"
 
 
-def default_pools(net: ipaddress.IPv4Network, gateway: str | None) -> list[dict[str, str]]:
+def host_range(net: IpNet) -> tuple[int, int]:
+    """First and last address a pool may hold: Neutron's generate_pools / validate_allocation_pools
+    (no network address; no broadcast address in IPv4; IPv4 /31 and /32 keep every address)."""
+    if net.version == 4 and net.prefixlen >= 31:
+        return int(net.network_address), int(net.broadcast_address)
+    if net.num_addresses == 1:
+        return int(net.network_address), int(net.network_address)
+    return int(net.network_address) + 1, int(net.broadcast_address) - (net.version == 4)
+
+
+def default_pools(net: IpNet, gateway: str | None) -> list[dict[str, str]]:
     """The CIDR's host range minus the gateway (one or two pools)."""
-    if net.prefixlen >= 31:
-        first, last = int(net.network_address), int(net.broadcast_address)
-    else:
-        first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
+    first, last = host_range(net)
     ranges = [(first, last)]
     if gateway is not None:
         g = int(ipaddress.ip_address(gateway))
@@ -196,12 +225,10 @@ def default_pools(net: ipaddress.IPv4Network, gateway: str | None) -> list[dict[
     return [{"start": str(ipaddress.ip_address(a)), "end": str(ipaddress.ip_address(b))} for a, b in ranges if a <= b]
 
 
-def validate_pools(net: ipaddress.IPv4Network, pools: list[dict[str, str]]) -> list[dict[str, str]]:
+def validate_pools(net: IpNet, pools: list[dict[str, str]]) -> list[dict[str, str]]:
     """Given pools, sorted: each inside the host range, start <= end, no overlaps."""
-    if net.prefixlen >= 31:
-        first, last = net.network_address, net.broadcast_address
-    else:
-        first, last = net.network_address + 1, net.broadcast_address - 1
+    lo, hi = host_range(net)
+    first, last = ipaddress.ip_address(lo), ipaddress.ip_address(hi)
     spans = []
     for p in pools:
         start, end = ipaddress.ip_address(p["start"]), ipaddress.ip_address(p["end"])
@@ -220,17 +247,18 @@ def validate_pools(net: ipaddress.IPv4Network, pools: list[dict[str, str]]) -> l
     return [{"start": str(s), "end": str(e)} for s, e in spans]
 
 
-def check_gateway(net: ipaddress.IPv4Network, gateway: str | None, pools: list[dict[str, str]]) -> None:
+def check_gateway(net: IpNet, gateway: str | None, pools: list[dict[str, str]]) -> None:
     if gateway is None:
         return
     gw = ipaddress.ip_address(gateway)
     if gw.version != net.version:
         raise invalid_input(f"gateway_ip '{gateway}' does not match the ip_version '{net.version}'")
-    if gw not in net:
+    if gw not in net and not (gw.version == 6 and gw.is_link_local):  # Neutron: a v6 gateway may be link-local
         raise invalid_input(f"Gateway is not valid on subnet {net}: {gateway} is outside it")
-    if net.prefixlen < 31 and gw in (net.network_address, net.broadcast_address):
-        raise invalid_input(f"Gateway is not valid on subnet {net}: {gateway} is its "
-                            f"{'network' if gw == net.network_address else 'broadcast'} address")
+    if gw == net.network_address and (net.version == 6 or net.prefixlen < 31):
+        raise invalid_input(f"Gateway is not valid on subnet {net}: {gateway} is its network address")
+    if net.version == 4 and net.prefixlen < 31 and gw == net.broadcast_address:
+        raise invalid_input(f"Gateway is not valid on subnet {net}: {gateway} is its broadcast address")
     for p in pools:
         if ipaddress.ip_address(p["start"]) <= gw <= ipaddress.ip_address(p["end"]):
             raise conflict("GatewayConflictWithAllocationPools",
@@ -264,12 +292,34 @@ def check_routes(routes: list[HostRoute], version: int) -> list[dict[str, str]]:
     return out
 
 
+def check_ipv6_modes(version: int, ra_mode: str | None, address_mode: str | None, enable_dhcp: bool) -> None:
+    """Neutron's `_validate_subnet` (modes on IPv4) and `_validate_ipv6_attributes` (DHCP off,
+    the combination); the /64 rule needs the CIDR (check_eui64_applicable)."""
+    if version == 4:
+        if ra_mode is not None:
+            raise invalid_input("ipv6_ra_mode is not valid when ip_version is 4")
+        if address_mode is not None:
+            raise invalid_input("ipv6_address_mode is not valid when ip_version is 4")
+        return
+    if (ra_mode is not None or address_mode is not None) and not enable_dhcp:
+        raise invalid_input("ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set to False.")
+    if ra_mode is not None and address_mode is not None and ra_mode != address_mode:
+        raise invalid_input(f"ipv6_ra_mode set to '{ra_mode}' with ipv6_address_mode set to '{address_mode}' is "
+                            "not valid. If both attributes are set, they must be the same value")
+
+
+def check_eui64_applicable(subnet: dict[str, Any]) -> None:
+    """Neutron's `_validate_eui64_applicable`: SLAAC addresses need a /64."""
+    if ipv6.is_auto_address_subnet(subnet) and ipaddress.ip_network(subnet["cidr"]).prefixlen != 64:
+        raise invalid_input(f"Invalid CIDR {subnet['cidr']} for IPv6 address mode. OpenStack uses the EUI-64 "
+                            "address format, which requires the prefix to be /64")
+
+
 def check_request(item: SubnetCreate) -> None:
     """Neutron's checks of how the CIDR is asked for (`_create_subnet_precommit`)."""
     if item.ip_version not in (4, 6):
         raise bad_request(f"Invalid input for ip_version. Reason: {item.ip_version} is not in valid values [4, 6].")
-    if item.ip_version == 6 or item.ipv6_ra_mode is not None or item.ipv6_address_mode is not None:
-        raise invalid_input("IPv6 subnets are not supported by this server")
+    check_ipv6_modes(item.ip_version, item.ipv6_ra_mode, item.ipv6_address_mode, item.enable_dhcp)
     if item.cidr is not None and item.prefixlen is not None:
         raise bad_request("Bad subnets request: cidr and prefixlen must not be supplied together.")
     if item.subnetpool_id is not None and item.use_default_subnetpool:
@@ -303,14 +353,17 @@ def resolve_pool(uow: UnitOfWork, ctx: Context, item: SubnetCreate) -> dict[str,
 def check_affinity(net: dict[str, Any], others: list[dict[str, Any]], pool: dict[str, Any] | None,
                    version: int) -> None:
     """Neutron's _validate_network_subnetpools: a network's subnets of one IP version come from one
-    pool, or from pools of one address scope; a network with pool subnets takes no plain CIDR."""
+    pool, or from pools of one address scope; a network with pool subnets (of that IP version)
+    takes no plain CIDR of that version."""
     scope = net.get(f"ipv{version}_address_scope")
     if scope and pool is not None and pool["address_scope_id"] != scope:
         raise bad_request("Subnets of the same address family hosted on the same network must all participate "
                           "in the same address scope.", "NetworkAddressScopeAffinityError")
     for s in others:
+        if s["ip_version"] != version:
+            continue
         if pool is not None:
-            if s.get("subnetpool_id") != pool["id"] and s["ip_version"] == pool["ip_version"] and not scope:
+            if s.get("subnetpool_id") != pool["id"] and not scope:
                 raise bad_request("Subnets hosted on the same network must be allocated from the same subnet pool.",
                                   "NetworkSubnetPoolAffinityError")
         elif s.get("subnetpool_id"):
@@ -318,14 +371,14 @@ def check_affinity(net: dict[str, Any], others: list[dict[str, Any]], pool: dict
                               "NetworkSubnetPoolAffinityError")
 
 
-def check_cidr(cidr: str, ip_version: int, enable_dhcp: bool) -> ipaddress.IPv4Network:
+def check_cidr(cidr: str, ip_version: int, enable_dhcp: bool) -> IpNet:
     net = ipaddress.ip_network(cidr)
     if net.version != ip_version:
         raise invalid_input(f"cidr '{cidr}' does not match the ip_version '{ip_version}'")
     problem = subnet_cidr_problem(net, enable_dhcp)
     if problem:
         raise invalid_input(problem)
-    return net  # type: ignore[return-value]
+    return net
 
 
 def check_gateway_free(uow: UnitOfWork, subnet: dict[str, Any]) -> None:
@@ -357,8 +410,10 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
                 fields)
     check_request(item)
     pool = resolve_pool(uow, ctx, item)
-    if int(net.get("mtu") or IPV4_MIN_MTU) < IPV4_MIN_MTU:
+    if item.ip_version == 4 and int(net.get("mtu") or IPV4_MIN_MTU) < IPV4_MIN_MTU:
         raise mtu_conflict(net["id"], net["mtu"])
+    if item.ip_version == 6 and int(net.get("mtu") or ipv6.IPV6_MIN_MTU) < ipv6.IPV6_MIN_MTU:
+        raise mtu_conflict(net["id"], net["mtu"], 6)
     others = uow.list("subnets", lambda s: s["network_id"] == net["id"]) + staged.get(net["id"], [])
     check_affinity(net, others, pool, item.ip_version)
     requested = item.cidr
@@ -374,7 +429,7 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
     if "gateway_ip" in fields:
         gateway = item.gateway_ip
     else:
-        gateway = str(cidr.network_address + 1) if cidr.prefixlen < 31 else None
+        gateway = str(cidr.network_address + 1) if cidr.prefixlen < cidr.max_prefixlen - 1 else None
     if item.allocation_pools is not None:
         pools = validate_pools(cidr, [p.model_dump() for p in item.allocation_pools])
     else:
@@ -389,15 +444,15 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
         "network_id": net["id"],
         "project_id": project,
         "tenant_id": project,
-        "ip_version": 4,
+        "ip_version": item.ip_version,
         "cidr": str(cidr),
         "gateway_ip": gateway,
         "allocation_pools": pools,
         "enable_dhcp": item.enable_dhcp,
         "dns_nameservers": check_dns(item.dns_nameservers),
-        "host_routes": check_routes(item.host_routes, 4),
-        "ipv6_ra_mode": None,
-        "ipv6_address_mode": None,
+        "host_routes": check_routes(item.host_routes, item.ip_version),
+        "ipv6_ra_mode": item.ipv6_ra_mode,
+        "ipv6_address_mode": item.ipv6_address_mode,
         "subnetpool_id": pool["id"] if pool is not None else None,
         "segment_id": None,
         "service_types": item.service_types,
@@ -406,11 +461,27 @@ def build_subnet(ctx: Context, item: SubnetCreate, uow: UnitOfWork, nets: dict[s
         "updated_at": now,
         "revision_number": 0,
     }
+    check_eui64_applicable(subnet)
     staged.setdefault(net["id"], []).append(subnet)
     net["subnets"] = net["subnets"] + [sid]
     if pool is not None:
-        net["ipv4_address_scope"] = pool["address_scope_id"]
+        net[f"ipv{item.ip_version}_address_scope"] = pool["address_scope_id"]
     return subnet
+
+
+def add_auto_addresses(uow: UnitOfWork, subnet: dict[str, Any]) -> None:
+    """Neutron's `_add_auto_addrs_on_network_ports`: a new auto-address subnet gives every port
+    of its network but router interface ports its EUI-64 address."""
+    if not ipv6.is_auto_address_subnet(subnet):
+        return
+    for p in uow.list("ports", lambda p: p["network_id"] == subnet["network_id"]):
+        if not ipam.takes_auto_address(p["device_owner"]):
+            continue
+        port = dict(p)
+        ip = ipam.allocate_ip(uow, subnet, port["id"], ipv6.eui64_address(subnet["cidr"], port["mac_address"]))
+        port["fixed_ips"] = [*port["fixed_ips"], {"subnet_id": subnet["id"], "ip_address": ip}]
+        touch(port)
+        uow.put("ports", port)
 
 
 @router.get("/subnets")
@@ -455,6 +526,7 @@ async def create_subnet(request: Request) -> JSONResponse:
         subnets = [build_subnet(ctx, item, uow, nets, staged, pol) for item in items]
         for s in subnets:
             uow.put("subnets", s)
+            add_auto_addresses(uow, s)
         for net in nets.values():
             touch(net)
             uow.put("networks", net)
@@ -488,7 +560,11 @@ async def update_subnet(subnet_id: str, request: Request) -> dict[str, Any]:
         for f in ("name", "description", "enable_dhcp", "service_types"):
             if f in fields:
                 changed[f] = getattr(upd, f)
-        if upd.enable_dhcp and "enable_dhcp" in fields and not subnet["enable_dhcp"] and cidr.prefixlen > 30:
+        if ("enable_dhcp" in fields and not upd.enable_dhcp
+                and (subnet.get("ipv6_ra_mode") or subnet.get("ipv6_address_mode"))):
+            raise invalid_input("Cannot disable enable_dhcp with ipv6 attributes set")  # _validate_ipv6_update_dhcp
+        if (upd.enable_dhcp and "enable_dhcp" in fields and not subnet["enable_dhcp"]
+                and cidr.prefixlen > cidr.max_prefixlen - 2):
             raise invalid_input("Subnet has a prefix length that is incompatible with DHCP service enabled")
         if "dns_nameservers" in fields:
             changed["dns_nameservers"] = check_dns(upd.dns_nameservers)
@@ -538,10 +614,12 @@ async def delete_subnet(subnet_id: str, request: Request) -> Response:
         check_if_match(request, subnet)
         uow.get_raw(ipam.subnet_alloc_key(subnet_id))  # guard: no allocation may commit meanwhile
         holders = uow.list("ports", lambda p: any(ip["subnet_id"] == subnet_id for ip in p["fixed_ips"]))
-        if any(p["device_owner"] != DHCP_OWNER for p in holders):
+        auto = ipv6.is_auto_address_subnet(subnet)
+        if any(p["device_owner"] in ipam.ROUTER_INTERFACE_OWNERS_SNAT if auto else p["device_owner"] != DHCP_OWNER
+               for p in holders):
             raise conflict("SubnetInUse", f"Unable to complete operation on subnet {subnet_id}: "
                            "One or more ports have an IP allocation from this subnet.")
-        for p in holders:  # DHCP ports only: drop their address on this subnet
+        for p in holders:  # DHCP ports (any port on an auto-address subnet): drop their address there
             port = dict(p)
             for ip in port["fixed_ips"]:
                 if ip["subnet_id"] == subnet_id:

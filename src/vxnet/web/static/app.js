@@ -290,7 +290,8 @@
             ["VNI", obj["provider:segmentation_id"]], ["Shared", obj.shared ? "yes" : ""]]),
         h("h4", {}, "Subnets"),
         subnets.length ? h("ul", { class: "plain" }, ...subnets.map(s => h("li", {},
-          `${s.cidr} (gateway ${s.gateway_ip || "none"}${s.name ? ", " + s.name : ""}) `,
+          `${s.cidr} (${s.ip_version === 6 ? "IPv6 " + (s.ipv6_address_mode || s.ipv6_ra_mode || "static") + ", " : ""}`
+            + `gateway ${s.gateway_ip || "none"}${s.name ? ", " + s.name : ""}) `,
           action("Delete subnet", async () => { await api("DELETE", `/v2.0/subnets/${s.id}`); await afterWrite(["subnets", "networks"]); }, "danger small"))))
           : h("p", { class: "muted" }, "none"),
         h("div", { class: "actions" }, action("Delete network", async () => {
@@ -466,6 +467,14 @@
 
   function ipVersion(cidr) { return cidr.includes(":") ? 6 : 4; }
 
+  // The IPv6 mode select: one value sets both ipv6_ra_mode and ipv6_address_mode (the router
+  // advertises the subnet), as the common case; "" leaves both unset (static addressing).
+  function withV6Mode(sub, f) {
+    const mode = f.ipv6_mode ? f.ipv6_mode.value : "";
+    if (sub.ip_version === 6 && mode) { sub.ipv6_ra_mode = mode; sub.ipv6_address_mode = mode; }
+    return sub;
+  }
+
   function intOrNull(v) {
     if (v === "") return null;
     const n = Number(v);
@@ -480,8 +489,8 @@
       if (isAdmin() && S.view) body.project_id = S.view;
       const net = (await api("POST", "/v2.0/networks", { network: body })).json.network;
       if (cidr) {
-        const sub = { network_id: net.id, cidr, ip_version: ipVersion(cidr), name: `${name}-subnet`,
-                      enable_dhcp: f.enable_dhcp.checked };
+        const sub = withV6Mode({ network_id: net.id, cidr, ip_version: ipVersion(cidr), name: `${name}-subnet`,
+                                 enable_dhcp: f.enable_dhcp.checked }, f);
         if (f.gateway_ip.value.trim()) sub.gateway_ip = f.gateway_ip.value.trim();
         if (body.project_id) sub.project_id = body.project_id;
         try {
@@ -496,7 +505,8 @@
     },
     async subnet(f) {
       const cidr = f.cidr.value.trim();
-      const sub = { network_id: f.network_id.value, cidr, ip_version: ipVersion(cidr), enable_dhcp: f.enable_dhcp.checked };
+      const sub = withV6Mode({ network_id: f.network_id.value, cidr, ip_version: ipVersion(cidr),
+                               enable_dhcp: f.enable_dhcp.checked }, f);
       if (f.name.value.trim()) sub.name = f.name.value.trim();
       await api("POST", "/v2.0/subnets", { subnet: sub });
       await afterWrite(["networks", "subnets"]);

@@ -40,6 +40,19 @@
     return (port.fixed_ips || []).map(f => f.ip_address);
   }
 
+  // IPv6 addresses are long: a port shows them on a line of their own.
+  const isV6 = ip => String(ip).includes(":");
+  const V6_H = 14;
+  const portHeight = p => PORT_H + (p.ips.some(isV6) ? V6_H : 0);
+
+  // "slaac", "dhcpv6-stateful"...: the subnet's IPv6 address mode (RA mode if it differs)
+  function v6Mode(s) {
+    if (s.ip_version !== 6) return "";
+    const a = s.ipv6_address_mode, r = s.ipv6_ra_mode;
+    if (!a && !r) return "static";
+    return a && r && a !== r ? `${a} (RA ${r})` : (a || `RA ${r}`);
+  }
+
   /* The model of what to draw. `opts.projectId`: only this project's objects (external and
    * shared networks stay), or null for everything the caller can see. */
   function buildModel(data, opts) {
@@ -77,7 +90,8 @@
       id: n.id, name: n.name || n.id.slice(0, 8), status: n.status, shared: !!n.shared,
       vni: n["provider:segmentation_id"], projectId: n.project_id,
       project: opts && opts.projectNames ? (opts.projectNames[n.project_id] || n.project_id) : null,
-      subnets: subnetsOf(n.id).map(s => ({ id: s.id, name: s.name, cidr: s.cidr, gateway: s.gateway_ip })),
+      subnets: subnetsOf(n.id).map(s => ({ id: s.id, name: s.name, cidr: s.cidr, gateway: s.gateway_ip,
+                                           mode: v6Mode(s) })),
       ports: (portsByNet.get(n.id) || []).filter(p => VM_OWNER.test(p.device_owner || "") && (mine(p) || mine(n)))
         .sort(byName).map(p => ({
           id: p.id, name: p.name || (p.device_id ? "vm " + p.device_id.slice(0, 8) : "port " + p.id.slice(0, 8)),
@@ -126,7 +140,7 @@
   function cardHeight(n) {
     const extra = (n.links.length > 1 ? n.links.length - 1 : 0) + (n.project ? 1 : 0);
     return HEAD_H + 6 + (n.subnets.length || 1) * LINE_H + extra * LINE_H + 6
-      + (n.ports.length ? n.ports.length * PORT_H : LINE_H) + 8;
+      + (n.ports.length ? n.ports.reduce((sum, p) => sum + portHeight(p), 0) : LINE_H) + 8;
   }
 
   /* Positions for everything, for a drawing `width` pixels wide. */
@@ -304,7 +318,7 @@
     if (!n.subnets.length) { text(g, it.x + 10, y + 13, "no subnet", "muted-t"); y += LINE_H; }
     for (const s of n.subnets) {
       const sg = el("g", { class: "subnet", "data-kind": "subnet", "data-id": s.id, "data-cidr": s.cidr }, g);
-      text(sg, it.x + 10, y + 13, clip(`${s.cidr}${s.gateway ? "  gw " + s.gateway : ""}${s.name ? "  · " + s.name : ""}`, it.w - 20, 6.7), "subnet-t");
+      text(sg, it.x + 10, y + 13, clip(`${s.cidr}${s.mode ? "  " + s.mode : ""}${s.gateway ? "  gw " + s.gateway : ""}${s.name ? "  · " + s.name : ""}`, it.w - 20, 6.7), "subnet-t");
       y += LINE_H;
     }
     if (n.project) {
@@ -321,15 +335,18 @@
     for (const p of n.ports) {
       const pg = el("g", { class: "port", tabindex: 0, role: "button", "data-kind": "port", "data-id": p.id, "data-name": p.name,
                            "aria-label": `Port ${p.name} ${p.ips.join(" ")} ${p.status}${p.host ? " on " + p.host : ""}` }, g);
-      el("rect", { x: it.x + 6, y: y + 1, width: it.w - 12, height: PORT_H - 4, rx: 5, class: "port-box" + (selected === p.id ? " selected" : "") }, pg);
+      const ph = portHeight(p);
+      el("rect", { x: it.x + 6, y: y + 1, width: it.w - 12, height: ph - 4, rx: 5, class: "port-box" + (selected === p.id ? " selected" : "") }, pg);
       el("circle", { cx: it.x + 16, cy: y + 12, r: 4.5, class: "dot " + statusClass(p.status) }, pg);
       text(pg, it.x + 26, y + 16, clip(p.name, it.w - 100, 7.2), "port-name");
       text(pg, it.x + it.w - 12, y + 16, p.status, "port-status " + statusClass(p.status), { "text-anchor": "end" });
-      const bits = [p.ips.join(", ")];
+      const bits = [p.ips.filter(ip => !isV6(ip)).join(", ")];
       if (p.fips.length) bits.push("⇄ " + p.fips.join(", "));
       if (p.host) bits.push("@ " + p.host);
       text(pg, it.x + 26, y + 30, clip(bits.filter(Boolean).join("  "), it.w - 40, 6.5), "port-sub");
-      y += PORT_H;
+      const v6 = p.ips.filter(isV6);
+      if (v6.length) text(pg, it.x + 26, y + 30 + V6_H, clip(v6.join(", "), it.w - 40, 6.5), "port-sub port-v6");
+      y += ph;
     }
   }
 
