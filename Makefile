@@ -9,6 +9,9 @@ STAMP_PIP := $(VENV)/.pip-stamp
 ANSIBLE_VENV := .venv-ansible
 STAMP_ANSIBLE := $(ANSIBLE_VENV)/.pip-stamp
 APT_PACKAGES := $(shell grep -v '^\#' etc/apt-packages.txt)
+GUEST_PACKAGES := $(shell grep -v '^\#' etc/apt-packages-guests.txt)
+# The lab's QEMU guest image (docs/guests.md): built once from Debian packages, cached outside the tree.
+STAMP_GUEST := $(VENV)/.guest-stamp
 PYTHON ?= python3
 
 .PHONY: setup test demo bench clean lint
@@ -19,11 +22,16 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 
-$(STAMP_APT): etc/apt-packages.txt | $(VENV)/bin/python
+$(STAMP_APT): etc/apt-packages.txt etc/apt-packages-guests.txt | $(VENV)/bin/python
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing; \
+	fi
+	@missing=$$(for p in $(GUEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages (no recommends): $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 $$missing; \
 	fi
 	touch $@
 
@@ -36,10 +44,14 @@ $(STAMP_ANSIBLE): examples/ansible/requirements.txt
 	$(ANSIBLE_VENV)/bin/pip install -q -r examples/ansible/requirements.txt
 	touch $@
 
-test: setup
+$(STAMP_GUEST): src/vxnet/lab/image.py | $(STAMP_APT) $(STAMP_PIP)
+	$(PY) -m vxnet.lab.image
+	touch $@
+
+test: setup $(STAMP_GUEST)
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-demo: setup
+demo: setup $(STAMP_GUEST)
 	$(VENV)/bin/vxnet demo
 
 # The benchmarks compare with OVN (../shared/peers/ovn-lab.sh): its packages are only for them.

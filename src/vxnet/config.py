@@ -51,6 +51,15 @@ roles = ["admin"]
 enabled = true                        # false: no login, and the user's tokens stop working
 ```
 Project and user ids are derived from their names (stable across servers and restarts).
+
+The agent's file (`vxnet agent --config`) may hold a `[metadata]` table (`load_metadata`):
+```toml
+[metadata]
+nova_metadata_url = "http://nova-api:8775"   # Nova's metadata API
+shared_secret_file = "/etc/vxnet/metadata-secret"   # 0600; or shared_secret = "..." inline
+                                             # (then this file must be 0600)
+timeout = 10                                 # seconds; then 503 to the VM
+```
 """
 
 from __future__ import annotations
@@ -269,6 +278,74 @@ def load_config(path: str | None) -> Config:
         nova=load_nova(raw.get("nova")),
         **server,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataSettings:
+    """The agent's `[metadata]` section (docs/metadata.md): where its metadata proxy sends the
+    VMs' requests, and the secret that signs their instance ids (Nova's
+    `[neutron] metadata_proxy_shared_secret`)."""
+
+    nova_metadata_url: str
+    shared_secret: str = dataclasses.field(repr=False)
+    timeout: float = 10.0          # seconds for Nova's whole answer; then 503 to the VM
+
+
+METADATA_KEYS = {"nova_metadata_url", "shared_secret", "shared_secret_file", "timeout"}
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    """The text of a secret-holding file, refused when its group or others can read or write it."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+        if st.st_mode & 0o077:
+            raise ConfigError(f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: it holds the metadata "
+                              f"shared secret, so other local users could sign any instance id. "
+                              f"Run `chmod 600 {path}`.")
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from e
+
+
+def load_metadata(path: str | None) -> MetadataSettings | None:
+    """The `[metadata]` table of a TOML file; None when the file or the table is absent.
+
+    `shared_secret` inline needs the file itself private (mode 0600 or stricter);
+    `shared_secret_file` names a private file holding it (one line)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f).get("metadata")
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("[metadata] must be a table")
+    unknown = set(raw) - METADATA_KEYS
+    if unknown:
+        raise ConfigError(f"unknown [metadata] keys: {', '.join(sorted(unknown))}")
+    url = raw.get("nova_metadata_url")
+    if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+        raise ConfigError(f"[metadata] nova_metadata_url must be an http(s) URL, not {url!r}")
+    if ("shared_secret" in raw) == ("shared_secret_file" in raw):
+        raise ConfigError("[metadata] needs exactly one of shared_secret, shared_secret_file")
+    if "shared_secret" in raw:
+        _read_secret_file(path, "config file")          # the file holding it must be private
+        secret = raw["shared_secret"]
+    else:
+        secret = _read_secret_file(str(raw["shared_secret_file"]), "shared_secret_file").strip()
+    if not isinstance(secret, str) or not secret:
+        raise ConfigError("[metadata] shared secret must be a non-empty string")
+    timeout = raw.get("timeout", 10.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
+        raise ConfigError(f"[metadata] timeout must be a number of seconds in (0, 300], not {timeout!r}")
+    return MetadataSettings(url.rstrip("/"), secret, float(timeout))
 
 
 IDENTITY_KEYS = ("login_failures_per_user", "login_failures_per_source", "login_failure_window")

@@ -200,7 +200,8 @@ def test_full_view_of_a_small_topology() -> None:
     assert set(v1["routers"]) == {"r"}
     assert set(v1["floatingips"]) == {"f1"}
     assert set(v1["security_groups"]) == {"web"} and set(v1["security_group_rules"]) == {"w1"}
-    assert set(v1["hosts"]) == {"h1", "h2", "h3", "h4"}
+    assert set(v1["hosts"]) == {"h1", "h2", "h3", "h4", "gw"}   # gateway hosts: in every view
+    assert set(full_view(objects, hosts, "h4")["hosts"]) == {"h4", "gw"}
     v4 = full_view(objects, hosts, "h4")
     assert set(v4["networks"]) == {"c"} and set(v4["ports"]) == {"pc"} and set(v4["routers"]) == set()
     assert set(v4["floatingips"]) == {"f2"} and set(v4["security_group_rules"]) == {"d1"}

@@ -14,7 +14,7 @@ import pytest
 
 from tests.api.test_host_view import agent_client, start_agent_server
 from tests.conftest import ServerHandle
-from vxnet.services.scheduler import choose
+from vxnet.services.scheduler import choose, plan
 
 SNAT = "network:router_centralized_snat"
 GW = "network:router_gateway"
@@ -51,6 +51,35 @@ def tenant(c: httpx.Client, cidr: str) -> dict[str, Any]:
 
 def router_ports(admin: httpx.Client, rid: str, owner: str) -> list[dict[str, Any]]:
     return ok(admin.get("/ports", params={"device_id": rid, "device_owner": owner}))["ports"]
+
+
+def standbys(admin: httpx.Client, rid: str) -> set[tuple[str, ...]]:
+    """The standby lists recorded on a router's gateway and snat ports (one value expected)."""
+    return {tuple((p["binding:vif_details"] or {}).get("ha_standby_hosts") or ())
+            for p in router_ports(admin, rid, GW) + router_ports(admin, rid, SNAT)}
+
+
+def test_plan_failover_standbys_and_rebalance() -> None:
+    """The pure HA placement: a dead active's router goes to its standby, standbys fill up
+    spreading over hosts, a joining host gets actives (prepared ones first)."""
+    assert plan({"r1": ("", ())}, []) == {"r1": ("", ())}
+    assert plan({"r1": ("", ())}, ["a"]) == {"r1": ("a", ())}
+    two = plan({"r1": ("", ()), "r2": ("", ())}, ["a", "b"])
+    assert two == {"r1": ("a", ("b",)), "r2": ("b", ("a",))}       # actives spread, standbys too
+    # the active dies: its standby takes over (not the least-loaded host), a new standby is found
+    got = plan({"r1": ("a", ("c",)), "r2": ("b", ("a",))}, ["b", "c"])
+    assert got == {"r1": ("c", ("b",)), "r2": ("b", ("c",))}
+    # a dead standby is replaced, an alive active kept even if unbalanced without `rebalance`
+    assert plan({"r1": ("a", ("x",)), "r2": ("a", ("b",))}, ["a", "b"]) == \
+        {"r1": ("a", ("b",)), "r2": ("a", ("b",))}
+    # rebalance: the router whose standby is the under-loaded host moves (swap), one at a time
+    got = plan({"r1": ("a", ("c",)), "r2": ("a", ("b",)), "r3": ("a", ("c",))}, ["a", "b", "c"], rebalance=True)
+    assert got["r2"] == ("b", ("a",)) and [got[r][0] for r in ("r1", "r3")].count("a") == 1
+    assert sorted(a for a, _ in got.values()) == ["a", "b", "c"]
+    assert all(a not in sb and len(sb) == 1 for a, sb in got.values())
+    # balanced within one: nothing moves
+    same = {"r1": ("a", ("b",)), "r2": ("a", ("b",)), "r3": ("b", ("a",))}
+    assert plan(same, ["a", "b"], rebalance=True) == same
 
 
 def test_choose_least_loaded_ties_by_name() -> None:
@@ -117,15 +146,22 @@ def test_scheduling_register_and_lease_expiry(srv: ServerHandle) -> None:
     assert all(h == {""} for h in hosts().values())          # no gateway host: unscheduled
     register(c, "gw2")
     assert all(h == {"gw2"} for h in hosts().values())       # scheduled as soon as one registers
+    assert all(standbys(admin, rid) == {()} for rid in routers)   # one gateway host: no standby
     register(c, "gw1")
-    assert all(h == {"gw2"} for h in hosts().values())       # a live host keeps its routers
+    # a gateway joining: actives are spread (3-0 -> 2-1, the first router by id moves), every
+    # router gets the other host as its standby
+    placed = hosts()
+    moved = min(routers)
+    assert placed[moved] == {"gw1"} and all(placed[rid] == {"gw2"} for rid in routers if rid != moved)
+    assert standbys(admin, moved) == {("gw2",)}
+    assert all(standbys(admin, rid) == {("gw1",)} for rid in routers if rid != moved)
     # a new router goes to the least loaded host
     s = tenant(alice, "100.64.20.0/24")
     r = ok(alice.post("/routers", json={"router": {"name": "r3"}}), 201)["router"]
     ok(alice.put(f"/routers/{r['id']}/add_router_interface", json={"subnet_id": s["id"]}))
     ok(alice.put(f"/routers/{r['id']}", json={"router": {"external_gateway_info": {"network_id": ext["id"]}}}))
     routers.append(r["id"])
-    assert hosts()[r["id"]] == {"gw1"}
+    assert hosts()[r["id"]] == {"gw1"} and standbys(admin, r["id"]) == {("gw2",)}
     # gw2 stops heartbeating: after its lease its routers move to gw1 (gw1 keeps beating)
     deadline = time.time() + 30  # bounds a lease-driven event, not a pass condition
     moved = False
@@ -135,6 +171,7 @@ def test_scheduling_register_and_lease_expiry(srv: ServerHandle) -> None:
         moved = all(h == {"gw1"} for h in hosts().values())
         time.sleep(0.3)
     assert moved, hosts()
+    assert all(standbys(admin, rid) == {()} for rid in routers)   # no other alive gateway
     for rid in routers:
         assert all(p["status"] == "DOWN" for p in router_ports(admin, rid, SNAT))
     # gw1 dies too: unscheduled; gw2 comes back: everything goes to gw2

@@ -44,8 +44,8 @@ def test_demo_check_proves_the_matrix_and_cleans_up(tmp_path) -> None:
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "BAD" not in out, out
-    assert "22/22 cells as expected" in out, out
-    for word in ("DHCP", "east-west", "routed", "SNAT", "floating", "blocked", "IPv6"):
+    assert "28/28 cells as expected" in out, out   # 11 per tenant + 3 of its QEMU guest
+    for word in ("DHCP", "east-west", "routed", "SNAT", "floating", "blocked", "IPv6", "QEMU guest"):
         assert word in out
     assert not _netns(), _netns()
     assert not _links(), _links()

@@ -4,7 +4,8 @@ The lab's agents run with `--dhcp-lease-time 10` (clients renew after 5 s). Each
 its VMs' static addresses and runs busybox udhcpc (private `-s` script) or ISC dhclient
 (private `-cf -sf -lf -pf`, killed by its pidfile); nothing touches /etc/resolv.conf.
 
-- udhcpc and dhclient get the port's IP, mask, router, DNS, MTU, classless routes (default
+- udhcpc and dhclient get the port's IP, mask, router, DNS, MTU, classless routes (the
+  metadata route on this router-less subnet, default
   route included), hostname and lease time; the underlay sees 0 DHCP frames; a second VM on
   the same host sees none of the first VM's DHCP frames (steering).
 - A subnet option change reaches a VM (dhclient, T1 = 5 s) at its renewal, which is a unicast
@@ -190,7 +191,7 @@ def test_real_clients_get_their_port_config_and_dhcp_stays_on_the_host(lab: Lab,
     got = bound[0]
     assert got == {"event": "bound", "ip": "192.0.2.11", "mask": "24", "subnet": "255.255.255.0",
                    "router": "192.0.2.1", "dns": "203.0.113.53 203.0.113.54", "mtu": str(mtu),
-                   "staticroutes": "100.64.0.0/10 192.0.2.254 0.0.0.0/0 192.0.2.1",
+                   "staticroutes": "100.64.0.0/10 192.0.2.254 169.254.169.254/32 192.0.2.1 0.0.0.0/0 192.0.2.1",
                    "hostname": "host-192-0-2-11", "lease": str(LEASE), "serverid": "192.0.2.1",
                    "broadcast": "192.0.2.255", "message": ""}, got
     assert "192.0.2.11/24" in nsexec(topology.vm_ns("c1"), "ip", "-4", "addr", "show", "dev", "eth0").stdout
@@ -210,6 +211,7 @@ def test_real_clients_get_their_port_config_and_dhcp_stays_on_the_host(lab: Lab,
         assert len(bound) == 1, records(os.path.join(scripts, "dhclient.out"))
         got = bound[0]
         routes = " ".join(str(b) for b in pkt.classless_routes([("100.64.0.0/10", "192.0.2.254"),
+                                                                 ("169.254.169.254/32", "192.0.2.1"),
                                                                  ("0.0.0.0/0", "192.0.2.1")]))
         assert {k: got.get(k) for k in ("new_ip_address", "new_subnet_mask", "new_routers",
                                         "new_domain_name_servers", "new_interface_mtu", "new_host_name",

@@ -53,6 +53,8 @@ def view(ports: list[dict], subnets: list[dict] | None = None, nets: list[dict] 
 P1 = port("p1000000-0000-4000-8000-000000000001", "192.0.2.11")
 P2 = port("p2000000-0000-4000-8000-000000000002", "192.0.2.12", host="h2")
 P3 = port("p3000000-0000-4000-8000-000000000003", "192.0.2.13")
+ROUTER_IF = port("r1000000-0000-4000-8000-000000000001", "192.0.2.1", host="", mac="02:00:00:00:ff:01",
+                 device_owner="network:router_interface_distributed", device_id="router-1")
 
 
 def only(v: dict, host: str = "h1"):
@@ -69,7 +71,8 @@ def test_local_port_gets_its_lease_with_every_option() -> None:
     lease = r.leases[0]
     assert lease == Lease(P1["mac_address"], P1["id"], "192.0.2.11", 24, "192.0.2.1", LEASE_TIME, 1400,
                           "host-192-0-2-11", "192.0.2.1", ("203.0.113.53", "203.0.113.54"),
-                          (("100.64.0.0/10", "192.0.2.254"), ("0.0.0.0/0", "192.0.2.1")))
+                          (("100.64.0.0/10", "192.0.2.254"), ("169.254.169.254/32", "192.0.2.1"),
+                           ("0.0.0.0/0", "192.0.2.1")))
     assert lease.netmask == "255.255.255.0" and lease.broadcast == "192.0.2.255"
     assert r.taps == (naming.tap_name(P1["id"]),)
     assert (r.port, r.device, r.bridge, r.mtu) == (service_port(NET), device_name(NET), naming.bridge_name(NET), 1400)
@@ -78,7 +81,7 @@ def test_local_port_gets_its_lease_with_every_option() -> None:
 
 def test_no_routes_option_without_extra_routes_and_dns_name_wins() -> None:
     p = dict(P1, dns_name="web-1")
-    _, r = only(view([p]))
+    _, r = only(view([p, ROUTER_IF]))      # routed: no metadata route either
     assert r.leases[0].routes == () and r.leases[0].router == "192.0.2.1" and r.leases[0].hostname == "web-1"
 
 
@@ -88,7 +91,22 @@ def test_default_host_route_replaces_the_gateway_and_other_subnets_are_on_link()
     _, r = only(view([P1], [s1, s2]))
     lease = r.leases[0]
     assert lease.router == "192.0.2.254"
-    assert lease.routes == (("198.51.100.0/24", "0.0.0.0"), ("0.0.0.0/0", "192.0.2.254"))
+    assert lease.routes == (("198.51.100.0/24", "0.0.0.0"), ("169.254.169.254/32", "192.0.2.1"),
+                            ("0.0.0.0/0", "192.0.2.254"))
+
+
+def test_metadata_route_only_where_no_router_interface_is_on_the_subnet() -> None:
+    """Neutron's isolated metadata: 169.254.169.254/32 via the DHCP server address."""
+    _, r = only(view([P1]))                                    # isolated, gateway set: via the gateway IP
+    assert r.leases[0].routes == (("169.254.169.254/32", "192.0.2.1"), ("0.0.0.0/0", "192.0.2.1"))
+    _, r = only(view([P1], [subnet(gateway=None)]))            # no gateway: via the server id, no default
+    assert r.leases[0].routes == (("169.254.169.254/32", "192.0.2.254"),) and r.leases[0].router is None
+    _, r = only(view([P1, ROUTER_IF]))                         # a router on the subnet: none
+    assert r.leases[0].routes == ()
+    other = dict(ROUTER_IF, fixed_ips=[{"subnet_id": SUB2, "ip_address": "198.51.100.1"}])
+    s2 = subnet(SUB2, cidr="198.51.100.0/24", gateway="198.51.100.1")
+    _, r = only(view([P1, other], [subnet(), s2]))            # a router on another subnet only
+    assert ("169.254.169.254/32", "192.0.2.1") in r.leases[0].routes
 
 
 def test_who_gets_nothing() -> None:
@@ -224,6 +242,7 @@ def test_discover_gets_an_offer_unicast_to_the_client_with_all_options() -> None
     assert o[pkt.OPT_LEASE_TIME] == pkt.opt_u32(LEASE_TIME)
     assert (o[pkt.OPT_T1], o[pkt.OPT_T2]) == (pkt.opt_u32(300), pkt.opt_u32(525))
     assert pkt.parse_classless_routes(o[pkt.OPT_CLASSLESS_ROUTES]) == [("100.64.0.0/10", "192.0.2.254"),
+                                                                        ("169.254.169.254/32", "192.0.2.1"),
                                                                         ("0.0.0.0/0", "192.0.2.1")]
 
 

@@ -109,3 +109,14 @@ def test_a_router_does_not_route_between_address_scopes() -> None:
     assert (t.verdict, t.deciding) == ("dropped", "address scope")
     assert "different address scopes" in t.hops[-1].decision
     assert walk(routed_snapshot(None, "s2"), "a", "100.64.1.11", "tcp", 22).verdict == "dropped"
+
+
+def test_metadata_request_ends_at_the_hosts_proxy_after_the_egress_groups() -> None:
+    snap = snapshot()
+    snap.objects["ports"]["a"]["device_id"] = "inst-a"
+    t = walk(snap, "a", "169.254.169.254", "tcp", 80)
+    assert t.verdict == "delivered" and t.hops[-1].host == "h1"
+    assert "metadata proxy on h1 (instance inst-a)" in t.summary
+    assert "proxy address 169.254." in t.hops[-1].decision
+    assert any("egress security groups" in h.what for h in t.hops)
+    assert walk(snap, "a", "169.254.169.254", "tcp", 22).summary != t.summary     # not steered

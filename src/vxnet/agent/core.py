@@ -47,12 +47,15 @@ from vxnet.agent.backoff import Backoff
 from vxnet.agent.dhcp import DhcpFeature
 from vxnet.agent.features import Feature, FeatureResult, HostContext
 from vxnet.agent.firewall import FirewallFeature
+from vxnet.agent.ha import HaFailover
+from vxnet.agent.metadata import MetadataFeature
 from vxnet.agent.qos import QosFeature
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
 from vxnet.agent.routing import RoutingFeature
 from vxnet.compute.diff import Diff, HostDiff
 from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
+from vxnet.config import MetadataSettings
 
 log = logging.getLogger("vxnet.agent")
 
@@ -103,12 +106,19 @@ class AgentConfig:
     gateway: bool = False
     external_interface: str | None = None
     dhcp_lease_time: int = 86400
+    metadata: MetadataSettings | None = None   # [metadata] of the agent's config file
+    bfd: bool = False                 # BFD (FRR bfdd) to gateway hosts: fast gateway failover
+    bfd_dir: str | None = None        # bfdd's sockets and pid file (default /run/vxnet/bfd-<host>)
     bgp: Any = None                   # gateway hosts: a dataplane.bgp.BgpConfig
 
     @property
     def context(self) -> HostContext:
         return HostContext(self.host, self.underlay_ip, self.netns, self.gateway, self.external_interface,
-                           self.dhcp_lease_time, self.bgp)
+                           self.dhcp_lease_time, self.metadata, self.ha_dir, self.bgp)
+
+    @property
+    def ha_dir(self) -> str | None:
+        return (self.bfd_dir or f"/run/vxnet/bfd-{self.host}") if self.bfd else None
 
 
 class Agent:
@@ -157,6 +167,10 @@ class Agent:
         # their fakes here (a `Kernel` and a `list_table(family, name)`, see agent/doctor.py).
         self.doctor_kernel: Any = None
         self.doctor_list_table: Any = None
+        self.ha: HaFailover | None = None
+        if cfg.bfd:
+            self.ha = HaFailover(cfg.host, cfg.underlay_ip, cfg.gateway, cfg.ha_dir or "",
+                                 self._wake.set, cfg.netns)
 
     # ------------------------------------------------------------------ public surface
     @property
@@ -202,6 +216,8 @@ class Agent:
 
     def start(self) -> None:
         """Run the agent in background threads."""
+        if self.ha is not None:
+            self.ha.start()
         for target, name in ((self._stream_loop, "stream"), (self._monitor_loop, "monitor"),
                              (self._heartbeat_loop, "heartbeat"), (self._reporter_loop, "reporter"),
                              (self._reconcile_loop, "reconcile")):
@@ -211,6 +227,8 @@ class Agent:
 
     def run(self) -> None:
         """Run until `stop()` (the reconcile loop in the calling thread)."""
+        if self.ha is not None:
+            self.ha.start()
         for target, name in ((self._stream_loop, "stream"), (self._monitor_loop, "monitor"),
                              (self._heartbeat_loop, "heartbeat"), (self._reporter_loop, "reporter")):
             t = threading.Thread(target=target, name=f"vxnet-agent-{name}", daemon=True)
@@ -219,6 +237,8 @@ class Agent:
         self._reconcile_loop()
 
     def stop(self) -> None:
+        if self.ha is not None:
+            self.ha.close()
         self._stop.set()
         self._wake.set()
         self._report_wake.set()
@@ -247,7 +267,9 @@ class Agent:
                 f.invalidate()
         t0 = time.perf_counter()
         try:
-            desired = self.computer.compute(view.view)     # == compute_host(view.view, spec)
+            # with BFD: gateway/snat ports of a router whose active is down move to its standby
+            v = self.ha.view(view.view) if self.ha is not None else view.view
+            desired = self.computer.compute(v)     # == compute_host(v, spec)
             timings = dict(self.computer.timings)
             timings["compute"] = time.perf_counter() - t0
             # The plug path first: what must be in place before a tap is plugged (its firewall),
@@ -303,6 +325,8 @@ class Agent:
         self._failing = tuple(str(f)[:200] for f in result.failed[:5])
         self._record(view, desired, result, request_ids)
         self._report(view, result)
+        if self.ha is not None:
+            self.ha.after_pass(v)
         self._report_fips(view, {k: v for r in ordered for k, v in r.floatingips.items()})
         if not result.failed:
             self._pass_backoff.reset()
@@ -608,4 +632,5 @@ def build_features(ctx: HostContext) -> list[Feature]:
         FirewallFeature(ctx),       # port security, security groups (before any tap is plugged)
         DhcpFeature(ctx),           # DHCP for local VMs
         QosFeature(ctx),            # bandwidth limits and DSCP marks on VM taps
+        MetadataFeature(ctx),       # 169.254.169.254 for local VMs, proxied to Nova
     ]

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vxnet.compute.host import HostSpec
+from vxnet.config import MetadataSettings
 
 if TYPE_CHECKING:
     from vxnet.dataplane.bgp import BgpConfig
@@ -54,6 +55,8 @@ class HostContext:
     gateway: bool = False                    # started with --gateway
     external_interface: str | None = None    # gateway hosts: the physical port of external networks
     dhcp_lease_time: int = 86400             # seconds (the VM renews at half of it)
+    metadata: MetadataSettings | None = None  # [metadata]: None -> the proxy answers 503
+    ha_dir: str | None = None                # with --bfd: bfdd's and conntrackd's run directory
     bgp: BgpConfig | None = None             # gateway hosts: announce to upstream routers
 
     @property

@@ -10,6 +10,9 @@ Contract (agent/features.py):
   from the kernel. Namespaces of this host's routers that are no longer desired are deleted
   (all leftovers at the first pass and after `invalidate()`), but nothing is deleted before the
   first apply (the agent calls features only with a complete view).
+- With HA (`ctx.ha_dir`, agent `--bfd`) and conntrackd installed, every router with a peer
+  copy runs conntrackd in its namespace (dataplane/ctsync.py), started after the namespace
+  converged and stopped when it goes.
 - An external network whose port cannot be made (interface missing, no 802.1Q for a VLAN
   network) is reported in `failed` with the reason (`vxnet status` shows it), retried on later
   passes; its routers' ports and floating IPs are DOWN.
@@ -23,6 +26,7 @@ Contract (agent/features.py):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +35,8 @@ from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.agent.manager import Manager
 from vxnet.compute.gateway import GatewayDesired, GatewayRouter, bgp_routes
 from vxnet.dataplane.bgp import BgpError, BgpSpeaker
+from vxnet.dataplane.ctsync import ConntrackSync
+from vxnet.dataplane.ctsync import available as ctsync_available
 from vxnet.dataplane.gateway_driver import GatewayDriver, GatewayError
 
 log = logging.getLogger("vxnet.agent.gateway")
@@ -42,7 +48,8 @@ class GatewayFeature:
     def __init__(self, ctx: HostContext, driver: GatewayDriver | None = None,
                  clock: Callable[[], float] = time.monotonic, bgp: BgpSpeaker | None = None) -> None:
         self.ctx = ctx
-        self.driver = driver or GatewayDriver(ctx.netns)
+        self.driver = driver or GatewayDriver(ctx.netns, ctx.underlay_ip)
+        self.ctsync = ConntrackSync(ctx.ha_dir) if ctx.ha_dir and ctsync_available() else None
         self.bgp = bgp or (BgpSpeaker(ctx.bgp) if ctx.bgp is not None else None)
         self.clock = clock
         self.routers: Manager[str, GatewayRouter] = Manager()
@@ -76,10 +83,15 @@ class GatewayFeature:
                 failed.append(f"external network {ext.network_id}: {e}")
                 bad_nets.add(ext.network_id)
         m, now = self.routers, self.clock()
-        m.want({r.router_id: r for r in desired.routers})
+        routers = desired.routers if self.ctsync is not None else tuple(
+            dataclasses.replace(r, sync_ip="", sync_peer="") for r in desired.routers)   # no sync leg
+        m.want({r.router_id: r for r in routers})
         if not m.known or m.dirty(now)[1]:
             # Namespaces are found by name in the kernel: this also removes leftovers.
-            gone = self.driver.delete_stale(self.ctx.host, {r.netns for r in desired.routers})
+            keep = {r.netns for r in routers}
+            if self.ctsync is not None:
+                self.ctsync.stop_in(self.driver.namespaces(self.ctx.host) - keep)
+            gone = self.driver.delete_stale(self.ctx.host, keep)
             changes["namespaces_deleted"] = len(gone)
             m.observe(m.desired)              # what is not desired is gone now
             m.mark_known()
@@ -87,6 +99,11 @@ class GatewayFeature:
         def upsert(_: str, r: GatewayRouter, previous: GatewayRouter | None) -> None:
             changes["namespaces_created"] += self.driver.apply_router(r, previous)
             changes["routers"] += 1
+            if self.ctsync is not None:
+                try:
+                    self.ctsync.ensure(r)
+                except OSError as e:   # the router serves anyway; its flows are not synced
+                    log.warning("host=%s conntrackd for %s: %s", self.ctx.host, r.router_id, e)
 
         for rid, e in m.run(now, upsert, lambda *_: None, (GatewayError,)):
             log.warning("host=%s gateway router %s: %s", self.ctx.host, rid, e)
@@ -111,9 +128,9 @@ class GatewayFeature:
 
 
 def serves(r: GatewayRouter) -> bool:
-    """The router is served from this host: not a prepared standby copy (gateway HA marks those
-    `active=False`), so only the serving host reports its floating IPs and announces them."""
-    return bool(getattr(r, "active", True))
+    """The router is served from this host, not a prepared standby copy (`active` False): only
+    the serving host reports its floating IPs and announces them."""
+    return r.active
 
 
 def build(ctx: HostContext) -> list[GatewayFeature]:

@@ -53,12 +53,16 @@ def register(app: typer.Typer) -> None:
         bgp_dir: str = typer.Option(None, help="bgpd's state directory (config, pid file, vty socket; "
                                                "default /run/vxnet/bgp-HOST)"),
         dhcp_lease_time: int = typer.Option(86400, help="DHCP lease time in seconds (VMs renew at half)"),
+        bfd: bool = typer.Option(False, help="BFD (FRR bfdd, 100 ms x 3) to gateway hosts: gateway failover "
+                                 "in under a second, without waiting for the store's lease"),
+        bfd_dir: str = typer.Option(None, help="bfdd's sockets and pid file (default /run/vxnet/bfd-HOST)"),
         metrics_listen: str = typer.Option(None, help="HOST:PORT for Prometheus /metrics"),
         resync: float = typer.Option(30.0, help="seconds between drift-repair resyncs"),
         log_level: str = typer.Option(None, help="log level (default: the config file's, else info)"),
         log_format: str = typer.Option(None, help="text or json (default: the config file's, else text)"),
         config: str = typer.Option(None, help="TOML file with an \\[agent] table: log_level, log_format "
-                                              "(SIGHUP re-reads log_level)"),
+                                              "(SIGHUP re-reads log_level), and a \\[metadata] table: "
+                                              "nova_metadata_url, shared_secret or shared_secret_file, timeout"),
         control_socket: str = typer.Option(DEFAULT_CONTROL_SOCKET, help="unix socket where `vxnet doctor --local` "
                                                                         "reaches this agent (\"\" = none)"),
     ) -> None:
@@ -89,12 +93,14 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2) from None
 
         from vxnet import logsetup
+        from vxnet.config import ConfigError, load_metadata
 
         try:
             settings = agent_settings(config)
+            metadata = load_metadata(config)
             logsetup.configure(log_level or settings.get("log_level") or "info",
                                log_format or settings.get("log_format") or "text")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ConfigError) as e:
             typer.echo(f"vxnet agent: {e}", err=True)
             raise typer.Exit(2) from None
         if config:
@@ -108,7 +114,9 @@ def register(app: typer.Typer) -> None:
         control = make_control_plane([s.strip() for s in server.split(",") if s.strip()], host, underlay_ip,
                                      user, password, project, gateway, ext_spec)
         a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
-                              external_interface=ext_spec, dhcp_lease_time=dhcp_lease_time, bgp=bgp), control)
+                              external_interface=ext_spec, dhcp_lease_time=dhcp_lease_time,
+                              metadata=metadata, bfd=bfd, bfd_dir=bfd_dir, bgp=bgp),
+                  control)
         local = None
         if control_socket:
             from vxnet.agent.control import ControlSocket

@@ -35,8 +35,9 @@ Desired state (docs/dhcp.md):
   the nexthop of a 0.0.0.0/0 host route), DNS servers (6), hostname (12: the port's dns_name,
   else `host-a-b-c-d` as Neutron), MTU (26: the network MTU), lease time (51) with T1 = 1/2 and
   T2 = 7/8 of it, server id (54), classless routes (121: host routes, the other IPv4 subnets of
-  the network on-link, and the default route as RFC 3442 requires, sent whenever there is a
-  non-default route).
+  the network on-link, 169.254.169.254/32 via the server id when no router interface is on
+  the subnet (the metadata service, `compute.metadata.needs_metadata_route`), and the default
+  route as RFC 3442 requires, sent whenever there is a non-default route).
 
 Answers (`answer`, RFC 2131): unknown MACs, relayed requests and requests whose Ethernet source
 is not their chaddr get silence. DISCOVER -> OFFER. REQUEST: SELECTING (server id present: ours
@@ -60,6 +61,7 @@ from typing import Any
 from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute import naming
 from vxnet.compute.memo import PartsMemo
+from vxnet.compute.metadata import METADATA_IP, needs_metadata_route
 from vxnet.compute.state import Fdb, HostState, Neigh, Plug
 from vxnet.model import FixedIp, Network, Port, Subnet, View, as_view
 
@@ -164,8 +166,10 @@ def server_id(subnet: Subnet, held: set[str]) -> str:
     return str(ipaddress.IPv4Address(last))
 
 
-def _routes(subnet: Subnet, others: Iterable[str]) -> tuple[str | None, tuple[tuple[str, str], ...]]:
-    """(router, option 121 routes) of a subnet: host routes, other subnets on-link, default last."""
+def _routes(subnet: Subnet, others: Iterable[str], metadata_via: str | None = None
+            ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """(router, option 121 routes) of a subnet: host routes, other subnets on-link, the metadata
+    route (`metadata_via`: the server id, on a subnet without a router), default last."""
     default = subnet.gateway_ip
     routes: list[tuple[str, str]] = []
     for r in subnet.host_routes:
@@ -179,15 +183,18 @@ def _routes(subnet: Subnet, others: Iterable[str]) -> tuple[str | None, tuple[tu
         else:
             routes.append((str(dest), nexthop))
     routes += [(cidr, "0.0.0.0") for cidr in others]
+    if metadata_via and not any(d == f"{METADATA_IP}/32" for d, _ in routes):
+        routes.append((f"{METADATA_IP}/32", metadata_via))
     if routes and default:
         routes.append(("0.0.0.0/0", default))      # RFC 3442: with 121 the client ignores option 3
     return default, tuple(routes)
 
 
 @functools.lru_cache(maxsize=16384)
-def _lease(p: Port, ip: str, s: Subnet, others: tuple[str, ...], server: str, lease_time: int, mtu: int) -> Lease:
+def _lease(p: Port, ip: str, s: Subnet, others: tuple[str, ...], server: str, lease_time: int, mtu: int,
+           metadata_route: bool = False) -> Lease:
     # Memoized on its (hashable, frozen) inputs: a pass rebuilds only the leases that changed.
-    router, routes = _routes(s, others)
+    router, routes = _routes(s, others, server if metadata_route else None)
     return Lease(p.mac, p.id, ip, ipaddress.IPv4Network(s.cidr, strict=False).prefixlen, server, lease_time, mtu,
                  hostname(p, ip), router, s.dns_nameservers, routes)
 
@@ -235,14 +242,16 @@ def network_dhcp(net: Network, subnets: list[Subnet], ports: list[Port], host: s
     subs = {s.id: s for s in subnets if s.ip_version == 4 and s.cidr}
     held = {f.ip_address for p in ports for f in p.ipv4}
     sid_of: dict[str, str] = {}
+    isolated: dict[str, bool] = {}
     leases: dict[str, Lease] = {}
     taps = []
     for p, choice in chosen:
         s = subs[choice.subnet_id]
         if s.id not in sid_of:
             sid_of[s.id] = server_id(s, held)
+            isolated[s.id] = needs_metadata_route(s, ports)
         others = tuple(o.cidr for osid, o in subs.items() if osid != s.id)
-        leases[p.mac] = _lease(p, choice.ip_address, s, others, sid_of[s.id], lease_time, net.mtu)
+        leases[p.mac] = _lease(p, choice.ip_address, s, others, sid_of[s.id], lease_time, net.mtu, isolated[s.id])
         taps.append(naming.port_device(p.id, p.is_subport))
     arp_ips = tuple(sorted({lease.server_id for lease in leases.values()} - held))
     return Responder(net.id, service_port(net.id), device_name(net.id), responder_mac(net.id),

@@ -13,8 +13,9 @@ arguments and returns a `GatewayDesired`:
   enforces it), any number of VLANs. A network whose physical network has no interface here
   gets its bridge without one. Provider networks are ignored by the L2 compute, so the bridge
   is part of this feature's `.l2`.
-- `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host gets
-  namespace `router_netns(router id, host)` with
+- `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host
+  (`active`) or names it as a standby (`Port.standby`; `active` False) gets namespace
+  `router_netns(router id, host)` with
   * the gateway leg: host side `tap<gw port 11>` plugged into the external bridge (Plug + FDB
     in `.l2`, and a LocalPort so its status is reported), inside `qg-<router 11>` with the
     port's MAC, its address, every floating IP as /32 (so the namespace answers ARP for them)
@@ -27,7 +28,17 @@ arguments and returns a `GatewayDesired`:
   * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed (from any leg: hairpin) and SNAT
     fixed -> fip, then hairpin SNAT (a DNATed flow from inside back inside: to the sender's
     floating IP, else the gateway address), then (if enable_snat) SNAT of the router's
-    interface subnets to the gateway address; MSS clamping of forwarded SYNs to the route MTU.
+    interface subnets to the gateway address; MSS clamping of forwarded SYNs to the route MTU;
+    TCP/UDP addressed to the namespace itself from its legs is dropped (nothing listens there:
+    no RST for a flow whose entry is not there yet).
+- A standby router is built the same way (addresses, routes, NAT: a takeover is a local flip)
+  but its gateway leg has no Plug/FDB/LocalPort in `.l2` and its snat ports are not bound here,
+  so no tap of it is on a bridge: it answers no ARP and forwards nothing. The view given is
+  `compute.ha.failover_view`'s, so a standby whose active is down is computed as active.
+- Connection-state sync: a router with a peer copy (its active, or its first standby, on
+  another host) gets `sync_ip`/`sync_peer`, addresses in 2001:db8:fffe::/48 derived from
+  (router, host): the driver gives the namespace a leg on the underlay (`hs-<router 11>`) and
+  the feature runs conntrackd (FTFW) between the two copies (dataplane/ctsync.py).
 - `fip_ids`: the floating IPs a router serves (the feature reports them ACTIVE once the
   router's namespace converged, DOWN while it fails).
 - `bgp_routes(routers)`: what the host's BGP speaker announces for the routers it serves: each
@@ -50,6 +61,7 @@ arguments and returns a `GatewayDesired`:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -65,6 +77,17 @@ NETNS_PREFIX = naming.SNAT_NS_PREFIX
 NAT_TABLE = naming.NAT_TABLE[1]
 VLAN_PREFIX = "vxv-"            # + network id[:11]: a VLAN external network's device (15 chars)
 FILTER6_TABLE = "vxnet_v6"
+
+SYNC_IFACE_PREFIX = "hs-"
+SYNC_PREFIX = "2001:db8:fffe:"      # + 80 bits of sha256(router, host): conntrack sync addresses
+SYNC_PLEN = 48
+
+
+def sync_ip(router_id: str, host: str) -> str:
+    """The conntrack-sync address of a router's copy on a host (unique per pair, stable)."""
+    h = hashlib.sha256(f"{router_id}/{host}".encode()).digest()
+    groups = [int.from_bytes(h[i:i + 2], "big") for i in range(0, 10, 2)]
+    return str(ipaddress.ip_address(SYNC_PREFIX + ":".join(f"{g:x}" for g in groups)))
 
 
 def router_netns(router_id: str, host: str) -> str:
@@ -117,9 +140,16 @@ class GatewayRouter:
     gateway_ip6: str | None = None          # the external IPv6 subnet's gateway (default ::/0)
     cidrs6: tuple[str, ...] = ()            # the router's IPv6 interface subnets
     neighs6: tuple[tuple[str, str, str], ...] = ()   # (leg inside, IPv6 address, MAC)
+    active: bool = True                     # False: a prepared standby (host-side taps down, unplugged)
+    sync_ip: str = ""                       # conntrack sync leg: this copy's address ("" = no peer)
+    sync_peer: str = ""                     # ... and the peer copy's (the active's or first standby's)
     fip_ids: tuple[str, ...] = ()           # the floating IPs of `fips` (their status is reported)
     network_id: str = ""                    # its external network
     routable_cidrs: tuple[str, ...] = ()    # interface subnets in the external network's address scope
+
+    @property
+    def sync_dev(self) -> str:
+        return SYNC_IFACE_PREFIX + self.router_id[:naming.ID_CHARS]
 
     @property
     def legs(self) -> tuple[Leg, ...]:
@@ -222,6 +252,11 @@ def _leg(port: Port, inner: str, ip: str, sub: Subnet, mtu: int,
     return Leg(port.id, naming.tap_name(port.id), inner, port.mac, f"{ip}/{prefix}", mtu, more)
 
 
+def _here(p: Port, host: str) -> bool:
+    """The port is served (active) or prepared (standby) on `host`."""
+    return p.host == host or host in p.standby
+
+
 def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | None:
     rid = rtr.id
     found = _ipv4(gw_port, v.subnets)
@@ -251,7 +286,7 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
                         routable.add(sub.cidr)
                 elif sub is not None:
                     cidrs6.add(str(ipaddress.ip_network(sub.cidr)))
-        elif p.device_owner == SNAT_OWNER and p.host == host and p.admin_up:
+        elif p.device_owner == SNAT_OWNER and _here(p, host) and p.admin_up:
             got = _ipv4(p, v.subnets)
             v6 = _ipv6(p, v.subnets)
             got = got if got is not None else (v6[0] if v6 else None)
@@ -272,9 +307,11 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
               if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address]
     fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in served}
     gateway6 = next((s.gateway_ip for _, s in gw6 if s.gateway_ip), None)
+    peer = next((h for h in (gw_port.host, *gw_port.standby) if h and h != host), "")
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
                          gateway6, tuple(sorted(cidrs6)), _neighs6(legs, v),
+                         gw_port.host == host, sync_ip(rid, host) if peer else "", sync_ip(rid, peer) if peer else "",
                          fip_ids=tuple(sorted(f.id for f in served)), network_id=gw_port.network_id,
                          routable_cidrs=tuple(sorted(routable)))
 
@@ -326,12 +363,14 @@ def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
     for pid in sorted(v.ports):
         p = v.ports[pid]
         rtr = v.routers.get(p.device_id)
-        if p.device_owner != GW_OWNER or p.host != host or rtr is None or p.network_id not in provider:
+        if p.device_owner != GW_OWNER or not _here(p, host) or rtr is None or p.network_id not in provider:
             continue
         r = _router(rtr, p, v, host)
         if r is None:
             continue
         out.append(r)
+        if not r.active:
+            continue                     # standby: its taps stay off the bridges
         br = naming.bridge_name(p.network_id)
         plugs.add(Plug(r.gw.tap, br, r.gw.mtu))
         fdb.add(Fdb(r.gw.tap, r.gw.mac))
@@ -344,6 +383,7 @@ def nat_ruleset(r: GatewayRouter) -> str:
     """The router namespace's whole `table ip vxnet_nat`, for one `nft -f` transaction (the
     table is declared, deleted and rebuilt in the same transaction: atomic, nothing stale)."""
     qg = r.gw.inner
+    legs = ", ".join(f'"{leg.inner}"' for leg in r.legs)
     # DNAT from any side: from the outside (qg) and, for hairpin, from the router's own
     # subnets (sg- legs: a VM reaching a floating IP of its router, its own included).
     pre = [f'ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
@@ -369,6 +409,12 @@ def nat_ruleset(r: GatewayRouter) -> str:
             # Why: the external MTU is larger than the tenant one (1500 vs 1450, KERNEL-NOTES §5).
             + chain("mss", "type filter hook forward priority mangle; policy accept;",
                     ["tcp flags syn tcp option maxseg size set rt mtu"])
+            # Why: nothing listens in a gateway namespace. A packet of an established flow that
+            # reaches a gateway without its conntrack entry (a takeover before the state synced,
+            # a reply to the SNAT address) would be delivered locally and answered with a RST,
+            # killing the flow; dropped, it is retransmitted once the entry exists.
+            + chain("local", "type filter hook input priority filter; policy accept;",
+                    [f"iifname {{ {legs} }} meta l4proto {{ tcp, udp }} drop"])
             + "}\n")
 
 

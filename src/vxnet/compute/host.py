@@ -8,7 +8,7 @@ Contract:
   view is parsed) and the host's fixed `HostSpec`. It returns `HostDesired`: the L2 state of
   the host with every feature's L2 part merged in (`l2`: what the L2 reconciler converges, so it
   owns every bridge-level entry), and each feature's own desired state (`firewall`, `routing`,
-  `dhcp`, `gateway`, `qos`; the gateway part is empty on hosts started without `--gateway`).
+  `dhcp`, `gateway`, `qos`, `metadata`; the gateway part is empty on hosts started without `--gateway`).
 - `HostComputer(spec).compute(view)` returns exactly `compute_host(view, spec)` (tested on random
   histories) while recomputing only what changed: L2 and DHCP per network (`L2Cache`,
   `DhcpCache`), the firewall, routing, gateway and QoS parts when one of the view buckets they read
@@ -28,6 +28,7 @@ from vxnet.compute.firewall import Firewall, compute_firewall
 from vxnet.compute.gateway import GatewayDesired, compute_gateway
 from vxnet.compute.l2 import L2Cache, compute_l2
 from vxnet.compute.memo import IdentityMemo
+from vxnet.compute.metadata import MetadataState, compute_metadata
 from vxnet.compute.qos import QosState, compute_qos
 from vxnet.compute.routing import RoutingState, compute_routing
 from vxnet.compute.state import HostState, merge
@@ -38,6 +39,7 @@ FIREWALL_INPUTS = ("networks", "subnets", "ports", "security_groups", "security_
 ROUTING_INPUTS = ("networks", "subnets", "ports", "routers")
 GATEWAY_INPUTS = ("networks", "subnets", "ports", "routers", "floatingips")
 QOS_INPUTS = ("networks", "ports", "qos_policies")
+METADATA_INPUTS = ("networks", "ports")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +63,13 @@ class HostDesired:
     dhcp: DhcpState = dataclasses.field(default_factory=DhcpState)
     gateway: GatewayDesired = dataclasses.field(default_factory=GatewayDesired)
     qos: QosState = dataclasses.field(default_factory=QosState)
+    metadata: MetadataState = dataclasses.field(default_factory=MetadataState)
 
     @property
     def features(self) -> dict[str, Any]:
         """Feature name -> its desired state (the agent's features are named like the fields)."""
         return {"gateway": self.gateway, "routing": self.routing, "firewall": self.firewall, "dhcp": self.dhcp,
-                "qos": self.qos}
+                "qos": self.qos, "metadata": self.metadata}
 
 
 def _gateway(v: View, spec: HostSpec) -> GatewayDesired:
@@ -74,9 +77,11 @@ def _gateway(v: View, spec: HostSpec) -> GatewayDesired:
 
 
 def _assemble(overlay: HostState, fw: Firewall, routing: RoutingState, dhcp: DhcpState,
-              gateway: GatewayDesired, qos: QosState) -> HostDesired:
+              gateway: GatewayDesired, qos: QosState, metadata: MetadataState | None = None) -> HostDesired:
     # The firewall and QoS act on taps and own no bridge port: no L2 part.
-    return HostDesired(merge([overlay, routing.l2, dhcp.l2, gateway.l2]), fw, routing, dhcp, gateway, qos)
+    meta = metadata or MetadataState()
+    return HostDesired(merge([overlay, routing.l2, dhcp.l2, gateway.l2, meta.l2]), fw, routing, dhcp, gateway, qos,
+                       meta)
 
 
 def compute_host(view: View | Mapping[str, Mapping[str, Any]], spec: HostSpec) -> HostDesired:
@@ -84,7 +89,7 @@ def compute_host(view: View | Mapping[str, Mapping[str, Any]], spec: HostSpec) -
     v = as_view(view)
     return _assemble(compute_l2(v, spec.host, spec.underlay_ip), compute_firewall(v, spec.host),
                      compute_routing(v, spec.host), compute_dhcp(v, spec.host, spec.dhcp_lease_time),
-                     _gateway(v, spec), compute_qos(v, spec.host))
+                     _gateway(v, spec), compute_qos(v, spec.host), compute_metadata(v, spec.host))
 
 
 class HostComputer:
@@ -119,7 +124,9 @@ class HostComputer:
             "gateway", tuple(v.bucket(k) for k in GATEWAY_INPUTS), lambda: _gateway(v, spec)))
         qos = timed("qos", lambda: self._parts.get(
             "qos", tuple(v.bucket(k) for k in QOS_INPUTS), lambda: compute_qos(v, spec.host)))
+        meta = timed("metadata", lambda: self._parts.get(
+            "metadata", tuple(v.bucket(k) for k in METADATA_INPUTS), lambda: compute_metadata(v, spec.host)))
         self.timings = t
         self._merged.begin()
-        return self._merged.get("all", (overlay, fw, routing, dhcp, gateway, qos),
-                                lambda: _assemble(overlay, fw, routing, dhcp, gateway, qos))
+        return self._merged.get("all", (overlay, fw, routing, dhcp, gateway, qos, meta),
+                                lambda: _assemble(overlay, fw, routing, dhcp, gateway, qos, meta))

@@ -35,11 +35,14 @@ VXLAN_PORT = 4789
 # Features' service ports (`service_port_name` kinds) and their other devices.
 DHCP_KIND = "d"                       # vxpd<network>: the DHCP responder's bridge side
 ROUTER_KIND = "r"                     # vxpr<port>: a router namespace's leg, bridge side
+METADATA_KIND = "m"                   # vxpm<network>: the metadata veth, bridge side
+METADATA_DEVICE_PREFIX = "vxmd"       # vxmd<network>: the metadata veth, in the metadata namespace
 DHCP_DEVICE_PREFIX = "vxdr"           # vxdr<network>: the DHCP responder's host side
 QOS_IFB_PREFIX = "vxqi"               # vxqi<port>: the IFB a VM's egress is shaped on (QoS)
 # Namespaces (the host name is part of the name: lab hosts share /run/netns).
 ROUTER_NS_PREFIX = "vxr-"             # vxr-<router>-<host>: distributed router
 SNAT_NS_PREFIX = "vxs-"               # vxs-<router>-<host>: a gateway host's SNAT namespace
+METADATA_NS_PREFIX = "vxm-"           # vxm-<host>: the host's metadata namespace (one per host)
 ROUTER_IFACE_PREFIX = "qr-"           # inside vxr-: a router leg
 GATEWAY_IFACE_PREFIX = "qg-"          # inside vxs-: the external leg
 SNAT_IFACE_PREFIX = "sg-"             # inside vxs-: a leg on a tenant network
@@ -50,6 +53,7 @@ HOST_TABLE = ("arp", "vxnet_host")    # the host guard
 DHCP_TABLE = ("bridge", "vxnet_dhcp") # DHCP steering
 NAT_TABLE = ("ip", "vxnet_nat")       # inside vxs- namespaces
 QOS_TABLE = ("bridge", "vxnet_qos")   # QoS DSCP marking
+METADATA_TABLE = ("bridge", "vxnet_meta")   # metadata steering
 # tc objects the QoS feature owns (on VM taps and its IFBs): a root qdisc with this handle, and
 # on the tap's ingress qdisc a filter with this preference (the ingress qdisc itself is ffff:).
 QOS_QDISC_HANDLE = "7671:"

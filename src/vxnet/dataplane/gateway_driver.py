@@ -25,6 +25,13 @@ Contract:
   `conntrack -D`: pyroute2 0.9.7's conntrack delete sends only an original tuple, so "every
   entry whose reply destination is X" needs a dump, a filter and one delete per entry, which
   conntrack-tools does in C; it runs only when a floating IP moves or goes.
+- A standby router (`r.active` False) is built the same, but the host side of its legs is
+  kept down and off any bridge (so the namespace answers nothing) and it sends no gratuitous
+  ARP; a router that becomes active (promoted) announces its addresses at once (its taps are
+  brought up here; the L2 pass plugs them).
+- A router with a sync address gets its conntrack-sync leg: a macvlan (bridge mode) of the
+  host's underlay interface moved into the namespace, IPv6 on it alone (`sync_ip`/48, no
+  link-local, no DAD); conntrackd (dataplane/ctsync.py) talks to the peer copy over it.
 - `delete_stale(keep)` deletes this host's SNAT namespaces not in `keep` (a veth dies with its
   namespace, so the host-side taps go too).
 - Every method raises `GatewayError` on a kernel failure; the feature reports the router as
@@ -47,6 +54,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import naming
 from vxnet.compute.gateway import (
+    SYNC_PLEN,
     ExternalBridge,
     GatewayRouter,
     Leg,
@@ -71,7 +79,12 @@ IFF_UP = 0x1
 SYSCTLS = (("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/default/accept_dad", "0"),
            ("net/ipv6/conf/all/accept_dad", "0"), ("net/ipv6/conf/default/accept_ra", "0"),
            ("net/ipv6/conf/default/ndisc_notify", "1"), ("net/ipv6/conf/all/disable_ipv6", "0"),
-           ("net/ipv6/conf/default/disable_ipv6", "0"), ("net/ipv6/conf/all/forwarding", "1"))
+           ("net/ipv6/conf/default/disable_ipv6", "0"), ("net/ipv6/conf/all/forwarding", "1"),
+           # HA: a flow that moves between gateways (takeover, failback) arrives with sequence
+           # numbers beyond the window of a stale or synced entry; window tracking would mark
+           # it INVALID (no NAT): loose tracking, as conntrackd's documentation advises for
+           # failover.
+           ("net/netfilter/nf_conntrack_tcp_be_liberal", "1"), ("net/netfilter/nf_conntrack_tcp_loose", "1"))
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
 
@@ -81,6 +94,17 @@ class GatewayError(Exception):
 
 def _write_sysctls() -> None:
     for key, value in SYSCTLS:
+        try:
+            with open("/proc/sys/" + key, "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            if not key.startswith("net/netfilter/"):   # conntrack not loaded yet: the NAT table loads it
+                raise
+
+
+def _sync_sysctls(dev: str) -> None:
+    """IPv6 on the sync leg only, without a link-local address (only the derived one)."""
+    for key, value in ((f"net/ipv6/conf/{dev}/addr_gen_mode", "1"), (f"net/ipv6/conf/{dev}/disable_ipv6", "0")):
         with open("/proc/sys/" + key, "w") as f:
             f.write(value)
 
@@ -106,8 +130,9 @@ class GatewayDriver:
     """Netlink (pyroute2) for links, addresses, routes and namespaces, libnftables for the NAT
     table, raw AF_PACKET for gratuitous ARP; only conntrack deletion runs a program."""
 
-    def __init__(self, host_netns: str | None = None) -> None:
+    def __init__(self, host_netns: str | None = None, underlay_ip: str | None = None) -> None:
         self.host_netns = host_netns
+        self.underlay_ip = underlay_ip
         self._host_ipr: IPRoute | None = None
         self.conntrack = shutil.which("conntrack")
 
@@ -206,8 +231,9 @@ class GatewayDriver:
         return True
 
     def _ensure_leg(self, ns: str, ipr: IPRoute, leg: Leg, host_links: dict[str, dict],
-                    ns_links: dict[str, dict]) -> bool:
-        """The veth pair with MAC/MTU/up; True if it was (re)created."""
+                    ns_links: dict[str, dict], active: bool = True) -> bool:
+        """The veth pair with MAC/MTU/up (the host side down on a standby); True if it was
+        (re)created."""
         host = self.host_ipr
         created = False
         if leg.tap not in host_links or leg.inner not in ns_links:
@@ -226,8 +252,12 @@ class GatewayDriver:
             self._do(f"set {leg.inner}", lambda: ipr.link("set", index=inner["index"], address=leg.mac,
                                                           mtu=leg.mtu, state="up"))
         tap = host_links[leg.tap]
-        if created or tap.get("mtu") != leg.mtu or not tap.get("up"):
+        if active and (created or tap.get("mtu") != leg.mtu or not tap.get("up")):
             self._do(f"set {leg.tap}", lambda: host.link("set", index=tap["index"], mtu=leg.mtu, state="up"))
+        elif not active and (created or tap.get("up") or tap.get("master")):
+            # a standby: off the bridge and down, so nothing reaches the namespace (no ARP answer)
+            self._do(f"set {leg.tap} down", lambda: host.link("set", index=tap["index"], mtu=leg.mtu,
+                                                              state="down", master=0))
         return created
 
     def _ensure_addrs(self, ipr: IPRoute, dev: str, index: int, wanted: set[str]) -> None:
@@ -278,6 +308,40 @@ class GatewayDriver:
                 subprocess.run(["ip", "netns", "exec", ns, self.conntrack, "-D", *args], capture_output=True,
                                check=False)
 
+    def _underlay_dev(self) -> int:
+        """Index of the host interface holding the underlay address."""
+        for a in self.host_ipr.get_addr(family=2):
+            if a.get("IFA_ADDRESS") == self.underlay_ip:
+                return int(a["index"])
+        raise GatewayError(f"no interface holds the underlay address {self.underlay_ip}")
+
+    def _ensure_sync_leg(self, ns: str, ipr: IPRoute, r: GatewayRouter, ns_links: dict[str, dict]) -> None:
+        """A macvlan of the underlay interface in the namespace, with only `r.sync_ip` (IPv6,
+        no link-local, no DAD): conntrackd's channel to the router's copy on the peer host."""
+        dev = r.sync_dev
+        if dev not in ns_links:
+            host = self.host_ipr
+            parent = self._underlay_dev()
+            self._do(f"macvlan {dev}", lambda: host.link("add", ifname=dev, kind="macvlan", link=parent,
+                                                         macvlan_mode="bridge"), (errno.EEXIST,))
+            idx = host.link_lookup(ifname=dev)
+            if idx:
+                self._do(f"{dev} to {ns}", lambda: host.link("set", index=idx[0], net_ns_fd=ns))
+            in_netns(ns, lambda: _sync_sysctls(dev))
+            found = ipr.link_lookup(ifname=dev)
+            if not found:
+                raise GatewayError(f"{ns}: {dev} missing after creation")
+            ns_links[dev] = {"index": found[0], "up": False}
+        index = ns_links[dev]["index"]
+        have = {a.get("IFA_ADDRESS") for a in ipr.get_addr(family=10, index=index)}
+        if have != {r.sync_ip}:
+            for a in have - {r.sync_ip}:
+                self._do(f"del {a}", lambda a=a: ipr.addr("del", index=index, address=a, prefixlen=SYNC_PLEN), _GONE)
+            self._do(f"{dev} {r.sync_ip}", lambda: ipr.addr("replace", index=index, address=r.sync_ip,
+                                                            prefixlen=SYNC_PLEN, flags=IFA_F_NODAD), (errno.EEXIST,))
+        if not ns_links[dev].get("up"):
+            self._do(f"{dev} up", lambda: ipr.link("set", index=index, state="up"))
+
     # -- one router -----------------------------------------------------------------------
     def apply_router(self, r: GatewayRouter, previous: GatewayRouter | None) -> bool:
         """Converge `r`'s namespace (see the module contract); True if it was (re)created."""
@@ -300,13 +364,13 @@ class GatewayDriver:
         ns_links = _links(ipr)
         if not ns_links.get("lo", {}).get("up", True):
             self._do(f"{ns} lo up", lambda: ipr.link("set", index=ns_links["lo"]["index"], state="up"))
-        wanted_inner = {leg.inner for leg in r.legs} | {"lo"}
+        wanted_inner = {leg.inner for leg in r.legs} | {"lo"} | ({r.sync_dev} if r.sync_ip else set())
         for name in sorted(set(ns_links) - wanted_inner):
             # a removed snat leg (its tap goes too)
             self._do(f"del {name}", lambda name=name: ipr.link("del", index=ns_links[name]["index"]), _GONE)
         gw_new = False
         for leg in r.legs:
-            new = self._ensure_leg(ns, ipr, leg, host_links, ns_links)
+            new = self._ensure_leg(ns, ipr, leg, host_links, ns_links, r.active)
             gw_new = gw_new or (new and leg is r.gw)
             extra = {f"{f.floating_ip}/32" for f in r.fips} if leg is r.gw else set()
             self._ensure_addrs(ipr, leg.inner, ns_links[leg.inner]["index"], set(leg.cidrs) | extra)
@@ -314,6 +378,8 @@ class GatewayDriver:
         neighs = tuple(NsNeigh(dev, ip, mac) for dev, ip, mac in r.neighs6)
         self._do(f"{ns} IPv6 neighbours", lambda: converge_neighs(
             ipr, neighs, {leg.inner: ns_links[leg.inner]["index"] for leg in r.snat_legs}, naming.SNAT_IFACE_PREFIX))
+        if r.sync_ip:
+            self._ensure_sync_leg(ns, ipr, r, ns_links)
         if created or previous is None or nat_ruleset(previous) != nat_ruleset(r) or gw_new:
             err = in_netns(ns, lambda: _nft_in_thread(nat_ruleset(r)))
             if err is not None:
@@ -327,7 +393,14 @@ class GatewayDriver:
         self._forget_flows(ns, [(ip, fixed) for ip, fixed in old.items() if new.get(ip) != fixed])
         # Unsolicited ARP so the external network learns where the addresses live now (a
         # gateway moved to this host, or a floating IP moved here). Not waited for.
-        garp = [r.gw_ip, *new] if created or gw_new else [ip for ip in new if old.get(ip) != new[ip]]
+        promoted = r.active and (previous is None or not previous.active)
+        if not r.active:
+            garp = []
+        elif created or gw_new or promoted:
+            garp = [r.gw_ip, *new]
+        else:
+            garp = [ip for ip in new if old.get(ip) != new[ip]]
         if garp:
-            announce(ns, r.gw.inner, r.gw.mac, garp, delays=(0.0, 0.5, 1.0))
+            # a takeover: the first at once (the external switch learns the MAC's new port)
+            announce(ns, r.gw.inner, r.gw.mac, garp, delays=(0.0, 0.2, 0.5, 1.0) if promoted else (0.0, 0.5, 1.0))
         return created or gw_new

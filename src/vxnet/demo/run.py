@@ -3,7 +3,8 @@
 Steps (each printed as it happens): a server on the embedded store and a lab of 3 compute hosts
 and 1 gateway host with real agents, an external network with a client outside the cloud
 (`vxnet lab up --gateways 1 --external`); the two tenants' topologies (scenario.py) through the
-public API; the VMs (the lab plays Nova); every VM's port ACTIVE; the matrix (matrix.py).
+public API; the VMs (the lab plays Nova), namespaces and one QEMU guest per tenant (guest.py);
+every VM's port ACTIVE; the matrix (matrix.py).
 Everything lives under the data directory (the lab's state, the store, logs, clouds.yaml) or
 under the lab prefix `vxl` (namespaces, links, processes), and all of it is removed at the end,
 also when a step fails or on Ctrl-C.
@@ -22,7 +23,7 @@ from typing import Any
 import httpx
 
 from vxnet.config import load_config
-from vxnet.demo import matrix, scenario
+from vxnet.demo import guest, matrix, scenario
 from vxnet.demo.matrix import Cell
 from vxnet.store.secure_files import private_dir, write_private
 
@@ -168,6 +169,7 @@ def run(sample_config: str, data_dir: str, listen: str, check: bool, echo: Calla
         for user, (password, project) in scenario.TENANTS.items():
             with scenario.login(url, user, password, project) as api:
                 tenants[user] = scenario.build_tenant(api, user, public, lambda m: echo("      " + m))
+                guest.create_port(api, tenants[user], public)
         echo("[4/5] VMs: namespaces plugged like Nova's taps, ports bound to their hosts")
         for t in tenants.values():
             for vm in scenario.VMS:
@@ -176,18 +178,22 @@ def run(sample_config: str, data_dir: str, listen: str, check: bool, echo: Calla
                 topology.vm_ipv6(t.vm(vm), f"{ip6}/64", t.gateways6[vm])
             # the outside routes the tenant's prefix to its router (IPv6 is routed, not NATed)
             topology.outside_route6(scenario.V6_PREFIX[t.user], t.gateway_ip6)
+        echo("      and one real QEMU guest per tenant (its own DHCP client) ...")
+        guests = {u: guest.boot(t) for u, t in tenants.items()}
         wait_active(admin, [p for t in tenants.values() for p in t.ports.values()])
         for t in tenants.values():
             for vm in scenario.VMS:
                 services.append(matrix.start_service(topology.vm_ns(t.vm(vm)), f"{t.user}/{vm}", [22, 80]))
         outside = topology.external_client_ns()
         services.append(matrix.start_service(outside, "outside", [8080]))
-        echo(f"      {sum(len(t.ports) for t in tenants.values())} VMs ACTIVE ({time.time() - t0:.1f} s since start)")
+        echo(f"      {sum(len(t.ports) for t in tenants.values())} VMs ACTIVE, {len(guests)} of them QEMU guests "
+             f"({time.time() - t0:.1f} s since start)")
         echo("[5/5] the matrix, with real packets")
         script = data / "udhcpc-report.sh"
         script.write_text(matrix.DHCP_SCRIPT)
         script.chmod(0o755)
         cells = [c for t in tenants.values() for c in cells_for(t, outside, topology.vm_ns, str(script))]
+        cells += [c for u, t in tenants.items() for c in guest.cells(t, guests[u], outside)]
         add_traces(cells, url, admin.headers["X-Auth-Token"])
         print_matrix(cells, echo)
         bad = [c for c in cells if not c.ok]

@@ -2,8 +2,9 @@
 
 State lives in `state_dir()/state.json` (default /run/vxnet-lab, `VXNET_LAB_DIR` overrides):
 the processes the lab started (by PID, with their command line to recognise them), the server
-URLs, the admin credentials from the config, and the VMs. `down()` kills only those PIDs (after
-checking their command line), then removes every namespace and link with the lab prefix, so
+URLs, the admin credentials from the config, and the VMs (namespaces, or QEMU guests with their
+QEMU PID: lab/qemu.py, recorded before QEMU starts). `down()` kills only those PIDs (after
+checking their command line; QEMU guests first), then removes every namespace and link with the lab prefix, so
 it also cleans up after a crash that lost the state file.
 """
 
@@ -22,7 +23,7 @@ import httpx
 
 from vxnet.compute import naming
 from vxnet.config import load_config
-from vxnet.lab import topology
+from vxnet.lab import nova_metadata, topology
 from vxnet.store.secure_files import write_private
 
 
@@ -188,6 +189,8 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
         st["url"] = f"http://{lhost or '127.0.0.1'}:{lport}"
         st["mgmt_url"] = f"http://{listen_mgmt}"
         start_server(st)
+    nova_metadata.prepare(st, state_dir(), topology.MGMT_SERVER_IP)
+    start_nova_metadata(st)
     save_state(st)
     for i in range(1, hosts + gateways + 1):
         start_agent(st, topology.host_name(i))
@@ -203,6 +206,21 @@ def start_server(st: dict[str, Any]) -> int:
     save_state(st)
     _wait_http(st["url"])
     return st["server_pid"]
+
+
+def start_nova_metadata(st: dict[str, Any]) -> int:
+    """Start the lab's Nova metadata endpoint (again; lab/nova_metadata.py) and wait until it answers."""
+    st["nova_metadata"]["pid"] = _spawn(nova_metadata.command(st, state_dir()), "nova-metadata.log")
+    save_state(st)
+    _wait_http(st["nova_metadata"]["url"])
+    return int(st["nova_metadata"]["pid"])
+
+
+def stop_nova_metadata(st: dict[str, Any], sig: int = signal.SIGTERM) -> None:
+    """Stop the lab's Nova metadata endpoint (by its PID)."""
+    pid = (st.get("nova_metadata") or {}).get("pid")
+    if pid:
+        _kill(pid, nova_metadata.MARKER, sig)
 
 
 def stop_server(st: dict[str, Any], sig: int = signal.SIGTERM) -> None:
@@ -222,6 +240,12 @@ def control_socket(host: str) -> str:
     return os.path.join(state_dir(), f"agent-{host}.sock")
 
 
+def bfd_dir(host: str) -> str:
+    """Where a lab host's bfdd keeps its sockets (`--bfd`): traversable by FRR's user, unlike a
+    test's private state directory; `tools/sandbox` gives every sandbox its own."""
+    return f"/run/vxnet-lab/bfd-{host}"
+
+
 def start_agent(st: dict[str, Any], host: str) -> int:
     """Start (or restart) the agent of `host` inside its namespace."""
     i = _host_index(st, host)
@@ -239,7 +263,10 @@ def start_agent(st: dict[str, Any], host: str) -> int:
     cmd = ["nsenter", f"--net=/run/netns/{topology.host_ns(i)}", *_python_cmd(
         "agent", "--server", st["mgmt_url"], "--host", host, "--underlay-ip", topology.underlay_ip(i),
         "--user", u["name"], "--password", u["password"], "--project", u["project"], *gw_args,
-        "--control-socket", control_socket(host), *st.get("agent_args", []))]
+        "--control-socket", control_socket(host), *nova_metadata.agent_args(st, state_dir()),
+        *st.get("agent_args", []))]
+    if "--bfd" in st.get("agent_args", []):
+        cmd += ["--bfd-dir", bfd_dir(host)]
     pid = _spawn(cmd, f"agent-{host}.log")
     st["agents"][host] = pid
     save_state(st)
@@ -265,8 +292,16 @@ def _api(st: dict[str, Any]) -> httpx.Client:
     return httpx.Client(base_url=urls[-1] + "/v2.0", headers={"X-Auth-Token": token(st, urls[-1])}, timeout=10)
 
 
-def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, Any]:
-    """A VM namespace plugged like Nova would (tap named after the port), then the port bound."""
+def vm_add(name: str, host: str, port_id: str, bind: bool = True, hostname: str | None = None,
+           user_data: bytes | None = None, ssh_key: str | None = None, qemu: bool = False,
+           cloud: bool = False) -> dict[str, Any]:
+    """A VM plugged like Nova would (tap named after the port), then the port bound (device_id =
+    the VM's instance id at the lab's Nova metadata endpoint, which serves its hostname, user
+    data and SSH key).
+
+    By default the VM is a namespace whose eth0 has the port's address; with `qemu`, a real
+    guest (lab/qemu.py) on a tap that QEMU creates, taking its address by DHCP; `cloud` boots the
+    Debian cloud-init image instead of the busybox one."""
     st = load_state()
     i = _host_index(st, host)
     if name in st["vms"] or os.path.exists(f"/run/netns/{topology.vm_ns(name)}"):
@@ -279,6 +314,9 @@ def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, A
             raise LabError(f"port {port_id}: {r.status_code} {r.text}")
         port = r.json()["port"]
         net = api.get(f"/networks/{port['network_id']}").json()["network"]
+        if qemu or cloud:
+            return _qemu_vm_add(st, name, host, i, port, int(net.get("mtu") or 1450), bind, cloud,
+                                (hostname, user_data, ssh_key), api)
         cidr_ip, gateway = None, None
         for fip in port.get("fixed_ips") or ():
             sub = api.get(f"/subnets/{fip['subnet_id']}").json().get("subnet") or {}
@@ -289,18 +327,72 @@ def vm_add(name: str, host: str, port_id: str, bind: bool = True) -> dict[str, A
         topology.add_vm(name, topology.host_ns(i), naming.tap_name(port_id), port["mac_address"], cidr_ip,
                         int(net.get("mtu") or 1450), gateway=gateway)
         st["vms"][name] = {"host": host, "port": port_id, "ip": cidr_ip, "gateway": gateway}
+        if st.get("nova_metadata"):
+            st["vms"][name]["instance_id"] = nova_metadata.register(
+                state_dir(), name, port, cidr_ip, int(net.get("mtu") or 1450), hostname, user_data, ssh_key)
         save_state(st)
         if bind:
-            bind_port(st, port_id, host, api)
+            bind_port(st, port_id, host, api, st["vms"][name].get("instance_id"))
     return st["vms"][name]
 
 
-def bind_port(st: dict[str, Any], port_id: str, host: str, api: httpx.Client | None = None) -> None:
-    """Set binding:host_id (what Nova does when it starts or migrates a VM)."""
+def _qemu_vm_add(st: dict[str, Any], name: str, host: str, i: int, port: dict[str, Any], mtu: int, bind: bool,
+                 cloud: bool, meta: tuple[str | None, bytes | None, str | None], api: httpx.Client) -> dict[str, Any]:
+    from vxnet.lab import qemu
+
+    ips = [f["ip_address"] for f in port.get("fixed_ips") or () if ":" not in f["ip_address"]]
+    vm: dict[str, Any] = {"host": host, "port": port["id"], "ip": ips[0] if ips else None, "gateway": None,
+                          "qemu": {"cloud": cloud}}
+    st["vms"][name] = vm   # recorded before the process exists: `lab down` after a crash finds it
+    if st.get("nova_metadata"):
+        vm["instance_id"] = nova_metadata.register(state_dir(), name, port, vm["ip"], mtu, *meta)
+    save_state(st)
+    try:
+        vm["qemu"] = qemu.start(name, state_dir(), topology.host_ns(i), naming.tap_name(port["id"]),
+                                port["mac_address"], mtu, cloud=cloud)
+    except qemu.GuestError as e:
+        st["vms"].pop(name, None)
+        if st.get("nova_metadata"):
+            nova_metadata.unregister(state_dir(), name)
+        save_state(st)
+        raise LabError(str(e)) from None
+    save_state(st)
+    if bind:
+        bind_port(st, port["id"], host, api, vm.get("instance_id"))
+    return vm
+
+
+def _qemu_stop(name: str, vm: dict[str, Any]) -> None:
+    from vxnet.lab import qemu
+
+    q = vm.get("qemu") or {}
+    if q.get("pid"):
+        qemu.stop(int(q["pid"]), name)
+    qemu.cleanup_files(state_dir(), name)
+
+
+def vm_console(name: str) -> str:
+    """The console log of QEMU guest `name`."""
+    vm = load_state()["vms"].get(name)
+    if vm is None:
+        raise LabError(f"no VM {name}")
+    if not vm.get("qemu"):
+        raise LabError(f"{name} is a namespace VM: it has no console")
+    try:
+        with open(vm["qemu"]["console"], errors="replace") as f:
+            return f.read()
+    except (KeyError, FileNotFoundError):
+        return ""
+
+
+def bind_port(st: dict[str, Any], port_id: str, host: str, api: httpx.Client | None = None,
+              device_id: str | None = None) -> None:
+    """Set binding:host_id (what Nova does when it starts or migrates a VM), and the instance id."""
     own = api is None
     api = api or _api(st)
+    body = {"binding:host_id": host, "device_owner": "compute:nova", **({"device_id": device_id} if device_id else {})}
     try:
-        r = api.put(f"/ports/{port_id}", json={"port": {"binding:host_id": host, "device_owner": "compute:nova"}})
+        r = api.put(f"/ports/{port_id}", json={"port": body})
         if r.status_code != 200:
             raise LabError(f"binding port {port_id} to {host}: {r.status_code} {r.text}")
     finally:
@@ -314,6 +406,8 @@ def vm_migrate(name: str, host: str) -> None:
     vm = st["vms"].get(name)
     if vm is None:
         raise LabError(f"no VM {name}")
+    if vm.get("qemu"):
+        raise LabError(f"{name} is a QEMU guest: the lab migrates namespace VMs only")
     new, old = _host_index(st, host), _host_index(st, vm["host"])
     with _api(st) as api:
         port = api.get(f"/ports/{vm['port']}").json()["port"]
@@ -327,12 +421,37 @@ def vm_migrate(name: str, host: str) -> None:
 
 def vm_del(name: str) -> None:
     st = load_state()
-    st["vms"].pop(name, None)
-    topology.del_vm(name)
+    vm = st["vms"].pop(name, None)
+    if st.get("nova_metadata"):
+        nova_metadata.unregister(state_dir(), name)
+    if vm and vm.get("qemu"):
+        _qemu_stop(name, vm)   # its tap goes with the process
+    else:
+        topology.del_vm(name)
     save_state(st)
 
 
-def vm_exec(name: str, cmd: list[str]) -> int:
+def vm_exec(name: str, cmd: list[str], timeout: float = 120.0) -> int:
+    """Run `cmd` in VM `name` (its output goes to our stdout); returns its exit code.
+
+    In a QEMU guest the words are joined into one shell command line (quoted) for the guest's
+    `sh`, over the command channel; stderr comes back joined to stdout."""
+    try:
+        vm = load_state()["vms"].get(name) or {}
+    except LabError:
+        vm = {}
+    if vm.get("qemu"):
+        import shlex
+
+        from vxnet.lab import qemu
+
+        try:
+            rc, out = qemu.exec_(vm["qemu"]["ctl"], cmd[0] if len(cmd) == 1 else shlex.join(cmd), timeout)
+        except (qemu.GuestError, KeyError) as e:
+            raise LabError(f"{name}: {e}") from None
+        sys.stdout.buffer.write(out)
+        sys.stdout.flush()
+        return rc
     if not os.path.exists(f"/run/netns/{topology.vm_ns(name)}"):
         raise LabError(f"no VM {name}")
     return subprocess.call(["ip", "netns", "exec", topology.vm_ns(name), *cmd])
@@ -346,7 +465,13 @@ def _remove_router_namespaces() -> None:
     r = topology.sh(["ip", "netns", "list"], check=False)
     for line in r.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if re.fullmatch(r"vx[rs]-[0-9a-f-]{11}-h\d+", name):   # vxs-: gateway (SNAT) namespaces
+        if re.fullmatch(r"vx[rs]-[0-9a-f-]{11}-h\d+", name) or re.fullmatch(r"vxm-h\d+", name):
+            # vxs-: gateway (SNAT) namespaces; vxm-: metadata namespaces
+            # their daemons (conntrackd, agent --bfd) first: a process keeps a deleted namespace alive
+            pids = topology.sh(["ip", "netns", "pids", name], check=False).stdout.split()
+            for pid in pids:
+                if pid.isdigit() and _alive(int(pid), "conntrackd"):
+                    _kill(int(pid), "conntrackd", signal.SIGKILL)
             topology.sh(["ip", "netns", "del", name], check=False)
 
 
@@ -356,10 +481,14 @@ def down(quiet: bool = False) -> None:
         st = load_state()
     except (LabError, ValueError):
         st = {}
+    for name, vm in (st.get("vms") or {}).items():
+        if vm.get("qemu"):
+            _qemu_stop(name, vm)
     for pid in (st.get("agents") or {}).values():
         _kill(pid, "agent")
     if st.get("server_pid"):
         _kill(st["server_pid"], "vxnet.lab.server")
+    stop_nova_metadata(st)
     if st.get("bgp_pid"):
         _kill(st["bgp_pid"], "bgpd")
     topology.teardown()

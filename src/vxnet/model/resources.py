@@ -55,6 +55,7 @@ class Host:
 
     name: str
     underlay_ip: str
+    gateway: bool = False      # its agent runs the gateway feature
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,6 +137,8 @@ class Port:
     revision: int | None = None
     qos_policy_id: str = ""
     subports: tuple[tuple[str, int], ...] = ()   # a trunk parent's (subport id, VLAN id), from trunk_details
+    project_id: str = ""                    # the metadata proxy's X-Tenant-ID
+    standby: tuple[str, ...] = ()           # gateway/snat ports: standby gateway hosts (binding:vif_details)
     ipv4: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv4 fixed IPs
     ipv6: tuple[FixedIp, ...] = dataclasses.field(init=False, compare=False, repr=False)  # IPv6 fixed IPs
 
@@ -237,7 +240,16 @@ def _port(o: Mapping[str, Any]) -> Port:
         security_groups=tuple(dict.fromkeys(o.get("security_groups") or ())),
         port_security=o.get("port_security_enabled") is not False, dns_name=o.get("dns_name") or "",
         status=o.get("status"), revision=int(rev) if rev is not None else None,
-        qos_policy_id=o.get("qos_policy_id") or "", subports=_subports(o.get("trunk_details")))
+        qos_policy_id=o.get("qos_policy_id") or "", subports=_subports(o.get("trunk_details")),
+        project_id=o.get("project_id") or o.get("tenant_id") or "",
+        standby=_standby(o.get("binding:vif_details")))
+
+
+def _standby(details: Any) -> tuple[str, ...]:
+    if not isinstance(details, Mapping):
+        return ()
+    hosts = details.get("ha_standby_hosts")
+    return tuple(str(h) for h in hosts if h) if isinstance(hosts, list) else ()
 
 
 def _subports(details: Any) -> tuple[tuple[str, int], ...]:
@@ -320,7 +332,7 @@ def parse(kind: str, key: str, obj: Any) -> Any:
     if not isinstance(obj, Mapping):
         return obj
     if kind == "hosts":
-        return Host(key, str(obj.get("underlay_ip") or ""))
+        return Host(key, str(obj.get("underlay_ip") or ""), bool(obj.get("gateway")))
     fn = PARSERS.get(kind)
     if fn is None:
         return obj

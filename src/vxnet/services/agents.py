@@ -118,7 +118,7 @@ def register(store: Store, repo: Repo, host: str, reg: Registration, ttl: int) -
         # The key now belongs to the new lease, so revoking the old one deletes nothing.
         store.revoke_lease(live_kv.lease)
     if reg.gateway or (old and (old.get("configurations") or {}).get("gateway")):
-        repo.transact(scheduler.reschedule)  # unscheduled routers get this gateway host
+        repo.transact(lambda uow: scheduler.reschedule(uow, rebalance=True))  # joined/returned: spread
     if bindings.has_failed(store, host):  # ports bound here before this agent was alive
         repo.transact(lambda uow: bindings.rebind_host(uow, host))
     return rec

@@ -12,7 +12,8 @@ What a host sees (the contract of `GET /v2.0/vxnet/hosts/{host}/view`), for host
   ports, the routers of R, the floating IPs of local ports, the security groups of local ports
   and their rules, the member ports of every remote group those rules name, and the `hosts`
   entries ({host, underlay_ip, alive, gateway}) of H and of every host a port of the view is
-  bound to (registered hosts only).
+  bound to (registered hosts only), plus every gateway host's entry (any host may have to
+  re-point its north-south traffic to a router's standby gateway, docs/gateway.md).
 - Every host sees every QoS policy (`qos_policies`, rules embedded): few objects, made by
   admins, that ports and networks name by id; broadcasting them keeps them out of membership.
 
@@ -147,6 +148,8 @@ def full_view(objects: Mapping[str, Mapping[str, Obj]], hosts: Mapping[str, Obj]
     port_ids |= {pid for pid, p in ports.items() if set(p.get("security_groups") or ()) & remote}
     fips = {fid: f for fid, f in objects.get("floatingips", {}).items() if gateway or f.get("port_id") in local}
     host_names = {ports[p].get("binding:host_id") for p in port_ids} | {host}
+    if me is not None:   # a registered host: it also holds every gateway host's entry
+        host_names |= {h for h, e in hosts.items() if e["gateway"]}
     view = empty_view()
     view["networks"] = {n: networks[n] for n in nets if n in networks}
     view["subnets"] = {sid: s for sid, s in objects.get("subnets", {}).items() if s["network_id"] in nets}
@@ -327,6 +330,8 @@ class ViewIndex:
                 fips |= self._fips_by_port.get(p, set())
         host_names = {h for p in port_ids if (h := ports[p].get("binding:host_id"))}
         host_names.add(host)
+        if host in self.hosts:   # registered: it also holds every gateway host's entry
+            host_names |= {h for h, e in self.hosts.items() if e["gateway"]}
         return ({"networks": nets, "subnets": subnets, "ports": port_ids, "routers": r_ids,
                  "floatingips": fips, "security_groups": sgs, "security_group_rules": rules,
                  **{c: set(self.objects[c]) for c in BROADCAST}, "hosts": host_names}, remote)
@@ -435,8 +440,11 @@ class ViewIndex:
                 out.setdefault(h, Message()).set("hosts", name, new, old)
             else:
                 out.setdefault(h, Message()).drop("hosts", name, old)
-        if (old is not None and old["gateway"]) != (new is not None and new["gateway"]) and name in self.members:
-            self._recompute([name], None, out)
+        if (old is not None and old["gateway"]) != (new is not None and new["gateway"]):
+            # every host holds the gateway hosts' entries (and the host's own view changes)
+            self._recompute(list(self.members), None, out)
+        elif (old is None) != (new is None) and name in self.members:
+            self._recompute([name], None, out)   # (un)registered: gateway entries come or go
 
     def _apply_object(self, coll: str, id_: str, obj: Obj | None, out: dict[str, Message]) -> None:
         old = self.objects[coll].get(id_)
@@ -550,7 +558,7 @@ class ViewIndex:
             refs[before] -= 1
             if refs[before] <= 0:
                 del refs[before]
-                if before != h:
+                if before != h and not (self._gateway(before) and h in self.hosts):   # gateway: kept
                     mem["hosts"].discard(before)
                     _discard_t(self._holders, ("hosts", before), h)
                     if (entry := self.hosts.get(before)) is not None:

@@ -11,7 +11,9 @@ saying which kernel object `--live` must find on which host; and the verdict.
 
 The path model is the data path the agents build (docs/architecture.md):
 source port -> port security (bridge table: `firewall.port_security` names the rule; a client
-->server DHCP frame from a port DHCP steers ends at its network's responder on the host) ->
+->server DHCP frame from a port DHCP steers ends at its network's responder on the host; a
+request to 169.254.169.254 tcp/80 from a served port ends, after its egress security groups, at
+the host's metadata proxy) ->
 egress security groups (frames the port-security chain marked) -> same subnet: the
 network's ARP-suppression entry and FDB entry (local tap or VXLAN to the destination's VTEP);
 other subnet: the distributed router on the source host (connected subnets, extra routes,
@@ -37,6 +39,8 @@ from typing import Any
 
 from vxnet.compute import naming
 from vxnet.compute.firewall import IP_PROTOCOL_MAP, Packet, decide, port_security
+from vxnet.compute.metadata import METADATA_IP, METADATA_PORT
+from vxnet.compute.metadata import NFT_TABLE as METADATA_TABLE
 from vxnet.compute.routing import MAIN_TABLE, RouterNs
 from vxnet.trace.snapshot import Snapshot
 
@@ -506,6 +510,14 @@ def walk(snap: Snapshot, source: str, dst_ip: str, proto: str = "icmp", dport: i
     ended = _port_security(w, host, source, port, pkt)
     if ended is not None:
         return ended
+    if (dst_ip, w.proto, dport) == (METADATA_IP, 6, METADATA_PORT):
+        served = next((p for p in snap.desired(host).metadata.ports if p.port_id == source), None)
+        if served is not None:
+            w.hop(host, f"network {snap.name('networks', net)} on {host}",
+                  f"metadata steering (table bridge {METADATA_TABLE}): destination MAC -> the metadata device, "
+                  f"source -> proxy address {served.proxy_ip} (from the tap, not the packet)")
+            what = f"instance {served.device_id}" if served.device_id else "no device_id: answered 404"
+            return w.done("delivered", f"steered to the metadata proxy on {host} ({what})", "metadata")
     sub = snap.subnet_of(net, src)
     own = _address(port, version)
     if sub is None and own is not None:     # another source address: still its own subnet's gateway
