@@ -343,6 +343,21 @@ def test_new_auto_subnet_addresses_existing_ports_and_delete_takes_them_back(sha
     assert claims(shared_server, s["id"]) == set()
 
 
+def test_bulk_create_of_two_auto_subnets_addresses_existing_ports_on_both(shared_server) -> None:
+    alice = shared_server.api("alice")
+    net = network(alice)
+    p = port(alice, net)
+    r = alice.post("/subnets", json={"subnets": [
+        {"network_id": net["id"], "ip_version": 6, "cidr": "2001:db8:4e:1::/64", "ipv6_address_mode": "slaac"},
+        {"network_id": net["id"], "ip_version": 6, "cidr": "2001:db8:4e:2::/64", "ipv6_address_mode": "dhcpv6-stateless",
+         "ipv6_ra_mode": "dhcpv6-stateless"}]})
+    assert r.status_code == 201, r.text
+    made = r.json()["subnets"]
+    got = ips(alice.get(f"/ports/{p['id']}").json()["port"])
+    assert got == {s["id"]: eui64_address(s["cidr"], p["mac_address"]) for s in made}
+    assert all(claims(shared_server, s["id"]) == {got[s["id"]]} for s in made)
+
+
 def test_other_project_cannot_use_v6_subnet(shared_server) -> None:
     alice, bob = shared_server.api("alice"), shared_server.api("bob")
     net = network(alice)
@@ -412,10 +427,21 @@ def test_router_interfaces_on_v6_subnets_share_one_port(shared_server) -> None:
     assert claims(shared_server, stateful["id"]) == set()
 
 
+def test_address_mode_only_subnet_is_not_for_a_vxnet_router(shared_server) -> None:
+    """Neutron: its RAs come from an outside router, so a Neutron router may not serve it."""
+    alice = shared_server.api("alice")
+    net = network(alice)
+    s = v6(alice, net, "2001:db8:57::/64", ipv6_address_mode="slaac")
+    rtr = router(alice)
+    assert_error(add_intf(alice, rtr["id"], subnet_id=s["id"]), 400, None,
+                 "configured to receive RAs from an external router cannot be added to Neutron Router")
+    assert claims(shared_server, s["id"]) == set()
+
+
 def test_router_port_keeps_out_of_new_auto_subnet_and_blocks_its_delete(shared_server) -> None:
     alice = shared_server.api("alice")
     net = network(alice)
-    s1 = v6(alice, net, "2001:db8:52::/64", ipv6_address_mode="dhcpv6-stateful")
+    s1 = v6(alice, net, "2001:db8:52::/64", ipv6_address_mode="dhcpv6-stateful", ipv6_ra_mode="dhcpv6-stateful")
     rtr = router(alice)
     pid = add_intf(alice, rtr["id"], subnet_id=s1["id"]).json()["port_id"]
     s2 = v6(alice, net, "2001:db8:53::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
@@ -446,6 +472,22 @@ def test_gateway_on_dual_stack_external_network_gets_both_addresses(shared_serve
     assert r2["external_gateway_info"]["external_fixed_ips"] == [{"subnet_id": s6b["id"], "ip_address": "2001:db8:ef::2"}]
 
 
+def test_gateway_fixed_ips_change_keeps_the_eui64_address(shared_server) -> None:
+    admin = shared_server.api("admin")
+    ext, s4, s6 = external_dual_stack(admin)
+    rtr = router(admin, external_gateway_info={"network_id": ext["id"]})
+    before = {ip["subnet_id"]: ip["ip_address"] for ip in rtr["external_gateway_info"]["external_fixed_ips"]}
+    r = admin.put(f"/routers/{rtr['id']}", json={"router": {"external_gateway_info": {
+        "network_id": ext["id"], "external_fixed_ips": [{"subnet_id": s4["id"], "ip_address": "203.0.113.77"}]}}})
+    assert r.status_code == 200, r.text
+    after = {ip["subnet_id"]: ip["ip_address"] for ip in r.json()["router"]["external_gateway_info"]["external_fixed_ips"]}
+    assert after == {s4["id"]: "203.0.113.77", s6["id"]: before[s6["id"]]}
+    assert_error(admin.put(f"/routers/{rtr['id']}", json={"router": {"external_gateway_info": {
+        "network_id": ext["id"], "external_fixed_ips": [{"subnet_id": s6["id"], "ip_address": "2001:db8:ee::5"}]}}}),
+        400, "InvalidInput", "automatic addresses")
+    assert claims(shared_server, s4["id"]) == {"203.0.113.77"} and claims(shared_server, s6["id"]) == {before[s6["id"]]}
+
+
 def test_floating_ips_stay_ipv4(shared_server) -> None:
     admin, alice = shared_server.api("admin"), shared_server.api("alice")
     ext, s4, s6 = external_dual_stack(admin)
@@ -459,7 +501,7 @@ def test_floating_ips_stay_ipv4(shared_server) -> None:
     assert claims(shared_server, s6["id"]) == set() and claims(shared_server, s4["id"]) == set()
     # a port with IPv6 addresses only cannot take a floating IP; a dual-stack one maps its IPv4 address
     net = network(alice)
-    inner6 = v6(alice, net, "2001:db8:56::/64", ipv6_address_mode="dhcpv6-stateful")
+    inner6 = v6(alice, net, "2001:db8:56::/64", ipv6_address_mode="dhcpv6-stateful", ipv6_ra_mode="dhcpv6-stateful")
     rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
     assert add_intf(alice, rtr["id"], subnet_id=inner6["id"]).status_code == 200
     p6 = port(alice, net)
@@ -553,3 +595,155 @@ def test_host_view_carries_ipv6_to_the_agent(tmp_path) -> None:
         assert {("egress", "IPv6"), ("ingress", "IPv6"), ("egress", "IPv4"), ("ingress", "IPv4")} <= ethertypes
     finally:
         srv.stop()
+
+
+def test_full_stateful_v6_subnet_fails_a_dual_stack_port_without_leaking(shared_server) -> None:
+    """Neutron: every address family the network offers must yield an address."""
+    alice = shared_server.api("alice")
+    net = network(alice)
+    four = subnet(alice, net, "192.0.2.0/24")
+    s = v6(alice, net, "2001:db8:4e::/64", ipv6_address_mode="dhcpv6-stateful",
+           allocation_pools=[{"start": "2001:db8:4e::10", "end": "2001:db8:4e::10"}])
+    port(alice, net)
+    assert_error(alice.post("/ports", json={"port": {"network_id": net["id"]}}), 409, "IpAddressGenerationFailure")
+    assert claims(shared_server, four["id"]) == {"192.0.2.2"} and claims(shared_server, s["id"]) == {"2001:db8:4e::10"}
+
+
+def test_slaac_subnet_added_to_external_network_updates_router_gateways(shared_server) -> None:
+    admin, alice = shared_server.api("admin"), shared_server.api("alice")
+    ext = network(admin, **{"router:external": True})
+    s4 = subnet(admin, ext, "198.51.100.0/24", enable_dhcp=False)
+    rtr = router(alice, external_gateway_info={"network_id": ext["id"]})
+    s6 = v6(admin, ext, "2001:db8:ec::/64", ipv6_address_mode="slaac")
+    gw = admin.get("/ports", params={"device_id": rtr["id"], "device_owner": "network:router_gateway"}).json()["ports"][0]
+    shown = alice.get(f"/routers/{rtr['id']}").json()["router"]["external_gateway_info"]["external_fixed_ips"]
+    assert shown == gw["fixed_ips"] and {ip["subnet_id"] for ip in shown} == {s4["id"], s6["id"]}
+    assert ips(gw)[s6["id"]] == eui64_address(s6["cidr"], gw["mac_address"])
+    assert admin.delete(f"/subnets/{s6['id']}").status_code == 204
+    shown = alice.get(f"/routers/{rtr['id']}").json()["router"]["external_gateway_info"]["external_fixed_ips"]
+    assert [ip["subnet_id"] for ip in shown] == [s4["id"]]
+
+
+def test_only_the_network_owner_may_make_router_owned_ports_on_an_auto_subnet(shared_server) -> None:
+    """The exemption for router interface ports cannot be borrowed: on a network shared with
+    him, another project may not create a port with a `network:*` owner (Neutron's policy)."""
+    admin, alice, bob = shared_server.api("admin"), shared_server.api("alice"), shared_server.api("bob")
+    net = network(alice)
+    s = v6(alice, net, "2001:db8:4f::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    r = admin.post("/rbac-policies", json={"rbac_policy": {"object_type": "network", "object_id": net["id"],
+                                                           "action": "access_as_shared", "target_tenant": "*"}})
+    assert r.status_code == 201, r.text
+    assert_error(bob.post("/ports", json={"port": {"network_id": net["id"], "device_owner": "network:router_interface",
+                                                   "fixed_ips": [{"subnet_id": s["id"], "ip_address": "2001:db8:4f::9"}]}}),
+                 403)
+    assert_error(bob.post("/ports", json={"port": {"network_id": net["id"], "fixed_ips": [
+        {"subnet_id": s["id"], "ip_address": "2001:db8:4f::9"}]}}), 403)  # explicit addresses: network owner only
+    mine = port(bob, net)
+    assert ips(mine) == {s["id"]: eui64_address(s["cidr"], mine["mac_address"])}
+    assert claims(shared_server, s["id"]) == {ips(mine)[s["id"]]}
+
+
+def test_fixed_ips_update_adds_a_missing_auto_address(shared_server) -> None:
+    """Neutron's _update_ips_for_port: a non-router port lacking its EUI-64 address on an
+    auto-address subnet gets it at its next fixed_ips update (here: a former router port)."""
+    admin = shared_server.api("admin")
+    net = network(admin)
+    four = subnet(admin, net, "192.0.2.0/24")
+    s = v6(admin, net, "2001:db8:4d::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac")
+    p = port(admin, net, device_owner="network:router_interface")
+    assert set(ips(p)) == {four["id"]}  # router ports take no automatic address
+    r = admin.put(f"/ports/{p['id']}", json={"port": {"device_owner": "", "fixed_ips": [{"subnet_id": four["id"]}]}})
+    assert r.status_code == 200, r.text
+    assert ips(r.json()["port"]) == {four["id"]: ips(p)[four["id"]], s["id"]: eui64_address(s["cidr"], p["mac_address"])}
+    # and a port created with fixed_ips [] still gets its automatic address (Neutron)
+    q = port(admin, net, fixed_ips=[])
+    assert ips(q) == {s["id"]: eui64_address(s["cidr"], q["mac_address"])}
+
+
+def test_ip_availability_counts_v6(shared_server) -> None:
+    admin = shared_server.api("admin")
+    net = network(admin)
+    s = v6(admin, net, "2001:db8:4f:1::/64", ipv6_address_mode="dhcpv6-stateful", ipv6_ra_mode="dhcpv6-stateful")
+    port(admin, net)
+    got = admin.get(f"/network-ip-availabilities/{net['id']}").json()["network_ip_availability"]
+    assert got["subnet_ip_availability"] == [{"subnet_id": s["id"], "subnet_name": "", "cidr": s["cidr"], "ip_version": 6,
+                                              "total_ips": 2**64 - 2, "used_ips": 1}]
+    listed = admin.get("/network-ip-availabilities", params={"ip_version": 6}).json()["network_ip_availabilities"]
+    assert net["id"] in {n["network_id"] for n in listed}
+
+
+def test_zz_every_claim_is_a_fixed_ip_and_back(shared_server) -> None:
+    """Runs last on the module's server, after every success and error path above: the store's
+    address and MAC claims are exactly the ports' fixed IPs and MACs (nothing leaked, nothing
+    unclaimed)."""
+    admin = shared_server.api("admin")
+    ports = admin.get("/ports").json()["ports"]
+    held = {(ip["subnet_id"], ip["ip_address"], p["id"]) for p in ports for ip in p["fixed_ips"]}
+    kvs, _ = shared_server.store.range("/vxnet/ipam/")
+    claimed = {(*kv.key.split("/")[3:5], kv.value) for kv in kvs}
+    assert claimed == held
+    kvs, _ = shared_server.store.range("/vxnet/mac/")
+    assert {(*kv.key.split("/")[3:5], kv.value) for kv in kvs} == {(p["network_id"], p["mac_address"], p["id"])
+                                                                 for p in ports}
+
+
+def test_ports_created_while_an_auto_subnet_is_created_all_get_their_address(server) -> None:
+    """Whatever the interleaving, every port of the network ends with its EUI-64 address on a
+    SLAAC subnet created concurrently (a port made meanwhile makes the subnet's unit rerun),
+    and the claims are exactly the ports' addresses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alice = server.api("alice")
+    net = network(alice)
+    subnet(alice, net, "192.0.2.0/24")
+
+    def make_port(i: int) -> int:
+        with server.api("alice") as c:
+            return c.post("/ports", json={"port": {"network_id": net["id"], "name": f"p{i}"}}).status_code
+
+    def make_subnet() -> dict[str, Any]:
+        with server.api("alice") as c:
+            r = c.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 6,
+                                                    "cidr": "2001:db8:90::/64", "ipv6_address_mode": "slaac"}})
+            assert r.status_code == 201, r.text
+            return r.json()["subnet"]  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(6) as pool:
+        first = [pool.submit(make_port, i) for i in range(12)]
+        s = pool.submit(make_subnet)
+        rest = [pool.submit(make_port, i) for i in range(12, 24)]
+        codes = [f.result() for f in first + rest]
+        s6 = s.result()
+    assert codes == [201] * 24
+    ports = alice.get("/ports", params={"network_id": net["id"]}).json()["ports"]
+    assert len(ports) == 24
+    for p in ports:
+        assert ips(p).get(s6["id"]) == eui64_address(s6["cidr"], p["mac_address"]), p
+    assert claims(server, s6["id"]) == {ips(p)[s6["id"]] for p in ports}
+
+
+def test_port_committed_between_an_auto_subnets_read_and_commit_reruns_it(server, monkeypatch) -> None:
+    """The interleaving made deterministic: a port commits after the subnet's unit listed the
+    network's ports but before it commits; the unit must rerun and address that port too."""
+    from vxnet.api.routers import subnets as subnets_api
+    from vxnet.services.ports import new_port_record
+
+    alice = server.api("alice")
+    net = network(alice)
+    subnet(alice, net, "192.0.2.0/24")
+    made: list[dict[str, Any]] = []
+    original = subnets_api.add_auto_addresses
+
+    def interleaved(uow: Any, sub: dict[str, Any]) -> None:
+        original(uow, sub)
+        if not made:  # first attempt only: another request's port lands now
+            def other(uow2: Any) -> dict[str, Any]:
+                return new_port_record(uow2, network=uow2.get("networks", net["id"]), project_id=net["project_id"])
+            made.append(uow.repo.transact(other))
+
+    monkeypatch.setattr(subnets_api, "add_auto_addresses", interleaved)
+    s6 = v6(alice, net, "2001:db8:91::/64", ipv6_address_mode="slaac")
+    assert len(made) == 1 and len(made[0]["fixed_ips"]) == 1  # it saw only the IPv4 subnet
+    p = alice.get(f"/ports/{made[0]['id']}").json()["port"]
+    assert ips(p).get(s6["id"]) == eui64_address(s6["cidr"], p["mac_address"])
+    assert claims(server, s6["id"]) == {ips(p)[s6["id"]]}

@@ -14,10 +14,9 @@
   `--live` included.
 
 The VMs' IPv6 addresses are configured statically (nodad): this test does not depend on RA or
-DHCPv6. `PORT_SECURITY` False: the VM ports have port_security_enabled=false, so it does not
-depend on IPv6 port security either; True (once the host side filters IPv6): the ports keep port
-security and their project's default group gets ingress ICMPv6 and TCP 8081 from ::/0 (checked
-with the IPv6 host branch merged: the same 4 tests pass).
+DHCPv6. `PORT_SECURITY` True (the default): the ports keep port security (IPv6 source checks
+on the host, docs/ipv6-dataplane.md) and their project's default group gets ingress ICMPv6 and
+TCP 8081 from ::/0; False isolates a routing problem from the host's IPv6 filters.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from vxnet.lab import topology
 
 pytestmark = [pytest.mark.root, needs_root]
 
-PORT_SECURITY = False
+PORT_SECURITY = True
 OUT = topology.EXTERNAL_NS
 CLIENT6 = topology.EXTERNAL_CLIENT_IP6
 

@@ -7,7 +7,7 @@ an echo request every INTERVAL seconds on an absolute schedule (a late send does
 next ones back) and timestamps every reply with the kernel's receive time (SO_TIMESTAMPNS).
 
 Script (run inside the sender's network namespace, as root):
-  probe.py IP INTERVAL COUNT [--first]
+  probe.py IP INTERVAL COUNT [--first]        (IP: IPv4, or IPv6 for ICMPv6 echo)
 prints `ready` once its socket is open, then one line per reply, `[EPOCH] icmp_seq=N` (like
 `ping -D`); with `--first` it exits after the first reply. Exit status 1 when no reply came
 within COUNT requests (plus a grace of max(1 s, 50 intervals)).
@@ -39,8 +39,10 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def echo_request(ident: int, seq: int) -> bytes:
+def echo_request(ident: int, seq: int, v6: bool = False) -> bytes:
     payload = bytes(range(56))
+    if v6:      # ICMPv6 echo: the kernel fills the checksum of a raw ICMPv6 socket (RFC 3542)
+        return struct.pack("!BBHHH", 128, 0, 0, ident, seq) + payload
     header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
     return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
 
@@ -55,7 +57,9 @@ def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float:
 
 def run(ip: str, interval: float, count: int, first_only: bool) -> int:
     """The prober's main loop (see the module docstring)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    v6 = ":" in ip
+    sock = (socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if v6
+            else socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.setblocking(False)
     ident = os.getpid() & 0xFFFF
@@ -66,7 +70,7 @@ def run(ip: str, interval: float, count: int, first_only: bool) -> int:
         now = time.monotonic()
         if sent < count and now >= due:
             sent += 1
-            sock.sendto(echo_request(ident, sent & 0xFFFF), (ip, 0))
+            sock.sendto(echo_request(ident, sent & 0xFFFF, v6), (ip, 0))
             due += interval                      # absolute schedule
             if sent == count:
                 deadline = now + max(1.0, 50 * interval)
@@ -80,9 +84,11 @@ def run(ip: str, interval: float, count: int, first_only: bool) -> int:
                 data, ancillary, _, addr = sock.recvmsg(2048, 256)
             except BlockingIOError:
                 break
-            ihl = (data[0] & 0x0F) * 4
+            ihl = 0 if v6 else (data[0] & 0x0F) * 4      # a raw ICMPv6 socket reads no IP header
+            if len(data) < ihl + 8:
+                continue
             kind, _, _, pid, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if kind != 0 or pid != ident or addr[0] != ip:
+            if kind != (129 if v6 else 0) or pid != ident or addr[0].split("%")[0] != ip:
                 continue
             got += 1
             print(f"[{_stamp(ancillary):.6f}] icmp_seq={seq}", flush=True)

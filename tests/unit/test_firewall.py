@@ -83,7 +83,8 @@ def test_which_ports_are_filtered() -> None:
     fw = compute_firewall(view(ports), "h1")
     assert [p.port_id for p in fw.ports] == [P1, P3]          # P2 is remote; P4 and the router port are open
     assert fw.open_ports == {P4, "p5000000-0000-4000-8000-000000000005"}
-    assert fw.ignored_rules == ("r-egress6",)
+    assert fw.ignored_rules == ()                              # IPv6 rules are in the data plane now
+    assert any(r.rule_id == "r-egress6" and r.ethertype == "IPv6" for g in fw.groups for r in g.rules)
     assert fw.port(P1).stateful and not fw.port(P3).stateful
 
 
@@ -99,9 +100,14 @@ def test_anti_spoofing_allows_own_and_pair_addresses_only() -> None:
     rules = chain(fw, "bridge", f"ps_{p.ident}")
     text = "\n".join(rules)
     assert "ether saddr != { 02:00:00:00:02:0b, 02:00:00:00:07:10 } counter drop" in text
-    assert "02:00:00:00:02:0b . 0.0.0.0" in rules[3] and "02:00:00:00:07:10 . 198.51.100.0/28" in rules[3]
+    arp = next(r for r in rules if "spoof-arp" in r)
+    assert "02:00:00:00:02:0b . 0.0.0.0" in arp and "02:00:00:00:07:10 . 198.51.100.0/28" in arp
     kinds = [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in rules]
-    assert kinds == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp", "dhcp-client", "spoof-ip", "other"]
+    assert kinds == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-na-target", "spoof-dad-target", "spoof-nd-layout", "spoof-nd-lladdr", "spoof-rs-layout", "spoof-rs-lladdr", "mark6", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
+                     "v6-unspecified", "spoof-ip", "spoof-ip6", "other"]
+    # IPv6: the pair's address and both MACs' EUI-64 link-locals
+    assert p.pairs6 == (("02:00:00:00:02:0b", "fe80::ff:fe00:20b"), ("02:00:00:00:07:10", "2001:db8::1"),
+                        ("02:00:00:00:07:10", "fe80::ff:fe00:710"))
     assert rules[0].startswith("udp sport 67 counter drop")      # never a DHCP server, checked before IP
     assert all("counter " in r for r in rules)
     assert rules[1].startswith("ether saddr . ip saddr { 02:00:00:00:02:0b . 192.0.2.11, "
@@ -112,7 +118,10 @@ def test_port_without_addresses_sends_no_ip() -> None:
     fw = compute_firewall(view([port(P1, "192.0.2.11", fixed_ips=[])]), "h1")
     rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
     assert any(r.startswith("ether type ip counter drop") for r in rules)
-    assert not any("meta mark set" in r for r in rules)
+    assert not any("ip saddr" in r and "meta mark set" in r for r in rules)
+    # no IPv6 address of its own: no IPv6 rules, not even its link-local (Neutron would allow it)
+    assert fw.port(P1).pairs6 == ()
+    assert rules[-2].startswith("ether type ip6 counter drop") and not any("icmpv6" in r for r in rules)
 
 
 def test_rule_kinds_render_to_nft_matches() -> None:
@@ -136,7 +145,8 @@ def test_port_chains_stateful_and_stateless() -> None:
     in1 = chain(fw, "inet", f"in_{p1.ident}")
     assert in1[0].startswith("ct state established,related counter accept")
     assert in1[1].startswith("ct state invalid counter drop")
-    assert in1[3].startswith(f"counter jump gi_{G1.replace('-', '')}")
+    assert in1[2].startswith("udp sport 67 udp dport 68 counter accept")
+    assert in1[3].startswith(f"counter jump gi_{G1.replace('-', '')}")       # IPv4-only port: no ND rules
     assert in1[-1].startswith("counter drop")
     in3 = chain(fw, "inet", f"in_{p3.ident}")
     assert not any("ct state" in r for r in in3)
@@ -403,10 +413,11 @@ def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() ->
     fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11"), port(P3, "192.0.2.13", net=NET2)]), "h1")
     rmac = dhcp.responder_mac(NET)
     assert fw.port(P1).dhcp_mac == rmac
-    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
-                                "dhcp-renew", "spoof-ip", "other"]
+    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp",
+                                "dhcp-client", "dhcp-renew", "spoof-ip", "spoof-ip6", "other"]
     rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
-    assert rules[6].startswith(f"ether daddr {rmac} udp sport 68 udp dport 67 counter accept")
+    assert next(r for r in rules if "dhcp-renew" in r).startswith(
+        f"ether daddr {rmac} udp sport 68 udp dport 67 counter accept")
     # NET2 has no DHCP subnet: its tap is not steered, so no exemption (the frame would go anywhere).
     assert fw.port(P3).dhcp_mac == ""
     assert "dhcp-renew" not in kinds_of(fw, P3)
@@ -453,3 +464,83 @@ def test_port_security_evaluation_names_the_rule() -> None:
     assert fwm.port_security(fw, P1, own1, Packet("192.0.2.11", "192.0.2.1", 6, 40000, 22)) == ("accept", "mark")
     # Not leased (no DHCP on NET2): the same frame, even addressed to a responder MAC, is spoofing.
     assert fwm.port_security(fw, P3, own3, renew, fwm.dhcp.responder_mac(NET)) == ("drop", "spoof-ip")
+
+
+# --- IPv6 --------------------------------------------------------------------------------------
+
+RULES6 = [
+    rule("r6-group", G1, "ingress", ethertype="IPv6", remote_group_id=G2),
+    rule("r6-ping", G1, "ingress", ethertype="IPv6", protocol="icmp", port_range_min=128, port_range_max=0),
+    rule("r6-ssh", G1, "ingress", ethertype="IPv6", protocol="tcp", port_range_min=22, port_range_max=22,
+         remote_ip_prefix="2001:db8:7::/48"),
+    rule("r6-any", G1, "egress", ethertype="IPv6", remote_ip_prefix="::/0"),
+    rule("r6-bad", G1, "ingress", ethertype="IPv6", remote_ip_prefix="192.0.2.0/24"),    # other family
+]
+
+
+def test_ipv6_rules_render_with_remote_group_sets_and_icmpv6() -> None:
+    p2 = port(P2, "192.0.2.12", host="h2", groups=(G2,), fixed_ips=[
+        {"subnet_id": "s", "ip_address": "192.0.2.12"}, {"subnet_id": "s6", "ip_address": "2001:db8::12"}],
+        allowed_address_pairs=[{"ip_address": "2001:db8:1::/64"}])
+    fw = compute_firewall(view([port(P1, "192.0.2.11"), p2], RULES6), "h1")
+    gi = chain(fw, "inet", "gi_" + G1.replace("-", ""))
+    assert [r.split(" counter")[0] for r in gi] == [
+        f"meta nfproto ipv6 ip6 saddr @rg6_{G2.replace('-', '')}",
+        "meta nfproto ipv6 icmpv6 type 128 icmpv6 code 0",
+        "meta nfproto ipv6 ip6 saddr 2001:db8:7::/48 meta l4proto 6 th dport 22"]
+    assert chain(fw, "inet", "ge_" + G1.replace("-", ""))[0].startswith("meta nfproto ipv6 counter accept")
+    assert fw.ignored_rules == ("r6-bad",)
+    # members: IPv6 fixed IPs and pairs, no link-locals; no IPv4 set (no IPv4 rule names G2)
+    assert fw.members6 == {G2: frozenset({"2001:db8::12", "2001:db8:1::/64"})} and fw.members == {}
+    in1 = chain(fw, "inet", f"in_{fw.port(P1).ident}")
+    assert not any("icmpv6" in r for r in in1)                  # P1 has no IPv6 address
+    sg = next(t for t in fw.tables if t.family == "inet")
+    assert {s.name: s.type for s in sg.sets if s.kind == "set"} == {f"rg6_{G2.replace('-', '')}": "ipv6_addr"}
+    # decide() evaluates them; an IPv4 packet never matches an IPv6 rule
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("2001:db8:1::5", "2001:db8::11", 6, dport=80)) == \
+        ("accept", "sg:r6-group")
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("2001:db8:9::5", "2001:db8::11", 58, icmp_type=128,
+                                                    icmp_code=0)) == ("accept", "sg:r6-ping")
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("2001:db8:9::5", "2001:db8::11", 6, dport=22)) == \
+        ("drop", "default-drop")
+    # ND is always allowed to a port with IPv6 addresses; P1 has none
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("fe80::1", "fe80::2", 58, icmp_type=135)) == ("drop", "default-drop")
+    fw2 = compute_firewall(view([port(P1, "192.0.2.11", fixed_ips=[{"subnet_id": "s6", "ip_address": "2001:db8::11"}]),
+                                 p2], RULES6), "h1")
+    assert fwm.decide(fw2, P1, "ingress", fwm.Packet("fe80::1", "fe80::2", 58, icmp_type=135)) == ("accept", "nd")
+    assert fwm.decide(fw2, P1, "egress", fwm.Packet("fe80::2", "ff02::1:2", 17, sport=546, dport=547)) == \
+        ("accept", "dhcp6-request")
+    assert fwm.decide(fw, P1, "ingress", fwm.Packet("203.0.113.9", "192.0.2.11", 6, dport=22)) == \
+        ("drop", "default-drop")
+    # a member leaving revokes its IPv6 flows too
+    gone = compute_firewall(view([port(P1, "192.0.2.11")], RULES6), "h1")
+    assert revoked_flows(fw, gone) == [(1001, "2001:db8:1::/64"), (1001, "2001:db8::12")]
+
+
+def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
+    p1 = port(P1, "192.0.2.11", fixed_ips=[{"subnet_id": "s6", "ip_address": "2001:db8::11"}],
+              allowed_address_pairs=[{"ip_address": "2001:db8:5::/120", "mac_address": "02:00:00:00:07:10"}])
+    fw = compute_firewall(view([p1]), "h1")
+    rules = {fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)): r
+             for r in chain(fw, "bridge", f"ps_{fw.port(P1).ident}")}
+    na = rules["spoof-na-target"]
+    assert "02:00:00:00:02:0b . 0x20010db8000000000000000000000011" in na
+    assert ("02:00:00:00:07:10 . 0x20010db8000500000000000000000000-0x20010db80005000000000000000000ff" in na)
+    assert "02:00:00:00:07:10 . 0xfe8000000000000000000000fe000710" not in na      # EUI-64: ff:fe
+    assert "02:00:00:00:07:10 . 0xfe800000000000000000fffffe000710" not in na
+    assert "02:00:00:00:07:10 . 0xfe80000000000000000000fffe000710" in na          # fe80::ff:fe00:710
+    assert "@th,208,48 != { 0x02000000020b, 0x020000000710 }" in rules["spoof-nd-lladdr"]
+    assert rules["spoof-dad-target"].startswith("ip6 saddr :: icmpv6 type nd-neighbor-solicit")
+    assert rules["mark6"].startswith("ether saddr . ip6 saddr { 02:00:00:00:02:0b . 2001:db8::11, "
+                                     "02:00:00:00:02:0b . fe80::ff:fe00:20b, 02:00:00:00:07:10 . 2001:db8:5::/120, "
+                                     "02:00:00:00:07:10 . fe80::ff:fe00:710 }")
+    in1 = chain(fw, "inet", f"in_{fw.port(P1).ident}")
+    assert in1[3].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
+                             "mld-listener-query } counter accept")
+    assert in1[4].startswith("meta nfproto ipv6 udp sport 547 udp dport 546 counter accept")
+    eg1 = chain(fw, "inet", f"eg_{fw.port(P1).ident}")
+    assert any(r.startswith("meta nfproto ipv6 udp sport 546 udp dport 547 counter accept") for r in eg1)
+    out = chain(fw, "bridge", "out")
+    assert out[0].startswith('oifname "vxv-*" icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect }')
+    assert "ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00" in out[1] and "mld2-listener-report" in out[1]
+    assert "oifname vmap @out_ports" in out[2] and len(out) == 3

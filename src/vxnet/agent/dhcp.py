@@ -1,4 +1,5 @@
-"""The DHCP feature: every host answers the DHCP of its own VMs, inside the agent (docs/dhcp.md).
+"""The DHCP feature: every host answers the DHCP of its own VMs, inside the agent (docs/dhcp.md);
+the same responders send their router advertisements and answer DHCPv6 (docs/ipv6-dataplane.md).
 
 Its desired state is `HostDesired.dhcp` (`compute.dhcp`: responders per network, leases, and the
 L2 part: the service ports' plugs, FDB entries and server-id neighbours). `apply`, with two
@@ -66,7 +67,7 @@ class DhcpFeature:
             log.exception("DHCP apply failed")
             self.invalidate()
             return FeatureResult(failed=(f"dhcp: {e}",),
-                                 down=frozenset(lease.port_id for r in desired.responders for lease in r.leases))
+                                 down=frozenset(pid for r in desired.responders for pid in _served_ports(r)))
 
     def _apply(self, desired: DhcpState) -> FeatureResult:
         changes: collections.Counter[str] = collections.Counter()
@@ -104,7 +105,7 @@ class DhcpFeature:
                 failed.append("dhcp steering table")
         failed += [f"dhcp socket {dev}" for dev in sorted(no_socket)]
         bad = waiting | set(no_socket)
-        down = frozenset(lease.port_id for d in bad if d in by_dev for lease in by_dev[d].leases)
+        down = frozenset(pid for d in bad if d in by_dev for pid in _served_ports(by_dev[d]))
         return FeatureResult(failed=tuple(failed), down=down, changes=dict(changes))
 
     def _converge_pairs(self, by_dev: dict[str, Responder], now: float, changes: collections.Counter[str],
@@ -145,6 +146,11 @@ class DhcpFeature:
     def close(self) -> None:
         self.server.close()
         self.links.close()
+
+
+def _served_ports(r: Responder) -> set[str]:
+    """The ports a responder answers (DHCPv4 and DHCPv6 leases): DOWN when it cannot."""
+    return {lease.port_id for lease in r.leases} | {lease.port_id for lease in r.v6.leases}
 
 
 def build(ctx: HostContext) -> list[DhcpFeature]:

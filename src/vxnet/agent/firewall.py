@@ -39,8 +39,9 @@ def revoked_flows(old: Firewall, new: Firewall) -> list[tuple[int, str]]:
     in the zone of every local port whose rules (still) name that group."""
     zones = dict(new.zones)
     out: set[tuple[int, str]] = set()
-    for gid, before in old.members.items():
-        gone = before - new.members.get(gid, frozenset())
+    for gid, before, after in [*((g, b, new.members.get(g, frozenset())) for g, b in old.members.items()),
+                               *((g, b, new.members6.get(g, frozenset())) for g, b in old.members6.items())]:
+        gone = before - after
         if not gone:
             continue
         users = {g.group_id for g in new.groups if any(r.remote_group == gid for r in g.rules)}

@@ -6,7 +6,9 @@ is a pure function of one received request and the lease the responder holds for
 Desired state (docs/dhcp.md):
 - A responder per VXLAN network on which this host has at least one *leased* port: a port bound
   here, `admin_state_up` not false, not an infrastructure port (device_owner `network:*`), with
-  an IPv4 fixed IP on a subnet of the view with `enable_dhcp` true (its first such IP is leased).
+  an IPv4 fixed IP on a subnet of the view with `enable_dhcp` true (its first such IP is leased);
+  or at least one port served over IPv6 (router advertisements, DHCPv6: `compute.dhcp6`,
+  `Responder.v6`, docs/ipv6-dataplane.md), which the same responder carries.
 - The responder is a veth pair: bridge side `service_port_name("d", network id)` (a service
   port: the L2 part plugs it and gives the responder MAC a `master static` FDB entry), host
   side `vxdr<11 id chars>`: in the host namespace, up, no IP, NOARP, IPv6 off, with the
@@ -60,6 +62,7 @@ from typing import Any
 
 from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute import naming
+from vxnet.compute.dhcp6 import V6Service, network_v6
 from vxnet.compute.memo import PartsMemo
 from vxnet.compute.metadata import METADATA_IP, needs_metadata_route
 from vxnet.compute.state import Fdb, HostState, Neigh, Plug
@@ -133,6 +136,7 @@ class Responder:
     leases: tuple[Lease, ...] = ()        # sorted by MAC
     arp_ips: tuple[str, ...] = ()         # server ids whose ARP the responder answers
     taps: tuple[str, ...] = ()            # local taps steered to this responder
+    v6: V6Service = dataclasses.field(default_factory=V6Service)   # RAs and DHCPv6 (compute/dhcp6.py)
 
     def lease_table(self) -> dict[str, Lease]:
         return {lease.mac: lease for lease in self.leases}
@@ -235,9 +239,10 @@ def leased(net: Network, subnets: Iterable[Subnet], ports: Iterable[Port], host:
 def network_dhcp(net: Network, subnets: list[Subnet], ports: list[Port], host: str,
                  lease_time: int) -> Responder | None:
     """The responder of one network on `host` (`subnets` and `ports`: the network's, sorted by
-    id), None when no local port gets a lease there."""
+    id), None when no local port gets a lease, a DHCPv6 answer or a router advertisement there."""
     chosen = leased(net, subnets, ports, host)
-    if not chosen:
+    v6 = network_v6(net, subnets, ports, host, lease_time)
+    if not chosen and not v6:
         return None
     subs = {s.id: s for s in subnets if s.ip_version == 4 and s.cidr}
     held = {f.ip_address for p in ports for f in p.ipv4}
@@ -255,7 +260,8 @@ def network_dhcp(net: Network, subnets: list[Subnet], ports: list[Port], host: s
         taps.append(naming.port_device(p.id, p.is_subport))
     arp_ips = tuple(sorted({lease.server_id for lease in leases.values()} - held))
     return Responder(net.id, service_port(net.id), device_name(net.id), responder_mac(net.id),
-                     naming.bridge_name(net.id), net.mtu, tuple(sorted(leases.values())), arp_ips, tuple(sorted(taps)))
+                     naming.bridge_name(net.id), net.mtu, tuple(sorted(leases.values())), arp_ips, tuple(sorted(taps)),
+                     v6)
 
 
 def _by_network(view: View) -> tuple[dict[str, list[Port]], dict[str, list[Subnet]]]:
@@ -317,9 +323,16 @@ def l2_part(responders: Iterable[Responder]) -> HostState:
     return HostState(plugs=frozenset(plugs), fdb=frozenset(fdb), neighs=frozenset(neighs))
 
 
+V6_MAP = "steer6"
+_V6_TAG = V6_MAP + ":"
+
+
 def steer_elements(responders: Iterable[Responder]) -> frozenset[str]:
-    """The steering map's elements: `"<tap>" : <responder MAC>` per leased local tap."""
-    return frozenset(f'"{tap}" : {r.mac}' for r in responders for tap in r.taps)
+    """The steering maps' elements: `"<tap>" : <responder MAC>` per leased local tap (map
+    `steer`, DHCPv4), and `steer6:"<tap>" : <responder MAC>` per tap served IPv6 (map `steer6`:
+    router solicitations and DHCPv6)."""
+    return frozenset(f'"{tap}" : {r.mac}' for r in responders for tap in r.taps) | frozenset(
+        f'{_V6_TAG}"{tap}" : {r.mac}' for r in responders for tap in r.v6.taps)
 
 
 def nft_script(responders: Iterable[Responder]) -> str:
@@ -328,31 +341,52 @@ def nft_script(responders: Iterable[Responder]) -> str:
     return steer_script(None, steer_elements(responders))
 
 
+def _split(elements: Iterable[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"steer": [], V6_MAP: []}
+    for e in sorted(elements):
+        if e.startswith(_V6_TAG):
+            out[V6_MAP].append(e[len(_V6_TAG):])
+        else:
+            out["steer"].append(e)
+    return out
+
+
 def steer_script(applied: frozenset[str] | None, wanted: frozenset[str]) -> str:
     """The transaction that turns the steering table holding `applied` (None: unknown, or
     absent) into one holding `wanted`: a whole-table replace when the state is unknown or the
     table comes or goes, else only the map elements that changed (a port-up adds one element,
-    whatever the number of ports); "" when nothing changes."""
+    whatever the number of ports); "" when nothing changes.
+
+    IPv6 (map `steer6`): a served tap's router solicitations and DHCPv6 client messages (to
+    ff02::2 and ff02::1:2) get the responder MAC as destination, so they reach the local
+    responder only (never the VXLAN port, never another VM)."""
     head = f"table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n"
     if applied is None or not applied or not wanted:
         if applied is not None and not applied and not wanted:
             return ""
         if not wanted:
             return head
+        maps = _split(wanted)
+        body = "".join(
+            f"  map {name} {{\n    type ifname : ether_addr\n"
+            + (f"    elements = {{ {', '.join(els)} }}\n" if els else "") + "  }\n"
+            for name, els in maps.items())
         return head + (
-            f"table bridge {NFT_TABLE} {{\n"
-            "  map steer {\n    type ifname : ether_addr\n"
-            f"    elements = {{ {', '.join(sorted(wanted))} }}\n  }}\n"
+            f"table bridge {NFT_TABLE} {{\n" + body +
             "  chain prerouting {\n"
             "    type filter hook prerouting priority -300; policy accept;\n"
             "    udp sport 68 udp dport 67 ether daddr set iifname map @steer\n"
+            f"    udp sport 546 udp dport 547 ether daddr set iifname map @{V6_MAP}\n"
+            f"    icmpv6 type nd-router-solicit ether daddr set iifname map @{V6_MAP}\n"
             "  }\n}\n")
-    gone, added = applied - wanted, wanted - applied
     lines = []
-    if gone:
-        lines.append(f"delete element bridge {NFT_TABLE} steer {{ {', '.join(sorted(e.split(' : ')[0] for e in gone))} }}")
-    if added:
-        lines.append(f"add element bridge {NFT_TABLE} steer {{ {', '.join(sorted(added))} }}")
+    for name in ("steer", V6_MAP):
+        old, new = set(_split(applied)[name]), set(_split(wanted)[name])
+        gone, added = old - new, new - old
+        if gone:
+            lines.append(f"delete element bridge {NFT_TABLE} {name} {{ {', '.join(sorted(e.split(' : ')[0] for e in gone))} }}")
+        if added:
+            lines.append(f"add element bridge {NFT_TABLE} {name} {{ {', '.join(sorted(added))} }}")
     return "".join(line + "\n" for line in lines)
 
 

@@ -13,7 +13,11 @@ Rules (KERNEL-NOTES §2-3):
   entry (MAC -> that host's VTEP) and a `master static` entry (so the bridge sends it to the
   VXLAN port, whose neigh_suppress then answers ARP for it).
 - Every bound port (local or remote) gets a permanent neighbour entry per IPv4 fixed IP on the
-  bridge (the suppression table). Unbound ports get nothing. IPv6 is not handled yet.
+  bridge (the suppression table). Unbound ports get nothing.
+- IPv6 the same way (ND suppression: the bridge answers a neighbour solicitation for an address
+  behind the VXLAN port itself, and never floods it there): an entry per IPv6 fixed IP, plus
+  the port's link-local fe80::EUI-64(MAC) when it has an IPv6 fixed IP. The bridge keeps IPv6
+  enabled without addresses for that table (links driver).
 - A trunk subport bound to this host whose parent is a local, enabled port carrying it in its
   `trunk_details` gets a VLAN plug instead of a tap plug: its device (`naming.subport_device`)
   is an 802.1Q device with the subport's VLAN id on the parent's tap (the agent creates it),
@@ -29,10 +33,12 @@ Rules (KERNEL-NOTES §2-3):
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections.abc import Callable, Mapping
 
 from vxnet.compute import naming
 from vxnet.compute.memo import PartsMemo
+from vxnet.compute.nd_packet import link_local
 from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Neigh, Plug, Vxlan, merge
 from vxnet.model import Host, Network, Port, View, as_view
 from vxnet.model.resources import DEFAULT_MTU
@@ -93,14 +99,27 @@ def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host:
         plugs += pl
         fdb += fd
         if on_net:
-            for f in port.ipv4:
-                if f.ip_address not in seen_ip:
-                    seen_ip.add(f.ip_address)
-                    neighs.append(_neigh(br, f.ip_address, mac))
+            for ip in _neigh_ips(port):
+                if ip not in seen_ip:
+                    seen_ip.add(ip)
+                    neighs.append(_neigh(br, ip, mac))
     assert net.segmentation_id is not None
     return HostState(frozenset({Bridge(br, naming.bridge_mac(nid, host), mtu)}),
                      frozenset({Vxlan(vx, net.segmentation_id, underlay_ip, br, mtu, naming.VXLAN_PORT)}),
                      frozenset(plugs), frozenset(fdb), frozenset(neighs), frozenset(local))
+
+
+@functools.lru_cache(maxsize=32768)
+def _neigh_ips(port: Port) -> tuple[str, ...]:
+    """The addresses a bound port gets suppression entries for (IPv6 canonical)."""
+    out = [f.ip_address for f in port.ipv4]
+    if port.ipv6:
+        out += [str(ipaddress.IPv6Address(f.ip_address)) for f in port.ipv6]
+        try:
+            out.append(link_local(port.mac))
+        except ValueError:        # not an Ethernet MAC: no EUI-64 link-local
+            pass
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=32768)

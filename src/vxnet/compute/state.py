@@ -19,6 +19,7 @@ class Bridge:
     mac: str
     mtu: int
     up: bool = True
+    ipv6_quiet: bool = True     # IPv6 on (the ND suppression table lives there), no address of its own
 
     @property
     def key(self) -> Hashable:

@@ -13,10 +13,15 @@ create and ENODEV/ENOENT on delete count as success.
 `ResponderServer`: one daemon thread that enters the host namespace (`pyroute2.netns.setns`,
 per thread), runs the nft transactions there (the one executor, `dataplane/nft_exec.py`), and
 holds one AF_PACKET socket per responder device, with a classic BPF filter (`arp or ip udp dst
-port 67`, not fragments) so it wakes only for DHCP requests and ARP. It answers DHCP
-(`compute.dhcp.answer`) and the ARP for server ids no port holds, and counts per network
-(offers, acks, naks, ignored, releases, declines: `counters` and Prometheus
-`vxnet_agent_dhcp_messages_total`). `serve(table, nft)` swaps the table (one reference) and
+port 67 or ip6 udp dst port 547 or ICMPv6 type 133`, not fragments) so it wakes only for DHCP
+requests, ARP, DHCPv6 and router solicitations. It answers DHCP (`compute.dhcp.answer`), the ARP
+for server ids no port holds, DHCPv6 (`compute.dhcp6.answer_dhcp6`) and router solicitations
+(`compute.dhcp6.answer_rs`), and sends the router advertisements of its networks unsolicited:
+a burst when a VM is first served or its advertisement changes (RA_BURST: the tap may be
+plugged a moment after the responder is told), then every RA_INTERVAL seconds (jittered, as
+radvd's MinRtrAdvInterval..MaxRtrAdvInterval), each a unicast frame to one local VM. It counts
+per network (offers, acks, naks, ignored, releases, declines; ra, advertises, replies, informs:
+`counters` and Prometheus `vxnet_agent_dhcp_messages_total`). `serve(table, nft)` swaps the table (one reference) and
 waits until the thread has applied it and the script, with its sockets open.
 """
 
@@ -28,10 +33,12 @@ import dataclasses
 import errno
 import logging
 import os
+import random
 import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Mapping
 
 from prometheus_client import Counter
@@ -40,7 +47,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute import naming
+from vxnet.compute import nd_packet as nd
 from vxnet.compute.dhcp import SERVICE_KIND, Lease, Responder, answer, is_device, is_service_port
+from vxnet.compute.dhcp6 import Answer6, V6Service, answer_dhcp6, answer_rs, ra_frames
 from vxnet.dataplane.nft_exec import NftExecutor
 from vxnet.dataplane.rtnl import LinkRecord, RtnlSocket, dump_links
 
@@ -55,12 +64,19 @@ ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 ADDR_GEN_MODE_NONE = 1
-# tcpdump -dd 'arp or (ip and udp dst port 67)'
-BPF_DHCP_ARP = ((0x28, 0, 0, 0x0000000c), (0x15, 8, 0, 0x00000806), (0x15, 0, 8, 0x00000800),
-                (0x30, 0, 0, 0x00000017), (0x15, 0, 6, 0x00000011), (0x28, 0, 0, 0x00000014),
-                (0x45, 4, 0, 0x00001fff), (0xb1, 0, 0, 0x0000000e), (0x48, 0, 0, 0x00000010),
-                (0x15, 0, 1, 0x00000043), (0x6, 0, 0, 0x00040000), (0x6, 0, 0, 0x00000000))
+# tcpdump -dd 'arp or (ip and udp dst port 67) or (ip6 and udp dst port 547) or (icmp6 and ip6[40] == 133)'
+BPF_DHCP_ARP = ((0x28, 0, 0, 0x0000000c), (0x15, 19, 0, 0x00000806), (0x15, 0, 7, 0x00000800),
+                (0x30, 0, 0, 0x00000017), (0x15, 0, 17, 0x00000011), (0x28, 0, 0, 0x00000014),
+                (0x45, 15, 0, 0x00001fff), (0xb1, 0, 0, 0x0000000e), (0x48, 0, 0, 0x00000010),
+                (0x15, 11, 12, 0x00000043), (0x15, 0, 11, 0x000086dd), (0x30, 0, 0, 0x00000014),
+                (0x15, 0, 2, 0x00000011), (0x28, 0, 0, 0x00000038), (0x15, 6, 7, 0x00000223),
+                (0x15, 3, 0, 0x0000003a), (0x15, 0, 5, 0x0000002c), (0x30, 0, 0, 0x00000036),
+                (0x15, 0, 3, 0x0000003a), (0x30, 0, 0, 0x00000036), (0x15, 0, 1, 0x00000085),
+                (0x6, 0, 0, 0x00040000), (0x6, 0, 0, 0x00000000))
 SYNC_TIMEOUT = 2.0
+ETH_P_IPV6 = 0x86DD
+RA_BURST = (0.0, 1.0, 3.0, 8.0)      # seconds after a VM is first served (or its RA changed)
+RA_INTERVAL = (30.0, 100.0)          # then every uniform(min, max) seconds (Neutron's radvd defaults)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +87,10 @@ class Served:
     ifindex: int
     leases: Mapping[str, Lease]
     arp_ips: frozenset[str]
+
+    @property
+    def v6(self) -> V6Service:
+        return self.responder.v6
 
 
 
@@ -137,6 +157,7 @@ class ResponderServer:
         socks: dict[str, tuple[int, socket.socket]] = {}
         nft: NftExecutor | None = None
         table: Mapping[str, Served] = {}
+        ras = _RaSchedule()
         try:
             if self.netns:
                 from pyroute2.netns import setns
@@ -151,11 +172,14 @@ class ResponderServer:
                 if gen != self._synced:
                     err = nft.run(script) if script is not None else None
                     failed = self._sync(socks, table)
+                    ras.sync(table, time.monotonic())
                     with self._cond:
                         self._synced, self._result = gen, SyncResult(failed, err)
                         self._cond.notify_all()
+                for dev, mac in ras.due(time.monotonic()):
+                    self._advertise(socks, table, dev, mac)
                 by_fd = {s.fileno(): (dev, s) for dev, (_, s) in socks.items()}
-                ready, _, _ = select.select([self._wake_r, *by_fd], [], [], 1.0)
+                ready, _, _ = select.select([self._wake_r, *by_fd], [], [], ras.timeout(time.monotonic(), 1.0))
                 for fd in ready:
                     if fd == self._wake_r:
                         try:
@@ -207,8 +231,41 @@ class ResponderServer:
                 continue
             self._handle(s, served, frame)
 
+    def _advertise(self, socks: Mapping[str, tuple[int, socket.socket]], table: Mapping[str, Served], dev: str,
+                   mac: str) -> None:
+        """One unsolicited advertisement round for the VM with `mac` on `dev`."""
+        served, sock = table.get(dev), socks.get(dev)
+        if served is None or sock is None or mac not in served.v6.targets:
+            return
+        for frame in ra_frames(served.v6, served.responder.mac, mac):
+            self._send(sock[1], frame)
+        self._count(served.responder, "ra_sent")
+
+    def _count(self, r: Responder, kind: str) -> None:
+        self.counters[r.network_id][kind] += 1
+        MESSAGES.labels(r.network_id, kind).inc()
+
+    def _handle6(self, s: socket.socket, served: Served, frame: bytes) -> None:
+        r = served.responder
+        f = nd.decode_frame6(frame)
+        if f is None:
+            return
+        if f.icmp_type == nd.RS:
+            ans: Answer6 = answer_rs(f, r.mac, served.v6)
+        elif f.proto == nd.PROTO_UDP:
+            ans = answer_dhcp6(f, r.mac, served.v6)
+        else:
+            return
+        self._count(r, ans.kind if ans.kind != "ignored" else "ignored6")
+        log.debug("ipv6 %s from %s -> %s %s", r.network_id, f.src_mac, ans.kind, ans.reason)
+        for out in ans.frames:
+            self._send(s, out)
+
     def _handle(self, s: socket.socket, served: Served, frame: bytes) -> None:
         r = served.responder
+        if len(frame) >= 14 and struct.unpack_from("!H", frame, 12)[0] == ETH_P_IPV6:
+            self._handle6(s, served, frame)
+            return
         got = pkt.decode_frame(frame)
         if isinstance(got, pkt.ArpFrame):
             if got.op == 1 and got.tpa in served.arp_ips and got.spa not in ("0.0.0.0", got.tpa):
@@ -231,6 +288,41 @@ class ResponderServer:
             s.send(frame)
         except OSError as e:
             log.warning("DHCP send failed: %s", e)
+
+
+class _RaSchedule:
+    """When each served VM gets its next unsolicited router advertisement (thread-local state
+    of the responder thread): a burst (RA_BURST) when a (device, MAC) is new or its
+    advertisements changed, then every RA_INTERVAL (jittered)."""
+
+    def __init__(self) -> None:
+        self._content: dict[tuple[str, str], object] = {}
+        self._next: dict[tuple[str, str], tuple[float, int]] = {}     # key -> (due, burst step)
+
+    def sync(self, table: Mapping[str, Served], now: float) -> None:
+        wanted = {(dev, mac): served.v6.adverts for dev, served in table.items() for mac in served.v6.targets}
+        for key in list(self._next):
+            if key not in wanted:
+                self._next.pop(key)
+                self._content.pop(key, None)
+        for key, content in wanted.items():
+            if self._content.get(key) != content:
+                self._content[key] = content
+                self._next[key] = (now + RA_BURST[0], 0)
+
+    def due(self, now: float) -> list[tuple[str, str]]:
+        out = []
+        for key, (when, step) in list(self._next.items()):
+            if when <= now:
+                out.append(key)
+                nxt = step + 1
+                delay = RA_BURST[nxt] - RA_BURST[step] if nxt < len(RA_BURST) else random.uniform(*RA_INTERVAL)
+                self._next[key] = (now + delay, nxt)
+        return sorted(out)
+
+    def timeout(self, now: float, default: float) -> float:
+        soonest = min((when for when, _ in self._next.values()), default=now + default)
+        return max(0.0, min(default, soonest - now))
 
 
 def _packet_socket(dev: str, ifindex: int) -> socket.socket:

@@ -23,6 +23,7 @@ class RtnlKernel:
 
     def __init__(self, underlay_ip: str, netns: str | None = None) -> None:
         self.underlay_ip = underlay_ip
+        self.netns = netns
         self.ipr = IPRoute(netns=netns) if netns else IPRoute()
         self.rtnl = RtnlSocket(netns)
 
@@ -30,7 +31,7 @@ class RtnlKernel:
         return read_links(self.rtnl)
 
     def links(self, index: dict[str, int]) -> LinksDriver:
-        return LinksDriver(self.ipr, self.underlay_ip, index, self.rtnl)
+        return LinksDriver(self.ipr, self.underlay_ip, index, self.rtnl, self.netns)
 
     def read_fdb(self, index: Mapping[str, int], taps: frozenset[str]) -> frozenset[Fdb]:
         return read_fdb(self.rtnl, index, taps)

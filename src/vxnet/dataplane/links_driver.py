@@ -33,6 +33,41 @@ log = logging.getLogger("vxnet.dataplane.links")
 
 IFF_UP = 0x1
 _GONE = (errno.ENODEV, errno.ENOENT)
+_NO_ADDRGEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}   # addrgenmode none
+# accept_ra/autoconf off before IPv6 goes on: the host never configures itself from a tenant's RA.
+_BRIDGE_IPV6 = (("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0"))
+
+
+def _bridge_ipv6_sysctls(bridge: str) -> None:
+    for key, value in _BRIDGE_IPV6:
+        with open(f"/proc/sys/net/ipv6/conf/{bridge}/{key}", "w") as fh:
+            fh.write(value + "\n")
+
+
+def _run_in_netns(netns: str | None, fn: Any) -> None:
+    """`fn()` in network namespace `netns` (a short-lived thread that entered it: setns is per
+    thread), or in the caller's when None."""
+    if netns is None:
+        fn()
+        return
+    import threading
+
+    from pyroute2.netns import setns
+
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            setns(netns, flags=0)
+            fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            err.append(e)
+
+    t = threading.Thread(target=run, name=f"vxnet-links-{netns}", daemon=True)
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +97,7 @@ def read_links(sock: RtnlSocket) -> LinkSnapshot:
         up = bool(link.flags & IFF_UP)
         master = names.get(link.master, "") if link.master else ""
         if naming.is_bridge(name):
-            bridges.add(Bridge(name, link.address, link.mtu, up))
+            bridges.add(Bridge(name, link.address, link.mtu, up, link.ipv6_quiet))
         elif naming.is_vxlan(name):
             vxlans.add(Vxlan(name, link.vxlan_id, link.vxlan_local, master, link.mtu, link.vxlan_port,
                              link.vxlan_learning, link.port_learning, link.port_neigh_suppress, up))
@@ -84,8 +119,9 @@ class LinksDriver:
     """Applies link diffs; collects the entries that failed (they stay dirty)."""
 
     def __init__(self, ipr: IPRoute, underlay_ip: str, index: dict[str, int] | None = None,
-                 rtnl: RtnlSocket | None = None) -> None:
+                 rtnl: RtnlSocket | None = None, netns: str | None = None) -> None:
         self.ipr = ipr
+        self.netns = netns        # for the bridges' IPv6 sysctls (written from a thread inside it)
         self.rtnl = rtnl          # plugs: one raw netlink write (pyroute2's call costs more)
         self.underlay_ip = underlay_ip
         self.index = dict(index or {})
@@ -136,6 +172,16 @@ class LinksDriver:
         idx = self._idx(b.name)
         if idx is None:
             raise NetlinkError(errno.ENODEV, f"{b.name} vanished")
+        if b.ipv6_quiet:
+            # Address generation off first: enabling IPv6 on an up device with the default mode
+            # would give the host a link-local address (DAD, MLD, router solicitations into the
+            # tenant network). Then IPv6 on: the bridge's ND suppression reads the IPv6
+            # neighbour table, which a device with IPv6 disabled cannot hold.
+            self.ipr.link("set", index=idx, af_spec=_NO_ADDRGEN)
+            try:
+                _run_in_netns(self.netns, lambda: _bridge_ipv6_sysctls(b.name))
+            except OSError as e:       # e.g. IPv6 compiled out or disabled at boot: the bridge stays dirty
+                raise NetlinkError(e.errno or errno.EIO, f"{b.name} IPv6 sysctls: {e}") from e
         self.ipr.link("set", index=idx, address=b.mac, mtu=b.mtu, state="up" if b.up else "down")
 
     def update_bridge(self, b: Bridge) -> None:

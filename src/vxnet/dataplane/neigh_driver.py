@@ -4,7 +4,8 @@ Owned entries (everything else is left alone, even on our devices):
 - on VXLAN devices: `self` unicast entries with a remote `dst` (Fdb(dev, mac, dst)) and
   `master` entries in state NOARP, i.e. `master static` (Fdb(dev, mac));
 - on plugged taps: `master static` entries (Fdb(tap, mac));
-- on bridges: neighbour entries in state PERMANENT (Neigh(bridge, ip, mac)).
+- on bridges: neighbour entries in state PERMANENT (Neigh(bridge, ip, mac)), IPv4 and IPv6
+  (the bridge's ARP and ND suppression table).
 Kernel-made `permanent` (local) FDB entries, learned entries, all-zero (BUM) entries and
 dynamic neighbours are never read as ours, so never deleted.
 
@@ -56,13 +57,18 @@ def read_fdb(rtnl: RtnlSocket, index: Mapping[str, int], taps: frozenset[str]) -
 
 
 def read_neighs(rtnl: RtnlSocket, index: Mapping[str, int]) -> frozenset[Neigh]:
-    """Permanent IPv4 neighbour entries on owned bridges."""
+    """Permanent IPv4 and IPv6 neighbour entries on owned bridges."""
     names = {i: n for n, i in index.items() if naming.is_bridge(n)}
     return frozenset(
         Neigh(names[r.ifindex], r.dst, r.lladdr)
-        for r in rtnl.dump_neigh(socket.AF_INET)
+        for family in (socket.AF_INET, socket.AF_INET6)
+        for r in rtnl.dump_neigh(family)
         if r.ifindex in names and r.state & NUD_PERMANENT and r.dst and r.lladdr
     )
+
+
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def _fdb_request(op: str, e: Fdb, ifindex: int) -> NeighRequest:
@@ -73,8 +79,8 @@ def _fdb_request(op: str, e: Fdb, ifindex: int) -> NeighRequest:
 
 def _neigh_request(op: str, e: Neigh, ifindex: int) -> NeighRequest:
     if op == "del":
-        return NeighRequest(op, socket.AF_INET, ifindex, 0, 0, None, e.ip)
-    return NeighRequest(op, socket.AF_INET, ifindex, NUD_PERMANENT, 0, e.mac, e.ip)
+        return NeighRequest(op, _family(e.ip), ifindex, 0, 0, None, e.ip)
+    return NeighRequest(op, _family(e.ip), ifindex, NUD_PERMANENT, 0, e.mac, e.ip)
 
 
 def apply_entries(rtnl: RtnlSocket, fdb: Diff[Fdb], neighs: Diff[Neigh], index: Mapping[str, int]) -> list[Fdb | Neigh]:

@@ -30,14 +30,16 @@ Contract:
 - `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
   (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
   packet meets the rules again instead of `ct established`.
-- `ensure_br_netfilter()`: `net.bridge.bridge-nf-call-iptables=1` (bridged IPv4 traverses the
-  inet hooks: without it security groups are silently bypassed, KERNEL-NOTES §6).
+- `ensure_br_netfilter()`: `net.bridge.bridge-nf-call-iptables=1` and `-ip6tables=1` (bridged
+  IPv4 and IPv6 traverse the inet hooks: without them security groups are silently bypassed,
+  KERNEL-NOTES §6).
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -240,12 +242,13 @@ def nft_genid() -> int:
 
 
 def _bridge_nf_call_iptables() -> None:
-    path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-    with open(path) as fh:
-        if fh.read().strip() == "1":
-            return
-    with open(path, "w") as fh:
-        fh.write("1\n")
+    # IPv4 and IPv6: bridged packets of both families reach the inet table's hooks.
+    for path in ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"):
+        with open(path) as fh:
+            if fh.read().strip() == "1":
+                continue
+        with open(path, "w") as fh:
+            fh.write("1\n")
 
 
 def _enter_netns(name: str) -> None:
@@ -351,7 +354,7 @@ class NftDriver:
 
     # ------------------------------------------------------------------ host namespace
     def ensure_br_netfilter(self) -> None:
-        """Bridged IPv4 through the inet hooks (per namespace; built-in br_netfilter)."""
+        """Bridged IPv4 and IPv6 through the inet hooks (per namespace; built-in br_netfilter)."""
         try:
             self._tx.call(_bridge_nf_call_iptables)
         except OSError as e:
@@ -442,13 +445,13 @@ class NftDriver:
 
     def forget_flows(self, zone: int, address: str) -> None:
         """Delete the conntrack entries of `zone` whose original source or destination is
-        `address` (an IPv4 address or prefix): their next packet is checked by the rules again."""
-        net = address if "/" in address else address + "/32"
-        ip, bits = net.split("/")
-        mask = ".".join(str((0xFFFFFFFF << (32 - int(bits)) >> s) & 255) for s in (24, 16, 8, 0))
+        `address` (an IPv4 or IPv6 address or prefix): their next packet is checked by the rules again."""
+        net = ipaddress.ip_network(address, strict=False)
+        ip, mask = str(net.network_address), str(net.netmask)
+        family = ["-f", "ipv6"] if net.version == 6 else []
         for side in ("src", "dst"):
             flag = "-s" if side == "src" else "-d"
-            cmd = ["conntrack", "-D", "-w", str(zone), flag, ip, f"--mask-{side}", mask]
+            cmd = ["conntrack", "-D", *family, "-w", str(zone), flag, ip, f"--mask-{side}", mask]
             r = subprocess.run((["ip", "netns", "exec", self.netns] if self.netns else []) + cmd,
                                capture_output=True, text=True, timeout=30, check=False)
             if r.returncode not in (0, 1):       # 1: no entry matched

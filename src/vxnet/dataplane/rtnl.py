@@ -324,6 +324,11 @@ IFLA_VXLAN_LEARNING = 7
 IFLA_VXLAN_PORT = 15
 IFLA_BRPORT_LEARNING = 8
 IFLA_BRPORT_NEIGH_SUPPRESS = 32
+IFLA_AF_SPEC = 26
+IFLA_INET6_CONF = 2
+IFLA_INET6_ADDR_GEN_MODE = 8
+DEVCONF_DISABLE_IPV6 = 26
+ADDR_GEN_MODE_NONE = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,6 +350,7 @@ class LinkRecord:
     port_neigh_suppress: bool = False
     link: int = 0          # IFLA_LINK: a VLAN device's lower device
     vlan_id: int = 0
+    ipv6_quiet: bool = False   # IPv6 enabled (neighbour table usable) with no address generation
 
 
 def _attrs(buf: bytes, off: int = 0) -> dict[int, bytes]:
@@ -368,6 +374,11 @@ def _parse_link(payload: bytes) -> LinkRecord:
     kind, extra = "", {}
     if len(a.get(IFLA_LINK, b"")) == 4:
         extra["link"] = struct.unpack("=I", a[IFLA_LINK])[0]
+    inet6 = _attrs(_attrs(a.get(IFLA_AF_SPEC, b"")).get(socket.AF_INET6, b""))
+    conf = inet6.get(IFLA_INET6_CONF, b"")
+    if len(conf) >= 4 * (DEVCONF_DISABLE_IPV6 + 1) and inet6.get(IFLA_INET6_ADDR_GEN_MODE, b"")[:1] == bytes(
+            (ADDR_GEN_MODE_NONE,)):
+        extra["ipv6_quiet"] = struct.unpack_from("=i", conf, 4 * DEVCONF_DISABLE_IPV6)[0] == 0
     info = _attrs(a.get(IFLA_LINKINFO, b""))
     if info:
         kind = info.get(IFLA_INFO_KIND, b"").split(b"\0", 1)[0].decode()

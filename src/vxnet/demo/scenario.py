@@ -12,8 +12,8 @@ Per tenant (alice = tenant-a, bob = tenant-b), identical addresses:
   router, and VMs ds1 (web, 192.0.2.14 + ::14) and ds2 (db, 100.64.10.15 + ::15) on different
   hosts. IPv6 is routed, never NATed, so each tenant has its own prefix (alice 2001:db8:a::/48,
   bob 2001:db8:b::/48): the outside routes each prefix to that tenant's router's external IPv6
-  address. ds1 and ds2 have port security off (the demo's IPv6 cells do not depend on IPv6
-  port security and security groups).
+  address. ds1 and ds2 keep port security and the default group (IPv6 source checks and
+  the group's IPv6 rules apply; replies from the outside pass by conntrack).
 The admin creates the external network `public` (flat, 203.0.113.0/24, gateway 203.0.113.1 =
 the lab's outside router/client namespace; IPv6 2001:db8:ffff::/64, gateway 2001:db8:ffff::1).
 The lab plays Nova: it creates each VM's namespace and tap, then binds the port to its host.
@@ -172,7 +172,6 @@ def build_tenant(api: httpx.Client, user: str, public_id: str,
         if vm in DUAL_STACK:
             t.ips6[vm] = v6_address(user, vm)
             body["fixed_ips"].append({"subnet_id": t.subnets6[net], "ip_address": t.ips6[vm]})
-            body.update(security_groups=[], port_security_enabled=False)
         port = call(api, "POST", "/ports", {"port": body})["port"]
         t.ports[vm], t.ips[vm], t.hosts[vm] = port["id"], ip, PLACEMENT[user][vm]
     fip = call(api, "POST", "/floatingips", {"floatingip": {

@@ -250,9 +250,11 @@ def allocate_fixed_ips(
     out: list[dict[str, str]] = []
     takes_auto = takes_auto_address(device_owner)
     if requested is None:
-        last_error: ServiceError | None = None
+        # Neutron: each group (IPv4; IPv6 without automatic addresses) yields one address from
+        # the first of its subnets with a free one; a group whose every subnet is full fails the port.
         for group in ([s for s in subnets if s["ip_version"] == 4],
                       [s for s in subnets if s["ip_version"] == 6 and not ipv6.is_auto_address_subnet(s)]):
+            last_error: ServiceError | None = None
             for s in group:
                 try:
                     out.append({"subnet_id": s["id"], "ip_address": allocate_ip(uow, s, port_id,
@@ -260,10 +262,11 @@ def allocate_fixed_ips(
                     break
                 except ServiceError as e:
                     last_error = e
+            else:
+                if last_error is not None:
+                    raise last_error
         if mac is not None and add_auto and takes_auto:
             out += auto_address_ips(uow, subnets, port_id, mac)
-        if not out and last_error is not None:
-            raise last_error
         return out
     for item in requested:
         sid = item.get("subnet_id")
@@ -285,13 +288,13 @@ def allocate_fixed_ips(
                     f"IP address {ip} is not a valid IP for any of the subnets on the specified network.",
                     "InvalidIpForNetwork",
                 )
-        if ipv6.is_auto_address_subnet(subnet) and device_owner not in ROUTER_INTERFACE_OWNERS_SNAT:
+        if ipv6.is_auto_address_subnet(subnet):  # Neutron's _test_fixed_ips_for_port
             if ip is not None and device_owner not in ROUTER_INTERFACE_OWNERS:
                 raise bad_request(f"IPv6 address {ip} cannot be directly assigned to a port on subnet "
                                   f"{subnet['id']} as the subnet is configured for automatic addresses",
                                   "InvalidInput")
-            if ip is None:
-                if any(o["subnet_id"] == subnet["id"] for o in out) or not takes_auto:
+            if ip is None and takes_auto:  # the port's EUI-64 address (router ports: a pool address)
+                if any(o["subnet_id"] == subnet["id"] for o in out):
                     continue  # asked twice
                 if mac is None:
                     raise bad_request(f"Invalid input for fixed_ips: subnet {subnet['id']} gives automatic "

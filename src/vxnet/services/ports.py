@@ -13,7 +13,8 @@ Invariants:
   `tap` with a live agent on the host, `binding_failed` without one).
 - IPv6 auto-address subnets (services/ipam.py): a new port takes its EUI-64 address on each;
   an update of `fixed_ips` keeps those addresses (Neutron's `_is_ip_required_by_subnet`: only
-  router ports drop them); a MAC change moves them to the new MAC's EUI-64 addresses.
+  router ports drop them) and adds the ones the port lacks (Neutron's `_update_ips_for_port`);
+  a MAC change moves them to the new MAC's EUI-64 addresses.
 - Ports owned by `network:*` devices get no security groups by default (as in Neutron);
   other ports get the project's `default` group unless port security is off.
 """
@@ -290,6 +291,9 @@ def update_port(uow: UnitOfWork, port: dict[str, Any], net: dict[str, Any], chan
             ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
         new = ipam.allocate_fixed_ips(uow, net, subnets, port["id"], add, device_owner=owner, mac=mac,
                                       add_auto=False) if add else []
+        if ipam.takes_auto_address(owner):  # Neutron's _update_ips_for_port: auto subnets not handled
+            handled = {ip["subnet_id"] for ip in kept + new + remove}
+            new += ipam.auto_address_ips(uow, subnets, port["id"], mac, skip=handled)
         fixed = kept + new
         changed["fixed_ips"] = fixed
     if "mac_address" in changed:  # the EUI-64 addresses follow the MAC

@@ -163,17 +163,17 @@ def _bind(uow: UnitOfWork, port: dict[str, Any], host: str, standby: tuple[str, 
     if not moved and standbys_of(port) == standby:
         return
     p = dict(port)
+    if moved:  # first: binding sets the vif type's own details (services/bindings.py)
+        if p["device_owner"] == GW_OWNER:
+            fip_status.router_moved(uow, p["device_id"])   # DOWN until the new host reports them
+        bindings.bind(uow, p, host)
+        p["status"] = "DOWN"
     details = dict(p.get("binding:vif_details") or {})
     if standby:
         details[HA_KEY] = list(standby)
     else:
         details.pop(HA_KEY, None)
     p["binding:vif_details"] = details
-    if moved:
-        if p["device_owner"] == GW_OWNER:
-            fip_status.router_moved(uow, p["device_id"])   # DOWN until the new host reports them
-        bindings.bind(uow, p, host)
-        p["status"] = "DOWN"
     p.update({"revision_number": p.get("revision_number", 0) + 1, "updated_at": now_iso()})
     uow.put("ports", p)
 

@@ -21,7 +21,7 @@ Records and invariants:
   the router's fence key `/vxnet/fence/router/<id>` after reading it, so they are serialized
   too: an interface in use by a floating IP cannot be removed by a concurrent request.
 - IPv6 (Neutron's `_add_interface_by_subnet`): an interface on an IPv6 subnet takes its
-  gateway_ip; when the router already has an interface port with an IPv6 address on that
+  gateway_ip (not on an address-mode-only subnet, whose RAs come from an outside router: 400); when the router already has an interface port with an IPv6 address on that
   network, the new address is added to that port (one port, several IPv6 prefixes), and
   removing one of its subnets removes only that address (the port goes with its last one).
   A port with an IPv6 address can be attached only if the router has no other IPv6 port on
@@ -68,7 +68,7 @@ from vxnet.api.validation import (
     resolve_project,
     validate,
 )
-from vxnet.services import ipam, rbac, scheduler
+from vxnet.services import ipam, ipv6, rbac, scheduler
 from vxnet.services.ports import delete_port_record, network_subnets, new_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
@@ -339,7 +339,8 @@ def replace_fixed_ips(uow: UnitOfWork, port: dict[str, Any], network: dict[str, 
                       wanted: list[dict[str, str]]) -> None:
     """Change a port's fixed IPs in place (Neutron's update semantics): an entry naming an
     address the port holds keeps it, a subnet-only entry keeps the port's address on that subnet,
-    anything else is allocated; addresses no longer wanted are released."""
+    anything else is allocated; addresses no longer wanted are released, but for the EUI-64
+    addresses on auto-address subnets, which a gateway port keeps (Neutron)."""
     old = list(port["fixed_ips"])
     kept: list[dict[str, str]] = []
     new_req: list[dict[str, str]] = []
@@ -359,8 +360,11 @@ def replace_fixed_ips(uow: UnitOfWork, port: dict[str, Any], network: dict[str, 
             kept.append(match)
         else:
             new_req.append(w)
-    added = ipam.allocate_fixed_ips(uow, network, network_subnets(uow, network["id"]), port["id"], new_req) \
-        if new_req else []
+    subnets = network_subnets(uow, network["id"])
+    auto = {s["id"] for s in subnets if ipv6.is_auto_address_subnet(s)}
+    kept += [ip for ip in old if ip not in kept and ip["subnet_id"] in auto]  # Neutron keeps them (a gateway port)
+    added = ipam.allocate_fixed_ips(uow, network, subnets, port["id"], new_req, device_owner=port["device_owner"],
+                                    mac=port["mac_address"], add_auto=False) if new_req else []
     for ip in old:
         if ip not in kept:
             ipam.release_ip(uow, ip["subnet_id"], ip["ip_address"])
@@ -667,6 +671,9 @@ def _add_by_subnet(uow: UnitOfWork, ctx: Context, rtr: dict[str, Any], ports: li
     if not ctx.is_admin and subnet["project_id"] != ctx.project_id:
         raise bad_router(f"Cannot add interface to router because subnet {subnet_id} is not owned by project "
                          "making the request")
+    if subnet["ip_version"] == 6 and subnet.get("ipv6_ra_mode") is None and subnet.get("ipv6_address_mode"):
+        raise bad_router(f"IPv6 subnet {subnet_id} configured to receive RAs from an external router cannot be "
+                         "added to Neutron Router.")
     check_dup_router_subnets(uow, ports, [subnet])
     net = uow.get("networks", subnet["network_id"])
     if net is None:

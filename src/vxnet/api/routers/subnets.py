@@ -45,7 +45,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
@@ -81,6 +81,7 @@ MAX_ROUTES = 20
 READ_ONLY = ("cidr", "network_id", "ip_version", "project_id", "tenant_id", "subnetpool_id",
              "ipv6_ra_mode", "ipv6_address_mode", "id")
 DHCP_OWNER = "network:dhcp"
+GW_OWNER = "network:router_gateway"
 ROUTER_PORT_OWNERS = (*ROUTER_INTERFACE_OWNERS, "network:router_gateway")
 
 
@@ -145,7 +146,7 @@ def _ipv6_mode(v: Any) -> str:
     return str(v)
 
 
-Ipv6Mode = Annotated[str, BeforeValidator(_ipv6_mode)]
+Ipv6Mode = Annotated[str, BeforeValidator(_ipv6_mode), WithJsonSchema({"type": "string", "enum": list(ipv6.MODES)})]
 NoneIsEmpty = BeforeValidator(lambda v: [] if v is None else v)  # Neutron's convert_none_to_empty_list
 
 
@@ -312,7 +313,7 @@ def check_eui64_applicable(subnet: dict[str, Any]) -> None:
     """Neutron's `_validate_eui64_applicable`: SLAAC addresses need a /64."""
     if ipv6.is_auto_address_subnet(subnet) and ipaddress.ip_network(subnet["cidr"]).prefixlen != 64:
         raise invalid_input(f"Invalid CIDR {subnet['cidr']} for IPv6 address mode. OpenStack uses the EUI-64 "
-                            "address format, which requires the prefix to be /64")
+                            "address format, which requires the prefix to be /64.")
 
 
 def check_request(item: SubnetCreate) -> None:
@@ -474,14 +475,31 @@ def add_auto_addresses(uow: UnitOfWork, subnet: dict[str, Any]) -> None:
     of its network but router interface ports its EUI-64 address."""
     if not ipv6.is_auto_address_subnet(subnet):
         return
-    for p in uow.list("ports", lambda p: p["network_id"] == subnet["network_id"]):
+    # guard_new: a port created meanwhile (it did not see this subnet) makes this unit rerun
+    for p in uow.list("ports", lambda p: p["network_id"] == subnet["network_id"], guard_new=True):
         if not ipam.takes_auto_address(p["device_owner"]):
             continue
-        port = dict(p)
+        port = uow.get("ports", p["id"]) or dict(p)  # a bulk create's earlier subnet may have staged it
         ip = ipam.allocate_ip(uow, subnet, port["id"], ipv6.eui64_address(subnet["cidr"], port["mac_address"]))
         port["fixed_ips"] = [*port["fixed_ips"], {"subnet_id": subnet["id"], "ip_address": ip}]
         touch(port)
         uow.put("ports", port)
+        sync_gateway_info(uow, port)
+
+
+def sync_gateway_info(uow: UnitOfWork, port: dict[str, Any]) -> None:
+    """Keep a router's `external_gateway_info.external_fixed_ips` equal to its gateway port's
+    addresses when a subnet change adds or takes one (api/routers/routers.py's invariant)."""
+    if port["device_owner"] != GW_OWNER or not port["device_id"]:
+        return
+    rtr = uow.get("routers", port["device_id"])
+    if rtr is None or not rtr.get("external_gateway_info"):
+        return
+    info = dict(rtr["external_gateway_info"])
+    info["external_fixed_ips"] = [{"subnet_id": ip["subnet_id"], "ip_address": ip["ip_address"]}
+                                  for ip in port["fixed_ips"]]
+    touch(rtr, {"external_gateway_info": info})
+    uow.put("routers", rtr)
 
 
 @router.get("/subnets")
@@ -627,6 +645,7 @@ async def delete_subnet(subnet_id: str, request: Request) -> Response:
             port["fixed_ips"] = [ip for ip in port["fixed_ips"] if ip["subnet_id"] != subnet_id]
             touch(port)
             uow.put("ports", port)
+            sync_gateway_info(uow, port)
         kvs, _ = uow.repo.store.range(f"{ROOT}ipam/{subnet_id}/")
         for kv in kvs:  # defensive: nothing should be left; never leave orphans behind
             uow.delete_raw(kv.key)
