@@ -7,7 +7,8 @@ runs the upstream router, AS 64500, which accepts them over the management netwo
   next hop, from the gateway host that serves the router; disassociated: withdrawn;
   associated again: back; a router without SNAT (admin only) has its subnet in the external
   network's address scope announced too, never a subnet outside it.
-- The agent restarts: its bgpd is adopted (same pid, one bgpd), the route never disappears.
+- The agent restarts: its bgpd is adopted (same pid, one bgpd), the route never disappears
+  (it may move to the other gateway host when the re-registration rebalances the router).
 - The serving gateway host dies (its agent and bgpd SIGKILLed, its namespaces removed): the
   router moves to the other gateway host and the announcement moves with it (learned from the
   other peer, same next hop), and the floating IP answers from the outside again.
@@ -189,7 +190,11 @@ def test_agent_restart_keeps_the_announcement(blab: Lab) -> None:
         assert started() != old, "the agent did not register again"
     for _ in range(20):                      # and a while with the new agent
         seen.append(learned(g, prefix))
-    assert seen and all(s == [(gw, mgmt(host))] for s in seen), [s for s in seen if s != [(gw, mgmt(host))]][:3]
+    # Never missing, always via the router's gateway address. (The re-registration may
+    # rebalance the router to the other gateway host: then both announce it for one pass.)
+    bad = [s for s in seen if not s or any(hop != gw for hop, _ in s)]
+    assert seen and not bad, bad[:3]
+    wait_for(lambda: len(learned(g, prefix)) == 1, timeout=20)     # one speaker again
     with open(pid_file) as f:
         assert int(f.read()) == before
     bgpds = subprocess.run(["ip", "netns", "pids", topology.host_ns(int(host[1:]))], capture_output=True, text=True,
