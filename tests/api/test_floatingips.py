@@ -140,8 +140,8 @@ def test_associate_at_create_and_port_details(shared_server, ext):
     fip = ok(alice.post("/floatingips", json=fip_body(ext, port_id=port["id"])), 201)["floatingip"]
     assert fip["port_id"] == port["id"] and fip["router_id"] == b["router"]["id"]
     assert fip["fixed_ip_address"] == port["fixed_ips"][0]["ip_address"]
-    # No data plane yet: ACTIVE means "associated" until the agent's router issue lands.
-    assert fip["status"] == "ACTIVE"
+    # DOWN until the gateway host serving it reports it programmed (test_status_reported_by_gateway)
+    assert fip["status"] == "DOWN"
     details = fip["port_details"]
     assert details == {"name": "vm", "network_id": b["net"]["id"], "mac_address": port["mac_address"],
                        "admin_state_up": True, "status": details["status"], "device_id": port["device_id"],
@@ -173,7 +173,7 @@ def test_associate_disassociate_reassociate(shared_server, ext):
     fip = ok(alice.post("/floatingips", json=fip_body(ext)), 201)["floatingip"]
     url = f"/floatingips/{fip['id']}"
     up = ok(alice.put(url, json={"floatingip": {"port_id": port["id"]}}))["floatingip"]
-    assert up["port_id"] == port["id"] and up["status"] == "ACTIVE" and up["router_id"] == b["router"]["id"]
+    assert up["port_id"] == port["id"] and up["status"] == "DOWN" and up["router_id"] == b["router"]["id"]
     assert up["revision_number"] == 1 and up["port_details"]["mac_address"] == port["mac_address"]
     # a description-only update keeps the association
     up = ok(alice.put(url, json={"floatingip": {"description": "web"}}))["floatingip"]
@@ -451,4 +451,70 @@ def test_empty_update_disassociates_and_agents_see_it(tmp_path):
     finally:
         for r in readers:
             r.close()
+        h.stop()
+
+
+def test_status_reported_by_the_gateway_that_serves_it(tmp_path):
+    """Floating IP status belongs to the gateway host serving its router: DOWN when created or
+    (re)associated, ACTIVE only when that host reports it; a report by any other host, by a
+    non-service user, or for an unassociated floating IP changes nothing; DOWN again when the
+    router moves to another gateway host (here: its host's lease expires)."""
+    from tests.api.test_host_view import agent_client, start_agent_server
+    h = start_agent_server(os.path.join(tmp_path, "vxnet.db"), agent_down_time=2)
+    try:
+        c = agent_client(h)
+        for host, ip in (("gw1", "198.51.100.9"), ("gw2", "198.51.100.10")):
+            assert c.post(f"/hosts/{host}/register", json={"underlay_ip": ip, "gateway": True}).status_code == 200
+        admin, alice = h.api("admin"), h.api("alice")
+        ext_net = ok(admin.post("/networks", json={"network": {"name": "pub", "router:external": True}}), 201)["network"]
+        ok(admin.post("/subnets", json={"subnet": {"network_id": ext_net["id"], "ip_version": 4,
+                                                   "cidr": "203.0.113.0/24"}}), 201)
+        b = backend(alice, {"net": ext_net})
+        gw_port = ok(admin.get("/ports", params={"device_id": b["router"]["id"],
+                                                 "device_owner": "network:router_gateway"}))["ports"][0]
+        serving = gw_port["binding:host_id"]
+        other = ({"gw1", "gw2"} - {serving}).pop()
+        fip = ok(alice.post("/floatingips", json={"floatingip": {"floating_network_id": ext_net["id"],
+                                                                 "port_id": b["port"]["id"]}}), 201)["floatingip"]
+        url = f"/floatingips/{fip['id']}"
+        assert fip["status"] == "DOWN"
+        status = lambda: ok(alice.get(url))["floatingip"]["status"]
+        # another gateway host (a stale report): ignored
+        assert ok(c.post(f"/hosts/{other}/floatingips-status", json={"ACTIVE": [fip["id"]]}))["updated"] == []
+        assert status() == "DOWN"
+        # a tenant cannot report (the agents' service role or an admin only, as for port status)
+        err(alice.post(f"{h.url}/v2.0/vxnet/hosts/{serving}/floatingips-status", json={"ACTIVE": [fip["id"]]}),
+            403, "PolicyNotAuthorized")
+        err(c.post(f"/hosts/{serving}/floatingips-status", json={"ACTIVE": "x"}), 400, "BadRequest")
+        err(c.post(f"/hosts/{serving}/floatingips-status", json={"UP": []}), 400, "BadRequest")
+        assert status() == "DOWN"
+        # the serving host: ACTIVE, once
+        assert ok(c.post(f"/hosts/{serving}/floatingips-status", json={"ACTIVE": [fip["id"]]}))["updated"] == [fip["id"]]
+        assert ok(c.post(f"/hosts/{serving}/floatingips-status", json={"ACTIVE": [fip["id"]]}))["updated"] == []
+        assert status() == "ACTIVE"
+        # a description change keeps it; a disassociation is DOWN and cannot be reported ACTIVE
+        ok(alice.put(url, json={"floatingip": {"description": "web"}}))
+        assert status() == "ACTIVE"
+        ok(alice.put(url, json={"floatingip": {"port_id": None}}))
+        assert status() == "DOWN"
+        assert ok(c.post(f"/hosts/{serving}/floatingips-status", json={"ACTIVE": [fip["id"]]}))["updated"] == []
+        assert status() == "DOWN"
+        # re-associated: DOWN until reported
+        ok(alice.put(url, json={"floatingip": {"port_id": b["port"]["id"]}}))
+        assert status() == "DOWN"
+        ok(c.post(f"/hosts/{serving}/floatingips-status", json={"ACTIVE": [fip["id"]]}))
+        assert status() == "ACTIVE"
+        # the serving host dies (the other one keeps heartbeating): the router moves, DOWN
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            assert c.post(f"/hosts/{other}/heartbeat").status_code == 200
+            port = ok(admin.get(f"/ports/{gw_port['id']}"))["port"]
+            if port["binding:host_id"] == other:
+                break
+            time.sleep(0.2)
+        assert port["binding:host_id"] == other
+        assert status() == "DOWN"
+        assert ok(c.post(f"/hosts/{serving}/floatingips-status", json={"ACTIVE": [fip["id"]]}))["updated"] == []
+        assert ok(c.post(f"/hosts/{other}/floatingips-status", json={"ACTIVE": [fip["id"]]}))["updated"] == [fip["id"]]
+    finally:
         h.stop()

@@ -679,3 +679,43 @@ def test_wrong_method_and_path(shared_server) -> None:
     assert_error(alice.get("/networkz"), 404)
     net = create(alice)
     assert_error(alice.post(f"/networks/{net['id']}", json={}), 405)
+
+
+def test_vlan_external_network_admin_only_claims_its_vlan(shared_server) -> None:
+    """VLAN provider networks (external networks on a tagged physical network): only an admin
+    names the physical network and VLAN (Neutron's policy); one network per (physnet, VLAN),
+    released on delete; the VLAN id is 1..4094. The agent refuses them where the kernel has no
+    802.1Q (docs/gateway.md), the API does not know the kernel."""
+    admin, alice = shared_server.api("admin"), shared_server.api("alice")
+    phys = f"vl{uuid.uuid4().hex[:8]}"
+    body = {"router:external": True, "provider:network_type": "vlan", "provider:physical_network": phys,
+            "provider:segmentation_id": 101}
+    t = tag()
+    assert_error(alice.post("/networks", json={"network": {"tags": [t], **body}}), 403, "PolicyNotAuthorized")
+    for k in ("provider:physical_network", "provider:segmentation_id"):
+        assert_error(alice.post("/networks", json={"network": {"tags": [t], "provider:network_type": "vlan", k:
+                                                               body[k]}}), 403, "PolicyNotAuthorized")
+    assert alice.get("/networks", params={"tags": t}).json()["networks"] == []
+    net = create(admin, **body)
+    assert (net["provider:network_type"], net["provider:physical_network"], net["provider:segmentation_id"]) == \
+        ("vlan", phys, 101)
+    assert_error(admin.post("/networks", json={"network": body}), 409, "VlanIdInUse")
+    other = create(admin, **{**body, "provider:segmentation_id": 102})         # another VLAN: fine
+    flat = create(admin, **{"provider:network_type": "flat", "provider:physical_network": phys})  # untagged: fine
+    for bad in (None, 0, 4095):
+        assert_error(admin.post("/networks", json={"network": {**body, "provider:segmentation_id": bad}}), 400)
+    for n in (net, other, flat):
+        assert admin.delete(f"/networks/{n['id']}").status_code == 204
+    again = create(admin, **body)                                          # released by the delete
+    assert again["provider:segmentation_id"] == 101
+    # the VLAN id is not a VNI: deleting the VLAN network releases no VXLAN segment
+    assert admin.delete(f"/networks/{again['id']}").status_code == 204
+
+
+@pytest.mark.parametrize("name", ["", "a/vlan/5", "a:b", "a,b", "has space", "x" * 65])
+def test_physical_network_names_are_checked(shared_server, name: str) -> None:
+    """A physical network names a claim key and an agent's PHYSNET:IF mapping: a name that
+    could collide with another claim (`x/vlan/5`) or break the mapping is a 400, not a network."""
+    admin = shared_server.api("admin")
+    for kind in ({"provider:network_type": "flat"}, {"provider:network_type": "vlan", "provider:segmentation_id": 5}):
+        assert_error(admin.post("/networks", json={"network": {"provider:physical_network": name, **kind}}), 400)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from vxnet.compute import naming
 from vxnet.compute.gateway import compute_gateway, is_router_netns, nat_ruleset, router_netns
 
@@ -73,7 +75,9 @@ def test_nat_rules_floating_ip_before_snat_and_mss() -> None:
     r = compute_gateway(view(), "gw1", None).routers[0]
     rules = nat_ruleset(r)
     qg = r.gw.inner
-    assert f'iifname "{qg}" ip daddr 203.0.113.20 dnat to 192.0.2.11' in rules
+    assert '    ip daddr 203.0.113.20 dnat to 192.0.2.11' in rules      # from any leg (hairpin)
+    hair = f'iifname != "{qg}" oifname != "{qg}" ct status dnat'
+    assert rules.index(f"{hair} ip saddr 192.0.2.11 snat to 203.0.113.20") < rules.index(f"{hair} snat to 203.0.113.10")
     fip_snat = rules.index(f'oifname "{qg}" ip saddr 192.0.2.11 snat to 203.0.113.20')
     snat = rules.index(f'oifname "{qg}" ip saddr {{ 192.0.2.0/24 }} snat to 203.0.113.10')
     assert fip_snat < snat
@@ -89,3 +93,34 @@ def test_pure_and_order_independent() -> None:
     v2 = dict(v)
     v2["ports"] = dict(reversed(list(v["ports"].items())))
     assert compute_gateway(v2, "gw1", "x") == a == compute_gateway(view(), "gw1", "x")
+
+
+def _two_externals(v: dict[str, Any]) -> dict[str, Any]:
+    v = dict(v)
+    v["networks"] = dict(v["networks"])
+    v["networks"]["ext2"] = {"id": "ext2", "router:external": True, "provider:network_type": "flat",
+                             "provider:physical_network": "physnet2", "mtu": 1500}
+    v["networks"]["ext3"] = {"id": "ext3", "router:external": True, "provider:network_type": "vlan",
+                             "provider:physical_network": "physnet2", "provider:segmentation_id": 101, "mtu": 1500}
+    return v
+
+
+def test_several_external_networks_by_physical_network() -> None:
+    from vxnet.compute.gateway import parse_external_interfaces
+
+    v = _two_externals(view())
+    by_net = lambda d: {e.network_id: (e.interface, e.vlan, e.port) for e in d.externals}
+    d = compute_gateway(v, "gw1", "external:eth1,physnet2:eth2")
+    assert by_net(d) == {EXT: ("eth1", None, "eth1"), "ext2": ("eth2", None, "eth2"),
+                         "ext3": ("eth2", 101, "vxv-ext3")}
+    assert len(d.l2.bridges) == 3 and len(d.routers) == 1
+    # the legacy single form: physical network "external" only
+    assert by_net(compute_gateway(v, "gw1", "eth1")) == {EXT: ("eth1", None, "eth1"), "ext2": (None, None, None),
+                                                        "ext3": (None, 101, None)}
+    assert by_net(compute_gateway(v, "gw1", "physnet2:eth2")) == {EXT: (None, None, None), "ext2": ("eth2", None, "eth2"),
+                                                                 "ext3": ("eth2", 101, "vxv-ext3")}
+    assert parse_external_interfaces("a:x, b:y ,z") == ({"a": "x", "b": "y"}, "z")
+    assert parse_external_interfaces(None) == ({}, None)
+    for bad in ("a:x,a:y", "a:x,b:x", "x,y", ":x", "a:", "a:x,,b:y"):
+        with pytest.raises(ValueError):
+            parse_external_interfaces(bad)

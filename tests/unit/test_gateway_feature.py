@@ -79,3 +79,41 @@ def test_apply_converges_only_changes_and_retries_failures() -> None:
 def test_only_on_gateway_hosts() -> None:
     assert build(HostContext("h1", "198.51.100.1")) == []
     assert [x.name for x in build(dataclasses.replace(HostContext("g", "198.51.100.2"), gateway=True))] == ["gateway"]
+
+
+def test_floating_ip_status_follows_the_router_namespace() -> None:
+    drv = FakeDriver()
+    now = [0.0]
+    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    assert f.apply(_desired(f, view())).floatingips == {"f1": "ACTIVE"}
+    drv.fail = True
+    f.invalidate()
+    assert f.apply(_desired(f, view())).floatingips == {"f1": "DOWN"}     # not programmed: DOWN
+    drv.fail = False
+    now[0] += 1.0
+    assert f.apply(_desired(f, view())).floatingips == {"f1": "ACTIVE"}
+    assert f.apply(_desired(f, view(host="gw2"))).floatingips == {}       # served elsewhere: not ours to say
+
+
+def test_standby_copies_report_and_announce_nothing() -> None:
+    class Bgp:
+        def __init__(self) -> None:
+            self.routes: dict = {}
+
+        def apply(self, routes: dict) -> int:
+            self.routes = dict(routes)
+            return 0
+
+        def invalidate(self) -> None:
+            pass
+
+    drv, bgp = FakeDriver(), Bgp()
+    f = GatewayFeature(HostContext("gw1", "198.51.100.9", gateway=True, external_interface="ext0"), drv,  # type: ignore[arg-type]
+                       bgp=bgp)  # type: ignore[arg-type]
+    d = _desired(f, view())
+    r = d.routers[0]
+    res = f.apply(d)
+    assert res.floatingips == {"f1": "ACTIVE"} and bgp.routes == {"203.0.113.20/32": "203.0.113.10"}
+    res = f.apply(dataclasses.replace(d, routers=(dataclasses.replace(r, active=False),)))  # a prepared standby
+    assert res.floatingips == {} and bgp.routes == {}

@@ -188,6 +188,13 @@ class ServerClient:
             raise ServerRejected(r.status_code, r.text)
         return list(r.json().get("updated", []))
 
+    def report_floatingips_status(self, active: Iterable[str], down: Iterable[str]) -> list[str]:
+        """Set floating IPs this gateway host serves ACTIVE / DOWN (others are ignored); the ids changed."""
+        r = self._call("POST", "floatingips-status", {"ACTIVE": list(active), "DOWN": list(down)})
+        if r.status_code != 200:
+            raise ServerRejected(r.status_code, r.text)
+        return list(r.json().get("updated", []))
+
     def report_doctor(self, request_id: str, result: Mapping[str, Any]) -> None:
         """Answer a doctor request (`vxnet doctor`)."""
         r = self._call("POST", f"doctor/{request_id}", dict(result))

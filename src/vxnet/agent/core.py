@@ -109,11 +109,12 @@ class AgentConfig:
     metadata: MetadataSettings | None = None   # [metadata] of the agent's config file
     bfd: bool = False                 # BFD (FRR bfdd) to gateway hosts: fast gateway failover
     bfd_dir: str | None = None        # bfdd's sockets and pid file (default /run/vxnet/bfd-<host>)
+    bgp: Any = None                   # gateway hosts: a dataplane.bgp.BgpConfig
 
     @property
     def context(self) -> HostContext:
         return HostContext(self.host, self.underlay_ip, self.netns, self.gateway, self.external_interface,
-                           self.dhcp_lease_time, self.metadata, self.ha_dir)
+                           self.dhcp_lease_time, self.metadata, self.ha_dir, self.bgp)
 
     @property
     def ha_dir(self) -> str | None:
@@ -139,6 +140,10 @@ class Agent:
         self._status_lock = threading.Lock()
         self._reported: dict[str, tuple[str, Any]] = {}     # port -> (status, port revision) sent
         self._to_report: dict[str, tuple[str, Any]] = {}    # port -> (status, port revision) to send
+        self._fip_reported: dict[str, tuple[str, Any]] = {}  # the same for floating IPs served here
+        self._fip_to_report: dict[str, tuple[str, Any]] = {}
+        self._fip_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
+        self._fip_retry_at = 0.0          # a failed floating IP report waits until then (ports do not)
         self._report_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pass_backoff = Backoff(cfg.retry_interval, cfg.retry_max)
@@ -322,6 +327,7 @@ class Agent:
         self._report(view, result)
         if self.ha is not None:
             self.ha.after_pass(v)
+        self._report_fips(view, {k: v for r in ordered for k, v in r.floatingips.items()})
         if not result.failed:
             self._pass_backoff.reset()
             self._applied_received = received
@@ -437,10 +443,60 @@ class Agent:
         if want:
             self._report_wake.set()
 
+    def _report_fips(self, view: ViewState, statuses: Mapping[str, str]) -> None:
+        """Queue the floating IP status changes of this pass (as `_report` for ports)."""
+        fips = view.view.floatingips
+        want: dict[str, tuple[str, Any]] = {}
+        with self._status_lock:
+            for fid, status in statuses.items():
+                obj = fips.get(fid)
+                if obj is None:
+                    continue
+                stamp = (status, obj.revision if obj.revision is not None else obj.status)
+                if obj.status != status and self._fip_reported.get(fid) != stamp:
+                    want[fid] = stamp
+            for fid in list(self._fip_reported):
+                if fid not in statuses:
+                    del self._fip_reported[fid]
+            self._fip_to_report = want
+        if want:
+            self._report_wake.set()
+
+    def _send_fips(self) -> None:
+        """Send the queued floating IP statuses. A failure is retried after its own backoff
+        (a timer wakes the reporter), without holding back port reports."""
+        with self._status_lock:
+            batch = dict(self._fip_to_report)
+        send = getattr(self.control, "report_floatingips_status", None)
+        if not batch or send is None or time.monotonic() < self._fip_retry_at:
+            return
+        active = sorted(f for f, (s, _) in batch.items() if s == "ACTIVE")
+        down = sorted(f for f, (s, _) in batch.items() if s == "DOWN")
+        try:
+            send(active, down)
+        except Exception as e:  # noqa: BLE001 - as for ports: retried
+            metrics.ERRORS.labels("report_status").inc()
+            delay = self._fip_backoff.next()
+            log.warning("host=%s floating IP status report failed (%s); retry in %.1f s", self.cfg.host, e, delay)
+            self._fip_retry_at = time.monotonic() + delay
+            t = threading.Timer(delay, self._report_wake.set)
+            t.daemon = True
+            t.start()
+            return
+        self._fip_backoff.reset()
+        with self._status_lock:
+            for fid, stamp in batch.items():
+                self._fip_reported[fid] = stamp
+                if self._fip_to_report.get(fid) == stamp:
+                    del self._fip_to_report[fid]
+        log.info("host=%s floating IPs ACTIVE=%s DOWN=%s", self.cfg.host, active, down)
+
     def _reporter_loop(self) -> None:
         while not self._stop.is_set():
             self._report_wake.wait(1.0)
             self._report_wake.clear()
+            if not self._stop.is_set():
+                self._send_fips()
             with self._status_lock:
                 batch = dict(self._to_report)
             if not batch or self._stop.is_set():

@@ -25,6 +25,9 @@ A plug-first feature (the firewall) lists in `hold` the local ports whose filter
 loaded: the L2 pass does not plug their taps (a tap already plugged stays, filtered by the rules
 it had), so no port passes traffic unfiltered.
 
+A feature that serves floating IPs (the gateway) gives their status in `floatingips`; the agent
+reports the ones whose stored status differs, like port status.
+
 A local port listed in any feature's `down` is reported DOWN even when its L2 path is applied
 (e.g. its security-group rules failed to load): ACTIVE means the whole data path is in place.
 """
@@ -33,10 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vxnet.compute.host import HostSpec
 from vxnet.config import MetadataSettings
+
+if TYPE_CHECKING:
+    from vxnet.dataplane.bgp import BgpConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,7 @@ class HostContext:
     dhcp_lease_time: int = 86400             # seconds (the VM renews at half of it)
     metadata: MetadataSettings | None = None  # [metadata]: None -> the proxy answers 503
     ha_dir: str | None = None                # with --bfd: bfdd's and conntrackd's run directory
+    bgp: BgpConfig | None = None             # gateway hosts: announce to upstream routers
 
     @property
     def spec(self) -> HostSpec:
@@ -65,6 +72,7 @@ class FeatureResult:
     changes: Mapping[str, int] = dataclasses.field(default_factory=dict)   # kind -> count (logs/metrics)
     all_down: bool = False                       # nothing of this feature is in place (e.g. it crashed)
     hold: frozenset[str] = frozenset()           # local port ids whose taps must not be plugged yet
+    floatingips: Mapping[str, str] = dataclasses.field(default_factory=dict)   # served here: id -> ACTIVE/DOWN
 
 
 class Feature(Protocol):

@@ -86,6 +86,7 @@ EXTRA_BODIES: dict[tuple[str, str], dict[str, Any] | type[BaseModel]] = {
     ("put", "/v2.0/trunks/{trunk_id}/remove_subports"): _SUBPORTS,
     ("post", "/v2.0/vxnet/hosts/{host}/register"): agent_stream.RegisterBody,
     ("post", "/v2.0/vxnet/hosts/{host}/ports-status"): _PORT_STATUS,
+    ("post", "/v2.0/vxnet/hosts/{host}/floatingips-status"): _PORT_STATUS,
     ("put", "/v2.0/subnetpools/{pool_id}/add_prefixes"): _PREFIXES,
     ("put", "/v2.0/subnetpools/{pool_id}/remove_prefixes"): _PREFIXES,
     ("put", "/v2.0/routers/{router_id}/add_extraroutes"): _ROUTES,

@@ -41,8 +41,17 @@ def register(app: typer.Typer) -> None:
                                           "a command line is visible to every user of the host)"),
         project: str = typer.Option("service", envvar="VXNET_AGENT_PROJECT", help="service user's project"),
         gateway: bool = typer.Option(False, help="this host is a gateway host (SNAT, floating IPs)"),
-        external_interface: str = typer.Option(None, help="gateway hosts: the interface of the external "
-                                                          "(flat) networks"),
+        external_interface: list[str] = typer.Option(  # noqa: B008
+            None, help="gateway hosts: PHYSNET:IF, the interface of a physical network's external networks "
+                       "(flat: the interface itself, VLAN: a VLAN device on it); repeatable. A bare IF is the "
+                       "interface of physical network 'external' (or else the first flat external network)"),
+        bgp_as: int = typer.Option(None, help="gateway hosts: this host's BGP AS number; with --bgp-peer, "
+                                              "announce floating IPs and gateway addresses (FRR bgpd)"),
+        bgp_peer: list[str] = typer.Option(None, help="gateway hosts: an upstream BGP router, "  # noqa: B008
+                                                      "ADDRESS:AS (repeatable)"),
+        bgp_router_id: str = typer.Option(None, help="BGP router id (default: --underlay-ip)"),
+        bgp_dir: str = typer.Option(None, help="bgpd's state directory (config, pid file, vty socket; "
+                                               "default /run/vxnet/bgp-HOST)"),
         dhcp_lease_time: int = typer.Option(86400, help="DHCP lease time in seconds (VMs renew at half)"),
         bfd: bool = typer.Option(False, help="BFD (FRR bfdd, 100 ms x 3) to gateway hosts: gateway failover "
                                  "in under a second, without waiting for the store's lease"),
@@ -62,6 +71,26 @@ def register(app: typer.Typer) -> None:
         from vxnet.agent.core import Agent, AgentConfig, limit_malloc_arenas
 
         limit_malloc_arenas()
+        from vxnet.compute.gateway import parse_external_interfaces
+
+        ext_spec = ",".join(i.strip() for i in external_interface or ()) or None
+        try:
+            parse_external_interfaces(ext_spec)
+        except ValueError as e:
+            typer.echo(f"vxnet agent: --external-interface: {e}", err=True)
+            raise typer.Exit(2) from None
+        bgp = None
+        if bgp_as is not None or bgp_peer:
+            from vxnet.dataplane.bgp import BgpConfig, parse_peer
+
+            try:
+                if not gateway or bgp_as is None or not bgp_peer:
+                    raise ValueError("BGP needs --gateway, --bgp-as and at least one --bgp-peer")
+                bgp = BgpConfig(bgp_as, bgp_router_id or underlay_ip, tuple(parse_peer(p) for p in bgp_peer),
+                                bgp_dir or f"/run/vxnet/bgp-{host}")
+            except ValueError as e:
+                typer.echo(f"vxnet agent: {e}", err=True)
+                raise typer.Exit(2) from None
 
         from vxnet import logsetup
         from vxnet.config import ConfigError, load_metadata
@@ -83,10 +112,10 @@ def register(app: typer.Typer) -> None:
             mhost, _, mport = metrics_listen.rpartition(":")
             start_http_server(int(mport), addr=mhost.strip("[]") or "127.0.0.1")
         control = make_control_plane([s.strip() for s in server.split(",") if s.strip()], host, underlay_ip,
-                                     user, password, project, gateway, external_interface)
+                                     user, password, project, gateway, ext_spec)
         a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
-                              external_interface=external_interface, dhcp_lease_time=dhcp_lease_time,
-                              metadata=metadata, bfd=bfd, bfd_dir=bfd_dir),
+                              external_interface=ext_spec, dhcp_lease_time=dhcp_lease_time,
+                              metadata=metadata, bfd=bfd, bfd_dir=bfd_dir, bgp=bgp),
                   control)
         local = None
         if control_socket:

@@ -36,11 +36,15 @@ def register(app: typer.Typer) -> None:
         gateways: int = typer.Option(0, help="extra gateway hosts (h<N+1>..), agents with --gateway"),
         external: bool = typer.Option(False, "--external", help="external segment: the gateway hosts' external "
                                       "interfaces and an outside client namespace (vxl-x, 203.0.113.100 and .1)"),
+        external2: bool = typer.Option(False, "--external2", help="with --external: a second external segment, "
+                                       "physical network external2 (vxl-x2, 100.127.254.100 and .1)"),
+        bgp: bool = typer.Option(False, "--bgp", help="with --external: the outside runs an upstream FRR BGP "
+                                 "router (AS 64500, 100.127.255.253) the gateway agents peer with (AS 64512)"),
     ) -> None:
         """Build the underlay and N hosts, start the server and one agent per host; print the API URL."""
         from vxnet.lab import lab as L
 
-        st = _run(L.up, hosts, config, server, None, gateways, external)
+        st = _run(L.up, hosts, config, server, None, gateways, external, external2, bgp)
         typer.echo(st["url"])
 
     @lab.command("down")

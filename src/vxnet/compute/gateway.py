@@ -3,10 +3,16 @@ namespace per router scheduled here, and the NAT rules of each (KERNEL-NOTES §5
 
 Contract: `compute_gateway(view, host, external_interface)` is a pure function of its
 arguments and returns a `GatewayDesired`:
-- `externals`: every `router:external` flat network of the view gets a bridge (named like any
-  network's bridge, explicit MAC); the host's external interface is enslaved to ONE of them
-  (physical network "external" first, then the lowest id; one interface = one physical network).
-  Flat networks are ignored by the L2 compute, so the bridge is part of this feature's `.l2`.
+- `external_interface` (`parse_external_interfaces`): comma-separated `PHYSNET:IF` items (the
+  interface of each physical network) and at most one bare `IF` (the legacy single form: the
+  interface of physical network "external", or else of the first flat external network by id).
+- `externals`: every `router:external` flat or VLAN network of the view gets a bridge (named like
+  any network's bridge, explicit MAC). A flat network's bridge enslaves the interface of its
+  physical network; a VLAN network's bridge enslaves a VLAN device (`vlan_dev`, VLAN id =
+  `provider:segmentation_id`) on that interface. One flat network per physical network (the API
+  enforces it), any number of VLANs. A network whose physical network has no interface here
+  gets its bridge without one. Provider networks are ignored by the L2 compute, so the bridge
+  is part of this feature's `.l2`.
 - `routers`: a router whose gateway port (`network:router_gateway`) is bound to this host
   (`active`) or names it as a standby (`Port.standby`; `active` False) gets namespace
   `router_netns(router id, host)` with
@@ -19,10 +25,12 @@ arguments and returns a `GatewayDesired`:
     it like a VM port), inside `sg-<snat port 11>` with the port's MAC and address, so every
     router subnet is connected;
   * the router's extra routes whose nexthop is on a connected subnet;
-  * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed and SNAT fixed -> fip, then (if
-    enable_snat) SNAT of the router's interface subnets to the gateway address; MSS clamping
-    of forwarded SYNs to the route MTU; TCP/UDP addressed to the namespace itself from its
-    legs is dropped (nothing listens there: no RST for a flow whose entry is not there yet).
+  * NAT (`nat_ruleset`): each floating IP DNAT fip -> fixed (from any leg: hairpin) and SNAT
+    fixed -> fip, then hairpin SNAT (a DNATed flow from inside back inside: to the sender's
+    floating IP, else the gateway address), then (if enable_snat) SNAT of the router's
+    interface subnets to the gateway address; MSS clamping of forwarded SYNs to the route MTU;
+    TCP/UDP addressed to the namespace itself from its legs is dropped (nothing listens there:
+    no RST for a flow whose entry is not there yet).
 - A standby router is built the same way (addresses, routes, NAT: a takeover is a local flip)
   but its gateway leg has no Plug/FDB/LocalPort in `.l2` and its snat ports are not bound here,
   so no tap of it is on a bridge: it answers no ARP and forwards nothing. The view given is
@@ -31,6 +39,12 @@ arguments and returns a `GatewayDesired`:
   another host) gets `sync_ip`/`sync_peer`, addresses in 2001:db8:fffe::/48 derived from
   (router, host): the driver gives the namespace a leg on the underlay (`hs-<router 11>`) and
   the feature runs conntrackd (FTFW) between the two copies (dataplane/ctsync.py).
+- `fip_ids`: the floating IPs a router serves (the feature reports them ACTIVE once the
+  router's namespace converged, DOWN while it fails).
+- `bgp_routes(routers)`: what the host's BGP speaker announces for the routers it serves: each
+  floating IP /32 and the interface subnets of a router with SNAT disabled that are in the
+  external network's address scope (`routable_cidrs`), with the router's gateway address as
+  next hop.
 - IPv6 (routed, never NAT; floating IPs stay IPv4, as Neutron): the gateway leg also gets the
   gateway port's IPv6 fixed IPs (`Leg.more`) and `gateway_ip6` = the gateway of the external
   IPv6 subnet (default route ::/0); a snat port's IPv6 fixed IPs go on its leg (a port with only
@@ -49,7 +63,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from vxnet.compute import naming
@@ -61,6 +75,7 @@ SNAT_OWNER = "network:router_centralized_snat"
 INTF_OWNERS = ("network:router_interface", "network:router_interface_distributed")
 NETNS_PREFIX = naming.SNAT_NS_PREFIX
 NAT_TABLE = naming.NAT_TABLE[1]
+VLAN_PREFIX = "vxv-"            # + network id[:11]: a VLAN external network's device (15 chars)
 FILTER6_TABLE = "vxnet_v6"
 
 SYNC_IFACE_PREFIX = "hs-"
@@ -128,6 +143,9 @@ class GatewayRouter:
     active: bool = True                     # False: a prepared standby (host-side taps down, unplugged)
     sync_ip: str = ""                       # conntrack sync leg: this copy's address ("" = no peer)
     sync_peer: str = ""                     # ... and the peer copy's (the active's or first standby's)
+    fip_ids: tuple[str, ...] = ()           # the floating IPs of `fips` (their status is reported)
+    network_id: str = ""                    # its external network
+    routable_cidrs: tuple[str, ...] = ()    # interface subnets in the external network's address scope
 
     @property
     def sync_dev(self) -> str:
@@ -150,7 +168,48 @@ class GatewayRouter:
 class ExternalBridge:
     network_id: str
     bridge: str
-    interface: str | None     # the host's external interface, enslaved to this bridge
+    interface: str | None     # the host's interface of the network's physical network
+    vlan: int | None = None   # a VLAN network: its VLAN id on `interface`
+    physical_network: str = ""
+
+    @property
+    def vlan_dev(self) -> str | None:
+        """The VLAN device enslaved to the bridge (VLAN networks only)."""
+        return f"{VLAN_PREFIX}{self.network_id[:naming.ID_CHARS]}" if self.vlan is not None else None
+
+    @property
+    def port(self) -> str | None:
+        """What the bridge enslaves: the interface itself, or its VLAN device."""
+        return None if self.interface is None else (self.vlan_dev or self.interface)
+
+
+def parse_external_interfaces(spec: str | None) -> tuple[dict[str, str], str | None]:
+    """`PHYSNET:IF,...[,IF]` -> ({physnet: interface}, the bare interface or None). ValueError
+    on an empty item, a physical network given twice, an interface given twice or two bare ones."""
+    mapping: dict[str, str] = {}
+    bare: str | None = None
+    seen: set[str] = set()
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item and spec:
+            raise ValueError(f"empty item in external interfaces '{spec}'")
+        if not item:
+            continue
+        phys, sep, ifname = item.rpartition(":")
+        if not ifname or (sep and not phys):
+            raise ValueError(f"bad external interface '{item}': expected PHYSNET:IF or IF")
+        if ifname in seen:
+            raise ValueError(f"interface {ifname} given twice (one interface carries one physical network)")
+        seen.add(ifname)
+        if not sep:
+            if bare is not None:
+                raise ValueError("at most one external interface without a physical network")
+            bare = ifname
+        elif phys in mapping:
+            raise ValueError(f"physical network {phys} given twice")
+        else:
+            mapping[phys] = ifname
+    return mapping, bare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,16 +268,22 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     gw = _leg(gw_port, naming.GATEWAY_IFACE_PREFIX + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu, gw6)
     legs: list[Leg] = []
     cidrs: set[str] = set()
+    routable: set[str] = set()
     cidrs6: set[str] = set()
     for pid in sorted(v.ports):
         p = v.ports[pid]
         if p.device_id != rid:
             continue
         if p.device_owner in INTF_OWNERS:
+            net = v.networks.get(p.network_id)
+            same_scope = (net is not None and ext.ipv4_address_scope is not None
+                          and net.ipv4_address_scope == ext.ipv4_address_scope)
             for f in p.fixed_ips:
                 sub = v.subnets.get(f.subnet_id)
                 if sub is not None and ipaddress.ip_network(sub.cidr).version == 4:
                     cidrs.add(sub.cidr)
+                    if same_scope:
+                        routable.add(sub.cidr)
                 elif sub is not None:
                     cidrs6.add(str(ipaddress.ip_network(sub.cidr)))
         elif p.device_owner == SNAT_OWNER and _here(p, host) and p.admin_up:
@@ -238,14 +303,17 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
             continue
         if hop.version == dest.version and any(hop in n for n in connected):
             routes.append((str(dest), str(hop)))
-    fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in v.floatingips.values()
-            if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address}
+    served = [f for f in v.floatingips.values()
+              if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address]
+    fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in served}
     gateway6 = next((s.gateway_ip for _, s in gw6 if s.gateway_ip), None)
     peer = next((h for h in (gw_port.host, *gw_port.standby) if h and h != host), "")
     return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
                          gateway6, tuple(sorted(cidrs6)), _neighs6(legs, v),
-                         gw_port.host == host, sync_ip(rid, host) if peer else "", sync_ip(rid, peer) if peer else "")
+                         gw_port.host == host, sync_ip(rid, host) if peer else "", sync_ip(rid, peer) if peer else "",
+                         fip_ids=tuple(sorted(f.id for f in served)), network_id=gw_port.network_id,
+                         routable_cidrs=tuple(sorted(routable)))
 
 
 def _neighs6(legs: list[Leg], v: View) -> tuple[tuple[str, str, str], ...]:
@@ -270,17 +338,32 @@ def compute_gateway(view: View | Mapping[str, Mapping[str, Any]], host: str,
                     external_interface: str | None) -> GatewayDesired:
     """Desired gateway state of `host` (see the module contract)."""
     v = as_view(view)
-    flat = sorted((nid for nid, n in v.networks.items() if n.is_flat_external),
-                  key=lambda nid: (v.networks[nid].physical_network != "external", nid))
-    externals = tuple(ExternalBridge(nid, naming.bridge_name(nid), external_interface if i == 0 else None)
-                      for i, nid in enumerate(flat))
-    bridges = {Bridge(naming.bridge_name(nid), naming.bridge_mac(nid, host), v.networks[nid].mtu) for nid in flat}
+    mapping, bare = parse_external_interfaces(external_interface)
+    provider = sorted((nid for nid, n in v.networks.items() if n.external and n.network_type in ("flat", "vlan")),
+                      key=lambda nid: (v.networks[nid].physical_network != "external", nid))
+    # The bare (legacy) interface: physical network "external", else the first flat one's.
+    if bare is not None and "external" not in mapping:
+        first = next((v.networks[n].physical_network for n in provider if v.networks[n].network_type == "flat"), None)
+        mapping[first if first and first not in mapping else "external"] = bare
+    ext_list, untagged = [], set()
+    for nid in provider:
+        n = v.networks[nid]
+        phys = n.physical_network or ""
+        vlan = n.segmentation_id if n.network_type == "vlan" else None
+        ifname = mapping.get(phys)
+        if vlan is None and ifname is not None:
+            if ifname in untagged:      # one flat network per interface (never two bridges for one port)
+                ifname = None
+            untagged.add(ifname)
+        ext_list.append(ExternalBridge(nid, naming.bridge_name(nid), ifname, vlan, phys))
+    externals = tuple(ext_list)
+    bridges = {Bridge(naming.bridge_name(nid), naming.bridge_mac(nid, host), v.networks[nid].mtu) for nid in provider}
     out: list[GatewayRouter] = []
     plugs, fdb, local = set(), set(), set()
     for pid in sorted(v.ports):
         p = v.ports[pid]
         rtr = v.routers.get(p.device_id)
-        if p.device_owner != GW_OWNER or not _here(p, host) or rtr is None or p.network_id not in flat:
+        if p.device_owner != GW_OWNER or not _here(p, host) or rtr is None or p.network_id not in provider:
             continue
         r = _router(rtr, p, v, host)
         if r is None:
@@ -301,8 +384,18 @@ def nat_ruleset(r: GatewayRouter) -> str:
     table is declared, deleted and rebuilt in the same transaction: atomic, nothing stale)."""
     qg = r.gw.inner
     legs = ", ".join(f'"{leg.inner}"' for leg in r.legs)
-    pre = [f'iifname "{qg}" ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
+    # DNAT from any side: from the outside (qg) and, for hairpin, from the router's own
+    # subnets (sg- legs: a VM reaching a floating IP of its router, its own included).
+    pre = [f'ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
     post = [f'oifname "{qg}" ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
+    # Hairpin: a DNATed flow that came from inside and goes back inside is SNATed too, or the
+    # answer would go straight back from the fixed address and the sender drop it. Its source
+    # becomes the sender's floating IP if it has one (what the outside would see), else the
+    # router's gateway address (as Neutron's `ctstate DNAT` SNAT rule).
+    hair = f'iifname != "{qg}" oifname != "{qg}" ct status dnat'
+    post += [f'{hair} ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
+    if r.fips:
+        post.append(f'{hair} snat to {r.gw_ip}')
     if r.enable_snat and r.snat_cidrs:
         post.append(f'oifname "{qg}" ip saddr {{ {", ".join(r.snat_cidrs)} }} snat to {r.gw_ip}')
 
@@ -339,3 +432,22 @@ def filter6_ruleset(r: GatewayRouter) -> str:
     body = "".join(f"\n    {x}" for x in rules)
     return (f"table ip6 {FILTER6_TABLE} {{}}\ndelete table ip6 {FILTER6_TABLE}\ntable ip6 {FILTER6_TABLE} {{\n"
             f"  chain forward {{\n    type filter hook forward priority 0; policy accept;{body}\n  }}\n}}\n")
+
+
+def bgp_routes(routers: Iterable[GatewayRouter]) -> dict[str, str]:
+    """What a gateway host announces for the routers it serves: prefix -> next hop (the
+    router's gateway address): each floating IP /32 and, for a router without SNAT, its
+    interface subnets in the external network's address scope (`routable_cidrs`: as Neutron
+    dynamic routing, only addresses the operator made routable there; a tenant's own subnet
+    range is never announced, or a tenant could attract anyone's traffic). Not the gateway address /32
+    itself: a route whose next hop is its own address is refused by BGP (FRR keeps it invalid),
+    and the upstream router on the external segment reaches it as a connected address."""
+    out: dict[str, str] = {}
+    for r in routers:
+        hop = r.gw_ip
+        for f in r.fips:
+            out[f"{f.floating_ip}/32"] = hop
+        if not r.enable_snat:
+            for cidr in r.routable_cidrs:
+                out[cidr] = hop
+    return out

@@ -4,9 +4,11 @@ and the external interface's place in its bridge (KERNEL-NOTES §5).
 Contract:
 - `GatewayDriver(host_netns)`: host-side commands target `host_netns` (tests drive a host
   namespace from outside) or the caller's namespace.
-- `ensure_external(ext, bridge)` makes the external interface a port of the external network's
+- `ensure_external(ext, bridge)` makes the network's port (its physical network's interface, or
+  for a VLAN network a VLAN device `vxv-<network 11>` on it) a port of the external network's
   bridge (creating the bridge with the L2 reconciler's exact attributes if it is not there yet,
-  so the L2 pass adopts it unchanged).
+  so the L2 pass adopts it unchanged). A kernel without 802.1Q refuses the VLAN device
+  (EOPNOTSUPP): `GatewayError` saying so.
 - `apply_router(r, previous)` converges one namespace to `r` and returns whether it was
   (re)created: missing namespace / legs are created, a leg whose MAC or MTU differs is fixed,
   addresses and routes not wanted are removed (only in our namespaces, which hold nothing
@@ -157,7 +159,8 @@ class GatewayDriver:
 
     # -- external bridge ------------------------------------------------------------------
     def ensure_external(self, ext: ExternalBridge, bridge: Bridge) -> None:
-        """The external interface up and enslaved to `bridge` (created if missing)."""
+        """The network's port (its physical network's interface, or a VLAN device on it) up and
+        enslaved to `bridge` (created if missing)."""
         if not ext.interface:
             return
         ipr = self.host_ipr
@@ -167,6 +170,21 @@ class GatewayDriver:
             raise GatewayError(f"link dump: {e}") from e
         if ext.interface not in links:
             raise GatewayError(f"external interface {ext.interface} not found")
+        port = ext.port or ext.interface
+        if ext.vlan is not None and port not in links:
+            parent = links[ext.interface]
+            try:
+                ipr.link("add", ifname=port, kind="vlan", link=parent["index"], vlan_id=ext.vlan)
+            except NetlinkError as e:
+                if e.code == errno.EOPNOTSUPP:
+                    raise GatewayError(f"VLAN {ext.vlan} on physical network {ext.physical_network}: this kernel "
+                                       "has no 802.1Q support (module 8021q): VLAN external networks cannot be "
+                                       "served on this host") from e
+                if e.code != errno.EEXIST:
+                    raise GatewayError(f"VLAN device {port}: {e}") from e
+            if not parent["up"]:
+                self._do(f"{ext.interface} up", lambda: ipr.link("set", index=parent["index"], state="up"))
+            links = _links(ipr)
         if bridge.name not in links:
             self._do(f"bridge {bridge.name}", lambda: ipr.link("add", ifname=bridge.name, kind="bridge",
                                                                 address=bridge.mac, mtu=bridge.mtu), (errno.EEXIST,))
@@ -175,12 +193,11 @@ class GatewayDriver:
                 raise GatewayError(f"bridge {bridge.name} not found after creation")
             self._do(f"bridge {bridge.name} up", lambda: ipr.link("set", index=idx[0], state="up"))
             links[bridge.name] = {"index": idx[0]}
-        ifc = links[ext.interface]
+        ifc = links[port]
         if ifc["master"] != links[bridge.name]["index"]:
-            self._do(f"{ext.interface} master", lambda: ipr.link("set", index=ifc["index"],
-                                                                 master=links[bridge.name]["index"]))
+            self._do(f"{port} master", lambda: ipr.link("set", index=ifc["index"], master=links[bridge.name]["index"]))
         if not ifc["up"]:
-            self._do(f"{ext.interface} up", lambda: ipr.link("set", index=ifc["index"], state="up"))
+            self._do(f"{port} up", lambda: ipr.link("set", index=ifc["index"], state="up"))
 
     # -- namespaces -----------------------------------------------------------------------
     def namespaces(self, host: str) -> set[str]:

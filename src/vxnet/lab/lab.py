@@ -124,11 +124,13 @@ def token(st: dict[str, Any], url: str | None = None) -> str:
 
 
 def up(hosts: int, config: str, server: str | None = None, agent_args: list[str] | None = None,
-       gateways: int = 0, external: bool = False) -> dict[str, Any]:
+       gateways: int = 0, external: bool = False, external2: bool = False, bgp: bool = False) -> dict[str, Any]:
     """Build the lab and start server (unless `server` is given) and agents; returns the state.
 
     `gateways` extra hosts (h<hosts+1>..) run their agents with `--gateway`; with `external`,
-    they also get an external interface on the external segment (topology.build_external)."""
+    they also get an external interface on the external segment (topology.build_external);
+    with `external2` too, a second one on a second segment (physical network `external2`); with
+    `bgp` too, the outside runs an upstream BGP router the gateway agents peer with (lab/bgp.py)."""
     if os.path.exists(_state_path()):
         try:
             st = load_state()
@@ -145,7 +147,8 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
         raise LabError(f"{config} defines no user with the admin role")
     os.makedirs(state_dir(), exist_ok=True)
     gw_hosts = [topology.host_name(i) for i in range(hosts + 1, hosts + gateways + 1)]
-    st: dict[str, Any] = {"hosts": hosts + gateways, "gateways": gw_hosts, "external": external, "config": os.path.abspath(config), "agents": {}, "vms": {},
+    st: dict[str, Any] = {"hosts": hosts + gateways, "gateways": gw_hosts, "external": external,
+                          "external2": external and external2, "bgp": external and bgp, "config": os.path.abspath(config), "agents": {}, "vms": {},
                           "admin": {"name": admins[0].name, "password": admins[0].password,
                                     "project": admins[0].project},
                           "agent_user": {"name": agents_users[0].name, "password": agents_users[0].password,
@@ -155,6 +158,13 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
     topology.build_underlay(hosts + gateways)
     if external:
         topology.build_external(range(hosts + 1, hosts + gateways + 1))
+        if external2:
+            topology.build_external(range(hosts + 1, hosts + gateways + 1), 1)
+        if bgp:
+            from vxnet.lab import bgp as lab_bgp
+
+            st["bgp_pid"] = lab_bgp.start_upstream(state_dir())
+            save_state(st)
     lhost, _, lport = cfg.listen.rpartition(":")
     if server:
         # One or several equivalent servers (comma-separated; agents fail over between them).
@@ -242,7 +252,11 @@ def start_agent(st: dict[str, Any], host: str) -> int:
     u = st["agent_user"]
     gw_args = []
     if host in st.get("gateways", ()):
-        gw_args = ["--gateway"] + (["--external-interface", topology.HOST_EXTERNAL_DEV] if st.get("external") else [])
+        gw_args = ["--gateway"] + topology.external_args(bool(st.get("external")), bool(st.get("external2")))
+        if st.get("bgp"):
+            from vxnet.lab import bgp as lab_bgp
+
+            gw_args += lab_bgp.gateway_args(state_dir(), host)
     # nsenter --net, not `ip netns exec`: the latter gives the agent a slave mount namespace, so
     # namespaces the agent creates (router, DHCP...) would be mounted only inside it: invisible
     # to everyone else and destroyed with the agent process (routing broken by a restart).
@@ -475,6 +489,8 @@ def down(quiet: bool = False) -> None:
     if st.get("server_pid"):
         _kill(st["server_pid"], "vxnet.lab.server")
     stop_nova_metadata(st)
+    if st.get("bgp_pid"):
+        _kill(st["bgp_pid"], "bgpd")
     topology.teardown()
     _remove_router_namespaces()
     if os.path.exists(_state_path()):

@@ -14,6 +14,9 @@ Layout (every name starts with `vxl`; `down()` finds everything by that prefix):
   subnet's gateway; IPv6: 2001:db8:ffff::100/64 and 2001:db8:ffff::1/64, the external IPv6
   subnet's gateway) are its ports. The outside reaches a tenant's IPv6 prefix only through a
   route the operator adds (`outside_route6`: prefix via the router's external IPv6 address).
+- With a second one (`--external2`): segment 1 is the same with `vxlexb1`, `vxlext1` and the
+  outside namespace `vxl-x2` (`vxlx0`: 100.127.254.100/24 and 100.127.254.1/24, IPv4 only); the
+  gateway agents then map physical network `external` to `vxlext0` and `external2` to `vxlext1`.
 IPv6 is off in every other lab namespace (clean captures) until a test or the demo turns it on
 in a VM (`vm_ipv6`). VM offloads are off (KERNEL-NOTES §8) so
 MTU mistakes are not hidden by GSO.
@@ -43,6 +46,23 @@ EXTERNAL_PREFIX = 24
 EXTERNAL_CLIENT_IP6 = "2001:db8:ffff::100"
 EXTERNAL_GATEWAY_IP6 = "2001:db8:ffff::1"
 EXTERNAL_CIDR6 = "2001:db8:ffff::/64"
+# Segment i of `build_external`: (physical network, outside namespace, client IP, gateway IP).
+SEGMENTS = (("external", EXTERNAL_NS, EXTERNAL_CLIENT_IP, EXTERNAL_GATEWAY_IP),
+            ("external2", "vxl-x2", "100.127.254.100", "100.127.254.1"))
+
+
+def external_dev(segment: int) -> str:
+    """A gateway host's interface on external segment `segment`."""
+    return f"vxlext{segment}"
+
+
+def external_args(external: bool, external2: bool) -> list[str]:
+    """The gateway agents' --external-interface options (the single legacy form for one segment)."""
+    if not external:
+        return []
+    if not external2:
+        return ["--external-interface", HOST_EXTERNAL_DEV]
+    return [a for s, seg in enumerate(SEGMENTS) for a in ("--external-interface", f"{seg[0]}:{external_dev(s)}")]
 
 
 def external_client_ns() -> str:
@@ -136,34 +156,38 @@ def add_host(i: int) -> None:
               f"link set {HOST_MGMT_DEV} up"], ns)
 
 
-def build_external(host_indexes: Sequence[int]) -> None:
-    """The external segment: a bridge in the underlay namespace, each listed host's external
-    interface and the outside client/upstream namespace on it."""
-    ip_batch([f"link add {EXTERNAL_BR} type bridge mcast_snooping 0", f"link set {EXTERNAL_BR} up"], UNDERLAY_NS)
-    sh(["ip", "netns", "add", EXTERNAL_NS])
-    _quiet_ns(EXTERNAL_NS)
-    ip_batch([f"link add vxlx-out type veth peer name {EXTERNAL_DEV} netns {EXTERNAL_NS}",
-              f"link set vxlx-out master {EXTERNAL_BR} up"], UNDERLAY_NS)
-    # IPv6 on the outside (no DAD: the addresses are ours; no RAs accepted: routes are static).
-    sh(["ip", "netns", "exec", EXTERNAL_NS, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
-        "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.default.accept_dad=0",
-        "net.ipv6.conf.default.accept_ra=0"])
-    # The client's address first: it is the source the client uses on the external subnet.
-    ip_batch(["link set lo up", f"addr add {EXTERNAL_CLIENT_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
-              f"addr add {EXTERNAL_GATEWAY_IP}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
-              f"addr add {EXTERNAL_CLIENT_IP6}/64 dev {EXTERNAL_DEV} nodad",
+def build_external(host_indexes: Sequence[int], segment: int = 0) -> None:
+    """External segment `segment` (SEGMENTS): a bridge in the underlay namespace, each listed
+    host's external interface and the outside client/upstream namespace on it (segment 0 with
+    IPv6 too)."""
+    _, ns, client, gateway = SEGMENTS[segment]
+    br, s = f"vxlexb{segment}", "" if segment == 0 else str(segment)
+    ip_batch([f"link add {br} type bridge mcast_snooping 0", f"link set {br} up"], UNDERLAY_NS)
+    sh(["ip", "netns", "add", ns])
+    _quiet_ns(ns)
+    ip_batch([f"link add vxlx{s}-out type veth peer name {EXTERNAL_DEV} netns {ns}",
+              f"link set vxlx{s}-out master {br} up"], UNDERLAY_NS)
+    v6: list[str] = []
+    if segment == 0:
+        # IPv6 on the outside (no DAD: the addresses are ours; no RAs accepted: routes are static).
+        sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+            "net.ipv6.conf.default.disable_ipv6=0", "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.default.accept_ra=0"])
+        v6 = [f"addr add {EXTERNAL_CLIENT_IP6}/64 dev {EXTERNAL_DEV} nodad",
               # deprecated (preferred_lft 0): never chosen as a source address, still answered
-              f"addr add {EXTERNAL_GATEWAY_IP6}/64 dev {EXTERNAL_DEV} nodad preferred_lft 0",
-              f"link set {EXTERNAL_DEV} up"],
-             EXTERNAL_NS)
+              f"addr add {EXTERNAL_GATEWAY_IP6}/64 dev {EXTERNAL_DEV} nodad preferred_lft 0"]
+    # The client's address first: it is the source the client uses on the external subnet.
+    ip_batch(["link set lo up", f"addr add {client}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}",
+              f"addr add {gateway}/{EXTERNAL_PREFIX} dev {EXTERNAL_DEV}", *v6, f"link set {EXTERNAL_DEV} up"], ns)
     # Offloads off like the VMs': GSO would hide MTU mistakes (KERNEL-NOTES §8) and make the
     # outside a faster sender than any VM.
-    sh(["ip", "netns", "exec", EXTERNAL_NS, "ethtool", "-K", EXTERNAL_DEV, "tso", "off", "gso", "off", "gro", "off"],
+    sh(["ip", "netns", "exec", ns, "ethtool", "-K", EXTERNAL_DEV, "tso", "off", "gso", "off", "gro", "off"],
        check=False)
+    dev = external_dev(segment)
     for i in host_indexes:
-        ip_batch([f"link add vxlx-h{i} type veth peer name {HOST_EXTERNAL_DEV} netns {host_ns(i)}",
-                  f"link set vxlx-h{i} master {EXTERNAL_BR} up"], UNDERLAY_NS)
-        ip_batch([f"link set {HOST_EXTERNAL_DEV} up"], host_ns(i))
+        ip_batch([f"link add vxlx{s}-h{i} type veth peer name {dev} netns {host_ns(i)}",
+                  f"link set vxlx{s}-h{i} master {br} up"], UNDERLAY_NS)
+        ip_batch([f"link set {dev} up"], host_ns(i))
 
 
 def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, mtu: int,

@@ -213,6 +213,9 @@ class FloatingIP:
     fixed_ip_address: str = ""
     router_id: str = ""
     port_id: str = ""
+    status: str | None = None               # reported by the gateway host that serves it
+    revision: int | None = None
+
 
 
 def _routes(items: Any) -> tuple[HostRoute, ...]:
@@ -291,8 +294,10 @@ def _rule(o: Mapping[str, Any]) -> Rule:
 
 
 def _fip(o: Mapping[str, Any]) -> FloatingIP:
+    rev = o.get("revision_number")
     return FloatingIP(o["id"], o.get("floating_ip_address") or "", o.get("fixed_ip_address") or "",
-                      o.get("router_id") or "", o.get("port_id") or "")
+                      o.get("router_id") or "", o.get("port_id") or "", o.get("status"),
+                      int(rev) if rev is not None else None)
 
 
 def _int(v: Any) -> int:

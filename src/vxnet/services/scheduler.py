@@ -19,7 +19,9 @@ Contract:
   the standbys prepare the router's namespace without serving it, docs/gateway.md "High
   availability"). A router keeps its active while that host is an alive gateway agent;
   otherwise its first alive standby takes over, else the least-loaded alive gateway host
-  (ties by name), else "" (unscheduled). A moved port is DOWN until its new host reports it.
+  (ties by name), else "" (unscheduled). Only hosts that have the router's external network's
+  physical network are candidates, active or standby (services/physnets.py). A moved port is
+  DOWN until its new host reports it, and so are its router's floating IPs (services/fip_status.py).
 - `reschedule(uow, rebalance)` applies that rule to every router with a gateway: called when
   an agent is marked dead (its routers go to their standbys) and, with `rebalance`, when a
   gateway agent registers (unscheduled routers get a host, missing standbys are filled, and
@@ -31,10 +33,10 @@ Contract:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from vxnet.services import bindings
+from vxnet.services import bindings, fip_status, physnets
 from vxnet.services.ports import delete_port_record, new_port_record
 from vxnet.services.repo import UnitOfWork, now_iso, res_key
 from vxnet.store.contract import Put
@@ -55,8 +57,13 @@ def choose(alive: Iterable[str], load: Mapping[str, int]) -> str:
 
 
 def plan(routers: Mapping[str, tuple[str, tuple[str, ...]]], alive: Iterable[str],
-         rebalance: bool = False, standbys: int = STANDBYS) -> dict[str, tuple[str, tuple[str, ...]]]:
+         rebalance: bool = False, standbys: int = STANDBYS,
+         able: Mapping[str, Collection[str]] | None = None) -> dict[str, tuple[str, tuple[str, ...]]]:
     """Pure HA placement: router id -> (active, standbys) from the current placement.
+
+    - `able` (router id -> the hosts that have its external network's physical network,
+      services/physnets.py): a router is placed (active or standby) only there; a router not
+      in it may go anywhere.
 
     - An alive active is kept. A router whose active is not alive gets its first alive standby
       (the host that has its namespace ready), else the least-loaded alive host, else "".
@@ -70,24 +77,31 @@ def plan(routers: Mapping[str, tuple[str, tuple[str, ...]]], alive: Iterable[str
     live = sorted(set(alive))
     out: dict[str, tuple[str, tuple[str, ...]]] = {}
     load = dict.fromkeys(live, 0)
+
+    def ok(rid: str, host: str) -> bool:
+        return able is None or rid not in able or host in able[rid]
+
     for rid in sorted(routers):
         act, _ = routers[rid]
-        if act in load:
+        if act in load and ok(rid, act):
             load[act] += 1
     for rid in sorted(routers):
         act, sb = routers[rid]
-        if act not in load:
-            act = next((h for h in sb if h in load), "") or choose(live, load)
+        if act not in load or not ok(rid, act):
+            act = next((h for h in sb if h in load and ok(rid, h)), "") or choose(
+                [h for h in live if ok(rid, h)], load)
             if act:
                 load[act] += 1
-        out[rid] = (act, tuple(h for h in sb if h in load and h != act))
+        out[rid] = (act, tuple(h for h in sb if h in load and h != act and ok(rid, h)))
     if rebalance and len(live) > 1:
         for _ in range(len(routers)):
             hi = max(live, key=lambda h: (load[h], h))
             lo = min(live, key=lambda h: (load[h], h))
             if load[hi] - load[lo] < 2:
                 break
-            mine = [rid for rid in sorted(out) if out[rid][0] == hi]
+            mine = [rid for rid in sorted(out) if out[rid][0] == hi and ok(rid, lo)]
+            if not mine:
+                break
             rid = next((r for r in mine if lo in out[r][1]), mine[0])
             out[rid] = (lo, (hi, *(h for h in out[rid][1] if h not in (lo, hi))))
             load[hi] -= 1
@@ -102,7 +116,7 @@ def plan(routers: Mapping[str, tuple[str, tuple[str, ...]]], alive: Iterable[str
             continue
         sb = list(sb)[:standbys]
         while len(sb) < standbys:
-            pick = choose([h for h in live if h != act and h not in sb], sload)
+            pick = choose([h for h in live if h != act and h not in sb and ok(rid, h)], sload)
             if not pick:
                 break
             sb.append(pick)
@@ -150,6 +164,8 @@ def _bind(uow: UnitOfWork, port: dict[str, Any], host: str, standby: tuple[str, 
         return
     p = dict(port)
     if moved:  # first: binding sets the vif type's own details (services/bindings.py)
+        if p["device_owner"] == GW_OWNER:
+            fip_status.router_moved(uow, p["device_id"])   # DOWN until the new host reports them
         bindings.bind(uow, p, host)
         p["status"] = "DOWN"
     details = dict(p.get("binding:vif_details") or {})
@@ -176,12 +192,18 @@ def _apply(uow: UnitOfWork, rid: str, place: tuple[str, tuple[str, ...]]) -> Non
             _bind(uow, p, act, sb if act else ())
 
 
+def _able(uow: UnitOfWork, alive: list[str]) -> dict[str, set[str]]:
+    """router id -> the alive hosts that have its external network's physical network."""
+    return {gw["device_id"]: set(physnets.able(uow, gw["network_id"], alive))
+            for gw in _list(uow, "ports", lambda p: p["device_owner"] == GW_OWNER)}
+
+
 def _schedule(uow: UnitOfWork, rid: str, alive: list[str]) -> None:
     """Place one router (kept if placed on alive hosts), given the others' placement."""
     current = _placements(uow)
     if rid not in current:
         return
-    out = plan(current, alive)
+    out = plan(current, alive, able=_able(uow, alive))
     _apply(uow, rid, out[rid])
 
 
@@ -218,7 +240,8 @@ def reschedule(uow: UnitOfWork, rebalance: bool = False) -> None:
     """Re-place every router with a gateway (`plan`): a dead active's router goes to its
     standby, missing standbys are filled; `rebalance` also spreads actives (a gateway joined)."""
     current = _placements(uow)
-    out = plan(current, alive_gateways(uow), rebalance)
+    alive = alive_gateways(uow)
+    out = plan(current, alive, rebalance, able=_able(uow, alive))
     for rid in sorted(out):
         if out[rid] != current[rid]:
             _apply(uow, rid, out[rid])

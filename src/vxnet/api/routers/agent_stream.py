@@ -26,7 +26,7 @@ from vxnet.api.auth import Context
 from vxnet.api.errors import bad_request, policy_denied
 from vxnet.api.state import AppState, read_json, run_store
 from vxnet.api.validation import Body, Bool, IpAddr, ShortStr, validate
-from vxnet.services import agents
+from vxnet.services import agents, fip_status
 from vxnet.services.agents import agent_id_for, live_key  # noqa: F401 - re-exported for the API
 from vxnet.services.view_hub import Hub
 
@@ -163,20 +163,37 @@ async def view(host: str, request: Request) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/hosts/{host}/ports-status")
-async def ports_status(host: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    require_service(st.context(request))
+async def _status_body(request: Request, what: str) -> dict[str, str]:
+    """{"ACTIVE": [ids], "DOWN": [ids]} -> id -> status (ACTIVE wins a duplicate)."""
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) - {"ACTIVE", "DOWN"}:
-        raise bad_request("Body must be {\"ACTIVE\": [port ids], \"DOWN\": [port ids]}")
+        raise bad_request(f"Body must be {{\"ACTIVE\": [{what} ids], \"DOWN\": [{what} ids]}}")
     wanted: dict[str, str] = {}
     for status in ("DOWN", "ACTIVE"):
         ids = body.get(status, [])
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise bad_request(f"'{status}' must be a list of port ids")
+            raise bad_request(f"'{status}' must be a list of {what} ids")
         for i in ids:
             wanted[i] = status
+    return wanted
+
+
+@router.post("/hosts/{host}/floatingips-status")
+async def floatingips_status(host: str, request: Request) -> dict[str, Any]:
+    """The gateway host's report on the floating IPs it serves (services/fip_status.py)."""
+    st = AppState.of(request)
+    require_service(st.context(request))
+    _check_host(host)
+    wanted = await _status_body(request, "floating IP")
+    changed = await run_store(fip_status.set_floatingips_status, st.repo, host, wanted, hub_of(st).revision)
+    return {"updated": changed}
+
+
+@router.post("/hosts/{host}/ports-status")
+async def ports_status(host: str, request: Request) -> dict[str, Any]:
+    st = AppState.of(request)
+    require_service(st.context(request))
+    wanted = await _status_body(request, "port")
 
     # The agent reports on what the hub streamed to it: read at least at the hub's revision, or a
     # store mirror behind the hub's own watch would not show the port bound here yet and the

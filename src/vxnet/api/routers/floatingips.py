@@ -216,13 +216,16 @@ def release_association(uow: UnitOfWork, fip: dict[str, Any]) -> None:
 
 
 def apply_association(fip: dict[str, Any], assoc: Association | None) -> None:
-    # No data plane for floating IPs exists yet (it comes with the agent's router issue), so
-    # ACTIVE only means "associated in the API"; the agent will own this status then.
+    """Set the association. `status` is the serving gateway host's business (its agent reports
+    ACTIVE once the addresses and NAT rules are programmed, services/agents.py): a changed
+    association is DOWN until then, and an unassociated floating IP is DOWN."""
     if assoc is None:
         fip.update({"port_id": None, "fixed_ip_address": None, "router_id": None, "status": "DOWN"})
-    else:
-        fip.update({"port_id": assoc.port["id"], "fixed_ip_address": assoc.fixed_ip_address,
-                    "router_id": assoc.router_id, "status": "ACTIVE"})
+        return
+    new = {"port_id": assoc.port["id"], "fixed_ip_address": assoc.fixed_ip_address, "router_id": assoc.router_id}
+    if any(fip.get(k) != v for k, v in new.items()):
+        new["status"] = "DOWN"
+    fip.update(new)
 
 
 def build_fip(uow: UnitOfWork, ctx: Context, item: FloatingIPCreate, staged: dict[str, str],

@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -140,6 +141,24 @@ def _wire_set(item: Body) -> set[str]:
     return {(type(item).model_fields[n].alias or n) for n in item.model_fields_set}
 
 
+PHYSNET_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def checked_physnet(name: str | None) -> str:
+    """The physical network name ("external" by default): letters, digits, '.', '_', '-', up to
+    64 (it names a claim key and an agent's `PHYSNET:IF` mapping: no '/', ':' or ',')."""
+    physnet = "external" if name is None else name
+    if not PHYSNET_RE.fullmatch(physnet):
+        raise bad_request(f"Invalid input for operation: physical_network '{physnet[:80]}' must be 1 to 64 letters, "
+                          "digits, '.', '_' or '-'.")
+    return physnet
+
+
+def physnet_key(physnet: str, vlan: int | None) -> str:
+    """The claim of a flat network (the whole physical network) or of one VLAN on it."""
+    return f"{ROOT}physnet/{physnet}" + (f"/vlan/{vlan}" if vlan is not None else "")
+
+
 def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWork) -> dict[str, Any]:
     project = resolve_project(ctx, item.project_id, item.tenant_id)
     values = item.model_dump(by_alias=True)
@@ -150,7 +169,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
     if item.mtu is not None and item.mtu > max_mtu(st):
         raise bad_request(f"Requested MTU is too big, maximum is {max_mtu(st)}")
     net_type = item.provider_network_type or "vxlan"
-    if net_type not in ("vxlan", "flat"):
+    if net_type not in ("vxlan", "flat", "vlan"):
         raise bad_request(f"Invalid input for operation: network_type value '{net_type}' not supported.")
     # qos-default: a network created without a policy gets its project's default one.
     qos_policy = (qos.resolve_policy_id(uow, ctx.is_admin, ctx.project_id, item.qos_policy_id)
@@ -163,13 +182,25 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
         if item.provider_physical_network:
             raise bad_request("Invalid input for operation: physical_network not allowed for vxlan provider network.")
         vni = allocate_vni(uow, nid, item.provider_segmentation_id)
-    else:
-        physnet = item.provider_physical_network or "external"
+    elif net_type == "flat":
+        physnet = checked_physnet(item.provider_physical_network)
         if item.provider_segmentation_id is not None:
             raise bad_request("Invalid input for operation: segmentation_id not allowed for flat provider network.")
-        key = f"{ROOT}physnet/{physnet}"
+        key = physnet_key(physnet, None)
         if uow.is_claimed(key):
             raise conflict("FlatNetworkInUse", f"Unable to create the flat network. Physical network {physnet} is in use.")
+        uow.claim(key, nid)
+    else:
+        # VLAN: accepted as in Neutron (an admin names the physical network and the VLAN); a
+        # gateway agent whose kernel has no 802.1Q refuses it with that reason (docs/gateway.md).
+        physnet = checked_physnet(item.provider_physical_network)
+        vni = item.provider_segmentation_id
+        if vni is None or not 1 <= vni <= 4094:
+            raise bad_request(f"Invalid input for operation: segmentation_id {vni} out of range (1 through 4094).")
+        key = physnet_key(physnet, vni)
+        if uow.is_claimed(key):
+            raise conflict("VlanIdInUse", f"Unable to create the network. The VLAN {vni} on physical network "
+                                          f"{physnet} is in use.")
         uow.claim(key, nid)
     net = {
         "id": nid,
@@ -342,10 +373,11 @@ async def delete_network(network_id: str, request: Request) -> Response:
         for sid in net["subnets"]:
             uow.delete("subnets", sid)
             uow.delete_raw(subnet_alloc_key(sid))
-        if net["provider:segmentation_id"] is not None:
+        if net["provider:segmentation_id"] is not None and net["provider:network_type"] == "vxlan":
             uow.delete_raw(vni_key(net["provider:segmentation_id"]))
         if net["provider:physical_network"]:
-            uow.delete_raw(f"{ROOT}physnet/{net['provider:physical_network']}")
+            vid = net["provider:segmentation_id"] if net["provider:network_type"] == "vlan" else None
+            uow.delete_raw(physnet_key(net["provider:physical_network"], vid))
         rbac.delete_all(uow, net)
         uow.delete("networks", network_id)
 

@@ -183,8 +183,8 @@ async def doctor_results(request_id: str, request: Request) -> dict[str, Any]:
 async def doctor_answer(host: str, request_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     require_service(st.context(request))
+    raw = await request.body()        # first: an oversized body is a 413 whatever the id (fuzz-tested)
     operations.check_id(request_id)
-    raw = await request.body()
     if len(raw) > RESULT_MAX_BYTES:
         raise bad_request(f"A doctor answer is limited to {RESULT_MAX_BYTES} bytes")
     body = await read_json(request)
