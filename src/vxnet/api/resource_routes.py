@@ -16,6 +16,9 @@ rest to these factories:
   object stored, the answer `{member: view}` after the commit.
 - `add_delete`: `DELETE /<collection>/{id}`: `delete_<member>` enforced, `If-Match` (when
   asked), the resource's `remove` hook (checks, then the deletes), 204.
+- `add_action`: `PUT /<collection>/{id}/<action>` (Neutron's member actions such as
+  `add_prefixes`): the body parsed by the route's parser, the action's policy rule enforced on
+  the object, then the `change` hook, whose result (expanded, when asked) is the answer.
 - `created`: the 201 answer of a create, single or bulk.
 
 Invariants:
@@ -48,6 +51,7 @@ Obj = dict[str, Any]
 Expand = Callable[[AppState, Obj], Obj]
 Apply = Callable[[UnitOfWork, Context, Obj, dict[str, Any]], None]
 Remove = Callable[[UnitOfWork, Context, Obj], None]
+Change = Callable[[UnitOfWork, Context, Obj, Any], Obj]
 
 
 def _no_expand(st: AppState, obj: Obj) -> Obj:
@@ -155,6 +159,29 @@ class Resource:
             return Response(status_code=204)
 
         _register(router, "DELETE", path, name, [id_param], run, Response, status_code=204)
+
+
+    def add_action(self, router: APIRouter, path: str, name: str, id_param: str, action: str,
+                   parse: Callable[[Any], Any], change: Change, expand_answer: bool = False) -> None:
+        """`PUT path`: `change(uow, ctx, obj, parse(body))` after the policy rule `action`; it
+        stores what it changes and returns the answer (the object, expanded, if `expand_answer`)."""
+        member = self.spec.member
+
+        async def run(request: Request, id_: str) -> Obj:
+            st = AppState.of(request)
+            ctx = st.context(request)
+            wanted = parse(await read_json(request))
+            pol = policy.of(st.config)
+
+            def txn(uow: UnitOfWork) -> Obj:
+                obj = self.fetch(uow, ctx, id_)
+                pol.enforce(ctx, action, policy.target(member, obj))
+                return change(uow, ctx, obj, wanted)
+
+            result = st.repo.transact(txn)
+            return self.expand(st, result) if expand_answer else result
+
+        _register(router, "PUT", path, name, [id_param], run, dict[str, Any])
 
 
 def _register(router: APIRouter, method: str, path: str, name: str, params: list[str],
