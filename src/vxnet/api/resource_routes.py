@@ -130,7 +130,7 @@ class Resource:
                 pol.enforce(ctx, f"update_{member}", policy.target(member, obj), sorted(fields))
                 if if_match:
                     check_if_match(request, obj)
-                apply(uow, ctx, obj, fields)
+                apply(uow, ctx, obj, dict(fields))  # a copy: a retried transaction sees the body again
                 uow.put(self.collection, obj)
                 return obj
 
