@@ -10,6 +10,9 @@ rest to these factories:
   see it (another project's object is indistinguishable from a missing one).
 - `add_list` / `add_show`: `GET /<collection>` with Neutron's query language and
   `GET /<collection>/{id}` with `fields` (collection.py).
+- `add_create`: `POST /<collection>`: the body (single or bulk) parsed by the create model, then
+  in one transaction the resource's `build` hook per item, in order (it enforces the create
+  policy, checks, stores and returns the new object); the 201 answer of `created`.
 - `add_update`: `PUT /<collection>/{id}`: the body `{member: {...}}` parsed by the update model
   (read-only attributes 400), `update_<member>` enforced over the changed attribute names,
   `If-Match` (when asked), the resource's `apply` hook (checks and changes in place), the
@@ -44,7 +47,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, not_found
 from vxnet.api.state import AppState, off_loop, read_json
-from vxnet.api.validation import changes, parse_update
+from vxnet.api.validation import changes, parse_create, parse_update
 from vxnet.services.repo import Repo, UnitOfWork
 
 Obj = dict[str, Any]
@@ -52,6 +55,7 @@ Expand = Callable[[AppState, Obj], Obj]
 Apply = Callable[[UnitOfWork, Context, Obj, dict[str, Any]], None]
 Remove = Callable[[UnitOfWork, Context, Obj], None]
 Change = Callable[[UnitOfWork, Context, Obj, Any], Obj]
+Build = Callable[[UnitOfWork, Context, Any, policy.Policy], Obj]
 
 
 def _no_expand(st: AppState, obj: Obj) -> Obj:
@@ -112,6 +116,22 @@ class Resource:
             return show_response(request, ctx, self.spec, self.expand(st, self.fetch(st.repo, ctx, id_)))
 
         _register(router, "GET", path, name, [id_param], run, dict[str, Any])
+
+    def add_create(self, router: APIRouter, path: str, name: str, model: type[BaseModel], build: Build) -> None:
+        """`POST path`: `build(uow, ctx, item, policy)` for every item of the body, in one transaction."""
+
+        async def run(request: Request) -> JSONResponse:
+            st = AppState.of(request)
+            ctx = st.context(request)
+            items, bulk = parse_create(await read_json(request), self.spec.member, self.spec.collection, model)
+            pol = policy.of(st.config)
+
+            def txn(uow: UnitOfWork) -> list[Obj]:
+                return [build(uow, ctx, item, pol) for item in items]
+
+            return self.created(st, ctx, st.repo.transact(txn), bulk)
+
+        _register(router, "POST", path, name, [], run, JSONResponse, status_code=201)
 
     def add_update(self, router: APIRouter, path: str, name: str, id_param: str, model: type[BaseModel],
                    apply: Apply, read_only: tuple[str, ...] = ("id", "project_id"), if_match: bool = True) -> None:

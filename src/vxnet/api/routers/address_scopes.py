@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
 from pydantic import BeforeValidator
 
 from vxnet.api import policy
@@ -31,8 +30,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec
 from vxnet.api.errors import ApiError, bad_request, conflict
 from vxnet.api.resource_routes import Resource
-from vxnet.api.state import AppState, off_loop, read_json
-from vxnet.api.validation import Body, Bool, Name, ProjectId, parse_create, resolve_project
+from vxnet.api.validation import Body, Bool, Name, ProjectId, resolve_project
 from vxnet.services import rbac
 from vxnet.services.repo import ROOT, UnitOfWork, new_id
 
@@ -93,28 +91,18 @@ RESOURCE.add_list(router, "/address-scopes", "list_scopes")
 RESOURCE.add_show(router, "/address-scopes/{scope_id}", "show_scope", "scope_id")
 
 
-@router.post("/address-scopes", status_code=201)
-@off_loop
-async def create_scope(request: Request) -> JSONResponse:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    items, bulk = parse_create(await read_json(request), "address_scope", "address_scopes", AddressScopeCreate)
-    pol = policy.of(st.config)
+def _build(uow: UnitOfWork, ctx: Context, item: AddressScopeCreate, pol: policy.Policy) -> dict[str, Any]:
+    project = resolve_project(ctx, item.project_id, item.tenant_id)
+    attrs = sorted(n for n in item.model_fields_set if n == "shared" and item.shared)
+    obj = {"id": new_id(COLLECTION), "name": item.name, "project_id": project, "tenant_id": project,
+           "shared": item.shared, "ip_version": item.ip_version}
+    pol.enforce(ctx, "create_address_scope", policy.target("address_scope", obj), attrs)
+    rbac.initial_entries(uow, obj, "address_scope")
+    uow.put(COLLECTION, obj)
+    return obj
 
-    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
-        out = []
-        for item in items:
-            project = resolve_project(ctx, item.project_id, item.tenant_id)
-            attrs = sorted(n for n in item.model_fields_set if n == "shared" and item.shared)
-            obj = {"id": new_id(COLLECTION), "name": item.name, "project_id": project, "tenant_id": project,
-                   "shared": item.shared, "ip_version": item.ip_version}
-            pol.enforce(ctx, "create_address_scope", policy.target("address_scope", obj), attrs)
-            rbac.initial_entries(uow, obj, "address_scope")
-            uow.put(COLLECTION, obj)
-            out.append(obj)
-        return out
 
-    return RESOURCE.created(st, ctx, st.repo.transact(txn), bulk)
+RESOURCE.add_create(router, "/address-scopes", "create_scope", AddressScopeCreate, _build)
 
 
 def _apply_update(uow: UnitOfWork, ctx: Context, obj: dict[str, Any], fields: dict[str, Any]) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
@@ -41,7 +40,7 @@ from vxnet.api.collection import ResourceSpec
 from vxnet.api.errors import ApiError, from_service, invalid_input
 from vxnet.api.resource_routes import Resource
 from vxnet.api.state import AppState, off_loop, read_json
-from vxnet.api.validation import Body, ProjectId, ShortStr, Uuid, parse_create, parse_update, resolve_project
+from vxnet.api.validation import Body, ProjectId, ShortStr, Uuid, parse_update, resolve_project
 from vxnet.services import rbac
 from vxnet.services.repo import UnitOfWork
 
@@ -126,18 +125,7 @@ RESOURCE.add_list(router, "/rbac-policies", "list_policies")
 RESOURCE.add_show(router, "/rbac-policies/{policy_id}", "show_policy", "policy_id")
 
 
-@router.post("/rbac-policies", status_code=201)
-@off_loop
-async def create_policy(request: Request) -> JSONResponse:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    items, bulk = parse_create(await read_json(request), "rbac_policy", "rbac_policies", RbacPolicyCreate)
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
-        return [build_policy(uow, ctx, item, pol) for item in items]
-
-    return RESOURCE.created(st, ctx, st.repo.transact(txn), bulk)
+RESOURCE.add_create(router, "/rbac-policies", "create_policy", RbacPolicyCreate, build_policy)
 
 
 @router.put("/rbac-policies/{policy_id}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
@@ -33,7 +32,7 @@ from vxnet.api.errors import ApiError, from_service, not_found
 from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.networks import touch
 from vxnet.api.routers.ports import port_visible
-from vxnet.api.state import AppState, off_loop, read_json
+from vxnet.api.state import AppState, off_loop
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -42,7 +41,6 @@ from vxnet.api.validation import (
     ProjectId,
     Tags,
     Uuid,
-    parse_create,
     resolve_project,
 )
 from vxnet.services import trunks as svc
@@ -111,34 +109,24 @@ RESOURCE.add_list(router, "/trunks", "list_trunks")
 RESOURCE.add_show(router, "/trunks/{trunk_id}", "show_trunk", "trunk_id")
 
 
-@router.post("/trunks", status_code=201)
-@off_loop
-async def create_trunk(request: Request) -> JSONResponse:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    items, bulk = parse_create(await read_json(request), "trunk", "trunks", TrunkCreate)
-    pol = policy.of(st.config)
+def _build(uow: UnitOfWork, ctx: Context, item: TrunkCreate, pol: policy.Policy) -> dict[str, Any]:
+    project = resolve_project(ctx, item.project_id, item.tenant_id) if ctx.is_admin else ctx.project_id
+    pol.enforce(ctx, "create_trunk", policy.target("trunk", {"project_id": project}))
+    parent = _visible_port(ctx, uow, item.port_id)
+    if not ctx.is_admin and parent["project_id"] != ctx.project_id:
+        raise policy.denied("create_trunk")
+    try:
+        svc.check_parent(uow, parent)
+    except ServiceError as e:
+        raise from_service(e) from None
+    rec = svc.new_trunk(project, item.name, item.description, item.admin_state_up, parent["id"], item.tags)
+    _add(ctx, uow, rec, parent, item.sub_ports, "create_trunk")
+    uow.put("trunks", rec)
+    svc.sync_parent(uow, rec, parent)
+    return rec
 
-    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
-        out = []
-        for item in items:
-            project = resolve_project(ctx, item.project_id, item.tenant_id) if ctx.is_admin else ctx.project_id
-            pol.enforce(ctx, "create_trunk", policy.target("trunk", {"project_id": project}))
-            parent = _visible_port(ctx, uow, item.port_id)
-            if not ctx.is_admin and parent["project_id"] != ctx.project_id:
-                raise policy.denied("create_trunk")
-            try:
-                svc.check_parent(uow, parent)
-            except ServiceError as e:
-                raise from_service(e) from None
-            rec = svc.new_trunk(project, item.name, item.description, item.admin_state_up, parent["id"], item.tags)
-            _add(ctx, uow, rec, parent, item.sub_ports, "create_trunk")
-            uow.put("trunks", rec)
-            svc.sync_parent(uow, rec, parent)
-            out.append(rec)
-        return out
 
-    return RESOURCE.created(st, ctx, st.repo.transact(txn), bulk)
+RESOURCE.add_create(router, "/trunks", "create_trunk", TrunkCreate, _build)
 
 
 def _update(uow: UnitOfWork, ctx: Context, rec: dict[str, Any], fields: dict[str, Any]) -> None:
