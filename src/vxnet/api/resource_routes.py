@@ -15,8 +15,9 @@ rest to these factories:
   policy, checks, stores and returns the new object); the 201 answer of `created`.
 - `add_update`: `PUT /<collection>/{id}`: the body `{member: {...}}` parsed by the update model
   (read-only attributes 400), `update_<member>` enforced over the changed attribute names,
-  `If-Match` (when asked), the resource's `apply` hook (checks and changes in place), the
-  object stored, the answer `{member: view}` after the commit.
+  `If-Match` (when asked), the resource's `apply` hook (checks and changes in place; it may
+  return the object as shown, read in the same transaction), the object stored, the answer
+  `{member: view}`.
 - `add_delete`: `DELETE /<collection>/{id}`: `delete_<member>` enforced, `If-Match` (when
   asked), the resource's `remove` hook (checks, then the deletes), 204.
 - `add_action`: `PUT /<collection>/{id}/<action>` (Neutron's member actions such as
@@ -52,7 +53,7 @@ from vxnet.services.repo import Repo, UnitOfWork
 
 Obj = dict[str, Any]
 Expand = Callable[[AppState, Obj], Obj]
-Apply = Callable[[UnitOfWork, Context, Obj, dict[str, Any]], None]
+Apply = Callable[[UnitOfWork, Context, Obj, dict[str, Any]], Obj | None]
 Remove = Callable[[UnitOfWork, Context, Obj], None]
 Change = Callable[[UnitOfWork, Context, Obj, Any], Obj]
 Build = Callable[[UnitOfWork, Context, Any, policy.Policy], Obj]
@@ -136,7 +137,8 @@ class Resource:
     def add_update(self, router: APIRouter, path: str, name: str, id_param: str, model: type[BaseModel],
                    apply: Apply, read_only: tuple[str, ...] = ("id", "project_id"), if_match: bool = True) -> None:
         """`PUT path`: `apply` changes the fetched object in place (after the policy check); it is
-        then stored and shown."""
+        then stored and shown: as `expand` shows it after the commit, or, when `apply` returns
+        an object, that one (read in the transaction)."""
         member = self.spec.member
 
         async def run(request: Request, id_: str) -> Obj:
@@ -145,16 +147,17 @@ class Resource:
             fields = changes(parse_update(await read_json(request), member, model, read_only=read_only))
             pol = policy.of(st.config)
 
-            def txn(uow: UnitOfWork) -> Obj:
+            def txn(uow: UnitOfWork) -> tuple[Obj, Obj | None]:
                 obj = self.fetch(uow, ctx, id_)
                 pol.enforce(ctx, f"update_{member}", policy.target(member, obj), sorted(fields))
                 if if_match:
                     check_if_match(request, obj)
-                apply(uow, ctx, obj, dict(fields))  # a copy: a retried transaction sees the body again
+                shown = apply(uow, ctx, obj, dict(fields))  # a copy: a retried transaction sees the body again
                 uow.put(self.collection, obj)
-                return obj
+                return obj, shown
 
-            return {member: self.view(st, ctx, st.repo.transact(txn))}
+            obj, shown = st.repo.transact(txn)
+            return {member: self.view(st, ctx, obj) if shown is None else self.spec.present(ctx, shown)}
 
         _register(router, "PUT", path, name, [id_param], run, dict[str, Any])
 

@@ -189,34 +189,23 @@ async def create_security_group(request: Request) -> JSONResponse:
     return JSONResponse({"security_groups": groups} if bulk else {"security_group": groups[0]}, status_code=201)
 
 
-@router.put("/security-groups/{group_id}")
-@off_loop
-async def update_security_group(group_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    upd = parse_update(await read_json(request), "security_group", GroupUpdate)
-    fields = changes(upd)
+def _update_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    group_id = group["id"]
+    if "name" in fields:
+        if group["name"] == "default":
+            raise conflict("SecurityGroupCannotUpdateDefault", "Updating default security group not allowed.")
+        if fields["name"].lower() == "default":
+            raise default_exists()
+    if "stateful" in fields and fields["stateful"] != group["stateful"]:
+        ports = uow.list("ports", lambda p: group_id in (p.get("security_groups") or []))
+        if ports:
+            raise conflict("SecurityGroupInUse", f"Security Group {group_id} in use.")
+    touch(group, fields)
+    return present_group(group, _group_rules(uow, group_id))
 
-    pol = policy.of(st.config)
 
-    def txn(uow: UnitOfWork) -> dict[str, Any]:
-        group = _get_group(uow, ctx, group_id)
-        pol.enforce(ctx, "update_security_group", policy.target("security_group", group), sorted(fields))
-        check_if_match(request, group)
-        if "name" in fields:
-            if group["name"] == "default":
-                raise conflict("SecurityGroupCannotUpdateDefault", "Updating default security group not allowed.")
-            if fields["name"].lower() == "default":
-                raise default_exists()
-        if "stateful" in fields and fields["stateful"] != group["stateful"]:
-            ports = uow.list("ports", lambda p: group_id in (p.get("security_groups") or []))
-            if ports:
-                raise conflict("SecurityGroupInUse", f"Security Group {group_id} in use.")
-        touch(group, fields)
-        uow.put("security_groups", group)
-        return present_group(group, _group_rules(uow, group_id))
-
-    return {"security_group": st.repo.transact(txn)}
+GROUP.add_update(router, "/security-groups/{group_id}", "update_security_group", "group_id", GroupUpdate,
+                 _update_group, read_only=())
 
 
 def _remove_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any]) -> None:
