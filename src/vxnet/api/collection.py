@@ -114,7 +114,8 @@ def _by_id(items: list[dict[str, Any]]) -> bool:
     return all(items[i]["id"] <= items[i + 1]["id"] for i in range(len(items) - 1))
 
 
-def _fields(request: Request) -> list[str]:
+def requested_fields(request: Request) -> list[str]:
+    """The attributes `fields=` asks for (repeated or comma-separated); empty: all."""
     out: list[str] = []
     for f in request.query_params.getlist("fields"):
         out.extend(x for x in f.split(",") if x)
@@ -212,7 +213,7 @@ def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: l
     links = _links(request, spec, page, limit, reverse) if limit else []
     if limit and q.get("limit", "0").strip() in ("", "0"):  # the cap alone paged: say where the rest is
         links = [link for link in links if link["rel"] == "next"]
-    fields = _fields(request)
+    fields = requested_fields(request)
     body: dict[str, Any] = {spec.collection: [select_fields(o, fields) for o in page]}
     if links:
         body[f"{spec.collection}_links"] = links
@@ -265,7 +266,7 @@ def get_visible(repo: Repo, ctx: Context, spec: ResourceSpec, id_: str) -> dict[
 
 
 def show_response(request: Request, ctx: Context, spec: ResourceSpec, obj: dict[str, Any]) -> dict[str, Any]:
-    return {spec.member: select_fields(spec.present(ctx, obj), _fields(request))}
+    return {spec.member: select_fields(spec.present(ctx, obj), requested_fields(request))}
 
 
 def check_if_match(request: Request, obj: dict[str, Any]) -> None:

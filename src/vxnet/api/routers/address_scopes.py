@@ -22,16 +22,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter
 from pydantic import BeforeValidator
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, list_response, show_response
+from vxnet.api.collection import ResourceSpec
 from vxnet.api.errors import ApiError, bad_request, conflict
-from vxnet.api.state import AppState, off_loop, read_json
-from vxnet.api.validation import Body, Bool, Name, ProjectId, parse_create, parse_update, resolve_project
+from vxnet.api.resource_routes import Resource
+from vxnet.api.validation import Body, Bool, Name, ProjectId, resolve_project
 from vxnet.services import rbac
 from vxnet.services.repo import ROOT, UnitOfWork, new_id
 
@@ -52,11 +51,12 @@ def present(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
     return rbac.present(obj, ctx.project_id)
 
 
-SPEC = ResourceSpec(COLLECTION, "address_scope", visible=scope_visible, present=present)
-
-
 def scope_not_found(scope_id: str) -> ApiError:
     return ApiError(404, "AddressScopeNotFound", f"Address scope {scope_id} could not be found.")
+
+
+SPEC = ResourceSpec(COLLECTION, "address_scope", visible=scope_visible, present=present)
+RESOURCE = Resource(SPEC, missing=scope_not_found)
 
 
 def _ip_version(v: Any) -> int:
@@ -81,106 +81,51 @@ class AddressScopeUpdate(Body):
 def get_for_pool(uow: UnitOfWork, ctx: Context, scope_id: str) -> dict[str, Any]:
     """The scope a pool names (read guarded), or 404 if the caller cannot see it; the pool then
     joins it, so its lock key is touched."""
-    scope = uow.get(COLLECTION, scope_id)
-    if scope is None or not scope_visible(ctx, scope):
-        raise scope_not_found(scope_id)
+    scope = RESOURCE.fetch(uow, ctx, scope_id)
     uow.get_raw(lock_key(scope_id))
     uow.touch(lock_key(scope_id))
     return scope
 
 
-@router.get("/address-scopes")
-@off_loop
-async def list_scopes(request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    return list_response(request, ctx, SPEC, st.repo.list(COLLECTION))
+RESOURCE.add_list(router, "/address-scopes", "list_scopes")
+RESOURCE.add_show(router, "/address-scopes/{scope_id}", "show_scope", "scope_id")
 
 
-@router.get("/address-scopes/{scope_id}")
-@off_loop
-async def show_scope(scope_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    obj = st.repo.get(COLLECTION, scope_id)
-    if obj is None or not scope_visible(ctx, obj):
-        raise scope_not_found(scope_id)
-    return show_response(request, ctx, SPEC, obj)
+def _build(uow: UnitOfWork, ctx: Context, item: AddressScopeCreate, pol: policy.Policy) -> dict[str, Any]:
+    project = resolve_project(ctx, item.project_id, item.tenant_id)
+    attrs = sorted(n for n in item.model_fields_set if n == "shared" and item.shared)
+    obj = {"id": new_id(COLLECTION), "name": item.name, "project_id": project, "tenant_id": project,
+           "shared": item.shared, "ip_version": item.ip_version}
+    pol.enforce(ctx, "create_address_scope", policy.target("address_scope", obj), attrs)
+    rbac.initial_entries(uow, obj, "address_scope")
+    uow.put(COLLECTION, obj)
+    return obj
 
 
-@router.post("/address-scopes", status_code=201)
-@off_loop
-async def create_scope(request: Request) -> JSONResponse:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    items, bulk = parse_create(await read_json(request), "address_scope", "address_scopes", AddressScopeCreate)
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
-        out = []
-        for item in items:
-            project = resolve_project(ctx, item.project_id, item.tenant_id)
-            attrs = sorted(n for n in item.model_fields_set if n == "shared" and item.shared)
-            obj = {"id": new_id(COLLECTION), "name": item.name, "project_id": project, "tenant_id": project,
-                   "shared": item.shared, "ip_version": item.ip_version}
-            pol.enforce(ctx, "create_address_scope", policy.target("address_scope", obj), attrs)
-            rbac.initial_entries(uow, obj, "address_scope")
-            uow.put(COLLECTION, obj)
-            out.append(obj)
-        return out
-
-    objs = [present(ctx, o) for o in st.repo.transact(txn)]
-    return JSONResponse({"address_scopes": objs} if bulk else {"address_scope": objs[0]}, status_code=201)
+RESOURCE.add_create(router, "/address-scopes", "create_scope", AddressScopeCreate, _build)
 
 
-@router.put("/address-scopes/{scope_id}")
-@off_loop
-async def update_scope(scope_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    upd = parse_update(await read_json(request), "address_scope", AddressScopeUpdate,
-                       read_only=("id", "ip_version", "project_id", "tenant_id"))
-    fields = {n: getattr(upd, n) for n in upd.model_fields_set}
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> dict[str, Any]:
-        obj = uow.get(COLLECTION, scope_id)
-        if obj is None or not scope_visible(ctx, obj):
-            raise scope_not_found(scope_id)
-        pol.enforce(ctx, "update_address_scope", policy.target("address_scope", obj), sorted(fields))
-        if obj["shared"] and fields.get("shared") is False:
-            raise bad_request(f"Unable to update address scope {scope_id} : Shared address scope can't be "
-                              "unshared.", "AddressScopeUpdateError")
-        shared = fields.pop("shared", None)
-        if shared is not None:
-            rbac.set_shared(uow, obj, bool(shared), "address_scope")
-        obj.update(fields)
-        uow.put(COLLECTION, obj)
-        return obj
-
-    return {"address_scope": present(ctx, st.repo.transact(txn))}
+def _apply_update(uow: UnitOfWork, ctx: Context, obj: dict[str, Any], fields: dict[str, Any]) -> None:
+    if obj["shared"] and fields.get("shared") is False:
+        raise bad_request(f"Unable to update address scope {obj['id']} : Shared address scope can't be "
+                          "unshared.", "AddressScopeUpdateError")
+    shared = fields.pop("shared", None)
+    if shared is not None:
+        rbac.set_shared(uow, obj, bool(shared), "address_scope")
+    obj.update(fields)
 
 
-@router.delete("/address-scopes/{scope_id}", status_code=204)
-@off_loop
-async def delete_scope(scope_id: str, request: Request) -> Response:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    pol = policy.of(st.config)
+def _remove(uow: UnitOfWork, ctx: Context, obj: dict[str, Any]) -> None:
+    scope_id = obj["id"]
+    uow.get_raw(lock_key(scope_id))  # guard: no pool may join meanwhile
+    if uow.list("subnetpools", lambda p: p.get("address_scope_id") == scope_id):
+        raise conflict("AddressScopeInUse", f"Unable to complete operation on address scope {scope_id}. "
+                                            "There are one or more subnet pools in use on the address scope.")
+    uow.delete_raw(lock_key(scope_id))
+    rbac.delete_all(uow, obj)
+    uow.delete(COLLECTION, scope_id)
 
-    def txn(uow: UnitOfWork) -> None:
-        obj = uow.get(COLLECTION, scope_id)
-        if obj is None or not scope_visible(ctx, obj):
-            raise scope_not_found(scope_id)
-        pol.enforce(ctx, "delete_address_scope", policy.target("address_scope", obj))
-        uow.get_raw(lock_key(scope_id))  # guard: no pool may join meanwhile
-        if uow.list("subnetpools", lambda p: p.get("address_scope_id") == scope_id):
-            raise conflict("AddressScopeInUse", f"Unable to complete operation on address scope {scope_id}. "
-                                                "There are one or more subnet pools in use on the address scope.")
-        uow.delete_raw(lock_key(scope_id))
-        rbac.delete_all(uow, obj)
-        uow.delete(COLLECTION, scope_id)
 
-    st.repo.transact(txn)
-    return Response(status_code=204)
-
+RESOURCE.add_update(router, "/address-scopes/{scope_id}", "update_scope", "scope_id", AddressScopeUpdate,
+                    _apply_update, read_only=("id", "ip_version", "project_id", "tenant_id"), if_match=False)
+RESOURCE.add_delete(router, "/address-scopes/{scope_id}", "delete_scope", "scope_id", _remove, if_match=False)

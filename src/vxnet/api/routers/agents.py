@@ -23,8 +23,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
+from vxnet.api.collection import ResourceSpec, check_if_match, list_response
 from vxnet.api.errors import not_found
+from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.agent_stream import live_key
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import Body, Bool, Description, parse_update
@@ -56,13 +57,6 @@ def _bound_ports(st: AppState) -> collections.Counter[str]:
     return collections.Counter(p.get("binding:host_id") for p in st.repo.list("ports") if p.get("binding:host_id"))
 
 
-def _get(st: AppState, ctx: Context, agent_id: str) -> dict[str, Any]:
-    rec = st.repo.get("agents", agent_id)
-    if rec is None or not can_see_agents(ctx):
-        raise not_found("agent", agent_id)
-    return rec
-
-
 @router.get("/agents")
 @off_loop
 async def list_agents(request: Request) -> dict[str, Any]:
@@ -74,13 +68,9 @@ async def list_agents(request: Request) -> dict[str, Any]:
     return list_response(request, ctx, SPEC, [present(st, r, bound) for r in st.repo.list("agents")])
 
 
-@router.get("/agents/{agent_id}")
-@off_loop
-async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    rec = _get(st, ctx, agent_id)
-    return show_response(request, ctx, SPEC, present(st, rec, _bound_ports(st)))
+# one agent's bound-port count needs all ports read: the list reads them once for all agents
+RESOURCE = Resource(SPEC, expand=lambda st, rec: present(st, rec, _bound_ports(st)))
+RESOURCE.add_show(router, "/agents/{agent_id}", "show_agent", "agent_id")
 
 
 @router.put("/agents/{agent_id}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from vxnet.api.collection import select_fields
+from vxnet.api.collection import requested_fields, select_fields
 from vxnet.api.errors import ApiError
 from vxnet.api.state import AppState, off_loop
 from vxnet.services.repo import ROOT, Repo
@@ -85,7 +85,7 @@ async def list_availabilities(request: Request) -> dict[str, Any]:
     used = _used_by_subnet(st.repo)
     q = request.query_params
     query = {k: q.getlist(k) for k in q if k != "fields"}
-    fields = [f for v in q.getlist("fields") for f in v.split(",") if f]
+    fields = requested_fields(request)
     items = [availability(n, by_net.get(n["id"], []), used) for n in st.repo.list("networks")]
     return {"network_ip_availabilities": [select_fields(i, fields) for i in items if _matches(i, query)]}
 
@@ -100,5 +100,5 @@ async def show_availability(network_id: str, request: Request) -> dict[str, Any]
         raise ApiError(404, "NetworkNotFound", f"Network {network_id} could not be found.")
     subnets = [s for s in st.repo.list("subnets") if s["network_id"] == network_id]
     used = _used_by_subnet(st.repo, [s["id"] for s in subnets])
-    fields = [f for v in request.query_params.getlist("fields") for f in v.split(",") if f]
+    fields = requested_fields(request)
     return {"network_ip_availability": select_fields(availability(net, subnets, used), fields)}

@@ -23,6 +23,7 @@ Invariants (records and checks in services/qos.py):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -30,8 +31,9 @@ from fastapi.responses import JSONResponse, Response
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
+from vxnet.api.collection import ResourceSpec, list_response, show_response
 from vxnet.api.errors import ApiError, from_service
+from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.networks import touch
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
@@ -122,29 +124,30 @@ RULE_MODELS: dict[str, tuple[type[Body], type[Body]]] = {
 }
 
 
-def _get(uow: UnitOfWork | None, st: AppState, ctx: Context, policy_id: str) -> dict[str, Any]:
-    pol = uow.get("qos_policies", policy_id) if uow is not None else st.repo.get("qos_policies", policy_id)
-    if pol is None or not _visible(ctx, pol):
-        raise from_service(svc.policy_not_found(policy_id))
-    return pol
+RESOURCE = Resource(SPEC, store="qos_policies", missing=lambda policy_id: from_service(svc.policy_not_found(policy_id)))
+
+
+def _change_policy(st: AppState, ctx: Context, policy_id: str, action: str,
+                   change: Callable[[dict[str, Any]], Any]) -> Any:
+    """One transaction: `action` enforced on the policy, `change` applied to it (a rule added,
+    changed or deleted), the policy's revision bumped; `change`'s result is returned."""
+    pol = policy.of(st.config)
+
+    def txn(uow: UnitOfWork) -> Any:
+        rec = RESOURCE.fetch(uow, ctx, policy_id)
+        pol.enforce(ctx, action, policy.target("policy", rec))
+        result = change(rec)
+        svc.bump(rec)
+        uow.put("qos_policies", rec)
+        return result
+
+    return st.repo.transact(txn)
 
 
 # policies ----------------------------------------------------------------------------------------
 
-@router.get("/policies")
-@off_loop
-async def list_policies(request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    return list_response(request, ctx, SPEC, st.repo.list("qos_policies"))
-
-
-@router.get("/policies/{policy_id}")
-@off_loop
-async def show_policy(policy_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    return show_response(request, ctx, SPEC, _get(None, st, ctx, policy_id))
+RESOURCE.add_list(router, "/policies", "list_policies")
+RESOURCE.add_show(router, "/policies/{policy_id}", "show_policy", "policy_id")
 
 
 @router.post("/policies", status_code=201)
@@ -173,54 +176,30 @@ async def create_policy(request: Request) -> JSONResponse:
             out.append(rec)
         return out
 
-    recs = [present(ctx, r) for r in st.repo.transact(txn)]
-    return JSONResponse({"policies": recs} if bulk else {"policy": recs[0]}, status_code=201)
+    return RESOURCE.created(st, ctx, st.repo.transact(txn), bulk)
 
 
-@router.put("/policies/{policy_id}")
-@off_loop
-async def update_policy(policy_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    fields = changes(parse_update(await read_json(request), "policy", PolicyUpdate, read_only=("id", "project_id")))
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> dict[str, Any]:
-        rec = _get(uow, st, ctx, policy_id)
-        pol.enforce(ctx, "update_policy", policy.target("policy", rec), sorted(fields))
-        check_if_match(request, rec)
-        shared = fields.pop("shared", None)
-        if shared is not None:
-            wildcard = rbac.find(rec, rbac.SHARED, rbac.WILDCARD)
-            if not shared and wildcard is not None:
-                rbac.check_shared_release(uow, "qos_policy", rec, rbac.WILDCARD, wildcard["id"])
-            rbac.set_shared(uow, rec, bool(shared), "qos_policy")
-        touch(rec, fields)
-        svc.check_default(uow, rec)
-        uow.put("qos_policies", rec)
-        return rec
-
-    return {"policy": present(ctx, st.repo.transact(txn))}
+def _update(uow: UnitOfWork, ctx: Context, rec: dict[str, Any], fields: dict[str, Any]) -> None:
+    shared = fields.pop("shared", None)
+    if shared is not None:
+        wildcard = rbac.find(rec, rbac.SHARED, rbac.WILDCARD)
+        if not shared and wildcard is not None:
+            rbac.check_shared_release(uow, "qos_policy", rec, rbac.WILDCARD, wildcard["id"])
+        rbac.set_shared(uow, rec, bool(shared), "qos_policy")
+    touch(rec, fields)
+    svc.check_default(uow, rec)
 
 
-@router.delete("/policies/{policy_id}", status_code=204)
-@off_loop
-async def delete_policy(policy_id: str, request: Request) -> Response:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    pol = policy.of(st.config)
+def _remove(uow: UnitOfWork, ctx: Context, rec: dict[str, Any]) -> None:
+    policy_id = rec["id"]
+    if svc.policy_in_use(uow, policy_id):
+        raise ApiError(409, "QosPolicyInUse", f"QoS Policy {policy_id} is used by a port or a network.")
+    rbac.delete_all(uow, rec)
+    uow.delete("qos_policies", policy_id)
 
-    def txn(uow: UnitOfWork) -> None:
-        rec = _get(uow, st, ctx, policy_id)
-        pol.enforce(ctx, "delete_policy", policy.target("policy", rec))
-        check_if_match(request, rec)
-        if svc.policy_in_use(uow, policy_id):
-            raise ApiError(409, "QosPolicyInUse", f"QoS Policy {policy_id} is used by a port or a network.")
-        rbac.delete_all(uow, rec)
-        uow.delete("qos_policies", policy_id)
 
-    st.repo.transact(txn)
-    return Response(status_code=204)
+RESOURCE.add_update(router, "/policies/{policy_id}", "update_policy", "policy_id", PolicyUpdate, _update)
+RESOURCE.add_delete(router, "/policies/{policy_id}", "delete_policy", "policy_id", _remove)
 
 
 # rules -------------------------------------------------------------------------------------------
@@ -233,13 +212,13 @@ def _add_rule_routes(rule_type: str) -> None:
     async def list_rules(policy_id: str, request: Request) -> dict[str, Any]:
         st = AppState.of(request)
         ctx = st.context(request)
-        rec = _get(None, st, ctx, policy_id)
+        rec = RESOURCE.fetch(st.repo, ctx, policy_id)
         return list_response(request, ctx, spec, [dict(r) for r in rec["rules"] if r["type"] == rule_type])
 
     async def show_rule(policy_id: str, rule_id: str, request: Request) -> dict[str, Any]:
         st = AppState.of(request)
         ctx = st.context(request)
-        rec = _get(None, st, ctx, policy_id)
+        rec = RESOURCE.fetch(st.repo, ctx, policy_id)
         return show_response(request, ctx, spec, svc.find_rule(rec, rule_type, rule_id))
 
     async def create_rule(policy_id: str, request: Request) -> JSONResponse:
@@ -247,48 +226,23 @@ def _add_rule_routes(rule_type: str) -> None:
         ctx = st.context(request)
         items, _ = parse_create(await read_json(request), member, coll, create_model)
         values = changes(items[0])
-        pol = policy.of(st.config)
-
-        def txn(uow: UnitOfWork) -> dict[str, Any]:
-            rec = _get(uow, st, ctx, policy_id)
-            pol.enforce(ctx, f"create_policy_{member}", policy.target("policy", rec))
-            rule = svc.add_rule(rec, rule_type, values)
-            svc.bump(rec)
-            uow.put("qos_policies", rec)
-            return rule
-
-        return JSONResponse({member: st.repo.transact(txn)}, status_code=201)
+        rule = _change_policy(st, ctx, policy_id, f"create_policy_{member}",
+                              lambda rec: svc.add_rule(rec, rule_type, values))
+        return JSONResponse({member: rule}, status_code=201)
 
     async def update_rule(policy_id: str, rule_id: str, request: Request) -> dict[str, Any]:
         st = AppState.of(request)
         ctx = st.context(request)
         values = changes(parse_update(await read_json(request), member, update_model,
                                       read_only=("id", "qos_policy_id", "type")))
-        pol = policy.of(st.config)
-
-        def txn(uow: UnitOfWork) -> dict[str, Any]:
-            rec = _get(uow, st, ctx, policy_id)
-            pol.enforce(ctx, f"update_policy_{member}", policy.target("policy", rec))
-            rule = svc.update_rule(rec, rule_type, rule_id, values)
-            svc.bump(rec)
-            uow.put("qos_policies", rec)
-            return rule
-
-        return {member: st.repo.transact(txn)}
+        return {member: _change_policy(st, ctx, policy_id, f"update_policy_{member}",
+                                       lambda rec: svc.update_rule(rec, rule_type, rule_id, values))}
 
     async def delete_rule(policy_id: str, rule_id: str, request: Request) -> Response:
         st = AppState.of(request)
         ctx = st.context(request)
-        pol = policy.of(st.config)
-
-        def txn(uow: UnitOfWork) -> None:
-            rec = _get(uow, st, ctx, policy_id)
-            pol.enforce(ctx, f"delete_policy_{member}", policy.target("policy", rec))
-            svc.delete_rule(rec, rule_type, rule_id)
-            svc.bump(rec)
-            uow.put("qos_policies", rec)
-
-        st.repo.transact(txn)
+        _change_policy(st, ctx, policy_id, f"delete_policy_{member}",
+                       lambda rec: svc.delete_rule(rec, rule_type, rule_id))
         return Response(status_code=204)
 
     base = f"/policies/{{policy_id}}/{coll}"

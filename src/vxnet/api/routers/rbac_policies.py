@@ -33,14 +33,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, list_response, show_response
+from vxnet.api.collection import ResourceSpec
 from vxnet.api.errors import ApiError, from_service, invalid_input
+from vxnet.api.resource_routes import Resource
 from vxnet.api.state import AppState, off_loop, read_json
-from vxnet.api.validation import Body, ProjectId, ShortStr, Uuid, parse_create, parse_update, resolve_project
+from vxnet.api.validation import Body, ProjectId, ShortStr, Uuid, parse_update, resolve_project
 from vxnet.services import rbac
 from vxnet.services.repo import UnitOfWork
 
@@ -57,11 +57,12 @@ def policy_visible(ctx: Context, obj: dict[str, Any]) -> bool:
     return ctx.is_admin or obj["project_id"] == ctx.project_id
 
 
-SPEC = ResourceSpec("rbac_policies", "rbac_policy", visible=policy_visible)
-
-
 def not_found(policy_id: str) -> ApiError:
     return ApiError(404, "RbacPolicyNotFound", f"RBAC policy of type unknown with ID {policy_id} not found")
+
+
+SPEC = ResourceSpec("rbac_policies", "rbac_policy", visible=policy_visible)
+RESOURCE = Resource(SPEC, store=rbac.COLLECTION, missing=not_found)
 
 
 class RbacPolicyCreate(Body):
@@ -120,45 +121,11 @@ def build_policy(uow: UnitOfWork, ctx: Context, item: RbacPolicyCreate, pol: pol
     return record
 
 
-def _get(uow: UnitOfWork, ctx: Context, policy_id: str) -> dict[str, Any]:
-    record = uow.get(rbac.COLLECTION, policy_id)
-    if record is None or not policy_visible(ctx, record):
-        raise not_found(policy_id)
-    return record
+RESOURCE.add_list(router, "/rbac-policies", "list_policies")
+RESOURCE.add_show(router, "/rbac-policies/{policy_id}", "show_policy", "policy_id")
 
 
-@router.get("/rbac-policies")
-@off_loop
-async def list_policies(request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    return list_response(request, ctx, SPEC, st.repo.list(rbac.COLLECTION))
-
-
-@router.get("/rbac-policies/{policy_id}")
-@off_loop
-async def show_policy(policy_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    record = st.repo.get(rbac.COLLECTION, policy_id)
-    if record is None or not policy_visible(ctx, record):
-        raise not_found(policy_id)
-    return show_response(request, ctx, SPEC, record)
-
-
-@router.post("/rbac-policies", status_code=201)
-@off_loop
-async def create_policy(request: Request) -> JSONResponse:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    items, bulk = parse_create(await read_json(request), "rbac_policy", "rbac_policies", RbacPolicyCreate)
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
-        return [build_policy(uow, ctx, item, pol) for item in items]
-
-    records = st.repo.transact(txn)
-    return JSONResponse({"rbac_policies": records} if bulk else {"rbac_policy": records[0]}, status_code=201)
+RESOURCE.add_create(router, "/rbac-policies", "create_policy", RbacPolicyCreate, build_policy)
 
 
 @router.put("/rbac-policies/{policy_id}")
@@ -170,7 +137,7 @@ async def update_policy(policy_id: str, request: Request) -> dict[str, Any]:
     pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
-        record = _get(uow, ctx, policy_id)
+        record = RESOURCE.fetch(uow, ctx, policy_id)
         new = {**record, "target_tenant": upd.target_tenant}
         pol.enforce(ctx, "update_rbac_policy", policy.target("rbac_policy", new), ["target_tenant"])
         object_type = record["object_type"]
@@ -185,27 +152,19 @@ async def update_policy(policy_id: str, request: Request) -> dict[str, Any]:
     return {"rbac_policy": st.repo.transact(txn)}
 
 
-@router.delete("/rbac-policies/{policy_id}", status_code=204)
-@off_loop
-async def delete_policy(policy_id: str, request: Request) -> Response:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    pol = policy.of(st.config)
+def _remove(uow: UnitOfWork, ctx: Context, record: dict[str, Any]) -> None:
+    policy_id = record["id"]
+    object_type = record["object_type"]
+    coll = rbac.TYPES[object_type][0]
+    obj = uow.get(coll, record["object_id"])
+    if obj is None:  # cannot happen (an object's delete removes its policies); drop the orphan
+        uow.delete(rbac.COLLECTION, policy_id)
+        return
+    entry = next((e for e in rbac.entries(obj) if e["id"] == policy_id), None)
+    if entry is not None:
+        _check_release(uow, object_type, obj, entry)
+    rbac.remove(uow, obj, policy_id)
+    uow.put(coll, obj)
 
-    def txn(uow: UnitOfWork) -> None:
-        record = _get(uow, ctx, policy_id)
-        pol.enforce(ctx, "delete_rbac_policy", policy.target("rbac_policy", record))
-        object_type = record["object_type"]
-        coll = rbac.TYPES[object_type][0]
-        obj = uow.get(coll, record["object_id"])
-        if obj is None:  # cannot happen (an object's delete removes its policies); drop the orphan
-            uow.delete(rbac.COLLECTION, policy_id)
-            return
-        entry = next((e for e in rbac.entries(obj) if e["id"] == policy_id), None)
-        if entry is not None:
-            _check_release(uow, object_type, obj, entry)
-        rbac.remove(uow, obj, policy_id)
-        uow.put(coll, obj)
 
-    st.repo.transact(txn)
-    return Response(status_code=204)
+RESOURCE.add_delete(router, "/rbac-policies/{policy_id}", "delete_policy", "policy_id", _remove, if_match=False)

@@ -25,8 +25,9 @@ from fastapi.responses import JSONResponse, Response
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
+from vxnet.api.collection import ResourceSpec, check_if_match, identity_present, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
+from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.networks import touch
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
@@ -41,7 +42,7 @@ from vxnet.api.validation import (
     parse_update,
     resolve_project,
 )
-from vxnet.services.repo import UnitOfWork
+from vxnet.services.repo import Repo, UnitOfWork
 from vxnet.services.secgroups import (
     default_key,
     ensure_default_group,
@@ -119,11 +120,13 @@ def _group_rules(uow: UnitOfWork, group_id: str) -> list[dict[str, Any]]:
     return uow.list("security_group_rules", lambda r: r["security_group_id"] == group_id)
 
 
-def _get_group(uow: UnitOfWork, ctx: Context, group_id: str) -> dict[str, Any]:
-    group = uow.get("security_groups", group_id)
-    if group is None or not group_visible(ctx, group):
-        raise not_found("security_group", group_id)
-    return group
+def _with_rules(st: AppState, group: dict[str, Any]) -> dict[str, Any]:
+    return present_group(group, [r for r in st.repo.list("security_group_rules") if r["security_group_id"] == group["id"]])
+
+
+# one group as served: the spec's visibility, its rules read beside it
+GROUP = Resource(dataclasses.replace(SPEC, present=identity_present), expand=_with_rules)
+_get_group = GROUP.fetch
 
 
 # security groups ---------------------------------------------------------------------------------
@@ -156,17 +159,7 @@ async def list_security_groups(request: Request) -> dict[str, Any]:
     return list_response(request, ctx, _group_spec(st), st.repo.list("security_groups"))
 
 
-@router.get("/security-groups/{group_id}")
-@off_loop
-async def show_security_group(group_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    group = st.repo.get("security_groups", group_id)
-    if group is None or not group_visible(ctx, group):
-        raise not_found("security_group", group_id)
-    rules = [r for r in st.repo.list("security_group_rules") if r["security_group_id"] == group_id]
-    spec = dataclasses.replace(SPEC, present=lambda ctx, obj: present_group(obj, rules))
-    return show_response(request, ctx, spec, group)
+GROUP.add_show(router, "/security-groups/{group_id}", "show_security_group", "group_id")
 
 
 @router.post("/security-groups", status_code=201)
@@ -196,72 +189,51 @@ async def create_security_group(request: Request) -> JSONResponse:
     return JSONResponse({"security_groups": groups} if bulk else {"security_group": groups[0]}, status_code=201)
 
 
-@router.put("/security-groups/{group_id}")
-@off_loop
-async def update_security_group(group_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    upd = parse_update(await read_json(request), "security_group", GroupUpdate)
-    fields = changes(upd)
-
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> dict[str, Any]:
-        group = _get_group(uow, ctx, group_id)
-        pol.enforce(ctx, "update_security_group", policy.target("security_group", group), sorted(fields))
-        check_if_match(request, group)
-        if "name" in fields:
-            if group["name"] == "default":
-                raise conflict("SecurityGroupCannotUpdateDefault", "Updating default security group not allowed.")
-            if fields["name"].lower() == "default":
-                raise default_exists()
-        if "stateful" in fields and fields["stateful"] != group["stateful"]:
-            ports = uow.list("ports", lambda p: group_id in (p.get("security_groups") or []))
-            if ports:
-                raise conflict("SecurityGroupInUse", f"Security Group {group_id} in use.")
-        touch(group, fields)
-        uow.put("security_groups", group)
-        return present_group(group, _group_rules(uow, group_id))
-
-    return {"security_group": st.repo.transact(txn)}
-
-
-@router.delete("/security-groups/{group_id}", status_code=204)
-@off_loop
-async def delete_security_group(group_id: str, request: Request) -> Response:
-    st = AppState.of(request)
-    ctx = st.context(request)
-
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> None:
-        group = _get_group(uow, ctx, group_id)
-        pol.enforce(ctx, "delete_security_group", policy.target("security_group", group))
-        check_if_match(request, group)
-        # guard_new: a port created meanwhile with this group makes the commit fail and rerun
-        users = uow.list("ports", lambda p: group_id in (p.get("security_groups") or []), guard_new=True)
-        if group_id in groups_in_use(users):
+def _update_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    group_id = group["id"]
+    if "name" in fields:
+        if group["name"] == "default":
+            raise conflict("SecurityGroupCannotUpdateDefault", "Updating default security group not allowed.")
+        if fields["name"].lower() == "default":
+            raise default_exists()
+    if "stateful" in fields and fields["stateful"] != group["stateful"]:
+        ports = uow.list("ports", lambda p: group_id in (p.get("security_groups") or []))
+        if ports:
             raise conflict("SecurityGroupInUse", f"Security Group {group_id} in use.")
-        if group["name"] == "default" and not ctx.is_admin:
-            raise conflict("SecurityGroupCannotRemoveDefault",
-                           "Insufficient rights for removing default security group.")
-        touched: set[str] = set()
-        for rule in uow.list("security_group_rules",
-                             lambda r: r["security_group_id"] == group_id or r.get("remote_group_id") == group_id):
-            uow.delete("security_group_rules", rule["id"])
-            if rule["security_group_id"] != group_id:
-                touched.add(rule["security_group_id"])
-        for other_id in touched:
-            other = uow.get("security_groups", other_id)
-            if other is not None:
-                touch(other)
-                uow.put("security_groups", other)
-        if group["name"] == "default" and uow.get_raw(default_key(group["project_id"])) == group_id:
-            uow.delete_raw(default_key(group["project_id"]))
-        uow.delete("security_groups", group_id)
+    touch(group, fields)
+    return present_group(group, _group_rules(uow, group_id))
 
-    st.repo.transact(txn)
-    return Response(status_code=204)
+
+GROUP.add_update(router, "/security-groups/{group_id}", "update_security_group", "group_id", GroupUpdate,
+                 _update_group, read_only=())
+
+
+def _remove_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any]) -> None:
+    group_id = group["id"]
+    # guard_new: a port created meanwhile with this group makes the commit fail and rerun
+    users = uow.list("ports", lambda p: group_id in (p.get("security_groups") or []), guard_new=True)
+    if group_id in groups_in_use(users):
+        raise conflict("SecurityGroupInUse", f"Security Group {group_id} in use.")
+    if group["name"] == "default" and not ctx.is_admin:
+        raise conflict("SecurityGroupCannotRemoveDefault",
+                       "Insufficient rights for removing default security group.")
+    touched: set[str] = set()
+    for rule in uow.list("security_group_rules",
+                         lambda r: r["security_group_id"] == group_id or r.get("remote_group_id") == group_id):
+        uow.delete("security_group_rules", rule["id"])
+        if rule["security_group_id"] != group_id:
+            touched.add(rule["security_group_id"])
+    for other_id in touched:
+        other = uow.get("security_groups", other_id)
+        if other is not None:
+            touch(other)
+            uow.put("security_groups", other)
+    if group["name"] == "default" and uow.get_raw(default_key(group["project_id"])) == group_id:
+        uow.delete_raw(default_key(group["project_id"]))
+    uow.delete("security_groups", group_id)
+
+
+GROUP.add_delete(router, "/security-groups/{group_id}", "delete_security_group", "group_id", _remove_group)
 
 
 # security group rules ----------------------------------------------------------------------------
@@ -300,15 +272,16 @@ async def list_security_group_rules(request: Request) -> dict[str, Any]:
     return list_response(request, ctx, _rule_spec(groups), st.repo.list("security_group_rules"))
 
 
-def _get_rule(ctx: Context, rule: dict[str, Any] | None, rule_id: str,
-              group: dict[str, Any] | None) -> dict[str, Any]:
-    """The rule if the caller may see it (given its group), else the rule's 404."""
+def _get_rule(reader: Repo | UnitOfWork, ctx: Context, rule_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The rule if the caller may see it (given its group), else the rule's 404; and its group."""
+    rule = reader.get("security_group_rules", rule_id)
+    group = reader.get("security_groups", rule["security_group_id"]) if rule else None
     if rule is None:
         raise not_found("security_group_rule", rule_id)
     groups = {group["id"]: group} if group else {}
     if not _rule_visible_fn(groups)(ctx, rule):
         raise not_found("security_group_rule", rule_id)
-    return rule
+    return rule, group
 
 
 @router.get("/security-group-rules/{rule_id}")
@@ -316,9 +289,7 @@ def _get_rule(ctx: Context, rule: dict[str, Any] | None, rule_id: str,
 async def show_security_group_rule(rule_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
-    rule = st.repo.get("security_group_rules", rule_id)
-    group = st.repo.get("security_groups", rule["security_group_id"]) if rule else None
-    rule = _get_rule(ctx, rule, rule_id, group)
+    rule, _ = _get_rule(st.repo, ctx, rule_id)
     return show_response(request, ctx, RULE_SPEC_BASE, rule)
 
 
@@ -395,9 +366,7 @@ async def update_security_group_rule(rule_id: str, request: Request) -> dict[str
     pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
-        rule = uow.get("security_group_rules", rule_id)
-        group = uow.get("security_groups", rule["security_group_id"]) if rule else None
-        rule = _get_rule(ctx, rule, rule_id, group)
+        rule, _ = _get_rule(uow, ctx, rule_id)
         pol.enforce(ctx, "update_security_group_rule", policy.target("security_group_rule", rule))
         check_if_match(request, rule)
         touch(rule, changes(upd))
@@ -416,9 +385,7 @@ async def delete_security_group_rule(rule_id: str, request: Request) -> Response
     pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> None:
-        rule = uow.get("security_group_rules", rule_id)
-        group = uow.get("security_groups", rule["security_group_id"]) if rule else None
-        rule = _get_rule(ctx, rule, rule_id, group)
+        rule, group = _get_rule(uow, ctx, rule_id)
         pol.enforce(ctx, "delete_security_group_rule", policy.target("security_group_rule", rule))
         check_if_match(request, rule or {})
         uow.delete("security_group_rules", rule_id)

@@ -37,13 +37,14 @@ import ipaddress
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
-from vxnet.api.errors import ApiError, bad_request, conflict, invalid_input, not_found
+from vxnet.api.collection import ResourceSpec, check_if_match
+from vxnet.api.errors import ApiError, bad_request, conflict, invalid_input
+from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.address_scopes import get_for_pool
 from vxnet.api.routers.networks import touch
 from vxnet.api.state import AppState, off_loop, read_json
@@ -76,6 +77,7 @@ def present(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
 
 
 SPEC = ResourceSpec(COLLECTION, "subnetpool", visible=pool_visible, present=present)
+RESOURCE = Resource(SPEC)
 
 
 def _int(v: Any) -> int:
@@ -208,30 +210,8 @@ def rescope(uow: UnitOfWork, pool: dict[str, Any]) -> None:
             uow.put("networks", net)
 
 
-def _get(uow: UnitOfWork, ctx: Context, pool_id: str) -> dict[str, Any]:
-    pool = uow.get(COLLECTION, pool_id)
-    if pool is None or not pool_visible(ctx, pool):
-        raise not_found("subnetpool", pool_id)
-    return pool
-
-
-@router.get("/subnetpools")
-@off_loop
-async def list_pools(request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    return list_response(request, ctx, SPEC, st.repo.list(COLLECTION))
-
-
-@router.get("/subnetpools/{pool_id}")
-@off_loop
-async def show_pool(pool_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    obj = st.repo.get(COLLECTION, pool_id)
-    if obj is None or not pool_visible(ctx, obj):
-        raise not_found("subnetpool", pool_id)
-    return show_response(request, ctx, SPEC, obj)
+RESOURCE.add_list(router, "/subnetpools", "list_pools")
+RESOURCE.add_show(router, "/subnetpools/{pool_id}", "show_pool", "pool_id")
 
 
 def build_pool(ctx: Context, item: SubnetPoolCreate, uow: UnitOfWork, pol: policy.Policy) -> dict[str, Any]:
@@ -286,8 +266,7 @@ async def create_pool(request: Request) -> JSONResponse:
             uow.put(COLLECTION, p)
         return pools
 
-    pools = [present(ctx, p) for p in st.repo.transact(txn)]
-    return JSONResponse({"subnetpools": pools} if bulk else {"subnetpool": pools[0]}, status_code=201)
+    return RESOURCE.created(st, ctx, st.repo.transact(txn), bulk)
 
 
 def _shared_scope_guard(uow: UnitOfWork, ctx: Context, pool: dict[str, Any]) -> None:
@@ -339,7 +318,7 @@ async def update_pool(pool_id: str, request: Request) -> dict[str, Any]:
     pol = policy.of(st.config)
 
     def txn(uow: UnitOfWork) -> dict[str, Any]:
-        pool = _get(uow, ctx, pool_id)
+        pool = RESOURCE.fetch(uow, ctx, pool_id)
         attrs = sorted(a for a in fields if a != "is_default" or fields[a] != pool["is_default"])
         pol.enforce(ctx, "update_subnetpool", policy.target("subnetpool", pool), attrs)
         check_if_match(request, pool)
@@ -365,73 +344,43 @@ def _prefix_body(body: Any) -> list[str]:
     return out
 
 
-@router.put("/subnetpools/{pool_id}/add_prefixes")
-@off_loop
-async def add_prefixes(pool_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    wanted = _prefix_body(await read_json(request))
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> dict[str, Any]:
-        pool = _get(uow, ctx, pool_id)
-        pol.enforce(ctx, "add_prefixes", policy.target("subnetpool", pool))
-        if not wanted:
-            return {"prefixes": pool["prefixes"]}
-        new = apply_update(uow, ctx, pool, {"prefixes": pool["prefixes"] + wanted})
-        uow.put(COLLECTION, new)
-        return {"prefixes": new["prefixes"]}
-
-    return st.repo.transact(txn)
+def _add_prefixes(uow: UnitOfWork, ctx: Context, pool: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+    if not wanted:
+        return {"prefixes": pool["prefixes"]}
+    new = apply_update(uow, ctx, pool, {"prefixes": pool["prefixes"] + wanted})
+    uow.put(COLLECTION, new)
+    return {"prefixes": new["prefixes"]}
 
 
-@router.put("/subnetpools/{pool_id}/remove_prefixes")
-@off_loop
-async def remove_prefixes(pool_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    wanted = _prefix_body(await read_json(request))
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> dict[str, Any]:
-        pool = _get(uow, ctx, pool_id)
-        pol.enforce(ctx, "remove_prefixes", policy.target("subnetpool", pool))
-        if not wanted or not _overlaps(pool["prefixes"], wanted):
-            return {"prefixes": pool["prefixes"]}
-        _shared_scope_guard(uow, ctx, pool)
-        subnet_alloc.lock(uow, pool_id)
-        if _overlaps([s["cidr"] for s in subnet_alloc.pool_subnets(uow, pool_id)], wanted):
-            raise bad_request("Illegal update to prefixes: One or more the prefixes to be removed is in use by a "
-                              "subnet.", "IllegalSubnetPoolPrefixUpdate")
-        left = subnet_alloc.free_blocks(pool["prefixes"], wanted)
-        new = dict(pool)
-        touch(new, {"prefixes": [str(n) for n in left]})
-        uow.put(COLLECTION, new)
-        return {"prefixes": new["prefixes"]}
-
-    return st.repo.transact(txn)
+def _remove_prefixes(uow: UnitOfWork, ctx: Context, pool: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+    if not wanted or not _overlaps(pool["prefixes"], wanted):
+        return {"prefixes": pool["prefixes"]}
+    _shared_scope_guard(uow, ctx, pool)
+    subnet_alloc.lock(uow, pool["id"])
+    if _overlaps([s["cidr"] for s in subnet_alloc.pool_subnets(uow, pool["id"])], wanted):
+        raise bad_request("Illegal update to prefixes: One or more the prefixes to be removed is in use by a "
+                          "subnet.", "IllegalSubnetPoolPrefixUpdate")
+    left = subnet_alloc.free_blocks(pool["prefixes"], wanted)
+    new = dict(pool)
+    touch(new, {"prefixes": [str(n) for n in left]})
+    uow.put(COLLECTION, new)
+    return {"prefixes": new["prefixes"]}
 
 
-@router.delete("/subnetpools/{pool_id}", status_code=204)
-@off_loop
-async def delete_pool(pool_id: str, request: Request) -> Response:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    pol = policy.of(st.config)
+def _remove(uow: UnitOfWork, ctx: Context, pool: dict[str, Any]) -> None:
+    pool_id = pool["id"]
+    subnet_alloc.lock(uow, pool_id)
+    if subnet_alloc.pool_subnets(uow, pool_id):
+        raise bad_request("Unable to delete subnet pool: Subnet pool has existing allocations.",
+                          "SubnetPoolDeleteError")
+    if pool["is_default"]:
+        uow.delete_raw(subnet_alloc.default_key(pool["ip_version"]))
+    uow.delete_raw(subnet_alloc.lock_key(pool_id))
+    rbac.delete_all(uow, pool)
+    uow.delete(COLLECTION, pool_id)
 
-    def txn(uow: UnitOfWork) -> None:
-        pool = _get(uow, ctx, pool_id)
-        pol.enforce(ctx, "delete_subnetpool", policy.target("subnetpool", pool))
-        check_if_match(request, pool)
-        subnet_alloc.lock(uow, pool_id)
-        if subnet_alloc.pool_subnets(uow, pool_id):
-            raise bad_request("Unable to delete subnet pool: Subnet pool has existing allocations.",
-                              "SubnetPoolDeleteError")
-        if pool["is_default"]:
-            uow.delete_raw(subnet_alloc.default_key(pool["ip_version"]))
-        uow.delete_raw(subnet_alloc.lock_key(pool_id))
-        rbac.delete_all(uow, pool)
-        uow.delete(COLLECTION, pool_id)
 
-    st.repo.transact(txn)
-    return Response(status_code=204)
+for _action, _change in (("add_prefixes", _add_prefixes), ("remove_prefixes", _remove_prefixes)):
+    RESOURCE.add_action(router, f"/subnetpools/{{pool_id}}/{_action}", _action, "pool_id", _action, _prefix_body,
+                        _change)
+RESOURCE.add_delete(router, "/subnetpools/{pool_id}", "delete_pool", "pool_id", _remove)

@@ -116,9 +116,12 @@ class _Parent:
     def read(self, request: Request, resource_id: str) -> dict[str, Any]:
         """The parent as stored, or its 404 (read-only path)."""
         st = AppState.of(request)
-        ctx = st.context(request)
-        obj = st.repo.get(self.collection, resource_id)
-        if obj is None or not parent_visible(self.collection, ctx, obj, st.repo.get):
+        return self._fetch(st.context(request), st.repo.get, resource_id)
+
+    def _fetch(self, ctx: Context, get: Getter, resource_id: str) -> dict[str, Any]:
+        """The parent if the caller may see it, else its 404 (another project's reads as missing)."""
+        obj = get(self.collection, resource_id)
+        if obj is None or not parent_visible(self.collection, ctx, obj, get):
             raise not_found(self.member, resource_id)
         return obj
 
@@ -127,9 +130,7 @@ class _Parent:
         st = AppState.of(request)
         ctx = st.context(request)
         def txn(uow: UnitOfWork) -> list[str]:
-            obj = uow.get(self.collection, resource_id)
-            if obj is None or not parent_visible(self.collection, ctx, obj, uow.get):
-                raise not_found(self.member, resource_id)
+            obj = self._fetch(ctx, uow.get, resource_id)
             if not ctx.owns(obj) or not ctx.can_write or (self.collection in ADMIN_WRITES and not ctx.is_admin):
                 raise policy_denied(f"update_{self.member}_tags")
             old = list(obj.get("tags") or [])

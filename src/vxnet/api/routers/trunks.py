@@ -24,15 +24,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
+from vxnet.api.collection import ResourceSpec
 from vxnet.api.errors import ApiError, from_service, not_found
+from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.networks import touch
 from vxnet.api.routers.ports import port_visible
-from vxnet.api.state import AppState, off_loop, read_json
+from vxnet.api.state import AppState, off_loop
 from vxnet.api.validation import (
     Body,
     Bool,
@@ -41,9 +41,6 @@ from vxnet.api.validation import (
     ProjectId,
     Tags,
     Uuid,
-    changes,
-    parse_create,
-    parse_update,
     resolve_project,
 )
 from vxnet.services import trunks as svc
@@ -78,15 +75,11 @@ def _visible_port(ctx: Context, uow: UnitOfWork, port_id: Any) -> dict[str, Any]
     return port
 
 
-def _get(ctx: Context, uow: UnitOfWork | None, st: AppState, trunk_id: str) -> dict[str, Any]:
-    rec = uow.get("trunks", trunk_id) if uow is not None else st.repo.get("trunks", trunk_id)
-    if rec is None or not (ctx.is_admin or rec["project_id"] == ctx.project_id):
-        raise from_service(svc.trunk_not_found(trunk_id))
-    return rec
-
-
 def _show(st: AppState, rec: dict[str, Any]) -> dict[str, Any]:
     return svc.presented(rec, st.repo.get("ports", rec["port_id"]))
+
+
+RESOURCE = Resource(SPEC, missing=lambda trunk_id: from_service(svc.trunk_not_found(trunk_id)), expand=_show)
 
 
 def _subports_body(body: Any) -> list[dict[str, Any]]:
@@ -112,140 +105,84 @@ def _add(ctx: Context, uow: UnitOfWork, rec: dict[str, Any], parent: dict[str, A
     rec["sub_ports"] = rec["sub_ports"] + subs
 
 
-@router.get("/trunks")
-@off_loop
-async def list_trunks(request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    return list_response(request, ctx, SPEC, [_show(st, t) for t in st.repo.list("trunks")])
+RESOURCE.add_list(router, "/trunks", "list_trunks")
+RESOURCE.add_show(router, "/trunks/{trunk_id}", "show_trunk", "trunk_id")
 
 
-@router.get("/trunks/{trunk_id}")
-@off_loop
-async def show_trunk(trunk_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    return show_response(request, ctx, SPEC, _show(st, _get(ctx, None, st, trunk_id)))
+def _build(uow: UnitOfWork, ctx: Context, item: TrunkCreate, pol: policy.Policy) -> dict[str, Any]:
+    project = resolve_project(ctx, item.project_id, item.tenant_id) if ctx.is_admin else ctx.project_id
+    pol.enforce(ctx, "create_trunk", policy.target("trunk", {"project_id": project}))
+    parent = _visible_port(ctx, uow, item.port_id)
+    if not ctx.is_admin and parent["project_id"] != ctx.project_id:
+        raise policy.denied("create_trunk")
+    try:
+        svc.check_parent(uow, parent)
+    except ServiceError as e:
+        raise from_service(e) from None
+    rec = svc.new_trunk(project, item.name, item.description, item.admin_state_up, parent["id"], item.tags)
+    _add(ctx, uow, rec, parent, item.sub_ports, "create_trunk")
+    uow.put("trunks", rec)
+    svc.sync_parent(uow, rec, parent)
+    return rec
 
 
-@router.post("/trunks", status_code=201)
-@off_loop
-async def create_trunk(request: Request) -> JSONResponse:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    items, bulk = parse_create(await read_json(request), "trunk", "trunks", TrunkCreate)
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
-        out = []
-        for item in items:
-            project = resolve_project(ctx, item.project_id, item.tenant_id) if ctx.is_admin else ctx.project_id
-            pol.enforce(ctx, "create_trunk", policy.target("trunk", {"project_id": project}))
-            parent = _visible_port(ctx, uow, item.port_id)
-            if not ctx.is_admin and parent["project_id"] != ctx.project_id:
-                raise policy.denied("create_trunk")
-            try:
-                svc.check_parent(uow, parent)
-            except ServiceError as e:
-                raise from_service(e) from None
-            rec = svc.new_trunk(project, item.name, item.description, item.admin_state_up, parent["id"], item.tags)
-            _add(ctx, uow, rec, parent, item.sub_ports, "create_trunk")
-            uow.put("trunks", rec)
-            svc.sync_parent(uow, rec, parent)
-            out.append(rec)
-        return out
-
-    recs = [_show(st, r) for r in st.repo.transact(txn)]
-    return JSONResponse({"trunks": recs} if bulk else {"trunk": recs[0]}, status_code=201)
+RESOURCE.add_create(router, "/trunks", "create_trunk", TrunkCreate, _build)
 
 
-@router.put("/trunks/{trunk_id}")
-@off_loop
-async def update_trunk(trunk_id: str, request: Request) -> dict[str, Any]:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    fields = changes(parse_update(await read_json(request), "trunk", TrunkUpdate,
-                                  read_only=("id", "project_id", "tenant_id", "port_id", "sub_ports", "status")))
-    pol = policy.of(st.config)
-
-    def txn(uow: UnitOfWork) -> dict[str, Any]:
-        rec = _get(ctx, uow, st, trunk_id)
-        pol.enforce(ctx, "update_trunk", policy.target("trunk", rec), sorted(fields))
-        check_if_match(request, rec)
-        touch(rec, fields)
-        uow.put("trunks", rec)
-        return rec
-
-    return {"trunk": _show(st, st.repo.transact(txn))}
+def _update(uow: UnitOfWork, ctx: Context, rec: dict[str, Any], fields: dict[str, Any]) -> None:
+    touch(rec, fields)
 
 
-@router.delete("/trunks/{trunk_id}", status_code=204)
-@off_loop
-async def delete_trunk(trunk_id: str, request: Request) -> Response:
-    st = AppState.of(request)
-    ctx = st.context(request)
-    pol = policy.of(st.config)
+def _remove(uow: UnitOfWork, ctx: Context, rec: dict[str, Any]) -> None:
+    for s in rec["sub_ports"]:
+        port = uow.get("ports", s["port_id"])
+        if port is not None:
+            svc.detach(uow, port)
+    parent = uow.get("ports", rec["port_id"])
+    if parent is not None:
+        svc.sync_parent(uow, None, parent)
+    uow.delete("trunks", rec["id"])
 
-    def txn(uow: UnitOfWork) -> None:
-        rec = _get(ctx, uow, st, trunk_id)
-        pol.enforce(ctx, "delete_trunk", policy.target("trunk", rec))
-        check_if_match(request, rec)
-        for s in rec["sub_ports"]:
-            port = uow.get("ports", s["port_id"])
-            if port is not None:
-                svc.detach(uow, port)
-        parent = uow.get("ports", rec["port_id"])
-        if parent is not None:
-            svc.sync_parent(uow, None, parent)
-        uow.delete("trunks", trunk_id)
 
-    st.repo.transact(txn)
-    return Response(status_code=204)
+RESOURCE.add_update(router, "/trunks/{trunk_id}", "update_trunk", "trunk_id", TrunkUpdate, _update,
+                    read_only=("id", "project_id", "tenant_id", "port_id", "sub_ports", "status"))
+RESOURCE.add_delete(router, "/trunks/{trunk_id}", "delete_trunk", "trunk_id", _remove)
 
 
 def _subport_change(action: str) -> Any:
-    async def handler(trunk_id: str, request: Request) -> dict[str, Any]:
-        st = AppState.of(request)
-        ctx = st.context(request)
-        items = _subports_body(await read_json(request))
-        pol = policy.of(st.config)
+    def change(uow: UnitOfWork, ctx: Context, rec: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+        trunk_id = rec["id"]
+        if not rec["admin_state_up"]:
+            raise ApiError(409, "TrunkDisabled", f"Trunk {trunk_id} is currently disabled.")
+        parent = uow.get("ports", rec["port_id"])
+        assert parent is not None   # a parent cannot be deleted while in a trunk
+        if action == "add_subports":
+            _add(ctx, uow, rec, parent, items, action)
+        else:
+            current = {s["port_id"]: s for s in rec["sub_ports"]}
+            gone = []
+            for s in items:
+                pid = s.get("port_id")
+                if pid not in current or pid in gone:
+                    raise ApiError(404, "SubPortNotFound", f"SubPort on trunk {trunk_id} with parent port "
+                                   f"{rec['port_id']} not found.")
+                gone.append(pid)
+            for pid in gone:
+                port = uow.get("ports", pid)
+                if port is not None:
+                    svc.detach(uow, port)
+            rec["sub_ports"] = [s for s in rec["sub_ports"] if s["port_id"] not in gone]
+        touch(rec)
+        uow.put("trunks", rec)
+        svc.sync_parent(uow, rec, parent)
+        return rec
 
-        def txn(uow: UnitOfWork) -> dict[str, Any]:
-            rec = _get(ctx, uow, st, trunk_id)
-            pol.enforce(ctx, action, policy.target("trunk", rec))
-            if not rec["admin_state_up"]:
-                raise ApiError(409, "TrunkDisabled", f"Trunk {trunk_id} is currently disabled.")
-            parent = uow.get("ports", rec["port_id"])
-            assert parent is not None   # a parent cannot be deleted while in a trunk
-            if action == "add_subports":
-                _add(ctx, uow, rec, parent, items, action)
-            else:
-                current = {s["port_id"]: s for s in rec["sub_ports"]}
-                gone = []
-                for s in items:
-                    pid = s.get("port_id")
-                    if pid not in current or pid in gone:
-                        raise ApiError(404, "SubPortNotFound", f"SubPort on trunk {trunk_id} with parent port "
-                                       f"{rec['port_id']} not found.")
-                    gone.append(pid)
-                for pid in gone:
-                    port = uow.get("ports", pid)
-                    if port is not None:
-                        svc.detach(uow, port)
-                rec["sub_ports"] = [s for s in rec["sub_ports"] if s["port_id"] not in gone]
-            touch(rec)
-            uow.put("trunks", rec)
-            svc.sync_parent(uow, rec, parent)
-            return rec
-
-        return _show(st, st.repo.transact(txn))
-
-    handler.__name__ = action
-    return off_loop(handler)
+    return change
 
 
-router.add_api_route("/trunks/{trunk_id}/add_subports", _subport_change("add_subports"), methods=["PUT"])
-router.add_api_route("/trunks/{trunk_id}/remove_subports", _subport_change("remove_subports"), methods=["PUT"])
+for _action in ("add_subports", "remove_subports"):
+    RESOURCE.add_action(router, f"/trunks/{{trunk_id}}/{_action}", _action, "trunk_id", _action, _subports_body,
+                        _subport_change(_action), expand_answer=True)
 
 
 @router.get("/trunks/{trunk_id}/get_subports")
@@ -253,6 +190,6 @@ router.add_api_route("/trunks/{trunk_id}/remove_subports", _subport_change("remo
 async def get_subports(trunk_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
-    rec = _get(ctx, None, st, trunk_id)
+    rec = RESOURCE.fetch(st.repo, ctx, trunk_id)
     policy.of(st.config).enforce(ctx, "get_subports", policy.target("trunk", rec))
     return {"sub_ports": rec["sub_ports"]}
