@@ -17,7 +17,7 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from bench.kernel_lab import iperf3_run, nsx, ping_run
@@ -68,6 +68,14 @@ def iperf_gbps(ns: str, ip: str, seconds: int) -> float | None:
         return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
     except (ValueError, KeyError):
         return None
+
+
+
+def kill_all(procs: Iterable[subprocess.Popen[Any]]) -> None:
+    """Kill the processes a bench started (by their Popen, so by PID) and reap them."""
+    for p in procs:
+        p.kill()
+        p.wait()
 
 
 def vms_active(lab3: Any, vms: Iterable[tuple[str, str, str, str]], project: str = "alice",
@@ -204,3 +212,11 @@ def rows_per_round(columns: tuple[str, str], rows: Sequence[Row], results: Seque
     """`per_round_table` of `measure_rows` results."""
     return per_round_table(columns, [(kind, between, row["rounds"])
                                      for (kind, between, *_), row in zip(rows, results, strict=True)], rounds)
+
+
+def sandboxed_measure(sandbox: Callable[[str, float], Any], module: str, nrows: int, rounds: int, seconds: float,
+                      count: int) -> dict[str, Any]:
+    """`module.measure(rounds, seconds, count)` run by `sandbox` (bench.port_up_bench.in_sandbox),
+    with a timeout for `nrows` rows of `measure_rows` (raises what `sandbox` raises)."""
+    return sandbox(f"__import__('{module}', fromlist=['_']).measure({rounds}, {seconds}, {count})",
+                   600 + rounds * nrows * (seconds + count * 0.012 + 10))

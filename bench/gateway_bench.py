@@ -126,9 +126,7 @@ def measure(rounds: int, sets: int, seconds: int) -> dict[str, Any]:
                      if float(x) > t0]
             out["set_ms"].append((after[0] - t0) * 1000 if after else None)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        common.kill_all(procs)
         lab.down()
     out["load"] = os.getloadavg()
     return out

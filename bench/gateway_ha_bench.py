@@ -144,9 +144,7 @@ def measure(failovers: int, rounds: int, seconds: int) -> dict[str, Any]:
             daemons = [d for ns in (router_netns(r["id"], act), router_netns(r["id"], sb)) for d in _conntrackd(ns)]
         out["daemons"] = len(daemons)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        common.kill_all(procs)
         lab.down()
     out["load"] = os.getloadavg()
     return out

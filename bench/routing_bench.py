@@ -79,9 +79,7 @@ def run(opts: argparse.Namespace) -> Report:
     count = 50 if opts.quick else opts.rt_pings
     load0 = os.getloadavg()
     try:
-        res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
-            f"__import__('bench.routing_bench', fromlist=['_']).measure({rounds}, {seconds}, {count})",
-            600 + rounds * len(ROWS) * (seconds + count * 0.012 + 10))
+        res = common.sandboxed_measure(in_sandbox, "bench.routing_bench", len(ROWS), rounds, seconds, count)
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
     rows = common.rows_table(ROWS, res["rows"])

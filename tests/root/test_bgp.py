@@ -95,6 +95,16 @@ def icmp_floating_ip(g: Lab, user: str, port: dict) -> dict:
                                                               "port_id": port["id"]}}), 201)["floatingip"]
 
 
+def vm_with_icmp_floating_ip(g: Lab, vm: str, cidr: str, router: str, ip: str) -> tuple[dict, dict, dict]:
+    """Alice's VM `vm` on h1 at `ip`, in a new network `cidr` behind a new router `router`
+    (gateway on `public`), its port ACTIVE, with an `icmp_floating_ip`: (router, port, floating IP)."""
+    net, _, r = tenant_router(g, "alice", cidr, router)
+    p = g.port("alice", net["id"], ip)
+    g.vm(vm, "h1", p)
+    g.wait_status(p["id"], "ACTIVE", timeout=20)
+    return r, p, icmp_floating_ip(g, "alice", p)
+
+
 def pings_from_outside(addr: str) -> bool:
     """One ping from the outside namespace to `addr` is answered (within 0.5 s)."""
     return subprocess.run(["ip", "netns", "exec", OUT, "ping", "-c", "1", "-W", "0.5", addr],
@@ -207,11 +217,7 @@ def test_announcement_moves_with_the_router(blab: Lab) -> None:
     from vxnet.lab import lab
 
     g = blab
-    net, _, r = tenant_router(g, "alice", "100.64.91.0/24", "mv")
-    p = g.port("alice", net["id"], "100.64.91.11")
-    g.vm("m1", "h1", p)
-    g.wait_status(p["id"], "ACTIVE", timeout=20)
-    fip = icmp_floating_ip(g, "alice", p)
+    r, _, fip = vm_with_icmp_floating_ip(g, "m1", "100.64.91.0/24", "mv", "100.64.91.11")
     addr, gw = fip["floating_ip_address"], gateway_ip(r)
     victim = router_ports(g, r["id"], "network:router_gateway")[0]["binding:host_id"]
     other = ({"h2", "h3"} - {victim}).pop()

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.test_bgp import icmp_floating_ip, learned, mgmt, pings_from_outside
-from tests.root.test_gateway import gateway_ip, router_ports, tenant_router, wait_for
+from tests.root.test_bgp import learned, mgmt, pings_from_outside, vm_with_icmp_floating_ip
+from tests.root.test_gateway import gateway_ip, router_ports, wait_for
 from vxnet.lab import bgp as lab_bgp
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -37,11 +37,7 @@ def test_announcement_follows_the_failover(hlab: Lab) -> None:
     from vxnet.lab import hostfail
 
     g = hlab
-    net, _, r = tenant_router(g, "alice", "100.64.95.0/24", "ha")
-    p = g.port("alice", net["id"], "100.64.95.11")
-    g.vm("f1", "h1", p)
-    g.wait_status(p["id"], "ACTIVE", timeout=20)
-    fip = icmp_floating_ip(g, "alice", p)
+    r, _, fip = vm_with_icmp_floating_ip(g, "f1", "100.64.95.0/24", "ha", "100.64.95.11")
     addr, gw = fip["floating_ip_address"], gateway_ip(r)
     gwp = router_ports(g, r["id"], "network:router_gateway")[0]
     act = gwp["binding:host_id"]

@@ -32,6 +32,7 @@ from tests.root.test_gateway import (
     external_network,
     gateway_ip,
     ok,
+    outside_vm,
     serve,
     tenant_router,
     vm_behind,
@@ -117,10 +118,7 @@ def test_floating_ip_status_is_the_gateways_report(xlab: Lab) -> None:
     gateway host reported it programmed (and it answers from the outside); disassociated:
     DOWN, and no report turns it ACTIVE again."""
     g = xlab
-    net, _, r = tenant_router(g, "alice", "100.64.72.0/24", "st")
-    p = g.port("alice", net["id"], "100.64.72.11")
-    allow_outside(g, "alice")
-    vm_behind(g, "s1", "h1", p, r["id"], via_snat=False)
+    _, p = outside_vm(g, "s1", "h1", "100.64.72.0/24", "st", "100.64.72.11")
     ext = external_network(g)
     with g.api("alice") as c:
         fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"]}}), 201)["floatingip"]

@@ -143,6 +143,17 @@ def vm_behind(g: Lab, name: str, host: str, port: dict, rid: str, via_snat: bool
         nsexec(topology.vm_ns(name), "ip", "route", "replace", "default", "via", snat[0]["fixed_ips"][0]["ip_address"])
 
 
+def outside_vm(g: Lab, name: str, host: str, cidr: str, router: str, ip: str) -> tuple[dict, dict]:
+    """Alice's VM `name` on `host` at `ip`, in a new network `cidr` behind a new router `router`
+    (gateway on `public`), on the real path (`vm_behind` with via_snat=False), the outside
+    allowed in (`allow_outside`): (router, port)."""
+    net, _, r = tenant_router(g, "alice", cidr, router)
+    p = g.port("alice", net["id"], ip)
+    allow_outside(g, "alice")
+    vm_behind(g, name, host, p, r["id"], via_snat=False)
+    return r, p
+
+
 def wait_for(fn: Any, timeout: float = 10, interval: float = 0.05) -> float:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -247,10 +258,7 @@ def test_floating_ip_both_ways_follows_set_unset_delete(gwlab: Lab) -> None:
 
 def test_real_path_through_distributed_router(gwlab: Lab) -> None:
     g = gwlab
-    na, _, rr = tenant_router(g, "alice", "100.64.50.0/24", "real")
-    p = g.port("alice", na["id"], "100.64.50.11")
-    allow_outside(g, "alice")
-    vm_behind(g, "r1", "h2", p, rr["id"], via_snat=False)
+    rr, p = outside_vm(g, "r1", "h2", "100.64.50.0/24", "real", "100.64.50.11")
     assert "default via 100.64.50.1" in nsexec(topology.vm_ns("r1"), "ip", "route").stdout
     g.servers.append(serve(topology.vm_ns("r1"), 8081, "r1"))
     wait_for(lambda: ask(topology.vm_ns("r1"), CLIENT, 8080, 0.5) == f"outside {gateway_ip(rr)}", timeout=15)
@@ -271,10 +279,7 @@ def test_gateway_agent_restart_disturbs_nothing(gwlab: Lab) -> None:
     from vxnet.lab import lab
 
     g = gwlab
-    na, _, rr = tenant_router(g, "alice", "100.64.60.0/24", "rst")
-    p = g.port("alice", na["id"], "100.64.60.11")
-    allow_outside(g, "alice")
-    vm_behind(g, "s1", "h1", p, rr["id"], via_snat=False)
+    rr, p = outside_vm(g, "s1", "h1", "100.64.60.0/24", "rst", "100.64.60.11")
     ext = external_network(g)
     with g.api("alice") as c:
         fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": p["id"]}}),
@@ -310,10 +315,7 @@ def test_gateway_host_failure_moves_snat_and_floating_ip(gwlab: Lab) -> None:
     from vxnet.lab import lab
 
     g = gwlab
-    na, _, rr = tenant_router(g, "alice", "100.64.30.0/24", "fail")
-    p = g.port("alice", na["id"], "100.64.30.11")
-    allow_outside(g, "alice")
-    vm_behind(g, "k1", "h1", p, rr["id"], via_snat=False)    # the real path: via the distributed router
+    rr, p = outside_vm(g, "k1", "h1", "100.64.30.0/24", "fail", "100.64.30.11")  # the real path
     g.servers.append(serve(topology.vm_ns("k1"), 8081, "k1"))
     ext = external_network(g)
     with g.api("alice") as c:
