@@ -160,8 +160,8 @@ def lab_session(tmp_path_factory: pytest.TempPathFactory, name: str, hosts: int,
     `lease` sets the server's agent_down_time (seconds). VXNET_LAB_DIR points at the lab's state
     directory while it runs (the Lab's `state_dir`); leftovers are torn down before, and the lab
     always afterwards (the processes in the Lab's `servers` killed first), VXNET_LAB_DIR
-    restored. With `wait_hosts`, waits (up to `wait_timeout` s)
-    until those hosts' agents are registered alive."""
+    restored. With `wait_hosts`, waits (up to `wait_timeout` s) until those hosts' agents are
+    registered alive."""
     from tests.conftest import free_port
     from vxnet.lab import lab
 
