@@ -17,7 +17,6 @@ two VMs (each set is a move: the reply must come from the new VM's path).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -26,6 +25,7 @@ import sys
 import time
 from typing import Any
 
+from bench import common
 from bench.port_up_bench import in_sandbox
 from bench.report import Report
 from bench.servers import import_repo
@@ -45,29 +45,17 @@ def _ping_avg(ns: str, ip: str, count: int) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _iperf(ns: str, ip: str, seconds: int) -> float | None:
-    r = _ns(ns, "iperf3", "-c", ip, "-t", str(seconds), "-J", timeout=seconds + 30)
-    try:
-        return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
-    except (ValueError, KeyError):
-        return None
-
-
 def measure(rounds: int, sets: int, seconds: int) -> dict[str, Any]:
     """Runs inside the sandbox (see module docstring)."""
     import_repo()
     import tempfile
 
-    from tests.conftest import free_port, get_token
-    from tests.root.conftest import USERS_TOML
+    from tests.conftest import get_token
     from vxnet.lab import lab, topology
 
     d = tempfile.mkdtemp(prefix="vxnet-gwbench-")
     os.environ["VXNET_LAB_DIR"] = os.path.join(d, "state")
-    cfg = os.path.join(d, "lab.toml")
-    with open(cfg, "w") as f:
-        f.write(USERS_TOML.format(port=free_port(), db=os.path.join(d, "vxnet.db"))
-                .replace("underlay_mtu = 1500", "underlay_mtu = 1500\n" + TOML_EXTRA))
+    cfg = common.lab_config(d, TOML_EXTRA)
     import httpx
 
     procs: list[subprocess.Popen[Any]] = []
@@ -123,7 +111,7 @@ def measure(rounds: int, sets: int, seconds: int) -> dict[str, Any]:
         for _ in range(rounds):
             for key, ns, ip in (("fip", outside, addr), ("direct", topology.vm_ns("d1"), "100.64.40.11")):
                 out[key + "_ms"].append(_ping_avg(ns, ip, 200))
-                out[key + "_gbps"].append(_iperf(ns, ip, seconds))
+                out[key + "_gbps"].append(common.iperf_gbps(ns, ip, seconds))
         # floating ip set --port -> first reply at the outside client
         for i in range(sets):
             target = ports["v2" if i % 2 == 0 else "v1"]
@@ -138,9 +126,7 @@ def measure(rounds: int, sets: int, seconds: int) -> dict[str, Any]:
                      if float(x) > t0]
             out["set_ms"].append((after[0] - t0) * 1000 if after else None)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        common.kill_all(procs)
         lab.down()
     out["load"] = os.getloadavg()
     return out

@@ -21,7 +21,6 @@ config afterwards).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ import sys
 import time
 from typing import Any
 
+from bench import common
 from bench.port_up_bench import in_sandbox
 from bench.report import Report
 from bench.servers import import_repo
@@ -37,15 +37,6 @@ NAME = "Gateway failover (BFD + conntrackd): gaps, connections kept, conntrackd 
 LEASE = 8
 ANCHORS = ("OVN BFD defaults ~3 s detection, no conntrack sync; Neutron L3 HA (VRRP 2 s) ~6-7 s, TCP sessions "
            "break; vxnet before: 7.6 s longest gap (lease 8 s), connections lost")
-
-
-def _iperf(ns: str, ip: str, seconds: int) -> float | None:
-    r = subprocess.run(["ip", "netns", "exec", ns, "iperf3", "-c", ip, "-t", str(seconds), "-J"], capture_output=True,
-                       text=True, timeout=seconds + 30, check=False)
-    try:
-        return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e9
-    except (ValueError, KeyError):
-        return None
 
 
 def _conntrackd(ns: str) -> list[tuple[int, list[str]]]:
@@ -77,26 +68,22 @@ def measure(failovers: int, rounds: int, seconds: int) -> dict[str, Any]:
     import signal
     import tempfile
 
-    from tests.conftest import free_port
-    from tests.root.conftest import USERS_TOML, Lab
+    from tests.root.conftest import Lab
     from tests.root.test_gateway import allow_outside, ok, tenant_router, vm_behind, wait_for
-    from tests.root.test_gateway_ha import Streams, _ready, alive_hosts, placement, synced
+    from tests.root.test_gateway_ha import Streams, _ready, placement, synced
     from tests.support.tcpstream import serve
     from vxnet.compute.gateway import router_netns
     from vxnet.lab import hostfail, lab, topology
 
     d = tempfile.mkdtemp(prefix="vxnet-habench-")
     os.environ["VXNET_LAB_DIR"] = os.path.join(d, "state")
-    cfg = os.path.join(d, "lab.toml")
-    with open(cfg, "w") as f:
-        f.write(USERS_TOML.format(port=free_port(), db=os.path.join(d, "vxnet.db"))
-                .replace("underlay_mtu = 1500", f"underlay_mtu = 1500\nagent_down_time = {LEASE}"))
+    cfg = common.lab_config(d, f"agent_down_time = {LEASE}")
     st = lab.up(2, cfg, agent_args=["--bfd"], gateways=2, external=True)
     g = Lab(st)
     out: dict[str, Any] = {"failovers": [], "with_gbps": [], "without_gbps": []}
     procs: list[subprocess.Popen[Any]] = []
     try:
-        wait_for(lambda: alive_hosts(g) >= {"h1", "h2", "h3", "h4"}, timeout=60, interval=0.2)
+        g.wait_agents({"h1", "h2", "h3", "h4"}, timeout=60)
         net, _, r = tenant_router(g, "alice", "192.0.2.0/24", "ha")
         allow_outside(g, "alice")
         p1, p2 = g.port("alice", net["id"], "192.0.2.11"), g.port("alice", net["id"], "192.0.2.12")
@@ -141,12 +128,12 @@ def measure(failovers: int, rounds: int, seconds: int) -> dict[str, Any]:
         out["ctd_cpu_s"] = []
         for _ in range(rounds):
             c0 = sum(_cpu(pid) for pid, _c in daemons)
-            out["with_gbps"].append(_iperf(topology.EXTERNAL_NS, fip, seconds))
+            out["with_gbps"].append(common.iperf_gbps(topology.EXTERNAL_NS, fip, seconds))
             out["ctd_cpu_s"].append(sum(_cpu(pid) for pid, _c in daemons) - c0)
             for pid, _cmd in daemons:
                 os.kill(pid, signal.SIGTERM)
             time.sleep(0.5)
-            out["without_gbps"].append(_iperf(topology.EXTERNAL_NS, fip, seconds))
+            out["without_gbps"].append(common.iperf_gbps(topology.EXTERNAL_NS, fip, seconds))
             for ns in (router_netns(r["id"], act), router_netns(r["id"], sb)):
                 cmd = next(c for _p, c in daemons if c[-1].endswith(f"ct-{ns}/conntrackd.conf"))
                 lock = os.path.join(os.path.dirname(cmd[-1]), "lock")
@@ -157,9 +144,7 @@ def measure(failovers: int, rounds: int, seconds: int) -> dict[str, Any]:
             daemons = [d for ns in (router_netns(r["id"], act), router_netns(r["id"], sb)) for d in _conntrackd(ns)]
         out["daemons"] = len(daemons)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        common.kill_all(procs)
         lab.down()
     out["load"] = os.getloadavg()
     return out

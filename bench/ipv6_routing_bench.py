@@ -79,15 +79,7 @@ def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
                     topology.vm_ipv6(vm, f"{ip6}/64", s["6"]["gateway_ip"])
             for p in ports.values():
                 lab3.wait_status(p["id"], "ACTIVE", timeout=30)
-            for i, (_, _, src, dst, ip) in enumerate(ROWS):
-                if not common.wait_ping(topology.vm_ns(src), ip, 30):
-                    out["rows"][i]["error"] = f"{src} -> {dst} ({ip}) never answered within 30 s"
-            out["setup_s"] = time.time() - t0
-            for i in common.alternating(rounds, len(ROWS)):
-                row = out["rows"][i]
-                if not row["error"]:
-                    _, _, src, dst, ip = ROWS[i]
-                    row["rounds"].append(common.measure_row(topology.vm_ns(src), topology.vm_ns(dst), ip, seconds, count))
+            common.measure_rows(out, ROWS, t0, rounds, seconds, count)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return out
@@ -102,17 +94,10 @@ def run(opts: argparse.Namespace) -> Report:
     count = 50 if opts.quick else opts.v6_pings
     load0 = os.getloadavg()
     try:
-        res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
-            f"__import__('bench.ipv6_routing_bench', fromlist=['_']).measure({rounds}, {seconds}, {count})",
-            600 + rounds * len(ROWS) * (seconds + count * 0.012 + 10))
+        res = common.sandboxed_measure(in_sandbox, "bench.ipv6_routing_bench", len(ROWS), rounds, seconds, count)
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
-    rows: list[list[str]] = []
-    for (kind, between, *_), row in zip(ROWS, res["rows"], strict=True):
-        if row["error"]:
-            rows.append([kind, between, "not measured: " + row["error"], "", "", "", ""])
-            continue
-        rows.append([kind, between, *common.row_cells(row["rounds"])])
+    rows = common.rows_table(ROWS, res["rows"])
     goals = []
     a, b = res["rows"][1], res["rows"][0]
     if not a["error"] and not b["error"]:
@@ -128,9 +113,7 @@ def run(opts: argparse.Namespace) -> Report:
              f"Lab setup (networks, router, 2 VMs ACTIVE, first routed pings answered): {res['setup_s']:.1f} s."
              if res.get("setup_s") else "Lab setup did not finish.",
              common.load_note(load0, [row["rounds"] for row in res["rows"]])]
-    extra = common.per_round_table(("family", "between"), [(kind, between, row["rounds"])
-                                                           for (kind, between, *_), row in zip(ROWS, res["rows"],
-                                                                                               strict=True)], rounds)
+    extra = common.rows_per_round(("family", "between"), ROWS, res["rows"], rounds)
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
 
 

@@ -50,7 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
     """Build the lab and run `rounds` alternating rounds (runs inside the sandbox)."""
     import_repo()
-    from vxnet.lab import topology
 
     out: dict[str, Any] = {"rows": [{"rounds": [], "error": None} for _ in ROWS], "setup_s": None}
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-rt-")
@@ -65,15 +64,7 @@ def measure(rounds: int, seconds: float, count: int) -> dict[str, Any]:
                     assert r.status_code == 200, r.text
             common.vms_active(lab3, [(name, host, nets[net][0]["id"], f"{A24 if net == 'A' else B24}.{octet}")
                               for name, net, host, octet in VMS])
-            for i, (_, _, src, dst, ip) in enumerate(ROWS):
-                if not common.wait_ping(topology.vm_ns(src), ip, 30):
-                    out["rows"][i]["error"] = f"{src} -> {dst} ({ip}) never answered within 30 s"
-            out["setup_s"] = time.time() - t0
-            for i in common.alternating(rounds, len(ROWS)):
-                row = out["rows"][i]
-                if not row["error"]:
-                    _, _, src, dst, ip = ROWS[i]
-                    row["rounds"].append(common.measure_row(topology.vm_ns(src), topology.vm_ns(dst), ip, seconds, count))
+            common.measure_rows(out, ROWS, t0, rounds, seconds, count)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return out
@@ -88,17 +79,10 @@ def run(opts: argparse.Namespace) -> Report:
     count = 50 if opts.quick else opts.rt_pings
     load0 = os.getloadavg()
     try:
-        res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
-            f"__import__('bench.routing_bench', fromlist=['_']).measure({rounds}, {seconds}, {count})",
-            600 + rounds * len(ROWS) * (seconds + count * 0.012 + 10))
+        res = common.sandboxed_measure(in_sandbox, "bench.routing_bench", len(ROWS), rounds, seconds, count)
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
-    rows: list[list[str]] = []
-    for (kind, between, *_), row in zip(ROWS, res["rows"], strict=True):
-        if row["error"]:
-            rows.append([kind, between, "not measured: " + row["error"], "", "", "", ""])
-            continue
-        rows.append([kind, between, *common.row_cells(row["rounds"])])
+    rows = common.rows_table(ROWS, res["rows"])
     goals = []
     for routed, l2 in PAIRS:
         a, b = res["rows"][routed], res["rows"][l2]
@@ -119,9 +103,7 @@ def run(opts: argparse.Namespace) -> Report:
              f"Lab setup (networks, router, 5 VMs ACTIVE, first routed ping answered): {res['setup_s']:.1f} s."
              if res.get("setup_s") else "Lab setup did not finish.",
              common.load_note(load0, [row["rounds"] for row in res["rows"]])]
-    extra = common.per_round_table(("path", "between"), [(kind, between, row["rounds"])
-                                                  for (kind, between, *_), row in zip(ROWS, res["rows"], strict=True)],
-                            rounds)
+    extra = common.rows_per_round(("path", "between"), ROWS, res["rows"], rounds)
     return Report(NAME, cols, rows, notes=notes, goals=goals, extra_markdown=extra)
 
 

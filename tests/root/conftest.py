@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -82,6 +85,8 @@ class Lab:
         self.state = state
         self.url = state["url"]
         self._tokens: dict[str, str] = {}
+        self.state_dir = ""                                  # the lab's state directory (lab_session)
+        self.servers: list[subprocess.Popen[str]] = []       # started for the lab, killed at its end
 
     def api(self, user: str = "admin") -> httpx.Client:
         from tests.conftest import get_token
@@ -132,23 +137,54 @@ class Lab:
             time.sleep(0.02)
         raise AssertionError(f"port {port_id} not {status} after {timeout}s (is {self.port_status(port_id)})")
 
+    def alive_hosts(self) -> set[str]:
+        """Hosts whose agent the server calls alive."""
+        with self.api("admin") as c:
+            return {a["host"] for a in c.get("/agents").json()["agents"] if a["alive"]}
 
-@pytest.fixture(scope="module")
-def lab3(tmp_path_factory) -> Iterator[Lab]:
-    """`vxnet lab up --hosts 3` with a fresh store; always `vxnet lab down` afterwards."""
+    def wait_agents(self, hosts: set[str], timeout: float = 30, interval: float = 0.2) -> float:
+        """Seconds until every one of `hosts` has an alive agent (fails the test on timeout)."""
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.alive_hosts() >= hosts:
+                return time.time() - t0
+            time.sleep(interval)
+        raise AssertionError(f"agents of {sorted(hosts - self.alive_hosts())} not alive after {timeout}s")
+
+
+@contextmanager
+def lab_session(tmp_path_factory: pytest.TempPathFactory, name: str, hosts: int, *, lease: int | None = None,
+                wait_hosts: set[str] | None = None, wait_timeout: float = 30, **up: Any) -> Iterator[Lab]:
+    """A lab of `hosts` compute hosts (plus whatever `up` asks of `vxnet.lab.lab.up`: gateways,
+    external, bgp, agent_args...) with a fresh store under a new temporary directory `name`;
+    `lease` sets the server's agent_down_time (seconds). VXNET_LAB_DIR points at the lab's state
+    directory while it runs (the Lab's `state_dir`); leftovers are torn down before, and the lab
+    always afterwards (the processes in the Lab's `servers` killed first), VXNET_LAB_DIR
+    restored. With `wait_hosts`, waits (up to `wait_timeout` s) until those hosts' agents are
+    registered alive."""
     from tests.conftest import free_port
     from vxnet.lab import lab
 
-    d = tmp_path_factory.mktemp("lab")
+    d = tmp_path_factory.mktemp(name)
     cfg = d / "lab.toml"
-    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
+    toml = USERS_TOML.format(port=free_port(), db=d / "vxnet.db")
+    if lease is not None:
+        toml = toml.replace("underlay_mtu = 1500", f"underlay_mtu = 1500\nagent_down_time = {lease}")
+    cfg.write_text(toml)
     old = os.environ.get("VXNET_LAB_DIR")
     os.environ["VXNET_LAB_DIR"] = str(d / "state")
+    g: Lab | None = None
     try:
         lab.down(quiet=True)
-        st = lab.up(3, str(cfg))
-        yield Lab(st)
+        g = Lab(lab.up(hosts, str(cfg), **up))
+        g.state_dir = str(d / "state")
+        if wait_hosts:
+            g.wait_agents(wait_hosts, timeout=wait_timeout)
+        yield g
     finally:
+        for p in g.servers if g else []:
+            p.kill()
+            p.wait()
         try:
             lab.down()
         finally:
@@ -156,3 +192,10 @@ def lab3(tmp_path_factory) -> Iterator[Lab]:
                 os.environ.pop("VXNET_LAB_DIR", None)
             else:
                 os.environ["VXNET_LAB_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def lab3(tmp_path_factory) -> Iterator[Lab]:
+    """`vxnet lab up --hosts 3` with a fresh store; always `vxnet lab down` afterwards."""
+    with lab_session(tmp_path_factory, "lab", 3) as g:
+        yield g

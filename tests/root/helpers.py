@@ -9,13 +9,15 @@ import re
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
 
+from tests.support.linestream import LineStream
 from vxnet.lab import topology
+
+_PING_LINE = re.compile(r"\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
 
 
 def nsexec(ns: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -78,46 +80,15 @@ def max_gap(stamps: list[float]) -> float:
     return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
 
 
-class PingStream:
+class PingStream(LineStream):
     """`ping -D -i INTERVAL` from namespace `ns` with no count, its replies read as they come, so a test
     waits for replies (events) instead of sleeping, and stops it when its own events are done.
     Requests are numbered in the order sent: a gap in the answered sequence numbers is a lost
     request; the ones still in flight when the stream is stopped come after every answered one."""
 
     def __init__(self, ns: str, ip: str, interval: float) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-D", "-i",
-                                      str(interval), "-W", "1", ip], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.seqs: list[int] = []
-        self.stamps: list[float] = []
-        self.output: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            m = re.match(r"\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)", line)
-            with self._cond:
-                self.output.append(line)
-                if m:
-                    self.stamps.append(float(m.group(1)))
-                    self.seqs.append(int(m.group(2)))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    @property
-    def replies(self) -> int:
-        with self._cond:
-            return len(self.seqs)
-
-    def wait_replies(self, n: int, timeout: float = 60) -> None:
-        """Until `n` replies have come (the timeout only bounds a stream that stopped answering)."""
-        with self._cond:
-            ok = self._cond.wait_for(lambda: len(self.seqs) >= n or self.proc.poll() is not None, timeout)
-            assert ok and len(self.seqs) >= n, f"{len(self.seqs)} of {n} replies; output tail {self.output[-5:]}"
+        super().__init__(["ip", "netns", "exec", ns, "ping", "-n", "-D", "-i", str(interval), "-W", "1", ip],
+                         _PING_LINE)
 
     def last_seq(self) -> int:
         return max(self.seqs, default=0)
@@ -130,12 +101,4 @@ class PingStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(5)
-            self._reader.join(10)
+        self.stop()

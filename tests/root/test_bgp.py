@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.test_gateway import (
     OUT,
     external_network,
@@ -45,36 +45,10 @@ LEASE = 4
 
 @pytest.fixture(scope="module")
 def blab(tmp_path_factory) -> Iterator[Lab]:
-    from tests.conftest import free_port
-    from vxnet.lab import lab
-
-    d = tmp_path_factory.mktemp("blab")
-    cfg = d / "lab.toml"
-    toml = USERS_TOML.format(port=free_port(), db=d / "vxnet.db")
-    cfg.write_text(toml.replace("underlay_mtu = 1500", f"underlay_mtu = 1500\nagent_down_time = {LEASE}"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    try:
-        lab.down(quiet=True)
-        st = lab.up(1, str(cfg), gateways=2, external=True, bgp=True)
-        g = Lab(st)
-        g.state_dir = str(d / "state")  # type: ignore[attr-defined]
-
-        def registered() -> bool:
-            with g.api("admin") as c:
-                agents = c.get("/agents").json()["agents"]
-            return {a["host"] for a in agents if a["alive"]} >= {"h1", "h2", "h3"}
-        wait_for(registered, timeout=30, interval=0.2)
+    with lab_session(tmp_path_factory, "blab", 1, lease=LEASE, gateways=2, external=True, bgp=True,
+                     wait_hosts={"h1", "h2", "h3"}) as g:
         scoped_public(g)
         yield g
-    finally:
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
 
 
 def scoped_public(g: Lab) -> None:
@@ -104,11 +78,41 @@ def mgmt(host: str) -> str:
 
 def learned(g: Lab, prefix: str) -> list[tuple[str, str]]:
     """(next hop, peer) of the upstream router's valid paths for `prefix`."""
-    return sorted((p["nexthop"], p["peer"]) for p in lab_bgp.routes(g.state_dir).get(prefix, []))  # type: ignore[attr-defined]
+    return sorted((p["nexthop"], p["peer"]) for p in lab_bgp.routes(g.state_dir).get(prefix, []))
+
+
+def icmp_floating_ip(g: Lab, user: str, port: dict) -> dict:
+    """A floating IP on `public` for `port`, with ICMP from the external subnet allowed in
+    `user`'s default security group (a rule already there is fine), so the outside can ping it."""
+    ext = external_network(g)
+    with g.api(user) as c:
+        sg = ok(c.get("/security-groups", params={"name": "default"}))["security_groups"][0]
+        rr = c.post("/security-group-rules", json={"security_group_rule": {
+            "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp",
+            "remote_ip_prefix": "203.0.113.0/24"}})
+        assert rr.status_code in (201, 409), rr.text
+        return ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"],
+                                                              "port_id": port["id"]}}), 201)["floatingip"]
+
+
+def vm_with_icmp_floating_ip(g: Lab, vm: str, cidr: str, router: str, ip: str) -> tuple[dict, dict, dict]:
+    """Alice's VM `vm` on h1 at `ip`, in a new network `cidr` behind a new router `router`
+    (gateway on `public`), its port ACTIVE, with an `icmp_floating_ip`: (router, port, floating IP)."""
+    net, _, r = tenant_router(g, "alice", cidr, router)
+    p = g.port("alice", net["id"], ip)
+    g.vm(vm, "h1", p)
+    g.wait_status(p["id"], "ACTIVE", timeout=20)
+    return r, p, icmp_floating_ip(g, "alice", p)
+
+
+def pings_from_outside(addr: str) -> bool:
+    """One ping from the outside namespace to `addr` is answered (within 0.5 s)."""
+    return subprocess.run(["ip", "netns", "exec", OUT, "ping", "-c", "1", "-W", "0.5", addr],
+                          capture_output=True, check=False).returncode == 0
 
 
 def test_both_gateways_peer_with_the_upstream_router(blab: Lab) -> None:
-    wait_for(lambda: lab_bgp.peers(blab.state_dir) == {mgmt("h2"): "Established",  # type: ignore[attr-defined]
+    wait_for(lambda: lab_bgp.peers(blab.state_dir) == {mgmt("h2"): "Established",
                                                        mgmt("h3"): "Established"}, timeout=30, interval=0.2)
 
 
@@ -136,7 +140,7 @@ def test_floating_ip_announced_by_its_gateway_and_withdrawn(blab: Lab) -> None:
         ok(c.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": None}}))
     took = wait_for(lambda: learned(g, addr) == [], timeout=20)
     print(f"floating IP disassociated -> withdrawn at the upstream router: {took * 1000:.0f} ms")
-    assert set(lab_bgp.routes(g.state_dir)) == set()          # type: ignore[attr-defined]  # nothing else
+    assert set(lab_bgp.routes(g.state_dir)) == set()          # nothing else
     with g.api("alice") as c:
         ok(c.put(f"/floatingips/{fip['id']}", json={"floatingip": {"port_id": p["id"]}}))
     wait_for(lambda: learned(g, addr) == [(gw, mgmt(host))], timeout=20)
@@ -174,7 +178,7 @@ def test_agent_restart_keeps_the_announcement(blab: Lab) -> None:
     host, gw = router_ports(g, r["id"], "network:router_gateway")[0]["binding:host_id"], gateway_ip(r)
     prefix = f"{fip['floating_ip_address']}/32"
     wait_for(lambda: learned(g, prefix) == [(gw, mgmt(host))], timeout=20)
-    pid_file = os.path.join(lab_bgp.bgp_dir(g.state_dir, host), "bgpd.pid")  # type: ignore[attr-defined]
+    pid_file = os.path.join(lab_bgp.bgp_dir(g.state_dir, host), "bgpd.pid")
     with open(pid_file) as f:
         before = int(f.read())
     st = lab.load_state()
@@ -213,38 +217,24 @@ def test_announcement_moves_with_the_router(blab: Lab) -> None:
     from vxnet.lab import lab
 
     g = blab
-    net, _, r = tenant_router(g, "alice", "100.64.91.0/24", "mv")
-    p = g.port("alice", net["id"], "100.64.91.11")
-    g.vm("m1", "h1", p)
-    g.wait_status(p["id"], "ACTIVE", timeout=20)
-    ext = external_network(g)
-    with g.api("alice") as c:
-        sg = ok(c.get("/security-groups", params={"name": "default"}))["security_groups"][0]
-        rr = c.post("/security-group-rules", json={"security_group_rule": {
-            "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp",
-            "remote_ip_prefix": "203.0.113.0/24"}})
-        assert rr.status_code in (201, 409), rr.text
-        fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": p["id"]}}),
-                 201)["floatingip"]
+    r, _, fip = vm_with_icmp_floating_ip(g, "m1", "100.64.91.0/24", "mv", "100.64.91.11")
     addr, gw = fip["floating_ip_address"], gateway_ip(r)
     victim = router_ports(g, r["id"], "network:router_gateway")[0]["binding:host_id"]
     other = ({"h2", "h3"} - {victim}).pop()
     wait_for(lambda: learned(g, f"{addr}/32") == [(gw, mgmt(victim))], timeout=20)
-    wait_for(lambda: subprocess.run(["ip", "netns", "exec", OUT, "ping", "-c", "1", "-W", "0.5", addr],
-                                    capture_output=True, check=False).returncode == 0, timeout=20)
+    wait_for(lambda: pings_from_outside(addr), timeout=20)
     # the host dies: its agent and its bgpd (by their pids), and its namespaces
     st = lab.load_state()
     t0 = time.time()
     lab.stop_agent(st, victim, signal.SIGKILL)
-    with open(os.path.join(lab_bgp.bgp_dir(g.state_dir, victim), "bgpd.pid")) as f:  # type: ignore[attr-defined]
+    with open(os.path.join(lab_bgp.bgp_dir(g.state_dir, victim), "bgpd.pid")) as f:
         os.kill(int(f.read().strip()), signal.SIGKILL)
     for ns in os.listdir("/run/netns"):
         if ns.startswith("vxs-") and ns.endswith("-" + victim):
             subprocess.run(["ip", "netns", "del", ns], check=False)
     wait_for(lambda: learned(g, f"{addr}/32") == [(gw, mgmt(other))], timeout=LEASE + 30, interval=0.1)
     moved = time.time() - t0
-    wait_for(lambda: subprocess.run(["ip", "netns", "exec", OUT, "ping", "-c", "1", "-W", "0.5", addr],
-                                    capture_output=True, check=False).returncode == 0, timeout=20)
+    wait_for(lambda: pings_from_outside(addr), timeout=20)
     # (a killed bgpd's socket is closed by the kernel: the session ends at once; a host that
     # vanishes would keep its routes until the hold time, 9 s, expires)
     print(f"\ngateway {victim} killed: the upstream router learns {addr}/32 from {other} only after {moved:.1f} s "

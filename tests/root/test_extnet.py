@@ -17,14 +17,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.test_gateway import (
     CLIENT,
     OUT,
@@ -33,6 +32,7 @@ from tests.root.test_gateway import (
     external_network,
     gateway_ip,
     ok,
+    outside_vm,
     serve,
     tenant_router,
     vm_behind,
@@ -47,40 +47,11 @@ PHYS2, OUT2, CLIENT2, GW2 = topology.SEGMENTS[1]
 
 @pytest.fixture(scope="module")
 def xlab(tmp_path_factory) -> Iterator[Lab]:
-    from tests.conftest import free_port
-    from vxnet.lab import lab
-
-    d = tmp_path_factory.mktemp("xlab")
-    cfg = d / "lab.toml"
-    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    servers: list[subprocess.Popen[str]] = []
-    try:
-        lab.down(quiet=True)
-        st = lab.up(2, str(cfg), gateways=1, external=True, external2=True)
-        g = Lab(st)
-        g.servers = servers  # type: ignore[attr-defined]
-
-        def registered() -> bool:
-            with g.api("admin") as c:
-                agents = c.get("/agents").json()["agents"]
-            return {a["host"] for a in agents if a["alive"]} >= {"h1", "h2", "h3"}
-        wait_for(registered, timeout=30, interval=0.2)
-        servers.append(serve(OUT, 8080, "outside"))
-        servers.append(serve(OUT2, 8080, "outside2"))
+    with lab_session(tmp_path_factory, "xlab", 2, gateways=1, external=True, external2=True,
+                     wait_hosts={"h1", "h2", "h3"}) as g:
+        g.servers.append(serve(OUT, 8080, "outside"))
+        g.servers.append(serve(OUT2, 8080, "outside2"))
         yield g
-    finally:
-        for p in servers:
-            p.kill()
-            p.wait()
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
 
 
 def fip_for(g: Lab, user: str, port: dict) -> dict:
@@ -108,7 +79,7 @@ def test_hairpin_to_floating_ips_of_the_same_cloud(xlab: Lab) -> None:
     vm_behind(g, "hb", "h2", b, r["id"], via_snat=False)
     vm_behind(g, "hc", "h1", c, r["id"], via_snat=False)
     for vm in ("ha", "hb"):
-        g.servers.append(serve(topology.vm_ns(vm), 8081, vm))  # type: ignore[attr-defined]
+        g.servers.append(serve(topology.vm_ns(vm), 8081, vm))
     fa, fb = fip_for(g, "alice", a), fip_for(g, "alice", b)
     wait_for(lambda: ask(OUT, fb["floating_ip_address"], 8081, 0.5) == f"hb {CLIENT}", timeout=20)
     wait_for(lambda: ask(OUT, fa["floating_ip_address"], 8081, 0.5) == f"ha {CLIENT}", timeout=20)
@@ -147,10 +118,7 @@ def test_floating_ip_status_is_the_gateways_report(xlab: Lab) -> None:
     gateway host reported it programmed (and it answers from the outside); disassociated:
     DOWN, and no report turns it ACTIVE again."""
     g = xlab
-    net, _, r = tenant_router(g, "alice", "100.64.72.0/24", "st")
-    p = g.port("alice", net["id"], "100.64.72.11")
-    allow_outside(g, "alice")
-    vm_behind(g, "s1", "h1", p, r["id"], via_snat=False)
+    _, p = outside_vm(g, "s1", "h1", "100.64.72.0/24", "st", "100.64.72.11")
     ext = external_network(g)
     with g.api("alice") as c:
         fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"]}}), 201)["floatingip"]
@@ -213,7 +181,7 @@ def test_two_external_networks_on_two_physical_networks(xlab: Lab) -> None:
         assert rr.status_code in (201, 409), rr.text
         fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext2["id"],
                                                              "port_id": p2["id"]}}), 201)["floatingip"]
-    g.servers.append(serve(topology.vm_ns("x2"), 8081, "x2"))  # type: ignore[attr-defined]
+    g.servers.append(serve(topology.vm_ns("x2"), 8081, "x2"))
     addr = fip["floating_ip_address"]
     assert addr.startswith("100.127.254.")
     wait_for(lambda: ask(OUT2, addr, 8081, 0.5) == f"x2 {CLIENT2}", timeout=20)

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import PingStream, max_gap, nsexec, ping_result
 from vxnet.compute.gateway import router_netns
 from vxnet.lab import topology
@@ -61,39 +61,10 @@ except OSError as e:
 
 @pytest.fixture(scope="module")
 def gwlab(tmp_path_factory) -> Iterator[Lab]:
-    from tests.conftest import free_port
-    from vxnet.lab import lab
-
-    d = tmp_path_factory.mktemp("gwlab")
-    cfg = d / "lab.toml"
-    toml = USERS_TOML.format(port=free_port(), db=d / "vxnet.db")
-    cfg.write_text(toml.replace("underlay_mtu = 1500", f"underlay_mtu = 1500\nagent_down_time = {LEASE}"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    servers: list[subprocess.Popen[str]] = []
-    try:
-        lab.down(quiet=True)
-        st = lab.up(2, str(cfg), gateways=2, external=True)
-        g = Lab(st)
-        g.servers = servers  # type: ignore[attr-defined]
-        def registered() -> bool:
-            with g.api("admin") as c:
-                agents = c.get("/agents").json()["agents"]
-            return {a["host"] for a in agents if a["alive"]} >= {"h1", "h2", "h3", "h4"}
-        wait_for(registered, timeout=30, interval=0.2)
-        servers.append(serve(OUT, 8080, "outside"))
+    with lab_session(tmp_path_factory, "gwlab", 2, lease=LEASE, gateways=2, external=True,
+                     wait_hosts={"h1", "h2", "h3", "h4"}) as g:
+        g.servers.append(serve(OUT, 8080, "outside"))
         yield g
-    finally:
-        for p in servers:
-            p.kill()
-            p.wait()
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
 
 
 def serve(ns: str, port: int, name: str) -> subprocess.Popen[str]:
@@ -172,6 +143,17 @@ def vm_behind(g: Lab, name: str, host: str, port: dict, rid: str, via_snat: bool
         nsexec(topology.vm_ns(name), "ip", "route", "replace", "default", "via", snat[0]["fixed_ips"][0]["ip_address"])
 
 
+def outside_vm(g: Lab, name: str, host: str, cidr: str, router: str, ip: str) -> tuple[dict, dict]:
+    """Alice's VM `name` on `host` at `ip`, in a new network `cidr` behind a new router `router`
+    (gateway on `public`), on the real path (`vm_behind` with via_snat=False), the outside
+    allowed in (`allow_outside`): (router, port)."""
+    net, _, r = tenant_router(g, "alice", cidr, router)
+    p = g.port("alice", net["id"], ip)
+    allow_outside(g, "alice")
+    vm_behind(g, name, host, p, r["id"], via_snat=False)
+    return r, p
+
+
 def wait_for(fn: Any, timeout: float = 10, interval: float = 0.05) -> float:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -225,8 +207,8 @@ def test_floating_ip_both_ways_follows_set_unset_delete(gwlab: Lab) -> None:
     allow_outside(g, "alice")
     vm_behind(g, "f1", "h1", f1, ra["id"])
     vm_behind(g, "f2", "h2", f2, ra["id"])
-    g.servers.append(serve(topology.vm_ns("f1"), 8081, "f1"))  # type: ignore[attr-defined]
-    g.servers.append(serve(topology.vm_ns("f2"), 8081, "f2"))  # type: ignore[attr-defined]
+    g.servers.append(serve(topology.vm_ns("f1"), 8081, "f1"))
+    g.servers.append(serve(topology.vm_ns("f2"), 8081, "f2"))
     ext = external_network(g)
     with g.api("alice") as c:
         fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": f1["id"]}}),
@@ -276,12 +258,9 @@ def test_floating_ip_both_ways_follows_set_unset_delete(gwlab: Lab) -> None:
 
 def test_real_path_through_distributed_router(gwlab: Lab) -> None:
     g = gwlab
-    na, _, rr = tenant_router(g, "alice", "100.64.50.0/24", "real")
-    p = g.port("alice", na["id"], "100.64.50.11")
-    allow_outside(g, "alice")
-    vm_behind(g, "r1", "h2", p, rr["id"], via_snat=False)
+    rr, p = outside_vm(g, "r1", "h2", "100.64.50.0/24", "real", "100.64.50.11")
     assert "default via 100.64.50.1" in nsexec(topology.vm_ns("r1"), "ip", "route").stdout
-    g.servers.append(serve(topology.vm_ns("r1"), 8081, "r1"))  # type: ignore[attr-defined]
+    g.servers.append(serve(topology.vm_ns("r1"), 8081, "r1"))
     wait_for(lambda: ask(topology.vm_ns("r1"), CLIENT, 8080, 0.5) == f"outside {gateway_ip(rr)}", timeout=15)
     ext = external_network(g)
     with g.api("alice") as c:
@@ -300,10 +279,7 @@ def test_gateway_agent_restart_disturbs_nothing(gwlab: Lab) -> None:
     from vxnet.lab import lab
 
     g = gwlab
-    na, _, rr = tenant_router(g, "alice", "100.64.60.0/24", "rst")
-    p = g.port("alice", na["id"], "100.64.60.11")
-    allow_outside(g, "alice")
-    vm_behind(g, "s1", "h1", p, rr["id"], via_snat=False)
+    rr, p = outside_vm(g, "s1", "h1", "100.64.60.0/24", "rst", "100.64.60.11")
     ext = external_network(g)
     with g.api("alice") as c:
         fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": p["id"]}}),
@@ -339,11 +315,8 @@ def test_gateway_host_failure_moves_snat_and_floating_ip(gwlab: Lab) -> None:
     from vxnet.lab import lab
 
     g = gwlab
-    na, _, rr = tenant_router(g, "alice", "100.64.30.0/24", "fail")
-    p = g.port("alice", na["id"], "100.64.30.11")
-    allow_outside(g, "alice")
-    vm_behind(g, "k1", "h1", p, rr["id"], via_snat=False)    # the real path: via the distributed router
-    g.servers.append(serve(topology.vm_ns("k1"), 8081, "k1"))  # type: ignore[attr-defined]
+    rr, p = outside_vm(g, "k1", "h1", "100.64.30.0/24", "fail", "100.64.30.11")  # the real path
+    g.servers.append(serve(topology.vm_ns("k1"), 8081, "k1"))
     ext = external_network(g)
     with g.api("alice") as c:
         fip = ok(c.post("/floatingips", json={"floatingip": {"floating_network_id": ext["id"], "port_id": p["id"]}}),

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import PingStream, max_gap
 from tests.root.test_gateway import allow_outside, ok, router_ports, tenant_router, vm_behind, wait_for
 from tests.support.tcpstream import TcpStream, serve
@@ -54,34 +54,9 @@ GW = "network:router_gateway"
 
 @pytest.fixture(scope="module")
 def halab(tmp_path_factory) -> Iterator[Lab]:
-    from tests.conftest import free_port
-    from vxnet.lab import lab
-
-    d = tmp_path_factory.mktemp("halab")
-    cfg = d / "lab.toml"
-    toml = USERS_TOML.format(port=free_port(), db=d / "vxnet.db")
-    cfg.write_text(toml.replace("underlay_mtu = 1500", f"underlay_mtu = 1500\nagent_down_time = {LEASE}"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    try:
-        lab.down(quiet=True)
-        st = lab.up(2, str(cfg), agent_args=["--bfd"], gateways=2, external=True)
-        g = Lab(st)
-        wait_for(lambda: alive_hosts(g) >= {"h1", "h2", "h3", "h4"}, timeout=60, interval=0.2)
+    with lab_session(tmp_path_factory, "halab", 2, lease=LEASE, agent_args=["--bfd"], gateways=2, external=True,
+                     wait_hosts={"h1", "h2", "h3", "h4"}, wait_timeout=60) as g:
         yield g
-    finally:
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
-
-
-def alive_hosts(g: Lab) -> set[str]:
-    with g.api("admin") as c:
-        return {a["host"] for a in c.get("/agents").json()["agents"] if a["alive"]}
 
 
 def placement(g: Lab, rid: str) -> tuple[str, tuple[str, ...]]:
@@ -244,7 +219,7 @@ def test_host_failure_and_recovery_keep_connections(halab: Lab, topo: dict[str, 
         wait_for(lambda: placement(g, topo["ra"]) == (sb, ()), timeout=LEASE + 20, interval=0.2)
         t_rec = time.time()
         hostfail.recover(g.state, act)
-        wait_for(lambda: act in alive_hosts(g), timeout=60, interval=0.2)
+        wait_for(lambda: act in g.alive_hosts(), timeout=60, interval=0.2)
         # rebalanced: one active on each gateway host, each router has the other as standby
         def balanced() -> bool:
             a, b = placement(g, topo["ra"]), placement(g, topo["rb"])
@@ -276,7 +251,7 @@ def test_partitioned_gateway_stops_serving(halab: Lab, topo: dict[str, Any]) -> 
                                  capture_output=True, text=True, check=False).stdout
             return "state DOWN" in out and "master" not in out
         wait_for(fenced, timeout=10)
-        assert act in alive_hosts(g)          # the store still calls it alive: BFD fenced it
+        assert act in g.alive_hosts()          # the store still calls it alive: BFD fenced it
         streams.flowing_after(time.time(), n=20)
         gaps = streams.gaps(t0 - 1)
         print(f"partition {act}: gaps {gaps}")

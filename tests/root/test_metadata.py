@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import capture, nsexec
 from vxnet.compute import metadata as cmeta
 from vxnet.compute import naming
@@ -63,25 +63,8 @@ esac
 def lab(tmp_path_factory) -> Iterator[Lab]:
     """`vxnet lab up --hosts 2` (with its Nova metadata endpoint), agents resyncing every
     `RESYNC` s; always torn down."""
-    from tests.conftest import free_port
-    from vxnet.lab import lab as vlab
-
-    d = tmp_path_factory.mktemp("mdlab")
-    cfg = d / "lab.toml"
-    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    try:
-        vlab.down(quiet=True)
-        yield Lab(vlab.up(2, str(cfg), agent_args=["--resync", str(RESYNC)]))
-    finally:
-        try:
-            vlab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
+    with lab_session(tmp_path_factory, "mdlab", 2, agent_args=["--resync", str(RESYNC)]) as g:
+        yield g
 
 
 def make_net(lab: Lab, cidr: str, name: str, **subnet: object) -> tuple[dict, dict]:
