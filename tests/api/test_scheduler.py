@@ -181,3 +181,34 @@ def test_scheduling_register_and_lease_expiry(srv: ServerHandle) -> None:
     assert all(h == {""} for h in hosts().values())
     register(c, "gw2")
     assert all(h == {"gw2"} for h in hosts().values())
+
+
+def test_agent_restart_does_not_rebalance(srv: ServerHandle) -> None:
+    """A gateway agent that registers again while its liveness key still stands (a restart
+    within its lease) neither joined nor came back: its routers stay where they are, even when
+    the actives are unbalanced (a rebalance would move a router and its connections for
+    nothing). A host that returns after its lease expired does rebalance."""
+    admin, alice = srv.api("admin"), srv.api("alice")
+    c = agent_client(srv)
+    ext = ext_net(admin)
+    register(c, "gw1")
+    register(c, "gw2")
+    routers = []
+    for i in range(4):
+        r = ok(alice.post("/routers", json={"router": {"name": f"r{i}",
+                                                       "external_gateway_info": {"network_id": ext["id"]}}}), 201)
+        routers.append(r["router"]["id"])
+
+    def actives() -> dict[str, str]:
+        return {rid: router_ports(admin, rid, GW)[0]["binding:host_id"] for rid in routers}
+
+    placed = actives()
+    assert sorted(placed.values()) == ["gw1", "gw1", "gw2", "gw2"], placed     # least loaded first
+    for rid in [rid for rid, h in placed.items() if h == "gw1"]:           # leave gw2 with 2, gw1 with 0
+        ok(alice.delete(f"/routers/{rid}"), 204)
+        routers.remove(rid)
+    before = actives()
+    assert set(before.values()) == {"gw2"}
+    register(c, "gw2")                                                     # restarts, lease still live
+    register(c, "gw1")
+    assert actives() == before

@@ -194,8 +194,8 @@ def test_agent_restart_keeps_the_announcement(blab: Lab) -> None:
         assert started() != old, "the agent did not register again"
     for _ in range(20):                      # and a while with the new agent
         seen.append(learned(g, prefix))
-    # Never missing, always via the router's gateway address. (The re-registration may
-    # rebalance the router to the other gateway host: then both announce it for one pass.)
+    # Never missing, always via the router's gateway address (a restart within the lease does
+    # not rebalance: the router stays on this host).
     bad = [s for s in seen if not s or any(hop != gw for hop, _ in s)]
     assert seen and not bad, bad[:3]
     wait_for(lambda: len(learned(g, prefix)) == 1, timeout=20)     # one speaker again

@@ -118,7 +118,11 @@ def register(store: Store, repo: Repo, host: str, reg: Registration, ttl: int) -
         # The key now belongs to the new lease, so revoking the old one deletes nothing.
         store.revoke_lease(live_kv.lease)
     if reg.gateway or (old and (old.get("configurations") or {}).get("gateway")):
-        repo.transact(lambda uow: scheduler.reschedule(uow, rebalance=True))  # joined/returned: spread
+        # Spread actives only when the host joined or came back (no liveness key: never
+        # registered, or its lease expired). A restart within the lease keeps every router
+        # where it is: a move costs its connections a gap for nothing.
+        rebalance = live_kv is None
+        repo.transact(lambda uow: scheduler.reschedule(uow, rebalance=rebalance))
     if bindings.has_failed(store, host):  # ports bound here before this agent was alive
         repo.transact(lambda uow: bindings.rebind_host(uow, host))
     return rec
