@@ -53,6 +53,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vxnet.compute import naming
+from vxnet.compute.l2 import pair_vips6
 from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Plug
 from vxnet.model import Port, Router, Subnet, View, as_view
 
@@ -249,7 +250,8 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
 
 
 def _neighs6(legs: list[Leg], v: View) -> tuple[tuple[str, str, str], ...]:
-    """Permanent IPv6 neighbours of the snat legs: the bound, enabled ports of their subnets."""
+    """Permanent IPv6 neighbours of the snat legs: the bound, enabled ports of their subnets and
+    their unambiguous single-address pair VIPs (`l2.pair_vips6`)."""
     out: set[tuple[str, str, str]] = set()
     own = {leg.port_id for leg in legs}
     for leg in legs:
@@ -263,6 +265,9 @@ def _neighs6(legs: list[Leg], v: View) -> tuple[tuple[str, str, str], ...]:
             for ip, _ in _ipv6(p, v.subnets):
                 if any(ipaddress.ip_address(ip) in n for n in nets6):
                     out.add((leg.inner, ip, p.mac))
+        for vip, mac in pair_vips6([p for p in v.ports.values() if p.network_id == net_id and p.id not in own]).items():
+            if any(ipaddress.ip_address(vip) in n for n in nets6):
+                out.add((leg.inner, vip, mac))
     return tuple(sorted(out))
 
 
