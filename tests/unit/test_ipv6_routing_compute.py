@@ -225,3 +225,21 @@ def test_v6_pair_vips_get_static_neighbours_when_one_port_holds_them() -> None:
         sup = {(n.ip, n.mac) for n in compute_l2(v, h, "198.51.100.9").neighs if n.ip.startswith("2001:db8:a::")}
         assert ("2001:db8:a::50", "02:00:00:00:0a:01") in sup
         assert not {ip for ip, _ in sup} & {"2001:db8:a::51", "2001:db8:a::70", "2001:db8:a::80", "2001:db8:a::60"}
+
+
+def test_gateway_on_an_ipv6_only_external_network() -> None:
+    # The gateway port has only an IPv6 address: the namespace is built all the same, with the
+    # v6 address on qg-, the ::/0 route, no IPv4 default route and no SNAT (the router has an
+    # IPv4 interface subnet too: it has nothing to be translated to).
+    gw6only = port(GW["id"], EXT, [("e6", "2001:db8:ff::10")], "fa:16:3e:00:00:01", "h3", "network:router_gateway", R1)
+    v = view([IF_A, IF_B, VM_A1, SNAT_A6, SNAT_A4, gw6only])
+    (g,) = compute_gateway(v, "h3", "vxlext0").routers
+    assert g.gw.cidrs == ("2001:db8:ff::10/64",)
+    assert (g.gateway_ip, g.gateway_ip6, g.gw_ip4) == (None, "2001:db8:ff::1", "")
+    assert g.cidrs6 == ("2001:db8:a::/64", "2001:db8:b::/64")
+    assert "snat to" not in nat_ruleset(g) and "2001:db8" not in nat_ruleset(g)
+    assert f'iifname "{g.gw.inner}" ip6 daddr != {{ 2001:db8:a::/64, 2001:db8:b::/64 }} counter drop' in \
+        filter6_ruleset(g)
+    # a port without any address on a known subnet is still nothing to build
+    bare = port(GW["id"], EXT, [], "fa:16:3e:00:00:01", "h3", "network:router_gateway", R1)
+    assert compute_gateway(view([IF_A, bare]), "h3", "vxlext0").routers == ()

@@ -40,8 +40,11 @@ arguments and returns a `GatewayDesired`:
   router: the gateway leg forwards inwards only to `cidrs6` and outwards only from them (a
   tenant's prefix is reachable only through its own router; nothing transits the namespace
   from the external network back to it), and clamps the MSS of IPv6 SYNs like IPv4's.
-- A router whose gateway port has no IPv4 address or no known external subnet is skipped
-  (nothing to build yet).
+- A router whose gateway port has only IPv6 addresses (an external network with only an IPv6
+  subnet) gets its namespace all the same: the gateway leg's first address is its first IPv6
+  fixed IP, `gateway_ip` is None (no IPv4 default route), no SNAT (`gw_ip4` is ""), and its
+  IPv6 is routed as above. A router whose gateway port has no address on a known external
+  subnet is skipped (nothing to build yet).
 """
 
 from __future__ import annotations
@@ -140,7 +143,13 @@ class GatewayRouter:
 
     @property
     def gw_ip(self) -> str:
+        """The gateway leg's first address (IPv4, or IPv6 on an IPv6-only external network)."""
         return self.gw.cidr.split("/")[0]
+
+    @property
+    def gw_ip4(self) -> str:
+        """The gateway leg's IPv4 address, "" on an IPv6-only external network."""
+        return "" if ":" in self.gw_ip else self.gw_ip
 
     @property
     def port_ids(self) -> frozenset[str]:
@@ -202,11 +211,14 @@ def _here(p: Port, host: str) -> bool:
 def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | None:
     rid = rtr.id
     found = _ipv4(gw_port, v.subnets)
+    gw6 = _ipv6(gw_port, v.subnets)
     ext = v.networks.get(gw_port.network_id)
+    if found is None and gw6:
+        found = gw6[0]           # an IPv6-only external network: routed IPv6, no NAT
     if found is None or ext is None:
         return None
     gw_ip, ext_sub = found
-    gw6 = _ipv6(gw_port, v.subnets)
+    gateway4 = ext_sub.gateway_ip if ":" not in gw_ip else None
     gw = _leg(gw_port, naming.GATEWAY_IFACE_PREFIX + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu, gw6)
     legs: list[Leg] = []
     cidrs: set[str] = set()
@@ -243,7 +255,7 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
             if f.router_id == rid and f.port_id and f.fixed_ip_address and f.floating_ip_address}
     gateway6 = next((s.gateway_ip for _, s in gw6 if s.gateway_ip), None)
     peer = next((h for h in (gw_port.host, *gw_port.standby) if h and h != host), "")
-    return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
+    return GatewayRouter(rid, router_netns(rid, host), gw, gateway4, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
                          gateway6, tuple(sorted(cidrs6)), _neighs6(legs, v),
                          gw_port.host == host, sync_ip(rid, host) if peer else "", sync_ip(rid, peer) if peer else "")
@@ -308,7 +320,7 @@ def nat_ruleset(r: GatewayRouter) -> str:
     legs = ", ".join(f'"{leg.inner}"' for leg in r.legs)
     pre = [f'iifname "{qg}" ip daddr {f.floating_ip} dnat to {f.fixed_ip}' for f in r.fips]
     post = [f'oifname "{qg}" ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
-    if r.enable_snat and r.snat_cidrs:
+    if r.enable_snat and r.snat_cidrs and r.gw_ip4:
         post.append(f'oifname "{qg}" ip saddr {{ {", ".join(r.snat_cidrs)} }} snat to {r.gw_ip}')
 
     def chain(name: str, hook: str, rules: list[str]) -> str:

@@ -287,6 +287,10 @@ class Walker:
         if gw is None:
             self.hop(host, label, "DROPPED: the router's gateway is not scheduled on this host")
             return self.done("dropped", "no gateway namespace", "gateway not scheduled")
+        if not gw.gw_ip4:
+            self.hop(host, label, "DROPPED: the external network has no IPv4 subnet (IPv6 only: no SNAT, "
+                                  "no IPv4 default route)")
+            return self.done("unreachable", "no IPv4 on the external network", "no route")
         fip = next((f for f in gw.fips if f.fixed_ip == pkt.src), None)
         if fip:
             new_src, why = fip.floating_ip, f"SNAT {pkt.src} -> floating IP {fip.floating_ip}"
