@@ -3,13 +3,15 @@
 2001:db8:ffff::/64, a tenant network with only 2001:db8:5::/64. The gateway host builds the
 router's namespace (its qg- leg holds the IPv6 gateway address only, ::/0 via the external
 subnet's gateway, no SNAT), and real ping6 and TCP go VM -> outside and back, routed, without
-NAT."""
+NAT; `vxnet doctor` reports a deleted static IPv6 neighbour of the namespace and repairs it."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -20,6 +22,11 @@ from vxnet.compute.gateway import router_netns
 from vxnet.lab import topology
 
 pytestmark = [pytest.mark.root, needs_root]
+
+
+def _doctor(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "vxnet"), "doctor", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +112,20 @@ def test_ipv6_only_external_network_routes_north_south(lab6: Lab) -> None:
         assert f"default via {topology.EXTERNAL_GATEWAY_IP6}" in nsexec(ns, "ip", "-6", "route").stdout
         assert "default" not in nsexec(ns, "ip", "-4", "route").stdout
         assert "snat" not in nsexec(ns, "nft", "list", "table", "ip", "vxnet_nat").stdout
+        # `vxnet doctor` checks the gateway's static IPv6 neighbours: one deleted is reported
+        # (a namespace's neighbour table is not watched: only the 30 s resync would see it), and
+        # --repair puts it back.
+        assert _doctor().returncode == 0
+        leg = next(e["dev"] for e in json.loads(nsexec(ns, "ip", "-j", "-6", "neigh", "show", "2001:db8:5::11").stdout)
+                   if e["dev"].startswith("sg-"))
+        assert nsexec(ns, "ip", "-6", "neigh", "del", "2001:db8:5::11", "dev", leg).returncode == 0
+        seen = _doctor("--json")
+        assert seen.returncode == 1, seen.stdout + seen.stderr
+        drift = json.loads(seen.stdout)["results"][host]["drift"]
+        assert [(d["kind"], d["object"], d["found"]) for d in drift] == [("ns-neighs", f"{ns} {leg} 2001:db8:5::11", None)]
+        fixed = _doctor("--repair", "--json")
+        assert fixed.returncode == 0 and json.loads(fixed.stdout)["results"][host]["after_repair"] == [], fixed.stdout
+        assert "PERMANENT" in nsexec(ns, "ip", "-6", "neigh", "show", "2001:db8:5::11").stdout
     finally:
         for p in servers:
             p.kill()
