@@ -33,6 +33,7 @@ import pytest
 from tests.root.conftest import USERS_TOML, Lab, needs_root
 from tests.root.helpers import capture, nsexec
 from vxnet.compute.gateway import router_netns
+from vxnet.compute.routing import netns_name
 from vxnet.lab import topology
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -325,3 +326,28 @@ def test_trace_v6_paths_agree_with_the_packets(v6lab: Lab, alice: dict) -> None:
     assert "verdict: LEAVES" in t.stdout and "no NAT for IPv6" in t.stdout and "DRIFT" not in t.stdout, t.stdout
     t = _trace("--from", CLIENT6, "--to", "2001:db8:2::12")
     assert t.returncode == 0 and "verdict: DELIVERED" in t.stdout, t.stdout + t.stderr
+
+
+def test_v6_pair_vip_reached_routed_from_another_host(v6lab: Lab, alice: dict) -> None:
+    """A single-address IPv6 allowed-address pair (a VIP) of a1 (h1) is reached from a2 (h2, the
+    other subnet): the router on h2 holds a static neighbour for it (neighbour discovery does not
+    cross the underlay), and h1's bridge a suppression entry with a1's MAC."""
+    g, a1 = v6lab, alice["a1"]
+    vip = "2001:db8:1::50"
+    ns1 = topology.vm_ns("a1")
+    with g.api("alice") as c:
+        ok(c.put(f"/ports/{a1['id']}", json={"port": {"allowed_address_pairs": [{"ip_address": vip}]}}))
+    # deprecated: the VM answers for it but never picks it as a source of its own
+    assert nsexec(ns1, "ip", "-6", "addr", "add", f"{vip}/64", "dev", "eth0", "nodad", "preferred_lft", "0").returncode == 0
+    try:
+        rns = netns_name(alice["router"]["id"], "h2")       # the distributed router on h2
+        wait_for(lambda: a1["mac_address"] in nsexec(rns, "ip", "-6", "neigh", "show", vip).stdout, timeout=15)
+        assert "PERMANENT" in nsexec(rns, "ip", "-6", "neigh", "show", vip).stdout
+        bridge = nsexec(topology.host_ns(1), "ip", "-6", "neigh", "show", vip).stdout
+        assert a1["mac_address"] in bridge and "PERMANENT" in bridge, bridge
+        wait_for(lambda: ping6(topology.vm_ns("a2"), vip, 1) == 1)
+        assert ping6(topology.vm_ns("a2"), vip) == 3
+    finally:
+        nsexec(ns1, "ip", "-6", "addr", "del", f"{vip}/64", "dev", "eth0")
+        with g.api("alice") as c:
+            ok(c.put(f"/ports/{a1['id']}", json={"port": {"allowed_address_pairs": []}}))

@@ -2,7 +2,9 @@
 and the verdict matches a real ping; a hand-broken data plane (an FDB entry deleted, the
 security-group table flushed, while the agents are stopped so they cannot repair it) is
 reported as drift on the exact hop, and the real packet is indeed lost. Restarted agents repair
-it and the trace is clean again."""
+it and the trace is clean again. IPv6: the anti-spoofing hop names the chain's own IPv6 rules
+(`mark6`, `spoof-ip6`, `dhcp6-server`), each found in the kernel, and agrees with real ping6
+from each source."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sys
 
 from tests.root.conftest import needs_root
 from tests.root.helpers import nsexec, ping
+from tests.root.test_ipv6_host import enable_ipv6, ping6, ping6_from, v6_of, wait_for
 from vxnet.compute import naming
 from vxnet.lab import lab, topology
 
@@ -68,3 +71,47 @@ def test_live_trace_ok_then_drift_then_repaired(lab3) -> None:
     back = _trace("--from", "tr2", "--to", "192.0.2.21", "--live")
     assert again.returncode == 0 and back.returncode == 0, again.stdout + back.stdout
     assert ping("tr2", "192.0.2.21", count=2) == 2
+
+
+def test_live_trace_ipv6_port_security(lab3) -> None:
+    net, _ = lab3.network("alice", "198.51.100.0/24", name="v6trace")
+    with lab3.api("alice") as c:
+        s6 = c.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "2001:db8:7::/64", "ip_version": 6,
+                                                 "ipv6_address_mode": "dhcpv6-stateful"}})
+        assert s6.status_code == 201, s6.text
+    p5 = lab3.port("alice", net["id"])
+    p6 = lab3.port("alice", net["id"])
+    with lab3.api("alice") as c:       # a pair with an IPv6 prefix
+        r = c.put(f"/ports/{p5['id']}", json={"port": {"allowed_address_pairs": [{"ip_address": "2001:db8:7::90/124"}]}})
+        assert r.status_code == 200, r.text
+    for name, host, p in (("tr5", "h1", p5), ("tr6", "h2", p6)):
+        lab3.vm(name, host, p)
+        lab3.wait_status(p["id"], "ACTIVE")
+        enable_ipv6(name)
+        assert nsexec(topology.vm_ns(name), "ip", "-6", "addr", "add", v6_of(p) + "/64", "dev", "eth0",
+                      "nodad").returncode == 0
+    ns5 = topology.vm_ns("tr5")
+    for extra in ("2001:db8:7::91", "2001:db8:7::a1"):     # in the pair; outside it (deprecated: never
+        assert nsexec(ns5, "ip", "-6", "addr", "add", extra + "/64", "dev", "eth0", "nodad",   # a default source)
+                      "preferred_lft", "0").returncode == 0
+    # tr6 knows tr5's MAC for both extra sources: a reply never waits on neighbour discovery for
+    # an address in a prefix pair (no suppression entry; it does not cross hosts), so a lost
+    # ping can only be port security's doing.
+    for extra in ("2001:db8:7::91", "2001:db8:7::a1"):
+        assert nsexec(topology.vm_ns("tr6"), "ip", "-6", "neigh", "replace", extra, "lladdr", p5["mac_address"],
+                      "dev", "eth0", "nud", "permanent").returncode == 0
+    dst = v6_of(p6)
+    wait_for("ping6 tr5 -> tr6", lambda: ping6("tr5", dst, 1) == 1, 20)
+    own = _trace("--from", "tr5", "--to", dst, "--live")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "verdict: DELIVERED" in own.stdout and "rule mark6" in own.stdout and "DRIFT" not in own.stdout, own.stdout
+    pair = _trace("--from", "tr5", "--to", dst, "--src-ip", "2001:db8:7::91", "--live")
+    assert pair.returncode == 0 and "rule mark6" in pair.stdout, pair.stdout
+    assert ping6_from("tr5", "2001:db8:7::91", dst) == 1
+    spoofed = _trace("--from", "tr5", "--to", dst, "--src-ip", "2001:db8:7::a1", "--live")
+    assert "verdict: DROPPED" in spoofed.stdout and "rule spoof-ip6" in spoofed.stdout, spoofed.stdout
+    assert "DRIFT" not in spoofed.stdout and spoofed.stdout.count("live: ok") >= 1, spoofed.stdout
+    assert ping6_from("tr5", "2001:db8:7::a1", dst) == 0
+    server = _trace("--from", "tr5", "--to", dst, "--proto", "udp", "--sport", "547", "--dport", "546", "--live")
+    assert "verdict: DROPPED" in server.stdout and "rule dhcp6-server" in server.stdout, server.stdout
+    assert "DRIFT" not in server.stdout, server.stdout

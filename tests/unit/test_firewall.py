@@ -544,3 +544,40 @@ def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
     assert out[0].startswith('oifname "vxv-*" icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect }')
     assert "ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00" in out[1] and "mld2-listener-report" in out[1]
     assert "oifname vmap @out_ports" in out[2] and len(out) == 3
+
+
+def test_port_security_evaluation_covers_ipv6_sources() -> None:
+    # The model follows the chain's IPv6 rules: own fixed IP, a pair's prefix (its own MAC),
+    # the link-locals of both MACs; a VM is never a router or a DHCPv6 server.
+    p1 = port(P1, "192.0.2.11", fixed_ips=[{"subnet_id": "s", "ip_address": "192.0.2.11"},
+                                          {"subnet_id": "s6", "ip_address": "2001:db8::11"}],
+              allowed_address_pairs=[{"ip_address": "2001:db8:5::/120", "mac_address": "02:00:00:00:07:10"}])
+    fw = compute_firewall(view([p1, port(P2, "192.0.2.12")]), "h1")
+    own, pair_mac = "02:00:00:00:02:0b", "02:00:00:00:07:10"
+    ps = fwm.port_security
+    ping = {"protocol": 58, "icmp_type": 128, "icmp_code": 0}
+    assert ps(fw, P1, own, Packet("2001:db8::11", "2001:db8::12", **ping)) == ("accept", "mark6")
+    assert ps(fw, P1, own, Packet("fe80::ff:fe00:20b", "fe80::1", **ping)) == ("accept", "mark6")
+    assert ps(fw, P1, pair_mac, Packet("2001:db8:5::7f", "2001:db8::12", **ping)) == ("accept", "mark6")
+    assert ps(fw, P1, pair_mac, Packet("fe80::ff:fe00:710", "fe80::1", **ping)) == ("accept", "mark6")
+    # the pair's prefix from the port's own MAC, a prefix's neighbour, another link-local
+    assert ps(fw, P1, own, Packet("2001:db8:5::7f", "2001:db8::12", **ping)) == ("drop", "spoof-ip6")
+    assert ps(fw, P1, pair_mac, Packet("2001:db8:5::100", "2001:db8::12", **ping)) == ("drop", "spoof-ip6")
+    assert ps(fw, P1, own, Packet("fe80::1234", "fe80::1", **ping)) == ("drop", "spoof-ip6")
+    assert ps(fw, P1, "02:00:00:00:99:99", Packet("2001:db8::11", "2001:db8::12", **ping)) == ("drop", "spoof-mac")
+    # RA guard and the DHCPv6-server guard decide before the source check, even from its own address
+    assert ps(fw, P1, own, Packet("fe80::ff:fe00:20b", "ff02::1", 58, icmp_type=134, icmp_code=0)) == \
+        ("drop", "ra-guard")
+    assert ps(fw, P1, own, Packet("fe80::ff:fe00:20b", "2001:db8::12", 58, icmp_type=137, icmp_code=0)) == \
+        ("drop", "ra-guard")
+    assert ps(fw, P1, own, Packet("fe80::ff:fe00:20b", "fe80::1", 17, 547, 546)) == ("drop", "dhcp6-server")
+    assert ps(fw, P1, own, Packet("::", "ff02::1:ff00:11", 58, icmp_type=135, icmp_code=0)) == \
+        ("accept", "v6-unspecified")
+    assert ps(fw, P1, own, Packet("::", "ff02::1", **ping)) == ("drop", "spoof-ip6")
+    # a port without any IPv6 address of its own has no IPv6 rules: all its IPv6 is spoof-ip6
+    assert ps(fw, P2, "02:00:00:00:02:0c", Packet("fe80::ff:fe00:20c", "fe80::1", **ping)) == ("drop", "spoof-ip6")
+    assert ps(fw, P2, "02:00:00:00:02:0c", Packet("fe80::ff:fe00:20c", "ff02::1", 58, icmp_type=134)) == \
+        ("drop", "spoof-ip6")
+    # IPv4 unchanged
+    assert ps(fw, P1, own, Packet("192.0.2.11", "192.0.2.12", 6, 40000, 22)) == ("accept", "mark")
+    assert ps(fw, P1, own, Packet("192.0.2.99", "192.0.2.12", 6, 40000, 22)) == ("drop", "spoof-ip")

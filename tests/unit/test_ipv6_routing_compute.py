@@ -196,3 +196,50 @@ def test_v6_address_scopes_group_the_v6_legs_apart_from_v4() -> None:
     assert "table ip vxnet_scope {\n" not in text      # no IPv4 table: declared and deleted only
     v["networks"][NET_B]["ipv6_address_scope"] = "s6-a"
     assert compute_routing(v, "h1").routers[0].scope_groups6 == ()
+
+
+def test_v6_pair_vips_get_static_neighbours_when_one_port_holds_them() -> None:
+    # A single-address IPv6 pair (no prefix or /128) of one bound port: a static neighbour on
+    # the router's leg and the gateway's snat leg (pair MAC, else the port's). A prefix pair, a
+    # VIP two ports list (VRRP), an unbound port's pair: none.
+    vip_a = dict(VM_A1, allowed_address_pairs=[{"ip_address": "2001:db8:a::50"},
+                                               {"ip_address": "2001:db8:a::51/128", "mac_address": "02:00:00:00:0a:51"},
+                                               {"ip_address": "2001:db8:a::60/124"},
+                                               {"ip_address": "2001:db8:a::70"}, {"ip_address": "192.0.2.50"}])
+    other = port("va200000-0000-4000-8000-000000000002", NET_A, [("a6", "2001:db8:a::12")], "02:00:00:00:0a:02", "h2")
+    other["allowed_address_pairs"] = [{"ip_address": "2001:db8:a::70"}]
+    idle = port("va300000-0000-4000-8000-000000000003", NET_A, [("a6", "2001:db8:a::13")], "02:00:00:00:0a:03")
+    idle["allowed_address_pairs"] = [{"ip_address": "2001:db8:a::80"}]
+    v = view([IF_A, IF_B, vip_a, other, idle, VM_B2, SNAT_A6, GW])
+    (r,) = compute_routing(v, "h1").routers
+    la = iface_name(IF_A["id"])
+    vips = {(n.ip, n.mac) for n in r.neighs if n.dev == la and n.ip.startswith("2001:db8:a::") and
+            n.ip not in ("2001:db8:a::11", "2001:db8:a::12", "2001:db8:a::3")}
+    assert vips == {("2001:db8:a::50", "02:00:00:00:0a:01"), ("2001:db8:a::51", "02:00:00:00:0a:51")}
+    (g,) = compute_gateway(v, "h3", None).routers
+    gvips = {(ip, mac) for _, ip, mac in g.neighs6 if ip in ("2001:db8:a::50", "2001:db8:a::51", "2001:db8:a::70")}
+    assert gvips == {("2001:db8:a::50", "02:00:00:00:0a:01"), ("2001:db8:a::51", "02:00:00:00:0a:51")}
+    # The bridge answers for the VIP with the port's own MAC on every host (a pair MAC has no FDB entry).
+    from vxnet.compute.l2 import compute_l2
+    for h in ("h1", "h2"):
+        sup = {(n.ip, n.mac) for n in compute_l2(v, h, "198.51.100.9").neighs if n.ip.startswith("2001:db8:a::")}
+        assert ("2001:db8:a::50", "02:00:00:00:0a:01") in sup
+        assert not {ip for ip, _ in sup} & {"2001:db8:a::51", "2001:db8:a::70", "2001:db8:a::80", "2001:db8:a::60"}
+
+
+def test_gateway_on_an_ipv6_only_external_network() -> None:
+    # The gateway port has only an IPv6 address: the namespace is built all the same, with the
+    # v6 address on qg-, the ::/0 route, no IPv4 default route and no SNAT (the router has an
+    # IPv4 interface subnet too: it has nothing to be translated to).
+    gw6only = port(GW["id"], EXT, [("e6", "2001:db8:ff::10")], "fa:16:3e:00:00:01", "h3", "network:router_gateway", R1)
+    v = view([IF_A, IF_B, VM_A1, SNAT_A6, SNAT_A4, gw6only])
+    (g,) = compute_gateway(v, "h3", "vxlext0").routers
+    assert g.gw.cidrs == ("2001:db8:ff::10/64",)
+    assert (g.gateway_ip, g.gateway_ip6, g.gw_ip4) == (None, "2001:db8:ff::1", "")
+    assert g.cidrs6 == ("2001:db8:a::/64", "2001:db8:b::/64")
+    assert "snat to" not in nat_ruleset(g) and "2001:db8" not in nat_ruleset(g)
+    assert f'iifname "{g.gw.inner}" ip6 daddr != {{ 2001:db8:a::/64, 2001:db8:b::/64 }} counter drop' in \
+        filter6_ruleset(g)
+    # a port without any address on a known subnet is still nothing to build
+    bare = port(GW["id"], EXT, [], "fa:16:3e:00:00:01", "h3", "network:router_gateway", R1)
+    assert compute_gateway(view([IF_A, bare]), "h3", "vxlext0").routers == ()

@@ -120,3 +120,39 @@ def test_metadata_request_ends_at_the_hosts_proxy_after_the_egress_groups() -> N
     assert "proxy address 169.254." in t.hops[-1].decision
     assert any("egress security groups" in h.what for h in t.hops)
     assert walk(snap, "a", "169.254.169.254", "tcp", 22).summary != t.summary     # not steered
+
+
+def dual_stack_snapshot() -> Snapshot:
+    """a and b with an IPv6 fixed IP too (2001:db8:1::/64); a has a pair 2001:db8:1:0:99::/80,
+    both groups allow all IPv6 egress and ICMPv6 in."""
+    snap = snapshot()
+    snap.objects["subnets"]["sub-6"] = {"id": "sub-6", "network_id": "net-1", "cidr": "2001:db8:1::/64",
+                                        "ip_version": 6, "gateway_ip": "2001:db8:1::1",
+                                        "ipv6_address_mode": "dhcpv6-stateful", "ipv6_ra_mode": "dhcpv6-stateful"}
+    for pid, ip in (("a", "2001:db8:1::a"), ("b", "2001:db8:1::b")):
+        snap.objects["ports"][pid]["fixed_ips"].append({"subnet_id": "sub-6", "ip_address": ip})
+    snap.objects["ports"]["a"]["allowed_address_pairs"] = [{"ip_address": "2001:db8:1:0:99::/80"}]
+    rules = snap.objects["security_group_rules"]
+    rules["r6-out"] = dict(RULES["r-out"], id="r6-out", ethertype="IPv6")
+    rules["r6-in"] = dict(RULES["r-out"], id="r6-in", ethertype="IPv6", direction="ingress", protocol="ipv6-icmp")
+    return snap
+
+
+def test_port_security_checks_ipv6_sources_with_the_chains_rules() -> None:
+    snap = dual_stack_snapshot()
+    t = walk(snap, "a", "2001:db8:1::b")
+    assert (t.verdict, t.hops[0].check.arg("rule")) == ("delivered", "mark6")
+    assert "rule mark6" in t.hops[0].decision
+    for allowed in ("2001:db8:1:0:99::5", "fe80::f816:3eff:fe00:a"):         # the pair's prefix, link-local
+        t = walk(snap, "a", "2001:db8:1::b" if allowed[0] == "2" else "fe80::1", src_ip=allowed)
+        assert t.hops[0].check.arg("rule") == "mark6", (allowed, t.hops[0].decision)
+    for spoofed in ("2001:db8:1::b", "2001:db8:1:0:98::5", "fe80::1234"):
+        t = walk(snap, "a", "2001:db8:1::b", src_ip=spoofed)
+        assert (t.verdict, t.deciding) == ("dropped", "spoof-ip6"), spoofed
+        assert dict(t.hops[0].check.args) == {"table": "ps", "chain": "ps_a", "rule": "spoof-ip6"}
+    # A DHCPv6 server frame from its own address: the DHCPv6-server guard, not mark6.
+    t = walk(snap, "a", "2001:db8:1::b", "udp", 546, sport=547)
+    assert (t.verdict, t.deciding) == ("dropped", "dhcp6-server")
+    # A port without IPv6 of its own has no IPv6 rules: its link-local is spoofing.
+    t = walk(snapshot(), "a", "fe80::1", src_ip="fe80::f816:3eff:fe00:a")
+    assert (t.verdict, t.deciding) == ("dropped", "spoof-ip6")

@@ -7,7 +7,14 @@ function (`compute_host`) and reads the kernel the way the reconcilers do, but c
 - firewall: the agent's nftables tables, chain by chain, compared by the hash comment every
   rule carries (the same test the driver uses to adopt a ruleset), and their sets by name
   (set elements are not compared).
-Routing, DHCP and gateway objects are not checked (`CHECKED` says what is).
+- IPv6 neighbours in namespaces (`ns-neighs`): the permanent IPv6 neighbour entries of every
+  distributed router's `qr-` legs and every gateway namespace's `sg-` legs (the static entries
+  that replace neighbour discovery across the underlay), read with `ip -j -6 neigh`;
+- metadata (`metadata`): the metadata namespace, each network's device in it (MAC, the
+  169.254.169.254/32 address), each served port's proxy route and permanent neighbour, and the
+  host's bridge steering table with each served tap's `steer` element.
+The other routing, DHCP and gateway objects (routes, rules, addresses, NAT tables, responder
+sockets) are not checked (`CHECKED` says what is).
 
 `run(agent, repair)` is the agent's side (`Agent.doctor`): the diff of its current view; with
 `repair`, passes that read the kernel again (`kernel_changed(invalidate=True)`, as the periodic
@@ -37,7 +44,7 @@ from vxnet.compute.diff import Diff, diff
 from vxnet.compute.firewall import NftTable
 from vxnet.compute.host import HostSpec, compute_host
 
-CHECKED = ("bridges", "vxlans", "plugs", "fdb", "neighs", "nftables")
+CHECKED = ("bridges", "vxlans", "plugs", "fdb", "neighs", "nftables", "ns-neighs", "metadata")
 SHOWN = 500     # drift entries an answer lists (its `drift_count` counts them all)
 
 log = logging.getLogger("vxnet.agent")
@@ -47,7 +54,7 @@ log = logging.getLogger("vxnet.agent")
 class Drift:
     """One object whose kernel state differs from the desired one."""
 
-    kind: str                 # bridges | vxlans | plugs | fdb | neighs | nftables
+    kind: str                 # bridges | vxlans | plugs | fdb | neighs | nftables | ns-neighs | metadata
     object: str               # its key, readable
     expected: str | None      # desired (None: should not exist)
     found: str | None         # in the kernel (None: missing)
@@ -129,11 +136,119 @@ def nft_drift(tables: Iterable[NftTable], list_table: Any) -> list[Drift]:
     return out
 
 
+class NsMissing(Exception):
+    """A namespace the doctor was asked to read does not exist."""
+
+
+def ip_json(ns: str | None, *args: str) -> list[dict[str, Any]]:
+    """`ip -j ARGS` in namespace `ns` (None: the caller's), parsed; NsMissing when `ns` is gone."""
+    import json
+
+    cmd = ["ip", *(["-n", ns] if ns else []), "-j", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    if r.returncode != 0:
+        err = r.stderr or ""
+        if ns and ("network namespace" in err or "No such file" in err):
+            raise NsMissing(ns)
+        raise RuntimeError((r.stderr or r.stdout).strip()[-300:])
+    return json.loads(r.stdout or "[]") or []
+
+
+def _permanent6(read: Any, ns: str, prefix: str) -> set[tuple[str, str, str]]:
+    return {(str(e.get("dev")), str(e.get("dst")), str(e.get("lladdr") or "").lower())
+            for e in read(ns, "-6", "neigh", "show", "nud", "permanent")
+            if str(e.get("dev") or "").startswith(prefix) and e.get("dst")}
+
+
+def ns_neigh_drift(desired: Any, read: Any = ip_json) -> list[Drift]:
+    """Drift of the permanent IPv6 neighbours inside the router and gateway namespaces."""
+    from vxnet.compute.routing import IFACE_PREFIX
+
+    wanted: dict[str, tuple[str, set[tuple[str, str, str]]]] = {}
+    for r in desired.routing.routers:
+        wanted[r.netns] = (IFACE_PREFIX, {(n.dev, n.ip, n.mac.lower()) for n in r.neighs})
+    for g in desired.gateway.routers:
+        wanted[g.netns] = (naming.SNAT_IFACE_PREFIX, {(d, ip, mac.lower()) for d, ip, mac in g.neighs6})
+    out: list[Drift] = []
+    for ns, (prefix, want) in sorted(wanted.items()):
+        if not want:
+            continue
+        try:
+            have = _permanent6(read, ns, prefix)
+        except NsMissing:
+            out.append(Drift("ns-neighs", f"netns {ns}", f"{len(want)} IPv6 neighbours", None))
+            continue
+        keyed_w = {(d, ip): mac for d, ip, mac in want}
+        keyed_h = {(d, ip): mac for d, ip, mac in have}
+        for (d, ip) in sorted(set(keyed_w) | set(keyed_h)):
+            w, h = keyed_w.get((d, ip)), keyed_h.get((d, ip))
+            if w != h:
+                out.append(Drift("ns-neighs", f"{ns} {d} {ip}", f"lladdr {w}" if w else None,
+                                 f"lladdr {h}" if h else None))
+    return out
+
+
+def metadata_drift(meta: Any, host_netns: str | None, read: Any = ip_json,
+                   list_table: Any = None) -> list[Drift]:
+    """Drift of the metadata service's kernel objects (see the module docstring)."""
+    from vxnet.compute.metadata import METADATA_IP, NFT_TABLE
+
+    if not meta.networks:
+        return []
+    out: list[Drift] = []
+    ns = meta.netns
+    try:
+        links = {str(ln.get("ifname")): ln for ln in read(ns, "link", "show")}
+        addrs = {str(a.get("ifname")): {f"{i.get('local')}/{i.get('prefixlen')}" for i in a.get("addr_info") or ()}
+                 for a in read(ns, "-4", "addr", "show")}
+        routes = {str(r.get("dst")) for r in read(ns, "-4", "route", "show")}
+        neighs = {(str(e.get("dst")), str(e.get("lladdr") or "").lower())
+                  for e in read(ns, "-4", "neigh", "show", "nud", "permanent")}
+    except NsMissing:
+        return [Drift("metadata", f"netns {ns}", f"{len(meta.networks)} network devices", None)]
+    for n in meta.networks:
+        ln = links.get(n.device)
+        if ln is None:
+            out.append(Drift("metadata", f"{ns} device {n.device}", f"mac {n.mac}", None))
+            continue
+        if str(ln.get("address") or "").lower() != n.mac.lower():
+            out.append(Drift("metadata", f"{ns} device {n.device}", f"mac {n.mac}", f"mac {ln.get('address')}"))
+        if f"{METADATA_IP}/32" not in addrs.get(n.device, set()):
+            out.append(Drift("metadata", f"{ns} device {n.device} address", f"{METADATA_IP}/32", None))
+    for p in meta.ports:
+        if p.proxy_ip not in routes:
+            out.append(Drift("metadata", f"{ns} route {p.proxy_ip}", "present", None))
+        if (p.proxy_ip, p.mac.lower()) not in neighs:
+            out.append(Drift("metadata", f"{ns} neighbour {p.proxy_ip}", f"lladdr {p.mac}", None))
+    lister = list_table or (lambda f, t: nft_list_full(host_netns, f, t))
+    try:
+        listing = lister("bridge", NFT_TABLE)
+    except Exception:  # noqa: BLE001 - nft says the table does not exist (or cannot be read)
+        return out + [Drift("metadata", f"table bridge {NFT_TABLE}", f"{len(meta.ports)} steered taps", None)]
+    flat = " ".join(listing.split())
+    for p in meta.ports:
+        if f'"{p.device}" :' not in flat:
+            out.append(Drift("metadata", f"table bridge {NFT_TABLE} steer {p.device}", "present", None))
+    return out
+
+
+def nft_list_full(netns: str | None, family: str, name: str) -> str:
+    """`nft list table FAMILY NAME` with set and map elements (in `netns`)."""
+    cmd = (["ip", "netns", "exec", netns] if netns else []) + ["nft", "list", "table", family, name]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    if r.returncode != 0:
+        raise RuntimeError((r.stderr or r.stdout).strip()[-500:])
+    return r.stdout
+
+
 def host_drift(view: Mapping[str, Any] | Any, spec: HostSpec, netns: str | None = None,
-               kernel: Any = None, list_table: Any = None) -> list[Drift]:
-    """Every drift of the host (see the module docstring); `kernel`/`list_table` are seams for
-    tests (default: netlink and nft in `netns`, or the caller's namespace)."""
+               kernel: Any = None, list_table: Any = None, ns_read: Any = None) -> list[Drift]:
+    """Every drift of the host (see the module docstring); `kernel`/`list_table`/`ns_read` are
+    seams for tests (default: netlink, nft and `ip -j` in `netns`, or the caller's namespace;
+    with a `kernel` seam and no `ns_read`, the namespace checks are left out)."""
     desired = compute_host(view, spec)
+    check_ns = ns_read is not None or kernel is None
+    read = ns_read or ip_json
     own_kernel = kernel is None
     if kernel is None:
         from vxnet.dataplane.host_kernel import RtnlKernel
@@ -145,6 +260,9 @@ def host_drift(view: Mapping[str, Any] | Any, spec: HostSpec, netns: str | None 
         if own_kernel:
             kernel.close()
     out += nft_drift(desired.firewall.tables, list_table or (lambda f, n: nft_list(netns, f, n)))
+    if check_ns:
+        out += ns_neigh_drift(desired, read)
+        out += metadata_drift(desired.metadata, netns, read, list_table if ns_read is not None else None)
     return out
 
 
@@ -181,7 +299,8 @@ def run(agent: DoctorAgent, repair: bool = False, timeout: float = 20.0) -> dict
     spec = agent.cfg.context.spec
 
     def check() -> list[Drift]:
-        return host_drift(agent.view.view, spec, agent.cfg.netns, agent.doctor_kernel, agent.doctor_list_table)
+        return host_drift(agent.view.view, spec, agent.cfg.netns, agent.doctor_kernel, agent.doctor_list_table,
+                          getattr(agent, "doctor_ns_read", None))
 
     found = check()
     out: dict[str, Any] = {"host": agent.cfg.host, "revision": view.revision, "checked": list(CHECKED),

@@ -802,30 +802,51 @@ def decide(fw: Firewall, port_id: str, direction: str, pkt: Packet) -> tuple[str
 
 def _in_pairs(p: PortFilter, mac: str, src: str) -> bool:
     addr = ipaddress.ip_address(src)
-    return any(m == mac and addr in ipaddress.ip_network(a) for m, a in p.pairs)
+    pairs = p.pairs6 if addr.version == 6 else p.pairs
+    return any(m == mac and addr in ipaddress.ip_network(a, strict=False) for m, a in pairs)
+
+
+RA_GUARD_TYPES = frozenset({134, 137})                  # router advertisement, redirect
+V6_UNSPECIFIED_TYPES = frozenset({135, 131, 143, 132})  # DAD probe, MLD reports and done
 
 
 def port_security(fw: Firewall, port_id: str, src_mac: str, pkt: Packet, dst_mac: str = "") -> tuple[str, str]:
     """(verdict, deciding rule identity) of the port-security chain of local port `port_id` for
-    the IPv4 frame `pkt` it sends from `src_mac` to `dst_mac`, after DHCP steering (a leased
-    port's 68 -> 67 frames go to its network's responder MAC), in the chain's order: `dhcp-server`,
-    `mark` (its own MAC . address), `spoof-mac`, `dhcp-client` (from 0.0.0.0), `dhcp-renew`,
-    `spoof-ip`; `unfiltered` for a port without the chain."""
+    the IPv4 or IPv6 frame `pkt` it sends from `src_mac` to `dst_mac`, after DHCP steering (a
+    leased port's 68 -> 67 frames go to its network's responder MAC), in the chain's order:
+    `dhcp-server`, `mark` (its own MAC . IPv4 address); for a port with IPv6 pairs
+    `dhcp6-server`, `ra-guard` (advertisements and redirects) and `mark6` (its own MAC . IPv6
+    address or prefix, link-locals included); then `spoof-mac`, `dhcp-client` (from 0.0.0.0),
+    `dhcp-renew`, `v6-unspecified` (DAD and MLD from ::), `spoof-ip` / `spoof-ip6`;
+    `unfiltered` for a port without the chain. The neighbour-discovery payload checks
+    (`spoof-na-target`...) look at a target and options a `Packet` does not carry: an NS/NA
+    from its own pair is `mark6` here."""
     p = fw.port(port_id)
     if p is None:
         return "accept", "unfiltered"
+    v6 = ipaddress.ip_address(pkt.src).version == 6
     udp = (pkt.sport, pkt.dport) if pkt.protocol == 17 else (None, None)
     client = udp == (68, 67)
     if client and p.dhcp_mac:
         dst_mac = p.dhcp_mac                   # steered before the chain (table vxnet_dhcp)
     if udp[0] == 67:
         return "drop", "dhcp-server"
-    if _in_pairs(p, src_mac, pkt.src):
+    if not v6 and _in_pairs(p, src_mac, pkt.src):
         return "accept", "mark"
+    if p.pairs6:
+        if udp[0] == 547:
+            return "drop", "dhcp6-server"
+        if v6 and pkt.protocol == ICMPV6 and pkt.icmp_type in RA_GUARD_TYPES:
+            return "drop", "ra-guard"
+        if v6 and _in_pairs(p, src_mac, pkt.src):
+            return "accept", "mark6"
     if src_mac not in p.macs:
         return "drop", "spoof-mac"
     if client and pkt.src == "0.0.0.0":
         return "accept", "dhcp-client"
     if client and p.dhcp_mac and dst_mac == p.dhcp_mac:
         return "accept", "dhcp-renew"
-    return "drop", "spoof-ip"
+    if (v6 and p.pairs6 and ipaddress.ip_address(pkt.src) == ipaddress.IPv6Address("::")
+            and pkt.protocol == ICMPV6 and pkt.icmp_type in V6_UNSPECIFIED_TYPES):
+        return "accept", "v6-unspecified"
+    return "drop", "spoof-ip6" if v6 else "spoof-ip"

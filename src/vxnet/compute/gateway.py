@@ -54,8 +54,11 @@ arguments and returns a `GatewayDesired`:
   router: the gateway leg forwards inwards only to `cidrs6` and outwards only from them (a
   tenant's prefix is reachable only through its own router; nothing transits the namespace
   from the external network back to it), and clamps the MSS of IPv6 SYNs like IPv4's.
-- A router whose gateway port has no IPv4 address or no known external subnet is skipped
-  (nothing to build yet).
+- A router whose gateway port has only IPv6 addresses (an external network with only an IPv6
+  subnet) gets its namespace all the same: the gateway leg's first address is its first IPv6
+  fixed IP, `gateway_ip` is None (no IPv4 default route), no SNAT (`gw_ip4` is ""), and its
+  IPv6 is routed as above. A router whose gateway port has no address on a known external
+  subnet is skipped (nothing to build yet).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from vxnet.compute import naming
+from vxnet.compute.l2 import pair_vips6
 from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Plug
 from vxnet.model import Port, Router, Subnet, View, as_view
 
@@ -157,7 +161,13 @@ class GatewayRouter:
 
     @property
     def gw_ip(self) -> str:
+        """The gateway leg's first address (IPv4, or IPv6 on an IPv6-only external network)."""
         return self.gw.cidr.split("/")[0]
+
+    @property
+    def gw_ip4(self) -> str:
+        """The gateway leg's IPv4 address, "" on an IPv6-only external network."""
+        return "" if ":" in self.gw_ip else self.gw_ip
 
     @property
     def port_ids(self) -> frozenset[str]:
@@ -260,11 +270,14 @@ def _here(p: Port, host: str) -> bool:
 def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | None:
     rid = rtr.id
     found = _ipv4(gw_port, v.subnets)
+    gw6 = _ipv6(gw_port, v.subnets)
     ext = v.networks.get(gw_port.network_id)
+    if found is None and gw6:
+        found = gw6[0]           # an IPv6-only external network: routed IPv6, no NAT
     if found is None or ext is None:
         return None
     gw_ip, ext_sub = found
-    gw6 = _ipv6(gw_port, v.subnets)
+    gateway4 = ext_sub.gateway_ip if ":" not in gw_ip else None
     gw = _leg(gw_port, naming.GATEWAY_IFACE_PREFIX + rid[:naming.ID_CHARS], gw_ip, ext_sub, ext.mtu, gw6)
     legs: list[Leg] = []
     cidrs: set[str] = set()
@@ -308,7 +321,7 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
     fips = {FloatingNat(f.floating_ip_address, f.fixed_ip_address) for f in served}
     gateway6 = next((s.gateway_ip for _, s in gw6 if s.gateway_ip), None)
     peer = next((h for h in (gw_port.host, *gw_port.standby) if h and h != host), "")
-    return GatewayRouter(rid, router_netns(rid, host), gw, ext_sub.gateway_ip, tuple(sorted(legs)),
+    return GatewayRouter(rid, router_netns(rid, host), gw, gateway4, tuple(sorted(legs)),
                          tuple(sorted(cidrs)), rtr.enable_snat, tuple(sorted(fips)), tuple(sorted(set(routes))),
                          gateway6, tuple(sorted(cidrs6)), _neighs6(legs, v),
                          gw_port.host == host, sync_ip(rid, host) if peer else "", sync_ip(rid, peer) if peer else "",
@@ -317,7 +330,8 @@ def _router(rtr: Router, gw_port: Port, v: View, host: str) -> GatewayRouter | N
 
 
 def _neighs6(legs: list[Leg], v: View) -> tuple[tuple[str, str, str], ...]:
-    """Permanent IPv6 neighbours of the snat legs: the bound, enabled ports of their subnets."""
+    """Permanent IPv6 neighbours of the snat legs: the bound, enabled ports of their subnets and
+    their unambiguous single-address pair VIPs (`l2.pair_vips6`)."""
     out: set[tuple[str, str, str]] = set()
     own = {leg.port_id for leg in legs}
     for leg in legs:
@@ -331,6 +345,9 @@ def _neighs6(legs: list[Leg], v: View) -> tuple[tuple[str, str, str], ...]:
             for ip, _ in _ipv6(p, v.subnets):
                 if any(ipaddress.ip_address(ip) in n for n in nets6):
                     out.add((leg.inner, ip, p.mac))
+        for vip, mac in pair_vips6([p for p in v.ports.values() if p.network_id == net_id and p.id not in own]).items():
+            if any(ipaddress.ip_address(vip) in n for n in nets6):
+                out.add((leg.inner, vip, mac))
     return tuple(sorted(out))
 
 
@@ -394,9 +411,9 @@ def nat_ruleset(r: GatewayRouter) -> str:
     # router's gateway address (as Neutron's `ctstate DNAT` SNAT rule).
     hair = f'iifname != "{qg}" oifname != "{qg}" ct status dnat'
     post += [f'{hair} ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in r.fips]
-    if r.fips:
-        post.append(f'{hair} snat to {r.gw_ip}')
-    if r.enable_snat and r.snat_cidrs:
+    if r.fips and r.gw_ip4:
+        post.append(f'{hair} snat to {r.gw_ip4}')
+    if r.enable_snat and r.snat_cidrs and r.gw_ip4:
         post.append(f'oifname "{qg}" ip saddr {{ {", ".join(r.snat_cidrs)} }} snat to {r.gw_ip}')
 
     def chain(name: str, hook: str, rules: list[str]) -> str:

@@ -17,7 +17,9 @@ Rules (KERNEL-NOTES §2-3):
 - IPv6 the same way (ND suppression: the bridge answers a neighbour solicitation for an address
   behind the VXLAN port itself, and never floods it there): an entry per IPv6 fixed IP, plus
   the port's link-local fe80::EUI-64(MAC) when it has an IPv6 fixed IP. The bridge keeps IPv6
-  enabled without addresses for that table (links driver).
+  enabled without addresses for that table (links driver). An IPv6 allowed-address-pair VIP
+  gets an entry too when `pair_vips6` names it with the MAC of the (on-network) port that holds
+  it: a single address in the pairs of exactly one bound, enabled port, and no fixed IP.
 - A trunk subport bound to this host whose parent is a local, enabled port carrying it in its
   `trunk_details` gets a VLAN plug instead of a tap plug: its device (`naming.subport_device`)
   is an 802.1Q device with the subport's VLAN id on the parent's tap (the agent creates it),
@@ -85,6 +87,7 @@ def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host:
     local: list[LocalPort] = []
     seen_mac: set[str] = set()
     seen_ip: set[str] = set()
+    own_macs: set[str] = set()
     for port in ports:
         mac = port.mac
         if not mac or mac in seen_mac:
@@ -103,10 +106,39 @@ def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host:
                 if ip not in seen_ip:
                     seen_ip.add(ip)
                     neighs.append(_neigh(br, ip, mac))
+            if port.allowed_address_pairs:
+                own_macs.add(mac)
+    if own_macs:
+        # IPv6 pair VIPs with the port's own MAC (a pair MAC has no FDB entry: not across hosts)
+        for ip, vmac in sorted(pair_vips6(ports).items()):
+            if vmac in own_macs and ip not in seen_ip:
+                seen_ip.add(ip)
+                neighs.append(_neigh(br, ip, vmac))
     assert net.segmentation_id is not None
     return HostState(frozenset({Bridge(br, naming.bridge_mac(nid, host), mtu)}),
                      frozenset({Vxlan(vx, net.segmentation_id, underlay_ip, br, mtu, naming.VXLAN_PORT)}),
                      frozenset(plugs), frozenset(fdb), frozenset(neighs), frozenset(local))
+
+
+def pair_vips6(ports: list[Port]) -> dict[str, str]:
+    """IPv6 address -> MAC of the allowed-address-pair VIPs of these (one network's) ports that a
+    static neighbour entry may name: a single address (no prefix, or /128) in the pairs of
+    exactly one bound, enabled port (with the pair's MAC, else the port's), and no port's fixed
+    IP. A VIP that two ports list (a VRRP pair moving it with unsolicited NAs) is left to
+    neighbour discovery: a static entry would pin it to one of them (docs/ipv6-dataplane.md)."""
+    fixed = {str(ipaddress.ip_address(f.ip_address)) for p in ports for f in p.fixed_ips if ":" in f.ip_address}
+    claims: dict[str, set[str]] = {}
+    for p in ports:
+        if not p.host or not p.admin_up or not p.mac:
+            continue
+        for pair in p.allowed_address_pairs:
+            try:
+                net = ipaddress.ip_network(pair.ip_address, strict=True)
+            except ValueError:
+                continue
+            if net.version == 6 and net.prefixlen == 128:
+                claims.setdefault(str(net.network_address), set()).add((pair.mac_address or p.mac).lower())
+    return {ip: next(iter(macs)) for ip, macs in claims.items() if len(macs) == 1 and ip not in fixed}
 
 
 @functools.lru_cache(maxsize=32768)

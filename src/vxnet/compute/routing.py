@@ -28,7 +28,10 @@ Rules (KERNEL-NOTES §4, asymmetric IRB with an anycast gateway):
   its network that is bound to a host and enabled (VMs, the SNAT port, other routers' ports;
   not the leg itself), a permanent neighbour entry per IPv6 fixed IP on one of the leg's IPv6
   subnets -> the port's MAC, on the leg (`NsNeigh`). So the router never solicits a VM's
-  address, local or remote.
+  address, local or remote. Likewise an allowed-address-pair VIP that is a single IPv6 address
+  held in the pairs of exactly one such port (`pair_vips6`: the pair's MAC, else the port's;
+  as Neutron DVR's ARP entries for single-address pairs); a VIP two ports list is resolved by
+  neighbour discovery (same host only).
 - SNAT fallback (contract with the north-south part): for each interface subnet S on which R has
   a port with device_owner `network:router_centralized_snat` (device_id R) holding an IP on S:
   rule `from S lookup main suppress_prefixlength 0` (priority 1000), rule `from S lookup T_i`
@@ -61,6 +64,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vxnet.compute import naming
+from vxnet.compute.l2 import pair_vips6
 from vxnet.compute.state import Fdb, HostState, Neigh, Plug, merge
 from vxnet.model import Port, Router, View, as_view
 
@@ -203,15 +207,17 @@ def default_route(cidr: str) -> str:
 
 
 def _v6_neighs(legs: list[RouterIface], view: View) -> set[NsNeigh]:
-    """Permanent IPv6 neighbours of every leg: the bound, enabled ports of its network."""
+    """Permanent IPv6 neighbours of every leg: the bound, enabled ports of its network, and the
+    unambiguous single-address VIPs of their allowed address pairs (`pair_vips6`)."""
     out: set[NsNeigh] = set()
     own = {lg.port_id for lg in legs}
     for leg in legs:
         nets6 = [ipaddress.ip_interface(a).network for a in leg.addresses if ":" in a]
         if not nets6:
             continue
-        for p in view.ports.values():
-            if p.network_id != leg.network_id or p.id in own or not p.host or not p.admin_up or not p.mac:
+        on_net = [p for p in view.ports.values() if p.network_id == leg.network_id and p.id not in own]
+        for p in on_net:
+            if not p.host or not p.admin_up or not p.mac:
                 continue
             for f in p.fixed_ips:
                 if ":" not in f.ip_address:
@@ -222,6 +228,9 @@ def _v6_neighs(legs: list[RouterIface], view: View) -> set[NsNeigh]:
                     continue
                 if any(ip in n for n in nets6):
                     out.add(NsNeigh(leg.name, str(ip), p.mac))
+        for vip, mac in pair_vips6(on_net).items():
+            if any(ipaddress.ip_address(vip) in n for n in nets6):
+                out.add(NsNeigh(leg.name, vip, mac))
     return out
 
 

@@ -400,6 +400,7 @@ class GatewayDriver:
             garp = [r.gw_ip, *new]
         else:
             garp = [ip for ip in new if old.get(ip) != new[ip]]
+        garp = [ip for ip in garp if ":" not in ip]   # IPv6 addresses announce themselves (ndisc_notify)
         if garp:
             # a takeover: the first at once (the external switch learns the MAC's new port)
             announce(ns, r.gw.inner, r.gw.mac, garp, delays=(0.0, 0.2, 0.5, 1.0) if promoted else (0.0, 0.5, 1.0))

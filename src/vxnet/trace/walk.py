@@ -287,6 +287,10 @@ class Walker:
         if gw is None:
             self.hop(host, label, "DROPPED: the router's gateway is not scheduled on this host")
             return self.done("dropped", "no gateway namespace", "gateway not scheduled")
+        if not gw.gw_ip4:
+            self.hop(host, label, "DROPPED: the external network has no IPv4 subnet (IPv6 only: no SNAT, "
+                                  "no IPv4 default route)")
+            return self.done("unreachable", "no IPv4 on the external network", "no route")
         fip = next((f for f in gw.fips if f.fixed_ip == pkt.src), None)
         if fip:
             new_src, why = fip.floating_ip, f"SNAT {pkt.src} -> floating IP {fip.floating_ip}"
@@ -424,20 +428,6 @@ def _fip_owner(s: Snapshot, ip: str) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def _port_security6(pf: Any, mac: str, src: str) -> tuple[str, str]:
-    """The IPv6 source check of the port-security chain, for a firewall model that has the
-    ports' IPv6 (MAC . address) pairs (`pairs6`): `mark6` or `spoof-ip6` (`spoof-mac` first)."""
-    pairs6 = getattr(pf, "pairs6", None)
-    if pairs6 is None:
-        return "drop", "spoof-ip"
-    addr = ipaddress.ip_address(src)
-    if any(m == mac and addr in ipaddress.ip_network(a, strict=False) for m, a in pairs6):
-        return "accept", "mark6"
-    if mac not in pf.macs:
-        return "drop", "spoof-mac"
-    return "drop", "spoof-ip6"
-
-
 def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt: Packet) -> Trace | None:
     """The source port's anti-spoofing hop; a Trace when the frame ends there (dropped, or
     steered to the DHCP responder), None when it goes on (to the egress security groups when
@@ -452,10 +442,9 @@ def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt:
         verdict, kind = "accept", "unfiltered"
     else:
         verdict, kind = port_security(fw, source, mac, pkt)
-        if ":" in pkt.src and verdict == "drop" and kind == "spoof-ip":
-            verdict, kind = _port_security6(pf, mac, pkt.src)
         check = Check("nft-rule", host, (("table", "ps"), ("chain", f"ps_{pf.ident}"), ("rule", kind)))
         why = {"mark": "from its own MAC and address", "mark6": "from its own MAC and IPv6 address",
+               "v6-unspecified": "duplicate address detection or MLD from ::",
                "dhcp-client": "a DHCP client frame from 0.0.0.0",
                "dhcp-renew": "a DHCP request steered to its network's responder, whatever its source address",
                }.get(kind, "")
