@@ -35,7 +35,16 @@ round trip each. Consistency:
   first asks etcd for its current revision (so reading back staged writes sees them if they
   landed).
 - While the mirror's stream is down (member lost, reloading after compaction) reads go to etcd.
-- Transactions, compares, watches and leases always go to etcd: CAS stays linearizable.
+- Transactions, compares and leases always go to etcd: CAS stays linearizable.
+- Keys under `cache.UNMIRRORED` (the exactly-once attempt markers) are not in the mirror: reads
+  and watches that may include them go to etcd.
+
+Watches, while the mirror is on, are served from the mirror's own stream (`Mirror.subscribe`):
+one watch of the whole key space per store, not one per caller, so each event crosses the
+wire and is decoded once per server. A watch starting further back than the mirror's recent
+history (`cache.HISTORY` revisions) gets a watch of its own on etcd. Either way: in order, one
+batch per revision, no gap, no duplicate, CompactedError when history was lost. A watch fed by
+the mirror never runs ahead of the mirror's reads: whatever it delivered, a read then shows.
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ from typing import Any
 
 import httpx
 
-from vxnet.store.cache import Mirror
+from vxnet.store.cache import UNMIRRORED, Mirror, unmirrored
 from vxnet.store.contract import (
     CompactedError,
     Compare,
@@ -270,8 +279,12 @@ class EtcdStore:
         self.reads_etcd += 1
         return None
 
+    def _uncached(self) -> None:
+        """For a read the mirror cannot answer (keys it leaves out): counted, goes to etcd."""
+        self.reads_etcd += 1
+
     def get(self, key: str) -> KeyValue | None:
-        m = self._cached()
+        m = self._cached() if not key.startswith(UNMIRRORED) else self._uncached()
         if m is not None:
             return m.get(key)
         data = self._call("/v3/kv/range", {"key": _b64(key)}, idempotent=True)
@@ -290,7 +303,7 @@ class EtcdStore:
         return _kv(kvs[0]) if kvs else None
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        m = self._cached()
+        m = self._cached() if not unmirrored(prefix) else self._uncached()
         if m is not None:
             return m.range(prefix)
         kvs, rev = self._real_range(prefix)
@@ -385,19 +398,30 @@ class EtcdStore:
         if self._closed.is_set():
             raise StoreError("store is closed")
         start_revision = max(start_revision, 1)
+        if self._mirror is not None and not unmirrored(prefix):
+            if start_revision <= self._mirror.revision():  # history the mirror may replay
+                self._check_not_compacted(prefix, start_revision)
+            sub = self._mirror.subscribe(prefix, start_revision, callback, on_error)
+            if sub is not None:
+                return sub
         if start_revision <= self._real_revision():
-            try:  # a range at a compacted revision fails: tell the caller now, not later
-                self._call("/v3/kv/range", {"key": _b64(prefix), "count_only": True,
-                                            "revision": str(start_revision)}, idempotent=True)
-            except _EtcdError as e:
-                if e.code == 11 and "compacted" in str(e):
-                    raise CompactedError(self._compact_revision(prefix, start_revision)) from None
-                raise
+            self._check_not_compacted(prefix, start_revision)
         w = _Watch(self, prefix, start_revision, callback, on_error)
         with self._lock:
             self._watches.append(w)
         w.thread.start()
         return w
+
+    def _check_not_compacted(self, prefix: str, start_revision: int) -> None:
+        """Raise CompactedError if etcd no longer holds revision `start_revision` (at most the
+        cluster's current one)."""
+        try:  # a range at a compacted revision fails: tell the caller now, not later
+            self._call("/v3/kv/range", {"key": _b64(prefix), "count_only": True,
+                                        "revision": str(start_revision)}, idempotent=True)
+        except _EtcdError as e:
+            if e.code == 11 and "compacted" in str(e):
+                raise CompactedError(self._compact_revision(prefix, start_revision)) from None
+            raise
 
     def _compact_revision(self, prefix: str, start: int) -> int:
         body = {"create_request": {"key": _b64(prefix), "start_revision": str(start)}}
