@@ -135,7 +135,7 @@ IN_FLIGHT_SECONDS = 2.0
 # free addresses (set when an allocation on it reruns: see the module docstring). A hint only.
 _contended: dict[str, float] = {}
 CONTENDED_SECONDS = 5.0
-WINDOW = 16
+WINDOW = 32
 
 
 def _pools_sig(subnet: dict[str, Any]) -> str:

@@ -78,6 +78,7 @@ from vxnet.store.contract import (
     WatchCallback,
     prefix_end,
 )
+from vxnet.store.etcd_http import NeverSent, Pool, Unanswered
 from vxnet.store.etcd_wire import _b64, _kv
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class EtcdStore:
             verify = ssl.create_default_context(cafile=ca)
             if cert and key:
                 verify.load_cert_chain(cert, key)
-        self._client = httpx.Client(timeout=timeout, verify=verify)
+        self._pool = Pool(timeout, verify if isinstance(verify, ssl.SSLContext) else None)
         self._stream_client = httpx.Client(timeout=httpx.Timeout(timeout, read=None), verify=verify)
         self._closed = threading.Event()
         self._watches: list[_Watch] = []
@@ -227,19 +228,18 @@ class EtcdStore:
         for _ in range(2 * len(self._eps)):
             ep = self._current()
             try:
-                r = self._client.post(ep + path, json=body)
-            except httpx.ConnectError as e:  # never reached a member: always safe to retry
+                status, data = self._pool.post(ep, path, body)
+            except NeverSent as e:  # never reached a member: always safe to retry
                 last = e
                 self._rotate(ep)
                 continue
-            except httpx.HTTPError as e:
+            except Unanswered as e:
                 if not idempotent:
                     raise StoreUnavailable(f"etcd request to {ep} failed, outcome unknown: {e}") from e
                 last = e
                 self._rotate(ep)
                 continue
-            data = r.json()
-            if r.status_code != 200 or "error" in data:
+            if status != 200 or "error" in data:
                 code = int(data.get("code", 2))
                 if code in (14, 4):  # UNAVAILABLE, DEADLINE_EXCEEDED: no leader right now
                     last = _EtcdError(code, data.get("message", ""))
@@ -398,14 +398,14 @@ class EtcdStore:
         if self._closed.is_set():
             raise StoreError("store is closed")
         start_revision = max(start_revision, 1)
+        # A start etcd has compacted away fails now, even if the mirror could replay it (the
+        # contract's answer); two round trips per watch opened, which is rare (start, relist).
+        if start_revision <= self._real_revision():
+            self._check_not_compacted(prefix, start_revision)
         if self._mirror is not None and not unmirrored(prefix):
-            if start_revision <= self._mirror.revision():  # history the mirror may replay
-                self._check_not_compacted(prefix, start_revision)
             sub = self._mirror.subscribe(prefix, start_revision, callback, on_error)
             if sub is not None:
                 return sub
-        if start_revision <= self._real_revision():
-            self._check_not_compacted(prefix, start_revision)
         w = _Watch(self, prefix, start_revision, callback, on_error)
         with self._lock:
             self._watches.append(w)
@@ -475,5 +475,5 @@ class EtcdStore:
             w.cancel()
         if self._mirror is not None:
             self._mirror.close()
-        self._client.close()
+        self._pool.close()
         self._stream_client.close()
