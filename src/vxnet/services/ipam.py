@@ -16,8 +16,11 @@ Invariants:
   While a subnet is *contended* (an allocation on it had to rerun, in the last
   `CONTENDED_SECONDS`: another server, whose in-flight addresses this process cannot see,
   took the same lowest address) the pick is random among the first `WINDOW` free addresses
-  instead, as Neutron's own IPAM does (a random one of the first few available), so servers
-  stop colliding on one address. Single-server, uncontended allocation stays lowest-first.
+  instead (Neutron's own IPAM always picks at random among the first 1,000 available), so
+  servers stop colliding on one address. Single-server, uncontended allocation stays
+  lowest-first. (Tried and dropped: "the first free address past a random offset" costs no
+  scan of the window, but clusters picks on the holes after taken runs: 1.34 txns per create
+  instead of 1.08.)
 - Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409
   IpAddressAlreadyAllocated (tempest accepts it or IpAddressInUse).
 - IPv6 (Neutron's ipam backend): a new port gets one address from the IPv4 subnets, one from
