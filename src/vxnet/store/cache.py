@@ -59,7 +59,6 @@ import httpx
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, StoreError, WatchCallback
 from vxnet.store.etcd_wire import _b64, _kv
 
-
 log = logging.getLogger(__name__)
 
 
@@ -229,9 +228,8 @@ class Mirror:
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
-        with self._cond:
-            with contextlib.suppress(ValueError):
-                self._subs.remove(sub)
+        with self._cond, contextlib.suppress(ValueError):
+            self._subs.remove(sub)
 
     # --- upkeep -------------------------------------------------------------------------------
 
