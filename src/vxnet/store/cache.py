@@ -87,7 +87,7 @@ UNMIRRORED = "/vxnet-txn/"
 # The base64 of its first 9 bytes is the first 12 characters of every such key on the wire: a
 # cheap test before decoding.
 _UNMIRRORED_B64 = base64.b64encode(UNMIRRORED[:9].encode()).decode()
-HISTORY = 4096  # revisions of events kept to start a watch a little in the past
+HISTORY = 1024  # revisions of events kept to start a watch a little in the past (old values: memory)
 
 
 def unmirrored(prefix: str) -> bool:
