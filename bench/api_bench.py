@@ -313,6 +313,40 @@ class Target:
     tok: str
     admin_tok: str
     work: Workload
+    etcd_url: str | None = None
+
+
+def etcd_requests(url: str | None) -> collections.Counter[str]:
+    """gRPC requests every member of the cluster behind `url` has answered so far, by method
+    (Range, Txn, LeaseGrant, Watch streams, ...), from the members' own /metrics. Each one is a
+    round trip of some server to etcd (the JSON gateway forwards each call to the member's gRPC
+    server), so the difference over a run, divided by its creates, is the requests per create."""
+    out: collections.Counter[str] = collections.Counter()
+    if not url or not url.startswith("etcd://"):
+        return out
+    for host in url.removeprefix("etcd://").split("?")[0].split(","):
+        conn = http.client.HTTPConnection(host, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        for line in text.splitlines():
+            if line.startswith(("grpc_server_handled_total{", "grpc_server_started_total{")):
+                labels, value = line.rsplit(" ", 1)
+                method = labels.split('grpc_method="', 1)[1].split('"', 1)[0]
+                kind = "handled" if line.startswith("grpc_server_handled") else "started"
+                out[f"{kind}:{method}"] += int(float(value))
+    return out
+
+
+def per_create(before: collections.Counter[str], after: collections.Counter[str], n: int) -> str:
+    """`Txn 1.02, Range 0.00, ...`: requests per create by method (unary calls, handled), plus
+    watch streams opened, over a run of `n` creates."""
+    diff = {k: after[k] - before[k] for k in after if after[k] - before[k] > 0}
+    parts = [f"{k.split(':', 1)[1]} {v / max(1, n):.2f}" for k, v in sorted(diff.items())
+             if k.startswith("handled:") and k != "handled:Watch"]
+    return "etcd requests/create: " + (", ".join(parts) or "none")
 
 
 def start_targets(opts: argparse.Namespace, stores: list[str], stack: contextlib.ExitStack,
@@ -337,7 +371,7 @@ def start_targets(opts: argparse.Namespace, stores: list[str], stack: contextlib
             notes.append(f"{store}: POST /v2.0/ports did not work on this build: network creates were measured "
                          "instead.")
         out.append(Target(store, port, pid, etcd_pids, [p for p, _ in started], [q for _, q in started], tok,
-                          token(port, ADMIN), work))
+                          token(port, ADMIN), work, url))
     return out
 
 
@@ -357,10 +391,14 @@ def measure(opts: argparse.Namespace, targets: list[Target], rows: list[list[str
     for clients in (1, 8):
         lat: dict[str, list[float]] = {t.store: [] for t in targets}
         acc = {t.store: {"wall": 0.0, "errors": 0, "cpu": 0.0, "ecpu": 0.0} for t in targets}
+        reqs = {t.store: (collections.Counter[str](), collections.Counter[str]()) for t in targets}
         for rnd in range(rounds):
             for t in order(rnd):
                 cpu0, ecpu0 = sum(cpu_seconds(p) for p in t.pids), sum(cpu_seconds(p) for p in t.etcd_pids)
+                req0 = etcd_requests(t.etcd_url)
                 r = create_run(t.ports, t.tok, t.work, clients, creates // rounds)
+                reqs[t.store][0].update(req0)
+                reqs[t.store][1].update(etcd_requests(t.etcd_url))
                 a = acc[t.store]
                 a["cpu"] += sum(cpu_seconds(p) for p in t.pids) - cpu0
                 a["ecpu"] += sum(cpu_seconds(p) for p in t.etcd_pids) - ecpu0
@@ -376,7 +414,8 @@ def measure(opts: argparse.Namespace, targets: list[Target], rows: list[list[str
             figures[t.store][label] = (rate, p50, p99)
             rows.append([t.store, label, f"{rate:.0f}/s", f"{p50:.1f}", f"{p99:.1f}", f"{max(xs) * 1000:.1f}",
                          f"{n} ok, {a['errors']:.0f} failed{via}; server CPU {1000 * a['cpu'] / max(1, n):.2f} ms/create"
-                         + (f"; etcd CPU {1000 * a['ecpu'] / max(1, n):.2f} ms/create" if t.etcd_pids else "")])
+                         + (f"; etcd CPU {1000 * a['ecpu'] / max(1, n):.2f} ms/create" if t.etcd_pids else "")
+                         + (f"; {per_create(*reqs[t.store], n)}" if t.etcd_url else "")])
     target = LIST_PORTS // (10 if opts.quick else 1)
     for t in targets:
         top_up(t.port, t.tok, t.work, target)

@@ -13,6 +13,14 @@ Invariants:
 - Automatic addresses are the lowest free pool address this process knows of: the search
   starts at a per-process low-water hint (advanced/lowered after commits) and rescans the pools
   from their start before declaring exhaustion, so a stale hint never causes a false 409.
+  While a subnet is *contended* (an allocation on it had to rerun, in the last
+  `CONTENDED_SECONDS`: another server, whose in-flight addresses this process cannot see,
+  took the same lowest address) the pick is random among the first `WINDOW` free addresses
+  instead (Neutron's own IPAM always picks at random among the first 1,000 available), so
+  servers stop colliding on one address. Single-server, uncontended allocation stays
+  lowest-first. (Tried and dropped: "the first free address past a random offset" costs no
+  scan of the window, but clusters picks on the holes after taken runs: 1.34 txns per create
+  instead of 1.08.)
 - Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409
   IpAddressAlreadyAllocated (tempest accepts it or IpAddressInUse).
 - IPv6 (Neutron's ipam backend): a new port gets one address from the IPv4 subnets, one from
@@ -126,6 +134,11 @@ _low_water: dict[str, tuple[str, int]] = {}
 # claim is still checked by the store, and an entry left by an aborted unit expires.
 _in_flight: dict[tuple[str, int], float] = {}
 IN_FLIGHT_SECONDS = 2.0
+# Per-process: subnet id -> until when allocations on it pick at random among the first WINDOW
+# free addresses (set when an allocation on it reruns: see the module docstring). A hint only.
+_contended: dict[str, float] = {}
+CONTENDED_SECONDS = 5.0
+WINDOW = 32
 
 
 def _pools_sig(subnet: dict[str, Any]) -> str:
@@ -146,18 +159,29 @@ def _lowest_free(uow: UnitOfWork, subnet: dict[str, Any], port_id: str) -> str |
     seen = _low_water.get(sid)
     hint = seen[1] if seen and seen[0] == sig else 0
     now = time.monotonic()
+    if uow.attempt > 1:
+        _contended[sid] = now + CONTENDED_SECONDS
+    window = WINDOW if _contended.get(sid, 0.0) > now else 1
     skipped = False
     for start_at in ((hint, 0) if hint else (0,)):
+        free: list[int] = []
         for n in _candidates(subnet, start_at):
             if _in_flight.get((sid, n), 0.0) > now:
                 skipped = True
                 continue  # another unit of work of this process is claiming it
+            if not uow.is_claimed(ip_key(sid, str(ipaddress.ip_address(n)))):
+                free.append(n)
+                if len(free) == window:
+                    break
+        if free:
+            n = free[0] if len(free) == 1 else random.choice(free)
             ip = str(ipaddress.ip_address(n))
-            if not uow.is_claimed(ip_key(sid, ip)):
-                uow.claim(ip_key(sid, ip), port_id)
-                _in_flight[(sid, n)] = now + IN_FLIGHT_SECONDS
-                uow.after_commit.append(lambda sid=sid, sig=sig, n=n: _advance(sid, sig, n))
-                return ip
+            uow.claim(ip_key(sid, ip), port_id)
+            _in_flight[(sid, n)] = now + IN_FLIGHT_SECONDS
+            # The hint moves only up to the lowest free address seen: a random pick above it
+            # must not hide the free ones below from later (uncontended) allocations.
+            uow.after_commit.append(lambda sid=sid, sig=sig, n=n, low=free[0]: _advance(sid, sig, n, low))
+            return ip
     # Every free address seemed in flight: let the store decide (ignore the in-flight hint).
     for n in _candidates(subnet, 0) if skipped else ():
         ip = str(ipaddress.ip_address(n))
@@ -168,8 +192,11 @@ def _lowest_free(uow: UnitOfWork, subnet: dict[str, Any], port_id: str) -> str |
     return None
 
 
-def _advance(subnet_id: str, sig: str, n: int) -> None:
+def _advance(subnet_id: str, sig: str, n: int, low: int | None = None) -> None:
+    """After a commit that claimed address `n`: it is no longer in flight, and the hint moves up
+    to `low` (default `n`), an address below which every pool address was seen taken."""
     _in_flight.pop((subnet_id, n), None)
+    n = n if low is None else low
     if len(_in_flight) > 4096:  # drop what aborted units left behind
         now = time.monotonic()
         for key in [k for k, until in list(_in_flight.items()) if until <= now]:

@@ -98,8 +98,10 @@ class IdSource:
 
     def __init__(self) -> None:
         self._ids: dict[str, list[str]] = {}
+        self.attempts = 0  # cursors handed out: the attempts of the request so far
 
     def cursor(self) -> dict[str, int]:
+        self.attempts += 1
         return {}
 
     def take(self, cursor: dict[str, int], collection: str) -> str:
@@ -149,6 +151,7 @@ class UnitOfWork:
         self._claims: set[str] = set()
         self._ids = ids or IdSource()
         self._cursor = self._ids.cursor()
+        self.attempt = self._ids.attempts  # 1 on the first run of the function, 2 on its rerun...
         self._created: set[str] = set()  # resource keys under ids of this request
         self.after_commit: list[Callable[[], None]] = []
         self.hook_state: dict[str, Any] = {}  # the stage hook's per-transaction notes

@@ -5,6 +5,8 @@ initial `range`, feeding `ViewIndex` on the event loop (callbacks come on the co
 and are handed over with `call_soon_threadsafe`). Every value is parsed once, here; listeners
 (the UI's change feed) get each revision's changes as (collection, id, before, after) plus
 `objects()`, the hub's own copy of every resource, so nothing else keeps a watch or a copy.
+On etcd with the read cache on, the hub's watch rides the store mirror's stream (docs/store.md,
+"One watch per server"): one watch of etcd per server, not one for the mirror and one here.
 
 For every tracked host (registered or subscribed) the hub keeps the recent update lines that
 touched the host (all hosts' logs together hold at most LOG_BYTES; the oldest lines go first),

@@ -41,19 +41,25 @@ Nothing here writes: transactions and compares always go to etcd.
 
 from __future__ import annotations
 
+import base64
 import bisect
+import collections
 import contextlib
 import json
 import logging
+import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
 
-from vxnet.store.contract import KeyValue, StoreError
+from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, StoreError, WatchCallback
 from vxnet.store.etcd_wire import _b64, _kv
+
+log = logging.getLogger(__name__)
 
 
 class EtcdGateway(Protocol):
@@ -67,14 +73,65 @@ class EtcdGateway(Protocol):
     def _current(self) -> str: ...
     def _rotate(self, failed: str) -> None: ...
 
-log = logging.getLogger(__name__)
-
 ALL = "\0"     # key "\0" with range_end "\0": every key (etcd's "all keys >= key")
 PAGE = 2000    # keys per page of the initial load
 # gRPC metadata "hasleader" (through the gateway's Grpc-Metadata- headers): etcd ends the watch
 # when its member has lost the leader (partitioned, or its peers gone), instead of keeping a
 # stream open that receives nothing while the mirror keeps serving what it has.
 REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
+# Keys the mirror does not hold: the exactly-once attempt markers (services/repo.py TXN_PREFIX),
+# one put and one lease-expiry delete per write, read only linearizably from etcd. Their events
+# still advance the mirror's revision (every revision reaches it); `EtcdStore` sends reads and
+# watches that could include them to etcd.
+UNMIRRORED = "/vxnet-txn/"
+# The base64 of its first 9 bytes is the first 12 characters of every such key on the wire: a
+# cheap test before decoding.
+_UNMIRRORED_B64 = base64.b64encode(UNMIRRORED[:9].encode()).decode()
+HISTORY = 1024  # revisions of events kept to start a watch a little in the past (old values: memory)
+
+
+def unmirrored(prefix: str) -> bool:
+    """Whether keys under `prefix` may be keys the mirror does not hold."""
+    return UNMIRRORED.startswith(prefix) or prefix.startswith(UNMIRRORED)
+
+
+class Subscription:
+    """A watch served from the mirror's stream (`Mirror.subscribe`): its own thread delivers
+    the revisions of `prefix` in order, as a store watch does; `cancel` stops it."""
+
+    def __init__(self, mirror: Mirror, prefix: str, start: int, callback: WatchCallback,
+                 on_error: Callable[[Exception], None] | None) -> None:
+        self.mirror = mirror
+        self.prefix = prefix
+        self.next_rev = start
+        self.callback = callback
+        self.on_error = on_error
+        self.cancelled = threading.Event()
+        self.queue: queue.SimpleQueue[list[Event] | Exception | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=f"vxnet-etcd-watch {prefix}", daemon=True)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self.mirror._unsubscribe(self)
+        self.queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None or self.cancelled.is_set():
+                return
+            if isinstance(item, Exception):
+                self.cancelled.set()
+                if self.on_error is not None:
+                    try:
+                        self.on_error(item)
+                    except Exception:
+                        log.exception("watch error handler for %s failed", self.prefix)
+                return
+            try:
+                self.callback(item)
+            except Exception:
+                log.exception("watch callback for %s failed", self.prefix)
 
 
 class Mirror:
@@ -95,6 +152,12 @@ class Mirror:
         self._stop = threading.Event()
         self._response: httpx.Response | None = None
         self.loads = 0              # full loads so far (the first one included)
+        self._subs: list[Subscription] = []
+        # (revision, its events) of the last HISTORY revisions that changed mirrored keys; every
+        # revision from `_hist_from` to `_rev` is in it or changed only unmirrored keys.
+        self._hist: collections.deque[tuple[int, list[Event]]] = collections.deque()
+        self._hist_from = 1
+        self._compacted_at = 0
         self._load()                # fail early, like the store itself
         self._thread = threading.Thread(target=self._run, name="vxnet-etcd-mirror", daemon=True)
         self._thread.start()
@@ -141,6 +204,33 @@ class Mirror:
     def live(self) -> bool:
         return self._live
 
+    # --- watches (the store serves its watches from the mirror's stream) ----------------------
+
+    def subscribe(self, prefix: str, start: int, callback: WatchCallback,
+                  on_error: Callable[[Exception], None] | None) -> Subscription | None:
+        """Deliver the events under `prefix` from revision `start` on, from this mirror's stream
+        (no watch of its own on etcd), or None when the mirror's history no longer reaches back
+        to `start` (then the store opens a watch of its own). Same order and batches as a store
+        watch; `on_error` gets CompactedError when the mirror had to reload (it missed
+        revisions, so the subscriber did too)."""
+        sub = Subscription(self, prefix, start, callback, on_error)
+        with self._cond:
+            if start < self._hist_from:
+                return None
+            for rev, events in self._hist:
+                if rev >= start:
+                    mine = [e for e in events if e.kv.key.startswith(prefix)]
+                    if mine:
+                        sub.queue.put(mine)
+            sub.next_rev = max(start, self._rev + 1)
+            self._subs.append(sub)
+        sub.thread.start()
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._cond, contextlib.suppress(ValueError):
+            self._subs.remove(sub)
+
     # --- upkeep -------------------------------------------------------------------------------
 
     def kick(self) -> None:
@@ -161,6 +251,10 @@ class Mirror:
         self._set_down()
         self.kick()
         self._thread.join(5)
+        with self._cond:
+            subs, self._subs = self._subs, []
+        for sub in subs:
+            sub.cancel()
 
     def _load(self) -> None:
         """Replace the mirror by a full read of every key at one revision."""
@@ -175,7 +269,7 @@ class Mirror:
             data = self._store._call("/v3/kv/range", body, idempotent=True)
             rev = rev or int(data["header"]["revision"])
             page = [_kv(raw) for raw in data.get("kvs", [])]
-            kvs += page
+            kvs += [kv for kv in page if not kv.key.startswith(UNMIRRORED)]
             if not data.get("more") or not page:
                 break
             start = page[-1].key + "\0"
@@ -186,22 +280,51 @@ class Mirror:
             self._rev = rev
             self._need_load = False
             self.loads += 1
+            self._hist.clear()
+            self._hist_from = rev + 1
+            subs, self._subs = self._subs, []   # they missed what the mirror missed: relist
             self._cond.notify_all()
+        for sub in subs:
+            sub.queue.put(CompactedError(self._compacted_at or rev))
 
     def _apply(self, events: list[dict[str, Any]]) -> None:
-
-        parsed = [(raw.get("type") == "DELETE", _kv(raw["kv"])) for raw in events]
+        parsed: list[Event] = []
+        last = 0   # the last revision of the response, unmirrored keys included
+        for raw in events:
+            kv_raw = raw["kv"]
+            if kv_raw.get("key", "").startswith(_UNMIRRORED_B64):
+                last = max(last, int(kv_raw.get("mod_revision", 0)))
+                if base64.b64decode(kv_raw["key"]).decode().startswith(UNMIRRORED):
+                    continue
+            parsed.append(Event(EventType.DELETE if raw.get("type") == "DELETE" else EventType.PUT, _kv(kv_raw)))
+        batches: list[tuple[int, list[Event]]] = []
+        for ev in parsed:   # one batch per revision, as a store watch delivers them
+            if batches and batches[-1][0] == ev.kv.mod_revision:
+                batches[-1][1].append(ev)
+            else:
+                batches.append((ev.kv.mod_revision, [ev]))
         with self._cond:
             kvs, keys = self._kv, self._keys
-            for deleted, kv in parsed:
-                if deleted:
+            for ev in parsed:
+                kv = ev.kv
+                if ev.type is EventType.DELETE:
                     if kvs.pop(kv.key, None) is not None:
                         del keys[bisect.bisect_left(keys, kv.key)]
                 else:
                     if kv.key not in kvs:
                         bisect.insort(keys, kv.key)
                     kvs[kv.key] = kv
-                self._rev = max(self._rev, kv.mod_revision)
+            hist = self._hist
+            for rev, batch in batches:
+                hist.append((rev, batch))
+                for sub in self._subs:
+                    if rev >= sub.next_rev:
+                        mine = [e for e in batch if e.kv.key.startswith(sub.prefix)]
+                        if mine:
+                            sub.queue.put(mine)
+            while len(hist) > HISTORY:
+                self._hist_from = hist.popleft()[0] + 1
+            self._rev = max(self._rev, last, batches[-1][0] if batches else 0)
             if self._target is not None and self._rev >= self._target:
                 self._target = None
                 self._live = True
@@ -275,6 +398,7 @@ class Mirror:
                                 log.warning("etcd mirror behind the compaction point %s: reloading",
                                             res["compact_revision"])
                                 self._need_load = True
+                                self._compacted_at = int(res["compact_revision"])
                                 failed = False
                             break
                         if res.get("events"):

@@ -35,7 +35,16 @@ round trip each. Consistency:
   first asks etcd for its current revision (so reading back staged writes sees them if they
   landed).
 - While the mirror's stream is down (member lost, reloading after compaction) reads go to etcd.
-- Transactions, compares, watches and leases always go to etcd: CAS stays linearizable.
+- Transactions, compares and leases always go to etcd: CAS stays linearizable.
+- Keys under `cache.UNMIRRORED` (the exactly-once attempt markers) are not in the mirror: reads
+  and watches that may include them go to etcd.
+
+Watches, while the mirror is on, are served from the mirror's own stream (`Mirror.subscribe`):
+one watch of the whole key space per store, not one per caller, so each event crosses the
+wire and is decoded once per server. A watch starting further back than the mirror's recent
+history (`cache.HISTORY` revisions) gets a watch of its own on etcd. Either way: in order, one
+batch per revision, no gap, no duplicate, CompactedError when history was lost. A watch fed by
+the mirror never runs ahead of the mirror's reads: whatever it delivered, a read then shows.
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ from typing import Any
 
 import httpx
 
-from vxnet.store.cache import Mirror
+from vxnet.store.cache import UNMIRRORED, Mirror, unmirrored
 from vxnet.store.contract import (
     CompactedError,
     Compare,
@@ -69,6 +78,7 @@ from vxnet.store.contract import (
     WatchCallback,
     prefix_end,
 )
+from vxnet.store.etcd_http import NeverSent, Pool, Unanswered
 from vxnet.store.etcd_wire import _b64, _kv
 
 log = logging.getLogger(__name__)
@@ -184,7 +194,7 @@ class EtcdStore:
             verify = ssl.create_default_context(cafile=ca)
             if cert and key:
                 verify.load_cert_chain(cert, key)
-        self._client = httpx.Client(timeout=timeout, verify=verify)
+        self._pool = Pool(timeout, verify if isinstance(verify, ssl.SSLContext) else None)
         self._stream_client = httpx.Client(timeout=httpx.Timeout(timeout, read=None), verify=verify)
         self._closed = threading.Event()
         self._watches: list[_Watch] = []
@@ -218,19 +228,18 @@ class EtcdStore:
         for _ in range(2 * len(self._eps)):
             ep = self._current()
             try:
-                r = self._client.post(ep + path, json=body)
-            except httpx.ConnectError as e:  # never reached a member: always safe to retry
+                status, data = self._pool.post(ep, path, body)
+            except NeverSent as e:  # never reached a member: always safe to retry
                 last = e
                 self._rotate(ep)
                 continue
-            except httpx.HTTPError as e:
+            except Unanswered as e:
                 if not idempotent:
                     raise StoreUnavailable(f"etcd request to {ep} failed, outcome unknown: {e}") from e
                 last = e
                 self._rotate(ep)
                 continue
-            data = r.json()
-            if r.status_code != 200 or "error" in data:
+            if status != 200 or "error" in data:
                 code = int(data.get("code", 2))
                 if code in (14, 4):  # UNAVAILABLE, DEADLINE_EXCEEDED: no leader right now
                     last = _EtcdError(code, data.get("message", ""))
@@ -270,8 +279,12 @@ class EtcdStore:
         self.reads_etcd += 1
         return None
 
+    def _uncached(self) -> None:
+        """For a read the mirror cannot answer (keys it leaves out): counted, goes to etcd."""
+        self.reads_etcd += 1
+
     def get(self, key: str) -> KeyValue | None:
-        m = self._cached()
+        m = self._cached() if not key.startswith(UNMIRRORED) else self._uncached()
         if m is not None:
             return m.get(key)
         data = self._call("/v3/kv/range", {"key": _b64(key)}, idempotent=True)
@@ -290,7 +303,7 @@ class EtcdStore:
         return _kv(kvs[0]) if kvs else None
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        m = self._cached()
+        m = self._cached() if not unmirrored(prefix) else self._uncached()
         if m is not None:
             return m.range(prefix)
         kvs, rev = self._real_range(prefix)
@@ -385,19 +398,30 @@ class EtcdStore:
         if self._closed.is_set():
             raise StoreError("store is closed")
         start_revision = max(start_revision, 1)
+        # A start etcd has compacted away fails now, even if the mirror could replay it (the
+        # contract's answer); two round trips per watch opened, which is rare (start, relist).
         if start_revision <= self._real_revision():
-            try:  # a range at a compacted revision fails: tell the caller now, not later
-                self._call("/v3/kv/range", {"key": _b64(prefix), "count_only": True,
-                                            "revision": str(start_revision)}, idempotent=True)
-            except _EtcdError as e:
-                if e.code == 11 and "compacted" in str(e):
-                    raise CompactedError(self._compact_revision(prefix, start_revision)) from None
-                raise
+            self._check_not_compacted(prefix, start_revision)
+        if self._mirror is not None and not unmirrored(prefix):
+            sub = self._mirror.subscribe(prefix, start_revision, callback, on_error)
+            if sub is not None:
+                return sub
         w = _Watch(self, prefix, start_revision, callback, on_error)
         with self._lock:
             self._watches.append(w)
         w.thread.start()
         return w
+
+    def _check_not_compacted(self, prefix: str, start_revision: int) -> None:
+        """Raise CompactedError if etcd no longer holds revision `start_revision` (at most the
+        cluster's current one)."""
+        try:  # a range at a compacted revision fails: tell the caller now, not later
+            self._call("/v3/kv/range", {"key": _b64(prefix), "count_only": True,
+                                        "revision": str(start_revision)}, idempotent=True)
+        except _EtcdError as e:
+            if e.code == 11 and "compacted" in str(e):
+                raise CompactedError(self._compact_revision(prefix, start_revision)) from None
+            raise
 
     def _compact_revision(self, prefix: str, start: int) -> int:
         body = {"create_request": {"key": _b64(prefix), "start_revision": str(start)}}
@@ -451,5 +475,5 @@ class EtcdStore:
             w.cancel()
         if self._mirror is not None:
             self._mirror.close()
-        self._client.close()
+        self._pool.close()
         self._stream_client.close()
