@@ -63,9 +63,15 @@ def quiet_ns(ns: str) -> None:
     nsx(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 
 
-def vm_nic_settings(ns: str) -> None:
-    """The vxnet lab's VM NIC offloads (topology.add_vm): TSO/GSO/GRO off, so MTU bugs show."""
-    nsx(ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", check=False)
+VM_OFFLOADS = True   # the vxnet lab's VMs (topology.add_vm): guest-like, TSO/GSO/GRO on
+_ON = "on" if VM_OFFLOADS else "off"
+
+
+def vm_nic_settings(ns: str, offloads: bool = VM_OFFLOADS) -> None:
+    """The vxnet lab's VM NIC offloads (topology.add_vm): TSO/GSO/GRO on like a virtio-net
+    guest's; off (`offloads=False`) where a row must show MTU behaviour (GSO skips the MTU checks)."""
+    v = "on" if offloads else "off"
+    nsx(ns, "ethtool", "-K", "eth0", "tso", v, "gso", v, "gro", v, check=False)
 
 
 def namespaces(prefix: str) -> list[str]:
@@ -239,7 +245,7 @@ class KernelLab:
                 ["ip", "-n", ns, "-batch", "-", (f"link set eth0 address {vm.mac} mtu {MTU}\nlink set eth0 up\n"
                  f"addr add {vm.ip}/24 dev eth0\n")],
                 ["ip", "-n", new, "link", "set", tap, "mtu", str(MTU), "master", self.br(vm.vni), "up"],
-                ["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"]]
+                ["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", _ON, "gso", _ON, "gro", _ON]]
         vx = self.vx(vm.vni)
         rewrite = [(new, f"fdb del {vm.mac} dev {vx} self\nfdb replace {vm.mac} dev {tap} master static\n")]
         rewrite += [(self.host_ns(j), (f"fdb replace {vm.mac} dev {vx} self dst {self.vtep(new_host)}\n"

@@ -15,8 +15,11 @@ Layout (every name starts with `vxl`; `down()` finds everything by that prefix):
   subnet's gateway) are its ports. The outside reaches a tenant's IPv6 prefix only through a
   route the operator adds (`outside_route6`: prefix via the router's external IPv6 address).
 IPv6 is off in every other lab namespace (clean captures) until a test or the demo turns it on
-in a VM (`vm_ipv6`). VM offloads are off (KERNEL-NOTES §8) so
-MTU mistakes are not hidden by GSO.
+in a VM (`vm_ipv6`). VM NICs have guest-like offloads (TSO/GSO/GRO on, as virtio-net guests
+have them), so throughput is measured as users run it; a test of MTU handling turns them off in
+its VMs (`vm_offloads(name, False)`): GSO skbs skip the MTU checks on the veth/bridge path
+(KERNEL-NOTES §8) and would hide an MTU mistake. The outside namespace keeps the veth defaults
+(offloads on).
 """
 
 from __future__ import annotations
@@ -156,20 +159,27 @@ def build_external(host_indexes: Sequence[int]) -> None:
               f"addr add {EXTERNAL_GATEWAY_IP6}/64 dev {EXTERNAL_DEV} nodad preferred_lft 0",
               f"link set {EXTERNAL_DEV} up"],
              EXTERNAL_NS)
-    # Offloads off like the VMs': GSO would hide MTU mistakes (KERNEL-NOTES §8) and make the
-    # outside a faster sender than any VM.
-    sh(["ip", "netns", "exec", EXTERNAL_NS, "ethtool", "-K", EXTERNAL_DEV, "tso", "off", "gso", "off", "gro", "off"],
-       check=False)
     for i in host_indexes:
         ip_batch([f"link add vxlx-h{i} type veth peer name {HOST_EXTERNAL_DEV} netns {host_ns(i)}",
                   f"link set vxlx-h{i} master {EXTERNAL_BR} up"], UNDERLAY_NS)
         ip_batch([f"link set {HOST_EXTERNAL_DEV} up"], host_ns(i))
 
 
+def vm_offloads(name: str, on: bool) -> None:
+    """Turn TSO/GSO/GRO on or off on VM `name`'s eth0 (a veth: both are supported)."""
+    set_offloads(vm_ns(name), "eth0", on)
+
+
+def set_offloads(ns: str, dev: str, on: bool) -> None:
+    """TSO/GSO/GRO of `dev` in `ns` on or off."""
+    v = "on" if on else "off"
+    sh(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tso", v, "gso", v, "gro", v], check=False)
+
+
 def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, mtu: int,
-           gateway: str | None = None) -> None:
+           gateway: str | None = None, offloads: bool = True) -> None:
     """A VM namespace whose eth0 is the peer of `tap` in the host namespace (tap up, in no
-    bridge: the agent plugs it)."""
+    bridge: the agent plugs it); `offloads`: TSO/GSO/GRO on eth0 (on, like a virtio-net guest)."""
     ns = vm_ns(name)
     sh(["ip", "netns", "add", ns])
     _quiet_ns(ns)
@@ -184,7 +194,7 @@ def add_vm(name: str, host_netns: str, tap: str, mac: str, cidr_ip: str | None, 
     sh(["ip", "-n", host_netns, "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns])
     ip_batch(lines, ns)
     sh(["ip", "-n", host_netns, "link", "set", tap, "up"])
-    sh(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"], check=False)
+    set_offloads(ns, "eth0", offloads)
 
 
 def vm_ipv6(name: str, cidr_ip: str, gateway: str | None = None) -> None:
@@ -205,7 +215,7 @@ def outside_route6(prefix: str, via: str) -> None:
 
 
 def move_vm(name: str, old_host_netns: str, new_host_netns: str, tap: str, mac: str, cidr_ip: str | None,
-            mtu: int) -> None:
+            mtu: int, offloads: bool = True) -> None:
     """Live-migrate the VM's NIC: its tap disappears from the old host and appears on the new one."""
     ns = vm_ns(name)
     sh(["ip", "-n", old_host_netns, "link", "del", tap], check=False)
@@ -215,7 +225,7 @@ def move_vm(name: str, old_host_netns: str, new_host_netns: str, tap: str, mac: 
         lines.append(f"addr add {cidr_ip} dev eth0")
     ip_batch(lines, ns)
     sh(["ip", "-n", new_host_netns, "link", "set", tap, "up"])
-    sh(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"], check=False)
+    set_offloads(ns, "eth0", offloads)
 
 
 def del_vm(name: str) -> None:
