@@ -1,16 +1,21 @@
 """Data plane VM-to-VM throughput and latency: vxnet vs a hand-built kernel VXLAN path vs the raw
-underlay vs OVN's lab, side by side in one run (issue 9, item 3).
+underlay vs OVN's lab, side by side in one run (issue 9, item 3; issue 18: as users run it).
 
 What runs, all in one private network + mount namespace (bench.port_up_bench.in_sandbox), all
-built before the first measurement and kept until the last:
-- vxnet: `vxnet lab up` (server + 3 real agents), one network, VMs dp1@h1, dp2@h2, dp3@h1
-  created through the API, measured once every port is ACTIVE.
+built before the first measurement and kept until the last. Every VM has guest-like offloads
+(TSO/GSO/GRO on, as virtio-net guests have them, bench.kernel_lab.vm_nic_settings); one row turns
+them off on its two VMs for that row only (the old lab setting, what MTU tests use).
+- vxnet: `vxnet lab up` (server + 3 real agents), one network, VMs dp1@h1, dp2@h2, dp3@h1 in
+  the default security group and dq1@h1, dq2@h2, dq3@h1 with port security off, created through
+  the API, measured once every port is ACTIVE; a router to a second network (dr2@h2, dr3@h1) and,
+  with a gateway host, a floating IP for dp1.
 - kernel: bench.kernel_lab.KernelLab "static" (`vxk-*`): the KERNEL-NOTES §2 recipe by hand,
-  same VNI/MTU (1450)/bridge-port flags/VM offloads (TSO/GSO/GRO off) as the lab's VMs, no
-  control plane: the physical limit of this design on this machine.
+  same VNI/MTU (1450)/bridge-port flags/VM offloads as the lab's VMs, no control plane, with
+  the KERNEL-NOTES §6 security-group recipe (`apply_firewall`); and a second one (`vxp-*`),
+  plain: no table, `bridge-nf-call-iptables=0`: the physical limit of this design here.
 - underlay: iperf3/ping between two of the kernel lab's host namespaces over the underlay
   bridge (host defaults: MTU 1500, offloads on), and over a plain veth pair `vxk-u1`/`vxk-u2`
-  with the VMs' settings (MTU 1450, TSO/GSO/GRO off): no bridge, no VXLAN.
+  with the VMs' settings (MTU 1450, offloads on): no bridge, no VXLAN.
 - OVN: ../shared/peers/ovn-lab.sh `start` (3 chassis, OVS userspace datapath, Geneve; its VMs
   are MTU 1400 with tx checksum offload off, which its datapath needs), then our own iperf3/ping
   on its VMs, and once its own `measure` (NPORTS=0) whose lines are quoted verbatim.
@@ -18,7 +23,8 @@ built before the first measurement and kept until the last:
 Each row is a function `(Labs) -> Path` in ROWS (add routed / floating-IP rows the same way).
 Every round measures every row once, the order reversed on every other round (alternating
 rounds, so load from others falls on every row); per row: iperf3 single stream for
-`--dp-seconds`, then `ping -c 200 -i 0.01` after 3 warm-up pings. The table gives the median
+`--dp-seconds` (with the CPU it took: iperf3's own rusage figure and /proc/stat), then
+`ping -c N -i 0.01` after 3 warm-up pings. The table gives the median
 over rounds of iperf3 Gbit/s and the pooled RTT avg/p50/p99; ratios are per-round ratios,
 median over rounds.
 
