@@ -4,7 +4,7 @@ Inside one private network + mount namespace (bench.port_up_bench.in_sandbox): `
 --hosts 2 --gateways 1 --external` (h3 is the gateway host). Tenant network 100.64.40.0/24
 behind a router with its gateway on the flat external network; VM v1 on h1 (default route: the
 distributed router on h1, which sends north-south traffic to the snat port), VM d1 on the
-gateway host h3. Every sender (VMs and the outside client) has offloads off.
+gateway host h3. Every sender (VMs and the outside client) has guest-like offloads (TSO/GSO/GRO on).
 - floating-IP path: outside client (vxl-x) -> floating IP -> gateway namespace (DNAT) ->
   VXLAN h3 -> h1 -> v1; replies v1 -> router namespace on h1 -> VXLAN -> gateway namespace.
 - direct path (same run, same hosts, same VXLAN hop, no namespace and no NAT): d1 on h3 -> v1.

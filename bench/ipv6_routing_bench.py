@@ -109,7 +109,7 @@ def run(opts: argparse.Namespace) -> Report:
                          f"NAT): here {lat:.2f}x its p50 ping latency and {g:.2f}x its throughput.")
     notes = [(f"{rounds} alternating rounds (row order reversed every other round); each row: iperf3 -t {seconds:g} "
               f"single TCP stream (receiver Gbit/s), then {count} pings 10 ms apart (3 warm-up pings not counted). "
-              "VMs: MTU 1450, TSO/GSO/GRO off; port security off on both ports (both families alike)."),
+              "VMs: MTU 1450, TSO/GSO/GRO on (guest-like); port security off on both ports (both families alike)."),
              f"Lab setup (networks, router, 2 VMs ACTIVE, first routed pings answered): {res['setup_s']:.1f} s."
              if res.get("setup_s") else "Lab setup did not finish.",
              common.load_note(load0, [row["rounds"] for row in res["rows"]])]

@@ -63,9 +63,15 @@ def quiet_ns(ns: str) -> None:
     nsx(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 
 
-def vm_nic_settings(ns: str) -> None:
-    """The vxnet lab's VM NIC offloads (topology.add_vm): TSO/GSO/GRO off, so MTU bugs show."""
-    nsx(ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off", check=False)
+VM_OFFLOADS = True   # the vxnet lab's VMs (topology.add_vm): guest-like, TSO/GSO/GRO on
+_ON = "on" if VM_OFFLOADS else "off"
+
+
+def vm_nic_settings(ns: str, offloads: bool = VM_OFFLOADS) -> None:
+    """The vxnet lab's VM NIC offloads (topology.add_vm): TSO/GSO/GRO on like a virtio-net
+    guest's; off (`offloads=False`) where a row must show MTU behaviour (GSO skips the MTU checks)."""
+    v = "on" if offloads else "off"
+    nsx(ns, "ethtool", "-K", "eth0", "tso", v, "gso", v, "gro", v, check=False)
 
 
 def namespaces(prefix: str) -> list[str]:
@@ -239,7 +245,7 @@ class KernelLab:
                 ["ip", "-n", ns, "-batch", "-", (f"link set eth0 address {vm.mac} mtu {MTU}\nlink set eth0 up\n"
                  f"addr add {vm.ip}/24 dev eth0\n")],
                 ["ip", "-n", new, "link", "set", tap, "mtu", str(MTU), "master", self.br(vm.vni), "up"],
-                ["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"]]
+                ["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tso", _ON, "gso", _ON, "gro", _ON]]
         vx = self.vx(vm.vni)
         rewrite = [(new, f"fdb del {vm.mac} dev {vx} self\nfdb replace {vm.mac} dev {tap} master static\n")]
         rewrite += [(self.host_ns(j), (f"fdb replace {vm.mac} dev {vx} self dst {self.vtep(new_host)}\n"
@@ -326,6 +332,14 @@ def nic_settings(ns: str, dev: str) -> str:
             f"{f('generic-segmentation-offload')} gro {f('generic-receive-offload')} tx-csum {f('tx-checksumming')}")
 
 
+def proc_stat_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat (busy = everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    total = sum(v[:8])
+    return total - v[3] - v[4], total
+
+
 def _kill(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -348,8 +362,10 @@ def iperf3_run(src_ns: str, dst_ns: str, dst_ip: str, seconds: float, bind_ip: s
             if ":5201" in nsx(dst_ns, "ss", "-ltnH", "sport = :5201", check=False).stdout:
                 break
             time.sleep(0.05)
+        st0, t0 = proc_stat_busy(), time.monotonic()
         r = nsx(src_ns, "iperf3", "-c", dst_ip, "-p", "5201", "-t", str(seconds), "-J", check=False,
                 timeout=seconds + 30)
+        st1, t1 = proc_stat_busy(), time.monotonic()
         try:
             j = json.loads(r.stdout)
         except ValueError:
@@ -357,8 +373,15 @@ def iperf3_run(src_ns: str, dst_ns: str, dst_ip: str, seconds: float, bind_ip: s
         if "error" in j:
             return {"error": str(j["error"])[:200]}
         end = j["end"]
+        cpu = end.get("cpu_utilization_percent") or {}
         return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                "retransmits": end["sum_sent"].get("retransmits")}
+                "retransmits": end["sum_sent"].get("retransmits"),
+                # CPUs busy during the run: both iperf3 processes (their own rusage: the softirq work
+                # done in their context, i.e. most of the veth/bridge/VXLAN path, is in it), and the
+                # whole machine from /proc/stat (includes everything else running, other load too)
+                "cpu_iperf": (cpu.get("host_total", 0.0) + cpu.get("remote_total", 0.0)) / 100,
+                "cpu_machine": (st1[0] - st0[0]) / max(1e-9, (st1[1] - st0[1])) * (os.cpu_count() or 1),
+                "wall": t1 - t0}
     finally:
         _kill(srv)
 

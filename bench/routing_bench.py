@@ -98,7 +98,7 @@ def run(opts: argparse.Namespace) -> Report:
                          "L2 across hosts, 1.23x).")
     notes = [(f"{rounds} alternating rounds (row order reversed every other round); each row: iperf3 -t {seconds:g} "
               f"single TCP stream (receiver Gbit/s), then {count} pings 10 ms apart (3 warm-up pings not counted). "
-              "VMs: MTU 1450, TSO/GSO/GRO off (the lab's VM settings); the port security / security group "
+              "VMs: MTU 1450, TSO/GSO/GRO on (the lab's guest-like VM settings); the port security / security group "
               "tables of the firewall feature are active on every VM port (default group)."),
              f"Lab setup (networks, router, 5 VMs ACTIVE, first routed ping answered): {res['setup_s']:.1f} s."
              if res.get("setup_s") else "Lab setup did not finish.",

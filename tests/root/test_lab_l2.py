@@ -5,7 +5,7 @@
 - First contact across hosts: 0 ARP and 0 broadcast frames on the underlay, a ping = 2 unicast
   VXLAN frames.
 - A port becomes ACTIVE only once its data path is applied (the first ping after ACTIVE works).
-- VMs run with offloads off and MTU 1450: a 1422-byte DF ping (1450 on the wire) crosses,
+- VMs run with MTU 1450 (offloads on by default, off for the MTU check): a 1422-byte DF ping (1450 on the wire) crosses,
   a 1423-byte one does not.
 """
 
@@ -57,13 +57,21 @@ def test_l2_across_hosts_projects_isolated(lab3: Lab) -> None:
     assert ping("a1", "192.0.2.12", count=5, interval=0.05) == 5
     assert rx("b2") == before, "a frame of project A reached project B"
 
-    # MTU: 1450 on the VM NICs, offloads off; the largest unfragmented ping crosses, one more byte does not.
+    # VMs come up with guest-like offloads (TSO/GSO/GRO on, as virtio-net guests have them).
+    feats = nsexec(topology.vm_ns("a1"), "ethtool", "-k", "eth0").stdout
+    assert "generic-segmentation-offload: on" in feats and "tcp-segmentation-offload: on" in feats
+    # MTU: 1450 on the VM NICs, offloads off (GSO would skip the MTU checks, KERNEL-NOTES §8);
+    # the largest unfragmented ping crosses, one more byte does not.
+    for vm in ("a1", "a2"):
+        topology.vm_offloads(vm, False)
     r = nsexec(topology.vm_ns("a1"), "ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1422", "192.0.2.12")
     assert r.returncode == 0, r.stdout + r.stderr
     r = nsexec(topology.vm_ns("a1"), "ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1423", "192.0.2.12")
     assert r.returncode != 0
     feats = nsexec(topology.vm_ns("a1"), "ethtool", "-k", "eth0").stdout
     assert "generic-segmentation-offload: off" in feats and "tcp-segmentation-offload: off" in feats
+    for vm in ("a1", "a2"):
+        topology.vm_offloads(vm, True)
 
 
 def test_port_delete_removes_its_entries_everywhere(lab3: Lab) -> None:

@@ -156,6 +156,23 @@ def test_port_chains_stateful_and_stateless() -> None:
     assert '"vxb-aaaaaaaa-00" : 1001, "vxb-bbbbbbbb-00" : 1002' in zone
 
 
+def test_conntrack_only_for_frames_from_or_to_a_stateful_port() -> None:
+    ports = base_ports()
+    ports[0]["allowed_address_pairs"] = [{"ip_address": "192.0.2.99", "mac_address": "02:00:00:00:aa:bb"}]
+    ports.append(port("p5000000-0000-4000-8000-000000000005", "192.0.2.15", groups=(G1, GS)))   # a mix: stateful
+    fw = compute_firewall(view(ports), "h1")
+    sg = next(t for t in fw.tables if t.family == "inet")
+    ct_macs = next(s for s in sg.sets if s.name == "ct_macs")
+    # local stateful ports' MACs and pair MACs only: not the stateless P3, not P4 (port security
+    # off), not P2 (another host)
+    assert ct_macs.elements == {"02:00:00:00:02:0b", "02:00:00:00:aa:bb", "02:00:00:00:02:0f"}
+    zone = chain(fw, "inet", "zone")
+    # stateless notrack first, then every bridged frame neither from nor to a tracked MAC, then zones
+    assert zone[0].startswith("meta mark and 0x0000ffff")
+    assert zone[-2].startswith('iifname "vxb-*" ether saddr != @ct_macs ether daddr != @ct_macs counter notrack accept')
+    assert zone[-1].startswith("counter ct zone set iifname map")
+
+
 def test_port_with_no_group_drops_everything_but_dhcp() -> None:
     fw = compute_firewall(view([port(P1, "192.0.2.11", groups=())]), "h1")
     p = fw.port(P1)
@@ -495,7 +512,8 @@ def test_ipv6_rules_render_with_remote_group_sets_and_icmpv6() -> None:
     in1 = chain(fw, "inet", f"in_{fw.port(P1).ident}")
     assert not any("icmpv6" in r for r in in1)                  # P1 has no IPv6 address
     sg = next(t for t in fw.tables if t.family == "inet")
-    assert {s.name: s.type for s in sg.sets if s.kind == "set"} == {f"rg6_{G2.replace('-', '')}": "ipv6_addr"}
+    assert {s.name: s.type for s in sg.sets if s.kind == "set"} == {f"rg6_{G2.replace('-', '')}": "ipv6_addr",
+                                                                     "ct_macs": "ether_addr"}
     # decide() evaluates them; an IPv4 packet never matches an IPv6 rule
     assert fwm.decide(fw, P1, "ingress", fwm.Packet("2001:db8:1::5", "2001:db8::11", 6, dport=80)) == \
         ("accept", "sg:r6-group")

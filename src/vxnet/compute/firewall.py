@@ -32,7 +32,11 @@ ports are therefore tagged with skb marks in bridge-family chains):
     the number of ports on the host (the inline form rewrote every port's entry).
 - `table inet vxnet_sg`
   - `zone` (prerouting, raw): `notrack accept` for traffic from/to ports whose groups are all
-    `stateful=false`, then `ct zone set iifname map {bridge: zone}` for every network bridge.
+    `stateful=false`; `notrack accept` for a bridged frame whose source and destination MACs
+    are both outside the set `ct_macs` (the MACs, pair MACs included, of local ports with a
+    stateful group): conntrack only where a rule needs state, so ports without port security,
+    routers, DHCP and VXLAN-to-VXLAN frames are not tracked; then
+    `ct zone set iifname map {bridge: zone}` for every network bridge.
   - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>` (map `eg_ports`); `ingress`
     (forward 10) dispatches `mark & 0xffff0000` to `in_<port>` (map `in_ports`). Two base chains, because `accept` only ends
     its own base chain: a packet between two local ports passes both.
@@ -654,6 +658,7 @@ def _vmap(name: str, key_type: str, entries: Iterable[tuple[str, str]]) -> NftSe
 
 HOST_TABLE = naming.HOST_TABLE
 HOST_GUARD = 'iifname "vxb-*"'   # naming.BRIDGE_PREFIX: traffic a tenant bridge hands to the host itself
+CT_MACS = "ct_macs"               # MACs of local stateful ports: only frames from/to them are tracked
 
 
 def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
@@ -691,6 +696,14 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
         if dst6:
             zone_rules.append(_rule(f"iifname . ip6 daddr {_set_text(sorted(set(dst6)))}", "notrack accept",
                                     "stateless-ingress6"))
+    # Conntrack only where a rule needs state: a bridged frame neither from nor to a MAC of a
+    # local stateful port (port security off, routers, DHCP, VXLAN to VXLAN, stateless ports)
+    # is not tracked (issue 18: conntrack costs throughput). Tracking is decided by MAC, the
+    # only thing known here for the receiving side (the bridge has not chosen the port yet):
+    # a frame to a stateful port carries its MAC (or a pair MAC, in the set too); broadcast and
+    # multicast to it are untracked, and its ingress rules decide them as they would a new flow.
+    zone_rules.append(_rule(f"{HOST_GUARD} ether saddr != @{CT_MACS} ether daddr != @{CT_MACS}", "notrack accept",
+                            "untracked"))
     if fw.zones:
         body = ", ".join(f'"{b}" : {z}' for b, z in fw.zones)
         zone_rules.append(_rule("", f"ct zone set iifname map {{ {body} }}", "zones"))
@@ -712,6 +725,7 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     sets += tuple(NftSet(set_name6(g), "ipv6_addr", fw.members6.get(g, frozenset()))
                   for g in sorted({r.remote_group for g in fw.groups for r in g.rules
                                    if r.remote_group and r.ethertype == "IPv6"}))
+    sets += (NftSet(CT_MACS, "ether_addr", frozenset(m for p in fw.ports if p.stateful for m in p.macs), ""),)
     sets += sg_maps
     host = NftTable(*HOST_TABLE, (NftChain("in", (_rule(HOST_GUARD, "drop", "host-guard"),),
                                            "type filter hook input priority 0; policy accept;"),))
