@@ -174,11 +174,17 @@ def set_ports_status(repo: Repo, host: str, wanted: dict[str, str], seen_revisio
     if seen_revision and read_after is not None:
         read_after(seen_revision)
 
+    unknown: list[str] = []
+
     def txn(uow: UnitOfWork) -> list[str]:
         changed = []
+        unknown.clear()
         for pid, status in wanted.items():
             port = uow.get("ports", pid)
-            if port is None or port.get("binding:host_id") != host or port.get("status") == status:
+            if port is None or port.get("binding:host_id") != host:
+                unknown.append(pid)
+                continue
+            if port.get("status") == status:
                 continue
             port["status"] = status
             _touch(port)
@@ -186,7 +192,17 @@ def set_ports_status(repo: Repo, host: str, wanted: dict[str, str], seen_revisio
             changed.append(pid)
         return changed
 
-    return repo.transact(txn)
+    changed = repo.transact(txn)
+    catch_up = getattr(repo.store, "catch_up", None)
+    if unknown and catch_up is not None:
+        # Missing or bound elsewhere in this server's mirror: the port may have been created or
+        # bound through another server a moment ago (the agent can learn it from a server that
+        # is ahead of this one). Read again at the cluster's current revision before dropping
+        # the report (the agent does not repeat it).
+        catch_up()
+        wanted = {pid: wanted[pid] for pid in unknown}
+        changed += repo.transact(txn)
+    return changed
 
 
 def mark_dead(repo: Repo, host: str) -> None:

@@ -262,6 +262,13 @@ class EtcdStore:
         watch of the same cluster): a read waits for the mirror to reach it, as after a write."""
         self._raise_floor(revision)
 
+    def catch_up(self) -> None:
+        """Later reads show everything committed before this call (one linearizable round trip
+        for the current revision): for a read that found nothing where the caller has reason to
+        expect something another server may have just written."""
+        self.reads_etcd += 1
+        self._raise_floor(self._real_revision())
+
     def _cached(self) -> Mirror | None:
         """The mirror when it may answer now (connected, at or past the floor), else None."""
         m = self._mirror
