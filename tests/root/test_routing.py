@@ -197,11 +197,15 @@ def test_extra_route(topo: Topo) -> None:
     nsexec(topology.vm_ns("b3"), "ip", "addr", "add", "203.0.113.5/32", "dev", "lo")
     assert ping("a1", "203.0.113.5", count=1, wait=1) == 0
     topo.set_routes([{"destination": "203.0.113.0/24", "nexthop": IPS["b3"]}])
-    wait_for(lambda: ping("a1", "203.0.113.5", count=1, wait=1) == 1, what="extra route")
-    assert ping("a2", "203.0.113.5") == 2
-    out = nsexec(netns_name(topo.router["id"], "h1"), "ip", "route", "show", "203.0.113.0/24").stdout
-    assert f"via {IPS['b3']} dev {iface_name(topo.iface_b)}" in out
-    topo.set_routes([])
+    try:
+        # Every host's router gets the route in its own agent pass: wait for a1's and a2's.
+        wait_for(lambda: ping("a1", "203.0.113.5", count=1, wait=1) == 1, what="extra route")
+        wait_for(lambda: ping("a2", "203.0.113.5", count=1, wait=1) == 1, what="extra route from a2")
+        assert ping("a2", "203.0.113.5") == 2
+        out = nsexec(netns_name(topo.router["id"], "h1"), "ip", "route", "show", "203.0.113.0/24").stdout
+        assert f"via {IPS['b3']} dev {iface_name(topo.iface_b)}" in out
+    finally:
+        topo.set_routes([])   # also after a failure: a leftover route breaks the next tests
     wait_for(lambda: ping("a1", "203.0.113.5", count=1, wait=1) == 0, what="extra route removed")
 
 
