@@ -29,6 +29,14 @@ host up to it has already been written to the stream (updates are queued on the 
 step that advances `revision`). The agent resumes from the last revision it was told, so a ping
 that overtook a queued update would make a reconnect skip that update forever.
 
+A snapshot (`Snapshot`) holds the ids and objects of the view at its revision (the index
+replaces an object on a change, never edits one) and is written out while it is sent, in pieces:
+the HTTP stream's flow control then keeps what a slow reader has not taken in its socket, not
+1,000 whole snapshots in the server at a cold start. Its pieces make one NDJSON line, and
+updates queued after it follow it. Stream JSON is written by orjson (a value it refuses, an
+integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
+The hub's objects are `compact`ed: one copy of each field name and of values that repeat.
+
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop.
 """
