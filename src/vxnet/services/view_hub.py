@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -247,6 +248,10 @@ class Hub:
         self.fanout_seconds: Any = None  # a prometheus Histogram, set by the API's setup
         self.last_change: dict[str, int] = {}  # host -> last revision that changed its view (`vxnet status`)
         self.reports: dict[str, Obj] = {}      # host -> its agent's last status report (`agent-status/`)
+        # The server's hub (set by its setup): a load runs without the cyclic garbage collector
+        # and ends with `gc.freeze()`, so later full collections skip the loaded objects
+        # (100,000 ports: one full collection scanned ~1.1 M objects, 1-2 s on a shared vCPU).
+        self.freeze_gc = False
 
     # start / stop ------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -309,6 +314,19 @@ class Hub:
         return kvs, rev, live, reports
 
     def _load(self, fetched: tuple[Any, ...] | None = None) -> None:
+        if not self.freeze_gc:
+            self._load_all(fetched)
+            return
+        enabled = gc.isenabled()
+        gc.disable()  # the load makes millions of objects and no garbage cycles
+        try:
+            self._load_all(fetched)
+        finally:
+            if enabled:
+                gc.enable()
+        gc.freeze()
+
+    def _load_all(self, fetched: tuple[Any, ...] | None = None) -> None:
         kvs, rev, live, reports = fetched or self._fetch()
         self.reports = {kv.key[len(STATUS_PREFIX):]: _parse(kv.value) for kv in reports}
         objects: Objects = {c: {} for c in COLLECTIONS}
