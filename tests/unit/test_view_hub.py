@@ -135,8 +135,7 @@ def test_watch_lost_to_compaction_reloads_and_watches_again(tmp_path: Path) -> N
         put(store, "/vxnet/res/ports/p-after", port("p-after"))
         got: list[dict[str, Any]] = []
         for _ in range(200):
-            got += [json.loads(line) for line in b"".join(sub.lines).decode().splitlines()]
-            sub.lines.clear()
+            got += [json.loads(line) for line in sub.take().decode().splitlines()]
             if any(m["type"] == "update" and "p-after" in m["put"].get("ports", {}) for m in got):
                 break
             await asyncio.sleep(0.01)
@@ -148,3 +147,72 @@ def test_watch_lost_to_compaction_reloads_and_watches_again(tmp_path: Path) -> N
     snaps = [m for m in msgs if m["type"] == "snapshot"]
     assert len(snaps) == 2 and "p-missed" in snaps[-1]["view"]["ports"]
     assert any(m["type"] == "update" and "p-after" in m["put"].get("ports", {}) for m in msgs)
+
+
+def test_snapshot_written_in_pieces_is_the_view_at_its_revision(tmp_path: Path, monkeypatch: Any) -> None:
+    """A snapshot is written out while it is sent, in pieces (the stream's flow control then
+    bounds what a slow reader holds): the pieces make the same message as the view at the
+    revision of the subscribe, even when revisions are applied between two pieces; those
+    revisions follow as updates."""
+    from vxnet.services.host_view import full_view
+    from vxnet.services.view_hub import Snapshot
+
+    monkeypatch.setattr(Snapshot, "CHUNK", 2000)
+    monkeypatch.setattr(Snapshot, "GROUP", 3)
+
+    async def run() -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+        store = SqliteStore(str(tmp_path / "s.db"))
+        hub = Hub(store)
+        hub.start(asyncio.get_running_loop())
+        for i in range(40):
+            hub._apply([_port_event(hub.revision + 1, f"p{i:02d}", "hv1" if i % 2 else "hv2")])
+        sub = hub.subscribe("hv1", None, store.revision())
+        expected = full_view(hub.index.objects, hub.index.hosts, "hv1")
+        at = hub.revision
+        chunks: list[bytes] = []
+        stream = hub.lines(sub)
+        async for chunk in stream:
+            chunks.append(chunk)
+            if len(chunks) <= 3:  # between pieces: a port renamed, one more on the host
+                hub._apply([_port_event(hub.revision + 1, f"q{len(chunks)}", "hv1")])
+            if b'"type":"update"' in chunk and chunk.count(b"\n") >= 1 and len(chunks) > 4:
+                break
+        await stream.aclose()
+        hub.stop()
+        store.close()
+        return [json.loads(line) for line in b"".join(chunks).decode().splitlines()], expected, at
+
+    msgs, expected, at = _run(run)
+    assert msgs[0]["type"] == "snapshot" and msgs[0]["revision"] == at
+    view = msgs[0]["view"]
+    assert view.pop("host")["host"] == "hv1"
+    assert view == json.loads(json.dumps(expected))
+    assert len(view["ports"]) == 40
+    updates = [m for m in msgs[1:] if m["type"] == "update"]
+    assert [sorted(m["put"]["ports"]) for m in updates] == [["q1"], ["q2"], ["q3"]]
+
+
+def test_stream_json_falls_back_for_what_orjson_refuses() -> None:
+    """A value orjson cannot write (an integer beyond 64 bits, allowed in a user's
+    `binding:profile`) is written by the standard library instead of failing the stream."""
+    from vxnet.services.view_hub import dumps
+
+    obj = {"binding:profile": {"n": 2**70}, "name": "é"}
+    assert json.loads(dumps(obj)) == obj
+    assert json.loads(dumps({"a": [1, None, True]})) == {"a": [1, None, True]}
+
+
+def test_compact_shares_repeated_values_and_keeps_equality() -> None:
+    """The hub's copies share field names and repeated values (network, project, timestamps,
+    fixed IPs' subnets) and stay equal to what was parsed."""
+    from vxnet.services.view_hub import compact
+
+    raw = '{"id": "%s", "network_id": "net-1", "project_id": "proj", "fixed_ips": [{"subnet_id": "s1", ' \
+          '"ip_address": "%s"}], "security_groups": [], "binding:profile": {"k": "v"}}'
+    a, b = json.loads(raw % ("p1", "192.0.2.1")), json.loads(raw % ("p2", "192.0.2.2"))
+    ca, cb = compact(a), compact(b)
+    assert ca == a and cb == b
+    assert ca["network_id"] is cb["network_id"] and ca["project_id"] is cb["project_id"]
+    assert ca["fixed_ips"][0]["subnet_id"] is cb["fixed_ips"][0]["subnet_id"]
+    assert [k for k in ca] == [k for k in a]
+    assert all(x is y for x, y in zip(ca, cb, strict=True))

@@ -95,7 +95,9 @@ def project(host: str, coll: str, obj: Any) -> Any:
         return hit[1]
     if len(_projected) > 256:
         _projected.clear()
-    out = {k: v for k, v in obj.items() if k not in PEER_HIDDEN}
+    out = dict(obj)   # a copy, then deletes: several times faster than a filtering comprehension
+    for k in PEER_HIDDEN:
+        out.pop(k, None)
     _projected[id(obj)] = (obj, out)
     return out
 
@@ -387,6 +389,18 @@ class ViewIndex:
                 if v is not None:
                     view[k][i] = project(host, k, v)
         return view
+
+    def snapshot_items(self, host: str) -> list[tuple[str, list[tuple[str, Any]]]]:
+        """The current view of a tracked host as (view key, [(id, object)]) in VIEW_KEYS order,
+        objects as held (not yet `project`ed: the projection is the caller's, for `host`)."""
+        out = []
+        for k in VIEW_KEYS:
+            if k == "hosts":
+                objs: Mapping[str, Any] = self.hosts
+            else:
+                objs = self.objects[k]
+            out.append((k, [(i, v) for i in self.members[host][k] if (v := objs.get(i)) is not None]))
+        return out
 
     def holders(self, key: str, id_: str) -> set[str]:
         """Tracked hosts whose view contains (or would show) `key`/`id_`."""

@@ -31,6 +31,14 @@ host up to it has already been written to the stream (updates are queued on the 
 step that advances `revision`). The agent resumes from the last revision it was told, so a ping
 that overtook a queued update would make a reconnect skip that update forever.
 
+A snapshot (`Snapshot`) holds the ids and objects of the view at its revision (the index
+replaces an object on a change, never edits one) and is written out while it is sent, in pieces:
+the HTTP stream's flow control then keeps what a slow reader has not taken in its socket, not
+1,000 whole snapshots in the server at a cold start. Its pieces make one NDJSON line, and
+updates queued after it follow it. Stream JSON is written by orjson (a value it refuses, an
+integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
+The hub's objects are `compact`ed: one copy of each field name and of values that repeat.
+
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop.
 """
@@ -40,15 +48,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
+import orjson
+
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
-from vxnet.services.host_view import COLLECTIONS, ViewIndex
+from vxnet.services.host_view import COLLECTIONS, ViewIndex, project
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
 from vxnet.store.contract import CompactedError, Event, EventType, Put, Store, WatchHandle, key_missing
@@ -104,7 +115,90 @@ def _parse(value: str) -> Obj:
         obj = json.loads(value)
     except ValueError:
         return {}
-    return obj if isinstance(obj, dict) else {}
+    return compact(obj) if isinstance(obj, dict) else {}
+
+
+# Values of these fields repeat across many objects (a network's id in each of its ports, the
+# project, the binding host, timestamps of one second): one shared copy each (`compact`).
+_SHARED_VALUES = frozenset({"network_id", "project_id", "tenant_id", "status", "device_owner", "binding:host_id",
+                            "binding:vif_type", "binding:vnic_type", "created_at", "updated_at", "qos_policy_id",
+                            "subnet_id", "security_group_id", "remote_group_id", "router_id", "ip_version",
+                            "direction", "ethertype", "protocol", "enable_dhcp", "ipv6_address_mode",
+                            "ipv6_ra_mode", "subnetpool_id", "gateway_ip"})
+_KEYS: dict[str, str] = {}     # field names of every object the hub holds, one copy each
+_VALUES: dict[str, str] = {}   # values of `_SHARED_VALUES` fields, one copy each
+_VALUES_MAX = 1 << 16           # past this many, the pool starts again (ids of deleted objects go)
+
+
+def _share(v: Any) -> Any:
+    if isinstance(v, str):
+        if len(_VALUES) >= _VALUES_MAX:
+            _VALUES.clear()
+        return _VALUES.setdefault(v, v)
+    return v
+
+
+def compact(obj: Obj) -> Obj:
+    """`obj` with its field names, and the values that repeat across objects (`_SHARED_VALUES`,
+    also inside the dicts of a list such as `fixed_ips`), replaced by one shared copy of each:
+    about a third less memory per port. Equal to `obj`."""
+    out: Obj = {}
+    for k, v in obj.items():
+        k = _KEYS.setdefault(k, k)
+        if k in _SHARED_VALUES:
+            v = _share(v)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            v = [{_KEYS.setdefault(a, a): _share(b) if a in _SHARED_VALUES else b for a, b in d.items()}
+                 if isinstance(d, dict) else d for d in v]
+        out[k] = v
+    return out
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON (UTF-8) of `obj`: orjson, or the standard library for what orjson refuses
+    (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Snapshot:
+    """A host's view at one revision, written out when it is sent, in pieces of about CHUNK
+    bytes: the stream's flow control then bounds what a slow reader holds in the server (at a
+    cold start, 1,000 snapshots of ~300 KB each were queued at once). It holds the objects the
+    view had at `revision` (the index replaces objects, it never changes one), so a piece written
+    later still belongs to that revision."""
+
+    CHUNK = 256 * 1024
+    GROUP = 64  # objects serialised in one call
+
+    def __init__(self, head: bytes, host: str, sections: list[tuple[str, list[tuple[str, Any]]]]) -> None:
+        self.head = head
+        self.host = host
+        self.sections = sections
+
+    def chunks(self) -> Iterator[bytes]:
+        buf = [self.head]
+        size = len(self.head)
+        host = self.host
+        for key, items in self.sections:
+            buf.append(b',"' + key.encode() + b'":{')
+            for start in range(0, len(items), self.GROUP):
+                part = dumps({i: project(host, key, v) for i, v in items[start:start + self.GROUP]})
+                if start:
+                    buf.append(b",")
+                buf.append(part[1:-1])
+                size += len(part)
+                if size >= self.CHUNK:
+                    yield b"".join(buf)
+                    buf, size = [], 0
+            buf.append(b"}")
+        buf.append(b"}}\n")
+        yield b"".join(buf)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 class Subscriber:
@@ -113,11 +207,17 @@ class Subscriber:
     def __init__(self, host: str, since: int) -> None:
         self.host = host
         self.since = since  # updates up to this revision are known to the agent already
-        self.lines: collections.deque[bytes] = collections.deque()
+        self.lines: collections.deque[bytes | Snapshot] = collections.deque()
         self.ready = asyncio.Event()
         self.closed = False
 
-    def push(self, line: bytes, rev: int | None = None) -> None:
+    def take(self) -> bytes:
+        """Everything queued, written out (and no longer queued)."""
+        out = b"".join(bytes(x) for x in self.lines)
+        self.lines.clear()
+        return out
+
+    def push(self, line: bytes | Snapshot, rev: int | None = None) -> None:
         """Queue a line; an update at or before `since` is skipped (the agent has it)."""
         if rev is not None and rev <= self.since:
             return
@@ -150,6 +250,10 @@ class Hub:
         self.fanout_seconds: Any = None  # a prometheus Histogram, set by the API's setup
         self.last_change: dict[str, int] = {}  # host -> last revision that changed its view (`vxnet status`)
         self.reports: dict[str, Obj] = {}      # host -> its agent's last status report (`agent-status/`)
+        # The server's hub (set by its setup): a load runs without the cyclic garbage collector
+        # and ends with `gc.freeze()`, so later full collections skip the loaded objects
+        # (100,000 ports: one full collection scanned ~1.1 M objects, 1-2 s on a shared vCPU).
+        self.freeze_gc = False
 
     # start / stop ------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -212,18 +316,35 @@ class Hub:
         return kvs, rev, live, reports
 
     def _load(self, fetched: tuple[Any, ...] | None = None) -> None:
+        if not self.freeze_gc:
+            self._load_all(fetched)
+            return
+        enabled = gc.isenabled()
+        gc.disable()  # the load makes millions of objects and no garbage cycles
+        try:
+            self._load_all(fetched)
+        finally:
+            if enabled:
+                gc.enable()
+        gc.freeze()
+
+    def _load_all(self, fetched: tuple[Any, ...] | None = None) -> None:
         kvs, rev, live, reports = fetched or self._fetch()
         self.reports = {kv.key[len(STATUS_PREFIX):]: _parse(kv.value) for kv in reports}
         objects: Objects = {c: {} for c in COLLECTIONS}
         others: Objects = {}
         keep = [(coll, id_, kv.value) for kv in kvs
                 for coll, _, id_ in [kv.key[len(RES_PREFIX):].partition("/")]]
-        # One parse of every value: the parser shares equal keys within one document, so 100,000
-        # ports hold one copy of each field name, not one each (about 40% of their memory).
-        try:
-            values = json.loads("[" + ",".join(v for _, _, v in keep) + "]")
-        except ValueError:  # a value that is not JSON: parse one by one
-            values = [_parse(v) for _, _, v in keep]
+        # Parsed a batch at a time (one document per batch, faster than one parse per value) and
+        # `compact`ed: only one batch's parsed copies exist at once.
+        values: list[Obj] = []
+        for start in range(0, len(keep), 1000):
+            batch = keep[start:start + 1000]
+            try:
+                values += [compact(v) if isinstance(v, dict) else {}
+                           for v in json.loads("[" + ",".join(v for _, _, v in batch) + "]")]
+            except ValueError:  # a value that is not JSON: parse one by one
+                values += [_parse(v) for _, _, v in batch]
         for (coll, id_, _), obj in zip(keep, values, strict=True):
             (objects if coll in objects else others).setdefault(coll, {})[id_] = obj
         agents = others.get("agents", {})
@@ -308,7 +429,7 @@ class Hub:
             if request_id is not None:
                 body["request_id"] = request_id  # the API call that produced this revision
             body.update(msg.wire())
-            line = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+            line = dumps(body) + b"\n"
             self._record(h, rev, line)
             for s in self.subs.get(h, ()):
                 s.push(line, rev)
@@ -358,18 +479,21 @@ class Hub:
             self.logs[host] = collections.deque()
             for s in subs:
                 s.since = self.revision
-                s.push(self.snapshot_line(host))
+                s.push(self.snapshot(host))
         for listener in list(self.listeners):
             with contextlib.suppress(Exception):
                 listener.on_reload(self.revision)
 
     # streams -----------------------------------------------------------------------------------
+    def snapshot(self, host: str) -> Snapshot:
+        """The snapshot message of `host` at the current revision, to be written out later."""
+        me = self.index.hosts.get(host) or {"host": host, "underlay_ip": None, "alive": False, "gateway": False}
+        head = dumps({"type": "snapshot", "revision": self.revision, "epoch": self.epoch})[:-1] + b',"view":{"host":' \
+            + dumps(me)
+        return Snapshot(head, host, self.index.snapshot_items(host))
+
     def snapshot_line(self, host: str) -> bytes:
-        view: dict[str, Any] = self.index.snapshot(host)
-        me = self.index.hosts.get(host)
-        view = {"host": me or {"host": host, "underlay_ip": None, "alive": False, "gateway": False}, **view}
-        return (json.dumps({"type": "snapshot", "revision": self.revision, "epoch": self.epoch, "view": view},
-                           separators=(",", ":")) + "\n").encode()
+        return bytes(self.snapshot(host))
 
     def subscribe(self, host: str, since: int | None, store_revision: int) -> Subscriber:
         """A new stream for `host`, primed with a snapshot or the log after `since`.
@@ -385,7 +509,7 @@ class Hub:
             replay = [(rev, line) for rev, line in self.logs.get(host, ()) if rev > since]
         if since is None or since < floor or since > store_revision or len(replay) >= LOG_LENGTH:
             sub = Subscriber(host, self.revision)  # a snapshot is shorter than a long replay
-            sub.push(self.snapshot_line(host))
+            sub.push(self.snapshot(host))
         else:
             sub = Subscriber(host, since)
             for rev, line in replay:
@@ -414,9 +538,16 @@ class Hub:
         try:
             while not sub.closed:
                 if sub.lines:
-                    batch = b"".join(sub.lines)
-                    sub.lines.clear()
-                    yield batch
+                    head = sub.lines[0]
+                    if isinstance(head, Snapshot):  # in pieces, each sent before the next is made
+                        sub.lines.popleft()
+                        for chunk in head.chunks():
+                            yield chunk
+                        continue
+                    batch = []
+                    while sub.lines and not isinstance(sub.lines[0], Snapshot):
+                        batch.append(sub.lines.popleft())
+                    yield b"".join(batch)  # type: ignore[arg-type]
                     continue
                 sub.ready.clear()
                 try:

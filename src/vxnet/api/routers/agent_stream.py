@@ -51,6 +51,7 @@ def hub_of(st: AppState) -> Hub:
 def setup(app: FastAPI, state: AppState) -> None:
     """Create the hub; start it (and the start-up sweep) with the app, stop it after."""
     hub = Hub(state.store)
+    hub.freeze_gc = True  # the server process's one hub: its loads freeze the collector's view of them
     state.hub = hub
     down_time = state.config.agent_down_time
 
