@@ -8,7 +8,6 @@ token. Tests talk HTTP only, as any client would.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
+from tests.support import ports
 from vxnet.api.app import create_app
 from vxnet.config import QUOTA_DEFAULTS, Config, QuotaSettings, User
 from vxnet.store.contract import Store
@@ -36,9 +36,7 @@ UNLIMITED = QuotaSettings(defaults=tuple((r, -1) for r in QUOTA_DEFAULTS))
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
 
 
 class ServerHandle:

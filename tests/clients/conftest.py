@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import httpx
 import pytest
 
 from tests.clients.tempest_conf import tempest_accounts
+from tests.support import ports
 
 VENV_BIN = Path(sys.executable).parent
 VXNET = VENV_BIN / "vxnet"
@@ -43,9 +43,7 @@ ACCOUNTS = tuple(tempest_accounts(sets=2))
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
 
 
 def config_toml(listen: str, data_dir: Path) -> str:

@@ -8,7 +8,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -16,13 +15,21 @@ import time
 
 import httpx
 
+from tests.support import ports
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
+
+
+def _tail(path: str, lines: int = 8) -> str:
+    try:
+        with open(path, "rb") as f:
+            return b"".join(f.readlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return "(no log)"
 
 
 class EtcdCluster:
@@ -35,18 +42,27 @@ class EtcdCluster:
         self.max_txn_ops = max_txn_ops
         self.dir = tempfile.mkdtemp(prefix=f"{prefix}-etcd-")
         self.names = [f"{prefix}{i}" for i in range(size)]
-        self.client_ports = {n: _free_port() for n in self.names}
-        self.peer_ports = {n: _free_port() for n in self.names}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_ports[n]}" for n in self.names)
         atexit.register(self.stop)  # first, so a member that never gets healthy is still stopped
-        for n in self.names:
-            self.start(n, new=True)
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
+        # A member that cannot bind its port (taken by another process since we chose it) exits at
+        # once: start the whole cluster again on new ports and a new data dir, at most 3 times.
+        for attempt in range(3):
+            self.client_ports = {n: _free_port() for n in self.names}
+            self.peer_ports = {n: _free_port() for n in self.names}
+            self.initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_ports[n]}" for n in self.names)
+            for n in self.names:
+                self.start(n, new=True)
+            try:
+                self.wait_healthy(60)
+                return
+            except RuntimeError:
+                self.stop(keep_dir=attempt == 2)  # the last failure keeps its logs
+                if attempt == 2:
+                    raise
+                os.makedirs(self.dir)
+            except BaseException:
+                self.stop()
+                raise
 
     @property
     def endpoints(self) -> list[str]:
@@ -87,10 +103,12 @@ class EtcdCluster:
             p.send_signal(signal.SIGKILL)
             p.wait(10)
 
-    def wait_healthy(self, timeout: float = 20) -> None:
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Every running member answers /health with true; else RuntimeError with their log tails
+        (at once when a member has exited)."""
         deadline = time.time() + timeout
-        live = [self.endpoints[i] for i, n in enumerate(self.names) if n in self.procs]
-        for ep in live:
+        live = [(n, self.endpoints[i]) for i, n in enumerate(self.names) if n in self.procs]
+        for name, ep in live:
             while True:
                 try:
                     r = httpx.get(ep + "/health", timeout=1, verify=self._ssl() if self.tls else True)
@@ -98,8 +116,11 @@ class EtcdCluster:
                         break
                 except httpx.HTTPError:
                     pass
-                if time.time() > deadline:
-                    raise RuntimeError(f"etcd {ep} not healthy; logs in {self.dir}")
+                exited = self.procs[name].poll() is not None
+                if exited or time.time() > deadline:
+                    why = f"exited with {self.procs[name].returncode}" if exited else "not healthy"
+                    logs = "".join(f"--- {n}.log\n{_tail(os.path.join(self.dir, f'{n}.log'))}" for n, _ in live)
+                    raise RuntimeError(f"etcd {name} at {ep} {why}; logs in {self.dir}:\n{logs}")
                 time.sleep(0.1)
 
     def _ssl(self) -> ssl.SSLContext:
@@ -108,7 +129,8 @@ class EtcdCluster:
         ctx.load_cert_chain(self.tls[1], self.tls[2])
         return ctx
 
-    def stop(self) -> None:
+    def stop(self, keep_dir: bool = False) -> None:
         for n in list(self.procs):
             self.kill(n)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)

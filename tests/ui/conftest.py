@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import PASSWORDS, USERS, ServerHandle
+from tests.support import ports
 from vxnet.api.app import create_app
 from vxnet.config import Config
 from vxnet.store.sqlite_store import SqliteStore
@@ -35,9 +35,7 @@ CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") 
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return ports.free_port()
 
 
 def start_ui_server(db_path: str) -> ServerHandle:
