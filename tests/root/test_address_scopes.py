@@ -13,13 +13,12 @@ P2, P3; one router with an interface on each; VMs a1, b1, c1 on h1.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import nsexec, ping
 from vxnet.compute.routing import netns_name
 
@@ -42,25 +41,8 @@ def ok(r, status: int = 201) -> dict:
 
 @pytest.fixture(scope="module")
 def lab1(tmp_path_factory) -> Iterator[Lab]:
-    from tests.conftest import free_port
-    from vxnet.lab import lab
-
-    d = tmp_path_factory.mktemp("lab")
-    cfg = d / "lab.toml"
-    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    try:
-        lab.down(quiet=True)
-        yield Lab(lab.up(1, str(cfg)))
-    finally:
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
+    with lab_session(tmp_path_factory, "lab", 1) as g:
+        yield g
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import capture, nsexec
 from tests.root.test_port_security import counters, vm_capture
 from vxnet.compute import nd_packet as nd
@@ -40,25 +40,8 @@ LEASE = 60
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[Lab]:
-    from tests.conftest import free_port
-    from vxnet.lab import lab as vlab
-
-    d = tmp_path_factory.mktemp("v6lab")
-    cfg = d / "lab.toml"
-    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    try:
-        vlab.down(quiet=True)
-        yield Lab(vlab.up(2, str(cfg), agent_args=["--dhcp-lease-time", str(LEASE)]))
-    finally:
-        try:
-            vlab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
+    with lab_session(tmp_path_factory, "v6lab", 2, agent_args=["--dhcp-lease-time", str(LEASE)]) as g:
+        yield g
 
 
 # ---------------------------------------------------------------------------------- helpers

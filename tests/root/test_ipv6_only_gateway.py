@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import nsexec
 from tests.root.test_ipv6_routing import CLIENT6, OUT, ask, ok, ping6, serve, wait_for, wait_router_ports
 from vxnet.compute.gateway import router_netns
@@ -31,31 +31,8 @@ def _doctor(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def lab6(tmp_path_factory) -> Iterator[Lab]:
-    from tests.conftest import free_port
-    from vxnet.lab import lab
-
-    d = tmp_path_factory.mktemp("v6gw")
-    cfg = d / "lab.toml"
-    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    try:
-        lab.down(quiet=True)
-        g = Lab(lab.up(1, str(cfg), gateways=1, external=True))
-
-        def registered() -> bool:
-            with g.api("admin") as c:
-                return {a["host"] for a in c.get("/agents").json()["agents"] if a["alive"]} >= {"h1", "h2"}
-        wait_for(registered, timeout=30, interval=0.2)
+    with lab_session(tmp_path_factory, "v6gw", 1, wait_hosts={"h1", "h2"}, gateways=1, external=True) as g:
         yield g
-    finally:
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
 
 
 def test_ipv6_only_external_network_routes_north_south(lab6: Lab) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import capture, nsexec
 from vxnet.compute.gateway import router_netns
 from vxnet.compute.routing import netns_name
@@ -95,37 +95,9 @@ def serve(ns: str, port: int, name: str) -> subprocess.Popen[str]:
 
 @pytest.fixture(scope="module")
 def v6lab(tmp_path_factory) -> Iterator[Lab]:
-    from tests.conftest import free_port
-    from vxnet.lab import lab
-
-    d = tmp_path_factory.mktemp("v6lab")
-    cfg = d / "lab.toml"
-    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db"))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    servers: list[subprocess.Popen[str]] = []
-    try:
-        lab.down(quiet=True)
-        g = Lab(lab.up(2, str(cfg), gateways=1, external=True))
-        g.servers = servers  # type: ignore[attr-defined]
-
-        def registered() -> bool:
-            with g.api("admin") as c:
-                return {a["host"] for a in c.get("/agents").json()["agents"] if a["alive"]} >= {"h1", "h2", "h3"}
-        wait_for(registered, timeout=30, interval=0.2)
-        servers.append(serve(OUT, 8080, "outside"))
+    with lab_session(tmp_path_factory, "v6lab", 2, wait_hosts={"h1", "h2", "h3"}, gateways=1, external=True) as g:
+        g.servers.append(serve(OUT, 8080, "outside"))
         yield g
-    finally:
-        for p in servers:
-            p.kill()
-            p.wait()
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
 
 
 def public(g: Lab) -> dict[str, Any]:

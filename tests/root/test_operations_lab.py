@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.root.conftest import USERS_TOML, Lab, needs_root
+from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import nsexec, ping
 from vxnet.compute import naming
 from vxnet.lab import lab, topology
@@ -40,26 +40,8 @@ DOWN_TIME = 10
 def opslab(tmp_path_factory) -> Iterator[Lab]:
     """A 3-host lab whose agents never resync on their own (only events and doctor repair)
     and are declared dead DOWN_TIME s after their last heartbeat."""
-    from tests.conftest import free_port
-
-    d = tmp_path_factory.mktemp("opslab")
-    cfg = d / "lab.toml"
-    cfg.write_text(USERS_TOML.format(port=free_port(), db=d / "vxnet.db")
-                   .replace("[server]\n", f"[server]\nagent_down_time = {DOWN_TIME}\n", 1))
-    old = os.environ.get("VXNET_LAB_DIR")
-    os.environ["VXNET_LAB_DIR"] = str(d / "state")
-    try:
-        lab.down(quiet=True)
-        st = lab.up(3, str(cfg), agent_args=["--resync", "3600"])
-        yield Lab(st)
-    finally:
-        try:
-            lab.down()
-        finally:
-            if old is None:
-                os.environ.pop("VXNET_LAB_DIR", None)
-            else:
-                os.environ["VXNET_LAB_DIR"] = old
+    with lab_session(tmp_path_factory, "opslab", 3, lease=DOWN_TIME, agent_args=["--resync", "3600"]) as g:
+        yield g
 
 
 def vxnet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
