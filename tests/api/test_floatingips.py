@@ -460,24 +460,16 @@ def test_status_reported_by_the_gateway_that_serves_it(tmp_path):
     non-service user, or for an unassociated floating IP changes nothing; DOWN again when the
     router moves to another gateway host (here: its host's lease expires)."""
     from tests.api.test_host_view import agent_client, start_agent_server
+    from tests.support.heartbeats import Heartbeats
     h = start_agent_server(os.path.join(tmp_path, "vxnet.db"), agent_down_time=2)
-    stop = threading.Event()
-    beater: threading.Thread | None = None
+    beats = Heartbeats(lambda: agent_client(h))
     try:
         c = agent_client(h)
         for host, ip in (("gw1", "198.51.100.9"), ("gw2", "198.51.100.10")):
             assert c.post(f"/hosts/{host}/register", json={"underlay_ip": ip, "gateway": True}).status_code == 200
-        # Both hosts heartbeat as agents do (every 0.3 s) until the serving one "dies" below: the
-        # steps in between must not race the 2 s down time, however loaded the machine.
-        beating = {"gw1", "gw2"}
-
-        def beat() -> None:
-            hb = agent_client(h)
-            while not stop.wait(0.3):
-                for host in sorted(beating):
-                    hb.post(f"/hosts/{host}/heartbeat")
-        beater = threading.Thread(target=beat, daemon=True)
-        beater.start()
+        # Both hosts heartbeat as agents do until the serving one "dies" below: the steps in
+        # between must not race the 2 s down time, however loaded the machine.
+        beats.add("gw1", "gw2")
         admin, alice = h.api("admin"), h.api("alice")
         ext_net = ok(admin.post("/networks", json={"network": {"name": "pub", "router:external": True}}), 201)["network"]
         ok(admin.post("/subnets", json={"subnet": {"network_id": ext_net["id"], "ip_version": 4,
@@ -518,7 +510,7 @@ def test_status_reported_by_the_gateway_that_serves_it(tmp_path):
         ok(c.post(f"/hosts/{serving}/floatingips-status", json={"ACTIVE": [fip["id"]]}))
         assert status() == "ACTIVE"
         # the serving host dies (the other one keeps heartbeating): the router moves, DOWN
-        beating.discard(serving)
+        beats.discard(serving)
         deadline = time.time() + 30
         while time.time() < deadline:
             port = ok(admin.get(f"/ports/{gw_port['id']}"))["port"]
@@ -530,7 +522,5 @@ def test_status_reported_by_the_gateway_that_serves_it(tmp_path):
         assert ok(c.post(f"/hosts/{serving}/floatingips-status", json={"ACTIVE": [fip["id"]]}))["updated"] == []
         assert ok(c.post(f"/hosts/{other}/floatingips-status", json={"ACTIVE": [fip["id"]]}))["updated"] == [fip["id"]]
     finally:
-        stop.set()
-        if beater is not None:
-            beater.join(5)
+        beats.close()
         h.stop()

@@ -14,6 +14,7 @@ import pytest
 
 from tests.api.test_host_view import agent_client, start_agent_server
 from tests.conftest import ServerHandle
+from tests.support.heartbeats import Heartbeats
 from vxnet.services.scheduler import choose, plan
 
 SNAT = "network:router_centralized_snat"
@@ -123,10 +124,16 @@ def test_snat_ports_follow_interfaces_and_gateway(srv: ServerHandle) -> None:
 
 
 def test_scheduling_register_and_lease_expiry(srv: ServerHandle) -> None:
+    with Heartbeats(lambda: agent_client(srv)) as beats:
+        _scheduling_register_and_lease_expiry(srv, beats)
+
+
+def _scheduling_register_and_lease_expiry(srv: ServerHandle, beats: Heartbeats) -> None:
     admin, alice = srv.api("admin"), srv.api("alice")
     c = agent_client(srv)
     ext = ext_net(admin)
     register(c, "compute1", gateway=False)
+    beats.add("compute1")
     routers = []
     for i in range(3):
         s = tenant(alice, f"100.64.{10 + i}.0/24")
@@ -145,9 +152,11 @@ def test_scheduling_register_and_lease_expiry(srv: ServerHandle) -> None:
 
     assert all(h == {""} for h in hosts().values())          # no gateway host: unscheduled
     register(c, "gw2")
+    beats.add("gw2")
     assert all(h == {"gw2"} for h in hosts().values())       # scheduled as soon as one registers
     assert all(standbys(admin, rid) == {()} for rid in routers)   # one gateway host: no standby
     register(c, "gw1")
+    beats.add("gw1")
     # a gateway joining: actives are spread (3-0 -> 2-1, the first router by id moves), every
     # router gets the other host as its standby
     placed = hosts()
@@ -163,11 +172,10 @@ def test_scheduling_register_and_lease_expiry(srv: ServerHandle) -> None:
     routers.append(r["id"])
     assert hosts()[r["id"]] == {"gw1"} and standbys(admin, r["id"]) == {("gw2",)}
     # gw2 stops heartbeating: after its lease its routers move to gw1 (gw1 keeps beating)
+    beats.discard("gw2")
     deadline = time.time() + 30  # bounds a lease-driven event, not a pass condition
     moved = False
     while time.time() < deadline and not moved:
-        assert c.post("/hosts/gw1/heartbeat").status_code == 200
-        c.post("/hosts/compute1/heartbeat")
         moved = all(h == {"gw1"} for h in hosts().values())
         time.sleep(0.3)
     assert moved, hosts()
@@ -175,6 +183,7 @@ def test_scheduling_register_and_lease_expiry(srv: ServerHandle) -> None:
     for rid in routers:
         assert all(p["status"] == "DOWN" for p in router_ports(admin, rid, SNAT))
     # gw1 dies too: unscheduled; gw2 comes back: everything goes to gw2
+    beats.discard("gw1", "compute1")
     deadline = time.time() + 30  # bounds a lease-driven event, not a pass condition
     while time.time() < deadline and not all(h == {""} for h in hosts().values()):
         time.sleep(0.3)
@@ -188,11 +197,17 @@ def test_agent_restart_does_not_rebalance(srv: ServerHandle) -> None:
     within its lease) neither joined nor came back: its routers stay where they are, even when
     the actives are unbalanced (a rebalance would move a router and its connections for
     nothing). A host that returns after its lease expired does rebalance."""
+    with Heartbeats(lambda: agent_client(srv)) as beats:
+        _agent_restart_does_not_rebalance(srv, beats)
+
+
+def _agent_restart_does_not_rebalance(srv: ServerHandle, beats: Heartbeats) -> None:
     admin, alice = srv.api("admin"), srv.api("alice")
     c = agent_client(srv)
     ext = ext_net(admin)
     register(c, "gw1")
     register(c, "gw2")
+    beats.add("gw1", "gw2")             # both stay alive throughout: every register is a restart
     routers = []
     for i in range(4):
         r = ok(alice.post("/routers", json={"router": {"name": f"r{i}",
