@@ -125,7 +125,13 @@ def test_group_shared_with_one_project(cl: Clients) -> None:
     assert_error(cl.bob.put(f"/security-group-rules/{ssh['id']}",
                             json={"security_group_rule": {"description": "x"}}), 403, "PolicyNotAuthorized")
     assert_error(cl.bob.delete(f"/security-group-rules/{ssh['id']}"), 403, "PolicyNotAuthorized")
+    # nor its tags (it sees them; Neutron's update_security_group_tags is the owner's)
+    assert cl.bob.get(f"/security-groups/{sg['id']}/tags").json() == {"tags": []}
+    assert_error(cl.bob.put(f"/security-groups/{sg['id']}/tags/x"), 403, "PolicyNotAuthorized")
+    assert_error(cl.bob.put(f"/security-groups/{sg['id']}/tags", json={"tags": ["y"]}), 403, "PolicyNotAuthorized")
+    assert_error(cl.carol.put(f"/security-groups/{sg['id']}/tags/x"), 404, "SecurityGroupNotFound")
     assert ok(cl.alice.get(f"/security-groups/{sg['id']}"), "security_group")["name"] == "web"
+    assert ok(cl.alice.get(f"/security-groups/{sg['id']}"), "security_group")["tags"] == []
     assert {r["id"] for r in ok(cl.alice.get(f"/security-groups/{sg['id']}"), "security_group")
             ["security_group_rules"]} >= {ssh["id"]}
     # nor may bob share it further (shown above); rbac `shared` is not writable on a group
