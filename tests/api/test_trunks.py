@@ -221,3 +221,20 @@ def test_forged_subport_owner_locks_nothing(h) -> None:
         assert r.status_code == 200, r.text
         c.put(f"/ports/{fake['id']}", json={"port": {"device_owner": "trunk:subport", "device_id": t["id"]}})
         assert c.delete(f"/ports/{fake['id']}").status_code == 204
+
+
+def test_member_cannot_create_a_trunk_for_another_project(h) -> None:
+    """A member naming another project (`project_id` / `tenant_id`) gets neutron-lib's 400, as
+    for every other resource, instead of a trunk silently made its own; nothing is created."""
+    with h.api("alice") as ca, h.api("bob") as cb:
+        alice_project = ca.get("/security-groups").json()["security_groups"][0]["project_id"]
+        a, b = _nets(cb)
+        parent, s1 = port(cb, a), port(cb, b)
+        for key in ("project_id", "tenant_id"):
+            assert_error(trunk(cb, parent["id"], [sp(s1["id"], 5)], **{key: alice_project}), 400, "HTTPBadRequest",
+                         "other than the authenticated project")
+        assert cb.get("/trunks", params={"port_id": parent["id"]}).json()["trunks"] == []
+        assert c_free(cb, s1["id"]) and cb.get(f"/ports/{parent['id']}").json()["port"].get("trunk_details") is None
+        own = cb.get("/security-groups").json()["security_groups"][0]["project_id"]
+        t = trunk(cb, parent["id"], project_id=own)
+        assert t.status_code == 201 and t.json()["trunk"]["project_id"] == own, t.text
