@@ -135,7 +135,8 @@ def test_group_shared_with_one_project(cl: Clients) -> None:
     assert {r["id"] for r in ok(cl.alice.get(f"/security-groups/{sg['id']}"), "security_group")
             ["security_group_rules"]} >= {ssh["id"]}
     # nor may bob share it further (shown above); rbac `shared` is not writable on a group
-    assert_error(cl.alice.put(f"/security-groups/{sg['id']}", json={"security_group": {"shared": True}}), 400)
+    assert_error(cl.alice.put(f"/security-groups/{sg['id']}", json={"security_group": {"shared": True}}), 400,
+                 message="Cannot update read-only attribute shared")
     # taking it away while bob's ports are in it: 409, by delete or by retargeting
     assert_error(cl.alice.delete(f"/rbac-policies/{pol['id']}"), 409, "RbacPolicyInUse")
     assert_error(retarget(cl.alice, pol["id"], C), 409, "RbacPolicyInUse")

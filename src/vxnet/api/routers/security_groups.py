@@ -221,7 +221,7 @@ def _update_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any], fields: 
 
 
 GROUP.add_update(router, "/security-groups/{group_id}", "update_security_group", "group_id", GroupUpdate,
-                 _update_group, read_only=())
+                 _update_group, read_only=("id", "project_id", "tenant_id", "shared"))
 
 
 def _remove_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any]) -> None:
