@@ -96,6 +96,11 @@ def test_group_shared_with_one_project(cl: Clients) -> None:
     assert ok(cl.bob.get(f"/security-group-rules/{ssh['id']}"), "security_group_rule")["port_range_min"] == 22
     listed = {g["id"]: g for g in cl.bob.get("/security-groups").json()["security_groups"]}
     assert listed[sg["id"]]["shared"] is True and "_rbac" not in listed[sg["id"]]
+    # filtering on `shared` reads it as the caller is shown it (security-groups-shared-filtering)
+    assert {g["id"] for g in cl.bob.get("/security-groups", params={"shared": "true"}).json()["security_groups"]} \
+        == {sg["id"]}
+    assert sg["id"] not in {g["id"] for g in cl.alice.get("/security-groups", params={"shared": "true"})
+                            .json()["security_groups"]}
     owner_view = ok(cl.alice.get(f"/security-groups/{sg['id']}"), "security_group")
     assert owner_view["shared"] is False and "_rbac" not in owner_view
     assert "_rbac" not in ok(cl.admin.get(f"/security-groups/{sg['id']}"), "security_group")
