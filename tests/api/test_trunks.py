@@ -176,3 +176,65 @@ def test_trunk_details_cannot_be_written_through_the_port_api(h) -> None:
         assert_error(c.put(f"/ports/{p['id']}", json={"port": {"trunk_details": forged}}), 400)
         assert_error(c.post("/ports", json={"port": {"network_id": a["id"], "trunk_details": forged}}), 400)
         assert c.get(f"/ports/{p['id']}").json()["port"].get("trunk_details") is None
+
+
+def test_subport_device_cannot_be_changed_by_its_owner(h) -> None:
+    """While a trunk holds a subport, its owner may not take it over through the port API
+    (device_owner, device_id, a binding of its own): 409 PortInUseAsSubPort naming the trunk,
+    and the port is unchanged; other attributes still change. Removed from the
+    trunk, the port is free again."""
+    with h.api("alice") as c, h.api() as admin:
+        a, b = _nets(c)
+        parent, s1 = port(c, a, **{"binding:host_id": ""}), port(c, b)
+        t = trunk(c, parent["id"], [sp(s1["id"], 101)]).json()["trunk"]
+        before = c.get(f"/ports/{s1['id']}").json()["port"]
+        for change in ({"device_owner": "compute:nova"}, {"device_owner": ""}, {"device_id": "vm-1"},
+                       {"device_id": ""}, {"device_owner": "compute:nova", "device_id": "vm-1"}):
+            assert_error(c.put(f"/ports/{s1['id']}", json={"port": change}), 409, "PortInUseAsSubPort", t["id"])
+        # a binding of its own: binding:host_id is admin/service only anyway
+        assert_error(c.put(f"/ports/{s1['id']}", json={"port": {"binding:host_id": "hv-9"}}), 403,
+                     "PolicyNotAuthorized")
+        after = c.get(f"/ports/{s1['id']}").json()["port"]
+        assert after["revision_number"] == before["revision_number"]
+        assert (after["device_owner"], after["device_id"]) == ("trunk:subport", t["id"])
+        # the same values are no change; other attributes change as usual
+        r = c.put(f"/ports/{s1['id']}", json={"port": {"device_owner": "trunk:subport", "device_id": t["id"],
+                                                        "name": "renamed"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["port"]["name"] == "renamed"
+        assert admin.get(f"/trunks/{t['id']}").json()["trunk"]["sub_ports"] == [sp(s1["id"], 101)]
+        # removed from the trunk, the owner may use it elsewhere
+        c.put(f"/trunks/{t['id']}/remove_subports", json={"sub_ports": [{"port_id": s1["id"]}]})
+        r = c.put(f"/ports/{s1['id']}", json={"port": {"device_owner": "compute:nova", "device_id": "vm-1"}})
+        assert r.status_code == 200, r.text
+
+
+def test_forged_subport_owner_locks_nothing(h) -> None:
+    """A port that only claims `trunk:subport` of a trunk that does not hold it is no subport:
+    it changes and deletes freely (the trunk's own record decides)."""
+    with h.api("alice") as c:
+        a, b = _nets(c)
+        parent = port(c, a)
+        t = trunk(c, parent["id"]).json()["trunk"]
+        fake = port(c, b, device_owner="trunk:subport", device_id=t["id"])
+        r = c.put(f"/ports/{fake['id']}", json={"port": {"device_owner": "compute:nova", "device_id": "vm-2"}})
+        assert r.status_code == 200, r.text
+        c.put(f"/ports/{fake['id']}", json={"port": {"device_owner": "trunk:subport", "device_id": t["id"]}})
+        assert c.delete(f"/ports/{fake['id']}").status_code == 204
+
+
+def test_member_cannot_create_a_trunk_for_another_project(h) -> None:
+    """A member naming another project (`project_id` / `tenant_id`) gets neutron-lib's 400, as
+    for every other resource, instead of a trunk silently made its own; nothing is created."""
+    with h.api("alice") as ca, h.api("bob") as cb:
+        alice_project = ca.get("/security-groups").json()["security_groups"][0]["project_id"]
+        a, b = _nets(cb)
+        parent, s1 = port(cb, a), port(cb, b)
+        for key in ("project_id", "tenant_id"):
+            assert_error(trunk(cb, parent["id"], [sp(s1["id"], 5)], **{key: alice_project}), 400, "HTTPBadRequest",
+                         "other than the authenticated project")
+        assert cb.get("/trunks", params={"port_id": parent["id"]}).json()["trunks"] == []
+        assert c_free(cb, s1["id"]) and cb.get(f"/ports/{parent['id']}").json()["port"].get("trunk_details") is None
+        own = cb.get("/security-groups").json()["security_groups"][0]["project_id"]
+        t = trunk(cb, parent["id"], project_id=own)
+        assert t.status_code == 201 and t.json()["trunk"]["project_id"] == own, t.text

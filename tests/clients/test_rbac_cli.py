@@ -130,3 +130,34 @@ def test_share_a_subnet_pool_address_scope_and_qos_policy(cli: Cloud) -> None:
         cli.openstack("admin", "network", "rbac", "delete", pols[kind]["id"])
     assert cli.openstack("alt_demo", "subnet", "pool", "show", pool["id"], check=False).rc != 0
     assert cli.server_errors() == []
+
+
+def test_share_a_security_group(cli: Cloud) -> None:
+    """`network rbac create --type security_group`: alt_demo sees demo's group
+    and puts a port of its own in it, demo2 sees nothing; alt_demo cannot change the group or
+    add rules to it; the policy cannot be deleted while alt_demo's port is in the group."""
+    alt = project_id(cli, "alt_demo")
+    sg = cli.openstack("demo", "security", "group", "create", "rbac-sg", "-f", "json").json()
+    assert cli.openstack("alt_demo", "security", "group", "show", sg["id"], check=False).rc != 0
+    pol = cli.openstack("demo", "network", "rbac", "create", "--type", "security_group", "--action",
+                        "access_as_shared", "--target-project", alt, sg["id"], "-f", "json").json()
+    assert pol["object_type"] == "security_group" and pol["target_project_id"] == alt
+    seen = cli.openstack("alt_demo", "security", "group", "show", sg["id"], "-f", "json").json()
+    assert seen["id"] == sg["id"]
+    assert cli.openstack("demo2", "security", "group", "show", sg["id"], check=False).rc != 0
+    net = cli.openstack("alt_demo", "network", "create", "rbac-sg-net", "-f", "json").json()
+    cli.openstack("alt_demo", "subnet", "create", "rbac-sg-sub", "--network", net["id"], "--subnet-range",
+                  "100.64.41.0/24", "-f", "json")
+    port = cli.openstack("alt_demo", "port", "create", "--network", net["id"], "--security-group", sg["id"],
+                         "rbac-sg-port", "-f", "json").json()
+    assert port["security_group_ids"] == [sg["id"]]
+    assert cli.openstack("alt_demo", "security", "group", "set", "--name", "taken", sg["id"], check=False).rc != 0
+    r = cli.openstack("alt_demo", "security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "1:65535",
+                      sg["id"], check=False)
+    assert r.rc != 0
+    r = cli.openstack("demo", "network", "rbac", "delete", pol["id"], check=False)
+    assert r.rc != 0 and "depend on it" in r.stderr + r.stdout, r
+    cli.openstack("alt_demo", "port", "delete", port["id"])
+    cli.openstack("demo", "network", "rbac", "delete", pol["id"])
+    assert cli.openstack("alt_demo", "security", "group", "show", sg["id"], check=False).rc != 0
+    assert cli.server_errors() == []

@@ -25,7 +25,7 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.services import bindings, ipam, ipv6
+from vxnet.services import bindings, ipam, ipv6, rbac
 from vxnet.services.errors import BadRequest, Conflict, bad_request, not_found
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 from vxnet.services.secgroups import ensure_default_group
@@ -67,15 +67,15 @@ def default_group(uow: UnitOfWork, project_id: str) -> str:
 
 
 def check_security_groups(uow: UnitOfWork, group_ids: list[str], project_id: str, is_admin: bool) -> list[str]:
-    """The groups, each existing and belonging to the port's project (or shared; any for an
-    admin); 404 SecurityGroupNotFound otherwise. All stateful or all stateless: a mix is
+    """The groups, each existing and belonging to the port's project (or shared with it by an
+    RBAC policy, services/rbac.py; any for an admin); 404 SecurityGroupNotFound otherwise. All stateful or all stateless: a mix is
     Neutron's 409 SecurityGroupConflict (a port's traffic is either tracked or not). The API
     refuses duplicates before (400); any left here are dropped."""
     out: list[str] = []
     stateful: set[bool] = set()
     for gid in dict.fromkeys(group_ids):
         group = uow.get("security_groups", gid)
-        if group is None or not (is_admin or group["project_id"] == project_id or group.get("shared")):
+        if group is None or not (is_admin or group["project_id"] == project_id or rbac.shared_with(group, project_id)):
             raise not_found("security_group", gid)
         stateful.add(bool(group.get("stateful", True)))
         out.append(gid)

@@ -1,15 +1,17 @@
-"""Neutron's RBAC (`rbac-policies`) for object types `network`, `qos_policy`, `subnetpool` and
-`address_scope`: which projects an object is shared with (`access_as_shared`, every type) and
+"""Neutron's RBAC (`rbac-policies`) for object types `network`, `qos_policy`, `subnetpool`,
+`address_scope` and `security_group`: which projects an object is shared with (`access_as_shared`, every type) and
 which may use a network as an external network (`access_as_external`, networks only), each to one
 project or to every project (`target_tenant` "*").
 
 The other types (`TYPES`) follow the network rules below for `access_as_shared`: the same
 records, the stored `shared` flag is the "*" entry, and P sees and uses an object that is
 shared with it (a targeted QoS policy can be attached to P's ports and networks, a targeted
-subnet pool allocates P's subnets, a targeted address scope takes P's pools). Taking sharing
-away is refused with 409 RbacPolicyInUse while the project losing it has objects bound to it
-(Neutron's `get_bound_project_ids`): ports and networks naming the QoS policy, subnets
-allocated from the pool, pools in the address scope; the object's owner never depends on it.
+subnet pool allocates P's subnets, a targeted address scope takes P's pools, a targeted security
+group goes on P's ports and is a remote group of P's rules). Taking sharing away is refused with
+409 RbacPolicyInUse while the project losing it has objects bound to it (Neutron's
+`get_bound_project_ids`): ports and networks naming the QoS policy, subnets allocated from the
+pool, pools in the address scope, ports in the security group; the object's owner never
+depends on it.
 
 Records and invariants:
 - A policy is stored at `res/rbac_policies/<id>` as the API shows it: `id`, `project_id`
@@ -62,6 +64,7 @@ TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "qos_policy": ("qos_policies", (SHARED,)),
     "subnetpool": ("subnetpools", (SHARED,)),
     "address_scope": ("address_scopes", (SHARED,)),
+    "security_group": ("security_groups", (SHARED,)),
 }
 TYPE_OF: dict[str, str] = {coll: t for t, (coll, _) in TYPES.items()}
 
@@ -318,7 +321,13 @@ BOUND_BY: dict[str, tuple[tuple[str, str], ...]] = {
     "qos_policy": (("ports", "qos_policy_id"), ("networks", "qos_policy_id")),
     "subnetpool": (("subnets", "subnetpool_id"),),
     "address_scope": (("subnetpools", "address_scope_id"),),
+    "security_group": (("ports", "security_groups"),),  # a list of group ids
 }
+
+
+def _names(value: Any, object_id: str) -> bool:
+    """Whether a reference field (one id, or a list of ids) names `object_id`."""
+    return object_id in value if isinstance(value, list) else value == object_id
 
 
 def bound_projects(uow: UnitOfWork, object_type: str, obj: Obj) -> set[str]:
@@ -326,7 +335,7 @@ def bound_projects(uow: UnitOfWork, object_type: str, obj: Obj) -> set[str]:
     binding meanwhile reruns the transaction)."""
     out: set[str] = set()
     for coll, field in BOUND_BY[object_type]:
-        out |= {o.get("project_id") or "" for o in uow.list(coll, lambda o, f=field: o.get(f) == obj["id"],
+        out |= {o.get("project_id") or "" for o in uow.list(coll, lambda o, f=field: _names(o.get(f), obj["id"]),
                                                              guard_new=True)}
     return out - {"", obj["project_id"]}
 

@@ -16,6 +16,8 @@ Invariants:
 - `binding:profile`: an object or null (= {}), at most 4095 characters of JSON (400 otherwise).
 - `security_groups`: no repeats (400, Neutron's list validator) and all stateful or all stateless
   (409 SecurityGroupConflict).
+- A trunk's subport keeps `device_owner`, `device_id` and `binding:host_id` while the trunk
+  holds it: a non-admin's change is 409 PortInUseAsSubPort (naming the trunk).
 - A port whose `device_owner` makes it part of a router or floating IP may name (`device_id`)
   only an object of its own project (409 DeviceIDNotOwnedByTenant), checked in the same
   transaction that writes the port.
@@ -248,6 +250,24 @@ def check_device_id(ctx: Context, uow: UnitOfWork, device_owner: str, device_id:
                        "your tenant or matches another tenants router.")
 
 
+SUBPORT_FIXED = ("device_owner", "device_id", "binding:host_id")
+
+
+def check_subport_update(ctx: Context, uow: UnitOfWork, port: dict[str, Any], changes: dict[str, Any]) -> None:
+    """A trunk's subport keeps the device the trunk gave it: a non-admin may not change its
+    `device_owner`, `device_id` or `binding:host_id` (it follows the parent's) while the trunk
+    holds it (409 PortInUseAsSubPort; taking it off the trunk is `remove_subports`). Values equal
+    to the current ones are no change."""
+    if ctx.is_admin or port["device_owner"] != trunks.SUBPORT_OWNER:
+        return
+    if not any(f in changes and (changes[f] or "") != (port.get(f) or "") for f in SUBPORT_FIXED):
+        return
+    trunk = trunks.trunk_of_subport(uow, port["id"])
+    if trunk is not None:
+        raise ApiError(409, "PortInUseAsSubPort", f"Port {port['id']} is currently a subport for trunk "
+                       f"{trunk['id']}.")
+
+
 # Neutron's _is_attribute_explicitly_set: on create, an attribute given its default value is
 # not "set" for the attribute rules (attributes without a default count whenever present).
 CREATE_DEFAULTS = {"device_owner": "", "device_id": "", "binding:host_id": "", "binding:vnic_type": "normal"}
@@ -367,6 +387,7 @@ async def update_port(port_id: str, request: Request) -> dict[str, Any]:
         # Neutron evaluates the attribute rules on the port as the update would leave it.
         after = {**port, **{f: getattr(upd, f) for f in ("device_owner", "device_id") if f in fields}}
         pol.enforce(ctx, "update_port", policy.target("port", after, net), attrs)
+        check_subport_update(ctx, uow, port, changes)
         if {"device_owner", "device_id"} & fields:
             check_device_id(ctx, uow, after["device_owner"], after["device_id"], port["project_id"])
         check_if_match(request, port)
@@ -402,9 +423,10 @@ async def delete_port(port_id: str, request: Request) -> Response:
         if details:
             raise ApiError(409, "PortInUseAsTrunkParent", f"Port {port_id} is currently a parent port for trunk "
                            f"{details['trunk_id']}.")
-        if owner == trunks.SUBPORT_OWNER and uow.get("trunks", port["device_id"]) is not None:
+        holder = trunks.trunk_of_subport(uow, port_id) if owner == trunks.SUBPORT_OWNER else None
+        if holder is not None:   # the trunk's record decides, not a device_owner the caller may have set
             raise ApiError(409, "PortInUseAsSubPort", f"Port {port_id} is currently a subport for trunk "
-                           f"{port['device_id']}.")
+                           f"{holder['id']}.")
         svc.delete_port_record(uow, port)
 
     st.repo.transact(txn)

@@ -1,12 +1,14 @@
 """/v2.0/rbac-policies: Neutron's RBAC policies (extensions `rbac-policies`, `rbac-qos`,
-`rbac-subnetpool`, `rbac-address-scope`).
+`rbac-subnetpool`, `rbac-address-scope`, `rbac-security-groups`).
 
 A policy shares one object with one project (or "*", every project). For a network,
 `access_as_shared` lets that project see the network and create ports on it (subnets stay the
 owner's, by `create_subnet`'s rule), `access_as_external` lets it see the network and use it as
-an external network (router gateway, floating IPs). For a QoS policy, a subnet pool or an
-address scope (`access_as_shared` only) it lets the project see the object and use it (attach
-the QoS policy, allocate subnets from the pool, put its pools in the scope). Records and the
+an external network (router gateway, floating IPs). For a QoS policy, a subnet pool, an
+address scope or a security group (`access_as_shared` only) it lets the project see the object
+and use it (attach the QoS policy, allocate subnets from the pool, put its pools in the scope,
+put its ports in the security group or name the group as a remote group of its own rules); it
+never lets the project change or delete the object (or a group's rules). Records and the
 access they grant: services/rbac.py.
 
 Who may do what (Neutron's defaults, legacy form, plus `rule:writer`):
@@ -48,7 +50,7 @@ router = APIRouter(prefix="/v2.0", tags=["rbac-policies"])
 
 OBJECT_TYPES = tuple(rbac.TYPES)
 LABEL = {"network": "Network", "qos_policy": "QoS policy", "subnetpool": "Subnet pool",
-         "address_scope": "Address scope"}
+         "address_scope": "Address scope", "security_group": "Security group"}
 READ_ONLY = ("id", "object_type", "object_id", "action", "project_id", "tenant_id")
 
 

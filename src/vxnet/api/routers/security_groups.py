@@ -4,8 +4,14 @@ Invariants (see services/secgroups.py for the records and the rule checks):
 - A project's `default` group exists once anything needs it: listing groups or rules (any
   role, as in Neutron), creating another group, creating a port. No other group may be named
   `default` (409); it cannot be renamed (409); a non-admin cannot delete it (409).
-- A group is visible to its project and to admins; another project's group is a 404. A rule is
-  visible to admins, to its own project and to the project that owns its group.
+- A group is visible to its project, to admins and to the projects it is shared with (Neutron's
+  `rbac-security-groups`: an `access_as_shared` RBAC policy, services/rbac.py); any other
+  project's group is a 404. Its `shared` is shown as it is for the caller (true when a policy
+  targets the caller's project or "*"; read-only: sharing is done through rbac-policies). A rule
+  is visible to admins, to its own project and to every project that sees its group.
+- A project a group is shared with may put its ports in it and name it as the remote group of
+  its own rules, but may not change or delete the group or its rules (403, `admin_or_owner`).
+  Deleting a group deletes its RBAC policies.
 - Creating or deleting rules bumps the group's `revision_number` in the same transaction, so two
   concurrent identical rule creates cannot both pass the duplicate check (one of them retries
   and gets 409 SecurityGroupRuleExists).
@@ -25,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, check_if_match, identity_present, list_response, show_response
+from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.networks import touch
@@ -42,6 +48,7 @@ from vxnet.api.validation import (
     parse_update,
     resolve_project,
 )
+from vxnet.services import rbac
 from vxnet.services.repo import Repo, UnitOfWork
 from vxnet.services.secgroups import (
     default_key,
@@ -59,19 +66,27 @@ router = APIRouter(prefix="/v2.0", tags=["security-groups"])
 
 
 def group_visible(ctx: Context, obj: dict[str, Any]) -> bool:
-    return ctx.is_admin or obj["project_id"] == ctx.project_id or bool(obj.get("shared"))
+    """Admins, the group's project and the projects it is shared with (RBAC)."""
+    return rbac.visible(ctx.is_admin, ctx.project_id, obj)
 
 
 def present_group(obj: dict[str, Any], rules: list[dict[str, Any]]) -> dict[str, Any]:
+    """The group with its rules, still as stored (`for_caller` is what a caller is shown)."""
     out = dict(obj)
     out["security_group_rules"] = [dict(r) for r in sort_rules(rules)]
     return out
 
 
+def for_caller(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
+    """A group as `ctx` is shown it: no RBAC entries, and `shared` true when the group is shared
+    with the caller's project (Neutron's `is_shared_with_project`)."""
+    return rbac.present(obj, ctx.project_id)
+
+
 # Visibility and names; presenting a group needs its rules, so handlers derive specs from this one
 # with the rules at hand (_group_spec, show).
 SPEC = ResourceSpec("security_groups", "security_group", visible=group_visible,
-                    present=lambda ctx, obj: present_group(obj, []))
+                    present=lambda ctx, obj: for_caller(ctx, present_group(obj, [])))
 RULE_SPEC_BASE = ResourceSpec("security_group_rules", "security_group_rule")
 
 
@@ -84,7 +99,8 @@ def _rules_by_group(rules: list[dict[str, Any]]) -> dict[str, list[dict[str, Any
 
 def _group_spec(st: AppState) -> ResourceSpec:
     by_group = _rules_by_group(st.repo.list("security_group_rules"))
-    return dataclasses.replace(SPEC, present=lambda ctx, obj: present_group(obj, by_group.get(obj["id"], [])))
+    return dataclasses.replace(SPEC, present=lambda ctx, obj: for_caller(
+        ctx, present_group(obj, by_group.get(obj["id"], []))))
 
 
 def _rule_visible_fn(groups: dict[str, dict[str, Any]]) -> Any:
@@ -92,7 +108,7 @@ def _rule_visible_fn(groups: dict[str, dict[str, Any]]) -> Any:
         if ctx.is_admin or rule["project_id"] == ctx.project_id:
             return True
         group = groups.get(rule["security_group_id"])
-        return group is not None and group["project_id"] == ctx.project_id
+        return group is not None and group_visible(ctx, group)
 
     return visible
 
@@ -125,7 +141,7 @@ def _with_rules(st: AppState, group: dict[str, Any]) -> dict[str, Any]:
 
 
 # one group as served: the spec's visibility, its rules read beside it
-GROUP = Resource(dataclasses.replace(SPEC, present=identity_present), expand=_with_rules)
+GROUP = Resource(dataclasses.replace(SPEC, present=for_caller), expand=_with_rules)
 _get_group = GROUP.fetch
 
 
@@ -182,7 +198,7 @@ async def create_security_group(request: Request) -> JSONResponse:
             ensure_default_group(uow, project)
         for item, project in zip(items, projects, strict=True):
             group = new_group(project, item.name, item.description, item.stateful, item.tags)
-            out.append(present_group(group, stage_group(uow, group)))
+            out.append(for_caller(ctx, present_group(group, stage_group(uow, group))))
         return out
 
     groups = st.repo.transact(txn)
@@ -205,7 +221,7 @@ def _update_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any], fields: 
 
 
 GROUP.add_update(router, "/security-groups/{group_id}", "update_security_group", "group_id", GroupUpdate,
-                 _update_group, read_only=())
+                 _update_group, read_only=("id", "project_id", "tenant_id", "shared"))
 
 
 def _remove_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any]) -> None:
@@ -230,6 +246,7 @@ def _remove_group(uow: UnitOfWork, ctx: Context, group: dict[str, Any]) -> None:
             uow.put("security_groups", other)
     if group["name"] == "default" and uow.get_raw(default_key(group["project_id"])) == group_id:
         uow.delete_raw(default_key(group["project_id"]))
+    rbac.delete_all(uow, group)
     uow.delete("security_groups", group_id)
 
 

@@ -11,7 +11,7 @@
 Invariants:
 - The parent is seen exactly as its own API shows it: another project's invisible object is
   its 404 (e.g. NetworkNotFound); a visible object the caller does not own (a shared network,
-  a subnet pool or QoS policy shared with its project by RBAC) is 403 for writes; a
+  a subnet pool, QoS policy or security group shared with its project by RBAC) is 403 for writes; a
   reader-only caller gets 403 for writes. Address scopes and RBAC policies have no standard
   attributes in Neutron, hence no tags.
 - Tags live in the parent object's `tags` list (insertion order, no duplicates); a write that
@@ -70,10 +70,8 @@ def parent_visible(collection: str, ctx: Context, obj: dict[str, Any], get: Gett
     if collection == "ports":  # Neutron lets a network's owner see the ports on it
         net = get("networks", obj.get("network_id", ""))
         return net is not None and net["project_id"] == ctx.project_id
-    if collection in ("subnetpools", "qos_policies"):  # shared with everyone or, by RBAC, this project
+    if collection in ("subnetpools", "qos_policies", "security_groups"):  # shared with all or, by RBAC, this project
         return rbac.visible_to(obj, ctx.project_id)
-    if collection == "security_groups":
-        return bool(obj.get("shared"))
     return False
 
 

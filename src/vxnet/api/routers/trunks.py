@@ -110,7 +110,7 @@ RESOURCE.add_show(router, "/trunks/{trunk_id}", "show_trunk", "trunk_id")
 
 
 def _build(uow: UnitOfWork, ctx: Context, item: TrunkCreate, pol: policy.Policy) -> dict[str, Any]:
-    project = resolve_project(ctx, item.project_id, item.tenant_id) if ctx.is_admin else ctx.project_id
+    project = resolve_project(ctx, item.project_id, item.tenant_id)  # another project: admin only (400)
     pol.enforce(ctx, "create_trunk", policy.target("trunk", {"project_id": project}))
     parent = _visible_port(ctx, uow, item.port_id)
     if not ctx.is_admin and parent["project_id"] != ctx.project_id:
