@@ -97,9 +97,9 @@ def _shard_prefix(project_id: str, resource: str) -> str:
 
 
 # The delta shard of the calling thread: consecutive threads of one process get consecutive
-# shards from a random start, so a server's concurrent transactions (one per worker thread) never
-# share a shard and two servers rarely do. A thread whose transaction reruns moves to a random
-# shard: two servers' threads that share one (worker threads come and go, so the shard ranges
+# shards from a random start, so a server's concurrent transactions (one per worker thread) start
+# on distinct shards and two servers' rarely meet. A thread whose transaction reruns moves to a
+# random shard (it may meet another there; that rerun moves it again): two servers' threads that share one (worker threads come and go, so the shard ranges
 # drift into each other) would otherwise rerun each other's creates on almost every write, each
 # server's reads being a watch delay behind the other's writes (measured: 1.6-1.9 etcd txns per
 # create instead of 1.0). Only a choice: any shard is correct.
