@@ -178,7 +178,7 @@ def _lowest_free(uow: UnitOfWork, subnet: dict[str, Any], port_id: str) -> str |
             ip = str(ipaddress.ip_address(n))
             uow.claim(ip_key(sid, ip), port_id)
             _in_flight[(sid, n)] = now + IN_FLIGHT_SECONDS
-            uow.after_commit.append(lambda sid=sid, n=n: _in_flight.pop((sid, n), None))
+            uow.after_commit.append(lambda sid=sid, n=n: _landed(sid, n))
             return ip
     window = WINDOW if contended else 1
     skipped = False
@@ -258,15 +258,20 @@ def _lane_pick(uow: UnitOfWork, subnet: dict[str, Any], sig: str, now: float) ->
 def _advance(subnet_id: str, sig: str, n: int, low: int | None = None) -> None:
     """After a commit that claimed address `n`: it is no longer in flight, and the hint moves up
     to `low` (default `n`), an address below which every pool address was seen taken."""
-    _in_flight.pop((subnet_id, n), None)
+    _landed(subnet_id, n)
     n = n if low is None else low
+    seen = _low_water.get(subnet_id)
+    if seen is None or seen[0] != sig or n > seen[1]:
+        _low_water[subnet_id] = (sig, n)
+
+
+def _landed(subnet_id: str, n: int) -> None:
+    """Address `n` was committed: it is no longer in flight."""
+    _in_flight.pop((subnet_id, n), None)
     if len(_in_flight) > 4096:  # drop what aborted units left behind
         now = time.monotonic()
         for key in [k for k, until in list(_in_flight.items()) if until <= now]:
             _in_flight.pop(key, None)
-    seen = _low_water.get(subnet_id)
-    if seen is None or seen[0] != sig or n > seen[1]:
-        _low_water[subnet_id] = (sig, n)
 
 
 def _lower(subnet_id: str, ip: str) -> None:
