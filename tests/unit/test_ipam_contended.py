@@ -7,8 +7,11 @@ and a spread pick never hides the free addresses below it once the contention is
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import uuid
 from typing import Any
+
+import pytest
 
 from vxnet.services import ipam
 from vxnet.services.repo import Repo, UnitOfWork
@@ -42,21 +45,57 @@ def test_uncontended_allocation_is_lowest_first() -> None:
     assert sub["id"] not in ipam._contended
 
 
-def test_a_rerun_spreads_picks_then_lowest_first_again() -> None:
+def test_a_rerun_moves_picks_to_a_lane_then_lowest_first_again() -> None:
     repo, sub = Repo(SqliteStore(":memory:")), subnet()
     ip, attempts = allocate(repo, sub, steal_first=True)
     assert attempts == 2 and n(ip) != 2  # .2 went to the other writer
     assert ipam._contended[sub["id"]] > 0
     taken = {2, n(ip)}
-    picks = []
+    picks = [n(ip)]
     for _ in range(20):
-        free = sorted(set(range(2, 255)) - taken)
         got = n(allocate(repo, sub)[0])
-        assert got in free[:ipam.WINDOW], "a spread pick outside the first free addresses"
-        assert got not in taken
-        picks.append(got == free[0])
+        assert got not in taken and 2 <= got <= 254
         taken.add(got)
-    assert not all(picks), "20 contended picks were all the lowest free address"
+        picks.append(got)
+    # A lane: upwards from a random free address, each pick the next free one (wrapping to a
+    # new lane only at the pool's end), not the lowest free addresses.
+    steps = [b - a for a, b in itertools.pairwise(picks)]
+    assert sum(1 for s in steps if s == 1) >= len(steps) - 2, f"picks are not a lane: {picks}"
+    assert picks[1:] != list(range(3, 23)), "contended picks were the lowest free addresses"
     ipam._contended[sub["id"]] = 0.0  # the contention is over
     free = sorted(set(range(2, 255)) - taken)
     assert [n(allocate(repo, sub)[0]) for _ in range(3)] == free[:3], "the hint skipped free addresses"
+
+
+def test_a_rerun_inside_a_lane_draws_a_new_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another server allocating in our lane (the lanes met): the rerun leaves it for a new
+    random free start instead of following the other server upwards."""
+    repo, sub = Repo(SqliteStore(":memory:")), subnet()
+    draws = iter([40, 100])  # lane starts: pool offsets (pool start .2)
+    monkeypatch.setattr(ipam.random, "randrange", lambda size: next(draws))
+    first, attempts = allocate(repo, sub, steal_first=True)  # .2 taken by the other writer
+    assert (n(first), attempts) == (42, 2)
+    assert n(allocate(repo, sub)[0]) == 43
+    got, attempts = allocate(repo, sub, steal_first=True)  # the other writer takes our .44
+    assert (n(got), attempts) == (102, 2)
+    assert n(allocate(repo, sub)[0]) == 103
+
+
+def test_a_nearly_full_pool_still_allocates_every_free_address() -> None:
+    """Contended, with only a few free addresses left (random lane draws mostly miss): every
+    free address is still found, and then exhaustion is a 409, not a false one earlier."""
+    repo, sub = Repo(SqliteStore(":memory:")), subnet()
+    for k in range(2, 250):
+        repo.store.txn([], [Put(ipam.ip_key(sub["id"], f"192.0.2.{k}"), "another server")])
+    ipam._contended[sub["id"]] = 1e18
+    try:
+        got = sorted(n(allocate(repo, sub)[0]) for _ in range(5))
+        assert got == [250, 251, 252, 253, 254]
+        try:
+            allocate(repo, sub)
+        except ipam.Conflict as e:
+            assert "No more IP addresses" in str(e)
+        else:
+            raise AssertionError("a full pool allocated an address")
+    finally:
+        ipam._contended.pop(sub["id"], None)
