@@ -169,7 +169,8 @@ def vxnet_lab_etcd(workdir: str) -> Iterator[object]:
 # (CLOCK_REALTIME, one clock for every process of the machine): t0 before the bind's PUT, its
 # response, and the agents' `trace` log lines (agent/core.py: `recv` first update of the pass
 # received, `start` pass start, `fw` plug-first features loaded, `l2` L2 pass done = tap plugged,
-# `end` other features done). "peer" is the prober's host, whose FDB entry for the new MAC the
+# `end` other features done; `cpu_fw` / `cpu_l2` the pass thread's CPU time in the two steps
+# before the plug: the rest of those steps is waiting). "peer" is the prober's host, whose FDB entry for the new MAC the
 # reply needs (until it is there, the request is flooded to every VTEP).
 STAGES = (
     ("bind_put", "bind PUT: request -> response (commit)"),
@@ -177,6 +178,8 @@ STAGES = (
     ("recv_to_start", "target: update received -> pass start (wake-up, coalesce, earlier pass)"),
     ("start_to_fw", "target: pass start -> firewall loaded (compute + firewall)"),
     ("fw_to_plug", "target: firewall loaded -> tap plugged (L2 pass)"),
+    ("cpu_fw", "target: CPU time of the pass thread, start -> firewall loaded"),
+    ("cpu_l2", "target: CPU time of the pass thread, firewall loaded -> tap plugged"),
     ("plug_to_end", "target: tap plugged -> pass end (other features; off the path)"),
     ("plug_to_reply", "target: tap plugged -> first reply (prober's 2 ms period + wire)"),
     ("to_plug", "bind -> tap plugged on the target host"),
@@ -216,6 +219,9 @@ def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: fl
             out["recv_to_start"] = start - recv
         out["start_to_fw"] = fw - start
         out["fw_to_plug"] = l2 - fw
+        for k in ("cpu_fw", "cpu_l2"):
+            if isinstance(plug.get(k), float | int):
+                out[k] = float(plug[k])  # type: ignore[arg-type]
         out["plug_to_end"] = end - l2
         out["plug_to_reply"] = first - l2
         out["to_plug"] = l2 - t0

@@ -78,12 +78,14 @@ def _then(first: ReconcileResult, second: ReconcileResult) -> ReconcileResult:
 
 
 def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: float, fw: float, l2: float,
-           first: list[str]) -> None:
+           first: list[str], cpu: tuple[float, float]) -> None:
     """One `trace` log line (wall-clock seconds, comparable across the processes of one machine)
     for a pass that plugged a tap or installed an FDB/neighbour entry: the port-up critical path,
     read by bench/port_up_bench.py. `recv`: the first stream update this pass is the first to
     apply; `fw`: the plug-first features (`first`) loaded; `l2`: the L2 pass (plugs, entries) done;
-    `end`: the other features done."""
+    `end`: the other features done; `cpu_fw`, `cpu_l2`: the reconcile thread's own CPU time
+    in start -> fw and fw -> l2 (wall time minus this is waiting: for a CPU, the GIL, or a kernel
+    lock such as RTNL, which every network namespace of the machine shares)."""
     d = result.diff
     plugged = [p.tap for p in d.plugs.create] + [p.tap for _, p in d.plugs.update]
     if not (plugged or d.fdb.create or d.neighs.create):
@@ -91,6 +93,7 @@ def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: flo
     doc = {"recv": recv_at, "start": start, "fw": fw, "l2": l2, "end": time.time(), "first": first,
            "plugged": plugged, "fdb": sorted({e.mac for e in d.fdb.create}),
            "neigh": sorted({e.ip for e in d.neighs.create}), "full_read": result.full_read,
+           "cpu_fw": round(cpu[0], 6), "cpu_l2": round(cpu[1], 6),
            "l2_phases": {k: round(v, 6) for k, v in result.phases}}
     trace_log.info("host=%s trace %s", host, json.dumps(doc, separators=(",", ":")))
 
@@ -286,7 +289,7 @@ class Agent:
                 return None
             request_ids, self._request_ids = self._request_ids, []
             recv_at, self._recv_at = self._recv_at, None
-        wall0 = time.time()
+        wall0, cpu0 = time.time(), time.thread_time()
         invalidated = self._invalidate
         if invalidated:
             self._invalidate = False
@@ -312,9 +315,9 @@ class Agent:
                 if f.name in first:
                     fresults[f.name] = self._timed_feature(f, desired, timings)
             hold = frozenset().union(*(r.hold for r in fresults.values()))
-            wall_fw = time.time()
+            wall_fw, cpu_fw = time.time(), time.thread_time()
             result = self.reconciler.reconcile(desired.l2, hold)
-            wall_l2 = time.time()
+            wall_l2, cpu_l2 = time.time(), time.thread_time()
             timings["l2"] = result.seconds
             timings["plug_path"] = time.perf_counter() - t0
             for f in self.features:
@@ -337,7 +340,8 @@ class Agent:
             return None
         self.last_timings = timings
         if trace_log.isEnabledFor(logging.INFO):
-            _trace(self.cfg.host, result, recv_at, wall0, wall_fw, wall_l2, sorted(first))
+            _trace(self.cfg.host, result, recv_at, wall0, wall_fw, wall_l2, sorted(first),
+                   (cpu_fw - cpu0, cpu_l2 - cpu_fw))
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
         l2_result = result
