@@ -10,7 +10,10 @@ project's prober (tests/support/probe.py: absolute schedule, kernel receive time
 `ping` sends at most one request per 10 ms while unanswered, which put "first reply" on a 10 ms
 grid); t0 is just before `PUT /v2.0/ports/ID {"binding:host_id": H}`; "ACTIVE" is the first GET
 that shows it; "first reply" is the receive timestamp of the first echo reply. The measuring
-loop is the one of tests/root/test_port_up_latency.py.
+loop is the one of tests/root/test_port_up_latency.py. After the headline rows, one row per
+stage of the critical path (STAGES: bind PUT, update at the target agent, pass start, filters
+loaded, tap plugged, the pass thread's CPU time, the peer host's FDB entry, first reply), from
+the agents' `trace` log lines (agent/core.py) and the benchmark's own timestamps.
 
 vxnet on etcd (issue 6): the same lab and loop, but the lab's agents are given two `vxnet
 server`s (`--server URL,URL`) on a fresh 3-member etcd cluster on loopback (the setup of
