@@ -10,7 +10,10 @@ project's prober (tests/support/probe.py: absolute schedule, kernel receive time
 `ping` sends at most one request per 10 ms while unanswered, which put "first reply" on a 10 ms
 grid); t0 is just before `PUT /v2.0/ports/ID {"binding:host_id": H}`; "ACTIVE" is the first GET
 that shows it; "first reply" is the receive timestamp of the first echo reply. The measuring
-loop is the one of tests/root/test_port_up_latency.py.
+loop is the one of tests/root/test_port_up_latency.py. After the headline rows, one row per
+stage of the critical path (STAGES: bind PUT, update at the target agent, pass start, filters
+loaded, tap plugged, the pass thread's CPU time, the peer host's FDB entry, first reply), from
+the agents' `trace` log lines (agent/core.py) and the benchmark's own timestamps.
 
 vxnet on etcd (issue 6): the same lab and loop, but the lab's agents are given two `vxnet
 server`s (`--server URL,URL`) on a fresh 3-member etcd cluster on loopback (the setup of
@@ -74,6 +77,13 @@ def _stats_row(system: str, what: str, xs: list[float], failed: int, note: str) 
 # --- the vxnet lab ------------------------------------------------------------------------------
 
 
+# When the benchmark polls the API for ACTIVE (a GET every ~1 ms): "during" the wait for the
+# first reply (default, the method of the earlier figures), or "after" it came. A GET costs the
+# server CPU that the first reply's path (server, agents) may wait for; Nova waits for an event
+# instead. With "after", a port already ACTIVE at the first GET counts ACTIVE at that GET. In one
+# run at load ~12 (2 x 30 ports each) the difference was within the noise (p50 36.1, 36.5 ms
+# during vs 30.2, 38.1 ms after).
+ACTIVE_POLL = "during"
 QUIET = 10.0   # seconds the lab prefix must stay free before a run starts (0 inside a sandbox)
 
 
@@ -92,6 +102,7 @@ def in_sandbox(call: str, timeout: float) -> object:
     fd, out = tempfile.mkstemp(prefix="vxnet-bench-", suffix=".json")
     os.close(fd)
     code = ("import json, bench.port_up_bench as p, bench.agent_bench as a; p.QUIET = 0\n"
+            f"p.ACTIVE_POLL = {ACTIVE_POLL!r}\n"
             f"r = {call}\nwith open({out!r}, 'w') as f: json.dump(r, f)")
     script = 'mount -t tmpfs vxnet-bench /run/netns && ip link set lo up && exec "$0" -c "$1"'
     try:
@@ -157,18 +168,99 @@ def vxnet_lab_etcd(workdir: str) -> Iterator[object]:
         cluster.stop()
 
 
+# The port-up critical path, stage by stage (seconds; key, what it is). Times are wall-clock
+# (CLOCK_REALTIME, one clock for every process of the machine): t0 before the bind's PUT, its
+# response, and the agents' `trace` log lines (agent/core.py: `recv` first update of the pass
+# received, `start` pass start, `fw` plug-first features loaded, `l2` L2 pass done = tap plugged,
+# `end` other features done; `cpu_fw` / `cpu_l2` the pass thread's CPU time in the two steps
+# before the plug: the rest of those steps is waiting). "peer" is the prober's host, whose FDB entry for the new MAC the
+# reply needs (until it is there, the request is flooded to every VTEP).
+STAGES = (
+    ("bind_put", "bind PUT: request -> response (commit)"),
+    ("to_recv", "bind -> target agent has the update (server commit + stream)"),
+    ("recv_to_start", "target: update received -> pass start (wake-up, coalesce, earlier pass)"),
+    ("start_to_fw", "target: pass start -> firewall loaded (compute + firewall)"),
+    ("fw_to_plug", "target: firewall loaded -> tap plugged (L2 pass)"),
+    ("cpu_fw", "target: CPU time of the pass thread, start -> firewall loaded"),
+    ("cpu_l2", "target: CPU time of the pass thread, firewall loaded -> tap plugged"),
+    ("plug_to_end", "target: tap plugged -> pass end (other features; off the path)"),
+    ("plug_to_reply", "target: tap plugged -> first reply (prober's 2 ms period + wire)"),
+    ("to_plug", "bind -> tap plugged on the target host"),
+    ("to_peer_fdb", "bind -> prober's host installed the new MAC's FDB entry"),
+    ("peer_fdb_to_reply", "prober's host FDB entry -> first reply (negative: the FDB came after)"),
+)
+
+
+def read_traces(state_dir: str) -> dict[str, list[dict[str, object]]]:
+    """host -> the agents' `trace` documents (agent/core.py `_trace`), in log order."""
+    out: dict[str, list[dict[str, object]]] = {}
+    for name in sorted(os.listdir(state_dir)):
+        m = re.match(r"^agent-(.+)\.log$", name)
+        if not m:
+            continue
+        with open(os.path.join(state_dir, name), errors="replace") as f:
+            for line in f:
+                t = re.search(r"host=(\S+) trace (\{.*\})\s*$", line)
+                if t:
+                    with contextlib.suppress(ValueError):
+                        out.setdefault(t.group(1), []).append(json.loads(t.group(2)))
+    return out
+
+
+def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: float, first: float, host: str,
+                tap: str, mac: str) -> dict[str, float]:
+    """The stages (STAGES) of one port's bind, from the traces; a stage whose trace is missing
+    is left out."""
+    out = {"bind_put": t_put - t0}
+    plug = next((d for d in traces.get(host, []) if tap in d["plugged"] and float(d["start"]) >= t0 - 0.001), None)  # type: ignore[operator, arg-type]
+    if plug is not None:
+        recv, start, fw, l2, end = (float(plug[k]) if plug[k] is not None else None  # type: ignore[arg-type]
+                                    for k in ("recv", "start", "fw", "l2", "end"))
+        assert start is not None and fw is not None and l2 is not None and end is not None
+        if recv is not None and recv >= t0:
+            out["to_recv"] = recv - t0
+            out["recv_to_start"] = start - recv
+        out["start_to_fw"] = fw - start
+        out["fw_to_plug"] = l2 - fw
+        for k in ("cpu_fw", "cpu_l2"):
+            if isinstance(plug.get(k), float | int):
+                out[k] = float(plug[k])  # type: ignore[arg-type]
+        out["plug_to_end"] = end - l2
+        out["plug_to_reply"] = first - l2
+        out["to_plug"] = l2 - t0
+    peer = HOSTS[(HOSTS.index(host) + 1) % 3]
+    fdb = next((d for d in traces.get(peer, []) if mac in d["fdb"] and float(d["start"]) >= t0 - 0.001), None)  # type: ignore[operator, arg-type]
+    if fdb is not None:
+        out["to_peer_fdb"] = float(fdb["l2"]) - t0  # type: ignore[arg-type]
+        out["peer_fdb_to_reply"] = first - float(fdb["l2"])  # type: ignore[arg-type]
+    return out
+
+
+def stage_rows(system: str, stages: dict[str, list[float]]) -> list[list[str]]:
+    """One table row per stage: p50 / p90 / p99 / max / mean (ms)."""
+    rows = []
+    for key, what in STAGES:
+        xs = stages.get(key) or []
+        if xs:
+            rows.append(_stats_row(system, f"stage: {what}", xs, 0, ""))
+    return rows
+
+
 def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
     """Per-port bind->ACTIVE and bind->first reply (seconds) on a fresh 3-host lab whose server
     uses the embedded store (`store="embedded"`) or which has 2 servers on etcd (`"etcd"`)."""
     import_repo()
     from tests.root.helpers import nsexec
     from tests.support import probe
+    from vxnet.compute import naming
     from vxnet.lab import lab, topology
 
     workdir = tempfile.mkdtemp(prefix="vxnet-bench-portup-")
     active: list[float] = []
     reply: list[float] = []
     failures: list[str] = []
+    stages: dict[str, list[float]] = {k: [] for k, _ in STAGES}
+    ports_seen: list[tuple[float, float, float, str, str, str]] = []   # t0, put done, reply, host, tap, mac
     agent_rss: dict[str, float] = {}
     make_lab = {"embedded": vxnet_lab, "etcd": vxnet_lab_etcd}[store]
     try:
@@ -194,13 +286,16 @@ def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
                     try:
                         t0 = time.time()
                         lab.bind_port(st, port["id"], host, api)
+                        t_put = time.time()
+                        first = probe.first_reply(proc, deadline=t0 + 5) if ACTIVE_POLL == "after" else None
                         t_active = None
                         while time.time() - t0 < 10:
                             if api.get(f"/ports/{port['id']}").json()["port"]["status"] == "ACTIVE":
                                 t_active = time.time()
                                 break
                             time.sleep(0.001)
-                        first = probe.first_reply(proc, deadline=t0 + 5)
+                        if ACTIVE_POLL != "after":
+                            first = probe.first_reply(proc, deadline=t0 + 5)
                     finally:
                         probe.stop(proc)
                     if t_active is None or first is None:
@@ -209,12 +304,17 @@ def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
                         continue
                     active.append(t_active - t0)
                     reply.append(first - t0)
+                    ports_seen.append((t0, t_put, first, host, naming.tap_name(port["id"]), port["mac_address"]))
+            traces = read_traces(lab.state_dir())
+            for t0, t_put, first, host, tap, mac in ports_seen:
+                for k, v in port_stages(traces, t0, t_put, first, host, tap, mac).items():
+                    stages[k].append(v)
             for h, pid in lab.load_state()["agents"].items():
                 with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
                     agent_rss[h] = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"active": active, "reply": reply, "failures": failures, "agent_rss": agent_rss}
+    return {"active": active, "reply": reply, "failures": failures, "agent_rss": agent_rss, "stages": stages}
 
 
 # --- the OVN lab --------------------------------------------------------------------------------
@@ -313,6 +413,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--portup-stores", default="embedded,etcd",
                    help="vxnet labs to measure: embedded (the lab's own server), etcd (2 servers on a 3-member "
                         "cluster); default both")
+    p.add_argument("--portup-active-poll", choices=("during", "after"), default="during",
+                   help="poll the API for ACTIVE during the wait for the first reply (default, as before) or after it")
     p.add_argument("--skip-ovn", action="store_true", help="do not run the OVN lab (default: run it)")
 
 
@@ -330,6 +432,8 @@ def ovn_notes(nports: int, ovn_lab: str) -> list[str]:
 
 def run(opts: argparse.Namespace) -> Report:
     nports = max(9, opts.portup_ports // (10 if opts.quick else 1))
+    global ACTIVE_POLL
+    ACTIVE_POLL = opts.portup_active_poll
     cols = ["system", "measurement", "ports", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "notes"]
     rows: list[list[str]] = []
     notes: list[str] = []
@@ -358,7 +462,10 @@ def run(opts: argparse.Namespace) -> Report:
                     msg = f"{type(e).__name__}: {e}"[:600].replace("|", "/")
                     notes.append(f"{system[store]} round {rnd} attempt {attempt} failed (not counted): {msg}")
             if got:
-                acc = vxs.setdefault(store, {"reply": [], "active": [], "failures": [], "agent_rss": {}, "flat": []})
+                acc = vxs.setdefault(store, {"reply": [], "active": [], "failures": [], "agent_rss": {}, "flat": [],
+                                             "stages": {}})
+                for k, xs in (got.get("stages") or {}).items():  # type: ignore[union-attr]
+                    acc["stages"].setdefault(k, []).extend(xs)  # type: ignore[union-attr]
                 for k in ("reply", "active", "failures"):
                     acc[k] += got[k]  # type: ignore[operator]
                 rep: list[float] = got["reply"]  # type: ignore[assignment]
@@ -394,6 +501,7 @@ def run(opts: argparse.Namespace) -> Report:
         rows.append(_stats_row(system[store], f"bind -> first reply (ping every 2 ms, {where})",
                                vxi["reply"], len(fails), "headline"))  # type: ignore[arg-type]
         rows.append(_stats_row(system[store], "bind -> ACTIVE (API)", vxi["active"], len(fails), ""))  # type: ignore[arg-type]
+        rows += stage_rows(system[store], vxi["stages"])  # type: ignore[arg-type]
         notes += [f"{system[store]} failure: {f}" for f in fails]  # type: ignore[attr-defined]
         if vxi["agent_rss"]:
             notes.append(f"{system[store]}: agents' RSS after the run: " + ", ".join(

@@ -30,12 +30,16 @@ Invariants:
 Operations (docs/operations.md): a pass logs the request ids (X-Openstack-Request-Id) of the
 updates it applied; a `doctor` stream message runs `doctor()` (read-only diff of desired and
 kernel state, `agent/doctor.py`; with `repair`, a pass that re-reads the kernel, then the diff
-again) in its own thread and sends the result back (`report_doctor`).
+again) in its own thread and sends the result back (`report_doctor`). A pass that plugs a tap or
+installs an FDB/neighbour entry logs one `trace` line (logger `vxnet.agent.trace`: wall-clock
+times of the update's arrival, pass start, filters loaded, L2 done, and the L2 pass's phases),
+from which bench/port_up_bench.py builds its per-stage breakdown.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -58,6 +62,7 @@ from vxnet.compute.view import ViewState, apply_message
 from vxnet.config import MetadataSettings
 
 log = logging.getLogger("vxnet.agent")
+trace_log = logging.getLogger("vxnet.agent.trace")
 
 BURST_WINDOW = 0.05     # seconds after a pass within which a wake-up is coalesced
 PLUG_FIRST = frozenset({"firewall"})   # features applied before the L2 pass plugs taps
@@ -70,6 +75,27 @@ def _then(first: ReconcileResult, second: ReconcileResult) -> ReconcileResult:
                     for a, b in ((getattr(d1, k), getattr(d2, k)) for k in ("bridges", "vxlans", "plugs", "fdb", "neighs"))))
     return dataclasses.replace(second, diff=hd, seconds=first.seconds + second.seconds,
                                full_read=first.full_read or second.full_read)
+
+
+def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: float, fw: float, l2: float,
+           first: list[str], cpu: tuple[float, float]) -> None:
+    """One `trace` log line (wall-clock seconds, comparable across the processes of one machine)
+    for a pass that plugged a tap or installed an FDB/neighbour entry: the port-up critical path,
+    read by bench/port_up_bench.py. `recv`: the first stream update this pass is the first to
+    apply; `fw`: the plug-first features (`first`) loaded; `l2`: the L2 pass (plugs, entries) done;
+    `end`: the other features done; `cpu_fw`, `cpu_l2`: the reconcile thread's own CPU time
+    in start -> fw and fw -> l2 (wall time minus this is waiting: for a CPU, the GIL, or a kernel
+    lock such as RTNL, which every network namespace of the machine shares)."""
+    d = result.diff
+    plugged = [p.tap for p in d.plugs.create] + [p.tap for _, p in d.plugs.update]
+    if not (plugged or d.fdb.create or d.neighs.create):
+        return
+    doc = {"recv": recv_at, "start": start, "fw": fw, "l2": l2, "end": time.time(), "first": first,
+           "plugged": plugged, "fdb": sorted({e.mac for e in d.fdb.create}),
+           "neigh": sorted({e.ip for e in d.neighs.create}), "full_read": result.full_read,
+           "cpu_fw": round(cpu[0], 6), "cpu_l2": round(cpu[1], 6),
+           "l2_phases": {k: round(v, 6) for k, v in result.phases}}
+    trace_log.info("host=%s trace %s", host, json.dumps(doc, separators=(",", ":")))
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -155,6 +181,7 @@ class Agent:
         self._last_desired: HostDesired | None = None
         self._held = False                # the last pass held taps (their filters not loaded)
         self.applied = threading.Condition()     # notified after every pass
+        self._recv_at: float | None = None  # wall time of the first update not yet in a pass (trace)
         # what `status_report()` tells the servers (docs/operations.md)
         self._received_revision: int | None = None  # revision of the last update/snapshot in the view
         self._applied_received: int | None = None   # ... of the view the last clean pass applied
@@ -197,6 +224,8 @@ class Agent:
             view = self._view
             if kind in ("update", "snapshot") and view.revision == int(msg.get("revision") or 0):
                 self._received_revision = view.revision
+                if kind == "update" and self._recv_at is None:
+                    self._recv_at = time.time()
                 rid = msg.get("request_id")
                 if isinstance(rid, str) and len(self._request_ids) < 1000:
                     self._request_ids.append(rid[:80])
@@ -259,6 +288,8 @@ class Agent:
             if not view.complete:
                 return None
             request_ids, self._request_ids = self._request_ids, []
+            recv_at, self._recv_at = self._recv_at, None
+        wall0, cpu0 = time.time(), time.thread_time()
         invalidated = self._invalidate
         if invalidated:
             self._invalidate = False
@@ -284,7 +315,9 @@ class Agent:
                 if f.name in first:
                     fresults[f.name] = self._timed_feature(f, desired, timings)
             hold = frozenset().union(*(r.hold for r in fresults.values()))
+            wall_fw, cpu_fw = time.time(), time.thread_time()
             result = self.reconciler.reconcile(desired.l2, hold)
+            wall_l2, cpu_l2 = time.time(), time.thread_time()
             timings["l2"] = result.seconds
             timings["plug_path"] = time.perf_counter() - t0
             for f in self.features:
@@ -306,6 +339,9 @@ class Agent:
             self._retry_later()
             return None
         self.last_timings = timings
+        if trace_log.isEnabledFor(logging.INFO):
+            _trace(self.cfg.host, result, recv_at, wall0, wall_fw, wall_l2, sorted(first),
+                   (cpu_fw - cpu0, cpu_l2 - cpu_fw))
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
         l2_result = result

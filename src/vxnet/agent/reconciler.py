@@ -47,6 +47,7 @@ class ReconcileResult:
     seconds: float
     full_read: bool
     absent: frozenset[str] = frozenset()   # taps of desired plugs not in the kernel (yet)
+    phases: tuple[tuple[str, float], ...] = ()   # (phase, seconds since the pass started), in order
 
     @property
     def changes(self) -> int:
@@ -100,6 +101,7 @@ class Reconciler:
         t0 = time.perf_counter()
         k = self.kernel
         links = k.read_links()
+        phases = [("read_links", time.perf_counter() - t0)]
         present = links.tap_names
         wanted_taps = {p.tap for p in desired.plugs}
         have_plugs = frozenset(p for p in links.taps if naming.is_bridge(p.bridge) or p.tap in wanted_taps)
@@ -116,6 +118,7 @@ class Reconciler:
         # can miss the suppression table and the VM retries only a second later.
         drv = k.links(links.index)
         drv.apply_up(d_br, d_vx)
+        phases.append(("up", time.perf_counter() - t0))
         self.owned_ifindexes = frozenset(i for n, i in drv.index.items() if naming.is_owned(n))
         if not (d_br.empty and d_vx.empty) or d_pl.delete:
             self.invalidate()       # entries went with deleted/recreated links
@@ -132,8 +135,11 @@ class Reconciler:
         d_nb = diff(desired.neighs, have_neigh)
         on_tap = lambda e: naming.is_plug(e.dev)
         failed_entries = k.apply_entries(d_fdb.without(on_tap), d_nb, drv.index)
+        phases.append(("entries", time.perf_counter() - t0))
         drv.apply_plugs(d_pl)
+        phases.append(("plugs", time.perf_counter() - t0))
         failed_entries += k.apply_entries(d_fdb.without(lambda e: not on_tap(e)), Diff(), drv.index)
+        phases.append(("tap_entries", time.perf_counter() - t0))
         self._entries = (apply(have_fdb, d_fdb, failed_entries), apply(have_neigh, d_nb, failed_entries))
 
         drv.apply_down(d_br, d_vx, d_pl)
@@ -149,4 +155,4 @@ class Reconciler:
             (active if ok else down).add(lp.port_id)
         hd = HostDiff(d_br, d_vx, d_pl, d_fdb, d_nb)
         return ReconcileResult(hd, failed, frozenset(active), frozenset(down), time.perf_counter() - t0, full_read,
-                               frozenset(wanted_taps - present))
+                               frozenset(wanted_taps - present), tuple(phases))
