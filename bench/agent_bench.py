@@ -134,7 +134,7 @@ def measure_fdb(rounds: int) -> dict[str, object]:
         if res.failed or len(res.diff.fdb.delete) != 2000 or sum(kernel_dsts().values()) != 0:
             raise RuntimeError("removal wrong")
         # The bare netlink batch: 1000 FDB `self` replaces in one write.
-        idx = rec.kernel.ipr.link("get", ifname=vx)[0]["index"]
+        idx = rec.kernel.ipr.index(vx)
         batches = []
         for k in range(rounds):
             dst = topology.underlay_ip(2 + k % 2)

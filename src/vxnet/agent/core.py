@@ -40,22 +40,19 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from vxnet.agent import gateway, metrics, report
+from vxnet.agent import metrics, report
 from vxnet.agent.backoff import Backoff
-from vxnet.agent.dhcp import DhcpFeature
 from vxnet.agent.features import Feature, FeatureResult, HostContext
-from vxnet.agent.firewall import FirewallFeature
-from vxnet.agent.ha import HaFailover
-from vxnet.agent.metadata import MetadataFeature
-from vxnet.agent.qos import QosFeature
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
-from vxnet.agent.routing import RoutingFeature
 from vxnet.compute.diff import Diff, HostDiff
 from vxnet.compute.host import HostComputer, HostDesired
 from vxnet.compute.view import ViewState, apply_message
 from vxnet.config import MetadataSettings
+
+if TYPE_CHECKING:
+    from vxnet.agent.ha import HaFailover
 
 log = logging.getLogger("vxnet.agent")
 
@@ -169,6 +166,8 @@ class Agent:
         self.doctor_list_table: Any = None
         self.ha: HaFailover | None = None
         if cfg.bfd:
+            from vxnet.agent.ha import HaFailover
+
             self.ha = HaFailover(cfg.host, cfg.underlay_ip, cfg.gateway, cfg.ha_dir or "",
                                  self._wake.set, cfg.netns)
 
@@ -625,7 +624,15 @@ class Agent:
 
 
 def build_features(ctx: HostContext) -> list[Feature]:
-    """The features an agent runs, in apply order."""
+    """The features an agent runs, in apply order. Imported here, not at the top: an L2-only agent
+    (`features=[]`) never loads their drivers (docs/agent.md, memory)."""
+    from vxnet.agent import gateway
+    from vxnet.agent.dhcp import DhcpFeature
+    from vxnet.agent.firewall import FirewallFeature
+    from vxnet.agent.metadata import MetadataFeature
+    from vxnet.agent.qos import QosFeature
+    from vxnet.agent.routing import RoutingFeature
+
     return [
         *gateway.build(ctx),        # SNAT and floating IPs (gateway hosts only)
         RoutingFeature(ctx),        # distributed routers

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno as errno_mod
 import ipaddress
+import os
 import socket
 import struct
 import threading
@@ -124,18 +125,40 @@ def _attr(kind: int, data: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+NETNS_RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+
+
+def setns(netns: str | int) -> None:
+    """Move the calling thread into network namespace `netns` (a name under /run/netns, or an
+    open namespace fd). The namespace must exist (nothing is created)."""
+    import ctypes
+
+    fd = os.open(os.path.join(NETNS_RUN_DIR, netns), os.O_RDONLY | os.O_CLOEXEC) if isinstance(netns, str) else netns
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+    finally:
+        if isinstance(netns, str):
+            os.close(fd)
+
+
 def _open(netns: str | None) -> socket.socket:
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    from pyroute2.netns import popns, pushns
-
     # setns() is per thread; the socket keeps the namespace it was created in.
     with _netns_lock:
-        pushns(netns)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            setns(netns)
+            try:
+                return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            finally:
+                setns(home)
         finally:
-            popns()
+            os.close(home)
 
 
 class RtnlSocket:
