@@ -48,16 +48,14 @@ from vxnet.dataplane.rtnl import (
 )
 
 RTM_DELLINK = 17
-RTM_SETLINK = 19
 RTM_NEWADDR = 20
 RTM_GETADDR = 22
 NLM_F_EXCL = 0x200
 NLM_F_DUMP = 0x300
-NLA_F_NESTED = 0x8000
 
-IFLA_PROTINFO = 12
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
+IFLA_INFO_SLAVE_DATA = 5
 IFLA_VXLAN_ID = 1
 IFLA_VXLAN_LINK = 3
 IFLA_VXLAN_LOCAL = 4
@@ -161,10 +159,11 @@ def set_link(index: int, *, mac: str | None = None, mtu: int | None = None, mast
 
 
 def set_brport(index: int, *, learning: bool, neigh_suppress: bool) -> Msg:
-    """`bridge link set dev INDEX learning on|off neigh_suppress on|off` (the port's master must
-    be a bridge; the nested flag is what the kernel tells new port settings from old RSTP)."""
-    protinfo = _u8(IFLA_BRPORT_LEARNING, int(learning)) + _u8(IFLA_BRPORT_NEIGH_SUPPRESS, int(neigh_suppress))
-    return Msg(RTM_SETLINK, 0, _IFI.pack(socket.AF_BRIDGE, 0, index, 0, 0) + _attr(IFLA_PROTINFO | NLA_F_NESTED, protinfo))
+    """`ip link set dev INDEX type bridge_slave learning on|off neigh_suppress on|off` (the link
+    must be a bridge port)."""
+    data = _u8(IFLA_BRPORT_LEARNING, int(learning)) + _u8(IFLA_BRPORT_NEIGH_SUPPRESS, int(neigh_suppress))
+    info = _name(IFLA_INFO_KIND, "bridge_slave") + _attr(IFLA_INFO_SLAVE_DATA, data)   # as `ip link` sends it
+    return Msg(RTM_NEWLINK, 0, _IFI.pack(0, 0, index, 0, 0) + _attr(IFLA_LINKINFO, info))
 
 
 def del_link(index: int) -> Msg:
@@ -233,5 +232,4 @@ class RtnlLinks:
                         return out
 
 
-_NAMES = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK", RTM_SETLINK: "RTM_SETLINK",
-          RTM_GETLINK: "RTM_GETLINK", RTM_GETADDR: "RTM_GETADDR"}
+_NAMES = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK", RTM_GETLINK: "RTM_GETLINK", RTM_GETADDR: "RTM_GETADDR"}
