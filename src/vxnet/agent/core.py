@@ -625,16 +625,21 @@ class Agent:
 
 def build_features(ctx: HostContext) -> list[Feature]:
     """The features an agent runs, in apply order. Imported here, not at the top: an L2-only agent
-    (`features=[]`) never loads their drivers (docs/agent.md, memory)."""
-    from vxnet.agent import gateway
+    (`features=[]`) never loads their drivers, a host that is no gateway never loads the
+    gateway's (docs/agent.md, memory)."""
     from vxnet.agent.dhcp import DhcpFeature
     from vxnet.agent.firewall import FirewallFeature
     from vxnet.agent.metadata import MetadataFeature
     from vxnet.agent.qos import QosFeature
     from vxnet.agent.routing import RoutingFeature
 
+    gateway: list[Feature] = []
+    if ctx.gateway:
+        from vxnet.agent import gateway as gw
+
+        gateway = [*gw.build(ctx)]
     return [
-        *gateway.build(ctx),        # SNAT and floating IPs (gateway hosts only)
+        *gateway,                   # SNAT and floating IPs (gateway hosts only)
         RoutingFeature(ctx),        # distributed routers
         FirewallFeature(ctx),       # port security, security groups (before any tap is plugged)
         DhcpFeature(ctx),           # DHCP for local VMs
