@@ -626,7 +626,7 @@ class Agent:
 def build_features(ctx: HostContext) -> list[Feature]:
     """The features an agent runs, in apply order. Imported here, not at the top: an L2-only agent
     (`features=[]`) never loads their drivers, a host that is no gateway never loads the
-    gateway's (docs/agent.md, memory)."""
+    gateway's (docs/architecture.md, agent memory)."""
     from vxnet.agent.dhcp import DhcpFeature
     from vxnet.agent.firewall import FirewallFeature
     from vxnet.agent.metadata import MetadataFeature
