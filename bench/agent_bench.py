@@ -61,16 +61,18 @@ def own_underlay(wait: float) -> Iterator[None]:
         topology.teardown()
 
 
-def measure_rss(ports: int, runs: int, wait: float, features: str = "all") -> tuple[list[float], list[float], str, list[str]]:
+def measure_rss(ports: int, runs: int, wait: float, features: str = "all",
+                delivery: str = "dict") -> tuple[list[float], list[float], str, list[str]]:
     """(peak RSS MB per run, first full apply s per run, kernel object counts, errors); `features`:
-    "all" (the whole agent) or "none" (L2 only), as tests/root/rss_probe.py takes it."""
+    "all" (the whole agent) or "none" (L2 only), `delivery` "dict" or "json" (the snapshot as
+    JSON text, as the agent's client receives it), as tests/root/rss_probe.py takes them."""
     from vxnet.lab import topology
 
     probe = os.path.join(REPO, "tests", "root", "rss_probe.py")
     rss, secs, counts, errors = [], [], "", []
     for _ in range(runs):
         with own_underlay(wait):
-            r = subprocess.run([sys.executable, probe, topology.host_ns(1), str(ports), "20", features], capture_output=True,
+            r = subprocess.run([sys.executable, probe, topology.host_ns(1), str(ports), "20", features, delivery], capture_output=True,
                                text=True, timeout=300, check=False, cwd=REPO)
         if r.returncode != 0:
             errors.append(f"rss_probe exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
@@ -169,10 +171,12 @@ def run(opts: argparse.Namespace) -> Report:
     ports = max(1000, opts.rss_ports // (10 if opts.quick else 1))
     rounds = max(2, opts.fdb_rounds // (5 if opts.quick else 1))
     medians: dict[str, float] = {}
-    for features, what in (("none", "L2 only"), ("all", "whole agent")):
+    for features, delivery, what in (("none", "dict", "L2 only"), ("none", "json", "L2 only, snapshot as JSON text"),
+                                     ("all", "dict", "whole agent")):
         try:
             rss, secs, counts, errors = in_sandbox(  # type: ignore[misc]
-                f"a.measure_rss({ports}, {max(1, opts.rss_runs)}, 0, {features!r})", 120 + 300 * opts.rss_runs)
+                f"a.measure_rss({ports}, {max(1, opts.rss_runs)}, 0, {features!r}, {delivery!r})",
+                120 + 300 * opts.rss_runs)
             if rss:
                 medians[what] = statistics.median(rss)
                 rows.append([f"agent peak RSS ({what}), {ports:,} ports / 20 networks in view", str(len(rss)), "", "",
@@ -216,6 +220,8 @@ def run(opts: argparse.Namespace) -> Report:
     notes.append("RSS is the probe process' VmHWM: the Python interpreter, the agent, its view, the desired "
                  "state and the kernel cache; the probe talks to no server (the view comes as one snapshot), "
                  "so the HTTP client (httpx) and the command line (typer) of `vxnet agent` are not counted. "
+                 "The snapshot is handed over as Python objects (strings shared as the probe built them), "
+                 "or as one JSON text decoded as agent/client.py decodes it (the realistic peak). "
                  "The view has no subnets, routers or gateway: the whole agent builds every feature but "
                  "none has kernel work.")
     notes.append("Timings are wall clock on a shared 2-vCPU machine; load average at the end: " +
