@@ -56,7 +56,7 @@ _ATTR = struct.Struct("=HH")
 _netns_lock = threading.Lock()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class NeighRecord:
     """One neighbour or FDB entry as the kernel reports it."""
 
@@ -69,7 +69,7 @@ class NeighRecord:
     master: int | None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class NeighRequest:
     """One neighbour/FDB change to send in a batch."""
 
@@ -98,7 +98,7 @@ class NeighRequest:
         return _HDR.pack(_HDR.size + len(body), mtype, flags, seq, 0) + body
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class LinkSet:
     """One RTM_NEWLINK change of an existing link (batched like `NeighRequest`): its master
     and MTU, or its up/down flag (None: left alone)."""
@@ -268,7 +268,7 @@ RTMGRP_NEIGH = 0x4
 _IFI = struct.Struct("=BxHiII")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class KernelEvent:
     """A link or neighbour notification, reduced to what the agent reacts to."""
 
@@ -354,7 +354,7 @@ DEVCONF_DISABLE_IPV6 = 26
 ADDR_GEN_MODE_NONE = 1
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class LinkRecord:
     """The attributes of a link the agent compares (see links_driver.read_links)."""
 

@@ -79,7 +79,7 @@ class RtnlError(OSError):
         return self.errno or 0
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Msg:
     """One rtnetlink request (header added by `encode`, as `RtnlSocket.batch` wants)."""
 
