@@ -81,6 +81,18 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+def release_freed_memory() -> None:
+    """Give the pages glibc's malloc holds free back to the kernel (`malloc_trim`). After a
+    large snapshot is parsed, its decoded objects are freed but their heap pages would stay
+    resident beside the typed view (about 1 MB with 10,000 ports). Best effort (glibc only)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class ControlPlane(Protocol):
     """What the agent needs from the servers (`vxnet.agent.client.ServerClient` implements it)."""
 
@@ -206,6 +218,8 @@ class Agent:
         if msg.get("type") != "ping":
             metrics.UPDATE_REVISION.set(view.revision)
             self._wake.set()
+        if msg.get("type") == "snapshot" and consume:
+            release_freed_memory()
 
     def kernel_changed(self, invalidate: bool) -> None:
         """Something changed in the kernel behind our back (or a tap appeared)."""
