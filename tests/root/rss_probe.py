@@ -11,6 +11,10 @@ from vxnet.agent.core import Agent, AgentConfig, limit_malloc_arenas
 
 NS, N, NETS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 FEATURES = sys.argv[4] if len(sys.argv) > 4 else "all"     # "all" (the real agent) or "none" (L2 only)
+# "dict": the snapshot is handed over as Python objects (the figures before December 2026);
+# "json": as one line of JSON text decoded as agent/client.py decodes it (the text and the
+# decoded dict coexist; strings come from the decoder, not shared constants).
+DELIVERY = sys.argv[5] if len(sys.argv) > 5 else "dict"
 limit_malloc_arenas()       # as `vxnet agent` does
 
 
@@ -39,7 +43,18 @@ class Once:
         return True
 
     def stream(self, since: int | None) -> Iterator[dict]:
-        yield {"type": "snapshot", "revision": 1, "view": view()}
+        if DELIVERY == "json":
+            import json
+
+            from vxnet.compute.view import decode_message
+
+            line = json.dumps({"type": "snapshot", "revision": 1, "view": view()})
+            msg = decode_message(line)
+            del line
+            yield msg
+            del msg
+        else:
+            yield {"type": "snapshot", "revision": 1, "view": view()}
         threading.Event().wait()
 
     def report_status(self, active, down) -> None:

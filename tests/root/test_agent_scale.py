@@ -1,11 +1,14 @@
 """Agent memory and apply time with 10,000 ports in its view (20 networks, ~30,000 FDB/neighbour
 entries), measured in a child process (peak RSS).
 
-Budgets: the L2 agent alone keeps the agent issue's goal (<= 80 MB; 68.8 MB measured). The
-whole agent (with the DHCP, firewall, routing and gateway features) measured 80-82 MB when they
-landed (libnftables loaded in-process, for ~1 ms transactions instead of ~15 ms `nft` runs, is
-most of the difference) and 77.7 MB once `vxnet agent` capped glibc's malloc arenas: too close
-to 80 for a pass/fail line on a shared machine, so its budget is 90 MB."""
+Budgets: the L2 agent alone measured 72-73 MB while it imported pyroute2 for its links, 56-57
+MB since it speaks rtnetlink itself (dataplane/rtnl_links.py) and trims malloc's free pages after
+a snapshot; its budget is issue 18's goal, 60 MB (this probe hands the snapshot over as objects;
+as JSON text, as a real agent gets it, the same agent measured 60.0-60.5 MB: docs/benchmarks.md).
+tests/unit/test_agent_imports.py checks deterministically that the L2 agent loads no pyroute2. The whole agent (with the DHCP, firewall, routing and metadata features)
+measured 80-82 MB when they landed (libnftables loaded in-process is most of the difference
+then), 77.7 MB once `vxnet agent` capped glibc's malloc arenas, and 85.6 MB in December 2026
+(the features' drivers still import pyroute2): its budget is 90 MB."""
 
 from __future__ import annotations
 
@@ -37,6 +40,6 @@ def test_rss_and_apply_time_with_10k_ports(underlay3: list[str]) -> None:
     # 10,000 port neighbours + one 169.254.169.254 entry (the metadata service, docs/metadata.md)
     # per network with a local port (20)
     assert "'fdb': 19960" in rest and "'neighs': 10020" in rest
-    assert rss_l2 <= 80.0
+    assert rss_l2 <= 60.0
     rss_all, _ = _probe(underlay3[1], "all")             # the whole agent, on another fresh host
     assert rss_all <= 90.0

@@ -59,7 +59,7 @@ def test_thousand_fdb_entries_batched(underlay3: list[str]) -> None:
         # The netlink batch alone: 1000 FDB replaces (self entries moved back to h2) in one write.
         from vxnet.dataplane.rtnl import AF_BRIDGE, NTF_SELF, NUD_NOARP, NUD_PERMANENT, NeighRequest
 
-        idx = rec.kernel.ipr.link("get", ifname=naming.vxlan_name(NET))[0]["index"]
+        idx = rec.kernel.ipr.index(naming.vxlan_name(NET))
         reqs = [NeighRequest("replace", AF_BRIDGE, idx, NUD_NOARP | NUD_PERMANENT, NTF_SELF,
                              f"02:00:01:00:{i >> 8:02x}:{i & 255:02x}", topology.underlay_ip(2)) for i in range(1000)]
         t = time.perf_counter()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import socket
 import threading
@@ -37,6 +36,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
+
+from vxnet.compute.view import decode_message
 
 log = logging.getLogger("vxnet.agent.client")
 
@@ -237,7 +238,7 @@ class ServerClient:
             try:
                 for line in resp.iter_lines():
                     if line:
-                        msg = json.loads(line)
+                        msg = decode_message(line)
                         del line    # a snapshot's text: not kept alive beside its objects
                         if msg.get("type") == "snapshot" and isinstance(msg.get("epoch"), str):
                             self.epoch = msg["epoch"]  # a `since` from now on is a revision of this store

@@ -9,11 +9,17 @@ Objects are parsed into their typed form (`vxnet.model`) here, once, when they a
 buckets hold typed objects, and `ViewState.view` wraps them as a `model.View` without copying.
 An update replaces only the objects it carries, so an unchanged object stays the very same
 Python object from one view to the next (what the incremental caches key on).
+
+`decode_message` turns a message's JSON text into the dict `apply_message` takes; in a large
+message (a snapshot) equal strings become one object (a JSON decoder makes a new string for
+every value: 10,000 ports repeat their network, subnet, project and group ids and host names
+about ten times each; ~4 MB less at the decode's peak for 10,000 ports, for ~0.2 s more CPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +42,22 @@ class ViewState:
     def view(self) -> View:
         """The typed view (the buckets themselves: no copy)."""
         return View(**{k: self.data.get(k, _EMPTY) for k in KINDS})
+
+
+SHARE_STRINGS_ABOVE = 1 << 16     # message text length (characters) from which equal strings are shared
+
+
+def decode_message(text: str | bytes) -> dict[str, Any]:
+    """One stream message from its JSON text (see module docstring)."""
+    if len(text) < SHARE_STRINGS_ABOVE:
+        return json.loads(text)
+    memo: dict[str, str] = {}
+    share = memo.setdefault
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        return {k: share(v, v) if type(v) is str else v for k, v in items}
+
+    return json.loads(text, object_pairs_hook=pairs)
 
 
 def apply_message(state: ViewState, msg: Mapping[str, Any], consume: bool = False) -> ViewState:

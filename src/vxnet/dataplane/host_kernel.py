@@ -8,24 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pyroute2 import IPRoute
-
 from vxnet.compute.diff import Diff
 from vxnet.compute.state import Fdb, Neigh
 from vxnet.dataplane.links_driver import LinksDriver, LinkSnapshot, read_links
 from vxnet.dataplane.neigh_driver import apply_entries, read_fdb, read_neighs
 from vxnet.dataplane.rtnl import RtnlSocket
+from vxnet.dataplane.rtnl_links import RtnlLinks
 
 
 class RtnlKernel:
-    """The real kernel of namespace `netns` (or the caller's): pyroute2 for links, raw netlink
-    dumps and one batch for entries."""
+    """The real kernel of namespace `netns` (or the caller's): raw rtnetlink for links
+    (`rtnl_links`), dumps and one batch for entries."""
 
     def __init__(self, underlay_ip: str, netns: str | None = None) -> None:
         self.underlay_ip = underlay_ip
         self.netns = netns
-        self.ipr = IPRoute(netns=netns) if netns else IPRoute()
         self.rtnl = RtnlSocket(netns)
+        self.ipr = RtnlLinks(self.rtnl)
 
     def read_links(self) -> LinkSnapshot:
         return read_links(self.rtnl)
@@ -43,5 +42,4 @@ class RtnlKernel:
         return apply_entries(self.rtnl, fdb, neighs, index)
 
     def close(self) -> None:
-        self.ipr.close()
         self.rtnl.close()

@@ -21,19 +21,17 @@ import logging
 import os
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from vxnet.compute import naming
 from vxnet.compute.diff import Diff
 from vxnet.compute.state import Bridge, Plug, Vxlan
-from vxnet.dataplane.rtnl import LinkSet, RtnlSocket, dump_links
+from vxnet.dataplane.rtnl import LinkSet, RtnlSocket, dump_links, setns
+from vxnet.dataplane.rtnl_links import RtnlError as NetlinkError
+from vxnet.dataplane.rtnl_links import RtnlLinks, del_link, new_bridge, new_vlan, new_vxlan, set_brport, set_link
 
 log = logging.getLogger("vxnet.dataplane.links")
 
 IFF_UP = 0x1
 _GONE = (errno.ENODEV, errno.ENOENT)
-_NO_ADDRGEN = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}   # addrgenmode none
 # accept_ra/autoconf off before IPv6 goes on: the host never configures itself from a tenant's RA.
 _BRIDGE_IPV6 = (("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0"))
 
@@ -52,13 +50,11 @@ def _run_in_netns(netns: str | None, fn: Any) -> None:
         return
     import threading
 
-    from pyroute2.netns import setns
-
     err: list[BaseException] = []
 
     def run() -> None:
         try:
-            setns(netns, flags=0)
+            setns(netns)
             fn()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             err.append(e)
@@ -108,21 +104,19 @@ def read_links(sock: RtnlSocket) -> LinkSnapshot:
     return LinkSnapshot(frozenset(bridges), frozenset(vxlans), frozenset(taps), index)
 
 
-def underlay_index(ipr: IPRoute, underlay_ip: str) -> int | None:
+def underlay_index(ipr: RtnlLinks, underlay_ip: str) -> int | None:
     """Index of the device holding the underlay IP (the VXLAN devices' lower device)."""
-    for a in ipr.get_addr(address=underlay_ip):
-        return int(a["index"])
-    return None
+    return ipr.addr_index(underlay_ip)
 
 
 class LinksDriver:
     """Applies link diffs; collects the entries that failed (they stay dirty)."""
 
-    def __init__(self, ipr: IPRoute, underlay_ip: str, index: dict[str, int] | None = None,
+    def __init__(self, ipr: RtnlLinks, underlay_ip: str, index: dict[str, int] | None = None,
                  rtnl: RtnlSocket | None = None, netns: str | None = None) -> None:
         self.ipr = ipr
         self.netns = netns        # for the bridges' IPv6 sysctls (written from a thread inside it)
-        self.rtnl = rtnl          # plugs: one raw netlink write (pyroute2's call costs more)
+        self.rtnl = rtnl          # plugs: one raw netlink write (two messages, one write)
         self.underlay_ip = underlay_ip
         self.index = dict(index or {})
         self.failed: list[object] = []
@@ -133,13 +127,9 @@ class LinksDriver:
         """Index by name: from the read snapshot, else one RTM_GETLINK (not a full dump)."""
         if name in self.index:
             return self.index[name]
-        try:
-            found = self.ipr.link("get", ifname=name)
-        except NetlinkError as e:
-            if e.code in _GONE:
-                return None
-            raise
-        idx = int(found[0]["index"])
+        idx = self.ipr.index(name)
+        if idx is None:
+            return None
         self.index[name] = idx
         return idx
 
@@ -161,7 +151,7 @@ class LinksDriver:
     def create_bridge(self, b: Bridge) -> None:
         def go() -> None:
             try:
-                self.ipr.link("add", ifname=b.name, kind="bridge", address=b.mac, mtu=b.mtu)
+                self.ipr.call(new_bridge(b.name, b.mac, b.mtu))
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
@@ -177,12 +167,12 @@ class LinksDriver:
             # would give the host a link-local address (DAD, MLD, router solicitations into the
             # tenant network). Then IPv6 on: the bridge's ND suppression reads the IPv6
             # neighbour table, which a device with IPv6 disabled cannot hold.
-            self.ipr.link("set", index=idx, af_spec=_NO_ADDRGEN)
+            self.ipr.call(set_link(idx, addr_gen_none=True))
             try:
                 _run_in_netns(self.netns, lambda: _bridge_ipv6_sysctls(b.name))
             except OSError as e:       # e.g. IPv6 compiled out or disabled at boot: the bridge stays dirty
                 raise NetlinkError(e.errno or errno.EIO, f"{b.name} IPv6 sysctls: {e}") from e
-        self.ipr.link("set", index=idx, address=b.mac, mtu=b.mtu, state="up" if b.up else "down")
+        self.ipr.call(set_link(idx, mac=b.mac, mtu=b.mtu, up=b.up))
 
     def update_bridge(self, b: Bridge) -> None:
         self._try(b, "update", lambda: self._set_bridge(b))
@@ -192,7 +182,7 @@ class LinksDriver:
         def go() -> None:
             idx = self._idx(entry.name)
             if idx is not None:
-                self.ipr.link("del", index=idx)
+                self.ipr.call(del_link(idx))
             self.index.pop(entry.name, None)
         self._try(entry, "delete", go)
 
@@ -200,12 +190,8 @@ class LinksDriver:
     def create_vxlan(self, v: Vxlan) -> None:
         def go() -> None:
             lower = underlay_index(self.ipr, v.local_ip)
-            kw: dict[str, Any] = {}
-            if lower is not None:
-                kw["vxlan_link"] = lower
             try:
-                self.ipr.link("add", ifname=v.name, kind="vxlan", vxlan_id=v.vni, vxlan_local=v.local_ip,
-                              vxlan_port=v.dstport, vxlan_learning=int(v.learning), mtu=v.mtu, **kw)
+                self.ipr.call(new_vxlan(v.name, v.vni, v.local_ip, v.dstport, v.learning, v.mtu, lower))
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
@@ -216,11 +202,11 @@ class LinksDriver:
         idx, br = self._idx(v.name), self._idx(v.bridge)
         if idx is None or br is None:
             raise NetlinkError(errno.ENODEV, f"{v.name} or {v.bridge} missing")
-        self.ipr.link("set", index=idx, master=br, mtu=v.mtu)
+        self.ipr.call(set_link(idx, master=br, mtu=v.mtu))
         # Suppression on the VXLAN port only: on the ingress (VM) port it disables the proxy
         # (KERNEL-NOTES §2). Learning off on the port so a static entry is never moved.
-        self.ipr.brport("set", index=idx, neigh_suppress=int(v.neigh_suppress), learning=int(v.port_learning))
-        self.ipr.link("set", index=idx, state="up" if v.up else "down")
+        self.ipr.call(set_brport(idx, neigh_suppress=v.neigh_suppress, learning=v.port_learning))
+        self.ipr.call(set_link(idx, up=v.up))
 
     def update_vxlan(self, old: Vxlan, new: Vxlan) -> None:
         immutable = ("vni", "local_ip", "dstport", "learning")
@@ -237,7 +223,7 @@ class LinksDriver:
         if old is not None and (old.parent, old.vid) != (p.parent, p.vid):
             idx = self._idx(p.tap)
             if idx is not None:
-                self.ipr.link("del", index=idx)
+                self.ipr.call(del_link(idx))
             self.index.pop(p.tap, None)
         if self._idx(p.tap) is not None:
             return
@@ -245,7 +231,7 @@ class LinksDriver:
         if lower is None:
             raise NetlinkError(errno.ENODEV, f"{p.parent} missing")
         try:
-            self.ipr.link("add", ifname=p.tap, kind="vlan", link=lower, vlan_id=p.vid, mtu=p.mtu)
+            self.ipr.call(new_vlan(p.tap, lower, p.vid, p.mtu))
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
@@ -263,8 +249,8 @@ class LinksDriver:
             # master, so "master + up" in one message brings the device up outside the bridge
             # for a moment, and a frame the VM sends then (its first ARP) is lost.
             if self.rtnl is None:
-                self.ipr.link("set", index=idx, master=br, mtu=p.mtu)
-                self.ipr.link("set", index=idx, state="up" if p.up else "down")
+                self.ipr.call(set_link(idx, master=br, mtu=p.mtu))
+                self.ipr.call(set_link(idx, up=p.up))
                 return
             for code in self.rtnl.batch([LinkSet(idx, master=br, mtu=p.mtu), LinkSet(idx, up=p.up)]):
                 if code:
@@ -276,10 +262,10 @@ class LinksDriver:
             idx = self._idx(p.tap)
             if idx is not None:
                 if naming.is_subport_device(p.tap):
-                    self.ipr.link("del", index=idx)     # ours: a subport's VLAN device
+                    self.ipr.call(del_link(idx))     # ours: a subport's VLAN device
                     self.index.pop(p.tap, None)
                 else:
-                    self.ipr.link("set", index=idx, master=0)
+                    self.ipr.call(set_link(idx, master=0))
         self._try(p, "delete", go)
 
     # -- whole diffs ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno as errno_mod
 import ipaddress
+import os
 import socket
 import struct
 import threading
@@ -55,7 +56,7 @@ _ATTR = struct.Struct("=HH")
 _netns_lock = threading.Lock()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class NeighRecord:
     """One neighbour or FDB entry as the kernel reports it."""
 
@@ -68,7 +69,7 @@ class NeighRecord:
     master: int | None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class NeighRequest:
     """One neighbour/FDB change to send in a batch."""
 
@@ -97,7 +98,7 @@ class NeighRequest:
         return _HDR.pack(_HDR.size + len(body), mtype, flags, seq, 0) + body
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class LinkSet:
     """One RTM_NEWLINK change of an existing link (batched like `NeighRequest`): its master
     and MTU, or its up/down flag (None: left alone)."""
@@ -124,18 +125,40 @@ def _attr(kind: int, data: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+NETNS_RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+
+
+def setns(netns: str | int) -> None:
+    """Move the calling thread into network namespace `netns` (a name under /run/netns, or an
+    open namespace fd). The namespace must exist (nothing is created)."""
+    import ctypes
+
+    fd = os.open(os.path.join(NETNS_RUN_DIR, netns), os.O_RDONLY | os.O_CLOEXEC) if isinstance(netns, str) else netns
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+    finally:
+        if isinstance(netns, str):
+            os.close(fd)
+
+
 def _open(netns: str | None) -> socket.socket:
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    from pyroute2.netns import popns, pushns
-
     # setns() is per thread; the socket keeps the namespace it was created in.
     with _netns_lock:
-        pushns(netns)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            setns(netns)
+            try:
+                return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            finally:
+                setns(home)
         finally:
-            popns()
+            os.close(home)
 
 
 class RtnlSocket:
@@ -245,7 +268,7 @@ RTMGRP_NEIGH = 0x4
 _IFI = struct.Struct("=BxHiII")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class KernelEvent:
     """A link or neighbour notification, reduced to what the agent reacts to."""
 
@@ -331,7 +354,7 @@ DEVCONF_DISABLE_IPV6 = 26
 ADDR_GEN_MODE_NONE = 1
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class LinkRecord:
     """The attributes of a link the agent compares (see links_driver.read_links)."""
 

@@ -1,0 +1,53 @@
+"""compute/view.decode_message: the same dict as json.loads, with equal strings shared in a large
+message (agent memory), and model parsing that shares the strings ports repeat."""
+
+from __future__ import annotations
+
+import json
+
+from vxnet.compute.view import SHARE_STRINGS_ABOVE, decode_message
+from vxnet.model import parse_view
+
+
+def _snapshot(n: int) -> dict:
+    ports = {}
+    for i in range(n):
+        pid = f"{i:08x}-1111-4000-8000-000000000000"
+        ports[pid] = {"id": pid, "network_id": "net-" + "a" * 32, "binding:host_id": f"h{2 + i % 2}",
+                      "mac_address": f"02:01:00:00:{i >> 8 & 255:02x}:{i & 255:02x}", "status": "DOWN",
+                      "fixed_ips": [{"subnet_id": "sub-" + "b" * 32, "ip_address": f"100.64.{i >> 8 & 255}.{i & 255}"}],
+                      "security_groups": ["sg-" + "c" * 33], "project_id": "p" * 32, "device_owner": "compute:nova",
+                      "allowed_address_pairs": [], "tags": [], "admin_state_up": True, "revision_number": 3}
+    return {"type": "snapshot", "revision": 7, "view": {"ports": ports, "networks": {}}}
+
+
+def test_large_message_equals_json_loads_and_shares_equal_strings() -> None:
+    text = json.dumps(_snapshot(400))
+    assert len(text) >= SHARE_STRINGS_ABOVE
+    got, want = decode_message(text), json.loads(text)
+    assert got == want
+    ports = list(got["view"]["ports"].values())
+    assert ports[0]["network_id"] is ports[1]["network_id"]
+    assert ports[0]["fixed_ips"][0]["subnet_id"] is ports[399]["fixed_ips"][0]["subnet_id"]
+    assert ports[0]["security_groups"][0] == ports[1]["security_groups"][0]     # list items: left as decoded
+    plain = list(want["view"]["ports"].values())
+    assert plain[0]["network_id"] is not plain[1]["network_id"]                  # what it saves
+
+
+def test_small_message_is_plain_json() -> None:
+    text = json.dumps({"type": "update", "revision": 8, "put": {"ports": {}}, "delete": {}})
+    assert len(text) < SHARE_STRINGS_ABOVE
+    assert decode_message(text) == json.loads(text)
+    assert decode_message(text.encode()) == json.loads(text)
+
+
+def test_parsed_ports_share_repeated_ids_and_keep_their_values() -> None:
+    raw = json.loads(json.dumps(_snapshot(3)))       # every string its own copy, as from the wire
+    view = parse_view(raw["view"])
+    a, b, c = view.ports.values()
+    assert a.network_id == "net-" + "a" * 32 and a.network_id is b.network_id is c.network_id
+    assert a.fixed_ips[0].subnet_id is b.fixed_ips[0].subnet_id
+    assert a.security_groups == ("sg-" + "c" * 33,) and a.security_groups[0] is c.security_groups[0]
+    assert a.project_id is b.project_id and a.status == "DOWN" and a.device_owner == "compute:nova"
+    assert a.host == "h2" and b.host == "h3" and a.host is c.host
+    assert a.mac == "02:01:00:00:00:00" and a.id != b.id
