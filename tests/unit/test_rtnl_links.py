@@ -8,6 +8,7 @@ part of the contract; every attribute and nested value is). pyroute2 is used in 
 from __future__ import annotations
 
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -35,12 +36,20 @@ def _norm(attrs: Any) -> Any:
 
 
 def _pyroute2(call: str, *args: Any, **kw: Any) -> dict[str, Any]:
-    b = IPBatch()
-    getattr(b, call)(*args, **kw)
-    data = bytes(b.batch)
+    # In a thread of its own: pyroute2's synchronous API runs its own asyncio loop to completion,
+    # which fails in a thread where another loop is running (after tests/ui, Playwright's sync
+    # API leaves one running in the main thread).
+    with ThreadPoolExecutor(1) as pool:
+        data = pool.submit(_pyroute2_bytes, call, *args, **kw).result()
     (length,) = struct.unpack_from("=I", data, 0)
     assert length == len(data)        # one message
     return _decode(data)
+
+
+def _pyroute2_bytes(call: str, *args: Any, **kw: Any) -> bytes:
+    b = IPBatch()
+    getattr(b, call)(*args, **kw)
+    return bytes(b.batch)
 
 
 def _ours(msg: L.Msg) -> dict[str, Any]:
