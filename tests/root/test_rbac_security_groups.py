@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.root.conftest import Lab, needs_root
 from tests.root.helpers import nsexec
-from tests.root.test_security_groups import ECHO_SERVER, probe
+from tests.root.test_security_groups import ECHO_SERVER, probe, wait_until
 from vxnet.config import project_id_for
 from vxnet.lab import topology
 
@@ -30,15 +29,6 @@ pytestmark = [pytest.mark.root, needs_root]
 
 N_CIDR = "100.64.30.0/24"
 S_IP, C_IP = "100.64.30.10", "100.64.30.20"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def rule_loaded(host: int, rule_id: str) -> Callable[[], bool]:
@@ -82,8 +72,8 @@ def test_shared_group_filters_the_target_projects_vm(lab3: Lab) -> None:
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        wait_until(rule_loaded(1, ssh["id"]), what="alice's shared rule on h1 (bob's port only)")
-        wait_until(lambda: probe("c", "tcp", S_IP, 22), what="TCP 22 from c to s")
+        wait_until(rule_loaded(1, ssh["id"]), timeout=20, what="alice's shared rule on h1 (bob's port only)")
+        wait_until(lambda: probe("c", "tcp", S_IP, 22), timeout=20, what="TCP 22 from c to s")
         assert not probe("c", "tcp", S_IP, 23)
         assert not probe("c", "tcp", S_IP, 80)
         # the owner changes her group: bob's VM follows
@@ -91,7 +81,7 @@ def test_shared_group_filters_the_target_projects_vm(lab3: Lab) -> None:
             telnet = created(alice.post("/security-group-rules", json={"security_group_rule": {
                 "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
                 "port_range_min": 23, "port_range_max": 23}}), "security_group_rule")
-        wait_until(rule_loaded(1, telnet["id"]), what="alice's new rule on h1")
+        wait_until(rule_loaded(1, telnet["id"]), timeout=20, what="alice's new rule on h1")
         assert probe("c", "tcp", S_IP, 23)
         assert not probe("c", "tcp", S_IP, 80)
         # bob's own group admits members of alice's shared group (a remote group) on TCP 80
@@ -101,8 +91,8 @@ def test_shared_group_filters_the_target_projects_vm(lab3: Lab) -> None:
                 "security_group_id": pc["security_groups"][0], "direction": "ingress", "ethertype": "IPv4",
                 "protocol": "tcp", "port_range_min": 80, "port_range_max": 80, "remote_group_id": sg["id"]}}),
                 "security_group_rule")
-        wait_until(rule_loaded(2, remote["id"]), what="bob's remote-group rule on h2")
-        wait_until(lambda: probe("s", "tcp", C_IP, 80), what="TCP 80 from s (member of alice's group) to c")
+        wait_until(rule_loaded(2, remote["id"]), timeout=20, what="bob's remote-group rule on h2")
+        wait_until(lambda: probe("s", "tcp", C_IP, 80), timeout=20, what="TCP 80 from s (member of alice's group) to c")
         # in use by bob's port: the policy stays
         with lab3.api("alice") as alice:
             r = alice.delete(f"/rbac-policies/{policy['id']}")
