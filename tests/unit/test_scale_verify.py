@@ -7,7 +7,6 @@ record, a value unlike an API-made one, or too few records to compare."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import os
 import random
@@ -20,6 +19,7 @@ import pytest
 from bench.scale_bench import World, add_arguments, compare, fill, references, verify
 from bench.servers import register_hosts
 from tests.conftest import ServerHandle, start_server
+from tests.support.aio import run_in_thread
 from vxnet.store.sqlite_store import SqliteStore
 
 RENAMES = ["scale-change-0", "scale-change-1"]
@@ -37,7 +37,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerHan
     world = fill(store, opts, random.Random(3), 5)
     h = start_server("", store=store)
     try:
-        asyncio.run(register_hosts([urlparse(h.url).port], h.token("vxnet-agent"), world.hosts))
+        run_in_thread(lambda: register_hosts([urlparse(h.url).port], h.token("vxnet-agent"), world.hosts))
         world.registered.update(world.hosts)
         pid = world.ports[7]["id"]
         with h.api() as c:
