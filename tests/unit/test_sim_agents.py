@@ -7,10 +7,10 @@ import argparse
 import asyncio
 import json
 import random
-import threading
 
 from bench.scale_bench import World, add_arguments, fill, underlay
 from bench.sim_agents import SimAgent, ports_digest
+from tests.support.aio import run_in_thread
 from vxnet.compute.host import HostSpec, compute_host
 from vxnet.services.host_view import COLLECTIONS, full_view
 from vxnet.services.ipam import ip_key, mac_key
@@ -68,13 +68,7 @@ def run_agent(messages: list[dict]) -> tuple[SimAgent, list[tuple]]:
         agent.close()
         return agent
 
-    # In a thread of its own: the suite may already run an event loop in this one (Playwright).
-    out: list[SimAgent] = []
-    t = threading.Thread(target=lambda: out.append(asyncio.run(main())))
-    t.start()
-    t.join(60)
-    assert out, "the simulated agent did not finish"
-    return out[0], reports
+    return run_in_thread(main), reports
 
 
 def test_sim_agent_records_what_the_agent_computes() -> None:

@@ -14,35 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from tests.support.aio import run_in_thread
 from vxnet.services.view_hub import Hub
 from vxnet.store.contract import Event, EventType, KeyValue
 from vxnet.store.sqlite_store import SqliteStore
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """asyncio.run(main()) in a thread of its own (another test's library, e.g. Playwright's sync
-    API, may keep an event loop running in this one)."""
-    out: list[Any] = []
-    errors: list[BaseException] = []
-
-    def go() -> None:
-        try:
-            out.append(asyncio.run(main()))
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            errors.append(e)
-
-    t = threading.Thread(target=go)
-    t.start()
-    t.join(60)
-    assert not t.is_alive(), "the event loop did not finish"
-    if errors:
-        raise errors[0]
-    return out[0]
 
 
 def _port_event(rev: int, pid: str, host: str) -> Event:
@@ -80,7 +58,7 @@ def test_ping_never_overtakes_a_queued_update(tmp_path: Path) -> None:
         store.close()
         return got
 
-    msgs = _run(run)
+    msgs = run_in_thread(run)
     assert msgs[0]["type"] == "snapshot"
     updates = [m for m in msgs if m["type"] == "update"]
     assert [sorted(m["put"]["ports"]) for m in updates] == [["p1"], ["p2"]]
@@ -143,7 +121,7 @@ def test_watch_lost_to_compaction_reloads_and_watches_again(tmp_path: Path) -> N
         store.close()
         return got
 
-    msgs = _run(run)
+    msgs = run_in_thread(run)
     snaps = [m for m in msgs if m["type"] == "snapshot"]
     assert len(snaps) == 2 and "p-missed" in snaps[-1]["view"]["ports"]
     assert any(m["type"] == "update" and "p-after" in m["put"].get("ports", {}) for m in msgs)
@@ -182,7 +160,7 @@ def test_snapshot_written_in_pieces_is_the_view_at_its_revision(tmp_path: Path, 
         store.close()
         return [json.loads(line) for line in b"".join(chunks).decode().splitlines()], expected, at
 
-    msgs, expected, at = _run(run)
+    msgs, expected, at = run_in_thread(run)
     assert msgs[0]["type"] == "snapshot" and msgs[0]["revision"] == at
     view = msgs[0]["view"]
     assert view.pop("host")["host"] == "hv1"

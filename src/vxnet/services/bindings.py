@@ -19,8 +19,9 @@ never to become the bridge's MAC). Unbound and failed ports have empty details. 
 before this rule keep `bridge` until their binding changes (no agent reads the vif type).
 Reading the liveness key guards it, so a registration committing meanwhile makes the binding
 transaction rerun (and bind). A registration committing first is followed by `rebind_host`,
-which turns exactly the recorded ports of that host to `bridge` (no scan of all ports). A
-bound port keeps its vif type when its agent dies later, as in Neutron.
+which turns exactly the recorded ports of that host to `tap` (no scan of all ports; each such
+port's revision_number and updated_at move on, as for any write). A bound port keeps its vif
+type when its agent dies later, as in Neutron.
 
 Agents learn their ports from `binding:host_id` alone (services/host_view.py): the vif type
 never changes what a host programs, so a late agent plugs its ports as before.
