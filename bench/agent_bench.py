@@ -3,7 +3,7 @@
 RSS: tests/root/rss_probe.py in a child process (the probe of tests/root/test_agent_scale.py): a
 real `Agent` whose view (10,000 ports over 20 networks, 3 hosts) arrives as one snapshot through
 the agent's own code path and is applied to a fresh lab host namespace (~20,000 FDB + 10,000
-neighbour entries); the figure is the child's peak RSS (VmHWM), goal <= 80 MB. Repeated
+neighbour entries); the figure is the child's peak RSS (VmHWM), goal <= 60 MB (issue 18). Repeated
 `--rss-runs` times on a fresh namespace each.
 
 FDB: the flow of tests/root/test_fdb_batch.py (its view builder is imported): a `Reconciler` on a
@@ -61,18 +61,21 @@ def own_underlay(wait: float) -> Iterator[None]:
         topology.teardown()
 
 
-def measure_rss(ports: int, runs: int, wait: float, features: str = "all",
-                delivery: str = "dict") -> tuple[list[float], list[float], str, list[str]]:
+def measure_rss(ports: int, runs: int, wait: float, features: str = "all", delivery: str = "dict",
+                imports: str = "agent") -> tuple[list[float], list[float], str, list[str]]:
     """(peak RSS MB per run, first full apply s per run, kernel object counts, errors); `features`:
     "all" (the whole agent) or "none" (L2 only), `delivery` "dict" or "json" (the snapshot as
-    JSON text, as the agent's client receives it), as tests/root/rss_probe.py takes them."""
+    JSON text, as the agent's client receives it), `imports` "agent" or "cli" (also the modules
+    the `vxnet agent` process loads: typer, every sub-command module, httpx), as
+    tests/root/rss_probe.py takes them."""
     from vxnet.lab import topology
 
     probe = os.path.join(REPO, "tests", "root", "rss_probe.py")
     rss, secs, counts, errors = [], [], "", []
     for _ in range(runs):
         with own_underlay(wait):
-            r = subprocess.run([sys.executable, probe, topology.host_ns(1), str(ports), "20", features, delivery], capture_output=True,
+            r = subprocess.run([sys.executable, probe, topology.host_ns(1), str(ports), "20", features, delivery, imports],
+                               capture_output=True,
                                text=True, timeout=300, check=False, cwd=REPO)
         if r.returncode != 0:
             errors.append(f"rss_probe exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
@@ -171,11 +174,13 @@ def run(opts: argparse.Namespace) -> Report:
     ports = max(1000, opts.rss_ports // (10 if opts.quick else 1))
     rounds = max(2, opts.fdb_rounds // (5 if opts.quick else 1))
     medians: dict[str, float] = {}
-    for features, delivery, what in (("none", "dict", "L2 only"), ("none", "json", "L2 only, snapshot as JSON text"),
-                                     ("all", "dict", "whole agent")):
+    for features, delivery, imports, what in (
+            ("none", "dict", "agent", "L2 only"), ("none", "json", "agent", "L2 only, snapshot as JSON text"),
+            ("all", "dict", "agent", "whole agent"), ("all", "json", "agent", "whole agent, snapshot as JSON text"),
+            ("all", "json", "cli", "whole agent, JSON, with the modules `vxnet agent` imports")):
         try:
             rss, secs, counts, errors = in_sandbox(  # type: ignore[misc]
-                f"a.measure_rss({ports}, {max(1, opts.rss_runs)}, 0, {features!r}, {delivery!r})",
+                f"a.measure_rss({ports}, {max(1, opts.rss_runs)}, 0, {features!r}, {delivery!r}, {imports!r})",
                 120 + 300 * opts.rss_runs)
             if rss:
                 medians[what] = statistics.median(rss)
@@ -218,8 +223,10 @@ def run(opts: argparse.Namespace) -> Report:
     notes.append("Both ran in a private network + mount namespace (`unshare --mount --net`, empty /run/netns) "
                  "on lab host namespaces of their own, so root tests elsewhere could not tear them down.")
     notes.append("RSS is the probe process' VmHWM: the Python interpreter, the agent, its view, the desired "
-                 "state and the kernel cache; the probe talks to no server (the view comes as one snapshot), "
-                 "so the HTTP client (httpx) and the command line (typer) of `vxnet agent` are not counted. "
+                 "state and the kernel cache; the probe talks to no server (the view comes as one snapshot). "
+                 "Only the last row also imports what the `vxnet agent` process loads besides the agent "
+                 "(its entry point vxnet.cli.main with typer and every sub-command module, and httpx with the "
+                 "rich/pygments/click modules its own command line pulls in); the other rows leave them out. "
                  "The snapshot is handed over as Python objects (strings shared as the probe built them), "
                  "or as one JSON text decoded as agent/client.py decodes it (the realistic peak). "
                  "The view has no subnets, routers or gateway: the whole agent builds every feature but "

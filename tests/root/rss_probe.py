@@ -15,6 +15,13 @@ FEATURES = sys.argv[4] if len(sys.argv) > 4 else "all"     # "all" (the real age
 # "json": as one line of JSON text decoded as agent/client.py decodes it (the text and the
 # decoded dict coexist; strings come from the decoder, not shared constants).
 DELIVERY = sys.argv[5] if len(sys.argv) > 5 else "dict"
+# "agent": only the agent's own modules (the figures before December 2026); "cli": also what the
+# `vxnet agent` process imports besides (its entry point vxnet.cli.main with typer and every
+# sub-command's module, and the HTTP client, httpx), without talking to a server.
+IMPORTS = sys.argv[6] if len(sys.argv) > 6 else "agent"
+if IMPORTS == "cli":
+    import vxnet.agent.client
+    import vxnet.cli.main  # noqa: F401
 limit_malloc_arenas()       # as `vxnet agent` does
 
 
