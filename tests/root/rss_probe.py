@@ -15,6 +15,17 @@ FEATURES = sys.argv[4] if len(sys.argv) > 4 else "all"     # "all" (the real age
 # "json": as one line of JSON text decoded as agent/client.py decodes it (the text and the
 # decoded dict coexist; strings come from the decoder, not shared constants).
 DELIVERY = sys.argv[5] if len(sys.argv) > 5 else "dict"
+# "agent": only the agent's own modules (the figures before December 2026); "cli": also what the
+# `vxnet agent` process loads besides (its entry point vxnet.cli.main with typer and every
+# sub-command's module; typer's parameter adapters, which load pydantic when a command runs, as
+# `python -X importtime` of a real `vxnet agent` shows; the HTTP client, httpx), without talking
+# to a server.
+IMPORTS = sys.argv[6] if len(sys.argv) > 6 else "agent"
+if IMPORTS == "cli":
+    import typer._adapters  # noqa: F401
+
+    import vxnet.agent.client
+    import vxnet.cli.main  # noqa: F401
 limit_malloc_arenas()       # as `vxnet agent` does
 
 

@@ -7,8 +7,10 @@ a snapshot; its budget is issue 18's goal, 60 MB (this probe hands the snapshot 
 as JSON text, as a real agent gets it, the same agent measured 60.0-60.5 MB: docs/benchmarks.md).
 tests/unit/test_agent_imports.py checks deterministically that the L2 agent loads no pyroute2. The whole agent (with the DHCP, firewall, routing and metadata features)
 measured 80-82 MB when they landed (libnftables loaded in-process is most of the difference
-then), 77.7 MB once `vxnet agent` capped glibc's malloc arenas, and 85.6 MB in December 2026
-(the features' drivers still import pyroute2): its budget is 90 MB."""
+then), 77.7 MB once `vxnet agent` capped glibc's malloc arenas, 85.6 MB in December 2026 while
+the DHCP, metadata and routing drivers imported pyroute2, and 72-73 MB (snapshot as JSON text)
+since those speak rtnetlink themselves and the router driver loads only on a host with routers:
+its budget is 80 MB (issue 18's 60 MB is not met by the whole agent)."""
 
 from __future__ import annotations
 
@@ -42,4 +44,4 @@ def test_rss_and_apply_time_with_10k_ports(underlay3: list[str]) -> None:
     assert "'fdb': 19960" in rest and "'neighs': 10020" in rest
     assert rss_l2 <= 60.0
     rss_all, _ = _probe(underlay3[1], "all")             # the whole agent, on another fresh host
-    assert rss_all <= 90.0
+    assert rss_all <= 80.0

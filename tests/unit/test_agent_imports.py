@@ -4,7 +4,8 @@ Each check runs in a fresh interpreter (this test process has imported everythin
 - the L2 agent (core, reconciler, kernel seam, HTTP client) loads no pyroute2 (~25 MB: its
   package imports every netlink family it supports) and none of the server's stack;
 - the feature modules load only when the features are built, and the gateway's (BGP, conntrack
-  sync, the gateway driver) and HA's (BFD) only on hosts configured for them.
+  sync, the gateway driver) and HA's (BFD) only on hosts configured for them; a compute host's
+  features (DHCP, metadata, routing before it has a router) load no pyroute2.
 """
 
 from __future__ import annotations
@@ -42,5 +43,8 @@ def test_features_load_gateway_and_bfd_code_only_when_configured() -> None:
     gateway_only = ("vxnet.agent.gateway", "vxnet.dataplane.gateway_driver", "vxnet.dataplane.bgp",
                     "vxnet.dataplane.ctsync", "vxnet.agent.ha", "vxnet.dataplane.bfd")
     assert [m for m in gateway_only if m in compute_host] == []
+    # DHCP and metadata speak rtnetlink themselves; the router driver (pyroute2) loads only on a
+    # host with routers (agent/routing.py), the gateway's on gateway hosts.
+    assert [m for m in compute_host if m.split(".")[0] == "pyroute2" or m == "vxnet.dataplane.router_driver"] == []
     gateway_host = _modules(build.format(gw=True))
     assert {"vxnet.agent.gateway", "vxnet.dataplane.gateway_driver"} <= gateway_host

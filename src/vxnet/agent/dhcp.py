@@ -32,8 +32,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.agent.manager import Manager
 from vxnet.compute.dhcp import DhcpState, Responder, steer_elements, steer_script
@@ -116,7 +114,7 @@ class DhcpFeature:
         if not m.known:
             try:
                 have = self.links.read()
-            except (NetlinkError, OSError) as e:       # the link dump itself failed: nothing is known
+            except OSError as e:       # the link dump itself failed: nothing is known
                 failed.append(f"dhcp links: {e}")
                 for d in by_dev:
                     m.failed(d, now)
@@ -135,7 +133,7 @@ class DhcpFeature:
             self._ifindex.pop(dev, None)
             changes["responder_deleted"] += 1
 
-        for dev, e in m.run(now, ensure, delete, (NetlinkError, OSError, IndexError)):
+        for dev, e in m.run(now, ensure, delete, (OSError, IndexError)):
             log.warning("DHCP responder %s: %s", dev, e)
             failed.append(f"dhcp responder {dev}")
 

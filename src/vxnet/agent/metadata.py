@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import logging
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.agent.metadata_proxy import MetadataProxy
 from vxnet.compute.metadata import Elements, MetadataState, netns_name, nft_script, steer_elements, steer_script
@@ -65,7 +63,7 @@ class MetadataFeature:
             return FeatureResult()
         try:
             changes = self._apply(desired)
-        except (OSError, NetlinkError, RuntimeError) as e:
+        except (OSError, RuntimeError) as e:
             log.warning("metadata apply failed: %s", e)
             self.invalidate()
             return FeatureResult(failed=(f"metadata: {e}",))

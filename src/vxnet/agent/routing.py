@@ -7,7 +7,8 @@ needs (their service ports, gateway FDB and neighbour entries are its L2 part). 
 again, a leftover of a crashed agent deleted), only changed namespaces are converged, a failing
 one backs off alone. After `invalidate()` every namespace is converged again and orphan service
 ports are removed. Failures are in `failed`; they do not turn VM ports DOWN (a VM's own data
-path does not depend on its router).
+path does not depend on its router). The driver (which uses pyroute2) is imported only once the
+host has, or had, a router namespace.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
-
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any
 
 from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.agent.manager import Manager
-from vxnet.compute.routing import RouterNs, RoutingState
-from vxnet.dataplane.router_driver import ApplyResult, RouterDriver, list_host_netns
+from vxnet.compute.routing import RouterNs, RoutingState, is_host_netns
+from vxnet.dataplane.netns import list_netns
+
+if TYPE_CHECKING:
+    from vxnet.dataplane.router_driver import RouterDriver
 
 log = logging.getLogger("vxnet.agent.routing")
 
@@ -37,15 +39,22 @@ class RoutingFeature:
     @property
     def driver(self) -> RouterDriver:
         if self._driver is None:     # opened lazily: a host without routers never opens sockets
+            from vxnet.dataplane.router_driver import RouterDriver
+
             self._driver = RouterDriver(self.ctx.host, self.ctx.netns)
         return self._driver
 
     def apply(self, desired: RoutingState) -> FeatureResult:
         m = self.routers
         m.want({r.netns: r for r in desired.routers})
-        present = list_host_netns(self.ctx.host)
+        present = list_netns(lambda n: is_host_netns(n, self.ctx.host))
         if not m.desired and not present and self._driver is None:
             return FeatureResult()      # nothing wanted, nothing left over: never open a socket
+        # The router driver (and pyroute2, ~12 MB) is loaded only on a host that has routers.
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from vxnet.dataplane.router_driver import ApplyResult
+
         m.observe(present)
         res = ApplyResult()
         errors = m.run(self.clock(), lambda _, r, __: self.driver.converge(r, res),

@@ -10,8 +10,8 @@ and returns its ifindex, `delete(device)` removes a pair. Which pairs to converg
 (leftovers of a crashed agent included) is the DHCP feature's `Manager`. Idempotent: EEXIST on
 create and ENODEV/ENOENT on delete count as success.
 
-`ResponderServer`: one daemon thread that enters the host namespace (`pyroute2.netns.setns`,
-per thread), runs the nft transactions there (the one executor, `dataplane/nft_exec.py`), and
+`ResponderServer`: one daemon thread that enters the host namespace (`rtnl.setns`, per
+thread), runs the nft transactions there (the one executor, `dataplane/nft_exec.py`), and
 holds one AF_PACKET socket per responder device, with a classic BPF filter (`arp or ip udp dst
 port 67 or ip6 udp dst port 547 or ICMPv6 type 133`, not fragments) so it wakes only for DHCP
 requests, ARP, DHCPv6 and router solicitations. It answers DHCP (`compute.dhcp.answer`), the ARP
@@ -42,8 +42,6 @@ import time
 from collections.abc import Mapping
 
 from prometheus_client import Counter
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute import naming
@@ -51,7 +49,8 @@ from vxnet.compute import nd_packet as nd
 from vxnet.compute.dhcp import SERVICE_KIND, Lease, Responder, answer, is_device, is_service_port
 from vxnet.compute.dhcp6 import Answer6, V6Service, answer_dhcp6, answer_rs, ra_frames
 from vxnet.dataplane.nft_exec import NftExecutor
-from vxnet.dataplane.rtnl import LinkRecord, RtnlSocket, dump_links
+from vxnet.dataplane.rtnl import LinkRecord, RtnlSocket, dump_links, setns
+from vxnet.dataplane.rtnl_links import RtnlError, RtnlLinks, del_link, new_veth, set_link
 
 log = logging.getLogger("vxnet.dataplane.dhcp")
 
@@ -63,7 +62,6 @@ IFF_NOARP = 0x80
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
-ADDR_GEN_MODE_NONE = 1
 # tcpdump -dd 'arp or (ip and udp dst port 67) or (ip6 and udp dst port 547) or (icmp6 and ip6[40] == 133)'
 BPF_DHCP_ARP = ((0x28, 0, 0, 0x0000000c), (0x15, 19, 0, 0x00000806), (0x15, 0, 7, 0x00000800),
                 (0x30, 0, 0, 0x00000017), (0x15, 0, 17, 0x00000011), (0x28, 0, 0, 0x00000014),
@@ -160,9 +158,7 @@ class ResponderServer:
         ras = _RaSchedule()
         try:
             if self.netns:
-                from pyroute2.netns import setns
-
-                setns(self.netns, flags=0)       # this thread only; flags=0: never create it
+                setns(self.netns)       # this thread only; never creates it
             nft = NftExecutor()     # in this thread's namespace (entered above)
             while True:
                 with self._cond:
@@ -350,28 +346,24 @@ class ResponderLinks:
 
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
-        self._rtnl: RtnlSocket | None = None
-        self._ipr: IPRoute | None = None
+        self._links: RtnlLinks | None = None
 
     def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-        if self._rtnl is not None:
-            self._rtnl.close()
+        if self._links is not None:
+            self._links.sock.close()
+            self._links = None
 
     @property
-    def ipr(self) -> IPRoute:
-        if self._ipr is None:
-            self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
-        return self._ipr
+    def links(self) -> RtnlLinks:
+        if self._links is None:
+            self._links = RtnlLinks(RtnlSocket(self.netns))
+        return self._links
 
     def read(self) -> dict[str, tuple[LinkRecord | None, LinkRecord | None]]:
         """Device name -> (bridge side, host side) of every pair in the kernel (one dump;
-        NetlinkError/OSError when it fails)."""
-        if self._rtnl is None:
-            self._rtnl = RtnlSocket(self.netns)
+        OSError when it fails)."""
         out: dict[str, tuple[LinkRecord | None, LinkRecord | None]] = {}
-        for ln in dump_links(self._rtnl):
+        for ln in dump_links(self.links.sock):
             if is_device(ln.ifname) or is_service_port(ln.ifname):
                 key = pair_device(ln.ifname)
                 port, dev = out.get(key, (None, None))
@@ -379,14 +371,16 @@ class ResponderLinks:
         return out
 
     def delete(self, device: str) -> None:
-        """Delete the pair of `device` (gone already: success; else NetlinkError)."""
+        """Delete the pair of `device` (gone already: success; else RtnlError)."""
         for name in (device, pair_port(device)):
-            for idx in self.ipr.link_lookup(ifname=name):
-                try:
-                    self.ipr.link("del", index=idx)
-                except NetlinkError as e:
-                    if e.code not in (errno.ENODEV, errno.ENOENT):
-                        raise
+            idx = self.links.index(name)
+            if idx is None:
+                continue
+            try:
+                self.links.call(del_link(idx))
+            except RtnlError as e:
+                if e.code not in (errno.ENODEV, errno.ENOENT):
+                    raise
         log.info("DHCP responder device %s deleted", device)
 
     def ensure(self, r: Responder, have: tuple[LinkRecord | None, LinkRecord | None] | None) -> int:
@@ -398,22 +392,26 @@ class ResponderLinks:
                 self.delete(r.device)
             return self._create(r)
         if dev.mtu != r.mtu or dev.flags & (IFF_UP | IFF_NOARP) != IFF_UP | IFF_NOARP:
-            self.ipr.link("set", index=dev.index, mtu=r.mtu, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
+            self.links.call(set_link(dev.index, mtu=r.mtu, up=True, noarp=True))
         return dev.index
 
     def _create(self, r: Responder) -> int:
         try:
-            self.ipr.link("add", ifname=r.port, kind="veth", mtu=r.mtu, peer={"ifname": r.device, "mtu": r.mtu})
-        except NetlinkError as e:
+            self.links.call(new_veth(r.port, r.device, r.mtu))
+        except RtnlError as e:
             if e.code != errno.EEXIST:
                 raise
-        no_ipv6 = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", ADDR_GEN_MODE_NONE]]}]]}
-        idx = {name: self.ipr.link_lookup(ifname=name)[0] for name in (r.port, r.device)}
+        idx = {}
+        for name in (r.port, r.device):
+            i = self.links.index(name)
+            if i is None:
+                raise RtnlError(errno.ENODEV, f"{name} missing after creating it")
+            idx[name] = i
         for i in idx.values():
-            self.ipr.link("set", index=i, af_spec=no_ipv6)
+            self.links.call(set_link(i, addr_gen_none=True))
         # NOARP: the host never answers a tenant's ARP for its own addresses on this device.
         # The bridge side comes up when the L2 pass plugs it.
-        self.ipr.link("set", index=idx[r.device], mtu=r.mtu, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
+        self.links.call(set_link(idx[r.device], mtu=r.mtu, up=True, noarp=True))
         log.info("DHCP responder for network %s: %s/%s", r.network_id, r.port, r.device)
         return idx[r.device]
 

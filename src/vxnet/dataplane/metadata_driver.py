@@ -13,7 +13,8 @@ Contract:
   after `drop_sockets()` (the feature's `invalidate()`: drift repair), after a failure, and
   whenever the networks change; a change of ports only (a port-up: one route and one
   neighbour) is applied as a difference from what it converged last. Idempotent (EEXIST/ENOENT count as
-  success); failures raise OSError/NetlinkError.
+  success); failures raise OSError (`rtnl_links.RtnlError` for the kernel's refusals).
+  Kernel access: raw rtnetlink (`rtnl`, `rtnl_links`, `rtnl_routes`) and `netns` (no pyroute2).
 - `MetadataLinks.remove(netns)` deletes the namespace and the host-side service ports.
 - `NsWorker(netns)`: one daemon thread inside a namespace (the host's) running the nftables
   transactions (a libnftables context lives in the namespace of the thread that made it).
@@ -35,22 +36,20 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
-
 from vxnet.compute import naming
 from vxnet.compute.metadata import DEVICE_PREFIX, METADATA_IP, METADATA_PORT, SERVICE_KIND, MetadataState
+from vxnet.dataplane import netns as nsmod
+from vxnet.dataplane.netns import in_netns
 from vxnet.dataplane.nft_exec import NftExecutor
-from vxnet.dataplane.router_driver import in_netns
+from vxnet.dataplane.rtnl import NUD_PERMANENT, NeighRequest, RtnlSocket, dump_links, setns
+from vxnet.dataplane.rtnl_links import RtnlError, RtnlLinks, del_link, new_veth, set_link
+from vxnet.dataplane.rtnl_routes import RT_SCOPE_LINK, addrs, new_addr, route, routes
 
 log = logging.getLogger("vxnet.dataplane.metadata")
 
 NETNS_DIR = "/run/netns"
 ROUTE_PROTO = naming.ROUTER_ROUTE_PROTO
 IFF_UP = 0x1
-NO_IPV6 = {"attrs": [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", 1]]}]]}   # addrgenmode none
 SERVICE_PREFIX = naming.SERVICE_PREFIX + SERVICE_KIND
 SYSCTLS = (
     ("net/ipv6/conf/all/disable_ipv6", "1"),
@@ -79,9 +78,24 @@ def _write_sysctls() -> None:
 def _ok(fn: Callable[[], object], codes: tuple[int, ...]) -> None:
     try:
         fn()
-    except NetlinkError as e:
+    except RtnlError as e:
         if e.code not in codes:
             raise
+
+
+def _neigh(links: RtnlLinks, req: NeighRequest, codes: tuple[int, ...] = ()) -> None:
+    """One neighbour request (errors in `codes` count as success)."""
+    (code,) = links.sock.batch([req])
+    if code and code not in codes:
+        raise RtnlError(code, f"neighbour {req.op} {req.dst}: {os.strerror(code)}")
+
+
+def _neigh_replace(dst: str, ifindex: int, mac: str) -> NeighRequest:
+    return NeighRequest("replace", socket.AF_INET, ifindex, NUD_PERMANENT, 0, mac, dst)
+
+
+def _neigh_del(dst: str, ifindex: int) -> NeighRequest:
+    return NeighRequest("del", socket.AF_INET, ifindex, NUD_PERMANENT, 0, None, dst)
 
 
 GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
@@ -94,28 +108,28 @@ class MetadataLinks:
     def __init__(self, host_netns: str | None, run_dir: str = NETNS_DIR) -> None:
         self.host_netns = host_netns
         self.run_dir = run_dir
-        self._host: IPRoute | None = None
-        self._ns: dict[str, IPRoute] = {}
+        self._host: RtnlLinks | None = None
+        self._ns: dict[str, RtnlLinks] = {}
         self._known: MetadataState | None = None    # converged by the last call (None: read the kernel)
         self._index: dict[str, int] = {}            # vxmd device -> ifindex, as of `_known`
 
     def close(self) -> None:
-        for ipr in [self._host, *self._ns.values()]:
-            if ipr is not None:
-                ipr.close()
+        for links in [self._host, *self._ns.values()]:
+            if links is not None:
+                links.sock.close()
         self._host = None
         self._ns.clear()
         self._known = None
 
     @property
-    def host(self) -> IPRoute:
+    def host(self) -> RtnlLinks:
         if self._host is None:
-            self._host = IPRoute(netns=self.host_netns) if self.host_netns else IPRoute()
+            self._host = RtnlLinks(RtnlSocket(self.host_netns))
         return self._host
 
-    def _ipr(self, name: str) -> IPRoute:
+    def _ipr(self, name: str) -> RtnlLinks:
         if name not in self._ns:
-            self._ns[name] = IPRoute(netns=name)
+            self._ns[name] = RtnlLinks(RtnlSocket(os.path.join(self.run_dir, name)))
         return self._ns[name]
 
     def drop_sockets(self) -> None:
@@ -127,22 +141,22 @@ class MetadataLinks:
         path = os.path.join(self.run_dir, name)
         created = False
         if not os.path.ismount(path):
-            ipr = self._ns.pop(name, None)
-            if ipr is not None:
-                ipr.close()
+            stale = self._ns.pop(name, None)
+            if stale is not None:
+                stale.sock.close()
             if os.path.exists(path):
                 os.unlink(path)        # a name without a namespace behind it
             try:
-                pr_netns.create(name)
+                nsmod.create(name, self.run_dir)
                 created = True
             except OSError as e:
                 if e.errno != errno.EEXIST:
                     raise
-        in_netns(name, _write_sysctls)
+        in_netns(path, _write_sysctls)
         ipr = self._ipr(name)
-        lo = ipr.link_lookup(ifname="lo")
-        if lo:
-            ipr.link("set", index=lo[0], state="up")
+        lo = ipr.index("lo")
+        if lo is not None:
+            ipr.call(set_link(lo, up=True))
         return created
 
     def converge(self, state: MetadataState) -> dict[str, int]:
@@ -170,12 +184,12 @@ class MetadataLinks:
         changes: dict[str, int] = {}
         for ip, oif, _ in sorted(old - new):
             if (ip, oif) not in {(i, o) for i, o, _ in new}:
-                _ok(lambda ip=ip, oif=oif: ipr.route("del", dst=f"{ip}/32", oif=oif, proto=ROUTE_PROTO), GONE)
-                _ok(lambda ip=ip, oif=oif: ipr.neigh("del", dst=ip, ifindex=oif), GONE)
+                _ok(lambda ip=ip, oif=oif: ipr.call(route("del", ip, 32, oif, ROUTE_PROTO)), GONE)
+                _neigh(ipr, _neigh_del(ip, oif), GONE)
                 changes["route_deleted"] = changes.get("route_deleted", 0) + 1
         for ip, oif, mac in sorted(new - old):
-            ipr.route("replace", dst=f"{ip}/32", oif=oif, proto=ROUTE_PROTO, scope=253)
-            ipr.neigh("replace", dst=ip, ifindex=oif, lladdr=mac, state=NUD_PERMANENT)
+            ipr.call(route("replace", ip, 32, oif, ROUTE_PROTO, RT_SCOPE_LINK))
+            _neigh(ipr, _neigh_replace(ip, oif, mac))
             changes["route"] = changes.get("route", 0) + 1
         return changes
 
@@ -188,70 +202,75 @@ class MetadataLinks:
         if self.ensure_netns(state.netns):
             count("namespace")
         ipr = self._ipr(state.netns)
-        links = {ln.get_attr("IFLA_IFNAME"): ln for ln in ipr.get_links()}
+        links = {ln.ifname: ln for ln in dump_links(ipr.sock)}
         wanted = {n.device: n for n in state.networks}
         for name, ln in links.items():
-            if (name or "").startswith(DEVICE_PREFIX) and name not in wanted:
-                _ok(lambda ln=ln: ipr.link("del", index=ln["index"]), GONE)
+            if name.startswith(DEVICE_PREFIX) and name not in wanted:
+                _ok(lambda ln=ln: ipr.call(del_link(ln.index)), GONE)
                 count("link_deleted")
         index: dict[str, int] = {}
         for n in state.networks:
             ln = links.get(n.device)
-            host_idx = self.host.link_lookup(ifname=n.port)
-            if ln is None or not host_idx:
+            host_idx = self.host.index(n.port)
+            if ln is None or host_idx is None:
                 if ln is not None:
-                    _ok(lambda ln=ln: ipr.link("del", index=ln["index"]), GONE)
-                if host_idx:
-                    _ok(lambda i=host_idx[0]: self.host.link("del", index=i), GONE)
-                self.host.link("add", ifname=n.port, kind="veth", mtu=n.mtu,
-                               peer={"ifname": n.device, "net_ns_fd": state.netns, "address": n.mac, "mtu": n.mtu})
-                for i in self.host.link_lookup(ifname=n.port):
-                    _ok(lambda i=i: self.host.link("set", index=i, af_spec=NO_IPV6), (errno.EOPNOTSUPP, *GONE))
-                ln = ipr.link("get", ifname=n.device)[0]
+                    _ok(lambda ln=ln: ipr.call(del_link(ln.index)), GONE)
+                if host_idx is not None:
+                    _ok(lambda i=host_idx: self.host.call(del_link(i)), GONE)
+                fd = os.open(os.path.join(self.run_dir, state.netns), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self.host.call(new_veth(n.port, n.device, n.mtu, peer_mac=n.mac, peer_netns_fd=fd))
+                finally:
+                    os.close(fd)
+                port_idx = self.host.index(n.port)
+                if port_idx is not None:
+                    _ok(lambda i=port_idx: self.host.call(set_link(i, addr_gen_none=True)), (errno.EOPNOTSUPP, *GONE))
+                ln = ipr.get(n.device)
+                if ln is None:
+                    raise RtnlError(errno.ENODEV, f"{n.device} missing after creating it")
                 count("link_created")
-            idx = int(ln["index"])
+            idx = ln.index
             index[n.device] = idx
-            if (ln.get_attr("IFLA_ADDRESS") or "").lower() != n.mac or ln.get_attr("IFLA_MTU") != n.mtu \
-                    or not ln["flags"] & IFF_UP:
-                ipr.link("set", index=idx, address=n.mac, mtu=n.mtu, state="up")
+            if ln.address.lower() != n.mac or ln.mtu != n.mtu or not ln.flags & IFF_UP:
+                ipr.call(set_link(idx, mac=n.mac, mtu=n.mtu, up=True))
                 count("link_updated")
-            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET, index=idx)}
+            have = {a.address for a in addrs(ipr, socket.AF_INET, idx)}
             if METADATA_IP not in have:
-                _ok(lambda idx=idx: ipr.addr("add", index=idx, address=METADATA_IP, prefixlen=32), EXISTS)
+                _ok(lambda idx=idx: ipr.call(new_addr(idx, METADATA_IP, 32)), EXISTS)
                 count("address")
         self._delete_orphan_ports(set(wanted), count)
         net_dev = {n.network_id: n.device for n in state.networks}
         want_routes = {(p.proxy_ip, index[net_dev[p.network_id]]) for p in state.ports}
         have_routes = set()
-        for r in ipr.get_routes(family=socket.AF_INET, table=254):
-            if r["proto"] != ROUTE_PROTO or r["dst_len"] != 32:
+        for r in routes(ipr, socket.AF_INET):
+            if r.proto != ROUTE_PROTO or r.dst_len != 32:
                 continue
-            have_routes.add((r.get_attr("RTA_DST"), r.get_attr("RTA_OIF")))
-        for dst, oif in sorted(have_routes - want_routes):
-            _ok(lambda dst=dst, oif=oif: ipr.route("del", dst=f"{dst}/32", oif=oif, proto=ROUTE_PROTO), GONE)
+            have_routes.add((r.dst, r.oif))
+        for dst, oif in sorted(have_routes - want_routes, key=str):
+            _ok(lambda dst=dst, oif=oif: ipr.call(route("del", dst, 32, oif, ROUTE_PROTO)), GONE)
             count("route_deleted")
         for dst, oif in sorted(want_routes - have_routes):
-            ipr.route("replace", dst=f"{dst}/32", oif=oif, proto=ROUTE_PROTO, scope=253)   # scope link
+            ipr.call(route("replace", dst, 32, oif, ROUTE_PROTO, RT_SCOPE_LINK))
             count("route")
         want_neigh = {(p.proxy_ip, index[net_dev[p.network_id]], p.mac) for p in state.ports}
         have_neigh = set()
-        for nb in ipr.get_neighbours(family=socket.AF_INET):
-            if nb["ifindex"] in index.values() and nb["state"] & NUD_PERMANENT:
-                have_neigh.add((nb.get_attr("NDA_DST"), nb["ifindex"], (nb.get_attr("NDA_LLADDR") or "").lower()))
-        for dst, oif, mac in sorted(have_neigh - want_neigh):
-            _ok(lambda dst=dst, oif=oif: ipr.neigh("del", dst=dst, ifindex=oif), GONE)
+        for nb in ipr.sock.dump_neigh(socket.AF_INET):
+            if nb.ifindex in index.values() and nb.state & NUD_PERMANENT:
+                have_neigh.add((nb.dst, nb.ifindex, (nb.lladdr or "").lower()))
+        for dst, oif, mac in sorted(have_neigh - want_neigh, key=str):
+            _neigh(ipr, _neigh_del(dst, oif), GONE)
             count("neigh_deleted")
         for dst, oif, mac in sorted(want_neigh - have_neigh):
-            ipr.neigh("replace", dst=dst, ifindex=oif, lladdr=mac, state=NUD_PERMANENT)
+            _neigh(ipr, _neigh_replace(dst, oif, mac))
             count("neigh")
         self._index = index
         return changes
 
     def _delete_orphan_ports(self, wanted: set[str], count: Callable[[str], None]) -> None:
-        for ln in self.host.get_links():
-            name = ln.get_attr("IFLA_IFNAME") or ""
+        for ln in dump_links(self.host.sock):
+            name = ln.ifname
             if name.startswith(SERVICE_PREFIX) and DEVICE_PREFIX + name[len(SERVICE_PREFIX):] not in wanted:
-                _ok(lambda ln=ln: self.host.link("del", index=ln["index"]), GONE)
+                _ok(lambda ln=ln: self.host.call(del_link(ln.index)), GONE)
                 count("link_deleted")
 
     def remove(self, netns: str) -> bool:
@@ -260,12 +279,12 @@ class MetadataLinks:
         self._known = None
         removed: list[str] = []
         self._delete_orphan_ports(set(), removed.append)
-        ipr = self._ns.pop(netns, None)
-        if ipr is not None:
-            ipr.close()
+        stale = self._ns.pop(netns, None)
+        if stale is not None:
+            stale.sock.close()
         if os.path.ismount(os.path.join(self.run_dir, netns)):
             try:
-                pr_netns.remove(netns)
+                nsmod.remove(netns, self.run_dir)
                 removed.append("namespace")
             except FileNotFoundError:
                 pass
@@ -284,7 +303,7 @@ class NsWorker:
 
     def _run(self) -> None:
         if self.netns:
-            pr_netns.setns(self.netns, flags=0)
+            setns(self.netns)
         while True:
             job = self._q.get()
             if job is None:
@@ -331,4 +350,4 @@ def listen_socket(netns: str) -> socket.socket:
         except OSError:
             s.close()
             raise
-    return in_netns(netns, make)  # type: ignore[return-value]
+    return in_netns(netns, make)

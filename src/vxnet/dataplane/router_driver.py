@@ -60,6 +60,7 @@ from vxnet.compute.routing import (
     is_host_netns,
     is_service_port,
 )
+from vxnet.dataplane.netns import in_netns, list_netns
 from vxnet.dataplane.nft_exec import NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.router")
@@ -119,26 +120,6 @@ class ApplyResult:
         self.changes[kind] = self.changes.get(kind, 0) + n
 
 
-def in_netns(name: str, fn: Callable[[], object]) -> object:
-    """Run `fn` in a short-lived thread that entered network namespace `name` (setns is per
-    thread, so the agent's own threads never move)."""
-    out: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            pr_netns.setns(name, flags=0)
-            out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            out["error"] = e
-
-    t = threading.Thread(target=run, name=f"vxnet-netns-{name}", daemon=True)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]  # type: ignore[misc]
-    return out.get("value")
-
-
 def announce(ns: str, dev: str, mac: str, ips: list[str], delays: tuple[float, ...] = (0.2, 1.0, 3.0)) -> None:
     """Gratuitous ARP for a new leg, in the background: VMs holding the gateway IP with an
     older MAC (an interface removed and added again is a new port, so a new MAC) update it at
@@ -185,10 +166,7 @@ def _write_sysctls() -> list[str]:
 
 def list_host_netns(host: str, run_dir: str = NETNS_DIR) -> list[str]:
     """This host's router namespaces present in `run_dir`."""
-    try:
-        return sorted(n for n in os.listdir(run_dir) if is_host_netns(n, host))
-    except FileNotFoundError:
-        return []
+    return list_netns(lambda n: is_host_netns(n, host), run_dir)
 
 
 class RouterDriver:

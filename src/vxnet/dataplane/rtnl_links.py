@@ -1,10 +1,11 @@
 """Link requests over the raw rtnetlink socket (`rtnl.RtnlSocket`): what the L2 agent does to
-links. Create a bridge, VXLAN or VLAN device; set a link's master, MTU, MAC, up/down flag and
+links. Create a bridge, VXLAN, VLAN or veth device; set a link's master, MTU, MAC, up/down flag and
 IPv6 address generation; set bridge-port flags; delete a link; look one up by name; find the
 device holding an address.
 
 Contract:
-- Each request is one message the kernel acknowledges; a refusal raises `RtnlError`, an
+- Each request is one message the kernel acknowledges (veth pairs included: one message creates
+  both ends, the peer possibly in another namespace); a refusal raises `RtnlError`, an
   `OSError` whose `code` (= `errno`) is the kernel's errno (EEXIST, ENODEV, ...).
 - The encoders are pure (bytes out) and match what `ip link` / pyroute2 send for the same
   request; tests/unit/test_rtnl_links.py decodes them with pyroute2 as the oracle.
@@ -42,9 +43,11 @@ from vxnet.dataplane.rtnl import (
     NLMSG_ERROR,
     RTM_GETLINK,
     RTM_NEWLINK,
+    LinkRecord,
     RtnlSocket,
     _attr,
     _attrs,
+    _parse_link,
 )
 
 RTM_DELLINK = 17
@@ -67,6 +70,9 @@ IFLA_BRPORT_NEIGH_SUPPRESS = 32
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 ADDR_GEN_MODE_NONE = 1
+IFLA_NET_NS_FD = 28
+VETH_INFO_PEER = 1
+IFF_NOARP = 0x80
 
 _IFA = struct.Struct("=BBBBI")
 
@@ -141,11 +147,22 @@ def new_vlan(name: str, lower: int, vid: int, mtu: int | None) -> Msg:
                 + _info("vlan", _u16(IFLA_VLAN_ID, vid)))
 
 
+def new_veth(name: str, peer: str, mtu: int | None, *, peer_mac: str | None = None,
+             peer_netns_fd: int | None = None) -> Msg:
+    """`ip link add NAME [mtu MTU] type veth peer name PEER [address MAC] [mtu MTU] [netns FD]`
+    (the peer is created in the namespace of `peer_netns_fd`, an open namespace file)."""
+    mtu_attr = _u32(IFLA_MTU, mtu) if mtu else b""
+    peer_body = (_IFI.pack(0, 0, 0, 0, 0) + _name(IFLA_IFNAME, peer) + (_mac(peer_mac) if peer_mac else b"")
+                 + mtu_attr + (_u32(IFLA_NET_NS_FD, peer_netns_fd) if peer_netns_fd is not None else b""))
+    return _new(_name(IFLA_IFNAME, name) + mtu_attr + _info("veth", _attr(VETH_INFO_PEER, peer_body)))
+
+
 def set_link(index: int, *, mac: str | None = None, mtu: int | None = None, master: int | None = None,
-             up: bool | None = None, addr_gen_none: bool = False) -> Msg:
-    """`ip link set` of an existing link: only the given attributes change (`master=0`: none)."""
-    flags = IFF_UP if up else 0
-    change = IFF_UP if up is not None else 0
+             up: bool | None = None, addr_gen_none: bool = False, noarp: bool | None = None) -> Msg:
+    """`ip link set` of an existing link: only the given attributes change (`master=0`: none;
+    `up`, `noarp` None: that flag left alone)."""
+    flags = (IFF_UP if up else 0) | (IFF_NOARP if noarp else 0)
+    change = (IFF_UP if up is not None else 0) | (IFF_NOARP if noarp is not None else 0)
     body = _IFI.pack(0, 0, index, flags, change)
     if mac is not None:
         body += _mac(mac)
@@ -186,9 +203,17 @@ class RtnlLinks:
     def index(self, name: str) -> int | None:
         """The index of link `name` (one RTM_GETLINK, not a dump); None if there is none."""
         body = _IFI.pack(0, 0, 0, 0, 0) + _name(IFLA_IFNAME, name)
-        for mtype, payload in self._request(RTM_GETLINK, 0, body):
+        for mtype, payload in self.request(RTM_GETLINK, 0, body):
             if mtype == RTM_NEWLINK:
                 return int(_IFI.unpack_from(payload, 0)[2])
+        return None
+
+    def get(self, name: str) -> LinkRecord | None:
+        """Link `name` as `rtnl.dump_links` reports links (one RTM_GETLINK); None if there is none."""
+        body = _IFI.pack(0, 0, 0, 0, 0) + _name(IFLA_IFNAME, name)
+        for mtype, payload in self.request(RTM_GETLINK, 0, body):
+            if mtype == RTM_NEWLINK:
+                return _parse_link(payload)
         return None
 
     def addr_index(self, address: str) -> int | None:
@@ -196,7 +221,7 @@ class RtnlLinks:
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         found = None
-        for mtype, payload in self._request(RTM_GETADDR, NLM_F_DUMP, _IFA.pack(family, 0, 0, 0, 0)):
+        for mtype, payload in self.request(RTM_GETADDR, NLM_F_DUMP, _IFA.pack(family, 0, 0, 0, 0)):
             if mtype != RTM_NEWADDR or found is not None:
                 continue
             fam, _plen, _flags, _scope, index = _IFA.unpack_from(payload, 0)
@@ -205,7 +230,7 @@ class RtnlLinks:
                 found = index
         return found
 
-    def _request(self, mtype: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
+    def request(self, mtype: int, flags: int, body: bytes) -> list[tuple[int, bytes]]:
         """The replies to one request (until NLMSG_DONE for a dump, else the first reply);
         ENODEV/ENOENT end it with no reply, any other error raises `RtnlError`."""
         s = self.sock
