@@ -37,7 +37,8 @@ the HTTP stream's flow control then keeps what a slow reader has not taken in it
 1,000 whole snapshots in the server at a cold start. Its pieces make one NDJSON line, and
 updates queued after it follow it. Stream JSON is written by orjson (a value it refuses, an
 integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
-The hub's objects are `compact`ed: one copy of each field name and of values that repeat.
+The hub's objects are `compact`ed: one copy of each field name and of values that repeat, and
+an object's id is one string, its own `id`, also where the index holds it.
 
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop.
@@ -70,6 +71,12 @@ PING_INTERVAL = 5.0
 LOG_LENGTH = 4096  # lines a stream may fall behind before it is cut
 LOG_BYTES = 32 * 1024 * 1024  # all hosts' replay logs together
 RES_PREFIX = f"{ROOT}res/"
+# An empty piece, yielded after a snapshot or a large batch: the HTTP response that iterates the
+# stream (Starlette's StreamingResponse) holds the piece it sent last until it gets the next one,
+# so without it an idle stream kept its snapshot's last piece (up to Snapshot.CHUNK bytes; 1,000
+# streams after a cold start: ~130 MiB). An empty body part writes nothing on the wire.
+RELEASE = b""
+RELEASE_AFTER = 16 * 1024
 
 Obj = dict[str, Any]
 Objects = dict[str, dict[str, Obj]]  # collection -> id -> object
@@ -138,18 +145,24 @@ def _share(v: Any) -> Any:
     return v
 
 
+def _inner(d: Obj) -> Obj:
+    return {_KEYS.setdefault(a, a): _share(b) if a in _SHARED_VALUES else b for a, b in d.items()}
+
+
 def compact(obj: Obj) -> Obj:
     """`obj` with its field names, and the values that repeat across objects (`_SHARED_VALUES`,
-    also inside the dicts of a list such as `fixed_ips`), replaced by one shared copy of each:
-    about a third less memory per port. Equal to `obj`."""
+    also inside a dict such as `binding:vif_details` and the dicts of a list such as
+    `fixed_ips`), replaced by one shared copy of each: about a third less memory per port.
+    Equal to `obj`."""
     out: Obj = {}
     for k, v in obj.items():
         k = _KEYS.setdefault(k, k)
         if k in _SHARED_VALUES:
             v = _share(v)
         elif isinstance(v, list) and v and isinstance(v[0], dict):
-            v = [{_KEYS.setdefault(a, a): _share(b) if a in _SHARED_VALUES else b for a, b in d.items()}
-                 if isinstance(d, dict) else d for d in v]
+            v = [_inner(d) if isinstance(d, dict) else d for d in v]
+        elif isinstance(v, dict) and v:
+            v = _inner(v)
         out[k] = v
     return out
 
@@ -346,6 +359,8 @@ class Hub:
             except ValueError:  # a value that is not JSON: parse one by one
                 values += [_parse(v) for _, _, v in batch]
         for (coll, id_, _), obj in zip(keep, values, strict=True):
+            if obj.get("id") == id_:
+                id_ = obj["id"]  # one copy of the id: the object's own
             (objects if coll in objects else others).setdefault(coll, {})[id_] = obj
         agents = others.get("agents", {})
         self.index.load(objects, agents)
@@ -389,6 +404,12 @@ class Hub:
                 live = e.kv.key.startswith(LIVE_PREFIX)
                 if coll in COLLECTIONS:
                     before = self.index.objects[coll].get(id_)
+                    if before is not None and before.get("id") == id_:
+                        id_ = before["id"]   # the index's copy of the id, kept by the new object
+                        if after is not None and after.get("id") == id_:
+                            after["id"] = id_
+                    elif after is not None and after.get("id") == id_:
+                        id_ = after["id"]
                     index_changes.append((coll, id_, after))
                 else:
                     bucket = self.live if live else self.others.setdefault(coll, {})
@@ -543,11 +564,18 @@ class Hub:
                         sub.lines.popleft()
                         for chunk in head.chunks():
                             yield chunk
+                        del head, chunk  # the objects at its revision, its last piece: not kept
+                        yield RELEASE
                         continue
                     batch = []
                     while sub.lines and not isinstance(sub.lines[0], Snapshot):
                         batch.append(sub.lines.popleft())
-                    yield b"".join(batch)  # type: ignore[arg-type]
+                    out = b"".join(batch)  # type: ignore[arg-type]
+                    del batch
+                    yield out
+                    if len(out) >= RELEASE_AFTER:
+                        del out
+                        yield RELEASE
                     continue
                 sub.ready.clear()
                 try:
