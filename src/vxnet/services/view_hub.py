@@ -37,8 +37,8 @@ the HTTP stream's flow control then keeps what a slow reader has not taken in it
 1,000 whole snapshots in the server at a cold start. Its pieces make one NDJSON line, and
 updates queued after it follow it. Stream JSON is written by orjson (a value it refuses, an
 integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
-The hub's objects are `compact`ed: one copy of each field name and of values that repeat, and
-an object's id is one string, its own `id`, also where the index holds it.
+The hub's objects are `compact`ed (services/compact.py: shared field names and repeated values,
+key-sharing dicts), and an object's id is one string, its own `id`, also where the index holds it.
 
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop.
@@ -60,6 +60,7 @@ from typing import Any, Protocol
 import orjson
 
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
+from vxnet.services.compact import compact
 from vxnet.services.host_view import COLLECTIONS, ViewIndex, project
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
@@ -123,48 +124,6 @@ def _parse(value: str) -> Obj:
     except ValueError:
         return {}
     return compact(obj) if isinstance(obj, dict) else {}
-
-
-# Values of these fields repeat across many objects (a network's id in each of its ports, the
-# project, the binding host, timestamps of one second): one shared copy each (`compact`).
-_SHARED_VALUES = frozenset({"network_id", "project_id", "tenant_id", "status", "device_owner", "binding:host_id",
-                            "binding:vif_type", "binding:vnic_type", "created_at", "updated_at", "qos_policy_id",
-                            "subnet_id", "security_group_id", "remote_group_id", "router_id", "ip_version",
-                            "direction", "ethertype", "protocol", "enable_dhcp", "ipv6_address_mode",
-                            "ipv6_ra_mode", "subnetpool_id", "gateway_ip"})
-_KEYS: dict[str, str] = {}     # field names of every object the hub holds, one copy each
-_VALUES: dict[str, str] = {}   # values of `_SHARED_VALUES` fields, one copy each
-_VALUES_MAX = 1 << 16           # past this many, the pool starts again (ids of deleted objects go)
-
-
-def _share(v: Any) -> Any:
-    if isinstance(v, str):
-        if len(_VALUES) >= _VALUES_MAX:
-            _VALUES.clear()
-        return _VALUES.setdefault(v, v)
-    return v
-
-
-def _inner(d: Obj) -> Obj:
-    return {_KEYS.setdefault(a, a): _share(b) if a in _SHARED_VALUES else b for a, b in d.items()}
-
-
-def compact(obj: Obj) -> Obj:
-    """`obj` with its field names, and the values that repeat across objects (`_SHARED_VALUES`,
-    also inside a dict such as `binding:vif_details` and the dicts of a list such as
-    `fixed_ips`), replaced by one shared copy of each: about a third less memory per port.
-    Equal to `obj`."""
-    out: Obj = {}
-    for k, v in obj.items():
-        k = _KEYS.setdefault(k, k)
-        if k in _SHARED_VALUES:
-            v = _share(v)
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            v = [_inner(d) if isinstance(d, dict) else d for d in v]
-        elif isinstance(v, dict) and v:
-            v = _inner(v)
-        out[k] = v
-    return out
 
 
 def dumps(obj: Any) -> bytes:
