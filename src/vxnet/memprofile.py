@@ -3,8 +3,9 @@
 Off unless the environment names a file prefix: `VXNET_MEMPROFILE=<prefix>` makes `install()`
 start `tracemalloc` (frames per trace from `VXNET_MEMPROFILE_FRAMES`, default 1) and handle
 SIGUSR2: each signal writes `<prefix>-<pid>-<n>.txt` (n = 1, 2, ...) with the traced memory grouped
-by source line and by file, and the garbage collector's objects counted by type (the frozen
-ones included). The benchmarks send the signal at each phase (bench/servers.py `mem_profile`).
+by source line and by file, glibc malloc's heap in use and free (`mallinfo2`), and the
+garbage collector's objects counted by type (the frozen ones included); with
+`VXNET_MEMPROFILE_TRIM=1` it then trims the heap (`malloc_trim`) and reports again. The benchmarks send the signal at each phase (bench/servers.py `mem_profile`).
 
 Tracing costs memory and CPU (every allocation is recorded): never for a figure of the run
 itself, only to learn which structure holds what. Nothing happens without the variable.
@@ -13,6 +14,7 @@ itself, only to learn which structure holds what. Nothing happens without the va
 from __future__ import annotations
 
 import collections
+import ctypes
 import gc
 import os
 import signal
@@ -21,6 +23,7 @@ import tracemalloc
 
 ENV = "VXNET_MEMPROFILE"
 FRAMES_ENV = "VXNET_MEMPROFILE_FRAMES"
+TRIM_ENV = "VXNET_MEMPROFILE_TRIM"
 TOP = 40
 _count = 0
 
@@ -43,6 +46,25 @@ def _rss_kib() -> int:
     return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_stats() -> str:
+    """glibc's malloc: heap bytes in use and free (the free part is what Python let go of but the
+    process keeps), and mmapped bytes; "" where mallinfo2 is missing (not glibc, or before 2.33)."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return ""
+    fn.restype = _MallInfo2
+    m = fn()
+    mib = 2**20
+    return (f"malloc: heap {m.arena / mib:.1f} MiB (in use {m.uordblks / mib:.1f}, free {m.fordblks / mib:.1f}), "
+            f"mmapped {m.hblkhd / mib:.1f} MiB")
+
+
 def type_counts() -> collections.Counter[str]:
     """Objects the garbage collector tracks, by type name (frozen ones included)."""
     frozen = gc.get_freeze_count()
@@ -59,7 +81,12 @@ def report(limit: int = TOP) -> str:
     """The profile as text (see the module docstring)."""
     snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
     cur, peak = tracemalloc.get_traced_memory()
-    lines = [f"rss {_rss_kib() / 1024:.1f} MiB; traced {cur / 2**20:.1f} MiB (peak {peak / 2**20:.1f})", ""]
+    lines = [f"rss {_rss_kib() / 1024:.1f} MiB; traced {cur / 2**20:.1f} MiB (peak {peak / 2**20:.1f})",
+             malloc_stats()]
+    if os.environ.get(TRIM_ENV):   # what trimming the heap would give back (it does trim it)
+        ctypes.CDLL(None).malloc_trim(0)
+        lines.append(f"after malloc_trim: rss {_rss_kib() / 1024:.1f} MiB; {malloc_stats()}")
+    lines.append("")
     for key in ("lineno", "filename") + (("traceback",) if tracemalloc.get_traceback_limit() > 1 else ()):
         lines.append(f"== by {key}")
         for st in snap.statistics(key)[:limit]:

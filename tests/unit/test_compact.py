@@ -60,3 +60,28 @@ def test_any_field_names_and_changes_behave_as_a_dict() -> None:
     want["status"] = "ACTIVE"
     assert c == want and list(c) == list(want)
     assert compact({}) == {} and compact({"a": {}})["a"] == {}
+
+
+def test_shared_empties_refuse_changes_and_copy_as_ordinary() -> None:
+    """`share_empty` (the hub's objects): every empty list and dict is one shared object, equal
+    and written as `[]` / `{}`, that refuses a change; copies of it are ordinary."""
+    from vxnet.services.compact import EMPTY_DICT, EMPTY_LIST
+
+    a, b = compact(_port(1), share_empty=True), compact(_port(2), share_empty=True)
+    assert a == _port(1) and orjson.dumps(a) == orjson.dumps(_port(1)) and json.dumps(a) == json.dumps(_port(1))
+    assert a["tags"] is b["tags"] is EMPTY_LIST and a["binding:profile"] is EMPTY_DICT
+    for change in (lambda: a["tags"].append(1), lambda: a["tags"].extend([1]), lambda: a["binding:profile"].update(x=1),
+                   lambda: a["binding:profile"].__setitem__("x", 1), lambda: a["binding:profile"].setdefault("x", 1)):
+        try:
+            change()
+        except TypeError:
+            pass
+        else:
+            raise AssertionError("a shared empty accepted a change")
+    assert EMPTY_LIST == [] and EMPTY_DICT == {}
+    mine = copy.deepcopy(a)
+    mine["tags"].append("t")
+    mine["binding:profile"]["k"] = "v"
+    assert mine["tags"] == ["t"] and EMPTY_LIST == [] and a["tags"] == [] and b["binding:profile"] == {}
+    assert type(copy.copy(a["tags"])) is list and type(list(a["tags"])) is list
+    assert compact(_port(1))["tags"] is not EMPTY_LIST  # only when asked

@@ -74,17 +74,69 @@ def _inner(d: Obj) -> Obj:
     return out
 
 
-def compact(obj: Obj) -> Obj:
-    """A compact dict equal to `obj` (see the module docstring)."""
+def _refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError("a compact object's empty list or dict is shared by every object: copy it to change it")
+
+
+class _EmptyList(list):  # type: ignore[type-arg]
+    """The one empty list of `compact(..., share_empty=True)` objects: equal to `[]`, written as
+    `[]`, refuses changes (it is every object's), copies are ordinary lists."""
+
+    __slots__ = ()
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+    def __copy__(self) -> list[Any]:
+        return []
+
+    def __deepcopy__(self, memo: Any) -> list[Any]:
+        return []
+
+    def __reduce__(self) -> Any:
+        return (list, ())
+
+
+class _EmptyDict(dict):  # type: ignore[type-arg]
+    """As `_EmptyList`, for `{}`."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __copy__(self) -> dict[Any, Any]:
+        return {}
+
+    def __deepcopy__(self, memo: Any) -> dict[Any, Any]:
+        return {}
+
+    def __reduce__(self) -> Any:
+        return (dict, ())
+
+
+EMPTY_LIST: list[Any] = _EmptyList()
+EMPTY_DICT: dict[Any, Any] = _EmptyDict()
+
+
+def compact(obj: Obj, share_empty: bool = False) -> Obj:
+    """A compact dict equal to `obj` (see the module docstring). With `share_empty`, its empty
+    lists and dicts (a port's `tags`, `binding:profile`, ...: ~230 bytes a port) are the shared
+    `EMPTY_LIST` / `EMPTY_DICT`, which refuse changes: for holders whose objects nobody changes
+    (the view hub)."""
     keys = _KEYS
     out = _empty(tuple(obj))
     for k, v in obj.items():
         k = keys.setdefault(k, k)
         if k in SHARED_VALUES:
             v = _share(v)
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            v = [_inner(d) if isinstance(d, dict) else d for d in v]
-        elif isinstance(v, dict) and v:
-            v = _inner(v)
+        elif isinstance(v, list):
+            if v:
+                if isinstance(v[0], dict):
+                    v = [_inner(d) if isinstance(d, dict) else d for d in v]
+            elif share_empty:
+                v = EMPTY_LIST
+        elif isinstance(v, dict):
+            if v:
+                v = _inner(v)
+            elif share_empty:
+                v = EMPTY_DICT
         out[k] = v
     return out

@@ -38,7 +38,8 @@ the HTTP stream's flow control then keeps what a slow reader has not taken in it
 updates queued after it follow it. Stream JSON is written by orjson (a value it refuses, an
 integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
 The hub's objects are `compact`ed (services/compact.py: shared field names and repeated values,
-key-sharing dicts), and an object's id is one string, its own `id`, also where the index holds it.
+key-sharing dicts, one shared empty list and dict that refuse changes: nothing changes a hub
+object), and an object's id is one string, its own `id`, also where the index holds it.
 
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop.
@@ -123,7 +124,7 @@ def _parse(value: str) -> Obj:
         obj = json.loads(value)
     except ValueError:
         return {}
-    return compact(obj) if isinstance(obj, dict) else {}
+    return compact(obj, share_empty=True) if isinstance(obj, dict) else {}
 
 
 def dumps(obj: Any) -> bytes:
@@ -313,7 +314,7 @@ class Hub:
         for start in range(0, len(keep), 1000):
             batch = keep[start:start + 1000]
             try:
-                values += [compact(v) if isinstance(v, dict) else {}
+                values += [compact(v, share_empty=True) if isinstance(v, dict) else {}
                            for v in json.loads("[" + ",".join(v for _, _, v in batch) + "]")]
             except ValueError:  # a value that is not JSON: parse one by one
                 values += [_parse(v) for _, _, v in batch]
