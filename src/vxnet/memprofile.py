@@ -1,7 +1,8 @@
 """Opt-in memory profile of a server process: where its memory goes, on demand.
 
 Off unless the environment names a file prefix: `VXNET_MEMPROFILE=<prefix>` makes `install()`
-start `tracemalloc` (frames per trace from `VXNET_MEMPROFILE_FRAMES`, default 1) and handle
+start `tracemalloc` (frames per trace from `VXNET_MEMPROFILE_FRAMES`, default 1; 0 traces
+nothing: a cheap report of RSS and malloc's heap only) and handle
 SIGUSR2: each signal writes `<prefix>-<pid>-<n>.txt` (n = 1, 2, ...) with the traced memory grouped
 by source line and by file, glibc malloc's heap in use and free (`mallinfo2`), and the
 garbage collector's objects counted by type (the frozen ones included); with
@@ -33,7 +34,9 @@ def install() -> bool:
     prefix = os.environ.get(ENV)
     if not prefix:
         return False
-    tracemalloc.start(int(os.environ.get(FRAMES_ENV, "1")))
+    frames = int(os.environ.get(FRAMES_ENV, "1"))
+    if frames > 0:  # 0: no tracing, the report has the RSS and malloc's heap only
+        tracemalloc.start(frames)
     signal.signal(signal.SIGUSR2, lambda _sig, _frame: write(prefix))  # runs on the main thread
     return True
 
@@ -79,7 +82,7 @@ def type_counts() -> collections.Counter[str]:
 
 def report(limit: int = TOP) -> str:
     """The profile as text (see the module docstring)."""
-    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    tracing = tracemalloc.is_tracing()
     cur, peak = tracemalloc.get_traced_memory()
     lines = [f"rss {_rss_kib() / 1024:.1f} MiB; traced {cur / 2**20:.1f} MiB (peak {peak / 2**20:.1f})",
              malloc_stats()]
@@ -87,15 +90,19 @@ def report(limit: int = TOP) -> str:
         ctypes.CDLL(None).malloc_trim(0)
         lines.append(f"after malloc_trim: rss {_rss_kib() / 1024:.1f} MiB; {malloc_stats()}")
     lines.append("")
-    for key in ("lineno", "filename") + (("traceback",) if tracemalloc.get_traceback_limit() > 1 else ()):
+    keys = ("lineno", "filename") + (("traceback",) if tracemalloc.get_traceback_limit() > 1 else ())
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)]) \
+        if tracing else None
+    for key in keys if snap is not None else ():
         lines.append(f"== by {key}")
         for st in snap.statistics(key)[:limit]:
             where = " <- ".join(str(fr) for fr in reversed(st.traceback)) if key == "traceback" else str(st.traceback[0])
             lines.append(f"{st.size / 2**20:9.2f} MiB {st.count:9d} blocks  {where}")
         lines.append("")
-    lines.append("== gc objects by type")
-    for name, n in type_counts().most_common(limit):
-        lines.append(f"{n:10d}  {name}")
+    if tracing:
+        lines.append("== gc objects by type")
+        for name, n in type_counts().most_common(limit):
+            lines.append(f"{n:10d}  {name}")
     return "\n".join(lines) + "\n"
 
 
