@@ -35,7 +35,8 @@ A snapshot (`Snapshot`) holds the ids and objects of the view at its revision (t
 replaces an object on a change, never edits one) and is written out while it is sent, in pieces:
 the HTTP stream's flow control then keeps what a slow reader has not taken in its socket, not
 1,000 whole snapshots in the server at a cold start. Its pieces make one NDJSON line, and
-updates queued after it follow it. Stream JSON is written by orjson (a value it refuses, an
+updates queued after it follow it; once it is sent the stream keeps neither the snapshot nor
+its last piece (`RELEASE`). Stream JSON is written by orjson (a value it refuses, an
 integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
 The hub's objects are `compact`ed (services/compact.py: shared field names and repeated values,
 key-sharing dicts, one shared empty list and dict that refuse changes: nothing changes a hub
