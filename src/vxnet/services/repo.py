@@ -1,4 +1,5 @@
-"""Resources over the store: one JSON object per key, changed by optimistic transactions.
+"""Resources over the store: one JSON object per key (compact JSON: no spaces), changed by optimistic
+transactions.
 
 Layout (all under `/vxnet/`):
 - `res/<collection>/<id>`: a resource as the API shows it to an admin (e.g. `res/ports/<id>`).
@@ -244,7 +245,7 @@ class UnitOfWork:
             self._compares[key] = key_missing(key)
         if self.repo.stage_hook is not None:
             self.repo.stage_hook(self, collection, key, obj)
-        self._ops[key] = Put(key, json.dumps(obj))
+        self._ops[key] = Put(key, json.dumps(obj, separators=(",", ":")))  # no spaces: ~6% of a port
 
     def delete(self, collection: str, id_: str) -> None:
         key = res_key(collection, id_)
