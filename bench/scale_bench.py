@@ -64,6 +64,7 @@ from bench.servers import (
     backends,
     etcd_cluster,
     load_averages,
+    mem_profile,
     raise_open_files_limit,
     register_hosts,
     sample,
@@ -493,6 +494,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         spids = [pid for _, pid in srv]
         start_s = time.monotonic() - t
         cpu_start, rss_start = sample(spids)
+        mem_profile(spids, f"{backend}-1-start")
         ecpu_start, _ = sample(etcd_pids)
         row("server start (load + view index)", "", "", "", "", f"{start_s:.1f} s wall, {cpu_start:.1f} s CPU",
             f"{rss_start:.0f}", f"{n_srv} server(s), started one after the other"
@@ -504,6 +506,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         world.registered.update(world.hosts)
         reg_s = time.monotonic() - t
         cpu0, rss0 = sample(spids)
+        mem_profile(spids, f"{backend}-2-registered")
         row(f"register {len(world.hosts)} hosts (agent API, 16 at a time)", "", "", "", "",
             f"{reg_s:.1f} s wall, {cpu0 - cpu_start:.1f} s CPU", f"{rss0:.0f}", "host i on server i mod S")
 
@@ -534,6 +537,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
             col.pump(1.0)
         cold = time.monotonic() - t0
         cpu1, rss1 = sample(spids)
+        mem_profile(spids, f"{backend}-3-cold-start")
         ecpu1, _ = sample(etcd_pids)
         wcpu1, wrss1 = sample(wpids)
         recv = [s[0] - t0 for s in col.snaps.values()]
@@ -603,6 +607,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
             col.pump(0.2)  # late leaks still count
         load_end = os.getloadavg()[0]
         cpu3, rss3 = sample(spids)
+        mem_profile(spids, f"{backend}-4-changes")
         ecpu3, erss3 = sample(etcd_pids)
         wcpu3, wrss3 = sample(wpids)
         st1 = col.collect_stats(conns)
@@ -675,6 +680,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         phase.append("verifying filled records through the API")
         problems = verify(f"http://127.0.0.1:{sports[0]}", admin_tok, world, rng)
         _, rss4 = sample(spids)
+        mem_profile(spids, f"{backend}-5-read-back")
         notes.append(f"{label}: filled records read back through the API (3 networks, subnets and ports, one of "
                      "them renamed by the changes, and the port count) "
                      + ("match: the fields, types and values of API-made ones (except each record's identity, "

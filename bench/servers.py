@@ -77,6 +77,27 @@ def sample(pids: Iterable[int]) -> tuple[float, float]:
     return sum(cpu_seconds(p) for p in pids), sum(rss_mib(p) for p in pids)
 
 
+def mem_profile(pids: Iterable[int], label: str, timeout: float = 300.0) -> None:
+    """With VXNET_MEMPROFILE set (src/vxnet/memprofile.py; the servers inherit it): ask each
+    server for a memory profile (SIGUSR2) and name it `<prefix>-<pid>-<label>.txt`. Otherwise
+    nothing."""
+    prefix = os.environ.get("VXNET_MEMPROFILE")
+    if not prefix:
+        return
+    for pid in pids:
+        d, base = os.path.split(prefix)
+        before = {f for f in os.listdir(d or ".") if f.startswith(f"{base}-{pid}-")}
+        os.kill(pid, signal.SIGUSR2)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            new = [f for f in os.listdir(d or ".") if f.startswith(f"{base}-{pid}-") and f.endswith(".txt")
+                   and f not in before]
+            if new:
+                os.replace(os.path.join(d, new[0]), f"{prefix}-{pid}-{label}.txt")
+                break
+            time.sleep(0.2)
+
+
 def stop_processes(procs: Iterable[subprocess.Popen[bytes]], sig: int = signal.SIGTERM,
                    timeout: float = 15.0) -> None:
     """Send `sig` to every process still running, then wait for each; SIGKILL after `timeout`."""

@@ -147,10 +147,11 @@ SPEC_ENV = "VXNET_SERVER_SPEC"
 def app_from_env() -> FastAPI:
     """Factory for `vxnet server --workers N`: each worker process opens its own store client
     from the settings the parent put in the environment."""
-    from vxnet import logsetup
+    from vxnet import heap, logsetup
     from vxnet.config import load_config
     from vxnet.store import open_store
 
+    heap.limit_malloc_arenas()  # each worker process, as `vxnet server` does (vxnet/heap.py)
     spec = json.loads(os.environ[SPEC_ENV])
     if not logging.getLogger().handlers:  # a fresh worker process: log like the parent does
         logsetup.configure(str(spec.get("log_level", "warning")), str(spec.get("log_format", "text")))

@@ -95,6 +95,10 @@ def server(
         uvicorn.run("vxnet.api.app:app_from_env", factory=True, workers=workers, host=host, port=port,
                     log_level=log_level, access_log=False, timeout_graceful_shutdown=5, **tls, **uvicorn_logs)
         return
+    from vxnet import heap, memprofile
+
+    heap.limit_malloc_arenas()  # before the threads allocate (vxnet/heap.py)
+    memprofile.install()  # only with VXNET_MEMPROFILE set: a debugging aid
     try:
         st = open_store(cfg.store, cfg.data_dir)
     except (StoreError, OSError) as e:

@@ -35,9 +35,12 @@ A snapshot (`Snapshot`) holds the ids and objects of the view at its revision (t
 replaces an object on a change, never edits one) and is written out while it is sent, in pieces:
 the HTTP stream's flow control then keeps what a slow reader has not taken in its socket, not
 1,000 whole snapshots in the server at a cold start. Its pieces make one NDJSON line, and
-updates queued after it follow it. Stream JSON is written by orjson (a value it refuses, an
+updates queued after it follow it; once it is sent the stream keeps neither the snapshot nor
+its last piece (`RELEASE`). Stream JSON is written by orjson (a value it refuses, an
 integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
-The hub's objects are `compact`ed: one copy of each field name and of values that repeat.
+The hub's objects are `compact`ed (services/compact.py: shared field names and repeated values,
+key-sharing dicts, one shared empty list and dict that refuse changes: nothing changes a hub
+object), and an object's id is one string, its own `id`, also where the index holds it.
 
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop.
@@ -59,6 +62,7 @@ from typing import Any, Protocol
 import orjson
 
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
+from vxnet.services.compact import compact
 from vxnet.services.host_view import COLLECTIONS, ViewIndex, project
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
@@ -70,6 +74,12 @@ PING_INTERVAL = 5.0
 LOG_LENGTH = 4096  # lines a stream may fall behind before it is cut
 LOG_BYTES = 32 * 1024 * 1024  # all hosts' replay logs together
 RES_PREFIX = f"{ROOT}res/"
+# An empty piece, yielded after a snapshot or a large batch: the HTTP response that iterates the
+# stream (Starlette's StreamingResponse) holds the piece it sent last until it gets the next one,
+# so without it an idle stream kept its snapshot's last piece (up to Snapshot.CHUNK bytes; 1,000
+# streams after a cold start: ~130 MiB). An empty body part writes nothing on the wire.
+RELEASE = b""
+RELEASE_AFTER = 16 * 1024
 
 Obj = dict[str, Any]
 Objects = dict[str, dict[str, Obj]]  # collection -> id -> object
@@ -115,43 +125,7 @@ def _parse(value: str) -> Obj:
         obj = json.loads(value)
     except ValueError:
         return {}
-    return compact(obj) if isinstance(obj, dict) else {}
-
-
-# Values of these fields repeat across many objects (a network's id in each of its ports, the
-# project, the binding host, timestamps of one second): one shared copy each (`compact`).
-_SHARED_VALUES = frozenset({"network_id", "project_id", "tenant_id", "status", "device_owner", "binding:host_id",
-                            "binding:vif_type", "binding:vnic_type", "created_at", "updated_at", "qos_policy_id",
-                            "subnet_id", "security_group_id", "remote_group_id", "router_id", "ip_version",
-                            "direction", "ethertype", "protocol", "enable_dhcp", "ipv6_address_mode",
-                            "ipv6_ra_mode", "subnetpool_id", "gateway_ip"})
-_KEYS: dict[str, str] = {}     # field names of every object the hub holds, one copy each
-_VALUES: dict[str, str] = {}   # values of `_SHARED_VALUES` fields, one copy each
-_VALUES_MAX = 1 << 16           # past this many, the pool starts again (ids of deleted objects go)
-
-
-def _share(v: Any) -> Any:
-    if isinstance(v, str):
-        if len(_VALUES) >= _VALUES_MAX:
-            _VALUES.clear()
-        return _VALUES.setdefault(v, v)
-    return v
-
-
-def compact(obj: Obj) -> Obj:
-    """`obj` with its field names, and the values that repeat across objects (`_SHARED_VALUES`,
-    also inside the dicts of a list such as `fixed_ips`), replaced by one shared copy of each:
-    about a third less memory per port. Equal to `obj`."""
-    out: Obj = {}
-    for k, v in obj.items():
-        k = _KEYS.setdefault(k, k)
-        if k in _SHARED_VALUES:
-            v = _share(v)
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            v = [{_KEYS.setdefault(a, a): _share(b) if a in _SHARED_VALUES else b for a, b in d.items()}
-                 if isinstance(d, dict) else d for d in v]
-        out[k] = v
-    return out
+    return compact(obj, share_empty=True) if isinstance(obj, dict) else {}
 
 
 def dumps(obj: Any) -> bytes:
@@ -341,11 +315,13 @@ class Hub:
         for start in range(0, len(keep), 1000):
             batch = keep[start:start + 1000]
             try:
-                values += [compact(v) if isinstance(v, dict) else {}
+                values += [compact(v, share_empty=True) if isinstance(v, dict) else {}
                            for v in json.loads("[" + ",".join(v for _, _, v in batch) + "]")]
             except ValueError:  # a value that is not JSON: parse one by one
                 values += [_parse(v) for _, _, v in batch]
         for (coll, id_, _), obj in zip(keep, values, strict=True):
+            if obj.get("id") == id_:
+                id_ = obj["id"]  # one copy of the id: the object's own
             (objects if coll in objects else others).setdefault(coll, {})[id_] = obj
         agents = others.get("agents", {})
         self.index.load(objects, agents)
@@ -389,6 +365,12 @@ class Hub:
                 live = e.kv.key.startswith(LIVE_PREFIX)
                 if coll in COLLECTIONS:
                     before = self.index.objects[coll].get(id_)
+                    if before is not None and before.get("id") == id_:
+                        id_ = before["id"]   # the index's copy of the id, kept by the new object
+                        if after is not None and after.get("id") == id_:
+                            after["id"] = id_
+                    elif after is not None and after.get("id") == id_:
+                        id_ = after["id"]
                     index_changes.append((coll, id_, after))
                 else:
                     bucket = self.live if live else self.others.setdefault(coll, {})
@@ -543,11 +525,18 @@ class Hub:
                         sub.lines.popleft()
                         for chunk in head.chunks():
                             yield chunk
+                        del head, chunk  # the objects at its revision, its last piece: not kept
+                        yield RELEASE
                         continue
                     batch = []
                     while sub.lines and not isinstance(sub.lines[0], Snapshot):
                         batch.append(sub.lines.popleft())
-                    yield b"".join(batch)  # type: ignore[arg-type]
+                    out = b"".join(batch)  # type: ignore[arg-type]
+                    del batch
+                    yield out
+                    if len(out) >= RELEASE_AFTER:
+                        del out
+                        yield RELEASE
                     continue
                 sub.ready.clear()
                 try:

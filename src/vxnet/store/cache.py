@@ -56,7 +56,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, StoreError, WatchCallback
+from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Sharer, StoreError, WatchCallback
 from vxnet.store.etcd_wire import _b64, _kv
 
 log = logging.getLogger(__name__)
@@ -262,13 +262,14 @@ class Mirror:
         kvs: list[KeyValue] = []
         rev = 0
         start = ALL
+        share = Sharer()  # one copy of equal revisions and short values
         while True:
             body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(ALL), "limit": str(PAGE)}
             if rev:
                 body["revision"] = str(rev)
             data = self._store._call("/v3/kv/range", body, idempotent=True)
             rev = rev or int(data["header"]["revision"])
-            page = [_kv(raw) for raw in data.get("kvs", [])]
+            page = [_kv(raw, share) for raw in data.get("kvs", [])]
             kvs += [kv for kv in page if not kv.key.startswith(UNMIRRORED)]
             if not data.get("more") or not page:
                 break
@@ -296,7 +297,7 @@ class Mirror:
                 last = max(last, int(kv_raw.get("mod_revision", 0)))
                 if base64.b64decode(kv_raw["key"]).decode().startswith(UNMIRRORED):
                     continue
-            parsed.append(Event(EventType.DELETE if raw.get("type") == "DELETE" else EventType.PUT, _kv(kv_raw)))
+            parsed.append(Event(EventType.DELETE if raw.get("type") == "DELETE" else EventType.PUT, _kv(kv_raw, known=self._kv)))
         batches: list[tuple[int, list[Event]]] = []
         for ev in parsed:   # one batch per revision, as a store watch delivers them
             if batches and batches[-1][0] == ev.kv.mod_revision:

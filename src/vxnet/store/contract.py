@@ -71,6 +71,27 @@ class KeyValue:
     lease: int = 0
 
 
+class Sharer:
+    """Builds the KeyValues of a load with one copy of equal revision numbers (a transaction
+    writes many keys at one revision; every number beyond 256 is an object of its own, 32 bytes)
+    and of equal short values (a port's MAC and IP claims both hold its id). Equal values, so
+    nothing a reader sees changes; drop it after the load (it holds what it has seen)."""
+
+    SHORT = 64  # values up to this many characters are shared
+
+    def __init__(self) -> None:
+        self._ints: dict[int, int] = {}
+        self._strs: dict[str, str] = {}
+
+    def kv(self, key: str, value: str, create_revision: int, mod_revision: int, version: int,
+           lease: int = 0) -> KeyValue:
+        ints = self._ints
+        if len(value) <= self.SHORT:
+            value = self._strs.setdefault(value, value)
+        return KeyValue(key, value, ints.setdefault(create_revision, create_revision),
+                        ints.setdefault(mod_revision, mod_revision), version, ints.setdefault(lease, lease))
+
+
 class EventType(enum.Enum):
     PUT = "put"
     DELETE = "delete"

@@ -13,7 +13,9 @@ Design:
   such a read is in the same or a later group, so it is never durable without it. Watchers get
   events only once they are durable. If a COMMIT fails, memory is ahead of the file: the store
   closes itself (every later call raises StoreError) and a restart reloads the file.
-- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite.
+- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite. A load
+  keeps one copy of equal revision numbers and of equal short values (`contract.Sharer`: the
+  MAC and IP claims of a port both hold its id), and a write keeps the key's existing name.
   That is sound because one process owns the file: `open` takes an exclusive `flock` on a
   lock file beside it, and a second server on the same file gets a clear error.
 - History for watches is the `events` table; old events are compacted automatically, keeping
@@ -45,6 +47,7 @@ from vxnet.store.contract import (
     LeaseNotFound,
     Op,
     Put,
+    Sharer,
     StoreError,
     TxnResult,
     WatchCallback,
@@ -115,8 +118,11 @@ class SqliteStore:
         self._history = history
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []
-        for row in self._db.execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv"):
-            self._kv[row[0]] = KeyValue(*row)
+        share = Sharer()
+        for key, value, crev, mrev, version, lease in self._db.execute(
+                "SELECT key, value, create_rev, mod_rev, version, lease FROM kv"):
+            self._kv[key] = share.kv(key, value, crev, mrev, version, lease)
+        del share
         self._keys = sorted(self._kv)
         self._rev = self._meta("revision")
         self._durable_rev = self._rev  # the newest revision on disk (and delivered to watchers)
@@ -186,7 +192,7 @@ class SqliteStore:
             if isinstance(op, Put):
                 old = current(op.key)
                 kv = KeyValue(
-                    op.key,
+                    old.key if old else op.key,  # one copy of a key's name, the dict's
                     op.value,
                     old.create_revision if old else rev,
                     rev,
