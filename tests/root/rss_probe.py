@@ -7,7 +7,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from vxnet.agent.core import Agent, AgentConfig, limit_malloc_arenas
+from vxnet.agent.core import Agent, AgentConfig
+from vxnet.heap import limit_malloc_arenas
 
 NS, N, NETS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 FEATURES = sys.argv[4] if len(sys.argv) > 4 else "all"     # "all" (the real agent) or "none" (L2 only)

@@ -95,18 +95,6 @@ def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: flo
     trace_log.info("host=%s trace %s", host, json.dumps(doc, separators=(",", ":")))
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas (the agent's threads would each get one, and their fragments
-    count in RSS: about 2 MB with 10,000 ports in view). Best effort; call at start-up."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)   # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def release_freed_memory() -> None:
     """Give the pages glibc's malloc holds free back to the kernel (`malloc_trim`). After a
     large snapshot is parsed, its decoded objects are freed but their heap pages would stay

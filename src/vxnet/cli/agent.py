@@ -68,7 +68,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the host agent: watch this host's view and converge the kernel to it."""
         from vxnet.agent.client import make_control_plane
-        from vxnet.agent.core import Agent, AgentConfig, limit_malloc_arenas
+        from vxnet.agent.core import Agent, AgentConfig
+        from vxnet.heap import limit_malloc_arenas
 
         limit_malloc_arenas()
         from vxnet.compute.gateway import parse_external_interfaces
