@@ -1,12 +1,12 @@
 """Periodic resyncs of an unchanged host repair nothing (agent/core.py `_count_drift`), on a real
 `vxnet lab` whose agents resync every `RESYNC` s, with the firewall (default security group),
-DHCP (a subnet with DHCP, VMs served by it) and QoS (bandwidth limits and a DSCP mark) features
-in use:
+DHCP (a subnet with DHCP, VMs served by it), QoS (bandwidth limits and a DSCP mark) and metadata
+features in use:
 - several resyncs with nothing changed: no "repaired drift" log line, `vxnet status` reports 0
   drift repairs on every host, and the kernel objects are the very ones loaded at first (the
   firewall's rule counters keep counting: nothing was reloaded);
-- real drift (the security-group table flushed, the DHCP steering table deleted, the tap's
-  shaper deleted) is repaired by the next resync and counted under each feature's kind.
+- real drift (the security-group table flushed, the DHCP and metadata steering tables deleted,
+  the tap's shaper deleted) is repaired by the next resync and counted under each feature's kind.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def test_unchanged_host_repairs_nothing_then_real_drift_is_repaired(lab: Lab) ->
     ps = rule_handles(1, *naming.PS_TABLE)
     steer = rule_handles(1, *naming.DHCP_TABLE)
     dscp = rule_handles(1, *naming.QOS_TABLE)
+    meta = rule_handles(1, *naming.METADATA_TABLE)
     shaper = qdisc_handles(1, tap)
     time.sleep(5 * RESYNC + 1)
     applied = [line for h in ("h1", "h2") for line in log_lines(lab, h) if "feature" in line and "applied" in line]
@@ -124,6 +125,7 @@ def test_unchanged_host_repairs_nothing_then_real_drift_is_repaired(lab: Lab) ->
     # ... and nothing was reloaded: the same rules (handles) and qdiscs as before
     assert rule_handles(1, *naming.SG_TABLE) == sg and rule_handles(1, *naming.PS_TABLE) == ps
     assert rule_handles(1, *naming.DHCP_TABLE) == steer and rule_handles(1, *naming.QOS_TABLE) == dscp
+    assert rule_handles(1, *naming.METADATA_TABLE) == meta
     assert qdisc_handles(1, tap) == shaper
 
     # Real drift on h1: each is repaired by the next resync and counted under its feature.
@@ -131,11 +133,13 @@ def test_unchanged_host_repairs_nothing_then_real_drift_is_repaired(lab: Lab) ->
     assert nsexec(h1, "nft", "flush", "table", *naming.SG_TABLE).returncode == 0
     assert nsexec(h1, "nft", "delete", "table", *naming.DHCP_TABLE).returncode == 0
     assert nsexec(h1, "tc", "qdisc", "del", "dev", tap, "root").returncode == 0
-    wait_for(lambda: {k for r in repairs(lab, "h1") for k in r} >= {"firewall", "dhcp", "qos"},
+    assert nsexec(h1, "nft", "delete", "table", *naming.METADATA_TABLE).returncode == 0
+    wait_for(lambda: {k for r in repairs(lab, "h1") for k in r} >= {"firewall", "dhcp", "qos", "metadata"},
              "the drift repairs of h1", timeout=30)
     assert rule_handles(1, *naming.SG_TABLE) and rule_handles(1, *naming.DHCP_TABLE)
+    assert rule_handles(1, *naming.METADATA_TABLE)
     assert ("tbf", naming.QOS_QDISC_HANDLE) in qdisc_handles(1, tap)
     assert ping("d1", "192.0.2.32") == 2
-    wait_for(lambda: status_drift(lab)["h1"] >= 3, "h1's drift repairs in vxnet status")
+    wait_for(lambda: status_drift(lab)["h1"] >= 4, "h1's drift repairs in vxnet status")
     assert status_drift(lab)["h2"] == 0
     assert repairs(lab, "h2") == []
