@@ -2,7 +2,8 @@
 `vxnet lab` whose agents resync every `RESYNC` s, with the firewall (default security group),
 DHCP (a subnet with DHCP, VMs served by it), QoS (bandwidth limits and a DSCP mark) and metadata
 features in use:
-- several resyncs with nothing changed: no "repaired drift" log line, `vxnet status` reports 0
+- several resyncs with nothing changed (by the agent: another program commits an nftables
+  transaction meanwhile, so the firewall must read its tables back): no "repaired drift" log line, `vxnet status` reports 0
   drift repairs on every host, and the kernel objects are the very ones loaded at first (the
   firewall's rule counters keep counting: nothing was reloaded);
 - real drift (the security-group table flushed, the DHCP and metadata steering tables deleted,
@@ -118,6 +119,9 @@ def test_unchanged_host_repairs_nothing_then_real_drift_is_repaired(lab: Lab) ->
     dscp = rule_handles(1, *naming.QOS_TABLE)
     meta = rule_handles(1, *naming.METADATA_TABLE)
     shaper = qdisc_handles(1, tap)
+    # Someone else's nftables transaction on h1 (an operator's own table): the ruleset generation
+    # moves, so h1's firewall reads its tables back instead of trusting it; they are unchanged.
+    assert nsexec(topology.host_ns(1), "nft", "add", "table", "inet", "operator_own").returncode == 0
     time.sleep(5 * RESYNC + 1)
     applied = [line for h in ("h1", "h2") for line in log_lines(lab, h) if "feature" in line and "applied" in line]
     assert {h: repairs(lab, h) for h in ("h1", "h2")} == {"h1": [], "h2": []}, applied[-6:]

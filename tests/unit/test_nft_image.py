@@ -67,3 +67,6 @@ def test_skeleton_keeps_rules_and_drops_elements() -> None:
                                                 '"tapaaaaaaaaaaa" : 02:00:00:00:00:01, "tapbbbbbbbbbbb" : 0a:00:00:00:0b:01'))
     assert reordered == image
     assert nft_image.parse("") is None
+    counted = nft_image.parse(LISTING.replace("ip dscp set af31", "ip dscp set af31 counter packets 7 bytes 420"))
+    zero = nft_image.parse(LISTING.replace("ip dscp set af31", "ip dscp set af31 counter packets 0 bytes 0"))
+    assert counted == zero and counted != image               # a counter's value is no difference

@@ -12,7 +12,8 @@ drift repair) at every resync. So:
   so the desired elements need no listing of their own.
 
 Contract: `parse(text) -> TableImage` (`None` for an empty text); `TableImage.skeleton` is the
-table's lines without set/map elements, whitespace-collapsed, in listing order; `elements`
+table's lines without set/map elements, whitespace-collapsed, in listing order, with rule
+counters' values left out (they count packets, they are not state we set); `elements`
 maps each set/map name to its normalised elements.
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Iterable
 
 _BLOCK = re.compile(r"^(?:set|map) (\S+) \{$")
 _INT = re.compile(r"^(?:0x[0-9a-fA-F]+|\d+)$")
+_COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ def _split_elements(body: str) -> list[str]:
 
 def parse(text: str) -> TableImage | None:
     """The normal form of one table's listing (see the module docstring)."""
-    lines = [" ".join(line.split()) for line in text.splitlines()]
+    lines = [_COUNTER.sub("counter", " ".join(line.split())) for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         return None
