@@ -2,10 +2,11 @@
 `vxnet lab` whose agents resync every `RESYNC` s, with the firewall (default security group),
 DHCP (a subnet with DHCP, VMs served by it), QoS (bandwidth limits and a DSCP mark) and metadata
 features in use:
-- several resyncs with nothing changed (by the agent: another program commits an nftables
-  transaction meanwhile, so the firewall must read its tables back): no "repaired drift" log line, `vxnet status` reports 0
-  drift repairs on every host, and the kernel objects are the very ones loaded at first (the
-  firewall's rule counters keep counting: nothing was reloaded);
+- several resyncs with nothing changed (on h1 another program commits an nftables transaction
+  meanwhile, so its firewall must read its tables back): no "repaired drift" log line, `vxnet
+  status` reports 0 drift repairs on every host, the kernel objects are the very ones loaded at
+  first (same rule handles and qdiscs: nothing was reloaded), and h2, which nobody touched,
+  committed no nftables transaction at all (its ruleset generation did not move);
 - real drift (the security-group table flushed, the DHCP and metadata steering tables deleted,
   the tap's shaper deleted) is repaired by the next resync and counted under each feature's kind.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -77,6 +79,14 @@ def rule_handles(host: int, family: str, table: str) -> list[int]:
     return sorted(int(i["rule"]["handle"]) for i in nft_json(host, family, table)["nftables"] if "rule" in i)
 
 
+def genid(host: int) -> int:
+    """The nftables ruleset generation of a host namespace (moves with every transaction)."""
+    r = nsexec(topology.host_ns(host), sys.executable, "-c",
+               "from vxnet.dataplane.nft_driver import nft_genid; print(nft_genid())")
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
+
+
 def qdisc_handles(host: int, dev: str) -> list[tuple[str, str]]:
     r = nsexec(topology.host_ns(host), "tc", "-j", "qdisc", "show", "dev", dev)
     return sorted((q["kind"], q.get("handle", "")) for q in json.loads(r.stdout or "[]"))
@@ -122,7 +132,9 @@ def test_unchanged_host_repairs_nothing_then_real_drift_is_repaired(lab: Lab) ->
     # Someone else's nftables transaction on h1 (an operator's own table): the ruleset generation
     # moves, so h1's firewall reads its tables back instead of trusting it; they are unchanged.
     assert nsexec(topology.host_ns(1), "nft", "add", "table", "inet", "operator_own").returncode == 0
+    gen2 = genid(2)
     time.sleep(5 * RESYNC + 1)
+    assert genid(2) == gen2              # h2 committed no nftables transaction at all in its resyncs
     applied = [line for h in ("h1", "h2") for line in log_lines(lab, h) if "feature" in line and "applied" in line]
     assert {h: repairs(lab, h) for h in ("h1", "h2")} == {"h1": [], "h2": []}, applied[-6:]
     assert status_drift(lab) == {"h1": 0, "h2": 0}
