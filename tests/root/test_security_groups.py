@@ -386,7 +386,7 @@ def test_restarted_agent_adopts_its_rules_counters_kept(topo: Topo) -> None:
     def adopted() -> bool:
         with open(log_path) as f:
             f.seek(offset)
-            return "feature firewall applied {'nft_adopt': 1}" in f.read()
+            return "firewall rules adopted from the kernel (nothing reloaded)" in f.read()
     wait_until(adopted, timeout=30, what="the restarted agent's adoption pass")
     after = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")[(port_in, "default-drop")][0]
     assert after >= before

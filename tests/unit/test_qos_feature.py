@@ -1,6 +1,7 @@
 """QoS: the pure per-tap compute (effective policy, directions, bursts, DSCP ruleset) and the
 agent feature against a stateful fake driver (only changed taps converged, removal clears,
-unplugged taps wait without backoff, failures retried and reported, restart adopts)."""
+unplugged taps wait without backoff, failures retried and reported, restart adopts, a resync
+of an unchanged host reports no change while real drift is repaired and reported)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ class FakeDriver:
         self.ifbs: set[str] = set()
         self.dscp = ""
         self.calls = 0
+        self.dscp_writes = 0
         self.fail = False
 
     def links(self) -> set[str]:
@@ -87,15 +89,17 @@ class FakeDriver:
     def owned(self) -> tuple[set[str], set[str]]:
         return set(self.on), set(self.ifbs)
 
-    def apply_tap(self, t: TapQos) -> None:
+    def apply_tap(self, t: TapQos) -> bool:
         self.calls += 1
         if self.fail:
             raise QosError("tc: boom")
+        before = (self.on.get(t.tap), t.ifb in self.ifbs)
         self.on[t.tap] = t
         if t.egress is not None:
             self.ifbs.add(t.ifb)
         else:
             self.ifbs.discard(t.ifb)
+        return before != (t, t.ifb in self.ifbs)          # the real driver writes only what differs
 
     def clear_tap(self, tap: str, port_id: str) -> None:
         if self.fail:
@@ -106,8 +110,12 @@ class FakeDriver:
     def delete_ifb(self, name: str) -> None:
         self.ifbs.discard(name)
 
-    def apply_dscp(self, text: str) -> None:
+    def apply_dscp(self, text: str, marked: bool = True, verify: bool = False) -> bool:
+        if verify and text == self.dscp:
+            return False
         self.dscp = text
+        self.dscp_writes += 1
+        return True
 
     def close(self) -> None:
         pass
@@ -179,3 +187,21 @@ def test_failed_removal_is_retried_from_the_kernel() -> None:
     drv.fail = False
     res = f.apply(compute_qos(view(port_qos=None), "h1"))    # the kernel is read again: the leftover goes
     assert not res.failed and drv.on == {} and drv.ifbs == set()
+
+
+def test_resync_of_an_unchanged_host_is_no_change_but_drift_is() -> None:
+    tap = naming.tap_name(P1)
+    drv, now = FakeDriver({tap}), [0.0]
+    f = feature(drv, now)
+    res = f.apply(compute_qos(view(), "h1"))
+    assert res.changes == {"taps": 1, "taps_cleared": 0, "dscp": 1}
+    for _ in range(3):                                       # resyncs: the kernel is read, nothing differs
+        f.invalidate()
+        res = f.apply(compute_qos(view(), "h1"))
+        assert not res.failed and not any(res.changes.values()), res.changes
+    assert drv.dscp_writes == 1
+    del drv.on[tap]                                          # drift: the tap's objects deleted
+    drv.dscp = ""                                            # ... and the DSCP table
+    f.invalidate()
+    res = f.apply(compute_qos(view(), "h1"))
+    assert res.changes == {"taps": 1, "taps_cleared": 0, "dscp": 1} and drv.on[tap].dscp == 26

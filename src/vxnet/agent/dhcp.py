@@ -11,8 +11,9 @@ L2 part: the service ports' plugs, FDB entries and server-id neighbours). `apply
 2. `thread`, keys "table" and "steer" (no backoff: what failed is retried on the next pass): the
    responder thread (`dataplane/dhcp_driver.ResponderServer`) gets the new lease table and, when
    it changed (or after `invalidate()`), the steering table `bridge vxnet_dhcp` (`compute.dhcp.steer_script`: the whole table when its
-   state is unknown, else only the map elements that changed; one atomic transaction); the
-   feature waits until the thread has applied both and has its sockets open on the current
+   state is unknown, else only the map elements that changed; one atomic transaction; the
+   whole table is sent only when the kernel does not hold it already, so the resync after
+   `invalidate()` counts a change only for real drift); the feature waits until the thread has applied both and has its sockets open on the current
    devices: a port is reported ACTIVE only when its DHCP answers. Nothing changed: no work at
    all (no syscall).
 
@@ -91,12 +92,16 @@ class DhcpFeature:
             # The thread is in-process: what it failed is retried on the next pass (forgotten,
             # not backed off), so one device without a socket never delays another's leases.
             steer = upserts.get("steer")
-            res = self.server.serve(table, steer_script(steer[1], steer[0]) or None if steer else None)
+            # Unknown state (first pass, `invalidate()`): the whole table, which the thread
+            # sends only when the kernel does not hold it already (a resync is no change).
+            res = self.server.serve(table, steer_script(steer[1], steer[0]) or None if steer else None,
+                                    steer[0] if steer is not None and steer[1] is None else None)
             no_socket = res.no_socket
             t.ok("table", None if no_socket else table)
             if steer is not None and res.nft_error is None:
                 t.ok("steer", steer[0])
-                changes["steering_table"] += 1
+                if res.nft_applied:
+                    changes["steering_table"] += 1
             elif steer is not None:
                 log.warning("DHCP steering table failed: %s", res.nft_error)
                 t.ok("steer", None)

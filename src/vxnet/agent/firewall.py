@@ -72,8 +72,10 @@ class FirewallFeature:
                 res = self.driver.apply([(t, previous) for _, t, previous in upserts])
                 for key, t, _ in upserts:
                     m.ok(key, t)
-                if res.mode not in ("noop", "unchanged"):
+                if res.mode not in ("noop", "unchanged", "verified"):   # only what changed the kernel
                     changes["nft_" + res.mode] = 1
+                elif res.mode == "verified" and self._last is None:
+                    log.info("host=%s firewall rules adopted from the kernel (nothing reloaded)", self.ctx.host)
             except NftError as e:
                 log.error("host=%s firewall rules not loaded: %s", self.ctx.host, e)
                 for key, _, _ in upserts:

@@ -11,9 +11,11 @@ Contract (agent/features.py):
   no backoff, and the pass the tap's appearance wakes applies it; its port is DOWN meanwhile.
 - First pass and after `invalidate()` (agent restart, drift repair): the kernel is read and QoS
   objects of ours on taps that are not desired, and IFBs of ours no longer needed, are removed;
-  desired taps are converged with idempotent replaces that leave an equal shaper untouched, so a
-  restarted agent adopts the limits in place without disturbing traffic.
-- The DSCP table is replaced (one nftables transaction) when its ruleset text changes.
+  desired taps are converged by reading each object and writing only what differs, so a
+  restarted agent adopts the limits in place without disturbing traffic, and a resync of an
+  unchanged host writes nothing and reports no change (no drift repair).
+- The DSCP table is replaced (one nftables transaction) when its ruleset text changes, or after
+  `invalidate()` when the kernel's table is not the one last written.
 - A tap that failed is reported in `failed` and its port in `down`.
 """
 
@@ -86,9 +88,9 @@ class QosFeature:
                 down.add(t.port_id)
                 continue
             try:
-                self.driver.apply_tap(t)
+                if self.driver.apply_tap(t):  # an unchanged tap (e.g. after a resync) is no change
+                    changes["taps"] += 1
                 m.ok(tap, t)
-                changes["taps"] += 1
             except QosError as e:
                 log.warning("host=%s qos %s: %s", self.ctx.host, tap, e)
                 m.failed(tap, now)
@@ -105,9 +107,11 @@ class QosFeature:
         ruleset = dscp_ruleset(desired)
         if ruleset != self._dscp_ok:
             try:
-                self.driver.apply_dscp(ruleset)
+                # unknown state (first pass, resync): written only when the kernel's table differs
+                if self.driver.apply_dscp(ruleset, any(t.dscp is not None for t in desired.taps),
+                                          verify=self._dscp_ok is None):
+                    changes["dscp"] = 1
                 self._dscp_ok = ruleset
-                changes["dscp"] = 1
             except QosError as e:
                 log.warning("host=%s qos dscp table: %s", self.ctx.host, e)
                 failed.append("qos dscp")

@@ -341,6 +341,11 @@ def nft_script(responders: Iterable[Responder]) -> str:
     return steer_script(None, steer_elements(responders))
 
 
+def split_steer(elements: Iterable[str]) -> dict[str, list[str]]:
+    """Map name (`steer`, `steer6`) -> its elements as nft writes them (`"<tap>" : <MAC>`)."""
+    return _split(elements)
+
+
 def _split(elements: Iterable[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"steer": [], V6_MAP: []}
     for e in sorted(elements):

@@ -21,8 +21,13 @@ a burst when a VM is first served or its advertisement changes (RA_BURST: the ta
 plugged a moment after the responder is told), then every RA_INTERVAL seconds (jittered, as
 radvd's MinRtrAdvInterval..MaxRtrAdvInterval), each a unicast frame to one local VM. It counts
 per network (offers, acks, naks, ignored, releases, declines; ra, advertises, replies, informs:
-`counters` and Prometheus `vxnet_agent_dhcp_messages_total`). `serve(table, nft)` swaps the table (one reference) and
-waits until the thread has applied it and the script, with its sockets open.
+`counters` and Prometheus `vxnet_agent_dhcp_messages_total`). `serve(table, nft, expect)` swaps the table (one reference) and
+waits until the thread has applied it and the script, with its sockets open. A whole-table
+script comes with `expect`, the map elements it installs: the thread then lists the steering
+table first and sends nothing when the kernel holds exactly that table (rules compared with the
+listing nft printed after the thread's own last whole-table transaction, elements as sets:
+dataplane/nft_image.py), so the replace after every resync changes the kernel only when it
+drifted; `SyncResult.nft_applied` says whether a transaction was committed.
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ from prometheus_client import Counter
 from vxnet.compute import dhcp_packet as pkt
 from vxnet.compute import naming
 from vxnet.compute import nd_packet as nd
-from vxnet.compute.dhcp import SERVICE_KIND, Lease, Responder, answer, is_device, is_service_port
+from vxnet.compute.dhcp import SERVICE_KIND, Lease, Responder, answer, is_device, is_service_port, split_steer
 from vxnet.compute.dhcp6 import Answer6, V6Service, answer_dhcp6, answer_rs, ra_frames
+from vxnet.dataplane import nft_image
 from vxnet.dataplane.nft_exec import NftExecutor
 from vxnet.dataplane.rtnl import LinkRecord, RtnlSocket, dump_links, setns
 from vxnet.dataplane.rtnl_links import RtnlError, RtnlLinks, del_link, new_veth, set_link
@@ -99,6 +105,7 @@ class SyncResult:
 
     no_socket: frozenset[str] = frozenset()      # devices without an open socket
     nft_error: str | None = None                 # the steering transaction failed (nothing applied)
+    nft_applied: bool = False                    # a steering transaction was committed
 
 
 class ResponderServer:
@@ -107,7 +114,9 @@ class ResponderServer:
 
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
-        self._job: tuple[Mapping[str, Served], str | None] = ({}, None)   # (table, nft script to apply)
+        # (table, nft script to apply, the elements a whole-table script installs)
+        self._job: tuple[Mapping[str, Served], str | None, frozenset[str] | None] = ({}, None, None)
+        self._skeleton: tuple[str, ...] | None = None    # the steering table's rules, as nft listed them
         self._generation = 0
         self._synced = 0                                  # generation the thread has applied
         self._result = SyncResult()
@@ -119,14 +128,16 @@ class ResponderServer:
         self._thread = threading.Thread(target=self._run, name="vxnet-agent-dhcp", daemon=True)
         self._started = False
 
-    def serve(self, table: Mapping[str, Served], nft: str | None, timeout: float = SYNC_TIMEOUT) -> SyncResult:
-        """Serve `table` from now on (and apply the nft script `nft` first, if not None); waits
-        up to `timeout` for the thread to have its sockets open."""
+    def serve(self, table: Mapping[str, Served], nft: str | None, expect: frozenset[str] | None = None,
+              timeout: float = SYNC_TIMEOUT) -> SyncResult:
+        """Serve `table` from now on (and apply the nft script `nft` first, if not None, unless
+        `expect` is given and the kernel holds exactly that steering table); waits up to
+        `timeout` for the thread to have its sockets open."""
         if not self._started:
             self._thread.start()
             self._started = True
         with self._cond:
-            self._job = (dict(table), nft)
+            self._job = (dict(table), nft, expect)
             self._generation += 1
             gen = self._generation
         os.write(self._wake_w, b"x")
@@ -151,6 +162,40 @@ class ResponderServer:
         os.close(self._wake_w)
 
     # -- thread side ----------------------------------------------------------------------
+    def _steer(self, nft: NftExecutor, script: str | None, expect: frozenset[str] | None) -> tuple[str | None, bool]:
+        """Run `script` unless the kernel already holds what it makes (see the module docstring):
+        (error or None, whether a transaction was committed)."""
+        if script is None:
+            return None, False
+        if expect is not None and self._holds(nft, expect):
+            return None, False
+        err = nft.run(script)
+        if err is None and self._skeleton is None:
+            self._skeleton = self._learn(nft)
+        return err, err is None
+
+    def _learn(self, nft: NftExecutor) -> tuple[str, ...] | None:
+        """The steering table's rules as nft lists them, right after our own transaction made
+        it (None: absent; learnt again after a later transaction). The rules never change."""
+        try:
+            image = nft_image.parse(nft.output(f"list table bridge {naming.DHCP_TABLE[1]}", 0))
+        except OSError:
+            return None
+        return image.skeleton if image is not None else None
+
+    def _holds(self, nft: NftExecutor, expect: frozenset[str]) -> bool:
+        """Whether the kernel's steering table is the one holding `expect` (absent when empty)."""
+        try:
+            image = nft_image.parse(nft.output(f"list table bridge {naming.DHCP_TABLE[1]}", 0))
+        except OSError:
+            image = None                  # absent (or unreadable)
+        if not expect:
+            return image is None
+        if image is None or self._skeleton is None or image.skeleton != self._skeleton:
+            return False
+        want = {name: nft_image.norm_elements(els) for name, els in split_steer(expect).items()}
+        return {k: image.elements.get(k, frozenset()) for k in want} == want and set(image.elements) <= set(want)
+
     def _run(self) -> None:
         socks: dict[str, tuple[int, socket.socket]] = {}
         nft: NftExecutor | None = None
@@ -164,13 +209,13 @@ class ResponderServer:
                 with self._cond:
                     if self._stop:
                         return
-                    (table, script), gen = self._job, self._generation
+                    (table, script, expect), gen = self._job, self._generation
                 if gen != self._synced:
-                    err = nft.run(script) if script is not None else None
+                    err, applied = self._steer(nft, script, expect)
                     failed = self._sync(socks, table)
                     ras.sync(table, time.monotonic())
                     with self._cond:
-                        self._synced, self._result = gen, SyncResult(failed, err)
+                        self._synced, self._result = gen, SyncResult(failed, err, applied)
                         self._cond.notify_all()
                 for dev, mac in ras.due(time.monotonic()):
                     self._advertise(socks, table, dev, mac)

@@ -332,6 +332,14 @@ class NsWorker:
             return self._nft.run(script)
         return self.call(run)  # type: ignore[no-any-return]
 
+    def nft_output(self, cmd: str) -> str:
+        """An nftables listing in the namespace (OSError on failure, e.g. no such table)."""
+        def run() -> str:
+            if self._nft is None:
+                self._nft = NftExecutor()
+            return self._nft.output(cmd, 0)
+        return self.call(run)  # type: ignore[no-any-return]
+
     def close(self) -> None:
         self._q.put(None)
         self._thread.join(5)

@@ -54,7 +54,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from vxnet.compute.firewall import NftChain, NftTable, table_text
-from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, OUTPUT_TERSE, NftExecutor
+from vxnet.dataplane import nft_image
+from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, NftExecutor
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
@@ -70,7 +71,7 @@ class NftError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ApplyResult:
-    mode: str                 # noop | unchanged | adopt | incremental | full
+    mode: str                 # noop | unchanged | verified | adopt | incremental | full
     commands: int             # lines sent to nft
     seconds: float
 
@@ -382,8 +383,9 @@ class NftDriver:
             self.ensure_br_netfilter()
             self._sysctl_ok = True
         mode = "noop"
-        if not force_full and self._committed is not None and any(old is None for _, old in changes) \
-                and self._genid() == self._committed[0]:
+        unknown = not force_full and any(old is None for _, old in changes)
+        gen0 = self._genid() if unknown else None     # read before the kernel is (a commit after it shows)
+        if unknown and self._committed is not None and gen0 == self._committed[0]:
             mode, committed = "unchanged", self._committed[1]     # nobody committed anything since us
             changes = [(t, old if old is not None else committed.get((t.family, t.name))) for t, old in changes]
         lines: list[str] = []
@@ -394,7 +396,12 @@ class NftDriver:
             elif old is None:
                 adopt = self._adopt(t)
                 lines += table_text(t).splitlines() if adopt is None else adopt
-                mode = "full" if adopt is None or mode == "full" else "adopt"
+                if adopt is None:
+                    mode = "full"
+                elif adopt and mode != "full":
+                    mode = "adopt"            # the rules are there, some set elements were not
+                elif mode in ("noop", "unchanged"):
+                    mode = "verified"         # the kernel holds exactly this table: nothing sent
             elif old is not t and old != t:
                 lines += diff_table(old, t, self._handles(old, t))
                 mode = mode if mode in ("full", "adopt") else "incremental"
@@ -403,8 +410,8 @@ class NftDriver:
             if err is not None:
                 self._committed = None
                 raise NftError(err[-2000:])
-        if lines or mode == "adopt":
-            gen = self._genid()
+        if lines or mode in ("adopt", "verified"):
+            gen = self._genid() if lines else gen0
             before = self._committed[1] if self._committed is not None else {}
             self._committed = None if gen is None else (gen, {**before, **{(t.family, t.name): t for t, _ in changes}})
         self.last = ApplyResult(mode, len(lines), time.perf_counter() - t0)
@@ -427,17 +434,23 @@ class NftDriver:
         return out
 
     def _adopt(self, t: NftTable) -> list[str] | None:
-        """Commands re-filling the sets when the kernel already holds every desired chain and
-        rule of `t`, else None (replace the table)."""
+        """Commands re-filling the sets whose elements differ when the kernel already holds
+        every desired chain and rule of `t` ([] when it holds exactly `t`: nothing to send), else
+        None (replace the table). Elements are compared in one normal form (dataplane/nft_image.py):
+        nft prints them in its own order and notation."""
         try:
-            listing = self._tx.output(f"list table {t.family} {t.name}", OUTPUT_TERSE)
+            listing = self._tx.output(f"list table {t.family} {t.name}", 0)
         except (OSError, TimeoutError):
             return None
         chains, sets = parse_listing(listing)
         if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
             return None
+        image = nft_image.parse(listing)
+        have = image.elements if image is not None else {}
         lines: list[str] = []
         for s in t.sets:
+            if have.get(s.name) == nft_image.norm_elements(s.elements):
+                continue
             lines.append(f"flush {s.kind} {t.family} {t.name} {s.name}")
             if s.elements:
                 lines.append(f"add element {t.family} {t.name} {s.name} {_set_text(s.elements)}")

@@ -1,0 +1,72 @@
+"""nft listings read back in one normal form (dataplane/nft_image.py): elements as sets, whatever
+nft's order, line wrapping and notation; rules kept as listed."""
+
+from __future__ import annotations
+
+from vxnet.dataplane import nft_image
+
+LISTING = """table bridge t {
+\tmap steer {
+\t\ttype ifname : ether_addr
+\t\telements = { "tapbbbbbbbbbbb" : 0a:00:00:00:0b:01,
+\t\t\t     "tapaaaaaaaaaaa" : 02:00:00:00:00:01 }
+\t}
+
+\tmap m {
+\t\ttype mark : verdict
+\t\telements = { 0x00000001 : jump c1 }
+\t}
+
+\tset s {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\telements = { 192.0.2.31, 192.0.2.64/26 }
+\t}
+
+\tset e {
+\t\ttype ipv6_addr
+\t\tflags interval
+\t}
+
+\tchain c1 {
+\t}
+
+\tchain prerouting {
+\t\ttype filter hook prerouting priority dstnat; policy accept;
+\t\tiifname "tapx" ip dscp set af31
+\t}
+}
+"""
+
+
+def test_elements_are_compared_as_normalised_sets() -> None:
+    image = nft_image.parse(LISTING)
+    assert image is not None
+    assert image.elements == {
+        "steer": nft_image.norm_elements(['"tapaaaaaaaaaaa" : 02:00:00:00:00:01', '"tapbbbbbbbbbbb" : 0A:00:00:00:0B:01']),
+        "m": nft_image.norm_elements(["0x00000001 : jump c1"]),
+        "s": nft_image.norm_elements(["192.0.2.64/26", "192.0.2.31/32"]),
+        "e": frozenset(),
+    }
+    assert nft_image.norm_elements(["2001:db8:0::1"]) == nft_image.norm_elements(["2001:db8::1/128"])
+    # a different element is a difference
+    assert image.elements["s"] != nft_image.norm_elements(["192.0.2.64/26", "192.0.2.32"])
+    assert image.elements["m"] != nft_image.norm_elements(["0x00000002 : jump c1"])
+    assert image.elements["m"] != nft_image.norm_elements(["0x00000001 : jump c2"])
+
+
+def test_skeleton_keeps_rules_and_drops_elements() -> None:
+    image = nft_image.parse(LISTING)
+    assert image is not None
+    assert 'iifname "tapx" ip dscp set af31' in image.skeleton
+    assert not any("elements" in line or "tapaaaa" in line for line in image.skeleton)
+    other = nft_image.parse(LISTING.replace("af31", "af41"))
+    assert other is not None and other.skeleton != image.skeleton and other.elements == image.elements
+    reordered = nft_image.parse(LISTING.replace('"tapbbbbbbbbbbb" : 0a:00:00:00:0b:01,\n\t\t\t     '
+                                                '"tapaaaaaaaaaaa" : 02:00:00:00:00:01',
+                                                '"tapaaaaaaaaaaa" : 02:00:00:00:00:01, "tapbbbbbbbbbbb" : 0a:00:00:00:0b:01'))
+    assert reordered == image
+    assert nft_image.parse("") is None
+    counted = nft_image.parse(LISTING.replace("ip dscp set af31", "ip dscp set af31 counter packets 7 bytes 420"))
+    zero = nft_image.parse(LISTING.replace("ip dscp set af31", "ip dscp set af31 counter packets 0 bytes 0"))
+    assert counted == zero and counted != image               # a counter's value is no difference
