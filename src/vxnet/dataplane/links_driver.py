@@ -24,7 +24,8 @@ from typing import Any
 from vxnet.compute import naming
 from vxnet.compute.diff import Diff
 from vxnet.compute.state import Bridge, Plug, Vxlan
-from vxnet.dataplane.rtnl import LinkSet, RtnlSocket, dump_links, setns
+from vxnet.dataplane.netns import in_netns
+from vxnet.dataplane.rtnl import LinkSet, RtnlSocket, dump_links
 from vxnet.dataplane.rtnl_links import RtnlError as NetlinkError
 from vxnet.dataplane.rtnl_links import RtnlLinks, del_link, new_bridge, new_vlan, new_vxlan, set_brport, set_link
 
@@ -47,23 +48,8 @@ def _run_in_netns(netns: str | None, fn: Any) -> None:
     thread), or in the caller's when None."""
     if netns is None:
         fn()
-        return
-    import threading
-
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            setns(netns)
-            fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            err.append(e)
-
-    t = threading.Thread(target=run, name=f"vxnet-links-{netns}", daemon=True)
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
+    else:
+        in_netns(netns, fn)
 
 
 @dataclasses.dataclass(frozen=True)

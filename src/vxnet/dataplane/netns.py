@@ -48,24 +48,34 @@ def list_netns(pred: Callable[[str], bool], run_dir: str = NETNS_RUN_DIR) -> lis
         return []
 
 
-def in_netns(name: str, fn: Callable[[], T]) -> T:
-    """`fn()` in a short-lived thread inside network namespace `name`."""
+def in_thread(fn: Callable[[], T], name: str) -> T:
+    """`fn()` in a short-lived thread named `name`; its value, or its exception re-raised here
+    (for per-thread state: a namespace entered with setns or made with unshare)."""
     out: list[T] = []
     err: list[BaseException] = []
 
     def run() -> None:
         try:
-            setns(name)
             out.append(fn())
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             err.append(e)
 
-    t = threading.Thread(target=run, name=f"vxnet-netns-{name}", daemon=True)
+    t = threading.Thread(target=run, name=name, daemon=True)
     t.start()
     t.join()
     if err:
         raise err[0]
     return out[0]
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """`fn()` in a short-lived thread inside network namespace `name`."""
+
+    def entered() -> T:
+        setns(name)
+        return fn()
+
+    return in_thread(entered, f"vxnet-netns-{name}")
 
 
 def _share_run_dir(libc: ctypes.CDLL, run_dir: bytes) -> None:
@@ -91,19 +101,7 @@ def create(name: str, run_dir: str = NETNS_RUN_DIR) -> None:
                f"bind-mount namespace {name}")
 
     try:
-        err: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                bind()
-            except BaseException as e:  # noqa: BLE001 - re-raised below
-                err.append(e)
-
-        t = threading.Thread(target=run, name=f"vxnet-netns-create-{name}", daemon=True)
-        t.start()
-        t.join()
-        if err:
-            raise err[0]
+        in_thread(bind, f"vxnet-netns-create-{name}")
     except BaseException:
         os.unlink(path)
         raise
