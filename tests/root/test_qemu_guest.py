@@ -24,13 +24,16 @@ pytestmark = [needs_root, pytest.mark.root,
 
 
 def _qemu_pids() -> list[int]:
-    """Every process on this machine that is one of the lab's QEMU guests (by command line)."""
+    """Every process that is one of the lab's QEMU guests (by command line) and shares this
+    test's mount namespace: on a machine where another suite runs in its own sandbox
+    (tools/sandbox), that suite's guests are not this lab's."""
+    ours = os.readlink("/proc/self/ns/mnt")
     pids = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/cmdline", "rb") as f:
-                    if b"guest=vxnet-qg" in f.read():
+                    if b"guest=vxnet-qg" in f.read() and os.readlink(f"/proc/{d}/ns/mnt") == ours:
                         pids.append(int(d))
             except OSError:
                 pass
