@@ -10,7 +10,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Self
 
@@ -102,3 +102,13 @@ class PingStream(LineStream):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20, interval: float = 0.1) -> None:
+    """Poll `cond` until it holds; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.root.conftest import Lab, needs_root
-from tests.root.helpers import nsexec, ping
+from tests.root.helpers import nsexec, ping, wait_for
 from vxnet.compute import naming
 from vxnet.lab import lab as labmod
 from vxnet.lab import topology
@@ -33,15 +32,6 @@ PAYLOAD = MTU - 20 - 32          # IPv4 + TCP with timestamps
 FRAME = MTU + 14                 # what TBF counts: the Ethernet frame
 EGRESS_KBPS = 10_000
 INGRESS_KBPS = 8_000
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def iperf(sender: str, receiver: str, sender_ip: str, seconds: int = 10) -> float:

@@ -18,12 +18,12 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.helpers import nsexec, ping
+from tests.root.helpers import nsexec, ping, wait_for
 from vxnet.compute import naming
 from vxnet.lab import topology
 
@@ -37,15 +37,6 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     with lab_session(tmp_path_factory, "driftlab", 2, agent_args=["--resync", str(RESYNC)],
                      wait_hosts={"h1", "h2"}) as g:
         yield g
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def log_lines(lab: Lab, host: str) -> list[str]:
@@ -114,7 +105,7 @@ def test_unchanged_host_repairs_nothing_then_real_drift_is_repaired(lab: Lab) ->
     lab.wait_status(p1["id"], "ACTIVE", timeout=30)
     lab.wait_status(p2["id"], "ACTIVE", timeout=30)
     tap = naming.tap_name(p1["id"])
-    wait_for(lambda: ("tbf", naming.QOS_QDISC_HANDLE) in qdisc_handles(1, tap), "d1's shaper")
+    wait_for(lambda: ("tbf", naming.QOS_QDISC_HANDLE) in qdisc_handles(1, tap), "d1's shaper", timeout=30)
     assert ping("d1", "192.0.2.32") == 2          # the data path (filters included) is in place
 
     # A DHCP exchange on d1 (busybox udhcpc): the responder answers (its state is in use).
@@ -156,6 +147,6 @@ def test_unchanged_host_repairs_nothing_then_real_drift_is_repaired(lab: Lab) ->
     assert rule_handles(1, *naming.METADATA_TABLE)
     assert ("tbf", naming.QOS_QDISC_HANDLE) in qdisc_handles(1, tap)
     assert ping("d1", "192.0.2.32") == 2
-    wait_for(lambda: status_drift(lab)["h1"] >= 4, "h1's drift repairs in vxnet status")
+    wait_for(lambda: status_drift(lab)["h1"] >= 4, "h1's drift repairs in vxnet status", timeout=30)
     assert status_drift(lab)["h2"] == 0
     assert repairs(lab, "h2") == []
