@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -183,7 +184,8 @@ def test_ports_status_only_for_the_host(srv: ServerHandle) -> None:
     assert srv.api("admin").get("/agents").json()["agents"][0]["configurations"]["ports"] == 1
 
 
-def test_lease_expiry_marks_agent_dead_and_ports_down(short_lease: ServerHandle) -> None:
+def test_lease_expiry_marks_agent_dead_and_ports_down(short_lease: ServerHandle, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="vxnet.agents")
     h = short_lease
     c = agent_client(h)
     reply = register(c, "hv1", "198.51.100.1")
@@ -219,6 +221,10 @@ def test_lease_expiry_marks_agent_dead_and_ports_down(short_lease: ServerHandle)
     assert h.api("alice").get(f"/ports/{port['id']}").json()["port"]["status"] == "DOWN"
     assert h.api("admin").get(f"/agents/{agent_id_for('hv2')}").json()["agent"]["alive"] is True
     peer.wait(lambda m: m["type"] == "update" and m["put"].get("hosts", {}).get("hv1", {}).get("alive") is False)
+    # the operator's log says which host died and what it cost, once
+    deaths = [r.getMessage() for r in caplog.records if "declared dead" in r.getMessage()]
+    assert deaths == ["agent hv1 declared dead (its liveness lease ended without a heartbeat): "
+                      "record alive=false, 1 ACTIVE port(s) set DOWN"], deaths
     # the dead agent's heartbeat is refused; registering brings it back
     assert c.post("/hosts/hv1/heartbeat").status_code == 404
     register(c, "hv1", "198.51.100.1")
@@ -227,8 +233,9 @@ def test_lease_expiry_marks_agent_dead_and_ports_down(short_lease: ServerHandle)
     peer.close()
 
 
-def test_reregistration_does_not_expire_the_host(short_lease: ServerHandle) -> None:
+def test_reregistration_does_not_expire_the_host(short_lease: ServerHandle, caplog: pytest.LogCaptureFixture) -> None:
     """An agent restart registers with a new lease; the old lease's end must not mark it dead."""
+    caplog.set_level(logging.WARNING, logger="vxnet.agents")
     h = short_lease
     c = agent_client(h)
     register(c, "hv1")
@@ -239,6 +246,7 @@ def test_reregistration_does_not_expire_the_host(short_lease: ServerHandle) -> N
         time.sleep(0.4)
         assert c.post("/hosts/hv1/heartbeat").status_code == 200
         assert h.api("admin").get(f"/agents/{agent_id_for('hv1')}").json()["agent"]["alive"] is True
+    assert not [r for r in caplog.records if "declared dead" in r.getMessage()]
 
 
 

@@ -152,6 +152,8 @@ def heartbeat(store: Store, host: str, status: dict[str, Any] | None = None) -> 
     rec = json.loads(rec_kv.value)
     stamp = dt.datetime.strptime(rec["heartbeat_timestamp"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC)
     if not rec["alive"] or time.time() - stamp.timestamp() >= HEARTBEAT_RECORD_INTERVAL:
+        if not rec["alive"]:
+            log.warning("agent %s is alive again: a heartbeat on its lease found its record dead", host)
         rec["alive"] = True
         rec["heartbeat_timestamp"] = agent_time()
         # Best effort: a concurrent change of the record wins; the next heartbeat retries.
@@ -209,24 +211,33 @@ def mark_dead(repo: Repo, host: str) -> None:
     """If `host` has no liveness key: its record says not alive and its ACTIVE ports go DOWN
     (and a dead gateway host's routers move). Logs failures: the next sweep retries."""
 
-    def txn(uow: UnitOfWork) -> None:
+    def txn(uow: UnitOfWork) -> tuple[bool, int]:
         if uow.get_raw(live_key(host)) is not None:
-            return  # registered again meanwhile
+            return False, 0  # registered again meanwhile
         rec = uow.get("agents", agent_id_for(host))
-        if rec is not None and rec.get("alive"):
+        was_alive = rec is not None and bool(rec.get("alive"))
+        if rec is not None and was_alive:
             rec["alive"] = False
             uow.put("agents", rec)
+        down = 0
         for port in uow.list("ports", lambda p: p.get("binding:host_id") == host and p.get("status") == "ACTIVE"):
             p = dict(port)
             p["status"] = "DOWN"
             _touch(p)
             uow.put("ports", p)
+            down += 1
         scheduler.reschedule(uow)  # a dead gateway host's routers move to an alive one
+        return was_alive, down
 
     try:
-        repo.transact(txn)
+        was_alive, down = repo.transact(txn)
     except Exception:  # the next start-up sweep or expiry retries; the watch must go on
         log.exception("marking agent %s dead failed", host)
+        return
+    if was_alive or down:
+        # The event an operator looks for first when a host's ports went DOWN.
+        log.warning("agent %s declared dead (its liveness lease ended without a heartbeat): "
+                    "record alive=false, %d ACTIVE port(s) set DOWN", host, down)
 
 
 def sweep_dead(repo: Repo, store: Store) -> None:
