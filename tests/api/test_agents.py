@@ -223,8 +223,8 @@ def test_lease_expiry_marks_agent_dead_and_ports_down(short_lease: ServerHandle,
     peer.wait(lambda m: m["type"] == "update" and m["put"].get("hosts", {}).get("hv1", {}).get("alive") is False)
     # the operator's log says which host died and what it cost, once
     deaths = [r.getMessage() for r in caplog.records if "declared dead" in r.getMessage()]
-    assert deaths == ["agent hv1 declared dead (its liveness lease ended without a heartbeat): "
-                      "record alive=false, 1 ACTIVE port(s) set DOWN"], deaths
+    assert deaths == [("agent hv1 declared dead (its liveness lease ended without a heartbeat): "
+                       "record alive=false, 1 ACTIVE port(s) set DOWN")], deaths
     # the dead agent's heartbeat is refused; registering brings it back
     assert c.post("/hosts/hv1/heartbeat").status_code == 404
     register(c, "hv1", "198.51.100.1")
