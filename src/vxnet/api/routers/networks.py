@@ -94,6 +94,11 @@ class NetworkCreate(Body):
     qos_policy_id: Uuid | None = None
 
 
+# Neutron's attributes of a network that exist but may not be updated (allow_put false): naming
+# one is "Cannot update read-only attribute", not "Unrecognized attribute".
+READ_ONLY = ("id", "project_id", "tenant_id", "status", "subnets", "created_at", "updated_at", "revision_number")
+
+
 class NetworkUpdate(Body):
     name: Name = ""
     description: Description = ""
@@ -273,7 +278,7 @@ async def create_network(request: Request) -> JSONResponse:
 async def update_network(network_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     ctx = st.context(request)
-    upd = parse_update(await read_json(request), "network", NetworkUpdate)
+    upd = parse_update(await read_json(request), "network", NetworkUpdate, read_only=READ_ONLY)
     fields = _aliased(upd)
     pol = policy.of(st.config)
 
