@@ -202,6 +202,28 @@ def test_doctor_finds_drift_with_agents_stopped_and_repairs_with_agents_running(
     assert final.returncode == 0, final.stdout
 
 
+def test_doctor_finds_a_deleted_set_element_and_repairs_it(opslab: Lab, vms: dict) -> None:
+    """A set element deleted behind the agent's back (rules intact) is drift: the doctor compares
+    elements, and `--repair` makes the agent refill that set."""
+    assert vxnet("doctor").returncode == 0
+    table = json.loads(nsexec(topology.host_ns(1), "nft", "-j", "list", "table", "inet", "vxnet_sg").stdout)["nftables"]
+    name, elem = next((o["set"]["name"], e) for o in table if "set" in o
+                      for e in o["set"].get("elem", []) if isinstance(e, str))
+    nsexec(topology.host_ns(1), "nft", "delete", "element", "inet", "vxnet_sg", name, "{", elem, "}")
+    seen = vxnet("doctor", "--json")
+    assert seen.returncode == 1, seen.stdout + seen.stderr
+    res = json.loads(seen.stdout)["results"]
+    drift = res["h1"]["drift"]
+    assert [d["object"] for d in drift] == [f"table inet vxnet_sg set {name} elements"], drift
+    assert "(1 missing, 0 not desired)" in drift[0]["found"], drift
+    assert res["h2"]["drift"] == [] and res["h3"]["drift"] == [], res
+    fixed = vxnet("doctor", "--repair", "--json")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert json.loads(fixed.stdout)["results"]["h1"]["after_repair"] == []
+    assert vxnet("doctor").returncode == 0
+    assert ping("op1", "192.0.2.32", count=2) == 2
+
+
 def test_doctor_local_asks_the_running_agent_with_the_server_down(opslab: Lab, vms: dict) -> None:
     st = lab.load_state()
     lab.stop_server(st)

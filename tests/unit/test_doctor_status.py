@@ -97,6 +97,42 @@ def test_nft_drift_chain_emptied_table_missing_and_sets() -> None:
     assert len(found) == 3, found
 
 
+def full_listing(t: NftTable, elements: Mapping[str, frozenset[str]] | None = None) -> str:
+    """A full `nft list table` text of `t` (set and map elements in nft's own spelling: wrapped
+    over lines, upper-case hex), with `elements` overriding a set's elements."""
+    lines = [f"table {t.family} {t.name} {{"]
+    for s in t.sets:
+        els = sorted((elements or {}).get(s.name, s.elements))
+        lines += [f"\t{s.kind} {s.name} {{", f"\t\ttype {s.type}"]
+        if els:
+            lines.append("\t\telements = { " + ",\n\t\t\t     ".join(e.upper() if ":" in e and "." not in e
+                                                                   and " " not in e else e for e in els) + " }")
+        lines.append("\t}")
+    for c in t.chains:
+        lines.append(f"\tchain {c.name} {{")
+        lines += [f'\t\tmeta nfproto ipv4 accept comment "{cm}"' for cm in fingerprint(t)[c.name]]
+        lines.append("\t}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def test_nft_drift_compares_set_elements_in_full_listings() -> None:
+    fw = compute_firewall(fw_view(base_ports()), "h1")
+    tables = {(t.family, t.name): t for t in fw.tables}
+    full = {k: full_listing(t) for k, t in tables.items()}
+    assert doctor.nft_drift(fw.tables, lambda f, n: full[(f, n)], elements=True) == []
+    t, s = next((t, s) for t in fw.tables for s in t.sets if len(s.elements) >= 2)
+    kept = sorted(s.elements)[1:]
+    damaged = dict(full)
+    damaged[(t.family, t.name)] = full_listing(t, {s.name: frozenset(kept)})
+    found = doctor.nft_drift(fw.tables, lambda f, n: damaged[(f, n)], elements=True)
+    assert [(d.object, d.expected, d.found) for d in found] == [
+        (f"table {t.family} {t.name} {s.kind} {s.name} elements", f"{len(s.elements)} elements",
+         f"{len(kept)} elements (1 missing, 0 not desired)")], found
+    # a terse listing (no elements) is not an element drift
+    assert doctor.nft_drift(fw.tables, lambda f, n: damaged[(f, n)]) == []
+
+
 class Control:
     """The agent's control plane, recording what the agent sends."""
 

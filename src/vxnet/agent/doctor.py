@@ -5,8 +5,9 @@ function (`compute_host`) and reads the kernel the way the reconcilers do, but c
 - L2 (the L2 reconciler's objects): owned bridges and VXLAN devices, plugs of the taps that
   exist (a tap the hypervisor has not created yet is not drift), FDB and neighbour entries;
 - firewall: the agent's nftables tables, chain by chain, compared by the hash comment every
-  rule carries (the same test the driver uses to adopt a ruleset), and their sets by name
-  (set elements are not compared).
+  rule carries (the same test the driver uses to adopt a ruleset), their sets by name, and each
+  set's and map's elements in one normal form (`dataplane/nft_image.py`, as the driver's resync
+  compares them; a base chain's hook, priority and policy are not compared).
 - IPv6 neighbours in namespaces (`ns-neighs`): the permanent IPv6 neighbour entries of every
   distributed router's `qr-` legs and every gateway namespace's `sg-` legs (the static entries
   that replace neighbour discovery across the underlay), read with `ip -j -6 neigh`;
@@ -100,9 +101,11 @@ def l2_drift(desired: Any, kernel: Any) -> list[Drift]:
             + drifts_of("neighs", diff(desired.neighs, have_neigh)))
 
 
-def nft_drift(tables: Iterable[NftTable], list_table: Any) -> list[Drift]:
-    """Drift of nftables `tables`; `list_table(family, name)` returns the terse listing or
-    raises (table missing)."""
+def nft_drift(tables: Iterable[NftTable], list_table: Any, elements: bool = False) -> list[Drift]:
+    """Drift of nftables `tables`; `list_table(family, name)` returns the table's listing or
+    raises (table missing). With `elements` the listing is a full one (`nft list table`, not
+    `-t`) and every set's and map's elements are compared too."""
+    from vxnet.dataplane import nft_image
     from vxnet.dataplane.nft_driver import fingerprint, normalise_listing, parse_listing
 
     out: list[Drift] = []
@@ -133,6 +136,14 @@ def nft_drift(tables: Iterable[NftTable], list_table: Any) -> list[Drift]:
             out.append(Drift("nftables", f"table {tname} set {name}", "present", None))
         for name in sorted(sets - {s.name for s in t.sets}):
             out.append(Drift("nftables", f"table {tname} set {name}", None, "present"))
+        image = nft_image.parse(listing) if elements else None
+        for s in t.sets if image is not None else ():
+            if s.name not in sets:
+                continue  # reported missing above
+            want, have = nft_image.norm_elements(s.elements), image.elements.get(s.name, frozenset())
+            if want != have:
+                out.append(Drift("nftables", f"table {tname} {s.kind} {s.name} elements", f"{len(want)} elements",
+                                 f"{len(have)} elements ({len(want - have)} missing, {len(have - want)} not desired)"))
     return out
 
 
@@ -259,20 +270,13 @@ def host_drift(view: Mapping[str, Any] | Any, spec: HostSpec, netns: str | None 
     finally:
         if own_kernel:
             kernel.close()
-    out += nft_drift(desired.firewall.tables, list_table or (lambda f, n: nft_list(netns, f, n)))
+    # the default lister reads whole tables (elements too); a test's seam gives terse listings
+    out += nft_drift(desired.firewall.tables, list_table or (lambda f, n: nft_list_full(netns, f, n)),
+                     elements=list_table is None)
     if check_ns:
         out += ns_neigh_drift(desired, read)
         out += metadata_drift(desired.metadata, netns, read, list_table if ns_read is not None else None)
     return out
-
-
-def nft_list(netns: str | None, family: str, name: str) -> str:
-    """`nft -t list table FAMILY NAME` (in `netns`); RuntimeError when nft refuses."""
-    cmd = (["ip", "netns", "exec", netns] if netns else []) + ["nft", "-t", "list", "table", family, name]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    if r.returncode != 0:
-        raise RuntimeError((r.stderr or r.stdout).strip()[-500:])
-    return r.stdout
 
 
 class DoctorAgent(Protocol):
