@@ -14,7 +14,7 @@ import pytest
 
 from tests.api.test_host_view import StreamReader, agent_client, start_agent_server
 from tests.conftest import ServerHandle
-from vxnet.api.routers.agent_stream import agent_id_for
+from vxnet.api.routers.agent_stream import agent_id_for, live_key
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
 
@@ -245,7 +245,12 @@ def test_reregistration_does_not_expire_the_host(short_lease: ServerHandle, capl
     while time.monotonic() < old_lease_end + 1.5:   # until the old lease's end has passed
         time.sleep(0.4)
         assert c.post("/hosts/hv1/heartbeat").status_code == 200
-        assert h.api("admin").get(f"/agents/{agent_id_for('hv1')}").json()["agent"]["alive"] is True
+        agent = h.api("admin").get(f"/agents/{agent_id_for('hv1')}").json()["agent"]
+        if agent["alive"] is not True:  # say which half of `alive` failed: the record or the liveness key
+            live = h.store.get(live_key("hv1"))
+            leases = dict(getattr(h.store, "_leases", {}))
+            pytest.fail(f"alive={agent['alive']}: record {agent}; liveness key {live}; "
+                        f"leases {leases} at monotonic {time.monotonic()}")
     assert not [r for r in caplog.records if "declared dead" in r.getMessage()]
 
 
