@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -81,6 +81,40 @@ def bind(opslab: Lab, port: dict, host: str) -> str:
         r = c.put(f"/ports/{port['id']}", json={"port": {"binding:host_id": host}})
         assert r.status_code == 200, r.text
         return r.headers["X-Openstack-Request-Id"]
+
+
+SELF_REPAIR_TRIES = 3
+
+
+def break_and_repair(breaks: Callable[[], None], expect: Callable[[dict], bool], check: tuple[str, ...] = (),
+                     repair: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """Break state behind the running agents (`breaks`); `vxnet doctor CHECK --json` must show the
+    drift (`expect(results)`), then `vxnet doctor REPAIR --repair --json` must repair it: every
+    host with drift says `after_repair: []`. Returns both results.
+
+    A running agent may repair the same drift on its own first, legitimately: any deletion of a
+    neighbour or FDB entry on its bridges or VXLAN devices (an entry ageing out, say) makes its
+    next pass read the whole kernel again. Such a round shows nothing about the doctor, so the
+    drift is made again, at most SELF_REPAIR_TRIES times (on a quiet machine the first round is
+    the one); a doctor that misses or does not repair the drift fails every round."""
+    rounds = []
+    for _ in range(SELF_REPAIR_TRIES):
+        breaks()
+        seen = vxnet("doctor", *check, "--json")
+        assert seen.returncode in (0, 1), seen.stdout + seen.stderr
+        res = json.loads(seen.stdout)["results"]
+        if not expect(res):
+            rounds.append(("check", res))
+            continue
+        fixed = vxnet("doctor", *repair, "--repair", "--json")
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        fres = json.loads(fixed.stdout)["results"]
+        drifted = [h for h, r in res.items() if r["drift"]]
+        if all(fres[h]["drift"] for h in drifted if h in fres):   # the doctor, not the agent, found it
+            assert all(fres[h]["after_repair"] == [] for h in drifted if h in fres), fres
+            return res, fres
+        rounds.append(("repair", fres))
+    pytest.fail(f"the doctor never saw and repaired the drift in {SELF_REPAIR_TRIES} rounds: {rounds}")
 
 
 @pytest.fixture(scope="module")
@@ -181,22 +215,19 @@ def test_doctor_finds_drift_with_agents_stopped_and_repairs_with_agents_running(
     # Break both again with the agents running: neither change wakes them (a rewritten FDB
     # entry is not a deletion; nftables sends no netlink event they watch).
     bogus = topology.underlay_ip(9)
-    nsexec(topology.host_ns(2), "bridge", "fdb", "replace", p1["mac_address"], "dev", vx, "dst", bogus,
-           "self", "permanent")
-    nsexec(topology.host_ns(1), "nft", "flush", "table", "inet", "vxnet_sg")
-    assert ping("op2", "192.0.2.31", count=2) == 0          # h2 sends op1's frames to a VTEP that is not there
-    seen = vxnet("doctor", "--json")
-    assert seen.returncode == 1, seen.stdout + seen.stderr
-    res = json.loads(seen.stdout)["results"]
-    fdb = [d for d in res["h2"]["drift"] if d["kind"] == "fdb"]
-    assert len(fdb) == 1 and bogus in fdb[0]["found"] and topology.underlay_ip(1) in fdb[0]["expected"], res["h2"]
-    assert {d["kind"] for d in res["h1"]["drift"]} == {"nftables"}, res["h1"]
-    assert res["h3"]["drift"] == []
 
-    fixed = vxnet("doctor", "--repair", "--json")
-    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    res = json.loads(fixed.stdout)["results"]
-    assert res["h1"]["after_repair"] == [] and res["h2"]["after_repair"] == [], res
+    def breaks() -> None:
+        nsexec(topology.host_ns(2), "bridge", "fdb", "replace", p1["mac_address"], "dev", vx, "dst", bogus,
+               "self", "permanent")
+        nsexec(topology.host_ns(1), "nft", "flush", "table", "inet", "vxnet_sg")
+        assert ping("op2", "192.0.2.31", count=2) == 0      # h2 sends op1's frames to a VTEP that is not there
+
+    def expect(res: dict) -> bool:
+        fdb = [d for d in res["h2"]["drift"] if d["kind"] == "fdb"]
+        return (len(fdb) == 1 and bogus in fdb[0]["found"] and topology.underlay_ip(1) in fdb[0]["expected"]
+                and {d["kind"] for d in res["h1"]["drift"]} == {"nftables"} and res["h3"]["drift"] == [])
+
+    break_and_repair(breaks, expect)
     assert ping("op2", "192.0.2.31", count=2) == 2
     final = vxnet("doctor")
     assert final.returncode == 0, final.stdout
@@ -209,17 +240,15 @@ def test_doctor_finds_a_deleted_set_element_and_repairs_it(opslab: Lab, vms: dic
     table = json.loads(nsexec(topology.host_ns(1), "nft", "-j", "list", "table", "inet", "vxnet_sg").stdout)["nftables"]
     name, elem = next((o["set"]["name"], e) for o in table if "set" in o
                       for e in o["set"].get("elem", []) if isinstance(e, str))
-    nsexec(topology.host_ns(1), "nft", "delete", "element", "inet", "vxnet_sg", name, "{", elem, "}")
-    seen = vxnet("doctor", "--json")
-    assert seen.returncode == 1, seen.stdout + seen.stderr
-    res = json.loads(seen.stdout)["results"]
-    drift = res["h1"]["drift"]
-    assert [d["object"] for d in drift] == [f"table inet vxnet_sg set {name} elements"], drift
-    assert "(1 missing, 0 not desired)" in drift[0]["found"], drift
-    assert res["h2"]["drift"] == [] and res["h3"]["drift"] == [], res
-    fixed = vxnet("doctor", "--repair", "--json")
-    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    assert json.loads(fixed.stdout)["results"]["h1"]["after_repair"] == []
+
+    def expect(res: dict) -> bool:
+        drift = res["h1"]["drift"]
+        return ([d["object"] for d in drift] == [f"table inet vxnet_sg set {name} elements"]
+                and "(1 missing, 0 not desired)" in drift[0]["found"]
+                and res["h2"]["drift"] == [] and res["h3"]["drift"] == [])
+
+    break_and_repair(lambda: nsexec(topology.host_ns(1), "nft", "delete", "element", "inet", "vxnet_sg", name,
+                                    "{", elem, "}"), expect)
     assert vxnet("doctor").returncode == 0
     assert ping("op1", "192.0.2.32", count=2) == 2
 
@@ -228,13 +257,11 @@ def test_doctor_local_asks_the_running_agent_with_the_server_down(opslab: Lab, v
     st = lab.load_state()
     lab.stop_server(st)
     try:
-        nsexec(topology.host_ns(1), "nft", "flush", "table", "inet", "vxnet_sg")
-        seen = vxnet("doctor", "--local", "--json")
-        assert seen.returncode == 1, seen.stdout + seen.stderr
-        res = json.loads(seen.stdout)["results"]
-        assert {d["kind"] for d in res["h1"]["drift"]} == {"nftables"} and res["h2"]["drift"] == [], res
-        fixed = vxnet("doctor", "--local", "--repair", "--host", "h1")
-        assert fixed.returncode == 0 and "repaired: yes" in fixed.stdout, fixed.stdout + fixed.stderr
+        break_and_repair(lambda: nsexec(topology.host_ns(1), "nft", "flush", "table", "inet", "vxnet_sg"),
+                         lambda res: {d["kind"] for d in res["h1"]["drift"]} == {"nftables"} and res["h2"]["drift"] == [],
+                         check=("--local",), repair=("--local", "--host", "h1"))
+        fixed = vxnet("doctor", "--local", "--repair", "--host", "h1")   # the text form of a clean host
+        assert fixed.returncode == 0 and "h1: no drift" in fixed.stdout, fixed.stdout + fixed.stderr
         again = vxnet("doctor", "--local")
         assert again.returncode == 0, again.stdout + again.stderr
         assert ping("op2", "192.0.2.31", count=2) == 2
