@@ -30,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -66,12 +67,12 @@ def own_underlay(wait: float) -> Iterator[None]:
 
 
 def measure_rss(ports: int, runs: int, wait: float, features: str = "all", delivery: str = "dict",
-                imports: str = "agent") -> tuple[list[float], list[float], str, list[str]]:
+                imports: str = "agent", view: str = "plain") -> tuple[list[float], list[float], str, list[str]]:
     """(peak RSS MB per run, first full apply s per run, kernel object counts, errors); `features`:
     "all" (the whole agent) or "none" (L2 only), `delivery` "dict" or "json" (the snapshot as
     JSON text, as the agent's client receives it), `imports` "agent" or "cli" (also the modules
     the `vxnet agent` process loads: typer and its pydantic adapters, every sub-command module,
-    httpx), as
+    httpx), `view` "plain" or "cloud" (subnets, the default security group, one resync), as
     tests/root/rss_probe.py takes them."""
     from vxnet.lab import topology
 
@@ -79,7 +80,8 @@ def measure_rss(ports: int, runs: int, wait: float, features: str = "all", deliv
     rss, secs, counts, errors = [], [], "", []
     for _ in range(runs):
         with own_underlay(wait):
-            r = subprocess.run([sys.executable, probe, topology.host_ns(1), str(ports), "20", features, delivery, imports],
+            r = subprocess.run([sys.executable, probe, topology.host_ns(1), str(ports), "20", features, delivery, imports,
+                                view],
                                capture_output=True,
                                text=True, timeout=300, check=False, cwd=REPO)
         if r.returncode != 0:
@@ -92,14 +94,35 @@ def measure_rss(ports: int, runs: int, wait: float, features: str = "all", deliv
     return rss, secs, counts, errors
 
 
+def _proc_memory(pid: int) -> dict[str, object]:
+    """A process' peak and current RSS, anonymous and file-backed resident memory (MB), and its
+    threads by name (what /proc says; no signal, no tracing)."""
+    with open(f"/proc/{pid}/status") as f:
+        status = {k: v.split()[0] for k, _, v in (line.partition(":") for line in f) if v.strip().endswith("kB")}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        rollup = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f) if v.strip().endswith("kB")}
+    threads: dict[str, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+            threads[name] = threads.get(name, 0) + 1
+    return {"hwm": int(status["VmHWM"]) / 1024, "rss": int(status["VmRSS"]) / 1024,
+            "anon": rollup.get("Anonymous", 0) / 1024, "file": (rollup["Rss"] - rollup.get("Anonymous", 0)) / 1024,
+            "threads": threads}
+
+
 def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, subnets: bool = True,
-                      settle: float = 60.0) -> dict[str, object]:
+                      settle: float = 60.0, profile: str | None = None) -> dict[str, object]:
     """Peak RSS (VmHWM, MB) of a real `vxnet agent` process (the lab's command line, against a
     real server on the embedded store) with `ports` ports in its view: 20 networks (each with a
     /23 IPv4 subnet unless `subnets` is False), `ports` ports created in bulk with the default
     security group (none if `security_groups` is False): one per network bound to h1, the rest
     to h2/h3, whose agents are stopped once registered (their underlay addresses stay in h1's
-    view). Read `settle` seconds after the last port was created; h1's FDB is read back."""
+    view). Read `settle` seconds after the last port was created; h1's FDB is read back.
+    `profile` (a file prefix, a debugging aid, not for a figure: tracing costs memory): h1's agent
+    is restarted before the ports are made with `VXNET_MEMPROFILE` set to it (vxnet/memprofile.py)
+    and sent SIGUSR2 at the end; the result then has the profile's text and h1's RSS sampled every
+    0.5 s (`samples`: seconds since the first port request, MB)."""
     import tempfile
 
     from tests.root.conftest import USERS_TOML
@@ -126,6 +149,26 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
             time.sleep(0.5)
         for h in ("h2", "h3"):
             lab.stop_agent(st, h)
+        if profile:
+            import signal
+
+            lab.stop_agent(st, "h1")
+            os.environ["VXNET_MEMPROFILE"] = profile
+            try:
+                lab.start_agent(st, "h1")
+            finally:
+                os.environ.pop("VXNET_MEMPROFILE")
+            time.sleep(3)
+        samples: list[tuple[float, float]] = []
+        stop_sampling = threading.Event()
+
+        def sample(pid: int, t0: float) -> None:
+            while not stop_sampling.wait(0.5):
+                with contextlib.suppress(OSError, KeyError):
+                    samples.append((round(time.time() - t0, 1), round(float(_proc_memory(pid)["rss"]), 1)))
+
+        sampler = threading.Thread(target=sample, args=(st["agents"]["h1"], time.time()), daemon=True)
+        sampler.start()
         nets = []
         for i in range(nets_n):
             n = api.post("/networks", json={"network": {"name": f"rss-{i}"}}).json()["network"]
@@ -144,12 +187,23 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
             if r.status_code != 201:
                 raise RuntimeError(f"ports: {r.status_code} {r.text[:200]}")
         time.sleep(settle)
+        stop_sampling.set()
         pid = st["agents"]["h1"]
-        with open(f"/proc/{pid}/status") as f:
-            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        mem = _proc_memory(pid)
         fdb = subprocess.run(["ip", "netns", "exec", topology.host_ns(1), "bridge", "fdb", "show"],
                              capture_output=True, text=True, check=False).stdout.count(" dst ")
-        return {"rss": hwm, "fdb": fdb}
+        out: dict[str, object] = {"rss": mem["hwm"], "fdb": fdb, "memory": mem}
+        if profile:
+            import glob
+
+            os.kill(pid, signal.SIGUSR2)
+            deadline = time.time() + 60
+            while time.time() < deadline and not glob.glob(f"{profile}-{pid}-1.txt"):
+                time.sleep(0.5)
+            with contextlib.suppress(OSError), open(f"{profile}-{pid}-1.txt") as f:
+                out["profile"] = f.read()
+            out["samples"] = samples
+        return out
     finally:
         lab.down(quiet=True)
         if old is None:
