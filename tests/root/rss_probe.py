@@ -10,10 +10,12 @@ bench/agent_bench.py measures a real process beside it (`measure_lab_agent`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterator
 
+from vxnet import memprofile
 from vxnet.agent.core import Agent, AgentConfig
 from vxnet.heap import limit_malloc_arenas
 
@@ -50,6 +52,7 @@ if IMPORTS == "cli":
         import typer._adapters  # noqa: F401
     import vxnet.agent.client  # noqa: F401
 limit_malloc_arenas()       # as `vxnet agent` does
+PROFILE = memprofile.install()  # VXNET_MEMPROFILE set: a report at the end (a debugging aid, not for a figure)
 GROUP = "5ec0" + "0" * 28 + "0001"
 
 
@@ -137,4 +140,6 @@ if VIEW == "cloud":         # one resync: every manager re-reads the kernel (the
 # before exec(), i.e. of the (large) pytest process this child was forked from.
 with open("/proc/self/status") as f:
     hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+if PROFILE:
+    memprofile.write(os.environ[memprofile.ENV])
 print(f"{hwm_kb / 1024:.1f} {r.diff.counts()} {r.seconds:.2f}")

@@ -193,10 +193,26 @@ def test_remote_group_members_follow_ports() -> None:
     sg1, sg2 = fw.tables[1], fw2.tables[1]
     # Only the set's elements differ: the chains are the same objects' equals.
     assert sg1.chains == sg2.chains and sg1.sets != sg2.sets
-    assert diff_table(sg1, sg2) == [(f"add element inet vxnet_sg rg_{G2.replace('-', '')} "
-                                    "{ 192.0.2.16, 203.0.113.0/24 }")]
-    assert diff_table(sg2, sg1) == [(f"delete element inet vxnet_sg rg_{G2.replace('-', '')} "
-                                    "{ 192.0.2.16, 203.0.113.0/24 }")]
+    rg = f"rg_{G2.replace('-', '')}"
+    # Addresses only: a plain (hash) set; with a prefix member an interval set. The change of
+    # kind re-makes the set in the same transaction: the chains naming it are flushed before
+    # and refilled after; nothing else of the table is touched.
+    assert {s.name: s.flags for s in sg1.sets}[rg] == "" and {s.name: s.flags for s in sg2.sets}[rg] == "interval"
+    users = [c for c in sg2.chains if any(f"@{rg}" in r.text for r in c.rules)]
+    assert len(users) == 1 and users[0].name.startswith("gi_")      # the group chain whose rule names G2
+    refill = [f"add rule inet vxnet_sg {users[0].name} {r.text}" for r in users[0].rules]
+    assert diff_table(sg1, sg2) == [f"flush chain inet vxnet_sg {users[0].name}", f"delete set inet vxnet_sg {rg}",
+                                    f"add set inet vxnet_sg {rg} {{ type ipv4_addr; flags interval; }}",
+                                    f"add element inet vxnet_sg {rg} {{ 192.0.2.12, 192.0.2.16, 203.0.113.0/24 }}",
+                                    *refill]
+    assert diff_table(sg2, sg1) == [f"flush chain inet vxnet_sg {users[0].name}", f"delete set inet vxnet_sg {rg}",
+                                    f"add set inet vxnet_sg {rg} {{ type ipv4_addr; }}",
+                                    f"add element inet vxnet_sg {rg} {{ 192.0.2.12 }}", *refill]
+    # Within one kind, a member change is one element command.
+    fw3 = compute_firewall(view([*ports, port("p6000000-0000-4000-8000-000000000006", "192.0.2.16", host="h3",
+                                                 groups=(G2,))]), "h1")
+    assert diff_table(sg1, fw3.tables[1]) == [f"add element inet vxnet_sg {rg} {{ 192.0.2.16 }}"]
+    assert diff_table(fw3.tables[1], sg1) == [f"delete element inet vxnet_sg {rg} {{ 192.0.2.16 }}"]
 
 
 def test_decide_names_the_deciding_rule() -> None:

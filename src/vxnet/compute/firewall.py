@@ -536,6 +536,16 @@ def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) ->
 
 # --- render -----------------------------------------------------------------------------------
 
+def _member_set(name: str, key_type: str, members: frozenset[str]) -> NftSet:
+    """A remote group's member set: an interval set only when a member is a prefix (an allowed
+    address pair's CIDR), else a plain (hash) set. libnftables keeps an interval set's elements
+    in its context to check overlaps: with 10,000 members ~7 MB held by the agent, ~17 MB of
+    peak to load them, and every element added or deleted reads them all again (tens of ms). A
+    plain set needs none of that. A set whose kind changes (its first prefix member comes or
+    its last goes) is re-created with the table in one transaction (`nft_driver.diff_table`)."""
+    return NftSet(name, key_type, members, "interval" if any("/" in m for m in members) else "")
+
+
 def _set_text(elements: Iterable[str]) -> str:
     return "{ " + ", ".join(sorted(elements)) + " }"
 
@@ -719,10 +729,10 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     sg_chains += [_group_chain(g) for g in fw.groups]
     for p in fw.ports:
         sg_chains += [_port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress")]
-    sets = tuple(NftSet(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
+    sets = tuple(_member_set(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
                  for g in sorted({r.remote_group for g in fw.groups for r in g.rules
                                   if r.remote_group and r.ethertype == "IPv4"}))
-    sets += tuple(NftSet(set_name6(g), "ipv6_addr", fw.members6.get(g, frozenset()))
+    sets += tuple(_member_set(set_name6(g), "ipv6_addr", fw.members6.get(g, frozenset()))
                   for g in sorted({r.remote_group for g in fw.groups for r in g.rules
                                    if r.remote_group and r.ethertype == "IPv6"}))
     sets += (NftSet(CT_MACS, "ether_addr", frozenset(m for p in fw.ports if p.stateful for m in p.macs), ""),)
