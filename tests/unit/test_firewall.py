@@ -615,3 +615,32 @@ def test_port_security_evaluation_covers_ipv6_sources() -> None:
     # IPv4 unchanged
     assert ps(fw, P1, own, Packet("192.0.2.11", "192.0.2.12", 6, 40000, 22)) == ("accept", "mark")
     assert ps(fw, P1, own, Packet("192.0.2.99", "192.0.2.12", 6, 40000, 22)) == ("drop", "spoof-ip")
+
+
+def test_group_members_equal_the_collapsed_port_addresses() -> None:
+    # group_members (no per-port caches, canonical addresses shared) == what the sets held before:
+    # collapse/collapse6 of every member port's fixed IPs and pairs, whatever the notation.
+    import socket
+
+    from vxnet.compute.firewall import collapse, collapse6, group_members, port_addresses, port_addresses6
+    from vxnet.model import parse_view
+
+    addrs = ["192.0.2.21", "192.0.2.22/32", "198.51.100.0/25", "198.51.100.7", "2001:db8::1", "2001:DB8:0::2",
+             "2001:db8::3/128", "2001:db8:1::/64", "2001:db8:1::9", "not-an-address", "", "::ffff:192.0.2.9",
+             "100.64.0.1/10", "100.64.3.4"]
+    ports = [port(f"p{i:07d}-0000-4000-8000-00000000000{i % 10}", "192.0.2.100", host="h2", groups=(G2,),
+                  fixed_ips=[{"subnet_id": "s", "ip_address": a}],
+                  allowed_address_pairs=[{"ip_address": addrs[(i + 3) % len(addrs)]}])
+             for i, a in enumerate(addrs)]
+    ports.append(port("p9999999-0000-4000-8000-000000000009", "192.0.2.200", host="h2", groups=(G1,)))
+    v = parse_view(view(ports))
+    members = list(v.ports.values())
+    want4 = collapse(a for p in members if G2 in p.security_groups for _, a in port_addresses(p))
+    want6 = collapse6(a for p in members if G2 in p.security_groups for _, a in port_addresses6(p, False))
+    assert group_members(members, G2, socket.AF_INET) == want4
+    assert group_members(members, G2, socket.AF_INET6) == want6
+    assert "192.0.2.200" not in want4 and "100.64.0.0/10" in want4 and "2001:db8:1::/64" in want6
+    # a canonical address is the port's own string, not a copy
+    plain = next(p for p in members if p.fixed_ips and p.fixed_ips[0].ip_address == "198.51.100.7")
+    got = group_members([plain], G2, socket.AF_INET)
+    assert any(m is plain.fixed_ips[0].ip_address for m in got)

@@ -76,6 +76,7 @@ import functools
 import hashlib
 import ipaddress
 import re
+import socket
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -310,23 +311,55 @@ def _norm6(addr: str) -> str | None:
     return str(n.network_address) if n.prefixlen == 128 else str(n)
 
 
+def _merged(norm: set[str], host_bits: int) -> frozenset[str]:
+    """Normalised addresses/prefixes merged into non-overlapping prefixes."""
+    if not any("/" in n for n in norm):
+        return frozenset(norm)             # plain addresses never overlap
+    nets = ipaddress.collapse_addresses(ipaddress.ip_network(n) for n in norm)
+    return frozenset(str(n.network_address) if n.prefixlen == host_bits else str(n) for n in nets)
+
+
 def collapse6(addrs: Iterable[str]) -> frozenset[str]:
     """`collapse` for IPv6."""
-    norm = {n for a in addrs if (n := _norm6(a)) is not None}
-    if not any("/" in n for n in norm):
-        return frozenset(norm)
-    nets = ipaddress.collapse_addresses(ipaddress.ip_network(n) for n in norm)
-    return frozenset(str(n.network_address) if n.prefixlen == 128 else str(n) for n in nets)
+    return _merged({n for a in addrs if (n := _norm6(a)) is not None}, 128)
 
 
 def collapse(addrs: Iterable[str]) -> frozenset[str]:
     """IPv4 addresses/CIDRs merged into non-overlapping prefixes (nft interval sets refuse
     overlaps); a /32 is written as a plain address."""
-    norm = {n for a in addrs if (n := _norm4(a)) is not None}
-    if not any("/" in n for n in norm):
-        return frozenset(norm)             # plain addresses never overlap
-    nets = ipaddress.collapse_addresses(ipaddress.ip_network(n) for n in norm)
-    return frozenset(str(n.network_address) if n.prefixlen == 32 else str(n) for n in nets)
+    return _merged({n for a in addrs if (n := _norm4(a)) is not None}, 32)
+
+
+def _canonical(addr: str, family: int) -> str | None:
+    """`_norm4(addr)` (AF_INET) or `_norm6(addr)` (AF_INET6) without their caches in the common
+    case: an address already in canonical form is returned itself (the same string object), so
+    a remote group's 10,000 members cost no cache entries and no second copy of each string; a
+    prefix, another notation or a non-address goes through the cached normaliser."""
+    if (":" in addr) != (family == socket.AF_INET6):
+        return None                        # the other family (or no address of this one)
+    try:
+        if socket.inet_ntop(family, socket.inet_pton(family, addr)) == addr:
+            return addr
+    except (OSError, ValueError):
+        pass
+    return _norm6(addr) if family == socket.AF_INET6 else _norm4(addr)
+
+
+def group_members(ports: Iterable[Port], group: str, family: int) -> frozenset[str]:
+    """The addresses of a remote group of one family (`socket.AF_INET` or `AF_INET6`): the
+    fixed IPs and allowed address pairs of its ports (not link-locals: Neutron's remote-group
+    sets hold fixed IPs and pairs), merged as `collapse`/`collapse6` do."""
+    norm: set[str] = set()
+    for p in ports:
+        if group not in p.security_groups:
+            continue
+        for f in p.fixed_ips:
+            if (n := _canonical(f.ip_address, family)) is not None:
+                norm.add(n)
+        for pair in p.allowed_address_pairs:
+            if (n := _canonical(pair.ip_address, family)) is not None:
+                norm.add(n)
+    return _merged(norm, 128 if family == socket.AF_INET6 else 32)
 
 
 def _protocol(value: Any) -> int | None:
@@ -524,11 +557,9 @@ def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) ->
     members: dict[str, frozenset[str]] = {}
     members6: dict[str, frozenset[str]] = {}
     for g in sorted(remote):
-        members[g] = collapse(a for p in v.ports.values() if g in p.security_groups for _, a in port_addresses(p))
+        members[g] = group_members(v.ports.values(), g, socket.AF_INET)
     for g in sorted(remote6):
-        # Fixed IPs and pairs; not link-locals (Neutron's remote-group sets hold fixed IPs and pairs).
-        members6[g] = collapse6(a for p in v.ports.values() if g in p.security_groups
-                                for _, a in port_addresses6(p, False))
+        members6[g] = group_members(v.ports.values(), g, socket.AF_INET6)
     return Firewall(tuple(filters), frozenset(open_ports), group_rules, members,
                     tuple(sorted((naming.bridge_name(n), z) for n, z in zones.items())),
                     tuple(ignored), tuple(sorted(set(local) - set(index))), members6)
