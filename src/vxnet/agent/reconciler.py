@@ -130,7 +130,8 @@ class Reconciler:
             self._entries = (k.read_fdb(index, plugged_before), k.read_neighs(index))
         have_fdb, have_neigh = self._entries
         plugged = frozenset(p.tap for p in want_plugs)
-        want_fdb = frozenset(e for e in desired.fdb if not naming.is_plug(e.dev) or e.dev in plugged)
+        unplugged = [e for e in desired.fdb if naming.is_plug(e.dev) and e.dev not in plugged]
+        want_fdb = desired.fdb.difference(unplugged) if unplugged else desired.fdb
         d_fdb = diff(want_fdb, have_fdb)
         d_nb = diff(desired.neighs, have_neigh)
         on_tap = lambda e: naming.is_plug(e.dev)
@@ -140,7 +141,13 @@ class Reconciler:
         phases.append(("plugs", time.perf_counter() - t0))
         failed_entries += k.apply_entries(d_fdb.without(lambda e: not on_tap(e)), Diff(), drv.index)
         phases.append(("tap_entries", time.perf_counter() - t0))
-        self._entries = (apply(have_fdb, d_fdb, failed_entries), apply(have_neigh, d_nb, failed_entries))
+        if failed_entries:
+            self._entries = (apply(have_fdb, d_fdb, failed_entries), apply(have_neigh, d_nb, failed_entries))
+        else:
+            # The kernel now holds exactly what was wanted (the diff's contract): the cache is the
+            # desired sets themselves, not a rebuilt copy of their 30,000 entries (and a full
+            # read's kernel objects are let go at once).
+            self._entries = (want_fdb, desired.neighs)
 
         drv.apply_down(d_br, d_vx, d_pl)
         failed = tuple(drv.failed) + tuple(failed_entries)

@@ -55,7 +55,7 @@ def diff(desired: Iterable[T], actual: Iterable[T]) -> Diff[T]:
     """
     want = desired if isinstance(desired, frozenset | set) else frozenset(desired)
     have = actual if isinstance(actual, frozenset | set) else frozenset(actual)
-    if want == have:
+    if want is have or want == have:    # the same set (the agent's applied cache): no walk
         return Diff()
     new = {e.key: e for e in want - have}
     old = {e.key: e for e in have - want}
