@@ -324,8 +324,13 @@ class Agent:
                 if f.name in first:
                     fresults[f.name] = self._timed_feature(f, desired, timings)
             hold = frozenset().union(*(r.hold for r in fresults.values()))
+            whole = invalidated or self._last_desired is None     # a pass over everything (start, resync)
+            if whole:
+                release_freed_memory()    # the firewall's transaction and listing: not on top of the L2 pass
             wall_fw, cpu_fw = time.time(), time.thread_time()
             result = self.reconciler.reconcile(desired.l2, hold)
+            if whole:
+                release_freed_memory()    # the kernel read and the netlink batches: not on top of the features
             wall_l2, cpu_l2 = time.time(), time.thread_time()
             timings["l2"] = result.seconds
             timings["plug_path"] = time.perf_counter() - t0
