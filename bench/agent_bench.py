@@ -112,7 +112,7 @@ def _proc_memory(pid: int) -> dict[str, object]:
 
 
 def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, subnets: bool = True,
-                      settle: float = 60.0, profile: str | None = None) -> dict[str, object]:
+                      settle: float = 60.0, profile: str | None = None, sample_every: float = 0.5) -> dict[str, object]:
     """Peak RSS (VmHWM, MB) of a real `vxnet agent` process (the lab's command line, against a
     real server on the embedded store) with `ports` ports in its view: 20 networks (each with a
     /23 IPv4 subnet unless `subnets` is False), `ports` ports created in bulk with the default
@@ -122,7 +122,7 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
     `profile` (a file prefix, a debugging aid, not for a figure: tracing costs memory): h1's agent
     is restarted before the ports are made with `VXNET_MEMPROFILE` set to it (vxnet/memprofile.py)
     and sent SIGUSR2 at the end; the result then has the profile's text and h1's RSS sampled every
-    0.5 s (`samples`: seconds since the first port request, MB)."""
+    `sample_every` seconds (`samples`: seconds since the first port request, MB)."""
     import tempfile
 
     from tests.root.conftest import USERS_TOML
@@ -163,7 +163,7 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
         stop_sampling = threading.Event()
 
         def sample(pid: int, t0: float) -> None:
-            while not stop_sampling.wait(0.5):
+            while not stop_sampling.wait(sample_every):
                 with contextlib.suppress(OSError, KeyError):
                     samples.append((round(time.time() - t0, 1), round(float(_proc_memory(pid)["rss"]), 1)))
 
@@ -299,14 +299,17 @@ def run(opts: argparse.Namespace) -> Report:
     ports = max(1000, opts.rss_ports // (10 if opts.quick else 1))
     rounds = max(2, opts.fdb_rounds // (5 if opts.quick else 1))
     medians: dict[str, float] = {}
-    for features, delivery, imports, what in (
-            ("none", "dict", "agent", "L2 only"), ("none", "json", "agent", "L2 only, snapshot as JSON text"),
-            ("all", "dict", "agent", "whole agent"), ("all", "json", "agent", "whole agent, snapshot as JSON text"),
-            ("all", "json", "cli", "whole agent, JSON, with the modules `vxnet agent` imports")):
+    for features, delivery, imports, view, what in (
+            ("none", "dict", "agent", "plain", "L2 only"),
+            ("none", "json", "agent", "plain", "L2 only, snapshot as JSON text"),
+            ("all", "dict", "agent", "plain", "whole agent"),
+            ("all", "json", "agent", "plain", "whole agent, snapshot as JSON text"),
+            ("all", "json", "cli", "plain", "whole agent, JSON, with the modules `vxnet agent` imports"),
+            ("all", "json", "cli", "cloud", "as `vxnet agent` with subnets, the default group and a resync")):
         try:
             rss, secs, counts, errors = in_sandbox(  # type: ignore[misc]
-                f"a.measure_rss({ports}, {max(1, opts.rss_runs)}, 0, {features!r}, {delivery!r}, {imports!r})",
-                120 + 300 * opts.rss_runs)
+                f"a.measure_rss({ports}, {max(1, opts.rss_runs)}, 0, {features!r}, {delivery!r}, {imports!r}, "
+                f"{view!r})", 120 + 300 * opts.rss_runs)
             if rss:
                 medians[what] = statistics.median(rss)
                 rows.append([f"agent peak RSS ({what}), {ports:,} ports / 20 networks in view", str(len(rss)), "", "",
@@ -326,10 +329,12 @@ def run(opts: argparse.Namespace) -> Report:
             lab_rss = [in_sandbox(f"a.measure_lab_agent({ports}, 0, {sg!r}, {sub!r})", 900)  # type: ignore[index]
                        for _ in range(max(1, opts.rss_runs - 1))]
             mbs = [float(x["rss"]) for x in lab_rss]  # type: ignore[index]
+            now = [float(x["memory"]["rss"]) for x in lab_rss]  # type: ignore[index]
             medians[f"real `vxnet agent`, {what}"] = statistics.median(mbs)
             rows.append([f"real `vxnet agent` peak RSS, {ports:,} ports / 20 networks in view ({what})", str(len(mbs)),
                          "", "", f"{statistics.median(mbs):.1f} MB (max {max(mbs):.1f})",
-                         f"lab, real server; h1's FDB entries with a remote VTEP: {lab_rss[-1]['fdb']}"])  # type: ignore[index]
+                         (f"lab, real server; resident at the end {statistics.median(now):.1f} MB; h1's FDB entries "
+                          f"with a remote VTEP: {lab_rss[-1]['fdb']}")])  # type: ignore[index]
         except Exception as e:  # noqa: BLE001 - the table says what broke
             rows.append([f"real `vxnet agent` ({what})", "", "", "", "failed", f"{type(e).__name__}: {e}"[:400]])
     try:
@@ -363,14 +368,16 @@ def run(opts: argparse.Namespace) -> Report:
                  "on lab host namespaces of their own, so root tests elsewhere could not tear them down.")
     notes.append("RSS is the probe process' VmHWM: the Python interpreter, the agent, its view, the desired "
                  "state and the kernel cache; the probe talks to no server (the view comes as one snapshot). "
-                 "Only the probe row 'with the modules `vxnet agent` imports' also loads what that process loads besides the agent "
-                 "(its entry point vxnet.cli.main with typer and every sub-command module, typer's parameter "
-                 "adapters with pydantic, and httpx with the rich/pygments/click modules its own command line "
-                 "pulls in); the other rows leave them out. "
+                 "Only the probe rows 'with the modules `vxnet agent` imports' and 'as `vxnet agent`' also load what "
+                 "that process loads besides the agent (its entry point vxnet.cli.main and argparse command line "
+                 "vxnet.cli.agent, and httpx without its own command line; before December 2026 typer, every "
+                 "sub-command module and typer's pydantic adapters); the other rows leave them out. "
                  "The snapshot is handed over as Python objects (strings shared as the probe built them), "
                  "or as one JSON text decoded as agent/client.py decodes it (the realistic peak). "
-                 "The probe's view has no subnets, routers or gateway: the whole agent builds every feature but "
-                 "none has kernel work. The `real vxnet agent` rows are h1's agent of a 3-host lab (server on "
+                 "The probe's view has no subnets, routers or gateway (the whole agent builds every feature but "
+                 "none has kernel work), except in the row 'as `vxnet agent` with subnets, the default group and a "
+                 "resync': a /23 subnet per network, every port in a default group (remote-group rules, IPv4 and "
+                 "IPv6), then one forced resync pass, whose kernel read-back is part of the peak. The `real vxnet agent` rows are h1's agent of a 3-host lab (server on "
                  "the embedded store) after the ports were created through the API (bulk, 250 a request) and "
                  "applied as view updates; h2's and h3's agents are stopped once registered; no VM is "
                  "plugged; the default group's remote-group rule puts every port's address in the firewall's "
