@@ -5,7 +5,9 @@ start `tracemalloc` (frames per trace from `VXNET_MEMPROFILE_FRAMES`, default 1;
 nothing: a cheap report of RSS and malloc's heap only) and handle
 SIGUSR2: each signal writes `<prefix>-<pid>-<n>.txt` (n = 1, 2, ...) with the traced memory grouped
 by source line and by file, glibc malloc's heap in use and free (`mallinfo2`), and the
-garbage collector's objects counted by type (the frozen ones included); with
+garbage collector's objects counted by type (the frozen ones included), pymalloc's arenas
+against their live blocks (without tracing only), the peak RSS, resident memory by kind and the
+threads; with
 `VXNET_MEMPROFILE_TRIM=1` it then trims the heap (`malloc_trim`) and reports again. The benchmarks send the signal at each phase (bench/servers.py `mem_profile`).
 
 Tracing costs memory and CPU (every allocation is recorded): never for a figure of the run
@@ -116,6 +118,8 @@ def pymalloc_stats() -> str:
         if eq and v.strip().replace(",", "").isdigit():
             vals[k.strip()] = int(v.strip().replace(",", ""))
     arenas = vals.get("# arenas allocated current", 0)
+    if not arenas:              # tracemalloc's hooks replace the allocator: no statistics then
+        return "pymalloc: no statistics while tracemalloc traces (VXNET_MEMPROFILE_FRAMES=0 for them)"
     mib = 2**20
     return (f"pymalloc: {arenas} arenas ({sum(v for k, v in vals.items() if k.endswith('bytes/arena')) / mib:.1f} "
             f"MiB), in live blocks {vals.get('# bytes in allocated blocks', 0) / mib:.1f} MiB, free blocks "
