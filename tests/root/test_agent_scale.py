@@ -18,8 +18,8 @@ The honest probe (`cloud` view as JSON text, with what the `vxnet agent` process
 MB in December 2026 (an interval set that libnftables kept in memory, typer and pydantic in the
 process, a second copy of the applied FDB/neighbour sets...) and 66-67 MB after that work; its
 budget is 72 MB. The same work took the probe's L2-only agent to 50 MB and its whole agent
-(plain view, objects) to 59 MB; their budgets stay as they were. A real `vxnet agent` in a lab with the same view: 64.7-64.8 MB peak, 59-60 MB
-resident (docs/benchmarks.md)."""
+(plain view, objects) to 59 MB; their budgets stay as they were. A real `vxnet agent` in a lab
+with the same view: 63.5-64.0 MB peak, 57.8-57.9 MB resident (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
