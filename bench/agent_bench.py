@@ -30,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -66,12 +67,12 @@ def own_underlay(wait: float) -> Iterator[None]:
 
 
 def measure_rss(ports: int, runs: int, wait: float, features: str = "all", delivery: str = "dict",
-                imports: str = "agent") -> tuple[list[float], list[float], str, list[str]]:
+                imports: str = "agent", view: str = "plain") -> tuple[list[float], list[float], str, list[str]]:
     """(peak RSS MB per run, first full apply s per run, kernel object counts, errors); `features`:
     "all" (the whole agent) or "none" (L2 only), `delivery` "dict" or "json" (the snapshot as
     JSON text, as the agent's client receives it), `imports` "agent" or "cli" (also the modules
     the `vxnet agent` process loads: typer and its pydantic adapters, every sub-command module,
-    httpx), as
+    httpx), `view` "plain" or "cloud" (subnets, the default security group, one resync), as
     tests/root/rss_probe.py takes them."""
     from vxnet.lab import topology
 
@@ -79,7 +80,8 @@ def measure_rss(ports: int, runs: int, wait: float, features: str = "all", deliv
     rss, secs, counts, errors = [], [], "", []
     for _ in range(runs):
         with own_underlay(wait):
-            r = subprocess.run([sys.executable, probe, topology.host_ns(1), str(ports), "20", features, delivery, imports],
+            r = subprocess.run([sys.executable, probe, topology.host_ns(1), str(ports), "20", features, delivery, imports,
+                                view],
                                capture_output=True,
                                text=True, timeout=300, check=False, cwd=REPO)
         if r.returncode != 0:
@@ -92,14 +94,36 @@ def measure_rss(ports: int, runs: int, wait: float, features: str = "all", deliv
     return rss, secs, counts, errors
 
 
+def _proc_memory(pid: int) -> dict[str, object]:
+    """A process' peak and current RSS, anonymous and file-backed resident memory (MB), and its
+    threads by name (what /proc says; no signal, no tracing)."""
+    with open(f"/proc/{pid}/status") as f:
+        status = {k: v.split()[0] for k, _, v in (line.partition(":") for line in f) if v.strip().endswith("kB")}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        rollup = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f) if v.strip().endswith("kB")}
+    threads: dict[str, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+            threads[name] = threads.get(name, 0) + 1
+    return {"hwm": int(status["VmHWM"]) / 1024, "rss": int(status["VmRSS"]) / 1024,
+            "anon": rollup.get("Anonymous", 0) / 1024, "file": (rollup["Rss"] - rollup.get("Anonymous", 0)) / 1024,
+            "threads": threads}
+
+
 def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, subnets: bool = True,
-                      settle: float = 60.0) -> dict[str, object]:
+                      settle: float = 60.0, profile: str | None = None, sample_every: float = 0.5) -> dict[str, object]:
     """Peak RSS (VmHWM, MB) of a real `vxnet agent` process (the lab's command line, against a
     real server on the embedded store) with `ports` ports in its view: 20 networks (each with a
     /23 IPv4 subnet unless `subnets` is False), `ports` ports created in bulk with the default
     security group (none if `security_groups` is False): one per network bound to h1, the rest
     to h2/h3, whose agents are stopped once registered (their underlay addresses stay in h1's
-    view). Read `settle` seconds after the last port was created; h1's FDB is read back."""
+    view). Read `settle` seconds after the last port was created; h1's FDB is read back.
+    `profile` (a file prefix, a debugging aid, not for a figure: tracing costs memory): h1's agent
+    is restarted before the ports are made with `VXNET_MEMPROFILE` set to it (vxnet/memprofile.py)
+    and sent SIGUSR2 at the end; the result then has the profile's text, h1's RSS sampled every
+    `sample_every` seconds (`samples`: seconds since the first port request, MB) and the tail of
+    h1's agent log (`log`)."""
     import tempfile
 
     from tests.root.conftest import USERS_TOML
@@ -126,6 +150,26 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
             time.sleep(0.5)
         for h in ("h2", "h3"):
             lab.stop_agent(st, h)
+        if profile:
+            import signal
+
+            lab.stop_agent(st, "h1")
+            os.environ["VXNET_MEMPROFILE"] = profile
+            try:
+                lab.start_agent(st, "h1")
+            finally:
+                os.environ.pop("VXNET_MEMPROFILE")
+            time.sleep(3)
+        samples: list[tuple[float, float]] = []
+        stop_sampling = threading.Event()
+
+        def sample(pid: int, t0: float) -> None:
+            while not stop_sampling.wait(sample_every):
+                with contextlib.suppress(OSError, KeyError):
+                    samples.append((round(time.time() - t0, 1), round(float(_proc_memory(pid)["rss"]), 1)))
+
+        sampler = threading.Thread(target=sample, args=(st["agents"]["h1"], time.time()), daemon=True)
+        sampler.start()
         nets = []
         for i in range(nets_n):
             n = api.post("/networks", json={"network": {"name": f"rss-{i}"}}).json()["network"]
@@ -144,12 +188,25 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
             if r.status_code != 201:
                 raise RuntimeError(f"ports: {r.status_code} {r.text[:200]}")
         time.sleep(settle)
+        stop_sampling.set()
         pid = st["agents"]["h1"]
-        with open(f"/proc/{pid}/status") as f:
-            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        mem = _proc_memory(pid)
         fdb = subprocess.run(["ip", "netns", "exec", topology.host_ns(1), "bridge", "fdb", "show"],
                              capture_output=True, text=True, check=False).stdout.count(" dst ")
-        return {"rss": hwm, "fdb": fdb}
+        out: dict[str, object] = {"rss": mem["hwm"], "fdb": fdb, "memory": mem}
+        if profile:
+            import glob
+
+            os.kill(pid, signal.SIGUSR2)
+            deadline = time.time() + 60
+            while time.time() < deadline and not glob.glob(f"{profile}-{pid}-1.txt"):
+                time.sleep(0.5)
+            with contextlib.suppress(OSError), open(f"{profile}-{pid}-1.txt") as f:
+                out["profile"] = f.read()
+            out["samples"] = samples
+            with contextlib.suppress(OSError), open(os.path.join(lab.state_dir(), "agent-h1.log")) as f:
+                out["log"] = f.read()[-200_000:]      # h1's agent log (its last 200 kB)
+        return out
     finally:
         lab.down(quiet=True)
         if old is None:
@@ -245,14 +302,17 @@ def run(opts: argparse.Namespace) -> Report:
     ports = max(1000, opts.rss_ports // (10 if opts.quick else 1))
     rounds = max(2, opts.fdb_rounds // (5 if opts.quick else 1))
     medians: dict[str, float] = {}
-    for features, delivery, imports, what in (
-            ("none", "dict", "agent", "L2 only"), ("none", "json", "agent", "L2 only, snapshot as JSON text"),
-            ("all", "dict", "agent", "whole agent"), ("all", "json", "agent", "whole agent, snapshot as JSON text"),
-            ("all", "json", "cli", "whole agent, JSON, with the modules `vxnet agent` imports")):
+    for features, delivery, imports, view, what in (
+            ("none", "dict", "agent", "plain", "L2 only"),
+            ("none", "json", "agent", "plain", "L2 only, snapshot as JSON text"),
+            ("all", "dict", "agent", "plain", "whole agent"),
+            ("all", "json", "agent", "plain", "whole agent, snapshot as JSON text"),
+            ("all", "json", "cli", "plain", "whole agent, JSON, with the modules `vxnet agent` imports"),
+            ("all", "json", "cli", "cloud", "as `vxnet agent` with subnets, the default group and a resync")):
         try:
             rss, secs, counts, errors = in_sandbox(  # type: ignore[misc]
-                f"a.measure_rss({ports}, {max(1, opts.rss_runs)}, 0, {features!r}, {delivery!r}, {imports!r})",
-                120 + 300 * opts.rss_runs)
+                f"a.measure_rss({ports}, {max(1, opts.rss_runs)}, 0, {features!r}, {delivery!r}, {imports!r}, "
+                f"{view!r})", 120 + 300 * opts.rss_runs)
             if rss:
                 medians[what] = statistics.median(rss)
                 rows.append([f"agent peak RSS ({what}), {ports:,} ports / 20 networks in view", str(len(rss)), "", "",
@@ -272,10 +332,12 @@ def run(opts: argparse.Namespace) -> Report:
             lab_rss = [in_sandbox(f"a.measure_lab_agent({ports}, 0, {sg!r}, {sub!r})", 900)  # type: ignore[index]
                        for _ in range(max(1, opts.rss_runs - 1))]
             mbs = [float(x["rss"]) for x in lab_rss]  # type: ignore[index]
+            now = [float(x["memory"]["rss"]) for x in lab_rss]  # type: ignore[index]
             medians[f"real `vxnet agent`, {what}"] = statistics.median(mbs)
             rows.append([f"real `vxnet agent` peak RSS, {ports:,} ports / 20 networks in view ({what})", str(len(mbs)),
                          "", "", f"{statistics.median(mbs):.1f} MB (max {max(mbs):.1f})",
-                         f"lab, real server; h1's FDB entries with a remote VTEP: {lab_rss[-1]['fdb']}"])  # type: ignore[index]
+                         (f"lab, real server; resident at the end {statistics.median(now):.1f} MB; h1's FDB entries "
+                          f"with a remote VTEP: {lab_rss[-1]['fdb']}")])  # type: ignore[index]
         except Exception as e:  # noqa: BLE001 - the table says what broke
             rows.append([f"real `vxnet agent` ({what})", "", "", "", "failed", f"{type(e).__name__}: {e}"[:400]])
     try:
@@ -309,14 +371,16 @@ def run(opts: argparse.Namespace) -> Report:
                  "on lab host namespaces of their own, so root tests elsewhere could not tear them down.")
     notes.append("RSS is the probe process' VmHWM: the Python interpreter, the agent, its view, the desired "
                  "state and the kernel cache; the probe talks to no server (the view comes as one snapshot). "
-                 "Only the probe row 'with the modules `vxnet agent` imports' also loads what that process loads besides the agent "
-                 "(its entry point vxnet.cli.main with typer and every sub-command module, typer's parameter "
-                 "adapters with pydantic, and httpx with the rich/pygments/click modules its own command line "
-                 "pulls in); the other rows leave them out. "
+                 "Only the probe rows 'with the modules `vxnet agent` imports' and 'as `vxnet agent`' also load what "
+                 "that process loads besides the agent (its entry point vxnet.cli.main and argparse command line "
+                 "vxnet.cli.agent, and httpx without its own command line; before December 2026 typer, every "
+                 "sub-command module and typer's pydantic adapters); the other rows leave them out. "
                  "The snapshot is handed over as Python objects (strings shared as the probe built them), "
                  "or as one JSON text decoded as agent/client.py decodes it (the realistic peak). "
-                 "The probe's view has no subnets, routers or gateway: the whole agent builds every feature but "
-                 "none has kernel work. The `real vxnet agent` rows are h1's agent of a 3-host lab (server on "
+                 "The probe's view has no subnets, routers or gateway (the whole agent builds every feature but "
+                 "none has kernel work), except in the row 'as `vxnet agent` with subnets, the default group and a "
+                 "resync': a /23 subnet per network, every port in a default group (remote-group rules, IPv4 and "
+                 "IPv6), then one forced resync pass, whose kernel read-back is part of the peak. The `real vxnet agent` rows are h1's agent of a 3-host lab (server on "
                  "the embedded store) after the ports were created through the API (bulk, 250 a request) and "
                  "applied as view updates; h2's and h3's agents are stopped once registered; no VM is "
                  "plugged; the default group's remote-group rule puts every port's address in the firewall's "

@@ -1,12 +1,21 @@
 """Run as a child process: an agent whose view holds N ports, applied to namespace argv[1]; prints
-its peak RSS in MB. The view arrives as one snapshot message through the agent's own code path."""
+its peak RSS in MB. The view arrives as one snapshot message through the agent's own code path.
+
+Arguments: NS N NETS [FEATURES [DELIVERY [IMPORTS [VIEW]]]] (see below). What it leaves out of a
+real `vxnet agent` process even with `cli` imports and the `cloud` view: the HTTP connection
+(the stream's and the heartbeat's buffers), the server's updates after the snapshot (the real
+process sees each batch of new ports as an update), the control socket and the log handlers'
+setup; its resync is one forced re-read of the kernel (a real agent's every 30 s).
+bench/agent_bench.py measures a real process beside it (`measure_lab_agent`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterator
 
+from vxnet import memprofile
 from vxnet.agent.core import Agent, AgentConfig
 from vxnet.heap import limit_malloc_arenas
 
@@ -22,12 +31,29 @@ DELIVERY = sys.argv[5] if len(sys.argv) > 5 else "dict"
 # `python -X importtime` of a real `vxnet agent` shows; the HTTP client, httpx), without talking
 # to a server.
 IMPORTS = sys.argv[6] if len(sys.argv) > 6 else "agent"
+# "plain": networks without subnets, ports whose group is not in the view (no firewall sets, no
+# DHCP; the figures before this argument); "cloud": what the lab's real agent sees: a /23
+# subnet per network (DHCP and metadata on it) and every port in the project's default
+# security group (ingress from the group itself, IPv4 and IPv6; egress anywhere), whose
+# remote-group rule puts every port's address in the firewall's sets; and then one resync
+# pass (the kernel re-read, as a real agent does every 30 s), whose read-back is part of the peak.
+VIEW = sys.argv[7] if len(sys.argv) > 7 else "plain"
 if IMPORTS == "cli":
-    import typer._adapters  # noqa: F401
+    # What `vxnet agent` loads besides the agent: its entry point and argparse command line
+    # (vxnet/cli/main.py, cli/agent.py, without typer since December 2026) and the HTTP client.
+    import vxnet.cli.main
+    from vxnet.cli import agent as cli_agent
 
-    import vxnet.agent.client
-    import vxnet.cli.main  # noqa: F401
+    if hasattr(cli_agent, "parser"):
+        cli_agent.skip_httpx_cli()
+        cli_agent.parser().parse_args(["--server", "http://192.0.2.1:9696", "--host", "h1", "--underlay-ip",
+                                       "198.51.100.1"])
+    else:   # a tree before December 2026 (old and new measured alike): typer, its adapters, every command
+        import typer._adapters  # noqa: F401
+    import vxnet.agent.client  # noqa: F401
 limit_malloc_arenas()       # as `vxnet agent` does
+PROFILE = memprofile.install()  # VXNET_MEMPROFILE set: a report at the end (a debugging aid, not for a figure)
+GROUP = "5ec0" + "0" * 28 + "0001"
 
 
 def view() -> dict:
@@ -44,7 +70,32 @@ def view() -> dict:
                       "status": "DOWN", "revision_number": 1, "name": "", "description": "", "admin_state_up": True,
                       "device_owner": "compute:nova", "device_id": "d" * 36, "project_id": "p" * 32,
                       "security_groups": ["g" * 36], "allowed_address_pairs": [], "tags": []}
-    return {"hosts": {f"h{i}": {"underlay_ip": f"198.51.100.{i}"} for i in (1, 2, 3)}, "networks": nets, "ports": ports}
+    out = {"hosts": {f"h{i}": {"underlay_ip": f"198.51.100.{i}"} for i in (1, 2, 3)}, "networks": nets, "ports": ports}
+    if VIEW == "cloud":
+        subnets = {}
+        for k, nid in enumerate(ids):
+            sid = f"{k:08x}-2222-4000-8000-000000000000"
+            subnets[sid] = {"id": sid, "network_id": nid, "ip_version": 4, "cidr": f"100.64.{2 * k}.0/23",
+                            "gateway_ip": f"100.64.{2 * k}.1", "enable_dhcp": True, "dns_nameservers": [],
+                            "host_routes": [], "allocation_pools": [{"start": f"100.64.{2 * k}.2",
+                                                                     "end": f"100.64.{2 * k + 1}.254"}]}
+            nets[nid]["subnets"] = [sid]
+        for i, (pid, p) in enumerate(ports.items()):
+            k = i % NETS
+            host_part = 2 + i // NETS
+            p["fixed_ips"] = [{"subnet_id": f"{k:08x}-2222-4000-8000-000000000000",
+                               "ip_address": f"100.64.{2 * k + host_part // 256}.{host_part % 256}"}]
+            p["security_groups"] = [GROUP]
+        rules = {}
+        for j, (direction, eth, remote) in enumerate((("ingress", "IPv4", GROUP), ("ingress", "IPv6", GROUP),
+                                                      ("egress", "IPv4", None), ("egress", "IPv6", None))):
+            rid = f"{j:08x}-3333-4000-8000-000000000000"
+            rules[rid] = {"id": rid, "security_group_id": GROUP, "direction": direction, "ethertype": eth,
+                          "protocol": None, "port_range_min": None, "port_range_max": None,
+                          "remote_ip_prefix": None, "remote_group_id": remote}
+        out.update(subnets=subnets, security_groups={GROUP: {"id": GROUP, "name": "default", "stateful": True}},
+                   security_group_rules=rules)
+    return out
 
 
 class Once:
@@ -79,8 +130,16 @@ a.start()
 assert a.wait_applied(1, timeout=120)
 r = a.last_result
 assert r is not None and not r.failed, r
+if VIEW == "cloud":         # one resync: every manager re-reads the kernel (the read-back's peak counts)
+    with a.applied:
+        n = a.passes
+        a.kernel_changed(True)
+        assert a.applied.wait_for(lambda: a.passes > n, 120)
+    assert a.last_result is not None and not a.last_result.failed, a.last_result
 # VmHWM, not getrusage's ru_maxrss: the latter keeps the high-water mark of the process image
 # before exec(), i.e. of the (large) pytest process this child was forked from.
 with open("/proc/self/status") as f:
     hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+if PROFILE:
+    memprofile.write(os.environ[memprofile.ENV])
 print(f"{hwm_kb / 1024:.1f} {r.diff.counts()} {r.seconds:.2f}")

@@ -21,7 +21,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from vxnet.compute import naming
-from vxnet.compute.diff import Diff
+from vxnet.compute.diff import Diff, against
 from vxnet.compute.state import Bridge, Fdb, Neigh, Plug, Vxlan
 from vxnet.dataplane.links_driver import LinkSnapshot
 
@@ -42,6 +42,7 @@ class FakeKernel:
         self.neighs: dict[Hashable, Neigh] = {}
         self.fail: set[object] = set()
         self.calls = 0                       # write operations (links and entries)
+        self.reads = 0                       # FDB/neighbour reads (a read against `expected` that misses one is read again)
         self._ifindex = itertools.count(10)
 
     # -- the hypervisor's part ---------------------------------------------------------------
@@ -67,11 +68,14 @@ class FakeKernel:
     def links(self, index: dict[str, int]) -> FakeLinks:
         return FakeLinks(self, dict(index))
 
-    def read_fdb(self, index: Mapping[str, int], taps: frozenset[str]) -> frozenset[Fdb]:
-        return frozenset(e for e in self.fdb.values() if naming.is_vxlan(e.dev) or e.dev in taps)
+    def read_fdb(self, index: Mapping[str, int], taps: frozenset[str],
+                 expected: frozenset[Fdb] | None = None) -> frozenset[Fdb] | None:
+        self.reads += 1
+        return against((e for e in self.fdb.values() if naming.is_vxlan(e.dev) or e.dev in taps), expected)
 
-    def read_neighs(self, index: Mapping[str, int]) -> frozenset[Neigh]:
-        return frozenset(e for e in self.neighs.values() if naming.is_bridge(e.dev))
+    def read_neighs(self, index: Mapping[str, int], expected: frozenset[Neigh] | None = None) -> frozenset[Neigh] | None:
+        self.reads += 1
+        return against((e for e in self.neighs.values() if naming.is_bridge(e.dev)), expected)
 
     def apply_entries(self, fdb: Diff[Fdb], neighs: Diff[Neigh], index: Mapping[str, int]) -> list[Fdb | Neigh]:
         failed: list[Fdb | Neigh] = []

@@ -18,7 +18,7 @@ SERVER_ONLY = ("pyroute2", "fastapi", "pydantic", "starlette", "uvicorn", "sqlit
 
 
 def _modules(code: str) -> set[str]:
-    r = subprocess.run([sys.executable, "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+    r = subprocess.run([sys.executable, "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))"],
                        capture_output=True, text=True, timeout=120, check=True)
     return set(json.loads(r.stdout.strip().splitlines()[-1]))
 
@@ -48,3 +48,16 @@ def test_features_load_gateway_and_bfd_code_only_when_configured() -> None:
     assert [m for m in compute_host if m.split(".")[0] == "pyroute2" or m == "vxnet.dataplane.router_driver"] == []
     gateway_host = _modules(build.format(gw=True))
     assert {"vxnet.agent.gateway", "vxnet.dataplane.gateway_driver"} <= gateway_host
+
+
+def test_vxnet_agent_command_loads_no_typer_pydantic_or_other_commands() -> None:
+    # The real entry point with arguments that fail after the agent's imports (BGP without
+    # --gateway): what a running `vxnet agent` has loaded besides its view and features.
+    mods = _modules("import sys\nsys.argv = ['vxnet', 'agent', '--server', 'http://192.0.2.1:1', '--host', 'h1',\n"
+                    "            '--underlay-ip', '198.51.100.1', '--bgp-as', '65001']\n"
+                    "from vxnet.cli.main import main\n"
+                    "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 2, e.code")
+    assert {"vxnet.agent.core", "vxnet.agent.client", "httpx"} <= mods
+    cli_only = ("typer", "pydantic", "pydantic_core", "click", "rich", "pygments", "vxnet.cli.app", "vxnet.store",
+                "vxnet.cli.lab", "vxnet.cli.trace", "httpx._main")
+    assert sorted(m for m in mods if m in cli_only or m.split(".")[0] in ("typer", "pydantic", "rich", "click")) == []

@@ -193,10 +193,26 @@ def test_remote_group_members_follow_ports() -> None:
     sg1, sg2 = fw.tables[1], fw2.tables[1]
     # Only the set's elements differ: the chains are the same objects' equals.
     assert sg1.chains == sg2.chains and sg1.sets != sg2.sets
-    assert diff_table(sg1, sg2) == [(f"add element inet vxnet_sg rg_{G2.replace('-', '')} "
-                                    "{ 192.0.2.16, 203.0.113.0/24 }")]
-    assert diff_table(sg2, sg1) == [(f"delete element inet vxnet_sg rg_{G2.replace('-', '')} "
-                                    "{ 192.0.2.16, 203.0.113.0/24 }")]
+    rg = f"rg_{G2.replace('-', '')}"
+    # Addresses only: a plain (hash) set; with a prefix member an interval set. The change of
+    # kind re-makes the set in the same transaction: the chains naming it are flushed before
+    # and refilled after; nothing else of the table is touched.
+    assert {s.name: s.flags for s in sg1.sets}[rg] == "" and {s.name: s.flags for s in sg2.sets}[rg] == "interval"
+    users = [c for c in sg2.chains if any(f"@{rg}" in r.text for r in c.rules)]
+    assert len(users) == 1 and users[0].name.startswith("gi_")      # the group chain whose rule names G2
+    refill = [f"add rule inet vxnet_sg {users[0].name} {r.text}" for r in users[0].rules]
+    assert diff_table(sg1, sg2) == [f"flush chain inet vxnet_sg {users[0].name}", f"delete set inet vxnet_sg {rg}",
+                                    f"add set inet vxnet_sg {rg} {{ type ipv4_addr; flags interval; }}",
+                                    f"add element inet vxnet_sg {rg} {{ 192.0.2.12, 192.0.2.16, 203.0.113.0/24 }}",
+                                    *refill]
+    assert diff_table(sg2, sg1) == [f"flush chain inet vxnet_sg {users[0].name}", f"delete set inet vxnet_sg {rg}",
+                                    f"add set inet vxnet_sg {rg} {{ type ipv4_addr; }}",
+                                    f"add element inet vxnet_sg {rg} {{ 192.0.2.12 }}", *refill]
+    # Within one kind, a member change is one element command.
+    fw3 = compute_firewall(view([*ports, port("p6000000-0000-4000-8000-000000000006", "192.0.2.16", host="h3",
+                                                 groups=(G2,))]), "h1")
+    assert diff_table(sg1, fw3.tables[1]) == [f"add element inet vxnet_sg {rg} {{ 192.0.2.16 }}"]
+    assert diff_table(fw3.tables[1], sg1) == [f"delete element inet vxnet_sg {rg} {{ 192.0.2.16 }}"]
 
 
 def test_decide_names_the_deciding_rule() -> None:
@@ -599,3 +615,32 @@ def test_port_security_evaluation_covers_ipv6_sources() -> None:
     # IPv4 unchanged
     assert ps(fw, P1, own, Packet("192.0.2.11", "192.0.2.12", 6, 40000, 22)) == ("accept", "mark")
     assert ps(fw, P1, own, Packet("192.0.2.99", "192.0.2.12", 6, 40000, 22)) == ("drop", "spoof-ip")
+
+
+def test_group_members_equal_the_collapsed_port_addresses() -> None:
+    # group_members (no per-port caches, canonical addresses shared) == what the sets held before:
+    # collapse/collapse6 of every member port's fixed IPs and pairs, whatever the notation.
+    import socket
+
+    from vxnet.compute.firewall import collapse, collapse6, group_members, port_addresses, port_addresses6
+    from vxnet.model import parse_view
+
+    addrs = ["192.0.2.21", "192.0.2.22/32", "198.51.100.0/25", "198.51.100.7", "2001:db8::1", "2001:DB8:0::2",
+             "2001:db8::3/128", "2001:db8:1::/64", "2001:db8:1::9", "not-an-address", "", "::ffff:192.0.2.9",
+             "100.64.0.1/10", "100.64.3.4"]
+    ports = [port(f"p{i:07d}-0000-4000-8000-00000000000{i % 10}", "192.0.2.100", host="h2", groups=(G2,),
+                  fixed_ips=[{"subnet_id": "s", "ip_address": a}],
+                  allowed_address_pairs=[{"ip_address": addrs[(i + 3) % len(addrs)]}])
+             for i, a in enumerate(addrs)]
+    ports.append(port("p9999999-0000-4000-8000-000000000009", "192.0.2.200", host="h2", groups=(G1,)))
+    v = parse_view(view(ports))
+    members = list(v.ports.values())
+    want4 = collapse(a for p in members if G2 in p.security_groups for _, a in port_addresses(p))
+    want6 = collapse6(a for p in members if G2 in p.security_groups for _, a in port_addresses6(p, False))
+    assert group_members(members, G2, socket.AF_INET) == want4
+    assert group_members(members, G2, socket.AF_INET6) == want6
+    assert "192.0.2.200" not in want4 and "100.64.0.0/10" in want4 and "2001:db8:1::/64" in want6
+    # a canonical address is the port's own string, not a copy
+    plain = next(p for p in members if p.fixed_ips and p.fixed_ips[0].ip_address == "198.51.100.7")
+    got = group_members([plain], G2, socket.AF_INET)
+    assert any(m is plain.fixed_ips[0].ip_address for m in got)

@@ -40,6 +40,10 @@ def test_sigusr2_writes_where_memory_goes(tmp_path: Path) -> None:
     top = text.split("== by lineno")[1].splitlines()[1]
     assert "<string>:5" in top and float(top.split()[0]) > 15, text[:800]
     assert "== gc objects by type" in text and ("malloc: heap" in text or not GLIBC_STATS)
+    # the process view (agent or server): the peak, memory by kind, the threads; pymalloc's
+    # statistics only without tracing (tracemalloc replaces the allocator)
+    assert "peak rss (VmHWM)" in text and "file-backed" in text and "threads 1: " in text
+    assert "pymalloc: no statistics while tracemalloc traces" in text
 
 
 def test_frames_zero_traces_nothing(tmp_path: Path) -> None:
@@ -47,4 +51,6 @@ def test_frames_zero_traces_nothing(tmp_path: Path) -> None:
     (f,) = tmp_path.glob("p-*-1.txt")
     text = f.read_text()
     assert text.startswith("rss ") and "== by lineno" not in text and "== gc objects" not in text
+    pym = next(line for line in text.splitlines() if line.startswith("pymalloc: "))
+    assert int(pym.split()[1]) > 0 and float(pym.split("in live blocks ")[1].split()[0]) > 0.5, pym
     assert "malloc: heap" in text or not GLIBC_STATS

@@ -70,3 +70,11 @@ def test_skeleton_keeps_rules_and_drops_elements() -> None:
     counted = nft_image.parse(LISTING.replace("ip dscp set af31", "ip dscp set af31 counter packets 7 bytes 420"))
     zero = nft_image.parse(LISTING.replace("ip dscp set af31", "ip dscp set af31 counter packets 0 bytes 0"))
     assert counted == zero and counted != image               # a counter's value is no difference
+
+
+def test_set_flags_of_a_listing() -> None:
+    # what the driver's adoption compares besides elements: a set of another kind is rewritten
+    from vxnet.dataplane.nft_driver import set_flags
+
+    assert set_flags(LISTING) == {"steer": "", "m": "", "s": "interval", "e": "interval"}
+    assert set_flags(LISTING.replace("\t\tflags interval\n\t\telements = { 192.0.2.31", "\t\telements = { 192.0.2.31"))["s"] == ""

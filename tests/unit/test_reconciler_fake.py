@@ -125,3 +125,42 @@ def test_a_held_tap_is_not_plugged_until_released_and_a_plugged_one_stays() -> N
     assert not any(e.dev == tap[new] for e in k.read_fdb(k.read_links().index, frozenset(plugged)))
     res = rec.reconcile(want)                                             # released
     assert tap[new] in {p.tap for p in k.read_links().taps if p.bridge} and new in res.active
+
+
+def test_a_full_read_of_a_right_kernel_holds_no_copy_and_drift_is_still_found() -> None:
+    # compute.diff.against: a resync of a kernel that holds what is wanted reads it "against" the
+    # desired sets and keeps those (no kernel-read copy); a missing entry is read again and made,
+    # an extra one deleted.
+    k = kernel()
+    rec = Reconciler(ME, kernel=k)
+    want = desired(POOL)
+    rec.reconcile(want)
+    rec.invalidate()
+    reads = k.reads
+    res = rec.reconcile(want)
+    assert res.full_read and res.diff.counts()["fdb"] == 0 and res.diff.counts()["neighs"] == 0
+    assert k.reads == reads + 2                               # one FDB and one neighbour read
+    assert rec._entries is not None and rec._entries[1] is want.neighs   # the desired set itself
+    gone = next(iter(want.neighs))
+    del k.neighs[gone.key]                                    # drift: someone deleted an entry
+    extra = Neigh(gone.dev, "192.0.2.250", "02:00:00:00:0f:0f")
+    k.neighs[extra.key] = extra                               # ... and added one of ours' kind
+    rec.invalidate()
+    reads = k.reads
+    res = rec.reconcile(want)
+    assert k.reads == reads + 3                               # the neighbour read missed one: read again
+    assert res.diff.neighs.create == (gone,) and res.diff.neighs.delete == (extra,)
+    assert held(k, want) == want
+
+
+def test_against_counts_every_expected_entry() -> None:
+    from vxnet.compute.diff import against
+
+    a, b, c = (Neigh("vxb-x", f"192.0.2.{i}", "02:00:00:00:00:01") for i in (1, 2, 3))
+    exp = frozenset({a, b})
+    assert against([a, b], exp) is exp
+    assert against([b, a, c], exp) == {a, b, c}
+    assert against([a, a, c], exp) is None          # b missing: a duplicate of a does not count twice
+    assert against([a, c], exp) is None
+    assert against([a, c], None) == {a, c}
+    assert against([], frozenset()) == frozenset()

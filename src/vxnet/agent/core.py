@@ -95,16 +95,24 @@ def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: flo
     trace_log.info("host=%s trace %s", host, json.dumps(doc, separators=(",", ":")))
 
 
+_malloc_trim: Any = None
+
+
 def release_freed_memory() -> None:
     """Give the pages glibc's malloc holds free back to the kernel (`malloc_trim`). After a
     large snapshot is parsed, its decoded objects are freed but their heap pages would stay
-    resident beside the typed view (about 1 MB with 10,000 ports). Best effort (glibc only)."""
-    import ctypes
+    resident beside the typed view (about 1 MB with 10,000 ports); after a pass, what its
+    temporary objects used. Best effort (glibc only)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
 
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 class ControlPlane(Protocol):
@@ -316,8 +324,13 @@ class Agent:
                 if f.name in first:
                     fresults[f.name] = self._timed_feature(f, desired, timings)
             hold = frozenset().union(*(r.hold for r in fresults.values()))
+            whole = invalidated or self._last_desired is None     # a pass over everything (start, resync)
+            if whole:
+                release_freed_memory()    # the firewall's transaction and listing: not on top of the L2 pass
             wall_fw, cpu_fw = time.time(), time.thread_time()
             result = self.reconciler.reconcile(desired.l2, hold)
+            if whole:
+                release_freed_memory()    # the kernel read and the netlink batches: not on top of the features
             wall_l2, cpu_l2 = time.time(), time.thread_time()
             timings["l2"] = result.seconds
             timings["plug_path"] = time.perf_counter() - t0
@@ -375,6 +388,12 @@ class Agent:
             self.applied.notify_all()
         if result.failed:
             self._retry_later()
+        if invalidated or not unchanged:
+            # After the pass's work (its port-up path is done and notified): the pages its
+            # temporary objects (netlink batches, nft texts and listings, libnftables' parse)
+            # left free go back to the kernel. ~0.5 ms when there is something to give back;
+            # with 10,000 ports in view it keeps ~10-15 MB off the agent's resident memory.
+            release_freed_memory()
         return result
 
     def _may_plug(self, desired: HostDesired) -> bool:

@@ -70,8 +70,11 @@ class Kernel(Protocol):
 
     def read_links(self) -> LinkSnapshot: ...
     def links(self, index: dict[str, int]) -> LinkOps: ...
-    def read_fdb(self, index: Mapping[str, int], taps: frozenset[str]) -> frozenset[Fdb]: ...
-    def read_neighs(self, index: Mapping[str, int]) -> frozenset[Neigh]: ...
+    # With `expected` (the desired entries): `compute.diff.against` (None: read again without).
+    def read_fdb(self, index: Mapping[str, int], taps: frozenset[str],
+                 expected: frozenset[Fdb] | None = None) -> frozenset[Fdb] | None: ...
+    def read_neighs(self, index: Mapping[str, int], expected: frozenset[Neigh] | None = None
+                    ) -> frozenset[Neigh] | None: ...
     def apply_entries(self, fdb: Diff[Fdb], neighs: Diff[Neigh], index: Mapping[str, int]) -> list[Fdb | Neigh]: ...
     def close(self) -> None: ...
 
@@ -125,12 +128,18 @@ class Reconciler:
 
         full_read = self._entries is None
         plugged_before = frozenset(p.tap for p in have_plugs if naming.is_bridge(p.bridge))
+        plugged = frozenset(p.tap for p in want_plugs)
+        unplugged = [e for e in desired.fdb if naming.is_plug(e.dev) and e.dev not in plugged]
+        want_fdb = desired.fdb.difference(unplugged) if unplugged else desired.fdb
         if self._entries is None:
             index = k.read_links().index if not (d_br.empty and d_vx.empty) else links.index
-            self._entries = (k.read_fdb(index, plugged_before), k.read_neighs(index))
+            # Read against what is wanted: a kernel that holds it costs no copy of its entries
+            # (compute.diff.against); a tap plugged only now has no entries to read yet.
+            fdb = k.read_fdb(index, plugged_before, want_fdb if plugged <= plugged_before else None)
+            neighs = k.read_neighs(index, desired.neighs)
+            self._entries = (fdb if fdb is not None else k.read_fdb(index, plugged_before),
+                             neighs if neighs is not None else k.read_neighs(index))   # type: ignore[assignment]
         have_fdb, have_neigh = self._entries
-        plugged = frozenset(p.tap for p in want_plugs)
-        want_fdb = frozenset(e for e in desired.fdb if not naming.is_plug(e.dev) or e.dev in plugged)
         d_fdb = diff(want_fdb, have_fdb)
         d_nb = diff(desired.neighs, have_neigh)
         on_tap = lambda e: naming.is_plug(e.dev)
@@ -140,7 +149,13 @@ class Reconciler:
         phases.append(("plugs", time.perf_counter() - t0))
         failed_entries += k.apply_entries(d_fdb.without(lambda e: not on_tap(e)), Diff(), drv.index)
         phases.append(("tap_entries", time.perf_counter() - t0))
-        self._entries = (apply(have_fdb, d_fdb, failed_entries), apply(have_neigh, d_nb, failed_entries))
+        if failed_entries:
+            self._entries = (apply(have_fdb, d_fdb, failed_entries), apply(have_neigh, d_nb, failed_entries))
+        else:
+            # The kernel now holds exactly what was wanted (the diff's contract): the cache is the
+            # desired sets themselves, not a rebuilt copy of their 30,000 entries (and a full
+            # read's kernel objects are let go at once).
+            self._entries = (want_fdb, desired.neighs)
 
         drv.apply_down(d_br, d_vx, d_pl)
         failed = tuple(drv.failed) + tuple(failed_entries)

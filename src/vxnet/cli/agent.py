@@ -1,15 +1,26 @@
-"""`vxnet agent`: the host agent (runs in the host's network namespace, as root)."""
+"""`vxnet agent`: the host agent (runs in the host's network namespace, as root).
 
-from __future__ import annotations
+Its command line is parsed with argparse (standard library): `vxnet.cli.main` runs `vxnet agent`
+without loading typer, pydantic or the other sub-commands' modules (the agent is a long-running
+process on every host: what it imports stays resident). The typer app lists the command and
+hands its arguments here (`register`). Options, defaults and environment variables are those of
+`vxnet agent --help`; a usage error exits with status 2, as every other command.
+"""
 
+import argparse
 import logging
+import os
 import signal
+import sys
 import tomllib
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
 DEFAULT_CONTROL_SOCKET = "/run/vxnet/agent.sock"
+HELP = "Run the host agent: watch this host's view and converge the kernel to it."
 
 
 def agent_settings(path: str | None) -> dict[str, Any]:
@@ -27,111 +38,149 @@ def agent_settings(path: str | None) -> dict[str, Any]:
     return dict(table)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the `agent` command to the main CLI."""
+def parser() -> argparse.ArgumentParser:
+    """The `vxnet agent` command line."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="vxnet agent", description=HELP)
+    a = p.add_argument
+    a("--server", required=True, help="server URL(s), comma-separated, tried in order (failover)")
+    a("--host", required=True, help="this host's name (binding:host_id of its ports)")
+    a("--underlay-ip", required=True, help="this host's VTEP address on the underlay")
+    a("--user", default=env("VXNET_AGENT_USER", "vxnet-agent"), help="service user [env VXNET_AGENT_USER]")
+    a("--password", default=env("VXNET_AGENT_PASSWORD", "vxnet-agent-pw"),
+      help="service user's password (prefer the environment variable VXNET_AGENT_PASSWORD: a command line is "
+           "visible to every user of the host)")
+    a("--project", default=env("VXNET_AGENT_PROJECT", "service"),
+      help="service user's project [env VXNET_AGENT_PROJECT]")
+    a("--gateway", action=argparse.BooleanOptionalAction, default=False,
+      help="this host is a gateway host (SNAT, floating IPs)")
+    a("--external-interface", action="append", metavar="[PHYSNET:]IF",
+      help="gateway hosts: PHYSNET:IF, the interface of a physical network's external networks (flat: the "
+           "interface itself, VLAN: a VLAN device on it); repeatable. A bare IF is the interface of physical "
+           "network 'external' (or else the first flat external network)")
+    a("--bgp-as", type=int, help="gateway hosts: this host's BGP AS number; with --bgp-peer, announce floating "
+                                 "IPs and gateway addresses (FRR bgpd)")
+    a("--bgp-peer", action="append", metavar="ADDRESS:AS",
+      help="gateway hosts: an upstream BGP router, ADDRESS:AS (repeatable)")
+    a("--bgp-router-id", help="BGP router id (default: --underlay-ip)")
+    a("--bgp-dir", help="bgpd's state directory (config, pid file, vty socket; default /run/vxnet/bgp-HOST)")
+    a("--dhcp-lease-time", type=int, default=86400, help="DHCP lease time in seconds (VMs renew at half)")
+    a("--bfd", action=argparse.BooleanOptionalAction, default=False,
+      help="BFD (FRR bfdd, 100 ms x 3) to gateway hosts: gateway failover in under a second, without waiting "
+           "for the store's lease")
+    a("--bfd-dir", help="bfdd's sockets and pid file (default /run/vxnet/bfd-HOST)")
+    a("--metrics-listen", metavar="HOST:PORT", help="HOST:PORT for Prometheus /metrics")
+    a("--resync", type=float, default=30.0, help="seconds between drift-repair resyncs (default 30)")
+    a("--log-level", help="log level (default: the config file's, else info)")
+    a("--log-format", help="text or json (default: the config file's, else text)")
+    a("--config", help="TOML file with an [agent] table: log_level, log_format (SIGHUP re-reads log_level), "
+                       "and a [metadata] table: nova_metadata_url, shared_secret or shared_secret_file, timeout")
+    a("--control-socket", default=DEFAULT_CONTROL_SOCKET,
+      help=f"unix socket where `vxnet doctor --local` reaches this agent (\"\" = none; default "
+           f"{DEFAULT_CONTROL_SOCKET})")
+    return p
 
-    @app.command()
-    def agent(
-        server: str = typer.Option(..., help="server URL(s), comma-separated, tried in order (failover)"),
-        host: str = typer.Option(..., help="this host's name (binding:host_id of its ports)"),
-        underlay_ip: str = typer.Option(..., help="this host's VTEP address on the underlay"),
-        user: str = typer.Option("vxnet-agent", envvar="VXNET_AGENT_USER", help="service user"),
-        password: str = typer.Option("vxnet-agent-pw", envvar="VXNET_AGENT_PASSWORD",
-                                     help="service user's password (prefer the environment variable: "
-                                          "a command line is visible to every user of the host)"),
-        project: str = typer.Option("service", envvar="VXNET_AGENT_PROJECT", help="service user's project"),
-        gateway: bool = typer.Option(False, help="this host is a gateway host (SNAT, floating IPs)"),
-        external_interface: list[str] = typer.Option(  # noqa: B008
-            None, help="gateway hosts: PHYSNET:IF, the interface of a physical network's external networks "
-                       "(flat: the interface itself, VLAN: a VLAN device on it); repeatable. A bare IF is the "
-                       "interface of physical network 'external' (or else the first flat external network)"),
-        bgp_as: int = typer.Option(None, help="gateway hosts: this host's BGP AS number; with --bgp-peer, "
-                                              "announce floating IPs and gateway addresses (FRR bgpd)"),
-        bgp_peer: list[str] = typer.Option(None, help="gateway hosts: an upstream BGP router, "  # noqa: B008
-                                                      "ADDRESS:AS (repeatable)"),
-        bgp_router_id: str = typer.Option(None, help="BGP router id (default: --underlay-ip)"),
-        bgp_dir: str = typer.Option(None, help="bgpd's state directory (config, pid file, vty socket; "
-                                               "default /run/vxnet/bgp-HOST)"),
-        dhcp_lease_time: int = typer.Option(86400, help="DHCP lease time in seconds (VMs renew at half)"),
-        bfd: bool = typer.Option(False, help="BFD (FRR bfdd, 100 ms x 3) to gateway hosts: gateway failover "
-                                 "in under a second, without waiting for the store's lease"),
-        bfd_dir: str = typer.Option(None, help="bfdd's sockets and pid file (default /run/vxnet/bfd-HOST)"),
-        metrics_listen: str = typer.Option(None, help="HOST:PORT for Prometheus /metrics"),
-        resync: float = typer.Option(30.0, help="seconds between drift-repair resyncs"),
-        log_level: str = typer.Option(None, help="log level (default: the config file's, else info)"),
-        log_format: str = typer.Option(None, help="text or json (default: the config file's, else text)"),
-        config: str = typer.Option(None, help="TOML file with an \\[agent] table: log_level, log_format "
-                                              "(SIGHUP re-reads log_level), and a \\[metadata] table: "
-                                              "nova_metadata_url, shared_secret or shared_secret_file, timeout"),
-        control_socket: str = typer.Option(DEFAULT_CONTROL_SOCKET, help="unix socket where `vxnet doctor --local` "
-                                                                        "reaches this agent (\"\" = none)"),
-    ) -> None:
-        """Run the host agent: watch this host's view and converge the kernel to it."""
-        from vxnet.agent.client import make_control_plane
-        from vxnet.agent.core import Agent, AgentConfig
-        from vxnet.heap import limit_malloc_arenas
 
-        limit_malloc_arenas()
-        from vxnet.compute.gateway import parse_external_interfaces
+def skip_httpx_cli() -> None:
+    """Keep httpx's own command line out of this process: the httpx package imports it
+    (`httpx._main`: click, rich, pygments; ~4 MB resident) whenever those are installed, as
+    they are here for typer. Marking the module absent makes httpx define its stub `main`
+    instead; the agent never runs httpx's command line. No effect once httpx is imported."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[assignment]
 
-        ext_spec = ",".join(i.strip() for i in external_interface or ()) or None
+
+def _fail(message: str) -> int:
+    print(f"vxnet agent: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run `vxnet agent` with these arguments (after the word `agent`); the exit status."""
+    o = parser().parse_args(list(argv))     # a usage error exits with status 2
+    server, host, underlay_ip, user, password, project = (
+        o.server, o.host, o.underlay_ip, o.user, o.password, o.project)
+    gateway, external_interface, bgp_as, bgp_peer, bgp_router_id, bgp_dir = (
+        o.gateway, o.external_interface, o.bgp_as, o.bgp_peer, o.bgp_router_id, o.bgp_dir)
+    dhcp_lease_time, bfd, bfd_dir, metrics_listen, resync, log_level, log_format, config, control_socket = (
+        o.dhcp_lease_time, o.bfd, o.bfd_dir, o.metrics_listen, o.resync, o.log_level, o.log_format, o.config, o.control_socket)
+    skip_httpx_cli()
+    from vxnet import memprofile
+    from vxnet.agent.client import make_control_plane
+    from vxnet.agent.core import Agent, AgentConfig
+    from vxnet.heap import limit_malloc_arenas
+
+    limit_malloc_arenas()
+    memprofile.install()  # only with VXNET_MEMPROFILE set: a debugging aid
+    from vxnet.compute.gateway import parse_external_interfaces
+
+    ext_spec = ",".join(i.strip() for i in external_interface or ()) or None
+    try:
+        parse_external_interfaces(ext_spec)
+    except ValueError as e:
+        return _fail(f"--external-interface: {e}")
+    bgp = None
+    if bgp_as is not None or bgp_peer:
+        from vxnet.dataplane.bgp import BgpConfig, parse_peer
+
         try:
-            parse_external_interfaces(ext_spec)
+            if not gateway or bgp_as is None or not bgp_peer:
+                raise ValueError("BGP needs --gateway, --bgp-as and at least one --bgp-peer")
+            bgp = BgpConfig(bgp_as, bgp_router_id or underlay_ip, tuple(parse_peer(p) for p in bgp_peer),
+                            bgp_dir or f"/run/vxnet/bgp-{host}")
         except ValueError as e:
-            typer.echo(f"vxnet agent: --external-interface: {e}", err=True)
-            raise typer.Exit(2) from None
-        bgp = None
-        if bgp_as is not None or bgp_peer:
-            from vxnet.dataplane.bgp import BgpConfig, parse_peer
+            return _fail(str(e))
 
-            try:
-                if not gateway or bgp_as is None or not bgp_peer:
-                    raise ValueError("BGP needs --gateway, --bgp-as and at least one --bgp-peer")
-                bgp = BgpConfig(bgp_as, bgp_router_id or underlay_ip, tuple(parse_peer(p) for p in bgp_peer),
-                                bgp_dir or f"/run/vxnet/bgp-{host}")
-            except ValueError as e:
-                typer.echo(f"vxnet agent: {e}", err=True)
-                raise typer.Exit(2) from None
+    from vxnet import logsetup
+    from vxnet.config import ConfigError, load_metadata
 
-        from vxnet import logsetup
-        from vxnet.config import ConfigError, load_metadata
+    try:
+        settings = agent_settings(config)
+        metadata = load_metadata(config)
+        logsetup.configure(log_level or settings.get("log_level") or "info",
+                           log_format or settings.get("log_format") or "text")
+    except (OSError, ValueError, ConfigError) as e:
+        return _fail(str(e))
+    if config:
+        logsetup.reload_on_sighup(lambda: agent_settings(config).get("log_level"))
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if metrics_listen:
+        from prometheus_client import start_http_server
+
+        mhost, _, mport = metrics_listen.rpartition(":")
+        start_http_server(int(mport), addr=mhost.strip("[]") or "127.0.0.1")
+    control = make_control_plane([s.strip() for s in server.split(",") if s.strip()], host, underlay_ip,
+                                 user, password, project, gateway, ext_spec)
+    a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
+                          external_interface=ext_spec, dhcp_lease_time=dhcp_lease_time,
+                          metadata=metadata, bfd=bfd, bfd_dir=bfd_dir, bgp=bgp),
+              control)
+    local = None
+    if control_socket:
+        from vxnet.agent.control import ControlSocket
 
         try:
-            settings = agent_settings(config)
-            metadata = load_metadata(config)
-            logsetup.configure(log_level or settings.get("log_level") or "info",
-                               log_format or settings.get("log_format") or "text")
-        except (OSError, ValueError, ConfigError) as e:
-            typer.echo(f"vxnet agent: {e}", err=True)
-            raise typer.Exit(2) from None
-        if config:
-            logsetup.reload_on_sighup(lambda: agent_settings(config).get("log_level"))
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        if metrics_listen:
-            from prometheus_client import start_http_server
+            local = ControlSocket(control_socket, lambda repair: a.doctor(repair))
+        except OSError as e:    # not fatal: only `vxnet doctor --local` needs it
+            logging.getLogger("vxnet.agent").warning("control socket %s: %s (vxnet doctor --local cannot "
+                                                     "reach this agent)", control_socket, e)
+    signal.signal(signal.SIGTERM, lambda *_: a.stop())
+    try:
+        a.run()
+    except KeyboardInterrupt:
+        a.stop()
+    finally:
+        if local is not None:
+            local.close()
+    return 0
 
-            mhost, _, mport = metrics_listen.rpartition(":")
-            start_http_server(int(mport), addr=mhost.strip("[]") or "127.0.0.1")
-        control = make_control_plane([s.strip() for s in server.split(",") if s.strip()], host, underlay_ip,
-                                     user, password, project, gateway, ext_spec)
-        a = Agent(AgentConfig(host=host, underlay_ip=underlay_ip, resync_interval=resync, gateway=gateway,
-                              external_interface=ext_spec, dhcp_lease_time=dhcp_lease_time,
-                              metadata=metadata, bfd=bfd, bfd_dir=bfd_dir, bgp=bgp),
-                  control)
-        local = None
-        if control_socket:
-            from vxnet.agent.control import ControlSocket
 
-            try:
-                local = ControlSocket(control_socket, lambda repair: a.doctor(repair))
-            except OSError as e:    # not fatal: only `vxnet doctor --local` needs it
-                logging.getLogger("vxnet.agent").warning("control socket %s: %s (vxnet doctor --local cannot "
-                                                         "reach this agent)", control_socket, e)
-        signal.signal(signal.SIGTERM, lambda *_: a.stop())
-        try:
-            a.run()
-        except KeyboardInterrupt:
-            a.stop()
-        finally:
-            if local is not None:
-                local.close()
+def register(app: "typer.Typer") -> None:
+    """List `agent` in the typer app, which hands its arguments (and `--help`) to `main`."""
+    import typer  # here, not at the top: `vxnet agent` runs without it (a real annotation below:
+                    # typer reads the command's signature, so no `from __future__ import annotations`)
+
+    @app.command(help=HELP, add_help_option=False,
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def agent(ctx: typer.Context) -> None:
+        raise typer.Exit(main(ctx.args))

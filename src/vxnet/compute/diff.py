@@ -55,7 +55,7 @@ def diff(desired: Iterable[T], actual: Iterable[T]) -> Diff[T]:
     """
     want = desired if isinstance(desired, frozenset | set) else frozenset(desired)
     have = actual if isinstance(actual, frozenset | set) else frozenset(actual)
-    if want == have:
+    if want is have or want == have:    # the same set (the agent's applied cache): no walk
         return Diff()
     new = {e.key: e for e in want - have}
     old = {e.key: e for e in have - want}
@@ -63,6 +63,28 @@ def diff(desired: Iterable[T], actual: Iterable[T]) -> Diff[T]:
     update = tuple(sorted(((old[k], new[k]) for k in new.keys() & old.keys()), key=lambda p: repr(p[0].key)))
     delete = tuple(sorted((old[k] for k in old.keys() - new.keys()), key=lambda e: repr(e.key)))
     return Diff(create, update, delete)
+
+
+def against(entries: Iterable[T], expected: frozenset[T] | None) -> frozenset[T] | None:
+    """Entries read from the kernel as a set, without a second copy of the ones `expected` (the
+    desired set the read will be compared with): when every expected entry was read, `expected`
+    itself (with the other entries read added, if any); None when one was not (the caller reads
+    again without `expected`). `expected` None: all the entries. A resync of a host whose kernel
+    is right then holds no kernel-read copy of its 30,000 FDB/neighbour entries, and the diff
+    that follows is an identity check. Entries are counted by hash (a collision only makes the
+    caller read again)."""
+    if expected is None:
+        return frozenset(entries)
+    seen: set[int] = set()
+    others: set[T] = set()
+    for e in entries:
+        if e in expected:
+            seen.add(hash(e))
+        else:
+            others.add(e)
+    if len(seen) != len(expected):
+        return None
+    return expected.union(others) if others else expected
 
 
 def apply(actual: Iterable[T], d: Diff[T], failed: Iterable[T] = ()) -> frozenset[T]:

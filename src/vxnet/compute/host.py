@@ -76,11 +76,13 @@ def _gateway(v: View, spec: HostSpec) -> GatewayDesired:
     return compute_gateway(v, spec.host, spec.external_interface) if spec.gateway else GatewayDesired()
 
 
-def _assemble(overlay: HostState, fw: Firewall, routing: RoutingState, dhcp: DhcpState,
+def _assemble(overlay: HostState | tuple[HostState, ...], fw: Firewall, routing: RoutingState, dhcp: DhcpState,
               gateway: GatewayDesired, qos: QosState, metadata: MetadataState | None = None) -> HostDesired:
-    # The firewall and QoS act on taps and own no bridge port: no L2 part.
+    # The firewall and QoS act on taps and own no bridge port: no L2 part. `overlay`: the L2
+    # state, or its per-network parts (merged here once, with the features' parts).
     meta = metadata or MetadataState()
-    return HostDesired(merge([overlay, routing.l2, dhcp.l2, gateway.l2, meta.l2]), fw, routing, dhcp, gateway, qos,
+    parts = overlay if isinstance(overlay, tuple) else (overlay,)
+    return HostDesired(merge([*parts, routing.l2, dhcp.l2, gateway.l2, meta.l2]), fw, routing, dhcp, gateway, qos,
                        meta)
 
 
@@ -114,7 +116,7 @@ class HostComputer:
             t[f"compute_{name}"] = time.perf_counter() - t0
             return out
 
-        overlay = timed("l2", lambda: self.l2.compute(v))
+        overlay = timed("l2", lambda: self.l2.parts(v))     # per network; merged once in _assemble
         fw = timed("firewall", lambda: self._parts.get(
             "firewall", tuple(v.bucket(k) for k in FIREWALL_INPUTS), lambda: compute_firewall(v, spec.host)))
         routing = timed("routing", lambda: self._parts.get(
@@ -128,5 +130,5 @@ class HostComputer:
             "metadata", tuple(v.bucket(k) for k in METADATA_INPUTS), lambda: compute_metadata(v, spec.host)))
         self.timings = t
         self._merged.begin()
-        return self._merged.get("all", (overlay, fw, routing, dhcp, gateway, qos, meta),
+        return self._merged.get("all", (*overlay, fw, routing, dhcp, gateway, qos, meta),
                                 lambda: _assemble(overlay, fw, routing, dhcp, gateway, qos, meta))

@@ -60,8 +60,13 @@ class PartsMemo(Generic[T, R]):
         """Parts recomputed by the last call."""
         return self._parts.recomputed
 
-    def compute(self, parts: Iterable[Part[T]]) -> R:
+    def parts(self, parts: Iterable[Part[T]]) -> tuple[T, ...]:
+        """The parts alone (each the same object while its inputs are), not combined: for a
+        caller that combines them with more (one combination instead of two copies)."""
         self._parts.begin()
-        found = tuple(self._parts.get(key, inputs, fn) for key, inputs, fn in parts)
+        return tuple(self._parts.get(key, inputs, fn) for key, inputs, fn in parts)
+
+    def compute(self, parts: Iterable[Part[T]]) -> R:
+        found = self.parts(parts)
         self._whole.begin()
         return self._whole.get("all", found, lambda: self._combine(found))

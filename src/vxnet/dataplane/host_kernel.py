@@ -32,11 +32,12 @@ class RtnlKernel:
     def links(self, index: dict[str, int]) -> LinksDriver:
         return LinksDriver(self.ipr, self.underlay_ip, index, self.rtnl, self.netns)
 
-    def read_fdb(self, index: Mapping[str, int], taps: frozenset[str]) -> frozenset[Fdb]:
-        return read_fdb(self.rtnl, index, taps)
+    def read_fdb(self, index: Mapping[str, int], taps: frozenset[str],
+                 expected: frozenset[Fdb] | None = None) -> frozenset[Fdb] | None:
+        return read_fdb(self.rtnl, index, taps, expected)
 
-    def read_neighs(self, index: Mapping[str, int]) -> frozenset[Neigh]:
-        return read_neighs(self.rtnl, index)
+    def read_neighs(self, index: Mapping[str, int], expected: frozenset[Neigh] | None = None) -> frozenset[Neigh] | None:
+        return read_neighs(self.rtnl, index, expected)
 
     def apply_entries(self, fdb: Diff[Fdb], neighs: Diff[Neigh], index: Mapping[str, int]) -> list[Fdb | Neigh]:
         return apply_entries(self.rtnl, fdb, neighs, index)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from vxnet.compute import naming
-from vxnet.compute.diff import Diff
+from vxnet.compute.diff import Diff, against
 from vxnet.compute.state import Fdb, Neigh
 from vxnet.dataplane.rtnl import (
     AF_BRIDGE,
@@ -40,31 +40,34 @@ _OK = {0, errno.EEXIST}
 _OK_DEL = {0, errno.ENOENT, errno.ENODEV, errno.ESRCH}
 
 
-def read_fdb(rtnl: RtnlSocket, index: Mapping[str, int], taps: frozenset[str]) -> frozenset[Fdb]:
-    """Owned FDB entries on VXLAN devices and on the given (plugged) taps."""
+def read_fdb(rtnl: RtnlSocket, index: Mapping[str, int], taps: frozenset[str],
+             expected: frozenset[Fdb] | None = None) -> frozenset[Fdb] | None:
+    """Owned FDB entries on VXLAN devices and on the given (plugged) taps; with `expected`, as
+    `compute.diff.against` returns them (None: an expected entry is missing, read again)."""
     names = {i: n for n, i in index.items() if naming.is_vxlan(n) or n in taps}
-    out: set[Fdb] = set()
-    for r in rtnl.dump_neigh(AF_BRIDGE):
-        dev = names.get(r.ifindex)
-        if dev is None or not r.lladdr or r.lladdr == ZERO_MAC:
-            continue
-        if r.master is not None:
-            if r.state == NUD_NOARP:
-                out.add(Fdb(dev, r.lladdr))
-        elif r.flags & NTF_SELF and r.dst is not None and naming.is_vxlan(dev):
-            out.add(Fdb(dev, r.lladdr, r.dst))
-    return frozenset(out)
+
+    def entries() -> Iterator[Fdb]:
+        for r in rtnl.dump_neigh(AF_BRIDGE):
+            dev = names.get(r.ifindex)
+            if dev is None or not r.lladdr or r.lladdr == ZERO_MAC:
+                continue
+            if r.master is not None:
+                if r.state == NUD_NOARP:
+                    yield Fdb(dev, r.lladdr)
+            elif r.flags & NTF_SELF and r.dst is not None and naming.is_vxlan(dev):
+                yield Fdb(dev, r.lladdr, r.dst)
+
+    return against(entries(), expected)
 
 
-def read_neighs(rtnl: RtnlSocket, index: Mapping[str, int]) -> frozenset[Neigh]:
-    """Permanent IPv4 and IPv6 neighbour entries on owned bridges."""
+def read_neighs(rtnl: RtnlSocket, index: Mapping[str, int],
+                expected: frozenset[Neigh] | None = None) -> frozenset[Neigh] | None:
+    """Permanent IPv4 and IPv6 neighbour entries on owned bridges (`expected`: as `read_fdb`)."""
     names = {i: n for n, i in index.items() if naming.is_bridge(n)}
-    return frozenset(
-        Neigh(names[r.ifindex], r.dst, r.lladdr)
-        for family in (socket.AF_INET, socket.AF_INET6)
-        for r in rtnl.dump_neigh(family)
-        if r.ifindex in names and r.state & NUD_PERMANENT and r.dst and r.lladdr
-    )
+    return against((Neigh(names[r.ifindex], r.dst, r.lladdr)
+                    for family in (socket.AF_INET, socket.AF_INET6)
+                    for r in rtnl.dump_neigh(family)
+                    if r.ifindex in names and r.state & NUD_PERMANENT and r.dst and r.lladdr), expected)
 
 
 def _family(ip: str) -> int:

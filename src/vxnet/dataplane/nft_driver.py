@@ -124,6 +124,21 @@ def parse_listing(text: str) -> tuple[dict[str, tuple[str, ...]], set[str]]:
     return {k: tuple(v) for k, v in chains.items()}, sets
 
 
+def set_flags(text: str) -> dict[str, str]:
+    """Set or map name -> its `flags` line's value ("" without one) in a `list table` output."""
+    out: dict[str, str] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        if m := _SET.match(line):
+            current = m.group(1)
+            out[current] = ""
+        elif _CHAIN.match(line):
+            current = None
+        elif current is not None and line.strip().startswith("flags "):
+            out[current] = line.strip()[len("flags "):].strip()
+    return out
+
+
 def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] | None = None) -> list[str]:
     """Commands turning table `old` into `new` (same family and name) in one transaction.
 
@@ -135,12 +150,27 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     if any(name in oc and oc[name].hook != c.hook for name, c in nc.items()):
         return table_text(new).splitlines()       # a base chain's hook changed: rebuild
     os_, ns_ = {s.name: s for s in old.sets}, {s.name: s for s in new.sets}
+    pre: list[str] = []           # sets whose flags changed: their users flushed, the set re-made
     head: list[str] = []          # new sets and maps, then new chains (map elements jump to them)
     elements: list[str] = []      # element changes: after the chains they name exist
     rules: list[str] = []
     tail: list[str] = []
+    refill: set[str] = set()      # chains flushed in `pre`: all their rules are added again
     for name, s in ns_.items():
         before = os_.get(name)
+        if (before is not None and before.kind == s.kind == "set" and before.type == s.type
+                and before.flags != s.flags):
+            # A member set turning into an interval set or back (compute/firewall.py
+            # `_member_set`): a set in use cannot be deleted, so the chains whose rules name it
+            # are flushed first and refilled after, all in this one transaction; the rest of
+            # the table (other chains' counters) is untouched.
+            users = {c.name for c in (*old.chains, *new.chains) if any(f"@{name} " in r.text + " " for r in c.rules)}
+            pre += [f"flush chain {f} {n} {c}" for c in sorted(users) if c in oc]
+            pre += [f"delete set {f} {n} {name}", f"add set {f} {n} {name} {s.declaration()}"]
+            if s.elements:
+                elements.append(f"add element {f} {n} {name} {_set_text(s.elements)}")
+            refill |= users
+            continue
         if before is None or before.type != s.type or before.flags != s.flags or before.kind != s.kind:
             if before is not None:                # type changed: cannot happen with our names, but be exact
                 return table_text(new).splitlines()
@@ -158,6 +188,8 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         before = oc.get(name)
         if before is None:
             head.append(f"add chain {f} {n} {name}" + (f" {{ {c.hook} }}" if c.hook else ""))
+        elif name in refill:
+            pass                                  # flushed in `pre`: every rule is added below
         elif before.rules == c.rules:
             continue
         elif not c.ordered and (edit := _edit_rules(f, n, before, c, (handles or {}).get(name))) is not None:
@@ -171,7 +203,7 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     tail += [f"flush chain {f} {n} {name}" for name in oc if name not in nc]
     tail += [f"delete chain {f} {n} {name}" for name in oc if name not in nc]
     tail += [f"delete {s.kind} {f} {n} {name}" for name, s in os_.items() if name not in ns_]
-    return head + elements + rules + tail
+    return pre + head + elements + rules + tail
 
 
 def _edit_rules(f: str, n: str, old: NftChain, new: NftChain, handles: dict[str, int] | None) -> list[str] | None:
@@ -445,6 +477,9 @@ class NftDriver:
         chains, sets = parse_listing(listing)
         if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
             return None
+        flags = set_flags(listing)
+        if any(flags.get(s.name, "") != s.flags for s in t.sets):
+            return None           # a set of another kind (e.g. a member set now with a prefix)
         image = nft_image.parse(listing)
         have = image.elements if image is not None else {}
         lines: list[str] = []

@@ -214,6 +214,9 @@ class RtnlSocket:
             self._seq += 1
             seq = self._seq
             body = _ND.pack(family, 0, 0, 0, 0, 0, 0)
+            # An FDB dump names the same few VTEPs in every remote entry: one string each
+            # (10,000 remote ports: ~0.6 MB less while the dump is held).
+            shared: dict[str, str] | None = {} if family == AF_BRIDGE else None
             self._sock.sendto(_HDR.pack(_HDR.size + len(body), RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body,
                               (0, 0))
             while True:
@@ -226,7 +229,7 @@ class RtnlSocket:
                         (code,) = struct.unpack_from("=i", payload, 0)
                         raise OSError(-code, f"neighbour dump failed: {errno_mod.errorcode.get(-code, code)}")
                     if mtype == RTM_NEWNEIGH:
-                        yield _parse_nd(payload)
+                        yield _parse_nd(payload, shared)
 
     def _recv(self) -> Iterator[tuple[int, int, bytes]]:
         data = self._sock.recv(1 << 20)
@@ -239,7 +242,8 @@ class RtnlSocket:
             off += (length + 3) & ~3
 
 
-def _parse_nd(payload: bytes) -> NeighRecord:
+def _parse_nd(payload: bytes, shared: dict[str, str] | None = None) -> NeighRecord:
+    """One RTM_NEWNEIGH message; `shared`: equal destination addresses come out as one string."""
     family, _, _, ifindex, state, flags, _ = _ND.unpack_from(payload, 0)
     dst = lladdr = None
     master = None
@@ -250,13 +254,17 @@ def _parse_nd(payload: bytes) -> NeighRecord:
             break
         data = payload[off + _ATTR.size: off + alen]
         akind &= 0x3FFF
-        if akind == NDA_DST and len(data) in (4, 16):
-            dst = str(ipaddress.ip_address(data))
+        if akind == NDA_DST and len(data) == 4:
+            dst = socket.inet_ntop(socket.AF_INET, data)       # as ipaddress prints it, faster
+        elif akind == NDA_DST and len(data) == 16:
+            dst = str(ipaddress.IPv6Address(data))            # RFC 5952 (inet_ntop differs for v4-mapped)
         elif akind == NDA_LLADDR and len(data) == 6:
-            lladdr = ":".join(f"{b:02x}" for b in data)
+            lladdr = data.hex(":")
         elif akind == NDA_MASTER and len(data) == 4:
             (master,) = struct.unpack("=I", data)
         off += (alen + 3) & ~3
+    if shared is not None and dst is not None:
+        dst = shared.setdefault(dst, dst)
     return NeighRecord(family, ifindex, state, flags, dst, lladdr, master)
 
 

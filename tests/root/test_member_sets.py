@@ -1,0 +1,109 @@
+"""Remote-group member sets in the kernel (compute/firewall.py `_member_set`,
+dataplane/nft_driver.py `diff_table`): a group whose members are plain addresses is a plain
+(hash) set, one with a prefix member an interval set; a member change of either kind is one
+element command, and a change of kind re-makes the set in the same transaction (its users
+flushed before and refilled after) without touching the table's other rules. Real nftables in
+a lab host namespace, read back with `nft list`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.root.conftest import needs_root
+from tests.root.helpers import nsexec
+from vxnet.compute.firewall import compute_firewall, set_name
+from vxnet.dataplane.nft_driver import NftDriver
+from vxnet.lab import topology
+
+pytestmark = needs_root
+
+NET = "aaaaaaaa-0000-4000-8000-000000000001"
+G1 = "11111111-0000-4000-8000-000000000001"
+G2 = "22222222-0000-4000-8000-000000000002"
+
+
+def _port(pid: str, ip: str, host: str, group: str, pairs: list[dict] | None = None) -> dict:
+    last = int(ip.split(".")[-1])
+    return {"id": pid, "network_id": NET, "binding:host_id": host, "mac_address": f"02:00:00:00:00:{last:02x}",
+            "fixed_ips": [{"subnet_id": "s", "ip_address": ip}], "security_groups": [group],
+            "port_security_enabled": True, "device_owner": "compute:nova", "allowed_address_pairs": pairs or []}
+
+
+def _view(pair: bool, members: int = 2) -> dict:
+    ports = [_port("p1000000-0000-4000-8000-000000000001", "192.0.2.11", "h1", G1)]
+    ports += [_port(f"p2{i:06d}-0000-4000-8000-000000000002", f"192.0.2.{20 + 2 * i}", "h2", G2,
+                    [{"ip_address": "203.0.113.0/24", "mac_address": "02:00:00:00:01:16"}] if pair and i == 0 else None)
+              for i in range(members)]
+    rules = [{"id": "r-group", "security_group_id": G1, "direction": "ingress", "ethertype": "IPv4",
+              "protocol": None, "port_range_min": None, "port_range_max": None, "remote_ip_prefix": None,
+              "remote_group_id": G2},
+             {"id": "r-egress", "security_group_id": G1, "direction": "egress", "ethertype": "IPv4",
+              "protocol": None, "port_range_min": None, "port_range_max": None, "remote_ip_prefix": None,
+              "remote_group_id": None}]
+    return {"networks": {NET: {"id": NET, "provider:network_type": "vxlan", "provider:segmentation_id": 1001}},
+            "ports": {p["id"]: p for p in ports},
+            "security_groups": {G1: {"id": G1, "stateful": True}, G2: {"id": G2, "stateful": True}},
+            "security_group_rules": {r["id"]: r for r in rules}}
+
+
+@pytest.fixture
+def ns(underlay3: list[str]) -> Iterator[str]:
+    yield topology.host_ns(1)
+
+
+def _set(ns: str) -> tuple[set[str], frozenset[str]]:
+    """(flags, elements) of G2's member set as the kernel lists it."""
+    out = json.loads(nsexec(ns, "nft", "-j", "list", "set", "inet", "vxnet_sg", set_name(G2)).stdout)
+    s = next(x["set"] for x in out["nftables"] if "set" in x)
+    elems = s.get("elem", [])
+    norm = frozenset(e if isinstance(e, str) else f"{e['prefix']['addr']}/{e['prefix']['len']}" for e in elems)
+    return set(s.get("flags", [])), norm
+
+
+def _handles(ns: str) -> dict[str, int]:
+    """Rule comment -> handle of every rule in the table (a re-made rule gets a new handle)."""
+    out = json.loads(nsexec(ns, "nft", "-j", "-a", "list", "table", "inet", "vxnet_sg").stdout)
+    return {r["rule"]["comment"]: r["rule"]["handle"] for r in out["nftables"] if "rule" in r}
+
+
+def test_member_set_kind_follows_its_members(ns: str) -> None:
+    d = NftDriver(ns)
+    try:
+        plain, cidr = compute_firewall(_view(False), "h1"), compute_firewall(_view(True), "h1")
+        d.apply([(t, None) for t in plain.tables])
+        assert _set(ns) == (set(), frozenset({"192.0.2.20", "192.0.2.22"}))
+        before = _handles(ns)
+        group_rules = {c for c in before if c.startswith("vxnet:sg:r-group")}
+        assert len(group_rules) == 1
+
+        r = d.apply([(t, o) for t, o in zip(cidr.tables, plain.tables, strict=True)])
+        assert r.mode == "incremental"
+        assert _set(ns) == ({"interval"}, frozenset({"192.0.2.20", "192.0.2.22", "203.0.113.0/24"}))
+        after = _handles(ns)
+        # only the rule naming the set was re-made; every other rule (and its counter) stayed
+        assert {c for c in before if after.get(c) != before[c]} == group_rules
+        assert set(after) == set(before)
+
+        d.apply([(t, o) for t, o in zip(plain.tables, cidr.tables, strict=True)])
+        assert _set(ns) == (set(), frozenset({"192.0.2.20", "192.0.2.22"}))
+        back = _handles(ns)
+        assert {c for c in before if back.get(c) != after[c]} == group_rules
+
+        # a member change within a kind is an element command; the kernel agrees with the model
+        more = compute_firewall(_view(False, members=5), "h1")
+        d.apply([(t, o) for t, o in zip(more.tables, plain.tables, strict=True)])
+        assert _set(ns) == (set(), frozenset(f"192.0.2.{20 + 2 * i}" for i in range(5)))
+        assert _handles(ns) == back
+        d.invalidate()
+        nsexec(ns, "nft", "add", "table", "inet", "someone_else")   # a commit of another program: read back
+        assert d.apply([(t, None) for t in more.tables]).mode == "verified"   # the kernel agrees: nothing sent
+        cidr5 = compute_firewall(_view(True, members=5), "h1")
+        d.invalidate()
+        nsexec(ns, "nft", "add", "table", "inet", "someone_else2")
+        assert d.apply([(t, None) for t in cidr5.tables]).mode in ("adopt", "full")   # the kind differs: rewritten
+        assert _set(ns) == ({"interval"}, frozenset({*(f"192.0.2.{20 + 2 * i}" for i in range(5)), "203.0.113.0/24"}))
+    finally:
+        d.close()
