@@ -173,7 +173,7 @@ def test_conntrack_only_for_frames_from_or_to_a_stateful_port() -> None:
     # stateless notrack first, then every bridged frame neither from nor to a tracked MAC, then zones
     assert zone[0].startswith("meta mark and 0x0000ffff")
     assert zone[-2].startswith('ether saddr != @ct_macs ether daddr != @ct_macs iifname "vxb-*" counter notrack accept')
-    assert zone[-1].startswith("ct zone set iifname map")
+    assert zone[-1].startswith("counter ct zone set iifname map")
 
 
 def test_port_with_no_group_drops_everything_but_dhcp() -> None:

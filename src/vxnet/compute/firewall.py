@@ -51,10 +51,8 @@ ports are therefore tagged with skb marks in bridge-family chains):
   - remote groups: named set `rg_<group>` of member IPv4 addresses (fixed IPs and allowed
     address pairs of every port of the group in the view), updated as elements; `rg6_<group>`
     for IPv6 rules (IPv6 fixed IPs and pairs).
-- Every rule has a comment `vxnet:<kind>[:<Neutron rule id>]#<hash>`; the hash (of the rule
-  text) lets the driver recognise its own rules when it reads the kernel back. Every rule has
-  a counter, but the dispatch lookups and the zone assignment, which see every packet of
-  their hook (a counter there would only count the hook's traffic).
+- Every rule has a counter and a comment `vxnet:<kind>[:<Neutron rule id>]#<hash>`; the hash
+  (of the rule text) lets the driver recognise its own rules when it reads the kernel back.
 - Per-packet cost: in every rule a frame of the data path does not match, the first
   comparison that fails it is a cheap one (ether type, protocol, a set lookup), not a copy of
   a device name (`iifname`/`oifname` copy and pad the name for every frame they see).
@@ -286,8 +284,8 @@ def _comment(kind: str, text: str) -> str:
     return f'comment "vxnet:{kind}#{h}"'
 
 
-def _rule(match: str, verdict: str, kind: str, counter: bool = True) -> NftRule:
-    body = f"{match} counter {verdict}".strip() if counter else f"{match} {verdict}".strip()
+def _rule(match: str, verdict: str, kind: str) -> NftRule:
+    body = f"{match} counter {verdict}".strip()
     return NftRule(f"{body} {_comment(kind, body)}")
 
 
@@ -658,9 +656,8 @@ def _group_chain(g: GroupRules) -> NftChain:
 
 
 def _dispatch(key: str, name: str) -> tuple[NftRule, ...]:
-    """The one rule of a dispatch base chain: a lookup in its verdict map (no counter: it sees
-    every packet of the hook, the chains it jumps to count what they decide)."""
-    return (_rule("", f"{key} vmap @{name}", "dispatch", counter=False),)
+    """The one rule of a dispatch base chain: a lookup in its verdict map."""
+    return (_rule("", f"{key} vmap @{name}", "dispatch"),)
 
 
 def _vmap(name: str, key_type: str, entries: Iterable[tuple[str, str]]) -> NftSet:
@@ -739,7 +736,7 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
                             "untracked"))
     if fw.zones:
         body = ", ".join(f'"{b}" : {z}' for b, z in fw.zones)
-        zone_rules.append(_rule("", f"ct zone set iifname map {{ {body} }}", "zones", counter=False))
+        zone_rules.append(_rule("", f"ct zone set iifname map {{ {body} }}", "zones"))
     sg_chains = [NftChain("host", (_rule(HOST_GUARD, "drop", "host-guard"),),
                           "type filter hook input priority 0; policy accept;"),
                  NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
