@@ -33,9 +33,10 @@ ports are therefore tagged with skb marks in bridge-family chains):
 - `table inet vxnet_sg`
   - `zone` (prerouting, raw): `notrack accept` for traffic from/to ports whose groups are all
     `stateful=false`; `notrack accept` for a bridged frame whose source and destination MACs
-    are both outside the set `ct_macs` (the lookups before the bridge-name match) (the MACs, pair MACs included, of local ports with a
-    stateful group): conntrack only where a rule needs state, so ports without port security,
-    routers, DHCP and VXLAN-to-VXLAN frames are not tracked; then
+    are both outside the set `ct_macs` (the MACs, pair MACs included, of local ports with a
+    stateful group; looked up before the bridge-name match): conntrack only where a rule needs
+    state, so ports without port security, routers, DHCP and VXLAN-to-VXLAN frames are not
+    tracked; then
     `ct zone set iifname map {bridge: zone}` for every network bridge.
   - `egress` (forward 0) accepts established/related packets first (`_established`), then
     dispatches `mark & 0xffff` to `eg_<port>` (map `eg_ports`); `ingress` (forward 10) the
@@ -631,7 +632,7 @@ def _mark_chain(p: PortFilter) -> NftChain:
 def _port_sg_chain(p: PortFilter, direction: str) -> NftChain:
     prefix, gprefix = ("in_", "gi_") if direction == "ingress" else ("eg_", "ge_")
     # Established and related packets were accepted by the base chain before the dispatch
-    # (`ESTABLISHED`): a port chain sees only new, invalid and untracked packets.
+    # (`_established`): a port chain sees only new, invalid and untracked packets.
     rules = []
     if p.stateful:
         rules.append(_rule("ct state invalid", "drop", "ct-invalid"))
