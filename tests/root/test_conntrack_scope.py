@@ -29,7 +29,7 @@ def flows(ip: str) -> list[str]:
 
 def untracked_packets() -> int:
     out = nsexec(topology.host_ns(1), "nft", "list", "chain", "inet", "vxnet_sg", "zone").stdout
-    m = re.search(r"@ct_macs counter packets (\d+)", out)
+    m = re.search(r"counter packets (\d+) bytes \d+ notrack accept comment \"vxnet:untracked#", out)
     assert m, out
     return int(m.group(1))
 

@@ -143,13 +143,16 @@ def test_port_chains_stateful_and_stateless() -> None:
     fw = compute_firewall(view(base_ports()), "h1")
     p1, p3 = fw.port(P1), fw.port(P3)
     in1 = chain(fw, "inet", f"in_{p1.ident}")
-    assert in1[0].startswith("ct state established,related counter accept")
-    assert in1[1].startswith("ct state invalid counter drop")
-    assert in1[2].startswith("udp sport 67 udp dport 68 counter accept")
-    assert in1[3].startswith(f"counter jump gi_{G1.replace('-', '')}")       # IPv4-only port: no ND rules
+    assert in1[0].startswith("ct state invalid counter drop")      # established: the base chain accepted it
+    assert in1[1].startswith("udp sport 67 udp dport 68 counter accept")
+    assert in1[2].startswith(f"counter jump gi_{G1.replace('-', '')}")       # IPv4-only port: no ND rules
     assert in1[-1].startswith("counter drop")
     in3 = chain(fw, "inet", f"in_{p3.ident}")
     assert not any("ct state" in r for r in in3)
+    # established/related first in both forward base chains; ingress leaves the stateless P3's mark to its chain
+    assert chain(fw, "inet", "egress")[0].startswith("ct state established,related counter accept")
+    assert chain(fw, "inet", "ingress")[0].startswith(
+        f"ct state established,related meta mark and 0xffff0000 != {{ {p3.index << 16:#010x} }} counter accept")
     zone = "\n".join(chain(fw, "inet", "zone"))
     assert f"meta mark and 0x0000ffff {{ {p3.index:#x} }} counter notrack accept" in zone
     assert '"vxb-bbbbbbbb-00" . 192.0.2.13' in zone
@@ -169,7 +172,7 @@ def test_conntrack_only_for_frames_from_or_to_a_stateful_port() -> None:
     zone = chain(fw, "inet", "zone")
     # stateless notrack first, then every bridged frame neither from nor to a tracked MAC, then zones
     assert zone[0].startswith("meta mark and 0x0000ffff")
-    assert zone[-2].startswith('iifname "vxb-*" ether saddr != @ct_macs ether daddr != @ct_macs counter notrack accept')
+    assert zone[-2].startswith('ether saddr != @ct_macs ether daddr != @ct_macs iifname "vxb-*" counter notrack accept')
     assert zone[-1].startswith("counter ct zone set iifname map")
 
 
@@ -569,14 +572,15 @@ def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
                                      "02:00:00:00:02:0b . fe80::ff:fe00:20b, 02:00:00:00:07:10 . 2001:db8:5::/120, "
                                      "02:00:00:00:07:10 . fe80::ff:fe00:710 }")
     in1 = chain(fw, "inet", f"in_{fw.port(P1).ident}")
-    assert in1[3].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
+    assert in1[2].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
                              "mld-listener-query } counter accept")
-    assert in1[4].startswith("meta nfproto ipv6 udp sport 547 udp dport 546 counter accept")
+    assert in1[3].startswith("meta nfproto ipv6 udp sport 547 udp dport 546 counter accept")
     eg1 = chain(fw, "inet", f"eg_{fw.port(P1).ident}")
     assert any(r.startswith("meta nfproto ipv6 udp sport 546 udp dport 547 counter accept") for r in eg1)
     out = chain(fw, "bridge", "out")
-    assert out[0].startswith('oifname "vxv-*" icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect }')
+    assert out[0].startswith('icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect } oifname "vxv-*"')
     assert "ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00" in out[1] and "mld2-listener-report" in out[1]
+    assert out[1].startswith("icmpv6 type") and 'oifname "vxv-*" counter drop' in out[1]
     assert "oifname vmap @out_ports" in out[2] and len(out) == 3
 
 

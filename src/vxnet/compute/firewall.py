@@ -34,13 +34,17 @@ ports are therefore tagged with skb marks in bridge-family chains):
   - `zone` (prerouting, raw): `notrack accept` for traffic from/to ports whose groups are all
     `stateful=false`; `notrack accept` for a bridged frame whose source and destination MACs
     are both outside the set `ct_macs` (the MACs, pair MACs included, of local ports with a
-    stateful group): conntrack only where a rule needs state, so ports without port security,
-    routers, DHCP and VXLAN-to-VXLAN frames are not tracked; then
+    stateful group; looked up before the bridge-name match): conntrack only where a rule needs
+    state, so ports without port security, routers, DHCP and VXLAN-to-VXLAN frames are not
+    tracked; then
     `ct zone set iifname map {bridge: zone}` for every network bridge.
-  - `egress` (forward 0) dispatches `mark & 0xffff` to `eg_<port>` (map `eg_ports`); `ingress`
-    (forward 10) dispatches `mark & 0xffff0000` to `in_<port>` (map `in_ports`). Two base chains, because `accept` only ends
-    its own base chain: a packet between two local ports passes both.
-  - per port: [stateful: ct established,related accept; ct invalid drop], DHCP, ND (always, as
+  - `egress` (forward 0) accepts established/related packets first (`_established`), then
+    dispatches `mark & 0xffff` to `eg_<port>` (map `eg_ports`); `ingress` (forward 10) the
+    same, then `mark & 0xffff0000` to `in_<port>` (map `in_ports`). Two base chains, because
+    `accept` only ends its own base chain: a packet between two local ports passes both. A
+    packet of an established flow thus costs one conntrack-state comparison per chain, no
+    lookup (issue 18: the per-packet cost of the ruleset).
+  - per port: [stateful: ct invalid drop], DHCP, ND (always, as
     Neutron), DHCPv6, then a jump to
     each group's chain of that direction (`gi_<group>` / `ge_<group>`: one rule per Neutron
     rule, `accept`), then drop. Group chains are shared by ports, so a rule change rewrites
@@ -50,6 +54,9 @@ ports are therefore tagged with skb marks in bridge-family chains):
     for IPv6 rules (IPv6 fixed IPs and pairs).
 - Every rule has a counter and a comment `vxnet:<kind>[:<Neutron rule id>]#<hash>`; the hash
   (of the rule text) lets the driver recognise its own rules when it reads the kernel back.
+- Per-packet cost: in every rule a frame of the data path does not match, the first
+  comparison that fails it is a cheap one (ether type, protocol, a set lookup), not a copy of
+  a device name (`iifname`/`oifname` copy and pad the name for every frame they see).
 
 Semantics (Neutron): ports with `port_security_enabled: false` and `network:*` ports (routers,
 DHCP: trusted, as in Neutron) are not filtered; a port with port security and no group drops
@@ -109,11 +116,13 @@ ND_EGRESS_TYPES = frozenset({133, 135, 136, 131, 143, 132})
 ND_INGRESS_TYPES = frozenset({134, 135, 136, 130})
 # ND/RA/MLD that must never reach the underlay: multicast ND, and router solicitations,
 # advertisements and redirects in any form (answers come from each host's own responder).
+# The ICMPv6 type is matched before the output port: every other frame leaves the rule at its
+# first comparison (ether type), without copying the port's name.
 _TO_VXLAN = f'oifname "{naming.VXLAN_PREFIX}*"'
-ND_UNDERLAY = (f"{_TO_VXLAN} icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-redirect }}",
-               (f"{_TO_VXLAN} ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00 icmpv6 type "
-                "{ nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, "
-                "mld2-listener-report, mld-listener-done }"))
+ND_UNDERLAY = (f"icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-redirect }} {_TO_VXLAN}",
+               ("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, "
+                f"mld2-listener-report, mld-listener-done }} ether daddr & ff:ff:00:00:00:00 == 33:33:00:00:00:00 "
+                f"{_TO_VXLAN}"))
 
 
 # --- the structured model ---------------------------------------------------------------------
@@ -663,10 +672,11 @@ def _mark_chain(p: PortFilter) -> NftChain:
 @functools.lru_cache(maxsize=16384)
 def _port_sg_chain(p: PortFilter, direction: str) -> NftChain:
     prefix, gprefix = ("in_", "gi_") if direction == "ingress" else ("eg_", "ge_")
+    # Established and related packets were accepted by the base chain before the dispatch
+    # (`_established`): a port chain sees only new, invalid and untracked packets.
     rules = []
     if p.stateful:
-        rules += [_rule("ct state established,related", "accept", "ct-established"),
-                  _rule("ct state invalid", "drop", "ct-invalid")]
+        rules.append(_rule("ct state invalid", "drop", "ct-invalid"))
     if direction == "ingress":
         rules.append(_rule("udp sport 67 udp dport 68", "accept", "dhcp-reply"))
         if p.pairs6:
@@ -695,6 +705,25 @@ def _dispatch(key: str, name: str) -> tuple[NftRule, ...]:
 def _vmap(name: str, key_type: str, entries: Iterable[tuple[str, str]]) -> NftSet:
     """A dispatch map: key -> `jump chain`."""
     return NftSet(name, f"{key_type} : verdict", frozenset(f"{k} : jump {c}" for k, c in entries), "", "map")
+
+
+def _established(stateless_marks: Iterable[int]) -> NftRule:
+    """The first rule of a forward base chain: established and related packets accepted
+    before any per-port dispatch (one conntrack-state comparison per packet of a flow).
+
+    Identical to the per-port rule it replaces: only packets from or to a stateful port are
+    tracked (table `zone`), so a tracked packet whose mark names a port names a stateful one,
+    whose chain would accept it first; a packet naming no port is accepted by the policy
+    anyway. One exception, on the receiving side: a frame to a stateless port's MAC with a
+    destination address that is not the port's is tracked when it comes from a stateful
+    port; the ingress rule excludes the stateless ports' marks (`stateless_marks`), so their
+    chains decide as before. Egress needs no exclusion: a stateless port's frames are never
+    tracked (`stateless-egress`)."""
+    marks = sorted(set(stateless_marks))
+    match = "ct state established,related"
+    if marks:
+        match += f" meta mark and 0xffff0000 != {_set_text(f'{m:#010x}' for m in marks)}"
+    return _rule(match, "accept", "ct-established")
 
 
 HOST_TABLE = naming.HOST_TABLE
@@ -743,7 +772,9 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     # only thing known here for the receiving side (the bridge has not chosen the port yet):
     # a frame to a stateful port carries its MAC (or a pair MAC, in the set too); broadcast and
     # multicast to it are untracked, and its ingress rules decide them as they would a new flow.
-    zone_rules.append(_rule(f"{HOST_GUARD} ether saddr != @{CT_MACS} ether daddr != @{CT_MACS}", "notrack accept",
+    # The MAC lookups come before the bridge-name match: a frame of a tracked flow leaves the
+    # rule at its first lookup without copying the device name.
+    zone_rules.append(_rule(f"ether saddr != @{CT_MACS} ether daddr != @{CT_MACS} {HOST_GUARD}", "notrack accept",
                             "untracked"))
     if fw.zones:
         body = ", ".join(f'"{b}" : {z}' for b, z in fw.zones)
@@ -751,9 +782,10 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     sg_chains = [NftChain("host", (_rule(HOST_GUARD, "drop", "host-guard"),),
                           "type filter hook input priority 0; policy accept;"),
                  NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
-                 NftChain("egress", _dispatch("meta mark and 0x0000ffff", "eg_ports"),
+                 NftChain("egress", (_established(()), *_dispatch("meta mark and 0x0000ffff", "eg_ports")),
                           "type filter hook forward priority 0; policy accept;"),
-                 NftChain("ingress", _dispatch("meta mark and 0xffff0000", "in_ports"),
+                 NftChain("ingress", (_established([p.index << 16 for p in stateless]),
+                                      *_dispatch("meta mark and 0xffff0000", "in_ports")),
                           "type filter hook forward priority 10; policy accept;")]
     sg_maps = (_vmap("eg_ports", "mark", ((f"{p.index:#010x}", f"eg_{p.ident}") for p in fw.ports)),
                _vmap("in_ports", "mark", ((f"{p.index << 16:#010x}", f"in_{p.ident}") for p in fw.ports)))

@@ -38,6 +38,9 @@ Desired state:
      sees an answer from 169.254.169.254 to itself.
   A VM spoofing its source IP or MAC is still identified by its tap: it gets its own metadata
   (or nothing, when port security drops the spoofed frame first).
+  Per-packet cost: each rule tests addresses, protocol or ether type before the port name, so
+  a frame of the data path (a VM's TCP to another VM) leaves the table after cheap
+  comparisons and one copy of its output port's name (the forward chain's last rule).
 
 Proxying (`upstream_headers`, as Neutron's metadata agent): `X-Instance-ID` = device_id,
 `X-Tenant-ID` = project, `X-Forwarded-For` = the port's fixed IP, `X-Instance-ID-Signature` =
@@ -239,12 +242,12 @@ def steer_script(applied: Elements | None, wanted: Elements) -> str:
         "  chain prerouting {\n"
         "    type filter hook prerouting priority -300; policy accept;\n"
         f"    ip daddr {METADATA_IP} tcp dport {METADATA_PORT} ether daddr set iifname map @steer\n"
-        f'    iifname "{svc}*" ip saddr {METADATA_IP} tcp sport {METADATA_PORT} ip daddr set iifname . ip daddr map @back\n'
+        f'    ip saddr {METADATA_IP} tcp sport {METADATA_PORT} iifname "{svc}*" ip daddr set iifname . ip daddr map @back\n'
         "  }\n"
         "  chain forward {\n"
         "    type filter hook forward priority 10; policy accept;\n"
-        f'    oifname "{svc}*" ip daddr {METADATA_IP} tcp dport {METADATA_PORT} ip saddr set iifname map @src accept\n'
-        f'    oifname "{svc}*" ether type arp accept\n'
+        f'    ip daddr {METADATA_IP} tcp dport {METADATA_PORT} oifname "{svc}*" ip saddr set iifname map @src accept\n'
+        f'    ether type arp oifname "{svc}*" accept\n'
         f'    oifname "{svc}*" counter drop\n'
         "  }\n}\n")
 
