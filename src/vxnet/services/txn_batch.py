@@ -192,13 +192,15 @@ class TxnBatcher:
         held while the batch is in flight: what arrives meanwhile waits and goes in the next."""
         batch = _Batch()
         batch.add(own)
-        with self._lock:
-            for a in self._queue:
-                if a is not own and batch.fits(a):
-                    batch.add(a)
-            taken = set(map(id, batch.attempts))
-            self._queue = [a for a in self._queue if id(a) not in taken]
         try:
+            with self._lock:
+                try:
+                    for a in self._queue:
+                        if a is not own and batch.fits(a):
+                            batch.add(a)
+                finally:  # whatever happens, what the batch holds is no longer queued
+                    taken = set(map(id, batch.attempts))
+                    self._queue = [a for a in self._queue if id(a) not in taken]
             if len(batch.attempts) == 1:
                 try:
                     own.result = self._alone(own)
@@ -215,6 +217,8 @@ class TxnBatcher:
                 else:
                     self._busy = False
             for a in batch.attempts:
+                if a.result is None and a.error is None:
+                    a.alone = True  # the batch was never sent (a bug raised above): each goes alone
                 if a is not own:
                     a.woken.set()
 
