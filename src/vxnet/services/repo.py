@@ -34,7 +34,10 @@ Audit trail: while `REQUEST_ID` is set (the API's request guard sets it to the r
 `X-Openstack-Request-Id` for the duration of the request), every committed transaction also
 puts `meta/request` = that id, so the store revision a request produced names the request; the
 servers' view hub sends it with that revision's view updates and agents log it with the pass
-that applied them (docs/operations.md). One key, overwritten: it costs one put per write.
+that applied them (docs/operations.md). One key, overwritten: it costs one put per write. On
+etcd, attempts ready at the same time share one transaction (`services/txn_batch.py`: group
+commit, each attempt with its own marker); `meta/request` then holds the ids of every request
+of that revision, comma-separated.
 
 `Repo.stage_hook` (None unless installed; services/quotas.py installs one) sees every staged
 `put`/`delete` of a resource, before it is staged, in the same unit of work: it may read and
