@@ -75,7 +75,10 @@ class Attempt:
             wk: set[str] = set()
             wp: list[str] = []
             for c in self.compares:
-                (rp.append(c.key) if c.prefix else rk.add(c.key))
+                if c.prefix:
+                    rp.append(c.key)
+                else:
+                    rk.add(c.key)
             for op in self.ops:
                 if isinstance(op, Delete) and op.prefix:
                     wp.append(op.key)
