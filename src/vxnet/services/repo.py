@@ -298,7 +298,10 @@ class Repo:
         self.max_retries = max_retries
         self.ambiguity_patience = 6.0  # seconds to keep trying to learn a lost answer's outcome
         self.marker_ttl = 60           # seconds an attempt marker lives at most ...
-        self.marker_rotate = 15.0      # ... and at least marker_ttl - marker_rotate
+        # ... and at least marker_ttl - marker_rotate. Each expiry deletes the markers of one
+        # rotation in one etcd revision, stalling etcd's writes meanwhile (4,500 markers: 50-150 ms;
+        # 900: 20-70 ms): rotating often keeps that short (docs/store.md)
+        self.marker_rotate = 3.0
         self.fence_ttl = 3600          # seconds a fence keeps a fenced attempt from applying
         self._markers = _MarkerLeases(self)
         # group commit (services/txn_batch.py) where a transaction costs a round trip that may
