@@ -257,10 +257,10 @@ def _batched(faulty: Faulty, repo: Repo, net: dict[str, Any], names: list[str]) 
     first.start()
     assert faulty.at_gate.wait(30)
     rest = [threading.Thread(target=create, args=(n,)) for n in names[1:]]
-    for t in rest:
+    for k, t in enumerate(rest, 1):  # one after the other: each picks its address knowing the last's
         t.start()
-    while len(repo.batcher._queue) < len(rest):  # every other attempt waits behind the held one
-        threading.Event().wait(0.01)
+        while len(repo.batcher._queue) < k:  # it waits behind the held one
+            threading.Event().wait(0.01)
     faulty.gate.set()
     for t in [first, *rest]:
         t.join(60)
