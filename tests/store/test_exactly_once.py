@@ -243,21 +243,24 @@ def test_absence_is_no_evidence_once_the_marker_may_have_expired(faulty: Faulty)
     assert [p for p in _ports(repo, net) if p["name"] == "a"] == []
 
 
-def _batched(faulty: Faulty, repo: Repo, net: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Create `names[0]` with its txn held at the gate, queue the others behind it (so they go
-    to the store as one merged txn, services/txn_batch.py), open the gate; the acknowledged
-    ports by name."""
+def _batched(faulty: Faulty, repo: Repo, names: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Create a port per name, each on a network of its own (so no two compete for an address),
+    `names[0]`'s txn held at the gate and the others queued behind it one after the other (so
+    they go to the store as one merged txn, services/txn_batch.py); then open the gate. The
+    networks and the acknowledged ports, by name."""
     assert repo.batcher is not None
+    cidrs = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"]
+    nets = {name: _setup(repo, cidrs[i]) for i, name in enumerate(names)}
     acked: dict[str, dict[str, Any]] = {}
 
     def create(name: str) -> None:
-        acked[name] = repo.transact(_create(net, name))
+        acked[name] = repo.transact(_create(nets[name], name))
 
     first = threading.Thread(target=create, args=(names[0],))
     first.start()
     assert faulty.at_gate.wait(30)
     rest = [threading.Thread(target=create, args=(n,)) for n in names[1:]]
-    for k, t in enumerate(rest, 1):  # one after the other: each picks its address knowing the last's
+    for k, t in enumerate(rest, 1):
         t.start()
         while len(repo.batcher._queue) < k:  # it waits behind the held one
             threading.Event().wait(0.01)
@@ -265,35 +268,33 @@ def _batched(faulty: Faulty, repo: Repo, net: dict[str, Any], names: list[str]) 
     for t in [first, *rest]:
         t.join(60)
     assert sorted(acked) == sorted(names)
-    return acked
+    return nets, acked
 
 
 def test_lost_answer_of_a_merged_batch_is_one_copy_each(faulty: Faulty) -> None:
     """Two creates share one txn whose answer is lost after it applied: each resolves by its
     own marker as applied; no fence, no rerun."""
     repo = Repo(faulty)  # type: ignore[arg-type]
-    net = _setup(repo)
-    faulty.script = ["gate", "lose"]
-    n = len(faulty.markers)
-    acked = _batched(faulty, repo, net, ["a", "b", "c"])
+    faulty.script = ["ok"] * 3 + ["gate", "lose"]  # the three networks, then the creates
+    n = len(faulty.markers) + 3
+    nets, acked = _batched(faulty, repo, ["a", "b", "c"])
     assert faulty.markers[n:] == [1, 2]  # a alone, then b and c in one txn; nothing after
     for name in "abc":
-        _assert_one_copy(repo, net, acked[name], name)
-    assert len(_ports(repo, net)) == 3
+        _assert_one_copy(repo, nets[name], acked[name], name)
+        assert len(_ports(repo, nets[name])) == 1
 
 
 def test_a_fenced_merged_batch_never_applies_late(faulty: Faulty) -> None:
     """A merged txn held back (answer lost, not applied): each of its attempts fences its own
     marker and reruns; the held batch, delivered late, fails its compares."""
     repo = Repo(faulty)  # type: ignore[arg-type]
-    net = _setup(repo)
-    faulty.script = ["gate", "hold"]
-    acked = _batched(faulty, repo, net, ["a", "b", "c"])
+    faulty.script = ["ok"] * 3 + ["gate", "hold"]
+    nets, acked = _batched(faulty, repo, ["a", "b", "c"])
     assert len(faulty.held) == 1
     compares, success, failure = faulty.held[0]
     markers = [op.key for op in success if op.key.startswith(TXN_PREFIX)]
     assert len(markers) == 2 and all(faulty.inner.get(m).value == "aborted" for m in markers)  # both fenced
     assert not faulty.inner.txn(compares, success, failure).succeeded  # the late batch
     for name in "abc":
-        _assert_one_copy(repo, net, acked[name], name)
-    assert len(_ports(repo, net)) == 3
+        _assert_one_copy(repo, nets[name], acked[name], name)
+        assert len(_ports(repo, nets[name])) == 1
