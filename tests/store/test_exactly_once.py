@@ -249,6 +249,7 @@ def _batched(faulty: Faulty, repo: Repo, names: list[str]) -> tuple[dict[str, An
     they go to the store as one merged txn, services/txn_batch.py); then open the gate. The
     networks and the acknowledged ports, by name."""
     assert repo.batcher is not None
+    repo.batcher.escape = 60.0  # the held txn must not let a second batch go meanwhile
     cidrs = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"]
     nets = {name: _setup(repo, cidrs[i]) for i, name in enumerate(names)}
     acked: dict[str, dict[str, Any]] = {}

@@ -52,6 +52,7 @@ def attempt(key: str, *, claim: bool = True, touches: tuple[str, ...] = (), comp
 def run(store: Gated, first: Attempt, queued: list[Attempt]) -> list[TxnResult | Exception]:
     """Commit `first` (held in flight), queue `queued` behind it, release; outcomes in order."""
     b = TxnBatcher(store, REQ)  # type: ignore[arg-type]
+    b.escape = 60.0  # no second batch while the first is held (test_a_stalled_batch_... covers it)
     out: dict[int, TxnResult | Exception] = {}
 
     def go(i: int, a: Attempt) -> None:
@@ -171,3 +172,30 @@ def test_a_failure_while_forming_a_batch_blocks_nothing(monkeypatch: pytest.Monk
     assert res[0].succeeded  # type: ignore[union-attr]
     assert sum(isinstance(r, RuntimeError) for r in res) == 1
     assert all(r.succeeded for r in res if isinstance(r, TxnResult))
+
+
+def test_attempts_stuck_behind_a_stalled_batch_go_as_a_second_one() -> None:
+    """The batch in flight does not answer (a stalled member): after `escape` the attempts
+    waiting behind it go out as one second batch; a third waits for one of the two."""
+    s = Gated()
+    b = TxnBatcher(s, REQ)  # type: ignore[arg-type]
+    b.escape = 0.05
+    out: dict[str, TxnResult] = {}
+
+    def go(name: str) -> None:
+        out[name] = b.commit(attempt(f"/k/{name}"))
+
+    first = threading.Thread(target=go, args=("0",))
+    first.start()
+    assert s.entered.wait(10)
+    rest = [threading.Thread(target=go, args=(n,)) for n in ("1", "2")]
+    for t in rest:
+        t.start()
+    for t in rest:
+        t.join(10)  # answered while the first is still held
+    assert sorted(out) == ["1", "2"] and out["1"].revision == out["2"].revision
+    assert [len(c) for c, _ in s.sent] == [1, 2]
+    s.release.set()
+    first.join(10)
+    assert out["0"].succeeded
+    assert b._senders == 0

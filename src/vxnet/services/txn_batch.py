@@ -8,10 +8,14 @@ compares, about the same with 5 puts; ~0.9 ms per create when 4 creates share on
 gateway's JSON, the gRPC hop, the raft entry, the apply and one watch message per watcher are
 paid once per request.
 
-How (natural batching, no timer): at most one batch per process is in flight. An attempt that
-arrives while one is in flight queues; when the answer comes, the next thread in the queue
-becomes the sender and takes every queued attempt that fits (FIFO, its own first). A lone
-attempt goes out at once, exactly as without batching.
+How (natural batching, no timer): one batch per process is in flight. An attempt that arrives
+while one is in flight queues; when the answer comes, the next thread in the queue becomes the
+sender and takes every queued attempt that fits (FIFO, its own first). A lone attempt goes out
+at once, exactly as without batching. One exception bounds the wait: an attempt still queued
+after `ESCAPE` (15 ms: the batch in flight is stalled, e.g. etcd applying a large revision)
+sends a second batch of what is queued; never more than `MAX_SENDERS` (2) in flight. Without
+it a stall delayed everything queued behind it by the stall plus one more round trip (p99 of
+creates 34-81 ms in the runs without it, 38-39 with it; docs/benchmarks.md).
 
 Why a merged transaction means the same as its parts, one after another: attempts go into one
 batch only if no attempt writes a key (or a prefix) another one compares or writes. Then each
@@ -48,6 +52,8 @@ from vxnet.store.contract import Compare, Delete, Op, Put, Store, StoreUnavailab
 
 MAX_OPS = 120      # etcd refuses a txn with more than --max-txn-ops (default 128) compares or ops
 MAX_ATTEMPTS = 16  # attempts per batch
+ESCAPE = 0.015     # seconds an attempt waits behind a batch in flight before a second batch may go
+MAX_SENDERS = 2    # batches in flight at once (the second only after ESCAPE)
 
 
 @dataclasses.dataclass(eq=False)
@@ -161,7 +167,8 @@ class TxnBatcher:
         self.request_key = request_key
         self._lock = threading.Lock()
         self._queue: list[Attempt] = []
-        self._busy = False
+        self._senders = 0   # batches in flight (or being formed)
+        self.escape = ESCAPE
         self.batches = 0   # transactions sent for more than one attempt (for tests and benchmarks)
         self.batched = 0   # attempts they carried
 
@@ -170,10 +177,16 @@ class TxnBatcher:
         what its own transaction would (StoreUnavailable: outcome unknown)."""
         with self._lock:
             self._queue.append(attempt)
-            if not self._busy:
-                self._busy = attempt.lead = True
-        if not attempt.lead:
-            attempt.woken.wait()
+            if not self._senders:
+                self._senders = 1
+                attempt.lead = True
+        while not attempt.lead and not attempt.woken.wait(self.escape):
+            with self._lock:  # the batch in flight is slow (a stalled member...): send a second one
+                if attempt.woken.is_set() or self._senders >= MAX_SENDERS:
+                    continue
+                if any(a is attempt for a in self._queue):
+                    self._senders += 1
+                    attempt.lead = True
         if attempt.lead:
             self._send(attempt)
         if attempt.alone:
@@ -213,12 +226,12 @@ class TxnBatcher:
                 self._send_merged(batch)
         finally:
             with self._lock:
-                if self._queue:
-                    nxt = self._queue[0]
+                nxt = next((a for a in self._queue if not a.lead), None)
+                if nxt is not None:
                     nxt.lead = True
                     nxt.woken.set()
                 else:
-                    self._busy = False
+                    self._senders -= 1
             for a in batch.attempts:
                 if a.result is None and a.error is None:
                     a.alone = True  # the batch was never sent (a bug raised above): each goes alone
