@@ -199,3 +199,18 @@ def test_attempts_stuck_behind_a_stalled_batch_go_as_a_second_one() -> None:
     first.join(10)
     assert out["0"].succeeded
     assert b._senders == 0
+
+
+def test_a_sender_never_takes_an_attempt_that_sends_itself() -> None:
+    """An attempt made a sender (the role passed to it, or escaping a stalled batch) may still
+    be queued for a moment; another sender forming its batch then must leave it alone, or its
+    ops would be sent twice."""
+    s = Gated()
+    s.release.set()
+    b = TxnBatcher(s, REQ)  # type: ignore[arg-type]
+    about_to_send = attempt("/k/lead")
+    about_to_send.lead = True
+    b._queue.append(about_to_send)  # (its own sender slot is not counted: the next commit sends)
+    assert b.commit(attempt("/k/mine")).succeeded
+    assert [[op.key for op in ops] for _, ops in s.sent] == [["/k/mine"]]
+    assert b._queue == [about_to_send]

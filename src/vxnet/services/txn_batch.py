@@ -211,8 +211,8 @@ class TxnBatcher:
         try:
             with self._lock:
                 try:
-                    for a in self._queue:
-                        if a is not own and batch.fits(a):
+                    for a in self._queue:  # not another sender's own (made lead, about to send it)
+                        if a is not own and not a.lead and batch.fits(a):
                             batch.add(a)
                 finally:  # whatever happens, what the batch holds is no longer queued
                     taken = set(map(id, batch.attempts))
