@@ -12,6 +12,7 @@ and it is the one whose id `transact` acknowledged.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +28,8 @@ from vxnet.store.contract import Compare, Op, Store, StoreUnavailable, TxnResult
 
 class Faulty:
     """A store whose next txns follow `script`: "ok" (forwarded), "lose" (applied, answer
-    lost), "hold" (not sent yet, answer lost: `held` keeps it for a late commit). `before_raise`
+    lost), "hold" (not sent yet, answer lost: `held` keeps it for a late commit), "gate" (held
+    in flight until `gate` is set, then forwarded: attempts queue behind it and are batched). `before_raise`
     runs after a "lose" txn applied and before its error is raised (a second writer)."""
 
     may_lose_answers = True
@@ -38,10 +40,17 @@ class Faulty:
         self.held: list[tuple[Sequence[Compare], Sequence[Op], Sequence[Op]]] = []
         self.before_raise: Callable[[], None] | None = None
         self.txns = 0
+        self.gate = threading.Event()     # "gate": the txn waits for it, then is forwarded
+        self.at_gate = threading.Event()
+        self.markers: list[int] = []      # markers per txn sent (several: a merged batch)
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
         self.txns += 1
+        self.markers.append(sum(op.key.startswith(TXN_PREFIX) for op in success))
         action = self.script.pop(0) if self.script else "ok"
+        if action == "gate":
+            self.at_gate.set()
+            assert self.gate.wait(30)
         if action == "hold":
             self.held.append((list(compares), list(success), list(failure)))
             raise StoreUnavailable("request sent, no answer (held back by the test)")
@@ -232,3 +241,61 @@ def test_absence_is_no_evidence_once_the_marker_may_have_expired(faulty: Faulty)
     marker = next(op.key for op in faulty.held[0][1] if op.key.startswith(TXN_PREFIX))
     assert faulty.inner.get(marker) is None
     assert [p for p in _ports(repo, net) if p["name"] == "a"] == []
+
+
+def _batched(faulty: Faulty, repo: Repo, names: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Create a port per name, each on a network of its own (so no two compete for an address),
+    `names[0]`'s txn held at the gate and the others queued behind it one after the other (so
+    they go to the store as one merged txn, services/txn_batch.py); then open the gate. The
+    networks and the acknowledged ports, by name."""
+    assert repo.batcher is not None
+    repo.batcher.escape = 60.0  # the held txn must not let a second batch go meanwhile
+    cidrs = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"]
+    nets = {name: _setup(repo, cidrs[i]) for i, name in enumerate(names)}
+    acked: dict[str, dict[str, Any]] = {}
+
+    def create(name: str) -> None:
+        acked[name] = repo.transact(_create(nets[name], name))
+
+    first = threading.Thread(target=create, args=(names[0],))
+    first.start()
+    assert faulty.at_gate.wait(30)
+    rest = [threading.Thread(target=create, args=(n,)) for n in names[1:]]
+    for k, t in enumerate(rest, 1):
+        t.start()
+        while len(repo.batcher._queue) < k:  # it waits behind the held one
+            threading.Event().wait(0.01)
+    faulty.gate.set()
+    for t in [first, *rest]:
+        t.join(60)
+    assert sorted(acked) == sorted(names)
+    return nets, acked
+
+
+def test_lost_answer_of_a_merged_batch_is_one_copy_each(faulty: Faulty) -> None:
+    """Two creates share one txn whose answer is lost after it applied: each resolves by its
+    own marker as applied; no fence, no rerun."""
+    repo = Repo(faulty)  # type: ignore[arg-type]
+    faulty.script = ["ok"] * 3 + ["gate", "lose"]  # the three networks, then the creates
+    n = len(faulty.markers) + 3
+    nets, acked = _batched(faulty, repo, ["a", "b", "c"])
+    assert faulty.markers[n:] == [1, 2]  # a alone, then b and c in one txn; nothing after
+    for name in "abc":
+        _assert_one_copy(repo, nets[name], acked[name], name)
+        assert len(_ports(repo, nets[name])) == 1
+
+
+def test_a_fenced_merged_batch_never_applies_late(faulty: Faulty) -> None:
+    """A merged txn held back (answer lost, not applied): each of its attempts fences its own
+    marker and reruns; the held batch, delivered late, fails its compares."""
+    repo = Repo(faulty)  # type: ignore[arg-type]
+    faulty.script = ["ok"] * 3 + ["gate", "hold"]
+    nets, acked = _batched(faulty, repo, ["a", "b", "c"])
+    assert len(faulty.held) == 1
+    compares, success, failure = faulty.held[0]
+    markers = [op.key for op in success if op.key.startswith(TXN_PREFIX)]
+    assert len(markers) == 2 and all(faulty.inner.get(m).value == "aborted" for m in markers)  # both fenced
+    assert not faulty.inner.txn(compares, success, failure).succeeded  # the late batch
+    for name in "abc":
+        _assert_one_copy(repo, nets[name], acked[name], name)
+        assert len(_ports(repo, nets[name])) == 1

@@ -323,3 +323,17 @@ def test_agent_config_file_settings(tmp_path) -> None:
     f.write_text("[agent\n")
     with pytest.raises(ValueError):
         agent_settings(str(f))
+
+
+def test_agent_logs_every_request_of_a_merged_revision(caplog: pytest.LogCaptureFixture) -> None:
+    """On etcd one revision may carry several requests (services/txn_batch.py): the hub sends
+    their ids comma-separated, and the agent logs each in full (not cut at 80 characters)."""
+    a, _, _ = agent_with_fakes()
+    a.on_message(snapshot(5, [P1, P3]))
+    a.run_once()
+    ids = [f"req-{i}" + "0" * 35 for i in range(3)]  # the length of req-<uuid>
+    p2 = dict(P2, **{"binding:host_id": "h1"})
+    a.on_message({"type": "update", "revision": 9, "request_id": ",".join(ids), "put": {"ports": {p2["id"]: p2}}})
+    with caplog.at_level(logging.INFO, logger="vxnet.agent"):
+        a.run_once()
+    assert any(f"revision=9 request_ids={','.join(ids)} applied" in r.getMessage() for r in caplog.records)

@@ -233,9 +233,9 @@ class Agent:
                 self._received_revision = view.revision
                 if kind == "update" and self._recv_at is None:
                     self._recv_at = time.time()
-                rid = msg.get("request_id")
-                if isinstance(rid, str) and len(self._request_ids) < 1000:
-                    self._request_ids.append(rid[:80])
+                rid = msg.get("request_id")  # several, comma-separated, for a revision of merged requests
+                if isinstance(rid, str):
+                    self._request_ids += [r[:80] for r in rid.split(",")[:16]][:1000 - len(self._request_ids)]
         metrics.VIEW_REVISION.set(view.revision)
         if msg.get("type") == "update":
             for kind in {*(msg.get("put") or {}), *(msg.get("delete") or {})}:

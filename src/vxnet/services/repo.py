@@ -34,7 +34,10 @@ Audit trail: while `REQUEST_ID` is set (the API's request guard sets it to the r
 `X-Openstack-Request-Id` for the duration of the request), every committed transaction also
 puts `meta/request` = that id, so the store revision a request produced names the request; the
 servers' view hub sends it with that revision's view updates and agents log it with the pass
-that applied them (docs/operations.md). One key, overwritten: it costs one put per write.
+that applied them (docs/operations.md). One key, overwritten: it costs one put per write. On
+etcd, attempts ready at the same time share one transaction (`services/txn_batch.py`: group
+commit, each attempt with its own marker); `meta/request` then holds the ids of every request
+of that revision, comma-separated.
 
 `Repo.stage_hook` (None unless installed; services/quotas.py installs one) sees every staged
 `put`/`delete` of a resource, before it is staged, in the same unit of work: it may read and
@@ -59,6 +62,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from vxnet.services.compact import compact
+from vxnet.services.txn_batch import Attempt, TxnBatcher
 from vxnet.store.contract import (
     Compare,
     Delete,
@@ -156,6 +160,7 @@ class UnitOfWork:
         self._cursor = self._ids.cursor()
         self.attempt = self._ids.attempts  # 1 on the first run of the function, 2 on its rerun...
         self._created: set[str] = set()  # resource keys under ids of this request
+        self._touched: set[str] = set()  # keys staged by `touch`
         self.after_commit: list[Callable[[], None]] = []
         self.hook_state: dict[str, Any] = {}  # the stage hook's per-transaction notes
 
@@ -261,6 +266,11 @@ class UnitOfWork:
         read it) fail. The value is meaningless: never compare it or use it as evidence."""
         if key not in self._ops:
             self._ops[key] = Put(key, "")
+            self._touched.add(key)
+
+    def touches(self) -> frozenset[str]:
+        """The keys this unit of work only touches (no other write of them staged)."""
+        return frozenset(k for k in self._touched if self._ops.get(k) == Put(k, ""))
 
     def delete_raw(self, key: str) -> None:
         self._ops[key] = Delete(key)
@@ -288,9 +298,15 @@ class Repo:
         self.max_retries = max_retries
         self.ambiguity_patience = 6.0  # seconds to keep trying to learn a lost answer's outcome
         self.marker_ttl = 60           # seconds an attempt marker lives at most ...
-        self.marker_rotate = 15.0      # ... and at least marker_ttl - marker_rotate
+        # ... and at least marker_ttl - marker_rotate. Each expiry deletes the markers of one
+        # rotation in one etcd revision, stalling etcd's writes meanwhile (4,500 markers: 50-150 ms;
+        # 900: 20-70 ms): rotating often keeps that short (docs/store.md)
+        self.marker_rotate = 3.0
         self.fence_ttl = 3600          # seconds a fence keeps a fenced attempt from applying
         self._markers = _MarkerLeases(self)
+        # group commit (services/txn_batch.py) where a transaction costs a round trip that may
+        # lose its answer (etcd); the embedded store commits each transaction on its own
+        self.batcher = TxnBatcher(store, REQUEST_KEY) if getattr(store, "may_lose_answers", True) else None
         self._cache: dict[str, tuple[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.stage_hook: StageHook | None = None
@@ -349,7 +365,7 @@ class Repo:
             compares = list(uow._compares.values())
             ops = list(uow._ops.values())
             request_id = REQUEST_ID.get()
-            if request_id is not None:
+            if request_id is not None and self.batcher is None:
                 ops.append(Put(REQUEST_KEY, request_id))
             marker = ""
             granted_at = 0.0
@@ -359,7 +375,10 @@ class Repo:
                 compares.append(key_missing(marker))
                 ops.append(Put(marker, COMMITTED, lease))
             try:
-                succeeded = self.store.txn(compares, ops).succeeded
+                if self.batcher is not None:
+                    succeeded = self.batcher.commit(Attempt(compares, ops, uow.touches(), request_id)).succeeded
+                else:
+                    succeeded = self.store.txn(compares, ops).succeeded
             except LeaseNotFound:
                 self._markers.drop()  # the marker lease ended early (e.g. a store restart)
                 continue
