@@ -94,15 +94,20 @@ def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
         cluster.stop()
 
 
+def network_with_subnet(api: Any, name: str, cidr: str) -> dict[str, Any]:
+    """A network with one IPv4 subnet (`cidr`), made through the API."""
+    net: dict[str, Any] = api.post("/networks", json={"network": {"name": name}}).json()["network"]
+    r = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": cidr, "ip_version": 4}})
+    assert r.status_code == 201, r.text
+    return net
+
+
 def per_create(two_servers: tuple[ServerHandle, ServerHandle]) -> dict[str, dict[str, float]]:
     """{counter: {"A": per create on the handling server, "B": on the other one}}."""
     a, b = two_servers
     ca, cb = Counter(a.store), Counter(b.store)  # type: ignore[arg-type]
     with a.api("alice") as api:
-        net = api.post("/networks", json={"network": {"name": "acct"}}).json()["network"]
-        r = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.64.0.0/16",
-                                                  "ip_version": 4}})
-        assert r.status_code == 201, r.text
+        net = network_with_subnet(api, "acct", "100.64.0.0/16")
         for i in range(3):  # warm-up: the project's default group, quota bases, marker lease
             assert api.post("/ports", json={"port": {"network_id": net["id"], "name": f"w{i}"}}).status_code == 201
         b.store.read_after(a.store.revision())
@@ -155,10 +160,7 @@ def test_concurrent_creates_share_transactions(two_servers: tuple[ServerHandle, 
     a, b = two_servers
     ca, cb = Counter(a.store), Counter(b.store)  # type: ignore[arg-type]
     with a.api("alice") as api:
-        net = api.post("/networks", json={"network": {"name": "acct-c"}}).json()["network"]
-        r = api.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.65.0.0/16",
-                                                  "ip_version": 4}})
-        assert r.status_code == 201, r.text
+        net = network_with_subnet(api, "acct-c", "100.65.0.0/16")
     a0, b0 = ca.snapshot(), cb.snapshot()
     per_client = 15
     made: list[dict[str, Any]] = []
