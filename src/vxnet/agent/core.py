@@ -7,8 +7,9 @@ Threads (all daemons, all stopped by `stop()`):
 - monitor: netlink link/neighbour events; a tap appearing wakes the reconciler at once, a
   deletion of something we own (or of a static entry) also invalidates its cache.
 - reconcile (the caller's thread in `run()`): waits for a wake-up or the resync period,
-  coalesces for `coalesce` seconds when a pass ended less than `BURST_WINDOW` ago (an
-  isolated change, such as a port bind, is not delayed), computes the desired state of the whole host
+  coalesces for `coalesce` seconds in a burst (a wake-up came while the previous pass ran, and
+  that pass ended less than `BURST_WINDOW` ago; an isolated change, such as a port bind, is not
+  delayed), computes the desired state of the whole host
   (`compute.host.HostComputer`: exactly the pure `compute_host`, recomputing only what
   changed) and converges the kernel.
   Level-triggered: every pass starts from the current view and kernel.
@@ -586,7 +587,7 @@ class Agent:
 
     def _reconcile_loop(self) -> None:
         next_resync = time.monotonic() + self.cfg.resync_interval
-        last_end = 0.0
+        last_end, burst = 0.0, False
         while not self._stop.is_set():
             self._wake.wait(max(0.0, next_resync - time.monotonic()))
             if self._stop.is_set():
@@ -594,14 +595,16 @@ class Agent:
             if time.monotonic() >= next_resync:
                 self._invalidate = True     # drift repair: read the kernel again
                 next_resync = time.monotonic() + self.cfg.resync_interval
-            # Coalesce only in a burst (the previous pass ended moments ago): an isolated change,
-            # e.g. a port bind, starts its pass at once; during a burst the changes that arrive
-            # while a pass runs, plus `coalesce`, go into the next one.
-            if self.cfg.coalesce and time.monotonic() - last_end < BURST_WINDOW:
+            # Coalesce only in a burst: changes arrived while the previous pass ran and that
+            # pass ended moments ago. They, plus what comes within `coalesce`, go into the next
+            # pass. An isolated change (e.g. a port bind, even just after an unrelated pass such
+            # as the one its new tap woke) finds the loop idle and starts its pass at once.
+            if self.cfg.coalesce and burst and time.monotonic() - last_end < BURST_WINDOW:
                 time.sleep(self.cfg.coalesce)
             self._wake.clear()
             self.run_once()
             last_end = time.monotonic()
+            burst = self._wake.is_set()      # woken again while the pass ran
         self.reconciler.close()
         for f in self.features:
             try:
