@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from vxnet.compute import naming
@@ -43,14 +43,18 @@ class FakeKernel:
         self.fail: set[object] = set()
         self.calls = 0                       # write operations (links and entries)
         self.reads = 0                       # FDB/neighbour reads (a read against `expected` that misses one is read again)
+        self.link_reads = 0                  # link table dumps
+        self.link_event: Callable[[], None] = lambda: None   # what a link monitor would hear (every link change)
         self._ifindex = itertools.count(10)
 
     # -- the hypervisor's part ---------------------------------------------------------------
     def add_tap(self, name: str, mtu: int = 1500) -> None:
         self.links_by_name[name] = Link(name, "tap", next(self._ifindex), {"mtu": mtu, "up": False})
+        self.link_event()
 
     # -- Kernel -------------------------------------------------------------------------------
     def read_links(self) -> LinkSnapshot:
+        self.link_reads += 1
         bridges, vxlans, taps = set(), set(), set()
         for ln in self.links_by_name.values():
             a = ln.attrs
@@ -117,6 +121,7 @@ class FakeKernel:
         ln = self.links_by_name.pop(name, None)
         if ln is None:
             return
+        self.link_event()
         for vlan in [o.name for o in self.links_by_name.values() if o.kind == "vlan" and o.attrs["parent"] == name]:
             self.delete(vlan)                 # a VLAN device goes with its lower device
         for other in self.links_by_name.values():
@@ -139,6 +144,8 @@ class FakeLinks:
         if entry in self.k.fail or not ok:
             self.failed.append(entry)
             return False
+        if isinstance(entry, (Bridge, Vxlan, Plug)):
+            self.k.link_event()               # a link write is a link event (ours too)
         return True
 
     def _bridge(self, b: Bridge) -> None:

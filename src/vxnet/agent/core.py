@@ -661,9 +661,11 @@ class Agent:
             mon = None
             try:
                 mon = RtnlMonitor(self.cfg.netns)
+                self.reconciler.watch_links(True)    # subscribed: link events reach it from now on
                 while not self._stop.is_set():
                     for ev in mon.events(timeout=1.0):
                         if ev.type in (RTM_NEWLINK, RTM_DELLINK):
+                            self.reconciler.links_changed()
                             name = ev.ifname or ""
                             if naming.is_plug(name) or naming.is_owned(name):
                                 self.kernel_changed(invalidate=ev.type == RTM_DELLINK)
@@ -679,6 +681,7 @@ class Agent:
                 self.kernel_changed(invalidate=True)
                 self._stop.wait(0.05)
             finally:
+                self.reconciler.watch_links(False)       # no events: every pass reads the links
                 if mon is not None:
                     mon.close()
 
