@@ -73,7 +73,7 @@ def rule_handles(host: int, family: str, table: str) -> list[int]:
 def genid(host: int) -> int:
     """The nftables ruleset generation of a host namespace (moves with every transaction)."""
     r = nsexec(topology.host_ns(host), sys.executable, "-c",
-               "from vxnet.dataplane.nft_driver import nft_genid; print(nft_genid())")
+               "from vxnet.dataplane.nft_ledger import nft_genid; print(nft_genid())")
     assert r.returncode == 0, r.stderr
     return int(r.stdout)
 
