@@ -193,7 +193,7 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
         mem = _proc_memory(pid)
         fdb = subprocess.run(["ip", "netns", "exec", topology.host_ns(1), "bridge", "fdb", "show"],
                              capture_output=True, text=True, check=False).stdout.count(" dst ")
-        out: dict[str, object] = {"rss": mem["hwm"], "fdb": fdb, "memory": mem}
+        out: dict[str, object] = {"rss": mem["hwm"], "fdb": fdb, "memory": mem, "samples": samples}
         if profile:
             import glob
 
@@ -203,7 +203,6 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
                 time.sleep(0.5)
             with contextlib.suppress(OSError), open(f"{profile}-{pid}-1.txt") as f:
                 out["profile"] = f.read()
-            out["samples"] = samples
             with contextlib.suppress(OSError), open(os.path.join(lab.state_dir(), "agent-h1.log")) as f:
                 out["log"] = f.read()[-200_000:]      # h1's agent log (its last 200 kB)
         return out
