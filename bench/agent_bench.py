@@ -121,9 +121,9 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
     view). Read `settle` seconds after the last port was created; h1's FDB is read back.
     `profile` (a file prefix, a debugging aid, not for a figure: tracing costs memory): h1's agent
     is restarted before the ports are made with `VXNET_MEMPROFILE` set to it (vxnet/memprofile.py)
-    and sent SIGUSR2 at the end; the result then has the profile's text, h1's RSS sampled every
-    `sample_every` seconds (`samples`: seconds since the first port request, MB) and the tail of
-    h1's agent log (`log`)."""
+    and sent SIGUSR2 at the end; the result then has the profile's text and the tail of h1's
+    agent log (`log`). Always: h1's RSS sampled every `sample_every` seconds (`samples`: seconds
+    since the first port request, MB; where the peak comes)."""
     import tempfile
 
     from tests.root.conftest import USERS_TOML
@@ -193,7 +193,7 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
         mem = _proc_memory(pid)
         fdb = subprocess.run(["ip", "netns", "exec", topology.host_ns(1), "bridge", "fdb", "show"],
                              capture_output=True, text=True, check=False).stdout.count(" dst ")
-        out: dict[str, object] = {"rss": mem["hwm"], "fdb": fdb, "memory": mem}
+        out: dict[str, object] = {"rss": mem["hwm"], "fdb": fdb, "memory": mem, "samples": samples}
         if profile:
             import glob
 
@@ -203,7 +203,6 @@ def measure_lab_agent(ports: int, wait: float, security_groups: bool = True, sub
                 time.sleep(0.5)
             with contextlib.suppress(OSError), open(f"{profile}-{pid}-1.txt") as f:
                 out["profile"] = f.read()
-            out["samples"] = samples
             with contextlib.suppress(OSError), open(os.path.join(lab.state_dir(), "agent-h1.log")) as f:
                 out["log"] = f.read()[-200_000:]      # h1's agent log (its last 200 kB)
         return out

@@ -16,10 +16,13 @@ The honest probe (`cloud` view as JSON text, with what the `vxnet agent` process
 /23 subnet per network, every port in a default security group whose remote-group rules put all
 10,000 addresses in the firewall's sets, and one resync pass (the kernel read back) measured 112
 MB in December 2026 (an interval set that libnftables kept in memory, typer and pydantic in the
-process, a second copy of the applied FDB/neighbour sets...) and 66-67 MB after that work; its
-budget is 72 MB. The same work took the probe's L2-only agent to 50 MB and its whole agent
-(plain view, objects) to 59 MB; their budgets stay as they were. A real `vxnet agent` in a lab
-with the same view: 63.5-64.0 MB peak, 57.8-57.9 MB resident (docs/benchmarks.md)."""
+process, a second copy of the applied FDB/neighbour sets...), 66-67 MB after that work, and
+62.2-62.4 MB once the resync no longer read the firewall's table back after the agent's own
+commits (dataplane/nft_ledger.py) nor kept a copy of the pass's diff or a set of every read
+entry's hash; its budget is 66 MB (72 before). The same work took the probe's L2-only agent to
+50 MB and its whole agent (plain view, objects) to 59 MB; their budgets stay as they were. A
+real `vxnet agent` in a lab with the same view: 59.9-60.5 MB peak, 56.6-56.8 MB resident
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -57,4 +60,4 @@ def test_rss_and_apply_time_with_10k_ports(underlay3: list[str]) -> None:
     # as a real `vxnet agent` holds it: JSON snapshot, its imports, subnets, the default group, a resync
     rss_real, rest = _probe(underlay3[2], "all", "json", "cli", "cloud")
     assert "'fdb': 20000" in rest and "'plugs': 40" in rest     # + the DHCP and metadata service ports
-    assert rss_real <= 72.0
+    assert rss_real <= 66.0

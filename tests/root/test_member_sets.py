@@ -107,3 +107,37 @@ def test_member_set_kind_follows_its_members(ns: str) -> None:
         assert _set(ns) == ({"interval"}, frozenset({*(f"192.0.2.{20 + 2 * i}" for i in range(5)), "203.0.113.0/24"}))
     finally:
         d.close()
+
+
+def test_only_someone_elses_commit_makes_the_firewall_read_back(ns: str) -> None:
+    """dataplane/nft_ledger.py: the agent's own transactions in other tables (the metadata
+    steering table's worker, a ledger-keeping executor) leave the firewall's proof intact: after
+    an invalidation it trusts its tables without listing them ("unchanged"). Another program's
+    commit makes it read them back; an element that program deleted is put back, also when an
+    incremental change of ours came between (a change on top of someone else's proves nothing)."""
+    from vxnet.dataplane.metadata_driver import NsWorker
+
+    d, worker = NftDriver(ns), NsWorker(ns, "test-ledger")
+    try:
+        two, five = compute_firewall(_view(False), "h1"), compute_firewall(_view(False, members=5), "h1")
+        d.apply([(t, None) for t in two.tables])
+        assert worker.nft("add table bridge vxnet_test_own\nadd chain bridge vxnet_test_own c\n") is None
+        d.invalidate()
+        assert d.apply([(t, None) for t in two.tables]).mode == "unchanged"    # no listing: nothing sent
+        assert worker.nft("delete table bridge vxnet_test_own\n") is None
+        assert d.apply([(t, None) for t in two.tables]).mode == "unchanged"
+
+        # another program deletes a member: the next check reads back and repairs it
+        assert nsexec(ns, "nft", "delete", "element", "inet", "vxnet_sg", set_name(G2), "{ 192.0.2.22 }").returncode == 0
+        assert d.apply([(t, None) for t in two.tables]).mode == "adopt"
+        assert _set(ns) == (set(), frozenset({"192.0.2.20", "192.0.2.22"}))
+        assert d.apply([(t, None) for t in two.tables]).mode == "unchanged"
+
+        # ... and when our incremental change (three new members) came after its deletion
+        assert nsexec(ns, "nft", "delete", "element", "inet", "vxnet_sg", set_name(G2), "{ 192.0.2.20 }").returncode == 0
+        assert d.apply([(t, o) for t, o in zip(five.tables, two.tables, strict=True)]).mode == "incremental"
+        assert d.apply([(t, None) for t in five.tables]).mode == "adopt"
+        assert _set(ns) == (set(), frozenset(f"192.0.2.{20 + 2 * i}" for i in range(5)))
+    finally:
+        worker.close()
+        d.close()

@@ -7,6 +7,8 @@ features in use:
   status` reports 0 drift repairs on every host, the kernel objects are the very ones loaded at
   first (same rule handles and qdiscs: nothing was reloaded), and h2, which nobody touched,
   committed no nftables transaction at all (its ruleset generation did not move);
+- one element of the security-group table deleted by another program is put back by the next
+  resync (and counted), the table's rules untouched;
 - real drift (the security-group table flushed, the DHCP and metadata steering tables deleted,
   the tap's shaper deleted) is repaired by the next resync and counted under each feature's kind.
 """
@@ -25,6 +27,7 @@ import pytest
 from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import nsexec, ping, wait_for
 from vxnet.compute import naming
+from vxnet.compute.firewall import set_name
 from vxnet.lab import topology
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -73,9 +76,16 @@ def rule_handles(host: int, family: str, table: str) -> list[int]:
 def genid(host: int) -> int:
     """The nftables ruleset generation of a host namespace (moves with every transaction)."""
     r = nsexec(topology.host_ns(host), sys.executable, "-c",
-               "from vxnet.dataplane.nft_driver import nft_genid; print(nft_genid())")
+               "from vxnet.dataplane.nft_ledger import nft_genid; print(nft_genid())")
     assert r.returncode == 0, r.stderr
     return int(r.stdout)
+
+
+def set_elements(host: int, name: str) -> set[str]:
+    """The elements of a set of the security-group table, as the kernel lists them."""
+    out = nft_json(host, *naming.SG_TABLE)["nftables"]
+    s = next(i["set"] for i in out if "set" in i and i["set"]["name"] == name)
+    return {e if isinstance(e, str) else json.dumps(e) for e in s.get("elem", [])}
 
 
 def qdisc_handles(host: int, dev: str) -> list[tuple[str, str]]:
@@ -135,8 +145,18 @@ def test_unchanged_host_repairs_nothing_then_real_drift_is_repaired(lab: Lab) ->
     assert rule_handles(1, *naming.METADATA_TABLE) == meta
     assert qdisc_handles(1, tap) == shaper
 
-    # Real drift on h1: each is repaired by the next resync and counted under its feature.
+    # One element of the security-group table deleted by another program (d2's address in the
+    # default group's member set): the ruleset generation moved past the agent's own commits
+    # (dataplane/nft_ledger.py), so the next resync reads the table back and puts it back.
     h1 = topology.host_ns(1)
+    members = set_name(p2["security_groups"][0])
+    assert "192.0.2.32" in set_elements(1, members)
+    assert nsexec(h1, "nft", "delete", "element", *naming.SG_TABLE, members, "{ 192.0.2.32 }").returncode == 0
+    wait_for(lambda: any("firewall" in r for r in repairs(lab, "h1")), "h1's firewall repair", timeout=30)
+    assert "192.0.2.32" in set_elements(1, members)
+    assert rule_handles(1, *naming.SG_TABLE) == sg      # the element only: no rule was reloaded
+
+    # Real drift on h1: each is repaired by the next resync and counted under its feature.
     assert nsexec(h1, "nft", "flush", "table", *naming.SG_TABLE).returncode == 0
     assert nsexec(h1, "nft", "delete", "table", *naming.DHCP_TABLE).returncode == 0
     assert nsexec(h1, "tc", "qdisc", "del", "dev", tap, "root").returncode == 0

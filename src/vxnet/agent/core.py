@@ -463,7 +463,7 @@ class Agent:
             metrics.DESIRED_OBJECTS.labels(kind).set(n)
         metrics.RECONCILES.labels(str(result.full_read).lower()).inc()
         metrics.RECONCILE_SECONDS.observe(result.seconds)
-        for kind in dataclasses.asdict(result.diff):
+        for kind in (f.name for f in dataclasses.fields(result.diff)):   # not asdict: a deep copy of every entry
             for op in ("create", "update", "delete"):
                 n = len(getattr(getattr(result.diff, kind), op))
                 if n:

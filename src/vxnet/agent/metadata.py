@@ -57,7 +57,7 @@ class MetadataFeature:
         (passes are serialized), else through a worker thread that entered it."""
         if self.ctx.netns is None:
             if self._executor is None:
-                self._executor = NftExecutor()
+                self._executor = NftExecutor(ledger=True)
             return self._executor.run(script)
         if self._worker is None:
             self._worker = NsWorker(self.ctx.netns, "vxnet-agent-metadata-nft")
@@ -71,7 +71,7 @@ class MetadataFeature:
         try:
             if self.ctx.netns is None:
                 if self._executor is None:
-                    self._executor = NftExecutor()
+                    self._executor = NftExecutor(ledger=True)
                 return nft_image.parse(self._executor.output(cmd, 0))
             if self._worker is None:
                 self._worker = NsWorker(self.ctx.netns, "vxnet-agent-metadata-nft")

@@ -14,6 +14,9 @@ Contract:
   `DhcpCache`), the firewall, routing, gateway and QoS parts when one of the view buckets they read
   is a different object (view updates replace only the buckets they touch), and the merged L2
   only when some part changed. A pass in which nothing changed returns the previous object.
+  The old per-network parts are let go as their replacements are computed (`compute.memo`): a
+  pass in which every network changed holds the old merged state, the new parts and the new
+  merged state, not also all the old parts.
 """
 
 from __future__ import annotations
@@ -102,7 +105,9 @@ class HostComputer:
         self.l2 = L2Cache(spec.host, spec.underlay_ip)
         self.dhcp = DhcpCache(spec.host, spec.dhcp_lease_time)
         self._parts: IdentityMemo[Any] = IdentityMemo()
-        self._merged: IdentityMemo[HostDesired] = IdentityMemo()
+        # the last result and what it was made of: the L2 parts' version (not the parts: holding
+        # them would keep every old part alive beside the new ones) and the features' objects
+        self._last: tuple[tuple[object, ...], HostDesired] | None = None
         self.timings: dict[str, float] = {}       # part -> seconds of the last call (metrics)
 
     def compute(self, view: View | Mapping[str, Mapping[str, Any]]) -> HostDesired:
@@ -129,6 +134,13 @@ class HostComputer:
         meta = timed("metadata", lambda: self._parts.get(
             "metadata", tuple(v.bucket(k) for k in METADATA_INPUTS), lambda: compute_metadata(v, spec.host)))
         self.timings = t
-        self._merged.begin()
-        return self._merged.get("all", (*overlay, fw, routing, dhcp, gateway, qos, meta),
-                                lambda: _assemble(overlay, fw, routing, dhcp, gateway, qos, meta))
+        inputs = (fw, routing, dhcp, gateway, qos, meta)
+        last = self._last
+        if last is not None and last[0][0] == self.l2.version and all(
+                a is b for a, b in zip(last[0][1:], inputs, strict=True)):
+            return last[1]
+        out = _assemble(overlay, fw, routing, dhcp, gateway, qos, meta)
+        if last is not None and last[1] == out:
+            out = last[1]         # equal: the same object, so the agent sees "unchanged"
+        self._last = ((self.l2.version, *inputs), out)
+        return out

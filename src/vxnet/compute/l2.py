@@ -243,3 +243,8 @@ class L2Cache:
         the host computer merges them once with the features' L2 parts, instead of keeping a
         merged copy here and a second one there (each ~1.5 MB of set tables at 10,000 ports)."""
         return self._memo.parts(self._specs(as_view(view)))
+
+    @property
+    def version(self) -> int:
+        """Moves whenever `parts` returns other part objects than the call before (`PartsMemo`)."""
+        return self._memo.version

@@ -7,8 +7,14 @@ when the result equals it (an input changed in a field this value does not depen
 port's status: the value stays the same object, and so do the values built from it). `begin()` (at the start of a pass)
 drops keys not asked for in the previous pass, so the memo never holds objects the view dropped (and
 never answers for an id reused later). The memo holds the inputs, so they stay alive (and
-their ids unique) while cached. Correctness never depends on it: a miss only recomputes, and
-the tests check every cached path against the full recompute.
+their ids unique) while cached; a key's previous entry is let go as soon as its new value is
+computed (not at the next pass), so a pass that rebuilds every part never holds all the old
+parts beside the new ones (peak memory). Correctness never depends on it: a miss only
+recomputes, and the tests check every cached path against the full recompute.
+
+`PartsMemo.version` moves whenever the parts it returns are not the very same objects (in the
+same keys) as the last call's: a caller combining the parts with more keys its own memo on it
+instead of holding the old parts (`compute/host.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ class IdentityMemo(Generic[T]):
         self._old: dict[Hashable, tuple[tuple[object, ...], T]] = {}
         self._new: dict[Hashable, tuple[tuple[object, ...], T]] = {}
         self.recomputed = 0      # misses in the current pass (observability, tests)
+        self.replaced = 0        # values returned that are not the previous value of their key (ever)
 
     def get(self, key: Hashable, inputs: tuple[object, ...], fn: Callable[[], T]) -> T:
         hit = self._new.get(key) or self._old.get(key)
@@ -37,7 +44,10 @@ class IdentityMemo(Generic[T]):
         value = fn()
         if hit is not None and hit[1] == value:
             value = hit[1]      # equal: keep the old object, so "unchanged" stays cheap downstream
+        else:
+            self.replaced += 1
         self._new[key] = (inputs, value)
+        self._old.pop(key, None)    # the old value and inputs go now, not after the whole pass
         return value
 
     def begin(self) -> None:
@@ -54,6 +64,8 @@ class PartsMemo(Generic[T, R]):
         self._combine = combine
         self._parts: IdentityMemo[T] = IdentityMemo()
         self._whole: IdentityMemo[R] = IdentityMemo()
+        self.version = 0                        # moves when `parts` returns other objects
+        self._keys: tuple[Hashable, ...] = ()
 
     @property
     def recomputed(self) -> int:
@@ -64,7 +76,16 @@ class PartsMemo(Generic[T, R]):
         """The parts alone (each the same object while its inputs are), not combined: for a
         caller that combines them with more (one combination instead of two copies)."""
         self._parts.begin()
-        return tuple(self._parts.get(key, inputs, fn) for key, inputs, fn in parts)
+        replaced = self._parts.replaced
+        keys: list[Hashable] = []
+        found: list[T] = []
+        for key, inputs, fn in parts:
+            keys.append(key)
+            found.append(self._parts.get(key, inputs, fn))
+        if self._parts.replaced != replaced or tuple(keys) != self._keys:
+            self.version += 1
+            self._keys = tuple(keys)
+        return tuple(found)
 
     def compute(self, parts: Iterable[Part[T]]) -> R:
         found = self.parts(parts)

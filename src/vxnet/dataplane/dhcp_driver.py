@@ -204,7 +204,7 @@ class ResponderServer:
         try:
             if self.netns:
                 setns(self.netns)       # this thread only; never creates it
-            nft = NftExecutor()     # in this thread's namespace (entered above)
+            nft = NftExecutor(ledger=True)     # in this thread's namespace (entered above); nft_ledger
             while True:
                 with self._cond:
                     if self._stop:

@@ -328,7 +328,7 @@ class NsWorker:
         """Run one nftables transaction in the namespace: None, or the error text."""
         def run() -> str | None:
             if self._nft is None:
-                self._nft = NftExecutor()
+                self._nft = NftExecutor(ledger=True)   # nft_ledger: our commits, not foreign ones
             return self._nft.run(script)
         return self.call(run)  # type: ignore[no-any-return]
 
@@ -336,7 +336,7 @@ class NsWorker:
         """An nftables listing in the namespace (OSError on failure, e.g. no such table)."""
         def run() -> str:
             if self._nft is None:
-                self._nft = NftExecutor()
+                self._nft = NftExecutor(ledger=True)   # nft_ledger: our commits, not foreign ones
             return self._nft.output(cmd, 0)
         return self.call(run)  # type: ignore[no-any-return]
 

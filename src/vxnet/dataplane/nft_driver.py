@@ -19,9 +19,12 @@ Contract:
   not already hold the desired rules. Recognising them: every rule carries a comment with a
   hash of its text (compute/firewall.py); the driver lists the tables tersely and compares
   each chain's comment sequence. So a restarted agent adopts its rules without resetting a
-  counter; sets are re-filled exactly (flush + add) in that case. Cheaper still: when the
-  namespace's ruleset generation (NFT_MSG_GETGEN) is the one read right after our last
-  transaction, nothing at all was committed since, and the kernel is not read.
+  counter; sets are re-filled exactly (flush + add) in that case. Cheaper still: when every
+  transaction committed in the namespace since our last one was one of the agent's own (the
+  ruleset generation, NFT_MSG_GETGEN, is the head of the chain of own commits that
+  `dataplane/nft_ledger.py` keeps: the DHCP and metadata steering tables' transactions are in
+  it), nobody touched our tables, and the kernel is not read. An incremental transaction keeps
+  that proof only on top of it (no foreign commit before it).
 - `NftError` on failure (nothing was applied: transactions are all or nothing); the caller
   passes `previous` None next time.
 - Transactions and listings go through the one executor (`dataplane/nft_exec.py`: libnftables
@@ -45,8 +48,6 @@ import logging
 import os
 import queue
 import re
-import socket
-import struct
 import subprocess
 import threading
 import time
@@ -56,6 +57,7 @@ from typing import Any
 from vxnet.compute.firewall import NftChain, NftTable, table_text
 from vxnet.dataplane import nft_image
 from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, NftExecutor
+from vxnet.dataplane.nft_ledger import LEDGER, Token
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
@@ -217,63 +219,6 @@ def _edit_rules(f: str, n: str, old: NftChain, new: NftChain, handles: dict[str,
     return out + [f"add rule {f} {n} {new.name} {r.text}" for r in new.rules if r.text not in have]
 
 
-class GenIdReader:
-    """Reads the nftables ruleset generation (NFT_MSG_GETGEN) of the namespace of the thread
-    that first calls it: it changes with every committed transaction, ours or anyone's.
-
-    The netlink socket is kept open: closing a NETLINK_NETFILTER socket costs the kernel a
-    grace period (5-15 ms measured here), which every port-up paid when it was per call."""
-
-    def __init__(self) -> None:
-        self._sock: socket.socket | None = None
-        self._seq = 0
-
-    def read(self) -> int:
-        if self._sock is None:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)        # NETLINK_NETFILTER
-            s.settimeout(5)
-            s.bind((0, 0))
-            self._sock = s
-        try:
-            return self._query(self._sock)
-        except OSError:
-            self.close()            # a broken socket: the next read opens a fresh one
-            raise
-
-    def _query(self, s: socket.socket) -> int:
-        self._seq += 1
-        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)              # nfgenmsg
-        s.send(struct.pack("=IHHII", 16 + len(body), (10 << 8) | 16, 1, self._seq, 0) + body)  # NFTABLES, GETGEN
-        while True:
-            data = s.recv(65536)
-            length, mtype, _, seq = struct.unpack_from("=IHHI", data)
-            if seq == self._seq:
-                break                                                    # an older answer: skip it
-        if mtype == 2:                                                   # NLMSG_ERROR
-            raise OSError(-struct.unpack_from("=i", data, 16)[0], "NFT_MSG_GETGEN")
-        off = 20
-        while off + 4 <= length:
-            alen, atype = struct.unpack_from("=HH", data, off)
-            if atype & 0x3FFF == 1:                                      # NFTA_GEN_ID
-                return int(struct.unpack_from("!I", data, off + 4)[0])
-            off += (alen + 3) & ~3
-        raise OSError("NFT_MSG_GETGEN: no generation id")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-def nft_genid() -> int:
-    """The ruleset generation of the calling thread's namespace (one-off: opens and closes a socket)."""
-    r = GenIdReader()
-    try:
-        return r.read()
-    finally:
-        r.close()
-
-
 def _bridge_nf_call_iptables() -> None:
     # IPv4 and IPv6: bridged packets of both families reach the inet table's hooks.
     for path in ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"):
@@ -313,7 +258,7 @@ class _Transactions:
         except OSError as e:
             log.warning("cannot enter %s (%s): using the nft program", self.netns, e)
             entered = False
-        ex = self._worker_exec = NftExecutor(self.netns, in_process=entered)
+        ex = self._worker_exec = NftExecutor(self.netns, in_process=entered, ledger=True)
         while (job := self._q.get()) is not None:
             fn, out, done = job
             try:
@@ -346,8 +291,20 @@ class _Transactions:
             assert self._worker_exec is not None
             return self._worker_exec
         if self._local is None:
-            self._local = NftExecutor()
+            self._local = NftExecutor(ledger=True)
         return self._local
+
+    def generation(self) -> int | None:
+        """The host namespace's ruleset generation (None: unreadable)."""
+        return self.call(lambda: self._exec().generation())   # type: ignore[no-any-return]
+
+    def mark(self, gen: int) -> Token:
+        """The kernel was verified after reading generation `gen` (nft_ledger `mark`)."""
+        return self.call(lambda: self._exec().mark(gen))      # type: ignore[no-any-return]
+
+    def token(self) -> Token | None:
+        """Where the last transaction left the chain of our own commits (after `run`)."""
+        return self._exec().token
 
     def run(self, text: str) -> str | None:
         """None on success, else the error text (nothing applied)."""
@@ -375,15 +332,14 @@ Key = tuple[str, str]          # (family, name) of a table
 class NftDriver:
     """Applies table changes in one host namespace; keeps no record of what it applied (the
     firewall feature's `Manager` does), only the proof that nothing changed since its last
-    transaction (the ruleset generation read right after it, and the tables it left)."""
+    transaction (a `nft_ledger.Token`, and the tables it covers)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._sysctl_ok = False
         self.last: ApplyResult | None = None
         self._tx = _Transactions(netns)
-        self._committed: tuple[int, dict[Key, NftTable]] | None = None   # (generation after, tables)
-        self._gen_reader = GenIdReader()    # used only from the transactions' thread
+        self._committed: tuple[Token, dict[Key, NftTable]] | None = None   # (proof, the tables it covers)
 
     # ------------------------------------------------------------------ host namespace
     def ensure_br_netfilter(self) -> None:
@@ -400,10 +356,29 @@ class NftDriver:
 
     def _genid(self) -> int | None:
         try:
-            return int(self._tx.call(self._gen_reader.read))
-        except (OSError, TimeoutError, ValueError) as e:
+            return self._tx.generation()
+        except (OSError, TimeoutError) as e:
             log.debug("nft generation unreadable: %s", e)
             return None
+
+    def _mark(self, gen: int | None) -> Token | None:
+        try:
+            return None if gen is None else self._tx.mark(gen)
+        except (OSError, TimeoutError):
+            return None
+
+    def _prove(self, changes: list[tuple[NftTable, NftTable | None]], fresh: set[Key], proof: Token | None,
+               token: Token | None) -> None:
+        """What the kernel holds after this call, with its proof (`token`). A table this call did
+        not read (an incremental change, or one left as it was) is known only along an unbroken
+        chain of our own commits since `proof`; the tables read or rebuilt now are known anyway."""
+        if token is None:
+            self._committed = None
+            return
+        continued = proof is not None and token.epoch == proof.epoch and self._committed is not None
+        tables = dict(self._committed[1]) if continued and self._committed is not None else {}
+        tables.update({(t.family, t.name): t for t, _ in changes if continued or (t.family, t.name) in fresh})
+        self._committed = (token, tables) if tables else None
 
     def apply(self, changes: Iterable[tuple[NftTable, NftTable | None]], force_full: bool = False) -> ApplyResult:
         """Converge the kernel's tables to the `new` of each `(new, previous)` in one
@@ -417,17 +392,22 @@ class NftDriver:
         mode = "noop"
         unknown = not force_full and any(old is None for _, old in changes)
         gen0 = self._genid() if unknown else None     # read before the kernel is (a commit after it shows)
-        if unknown and self._committed is not None and gen0 == self._committed[0]:
-            mode, committed = "unchanged", self._committed[1]     # nobody committed anything since us
+        proof = self._committed[0] if self._committed is not None else None
+        if unknown and self._committed is not None and LEDGER.unchanged(proof, gen0):
+            # every commit since our last one was one of ours (nft_ledger): the kernel holds what we left
+            mode, committed = "unchanged", self._committed[1]
             changes = [(t, old if old is not None else committed.get((t.family, t.name))) for t, old in changes]
         lines: list[str] = []
+        fresh: set[Key] = set()       # tables read from the kernel (or rebuilt whole) by this call
         for t, old in changes:
             if force_full:
                 lines += table_text(t).splitlines()
                 mode = "full"
+                fresh.add((t.family, t.name))
             elif old is None:
                 adopt = self._adopt(t)
                 lines += table_text(t).splitlines() if adopt is None else adopt
+                fresh.add((t.family, t.name))
                 if adopt is None:
                     mode = "full"
                 elif adopt and mode != "full":
@@ -443,9 +423,7 @@ class NftDriver:
                 self._committed = None
                 raise NftError(err[-2000:])
         if lines or mode in ("adopt", "verified"):
-            gen = self._genid() if lines else gen0
-            before = self._committed[1] if self._committed is not None else {}
-            self._committed = None if gen is None else (gen, {**before, **{(t.family, t.name): t for t, _ in changes}})
+            self._prove(changes, fresh, proof, self._tx.token() if lines else self._mark(gen0))
         self.last = ApplyResult(mode, len(lines), time.perf_counter() - t0)
         return self.last
 
@@ -507,10 +485,6 @@ class NftDriver:
 
     def close(self) -> None:
         """Stop the worker thread (kernel state stays: a restarted agent adopts it)."""
-        try:
-            self._tx.call(self._gen_reader.close)
-        except (OSError, TimeoutError):
-            pass
         self._tx.close()
 
     def delete(self, tables: Iterable[tuple[str, str]]) -> None:

@@ -9,14 +9,22 @@ loaded, the `nft` program (`ip netns exec NS nft` when the executor was given th
 name). A libnftables context works in the namespace of the thread that created it (`setns` is
 per thread), so an executor must be created and used by one thread: the nftables driver's
 worker thread, the DHCP responder thread.
+
+With `ledger=True` the executor brackets each transaction with two reads of the namespace's
+ruleset generation and reports them to `nft_ledger.LEDGER` (`token`: where that left the chain
+of our own commits; `generation()`, `mark(gen)` for its user); a `netns` executor running the
+`nft` program cannot read that namespace's generation and reports a commit it could not bracket.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import subprocess
 from typing import Any
+
+from vxnet.dataplane.nft_ledger import LEDGER, GenIdReader, NsKey, Token, thread_netns
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
@@ -84,9 +92,13 @@ class NftExecutor:
     """libnftables in the calling thread's namespace, else the `nft` program (in `netns` when
     given: the fallback when the thread could not enter it)."""
 
-    def __init__(self, netns: str | None = None, in_process: bool = True) -> None:
+    def __init__(self, netns: str | None = None, in_process: bool = True, ledger: bool = False) -> None:
         self.netns = netns
         self._lib: LibNft | None = None
+        self._ledger = ledger
+        self._ns: NsKey | None = None
+        self._gen: GenIdReader | None = None
+        self.token: Token | None = None       # after a transaction (ledger only): see nft_ledger
         if in_process:
             try:
                 self._lib = LibNft()
@@ -102,6 +114,45 @@ class NftExecutor:
 
     def run(self, text: str) -> str | None:
         """Apply `text` as one transaction: None on success, else the error text."""
+        if not self._ledger:
+            return self._run(text)
+        if self._lib is None and self.netns:
+            # the `nft` program in another namespace: its generation is not readable from here
+            err = self._run(text)
+            try:
+                st = os.stat(f"/run/netns/{self.netns}")
+                LEDGER.foreign((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+            self.token = None
+            return err
+        before = self.generation()
+        err = self._run(text)
+        self.token = LEDGER.commit(self._netns(), before, self.generation(), err is None)
+        return err
+
+    def _netns(self) -> NsKey:
+        if self._ns is None:
+            self._ns = thread_netns()
+        return self._ns
+
+    def generation(self) -> int | None:
+        """The ruleset generation of this executor's namespace (None: unreadable). Only from
+        the executor's own thread, as every call."""
+        if self._gen is None:
+            self._gen = GenIdReader()
+        try:
+            return self._gen.read()
+        except OSError as e:
+            log.debug("nft generation unreadable: %s", e)
+            return None
+
+    def mark(self, gen: int) -> Token:
+        """The caller verified the kernel after reading generation `gen` (nft_ledger `mark`)."""
+        self.token = LEDGER.mark(self._netns(), gen)
+        return self.token
+
+    def _run(self, text: str) -> str | None:
         if self._lib is not None:
             return self._lib.run(text)
         r = subprocess.run([*self._prefix(), "nft", "-f", "-"], input=text, capture_output=True, text=True,
@@ -124,3 +175,6 @@ class NftExecutor:
         if self._lib is not None:
             self._lib.close()
             self._lib = None
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None

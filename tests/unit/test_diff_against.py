@@ -1,0 +1,26 @@
+"""`compute.diff.against`: a kernel read compared with the desired set without a copy of it; an
+entry read twice never stands in for a missing one (the resync must then read again and repair)."""
+
+from __future__ import annotations
+
+from vxnet.compute.diff import against
+from vxnet.compute.state import Fdb
+
+A, B, C = Fdb("vx-1", "02:00:00:00:00:0a", "198.51.100.2"), Fdb("vx-1", "02:00:00:00:00:0b"), Fdb("tap1", "02:00:00:00:00:0c")
+
+
+def test_a_kernel_holding_what_is_wanted_gives_the_wanted_set_itself() -> None:
+    want = frozenset({A, B, C})
+    read = [Fdb(e.dev, e.mac, e.dst) for e in (C, A, B)]          # equal objects, read from the kernel
+    assert against(iter(read), want) is want
+    extra = Fdb("vx-1", "02:00:00:00:00:0d")
+    got = against(iter([*read, extra]), want)
+    assert got == want | {extra}
+    assert against(iter(read), None) == want
+
+
+def test_a_missing_entry_is_seen_even_when_another_is_read_twice() -> None:
+    want = frozenset({A, B, C})
+    assert against(iter([A, B]), want) is None                    # C missing
+    assert against(iter([A, B, B]), want) is None                 # C missing, B read twice (e.g. per VLAN)
+    assert against(iter([A, A, B, C]), want) is None              # one too many: read again (safe side)
