@@ -42,7 +42,6 @@ Nothing here writes: transactions and compares always go to etcd.
 from __future__ import annotations
 
 import base64
-import bisect
 import collections
 import contextlib
 import json
@@ -55,6 +54,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
+from sortedcontainers import SortedList
 
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Sharer, StoreError, WatchCallback
 from vxnet.store.etcd_wire import _b64, _kv
@@ -142,7 +142,10 @@ class Mirror:
         self._catchup_timeout = catchup_timeout
         self._cond = threading.Condition(threading.Lock())
         self._kv: dict[str, KeyValue] = {}
-        self._keys: list[str] = []
+        # The keys in order, for `range`: a list of sorted blocks (sortedcontainers), so a new
+        # key costs O(log n) and not a shift of every key after it (`bisect.insort` into one list
+        # of 100,000 keys moved ~400 KB per create).
+        self._keys: SortedList = SortedList()
         self._rev = 0
         self._live = False          # serving: the watch is open and the mirror reached `_target`
         self._target: int | None = None  # while catching up: the revision to reach before going live
@@ -187,11 +190,9 @@ class Mirror:
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         with self._cond:
-            keys = self._keys
-            lo = bisect.bisect_left(keys, prefix)
             out = []
             kv = self._kv
-            for k in keys[lo:]:
+            for k in self._keys.irange(prefix):   # lazily: no copy of the keys after `prefix`
                 if not k.startswith(prefix):
                     break
                 out.append(kv[k])
@@ -276,8 +277,7 @@ class Mirror:
             start = page[-1].key + "\0"
         with self._cond:
             self._kv = {kv.key: kv for kv in kvs}
-            self._keys = [kv.key for kv in kvs]   # etcd returns them sorted by key (bytes = UTF-8 order)
-            self._keys.sort()
+            self._keys = SortedList(kv.key for kv in kvs)   # str order = etcd's UTF-8 byte order
             self._rev = rev
             self._need_load = False
             self.loads += 1
@@ -310,10 +310,10 @@ class Mirror:
                 kv = ev.kv
                 if ev.type is EventType.DELETE:
                     if kvs.pop(kv.key, None) is not None:
-                        del keys[bisect.bisect_left(keys, kv.key)]
+                        keys.remove(kv.key)
                 else:
                     if kv.key not in kvs:
-                        bisect.insort(keys, kv.key)
+                        keys.add(kv.key)
                     kvs[kv.key] = kv
             hist = self._hist
             for rev, batch in batches:
