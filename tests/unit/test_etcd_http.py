@@ -6,6 +6,7 @@ replaced before it carries a request (never turned into an unknown outcome)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -130,3 +131,48 @@ def test_an_idle_connection_the_member_closed_is_replaced_before_use(pool: Pool)
     time.sleep(0.05)   # the FIN reaches us
     assert pool.post(ep, "/p", {})[1] == {"n": 2}   # on a new connection, not an unknown outcome
     assert [n for n, _ in srv.requests] == [1, 2]
+
+
+def test_a_stream_yields_lines_across_chunks_and_shutdown_wakes_its_reader(pool: Pool) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    msgs = [b'{"result":{"created":true}}', b'{"result":{"events":[' + b'1,' * 3000 + b'1]}}', b'{"n":3}']
+    wire = b"\n".join(msgs) + b"\n"
+    cuts = [0, 10, 11, 40, 2000, len(wire) - 3, len(wire)]   # a line split over chunks, two lines in one
+    body = b"".join(b"%x\r\n%s\r\n" % (b - a, wire[a:b]) for a, b in itertools.pairwise(cuts))
+    srv = Scripted([head + body, b"never"])   # then the stream stays open: no last chunk
+    s = pool.stream(f"http://127.0.0.1:{srv.port}", "/v3/watch", {"create_request": {}}, {"Grpc-Metadata-hasleader": "true"})
+    assert s.status == 200
+    got: list[bytes] = []
+    ended = threading.Event()
+    error: list[Exception] = []
+
+    def read() -> None:
+        try:
+            for line in s.lines():
+                got.append(line)  # noqa: PERF402 - the test watches them arrive one by one
+        except (OSError, ValueError) as e:
+            error.append(e)
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got == msgs and not ended.is_set()   # every line, and the reader waits for more
+    s.shutdown()
+    assert ended.wait(5)                        # woken: the stream ends (cut short)
+    s.close()
+    assert srv.requests and json.loads(srv.requests[0][1]) == {"create_request": {}}
+
+
+def test_a_stream_refused_or_answered_by_length(pool: Pool) -> None:
+    srv = Scripted([b'HTTP/1.1 503 x\r\nContent-Length: 29\r\n\r\n{"error":{"message":"nope"}}\n'])
+    s = pool.stream(f"http://127.0.0.1:{srv.port}", "/v3/watch", {}, {})
+    assert s.status == 503 and list(s.lines()) == [b'{"error":{"message":"nope"}}']
+    s.close()
+    s0 = socket.socket()
+    s0.bind(("127.0.0.1", 0))
+    port = s0.getsockname()[1]
+    s0.close()
+    with pytest.raises(OSError):
+        pool.stream(f"http://127.0.0.1:{port}", "/v3/watch", {}, {})

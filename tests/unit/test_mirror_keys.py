@@ -9,13 +9,16 @@ import random
 import threading
 from typing import Any
 
-import httpx
-
 from vxnet.store.cache import UNMIRRORED, Mirror
 
 
 def _b64(s: str) -> str:
     return base64.b64encode(s.encode()).decode()
+
+
+class _Pool:
+    def stream(self, *args: Any) -> Any:
+        raise ConnectionRefusedError("no watch here")
 
 
 class _Gateway:
@@ -24,7 +27,7 @@ class _Gateway:
     def __init__(self) -> None:
         self._closed = threading.Event()
         self._closed.set()
-        self._stream_client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(503)))
+        self._pool = _Pool()
 
     def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
         return {"header": {"revision": "1"}, "kvs": []}

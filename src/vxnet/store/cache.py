@@ -44,19 +44,18 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import json
 import logging
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import httpx
+import orjson
 from sortedcontainers import SortedList
 
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Sharer, StoreError, WatchCallback
+from vxnet.store.etcd_http import Pool, Stream
 from vxnet.store.etcd_wire import _b64, _kv
 
 log = logging.getLogger(__name__)
@@ -64,9 +63,9 @@ log = logging.getLogger(__name__)
 
 class EtcdGateway(Protocol):
     """What the mirror uses of its etcd backend (`etcd_store.EtcdStore`): its JSON gateway calls,
-    its watch client, its endpoint rotation and whether it is closed."""
+    its transport (for the watch stream), its endpoint rotation and whether it is closed."""
 
-    _stream_client: httpx.Client
+    _pool: Pool
     _closed: threading.Event
 
     def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]: ...
@@ -153,7 +152,7 @@ class Mirror:
         self.catchups = 0           # streams that had to catch up before going live (for tests)
         self._need_load = True
         self._stop = threading.Event()
-        self._response: httpx.Response | None = None
+        self._response: Stream | None = None
         self.loads = 0              # full loads so far (the first one included)
         self._subs: list[Subscription] = []
         # (revision, its events) of the last HISTORY revisions that changed mirrored keys; every
@@ -238,14 +237,7 @@ class Mirror:
         """Drop the current stream; the loop reconnects (to the next member) and resumes."""
         resp = self._response
         if resp is not None:
-            # Closing the response does not wake a thread blocked reading it: shut the socket.
-            stream = resp.extensions.get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            with contextlib.suppress(Exception):  # closing a dead stream may fail; it is gone anyway
-                if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)
-                else:
-                    resp.close()
+            resp.shutdown()   # closing would not wake a thread blocked reading it: shut the socket
 
     def close(self) -> None:
         self._stop.set()
@@ -377,17 +369,17 @@ class Mirror:
                                            "start_revision": str(self._rev + 1)}}
                 with self._cond:
                     stream_no = self._stream_no
-                with store._stream_client.stream("POST", ep + "/v3/watch", json=body,
-                                                 headers=REQUIRE_LEADER) as resp:
+                resp = store._pool.stream(ep, "/v3/watch", body, REQUIRE_LEADER)
+                with contextlib.closing(resp):
                     self._response = resp
                     if self._stop.is_set():
                         return
-                    for line in resp.iter_lines():
+                    for line in resp.lines():
                         if self._stop.is_set():
                             return
-                        if not line:
+                        if not line.strip():
                             continue
-                        msg = json.loads(line)
+                        msg = orjson.loads(line)
                         if "error" in msg:          # e.g. "no leader" (REQUIRE_LEADER): next member
                             log.info("etcd mirror stream on %s: %s", ep, msg["error"].get("message"))
                             break
@@ -404,7 +396,7 @@ class Mirror:
                             break
                         if res.get("events"):
                             self._apply(res["events"])
-            except (httpx.HTTPError, ValueError, StoreError) as e:
+            except (OSError, ValueError, StoreError) as e:
                 log.debug("etcd mirror stream on %s ended: %s", ep, e)
             finally:
                 self._response = None

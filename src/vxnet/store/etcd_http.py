@@ -28,6 +28,7 @@ import socket
 import ssl
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -135,6 +136,93 @@ def _read_exactly(rfile: Any, n: int) -> bytes:
     return data  # type: ignore[no-any-return]
 
 
+class Stream:
+    """A streaming POST (etcd's watch) on a connection of its own: `lines()` yields the answer's
+    lines as they come (chunked, or by length, or to the end of the connection); `shutdown()`
+    from another thread wakes a reader blocked on it (the stream then ends). Raises OSError or
+    ValueError when it cannot be opened or breaks."""
+
+    def __init__(self, endpoint: str, path: str, body: dict[str, Any], headers: dict[str, str], timeout: float,
+                 context: ssl.SSLContext | None) -> None:
+        scheme, _, hostport = endpoint.partition("://")
+        ctx = (context or ssl.create_default_context()) if scheme == "https" else None
+        self._conn = _Conn(hostport, timeout, ctx)
+        self._conn.connect()
+        try:
+            raw = orjson.dumps(body)
+            extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
+            assert self._conn.sock is not None
+            self._conn.sock.sendall(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n%s"
+                                    b"Content-Length: %d\r\n\r\n%s" % (path.encode(), hostport.encode(), extra,
+                                                                       len(raw), raw))
+            self._conn.sock.settimeout(None)   # a watch is quiet as long as nothing changes
+            self.status, self._chunked, self._length = self._head()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _head(self) -> tuple[int, bool, int]:
+        rfile = self._conn.rfile
+        parts = rfile.readline(MAX_LINE + 1).split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise ValueError("bad status line")
+        chunked, length = False, -1
+        while True:
+            h = rfile.readline(MAX_LINE + 1)
+            if h in (b"\r\n", b"\n"):
+                return int(parts[1]), chunked, length
+            if not h or len(h) > MAX_LINE:
+                raise ValueError("answer headers cut short or too long")
+            name, _, value = h.partition(b":")
+            name = name.strip().lower()
+            if name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"content-length":
+                length = int(value)
+
+    def lines(self) -> Iterator[bytes]:
+        """The answer's lines, without their line ends, until it ends."""
+        rfile = self._conn.rfile
+        if not self._chunked:
+            data = _read_exactly(rfile, self._length) if self._length >= 0 else rfile.read()
+            yield from data.splitlines()
+            return
+        pending: list[bytes] = []   # the start of a line that goes on in a later chunk
+        while True:
+            size_line = rfile.readline(MAX_LINE + 1)
+            if not size_line:
+                raise ValueError("stream cut short")
+            size = int(size_line.split(b";", 1)[0], 16)
+            if size == 0:
+                if pending:
+                    yield b"".join(pending)
+                return
+            data = _read_exactly(rfile, size)
+            if rfile.readline(MAX_LINE + 1) not in (b"\r\n", b"\n"):
+                raise ValueError("bad chunk end")
+            if b"\n" not in data:
+                pending.append(data)
+                continue
+            parts = data.split(b"\n")
+            if pending:
+                pending.append(parts[0])
+                parts[0] = b"".join(pending)
+            last = parts.pop()
+            pending = [last] if last else []
+            yield from parts
+
+    def shutdown(self) -> None:
+        sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class Pool:
     """Per-thread kept-alive connections to the members (see the module docstring)."""
 
@@ -177,6 +265,10 @@ class Pool:
         if close:
             conn.close()
         return status, orjson.loads(raw)
+
+    def stream(self, endpoint: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> Stream:
+        """A streaming POST on a connection of its own (see `Stream`)."""
+        return Stream(endpoint, path, body, headers, self._timeout, self._context)
 
     def close(self) -> None:
         with self._lock:
