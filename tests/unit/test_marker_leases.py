@@ -24,7 +24,7 @@ class _Grants:
         self.fail = False
 
     def grant_lease(self, ttl: int) -> int:
-        assert ttl == 60
+        assert ttl > 0
         if not self.gate.is_set():
             self.waiting.set()
             assert self.gate.wait(10)
@@ -84,3 +84,21 @@ def test_a_failed_background_grant_keeps_the_lease_and_is_tried_again() -> None:
     store.fail = False
     _until(lambda: leases.current()[0] == 2)
     assert leases.grants_inline == 1
+
+
+def test_a_short_ttl_shortens_how_old_a_lease_may_be_used() -> None:
+    store = _Grants()
+    repo = Repo(store)  # type: ignore[arg-type]
+    repo.marker_ttl = 60
+    leases = repo._markers
+    leases.current()
+    leases._granted_at -= 10.0                                    # usable with a 60 s TTL ...
+    store.gate.clear()
+    assert leases.current()[0] == 1
+    store.gate.set()
+    _until(lambda: not leases._granting)
+    repo2 = Repo(_Grants())  # type: ignore[arg-type]
+    repo2.marker_ttl = 15                                          # ... not with 15 s: a third of it is 5 s
+    repo2._markers.current()
+    repo2._markers._granted_at -= 6.0
+    assert repo2._markers.current()[0] == 2 and repo2._markers.grants_inline == 2

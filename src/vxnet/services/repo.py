@@ -457,9 +457,10 @@ class _MarkerLeases:
     A grant is an etcd write (a raft round, 2-5 ms here), so no attempt waits for one while the
     current lease is usable: an attempt that finds the lease older than `rotate` uses it and
     starts the next grant on a thread of its own; the attempts after it get the new lease. Only
-    a lease older than `max_age` (a server that wrote nothing for that long), a dropped one or
-    none is granted in line. So a marker lives at least `ttl - max_age` seconds (40) and at most
-    `ttl`; `Repo._resolve` counts from the grant of the lease it actually used."""
+    a lease older than `max_age` (20 s, at most a third of the TTL: a server that wrote nothing
+    for that long), a dropped one or none is granted in line. So a marker lives at least
+    `ttl - max_age` seconds (40) and at most `ttl`; `Repo._resolve` counts from the grant of the
+    lease it actually used."""
 
     def __init__(self, repo: Repo) -> None:
         self._repo = repo
@@ -467,7 +468,7 @@ class _MarkerLeases:
         self._lease = 0
         self._granted_at = 0.0
         self._granting = False    # a grant in the background is under way
-        self.max_age = 20.0       # seconds: older leases are not used (see the class docstring)
+        self.max_age = 20.0       # seconds (at most a third of the TTL): older leases are not used
         self.grants_inline = 0    # grants an attempt waited for (for tests and benchmarks)
 
     def current(self) -> tuple[int, float]:
@@ -475,7 +476,7 @@ class _MarkerLeases:
         with self._lock:
             now = time.monotonic()
             age = now - self._granted_at
-            if not self._lease or age > self.max_age:
+            if not self._lease or age > min(self.max_age, self._repo.marker_ttl / 3):
                 self._lease = self._repo.store.grant_lease(self._repo.marker_ttl)
                 self._granted_at = now
                 self.grants_inline += 1
