@@ -163,6 +163,7 @@ def vxnet_lab_etcd(workdir: str) -> Iterator[object]:
         with lab_on_etcd(cluster, workdir) as env:
             lab3 = Lab(env.state)
             lab3.url = env.servers[1].url
+            lab3.etcd_endpoints = cluster.endpoints  # type: ignore[attr-defined]
             yield lab3
     finally:
         cluster.stop()
@@ -188,11 +189,24 @@ STAGES = (
     ("to_plug", "bind -> tap plugged on the target host"),
     ("to_peer_fdb", "bind -> prober's host installed the new MAC's FDB entry"),
     ("peer_fdb_to_reply", "prober's host FDB entry -> first reply (negative: the FDB came after)"),
+    # The ACTIVE half: the target agent's status report (`trace-status`: sent, answered) to the
+    # server its stream comes from (server 1 on etcd), the commit of the port's ACTIVE status
+    # (etcd only: the benchmark's own watch of the ports' keys sees it), the benchmark's GET
+    # (through server 2 on etcd) that first shows ACTIVE.
+    ("end_to_sent", "target: pass end -> status report sent (reporter thread)"),
+    ("report", "status report: request -> answer (the agent's server writes the status)"),
+    ("sent_to_commit", "status report sent -> ACTIVE committed in etcd (seen by a watch)"),
+    ("commit_to_answer", "ACTIVE committed -> status report answered"),
+    ("commit_to_active", "ACTIVE committed -> the client's GET shows it (server 2's mirror, poll)"),
+    ("answer_to_active", "status report answered -> the client's GET shows ACTIVE"),
+    ("to_sent", "bind -> status report sent"),
+    ("to_active", "bind -> ACTIVE (the client's GET; as the headline row)"),
 )
 
 
-def read_traces(state_dir: str) -> dict[str, list[dict[str, object]]]:
-    """host -> the agents' `trace` documents (agent/core.py `_trace`), in log order."""
+def read_traces(state_dir: str, kind: str = "trace") -> dict[str, list[dict[str, object]]]:
+    """host -> the agents' `trace` documents (agent/core.py `_trace`), in log order; with
+    `kind="trace-status"` their status reports' (`_trace_report`)."""
     out: dict[str, list[dict[str, object]]] = {}
     for name in sorted(os.listdir(state_dir)):
         m = re.match(r"^agent-(.+)\.log$", name)
@@ -200,7 +214,7 @@ def read_traces(state_dir: str) -> dict[str, list[dict[str, object]]]:
             continue
         with open(os.path.join(state_dir, name), errors="replace") as f:
             for line in f:
-                t = re.search(r"host=(\S+) trace (\{.*\})\s*$", line)
+                t = re.search(rf"host=(\S+) {re.escape(kind)} (\{{.*\}})\s*$", line)
                 if t:
                     with contextlib.suppress(ValueError):
                         out.setdefault(t.group(1), []).append(json.loads(t.group(2)))
@@ -208,10 +222,28 @@ def read_traces(state_dir: str) -> dict[str, list[dict[str, object]]]:
 
 
 def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: float, first: float, host: str,
-                tap: str, mac: str) -> dict[str, float]:
-    """The stages (STAGES) of one port's bind, from the traces; a stage whose trace is missing
-    is left out."""
+                tap: str, mac: str, port_id: str | None = None, t_active: float | None = None,
+                reports: dict[str, list[dict[str, object]]] | None = None,
+                t_commit: float | None = None) -> dict[str, float]:
+    """The stages (STAGES) of one port's bind, from the traces (`reports`: the agents'
+    `trace-status` documents; `t_commit`: when the port's ACTIVE status was seen committed);
+    a stage whose trace is missing is left out."""
     out = {"bind_put": t_put - t0}
+    if t_active is not None:
+        out["to_active"] = t_active - t0
+    rep = next((d for d in (reports or {}).get(host, []) if port_id in d["active"] and float(d["sent"]) >= t0),  # type: ignore[operator, arg-type]
+               None)
+    if rep is not None:
+        sent, answered = float(rep["sent"]), float(rep["answered"])  # type: ignore[arg-type]
+        out["report"] = answered - sent
+        out["to_sent"] = sent - t0
+        if t_active is not None:
+            out["answer_to_active"] = t_active - answered
+        if t_commit is not None:
+            out["sent_to_commit"] = t_commit - sent
+            out["commit_to_answer"] = answered - t_commit
+    if t_commit is not None and t_active is not None:
+        out["commit_to_active"] = t_active - t_commit
     plug = next((d for d in traces.get(host, []) if tap in d["plugged"] and float(d["start"]) >= t0 - 0.001), None)  # type: ignore[operator, arg-type]
     if plug is not None:
         recv, start, fw, l2, end = (float(plug[k]) if plug[k] is not None else None  # type: ignore[arg-type]
@@ -228,6 +260,8 @@ def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: fl
         out["plug_to_end"] = end - l2
         out["plug_to_reply"] = first - l2
         out["to_plug"] = l2 - t0
+        if rep is not None:
+            out["end_to_sent"] = float(rep["sent"]) - end  # type: ignore[arg-type]
     peer = HOSTS[(HOSTS.index(host) + 1) % 3]
     fdb = next((d for d in traces.get(peer, []) if mac in d["fdb"] and float(d["start"]) >= t0 - 0.001), None)  # type: ignore[operator, arg-type]
     if fdb is not None:
@@ -246,6 +280,33 @@ def stage_rows(system: str, stages: dict[str, list[float]]) -> list[list[str]]:
     return rows
 
 
+@contextlib.contextmanager
+def _active_commits(endpoints: list[str] | None) -> Iterator[dict[str, float]]:
+    """port id -> when a watch of the ports' keys on etcd (`endpoints`) first saw the port
+    ACTIVE: its status write's commit, plus a watch hop (~1 ms); empty without etcd."""
+    seen: dict[str, float] = {}
+    if not endpoints:
+        yield seen
+        return
+    import_repo()
+    from vxnet.store.etcd_store import EtcdStore
+
+    store = EtcdStore(endpoints, cache=False)
+
+    def on_events(events: list[object]) -> None:
+        now = time.time()
+        for ev in events:
+            kv = ev.kv  # type: ignore[attr-defined]
+            if kv.value and '"status":"ACTIVE"' in kv.value:
+                seen.setdefault(kv.key.rsplit("/", 1)[1], now)
+
+    try:
+        store.watch("/vxnet/res/ports/", store.revision() + 1, on_events)
+        yield seen
+    finally:
+        store.close()
+
+
 def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
     """Per-port bind->ACTIVE and bind->first reply (seconds) on a fresh 3-host lab whose server
     uses the embedded store (`store="embedded"`) or which has 2 servers on etcd (`"etcd"`)."""
@@ -260,11 +321,12 @@ def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
     reply: list[float] = []
     failures: list[str] = []
     stages: dict[str, list[float]] = {k: [] for k, _ in STAGES}
-    ports_seen: list[tuple[float, float, float, str, str, str]] = []   # t0, put done, reply, host, tap, mac
+    # t0, put done, reply, ACTIVE seen, host, tap, mac, port id
+    ports_seen: list[tuple[float, float, float, float, str, str, str, str]] = []
     agent_rss: dict[str, float] = {}
     make_lab = {"embedded": vxnet_lab, "etcd": vxnet_lab_etcd}[store]
     try:
-        with make_lab(workdir) as lab3:
+        with make_lab(workdir) as lab3, _active_commits(getattr(lab3, "etcd_endpoints", None)) as commits:
             net, _ = lab3.network("alice", NET_CIDR, "portup")
             probers = {}
             for i, h in enumerate(HOSTS):
@@ -304,10 +366,13 @@ def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
                         continue
                     active.append(t_active - t0)
                     reply.append(first - t0)
-                    ports_seen.append((t0, t_put, first, host, naming.tap_name(port["id"]), port["mac_address"]))
+                    ports_seen.append((t0, t_put, first, t_active, host, naming.tap_name(port["id"]),
+                                       port["mac_address"], port["id"]))
             traces = read_traces(lab.state_dir())
-            for t0, t_put, first, host, tap, mac in ports_seen:
-                for k, v in port_stages(traces, t0, t_put, first, host, tap, mac).items():
+            reports = read_traces(lab.state_dir(), "trace-status")
+            for t0, t_put, first, t_active, host, tap, mac, pid in ports_seen:
+                for k, v in port_stages(traces, t0, t_put, first, host, tap, mac, pid, t_active, reports,
+                                        commits.get(pid)).items():
                     stages[k].append(v)
             for h, pid in lab.load_state()["agents"].items():
                 with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:

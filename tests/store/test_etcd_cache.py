@@ -23,8 +23,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.etcd import EtcdCluster
@@ -250,47 +250,41 @@ def test_cache_off_reads_etcd(cluster: EtcdCluster, stores: list[EtcdStore], ns:
     assert s.reads_cached == 0 and s.reads_etcd == 2 and not s.cache_live
 
 
-class _WatchGate(httpx.BaseTransport):
-    """The mirror's watch transport, with two gates: a new stream waits at `connect` until the
-    test opens it, then its first line (etcd's `created`) passes and everything after it waits
-    until `events` opens. `held` is set once the mirror has taken the first line and asks for
-    more (so it has finished handling `created`)."""
+class _WatchGate:
+    """The mirror's watch stream (`Pool.stream`, store/etcd_http.py), with two gates: a new
+    stream waits at `connect` until the test opens it, then its first line (etcd's `created`)
+    passes and everything after it waits until `events` opens. `held` is set once the mirror
+    has taken the first line and asks for more (so it has finished handling `created`)."""
 
-    def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport()
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
         self.connect = threading.Event()
         self.connecting = threading.Event()
         self.events = threading.Event()
         self.held = threading.Event()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, *args: Any) -> _GatedStream:
         self.connecting.set()
         self.connect.wait()
-        resp = self._inner.handle_request(request)
-        return httpx.Response(resp.status_code, headers=resp.headers, stream=_GatedStream(resp.stream, self),
-                              extensions=resp.extensions)
-
-    def close(self) -> None:
-        self._inner.close()
+        return _GatedStream(self._stream(*args), self)
 
 
-class _GatedStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, gate: _WatchGate) -> None:
+class _GatedStream:
+    def __init__(self, inner: Any, gate: _WatchGate) -> None:
         self._inner, self._gate = inner, gate
+        self.status = inner.status
 
-    def __iter__(self) -> Iterator[bytes]:
+    def lines(self) -> Iterator[bytes]:
         first = True
-        for chunk in self._inner:
-            if first and b"\n" in chunk:
+        for line in self._inner.lines():
+            yield line
+            if first:
                 first = False
-                head, rest = chunk.split(b"\n", 1)
-                yield head + b"\n"
                 self._gate.held.set()
                 self._gate.events.wait()
-                if rest:
-                    yield rest
-            else:
-                yield chunk
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
 
     def close(self) -> None:
         self._inner.close()
@@ -303,12 +297,10 @@ def test_a_resumed_watch_serves_no_read_before_it_caught_up(cluster: EtcdCluster
     put(a, ns + "k", "old")
     assert a.get(ns + "k").value == "old"
     assert a._mirror is not None
-    gate = _WatchGate()
-    before = a._stream_client
-    a._stream_client = httpx.Client(transport=gate, timeout=httpx.Timeout(3.0, read=None))
+    gate = _WatchGate(a._pool.stream)
+    a._pool.stream = gate                   # type: ignore[method-assign]
     a._mirror.kick()                        # the stream drops; its successor waits at the gate
     assert gate.connecting.wait(TIMEOUT), f"no new watch (mirror thread alive: {a._mirror._thread.is_alive()})"
-    before.close()
     wait_for(lambda: not a.cache_live, "mirror still live without a stream")
     rev = put(b, ns + "k", "new")           # acknowledged while a's mirror is disconnected
     assert b.get_linearizable(ns + "k").value == "new"

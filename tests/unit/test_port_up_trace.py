@@ -86,3 +86,37 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
     assert pub.port_stages({}, t0, t0 + 0.008, t0 + 0.017, "h1", TAP, MAC) == {"bind_put": pytest.approx(0.008)}
     rows = pub.stage_rows("vxnet", {k: [v] for k, v in st.items()})
     assert len(rows) == len(want) and rows[0][1].startswith("stage: bind PUT")
+
+
+def test_the_agent_logs_each_accepted_status_report(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="vxnet.agent.trace"):
+        core._trace_report("h1", 100.0, ["p1", "p2"], ["p3"])
+    [msg] = caplog.messages
+    assert msg.startswith("host=h1 trace-status ")
+    doc = json.loads(msg.split(" trace-status ", 1)[1])
+    assert doc["sent"] == 100.0 and doc["answered"] >= 100.0
+    assert (doc["active"], doc["down"]) == (["p1", "p2"], ["p3"])
+
+
+def test_the_bench_joins_the_status_report_and_the_commit_into_the_active_stages(tmp_path) -> None:
+    t0 = 1000.0
+    plug = {"recv": t0 + 0.010, "start": t0 + 0.011, "fw": t0 + 0.014, "l2": t0 + 0.016, "end": t0 + 0.030,
+            "plugged": [TAP], "fdb": [], "neigh": []}
+    reports = [{"sent": t0 - 3, "answered": t0 - 2.9, "active": ["p1"], "down": []},   # an earlier bind's
+               {"sent": t0 + 0.031, "answered": t0 + 0.040, "active": ["p0"], "down": []},   # another port's
+               {"sent": t0 + 0.032, "answered": t0 + 0.041, "active": ["p1", "p2"], "down": []}]
+    with open(tmp_path / "agent-h1.log", "w") as f:
+        f.write(f"2026-12-06 INFO vxnet.agent.trace host=h1 trace {json.dumps(plug)}\n")
+        f.writelines(f"2026-12-06 INFO vxnet.agent.trace host=h1 trace-status {json.dumps(d)}\n" for d in reports)
+    traces = pub.read_traces(str(tmp_path))
+    got = pub.read_traces(str(tmp_path), "trace-status")
+    assert len(traces["h1"]) == 1 and len(got["h1"]) == 3     # each reader only its own lines
+    st = pub.port_stages(traces, t0, t0 + 0.008, t0 + 0.017, "h1", TAP, MAC, "p1", t0 + 0.045, got, t0 + 0.036)
+    want = {"end_to_sent": 0.002, "report": 0.009, "to_sent": 0.032, "sent_to_commit": 0.004,
+            "commit_to_answer": 0.005, "commit_to_active": 0.009, "answer_to_active": 0.004, "to_active": 0.045}
+    for k, v in want.items():
+        assert st[k] == pytest.approx(v, abs=1e-6), k
+    # the embedded store: no commit time, the rest as before
+    st = pub.port_stages(traces, t0, t0 + 0.008, t0 + 0.017, "h1", TAP, MAC, "p1", t0 + 0.045, got)
+    assert not {"sent_to_commit", "commit_to_answer", "commit_to_active"} & st.keys()
+    assert st["report"] == pytest.approx(0.009) and st["answer_to_active"] == pytest.approx(0.004)

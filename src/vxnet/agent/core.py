@@ -96,6 +96,14 @@ def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: flo
     trace_log.info("host=%s trace %s", host, json.dumps(doc, separators=(",", ":")))
 
 
+def _trace_report(host: str, sent: float, active: list[str], down: list[str]) -> None:
+    """One `trace-status` log line for a port status report the server accepted: `sent` just
+    before the request, `answered` when its answer came (wall-clock seconds, as `_trace`); the
+    ACTIVE half of port-up, read by bench/port_up_bench.py."""
+    doc = {"sent": sent, "answered": time.time(), "active": active, "down": down}
+    trace_log.info("host=%s trace-status %s", host, json.dumps(doc, separators=(",", ":")))
+
+
 _malloc_trim: Any = None
 
 
@@ -560,6 +568,7 @@ class Agent:
                 continue
             active = sorted(p for p, (s, _) in batch.items() if s == "ACTIVE")
             down = sorted(p for p, (s, _) in batch.items() if s == "DOWN")
+            sent = time.time()
             try:
                 self.control.report_status(active, down)
             except Exception as e:  # noqa: BLE001 - server unreachable/refusing: keep forwarding, retry
@@ -569,6 +578,8 @@ class Agent:
                 self._report_wake.set()
                 continue
             self._report_backoff.reset()
+            if trace_log.isEnabledFor(logging.INFO):
+                _trace_report(self.cfg.host, sent, active, down)
             with self._status_lock:
                 for pid, stamp in batch.items():
                     self._reported[pid] = stamp

@@ -452,22 +452,53 @@ class Repo:
 
 class _MarkerLeases:
     """The lease the attempt markers are attached to: a new one every `rotate` seconds, each
-    living `ttl` seconds, so a marker lives at least `ttl - rotate` seconds and at most `ttl`."""
+    living `ttl` seconds.
+
+    A grant is an etcd write (a raft round, 2-5 ms here), so no attempt waits for one while the
+    current lease is usable: an attempt that finds the lease older than `rotate` uses it and
+    starts the next grant on a thread of its own; the attempts after it get the new lease. Only
+    a lease older than `max_age` (20 s, at most a third of the TTL: a server that wrote nothing
+    for that long), a dropped one or none is granted in line. So a marker lives at least
+    `ttl - max_age` seconds (40) and at most `ttl`; `Repo._resolve` counts from the grant of the
+    lease it actually used."""
 
     def __init__(self, repo: Repo) -> None:
         self._repo = repo
         self._lock = threading.Lock()
         self._lease = 0
         self._granted_at = 0.0
+        self._granting = False    # a grant in the background is under way
+        self.max_age = 20.0       # seconds (at most a third of the TTL): older leases are not used
+        self.grants_inline = 0    # grants an attempt waited for (for tests and benchmarks)
 
     def current(self) -> tuple[int, float]:
         """(lease id, monotonic time just before it was granted)."""
         with self._lock:
             now = time.monotonic()
-            if not self._lease or now - self._granted_at > self._repo.marker_rotate:
+            age = now - self._granted_at
+            if not self._lease or age > min(self.max_age, self._repo.marker_ttl / 3):
                 self._lease = self._repo.store.grant_lease(self._repo.marker_ttl)
                 self._granted_at = now
+                self.grants_inline += 1
+            elif age > self._repo.marker_rotate and not self._granting:
+                self._granting = True
+                threading.Thread(target=self._grant, name="vxnet-marker-lease", daemon=True).start()
             return self._lease, self._granted_at
+
+    def _grant(self) -> None:
+        """The next lease, granted off the writers' path."""
+        try:
+            at = time.monotonic()
+            lease = self._repo.store.grant_lease(self._repo.marker_ttl)
+        except Exception:  # the next attempt tries again (in line once the lease is too old)
+            log.warning("granting the next attempt-marker lease failed", exc_info=True)
+            with self._lock:
+                self._granting = False
+            return
+        with self._lock:
+            self._granting = False
+            if at > self._granted_at:
+                self._lease, self._granted_at = lease, at
 
     def drop(self) -> None:
         with self._lock:
