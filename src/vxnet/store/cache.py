@@ -166,6 +166,12 @@ class Mirror:
 
     # --- reads (the store calls these after `wait` said yes) ----------------------------------
 
+    def wait_live(self, timeout: float) -> bool:
+        """True once the mirror is live (waiting at most `timeout` seconds, e.g. for its first
+        load at a server's start)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._live or self._stop.is_set(), timeout) and self._live
+
     def wait(self, floor: int, timeout: float) -> bool:
         """True when the stream is connected and the mirror has reached `floor` (waiting at
         most `timeout` seconds for it); False means: read etcd instead."""
@@ -210,12 +216,14 @@ class Mirror:
                   on_error: Callable[[Exception], None] | None) -> Subscription | None:
         """Deliver the events under `prefix` from revision `start` on, from this mirror's stream
         (no watch of its own on etcd), or None when the mirror's history no longer reaches back
-        to `start` (then the store opens a watch of its own). Same order and batches as a store
-        watch; `on_error` gets CompactedError when the mirror had to reload (it missed
-        revisions, so the subscriber did too)."""
+        to `start` or the mirror is not live (then the store opens a watch of its own). Same
+        order and batches as a store watch; `on_error` gets CompactedError when the mirror had
+        to reload (it missed revisions, so the subscriber, which is where the mirror is, did
+        too). Not live: the mirror may be behind `start` and behind a compaction it has not
+        heard of yet; its reload would then cancel a watch whose history etcd still holds."""
         sub = Subscription(self, prefix, start, callback, on_error)
         with self._cond:
-            if start < self._hist_from:
+            if start < self._hist_from or not self._live:
                 return None
             for rev, events in self._hist:
                 if rev >= start:

@@ -409,7 +409,9 @@ class EtcdStore:
         # contract's answer); two round trips per watch opened, which is rare (start, relist).
         if start_revision <= self._real_revision():
             self._check_not_compacted(prefix, start_revision)
-        if self._mirror is not None and not unmirrored(prefix):
+        # From the mirror's stream when it is live (a server's watches start with it: waited
+        # for as long as a read would wait), else a watch of its own (cache.Mirror.subscribe).
+        if self._mirror is not None and not unmirrored(prefix) and self._mirror.wait_live(self._cache_wait):
             sub = self._mirror.subscribe(prefix, start_revision, callback, on_error)
             if sub is not None:
                 return sub
