@@ -24,6 +24,7 @@ on a change; the repo's cache hands out objects read-only). The pools only grow 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 Obj = dict[str, Any]
@@ -140,3 +141,11 @@ def compact(obj: Obj, share_empty: bool = False) -> Obj:
                 v = EMPTY_DICT
         out[k] = v
     return out
+
+
+def parse_resource(value: str) -> Any:
+    """A stored resource's JSON, parsed into the form the server shares between its readers
+    (the view hub, the repo's listings): `compact(..., share_empty=True)` for an object, the value
+    itself for other JSON. Raises ValueError for text that is not JSON."""
+    obj = json.loads(value)
+    return compact(obj, share_empty=True) if isinstance(obj, dict) else obj

@@ -13,9 +13,13 @@ Design:
   such a read is in the same or a later group, so it is never durable without it. Watchers get
   events only once they are durable. If a COMMIT fails, memory is ahead of the file: the store
   closes itself (every later call raises StoreError) and a restart reloads the file.
-- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite. A load
-  keeps one copy of equal revision numbers and of equal short values (`contract.Sharer`: the
-  MAC and IP claims of a port both hold its id), and a write keeps the key's existing name.
+- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite. Long
+  values (resources' JSON) are held deflated (`contract.stored_kv`, store/packing.py: a port
+  ~210 bytes instead of ~850) and inflated when read. A load keeps one copy of equal revision
+  numbers and of equal short values (`contract.Sharer`: the MAC and IP claims of a port both
+  hold its id), and a write keeps the key's existing name. A KeyValue handed out stays the same
+  object until its key changes, so a parsed copy attached to it (`KeyValue.attach`) is shared
+  by every reader.
   That is sound because one process owns the file: `open` takes an exclusive `flock` on a
   lock file beside it, and a second server on the same file gets a clear error.
 - History for watches is the `events` table; old events are compacted automatically, keeping
@@ -52,6 +56,7 @@ from vxnet.store.contract import (
     TxnResult,
     WatchCallback,
     prefix_end,
+    stored_kv,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,7 @@ class SqliteStore:
     """The embedded backend. See the module docstring."""
 
     may_lose_answers = False  # a txn either commits and answers, or raises before COMMIT
+    keeps_key_values = True   # get/range hand out the store's own KeyValues (see the module docstring)
 
     def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25,
                  synchronous: str = "FULL") -> None:
@@ -191,7 +197,7 @@ class SqliteStore:
         for op in ops:
             if isinstance(op, Put):
                 old = current(op.key)
-                kv = KeyValue(
+                kv = stored_kv(
                     old.key if old else op.key,  # one copy of a key's name, the dict's
                     op.value,
                     old.create_revision if old else rev,
