@@ -90,15 +90,19 @@ class KeyValue:
 _RAW_VALUE = KeyValue.__dict__["value"]   # the slot under `value`, for PackedKeyValue
 
 
+def _value(kv: KeyValue) -> str:
+    raw = _RAW_VALUE.__get__(kv)
+    return raw if raw.__class__ is str else unpack(raw)
+
+
 class PackedKeyValue(KeyValue):
-    """A KeyValue whose value is held deflated (store/packing.py): `value` inflates it on every
-    read. Equal to (and hashed as) the KeyValue with the same fields; copies and pickles are
-    plain KeyValues. Built by `stored_kv`."""
+    """A KeyValue whose value is held deflated (store/packing.py), given as the packed bytes
+    (text is kept as it is): `value` inflates it on every read. Equal to (and hashed as) the
+    KeyValue with the same fields; copies and pickles are plain KeyValues. Built by `stored_kv`."""
 
     __slots__ = ()
 
-    value = property(lambda self: unpack(_RAW_VALUE.__get__(self)),  # type: ignore[assignment]
-                     lambda self, packed: _RAW_VALUE.__set__(self, packed))
+    value = property(_value, lambda self, raw: _RAW_VALUE.__set__(self, raw))  # type: ignore[assignment]
 
     def _fields(self) -> tuple[Any, ...]:
         return (self.key, self.value, self.create_revision, self.mod_revision, self.version, self.lease)
