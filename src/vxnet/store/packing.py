@@ -76,14 +76,25 @@ _COMPRESSOR = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, _MEMLEVEL, zlib.Z_
 _DECOMPRESSOR = zlib.decompressobj(_WBITS, ZDICT)
 
 
+def deflate(data: bytes) -> bytes:
+    """`data` deflated with the preset dictionary (for JSON of resources: the view hub's replay
+    logs use it too)."""
+    c = _COMPRESSOR.copy()   # primed with the dictionary: cheaper than a new compressor
+    return c.compress(data) + c.flush()
+
+
+def inflate(data: bytes) -> bytes:
+    """What `deflate` was given."""
+    d = _DECOMPRESSOR.copy()
+    return d.decompress(data) + d.flush()
+
+
 def pack(value: str) -> bytes | None:
     """`value` deflated with the preset dictionary, or None when it stays text (too short, or
     packing would save less than MIN_SAVING bytes)."""
     if len(value) < MIN_LENGTH:
         return None
-    raw = value.encode("utf-8", "surrogatepass")
-    c = _COMPRESSOR.copy()   # primed with the dictionary: cheaper than a new compressor
-    out = c.compress(raw) + c.flush()
+    out = deflate(value.encode("utf-8", "surrogatepass"))
     if len(out) + MIN_SAVING > len(value):   # a str of ASCII costs its length (+ header, as bytes)
         return None
     return out
@@ -91,5 +102,4 @@ def pack(value: str) -> bytes | None:
 
 def unpack(packed: bytes) -> str:
     """The text `pack` was given."""
-    d = _DECOMPRESSOR.copy()
-    return (d.decompress(packed) + d.flush()).decode("utf-8", "surrogatepass")
+    return inflate(packed).decode("utf-8", "surrogatepass")
