@@ -130,10 +130,11 @@ def stored_kv(key: str, value: str, create_revision: int, mod_revision: int, ver
 
 
 class Sharer:
-    """Builds the KeyValues of a load (`stored_kv`: long values packed) with one copy of equal revision numbers (a transaction
-    writes many keys at one revision; every number beyond 256 is an object of its own, 32 bytes)
-    and of equal short values (a port's MAC and IP claims both hold its id). Equal values, so
-    nothing a reader sees changes; drop it after the load (it holds what it has seen)."""
+    """Builds the KeyValues of a load (`stored_kv`: long values packed) with one copy of equal
+    revision numbers (a transaction writes many keys at one revision; every number beyond 256 is
+    an object of its own, 32 bytes) and of equal short values (a port's MAC and IP claims both
+    hold its id). Equal values, so nothing a reader sees changes; drop it after the load (it
+    holds what it has seen)."""
 
     SHORT = 64  # values up to this many characters are shared
 
