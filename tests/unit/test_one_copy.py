@@ -20,6 +20,7 @@ import pytest
 from tests.support.aio import run_in_thread
 from vxnet.services.repo import Repo, UnitOfWork
 from vxnet.services.view_hub import Hub
+from vxnet.store.contract import KeyValue
 from vxnet.store.sqlite_store import SqliteStore
 
 
@@ -127,3 +128,41 @@ def test_list_answers_write_the_shared_objects_as_plain_json() -> None:
     assert "r\u00e9seau".encode() in json_body(body)
     big = {"ports": [{**port, "binding:profile": {"n": 2**70}}]}
     assert json.loads(json_body(big))["ports"][0]["binding:profile"]["n"] == 2**70
+
+
+class _AttachedMeanwhile(KeyValue):
+    """A KeyValue to which a listing on another thread attaches its parsed copy just after the
+    hub first looked (the hub saw none, then one is there)."""
+
+    __slots__ = ("_late", "_looked")
+
+    def _get(self) -> Any:
+        if getattr(self, "_looked", False):
+            return getattr(self, "_late", None)
+        object.__setattr__(self, "_looked", True)
+        return None
+
+    def _set(self, obj: Any) -> None:
+        object.__setattr__(self, "_late", obj)
+
+    parsed = property(_get, _set)  # type: ignore[assignment]
+
+
+def test_a_reload_keeps_each_object_with_its_key_when_a_listing_attaches_meanwhile(tmp_path: Path) -> None:
+    from vxnet.services.compact import parse_resource
+
+    store = SqliteStore(str(tmp_path / "s.db"))
+    try:
+        hub = Hub(store)
+        kvs: list[KeyValue] = []
+        for i in range(6):
+            value = json.dumps(_port(f"p{i}", f"name-{i}"))
+            kv = (_AttachedMeanwhile if i % 2 == 0 else KeyValue)(f"/vxnet/res/ports/p{i}", value, 1, 1, 1)
+            if i % 2 == 0:
+                kv.attach(parse_resource(value))   # what the listing will have attached
+            kvs.append(kv)
+        hub._load_all((kvs, 1, [], []))
+        ports = hub.index.objects["ports"]
+        assert {pid: o["name"] for pid, o in ports.items()} == {f"p{i}": f"name-{i}" for i in range(6)}
+    finally:
+        store.close()

@@ -134,12 +134,18 @@ def _parse(value: str) -> Obj:
     return obj if isinstance(obj, dict) else {}
 
 
+def _attached(kv: KeyValue) -> Obj | None:
+    """The parsed object attached to `kv`, if it is one the hub can hold (a JSON object)."""
+    obj = kv.parsed
+    return obj if isinstance(obj, dict) else None
+
+
 def _parsed(kv: KeyValue) -> Obj:
     """The hub's object of a stored resource: the parsed copy attached to `kv` (by the repo's
     listing, or the hub itself before a reload), else parsed now and attached, so the repo's
     listings return this copy instead of parsing one of their own."""
-    obj = kv.parsed
-    if isinstance(obj, dict):
+    obj = _attached(kv)
+    if obj is not None:
         return obj
     obj = _parse(kv.value)  # {} for a value that is not a JSON object: not attached
     if obj:
@@ -334,19 +340,19 @@ class Hub:
         values: list[Obj] = []
         for start in range(0, len(keep), 1000):
             batch = [kv for _, _, kv in keep[start:start + 1000]]
-            todo = [kv for kv in batch if not isinstance(kv.parsed, dict)]
+            held = [_attached(kv) for kv in batch]   # read once: a listing may attach one meanwhile
+            todo = [kv for kv, obj in zip(batch, held, strict=True) if obj is None]
             try:
-                parsed = iter([compact(v, share_empty=True) if isinstance(v, dict) else {}
-                               for v in json.loads("[" + ",".join(kv.value for kv in todo) + "]")])
+                fresh = [compact(v, share_empty=True) if isinstance(v, dict) else {}
+                         for v in json.loads("[" + ",".join(kv.value for kv in todo) + "]")]
             except ValueError:  # a value that is not JSON: parse one by one
-                parsed = iter([_parse(kv.value) for kv in todo])
-            for kv in batch:
-                if isinstance(kv.parsed, dict):
-                    values.append(kv.parsed)
-                    continue
-                obj = next(parsed)
-                if obj:
-                    kv.attach(obj)
+                fresh = [_parse(kv.value) for kv in todo]
+            parsed = iter(fresh)
+            for kv, obj in zip(batch, held, strict=True):
+                if obj is None:
+                    obj = next(parsed)
+                    if obj:
+                        kv.attach(obj)
                 values.append(obj)
         for (coll, id_, _), obj in zip(keep, values, strict=True):
             if obj.get("id") == id_:
