@@ -687,8 +687,8 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
                         "place and timestamps), and the values written plus this bench's later writes (the "
                         "registrations' rebinding, the renames)."
                         if not problems else "DIFFER: " + "; ".join(problems[:5]))
-                     + f" (after listing every port, the server's RSS was {rss4:.0f} MiB: the list caches "
-                     "every parsed port)")
+                     + f" (after listing every port, the server's RSS was {rss4:.0f} MiB: a listing returns "
+                     "the view hub's parsed objects, services/repo.py)")
 
 
 def run(opts: argparse.Namespace) -> Report:

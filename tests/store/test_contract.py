@@ -6,6 +6,7 @@ own current revision, never to absolute numbers, and every key lives under `ns`.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -145,6 +146,27 @@ def test_values_round_trip_unicode_and_json(store: Store, ns: str) -> None:
     assert kv is not None and kv.value == value
     put(store, ns + "empty", "")
     assert store.get(ns + "empty").value == ""
+
+
+def test_long_values_read_back_exactly_everywhere(store: Store, ns: str) -> None:
+    """Long values (a stored resource's JSON) may be held packed in memory (store/packing.py):
+    every read path gives back exactly the text written."""
+    port = json.dumps({"id": "p1", "name": "r\u00e9seau \u7db2\u7d61 \U0001f310", "fixed_ips": [
+        {"subnet_id": "s1", "ip_address": "100.64.0.2"}], "binding:host_id": "h1", "tags": [],
+        "description": "d" * 300}, separators=(",", ":"), ensure_ascii=False)
+    other = port.replace("p1", "p2")
+    rec = Recorder()
+    store.watch(ns, store.revision() + 1, rec)
+    rev = store.txn([], [Put(ns + "a", port), Put(ns + "b", other)]).revision
+    assert store.get(ns + "a").value == port
+    kvs, _ = store.range(ns)
+    assert [kv.value for kv in kvs] == [port, other]
+    assert kvs[0] == KeyValue(ns + "a", port, rev, rev, 1) and hash(kvs[0]) == hash(KeyValue(ns + "a", port, rev, rev, 1))
+    assert store.txn([Compare(ns + "a", "value", "==", port)], [Put(ns + "c", "x")]).succeeded
+    assert not store.txn([Compare(ns + "a", "value", "==", other)], [Put(ns + "c", "y")]).succeeded
+    rec.wait_revision(rev)
+    assert [(e.kv.key, e.kv.value) for batch in rec.batches for e in batch if e.kv.mod_revision == rev] == [
+        (ns + "a", port), (ns + "b", other)]
 
 
 # --- transactions --------------------------------------------------------------------------------
@@ -632,6 +654,15 @@ def test_data_history_and_leases_survive_reopen(durable_backend: Any, ns: str) -
     assert store.grant_lease(5) != lid
     store.revoke_lease(lid)
     assert store.get(ns + "b") is None
+
+
+def test_long_values_survive_reopen(durable_backend: Any, ns: str) -> None:
+    store = durable_backend.open()
+    value = json.dumps({"id": "p", "name": "\u00e9" * 50, "description": "long " * 100})
+    rev = put(store, ns + "a", value)
+    store = durable_backend.reopen(store)
+    assert store.get(ns + "a") == KeyValue(ns + "a", value, rev, rev, 1)
+    assert store.range(ns)[0][0].value == value
 
 
 def test_compaction_survives_reopen(durable_backend: Any, ns: str) -> None:

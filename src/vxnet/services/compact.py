@@ -1,5 +1,5 @@
 """Compact copies of parsed resources, for what a server holds many of (the view hub's objects,
-the repo's parse cache): equal dicts in less memory.
+which the repo's listings share: `parse_resource`, services/repo.py): equal dicts in less memory.
 
 `compact(obj)` returns a dict equal to `obj` (same fields, same order, equal values) that
 - shares its field names, and the values that repeat across objects (`SHARED_VALUES`: a
@@ -18,12 +18,13 @@ the repo's parse cache): equal dicts in less memory.
   the first `SHAPES_MAX` gets an ordinary dict.
 
 Callers treat the result as read-only, as they did the parsed object (the hub replaces an object
-on a change; the repo's cache hands out objects read-only). The pools only grow up to a bound
+on a change; the repo's listings hand them out read-only). The pools only grow up to a bound
 (`VALUES_MAX`, then they start again), so ids of deleted objects do not stay forever.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 Obj = dict[str, Any]
@@ -140,3 +141,11 @@ def compact(obj: Obj, share_empty: bool = False) -> Obj:
                 v = EMPTY_DICT
         out[k] = v
     return out
+
+
+def parse_resource(value: str) -> Any:
+    """A stored resource's JSON, parsed into the form the server shares between its readers
+    (the view hub, the repo's listings): `compact(..., share_empty=True)` for an object, the value
+    itself for other JSON. Raises ValueError for text that is not JSON."""
+    obj = json.loads(value)
+    return compact(obj, share_empty=True) if isinstance(obj, dict) else obj

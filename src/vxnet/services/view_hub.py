@@ -9,7 +9,9 @@ On etcd with the read cache on, the hub's watch rides the store mirror's stream 
 "One watch per server"): one watch of etcd per server, not one for the mirror and one here.
 
 For every tracked host (registered or subscribed) the hub keeps the recent update lines that
-touched the host (all hosts' logs together hold at most LOG_BYTES; the oldest lines go first),
+touched the host, deflated with the store's preset dictionary (store/packing.py: an update line
+of one port shrinks ~3.5x, of several ~6x; one copy of a line several hosts got), and all hosts'
+logs together hold at most LOG_BYTES of them (the oldest lines go first),
 and `floor[host]`: every update after that revision is in the log. A stream with
 `since >= floor` replays the log after `since`; otherwise it starts with a snapshot. So an agent
 resumes without a snapshot on this server, or on another server that was already running, as
@@ -40,7 +42,10 @@ its last piece (`RELEASE`). Stream JSON is written by orjson (a value it refuses
 integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
 The hub's objects are `compact`ed (services/compact.py: shared field names and repeated values,
 key-sharing dicts, one shared empty list and dict that refuse changes: nothing changes a hub
-object), and an object's id is one string, its own `id`, also where the index holds it.
+object), and an object's id is one string, its own `id`, also where the index holds it. Each is
+attached to the KeyValue it was parsed from (`KeyValue.attach`): on a store that keeps its
+KeyValues the repo's listings return the hub's objects instead of parsing copies of their own
+(services/repo.py), and the hub takes a copy the repo parsed first.
 
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop.
@@ -62,17 +67,18 @@ from typing import Any, Protocol
 import orjson
 
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
-from vxnet.services.compact import compact
+from vxnet.services.compact import compact, parse_resource
 from vxnet.services.host_view import COLLECTIONS, ViewIndex, project
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
-from vxnet.store.contract import CompactedError, Event, EventType, Put, Store, WatchHandle, key_missing
+from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Put, Store, WatchHandle, key_missing
+from vxnet.store.packing import deflate, inflate
 
 log = logging.getLogger("vxnet.agents")
 
 PING_INTERVAL = 5.0
 LOG_LENGTH = 4096  # lines a stream may fall behind before it is cut
-LOG_BYTES = 32 * 1024 * 1024  # all hosts' replay logs together
+LOG_BYTES = 8 * 1024 * 1024  # all hosts' replay logs together, deflated (~30-50 MiB of lines)
 RES_PREFIX = f"{ROOT}res/"
 # An empty piece, yielded after a snapshot or a large batch: the HTTP response that iterates the
 # stream (Starlette's StreamingResponse) holds the piece it sent last until it gets the next one,
@@ -122,10 +128,29 @@ def classify(key: str) -> tuple[str, str] | None:
 
 def _parse(value: str) -> Obj:
     try:
-        obj = json.loads(value)
+        obj = parse_resource(value)
     except ValueError:
         return {}
-    return compact(obj, share_empty=True) if isinstance(obj, dict) else {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _attached(kv: KeyValue) -> Obj | None:
+    """The parsed object attached to `kv`, if it is one the hub can hold (a JSON object)."""
+    obj = kv.parsed
+    return obj if isinstance(obj, dict) else None
+
+
+def _parsed(kv: KeyValue) -> Obj:
+    """The hub's object of a stored resource: the parsed copy attached to `kv` (by the repo's
+    listing, or the hub itself before a reload), else parsed now and attached, so the repo's
+    listings return this copy instead of parsing one of their own."""
+    obj = _attached(kv)
+    if obj is not None:
+        return obj
+    obj = _parse(kv.value)  # {} for a value that is not a JSON object: not attached
+    if obj:
+        kv.attach(obj)
+    return obj
 
 
 def dumps(obj: Any) -> bytes:
@@ -307,18 +332,28 @@ class Hub:
         self.reports = {kv.key[len(STATUS_PREFIX):]: _parse(kv.value) for kv in reports}
         objects: Objects = {c: {} for c in COLLECTIONS}
         others: Objects = {}
-        keep = [(coll, id_, kv.value) for kv in kvs
+        keep = [(coll, id_, kv) for kv in kvs
                 for coll, _, id_ in [kv.key[len(RES_PREFIX):].partition("/")]]
         # Parsed a batch at a time (one document per batch, faster than one parse per value) and
-        # `compact`ed: only one batch's parsed copies exist at once.
+        # `compact`ed: only one batch's parsed copies exist at once. A value with a parsed copy
+        # attached already (a reload; the repo listed it) keeps that copy; a new one is attached.
         values: list[Obj] = []
         for start in range(0, len(keep), 1000):
-            batch = keep[start:start + 1000]
+            batch = [kv for _, _, kv in keep[start:start + 1000]]
+            held = [_attached(kv) for kv in batch]   # read once: a listing may attach one meanwhile
+            todo = [kv for kv, obj in zip(batch, held, strict=True) if obj is None]
             try:
-                values += [compact(v, share_empty=True) if isinstance(v, dict) else {}
-                           for v in json.loads("[" + ",".join(v for _, _, v in batch) + "]")]
+                fresh = [compact(v, share_empty=True) if isinstance(v, dict) else {}
+                         for v in json.loads("[" + ",".join(kv.value for kv in todo) + "]")]
             except ValueError:  # a value that is not JSON: parse one by one
-                values += [_parse(v) for _, _, v in batch]
+                fresh = [_parse(kv.value) for kv in todo]
+            parsed = iter(fresh)
+            for kv, obj in zip(batch, held, strict=True):
+                if obj is None:
+                    obj = next(parsed)
+                    if obj:
+                        kv.attach(obj)
+                values.append(obj)
         for (coll, id_, _), obj in zip(keep, values, strict=True):
             if obj.get("id") == id_:
                 id_ = obj["id"]  # one copy of the id: the object's own
@@ -361,7 +396,7 @@ class Hub:
                 if where is None:
                     continue
                 coll, id_ = where
-                after = _parse(e.kv.value) if e.type is EventType.PUT else None
+                after = _parsed(e.kv) if e.type is EventType.PUT else None
                 live = e.kv.key.startswith(LIVE_PREFIX)
                 if coll in COLLECTIONS:
                     before = self.index.objects[coll].get(id_)
@@ -405,6 +440,7 @@ class Hub:
                     self.reports[e.kv.key[len(STATUS_PREFIX):]] = _parse(e.kv.value)
                 else:
                     self.reports.pop(e.kv.key[len(STATUS_PREFIX):], None)
+        deflated: dict[bytes, bytes] = {}  # line -> its deflated form, for the replay logs
         for h, msg in messages.items():
             self.last_change[h] = rev
             body: dict[str, Any] = {"type": "update", "revision": rev}
@@ -412,7 +448,10 @@ class Hub:
                 body["request_id"] = request_id  # the API call that produced this revision
             body.update(msg.wire())
             line = dumps(body) + b"\n"
-            self._record(h, rev, line)
+            packed = deflated.get(line)
+            if packed is None:
+                packed = deflated[line] = deflate(line)
+            self._record(h, rev, packed)
             for s in self.subs.get(h, ()):
                 s.push(line, rev)
         if self.fanout_seconds is not None:
@@ -438,6 +477,7 @@ class Hub:
                     s.push(line)
 
     def _record(self, host: str, rev: int, line: bytes) -> None:
+        """Log `line` (deflated) for `host`'s resume; evict the oldest lines over LOG_BYTES."""
         self.logs.setdefault(host, collections.deque()).append((rev, line))
         self._log_order.append((host, rev, len(line)))
         self._log_bytes += len(line)
@@ -488,14 +528,14 @@ class Hub:
         floor = self.floor.get(host, self.revision)
         replay: list[tuple[int, bytes]] = []
         if since is not None and floor <= since <= store_revision:
-            replay = [(rev, line) for rev, line in self.logs.get(host, ()) if rev > since]
+            replay = [(rev, line) for rev, line in self.logs.get(host, ()) if rev > since]  # deflated
         if since is None or since < floor or since > store_revision or len(replay) >= LOG_LENGTH:
             sub = Subscriber(host, self.revision)  # a snapshot is shorter than a long replay
             sub.push(self.snapshot(host))
         else:
             sub = Subscriber(host, since)
             for rev, line in replay:
-                sub.push(line, rev)
+                sub.push(inflate(line), rev)
         self.subs.setdefault(host, set()).add(sub)
         return sub
 

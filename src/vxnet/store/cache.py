@@ -87,6 +87,7 @@ UNMIRRORED = "/vxnet-txn/"
 # The base64 of its first 9 bytes is the first 12 characters of every such key on the wire: a
 # cheap test before decoding.
 _UNMIRRORED_B64 = base64.b64encode(UNMIRRORED[:9].encode()).decode()
+SHRINK_AFTER = 50_000  # deleted keys after which the mirror's dict is rebuilt (a dict never shrinks)
 HISTORY = 1024  # revisions of events kept to start a watch a little in the past (old values: memory)
 
 
@@ -143,6 +144,7 @@ class Mirror:
         self._cond = threading.Condition(threading.Lock())
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []
+        self._deleted = 0           # keys deleted since `_kv` was last sized (see `_apply`)
         self._rev = 0
         self._live = False          # serving: the watch is open and the mirror reached `_target`
         self._target: int | None = None  # while catching up: the revision to reach before going live
@@ -276,6 +278,7 @@ class Mirror:
             start = page[-1].key + "\0"
         with self._cond:
             self._kv = {kv.key: kv for kv in kvs}
+            self._deleted = 0
             self._keys = [kv.key for kv in kvs]   # etcd returns them sorted by key (bytes = UTF-8 order)
             self._keys.sort()
             self._rev = rev
@@ -311,10 +314,14 @@ class Mirror:
                 if ev.type is EventType.DELETE:
                     if kvs.pop(kv.key, None) is not None:
                         del keys[bisect.bisect_left(keys, kv.key)]
+                        self._deleted += 1
                 else:
                     if kv.key not in kvs:
                         bisect.insort(keys, kv.key)
                     kvs[kv.key] = kv
+            if self._deleted > SHRINK_AFTER and 4 * self._deleted > len(kvs):
+                self._kv = dict(kvs)   # a dict never shrinks: one sized for the keys left
+                self._deleted = 0
             hist = self._hist
             for rev, batch in batches:
                 hist.append((rev, batch))

@@ -19,6 +19,9 @@ Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked 
   the writer nor the other watchers notice.
 - Leases: keys attached to a lease are deleted (with delete events) when it expires or is
   revoked. `refresh_lease` returns the remaining TTL, or raises `LeaseNotFound`.
+- `keeps_key_values` (optional, False if absent): whether `get`/`range` hand out the backend's
+  own KeyValue objects, the same object for a key until it changes (the embedded store; etcd
+  with its read mirror). Readers then share a parsed copy through `KeyValue.attach`.
 - Lost answers: `may_lose_answers` says whether `txn` can raise `StoreUnavailable` after the
   transaction was (or may later be) applied. etcd can (a leader dies after proposing); the
   embedded store cannot (its txn raises only before COMMIT, or answers). Callers that must
@@ -32,7 +35,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from vxnet.store.packing import pack, unpack
 
 
 class StoreError(Exception):
@@ -61,7 +66,13 @@ class StoreUnavailable(StoreError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeyValue:
-    """One key as stored."""
+    """One key as stored.
+
+    `parsed` is not part of the key (not compared, hashed or shown): a reader may attach the
+    parsed form of `value` to it (`attach`), so that the next reader of the same KeyValue need
+    not parse it again (services/repo.py and the view hub share one parsed copy of a resource
+    this way). Backends that keep their KeyValues in memory (the embedded store, the etcd read
+    mirror) hand out the same object until the key changes; a change makes a new one."""
 
     key: str
     value: str
@@ -69,13 +80,61 @@ class KeyValue:
     mod_revision: int
     version: int
     lease: int = 0
+    parsed: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def attach(self, parsed: Any) -> None:
+        """Remember `parsed`, the parsed form of `value` (treated as read-only by everyone)."""
+        object.__setattr__(self, "parsed", parsed)
+
+
+_RAW_VALUE = KeyValue.__dict__["value"]   # the slot under `value`, for PackedKeyValue
+
+
+def _value(kv: KeyValue) -> str:
+    raw = _RAW_VALUE.__get__(kv)
+    return raw if raw.__class__ is str else unpack(raw)
+
+
+class PackedKeyValue(KeyValue):
+    """A KeyValue whose value is held deflated (store/packing.py), given as the packed bytes
+    (text is kept as it is): `value` inflates it on every read. Equal to (and hashed as) the
+    KeyValue with the same fields; copies and pickles are plain KeyValues. Built by `stored_kv`."""
+
+    __slots__ = ()
+
+    value = property(_value, lambda self, raw: _RAW_VALUE.__set__(self, raw))  # type: ignore[assignment]
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.key, self.value, self.create_revision, self.mod_revision, self.version, self.lease)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyValue):
+            return NotImplemented
+        return self._fields() == (other.key, other.value, other.create_revision, other.mod_revision,
+                                  other.version, other.lease)
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> Any:
+        return (KeyValue, self._fields())
+
+
+def stored_kv(key: str, value: str, create_revision: int, mod_revision: int, version: int,
+              lease: int = 0) -> KeyValue:
+    """A KeyValue for a store's in-memory copy: a long value held packed (PackedKeyValue)."""
+    packed = pack(value)
+    if packed is None:
+        return KeyValue(key, value, create_revision, mod_revision, version, lease)
+    return PackedKeyValue(key, packed, create_revision, mod_revision, version, lease)  # type: ignore[arg-type]
 
 
 class Sharer:
-    """Builds the KeyValues of a load with one copy of equal revision numbers (a transaction
-    writes many keys at one revision; every number beyond 256 is an object of its own, 32 bytes)
-    and of equal short values (a port's MAC and IP claims both hold its id). Equal values, so
-    nothing a reader sees changes; drop it after the load (it holds what it has seen)."""
+    """Builds the KeyValues of a load (`stored_kv`: long values packed) with one copy of equal
+    revision numbers (a transaction writes many keys at one revision; every number beyond 256 is
+    an object of its own, 32 bytes) and of equal short values (a port's MAC and IP claims both
+    hold its id). Equal values, so nothing a reader sees changes; drop it after the load (it
+    holds what it has seen)."""
 
     SHORT = 64  # values up to this many characters are shared
 
@@ -88,8 +147,8 @@ class Sharer:
         ints = self._ints
         if len(value) <= self.SHORT:
             value = self._strs.setdefault(value, value)
-        return KeyValue(key, value, ints.setdefault(create_revision, create_revision),
-                        ints.setdefault(mod_revision, mod_revision), version, ints.setdefault(lease, lease))
+        return stored_kv(key, value, ints.setdefault(create_revision, create_revision),
+                         ints.setdefault(mod_revision, mod_revision), version, ints.setdefault(lease, lease))
 
 
 class EventType(enum.Enum):

@@ -13,9 +13,13 @@ Design:
   such a read is in the same or a later group, so it is never durable without it. Watchers get
   events only once they are durable. If a COMMIT fails, memory is ahead of the file: the store
   closes itself (every later call raises StoreError) and a restart reloads the file.
-- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite. A load
-  keeps one copy of equal revision numbers and of equal short values (`contract.Sharer`: the
-  MAC and IP claims of a port both hold its id), and a write keeps the key's existing name.
+- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite. Long
+  values (resources' JSON) are held deflated (`contract.stored_kv`, store/packing.py: a port
+  ~210 bytes instead of ~850) and inflated when read. A load keeps one copy of equal revision
+  numbers and of equal short values (`contract.Sharer`: the MAC and IP claims of a port both
+  hold its id), and a write keeps the key's existing name. A KeyValue handed out stays the same
+  object until its key changes, so a parsed copy attached to it (`KeyValue.attach`) is shared
+  by every reader.
   That is sound because one process owns the file: `open` takes an exclusive `flock` on a
   lock file beside it, and a second server on the same file gets a clear error.
 - History for watches is the `events` table; old events are compacted automatically, keeping
@@ -52,9 +56,12 @@ from vxnet.store.contract import (
     TxnResult,
     WatchCallback,
     prefix_end,
+    stored_kv,
 )
 
 log = logging.getLogger(__name__)
+
+SHRINK_AFTER = 50_000  # deleted keys after which the in-memory dict is rebuilt (see `_apply`)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, create_rev INTEGER NOT NULL,
@@ -86,6 +93,7 @@ class SqliteStore:
     """The embedded backend. See the module docstring."""
 
     may_lose_answers = False  # a txn either commits and answers, or raises before COMMIT
+    keeps_key_values = True   # get/range hand out the store's own KeyValues (see the module docstring)
 
     def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25,
                  synchronous: str = "FULL") -> None:
@@ -118,6 +126,7 @@ class SqliteStore:
         self._history = history
         self._kv: dict[str, KeyValue] = {}
         self._keys: list[str] = []
+        self._deleted = 0   # keys deleted since `_kv` was last sized (see `_apply`)
         share = Sharer()
         for key, value, crev, mrev, version, lease in self._db.execute(
                 "SELECT key, value, create_rev, mod_rev, version, lease FROM kv"):
@@ -191,7 +200,7 @@ class SqliteStore:
         for op in ops:
             if isinstance(op, Put):
                 old = current(op.key)
-                kv = KeyValue(
+                kv = stored_kv(
                     old.key if old else op.key,  # one copy of a key's name, the dict's
                     op.value,
                     old.create_revision if old else rev,
@@ -221,10 +230,16 @@ class SqliteStore:
                 if self._kv.pop(key, None) is not None:
                     i = bisect.bisect_left(self._keys, key)
                     del self._keys[i]
+                    self._deleted += 1
             else:
                 if key not in self._kv:
                     bisect.insort(self._keys, key)
                 self._kv[key] = kv
+        if self._deleted > SHRINK_AFTER and 4 * self._deleted > len(self._kv):
+            # A dict never shrinks: after many deletions (a registration wave drops every
+            # binding-failed key), one sized for the keys left (420,000 -> 320,000 keys: 15 -> 7 MiB).
+            self._kv = dict(self._kv)
+            self._deleted = 0
         return events
 
     def _sync(self, rev: int) -> None:
