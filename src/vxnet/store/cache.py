@@ -42,7 +42,6 @@ Nothing here writes: transactions and compares always go to etcd.
 from __future__ import annotations
 
 import base64
-import bisect
 import collections
 import contextlib
 import json
@@ -58,6 +57,7 @@ import httpx
 
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Sharer, StoreError, WatchCallback
 from vxnet.store.etcd_wire import _b64, _kv
+from vxnet.store.keyset import KeySet
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class Mirror:
         self._catchup_timeout = catchup_timeout
         self._cond = threading.Condition(threading.Lock())
         self._kv: dict[str, KeyValue] = {}
-        self._keys: list[str] = []
+        self._keys = KeySet()
         self._deleted = 0           # keys deleted since `_kv` was last sized (see `_apply`)
         self._rev = 0
         self._live = False          # serving: the watch is open and the mirror reached `_target`
@@ -189,15 +189,8 @@ class Mirror:
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         with self._cond:
-            keys = self._keys
-            lo = bisect.bisect_left(keys, prefix)
-            out = []
             kv = self._kv
-            for k in keys[lo:]:
-                if not k.startswith(prefix):
-                    break
-                out.append(kv[k])
-            return out, self._rev
+            return [kv[k] for k in self._keys.under(prefix)], self._rev
 
     def revision(self) -> int:
         return self._rev
@@ -279,8 +272,7 @@ class Mirror:
         with self._cond:
             self._kv = {kv.key: kv for kv in kvs}
             self._deleted = 0
-            self._keys = [kv.key for kv in kvs]   # etcd returns them sorted by key (bytes = UTF-8 order)
-            self._keys.sort()
+            self._keys = KeySet(kv.key for kv in kvs)
             self._rev = rev
             self._need_load = False
             self.loads += 1
@@ -313,11 +305,11 @@ class Mirror:
                 kv = ev.kv
                 if ev.type is EventType.DELETE:
                     if kvs.pop(kv.key, None) is not None:
-                        del keys[bisect.bisect_left(keys, kv.key)]
+                        keys.discard(kv.key)
                         self._deleted += 1
                 else:
                     if kv.key not in kvs:
-                        bisect.insort(keys, kv.key)
+                        keys.add(kv.key)
                     kvs[kv.key] = kv
             if self._deleted > SHRINK_AFTER and 4 * self._deleted > len(kvs):
                 self._kv = dict(kvs)   # a dict never shrinks: one sized for the keys left

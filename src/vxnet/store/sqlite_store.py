@@ -13,7 +13,7 @@ Design:
   such a read is in the same or a later group, so it is never durable without it. Watchers get
   events only once they are durable. If a COMMIT fails, memory is ahead of the file: the store
   closes itself (every later call raises StoreError) and a restart reloads the file.
-- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite. Long
+- All keys are mirrored in memory (a dict, and the sorted `KeySet`, store/keyset.py), so reads never touch SQLite. Long
   values (resources' JSON) are held deflated (`contract.stored_kv`, store/packing.py: a port
   ~210 bytes instead of ~850) and inflated when read. A load keeps one copy of equal revision
   numbers and of equal short values (`contract.Sharer`: the MAC and IP claims of a port both
@@ -32,7 +32,6 @@ Design:
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import logging
 import sqlite3
@@ -58,6 +57,7 @@ from vxnet.store.contract import (
     prefix_end,
     stored_kv,
 )
+from vxnet.store.keyset import KeySet
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,19 @@ class SqliteStore:
         self._shut = False
         self._history = history
         self._kv: dict[str, KeyValue] = {}
-        self._keys: list[str] = []
+        self._keys = KeySet()
         self._deleted = 0   # keys deleted since `_kv` was last sized (see `_apply`)
         share = Sharer()
         for key, value, crev, mrev, version, lease in self._db.execute(
                 "SELECT key, value, create_rev, mod_rev, version, lease FROM kv"):
             self._kv[key] = share.kv(key, value, crev, mrev, version, lease)
         del share
-        self._keys = sorted(self._kv)
+        self._keys = KeySet(self._kv)
+        # lease -> its keys: a revoke or an expiry deletes them without scanning every key
+        self._lease_keys: dict[int, set[str]] = {}
+        for key, kv in self._kv.items():
+            if kv.lease:
+                self._lease_keys.setdefault(kv.lease, set()).add(key)
         self._rev = self._meta("revision")
         self._durable_rev = self._rev  # the newest revision on disk (and delivered to watchers)
         self._compacted = self._meta("compacted")
@@ -155,13 +160,8 @@ class SqliteStore:
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         with self._lock:
-            lo = bisect.bisect_left(self._keys, prefix)
-            out = []
-            for k in self._keys[lo:]:
-                if not k.startswith(prefix):
-                    break
-                out.append(self._kv[k])
-            return out, self._rev
+            kv = self._kv
+            return [kv[k] for k in self._keys.under(prefix)], self._rev
 
     def revision(self) -> int:
         return self._rev
@@ -225,15 +225,24 @@ class SqliteStore:
             return []
         self._queue.append((rev, staged, events, revoked_lease))
         self._rev = rev
+        by_lease = self._lease_keys
         for key, kv in staged.items():
+            old = self._kv.get(key)
+            if old is not None and old.lease and (kv is None or kv.lease != old.lease):
+                held = by_lease.get(old.lease)
+                if held is not None:
+                    held.discard(key)
+                    if not held:
+                        del by_lease[old.lease]
             if kv is None:
                 if self._kv.pop(key, None) is not None:
-                    i = bisect.bisect_left(self._keys, key)
-                    del self._keys[i]
+                    self._keys.discard(key)
                     self._deleted += 1
             else:
-                if key not in self._kv:
-                    bisect.insort(self._keys, key)
+                if old is None:
+                    self._keys.add(key)
+                if kv.lease:
+                    by_lease.setdefault(kv.lease, set()).add(key)
                 self._kv[key] = kv
         if self._deleted > SHRINK_AFTER and 4 * self._deleted > len(self._kv):
             # A dict never shrinks: after many deletions (a registration wave drops every
@@ -309,13 +318,7 @@ class SqliteStore:
         return all(c.holds(self._kv[k]) for k in keys)
 
     def _prefix_keys(self, prefix: str) -> list[str]:
-        lo = bisect.bisect_left(self._keys, prefix)
-        out = []
-        for k in self._keys[lo:]:
-            if not k.startswith(prefix):
-                break
-            out.append(k)
-        return out
+        return self._keys.under(prefix)
 
     # --- watch -------------------------------------------------------------------------------
 
@@ -397,7 +400,7 @@ class SqliteStore:
             entry = self._leases.get(lease_id)
             if entry is None or (expired_only and entry[1] >= time.monotonic()):
                 return  # gone, or refreshed meanwhile
-            keys = [k for k, kv in self._kv.items() if kv.lease == lease_id]
+            keys = sorted(self._lease_keys.get(lease_id, ()))
             # the lease row goes in the same SQLite transaction as its keys: a crash in between
             # would otherwise leave keys attached to a lease that no longer expires
             self._apply([Delete(k) for k in keys], revoked_lease=lease_id)
