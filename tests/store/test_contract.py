@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from vxnet.services.compact import compact
 from vxnet.store.contract import (
     CompactedError,
     Compare,
@@ -149,21 +150,30 @@ def test_values_round_trip_unicode_and_json(store: Store, ns: str) -> None:
 
 
 def test_long_values_read_back_exactly_everywhere(store: Store, ns: str) -> None:
-    """Long values (a stored resource's JSON) may be held packed in memory (store/packing.py):
-    every read path gives back exactly the text written."""
-    port = json.dumps({"id": "p1", "name": "r\u00e9seau \u7db2\u7d61 \U0001f310", "fixed_ips": [
-        {"subnet_id": "s1", "ip_address": "100.64.0.2"}], "binding:host_id": "h1", "tags": [],
-        "description": "d" * 300}, separators=(",", ":"), ensure_ascii=False)
-    other = port.replace("p1", "p2")
+    """Long values (a stored resource's JSON) may be held as the parsed object a reader attached
+    (contract.StoredKeyValue): every read path gives back exactly the text written, before and
+    after a parse is attached, for text the parse writes out identically and for text it does
+    not (non-ASCII written unescaped)."""
+    port = json.dumps({"id": "p1", "name": "web-1", "fixed_ips": [{"subnet_id": "s1", "ip_address": "100.64.0.2"}],
+                       "binding:host_id": "h1", "tags": [], "binding:profile": {}, "weight": 0.5,
+                       "description": "d" * 300}, separators=(",", ":"))
+    other = json.dumps({"id": "p2", "name": "r\u00e9seau \u7db2\u7d61 \U0001f310", "tags": [],
+                        "description": "d" * 300}, separators=(",", ":"), ensure_ascii=False)
     rec = Recorder()
     store.watch(ns, store.revision() + 1, rec)
     rev = store.txn([], [Put(ns + "a", port), Put(ns + "b", other)]).revision
-    assert store.get(ns + "a").value == port
-    kvs, _ = store.range(ns)
-    assert [kv.value for kv in kvs] == [port, other]
-    assert kvs[0] == KeyValue(ns + "a", port, rev, rev, 1) and hash(kvs[0]) == hash(KeyValue(ns + "a", port, rev, rev, 1))
-    assert store.txn([Compare(ns + "a", "value", "==", port)], [Put(ns + "c", "x")]).succeeded
-    assert not store.txn([Compare(ns + "a", "value", "==", other)], [Put(ns + "c", "y")]).succeeded
+    for attached in (False, True):
+        assert store.get(ns + "a").value == port
+        kvs = [kv for kv in store.range(ns)[0] if kv.key != ns + "c"]
+        assert [kv.value for kv in kvs] == [port, other]
+        assert kvs[0] == KeyValue(ns + "a", port, rev, rev, 1)
+        assert hash(kvs[0]) == hash(KeyValue(ns + "a", port, rev, rev, 1))
+        assert store.txn([Compare(ns + "a", "value", "==", port)], [Put(ns + "c", "x")]).succeeded
+        assert not store.txn([Compare(ns + "a", "value", "==", other)], [Put(ns + "c", "y")]).succeeded
+        assert store.txn([Compare(ns + "b", "value", "==", other)], [Put(ns + "c", "z")]).succeeded
+        if not attached:
+            for kv in kvs:
+                kv.attach(compact(json.loads(kv.value), share_empty=True))
     rec.wait_revision(rev)
     assert [(e.kv.key, e.kv.value) for batch in rec.batches for e in batch if e.kv.mod_revision == rev] == [
         (ns + "a", port), (ns + "b", other)]
@@ -658,8 +668,10 @@ def test_data_history_and_leases_survive_reopen(durable_backend: Any, ns: str) -
 
 def test_long_values_survive_reopen(durable_backend: Any, ns: str) -> None:
     store = durable_backend.open()
-    value = json.dumps({"id": "p", "name": "\u00e9" * 50, "description": "long " * 100})
+    value = json.dumps({"id": "p", "name": "\u00e9" * 50, "description": "long " * 100}, separators=(",", ":"))
     rev = put(store, ns + "a", value)
+    for kv in store.range(ns)[0]:   # a reader's parse attached: the file still holds the text
+        kv.attach(compact(json.loads(kv.value), share_empty=True))
     store = durable_backend.reopen(store)
     assert store.get(ns + "a") == KeyValue(ns + "a", value, rev, rev, 1)
     assert store.range(ns)[0][0].value == value

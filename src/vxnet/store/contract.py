@@ -21,7 +21,9 @@ Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked 
   revoked. `refresh_lease` returns the remaining TTL, or raises `LeaseNotFound`.
 - `keeps_key_values` (optional, False if absent): whether `get`/`range` hand out the backend's
   own KeyValue objects, the same object for a key until it changes (the embedded store; etcd
-  with its read mirror). Readers then share a parsed copy through `KeyValue.attach`.
+  with its read mirror). Readers then share a parsed copy through `KeyValue.attach`, and such
+  a backend holds a long value as that copy once it writes out as exactly the stored text
+  (`StoredKeyValue`): attached copies are read-only for everyone.
 - Lost answers: `may_lose_answers` says whether `txn` can raise `StoreUnavailable` after the
   transaction was (or may later be) applied. etcd can (a leader dies after proposing); the
   embedded store cannot (its txn raises only before COMMIT, or answers). Callers that must
@@ -34,10 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
-from vxnet.store.packing import pack, unpack
+import orjson
 
 
 class StoreError(Exception):
@@ -87,22 +90,52 @@ class KeyValue:
         object.__setattr__(self, "parsed", parsed)
 
 
-_RAW_VALUE = KeyValue.__dict__["value"]   # the slot under `value`, for PackedKeyValue
+class ValueChanged(StoreError):
+    """A stored value held as its parsed object (`StoredKeyValue`) no longer writes out as the
+    text stored: someone changed a shared parsed object in place (a bug: they are read-only)."""
+
+
+_RAW_VALUE = KeyValue.__dict__["value"]   # the slot under `value`, for StoredKeyValue
+MIN_DERIVED = 160   # characters: shorter values stay text (claims, ids, markers)
 
 
 def _value(kv: KeyValue) -> str:
     raw = _RAW_VALUE.__get__(kv)
-    return raw if raw.__class__ is str else unpack(raw)
+    if raw.__class__ is str:
+        return raw  # type: ignore[no-any-return]
+    text = orjson.dumps(kv.parsed)    # the text is the parsed object written out (see StoredKeyValue)
+    if zlib.crc32(text) != raw:
+        raise ValueChanged(f"the value of {kv.key} was changed in memory (a shared parsed object was modified)")
+    return text.decode()
 
 
-class PackedKeyValue(KeyValue):
-    """A KeyValue whose value is held deflated (store/packing.py), given as the packed bytes
-    (text is kept as it is): `value` inflates it on every read. Equal to (and hashed as) the
-    KeyValue with the same fields; copies and pickles are plain KeyValues. Built by `stored_kv`."""
+class StoredKeyValue(KeyValue):
+    """A KeyValue of a store's in-memory copy whose text is dropped once a parsed object that
+    writes out as exactly that text is attached: then `value` is that object written out again
+    (orjson, ~1-2 us for a port) and the slot under it holds the text's CRC-32, checked on
+    every read (an object changed in place raises ValueChanged instead of answering other
+    text). A resource's JSON is the largest part of a store's memory, and the server parses
+    every resource anyway (the view hub), so its text costs nothing once the parse is held.
+    Text that orjson would write differently (non-ASCII characters, which `json.dumps`
+    escapes; some floats; integers beyond 64 bits) is kept as text. Equal to (and hashed as)
+    the KeyValue with the same fields; copies and pickles are plain KeyValues. Built by
+    `stored_kv`."""
 
     __slots__ = ()
 
     value = property(_value, lambda self, raw: _RAW_VALUE.__set__(self, raw))  # type: ignore[assignment]
+
+    def attach(self, parsed: Any) -> None:
+        object.__setattr__(self, "parsed", parsed)   # first: a reader that sees the CRC finds it
+        raw = _RAW_VALUE.__get__(self)
+        if raw.__class__ is not str or parsed.__class__ is not dict:
+            return
+        try:
+            text = orjson.dumps(parsed)
+        except TypeError:   # what orjson refuses (an integer beyond 64 bits): keep the text
+            return
+        if len(text) == len(raw) and text == raw.encode("utf-8", "surrogatepass"):
+            _RAW_VALUE.__set__(self, zlib.crc32(text))
 
     def _fields(self) -> tuple[Any, ...]:
         return (self.key, self.value, self.create_revision, self.mod_revision, self.version, self.lease)
@@ -122,19 +155,19 @@ class PackedKeyValue(KeyValue):
 
 def stored_kv(key: str, value: str, create_revision: int, mod_revision: int, version: int,
               lease: int = 0) -> KeyValue:
-    """A KeyValue for a store's in-memory copy: a long value held packed (PackedKeyValue)."""
-    packed = pack(value)
-    if packed is None:
+    """A KeyValue for a store's in-memory copy: a long value's text may later be dropped for
+    the parsed object a reader attaches (StoredKeyValue)."""
+    if len(value) < MIN_DERIVED:
         return KeyValue(key, value, create_revision, mod_revision, version, lease)
-    return PackedKeyValue(key, packed, create_revision, mod_revision, version, lease)  # type: ignore[arg-type]
+    return StoredKeyValue(key, value, create_revision, mod_revision, version, lease)
 
 
 class Sharer:
-    """Builds the KeyValues of a load (`stored_kv`: long values packed) with one copy of equal
-    revision numbers (a transaction writes many keys at one revision; every number beyond 256 is
-    an object of its own, 32 bytes) and of equal short values (a port's MAC and IP claims both
-    hold its id). Equal values, so nothing a reader sees changes; drop it after the load (it
-    holds what it has seen)."""
+    """Builds the KeyValues of a load (`stored_kv`) with one copy of equal revision numbers (a
+    transaction writes many keys at one revision; every number beyond 256 is an object of its
+    own, 32 bytes) and of equal short values (a port's MAC and IP claims both hold its id).
+    Equal values, so nothing a reader sees changes; drop it after the load (it holds what it
+    has seen)."""
 
     SHORT = 64  # values up to this many characters are shared
 

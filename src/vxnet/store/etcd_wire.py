@@ -21,7 +21,7 @@ def _unb64(text: str | None) -> str:
 def _kv(raw: dict[str, Any], share: Sharer | None = None, known: Mapping[str, KeyValue] | None = None) -> KeyValue:
     """The KeyValue of an etcd `kv`; with `share`, built by it (a load); with `known` (the
     mirror's keys), an existing key keeps its name's one copy. Both are the mirror's: a long
-    value is held packed (`contract.stored_kv`)."""
+    value's text may give way to a parsed copy attached later (`contract.stored_kv`)."""
     key = _unb64(raw["key"])
     if known is not None and (old := known.get(key)) is not None:
         key = old.key

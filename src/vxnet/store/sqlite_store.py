@@ -13,13 +13,15 @@ Design:
   such a read is in the same or a later group, so it is never durable without it. Watchers get
   events only once they are durable. If a COMMIT fails, memory is ahead of the file: the store
   closes itself (every later call raises StoreError) and a restart reloads the file.
-- All keys are mirrored in memory (a dict, and the sorted `KeySet`, store/keyset.py), so reads never touch SQLite. Long
-  values (resources' JSON) are held deflated (`contract.stored_kv`, store/packing.py: a port
-  ~210 bytes instead of ~850) and inflated when read. A load keeps one copy of equal revision
-  numbers and of equal short values (`contract.Sharer`: the MAC and IP claims of a port both
-  hold its id), and a write keeps the key's existing name. A KeyValue handed out stays the same
-  object until its key changes, so a parsed copy attached to it (`KeyValue.attach`) is shared
-  by every reader.
+- All keys are mirrored in memory (a dict, and the sorted `KeySet` of store/keyset.py), so
+  reads never touch SQLite. A KeyValue handed out stays the same object until its key changes,
+  so a parsed copy attached to it (`KeyValue.attach`) is shared by every reader, and a long
+  value's text is dropped once such a copy writes out as exactly that text (`contract.
+  StoredKeyValue`: the server's view hub parses every resource, so a resource's JSON is held
+  once, parsed). The group commit writes the text each transaction was given, never text
+  derived from memory. A load keeps one copy of equal revision numbers and of equal short
+  values (`contract.Sharer`: the MAC and IP claims of a port both hold its id), and a write
+  keeps the key's existing name.
   That is sound because one process owns the file: `open` takes an exclusive `flock` on a
   lock file beside it, and a second server on the same file gets a clear error.
 - History for watches is the `events` table; old events are compacted automatically, keeping
@@ -120,7 +122,8 @@ class SqliteStore:
             secure_files.verify_sqlite(path)
         self._lock = threading.RLock()    # memory; taken after _db_lock, never before it
         self._db_lock = threading.Lock()  # the SQLite connection (one group commit at a time)
-        self._queue: list[tuple[int, dict[str, KeyValue | None], list[Event], int]] = []
+        # per revision awaiting its commit: (rev, staged KeyValues, events, each event's text, revoked lease)
+        self._queue: list[tuple[int, dict[str, KeyValue | None], list[Event], list[str], int]] = []
         self._failed: BaseException | None = None
         self._shut = False
         self._history = history
@@ -193,6 +196,7 @@ class SqliteStore:
         rev = self._rev + 1
         staged: dict[str, KeyValue | None] = {}
         events: list[Event] = []
+        texts: list[str] = []   # each event's value as written: the commit writes these, not the KeyValues'
 
         def current(key: str) -> KeyValue | None:
             return staged[key] if key in staged else self._kv.get(key)
@@ -210,6 +214,7 @@ class SqliteStore:
                 )
                 staged[op.key] = kv
                 events.append(Event(EventType.PUT, kv))
+                texts.append(op.value)
             else:
                 keys = [op.key]
                 if op.prefix:
@@ -219,11 +224,12 @@ class SqliteStore:
                         continue
                     staged[key] = None
                     events.append(Event(EventType.DELETE, KeyValue(key, "", 0, rev, 0, 0)))
+                    texts.append("")
         if not events:
             if revoked_lease:
-                self._queue.append((0, {}, [], revoked_lease))
+                self._queue.append((0, {}, [], [], revoked_lease))
             return []
-        self._queue.append((rev, staged, events, revoked_lease))
+        self._queue.append((rev, staged, events, texts, revoked_lease))
         self._rev = rev
         by_lease = self._lease_keys
         for key, kv in staged.items():
@@ -273,22 +279,23 @@ class SqliteStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            for rev, staged, events, revoked_lease in queue:
+            for rev, staged, events, texts, revoked_lease in queue:
                 if revoked_lease:
                     db.execute("DELETE FROM leases WHERE id=?", (revoked_lease,))
+                written = {e.kv.key: t for e, t in zip(events, texts, strict=True) if e.type is EventType.PUT}
                 for key, kv in staged.items():
                     if kv is None:
                         db.execute("DELETE FROM kv WHERE key=?", (key,))
                     else:
                         db.execute(
                             "INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)",
-                            (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+                            (kv.key, written[kv.key], kv.create_revision, kv.mod_revision, kv.version, kv.lease),
                         )
                 db.executemany(
                     "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
                     [
-                        (rev, i, e.type.value, e.kv.key, e.kv.value, e.kv.create_revision, e.kv.version, e.kv.lease)
-                        for i, e in enumerate(events)
+                        (rev, i, e.type.value, e.kv.key, t, e.kv.create_revision, e.kv.version, e.kv.lease)
+                        for i, (e, t) in enumerate(zip(events, texts, strict=True))
                     ],
                 )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (upto,))
@@ -305,7 +312,7 @@ class SqliteStore:
             raise StoreError(f"commit failed: {e}") from e
         with self._lock:
             self._durable_rev = upto
-            for rev, _, events, _ in queue:
+            for _, _, events, _, _ in queue:
                 if events:
                     self._notify(events)
 
