@@ -2,7 +2,7 @@
 text read back is exactly the text written, before and after a parse is attached; text that the
 parsed object would not write out identically stays text; a shared object changed in place is
 refused loudly; and such a KeyValue is indistinguishable from a plain one (equality, hash,
-copies, pickles). Also the replay logs' deflate with the preset dictionary (store/packing.py)."""
+copies, pickles)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pickle
 import pytest
 
 from vxnet.services.compact import parse_resource
-from vxnet.store import packing
 from vxnet.store.contract import _RAW_VALUE, KeyValue, Sharer, StoredKeyValue, ValueChanged, stored_kv
 
 PORT_OBJ = {"id": "6f1c2a9e-1b2c-4d5e-8f90-0a1b2c3d4e5f", "name": "web-1", "network_id":
@@ -100,11 +99,3 @@ def test_a_load_shares_short_values_and_keeps_long_ones_for_a_parse() -> None:
     assert a.value is b.value and a.mod_revision is b.mod_revision
     assert isinstance(p, StoredKeyValue) and p.value == PORT
 
-
-def test_deflate_round_trips_exactly_and_shrinks() -> None:
-    for text in (PORT, PORT.replace("web-1", "r\u00e9seau \u7db2\u7d61 \U0001f310"), PORT + "\\u0000\x00\n"):
-        data = text.encode("utf-8", "surrogatepass")
-        packed = packing.deflate(data)
-        assert len(packed) < len(data) // 2
-        assert packing.inflate(packed) == data
-    assert packing.inflate(packing.deflate(b"")) == b""

@@ -9,9 +9,7 @@ On etcd with the read cache on, the hub's watch rides the store mirror's stream 
 "One watch per server"): one watch of etcd per server, not one for the mirror and one here.
 
 For every tracked host (registered or subscribed) the hub keeps the recent update lines that
-touched the host, deflated with the store's preset dictionary (store/packing.py: an update line
-of one port shrinks ~3.5x, of several ~6x; one copy of a line several hosts got), and all hosts'
-logs together hold at most LOG_BYTES of them (the oldest lines go first),
+touched the host (all hosts' logs together hold at most LOG_BYTES; the oldest lines go first),
 and `floor[host]`: every update after that revision is in the log. A stream with
 `since >= floor` replays the log after `since`; otherwise it starts with a snapshot. So an agent
 resumes without a snapshot on this server, or on another server that was already running, as
@@ -66,19 +64,22 @@ from typing import Any, Protocol
 
 import orjson
 
+from vxnet import heap
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
 from vxnet.services.compact import compact, parse_resource
 from vxnet.services.host_view import COLLECTIONS, ViewIndex, project
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Put, Store, WatchHandle, key_missing
-from vxnet.store.packing import deflate, inflate
 
 log = logging.getLogger("vxnet.agents")
 
 PING_INTERVAL = 5.0
 LOG_LENGTH = 4096  # lines a stream may fall behind before it is cut
-LOG_BYTES = 8 * 1024 * 1024  # all hosts' replay logs together, deflated (~30-50 MiB of lines)
+# All hosts' replay logs together, lines as sent. (Deflating them was tried: besides its CPU,
+# zlib releases the GIL on every call, so a busy worker thread can keep the loop waiting up to
+# the interpreter's switch interval, 5 ms, for each line of a revision.)
+LOG_BYTES = 32 * 1024 * 1024
 RES_PREFIX = f"{ROOT}res/"
 # An empty piece, yielded after a snapshot or a large batch: the HTTP response that iterates the
 # stream (Starlette's StreamingResponse) holds the piece it sent last until it gets the next one,
@@ -326,6 +327,10 @@ class Hub:
             if enabled:
                 gc.enable()
         gc.freeze()
+        # The store's texts of the resources just parsed were freed (contract.StoredKeyValue):
+        # ~850 bytes a port, from glibc's heap, where the parsed objects (Python's own arenas)
+        # cannot reuse them. Give those pages back.
+        heap.trim()
 
     def _load_all(self, fetched: tuple[Any, ...] | None = None) -> None:
         kvs, rev, live, reports = fetched or self._fetch()
@@ -440,7 +445,6 @@ class Hub:
                     self.reports[e.kv.key[len(STATUS_PREFIX):]] = _parse(e.kv.value)
                 else:
                     self.reports.pop(e.kv.key[len(STATUS_PREFIX):], None)
-        deflated: dict[bytes, bytes] = {}  # line -> its deflated form, for the replay logs
         for h, msg in messages.items():
             self.last_change[h] = rev
             body: dict[str, Any] = {"type": "update", "revision": rev}
@@ -448,10 +452,7 @@ class Hub:
                 body["request_id"] = request_id  # the API call that produced this revision
             body.update(msg.wire())
             line = dumps(body) + b"\n"
-            packed = deflated.get(line)
-            if packed is None:
-                packed = deflated[line] = deflate(line)
-            self._record(h, rev, packed)
+            self._record(h, rev, line)
             for s in self.subs.get(h, ()):
                 s.push(line, rev)
         if self.fanout_seconds is not None:
@@ -477,7 +478,7 @@ class Hub:
                     s.push(line)
 
     def _record(self, host: str, rev: int, line: bytes) -> None:
-        """Log `line` (deflated) for `host`'s resume; evict the oldest lines over LOG_BYTES."""
+        """Log `line` for `host`'s resume; evict the oldest lines over LOG_BYTES."""
         self.logs.setdefault(host, collections.deque()).append((rev, line))
         self._log_order.append((host, rev, len(line)))
         self._log_bytes += len(line)
@@ -528,14 +529,14 @@ class Hub:
         floor = self.floor.get(host, self.revision)
         replay: list[tuple[int, bytes]] = []
         if since is not None and floor <= since <= store_revision:
-            replay = [(rev, line) for rev, line in self.logs.get(host, ()) if rev > since]  # deflated
+            replay = [(rev, line) for rev, line in self.logs.get(host, ()) if rev > since]
         if since is None or since < floor or since > store_revision or len(replay) >= LOG_LENGTH:
             sub = Subscriber(host, self.revision)  # a snapshot is shorter than a long replay
             sub.push(self.snapshot(host))
         else:
             sub = Subscriber(host, since)
             for rev, line in replay:
-                sub.push(inflate(line), rev)
+                sub.push(line, rev)
         self.subs.setdefault(host, set()).add(sub)
         return sub
 
