@@ -43,14 +43,6 @@ _VALUES: dict[str, str] = {}    # values of SHARED_VALUES fields, one copy each
 _SHAPES: dict[tuple[str, ...], type | None] = {}
 
 
-def _share(v: Any) -> Any:
-    if isinstance(v, str):
-        if len(_VALUES) >= VALUES_MAX:
-            _VALUES.clear()
-        return _VALUES.setdefault(v, v)
-    return v
-
-
 def _empty(shape: tuple[str, ...]) -> Obj:
     """An empty dict to fill with the fields of `shape` in order: a key-sharing one when the shape
     allows (see the module docstring), else an ordinary one."""
@@ -68,10 +60,12 @@ def _empty(shape: tuple[str, ...]) -> Obj:
 
 
 def _inner(d: Obj) -> Obj:
-    keys = _KEYS
+    keys, values, shared = _KEYS, _VALUES, SHARED_VALUES
     out = _empty(tuple(d))
     for a, b in d.items():
-        out[keys.setdefault(a, a)] = _share(b) if a in SHARED_VALUES else b
+        if a in shared and b.__class__ is str:
+            b = values.setdefault(b, b)
+        out[keys.setdefault(a, a)] = b
     return out
 
 
@@ -122,12 +116,15 @@ def compact(obj: Obj, share_empty: bool = False) -> Obj:
     lists and dicts (a port's `tags`, `binding:profile`, ...: ~230 bytes a port) are the shared
     `EMPTY_LIST` / `EMPTY_DICT`, which refuse changes: for holders whose objects nobody changes
     (the view hub)."""
-    keys = _KEYS
+    keys, values, shared = _KEYS, _VALUES, SHARED_VALUES
+    if len(values) >= VALUES_MAX:   # checked once per object: the pool may pass it by one object's values
+        values.clear()
     out = _empty(tuple(obj))
     for k, v in obj.items():
         k = keys.setdefault(k, k)
-        if k in SHARED_VALUES:
-            v = _share(v)
+        if k in shared:
+            if v.__class__ is str:
+                v = values.setdefault(v, v)
         elif isinstance(v, list):
             if v:
                 if isinstance(v[0], dict):

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -104,7 +103,7 @@ def _value(kv: KeyValue) -> str:
     if raw.__class__ is str:
         return raw  # type: ignore[no-any-return]
     text = orjson.dumps(kv.parsed)    # the text is the parsed object written out (see StoredKeyValue)
-    if zlib.crc32(text) != raw:
+    if hash(text) != raw:
         raise ValueChanged(f"the value of {kv.key} was changed in memory (a shared parsed object was modified)")
     return text.decode()
 
@@ -112,9 +111,9 @@ def _value(kv: KeyValue) -> str:
 class StoredKeyValue(KeyValue):
     """A KeyValue of a store's in-memory copy whose text is dropped once a parsed object that
     writes out as exactly that text is attached: then `value` is that object written out again
-    (orjson, ~1-2 us for a port) and the slot under it holds the text's CRC-32, checked on
-    every read (an object changed in place raises ValueChanged instead of answering other
-    text). A resource's JSON is the largest part of a store's memory, and the server parses
+    (orjson, ~1 us for a port) and the slot under it holds the text's hash (64 bits, the
+    interpreter's: memory only), checked on every read (an object changed in place raises
+    ValueChanged instead of answering other text). A resource's JSON is the largest part of a store's memory, and the server parses
     every resource anyway (the view hub), so its text costs nothing once the parse is held.
     Text that orjson would write differently (non-ASCII characters, which `json.dumps`
     escapes; some floats; integers beyond 64 bits) is kept as text. Equal to (and hashed as)
@@ -126,7 +125,7 @@ class StoredKeyValue(KeyValue):
     value = property(_value, lambda self, raw: _RAW_VALUE.__set__(self, raw))  # type: ignore[assignment]
 
     def attach(self, parsed: Any) -> None:
-        object.__setattr__(self, "parsed", parsed)   # first: a reader that sees the CRC finds it
+        object.__setattr__(self, "parsed", parsed)   # first: a reader that sees the hash finds it
         raw = _RAW_VALUE.__get__(self)
         if raw.__class__ is not str or parsed.__class__ is not dict:
             return
@@ -135,7 +134,7 @@ class StoredKeyValue(KeyValue):
         except TypeError:   # what orjson refuses (an integer beyond 64 bits): keep the text
             return
         if len(text) == len(raw) and text == raw.encode("utf-8", "surrogatepass"):
-            _RAW_VALUE.__set__(self, zlib.crc32(text))
+            _RAW_VALUE.__set__(self, hash(text))
 
     def _fields(self) -> tuple[Any, ...]:
         return (self.key, self.value, self.create_revision, self.mod_revision, self.version, self.lease)
@@ -178,10 +177,12 @@ class Sharer:
     def kv(self, key: str, value: str, create_revision: int, mod_revision: int, version: int,
            lease: int = 0) -> KeyValue:
         ints = self._ints
-        if len(value) <= self.SHORT:
+        n = len(value)
+        if n <= self.SHORT:
             value = self._strs.setdefault(value, value)
-        return stored_kv(key, value, ints.setdefault(create_revision, create_revision),
-                         ints.setdefault(mod_revision, mod_revision), version, ints.setdefault(lease, lease))
+        cls = KeyValue if n < MIN_DERIVED else StoredKeyValue   # as `stored_kv`, inline: a load makes many
+        return cls(key, value, ints.setdefault(create_revision, create_revision),
+                   ints.setdefault(mod_revision, mod_revision), version, ints.setdefault(lease, lease))
 
 
 class EventType(enum.Enum):

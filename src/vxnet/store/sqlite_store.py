@@ -130,17 +130,16 @@ class SqliteStore:
         self._kv: dict[str, KeyValue] = {}
         self._keys = KeySet()
         self._deleted = 0   # keys deleted since `_kv` was last sized (see `_apply`)
+        # lease -> its keys: a revoke or an expiry deletes them without scanning every key
+        self._lease_keys: dict[int, set[str]] = {}
         share = Sharer()
         for key, value, crev, mrev, version, lease in self._db.execute(
                 "SELECT key, value, create_rev, mod_rev, version, lease FROM kv"):
             self._kv[key] = share.kv(key, value, crev, mrev, version, lease)
+            if lease:
+                self._lease_keys.setdefault(lease, set()).add(key)
         del share
         self._keys = KeySet(self._kv)
-        # lease -> its keys: a revoke or an expiry deletes them without scanning every key
-        self._lease_keys: dict[int, set[str]] = {}
-        for key, kv in self._kv.items():
-            if kv.lease:
-                self._lease_keys.setdefault(kv.lease, set()).add(key)
         self._rev = self._meta("revision")
         self._durable_rev = self._rev  # the newest revision on disk (and delivered to watchers)
         self._compacted = self._meta("compacted")
