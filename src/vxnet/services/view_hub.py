@@ -46,7 +46,8 @@ KeyValues the repo's listings return the hub's objects instead of parsing copies
 (services/repo.py), and the hub takes a copy the repo parsed first.
 
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
-store revision a subscribe needs is read by the caller off the loop.
+store revision a subscribe needs is read by the caller off the loop, unless the store answers
+it from memory (`revision_in_memory`: the embedded store).
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked 
   with its read mirror). Readers then share a parsed copy through `KeyValue.attach`, and such
   a backend holds a long value as that copy once it writes out as exactly the stored text
   (`StoredKeyValue`): attached copies are read-only for everyone.
+- `revision_in_memory` (optional, False if absent): `revision()` does no I/O and never blocks
+  (the embedded store), so an event loop may call it directly.
 - Lost answers: `may_lose_answers` says whether `txn` can raise `StoreUnavailable` after the
   transaction was (or may later be) applied. etcd can (a leader dies after proposing); the
   embedded store cannot (its txn raises only before COMMIT, or answers). Callers that must

@@ -96,6 +96,7 @@ class SqliteStore:
 
     may_lose_answers = False  # a txn either commits and answers, or raises before COMMIT
     keeps_key_values = True   # get/range hand out the store's own KeyValues (see the module docstring)
+    revision_in_memory = True  # `revision()` reads a field: callers on an event loop may call it there
 
     def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25,
                  synchronous: str = "FULL") -> None:
