@@ -861,13 +861,14 @@ READING = """How to read it (bench/scale_bench.py, bench/sim_agents.py):
   queued at once (+390 MiB RSS at the cold start, 2026-11-24); orjson and a copy-then-delete
   peer projection cut the serialisation of 1,000 snapshots (100,000 ports) from 4.1 to 1.25 s
   of CPU (measured in-process on the filled store, 2026-12-06).
-- Server memory: the store's in-memory copy of every key (raw JSON; ~220 MiB for the 420,000
-  keys of 100,000 ports with their MAC, IP and binding claims) plus the view index's parsed
-  objects. The hub keeps one copy of each field name and of the values that repeat across
+- Server memory: the store's in-memory copy of every key (the 420,000 keys of 100,000 ports
+  with their MAC, IP and binding claims) plus the view index's parsed objects, which are also
+  what the repo lists and, for a resource, what the store holds instead of its JSON text
+  (docs/store.md "Memory": the text is dropped once the attached object writes out as exactly
+  that text). The hub keeps one copy of each field name and of the values that repeat across
   objects (network, project, binding host, timestamps, subnets of fixed IPs: `compact`) and
-  parses the store a thousand values at a time: the index's objects went from 346 to 263 MiB
-  after loading 100,000 ports (2026-12-06). Listing every port through the API adds the
-  repo's parse cache (the last note of each backend).
+  parses the store a thousand values at a time. The cold start's light-reader row is the
+  server's part alone: every snapshot serialised and sent to readers that do no work.
 - 2026-12-06 (issue 18's scale goals), the same reduced command before (f65b64c) and after
   (20,000 ports on 1,000 networks, 200 hosts, 2 agent processes, embedded store: `python -m
   bench --only scale_bench --no-write --scale-stores sqlite --scale-ports 20000 --scale-hosts 200
