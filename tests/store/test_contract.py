@@ -621,6 +621,24 @@ def test_overwriting_without_lease_detaches_the_key(store: Store, ns: str) -> No
     assert store.get(ns + "a").value == "2"
 
 
+def test_a_key_moved_to_another_lease_follows_it(store: Store, ns: str) -> None:
+    """A revoke deletes the keys attached to the lease now: not a key moved to another lease or
+    deleted since (the embedded store keeps an index of keys by lease)."""
+    first, second = store.grant_lease(30), store.grant_lease(30)
+    store.txn([], [Put(ns + "a", "1", first), Put(ns + "b", "2", first), Put(ns + "c", "3", first)])
+    put(store, ns + "a", "1", lease=second)   # moved
+    store.txn([], [Delete(ns + "b")])         # gone
+    rec = Recorder()
+    store.watch(ns, store.revision() + 1, rec)
+    r0 = store.revision()
+    store.revoke_lease(first)
+    batches = rec.wait_revision(r0 + 1)
+    assert [(e.type, e.kv.key) for b in batches for e in b] == [(EventType.DELETE, ns + "c")]
+    assert store.get(ns + "a").lease == second
+    store.revoke_lease(second)
+    assert store.get(ns + "a") is None
+
+
 def test_expired_lease_deletes_its_keys(store: Store, ns: str) -> None:
     lid = store.grant_lease(1)
     kept = store.grant_lease(1)
