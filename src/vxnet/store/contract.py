@@ -115,12 +115,12 @@ class StoredKeyValue(KeyValue):
     writes out as exactly that text is attached: then `value` is that object written out again
     (orjson, ~1 us for a port) and the slot under it holds the text's hash (64 bits, the
     interpreter's: memory only), checked on every read (an object changed in place raises
-    ValueChanged instead of answering other text). A resource's JSON is the largest part of a store's memory, and the server parses
-    every resource anyway (the view hub), so its text costs nothing once the parse is held.
-    Text that orjson would write differently (non-ASCII characters, which `json.dumps`
-    escapes; some floats; integers beyond 64 bits) is kept as text. Equal to (and hashed as)
-    the KeyValue with the same fields; copies and pickles are plain KeyValues. Built by
-    `stored_kv`."""
+    ValueChanged instead of answering other text). A resource's JSON is the largest part of a
+    store's memory, and the server parses every resource anyway (the view hub), so its text
+    costs nothing once the parse is held. Text that orjson would write differently (non-ASCII
+    characters, which `json.dumps` escapes; some floats; integers beyond 64 bits) is kept as
+    text. Equal to (and hashed as) the KeyValue with the same fields; copies and pickles are
+    plain KeyValues. Built by `stored_kv`."""
 
     __slots__ = ()
 
