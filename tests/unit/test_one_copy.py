@@ -166,3 +166,48 @@ def test_a_reload_keeps_each_object_with_its_key_when_a_listing_attaches_meanwhi
         assert {pid: o["name"] for pid, o in ports.items()} == {f"p{i}": f"name-{i}" for i in range(6)}
     finally:
         store.close()
+
+
+def test_the_store_drops_texts_after_the_hubs_load_and_on_its_changes(tmp_path: Path) -> None:
+    """After the hub's load (off the start path, in steps on the loop) and after each change it
+    applies, the store holds a resource's value as the hub's object (contract.StoredKeyValue);
+    every read still gives the text written, also after a restart."""
+    from vxnet.store.contract import _RAW_VALUE
+
+    def held_as_text(kv: KeyValue) -> bool:
+        return isinstance(_RAW_VALUE.__get__(kv), str)
+
+    texts = {f"p{i}": json.dumps(_port(f"p{i}"), separators=(",", ":")) for i in range(5)}
+
+    async def run() -> None:
+        store = SqliteStore(str(tmp_path / "s.db"))
+        repo = Repo(store)
+        _put(repo, *(_port(f"p{i}") for i in range(5)))
+        store.close()
+        store = SqliteStore(str(tmp_path / "s.db"))   # loaded from the file: every value is text
+        repo = Repo(store)
+        kvs, _ = store.range("/vxnet/res/ports/")
+        assert all(held_as_text(kv) for kv in kvs)
+        hub = Hub(store)
+        hub.start(asyncio.get_running_loop())
+        assert all(held_as_text(kv) for kv in kvs), "dropped on the start path"
+        for _ in range(100):
+            if not any(held_as_text(kv) for kv in kvs):
+                break
+            await asyncio.sleep(0.01)
+        assert not any(held_as_text(kv) for kv in kvs)
+        assert all(kv.parsed is hub.index.objects["ports"][kv.key.rsplit("/", 1)[1]] for kv in kvs)
+        assert {kv.key.rsplit("/", 1)[1]: kv.value for kv in store.range("/vxnet/res/ports/")[0]} == texts
+        assert repo.get("ports", "p1") == _port("p1")
+        _put(repo, _port("p1", name="renamed"))
+        await _caught_up(hub, store)
+        kv = store.get("/vxnet/res/ports/p1")
+        assert not held_as_text(kv) and json.loads(kv.value) == _port("p1", name="renamed")
+        hub.stop()
+        store.close()
+        store = SqliteStore(str(tmp_path / "s.db"))   # the file holds the texts written
+        assert json.loads(store.get("/vxnet/res/ports/p1").value) == _port("p1", name="renamed")
+        assert store.get("/vxnet/res/ports/p2").value == texts["p2"]
+        store.close()
+
+    asyncio.run(run())

@@ -82,6 +82,7 @@ LOG_LENGTH = 4096  # lines a stream may fall behind before it is cut
 # the interpreter's switch interval, 5 ms, for each line of a revision.)
 LOG_BYTES = 32 * 1024 * 1024
 RES_PREFIX = f"{ROOT}res/"
+DROP_STEP = 2000  # values whose text is dropped per step on the loop after a load (~3 ms)
 # An empty piece, yielded after a snapshot or a large batch: the HTTP response that iterates the
 # stream (Starlette's StreamingResponse) holds the piece it sent last until it gets the next one,
 # so without it an idle stream kept its snapshot's last piece (up to Snapshot.CHUNK bytes; 1,000
@@ -318,22 +319,46 @@ class Hub:
 
     def _load(self, fetched: tuple[Any, ...] | None = None) -> None:
         if not self.freeze_gc:
-            self._load_all(fetched)
+            self._drop_texts(self._load_all(fetched))
             return
         enabled = gc.isenabled()
         gc.disable()  # the load makes millions of objects and no garbage cycles
         try:
-            self._load_all(fetched)
+            attached = self._load_all(fetched)
         finally:
             if enabled:
                 gc.enable()
         gc.freeze()
-        # The store's texts of the resources just parsed were freed (contract.StoredKeyValue):
-        # ~850 bytes a port, from glibc's heap, where the parsed objects (Python's own arenas)
-        # cannot reuse them. Give those pages back.
-        heap.trim()
+        self._drop_texts(attached)
 
-    def _load_all(self, fetched: tuple[Any, ...] | None = None) -> None:
+    def _drop_texts(self, kvs: list[KeyValue]) -> None:
+        """Let the store drop the text of each value the load attached a parse to
+        (`KeyValue.drop_text`, contract.StoredKeyValue: ~1.4 us each, 0.15-0.3 s for 100,000
+        ports) after the load, in steps of DROP_STEP on the loop when it runs (off the start
+        path: the start serves as soon as the index is loaded), else at once. The server's hub
+        then gives the freed pages back: the texts came from glibc's heap, where the parsed
+        objects (Python's own arenas) cannot reuse them."""
+        loop = self.loop
+
+        def step(start: int) -> None:
+            for kv in kvs[start:start + DROP_STEP]:
+                kv.drop_text()
+            if start + DROP_STEP < len(kvs) and loop is not None and loop.is_running():
+                loop.call_soon(step, start + DROP_STEP)
+            elif self.freeze_gc:
+                heap.trim()
+
+        if loop is not None and loop.is_running():
+            loop.call_soon(step, 0)
+        else:
+            for kv in kvs:
+                kv.drop_text()
+            if self.freeze_gc:
+                heap.trim()
+
+    def _load_all(self, fetched: tuple[Any, ...] | None = None) -> list[KeyValue]:
+        """Load every object; the KeyValues it attached a new parse to (their text not yet
+        dropped: `_drop_texts`)."""
         kvs, rev, live, reports = fetched or self._fetch()
         self.reports = {kv.key[len(STATUS_PREFIX):]: _parse(kv.value) for kv in reports}
         objects: Objects = {c: {} for c in COLLECTIONS}
@@ -344,6 +369,7 @@ class Hub:
         # `compact`ed: only one batch's parsed copies exist at once. A value with a parsed copy
         # attached already (a reload; the repo listed it) keeps that copy; a new one is attached.
         values: list[Obj] = []
+        attached: list[KeyValue] = []
         for start in range(0, len(keep), 1000):
             batch = [kv for _, _, kv in keep[start:start + 1000]]
             held = [_attached(kv) for kv in batch]   # read once: a listing may attach one meanwhile
@@ -358,7 +384,8 @@ class Hub:
                 if obj is None:
                     obj = next(parsed)
                     if obj:
-                        kv.attach(obj)
+                        kv.attach(obj, drop=False)
+                        attached.append(kv)
                 values.append(obj)
         for (coll, id_, _), obj in zip(keep, values, strict=True):
             if obj.get("id") == id_:
@@ -374,6 +401,7 @@ class Hub:
         for h in self.index.members:
             self.floor[h] = rev
             self.logs[h] = collections.deque()
+        return attached
 
     def _on_events(self, events: list[Event]) -> None:
         """Store thread: hand the revision to the event loop."""

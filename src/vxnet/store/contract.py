@@ -86,9 +86,14 @@ class KeyValue:
     lease: int = 0
     parsed: Any = dataclasses.field(default=None, compare=False, repr=False)
 
-    def attach(self, parsed: Any) -> None:
-        """Remember `parsed`, the parsed form of `value` (treated as read-only by everyone)."""
+    def attach(self, parsed: Any, drop: bool = True) -> None:
+        """Remember `parsed`, the parsed form of `value` (treated as read-only by everyone); a
+        store's KeyValue then drops its text unless `drop` is False (`drop_text`)."""
         object.__setattr__(self, "parsed", parsed)
+
+    def drop_text(self) -> None:
+        """Hold the value as the attached parsed object where it writes out as exactly the text
+        (StoredKeyValue); a plain KeyValue keeps its text."""
 
 
 class ValueChanged(StoreError):
@@ -126,8 +131,13 @@ class StoredKeyValue(KeyValue):
 
     value = property(_value, lambda self, raw: _RAW_VALUE.__set__(self, raw))  # type: ignore[assignment]
 
-    def attach(self, parsed: Any) -> None:
+    def attach(self, parsed: Any, drop: bool = True) -> None:
         object.__setattr__(self, "parsed", parsed)   # first: a reader that sees the hash finds it
+        if drop:
+            self.drop_text()
+
+    def drop_text(self) -> None:
+        parsed = self.parsed
         raw = _RAW_VALUE.__get__(self)
         if raw.__class__ is not str or parsed.__class__ is not dict:
             return
