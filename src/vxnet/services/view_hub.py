@@ -43,7 +43,9 @@ key-sharing dicts, one shared empty list and dict that refuse changes: nothing c
 object), and an object's id is one string, its own `id`, also where the index holds it. Each is
 attached to the KeyValue it was parsed from (`KeyValue.attach`): on a store that keeps its
 KeyValues the repo's listings return the hub's objects instead of parsing copies of their own
-(services/repo.py), and the hub takes a copy the repo parsed first.
+(services/repo.py), the hub takes a copy the repo parsed first, and the store drops the value's
+text, holding the hub's object instead (contract.StoredKeyValue; after a load, in steps on the
+loop: `_drop_texts`).
 
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop, unless the store answers
