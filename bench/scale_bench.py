@@ -23,6 +23,9 @@ What one run does:
   remote-group rule would put every port of the project in every view).
 - registers every host through the agent API (`agent_down_time` long: the simulated agents do
   not heartbeat, so liveness never changes a view during the run).
+- cold start, the server's part: every view stream opened at once by one process that reads
+  each stream only until its snapshot line is complete (no parsing, no agent work) and closes
+  it: time until every snapshot was delivered, and the server's CPU meanwhile.
 - cold start: WORKERS processes of simulated agents (bench/sim_agents.py: the real agent's pure
   side and a recording driver) open every view stream at once; time until every agent has
   received its snapshot and until it has computed and recorded it. Each view's port set is
@@ -33,7 +36,10 @@ What one run does:
   agent outside the model's holders is a leak (must be 0).
 - resources: server RSS and CPU (from /proc), every worker's RSS and CPU (per process and per
   agent).
-Every process it starts is stopped by PID (server, workers), also on failure.
+Every process it starts is stopped by PID (server, workers), also on failure. With
+VXNET_BENCH_PYSPY=<prefix> (py-spy installed) each server is sampled during the registrations,
+both cold starts and the changes (`cpu_profile`: collapsed stacks per phase, to see where the
+server's CPU goes; it loads the machine, so not for the figures of the same run).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,6 +99,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-stores", default="sqlite,etcd", help="backends (default sqlite,etcd)")
     p.add_argument("--scale-etcd-members", type=int, default=3, help="etcd cluster size (default 3)")
     p.add_argument("--scale-coalesce", type=float, default=0.002, help="agent coalesce seconds (default 0.002)")
+
+
+@contextlib.contextmanager
+def cpu_profile(pids: list[int], label: str) -> Iterator[None]:
+    """With VXNET_BENCH_PYSPY=<prefix> (and py-spy installed): sample each server's threads
+    with py-spy while the block runs, into `<prefix>-<label>-<pid>.txt` (collapsed stacks, the
+    "raw" format: one line per stack, its sample count last). Otherwise nothing. For finding
+    where the server's CPU goes in a phase; it costs the servers some CPU itself."""
+    prefix = os.environ.get("VXNET_BENCH_PYSPY")
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not prefix or not os.path.exists(spy):
+        yield
+        return
+    procs = [subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                               "--nonblocking", "--gil", "--output", f"{prefix}-{label}-{pid}.txt"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
+    try:
+        time.sleep(0.5)  # attached before the phase starts
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # --- the world -----------------------------------------------------------------------------------
@@ -359,6 +395,61 @@ def verify(base: str, admin_tok: str, world: World, rng: random.Random) -> list[
     return problems
 
 
+# --- the server's part of a cold start -----------------------------------------------------------
+
+
+async def first_line(port: int, host: str, token: str) -> int:
+    """Open `host`'s view stream (raw HTTP/1.1, chunked), read until its first line (the
+    snapshot) is complete, close it; the line's length."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 26)
+    try:
+        writer.write((f"GET /v2.0/vxnet/hosts/{host}/view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"X-Auth-Token: {token}\r\nAccept: application/x-ndjson\r\n\r\n").encode())
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(status.decode(errors="replace").strip())
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        parts: list[bytes] = []
+        size_read = 0
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                raise RuntimeError("stream ended")
+            chunk = (await reader.readexactly(size + 2))[:-2]
+            end = chunk.find(b"\n")
+            if end >= 0:
+                parts.append(chunk[:end])
+                break
+            parts.append(chunk)
+            size_read += size
+        if not parts[0].startswith(b'{"type":"snapshot"'):
+            raise RuntimeError(f"first line is not a snapshot: {parts[0][:60]!r}")
+        return size_read + len(parts[-1])
+    finally:
+        writer.close()
+
+
+async def first_lines(ports: list[int], token: str, hosts: list[str]) -> tuple[list[float], int, float]:
+    """Every host's view stream opened at once (host i on server i mod S), each read only until
+    its snapshot is complete: the time from the start until each was (seconds), the errors,
+    and the time until the last."""
+    t0 = time.monotonic()
+    done: list[float] = []
+    errors = 0
+
+    async def one(i: int, h: str) -> None:
+        nonlocal errors
+        try:
+            await first_line(ports[i % len(ports)], h, token)
+            done.append(time.monotonic() - t0)
+        except (OSError, RuntimeError, ValueError, asyncio.IncompleteReadError):
+            errors += 1
+
+    await asyncio.gather(*(one(i, h) for i, h in enumerate(hosts)))
+    return done, errors, time.monotonic() - t0
+
+
 # --- the agent processes -------------------------------------------------------------------------
 
 
@@ -501,14 +592,27 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
             + (f"; etcd CPU meanwhile {ecpu_start - ecpu_fill:.1f} s" if etcd_pids else ""))
         admin_tok, agent_tok = get_token(sports[0], ADMIN), get_token(sports[0], AGENT)
         phase.append("registering hosts")
-        t = time.monotonic()
-        asyncio.run(register_hosts(sports, agent_tok, world.hosts))
+        with cpu_profile(spids, f"{backend}-2-registered"):
+            t = time.monotonic()
+            asyncio.run(register_hosts(sports, agent_tok, world.hosts))
+            reg_s = time.monotonic() - t
         world.registered.update(world.hosts)
-        reg_s = time.monotonic() - t
         cpu0, rss0 = sample(spids)
         mem_profile(spids, f"{backend}-2-registered")
         row(f"register {len(world.hosts)} hosts (agent API, 16 at a time)", "", "", "", "",
             f"{reg_s:.1f} s wall, {cpu0 - cpu_start:.1f} s CPU", f"{rss0:.0f}", "host i on server i mod S")
+
+        phase.append("cold start with light readers")
+        cpu_l0, _ = sample(spids)
+        with cpu_profile(spids, f"{backend}-3-light-readers"):
+            light, light_errors, light_s = asyncio.run(first_lines(sports, agent_tok, world.hosts))
+        cpu_l1, rss_l1 = sample(spids)
+        row(f"cold start, server's part: snapshots to light readers ({len(light)}/{len(world.hosts)})", "",
+            ms(percentile(light, 50)), ms(percentile(light, 99)), ms(max(light, default=float("nan"))),
+            f"server {cpu_l1 - cpu_l0:.1f} s", f"server {rss_l1:.0f}",
+            f"every view stream opened at once by one process that only reads each snapshot's bytes "
+            f"(no parsing, no agent work), then closes it: all delivered after {light_s:.1f} s; "
+            f"{light_errors} errors")
 
         n_w = max(1, min(opts.scale_workers, len(world.hosts)))
         specs = [{"token": agent_tok, "coalesce": opts.scale_coalesce, "watch_prefix": WATCH_PREFIX,
@@ -529,13 +633,14 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         load_cold = os.getloadavg()[0]
         cpu0, _ = sample(spids)
         ecpu0, _ = sample(etcd_pids)
-        t0 = time.monotonic()
-        for c in conns:
-            c.send(("go",))
-        deadline = t0 + 300
-        while len(col.snaps) + len(col.errors) < len(world.hosts) and time.monotonic() < deadline:
-            col.pump(1.0)
-        cold = time.monotonic() - t0
+        with cpu_profile(spids, f"{backend}-3-cold-start"):
+            t0 = time.monotonic()
+            for c in conns:
+                c.send(("go",))
+            deadline = t0 + 300
+            while len(col.snaps) + len(col.errors) < len(world.hosts) and time.monotonic() < deadline:
+                col.pump(1.0)
+            cold = time.monotonic() - t0
         cpu1, rss1 = sample(spids)
         mem_profile(spids, f"{backend}-3-cold-start")
         ecpu1, _ = sample(etcd_pids)
@@ -576,7 +681,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         host_srv = {h: i % n_srv for i, h in enumerate(world.hosts)}
         n = 0
         with httpx.Client(base_url=f"http://127.0.0.1:{sports[0]}", headers={"X-Auth-Token": admin_tok},
-                          timeout=30) as c:
+                          timeout=30) as c, cpu_profile(spids, f"{backend}-4-changes"):
             c.get("/v2.0/networks", params={"limit": 1})
             for i in range(opts.scale_changes):
                 pid = rng.choice(ports)
@@ -687,8 +792,8 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
                         "place and timestamps), and the values written plus this bench's later writes (the "
                         "registrations' rebinding, the renames)."
                         if not problems else "DIFFER: " + "; ".join(problems[:5]))
-                     + f" (after listing every port, the server's RSS was {rss4:.0f} MiB: the list caches "
-                     "every parsed port)")
+                     + f" (after listing every port, the server's RSS was {rss4:.0f} MiB: a listing returns "
+                     "the view hub's parsed objects, services/repo.py)")
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -756,13 +861,14 @@ READING = """How to read it (bench/scale_bench.py, bench/sim_agents.py):
   queued at once (+390 MiB RSS at the cold start, 2026-11-24); orjson and a copy-then-delete
   peer projection cut the serialisation of 1,000 snapshots (100,000 ports) from 4.1 to 1.25 s
   of CPU (measured in-process on the filled store, 2026-12-06).
-- Server memory: the store's in-memory copy of every key (raw JSON; ~220 MiB for the 420,000
-  keys of 100,000 ports with their MAC, IP and binding claims) plus the view index's parsed
-  objects. The hub keeps one copy of each field name and of the values that repeat across
+- Server memory: the store's in-memory copy of every key (the 420,000 keys of 100,000 ports
+  with their MAC, IP and binding claims) plus the view index's parsed objects, which are also
+  what the repo lists and, for a resource, what the store holds instead of its JSON text
+  (docs/store.md "Memory": the text is dropped once the attached object writes out as exactly
+  that text). The hub keeps one copy of each field name and of the values that repeat across
   objects (network, project, binding host, timestamps, subnets of fixed IPs: `compact`) and
-  parses the store a thousand values at a time: the index's objects went from 346 to 263 MiB
-  after loading 100,000 ports (2026-12-06). Listing every port through the API adds the
-  repo's parse cache (the last note of each backend).
+  parses the store a thousand values at a time. The cold start's light-reader row is the
+  server's part alone: every snapshot serialised and sent to readers that do no work.
 - 2026-12-06 (issue 18's scale goals), the same reduced command before (f65b64c) and after
   (20,000 ports on 1,000 networks, 200 hosts, 2 agent processes, embedded store: `python -m
   bench --only scale_bench --no-write --scale-stores sqlite --scale-ports 20000 --scale-hosts 200

@@ -6,6 +6,7 @@ own current revision, never to absolute numbers, and every key lives under `ns`.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from vxnet.services.compact import compact
 from vxnet.store.contract import (
     CompactedError,
     Compare,
@@ -145,6 +147,36 @@ def test_values_round_trip_unicode_and_json(store: Store, ns: str) -> None:
     assert kv is not None and kv.value == value
     put(store, ns + "empty", "")
     assert store.get(ns + "empty").value == ""
+
+
+def test_long_values_read_back_exactly_everywhere(store: Store, ns: str) -> None:
+    """Long values (a stored resource's JSON) may be held as the parsed object a reader attached
+    (contract.StoredKeyValue): every read path gives back exactly the text written, before and
+    after a parse is attached, for text the parse writes out identically and for text it does
+    not (non-ASCII written unescaped)."""
+    port = json.dumps({"id": "p1", "name": "web-1", "fixed_ips": [{"subnet_id": "s1", "ip_address": "100.64.0.2"}],
+                       "binding:host_id": "h1", "tags": [], "binding:profile": {}, "weight": 0.5,
+                       "description": "d" * 300}, separators=(",", ":"))
+    other = json.dumps({"id": "p2", "name": "r\u00e9seau \u7db2\u7d61 \U0001f310", "tags": [],
+                        "description": "d" * 300}, separators=(",", ":"), ensure_ascii=False)
+    rec = Recorder()
+    store.watch(ns, store.revision() + 1, rec)
+    rev = store.txn([], [Put(ns + "a", port), Put(ns + "b", other)]).revision
+    for attached in (False, True):
+        assert store.get(ns + "a").value == port
+        kvs = [kv for kv in store.range(ns)[0] if kv.key != ns + "c"]
+        assert [kv.value for kv in kvs] == [port, other]
+        assert kvs[0] == KeyValue(ns + "a", port, rev, rev, 1)
+        assert hash(kvs[0]) == hash(KeyValue(ns + "a", port, rev, rev, 1))
+        assert store.txn([Compare(ns + "a", "value", "==", port)], [Put(ns + "c", "x")]).succeeded
+        assert not store.txn([Compare(ns + "a", "value", "==", other)], [Put(ns + "c", "y")]).succeeded
+        assert store.txn([Compare(ns + "b", "value", "==", other)], [Put(ns + "c", "z")]).succeeded
+        if not attached:
+            for kv in kvs:
+                kv.attach(compact(json.loads(kv.value), share_empty=True))
+    rec.wait_revision(rev)
+    assert [(e.kv.key, e.kv.value) for batch in rec.batches for e in batch if e.kv.mod_revision == rev] == [
+        (ns + "a", port), (ns + "b", other)]
 
 
 # --- transactions --------------------------------------------------------------------------------
@@ -589,6 +621,24 @@ def test_overwriting_without_lease_detaches_the_key(store: Store, ns: str) -> No
     assert store.get(ns + "a").value == "2"
 
 
+def test_a_key_moved_to_another_lease_follows_it(store: Store, ns: str) -> None:
+    """A revoke deletes the keys attached to the lease now: not a key moved to another lease or
+    deleted since (the embedded store keeps an index of keys by lease)."""
+    first, second = store.grant_lease(30), store.grant_lease(30)
+    store.txn([], [Put(ns + "a", "1", first), Put(ns + "b", "2", first), Put(ns + "c", "3", first)])
+    put(store, ns + "a", "1", lease=second)   # moved
+    store.txn([], [Delete(ns + "b")])         # gone
+    rec = Recorder()
+    store.watch(ns, store.revision() + 1, rec)
+    r0 = store.revision()
+    store.revoke_lease(first)
+    batches = rec.wait_revision(r0 + 1)
+    assert [(e.type, e.kv.key) for b in batches for e in b] == [(EventType.DELETE, ns + "c")]
+    assert store.get(ns + "a").lease == second
+    store.revoke_lease(second)
+    assert store.get(ns + "a") is None
+
+
 def test_expired_lease_deletes_its_keys(store: Store, ns: str) -> None:
     lid = store.grant_lease(1)
     kept = store.grant_lease(1)
@@ -632,6 +682,17 @@ def test_data_history_and_leases_survive_reopen(durable_backend: Any, ns: str) -
     assert store.grant_lease(5) != lid
     store.revoke_lease(lid)
     assert store.get(ns + "b") is None
+
+
+def test_long_values_survive_reopen(durable_backend: Any, ns: str) -> None:
+    store = durable_backend.open()
+    value = json.dumps({"id": "p", "name": "\u00e9" * 50, "description": "long " * 100}, separators=(",", ":"))
+    rev = put(store, ns + "a", value)
+    for kv in store.range(ns)[0]:   # a reader's parse attached: the file still holds the text
+        kv.attach(compact(json.loads(kv.value), share_empty=True))
+    store = durable_backend.reopen(store)
+    assert store.get(ns + "a") == KeyValue(ns + "a", value, rev, rev, 1)
+    assert store.range(ns)[0][0].value == value
 
 
 def test_compaction_survives_reopen(durable_backend: Any, ns: str) -> None:

@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from fastapi import Request
+from fastapi.responses import Response
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, not_found, precondition_failed
@@ -163,8 +166,9 @@ def _sort_order(request: Request) -> list[tuple[str, str]]:
     return list(zip(sort_keys, sort_dirs or ["asc"] * len(sort_keys), strict=False)) + [("id", "asc")]
 
 
-def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: list[dict[str, Any]]) -> dict[str, Any]:
-    """The body of `GET /v2.0/<collection>` over `objects` (all of the collection).
+def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: list[dict[str, Any]]) -> Response:
+    """The answer to `GET /v2.0/<collection>` over `objects` (all of the collection), written by
+    orjson (`json_body`).
 
     A page holds at most `limit` objects, and never more than the server's `max_page_size`
     (also when no `limit` is given): a full page carries a `next` link, which clients follow.
@@ -217,7 +221,20 @@ def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: l
     body: dict[str, Any] = {spec.collection: [select_fields(o, fields) for o in page]}
     if links:
         body[f"{spec.collection}_links"] = links
-    return body
+    return Response(json_body(body), media_type="application/json")
+
+
+def json_body(body: Any) -> bytes:
+    """`body` as compact JSON, by orjson: the listed objects are the server's shared parsed copies
+    (services/repo.py), whose empty lists and dicts are subclasses that refuse changes
+    (services/compact.py); pydantic's serializer, FastAPI's default, writes those several times
+    slower (10,000 ports: ~100-200 ms against ~40 for plain ones; orjson: ~10). What orjson
+    refuses (an integer beyond 64 bits, a string that is not valid Unicode) goes through the
+    standard library."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _first_page_by_id(matching: Iterator[dict[str, Any]], marker: str | None, limit: int) -> list[dict[str, Any]] | None:

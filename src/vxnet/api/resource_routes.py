@@ -99,14 +99,14 @@ class Resource:
     def add_list(self, router: APIRouter, path: str, name: str) -> None:
         """`GET path`: the visible objects, filtered, sorted and paged."""
 
-        async def run(request: Request) -> Obj:
+        async def run(request: Request) -> Response:
             st = AppState.of(request)
             objs = st.repo.list(self.collection)
             if self.expand is not _no_expand:
                 objs = [self.expand(st, o) for o in objs]
             return list_response(request, st.context(request), self.spec, objs)
 
-        _register(router, "GET", path, name, [], run, dict[str, Any])
+        _register(router, "GET", path, name, [], run, Response)
 
     def add_show(self, router: APIRouter, path: str, name: str, id_param: str) -> None:
         """`GET path`: one visible object, or its 404."""

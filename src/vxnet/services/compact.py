@@ -1,5 +1,5 @@
 """Compact copies of parsed resources, for what a server holds many of (the view hub's objects,
-the repo's parse cache): equal dicts in less memory.
+which the repo's listings share: `parse_resource`, services/repo.py): equal dicts in less memory.
 
 `compact(obj)` returns a dict equal to `obj` (same fields, same order, equal values) that
 - shares its field names, and the values that repeat across objects (`SHARED_VALUES`: a
@@ -18,12 +18,13 @@ the repo's parse cache): equal dicts in less memory.
   the first `SHAPES_MAX` gets an ordinary dict.
 
 Callers treat the result as read-only, as they did the parsed object (the hub replaces an object
-on a change; the repo's cache hands out objects read-only). The pools only grow up to a bound
+on a change; the repo's listings hand them out read-only). The pools only grow up to a bound
 (`VALUES_MAX`, then they start again), so ids of deleted objects do not stay forever.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 Obj = dict[str, Any]
@@ -40,14 +41,6 @@ SPLIT_MAX = 30         # CPython's limit of keys a class's instances share
 _KEYS: dict[str, str] = {}      # field names, one copy each
 _VALUES: dict[str, str] = {}    # values of SHARED_VALUES fields, one copy each
 _SHAPES: dict[tuple[str, ...], type | None] = {}
-
-
-def _share(v: Any) -> Any:
-    if isinstance(v, str):
-        if len(_VALUES) >= VALUES_MAX:
-            _VALUES.clear()
-        return _VALUES.setdefault(v, v)
-    return v
 
 
 def _empty(shape: tuple[str, ...]) -> Obj:
@@ -67,10 +60,12 @@ def _empty(shape: tuple[str, ...]) -> Obj:
 
 
 def _inner(d: Obj) -> Obj:
-    keys = _KEYS
+    keys, values, shared = _KEYS, _VALUES, SHARED_VALUES
     out = _empty(tuple(d))
     for a, b in d.items():
-        out[keys.setdefault(a, a)] = _share(b) if a in SHARED_VALUES else b
+        if a in shared and b.__class__ is str:
+            b = values.setdefault(b, b)
+        out[keys.setdefault(a, a)] = b
     return out
 
 
@@ -121,12 +116,15 @@ def compact(obj: Obj, share_empty: bool = False) -> Obj:
     lists and dicts (a port's `tags`, `binding:profile`, ...: ~230 bytes a port) are the shared
     `EMPTY_LIST` / `EMPTY_DICT`, which refuse changes: for holders whose objects nobody changes
     (the view hub)."""
-    keys = _KEYS
+    keys, values, shared = _KEYS, _VALUES, SHARED_VALUES
+    if len(values) >= VALUES_MAX:   # checked once per object: the pool may pass it by one object's values
+        values.clear()
     out = _empty(tuple(obj))
     for k, v in obj.items():
         k = keys.setdefault(k, k)
-        if k in SHARED_VALUES:
-            v = _share(v)
+        if k in shared:
+            if v.__class__ is str:
+                v = values.setdefault(v, v)
         elif isinstance(v, list):
             if v:
                 if isinstance(v[0], dict):
@@ -140,3 +138,11 @@ def compact(obj: Obj, share_empty: bool = False) -> Obj:
                 v = EMPTY_DICT
         out[k] = v
     return out
+
+
+def parse_resource(value: str) -> Any:
+    """A stored resource's JSON, parsed into the form the server shares between its readers
+    (the view hub, the repo's listings): `compact(..., share_empty=True)` for an object, the value
+    itself for other JSON. Raises ValueError for text that is not JSON."""
+    obj = json.loads(value)
+    return compact(obj, share_empty=True) if isinstance(obj, dict) else obj

@@ -43,15 +43,20 @@ of that revision, comma-separated.
 `put`/`delete` of a resource, before it is staged, in the same unit of work: it may read and
 stage more keys (e.g. usage counters) or raise to refuse the whole transaction.
 
-Reads outside a transaction come from a parse cache keyed by mod revision, of `compact` copies
-(services/compact.py: ~40% less memory a port; listing 100,000 ports fills it). `Repo.list`
-returns the cached objects themselves: treat them as read-only. `Repo.get` returns a private copy.
+Parsed objects are shared, not copied: a listed value is parsed once into a `compact` copy
+(services/compact.py, `parse_resource`) and attached to its KeyValue (`KeyValue.attach`), where
+the server's view hub attaches the copy it parses from its watch. On a store that keeps its
+KeyValues (`keeps_key_values`: the embedded store, etcd with its read mirror) the KeyValue is
+the store's own until the key changes, so the hub's object is the one a listing returns and
+listing 100,000 ports adds no copy of them. Other stores' KeyValues are new at every read: there
+a parse cache keyed by key and mod revision keeps the copies. `Repo.list` (and `UnitOfWork.list`)
+return these shared objects themselves: treat them as read-only (their empty lists and dicts
+refuse changes). `Repo.get` and `UnitOfWork.get` return private copies.
 """
 
 from __future__ import annotations
 
 import contextvars
-import copy
 import datetime as dt
 import json
 import logging
@@ -61,7 +66,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from vxnet.services.compact import compact
+from vxnet.services.compact import parse_resource
 from vxnet.services.txn_batch import Attempt, TxnBatcher
 from vxnet.store.contract import (
     Compare,
@@ -314,12 +319,19 @@ class Repo:
     def _scan(self, prefix: str) -> list[tuple[KeyValue, dict[str, Any]]]:
         kvs, _ = self.store.range(prefix)
         out = []
+        if getattr(self.store, "keeps_key_values", False):  # one parsed copy, on the store's KeyValue
+            for kv in kvs:
+                obj = kv.parsed
+                if obj is None:
+                    obj = parse_resource(kv.value)
+                    kv.attach(obj)
+                out.append((kv, obj))
+            return out
         cache = self._cache
         for kv in kvs:
             hit = cache.get(kv.key)
             if hit is None or hit[0] != kv.mod_revision:
-                obj = json.loads(kv.value)
-                hit = (kv.mod_revision, compact(obj) if isinstance(obj, dict) else obj)
+                hit = (kv.mod_revision, parse_resource(kv.value))
                 cache[kv.key] = hit
             out.append((kv, hit[1]))
         if len(cache) > 2 * len(kvs) + 100_000:  # drop entries of deleted keys now and then
@@ -336,12 +348,7 @@ class Repo:
     def get(self, collection: str, id_: str) -> dict[str, Any] | None:
         """A private copy of one resource, or None."""
         kv = self.store.get(res_key(collection, id_))
-        if kv is None:
-            return None
-        hit = self._cache.get(kv.key)
-        if hit is not None and hit[0] == kv.mod_revision:
-            return copy.deepcopy(hit[1])
-        return json.loads(kv.value)
+        return json.loads(kv.value) if kv is not None else None  # faster than a deep copy of a parsed one
 
     def transact(self, fn: Callable[[UnitOfWork], T]) -> T:
         """Run `fn` in a unit of work and commit it, exactly once; rerun on conflicts (see the

@@ -40,10 +40,16 @@ its last piece (`RELEASE`). Stream JSON is written by orjson (a value it refuses
 integer beyond 64 bits, by the standard library; orjson writes a non-finite float as null).
 The hub's objects are `compact`ed (services/compact.py: shared field names and repeated values,
 key-sharing dicts, one shared empty list and dict that refuse changes: nothing changes a hub
-object), and an object's id is one string, its own `id`, also where the index holds it.
+object), and an object's id is one string, its own `id`, also where the index holds it. Each is
+attached to the KeyValue it was parsed from (`KeyValue.attach`): on a store that keeps its
+KeyValues the repo's listings return the hub's objects instead of parsing copies of their own
+(services/repo.py), the hub takes a copy the repo parsed first, and the store drops the value's
+text, holding the hub's object instead (contract.StoredKeyValue; after a load, in steps on the
+loop: `_drop_texts`).
 
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
-store revision a subscribe needs is read by the caller off the loop.
+store revision a subscribe needs is read by the caller off the loop, unless the store answers
+it from memory (`revision_in_memory`: the embedded store).
 """
 
 from __future__ import annotations
@@ -61,19 +67,24 @@ from typing import Any, Protocol
 
 import orjson
 
+from vxnet import heap
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
-from vxnet.services.compact import compact
+from vxnet.services.compact import compact, parse_resource
 from vxnet.services.host_view import COLLECTIONS, ViewIndex, project
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
-from vxnet.store.contract import CompactedError, Event, EventType, Put, Store, WatchHandle, key_missing
+from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Put, Store, WatchHandle, key_missing
 
 log = logging.getLogger("vxnet.agents")
 
 PING_INTERVAL = 5.0
 LOG_LENGTH = 4096  # lines a stream may fall behind before it is cut
-LOG_BYTES = 32 * 1024 * 1024  # all hosts' replay logs together
+# All hosts' replay logs together, lines as sent. (Deflating them was tried: besides its CPU,
+# zlib releases the GIL on every call, so a busy worker thread can keep the loop waiting up to
+# the interpreter's switch interval, 5 ms, for each line of a revision.)
+LOG_BYTES = 32 * 1024 * 1024
 RES_PREFIX = f"{ROOT}res/"
+DROP_STEP = 2000  # values whose text is dropped per step on the loop after a load (~3 ms)
 # An empty piece, yielded after a snapshot or a large batch: the HTTP response that iterates the
 # stream (Starlette's StreamingResponse) holds the piece it sent last until it gets the next one,
 # so without it an idle stream kept its snapshot's last piece (up to Snapshot.CHUNK bytes; 1,000
@@ -122,10 +133,29 @@ def classify(key: str) -> tuple[str, str] | None:
 
 def _parse(value: str) -> Obj:
     try:
-        obj = json.loads(value)
+        obj = parse_resource(value)
     except ValueError:
         return {}
-    return compact(obj, share_empty=True) if isinstance(obj, dict) else {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _attached(kv: KeyValue) -> Obj | None:
+    """The parsed object attached to `kv`, if it is one the hub can hold (a JSON object)."""
+    obj = kv.parsed
+    return obj if isinstance(obj, dict) else None
+
+
+def _parsed(kv: KeyValue) -> Obj:
+    """The hub's object of a stored resource: the parsed copy attached to `kv` (by the repo's
+    listing, or the hub itself before a reload), else parsed now and attached, so the repo's
+    listings return this copy instead of parsing one of their own."""
+    obj = _attached(kv)
+    if obj is not None:
+        return obj
+    obj = _parse(kv.value)  # {} for a value that is not a JSON object: not attached
+    if obj:
+        kv.attach(obj)
+    return obj
 
 
 def dumps(obj: Any) -> bytes:
@@ -291,34 +321,74 @@ class Hub:
 
     def _load(self, fetched: tuple[Any, ...] | None = None) -> None:
         if not self.freeze_gc:
-            self._load_all(fetched)
+            self._drop_texts(self._load_all(fetched))
             return
         enabled = gc.isenabled()
         gc.disable()  # the load makes millions of objects and no garbage cycles
         try:
-            self._load_all(fetched)
+            attached = self._load_all(fetched)
         finally:
             if enabled:
                 gc.enable()
         gc.freeze()
+        self._drop_texts(attached)
 
-    def _load_all(self, fetched: tuple[Any, ...] | None = None) -> None:
+    def _drop_texts(self, kvs: list[KeyValue]) -> None:
+        """Let the store drop the text of each value the load attached a parse to
+        (`KeyValue.drop_text`, contract.StoredKeyValue: ~1.4 us each, 0.15-0.3 s for 100,000
+        ports) after the load, in steps of DROP_STEP on the loop when it runs (off the start
+        path: the start serves as soon as the index is loaded), else at once. The server's hub
+        then gives the freed pages back: the texts came from glibc's heap, where the parsed
+        objects (Python's own arenas) cannot reuse them."""
+        loop = self.loop
+
+        def step(start: int) -> None:
+            for kv in kvs[start:start + DROP_STEP]:
+                kv.drop_text()
+            if start + DROP_STEP < len(kvs) and loop is not None and loop.is_running():
+                loop.call_soon(step, start + DROP_STEP)
+            elif self.freeze_gc:
+                heap.trim()
+
+        if loop is not None and loop.is_running():
+            loop.call_soon(step, 0)
+        else:
+            for kv in kvs:
+                kv.drop_text()
+            if self.freeze_gc:
+                heap.trim()
+
+    def _load_all(self, fetched: tuple[Any, ...] | None = None) -> list[KeyValue]:
+        """Load every object; the KeyValues it attached a new parse to (their text not yet
+        dropped: `_drop_texts`)."""
         kvs, rev, live, reports = fetched or self._fetch()
         self.reports = {kv.key[len(STATUS_PREFIX):]: _parse(kv.value) for kv in reports}
         objects: Objects = {c: {} for c in COLLECTIONS}
         others: Objects = {}
-        keep = [(coll, id_, kv.value) for kv in kvs
+        keep = [(coll, id_, kv) for kv in kvs
                 for coll, _, id_ in [kv.key[len(RES_PREFIX):].partition("/")]]
         # Parsed a batch at a time (one document per batch, faster than one parse per value) and
-        # `compact`ed: only one batch's parsed copies exist at once.
+        # `compact`ed: only one batch's parsed copies exist at once. A value with a parsed copy
+        # attached already (a reload; the repo listed it) keeps that copy; a new one is attached.
         values: list[Obj] = []
+        attached: list[KeyValue] = []
         for start in range(0, len(keep), 1000):
-            batch = keep[start:start + 1000]
+            batch = [kv for _, _, kv in keep[start:start + 1000]]
+            held = [_attached(kv) for kv in batch]   # read once: a listing may attach one meanwhile
+            todo = [kv for kv, obj in zip(batch, held, strict=True) if obj is None]
             try:
-                values += [compact(v, share_empty=True) if isinstance(v, dict) else {}
-                           for v in json.loads("[" + ",".join(v for _, _, v in batch) + "]")]
+                fresh = [compact(v, share_empty=True) if isinstance(v, dict) else {}
+                         for v in json.loads("[" + ",".join(kv.value for kv in todo) + "]")]
             except ValueError:  # a value that is not JSON: parse one by one
-                values += [_parse(v) for _, _, v in batch]
+                fresh = [_parse(kv.value) for kv in todo]
+            parsed = iter(fresh)
+            for kv, obj in zip(batch, held, strict=True):
+                if obj is None:
+                    obj = next(parsed)
+                    if obj:
+                        kv.attach(obj, drop=False)
+                        attached.append(kv)
+                values.append(obj)
         for (coll, id_, _), obj in zip(keep, values, strict=True):
             if obj.get("id") == id_:
                 id_ = obj["id"]  # one copy of the id: the object's own
@@ -333,6 +403,7 @@ class Hub:
         for h in self.index.members:
             self.floor[h] = rev
             self.logs[h] = collections.deque()
+        return attached
 
     def _on_events(self, events: list[Event]) -> None:
         """Store thread: hand the revision to the event loop."""
@@ -361,7 +432,7 @@ class Hub:
                 if where is None:
                     continue
                 coll, id_ = where
-                after = _parse(e.kv.value) if e.type is EventType.PUT else None
+                after = _parsed(e.kv) if e.type is EventType.PUT else None
                 live = e.kv.key.startswith(LIVE_PREFIX)
                 if coll in COLLECTIONS:
                     before = self.index.objects[coll].get(id_)
@@ -438,6 +509,7 @@ class Hub:
                     s.push(line)
 
     def _record(self, host: str, rev: int, line: bytes) -> None:
+        """Log `line` for `host`'s resume; evict the oldest lines over LOG_BYTES."""
         self.logs.setdefault(host, collections.deque()).append((rev, line))
         self._log_order.append((host, rev, len(line)))
         self._log_bytes += len(line)

@@ -52,11 +52,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
-from sortedcontainers import SortedList
 
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Sharer, StoreError, WatchCallback
 from vxnet.store.etcd_http import Pool, Stream
 from vxnet.store.etcd_wire import _b64, _kv
+from vxnet.store.keyset import KeySet
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ UNMIRRORED = "/vxnet-txn/"
 # The base64 of its first 9 bytes is the first 12 characters of every such key on the wire: a
 # cheap test before decoding.
 _UNMIRRORED_B64 = base64.b64encode(UNMIRRORED[:9].encode()).decode()
+SHRINK_AFTER = 50_000  # deleted keys after which the mirror's dict is rebuilt (a dict never shrinks)
 HISTORY = 1024  # revisions of events kept to start a watch a little in the past (old values: memory)
 
 
@@ -141,10 +142,8 @@ class Mirror:
         self._catchup_timeout = catchup_timeout
         self._cond = threading.Condition(threading.Lock())
         self._kv: dict[str, KeyValue] = {}
-        # The keys in order, for `range`: a list of sorted blocks (sortedcontainers), so a new
-        # key costs O(log n) and not a shift of every key after it (`bisect.insort` into one list
-        # of 100,000 keys moved ~400 KB per create).
-        self._keys: SortedList = SortedList()
+        self._keys = KeySet()
+        self._deleted = 0           # keys deleted since `_kv` was last sized (see `_apply`)
         self._rev = 0
         self._live = False          # serving: the watch is open and the mirror reached `_target`
         self._target: int | None = None  # while catching up: the revision to reach before going live
@@ -195,13 +194,8 @@ class Mirror:
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         with self._cond:
-            out = []
             kv = self._kv
-            for k in self._keys.irange(prefix):   # lazily: no copy of the keys after `prefix`
-                if not k.startswith(prefix):
-                    break
-                out.append(kv[k])
-            return out, self._rev
+            return [kv[k] for k in self._keys.under(prefix)], self._rev
 
     def revision(self) -> int:
         return self._rev
@@ -277,7 +271,8 @@ class Mirror:
             start = page[-1].key + "\0"
         with self._cond:
             self._kv = {kv.key: kv for kv in kvs}
-            self._keys = SortedList(kv.key for kv in kvs)   # str order = etcd's UTF-8 byte order
+            self._deleted = 0
+            self._keys = KeySet(kv.key for kv in kvs)
             self._rev = rev
             self._need_load = False
             self.loads += 1
@@ -310,11 +305,15 @@ class Mirror:
                 kv = ev.kv
                 if ev.type is EventType.DELETE:
                     if kvs.pop(kv.key, None) is not None:
-                        keys.remove(kv.key)
+                        keys.discard(kv.key)
+                        self._deleted += 1
                 else:
                     if kv.key not in kvs:
                         keys.add(kv.key)
                     kvs[kv.key] = kv
+            if self._deleted > SHRINK_AFTER and 4 * self._deleted > len(kvs):
+                self._kv = dict(kvs)   # a dict never shrinks: one sized for the keys left
+                self._deleted = 0
             hist = self._hist
             for rev, batch in batches:
                 hist.append((rev, batch))

@@ -19,6 +19,13 @@ Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked 
   the writer nor the other watchers notice.
 - Leases: keys attached to a lease are deleted (with delete events) when it expires or is
   revoked. `refresh_lease` returns the remaining TTL, or raises `LeaseNotFound`.
+- `keeps_key_values` (optional, False if absent): whether `get`/`range` hand out the backend's
+  own KeyValue objects, the same object for a key until it changes (the embedded store; etcd
+  with its read mirror). Readers then share a parsed copy through `KeyValue.attach`, and such
+  a backend holds a long value as that copy once it writes out as exactly the stored text
+  (`StoredKeyValue`): attached copies are read-only for everyone.
+- `revision_in_memory` (optional, False if absent): `revision()` does no I/O and never blocks
+  (the embedded store), so an event loop may call it directly.
 - Lost answers: `may_lose_answers` says whether `txn` can raise `StoreUnavailable` after the
   transaction was (or may later be) applied. etcd can (a leader dies after proposing); the
   embedded store cannot (its txn raises only before COMMIT, or answers). Callers that must
@@ -32,7 +39,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+import orjson
 
 
 class StoreError(Exception):
@@ -61,7 +70,13 @@ class StoreUnavailable(StoreError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeyValue:
-    """One key as stored."""
+    """One key as stored.
+
+    `parsed` is not part of the key (not compared, hashed or shown): a reader may attach the
+    parsed form of `value` to it (`attach`), so that the next reader of the same KeyValue need
+    not parse it again (services/repo.py and the view hub share one parsed copy of a resource
+    this way). Backends that keep their KeyValues in memory (the embedded store, the etcd read
+    mirror) hand out the same object until the key changes; a change makes a new one."""
 
     key: str
     value: str
@@ -69,13 +84,101 @@ class KeyValue:
     mod_revision: int
     version: int
     lease: int = 0
+    parsed: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def attach(self, parsed: Any, drop: bool = True) -> None:
+        """Remember `parsed`, the parsed form of `value` (treated as read-only by everyone); a
+        store's KeyValue then drops its text unless `drop` is False (`drop_text`)."""
+        object.__setattr__(self, "parsed", parsed)
+
+    def drop_text(self) -> None:
+        """Hold the value as the attached parsed object where it writes out as exactly the text
+        (StoredKeyValue); a plain KeyValue keeps its text."""
+
+
+class ValueChanged(StoreError):
+    """A stored value held as its parsed object (`StoredKeyValue`) no longer writes out as the
+    text stored: someone changed a shared parsed object in place (a bug: they are read-only)."""
+
+
+_RAW_VALUE = KeyValue.__dict__["value"]   # the slot under `value`, for StoredKeyValue
+MIN_DERIVED = 160   # characters: shorter values stay text (claims, ids, markers)
+
+
+def _value(kv: KeyValue) -> str:
+    raw = _RAW_VALUE.__get__(kv)
+    if raw.__class__ is str:
+        return raw  # type: ignore[no-any-return]
+    text = orjson.dumps(kv.parsed)    # the text is the parsed object written out (see StoredKeyValue)
+    if hash(text) != raw:
+        raise ValueChanged(f"the value of {kv.key} was changed in memory (a shared parsed object was modified)")
+    return text.decode()
+
+
+class StoredKeyValue(KeyValue):
+    """A KeyValue of a store's in-memory copy whose text is dropped once a parsed object that
+    writes out as exactly that text is attached: then `value` is that object written out again
+    (orjson, ~1 us for a port) and the slot under it holds the text's hash (64 bits, the
+    interpreter's: memory only), checked on every read (an object changed in place raises
+    ValueChanged instead of answering other text). A resource's JSON is the largest part of a
+    store's memory, and the server parses every resource anyway (the view hub), so its text
+    costs nothing once the parse is held. Text that orjson would write differently (non-ASCII
+    characters, which `json.dumps` escapes; some floats; integers beyond 64 bits) is kept as
+    text. Equal to (and hashed as) the KeyValue with the same fields; copies and pickles are
+    plain KeyValues. Built by `stored_kv`."""
+
+    __slots__ = ()
+
+    value = property(_value, lambda self, raw: _RAW_VALUE.__set__(self, raw))  # type: ignore[assignment]
+
+    def attach(self, parsed: Any, drop: bool = True) -> None:
+        object.__setattr__(self, "parsed", parsed)   # first: a reader that sees the hash finds it
+        if drop:
+            self.drop_text()
+
+    def drop_text(self) -> None:
+        parsed = self.parsed
+        raw = _RAW_VALUE.__get__(self)
+        if raw.__class__ is not str or parsed.__class__ is not dict:
+            return
+        try:
+            text = orjson.dumps(parsed)
+        except TypeError:   # what orjson refuses (an integer beyond 64 bits): keep the text
+            return
+        if len(text) == len(raw) and text == raw.encode("utf-8", "surrogatepass"):
+            _RAW_VALUE.__set__(self, hash(text))
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.key, self.value, self.create_revision, self.mod_revision, self.version, self.lease)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyValue):
+            return NotImplemented
+        return self._fields() == (other.key, other.value, other.create_revision, other.mod_revision,
+                                  other.version, other.lease)
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> Any:
+        return (KeyValue, self._fields())
+
+
+def stored_kv(key: str, value: str, create_revision: int, mod_revision: int, version: int,
+              lease: int = 0) -> KeyValue:
+    """A KeyValue for a store's in-memory copy: a long value's text may later be dropped for
+    the parsed object a reader attaches (StoredKeyValue)."""
+    if len(value) < MIN_DERIVED:
+        return KeyValue(key, value, create_revision, mod_revision, version, lease)
+    return StoredKeyValue(key, value, create_revision, mod_revision, version, lease)
 
 
 class Sharer:
-    """Builds the KeyValues of a load with one copy of equal revision numbers (a transaction
-    writes many keys at one revision; every number beyond 256 is an object of its own, 32 bytes)
-    and of equal short values (a port's MAC and IP claims both hold its id). Equal values, so
-    nothing a reader sees changes; drop it after the load (it holds what it has seen)."""
+    """Builds the KeyValues of a load (`stored_kv`) with one copy of equal revision numbers (a
+    transaction writes many keys at one revision; every number beyond 256 is an object of its
+    own, 32 bytes) and of equal short values (a port's MAC and IP claims both hold its id).
+    Equal values, so nothing a reader sees changes; drop it after the load (it holds what it
+    has seen)."""
 
     SHORT = 64  # values up to this many characters are shared
 
@@ -86,10 +189,12 @@ class Sharer:
     def kv(self, key: str, value: str, create_revision: int, mod_revision: int, version: int,
            lease: int = 0) -> KeyValue:
         ints = self._ints
-        if len(value) <= self.SHORT:
+        n = len(value)
+        if n <= self.SHORT:
             value = self._strs.setdefault(value, value)
-        return KeyValue(key, value, ints.setdefault(create_revision, create_revision),
-                        ints.setdefault(mod_revision, mod_revision), version, ints.setdefault(lease, lease))
+        cls = KeyValue if n < MIN_DERIVED else StoredKeyValue   # as `stored_kv`, inline: a load makes many
+        return cls(key, value, ints.setdefault(create_revision, create_revision),
+                   ints.setdefault(mod_revision, mod_revision), version, ints.setdefault(lease, lease))
 
 
 class EventType(enum.Enum):

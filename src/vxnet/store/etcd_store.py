@@ -210,6 +210,8 @@ class EtcdStore:
             self._mirror = Mirror(self)  # loads every key: fails early when no member answers
         else:
             self._real_revision()  # fail early when no member answers
+        # reads served by the mirror hand out its own KeyValues (contract.KeyValue.parsed)
+        self.keeps_key_values = self._mirror is not None
 
     # --- transport ---------------------------------------------------------------------------
 

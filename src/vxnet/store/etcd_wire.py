@@ -7,7 +7,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.store.contract import KeyValue, Sharer
+from vxnet.store.contract import KeyValue, Sharer, stored_kv
 
 
 def _b64(text: str) -> str:
@@ -20,10 +20,13 @@ def _unb64(text: str | None) -> str:
 
 def _kv(raw: dict[str, Any], share: Sharer | None = None, known: Mapping[str, KeyValue] | None = None) -> KeyValue:
     """The KeyValue of an etcd `kv`; with `share`, built by it (a load); with `known` (the
-    mirror's keys), an existing key keeps its name's one copy."""
+    mirror's keys), an existing key keeps its name's one copy. Both are the mirror's: a long
+    value's text may give way to a parsed copy attached later (`contract.stored_kv`)."""
     key = _unb64(raw["key"])
     if known is not None and (old := known.get(key)) is not None:
         key = old.key
     args = (key, _unb64(raw.get("value")), int(raw.get("create_revision", 0)), int(raw.get("mod_revision", 0)),
             int(raw.get("version", 0)), int(raw.get("lease", 0)))
-    return share.kv(*args) if share is not None else KeyValue(*args)
+    if share is not None:
+        return share.kv(*args)
+    return stored_kv(*args) if known is not None else KeyValue(*args)

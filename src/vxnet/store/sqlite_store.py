@@ -13,9 +13,15 @@ Design:
   such a read is in the same or a later group, so it is never durable without it. Watchers get
   events only once they are durable. If a COMMIT fails, memory is ahead of the file: the store
   closes itself (every later call raises StoreError) and a restart reloads the file.
-- All keys are mirrored in memory (dict + sorted key list), so reads never touch SQLite. A load
-  keeps one copy of equal revision numbers and of equal short values (`contract.Sharer`: the
-  MAC and IP claims of a port both hold its id), and a write keeps the key's existing name.
+- All keys are mirrored in memory (a dict, and the sorted `KeySet` of store/keyset.py), so
+  reads never touch SQLite. A KeyValue handed out stays the same object until its key changes,
+  so a parsed copy attached to it (`KeyValue.attach`) is shared by every reader, and a long
+  value's text is dropped once such a copy writes out as exactly that text (`contract.
+  StoredKeyValue`: the server's view hub parses every resource, so a resource's JSON is held
+  once, parsed). The group commit writes the text each transaction was given, never text
+  derived from memory. A load keeps one copy of equal revision numbers and of equal short
+  values (`contract.Sharer`: the MAC and IP claims of a port both hold its id), and a write
+  keeps the key's existing name.
   That is sound because one process owns the file: `open` takes an exclusive `flock` on a
   lock file beside it, and a second server on the same file gets a clear error.
 - History for watches is the `events` table; old events are compacted automatically, keeping
@@ -28,7 +34,6 @@ Design:
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import logging
 import sqlite3
@@ -52,9 +57,13 @@ from vxnet.store.contract import (
     TxnResult,
     WatchCallback,
     prefix_end,
+    stored_kv,
 )
+from vxnet.store.keyset import KeySet
 
 log = logging.getLogger(__name__)
+
+SHRINK_AFTER = 50_000  # deleted keys after which the in-memory dict is rebuilt (see `_apply`)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, create_rev INTEGER NOT NULL,
@@ -86,6 +95,8 @@ class SqliteStore:
     """The embedded backend. See the module docstring."""
 
     may_lose_answers = False  # a txn either commits and answers, or raises before COMMIT
+    keeps_key_values = True   # get/range hand out the store's own KeyValues (see the module docstring)
+    revision_in_memory = True  # `revision()` reads a field: callers on an event loop may call it there
 
     def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25,
                  synchronous: str = "FULL") -> None:
@@ -112,18 +123,24 @@ class SqliteStore:
             secure_files.verify_sqlite(path)
         self._lock = threading.RLock()    # memory; taken after _db_lock, never before it
         self._db_lock = threading.Lock()  # the SQLite connection (one group commit at a time)
-        self._queue: list[tuple[int, dict[str, KeyValue | None], list[Event], int]] = []
+        # per revision awaiting its commit: (rev, staged KeyValues, events, each event's text, revoked lease)
+        self._queue: list[tuple[int, dict[str, KeyValue | None], list[Event], list[str], int]] = []
         self._failed: BaseException | None = None
         self._shut = False
         self._history = history
         self._kv: dict[str, KeyValue] = {}
-        self._keys: list[str] = []
+        self._keys = KeySet()
+        self._deleted = 0   # keys deleted since `_kv` was last sized (see `_apply`)
+        # lease -> its keys: a revoke or an expiry deletes them without scanning every key
+        self._lease_keys: dict[int, set[str]] = {}
         share = Sharer()
         for key, value, crev, mrev, version, lease in self._db.execute(
                 "SELECT key, value, create_rev, mod_rev, version, lease FROM kv"):
             self._kv[key] = share.kv(key, value, crev, mrev, version, lease)
+            if lease:
+                self._lease_keys.setdefault(lease, set()).add(key)
         del share
-        self._keys = sorted(self._kv)
+        self._keys = KeySet(self._kv)
         self._rev = self._meta("revision")
         self._durable_rev = self._rev  # the newest revision on disk (and delivered to watchers)
         self._compacted = self._meta("compacted")
@@ -146,13 +163,8 @@ class SqliteStore:
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         with self._lock:
-            lo = bisect.bisect_left(self._keys, prefix)
-            out = []
-            for k in self._keys[lo:]:
-                if not k.startswith(prefix):
-                    break
-                out.append(self._kv[k])
-            return out, self._rev
+            kv = self._kv
+            return [kv[k] for k in self._keys.under(prefix)], self._rev
 
     def revision(self) -> int:
         return self._rev
@@ -184,6 +196,7 @@ class SqliteStore:
         rev = self._rev + 1
         staged: dict[str, KeyValue | None] = {}
         events: list[Event] = []
+        texts: list[str] = []   # each event's value as written: the commit writes these, not the KeyValues'
 
         def current(key: str) -> KeyValue | None:
             return staged[key] if key in staged else self._kv.get(key)
@@ -191,7 +204,7 @@ class SqliteStore:
         for op in ops:
             if isinstance(op, Put):
                 old = current(op.key)
-                kv = KeyValue(
+                kv = stored_kv(
                     old.key if old else op.key,  # one copy of a key's name, the dict's
                     op.value,
                     old.create_revision if old else rev,
@@ -201,6 +214,7 @@ class SqliteStore:
                 )
                 staged[op.key] = kv
                 events.append(Event(EventType.PUT, kv))
+                texts.append(op.value)
             else:
                 keys = [op.key]
                 if op.prefix:
@@ -210,21 +224,37 @@ class SqliteStore:
                         continue
                     staged[key] = None
                     events.append(Event(EventType.DELETE, KeyValue(key, "", 0, rev, 0, 0)))
+                    texts.append("")
         if not events:
             if revoked_lease:
-                self._queue.append((0, {}, [], revoked_lease))
+                self._queue.append((0, {}, [], [], revoked_lease))
             return []
-        self._queue.append((rev, staged, events, revoked_lease))
+        self._queue.append((rev, staged, events, texts, revoked_lease))
         self._rev = rev
+        by_lease = self._lease_keys
         for key, kv in staged.items():
+            old = self._kv.get(key)
+            if old is not None and old.lease and (kv is None or kv.lease != old.lease):
+                held = by_lease.get(old.lease)
+                if held is not None:
+                    held.discard(key)
+                    if not held:
+                        del by_lease[old.lease]
             if kv is None:
                 if self._kv.pop(key, None) is not None:
-                    i = bisect.bisect_left(self._keys, key)
-                    del self._keys[i]
+                    self._keys.discard(key)
+                    self._deleted += 1
             else:
-                if key not in self._kv:
-                    bisect.insort(self._keys, key)
+                if old is None:
+                    self._keys.add(key)
+                if kv.lease:
+                    by_lease.setdefault(kv.lease, set()).add(key)
                 self._kv[key] = kv
+        if self._deleted > SHRINK_AFTER and 4 * self._deleted > len(self._kv):
+            # A dict never shrinks: after many deletions (a registration wave drops every
+            # binding-failed key), one sized for the keys left (420,000 -> 320,000 keys: 15 -> 7 MiB).
+            self._kv = dict(self._kv)
+            self._deleted = 0
         return events
 
     def _sync(self, rev: int) -> None:
@@ -249,22 +279,23 @@ class SqliteStore:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            for rev, staged, events, revoked_lease in queue:
+            for rev, staged, events, texts, revoked_lease in queue:
                 if revoked_lease:
                     db.execute("DELETE FROM leases WHERE id=?", (revoked_lease,))
+                written = {e.kv.key: t for e, t in zip(events, texts, strict=True) if e.type is EventType.PUT}
                 for key, kv in staged.items():
                     if kv is None:
                         db.execute("DELETE FROM kv WHERE key=?", (key,))
                     else:
                         db.execute(
                             "INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)",
-                            (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+                            (kv.key, written[kv.key], kv.create_revision, kv.mod_revision, kv.version, kv.lease),
                         )
                 db.executemany(
                     "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
                     [
-                        (rev, i, e.type.value, e.kv.key, e.kv.value, e.kv.create_revision, e.kv.version, e.kv.lease)
-                        for i, e in enumerate(events)
+                        (rev, i, e.type.value, e.kv.key, t, e.kv.create_revision, e.kv.version, e.kv.lease)
+                        for i, (e, t) in enumerate(zip(events, texts, strict=True))
                     ],
                 )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (upto,))
@@ -281,7 +312,7 @@ class SqliteStore:
             raise StoreError(f"commit failed: {e}") from e
         with self._lock:
             self._durable_rev = upto
-            for rev, _, events, _ in queue:
+            for _, _, events, _, _ in queue:
                 if events:
                     self._notify(events)
 
@@ -294,13 +325,7 @@ class SqliteStore:
         return all(c.holds(self._kv[k]) for k in keys)
 
     def _prefix_keys(self, prefix: str) -> list[str]:
-        lo = bisect.bisect_left(self._keys, prefix)
-        out = []
-        for k in self._keys[lo:]:
-            if not k.startswith(prefix):
-                break
-            out.append(k)
-        return out
+        return self._keys.under(prefix)
 
     # --- watch -------------------------------------------------------------------------------
 
@@ -382,7 +407,7 @@ class SqliteStore:
             entry = self._leases.get(lease_id)
             if entry is None or (expired_only and entry[1] >= time.monotonic()):
                 return  # gone, or refreshed meanwhile
-            keys = [k for k, kv in self._kv.items() if kv.lease == lease_id]
+            keys = sorted(self._lease_keys.get(lease_id, ()))
             # the lease row goes in the same SQLite transaction as its keys: a crash in between
             # would otherwise leave keys attached to a lease that no longer expires
             self._apply([Delete(k) for k in keys], revoked_lease=lease_id)

@@ -155,7 +155,10 @@ async def view(host: str, request: Request) -> StreamingResponse:
     hub = hub_of(st)
     if request.query_params.get("epoch", hub.epoch) != hub.epoch:
         since = None  # a revision of another store (before a migration): start from a snapshot
-    store_revision = await run_store(st.store.revision)  # a `since` beyond it is another store's
+    # a `since` beyond the store's revision is another store's; read off the loop unless the
+    # store answers from memory (a thread hop per stream costs a cold start of 1,000 streams)
+    store = st.store
+    store_revision = store.revision() if getattr(store, "revision_in_memory", False) else await run_store(store.revision)
     sub = hub.subscribe(host, since, store_revision)
     # A stream never ends on its own. A vanished client is noticed by the next write (at the
     # latest the next ping); a server shutting down must cancel streams after a grace period

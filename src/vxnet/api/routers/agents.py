@@ -59,7 +59,7 @@ def _bound_ports(st: AppState) -> collections.Counter[str]:
 
 @router.get("/agents")
 @off_loop
-async def list_agents(request: Request) -> dict[str, Any]:
+async def list_agents(request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
     if not can_see_agents(ctx):

@@ -298,7 +298,7 @@ def _reject_create_keys(body: Any) -> None:
 
 @router.get("/floatingips")
 @off_loop
-async def list_floatingips(request: Request) -> dict[str, Any]:
+async def list_floatingips(request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
     return list_response(request, ctx, spec_for(st.repo), st.repo.list("floatingips"))

@@ -241,7 +241,7 @@ def build_network(st: AppState, ctx: Context, item: NetworkCreate, uow: UnitOfWo
 
 @router.get("/networks")
 @off_loop
-async def list_networks(request: Request) -> dict[str, Any]:
+async def list_networks(request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
     return list_response(request, ctx, SPEC, st.repo.list("networks"))

@@ -318,7 +318,7 @@ def build_port(ctx: Context, item: PortCreate, uow: UnitOfWork, pol: policy.Poli
 
 @router.get("/ports")
 @off_loop
-async def list_ports(request: Request) -> dict[str, Any]:
+async def list_ports(request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
     nets = {n["id"]: n for n in st.repo.list("networks")}

@@ -209,7 +209,7 @@ def _add_rule_routes(rule_type: str) -> None:
     create_model, update_model = RULE_MODELS[rule_type]
     spec = ResourceSpec(coll, member, visible=lambda ctx, obj: True)   # the policy's visibility decides
 
-    async def list_rules(policy_id: str, request: Request) -> dict[str, Any]:
+    async def list_rules(policy_id: str, request: Request) -> Response:
         st = AppState.of(request)
         ctx = st.context(request)
         rec = RESOURCE.fetch(st.repo, ctx, policy_id)

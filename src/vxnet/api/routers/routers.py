@@ -488,7 +488,7 @@ def _reject_keys(body: Any, member: str, collection: str, keys: tuple[str, ...],
 
 @router.get("/routers")
 @off_loop
-async def list_routers(request: Request) -> dict[str, Any]:
+async def list_routers(request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
     return list_response(request, ctx, SPEC, st.repo.list("routers"))

@@ -168,7 +168,7 @@ def default_exists() -> ApiError:
 
 @router.get("/security-groups")
 @off_loop
-async def list_security_groups(request: Request) -> dict[str, Any]:
+async def list_security_groups(request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
     _ensure_default(st, _listing_project(request, ctx))
@@ -281,7 +281,7 @@ READ_ONLY_RULE_ATTRS = ("security_group_id", "direction", "ethertype", "protocol
 
 @router.get("/security-group-rules")
 @off_loop
-async def list_security_group_rules(request: Request) -> dict[str, Any]:
+async def list_security_group_rules(request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
     _ensure_default(st, _listing_project(request, ctx))

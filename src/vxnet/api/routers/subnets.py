@@ -504,7 +504,7 @@ def sync_gateway_info(uow: UnitOfWork, port: dict[str, Any]) -> None:
 
 @router.get("/subnets")
 @off_loop
-async def list_subnets(request: Request) -> dict[str, Any]:
+async def list_subnets(request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
     nets = {n["id"]: n for n in st.repo.list("networks")}
