@@ -33,6 +33,9 @@ Contract:
 - br_netfilter (bridged IPv4/IPv6 through the inet hooks, without which the security groups
   are bypassed, KERNEL-NOTES §6) is not switched here: it is a per-bridge option the L2 part
   sets on the bridges with a filtered local port (`compute/l2.py`, `dataplane/links_driver.py`).
+  `apply` only checks that br_netfilter is there (its sysctls exist in the namespace; once per
+  driver and after `invalidate()`): without it, `NftError`, so the firewall fails closed (its
+  ports are held and reported DOWN) instead of loading rules no bridged frame would meet.
 """
 
 from __future__ import annotations
@@ -274,6 +277,12 @@ def nft_genid() -> int:
         r.close()
 
 
+def _br_netfilter_present() -> None:
+    # The per-bridge switch needs the br_netfilter hooks (built in, or the module loaded).
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        raise FileNotFoundError("br_netfilter is not loaded: bridged traffic would bypass the security groups")
+
+
 def _enter_netns(name: str) -> None:
     """Move the calling thread (only) into network namespace `name`."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -369,6 +378,7 @@ class NftDriver:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
+        self._brnf_ok = False
         self.last: ApplyResult | None = None
         self._tx = _Transactions(netns)
         self._committed: tuple[int, dict[Key, NftTable]] | None = None   # (generation after, tables)
@@ -376,8 +386,9 @@ class NftDriver:
 
     # ------------------------------------------------------------------ public
     def invalidate(self) -> None:
-        """Nothing cached here to forget (tables: the caller passes `previous` None; a commit by
-        anyone else shows in the ruleset generation)."""
+        """The next `apply` checks for br_netfilter again (tables: the caller passes `previous`
+        None; a commit by anyone else shows in the ruleset generation)."""
+        self._brnf_ok = False
 
     def _genid(self) -> int | None:
         try:
@@ -392,6 +403,12 @@ class NftDriver:
         read, unless the ruleset generation shows no transaction at all since ours)."""
         t0 = time.perf_counter()
         changes = list(changes)
+        if not self._brnf_ok:
+            try:
+                self._tx.call(_br_netfilter_present)
+            except OSError as e:
+                raise NftError(f"br_netfilter: {e}") from e
+            self._brnf_ok = True
         mode = "noop"
         unknown = not force_full and any(old is None for _, old in changes)
         gen0 = self._genid() if unknown else None     # read before the kernel is (a commit after it shows)
