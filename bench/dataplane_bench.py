@@ -5,10 +5,14 @@ What runs, all in one private network + mount namespace (bench.port_up_bench.in_
 built before the first measurement and kept until the last. Every VM has guest-like offloads
 (TSO/GSO/GRO on, as virtio-net guests have them, bench.kernel_lab.vm_nic_settings); one row turns
 them off on its two VMs for that row only (the old lab setting, what MTU tests use).
-- vxnet: `vxnet lab up` (server + 3 real agents), one network, VMs dp1@h1, dp2@h2, dp3@h1 in
-  the default security group and dq1@h1, dq2@h2, dq3@h1 with port security off, created through
-  the API, measured once every port is ACTIVE; a router to a second network (dr2@h2, dr3@h1) and,
-  with a gateway host, a floating IP for dp1.
+- vxnet: `vxnet lab up` (server + 3 real agents), network A with VMs dp1@h1, dp2@h2, dp3@h1 in
+  the default security group and dq1@h1, dq2@h2 with port security off (so their bridge passes
+  br_netfilter for the grouped ports); network O with do1@h1, do2@h2, do3@h1, all with port
+  security off (a bridge without br_netfilter: `compute/l2.py` `nf_call`), created through the
+  API, measured once every port is ACTIVE; a router to a second network (dr2@h2, dr3@h1) and,
+  with a gateway host, a floating IP for dp1. One row measures network O with the vxnet hosts'
+  namespace-wide `bridge-nf-call-iptables`/`-ip6tables` set to 1 for that row only (every
+  bridge through br_netfilter, the setting before br_netfilter became per bridge).
 - kernel: bench.kernel_lab.KernelLab "static" (`vxk-*`): the KERNEL-NOTES §2 recipe by hand,
   same VNI/MTU (1450)/bridge-port flags/VM offloads as the lab's VMs, no control plane, with
   the KERNEL-NOTES §6 security-group recipe (`apply_firewall`); and a second one (`vxp-*`),
@@ -57,6 +61,7 @@ from bench.servers import import_repo
 NAME = "Data plane: VM-to-VM iperf3 and ping, vxnet vs hand-built kernel VXLAN vs underlay vs OVN (same run)"
 CIDR24 = "100.64.40"
 CIDR24_B = "100.64.41"
+CIDR24_O = "100.64.42"
 OVN_BINS = ("ovsdb-server", "ovs-vswitchd", "ovn-northd", "ovn-controller", "ovn-nbctl", "iperf3", "ethtool")
 
 
@@ -72,6 +77,7 @@ class Path:
     dev: str = "eth0"          # the sender's device whose MTU/offloads the row states
     bind_ip: str | None = None  # the server's own address when it differs from dst_ip (floating IP)
     offloads_off: bool = False  # TSO/GSO/GRO off on both VMs' eth0 for this row only (the old lab setting)
+    host_br_nf: bool = False    # the vxnet hosts' namespace-wide bridge-nf-call sysctls 1 for this row only
 
 
 @dataclasses.dataclass
@@ -102,11 +108,19 @@ def vx_cross_off(labs: Labs) -> Path:
 
 
 def vx_nops_cross(labs: Labs) -> Path:
-    return Path(labs.vx_vms["dq1"], labs.vx_vms["dq2"], f"{CIDR24}.22")
+    return Path(labs.vx_vms["do1"], labs.vx_vms["do2"], f"{CIDR24_O}.22")
 
 
 def vx_nops_same(labs: Labs) -> Path:
-    return Path(labs.vx_vms["dq1"], labs.vx_vms["dq3"], f"{CIDR24}.23")
+    return Path(labs.vx_vms["do1"], labs.vx_vms["do3"], f"{CIDR24_O}.23")
+
+
+def vx_nops_cross_ns_brnf(labs: Labs) -> Path:
+    return dataclasses.replace(vx_nops_cross(labs), host_br_nf=True)
+
+
+def vx_nops_mixed_cross(labs: Labs) -> Path:
+    return Path(labs.vx_vms["dq1"], labs.vx_vms["dq2"], f"{CIDR24}.22")
 
 
 def plain_cross(labs: Labs) -> Path:
@@ -187,9 +201,13 @@ def vx_floating(labs: Labs) -> Path:
 VX, VXPS, PLAIN, REC = ("vxnet (default group)", "vxnet (port security off)", "hand-built plain VXLAN",
                         "hand-built + SG recipe")
 CROSS = "VM->VM across hosts"
+CROSS_NS_BRNF = "VM->VM across hosts, namespace-wide br_netfilter (the old setting)"
+CROSS_MIXED = "VM->VM across hosts, on network A (grouped ports there: its bridge passes br_netfilter)"
 ROWS: list[tuple[str, str, Callable[[Labs], Path]]] = [
     (VX, CROSS, vx_cross),
     (VXPS, CROSS, vx_nops_cross),
+    (VXPS, CROSS_NS_BRNF, vx_nops_cross_ns_brnf),
+    (VXPS, CROSS_MIXED, vx_nops_mixed_cross),
     (PLAIN, CROSS, plain_cross),
     (REC, CROSS, k_cross),
     ("underlay", "host->host over the underlay bridge (host defaults)", underlay_hosts),
@@ -227,9 +245,12 @@ def _vxnet_topology(lab3: Any, gateway: bool) -> Labs:
     ports = common.vms_active(lab3, [(name, host, net["id"], f"{CIDR24}.{octet}")
                               for name, host, octet in (("dp1", "h1", 11), ("dp2", "h2", 12), ("dp3", "h1", 13))])
     nops = []
+    net_o, _ = lab3.network("alice", f"{CIDR24_O}.0/24", "dataplane-open")
     with lab3.api("alice") as c:
-        for name, host, octet in (("dq1", "h1", 21), ("dq2", "h2", 22), ("dq3", "h1", 23)):
-            p = lab3.port("alice", net["id"], f"{CIDR24}.{octet}")
+        for name, host, octet, nid in (("dq1", "h1", 21, net["id"]), ("dq2", "h2", 22, net["id"]),
+                                       ("do1", "h1", 21, net_o["id"]), ("do2", "h2", 22, net_o["id"]),
+                                       ("do3", "h1", 23, net_o["id"])):
+            p = lab3.port("alice", nid, f"{CIDR24_O if nid == net_o['id'] else CIDR24}.{octet}")
             _ok(c.put(f"/ports/{p['id']}", json={"port": {"port_security_enabled": False, "security_groups": []}}))
             nops.append((name, host, p))
     for name, host, p in nops:
@@ -362,8 +383,25 @@ def _vxnet_pids() -> list[int]:
     return [p for p in [st.get("server_pid"), *st["agents"].values()] if p]
 
 
-def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, Any]:
-    """Build every lab, then `rounds` alternating rounds over ROWS (runs inside the sandbox)."""
+def _host_br_nf(on: bool) -> None:
+    """The vxnet hosts' namespace-wide br_netfilter switches (the agents set them to 0)."""
+    from vxnet.lab import topology
+
+    v = "1" if on else "0"
+    for i in (1, 2, 3):
+        nsx(topology.host_ns(i), "sysctl", "-qw", f"net.bridge.bridge-nf-call-iptables={v}",
+            f"net.bridge.bridge-nf-call-ip6tables={v}", check=False)
+
+
+def selected(only: tuple[str, ...]) -> list[int]:
+    """Indexes of ROWS whose "system | path" contains one of `only` (all when empty)."""
+    return [i for i, (system, path, _) in enumerate(ROWS)
+            if not only or any(o.lower() in f"{system} | {path}".lower() for o in only)]
+
+
+def measure(rounds: int, seconds: float, count: int, script: str, only: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Build every lab, then `rounds` alternating rounds over ROWS (those `only` selects, see
+    `selected`; runs inside the sandbox)."""
     import_repo()
     out: dict[str, Any] = {"rows": {}, "settings": {}, "notes": [], "ovn_measure": ""}
     gateway = _lab_has_gateways()
@@ -406,7 +444,10 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
             tck = os.sysconf("SC_CLK_TCK")
             out["idle_cpu"] = {"vxnet server+agents": (_cpu_ticks(pids_vx) - c0[0]) / tck / 5,
                                "OVN daemons": (_cpu_ticks(pids_ovn) - c0[1]) / tck / 5 if ovn_dir else None}
+            chosen = selected(only)
             for i, (system, path, fn) in enumerate(ROWS):
+                if i not in chosen:
+                    continue
                 key = f"{i}"
                 out["rows"][key] = {"system": system, "path": path, "rounds": [], "error": None}
                 try:
@@ -417,13 +458,16 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
                     out["rows"][key]["error"] = str(e)
                 except Exception as e:  # noqa: BLE001 - the table says what broke
                     out["rows"][key]["error"] = f"{type(e).__name__}: {e}"[:300]
-            for i in common.alternating(rounds, len(ROWS)):
+            for j in common.alternating(rounds, len(chosen)):
+                i = chosen[j]
                 row = out["rows"][str(i)]
                 if not row["error"]:
                     p = ROWS[i][2](labs)
                     if p.offloads_off:
                         for ns in (p.src_ns, p.dst_ns):
                             vm_nic_settings(ns, offloads=False)
+                    if p.host_br_nf:
+                        _host_br_nf(True)
                     try:
                         row["rounds"].append(common.measure_row(p.src_ns, p.dst_ns, p.dst_ip, seconds, count,
                                                                 p.bind_ip))
@@ -431,6 +475,8 @@ def measure(rounds: int, seconds: float, count: int, script: str) -> dict[str, A
                         if p.offloads_off:
                             for ns in (p.src_ns, p.dst_ns):
                                 vm_nic_settings(ns, offloads=True)
+                        if p.host_br_nf:
+                            _host_br_nf(False)
             if ovn_dir:
                 env = dict(ovn_env, IPERF_T=str(max(1, int(seconds))))
                 r = subprocess.run(["bash", script, "measure"], env=env, capture_output=True, text=True, timeout=300,
@@ -455,6 +501,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp-rounds", type=int, default=5, help="alternating rounds over every data-plane row (5)")
     p.add_argument("--dp-seconds", type=float, default=3.0, help="iperf3 seconds per row and round (3)")
     p.add_argument("--dp-pings", type=int, default=200, help="pings per row and round, 10 ms apart (200)")
+    p.add_argument("--dp-only", action="append", default=[], metavar="TEXT",
+                   help="measure only the rows whose 'system | path' contains TEXT (repeatable; case-insensitive)")
 
 
 def _f(x: float | None, fmt: str = "{:.3f}") -> str:
@@ -482,7 +530,7 @@ def run(opts: argparse.Namespace) -> Report:
     try:
         res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
             f"__import__('bench.dataplane_bench', fromlist=['_']).measure({rounds}, {seconds}, {count}, "
-            f"{opts.ovn_lab!r})", 900 + rounds * len(ROWS) * (seconds + count * 0.012 + 10))
+            f"{opts.ovn_lab!r}, {tuple(opts.dp_only)!r})", 900 + rounds * len(ROWS) * (seconds + count * 0.012 + 10))
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", *blank, f"{type(e).__name__}: {e}"[:600]]])
     rows: list[list[str]] = []
@@ -499,6 +547,8 @@ def run(opts: argparse.Namespace) -> Report:
     same, routed, routed_same = "VM->VM same host", "VM->VM routed across hosts", "VM->VM routed, same host"
     pairs = [((VX, CROSS), ul), ((VXPS, CROSS), ul), ((PLAIN, CROSS), ul), ((REC, CROSS), ul),
              ((VX, CROSS), (PLAIN, CROSS)), ((VXPS, CROSS), (PLAIN, CROSS)), ((VX, CROSS), (REC, CROSS)),
+             ((VXPS, CROSS_NS_BRNF), (PLAIN, CROSS)), ((VXPS, CROSS_MIXED), (PLAIN, CROSS)),
+             ((VXPS, CROSS), (VXPS, CROSS_NS_BRNF)),
              ((VX, same), (PLAIN, same)), ((VXPS, same), (PLAIN, same)), ((VX, same), (REC, same)),
              ((VX, routed), (REC, routed)), ((VX, routed_same), (REC, routed_same)),
              ((VX, CROSS), (VX, "VM->VM across hosts, VM offloads OFF (the old lab setting)")),
@@ -535,8 +585,9 @@ def run(opts: argparse.Namespace) -> Report:
                  "userspace datapath). The floating-IP row sends from the lab's outside namespace (MTU 1500, "
                  "offloads on) towards the VM: the gateway's MSS clamping and NAT are in the path.")
     notes.append("Systems: 'vxnet (default group)' = VMs in the project's default security group (the firewall "
-                 "feature's tables); 'vxnet (port security off)' = same network, ports with "
-                 "port_security_enabled=false and no groups; 'hand-built plain VXLAN' = the KERNEL-NOTES §2 "
+                 "feature's tables); 'vxnet (port security off)' = ports with "
+                 "port_security_enabled=false and no groups, on a network of their own (its bridge skips "
+                 "br_netfilter) unless the path says 'on network A' (the default-group VMs' network); 'hand-built plain VXLAN' = the KERNEL-NOTES §2 "
                  "recipe by hand (bench.kernel_lab, its own namespaces), no nftables table and "
                  "bridge-nf-call-iptables=0; 'hand-built + SG recipe' = the same with KERNEL-NOTES §6 by hand "
                  "(anti-spoofing + stateful default-group semantics via br_netfilter and conntrack zones).")

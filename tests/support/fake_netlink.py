@@ -59,7 +59,7 @@ class FakeKernel:
         for ln in self.links_by_name.values():
             a = ln.attrs
             if ln.kind == "bridge":
-                bridges.add(Bridge(ln.name, a["mac"], a["mtu"], a["up"]))
+                bridges.add(Bridge(ln.name, a["mac"], a["mtu"], a["up"], nf_call=a.get("nf_call", False)))
             elif ln.kind == "vxlan":
                 vxlans.add(dataclasses.replace(a["spec"], bridge=ln.master or "", mtu=a["mtu"], up=a["up"]))
             elif ln.kind == "vlan":
@@ -152,7 +152,7 @@ class FakeLinks:
         ln = self.k.links_by_name.get(b.name)
         if ln is None:
             ln = self.k.links_by_name[b.name] = Link(b.name, "bridge", next(self.k._ifindex), {})
-        ln.attrs.update(mac=b.mac, mtu=b.mtu, up=b.up)
+        ln.attrs.update(mac=b.mac, mtu=b.mtu, up=b.up, nf_call=b.nf_call)
         self.index[b.name] = ln.index
 
     def _vxlan(self, v: Vxlan) -> None:

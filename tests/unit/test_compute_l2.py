@@ -43,9 +43,28 @@ P3 = port("p3000000-0000-4000-8000-000000000003", NET_A, "h3", "02:00:00:00:01:0
 def test_network_gets_bridge_and_vxlan_with_its_vni_and_mtu() -> None:
     s = compute_l2(view([P1], [net(NET_A, 1001, 1400)]), "h1", "198.51.100.1")
     br, vx = naming.bridge_name(NET_A), naming.vxlan_name(NET_A)
-    assert s.bridges == {Bridge(br, naming.bridge_mac(NET_A, "h1"), 1400)}
+    assert s.bridges == {Bridge(br, naming.bridge_mac(NET_A, "h1"), 1400, nf_call=True)}
     assert s.vxlans == {Vxlan(vx, 1001, "198.51.100.1", br, 1400)}
     assert all(len(n) <= 15 for n in (br, vx, naming.tap_name(P1["id"])))
+
+
+def test_br_netfilter_only_on_bridges_with_a_local_filtered_port() -> None:
+    """A bridge passes br_netfilter (the inet hooks the security groups live in) when a port
+    bound to this host on its network has port security; not for ports of other hosts, ports
+    with port security off, or infrastructure ports (routers, DHCP)."""
+    off = dict(P1, port_security_enabled=False)
+    router = dict(P1, device_owner="network:router_interface_distributed")
+
+    def nf(ports: list[dict], host: str = "h1") -> bool | None:
+        (b,) = compute_l2(view(ports), host, "198.51.100.1").bridges
+        return b.nf_call
+
+    assert nf([P1]) is True
+    assert nf([off]) is False
+    assert nf([router]) is False
+    assert nf([off, P2]) is False           # the filtered port is on h2
+    assert nf([P1, P2], "h2") is True
+    assert nf([off, dict(P3, **{"binding:host_id": "h1"})]) is True   # one filtered local port is enough
 
 
 def test_local_port_plugged_remote_ports_pointed_at_their_vtep() -> None:

@@ -32,3 +32,21 @@ def test_equal_destinations_of_a_dump_are_one_string() -> None:
     a = _parse_nd(_msg(AF_BRIDGE, vtep, bytes(6)), shared)
     b = _parse_nd(_msg(AF_BRIDGE, vtep, bytes([2, 0, 0, 0, 0, 1])), shared)
     assert a.dst == b.dst == "198.51.100.3" and a.dst is b.dst
+
+
+def test_a_bridge_reads_back_its_br_netfilter_switches() -> None:
+    """`_parse_link` of a bridge's link message: `br_nf_call` True/False when its IPv4 and IPv6
+    switches agree, None when they differ (the links driver then repairs them); a link message
+    is the request's layout, so the request encoder makes the input."""
+    from vxnet.dataplane import rtnl_links as L
+    from vxnet.dataplane.rtnl import _HDR, _parse_link
+
+    def parsed(msg: L.Msg):
+        return _parse_link(msg.encode(seq=0, ack=False)[_HDR.size:])
+
+    assert parsed(L.new_bridge("vxb-1", "02:00:00:00:00:01", 1450, True)).br_nf_call is True
+    assert parsed(L.new_bridge("vxb-1", "02:00:00:00:00:01", 1450, False)).br_nf_call is False
+    assert parsed(L.new_bridge("vxb-1", "02:00:00:00:00:01", 1450)).br_nf_call is None
+    mixed = L.Msg(L.RTM_NEWLINK, 0, L._IFI.pack(0, 0, 3, 0, 0) + L._info(
+        "bridge", L._u8(L.IFLA_BR_NF_CALL_IPTABLES, 1) + L._u8(L.IFLA_BR_NF_CALL_IP6TABLES, 0)))
+    assert parsed(mixed).br_nf_call is None

@@ -89,6 +89,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vxnet.compute import dhcp, naming
+from vxnet.compute.l2 import port_filtered
 from vxnet.compute.nd_packet import link_local
 from vxnet.model import Port, Rule, Subnet, View, as_view
 
@@ -481,10 +482,7 @@ def mark_indexes(port_ids: Iterable[str]) -> dict[str, int]:
 
 # --- compute ----------------------------------------------------------------------------------
 
-def _filtered(p: Port) -> bool:
-    """Port security applies: not a trusted infrastructure port, not switched off."""
-    return not p.is_infra and p.port_security
-
+_filtered = port_filtered     # the predicate the L2 part switches a bridge's br_netfilter by
 
 def port_filter(p: Port, index: int, sgs: Mapping[str, Any], dhcp_mac: str = "") -> PortFilter:
     """The filter of one local port with port security (mark index `index`; `dhcp_mac`: its

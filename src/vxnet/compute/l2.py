@@ -28,6 +28,11 @@ Rules (KERNEL-NOTES §2-3):
   Without such a parent the subport is known (reported DOWN) but gets no plug.
 - A port with `admin_state_up: false` is on no network: no plug (its device is detached, so it
   is reported DOWN), and no FDB/neighbour entries anywhere.
+- br_netfilter per bridge (`Bridge.nf_call`): on when a port bound to this host on the network
+  is filtered (`port_filtered`: port security on, not an infrastructure port), i.e. when its
+  security groups need the inet hooks (conntrack, the group chains: compute/firewall.py);
+  off otherwise, so a network whose local ports all have port security off (or hold only
+  routers, DHCP, metadata) bridges its frames without br_netfilter's inet pass.
 - Ports whose MAC is claimed twice in one network (a misconfiguration) are programmed for the
   lowest port id only, so the output never depends on dict order.
 """
@@ -78,6 +83,12 @@ def _port_l2(port: Port, vtep: str, host: str, underlay_ip: str, br: str, vx: st
     return None, (), (Fdb(vx, port.mac, vtep), Fdb(vx, port.mac)), _neighs(port, br)
 
 
+def port_filtered(p: Port) -> bool:
+    """Port security applies to `p` (the firewall filters it): not a trusted infrastructure
+    port (`network:*`), not switched off."""
+    return not p.is_infra and p.port_security
+
+
 def _neighs(port: Port, br: str) -> tuple[Neigh, ...]:
     """A bound port's suppression entries on bridge `br`, one per address (`_neigh_ips`)."""
     return tuple(Neigh(br, ip, port.mac) for ip in _neigh_ips(port))
@@ -95,7 +106,10 @@ def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host:
     seen_mac: set[str] = set()
     seen_ip: set[str] = set()
     own_macs: set[str] = set()
+    nf_call = False
     for port in ports:
+        if port.host == host and not nf_call and port_filtered(port):
+            nf_call = True
         mac = port.mac
         if not mac or mac in seen_mac:
             continue
@@ -122,7 +136,7 @@ def network_l2(net: Network, ports: list[Port], hosts: Mapping[str, Host], host:
                 seen_ip.add(ip)
                 neighs.append(Neigh(br, ip, vmac))
     assert net.segmentation_id is not None
-    return HostState(frozenset({Bridge(br, naming.bridge_mac(nid, host), mtu)}),
+    return HostState(frozenset({Bridge(br, naming.bridge_mac(nid, host), mtu, nf_call=nf_call)}),
                      frozenset({Vxlan(vx, net.segmentation_id, underlay_ip, br, mtu, naming.VXLAN_PORT)}),
                      frozenset(plugs), frozenset(fdb), frozenset(neighs), frozenset(local))
 

@@ -20,6 +20,10 @@ class Bridge:
     mtu: int
     up: bool = True
     ipv6_quiet: bool = True     # IPv6 on (the ND suppression table lives there), no address of its own
+    # Its own br_netfilter switches (nf_call_iptables/ip6tables; the namespace-wide sysctls are
+    # 0): on only where a local port is filtered (`compute.l2`), so bridged frames of other
+    # networks skip the inet hooks. Read back: None when the two switches differ.
+    nf_call: bool | None = False
 
     @property
     def key(self) -> Hashable:

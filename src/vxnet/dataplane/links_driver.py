@@ -11,6 +11,12 @@ Contract:
 - A plug with a `parent` (a trunk subport, `vxt*`) is a VLAN device the driver creates on that
   parent (its VLAN id), recreates when its parent or VLAN id differ, and deletes on unplug.
 - A VXLAN device whose immutable attributes (VNI, local IP, port, learning) differ is recreated.
+- br_netfilter per bridge: a bridge's `nf_call` (its nf_call_iptables/ip6tables) is set in the
+  message that creates it and repaired like its MTU; after a pass that created or changed a
+  bridge, the namespace-wide `net.bridge.bridge-nf-call-iptables`/`-ip6tables` are set to 0
+  (a new namespace starts with 1: every bridge's frames through the inet hooks), so only the
+  bridges that want it pass br_netfilter. Fail closed: a tap is not plugged into a bridge that
+  wants br_netfilter but whose create/update failed (its filters would be bypassed).
 """
 
 from __future__ import annotations
@@ -27,7 +33,16 @@ from vxnet.compute.state import Bridge, Plug, Vxlan
 from vxnet.dataplane.netns import in_netns
 from vxnet.dataplane.rtnl import LinkSet, RtnlSocket, dump_links
 from vxnet.dataplane.rtnl_links import RtnlError as NetlinkError
-from vxnet.dataplane.rtnl_links import RtnlLinks, del_link, new_bridge, new_vlan, new_vxlan, set_brport, set_link
+from vxnet.dataplane.rtnl_links import (
+    RtnlLinks,
+    del_link,
+    new_bridge,
+    new_vlan,
+    new_vxlan,
+    set_bridge_nf,
+    set_brport,
+    set_link,
+)
 
 log = logging.getLogger("vxnet.dataplane.links")
 
@@ -35,6 +50,22 @@ IFF_UP = 0x1
 _GONE = (errno.ENODEV, errno.ENOENT)
 # accept_ra/autoconf off before IPv6 goes on: the host never configures itself from a tenant's RA.
 _BRIDGE_IPV6 = (("accept_ra", "0"), ("autoconf", "0"), ("disable_ipv6", "0"))
+
+
+_BR_NF_SYSCTLS = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
+
+
+def _bridge_nf_sysctls_off() -> None:
+    # The namespace-wide switches off: a bridge passes br_netfilter only by its own option.
+    for path in _BR_NF_SYSCTLS:
+        try:
+            with open(path) as fh:
+                if fh.read().strip() == "0":
+                    continue
+        except FileNotFoundError:       # no br_netfilter in this kernel: nothing passes it
+            return
+        with open(path, "w") as fh:
+            fh.write("0\n")
 
 
 def _bridge_ipv6_sysctls(bridge: str) -> None:
@@ -79,7 +110,7 @@ def read_links(sock: RtnlSocket) -> LinkSnapshot:
         up = bool(link.flags & IFF_UP)
         master = names.get(link.master, "") if link.master else ""
         if naming.is_bridge(name):
-            bridges.add(Bridge(name, link.address, link.mtu, up, link.ipv6_quiet))
+            bridges.add(Bridge(name, link.address, link.mtu, up, link.ipv6_quiet, link.br_nf_call))
         elif naming.is_vxlan(name):
             vxlans.add(Vxlan(name, link.vxlan_id, link.vxlan_local, master, link.mtu, link.vxlan_port,
                              link.vxlan_learning, link.port_learning, link.port_neigh_suppress, up))
@@ -107,6 +138,7 @@ class LinksDriver:
         self.index = dict(index or {})
         self.failed: list[object] = []
         self.applied = 0
+        self.unsafe_bridges: set[str] = set()   # want br_netfilter, create/update failed: no plugs
 
     # -- helpers --------------------------------------------------------------------------
     def _idx(self, name: str) -> int | None:
@@ -137,12 +169,13 @@ class LinksDriver:
     def create_bridge(self, b: Bridge) -> None:
         def go() -> None:
             try:
-                self.ipr.call(new_bridge(b.name, b.mac, b.mtu))
+                self.ipr.call(new_bridge(b.name, b.mac, b.mtu, bool(b.nf_call)))
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
             self._set_bridge(b)
-        self._try(b, "create", go)
+        if not self._try(b, "create", go) and b.nf_call:
+            self.unsafe_bridges.add(b.name)
 
     def _set_bridge(self, b: Bridge) -> None:
         idx = self._idx(b.name)
@@ -158,10 +191,20 @@ class LinksDriver:
                 _run_in_netns(self.netns, lambda: _bridge_ipv6_sysctls(b.name))
             except OSError as e:       # e.g. IPv6 compiled out or disabled at boot: the bridge stays dirty
                 raise NetlinkError(e.errno or errno.EIO, f"{b.name} IPv6 sysctls: {e}") from e
+        self.ipr.call(set_bridge_nf(idx, bool(b.nf_call)))
         self.ipr.call(set_link(idx, mac=b.mac, mtu=b.mtu, up=b.up))
 
     def update_bridge(self, b: Bridge) -> None:
-        self._try(b, "update", lambda: self._set_bridge(b))
+        if not self._try(b, "update", lambda: self._set_bridge(b)) and b.nf_call:
+            self.unsafe_bridges.add(b.name)
+
+    def _sysctls_off(self) -> None:
+        try:
+            _run_in_netns(self.netns, _bridge_nf_sysctls_off)
+            self.applied += 1
+        except OSError as e:
+            log.warning("bridge-nf-call sysctls: %s", e)
+            self.failed.append("bridge-nf-call sysctls")
 
     def delete_link(self, entry: Bridge | Vxlan) -> None:
         assert naming.is_owned(entry.name), entry
@@ -228,6 +271,8 @@ class LinksDriver:
             if p.parent:
                 assert naming.is_subport_device(p.tap), p
                 self._vlan(p, old)
+            if p.bridge in self.unsafe_bridges:
+                raise NetlinkError(errno.EAGAIN, f"{p.bridge}: its br_netfilter switch is not set")
             idx, br = self._idx(p.tap), self._idx(p.bridge)
             if idx is None or br is None:
                 raise NetlinkError(errno.ENODEV, f"{p.tap} or {p.bridge} missing")
@@ -261,6 +306,8 @@ class LinksDriver:
             self.create_bridge(b)
         for _, b in bridges.update:
             self.update_bridge(b)
+        if bridges.create or bridges.update:
+            self._sysctls_off()
         for v in vxlans.create:
             self.create_vxlan(v)
         for old, v in vxlans.update:

@@ -33,9 +33,12 @@ Contract:
 - `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
   (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
   packet meets the rules again instead of `ct established`.
-- `ensure_br_netfilter()`: `net.bridge.bridge-nf-call-iptables=1` and `-ip6tables=1` (bridged
-  IPv4 and IPv6 traverse the inet hooks: without them security groups are silently bypassed,
-  KERNEL-NOTES §6).
+- br_netfilter (bridged IPv4/IPv6 through the inet hooks, without which the security groups
+  are bypassed, KERNEL-NOTES §6) is not switched here: it is a per-bridge option the L2 part
+  sets on the bridges with a filtered local port (`compute/l2.py`, `dataplane/links_driver.py`).
+  `apply` only checks that br_netfilter is there (its sysctls exist in the namespace; once per
+  driver and after `invalidate()`): without it, `NftError`, so the firewall fails closed (its
+  ports are held and reported DOWN) instead of loading rules no bridged frame would meet.
 """
 
 from __future__ import annotations
@@ -219,14 +222,10 @@ def _edit_rules(f: str, n: str, old: NftChain, new: NftChain, handles: dict[str,
     return out + [f"add rule {f} {n} {new.name} {r.text}" for r in new.rules if r.text not in have]
 
 
-def _bridge_nf_call_iptables() -> None:
-    # IPv4 and IPv6: bridged packets of both families reach the inet table's hooks.
-    for path in ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"):
-        with open(path) as fh:
-            if fh.read().strip() == "1":
-                continue
-        with open(path, "w") as fh:
-            fh.write("1\n")
+def _br_netfilter_present() -> None:
+    # The per-bridge switch needs the br_netfilter hooks (built in, or the module loaded).
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        raise FileNotFoundError("br_netfilter is not loaded: bridged traffic would bypass the security groups")
 
 
 def _enter_netns(name: str) -> None:
@@ -336,23 +335,16 @@ class NftDriver:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._sysctl_ok = False
+        self._brnf_ok = False
         self.last: ApplyResult | None = None
         self._tx = _Transactions(netns)
         self._committed: tuple[Token, dict[Key, NftTable]] | None = None   # (proof, the tables it covers)
 
-    # ------------------------------------------------------------------ host namespace
-    def ensure_br_netfilter(self) -> None:
-        """Bridged IPv4 and IPv6 through the inet hooks (per namespace; built-in br_netfilter)."""
-        try:
-            self._tx.call(_bridge_nf_call_iptables)
-        except OSError as e:
-            raise NftError(f"bridge-nf-call-iptables: {e}") from e
-
     # ------------------------------------------------------------------ public
     def invalidate(self) -> None:
-        """The next `apply` checks the sysctl again (tables: the caller passes `previous` None)."""
-        self._sysctl_ok = False
+        """The next `apply` checks for br_netfilter again (tables: the caller passes `previous`
+        None; a commit by anyone else shows in the ruleset generation)."""
+        self._brnf_ok = False
 
     def _genid(self) -> int | None:
         try:
@@ -386,9 +378,12 @@ class NftDriver:
         read, unless the ruleset generation shows no transaction at all since ours)."""
         t0 = time.perf_counter()
         changes = list(changes)
-        if not self._sysctl_ok:
-            self.ensure_br_netfilter()
-            self._sysctl_ok = True
+        if not self._brnf_ok:
+            try:
+                self._tx.call(_br_netfilter_present)
+            except OSError as e:
+                raise NftError(f"br_netfilter: {e}") from e
+            self._brnf_ok = True
         mode = "noop"
         unknown = not force_full and any(old is None for _, old in changes)
         gen0 = self._genid() if unknown else None     # read before the kernel is (a commit after it shows)

@@ -355,6 +355,8 @@ IFLA_VXLAN_LEARNING = 7
 IFLA_VXLAN_PORT = 15
 IFLA_BRPORT_LEARNING = 8
 IFLA_BRPORT_NEIGH_SUPPRESS = 32
+IFLA_BR_NF_CALL_IPTABLES = 36
+IFLA_BR_NF_CALL_IP6TABLES = 37
 IFLA_AF_SPEC = 26
 IFLA_INET6_CONF = 2
 IFLA_INET6_ADDR_GEN_MODE = 8
@@ -382,6 +384,8 @@ class LinkRecord:
     link: int = 0          # IFLA_LINK: a VLAN device's lower device
     vlan_id: int = 0
     ipv6_quiet: bool = False   # IPv6 enabled (neighbour table usable) with no address generation
+    br_nf_call: bool | None = None   # a bridge's own br_netfilter switches (IPv4 and IPv6): both on /
+                                     # both off; None: mixed, or not a bridge
 
 
 def _attrs(buf: bytes, off: int = 0) -> dict[int, bytes]:
@@ -423,6 +427,11 @@ def _parse_link(payload: bytes) -> LinkRecord:
                 extra["vxlan_port"] = struct.unpack("!H", d[IFLA_VXLAN_PORT])[0]
             if d.get(IFLA_VXLAN_LEARNING):
                 extra["vxlan_learning"] = bool(d[IFLA_VXLAN_LEARNING][0])
+        elif kind == "bridge":
+            d = _attrs(info.get(IFLA_INFO_DATA, b""))
+            v4, v6 = d.get(IFLA_BR_NF_CALL_IPTABLES, b"")[:1], d.get(IFLA_BR_NF_CALL_IP6TABLES, b"")[:1]
+            if v4 and v6 and bool(v4[0]) == bool(v6[0]):
+                extra["br_nf_call"] = bool(v4[0])
         elif kind == "vlan":
             d = _attrs(info.get(IFLA_INFO_DATA, b""))
             if len(d.get(IFLA_VLAN_ID, b"")) == 2:

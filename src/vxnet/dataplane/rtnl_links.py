@@ -67,6 +67,8 @@ IFLA_VXLAN_PORT = 15
 IFLA_VLAN_ID = 1
 IFLA_BRPORT_LEARNING = 8
 IFLA_BRPORT_NEIGH_SUPPRESS = 32
+IFLA_BR_NF_CALL_IPTABLES = 36
+IFLA_BR_NF_CALL_IP6TABLES = 37
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 ADDR_GEN_MODE_NONE = 1
@@ -126,10 +128,23 @@ def _new(body: bytes) -> Msg:
     return Msg(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _IFI.pack(0, 0, 0, 0, 0) + body)
 
 
-def new_bridge(name: str, mac: str | None, mtu: int | None) -> Msg:
-    """`ip link add NAME [address MAC] [mtu MTU] type bridge` (fails with EEXIST if it exists)."""
+def _bridge_nf(on: bool) -> bytes:
+    return _u8(IFLA_BR_NF_CALL_IPTABLES, int(on)) + _u8(IFLA_BR_NF_CALL_IP6TABLES, int(on))
+
+
+def new_bridge(name: str, mac: str | None, mtu: int | None, nf_call: bool | None = None) -> Msg:
+    """`ip link add NAME [address MAC] [mtu MTU] type bridge [nf_call_iptables B nf_call_ip6tables B]`
+    (fails with EEXIST if it exists): the bridge's br_netfilter switches are set in the message
+    that creates it, so no frame crosses it before they hold."""
     return _new(_name(IFLA_IFNAME, name) + (_mac(mac) if mac else b"") + (_u32(IFLA_MTU, mtu) if mtu else b"")
-                + _info("bridge"))
+                + _info("bridge", _bridge_nf(nf_call) if nf_call is not None else b""))
+
+
+def set_bridge_nf(index: int, on: bool) -> Msg:
+    """`ip link set dev INDEX type bridge nf_call_iptables B nf_call_ip6tables B`: whether bridged
+    IPv4/IPv6 frames of this bridge pass the inet hooks (br_netfilter) when the namespace-wide
+    sysctls are 0."""
+    return Msg(RTM_NEWLINK, 0, _IFI.pack(0, 0, index, 0, 0) + _info("bridge", _bridge_nf(on)))
 
 
 def new_vxlan(name: str, vni: int, local: str, port: int, learning: bool, mtu: int | None,
