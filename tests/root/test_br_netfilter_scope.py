@@ -131,3 +131,39 @@ def test_br_netfilter_only_on_bridges_with_a_filtered_port(brlab: Lab) -> None:
     wait_for(lambda: nf_call(1, br_sg) == (1, 1), "h1's sg bridge repaired", timeout=30)
     assert ping("d1", "192.0.2.131", count=2, interval=0.05) == 0
     assert ping("c2", "192.0.2.131", count=2, interval=0.05) == 2
+
+
+def test_the_namespace_switches_stay_on_for_a_bridge_that_is_not_ours(brlab: Lab) -> None:
+    # Another program's bridge without a switch of its own (docker0, libvirt's) may rely on the
+    # namespace-wide sysctls: the agent must not turn them off under it.
+    ns2 = topology.host_ns(2)
+    nsexec(ns2, "ip", "link", "add", "vxtforeign0", "type", "bridge")
+    try:
+        for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"):
+            nsexec(ns2, "sysctl", "-qw", f"{key}=1")      # as that program would have set them
+        log_path = os.path.join(lab.state_dir(), "agent-h2.log")
+
+        def bridge_on_h2(name: str, cidr: str, ip: str) -> str:
+            """A new network with an unfiltered port on h2 (a bridge created there): its bridge."""
+            net, _ = brlab.network("alice", cidr, name)
+            p = brlab.port("alice", net["id"], ip)
+            with brlab.api("alice") as c:
+                r = c.put(f"/ports/{p['id']}", json={"port": {"security_groups": [], "port_security_enabled": False}})
+                assert r.status_code == 200, r.text
+            brlab.vm(name, "h2", p)
+            brlab.wait_status(p["id"], "ACTIVE", timeout=30)
+            return naming.bridge_name(net["id"])
+
+        bridge_on_h2("t3", "198.51.100.0/25", "198.51.100.10")
+        assert sysctl(2, "net.bridge.bridge-nf-call-iptables") == "1"
+        assert sysctl(2, "net.bridge.bridge-nf-call-ip6tables") == "1"
+        with open(log_path) as f:
+            assert "bridge-nf-call sysctls left as they are: bridge(s) vxtforeign0" in f.read()
+        # with a switch of its own the foreign bridge no longer needs them: the next bridge turns them off
+        nsexec(ns2, "ip", "link", "set", "dev", "vxtforeign0", "type", "bridge",
+               "nf_call_iptables", "1", "nf_call_ip6tables", "1")
+        bridge_on_h2("t4", "198.51.100.128/25", "198.51.100.140")
+        assert sysctl(2, "net.bridge.bridge-nf-call-iptables") == "0"
+        assert sysctl(2, "net.bridge.bridge-nf-call-ip6tables") == "0"
+    finally:
+        nsexec(ns2, "ip", "link", "del", "vxtforeign0")

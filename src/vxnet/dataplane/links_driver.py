@@ -199,6 +199,19 @@ class LinksDriver:
             self.unsafe_bridges.add(b.name)
 
     def _sysctls_off(self) -> None:
+        # Never at another program's expense: a bridge of the namespace that is not ours and
+        # has no br_netfilter switch of its own (docker0, libvirt's, ...) may rely on the
+        # namespace-wide one, so with such a bridge the sysctls stay as they are (our bridges'
+        # own switches are set either way; only frames of unfiltered networks then pay the
+        # inet pass, as before per-bridge switches).
+        if self.rtnl is not None:
+            foreign = sorted(ln.ifname for ln in dump_links(self.rtnl)
+                             if ln.kind == "bridge" and not naming.is_bridge(ln.ifname) and ln.br_nf_call is not True)
+            if foreign:
+                log.warning("bridge-nf-call sysctls left as they are: bridge(s) %s may rely on them (give them "
+                            "their own switch, `ip link set dev BR type bridge nf_call_iptables 1 "
+                            "nf_call_ip6tables 1`, to let vxnet turn them off)", ", ".join(foreign[:5]))
+                return
         try:
             _run_in_netns(self.netns, _bridge_nf_sysctls_off)
             self.applied += 1
