@@ -53,6 +53,7 @@ from bench.servers import (
     backends,
     etcd_cluster,
     load_averages,
+    open_view,
     raise_open_files_limit,
     register_hosts,
     sample,
@@ -149,14 +150,7 @@ async def read_view(owner: Any, port: int, host: str, token: str, limit: int,
     """One host's view stream over raw asyncio HTTP/1.1 (chunked NDJSON): (receipt time, message)
     per line. Light enough for 1,000 streams in one process; `owner.writer` gets the connection's
     writer so the owner can close it."""
-    reader, owner.writer = await asyncio.open_connection("127.0.0.1", port, limit=limit)
-    owner.writer.write((f"GET /v2.0/vxnet/hosts/{host}/view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                        f"X-Auth-Token: {token}\r\nAccept: application/x-ndjson\r\n\r\n").encode())
-    status = await reader.readline()
-    if b" 200 " not in status:
-        raise RuntimeError(status.decode(errors="replace").strip())
-    while (await reader.readline()) not in (b"\r\n", b""):
-        pass
+    reader, owner.writer = await open_view(port, host, token, limit)
     buf = b""
     while True:
         size = int((await reader.readline()).split(b";")[0], 16)

@@ -73,6 +73,7 @@ from bench.servers import (
     etcd_cluster,
     load_averages,
     mem_profile,
+    open_view,
     raise_open_files_limit,
     register_hosts,
     sample,
@@ -401,15 +402,8 @@ def verify(base: str, admin_tok: str, world: World, rng: random.Random) -> list[
 async def first_line(port: int, host: str, token: str) -> int:
     """Open `host`'s view stream (raw HTTP/1.1, chunked), read until its first line (the
     snapshot) is complete, close it; the line's length."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 26)
+    reader, writer = await open_view(port, host, token, 1 << 26)
     try:
-        writer.write((f"GET /v2.0/vxnet/hosts/{host}/view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      f"X-Auth-Token: {token}\r\nAccept: application/x-ndjson\r\n\r\n").encode())
-        status = await reader.readline()
-        if b" 200 " not in status:
-            raise RuntimeError(status.decode(errors="replace").strip())
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
         parts: list[bytes] = []
         size_read = 0
         while True:

@@ -256,3 +256,21 @@ def etcd_cluster(members: int, prefix: str) -> Iterator[tuple[str, list[int]]]:
         yield cluster.url(), [p.pid for p in cluster.procs.values()]
     finally:
         cluster.stop()
+
+
+async def open_view(port: int, host: str, token: str, limit: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """`host`'s view stream opened over raw asyncio HTTP/1.1, its answer's headers read: the
+    reader is at the first chunk (chunked NDJSON)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=limit)
+    try:
+        writer.write((f"GET /v2.0/vxnet/hosts/{host}/view HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"X-Auth-Token: {token}\r\nAccept: application/x-ndjson\r\n\r\n").encode())
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(status.decode(errors="replace").strip())
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
