@@ -210,4 +210,4 @@ def test_the_store_drops_texts_after_the_hubs_load_and_on_its_changes(tmp_path: 
         assert store.get("/vxnet/res/ports/p2").value == texts["p2"]
         store.close()
 
-    asyncio.run(run())
+    run_in_thread(run)
