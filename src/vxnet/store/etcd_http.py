@@ -85,28 +85,7 @@ class _Conn:
         self.sock.sendall(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                           b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.hostport.encode(), len(body), body))
         rfile = self.rfile
-        line = rfile.readline(MAX_LINE + 1)
-        parts = line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            raise ValueError(f"bad status line {line[:100]!r}")
-        status = int(parts[1])
-        length = -1
-        chunked = False
-        close = parts[0] == b"HTTP/1.0"
-        while True:
-            h = rfile.readline(MAX_LINE + 1)
-            if h in (b"\r\n", b"\n"):
-                break
-            if not h or len(h) > MAX_LINE:
-                raise ValueError("answer headers cut short or too long")
-            name, _, value = h.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                close = b"close" in value.lower()
+        status, length, chunked, close = _read_head(rfile)
         if status < 200 or status in (204, 304):
             raw = b""  # no body by definition
         elif chunked:
@@ -127,6 +106,33 @@ class _Conn:
             raw = rfile.read()
             close = True
         return status, raw, close
+
+
+def _read_head(rfile: Any) -> tuple[int, int, bool, bool]:
+    """An answer's status line and headers: (status, Content-Length or -1, chunked, the member
+    will close). Only those headers are used. Raises ValueError when they are cut short or bad."""
+    line = rfile.readline(MAX_LINE + 1)
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+        raise ValueError(f"bad status line {line[:100]!r}")
+    status = int(parts[1])
+    length = -1
+    chunked = False
+    close = parts[0] == b"HTTP/1.0"
+    while True:
+        h = rfile.readline(MAX_LINE + 1)
+        if h in (b"\r\n", b"\n"):
+            return status, length, chunked, close
+        if not h or len(h) > MAX_LINE:
+            raise ValueError("answer headers cut short or too long")
+        name, _, value = h.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            close = b"close" in value.lower()
 
 
 def _read_exactly(rfile: Any, n: int) -> bytes:
@@ -156,29 +162,10 @@ class Stream:
                                     b"Content-Length: %d\r\n\r\n%s" % (path.encode(), hostport.encode(), extra,
                                                                        len(raw), raw))
             self._conn.sock.settimeout(None)   # a watch is quiet as long as nothing changes
-            self.status, self._chunked, self._length = self._head()
+            self.status, self._length, self._chunked, _ = _read_head(self._conn.rfile)
         except BaseException:
             self._conn.close()
             raise
-
-    def _head(self) -> tuple[int, bool, int]:
-        rfile = self._conn.rfile
-        parts = rfile.readline(MAX_LINE + 1).split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            raise ValueError("bad status line")
-        chunked, length = False, -1
-        while True:
-            h = rfile.readline(MAX_LINE + 1)
-            if h in (b"\r\n", b"\n"):
-                return int(parts[1]), chunked, length
-            if not h or len(h) > MAX_LINE:
-                raise ValueError("answer headers cut short or too long")
-            name, _, value = h.partition(b":")
-            name = name.strip().lower()
-            if name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"content-length":
-                length = int(value)
 
     def lines(self) -> Iterator[bytes]:
         """The answer's lines, without their line ends, until it ends."""
