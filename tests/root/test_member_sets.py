@@ -141,3 +141,41 @@ def test_only_someone_elses_commit_makes_the_firewall_read_back(ns: str) -> None
     finally:
         worker.close()
         d.close()
+
+
+def test_port_ups_without_a_cache_converge_the_kernel(ns: str) -> None:
+    """Port-ups written so that libnftables needs no cache of the table's chains and sets
+    (`diff_table`: `add chain NAME { rules }`, `add set NAME { ...; elements = ... }`) are
+    accepted by the kernel and leave exactly the desired tables: local ports coming one by one,
+    the first port of a group whose rule names an existing member set, a member with a prefix
+    (an interval set: `add element`), a port going. After each step, read back after another
+    program's commit, the kernel holds the rules and elements of the model ("verified")."""
+    g3 = "33333333-0000-4000-8000-000000000003"
+
+    def view(local: int, g3_port: bool = False, pair: bool = False) -> dict:
+        v = _view(pair)
+        ports = [_port(f"p3{i:06d}-0000-4000-8000-000000000003", f"192.0.2.{100 + i}", "h1", G1) for i in range(local)]
+        if g3_port:
+            ports.append(_port("p4000000-0000-4000-8000-000000000004", "192.0.2.90", "h1", g3))
+        v["ports"].update({p["id"]: p for p in ports})
+        v["security_groups"][g3] = {"id": g3, "stateful": True}
+        v["security_group_rules"]["r-g3"] = {**v["security_group_rules"]["r-group"], "id": "r-g3",
+                                             "security_group_id": g3}
+        return v
+
+    d = NftDriver(ns)
+    try:
+        steps = [view(1), view(2), view(3), view(3, g3_port=True), view(3, g3_port=True, pair=True),
+                 view(4, g3_port=True, pair=True), view(2, g3_port=True, pair=True)]
+        prev = compute_firewall(steps[0], "h1")
+        d.apply([(t, None) for t in prev.tables])
+        for i, v in enumerate(steps[1:]):
+            fw = compute_firewall(v, "h1")
+            assert d.apply([(t, o) for t, o in zip(fw.tables, prev.tables, strict=True)]).mode == "incremental"
+            d.invalidate()
+            nsexec(ns, "nft", "add", "table", "inet", f"someone_else{i}")
+            assert d.apply([(t, None) for t in fw.tables]).mode == "verified", f"step {i + 1}"
+            prev = fw
+        assert _set(ns) == ({"interval"}, frozenset({"192.0.2.20", "192.0.2.22", "203.0.113.0/24"}))
+    finally:
+        d.close()

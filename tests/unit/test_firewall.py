@@ -210,11 +210,15 @@ def test_remote_group_members_follow_ports() -> None:
                                     *refill]
     assert diff_table(sg2, sg1) == [f"flush chain inet vxnet_sg {users[0].name}", f"delete set inet vxnet_sg {rg}",
                                     f"add set inet vxnet_sg {rg} {{ type ipv4_addr; }}",
-                                    f"add element inet vxnet_sg {rg} {{ 192.0.2.12 }}", *refill]
-    # Within one kind, a member change is one element command.
+                                    f"add set inet vxnet_sg {rg} {{ type ipv4_addr; elements = {{ 192.0.2.12 }}; }}",
+                                    *refill]
+    # Within one kind, a member change is one element command (an addition to a plain set
+    # written as the set's declaration with the elements: libnftables then needs no cache of
+    # the table's chains and sets).
     fw3 = compute_firewall(view([*ports, port("p6000000-0000-4000-8000-000000000006", "192.0.2.16", host="h3",
                                                  groups=(G2,))]), "h1")
-    assert diff_table(sg1, fw3.tables[1]) == [f"add element inet vxnet_sg {rg} {{ 192.0.2.16 }}"]
+    assert diff_table(sg1, fw3.tables[1]) == [
+        f"add set inet vxnet_sg {rg} {{ type ipv4_addr; elements = {{ 192.0.2.16 }}; }}"]
     assert diff_table(fw3.tables[1], sg1) == [f"delete element inet vxnet_sg {rg} {{ 192.0.2.16 }}"]
 
 
@@ -294,7 +298,13 @@ class FakeNft:
             t = self.tables[key]
             name = w[4]
             rest = line.split(name, 1)[1].strip()
-            if obj == "chain" and op == "add":
+            if obj == "chain" and op == "add" and rest.startswith("{") and not rest.startswith("{ type "):
+                # an existing chain filled with rules (`add chain NAME { rule; ... }`)
+                assert name in t["chains"], f"no chain {name} to fill"
+                for text in (r.strip() for r in rest[1:-1].split(";")):
+                    if text:
+                        self.run([f"add rule {key[0]} {key[1]} {name} {text}"])
+            elif obj == "chain" and op == "add":
                 assert name not in t["chains"]
                 t["chains"][name] = []
             elif obj == "chain" and op == "flush":
@@ -311,7 +321,12 @@ class FakeNft:
                 t["chains"][name].append(rest)
                 self.handles[(name, rest)] = self.next_handle
                 self.next_handle += 1
-            elif obj in ("set", "map") and op == "add" or obj in ("set", "map") and op == "flush":
+            elif obj in ("set", "map") and op == "add":
+                # as the kernel: an existing set keeps its elements; `elements = { ... }` adds
+                t["sets"].setdefault(name, set())
+                if "elements = " in rest:
+                    self.run([f"add element {key[0]} {key[1]} {name} " + rest.split("elements = ", 1)[1].rsplit(";", 1)[0]])
+            elif obj in ("set", "map") and op == "flush":
                 t["sets"][name] = set()
             elif obj in ("set", "map") and op == "delete":
                 del t["sets"][name]
@@ -369,6 +384,39 @@ def test_diff_converges_and_reverts() -> None:
         for ta, tb in zip(a.tables, b.tables, strict=True):
             fake.run(diff_table(tb, ta, fake.comment_handles(tb) if with_handles else None))
             assert fake.tables[(ta.family, ta.name)] == fake.state(ta)
+
+
+def test_port_up_needs_no_cache_of_chains_and_sets() -> None:
+    """A port-up's commands are only `add chain` (new chains, then their rules in one command
+    each), `add set` / `add map` (with the new elements): libnftables 1.0.6 dumps every chain
+    and set of the ruleset before a transaction with an `add rule` or `add element`, so the
+    transaction grew with the local ports. A set that a new chain's rule names is declared first
+    (nft resolves `@set` in its cache). Applied to the stateful fake, the table is the new one."""
+    rules = [*RULES, rule("r-gs-group", GS, "ingress", remote_group_id=G2)]
+    before = [port(P2, "192.0.2.12", host="h2", groups=(G2,)), port(P3, "192.0.2.13", groups=(GS,), net=NET2)]
+    a = compute_firewall(view(before, rules), "h1")
+    # P1 is the first local port of G1: its own chains, and G1's chains whose rule names G2's
+    # member set (which exists: GS's rule names it too)
+    b = compute_firewall(view([*before, port(P1, "192.0.2.11", groups=(G1,))], rules), "h1")
+    rg = f"rg_{G2.replace('-', '')}"
+    for ta, tb in zip(a.tables, b.tables, strict=True):
+        cmds = diff_table(ta, tb)
+        if ta == tb:                          # a table the port does not change (the host's ARP table)
+            assert cmds == []
+            continue
+        assert cmds and all(c.split()[:2] in (["add", "chain"], ["add", "set"], ["add", "map"]) for c in cmds), cmds
+        if tb.family == "inet":
+            users = [i for i, c in enumerate(cmds) if f"@{rg} " in c]
+            assert users and cmds.index(f"add set inet vxnet_sg {rg} {{ type ipv4_addr; }}") < users[0]
+        fake = FakeNft()
+        fake.run(fwm.table_text(ta).splitlines())
+        fake.run(cmds)
+        assert fake.tables[(tb.family, tb.name)] == fake.state(tb)
+    # another local port of G1: its chains and one element per map and set, nothing else
+    c = compute_firewall(view([*before, port(P1, "192.0.2.11", groups=(G1,)),
+                               port(P4, "192.0.2.14", groups=(G1,))], rules), "h1")
+    cmds = diff_table(b.tables[1], c.tables[1])
+    assert not any(rg in x for x in cmds) and not any(x.startswith(("add rule", "add element")) for x in cmds)
 
 
 def test_rule_change_rewrites_one_chain_whatever_the_ports() -> None:

@@ -85,7 +85,7 @@ import ipaddress
 import re
 import socket
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from vxnet.compute import dhcp, naming
@@ -228,9 +228,12 @@ class NftSet:
     flags: str = "interval"
     kind: str = "set"           # set | map
 
-    def declaration(self) -> str:
-        """The `{ ... }` body of its `add set` / `add map` command."""
-        return f"{{ type {self.type};" + (f" flags {self.flags};" if self.flags else "") + " }"
+    def declaration(self, elements: Collection[str] = ()) -> str:
+        """The `{ ... }` body of its `add set` / `add map` command; with `elements`, the command
+        also adds those (to the set as the kernel holds it when it exists already: an `add` of a
+        set with the same declaration changes nothing else)."""
+        return (f"{{ type {self.type};" + (f" flags {self.flags};" if self.flags else "")
+                + (f" elements = {_set_text(elements)};" if elements else "") + " }")
 
 
 @dataclasses.dataclass(frozen=True)

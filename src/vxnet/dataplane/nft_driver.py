@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from vxnet.compute.firewall import NftChain, NftTable, table_text
+from vxnet.compute.firewall import NftChain, NftSet, NftTable, table_text
 from vxnet.dataplane import nft_image
 from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, NftExecutor
 from vxnet.dataplane.nft_ledger import LEDGER, Token
@@ -68,6 +68,7 @@ _COMMENT = re.compile(r'comment "(vxnet:[^"]*)"')
 _CHAIN = re.compile(r"^\s*chain (\S+) \{")
 _SET = re.compile(r"^\s*(?:set|map) (\S+) \{")
 _HANDLE = re.compile(r"# handle (\d+)\s*$")
+_SET_REF = re.compile(r"@(\w+)")
 
 
 class NftError(Exception):
@@ -149,7 +150,19 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
 
     `handles[chain]` (comment -> kernel rule handle) lets a changed unordered chain be edited
     rule by rule (delete the rules that went, add the new ones), so the counters of the rules
-    that stay keep counting; without it the chain is flushed and refilled."""
+    that stay keep counting; without it the chain is flushed and refilled.
+
+    Additions are written so that libnftables needs no cache of the table's chains and sets
+    (a port-up is only additions; `_add_elements`, `_fill_chain`): libnftables dumps every
+    chain and set of the ruleset before a transaction holding an `add rule` or `add element`
+    command (nftables 1.0.6 `evaluate_cache_add`), which made a port-up's transaction grow with
+    the local ports (their chains and anonymous sets); an `add chain`, `add set` or `add map`
+    command needs only the table list. So a new chain's rules go in one `add chain NAME { rule;
+    ... }` (after every new chain exists: a rule may jump to one made in the same transaction),
+    elements of a plain set or map in `add set NAME { type ...; elements = { ... }; }` (the set
+    as it is, plus those), and a set that a new chain's rule names is declared in the
+    transaction (nft resolves `@set` in its cache). Interval sets keep `add element` (libnftables
+    checks the new intervals against the set's elements); deletions and flushes keep theirs."""
     f, n = new.family, new.name
     oc, nc = old.chain_map(), new.chain_map()
     if any(name in oc and oc[name].hook != c.hook for name, c in nc.items()):
@@ -161,6 +174,7 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     rules: list[str] = []
     tail: list[str] = []
     refill: set[str] = set()      # chains flushed in `pre`: all their rules are added again
+    declared: set[str] = set()    # sets and maps declared by this transaction
     for name, s in ns_.items():
         before = os_.get(name)
         if (before is not None and before.kind == s.kind == "set" and before.type == s.type
@@ -172,27 +186,32 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
             users = {c.name for c in (*old.chains, *new.chains) if any(f"@{name} " in r.text + " " for r in c.rules)}
             pre += [f"flush chain {f} {n} {c}" for c in sorted(users) if c in oc]
             pre += [f"delete set {f} {n} {name}", f"add set {f} {n} {name} {s.declaration()}"]
-            if s.elements:
-                elements.append(f"add element {f} {n} {name} {_set_text(s.elements)}")
+            elements += _add_elements(f, n, s, s.elements)
+            declared.add(name)
             refill |= users
             continue
         if before is None or before.type != s.type or before.flags != s.flags or before.kind != s.kind:
             if before is not None:                # type changed: cannot happen with our names, but be exact
                 return table_text(new).splitlines()
             head.append(f"add {s.kind} {f} {n} {name} {s.declaration()}")
-            if s.elements:
-                elements.append(f"add element {f} {n} {name} {_set_text(s.elements)}")
+            elements += _add_elements(f, n, s, s.elements)
+            declared.add(name)
             continue
         gone, added = before.elements - s.elements, s.elements - before.elements
         if gone:
             keys = {e.split(" : ", 1)[0] for e in gone} if s.kind == "map" else gone
             elements.append(f"delete element {f} {n} {name} {_set_text(keys)}")
-        if added:
-            elements.append(f"add element {f} {n} {name} {_set_text(added)}")
+        elements += _add_elements(f, n, s, added)
+        if added and "interval" not in s.flags.split(","):
+            declared.add(name)
+    fills: list[NftChain] = []    # new chains' rules, added after every new chain exists
     for name, c in nc.items():
         before = oc.get(name)
         if before is None:
             head.append(f"add chain {f} {n} {name}" + (f" {{ {c.hook} }}" if c.hook else ""))
+            if not c.hook:
+                fills.append(c)
+                continue
         elif name in refill:
             pass                                  # flushed in `pre`: every rule is added below
         elif before.rules == c.rules:
@@ -208,7 +227,26 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     tail += [f"flush chain {f} {n} {name}" for name in oc if name not in nc]
     tail += [f"delete chain {f} {n} {name}" for name in oc if name not in nc]
     tail += [f"delete {s.kind} {f} {n} {name}" for name, s in os_.items() if name not in ns_]
-    return pre + head + elements + rules + tail
+    named = sorted({m for c in fills for r in c.rules for m in _SET_REF.findall(r.text)} - declared)
+    head += [f"add {ns_[m].kind} {f} {n} {m} {ns_[m].declaration()}" for m in named if m in ns_]
+    fill = [_fill_chain(f, n, c) for c in fills if c.rules]
+    return pre + head + elements + fill + rules + tail
+
+
+def _add_elements(f: str, n: str, s: NftSet, elements: frozenset[str]) -> list[str]:
+    """The command adding `elements` to set or map `s` (none when empty), written so that
+    libnftables needs no cache of the table's chains and sets (see `diff_table`), except for
+    an interval set."""
+    if not elements:
+        return []
+    if "interval" in s.flags.split(","):
+        return [f"add element {f} {n} {s.name} {_set_text(elements)}"]
+    return [f"add {s.kind} {f} {n} {s.name} {s.declaration(elements)}"]
+
+
+def _fill_chain(f: str, n: str, c: NftChain) -> str:
+    """The rules of the (existing, empty) non-base chain `c` in one `add chain` command."""
+    return f"add chain {f} {n} {c.name} {{ " + " ".join(r.text + ";" for r in c.rules) + " }"
 
 
 def _edit_rules(f: str, n: str, old: NftChain, new: NftChain, handles: dict[str, int] | None) -> list[str] | None:
