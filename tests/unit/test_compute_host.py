@@ -15,7 +15,8 @@ from vxnet.agent.reconciler import ReconcileResult
 from vxnet.compute.dhcp import DhcpCache, compute_dhcp
 from vxnet.compute.diff import diff_host
 from vxnet.compute.host import HostComputer, HostSpec, compute_host
-from vxnet.compute.state import HostState
+from vxnet.compute.l2 import compute_l2
+from vxnet.compute.state import HostState, merge
 from vxnet.compute.view import ViewState, apply_message
 from vxnet.services.host_view import full_view
 from vxnet.trace.snapshot import Snapshot
@@ -159,6 +160,37 @@ def test_a_pass_with_nothing_changed_returns_the_same_object_and_dhcp_is_per_net
     assert b.firewall is a.firewall and b.dhcp is a.dhcp and b.routing != a.routing
 
 
+@settings(max_examples=30, deadline=None)
+@given(OPS, st.lists(st.booleans(), min_size=20, max_size=20))
+def test_the_plug_part_then_the_rest_equals_the_full_recompute(ops: list[tuple[str, int]], plug_first: list[bool]
+                                                               ) -> None:
+    """`compute_plug` then `compute` of the same view (the agent's port-up pass) gives exactly
+    `compute_host`, mixed with passes that call `compute` alone; the plug part is the
+    firewall of the view and its overlay with the features' L2 parts of the previous pass."""
+    objs = world(BASE)
+    s = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": full_view(objs, HOSTS, "h1")})
+    comp = HostComputer(SPECS["h1"])
+    prev = comp.compute(s.view)
+    for n, (op, i) in enumerate(ops):
+        p = vm(i, f"h{i % 3 + 1}", net=i % 2)
+        msg = ({"put": {"ports": {p["id"]: p}}} if op in ("put", "status", "qos") else
+               {"delete": {"ports": [p["id"]]}} if op in ("delete", "down") else
+               {"delete": {"ports": [iface(i % 2)["id"]]}} if op == "rule" else
+               {"put": {"ports": {iface(i % 2)["id"]: iface(i % 2)}}} if op == "move" else
+               {"put": {"subnets": {SUBS[NETS[i % 2]]: subnet(i % 2, enable_dhcp=bool(i % 4 < 2))}}})
+        s = apply_message(s, {"type": "update", "revision": n + 2, **msg})
+        ref = compute_host(s.view, SPECS["h1"])
+        if plug_first[n]:
+            plug = comp.compute_plug(s.view)
+            assert plug.firewall == ref.firewall
+            assert plug.l2 == merge([compute_l2(s.view, "h1", SPECS["h1"].underlay_ip), prev.routing.l2,
+                                     prev.dhcp.l2, prev.gateway.l2, prev.metadata.l2])
+            if all(getattr(prev, k).l2 == getattr(ref, k).l2 for k in ("routing", "dhcp", "gateway", "metadata")):
+                assert plug.l2 == ref.l2
+        prev = comp.compute(s.view)
+        assert prev == ref
+
+
 class RecordingReconciler:
     """Stands in for the kernel: records what the agent asked it to converge."""
 
@@ -275,3 +307,46 @@ def test_the_plug_path_comes_first_and_a_port_without_its_filters_is_held() -> N
     order.clear()
     agent.run_once()
     assert order[:2] == ["firewall", "l2"]                            # a new local port: its filters first
+
+
+def test_a_port_up_computes_only_its_plug_path_before_the_plug() -> None:
+    """A pass that may plug a tap of a network the host has already computes the firewall and
+    the overlay, loads the firewall and runs the L2 pass before it computes the other features
+    (DHCP, metadata, routing...); its L2 state is the whole desired state when their L2 parts
+    did not change, else a second L2 pass converges to it. A new network on the host, the start
+    and a resync compute everything first (the network's features' entries before its first tap)."""
+    seen: list[set[str]] = []
+
+    class Rec(RecordingReconciler):
+        def reconcile(self, desired: HostState, hold: frozenset[str] = frozenset()) -> ReconcileResult:
+            seen.append(set(agent.computer.timings))     # what the pass had computed by then
+            return super().reconcile(desired, hold)
+
+    objs = world(BASE)
+    rec = Rec()
+    feats = [RecordingFeature(n) for n in ("routing", "firewall", "dhcp")]
+    agent = Agent(AgentConfig("h2", HOSTS["h2"]["underlay_ip"]), control=None, reconciler=rec,  # type: ignore[arg-type]
+                  features=feats)  # type: ignore[arg-type]
+    agent.on_message({"type": "snapshot", "revision": 3, "view": full_view(objs, HOSTS, "h2")})
+    agent.run_once()
+    assert "compute_dhcp" in seen[-1]                                 # the start: everything first
+    rev = itertools.count(4)
+
+    def update(msg: dict) -> None:
+        seen.clear()
+        rec.desired.clear()
+        agent.on_message({"type": "update", "revision": next(rev), **msg})
+        assert agent.run_once() is not None
+        v = agent.view.view
+        assert rec.desired[-1] == compute_host(v, SPECS["h2"]).l2 == agent.computer.compute(v).l2
+        assert feats[2].applied[-1] == compute_host(v, SPECS["h2"]).dhcp
+
+    a = vm(9, "h2")
+    update({"put": {"ports": {a["id"]: a}}})                         # a port-up on net 0 (h2 has it)
+    assert seen == [{"compute_l2", "compute_firewall"}] and "compute_rest" in agent.last_timings
+    b = vm(10, "h2")                                                  # ... with a router leg going
+    update({"put": {"ports": {b["id"]: b}}, "delete": {"ports": [iface(1)["id"]]}})
+    assert seen[0] == {"compute_l2", "compute_firewall"} and len(seen) == 2   # routing's L2 changed
+    c = vm(11, "h2", net=1)                                           # net 1: no bridge on h2 any more
+    update({"put": {"ports": {c["id"]: c}}})
+    assert "compute_dhcp" in seen[0]

@@ -53,6 +53,7 @@ from vxnet.agent.features import Feature, FeatureResult, HostContext
 from vxnet.agent.reconciler import Reconciler, ReconcileResult
 from vxnet.compute.diff import Diff, HostDiff
 from vxnet.compute.host import HostComputer, HostDesired
+from vxnet.compute.state import HostState
 from vxnet.compute.view import ViewState, apply_message
 from vxnet.config import MetadataSettings
 
@@ -318,34 +319,60 @@ class Agent:
         try:
             # with BFD: gateway/snat ports of a router whose active is down move to its standby
             v = self.ha.view(view.view) if self.ha is not None else view.view
-            desired = self.computer.compute(v)     # == compute_host(v, spec)
-            timings = dict(self.computer.timings)
-            timings["compute"] = time.perf_counter() - t0
             # The plug path first: what must be in place before a tap is plugged (its firewall),
             # then the L2 pass (plugs and entries); the other features after it. A pass that
             # cannot plug a new tap (no new plug, no device absent or held last pass, no drift
             # repair) runs the L2 pass first of all (e.g. a peer's new port: its FDB entry before anything). When a
             # desired plug's device was absent and a feature changed something (e.g. made its
             # service port), a second L2 pass plugs it now.
-            first = PLUG_FIRST if invalidated or self._may_plug(desired) else frozenset()
+            # Only the firewall and the overlay are computed before the plug when the pass may
+            # plug a tap of a network this host already has (a port-up): the L2 pass then takes
+            # the features' L2 parts as the previous pass computed them, and the other features
+            # are computed after it; if their L2 parts changed, a second L2 pass converges to the
+            # whole desired state. Otherwise (the start, a resync, a new network here: its
+            # features' entries before its first tap) everything is computed first.
+            plug = self.computer.compute_plug(v)
+            first = PLUG_FIRST if invalidated or self._may_plug(plug.l2) else frozenset()
+            last = self._last_desired
+            early = (bool(first) and first <= {"firewall"} and not invalidated and last is not None
+                     and plug.l2.bridges <= last.l2.bridges)
+            if early:
+                timings = dict(self.computer.timings)
+                timings["compute_plug"] = time.perf_counter() - t0
+                desired = None
+            else:
+                desired = self.computer.compute(v)     # == compute_host(v, spec)
+                timings = dict(self.computer.timings)
+                timings["compute"] = time.perf_counter() - t0
             fresults: dict[str, FeatureResult] = {}
             for f in self.features:
                 if f.name in first:
-                    fresults[f.name] = self._timed_feature(f, desired, timings)
+                    part = plug.firewall if desired is None else desired.features[f.name]
+                    fresults[f.name] = self._timed_feature(f, part, plug.l2, timings)
             hold = frozenset().union(*(r.hold for r in fresults.values()))
-            whole = invalidated or self._last_desired is None     # a pass over everything (start, resync)
+            whole = invalidated or last is None     # a pass over everything (start, resync)
             if whole:
                 release_freed_memory()    # the firewall's transaction and listing: not on top of the L2 pass
             wall_fw, cpu_fw = time.time(), time.thread_time()
-            result = self.reconciler.reconcile(desired.l2, hold)
+            result = self.reconciler.reconcile(plug.l2 if desired is None else desired.l2, hold)
             if whole:
                 release_freed_memory()    # the kernel read and the netlink batches: not on top of the features
             wall_l2, cpu_l2 = time.time(), time.thread_time()
             timings["l2"] = result.seconds
             timings["plug_path"] = time.perf_counter() - t0
+            if desired is None:
+                t1 = time.perf_counter()
+                desired = self.computer.compute(v)     # the rest of compute_host(v, spec)
+                timings.update({k: x for k, x in self.computer.timings.items() if k not in timings})
+                timings["compute_rest"] = time.perf_counter() - t1
+                if desired.l2 is not plug.l2 and desired.l2 != plug.l2:
+                    # the features' L2 parts changed: converge to the whole desired state now
+                    again = self.reconciler.reconcile(desired.l2, hold)
+                    timings["l2_rest"] = again.seconds
+                    result = _then(result, again)
             for f in self.features:
                 if f.name not in first:
-                    fresults[f.name] = self._timed_feature(f, desired, timings)
+                    fresults[f.name] = self._timed_feature(f, desired.features[f.name], desired.l2, timings)
             self._held = any(r.hold for r in fresults.values())
             if result.absent and any(any(fresults[f.name].changes.values()) for f in self.features
                                      if f.name not in first):
@@ -405,18 +432,18 @@ class Agent:
             release_freed_memory()
         return result
 
-    def _may_plug(self, desired: HostDesired) -> bool:
+    def _may_plug(self, l2: HostState) -> bool:
         """Whether this pass's L2 pass may plug a tap whose filters it must wait for: a plug
         the previous pass did not want, or a device it found absent, or one it held."""
         last = self._last_desired
         return (last is None or self._held or (self.last_result is not None and bool(self.last_result.absent))
-                or not desired.l2.plugs <= last.l2.plugs)
+                or not l2.plugs <= last.l2.plugs)
 
-    def _timed_feature(self, f: Feature, desired: HostDesired, timings: dict[str, float]) -> FeatureResult:
+    def _timed_feature(self, f: Feature, part: Any, l2: HostState, timings: dict[str, float]) -> FeatureResult:
         t = time.perf_counter()
-        r = self._apply_feature(f, desired.features[f.name])
+        r = self._apply_feature(f, part)
         if r.all_down and f.name in PLUG_FIRST:       # crashed: nothing it guards may be plugged anew
-            r = dataclasses.replace(r, hold=frozenset(lp.port_id for lp in desired.l2.local_ports))
+            r = dataclasses.replace(r, hold=frozenset(lp.port_id for lp in l2.local_ports))
         timings[f"apply_{f.name}"] = time.perf_counter() - t
         return r
 

@@ -97,6 +97,16 @@ def compute_host(view: View | Mapping[str, Mapping[str, Any]], spec: HostSpec) -
                      _gateway(v, spec), compute_qos(v, spec.host), compute_metadata(v, spec.host))
 
 
+@dataclasses.dataclass(frozen=True)
+class PlugDesired:
+    """What a pass needs before it plugs a tap (`HostComputer.compute_plug`): the firewall, and
+    the L2 state of the view's overlay with the features' L2 parts as the previous `compute`
+    made them (their parts of this view are computed after the plug)."""
+
+    l2: HostState
+    firewall: Firewall
+
+
 class HostComputer:
     """`compute_host`, incremental (see the module contract)."""
 
@@ -109,11 +119,50 @@ class HostComputer:
         # them would keep every old part alive beside the new ones) and the features' objects
         self._last: tuple[tuple[object, ...], HostDesired] | None = None
         self.timings: dict[str, float] = {}       # part -> seconds of the last call (metrics)
+        # `compute_plug`'s view and what it computed of it, for the `compute` of the same view
+        self._plug: tuple[View, dict[str, float], tuple[HostState, ...], Firewall, PlugDesired] | None = None
+
+    def _plug_parts(self, v: View, t: dict[str, float]) -> tuple[tuple[HostState, ...], Firewall]:
+        """The start of a pass (the memo's `begin`): the overlay's per-network parts, the firewall."""
+        self._parts.begin()
+        t0 = time.perf_counter()
+        overlay = self.l2.parts(v)          # per network; merged once in _assemble
+        t1 = time.perf_counter()
+        fw = self._parts.get("firewall", tuple(v.bucket(k) for k in FIREWALL_INPUTS),
+                             lambda: compute_firewall(v, self.spec.host))
+        t["compute_l2"], t["compute_firewall"] = t1 - t0, time.perf_counter() - t1
+        return overlay, fw
+
+    def compute_plug(self, view: View) -> PlugDesired:
+        """The plug path's part of `compute(view)`: the firewall and the overlay's L2 state of
+        `view`, with the features' L2 parts (service ports, gateway and DHCP entries) of the
+        previous `compute` (none before the first). When those parts do not change, its `l2` is
+        `compute(view).l2`. A `compute` of the same view object next reuses what this computed
+        (one memo pass: call `compute(view)` after it, before another view)."""
+        t: dict[str, float] = {}
+        overlay, fw = self._plug_parts(view, t)
+        last = self._last
+        if last is None:
+            l2 = merge(overlay)
+        elif last[0][0] == self.l2.version:
+            l2 = last[1].l2                 # the same overlay parts: the last merged state
+        else:
+            d = last[1]
+            l2 = merge([*overlay, d.routing.l2, d.dhcp.l2, d.gateway.l2, d.metadata.l2])
+        plug = PlugDesired(l2, fw)
+        self._plug = (view, t, overlay, fw, plug)
+        self.timings = dict(t)
+        return plug
 
     def compute(self, view: View | Mapping[str, Mapping[str, Any]]) -> HostDesired:
         v, spec = as_view(view), self.spec
-        t: dict[str, float] = {}
-        self._parts.begin()
+        pending, self._plug = self._plug, None
+        plug: PlugDesired | None = None
+        if pending is not None and pending[0] is v:
+            t, overlay, fw, plug = dict(pending[1]), pending[2], pending[3], pending[4]
+        else:
+            t = {}
+            overlay, fw = self._plug_parts(v, t)
 
         def timed(name: str, fn: Any) -> Any:
             t0 = time.perf_counter()
@@ -121,9 +170,6 @@ class HostComputer:
             t[f"compute_{name}"] = time.perf_counter() - t0
             return out
 
-        overlay = timed("l2", lambda: self.l2.parts(v))     # per network; merged once in _assemble
-        fw = timed("firewall", lambda: self._parts.get(
-            "firewall", tuple(v.bucket(k) for k in FIREWALL_INPUTS), lambda: compute_firewall(v, spec.host)))
         routing = timed("routing", lambda: self._parts.get(
             "routing", tuple(v.bucket(k) for k in ROUTING_INPUTS), lambda: compute_routing(v, spec.host)))
         dhcp = timed("dhcp", lambda: self.dhcp.compute(v))
@@ -139,7 +185,13 @@ class HostComputer:
         if last is not None and last[0][0] == self.l2.version and all(
                 a is b for a, b in zip(last[0][1:], inputs, strict=True)):
             return last[1]
-        out = _assemble(overlay, fw, routing, dhcp, gateway, qos, meta)
+        if plug is not None and last is not None and all(
+                (a := getattr(last[1], k).l2) is p.l2 or a == p.l2
+                for k, p in (("routing", routing), ("dhcp", dhcp), ("gateway", gateway), ("metadata", meta))):
+            # the features' L2 parts did not change: the plug path's L2 state is the whole one
+            out = HostDesired(plug.l2, fw, routing, dhcp, gateway, qos, meta)
+        else:
+            out = _assemble(overlay, fw, routing, dhcp, gateway, qos, meta)
         if last is not None and last[1] == out:
             out = last[1]         # equal: the same object, so the agent sees "unchanged"
         self._last = ((self.l2.version, *inputs), out)
