@@ -28,7 +28,7 @@ import sys
 
 from bench.report import Report, markdown_table, text_table
 
-MODULES = ["api_bench", "quota_bench", "port_up_bench", "agent_bench", "fanout_bench", "dataplane_bench", "underlay_bench", "scale_bench", "migration_bench", "gateway_bench", "gateway_ha_bench", "routing_bench", "ipv6_routing_bench", "firewall_bench", "ipv6_bench", "nova_events_bench", "metadata_bench", "qemu_bench"]
+MODULES = ["api_bench", "quota_bench", "port_up_bench", "agent_bench", "fanout_bench", "dataplane_bench", "underlay_bench", "scale_bench", "migration_bench", "gateway_bench", "gateway_ha_bench", "routing_bench", "ipv6_routing_bench", "firewall_bench", "nft_portup_bench", "ipv6_bench", "nova_events_bench", "metadata_bench", "qemu_bench"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "benchmarks.md")
 HEADER = """# Benchmarks

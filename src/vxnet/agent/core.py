@@ -11,7 +11,8 @@ Threads (all daemons, all stopped by `stop()`):
   that pass ended less than `BURST_WINDOW` ago; an isolated change, such as a port bind, is not
   delayed), computes the desired state of the whole host
   (`compute.host.HostComputer`: exactly the pure `compute_host`, recomputing only what
-  changed) and converges the kernel.
+  changed; in a port-up pass the firewall and the overlay before the plug, the rest after it)
+  and converges the kernel.
   Level-triggered: every pass starts from the current view and kernel.
 - heartbeat: keeps the host registered (re-registers when the server forgot it); every
   heartbeat carries `status_report()` (applied revision, ports, drift repairs, features: what
@@ -365,6 +366,7 @@ class Agent:
                 desired = self.computer.compute(v)     # the rest of compute_host(v, spec)
                 timings.update({k: x for k, x in self.computer.timings.items() if k not in timings})
                 timings["compute_rest"] = time.perf_counter() - t1
+                timings["compute"] = timings["compute_plug"] + timings["compute_rest"]
                 if desired.l2 is not plug.l2 and desired.l2 != plug.l2:
                     # the features' L2 parts changed: converge to the whole desired state now
                     again = self.reconciler.reconcile(desired.l2, hold)

@@ -16,7 +16,8 @@ RECONCILES = Counter("vxnet_agent_reconciles_total", "Reconcile passes", ["full_
 RECONCILE_SECONDS = Histogram("vxnet_agent_reconcile_seconds", "Duration of a reconcile pass",
                               buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 PASS_PART_SECONDS = Histogram("vxnet_agent_pass_part_seconds", "Duration of one part of a pass (compute, "
-                              "compute_<feature>, apply_<feature>, l2)", ["part"],
+                              "compute_plug, compute_rest, compute_<part>, apply_<feature>, l2, l2_rest, "
+                              "l2_after, plug_path)", ["part"],
                               buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2))
 KERNEL_CHANGES = Counter("vxnet_agent_kernel_changes_total", "Kernel objects created/updated/deleted",
                          ["kind", "op"])

@@ -17,6 +17,11 @@ Contract:
   The old per-network parts are let go as their replacements are computed (`compute.memo`): a
   pass in which every network changed holds the old merged state, the new parts and the new
   merged state, not also all the old parts.
+- `HostComputer.compute_plug(view)` then `compute(view)` (the agent's port-up pass) is `compute`
+  in two steps: the first gives the firewall and the L2 state of the view's overlay merged with
+  the features' L2 parts of the previous `compute` (what a pass needs before it plugs a tap);
+  the second the rest, reusing the first's work, and exactly `compute_host(view, spec)` (tested
+  on random histories).
 """
 
 from __future__ import annotations

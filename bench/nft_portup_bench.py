@@ -1,0 +1,109 @@
+"""The nftables transaction of a port-up against the number of local ports (issue 18).
+
+In a private network namespace (bench.port_up_bench.in_sandbox, no lab): the firewall tables of
+N local ports in one group (bench/firewall_bench.py's synthetic view) are loaded, then ports come
+up one by one; each port-up's commands are `nft_driver.diff_table` of the tables before and
+after, run as one transaction through the agent's executor (`dataplane/nft_exec.py`,
+libnftables in-process). Two forms of the same commands alternate, port by port:
+- "cache-free": what the driver sends (a new chain's rules in one `add chain NAME { ... }`, new
+  elements in `add set NAME { ...; elements = { ... }; }`): libnftables needs only the table
+  list before the transaction;
+- "classic": the same changes as `add rule` / `add element` commands (what the driver sent
+  before): libnftables 1.0.6 dumps every chain and set of the ruleset before the transaction.
+Timed: the transaction alone (`NftExecutor.run`), p50 and min over the rounds, at each N.
+Contract: only its own sandbox namespace; figures never invented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import time
+from typing import Any
+
+from bench.port_up_bench import in_sandbox
+from bench.report import Report
+from bench.servers import import_repo
+
+NAME = "nftables: a port-up's transaction against the local ports (cache-free vs classic commands)"
+_FILL = re.compile(r"^add chain (\S+ \S+ \S+) \{ (.*) \}$")
+_ELEMS = re.compile(r"^add (?:set|map) (\S+ \S+ \S+) \{ .*elements = (\{ .* \}); \}$")
+
+
+def classic(lines: list[str]) -> list[str]:
+    """The same commands with rules as `add rule` and elements as `add element`."""
+    out: list[str] = []
+    for line in lines:
+        if (m := _ELEMS.match(line)) is not None:
+            out.append(f"add element {m.group(1)} {m.group(2)}")
+        elif (m := _FILL.match(line)) is not None and not m.group(2).startswith("type "):
+            out += [f"add rule {m.group(1)} {r.strip()}" for r in m.group(2).split(";") if r.strip()]
+        else:
+            out.append(line)
+    return out
+
+
+def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
+    """Inside the sandbox: per size, the transaction times of both forms (ms)."""
+    import_repo()
+    from bench.firewall_bench import _view
+    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.dataplane.nft_driver import diff_table
+    from vxnet.dataplane.nft_exec import NftExecutor
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        ex = NftExecutor()
+        if ex.run("flush ruleset\n") is not None:
+            raise RuntimeError("nft flush ruleset failed")
+        fw = compute_firewall(_view(n), "h1")
+        err = ex.run("".join(table_text(t) for t in fw.tables))
+        if err is not None:
+            raise RuntimeError(f"loading {n} ports: {err}")
+        times: dict[str, list[float]] = {"cache-free": [], "classic": []}
+        commands = 0
+        for k in range(2 * rounds):
+            form = ("cache-free", "classic")[k % 2]
+            new = compute_firewall(_view(n + 1 + k), "h1")
+            lines = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
+            commands = len(lines)
+            text = "\n".join(lines if form == "cache-free" else classic(lines)) + "\n"
+            t0 = time.perf_counter()
+            err = ex.run(text)
+            times[form].append((time.perf_counter() - t0) * 1e3)
+            if err is not None:
+                raise RuntimeError(f"{form} port-up at {n} ports: {err}")
+            fw = new
+        ex.close()
+        out[str(n)] = {"times": times, "commands": commands,
+                       "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nft-sizes", default="10,100,300", help="local ports before the port-ups (10,100,300)")
+    p.add_argument("--nft-rounds", type=int, default=15, help="port-ups per form and size (15)")
+
+
+def run(opts: argparse.Namespace) -> Report:
+    cols = ["local ports", "form", "p50 ms", "min ms", "max ms", "port-ups", "notes"]
+    if os.geteuid() != 0:
+        return Report(NAME, cols, [["all", "not run", "", "", "", "", "needs root (namespaces)"]])
+    sizes = [int(x) for x in str(getattr(opts, "nft_sizes", "10,100,300")).split(",")]
+    rounds = 3 if opts.quick else max(1, int(getattr(opts, "nft_rounds", 15)))
+    load0 = os.getloadavg()[0]
+    try:
+        res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
+            f"__import__('bench.nft_portup_bench', fromlist=['_']).measure({sizes!r}, {rounds})", 600)
+    except Exception as e:  # noqa: BLE001 - the table says what broke
+        return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
+    rows: list[list[str]] = []
+    for n, r in res.items():
+        for form, xs in r["times"].items():
+            rows.append([n, form, f"{statistics.median(xs):.2f}", f"{min(xs):.2f}", f"{max(xs):.2f}", str(len(xs)),
+                         f"{r['commands']} commands (cache-free form); {r['objects']} chains+sets in the tables"])
+    notes = [f"load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
+             "each port-up's transaction alone (libnftables in-process, the agent's executor); forms alternate"]
+    return Report(NAME, cols, rows, notes=notes)
