@@ -390,8 +390,9 @@ def steer_script(applied: frozenset[str] | None, wanted: frozenset[str]) -> str:
         gone, added = old - new, new - old
         if gone:
             lines.append(f"delete element bridge {NFT_TABLE} {name} {{ {', '.join(sorted(e.split(' : ')[0] for e in gone))} }}")
-        if added:
-            lines.append(f"add element bridge {NFT_TABLE} {name} {{ {', '.join(sorted(added))} }}")
+        if added:     # as the map's declaration: libnftables then needs no cache of the ruleset's chains and sets
+            lines.append(f"add map bridge {NFT_TABLE} {name} {{ type ifname : ether_addr; "
+                         f"elements = {{ {', '.join(sorted(added))} }}; }}")
     return "".join(line + "\n" for line in lines)
 
 

@@ -203,6 +203,9 @@ def nft_script(state: MetadataState) -> str:
     return steer_script(None, steer_elements(state))
 
 
+MAP_TYPES = {"steer": "ifname : ether_addr", "src": "ifname : ipv4_addr", "back": "ifname . ipv4_addr : ipv4_addr"}
+
+
 def steer_script(applied: Elements | None, wanted: Elements) -> str:
     """The transaction that turns the table holding `applied` (None: unknown or absent) into one
     holding `wanted`: the whole table when its state is unknown or it comes or goes (deleting and
@@ -221,8 +224,9 @@ def steer_script(applied: Elements | None, wanted: Elements) -> str:
                 stale = {k for k, _ in changed} & {k for k, _ in applied[name]}
                 if stale:
                     lines.append(f"delete element bridge {NFT_TABLE} {name} {{ {', '.join(sorted(stale))} }}")
-                lines.append(f"add element bridge {NFT_TABLE} {name} "
-                             f"{{ {', '.join(f'{k} : {v}' for k, v in sorted(changed))} }}")
+                # as the map's declaration: libnftables then needs no cache of the ruleset's chains and sets
+                lines.append(f"add map bridge {NFT_TABLE} {name} {{ type {MAP_TYPES[name]}; elements = "
+                             f"{{ {', '.join(f'{k} : {v}' for k, v in sorted(changed))} }}; }}")
         return "".join(line + "\n" for line in lines)
     if applied is not None and not have_any and not want_any:
         return ""
@@ -236,9 +240,9 @@ def steer_script(applied: Elements | None, wanted: Elements) -> str:
     svc = naming.SERVICE_PREFIX + SERVICE_KIND
     return head + (
         f"table bridge {NFT_TABLE} {{\n"
-        f"  map steer {{\n    type ifname : ether_addr\n    elements = {{ {steer} }}\n  }}\n"
-        f"  map src {{\n    type ifname : ipv4_addr\n    elements = {{ {src} }}\n  }}\n"
-        f"  map back {{\n    type ifname . ipv4_addr : ipv4_addr\n    elements = {{ {back} }}\n  }}\n"
+        f"  map steer {{\n    type {MAP_TYPES['steer']}\n    elements = {{ {steer} }}\n  }}\n"
+        f"  map src {{\n    type {MAP_TYPES['src']}\n    elements = {{ {src} }}\n  }}\n"
+        f"  map back {{\n    type {MAP_TYPES['back']}\n    elements = {{ {back} }}\n  }}\n"
         "  chain prerouting {\n"
         "    type filter hook prerouting priority -300; policy accept;\n"
         f"    ip daddr {METADATA_IP} tcp dport {METADATA_PORT} ether daddr set iifname map @steer\n"
