@@ -174,7 +174,7 @@ def vxnet_lab_etcd(workdir: str) -> Iterator[object]:
 # response, and the agents' `trace` log lines (agent/core.py: `recv` first update of the pass
 # received, `start` pass start, `fw` plug-first features loaded, `l2` L2 pass done = tap plugged,
 # `end` other features done; `cpu_fw` / `cpu_l2` the pass thread's CPU time in the two steps
-# before the plug: the rest of those steps is waiting). "peer" is the prober's host, whose FDB entry for the new MAC the
+# before the plug: the rest of those steps is waiting; `cpu_end` its CPU time after the plug). "peer" is the prober's host, whose FDB entry for the new MAC the
 # reply needs (until it is there, the request is flooded to every VTEP).
 STAGES = (
     ("bind_put", "bind PUT: request -> response (commit)"),
@@ -184,6 +184,7 @@ STAGES = (
     ("fw_to_plug", "target: firewall loaded -> tap plugged (L2 pass)"),
     ("cpu_fw", "target: CPU time of the pass thread, start -> firewall loaded"),
     ("cpu_l2", "target: CPU time of the pass thread, firewall loaded -> tap plugged"),
+    ("cpu_end", "target: CPU time of the pass thread, tap plugged -> pass end"),
     ("plug_to_end", "target: tap plugged -> pass end (other features' compute and apply; off the path)"),
     ("plug_to_reply", "target: tap plugged -> first reply (prober's 2 ms period + wire)"),
     ("to_plug", "bind -> tap plugged on the target host"),
@@ -254,7 +255,7 @@ def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: fl
             out["recv_to_start"] = start - recv
         out["start_to_fw"] = fw - start
         out["fw_to_plug"] = l2 - fw
-        for k in ("cpu_fw", "cpu_l2"):
+        for k in ("cpu_fw", "cpu_l2", "cpu_end"):
             if isinstance(plug.get(k), float | int):
                 out[k] = float(plug[k])  # type: ignore[arg-type]
         out["plug_to_end"] = end - l2

@@ -33,7 +33,7 @@ def result(desired: HostState, actual: HostState = EMPTY) -> ReconcileResult:
 def traced(caplog: pytest.LogCaptureFixture, r: ReconcileResult) -> list[dict]:
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="vxnet.agent.trace"):
-        core._trace("h1", r, 100.0, 100.001, 100.004, 100.006, ["firewall"], (0.002, 0.001))
+        core._trace("h1", r, 100.0, 100.001, 100.004, 100.006, ["firewall"], (0.002, 0.001, 0.003))
     return [json.loads(m.split(" trace ", 1)[1]) for m in caplog.messages]
 
 
@@ -45,7 +45,8 @@ def test_a_pass_that_plugs_logs_its_times_and_what_it_added(caplog: pytest.LogCa
     assert doc["plugged"] == [TAP] and doc["fdb"] == [MAC] and doc["neigh"] == ["100.64.20.10"]
     assert (doc["recv"], doc["start"], doc["fw"], doc["l2"]) == (100.0, 100.001, 100.004, 100.006)
     assert doc["end"] >= doc["l2"] and doc["first"] == ["firewall"]
-    assert (doc["cpu_fw"], doc["cpu_l2"]) == (0.002, 0.001) and doc["l2_phases"]["plugs"] == 0.0008
+    assert (doc["cpu_fw"], doc["cpu_l2"], doc["cpu_end"]) == (0.002, 0.001, 0.003)
+    assert doc["l2_phases"]["plugs"] == 0.0008
     # an unplugged tap that gets its bridge is an update of the plug, and counts as plugged
     [doc] = traced(caplog, result(HostState(plugs=frozenset({plug})),
                                   HostState(plugs=frozenset({Plug(TAP, "", 1450)}))))
@@ -64,7 +65,7 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
         "h1": [{"recv": t0 - 5, "start": t0 - 5, "fw": t0 - 5, "l2": t0 - 5, "end": t0 - 5, "plugged": [TAP],
                 "fdb": [], "neigh": []},   # an older pass of the same tap (before t0): not this bind's
                {"recv": t0 + 0.010, "start": t0 + 0.011, "fw": t0 + 0.014, "l2": t0 + 0.016, "end": t0 + 0.030,
-                "plugged": [TAP], "fdb": [MAC], "neigh": [], "cpu_fw": 0.002, "cpu_l2": 0.001}],
+                "plugged": [TAP], "fdb": [MAC], "neigh": [], "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005}],
         "h2": [{"recv": t0 + 0.009, "start": t0 + 0.009, "fw": t0 + 0.009, "l2": t0 + 0.012, "end": t0 + 0.013,
                 "plugged": [], "fdb": [MAC], "neigh": []}],
     }
@@ -77,7 +78,7 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
     assert {h: len(v) for h, v in traces.items()} == {"h1": 2, "h2": 1}
     st = pub.port_stages(traces, t0, t0 + 0.008, t0 + 0.017, "h1", TAP, MAC)
     want = {"bind_put": 0.008, "to_recv": 0.010, "recv_to_start": 0.001, "start_to_fw": 0.003, "fw_to_plug": 0.002,
-            "cpu_fw": 0.002, "cpu_l2": 0.001, "plug_to_end": 0.014, "plug_to_reply": 0.001, "to_plug": 0.016,
+            "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005, "plug_to_end": 0.014, "plug_to_reply": 0.001, "to_plug": 0.016,
             "to_peer_fdb": 0.012, "peer_fdb_to_reply": 0.005}
     assert st.keys() == want.keys()
     for k, v in want.items():

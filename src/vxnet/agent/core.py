@@ -78,14 +78,14 @@ def _then(first: ReconcileResult, second: ReconcileResult) -> ReconcileResult:
 
 
 def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: float, fw: float, l2: float,
-           first: list[str], cpu: tuple[float, float]) -> None:
+           first: list[str], cpu: tuple[float, float, float]) -> None:
     """One `trace` log line (wall-clock seconds, comparable across the processes of one machine)
     for a pass that plugged a tap or installed an FDB/neighbour entry: the port-up critical path,
     read by bench/port_up_bench.py. `recv`: the first stream update this pass is the first to
     apply; `fw`: the plug-first features (`first`) loaded; `l2`: the L2 pass (plugs, entries) done;
-    `end`: the other features done; `cpu_fw`, `cpu_l2`: the reconcile thread's own CPU time
-    in start -> fw and fw -> l2 (wall time minus this is waiting: for a CPU, the GIL, or a kernel
-    lock such as RTNL, which every network namespace of the machine shares)."""
+    `end`: the other features done; `cpu_fw`, `cpu_l2`, `cpu_end`: the reconcile thread's own CPU
+    time in start -> fw, fw -> l2 and l2 -> end (wall time minus this is waiting: for a CPU, the
+    GIL, or a kernel lock such as RTNL, which every network namespace of the machine shares)."""
     d = result.diff
     plugged = [p.tap for p in d.plugs.create] + [p.tap for _, p in d.plugs.update]
     if not (plugged or d.fdb.create or d.neighs.create):
@@ -93,7 +93,7 @@ def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: flo
     doc = {"recv": recv_at, "start": start, "fw": fw, "l2": l2, "end": time.time(), "first": first,
            "plugged": plugged, "fdb": sorted({e.mac for e in d.fdb.create}),
            "neigh": sorted({e.ip for e in d.neighs.create}), "full_read": result.full_read,
-           "cpu_fw": round(cpu[0], 6), "cpu_l2": round(cpu[1], 6),
+           "cpu_fw": round(cpu[0], 6), "cpu_l2": round(cpu[1], 6), "cpu_end": round(cpu[2], 6),
            "l2_phases": {k: round(v, 6) for k, v in result.phases}}
     trace_log.info("host=%s trace %s", host, json.dumps(doc, separators=(",", ":")))
 
@@ -393,7 +393,7 @@ class Agent:
         self.last_timings = timings
         if trace_log.isEnabledFor(logging.INFO):
             _trace(self.cfg.host, result, recv_at, wall0, wall_fw, wall_l2, sorted(first),
-                   (cpu_fw - cpu0, cpu_l2 - cpu_fw))
+                   (cpu_fw - cpu0, cpu_l2 - cpu_fw, time.thread_time() - cpu_l2))
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
         l2_result = result
