@@ -104,11 +104,12 @@ class PingStream(LineStream):
         self.stop()
 
 
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20, interval: float = 0.1) -> None:
-    """Poll `cond` until it holds; AssertionError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for(cond: Callable[[], object], what: str = "", timeout: float = 20, interval: float = 0.05) -> float:
+    """Poll `cond` until it holds; the seconds it took. AssertionError naming `what` after
+    `timeout` seconds."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
         if cond():
-            return
+            return time.monotonic() - t0
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or 'the condition'}")

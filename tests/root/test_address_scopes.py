@@ -13,25 +13,15 @@ P2, P3; one router with an interface on each; VMs a1, b1, c1 on h1.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.helpers import nsexec, ping
+from tests.root.helpers import nsexec, ping, wait_for
 from vxnet.compute.routing import netns_name
 
 pytestmark = [pytest.mark.root, needs_root]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15, what: str = "") -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s: {what}")
 
 
 def ok(r, status: int = 201) -> dict:

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
+from tests.root.helpers import wait_for
 from tests.root.test_bgp import learned, mgmt, pings_from_outside, vm_with_icmp_floating_ip
-from tests.root.test_gateway import gateway_ip, router_ports, wait_for
+from tests.root.test_gateway import gateway_ip, router_ports
 from vxnet.lab import bgp as lab_bgp
 
 pytestmark = [pytest.mark.root, needs_root]

@@ -28,12 +28,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.helpers import capture, nsexec
+from tests.root.helpers import capture, nsexec, wait_for
 from tests.root.test_port_security import counters as ps_counters
 from tests.root.test_port_security import raw
 from vxnet.compute import dhcp as cdhcp
@@ -140,15 +140,6 @@ def udhcpc(scripts: str, vm: str, *args: str, timeout: float = 20) -> subprocess
                   "-O", "mtu", "-O", "staticroutes", "-s", os.path.join(scripts, "udhcpc.sh"), *args, timeout=timeout)
 
 
-def wait_for(what: str, cond: Callable[[], bool], timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def dhcp_frames(frames: list[str]) -> list[str]:
     return [f for f in frames if "BOOTP" in f or re.search(r"\.6[78]\b", f)]
 
@@ -227,7 +218,7 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     fb = out_file(scripts, "r2")
     try:
-        wait_for("r2 bound", lambda: any(x["event"] == "bound" for x in records(fb)), 10)
+        wait_for(lambda: any(x["event"] == "bound" for x in records(fb)), "r2 bound", timeout=10)
         assert [x["new_ip_address"] for x in records(dh_out) if x["reason"] == "BOUND"] == ["100.64.30.11"]
 
         # An option change reaches r1 at its next renewal: a unicast REQUEST to the server id.
@@ -235,9 +226,9 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
             assert c.put(f"/subnets/{sub['id']}", json={"subnet": {"dns_nameservers": ["203.0.113.99"]}}
                          ).status_code == 200
         with capture(topology.vm_ns("r1"), "eth0") as frames:
-            wait_for("r1 renewal with the new DNS", lambda: any(
+            wait_for(lambda: any(
                 x["reason"] == "RENEW" and x.get("new_domain_name_servers") == "203.0.113.99"
-                for x in records(dh_out)), LEASE)
+                for x in records(dh_out)), "r1 renewal with the new DNS", timeout=LEASE)
         assert [f for f in frames if "Request" in f and p_ip(f) == ("100.64.30.11", "100.64.30.1")], \
             "no unicast RENEW to the server id:\n" + "\n".join(frames)
         assert not [f for f in frames if "255.255.255.255.67" in f], "the renewal was broadcast (REBIND)"
@@ -251,15 +242,16 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
         with lab.api("alice") as c:
             assert c.put(f"/ports/{pb['id']}", json={"port": {"fixed_ips": [{"ip_address": "100.64.30.22"}]}}
                          ).status_code == 200
-        wait_for("the old address out of r2's allowed pairs", lambda: "100.64.30.12" not in nsexec(
-            topology.host_ns(1), "nft", "list", "chain", "bridge", "vxnet_ps", "ps_" + fwm._ident(pb["id"])).stdout, 10)
+        wait_for(lambda: "100.64.30.12" not in nsexec(
+            topology.host_ns(1), "nft", "list", "chain", "bridge", "vxnet_ps", "ps_" + fwm._ident(pb["id"])).stdout,
+            "the old address out of r2's allowed pairs", timeout=10)
         before = ps_counters(1, pb["id"])
         with capture(topology.vm_ns("r2"), "eth0") as frames2:
             ud.send_signal(signal.SIGUSR1)
             # 30 s bounds the event (seen past 10 s once at load 13); the lease is >= 122 s, so a
             # bind within it is still "at renewal, not at expiry".
-            wait_for("r2 bound to its new IP",
-                     lambda: any(x["event"] == "bound" and x["ip"] == "100.64.30.22" for x in records(fb)), 30)
+            wait_for(lambda: any(x["event"] == "bound" and x["ip"] == "100.64.30.22" for x in records(fb)),
+                     "r2 bound to its new IP", timeout=30)
         assert [x["event"] for x in records(fb)][-3:] == ["nak", "deconfig", "bound"], records(fb)
         assert ps_counters(1, pb["id"]).get("dhcp-renew", 0) > before.get("dhcp-renew", 0)
         # At its renewal: the first request after the change is the unicast RENEW from the old
@@ -276,8 +268,9 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
                       "--src-ip", "100.64.30.12", "--live", status=1)
         assert "verdict: DROPPED" in spoof and "live: ok: nft rule spoof-ip present" in spoof, spoof
         # The client script records "bound" before it sets the address: wait for the address.
-        wait_for("r2 configured with its new IP", lambda: "100.64.30.22/24" in nsexec(
-            topology.vm_ns("r2"), "ip", "-4", "addr", "show", "dev", "eth0").stdout, 5)
+        wait_for(lambda: "100.64.30.22/24" in nsexec(
+            topology.vm_ns("r2"), "ip", "-4", "addr", "show", "dev", "eth0").stdout,
+            "r2 configured with its new IP", timeout=5)
 
         # A router interface takes the gateway IP: r1's RENEW now goes to the router's MAC and
         # is still answered by the responder (steered at the bridge).
@@ -286,13 +279,13 @@ def test_changes_reach_vms_at_renewal_unicast_even_through_a_router_mac(lab: Lab
             r = c.put(f"/routers/{router['id']}/add_router_interface", json={"subnet_id": sub["id"]})
             assert r.status_code == 200, r.text
             rmac = c.get(f"/ports/{r.json()['port_id']}").json()["port"]["mac_address"]
-        wait_for("the router answering ARP for the gateway on h1", lambda: rmac in nsexec(
+        wait_for(lambda: rmac in nsexec(
             topology.vm_ns("r1"), "sh", "-c", "ip neigh flush dev eth0; ping -c1 -W1 100.64.30.1 >/dev/null;"
-            " ip neigh show 100.64.30.1").stdout, 15)
+            " ip neigh show 100.64.30.1").stdout, "the router answering ARP for the gateway on h1", timeout=15)
         n_renew = sum(x["reason"] == "RENEW" for x in records(dh_out))
         with capture(topology.vm_ns("r1"), "eth0") as frames:
-            wait_for("r1 renewal through the router's MAC",
-                     lambda: sum(x["reason"] == "RENEW" for x in records(dh_out)) > n_renew, LEASE)
+            wait_for(lambda: sum(x["reason"] == "RENEW" for x in records(dh_out)) > n_renew,
+                     "r1 renewal through the router's MAC", timeout=LEASE)
         assert [f for f in frames if "Request" in f and f"> {rmac}" in f], "\n".join(frames)
         assert [f for f in frames if "Reply" in f and p_ip(f) == ("100.64.30.1", "100.64.30.11")], \
             "\n".join(frames)
@@ -383,7 +376,7 @@ def test_agent_crash_adopts_responders_and_removes_unwanted_ones(lab: Lab, scrip
         assert c.delete(f"/ports/{k2['id']}").status_code == 204
     for host in ("h1", "h2"):
         vlab.start_agent(st, host)
-    wait_for("h2's responder removed", lambda: ifindex(2, dev) is None, 20)
+    wait_for(lambda: ifindex(2, dev) is None, "h2's responder removed", timeout=20)
     assert ifindex(1, dev) == before, "h1's responder was recreated instead of adopted"
     r = udhcpc(scripts, "k1")
     assert r.returncode == 0 and "lease of 100.64.20.11 obtained" in r.stderr, r.stdout + r.stderr

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.helpers import PingStream, max_gap, nsexec, ping_result
+from tests.root.helpers import PingStream, max_gap, nsexec, ping_result, wait_for
 from vxnet.compute.gateway import router_netns
 from vxnet.lab import topology
 
@@ -152,15 +152,6 @@ def outside_vm(g: Lab, name: str, host: str, cidr: str, router: str, ip: str) ->
     allow_outside(g, "alice")
     vm_behind(g, name, host, p, r["id"], via_snat=False)
     return r, p
-
-
-def wait_for(fn: Any, timeout: float = 10, interval: float = 0.05) -> float:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if fn():
-            return time.time() - t0
-        time.sleep(interval)
-    raise AssertionError(f"condition not met after {timeout}s")
 
 
 def test_snat_two_projects_same_addresses(gwlab: Lab) -> None:

@@ -37,8 +37,8 @@ from typing import Any
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.helpers import PingStream, max_gap
-from tests.root.test_gateway import allow_outside, ok, router_ports, tenant_router, vm_behind, wait_for
+from tests.root.helpers import PingStream, max_gap, wait_for
+from tests.root.test_gateway import allow_outside, ok, router_ports, tenant_router, vm_behind
 from tests.support.tcpstream import TcpStream, serve
 from vxnet.compute.gateway import router_netns
 from vxnet.lab import hostfail, topology

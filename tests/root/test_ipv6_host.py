@@ -22,13 +22,12 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.helpers import capture, nsexec
+from tests.root.helpers import capture, nsexec, wait_for
 from tests.root.test_port_security import counters, vm_capture
 from vxnet.compute import nd_packet as nd
 from vxnet.lab import topology
@@ -45,15 +44,6 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def wait_for(what: str, cond: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def dual_stack_net(lab: Lab, user: str, name: str, v6cidr: str, mode: str | None, address_mode: str | None = None,
                    router: bool = True, dns: tuple[str, ...] = ("2001:db8::53",)) -> tuple[dict, dict]:
     """A network with an IPv4 subnet (DHCP off) and an IPv6 subnet; with `router`, a router
@@ -177,7 +167,7 @@ def test_slaac_address_from_vxnet_ra_and_no_ipv6_multicast_on_the_underlay(lab: 
         for vm in ("a1", "a2", "a3"):
             enable_ipv6(vm)
         for vm, p in (("a1", a1), ("a2", a2), ("a3", a3)):
-            wait_for(f"{vm}'s SLAAC address", lambda vm=vm, p=p: has_addr(vm, v6_of(p)), 30)
+            wait_for(lambda vm=vm, p=p: has_addr(vm, v6_of(p)), f"{vm}'s SLAAC address", timeout=30)
         ns = topology.vm_ns("a1")
         # The RA's MTU and default router (the router interface's link-local) were taken.
         assert nsexec(ns, "sysctl", "-n", "net.ipv6.conf.eth0.mtu").stdout.strip() == str(slaac["net"]["mtu"])
@@ -215,8 +205,8 @@ def test_bridges_hold_ipv6_entries_without_an_address_and_drift_is_repaired(lab:
     # Someone turns IPv6 off on the bridge: the kernel flushes its IPv6 neighbours; the agent
     # turns it back on and puts them back.
     assert nsexec(h1, "sysctl", "-qw", f"net.ipv6.conf.{br}.disable_ipv6=1").returncode == 0
-    wait_for("bridge IPv6 back on with its entries", lambda: nsexec(h1, "cat", sysctl).stdout.strip() == "0"
-             and v6_of(slaac["a3"]) in entries(), 45)
+    wait_for(lambda: nsexec(h1, "cat", sysctl).stdout.strip() == "0"
+             and v6_of(slaac["a3"]) in entries(), "bridge IPv6 back on with its entries", timeout=45)
     assert "inet6" not in nsexec(h1, "ip", "-6", "addr", "show", "dev", br).stdout
 
 
@@ -224,7 +214,7 @@ def test_vm_router_advertisement_and_dhcpv6_server_reach_no_other_vm(lab: Lab, s
     a1, a2 = slaac["a1"], slaac["a2"]
     for vm in ("a1", "a2", "a3"):
         enable_ipv6(vm)
-    wait_for("a1 link-local", lambda: has_addr("a1", nd.link_local(a1["mac_address"])), 10)
+    wait_for(lambda: has_addr("a1", nd.link_local(a1["mac_address"])), "a1 link-local", timeout=10)
     before = counters(1, a1["id"])
     src = nd.link_local(a1["mac_address"])
     with vm_capture("a2", "icmp6 or udp port 546") as near, vm_capture("a3", "icmp6 or udp port 546") as far, \
@@ -248,7 +238,7 @@ def test_spoofed_ipv6_source_and_forged_na_never_leave(lab: Lab, slaac: dict) ->
     a1, a2, a3 = slaac["a1"], slaac["a2"], slaac["a3"]
     for vm in ("a1", "a2", "a3"):
         enable_ipv6(vm)
-    wait_for("a1 SLAAC", lambda: has_addr("a1", v6_of(a1)), 30)
+    wait_for(lambda: has_addr("a1", v6_of(a1)), "a1 SLAAC", timeout=30)
     ns = topology.vm_ns("a1")
     spoofed = "2001:db8:1::99"
     assert nsexec(ns, "ip", "-6", "addr", "add", spoofed + "/64", "dev", "eth0", "nodad").returncode == 0
@@ -275,7 +265,7 @@ def test_spoofed_ipv6_source_and_forged_na_never_leave(lab: Lab, slaac: dict) ->
             r = c.put(f"/ports/{a1['id']}", json={"port": {"allowed_address_pairs": [
                 {"ip_address": "2001:db8:1::90/124"}]}})
             assert r.status_code == 200, r.text
-        wait_for("the pair allowed", lambda: ping6_from("a1", spoofed, v6_of(a2)) > 0, 15)
+        wait_for(lambda: ping6_from("a1", spoofed, v6_of(a2)) > 0, "the pair allowed", timeout=15)
         # (the port's chain was rewritten, its counters restarted): no NA of a1 dropped since
         assert counters(1, a1["id"])["spoof-na-target"] == 0
     finally:
@@ -330,7 +320,7 @@ def test_dhcpv6_stateful_and_stateless_answered_on_the_host(lab: Lab, tmp_path) 
     p = port(lab, "alice", net, fixed_ips=[{"ip_address": "192.0.2.21"}, {"ip_address": "2001:db8:2::21"}])
     boot(lab, "d1", "h1", p)
     enable_ipv6("d1")
-    wait_for("d1 link-local", lambda: has_addr("d1", nd.link_local(p["mac_address"])), 10)
+    wait_for(lambda: has_addr("d1", nd.link_local(p["mac_address"])), "d1 link-local", timeout=10)
     with capture() as underlay:
         got = dhclient6(str(tmp_path), "d1")
     bound = [x for x in got if x.get("reason") == "BOUND6"]
@@ -344,7 +334,7 @@ def test_dhcpv6_stateful_and_stateless_answered_on_the_host(lab: Lab, tmp_path) 
     q = port(lab, "alice", net2)
     boot(lab, "d2", "h2", q)
     enable_ipv6("d2")
-    wait_for("d2 SLAAC", lambda: has_addr("d2", v6_of(q)), 30)
+    wait_for(lambda: has_addr("d2", v6_of(q)), "d2 SLAAC", timeout=30)
     tmp2 = tmp_path / "s"
     tmp2.mkdir()
     got = dhclient6(str(tmp2), "d2", "-S")
@@ -394,8 +384,8 @@ def test_ipv6_security_group_rules_and_stateful_replies(lab: Lab, slaac: dict) -
     boot(lab, "s1", "h2", s1)
     for vm in ("s1", "a1"):
         enable_ipv6(vm)
-    wait_for("s1 SLAAC", lambda: has_addr("s1", v6_of(s1)), 30)
-    wait_for("a1 SLAAC", lambda: has_addr("a1", v6_of(slaac["a1"])), 30)
+    wait_for(lambda: has_addr("s1", v6_of(s1)), "s1 SLAAC", timeout=30)
+    wait_for(lambda: has_addr("a1", v6_of(slaac["a1"])), "a1 SLAAC", timeout=30)
     server = subprocess.Popen(["ip", "netns", "exec", topology.vm_ns("a1"), sys.executable, "-c", ECHO6, "2222"],
                               stdout=subprocess.PIPE, text=True)
     server2 = subprocess.Popen(["ip", "netns", "exec", topology.vm_ns("s1"), sys.executable, "-c", ECHO6, "2223"],
@@ -413,7 +403,7 @@ def test_ipv6_security_group_rules_and_stateful_replies(lab: Lab, slaac: dict) -
                 "security_group_id": dg["id"], "direction": "ingress", "ethertype": "IPv6", "protocol": "tcp",
                 "port_range_min": 2222, "port_range_max": 2222}})
             assert r.status_code == 201, r.text
-        wait_for("a1 open from s1", lambda: probe6("s1", v6_of(slaac["a1"]), 2222), 15)
+        wait_for(lambda: probe6("s1", v6_of(slaac["a1"]), 2222), "a1 open from s1", timeout=15)
     finally:
         server.kill()
         server2.kill()

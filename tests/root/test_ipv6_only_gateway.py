@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.helpers import nsexec
-from tests.root.test_ipv6_routing import CLIENT6, OUT, ask, ok, ping6, serve, wait_for, wait_router_ports
+from tests.root.helpers import nsexec, wait_for
+from tests.root.test_ipv6_routing import CLIENT6, OUT, ask, ok, ping6, serve, wait_router_ports
 from vxnet.compute.gateway import router_netns
 from vxnet.lab import topology
 

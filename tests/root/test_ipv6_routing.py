@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
-from tests.root.helpers import capture, nsexec
+from tests.root.helpers import capture, nsexec, wait_for
 from vxnet.compute.gateway import router_netns
 from vxnet.compute.routing import netns_name
 from vxnet.lab import topology
@@ -63,17 +63,6 @@ except OSError as e:
 def ok(r: Any, status: int = 200) -> Any:
     assert r.status_code == status, r.text
     return r.json() if r.content else None
-
-
-def wait_for(fn: Any, timeout: float = 15, interval: float = 0.05) -> None:
-    import time
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if fn():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met after {timeout}s")
 
 
 def ping6(ns: str, ip: str, count: int = 3, interval: float = 0.2) -> int:

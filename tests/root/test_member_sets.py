@@ -3,7 +3,8 @@ dataplane/nft_driver.py `diff_table`): a group whose members are plain addresses
 (hash) set, one with a prefix member an interval set; a member change of either kind is one
 element command, and a change of kind re-makes the set in the same transaction (its users
 flushed before and refilled after) without touching the table's other rules. Real nftables in
-a lab host namespace, read back with `nft list`."""
+a lab host namespace, read back with `nft list`. Also what makes the driver read its tables back
+and replace them: another program's commit (the ledger), a base chain's changed policy."""
 
 from __future__ import annotations
 
@@ -177,5 +178,33 @@ def test_port_ups_without_a_cache_converge_the_kernel(ns: str) -> None:
             assert d.apply([(t, None) for t in fw.tables]).mode == "verified", f"step {i + 1}"
             prev = fw
         assert _set(ns) == ({"interval"}, frozenset({"192.0.2.20", "192.0.2.22", "203.0.113.0/24"}))
+    finally:
+        d.close()
+
+
+def _policy(ns: str, chain: str) -> str:
+    out = json.loads(nsexec(ns, "nft", "-j", "list", "chain", "inet", "vxnet_sg", chain).stdout)["nftables"]
+    return next(x["chain"] for x in out if "chain" in x)["policy"]
+
+
+def test_a_base_chain_policy_changed_behind_the_agent_is_rewritten(ns: str) -> None:
+    """Every rule intact but a base chain's policy changed (by hand, another program): the rule
+    fingerprints agree, the hook line does not, so the driver's read-back replaces the table
+    instead of adopting it."""
+    d = NftDriver(ns)
+    try:
+        fw = compute_firewall(_view(False), "h1")
+        d.apply([(t, None) for t in fw.tables])
+        assert _policy(ns, "ingress") == "accept"
+        before = _handles(ns)
+        assert nsexec(ns, "nft", "chain", "inet", "vxnet_sg", "ingress", "{ policy drop; }").returncode == 0
+        assert _policy(ns, "ingress") == "drop"
+        d.invalidate()
+        assert d.apply([(t, None) for t in fw.tables]).mode == "full"
+        assert _policy(ns, "ingress") == "accept"
+        assert set(_handles(ns)) == set(before)
+        d.invalidate()
+        nsexec(ns, "nft", "add", "table", "inet", "someone_else3")
+        assert d.apply([(t, None) for t in fw.tables]).mode == "verified"    # now it agrees: nothing sent
     finally:
         d.close()

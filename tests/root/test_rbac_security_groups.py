@@ -20,8 +20,8 @@ from collections.abc import Callable
 import pytest
 
 from tests.root.conftest import Lab, needs_root
-from tests.root.helpers import nsexec
-from tests.root.test_security_groups import ECHO_SERVER, probe, wait_until
+from tests.root.helpers import nsexec, wait_for
+from tests.root.test_security_groups import ECHO_SERVER, probe
 from vxnet.config import project_id_for
 from vxnet.lab import topology
 
@@ -72,8 +72,8 @@ def test_shared_group_filters_the_target_projects_vm(lab3: Lab) -> None:
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        wait_until(rule_loaded(1, ssh["id"]), timeout=20, what="alice's shared rule on h1 (bob's port only)")
-        wait_until(lambda: probe("c", "tcp", S_IP, 22), timeout=20, what="TCP 22 from c to s")
+        wait_for(rule_loaded(1, ssh["id"]), timeout=20, what="alice's shared rule on h1 (bob's port only)")
+        wait_for(lambda: probe("c", "tcp", S_IP, 22), timeout=20, what="TCP 22 from c to s")
         assert not probe("c", "tcp", S_IP, 23)
         assert not probe("c", "tcp", S_IP, 80)
         # the owner changes her group: bob's VM follows
@@ -81,7 +81,7 @@ def test_shared_group_filters_the_target_projects_vm(lab3: Lab) -> None:
             telnet = created(alice.post("/security-group-rules", json={"security_group_rule": {
                 "security_group_id": sg["id"], "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
                 "port_range_min": 23, "port_range_max": 23}}), "security_group_rule")
-        wait_until(rule_loaded(1, telnet["id"]), timeout=20, what="alice's new rule on h1")
+        wait_for(rule_loaded(1, telnet["id"]), timeout=20, what="alice's new rule on h1")
         assert probe("c", "tcp", S_IP, 23)
         assert not probe("c", "tcp", S_IP, 80)
         # bob's own group admits members of alice's shared group (a remote group) on TCP 80
@@ -91,8 +91,8 @@ def test_shared_group_filters_the_target_projects_vm(lab3: Lab) -> None:
                 "security_group_id": pc["security_groups"][0], "direction": "ingress", "ethertype": "IPv4",
                 "protocol": "tcp", "port_range_min": 80, "port_range_max": 80, "remote_group_id": sg["id"]}}),
                 "security_group_rule")
-        wait_until(rule_loaded(2, remote["id"]), timeout=20, what="bob's remote-group rule on h2")
-        wait_until(lambda: probe("s", "tcp", C_IP, 80), timeout=20, what="TCP 80 from s (member of alice's group) to c")
+        wait_for(rule_loaded(2, remote["id"]), timeout=20, what="bob's remote-group rule on h2")
+        wait_for(lambda: probe("s", "tcp", C_IP, 80), timeout=20, what="TCP 80 from s (member of alice's group) to c")
         # in use by bob's port: the policy stays
         with lab3.api("alice") as alice:
             r = alice.delete(f"/rbac-policies/{policy['id']}")

@@ -10,27 +10,16 @@ is gone it can, and bob cannot plug into S again.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.root.conftest import Lab, needs_root
-from tests.root.helpers import ping
+from tests.root.helpers import ping, wait_for
 from vxnet.config import project_id_for
 
 pytestmark = [pytest.mark.root, needs_root]
 
 S_CIDR = "100.64.20.0/24"
 A1 = "100.64.20.11"
-
-
-def wait_for(cond, timeout: float = 15, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s: {what}")
 
 
 def test_vm_of_the_target_project_reaches_the_owners_vm(lab3: Lab) -> None:

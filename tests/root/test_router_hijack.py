@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
 
 import pytest
 
 from tests.root.conftest import Lab, needs_root
-from tests.root.helpers import nsexec, ping
+from tests.root.helpers import nsexec, ping, wait_for
 from vxnet.compute import naming
 from vxnet.compute.routing import netns_name, service_port
 from vxnet.lab import topology
@@ -41,15 +40,6 @@ def router_namespaces() -> list[str]:
 def addresses(ns: str) -> list[str]:
     out = nsexec(ns, "ip", "-o", "addr").stdout
     return [line.split()[3] for line in out.splitlines() if " inet " in line]
-
-
-def wait_for(cond, timeout: float = 15, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s: {what}")
 
 
 def test_bob_cannot_put_his_subnet_on_alices_router(lab3: Lab) -> None:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.root.conftest import Lab, needs_root
-from tests.root.helpers import nsexec, ping
+from tests.root.helpers import nsexec, ping, wait_for
 from vxnet.compute import firewall as fwm
 from vxnet.dataplane.nft_driver import NftDriver
 from vxnet.lab import topology
@@ -91,15 +90,6 @@ def probe(vm: str, kind: str, ip: str, port: int) -> bool:
     """True when a TCP connection (+ echo) or a UDP echo from VM `vm` to ip:port succeeds."""
     r = nsexec(topology.vm_ns(vm), sys.executable, "-c", PROBE, kind, ip, str(port))
     return r.stdout.strip() == "open"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def host_rules(host: int) -> str:
@@ -206,7 +196,7 @@ def test_cidr_port_range_udp_and_icmp_rules(topo: Topo) -> None:
                           remote_ip_prefix="100.64.10.0/28")
     r_dns = topo.add_rule(topo.srv_g, direction="ingress", protocol="udp", port_range_min=53, port_range_max=53)
     r_ts = topo.add_rule(topo.srv_g, direction="ingress", protocol="icmp", port_range_min=13)   # timestamp only
-    wait_until(rule_loaded(1, r_ts["id"]), what="rules on h1")
+    wait_for(rule_loaded(1, r_ts["id"]), what="rules on h1")
     assert probe("c1", "tcp", "100.64.10.10", 22) and probe("c1", "tcp", "100.64.10.10", 23)
     assert not probe("c1", "tcp", "100.64.10.10", 24)          # outside the port range
     assert not probe("c2", "tcp", "100.64.10.10", 22)          # 100.64.10.50 is outside 100.64.10.0/28
@@ -221,7 +211,7 @@ def test_cidr_port_range_udp_and_icmp_rules(topo: Topo) -> None:
     assert counters[(gi, f"sg:{r_ts['id']}")][0] == 0
     assert counters[(port_in, "default-drop")][0] >= 4
     r_ping = topo.add_rule(topo.srv_g, direction="ingress", protocol="icmp", port_range_min=8, port_range_max=0)
-    wait_until(rule_loaded(1, r_ping["id"]), what="icmp rule on h1")
+    wait_for(rule_loaded(1, r_ping["id"]), what="icmp rule on h1")
     assert ping("c1", "100.64.10.10", count=2) == 2
     # The rule was added to the group chain by itself: the other rules kept their counters.
     counters = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")
@@ -229,7 +219,7 @@ def test_cidr_port_range_udp_and_icmp_rules(topo: Topo) -> None:
     assert counters[(gi, f"sg:{r_ping['id']}")][0] == 1          # the first echo request; then ct established
     for rid in (r_dns["id"], r_ts["id"], r_ping["id"]):
         topo.del_rule(rid)
-    wait_until(rule_gone(1, r_ping["id"]), what="icmp rule removed")
+    wait_for(rule_gone(1, r_ping["id"]), what="icmp rule removed")
     assert ping("c1", "100.64.10.10", count=1, wait=0.5) == 0
     assert not probe("c2", "udp", "100.64.10.10", 53)
 
@@ -237,7 +227,7 @@ def test_cidr_port_range_udp_and_icmp_rules(topo: Topo) -> None:
 def test_remote_group_membership_follows_ports(topo: Topo) -> None:
     r = topo.add_rule(topo.srv_g, direction="ingress", protocol="tcp", port_range_min=8080, port_range_max=8080,
                       remote_group_id=topo.members_g["id"])
-    wait_until(rule_loaded(1, r["id"]), what="remote group rule")
+    wait_for(rule_loaded(1, r["id"]), what="remote group rule")
     assert probe("c1", "tcp", "100.64.10.10", 8080)            # c1 is a member
     assert not probe("c2", "tcp", "100.64.10.10", 8080)        # c2 is not
     # c2 joins the group: an element of rg_<members> on h1, no rule rewritten.
@@ -248,7 +238,7 @@ def test_remote_group_membership_follows_ports(topo: Topo) -> None:
 
     def members() -> str:
         return nsexec(topology.host_ns(1), "nft", "list", "set", "inet", "vxnet_sg", set_name).stdout
-    wait_until(lambda: "100.64.10.50" in members(), what="c2 in the member set")
+    wait_for(lambda: "100.64.10.50" in members(), what="c2 in the member set")
     assert probe("c2", "tcp", "100.64.10.10", 8080)
     # c1 leaves the group: its access is revoked, also for the connection it has open (its
     # conntrack entries on h1 are deleted, so its next segment meets the rules again).
@@ -260,8 +250,8 @@ def test_remote_group_membership_follows_ports(topo: Topo) -> None:
     assert "ESTABLISHED" in tracked()
     with topo.lab.api("alice") as c:
         assert c.put(f"/ports/{topo.c1['id']}", json={"port": {"security_groups": [topo.open_g["id"]]}}).status_code == 200
-    wait_until(lambda: "100.64.10.5," not in members() and "100.64.10.5 " not in members(), what="c1 removed")
-    wait_until(lambda: "dport=8080" not in tracked(), what="c1's flows forgotten on h1")
+    wait_for(lambda: "100.64.10.5," not in members() and "100.64.10.5 " not in members(), what="c1 removed")
+    wait_for(lambda: "dport=8080" not in tracked(), what="c1's flows forgotten on h1")
     assert not roundtrip(conn)
     assert not probe("c1", "tcp", "100.64.10.10", 8080)
     assert probe("c2", "tcp", "100.64.10.10", 8080)
@@ -277,7 +267,7 @@ def test_egress_restriction_and_replies(topo: Topo) -> None:
                          remote_ip_prefix="100.64.10.0/24")
     for rid in egress:
         topo.del_rule(rid)
-    wait_until(lambda: all(rule_gone(1, rid)() for rid in egress) and rule_loaded(1, r443["id"])(), what="egress")
+    wait_for(lambda: all(rule_gone(1, rid)() for rid in egress) and rule_loaded(1, r443["id"])(), what="egress")
     assert probe("srv", "tcp", "100.64.10.5", 443)
     assert not probe("srv", "tcp", "100.64.10.5", 444)         # egress allows 443 only
     assert ping("srv", "100.64.10.5", count=1, wait=0.5) == 0
@@ -285,7 +275,7 @@ def test_egress_restriction_and_replies(topo: Topo) -> None:
     assert probe("c1", "tcp", "100.64.10.10", 22)
     topo.add_rule(topo.srv_g, direction="egress")               # back to "egress any"
     topo.del_rule(r443["id"])
-    wait_until(rule_gone(1, r443["id"]), what="egress any back")
+    wait_for(rule_gone(1, r443["id"]), what="egress any back")
     assert probe("srv", "tcp", "100.64.10.5", 444)
 
 
@@ -300,10 +290,10 @@ def test_established_connection_survives_unrelated_rule_change(topo: Topo) -> No
     conn = topo.client("c1", "100.64.10.10", 22)
     assert roundtrip(conn)
     r = topo.add_rule(topo.srv_g, direction="ingress", protocol="tcp", port_range_min=9999, port_range_max=9999)
-    wait_until(rule_loaded(1, r["id"]), what="unrelated rule")
+    wait_for(rule_loaded(1, r["id"]), what="unrelated rule")
     assert roundtrip(conn)
     topo.del_rule(r["id"])
-    wait_until(rule_gone(1, r["id"]), what="unrelated rule removed")
+    wait_for(rule_gone(1, r["id"]), what="unrelated rule removed")
     assert roundtrip(conn)
     # A new port on the server's host rewrites the dispatch maps in the same kind of transaction.
     extra = topo.port(topo.net, "100.64.10.11", [topo.srv_g["id"]])
@@ -316,17 +306,17 @@ def test_established_connection_survives_unrelated_rule_change(topo: Topo) -> No
 def test_stateless_group_needs_rules_both_ways(topo: Topo) -> None:
     # sl has Neutron's default egress rules (any) and now ingress tcp 22: replies leave by rule.
     r_in = topo.add_rule(topo.sl_g, direction="ingress", protocol="tcp", port_range_min=22, port_range_max=22)
-    wait_until(rule_loaded(3, r_in["id"]), what="stateless ingress")
+    wait_for(rule_loaded(3, r_in["id"]), what="stateless ingress")
     assert probe("c1", "tcp", "100.64.10.20", 22)
     egress = _rules(topo, topo.sl_g, "egress")
     for rid in egress:
         topo.del_rule(rid)
-    wait_until(lambda: all(rule_gone(3, rid)() for rid in egress), what="stateless egress removed")
+    wait_for(lambda: all(rule_gone(3, rid)() for rid in egress), what="stateless egress removed")
     assert not probe("c1", "tcp", "100.64.10.20", 22)          # no conntrack: the SYN-ACK has no rule
     zone = nsexec(topology.host_ns(3), "nft", "list", "chain", "inet", "vxnet_sg", "zone").stdout
     assert "notrack" in zone
     r_out = topo.add_rule(topo.sl_g, direction="egress", protocol="tcp", port_range_min=1024, port_range_max=65535)
-    wait_until(rule_loaded(3, r_out["id"]), what="stateless egress to ephemeral ports")
+    wait_for(rule_loaded(3, r_out["id"]), what="stateless egress to ephemeral ports")
     assert probe("c1", "tcp", "100.64.10.20", 22)
     r = nsexec(topology.host_ns(3), "conntrack", "-L", "-s", "100.64.10.5", "-d", "100.64.10.20")
     assert "dport=22" not in r.stdout, "a stateless port's traffic was tracked"
@@ -387,7 +377,7 @@ def test_restarted_agent_adopts_its_rules_counters_kept(topo: Topo) -> None:
         with open(log_path) as f:
             f.seek(offset)
             return "firewall rules adopted from the kernel (nothing reloaded)" in f.read()
-    wait_until(adopted, timeout=30, what="the restarted agent's adoption pass")
+    wait_for(adopted, timeout=30, what="the restarted agent's adoption pass")
     after = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")[(port_in, "default-drop")][0]
     assert after >= before
     assert probe("c1", "tcp", "100.64.10.10", 22)

@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 from tests.root.conftest import needs_root
-from tests.root.helpers import nsexec, ping
-from tests.root.test_ipv6_host import enable_ipv6, ping6, ping6_from, v6_of, wait_for
+from tests.root.helpers import nsexec, ping, wait_for
+from tests.root.test_ipv6_host import enable_ipv6, ping6, ping6_from, v6_of
 from vxnet.compute import naming
 from vxnet.lab import lab, topology
 
@@ -101,7 +101,7 @@ def test_live_trace_ipv6_port_security(lab3) -> None:
         assert nsexec(topology.vm_ns("tr6"), "ip", "-6", "neigh", "replace", extra, "lladdr", p5["mac_address"],
                       "dev", "eth0", "nud", "permanent").returncode == 0
     dst = v6_of(p6)
-    wait_for("ping6 tr5 -> tr6", lambda: ping6("tr5", dst, 1) == 1, 20)
+    wait_for(lambda: ping6("tr5", dst, 1) == 1, "ping6 tr5 -> tr6", timeout=20)
     own = _trace("--from", "tr5", "--to", dst, "--live")
     assert own.returncode == 0, own.stdout + own.stderr
     assert "verdict: DELIVERED" in own.stdout and "rule mark6" in own.stdout and "DRIFT" not in own.stdout, own.stdout

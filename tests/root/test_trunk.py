@@ -20,25 +20,15 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.root.conftest import Lab, needs_root
-from tests.root.helpers import capture, nsexec, ping
+from tests.root.helpers import capture, nsexec, ping, wait_for
 from vxnet.compute import naming
 from vxnet.lab import topology
 
 pytestmark = [pytest.mark.root, needs_root]
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def vlan_devices_supported() -> bool:

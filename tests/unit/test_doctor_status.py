@@ -32,8 +32,10 @@ ME = HOSTS["h1"]["underlay_ip"]
 SPEC = HostSpec("h1", ME)
 
 
-def listing(t: NftTable, drop_rules_of: str | None = None, extra_set: str | None = None) -> str:
-    """A terse `nft list table` text of `t` (what the kernel would print), optionally damaged."""
+def listing(t: NftTable, drop_rules_of: str | None = None, extra_set: str | None = None,
+            hooks: Mapping[str, str | None] | None = None) -> str:
+    """A terse `nft list table` text of `t` (what the kernel would print), optionally damaged;
+    `hooks` overrides a chain's hook line (None: a regular chain)."""
     lines = [f"table {t.family} {t.name} {{"]
     for s in t.sets:
         lines += [f"\tset {s.name} {{", "\t}"]
@@ -41,6 +43,9 @@ def listing(t: NftTable, drop_rules_of: str | None = None, extra_set: str | None
         lines += [f"\tset {extra_set} {{", "\t}"]
     for c in t.chains:
         lines.append(f"\tchain {c.name} {{")
+        hook = (hooks or {}).get(c.name, c.hook)
+        if hook:
+            lines.append(f"\t\t{hook}")
         if c.name != drop_rules_of:
             lines += [f'\t\tmeta nfproto ipv4 accept comment "{cm}"' for cm in fingerprint(t)[c.name]]
         lines.append("\t}")
@@ -97,6 +102,26 @@ def test_nft_drift_chain_emptied_table_missing_and_sets() -> None:
     assert len(found) == 3, found
 
 
+def test_nft_drift_names_a_base_chain_whose_policy_changed_or_that_lost_its_hook() -> None:
+    """The rules alone look right in both cases; what filters is the chain's hook and policy."""
+    fw = compute_firewall(fw_view(base_ports()), "h1")
+    sg = next(t for t in fw.tables if t.name == "vxnet_sg")
+    ingress = next(c for c in sg.chains if c.name == "ingress")
+    regular = next(c for c in sg.chains if c.hook is None)
+    assert ingress.hook and "policy accept" in ingress.hook
+    hooks = {"ingress": ingress.hook.replace("policy accept", "policy drop"), "egress": None,
+             regular.name: "type filter hook forward priority 5; policy accept;"}
+    found = doctor.nft_drift([sg], lambda f, n: listing(sg, hooks=hooks))
+    got = {d.object: (d.expected, d.found) for d in found}
+    assert got == {
+        "table inet vxnet_sg chain ingress hook": ("type filter hook forward priority 10 policy accept",
+                                                   "type filter hook forward priority 10 policy drop"),
+        "table inet vxnet_sg chain egress hook": ("type filter hook forward priority 0 policy accept", "regular chain"),
+        f"table inet vxnet_sg chain {regular.name} hook": ("regular chain",
+                                                           "type filter hook forward priority 5 policy accept"),
+    }, found
+
+
 def full_listing(t: NftTable, elements: Mapping[str, frozenset[str]] | None = None) -> str:
     """A full `nft list table` text of `t` (set and map elements in nft's own spelling: wrapped
     over lines, upper-case hex), with `elements` overriding a set's elements."""
@@ -110,6 +135,8 @@ def full_listing(t: NftTable, elements: Mapping[str, frozenset[str]] | None = No
         lines.append("\t}")
     for c in t.chains:
         lines.append(f"\tchain {c.name} {{")
+        if c.hook:
+            lines.append(f"\t\t{c.hook}")
         lines += [f'\t\tmeta nfproto ipv4 accept comment "{cm}"' for cm in fingerprint(t)[c.name]]
         lines.append("\t}")
     lines.append("}")

@@ -78,3 +78,33 @@ def test_set_flags_of_a_listing() -> None:
 
     assert set_flags(LISTING) == {"steer": "", "m": "", "s": "interval", "e": "interval"}
     assert set_flags(LISTING.replace("\t\tflags interval\n\t\telements = { 192.0.2.31", "\t\telements = { 192.0.2.31"))["s"] == ""
+
+
+def test_base_chain_specs_compare_as_nft_prints_them() -> None:
+    """The hook line the agent writes and the one nft prints back are equal in normal form: named
+    priorities (per family: bridge's `filter` is -200), `name + n`, the default policy."""
+    b = nft_image.base_spec
+    assert b("inet", "type filter hook forward priority 10; policy accept;") == \
+        b("inet", "type filter hook forward priority filter + 10; policy accept;")
+    assert b("inet", "type nat hook postrouting priority srcnat;") == \
+        b("inet", "type nat hook postrouting priority 100; policy accept;")
+    assert b("bridge", "type filter hook prerouting priority -200; policy accept;") == \
+        b("bridge", "type filter hook prerouting priority filter; policy accept;")
+    assert b("inet", "type filter hook prerouting priority raw; policy accept;") == \
+        b("inet", "type filter hook prerouting priority -300; policy accept;")
+    # what differs is seen: policy, priority, hook, family's names, a regular chain
+    assert b("inet", "type filter hook forward priority 10; policy drop;") != \
+        b("inet", "type filter hook forward priority 10; policy accept;")
+    assert b("inet", "type filter hook forward priority 0;") != b("inet", "type filter hook forward priority 10;")
+    assert b("inet", "type filter hook input priority 0;") != b("inet", "type filter hook forward priority 0;")
+    assert b("bridge", "type filter hook forward priority filter;") != \
+        b("inet", "type filter hook forward priority filter;")
+    assert b("inet", None) is None and b("inet", "") is None
+
+
+def test_base_chains_of_a_listing() -> None:
+    assert nft_image.base_chains("bridge", LISTING) == {
+        "c1": None, "prerouting": nft_image.base_spec("bridge", "type filter hook prerouting priority -300;")}
+    # a chain whose hook line is not its first line is not a base chain (nft prints it first)
+    text = "table inet t {\n\tchain c {\n\t\tip saddr 192.0.2.1 drop comment \"type x hook y\"\n\t}\n}\n"
+    assert nft_image.base_chains("inet", text) == {"c": None}

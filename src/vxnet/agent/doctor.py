@@ -7,7 +7,8 @@ function (`compute_host`) and reads the kernel the way the reconcilers do, but c
 - firewall: the agent's nftables tables, chain by chain, compared by the hash comment every
   rule carries (the same test the driver uses to adopt a ruleset), their sets by name, and each
   set's and map's elements in one normal form (`dataplane/nft_image.py`, as the driver's resync
-  compares them; a base chain's hook, priority and policy are not compared).
+  compares them) and each base chain's hook, priority and policy (a changed policy, or a base
+  chain re-made as a regular chain with the same rules, filters nothing as desired).
 - IPv6 neighbours in namespaces (`ns-neighs`): the permanent IPv6 neighbour entries of every
   distributed router's `qr-` legs and every gateway namespace's `sg-` legs (the static entries
   that replace neighbour discovery across the underlay), read with `ip -j -6 neigh`;
@@ -106,7 +107,7 @@ def nft_drift(tables: Iterable[NftTable], list_table: Any, elements: bool = Fals
     raises (table missing). With `elements` the listing is a full one (`nft list table`, not
     `-t`) and every set's and map's elements are compared too."""
     from vxnet.dataplane import nft_image
-    from vxnet.dataplane.nft_driver import fingerprint, normalise_listing, parse_listing
+    from vxnet.dataplane.nft_driver import base_specs, fingerprint, normalise_listing, parse_listing
 
     out: list[Drift] = []
     for t in tables:
@@ -132,6 +133,11 @@ def nft_drift(tables: Iterable[NftTable], list_table: Any, elements: bool = Fals
                 out.append(Drift("nftables", obj, f"{len(w)} rules",
                                  f"{len(h)} rules ({missing} missing, {extra} not desired"
                                  + (", order differs" if not missing and not extra else "") + ")"))
+        have_base = nft_image.base_chains(t.family, listing)
+        for name, spec in sorted(base_specs(t).items()):
+            if name in have and have_base.get(name) != spec:
+                out.append(Drift("nftables", f"table {tname} chain {name} hook", spec or "regular chain",
+                                 have_base.get(name) or "regular chain"))
         for name in sorted({s.name for s in t.sets} - sets):
             out.append(Drift("nftables", f"table {tname} set {name}", "present", None))
         for name in sorted(sets - {s.name for s in t.sets}):

@@ -17,8 +17,8 @@ Contract:
 - Full replace (`add table; delete table; add table; ...` in one transaction) when the
   previous state is unknown (None: start, drift repair, a failed transaction) AND the kernel does
   not already hold the desired rules. Recognising them: every rule carries a comment with a
-  hash of its text (compute/firewall.py); the driver lists the tables tersely and compares
-  each chain's comment sequence. So a restarted agent adopts its rules without resetting a
+  hash of its text (compute/firewall.py); the driver lists the tables and compares each
+  chain's comment sequence and each base chain's hook, priority and policy. So a restarted agent adopts its rules without resetting a
   counter; sets are re-filled exactly (flush + add) in that case. Cheaper still: when every
   transaction committed in the namespace since our last one was one of the agent's own (the
   ruleset generation, NFT_MSG_GETGEN, is the head of the chain of own commits that
@@ -94,6 +94,11 @@ def fingerprint(t: NftTable) -> dict[str, tuple[str, ...]]:
     """Chain name -> the comments of its rules (what a terse kernel listing shows), sorted for
     chains whose order does not matter (rules are added to them at the end)."""
     return {c.name: _comments(c) if c.ordered else tuple(sorted(_comments(c))) for c in t.chains}
+
+
+def base_specs(t: NftTable) -> dict[str, str | None]:
+    """Chain name -> its hook line in nft_image's normal form (None: a regular chain)."""
+    return {c.name: nft_image.base_spec(t.family, c.hook) for c in t.chains}
 
 
 def normalise_listing(t: NftTable, chains: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -488,6 +493,8 @@ class NftDriver:
         chains, sets = parse_listing(listing)
         if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
             return None
+        if nft_image.base_chains(t.family, listing) != base_specs(t):
+            return None           # a base chain's hook, priority or policy changed (or it lost its hook)
         flags = set_flags(listing)
         if any(flags.get(s.name, "") != s.flags for s in t.sets):
             return None           # a set of another kind (e.g. a member set now with a prefix)

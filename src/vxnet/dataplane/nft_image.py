@@ -15,6 +15,14 @@ Contract: `parse(text) -> TableImage` (`None` for an empty text); `TableImage.sk
 table's lines without set/map elements, whitespace-collapsed, in listing order, with rule
 counters' values left out (they count packets, they are not state we set); `elements`
 maps each set/map name to its normalised elements.
+
+Base chains: `base_spec(family, spec)` is a chain's hook line (`type filter hook forward
+priority 10; policy accept;`) in one normal form, so the text the agent wrote and the one nft
+prints compare equal (nft names priorities: `priority filter + 10` in the inet family, `priority
+filter` for -200 in the bridge family, and prints the default `policy accept`);
+`base_chains(family, listing)` maps each chain of a listing to its normal form (None: a regular
+chain). A rule comparison alone does not see a base chain whose policy was changed, or one
+re-made as a regular chain with the same rules (no packet reaches it: its filter is off).
 """
 
 from __future__ import annotations
@@ -27,6 +35,11 @@ from collections.abc import Iterable
 _BLOCK = re.compile(r"^(?:set|map) (\S+) \{$")
 _INT = re.compile(r"^(?:0x[0-9a-fA-F]+|\d+)$")
 _COUNTER = re.compile(r"\bcounter packets \d+ bytes \d+")
+_CHAIN = re.compile(r"^\s*chain (\S+) \{")
+_SPEC = re.compile(r"\btype (\S+) hook (\S+)(?: devices? (.+?))? priority ([^;]+);(?:\s*policy (\S+);)?")
+# nft's named priorities (nft(8), "CHAINS"): the bridge family has its own
+_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
+_BRIDGE_PRIORITIES = {"dstnat": -300, "filter": -200, "out": 100, "srcnat": 300}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +75,46 @@ def norm_elements(elements: Iterable[str]) -> frozenset[str]:
 
 def _split_elements(body: str) -> list[str]:
     return [e for e in (x.strip() for x in body.split(",")) if e]
+
+
+def _priority(family: str, text: str) -> int | str:
+    names = _BRIDGE_PRIORITIES if family == "bridge" else _PRIORITIES
+    parts = text.split()
+    try:
+        value = names[parts[0]] if parts[0] in names else int(parts[0], 0)
+        if len(parts) == 3 and parts[1] in "+-":
+            value += int(parts[2], 0) * (1 if parts[1] == "+" else -1)
+        elif len(parts) != 1:
+            return text
+    except (ValueError, IndexError):
+        return text           # not understood: compared as written
+    return value
+
+
+def base_spec(family: str, spec: str | None) -> str | None:
+    """A base chain's hook line in one normal form (None: a regular chain)."""
+    m = _SPEC.search(" ".join((spec or "").split()))
+    if m is None:
+        return None
+    kind, hook, device, prio, policy = m.groups()
+    dev = f" device {device.strip().strip('{}').strip().strip(chr(34))}" if device else ""
+    return f"type {kind} hook {hook}{dev} priority {_priority(family, prio.strip())} policy {policy or 'accept'}"
+
+
+def base_chains(family: str, listing: str) -> dict[str, str | None]:
+    """Chain name -> its `base_spec` in a `nft list table` output (terse or not)."""
+    out: dict[str, str | None] = {}
+    current: str | None = None
+    for line in listing.splitlines():
+        if m := _CHAIN.match(line):
+            current = m.group(1)
+            out[current] = None
+        elif current is not None and " hook " in line and line.strip().startswith("type "):
+            out[current] = base_spec(family, line)
+            current = None
+        elif current is not None and line.strip() and line.strip() != "}":
+            current = None    # the spec is the chain's first line
+    return out
 
 
 def parse(text: str) -> TableImage | None:
