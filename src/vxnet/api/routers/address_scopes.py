@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
 from pydantic import BeforeValidator
 
 from vxnet.api import policy
@@ -30,11 +29,12 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec
 from vxnet.api.errors import ApiError, bad_request, conflict
 from vxnet.api.resource_routes import Resource
+from vxnet.api.routing import Routes
 from vxnet.api.validation import Body, Bool, Name, ProjectId, resolve_project
 from vxnet.services import rbac
 from vxnet.services.repo import ROOT, UnitOfWork, new_id
 
-router = APIRouter(prefix="/v2.0", tags=["address-scopes"])
+router = Routes(prefix="/v2.0", tags=["address-scopes"])
 COLLECTION = "address_scopes"
 
 

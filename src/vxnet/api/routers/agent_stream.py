@@ -18,19 +18,20 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from prometheus_client import Gauge, Histogram
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import bad_request, policy_denied
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, read_json, run_store
 from vxnet.api.validation import Body, Bool, IpAddr, ShortStr, validate
 from vxnet.services import agents, fip_status
 from vxnet.services.agents import agent_id_for, live_key  # noqa: F401 - re-exported for the API
 from vxnet.services.view_hub import Hub
 
-router = APIRouter(prefix="/v2.0/vxnet", tags=["agent control plane"])
+router = Routes(prefix="/v2.0/vxnet", tags=["agent control plane"])
 
 
 def require_service(ctx: Context) -> None:

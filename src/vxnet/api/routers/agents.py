@@ -19,7 +19,7 @@ import collections
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from vxnet.api.auth import Context
@@ -27,11 +27,12 @@ from vxnet.api.collection import ResourceSpec, check_if_match, list_response
 from vxnet.api.errors import not_found
 from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.agent_stream import live_key
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import Body, Bool, Description, parse_update
 from vxnet.services.repo import UnitOfWork
 
-router = APIRouter(prefix="/v2.0", tags=["agents"])
+router = Routes(prefix="/v2.0", tags=["agents"])
 
 
 def can_see_agents(ctx: Context) -> bool:

@@ -28,7 +28,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from vxnet.api import policy
@@ -38,6 +38,7 @@ from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.routers.ports import port_visible as port_seen
 from vxnet.api.routers.routers import INTF_OWNER, touch_fence
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -53,7 +54,7 @@ from vxnet.api.validation import (
 from vxnet.services.ports import delete_port_record, network_subnets, new_port_record
 from vxnet.services.repo import ROOT, Repo, UnitOfWork, new_id, now_iso
 
-router = APIRouter(prefix="/v2.0", tags=["floatingips"])
+router = Routes(prefix="/v2.0", tags=["floatingips"])
 
 FIP_OWNER = "network:floatingip"
 UPDATE_READ_ONLY = ("id", "floating_ip_address", "floating_network_id", "router_id", "status",

@@ -29,12 +29,13 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from vxnet.api.auth import MAX_TOKEN_LEN, Context, credential, issue_token, new_context
 from vxnet.api.errors import ApiError, unauthorized
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.config import User, project_id_for
 from vxnet.passwords import check_password, dummy_check
@@ -84,7 +85,7 @@ class KeystoneRoute(APIRoute):
         return handler
 
 
-router = APIRouter(prefix="/identity", tags=["identity"], route_class=KeystoneRoute)
+router = Routes(prefix="/identity", tags=["identity"], route_class=KeystoneRoute)
 
 DOMAIN = {"id": "default", "name": "Default"}
 PROJECTS_PREFIX = "/vxnet/identity/projects/"

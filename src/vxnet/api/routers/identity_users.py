@@ -20,7 +20,7 @@ import dataclasses
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from vxnet.api.auth import Context
@@ -34,6 +34,7 @@ from vxnet.api.routers.identity import (
     known_roles,
     project_name,
 )
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.config import User
 from vxnet.passwords import hash_password
@@ -48,7 +49,7 @@ from vxnet.services.identity_users import (
 )
 from vxnet.store.contract import Compare, Delete, Put, key_missing, key_unchanged
 
-router = APIRouter(prefix="/identity", tags=["identity"], route_class=KeystoneRoute)
+router = Routes(prefix="/identity", tags=["identity"], route_class=KeystoneRoute)
 
 CREATE_KEYS = {"name", "password", "enabled", "default_project_id", "project_id", "domain_id", "email",
                "description", "options"}

@@ -15,14 +15,15 @@ import collections
 import ipaddress
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from vxnet.api.collection import requested_fields, select_fields
 from vxnet.api.errors import ApiError
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop
 from vxnet.services.repo import ROOT, Repo
 
-router = APIRouter(prefix="/v2.0", tags=["network-ip-availabilities"])
+router = Routes(prefix="/v2.0", tags=["network-ip-availabilities"])
 IPAM_PREFIX = f"{ROOT}ipam/"
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
@@ -30,6 +30,7 @@ from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, get_visible, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -48,7 +49,7 @@ from vxnet.services.ipam import allocate_vni, subnet_alloc_key, vni_key
 from vxnet.services.ports import delete_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
-router = APIRouter(prefix="/v2.0", tags=["networks"])
+router = Routes(prefix="/v2.0", tags=["networks"])
 
 # Neutron's policy: these are admin-only on create and update (shared included).
 SERVICE_OWNERS = ("network:dhcp",)

@@ -20,16 +20,17 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from vxnet import buildinfo
 from vxnet.api.errors import bad_request, policy_denied
 from vxnet.api.routers.agent_stream import hub_of, require_service
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, read_json, run_store
 from vxnet.services import operations, servers
 
-router = APIRouter(prefix="/v2.0/vxnet", tags=["operations"])
+router = Routes(prefix="/v2.0/vxnet", tags=["operations"])
 
 RESULT_MAX_BYTES = 512 * 1024
 

@@ -29,7 +29,7 @@ import ipaddress
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -38,6 +38,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, not_found
 from vxnet.api.routers.networks import network_visible
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -59,7 +60,7 @@ from vxnet.services import qos, rbac, trunks
 from vxnet.services.ports import changed_ips  # noqa: F401 - part of this module's API (tests)
 from vxnet.services.repo import UnitOfWork
 
-router = APIRouter(prefix="/v2.0", tags=["ports"])
+router = Routes(prefix="/v2.0", tags=["ports"])
 
 BINDING_HIDDEN = ("binding:host_id", "binding:vif_type", "binding:vif_details", "binding:profile")
 VNIC_TYPES = ("normal", "direct", "macvtap", "baremetal", "direct-physical", "virtio-forwarder",

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from vxnet.api import policy
@@ -35,6 +35,7 @@ from vxnet.api.collection import ResourceSpec, list_response, show_response
 from vxnet.api.errors import ApiError, from_service
 from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.networks import touch
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -53,7 +54,7 @@ from vxnet.services import qos as svc
 from vxnet.services import rbac
 from vxnet.services.repo import UnitOfWork
 
-router = APIRouter(prefix="/v2.0/qos", tags=["qos"])
+router = Routes(prefix="/v2.0/qos", tags=["qos"])
 
 
 def policy_visible(ctx: Context, obj: dict[str, Any]) -> bool:

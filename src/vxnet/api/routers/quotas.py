@@ -20,15 +20,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, bad_request, policy_denied
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.services.quotas import MAX_LIMIT, RESOURCES, QuotaEngine
 
-router = APIRouter(prefix="/v2.0", tags=["quotas"])
+router = Routes(prefix="/v2.0", tags=["quotas"])
 
 
 def setup(app: FastAPI, state: AppState) -> None:

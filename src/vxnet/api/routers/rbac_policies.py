@@ -34,19 +34,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec
 from vxnet.api.errors import ApiError, from_service, invalid_input
 from vxnet.api.resource_routes import Resource
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import Body, ProjectId, ShortStr, Uuid, parse_update, resolve_project
 from vxnet.services import rbac
 from vxnet.services.repo import UnitOfWork
 
-router = APIRouter(prefix="/v2.0", tags=["rbac-policies"])
+router = Routes(prefix="/v2.0", tags=["rbac-policies"])
 
 OBJECT_TYPES = tuple(rbac.TYPES)
 LABEL = {"network": "Network", "qos_policy": "QoS policy", "subnetpool": "Subnet pool",

@@ -43,7 +43,7 @@ import ipaddress
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
@@ -52,6 +52,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.routers.networks import network_visible, touch
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -72,7 +73,7 @@ from vxnet.services import ipam, ipv6, rbac, scheduler
 from vxnet.services.ports import delete_port_record, network_subnets, new_port_record
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
-router = APIRouter(prefix="/v2.0", tags=["routers"])
+router = Routes(prefix="/v2.0", tags=["routers"])
 
 INTF_OWNER = "network:router_interface"
 GW_OWNER = "network:router_gateway"

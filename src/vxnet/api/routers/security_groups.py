@@ -26,7 +26,7 @@ import dataclasses
 from collections import defaultdict
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from vxnet.api import policy
@@ -35,6 +35,7 @@ from vxnet.api.collection import ResourceSpec, check_if_match, list_response, sh
 from vxnet.api.errors import ApiError, bad_request, conflict, not_found
 from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.networks import touch
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -62,7 +63,7 @@ from vxnet.services.secgroups import (
     stage_group,
 )
 
-router = APIRouter(prefix="/v2.0", tags=["security-groups"])
+router = Routes(prefix="/v2.0", tags=["security-groups"])
 
 
 def group_visible(ctx: Context, obj: dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 
@@ -47,6 +47,7 @@ from vxnet.api.errors import ApiError, bad_request, conflict, invalid_input
 from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.address_scopes import get_for_pool
 from vxnet.api.routers.networks import touch
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -64,7 +65,7 @@ from vxnet.api.validation import (
 from vxnet.services import rbac, subnet_alloc
 from vxnet.services.repo import UnitOfWork, new_id, now_iso
 
-router = APIRouter(prefix="/v2.0", tags=["subnetpools"])
+router = Routes(prefix="/v2.0", tags=["subnetpools"])
 COLLECTION = "subnetpools"
 
 

@@ -43,7 +43,7 @@ import ipaddress
 import itertools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BeforeValidator, WithJsonSchema
 
@@ -52,6 +52,7 @@ from vxnet.api.auth import Context
 from vxnet.api.collection import ResourceSpec, check_if_match, list_response, show_response, to_bool
 from vxnet.api.errors import bad_request, conflict, invalid_input, not_found
 from vxnet.api.routers.networks import IPV4_MIN_MTU, mtu_conflict, network_visible, touch
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.api.validation import (
     Body,
@@ -74,7 +75,7 @@ from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 
 IpNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-router = APIRouter(prefix="/v2.0", tags=["subnets"])
+router = Routes(prefix="/v2.0", tags=["subnets"])
 
 MAX_DNS = 5
 MAX_ROUTES = 20

@@ -24,18 +24,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from vxnet.api.auth import Context
 from vxnet.api.errors import ApiError, invalid_input, not_found, policy_denied
 from vxnet.api.routers.networks import network_visible, touch
 from vxnet.api.routers.subnets import subnet_visible
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop, read_json
 from vxnet.services import rbac
 from vxnet.services.repo import UnitOfWork
 
-router = APIRouter(prefix="/v2.0", tags=["tags"])
+router = Routes(prefix="/v2.0", tags=["tags"])
 
 MAX_TAG_LEN = 255
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
@@ -32,6 +32,7 @@ from vxnet.api.errors import ApiError, from_service, not_found
 from vxnet.api.resource_routes import Resource
 from vxnet.api.routers.networks import touch
 from vxnet.api.routers.ports import port_visible
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, off_loop
 from vxnet.api.validation import (
     Body,
@@ -47,7 +48,7 @@ from vxnet.services import trunks as svc
 from vxnet.services.errors import ServiceError
 from vxnet.services.repo import UnitOfWork
 
-router = APIRouter(prefix="/v2.0", tags=["trunks"])
+router = Routes(prefix="/v2.0", tags=["trunks"])
 SPEC = ResourceSpec("trunks", "trunk")
 
 

@@ -47,7 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from vxnet.api.auth import Context
@@ -65,12 +65,13 @@ from vxnet.api.routers import (
     subnets,
 )
 from vxnet.api.routers.agent_stream import hub_of
+from vxnet.api.routing import Routes
 from vxnet.api.state import AppState
 from vxnet.services.view_hub import Change, Hub, Objects
 
 log = logging.getLogger("vxnet.ui")
 
-router = APIRouter(tags=["ui"], include_in_schema=False)
+router = Routes(tags=["ui"], include_in_schema=False)
 
 KEEPALIVE = 15.0
 MAX_STREAM = 60.0
