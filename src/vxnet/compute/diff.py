@@ -8,7 +8,8 @@ is the contract every driver implements against the kernel, and the fake table i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from typing import Generic, Protocol, TypeVar
 
 from vxnet.compute.state import HostState
@@ -46,26 +47,79 @@ class Diff(Generic[T]):
         )
 
 
+class Without(AbstractSet[T]):
+    """A set given as `base` minus a few of its entries (`out`), without a copy of the rest: the
+    L2 pass's wanted FDB entries are the desired ones minus those on taps not plugged yet (a
+    handful of 20,000), and the kernel's, after the pass, that same set. A frozen value;
+    `diff` and `against` work on it by set operations on `base` and `out` (done in C)."""
+
+    __slots__ = ("base", "out")
+
+    def __init__(self, base: frozenset[T], out: Iterable[T] = ()) -> None:
+        self.base = base
+        self.out = base.intersection(out)
+
+    def __contains__(self, e: object) -> bool:
+        return e in self.base and e not in self.out
+
+    def __iter__(self) -> Iterator[T]:
+        out = self.out
+        return iter(self.base) if not out else (e for e in self.base if e not in out)
+
+    def __len__(self) -> int:
+        return len(self.base) - len(self.out)
+
+    def __repr__(self) -> str:
+        return f"Without({len(self.base)} entries, out={set(self.out)!r})"
+
+    __hash__ = AbstractSet._hash
+
+    def union(self, more: Iterable[T]) -> Without[T]:
+        """This set and `more` (whatever of `more` is in `out` is no longer left out)."""
+        more = frozenset(more)
+        return Without(self.base | more, self.out - more)
+
+
+def _parts(s: frozenset[T] | set[T] | Without[T]) -> tuple[frozenset[T] | set[T], frozenset[T]]:
+    return (s.base, s.out) if isinstance(s, Without) else (s, frozenset())
+
+
+def _changed(want: frozenset[T] | set[T] | Without[T], have: frozenset[T] | set[T] | Without[T]
+             ) -> tuple[Iterable[T], Iterable[T]]:
+    """(entries only in `want`, entries only in `have`) without a copy of either side: with A
+    minus X wanted and B minus Y held, A - B and B - A (a few entries) and the small X, Y."""
+    if not (isinstance(want, Without) or isinstance(have, Without)):
+        return want - have, have - want
+    (a, x), (b, y) = _parts(want), _parts(have)
+    new = {e for e in a - b if e not in x} if a is not b else set()
+    new.update(e for e in y if e in a and e not in x)
+    old = {e for e in b - a if e not in y} if a is not b else set()
+    old.update(e for e in x if e in b and e not in y)
+    return new, old
+
+
 def diff(desired: Iterable[T], actual: Iterable[T]) -> Diff[T]:
     """Keyed difference; output is sorted by key repr so it is deterministic.
 
     Entries are hashable values, so the set differences (done in C) find what changed; only
     those few entries are then split by key. With 30,000 entries and one change this costs a
-    few milliseconds instead of indexing both sides.
+    few milliseconds instead of indexing both sides. Either side may be a `Without`.
     """
-    want = desired if isinstance(desired, frozenset | set) else frozenset(desired)
-    have = actual if isinstance(actual, frozenset | set) else frozenset(actual)
-    if want is have or want == have:    # the same set (the agent's applied cache): no walk
-        return Diff()
-    new = {e.key: e for e in want - have}
-    old = {e.key: e for e in have - want}
+    want = desired if isinstance(desired, frozenset | set | Without) else frozenset(desired)
+    have = actual if isinstance(actual, frozenset | set | Without) else frozenset(actual)
+    if want is have or (not isinstance(want, Without) and not isinstance(have, Without) and want == have):
+        return Diff()           # the same set (the agent's applied cache): no walk
+    only_want, only_have = _changed(want, have)
+    new = {e.key: e for e in only_want}
+    old = {e.key: e for e in only_have}
     create = tuple(sorted((new[k] for k in new.keys() - old.keys()), key=lambda e: repr(e.key)))
     update = tuple(sorted(((old[k], new[k]) for k in new.keys() & old.keys()), key=lambda p: repr(p[0].key)))
     delete = tuple(sorted((old[k] for k in old.keys() - new.keys()), key=lambda e: repr(e.key)))
     return Diff(create, update, delete)
 
 
-def against(entries: Iterable[T], expected: frozenset[T] | None) -> frozenset[T] | None:
+def against(entries: Iterable[T], expected: frozenset[T] | Without[T] | None
+            ) -> frozenset[T] | Without[T] | None:
     """Entries read from the kernel as a set, without a second copy of the ones `expected` (the
     desired set the read will be compared with): when every expected entry was read, `expected`
     itself (with the other entries read added, if any); None when one was not (the caller reads
@@ -78,7 +132,8 @@ def against(entries: Iterable[T], expected: frozenset[T] | None) -> frozenset[T]
     `expected` and their hashes must sum (mod 2**64) to the sum of `expected`'s, so an entry read
     twice (two kernel entries that map to one, e.g. an FDB entry per VLAN) cannot stand in for
     one that is missing. Hashes are salted per process (PYTHONHASHSEED), so only a chance
-    collision of the sums, 2**-64, could hide a missing entry."""
+    collision of the sums, 2**-64, could hide a missing entry. `expected` may be a `Without`
+    (an entry it leaves out that is read counts as not expected: an extra entry)."""
     if expected is None:
         return frozenset(entries)
     n, total = 0, 0
@@ -97,7 +152,7 @@ def against(entries: Iterable[T], expected: frozenset[T] | None) -> frozenset[T]
 _MASK = (1 << 64) - 1
 
 
-def _hash_sum(entries: frozenset[T]) -> int:
+def _hash_sum(entries: frozenset[T] | Without[T]) -> int:
     """The sum of the entries' hashes, mod 2**64 (~0.4 us an entry: ~12 ms a resync at 30,000)."""
     return sum(hash(e) for e in entries) & _MASK
 
