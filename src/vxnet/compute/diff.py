@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from typing import Generic, Protocol, TypeVar
 
-from vxnet.compute.state import HostState
+from vxnet.compute.state import HostState, Parts
 
 
 class Keyed(Protocol):
@@ -55,7 +55,7 @@ class Without(AbstractSet[T]):
 
     __slots__ = ("base", "out")
 
-    def __init__(self, base: frozenset[T], out: Iterable[T] = ()) -> None:
+    def __init__(self, base: frozenset[T] | Parts[T], out: Iterable[T] = ()) -> None:
         self.base = base
         self.out = base.intersection(out)
 
@@ -77,23 +77,37 @@ class Without(AbstractSet[T]):
     def union(self, more: Iterable[T]) -> Without[T]:
         """This set and `more` (whatever of `more` is in `out` is no longer left out)."""
         more = frozenset(more)
-        return Without(self.base | more, self.out - more)
+        return Without(frozenset(self.base).union(more), self.out - more)
 
 
-def _parts(s: frozenset[T] | set[T] | Without[T]) -> tuple[frozenset[T] | set[T], frozenset[T]]:
+Entries = frozenset[T] | set[T] | Parts[T]
+
+
+def _parts(s: Entries[T] | Without[T]) -> tuple[Entries[T], frozenset[T]]:
     return (s.base, s.out) if isinstance(s, Without) else (s, frozenset())
 
 
-def _changed(want: frozenset[T] | set[T] | Without[T], have: frozenset[T] | set[T] | Without[T]
-             ) -> tuple[Iterable[T], Iterable[T]]:
+def _minus(a: Entries[T], b: Entries[T]) -> set[T] | frozenset[T]:
+    """The entries of `a` not in `b`, in C set operations: two `Parts` part by part (only the
+    parts that are not the same object hold candidates), else each part of `a` against all of `b`."""
+    if a is b:
+        return frozenset()
+    pa = a.parts if isinstance(a, Parts) else (a,)
+    pb = b.parts if isinstance(b, Parts) else (b,)
+    if len(pa) == len(pb) and len(pa) > 1:
+        return {e for x, y in zip(pa, pb, strict=True) if x is not y for e in x - y if e not in b}
+    return frozenset().union(*(x.difference(*pb) for x in pa))
+
+
+def _changed(want: Entries[T] | Without[T], have: Entries[T] | Without[T]) -> tuple[Iterable[T], Iterable[T]]:
     """(entries only in `want`, entries only in `have`) without a copy of either side: with A
     minus X wanted and B minus Y held, A - B and B - A (a few entries) and the small X, Y."""
-    if not (isinstance(want, Without) or isinstance(have, Without)):
+    if isinstance(want, frozenset | set) and isinstance(have, frozenset | set):
         return want - have, have - want
     (a, x), (b, y) = _parts(want), _parts(have)
-    new = {e for e in a - b if e not in x} if a is not b else set()
+    new = {e for e in _minus(a, b) if e not in x}
     new.update(e for e in y if e in a and e not in x)
-    old = {e for e in b - a if e not in y} if a is not b else set()
+    old = {e for e in _minus(b, a) if e not in y}
     old.update(e for e in x if e in b and e not in y)
     return new, old
 
@@ -105,9 +119,9 @@ def diff(desired: Iterable[T], actual: Iterable[T]) -> Diff[T]:
     those few entries are then split by key. With 30,000 entries and one change this costs a
     few milliseconds instead of indexing both sides. Either side may be a `Without`.
     """
-    want = desired if isinstance(desired, frozenset | set | Without) else frozenset(desired)
-    have = actual if isinstance(actual, frozenset | set | Without) else frozenset(actual)
-    if want is have or (not isinstance(want, Without) and not isinstance(have, Without) and want == have):
+    want = desired if isinstance(desired, frozenset | set | Without | Parts) else frozenset(desired)
+    have = actual if isinstance(actual, frozenset | set | Without | Parts) else frozenset(actual)
+    if want is have or (isinstance(want, frozenset | set) and isinstance(have, frozenset | set) and want == have):
         return Diff()           # the same set (the agent's applied cache): no walk
     only_want, only_have = _changed(want, have)
     new = {e.key: e for e in only_want}

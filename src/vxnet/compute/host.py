@@ -34,7 +34,7 @@ from vxnet.compute.memo import IdentityMemo
 from vxnet.compute.metadata import MetadataState, compute_metadata
 from vxnet.compute.qos import QosState, compute_qos
 from vxnet.compute.routing import RoutingState, compute_routing
-from vxnet.compute.state import HostState, merge
+from vxnet.compute.state import HostState, merge_parts
 from vxnet.model import View, as_view
 
 # The view buckets each whole-view part reads (its memo key).
@@ -83,10 +83,11 @@ def _assemble(overlay: HostState | tuple[HostState, ...], fw: Firewall, routing:
               gateway: GatewayDesired, qos: QosState, metadata: MetadataState | None = None) -> HostDesired:
     # The firewall and QoS act on taps and own no bridge port: no L2 part. `overlay`: the L2
     # state, or its per-network parts (merged here once, with the features' parts).
+    # The per-network parts are not merged into one copy of their 30,000 entries (`merge_parts`).
     meta = metadata or MetadataState()
     parts = overlay if isinstance(overlay, tuple) else (overlay,)
-    return HostDesired(merge([*parts, routing.l2, dhcp.l2, gateway.l2, meta.l2]), fw, routing, dhcp, gateway, qos,
-                       meta)
+    return HostDesired(merge_parts(parts, [routing.l2, dhcp.l2, gateway.l2, meta.l2]), fw, routing, dhcp, gateway,
+                       qos, meta)
 
 
 def compute_host(view: View | Mapping[str, Mapping[str, Any]], spec: HostSpec) -> HostDesired:
