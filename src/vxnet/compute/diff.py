@@ -60,7 +60,7 @@ class Without(AbstractSet[T]):
         self.out = base.intersection(out)
 
     def __contains__(self, e: object) -> bool:
-        return e in self.base and e not in self.out
+        return e in self.base and not (self.out and e in self.out)
 
     def __iter__(self) -> Iterator[T]:
         out = self.out
@@ -152,8 +152,11 @@ def against(entries: Iterable[T], expected: frozenset[T] | Without[T] | None
         return frozenset(entries)
     n, total = 0, 0
     others: set[T] = set()
+    # a Without's two sets asked directly (one call less per entry: 30,000 at a resync)
+    inside, out = (expected.base.__contains__, expected.out) if isinstance(expected, Without) else \
+        (expected.__contains__, frozenset())
     for e in entries:
-        if e in expected:
+        if inside(e) and not (out and e in out):
             n += 1
             total += hash(e)
         else:
@@ -166,9 +169,11 @@ def against(entries: Iterable[T], expected: frozenset[T] | Without[T] | None
 _MASK = (1 << 64) - 1
 
 
-def _hash_sum(entries: frozenset[T] | Without[T]) -> int:
+def _hash_sum(entries: Entries[T] | Without[T]) -> int:
     """The sum of the entries' hashes, mod 2**64 (~0.4 us an entry: ~12 ms a resync at 30,000)."""
-    return sum(hash(e) for e in entries) & _MASK
+    if isinstance(entries, Without):
+        return (_hash_sum(entries.base) - _hash_sum(entries.out)) & _MASK
+    return sum(map(hash, entries)) & _MASK
 
 
 def apply(actual: Iterable[T], d: Diff[T], failed: Iterable[T] = ()) -> frozenset[T]:
