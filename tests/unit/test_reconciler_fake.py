@@ -263,3 +263,26 @@ def test_taps_absent_then_appearing_converge_and_the_cache_shares_the_desired_se
         assert rec.reconcile(want).changes == 0
         cached = rec._entries[0] if rec._entries is not None else None
         assert cached is want.fdb or (isinstance(cached, Without) and cached.base is want.fdb)
+
+
+def test_a_resync_in_a_burst_of_changes_reads_the_kernel_against_what_it_held() -> None:
+    # A resync (invalidate) whose pass also has new entries to make: the kernel is read against
+    # what the last pass left there, once (no copy of its entries, no second read); drift is
+    # still found (a read again without, as before).
+    k = kernel()
+    rec = Reconciler(ME, kernel=k)
+    before = desired(POOL[:8])
+    rec.reconcile(before)
+    rec.invalidate()
+    reads = k.reads
+    want = desired(POOL)
+    res = rec.reconcile(want)
+    assert res.full_read and k.reads == reads + 2 and held(k, want) == want
+    assert res.diff.counts()["fdb"] == len(want.fdb - before.fdb) and not res.diff.fdb.delete
+    assert rec._entries is not None and rec._entries[1] is want.neighs
+    gone = next(iter(want.neighs))
+    del k.neighs[gone.key]                                    # drift, then a resync with changes
+    rec.invalidate()
+    reads = k.reads
+    res = rec.reconcile(desired(POOL[:8]))
+    assert k.reads == reads + 3 and held(k, desired(POOL[:8])) == desired(POOL[:8])

@@ -94,6 +94,8 @@ class Reconciler:
         self.kernel = kernel
         # what the kernel holds: the previous pass's wanted sets (or a full read's)
         self._entries: tuple[frozenset[Fdb] | Without[Fdb], frozenset[Neigh]] | None = None
+        # after `invalidate()`: what the kernel held after the last pass, to read it against
+        self._hint: tuple[frozenset[Fdb] | Without[Fdb], frozenset[Neigh]] | None = None
         self.owned_ifindexes: frozenset[int] = frozenset()   # read by the event monitor thread
         # The link table of the last pass, reused while no link event came since it was read
         # (see `watch_links`); None: read the kernel.
@@ -123,7 +125,10 @@ class Reconciler:
         self.kernel.close()
 
     def invalidate(self) -> None:
-        """Forget the cached FDB/neighbour state and link table: the next pass reads the kernel."""
+        """Forget the cached FDB/neighbour state and link table: the next pass reads the kernel
+        (against what it held after the last pass: see `reconcile`)."""
+        if self._entries is not None:
+            self._hint = self._entries
         self._entries = None
         self._links = None
 
@@ -161,6 +166,8 @@ class Reconciler:
         self.owned_ifindexes = frozenset(i for n, i in drv.index.items() if naming.is_owned(n))
         if not (d_br.empty and d_vx.empty) or d_pl.delete:
             self.invalidate()       # entries went with deleted/recreated links
+            if d_br.update or d_br.delete or d_vx.update or d_vx.delete or d_pl.delete:
+                self._hint = None   # ... so the kernel no longer holds what the last pass left
 
         full_read = self._entries is None
         plugged_before = frozenset(p.tap for p in have_plugs if naming.is_bridge(p.bridge))
@@ -172,10 +179,14 @@ class Reconciler:
         want_fdb: frozenset[Fdb] | Without[Fdb] = Without(desired.fdb, unplugged) if unplugged else desired.fdb
         if self._entries is None:
             index = k.read_links().index if not (d_br.empty and d_vx.empty) else links.index
-            # Read against what is wanted: a kernel that holds it costs no copy of its entries
-            # (compute.diff.against); a tap plugged only now has no entries to read yet.
-            fdb = k.read_fdb(index, plugged_before, want_fdb if plugged <= plugged_before else None)
-            neighs = k.read_neighs(index, desired.neighs)
+            # Read against what the kernel held after the last pass (a resync in a burst of
+            # changes: the new entries are not there yet) or else what is wanted: a kernel that
+            # holds it costs no copy of its entries (compute.diff.against); a tap plugged only
+            # now has no entries to read yet. Drift makes it read again without (a copy).
+            hint_fdb, hint_neighs = self._hint or (want_fdb, desired.neighs)
+            self._hint = None
+            fdb = k.read_fdb(index, plugged_before, hint_fdb if plugged <= plugged_before else None)
+            neighs = k.read_neighs(index, hint_neighs)
             self._entries = (fdb if fdb is not None else k.read_fdb(index, plugged_before),
                              neighs if neighs is not None else k.read_neighs(index))   # type: ignore[assignment]
         have_fdb, have_neigh = self._entries
