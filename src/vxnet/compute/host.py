@@ -12,11 +12,12 @@ Contract:
 - `HostComputer(spec).compute(view)` returns exactly `compute_host(view, spec)` (tested on random
   histories) while recomputing only what changed: L2 and DHCP per network (`L2Cache`,
   `DhcpCache`), the firewall, routing, gateway and QoS parts when one of the view buckets they read
-  is a different object (view updates replace only the buckets they touch), and the merged L2
+  is a different object (view updates replace only the buckets they touch), and the L2 state
   only when some part changed. A pass in which nothing changed returns the previous object.
-  The old per-network parts are let go as their replacements are computed (`compute.memo`): a
-  pass in which every network changed holds the old merged state, the new parts and the new
-  merged state, not also all the old parts.
+  The L2 state's FDB and neighbour sets are not merged: they are `compute.state.Parts` of the
+  per-network parts themselves and one part of the features' entries (`merge_parts`), so a pass
+  in which every network changed holds the previous pass's parts (the agent's applied state,
+  which its diff needs) and the new ones, and no merged copy of either.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def _gateway(v: View, spec: HostSpec) -> GatewayDesired:
 def _assemble(overlay: HostState | tuple[HostState, ...], fw: Firewall, routing: RoutingState, dhcp: DhcpState,
               gateway: GatewayDesired, qos: QosState, metadata: MetadataState | None = None) -> HostDesired:
     # The firewall and QoS act on taps and own no bridge port: no L2 part. `overlay`: the L2
-    # state, or its per-network parts (merged here once, with the features' parts).
-    # The per-network parts are not merged into one copy of their 30,000 entries (`merge_parts`).
+    # state, or its per-network parts (combined here with the features' parts, their 30,000
+    # FDB/neighbour entries without a merged copy: `merge_parts`).
     meta = metadata or MetadataState()
     parts = overlay if isinstance(overlay, tuple) else (overlay,)
     return HostDesired(merge_parts(parts, [routing.l2, dhcp.l2, gateway.l2, meta.l2]), fw, routing, dhcp, gateway,
@@ -122,7 +123,7 @@ class HostComputer:
             t[f"compute_{name}"] = time.perf_counter() - t0
             return out
 
-        overlay = timed("l2", lambda: self.l2.parts(v))     # per network; merged once in _assemble
+        overlay = timed("l2", lambda: self.l2.parts(v))     # per network; combined in _assemble
         fw = timed("firewall", lambda: self._parts.get(
             "firewall", tuple(v.bucket(k) for k in FIREWALL_INPUTS), lambda: compute_firewall(v, spec.host)))
         routing = timed("routing", lambda: self._parts.get(
