@@ -281,8 +281,8 @@ def test_a_resync_in_a_burst_of_changes_reads_the_kernel_against_what_it_held() 
     assert res.diff.counts()["fdb"] == len(want.fdb - before.fdb) and not res.diff.fdb.delete
     assert rec._entries is not None and rec._entries[1] is want.neighs
     gone = next(iter(want.neighs))
-    del k.neighs[gone.key]                                    # drift, then a resync with changes
+    del k.neighs[gone.key]                                    # drift, then a resync
     rec.invalidate()
     reads = k.reads
-    res = rec.reconcile(desired(POOL[:8]))
-    assert k.reads == reads + 3 and held(k, desired(POOL[:8])) == desired(POOL[:8])
+    res = rec.reconcile(want)
+    assert k.reads == reads + 3 and res.diff.neighs.create == (gone,) and held(k, want) == want

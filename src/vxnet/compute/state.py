@@ -150,10 +150,16 @@ class Parts(AbstractSet[E]):
 
     def _index(self) -> dict[str, tuple[frozenset[E], ...]]:
         out: dict[str, tuple[frozenset[E], ...]] = {}
-        for p in self.parts:
+        for p in sorted(self.parts, key=len, reverse=True):   # a device's largest part first
             for dev in {e.dev for e in p}:        # type: ignore[attr-defined]
                 out[dev] = (*out.get(dev, ()), p)
         return out
+
+    def by_dev(self) -> dict[str, tuple[frozenset[E], ...]]:
+        """The parts by the device of their entries (Fdb, Neigh), built once."""
+        if self._by_dev is None:
+            self._by_dev = self._index()
+        return self._by_dev
 
     def __iter__(self) -> Iterator[E]:
         return itertools.chain.from_iterable(self.parts)
