@@ -383,7 +383,9 @@ def run(opts: argparse.Namespace) -> Report:
                  "the embedded store) after the ports were created through the API (bulk, 250 a request) and "
                  "applied as view updates; h2's and h3's agents are stopped once registered; no VM is "
                  "plugged; the default group's remote-group rule puts every port's address in the firewall's "
-                 "sets.")
+                 "sets. Its 30 s resync can fall while the updates arrive (load decides): its kernel read-back is "
+                 "then part of the peak (before December 2026's per-network sets that read missed the entries not "
+                 "made yet and read everything again as a copy: ~4 MB more in such a run).")
     notes.append("Timings are wall clock on a shared 2-vCPU machine; load average at the end: " +
                  " / ".join(f"{x:.1f}" for x in os.getloadavg()) + ".")
     return Report(NAME, cols, rows, notes=notes, goals=goals)

@@ -22,7 +22,10 @@ commits (dataplane/nft_ledger.py) nor kept a copy of the pass's diff or a set of
 entry's hash; its budget is 66 MB (72 before). The same work took the probe's L2-only agent to
 50 MB and its whole agent (plain view, objects) to 59 MB; their budgets stay as they were. A
 real `vxnet agent` in a lab with the same view: 59.9-60.5 MB peak, 56.6-56.8 MB resident
-(docs/benchmarks.md)."""
+(docs/benchmarks.md). Since the FDB/neighbour sets have no second copy (compute.state.Parts,
+compute.diff.Without, the L2 cache's own port memo; December 2026): L2 only 48.0-48.3 MB, the
+whole agent (objects) 53.3-54.5 MB, this probe 61.2-62.3 MB (its peak is the first pass after the
+JSON snapshot), the real lab agent 55.9-56.6 MB peak."""
 
 from __future__ import annotations
 

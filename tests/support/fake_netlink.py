@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from vxnet.compute import naming
-from vxnet.compute.diff import Diff, against
+from vxnet.compute.diff import Diff, Without, against
 from vxnet.compute.state import Bridge, Fdb, Neigh, Plug, Vxlan
 from vxnet.dataplane.links_driver import LinkSnapshot
 
@@ -73,7 +73,7 @@ class FakeKernel:
         return FakeLinks(self, dict(index))
 
     def read_fdb(self, index: Mapping[str, int], taps: frozenset[str],
-                 expected: frozenset[Fdb] | None = None) -> frozenset[Fdb] | None:
+                 expected: frozenset[Fdb] | Without[Fdb] | None = None) -> frozenset[Fdb] | Without[Fdb] | None:
         self.reads += 1
         return against((e for e in self.fdb.values() if naming.is_vxlan(e.dev) or e.dev in taps), expected)
 

@@ -350,3 +350,21 @@ def test_a_port_up_computes_only_its_plug_path_before_the_plug() -> None:
     c = vm(11, "h2", net=1)                                           # net 1: no bridge on h2 any more
     update({"put": {"ports": {c["id"]: c}}})
     assert "compute_dhcp" in seen[0]
+
+
+def test_the_computer_holds_no_merged_copy_of_the_per_network_entries() -> None:
+    # compute.state.Parts: the host's FDB and neighbour sets are the L2 cache's per-network
+    # parts themselves (plus the features' few entries), not a merged copy built every pass;
+    # they equal the full recompute's merged sets.
+    from vxnet.compute.state import Parts
+
+    s = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": full_view(world(BASE), HOSTS, "h1")})
+    comp = HostComputer(SPECS["h1"])
+    got = comp.compute(s.view)
+    ref = compute_host(s.view, SPECS["h1"])
+    parts = comp.l2.parts(s.view)
+    for kind in ("fdb", "neighs"):
+        mine = getattr(got.l2, kind)
+        assert isinstance(mine, Parts) and mine == getattr(ref.l2, kind) and len(mine) == len(getattr(ref.l2, kind))
+        assert {id(getattr(p, kind)) for p in parts if getattr(p, kind)} <= {id(p) for p in mine.parts}
+        assert set(mine) == set(getattr(ref.l2, kind))

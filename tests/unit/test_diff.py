@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vxnet.compute.diff import Diff, apply, diff
-from vxnet.compute.state import Fdb, Neigh
+from vxnet.compute.diff import Diff, Without, apply, diff
+from vxnet.compute.state import Fdb, Neigh, Parts
 
 macs = st.sampled_from([f"02:00:00:00:00:0{i}" for i in range(6)])
 fdbs = st.builds(Fdb, st.sampled_from(["vxv-a", "vxv-b"]), macs,
@@ -54,3 +54,49 @@ def test_apply_of_diff_converges(desired: list[Fdb], actual: list[Fdb]) -> None:
     d = diff(want, have)
     assert apply(have, d) == want
     assert diff(want, apply(have, d)).empty
+
+
+def _keyed(entries: list[Fdb]) -> frozenset[Fdb]:
+    return frozenset({e.key: e for e in entries}.values())
+
+
+@given(st.lists(fdbs), st.lists(fdbs), st.lists(fdbs), st.lists(fdbs), st.booleans())
+def test_a_set_minus_a_few_diffs_as_its_copy_would(a: list[Fdb], x: list[Fdb], b: list[Fdb], y: list[Fdb],
+                                                  same_base: bool) -> None:
+    # Without(base, out): the reconciler's wanted and applied FDB sets without a copy of the
+    # desired one; diff and apply must see exactly the set base - out, whichever side it is on.
+    want_base = _keyed(a)
+    have_base = want_base if same_base else _keyed(b)
+    want, have = Without(want_base, x), Without(have_base, y)
+    want_copy, have_copy = want_base - frozenset(x), have_base - frozenset(y)
+    assert set(want) == want_copy and len(want) == len(want_copy) and all(e in want for e in want_copy)
+    assert not any(e in want for e in want_base - want_copy)
+    for d, ref in ((diff(want, have), diff(want_copy, have_copy)), (diff(want, have_copy), diff(want_copy, have_copy)),
+                   (diff(want_copy, have), diff(want_copy, have_copy))):
+        assert d == ref
+    assert apply(have, diff(want, have)) == want_copy
+    assert diff(want, Without(want_base, x)).empty          # the same set given twice: no change
+
+
+@given(st.lists(fdbs), st.lists(fdbs), st.lists(fdbs), st.integers(0, 3))
+def test_parts_diff_as_their_merged_copy_would(a: list[Fdb], b: list[Fdb], x: list[Fdb], shared: int) -> None:
+    # compute.state.Parts: disjoint parts (one per device here, as one per network in the agent)
+    # diff against each other, against plain sets and inside a Without as the merged set would.
+    def parts(entries: list[Fdb]) -> list[frozenset[Fdb]]:
+        by_dev: dict[str, set[Fdb]] = {"vxv-a": set(), "vxv-b": set()}
+        for e in _keyed(entries):
+            by_dev[e.dev].add(e)
+        return [frozenset(v) for v in by_dev.values()]
+
+    mine, theirs = parts(a), parts(b)
+    if shared % 2:
+        theirs[0] = mine[0]                       # an unchanged part: the very same object
+    want, have = Parts(mine), Parts(theirs)
+    want_set, have_set = frozenset(want), frozenset(have)
+    assert len(want) == len(want_set) and all(e in want for e in want_set)
+    assert (want == have) == (want_set == have_set) and want == want_set and want_set == want
+    assert diff(want, have) == diff(want_set, have_set)
+    assert diff(want, have_set) == diff(want_set, have) == diff(want_set, have_set)
+    assert diff(Without(want, x), have) == diff(want_set - frozenset(x), have_set)
+    assert diff(have, Without(want, x)) == diff(have_set, want_set - frozenset(x))
+    assert apply(have, diff(want, have)) == want_set

@@ -85,7 +85,7 @@ import ipaddress
 import re
 import socket
 import zlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from vxnet.compute import dhcp, naming
@@ -324,10 +324,10 @@ def _norm6(addr: str) -> str | None:
     return str(n.network_address) if n.prefixlen == 128 else str(n)
 
 
-def _merged(norm: set[str], host_bits: int) -> frozenset[str]:
+def _merged(norm: set[str] | frozenset[str], host_bits: int) -> frozenset[str]:
     """Normalised addresses/prefixes merged into non-overlapping prefixes."""
     if not any("/" in n for n in norm):
-        return frozenset(norm)             # plain addresses never overlap
+        return norm if isinstance(norm, frozenset) else frozenset(norm)   # plain addresses never overlap
     nets = ipaddress.collapse_addresses(ipaddress.ip_network(n) for n in norm)
     return frozenset(str(n.network_address) if n.prefixlen == host_bits else str(n) for n in nets)
 
@@ -362,17 +362,20 @@ def group_members(ports: Iterable[Port], group: str, family: int) -> frozenset[s
     """The addresses of a remote group of one family (`socket.AF_INET` or `AF_INET6`): the
     fixed IPs and allowed address pairs of its ports (not link-locals: Neutron's remote-group
     sets hold fixed IPs and pairs), merged as `collapse`/`collapse6` do."""
-    norm: set[str] = set()
-    for p in ports:
-        if group not in p.security_groups:
-            continue
-        for f in p.fixed_ips:
-            if (n := _canonical(f.ip_address, family)) is not None:
-                norm.add(n)
-        for pair in p.allowed_address_pairs:
-            if (n := _canonical(pair.ip_address, family)) is not None:
-                norm.add(n)
-    return _merged(norm, 128 if family == socket.AF_INET6 else 32)
+    def addresses() -> Iterator[str]:
+        for p in ports:
+            if group not in p.security_groups:
+                continue
+            for f in p.fixed_ips:
+                if (n := _canonical(f.ip_address, family)) is not None:
+                    yield n
+            for pair in p.allowed_address_pairs:
+                if (n := _canonical(pair.ip_address, family)) is not None:
+                    yield n
+
+    # Straight into the frozenset (not a set, then its copy): with 10,000 members the set was
+    # ~0.5 MB more at the peak of every pass that changed a port.
+    return _merged(frozenset(addresses()), 128 if family == socket.AF_INET6 else 32)
 
 
 def _protocol(value: Any) -> int | None:

@@ -14,9 +14,10 @@ Contract:
   `DhcpCache`), the firewall, routing, gateway and QoS parts when one of the view buckets they read
   is a different object (view updates replace only the buckets they touch), and the merged L2
   only when some part changed. A pass in which nothing changed returns the previous object.
-  The old per-network parts are let go as their replacements are computed (`compute.memo`): a
-  pass in which every network changed holds the old merged state, the new parts and the new
-  merged state, not also all the old parts.
+  The L2 state's FDB and neighbour sets are not merged: they are `compute.state.Parts` of the
+  per-network parts themselves and one part of the features' entries (`merge_parts`), so a pass
+  in which every network changed holds the previous pass's parts (the agent's applied state,
+  which its diff needs) and the new ones, and no merged copy of either.
 - `HostComputer.compute_plug(view)` then `compute(view)` (the agent's port-up pass) is `compute`
   in two steps: the first gives the firewall and the L2 state of the view's overlay merged with
   the features' L2 parts of the previous `compute` (what a pass needs before it plugs a tap);
@@ -39,7 +40,7 @@ from vxnet.compute.memo import IdentityMemo
 from vxnet.compute.metadata import MetadataState, compute_metadata
 from vxnet.compute.qos import QosState, compute_qos
 from vxnet.compute.routing import RoutingState, compute_routing
-from vxnet.compute.state import HostState, merge
+from vxnet.compute.state import HostState, merge_parts
 from vxnet.model import View, as_view
 
 # The view buckets each whole-view part reads (its memo key).
@@ -87,11 +88,12 @@ def _gateway(v: View, spec: HostSpec) -> GatewayDesired:
 def _assemble(overlay: HostState | tuple[HostState, ...], fw: Firewall, routing: RoutingState, dhcp: DhcpState,
               gateway: GatewayDesired, qos: QosState, metadata: MetadataState | None = None) -> HostDesired:
     # The firewall and QoS act on taps and own no bridge port: no L2 part. `overlay`: the L2
-    # state, or its per-network parts (merged here once, with the features' parts).
+    # state, or its per-network parts (combined here with the features' parts, their 30,000
+    # FDB/neighbour entries without a merged copy: `merge_parts`).
     meta = metadata or MetadataState()
     parts = overlay if isinstance(overlay, tuple) else (overlay,)
-    return HostDesired(merge([*parts, routing.l2, dhcp.l2, gateway.l2, meta.l2]), fw, routing, dhcp, gateway, qos,
-                       meta)
+    return HostDesired(merge_parts(parts, [routing.l2, dhcp.l2, gateway.l2, meta.l2]), fw, routing, dhcp, gateway,
+                       qos, meta)
 
 
 def compute_host(view: View | Mapping[str, Mapping[str, Any]], spec: HostSpec) -> HostDesired:
@@ -148,12 +150,12 @@ class HostComputer:
         overlay, fw = self._plug_parts(view, t)
         last = self._last
         if last is None:
-            l2 = merge(overlay)
+            l2 = merge_parts(overlay, [])
         elif last[0][0] == self.l2.version:
             l2 = last[1].l2                 # the same overlay parts: the last merged state
         else:
             d = last[1]
-            l2 = merge([*overlay, d.routing.l2, d.dhcp.l2, d.gateway.l2, d.metadata.l2])
+            l2 = merge_parts(overlay, [d.routing.l2, d.dhcp.l2, d.gateway.l2, d.metadata.l2])
         plug = PlugDesired(l2, fw)
         self._plug = (view, t, overlay, fw, plug)
         self.timings = dict(t)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from vxnet.compute.diff import Diff
+from vxnet.compute.diff import Diff, Without
 from vxnet.compute.state import Fdb, Neigh
 from vxnet.dataplane.links_driver import LinksDriver, LinkSnapshot, read_links
 from vxnet.dataplane.neigh_driver import apply_entries, read_fdb, read_neighs
@@ -33,7 +33,7 @@ class RtnlKernel:
         return LinksDriver(self.ipr, self.underlay_ip, index, self.rtnl, self.netns)
 
     def read_fdb(self, index: Mapping[str, int], taps: frozenset[str],
-                 expected: frozenset[Fdb] | None = None) -> frozenset[Fdb] | None:
+                 expected: frozenset[Fdb] | Without[Fdb] | None = None) -> frozenset[Fdb] | Without[Fdb] | None:
         return read_fdb(self.rtnl, index, taps, expected)
 
     def read_neighs(self, index: Mapping[str, int], expected: frozenset[Neigh] | None = None) -> frozenset[Neigh] | None:

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterator, Mapping
 
 from vxnet.compute import naming
-from vxnet.compute.diff import Diff, against
+from vxnet.compute.diff import Diff, Without, against
 from vxnet.compute.state import Fdb, Neigh
 from vxnet.dataplane.rtnl import (
     AF_BRIDGE,
@@ -41,7 +41,7 @@ _OK_DEL = {0, errno.ENOENT, errno.ENODEV, errno.ESRCH}
 
 
 def read_fdb(rtnl: RtnlSocket, index: Mapping[str, int], taps: frozenset[str],
-             expected: frozenset[Fdb] | None = None) -> frozenset[Fdb] | None:
+             expected: frozenset[Fdb] | Without[Fdb] | None = None) -> frozenset[Fdb] | Without[Fdb] | None:
     """Owned FDB entries on VXLAN devices and on the given (plugged) taps; with `expected`, as
     `compute.diff.against` returns them (None: an expected entry is missing, read again)."""
     names = {i: n for n, i in index.items() if naming.is_vxlan(n) or n in taps}
