@@ -81,6 +81,16 @@ def _store(endpoints: list[str]) -> EtcdStore:
     return EtcdStore(endpoints, timeout=TIMEOUT, cache=False)
 
 
+@pytest.fixture
+def pair(members: list[_Member]) -> Iterator[tuple[_Member, _Member, EtcdStore]]:
+    """Two fake members and a store that uses the first one until it fails."""
+    a, b = _Member(), _Member()
+    members += [a, b]
+    s = _store([a.endpoint, b.endpoint])
+    yield a, b, s
+    s.close()
+
+
 def test_a_write_to_a_member_nobody_listens_on_was_never_sent(members: list[_Member]) -> None:
     b = _Member()
     members.append(b)
@@ -100,43 +110,31 @@ def test_a_write_to_a_member_nobody_listens_on_was_never_sent(members: list[_Mem
 
 
 @pytest.mark.parametrize("mode", ["hang", "no leader"])
-def test_a_write_that_reached_a_member_is_never_sent_again(members: list[_Member], mode: str) -> None:
-    a, b = _Member(), _Member()
-    members += [a, b]
-    s = _store([a.endpoint, b.endpoint])
-    try:
-        a.mode = mode
-        with pytest.raises(StoreUnavailable):
-            s.txn([], [Put("/k", "v")])
-        assert (a.txns, b.txns) == (1, 0)
-    finally:
-        s.close()
+def test_a_write_that_reached_a_member_is_never_sent_again(pair: tuple[_Member, _Member, EtcdStore],
+                                                           mode: str) -> None:
+    a, b, s = pair
+    a.mode = mode
+    with pytest.raises(StoreUnavailable):
+        s.txn([], [Put("/k", "v")])
+    assert (a.txns, b.txns) == (1, 0)
 
 
-def test_a_read_that_got_no_answer_is_retried(members: list[_Member]) -> None:
-    a, b = _Member(), _Member()
-    members += [a, b]
-    s = _store([a.endpoint, b.endpoint])
-    try:
-        a.mode = "hang"
-        assert s.get("/k") is None
-        assert a.ranges == 2 and b.ranges == 1   # the start's revision read, the lost one; the retry
-    finally:
-        s.close()
+def test_a_read_that_got_no_answer_is_retried(pair: tuple[_Member, _Member, EtcdStore]) -> None:
+    a, b, s = pair
+    a.mode = "hang"
+    assert s.get("/k") is None
+    assert a.ranges == 2 and b.ranges == 1   # the start's revision read, the lost one; the retry
 
 
-def test_a_member_stopped_after_use_counts_as_never_sent(members: list[_Member]) -> None:
-    a, b = _Member(), _Member()
-    members += [a, b]
-    s = _store([a.endpoint, b.endpoint])
-    try:
-        assert s.txn([], [Put("/k", "1")]).succeeded and a.txns == 1
-        a.stop()
-        time.sleep(0.2)               # the channel notices the connection is gone
-        assert s.txn([], [Put("/k", "2")]).succeeded
-        assert b.txns == 1
-    finally:
-        s.close()
+def test_a_member_stopped_after_use_counts_as_never_sent(pair: tuple[_Member, _Member, EtcdStore]) -> None:
+    a, b, s = pair
+    assert s.txn([], [Put("/k", "1")]).succeeded and a.txns == 1
+    a.stop()
+    deadline = time.monotonic() + 5   # the channel notices the connection is gone (GOAWAY, close)
+    while s._rpc._member(a.endpoint).state is grpc.ChannelConnectivity.READY and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert s.txn([], [Put("/k", "2")]).succeeded
+    assert b.txns == 1
 
 
 def test_shutdown_wakes_the_reader_of_a_quiet_watch(members: list[_Member]) -> None:
