@@ -98,7 +98,7 @@ class _EtcdError(StoreError):
         self.code = code
 
 
-def batches(events: Any) -> list[list[Event]]:
+def _batches(events: Any) -> list[list[Event]]:
     """A WatchResponse's events as contract Events, one batch per revision."""
     out: list[list[Event]] = []
     for raw in events:
@@ -162,7 +162,7 @@ class _Watch:
                                 self._fail(CompactedError(res.compact_revision))
                                 return
                             break  # cancelled by the server for another reason: resume
-                        for batch in batches(res.events):
+                        for batch in _batches(res.events):
                             self._deliver(batch)
                             self.next_rev = batch[0].kv.mod_revision + 1
             except ConnectionError:
