@@ -319,8 +319,7 @@ class Target:
 def etcd_requests(url: str | None) -> collections.Counter[str]:
     """gRPC requests every member of the cluster behind `url` has answered so far, by method
     (Range, Txn, LeaseGrant, Watch streams, ...), from the members' own /metrics. Each one is a
-    round trip of some server to etcd (the JSON gateway forwards each call to the member's gRPC
-    server), so the difference over a run, divided by its creates, is the requests per create."""
+    round trip of some server to etcd (vxnet calls the members' gRPC API), so the difference over a run, divided by its creates, is the requests per create."""
     out: collections.Counter[str] = collections.Counter()
     if not url or not url.startswith("etcd://"):
         return out
@@ -519,7 +518,7 @@ def run(opts: argparse.Namespace) -> Report:
         f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs (client and server share them).")
     if any(s.startswith("etcd") for s in stores):
         notes.append(f"etcd: {opts.etcd_members} members on loopback (Debian's etcd), a fresh cluster per etcd "
-                     "backend with `--etcd-servers` API servers on it (creates spread over them, CPU summed); each server talks to it over its JSON gateway (`vxnet.store.etcd_store`). `etcd` "
+                     "backend with `--etcd-servers` API servers on it (creates spread over them, CPU summed); each server talks to it over gRPC (`vxnet.store.etcd_grpc`). `etcd` "
                      "serves reads from the store's watch-fed mirror (`vxnet.store.cache`); `etcd-nocache` "
                      "(`?cache=0`) reads etcd on every read, as before the cache. Ratio rows: throughput as a / b, "
                      "latencies as a / b (so < 1 means a is faster).")

@@ -624,7 +624,7 @@ def run(opts: argparse.Namespace) -> Report:
                  "could not tear them down.")
     if "etcd" in stores:
         notes.append("vxnet on etcd: a fresh 3-member etcd cluster on loopback (in the same private namespace) and two "
-                     "`vxnet server`s on it (JSON gateway, the store's watch-fed read cache on); agents started with "
+                     "`vxnet server`s on it (gRPC, the store's watch-fed read cache on); agents started with "
                      "`--server URL1,URL2` watch server 1; the benchmark creates, binds and polls ACTIVE through "
                      "server 2, so each bind crosses etcd and the other server's watch before reaching an agent.")
     if opts.skip_ovn:

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -251,10 +251,11 @@ def test_cache_off_reads_etcd(cluster: EtcdCluster, stores: list[EtcdStore], ns:
 
 
 class _WatchGate:
-    """The mirror's watch stream (`Pool.stream`, store/etcd_http.py), with two gates: a new
-    stream waits at `connect` until the test opens it, then its first line (etcd's `created`)
-    passes and everything after it waits until `events` opens. `held` is set once the mirror
-    has taken the first line and asks for more (so it has finished handling `created`)."""
+    """The mirror's watch stream (`Channels.watch`, store/etcd_grpc.py), with two gates: a new
+    stream waits at `connect` until the test opens it, then its first response (etcd's
+    `created`) passes and everything after it waits until `events` opens. `held` is set once
+    the mirror has taken the first response and asks for more (so it has finished handling
+    `created`)."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -263,21 +264,20 @@ class _WatchGate:
         self.events = threading.Event()
         self.held = threading.Event()
 
-    def __call__(self, *args: Any) -> _GatedStream:
+    def __call__(self, *args: Any, **kwargs: Any) -> _GatedStream:
         self.connecting.set()
         self.connect.wait()
-        return _GatedStream(self._stream(*args), self)
+        return _GatedStream(self._stream(*args, **kwargs), self)
 
 
 class _GatedStream:
     def __init__(self, inner: Any, gate: _WatchGate) -> None:
         self._inner, self._gate = inner, gate
-        self.status = inner.status
 
-    def lines(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Any]:
         first = True
-        for line in self._inner.lines():
-            yield line
+        for res in self._inner:
+            yield res
             if first:
                 first = False
                 self._gate.held.set()
@@ -286,8 +286,11 @@ class _GatedStream:
     def shutdown(self) -> None:
         self._inner.shutdown()
 
-    def close(self) -> None:
-        self._inner.close()
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.shutdown()
 
 
 def test_a_resumed_watch_serves_no_read_before_it_caught_up(cluster: EtcdCluster, stores: list[EtcdStore],
@@ -297,8 +300,8 @@ def test_a_resumed_watch_serves_no_read_before_it_caught_up(cluster: EtcdCluster
     put(a, ns + "k", "old")
     assert a.get(ns + "k").value == "old"
     assert a._mirror is not None
-    gate = _WatchGate(a._pool.stream)
-    a._pool.stream = gate                   # type: ignore[method-assign]
+    gate = _WatchGate(a._rpc.watch)
+    a._rpc.watch = gate                     # type: ignore[method-assign]
     a._mirror.kick()                        # the stream drops; its successor waits at the gate
     assert gate.connecting.wait(TIMEOUT), f"no new watch (mirror thread alive: {a._mirror._thread.is_alive()})"
     wait_for(lambda: not a.cache_live, "mirror still live without a stream")
@@ -370,8 +373,8 @@ def test_a_watch_taken_while_the_mirror_catches_up_survives_its_compaction_reloa
     a = open_live(stores, cluster.endpoints)
     b = open_live(stores, cluster.endpoints)
     assert a._mirror is not None
-    gate = _WatchGate(a._pool.stream)
-    a._pool.stream = gate                   # type: ignore[method-assign]
+    gate = _WatchGate(a._rpc.watch)
+    a._rpc.watch = gate                     # type: ignore[method-assign]
     a._mirror.kick()
     assert gate.connecting.wait(TIMEOUT), "no new watch"
     wait_for(lambda: not a.cache_live, "mirror still live without a stream")

@@ -5,7 +5,6 @@ that applies its watch events, so the lag is certain, not a timing accident)."""
 
 from __future__ import annotations
 
-import base64
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,13 +33,13 @@ def test_a_read_after_a_revision_waits_for_a_lagging_mirror(cluster: EtcdCluster
     reader = open_store(cluster.url() + "?cache=1")
     writer = open_store(cluster.url() + "?cache=0")
     assert isinstance(reader, EtcdStore)
-    wire_key = base64.b64encode(key.encode()).decode()
+    wire_key = key.encode()
     release = threading.Event()
     held = threading.Event()
     apply = Mirror._apply
 
-    def slow_apply(self: Mirror, events: list[dict[str, Any]]) -> None:
-        if any(e.get("kv", {}).get("key") == wire_key for e in events):
+    def slow_apply(self: Mirror, events: Any) -> None:
+        if any(e.kv.key == wire_key for e in events):
             held.set()
             release.wait(10)
         apply(self, events)

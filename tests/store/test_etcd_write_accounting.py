@@ -1,10 +1,10 @@
 """What one port create through the API costs on etcd, counted (no timing): requests by gateway
-path, compares and keys per txn, bytes each way, watch events each server decodes, leases.
+method, compares and keys per txn, bytes each way, watch events each server decodes, leases.
 
 Two in-process API servers (each its own `EtcdStore` with its read mirror) on a real 3-member
 etcd; a member creates ports through server A over HTTP, one after another (so there are no
 reruns, and every count is exact), while server B only watches. Each store's transport is
-wrapped to count its requests (`Pool.post`) and each mirror's event decoding (`Mirror._apply`).
+wrapped to count its calls (`Channels.call`) and each mirror's event decoding (`Mirror._apply`).
 The per-create table is printed (`pytest -s`: docs/benchmarks.md, "etcd write path") and the
 budget asserted, so a change that adds a round trip, a key or a decoded event per create fails
 here.
@@ -13,7 +13,6 @@ here.
 from __future__ import annotations
 
 import collections
-import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +23,6 @@ from tests.conftest import ServerHandle, start_server
 from tests.support.etcd import EtcdCluster
 from vxnet.store import open_store
 from vxnet.store.etcd_store import EtcdStore
-from vxnet.store.etcd_wire import _unb64
 
 CREATES = 40
 
@@ -38,41 +36,41 @@ def _kind(key: str) -> str:
 
 
 class Counter:
-    """Counts one store's gateway requests and its mirror's decoded events."""
+    """Counts one store's etcd calls and its mirror's decoded events."""
 
     def __init__(self, store: EtcdStore) -> None:
         self.c: collections.Counter[str] = collections.Counter()
-        pool, mirror = store._pool, store._mirror
+        rpc, mirror = store._rpc, store._mirror
         assert mirror is not None
-        post, apply = pool.post, mirror._apply
+        call, apply = rpc.call, mirror._apply
 
-        def counting_post(endpoint: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-            status, data = post(endpoint, path, body)
-            self.c[f"call {path}"] += 1
-            self.c["bytes sent"] += len(json.dumps(body))
-            self.c["bytes received"] += len(json.dumps(data))
-            if path == "/v3/kv/txn":
-                self.c["txn compares"] += len(body.get("compare", []))
-                for cmp in body.get("compare", []):
-                    self.c[f"compare {_kind(_unb64(cmp['key']))}"] += 1
-                for op in body.get("success", []):
-                    if "request_put" in op:
+        def counting_call(endpoint: str, method: str, request: Any) -> Any:
+            data = call(endpoint, method, request)
+            self.c[f"call {method}"] += 1
+            self.c["bytes sent"] += request.ByteSize()
+            self.c["bytes received"] += data.ByteSize()
+            if method == "Txn":
+                self.c["txn compares"] += len(request.compare)
+                for cmp in request.compare:
+                    self.c[f"compare {_kind(cmp.key.decode())}"] += 1
+                for op in request.success:
+                    if op.HasField("request_put"):
                         self.c["txn puts"] += 1
-                        self.c[f"put {_kind(_unb64(op['request_put']['key']))}"] += 1
-                        self.c["put value bytes"] += len(_unb64(op["request_put"].get("value")))
+                        self.c[f"put {_kind(op.request_put.key.decode())}"] += 1
+                        self.c["put value bytes"] += len(op.request_put.value)
                     else:
                         self.c["txn deletes"] += 1
-            return status, data
+            return data
 
-        def counting_apply(events: list[dict[str, Any]]) -> None:
+        def counting_apply(events: Any) -> None:
             self.c["watch messages"] += 1
             self.c["watch events"] += len(events)
-            self.c["watch bytes"] += len(json.dumps(events))
             for raw in events:
-                self.c[f"event {_kind(_unb64(raw['kv']['key']))}"] += 1
+                self.c["watch bytes"] += raw.ByteSize()
+                self.c[f"event {_kind(raw.kv.key.decode())}"] += 1
             apply(events)
 
-        pool.post = counting_post  # type: ignore[method-assign]
+        rpc.call = counting_call  # type: ignore[method-assign]
         mirror._apply = counting_apply  # type: ignore[method-assign]
 
     def snapshot(self) -> collections.Counter[str]:
@@ -141,11 +139,10 @@ def test_port_create_accounting(two_servers: tuple[ServerHandle, ServerHandle]) 
         return table.get(key, {}).get("B", 0.0)
 
     # one round trip per create, from the handling server only
-    assert a("call /v3/kv/txn") == 1.0
+    assert a("call Txn") == 1.0
     # besides it only the marker lease, granted every few seconds (services/repo.py)
-    assert {k for k, v in table.items() if k.startswith("call ") and v["A"]} <= {"call /v3/kv/txn",
-                                                                                "call /v3/lease/grant"}
-    assert a("call /v3/lease/grant") < 0.5
+    assert {k for k, v in table.items() if k.startswith("call ") and v["A"]} <= {"call Txn", "call LeaseGrant"}
+    assert a("call LeaseGrant") < 0.5
     assert sum(v["B"] for k, v in table.items() if k.startswith("call ")) == 0.0
     assert a("put res/ports") == 1.0 and a("put ipam") == 1.0 and a("put mac") == 1.0
     # both servers decode the same events (each mirror sees every revision)
@@ -189,7 +186,7 @@ def test_concurrent_creates_share_transactions(two_servers: tuple[ServerHandle, 
     assert len({p["fixed_ips"][0]["ip_address"] for p in stored}) == n
     assert len({p["mac_address"] for p in stored}) == n
     da, db = ca.snapshot() - a0, cb.snapshot() - b0
-    txns = da["call /v3/kv/txn"] + db["call /v3/kv/txn"]
+    txns = da["call Txn"] + db["call Txn"]
     print("\n8 clients over 2 servers, per create (requests: both servers' sum; watch: each server)")
     for key in sorted(set(da) | set(db)):
         both = da[key] + db[key]

@@ -1,23 +1,20 @@
 """The etcd mirror's key order (store/cache.py): `range` after many inserts and deletes in
 random order equals a brute-force prefix scan of its keys, in key order; unmirrored keys
-(attempt markers) never appear. Pure logic: a gateway that serves one empty page and no watch."""
+(attempt markers) never appear. Pure logic: a fake etcd that serves one empty page and no watch."""
 
 from __future__ import annotations
 
-import base64
 import random
 import threading
 from typing import Any
 
+from aetcd import rpc
+
 from vxnet.store.cache import UNMIRRORED, Mirror
 
 
-def _b64(s: str) -> str:
-    return base64.b64encode(s.encode()).decode()
-
-
-class _Pool:
-    def stream(self, *args: Any) -> Any:
+class _Channels:
+    def watch(self, *args: Any, **kwargs: Any) -> Any:
         raise ConnectionRefusedError("no watch here")
 
 
@@ -27,10 +24,10 @@ class _Gateway:
     def __init__(self) -> None:
         self._closed = threading.Event()
         self._closed.set()
-        self._pool = _Pool()
+        self._rpc = _Channels()
 
-    def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
-        return {"header": {"revision": "1"}, "kvs": []}
+    def _call(self, method: str, request: Any, *, idempotent: bool) -> Any:
+        return rpc.RangeResponse(header=rpc.ResponseHeader(revision=1))
 
     def _current(self) -> str:
         return "http://etcd.invalid"
@@ -39,11 +36,10 @@ class _Gateway:
         pass
 
 
-def _event(key: str, rev: int, delete: bool = False) -> dict[str, Any]:
-    kv = {"key": _b64(key), "mod_revision": str(rev), "create_revision": str(rev), "version": "1"}
-    if not delete:
-        kv["value"] = _b64("v" + key)
-    return {"type": "DELETE", "kv": kv} if delete else {"kv": kv}
+def _event(key: str, rev: int, delete: bool = False) -> Any:
+    kv = rpc.KeyValue(key=key.encode(), mod_revision=rev, create_revision=rev, version=1,
+                      value=b"" if delete else ("v" + key).encode())
+    return rpc.Event(type=rpc.Event.DELETE if delete else rpc.Event.PUT, kv=kv)
 
 
 def test_range_matches_a_brute_force_scan_through_random_inserts_and_deletes() -> None:

@@ -41,7 +41,6 @@ Nothing here writes: transactions and compares always go to etcd.
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import logging
@@ -51,41 +50,35 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import orjson
+from aetcd import rpc
 
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Sharer, StoreError, WatchCallback
-from vxnet.store.etcd_http import Pool, Stream
-from vxnet.store.etcd_wire import _b64, _kv
+from vxnet.store.etcd_grpc import Channels, WatchStream, key_value
 from vxnet.store.keyset import KeySet
 
 log = logging.getLogger(__name__)
 
 
 class EtcdGateway(Protocol):
-    """What the mirror uses of its etcd backend (`etcd_store.EtcdStore`): its JSON gateway calls,
-    its transport (for the watch stream), its endpoint rotation and whether it is closed."""
+    """What the mirror uses of its etcd backend (`etcd_store.EtcdStore`): its unary calls, its
+    transport (for the watch stream), its endpoint rotation and whether it is closed."""
 
-    _pool: Pool
+    _rpc: Channels
     _closed: threading.Event
 
-    def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]: ...
+    def _call(self, method: str, request: Any, *, idempotent: bool) -> Any: ...
     def _current(self) -> str: ...
     def _rotate(self, failed: str) -> None: ...
 
-ALL = "\0"     # key "\0" with range_end "\0": every key (etcd's "all keys >= key")
+ALL = b"\0"    # key "\0" with range_end "\0": every key (etcd's "all keys >= key")
 PAGE = 2000    # keys per page of the initial load
-# gRPC metadata "hasleader" (through the gateway's Grpc-Metadata- headers): etcd ends the watch
-# when its member has lost the leader (partitioned, or its peers gone), instead of keeping a
-# stream open that receives nothing while the mirror keeps serving what it has.
-REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 # Keys the mirror does not hold: the exactly-once attempt markers (services/repo.py TXN_PREFIX),
 # one put and one lease-expiry delete per write, read only linearizably from etcd. Their events
 # still advance the mirror's revision (every revision reaches it); `EtcdStore` sends reads and
 # watches that could include them to etcd.
 UNMIRRORED = "/vxnet-txn/"
-# The base64 of its first 9 bytes is the first 12 characters of every such key on the wire: a
-# cheap test before decoding.
-_UNMIRRORED_B64 = base64.b64encode(UNMIRRORED[:9].encode()).decode()
+_UNMIRRORED_RAW = UNMIRRORED.encode()   # tested on the wire's bytes, before decoding
+_DELETE = rpc.Event.DELETE
 SHRINK_AFTER = 50_000  # deleted keys after which the mirror's dict is rebuilt (a dict never shrinks)
 HISTORY = 1024  # revisions of events kept to start a watch a little in the past (old values: memory)
 
@@ -151,7 +144,7 @@ class Mirror:
         self.catchups = 0           # streams that had to catch up before going live (for tests)
         self._need_load = True
         self._stop = threading.Event()
-        self._response: Stream | None = None
+        self._response: WatchStream | None = None
         self.loads = 0              # full loads so far (the first one included)
         self._subs: list[Subscription] = []
         # (revision, its events) of the last HISTORY revisions that changed mirrored keys; every
@@ -239,7 +232,7 @@ class Mirror:
         """Drop the current stream; the loop reconnects (to the next member) and resumes."""
         resp = self._response
         if resp is not None:
-            resp.shutdown()   # closing would not wake a thread blocked reading it: shut the socket
+            resp.shutdown()   # cancels the call: wakes the thread reading it
 
     def close(self) -> None:
         self._stop.set()
@@ -259,16 +252,14 @@ class Mirror:
         start = ALL
         share = Sharer()  # one copy of equal revisions and short values
         while True:
-            body: dict[str, Any] = {"key": _b64(start), "range_end": _b64(ALL), "limit": str(PAGE)}
-            if rev:
-                body["revision"] = str(rev)
-            data = self._store._call("/v3/kv/range", body, idempotent=True)
-            rev = rev or int(data["header"]["revision"])
-            page = [_kv(raw, share) for raw in data.get("kvs", [])]
+            data = self._store._call("Range", rpc.RangeRequest(key=start, range_end=ALL, limit=PAGE, revision=rev),
+                                     idempotent=True)
+            rev = rev or data.header.revision
+            page = [key_value(raw, share) for raw in data.kvs]
             kvs += [kv for kv in page if not kv.key.startswith(UNMIRRORED)]
-            if not data.get("more") or not page:
+            if not data.more or not page:
                 break
-            start = page[-1].key + "\0"
+            start = data.kvs[-1].key + b"\0"
         with self._cond:
             self._kv = {kv.key: kv for kv in kvs}
             self._deleted = 0
@@ -283,16 +274,17 @@ class Mirror:
         for sub in subs:
             sub.queue.put(CompactedError(self._compacted_at or rev))
 
-    def _apply(self, events: list[dict[str, Any]]) -> None:
+    def _apply(self, events: Any) -> None:
+        """Apply one watch response's events (etcd `mvccpb.Event`s)."""
         parsed: list[Event] = []
         last = 0   # the last revision of the response, unmirrored keys included
         for raw in events:
-            kv_raw = raw["kv"]
-            if kv_raw.get("key", "").startswith(_UNMIRRORED_B64):
-                last = max(last, int(kv_raw.get("mod_revision", 0)))
-                if base64.b64decode(kv_raw["key"]).decode().startswith(UNMIRRORED):
-                    continue
-            parsed.append(Event(EventType.DELETE if raw.get("type") == "DELETE" else EventType.PUT, _kv(kv_raw, known=self._kv)))
+            kv_raw = raw.kv
+            if kv_raw.key.startswith(_UNMIRRORED_RAW):
+                last = max(last, kv_raw.mod_revision)
+                continue
+            parsed.append(Event(EventType.DELETE if raw.type == _DELETE else EventType.PUT,
+                                key_value(kv_raw, known=self._kv)))
         batches: list[tuple[int, list[Event]]] = []
         for ev in parsed:   # one batch per revision, as a store watch delivers them
             if batches and batches[-1][0] == ev.kv.mod_revision:
@@ -333,8 +325,8 @@ class Mirror:
     def _created(self, stream_no: int) -> None:
         """The watch exists: go live once the mirror has reached the cluster's current revision
         (read now, linearizably, so that every later revision reaches us through this watch)."""
-        data = self._store._call("/v3/kv/range", {"key": _b64(ALL), "count_only": True}, idempotent=True)
-        target = int(data["header"]["revision"])
+        data = self._store._call("Range", rpc.RangeRequest(key=ALL, count_only=True), idempotent=True)
+        target = data.header.revision
         with self._cond:
             if self._rev >= target:
                 self._live = True
@@ -364,7 +356,6 @@ class Mirror:
             self._cond.notify_all()
 
     def _run(self) -> None:
-
         store = self._store
         while not self._stop.is_set():
             ep = store._current()
@@ -372,38 +363,33 @@ class Mirror:
             try:
                 if self._need_load:
                     self._load()
-                body = {"create_request": {"key": _b64(ALL), "range_end": _b64(ALL),
-                                           "start_revision": str(self._rev + 1)}}
                 with self._cond:
                     stream_no = self._stream_no
-                resp = store._pool.stream(ep, "/v3/watch", body, REQUIRE_LEADER)
-                with contextlib.closing(resp):
+                # require-leader: etcd ends the watch when its member has lost the leader
+                # (partitioned, or its peers gone), instead of keeping a stream open that receives
+                # nothing while the mirror keeps serving what it has.
+                resp = store._rpc.watch(ep, rpc.WatchCreateRequest(key=ALL, range_end=ALL, start_revision=self._rev + 1),
+                                        require_leader=True)
+                with resp:
                     self._response = resp
                     if self._stop.is_set():
                         return
-                    for line in resp.lines():
+                    for res in resp:
                         if self._stop.is_set():
                             return
-                        if not line.strip():
-                            continue
-                        msg = orjson.loads(line)
-                        if "error" in msg:          # e.g. "no leader" (REQUIRE_LEADER): next member
-                            log.info("etcd mirror stream on %s: %s", ep, msg["error"].get("message"))
-                            break
-                        res = msg.get("result", {})
-                        if res.get("created"):
+                        if res.created:
                             self._created(stream_no)
-                        if res.get("canceled"):
-                            if "compact_revision" in res:   # history gone under us: reload everything
+                        if res.canceled:
+                            if res.compact_revision:   # history gone under us: reload everything
                                 log.warning("etcd mirror behind the compaction point %s: reloading",
-                                            res["compact_revision"])
+                                            res.compact_revision)
                                 self._need_load = True
-                                self._compacted_at = int(res["compact_revision"])
+                                self._compacted_at = res.compact_revision
                                 failed = False
                             break
-                        if res.get("events"):
-                            self._apply(res["events"])
-            except (OSError, ValueError, StoreError) as e:
+                        if res.events:
+                            self._apply(res.events)
+            except (OSError, StoreError) as e:   # ConnectionError: the stream broke or etcd ended it
                 log.debug("etcd mirror stream on %s ended: %s", ep, e)
             finally:
                 self._response = None

@@ -1,17 +1,12 @@
-"""etcd backend of the store contract, over etcd's own HTTP/JSON gateway (v3 API).
-
-Why the gateway and not gRPC: no binary dependency, failover in a few lines, and every
-behaviour checked in ../shared/ETCD-NOTES.md (about 2x the latency of gRPC; fine for a control
-plane whose reads are few). Keys and values are base64 on the wire; int64 fields arrive as
-strings; zero-valued fields are omitted (a PUT event has no "type", a failed txn no
-"succeeded").
+"""etcd backend of the store contract, over etcd's gRPC v3 API (`etcd_grpc`: one channel per
+member, never-sent vs unanswered calls; see its docstring for why gRPC and not the JSON gateway).
 
 Contract mapping and invariants:
 - Revisions, create/mod revision, version and leases are etcd's own.
 - Several ops on one key in one txn are coalesced (the later op wins), because etcd refuses
   duplicate keys in a txn. A prefix delete and a put under that prefix in the same txn are
   turned into explicit deletes of the keys found under the prefix (read just before).
-- Writes are sent once: only a request that never reached a member (connect error) is retried
+- Writes are sent once: only a request that never reached a member (not connected) is retried
   on the next endpoint. A write whose answer was lost raises StoreUnavailable: it may have been
   applied, and only the caller knows whether retrying is safe. Reads are retried freely.
 - A watch runs in its own thread, resumes after a failover from the last delivered revision + 1
@@ -19,7 +14,7 @@ Contract mapping and invariants:
   compaction (CompactedError) or when the store is closed.
 
 Reads and the read cache (`cache.Mirror`, on unless `cache=False`): `get`, `range` and
-`revision` are served from a local mirror of every key, fed by one watch, instead of one HTTP
+`revision` are served from a local mirror of every key, fed by one watch, instead of one etcd
 round trip each. Consistency:
 - Reads are serializable (the whole state at one revision the cluster had), at most one watch
   delay behind writes made through other clients (other servers): about a millisecond here.
@@ -49,16 +44,13 @@ the mirror never runs ahead of the mirror's reads: whatever it delivered, a read
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import httpx
+from aetcd import rpc
 
 from vxnet.store.cache import UNMIRRORED, Mirror, unmirrored
 from vxnet.store.contract import (
@@ -78,14 +70,14 @@ from vxnet.store.contract import (
     WatchCallback,
     prefix_end,
 )
-from vxnet.store.etcd_http import NeverSent, Pool, Unanswered
-from vxnet.store.etcd_wire import _b64, _kv
+from vxnet.store.etcd_grpc import Channels, NeverSent, RpcFailed, Unanswered, WatchStream, key_value
 
 log = logging.getLogger(__name__)
 
-_TARGETS = {"create": ("CREATE", "create_revision"), "mod": ("MOD", "mod_revision"),
-            "version": ("VERSION", "version"), "value": ("VALUE", "value")}
-_RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
+_TARGETS = {"create": (rpc.Compare.CREATE, "create_revision"), "mod": (rpc.Compare.MOD, "mod_revision"),
+            "version": (rpc.Compare.VERSION, "version"), "value": (rpc.Compare.VALUE, "value")}
+_RESULTS = {"==": rpc.Compare.EQUAL, "!=": rpc.Compare.NOT_EQUAL, "<": rpc.Compare.LESS, ">": rpc.Compare.GREATER}
+_DELETE = rpc.Event.DELETE
 
 
 def _endpoint(text: str) -> str:
@@ -95,10 +87,28 @@ def _endpoint(text: str) -> str:
     return text.rstrip("/")
 
 
+def _range(key: str, end: str = "", **fields: Any) -> Any:
+    """A RangeRequest for `key` (to `end`, exclusive, if given)."""
+    return rpc.RangeRequest(key=key.encode(), range_end=end.encode(), **fields)
+
+
 class _EtcdError(StoreError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _batches(events: Any) -> list[list[Event]]:
+    """A WatchResponse's events as contract Events, one batch per revision."""
+    out: list[list[Event]] = []
+    for raw in events:
+        kv = key_value(raw.kv)
+        ev = Event(EventType.DELETE if raw.type == _DELETE else EventType.PUT, kv)
+        if out and out[-1][0].kv.mod_revision == kv.mod_revision:
+            out[-1].append(ev)
+        else:
+            out.append([ev])
+    return out
 
 
 class _Watch:
@@ -110,15 +120,14 @@ class _Watch:
         self.callback = callback
         self.on_error = on_error
         self.cancelled = threading.Event()
-        self._response: httpx.Response | None = None
+        self._stream: WatchStream | None = None
         self.thread = threading.Thread(target=self._run, name=f"vxnet-etcd-watch {prefix}", daemon=True)
 
     def cancel(self) -> None:
         self.cancelled.set()
-        resp = self._response
-        if resp is not None:
-            with contextlib.suppress(Exception):  # closing a dead stream may fail; we are done anyway
-                resp.close()
+        stream = self._stream
+        if stream is not None:
+            stream.shutdown()
 
     def _deliver(self, events: list[Event]) -> None:
         if events and not self.cancelled.is_set():
@@ -136,37 +145,27 @@ class _Watch:
                 log.exception("watch error handler for %s failed", self.prefix)
 
     def _run(self) -> None:
-        body = {"create_request": {"key": _b64(self.prefix), "range_end": _b64(prefix_end(self.prefix)),
-                                   "start_revision": str(self.next_rev)}}
+        key, end = self.prefix.encode(), prefix_end(self.prefix).encode()
         while not self.cancelled.is_set():
-            body["create_request"]["start_revision"] = str(self.next_rev)
             ep = self.store._current()
+            create = rpc.WatchCreateRequest(key=key, range_end=end, start_revision=self.next_rev)
             try:
-                with self.store._stream_client.stream("POST", ep + "/v3/watch", json=body) as resp:
-                    self._response = resp
-                    for line in resp.iter_lines():
+                stream = self._stream = self.store._rpc.watch(ep, create)
+                if self.cancelled.is_set():
+                    stream.shutdown()
+                with stream:
+                    for res in stream:
                         if self.cancelled.is_set():
                             return
-                        if not line:
-                            continue
-                        res = json.loads(line).get("result", {})
-                        if res.get("canceled"):
-                            if "compact_revision" in res:
-                                self._fail(CompactedError(int(res["compact_revision"])))
+                        if res.canceled:
+                            if res.compact_revision:
+                                self._fail(CompactedError(res.compact_revision))
                                 return
                             break  # cancelled by the server for another reason: resume
-                        batch: list[Event] = []
-                        for raw in res.get("events", []):
-                            kv = _kv(raw["kv"])
-                            typ = EventType.DELETE if raw.get("type") == "DELETE" else EventType.PUT
-                            if batch and batch[0].kv.mod_revision != kv.mod_revision:
-                                self._deliver(batch)
-                                batch = []
-                            batch.append(Event(typ, kv))
-                        if batch:
+                        for batch in _batches(res.events):
                             self._deliver(batch)
                             self.next_rev = batch[0].kv.mod_revision + 1
-            except (httpx.HTTPError, ValueError):
+            except ConnectionError:
                 pass
             if self.cancelled.is_set() or self.store._closed.is_set():
                 return
@@ -189,13 +188,7 @@ class EtcdStore:
             raise StoreError("etcd store needs at least one endpoint")
         self._eps = [_endpoint(e) for e in endpoints]
         self._cur = 0
-        verify: Any = True
-        if ca or cert:
-            verify = ssl.create_default_context(cafile=ca)
-            if cert and key:
-                verify.load_cert_chain(cert, key)
-        self._pool = Pool(timeout, verify if isinstance(verify, ssl.SSLContext) else None)
-        self._stream_client = httpx.Client(timeout=httpx.Timeout(timeout, read=None), verify=verify)
+        self._rpc = Channels(timeout, ca, cert, key)
         self._closed = threading.Event()
         self._watches: list[_Watch] = []
         self._lock = threading.Lock()
@@ -206,10 +199,14 @@ class EtcdStore:
         self._mirror: Mirror | None = None
         self.reads_cached = 0        # reads answered by the mirror / by etcd (for tests and benchmarks)
         self.reads_etcd = 0
-        if cache:
-            self._mirror = Mirror(self)  # loads every key: fails early when no member answers
-        else:
-            self._real_revision()  # fail early when no member answers
+        try:
+            if cache:
+                self._mirror = Mirror(self)  # loads every key: fails early when no member answers
+            else:
+                self._real_revision()  # fail early when no member answers
+        except BaseException:
+            self._rpc.close()
+            raise
         # reads served by the mirror hand out its own KeyValues (contract.KeyValue.parsed)
         self.keeps_key_values = self._mirror is not None
 
@@ -223,14 +220,14 @@ class EtcdStore:
             if self._current() == failed:
                 self._cur += 1
 
-    def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+    def _call(self, method: str, request: Any, *, idempotent: bool) -> Any:
         if self._closed.is_set():
             raise StoreError("store is closed")
         last: Exception | None = None
         for _ in range(2 * len(self._eps)):
             ep = self._current()
             try:
-                status, data = self._pool.post(ep, path, body)
+                return self._rpc.call(ep, method, request)
             except NeverSent as e:  # never reached a member: always safe to retry
                 last = e
                 self._rotate(ep)
@@ -241,16 +238,14 @@ class EtcdStore:
                 last = e
                 self._rotate(ep)
                 continue
-            if status != 200 or "error" in data:
-                code = int(data.get("code", 2))
-                if code in (14, 4):  # UNAVAILABLE, DEADLINE_EXCEEDED: no leader right now
-                    last = _EtcdError(code, data.get("message", ""))
+            except RpcFailed as e:
+                if e.code in (14, 4):  # UNAVAILABLE, DEADLINE_EXCEEDED: no leader right now
+                    last = _EtcdError(e.code, str(e))
                     if not idempotent:
-                        raise StoreUnavailable(f"etcd: {data.get('message')}")
+                        raise StoreUnavailable(f"etcd: {e}") from None
                     time.sleep(0.2)
                     continue
-                raise _EtcdError(code, data.get("message", data.get("error", "etcd error")))
-            return data  # type: ignore[no-any-return]
+                raise _EtcdError(e.code, str(e)) from None
         raise StoreUnavailable(f"no etcd member answered: {last}")
 
     # --- reads -------------------------------------------------------------------------------
@@ -296,20 +291,18 @@ class EtcdStore:
         m = self._cached() if not key.startswith(UNMIRRORED) else self._uncached()
         if m is not None:
             return m.get(key)
-        data = self._call("/v3/kv/range", {"key": _b64(key)}, idempotent=True)
-        self._raise_floor(int(data["header"]["revision"]))
-        kvs = data.get("kvs", [])
-        return _kv(kvs[0]) if kvs else None
+        data = self._call("Range", _range(key), idempotent=True)
+        self._raise_floor(data.header.revision)
+        return key_value(data.kvs[0]) if data.kvs else None
 
     def get_linearizable(self, key: str) -> KeyValue | None:
         """`get` answered by the etcd cluster itself (a linearizable read through the leader),
         never by the mirror: what deciding the outcome of an ambiguous commit needs, because a
         wrong "it did not land" there would run the change twice."""
         self.reads_etcd += 1
-        data = self._call("/v3/kv/range", {"key": _b64(key)}, idempotent=True)
-        self._raise_floor(int(data["header"]["revision"]))
-        kvs = data.get("kvs", [])
-        return _kv(kvs[0]) if kvs else None
+        data = self._call("Range", _range(key), idempotent=True)
+        self._raise_floor(data.header.revision)
+        return key_value(data.kvs[0]) if data.kvs else None
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         m = self._cached() if not unmirrored(prefix) else self._uncached()
@@ -328,13 +321,12 @@ class EtcdStore:
         return rev
 
     def _real_range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        data = self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))},
-                          idempotent=True)
-        return [_kv(raw) for raw in data.get("kvs", [])], int(data["header"]["revision"])
+        data = self._call("Range", _range(prefix, prefix_end(prefix)), idempotent=True)
+        return [key_value(raw) for raw in data.kvs], data.header.revision
 
     def _real_revision(self) -> int:
-        data = self._call("/v3/kv/range", {"key": _b64("\0"), "count_only": True}, idempotent=True)
-        return int(data["header"]["revision"])
+        data = self._call("Range", _range("\0", count_only=True), idempotent=True)
+        return data.header.revision  # type: ignore[no-any-return]
 
     @property
     def cache_live(self) -> bool:
@@ -343,7 +335,7 @@ class EtcdStore:
 
     # --- writes ------------------------------------------------------------------------------
 
-    def _ops(self, ops: Sequence[Op]) -> list[dict[str, Any]]:
+    def _ops(self, ops: Sequence[Op]) -> list[Any]:
         final: dict[str, Op] = {}
         for op in ops:
             if isinstance(op, Delete) and op.prefix:
@@ -351,23 +343,22 @@ class EtcdStore:
                     del final[k]
             final[op.key if not (isinstance(op, Delete) and op.prefix) else "\0prefix\0" + op.key] = op
         puts = {k for k, op in final.items() if isinstance(op, Put)}
-        out: list[dict[str, Any]] = []
+        out: list[Any] = []
         for k, op in final.items():
             if isinstance(op, Put):
-                req: dict[str, Any] = {"key": _b64(op.key), "value": _b64(op.value)}
-                if op.lease:
-                    req["lease"] = str(op.lease)
-                out.append({"request_put": req})
+                out.append(rpc.RequestOp(request_put=rpc.PutRequest(key=op.key.encode(), value=op.value.encode(),
+                                                                    lease=op.lease or 0)))
             elif op.prefix:
                 inside = [p for p in puts if p.startswith(op.key)]
                 if inside:  # etcd refuses overlapping put and delete ranges: expand the prefix
                     for kv in self._real_range(op.key)[0]:
                         if kv.key not in puts:
-                            out.append({"request_delete_range": {"key": _b64(kv.key)}})
+                            out.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=kv.key.encode())))
                 else:
-                    out.append({"request_delete_range": {"key": _b64(op.key), "range_end": _b64(prefix_end(op.key))}})
+                    out.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
+                        key=op.key.encode(), range_end=prefix_end(op.key).encode())))
             else:
-                out.append({"request_delete_range": {"key": _b64(op.key)}})
+                out.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key.encode())))
         return out
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
@@ -375,18 +366,16 @@ class EtcdStore:
         for c in compares:
             if c.target == "exists":
                 want_exists = bool(c.value) == (c.op == "==")
-                cmp.append({"key": _b64(c.key), "target": "CREATE",
-                            "result": "GREATER" if want_exists else "EQUAL", "create_revision": "0"})
+                cmp.append(rpc.Compare(key=c.key.encode(), target=rpc.Compare.CREATE, create_revision=0,
+                                       result=rpc.Compare.GREATER if want_exists else rpc.Compare.EQUAL))
                 continue
             target, field = _TARGETS[c.target]
-            value = _b64(str(c.value)) if c.target == "value" else str(c.value)
-            entry = {"key": _b64(c.key), "target": target, "result": _RESULTS[c.op], field: value}
-            if c.prefix:
-                entry["range_end"] = _b64(prefix_end(c.key))
-            cmp.append(entry)
-        body = {"compare": cmp, "success": self._ops(success), "failure": self._ops(failure)}
+            value = str(c.value).encode() if c.target == "value" else int(c.value)  # type: ignore[call-overload]
+            cmp.append(rpc.Compare(key=c.key.encode(), target=target, result=_RESULTS[c.op], **{field: value},
+                                   range_end=prefix_end(c.key).encode() if c.prefix else b""))
+        request = rpc.TxnRequest(compare=cmp, success=self._ops(success), failure=self._ops(failure))
         try:
-            data = self._call("/v3/kv/txn", body, idempotent=False)
+            data = self._call("Txn", request, idempotent=False)
         except StoreUnavailable:
             self._floor_unknown = True  # it may have landed: the next read must see it if it did
             raise
@@ -394,11 +383,11 @@ class EtcdStore:
             if "lease not found" in str(e):
                 raise LeaseNotFound(str(e)) from None
             if "too many operations" in str(e):
-                raise TxnTooLarge(f"{len(body['success'])} operations in one transaction: {e}") from None
+                raise TxnTooLarge(f"{len(request.success)} operations in one transaction: {e}") from None
             raise
-        rev = int(data["header"]["revision"])
+        rev = data.header.revision
         self._raise_floor(rev)
-        return TxnResult(bool(data.get("succeeded", False)), rev)
+        return TxnResult(bool(data.succeeded), rev)
 
     # --- watch -------------------------------------------------------------------------------
 
@@ -427,42 +416,40 @@ class EtcdStore:
         """Raise CompactedError if etcd no longer holds revision `start_revision` (at most the
         cluster's current one)."""
         try:  # a range at a compacted revision fails: tell the caller now, not later
-            self._call("/v3/kv/range", {"key": _b64(prefix), "count_only": True,
-                                        "revision": str(start_revision)}, idempotent=True)
+            self._call("Range", _range(prefix, count_only=True, revision=start_revision), idempotent=True)
         except _EtcdError as e:
             if e.code == 11 and "compacted" in str(e):
                 raise CompactedError(self._compact_revision(prefix, start_revision)) from None
             raise
 
     def _compact_revision(self, prefix: str, start: int) -> int:
-        body = {"create_request": {"key": _b64(prefix), "start_revision": str(start)}}
+        """The compaction revision etcd names when a watch from `start` is refused."""
+        create = rpc.WatchCreateRequest(key=prefix.encode(), start_revision=start)
         try:
-            with self._stream_client.stream("POST", self._current() + "/v3/watch", json=body) as r:
-                for line in r.iter_lines():
-                    res = json.loads(line).get("result", {}) if line else {}
-                    if res.get("canceled"):
-                        return int(res.get("compact_revision", start))
-        except httpx.HTTPError:
+            with self._rpc.watch(self._current(), create) as stream:
+                for res in stream:
+                    if res.canceled:
+                        return res.compact_revision or start  # type: ignore[no-any-return]
+        except ConnectionError:
             pass
         return start
 
     # --- leases ------------------------------------------------------------------------------
 
     def grant_lease(self, ttl: int) -> int:
-        data = self._call("/v3/lease/grant", {"TTL": str(ttl)}, idempotent=False)
-        return int(data["ID"])
+        data = self._call("LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), idempotent=False)
+        return data.ID  # type: ignore[no-any-return]
 
     def refresh_lease(self, lease_id: int) -> int:
-        data = self._call("/v3/lease/keepalive", {"ID": str(lease_id)}, idempotent=True)
-        ttl = int(data.get("result", data).get("TTL", 0))
-        if ttl <= 0:
+        data = self._call("LeaseKeepAlive", rpc.LeaseKeepAliveRequest(ID=lease_id), idempotent=True)
+        if data.TTL <= 0:
             raise LeaseNotFound(f"lease {lease_id} not found")
-        return ttl
+        return data.TTL  # type: ignore[no-any-return]
 
     def revoke_lease(self, lease_id: int) -> None:
         try:  # its key deletions are a write: reads after it must not show those keys
-            data = self._call("/v3/lease/revoke", {"ID": str(lease_id)}, idempotent=True)
-            self._raise_floor(int(data.get("header", {}).get("revision", 0)))
+            data = self._call("LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), idempotent=True)
+            self._raise_floor(data.header.revision)
         except _EtcdError as e:
             if "not found" not in str(e):
                 raise
@@ -471,7 +458,7 @@ class EtcdStore:
 
     def compact(self, revision: int) -> None:
         try:
-            self._call("/v3/kv/compaction", {"revision": str(revision), "physical": True}, idempotent=True)
+            self._call("Compact", rpc.CompactionRequest(revision=revision, physical=True), idempotent=True)
         except _EtcdError as e:
             if "compacted" not in str(e):  # compacting an already compacted revision is fine
                 raise
@@ -486,5 +473,4 @@ class EtcdStore:
             w.cancel()
         if self._mirror is not None:
             self._mirror.close()
-        self._pool.close()
-        self._stream_client.close()
+        self._rpc.close()
