@@ -238,3 +238,80 @@ def test_a_sent_snapshot_is_not_kept_by_an_idle_stream(tmp_path: Path) -> None:
     assert line.count(b"\n") == 1
     msg = json.loads(line)
     assert msg["type"] == "snapshot" and sorted(msg["view"]["ports"]) == [f"p{i:02d}" for i in range(30)]
+
+
+def _shared_world(tmp_path: Path) -> tuple[SqliteStore, Hub]:
+    """Three hosts on one network (every port in every view): ports 0, 4, ... on hv1, 1, 5, ...
+    on hv2, 2, 6, ... on hv3, 3, 7, ... unbound."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    hub = Hub(store)
+    hub.loop = None
+    hub._load()
+    for i in range(30):
+        hub._apply([_port_event(hub.revision + 1, f"p{i:02d}", ("hv1", "hv2", "hv3", "")[i % 4])])
+    for h in ("hv1", "hv2", "hv3"):
+        hub.index.track(h)
+    return store, hub
+
+
+def _plain(hub: Hub, host: str) -> bytes:
+    """The snapshot line written the plain way: the host's projected view in one `dumps`."""
+    from vxnet.services.view_hub import dumps
+
+    me = hub.index.hosts.get(host) or {"host": host, "underlay_ip": None, "alive": False, "gateway": False}
+    return dumps({"type": "snapshot", "revision": hub.revision, "epoch": hub.epoch,
+                  "view": {"host": me, **hub.index.snapshot(host)}}) + b"\n"
+
+
+def test_snapshots_alive_together_write_each_object_once_and_each_host_its_own_view(tmp_path: Path,
+                                                                                   monkeypatch: Any) -> None:
+    """Snapshots alive at the same time (a cold start) share the written-out objects they have in
+    common: a port is written in its peer form once for all the hosts it is not bound to, a
+    network once for all. What each host receives is still its own view, the same JSON as its
+    projected view written in one go (its own ports with their status fields, the others'
+    without), piece boundaries anywhere."""
+    from vxnet.services.view_hub import Snapshot
+
+    monkeypatch.setattr(Snapshot, "CHUNK", 1500)
+    monkeypatch.setattr(Snapshot, "GROUP", 4)
+    store, hub = _shared_world(tmp_path)
+    try:
+        snaps = {h: hub.snapshot(h) for h in ("hv1", "hv2", "hv3")}
+        lines = {h: b"".join(s.chunks()) for h, s in snaps.items()}
+        # a bound port written once in its peer form, then served to the second other host
+        # (8 + 8 + 7 ports); an unbound one (a peer of all three) to the second and third
+        assert hub.fragments.hits == (8 + 8 + 7) + 2 * 7
+        for h, line in lines.items():
+            view = json.loads(line)["view"]
+            assert json.loads(line) == json.loads(_plain(hub, h))
+            assert "status" in view["ports"]["p01" if h == "hv2" else "p00" if h == "hv1" else "p02"]
+            assert all(("status" in p) == (p["binding:host_id"] == h) for p in view["ports"].values())
+            assert len(view["ports"]) == 30
+        # the same bytes as a snapshot that shares nothing, in its own order
+        for h, line in lines.items():
+            alone = Snapshot(snaps[h].head, h, snaps[h].sections)
+            assert bytes(alone) == line and alone.fragments.hits == 0
+    finally:
+        store.close()
+
+
+def test_shared_objects_never_outlive_the_snapshots_or_their_object(tmp_path: Path) -> None:
+    """A changed object is written anew (the entry is for the object it was written from, and
+    the index replaces an object on a change), while an older snapshot still holds the old one;
+    once no snapshot is alive, nothing written is kept."""
+    store, hub = _shared_world(tmp_path)
+    try:
+        old = hub.snapshot("hv1")
+        first = bytes(old)
+        renamed = json.loads(_port_event(0, "p01", "hv2").kv.value) | {"name": "renamed"}
+        hub._apply([Event(EventType.PUT, KeyValue("/vxnet/res/ports/p01", json.dumps(renamed),
+                                                  hub.revision + 1, hub.revision + 1, 2))])
+        new = json.loads(bytes(hub.snapshot("hv1")))
+        assert new["view"]["ports"]["p01"]["name"] == "renamed"
+        assert json.loads(bytes(hub.snapshot("hv3")))["view"]["ports"]["p01"]["name"] == "renamed"
+        assert bytes(old) == first     # the old snapshot: the view at its revision
+        assert hub.fragments._size > 0
+        del old
+        assert hub.fragments.users == 0 and hub.fragments._size == 0 and not hub.fragments._new[0]
+    finally:
+        store.close()

@@ -70,7 +70,7 @@ import orjson
 from vxnet import heap
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
 from vxnet.services.compact import compact, parse_resource
-from vxnet.services.host_view import COLLECTIONS, ViewIndex, project
+from vxnet.services.host_view import COLLECTIONS, ViewIndex, peer_form
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Put, Store, WatchHandle, key_missing
@@ -167,32 +167,110 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+class Fragments:
+    """Serialised view entries (`"id":{...}`; a port as shown to a host that is not its own,
+    `peer_form`) shared by the snapshots written at the same time: a network spans a few hosts,
+    so at a cold start each of its objects is in a few snapshots, and is written out once
+    instead of once per host (with its peer projection). A port's own host's form is written for
+    that one snapshot only (not kept). An entry is kept by id with the object it was written
+    from, and served only for that very object: the index replaces an object on a change, never
+    edits one, so an entry can never be stale. It lives while some snapshot that may use it does
+    (`users`, counted by the hub's `Snapshot`s): with no snapshot alive it is empty. Bounded by
+    `budget` bytes in two generations (an entry used again moves to the new one; when the new
+    one is full, the old one is dropped): a larger burst writes some objects out more than once.
+    The bytes are kept in a dict of strings and bytes only, which the garbage collector does not
+    track (a cold start keeps ~100,000 entries)."""
+
+    BUDGET = 32 * 1024 * 1024
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = self.BUDGET if budget is None else budget
+        self._new: tuple[dict[str, bytes], dict[str, Any]] = ({}, {})
+        self._old: tuple[dict[str, bytes], dict[str, Any]] = ({}, {})
+        self._size = 0
+        self.users = 0       # snapshots alive that write through this
+        self.hits = 0        # entries served from here (tests, profiling)
+
+    def entry(self, id_: str, obj: Any, peer: bool) -> bytes:
+        """`"id_":obj` written out (a port in its `peer_form` if `peer`), from here if the same
+        object was written before."""
+        out, objs = self._new
+        if objs.get(id_) is obj:
+            self.hits += 1
+            return out[id_]
+        old_out, old_objs = self._old
+        if old_objs.get(id_) is obj:
+            self.hits += 1
+            data = old_out.pop(id_)
+            del old_objs[id_]
+        else:
+            data = entry(id_, peer_form(obj) if peer else obj)
+        if self._size >= self.budget // 2:
+            self._old, self._new, self._size = self._new, ({}, {}), 0
+            out, objs = self._new
+        out[id_] = data
+        objs[id_] = obj
+        self._size += len(data)
+        return data
+
+    def release(self) -> None:
+        """A snapshot using this is gone; the last one empties it."""
+        self.users -= 1
+        if self.users <= 0:
+            self.users = 0
+            self._new, self._old, self._size = ({}, {}), ({}, {}), 0
+
+
+def entry(id_: str, obj: Any) -> bytes:
+    """`"id_":obj` as in the view's JSON object."""
+    return dumps(id_) + b":" + dumps(obj)
+
+
 class Snapshot:
     """A host's view at one revision, written out when it is sent, in pieces of about CHUNK
     bytes: the stream's flow control then bounds what a slow reader holds in the server (at a
     cold start, 1,000 snapshots of ~300 KB each were queued at once). It holds the objects the
     view had at `revision` (the index replaces objects, it never changes one), so a piece written
-    later still belongs to that revision."""
+    later still belongs to that revision. Objects are written through `fragments` (shared with
+    the other snapshots alive; a fresh one if None): the bytes are those of the host's own
+    projection of the view (tests/unit/test_view_hub.py compares them with a plain `dumps`)."""
 
     CHUNK = 256 * 1024
-    GROUP = 64  # objects serialised in one call
+    GROUP = 128  # entries joined (own ports: serialised) in one step
 
-    def __init__(self, head: bytes, host: str, sections: list[tuple[str, list[tuple[str, Any]]]]) -> None:
+    def __init__(self, head: bytes, host: str, sections: list[tuple[str, list[str], list[Any], int]],
+                 fragments: Fragments | None = None) -> None:
         self.head = head
         self.host = host
         self.sections = sections
+        self.fragments = fragments if fragments is not None else Fragments()
+        self.fragments.users += 1
+
+    def __del__(self) -> None:
+        # Deterministic in CPython (a snapshot is in no reference cycle): the stream drops it
+        # once sent, a closed stream with its queue; the last one empties the shared entries.
+        self.fragments.release()
 
     def chunks(self) -> Iterator[bytes]:
         buf = [self.head]
         size = len(self.head)
-        host = self.host
-        for key, items in self.sections:
+        shared = self.fragments.entry
+        for key, ids, objs, own in self.sections:
             buf.append(b',"' + key.encode() + b'":{')
-            for start in range(0, len(items), self.GROUP):
-                part = dumps({i: project(host, key, v) for i, v in items[start:start + self.GROUP]})
-                if start:
-                    buf.append(b",")
-                buf.append(part[1:-1])
+            peer = key == "ports"
+            first = True
+            start = 0
+            while start < len(ids):
+                stop = start + self.GROUP
+                if start < own:    # the host's own ports, shown whole: in this snapshot only
+                    stop = min(stop, own)
+                    part = dumps(dict(zip(ids[start:stop], objs[start:stop], strict=True)))[1:-1]
+                else:
+                    part = b",".join([shared(i, v, peer) for i, v in zip(ids[start:stop], objs[start:stop],
+                                                                          strict=True)])
+                buf.append(part if first else b"," + part)
+                first = False
+                start = stop
                 size += len(part)
                 if size >= self.CHUNK:
                     yield b"".join(buf)
@@ -254,6 +332,7 @@ class Hub:
         self.fanout_seconds: Any = None  # a prometheus Histogram, set by the API's setup
         self.last_change: dict[str, int] = {}  # host -> last revision that changed its view (`vxnet status`)
         self.reports: dict[str, Obj] = {}      # host -> its agent's last status report (`agent-status/`)
+        self.fragments = Fragments()           # objects written out, shared by the snapshots alive
         # The server's hub (set by its setup): a load runs without the cyclic garbage collector
         # and ends with `gc.freeze()`, so later full collections skip the loaded objects
         # (100,000 ports: one full collection scanned ~1.1 M objects, 1-2 s on a shared vCPU).
@@ -544,7 +623,7 @@ class Hub:
         me = self.index.hosts.get(host) or {"host": host, "underlay_ip": None, "alive": False, "gateway": False}
         head = dumps({"type": "snapshot", "revision": self.revision, "epoch": self.epoch})[:-1] + b',"view":{"host":' \
             + dumps(me)
-        return Snapshot(head, host, self.index.snapshot_items(host))
+        return Snapshot(head, host, self.index.snapshot_items(host), self.fragments)
 
     def snapshot_line(self, host: str) -> bytes:
         return bytes(self.snapshot(host))
