@@ -315,3 +315,33 @@ def test_shared_objects_never_outlive_the_snapshots_or_their_object(tmp_path: Pa
         assert hub.fragments.users == 0 and hub.fragments._size == 0 and not hub.fragments._new[0]
     finally:
         store.close()
+
+
+def test_on_the_loop_shared_objects_outlive_a_snapshot_for_the_rest_of_the_burst(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    """On the event loop (the server), a snapshot already sent does not end the sharing: the next
+    host's snapshot of the same burst, made after it, still finds its objects (a cold start's
+    streams arrive one after the other); once no snapshot was made for IDLE seconds, nothing
+    written is kept."""
+    from vxnet.services.view_hub import Fragments
+
+    monkeypatch.setattr(Fragments, "IDLE", 0.05)
+    store, hub = _shared_world(tmp_path)
+
+    async def run() -> tuple[int, int, int]:
+        first = bytes(hub.snapshot("hv1"))     # made, sent and gone
+        assert first
+        await asyncio.sleep(0.03)
+        bytes(hub.snapshot("hv2"))              # within IDLE of the first: shares with it
+        hits = hub.fragments.hits
+        kept = hub.fragments._size
+        await asyncio.sleep(0.03)               # IDLE after the first, not after the second
+        still = hub.fragments._size
+        await asyncio.sleep(0.1)
+        return hits, kept and still, hub.fragments._size
+
+    try:
+        hits, kept, after = run_in_thread(run)
+    finally:
+        store.close()
+    assert hits == 7 + 7 and kept > 0 and after == 0   # hv3's and the unbound ports, written for hv1

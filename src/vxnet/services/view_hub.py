@@ -169,19 +169,22 @@ def dumps(obj: Any) -> bytes:
 
 class Fragments:
     """Serialised view entries (`"id":{...}`; a port as shown to a host that is not its own,
-    `peer_form`) shared by the snapshots written at the same time: a network spans a few hosts,
-    so at a cold start each of its objects is in a few snapshots, and is written out once
-    instead of once per host (with its peer projection). A port's own host's form is written for
-    that one snapshot only (not kept). An entry is kept by id with the object it was written
-    from, and served only for that very object: the index replaces an object on a change, never
-    edits one, so an entry can never be stale. It lives while some snapshot that may use it does
-    (`users`, counted by the hub's `Snapshot`s): with no snapshot alive it is empty. Bounded by
-    `budget` bytes in two generations (an entry used again moves to the new one; when the new
-    one is full, the old one is dropped): a larger burst writes some objects out more than once.
-    The bytes are kept in a dict of strings and bytes only, which the garbage collector does not
-    track (a cold start keeps ~100,000 entries)."""
+    `peer_form`) shared by the snapshots of one burst: a network spans a few hosts, so at a cold
+    start each of its objects is in a few snapshots, and is written out once instead of once per
+    host (with its peer projection). A port's own host's form is written for that one snapshot
+    only (not kept). An entry is kept by id with the object it was written from, and served only
+    for that very object: the index replaces an object on a change, never edits one, so an entry
+    can never be stale. Entries live while snapshots are being made: while some snapshot is alive
+    (`users`, counted by the hub's `Snapshot`s), and, on a running event loop, IDLE seconds more
+    (a cold start's streams arrive over seconds and each snapshot is sent at once, so one is often
+    gone before the next host's is made); then it is emptied. Bounded by `budget` bytes in two
+    generations (an entry used again moves to the new one; when the new one is full, the old
+    one is dropped): a larger burst writes some objects out more than once. The bytes are kept in
+    dicts of strings and bytes only, which the garbage collector does not track (a cold start
+    keeps ~100,000 entries)."""
 
     BUDGET = 32 * 1024 * 1024
+    IDLE = 1.0
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = self.BUDGET if budget is None else budget
@@ -190,6 +193,8 @@ class Fragments:
         self._size = 0
         self.users = 0       # snapshots alive that write through this
         self.hits = 0        # entries served from here (tests, profiling)
+        self._made = 0       # snapshots made so far (an idle check that saw another one waits on)
+        self._expiry: asyncio.TimerHandle | None = None
 
     def entry(self, id_: str, obj: Any, peer: bool) -> bytes:
         """`"id_":obj` written out (a port in its `peer_form` if `peer`), from here if the same
@@ -213,12 +218,35 @@ class Fragments:
         self._size += len(data)
         return data
 
+    def use(self) -> None:
+        """A snapshot writes through this from now on."""
+        self.users += 1
+        self._made += 1
+
     def release(self) -> None:
-        """A snapshot using this is gone; the last one empties it."""
+        """A snapshot using this is gone; after the last one, it is emptied (see the class)."""
         self.users -= 1
-        if self.users <= 0:
-            self.users = 0
-            self._new, self._old, self._size = ({}, {}), ({}, {}), 0
+        if self.users > 0 or self._expiry is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.clear()
+            return
+        self._expiry = loop.call_later(self.IDLE, self._expire, loop, self._made)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, made: int) -> None:
+        self._expiry = None
+        if self.users > 0:
+            return             # the last of those will check again
+        if self._made != made:  # snapshots came and went meanwhile: still a burst
+            self._expiry = loop.call_later(self.IDLE, self._expire, loop, self._made)
+            return
+        self.clear()
+
+    def clear(self) -> None:
+        """Nothing kept."""
+        self._new, self._old, self._size = ({}, {}), ({}, {}), 0
 
 
 def entry(id_: str, obj: Any) -> bytes:
@@ -244,11 +272,11 @@ class Snapshot:
         self.host = host
         self.sections = sections
         self.fragments = fragments if fragments is not None else Fragments()
-        self.fragments.users += 1
+        self.fragments.use()
 
     def __del__(self) -> None:
         # Deterministic in CPython (a snapshot is in no reference cycle): the stream drops it
-        # once sent, a closed stream with its queue; the last one empties the shared entries.
+        # once sent, a closed stream with its queue.
         self.fragments.release()
 
     def chunks(self) -> Iterator[bytes]:
