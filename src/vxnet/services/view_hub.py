@@ -70,7 +70,7 @@ import orjson
 from vxnet import heap
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
 from vxnet.services.compact import compact, parse_resource
-from vxnet.services.host_view import COLLECTIONS, ViewIndex, peer_form
+from vxnet.services.host_view import COLLECTIONS, ViewIndex, peer_copy
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Put, Store, WatchHandle, key_missing
@@ -167,139 +167,42 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class Fragments:
-    """Serialised view entries (`"id":{...}`; a port as shown to a host that is not its own,
-    `peer_form`) shared by the snapshots of one burst: a network spans a few hosts, so at a cold
-    start each of its objects is in a few snapshots, and is written out once instead of once per
-    host (with its peer projection). A port's own host's form is written for that one snapshot
-    only (not kept). An entry is kept by id with the object it was written from, and served only
-    for that very object: the index replaces an object on a change, never edits one, so an entry
-    can never be stale. Entries live while snapshots are being made: while some snapshot is alive
-    (`users`, counted by the hub's `Snapshot`s), and, on a running event loop, IDLE seconds more
-    (a cold start's streams arrive over seconds and each snapshot is sent at once, so one is often
-    gone before the next host's is made); then it is emptied. Bounded by `budget` bytes in two
-    generations (an entry used again moves to the new one; when the new one is full, the old
-    one is dropped): a larger burst writes some objects out more than once. The bytes are kept in
-    dicts of strings and bytes only, which the garbage collector does not track (a cold start
-    keeps ~100,000 entries)."""
-
-    BUDGET = 32 * 1024 * 1024
-    IDLE = 1.0
-
-    def __init__(self, budget: int | None = None) -> None:
-        self.budget = self.BUDGET if budget is None else budget
-        self._new: tuple[dict[str, bytes], dict[str, Any]] = ({}, {})
-        self._old: tuple[dict[str, bytes], dict[str, Any]] = ({}, {})
-        self._size = 0
-        self.users = 0       # snapshots alive that write through this
-        self.hits = 0        # entries served from here (tests, profiling)
-        self._made = 0       # snapshots made so far (an idle check that saw another one waits on)
-        self._expiry: asyncio.TimerHandle | None = None
-
-    def entry(self, id_: str, obj: Any, peer: bool) -> bytes:
-        """`"id_":obj` written out (a port in its `peer_form` if `peer`), from here if the same
-        object was written before."""
-        out, objs = self._new
-        if objs.get(id_) is obj:
-            self.hits += 1
-            return out[id_]
-        old_out, old_objs = self._old
-        if old_objs.get(id_) is obj:
-            self.hits += 1
-            data = old_out.pop(id_)
-            del old_objs[id_]
-        else:
-            data = entry(id_, peer_form(obj) if peer else obj)
-        if self._size >= self.budget // 2:
-            self._old, self._new, self._size = self._new, ({}, {}), 0
-            out, objs = self._new
-        out[id_] = data
-        objs[id_] = obj
-        self._size += len(data)
-        return data
-
-    def use(self) -> None:
-        """A snapshot writes through this from now on."""
-        self.users += 1
-        self._made += 1
-
-    def release(self) -> None:
-        """A snapshot using this is gone; after the last one, it is emptied (see the class)."""
-        self.users -= 1
-        if self.users > 0 or self._expiry is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.clear()
-            return
-        self._expiry = loop.call_later(self.IDLE, self._expire, loop, self._made)
-
-    def _expire(self, loop: asyncio.AbstractEventLoop, made: int) -> None:
-        self._expiry = None
-        if self.users > 0:
-            return             # the last of those will check again
-        if self._made != made:  # snapshots came and went meanwhile: still a burst
-            self._expiry = loop.call_later(self.IDLE, self._expire, loop, self._made)
-            return
-        self.clear()
-
-    def clear(self) -> None:
-        """Nothing kept."""
-        self._new, self._old, self._size = ({}, {}), ({}, {}), 0
-
-
-def entry(id_: str, obj: Any) -> bytes:
-    """`"id_":obj` as in the view's JSON object."""
-    return dumps(id_) + b":" + dumps(obj)
-
-
 class Snapshot:
     """A host's view at one revision, written out when it is sent, in pieces of about CHUNK
     bytes: the stream's flow control then bounds what a slow reader holds in the server (at a
     cold start, 1,000 snapshots of ~300 KB each were queued at once). It holds the objects the
     view had at `revision` (the index replaces objects, it never changes one), so a piece written
-    later still belongs to that revision. Objects are written through `fragments` (shared with
-    the other snapshots alive; a fresh one if None): the bytes are those of the host's own
-    projection of the view (tests/unit/test_view_hub.py compares them with a plain `dumps`)."""
+    later still belongs to that revision. The host's own ports come first, written whole; the
+    other ports in their `peer_form`. (Writing each object out once for all the snapshots of a
+    burst was tried: at 100,000 ports a cold start writes ~75 MB of distinct peer forms, and
+    under a 32 MiB bound only ~40% were found again, so it cost more CPU than it saved; see
+    docs/benchmarks.md, 2026-12-07.)"""
 
     CHUNK = 256 * 1024
-    GROUP = 128  # entries joined (own ports: serialised) in one step
+    GROUP = 64  # objects serialised in one call
 
-    def __init__(self, head: bytes, host: str, sections: list[tuple[str, list[str], list[Any], int]],
-                 fragments: Fragments | None = None) -> None:
+    def __init__(self, head: bytes, host: str, sections: list[tuple[str, list[str], list[Any], int]]) -> None:
         self.head = head
         self.host = host
         self.sections = sections
-        self.fragments = fragments if fragments is not None else Fragments()
-        self.fragments.use()
-
-    def __del__(self) -> None:
-        # Deterministic in CPython (a snapshot is in no reference cycle): the stream drops it
-        # once sent, a closed stream with its queue.
-        self.fragments.release()
 
     def chunks(self) -> Iterator[bytes]:
         buf = [self.head]
         size = len(self.head)
-        shared = self.fragments.entry
         for key, ids, objs, own in self.sections:
             buf.append(b',"' + key.encode() + b'":{')
-            peer = key == "ports"
-            first = True
             start = 0
             while start < len(ids):
                 stop = start + self.GROUP
-                if start < own:    # the host's own ports, shown whole: in this snapshot only
+                if start < own:    # the host's own ports: shown whole
                     stop = min(stop, own)
-                    part = dumps(dict(zip(ids[start:stop], objs[start:stop], strict=True)))[1:-1]
+                    values = objs[start:stop]
                 else:
-                    part = b",".join([shared(i, v, peer) for i, v in zip(ids[start:stop], objs[start:stop],
-                                                                          strict=True)])
-                buf.append(part if first else b"," + part)
-                first = False
-                start = stop
+                    values = [peer_copy(v) for v in objs[start:stop]] if key == "ports" else objs[start:stop]
+                part = dumps(dict(zip(ids[start:stop], values, strict=True)))
+                buf.append(part[1:-1] if start == 0 else b"," + part[1:-1])
                 size += len(part)
+                start = stop
                 if size >= self.CHUNK:
                     yield b"".join(buf)
                     buf, size = [], 0
@@ -360,7 +263,6 @@ class Hub:
         self.fanout_seconds: Any = None  # a prometheus Histogram, set by the API's setup
         self.last_change: dict[str, int] = {}  # host -> last revision that changed its view (`vxnet status`)
         self.reports: dict[str, Obj] = {}      # host -> its agent's last status report (`agent-status/`)
-        self.fragments = Fragments()           # objects written out, shared by the snapshots alive
         # The server's hub (set by its setup): a load runs without the cyclic garbage collector
         # and ends with `gc.freeze()`, so later full collections skip the loaded objects
         # (100,000 ports: one full collection scanned ~1.1 M objects, 1-2 s on a shared vCPU).
@@ -651,7 +553,7 @@ class Hub:
         me = self.index.hosts.get(host) or {"host": host, "underlay_ip": None, "alive": False, "gateway": False}
         head = dumps({"type": "snapshot", "revision": self.revision, "epoch": self.epoch})[:-1] + b',"view":{"host":' \
             + dumps(me)
-        return Snapshot(head, host, self.index.snapshot_items(host), self.fragments)
+        return Snapshot(head, host, self.index.snapshot_items(host))
 
     def snapshot_line(self, host: str) -> bytes:
         return bytes(self.snapshot(host))
