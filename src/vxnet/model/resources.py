@@ -257,15 +257,20 @@ def _port(o: Mapping[str, Any]) -> Port:
         standby=_standby(o.get("binding:vif_details")))
 
 
+def _is_map(x: Any) -> bool:
+    """isinstance(x, Mapping), a plain dict (every decoded object) or None without the ABC's check."""
+    return type(x) is dict or (x is not None and isinstance(x, Mapping))
+
+
 def _standby(details: Any) -> tuple[str, ...]:
-    if not isinstance(details, Mapping):
+    if not _is_map(details):
         return ()
     hosts = details.get("ha_standby_hosts")
     return tuple(str(h) for h in hosts if h) if isinstance(hosts, list) else ()
 
 
 def _subports(details: Any) -> tuple[tuple[str, int], ...]:
-    if not isinstance(details, Mapping):
+    if not _is_map(details):
         return ()
     out = []
     for s in details.get("sub_ports") or ():
@@ -341,7 +346,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
 def parse(kind: str, key: str, obj: Any) -> Any:
     """One view object in its typed form (`key` is its id, or the host name for `hosts`);
     objects of an unknown kind, and already typed ones, are returned as they are."""
-    if not isinstance(obj, Mapping):
+    if not _is_map(obj):
         return obj
     if kind == "hosts":
         return Host(key, str(obj.get("underlay_ip") or ""), bool(obj.get("gateway")))
