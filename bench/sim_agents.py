@@ -136,7 +136,7 @@ class SimAgent:
                 name = obj.get("name") or ""
                 if name.startswith(self.watch_prefix):
                     self._seen.append((pid, name, now, pid in held))
-        self.view = apply_message(self.view, msg)
+        self.view = apply_message(self.view, msg, consume=True)   # as the agent: the message is the stream's
         if kind != "ping" and self._pass is None:
             self._pass = asyncio.get_running_loop().call_later(self.coalesce, self.run_pass)
 

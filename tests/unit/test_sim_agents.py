@@ -63,7 +63,7 @@ def run_agent(messages: list[dict]) -> tuple[SimAgent, list[tuple]]:
     async def main() -> SimAgent:
         agent = SimAgent("scale-00001", underlay(1), 0, "", 0.0, PREFIX, reports.append)
         for m in messages:
-            agent.on_message(m, 1.0)
+            agent.on_message(json.loads(json.dumps(m)), 1.0)   # fresh, as from the wire: it is consumed
             await asyncio.sleep(0.01)    # the coalesced pass runs
         agent.close()
         return agent

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,18 +34,20 @@ INFRA_OWNER_PREFIX = "network:"
 SUBPORT_OWNER = "trunk:subport"
 
 
-def _is_v4(addr: str) -> bool:
+def ip_version(addr: str) -> int:
+    """4 or 6 for a valid IP address (as `ipaddress.ip_address` reads it), else 0. A dotted
+    quad, nearly every fixed IP, is checked by the C library's `inet_pton` (the same rules:
+    four decimal octets up to 255, no leading zeros), ~15 times faster than `ipaddress`; an
+    agent's cold start parses every fixed IP of its view."""
     try:
-        return ipaddress.ip_address(addr).version == 4
-    except ValueError:
-        return False
-
-
-def _is_v6(addr: str) -> bool:
+        socket.inet_pton(socket.AF_INET, addr)
+        return 4
+    except (OSError, TypeError, ValueError):
+        pass
     try:
-        return ipaddress.ip_address(addr).version == 6
+        return ipaddress.ip_address(addr).version
     except ValueError:
-        return False
+        return 0
 
 
 AUTO_ADDRESS_MODES = ("slaac", "dhcpv6-stateless")  # the same as services/ipv6.py (no import upward)
@@ -145,8 +148,9 @@ class Port:
 
     def __post_init__(self) -> None:
         # Derived once (every compute function reads it; parsing addresses is not cheap).
-        object.__setattr__(self, "ipv4", tuple(f for f in self.fixed_ips if _is_v4(f.ip_address)))
-        object.__setattr__(self, "ipv6", tuple(f for f in self.fixed_ips if _is_v6(f.ip_address)))
+        versions = [ip_version(f.ip_address) for f in self.fixed_ips]   # one parse per address
+        object.__setattr__(self, "ipv4", tuple(f for f, v in zip(self.fixed_ips, versions, strict=True) if v == 4))
+        object.__setattr__(self, "ipv6", tuple(f for f, v in zip(self.fixed_ips, versions, strict=True) if v == 6))
 
     @property
     def is_infra(self) -> bool:
@@ -253,15 +257,20 @@ def _port(o: Mapping[str, Any]) -> Port:
         standby=_standby(o.get("binding:vif_details")))
 
 
+def _is_map(x: Any) -> bool:
+    """isinstance(x, Mapping), a plain dict (every decoded object) or None without the ABC's check."""
+    return type(x) is dict or (x is not None and isinstance(x, Mapping))
+
+
 def _standby(details: Any) -> tuple[str, ...]:
-    if not isinstance(details, Mapping):
+    if not _is_map(details):
         return ()
     hosts = details.get("ha_standby_hosts")
     return tuple(str(h) for h in hosts if h) if isinstance(hosts, list) else ()
 
 
 def _subports(details: Any) -> tuple[tuple[str, int], ...]:
-    if not isinstance(details, Mapping):
+    if not _is_map(details):
         return ()
     out = []
     for s in details.get("sub_ports") or ():
@@ -337,7 +346,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
 def parse(kind: str, key: str, obj: Any) -> Any:
     """One view object in its typed form (`key` is its id, or the host name for `hosts`);
     objects of an unknown kind, and already typed ones, are returned as they are."""
-    if not isinstance(obj, Mapping):
+    if not _is_map(obj):
         return obj
     if kind == "hosts":
         return Host(key, str(obj.get("underlay_ip") or ""), bool(obj.get("gateway")))

@@ -70,7 +70,7 @@ import orjson
 from vxnet import heap
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
 from vxnet.services.compact import compact, parse_resource
-from vxnet.services.host_view import COLLECTIONS, ViewIndex, project
+from vxnet.services.host_view import COLLECTIONS, ViewIndex, peer_copy
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Put, Store, WatchHandle, key_missing
@@ -172,12 +172,16 @@ class Snapshot:
     bytes: the stream's flow control then bounds what a slow reader holds in the server (at a
     cold start, 1,000 snapshots of ~300 KB each were queued at once). It holds the objects the
     view had at `revision` (the index replaces objects, it never changes one), so a piece written
-    later still belongs to that revision."""
+    later still belongs to that revision. The host's own ports come first, written whole; the
+    other ports in their `peer_form`. (Writing each object out once for all the snapshots of a
+    burst was tried: at 100,000 ports a cold start writes ~75 MB of distinct peer forms, and
+    under a 32 MiB bound only ~40% were found again, so it cost more CPU than it saved; see
+    docs/benchmarks.md, 2026-12-07.)"""
 
     CHUNK = 256 * 1024
     GROUP = 64  # objects serialised in one call
 
-    def __init__(self, head: bytes, host: str, sections: list[tuple[str, list[tuple[str, Any]]]]) -> None:
+    def __init__(self, head: bytes, host: str, sections: list[tuple[str, list[str], list[Any], int]]) -> None:
         self.head = head
         self.host = host
         self.sections = sections
@@ -185,15 +189,20 @@ class Snapshot:
     def chunks(self) -> Iterator[bytes]:
         buf = [self.head]
         size = len(self.head)
-        host = self.host
-        for key, items in self.sections:
+        for key, ids, objs, own in self.sections:
             buf.append(b',"' + key.encode() + b'":{')
-            for start in range(0, len(items), self.GROUP):
-                part = dumps({i: project(host, key, v) for i, v in items[start:start + self.GROUP]})
-                if start:
-                    buf.append(b",")
-                buf.append(part[1:-1])
+            start = 0
+            while start < len(ids):
+                stop = start + self.GROUP
+                if start < own:    # the host's own ports: shown whole
+                    stop = min(stop, own)
+                    values = objs[start:stop]
+                else:
+                    values = [peer_copy(v) for v in objs[start:stop]] if key == "ports" else objs[start:stop]
+                part = dumps(dict(zip(ids[start:stop], values, strict=True)))
+                buf.append(part[1:-1] if start == 0 else b"," + part[1:-1])
                 size += len(part)
+                start = stop
                 if size >= self.CHUNK:
                     yield b"".join(buf)
                     buf, size = [], 0
