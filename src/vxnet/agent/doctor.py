@@ -107,7 +107,7 @@ def nft_drift(tables: Iterable[NftTable], list_table: Any, elements: bool = Fals
     raises (table missing). With `elements` the listing is a full one (`nft list table`, not
     `-t`) and every set's and map's elements are compared too."""
     from vxnet.dataplane import nft_image
-    from vxnet.dataplane.nft_driver import base_specs, fingerprint, normalise_listing, parse_listing
+    from vxnet.dataplane.nft_driver import base_changes, fingerprint, normalise_listing, parse_listing
 
     out: list[Drift] = []
     for t in tables:
@@ -133,11 +133,9 @@ def nft_drift(tables: Iterable[NftTable], list_table: Any, elements: bool = Fals
                 out.append(Drift("nftables", obj, f"{len(w)} rules",
                                  f"{len(h)} rules ({missing} missing, {extra} not desired"
                                  + (", order differs" if not missing and not extra else "") + ")"))
-        have_base = nft_image.base_chains(t.family, listing)
-        for name, spec in sorted(base_specs(t).items()):
-            if name in have and have_base.get(name) != spec:
-                out.append(Drift("nftables", f"table {tname} chain {name} hook", spec or "regular chain",
-                                 have_base.get(name) or "regular chain"))
+        for name, (spec, listed) in sorted(base_changes(t, listing).items()):
+            out.append(Drift("nftables", f"table {tname} chain {name} hook", spec or "regular chain",
+                             listed or "regular chain"))
         for name in sorted({s.name for s in t.sets} - sets):
             out.append(Drift("nftables", f"table {tname} set {name}", "present", None))
         for name in sorted(sets - {s.name for s in t.sets}):

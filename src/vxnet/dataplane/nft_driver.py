@@ -96,9 +96,12 @@ def fingerprint(t: NftTable) -> dict[str, tuple[str, ...]]:
     return {c.name: _comments(c) if c.ordered else tuple(sorted(_comments(c))) for c in t.chains}
 
 
-def base_specs(t: NftTable) -> dict[str, str | None]:
-    """Chain name -> its hook line in nft_image's normal form (None: a regular chain)."""
-    return {c.name: nft_image.base_spec(t.family, c.hook) for c in t.chains}
+def base_changes(t: NftTable, listing: str) -> dict[str, tuple[str | None, str | None]]:
+    """The chains of `t` in a listing whose hook, priority or policy differ: name -> (desired,
+    listed), both in nft_image's normal form (None: a regular chain)."""
+    listed = nft_image.base_chains(t.family, listing)
+    want = {c.name: nft_image.base_spec(t.family, c.hook) for c in t.chains}
+    return {n: (w, listed[n]) for n, w in want.items() if n in listed and listed[n] != w}
 
 
 def normalise_listing(t: NftTable, chains: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -493,7 +496,7 @@ class NftDriver:
         chains, sets = parse_listing(listing)
         if normalise_listing(t, chains) != fingerprint(t) or sets != {s.name for s in t.sets}:
             return None
-        if nft_image.base_chains(t.family, listing) != base_specs(t):
+        if base_changes(t, listing):
             return None           # a base chain's hook, priority or policy changed (or it lost its hook)
         flags = set_flags(listing)
         if any(flags.get(s.name, "") != s.flags for s in t.sets):
