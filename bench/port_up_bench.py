@@ -57,7 +57,25 @@ from bench.servers import import_repo
 
 NAME = "Port-up latency: vxnet lab (embedded store and etcd) vs OVN lab (same run)"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVN_LAB = os.path.normpath(os.path.join(REPO, "..", "shared", "peers", "ovn-lab.sh"))
+
+
+def _peer_script(name: str) -> str:
+    """../shared/peers/NAME beside the checkout; from a git worktree elsewhere, beside the main
+    checkout (the parent of the common .git directory)."""
+    own = os.path.normpath(os.path.join(REPO, "..", "shared", "peers", name))
+    if os.path.exists(own):
+        return own
+    try:
+        r = subprocess.run(["git", "-C", REPO, "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                           capture_output=True, text=True, check=False)
+    except OSError:                     # no git: a copy of the tree, not a checkout
+        return own
+    main = os.path.dirname(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else REPO
+    found = os.path.normpath(os.path.join(main, "..", "shared", "peers", name))
+    return found if os.path.exists(found) else own
+
+
+OVN_LAB = _peer_script("ovn-lab.sh")
 HOSTS = ("h1", "h2", "h3")
 NET_CIDR = "100.64.20.0/24"
 
