@@ -498,7 +498,7 @@ class Hub:
                     self.logs[h] = collections.deque()
         request_id = next((e.kv.value for e in events
                            if e.type is EventType.PUT and e.kv.key == REQUEST_KEY), None)
-        if request_id is not None and messages:
+        if request_id is not None and messages and log.isEnabledFor(logging.DEBUG):  # no sort per revision
             log.debug("revision %d (request %s) updates the views of %s", rev, request_id, ",".join(sorted(messages)))
         for e in events:
             if e.type is EventType.PUT and e.kv.key == DOCTOR_KEY:
