@@ -10,8 +10,8 @@ shows the binding. With `--poll` the client also polls the port (a GET every ~1 
 PUT's answer until the update arrived), as the port-up benchmark's ACTIVE poll does. Between
 binds it waits `--gap` ms, so each bind finds the server idle.
 
-Printed: p50 / p90 / p99 ms of bind -> PUT answered and bind -> update at the target stream,
-and the server's CPU time (user + system, /proc) per bind over the bind phase.
+Printed: p50 / p90 / p99 ms of bind -> PUT answered, bind -> update at the target stream and
+their difference per bind (negative: the stream had the update first), and the server's CPU time (user + system, /proc) per bind over the bind phase.
 
 `PYTHONPATH=$PWD/src .venv/bin/python -m bench.bind_path_bench [--ports 200] [--poll] [--gap 20]`
 """
@@ -128,6 +128,7 @@ def main() -> None:
           f"ms p50 / p90 / p99")
     print(row("bind -> PUT answered", got["put"]))
     print(row("bind -> update at the target host's stream", got["recv"]))
+    print(row("PUT answered -> update at the target", [b - a for a, b in zip(got["put"], got["recv"], strict=True)]))
     print(f"{'server CPU per bind (ms)':<44} {got['cpu_ms']:.2f}")
 
 
