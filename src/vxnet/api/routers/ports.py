@@ -217,9 +217,9 @@ _UPDATE_ATTR = {(f.alias or n): n for n, f in PortUpdate.model_fields.items()}  
 
 
 def _json(body: dict[str, Any]) -> Response:
-    """A 200 answer written by orjson (`json_body`). A handler returning a dict has FastAPI
-    validate it against the return type and write it through pydantic, the costliest part of
-    answering the port-up path's two hot requests, the bind (PUT) and the status poll (GET)."""
+    """A 200 answer written by orjson (`json_body`). For a returned dict FastAPI validates it
+    against the return type and writes it through pydantic, several times orjson's cost, on the
+    port-up path's two hot requests: the bind (PUT) and the status poll (GET)."""
     return Response(json_body(body), media_type="application/json")
 
 
