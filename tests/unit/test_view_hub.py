@@ -305,3 +305,79 @@ def test_a_snapshot_makes_no_container_per_object(tmp_path: Path) -> None:
         assert len(snaps) == 30 and made <= 30 * 35     # 30 views of 30 ports: ~30 containers each, not 30 more
     finally:
         store.close()
+
+
+def test_an_update_reaches_a_waiting_stream_in_one_loop_step(tmp_path: Path) -> None:
+    """A stream waiting for lines yields an update in the loop step after `_apply` queued it, so
+    it is written before work resumed in the same step as `_apply` (the bind's PUT handler,
+    whose worker thread returns after the commit's watch callback was queued). Through
+    `asyncio.wait_for` of Python 3.11 (a task of its own around the wait) it took three steps."""
+    async def run() -> tuple[bool, bool, bytes]:
+        store = SqliteStore(str(tmp_path / "s.db"))
+        hub = Hub(store)
+        hub.start(asyncio.get_running_loop())
+        sub = hub.subscribe("hv1", None, store.revision())
+        stream = hub.lines(sub)
+        await stream.__anext__()  # the snapshot
+        await stream.__anext__()  # the empty piece after it
+        nxt = asyncio.ensure_future(stream.__anext__())
+        for _ in range(5):
+            await asyncio.sleep(0)  # the stream is waiting now
+        idle = not nxt.done()
+        handler_ran_first = False
+
+        def handler() -> None:  # queued in the same step as `_apply`, as the PUT's wake-up is
+            nonlocal handler_ran_first
+            handler_ran_first = not nxt.done()
+
+        hub._apply([_port_event(hub.revision + 1, "p1", "hv1")])
+        asyncio.get_running_loop().call_soon(handler)
+        await asyncio.sleep(0)
+        line = nxt.result() if nxt.done() else b""
+        await asyncio.sleep(0)
+        if not nxt.done():
+            await nxt
+        await stream.aclose()
+        hub.stop()
+        store.close()
+        return idle, handler_ran_first, line
+
+    idle, handler_ran_first, line = run_in_thread(run)
+    assert idle
+    assert json.loads(line)["put"]["ports"]["p1"]["binding:host_id"] == "hv1", "not yielded in the next step"
+    assert not handler_ran_first
+
+
+def test_the_host_a_port_is_bound_to_hears_of_it_first(tmp_path: Path) -> None:
+    """A revision that changes several hosts' views queues its line for the host the port is
+    bound to first, so that host's stream is woken (and writes) before the peers' streams. (The
+    index's own order of the hosts is a set's: the same for every target in one process, so
+    with four targets at most one would come first by chance.)"""
+    hosts = ("hv1", "hv2", "hv3", "hv4")
+
+    async def run() -> list[list[str]]:
+        store = SqliteStore(str(tmp_path / "s.db"))
+        hub = Hub(store)
+        hub.start(asyncio.get_running_loop())
+        for i, h in enumerate(hosts):
+            hub._apply([_port_event(hub.revision + 1, f"p{i}", h)])
+        subs = {h: hub.subscribe(h, None, store.revision()) for h in hosts}
+        orders = []
+        for n, target in enumerate(hosts):
+            order: list[str] = []
+            for h, s in subs.items():
+                s.lines.clear()
+                s.ready.clear()
+                asyncio.ensure_future(s.ready.wait()).add_done_callback(lambda _, h=h, order=order: order.append(h))
+            await asyncio.sleep(0)
+            hub._apply([_port_event(hub.revision + 1, f"new{n}", target)])
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert all(s.lines for s in subs.values()), "every view holds the new port"
+            orders.append(order)
+        hub.stop()
+        store.close()
+        return orders
+
+    orders = run_in_thread(run)
+    assert [o[0] for o in orders] == list(hosts), orders
