@@ -438,3 +438,60 @@ def test_plain_http_servers_load_no_ca_bundle() -> None:
     finally:
         for s in (plain, uds, tls):
             s.close()
+
+
+def _stream_of(body: list[bytes]) -> ServerClient:
+    """A client whose server answers the view stream with `body`, in these pieces (a fake
+    transport: httpx's seam for I/O)."""
+    class Body(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(body)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/auth/tokens"):
+            return httpx.Response(201, headers={"X-Subject-Token": "t"}, json={"token": {
+                "issued_at": "2026-01-01T00:00:00.000000Z", "expires_at": "2026-01-02T00:00:00.000000Z"}})
+        return httpx.Response(200, stream=Body())
+
+    c = client("http://192.0.2.1:9696")
+    c.servers[0].http = httpx.Client(base_url=c.servers[0].base, transport=httpx.MockTransport(handler))
+    return c
+
+
+def test_view_stream_lines_end_at_newlines_only() -> None:
+    # NDJSON: a message ends at "\n" only; a name may hold U+2028 or other Unicode line breaks
+    # raw (the server writes UTF-8, not \u escapes), which split a line in httpx's iter_lines;
+    # pieces may end inside a line and inside a UTF-8 character.
+    first = {"type": "snapshot", "revision": 1, "view": {"ports": {"p1": {"id": "p1", "name": "a\u2028b\x1cc\x85é"}}}}
+    text = (json.dumps(first, ensure_ascii=False) + "\n\n" + json.dumps({"type": "ping", "revision": 2}) + "\r\n"
+            + json.dumps({"type": "ping", "revision": 3})).encode()
+    cut = text.index("é".encode()) + 1          # inside the two bytes of "é"
+    c = _stream_of([text[:5], text[5:cut], text[cut:]])
+    try:
+        msgs = list(c.stream(None))
+    finally:
+        c.close()
+    assert msgs == [first, {"type": "ping", "revision": 2}, {"type": "ping", "revision": 3}]
+
+
+def test_a_snapshot_text_is_let_go_before_its_message_is_handled() -> None:
+    """While the agent takes a message, the stream holds nothing of its text (httpx's line list
+    held a restarted agent's snapshot text, ~5.5 MB at 10,000 ports, through its parse)."""
+    import tracemalloc
+
+    ports = {f"p{i:06d}": {"id": f"p{i:06d}", "network_id": "n1", "mac_address": "02:00:00:00:00:01",
+                           "description": "x" * 2000} for i in range(3000)}     # dropped by the typed parse
+    text = (json.dumps({"type": "snapshot", "revision": 1, "view": {"ports": ports}}) + "\n").encode()
+    del ports
+    c = _stream_of([text[i:i + 65536] for i in range(0, len(text), 65536)])
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        stream = c.stream(None)
+        msg = next(stream)
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+        c.close()
+    assert len(msg["view"]["ports"]) == 3000
+    assert len(text) > 6_000_000 and held < len(text) / 3, held    # the typed ports (~1 MB), not the text
