@@ -128,25 +128,10 @@ def pieces(proc: subprocess.Popen[bytes]) -> Iterator[bytes]:
 
 def client_stream(proc: subprocess.Popen[bytes]) -> Iterator[dict]:
     """The agent's own client (`ServerClient.stream`) reading the child's output as its HTTP body."""
-    import httpx
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from tests.support.view_stream import client_over
 
-    from vxnet.agent import client
-
-    class Body(httpx.SyncByteStream):
-        def __iter__(self) -> Iterator[bytes]:
-            return pieces(proc)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/auth/tokens"):
-            return httpx.Response(201, headers={"X-Subject-Token": "t"}, json={"token": {
-                "issued_at": "2026-01-01T00:00:00.000000Z", "expires_at": "2026-01-02T00:00:00.000000Z"}})
-        return httpx.Response(200, stream=Body())
-
-    c = client.ServerClient("http://192.0.2.1:9696", "h1", "agent", "secret", underlay_ip="198.51.100.1")
-    srv = c.servers[0]
-    srv.http.close()
-    srv.http = httpx.Client(base_url=srv.base, transport=httpx.MockTransport(handler))
-    yield from c.stream(None)
+    yield from client_over(pieces(proc)).stream(None)
 
 
 class Once:

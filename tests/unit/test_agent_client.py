@@ -22,6 +22,7 @@ import pytest
 
 from tests.api.test_host_view import AGENT, apply_update, start_agent_server
 from tests.conftest import ServerHandle, free_port
+from tests.support.view_stream import client_over
 from vxnet.agent.client import ServerClient, ServerRejected, ServerUnavailable, split_urls
 from vxnet.api.routers.agent_stream import agent_id_for
 from vxnet.services.host_view import COLLECTIONS, full_view, host_entry
@@ -440,24 +441,6 @@ def test_plain_http_servers_load_no_ca_bundle() -> None:
             s.close()
 
 
-def _stream_of(body: list[bytes]) -> ServerClient:
-    """A client whose server answers the view stream with `body`, in these pieces (a fake
-    transport: httpx's seam for I/O)."""
-    class Body(httpx.SyncByteStream):
-        def __iter__(self) -> Iterator[bytes]:
-            return iter(body)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/auth/tokens"):
-            return httpx.Response(201, headers={"X-Subject-Token": "t"}, json={"token": {
-                "issued_at": "2026-01-01T00:00:00.000000Z", "expires_at": "2026-01-02T00:00:00.000000Z"}})
-        return httpx.Response(200, stream=Body())
-
-    c = client("http://192.0.2.1:9696")
-    c.servers[0].http = httpx.Client(base_url=c.servers[0].base, transport=httpx.MockTransport(handler))
-    return c
-
-
 def test_view_stream_lines_end_at_newlines_only() -> None:
     # NDJSON: a message ends at "\n" only; a name may hold U+2028 or other Unicode line breaks
     # raw (the server writes UTF-8, not \u escapes), which split a line in httpx's iter_lines;
@@ -466,7 +449,7 @@ def test_view_stream_lines_end_at_newlines_only() -> None:
     text = (json.dumps(first, ensure_ascii=False) + "\n\n" + json.dumps({"type": "ping", "revision": 2}) + "\r\n"
             + json.dumps({"type": "ping", "revision": 3})).encode()
     cut = text.index("é".encode()) + 1          # inside the two bytes of "é"
-    c = _stream_of([text[:5], text[5:cut], text[cut:]])
+    c = client_over([text[:5], text[5:cut], text[cut:]])
     try:
         msgs = list(c.stream(None))
     finally:
@@ -483,7 +466,7 @@ def test_a_snapshot_text_is_let_go_before_its_message_is_handled() -> None:
                            "description": "x" * 2000} for i in range(3000)}     # dropped by the typed parse
     text = (json.dumps({"type": "snapshot", "revision": 1, "view": {"ports": ports}}) + "\n").encode()
     del ports
-    c = _stream_of([text[i:i + 65536] for i in range(0, len(text), 65536)])
+    c = client_over([text[i:i + 65536] for i in range(0, len(text), 65536)])
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
