@@ -70,7 +70,7 @@ def measure_rss(ports: int, runs: int, wait: float, features: str = "all", deliv
                 imports: str = "agent", view: str = "plain") -> tuple[list[float], list[float], str, list[str]]:
     """(peak RSS MB per run, first full apply s per run, kernel object counts, errors); `features`:
     "all" (the whole agent) or "none" (L2 only), `delivery` "dict" or "json" (the snapshot as
-    JSON text, as the agent's client receives it), `imports` "agent" or "cli" (also the modules
+    JSON text read from a pipe, as the agent's client receives it), `imports` "agent" or "cli" (also the modules
     the `vxnet agent` process loads: typer and its pydantic adapters, every sub-command module,
     httpx), `view` "plain" or "cloud" (subnets, the default security group, one resync), as
     tests/root/rss_probe.py takes them."""
@@ -375,7 +375,10 @@ def run(opts: argparse.Namespace) -> Report:
                  "vxnet.cli.agent, and httpx without its own command line; before December 2026 typer, every "
                  "sub-command module and typer's pydantic adapters); the other rows leave them out. "
                  "The snapshot is handed over as Python objects (strings shared as the probe built them), "
-                 "or as one JSON text decoded as agent/client.py decodes it (the realistic peak). "
+                 "or as one JSON text decoded as agent/client.py decodes it (the realistic peak: a restarted "
+                 "agent's first snapshot; since December 7, 2026 the text is written by a child process and "
+                 "read from its pipe in 64 KiB pieces, with the `vxnet agent` imports through the agent's own "
+                 "client, so the probe's own raw view and its json.dumps are no longer in the measured process). "
                  "The probe's view has no subnets, routers or gateway (the whole agent builds every feature but "
                  "none has kernel work), except in the row 'as `vxnet agent` with subnets, the default group and a "
                  "resync': a /23 subnet per network, every port in a default group (remote-group rules, IPv4 and "
