@@ -20,8 +20,8 @@ saving at the peak is a few hundred KB while the decoder's Python hook doubles t
 (400 ports, ~300 KB: 6.5 -> 9.8 ms, 2026-12-07), paid by every agent at every restart.
 
 `decode_message(text, typed=True)` (the agent's client): a large message's view objects come
-already in their typed form. The message's outer levels (message, `view`, each bucket of
-`KINDS`) are walked here, and each object is decoded alone by the C scanner and parsed at once
+already in their typed form. The message's outer levels (message, a snapshot's `view` or an
+update's `put`, each bucket of `KINDS`) are walked here, and each object is decoded alone by the C scanner and parsed at once
 (`model.parse`), so a snapshot's decoded dicts are never alive together: one object's dict at a
 time, beside the text and the typed objects (10,000 ports: ~20 MB of dicts less at the
 decode's peak, and the typed view is not scattered among freed dicts). `apply_message` keeps
