@@ -11,6 +11,7 @@ bench/agent_bench.py measures a real process beside it (`measure_lab_agent`)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,8 +23,13 @@ from vxnet.heap import limit_malloc_arenas
 NS, N, NETS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 FEATURES = sys.argv[4] if len(sys.argv) > 4 else "all"     # "all" (the real agent) or "none" (L2 only)
 # "dict": the snapshot is handed over as Python objects (the figures before December 2026);
-# "json": as one line of JSON text decoded as agent/client.py decodes it (the text and the
-# decoded dict coexist; strings come from the decoder, not shared constants).
+# "json": as one line of JSON text decoded as agent/client.py decodes it (strings come from the
+# decoder, not shared constants). The text is written by a child process (this file with
+# SNAPSHOT_TEXT set), so the probe's own raw view and its `json.dumps` are never in this
+# process (before December 7 they were, and set its high-water mark before the agent ran: ~59
+# MB); it is read from the child's pipe in 64 KiB pieces. With `cli` imports (httpx loaded
+# anyway) through the agent's own client (`ServerClient.stream` over an httpx mock transport:
+# its line buffer and copies as they are); else read whole and decoded as the client decodes it.
 DELIVERY = sys.argv[5] if len(sys.argv) > 5 else "dict"
 # "agent": only the agent's own modules (the figures before December 2026); "cli": also what the
 # `vxnet agent` process loads besides (its entry point vxnet.cli.main with typer and every
@@ -98,6 +104,36 @@ def view() -> dict:
     return out
 
 
+SNAPSHOT_TEXT = "VXNET_RSS_PROBE_SNAPSHOT_TEXT"
+if os.environ.get(SNAPSHOT_TEXT):       # the child: the snapshot's JSON line on stdout, nothing else
+    import json
+
+    sys.stdout.write(json.dumps({"type": "snapshot", "revision": 1, "view": view()}) + "\n")
+    sys.exit(0)
+
+
+def snapshot_pipe() -> subprocess.Popen[bytes]:
+    """A child writing the snapshot's JSON line (this file with SNAPSHOT_TEXT set)."""
+    return subprocess.Popen([sys.executable, __file__, *sys.argv[1:]], stdout=subprocess.PIPE,
+                            env={**os.environ, SNAPSHOT_TEXT: "1"})
+
+
+def pieces(proc: subprocess.Popen[bytes]) -> Iterator[bytes]:
+    """The child's output in the pieces a socket read gives httpx (64 KiB)."""
+    assert proc.stdout is not None
+    while chunk := proc.stdout.read(65536):
+        yield chunk
+    proc.wait()
+
+
+def client_stream(proc: subprocess.Popen[bytes]) -> Iterator[dict]:
+    """The agent's own client (`ServerClient.stream`) reading the child's output as its HTTP body."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from tests.support.view_stream import client_over
+
+    yield from client_over(pieces(proc)).stream(None)
+
+
 class Once:
     def register(self) -> dict:
         return {}
@@ -106,14 +142,17 @@ class Once:
         return True
 
     def stream(self, since: int | None) -> Iterator[dict]:
-        if DELIVERY == "json":
-            import json
+        if DELIVERY == "json" and IMPORTS == "cli":
+            yield from client_stream(snapshot_pipe())
+        elif DELIVERY == "json":
+            import inspect
 
             from vxnet.compute.view import decode_message
 
-            line = json.dumps({"type": "snapshot", "revision": 1, "view": view()})
-            msg = decode_message(line)
-            del line
+            line = b"".join(pieces(snapshot_pipe())).decode()
+            typed = {"typed": True} if "typed" in inspect.signature(decode_message).parameters else {}  # older trees
+            msg = decode_message(line, **typed)
+            del line                                # as the client: the text goes before the agent takes it
             yield msg
             del msg
         else:

@@ -100,3 +100,57 @@ def test_parts_diff_as_their_merged_copy_would(a: list[Fdb], b: list[Fdb], x: li
     assert diff(Without(want, x), have) == diff(want_set - frozenset(x), have_set)
     assert diff(have, Without(want, x)) == diff(have_set, want_set - frozenset(x))
     assert apply(have, diff(want, have)) == want_set
+
+
+def _paired(desired: frozenset[Fdb], actual: frozenset[Fdb]) -> Diff[Fdb]:
+    """The keyed diff written out plainly (two dicts by key), for entries unique by key."""
+    new, old = {e.key: e for e in desired - actual}, {e.key: e for e in actual - desired}
+    by = lambda e: repr(e.key)
+    return Diff(tuple(sorted((new[k] for k in new.keys() - old.keys()), key=by)),
+                tuple(sorted(((old[k], new[k]) for k in new.keys() & old.keys()), key=lambda p: by(p[0]))),
+                tuple(sorted((old[k] for k in old.keys() - new.keys()), key=by)))
+
+
+def _as_parts(s: frozenset[Fdb]) -> Parts[Fdb]:
+    return Parts(frozenset(e for e in s if e.dev == dev) for dev in ("vxv-a", "vxv-b"))
+
+
+@given(st.lists(fdbs), st.lists(fdbs), st.lists(fdbs), st.sampled_from(["set", "parts", "without"]))
+def test_creates_only_and_deletes_only_are_the_keyed_diff(a: list[Fdb], b: list[Fdb], x: list[Fdb], form: str) -> None:
+    """The paths without pairing by key (an empty kernel, only creates, only deletes; the
+    desired side as a set, `Parts` or a `Without` of them) give the keyed diff exactly."""
+    want = _keyed(a)
+    out = frozenset(x) & want if form == "without" else frozenset()
+    given_want = {"set": want, "parts": _as_parts(want), "without": Without(_as_parts(want), out)}[form]
+    want = want - out
+    have = _keyed(b) & want          # a part of what is wanted: creates only
+    for actual in (frozenset(), have, Parts([have])):
+        assert diff(given_want, actual) == _paired(want, frozenset(actual))
+    assert diff(have, given_want) == _paired(have, want)          # deletes only
+
+
+def test_an_empty_kernel_gets_one_create_per_key() -> None:
+    """Two wanted entries with one key (two VTEPs for a MAC): one create, as a dict by key keeps."""
+    two = {Fdb("vxv-a", "02:00:00:00:00:01", "198.51.100.1"), Fdb("vxv-a", "02:00:00:00:00:01", "198.51.100.2")}
+    other = Fdb("vxv-a", "02:00:00:00:00:00", "198.51.100.1")
+    d = diff(frozenset(two | {other}), frozenset())
+    assert len(d.create) == 2 and d.create[0] == other and d.create[1] in two and not d.update and not d.delete
+
+
+def test_a_first_pass_diff_holds_no_dict_of_its_entries() -> None:
+    """The diff of 20,000 wanted entries (20 networks' parts) against an empty kernel (a host's
+    first pass) peaks at its result and one part's sort keys: the pairing by key held two dicts,
+    a key set and every entry's sort key, ~6 MB (agent peak RSS, docs/benchmarks.md)."""
+    import tracemalloc
+
+    want = Parts(frozenset(Fdb(f"vxv-{n:02d}", f"02:00:00:{n:02x}:{i >> 8:02x}:{i & 255:02x}", "198.51.100.2")
+                           for i in range(1000)) for n in range(20))
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        d = diff(want, frozenset())
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert len(d.create) == 20000 and not d.update and not d.delete
+    assert peak < 1_000_000, peak

@@ -286,3 +286,42 @@ def test_a_resync_in_a_burst_of_changes_reads_the_kernel_against_what_it_held() 
     reads = k.reads
     res = rec.reconcile(want)
     assert k.reads == reads + 3 and res.diff.neighs.create == (gone,) and held(k, want) == want
+
+
+class ChunkLog(FakeKernel):
+    """The fake kernel, recording the FDB/neighbour entries of each `apply_entries` call in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: list[list[tuple[str, object]]] = []
+
+    def apply_entries(self, fdb, neighs, index):  # type: ignore[no-untyped-def]
+        self.applied.append([(op, e) for d in (fdb, neighs)
+                             for op, es in (("create", d.create), ("update", [n for _, n in d.update]),
+                                            ("delete", d.delete)) for e in es])
+        return super().apply_entries(fdb, neighs, index)
+
+
+def test_entries_are_applied_in_chunks_in_the_same_order(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A pass with more entries than APPLY_CHUNK hands them to the kernel a chunk at a time (the
+    driver's requests for 30,000 entries at once were ~5 MB of a first pass's peak), in the order
+    one call would have them (FDB then neighbours; creates, updates, deletes), to the same end."""
+    from vxnet.agent import reconciler
+
+    want, then = desired(POOL), desired(POOL[:7])
+    runs = []
+    for chunk in (10_000, 3):
+        monkeypatch.setattr(reconciler, "APPLY_CHUNK", chunk)
+        k = ChunkLog()
+        for p in POOL:
+            if p["binding:host_id"] == "h1":
+                k.add_tap(naming.tap_name(p["id"]))
+        rec = Reconciler(ME, kernel=k)
+        assert not rec.reconcile(want).failed and not rec.reconcile(then).failed
+        assert held(k, then) == then
+        runs.append((k.applied, k.state()))
+    (whole, end_whole), (chunked, end_chunked) = runs
+    assert end_chunked == end_whole
+    assert max(map(len, chunked)) <= 3 < max(map(len, whole))
+    assert [x for c in chunked for x in c] == [x for c in whole for x in c]
+    assert any(op == "delete" for c in chunked for op, _ in c)

@@ -1,12 +1,15 @@
 """compute/view.decode_message: the same dict as json.loads, with equal strings shared in a large
-message (agent memory), and model parsing that shares the strings ports repeat."""
+message (agent memory), or (`typed`, the agent's client) a large message's view objects parsed
+one by one as they are decoded; and model parsing that shares the strings ports repeat."""
 
 from __future__ import annotations
 
 import json
 
-from vxnet.compute.view import SHARE_STRINGS_ABOVE, decode_message
-from vxnet.model import parse_view
+import pytest
+
+from vxnet.compute.view import SHARE_STRINGS_ABOVE, ViewState, apply_message, decode_message
+from vxnet.model import Host, Port, parse_view
 
 
 def _snapshot(n: int) -> dict:
@@ -60,3 +63,57 @@ def test_parsed_ports_share_repeated_ids_and_keep_their_values() -> None:
     assert a.project_id is b.project_id and a.status == "DOWN" and a.device_owner == "compute:nova"
     assert a.host == "h2" and b.host == "h3" and a.host is c.host
     assert a.mac == "02:01:00:00:00:00" and a.id != b.id
+
+
+def _cloud_snapshot(n: int) -> dict:
+    msg = _snapshot(n)
+    msg["epoch"] = "e1"
+    view = msg["view"]
+    view["host"] = {"host": "h1", "underlay_ip": "198.51.100.1"}
+    view["hosts"] = {"h2": {"underlay_ip": "198.51.100.2"}, "h3": {"underlay_ip": "198.51.100.3", "gateway": True}}
+    view["networks"] = {"net-" + "a" * 32: {"id": "net-" + "a" * 32, "provider:network_type": "vxlan",
+                                            "provider:segmentation_id": 5001, "mtu": 1450}}
+    view["subnets"] = {"sub-" + "b" * 32: {"id": "sub-" + "b" * 32, "network_id": "net-" + "a" * 32, "ip_version": 4,
+                                           "cidr": "100.64.0.0/16", "gateway_ip": "100.64.0.1"}}
+    view["extra"] = {"x": [1, {"y": None}]}        # a key this agent does not know: left as decoded
+    return msg
+
+
+def test_typed_decode_of_a_large_snapshot_is_the_parsed_view() -> None:
+    """`typed`: each view object parsed as it is decoded (no dict of the whole view); the
+    message and the view it gives are those of json.loads and the usual parse."""
+    msg = _cloud_snapshot(3000)
+    text = json.dumps(msg, indent=1)        # with whitespace between every token (compact is tested below)
+    assert len(text) >= SHARE_STRINGS_ABOVE
+    got = decode_message(text, typed=True)
+    assert {k: v for k, v in got.items() if k != "view"} == {"type": "snapshot", "revision": 7, "epoch": "e1"}
+    assert got["view"]["host"] == msg["view"]["host"] and got["view"]["extra"] == msg["view"]["extra"]
+    port = got["view"]["ports"]["00000000-1111-4000-8000-000000000000"]
+    assert isinstance(port, Port) and port.network_id == "net-" + "a" * 32
+    assert got["view"]["hosts"]["h3"] == Host("h3", "198.51.100.3", True)
+    compact = json.dumps(msg, separators=(",", ":")).encode()     # bytes, as a server writes it
+    assert decode_message(compact, typed=True) == got
+    want = apply_message(ViewState(), json.loads(text), consume=True)
+    assert apply_message(ViewState(), got, consume=True) == want
+
+
+def test_typed_decode_of_a_large_update_parses_what_it_puts() -> None:
+    msg = {"type": "update", "revision": 9, "put": _snapshot(3000)["view"], "delete": {"ports": ["gone"]}}
+    got = decode_message(json.dumps(msg), typed=True)
+    assert got["delete"] == {"ports": ["gone"]} and got["revision"] == 9
+    assert all(isinstance(p, Port) for p in got["put"]["ports"].values()) and len(got["put"]["ports"]) == 3000
+
+
+def test_typed_decode_rejects_what_json_rejects() -> None:
+    good = json.dumps(_snapshot(3000))
+    for bad in (good[:-1], good + "x", good.replace('"ports": {', '"ports": {,', 1),
+                good.replace('"revision": 7', '"revision" 7', 1), good.replace('{"id"', '{id"', 1)):
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(bad)
+        with pytest.raises(json.JSONDecodeError):
+            decode_message(bad, typed=True)
+
+
+def test_typed_decode_of_a_small_message_is_plain_json() -> None:
+    text = json.dumps(_snapshot(3))
+    assert decode_message(text, typed=True) == json.loads(text)

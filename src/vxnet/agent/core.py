@@ -375,6 +375,8 @@ class Agent:
             for f in self.features:
                 if f.name not in first:
                     fresults[f.name] = self._timed_feature(f, desired.features[f.name], desired.l2, timings)
+                    if whole:
+                        release_freed_memory()    # its nftables transaction: not on top of the next feature's
             self._held = any(r.hold for r in fresults.values())
             if result.absent and any(any(fresults[f.name].changes.values()) for f in self.features
                                      if f.name not in first):

@@ -8,6 +8,7 @@ is the contract every driver implements against the kernel, and the fake table i
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from typing import Generic, Protocol, TypeVar
@@ -123,13 +124,48 @@ def diff(desired: Iterable[T], actual: Iterable[T]) -> Diff[T]:
     have = actual if isinstance(actual, frozenset | set | Without | Parts) else frozenset(actual)
     if want is have or (isinstance(want, frozenset | set) and isinstance(have, frozenset | set) and want == have):
         return Diff()           # the same set (the agent's applied cache): no walk
+    if not have:                # an empty kernel (a host's first pass): everything is created, want not copied
+        return Diff(_by_key(want))
     only_want, only_have = _changed(want, have)
+    if not only_have:           # only creates (or only deletes): no entries to pair up by key
+        return Diff(_by_key(only_want))
+    if not only_want:
+        return Diff(delete=_by_key(only_have))
     new = {e.key: e for e in only_want}
     old = {e.key: e for e in only_have}
     create = tuple(sorted((new[k] for k in new.keys() - old.keys()), key=lambda e: repr(e.key)))
     update = tuple(sorted(((old[k], new[k]) for k in new.keys() & old.keys()), key=lambda p: repr(p[0].key)))
     delete = tuple(sorted((old[k] for k in old.keys() - new.keys()), key=lambda e: repr(e.key)))
     return Diff(create, update, delete)
+
+
+def _repr_key(e: Keyed) -> str:
+    return repr(e.key)
+
+
+def _sorted(entries: Iterable[T]) -> list[T]:
+    """The entries sorted by key repr; a `Parts` (or a `Without` of one) part by part, then
+    merged (the same order), so only one part's sort keys (a string per entry) exist at a time."""
+    base, out = _parts(entries) if isinstance(entries, Without) else (entries, frozenset())
+    if isinstance(base, Parts) and len(base.parts) > 1:
+        runs = [sorted([e for e in p if e not in out] if out else p, key=_repr_key) for p in base.parts]
+        return list(heapq.merge(*runs, key=_repr_key))
+    return sorted(entries, key=_repr_key)
+
+
+def _by_key(entries: Iterable[T]) -> tuple[T, ...]:
+    """The entries sorted by key repr, one per key: of entries with equal keys the last in
+    iteration order (the sort is stable), the one a dict by key keeps, so the result is the
+    general path's. Without that path's two dicts and key set: a first pass creating 30,000
+    FDB/neighbour entries held ~6 MB more for them (10,000 ports in view, December 2026)."""
+    ordered = _sorted(entries)
+    if not ordered:
+        return ()
+    keys = iter(ordered)
+    next(keys)
+    out = [e for e, after in zip(ordered, keys) if e.key != after.key]     # type: ignore[attr-defined]
+    out.append(ordered[-1])
+    return tuple(out)
 
 
 def against(entries: Iterable[T], expected: frozenset[T] | Without[T] | None
