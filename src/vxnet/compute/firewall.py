@@ -82,6 +82,8 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+import itertools
+import operator
 import re
 import socket
 import zlib
@@ -202,6 +204,16 @@ class PortFilter:
     def ident(self) -> str:
         return _ident(self.port_id)
 
+    def __hash__(self) -> int:
+        # Computed once per object (the render's per-port memos look filters up every pass; the
+        # generated hash would walk every field's tuples each time).
+        h: int | None = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.port_id, self.tap, self.bridge, self.index, self.macs, self.pairs, self.groups,
+                      self.stateful, self.dhcp_mac, self.pairs6))
+            object.__setattr__(self, "_hash", h)
+        return h
+
 
 @dataclasses.dataclass(frozen=True)
 class NftRule:
@@ -243,8 +255,18 @@ class NftTable:
     chains: tuple[NftChain, ...]
     sets: tuple[NftSet, ...] = ()
 
-    def chain_map(self) -> dict[str, NftChain]:
+    @functools.cached_property
+    def _chains(self) -> dict[str, NftChain]:
         return {c.name: c for c in self.chains}
+
+    def chain_map(self) -> dict[str, NftChain]:
+        """Chain name -> chain (built once per table object; do not mutate)."""
+        return self._chains
+
+    @functools.cached_property
+    def base_chains(self) -> tuple[NftChain, ...]:
+        """The chains with a hook."""
+        return tuple(c for c in self.chains if c.hook)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +312,7 @@ def _comment(kind: str, text: str) -> str:
     return f'comment "vxnet:{kind}#{h}"'
 
 
+@functools.lru_cache(maxsize=65536)
 def _rule(match: str, verdict: str, kind: str) -> NftRule:
     body = f"{match} counter {verdict}".strip()
     return NftRule(f"{body} {_comment(kind, body)}")
@@ -514,44 +537,76 @@ def _port_filter(p: Port, index: int, groups: tuple[str, ...], stateful: bool, d
                       stateful, dhcp_mac, pairs6)
 
 
+def subnets_by_network(v: View, network_ids: Collection[str]) -> dict[str, list[Subnet]]:
+    """The view's subnets of these networks, by network (in the view's order)."""
+    out: dict[str, list[Subnet]] = {}
+    for s in v.subnets.values():
+        if s.network_id in network_ids:
+            out.setdefault(s.network_id, []).append(s)
+    return out
+
+
+def leased_in(v: View, host: str, nid: str, subnets: Iterable[Subnet], ports: Iterable[Port]) -> dict[str, str]:
+    """Port id -> the responder MAC of network `nid`, for the ports DHCP leases on `host` there
+    (`ports`: the network's ports on `host`, by id; `dhcp.leased`, the predicate the DHCP part
+    steers by)."""
+    mac = dhcp.responder_mac(nid)
+    return {p.id: mac for p, _ in dhcp.leased(v.networks[nid], subnets, ports, host)}
+
+
 def _leased_ports(v: View, host: str, network_ids: Iterable[str]) -> dict[str, str]:
     """Port id -> its network's responder MAC, for the ports DHCP leases on `host` on these
-    networks (`dhcp.leased`: the same predicate the DHCP part steers by)."""
+    networks (`leased_in`)."""
     nets = set(network_ids)
     ports: dict[str, list[Port]] = {}
     for pid in sorted(v.ports):
         p = v.ports[pid]
         if p.network_id in nets and p.host == host:
             ports.setdefault(p.network_id, []).append(p)
-    subnets: dict[str, list[Subnet]] = {}
-    for s in v.subnets.values():
-        if s.network_id in nets:
-            subnets.setdefault(s.network_id, []).append(s)
+    subnets = subnets_by_network(v, nets)
     out: dict[str, str] = {}
     for nid, nports in ports.items():
-        mac = dhcp.responder_mac(nid)
-        out.update((p.id, mac) for p, _ in dhcp.leased(v.networks[nid], subnets.get(nid, ()), nports, host))
+        out.update(leased_in(v, host, nid, subnets.get(nid, ()), nports))
     return out
 
 
-def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) -> Firewall:
-    """The desired firewall of `host` from its view (pure)."""
-    v = as_view(view)
-    vnis = {nid: n.segmentation_id for nid, n in v.networks.items() if n.is_vxlan and n.segmentation_id is not None}
-    zones = zone_map(vnis)
+def local_ports(host: str, vnis: Mapping[str, int], ports: Iterable[tuple[str, Port]]
+                ) -> tuple[dict[str, Port], set[str]]:
+    """Of `ports` (id, port), the local ports of `host` on its overlay networks (`vnis`): the filtered ones
+    (id -> port) and the ids of the others (port security off, infrastructure)."""
     local: dict[str, Port] = {}
     open_ports: set[str] = set()
-    for pid, p in v.ports.items():
+    for pid, p in ports:
         if p.host != host or p.network_id not in vnis:
             continue
         if _filtered(p):
             local[pid] = p
         else:
             open_ports.add(pid)
+    return local, open_ports
+
+
+def overlay_vnis(v: View) -> dict[str, int]:
+    """Network id -> VNI of the view's overlay networks (the ones with a conntrack zone)."""
+    return {nid: n.segmentation_id for nid, n in v.networks.items() if n.is_vxlan and n.segmentation_id is not None}
+
+
+def zones_of(vnis: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """(bridge, conntrack zone) of the overlay networks, sorted (`Firewall.zones`)."""
+    return tuple(sorted((naming.bridge_name(n), z) for n, z in zone_map(vnis).items()))
+
+
+def tap_indexes(local: Mapping[str, Port]) -> dict[str, int]:
+    """Port id -> mark index of the filtered local ports that get one (`mark_indexes`); two
+    ports sharing a tap name (11 id chars): the lowest id wins, the other gets none."""
     taps: dict[str, str] = {}
-    for pid in sorted(local):      # two ports sharing a tap name (11 id chars): the lowest id wins
+    for pid in sorted(local):
         taps.setdefault(naming.port_device(pid, local[pid].is_subport), pid)
-    index = mark_indexes(taps.values())
+    return mark_indexes(taps.values())
+
+
+def rules_of(v: View) -> tuple[dict[str, list[SgRule]], tuple[str, ...]]:
+    """The view's usable rules by group (in rule id order) and the ids of the unusable ones."""
     rules_by_group: dict[str, list[SgRule]] = {}
     ignored: list[str] = []
     for rid, r in sorted(v.security_group_rules.items()):
@@ -560,22 +615,36 @@ def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) ->
             ignored.append(rid)
             continue
         rules_by_group.setdefault(r.security_group_id, []).append(rule)
+    return rules_by_group, tuple(ignored)
+
+
+def group_rules_of(used: Iterable[str], rules_by_group: Mapping[str, list[SgRule]]) -> tuple[GroupRules, ...]:
+    """The shared chains' rules of the groups `used` by local ports, both directions."""
+    return tuple(GroupRules(g, d, tuple(r for r in rules_by_group.get(g, ()) if r.direction == d))
+                 for g in sorted(set(used)) for d in ("ingress", "egress"))
+
+
+def remote_groups(groups: Iterable[GroupRules], ethertype: str) -> set[str]:
+    """The groups the rules of `groups` of one ethertype name as remote groups."""
+    return {r.remote_group for gr in groups for r in gr.rules if r.remote_group and r.ethertype == ethertype}
+
+
+def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) -> Firewall:
+    """The desired firewall of `host` from its view (pure; `compute.firewall_cache.FirewallCache`
+    is its incremental form)."""
+    v = as_view(view)
+    vnis = overlay_vnis(v)
+    local, open_ports = local_ports(host, vnis, v.ports.items())
+    index = tap_indexes(local)
+    rules_by_group, ignored = rules_of(v)
     dhcp_macs = _leased_ports(v, host, {p.network_id for p in local.values()})
     filters = [port_filter(local[pid], index[pid], v.security_groups, dhcp_macs.get(pid, "")) for pid in sorted(index)]
-    used_groups = {g for f in filters for g in f.groups}
-    group_rules = tuple(GroupRules(g, d, tuple(r for r in rules_by_group.get(g, ()) if r.direction == d))
-                        for g in sorted(used_groups) for d in ("ingress", "egress"))
-    remote = {r.remote_group for gr in group_rules for r in gr.rules if r.remote_group and r.ethertype == "IPv4"}
-    remote6 = {r.remote_group for gr in group_rules for r in gr.rules if r.remote_group and r.ethertype == "IPv6"}
-    members: dict[str, frozenset[str]] = {}
-    members6: dict[str, frozenset[str]] = {}
-    for g in sorted(remote):
-        members[g] = group_members(v.ports.values(), g, socket.AF_INET)
-    for g in sorted(remote6):
-        members6[g] = group_members(v.ports.values(), g, socket.AF_INET6)
-    return Firewall(tuple(filters), frozenset(open_ports), group_rules, members,
-                    tuple(sorted((naming.bridge_name(n), z) for n, z in zones.items())),
-                    tuple(ignored), tuple(sorted(set(local) - set(index))), members6)
+    group_rules = group_rules_of({g for f in filters for g in f.groups}, rules_by_group)
+    members = {g: group_members(v.ports.values(), g, socket.AF_INET) for g in sorted(remote_groups(group_rules, "IPv4"))}
+    members6 = {g: group_members(v.ports.values(), g, socket.AF_INET6)
+                for g in sorted(remote_groups(group_rules, "IPv6"))}
+    return Firewall(tuple(filters), frozenset(open_ports), group_rules, members, zones_of(vnis), ignored,
+                    tuple(sorted(set(local) - set(index))), members6)
 
 
 # --- render -----------------------------------------------------------------------------------
@@ -587,7 +656,8 @@ def _member_set(name: str, key_type: str, members: frozenset[str]) -> NftSet:
     peak to load them, and every element added or deleted reads them all again (tens of ms). A
     plain set needs none of that. A set whose kind changes (its first prefix member comes or
     its last goes) is re-created with the table in one transaction (`nft_driver.diff_table`)."""
-    return NftSet(name, key_type, members, "interval" if any("/" in m for m in members) else "")
+    prefixed = any(map(operator.contains, members, itertools.repeat("/")))     # a C loop: 10,000 members each pass
+    return NftSet(name, key_type, members, "interval" if prefixed else "")
 
 
 def _set_text(elements: Iterable[str]) -> str:
@@ -706,11 +776,6 @@ def _dispatch(key: str, name: str) -> tuple[NftRule, ...]:
     return (_rule("", f"{key} vmap @{name}", "dispatch"),)
 
 
-def _vmap(name: str, key_type: str, entries: Iterable[tuple[str, str]]) -> NftSet:
-    """A dispatch map: key -> `jump chain`."""
-    return NftSet(name, f"{key_type} : verdict", frozenset(f"{k} : jump {c}" for k, c in entries), "", "map")
-
-
 def _established(stateless_marks: Iterable[int]) -> NftRule:
     """The first rule of a forward base chain: established and related packets accepted
     before any per-port dispatch (one conntrack-state comparison per packet of a flow).
@@ -730,9 +795,40 @@ def _established(stateless_marks: Iterable[int]) -> NftRule:
     return _rule(match, "accept", "ct-established")
 
 
+@dataclasses.dataclass(frozen=True)
+class _PortParts:
+    """What one port adds to the tables: its four chains and its entry in each dispatch map."""
+
+    ps: NftChain
+    mk: NftChain
+    eg: NftChain
+    in_: NftChain
+    pre: str
+    out: str
+    eg_entry: str
+    in_entry: str
+
+
+@functools.lru_cache(maxsize=16384)
+def _port_parts(p: PortFilter) -> _PortParts:
+    # Memoized per filter (hashed once, `PortFilter.__hash__`): a render after a port-up makes
+    # only the new port's chains and entries; the others' are these same objects.
+    return _PortParts(_ps_chain(p), _mark_chain(p), _port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress"),
+                      f'"{p.tap}" : jump ps_{p.ident}', f'"{p.tap}" : jump mk_{p.ident}',
+                      f"{p.index:#010x} : jump eg_{p.ident}", f"{p.index << 16:#010x} : jump in_{p.ident}")
+
+
+def _entries_map(name: str, key_type: str, entries: Iterable[str]) -> NftSet:
+    """A dispatch map (key -> `jump chain`) from its `key : jump chain` entries."""
+    return NftSet(name, f"{key_type} : verdict", frozenset(entries), "", "map")
+
+
 HOST_TABLE = naming.HOST_TABLE
 HOST_GUARD = 'iifname "vxb-*"'   # naming.BRIDGE_PREFIX: traffic a tenant bridge hands to the host itself
 CT_MACS = "ct_macs"               # MACs of local stateful ports: only frames from/to them are tracked
+_PS_BASE = (NftChain("pre", _dispatch("iifname", "pre_ports"), "type filter hook prerouting priority -200; policy accept;"),
+            NftChain("out", (*(_rule(m, "drop", "nd-underlay") for m in ND_UNDERLAY), *_dispatch("oifname", "out_ports")),
+                     "type filter hook forward priority -100; policy accept;"))
 
 
 def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
@@ -746,15 +842,10 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     traffic and the bridge's own ARP suppression never pass these input hooks."""
     # No mark reset on entry: frames reach a bridge with mark 0 (crossing a namespace scrubs
     # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
-    ps_maps = (_vmap("pre_ports", "ifname", ((f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports)),
-               _vmap("out_ports", "ifname", ((f'"{p.tap}"', f"mk_{p.ident}") for p in fw.ports)))
-    ps_chains = [NftChain("pre", _dispatch("iifname", "pre_ports"),
-                          "type filter hook prerouting priority -200; policy accept;"),
-                 NftChain("out", (*(_rule(m, "drop", "nd-underlay") for m in ND_UNDERLAY),
-                                  *_dispatch("oifname", "out_ports")),
-                          "type filter hook forward priority -100; policy accept;")]
-    for p in fw.ports:
-        ps_chains += [_ps_chain(p), _mark_chain(p)]
+    parts = [_port_parts(p) for p in fw.ports]
+    ps_maps = (_entries_map("pre_ports", "ifname", (x.pre for x in parts)),
+               _entries_map("out_ports", "ifname", (x.out for x in parts)))
+    ps_chains = [*_PS_BASE, *itertools.chain.from_iterable((x.ps, x.mk) for x in parts)]
     # notrack first, and `accept` (ends this chain): a `ct zone set` before it would attach a
     # conntrack template, and `notrack` ignores packets that already have one.
     zone_rules = []
@@ -791,11 +882,10 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
                  NftChain("ingress", (_established([p.index << 16 for p in stateless]),
                                       *_dispatch("meta mark and 0xffff0000", "in_ports")),
                           "type filter hook forward priority 10; policy accept;")]
-    sg_maps = (_vmap("eg_ports", "mark", ((f"{p.index:#010x}", f"eg_{p.ident}") for p in fw.ports)),
-               _vmap("in_ports", "mark", ((f"{p.index << 16:#010x}", f"in_{p.ident}") for p in fw.ports)))
+    sg_maps = (_entries_map("eg_ports", "mark", (x.eg_entry for x in parts)),
+               _entries_map("in_ports", "mark", (x.in_entry for x in parts)))
     sg_chains += [_group_chain(g) for g in fw.groups]
-    for p in fw.ports:
-        sg_chains += [_port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress")]
+    sg_chains += itertools.chain.from_iterable((x.eg, x.in_) for x in parts)
     sets = tuple(_member_set(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
                  for g in sorted({r.remote_group for g in fw.groups for r in g.rules
                                   if r.remote_group and r.ethertype == "IPv4"}))

@@ -173,8 +173,10 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     checks the new intervals against the set's elements); deletions and flushes keep theirs."""
     f, n = new.family, new.name
     oc, nc = old.chain_map(), new.chain_map()
-    if any(name in oc and oc[name].hook != c.hook for name, c in nc.items()):
+    if any((b := oc.get(c.name)) is not None and b.hook != c.hook for c in new.base_chains):
         return table_text(new).splitlines()       # a base chain's hook changed: rebuild
+    if any((c := nc.get(b.name)) is not None and c.hook != b.hook for b in old.base_chains):
+        return table_text(new).splitlines()       # a base chain became a regular one: rebuild
     os_, ns_ = {s.name: s for s in old.sets}, {s.name: s for s in new.sets}
     pre: list[str] = []           # sets whose flags changed: their users flushed, the set re-made
     head: list[str] = []          # new sets and maps, then new chains (map elements jump to them)
@@ -215,6 +217,8 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     fills: list[NftChain] = []    # new chains' rules, added after every new chain exists
     for name, c in nc.items():
         before = oc.get(name)
+        if before is c and name not in refill:
+            continue                              # the same object (the render's per-port memo): unchanged
         if before is None:
             head.append(f"add chain {f} {n} {name}" + (f" {{ {c.hook} }}" if c.hook else ""))
             if not c.hook:
@@ -232,8 +236,10 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         rules += [f"add rule {f} {n} {name} {r.text}" for r in c.rules]
     # Removed chains: their referrers (jumps, map elements) changed above. Delete non-base
     # chains after all flushes, and sets/maps last.
-    tail += [f"flush chain {f} {n} {name}" for name in oc if name not in nc]
-    tail += [f"delete chain {f} {n} {name}" for name in oc if name not in nc]
+    removed = oc.keys() - nc.keys()
+    gone = [name for name in oc if name in removed] if removed else []
+    tail += [f"flush chain {f} {n} {name}" for name in gone]
+    tail += [f"delete chain {f} {n} {name}" for name in gone]
     tail += [f"delete {s.kind} {f} {n} {name}" for name, s in os_.items() if name not in ns_]
     named = sorted({m for c in fills for r in c.rules for m in _SET_REF.findall(r.text)} - declared)
     head += [f"add {ns_[m].kind} {f} {n} {m} {ns_[m].declaration()}" for m in named if m in ns_]
