@@ -700,13 +700,29 @@ def _nd_rules(p: PortFilter) -> list[NftRule]:
 
 @functools.lru_cache(maxsize=8192)
 def _ps_chain(p: PortFilter) -> NftChain:
-    macs = _set_text(p.macs)
+    # A port with one MAC (and one IPv4 address) gets its checks as plain comparisons, not
+    # anonymous sets: the kernel names each new anonymous set of a transaction after scanning
+    # the table's sets, so a port-up's three sets cost more with every port on the host
+    # (issue 18; bench/nft_portup_bench.py). Several MACs or addresses keep their sets.
+    one_mac = len(p.macs) == 1
+    macs = p.macs[0] if one_mac else _set_text(p.macs)
     pairs = [f"{m} . {a}" for m, a in p.pairs]
-    arp_ok = _set_text(pairs + [f"{m} . 0.0.0.0" for m in p.macs])
+    if one_mac:
+        # (MAC . address) pairs of one MAC: the MAC, then the address (or 0.0.0.0, a probe)
+        addrs = [a for _, a in p.pairs] + ["0.0.0.0"]
+        arp = [_rule(f"arp saddr ether != {macs}", "drop", "spoof-arp"),
+               _rule(" ".join(f"arp saddr ip != {a}" for a in addrs) if len(addrs) <= 2
+                     else f"arp saddr ip != {_set_text(addrs)}", "drop", "spoof-arp")]
+    else:
+        arp = [_rule(f"arp saddr ether . arp saddr ip != {_set_text(pairs + [f'{m} . 0.0.0.0' for m in p.macs])}",
+                     "drop", "spoof-arp")]
     # The accepted IPv4 case first (one lookup per frame of the data path), then the drop
     # reasons in an order that names the first forged field; a VM is never a DHCP server.
     rules = [_rule("udp sport 67", "drop", "dhcp-server")]
-    if pairs:
+    if len(p.pairs) == 1:
+        rules.append(_rule(f"ether saddr {p.pairs[0][0]} ip saddr {p.pairs[0][1]}", f"meta mark set {p.index:#x} accept",
+                           "mark"))
+    elif pairs:
         rules.append(_rule(f"ether saddr . ip saddr {_set_text(pairs)}", f"meta mark set {p.index:#x} accept", "mark"))
     # IPv6: never a DHCPv6 server, never a router (RA guard: advertisements and redirects);
     # neighbour discovery checked; then the (MAC . source) pairs, link-locals included.
@@ -717,7 +733,7 @@ def _ps_chain(p: PortFilter) -> NftChain:
         rules.append(_rule(f"ether saddr . ip6 saddr {_set_text(f'{m} . {a}' for m, a in p.pairs6)}",
                            f"meta mark set {p.index:#x} accept", "mark6"))
     rules += [_rule(f"ether saddr != {macs}", "drop", "spoof-mac"),
-              _rule(f"arp saddr ether . arp saddr ip != {arp_ok}", "drop", "spoof-arp"),
+              *arp,
               _rule("ether type arp", "accept", "arp"),
               _rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client")]
     if p.dhcp_mac:
