@@ -11,6 +11,12 @@ libnftables in-process). Two forms of the same commands alternate, port by port:
 - "classic": the same changes as `add rule` / `add element` commands (what the driver sent
   before): libnftables 1.0.6 dumps every chain and set of the ruleset before the transaction.
 Timed: the transaction alone (`NftExecutor.run`), p50 and min over the rounds, at each N.
+
+`--nft-compare sets`: instead, the driver's commands ("plain": a port of one MAC and one IPv4
+address has its port-security checks as plain comparisons, compute/firewall.py `_ps_chain`)
+against the same commands with those checks as anonymous sets, as they were rendered before
+("sets": `anonymous_sets`, the tables loaded in that form too); the forms alternate by block
+(plain, sets, plain, sets: the ruleset flushed and the N ports loaded again before each block).
 Contract: only its own sandbox namespace; figures never invented.
 """
 
@@ -42,6 +48,59 @@ def classic(lines: list[str]) -> list[str]:
             out += [f"add rule {m.group(1)} {r.strip()}" for r in m.group(2).split(";") if r.strip()]
         else:
             out.append(line)
+    return out
+
+
+_MARK = re.compile(r"ether saddr ([0-9a-f:]{17}) ip saddr (\S+) counter")
+_MAC = re.compile(r"ether saddr != ([0-9a-f:]{17}) counter")
+_ARP = re.compile(r"arp saddr ether != ([0-9a-f:]{17}) counter drop (comment \"[^\"]*\"); "
+                  r"arp saddr ip != (\S+) arp saddr ip != 0\.0\.0\.0 counter drop comment \"[^\"]*\"")
+_ARP_LINES = re.compile(r"(add rule \S+ \S+ \S+ )arp saddr ether != ([0-9a-f:]{17}) counter drop (comment \"[^\"]*\")\n"
+                        r"add rule \S+ \S+ \S+ arp saddr ip != (\S+) arp saddr ip != 0\.0\.0\.0 counter drop comment \"[^\"]*\"")
+
+
+def anonymous_sets(text: str) -> str:
+    """The same commands with a one-MAC, one-address port's checks as anonymous sets (the
+    rendering before `_ps_chain` wrote them as plain comparisons)."""
+    text = _MARK.sub(r"ether saddr . ip saddr { \1 . \2 } counter", text)
+    text = _MAC.sub(r"ether saddr != { \1 } counter", text)
+    text = _ARP_LINES.sub(r"\1arp saddr ether . arp saddr ip != { \2 . \4, \2 . 0.0.0.0 } counter drop \3", text)
+    return _ARP.sub(r"arp saddr ether . arp saddr ip != { \1 . \3, \1 . 0.0.0.0 } counter drop \2", text)
+
+
+def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
+    """Inside the sandbox: per size, the port-up transaction times of the plain and the
+    anonymous-set forms (ms), alternating by block."""
+    import_repo()
+    from bench.firewall_bench import _view
+    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.dataplane.nft_driver import diff_table
+    from vxnet.dataplane.nft_exec import NftExecutor
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        ex = NftExecutor()
+        times: dict[str, list[float]] = {"plain": [], "sets": []}
+        sets_seen = 0
+        for block in range(4):
+            form = ("plain", "sets")[block % 2]
+            shape = anonymous_sets if form == "sets" else (lambda x: x)
+            fw = compute_firewall(_view(n), "h1")
+            if ex.run("flush ruleset\n" + shape("".join(table_text(t) for t in fw.tables))) is not None:
+                raise RuntimeError(f"loading {n} ports ({form})")
+            for k in range(max(1, rounds // 2)):
+                new = compute_firewall(_view(n + 1 + k), "h1")
+                text = shape("\n".join(c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)) + "\n")
+                sets_seen = max(sets_seen, text.count("{ 02:")) if form == "sets" else sets_seen
+                t0 = time.perf_counter()
+                err = ex.run(text)
+                times[form].append((time.perf_counter() - t0) * 1e3)
+                if err is not None:
+                    raise RuntimeError(f"{form} port-up at {n} ports: {err}")
+                fw = new
+        ex.close()
+        out[str(n)] = {"times": times, "commands": sets_seen,
+                       "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
     return out
 
 
@@ -85,6 +144,8 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nft-sizes", default="10,100,300", help="local ports before the port-ups (10,100,300)")
     p.add_argument("--nft-rounds", type=int, default=15, help="port-ups per form and size (15)")
+    p.add_argument("--nft-compare", choices=("classic", "sets"), default="classic",
+                   help="classic: cache-free vs classic commands; sets: plain vs anonymous-set checks")
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -94,16 +155,19 @@ def run(opts: argparse.Namespace) -> Report:
     sizes = [int(x) for x in str(getattr(opts, "nft_sizes", "10,100,300")).split(",")]
     rounds = 3 if opts.quick else max(1, int(getattr(opts, "nft_rounds", 15)))
     load0 = os.getloadavg()[0]
+    fn = "measure_sets" if getattr(opts, "nft_compare", "classic") == "sets" else "measure"
     try:
         res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
-            f"__import__('bench.nft_portup_bench', fromlist=['_']).measure({sizes!r}, {rounds})", 600)
+            f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds})", 600)
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
     rows: list[list[str]] = []
     for n, r in res.items():
         for form, xs in r["times"].items():
+            what = (f"{r['commands']} anonymous sets in a port-up (sets form)" if fn == "measure_sets"
+                    else f"{r['commands']} commands (cache-free form)")
             rows.append([n, form, f"{statistics.median(xs):.2f}", f"{min(xs):.2f}", f"{max(xs):.2f}", str(len(xs)),
-                         f"{r['commands']} commands (cache-free form); {r['objects']} chains+sets in the tables"])
+                         f"{what}; {r['objects']} chains+sets in the tables"])
     notes = [f"load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
              "each port-up's transaction alone (libnftables in-process, the agent's executor); forms alternate"]
     return Report(NAME, cols, rows, notes=notes)
