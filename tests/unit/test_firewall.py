@@ -719,3 +719,15 @@ def test_a_port_of_one_mac_and_address_has_no_anonymous_set() -> None:
     for pid, mac, src in ((P1, "02:00:00:00:02:0b", "192.0.2.11"), (P2, "02:00:00:00:02:0c", "192.0.2.200")):
         assert fwm.port_security(fw, pid, mac, Packet(src, "192.0.2.1")) == ("accept", "mark")
         assert fwm.port_security(fw, pid, mac, Packet("192.0.2.99", "192.0.2.1")) == ("drop", "spoof-ip")
+
+
+def test_link_locals_as_nd_packet_forms_them() -> None:
+    """The firewall's fast EUI-64 link-local equals `nd_packet.link_local` (zero runs included)."""
+    from vxnet.compute.nd_packet import link_local
+
+    rnd = random.Random(7)
+    macs = ["02:00:00:00:00:00", "00:00:00:00:00:00", "fa:16:3e:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:ff:00:00"]
+    macs += [":".join(f"{rnd.choice([0, 0, rnd.randrange(256)]):02x}" for _ in range(6)) for _ in range(2000)]
+    for mac in macs:
+        assert fwm._ll(mac) == link_local(mac)
+    assert fwm._ll("not a mac") is None and fwm._ll("02:00:00:00:00") is None

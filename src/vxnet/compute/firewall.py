@@ -92,7 +92,7 @@ from typing import Any
 
 from vxnet.compute import dhcp, naming
 from vxnet.compute.l2 import port_filtered
-from vxnet.compute.nd_packet import link_local
+from vxnet.compute.nd_packet import eui64_interface_id
 from vxnet.model import Port, Rule, Subnet, View, as_view
 
 PS_TABLE = naming.PS_TABLE
@@ -454,9 +454,14 @@ def port_addresses(port: Port) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+_LL_PREFIX = bytes.fromhex("fe80000000000000")
+
+
 def _ll(mac: str) -> str | None:
+    """`nd_packet.link_local(mac)` (None for a bad MAC) without the `ipaddress` objects: it
+    is most of the compute of a new port's filter (~0.15 ms of ~0.3 on this machine)."""
     try:
-        return link_local(mac)
+        return socket.inet_ntop(socket.AF_INET6, _LL_PREFIX + eui64_interface_id(mac))
     except ValueError:
         return None
 
