@@ -17,6 +17,12 @@ address has its port-security checks as plain comparisons, compute/firewall.py `
 against the same commands with those checks as anonymous sets, as they were rendered before
 ("sets": `anonymous_sets`, the tables loaded in that form too); the forms alternate by block
 (plain, sets, plain, sets: the ruleset flushed and the N ports loaded again before each block).
+`--nft-compare compute`: no kernel, no root: the pure part of the same port-ups on the agent's
+path (a typed view of N local ports in one group and 2N ports of other hosts in view; each
+port-up a new port created unbound, then bound to the host, as the lab does): the firewall's
+compute in `HostComputer.compute_plug` (its `compute_firewall` timing), the rendering
+(`Firewall.tables`) and `diff_table` of the three tables, p50 and min per N. It uses only APIs
+older trees have too, so `PYTHONPATH=<other tree>/src` measures that tree's code.
 Contract: only its own sandbox namespace; figures never invented.
 """
 
@@ -104,6 +110,49 @@ def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
     return out
 
 
+def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
+    """Per size, the pure part of a port-up (ms): firewall compute, render, diff."""
+    import_repo()
+    from bench.firewall_bench import _view
+    from vxnet.compute.host import HostComputer, HostSpec
+    from vxnet.compute.view import ViewState, apply_message
+    from vxnet.dataplane.nft_driver import diff_table
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        raw = _view(n, members_extra=2 * n)
+        state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": raw})
+        hc = HostComputer(HostSpec("h1", "192.0.2.1"))
+        fw = hc.compute(state.view).firewall
+        template = next(iter(raw["ports"].values()))
+        times: dict[str, list[float]] = {"compute": [], "render": [], "diff": []}
+        rev = 2
+        for k in range(rounds):
+            pid = f"{10**6 + k:08x}-9e00-4000-8000-000000000000"
+            p = dict(template, id=pid, mac_address=f"02:01:00:00:{k >> 8:02x}:{k & 255:02x}",
+                     fixed_ips=[{"ip_address": f"100.100.{k >> 8}.{k & 255}"}], **{"binding:host_id": ""})
+            for host in ("", "h1"):         # created unbound, then bound here
+                state = apply_message(state, {"type": "update", "revision": rev,
+                                              "put": {"ports": {pid: dict(p, **{"binding:host_id": host})}}})
+                rev += 1
+                v = state.view              # one View object per pass, as the agent's
+                plug = hc.compute_plug(v)
+                fw_ms = hc.timings.get("compute_firewall", 0.0) * 1e3
+                t0 = time.perf_counter()
+                tables = plug.firewall.tables
+                t1 = time.perf_counter()
+                for t, o in zip(tables, fw.tables, strict=True):
+                    diff_table(o, t)
+                t2 = time.perf_counter()
+                hc.compute(v)
+                fw = plug.firewall
+            times["compute"].append(fw_ms)
+            times["render"].append((t1 - t0) * 1e3)
+            times["diff"].append((t2 - t1) * 1e3)
+        out[str(n)] = {"times": times, "commands": 0, "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
+    return out
+
+
 def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
     """Inside the sandbox: per size, the transaction times of both forms (ms)."""
     import_repo()
@@ -144,30 +193,33 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nft-sizes", default="10,100,300", help="local ports before the port-ups (10,100,300)")
     p.add_argument("--nft-rounds", type=int, default=15, help="port-ups per form and size (15)")
-    p.add_argument("--nft-compare", choices=("classic", "sets"), default="classic",
-                   help="classic: cache-free vs classic commands; sets: plain vs anonymous-set checks")
+    p.add_argument("--nft-compare", choices=("classic", "sets", "compute"), default="classic",
+                   help="classic: cache-free vs classic commands; sets: plain vs anonymous-set checks; "
+                        "compute: the pure part (firewall compute, render, diff), no kernel")
 
 
 def run(opts: argparse.Namespace) -> Report:
     cols = ["local ports", "form", "p50 ms", "min ms", "max ms", "port-ups", "notes"]
-    if os.geteuid() != 0:
+    compare = getattr(opts, "nft_compare", "classic")
+    if os.geteuid() != 0 and compare != "compute":
         return Report(NAME, cols, [["all", "not run", "", "", "", "", "needs root (namespaces)"]])
     sizes = [int(x) for x in str(getattr(opts, "nft_sizes", "10,100,300")).split(",")]
     rounds = 3 if opts.quick else max(1, int(getattr(opts, "nft_rounds", 15)))
     load0 = os.getloadavg()[0]
-    fn = "measure_sets" if getattr(opts, "nft_compare", "classic") == "sets" else "measure"
+    fn = {"sets": "measure_sets", "compute": "measure_compute"}.get(compare, "measure")
     try:
-        res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
-            f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds})", 600)
+        res: dict[str, Any] = (measure_compute(sizes, rounds) if compare == "compute" else in_sandbox(  # type: ignore[assignment]
+            f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds})", 600))
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
     rows: list[list[str]] = []
     for n, r in res.items():
         for form, xs in r["times"].items():
             what = (f"{r['commands']} anonymous sets in a port-up (sets form)" if fn == "measure_sets"
-                    else f"{r['commands']} commands (cache-free form)")
+                     else "pure, no kernel" if fn == "measure_compute" else f"{r['commands']} commands (cache-free form)")
             rows.append([n, form, f"{statistics.median(xs):.2f}", f"{min(xs):.2f}", f"{max(xs):.2f}", str(len(xs)),
                          f"{what}; {r['objects']} chains+sets in the tables"])
     notes = [f"load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
+             "the pure part of each port-up (in-process)" if fn == "measure_compute" else
              "each port-up's transaction alone (libnftables in-process, the agent's executor); forms alternate"]
     return Report(NAME, cols, rows, notes=notes)

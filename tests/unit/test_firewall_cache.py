@@ -118,6 +118,8 @@ def test_the_cache_equals_the_full_recompute(ops: list[tuple[str, int, int]], ba
         for h, cache in caches.items():
             got = cache.compute(state.view)
             assert got == compute_firewall(state.view, h)
+            assert got.tables == fwm.render(got)      # spliced from the last rendering, or whole
+            assert all(t.chain_map() == {c.name: c for c in t.chains} for t in got.tables)
             for f in got.ports:
                 before = last[h].port(f.port_id)
                 if before == f:
@@ -130,17 +132,24 @@ def test_a_port_up_recomputes_only_its_port() -> None:
     exact too (the ports probing past it keep their slots)."""
     state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": world()})
     cache = FirewallCache("h1")
-    cache.compute(state.view)
+    assert cache.compute(state.view).tables     # rendered, as the agent does
     assert cache.full == 1
-    for n, i in enumerate((2, 6, 7, 0, 1), 2):     # 1 collides with 0's slot, which 2 holds... after 0
+    for n, i in enumerate((2, 6, 7, 1), 2):     # 1 hashes to 0's slot, 2 to the next one
         p = port(i, "")
         state = apply_message(state, {"type": "update", "revision": 2 * n, "put": {"ports": {p["id"]: p}}})
-        cache.compute(state.view)
+        before = cache.compute(state.view)
         p = port(i, "h1")
         state = apply_message(state, {"type": "update", "revision": 2 * n + 1, "put": {"ports": {p["id"]: p}}})
         got = cache.compute(state.view)
         assert cache.changed == 1
         assert got == compute_firewall(state.view, "h1")
+        # the rendering: the last one's with this port's chains and entries put in, not made anew
+        assert "tables" in got.__dict__ and got.tables == fwm.render(got)
+        # this port, one probed past it (1), one that lost the DHCP lease of a shared MAC (1 and 7)
+        moved = {f.ident for f in got.ports if before.port(f.port_id) is not f}
+        assert len(moved) == (3 if i == 1 else 1)
+        unchanged = [c for c in got.tables[0].chains if c.name[3:] not in moved]
+        assert all(any(c is b for b in before.tables[0].chains) for c in unchanged)
     assert cache.full == 1
     ids = {f.port_id: f.index for f in got.ports}
     assert ids[IDS[0]] == 16452 and ids[IDS[1]] == 16453 and ids[IDS[2]] == 16454     # in id order, probing

@@ -78,6 +78,7 @@ order: the same on every pass while ports come and go, except on a (rare) collis
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import hashlib
@@ -918,6 +919,92 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     host = NftTable(*HOST_TABLE, (NftChain("in", (_rule(HOST_GUARD, "drop", "host-guard"),),
                                            "type filter hook input priority 0; policy accept;"),))
     return (NftTable(*PS_TABLE, tuple(ps_chains), ps_maps), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
+
+
+_SPLICE_MAX = 8       # changed ports up to which `render_update` splices (beyond: `render`)
+
+
+def _splice(chains: tuple[NftChain, ...], start: int, width: int, old: tuple[PortFilter, ...],
+            gone: Iterable[PortFilter], new: tuple[PortFilter, ...], came: Iterable[tuple[PortFilter, tuple[NftChain, ...]]]
+            ) -> tuple[NftChain, ...]:
+    """`chains` (`width` chains per port from `start`, in `old`'s order) without the ports
+    `gone`, with the ports `came` (and their chains) at their places in `new`."""
+    out = list(chains)
+    for i in sorted((_place(old, p) for p in gone), reverse=True):
+        del out[start + width * i:start + width * (i + 1)]
+    for j, part in sorted(((_place(new, p), c) for p, c in came), key=lambda x: x[0]):
+        out[start + width * j:start + width * j] = part
+    return tuple(out)
+
+
+def _place(ports: tuple[PortFilter, ...], p: PortFilter) -> int:
+    """The index of `p` in `ports` (sorted by port id, as `Firewall.ports`)."""
+    i = bisect.bisect_left(ports, p.port_id, key=_port_id)
+    if i == len(ports) or ports[i] is not p:
+        raise ValueError(f"{p.port_id} not in the ports")
+    return i
+
+
+_port_id = operator.attrgetter("port_id")
+
+
+def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, NftTable] | None:
+    """`render(fw)` from `prev`'s rendering (if it has one) when the two differ only in a few
+    stateful ports' filters and in member sets (the same groups and zones): the changed ports'
+    chains and map entries are taken out and put in, the changed member sets made again, the
+    rest copied as it is (a port-up renders only its own port; issue 18). None when anything
+    else changed: `render` the whole."""
+    tables: tuple[NftTable, NftTable, NftTable] | None = prev.__dict__.get("tables")
+    if tables is None or prev.groups != fw.groups or prev.zones != fw.zones:
+        return None
+    old_ids, new_ids = set(map(id, prev.ports)), set(map(id, fw.ports))     # filters kept are the same objects
+    gone = [p for p in prev.ports if id(p) not in new_ids] if len(old_ids - new_ids) else []
+    came = [p for p in fw.ports if id(p) not in old_ids] if len(new_ids - old_ids) else []
+    members = {**{set_name(g): (m, prev.members.get(g), "ipv4_addr") for g, m in fw.members.items()},
+               **{set_name6(g): (m, prev.members6.get(g), "ipv6_addr") for g, m in fw.members6.items()}}
+    changed = {k for k, (m, before, _) in members.items() if m is not before}    # a member set, elements
+    if not gone and not came and not changed:
+        return tables
+    if len(gone) + len(came) > _SPLICE_MAX or not all(p.stateful for p in (*gone, *came)):
+        return None           # the zone and dispatch base chains name the stateless ports
+    gone_macs = {m for p in gone for m in p.macs}
+    came_macs = {m for p in came for m in p.macs}
+    if not gone_macs <= came_macs:
+        return None           # a MAC left `ct_macs` unless another port has it too: render the whole
+    ps, sg, host = tables
+    parts = {p: _port_parts(p) for p in (*gone, *came)}
+    ps_chains = _splice(ps.chains, len(_PS_BASE), 2, prev.ports, gone, fw.ports,
+                        ((p, (parts[p].ps, parts[p].mk)) for p in came))
+    sg_chains = _splice(sg.chains, 4 + len(fw.groups), 2, prev.ports, gone, fw.ports,
+                        ((p, (parts[p].eg, parts[p].in_)) for p in came))
+
+    def entries(s: NftSet, field: str) -> NftSet:
+        kept = s.elements - {getattr(parts[p], field) for p in gone} if gone else s.elements
+        return dataclasses.replace(s, elements=kept | {getattr(parts[p], field) for p in came})
+
+    fields = {"pre_ports": "pre", "out_ports": "out", "eg_ports": "eg_entry", "in_ports": "in_entry"}
+    ps_sets = tuple(entries(s, fields[s.name]) for s in ps.sets)
+    sg_sets = tuple(entries(s, fields[s.name]) if s.name in fields else
+                    dataclasses.replace(s, elements=s.elements | came_macs) if s.name == CT_MACS and came_macs else
+                    _member_set(s.name, members[s.name][2], members[s.name][0]) if s.name in changed else s
+                    for s in sg.sets)
+    out = (NftTable(ps.family, ps.name, ps_chains, ps_sets), NftTable(sg.family, sg.name, sg_chains, sg_sets))
+    for before, after, width in ((ps, out[0], ("ps", "mk")), (sg, out[1], ("eg", "in_"))):
+        if "_chains" in before.__dict__:
+            # its chain map from the last one's (a C copy, then the changed ports' names; a chain
+            # whose port changed keeps its place, a new port's go last): for `diff_table`
+            chains = dict(before.chain_map())
+            for p in gone:
+                for f in width:
+                    chains.pop(getattr(parts[p], f).name, None)
+            for p in came:
+                for f in width:
+                    c = getattr(parts[p], f)
+                    chains[c.name] = c
+            after.__dict__["_chains"] = chains
+        if "base_chains" in before.__dict__:
+            after.__dict__["base_chains"] = before.base_chains      # never a port's chain
+    return (*out, host)
 
 
 def table_text(t: NftTable) -> str:

@@ -17,6 +17,9 @@ Contract:
   own hash slot (a collision) or a tap name shared by two ports recompute every index
   (`tap_indexes`); an address leaving a remote group, or a prefix in one, recomputes that
   group's members over the view (`group_members`: another port may hold the same address).
+- The result's rendering (`Firewall.tables`) is made from the last result's when that one was
+  rendered and only a few stateful ports changed (`firewall.render_update`: their chains and
+  map entries taken out and put in); a result equal to the last is the last object itself.
 - Per-pass cost left over the whole view: finding the changed ports (one identity comparison
   per port of the bucket), sorting the local ports' ids and building the result's tuples and
   sets (C loops).
@@ -45,6 +48,7 @@ from vxnet.compute.firewall import (
     overlay_vnis,
     port_filter,
     remote_groups,
+    render_update,
     rules_of,
     subnets_by_network,
     tap_indexes,
@@ -73,6 +77,7 @@ class FirewallCache:
         self.full = 0                 # full recomputes (tests, observability)
         self.changed = 0              # ports the last call found changed
         self._key: tuple[object, ...] | None = None
+        self._last: Firewall | None = None           # the last result (its rendering: `render_update`)
         self._ports: Mapping[str, Port] = {}
         self._vnis: dict[str, int] = {}
         self._zones: tuple[tuple[str, int], ...] = ()
@@ -269,9 +274,16 @@ class FirewallCache:
     def _firewall(self) -> Firewall:
         filters = tuple(self._filters[pid] for pid in sorted(self._index))
         m4, m6 = self._members["IPv4"], self._members["IPv6"]
-        return Firewall(filters, frozenset(self._open), self._group_rules, {g: m4[g] for g in sorted(m4)},
-                        self._zones, self._ignored, tuple(sorted(set(self._local) - set(self._index))),
-                        {g: m6[g] for g in sorted(m6)})
+        fw = Firewall(filters, frozenset(self._open), self._group_rules, {g: m4[g] for g in sorted(m4)},
+                      self._zones, self._ignored, tuple(sorted(set(self._local) - set(self._index))),
+                      {g: m6[g] for g in sorted(m6)})
+        last = self._last
+        if last is not None and fw == last:
+            return last           # the same object: its rendering is kept, "unchanged" is cheap downstream
+        if last is not None and (tables := render_update(last, fw)) is not None:
+            fw.__dict__["tables"] = tables     # `Firewall.tables` (a cached property), from the last one's
+        self._last = fw
+        return fw
 
 
 def compute_all(views: Iterable[View], host: str) -> list[Firewall]:
