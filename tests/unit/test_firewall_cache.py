@@ -154,3 +154,25 @@ def test_a_port_up_recomputes_only_its_port() -> None:
     ids = {f.port_id: f.index for f in got.ports}
     assert ids[IDS[0]] == 16452 and ids[IDS[1]] == 16453 and ids[IDS[2]] == 16454     # in id order, probing
     assert fwm.mark_indexes(ids) == ids
+
+
+def test_a_failed_call_recomputes_everything_next_time(monkeypatch) -> None:
+    """An exception half-way (a bug, a surprise in the view) leaves no half-updated state."""
+    state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": world()})
+    cache = FirewallCache("h1")
+    cache.compute(state.view)
+    p = port(6, "h1")
+    state = apply_message(state, {"type": "update", "revision": 2, "put": {"ports": {p["id"]: p}}})
+    import vxnet.compute.firewall_cache as fc
+
+    def broken(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(fc, "port_filter", broken)
+        try:
+            cache.compute(state.view)
+        except RuntimeError:
+            pass
+    assert cache.compute(state.view) == compute_firewall(state.view, "h1")
+    assert cache.full == 2

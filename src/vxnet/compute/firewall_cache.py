@@ -226,6 +226,13 @@ class FirewallCache:
     # ------------------------------------------------------------------ the pass
     def compute(self, v: View) -> Firewall:
         """`compute_firewall(v, self.host)`."""
+        try:
+            return self._compute(v)
+        except BaseException:
+            self._key = None        # half-updated state: the next call recomputes everything
+            raise
+
+    def _compute(self, v: View) -> Firewall:
         key = tuple(v.bucket(k) for k in INPUTS)
         ports = v.ports
         if self._key is None or any(a is not b for a, b in zip(self._key, key, strict=True)):
