@@ -14,6 +14,7 @@ from vxnet.compute import firewall as fwm
 from vxnet.compute.firewall import compute_firewall
 from vxnet.compute.firewall_cache import FirewallCache
 from vxnet.compute.view import ViewState, apply_message
+from vxnet.dataplane.nft_driver import diff_table
 
 NET, NET2 = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"
 SUB, SUB2 = "5aaaaaaa-0000-4000-8000-000000000001", "5bbbbbbb-0000-4000-8000-000000000002"
@@ -120,6 +121,10 @@ def test_the_cache_equals_the_full_recompute(ops: list[tuple[str, int, int]], ba
             assert got == compute_firewall(state.view, h)
             assert got.tables == fwm.render(got)      # spliced from the last rendering, or whole
             assert all(t.chain_map() == {c.name: c for c in t.chains} for t in got.tables)
+            # the diff from the last tables: the same commands as without the splice's hints
+            for o, t in zip(last[h].tables, got.tables, strict=True):
+                plain = (fwm.NftTable(o.family, o.name, o.chains, o.sets), fwm.NftTable(t.family, t.name, t.chains, t.sets))
+                assert sorted(diff_table(o, t)) == sorted(diff_table(*plain))
             for f in got.ports:
                 before = last[h].port(f.port_id)
                 if before == f:

@@ -54,7 +54,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from vxnet.compute.firewall import NftChain, NftSet, NftTable, table_text
@@ -215,7 +215,16 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         if added and "interval" not in s.flags.split(","):
             declared.add(name)
     fills: list[NftChain] = []    # new chains' rules, added after every new chain exists
-    for name, c in nc.items():
+    walk: Iterable[tuple[str, NftChain]] = nc.items()
+    removed: Collection[str] = ()
+    hint = new.__dict__.get("changed_from")      # compute/firewall.py `render_update`: the only chains that differ
+    if hint is not None and hint[0] is old and not refill:
+        walk = [(name, nc[name]) for name in hint[1] if name in nc]
+        gone = [name for name in hint[1] if name in oc and name not in nc]
+    else:
+        removed = oc.keys() - nc.keys()
+        gone = [name for name in oc if name in removed] if removed else []
+    for name, c in walk:
         before = oc.get(name)
         if before is c and name not in refill:
             continue                              # the same object (the render's per-port memo): unchanged
@@ -234,10 +243,8 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         else:
             rules.append(f"flush chain {f} {n} {name}")
         rules += [f"add rule {f} {n} {name} {r.text}" for r in c.rules]
-    # Removed chains: their referrers (jumps, map elements) changed above. Delete non-base
-    # chains after all flushes, and sets/maps last.
-    removed = oc.keys() - nc.keys()
-    gone = [name for name in oc if name in removed] if removed else []
+    # Removed chains (`gone`): their referrers (jumps, map elements) changed above. Delete
+    # non-base chains after all flushes, and sets/maps last.
     tail += [f"flush chain {f} {n} {name}" for name in gone]
     tail += [f"delete chain {f} {n} {name}" for name in gone]
     tail += [f"delete {s.kind} {f} {n} {name}" for name, s in os_.items() if name not in ns_]
