@@ -54,7 +54,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from vxnet.compute.firewall import NftChain, NftSet, NftTable, table_text
@@ -170,7 +170,10 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     elements of a plain set or map in `add set NAME { type ...; elements = { ... }; }` (the set
     as it is, plus those), and a set that a new chain's rule names is declared in the
     transaction (nft resolves `@set` in its cache). Interval sets keep `add element` (libnftables
-    checks the new intervals against the set's elements); deletions and flushes keep theirs."""
+    checks the new intervals against the set's elements); deletions and flushes keep theirs.
+
+    A table `render_update` spliced from `old` itself names the chains it changed (its
+    `changed_from` hint); only those are compared, the others being the same objects."""
     f, n = new.family, new.name
     oc, nc = old.chain_map(), new.chain_map()
     if any((b := oc.get(c.name)) is not None and b.hook != c.hook for c in new.base_chains):
@@ -215,13 +218,13 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         if added and "interval" not in s.flags.split(","):
             declared.add(name)
     fills: list[NftChain] = []    # new chains' rules, added after every new chain exists
-    walk: Iterable[tuple[str, NftChain]] = nc.items()
-    removed: Collection[str] = ()
+    walk: Iterable[tuple[str, NftChain]]
     hint = new.__dict__.get("changed_from")      # compute/firewall.py `render_update`: the only chains that differ
     if hint is not None and hint[0] is old and not refill:
         walk = [(name, nc[name]) for name in hint[1] if name in nc]
         gone = [name for name in hint[1] if name in oc and name not in nc]
     else:
+        walk = nc.items()
         removed = oc.keys() - nc.keys()
         gone = [name for name in oc if name in removed] if removed else []
     for name, c in walk:
