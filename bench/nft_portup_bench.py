@@ -33,6 +33,7 @@ import os
 import re
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.port_up_bench import in_sandbox
@@ -80,7 +81,6 @@ def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
     import_repo()
     from bench.firewall_bench import _view
     from vxnet.compute.firewall import compute_firewall, table_text
-    from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
 
     out: dict[str, Any] = {}
@@ -95,19 +95,34 @@ def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
             if ex.run("flush ruleset\n" + shape("".join(table_text(t) for t in fw.tables))) is not None:
                 raise RuntimeError(f"loading {n} ports ({form})")
             for k in range(max(1, rounds // 2)):
-                new = compute_firewall(_view(n + 1 + k), "h1")
-                text = shape("\n".join(c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)) + "\n")
+                fw, _, text = _port_up(ex, fw, n + 1 + k, form, lambda ls, sh=shape: sh("\n".join(ls) + "\n"), times)
                 sets_seen = max(sets_seen, text.count("{ 02:")) if form == "sets" else sets_seen
-                t0 = time.perf_counter()
-                err = ex.run(text)
-                times[form].append((time.perf_counter() - t0) * 1e3)
-                if err is not None:
-                    raise RuntimeError(f"{form} port-up at {n} ports: {err}")
-                fw = new
         ex.close()
-        out[str(n)] = {"times": times, "commands": sets_seen,
-                       "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
+        out[str(n)] = _result(times, sets_seen, fw)
     return out
+
+
+def _port_up(ex: Any, fw: Any, n: int, form: str, text_of: Callable[[list[str]], str],
+             times: dict[str, list[float]]) -> tuple[Any, list[str], str]:
+    """The tables of `n` local ports after `fw`'s, loaded by one timed transaction (into
+    `times[form]`) of the commands `diff_table` gives, as `text_of` writes them."""
+    from bench.firewall_bench import _view
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.dataplane.nft_driver import diff_table
+
+    new = compute_firewall(_view(n), "h1")
+    lines = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
+    text = text_of(lines)
+    t0 = time.perf_counter()
+    err = ex.run(text)
+    times[form].append((time.perf_counter() - t0) * 1e3)
+    if err is not None:
+        raise RuntimeError(f"{form} port-up at {n} ports: {err}")
+    return new, lines, text
+
+
+def _result(times: dict[str, list[float]], commands: int, fw: Any) -> dict[str, Any]:
+    return {"times": times, "commands": commands, "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
 
 
 def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
@@ -158,7 +173,6 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
     import_repo()
     from bench.firewall_bench import _view
     from vxnet.compute.firewall import compute_firewall, table_text
-    from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
 
     out: dict[str, Any] = {}
@@ -174,19 +188,11 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
         commands = 0
         for k in range(2 * rounds):
             form = ("cache-free", "classic")[k % 2]
-            new = compute_firewall(_view(n + 1 + k), "h1")
-            lines = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
+            fw, lines, _ = _port_up(ex, fw, n + 1 + k, form,
+                                    lambda ls, f=form: "\n".join(ls if f == "cache-free" else classic(ls)) + "\n", times)
             commands = len(lines)
-            text = "\n".join(lines if form == "cache-free" else classic(lines)) + "\n"
-            t0 = time.perf_counter()
-            err = ex.run(text)
-            times[form].append((time.perf_counter() - t0) * 1e3)
-            if err is not None:
-                raise RuntimeError(f"{form} port-up at {n} ports: {err}")
-            fw = new
         ex.close()
-        out[str(n)] = {"times": times, "commands": commands,
-                       "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
+        out[str(n)] = _result(times, commands, fw)
     return out
 
 
