@@ -32,7 +32,7 @@ from __future__ import annotations
 import socket
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from vxnet.compute import naming
 from vxnet.compute.firewall import (
@@ -260,7 +260,7 @@ class FirewallCache:
                 else:
                     after = {}
                 refresh |= {pid for pid in before.keys() | after.keys() if before.get(pid) != after.get(pid)}
-            for pid in [k for k in self._filters if k not in self._index]:
+            for pid in self._filters.keys() - self._index.keys():      # ports that lost their index
                 self._drop_filter(pid)
             for pid in refresh:
                 if pid in self._index:
@@ -292,8 +292,3 @@ class FirewallCache:
         self._last = fw
         return fw
 
-
-def compute_all(views: Iterable[View], host: str) -> list[Firewall]:
-    """`compute` over a history of views (tests, benches)."""
-    cache = FirewallCache(host)
-    return [cache.compute(v) for v in views]
