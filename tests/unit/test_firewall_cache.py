@@ -181,3 +181,20 @@ def test_a_failed_call_recomputes_everything_next_time(monkeypatch) -> None:
             pass
     assert cache.compute(state.view) == compute_firewall(state.view, "h1")
     assert cache.full == 2
+
+
+def test_the_renderings_of_past_passes_are_not_kept() -> None:
+    """A spliced rendering names the one it came from weakly: past tables are freed."""
+    import gc
+    import weakref
+
+    state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": world()})
+    cache = FirewallCache("h1")
+    first = weakref.ref(cache.compute(state.view).tables[0])
+    for n, i in enumerate((2, 6, 7, 8), 2):
+        p = port(i, "h1")
+        state = apply_message(state, {"type": "update", "revision": n, "put": {"ports": {p["id"]: p}}})
+        got = cache.compute(state.view)
+        assert "tables" in got.__dict__ and got.tables == fwm.render(got)
+    gc.collect()
+    assert first() is None

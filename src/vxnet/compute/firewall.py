@@ -87,6 +87,7 @@ import itertools
 import operator
 import re
 import socket
+import weakref
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
@@ -990,8 +991,9 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
                     for s in sg.sets)
     out = (NftTable(ps.family, ps.name, ps_chains, ps_sets), NftTable(sg.family, sg.name, sg_chains, sg_sets))
     for before, after, width in ((ps, out[0], ("ps", "mk")), (sg, out[1], ("eg", "in_"))):
-        # the only chains that differ from `before`'s (`nft_driver.diff_table` walks these alone)
-        after.__dict__["changed_from"] = (before, tuple(dict.fromkeys(
+        # the only chains that differ from `before`'s (`nft_driver.diff_table` walks these alone);
+        # a weak reference: a strong one would keep every rendering since the start alive
+        after.__dict__["changed_from"] = (weakref.ref(before), tuple(dict.fromkeys(
             getattr(parts[p], f).name for p in (*gone, *came) for f in width)))
         if "_chains" in before.__dict__:
             # its chain map from the last one's (a C copy, then the changed ports' names; a chain

@@ -220,7 +220,7 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     fills: list[NftChain] = []    # new chains' rules, added after every new chain exists
     walk: Iterable[tuple[str, NftChain]]
     hint = new.__dict__.get("changed_from")      # compute/firewall.py `render_update`: the only chains that differ
-    if hint is not None and hint[0] is old and not refill:
+    if hint is not None and hint[0]() is old and not refill:
         walk = [(name, nc[name]) for name in hint[1] if name in nc]
         gone = [name for name in hint[1] if name in oc and name not in nc]
     else:
