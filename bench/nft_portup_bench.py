@@ -11,6 +11,18 @@ libnftables in-process). Two forms of the same commands alternate, port by port:
 - "classic": the same changes as `add rule` / `add element` commands (what the driver sent
   before): libnftables 1.0.6 dumps every chain and set of the ruleset before the transaction.
 Timed: the transaction alone (`NftExecutor.run`), p50 and min over the rounds, at each N.
+
+`--nft-compare sets`: instead, the driver's commands ("plain": a port of one MAC and one IPv4
+address has its port-security checks as plain comparisons, compute/firewall.py `_ps_chain`)
+against the same commands with those checks as anonymous sets, as they were rendered before
+("sets": `anonymous_sets`, the tables loaded in that form too); the forms alternate by block
+(plain, sets, plain, sets: the ruleset flushed and the N ports loaded again before each block).
+`--nft-compare compute`: no kernel, no root: the pure part of the same port-ups on the agent's
+path (a typed view of N local ports in one group and 2N ports of other hosts in view; each
+port-up a new port created unbound, then bound to the host, as the lab does): the firewall's
+compute in `HostComputer.compute_plug` (its `compute_firewall` timing), the rendering
+(`Firewall.tables`) and `diff_table` of the three tables, p50 and min per N. It uses only APIs
+older trees have too, so `PYTHONPATH=<other tree>/src` measures that tree's code.
 Contract: only its own sandbox namespace; figures never invented.
 """
 
@@ -21,6 +33,7 @@ import os
 import re
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.port_up_bench import in_sandbox
@@ -45,12 +58,121 @@ def classic(lines: list[str]) -> list[str]:
     return out
 
 
+_MARK = re.compile(r"ether saddr ([0-9a-f:]{17}) ip saddr (\S+) counter")
+_MAC = re.compile(r"ether saddr != ([0-9a-f:]{17}) counter")
+_ARP = re.compile(r"arp saddr ether != ([0-9a-f:]{17}) counter drop (comment \"[^\"]*\"); "
+                  r"arp saddr ip != (\S+) arp saddr ip != 0\.0\.0\.0 counter drop comment \"[^\"]*\"")
+_ARP_LINES = re.compile(r"(add rule \S+ \S+ \S+ )arp saddr ether != ([0-9a-f:]{17}) counter drop (comment \"[^\"]*\")\n"
+                        r"add rule \S+ \S+ \S+ arp saddr ip != (\S+) arp saddr ip != 0\.0\.0\.0 counter drop comment \"[^\"]*\"")
+
+
+def anonymous_sets(text: str) -> str:
+    """The same commands with a one-MAC, one-address port's checks as anonymous sets (the
+    rendering before `_ps_chain` wrote them as plain comparisons)."""
+    text = _MARK.sub(r"ether saddr . ip saddr { \1 . \2 } counter", text)
+    text = _MAC.sub(r"ether saddr != { \1 } counter", text)
+    text = _ARP_LINES.sub(r"\1arp saddr ether . arp saddr ip != { \2 . \4, \2 . 0.0.0.0 } counter drop \3", text)
+    return _ARP.sub(r"arp saddr ether . arp saddr ip != { \1 . \3, \1 . 0.0.0.0 } counter drop \2", text)
+
+
+def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
+    """Inside the sandbox: per size, the port-up transaction times of the plain and the
+    anonymous-set forms (ms), alternating by block."""
+    import_repo()
+    from bench.firewall_bench import _view
+    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.dataplane.nft_exec import NftExecutor
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        ex = NftExecutor()
+        times: dict[str, list[float]] = {"plain": [], "sets": []}
+        sets_seen = 0
+        for block in range(4):
+            form = ("plain", "sets")[block % 2]
+            shape = anonymous_sets if form == "sets" else (lambda x: x)
+            fw = compute_firewall(_view(n), "h1")
+            if ex.run("flush ruleset\n" + shape("".join(table_text(t) for t in fw.tables))) is not None:
+                raise RuntimeError(f"loading {n} ports ({form})")
+            for k in range(max(1, rounds // 2)):
+                fw, _, text = _port_up(ex, fw, n + 1 + k, form, lambda ls, sh=shape: sh("\n".join(ls) + "\n"), times)
+                sets_seen = max(sets_seen, text.count("{ 02:")) if form == "sets" else sets_seen
+        ex.close()
+        out[str(n)] = _result(times, sets_seen, fw)
+    return out
+
+
+def _port_up(ex: Any, fw: Any, n: int, form: str, text_of: Callable[[list[str]], str],
+             times: dict[str, list[float]]) -> tuple[Any, list[str], str]:
+    """The tables of `n` local ports after `fw`'s, loaded by one timed transaction (into
+    `times[form]`) of the commands `diff_table` gives, as `text_of` writes them."""
+    from bench.firewall_bench import _view
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.dataplane.nft_driver import diff_table
+
+    new = compute_firewall(_view(n), "h1")
+    lines = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
+    text = text_of(lines)
+    t0 = time.perf_counter()
+    err = ex.run(text)
+    times[form].append((time.perf_counter() - t0) * 1e3)
+    if err is not None:
+        raise RuntimeError(f"{form} port-up at {n} ports: {err}")
+    return new, lines, text
+
+
+def _result(times: dict[str, list[float]], commands: int, fw: Any) -> dict[str, Any]:
+    return {"times": times, "commands": commands, "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
+
+
+def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
+    """Per size, the pure part of a port-up (ms): firewall compute, render, diff."""
+    import_repo()
+    from bench.firewall_bench import _view
+    from vxnet.compute.host import HostComputer, HostSpec
+    from vxnet.compute.view import ViewState, apply_message
+    from vxnet.dataplane.nft_driver import diff_table
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        raw = _view(n, members_extra=2 * n)
+        state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": raw})
+        hc = HostComputer(HostSpec("h1", "192.0.2.1"))
+        fw = hc.compute(state.view).firewall
+        template = next(iter(raw["ports"].values()))
+        times: dict[str, list[float]] = {"compute": [], "render": [], "diff": []}
+        rev = 2
+        for k in range(rounds):
+            pid = f"{10**6 + k:08x}-9e00-4000-8000-000000000000"
+            p = dict(template, id=pid, mac_address=f"02:01:00:00:{k >> 8:02x}:{k & 255:02x}",
+                     fixed_ips=[{"ip_address": f"100.100.{k >> 8}.{k & 255}"}], **{"binding:host_id": ""})
+            for host in ("", "h1"):         # created unbound, then bound here
+                state = apply_message(state, {"type": "update", "revision": rev,
+                                              "put": {"ports": {pid: dict(p, **{"binding:host_id": host})}}})
+                rev += 1
+                v = state.view              # one View object per pass, as the agent's
+                plug = hc.compute_plug(v)
+                fw_ms = hc.timings.get("compute_firewall", 0.0) * 1e3
+                t0 = time.perf_counter()
+                tables = plug.firewall.tables
+                t1 = time.perf_counter()
+                for t, o in zip(tables, fw.tables, strict=True):
+                    diff_table(o, t)
+                t2 = time.perf_counter()
+                hc.compute(v)
+                fw = plug.firewall
+            times["compute"].append(fw_ms)
+            times["render"].append((t1 - t0) * 1e3)
+            times["diff"].append((t2 - t1) * 1e3)
+        out[str(n)] = {"times": times, "commands": 0, "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
+    return out
+
+
 def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
     """Inside the sandbox: per size, the transaction times of both forms (ms)."""
     import_repo()
     from bench.firewall_bench import _view
     from vxnet.compute.firewall import compute_firewall, table_text
-    from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
 
     out: dict[str, Any] = {}
@@ -66,44 +188,44 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
         commands = 0
         for k in range(2 * rounds):
             form = ("cache-free", "classic")[k % 2]
-            new = compute_firewall(_view(n + 1 + k), "h1")
-            lines = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
+            fw, lines, _ = _port_up(ex, fw, n + 1 + k, form,
+                                    lambda ls, f=form: "\n".join(ls if f == "cache-free" else classic(ls)) + "\n", times)
             commands = len(lines)
-            text = "\n".join(lines if form == "cache-free" else classic(lines)) + "\n"
-            t0 = time.perf_counter()
-            err = ex.run(text)
-            times[form].append((time.perf_counter() - t0) * 1e3)
-            if err is not None:
-                raise RuntimeError(f"{form} port-up at {n} ports: {err}")
-            fw = new
         ex.close()
-        out[str(n)] = {"times": times, "commands": commands,
-                       "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
+        out[str(n)] = _result(times, commands, fw)
     return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nft-sizes", default="10,100,300", help="local ports before the port-ups (10,100,300)")
     p.add_argument("--nft-rounds", type=int, default=15, help="port-ups per form and size (15)")
+    p.add_argument("--nft-compare", choices=("classic", "sets", "compute"), default="classic",
+                   help="classic: cache-free vs classic commands; sets: plain vs anonymous-set checks; "
+                        "compute: the pure part (firewall compute, render, diff), no kernel")
 
 
 def run(opts: argparse.Namespace) -> Report:
     cols = ["local ports", "form", "p50 ms", "min ms", "max ms", "port-ups", "notes"]
-    if os.geteuid() != 0:
+    compare = getattr(opts, "nft_compare", "classic")
+    if os.geteuid() != 0 and compare != "compute":
         return Report(NAME, cols, [["all", "not run", "", "", "", "", "needs root (namespaces)"]])
     sizes = [int(x) for x in str(getattr(opts, "nft_sizes", "10,100,300")).split(",")]
     rounds = 3 if opts.quick else max(1, int(getattr(opts, "nft_rounds", 15)))
     load0 = os.getloadavg()[0]
+    fn = {"sets": "measure_sets", "compute": "measure_compute"}.get(compare, "measure")
     try:
-        res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
-            f"__import__('bench.nft_portup_bench', fromlist=['_']).measure({sizes!r}, {rounds})", 600)
+        res: dict[str, Any] = (measure_compute(sizes, rounds) if compare == "compute" else in_sandbox(  # type: ignore[assignment]
+            f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds})", 600))
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
     rows: list[list[str]] = []
     for n, r in res.items():
         for form, xs in r["times"].items():
+            what = (f"{r['commands']} anonymous sets in a port-up (sets form)" if fn == "measure_sets"
+                     else "pure, no kernel" if fn == "measure_compute" else f"{r['commands']} commands (cache-free form)")
             rows.append([n, form, f"{statistics.median(xs):.2f}", f"{min(xs):.2f}", f"{max(xs):.2f}", str(len(xs)),
-                         f"{r['commands']} commands (cache-free form); {r['objects']} chains+sets in the tables"])
+                         f"{what}; {r['objects']} chains+sets in the tables"])
     notes = [f"load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
+             "the pure part of each port-up (in-process)" if fn == "measure_compute" else
              "each port-up's transaction alone (libnftables in-process, the agent's executor); forms alternate"]
     return Report(NAME, cols, rows, notes=notes)

@@ -497,7 +497,7 @@ def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() ->
     fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11"), port(P3, "192.0.2.13", net=NET2)]), "h1")
     rmac = dhcp.responder_mac(NET)
     assert fw.port(P1).dhcp_mac == rmac
-    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "arp",
+    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "spoof-arp", "arp",
                                 "dhcp-client", "dhcp-renew", "spoof-ip", "spoof-ip6", "other"]
     rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
     assert next(r for r in rules if "dhcp-renew" in r).startswith(
@@ -696,3 +696,38 @@ def test_group_members_equal_the_collapsed_port_addresses() -> None:
     plain = next(p for p in members if p.fixed_ips and p.fixed_ips[0].ip_address == "198.51.100.7")
     got = group_members([plain], G2, socket.AF_INET)
     assert any(m is plain.fixed_ips[0].ip_address for m in got)
+
+
+def test_a_port_of_one_mac_and_address_has_no_anonymous_set() -> None:
+    """Its IPv4 checks are plain comparisons (no set for the kernel to create at a port-up);
+    a port with more MACs or addresses keeps the sets, with the same verdicts."""
+    one = port(P1, "192.0.2.11")
+    two = port(P2, "192.0.2.12", allowed_address_pairs=[{"ip_address": "192.0.2.200"}])
+    more = port(P3, "192.0.2.13", allowed_address_pairs=[{"ip_address": "192.0.2.201", "mac_address": "02:00:00:00:07:10"}])
+    fw = compute_firewall(view([one, two, more]), "h1")
+    rules = {pid: dict(zip(kinds_of(fw, pid), chain(fw, "bridge", f"ps_{fw.port(pid).ident}"))) for pid in (P1, P2, P3)}
+    assert not [r for r in chain(fw, "bridge", f"ps_{fw.port(P1).ident}") if "{" in r]
+    assert rules[P1]["mark"].startswith("ether saddr 02:00:00:00:02:0b ip saddr 192.0.2.11 counter meta mark set")
+    arp1 = [r for r in chain(fw, "bridge", f"ps_{fw.port(P1).ident}") if "spoof-arp" in r]
+    assert arp1[0].startswith("arp saddr ether != 02:00:00:00:02:0b counter drop")
+    assert arp1[1].startswith("arp saddr ip != 192.0.2.11 arp saddr ip != 0.0.0.0 counter drop")
+    assert rules[P2]["mark"].startswith("ether saddr . ip saddr { 02:00:00:00:02:0c . 192.0.2.12, ")
+    arp2 = [r for r in chain(fw, "bridge", f"ps_{fw.port(P2).ident}") if "spoof-arp" in r]
+    assert arp2[1].startswith("arp saddr ip != { 0.0.0.0, 192.0.2.12, 192.0.2.200 } counter drop")
+    assert rules[P3]["spoof-mac"].startswith("ether saddr != { 02:00:00:00:02:0d, 02:00:00:00:07:10 }")
+    assert "02:00:00:00:07:10 . 192.0.2.201" in rules[P3]["spoof-arp"]
+    for pid, mac, src in ((P1, "02:00:00:00:02:0b", "192.0.2.11"), (P2, "02:00:00:00:02:0c", "192.0.2.200")):
+        assert fwm.port_security(fw, pid, mac, Packet(src, "192.0.2.1")) == ("accept", "mark")
+        assert fwm.port_security(fw, pid, mac, Packet("192.0.2.99", "192.0.2.1")) == ("drop", "spoof-ip")
+
+
+def test_link_locals_as_nd_packet_forms_them() -> None:
+    """The firewall's fast EUI-64 link-local equals `nd_packet.link_local` (zero runs included)."""
+    from vxnet.compute.nd_packet import link_local
+
+    rnd = random.Random(7)
+    macs = ["02:00:00:00:00:00", "00:00:00:00:00:00", "fa:16:3e:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:ff:00:00"]
+    macs += [":".join(f"{rnd.choice([0, 0, rnd.randrange(256)]):02x}" for _ in range(6)) for _ in range(2000)]
+    for mac in macs:
+        assert fwm._ll(mac) == link_local(mac)
+    assert fwm._ll("not a mac") is None and fwm._ll("02:00:00:00:00") is None

@@ -78,19 +78,23 @@ order: the same on every pass while ports come and go, except on a (rare) collis
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import hashlib
 import ipaddress
+import itertools
+import operator
 import re
 import socket
+import weakref
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from vxnet.compute import dhcp, naming
 from vxnet.compute.l2 import port_filtered
-from vxnet.compute.nd_packet import link_local
+from vxnet.compute.nd_packet import eui64_interface_id
 from vxnet.model import Port, Rule, Subnet, View, as_view
 
 PS_TABLE = naming.PS_TABLE
@@ -202,6 +206,16 @@ class PortFilter:
     def ident(self) -> str:
         return _ident(self.port_id)
 
+    def __hash__(self) -> int:
+        # Computed once per object (the render's per-port memos look filters up every pass; the
+        # generated hash would walk every field's tuples each time).
+        h: int | None = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.port_id, self.tap, self.bridge, self.index, self.macs, self.pairs, self.groups,
+                      self.stateful, self.dhcp_mac, self.pairs6))
+            object.__setattr__(self, "_hash", h)
+        return h
+
 
 @dataclasses.dataclass(frozen=True)
 class NftRule:
@@ -243,8 +257,18 @@ class NftTable:
     chains: tuple[NftChain, ...]
     sets: tuple[NftSet, ...] = ()
 
-    def chain_map(self) -> dict[str, NftChain]:
+    @functools.cached_property
+    def _chains(self) -> dict[str, NftChain]:
         return {c.name: c for c in self.chains}
+
+    def chain_map(self) -> dict[str, NftChain]:
+        """Chain name -> chain (built once per table object; do not mutate)."""
+        return self._chains
+
+    @functools.cached_property
+    def base_chains(self) -> tuple[NftChain, ...]:
+        """The chains with a hook."""
+        return tuple(c for c in self.chains if c.hook)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +314,7 @@ def _comment(kind: str, text: str) -> str:
     return f'comment "vxnet:{kind}#{h}"'
 
 
+@functools.lru_cache(maxsize=65536)
 def _rule(match: str, verdict: str, kind: str) -> NftRule:
     body = f"{match} counter {verdict}".strip()
     return NftRule(f"{body} {_comment(kind, body)}")
@@ -431,9 +456,14 @@ def port_addresses(port: Port) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+_LL_PREFIX = bytes.fromhex("fe80000000000000")
+
+
 def _ll(mac: str) -> str | None:
+    """`nd_packet.link_local(mac)` (None for a bad MAC) without the `ipaddress` objects: it
+    is most of the compute of a new port's filter (~0.15 ms of ~0.3 on this machine)."""
     try:
-        return link_local(mac)
+        return socket.inet_ntop(socket.AF_INET6, _LL_PREFIX + eui64_interface_id(mac))
     except ValueError:
         return None
 
@@ -514,44 +544,76 @@ def _port_filter(p: Port, index: int, groups: tuple[str, ...], stateful: bool, d
                       stateful, dhcp_mac, pairs6)
 
 
+def subnets_by_network(v: View, network_ids: Collection[str]) -> dict[str, list[Subnet]]:
+    """The view's subnets of these networks, by network (in the view's order)."""
+    out: dict[str, list[Subnet]] = {}
+    for s in v.subnets.values():
+        if s.network_id in network_ids:
+            out.setdefault(s.network_id, []).append(s)
+    return out
+
+
+def leased_in(v: View, host: str, nid: str, subnets: Iterable[Subnet], ports: Iterable[Port]) -> dict[str, str]:
+    """Port id -> the responder MAC of network `nid`, for the ports DHCP leases on `host` there
+    (`ports`: the network's ports on `host`, by id; `dhcp.leased`, the predicate the DHCP part
+    steers by)."""
+    mac = dhcp.responder_mac(nid)
+    return {p.id: mac for p, _ in dhcp.leased(v.networks[nid], subnets, ports, host)}
+
+
 def _leased_ports(v: View, host: str, network_ids: Iterable[str]) -> dict[str, str]:
     """Port id -> its network's responder MAC, for the ports DHCP leases on `host` on these
-    networks (`dhcp.leased`: the same predicate the DHCP part steers by)."""
+    networks (`leased_in`)."""
     nets = set(network_ids)
     ports: dict[str, list[Port]] = {}
     for pid in sorted(v.ports):
         p = v.ports[pid]
         if p.network_id in nets and p.host == host:
             ports.setdefault(p.network_id, []).append(p)
-    subnets: dict[str, list[Subnet]] = {}
-    for s in v.subnets.values():
-        if s.network_id in nets:
-            subnets.setdefault(s.network_id, []).append(s)
+    subnets = subnets_by_network(v, nets)
     out: dict[str, str] = {}
     for nid, nports in ports.items():
-        mac = dhcp.responder_mac(nid)
-        out.update((p.id, mac) for p, _ in dhcp.leased(v.networks[nid], subnets.get(nid, ()), nports, host))
+        out.update(leased_in(v, host, nid, subnets.get(nid, ()), nports))
     return out
 
 
-def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) -> Firewall:
-    """The desired firewall of `host` from its view (pure)."""
-    v = as_view(view)
-    vnis = {nid: n.segmentation_id for nid, n in v.networks.items() if n.is_vxlan and n.segmentation_id is not None}
-    zones = zone_map(vnis)
+def local_ports(host: str, vnis: Mapping[str, int], ports: Iterable[tuple[str, Port]]
+                ) -> tuple[dict[str, Port], set[str]]:
+    """Of `ports` (id, port), the local ports of `host` on its overlay networks (`vnis`): the filtered ones
+    (id -> port) and the ids of the others (port security off, infrastructure)."""
     local: dict[str, Port] = {}
     open_ports: set[str] = set()
-    for pid, p in v.ports.items():
+    for pid, p in ports:
         if p.host != host or p.network_id not in vnis:
             continue
         if _filtered(p):
             local[pid] = p
         else:
             open_ports.add(pid)
+    return local, open_ports
+
+
+def overlay_vnis(v: View) -> dict[str, int]:
+    """Network id -> VNI of the view's overlay networks (the ones with a conntrack zone)."""
+    return {nid: n.segmentation_id for nid, n in v.networks.items() if n.is_vxlan and n.segmentation_id is not None}
+
+
+def zones_of(vnis: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """(bridge, conntrack zone) of the overlay networks, sorted (`Firewall.zones`)."""
+    return tuple(sorted((naming.bridge_name(n), z) for n, z in zone_map(vnis).items()))
+
+
+def tap_indexes(local: Mapping[str, Port]) -> dict[str, int]:
+    """Port id -> mark index of the filtered local ports that get one (`mark_indexes`); two
+    ports sharing a tap name (11 id chars): the lowest id wins, the other gets none."""
     taps: dict[str, str] = {}
-    for pid in sorted(local):      # two ports sharing a tap name (11 id chars): the lowest id wins
+    for pid in sorted(local):
         taps.setdefault(naming.port_device(pid, local[pid].is_subport), pid)
-    index = mark_indexes(taps.values())
+    return mark_indexes(taps.values())
+
+
+def rules_of(v: View) -> tuple[dict[str, list[SgRule]], tuple[str, ...]]:
+    """The view's usable rules by group (in rule id order) and the ids of the unusable ones."""
     rules_by_group: dict[str, list[SgRule]] = {}
     ignored: list[str] = []
     for rid, r in sorted(v.security_group_rules.items()):
@@ -560,22 +622,36 @@ def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) ->
             ignored.append(rid)
             continue
         rules_by_group.setdefault(r.security_group_id, []).append(rule)
+    return rules_by_group, tuple(ignored)
+
+
+def group_rules_of(used: Iterable[str], rules_by_group: Mapping[str, list[SgRule]]) -> tuple[GroupRules, ...]:
+    """The shared chains' rules of the groups `used` by local ports, both directions."""
+    return tuple(GroupRules(g, d, tuple(r for r in rules_by_group.get(g, ()) if r.direction == d))
+                 for g in sorted(set(used)) for d in ("ingress", "egress"))
+
+
+def remote_groups(groups: Iterable[GroupRules], ethertype: str) -> set[str]:
+    """The groups the rules of `groups` of one ethertype name as remote groups."""
+    return {r.remote_group for gr in groups for r in gr.rules if r.remote_group and r.ethertype == ethertype}
+
+
+def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) -> Firewall:
+    """The desired firewall of `host` from its view (pure; `compute.firewall_cache.FirewallCache`
+    is its incremental form)."""
+    v = as_view(view)
+    vnis = overlay_vnis(v)
+    local, open_ports = local_ports(host, vnis, v.ports.items())
+    index = tap_indexes(local)
+    rules_by_group, ignored = rules_of(v)
     dhcp_macs = _leased_ports(v, host, {p.network_id for p in local.values()})
     filters = [port_filter(local[pid], index[pid], v.security_groups, dhcp_macs.get(pid, "")) for pid in sorted(index)]
-    used_groups = {g for f in filters for g in f.groups}
-    group_rules = tuple(GroupRules(g, d, tuple(r for r in rules_by_group.get(g, ()) if r.direction == d))
-                        for g in sorted(used_groups) for d in ("ingress", "egress"))
-    remote = {r.remote_group for gr in group_rules for r in gr.rules if r.remote_group and r.ethertype == "IPv4"}
-    remote6 = {r.remote_group for gr in group_rules for r in gr.rules if r.remote_group and r.ethertype == "IPv6"}
-    members: dict[str, frozenset[str]] = {}
-    members6: dict[str, frozenset[str]] = {}
-    for g in sorted(remote):
-        members[g] = group_members(v.ports.values(), g, socket.AF_INET)
-    for g in sorted(remote6):
-        members6[g] = group_members(v.ports.values(), g, socket.AF_INET6)
-    return Firewall(tuple(filters), frozenset(open_ports), group_rules, members,
-                    tuple(sorted((naming.bridge_name(n), z) for n, z in zones.items())),
-                    tuple(ignored), tuple(sorted(set(local) - set(index))), members6)
+    group_rules = group_rules_of({g for f in filters for g in f.groups}, rules_by_group)
+    members = {g: group_members(v.ports.values(), g, socket.AF_INET) for g in sorted(remote_groups(group_rules, "IPv4"))}
+    members6 = {g: group_members(v.ports.values(), g, socket.AF_INET6)
+                for g in sorted(remote_groups(group_rules, "IPv6"))}
+    return Firewall(tuple(filters), frozenset(open_ports), group_rules, members, zones_of(vnis), ignored,
+                    tuple(sorted(set(local) - set(index))), members6)
 
 
 # --- render -----------------------------------------------------------------------------------
@@ -587,7 +663,8 @@ def _member_set(name: str, key_type: str, members: frozenset[str]) -> NftSet:
     peak to load them, and every element added or deleted reads them all again (tens of ms). A
     plain set needs none of that. A set whose kind changes (its first prefix member comes or
     its last goes) is re-created with the table in one transaction (`nft_driver.diff_table`)."""
-    return NftSet(name, key_type, members, "interval" if any("/" in m for m in members) else "")
+    prefixed = any(map(operator.contains, members, itertools.repeat("/")))     # a C loop: 10,000 members each pass
+    return NftSet(name, key_type, members, "interval" if prefixed else "")
 
 
 def _set_text(elements: Iterable[str]) -> str:
@@ -630,13 +707,29 @@ def _nd_rules(p: PortFilter) -> list[NftRule]:
 
 @functools.lru_cache(maxsize=8192)
 def _ps_chain(p: PortFilter) -> NftChain:
-    macs = _set_text(p.macs)
+    # A port with one MAC (and one IPv4 address) gets its checks as plain comparisons, not
+    # anonymous sets: the kernel names each new anonymous set of a transaction after scanning
+    # the table's sets, so a port-up's three sets cost more with every port on the host
+    # (issue 18; bench/nft_portup_bench.py). Several MACs or addresses keep their sets.
+    one_mac = len(p.macs) == 1
+    macs = p.macs[0] if one_mac else _set_text(p.macs)
     pairs = [f"{m} . {a}" for m, a in p.pairs]
-    arp_ok = _set_text(pairs + [f"{m} . 0.0.0.0" for m in p.macs])
+    if one_mac:
+        # (MAC . address) pairs of one MAC: the MAC, then the address (or 0.0.0.0, a probe)
+        addrs = [a for _, a in p.pairs] + ["0.0.0.0"]
+        arp = [_rule(f"arp saddr ether != {macs}", "drop", "spoof-arp"),
+               _rule(" ".join(f"arp saddr ip != {a}" for a in addrs) if len(addrs) <= 2
+                     else f"arp saddr ip != {_set_text(addrs)}", "drop", "spoof-arp")]
+    else:
+        arp = [_rule(f"arp saddr ether . arp saddr ip != {_set_text(pairs + [f'{m} . 0.0.0.0' for m in p.macs])}",
+                     "drop", "spoof-arp")]
     # The accepted IPv4 case first (one lookup per frame of the data path), then the drop
     # reasons in an order that names the first forged field; a VM is never a DHCP server.
     rules = [_rule("udp sport 67", "drop", "dhcp-server")]
-    if pairs:
+    if len(p.pairs) == 1:
+        rules.append(_rule(f"ether saddr {p.pairs[0][0]} ip saddr {p.pairs[0][1]}", f"meta mark set {p.index:#x} accept",
+                           "mark"))
+    elif pairs:
         rules.append(_rule(f"ether saddr . ip saddr {_set_text(pairs)}", f"meta mark set {p.index:#x} accept", "mark"))
     # IPv6: never a DHCPv6 server, never a router (RA guard: advertisements and redirects);
     # neighbour discovery checked; then the (MAC . source) pairs, link-locals included.
@@ -647,7 +740,7 @@ def _ps_chain(p: PortFilter) -> NftChain:
         rules.append(_rule(f"ether saddr . ip6 saddr {_set_text(f'{m} . {a}' for m, a in p.pairs6)}",
                            f"meta mark set {p.index:#x} accept", "mark6"))
     rules += [_rule(f"ether saddr != {macs}", "drop", "spoof-mac"),
-              _rule(f"arp saddr ether . arp saddr ip != {arp_ok}", "drop", "spoof-arp"),
+              *arp,
               _rule("ether type arp", "accept", "arp"),
               _rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client")]
     if p.dhcp_mac:
@@ -706,11 +799,6 @@ def _dispatch(key: str, name: str) -> tuple[NftRule, ...]:
     return (_rule("", f"{key} vmap @{name}", "dispatch"),)
 
 
-def _vmap(name: str, key_type: str, entries: Iterable[tuple[str, str]]) -> NftSet:
-    """A dispatch map: key -> `jump chain`."""
-    return NftSet(name, f"{key_type} : verdict", frozenset(f"{k} : jump {c}" for k, c in entries), "", "map")
-
-
 def _established(stateless_marks: Iterable[int]) -> NftRule:
     """The first rule of a forward base chain: established and related packets accepted
     before any per-port dispatch (one conntrack-state comparison per packet of a flow).
@@ -730,9 +818,40 @@ def _established(stateless_marks: Iterable[int]) -> NftRule:
     return _rule(match, "accept", "ct-established")
 
 
+@dataclasses.dataclass(frozen=True)
+class _PortParts:
+    """What one port adds to the tables: its four chains and its entry in each dispatch map."""
+
+    ps: NftChain
+    mk: NftChain
+    eg: NftChain
+    in_: NftChain
+    pre: str
+    out: str
+    eg_entry: str
+    in_entry: str
+
+
+@functools.lru_cache(maxsize=16384)
+def _port_parts(p: PortFilter) -> _PortParts:
+    # Memoized per filter (hashed once, `PortFilter.__hash__`): a render after a port-up makes
+    # only the new port's chains and entries; the others' are these same objects.
+    return _PortParts(_ps_chain(p), _mark_chain(p), _port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress"),
+                      f'"{p.tap}" : jump ps_{p.ident}', f'"{p.tap}" : jump mk_{p.ident}',
+                      f"{p.index:#010x} : jump eg_{p.ident}", f"{p.index << 16:#010x} : jump in_{p.ident}")
+
+
+def _entries_map(name: str, key_type: str, entries: Iterable[str]) -> NftSet:
+    """A dispatch map (key -> `jump chain`) from its `key : jump chain` entries."""
+    return NftSet(name, f"{key_type} : verdict", frozenset(entries), "", "map")
+
+
 HOST_TABLE = naming.HOST_TABLE
 HOST_GUARD = 'iifname "vxb-*"'   # naming.BRIDGE_PREFIX: traffic a tenant bridge hands to the host itself
 CT_MACS = "ct_macs"               # MACs of local stateful ports: only frames from/to them are tracked
+_PS_BASE = (NftChain("pre", _dispatch("iifname", "pre_ports"), "type filter hook prerouting priority -200; policy accept;"),
+            NftChain("out", (*(_rule(m, "drop", "nd-underlay") for m in ND_UNDERLAY), *_dispatch("oifname", "out_ports")),
+                     "type filter hook forward priority -100; policy accept;"))
 
 
 def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
@@ -746,15 +865,10 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     traffic and the bridge's own ARP suppression never pass these input hooks."""
     # No mark reset on entry: frames reach a bridge with mark 0 (crossing a namespace scrubs
     # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
-    ps_maps = (_vmap("pre_ports", "ifname", ((f'"{p.tap}"', f"ps_{p.ident}") for p in fw.ports)),
-               _vmap("out_ports", "ifname", ((f'"{p.tap}"', f"mk_{p.ident}") for p in fw.ports)))
-    ps_chains = [NftChain("pre", _dispatch("iifname", "pre_ports"),
-                          "type filter hook prerouting priority -200; policy accept;"),
-                 NftChain("out", (*(_rule(m, "drop", "nd-underlay") for m in ND_UNDERLAY),
-                                  *_dispatch("oifname", "out_ports")),
-                          "type filter hook forward priority -100; policy accept;")]
-    for p in fw.ports:
-        ps_chains += [_ps_chain(p), _mark_chain(p)]
+    parts = [_port_parts(p) for p in fw.ports]
+    ps_maps = (_entries_map("pre_ports", "ifname", (x.pre for x in parts)),
+               _entries_map("out_ports", "ifname", (x.out for x in parts)))
+    ps_chains = [*_PS_BASE, *itertools.chain.from_iterable((x.ps, x.mk) for x in parts)]
     # notrack first, and `accept` (ends this chain): a `ct zone set` before it would attach a
     # conntrack template, and `notrack` ignores packets that already have one.
     zone_rules = []
@@ -791,11 +905,10 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
                  NftChain("ingress", (_established([p.index << 16 for p in stateless]),
                                       *_dispatch("meta mark and 0xffff0000", "in_ports")),
                           "type filter hook forward priority 10; policy accept;")]
-    sg_maps = (_vmap("eg_ports", "mark", ((f"{p.index:#010x}", f"eg_{p.ident}") for p in fw.ports)),
-               _vmap("in_ports", "mark", ((f"{p.index << 16:#010x}", f"in_{p.ident}") for p in fw.ports)))
+    sg_maps = (_entries_map("eg_ports", "mark", (x.eg_entry for x in parts)),
+               _entries_map("in_ports", "mark", (x.in_entry for x in parts)))
     sg_chains += [_group_chain(g) for g in fw.groups]
-    for p in fw.ports:
-        sg_chains += [_port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress")]
+    sg_chains += itertools.chain.from_iterable((x.eg, x.in_) for x in parts)
     sets = tuple(_member_set(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
                  for g in sorted({r.remote_group for g in fw.groups for r in g.rules
                                   if r.remote_group and r.ethertype == "IPv4"}))
@@ -807,6 +920,96 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     host = NftTable(*HOST_TABLE, (NftChain("in", (_rule(HOST_GUARD, "drop", "host-guard"),),
                                            "type filter hook input priority 0; policy accept;"),))
     return (NftTable(*PS_TABLE, tuple(ps_chains), ps_maps), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
+
+
+_SPLICE_MAX = 8       # changed ports up to which `render_update` splices (beyond: `render`)
+
+
+def _splice(chains: tuple[NftChain, ...], start: int, width: int, old: tuple[PortFilter, ...],
+            gone: Iterable[PortFilter], new: tuple[PortFilter, ...], came: Iterable[tuple[PortFilter, tuple[NftChain, ...]]]
+            ) -> tuple[NftChain, ...]:
+    """`chains` (`width` chains per port from `start`, in `old`'s order) without the ports
+    `gone`, with the ports `came` (and their chains) at their places in `new`."""
+    out = list(chains)
+    for i in sorted((_place(old, p) for p in gone), reverse=True):
+        del out[start + width * i:start + width * (i + 1)]
+    for j, part in sorted(((_place(new, p), c) for p, c in came), key=lambda x: x[0]):
+        out[start + width * j:start + width * j] = part
+    return tuple(out)
+
+
+def _place(ports: tuple[PortFilter, ...], p: PortFilter) -> int:
+    """The index of `p` in `ports` (sorted by port id, as `Firewall.ports`)."""
+    i = bisect.bisect_left(ports, p.port_id, key=_port_id)
+    if i == len(ports) or ports[i] is not p:
+        raise ValueError(f"{p.port_id} not in the ports")
+    return i
+
+
+_port_id = operator.attrgetter("port_id")
+
+
+def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, NftTable] | None:
+    """`render(fw)` from `prev`'s rendering (if it has one) when the two differ only in a few
+    stateful ports' filters and in member sets (the same groups and zones): the changed ports'
+    chains and map entries are taken out and put in, the changed member sets made again, the
+    rest copied as it is (a port-up renders only its own port; issue 18). None when anything
+    else changed: `render` the whole."""
+    tables: tuple[NftTable, NftTable, NftTable] | None = prev.__dict__.get("tables")
+    if tables is None or prev.groups != fw.groups or prev.zones != fw.zones:
+        return None
+    old_ids, new_ids = set(map(id, prev.ports)), set(map(id, fw.ports))     # filters kept are the same objects
+    gone = [p for p in prev.ports if id(p) not in new_ids] if len(old_ids - new_ids) else []
+    came = [p for p in fw.ports if id(p) not in old_ids] if len(new_ids - old_ids) else []
+    members = {**{set_name(g): (m, prev.members.get(g), "ipv4_addr") for g, m in fw.members.items()},
+               **{set_name6(g): (m, prev.members6.get(g), "ipv6_addr") for g, m in fw.members6.items()}}
+    changed = {k for k, (m, before, _) in members.items() if m is not before}    # a member set, elements
+    if not gone and not came and not changed:
+        return tables
+    if len(gone) + len(came) > _SPLICE_MAX or not all(p.stateful for p in (*gone, *came)):
+        return None           # the zone and dispatch base chains name the stateless ports
+    gone_macs = {m for p in gone for m in p.macs}
+    came_macs = {m for p in came for m in p.macs}
+    if not gone_macs <= came_macs:
+        return None           # a MAC left `ct_macs` unless another port has it too: render the whole
+    ps, sg, host = tables
+    parts = {p: _port_parts(p) for p in (*gone, *came)}
+    ps_chains = _splice(ps.chains, len(_PS_BASE), 2, prev.ports, gone, fw.ports,
+                        ((p, (parts[p].ps, parts[p].mk)) for p in came))
+    sg_chains = _splice(sg.chains, 4 + len(fw.groups), 2, prev.ports, gone, fw.ports,
+                        ((p, (parts[p].eg, parts[p].in_)) for p in came))
+
+    def entries(s: NftSet, field: str) -> NftSet:
+        kept = s.elements - {getattr(parts[p], field) for p in gone} if gone else s.elements
+        return dataclasses.replace(s, elements=kept | {getattr(parts[p], field) for p in came})
+
+    fields = {"pre_ports": "pre", "out_ports": "out", "eg_ports": "eg_entry", "in_ports": "in_entry"}
+    ps_sets = tuple(entries(s, fields[s.name]) for s in ps.sets)
+    sg_sets = tuple(entries(s, fields[s.name]) if s.name in fields else
+                    dataclasses.replace(s, elements=s.elements | came_macs) if s.name == CT_MACS and came_macs else
+                    _member_set(s.name, members[s.name][2], members[s.name][0]) if s.name in changed else s
+                    for s in sg.sets)
+    out = (NftTable(ps.family, ps.name, ps_chains, ps_sets), NftTable(sg.family, sg.name, sg_chains, sg_sets))
+    for before, after, width in ((ps, out[0], ("ps", "mk")), (sg, out[1], ("eg", "in_"))):
+        # the only chains that differ from `before`'s (`nft_driver.diff_table` walks these alone);
+        # a weak reference: a strong one would keep every rendering since the start alive
+        after.__dict__["changed_from"] = (weakref.ref(before), tuple(dict.fromkeys(
+            getattr(parts[p], f).name for p in (*gone, *came) for f in width)))
+        if "_chains" in before.__dict__:
+            # its chain map from the last one's (a C copy, then the changed ports' names; a chain
+            # whose port changed keeps its place, a new port's go last): for `diff_table`
+            chains = dict(before.chain_map())
+            for p in gone:
+                for f in width:
+                    chains.pop(getattr(parts[p], f).name, None)
+            for p in came:
+                for f in width:
+                    c = getattr(parts[p], f)
+                    chains[c.name] = c
+            after.__dict__["_chains"] = chains
+        if "base_chains" in before.__dict__:
+            after.__dict__["base_chains"] = before.base_chains      # never a port's chain
+    return (*out, host)
 
 
 def table_text(t: NftTable) -> str:

@@ -11,7 +11,8 @@ Contract:
   `dhcp`, `gateway`, `qos`, `metadata`; the gateway part is empty on hosts started without `--gateway`).
 - `HostComputer(spec).compute(view)` returns exactly `compute_host(view, spec)` (tested on random
   histories) while recomputing only what changed: L2 and DHCP per network (`L2Cache`,
-  `DhcpCache`), the firewall, routing, gateway and QoS parts when one of the view buckets they read
+  `DhcpCache`), the firewall per changed port (`FirewallCache`), the routing, gateway and QoS
+  parts when one of the view buckets they read
   is a different object (view updates replace only the buckets they touch), and the merged L2
   only when some part changed. A pass in which nothing changed returns the previous object.
   The L2 state's FDB and neighbour sets are not merged: they are `compute.state.Parts` of the
@@ -34,6 +35,7 @@ from typing import Any
 
 from vxnet.compute.dhcp import DhcpCache, DhcpState, compute_dhcp
 from vxnet.compute.firewall import Firewall, compute_firewall
+from vxnet.compute.firewall_cache import FirewallCache
 from vxnet.compute.gateway import GatewayDesired, compute_gateway
 from vxnet.compute.l2 import L2Cache, compute_l2
 from vxnet.compute.memo import IdentityMemo
@@ -121,6 +123,7 @@ class HostComputer:
         self.spec = spec
         self.l2 = L2Cache(spec.host, spec.underlay_ip)
         self.dhcp = DhcpCache(spec.host, spec.dhcp_lease_time)
+        self.firewall = FirewallCache(spec.host)
         self._parts: IdentityMemo[Any] = IdentityMemo()
         # the last result and what it was made of: the L2 parts' version (not the parts: holding
         # them would keep every old part alive beside the new ones) and the features' objects
@@ -136,7 +139,7 @@ class HostComputer:
         overlay = self.l2.parts(v)          # per network; merged once in _assemble
         t1 = time.perf_counter()
         fw = self._parts.get("firewall", tuple(v.bucket(k) for k in FIREWALL_INPUTS),
-                             lambda: compute_firewall(v, self.spec.host))
+                             lambda: self.firewall.compute(v))
         t["compute_l2"], t["compute_firewall"] = t1 - t0, time.perf_counter() - t1
         return overlay, fw
 

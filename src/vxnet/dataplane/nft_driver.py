@@ -170,11 +170,16 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     elements of a plain set or map in `add set NAME { type ...; elements = { ... }; }` (the set
     as it is, plus those), and a set that a new chain's rule names is declared in the
     transaction (nft resolves `@set` in its cache). Interval sets keep `add element` (libnftables
-    checks the new intervals against the set's elements); deletions and flushes keep theirs."""
+    checks the new intervals against the set's elements); deletions and flushes keep theirs.
+
+    A table `render_update` spliced from `old` itself names the chains it changed (its
+    `changed_from` hint); only those are compared, the others being the same objects."""
     f, n = new.family, new.name
     oc, nc = old.chain_map(), new.chain_map()
-    if any(name in oc and oc[name].hook != c.hook for name, c in nc.items()):
+    if any((b := oc.get(c.name)) is not None and b.hook != c.hook for c in new.base_chains):
         return table_text(new).splitlines()       # a base chain's hook changed: rebuild
+    if any((c := nc.get(b.name)) is not None and c.hook != b.hook for b in old.base_chains):
+        return table_text(new).splitlines()       # a base chain became a regular one: rebuild
     os_, ns_ = {s.name: s for s in old.sets}, {s.name: s for s in new.sets}
     pre: list[str] = []           # sets whose flags changed: their users flushed, the set re-made
     head: list[str] = []          # new sets and maps, then new chains (map elements jump to them)
@@ -213,8 +218,19 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         if added and "interval" not in s.flags.split(","):
             declared.add(name)
     fills: list[NftChain] = []    # new chains' rules, added after every new chain exists
-    for name, c in nc.items():
+    walk: Iterable[tuple[str, NftChain]]
+    hint = new.__dict__.get("changed_from")      # compute/firewall.py `render_update`: the only chains that differ
+    if hint is not None and hint[0]() is old and not refill:
+        walk = [(name, nc[name]) for name in hint[1] if name in nc]
+        gone = [name for name in hint[1] if name in oc and name not in nc]
+    else:
+        walk = nc.items()
+        removed = oc.keys() - nc.keys()
+        gone = [name for name in oc if name in removed] if removed else []
+    for name, c in walk:
         before = oc.get(name)
+        if before is c and name not in refill:
+            continue                              # the same object (the render's per-port memo): unchanged
         if before is None:
             head.append(f"add chain {f} {n} {name}" + (f" {{ {c.hook} }}" if c.hook else ""))
             if not c.hook:
@@ -230,10 +246,10 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
         else:
             rules.append(f"flush chain {f} {n} {name}")
         rules += [f"add rule {f} {n} {name} {r.text}" for r in c.rules]
-    # Removed chains: their referrers (jumps, map elements) changed above. Delete non-base
-    # chains after all flushes, and sets/maps last.
-    tail += [f"flush chain {f} {n} {name}" for name in oc if name not in nc]
-    tail += [f"delete chain {f} {n} {name}" for name in oc if name not in nc]
+    # Removed chains (`gone`): their referrers (jumps, map elements) changed above. Delete
+    # non-base chains after all flushes, and sets/maps last.
+    tail += [f"flush chain {f} {n} {name}" for name in gone]
+    tail += [f"delete chain {f} {n} {name}" for name in gone]
     tail += [f"delete {s.kind} {f} {n} {name}" for name, s in os_.items() if name not in ns_]
     named = sorted({m for c in fills for r in c.rules for m in _SET_REF.findall(r.text)} - declared)
     head += [f"add {ns_[m].kind} {f} {n} {m} {ns_[m].declaration()}" for m in named if m in ns_]
