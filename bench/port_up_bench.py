@@ -502,13 +502,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-ovn", action="store_true", help="do not run the OVN lab (default: run it)")
 
 
+def _shown(script: str) -> str:
+    """A peer script's path as the docs name it: ../shared/peers/NAME when it is the one found
+    beside the (main) checkout, else relative to this checkout."""
+    return os.path.join("..", "shared", "peers", os.path.basename(script)) if script == OVN_LAB else os.path.relpath(script, REPO)
+
+
 def ovn_notes(nports: int, ovn_lab: str) -> list[str]:
     """What the OVN rows are and how they were made."""
     return [
         ("OVN lab: OVS userspace datapath (netdev), Geneve, ovn-lab.sh `start` / `measure` with "
          f"NPORTS={nports} / `stop`; its first-reply time is the kernel receive timestamp of a fixed-rate "
          "prober's first reply (every 2 ms), the same method as vxnet's."),
-        (f"OVN commands run: `LAB=$TMP/ovnlab NCH=3 NPORTS={nports} bash {os.path.relpath(ovn_lab, REPO)} "
+        (f"OVN commands run: `LAB=$TMP/ovnlab NCH=3 NPORTS={nports} bash {_shown(ovn_lab)} "
          "start`, then `... measure`, then `... stop` (needs Debian's openvswitch-switch, ovn-central, "
          "ovn-host; their packaged services are not used)."),
     ]
