@@ -221,6 +221,13 @@ def list_response(request: Request, ctx: Context, spec: ResourceSpec, objects: l
     body: dict[str, Any] = {spec.collection: [select_fields(o, fields) for o in page]}
     if links:
         body[f"{spec.collection}_links"] = links
+    return json_response(body)
+
+
+def json_response(body: Any) -> Response:
+    """A 200 answer of `body` written by `json_body`. A handler that returns a dict instead has
+    FastAPI validate it against the return type and write it through pydantic, several times
+    orjson's cost (the port-up path's bind PUT and status GET answer this way)."""
     return Response(json_body(body), media_type="application/json")
 
 

@@ -35,7 +35,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from vxnet.api import policy
 from vxnet.api.auth import Context
-from vxnet.api.collection import ResourceSpec, check_if_match, json_body, list_response, show_response
+from vxnet.api.collection import ResourceSpec, check_if_match, json_response, list_response, show_response
 from vxnet.api.errors import ApiError, not_found
 from vxnet.api.routers.networks import network_visible
 from vxnet.api.routing import Routes
@@ -216,13 +216,6 @@ class PortUpdate(Body):
 _UPDATE_ATTR = {(f.alias or n): n for n, f in PortUpdate.model_fields.items()}  # wire name -> attribute
 
 
-def _json(body: dict[str, Any]) -> Response:
-    """A 200 answer written by orjson (`json_body`). For a returned dict FastAPI validates it
-    against the return type and writes it through pydantic, several times orjson's cost, on the
-    port-up path's two hot requests: the bind (PUT) and the status poll (GET)."""
-    return Response(json_body(body), media_type="application/json")
-
-
 def _wire(model: Body) -> set[str]:
     return {type(model).model_fields[n].alias or n for n in model.model_fields_set}
 
@@ -341,7 +334,7 @@ async def show_port(port_id: str, request: Request) -> Response:
     port = st.repo.get("ports", port_id)
     if port is None or not port_visible(ctx, port, st.repo.get("networks", port["network_id"])):
         raise not_found("port", port_id)
-    return _json(show_response(request, ctx, ResourceSpec("ports", "port", present=present_port), port))
+    return json_response(show_response(request, ctx, ResourceSpec("ports", "port", present=present_port), port))
 
 
 @router.post("/ports", status_code=201)
@@ -406,7 +399,7 @@ async def update_port(port_id: str, request: Request) -> Response:
             trunks.follow_parent(uow, updated)    # a trunk's subports ride on its parent's device
         return updated
 
-    return _json({"port": present_port(ctx, st.repo.transact(txn))})
+    return json_response({"port": present_port(ctx, st.repo.transact(txn))})
 
 
 @router.delete("/ports/{port_id}", status_code=204)
