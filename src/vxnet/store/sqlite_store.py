@@ -24,6 +24,13 @@ Design:
   keeps the key's existing name.
   That is sound because one process owns the file: `open` takes an exclusive `flock` on a
   lock file beside it, and a second server on the same file gets a clear error.
+- Checkpoints (copying the WAL's pages into the database file, then fsyncing it, so the WAL can
+  be reused) run on a thread of their own with its own connection (`_checkpoint_loop`), every
+  `CHECKPOINT_EVERY` group commits, not inside a writer's COMMIT: SQLite's automatic checkpoint
+  (every 1,000 pages) put two more fsyncs, the WAL's and the database file's, on the path of
+  whichever write crossed the line. It is only a backstop now (`AUTOCHECKPOINT_BACKSTOP` pages,
+  if the thread falls behind). Durability does not depend on it: every COMMIT is in the fsynced
+  WAL; a checkpoint fsyncs the database file before SQLite lets the WAL be overwritten.
 - History for watches is the `events` table; old events are compacted automatically, keeping
   `history` revisions.
 - Every file of the store is 0600 and a new directory 0700 (`secure_files.py`): the store holds
@@ -64,6 +71,8 @@ from vxnet.store.keyset import KeySet
 log = logging.getLogger(__name__)
 
 SHRINK_AFTER = 50_000  # deleted keys after which the in-memory dict is rebuilt (see `_apply`)
+CHECKPOINT_EVERY = 200  # group commits between two background checkpoints (a bind's commit: ~5 pages)
+AUTOCHECKPOINT_BACKSTOP = 20_000  # WAL pages after which a COMMIT checkpoints itself (SQLite's default 1,000)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, create_rev INTEGER NOT NULL,
@@ -74,6 +83,12 @@ CREATE TABLE IF NOT EXISTS events (rev INTEGER NOT NULL, seq INTEGER NOT NULL, t
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
 """
+# Upserts, not INSERT OR REPLACE: a replace deletes the row and inserts it under a new rowid, which
+# writes the key's index page too (and the old row's page); an update in place writes only the
+# row's page. A bind's commit: 10.5 -> 5 pages of WAL (docs/benchmarks.md, session 12).
+_PUT_KV = ("INSERT INTO kv VALUES (?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE SET value=excluded.value, "
+           "create_rev=excluded.create_rev, mod_rev=excluded.mod_rev, version=excluded.version, lease=excluded.lease")
+_SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value=excluded.value"
 
 
 class _Watcher:
@@ -119,6 +134,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
+        self._synchronous = synchronous.upper()
         if path != ":memory:":
             secure_files.verify_sqlite(path)
         self._lock = threading.RLock()    # memory; taken after _db_lock, never before it
@@ -155,6 +171,15 @@ class SqliteStore:
             target=self._reap_loop, args=(reap_interval,), name="vxnet-lease-reaper", daemon=True
         )
         self._reaper.start()
+        self.checkpoints = 0  # background checkpoints done (tests and benchmarks read it)
+        self._commits = 0     # group commits since the last background checkpoint was asked for
+        self._checkpoint_due = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if path != ":memory:":
+            self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_BACKSTOP}")
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="vxnet-store-checkpoint",
+                                                  daemon=True)
+            self._checkpointer.start()
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -288,7 +313,7 @@ class SqliteStore:
                         db.execute("DELETE FROM kv WHERE key=?", (key,))
                     else:
                         db.execute(
-                            "INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)",
+                            _PUT_KV,
                             (kv.key, written[kv.key], kv.create_revision, kv.mod_revision, kv.version, kv.lease),
                         )
                 db.executemany(
@@ -298,7 +323,7 @@ class SqliteStore:
                         for i, (e, t) in enumerate(zip(events, texts, strict=True))
                     ],
                 )
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (upto,))
+            db.execute(_SET_META, ("revision", upto))
             if upto - self._compacted > self._history + 1000:
                 self._compact_locked(upto - self._history)
             db.execute("COMMIT")
@@ -315,6 +340,10 @@ class SqliteStore:
             for _, _, events, _, _ in queue:
                 if events:
                     self._notify(events)
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY:
+            self._commits = 0
+            self._checkpoint_due.set()
 
     def _holds(self, c: Compare) -> bool:
         if not c.prefix:
@@ -385,7 +414,7 @@ class SqliteStore:
             self._check_open()
             self._next_lease += 1
             lid = self._next_lease
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('next_lease', ?)", (lid,))
+            self._db.execute(_SET_META, ("next_lease", lid))
             self._db.execute("INSERT INTO leases VALUES (?, ?)", (lid, ttl))
             self._leases[lid] = (ttl, time.monotonic() + ttl)
             return lid
@@ -436,6 +465,29 @@ class SqliteStore:
 
     # --- maintenance -------------------------------------------------------------------------
 
+    def _checkpoint_loop(self) -> None:
+        """Checkpoint the WAL when asked (see the module docstring), on a connection of this
+        thread's own: a PASSIVE checkpoint takes no lock a writer waits for, so commits go on
+        while it copies pages and fsyncs. SQLite syncs the WAL, then the database file, before
+        it counts the pages as copied (at this connection's `synchronous`, FULL or NORMAL:
+        both sync a checkpoint)."""
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            while True:
+                self._checkpoint_due.wait()
+                self._checkpoint_due.clear()
+                if self._closed.is_set():
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    log.exception("background checkpoint failed; the next one retries")
+                    continue
+                self.checkpoints += 1
+        finally:
+            db.close()
+
     def compact(self, revision: int) -> None:
         with self._db_lock, self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -446,7 +498,7 @@ class SqliteStore:
         if revision <= self._compacted:
             return
         self._db.execute("DELETE FROM events WHERE rev < ?", (revision,))
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (revision - 1,))
+        self._db.execute(_SET_META, ("compacted", revision - 1))
         self._compacted = revision - 1
 
     def close(self) -> None:
@@ -462,6 +514,9 @@ class SqliteStore:
                 self._shut = True
                 self._closed.set()
                 self._watchers.clear()
+                if self._checkpointer is not None:  # its connection first: the last one to close checkpoints
+                    self._checkpoint_due.set()
+                    self._checkpointer.join()
                 self._db.close()
                 if self._lockfile is not None:
                     fcntl.flock(self._lockfile, fcntl.LOCK_UN)
