@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 SHRINK_AFTER = 50_000  # deleted keys after which the in-memory dict is rebuilt (see `_apply`)
 CHECKPOINT_EVERY = 200  # group commits between two background checkpoints (a bind's commit: ~5 pages)
-AUTOCHECKPOINT_BACKSTOP = 10_000  # WAL pages (40 MB) after which a COMMIT checkpoints itself (SQLite default: 1,000)
+AUTOCHECKPOINT_BACKSTOP = 4_000  # WAL pages (16 MB) after which a COMMIT checkpoints itself (SQLite default: 1,000)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, create_rev INTEGER NOT NULL,
@@ -480,7 +480,7 @@ class SqliteStore:
                 if self._closed.is_set():
                     return
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # to the end: no read left open
                 except sqlite3.Error:
                     log.exception("background checkpoint failed; the next one retries")
                     continue
