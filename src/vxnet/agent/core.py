@@ -87,7 +87,8 @@ def run_delay() -> float:
 
 
 def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: float, fw: float, l2: float,
-           first: list[str], cpu: tuple[float, float, float], rq: tuple[float, float] = (0.0, 0.0)) -> None:
+           first: list[str], cpu: tuple[float, float, float], rq: tuple[float, float] = (0.0, 0.0),
+           parts: Mapping[str, float] | None = None) -> None:
     """One `trace` log line (wall-clock seconds, comparable across the processes of one machine)
     for a pass that plugged a tap or installed an FDB/neighbour entry: the port-up critical path,
     read by bench/port_up_bench.py. `recv`: the first stream update this pass is the first to
@@ -96,7 +97,8 @@ def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: flo
     time in start -> fw, fw -> l2 and l2 -> end (wall time minus this is waiting: for a CPU, the
     GIL, or a kernel lock such as RTNL, which every network namespace of the machine shares);
     `rq_fw`, `rq_l2`: of that waiting, the time on a run queue for a CPU in start -> fw and
-    fw -> l2 (the rest is the GIL, a lock or I/O)."""
+    fw -> l2 (the rest is the GIL, a lock or I/O); `parts`: the pass's timed parts (seconds, as
+    `vxnet_agent_pass_part_seconds`)."""
     d = result.diff
     plugged = [p.tap for p in d.plugs.create] + [p.tap for _, p in d.plugs.update]
     if not (plugged or d.fdb.create or d.neighs.create):
@@ -106,7 +108,8 @@ def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: flo
            "neigh": sorted({e.ip for e in d.neighs.create}), "full_read": result.full_read,
            "cpu_fw": round(cpu[0], 6), "cpu_l2": round(cpu[1], 6), "cpu_end": round(cpu[2], 6),
            "rq_fw": round(rq[0], 6), "rq_l2": round(rq[1], 6),
-           "l2_phases": {k: round(v, 6) for k, v in result.phases}}
+           "l2_phases": {k: round(v, 6) for k, v in result.phases},
+           "parts": {k: round(v, 6) for k, v in (parts or {}).items()}}
     trace_log.info("host=%s trace %s", host, json.dumps(doc, separators=(",", ":")))
 
 
@@ -411,7 +414,8 @@ class Agent:
         self.last_timings = timings
         if tracing:
             _trace(self.cfg.host, result, recv_at, wall0, wall_fw, wall_l2, sorted(first),
-                   (cpu_fw - cpu0, cpu_l2 - cpu_fw, time.thread_time() - cpu_l2), (rq_fw - rq0, rq_l2 - rq_fw))
+                   (cpu_fw - cpu0, cpu_l2 - cpu_fw, time.thread_time() - cpu_l2), (rq_fw - rq0, rq_l2 - rq_fw),
+                   timings)
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
         l2_result = result
