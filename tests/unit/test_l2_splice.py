@@ -167,3 +167,19 @@ def test_a_shared_tap_name_recomputes_the_network() -> None:
     out = cache.compute(s.view)
     assert out == compute_l2(s.view, "h1", "198.51.100.1") and len(out.plugs) == 2
     assert (cache.recomputed, cache.spliced) == (1, 0)
+
+
+def test_a_shared_address_recomputes_the_network() -> None:
+    """Two ports naming one address (the lower id's MAC answers for it): the lower one leaving
+    gives the address to the other (the network is recomputed, not spliced)."""
+    s = _lab(3)
+    both = {pid: {"id": pid, "network_id": NETS[0], "binding:host_id": "h2", "mac_address": f"02:00:00:05:00:0{i}",
+                  "fixed_ips": [{"subnet_id": "s", "ip_address": "100.64.7.7"}]} for i, pid in enumerate(IDS[2:4])}
+    s = apply_message(s, {"type": "update", "revision": 2, "put": {"ports": both}})
+    cache = L2Cache("h1", "198.51.100.1")
+    cache.compute(s.view)
+    s = apply_message(s, {"type": "update", "revision": 3, "delete": {"ports": [IDS[2]]}})
+    out = cache.compute(s.view)
+    assert out == compute_l2(s.view, "h1", "198.51.100.1")
+    assert {(n.ip, n.mac) for n in out.neighs if n.ip == "100.64.7.7"} == {("100.64.7.7", "02:00:00:05:00:01")}
+    assert (cache.recomputed, cache.spliced) == (1, 0)
