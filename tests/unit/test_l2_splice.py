@@ -183,3 +183,17 @@ def test_a_shared_address_recomputes_the_network() -> None:
     assert out == compute_l2(s.view, "h1", "198.51.100.1")
     assert {(n.ip, n.mac) for n in out.neighs if n.ip == "100.64.7.7"} == {("100.64.7.7", "02:00:00:05:00:01")}
     assert (cache.recomputed, cache.spliced) == (1, 0)
+
+
+def test_a_splice_that_does_not_find_its_ports_regroups() -> None:
+    """Defensive: a network's record that lost track of a changed port (never expected) makes
+    the call recompute every network instead of splicing a wrong part."""
+    s = _lab(5)
+    cache = L2Cache("h1", "198.51.100.1")
+    cache.compute(s.view)
+    (rec,) = cache._nets.values()
+    del rec.ids[0], rec.ports[0]          # the record forgets the first port
+    gone = next(iter(sorted(s.view.ports)))
+    s = apply_message(s, {"type": "update", "revision": 2, "delete": {"ports": [gone]}})
+    assert cache.compute(s.view) == compute_l2(s.view, "h1", "198.51.100.1")
+    assert cache.spliced == 0

@@ -448,8 +448,12 @@ class L2Cache:
                     out.setdefault(p.network_id, ([], []))[i].append(p)
         return out
 
-    def _splice(self, r: _NetPart, olds: list[Port], news: list[Port]) -> None:
-        """`r` with ports `olds` taken out and `news` put in (see the class docstring)."""
+    def _splice(self, r: _NetPart, olds: list[Port], news: list[Port]) -> bool:
+        """`r` with ports `olds` taken out and `news` put in (see the class docstring); False
+        (nothing changed) when `r` does not hold `olds` (never expected: the caller recomputes)."""
+        at = [bisect.bisect_left(r.ids, o.id) for o in olds]
+        if not all(i < len(r.ports) and r.ports[i] is o for i, o in zip(at, olds, strict=True)):
+            return False
         c = r.claims if r.claims is not None else _Claims.of(r.ports, r.memo, self.host)   # before the change
         for o in olds:
             i = bisect.bisect_left(r.ids, o.id)
@@ -462,10 +466,11 @@ class L2Cache:
         if part is None:
             r.claims = None
             r.part = self._recompute(r.net, r.hosts, r.trunk, r.ports, r).part
-            return
+            return True
         self.recomputed += 1
         self.spliced += 1
         r.part, r.claims = part, c
+        return True
 
     def _spliced(self, r: _NetPart, c: _Claims, olds: list[Port], news: list[Port]) -> HostState | None:
         """`r.part` with the entries of `olds` replaced by those of `news`, and `c` updated;
@@ -514,11 +519,11 @@ class L2Cache:
         v = as_view(view)
         self.recomputed = self.spliced = 0
         changes = self._changes(v)
+        if changes is not None and not all(self._splice(self._nets[nid], olds, news)
+                                           for nid, (olds, news) in changes.items()):
+            self._nets, changes = {}, None      # records not to be trusted: recompute every network
         if changes is None:
             self._nets = self._regroup(v)
-        else:
-            for nid, (olds, news) in changes.items():
-                self._splice(self._nets[nid], olds, news)
         self._buckets = (v.networks, v.hosts, v.ports)
         found = tuple(r.part for r in self._nets.values())
         if len(found) != len(self._parts) or not all(a is b for a, b in zip(found, self._parts, strict=True)):
