@@ -21,7 +21,9 @@ against the same commands with those checks as anonymous sets, as they were rend
 path (a typed view of N local ports in one group and 2N ports of other hosts in view; each
 port-up a new port created unbound, then bound to the host, as the lab does): the firewall's
 compute in `HostComputer.compute_plug` (its `compute_firewall` timing), the rendering
-(`Firewall.tables`) and `diff_table` of the three tables, p50 and min per N. It uses only APIs
+(`Firewall.tables`) and `diff_table` of the three tables, and the overlay's L2 compute in
+`compute_plug` (its `compute_l2` timing: the port's network, all N + 2N ports on it), p50 and
+min per N. It uses only APIs
 older trees have too, so `PYTHONPATH=<other tree>/src` measures that tree's code.
 Contract: only its own sandbox namespace; figures never invented.
 """
@@ -140,7 +142,7 @@ def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
         hc = HostComputer(HostSpec("h1", "192.0.2.1"))
         fw = hc.compute(state.view).firewall
         template = next(iter(raw["ports"].values()))
-        times: dict[str, list[float]] = {"compute": [], "render": [], "diff": []}
+        times: dict[str, list[float]] = {"compute": [], "render": [], "diff": [], "l2": []}
         rev = 2
         for k in range(rounds):
             pid = f"{10**6 + k:08x}-9e00-4000-8000-000000000000"
@@ -153,6 +155,7 @@ def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
                 v = state.view              # one View object per pass, as the agent's
                 plug = hc.compute_plug(v)
                 fw_ms = hc.timings.get("compute_firewall", 0.0) * 1e3
+                l2_ms = hc.timings.get("compute_l2", 0.0) * 1e3
                 t0 = time.perf_counter()
                 tables = plug.firewall.tables
                 t1 = time.perf_counter()
@@ -164,6 +167,7 @@ def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
             times["compute"].append(fw_ms)
             times["render"].append((t1 - t0) * 1e3)
             times["diff"].append((t2 - t1) * 1e3)
+            times["l2"].append(l2_ms)
         out[str(n)] = {"times": times, "commands": 0, "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
     return out
 

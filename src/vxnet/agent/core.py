@@ -77,15 +77,28 @@ def _then(first: ReconcileResult, second: ReconcileResult) -> ReconcileResult:
                                full_read=first.full_read or second.full_read)
 
 
+def run_delay() -> float:
+    """Seconds the calling thread has waited on a run queue for a CPU (schedstat; 0 without it)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: float, fw: float, l2: float,
-           first: list[str], cpu: tuple[float, float, float]) -> None:
+           first: list[str], cpu: tuple[float, float, float], rq: tuple[float, float] = (0.0, 0.0),
+           parts: Mapping[str, float] | None = None) -> None:
     """One `trace` log line (wall-clock seconds, comparable across the processes of one machine)
     for a pass that plugged a tap or installed an FDB/neighbour entry: the port-up critical path,
     read by bench/port_up_bench.py. `recv`: the first stream update this pass is the first to
     apply; `fw`: the plug-first features (`first`) loaded; `l2`: the L2 pass (plugs, entries) done;
     `end`: the other features done; `cpu_fw`, `cpu_l2`, `cpu_end`: the reconcile thread's own CPU
     time in start -> fw, fw -> l2 and l2 -> end (wall time minus this is waiting: for a CPU, the
-    GIL, or a kernel lock such as RTNL, which every network namespace of the machine shares)."""
+    GIL, or a kernel lock such as RTNL, which every network namespace of the machine shares);
+    `rq_fw`, `rq_l2`: of that waiting, the time on a run queue for a CPU in start -> fw and
+    fw -> l2 (the rest is the GIL, a lock or I/O); `parts`: the pass's timed parts (seconds, as
+    `vxnet_agent_pass_part_seconds`)."""
     d = result.diff
     plugged = [p.tap for p in d.plugs.create] + [p.tap for _, p in d.plugs.update]
     if not (plugged or d.fdb.create or d.neighs.create):
@@ -94,7 +107,9 @@ def _trace(host: str, result: ReconcileResult, recv_at: float | None, start: flo
            "plugged": plugged, "fdb": sorted({e.mac for e in d.fdb.create}),
            "neigh": sorted({e.ip for e in d.neighs.create}), "full_read": result.full_read,
            "cpu_fw": round(cpu[0], 6), "cpu_l2": round(cpu[1], 6), "cpu_end": round(cpu[2], 6),
-           "l2_phases": {k: round(v, 6) for k, v in result.phases}}
+           "rq_fw": round(rq[0], 6), "rq_l2": round(rq[1], 6),
+           "l2_phases": {k: round(v, 6) for k, v in result.phases},
+           "parts": {k: round(v, 6) for k, v in (parts or {}).items()}}
     trace_log.info("host=%s trace %s", host, json.dumps(doc, separators=(",", ":")))
 
 
@@ -310,6 +325,8 @@ class Agent:
             request_ids, self._request_ids = self._request_ids, []
             recv_at, self._recv_at = self._recv_at, None
         wall0, cpu0 = time.time(), time.thread_time()
+        tracing = trace_log.isEnabledFor(logging.INFO)
+        rq0 = run_delay() if tracing else 0.0
         invalidated = self._invalidate
         if invalidated:
             self._invalidate = False
@@ -355,10 +372,12 @@ class Agent:
             if whole:
                 release_freed_memory()    # the firewall's transaction and listing: not on top of the L2 pass
             wall_fw, cpu_fw = time.time(), time.thread_time()
+            rq_fw = run_delay() if tracing else 0.0
             result = self.reconciler.reconcile(plug.l2 if desired is None else desired.l2, hold)
             if whole:
                 release_freed_memory()    # the kernel read and the netlink batches: not on top of the features
             wall_l2, cpu_l2 = time.time(), time.thread_time()
+            rq_l2 = run_delay() if tracing else 0.0
             timings["l2"] = result.seconds
             timings["plug_path"] = time.perf_counter() - t0
             if desired is None:
@@ -393,9 +412,10 @@ class Agent:
             self._retry_later()
             return None
         self.last_timings = timings
-        if trace_log.isEnabledFor(logging.INFO):
+        if tracing:
             _trace(self.cfg.host, result, recv_at, wall0, wall_fw, wall_l2, sorted(first),
-                   (cpu_fw - cpu0, cpu_l2 - cpu_fw, time.thread_time() - cpu_l2))
+                   (cpu_fw - cpu0, cpu_l2 - cpu_fw, time.thread_time() - cpu_l2), (rq_fw - rq0, rq_l2 - rq_fw),
+                   timings)
         for part, secs in timings.items():
             metrics.PASS_PART_SECONDS.labels(part).observe(secs)
         l2_result = result

@@ -39,12 +39,15 @@ Rules (KERNEL-NOTES §2-3):
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import functools
 import ipaddress
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from vxnet.compute import naming
-from vxnet.compute.memo import PartsMemo
 from vxnet.compute.nd_packet import link_local
 from vxnet.compute.state import Bridge, Fdb, HostState, LocalPort, Neigh, Plug, Vxlan, merge
 from vxnet.model import Host, Network, Port, View, as_view
@@ -58,6 +61,7 @@ Trunked = Mapping[str, tuple[str, int, int]]
 _NO_TRUNK = ("", 0, 0)
 
 
+E = TypeVar("E")
 PortEntries = tuple[LocalPort | None, tuple[Plug, ...], tuple[Fdb, ...], tuple[Neigh, ...] | None]
 
 
@@ -114,6 +118,26 @@ class PortMemo:
     def done(self) -> None:
         """The network's part is computed: forget the ports it did not ask for."""
         self._old, self._new = self._new, {}
+
+    # Between two recomputes (after `done`), an `L2Cache` splice edits the held entries directly.
+    def held(self, pid: str) -> PortEntries | None:
+        """The entries held for port `pid`."""
+        hit = self._old.get(pid)
+        return None if hit is None else (hit[4], hit[5], hit[6], hit[7])
+
+    def forget(self, pid: str) -> PortEntries:
+        """The entries held for port `pid` (there must be some), no longer held."""
+        hit = self._old.pop(pid)
+        return hit[4], hit[5], hit[6], hit[7]
+
+    def put(self, port: Port, hosts: Mapping[str, Host], host: str, underlay_ip: str, br: str, vx: str,
+            mtu: int) -> PortEntries:
+        """The entries of `port` (not a subport), computed and held."""
+        remote = hosts.get(port.host) if port.host != host else None
+        vtep = remote.underlay_ip if remote is not None else ""
+        out = _port_entries(port, vtep, host, underlay_ip, br, vx, mtu)
+        self._old[port.id] = (port, vtep, mtu, _NO_TRUNK, *out)
+        return out
 
 
 def port_filtered(p: Port) -> bool:
@@ -250,60 +274,265 @@ def compute_l2(view: View | Mapping[str, Mapping[str, object]], host: str, under
                   for nid, net in v.networks.items() if net.is_vxlan])
 
 
+def _same(a: Mapping[str, object], b: Mapping[str, object]) -> bool:
+    """Two buckets holding the very same objects under the same keys."""
+    return len(a) == len(b) and all(b.get(k) is x for k, x in a.items())
+
+
+def _swap(s: frozenset[E], out: list[PortEntries], into: list[PortEntries], i: int) -> frozenset[E]:
+    """`s` without the `i`-th entries of `out` and with those of `into` (the same set when equal)."""
+    gone = frozenset(x for e in out for x in _kind(e, i))
+    new = frozenset(x for e in into for x in _kind(e, i))
+    return s if gone == new else s.difference(gone).union(new)
+
+
+def _kind(e: PortEntries, i: int) -> tuple[Any, ...]:
+    """The `i`-th part of a port's entries (0: its LocalPort) as a tuple."""
+    x = e[i]
+    if x is None:
+        return ()
+    return (x,) if i == 0 else x      # type: ignore[return-value]
+
+
+def _add(c: Counter[str], key: str, n: int) -> None:
+    """`c[key] += n`, the key gone at 0 (a deleted port's claims are not kept)."""
+    if (x := c[key] + n) > 0:
+        c[key] = x
+    else:
+        del c[key]
+
+
+@dataclasses.dataclass(eq=False)
+class _Claims:
+    """What one network's ports claim, for `L2Cache`'s splice: a changed port's entries are its
+    own (and only its own entries change) when its MAC, addresses and plug device are claimed
+    by no other port of the network and no port there has allowed-address pairs."""
+
+    macs: Counter[str]        # MAC -> ports with it
+    ips: Counter[str]         # address -> neighbour entries of the MACs' ports (first by id) naming it
+    taps: Counter[str]        # plug device -> plugs
+    filtered: int             # ports bound here that the firewall filters (br_netfilter on)
+    pairs: int                # ports with allowed-address pairs
+
+    @classmethod
+    def of(cls, ports: list[Port], memo: PortMemo, host: str) -> _Claims | None:
+        """The claims of a network's ports (sorted by id) whose entries `memo` holds; None when
+        it does not hold a port's."""
+        c = cls(Counter(), Counter(), Counter(), 0, 0)
+        for p in ports:
+            c.count(p, 1, host)
+            if p.mac and c.macs[p.mac] == 1:          # the port programmed for this MAC
+                hit = memo.held(p.id)
+                if hit is None:
+                    return None
+                c.count_entries(hit, 1)
+        return c
+
+    def count(self, p: Port, n: int, host: str) -> None:
+        """Port `p` claims (n = 1) or no longer claims (n = -1) its MAC."""
+        if p.mac:
+            _add(self.macs, p.mac, n)
+        self.filtered += n * (p.host == host and port_filtered(p))
+        self.pairs += n * bool(p.allowed_address_pairs)
+
+    def count_entries(self, e: PortEntries, n: int) -> None:
+        """A port's entries `e` are (n = 1) or are no longer (n = -1) programmed."""
+        for pl in e[1]:
+            _add(self.taps, pl.tap, n)
+        for nb in e[3] or ():
+            _add(self.ips, nb.ip, n)
+
+    def own(self, p: Port, e: PortEntries) -> bool:
+        """Whether `p` (its entries `e`) alone claims its MAC, addresses and device."""
+        return self.macs[p.mac] == 1 and all(self.taps[pl.tap] == 1 for pl in e[1]) \
+            and all(self.ips[nb.ip] == 1 for nb in e[3] or ())
+
+
+@dataclasses.dataclass(eq=False)
+class _NetPart:
+    """One network's part of an `L2Cache` and what it was made of."""
+
+    net: Network
+    hosts: Mapping[str, Host]
+    trunk: tuple[tuple[str, tuple[str, int, int]], ...]     # `_trunk_key`
+    ports: list[Port]             # the network's ports, sorted by id
+    ids: list[str]                # their ids
+    part: HostState
+    memo: PortMemo
+    claims: _Claims | None = None     # made at the first splice after a recompute
+
+
+SPLICE_MAX = 16      # changed ports above which a pass regroups the whole view
+
+
 class L2Cache:
-    """`compute_l2` recomputing only the networks whose inputs changed.
+    """`compute_l2` recomputing only what changed.
 
     A network's part is reused when its network object, its ports (same objects, same order)
-    and the hosts table are the very same objects as last time (`compute.memo`). Reusing the
-    same entry objects also makes the reconciler's set comparisons cheap (identity first).
-    Result always equals `compute_l2(view, host, underlay_ip)` (tested).
+    and the hosts table are the very same objects as last time. When only a few ports changed
+    (found by identity against the last call's ports bucket; the networks and hosts the same,
+    no trunk parent or subport among them), the part of each network they were or are on is
+    the last one with those ports' entries taken out and put in (`_splice`: no walk over the
+    network's other ports), unless a changed port shares its MAC, an address or its device with
+    another port of the network, a port there has allowed-address pairs, or it is the first
+    splice since the network was recomputed and its ports' entries are not all held: then that
+    network is recomputed from its ports. Reusing the same entry objects also makes the
+    reconciler's set comparisons cheap (identity first).
+    Result always equals `compute_l2(view, host, underlay_ip)` (tested on random histories).
     """
 
     def __init__(self, host: str, underlay_ip: str) -> None:
         self.host = host
         self.underlay_ip = underlay_ip
-        self._memo: PartsMemo[HostState, HostState] = PartsMemo(merge)
-        self._trunk_keys: dict[str, tuple[tuple[str, tuple[str, int, int]], ...]] = {}
-        self._ports: dict[str, PortMemo] = {}     # network id -> its ports' entries
+        self._nets: dict[str, _NetPart] = {}       # the vxlan networks of the last call, in view order
+        self._buckets: tuple[Mapping[str, Network], Mapping[str, Host], Mapping[str, Port]] | None = None
+        self._parts: tuple[HostState, ...] = ()
+        self._whole: tuple[int, HostState] | None = None     # `compute`'s merge, at `version`
+        self.recomputed = 0       # networks recomputed (or spliced) by the last call
+        self.spliced = 0          # of which spliced
+        self.version = 0          # moves whenever `parts` returns other part objects than the call before
 
     @property
-    def recomputed(self) -> int:
-        """Networks recomputed by the last call."""
-        return self._memo.recomputed
+    def _ports(self) -> dict[str, PortMemo]:
+        """Network id -> its ports' entries (tests)."""
+        return {nid: r.memo for nid, r in self._nets.items()}
 
-    def _specs(self, v: View) -> Iterator[tuple[str, tuple[object, ...], Callable[[], HostState]]]:
+    def _recompute(self, net: Network, hosts: Mapping[str, Host], tk: tuple[tuple[str, tuple[str, int, int]], ...],
+                   ports: list[Port], last: _NetPart | None) -> _NetPart:
+        memo = last.memo if last is not None else PortMemo()
+        part = network_l2(net, ports, hosts, self.host, self.underlay_ip, dict(tk), memo)
+        memo.done()
+        self.recomputed += 1
+        if last is not None and last.part == part:
+            part = last.part          # equal: the same object, so "unchanged" stays cheap downstream
+        return _NetPart(net, hosts, tk, ports, [p.id for p in ports], part, memo)
+
+    def _regroup(self, v: View) -> dict[str, _NetPart]:
         grouped = ports_by_network(v)
         trunked = trunked_subports(v, self.host)
-
-        live: dict[str, PortMemo] = {}
-
-        def part(net: Network, ports: list[Port]) -> tuple[str, tuple[object, ...], Callable[[], HostState]]:
+        out: dict[str, _NetPart] = {}
+        for nid, net in v.networks.items():
+            if not net.is_vxlan:
+                continue
+            ports = grouped.get(nid, [])
             tk = _trunk_key(ports, trunked)
-            if self._trunk_keys.get(net.id) == tk:
-                tk = self._trunk_keys[net.id]     # the memo compares inputs by identity
-            self._trunk_keys[net.id] = tk
-            memo = live[net.id] = self._ports.get(net.id) or PortMemo()
+            r = self._nets.get(nid)
+            if r is None or r.net is not net or r.hosts is not v.hosts or r.trunk != tk or len(r.ports) != len(ports) \
+                    or not all(a is b for a, b in zip(r.ports, ports, strict=True)):
+                r = self._recompute(net, v.hosts, tk, ports, r)
+            out[nid] = r
+        return out
 
-            def compute() -> HostState:
-                out = network_l2(net, ports, v.hosts, self.host, self.underlay_ip, dict(tk), memo)
-                memo.done()
-                return out
+    def _changes(self, v: View) -> dict[str, tuple[list[Port], list[Port]]] | None:
+        """Network id -> (its ports that changed or went, their new versions) since the last
+        call; None when that call's grouping does not carry over (see the class docstring)."""
+        if self._buckets is None:
+            return None
+        nets, hosts, last = self._buckets
+        if (v.networks is not nets and not _same(v.networks, nets)) or (v.hosts is not hosts and not _same(v.hosts, hosts)):
+            return None
+        ports = v.ports
+        changed = [pid for pid, p in ports.items() if last.get(pid) is not p]
+        if len(last) + sum(1 for pid in changed if pid not in last) > len(ports):     # some port went
+            changed += [pid for pid in last if pid not in ports]
+        if len(changed) > SPLICE_MAX:
+            return None
+        out: dict[str, tuple[list[Port], list[Port]]] = {}
+        for pid in changed:
+            for i, p in enumerate((last.get(pid), ports.get(pid))):
+                if p is None:
+                    continue
+                if p.is_subport or p.subports:
+                    return None       # the trunk table may change
+                if p.network_id in self._nets:
+                    out.setdefault(p.network_id, ([], []))[i].append(p)
+        return out
 
-            return net.id, (net, v.hosts, tk, *ports), compute
+    def _splice(self, r: _NetPart, olds: list[Port], news: list[Port]) -> bool:
+        """`r` with ports `olds` taken out and `news` put in (see the class docstring); False
+        (nothing changed) when `r` does not hold `olds` (never expected: the caller recomputes)."""
+        at = [bisect.bisect_left(r.ids, o.id) for o in olds]
+        if not all(i < len(r.ports) and r.ports[i] is o for i, o in zip(at, olds, strict=True)):
+            return False
+        c = r.claims if r.claims is not None else _Claims.of(r.ports, r.memo, self.host)   # before the change
+        for o in olds:
+            i = bisect.bisect_left(r.ids, o.id)
+            del r.ids[i], r.ports[i]
+        for n in news:
+            i = bisect.bisect_left(r.ids, n.id)
+            r.ids.insert(i, n.id)
+            r.ports.insert(i, n)
+        part = self._spliced(r, c, olds, news) if c is not None else None
+        if part is None:
+            r.claims = None
+            r.part = self._recompute(r.net, r.hosts, r.trunk, r.ports, r).part
+            return True
+        self.recomputed += 1
+        self.spliced += 1
+        r.part, r.claims = part, c
+        return True
 
-        yield from (part(net, grouped.get(nid, [])) for nid, net in v.networks.items() if net.is_vxlan)
-        self._ports = live        # the networks no longer in view go
-
-    def compute(self, view: View | Mapping[str, Mapping[str, object]]) -> HostState:
-        return self._memo.compute(self._specs(as_view(view)))
+    def _spliced(self, r: _NetPart, c: _Claims, olds: list[Port], news: list[Port]) -> HostState | None:
+        """`r.part` with the entries of `olds` replaced by those of `news`, and `c` updated;
+        None when a claim is shared (`c` is then left half-updated)."""
+        if c.pairs or any(p.allowed_address_pairs for p in news):
+            return None
+        host, memo = self.host, r.memo
+        out: list[PortEntries] = []
+        for o in olds:
+            if o.mac:
+                e = memo.held(o.id)
+                if e is None or not c.own(o, e):
+                    return None
+                out.append(e)
+        for o in olds:
+            c.count(o, -1, host)
+            if o.mac:
+                c.count_entries(memo.forget(o.id), -1)
+        net = r.net
+        br, vx = naming.bridge_name(net.id), naming.vxlan_name(net.id)
+        into: list[tuple[Port, PortEntries]] = []
+        for n in news:
+            c.count(n, 1, host)
+            if n.mac:
+                e = memo.put(n, r.hosts, host, self.underlay_ip, br, vx, net.mtu)
+                c.count_entries(e, 1)
+                into.append((n, e))
+        if not all(c.own(n, e) for n, e in into):
+            return None
+        ins = [e for _, e in into]
+        last = r.part
+        (bridge,) = last.bridges
+        if bridge.nf_call != (c.filtered > 0):
+            bridges = frozenset({dataclasses.replace(bridge, nf_call=c.filtered > 0)})
+        else:
+            bridges = last.bridges
+        part = HostState(bridges, last.vxlans, _swap(last.plugs, out, ins, 1), _swap(last.fdb, out, ins, 2),
+                         _swap(last.neighs, out, ins, 3), _swap(last.local_ports, out, ins, 0))
+        same = all(getattr(part, k) is getattr(last, k) for k in ("bridges", "plugs", "fdb", "neighs", "local_ports"))
+        return last if same else part
 
     def parts(self, view: View | Mapping[str, Mapping[str, object]]) -> tuple[HostState, ...]:
         """The per-network parts of `compute(view)`, not merged (`merge(parts) == compute(view)`):
         the host computer merges them once with the features' L2 parts, instead of keeping a
         merged copy here and a second one there (each ~1.5 MB of set tables at 10,000 ports)."""
-        return self._memo.parts(self._specs(as_view(view)))
+        v = as_view(view)
+        self.recomputed = self.spliced = 0
+        changes = self._changes(v)
+        if changes is not None and not all(self._splice(self._nets[nid], olds, news)
+                                           for nid, (olds, news) in changes.items()):
+            self._nets, changes = {}, None      # records not to be trusted: recompute every network
+        if changes is None:
+            self._nets = self._regroup(v)
+        self._buckets = (v.networks, v.hosts, v.ports)
+        found = tuple(r.part for r in self._nets.values())
+        if len(found) != len(self._parts) or not all(a is b for a, b in zip(found, self._parts, strict=True)):
+            self.version += 1
+        self._parts = found
+        return found
 
-    @property
-    def version(self) -> int:
-        """Moves whenever `parts` returns other part objects than the call before (`PartsMemo`)."""
-        return self._memo.version
+    def compute(self, view: View | Mapping[str, Mapping[str, object]]) -> HostState:
+        found = self.parts(view)
+        if self._whole is None or self._whole[0] != self.version:
+            self._whole = (self.version, merge(found))
+        return self._whole[1]
