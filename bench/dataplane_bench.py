@@ -27,10 +27,18 @@ them off on its two VMs for that row only (the old lab setting, what MTU tests u
 Each row is a function `(Labs) -> Path` in ROWS (add routed / floating-IP rows the same way).
 Every round measures every row once, the order reversed on every other round (alternating
 rounds, so load from others falls on every row); per row: iperf3 single stream for
-`--dp-seconds` (with the CPU it took: iperf3's own rusage figure and /proc/stat), then
-`ping -c N -i 0.01` after 3 warm-up pings. The table gives the median
-over rounds of iperf3 Gbit/s and the pooled RTT avg/p50/p99; ratios are per-round ratios,
-median over rounds.
+`--dp-seconds`, client and server pinned with taskset (`--dp-pin`, default both on CPU 0) and
+optionally capped (`--dp-rate`), then `ping -c N -i 0.01` after 3 warm-up pings. The table gives
+the median over rounds of iperf3 Gbit/s and the pooled RTT avg/p50/p99; ratios are per-round
+ratios, median over rounds.
+
+CPU per Gbit/s (bench.cpu_account; the figure that decides on this CPU-bound shared VM, where a
+row's Gbit/s swings 1.5-8x between rounds): both iperf3 processes' rusage (wait4) plus the
+ksoftirqd threads' time over the run, per Gbit received; per-CPU softirq time (/proc/stat) and
+NET_RX counts (/proc/softirqs) beside it. Its per-round ratios get median and interquartile
+range, and a row measured twice in every round (PLAIN_AGAIN, the hand-built plain path) is the
+noise floor. `--dp-only =goals` measures only issue 18's goal rows and that control; with
+`--dp-rate 2G` every row moves the same bytes, so CPU per byte is read at the same offered load.
 
 Contract: only namespaces of its own sandbox; every process started is stopped by PID (iperf3
 servers, OVN daemons by ovn-lab.sh `stop`, the lab's by `lab down`); figures are never invented:

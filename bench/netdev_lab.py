@@ -13,7 +13,11 @@ order reversed every other round), the original ruleset put back at the end:
   security a jump to a copy of its `ps_<port>` anti-spoofing chain (same rules, same mark);
   the destination port's mark (the high 16 bits the bridge `out` chain set from `oifname`)
   is replaced, in `inet vxnet_sg`'s ingress dispatch, by a lookup of the destination MAC;
-- "no bridge table": the four bridge tables deleted, nothing in their place (the bound).
+- "no bridge table": the four bridge tables deleted, nothing in their place (the bound);
+- "no table at all": every vxnet table of the host deleted (`inet vxnet_sg` and `arp
+  vxnet_host` too: no conntrack, no filtering), to place what is left of the gap.
+The default group's path under the last two is unfiltered (no port marks, no group chain
+reached): a bound, not a configuration.
 Paths: vxnet port security off do1@h1 -> do2@h2, vxnet default group dp1@h1 -> dp2@h2; per
 round also the hand-built plain VXLAN p1 -> p2 and the underlay host -> host (bench.kernel_lab),
 as in dataplane_bench's goal rows.
@@ -43,7 +47,7 @@ from bench.servers import import_repo
 HOSTS = ("vxl-h1", "vxl-h2")
 BRIDGE_TABLES = ("vxnet_ps", "vxnet_dhcp", "vxnet_meta", "vxnet_qos")
 METADATA = "ip daddr 169.254.169.254 tcp dport 80"
-VARIANTS = ("as is", "netdev", "no bridge table")
+VARIANTS = ("as is", "netdev", "no bridge table", "no table at all")
 
 
 # --- the ruleset as `nft list ruleset` prints it (pure) -----------------------------------------
@@ -168,8 +172,11 @@ def sg_by_mac(sg: str, ps: str) -> str:
 
 def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs: list[str]) -> str:
     """The nft transaction turning a host (whatever variant it is in) into `variant`."""
-    drop = [("netdev", "vxnet_nd"), ("inet", "vxnet_sg"), *(("bridge", t) for t in BRIDGE_TABLES)]
+    drop = [("netdev", "vxnet_nd"), ("inet", "vxnet_sg"), ("arp", "vxnet_host"), *(("bridge", t) for t in BRIDGE_TABLES)]
     text = "".join(f"table {f} {n} {{}}\ndelete table {f} {n}\n" for f, n in drop)
+    if variant == "no table at all":
+        return text
+    text += tables.get(("arp", "vxnet_host"), "")
     sg = tables.get(("inet", "vxnet_sg"), "")
     if variant == "as is":
         return text + sg + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
