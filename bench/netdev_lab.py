@@ -14,6 +14,8 @@ order reversed every other round), the original ruleset put back at the end:
   the destination port's mark (the high 16 bits the bridge `out` chain set from `oifname`)
   is replaced, in `inet vxnet_sg`'s ingress dispatch, by a lookup of the destination MAC;
 - "no bridge table": the four bridge tables deleted, nothing in their place (the bound);
+- "netdev + underlay VXLAN untracked" (`--variants`): netdev plus `notrack` for the underlay's
+  own VXLAN UDP (prerouting and output, table `inet vxnet_nt`);
 - "no table at all": every vxnet table of the host deleted (`inet vxnet_sg` and `arp
   vxnet_host` too: no conntrack, no filtering), to place what is left of the gap.
 The default group's path under the last two is unfiltered (no port marks, no group chain
@@ -48,6 +50,19 @@ HOSTS = ("vxl-h1", "vxl-h2")
 BRIDGE_TABLES = ("vxnet_ps", "vxnet_dhcp", "vxnet_meta", "vxnet_qos")
 METADATA = "ip daddr 169.254.169.254 tcp dport 80"
 VARIANTS = ("as is", "netdev", "no bridge table", "no table at all")
+NOTRACK = "netdev + underlay VXLAN untracked"
+# The underlay's own VXLAN UDP (received, and sent by the host) out of conntrack in the host namespace.
+NOTRACK_TABLE = """table inet vxnet_nt {
+  chain pre {
+    type filter hook prerouting priority -310; policy accept;
+    udp dport 4789 notrack
+  }
+  chain out {
+    type filter hook output priority -310; policy accept;
+    udp dport 4789 notrack
+  }
+}
+"""
 
 
 # --- the ruleset as `nft list ruleset` prints it (pure) -----------------------------------------
@@ -172,7 +187,8 @@ def sg_by_mac(sg: str, ps: str) -> str:
 
 def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs: list[str]) -> str:
     """The nft transaction turning a host (whatever variant it is in) into `variant`."""
-    drop = [("netdev", "vxnet_nd"), ("inet", "vxnet_sg"), ("arp", "vxnet_host"), *(("bridge", t) for t in BRIDGE_TABLES)]
+    drop = [("netdev", "vxnet_nd"), ("inet", "vxnet_nt"), ("inet", "vxnet_sg"), ("arp", "vxnet_host"),
+            *(("bridge", t) for t in BRIDGE_TABLES)]
     text = "".join(f"table {f} {n} {{}}\ndelete table {f} {n}\n" for f, n in drop)
     if variant == "no table at all":
         return text
@@ -180,9 +196,9 @@ def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs:
     sg = tables.get(("inet", "vxnet_sg"), "")
     if variant == "as is":
         return text + sg + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
-    if variant == "netdev":
+    if variant in ("netdev", NOTRACK):
         nd, sg2 = netdev_script(tables, vxlan_devs)
-        return text + sg2 + nd
+        return text + sg2 + nd + (NOTRACK_TABLE if variant == NOTRACK else "")
     if variant == "no bridge table":
         return text + sg
     raise ValueError(variant)
@@ -235,7 +251,8 @@ def _checks(labs: dp.Labs) -> dict[str, int]:
     return out
 
 
-def measure(rounds: int, seconds: float, count: int, cpus: tuple[int, int] | None, rate: str) -> dict[str, Any]:
+def measure(rounds: int, seconds: float, count: int, cpus: tuple[int, int] | None, rate: str,
+            variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
     """Build the vxnet lab (dataplane_bench's topology) and a plain hand-built one, pause the
     agents, then `rounds` rounds: every variant applied to h1 and h2 and both vxnet paths
     measured, plus the plain VXLAN and underlay references (order reversed every other round)."""
@@ -261,16 +278,16 @@ def measure(rounds: int, seconds: float, count: int, cpus: tuple[int, int] | Non
                 paths = {"vxnet (port security off)": dp.vx_nops_cross(labs), "vxnet (default group)": dp.vx_cross(labs)}
                 refs = {"hand-built plain VXLAN": dp.Path(plain.vm_ns("p1"), plain.vm_ns("p2"), f"{dp.CIDR24}.12"),
                         "underlay": dp.Path(plain.host_ns(1), plain.host_ns(2), plain.vtep(2), plain.eth)}
-                for v in VARIANTS:
+                for v in variants:
                     for h in HOSTS:
                         sh(["ip", "netns", "exec", h, "nft", "-f", "-"], inp=variant_script(v, tables[h], vx[h]))
                     out["checks"][v] = _checks(labs)
                     out["rulesets"][v] = nsx("vxl-h1", "nft", "list", "ruleset").stdout
-                keys = [(v, name) for v in VARIANTS for name in paths] + [("reference", name) for name in refs]
+                keys = [(v, name) for v in variants for name in paths] + [("reference", name) for name in refs]
                 for k in keys:
                     out["rows"][" | ".join(k)] = {"system": k[0], "path": k[1], "rounds": [], "error": None}
                 for rnd in range(rounds):
-                    order = list(VARIANTS) if rnd % 2 == 0 else list(reversed(VARIANTS))
+                    order = list(variants) if rnd % 2 == 0 else list(reversed(variants))
                     ref_first = rnd % 2 == 1
                     if ref_first:
                         _refs(out, refs, seconds, count, cpus, rate)
@@ -328,12 +345,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--pin", default="0,0")
     p.add_argument("--rate", default="2G")
     p.add_argument("--json", help="write the raw results (and rulesets) to this file")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated, from: {', '.join((*VARIANTS, NOTRACK))} (default: the first four)")
     a = p.parse_args(argv)
     cpus = dp.parse_pin(a.pin)
+    variants = tuple(a.variants.split(","))
+    if set(variants) - {*VARIANTS, NOTRACK}:
+        p.error(f"unknown variant(s): {', '.join(sorted(set(variants) - {*VARIANTS, NOTRACK}))}")
     load0 = os.getloadavg()
     res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
         f"__import__('bench.netdev_lab', fromlist=['_']).measure({a.rounds}, {a.seconds}, {a.pings}, {cpus!r}, "
-        f"{a.rate!r})", 900 + a.rounds * 8 * (a.seconds + a.pings * 0.012 + 3))
+        f"{a.rate!r}, {variants!r})", 900 + a.rounds * (2 * len(variants) + 2) * (a.seconds + a.pings * 0.012 + 3))
     if a.json:
         import json
 

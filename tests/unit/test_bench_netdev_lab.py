@@ -133,6 +133,10 @@ def test_variant_scripts_replace_the_same_tables_whatever_came_before() -> None:
     nobr = nd.variant_script("no bridge table", t, [])
     assert "table bridge vxnet_ps {\n" not in nobr and "table inet vxnet_sg {\n" in nobr
     assert "table netdev vxnet_nd {\n" in nd.variant_script("netdev", t, [])
+    nt = nd.variant_script(nd.NOTRACK, t, [])
+    assert "table netdev vxnet_nd {\n" in nt and "udp dport 4789 notrack" in nt
+    assert all("delete table inet vxnet_nt" in nd.variant_script(v, t, []) for v in (*nd.VARIANTS, nd.NOTRACK))
+    assert "notrack" not in nd.variant_script("netdev", t, [])
     nothing = nd.variant_script("no table at all", t, [])
     assert "delete table arp vxnet_host" in nothing and "{\n" not in nothing.replace("{}\n", "")
     with pytest.raises(ValueError):
