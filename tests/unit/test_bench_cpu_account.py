@@ -128,3 +128,23 @@ def test_cpu_tables_judge_a_goal_only_when_the_iqr_is_on_one_side() -> None:
     assert "0.50 [0.50-0.50], n=2 here (NOT met)" in goals[0]
     # port security off: 0.8 and 1.2 -> the IQR [0.9-1.1] straddles 0.95: undecided, neither verdict
     assert "undecided" in goals[1]
+
+
+def test_a_rate_cap_keeps_gbit_ratios_out_of_the_goal_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    def row(system: str, path: str, gbps: float, cpu_s: float) -> dict:
+        return {"system": system, "path": path, "error": None, "rounds": [_round(gbps, cpu_s, 0.1)] * 3}
+    res = {"rows": {"0": row(dp.VX, dp.CROSS, 2.0, 2.0), "1": row(*dp.UL, 2.0, 1.0),
+                    "2": row(dp.VXPS, dp.CROSS, 2.0, 1.0), "3": row(dp.PLAIN, dp.CROSS, 2.0, 1.0)},
+           "settings": {}, "notes": []}
+    monkeypatch.setattr(dp, "in_sandbox", lambda call, timeout: res)
+    monkeypatch.setattr(dp.os, "geteuid", lambda: 0)
+    opts = argparse.Namespace(quick=False, dp_rounds=3, dp_seconds=2.0, dp_pings=1, dp_only=["=goals"], dp_pin="0,0",
+                              dp_rate="2G", dp_json=None, ovn_lab="x")
+    goals = dp.run(opts).goals
+    # same Gbit/s everywhere (capped): no "met" from Gbit/s; the CPU lines judge (0.50: NOT met; 1.00: met)
+    assert all("not judged by Gbit/s" in g for g in goals[:2])
+    assert "0.50 [0.50-0.50], n=3 here (NOT met)" in goals[2] and "1.00 [1.00-1.00], n=3 here (met)" in goals[3]
+    opts.dp_rate = ""
+    assert "1.00x here (met)" in dp.run(opts).goals[0]
