@@ -15,7 +15,8 @@ order reversed every other round), the original ruleset put back at the end:
   is replaced, in `inet vxnet_sg`'s ingress dispatch, by a lookup of the destination MAC;
 - "no bridge table": the four bridge tables deleted, nothing in their place (the bound);
 - "netdev + underlay VXLAN untracked" (`--variants`): netdev plus `notrack` for the underlay's
-  own VXLAN UDP (prerouting and output, table `inet vxnet_nt`);
+  own VXLAN UDP (prerouting and output, table `inet vxnet_nt`); "as is + underlay VXLAN
+  untracked": the same `notrack` on the agents' ruleset;
 - "no table at all": every vxnet table of the host deleted (`inet vxnet_sg` and `arp
   vxnet_host` too: no conntrack, no filtering), to place what is left of the gap.
 The default group's path under the last two is unfiltered (no port marks, no group chain
@@ -51,6 +52,7 @@ BRIDGE_TABLES = ("vxnet_ps", "vxnet_dhcp", "vxnet_meta", "vxnet_qos")
 METADATA = "ip daddr 169.254.169.254 tcp dport 80"
 VARIANTS = ("as is", "netdev", "no bridge table", "no table at all")
 NOTRACK = "netdev + underlay VXLAN untracked"
+NOTRACK_ONLY = "as is + underlay VXLAN untracked"
 # The underlay's own VXLAN UDP (received, and sent by the host) out of conntrack in the host namespace.
 NOTRACK_TABLE = """table inet vxnet_nt {
   chain pre {
@@ -194,8 +196,9 @@ def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs:
         return text
     text += tables.get(("arp", "vxnet_host"), "")
     sg = tables.get(("inet", "vxnet_sg"), "")
-    if variant == "as is":
-        return text + sg + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
+    if variant in ("as is", NOTRACK_ONLY):
+        return (text + sg + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
+                + (NOTRACK_TABLE if variant == NOTRACK_ONLY else ""))
     if variant in ("netdev", NOTRACK):
         nd, sg2 = netdev_script(tables, vxlan_devs)
         return text + sg2 + nd + (NOTRACK_TABLE if variant == NOTRACK else "")
@@ -346,12 +349,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rate", default="2G")
     p.add_argument("--json", help="write the raw results (and rulesets) to this file")
     p.add_argument("--variants", default=",".join(VARIANTS),
-                   help=f"comma-separated, from: {', '.join((*VARIANTS, NOTRACK))} (default: the first four)")
+                   help=f"comma-separated, from: {', '.join((*VARIANTS, NOTRACK, NOTRACK_ONLY))} (default: the first four)")
     a = p.parse_args(argv)
     cpus = dp.parse_pin(a.pin)
     variants = tuple(a.variants.split(","))
-    if set(variants) - {*VARIANTS, NOTRACK}:
-        p.error(f"unknown variant(s): {', '.join(sorted(set(variants) - {*VARIANTS, NOTRACK}))}")
+    if set(variants) - {*VARIANTS, NOTRACK, NOTRACK_ONLY}:
+        p.error(f"unknown variant(s): {', '.join(sorted(set(variants) - {*VARIANTS, NOTRACK, NOTRACK_ONLY}))}")
     load0 = os.getloadavg()
     res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
         f"__import__('bench.netdev_lab', fromlist=['_']).measure({a.rounds}, {a.seconds}, {a.pings}, {cpus!r}, "

@@ -137,6 +137,8 @@ def test_variant_scripts_replace_the_same_tables_whatever_came_before() -> None:
     assert "table netdev vxnet_nd {\n" in nt and "udp dport 4789 notrack" in nt
     assert all("delete table inet vxnet_nt" in nd.variant_script(v, t, []) for v in (*nd.VARIANTS, nd.NOTRACK))
     assert "notrack" not in nd.variant_script("netdev", t, [])
+    only = nd.variant_script(nd.NOTRACK_ONLY, t, [])
+    assert "udp dport 4789 notrack" in only and "table bridge vxnet_ps {\n" in only and "table netdev vxnet_nd {\n" not in only
     nothing = nd.variant_script("no table at all", t, [])
     assert "delete table arp vxnet_host" in nothing and "{\n" not in nothing.replace("{}\n", "")
     with pytest.raises(ValueError):
