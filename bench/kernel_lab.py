@@ -31,6 +31,7 @@ import signal
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -350,38 +351,81 @@ def _kill(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
             proc.wait()
 
 
-def iperf3_run(src_ns: str, dst_ns: str, dst_ip: str, seconds: float, bind_ip: str | None = None
-               ) -> dict[str, object]:
+def _wait4(proc: subprocess.Popen[str], timeout: float) -> float | None:
+    """Reap `proc` (waiting at most `timeout` s) and return its user + system CPU seconds from
+    `wait4` (None when it had to be killed or was reaped elsewhere)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return ru.ru_utime + ru.ru_stime
+        if time.monotonic() > deadline:
+            _kill(proc)
+            return None
+        time.sleep(0.02)
+
+
+def iperf3_run(src_ns: str, dst_ns: str, dst_ip: str, seconds: float, bind_ip: str | None = None,
+               cpus: tuple[int, int] | None = None, rate: str = "") -> dict[str, object]:
     """One single-stream TCP iperf3 from `src_ns` to `dst_ip` (the server in `dst_ns` listens on
-    `bind_ip`, default `dst_ip`): Gbit/s received, retransmits."""
-    srv = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-B", bind_ip or dst_ip, "-p", "5201"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    `bind_ip`, default `dst_ip`): Gbit/s received, retransmits, and the CPU it took
+    (bench.cpu_account). `cpus` = (client CPU, server CPU) pins both with taskset (same for
+    every row, so every row's softirq work lands on the same CPUs); `rate` ("2G") caps the
+    sender (iperf3 -b) so the CPU per byte is read at the same offered load whatever else runs."""
+    from bench import cpu_account
+
+    pin_c = ["taskset", "-c", str(cpus[0])] if cpus else []
+    pin_s = ["taskset", "-c", str(cpus[1])] if cpus else []
+    # `ip netns exec` and `taskset` exec (no fork): the Popen PID is iperf3's, so wait4 gives its rusage.
+    srv = subprocess.Popen(["ip", "netns", "exec", dst_ns, *pin_s, "iperf3", "-s", "-1", "-B", bind_ip or dst_ip,
+                            "-p", "5201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     try:
         deadline = time.time() + 5
         while time.time() < deadline:
             if ":5201" in nsx(dst_ns, "ss", "-ltnH", "sport = :5201", check=False).stdout:
                 break
             time.sleep(0.05)
-        st0, t0 = proc_stat_busy(), time.monotonic()
-        r = nsx(src_ns, "iperf3", "-c", dst_ip, "-p", "5201", "-t", str(seconds), "-J", check=False,
-                timeout=seconds + 30)
-        st1, t1 = proc_stat_busy(), time.monotonic()
+        ksoft = cpu_account.ksoftirqd_pids()
+        snap0, st0, t0 = cpu_account.take(ksoft), proc_stat_busy(), time.monotonic()
+        cli = subprocess.Popen(["ip", "netns", "exec", src_ns, *pin_c, "iperf3", "-c", dst_ip, "-p", "5201", "-t",
+                                str(seconds), "-J", *(["-b", rate] if rate else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killer = threading.Timer(seconds + 30, cli.kill)
+        killer.start()
         try:
-            j = json.loads(r.stdout)
+            stdout, stderr = cli.stdout.read(), cli.stderr.read()  # type: ignore[union-attr]
+        finally:
+            killer.cancel()
+        cpu_cli = _wait4(cli, 5)
+        cpu_srv = _wait4(srv, 3)
+        st1, t1 = proc_stat_busy(), time.monotonic()
+        snap1 = cpu_account.take(ksoft)
+        try:
+            j = json.loads(stdout)
         except ValueError:
-            return {"error": (r.stderr or r.stdout).strip()[-200:] or f"exit {r.returncode}"}
+            return {"error": (stderr or stdout).strip()[-200:] or f"exit {cli.returncode}"}
         if "error" in j:
             return {"error": str(j["error"])[:200]}
         end = j["end"]
         cpu = end.get("cpu_utilization_percent") or {}
-        return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                "retransmits": end["sum_sent"].get("retransmits"),
-                # CPUs busy during the run: both iperf3 processes (their own rusage: the softirq work
-                # done in their context, i.e. most of the veth/bridge/VXLAN path, is in it), and the
-                # whole machine from /proc/stat (includes everything else running, other load too)
-                "cpu_iperf": (cpu.get("host_total", 0.0) + cpu.get("remote_total", 0.0)) / 100,
-                "cpu_machine": (st1[0] - st0[0]) / max(1e-9, (st1[1] - st0[1])) * (os.cpu_count() or 1),
-                "wall": t1 - t0}
+        res: dict[str, object] = {
+            "gbps": end["sum_received"]["bits_per_second"] / 1e9,
+            "bytes": end["sum_received"]["bytes"],
+            "retransmits": end["sum_sent"].get("retransmits"),
+            # CPUs busy during the run: both iperf3 processes (their own rusage: the softirq work
+            # done in their context, i.e. most of the veth/bridge/VXLAN path, is in it), and the
+            # whole machine from /proc/stat (includes everything else running, other load too)
+            "cpu_iperf": (cpu.get("host_total", 0.0) + cpu.get("remote_total", 0.0)) / 100,
+            "cpu_machine": (st1[0] - st0[0]) / max(1e-9, (st1[1] - st0[1])) * (os.cpu_count() or 1),
+            "wall": t1 - t0, "cpus": list(cpus) if cpus else None}
+        if cpu_cli is not None and cpu_srv is not None:
+            # CPU-seconds of the whole run: both processes' rusage + what ksoftirqd did meanwhile
+            res["cpu_proc_s"] = cpu_cli + cpu_srv
+            res |= cpu_account.account(snap0, snap1, os.sysconf("SC_CLK_TCK"))
+        return res
     finally:
         _kill(srv)
 
