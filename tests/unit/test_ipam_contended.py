@@ -99,3 +99,40 @@ def test_a_nearly_full_pool_still_allocates_every_free_address() -> None:
             raise AssertionError("a full pool allocated an address")
     finally:
         ipam._contended.pop(sub["id"], None)
+
+
+class SharedStore(SqliteStore):
+    """The embedded store declaring what etcd declares: several servers write to it."""
+
+    shared_by_servers = True
+
+
+def _server_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start a fresh process's allocation hints (what another API server has)."""
+    for name in ("_low_water", "_in_flight", "_contended", "_lanes"):
+        monkeypatch.setattr(ipam, name, {})
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_two_servers_allocating_at_once_on_a_shared_store_pick_apart(
+        monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:
+    """Two servers stage an address on a fresh subnet before either commits (each server's
+    reads cannot see the other's in-flight claim). On a store shared by servers (etcd) each
+    allocates from a lane of its own from the first allocation on, so they do not both take
+    the lowest free address and one rerun; the embedded store keeps lowest-first."""
+    store = SharedStore(":memory:") if shared else SqliteStore(":memory:")
+    repo = Repo(store)
+    sub = subnet() | {"cidr": "100.64.0.0/16", "allocation_pools": [{"start": "100.64.0.2", "end": "100.64.255.254"}]}
+    picks = []
+    for _server in range(2):
+        _server_state(monkeypatch)
+        uow = UnitOfWork(repo)
+        picks.append(ipam.allocate_ip(uow, sub, str(uuid.uuid4())))
+    if shared:
+        assert picks[0] != picks[1], picks
+        _server_state(monkeypatch)
+        first = allocate(repo, sub)[0]  # one server's next picks: upwards from its lane's start
+        assert [allocate(repo, sub)[0] for _ in range(3)] == [
+            str(ipaddress.ip_address(first) + k) for k in (1, 2, 3)]
+    else:
+        assert picks == ["100.64.0.2", "100.64.0.2"]  # lowest-first: they would collide

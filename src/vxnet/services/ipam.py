@@ -15,16 +15,21 @@ Invariants:
   from their start before declaring exhaustion, so a stale hint never causes a false 409.
   While a subnet is *contended* (an allocation on it had to rerun, in the last
   `CONTENDED_SECONDS`: another server, whose in-flight addresses this process cannot see,
-  took the same address) this process allocates from a *lane* of its own instead: a random
+  took the same address), and always on a store several servers write to
+  (`shared_by_servers`: etcd), this process allocates from a *lane* of its own instead: a random
   free pool address, then upwards from it, lowest free first (Neutron's own IPAM always picks
   at random among the first 1,000 available, so no client may rely on lowest-first). Two
   servers then fill disjoint parts of the pool and stop colliding; a rerun inside a lane (the
   lanes met) draws a new lane. A lane starts only on a free address: starting "past a random
   offset" would land after taken runs, on the very address another server allocates next.
   If a few random draws find no free address (a nearly full pool), the pick is random among
-  the first `WINDOW` free addresses. Single-server, uncontended allocation stays
-  lowest-first. (Measured with 2 servers, 8 clients: lanes 1.00-1.01 txns per create,
-  random-among-the-first-32 1.07-1.08, random offset per pick 1.34.)
+  the first `WINDOW` free addresses. On the embedded store (one server) uncontended
+  allocation stays lowest-first. (Measured with 2 servers, 8 clients: lanes 1.00-1.01 txns per
+  create, random-among-the-first-32 1.07-1.08, random offset per pick 1.34.) On etcd a lane is
+  taken from the first allocation on: waiting for a collision to start one cost a rerun of the
+  colliding create, and a failed group-commit batch for the creates sharing its transaction,
+  each time a subnet became busy again after `CONTENDED_SECONDS` (most of the slowest 1% of
+  creates in api_bench; docs/benchmarks.md, etcd write path, ninth round).
 - Exhaustion is 409 IpAddressGenerationFailure; a requested IP in use is 409
   IpAddressAlreadyAllocated (tempest accepts it or IpAddressInUse).
 - IPv6 (Neutron's ipam backend): a new port gets one address from the IPv4 subnets, one from
@@ -171,7 +176,7 @@ def _lowest_free(uow: UnitOfWork, subnet: dict[str, Any], port_id: str) -> str |
     if uow.attempt > 1:
         _contended[sid] = now + CONTENDED_SECONDS
         _lanes.pop(sid, None)  # our lane (if any) met another server's: draw a new one
-    contended = _contended.get(sid, 0.0) > now
+    contended = _contended.get(sid, 0.0) > now or getattr(uow.repo.store, "shared_by_servers", False)
     if contended:
         n = _lane_pick(uow, subnet, sig, now)
         if n is not None:

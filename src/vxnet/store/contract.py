@@ -26,6 +26,10 @@ Every backend (embedded SQLite, etcd) implements `Store`. The contract, checked 
   (`StoredKeyValue`): attached copies are read-only for everyone.
 - `revision_in_memory` (optional, False if absent): `revision()` does no I/O and never blocks
   (the embedded store), so an event loop may call it directly.
+- `shared_by_servers` (optional, False if absent): several API servers may write through
+  their own connections at once (etcd). Each server's reads then lag the others' writes by a
+  watch delay, so a server allocating "the lowest free" address collides with the others
+  (services/ipam.py starts every server on a lane of its own there).
 - Lost answers: `may_lose_answers` says whether `txn` can raise `StoreUnavailable` after the
   transaction was (or may later be) applied. etcd can (a leader dies after proposing); the
   embedded store cannot (its txn raises only before COMMIT, or answers). Callers that must

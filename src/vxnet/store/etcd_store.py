@@ -177,6 +177,7 @@ class EtcdStore:
     """The contract over an etcd cluster (see the module docstring)."""
 
     may_lose_answers = True  # a txn whose answer is lost may have been, or may still be, applied
+    shared_by_servers = True  # every API server of a deployment writes to the one cluster
 
     def __init__(self, endpoints: Sequence[str], timeout: float = 3.0, ca: str | None = None,
                  cert: str | None = None, key: str | None = None, cache: bool = True,
