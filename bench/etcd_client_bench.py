@@ -18,8 +18,12 @@ Three measurements, each on a fresh cluster from `tests/support/etcd.py`:
   switch interval at 5 ms (the default), 1 ms and 0.2 ms, against no busy thread. The busy thread
   also takes a CPU from etcd: the first two rows differ by both; the switch interval rows only
   by the GIL.
+- `marker` (3 members, through one member, one thread): the status write with its exactly-once
+  marker (a compare "absent" and a leased put) against the same write without it (a compare on
+  the port, the port and `meta/request`), alternating, 4 rounds each: wall per write and the
+  members' CPU per write. Would a "plain" transact for idempotent writes shorten the call?
 
-`python -m bench.etcd_client_bench [--calls 400] [--only calls,members,gil]`
+`python -m bench.etcd_client_bench [--calls 400] [--only calls,members,gil,marker]`
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
+from bench.servers import cpu_seconds
 from tests.support.etcd import EtcdCluster
 from vxnet.store.contract import Compare, Put, key_missing
 from vxnet.store.etcd_grpc import OPTIONS
@@ -113,14 +118,19 @@ def calls(n: int) -> None:
         cluster.stop()
 
 
-def _status_writes(store: EtcdStore, lease: int, tag: str, n: int, pause: float = 0.003) -> list[float]:
-    """Wall ms of `n` status-shaped transactions, one at a time."""
+def _status_writes(store: EtcdStore, lease: int, tag: str, n: int, pause: float = 0.003,
+                   marker: bool = True) -> list[float]:
+    """Wall ms of `n` status-shaped transactions, one at a time (`marker=False`: without the
+    attempt marker's compare and put)."""
     out = []
     for i in range(n):
-        key, marker = f"/vxnet/res/ports/{tag}{i}", f"/vxnet-txn/{tag}{i}"
+        key, mkey = f"/vxnet/res/ports/{tag}{i}", f"/vxnet-txn/{tag}{i}"
+        compares, ops = [Compare(key, "mod", "<", 1 << 40)], [Put(key, VALUE), Put("/vxnet/meta/request", "req")]
+        if marker:
+            compares.append(key_missing(mkey))
+            ops.append(Put(mkey, "committed", lease))
         t0 = time.perf_counter()
-        store.txn([Compare(key, "mod", "<", 1 << 40), key_missing(marker)],
-                  [Put(key, VALUE), Put("/vxnet/meta/request", "req"), Put(marker, "committed", lease)])
+        store.txn(compares, ops)
         out.append((time.perf_counter() - t0) * 1e3)
         time.sleep(pause)
     return sorted(out)
@@ -187,12 +197,38 @@ def gil(n: int) -> None:
         cluster.stop()
 
 
+def marker(n: int) -> None:
+    print("marker: a status write with and without the attempt marker, 3 members, alternating, 4 rounds")
+    cluster = EtcdCluster(3, prefix="vxecb")
+    store = None
+    try:
+        store = EtcdStore(cluster.endpoints[:1], cache=False)
+        lease = store.grant_lease(60)
+        pids = [p.pid for p in cluster.procs.values()]
+        figures: dict[bool, tuple[list[float], float, int]] = {True: ([], 0.0, 0), False: ([], 0.0, 0)}
+        for r in range(4):
+            for with_marker in ((True, False) if r % 2 == 0 else (False, True)):
+                c0 = sum(cpu_seconds(p) for p in pids)
+                walls = _status_writes(store, lease, f"k{r}{int(with_marker)}-", n, marker=with_marker)
+                walls_all, cpu, count = figures[with_marker]
+                figures[with_marker] = (walls_all + walls, cpu + sum(cpu_seconds(p) for p in pids) - c0, count + n)
+                print(f"  round {r} {'with marker   ' if with_marker else 'without marker'} txn wall {_pct(walls)}",
+                      flush=True)
+        for with_marker, (walls, cpu, count) in figures.items():
+            print(f"  {'with marker   ' if with_marker else 'without marker'} all rounds: txn wall "
+                  f"{_pct(sorted(walls))}; etcd CPU {cpu * 1e3 / count:.2f} ms per write", flush=True)
+    finally:
+        if store is not None:
+            store.close()
+        cluster.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--calls", type=int, default=400, help="calls per round (status writes: half as many)")
-    ap.add_argument("--only", default="calls,members,gil")
+    ap.add_argument("--only", default="calls,members,gil", help="calls, members, gil, marker")
     args = ap.parse_args()
-    parts = {"calls": calls, "members": members, "gil": gil}
+    parts = {"calls": calls, "members": members, "gil": gil, "marker": marker}
     for name in args.only.split(","):
         parts[name](args.calls if name == "calls" else args.calls // 2)
 
