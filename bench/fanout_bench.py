@@ -14,9 +14,10 @@ What one run does per backend (everything real except the agents' data plane):
   raw asyncio HTTP/1.1 (chunked NDJSON) to keep the client light; time until every snapshot has
   arrived. Each snapshot's port set is checked against the model (ports of the networks the
   host has a port on);
-- CHANGES port renames, one at a time (`PUT /v2.0/ports/{id}` on server 0): latency from the
+- CHANGES port updates, one at a time (`PUT /v2.0/ports/{id}` on server 0, setting `device_id`:
+  agents compute on it, while a rename reaches the port's own host alone): latency from the
   request being sent until each agent whose view holds the port has received the update with the
-  new name (p50/p99 over all (change, agent) pairs, and p50/p99 of the per-change maximum =
+  new value (p50/p99 over all (change, agent) pairs, and p50/p99 of the per-change maximum =
   "every interested agent has it"); every update line reaching an agent that does not hold the
   port is counted as a leak; the next change starts when all interested agents have it (or after
   CHANGE_TIMEOUT, counted as missed);
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fanout-agents", type=int, default=1000, help="simulated agents (default 1000)")
     p.add_argument("--fanout-networks", type=int, default=150, help="networks (default 150)")
     p.add_argument("--fanout-ports-per-host", type=int, default=2, help="bound ports per host (default 2)")
-    p.add_argument("--fanout-changes", type=int, default=200, help="port renames measured (default 200)")
+    p.add_argument("--fanout-changes", type=int, default=200, help="port updates measured (default 200)")
     p.add_argument("--fanout-etcd-members", type=int, default=3, help="etcd cluster size (default 3)")
     p.add_argument("--fanout-stores", default="etcd,sqlite", help="backends (default etcd,sqlite)")
 
@@ -233,7 +234,7 @@ class Fanout:
             self.all_snapshots.set()
 
     def port_update(self, a: Agent, now: float, pid: str, obj: dict[str, Any]) -> None:
-        entry = self.pending.get((pid, obj.get("name", "")))
+        entry = self.pending.get((pid, obj.get("device_id", "")))
         if entry is None:
             self.stray += 1
             return
@@ -321,7 +322,7 @@ async def measure(srv: list[tuple[int, int]], etcd_pids: list[int], opts: argpar
                 bench.change_done.clear()
                 ts = time.perf_counter()
                 bench.pending[(pid, name)] = (ts, set(holders))
-                r = await c.put(f"/v2.0/ports/{pid}", json={"port": {"name": name}})
+                r = await c.put(f"/v2.0/ports/{pid}", json={"port": {"device_id": name}})
                 api_lat.append(time.perf_counter() - ts)
                 assert r.status_code == 200, r.text
                 if holders:
@@ -344,13 +345,13 @@ async def measure(srv: list[tuple[int, int]], etcd_pids: list[int], opts: argpar
             notes.append(f"{label}: {split}.")
         notes.append(f"{label}: {lines} update lines reached agents during the changes, for "
                      f"{len(bench.latencies)} expected deliveries (anything else was a ping).")
-        rows.append([label, f"port rename -> each interested agent ({len(lat)} deliveries)", "",
+        rows.append([label, f"port update -> each interested agent ({len(lat)} deliveries)", "",
                      f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 99) * 1000:.1f}",
                      f"{1000 * (cpu3 - cpu2) / max(1, n):.1f} ms/change", f"{rss3:.0f}",
                      (f"{missed} missed, {bench.leaks} leaked to agents without the port, {stray} other port "
                       f"updates; interested agents per change p50 {percentile(interested_n, 50):.0f}, max "
                       f"{max(interested_n)}; {model_mismatch} holder sets differ from the model")])
-        rows.append([label, f"port rename -> all interested agents ({len(per_change)} changes)", "",
+        rows.append([label, f"port update -> all interested agents ({len(per_change)} changes)", "",
                      f"{percentile(per_change, 50) * 1000:.1f}", f"{percentile(per_change, 99) * 1000:.1f}", "", "",
                      f"max {max(per_change, default=float('nan')) * 1000:.1f} ms; API PUT alone p50 {percentile(api_lat, 50) * 1000:.1f} ms, p99 "
                      f"{percentile(api_lat, 99) * 1000:.1f} ms"
@@ -400,7 +401,7 @@ def run(opts: argparse.Namespace) -> Report:
     notes: list[str] = []
     for store in backends(opts.fanout_stores, notes):
         run_backend(store, opts, rows, notes)
-    by = {r[0]: r for r in rows if r[1].startswith("port rename -> all")}
+    by = {r[0]: r for r in rows if r[1].startswith("port update -> all")}
     if len(by) == 2:
         (_, a), (_, b) = sorted(by.items())  # embedded first, then etcd
         try:
@@ -409,7 +410,7 @@ def run(opts: argparse.Namespace) -> Report:
         except (ValueError, ZeroDivisionError):
             pass
     notes.append("Latency is from the admin's PUT being sent (server 0) until the agent's stream delivered the "
-                 "renamed port; streams are split over the servers (host i on server i mod S), so on etcd half "
+                 "changed port; streams are split over the servers (host i on server i mod S), so on etcd half "
                  "of the deliveries cross from the writing server through etcd's watch to the other server. "
                  "One change at a time. Client (all agents, one asyncio process) and servers and etcd share "
                  f"{os.cpu_count()} CPUs.")

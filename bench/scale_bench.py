@@ -11,11 +11,11 @@ What one run does:
   `list("subnets")` from the filler's index of the network being filled instead of scanning
   5,000 subnets per port (same result: nothing else writes the store meanwhile), and a commit
   that fails is an error, not a retry. At the end (`verify`), a network, subnet and port are
-  created through the API, and 3 filled ones of each (one port renamed by the changes) are read
+  created through the API, and 3 filled ones of each (one port changed by the changes) are read
   back through the API and compared with them (same fields, same types, same values outside each
   record's identity, place and timestamps) and with what the fill wrote, plus the writes the
   bench made itself since (`expected_read`: the registrations rebind the filled ports, the
-  changes rename some); the port count is checked too.
+  changes set some ports' `device_id`); the port count is checked too.
 - topology: network i has ports i, i+N, i+2N, ... (PORTS/NETWORKS each) spread evenly over
   HOSTS_PER_NETWORK hosts (host i mod HOSTS plus random others): tenants' networks span a few
   hosts, so each host has ~PORTS/HOSTS ports on ~NETWORKS*HOSTS_PER_NETWORK/HOSTS networks and
@@ -30,10 +30,12 @@ What one run does:
   side and a recording driver) open every view stream at once; time until every agent has
   received its snapshot and until it has computed and recorded it. Each view's port set is
   compared with the model.
-- changes: CHANGES port renames, one at a time (`PUT /v2.0/ports/{id}`): latency from the
-  request being sent until each agent whose view holds the port has received it and has
-  computed+recorded it (pairs), and until all of them have (per change). A rename reaching an
-  agent outside the model's holders is a leak (must be 0).
+- changes: CHANGES port updates, one at a time (`PUT /v2.0/ports/{id}` setting `device_id`, a
+  field every holder's agent computes on and that changes no kernel state; a rename would reach
+  the port's own host alone, services/host_view.py `peer_copy`): latency from the request being
+  sent until each agent whose view holds the port has received it and has computed+recorded it
+  (pairs), and until all of them have (per change). An update reaching an agent outside the
+  model's holders is a leak (must be 0).
 - resources: server RSS and CPU (from /proc), every worker's RSS and CPU (per process and per
   agent).
 Every process it starts is stopped by PID (server, workers), also on failure. With
@@ -95,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-networks", type=int, default=5000, help="networks (default 5000)")
     p.add_argument("--scale-ports", type=int, default=100_000, help="bound ports (default 100000)")
     p.add_argument("--scale-hosts-per-network", type=int, default=4, help="hosts a network spans (default 4)")
-    p.add_argument("--scale-changes", type=int, default=200, help="port renames measured (default 200)")
+    p.add_argument("--scale-changes", type=int, default=200, help="port updates measured (default 200)")
     p.add_argument("--scale-workers", type=int, default=4, help="agent simulator processes (default 4)")
     p.add_argument("--scale-stores", default="sqlite,etcd", help="backends (default sqlite,etcd)")
     p.add_argument("--scale-etcd-members", type=int, default=3, help="etcd cluster size (default 3)")
@@ -147,7 +149,7 @@ class World:
         self.nets_of_host: dict[str, set[str]] = {h: set() for h in self.hosts}
         # The writes the bench makes through the API after the fill (see `expected_read`).
         self.registered: set[str] = set()        # hosts registered through the agent API
-        self.renames: dict[str, list[str]] = {}  # port id -> the names PUT, in order
+        self.changed: dict[str, list[str]] = {}  # port id -> the device_ids PUT, in order
 
     def expected_ports(self, host: str) -> set[str]:
         return {p for n in self.nets_of_host[host] for p in self.ports_on[n]}
@@ -290,7 +292,7 @@ def expected_read(coll: str, written: dict[str, Any], world: World) -> tuple[dic
     fill changed it: the record as the fill wrote it, without what the API never shows (a
     network's RBAC entries, `_rbac`), with the writes this bench made itself through the API
     since: registering a host rebinds its `binding_failed` ports to `tap` (services/bindings.py:
-    details `port_filter` and the MAC with first octet `fe`), and each rename sets `name`. Every
+    details `port_filter` and the MAC with first octet `fe`), and each change sets `device_id`. Every
     such write bumps `revision_number` by one (and `updated_at`, checked by `compare`)."""
     from vxnet.services import rbac
 
@@ -303,10 +305,10 @@ def expected_read(coll: str, written: dict[str, Any], world: World) -> tuple[dic
             exp["binding:vif_type"] = "tap"
             exp["binding:vif_details"] = {"port_filter": True, "mac_address": "fe" + written["mac_address"][2:]}
             later += 1
-        names = world.renames.get(written["id"], [])
-        if names:
-            exp["name"] = names[-1]
-            later += len(names)
+        values = world.changed.get(written["id"], [])
+        if values:
+            exp["device_id"] = values[-1]
+            later += len(values)
     exp["revision_number"] = written["revision_number"] + later
     return exp, later
 
@@ -370,14 +372,14 @@ def references(c: httpx.Client) -> dict[str, dict[str, Any]]:
 
 def verify(base: str, admin_tok: str, world: World, rng: random.Random) -> list[str]:
     """Compare 3 filled networks, subnets and ports read back through the API with what was
-    written (`expected_read`) and with ones the API creates (`compare`): one port renamed by the
+    written (`expected_read`) and with ones the API creates (`compare`): one port changed by the
     changes when there are any; and count the ports. Problems, or [] when all match."""
     problems: list[str] = []
     with httpx.Client(base_url=base, headers={"X-Auth-Token": admin_tok}, timeout=120) as c:
         refs = references(c)
-        renamed = [p for p in world.ports if p["id"] in world.renames]
-        first = rng.sample(renamed, min(1, len(renamed)))
-        rest = [p for p in world.ports if p["id"] not in world.renames]
+        changed = [p for p in world.ports if p["id"] in world.changed]
+        first = rng.sample(changed, min(1, len(changed)))
+        rest = [p for p in world.ports if p["id"] not in world.changed]
         picks = {"networks": rng.sample(world.nets, min(3, len(world.nets))),
                  "subnets": rng.sample(world.subnets, min(3, len(world.subnets))),
                  "ports": first + rng.sample(rest, min(3 - len(first), len(rest)))}
@@ -472,7 +474,7 @@ def workers(count: int, specs: list[dict[str, Any]]) -> Iterator[list[tuple[Any,
 
 
 class Collector:
-    """Messages from the workers: snapshots, renames seen, errors, stats."""
+    """Messages from the workers: snapshots, watched port updates seen, errors, stats."""
 
     def __init__(self, conns: list[Connection]) -> None:
         self.conns = conns
@@ -686,10 +688,10 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
                 waiting = set(holders)
                 col.pending[(pid, name)] = (ts, holders, waiting)
                 nr, na = len(col.recv_lat), len(col.applied_lat)
-                r = c.put(f"/v2.0/ports/{pid}", json={"port": {"name": name}})
+                r = c.put(f"/v2.0/ports/{pid}", json={"port": {"device_id": name}})
                 api_lat.append(time.monotonic() - ts)
                 assert r.status_code == 200, r.text
-                world.renames.setdefault(pid, []).append(name)
+                world.changed.setdefault(pid, []).append(name)
                 end = time.monotonic() + CHANGE_TIMEOUT
                 while waiting and time.monotonic() < end:
                     col.pump(0.5)
@@ -711,7 +713,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         wcpu3, wrss3 = sample(wpids)
         st1 = col.collect_stats(conns)
         updates = sum(s["updates"] for s in st1.values()) - updates0
-        row(f"rename -> each interested agent received ({len(col.recv_lat)})", f"{n} changes",
+        row(f"port update -> each interested agent received ({len(col.recv_lat)})", f"{n} changes",
             ms(percentile(col.recv_lat, 50)), ms(percentile(col.recv_lat, 99)),
             ms(max(col.recv_lat, default=float("nan"))),
             f"server {1000 * (cpu3 - cpu2) / max(1, n):.1f} ms/change"
@@ -719,12 +721,12 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
             f"{missed} missed; {col.leaks} leaked to agents without the port; interested agents "
             f"per change p50 {percentile(holders_n, 50):.0f}; {updates} update lines reached agents "
             f"for {len(col.recv_lat)} expected deliveries")
-        row(f"rename -> each interested agent computed + recorded ({len(col.applied_lat)})", "",
+        row(f"port update -> each interested agent computed + recorded ({len(col.applied_lat)})", "",
             ms(percentile(col.applied_lat, 50)), ms(percentile(col.applied_lat, 99)),
             ms(max(col.applied_lat, default=float("nan"))),
             f"agents {1000 * (wcpu3 - wcpu2) / max(1, n):.1f} ms/change", f"agents {wrss3:.0f}",
             f"{col.not_held_before} deliveries to a holder whose view lacked the port; "
-            f"{col.stray} other watched renames"
+            f"{col.stray} other watched updates"
             + ("; p50/p99 by the agent's server (0 wrote): " + ", ".join(
                 f"{k} {ms(percentile(v, 50))}/{ms(percentile(v, 99))}" for k, v in sorted(by_srv.items()))
                if n_srv > 1 else ""))
@@ -734,7 +736,7 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         row("  of which: the agent pass (compute + diff + record)", "", ms(percentile(col.pass_time, 50)),
             ms(percentile(col.pass_time, 99)), ms(max(col.pass_time, default=float("nan"))), "", "",
             "wall time of the pass, on a shared CPU")
-        row(f"rename -> ALL interested agents computed + recorded ({len(per_change)} changes)", "",
+        row(f"port update -> ALL interested agents computed + recorded ({len(per_change)} changes)", "",
             ms(percentile(per_change, 50)), ms(percentile(per_change, 99)),
             ms(max(per_change, default=float("nan"))), "", "",
             f"received by all: p50 {ms(percentile(per_change_recv, 50))}, p99 "
@@ -781,10 +783,10 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         _, rss4 = sample(spids)
         mem_profile(spids, f"{backend}-5-read-back")
         notes.append(f"{label}: filled records read back through the API (3 networks, subnets and ports, one of "
-                     "them renamed by the changes, and the port count) "
+                     "them changed by the changes, and the port count) "
                      + ("match: the fields, types and values of API-made ones (except each record's identity, "
                         "place and timestamps), and the values written plus this bench's later writes (the "
-                        "registrations' rebinding, the renames)."
+                        "registrations' rebinding, the device_id changes)."
                         if not problems else "DIFFER: " + "; ".join(problems[:5]))
                      + f" (after listing every port, the server's RSS was {rss4:.0f} MiB: a listing returns "
                      "the view hub's parsed objects, services/repo.py)")
@@ -815,7 +817,7 @@ def run(opts: argparse.Namespace) -> Report:
                  f"{opts.scale_hosts_per_network} of {opts.scale_hosts} hosts; no security groups. "
                  f"{opts.scale_workers} agent processes, coalesce {opts.scale_coalesce * 1000:.0f} ms; servers, "
                  f"etcd and agents share {os.cpu_count()} CPUs with the other engineers' work.")
-    notes.append("Latency is from the admin's PUT being sent until the agent's stream delivered the renamed port "
+    notes.append("Latency is from the admin's PUT being sent until the agent's stream delivered the changed port "
                  "(received) and until the agent's pass that included it had computed the L2 state (+ features) "
                  "and recorded the diff (computed + recorded). One change at a time.")
     notes.append(f"Whole run {time.monotonic() - t:.0f} s. Load average (1/5/15 min) at the start: {load0}; "
@@ -842,9 +844,9 @@ READING = """How to read it (bench/scale_bench.py, bench/sim_agents.py):
   12-18, both backends, before the GC freeze), and 397 ms on etcd when the load jumped to 12
   during its changes (the control plane alone, *received*, was then 289 ms at p99).
 - Leaks are judged against the model (the hosts that have a port on the network) and against
-  each agent's view before the update; both must say 0. A rename changes no kernel state, so
+  each agent's view before the update; both must say 0. A `device_id` change changes no kernel state, so
   the recorded changes are those of the cold start (every bridge, VXLAN device, plug, FDB and
-  neighbour entry once) plus nothing per rename.
+  neighbour entry once) plus nothing per change.
 - Cold start is CPU-bound: the server serialises one snapshot per host (400 ports, ~300 KB)
   and every agent parses and computes its view; the figures are what 1,000 agents reconnecting
   at once cost on 2 shared vCPUs, and most of it is the agents' side (the *agents* CPU of the

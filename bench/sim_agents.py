@@ -36,8 +36,8 @@ Worker protocol (`worker_main`, over a multiprocessing Pipe; times are `time.mon
 the system-wide CLOCK_MONOTONIC, so they compare across processes):
 parent -> worker: ("go",) open every stream; ("stats",); ("stop",).
 worker -> parent: ("ready", feature names); ("snap", host, t_received, t_applied, ports digest,
-n ports, n fdb entries); ("seen", host, port id, name, t_received, t_applied, was in view) for
-every port put whose name starts with `watch_prefix`, once the pass that included it finished;
+n ports, n fdb entries); ("seen", host, port id, device_id, t_received, t_applied, was in view)
+for every port put whose `device_id` starts with `watch_prefix`, once the pass that included it finished;
 ("error", host, text); ("stats", dict). A "seen" ends with the time its pass started (so
 receipt -> pass start = coalescing and waiting for the CPU; pass start -> applied = the pass).
 """
@@ -133,9 +133,9 @@ class SimAgent:
             self.updates += 1
             held = self.view.data.get("ports", {})
             for pid, obj in ((msg.get("put") or {}).get("ports") or {}).items():
-                name = obj.get("name") or ""
-                if name.startswith(self.watch_prefix):
-                    self._seen.append((pid, name, now, pid in held))
+                mark = obj.get("device_id") or ""
+                if mark.startswith(self.watch_prefix):
+                    self._seen.append((pid, mark, now, pid in held))
         self.view = apply_message(self.view, msg, consume=True)   # as the agent: the message is the stream's
         if kind != "ping" and self._pass is None:
             self._pass = asyncio.get_running_loop().call_later(self.coalesce, self.run_pass)

@@ -1,7 +1,7 @@
 """The scale benchmark's read-back check (bench/scale_bench.py `verify`): on a store filled by the
 bench's builders and served by a real server, filled records read back through the API match what
 was written plus the writes the bench made itself afterwards (host registrations rebinding the
-filled ports, renames), and the check reports each field that does not: a stale model, a changed
+filled ports, `device_id` changes), and the check reports each field that does not: a stale model, a changed
 record, a value unlike an API-made one, or too few records to compare."""
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from tests.conftest import ServerHandle, start_server
 from tests.support.aio import run_in_thread
 from vxnet.store.sqlite_store import SqliteStore
 
-RENAMES = ["scale-change-0", "scale-change-1"]
+CHANGES = ["scale-change-0", "scale-change-1"]   # the bench's watched device_ids
 
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerHandle, World]]:
-    """A server on a filled store whose hosts are registered and one of whose ports was renamed
-    twice, and the world the bench knows (told about both)."""
+    """A server on a filled store whose hosts are registered and one of whose ports had its
+    `device_id` changed twice, and the world the bench knows (told about both)."""
     p = argparse.ArgumentParser()
     add_arguments(p)
     opts = p.parse_args(["--scale-hosts", "4", "--scale-networks", "6", "--scale-ports", "24",
@@ -41,10 +41,10 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerHan
         world.registered.update(world.hosts)
         pid = world.ports[7]["id"]
         with h.api() as c:
-            for name in RENAMES:
-                r = c.put(f"/ports/{pid}", json={"port": {"name": name}})
+            for value in CHANGES:
+                r = c.put(f"/ports/{pid}", json={"port": {"device_id": value}})
                 assert r.status_code == 200, r.text
-        world.renames[pid] = list(RENAMES)
+        world.changed[pid] = list(CHANGES)
         yield h, world
     finally:
         h.stop()
@@ -54,9 +54,9 @@ def test_filled_records_read_back_as_written_plus_the_bench_s_own_writes(filled:
     h, world = filled
     for seed in range(3):
         assert verify(h.url, h.token("admin"), world, random.Random(seed)) == []
-    with h.api() as c:   # the renamed port is among the ones compared, with its two later writes
+    with h.api() as c:   # the changed port is among the ones compared, with its two later writes
         got = c.get(f"/ports/{world.ports[7]['id']}").json()["port"]
-    assert got["name"] == RENAMES[-1] and got["revision_number"] == 3 and got["binding:vif_type"] == "tap"
+    assert got["device_id"] == CHANGES[-1] and got["revision_number"] == 3 and got["binding:vif_type"] == "tap"
 
 
 def test_registrations_left_out_of_the_model_are_reported(filled: tuple[ServerHandle, World]) -> None:
@@ -69,10 +69,10 @@ def test_registrations_left_out_of_the_model_are_reported(filled: tuple[ServerHa
     assert all("binding:vif_type 'tap' vs 'binding_failed'" in p and "revision_number" in p for p in ports)
 
 
-def test_a_missed_rename_is_reported(filled: tuple[ServerHandle, World]) -> None:
+def test_a_missed_change_is_reported(filled: tuple[ServerHandle, World]) -> None:
     h, world = filled
     stale = copy.deepcopy(world)
-    stale.renames[world.ports[7]["id"]] = RENAMES[-1:]   # one rename not counted: revision one behind
+    stale.changed[world.ports[7]["id"]] = CHANGES[-1:]   # one change not counted: revision one behind
     problems = verify(h.url, h.token("admin"), stale, random.Random(0))
     assert problems == [(f"port {world.ports[7]['id']}: read back differs from what was written (+ 2 later writes): "
                          "revision_number 3 vs 2")]

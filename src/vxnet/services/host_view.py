@@ -25,8 +25,8 @@ object never changes membership, only what is shown.
 `ViewIndex` keeps the same views incrementally: it holds every object plus indexes (ports by
 network, host and group, router interfaces, ...) and, per tracked host, the member ids; and the
 reverse index `holders(collection, id)` = hosts whose view contains that id. A change costs:
-- an attribute change that cannot move anything (port status, names, fixed IPs, ...): one put
-  per host holding the object;
+- an attribute change that cannot move anything (fixed IPs, allowed address pairs, ...): one
+  put per host holding the object (a port's status or name: its own host's alone, see below);
 - a port, subnet or floating IP appearing, moving or going: for every other host it can touch
   (found through the indexes: hosts holding its network, its remote groups, ...) an O(1)
   membership test ("leaf" path), plus a recompute of the port's own old and new host, unless
@@ -37,10 +37,13 @@ reverse index `holders(collection, id)` = hosts whose view contains that id. A c
 Measured (one core, pure index, 1,000 hosts, 20,000 ports): a port status change p50 ~0.01 ms,
 a new port ~0.4 ms, a VM port joining a host already on its network ~0.03 ms.
 
-Port status is the port's own host's business (`project`): a port bound to another host is
-shown without `status`, `revision_number` and `updated_at`, so a status report (which changes
-only those) reaches the reporting host alone and wakes no peer's agent; the port's own host
-sees every field (its agent compares the status it reports with the stored one).
+A port bound to another host is shown in its peer form (`project`, `peer_copy`): the fields
+an agent computes on (model/resources.py `_port`), without the port's own host's business
+(`status`, `revision_number`, `updated_at`) and without what no agent reads (name,
+description, tags, timestamps, the binding's profile, VIF and vNIC types). So a status report,
+a rename or a new tag reaches the port's own host alone and wakes no peer's agent, and a
+snapshot's peer ports are about a third smaller. The port's own host sees every field (its
+agent compares the status it reports with the stored one).
 
 Invariant (tested against `full_view` on random histories): for every tracked host, applying
 `ViewIndex.apply`'s messages in order to `ViewIndex.snapshot` gives `full_view` of the same
@@ -80,8 +83,13 @@ _STRUCTURAL: dict[str, tuple[str, ...]] = {
 }
 
 
-# Fields only the port's own host is shown (see `project`).
-PEER_HIDDEN = ("status", "revision_number", "updated_at")
+# Fields of a port that hosts it is not bound to are not shown (see `project`): its status
+# (the port's own host's business), and everything no agent computes on. A field the typed
+# model starts to read must leave this list (tests/unit/test_peer_form.py checks that the model
+# parses a peer form as it parses the whole port).
+PEER_HIDDEN = ("status", "revision_number", "updated_at", "created_at", "name", "description", "tags",
+               "binding:profile", "binding:vif_type", "binding:vnic_type")
+_STANDBY = "ha_standby_hosts"   # the one key of `binding:vif_details` an agent reads (gateway ports)
 _projected: dict[int, tuple[Obj, Obj]] = {}   # id(port) -> (port, its peer projection): one copy per change
 
 
@@ -107,11 +115,18 @@ def peer_form(port: Obj) -> Obj:
 
 
 def peer_copy(port: Obj) -> Obj:
-    """A new copy of `port` without `PEER_HIDDEN` (a snapshot's peer ports: each is written once
-    per snapshot, so `peer_form`'s memo would only cost)."""
+    """A new copy of `port` without `PEER_HIDDEN`, its `binding:vif_details` only when it names
+    standby gateway hosts, and `tenant_id` only when its `project_id` is empty (a snapshot's peer
+    ports: each is written once per snapshot, so `peer_form`'s memo would only cost)."""
     out = dict(port)   # a copy, then deletes: several times faster than a filtering comprehension
     for k in PEER_HIDDEN:
         out.pop(k, None)
+    details = out.get("binding:vif_details")
+    if details is not None and not (_STANDBY in details if type(details) is dict
+                                    else isinstance(details, Mapping) and _STANDBY in details):
+        del out["binding:vif_details"]
+    if out.get("project_id"):
+        out.pop("tenant_id", None)
     return out
 
 
