@@ -11,10 +11,14 @@ Contract:
   `dhcp`, `gateway`, `qos`, `metadata`; the gateway part is empty on hosts started without `--gateway`).
 - `HostComputer(spec).compute(view)` returns exactly `compute_host(view, spec)` (tested on random
   histories) while recomputing only what changed: L2 and DHCP per network (`L2Cache`,
-  `DhcpCache`), the firewall per changed port (`FirewallCache`), the routing, gateway and QoS
-  parts when one of the view buckets they read
+  `DhcpCache`), the firewall per changed port (`FirewallCache`), the routing, gateway, QoS and
+  metadata parts when one of the view buckets they read
   is a different object (view updates replace only the buckets they touch), and the merged L2
-  only when some part changed. A pass in which nothing changed returns the previous object.
+  only when some part changed. The routing, QoS and metadata parts are kept uncomputed when
+  only their ports bucket differs and none of the ports that changed there (old or new
+  version) is one their module's `reads_port` names (a VM of another host with IPv4 addresses
+  only: a peer's pass for a remote port changes none of them); `recomputed` names the parts
+  a call computed. A pass in which nothing changed returns the previous object.
   The L2 state's FDB and neighbour sets are not merged: they are `compute.state.Parts` of the
   per-network parts themselves and one part of the features' entries (`merge_parts`), so a pass
   in which every network changed holds the previous pass's parts (the agent's applied state,
@@ -23,7 +27,8 @@ Contract:
   in two steps: the first gives the firewall and the L2 state of the view's overlay merged with
   the features' L2 parts of the previous `compute` (what a pass needs before it plugs a tap);
   the second the rest, reusing the first's work, and exactly `compute_host(view, spec)` (tested
-  on random histories).
+  on random histories). `compute_plug(view, firewall=False)` leaves the firewall to
+  `plug_firewall()` or `compute` (a pass that plugs nothing: its L2 pass on the overlay alone).
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from vxnet.compute.dhcp import DhcpCache, DhcpState, compute_dhcp
-from vxnet.compute.firewall import Firewall, compute_firewall
-from vxnet.compute.firewall_cache import FirewallCache
 from vxnet.compute import metadata as metadata_mod
 from vxnet.compute import qos as qos_mod
 from vxnet.compute import routing as routing_mod
+from vxnet.compute.dhcp import DhcpCache, DhcpState, compute_dhcp
+from vxnet.compute.firewall import Firewall, compute_firewall
+from vxnet.compute.firewall_cache import FirewallCache
 from vxnet.compute.gateway import GatewayDesired, compute_gateway
 from vxnet.compute.l2 import L2Cache, compute_l2
 from vxnet.compute.memo import IdentityMemo
