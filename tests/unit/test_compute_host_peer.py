@@ -1,4 +1,4 @@
-"""A peer's pass: `HostComputer` keeps the routing, QoS and metadata parts uncomputed when only
+"""A peer's pass: `HostComputer` keeps the routing, QoS, metadata and DHCP parts uncomputed when only
 ports they never read changed (`reads_port` of each module), equal to `compute_host` on random
 histories; the agent runs a pass that plugs nothing with its L2 pass first (the overlay's compute
 alone before it), and converges to the whole desired state in the same pass."""
@@ -70,7 +70,8 @@ PORT_OPS = st.tuples(st.integers(0, 7),                            # which port
                      st.sampled_from(OWNERS),
                      st.booleans(),                                 # an IPv6 fixed IP
                      st.sampled_from(["", "", "2001:db8::77/128", "2001:db8::78", "192.0.2.200"]),  # a pair
-                     st.sampled_from(["put", "put", "put", "delete", "status", "down", "qos", "other"]))
+                     st.sampled_from(["put", "put", "put", "delete", "status", "down", "qos", "other", "gateway_ip",
+                                      "highest", "subnet", "leg"]))
 
 
 def message(op: tuple[int, str, str, bool, str, str]) -> dict:
@@ -84,6 +85,14 @@ def message(op: tuple[int, str, str, bool, str, str]) -> dict:
         return {"put": {"ports": {p["id"]: dict(p, admin_state_up=False)}}}
     if kind == "qos":
         return {"put": {"ports": {p["id"]: dict(p, qos_policy_id="q1")}}}
+    if kind in ("gateway_ip", "highest"):    # a VM holding the gateway's address, or the highest one
+        ip = "192.0.2.1" if kind == "gateway_ip" else "192.0.2.254"
+        return {"put": {"ports": {p["id"]: dict(p, fixed_ips=[{"subnet_id": SUB4, "ip_address": ip}])}}}
+    if kind == "leg":       # the router's leg (it holds the gateway's address) goes or comes back
+        return {"delete": {"ports": [LEG["id"]]}} if i % 2 else {"put": {"ports": {LEG["id"]: LEG}}}
+    if kind == "subnet":    # the DHCP subnet without a gateway (the server id: the highest free address)
+        sub = world([])["subnets"][SUB4]
+        return {"put": {"subnets": {SUB4: dict(sub, gateway_ip="" if i % 2 else "192.0.2.1")}}}
     if kind == "other":    # a bucket besides ports: the routes of the router, the QoS policy
         return ({"put": {"routers": {RTR: {"id": RTR, "admin_state_up": True,
                                            "routes": [{"destination": "203.0.113.0/24", "nexthop": f"192.0.2.{10 + i}"}]}}}}
@@ -100,7 +109,8 @@ def message(op: tuple[int, str, str, bool, str, str]) -> dict:
 def test_parts_kept_for_ports_they_do_not_read_equal_the_full_recompute(batches: list[list[tuple]],
                                                                          plug_first: list[bool]) -> None:
     """After every pass (1-3 messages each, of local and remote VMs, router interfaces, SNAT and
-    DHCP ports, IPv6 addresses, pairs, admin down, status, QoS, routes), each host's computer
+    DHCP ports, IPv6 addresses, pairs, admin down, status, QoS, routes, a VM holding the gateway's
+    or the highest address, the DHCP subnet without a gateway), each host's computer
     gives exactly `compute_host` of its view, the agent's two-step form (`compute_plug` without
     the firewall, then `compute`) included."""
     objs = world(BASE)
@@ -122,7 +132,7 @@ def test_parts_kept_for_ports_they_do_not_read_equal_the_full_recompute(batches:
                 computers[h].compute_plug(v, firewall=False)
             got = computers[h].compute(v)
             assert got == ref
-            for k in ("routing", "qos", "metadata"):
+            for k in ("routing", "qos", "metadata", "dhcp"):
                 assert getattr(got, k) == getattr(ref, k), k
 
 
@@ -142,7 +152,7 @@ def test_a_remote_vm_recomputes_no_routing_qos_or_metadata_on_a_peer() -> None:
         s = apply_message(s, {"type": "update", "revision": next(rev), "put": {"ports": {p["id"]: dict(p, status=status)}}})
         got = comp.compute(s.view)
         assert got == compute_host(s.view, SPECS["h2"])
-        return comp.recomputed & {"routing", "qos", "metadata"}
+        return comp.recomputed & {"routing", "qos", "metadata", "dhcp"}
 
     remote = port(5, "")
     for p, status in ((remote, "DOWN"), (dict(remote, **{"binding:host_id": "h1"}), "DOWN"),
@@ -150,12 +160,44 @@ def test_a_remote_vm_recomputes_no_routing_qos_or_metadata_on_a_peer() -> None:
         assert update(p, status) == set()
     now = comp.compute(s.view)
     assert now.routing is first.routing and now.qos is first.qos and now.metadata is first.metadata
-    assert update(port(6, "h2")) == {"routing", "qos", "metadata"}           # a VM of this host
+    assert now.dhcp is first.dhcp and first.dhcp.responders
+    assert update(port(6, "h2")) == {"routing", "qos", "metadata", "dhcp"}   # a VM of this host
     assert update(port(7, "h3", v6=True)) == {"routing"}                      # its IPv6 address: a neighbour
     assert update(port(8, "h3", pairs="2001:db8::99")) == {"routing"}         # a pair VIP
-    assert update(port(9, "h3", owner="network:router_interface")) == {"routing"}
+    assert update(port(9, "h3", owner="network:router_interface")) == {"routing", "dhcp"}
+    gw = dict(port(10, "h3"), fixed_ips=[{"subnet_id": SUB4, "ip_address": "192.0.2.1"}])
+    assert update(gw) == {"dhcp"}                                             # it holds the server id
     s = apply_message(s, {"type": "update", "revision": next(rev), "delete": {"ports": [port(3, "h3")["id"]]}})
-    assert comp.compute(s.view) == compute_host(s.view, SPECS["h2"]) and not comp.recomputed & {"routing", "metadata"}
+    assert comp.compute(s.view) == compute_host(s.view, SPECS["h2"])
+    assert not comp.recomputed & {"routing", "metadata", "dhcp"}
+
+
+def test_a_remote_vm_holding_the_dhcp_server_id_recomputes_dhcp() -> None:
+    """DHCP reads another host's VM through the addresses ports hold: the gateway's address (the
+    server id, answered by ARP while no port holds it) and, on a subnet without a gateway, the
+    highest free address (the server id then)."""
+    objs = world(BASE)
+    del objs["ports"][LEG["id"]]             # no port holds the gateway's address
+    s = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": full_view(objs, HOSTS, "h2")})
+    comp = HostComputer(SPECS["h2"])
+    before = comp.compute(s.view).dhcp
+    assert before.responders[0].arp_ips == ("192.0.2.1",)
+    rev = itertools.count(2)
+
+    def update(msg: dict) -> Any:
+        nonlocal s
+        s = apply_message(s, {"type": "update", "revision": next(rev), **msg})
+        got = comp.compute(s.view)
+        assert got == compute_host(s.view, SPECS["h2"])
+        return got.dhcp
+
+    gw = dict(port(5, "h1"), fixed_ips=[{"subnet_id": SUB4, "ip_address": "192.0.2.1"}])
+    assert update({"put": {"ports": {gw["id"]: gw}}}).responders[0].arp_ips == ()
+    sub = dict(objs["subnets"][SUB4], gateway_ip="")
+    assert update({"put": {"subnets": {SUB4: sub}}}).responders[0].leases[0].server_id == "192.0.2.254"
+    top = dict(port(6, "h3"), fixed_ips=[{"subnet_id": SUB4, "ip_address": "192.0.2.254"}])
+    assert update({"put": {"ports": {top["id"]: top}}}).responders[0].leases[0].server_id == "192.0.2.253"
+    assert update({"delete": {"ports": [top["id"]]}}).responders[0].leases[0].server_id == "192.0.2.254"
 
 
 def test_a_peer_pass_runs_its_l2_pass_before_computing_the_features() -> None:

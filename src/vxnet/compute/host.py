@@ -14,7 +14,7 @@ Contract:
   `DhcpCache`), the firewall per changed port (`FirewallCache`), the routing, gateway, QoS and
   metadata parts when one of the view buckets they read
   is a different object (view updates replace only the buckets they touch), and the merged L2
-  only when some part changed. The routing, QoS and metadata parts are kept uncomputed when
+  only when some part changed. The routing, QoS, metadata and DHCP parts are kept uncomputed when
   only their ports bucket differs and none of the ports that changed there (old or new
   version) is one their module's `reads_port` names (a VM of another host with IPv4 addresses
   only: a peer's pass for a remote port changes none of them); `recomputed` names the parts
@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vxnet.compute import dhcp as dhcp_mod
 from vxnet.compute import metadata as metadata_mod
 from vxnet.compute import qos as qos_mod
 from vxnet.compute import routing as routing_mod
@@ -62,8 +63,12 @@ METADATA_INPUTS = ("networks", "ports")
 # Per whole-view part that reads the ports bucket: which ports it may read (`reads_port` of its
 # module). A pass whose only changes are ports none of them reads (a VM of another host joining,
 # leaving or changing: a peer's pass for a remote port) keeps the part's last value uncomputed.
-READS_PORT: dict[str, Callable[[Port, str], bool]] = {
-    "routing": routing_mod.reads_port, "qos": qos_mod.reads_port, "metadata": metadata_mod.reads_port}
+READS_PORT: dict[str, Callable[[Port, str, View], bool]] = {
+    "routing": lambda p, host, _: routing_mod.reads_port(p, host),
+    "qos": lambda p, host, _: qos_mod.reads_port(p, host),
+    "metadata": lambda p, host, _: metadata_mod.reads_port(p, host),
+    "dhcp": dhcp_mod.reads_port}
+DHCP_INPUTS = ("networks", "subnets", "ports")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +225,7 @@ class HostComputer:
         hit = self._parts.peek(name)
         if reads is not None and changes is not None and hit is not None and all(
                 a is b or (k == "ports" and a is changes[0]) for k, a, b in zip(names, hit[0], inputs, strict=True)
-                ) and not any(reads(p, self.spec.host) for p in changes[1]):
+                ) and not any(reads(p, self.spec.host, v) for p in changes[1]):
             return self._parts.keep(name, inputs)
 
         def made() -> Any:
@@ -250,7 +255,7 @@ class HostComputer:
 
         routing = timed("routing", lambda: self._whole("routing", ROUTING_INPUTS, v, changes,
                                                        lambda: compute_routing(v, spec.host)))
-        dhcp = timed("dhcp", lambda: self.dhcp.compute(v))
+        dhcp = timed("dhcp", lambda: self._whole("dhcp", DHCP_INPUTS, v, changes, lambda: self.dhcp.compute(v)))
         gateway = timed("gateway", lambda: self._whole("gateway", GATEWAY_INPUTS, v, changes, lambda: _gateway(v, spec)))
         qos = timed("qos", lambda: self._whole("qos", QOS_INPUTS, v, changes, lambda: compute_qos(v, spec.host)))
         meta = timed("metadata", lambda: self._whole("metadata", METADATA_INPUTS, v, changes,
