@@ -398,9 +398,6 @@ def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
                                        port["mac_address"], port["id"]))
             traces = read_traces(lab.state_dir())
             reports = read_traces(lab.state_dir(), "trace-status")
-            if os.environ.get("PEERPASS_DUMP"):   # scratch: keep the traces
-                with open(os.environ["PEERPASS_DUMP"], "w") as f:
-                    json.dump({"traces": traces, "ports": ports_seen}, f)
             for t0, t_put, first, t_active, host, tap, mac, pid in ports_seen:
                 for k, v in port_stages(traces, t0, t_put, first, host, tap, mac, pid, t_active, reports,
                                         commits.get(pid)).items():
