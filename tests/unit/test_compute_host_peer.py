@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.unit.test_compute_host import RecordingFeature, RecordingReconciler
 from vxnet.agent.core import Agent, AgentConfig
 from vxnet.agent.reconciler import ReconcileResult
-from vxnet.compute.host import HostComputer, HostSpec, compute_host
+from vxnet.compute.host import KEEP_MAX, HostComputer, HostSpec, compute_host
 from vxnet.compute.state import HostState
 from vxnet.compute.view import ViewState, apply_message
 from vxnet.services.host_view import full_view
@@ -170,6 +170,10 @@ def test_a_remote_vm_recomputes_no_routing_qos_or_metadata_on_a_peer() -> None:
     s = apply_message(s, {"type": "update", "revision": next(rev), "delete": {"ports": [port(3, "h3")["id"]]}})
     assert comp.compute(s.view) == compute_host(s.view, SPECS["h2"])
     assert not comp.recomputed & {"routing", "metadata", "dhcp"}
+    many = {p["id"]: p for p in (port(20 + k, "h1") for k in range(KEEP_MAX + 1))}   # a burst: no port asked
+    s = apply_message(s, {"type": "update", "revision": next(rev), "put": {"ports": many}})
+    assert comp.compute(s.view) == compute_host(s.view, SPECS["h2"])
+    assert {"routing", "metadata", "dhcp"} <= comp.recomputed
 
 
 def test_a_remote_vm_holding_the_dhcp_server_id_recomputes_dhcp() -> None:

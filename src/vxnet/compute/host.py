@@ -69,6 +69,7 @@ READS_PORT: dict[str, Callable[[Port, str, View], bool]] = {
     "metadata": lambda p, host, _: metadata_mod.reads_port(p, host),
     "dhcp": dhcp_mod.reads_port}
 DHCP_INPUTS = ("networks", "subnets", "ports")
+KEEP_MAX = 32       # changed ports beyond which no part is kept (`reads_port` is asked of each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +151,7 @@ class HostComputer:
         # `compute_plug`'s view and what it computed of it, for the `compute` of the same view
         self._plug: tuple[View, dict[str, float], tuple[HostState, ...], PlugDesired] | None = None
         self._ports: Mapping[str, Port] | None = None       # the last `compute`'s ports bucket
-        self.recomputed: set[str] = set()   # whole-view parts computed (not kept) by the last call
+        self.recomputed: set[str] = set()   # routing, DHCP, gateway, QoS, metadata: computed (not kept) by the last call
 
     def _overlay(self, v: View, t: dict[str, float]) -> tuple[HostState, ...]:
         """The start of a pass (the memo's `begin`): the overlay's per-network parts."""
@@ -204,7 +205,7 @@ class HostComputer:
 
     def _port_changes(self, v: View) -> tuple[Mapping[str, Port], list[Port]] | None:
         """The previous call's ports bucket and the ports (old and new versions) that are not
-        the very same objects in `v`'s; None on the first call."""
+        the very same objects in `v`'s; None on the first call or beyond `KEEP_MAX` of them."""
         old, new = self._ports, v.ports
         self._ports = new
         if old is None:
@@ -213,6 +214,8 @@ class HostComputer:
             return old, []
         changed = [pid for pid, p in new.items() if old.get(pid) is not p]
         gone = old.keys() - new.keys() if changed or len(old) != len(new) else ()
+        if len(changed) + len(gone) > KEEP_MAX:
+            return None       # a snapshot, a burst: recomputing beats asking every port
         return old, [*(new[pid] for pid in changed), *(q for pid in changed if (q := old.get(pid)) is not None),
                      *(old[pid] for pid in gone)]
 
