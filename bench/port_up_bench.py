@@ -208,6 +208,11 @@ STAGES = (
     ("to_plug", "bind -> tap plugged on the target host"),
     ("to_peer_fdb", "bind -> prober's host installed the new MAC's FDB entry"),
     ("peer_fdb_to_reply", "prober's host FDB entry -> first reply (negative: the FDB came after)"),
+    # The prober's host's pass for the new remote port (a peer's pass: it plugs nothing): its
+    # wall time to the FDB entry, its thread's CPU time to it and in all (its trace line).
+    ("peer_start_to_fdb", "prober's host: pass start -> FDB entry installed (its L2 pass done)"),
+    ("peer_cpu_fdb", "prober's host: CPU time of the pass thread, start -> FDB entry installed"),
+    ("peer_cpu", "prober's host: CPU time of the pass thread, whole pass"),
     # The ACTIVE half: the target agent's status report (`trace-status`: sent, answered) to the
     # server its stream comes from (server 1 on etcd), the commit of the port's ACTIVE status
     # (etcd only: the benchmark's own watch of the ports' keys sees it), the benchmark's GET
@@ -286,6 +291,10 @@ def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: fl
     if fdb is not None:
         out["to_peer_fdb"] = float(fdb["l2"]) - t0  # type: ignore[arg-type]
         out["peer_fdb_to_reply"] = first - float(fdb["l2"])  # type: ignore[arg-type]
+        out["peer_start_to_fdb"] = float(fdb["l2"]) - float(fdb["start"])  # type: ignore[arg-type]
+        cpu = [float(fdb[k]) for k in ("cpu_fw", "cpu_l2", "cpu_end") if isinstance(fdb.get(k), float | int)]  # type: ignore[arg-type]
+        if len(cpu) == 3:
+            out["peer_cpu_fdb"], out["peer_cpu"] = cpu[0] + cpu[1], sum(cpu)
     return out
 
 

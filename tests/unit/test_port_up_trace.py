@@ -67,7 +67,7 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
                {"recv": t0 + 0.010, "start": t0 + 0.011, "fw": t0 + 0.014, "l2": t0 + 0.016, "end": t0 + 0.030,
                 "plugged": [TAP], "fdb": [MAC], "neigh": [], "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005}],
         "h2": [{"recv": t0 + 0.009, "start": t0 + 0.009, "fw": t0 + 0.009, "l2": t0 + 0.012, "end": t0 + 0.013,
-                "plugged": [], "fdb": [MAC], "neigh": []}],
+                "plugged": [], "fdb": [MAC], "neigh": [], "cpu_fw": 0.0005, "cpu_l2": 0.001, "cpu_end": 0.0015}],
     }
     for host, docs in lines.items():
         with open(tmp_path / f"agent-{host}.log", "w") as f:
@@ -79,7 +79,8 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
     st = pub.port_stages(traces, t0, t0 + 0.008, t0 + 0.017, "h1", TAP, MAC)
     want = {"bind_put": 0.008, "to_recv": 0.010, "recv_to_start": 0.001, "start_to_fw": 0.003, "fw_to_plug": 0.002,
             "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005, "plug_to_end": 0.014, "plug_to_reply": 0.001, "to_plug": 0.016,
-            "to_peer_fdb": 0.012, "peer_fdb_to_reply": 0.005}
+            "to_peer_fdb": 0.012, "peer_fdb_to_reply": 0.005, "peer_start_to_fdb": 0.003, "peer_cpu_fdb": 0.0015,
+            "peer_cpu": 0.003}
     assert st.keys() == want.keys()
     for k, v in want.items():
         assert st[k] == pytest.approx(v, abs=1e-6), k

@@ -340,21 +340,24 @@ class Agent:
             # The plug path first: what must be in place before a tap is plugged (its firewall),
             # then the L2 pass (plugs and entries); the other features after it. A pass that
             # cannot plug a new tap (no new plug, no device absent or held last pass, no drift
-            # repair) runs the L2 pass first of all (e.g. a peer's new port: its FDB entry before anything). When a
-            # desired plug's device was absent and a feature changed something (e.g. made its
-            # service port), a second L2 pass plugs it now.
-            # Only the firewall and the overlay are computed before the plug when the pass may
-            # plug a tap of a network this host already has (a port-up): the L2 pass then takes
-            # the features' L2 parts as the previous pass computed them, and the other features
-            # are computed after it; if their L2 parts changed, a second L2 pass converges to the
-            # whole desired state. Otherwise (the start, a resync, a new network here: its
-            # features' entries before its first tap) everything is computed first.
-            plug = self.computer.compute_plug(v)
+            # repair) runs the L2 pass first of all (e.g. a peer's pass for a remote port: its
+            # FDB entry before anything). When a desired plug's device was absent and a feature
+            # changed something (e.g. made its service port), a second L2 pass plugs it now.
+            # Only the overlay (and, when the pass may plug a tap, the firewall) is computed
+            # before the L2 pass when every bridge it wants is one this host already has (a
+            # port-up, a peer's pass for a remote port): the L2 pass then takes the features'
+            # L2 parts as the previous pass computed them, and the other features are computed
+            # after it; if their L2 parts changed, a second L2 pass converges to the whole
+            # desired state. Otherwise (the start, a resync, a new network here: its features'
+            # entries before its first tap) everything is computed first.
+            plug = self.computer.compute_plug(v, firewall=False)
             first = PLUG_FIRST if invalidated or self._may_plug(plug.l2) else frozenset()
             last = self._last_desired
-            early = (bool(first) and first <= {"firewall"} and not invalidated and last is not None
+            early = (first <= {"firewall"} and not invalidated and last is not None
                      and plug.l2.bridges <= last.l2.bridges)
             if early:
+                if first:
+                    self.computer.plug_firewall()
                 timings = dict(self.computer.timings)
                 timings["compute_plug"] = time.perf_counter() - t0
                 desired = None
@@ -365,7 +368,7 @@ class Agent:
             fresults: dict[str, FeatureResult] = {}
             for f in self.features:
                 if f.name in first:
-                    part = plug.firewall if desired is None else desired.features[f.name]
+                    part = self.computer.plug_firewall() if desired is None else desired.features[f.name]
                     fresults[f.name] = self._timed_feature(f, part, plug.l2, timings)
             hold = frozenset().union(*(r.hold for r in fresults.values()))
             whole = invalidated or last is None     # a pass over everything (start, resync)

@@ -12,7 +12,7 @@ has a complete view):
   nftables tables, responder sockets...) and return a `FeatureResult`. The plug path comes
   first (agent/core.py `PLUG_FIRST`): the firewall is applied before any L2 pass that may plug
   a new tap, so a VM's filters are loaded before its tap is plugged (otherwise the L2 pass goes
-  first); the other features are applied (in a port-up pass also computed) after the L2 pass, and when one of them reports
+  first); the other features are applied (in a port-up pass, and in a pass that plugs nothing, also computed) after the L2 pass, and when one of them reports
   changes while a desired device was absent, a second L2 pass plugs its service ports. It runs on
   every pass: it must be
   cheap when nothing changed (compare with what it applied last) and must read the kernel

@@ -236,6 +236,25 @@ def leased(net: Network, subnets: Iterable[Subnet], ports: Iterable[Port], host:
     return out
 
 
+def reads_port(port: Port, host: str, view: View) -> bool:
+    """Whether `compute_dhcp(view, host)` may read `port`: this host's ports (leases, DHCPv6),
+    infrastructure ports (router advertisements, the metadata route), and a port of another host
+    only through the addresses ports hold (`held`), which matter when a DHCP subnet of its
+    network has no gateway IP (the server id is then the highest address no port holds) or when
+    the port holds a DHCP subnet's gateway IP (the server id, answered by ARP unless held).
+    Any other port (a VM of another host) joining, leaving or changing leaves the result as it was."""
+    if port.host == host or port.is_infra:
+        return True
+    net = view.networks.get(port.network_id)
+    if net is None:
+        return False            # a network not in the view serves nothing (`compute_dhcp`)
+    subs = dhcp_subnets(net, (s for s in view.subnets.values() if s.network_id == net.id))
+    if any(not s.gateway_ip for s in subs.values()):
+        return True
+    gateways = {s.gateway_ip for s in subs.values()}
+    return any(f.ip_address in gateways for f in port.ipv4)
+
+
 def network_dhcp(net: Network, subnets: list[Subnet], ports: list[Port], host: str,
                  lease_time: int) -> Responder | None:
     """The responder of one network on `host` (`subnets` and `ports`: the network's, sorted by

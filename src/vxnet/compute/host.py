@@ -11,10 +11,14 @@ Contract:
   `dhcp`, `gateway`, `qos`, `metadata`; the gateway part is empty on hosts started without `--gateway`).
 - `HostComputer(spec).compute(view)` returns exactly `compute_host(view, spec)` (tested on random
   histories) while recomputing only what changed: L2 and DHCP per network (`L2Cache`,
-  `DhcpCache`), the firewall per changed port (`FirewallCache`), the routing, gateway and QoS
-  parts when one of the view buckets they read
+  `DhcpCache`), the firewall per changed port (`FirewallCache`), the routing, gateway, QoS and
+  metadata parts when one of the view buckets they read
   is a different object (view updates replace only the buckets they touch), and the merged L2
-  only when some part changed. A pass in which nothing changed returns the previous object.
+  only when some part changed. The routing, QoS, metadata and DHCP parts are kept uncomputed when
+  only their ports bucket differs and none of the ports that changed there (old or new
+  version) is one their module's `reads_port` names (a VM of another host with IPv4 addresses
+  only: a peer's pass for a remote port changes none of them); `recomputed` names the parts
+  a call computed. A pass in which nothing changed returns the previous object.
   The L2 state's FDB and neighbour sets are not merged: they are `compute.state.Parts` of the
   per-network parts themselves and one part of the features' entries (`merge_parts`), so a pass
   in which every network changed holds the previous pass's parts (the agent's applied state,
@@ -23,16 +27,21 @@ Contract:
   in two steps: the first gives the firewall and the L2 state of the view's overlay merged with
   the features' L2 parts of the previous `compute` (what a pass needs before it plugs a tap);
   the second the rest, reusing the first's work, and exactly `compute_host(view, spec)` (tested
-  on random histories).
+  on random histories). `compute_plug(view, firewall=False)` leaves the firewall to
+  `plug_firewall()` or `compute` (a pass that plugs nothing: its L2 pass on the overlay alone).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from vxnet.compute import dhcp as dhcp_mod
+from vxnet.compute import metadata as metadata_mod
+from vxnet.compute import qos as qos_mod
+from vxnet.compute import routing as routing_mod
 from vxnet.compute.dhcp import DhcpCache, DhcpState, compute_dhcp
 from vxnet.compute.firewall import Firewall, compute_firewall
 from vxnet.compute.firewall_cache import FirewallCache
@@ -43,7 +52,7 @@ from vxnet.compute.metadata import MetadataState, compute_metadata
 from vxnet.compute.qos import QosState, compute_qos
 from vxnet.compute.routing import RoutingState, compute_routing
 from vxnet.compute.state import HostState, merge_parts
-from vxnet.model import View, as_view
+from vxnet.model import Port, View, as_view
 
 # The view buckets each whole-view part reads (its memo key).
 FIREWALL_INPUTS = ("networks", "subnets", "ports", "security_groups", "security_group_rules")   # subnets: DHCP
@@ -51,6 +60,16 @@ ROUTING_INPUTS = ("networks", "subnets", "ports", "routers")
 GATEWAY_INPUTS = ("networks", "subnets", "ports", "routers", "floatingips")
 QOS_INPUTS = ("networks", "ports", "qos_policies")
 METADATA_INPUTS = ("networks", "ports")
+# Per whole-view part that reads the ports bucket: which ports it may read (`reads_port` of its
+# module). A pass whose only changes are ports none of them reads (a VM of another host joining,
+# leaving or changing: a peer's pass for a remote port) keeps the part's last value uncomputed.
+READS_PORT: dict[str, Callable[[Port, str, View], bool]] = {
+    "routing": lambda p, host, _: routing_mod.reads_port(p, host),
+    "qos": lambda p, host, _: qos_mod.reads_port(p, host),
+    "metadata": lambda p, host, _: metadata_mod.reads_port(p, host),
+    "dhcp": dhcp_mod.reads_port}
+DHCP_INPUTS = ("networks", "subnets", "ports")
+KEEP_MAX = 32       # changed ports beyond which no part is kept (`reads_port` is asked of each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +132,7 @@ class PlugDesired:
     made them (their parts of this view are computed after the plug)."""
 
     l2: HostState
-    firewall: Firewall
+    firewall: Firewall | None       # None until `HostComputer.plug_firewall()` (compute_plug(firewall=False))
 
 
 class HostComputer:
@@ -130,27 +149,36 @@ class HostComputer:
         self._last: tuple[tuple[object, ...], HostDesired] | None = None
         self.timings: dict[str, float] = {}       # part -> seconds of the last call (metrics)
         # `compute_plug`'s view and what it computed of it, for the `compute` of the same view
-        self._plug: tuple[View, dict[str, float], tuple[HostState, ...], Firewall, PlugDesired] | None = None
+        self._plug: tuple[View, dict[str, float], tuple[HostState, ...], PlugDesired] | None = None
+        self._ports: Mapping[str, Port] | None = None       # the last `compute`'s ports bucket
+        self.recomputed: set[str] = set()   # routing, DHCP, gateway, QoS, metadata: computed (not kept) by the last call
 
-    def _plug_parts(self, v: View, t: dict[str, float]) -> tuple[tuple[HostState, ...], Firewall]:
-        """The start of a pass (the memo's `begin`): the overlay's per-network parts, the firewall."""
+    def _overlay(self, v: View, t: dict[str, float]) -> tuple[HostState, ...]:
+        """The start of a pass (the memo's `begin`): the overlay's per-network parts."""
         self._parts.begin()
+        self.recomputed = set()
         t0 = time.perf_counter()
         overlay = self.l2.parts(v)          # per network; merged once in _assemble
-        t1 = time.perf_counter()
+        t["compute_l2"] = time.perf_counter() - t0
+        return overlay
+
+    def _firewall(self, v: View, t: dict[str, float]) -> Firewall:
+        t0 = time.perf_counter()
         fw = self._parts.get("firewall", tuple(v.bucket(k) for k in FIREWALL_INPUTS),
                              lambda: self.firewall.compute(v))
-        t["compute_l2"], t["compute_firewall"] = t1 - t0, time.perf_counter() - t1
-        return overlay, fw
+        t["compute_firewall"] = time.perf_counter() - t0
+        return fw
 
-    def compute_plug(self, view: View) -> PlugDesired:
-        """The plug path's part of `compute(view)`: the firewall and the overlay's L2 state of
-        `view`, with the features' L2 parts (service ports, gateway and DHCP entries) of the
-        previous `compute` (none before the first). When those parts do not change, its `l2` is
-        `compute(view).l2`. A `compute` of the same view object next reuses what this computed
-        (one memo pass: call `compute(view)` after it, before another view)."""
+    def compute_plug(self, view: View, firewall: bool = True) -> PlugDesired:
+        """The plug path's part of `compute(view)`: the overlay's L2 state of `view`, with the
+        features' L2 parts (service ports, gateway and DHCP entries) of the previous `compute`
+        (none before the first), and the firewall of `view` (with `firewall=False`, None until
+        `plug_firewall()`). When those parts do not change, its `l2` is `compute(view).l2`. A
+        `compute` of the same view object next reuses what this computed (one memo pass: call
+        `compute(view)` after it, before another view)."""
         t: dict[str, float] = {}
-        overlay, fw = self._plug_parts(view, t)
+        overlay = self._overlay(view, t)
+        fw = self._firewall(view, t) if firewall else None
         last = self._last
         if last is None:
             l2 = merge_parts(overlay, [])
@@ -160,19 +188,67 @@ class HostComputer:
             d = last[1]
             l2 = merge_parts(overlay, [d.routing.l2, d.dhcp.l2, d.gateway.l2, d.metadata.l2])
         plug = PlugDesired(l2, fw)
-        self._plug = (view, t, overlay, fw, plug)
+        self._plug = (view, t, overlay, plug)
         self.timings = dict(t)
         return plug
+
+    def plug_firewall(self) -> Firewall:
+        """The firewall of the last `compute_plug`'s view (computed now if it was not then)."""
+        assert self._plug is not None, "plug_firewall() after compute_plug()"
+        v, t, overlay, plug = self._plug
+        if plug.firewall is None:
+            plug = PlugDesired(plug.l2, self._firewall(v, t))
+            self._plug = (v, t, overlay, plug)
+            self.timings = dict(t)
+        assert plug.firewall is not None
+        return plug.firewall
+
+    def _port_changes(self, v: View) -> tuple[Mapping[str, Port], list[Port]] | None:
+        """The previous call's ports bucket and the ports (old and new versions) that are not
+        the very same objects in `v`'s; None on the first call or beyond `KEEP_MAX` of them."""
+        old, new = self._ports, v.ports
+        self._ports = new
+        if old is None:
+            return None
+        if old is new:
+            return old, []
+        changed = [pid for pid, p in new.items() if old.get(pid) is not p]
+        gone = old.keys() - new.keys() if changed or len(old) != len(new) else ()
+        if len(changed) + len(gone) > KEEP_MAX:
+            return None       # a snapshot, a burst: recomputing beats asking every port
+        return old, [*(new[pid] for pid in changed), *(q for pid in changed if (q := old.get(pid)) is not None),
+                     *(old[pid] for pid in gone)]
+
+    def _whole(self, name: str, names: tuple[str, ...], v: View, changes: tuple[Mapping[str, Port], list[Port]] | None,
+               fn: Callable[[], Any]) -> Any:
+        """A whole-view part by its memo; kept uncomputed when only its ports bucket differs and
+        none of the ports that changed there is one it reads (`READS_PORT`)."""
+        inputs = tuple(v.bucket(k) for k in names)
+        reads = READS_PORT.get(name)
+        hit = self._parts.peek(name)
+        if reads is not None and changes is not None and hit is not None and all(
+                a is b or (k == "ports" and a is changes[0]) for k, a, b in zip(names, hit[0], inputs, strict=True)
+                ) and not any(reads(p, self.spec.host, v) for p in changes[1]):
+            return self._parts.keep(name, inputs)
+
+        def made() -> Any:
+            self.recomputed.add(name)
+            return fn()
+
+        return self._parts.get(name, inputs, made)
 
     def compute(self, view: View | Mapping[str, Mapping[str, Any]]) -> HostDesired:
         v, spec = as_view(view), self.spec
         pending, self._plug = self._plug, None
         plug: PlugDesired | None = None
         if pending is not None and pending[0] is v:
-            t, overlay, fw, plug = dict(pending[1]), pending[2], pending[3], pending[4]
+            t, overlay, plug = dict(pending[1]), pending[2], pending[3]
+            fw = plug.firewall if plug.firewall is not None else self._firewall(v, t)
         else:
             t = {}
-            overlay, fw = self._plug_parts(v, t)
+            overlay = self._overlay(v, t)
+            fw = self._firewall(v, t)
+        changes = self._port_changes(v)
 
         def timed(name: str, fn: Any) -> Any:
             t0 = time.perf_counter()
@@ -180,15 +256,13 @@ class HostComputer:
             t[f"compute_{name}"] = time.perf_counter() - t0
             return out
 
-        routing = timed("routing", lambda: self._parts.get(
-            "routing", tuple(v.bucket(k) for k in ROUTING_INPUTS), lambda: compute_routing(v, spec.host)))
-        dhcp = timed("dhcp", lambda: self.dhcp.compute(v))
-        gateway = timed("gateway", lambda: self._parts.get(
-            "gateway", tuple(v.bucket(k) for k in GATEWAY_INPUTS), lambda: _gateway(v, spec)))
-        qos = timed("qos", lambda: self._parts.get(
-            "qos", tuple(v.bucket(k) for k in QOS_INPUTS), lambda: compute_qos(v, spec.host)))
-        meta = timed("metadata", lambda: self._parts.get(
-            "metadata", tuple(v.bucket(k) for k in METADATA_INPUTS), lambda: compute_metadata(v, spec.host)))
+        routing = timed("routing", lambda: self._whole("routing", ROUTING_INPUTS, v, changes,
+                                                       lambda: compute_routing(v, spec.host)))
+        dhcp = timed("dhcp", lambda: self._whole("dhcp", DHCP_INPUTS, v, changes, lambda: self.dhcp.compute(v)))
+        gateway = timed("gateway", lambda: self._whole("gateway", GATEWAY_INPUTS, v, changes, lambda: _gateway(v, spec)))
+        qos = timed("qos", lambda: self._whole("qos", QOS_INPUTS, v, changes, lambda: compute_qos(v, spec.host)))
+        meta = timed("metadata", lambda: self._whole("metadata", METADATA_INPUTS, v, changes,
+                                                     lambda: compute_metadata(v, spec.host)))
         self.timings = t
         inputs = (fw, routing, dhcp, gateway, qos, meta)
         last = self._last

@@ -50,6 +50,20 @@ class IdentityMemo(Generic[T]):
         self._old.pop(key, None)    # the old value and inputs go now, not after the whole pass
         return value
 
+    def peek(self, key: Hashable) -> tuple[tuple[object, ...], T] | None:
+        """The inputs and value `key` has now (this pass's, else the previous pass's), if any."""
+        return self._new.get(key) or self._old.get(key)
+
+    def keep(self, key: Hashable, inputs: tuple[object, ...]) -> T:
+        """`key`'s current value (`peek` must have found one), now held for `inputs`: for a
+        caller that knows the value does not depend on what differs between its inputs and these
+        (e.g. a port this value never reads changed)."""
+        hit = self.peek(key)
+        assert hit is not None
+        self._new[key] = (inputs, hit[1])
+        self._old.pop(key, None)
+        return hit[1]
+
     def begin(self) -> None:
         """Start of a pass: forget keys the previous pass did not use; reset the miss counter."""
         self._old, self._new = self._new, {}

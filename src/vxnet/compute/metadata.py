@@ -166,6 +166,12 @@ def proxy_ips(port_ids: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def reads_port(port: Port, host: str) -> bool:
+    """Whether `compute_metadata(view, host)` reads `port`: only this host's ports (a port of
+    another host joining, leaving or changing leaves the result as it was)."""
+    return port.host == host
+
+
 def compute_metadata(view: View | Mapping[str, Mapping[str, Any]], host: str) -> MetadataState:
     """Desired metadata state of `host` (see module contract)."""
     v = as_view(view)

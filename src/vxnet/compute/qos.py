@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 from vxnet.compute import naming
-from vxnet.model import QosPolicy, View
+from vxnet.model import Port, QosPolicy, View
 
 MIN_BURST_BYTES = 16_000
 DEFAULT_BURST_RATIO = 0.8
@@ -97,6 +97,12 @@ def tap_qos(tap: str, port_id: str, pol: QosPolicy) -> TapQos:
         elif r.type == "minimum_bandwidth":
             mins[r.direction if r.direction in mins else "egress"] = r.min_kbps
     return TapQos(tap, port_id, egress, ingress, dscp, mins["egress"], mins["ingress"])
+
+
+def reads_port(port: Port, host: str) -> bool:
+    """Whether `compute_qos(view, host)` reads `port`: only this host's ports (a port of another
+    host joining, leaving or changing leaves the result as it was)."""
+    return port.host == host
 
 
 def compute_qos(v: View, host: str) -> QosState:

@@ -328,6 +328,15 @@ def _router(router: Router, ifaces: list[Port], snat: list[Port], view: View,
     return ns, l2
 
 
+def reads_port(port: Port, host: str) -> bool:
+    """Whether `compute_routing(view, host)` may read `port`: this host's ports (which routers
+    it runs), infrastructure ports (router interfaces, SNAT ports), and ports with an IPv6
+    fixed IP or an allowed address pair (`_v6_neighs`, `pair_vips6`). Any other port (a VM of
+    another host with IPv4 addresses only) joining, leaving or changing leaves the result as it was."""
+    return (port.host == host or port.is_infra or bool(port.allowed_address_pairs)
+            or any(":" in f.ip_address for f in port.fixed_ips))
+
+
 def compute_routing(view: View | Mapping[str, Mapping[str, Any]], host: str) -> RoutingState:
     """The router namespaces `host` needs and their L2 entries (pure)."""
     v = as_view(view)
