@@ -76,12 +76,12 @@ def test_sim_agent_records_what_the_agent_computes() -> None:
     host = "scale-00001"
     view = full_view(objects, hosts, host)
     pid = min(view["ports"])
-    renamed = dict(view["ports"][pid], name=PREFIX + "0")
+    changed = dict(view["ports"][pid], device_id=PREFIX + "0")   # the scale bench's watched change
     new_remote = dict(view["ports"][pid], id="remote-1", mac_address="fa:16:3e:00:00:01",
                       fixed_ips=[{"subnet_id": "s", "ip_address": "100.64.0.200"}],
                       **{"binding:host_id": "scale-00002"})
     msgs = [{"type": "snapshot", "revision": 5, "view": {"host": hosts[host], **view}},
-            {"type": "update", "revision": 6, "put": {"ports": {pid: renamed}}, "delete": {}},
+            {"type": "update", "revision": 6, "put": {"ports": {pid: changed}}, "delete": {}},
             {"type": "update", "revision": 7, "put": {"ports": {"remote-1": new_remote}}, "delete": {}}]
     agent, reports = run_agent(msgs[:1])
     expected = compute_host(view, HostSpec(host, underlay(1))).l2
@@ -93,7 +93,7 @@ def test_sim_agent_records_what_the_agent_computes() -> None:
     agent, reports = run_agent(msgs)
     seen = [r for r in reports if r[0] == "seen"]
     assert [(r[1], r[2], r[3], r[6]) for r in seen] == [(host, pid, PREFIX + "0", True)]
-    # The snapshot creates everything; the rename changes no kernel state; the new remote port
+    # The snapshot creates everything; the device_id change changes no kernel state; the new remote port
     # adds its two VXLAN FDB entries (self + master) and one neighbour entry.
     assert agent.driver.counts == {
         "bridges.create": len(expected.bridges), "vxlans.create": len(expected.vxlans),
