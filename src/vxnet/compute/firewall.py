@@ -848,6 +848,7 @@ def _entries_map(name: str, key_type: str, entries: Iterable[str]) -> NftSet:
 
 HOST_TABLE = naming.HOST_TABLE
 HOST_GUARD = 'iifname "vxb-*"'   # naming.BRIDGE_PREFIX: traffic a tenant bridge hands to the host itself
+TAP_GUARD = f'iifname "{naming.TAP_PREFIX}*"'   # a VM's tap on no bridge (held, or not bound here yet)
 CT_MACS = "ct_macs"               # MACs of local stateful ports: only frames from/to them are tracked
 _PS_BASE = (NftChain("pre", _dispatch("iifname", "pre_ports"), "type filter hook prerouting priority -200; policy accept;"),
             NftChain("out", (*(_rule(m, "drop", "nd-underlay") for m in ND_UNDERLAY), *_dispatch("oifname", "out_ports")),
@@ -862,7 +863,11 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     could ARP for the host's underlay address (a tenant may use that range) and reach the
     host's services. Nothing for the host arrives through a tenant bridge, so ARP (table arp)
     and IP (the `host` input chain) entering the host from a `vxb-` bridge are dropped. Bridged
-    traffic and the bridge's own ARP suppression never pass these input hooks."""
+    traffic and the bridge's own ARP suppression never pass these input hooks. The same holds
+    for a VM's tap that is on no bridge: Nova creates it before the agent plugs it (a port not
+    bound here yet, or held until its filters are loaded), and until then the VM's frames enter
+    the host's own stack through it; so ARP and IP entering the host from a `tap` device are
+    dropped too (a plugged tap's frames reach these hooks with the bridge as their device)."""
     # No mark reset on entry: frames reach a bridge with mark 0 (crossing a namespace scrubs
     # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
     parts = [_port_parts(p) for p in fw.ports]
@@ -897,7 +902,8 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     if fw.zones:
         body = ", ".join(f'"{b}" : {z}' for b, z in fw.zones)
         zone_rules.append(_rule("", f"ct zone set iifname map {{ {body} }}", "zones"))
-    sg_chains = [NftChain("host", (_rule(HOST_GUARD, "drop", "host-guard"),),
+    guard = (_rule(HOST_GUARD, "drop", "host-guard"), _rule(TAP_GUARD, "drop", "tap-guard"))
+    sg_chains = [NftChain("host", guard,
                           "type filter hook input priority 0; policy accept;"),
                  NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
                  NftChain("egress", (_established(()), *_dispatch("meta mark and 0x0000ffff", "eg_ports")),
@@ -917,7 +923,7 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
                                    if r.remote_group and r.ethertype == "IPv6"}))
     sets += (NftSet(CT_MACS, "ether_addr", frozenset(m for p in fw.ports if p.stateful for m in p.macs), ""),)
     sets += sg_maps
-    host = NftTable(*HOST_TABLE, (NftChain("in", (_rule(HOST_GUARD, "drop", "host-guard"),),
+    host = NftTable(*HOST_TABLE, (NftChain("in", guard,
                                            "type filter hook input priority 0; policy accept;"),))
     return (NftTable(*PS_TABLE, tuple(ps_chains), ps_maps), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
 
