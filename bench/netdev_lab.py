@@ -5,7 +5,9 @@ paused (SIGSTOP) and the rulesets of h1 and h2 are rewritten by hand per variant
 
 Variants, each applied to vxnet's hosts h1 and h2 before its measurement in every round (the
 order reversed every other round), the original ruleset put back at the end:
-- "as is": what the agents wrote (`nft list ruleset` read once after every port is ACTIVE);
+- "as is": what the agents wrote (`nft list ruleset` read once after every port is ACTIVE),
+  without the underlay-skip rule of `vxnet_sg`'s zone chain if the agents wrote one (a tree
+  since session 13): every variant starts from the ruleset without it;
 - "netdev": the bridge tables `vxnet_ps`, `vxnet_dhcp`, `vxnet_meta`, `vxnet_qos` deleted;
   one `table netdev vxnet_nd` with, per local VM tap, an ingress base chain doing what those
   tables did to the frames that tap sends (`netdev_script`): DHCP and metadata steering
@@ -223,6 +225,13 @@ def with_chain(table: str, chain: str, first: str | None) -> str:
     return table
 
 
+def without_skip(table: str) -> str:
+    """A table's text without any underlay-skip rule (the product writes one since session 13):
+    every variant, "as is" included, starts from the agents' ruleset without it, so a lab of
+    either tree measures the same variants."""
+    return "".join(ln for ln in table.splitlines(keepends=True) if '"vxnet:underlay-skip' not in ln)
+
+
 def _inet_variant(variant: str, sg: str) -> str:
     """`inet vxnet_sg` of one of INET_VARIANTS ("" for the table deleted)."""
     if variant in (SKIP, NETDEV_SKIP):
@@ -244,7 +253,7 @@ def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs:
     if variant == "no table at all":
         return text
     text += tables.get(("arp", "vxnet_host"), "")
-    sg = tables.get(("inet", "vxnet_sg"), "")
+    sg = without_skip(tables.get(("inet", "vxnet_sg"), ""))
     if variant in ("as is", NOTRACK_ONLY):
         return (text + sg + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
                 + (NOTRACK_TABLE if variant == NOTRACK_ONLY else ""))

@@ -185,3 +185,14 @@ def test_inet_variants_put_the_skip_first_or_delete_one_base_chain() -> None:
     nds = nd.variant_script(nd.NETDEV_SKIP, t, [])
     assert "table netdev vxnet_nd {\n" in nds and nd.block(nds, "chain", "zone")[1] == nd.SKIP_RULE
     assert nd.with_chain(SG, "absent", None) == SG
+
+
+def test_variants_start_from_the_ruleset_without_the_products_skip() -> None:
+    # A lab of a tree whose agents write the skip: "as is" drops it, the skip variant has it once.
+    product = SG.replace("\t\ttype filter hook prerouting priority raw; policy accept;\n",
+                         "\t\ttype filter hook prerouting priority raw; policy accept;\n"
+                         '\t\tudp dport 4789 iifname != "vxb-*" counter accept comment "vxnet:underlay-skip#0a1b2c3d"\n')
+    t = {**nd.split_tables(RULESET), ("inet", "vxnet_sg"): product}
+    assert "underlay-skip" not in nd.variant_script("as is", t, [])
+    assert nd.variant_script(nd.SKIP, t, []).count("underlay-skip") == 1
+    assert nd.without_skip(SG) == SG
