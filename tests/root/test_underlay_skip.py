@@ -49,11 +49,11 @@ def conntrack(host: int, *match: str) -> list[str]:
 
 def test_underlay_vxlan_skips_the_zone_chain_and_a_vm_sending_to_4789_does_not(lab3: Lab) -> None:
     net, _ = lab3.network("alice", "192.0.2.0/24", "uskip")
-    vms = {"u1": (1, "192.0.2.61"), "u2": (2, "192.0.2.62")}
-    ports = {name: lab3.port("alice", net["id"], ip) for name, (_, ip) in vms.items()}
-    for name, p in ports.items():
-        lab3.vm(name, f"h{vms[name][0]}", p)
-    for p in ports.values():
+    u1 = lab3.port("alice", net["id"], "192.0.2.61")
+    u2 = lab3.port("alice", net["id"], "192.0.2.62")
+    lab3.vm("u1", "h1", u1)
+    lab3.vm("u2", "h2", u2)
+    for p in (u1, u2):
         lab3.wait_status(p["id"], "ACTIVE", timeout=30)
     ul1, ul2 = topology.underlay_ip(1), topology.underlay_ip(2)
 
