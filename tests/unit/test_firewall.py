@@ -11,7 +11,6 @@ import pytest
 
 from vxnet.agent.firewall import revoked_flows
 from vxnet.compute import firewall as fwm
-from vxnet.compute import naming
 from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, zone_map
 from vxnet.dataplane.nft_driver import diff_table, fingerprint, normalise_listing, parse_handles, parse_listing
 from vxnet.model import parse
@@ -171,29 +170,10 @@ def test_conntrack_only_for_frames_from_or_to_a_stateful_port() -> None:
     # off), not P2 (another host)
     assert ct_macs.elements == {"02:00:00:00:02:0b", "02:00:00:00:aa:bb", "02:00:00:00:02:0f"}
     zone = chain(fw, "inet", "zone")
-    # the underlay's VXLAN skip first, stateless notrack next, then every bridged frame neither
-    # from nor to a tracked MAC, then zones
-    assert zone[0].startswith('udp dport 4789 iifname != "vxb-*" counter accept')
-    assert zone[1].startswith("meta mark and 0x0000ffff")
+    # stateless notrack first, then every bridged frame neither from nor to a tracked MAC, then zones
+    assert zone[0].startswith("meta mark and 0x0000ffff")
     assert zone[-2].startswith('ether saddr != @ct_macs ether daddr != @ct_macs iifname "vxb-*" counter notrack accept')
     assert zone[-1].startswith("counter ct zone set iifname map")
-
-
-def test_underlay_vxlan_leaves_the_zone_chain_first_and_only_the_zone_chain() -> None:
-    # Issue 18: the underlay's own VXLAN packets (UDP 4789 not from a tenant bridge) skip the
-    # prerouting zone chain at its first rule, on a host with filtered ports and on one without.
-    # Every later rule of that chain needs a packet from a `vxb-` bridge, so the skip changes no
-    # verdict; the host guard (input) and the forward chains are not touched by it.
-    for ports in (base_ports(), []):
-        fw = compute_firewall(view(ports), "h1")
-        zone = chain(fw, "inet", "zone")
-        assert zone[0].startswith(f'udp dport {naming.VXLAN_PORT} iifname != "{naming.BRIDGE_PREFIX}*" counter accept '
-                                  'comment "vxnet:underlay-skip#')
-        assert all("underlay-skip" not in r for r in zone[1:])
-        assert all(naming.BRIDGE_PREFIX in r or "meta mark" in r for r in zone[1:])    # bridge traffic only
-        for name in ("host", "egress", "ingress"):
-            assert not any("4789" in r for r in chain(fw, "inet", name)), name
-        assert chain(fw, "inet", "host") == [fwm._rule(fwm.HOST_GUARD, "drop", "host-guard").text]
 
 
 def test_port_with_no_group_drops_everything_but_dhcp() -> None:

@@ -31,9 +31,7 @@ ports are therefore tagged with skb marks in bridge-family chains):
     element per map plus its own chains, so the transaction of a port-up does not grow with
     the number of ports on the host (the inline form rewrote every port's entry).
 - `table inet vxnet_sg`
-  - `zone` (prerouting, raw): first, `accept` (end of this chain) for the underlay's own VXLAN
-    (`UNDERLAY_SKIP`: UDP to the VTEP port not from a tenant bridge; nothing below applies to
-    it); then `notrack accept` for traffic from/to ports whose groups are all
+  - `zone` (prerouting, raw): `notrack accept` for traffic from/to ports whose groups are all
     `stateful=false`; `notrack accept` for a bridged frame whose source and destination MACs
     are both outside the set `ct_macs` (the MACs, pair MACs included, of local ports with a
     stateful group; looked up before the bridge-name match): conntrack only where a rule needs
@@ -851,15 +849,6 @@ def _entries_map(name: str, key_type: str, entries: Iterable[str]) -> NftSet:
 HOST_TABLE = naming.HOST_TABLE
 HOST_GUARD = 'iifname "vxb-*"'   # naming.BRIDGE_PREFIX: traffic a tenant bridge hands to the host itself
 CT_MACS = "ct_macs"               # MACs of local stateful ports: only frames from/to them are tracked
-# The first rule of the `zone` chain: the underlay's own VXLAN (UDP to the VTEP port, not come
-# through a tenant bridge) leaves the chain at once. Every other rule of the chain needs a
-# packet from a `vxb-` bridge (its name, a port mark set in a bridge chain, or a MAC lookup
-# ANDed with the name), so the skip changes no verdict, zone or tracking; it spares the
-# underlay's packets two set lookups, two name copies and a map lookup (issue 18). A frame of
-# a VM (bridged through br_netfilter, or to the host itself) has the bridge as `iifname`, so a
-# VM sending to port 4789 still walks the chain. UDP port first: a TCP frame leaves at the
-# protocol comparison, without a name copy.
-UNDERLAY_SKIP = f'udp dport {naming.VXLAN_PORT} iifname != "{naming.BRIDGE_PREFIX}*"'
 _PS_BASE = (NftChain("pre", _dispatch("iifname", "pre_ports"), "type filter hook prerouting priority -200; policy accept;"),
             NftChain("out", (*(_rule(m, "drop", "nd-underlay") for m in ND_UNDERLAY), *_dispatch("oifname", "out_ports")),
                      "type filter hook forward priority -100; policy accept;"))
@@ -882,7 +871,7 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     ps_chains = [*_PS_BASE, *itertools.chain.from_iterable((x.ps, x.mk) for x in parts)]
     # notrack first, and `accept` (ends this chain): a `ct zone set` before it would attach a
     # conntrack template, and `notrack` ignores packets that already have one.
-    zone_rules = [_rule(UNDERLAY_SKIP, "accept", "underlay-skip")]
+    zone_rules = []
     stateless = [p for p in fw.ports if not p.stateful]
     if stateless:
         zone_rules.append(_rule(f"meta mark and 0x0000ffff {_set_text(f'{p.index:#x}' for p in stateless)}",
