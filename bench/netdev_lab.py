@@ -258,7 +258,7 @@ def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs:
         return (text + sg + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
                 + (NOTRACK_TABLE if variant == NOTRACK_ONLY else ""))
     if variant in ("netdev", NOTRACK, NETDEV_SKIP):
-        nd, sg2 = netdev_script(tables, vxlan_devs)
+        nd, sg2 = netdev_script({**tables, ("inet", "vxnet_sg"): sg}, vxlan_devs)
         if variant == NETDEV_SKIP:
             sg2 = _inet_variant(variant, sg2)
         return text + sg2 + nd + (NOTRACK_TABLE if variant == NOTRACK else "")

@@ -195,4 +195,6 @@ def test_variants_start_from_the_ruleset_without_the_products_skip() -> None:
     t = {**nd.split_tables(RULESET), ("inet", "vxnet_sg"): product}
     assert "underlay-skip" not in nd.variant_script("as is", t, [])
     assert nd.variant_script(nd.SKIP, t, []).count("underlay-skip") == 1
+    assert "underlay-skip" not in nd.variant_script("netdev", t, [])
+    assert nd.variant_script(nd.NETDEV_SKIP, t, []).count("underlay-skip") == 1
     assert nd.without_skip(SG) == SG
