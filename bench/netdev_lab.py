@@ -74,7 +74,10 @@ NO_ZONE = "as is without the zone chain"
 NO_HOST = "as is without the host chain"
 NO_SG = "as is without inet vxnet_sg"
 INET_VARIANTS = (SKIP, SKIP_BOTH, NETDEV_SKIP, NO_ZONE, NO_HOST, NO_SG)
-ALL_VARIANTS = (*VARIANTS, NOTRACK, NOTRACK_ONLY, *INET_VARIANTS)
+# netdev without the underlay ND/RA/MLD guard's egress chains on the VXLAN devices (a bound:
+# every encapsulated frame crosses such a chain; the guard itself is then gone).
+NETDEV_NO_VX = "netdev without the VXLAN egress chains"
+ALL_VARIANTS = (*VARIANTS, NOTRACK, NOTRACK_ONLY, *INET_VARIANTS, NETDEV_NO_VX)
 # The underlay's own VXLAN UDP (received, and sent by the host) out of conntrack in the host namespace.
 NOTRACK_TABLE = """table inet vxnet_nt {
   chain pre {
@@ -257,8 +260,8 @@ def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs:
     if variant in ("as is", NOTRACK_ONLY):
         return (text + sg + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
                 + (NOTRACK_TABLE if variant == NOTRACK_ONLY else ""))
-    if variant in ("netdev", NOTRACK, NETDEV_SKIP):
-        nd, sg2 = netdev_script({**tables, ("inet", "vxnet_sg"): sg}, vxlan_devs)
+    if variant in ("netdev", NOTRACK, NETDEV_SKIP, NETDEV_NO_VX):
+        nd, sg2 = netdev_script({**tables, ("inet", "vxnet_sg"): sg}, [] if variant == NETDEV_NO_VX else vxlan_devs)
         if variant == NETDEV_SKIP:
             sg2 = _inet_variant(variant, sg2)
         return text + sg2 + nd + (NOTRACK_TABLE if variant == NOTRACK else "")

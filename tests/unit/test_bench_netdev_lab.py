@@ -198,3 +198,10 @@ def test_variants_start_from_the_ruleset_without_the_products_skip() -> None:
     assert "underlay-skip" not in nd.variant_script("netdev", t, [])
     assert nd.variant_script(nd.NETDEV_SKIP, t, []).count("underlay-skip") == 1
     assert nd.without_skip(SG) == SG
+
+
+def test_netdev_without_the_vxlan_egress_chains() -> None:
+    t = nd.split_tables(RULESET)
+    assert 'egress device "vxv-1"' in nd.variant_script("netdev", t, ["vxv-1"])
+    bound = nd.variant_script(nd.NETDEV_NO_VX, t, ["vxv-1"])
+    assert "egress device" not in bound and 'ingress device "tapaaaa"' in bound
