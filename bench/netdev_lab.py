@@ -5,7 +5,9 @@ paused (SIGSTOP) and the rulesets of h1 and h2 are rewritten by hand per variant
 
 Variants, each applied to vxnet's hosts h1 and h2 before its measurement in every round (the
 order reversed every other round), the original ruleset put back at the end:
-- "as is": what the agents wrote (`nft list ruleset` read once after every port is ACTIVE);
+- "as is": what the agents wrote (`nft list ruleset` read once after every port is ACTIVE),
+  without the underlay-skip rule of `vxnet_sg`'s zone chain if the agents wrote one (a tree
+  since session 13): every variant starts from the ruleset without it;
 - "netdev": the bridge tables `vxnet_ps`, `vxnet_dhcp`, `vxnet_meta`, `vxnet_qos` deleted;
   one `table netdev vxnet_nd` with, per local VM tap, an ingress base chain doing what those
   tables did to the frames that tap sends (`netdev_script`): DHCP and metadata steering
@@ -17,6 +19,11 @@ order reversed every other round), the original ruleset put back at the end:
 - "netdev + underlay VXLAN untracked" (`--variants`): netdev plus `notrack` for the underlay's
   own VXLAN UDP (prerouting and output, table `inet vxnet_nt`); "as is + underlay VXLAN
   untracked": the same `notrack` on the agents' ruleset;
+- the underlay's own VXLAN (`INET_VARIANTS`, session 13): "as is + underlay skip" (the first rule
+  of `vxnet_sg`'s prerouting `zone` chain accepts UDP to the VXLAN port that did not come
+  through a tenant bridge), the same in the input `host` chain too, "netdev + underlay skip",
+  and the bounds "as is without the zone chain" / "without the host chain" / "without inet
+  vxnet_sg";
 - "no table at all": every vxnet table of the host deleted (`inet vxnet_sg` and `arp
   vxnet_host` too: no conntrack, no filtering), to place what is left of the gap.
 The default group's path under the last two is unfiltered (no port marks, no group chain
@@ -53,6 +60,24 @@ METADATA = "ip daddr 169.254.169.254 tcp dport 80"
 VARIANTS = ("as is", "netdev", "no bridge table", "no table at all")
 NOTRACK = "netdev + underlay VXLAN untracked"
 NOTRACK_ONLY = "as is + underlay VXLAN untracked"
+# The underlay's own VXLAN (session 13): `vxnet_sg`'s base chains an underlay VXLAN packet crosses
+# in the host namespace are `zone` (prerouting, raw) and `host` (input: it is delivered to the
+# VXLAN socket). SKIP: the zone chain's first rule accepts (ends that chain) UDP to the VXLAN
+# port that did not come through a tenant bridge (compute.firewall's UNDERLAY_SKIP);
+# SKIP_BOTH: the same first rule in the host chain too; the bounds delete one base chain, or
+# the whole `inet vxnet_sg` (bridge tables and `arp vxnet_host` kept).
+SKIP_RULE = 'udp dport 4789 iifname != "vxb-*" counter accept comment "vxnet:underlay-skip"'
+SKIP = "as is + underlay skip"
+SKIP_BOTH = "as is + underlay skip in zone and host"
+NETDEV_SKIP = "netdev + underlay skip"
+NO_ZONE = "as is without the zone chain"
+NO_HOST = "as is without the host chain"
+NO_SG = "as is without inet vxnet_sg"
+INET_VARIANTS = (SKIP, SKIP_BOTH, NETDEV_SKIP, NO_ZONE, NO_HOST, NO_SG)
+# netdev without the underlay ND/RA/MLD guard's egress chains on the VXLAN devices (a bound:
+# every encapsulated frame crosses such a chain; the guard itself is then gone).
+NETDEV_NO_VX = "netdev without the VXLAN egress chains"
+ALL_VARIANTS = (*VARIANTS, NOTRACK, NOTRACK_ONLY, *INET_VARIANTS, NETDEV_NO_VX)
 # The underlay's own VXLAN UDP (received, and sent by the host) out of conntrack in the host namespace.
 NOTRACK_TABLE = """table inet vxnet_nt {
   chain pre {
@@ -187,6 +212,42 @@ def sg_by_mac(sg: str, ps: str) -> str:
             "\t}\n" + rest)
 
 
+def with_chain(table: str, chain: str, first: str | None) -> str:
+    """A table's text with `first` as the first rule of `chain` (after its `type ... hook`
+    line), or with the chain deleted when `first` is None; unchanged if the chain is absent."""
+    lines = table.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip() == f"chain {chain} {{":
+            indent = line[:len(line) - len(line.lstrip())]
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip("\n") == indent + "}")
+            if first is None:
+                gap = 1 if end + 1 < len(lines) and not lines[end + 1].strip() else 0   # the blank line after it
+                return "".join(lines[:i] + lines[end + 1 + gap:])
+            at = i + 2 if lines[i + 1].strip().startswith("type ") else i + 1
+            return "".join(lines[:at] + [f"{indent}\t{first}\n"] + lines[at:])
+    return table
+
+
+def without_skip(table: str) -> str:
+    """A table's text without any underlay-skip rule (the product writes one since session 13):
+    every variant, "as is" included, starts from the agents' ruleset without it, so a lab of
+    either tree measures the same variants."""
+    return "".join(ln for ln in table.splitlines(keepends=True) if '"vxnet:underlay-skip' not in ln)
+
+
+def _inet_variant(variant: str, sg: str) -> str:
+    """`inet vxnet_sg` of one of INET_VARIANTS ("" for the table deleted)."""
+    if variant in (SKIP, NETDEV_SKIP):
+        return with_chain(sg, "zone", SKIP_RULE)
+    if variant == SKIP_BOTH:
+        return with_chain(with_chain(sg, "zone", SKIP_RULE), "host", SKIP_RULE)
+    if variant == NO_ZONE:
+        return with_chain(sg, "zone", None)
+    if variant == NO_HOST:
+        return with_chain(sg, "host", None)
+    return ""
+
+
 def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs: list[str]) -> str:
     """The nft transaction turning a host (whatever variant it is in) into `variant`."""
     drop = [("netdev", "vxnet_nd"), ("inet", "vxnet_nt"), ("inet", "vxnet_sg"), ("arp", "vxnet_host"),
@@ -195,13 +256,17 @@ def variant_script(variant: str, tables: dict[tuple[str, str], str], vxlan_devs:
     if variant == "no table at all":
         return text
     text += tables.get(("arp", "vxnet_host"), "")
-    sg = tables.get(("inet", "vxnet_sg"), "")
+    sg = without_skip(tables.get(("inet", "vxnet_sg"), ""))
     if variant in ("as is", NOTRACK_ONLY):
         return (text + sg + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
                 + (NOTRACK_TABLE if variant == NOTRACK_ONLY else ""))
-    if variant in ("netdev", NOTRACK):
-        nd, sg2 = netdev_script(tables, vxlan_devs)
+    if variant in ("netdev", NOTRACK, NETDEV_SKIP, NETDEV_NO_VX):
+        nd, sg2 = netdev_script({**tables, ("inet", "vxnet_sg"): sg}, [] if variant == NETDEV_NO_VX else vxlan_devs)
+        if variant == NETDEV_SKIP:
+            sg2 = _inet_variant(variant, sg2)
         return text + sg2 + nd + (NOTRACK_TABLE if variant == NOTRACK else "")
+    if variant in INET_VARIANTS:
+        return text + _inet_variant(variant, sg) + "".join(tables.get(("bridge", t), "") for t in BRIDGE_TABLES)
     if variant == "no bridge table":
         return text + sg
     raise ValueError(variant)
@@ -248,9 +313,11 @@ def _checks(labs: dp.Labs) -> dict[str, int]:
         nsx(src, "ip", "addr", "del", f"{dp.CIDR24}.99/24", "dev", "eth0", check=False)
     out["spoofed frames dropped on h1"] = _counter_sum("vxl-h1", "spoof") - s0
     g0 = _counter_sum("vxl-h2", "jump gi_")
+    k0 = _counter_sum("vxl-h2", "underlay-skip")
     out["ping dp1 -> dp2 answered"] = int(common.wait_ping(src, dst, 3))
     out["new flows through dp2's ingress group chain on h2"] = _counter_sum("vxl-h2", "jump gi_") - g0
     out["ping do1 -> do2 answered"] = int(common.wait_ping(labs.vx_vms["do1"], f"{dp.CIDR24_O}.22", 3))
+    out["underlay VXLAN packets skipped on h2 (both pings)"] = _counter_sum("vxl-h2", "underlay-skip") - k0
     return out
 
 
@@ -349,12 +416,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rate", default="2G")
     p.add_argument("--json", help="write the raw results (and rulesets) to this file")
     p.add_argument("--variants", default=",".join(VARIANTS),
-                   help=f"comma-separated, from: {', '.join((*VARIANTS, NOTRACK, NOTRACK_ONLY))} (default: the first four)")
+                   help=f"comma-separated, from: {', '.join(ALL_VARIANTS)} (default: the first four)")
     a = p.parse_args(argv)
     cpus = dp.parse_pin(a.pin)
     variants = tuple(a.variants.split(","))
-    if set(variants) - {*VARIANTS, NOTRACK, NOTRACK_ONLY}:
-        p.error(f"unknown variant(s): {', '.join(sorted(set(variants) - {*VARIANTS, NOTRACK, NOTRACK_ONLY}))}")
+    if set(variants) - set(ALL_VARIANTS):
+        p.error(f"unknown variant(s): {', '.join(sorted(set(variants) - set(ALL_VARIANTS)))}")
     load0 = os.getloadavg()
     res: dict[str, Any] = in_sandbox(  # type: ignore[assignment]
         f"__import__('bench.netdev_lab', fromlist=['_']).measure({a.rounds}, {a.seconds}, {a.pings}, {cpus!r}, "

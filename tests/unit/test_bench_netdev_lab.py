@@ -143,3 +143,65 @@ def test_variant_scripts_replace_the_same_tables_whatever_came_before() -> None:
     assert "delete table arp vxnet_host" in nothing and "{\n" not in nothing.replace("{}\n", "")
     with pytest.raises(ValueError):
         nd.variant_script("other", t, [])
+
+
+SG = """table inet vxnet_sg {
+\tset ct_macs {
+\t\ttype ether_addr
+\t}
+
+\tchain host {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname "vxb-*" counter drop comment "vxnet:host-guard#1"
+\t}
+
+\tchain zone {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tether saddr != @ct_macs ether daddr != @ct_macs iifname "vxb-*" counter notrack accept comment "vxnet:untracked#2"
+\t}
+
+\tchain egress {
+\t\ttype filter hook forward priority filter; policy accept;
+\t}
+}
+"""
+
+
+def test_inet_variants_put_the_skip_first_or_delete_one_base_chain() -> None:
+    t = {("inet", "vxnet_sg"): SG, **nd.split_tables(RULESET)}
+    t[("inet", "vxnet_sg")] = SG
+    skip = nd.variant_script(nd.SKIP, t, [])
+    assert nd.block(skip, "chain", "zone")[1] == nd.SKIP_RULE and "untracked" in nd.block(skip, "chain", "zone")[2]
+    assert nd.SKIP_RULE not in nd.block(skip, "chain", "host")
+    assert "table bridge vxnet_ps {\n" in skip
+    both = nd.variant_script(nd.SKIP_BOTH, t, [])
+    assert nd.block(both, "chain", "host")[1:] == [nd.SKIP_RULE, 'iifname "vxb-*" counter drop comment "vxnet:host-guard#1"']
+    no_zone = nd.variant_script(nd.NO_ZONE, t, [])
+    assert nd.block(no_zone, "chain", "zone") == [] and nd.block(no_zone, "chain", "host") and nd.block(no_zone, "chain", "egress")
+    no_host = nd.variant_script(nd.NO_HOST, t, [])
+    assert nd.block(no_host, "chain", "host") == [] and nd.block(no_host, "chain", "zone")
+    no_sg = nd.variant_script(nd.NO_SG, t, [])
+    assert "table inet vxnet_sg {\n" not in no_sg and "table bridge vxnet_ps {\n" in no_sg
+    nds = nd.variant_script(nd.NETDEV_SKIP, t, [])
+    assert "table netdev vxnet_nd {\n" in nds and nd.block(nds, "chain", "zone")[1] == nd.SKIP_RULE
+    assert nd.with_chain(SG, "absent", None) == SG
+
+
+def test_variants_start_from_the_ruleset_without_the_products_skip() -> None:
+    # A lab of a tree whose agents write the skip: "as is" drops it, the skip variant has it once.
+    product = SG.replace("\t\ttype filter hook prerouting priority raw; policy accept;\n",
+                         "\t\ttype filter hook prerouting priority raw; policy accept;\n"
+                         '\t\tudp dport 4789 iifname != "vxb-*" counter accept comment "vxnet:underlay-skip#0a1b2c3d"\n')
+    t = {**nd.split_tables(RULESET), ("inet", "vxnet_sg"): product}
+    assert "underlay-skip" not in nd.variant_script("as is", t, [])
+    assert nd.variant_script(nd.SKIP, t, []).count("underlay-skip") == 1
+    assert "underlay-skip" not in nd.variant_script("netdev", t, [])
+    assert nd.variant_script(nd.NETDEV_SKIP, t, []).count("underlay-skip") == 1
+    assert nd.without_skip(SG) == SG
+
+
+def test_netdev_without_the_vxlan_egress_chains() -> None:
+    t = nd.split_tables(RULESET)
+    assert 'egress device "vxv-1"' in nd.variant_script("netdev", t, ["vxv-1"])
+    bound = nd.variant_script(nd.NETDEV_NO_VX, t, ["vxv-1"])
+    assert "egress device" not in bound and 'ingress device "tapaaaa"' in bound
