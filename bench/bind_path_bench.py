@@ -8,12 +8,16 @@ ports created unbound; then, one at a time, each port is bound (`PUT /v2.0/ports
 records when the PUT's answer came and when the target host's stream delivered the update that
 shows the binding. With `--poll` the client also polls the port (a GET every ~1 ms from the
 PUT's answer until the update arrived), as the port-up benchmark's ACTIVE poll does. Between
-binds it waits `--gap` ms, so each bind finds the server idle.
+binds it waits `--gap` ms, so each bind finds the server idle. httpx writes a request's headers
+and its body in two writes (two segments on loopback), so the server parses the headers, runs
+its middlewares and routing, then waits a loop round for the body; Nova's client (requests,
+http.client) sends a small body with the headers in one write. With `--one-write` the PUT goes
+that way, over a raw keep-alive connection: the server's path without the client's second write.
 
 Printed: p50 / p90 / p99 ms of bind -> PUT answered, bind -> update at the target stream and
 their difference per bind (negative: the stream had the update first), and the server's CPU time (user + system, /proc) per bind over the bind phase.
 
-`PYTHONPATH=$PWD/src .venv/bin/python -m bench.bind_path_bench [--ports 200] [--poll] [--gap 20]`
+`PYTHONPATH=$PWD/src .venv/bin/python -m bench.bind_path_bench [--ports 200] [--poll] [--gap 20] [--one-write]`
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 import tempfile
 import time
@@ -63,6 +68,35 @@ class Streams:
                     self.waiting[pid].set()
 
 
+class OneWrite:
+    """PUTs over one raw HTTP/1.1 keep-alive connection, each request (headers and body) in one
+    write, as http.client sends a small body."""
+
+    def __init__(self, port: int, tok: str) -> None:
+        self.port, self.tok = port, tok
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def put(self, path: str, doc: dict[str, Any]) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        body = json.dumps(doc).encode()
+        self.writer.write(f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nX-Auth-Token: {self.tok}\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def measure(port: int, pid: int, opts: argparse.Namespace) -> dict[str, Any]:
     admin_tok, agent_tok = token(port, ADMIN), token(port, AGENT)
     await register_hosts([port], agent_tok, list(HOSTS))
@@ -83,15 +117,22 @@ async def measure(port: int, pid: int, opts: argparse.Namespace) -> dict[str, An
         print(f"binding {len(ids)} ports (server pid {pid})", file=sys.stderr, flush=True)
         put_ms: list[float] = []
         recv_ms: list[float] = []
+        one = OneWrite(port, admin_tok) if opts.one_write else None
+        if one is not None:   # connected before the first bind is timed
+            assert (await one.put("/v2.0/ports/" + ids[0], {"port": {"name": "p0"}}))[0] == 200
         cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
         for i, port_id in enumerate(ids):
             host = HOSTS[i % 3]
             done = streams.waiting[port_id] = asyncio.Event()
+            body = {"port": {"binding:host_id": host, "device_owner": "compute:nova"}}
             t0 = time.perf_counter()
-            r = await api.put(f"/ports/{port_id}", json={"port": {"binding:host_id": host,
-                                                                  "device_owner": "compute:nova"}})
+            if one is not None:
+                status, text = await one.put(f"/v2.0/ports/{port_id}", body)
+            else:
+                r = await api.put(f"/ports/{port_id}", json=body)
+                status, text = r.status_code, r.content
             t_put = time.perf_counter()
-            assert r.status_code == 200, r.text
+            assert status == 200, text
             if opts.poll:
                 while not done.is_set():
                     await api.get(f"/ports/{port_id}")
@@ -102,6 +143,8 @@ async def measure(port: int, pid: int, opts: argparse.Namespace) -> dict[str, An
             await asyncio.sleep(opts.gap / 1000)
         cpu = cpu_seconds(pid) - cpu0
         wall = time.perf_counter() - wall0
+        if one is not None:
+            one.close()
     for t in readers:
         t.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -119,12 +162,14 @@ def main() -> None:
     p.add_argument("--ports", type=int, default=200)
     p.add_argument("--poll", action="store_true", help="poll the port with GETs until the update arrived")
     p.add_argument("--gap", type=float, default=20.0, help="ms between binds (20)")
+    p.add_argument("--one-write", action="store_true",
+                   help="send each PUT's headers and body in one write (as http.client), not httpx's two")
     opts = p.parse_args()
     start_load = load_averages()
     with tempfile.TemporaryDirectory(prefix="vxnet-bind-bench-") as d, \
             server_process(d, quotas=UNLIMITED_QUOTAS) as (port, pid):
         got = asyncio.run(measure(port, pid, opts))
-    print(f"{opts.ports} binds, poll {'on' if opts.poll else 'off'}, load {start_load} -> {load_averages()}; "
+    print(f"{opts.ports} binds, poll {'on' if opts.poll else 'off'}, PUT in {'one write' if opts.one_write else 'two writes (httpx)'}, load {start_load} -> {load_averages()}; "
           f"ms p50 / p90 / p99")
     print(row("bind -> PUT answered", got["put"]))
     print(row("bind -> update at the target host's stream", got["recv"]))
