@@ -103,6 +103,11 @@ def _stats_row(system: str, what: str, xs: list[float], failed: int, note: str) 
 # during vs 30.2, 38.1 ms after).
 ACTIVE_POLL = "during"
 QUIET = 10.0   # seconds the lab prefix must stay free before a run starts (0 inside a sandbox)
+# The agents' pass threads' nice value (`--portup-agent-nice`; 0: left as started). An agent's
+# pass runs on its main thread, and Linux's nice is per thread: setpriority(PRIO_PROCESS, pid)
+# sets that thread's only (its stream reader, reporter... keep theirs). OVS runs ovs-vswitchd at
+# nice -10 by default; this measures whether the pass thread gains from the same.
+AGENT_NICE = 0
 
 
 def in_sandbox(call: str, timeout: float) -> object:
@@ -120,7 +125,7 @@ def in_sandbox(call: str, timeout: float) -> object:
     fd, out = tempfile.mkstemp(prefix="vxnet-bench-", suffix=".json")
     os.close(fd)
     code = ("import json, bench.port_up_bench as p, bench.agent_bench as a; p.QUIET = 0\n"
-            f"p.ACTIVE_POLL = {ACTIVE_POLL!r}\n"
+            f"p.ACTIVE_POLL = {ACTIVE_POLL!r}\np.AGENT_NICE = {AGENT_NICE!r}\n"
             f"r = {call}\nwith open({out!r}, 'w') as f: json.dump(r, f)")
     script = 'mount -t tmpfs vxnet-bench /run/netns && ip link set lo up && exec "$0" -c "$1"'
     try:
@@ -203,6 +208,12 @@ STAGES = (
     ("cpu_fw", "target: CPU time of the pass thread, start -> firewall loaded"),
     ("cpu_l2", "target: CPU time of the pass thread, firewall loaded -> tap plugged"),
     ("cpu_end", "target: CPU time of the pass thread, tap plugged -> pass end"),
+    # Of start -> firewall loaded (the target's trace: `rq_fw`, and its timed `parts`): the pass
+    # thread's wait on a run queue for a CPU, and the wall time of its two steps there.
+    ("rq_fw", "target: run-queue wait of the pass thread, start -> firewall loaded"),
+    ("part_compute_plug", "target: plug-path compute (overlay + firewall: compute_plug, wall)"),
+    ("part_compute_firewall", "target: of it, the firewall's compute (compute_firewall, wall)"),
+    ("part_apply_firewall", "target: the firewall's apply (diff + nft transaction: apply_firewall, wall)"),
     ("plug_to_end", "target: tap plugged -> pass end (other features' compute and apply; off the path)"),
     ("plug_to_reply", "target: tap plugged -> first reply (prober's 2 ms period + wire)"),
     ("to_plug", "bind -> tap plugged on the target host"),
@@ -278,9 +289,13 @@ def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: fl
             out["recv_to_start"] = start - recv
         out["start_to_fw"] = fw - start
         out["fw_to_plug"] = l2 - fw
-        for k in ("cpu_fw", "cpu_l2", "cpu_end"):
+        for k in ("cpu_fw", "cpu_l2", "cpu_end", "rq_fw"):
             if isinstance(plug.get(k), float | int):
                 out[k] = float(plug[k])  # type: ignore[arg-type]
+        parts = plug.get("parts")
+        for k in ("compute_plug", "compute_firewall", "apply_firewall"):
+            if isinstance(parts, dict) and isinstance(parts.get(k), float | int):
+                out[f"part_{k}"] = float(parts[k])
         out["plug_to_end"] = end - l2
         out["plug_to_reply"] = first - l2
         out["to_plug"] = l2 - t0
@@ -355,6 +370,9 @@ def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
     make_lab = {"embedded": vxnet_lab, "etcd": vxnet_lab_etcd}[store]
     try:
         with make_lab(workdir) as lab3, _active_commits(getattr(lab3, "etcd_endpoints", None)) as commits:
+            if AGENT_NICE:
+                for pid in lab.load_state()["agents"].values():
+                    os.setpriority(os.PRIO_PROCESS, pid, AGENT_NICE)   # its main thread: the pass thread
             net, _ = lab3.network("alice", NET_CIDR, "portup")
             probers = {}
             for i, h in enumerate(HOSTS):
@@ -508,6 +526,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cluster); default both")
     p.add_argument("--portup-active-poll", choices=("during", "after"), default="during",
                    help="poll the API for ACTIVE during the wait for the first reply (default, as before) or after it")
+    p.add_argument("--portup-agent-nice", type=int, default=0,
+                   help="nice value of the vxnet agents' pass threads (their main thread) during the run "
+                        "(default 0: as started; OVS runs ovs-vswitchd at -10)")
     p.add_argument("--skip-ovn", action="store_true", help="do not run the OVN lab (default: run it)")
 
 
@@ -531,8 +552,9 @@ def ovn_notes(nports: int, ovn_lab: str) -> list[str]:
 
 def run(opts: argparse.Namespace) -> Report:
     nports = max(9, opts.portup_ports // (10 if opts.quick else 1))
-    global ACTIVE_POLL
+    global ACTIVE_POLL, AGENT_NICE
     ACTIVE_POLL = opts.portup_active_poll
+    AGENT_NICE = opts.portup_agent_nice
     cols = ["system", "measurement", "ports", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "notes"]
     rows: list[list[str]] = []
     notes: list[str] = []
@@ -662,6 +684,9 @@ def run(opts: argparse.Namespace) -> Report:
                      "server 2, so each bind crosses etcd and the other server's watch before reaching an agent.")
     if opts.skip_ovn:
         notes.append("OVN was not run in this run (`--skip-ovn`).")
+    if AGENT_NICE:
+        notes.append(f"The vxnet agents' pass threads ran at nice {AGENT_NICE} (`--portup-agent-nice`; their other "
+                     "threads, the server and the benchmark at their own).")
     if not opts.skip_ovn:
         notes += ovn_notes(nports, opts.ovn_lab)
     notes.append("Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) +

@@ -65,7 +65,9 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
         "h1": [{"recv": t0 - 5, "start": t0 - 5, "fw": t0 - 5, "l2": t0 - 5, "end": t0 - 5, "plugged": [TAP],
                 "fdb": [], "neigh": []},   # an older pass of the same tap (before t0): not this bind's
                {"recv": t0 + 0.010, "start": t0 + 0.011, "fw": t0 + 0.014, "l2": t0 + 0.016, "end": t0 + 0.030,
-                "plugged": [TAP], "fdb": [MAC], "neigh": [], "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005}],
+                "plugged": [TAP], "fdb": [MAC], "neigh": [], "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005,
+                "rq_fw": 0.0007, "parts": {"compute_l2": 0.0002, "compute_firewall": 0.0006, "compute_plug": 0.0009,
+                                           "apply_firewall": 0.0015}}],
         "h2": [{"recv": t0 + 0.009, "start": t0 + 0.009, "fw": t0 + 0.009, "l2": t0 + 0.012, "end": t0 + 0.013,
                 "plugged": [], "fdb": [MAC], "neigh": [], "cpu_fw": 0.0005, "cpu_l2": 0.001, "cpu_end": 0.0015}],
     }
@@ -78,7 +80,8 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
     assert {h: len(v) for h, v in traces.items()} == {"h1": 2, "h2": 1}
     st = pub.port_stages(traces, t0, t0 + 0.008, t0 + 0.017, "h1", TAP, MAC)
     want = {"bind_put": 0.008, "to_recv": 0.010, "recv_to_start": 0.001, "start_to_fw": 0.003, "fw_to_plug": 0.002,
-            "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005, "plug_to_end": 0.014, "plug_to_reply": 0.001, "to_plug": 0.016,
+            "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005, "rq_fw": 0.0007, "part_compute_plug": 0.0009,
+            "part_compute_firewall": 0.0006, "part_apply_firewall": 0.0015, "plug_to_end": 0.014, "plug_to_reply": 0.001, "to_plug": 0.016,
             "to_peer_fdb": 0.012, "peer_fdb_to_reply": 0.005, "peer_start_to_fdb": 0.003, "peer_cpu_fdb": 0.0015,
             "peer_cpu": 0.003}
     assert st.keys() == want.keys()
