@@ -214,6 +214,11 @@ STAGES = (
     ("part_compute_plug", "target: plug-path compute (overlay + firewall: compute_plug, wall)"),
     ("part_compute_firewall", "target: of it, the firewall's compute (compute_firewall, wall)"),
     ("part_apply_firewall", "target: the firewall's apply (diff + nft transaction: apply_firewall, wall)"),
+    # The other two agents' passes (their traced passes: a new FDB or neighbour entry, or a
+    # plug) that ran while the target's went from start to firewall loaded: 3 agents share
+    # this machine's CPUs, each host of a real cloud has its own.
+    ("peers_overlap_fw", "target: of start -> firewall loaded, time a peer agent's pass also ran (wall)"),
+    ("peers_both_fw", "target: of start -> firewall loaded, time both peer agents' passes also ran (wall)"),
     ("plug_to_end", "target: tap plugged -> pass end (other features' compute and apply; off the path)"),
     ("plug_to_reply", "target: tap plugged -> first reply (prober's 2 ms period + wire)"),
     ("to_plug", "bind -> tap plugged on the target host"),
@@ -296,6 +301,9 @@ def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: fl
         for k in ("compute_plug", "compute_firewall", "apply_firewall"):
             if isinstance(parts, dict) and isinstance(parts.get(k), float | int):
                 out[f"part_{k}"] = float(parts[k])
+        busy = [_during(traces.get(h, []), start, fw) for h in HOSTS if h != host]
+        out["peers_overlap_fw"] = _length(_union(*busy))
+        out["peers_both_fw"] = _length(_intersection(*busy)) if len(busy) == 2 else 0.0
         out["plug_to_end"] = end - l2
         out["plug_to_reply"] = first - l2
         out["to_plug"] = l2 - t0
@@ -311,6 +319,30 @@ def port_stages(traces: dict[str, list[dict[str, object]]], t0: float, t_put: fl
         if len(cpu) == 3:
             out["peer_cpu_fdb"], out["peer_cpu"] = cpu[0] + cpu[1], sum(cpu)
     return out
+
+
+def _during(docs: list[dict[str, object]], a: float, b: float) -> list[tuple[float, float]]:
+    """The parts of [a, b] that the passes of `docs` (trace documents: start .. end) cover, merged."""
+    return _union([(max(a, float(d["start"])), min(b, float(d["end"])))  # type: ignore[arg-type]
+                   for d in docs if float(d["start"]) < b and float(d["end"]) > a])  # type: ignore[arg-type]
+
+
+def _union(*spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for x, y in sorted(iv for ivs in spans for iv in ivs):
+        if out and x <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], y))
+        else:
+            out.append((x, y))
+    return out
+
+
+def _intersection(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(max(x, u), min(y, v)) for x, y in a for u, v in b if max(x, u) < min(y, v)]
+
+
+def _length(spans: list[tuple[float, float]]) -> float:
+    return sum(y - x for x, y in spans)
 
 
 def stage_rows(system: str, stages: dict[str, list[float]]) -> list[list[str]]:

@@ -70,6 +70,10 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
                                            "apply_firewall": 0.0015}}],
         "h2": [{"recv": t0 + 0.009, "start": t0 + 0.009, "fw": t0 + 0.009, "l2": t0 + 0.012, "end": t0 + 0.013,
                 "plugged": [], "fdb": [MAC], "neigh": [], "cpu_fw": 0.0005, "cpu_l2": 0.001, "cpu_end": 0.0015}],
+        # the third host's pass (another port's FDB entry) from t0 + 12.5 ms: with h2's, it covers
+        # the target's start -> firewall loaded (11 -> 14 ms) from 11 to 14, both from 12.5 to 13
+        "h3": [{"recv": t0 + 0.012, "start": t0 + 0.0125, "fw": t0 + 0.0125, "l2": t0 + 0.015, "end": t0 + 0.020,
+                "plugged": [], "fdb": ["02:00:00:00:00:99"], "neigh": []}],
     }
     for host, docs in lines.items():
         with open(tmp_path / f"agent-{host}.log", "w") as f:
@@ -77,11 +81,12 @@ def test_the_bench_joins_target_and_peer_traces_into_stages(tmp_path) -> None:
             f.writelines(f"2026-12-06 INFO vxnet.agent.trace host={host} trace {json.dumps(d)}\n" for d in docs)
     (tmp_path / "server.log").write_text(f"host=h1 trace {json.dumps(lines['h1'][1])}\n")   # not an agent's
     traces = pub.read_traces(str(tmp_path))
-    assert {h: len(v) for h, v in traces.items()} == {"h1": 2, "h2": 1}
+    assert {h: len(v) for h, v in traces.items()} == {"h1": 2, "h2": 1, "h3": 1}
     st = pub.port_stages(traces, t0, t0 + 0.008, t0 + 0.017, "h1", TAP, MAC)
     want = {"bind_put": 0.008, "to_recv": 0.010, "recv_to_start": 0.001, "start_to_fw": 0.003, "fw_to_plug": 0.002,
             "cpu_fw": 0.002, "cpu_l2": 0.001, "cpu_end": 0.005, "rq_fw": 0.0007, "part_compute_plug": 0.0009,
-            "part_compute_firewall": 0.0006, "part_apply_firewall": 0.0015, "plug_to_end": 0.014, "plug_to_reply": 0.001, "to_plug": 0.016,
+            "part_compute_firewall": 0.0006, "part_apply_firewall": 0.0015, "peers_overlap_fw": 0.003,
+            "peers_both_fw": 0.0005, "plug_to_end": 0.014, "plug_to_reply": 0.001, "to_plug": 0.016,
             "to_peer_fdb": 0.012, "peer_fdb_to_reply": 0.005, "peer_start_to_fdb": 0.003, "peer_cpu_fdb": 0.0015,
             "peer_cpu": 0.003}
     assert st.keys() == want.keys()
