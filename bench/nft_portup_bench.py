@@ -25,6 +25,12 @@ compute in `HostComputer.compute_plug` (its `compute_firewall` timing), the rend
 `compute_plug` (its `compute_l2` timing: the port's network, all N + 2N ports on it), p50 and
 min per N. It uses only APIs
 older trees have too, so `PYTHONPATH=<other tree>/src` measures that tree's code.
+`--nft-compare sched`: where a port-up's transaction waits. Each port-up's commands (as the
+driver's) after 10 ms idle: first as a dry run (libnftables' parse and evaluation, the batch,
+the kernel's checks and validation, then its abort), then committed: the thread's CPU, its wait
+on a run queue (`/proc/thread-self/schedstat`) and its involuntary context switches; then a
+pure Python loop of the same CPU time (no system call) as the control for what the machine's
+load alone costs. Run under `nice -n N` to see what a priority changes.
 Contract: only its own sandbox namespace; figures never invented.
 """
 
@@ -172,6 +178,69 @@ def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
     return out
 
 
+def _switches() -> int:
+    """The calling thread's involuntary context switches so far (it was preempted)."""
+    with open("/proc/thread-self/status") as f:
+        return next(int(line.split(":")[1]) for line in f if line.startswith("nonvoluntary_ctxt_switches"))
+
+
+def measure_sched(sizes: list[int], rounds: int) -> dict[str, Any]:
+    """Inside the sandbox: per size, each port-up's transaction (after 10 ms idle, as a pass
+    after a wait) as the dry run first (`nft_ctx_set_dry_run`: libnftables' work and the
+    kernel's checks, then the kernel aborts it) and then committed: its thread CPU, its wait
+    on a run queue (schedstat) and how often it was preempted; then, as the control, a pure
+    Python loop of the same CPU time (no system call, no lock): its wait and preemptions."""
+    import ctypes
+
+    import_repo()
+    from bench.firewall_bench import _view
+    from vxnet.agent.core import run_delay
+    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.dataplane.nft_driver import diff_table
+    from vxnet.dataplane.nft_exec import NftExecutor
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        ex = NftExecutor()
+        lib, ctx = ex._lib._lib, ex._lib._ctx  # type: ignore[union-attr]
+        lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        fw = compute_firewall(_view(n), "h1")
+        if ex.run("flush ruleset\n" + "".join(table_text(t) for t in fw.tables)) is not None:
+            raise RuntimeError(f"loading {n} ports")
+        times: dict[str, list[float]] = {k: [] for k in (
+            "dry run: CPU", "transaction: CPU", "transaction: run-queue wait", "transaction: preempted (times)",
+            "same-CPU Python loop: run-queue wait", "same-CPU Python loop: preempted (times)")}
+        commands = 0
+        for k in range(rounds):
+            new = compute_firewall(_view(n + 1 + k), "h1")
+            lines = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
+            text, commands = "\n".join(lines) + "\n", len(lines)
+            lib.nft_ctx_set_dry_run(ctx, True)
+            c0 = time.thread_time()
+            err = ex.run(text)
+            times["dry run: CPU"].append((time.thread_time() - c0) * 1e3)
+            lib.nft_ctx_set_dry_run(ctx, False)
+            time.sleep(0.01)
+            c0, r0, s0 = time.thread_time(), run_delay(), _switches()
+            err = err or ex.run(text)
+            c1, r1, s1 = time.thread_time(), run_delay(), _switches()
+            if err is not None:
+                raise RuntimeError(f"port-up at {n} ports: {err}")
+            times["transaction: CPU"].append((c1 - c0) * 1e3)
+            times["transaction: run-queue wait"].append((r1 - r0) * 1e3)
+            times["transaction: preempted (times)"].append(float(s1 - s0))
+            time.sleep(0.01)
+            spend, c0, r0, s0 = c1 - c0, time.thread_time(), run_delay(), _switches()
+            while time.thread_time() - c0 < spend:
+                pass
+            times["same-CPU Python loop: run-queue wait"].append((run_delay() - r0) * 1e3)
+            times["same-CPU Python loop: preempted (times)"].append(float(_switches() - s0))
+            fw = new
+        ex.close()
+        out[str(n)] = _result(times, commands, fw)
+    return out
+
+
 def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
     """Inside the sandbox: per size, the transaction times of both forms (ms)."""
     import_repo()
@@ -203,9 +272,11 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nft-sizes", default="10,100,300", help="local ports before the port-ups (10,100,300)")
     p.add_argument("--nft-rounds", type=int, default=15, help="port-ups per form and size (15)")
-    p.add_argument("--nft-compare", choices=("classic", "sets", "compute"), default="classic",
+    p.add_argument("--nft-compare", choices=("classic", "sets", "compute", "sched"), default="classic",
                    help="classic: cache-free vs classic commands; sets: plain vs anonymous-set checks; "
-                        "compute: the pure part (firewall compute, render, diff), no kernel")
+                        "compute: the pure part (firewall compute, render, diff), no kernel; sched: each "
+                        "transaction's CPU (and its dry run's), run-queue wait and preemptions against a "
+                        "pure Python loop of the same CPU")
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -216,7 +287,7 @@ def run(opts: argparse.Namespace) -> Report:
     sizes = [int(x) for x in str(getattr(opts, "nft_sizes", "10,100,300")).split(",")]
     rounds = 3 if opts.quick else max(1, int(getattr(opts, "nft_rounds", 15)))
     load0 = os.getloadavg()[0]
-    fn = {"sets": "measure_sets", "compute": "measure_compute"}.get(compare, "measure")
+    fn = {"sets": "measure_sets", "compute": "measure_compute", "sched": "measure_sched"}.get(compare, "measure")
     try:
         res: dict[str, Any] = (measure_compute(sizes, rounds) if compare == "compute" else in_sandbox(  # type: ignore[assignment]
             f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds})", 600))
@@ -225,11 +296,14 @@ def run(opts: argparse.Namespace) -> Report:
     rows: list[list[str]] = []
     for n, r in res.items():
         for form, xs in r["times"].items():
+            unit = " (count, not ms)" if form.endswith("(times)") else ""
             what = (f"{r['commands']} anonymous sets in a port-up (sets form)" if fn == "measure_sets"
                      else "pure, no kernel" if fn == "measure_compute" else f"{r['commands']} commands (cache-free form)")
             rows.append([n, form, f"{statistics.median(xs):.2f}", f"{min(xs):.2f}", f"{max(xs):.2f}", str(len(xs)),
-                         f"{what}; {r['objects']} chains+sets in the tables"])
+                         f"{what}; {r['objects']} chains+sets in the tables{unit}"])
     notes = [f"load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
              "the pure part of each port-up (in-process)" if fn == "measure_compute" else
+             "each port-up: its dry run, its transaction, the same-CPU loop, in turn; nice "
+             f"{os.getpriority(os.PRIO_PROCESS, 0)}" if fn == "measure_sched" else
              "each port-up's transaction alone (libnftables in-process, the agent's executor); forms alternate"]
     return Report(NAME, cols, rows, notes=notes)
