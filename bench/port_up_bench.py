@@ -103,10 +103,10 @@ def _stats_row(system: str, what: str, xs: list[float], failed: int, note: str) 
 # during vs 30.2, 38.1 ms after).
 ACTIVE_POLL = "during"
 QUIET = 10.0   # seconds the lab prefix must stay free before a run starts (0 inside a sandbox)
-# The agents' pass threads' nice value (`--portup-agent-nice`; 0: left as started). An agent's
-# pass runs on its main thread, and Linux's nice is per thread: setpriority(PRIO_PROCESS, pid)
-# sets that thread's only (its stream reader, reporter... keep theirs). OVS runs ovs-vswitchd at
-# nice -10 by default; this measures whether the pass thread gains from the same.
+# The agents' nice value (`--portup-agent-nice`; 0: left as started). Set on each agent's main
+# thread (its pass thread) once the lab is up: Linux's nice is per thread, and the threads an
+# agent starts after that inherit it (seen in a run: all 8 of each agent's threads at -10), so in
+# effect the whole agent, as OVS runs ovs-vswitchd at nice -10 by default.
 AGENT_NICE = 0
 
 
@@ -404,7 +404,7 @@ def measure_vxnet(nports: int, store: str = "embedded") -> dict[str, object]:
         with make_lab(workdir) as lab3, _active_commits(getattr(lab3, "etcd_endpoints", None)) as commits:
             if AGENT_NICE:
                 for pid in lab.load_state()["agents"].values():
-                    os.setpriority(os.PRIO_PROCESS, pid, AGENT_NICE)   # its main thread: the pass thread
+                    os.setpriority(os.PRIO_PROCESS, pid, AGENT_NICE)   # its main thread (and later ones)
             net, _ = lab3.network("alice", NET_CIDR, "portup")
             probers = {}
             for i, h in enumerate(HOSTS):
@@ -559,8 +559,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--portup-active-poll", choices=("during", "after"), default="during",
                    help="poll the API for ACTIVE during the wait for the first reply (default, as before) or after it")
     p.add_argument("--portup-agent-nice", type=int, default=0,
-                   help="nice value of the vxnet agents' pass threads (their main thread) during the run "
-                        "(default 0: as started; OVS runs ovs-vswitchd at -10)")
+                   help="nice value of the vxnet agents during the run, set on their main thread (the pass "
+                        "thread) once the lab is up (default 0: as started; OVS runs ovs-vswitchd at -10)")
     p.add_argument("--skip-ovn", action="store_true", help="do not run the OVN lab (default: run it)")
 
 
@@ -717,8 +717,9 @@ def run(opts: argparse.Namespace) -> Report:
     if opts.skip_ovn:
         notes.append("OVN was not run in this run (`--skip-ovn`).")
     if AGENT_NICE:
-        notes.append(f"The vxnet agents' pass threads ran at nice {AGENT_NICE} (`--portup-agent-nice`; their other "
-                     "threads, the server and the benchmark at their own).")
+        notes.append(f"The vxnet agents ran at nice {AGENT_NICE} (`--portup-agent-nice`: set on their main thread, "
+                     "the pass thread, once the lab was up; threads they start later inherit it; the server and the "
+                     "benchmark at their own).")
     if not opts.skip_ovn:
         notes += ovn_notes(nports, opts.ovn_lab)
     notes.append("Load average (1/5/15 min) at the start: " + " / ".join(f"{x:.1f}" for x in load0) +
