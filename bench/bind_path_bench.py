@@ -10,9 +10,11 @@ shows the binding. With `--poll` the client also polls the port (a GET every ~1 
 PUT's answer until the update arrived), as the port-up benchmark's ACTIVE poll does. Between
 binds it waits `--gap` ms, so each bind finds the server idle. httpx writes a request's headers
 and its body in two writes (two segments on loopback), so the server parses the headers, runs
-its middlewares and routing, then waits a loop round for the body; Nova's client (requests,
-http.client) sends a small body with the headers in one write. With `--one-write` the PUT goes
-that way, over a raw keep-alive connection: the server's path without the client's second write.
+its middlewares and routing, then waits a loop round for the body. Nova's client
+(keystoneauth -> requests -> urllib3 -> http.client) writes twice too on this stack (checked in
+session 14, docs/benchmarks.md), so the default is what a deployment sees. With `--one-write`
+the PUT's headers and body go in one write over a raw keep-alive connection: a server-side view
+of the path without the client's second write, not any real client's.
 
 Printed: p50 / p90 / p99 ms of bind -> PUT answered, bind -> update at the target stream and
 their difference per bind (negative: the stream had the update first), and the server's CPU time (user + system, /proc) per bind over the bind phase.
@@ -163,7 +165,7 @@ def main() -> None:
     p.add_argument("--poll", action="store_true", help="poll the port with GETs until the update arrived")
     p.add_argument("--gap", type=float, default=20.0, help="ms between binds (20)")
     p.add_argument("--one-write", action="store_true",
-                   help="send each PUT's headers and body in one write (as http.client), not httpx's two")
+                   help="send each PUT's headers and body in one write (a server-side view: real clients write twice)")
     opts = p.parse_args()
     start_load = load_averages()
     with tempfile.TemporaryDirectory(prefix="vxnet-bind-bench-") as d, \
