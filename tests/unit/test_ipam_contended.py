@@ -136,3 +136,31 @@ def test_two_servers_allocating_at_once_on_a_shared_store_pick_apart(
             str(ipaddress.ip_address(first) + k) for k in (1, 2, 3)]
     else:
         assert picks == ["100.64.0.2", "100.64.0.2"]  # lowest-first: they would collide
+
+
+def test_a_lane_that_reaches_another_servers_lane_draws_a_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server B's lane, started just below server A's, reaches A's first address: B draws a new
+    lane there instead of scanning past A's taken addresses onto A's next one, which A has in
+    flight where B cannot see it (both would claim it: one reruns, its batch fails)."""
+    store = SharedStore(":memory:")
+    repo = Repo(store)
+    sub = subnet()
+    names = ("_low_water", "_in_flight", "_contended", "_lanes")
+    servers: list[dict[str, Any]] = [{name: {} for name in names} for _ in range(2)]
+
+    def on(server: int) -> None:
+        for name in names:
+            monkeypatch.setattr(ipam, name, servers[server][name])
+
+    draws = iter([40, 37, 100])  # lane starts as pool offsets (pool start .2): A's, B's, B's next
+    monkeypatch.setattr(ipam.random, "randrange", lambda size: next(draws))
+    on(0)
+    assert [n(allocate(repo, sub)[0]) for _ in range(3)] == [42, 43, 44]
+    on(1)
+    assert [n(allocate(repo, sub)[0]) for _ in range(3)] == [39, 40, 41]
+    on(0)
+    in_flight = ipam.allocate_ip(UnitOfWork(repo), sub, str(uuid.uuid4()))  # A stages .45, uncommitted
+    assert n(in_flight) == 45
+    on(1)
+    assert n(allocate(repo, sub)[0]) == 102  # not past .42-.44 onto A's .45
+    assert n(allocate(repo, sub)[0]) == 103

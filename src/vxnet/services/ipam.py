@@ -22,6 +22,11 @@ Invariants:
   servers then fill disjoint parts of the pool and stop colliding; a rerun inside a lane (the
   lanes met) draws a new lane. A lane starts only on a free address: starting "past a random
   offset" would land after taken runs, on the very address another server allocates next.
+  For the same reason a lane ends at the first address taken by anyone else (it skips only
+  this process's own in-flight addresses): the taken run above it is typically another
+  server's lane, and scanning past it lands on that server's next address, claimed in flight
+  where this process cannot see it (a rerun, and a failed group-commit batch: up to 5 reruns
+  per 800 creates in api_bench before; docs/benchmarks.md, etcd write path, tenth round).
   If a few random draws find no free address (a nearly full pool), the pick is random among
   the first `WINDOW` free addresses. On the embedded store (one server) uncontended
   allocation stays lowest-first. (Measured with 2 servers, 8 clients: lanes 1.00-1.01 txns per
@@ -152,7 +157,7 @@ WINDOW = 32
 # subnet is contended (see the module docstring). A hint only, like the others.
 _lanes: dict[str, tuple[str, int]] = {}
 LANE_DRAWS = 8   # random draws for a free lane start before falling back to the window
-LANE_SCAN = 64   # addresses a lane scans upwards before drawing a new lane
+LANE_SCAN = 64   # addresses of this process in flight a lane skips before drawing a new lane
 
 
 def _pools_sig(subnet: dict[str, Any]) -> str:
@@ -244,6 +249,8 @@ def _lane_pick(uow: UnitOfWork, subnet: dict[str, Any], sig: str, now: float) ->
                 if free(m):
                     _lanes[sid] = (sig, m + 1)
                     return m
+                if _in_flight.get((sid, m), 0.0) <= now:
+                    break  # taken by someone else: the start of another server's lane (see below)
             break
     m = ranges[0][0]
     for _ in range(LANE_DRAWS):  # a new lane: a random free pool address
