@@ -19,6 +19,8 @@ against N ports:
 - `data`: a port-up on the data-driven table, elements only, none a verdict;
 - `data-vmap`: the same, with the group membership as 2 verdict-map elements `jump ge_/gi_<group>`
   (existing chains) instead of 2 set elements.
+`--tables data`: only the data-driven tables in the namespace, only the last two forms (what a
+data-driven agent's port-up would meet); `--tables today`: only today's tables, the first four.
 Contract: only its own network namespace (the process unshares one first); figures never
 invented. Usage: `tools/sandbox .venv/bin/python -m bench.nft_jump_lab --sizes 33,100,300
 --rounds 30`.
@@ -167,8 +169,9 @@ def _cpu_run(ex: Any, text: str, what: str) -> tuple[float, float]:
     return (c1 - c0) * 1e3, (w1 - w0) * 1e3
 
 
-def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
-    """Per size and form: CPU and wall (ms) of each port-up transaction."""
+def measure(sizes: list[int], rounds: int, tables: str = "both") -> dict[str, Any]:
+    """Per size and form: CPU and wall (ms) of each port-up transaction (`tables`: "both", or
+    only "today"'s or only the "data"-driven tables in the namespace, and only their forms)."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from bench.firewall_bench import _view
     from vxnet.compute.firewall import compute_firewall, table_text
@@ -187,7 +190,9 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
         base = "flush ruleset\n" + "".join(table_text(t) for t in fw.tables) + concat + "\n"
         base += "".join(f'add element bridge vxnet_ps jl_allowed {{ "{p.ifname}" . {p.mac} . {p.ip} }}\n'
                         for p in map(lab_port, range(n)))
-        _cpu_run(ex, base + data_tables([lab_port(i) for i in range(n)], group, gi), f"loading {n} ports")
+        base = "flush ruleset\n" if tables == "data" else base
+        data = "" if tables == "today" else data_tables([lab_port(i) for i in range(n)], group, gi)
+        _cpu_run(ex, base + data, f"loading {n} ports")
         new = compute_firewall(_view(n + 1), "h1")
         today = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
         back = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(t, o)]
@@ -202,9 +207,11 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
         forms = {"today": (today, back), "chains": ([c for c in today if c.startswith("add chain ")], None),
                  "vmap-jump": (vj, None), "set-elems": (se, None),
                  "data": (port_elements(p, group), None), "data-vmap": (port_elements(p, group, vmap=True), None)}
-        res: dict[str, dict[str, list[float]]] = {f: {"cpu": [], "wall": []} for f in FORMS}
+        names = {"data": FORMS[-2:], "today": FORMS[:-2]}.get(tables, FORMS)
+        forms = {f: forms[f] for f in names}
+        res: dict[str, dict[str, list[float]]] = {f: {"cpu": [], "wall": []} for f in names}
         for k in range(rounds):
-            for f in FORMS[k % len(FORMS):] + FORMS[:k % len(FORMS)]:     # rotate the order each round
+            for f in names[k % len(names):] + names[:k % len(names)]:     # rotate the order each round
                 cmds, rev = forms[f]
                 cpu, wall = _cpu_run(ex, "\n".join(cmds) + "\n", f"{f} at {n}")
                 res[f]["cpu"].append(cpu)
@@ -213,7 +220,7 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
                     raise RuntimeError(f"undoing {f} at {n}")
         ex.close()
         out[str(n)] = {"forms": res, "commands": {f: len(c) for f, (c, _) in forms.items()},
-                       "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
+                       "objects": 0 if tables == "data" else sum(len(t.chains) + len(t.sets) for t in fw.tables)}
     return out
 
 
@@ -231,16 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="33,100,300")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--json", help="also write the raw figures here")
+    ap.add_argument("--tables", choices=("both", "today", "data"), default="both",
+                    help="the tables loaded: both (default), only today's, only the data-driven ones")
     a = ap.parse_args(argv)
     _private_netns()
     load0 = os.getloadavg()
-    res = measure([int(x) for x in a.sizes.split(",")], a.rounds)
+    res = measure([int(x) for x in a.sizes.split(",")], a.rounds, a.tables)
     load1 = os.getloadavg()
-    print(f"load (1 min) {load0[0]:.1f} -> {load1[0]:.1f}; {a.rounds} rounds, forms rotated each round")
+    print(f"load (1 min) {load0[0]:.1f} -> {load1[0]:.1f}; {a.rounds} rounds, forms rotated each round"
+          + f"; tables loaded: {a.tables}")
     print("| local ports (chains+sets) | form | commands | CPU p50 (min) ms | wall p50 (min) ms |")
     print("|---|---|---|---|---|")
     for n, r in res.items():
-        for f in FORMS:
+        for f in r["forms"]:
             cpu, wall = r["forms"][f]["cpu"], r["forms"][f]["wall"]
             print(f"| {n} ({r['objects']}) | {f} | {r['commands'][f]} | {statistics.median(cpu):.2f} ({min(cpu):.2f})"
                   f" | {statistics.median(wall):.2f} ({min(wall):.2f}) |")
