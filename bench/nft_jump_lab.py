@@ -13,6 +13,9 @@ against N ports:
 - `today`: the driver's commands of a port-up (`diff_table`: 2 + 2 chains, 4 verdict-map
   elements `jump <new chain>`, 2 plain set elements);
 - `chains`: only those chains (declared and filled), no verdict-map element;
+- `chains-plain`: the same chains, their rules without any verdict, `jump` or `meta mark set`
+  (`without_verdicts`: matches, counters and comments only);
+- `chains-empty`: only the 4 chain declarations, no rule;
 - `vmap-jump`: only the 4 verdict-map elements, each a `jump` to an existing chain (port 0's);
 - `set-elems`: only plain data elements: the 2 set elements of today's port-up and one
   `ifname . ether_addr . ipv4_addr` element of a concatenated set;
@@ -38,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-FORMS = ("today", "chains", "vmap-jump", "set-elems", "data", "data-vmap")
+FORMS = ("today", "chains", "chains-plain", "chains-empty", "vmap-jump", "set-elems", "data", "data-vmap")
 DT = "vxjl"                     # the data-driven tables' name (bridge vxjl_ps, inet vxjl_sg)
 _JUMP = re.compile(r": jump (\S+) \}")
 
@@ -101,6 +104,13 @@ def undo(cmds: list[str]) -> list[str]:
     chains = [f"delete chain {' '.join(c.split()[2:5])}" for c in cmds
               if c.startswith("add chain ") and "{" not in c]
     return elems[::-1] + chains[::-1]
+
+
+def without_verdicts(cmd: str) -> str:
+    """A chain command's rules with no verdict, `jump` or `meta mark set` left (the matches,
+    counters and comments stay)."""
+    cmd = re.sub(r"meta mark set .*? (accept |drop )?comment", "comment", cmd)
+    return re.sub(r" (?:accept|drop|jump \S+) comment", " comment", cmd)
 
 
 def as_elements(cmds: list[str]) -> list[str]:
@@ -204,7 +214,10 @@ def measure(sizes: list[int], rounds: int, tables: str = "both") -> dict[str, An
         se = [c for c in today if c.startswith("add set ")]
         se.append(_elems("bridge vxnet_ps", "jl_allowed", ("set", "ifname . ether_addr . ipv4_addr"),
                          f'"{p.ifname}" . {p.mac} . {p.ip}'))
-        forms = {"today": (today, back), "chains": ([c for c in today if c.startswith("add chain ")], None),
+        chains = [c for c in today if c.startswith("add chain ")]
+        forms = {"today": (today, back), "chains": (chains, None),
+                 "chains-plain": ([without_verdicts(c) for c in chains], None),
+                 "chains-empty": ([c for c in chains if "{" not in c], None),
                  "vmap-jump": (vj, None), "set-elems": (se, None),
                  "data": (port_elements(p, group), None), "data-vmap": (port_elements(p, group, vmap=True), None)}
         names = {"data": FORMS[-2:], "today": FORMS[:-2]}.get(tables, FORMS)

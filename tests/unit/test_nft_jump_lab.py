@@ -61,3 +61,14 @@ def test_undo_removes_elements_then_chains() -> None:
     assert jl.undo(cmds) == ["delete element inet t s { 192.0.2.1 }",
                              'delete element bridge t pre { "tap1" : jump ps_1 }',
                              "delete chain bridge t ps_1"]
+
+
+def test_without_verdicts_keeps_matches_and_counters() -> None:
+    ps = ('add chain bridge vxnet_ps ps_1 { udp sport 67 counter drop comment "a"; ether saddr 02:00:00:00:00:01 '
+          'ip saddr 100.64.0.1 counter meta mark set 0x1 accept comment "b"; counter drop comment "c"; }')
+    assert jl.without_verdicts(ps) == ('add chain bridge vxnet_ps ps_1 { udp sport 67 counter comment "a"; ether saddr '
+                                      '02:00:00:00:00:01 ip saddr 100.64.0.1 counter comment "b"; counter comment "c"; }')
+    eg = 'add chain inet vxnet_sg eg_1 { ct state invalid counter drop comment "d"; counter jump ge_g comment "e"; }'
+    assert jl.without_verdicts(eg) == 'add chain inet vxnet_sg eg_1 { ct state invalid counter comment "d"; counter comment "e"; }'
+    mk = 'add chain bridge vxnet_ps mk_1 { counter meta mark set meta mark and 0x0000ffff or 0x10000 comment "f"; }'
+    assert jl.without_verdicts(mk) == 'add chain bridge vxnet_ps mk_1 { counter comment "f"; }'
