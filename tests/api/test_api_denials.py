@@ -58,3 +58,63 @@ def test_valid_non_ascii_text_is_still_accepted(shared_server: ServerHandle) -> 
         got: dict[str, Any] = r.json()["network"]
         assert got["name"] == name
         assert alice.get(f"/networks/{got['id']}").json()["network"]["name"] == name
+
+
+class _Str(str):
+    """A string that counts its equality comparisons (to measure work without a clock)."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        _Str.compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_list_validators_do_linear_work() -> None:
+    """A body of ~1 MB holds ~10^5 tags or ~2.5*10^4 ids. The duplicate checks of tag lists and
+    of a port's security_groups compared every item with every other (`list.count` per item):
+    minutes of CPU per request, holding the interpreter lock the event loop needs. Counted in
+    comparisons, not seconds: n items may cost O(n), not n^2/2."""
+    from vxnet.api.routers import ports, tags
+
+    n = 2000
+    items = [_Str(f"t{i:05d}") for i in range(n)]
+    _Str.compared = 0
+    assert tags.validate_tags({"tags": items}) == items
+    assert _Str.compared < 4 * n, _Str.compared
+    _Str.compared = 0
+    assert ports._unique(list(items)) == items
+    assert _Str.compared < 4 * n, _Str.compared
+
+
+def test_subnet_pool_prefix_changes_do_linear_work(shared_server: ServerHandle, monkeypatch: Any) -> None:
+    """A pool may hold ~10^4 disjoint prefixes and one add/remove_prefixes or update names as
+    many. Their checks (overlap, subset, the rest after a removal) compared every prefix with
+    every other, each parsed anew: hours of CPU for one member's request. Counted in prefix
+    parses, and the answers are the same sets as before."""
+    import ipaddress
+
+    alice = shared_server.api("alice")
+    n = 1000
+    mine = [f"100.64.{i // 128}.{(i % 128) * 2}/32" for i in range(n)]        # even addresses
+    pool = alice.post("/subnetpools", json={"subnetpool": {"name": "many", "prefixes": mine}}).json()["subnetpool"]
+    parses = 0
+    real = ipaddress.ip_network
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        nonlocal parses
+        parses += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ipaddress, "ip_network", counting)
+    gone = mine[: n // 2] + [f"100.64.{i // 128}.{(i % 128) * 2 + 1}/32" for i in range(n // 2)]   # half odd: not held
+    r = alice.put(f"/subnetpools/{pool['id']}/remove_prefixes", json={"prefixes": gone})
+    assert r.status_code == 200, r.text
+    assert r.json()["prefixes"] == mine[n // 2:]
+    r = alice.put(f"/subnetpools/{pool['id']}/add_prefixes", json={"prefixes": mine[: n // 2]})
+    assert r.status_code == 200 and r.json()["prefixes"] == mine, r.text
+    r = alice.put(f"/subnetpools/{pool['id']}", json={"subnetpool": {"prefixes": mine[1:]}})   # shrinks: refused
+    assert_error(r, 400, "IllegalSubnetPoolPrefixUpdate")
+    assert parses < 30 * n, parses   # linear: ~15 per prefix; pairwise: ~n * n / 2
