@@ -2,6 +2,10 @@
 
 `parse_json(raw, max_depth)`:
 - the body must be JSON (UTF-8, or UTF-16/32 as `json.loads` detects): anything else is a 400 `MalformedRequestBody`;
+- its strings must be Unicode text: a lone UTF-16 surrogate (`"\\ud800"`, valid JSON escape
+  syntax but no character) is the same 400. Accepted, it would be stored and then fail every
+  UTF-8 encoding of the object: the create's own answer (a 500 after the commit, i.e. a
+  half-written object) and every later show or update of it;
 - its arrays and objects may nest at most `max_depth` deep: deeper is a 400 `BadRequest` naming
   the limit. So no body can make the validation models, an error message or a store encoder
   recurse deeply (Python's RecursionError: a 500, or a dropped connection).
@@ -43,6 +47,16 @@ def depth_error(limit: int) -> ApiError:
     return ApiError(400, "BadRequest", f"Request body nests arrays/objects deeper than the limit of {limit} levels")
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string (or key) in `value` holds a lone UTF-16 surrogate (called on a value
+    already bounded in depth, so the encoder's recursion is too)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_json(raw: bytes, max_depth: int) -> Any:
     """The body as JSON, at most `max_depth` levels deep; a 400 naming the problem otherwise."""
     if not raw:
@@ -55,4 +69,10 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
         raise ApiError(400, "MalformedRequestBody", "Malformed request body: body is not valid JSON") from None
     if raw.count(b"[") + raw.count(b"{") > max_depth and too_deep(value, max_depth):
         raise depth_error(max_depth)
+    # A surrogate comes from a `\u` escape, or encoded in the bytes (`json.loads` decodes with
+    # "surrogatepass"): in UTF-8 as 0xED 0xA0-0xBF, in UTF-16/32 (NUL bytes) as itself. Bodies
+    # with any of these are rare; only they pay for the check.
+    if (b"\\u" in raw or b"\xed" in raw or b"\0" in raw) and _has_lone_surrogate(value):
+        raise ApiError(400, "MalformedRequestBody", "Malformed request body: a string holds a lone UTF-16 "
+                                                    "surrogate (\\ud800-\\udfff), which is not Unicode text")
     return value
