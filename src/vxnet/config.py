@@ -66,9 +66,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 import tomllib
 import uuid
+from typing import Any
 
 from vxnet.passwords import BadHash, parse_hash
 
@@ -247,6 +249,37 @@ def _check_limits(cfg: Config) -> None:
         raise ConfigError(f"[server] metrics_listen must be HOST:PORT, not {cfg.metrics_listen!r}")
 
 
+def plain_secrets(raw: dict[str, Any]) -> list[str]:
+    """Where a parsed server config holds a secret in plain text: users' `password` (not
+    `password_hash`) and `[nova] password`."""
+    users = raw.get("identity", {}).get("users", []) if isinstance(raw.get("identity"), dict) else []
+    found = [f"the password of user {u.get('name')!r}" for u in users if isinstance(u, dict) and u.get("password")]
+    nova = raw.get("nova")
+    if isinstance(nova, dict) and nova.get("password"):
+        found.append("[nova] password")
+    return found
+
+
+def _warn_if_readable(path: str, secrets: list[str]) -> None:
+    """Warn (once per load) when a config holding plain-text secrets is readable by others or
+    writable by its group. Not refused: the file is the operator's (a sample or a lab's config may be
+    0644 on purpose); docs/deployment.md asks for 0640 root:vxnet or stricter."""
+    import os
+    import stat
+
+    if not secrets:
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & 0o027:
+        logging.getLogger("vxnet.config").warning(
+            "config %s has mode %04o and holds %s in plain text: other local users can read or change it. "
+            "Run `chmod 600 %s` (or 640 with the server's own group), or use password_hash (`vxnet passwd`)",
+            path, mode, ", ".join(secrets[:3]) + (f" and {len(secrets) - 3} more" if len(secrets) > 3 else ""), path)
+
+
 def load_config(path: str | None) -> Config:
     """Read a TOML config file; None gives the built-in defaults (no users)."""
     if path is None:
@@ -259,6 +292,7 @@ def load_config(path: str | None) -> Config:
     server = raw.get("server", {})
     identity = raw.get("identity", {})
     users = tuple(_user(u) for u in identity.get("users", []))
+    _warn_if_readable(path, plain_secrets(raw))
     allowed = {f.name for f in dataclasses.fields(Config)} - {"users", "extra_projects", "quotas", "nova", *IDENTITY_KEYS}
     unknown = set(server) - allowed
     if unknown:

@@ -20,7 +20,7 @@ def test_defaults_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(k, raising=False)
     o = parser().parse_args(REQUIRED)
     assert (o.server, o.host, o.underlay_ip) == ("http://192.0.2.1:9696", "h1", "198.51.100.1")
-    assert (o.user, o.password, o.project) == ("vxnet-agent", "vxnet-agent-pw", "service")
+    assert (o.user, o.password, o.project) == ("vxnet-agent", None, "service")  # no built-in password
     assert (o.gateway, o.bfd, o.resync, o.dhcp_lease_time, o.control_socket) == \
         (False, False, 30.0, 86400, DEFAULT_CONTROL_SOCKET)
     assert o.external_interface is None and o.bgp_peer is None and o.bgp_as is None
@@ -64,6 +64,15 @@ def test_help_and_checks_through_both_entry_points(entry: str) -> None:
     assert r.returncode == 2 and "BGP needs --gateway" in r.stderr, (r.stdout, r.stderr)
     r = _vxnet(entry, "agent", *REQUIRED, "--gateway", "--external-interface", "p1:eth1", "--external-interface", "p2:eth1")
     assert r.returncode == 2 and "--external-interface: interface eth1 given twice" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_an_agent_without_a_password_exits_before_connecting() -> None:
+    """No built-in service password: one shipped in the code is a credential every reader of
+    the source knows. Without VXNET_AGENT_PASSWORD or --password the agent exits 2, naming it."""
+    env = {k: v for k, v in os.environ.items() if k != "VXNET_AGENT_PASSWORD"}
+    r = subprocess.run([sys.executable, "-c", "from vxnet.cli.app import app; app()", "agent", *REQUIRED,
+                        "--control-socket", ""], capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert r.returncode == 2 and "set VXNET_AGENT_PASSWORD" in r.stderr, (r.stdout, r.stderr)
 
 
 def test_vxnet_help_lists_agent() -> None:

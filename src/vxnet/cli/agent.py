@@ -47,9 +47,9 @@ def parser() -> argparse.ArgumentParser:
     a("--host", required=True, help="this host's name (binding:host_id of its ports)")
     a("--underlay-ip", required=True, help="this host's VTEP address on the underlay")
     a("--user", default=env("VXNET_AGENT_USER", "vxnet-agent"), help="service user [env VXNET_AGENT_USER]")
-    a("--password", default=env("VXNET_AGENT_PASSWORD", "vxnet-agent-pw"),
-      help="service user's password (prefer the environment variable VXNET_AGENT_PASSWORD: a command line is "
-           "visible to every user of the host)")
+    a("--password", default=env("VXNET_AGENT_PASSWORD"),
+      help="service user's password, required: no default (a built-in one would be known to everybody); prefer "
+           "the environment variable VXNET_AGENT_PASSWORD: a command line is visible to every user of the host")
     a("--project", default=env("VXNET_AGENT_PROJECT", "service"),
       help="service user's project [env VXNET_AGENT_PROJECT]")
     a("--gateway", action=argparse.BooleanOptionalAction, default=False,
@@ -131,6 +131,8 @@ def main(argv: Sequence[str]) -> int:
         except ValueError as e:
             return _fail(str(e))
 
+    if not password:
+        return _fail("no password for the service user: set VXNET_AGENT_PASSWORD (or --password)")
     from vxnet import logsetup
     from vxnet.config import ConfigError, load_metadata
 

@@ -1,0 +1,70 @@
+"""A server config holding plain-text secrets (users' `password`, `[nova] password`) and readable
+by other local users is named in a warning at load; a private one, or one with only
+`password_hash` entries, is not (vxnet/config.py `plain_secrets`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+import pytest
+
+from vxnet.config import load_config, plain_secrets
+from vxnet.passwords import hash_password
+
+PLAIN = '''
+[[identity.users]]
+name = "admin"
+password = "s3cret"
+project = "admin"
+roles = ["admin"]
+
+[nova]
+url = "http://192.0.2.7:8774"
+auth_url = "http://192.0.2.7:5000/v3"
+username = "neutron"
+password = "nova-pw"
+project = "service"
+'''
+
+HASHED = f'''
+[[identity.users]]
+name = "admin"
+password_hash = "{hash_password("s3cret")}"
+project = "admin"
+roles = ["admin"]
+'''
+
+
+def _load(tmp_path: pathlib.Path, text: str, mode: int, caplog: pytest.LogCaptureFixture) -> list[str]:
+    path = tmp_path / "vxnet.toml"
+    path.write_text(text)
+    os.chmod(path, mode)
+    with caplog.at_level(logging.WARNING, logger="vxnet.config"):
+        caplog.clear()
+        load_config(str(path))
+    return [r.getMessage() for r in caplog.records if r.name == "vxnet.config"]
+
+
+def test_plain_secrets_are_named() -> None:
+    import tomllib
+
+    assert plain_secrets(tomllib.loads(PLAIN)) == ["the password of user 'admin'", "[nova] password"]
+    assert plain_secrets({}) == []
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660])
+def test_a_readable_config_with_passwords_is_warned_about(tmp_path: pathlib.Path, mode: int,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    msgs = _load(tmp_path, PLAIN, mode, caplog)
+    assert len(msgs) == 1 and f"{mode:04o}" in msgs[0] and "'admin'" in msgs[0] and "[nova] password" in msgs[0]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o400])
+def test_a_private_config_is_not(tmp_path: pathlib.Path, mode: int, caplog: pytest.LogCaptureFixture) -> None:
+    assert _load(tmp_path, PLAIN, mode, caplog) == []
+
+
+def test_hashes_only_are_not_secrets_in_plain_text(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert _load(tmp_path, HASHED, 0o644, caplog) == []
