@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import re
 import tomllib
 import uuid
@@ -260,24 +259,26 @@ def plain_secrets(raw: dict[str, Any]) -> list[str]:
     return found
 
 
-def _warn_if_readable(path: str, secrets: list[str]) -> None:
-    """Warn (once per load) when a config holding plain-text secrets is readable by others or
-    writable by its group. Not refused: the file is the operator's (a sample or a lab's config may be
-    0644 on purpose); docs/deployment.md asks for 0640 root:vxnet or stricter."""
+def exposed_secrets(path: str) -> str | None:
+    """A warning when the server config at `path` holds plain-text secrets and others can read
+    it or its group can write it; None otherwise. Not refused: the file is the operator's (a
+    sample or a lab's config may be 0644 on purpose); docs/deployment.md asks for 0640
+    root:vxnet or stricter. `vxnet server` logs it once at start."""
     import os
     import stat
 
-    if not secrets:
-        return
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return
-    if mode & 0o027:
-        logging.getLogger("vxnet.config").warning(
-            "config %s has mode %04o and holds %s in plain text: other local users can read or change it. "
-            "Run `chmod 600 %s` (or 640 with the server's own group), or use password_hash (`vxnet passwd`)",
-            path, mode, ", ".join(secrets[:3]) + (f" and {len(secrets) - 3} more" if len(secrets) > 3 else ""), path)
+        with open(path, "rb") as f:
+            secrets = plain_secrets(tomllib.load(f))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    if not secrets or not mode & 0o027:
+        return None
+    named = ", ".join(secrets[:3]) + (f" and {len(secrets) - 3} more" if len(secrets) > 3 else "")
+    return (f"config {path} has mode {mode:04o} and holds {named} in plain text: other local users can read "
+            f"or change it. Run `chmod 600 {path}` (or 640 with the server's own group), or use password_hash "
+            f"(`vxnet passwd`)")
 
 
 def load_config(path: str | None) -> Config:
@@ -292,7 +293,6 @@ def load_config(path: str | None) -> Config:
     server = raw.get("server", {})
     identity = raw.get("identity", {})
     users = tuple(_user(u) for u in identity.get("users", []))
-    _warn_if_readable(path, plain_secrets(raw))
     allowed = {f.name for f in dataclasses.fields(Config)} - {"users", "extra_projects", "quotas", "nova", *IDENTITY_KEYS}
     unknown = set(server) - allowed
     if unknown:

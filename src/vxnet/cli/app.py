@@ -4,6 +4,7 @@ point is `vxnet.cli.main.main`, which runs `vxnet agent` without this app, see t
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import typer
@@ -17,7 +18,7 @@ from vxnet.cli import migrate as cli_migrate
 from vxnet.cli import ops as cli_ops
 from vxnet.cli import quota as cli_quota
 from vxnet.cli import trace as cli_trace
-from vxnet.config import ConfigError, load_config
+from vxnet.config import ConfigError, exposed_secrets, load_config
 from vxnet.store import open_store
 from vxnet.store.contract import StoreError
 
@@ -81,6 +82,8 @@ def server(
         raise typer.Exit(2) from None
     if config:
         logsetup.reload_on_sighup(lambda: load_config(config).log_level)
+        if exposed := exposed_secrets(config):
+            logging.getLogger("vxnet.config").warning("%s", exposed)
     uvicorn_logs = {"log_config": None} if cfg.log_format == "json" else {}  # uvicorn's lines as JSON too
     host, port = split_listen(cfg.listen)
     tls = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key} if cfg.tls_cert else {}
