@@ -605,9 +605,9 @@ def measure(opts: argparse.Namespace, backend: str, workdir: str, rows: list[lis
         cpu_l1, rss_l1 = sample(spids)
         row(f"cold start, server's part: snapshots to light readers ({len(light)}/{len(world.hosts)})", "",
             ms(percentile(light, 50)), ms(percentile(light, 99)), ms(max(light, default=float("nan"))),
-            f"server {cpu_l1 - cpu_l0:.1f} s", f"server {rss_l1:.0f}",
+            f"server {cpu_l1 - cpu_l0:.2f} s", f"server {rss_l1:.0f}",
             f"every view stream opened at once by one process that only reads each snapshot's bytes "
-            f"(no parsing, no agent work), then closes it: all delivered after {light_s:.1f} s; "
+            f"(no parsing, no agent work), then closes it: all delivered after {light_s:.2f} s; "
             f"{light_errors} errors")
 
         n_w = max(1, min(opts.scale_workers, len(world.hosts)))

@@ -210,9 +210,11 @@ class Snapshot:
                     stop = min(stop, own)
                     values = objs[start:stop]
                 else:
-                    values = [peer_copy(v) for v in objs[start:stop]] if key == "ports" else objs[start:stop]
+                    values = list(map(peer_copy, objs[start:stop])) if key == "ports" else objs[start:stop]
                 part = dumps(dict(zip(ids[start:stop], values, strict=True)))
-                buf.append(part[1:-1] if start == 0 else b"," + part[1:-1])
+                if start:
+                    buf.append(b",")
+                buf.append(memoryview(part)[1:-1])   # the braces left out without a copy
                 size += len(part)
                 start = stop
                 if size >= self.CHUNK:
