@@ -18,9 +18,10 @@ services/identity_state.py), that
 `Context` is what handlers get: who asks, for which project, and what the policy lets them do.
 Neutron's policy, reduced to what the API needs:
 - `admin` role: everything, every project.
-- `service` role (the agents, nova): the agent endpoints, for any host, or only for the hosts
+- `service` role (the agents): the agent endpoints, for any host, or only for the hosts
   of its configured user's `hosts` list (`Context.hosts`, from the user at every request and
-  never from the token, so a changed list applies at once: `Context.acts_for`).
+  never from the token, so a changed list applies to issued tokens once the server runs with
+  it: `Context.acts_for`).
 - `member` (or any role other than reader): read and write its own project's objects, read
   shared and external networks.
 - only `reader`: read like a member, every write is 403.
