@@ -49,6 +49,14 @@ password_hash = "$scrypt$ln=15,r=8,p=1$..."   # from `vxnet passwd`; preferred o
 project = "admin"
 roles = ["admin"]
 enabled = true                        # false: no login, and the user's tokens stop working
+
+[[identity.users]]                    # one agent identity per host (docs/identity.md)
+name = "agent-compute-1"
+password_hash = "$scrypt$..."
+project = "service"
+roles = ["service"]
+hosts = ["compute-1"]                 # acts only for these hosts on the agent endpoints (403
+                                      # for any other); absent = any host; [] = none
 ```
 Project and user ids are derived from their names (stable across servers and restarts).
 
@@ -94,6 +102,9 @@ class User:
     roles: tuple[str, ...]
     password_hash: str = ""
     enabled: bool = True
+    # the hosts a service user acts for on the agent endpoints (api/routers/agent_stream.py);
+    # None = any host (the default, as before `hosts` existed), empty = none
+    hosts: frozenset[str] | None = None
 
     @functools.cached_property  # checked on every request (api/auth.py); uuid5 is not free
     def id(self) -> str:
@@ -383,7 +394,7 @@ def load_metadata(path: str | None) -> MetadataSettings | None:
 
 
 IDENTITY_KEYS = ("login_failures_per_user", "login_failures_per_source", "login_failure_window")
-_USER_KEYS = {"name", "password", "password_hash", "project", "roles", "enabled"}
+_USER_KEYS = {"name", "password", "password_hash", "project", "roles", "enabled", "hosts"}
 
 
 def _user(u: object) -> User:
@@ -411,4 +422,18 @@ def _user(u: object) -> User:
     enabled = u.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"identity.users entry {name!r}: enabled must be true or false")
-    return User(name, password, project, tuple(roles), password_hash, enabled)
+    return User(name, password, project, tuple(roles), password_hash, enabled, _user_hosts(name, roles, u))
+
+
+def _user_hosts(name: str, roles: list[str], u: dict[str, object]) -> frozenset[str] | None:
+    """The entry's `hosts` (absent = any host); a host name as the agent endpoints take one."""
+    if "hosts" not in u:
+        return None
+    hosts = u["hosts"]
+    if not isinstance(hosts, list) or not all(
+        isinstance(h, str) and h and len(h) <= 255 and not any(c.isspace() for c in h) for h in hosts
+    ):
+        raise ConfigError(f"identity.users entry {name!r}: hosts must be a list of host names")
+    if "admin" in roles:  # an admin acts for every host: a list would only look like a limit
+        raise ConfigError(f"identity.users entry {name!r}: hosts cannot limit an admin")
+    return frozenset(hosts)

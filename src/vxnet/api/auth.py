@@ -18,6 +18,10 @@ services/identity_state.py), that
 `Context` is what handlers get: who asks, for which project, and what the policy lets them do.
 Neutron's policy, reduced to what the API needs:
 - `admin` role: everything, every project.
+- `service` role (the agents): the agent endpoints, for any host, or only for the hosts
+  of its configured user's `hosts` list (`Context.hosts`, from the user at every request and
+  never from the token, so a changed list applies to issued tokens once the server runs with
+  it: `Context.acts_for`).
 - `member` (or any role other than reader): read and write its own project's objects, read
   shared and external networks.
 - only `reader`: read like a member, every write is 403.
@@ -62,6 +66,7 @@ class Context:
     audit_id: str = ""
     stamp: str = ""  # keyed digest of the user's credential when the token was issued
     chain_id: str = ""  # audit id of the first token of a token->token chain ("" = this one)
+    hosts: frozenset[str] | None = None  # the hosts the user acts for (None = any): filled by `authenticate`
 
     @property
     def is_admin(self) -> bool:
@@ -74,6 +79,10 @@ class Context:
     def owns(self, obj: dict) -> bool:
         """The object belongs to the caller's project (admins own everything)."""
         return self.is_admin or obj.get("project_id") == self.project_id
+
+    def acts_for(self, host: str) -> bool:
+        """The caller may act as the agent of `host` (role checks apart); O(1)."""
+        return self.hosts is None or self.is_admin or host in self.hosts
 
 
 def token_key(store: Store) -> bytes:
@@ -159,7 +168,8 @@ def authenticate(
         or not hmac.compare_digest(identity.stamp(credential(user)), ctx.stamp)
     ):
         raise unauthorized()
-    return ctx
+    hosts = getattr(user, "hosts", None)  # a configured user's; API-created users have none
+    return ctx if hosts is None else dataclasses.replace(ctx, hosts=hosts)
 
 
 def new_context(

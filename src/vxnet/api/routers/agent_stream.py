@@ -1,5 +1,7 @@
 """/v2.0/vxnet/hosts/{host}/...: the agents' side of the server (register, heartbeat, view
-stream, port status): HTTP only. Callers need the `admin` or `service` role.
+stream, port status): HTTP only. Callers need the `admin` or `service` role, and a service
+user whose configuration lists `hosts` acts only for those (`require_agent`: 403 for any other
+host, so one host's credential neither reads nor reports another host's state).
 
 The work is in services: `vxnet.services.agents` (registration, liveness, port status; store
 layout there) and `vxnet.services.view_hub` (the server's one store watch, the views, the replay
@@ -23,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import Gauge, Histogram
 
 from vxnet.api.auth import Context
-from vxnet.api.errors import bad_request, policy_denied
+from vxnet.api.errors import ApiError, bad_request, policy_denied
 from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, read_json, run_store
 from vxnet.api.validation import Body, Bool, IpAddr, ShortStr, validate
@@ -38,6 +40,13 @@ def require_service(ctx: Context) -> None:
     """Only the agents' own identity (service role) or an admin may use these endpoints."""
     if not (ctx.is_admin or "service" in ctx.roles):
         raise policy_denied("vxnet_agent")
+
+
+def require_agent(ctx: Context, host: str) -> None:
+    """`require_service`, and the caller acts for `host` (its user's `hosts`, if listed)."""
+    require_service(ctx)
+    if not ctx.acts_for(host):
+        raise ApiError(403, "PolicyNotAuthorized", f"(vxnet_agent) is disallowed by policy for host '{host}'")
 
 
 def hub_of(st: AppState) -> Hub:
@@ -112,8 +121,7 @@ def _check_host(host: str) -> None:
 @router.post("/hosts/{host}/register")
 async def register(host: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
-    ctx = st.context(request)
-    require_service(ctx)
+    require_agent(st.context(request), host)
     _check_host(host)
     body = validate(RegisterBody, await read_json(request))
     ttl = agents.lease_ttl(st.config.agent_down_time)
@@ -126,7 +134,7 @@ async def register(host: str, request: Request) -> dict[str, Any]:
 @router.post("/hosts/{host}/heartbeat")
 async def heartbeat(host: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
-    require_service(st.context(request))
+    require_agent(st.context(request), host)
     status: dict[str, Any] | None = None
     if await request.body():  # the agent's status report (`vxnet status`); older agents send none
         body = await read_json(request)
@@ -142,7 +150,7 @@ async def heartbeat(host: str, request: Request) -> dict[str, Any]:
 @router.get("/hosts/{host}/view")
 async def view(host: str, request: Request) -> StreamingResponse:
     st = AppState.of(request)
-    require_service(st.context(request))
+    require_agent(st.context(request), host)
     _check_host(host)
     since_s = request.query_params.get("since")
     since: int | None = None
@@ -187,7 +195,7 @@ async def _status_body(request: Request, what: str) -> dict[str, str]:
 async def floatingips_status(host: str, request: Request) -> dict[str, Any]:
     """The gateway host's report on the floating IPs it serves (services/fip_status.py)."""
     st = AppState.of(request)
-    require_service(st.context(request))
+    require_agent(st.context(request), host)
     _check_host(host)
     wanted = await _status_body(request, "floating IP")
     changed = await run_store(fip_status.set_floatingips_status, st.repo, host, wanted, hub_of(st).revision)
@@ -197,7 +205,7 @@ async def floatingips_status(host: str, request: Request) -> dict[str, Any]:
 @router.post("/hosts/{host}/ports-status")
 async def ports_status(host: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
-    require_service(st.context(request))
+    require_agent(st.context(request), host)
     wanted = await _status_body(request, "port")
 
     # The agent reports on what the hub streamed to it: read at least at the hub's revision, or a
