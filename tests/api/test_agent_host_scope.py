@@ -139,3 +139,28 @@ def test_config_hosts(tmp_path: pathlib.Path) -> None:
             _load(tmp_path, bad)
     with pytest.raises(ConfigError, match="admin"):  # an admin acts for every host: no list
         _load(tmp_path, 'hosts = ["h1"]', roles='["admin"]')
+
+
+def test_a_host_limited_agent_binds_no_port_and_answers_only_its_hosts_doctor(srv: ServerHandle) -> None:
+    """A host-limited user is an agent's identity, not Nova's: Neutron's `service_api` (setting
+    `binding:host_id` / `binding:profile`, seeing the binding fields) is not its, so it cannot
+    bind a port to a host it serves and so pull the port into its own view; and a doctor
+    answer names its host like every other agent endpoint."""
+    c = client(srv, H1)
+    v2 = httpx.Client(base_url=srv.url + "/v2.0", headers=c.headers, timeout=30)
+    net = v2.post("/networks", json={"network": {"name": "agent-own"}}).json()["network"]
+    assert v2.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.64.9.0/24",
+                                                "ip_version": 4}}).status_code == 201
+    r = v2.post("/ports", json={"port": {"network_id": net["id"], "binding:host_id": "h1"}})
+    assert r.status_code == 403 and "binding:host_id" in r.json()["NeutronError"]["message"], r.text
+    port = v2.post("/ports", json={"port": {"network_id": net["id"]}}).json()["port"]
+    assert "binding:host_id" not in port                      # hidden, as from a tenant
+    r = v2.put(f"/ports/{port['id']}", json={"port": {"binding:host_id": "h1"}})
+    assert r.status_code == 403 and "binding:host_id" in r.json()["NeutronError"]["message"], r.text
+    assert srv.api("admin").get(f"/ports/{port['id']}").json()["port"]["binding:host_id"] == ""
+    assert c.post("/hosts/h2/doctor/" + "0" * 32, json={"drift": []}).status_code == 403
+    # the unrestricted service user (Nova's kind, same project) still binds it and sees agents
+    svc = srv.api("vxnet-agent")
+    r = svc.put(f"/ports/{port['id']}", json={"port": {"binding:host_id": "h1"}})
+    assert r.status_code == 200 and r.json()["port"]["binding:host_id"] == "h1", r.text
+    assert svc.get("/agents").status_code == 200 and v2.get("/agents").json()["agents"] == []

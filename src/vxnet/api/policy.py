@@ -292,7 +292,9 @@ def credentials(ctx: Context) -> dict[str, Any]:
         "user_id": ctx.user_id,
         "project_id": ctx.project_id,
         "tenant_id": ctx.project_id,
-        "roles": list(ctx.roles),
+        # A host-limited user (`hosts = [...]`) is an agent's identity: the agent endpoints check
+        # its `service` role themselves; Neutron's `service_api` (binding ports: Nova's) is not its.
+        "roles": list(ctx.roles) if ctx.hosts is None else [r for r in ctx.roles if r != "service"],
         "is_admin": ctx.is_admin,
         "writer": ctx.can_write,
     }

@@ -36,7 +36,8 @@ router = Routes(prefix="/v2.0", tags=["agents"])
 
 
 def can_see_agents(ctx: Context) -> bool:
-    return ctx.is_admin or "service" in ctx.roles
+    """Admins and the unrestricted service role; a host-limited agent user sees no other host's agent."""
+    return ctx.is_admin or ("service" in ctx.roles and ctx.hosts is None)
 
 
 SPEC = ResourceSpec("agents", "agent", visible=lambda ctx, obj: can_see_agents(ctx))

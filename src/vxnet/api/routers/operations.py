@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from vxnet import buildinfo
 from vxnet.api.errors import bad_request, policy_denied
-from vxnet.api.routers.agent_stream import hub_of, require_service
+from vxnet.api.routers.agent_stream import hub_of, require_agent
 from vxnet.api.routing import Routes
 from vxnet.api.state import AppState, read_json, run_store
 from vxnet.services import operations, servers
@@ -183,7 +183,7 @@ async def doctor_results(request_id: str, request: Request) -> dict[str, Any]:
 @router.post("/hosts/{host}/doctor/{request_id}")
 async def doctor_answer(host: str, request_id: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
-    require_service(st.context(request))
+    require_agent(st.context(request), host)
     raw = await request.body()        # first: an oversized body is a 413 whatever the id (fuzz-tested)
     operations.check_id(request_id)
     if len(raw) > RESULT_MAX_BYTES:

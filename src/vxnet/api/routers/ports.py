@@ -72,7 +72,8 @@ PROTECTED_OWNERS = svc.ROUTER_INTERFACE_OWNERS + ("network:router_gateway", "net
 
 
 def can_bind(ctx: Context) -> bool:
-    return ctx.is_admin or "service" in ctx.roles
+    """Admins and the service role (Nova) set and see bindings; not a host-limited agent user."""
+    return ctx.is_admin or ("service" in ctx.roles and ctx.hosts is None)
 
 
 def port_visible(ctx: Context, port: dict[str, Any], network: dict[str, Any] | None) -> bool:
