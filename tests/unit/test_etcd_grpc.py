@@ -3,7 +3,8 @@ servers speaking etcd's KV and Watch services, each counting the transactions it
 
 What is checked is the contract `EtcdStore._call` relies on: a call that never reached a member
 (nothing listening) goes to the next one, even a write; a write that reached a member and got no
-answer (deadline) or an error status from etcd raises StoreUnavailable and is never sent again,
+answer (deadline) or an error status from etcd that leaves its outcome open (no leader, the
+member's own "context deadline exceeded") raises StoreUnavailable and is never sent again,
 to that member or another; a read is retried on the next member; a watch stream's reader blocked
 on a quiet stream is woken by `shutdown`.
 """
@@ -56,6 +57,8 @@ class _Member(rpc_pb2_grpc.KVServicer, rpc_pb2_grpc.WatchServicer):
             time.sleep(3 * TIMEOUT)   # received, maybe applied; the answer comes too late
         elif self.mode == "no leader":
             context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
+        elif self.mode == "own deadline":   # the member's context expired with the proposal in raft
+            context.abort(grpc.StatusCode.UNKNOWN, "context deadline exceeded")
         self.rev += 1
         return rpc.TxnResponse(succeeded=True, header=rpc.ResponseHeader(revision=self.rev))
 
@@ -109,7 +112,7 @@ def test_a_write_to_a_member_nobody_listens_on_was_never_sent(members: list[_Mem
         s.close()
 
 
-@pytest.mark.parametrize("mode", ["hang", "no leader"])
+@pytest.mark.parametrize("mode", ["hang", "no leader", "own deadline"])
 def test_a_write_that_reached_a_member_is_never_sent_again(pair: tuple[_Member, _Member, EtcdStore],
                                                            mode: str) -> None:
     a, b, s = pair

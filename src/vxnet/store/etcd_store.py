@@ -92,6 +92,11 @@ def _range(key: str, end: str = "", **fields: Any) -> Any:
     return rpc.RangeRequest(key=key.encode(), range_end=end.encode(), **fields)
 
 
+# Error texts of a member whose request may still apply (its own deadline or cancellation hit
+# while the proposal was in flight): never a definite "not applied".
+_OUTCOME_UNKNOWN = ("context deadline exceeded", "context canceled")
+
+
 class _EtcdError(StoreError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -240,7 +245,11 @@ class EtcdStore:
                 self._rotate(ep)
                 continue
             except RpcFailed as e:
-                if e.code in (14, 4):  # UNAVAILABLE, DEADLINE_EXCEEDED: no leader right now
+                # UNAVAILABLE, DEADLINE_EXCEEDED (no leader right now), or the member's own
+                # context expired while the request was in raft (etcd answers "context deadline
+                # exceeded" under another code; seen in the Jepsen test as a 500 on a create):
+                # the outcome is unknown, as for a lost answer.
+                if e.code in (14, 4) or any(s in str(e) for s in _OUTCOME_UNKNOWN):
                     last = _EtcdError(e.code, str(e))
                     if not idempotent:
                         raise StoreUnavailable(f"etcd: {e}") from None
