@@ -155,6 +155,12 @@ class Topo:
             p.wait(5)
 
 
+def srv_in(t: Topo) -> str:
+    """The ingress chain of `srv`'s security profile (stateful, IPv4 only, group srv; the only
+    local port of it on h1, so its counters are srv's)."""
+    return "in_" + fwm.sg_profile(True, False, (t.srv_g["id"],))
+
+
 def roundtrip(p: subprocess.Popen[str]) -> bool:
     assert p.stdin is not None and p.stdout is not None
     p.stdin.write("x\n")
@@ -205,7 +211,7 @@ def test_cidr_port_range_udp_and_icmp_rules(topo: Topo) -> None:
     assert ping("c1", "100.64.10.10", count=1, wait=0.5) == 0  # echo request is not type 13
     # The kernel's counters name the rules that decided (a SYN per accepted connection).
     counters = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")
-    gi, port_in = "gi_" + fwm._ident(topo.srv_g["id"]), "in_" + fwm._ident(topo.srv["id"])
+    gi, port_in = "gi_" + fwm._ident(topo.srv_g["id"]), srv_in(topo)
     assert counters[(gi, f"sg:{r_ssh['id']}")][0] == 2
     assert counters[(gi, f"sg:{r_dns['id']}")][0] == 1
     assert counters[(gi, f"sg:{r_ts['id']}")][0] == 0
@@ -363,7 +369,7 @@ def test_restarted_agent_adopts_its_rules_counters_kept(topo: Topo) -> None:
 
     from vxnet.lab import lab as vlab
 
-    port_in = "in_" + fwm._ident(topo.srv["id"])
+    port_in = srv_in(topo)
     assert not probe("c2", "tcp", "100.64.10.10", 24)
     before = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")[(port_in, "default-drop")][0]
     assert before > 0

@@ -142,12 +142,12 @@ def test_rule_kinds_render_to_nft_matches() -> None:
 def test_port_chains_stateful_and_stateless() -> None:
     fw = compute_firewall(view(base_ports()), "h1")
     p1, p3 = fw.port(P1), fw.port(P3)
-    in1 = chain(fw, "inet", f"in_{p1.ident}")
+    in1 = chain(fw, "inet", fwm.sg_chain(p1, "ingress"))
     assert in1[0].startswith("ct state invalid counter drop")      # established: the base chain accepted it
     assert in1[1].startswith("udp sport 67 udp dport 68 counter accept")
     assert in1[2].startswith(f"counter jump gi_{G1.replace('-', '')}")       # IPv4-only port: no ND rules
     assert in1[-1].startswith("counter drop")
-    in3 = chain(fw, "inet", f"in_{p3.ident}")
+    in3 = chain(fw, "inet", fwm.sg_chain(p3, "ingress"))
     assert not any("ct state" in r for r in in3)
     # established/related first in both forward base chains; ingress leaves the stateless P3's mark to its chain
     assert chain(fw, "inet", "egress")[0].startswith("ct state established,related counter accept")
@@ -333,8 +333,11 @@ class FakeNft:
             elif obj == "element":
                 elems = {e.strip() for e in rest.strip("{} ").split(",")}
                 if op == "add":
+                    keys = {e.split(" : ", 1)[0]: e for e in t["sets"][name] if " : " in e}
                     for e in elems:       # a map element jumps to a chain that must exist already
                         assert " : jump " not in e or e.split("jump ", 1)[1] in t["chains"], f"no chain for {e}"
+                        # as the kernel: a key held with another verdict is refused (EBUSY)
+                        assert keys.get(e.split(" : ", 1)[0], e) == e, f"{e}: key held as {keys[e.split(' : ', 1)[0]]}"
                     t["sets"][name] |= elems
                 else:                     # map elements are deleted by key
                     held = {e.split(" : ", 1)[0]: e for e in t["sets"][name]}
@@ -417,6 +420,52 @@ def test_port_up_needs_no_cache_of_chains_and_sets() -> None:
                                port(P4, "192.0.2.14", groups=(G1,))], rules), "h1")
     cmds = diff_table(b.tables[1], c.tables[1])
     assert not any(rg in x for x in cmds) and not any(x.startswith(("add rule", "add element")) for x in cmds)
+
+
+def test_ports_of_one_profile_share_one_chain_pair() -> None:
+    """The security-group chains are per profile (stateful, IPv6 or not, groups), not per port:
+    two ports of one profile, one chain pair; each port's map elements jump to its profile's."""
+    v6 = [{"subnet_id": "s", "ip_address": "192.0.2.14"}, {"subnet_id": "s6", "ip_address": "2001:db8::14"}]
+    ports = [port(P1, "192.0.2.11"), port(P2, "192.0.2.12"), port(P3, "192.0.2.13", groups=(G1, G2)),
+             port(P4, "192.0.2.14", fixed_ips=v6)]
+    fw = compute_firewall(view(ports), "h1")
+    p1, p2, p3, p4 = (fw.port(p) for p in (P1, P2, P3, P4))
+    assert p1.profile == p2.profile and len({p1.profile, p3.profile, p4.profile}) == 3
+    sg = fw.tables[1]
+    names = [c.name for c in sg.chains if c.name.startswith(("eg_", "in_"))]
+    assert sorted(names) == sorted(f"{d}_{p.profile}" for p in (p1, p3, p4) for d in ("eg", "in"))
+    maps = {s.name: s.elements for s in sg.sets if s.kind == "map"}
+    for p in (p1, p2, p3, p4):
+        assert f"{p.index:#010x} : jump {fwm.sg_chain(p, 'egress')}" in maps["eg_ports"]
+        assert f"{p.index << 16:#010x} : jump {fwm.sg_chain(p, 'ingress')}" in maps["in_ports"]
+    assert len(maps["eg_ports"]) == len(maps["in_ports"]) == 4
+    assert any("icmpv6" in r for r in chain(fw, "inet", fwm.sg_chain(p4, "ingress")))      # ND: ports with IPv6
+    assert not any("icmpv6" in r for r in chain(fw, "inet", fwm.sg_chain(p1, "ingress")))
+    assert [r for r in chain(fw, "inet", fwm.sg_chain(p3, "egress")) if "jump" in r][1].startswith(
+        f"counter jump ge_{G2.replace('-', '')}")
+    # the same verdicts for both ports of the profile
+    pkt = Packet("100.64.1.1", "192.0.2.11", 6, dport=22)
+    assert decide(fw, P1, "ingress", pkt) == decide(fw, P2, "ingress", pkt) == ("accept", "sg:r-ssh")
+
+
+def test_a_profile_chain_goes_with_its_last_port() -> None:
+    """A port leaving a profile that other ports keep: elements only; the last one: its chains
+    go too (after the elements that jump to them). Applied to the stateful fake, both exact."""
+    ports = [port(P1, "192.0.2.11"), port(P2, "192.0.2.12"), port(P3, "192.0.2.13", groups=(G1, G2))]
+    a = compute_firewall(view(ports), "h1")
+    b = compute_firewall(view(ports[1:]), "h1")            # P1 gone, P2 keeps the profile
+    cmds = diff_table(a.tables[1], b.tables[1])
+    assert cmds and not any(" chain " in c or " rule " in c for c in cmds), cmds
+    c = compute_firewall(view(ports[:2]), "h1")            # P3 gone: its profile's last port
+    cmds = diff_table(a.tables[1], c.tables[1])
+    gone = fwm.sg_profile(True, False, (G1, G2))
+    assert f"delete chain inet vxnet_sg eg_{gone}" in cmds and f"delete chain inet vxnet_sg in_{gone}" in cmds
+    assert not any(c.startswith(("add chain", "add rule")) for c in cmds)
+    for target in (b, c):
+        fake = FakeNft()
+        fake.run(fwm.table_text(a.tables[1]).splitlines())
+        fake.run(diff_table(a.tables[1], target.tables[1]))
+        assert fake.tables[("inet", "vxnet_sg")] == fake.state(target.tables[1])
 
 
 def test_rule_change_rewrites_one_chain_whatever_the_ports() -> None:
@@ -576,7 +625,7 @@ def test_ipv6_rules_render_with_remote_group_sets_and_icmpv6() -> None:
     assert fw.ignored_rules == ("r6-bad",)
     # members: IPv6 fixed IPs and pairs, no link-locals; no IPv4 set (no IPv4 rule names G2)
     assert fw.members6 == {G2: frozenset({"2001:db8::12", "2001:db8:1::/64"})} and fw.members == {}
-    in1 = chain(fw, "inet", f"in_{fw.port(P1).ident}")
+    in1 = chain(fw, "inet", fwm.sg_chain(fw.port(P1), "ingress"))
     assert not any("icmpv6" in r for r in in1)                  # P1 has no IPv6 address
     sg = next(t for t in fw.tables if t.family == "inet")
     assert {s.name: s.type for s in sg.sets if s.kind == "set"} == {f"rg6_{G2.replace('-', '')}": "ipv6_addr",
@@ -619,11 +668,11 @@ def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
     assert rules["mark6"].startswith("ether saddr . ip6 saddr { 02:00:00:00:02:0b . 2001:db8::11, "
                                      "02:00:00:00:02:0b . fe80::ff:fe00:20b, 02:00:00:00:07:10 . 2001:db8:5::/120, "
                                      "02:00:00:00:07:10 . fe80::ff:fe00:710 }")
-    in1 = chain(fw, "inet", f"in_{fw.port(P1).ident}")
+    in1 = chain(fw, "inet", fwm.sg_chain(fw.port(P1), "ingress"))
     assert in1[2].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
                              "mld-listener-query } counter accept")
     assert in1[3].startswith("meta nfproto ipv6 udp sport 547 udp dport 546 counter accept")
-    eg1 = chain(fw, "inet", f"eg_{fw.port(P1).ident}")
+    eg1 = chain(fw, "inet", fwm.sg_chain(fw.port(P1), "egress"))
     assert any(r.startswith("meta nfproto ipv6 udp sport 546 udp dport 547 counter accept") for r in eg1)
     out = chain(fw, "bridge", "out")
     assert out[0].startswith('icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect } oifname "vxv-*"')

@@ -161,6 +161,47 @@ def test_a_port_up_recomputes_only_its_port() -> None:
     assert fwm.mark_indexes(ids) == ids
 
 
+def test_a_port_up_of_a_profile_on_the_host_adds_no_rule_to_the_sg_table() -> None:
+    """A port bound to the host with the security profile of a local port: the spliced
+    rendering changes no chain of `inet vxnet_sg` (its two map elements only, so the kernel has
+    no new rule to validate); a group change moves a port to another profile's chain, and a
+    profile's chains go with its last port and come with its first, in the splice too."""
+    state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": world()})
+    p = port(6, "h1", groups=(G1, G2))       # G1 and G2 both used on h1 from now on
+    state = apply_message(state, {"type": "update", "revision": 2, "put": {"ports": {p["id"]: p}}})
+    cache = FirewallCache("h1")
+    before = cache.compute(state.view)
+    assert before.tables
+    p = port(7, "h1")                         # the profile of ports 0 and 3
+    state = apply_message(state, {"type": "update", "revision": 3, "put": {"ports": {p["id"]: p}}})
+    got = cache.compute(state.view)
+    sg = got.tables[1]
+    assert sg.__dict__["changed_from"][1] == () and sg.chains is before.tables[1].chains
+    cmds = diff_table(before.tables[1], sg)
+    assert cmds and all(c.split()[1] in ("map", "set") for c in cmds), cmds
+    assert sum("jump eg_" in c or "jump in_" in c for c in cmds) == 2
+    assert got.tables == fwm.render(got)
+    g1, g12 = got.port(IDS[0]).profile, got.port(IDS[6]).profile
+    rev = 4
+    for i in (0, 3, 7):                       # G1's ports move to (G1, G2): G1's profile goes with the last
+        p = port(i, "h1", groups=(G1, G2))
+        state = apply_message(state, {"type": "update", "revision": rev, "put": {"ports": {p["id"]: p}}})
+        rev += 1
+        last, got = got, cache.compute(state.view)
+        assert got.tables == fwm.render(got) and "changed_from" in got.tables[1].__dict__
+        assert got.port(IDS[i]).profile == g12
+        assert f"{got.port(IDS[i]).index:#010x} : jump eg_{g12}" in next(
+            s for s in got.tables[1].sets if s.name == "eg_ports").elements
+        cmds = diff_table(last.tables[1], got.tables[1])
+        assert not any(c.startswith(("add chain", "add rule")) for c in cmds), cmds
+        assert (f"delete chain inet vxnet_sg eg_{g1}" in cmds) == (i == 7)
+    p = port(3, "h1")                         # back: G1's profile comes with its first port
+    state = apply_message(state, {"type": "update", "revision": rev, "put": {"ports": {p["id"]: p}}})
+    last, got = got, cache.compute(state.view)
+    assert got.tables == fwm.render(got) and got.tables[1].__dict__["changed_from"][1] == (f"eg_{g1}", f"in_{g1}")
+    assert f"add chain inet vxnet_sg eg_{g1}" in diff_table(last.tables[1], got.tables[1])
+
+
 def test_a_failed_call_recomputes_everything_next_time(monkeypatch) -> None:
     """An exception half-way (a bug, a surprise in the view) leaves no half-updated state."""
     state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": world()})

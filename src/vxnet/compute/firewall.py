@@ -39,16 +39,22 @@ ports are therefore tagged with skb marks in bridge-family chains):
     tracked; then
     `ct zone set iifname map {bridge: zone}` for every network bridge.
   - `egress` (forward 0) accepts established/related packets first (`_established`), then
-    dispatches `mark & 0xffff` to `eg_<port>` (map `eg_ports`); `ingress` (forward 10) the
-    same, then `mark & 0xffff0000` to `in_<port>` (map `in_ports`). Two base chains, because
+    dispatches `mark & 0xffff` to its port's profile chain `eg_<profile>` (map `eg_ports`);
+    `ingress` (forward 10) the same, then `mark & 0xffff0000` to `in_<profile>` (map
+    `in_ports`). Two base chains, because
     `accept` only ends its own base chain: a packet between two local ports passes both. A
     packet of an established flow thus costs one conntrack-state comparison per chain, no
     lookup (issue 18: the per-packet cost of the ruleset).
-  - per port: [stateful: ct invalid drop], DHCP, ND (always, as
-    Neutron), DHCPv6, then a jump to
-    each group's chain of that direction (`gi_<group>` / `ge_<group>`: one rule per Neutron
-    rule, `accept`), then drop. Group chains are shared by ports, so a rule change rewrites
-    one chain whatever the number of ports using the group.
+  - per security profile (`sg_profile`: stateful or not, IPv6 addresses or not, the sorted
+    groups; the same for every port of that profile, `eg_`/`in_` + a hash of it): [stateful:
+    ct invalid drop], DHCP, ND (always, as Neutron), DHCPv6, then a jump to each group's chain
+    of that direction (`gi_<group>` / `ge_<group>`: one rule per Neutron rule, `accept`), then
+    drop. One chain pair per profile used by a local port, shared by its ports (its counters
+    count them all): a port-up whose profile is on the host already adds no rule to this
+    table, only its two map elements (a new rule makes the kernel validate the whole table:
+    issue 18, docs/benchmarks.md `nft_jump_lab`); the pair goes with its last port. Group
+    chains are shared by profiles, so a rule change rewrites one chain whatever the number of
+    ports using the group.
   - remote groups: named set `rg_<group>` of member IPv4 addresses (fixed IPs and allowed
     address pairs of every port of the group in the view), updated as elements; `rg6_<group>`
     for IPv6 rules (IPv6 fixed IPs and pairs).
@@ -206,6 +212,11 @@ class PortFilter:
     def ident(self) -> str:
         return _ident(self.port_id)
 
+    @property
+    def profile(self) -> str:
+        """Its security profile's name (`sg_profile`): what its security-group chains depend on."""
+        return sg_profile(self.stateful, bool(self.pairs6), self.groups)
+
     def __hash__(self) -> int:
         # Computed once per object (the render's per-port memos look filters up every pass; the
         # generated hash would walk every field's tuples each time).
@@ -299,6 +310,22 @@ class Firewall:
 def _ident(obj_id: str) -> str:
     """An id as an nft identifier (letters, digits, `_`)."""
     return re.sub(r"[^A-Za-z0-9_]", "", obj_id) or "x"
+
+
+@functools.lru_cache(maxsize=4096)
+def sg_profile(stateful: bool, v6: bool, groups: tuple[str, ...]) -> str:
+    """The name of a security profile: 12 hex digits of a hash of everything a port's
+    security-group chains depend on (stateful or not, IPv6 addresses or not, its sorted groups);
+    its chains are `eg_<profile>` / `in_<profile>` (a port id's identifier is 32 characters, so
+    no older per-port chain name is one of these)."""
+    text = f"{int(stateful)}{int(v6)}:" + ",".join(groups)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def sg_chain(p: PortFilter, direction: str) -> str:
+    """The name of the security-group chain a port's packets meet in `direction` (shared by the
+    ports of its profile)."""
+    return ("in_" if direction == "ingress" else "eg_") + p.profile
 
 
 def set_name(group_id: str) -> str:
@@ -766,27 +793,32 @@ def _mark_chain(p: PortFilter) -> NftChain:
         _rule("", f"meta mark set meta mark and 0x0000ffff or {p.index << 16:#010x}", "mark"),))
 
 
-@functools.lru_cache(maxsize=16384)
 def _port_sg_chain(p: PortFilter, direction: str) -> NftChain:
+    """The security-group chain of `p`'s profile in `direction` (the same object for every port of it)."""
+    return _profile_chain(direction, p.stateful, bool(p.pairs6), p.groups)
+
+
+@functools.lru_cache(maxsize=4096)
+def _profile_chain(direction: str, stateful: bool, v6: bool, groups: tuple[str, ...]) -> NftChain:
     prefix, gprefix = ("in_", "gi_") if direction == "ingress" else ("eg_", "ge_")
     # Established and related packets were accepted by the base chain before the dispatch
     # (`_established`): a port chain sees only new, invalid and untracked packets.
     rules = []
-    if p.stateful:
+    if stateful:
         rules.append(_rule("ct state invalid", "drop", "ct-invalid"))
     if direction == "ingress":
         rules.append(_rule("udp sport 67 udp dport 68", "accept", "dhcp-reply"))
-        if p.pairs6:
+        if v6:
             rules += [_rule(f"icmpv6 type {ND_INGRESS}", "accept", "nd"),
                       _rule("meta nfproto ipv6 udp sport 547 udp dport 546", "accept", "dhcp6-reply")]
     else:
         rules.append(_rule("udp sport 68 udp dport 67", "accept", "dhcp-request"))
-        if p.pairs6:
+        if v6:
             rules += [_rule(f"icmpv6 type {ND_EGRESS}", "accept", "nd"),
                       _rule("meta nfproto ipv6 udp sport 546 udp dport 547", "accept", "dhcp6-request")]
-    rules += [_rule("", f"jump {gprefix}{_ident(g)}", "group:" + g) for g in p.groups]
+    rules += [_rule("", f"jump {gprefix}{_ident(g)}", "group:" + g) for g in groups]
     rules.append(_rule("", "drop", "default-drop"))
-    return NftChain(prefix + p.ident, tuple(rules))
+    return NftChain(prefix + sg_profile(stateful, v6, groups), tuple(rules))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -820,7 +852,8 @@ def _established(stateless_marks: Iterable[int]) -> NftRule:
 
 @dataclasses.dataclass(frozen=True)
 class _PortParts:
-    """What one port adds to the tables: its four chains and its entry in each dispatch map."""
+    """What one port adds to the tables: its two bridge chains, its profile's two chains
+    (shared with the other ports of the profile) and its entry in each dispatch map."""
 
     ps: NftChain
     mk: NftChain
@@ -838,7 +871,7 @@ def _port_parts(p: PortFilter) -> _PortParts:
     # only the new port's chains and entries; the others' are these same objects.
     return _PortParts(_ps_chain(p), _mark_chain(p), _port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress"),
                       f'"{p.tap}" : jump ps_{p.ident}', f'"{p.tap}" : jump mk_{p.ident}',
-                      f"{p.index:#010x} : jump eg_{p.ident}", f"{p.index << 16:#010x} : jump in_{p.ident}")
+                      f"{p.index:#010x} : jump eg_{p.profile}", f"{p.index << 16:#010x} : jump in_{p.profile}")
 
 
 def _entries_map(name: str, key_type: str, entries: Iterable[str]) -> NftSet:
@@ -914,7 +947,7 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     sg_maps = (_entries_map("eg_ports", "mark", (x.eg_entry for x in parts)),
                _entries_map("in_ports", "mark", (x.in_entry for x in parts)))
     sg_chains += [_group_chain(g) for g in fw.groups]
-    sg_chains += itertools.chain.from_iterable((x.eg, x.in_) for x in parts)
+    sg_chains += _profile_chains({x.eg.name[3:]: (x.eg, x.in_) for x in parts})
     sets = tuple(_member_set(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
                  for g in sorted({r.remote_group for g in fw.groups for r in g.rules
                                   if r.remote_group and r.ethertype == "IPv4"}))
@@ -926,6 +959,11 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     host = NftTable(*HOST_TABLE, (NftChain("in", guard,
                                            "type filter hook input priority 0; policy accept;"),))
     return (NftTable(*PS_TABLE, tuple(ps_chains), ps_maps), NftTable(*SG_TABLE, tuple(sg_chains), sets), host)
+
+
+def _profile_chains(profiles: Mapping[str, tuple[NftChain, NftChain]]) -> list[NftChain]:
+    """The profiles' chain pairs (profile -> (egress, ingress)) in the tables' order: by profile."""
+    return [c for k in sorted(profiles) for c in profiles[k]]
 
 
 _SPLICE_MAX = 8       # changed ports up to which `render_update` splices (beyond: `render`)
@@ -982,8 +1020,18 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
     parts = {p: _port_parts(p) for p in (*gone, *came)}
     ps_chains = _splice(ps.chains, len(_PS_BASE), 2, prev.ports, gone, fw.ports,
                         ((p, (parts[p].ps, parts[p].mk)) for p in came))
-    sg_chains = _splice(sg.chains, 4 + len(fw.groups), 2, prev.ports, gone, fw.ports,
-                        ((p, (parts[p].eg, parts[p].in_)) for p in came))
+    # The security-group chains are per profile: a profile goes with its last port, comes with
+    # its first; a port of a profile already there changes no chain (its map elements only).
+    start = 4 + len(fw.groups)
+    held = {sg.chains[i].name[3:]: (sg.chains[i], sg.chains[i + 1]) for i in range(start, len(sg.chains), 2)}
+    came_profiles = {p.profile: (parts[p].eg, parts[p].in_) for p in came}
+    added = {k: v for k, v in came_profiles.items() if k not in held}
+    left = {p.profile for p in gone} - came_profiles.keys()
+    removed = left - {q.profile for q in fw.ports} if left else set()
+    sg_chains = sg.chains
+    if added or removed:
+        profiles = {k: v for k, v in held.items() if k not in removed} | added
+        sg_chains = (*sg.chains[:start], *_profile_chains(profiles))
 
     def entries(s: NftSet, field: str) -> NftSet:
         kept = s.elements - {getattr(parts[p], field) for p in gone} if gone else s.elements
@@ -996,22 +1044,22 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
                     _member_set(s.name, members[s.name][2], members[s.name][0]) if s.name in changed else s
                     for s in sg.sets)
     out = (NftTable(ps.family, ps.name, ps_chains, ps_sets), NftTable(sg.family, sg.name, sg_chains, sg_sets))
-    for before, after, width in ((ps, out[0], ("ps", "mk")), (sg, out[1], ("eg", "in_"))):
+    ps_gone = [c.name for p in gone for c in (parts[p].ps, parts[p].mk)]
+    ps_came = [c for p in came for c in (parts[p].ps, parts[p].mk)]
+    sg_gone = [c.name for k in sorted(removed) for c in held[k]]
+    sg_came = [c for k in sorted(added) for c in added[k]]
+    for before, after, went, new in ((ps, out[0], ps_gone, ps_came), (sg, out[1], sg_gone, sg_came)):
         # the only chains that differ from `before`'s (`nft_driver.diff_table` walks these alone);
         # a weak reference: a strong one would keep every rendering since the start alive
-        after.__dict__["changed_from"] = (weakref.ref(before), tuple(dict.fromkeys(
-            getattr(parts[p], f).name for p in (*gone, *came) for f in width)))
+        after.__dict__["changed_from"] = (weakref.ref(before), tuple(dict.fromkeys([*went, *(c.name for c in new)])))
         if "_chains" in before.__dict__:
-            # its chain map from the last one's (a C copy, then the changed ports' names; a chain
-            # whose port changed keeps its place, a new port's go last): for `diff_table`
+            # its chain map from the last one's (a C copy, then the changed chains; a chain that
+            # changed keeps its place, a new one goes last): for `diff_table`
             chains = dict(before.chain_map())
-            for p in gone:
-                for f in width:
-                    chains.pop(getattr(parts[p], f).name, None)
-            for p in came:
-                for f in width:
-                    c = getattr(parts[p], f)
-                    chains[c.name] = c
+            for name in went:
+                chains.pop(name, None)
+            for c in new:
+                chains[c.name] = c
             after.__dict__["_chains"] = chains
         if "base_chains" in before.__dict__:
             after.__dict__["base_chains"] = before.base_chains      # never a port's chain
