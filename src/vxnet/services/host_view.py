@@ -45,6 +45,15 @@ a rename or a new tag reaches the port's own host alone and wakes no peer's agen
 snapshot's peer ports are about a third smaller. The port's own host sees every field (its
 agent compares the status it reports with the stored one).
 
+Every other object is shown in its host form (`host_form`): the fields of `HOST_FIELDS`, the
+ones model/resources.py parses, and nothing else. Names, descriptions, tags, timestamps,
+revisions (but a floating IP's, which its gateway host reports against), a network's subnet
+list and RBAC entries reach no agent: a member's megabyte of tags or description on a network
+is not sent to, nor parsed by, every host on the network (or on a shared network, every host
+of every project using it), and a change to only those wakes no agent. `vxnet trace` and
+doctor take names from the objects themselves, not from views. The index keeps one host form
+per shown object (`_forms`, replaced with its object), so snapshots share them.
+
 Invariant (tested against `full_view` on random histories): for every tracked host, applying
 `ViewIndex.apply`'s messages in order to `ViewIndex.snapshot` gives `full_view` of the same
 objects. The module is pure: no I/O, no clock, no threads.
@@ -54,6 +63,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -93,12 +103,50 @@ _STANDBY = "ha_standby_hosts"   # the one key of `binding:vif_details` an agent 
 _projected: dict[int, tuple[Obj, Obj]] = {}   # id(port) -> (port, its peer projection): one copy per change
 
 
+# The fields of each kind but ports that hosts are shown (`host_form`): what model/resources.py
+# parses (tests/unit/test_host_form.py checks that the model parses a host form as it parses the
+# whole object). A field the model starts to read must be added here.
+HOST_FIELDS: dict[str, tuple[str, ...]] = {
+    "networks": ("id", "provider:network_type", "provider:segmentation_id", "provider:physical_network", "mtu",
+                 "router:external", "qos_policy_id", "ipv4_address_scope", "ipv6_address_scope"),
+    "subnets": ("id", "network_id", "cidr", "ip_version", "gateway_ip", "enable_dhcp", "dns_nameservers",
+                "host_routes", "ipv6_ra_mode", "ipv6_address_mode", "allocation_pools"),
+    "routers": ("id", "admin_state_up", "routes", "external_gateway_info"),
+    "security_groups": ("id", "stateful"),
+    "security_group_rules": ("id", "security_group_id", "direction", "ethertype", "protocol", "port_range_min",
+                             "port_range_max", "normalized_cidr", "remote_ip_prefix", "remote_group_id"),
+    "floatingips": ("id", "floating_ip_address", "fixed_ip_address", "router_id", "port_id", "status",
+                    "revision_number"),
+    "qos_policies": ("id", "rules"),
+}
+_formed: dict[int, tuple[Obj, Obj]] = {}   # id(object) -> (object, its host form): one copy per change
+
+
 def project(host: str, coll: str, obj: Any) -> Any:
     """What `host` is shown of object `obj` of `coll`: a port bound elsewhere without its
-    status fields (`PEER_HIDDEN`); everything else as it is."""
-    if coll != "ports" or obj is None or obj.get("binding:host_id") == host:
+    status fields (`PEER_HIDDEN`); any other kind in its `host_form`."""
+    if coll != "ports":
+        return obj if obj is None or coll not in HOST_FIELDS else host_form(coll, obj)
+    if obj is None or obj.get("binding:host_id") == host:
         return obj
     return peer_form(obj)
+
+
+def host_form(coll: str, obj: Obj) -> Obj:
+    """Object `obj` of `coll` (not a port) as every host is shown it: its `HOST_FIELDS` only.
+    One copy per changed object for all the holders of an update (as `peer_form`)."""
+    hit = _formed.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    if len(_formed) > 256:
+        _formed.clear()
+    out = _host_copy(coll, obj)
+    _formed[id(obj)] = (obj, out)
+    return out
+
+
+def _host_copy(coll: str, obj: Obj) -> Obj:
+    return {k: obj[k] for k in HOST_FIELDS[coll] if k in obj}
 
 
 def peer_form(port: Obj) -> Obj:
@@ -187,13 +235,15 @@ def full_view(objects: Mapping[str, Mapping[str, Obj]], hosts: Mapping[str, Obj]
     view = empty_view()
     view["networks"] = {n: networks[n] for n in nets if n in networks}
     view["subnets"] = {sid: s for sid, s in objects.get("subnets", {}).items() if s["network_id"] in nets}
-    view["ports"] = {p: project(host, "ports", ports[p]) for p in port_ids}
+    view["ports"] = {p: ports[p] for p in port_ids}
     view["routers"] = {r: routers[r] for r in r_ids if r in routers}
     view["floatingips"] = fips
     view["security_groups"] = {g: o for g, o in objects.get("security_groups", {}).items() if g in sgs}
     view["security_group_rules"] = rules
     for coll in BROADCAST:
         view[coll] = dict(objects.get(coll, {}))
+    for coll in COLLECTIONS:
+        view[coll] = {i: project(host, coll, o) for i, o in view[coll].items()}
     view["hosts"] = {h: hosts[h] for h in host_names if h and h in hosts}
     return view
 
@@ -321,6 +371,7 @@ class ViewIndex:
         self._n0: dict[str, set[str]] = {}  # host -> networks of its local ports
         self._holders = _Holders()
         self._remote_watch: dict[str, set[str]] = {}
+        self._forms: dict[str, dict[str, Obj]] = {c: {} for c in HOST_FIELDS}   # id -> host form (shown ones)
 
     # --- object indexes -------------------------------------------------------------------
 
@@ -354,6 +405,8 @@ class ViewIndex:
 
     def _store(self, coll: str, id_: str, obj: Obj | None) -> Obj | None:
         old = self.objects[coll].pop(id_, None)
+        if coll in self._forms:
+            self._forms[coll].pop(id_, None)
         if old is not None:
             self._index(coll, id_, old, False)
         if obj is not None:
@@ -466,7 +519,8 @@ class ViewIndex:
 
     def snapshot_items(self, host: str) -> list[tuple[str, list[str], list[Any], int]]:
         """The current view of a tracked host as (view key, ids, objects, own) in VIEW_KEYS
-        order, objects as held (not yet `project`ed: the projection is the caller's, for `host`);
+        order, ports as held (not yet `project`ed: the projection is the caller's, for `host`),
+        other kinds in their host form (one per object, shared by every snapshot);
         the ports bound to `host` come first, `own` of them (0 for other keys). Flat lists per
         key, not a pair per object: a cold start makes 1,000 of these at once, and 400,000
         small tuples kept until sent cost the garbage collector more than the rest."""
@@ -486,7 +540,17 @@ class ViewIndex:
                 kept = [(n < own, i, v) for n, (i, v) in enumerate(zip(ids, values, strict=True)) if v is not None]
                 own = sum(1 for m, _, _ in kept if m)
                 ids, values = [i for _, i, _ in kept], [v for _, _, v in kept]
+            if k in self._forms:
+                values = list(map(self._form, itertools.repeat(k), ids, values))
             out.append((k, ids, values, own))
+        return out
+
+    def _form(self, coll: str, id_: str, obj: Obj) -> Obj:
+        """The host form of stored object `obj` (`host_form`), made once while it is stored."""
+        forms = self._forms[coll]
+        out = forms.get(id_)
+        if out is None:
+            out = forms[id_] = _host_copy(coll, obj)
         return out
 
     def holders(self, key: str, id_: str) -> Collection[str]:
@@ -556,11 +620,11 @@ class ViewIndex:
             for h, mem in self.members.items():
                 msg = out.setdefault(h, Message())
                 if obj is not None:
-                    msg.set(coll, id_, obj, old if id_ in mem[coll] else None)
+                    msg.set(coll, id_, project(h, coll, obj), project(h, coll, old) if id_ in mem[coll] else None)
                     mem[coll].add(id_)
                     self._holders.add(coll, id_, h)
                 else:
-                    msg.drop(coll, id_, old)
+                    msg.drop(coll, id_, project(h, coll, old))
                     mem[coll].discard(id_)
                     self._holders.discard(coll, id_, h)
             return
