@@ -10,20 +10,9 @@ from typing import Any
 
 import pytest
 
+from tests.api.helpers import CountingStr as _Str
 from tests.api.helpers import network, port, subnet
 from tests.conftest import ServerHandle
-
-
-class _Str(str):
-    """A string that counts its equality comparisons."""
-
-    compared = 0
-
-    def __eq__(self, other: object) -> bool:
-        _Str.compared += 1
-        return str.__eq__(self, other)
-
-    __hash__ = str.__hash__
 
 
 def test_duplicate_routes_are_found_in_linear_work() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vxnet.model.resources import parse
-from vxnet.services.host_view import HOST_FIELDS, ViewIndex, full_view, host_form
+from vxnet.model.resources import READ_FIELDS, parse
+from vxnet.services.host_view import ViewIndex, full_view, host_form
 
 _text = st.text(alphabet="abcdef0123456789-", max_size=8)
 _opt = st.one_of(st.none(), _text)
@@ -67,13 +67,13 @@ def test_the_model_reads_a_host_form_as_the_whole_object(kind_obj: tuple[str, di
     kind, obj = kind_obj
     shown = host_form(kind, obj)
     assert parse(kind, obj["id"], shown) == parse(kind, obj["id"], obj)
-    assert set(shown) <= set(HOST_FIELDS[kind])
+    assert set(shown) <= set(READ_FIELDS[kind])
     assert not set(shown) & set(_noise)
 
 
 def test_every_kind_but_ports_has_a_host_form() -> None:
     from vxnet.model.resources import PARSERS
-    assert set(HOST_FIELDS) == set(PARSERS) - {"ports"} == set(KINDS)
+    assert set(READ_FIELDS) == set(PARSERS) - {"ports"} == set(KINDS)
 
 
 MB = 1 << 20

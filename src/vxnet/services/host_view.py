@@ -45,7 +45,7 @@ a rename or a new tag reaches the port's own host alone and wakes no peer's agen
 snapshot's peer ports are about a third smaller. The port's own host sees every field (its
 agent compares the status it reports with the stored one).
 
-Every other object is shown in its host form (`host_form`): the fields of `HOST_FIELDS`, the
+Every other object is shown in its host form (`host_form`): the fields of `READ_FIELDS`, the
 ones model/resources.py parses, and nothing else. Names, descriptions, tags, timestamps,
 revisions (but a floating IP's, which its gateway host reports against), a network's subnet
 list and RBAC entries reach no agent: a member's megabyte of tags or description on a network
@@ -66,6 +66,8 @@ import dataclasses
 import itertools
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
+
+from vxnet.model.resources import READ_FIELDS
 
 Obj = dict[str, Any]
 View = dict[str, dict[str, Any]]
@@ -103,22 +105,6 @@ _STANDBY = "ha_standby_hosts"   # the one key of `binding:vif_details` an agent 
 _projected: dict[int, tuple[Obj, Obj]] = {}   # id(port) -> (port, its peer projection): one copy per change
 
 
-# The fields of each kind but ports that hosts are shown (`host_form`): what model/resources.py
-# parses (tests/unit/test_host_form.py checks that the model parses a host form as it parses the
-# whole object). A field the model starts to read must be added here.
-HOST_FIELDS: dict[str, tuple[str, ...]] = {
-    "networks": ("id", "provider:network_type", "provider:segmentation_id", "provider:physical_network", "mtu",
-                 "router:external", "qos_policy_id", "ipv4_address_scope", "ipv6_address_scope"),
-    "subnets": ("id", "network_id", "cidr", "ip_version", "gateway_ip", "enable_dhcp", "dns_nameservers",
-                "host_routes", "ipv6_ra_mode", "ipv6_address_mode", "allocation_pools"),
-    "routers": ("id", "admin_state_up", "routes", "external_gateway_info"),
-    "security_groups": ("id", "stateful"),
-    "security_group_rules": ("id", "security_group_id", "direction", "ethertype", "protocol", "port_range_min",
-                             "port_range_max", "normalized_cidr", "remote_ip_prefix", "remote_group_id"),
-    "floatingips": ("id", "floating_ip_address", "fixed_ip_address", "router_id", "port_id", "status",
-                    "revision_number"),
-    "qos_policies": ("id", "rules"),
-}
 _formed: dict[int, tuple[Obj, Obj]] = {}   # id(object) -> (object, its host form): one copy per change
 
 
@@ -126,14 +112,14 @@ def project(host: str, coll: str, obj: Any) -> Any:
     """What `host` is shown of object `obj` of `coll`: a port bound elsewhere without its
     status fields (`PEER_HIDDEN`); any other kind in its `host_form`."""
     if coll != "ports":
-        return obj if obj is None or coll not in HOST_FIELDS else host_form(coll, obj)
+        return obj if obj is None or coll not in READ_FIELDS else host_form(coll, obj)
     if obj is None or obj.get("binding:host_id") == host:
         return obj
     return peer_form(obj)
 
 
 def host_form(coll: str, obj: Obj) -> Obj:
-    """Object `obj` of `coll` (not a port) as every host is shown it: its `HOST_FIELDS` only.
+    """Object `obj` of `coll` (not a port) as every host is shown it: its `READ_FIELDS` only.
     One copy per changed object for all the holders of an update (as `peer_form`)."""
     hit = _formed.get(id(obj))
     if hit is not None and hit[0] is obj:
@@ -146,7 +132,7 @@ def host_form(coll: str, obj: Obj) -> Obj:
 
 
 def _host_copy(coll: str, obj: Obj) -> Obj:
-    return {k: obj[k] for k in HOST_FIELDS[coll] if k in obj}
+    return {k: obj[k] for k in READ_FIELDS[coll] if k in obj}
 
 
 def peer_form(port: Obj) -> Obj:
@@ -371,7 +357,7 @@ class ViewIndex:
         self._n0: dict[str, set[str]] = {}  # host -> networks of its local ports
         self._holders = _Holders()
         self._remote_watch: dict[str, set[str]] = {}
-        self._forms: dict[str, dict[str, Obj]] = {c: {} for c in HOST_FIELDS}   # id -> host form (shown ones)
+        self._forms: dict[str, dict[str, Obj]] = {c: {} for c in READ_FIELDS}   # id -> host form (shown ones)
 
     # --- object indexes -------------------------------------------------------------------
 
