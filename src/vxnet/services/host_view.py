@@ -103,8 +103,6 @@ PEER_HIDDEN = ("status", "revision_number", "updated_at", "created_at", "name", 
                "binding:profile", "binding:vif_type", "binding:vnic_type")
 _STANDBY = "ha_standby_hosts"   # the one key of `binding:vif_details` an agent reads (gateway ports)
 _projected: dict[int, tuple[Obj, Obj]] = {}   # id(port) -> (port, its peer projection): one copy per change
-
-
 _formed: dict[int, tuple[Obj, Obj]] = {}   # id(object) -> (object, its host form): one copy per change
 
 
@@ -221,15 +219,15 @@ def full_view(objects: Mapping[str, Mapping[str, Obj]], hosts: Mapping[str, Obj]
     view = empty_view()
     view["networks"] = {n: networks[n] for n in nets if n in networks}
     view["subnets"] = {sid: s for sid, s in objects.get("subnets", {}).items() if s["network_id"] in nets}
-    view["ports"] = {p: ports[p] for p in port_ids}
+    view["ports"] = {p: project(host, "ports", ports[p]) for p in port_ids}
     view["routers"] = {r: routers[r] for r in r_ids if r in routers}
     view["floatingips"] = fips
     view["security_groups"] = {g: o for g, o in objects.get("security_groups", {}).items() if g in sgs}
     view["security_group_rules"] = rules
     for coll in BROADCAST:
         view[coll] = dict(objects.get(coll, {}))
-    for coll in COLLECTIONS:
-        view[coll] = {i: project(host, coll, o) for i, o in view[coll].items()}
+    for coll in READ_FIELDS:   # every other kind in its host form
+        view[coll] = {i: host_form(coll, o) for i, o in view[coll].items()}
     view["hosts"] = {h: hosts[h] for h in host_names if h and h in hosts}
     return view
 
