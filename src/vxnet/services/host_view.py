@@ -130,7 +130,10 @@ def host_form(coll: str, obj: Obj) -> Obj:
 
 
 def _host_copy(coll: str, obj: Obj) -> Obj:
-    return {k: obj[k] for k in READ_FIELDS[coll] if k in obj}
+    """`obj`'s READ_FIELDS, less those that are null or an empty list (the model reads a missing
+    field as such): a subnet's form is then a dict of ~7 fields, not 11 (the index keeps one
+    per shown object: at 5,000 networks and subnets ~2.3 MB rather than ~3.7)."""
+    return {k: v for k in READ_FIELDS[coll] if (v := obj.get(k)) is not None and v != []}
 
 
 def peer_form(port: Obj) -> Obj:
