@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -527,8 +526,11 @@ class ViewIndex:
                 kept = [(n < own, i, v) for n, (i, v) in enumerate(zip(ids, values, strict=True)) if v is not None]
                 own = sum(1 for m, _, _ in kept if m)
                 ids, values = [i for _, i, _ in kept], [v for _, _, v in kept]
-            if k in self._forms:
-                values = list(map(self._form, itertools.repeat(k), ids, values))
+            if (forms := self._forms.get(k)) is not None:   # host forms, made once (C-speed lookups after)
+                shown = list(map(forms.get, ids))
+                if None in shown:
+                    shown = [f if f is not None else self._form(k, i, v) for f, i, v in zip(shown, ids, values, strict=True)]
+                values = shown
             out.append((k, ids, values, own))
         return out
 
