@@ -607,15 +607,7 @@ class ViewIndex:
         if coll in BROADCAST:
             self._store(coll, id_, obj)
             for h, mem in self.members.items():
-                msg = out.setdefault(h, Message())
-                if obj is not None:
-                    msg.set(coll, id_, project(h, coll, obj), project(h, coll, old) if id_ in mem[coll] else None)
-                    mem[coll].add(id_)
-                    self._holders.add(coll, id_, h)
-                else:
-                    msg.drop(coll, id_, project(h, coll, old))
-                    mem[coll].discard(id_)
-                    self._holders.discard(coll, id_, h)
+                self._show(h, out.setdefault(h, Message()), coll, id_, old, obj, id_ in mem[coll])
             return
         if coll in ("networks", "routers", "security_groups"):
             # Membership is by id: only a gateway host's membership depends on these objects
@@ -692,15 +684,7 @@ class ViewIndex:
         if not was and not now:
             return
         msg = out.setdefault(h, Message())
-        if now:
-            msg.set(coll, id_, project(h, coll, obj), project(h, coll, old) if was else None)
-            if not was:
-                mem[coll].add(id_)
-                self._holders.add(coll, id_, h)
-        else:
-            msg.drop(coll, id_, project(h, coll, old))
-            mem[coll].discard(id_)
-            self._holders.discard(coll, id_, h)
+        self._show(h, msg, coll, id_, old, obj if now else None, was)
         if coll != "ports":
             return
         before = old.get("binding:host_id") if was and old is not None else None
@@ -724,6 +708,19 @@ class ViewIndex:
                 self._holders.add("hosts", after, h)
                 if (entry := self.hosts.get(after)) is not None:
                     msg.set("hosts", after, entry, None)
+
+    def _show(self, h: str, msg: Message, coll: str, id_: str, old: Obj | None, obj: Obj | None, was: bool) -> None:
+        """Put `obj` in `h`'s view, or (None) take out `old`; `was`: the view held the id."""
+        mem = self.members[h]
+        if obj is not None:
+            msg.set(coll, id_, project(h, coll, obj), project(h, coll, old) if was else None)
+            if not was:
+                mem[coll].add(id_)
+                self._holders.add(coll, id_, h)
+        else:
+            msg.drop(coll, id_, project(h, coll, old))
+            mem[coll].discard(id_)
+            self._holders.discard(coll, id_, h)
 
     def _in_view(self, h: str, coll: str, o: Obj) -> bool:
         """Whether a leaf object belongs to `h`'s view, given `h`'s current roots."""
