@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from tests.api.helpers import CountingStr as _Str
 from tests.api.helpers import assert_error, network
 from tests.conftest import ServerHandle
 
@@ -58,18 +59,6 @@ def test_valid_non_ascii_text_is_still_accepted(shared_server: ServerHandle) -> 
         got: dict[str, Any] = r.json()["network"]
         assert got["name"] == name
         assert alice.get(f"/networks/{got['id']}").json()["network"]["name"] == name
-
-
-class _Str(str):
-    """A string that counts its equality comparisons (to measure work without a clock)."""
-
-    compared = 0
-
-    def __eq__(self, other: object) -> bool:
-        _Str.compared += 1
-        return str.__eq__(self, other)
-
-    __hash__ = str.__hash__
 
 
 def test_list_validators_do_linear_work() -> None:

@@ -436,3 +436,58 @@ def test_port_create_racing_the_policy_delete_never_both_win(cl: Clients) -> Non
             assert cl.bob.delete(f"/ports/{res['port_id']}").status_code == 204
             assert cl.alice.delete(f"/rbac-policies/{pol['id']}").status_code == 204
         assert cl.admin.get("/ports", params={"network_id": net["id"], "project_id": B}).json()["ports"] == []
+
+
+def test_a_bulk_create_does_linear_work(cl: Clients, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1 MiB body holds ~7,000 policies on one network. Each used to re-read, scan and re-write
+    the network with every entry staged before it: O(n^2) JSON and comparisons, minutes of CPU
+    for one request. Counted in the JSON bytes the repository parses and writes (not timed):
+    one read and one write of the network, and each policy once. A duplicate inside the body is
+    still a 409 that stores nothing; the network's flags follow its policies."""
+    from vxnet.services import repo
+
+    n = 600
+    net = network(cl.alice)
+    targets = [project_id_for(f"bulk-{i}") for i in range(n)]
+    body = {"rbac_policies": [{"rbac_policy": {"object_type": "network", "object_id": net["id"],
+                                               "action": "access_as_shared", "target_tenant": t}} for t in targets]}
+    dup = {"rbac_policies": [*body["rbac_policies"][:3], body["rbac_policies"][1]]}
+    r = cl.alice.post("/rbac-policies", json=dup)
+    assert_error(r, 409, "DuplicateRbacPolicy")
+    assert cl.alice.get("/rbac-policies", params={"object_id": net["id"]}).json()["rbac_policies"] == []
+    moved = 0
+    real_loads, real_dumps = json.loads, json.dumps
+
+    class Counting:
+        @staticmethod
+        def loads(s: Any, *a: Any, **kw: Any) -> Any:
+            nonlocal moved
+            moved += len(s)
+            return real_loads(s, *a, **kw)
+
+        @staticmethod
+        def dumps(obj: Any, *a: Any, **kw: Any) -> str:
+            nonlocal moved
+            out = real_dumps(obj, *a, **kw)
+            moved += len(out)
+            return out
+
+    monkeypatch.setattr(repo, "json", Counting)
+    r = cl.alice.post("/rbac-policies", json=body)
+    monkeypatch.undo()
+    assert r.status_code == 201, r.text
+    assert [p["target_tenant"] for p in r.json()["rbac_policies"]] == targets
+    assert moved < 1000 * n, moved   # linear: ~500 bytes a policy; one at a time: ~40 * n * n
+    mine = cl.alice.get("/rbac-policies", params={"object_id": net["id"]}).json()["rbac_policies"]
+    assert len(mine) == n
+    assert cl.admin.get(f"/networks/{net['id']}").json()["network"]["shared"] is False
+    r = cl.admin.post("/rbac-policies", json={"rbac_policies": [
+        {"rbac_policy": {"object_type": "network", "object_id": net["id"], "action": a, "target_tenant": "*"}}
+        for a in ("access_as_shared", "access_as_external")]})
+    assert r.status_code == 201, r.text
+    shown = cl.admin.get(f"/networks/{net['id']}").json()["network"]
+    assert shown["shared"] is True and shown["router:external"] is True
+    r = cl.admin.put(f"/networks/{net['id']}", json={"network": {"router:external": False}})
+    assert r.status_code == 200 and r.json()["network"]["router:external"] is False, r.text
+    left = cl.admin.get("/rbac-policies", params={"object_id": net["id"]}).json()["rbac_policies"]
+    assert len(left) == n + 1 and all(p["action"] == "access_as_shared" for p in left)

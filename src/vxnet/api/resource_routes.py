@@ -57,6 +57,7 @@ Apply = Callable[[UnitOfWork, Context, Obj, dict[str, Any]], Obj | None]
 Remove = Callable[[UnitOfWork, Context, Obj], None]
 Change = Callable[[UnitOfWork, Context, Obj, Any], Obj]
 Build = Callable[[UnitOfWork, Context, Any, policy.Policy], Obj]
+BuildAll = Callable[[UnitOfWork, Context, list[Any], policy.Policy], list[Obj]]
 
 
 def _no_expand(st: AppState, obj: Obj) -> Obj:
@@ -118,8 +119,10 @@ class Resource:
 
         _register(router, "GET", path, name, [id_param], run, dict[str, Any])
 
-    def add_create(self, router: APIRouter, path: str, name: str, model: type[BaseModel], build: Build) -> None:
-        """`POST path`: `build(uow, ctx, item, policy)` for every item of the body, in one transaction."""
+    def add_create(self, router: APIRouter, path: str, name: str, model: type[BaseModel], build: Build | None,
+                   build_all: BuildAll | None = None) -> None:
+        """`POST path`: `build(uow, ctx, item, policy)` for every item of the body, in one transaction
+        (or `build_all(uow, ctx, items, policy)` once, for items that share work)."""
 
         async def run(request: Request) -> JSONResponse:
             st = AppState.of(request)
@@ -128,6 +131,9 @@ class Resource:
             pol = policy.of(st.config)
 
             def txn(uow: UnitOfWork) -> list[Obj]:
+                if build_all is not None:
+                    return build_all(uow, ctx, items, pol)
+                assert build is not None
                 return [build(uow, ctx, item, pol) for item in items]
 
             return self.created(st, ctx, st.repo.transact(txn), bulk)

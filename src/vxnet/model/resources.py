@@ -331,6 +331,24 @@ def _qos_policy(o: Mapping[str, Any]) -> QosPolicy:
     return QosPolicy(o["id"], rules)
 
 
+# The fields each parser of a kind but ports reads: all a host is shown of such an object
+# (services/host_view.py `host_form`; tests/unit/test_host_form.py checks that a parser reads
+# an object cut to these as it reads the whole one). A parser that starts to read a field must
+# list it here.
+READ_FIELDS: dict[str, tuple[str, ...]] = {
+    "networks": ("id", "provider:network_type", "provider:segmentation_id", "provider:physical_network", "mtu",
+                 "router:external", "qos_policy_id", "ipv4_address_scope", "ipv6_address_scope"),
+    "subnets": ("id", "network_id", "cidr", "ip_version", "gateway_ip", "enable_dhcp", "dns_nameservers",
+                "host_routes", "ipv6_ra_mode", "ipv6_address_mode", "allocation_pools"),
+    "routers": ("id", "admin_state_up", "routes", "external_gateway_info"),
+    "security_groups": ("id", "stateful"),
+    "security_group_rules": ("id", "security_group_id", "direction", "ethertype", "protocol", "port_range_min",
+                             "port_range_max", "normalized_cidr", "remote_ip_prefix", "remote_group_id"),
+    "floatingips": ("id", "floating_ip_address", "fixed_ip_address", "router_id", "port_id", "status",
+                    "revision_number"),
+    "qos_policies": ("id", "rules"),
+}
+
 PARSERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "networks": _network,
     "subnets": _subnet,

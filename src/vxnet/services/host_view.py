@@ -45,6 +45,15 @@ a rename or a new tag reaches the port's own host alone and wakes no peer's agen
 snapshot's peer ports are about a third smaller. The port's own host sees every field (its
 agent compares the status it reports with the stored one).
 
+Every other object is shown in its host form (`host_form`): the fields of `READ_FIELDS`, the
+ones model/resources.py parses, and nothing else. Names, descriptions, tags, timestamps,
+revisions (but a floating IP's, which its gateway host reports against), a network's subnet
+list and RBAC entries reach no agent: a member's megabyte of tags or description on a network
+is not sent to, nor parsed by, every host on the network (or on a shared network, every host
+of every project using it), and a change to only those wakes no agent. `vxnet trace` and
+doctor take names from the objects themselves, not from views. The index keeps one host form
+per shown object (`_forms`, replaced with its object), so snapshots share them.
+
 Invariant (tested against `full_view` on random histories): for every tracked host, applying
 `ViewIndex.apply`'s messages in order to `ViewIndex.snapshot` gives `full_view` of the same
 objects. The module is pure: no I/O, no clock, no threads.
@@ -56,6 +65,8 @@ import collections
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
+
+from vxnet.model.resources import READ_FIELDS
 
 Obj = dict[str, Any]
 View = dict[str, dict[str, Any]]
@@ -91,14 +102,37 @@ PEER_HIDDEN = ("status", "revision_number", "updated_at", "created_at", "name", 
                "binding:profile", "binding:vif_type", "binding:vnic_type")
 _STANDBY = "ha_standby_hosts"   # the one key of `binding:vif_details` an agent reads (gateway ports)
 _projected: dict[int, tuple[Obj, Obj]] = {}   # id(port) -> (port, its peer projection): one copy per change
+_formed: dict[int, tuple[Obj, Obj]] = {}   # id(object) -> (object, its host form): one copy per change
 
 
 def project(host: str, coll: str, obj: Any) -> Any:
     """What `host` is shown of object `obj` of `coll`: a port bound elsewhere without its
-    status fields (`PEER_HIDDEN`); everything else as it is."""
-    if coll != "ports" or obj is None or obj.get("binding:host_id") == host:
+    status fields (`PEER_HIDDEN`); any other kind in its `host_form`."""
+    if coll != "ports":
+        return obj if obj is None or coll not in READ_FIELDS else host_form(coll, obj)
+    if obj is None or obj.get("binding:host_id") == host:
         return obj
     return peer_form(obj)
+
+
+def host_form(coll: str, obj: Obj) -> Obj:
+    """Object `obj` of `coll` (not a port) as every host is shown it: its `READ_FIELDS` only.
+    One copy per changed object for all the holders of an update (as `peer_form`)."""
+    hit = _formed.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    if len(_formed) > 256:
+        _formed.clear()
+    out = _host_copy(coll, obj)
+    _formed[id(obj)] = (obj, out)
+    return out
+
+
+def _host_copy(coll: str, obj: Obj) -> Obj:
+    """`obj`'s READ_FIELDS, less those that are null or an empty list (the model reads a missing
+    field as such): a subnet's form is then a dict of ~7 fields, not 11 (the index keeps one
+    per shown object: at 5,000 networks and subnets ~2.3 MB rather than ~3.7)."""
+    return {k: v for k in READ_FIELDS[coll] if (v := obj.get(k)) is not None and v != []}
 
 
 def peer_form(port: Obj) -> Obj:
@@ -194,6 +228,8 @@ def full_view(objects: Mapping[str, Mapping[str, Obj]], hosts: Mapping[str, Obj]
     view["security_group_rules"] = rules
     for coll in BROADCAST:
         view[coll] = dict(objects.get(coll, {}))
+    for coll in READ_FIELDS:   # every other kind in its host form
+        view[coll] = {i: host_form(coll, o) for i, o in view[coll].items()}
     view["hosts"] = {h: hosts[h] for h in host_names if h and h in hosts}
     return view
 
@@ -321,6 +357,7 @@ class ViewIndex:
         self._n0: dict[str, set[str]] = {}  # host -> networks of its local ports
         self._holders = _Holders()
         self._remote_watch: dict[str, set[str]] = {}
+        self._forms: dict[str, dict[str, Obj]] = {c: {} for c in READ_FIELDS}   # id -> host form (shown ones)
 
     # --- object indexes -------------------------------------------------------------------
 
@@ -354,6 +391,8 @@ class ViewIndex:
 
     def _store(self, coll: str, id_: str, obj: Obj | None) -> Obj | None:
         old = self.objects[coll].pop(id_, None)
+        if coll in self._forms:
+            self._forms[coll].pop(id_, None)
         if old is not None:
             self._index(coll, id_, old, False)
         if obj is not None:
@@ -466,7 +505,8 @@ class ViewIndex:
 
     def snapshot_items(self, host: str) -> list[tuple[str, list[str], list[Any], int]]:
         """The current view of a tracked host as (view key, ids, objects, own) in VIEW_KEYS
-        order, objects as held (not yet `project`ed: the projection is the caller's, for `host`);
+        order, ports as held (not yet `project`ed: the projection is the caller's, for `host`),
+        other kinds in their host form (one per object, shared by every snapshot);
         the ports bound to `host` come first, `own` of them (0 for other keys). Flat lists per
         key, not a pair per object: a cold start makes 1,000 of these at once, and 400,000
         small tuples kept until sent cost the garbage collector more than the rest."""
@@ -486,7 +526,20 @@ class ViewIndex:
                 kept = [(n < own, i, v) for n, (i, v) in enumerate(zip(ids, values, strict=True)) if v is not None]
                 own = sum(1 for m, _, _ in kept if m)
                 ids, values = [i for _, i, _ in kept], [v for _, _, v in kept]
+            if (forms := self._forms.get(k)) is not None:   # host forms, made once (C-speed lookups after)
+                shown = list(map(forms.get, ids))
+                if None in shown:
+                    shown = [f if f is not None else self._form(k, i, v) for f, i, v in zip(shown, ids, values, strict=True)]
+                values = shown
             out.append((k, ids, values, own))
+        return out
+
+    def _form(self, coll: str, id_: str, obj: Obj) -> Obj:
+        """The host form of stored object `obj` (`host_form`), made once while it is stored."""
+        forms = self._forms[coll]
+        out = forms.get(id_)
+        if out is None:
+            out = forms[id_] = _host_copy(coll, obj)
         return out
 
     def holders(self, key: str, id_: str) -> Collection[str]:
@@ -554,15 +607,7 @@ class ViewIndex:
         if coll in BROADCAST:
             self._store(coll, id_, obj)
             for h, mem in self.members.items():
-                msg = out.setdefault(h, Message())
-                if obj is not None:
-                    msg.set(coll, id_, obj, old if id_ in mem[coll] else None)
-                    mem[coll].add(id_)
-                    self._holders.add(coll, id_, h)
-                else:
-                    msg.drop(coll, id_, old)
-                    mem[coll].discard(id_)
-                    self._holders.discard(coll, id_, h)
+                self._show(h, out.setdefault(h, Message()), coll, id_, old, obj, id_ in mem[coll])
             return
         if coll in ("networks", "routers", "security_groups"):
             # Membership is by id: only a gateway host's membership depends on these objects
@@ -639,15 +684,7 @@ class ViewIndex:
         if not was and not now:
             return
         msg = out.setdefault(h, Message())
-        if now:
-            msg.set(coll, id_, project(h, coll, obj), project(h, coll, old) if was else None)
-            if not was:
-                mem[coll].add(id_)
-                self._holders.add(coll, id_, h)
-        else:
-            msg.drop(coll, id_, project(h, coll, old))
-            mem[coll].discard(id_)
-            self._holders.discard(coll, id_, h)
+        self._show(h, msg, coll, id_, old, obj if now else None, was)
         if coll != "ports":
             return
         before = old.get("binding:host_id") if was and old is not None else None
@@ -671,6 +708,19 @@ class ViewIndex:
                 self._holders.add("hosts", after, h)
                 if (entry := self.hosts.get(after)) is not None:
                     msg.set("hosts", after, entry, None)
+
+    def _show(self, h: str, msg: Message, coll: str, id_: str, old: Obj | None, obj: Obj | None, was: bool) -> None:
+        """Put `obj` in `h`'s view, or (None) take out `old`; `was`: the view held the id."""
+        mem = self.members[h]
+        if obj is not None:
+            msg.set(coll, id_, project(h, coll, obj), project(h, coll, old) if was else None)
+            if not was:
+                mem[coll].add(id_)
+                self._holders.add(coll, id_, h)
+        else:
+            msg.drop(coll, id_, project(h, coll, old))
+            mem[coll].discard(id_)
+            self._holders.discard(coll, id_, h)
 
     def _in_view(self, h: str, coll: str, o: Obj) -> bool:
         """Whether a leaf object belongs to `h`'s view, given `h`'s current roots."""

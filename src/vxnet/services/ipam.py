@@ -375,6 +375,7 @@ def allocate_fixed_ips(
         if mac is not None and add_auto and takes_auto:
             out += auto_address_ips(uow, subnets, port_id, mac)
         return out
+    auto_done: set[str] = set()   # auto-address subnets given their address (a set: requests are lists of ~10^4)
     for item in requested:
         sid = item.get("subnet_id")
         ip = item.get("ip_address")
@@ -401,8 +402,9 @@ def allocate_fixed_ips(
                                   f"{subnet['id']} as the subnet is configured for automatic addresses",
                                   "InvalidInput")
             if ip is None and takes_auto:  # the port's EUI-64 address (router ports: a pool address)
-                if any(o["subnet_id"] == subnet["id"] for o in out):
+                if subnet["id"] in auto_done:
                     continue  # asked twice
+                auto_done.add(subnet["id"])
                 if mac is None:
                     raise bad_request(f"Invalid input for fixed_ips: subnet {subnet['id']} gives automatic "
                                       "addresses only")

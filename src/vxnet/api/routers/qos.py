@@ -166,12 +166,15 @@ async def create_policy(request: Request) -> JSONResponse:
 
     def txn(uow: UnitOfWork) -> list[dict[str, Any]]:
         out = []
+        defaults: set[str] = set()   # projects given a default policy by this request (a set: bulk bodies are long)
         for item, project in zip(items, projects, strict=True):
             rec = svc.new_policy(project, item.name, item.description, item.shared, item.is_default, item.tags)
             svc.check_default(uow, rec)
-            if any(o["is_default"] and o["project_id"] == project for o in out) and rec["is_default"]:
+            if rec["is_default"] and project in defaults:
                 raise from_service(svc.errors.Conflict("QoSPolicyDefaultAlreadyExists",
                                                        f"A default QoS policy exists for project {project}."))
+            if rec["is_default"]:
+                defaults.add(project)
             rbac.initial_entries(uow, rec, "qos_policy")
             uow.put("qos_policies", rec)
             out.append(rec)

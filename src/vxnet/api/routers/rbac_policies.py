@@ -109,26 +109,31 @@ def _check_release(uow: UnitOfWork, object_type: str, obj: dict[str, Any], entry
         rbac.check_shared_release(uow, object_type, obj, entry["target_tenant"], entry["id"], new_target)
 
 
-def build_policy(uow: UnitOfWork, ctx: Context, item: RbacPolicyCreate, pol: policy.Policy) -> dict[str, Any]:
-    project = resolve_project(ctx, item.project_id, item.tenant_id)
-    object_type = _object_type(item.object_type)
-    wanted = {"project_id": project, "object_type": object_type, "object_id": item.object_id,
-              "action": item.action, "target_tenant": item.target_tenant}
-    pol.enforce(ctx, "create_rbac_policy", policy.target("rbac_policy", wanted),
-                ["object_type", "object_id", "target_tenant"])
-    if (err := rbac.valid_action(item.action, object_type)) is not None:
-        raise from_service(err)
-    obj = _object_for_owner(uow, ctx, object_type, item.object_id)
-    record = rbac.add(uow, obj, item.action, item.target_tenant, project, object_type)
-    uow.put(rbac.TYPES[object_type][0], obj)
-    return record
+def build_policies(uow: UnitOfWork, ctx: Context, items: list[RbacPolicyCreate], pol: policy.Policy
+                   ) -> list[dict[str, Any]]:
+    """The policies of a create, in order (`rbac.Adding`: each object read and written once)."""
+    adding = rbac.Adding(uow)
+    out = []
+    for item in items:
+        project = resolve_project(ctx, item.project_id, item.tenant_id)
+        object_type = _object_type(item.object_type)
+        wanted = {"project_id": project, "object_type": object_type, "object_id": item.object_id,
+                  "action": item.action, "target_tenant": item.target_tenant}
+        pol.enforce(ctx, "create_rbac_policy", policy.target("rbac_policy", wanted),
+                    ["object_type", "object_id", "target_tenant"])
+        if (err := rbac.valid_action(item.action, object_type)) is not None:
+            raise from_service(err)
+        obj = adding.staged(object_type, item.object_id) or _object_for_owner(uow, ctx, object_type, item.object_id)
+        out.append(adding.add(object_type, obj, item.action, item.target_tenant, project))
+    adding.finish()
+    return out
 
 
 RESOURCE.add_list(router, "/rbac-policies", "list_policies")
 RESOURCE.add_show(router, "/rbac-policies/{policy_id}", "show_policy", "policy_id")
 
 
-RESOURCE.add_create(router, "/rbac-policies", "create_policy", RbacPolicyCreate, build_policy)
+RESOURCE.add_create(router, "/rbac-policies", "create_policy", RbacPolicyCreate, None, build_policies)
 
 
 @router.put("/rbac-policies/{policy_id}")

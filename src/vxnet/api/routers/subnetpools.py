@@ -165,70 +165,6 @@ def check_bounds(version: int, min_len: int, max_len: int, default_len: int) -> 
         raise illegal("default_prefixlen", default_len, "max_prefixlen", max_len)
 
 
-# Prefix-set arithmetic on sorted, merged integer ranges, per IP version: linear after a sort.
-# (Pairwise `overlaps` / `subnet_of` / `address_exclude` over two lists was quadratic: a pool
-# may hold ~10^4 disjoint prefixes and one request names as many, minutes of CPU per request.)
-Ranges = dict[int, list[tuple[int, int]]]
-
-
-def _ranges(cidrs: list[str]) -> Ranges:
-    """The addresses of `cidrs`: IP version -> sorted, disjoint, non-adjacent [first, last]."""
-    spans: dict[int, list[tuple[int, int]]] = {}
-    for c in cidrs:
-        n = ipaddress.ip_network(c)
-        spans.setdefault(n.version, []).append((int(n.network_address), int(n.broadcast_address)))
-    out: Ranges = {}
-    for version, items in spans.items():
-        items.sort()
-        merged = [items[0]]
-        for lo, hi in items[1:]:
-            if lo <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-            else:
-                merged.append((lo, hi))
-        out[version] = merged
-    return out
-
-
-def _overlaps(a: list[str], b: list[str]) -> bool:
-    """Whether some address is in both prefix lists."""
-    rb = _ranges(b)
-    for version, spans in _ranges(a).items():
-        other, i, j = rb.get(version, []), 0, 0
-        while i < len(spans) and j < len(other):
-            if spans[i][1] < other[j][0]:
-                i += 1
-            elif other[j][1] < spans[i][0]:
-                j += 1
-            else:
-                return True
-    return False
-
-
-def _minus(prefixes: list[str], removed: list[str]) -> list[str]:
-    """The addresses of `prefixes` not in `removed`, as the fewest CIDRs, sorted (what
-    `ipaddress.collapse_addresses` gives)."""
-    drop = _ranges(removed)
-    out: list[str] = []
-    for version, spans in sorted(_ranges(prefixes).items()):
-        other, j = drop.get(version, []), 0
-        addr = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-        left: list[tuple[int, int]] = []
-        for lo, hi in spans:
-            while j < len(other) and other[j][1] < lo:
-                j += 1
-            cur, k = lo, j
-            while k < len(other) and other[k][0] <= hi:
-                if other[k][0] > cur:
-                    left.append((cur, other[k][0] - 1))
-                cur = max(cur, other[k][1] + 1)
-                k += 1
-            if cur <= hi:
-                left.append((cur, hi))
-        out += [str(n) for lo, hi in left for n in ipaddress.summarize_address_range(addr(lo), addr(hi))]
-    return out
-
-
 # transactions --------------------------------------------------------------------------------
 def join_scope(uow: UnitOfWork, ctx: Context, pool: dict[str, Any]) -> None:
     """Check that `pool` (as it will be stored) may sit in its address scope, under the scope's lock."""
@@ -241,7 +177,7 @@ def join_scope(uow: UnitOfWork, ctx: Context, pool: dict[str, Any]) -> None:
                           f"scope {scope_id} because subnetpool ip_version is not {scope['ip_version']}.",
                           "IllegalSubnetPoolIpVersionAssociationToAddressScope")
     others = uow.list(COLLECTION, lambda p: p.get("address_scope_id") == scope_id and p["id"] != pool["id"])
-    if any(_overlaps(pool["prefixes"], o["prefixes"]) for o in others):
+    if subnet_alloc.overlaps(pool["prefixes"], [p for o in others for p in o["prefixes"]]):  # one pass
         raise conflict("AddressScopePrefixConflict", "Failed to associate address scope: subnetpools within an "
                                                      "address scope must have unique prefixes.")
 
@@ -349,7 +285,7 @@ def apply_update(uow: UnitOfWork, ctx: Context, pool: dict[str, Any], fields: di
     new.update({k: v for k, v in fields.items() if k != "prefixes"})
     if "prefixes" in fields:
         version, prefixes = prefix_info(list(fields["prefixes"]))
-        if version != pool["ip_version"] or _minus(pool["prefixes"], prefixes):
+        if version != pool["ip_version"] or subnet_alloc.minus(pool["prefixes"], prefixes):
             raise bad_request("Illegal update to prefixes: Existing prefixes must be a subset of the new prefixes.",
                               "IllegalSubnetPoolPrefixUpdate")
         new["prefixes"] = prefixes
@@ -412,15 +348,15 @@ def _add_prefixes(uow: UnitOfWork, ctx: Context, pool: dict[str, Any], wanted: l
 
 
 def _remove_prefixes(uow: UnitOfWork, ctx: Context, pool: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
-    if not wanted or not _overlaps(pool["prefixes"], wanted):
+    if not wanted or not subnet_alloc.overlaps(pool["prefixes"], wanted):
         return {"prefixes": pool["prefixes"]}
     _shared_scope_guard(uow, ctx, pool)
     subnet_alloc.lock(uow, pool["id"])
-    if _overlaps([s["cidr"] for s in subnet_alloc.pool_subnets(uow, pool["id"])], wanted):
+    if subnet_alloc.overlaps([s["cidr"] for s in subnet_alloc.pool_subnets(uow, pool["id"])], wanted):
         raise bad_request("Illegal update to prefixes: One or more the prefixes to be removed is in use by a "
                           "subnet.", "IllegalSubnetPoolPrefixUpdate")
     new = dict(pool)
-    touch(new, {"prefixes": _minus(pool["prefixes"], wanted)})
+    touch(new, {"prefixes": subnet_alloc.minus(pool["prefixes"], wanted)})
     uow.put(COLLECTION, new)
     return {"prefixes": new["prefixes"]}
 

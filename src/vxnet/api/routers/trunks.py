@@ -94,12 +94,15 @@ def _add(ctx: Context, uow: UnitOfWork, rec: dict[str, Any], parent: dict[str, A
          items: list[dict[str, Any]], action: str) -> None:
     try:
         subs = svc.parse_subports(items, rec)
+        ports = []
         for s in subs:
             port = _visible_port(ctx, uow, s["port_id"])
             if not ctx.is_admin and port["project_id"] != ctx.project_id:
                 # a network's owner sees other projects' ports on it, but may not take them
                 raise policy.denied(action)
-            svc.check_subport(uow, rec["id"], port)
+            ports.append(port)
+        svc.check_subports(uow, ports)
+        for port in ports:
             svc.attach(uow, rec, parent, port)
     except ServiceError as e:
         raise from_service(e) from None
@@ -161,13 +164,13 @@ def _subport_change(action: str) -> Any:
             _add(ctx, uow, rec, parent, items, action)
         else:
             current = {s["port_id"]: s for s in rec["sub_ports"]}
-            gone = []
+            gone: dict[str, None] = {}   # ordered, and a set (a body may name ~10^4)
             for s in items:
                 pid = s.get("port_id")
                 if pid not in current or pid in gone:
                     raise ApiError(404, "SubPortNotFound", f"SubPort on trunk {trunk_id} with parent port "
                                    f"{rec['port_id']} not found.")
-                gone.append(pid)
+                gone[pid] = None
             for pid in gone:
                 port = uow.get("ports", pid)
                 if port is not None:
