@@ -170,12 +170,6 @@ def _owners_first(messages: dict[str, Any], changes: list[Change]) -> list[str]:
     return sorted(messages, key=lambda h: h not in owners)  # stable: the index's order otherwise
 
 
-def peer_bytes(id_: str, port: Obj) -> bytes:
-    """`"<id>":{peer form}` of a port as a snapshot writes it, in an object of its own size (the
-    bytes orjson returns keep the larger allocation it wrote into)."""
-    return bytes(bytearray(dumps({id_: peer_copy(port)})[1:-1]))
-
-
 def dumps(obj: Any) -> bytes:
     """Compact JSON (UTF-8) of `obj`: orjson, or the standard library for what orjson refuses
     (an integer beyond 64 bits)."""
@@ -215,17 +209,8 @@ class Snapshot:
                 if start < own:    # the host's own ports: shown whole
                     stop = min(stop, own)
                     values = objs[start:stop]
-                elif key == "ports":   # the peers: their written forms, taken when the snapshot was made
-                    part = b",".join(objs[start:stop])
-                    buf.append(b"," + part if start else part)
-                    size += len(part)
-                    start = stop
-                    if size >= self.CHUNK:
-                        yield b"".join(buf)
-                        buf, size = [], 0
-                    continue
                 else:
-                    values = objs[start:stop]
+                    values = list(map(peer_copy, objs[start:stop])) if key == "ports" else objs[start:stop]
                 part = dumps(dict(zip(ids[start:stop], values, strict=True)))
                 if start:
                     buf.append(b",")
@@ -303,7 +288,6 @@ class Hub:
         self.fanout_seconds: Any = None  # a prometheus Histogram, set by the API's setup
         self.last_change: dict[str, int] = {}  # host -> last revision that changed its view (`vxnet status`)
         self.reports: dict[str, Obj] = {}      # host -> its agent's last status report (`agent-status/`)
-        self.peers: dict[str, bytes] = {}      # port id -> `peer_bytes` (EXPERIMENT, session 15)
         # The server's hub (set by its setup): a load runs without the cyclic garbage collector
         # and ends with `gc.freeze()`, so later full collections skip the loaded objects
         # (100,000 ports: one full collection scanned ~1.1 M objects, 1-2 s on a shared vCPU).
@@ -445,7 +429,6 @@ class Hub:
             (objects if coll in objects else others).setdefault(coll, {})[id_] = obj
         agents = others.get("agents", {})
         self.index.load(objects, agents)
-        self.peers = {i: peer_bytes(i, p) for i, p in objects["ports"].items()}
         self.others = others
         for rec in agents.values():
             self.index.track(rec["host"])
@@ -505,12 +488,6 @@ class Hub:
                         index_changes.append((coll, id_, after))
                 changes.append((coll, id_, before, after))
             messages = self.index.apply(index_changes)
-            for coll, id_, after in index_changes:
-                if coll == "ports":
-                    if after is None:
-                        self.peers.pop(id_, None)
-                    else:
-                        self.peers[id_] = peer_bytes(id_, after)
         except Exception:  # a bug in the incremental path must not lose views: reload instead
             log.exception("view index failed at revision %d; reloading", rev)
             self.resync()
@@ -602,12 +579,7 @@ class Hub:
         me = self.index.hosts.get(host) or {"host": host, "underlay_ip": None, "alive": False, "gateway": False}
         head = dumps({"type": "snapshot", "revision": self.revision, "epoch": self.epoch})[:-1] + b',"view":{"host":' \
             + dumps(me)
-        sections = self.index.snapshot_items(host)
-        peers = self.peers
-        for n, (key, ids, objs, own) in enumerate(sections):
-            if key == "ports":   # the peers' written forms now: a later change must not show in it
-                sections[n] = (key, ids, objs[:own] + [peers[i] for i in ids[own:]], own)
-        return Snapshot(head, host, sections)
+        return Snapshot(head, host, self.index.snapshot_items(host))
 
     def snapshot_line(self, host: str) -> bytes:
         return bytes(self.snapshot(host))
