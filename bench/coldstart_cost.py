@@ -10,8 +10,13 @@ which changes no view's membership). CPU is process time, so other work on the m
 matters less than for wall times (it still does: shared caches and SMT siblings); compare trees
 run in turn, several rounds.
 
+With `--peer-cache`, the server rounds also write the same snapshots with every peer port's
+bytes taken from a table made beforehand (`cached_line`: what a hub that kept each port's peer
+form serialised would do), and print what that table holds: the measurement that decided
+against such a table (docs/benchmarks.md, session 15).
+
 `python -m bench.coldstart_cost [--hosts 1000 --networks 5000 --ports 100000] [--rounds 3]
-[--agents 40]`
+[--agents 40] [--peer-cache]`
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import gc
 import random
 import statistics
+import sys
 import time
 
 from bench.scale_bench import add_arguments, fill
@@ -28,8 +34,31 @@ from bench.servers import underlay
 from bench.sim_agents import RecordingDriver
 from vxnet.compute.host import HostComputer, HostSpec
 from vxnet.compute.view import ViewState, apply_message, decode_message
-from vxnet.services.view_hub import Hub
+from vxnet.services.host_view import peer_copy
+from vxnet.services.view_hub import Hub, Snapshot, dumps
 from vxnet.store import open_store
+
+
+def peer_table(ports: dict[str, dict[str, object]]) -> dict[str, bytes]:
+    """Every port's `"<id>":{peer form}`, as a snapshot writes it, copied out of orjson's buffer
+    (the bytes orjson returns keep its larger allocation: ~3.8 KB a port of RSS, measured)."""
+    return {i: bytes(bytearray(dumps({i: peer_copy(p)})[1:-1])) for i, p in ports.items()}
+
+
+def cached_line(snap: Snapshot, table: dict[str, bytes]) -> bytes:
+    """`snap`'s line with its peer ports joined from `table` (`peer_table`), the rest written
+    as `Snapshot.chunks` writes it (one piece: the pieces cost little next to the objects)."""
+    parts = [snap.head]
+    for key, ids, objs, own in snap.sections:
+        if key == "ports":
+            body = list(map(table.__getitem__, ids[own:]))
+            if own:
+                body.insert(0, dumps(dict(zip(ids[:own], objs[:own], strict=True)))[1:-1])
+            parts.append(b',"ports":{' + b",".join(body) + b"}")
+        else:
+            parts.append(b',"' + key.encode() + b'":' + dumps(dict(zip(ids, objs, strict=True))))
+    parts.append(b"}}\n")
+    return b"".join(parts)
 
 
 def main() -> None:
@@ -39,6 +68,7 @@ def main() -> None:
     p.add_argument("--ports", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=3, help="server rounds (every host's snapshot each)")
     p.add_argument("--agents", type=int, default=40, help="views computed for the agent figure")
+    p.add_argument("--peer-cache", action="store_true", help="also write the snapshots from a table of peer forms")
     opts = p.parse_args()
     sp = argparse.ArgumentParser()
     add_arguments(sp)
@@ -54,6 +84,16 @@ def main() -> None:
         hub.index.track(h)
     gc.freeze()   # as the server after its load
     print(f"{opts.ports} ports, {opts.networks} networks, {opts.hosts} hosts")
+    table: dict[str, bytes] = {}
+    if opts.peer_cache:
+        t0 = time.process_time()
+        table = peer_table(hub.index.objects["ports"])
+        held = sum(map(sys.getsizeof, table.values())) + sys.getsizeof(table)
+        print(f"peer table: made in {time.process_time() - t0:.2f} s CPU, holds {held / 2**20:.1f} MiB "
+              f"({held / len(table):.0f} bytes a port; sys.getsizeof)")
+        for h in world.hosts[:opts.agents]:
+            snap = hub.snapshot(h)
+            assert cached_line(snap, table) == bytes(snap), h
     for r in range(opts.rounds):
         t0 = time.process_time()
         snaps = [hub.snapshot(h) for h in world.hosts]
@@ -63,6 +103,14 @@ def main() -> None:
         del snaps
         print(f"server round {r + 1}: make {t1 - t0:.2f} s + write out {t2 - t1:.2f} s CPU for "
               f"{len(world.hosts)} snapshots ({size / 2**20:.0f} MiB)")
+        if table:
+            snaps = [hub.snapshot(h) for h in world.hosts]
+            t1 = time.process_time()
+            cached = sum(len(cached_line(s, table)) for s in snaps)
+            t2 = time.process_time()
+            del snaps
+            assert cached == size
+            print(f"server round {r + 1}, peer forms from the table: write out {t2 - t1:.2f} s CPU")
     lines = [bytes(hub.snapshot(h)) for h in world.hosts[:opts.agents]]
     hub.loop.close()
     store.close()
