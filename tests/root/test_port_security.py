@@ -24,6 +24,7 @@ import pytest
 from tests.root.conftest import Lab, needs_root
 from tests.root.helpers import capture, nsexec, ping
 from vxnet.compute import firewall as fwm
+from vxnet.compute import naming
 from vxnet.dataplane.nft_driver import NftDriver
 from vxnet.lab import topology
 
@@ -81,21 +82,25 @@ def vm_capture(vm: str, bpf: str) -> Iterator[list[str]]:
 
 
 def counters(host: int, port_id: str) -> dict[str, int]:
-    """Packets per rule identity of a port's anti-spoofing chain on its host."""
+    """Packets per rule identity of a port's anti-spoofing chain on its host: its own chain (a
+    port with IPv6 pairs), else the shared `ps` (whose counters count every such port of the
+    host: callers compare before and after their own frames)."""
     c = NftDriver(topology.host_ns(host)).counters("bridge", "vxnet_ps")
-    chain = "ps_" + fwm._ident(port_id)
+    own = "ps_" + fwm._ident(port_id)
+    chain = own if any(ch == own for ch, _ in c) else fwm.PS_SHARED
     return {kind: pk for (ch, kind), (pk, _) in c.items() if ch == chain}
 
 
 def wait_chain(host: int, port_id: str, present: bool = True) -> None:
-    chain = "ps_" + fwm._ident(port_id)
+    """Wait until the port's tap is (or is no longer) dispatched to an anti-spoofing chain."""
+    tap = f'"{naming.tap_name(port_id)}"'
     deadline = time.time() + 10
     while time.time() < deadline:
-        out = nsexec(topology.host_ns(host), "nft", "-t", "list", "table", "bridge", "vxnet_ps").stdout
-        if (f"chain {chain} " in out) == present:
+        out = nsexec(topology.host_ns(host), "nft", "list", "map", "bridge", "vxnet_ps", "pre_ports").stdout
+        if (tap in out) == present:
             return
         time.sleep(0.05)
-    raise AssertionError(f"chain {chain} {'absent' if present else 'still there'} on h{host}")
+    raise AssertionError(f"{tap} {'absent from' if present else 'still in'} pre_ports on h{host}")
 
 
 class Ports:

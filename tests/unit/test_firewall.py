@@ -11,7 +11,7 @@ import pytest
 
 from vxnet.agent.firewall import revoked_flows
 from vxnet.compute import firewall as fwm
-from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, zone_map
+from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, render_update, zone_map
 from vxnet.dataplane.nft_driver import diff_table, fingerprint, normalise_listing, parse_handles, parse_listing
 from vxnet.model import parse
 
@@ -114,14 +114,23 @@ def test_anti_spoofing_allows_own_and_pair_addresses_only() -> None:
                                f"02:00:00:00:07:10 . 198.51.100.0/28 }} counter meta mark set {p.index:#x} accept")
 
 
+def bridge_set(fw: fwm.Firewall, name: str) -> frozenset[str]:
+    """The elements of a set or map of the bridge table."""
+    return next(s.elements for s in fw.tables[0].sets if s.name == name)
+
+
 def test_port_without_addresses_sends_no_ip() -> None:
     fw = compute_firewall(view([port(P1, "192.0.2.11", fixed_ips=[])]), "h1")
-    rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
-    assert any(r.startswith("ether type ip counter drop") for r in rules)
-    assert not any("ip saddr" in r and "meta mark set" in r for r in rules)
+    p = fw.port(P1)
+    assert fwm.ps_chain_name(p) == "ps"
+    assert bridge_set(fw, "ps_mark") == bridge_set(fw, "ps_mark_net") == frozenset()      # no address to mark
+    assert bridge_set(fw, "ps_arp") == {f'"{p.tap}" . {p.macs[0]} . 0.0.0.0'}               # probes only
+    rules = chain(fw, "bridge", "ps")
+    assert rules[-3].startswith("ether type ip counter drop")
     # no IPv6 address of its own: no IPv6 rules, not even its link-local (Neutron would allow it)
-    assert fw.port(P1).pairs6 == ()
+    assert p.pairs6 == ()
     assert rules[-2].startswith("ether type ip6 counter drop") and not any("icmpv6" in r for r in rules)
+    assert fwm.port_security(fw, P1, p.macs[0], Packet("192.0.2.11", "192.0.2.1")) == ("drop", "spoof-ip")
 
 
 def test_rule_kinds_render_to_nft_matches() -> None:
@@ -152,7 +161,8 @@ def test_port_chains_stateful_and_stateless() -> None:
     # established/related first in both forward base chains; ingress leaves the stateless P3's mark to its chain
     assert chain(fw, "inet", "egress")[0].startswith("ct state established,related counter accept")
     assert chain(fw, "inet", "ingress")[0].startswith(
-        f"ct state established,related meta mark and 0xffff0000 != {{ {p3.index << 16:#010x} }} counter accept")
+        f"ct state established,related meta mark and 0xffff0000 != {{ {fw.profile_numbers[p3.profile] << 16:#010x} }} "
+        "counter accept")
     zone = "\n".join(chain(fw, "inet", "zone"))
     assert f"meta mark and 0x0000ffff {{ {p3.index:#x} }} counter notrack accept" in zone
     assert '"vxb-bbbbbbbb-00" . 192.0.2.13' in zone
@@ -297,7 +307,7 @@ class FakeNft:
                 continue
             t = self.tables[key]
             name = w[4]
-            rest = line.split(name, 1)[1].strip()
+            rest = line.split(None, 5)[5].strip() if len(w) > 5 else ""    # after the object's name
             if obj == "chain" and op == "add" and rest.startswith("{") and not rest.startswith("{ type "):
                 # an existing chain filled with rules (`add chain NAME { rule; ... }`)
                 assert name in t["chains"], f"no chain {name} to fill"
@@ -437,8 +447,12 @@ def test_ports_of_one_profile_share_one_chain_pair() -> None:
     maps = {s.name: s.elements for s in sg.sets if s.kind == "map"}
     for p in (p1, p2, p3, p4):
         assert f"{p.index:#010x} : jump {fwm.sg_chain(p, 'egress')}" in maps["eg_ports"]
-        assert f"{p.index << 16:#010x} : jump {fwm.sg_chain(p, 'ingress')}" in maps["in_ports"]
-    assert len(maps["eg_ports"]) == len(maps["in_ports"]) == 4
+        # the mark's high half names the profile (its out-mark chain is shared too)
+        assert f"{fw.profile_numbers[p.profile] << 16:#010x} : jump {fwm.sg_chain(p, 'ingress')}" in maps["in_ports"]
+        assert f'"{p.tap}" : jump mk_{p.profile}' in bridge_set(fw, "out_ports")
+    assert len(maps["eg_ports"]) == 4 and len(maps["in_ports"]) == 3
+    assert sorted(c.name for c in fw.tables[0].chains if c.name.startswith("mk_")) == sorted(
+        f"mk_{p.profile}" for p in (p1, p3, p4))
     assert any("icmpv6" in r for r in chain(fw, "inet", fwm.sg_chain(p4, "ingress")))      # ND: ports with IPv6
     assert not any("icmpv6" in r for r in chain(fw, "inet", fwm.sg_chain(p1, "ingress")))
     assert [r for r in chain(fw, "inet", fwm.sg_chain(p3, "egress")) if "jump" in r][1].startswith(
@@ -537,7 +551,7 @@ def dhcp_view(ports: list[dict], enable_dhcp: bool = True) -> dict:
 
 def kinds_of(fw: fwm.Firewall, pid: str) -> list[str]:
     return [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1))
-            for r in chain(fw, "bridge", f"ps_{fw.port(pid).ident}")]
+            for r in chain(fw, "bridge", fwm.ps_chain_name(fw.port(pid)))]
 
 
 def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() -> None:
@@ -546,15 +560,14 @@ def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() ->
     fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11"), port(P3, "192.0.2.13", net=NET2)]), "h1")
     rmac = dhcp.responder_mac(NET)
     assert fw.port(P1).dhcp_mac == rmac
-    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "spoof-mac", "spoof-arp", "spoof-arp", "arp",
+    assert kinds_of(fw, P1) == ["dhcp-server", "mark", "mark", "spoof-mac", "spoof-arp", "arp",
                                 "dhcp-client", "dhcp-renew", "spoof-ip", "spoof-ip6", "other"]
-    rules = chain(fw, "bridge", f"ps_{fw.port(P1).ident}")
+    rules = chain(fw, "bridge", "ps")
     assert next(r for r in rules if "dhcp-renew" in r).startswith(
-        f"ether daddr {rmac} udp sport 68 udp dport 67 counter accept")
+        "udp sport 68 udp dport 67 iifname . ether daddr @ps_dhcp counter accept")
     # NET2 has no DHCP subnet: its tap is not steered, so no exemption (the frame would go anywhere).
     assert fw.port(P3).dhcp_mac == ""
-    assert "dhcp-renew" not in kinds_of(fw, P3)
-    assert not any("ether daddr" in r for r in chain(fw, "bridge", f"ps_{fw.port(P3).ident}"))
+    assert bridge_set(fw, "ps_dhcp") == {f'"{fw.port(P1).tap}" . {rmac}'}
 
 
 def test_the_renew_exemption_follows_the_dhcp_predicate() -> None:
@@ -564,7 +577,7 @@ def test_the_renew_exemption_follows_the_dhcp_predicate() -> None:
     for v, host in ((dhcp_view([port(P1, "192.0.2.11")], enable_dhcp=False), "h1"),
                     (dhcp_view([port(P1, "192.0.2.11", admin_state_up=False)]), "h1")):
         fw = compute_firewall(v, host)
-        assert fw.port(P1).dhcp_mac == "" and "dhcp-renew" not in kinds_of(fw, P1)
+        assert fw.port(P1).dhcp_mac == "" and bridge_set(fw, "ps_dhcp") == frozenset()
         assert dhcp.compute_dhcp(v, host, 60).responders == ()
     # The firewall's "leased" is exactly the taps DHCP steers, port by port.
     ports = [port(P1, "192.0.2.11"), port(P2, "192.0.2.12", groups=(G2,)), port(P3, "192.0.2.13", net=NET2),
@@ -579,7 +592,7 @@ def test_port_security_off_gets_no_chain_at_all() -> None:
     fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11", port_security_enabled=False)]), "h1")
     assert fw.port(P1) is None and fw.open_ports == {P1}
     ps = next(t for t in fw.tables if t.family == "bridge")
-    assert [c.name for c in ps.chains] == ["pre", "out"]
+    assert [c.name for c in ps.chains] == ["pre", "out", "ps"] and not any(s.elements for s in ps.sets)
     assert fwm.port_security(fw, P1, "02:00:00:00:02:0b", Packet("192.0.2.99", "192.0.2.1", 17, 68, 67)) == \
         ("accept", "unfiltered")
 
@@ -747,27 +760,74 @@ def test_group_members_equal_the_collapsed_port_addresses() -> None:
     assert any(m is plain.fixed_ips[0].ip_address for m in got)
 
 
-def test_a_port_of_one_mac_and_address_has_no_anonymous_set() -> None:
-    """Its IPv4 checks are plain comparisons (no set for the kernel to create at a port-up);
-    a port with more MACs or addresses keeps the sets, with the same verdicts."""
+def test_an_ipv4_ports_checks_are_elements_of_the_shared_chains_sets() -> None:
+    """A port without IPv6 pairs has no chain of its own: its tap, MACs and (MAC . address)
+    pairs are elements of the shared chain's sets (a pair's CIDR in the interval twins), with
+    the same verdicts as its own chain had."""
     one = port(P1, "192.0.2.11")
     two = port(P2, "192.0.2.12", allowed_address_pairs=[{"ip_address": "192.0.2.200"}])
-    more = port(P3, "192.0.2.13", allowed_address_pairs=[{"ip_address": "192.0.2.201", "mac_address": "02:00:00:00:07:10"}])
+    more = port(P3, "192.0.2.13", allowed_address_pairs=[{"ip_address": "192.0.2.201", "mac_address": "02:00:00:00:07:10"},
+                                                         {"ip_address": "198.51.100.0/28", "mac_address": "02:00:00:00:07:10"}])
     fw = compute_firewall(view([one, two, more]), "h1")
-    rules = {pid: dict(zip(kinds_of(fw, pid), chain(fw, "bridge", f"ps_{fw.port(pid).ident}"))) for pid in (P1, P2, P3)}
-    assert not [r for r in chain(fw, "bridge", f"ps_{fw.port(P1).ident}") if "{" in r]
-    assert rules[P1]["mark"].startswith("ether saddr 02:00:00:00:02:0b ip saddr 192.0.2.11 counter meta mark set")
-    arp1 = [r for r in chain(fw, "bridge", f"ps_{fw.port(P1).ident}") if "spoof-arp" in r]
-    assert arp1[0].startswith("arp saddr ether != 02:00:00:00:02:0b counter drop")
-    assert arp1[1].startswith("arp saddr ip != 192.0.2.11 arp saddr ip != 0.0.0.0 counter drop")
-    assert rules[P2]["mark"].startswith("ether saddr . ip saddr { 02:00:00:00:02:0c . 192.0.2.12, ")
-    arp2 = [r for r in chain(fw, "bridge", f"ps_{fw.port(P2).ident}") if "spoof-arp" in r]
-    assert arp2[1].startswith("arp saddr ip != { 0.0.0.0, 192.0.2.12, 192.0.2.200 } counter drop")
-    assert rules[P3]["spoof-mac"].startswith("ether saddr != { 02:00:00:00:02:0d, 02:00:00:00:07:10 }")
-    assert "02:00:00:00:07:10 . 192.0.2.201" in rules[P3]["spoof-arp"]
-    for pid, mac, src in ((P1, "02:00:00:00:02:0b", "192.0.2.11"), (P2, "02:00:00:00:02:0c", "192.0.2.200")):
+    t1, t2, t3 = (f'"{fw.port(p).tap}"' for p in (P1, P2, P3))
+    i1, i2, i3 = (f"{fw.port(p).index:#010x}" for p in (P1, P2, P3))
+    assert [c.name for c in fw.tables[0].chains if c.name.startswith("ps")] == ["ps"]
+    assert bridge_set(fw, "pre_ports") == {f"{t} : jump ps" for t in (t1, t2, t3)}
+    assert bridge_set(fw, "ps_mark") == {f"{t1} . 02:00:00:00:02:0b . 192.0.2.11 : {i1}",
+                                         f"{t2} . 02:00:00:00:02:0c . 192.0.2.12 : {i2}",
+                                         f"{t2} . 02:00:00:00:02:0c . 192.0.2.200 : {i2}",
+                                         f"{t3} . 02:00:00:00:02:0d . 192.0.2.13 : {i3}",
+                                         f"{t3} . 02:00:00:00:07:10 . 192.0.2.201 : {i3}"}
+    assert bridge_set(fw, "ps_mark_net") == {f"{t3} . 02:00:00:00:07:10 . 198.51.100.0/28 : {i3}"}
+    assert bridge_set(fw, "ps_arp_net") == {f"{t3} . 02:00:00:00:07:10 . 198.51.100.0/28"}
+    assert bridge_set(fw, "ps_macs") == {f"{t1} . 02:00:00:00:02:0b", f"{t2} . 02:00:00:00:02:0c",
+                                         f"{t3} . 02:00:00:00:02:0d", f"{t3} . 02:00:00:00:07:10"}
+    assert {f"{t3} . 02:00:00:00:07:10 . 0.0.0.0", f"{t3} . 02:00:00:00:07:10 . 192.0.2.201",
+            f"{t1} . 02:00:00:00:02:0b . 0.0.0.0"} <= bridge_set(fw, "ps_arp")
+    assert f"{t1} . 02:00:00:00:07:10 . 192.0.2.201" not in bridge_set(fw, "ps_arp")
+    rules = chain(fw, "bridge", "ps")
+    assert rules[1].startswith("meta mark set iifname . ether saddr . ip saddr map @ps_mark counter accept")
+    assert rules[2].startswith("meta mark set iifname . ether saddr . ip saddr map @ps_mark_net counter accept")
+    for pid, mac, src in ((P1, "02:00:00:00:02:0b", "192.0.2.11"), (P2, "02:00:00:00:02:0c", "192.0.2.200"),
+                          (P3, "02:00:00:00:07:10", "198.51.100.9")):
         assert fwm.port_security(fw, pid, mac, Packet(src, "192.0.2.1")) == ("accept", "mark")
         assert fwm.port_security(fw, pid, mac, Packet("192.0.2.99", "192.0.2.1")) == ("drop", "spoof-ip")
+
+
+def test_a_port_up_adds_only_elements_to_the_bridge_table() -> None:
+    """An IPv4 port of a profile on the host already: its port-up adds no chain and no rule to
+    the bridge table (elements of its sets and maps only), by `render` and by `render_update`;
+    its port-down deletes exactly its elements. Applied to the stateful fake, both exact."""
+    ports = [port(P1, "192.0.2.11"), port(P3, "192.0.2.13", groups=(G1, G2))]
+    a = compute_firewall(view(ports), "h1")
+    assert a.tables                           # rendered: `render_update` splices from it
+    pair = [{"ip_address": "198.51.100.0/28", "mac_address": "02:00:00:00:07:10"}]
+    b = compute_firewall(view([*ports, port(P2, "192.0.2.12", allowed_address_pairs=pair)]), "h1")
+    assert b.port(P2).profile == a.port(P1).profile
+    spliced = render_update(a, b)
+    assert spliced is not None and spliced[0] == b.tables[0] and spliced[1] == b.tables[1]
+    for new in (b.tables[0], spliced[0]):
+        up = diff_table(a.tables[0], new)
+        assert up and not any(" chain " in c or " rule " in c for c in up), up
+        # the exact addresses as plain set elements, the CIDR pair in the interval sets
+        assert {c.split()[1] for c in up} <= {"map", "set", "element"}
+        assert sorted(c.split()[4] for c in up if c.startswith("add element")) == ["ps_arp_net", "ps_mark_net"]
+        fake = FakeNft()
+        fake.run(fwm.table_text(a.tables[0]).splitlines())
+        fake.run(up)
+        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(b.tables[0])
+        down = diff_table(new, a.tables[0])
+        assert down and all(c.startswith("delete element") for c in down), down
+        fake.run(down)
+        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(a.tables[0])
+    tap = f'"{b.port(P2).tap}"'
+    assert all(not e.startswith(tap) for s in a.tables[0].sets for e in s.elements)
+    # pre, out, 1 mark, 1 mark (CIDR), 2 MACs, 3 ARP (its address, each MAC with 0.0.0.0), 1 ARP (CIDR)
+    assert sum(e.startswith(tap) for s in b.tables[0].sets for e in s.elements) == 10
+    # a port of a new profile adds that profile's out-mark chain, nothing per port
+    c = compute_firewall(view([*ports, port(P4, "192.0.2.14", groups=(G2,))]), "h1")
+    new_chains = [x.split()[4] for x in diff_table(a.tables[0], c.tables[0]) if x.startswith("add chain")]
+    assert set(new_chains) == {f"mk_{c.port(P4).profile}"}
 
 
 def test_link_locals_as_nd_packet_forms_them() -> None:

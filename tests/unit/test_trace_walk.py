@@ -66,7 +66,8 @@ def test_port_security_names_its_rule_for_a_dhcp_request_from_a_former_address()
     t = walk(snapshot(), "a", "192.0.2.1", "udp", 67, src_ip="192.0.2.99", sport=68)
     assert (t.verdict, t.deciding) == ("delivered", "dhcp-renew")
     assert "rule dhcp-renew" in t.hops[0].decision and t.hops[0].check is not None
-    assert dict(t.hops[0].check.args) == {"table": "ps", "chain": "ps_a", "rule": "dhcp-renew"}
+    # an IPv4 port: the shared anti-spoofing chain (its facts are elements of that chain's sets)
+    assert dict(t.hops[0].check.args) == {"table": "ps", "chain": "ps", "rule": "dhcp-renew"}
     assert t.hops[-1].host == "h1" and "responder" in t.summary
     # The same address in any other frame is spoofing.
     t = walk(snapshot(), "a", "192.0.2.12", "udp", 53, src_ip="192.0.2.99")

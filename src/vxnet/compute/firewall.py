@@ -10,26 +10,38 @@ by br_netfilter in `table inet`, where a bridged packet's iifname/oifname is the
 ports are therefore tagged with skb marks in bridge-family chains):
 
 - `table bridge vxnet_ps`
-  - `pre` (prerouting -200): `iifname vmap @pre_ports` -> `ps_<port>` per local port with port security:
+  - `pre` (prerouting -200): `iifname vmap @pre_ports` -> the anti-spoofing chain of each local
+    port with port security: the shared `ps` for a port without IPv6 pairs, its own
+    `ps_<port>` for a port with them (`ps_chain_name`). The checks, in this order (`_ps_chain`;
+    `ps` the same with the port's facts looked up by its tap in named sets, `_ps_elements`):
     any `udp sport 67` dropped (a VM is never a DHCP server); IPv4 whose (MAC . source IP) is
-    in the allowed pairs: mark low 16 bits = the port's index, accept; source MAC not in {port
-    MAC, pair MACs}: drop; ARP whose sender (MAC . IP) is not an allowed pair (or 0.0.0.0,
-    address probes): drop; ARP accepted; DHCP client frames (0.0.0.0:68 -> :67) accepted;
+    in the allowed pairs: mark low 16 bits = the port's index, accept (`ps`: `meta mark set
+    iifname . ether saddr . ip saddr map @ps_mark`, the pairs' CIDRs in the interval twin
+    `ps_mark_net`); source MAC not in {port MAC, pair MACs}: drop (`ps_macs`); ARP whose
+    sender (MAC . IP) is not an allowed pair (or 0.0.0.0, address probes): drop (`ps_arp`,
+    `ps_arp_net`); ARP accepted; DHCP client frames (0.0.0.0:68 -> :67) accepted;
     on a *leased* port (`dhcp.leased`: its tap is steered), client->server DHCP (68 -> 67) to
     its network's responder MAC accepted whatever the source IP (a RENEW/REBIND from an address
-    the port no longer holds: it can only reach the local responder); other IPv4 (spoofed
-    source) dropped. IPv6 (docs/ipv6-dataplane.md): DHCPv6 server frames and router
-    advertisements/redirects dropped (guards); neighbour advertisements, DAD probes and ND
-    link-layer options checked against the port's pairs and MACs (`_nd_rules`); (MAC . IPv6
-    source) in the IPv6 pairs (fixed IPs, pairs, EUI-64 link-locals of the allowed MACs):
-    marked, accepted; DAD/MLD from `::` accepted; other IPv6 dropped. Anything else (VLAN...)
-    dropped.
+    the port no longer holds: it can only reach the local responder; `ps_dhcp`); other IPv4
+    (spoofed source) dropped. IPv6 (docs/ipv6-dataplane.md; own chains only): DHCPv6 server
+    frames and router advertisements/redirects dropped (guards); neighbour advertisements, DAD
+    probes and ND link-layer options checked against the port's pairs and MACs (`_nd_rules`:
+    raw payload matches, which nft 1.0.6 cannot key a named set by); (MAC . IPv6 source) in the
+    IPv6 pairs (fixed IPs, pairs, EUI-64 link-locals of the allowed MACs): marked, accepted;
+    DAD/MLD from `::` accepted; other IPv6 dropped. Anything else (VLAN...) dropped.
+    So the port-up of a port without IPv6 pairs adds no rule to this table, only elements
+    (a new rule makes the kernel validate the whole table, whose cost grows with its chains:
+    issue 18, docs/benchmarks.md); a port with IPv6 pairs still adds its chain.
   - `out` (forward -100, before br_netfilter): ND/RA/MLD multicast and any RS/RA/redirect
     towards a VXLAN port dropped (never on the underlay); `oifname vmap @out_ports` ->
-    `mk_<port>`: set mark high 16 bits = the port's index.
+    `mk_<profile>`: set mark high 16 bits = the number of the destination port's security
+    profile (`Firewall.profile_numbers`), the low half kept. One such chain per profile used
+    on the host (nft 1.0.6 refuses `or` with a map lookup as its operand, so the constant is in
+    a chain): what the inet `ingress` dispatch needs is the profile's chain, not the port.
   - The dispatch tables are named verdict maps, not inline vmaps: a port coming or going is one
-    element per map plus its own chains, so the transaction of a port-up does not grow with
-    the number of ports on the host (the inline form rewrote every port's entry).
+    element per map (plus its own chain if it has IPv6 pairs, and its profile's chains if it is
+    the profile's first or last port), so the transaction of a port-up does not grow with the
+    number of ports on the host (the inline form rewrote every port's entry).
 - `table inet vxnet_sg`
   - `zone` (prerouting, raw): `notrack accept` for traffic from/to ports whose groups are all
     `stateful=false`; `notrack accept` for a bridged frame whose source and destination MACs
@@ -40,8 +52,8 @@ ports are therefore tagged with skb marks in bridge-family chains):
     `ct zone set iifname map {bridge: zone}` for every network bridge.
   - `egress` (forward 0) accepts established/related packets first (`_established`), then
     dispatches `mark & 0xffff` to its port's profile chain `eg_<profile>` (map `eg_ports`);
-    `ingress` (forward 10) the same, then `mark & 0xffff0000` to `in_<profile>` (map
-    `in_ports`). Two base chains, because
+    `ingress` (forward 10) the same, then `mark & 0xffff0000` (the profile's number) to
+    `in_<profile>` (map `in_ports`, one element per profile). Two base chains, because
     `accept` only ends its own base chain: a packet between two local ports passes both. A
     packet of an established flow thus costs one conntrack-state comparison per chain, no
     lookup (issue 18: the per-packet cost of the ruleset).
@@ -79,7 +91,9 @@ already taken on this host (taken first by the identity zones, then by lower VNI
 the host, stable as long as no colliding network joins the host.
 
 Mark indexes (1..65535): `1 + crc32(port id) % 65535`, probing past collisions in port-id
-order: the same on every pass while ports come and go, except on a (rare) collision.
+order: the same on every pass while ports come and go, except on a (rare) collision. Profile
+numbers (the mark's high half) likewise from the profile names of the host's ports;
+`render_update` renders the whole when a profile coming or going would renumber another.
 """
 
 from __future__ import annotations
@@ -95,7 +109,7 @@ import re
 import socket
 import weakref
 import zlib
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from vxnet.compute import dhcp, naming
@@ -299,6 +313,12 @@ class Firewall:
     def tables(self) -> tuple[NftTable, NftTable, NftTable]:
         """The rendering (computed once per object)."""
         return render(self)
+
+    @functools.cached_property
+    def profile_numbers(self) -> dict[str, int]:
+        """Security profile -> its number 1..65535 (`mark_indexes` of the profiles of the local
+        ports): the mark's high half of a frame to a port of that profile."""
+        return mark_indexes({p.profile for p in self.ports})
 
     def port(self, port_id: str) -> PortFilter | None:
         return next((p for p in self.ports if p.port_id == port_id), None)
@@ -787,10 +807,74 @@ def _ps_chain(p: PortFilter) -> NftChain:
     return NftChain(f"ps_{p.ident}", tuple(rules))
 
 
+# The anti-spoofing chain of the ports without IPv6 pairs, shared by them: `_ps_chain`'s checks
+# in its order, each a lookup of the port's facts (keyed by its tap) in the sets `_ps_elements`
+# fills, so a port-up adds elements and no rule to the bridge table (a new rule makes the
+# kernel validate the whole table: issue 18, docs/benchmarks.md). Exact (MAC . address) pairs
+# are hash-set elements; an allowed-address pair's CIDR goes to an interval twin, looked up
+# only when the exact one misses (libnftables reads an interval set's elements back on every
+# change: a port-up of exact addresses never touches one). `meta mark set ... map` ends the
+# rule when the key is missing (the lookup breaks): nothing is set, the next rule decides.
+PS_SHARED = "ps"
+_PS_ARP = "iifname . arp saddr ether . arp saddr ip"
+_PS_SHARED_CHAIN = NftChain(PS_SHARED, (
+    _rule("udp sport 67", "drop", "dhcp-server"),
+    _rule("meta mark set iifname . ether saddr . ip saddr map @ps_mark", "accept", "mark"),
+    _rule("meta mark set iifname . ether saddr . ip saddr map @ps_mark_net", "accept", "mark"),
+    _rule("iifname . ether saddr != @ps_macs", "drop", "spoof-mac"),
+    _rule(f"{_PS_ARP} != @ps_arp {_PS_ARP} != @ps_arp_net", "drop", "spoof-arp"),
+    _rule("ether type arp", "accept", "arp"),
+    _rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client"),
+    # a leased port's RENEW to its responder (`_ps_chain`): the ports in `ps_dhcp` only
+    _rule("udp sport 68 udp dport 67 iifname . ether daddr @ps_dhcp", "accept", "dhcp-renew"),
+    _rule("ether type ip", "drop", "spoof-ip"),
+    _rule("ether type ip6", "drop", "spoof-ip6"),
+    _rule("", "drop", "other")))
+_IP4_KEY = "ifname . ether_addr . ipv4_addr"
+# the shared chain's sets: (name, type, flags, kind), in the table's order
+_PS_SETS = (("ps_mark", f"{_IP4_KEY} : mark", "", "map"), ("ps_mark_net", f"{_IP4_KEY} : mark", "interval", "map"),
+            ("ps_macs", "ifname . ether_addr", "", "set"), ("ps_arp", _IP4_KEY, "", "set"),
+            ("ps_arp_net", _IP4_KEY, "interval", "set"), ("ps_dhcp", "ifname . ether_addr", "", "set"))
+
+
+def ps_chain_name(p: PortFilter) -> str:
+    """The anti-spoofing chain a port's frames meet: its own `ps_<port>` when it has IPv6 pairs
+    (the neighbour-discovery checks are raw payload matches, not set lookups, in nft 1.0.6),
+    else the shared `ps`."""
+    return f"ps_{p.ident}" if p.pairs6 else PS_SHARED
+
+
+def _ps_elements(p: PortFilter) -> dict[str, frozenset[str]]:
+    """A port's elements in the shared chain's sets (none for a port with its own chain)."""
+    if p.pairs6:
+        return {}
+    tap, mark = f'"{p.tap}"', f"{p.index:#010x}"
+    exact = [f"{tap} . {m} . {a}" for m, a in p.pairs if "/" not in a]
+    nets = [f"{tap} . {m} . {a}" for m, a in p.pairs if "/" in a]
+    return {"ps_mark": frozenset(f"{e} : {mark}" for e in exact), "ps_mark_net": frozenset(f"{e} : {mark}" for e in nets),
+            "ps_macs": frozenset(f"{tap} . {m}" for m in p.macs),
+            "ps_arp": frozenset([*exact, *(f"{tap} . {m} . 0.0.0.0" for m in p.macs)]),   # 0.0.0.0: address probes
+            "ps_arp_net": frozenset(nets),
+            "ps_dhcp": frozenset([f"{tap} . {p.dhcp_mac}"] if p.dhcp_mac else [])}
+
+
 @functools.lru_cache(maxsize=8192)
-def _mark_chain(p: PortFilter) -> NftChain:
-    return NftChain(f"mk_{p.ident}", (
-        _rule("", f"meta mark set meta mark and 0x0000ffff or {p.index << 16:#010x}", "mark"),))
+def _mark_chain(profile: str, number: int) -> NftChain:
+    """The out-mark chain of a security profile: mark high half = the profile's number (the
+    low half, the sending port's index, kept). nft 1.0.6 refuses a map lookup as the operand of
+    `or`, so the high half is a constant per chain; per profile (not per port), a port-up whose
+    profile is on the host already adds no chain, only its `out_ports` element."""
+    return NftChain(f"mk_{profile}", (
+        _rule("", f"meta mark set meta mark and 0x0000ffff or {number << 16:#010x}", "mark"),))
+
+
+def _mark_chains(numbers: Mapping[str, int]) -> list[NftChain]:
+    return [_mark_chain(k, numbers[k]) for k in sorted(numbers)]
+
+
+def _in_entries(numbers: Mapping[str, int]) -> frozenset[str]:
+    """The `in_ports` map's entries: a profile's number in the mark's high half -> its chain."""
+    return frozenset(f"{n << 16:#010x} : jump in_{k}" for k, n in numbers.items())
 
 
 def _port_sg_chain(p: PortFilter, direction: str) -> NftChain:
@@ -852,31 +936,41 @@ def _established(stateless_marks: Iterable[int]) -> NftRule:
 
 @dataclasses.dataclass(frozen=True)
 class _PortParts:
-    """What one port adds to the tables: its two bridge chains, its profile's two chains
-    (shared with the other ports of the profile) and its entry in each dispatch map."""
+    """What one port adds to the tables: its own anti-spoofing chain (None: the shared one), its
+    profile's two chains (shared with the other ports of the profile), and its elements in the
+    bridge table's sets and maps (`pre_ports`, `out_ports`, the shared chain's) and in
+    `eg_ports`."""
 
-    ps: NftChain
-    mk: NftChain
+    ps: NftChain | None
     eg: NftChain
     in_: NftChain
-    pre: str
-    out: str
+    bridge: Mapping[str, frozenset[str]]
     eg_entry: str
-    in_entry: str
 
 
 @functools.lru_cache(maxsize=16384)
 def _port_parts(p: PortFilter) -> _PortParts:
     # Memoized per filter (hashed once, `PortFilter.__hash__`): a render after a port-up makes
     # only the new port's chains and entries; the others' are these same objects.
-    return _PortParts(_ps_chain(p), _mark_chain(p), _port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress"),
-                      f'"{p.tap}" : jump ps_{p.ident}', f'"{p.tap}" : jump mk_{p.ident}',
-                      f"{p.index:#010x} : jump eg_{p.profile}", f"{p.index << 16:#010x} : jump in_{p.profile}")
+    bridge = {"pre_ports": frozenset([f'"{p.tap}" : jump {ps_chain_name(p)}']),
+              "out_ports": frozenset([f'"{p.tap}" : jump mk_{p.profile}']), **_ps_elements(p)}
+    return _PortParts(_ps_chain(p) if p.pairs6 else None, _port_sg_chain(p, "egress"), _port_sg_chain(p, "ingress"),
+                      bridge, f"{p.index:#010x} : jump eg_{p.profile}")
 
 
 def _entries_map(name: str, key_type: str, entries: Iterable[str]) -> NftSet:
     """A dispatch map (key -> `jump chain`) from its `key : jump chain` entries."""
     return NftSet(name, f"{key_type} : verdict", frozenset(entries), "", "map")
+
+
+_PS_SET_NAMES = ("pre_ports", "out_ports", *(x[0] for x in _PS_SETS))
+
+
+def _ps_sets(elements: Mapping[str, frozenset[str]]) -> tuple[NftSet, ...]:
+    """The bridge table's sets and maps with these elements (name -> elements), in its order."""
+    return (_entries_map("pre_ports", "ifname", elements["pre_ports"]),
+            _entries_map("out_ports", "ifname", elements["out_ports"]),
+            *(NftSet(name, kind_type, elements[name], flags, kind) for name, kind_type, flags, kind in _PS_SETS))
 
 
 HOST_TABLE = naming.HOST_TABLE
@@ -904,9 +998,9 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     # No mark reset on entry: frames reach a bridge with mark 0 (crossing a namespace scrubs
     # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
     parts = [_port_parts(p) for p in fw.ports]
-    ps_maps = (_entries_map("pre_ports", "ifname", (x.pre for x in parts)),
-               _entries_map("out_ports", "ifname", (x.out for x in parts)))
-    ps_chains = [*_PS_BASE, *itertools.chain.from_iterable((x.ps, x.mk) for x in parts)]
+    numbers = fw.profile_numbers
+    ps_maps = _ps_sets({k: frozenset().union(*(x.bridge.get(k, ()) for x in parts)) for k in _PS_SET_NAMES})
+    ps_chains = [*_PS_BASE, _PS_SHARED_CHAIN, *_mark_chains(numbers), *(x.ps for x in parts if x.ps is not None)]
     # notrack first, and `accept` (ends this chain): a `ct zone set` before it would attach a
     # conntrack template, and `notrack` ignores packets that already have one.
     zone_rules = []
@@ -941,11 +1035,11 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
                  NftChain("zone", tuple(zone_rules), "type filter hook prerouting priority raw; policy accept;"),
                  NftChain("egress", (_established(()), *_dispatch("meta mark and 0x0000ffff", "eg_ports")),
                           "type filter hook forward priority 0; policy accept;"),
-                 NftChain("ingress", (_established([p.index << 16 for p in stateless]),
+                 NftChain("ingress", (_established([numbers[p.profile] << 16 for p in stateless]),
                                       *_dispatch("meta mark and 0xffff0000", "in_ports")),
                           "type filter hook forward priority 10; policy accept;")]
     sg_maps = (_entries_map("eg_ports", "mark", (x.eg_entry for x in parts)),
-               _entries_map("in_ports", "mark", (x.in_entry for x in parts)))
+               _entries_map("in_ports", "mark", _in_entries(numbers)))
     sg_chains += [_group_chain(g) for g in fw.groups]
     sg_chains += _profile_chains({x.eg.name[3:]: (x.eg, x.in_) for x in parts})
     sets = tuple(_member_set(set_name(g), "ipv4_addr", fw.members.get(g, frozenset()))
@@ -996,9 +1090,9 @@ _port_id = operator.attrgetter("port_id")
 def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, NftTable] | None:
     """`render(fw)` from `prev`'s rendering (if it has one) when the two differ only in a few
     stateful ports' filters and in member sets (the same groups and zones): the changed ports'
-    chains and map entries are taken out and put in, the changed member sets made again, the
+    chains and set elements are taken out and put in, the changed member sets made again, the
     rest copied as it is (a port-up renders only its own port; issue 18). None when anything
-    else changed: `render` the whole."""
+    else changed (or a profile's number would change): `render` the whole."""
     tables: tuple[NftTable, NftTable, NftTable] | None = prev.__dict__.get("tables")
     if tables is None or prev.groups != fw.groups or prev.zones != fw.zones:
         return None
@@ -1018,8 +1112,6 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
         return None           # a MAC left `ct_macs` unless another port has it too: render the whole
     ps, sg, host = tables
     parts = {p: _port_parts(p) for p in (*gone, *came)}
-    ps_chains = _splice(ps.chains, len(_PS_BASE), 2, prev.ports, gone, fw.ports,
-                        ((p, (parts[p].ps, parts[p].mk)) for p in came))
     # The security-group chains are per profile: a profile goes with its last port, comes with
     # its first; a port of a profile already there changes no chain (its map elements only).
     start = 4 + len(fw.groups)
@@ -1028,24 +1120,41 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
     added = {k: v for k, v in came_profiles.items() if k not in held}
     left = {p.profile for p in gone} - came_profiles.keys()
     removed = left - {q.profile for q in fw.ports} if left else set()
+    before_numbers = prev.profile_numbers
+    numbers = before_numbers
     sg_chains = sg.chains
     if added or removed:
         profiles = {k: v for k, v in held.items() if k not in removed} | added
+        numbers = mark_indexes(profiles)
+        if any(before_numbers.get(k, n) != n for k, n in numbers.items()):
+            return None       # a collision probed differently: the marks of kept profiles change
         sg_chains = (*sg.chains[:start], *_profile_chains(profiles))
+    fw.__dict__["profile_numbers"] = numbers
 
-    def entries(s: NftSet, field: str) -> NftSet:
-        kept = s.elements - {getattr(parts[p], field) for p in gone} if gone else s.elements
-        return dataclasses.replace(s, elements=kept | {getattr(parts[p], field) for p in came})
+    # The bridge table: the shared chain, the profiles' mark chains, then the own chains of the
+    # ports with IPv6 pairs (in port order).
+    mk_start = len(_PS_BASE) + 1
+    ps_chains = (*ps.chains[:mk_start], *_mark_chains(numbers), *ps.chains[mk_start + len(before_numbers):])
+    own_gone, own_came = [p for p in gone if p.pairs6], [p for p in came if p.pairs6]
+    if own_gone or own_came:
+        ps_chains = _splice(ps_chains, mk_start + len(numbers), 1, tuple(p for p in prev.ports if p.pairs6), own_gone,
+                            tuple(p for p in fw.ports if p.pairs6), ((p, (parts[p].ps,)) for p in own_came))
 
-    fields = {"pre_ports": "pre", "out_ports": "out", "eg_ports": "eg_entry", "in_ports": "in_entry"}
-    ps_sets = tuple(entries(s, fields[s.name]) for s in ps.sets)
-    sg_sets = tuple(entries(s, fields[s.name]) if s.name in fields else
+    def elements(s: NftSet, of: Callable[[_PortParts], Collection[str]]) -> NftSet:
+        kept = s.elements.difference(*(of(parts[p]) for p in gone)) if gone else s.elements
+        return dataclasses.replace(s, elements=kept.union(*(of(parts[p]) for p in came)))
+
+    ps_sets = tuple(elements(s, lambda x, k=s.name: x.bridge.get(k, ())) for s in ps.sets)
+    sg_sets = tuple(elements(s, lambda x: (x.eg_entry,)) if s.name == "eg_ports" else
+                    dataclasses.replace(s, elements=_in_entries(numbers)) if s.name == "in_ports" and numbers is not before_numbers else
                     dataclasses.replace(s, elements=s.elements | came_macs) if s.name == CT_MACS and came_macs else
                     _member_set(s.name, members[s.name][2], members[s.name][0]) if s.name in changed else s
                     for s in sg.sets)
     out = (NftTable(ps.family, ps.name, ps_chains, ps_sets), NftTable(sg.family, sg.name, sg_chains, sg_sets))
-    ps_gone = [c.name for p in gone for c in (parts[p].ps, parts[p].mk)]
-    ps_came = [c for p in came for c in (parts[p].ps, parts[p].mk)]
+    mk_gone = [f"mk_{k}" for k in sorted(removed)]
+    mk_came = [_mark_chain(k, numbers[k]) for k in sorted(added)]
+    ps_gone = [*mk_gone, *(ps_chain_name(p) for p in own_gone)]
+    ps_came = [*mk_came, *(parts[p].ps for p in own_came)]
     sg_gone = [c.name for k in sorted(removed) for c in held[k]]
     sg_came = [c for k in sorted(added) for c in added[k]]
     for before, after, went, new in ((ps, out[0], ps_gone, ps_came), (sg, out[1], sg_gone, sg_came)):

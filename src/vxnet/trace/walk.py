@@ -38,7 +38,7 @@ import ipaddress
 from typing import Any
 
 from vxnet.compute import naming
-from vxnet.compute.firewall import IP_PROTOCOL_MAP, Packet, decide, port_security
+from vxnet.compute.firewall import IP_PROTOCOL_MAP, Packet, decide, port_security, ps_chain_name
 from vxnet.compute.metadata import METADATA_IP, METADATA_PORT
 from vxnet.compute.metadata import NFT_TABLE as METADATA_TABLE
 from vxnet.compute.routing import MAIN_TABLE, RouterNs
@@ -442,7 +442,8 @@ def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt:
         verdict, kind = "accept", "unfiltered"
     else:
         verdict, kind = port_security(fw, source, mac, pkt)
-        check = Check("nft-rule", host, (("table", "ps"), ("chain", f"ps_{pf.ident}"), ("rule", kind)))
+        # its own chain (a port with IPv6 pairs) or the shared one, its facts in that one's sets
+        check = Check("nft-rule", host, (("table", "ps"), ("chain", ps_chain_name(pf)), ("rule", kind)))
         why = {"mark": "from its own MAC and address", "mark6": "from its own MAC and IPv6 address",
                "v6-unspecified": "duplicate address detection or MLD from ::",
                "dhcp-client": "a DHCP client frame from 0.0.0.0",
