@@ -830,6 +830,25 @@ def test_a_port_up_adds_only_elements_to_the_bridge_table() -> None:
     assert set(new_chains) == {f"mk_{c.port(P4).profile}"}
 
 
+def test_a_port_with_ipv6_pairs_keeps_its_own_chain_in_the_splice() -> None:
+    """A port with IPv6 pairs: its own `ps_<port>` (the ND checks), dispatched from `pre_ports`;
+    `render_update` splices it in and out among the other such ports, as `render` orders it."""
+    v6 = [{"subnet_id": "s", "ip_address": "192.0.2.14"}, {"subnet_id": "s6", "ip_address": "2001:db8::14"}]
+    ports = [port(P1, "192.0.2.11"), port(P3, "192.0.2.13", fixed_ips=[{"subnet_id": "s6", "ip_address": "2001:db8::13"}])]
+    a = compute_firewall(view(ports), "h1")
+    assert a.tables
+    b = compute_firewall(view([*ports, port(P2, "192.0.2.12", fixed_ips=v6)]), "h1")
+    spliced = render_update(a, b)
+    assert spliced is not None and spliced == b.tables
+    p2 = b.port(P2)
+    assert fwm.ps_chain_name(p2) == f"ps_{p2.ident}" and f'"{p2.tap}" : jump ps_{p2.ident}' in bridge_set(b, "pre_ports")
+    assert [c.name for c in spliced[0].chains if c.name.startswith("ps_")] == sorted(
+        f"ps_{b.port(q).ident}" for q in (P2, P3))
+    assert not any(e.startswith(f'"{p2.tap}"') for e in bridge_set(b, "ps_mark") | bridge_set(b, "ps_macs"))
+    cmds = diff_table(a.tables[0], spliced[0])
+    assert f"add chain bridge vxnet_ps ps_{p2.ident}" in cmds
+
+
 def test_link_locals_as_nd_packet_forms_them() -> None:
     """The firewall's fast EUI-64 link-local equals `nd_packet.link_local` (zero runs included)."""
     from vxnet.compute.nd_packet import link_local
