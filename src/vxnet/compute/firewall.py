@@ -1103,6 +1103,8 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
                **{set_name6(g): (m, prev.members6.get(g), "ipv6_addr") for g, m in fw.members6.items()}}
     changed = {k for k, (m, before, _) in members.items() if m is not before}    # a member set, elements
     if not gone and not came and not changed:
+        if "profile_numbers" in prev.__dict__:
+            fw.__dict__["profile_numbers"] = prev.profile_numbers      # the same ports: not counted again
         return tables
     if len(gone) + len(came) > _SPLICE_MAX or not all(p.stateful for p in (*gone, *came)):
         return None           # the zone and dispatch base chains name the stateless ports
