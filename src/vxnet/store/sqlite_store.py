@@ -7,7 +7,18 @@ Design:
 - Group commit: a txn is decided and applied in memory under the store lock (fast), queued, and
   then written by whichever waiting txn takes the database lock first, together with every
   other queued txn, in one SQLite transaction (one fsync for the group). While one group is
-  being fsynced, the next group collects. Revisions stay one per txn, in order.
+  being fsynced, the next group collects. Revisions stay one per txn, in order. The group's
+  SQL is each key's net effect over the group in a few multi-row statements (every statement
+  step drops and retakes the GIL, a wait when the event loop runs Python meanwhile).
+- On an event loop (`deferring()` + `await durable(rev)`, the API's inline handlers): `txn`
+  returns once decided and queued, and the caller awaits `durable(rev)` before it answers
+  anyone; the store's committer thread (`vxnet-store-committer`, started at the first such
+  wait) writes the queued group as above and answers all of that group's waiters of a loop
+  with one `call_soon_threadsafe`. The loop wakes it at most once per group (an `Event` set
+  while it writes wakes nobody). Same durability: nothing is acknowledged before its COMMIT
+  returned; a failed COMMIT fails every waiter of the group with StoreError (and closes the
+  store, as below). Threads' txns and the committer share the database lock and the queue, so
+  either may write the other's revisions in its group.
 - Reads (`get`/`range`/`revision`) and compares see a txn as soon as it is decided, before its
   group is on disk (at most one fsync earlier than its writer's answer); a txn that depends on
   such a read is in the same or a later group, so it is never durable without it. Watchers get
