@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.store.test_durability import BrokenDb
 from tests.support.aio import run_in_thread
 from vxnet.store import sqlite_store
 from vxnet.store.contract import Delete, Put, StoreError, key_missing
@@ -117,20 +118,6 @@ def test_a_failed_commit_fails_every_waiter_and_closes_the_store(tmp_path) -> No
     path = os.path.join(tmp_path, "s.db")
     store = SqliteStore(path)
     store.txn([], [Put("/k/a", "1")])
-
-    class BrokenDb:
-        """The connection, except that COMMIT fails (as an fsync error would)."""
-
-        def __init__(self, db: Any) -> None:
-            self.db = db
-
-        def execute(self, sql: str, *args: Any) -> Any:
-            if sql == "COMMIT":
-                raise OSError("disk I/O error")
-            return self.db.execute(sql, *args)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.db, name)
 
     real = store._db
 
