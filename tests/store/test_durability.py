@@ -83,25 +83,24 @@ def test_queued_writers_share_one_commit_and_are_answered_only_after_it(tmp_path
         again.close()
 
 
-class BrokenDb:
-    """The connection, except that COMMIT fails (as an fsync error would)."""
-
-    def __init__(self, db) -> None:
-        self.db = db
-
-    def execute(self, sql: str, *args):
-        if sql == "COMMIT":
-            raise OSError("disk I/O error")
-        return self.db.execute(sql, *args)
-
-    def __getattr__(self, name: str):
-        return getattr(self.db, name)
-
-
 def test_a_failed_commit_closes_the_store_and_answers_nobody_success(tmp_path) -> None:
     path = os.path.join(tmp_path, "s.db")
     store = SqliteStore(path)
     store.txn([], [Put("/k/a", "1")])
+
+    class BrokenDb:
+        """The connection, except that COMMIT fails (as an fsync error would)."""
+
+        def __init__(self, db) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args):
+            if sql == "COMMIT":
+                raise OSError("disk I/O error")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name: str):
+            return getattr(self.db, name)
 
     real = store._db
     store._db = BrokenDb(real)  # type: ignore[assignment]

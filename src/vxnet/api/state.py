@@ -6,16 +6,6 @@ Store calls are synchronous (an etcd transaction is a network round trip, retrie
 transaction, a service call, a read) to `run_store`, which runs it on a worker thread under a
 bounded limiter (STORE_THREADS at once; the rest wait without blocking the loop). The event loop
 only parses, validates and streams.
-
-Except on the embedded store, for the handlers marked `off_loop(inline=True)` (bounded work: one
-resource read, created, changed or deleted): there a read is a dict lookup and a txn is decided
-in memory, so nothing in the handler blocks but the durability of its writes. Such a handler
-runs on the event loop under `SqliteStore.deferring()` and its answer waits (`await
-store.durable(rev)`, the store's committer thread: one wake per group commit, one loop callback
-answering the whole group) until its writes are fsynced, as a txn's answer on a thread does.
-A thread hop per request cost more than the handler itself (docs/benchmarks.md, "Server CPU per
-port create"). Handlers that can take long (lists, bulk creates, scans) and every handler on
-etcd keep the worker thread.
 """
 
 from __future__ import annotations
@@ -24,7 +14,7 @@ import asyncio
 import functools
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
@@ -57,60 +47,20 @@ async def run_store(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
 
 
-Handler = Callable[P, Coroutine[Any, Any, T]]
-
-
-@overload
-def off_loop(handler: Handler[P, T], /) -> Handler[P, T]: ...
-@overload
-def off_loop(*, inline: bool = ..., bulk_key: bytes | None = ...) -> Callable[[Handler[P, T]], Handler[P, T]]: ...
-
-
-def off_loop(handler: Any = None, /, *, inline: bool = False, bulk_key: bytes | None = None) -> Any:
+def off_loop(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Decorate an `async def` request handler whose only awaits are on the request body
     (`read_json`): the body is read on the event loop, then the whole handler runs on a store
     worker thread (`run_store`), store calls and retry sleeps included. A handler that awaits
-    anything else fails loudly (RuntimeError) instead of blocking or deadlocking.
+    anything else fails loudly (RuntimeError) instead of blocking or deadlocking."""
 
-    `off_loop(inline=True)`: a handler of bounded work, run on the event loop when the store
-    can defer its durability (the embedded one, see the module docstring); `bulk_key`: a body
-    that contains it (e.g. `b'"ports"'`, a bulk create) goes to the worker thread all the same."""
-    if handler is None:
-        return functools.partial(_wrap, inline=inline, bulk_key=bulk_key)
-    return _wrap(handler, inline=False, bulk_key=None)
-
-
-def _wrap(handler: Handler[P, T], inline: bool, bulk_key: bytes | None) -> Handler[P, T]:
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        request = None
         for value in (*args, *kwargs.values()):
             if isinstance(value, Request):
-                request = value
-                body = await value.body()  # cached on the request: the handler's own read returns at once
-                if bulk_key is not None and bulk_key in body:
-                    request = None
-        store = AppState.of(request).store if inline and request is not None else None
-        if getattr(store, "deferring", None) is None:
-            return await run_store(_drive, handler, args, kwargs)
-        return await _inline(store, handler, args, kwargs)
+                await value.body()  # cached on the request: the handler's own read returns at once
+        return await run_store(_drive, handler, args, kwargs)
 
     return wrapper
-
-
-async def _inline(store: Any, handler: Callable[..., Coroutine[Any, Any, T]], args: Any, kwargs: Any) -> T:
-    """Run `handler` on the event loop with the store's durability deferred, then wait for it:
-    no answer, success or error, leaves before the writes it follows are on disk."""
-    with store.deferring() as pending:
-        try:
-            result = _drive(handler, args, kwargs)
-        except BaseException:
-            if pending.rev:
-                await store.durable(pending.rev)
-            raise
-    if pending.rev:
-        await store.durable(pending.rev)
-    return result
 
 
 def _drive(handler: Callable[..., Coroutine[Any, Any, T]], args: Any, kwargs: Any) -> T:

@@ -7,18 +7,7 @@ Design:
 - Group commit: a txn is decided and applied in memory under the store lock (fast), queued, and
   then written by whichever waiting txn takes the database lock first, together with every
   other queued txn, in one SQLite transaction (one fsync for the group). While one group is
-  being fsynced, the next group collects. Revisions stay one per txn, in order. The group's
-  SQL is each key's net effect over the group in a few multi-row statements (every statement
-  step drops and retakes the GIL, a wait when the event loop runs Python meanwhile).
-- On an event loop (`deferring()` + `await durable(rev)`, the API's inline handlers): `txn`
-  returns once decided and queued, and the caller awaits `durable(rev)` before it answers
-  anyone; the store's committer thread (`vxnet-store-committer`, started at the first such
-  wait) writes the queued group as above and answers all of that group's waiters of a loop
-  with one `call_soon_threadsafe`. The loop wakes it at most once per group (an `Event` set
-  while it writes wakes nobody). Same durability: nothing is acknowledged before its COMMIT
-  returned; a failed COMMIT fails every waiter of the group with StoreError (and closes the
-  store, as below). Threads' txns and the committer share the database lock and the queue, so
-  either may write the other's revisions in its group.
+  being fsynced, the next group collects. Revisions stay one per txn, in order.
 - Reads (`get`/`range`/`revision`) and compares see a txn as soon as it is decided, before its
   group is on disk (at most one fsync earlier than its writer's answer); a txn that depends on
   such a read is in the same or a later group, so it is never durable without it. Watchers get
@@ -52,16 +41,12 @@ Design:
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import fcntl
-import functools
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 from vxnet.store import secure_files
 from vxnet.store.contract import (
@@ -104,23 +89,6 @@ CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL)
 _PUT_KV = ("INSERT INTO kv VALUES (?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE SET value=excluded.value, "
            "create_rev=excluded.create_rev, mod_rev=excluded.mod_rev, version=excluded.version, lease=excluded.lease")
 _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value=excluded.value"
-_DELETE_KV = "DELETE FROM kv WHERE key IN (VALUES (?))"
-_INSERT_EVENTS = "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)"
-ROWS_PER_STATEMENT = 200  # multi-row statements of a group commit (8 columns: 1,600 of SQLite's 32,766 variables)
-
-
-class Pending:
-    """The writes of one request made under `SqliteStore.deferring()`: `rev` is the newest
-    revision they produced (0: none), to be awaited with `SqliteStore.durable` before answering."""
-
-    __slots__ = ("rev", "store")
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.store = store
-        self.rev = 0
-
-
-_pending: contextvars.ContextVar[Pending | None] = contextvars.ContextVar("vxnet_store_pending", default=None)
 
 
 class _Watcher:
@@ -199,11 +167,6 @@ class SqliteStore:
         }
         self._watchers: list[_Watcher] = []
         self._closed = threading.Event()
-        # `durable`'s waiters (revision, future on its loop) and the committer thread answering them
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._waiters_lock = threading.Lock()
-        self._commit_due = threading.Event()
-        self._committer: threading.Thread | None = None
         self._reaper = threading.Thread(
             target=self._reap_loop, args=(reap_interval,), name="vxnet-lease-reaper", daemon=True
         )
@@ -248,77 +211,8 @@ class SqliteStore:
             if not self._apply(ops):
                 return TxnResult(ok, self._rev)
             rev = self._rev
-        pending = _pending.get()
-        if pending is not None and pending.store is self:
-            pending.rev = rev  # decided and queued; its caller awaits `durable(rev)` before answering
-        else:
-            self._sync(rev)
+        self._sync(rev)
         return TxnResult(ok, rev)
-
-    @contextmanager
-    def deferring(self) -> Iterator[Pending]:
-        """Within the block, on this thread (this context), `txn` does not wait for its group
-        commit: it returns once decided and queued, and the returned `Pending` names the newest
-        revision written. The caller must await `durable(pending.rev)` before it acknowledges
-        anything (the API's inline handlers do: api/state.py). Nothing in the block blocks on
-        the disk, so it may run on an event loop."""
-        pending = Pending(self)
-        token = _pending.set(pending)
-        try:
-            yield pending
-        finally:
-            _pending.reset(token)
-
-    async def durable(self, rev: int) -> None:
-        """Return once revision `rev` is on disk (fsynced, as a `txn` answer is); StoreError if
-        its group commit failed. The store's committer thread writes every queued revision in
-        one group commit and answers all of that group's waiters of a loop with one
-        `call_soon_threadsafe`; the caller's loop wakes that thread at most once per group."""
-        if rev <= self._durable_rev:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        with self._waiters_lock:
-            self._check_open()
-            self._waiters.append((rev, fut))
-            if self._committer is None:
-                self._committer = threading.Thread(target=self._commit_loop, name="vxnet-store-committer",
-                                                   daemon=True)
-                self._committer.start()
-        self._commit_due.set()  # a wake only if the committer sleeps: not while it writes a group
-        await fut
-
-    def _commit_loop(self) -> None:
-        """The committer thread (see `durable`): write what is queued, answer its waiters."""
-        while True:
-            self._commit_due.wait()
-            self._commit_due.clear()  # before the flush: a waiter queued during it sets it again
-            error: BaseException | None = None
-            try:
-                with self._db_lock:
-                    self._flush_locked()
-            except StoreError as e:
-                error = e
-            durable = self._durable_rev
-            with self._waiters_lock:
-                waiters, self._waiters = self._waiters, []
-                stop = self._closed.is_set()
-                if error is None and self._failed is not None:
-                    error = StoreError(f"store failed: {self._failed}")
-                elif error is None and stop:
-                    error = StoreError("store is closed")
-                if error is None:
-                    self._waiters = [w for w in waiters if w[0] > durable]
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[int, asyncio.Future[None]]]] = {}
-            for rev, fut in waiters:
-                if rev <= durable or error is not None:
-                    by_loop.setdefault(fut.get_loop(), []).append((rev, fut))
-            for loop, futs in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_answer, futs, durable, error)
-                except RuntimeError:  # that loop is closed: nobody waits there any more
-                    pass
-            if stop:
-                return
 
     def _apply(self, ops: Sequence[Op], revoked_lease: int = 0) -> list[Event]:
         """Apply ops as one revision in memory and queue it for the next group commit (caller
@@ -407,33 +301,28 @@ class SqliteStore:
                 return
         if not queue:
             return
-        # The group's net effect per key (the last revision's), then a few multi-row statements:
-        # every statement step releases the GIL and takes it back, which costs a wait whenever
-        # another thread (the event loop) runs Python meanwhile; per row that was ~5 per txn.
-        final: dict[str, tuple[KeyValue, str] | None] = {}
-        event_rows: list[tuple[object, ...]] = []
-        revoked: list[int] = []
-        for rev, staged, events, texts, revoked_lease in queue:
-            if revoked_lease:
-                revoked.append(revoked_lease)
-            written = {e.kv.key: t for e, t in zip(events, texts, strict=True) if e.type is EventType.PUT}
-            for key, kv in staged.items():
-                final[key] = None if kv is None else (kv, written[kv.key])
-            event_rows.extend(
-                (rev, i, e.type.value, e.kv.key, t, e.kv.create_revision, e.kv.version, e.kv.lease)
-                for i, (e, t) in enumerate(zip(events, texts, strict=True))
-            )
-        deletes = [(key,) for key, w in final.items() if w is None]
-        puts = [(kv.key, text, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
-                for kv, text in (w for w in final.values() if w is not None)]
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            for lid in revoked:
-                db.execute("DELETE FROM leases WHERE id=?", (lid,))
-            _execute_rows(db, _DELETE_KV, deletes)  # keys are distinct: deletes and puts in any order
-            _execute_rows(db, _PUT_KV, puts)
-            _execute_rows(db, _INSERT_EVENTS, event_rows)
+            for rev, staged, events, texts, revoked_lease in queue:
+                if revoked_lease:
+                    db.execute("DELETE FROM leases WHERE id=?", (revoked_lease,))
+                written = {e.kv.key: t for e, t in zip(events, texts, strict=True) if e.type is EventType.PUT}
+                for key, kv in staged.items():
+                    if kv is None:
+                        db.execute("DELETE FROM kv WHERE key=?", (key,))
+                    else:
+                        db.execute(
+                            _PUT_KV,
+                            (kv.key, written[kv.key], kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+                        )
+                db.executemany(
+                    "INSERT INTO events VALUES (?,?,?,?,?,?,?,?)",
+                    [
+                        (rev, i, e.type.value, e.kv.key, t, e.kv.create_revision, e.kv.version, e.kv.lease)
+                        for i, (e, t) in enumerate(zip(events, texts, strict=True))
+                    ],
+                )
             db.execute(_SET_META, ("revision", upto))
             if upto - self._compacted > self._history + 1000:
                 self._compact_locked(upto - self._history)
@@ -624,7 +513,6 @@ class SqliteStore:
             with self._lock:
                 self._shut = True
                 self._closed.set()
-                self._commit_due.set()  # the committer answers its last waiters and ends
                 self._watchers.clear()
                 if self._checkpointer is not None:  # its connection first: the last one to close checkpoints
                     self._checkpoint_due.set()
@@ -641,34 +529,6 @@ class SqliteStore:
     def _meta(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return int(row[0]) if row else 0
-
-
-@functools.lru_cache(maxsize=64)
-def _many(sql: str, rows: int) -> str:
-    """`sql`, whose one `VALUES (?,..)` group is repeated for `rows` rows."""
-    head, sep, group = sql.partition("VALUES ")
-    group, close, tail = group.partition(")")
-    return head + sep + ",".join([group + close] * rows) + tail
-
-
-def _execute_rows(db: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
-    """`sql` for every row, `ROWS_PER_STATEMENT` rows per statement (a full chunk's text is
-    cached; the rest's length varies)."""
-    for at in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[at:at + ROWS_PER_STATEMENT]
-        db.execute(_many(sql, len(chunk)), [v for row in chunk for v in row])
-
-
-def _answer(futs: list[tuple[int, asyncio.Future[None]]], durable: int, error: BaseException | None) -> None:
-    """On a waiter's loop: resolve a group's `durable` futures (one callback for the group)."""
-    for rev, fut in futs:
-        if fut.done():  # its request was cancelled meanwhile
-            continue
-        if rev <= durable:
-            fut.set_result(None)
-        else:
-            assert error is not None
-            fut.set_exception(error)
 
 
 def _deliver(callback: WatchCallback, events: list[Event]) -> None:

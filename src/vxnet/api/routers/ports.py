@@ -329,7 +329,7 @@ async def list_ports(request: Request) -> Response:
 
 
 @router.get("/ports/{port_id}")
-@off_loop(inline=True)
+@off_loop
 async def show_port(port_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -340,7 +340,7 @@ async def show_port(port_id: str, request: Request) -> Response:
 
 
 @router.post("/ports", status_code=201)
-@off_loop(inline=True, bulk_key=b'"ports"')
+@off_loop
 async def create_port(request: Request) -> JSONResponse:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -368,7 +368,7 @@ def _get_for_change(ctx: Context, uow: UnitOfWork, port_id: str) -> tuple[dict[s
 
 
 @router.put("/ports/{port_id}")
-@off_loop(inline=True)
+@off_loop
 async def update_port(port_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
@@ -405,7 +405,7 @@ async def update_port(port_id: str, request: Request) -> Response:
 
 
 @router.delete("/ports/{port_id}", status_code=204)
-@off_loop(inline=True)
+@off_loop
 async def delete_port(port_id: str, request: Request) -> Response:
     st = AppState.of(request)
     ctx = st.context(request)
