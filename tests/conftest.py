@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.support import ports
+from tests.support import http, ports
 from vxnet.api.app import create_app
 from vxnet.config import QUOTA_DEFAULTS, Config, QuotaSettings, User
 from vxnet.store.contract import Store
@@ -56,7 +56,7 @@ class ServerHandle:
         return self._tokens[user]
 
     def api(self, user: str = "admin") -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self.token(user)}, timeout=30)
+        return http.client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self.token(user)}, timeout=30)
 
     def stop(self, close_store: bool = True) -> None:
         """Stop the server; keep the store open when other servers share it."""
@@ -70,7 +70,7 @@ def get_token(url: str, user: str, password: str, project: str) -> str:
     body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": user, "domain": {"id": "default"}, "password": password}}},
         "scope": {"project": {"name": project, "domain": {"id": "default"}}}}}
-    r = httpx.post(url + "/identity/v3/auth/tokens", json=body, timeout=10)
+    r = http.post(url + "/identity/v3/auth/tokens", json=body, timeout=10)
     assert r.status_code == 201, r.text
     return r.headers["X-Subject-Token"]
 

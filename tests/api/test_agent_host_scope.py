@@ -15,6 +15,7 @@ import pytest
 
 from tests.api.test_agents import bound_port, register
 from tests.conftest import UNLIMITED, USERS, ServerHandle, free_port, get_token, start_server
+from tests.support import http
 from vxnet.config import Config, ConfigError, User, load_config
 
 H1 = User("agent-h1", "agent-h1-pw", "service", ("service",), hosts=frozenset({"h1"}))
@@ -32,7 +33,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
 
 def client(h: ServerHandle, user: User) -> httpx.Client:
     tok = get_token(h.url, user.name, user.password, user.project)
-    return httpx.Client(base_url=h.url + "/v2.0/vxnet", headers={"X-Auth-Token": tok}, timeout=30)
+    return http.client(base_url=h.url + "/v2.0/vxnet", headers={"X-Auth-Token": tok}, timeout=30)
 
 
 def view_status(c: httpx.Client, host: str) -> int:
@@ -147,7 +148,7 @@ def test_a_host_limited_agent_binds_no_port_and_answers_only_its_hosts_doctor(sr
     bind a port to a host it serves and so pull the port into its own view; and a doctor
     answer names its host like every other agent endpoint."""
     c = client(srv, H1)
-    v2 = httpx.Client(base_url=srv.url + "/v2.0", headers=c.headers, timeout=30)
+    v2 = http.client(base_url=srv.url + "/v2.0", headers=c.headers, timeout=30)
     net = v2.post("/networks", json={"network": {"name": "agent-own"}}).json()["network"]
     assert v2.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.64.9.0/24",
                                                 "ip_version": 4}}).status_code == 201

@@ -14,6 +14,7 @@ import pytest
 
 from tests.api.test_host_view import StreamReader, agent_client, start_agent_server
 from tests.conftest import ServerHandle
+from tests.support import http
 from vxnet.api.routers.agent_stream import agent_id_for, live_key
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
@@ -102,7 +103,7 @@ def test_non_admins_see_no_agents(srv: ServerHandle) -> None:
         assert srv.api(user).delete(f"/agents/{aid}").status_code == 404
     # the agents' own identity may read them
     tok = agent_client(srv).headers["X-Auth-Token"]
-    r = httpx.get(srv.url + "/v2.0/agents", headers={"X-Auth-Token": tok})
+    r = http.get(srv.url + "/v2.0/agents", headers={"X-Auth-Token": tok})
     assert [a["host"] for a in r.json()["agents"]] == ["compute-1"]
 
 
@@ -158,7 +159,7 @@ def test_register_validation_and_policy(srv: ServerHandle) -> None:
         assert r.status_code == 403
         assert srv.api(user).post("/vxnet/hosts/h1/heartbeat").status_code == 403
         assert srv.api(user).post("/vxnet/hosts/h1/ports-status", json={"ACTIVE": []}).status_code == 403
-    assert httpx.post(srv.url + "/v2.0/vxnet/hosts/h1/heartbeat").status_code == 401
+    assert http.post(srv.url + "/v2.0/vxnet/hosts/h1/heartbeat").status_code == 401
     # an admin may act for an agent
     assert srv.api("admin").post("/vxnet/hosts/h1/register", json={"underlay_ip": "198.51.100.1"}).status_code == 200
     assert srv.api("admin").get("/agents").json()["agents"][0]["host"] == "h1"

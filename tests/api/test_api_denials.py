@@ -13,6 +13,7 @@ import httpx
 from tests.api.helpers import CountingStr as _Str
 from tests.api.helpers import assert_error, network
 from tests.conftest import ServerHandle
+from tests.support import http
 
 
 def _names(c: httpx.Client) -> list[str]:
@@ -39,8 +40,8 @@ def test_lone_surrogates_in_a_body_are_a_400_and_store_nothing(shared_server: Se
     # a bulk create is refused whole; the identity API parses bodies the same way (Keystone's shape)
     bulk = b'{"networks": [{"name": "ok"}, {"name": "\\ud800"}]}'
     assert_error(alice.post("/networks", content=bulk), 400, "MalformedRequestBody")
-    r = httpx.post(shared_server.url + "/identity/v3/users", headers={"X-Auth-Token": shared_server.token("admin")},
-                   content=b'{"user": {"name": "\\udc00", "password": "pw-1234567"}}')
+    r = http.post(shared_server.url + "/identity/v3/users", headers={"X-Auth-Token": shared_server.token("admin")},
+                  content=b'{"user": {"name": "\\udc00", "password": "pw-1234567"}}')
     assert r.status_code == 400 and r.json()["error"]["code"] == 400, r.text
 
 

@@ -31,6 +31,7 @@ import httpx
 import uvicorn
 
 from tests.conftest import USERS, free_port, get_token
+from tests.support import http
 from vxnet.api.app import create_app
 from vxnet.config import Config
 from vxnet.store.contract import Delete
@@ -70,8 +71,8 @@ def test_200_parallel_creates_on_a_slash_26(server) -> None:
 
     # one client shared by the threads (httpx.Client is thread-safe; building one per request
     # costs an SSL context each), with a connection per thread
-    client = httpx.Client(base_url=server.url + "/v2.0", headers={"X-Auth-Token": token}, timeout=60,
-                          limits=httpx.Limits(max_connections=50))
+    client = http.client(base_url=server.url + "/v2.0", headers={"X-Auth-Token": token}, timeout=60,
+                         limits=httpx.Limits(max_connections=50))
 
     def create(i: int) -> httpx.Response:
         return client.post("/ports", json={"port": {"network_id": net["id"], "name": f"p{i}"}})
@@ -97,11 +98,11 @@ def test_200_parallel_creates_across_four_servers_sharing_a_store(tmp_path) -> N
     try:
         urls = [u for _, _, u in servers]
         token = get_token(urls[0], "alice", "alice-pw", "tenant-a")
-        with httpx.Client(base_url=urls[1] + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
+        with http.client(base_url=urls[1] + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
             net, sub = make_net(c)
 
-        clients = [httpx.Client(base_url=u + "/v2.0", headers={"X-Auth-Token": token}, timeout=120,
-                                limits=httpx.Limits(max_connections=40)) for u in urls]
+        clients = [http.client(base_url=u + "/v2.0", headers={"X-Auth-Token": token}, timeout=120,
+                               limits=httpx.Limits(max_connections=40)) for u in urls]
 
         def create(i: int) -> httpx.Response:
             return clients[i % 4].post("/ports", json={"port": {"network_id": net["id"], "name": f"p{i}"}})
@@ -115,7 +116,7 @@ def test_200_parallel_creates_across_four_servers_sharing_a_store(tmp_path) -> N
                                                                           if r.status_code not in (201, 409)][:3])
         assert all(r.json()["NeutronError"]["type"] == "IpAddressGenerationFailure"
                    for r in responses if r.status_code == 409)
-        with httpx.Client(base_url=urls[3] + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
+        with http.client(base_url=urls[3] + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
             ports = c.get("/ports", params={"network_id": net["id"]}).json()["ports"]
         assert len(ports) == USABLE
         check_ports(ports, sub)
@@ -183,7 +184,7 @@ def test_subnet_delete_racing_port_creates_never_orphans_an_address(tmp_path) ->
     try:
         urls = [u for _, _, u in servers]
         token = get_token(urls[0], "alice", "alice-pw", "tenant-a")
-        clients = [httpx.Client(base_url=u + "/v2.0", headers={"X-Auth-Token": token}, timeout=60) for u in urls]
+        clients = [http.client(base_url=u + "/v2.0", headers={"X-Auth-Token": token}, timeout=60) for u in urls]
         net = clients[0].post("/networks", json={"network": {"name": "race"}}).json()["network"]
         for c in clients:  # warm up every code path first (libraries build some schemas lazily)
             sub = c.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,
@@ -258,7 +259,7 @@ class ServerProcess:
         while time.time() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
             try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                if http.get(self.url + "/", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -285,7 +286,7 @@ def test_restart_mid_run_loses_nothing_acknowledged(tmp_path) -> None:
     try:
         token = get_token(srv.url, "alice", "alice-pw", "tenant-a")
         admin_token = get_token(srv.url, "admin", "s3cret", "admin")
-        with httpx.Client(base_url=srv.url + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
+        with http.client(base_url=srv.url + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
             net, sub = make_net(c)
         acked_count = 0
         lock = threading.Lock()
@@ -293,8 +294,8 @@ def test_restart_mid_run_loses_nothing_acknowledged(tmp_path) -> None:
         killed = threading.Event()  # set once the first process is dead
         acked_after_restart = 0
         transport_errors = 0
-        client = httpx.Client(base_url=srv.url + "/v2.0", headers={"X-Auth-Token": token}, timeout=30,
-                              limits=httpx.Limits(max_connections=16))
+        client = http.client(base_url=srv.url + "/v2.0", headers={"X-Auth-Token": token}, timeout=30,
+                             limits=httpx.Limits(max_connections=16))
 
         def create(i: int) -> httpx.Response:
             nonlocal acked_count, acked_after_restart, transport_errors
@@ -340,7 +341,7 @@ def test_restart_mid_run_loses_nothing_acknowledged(tmp_path) -> None:
         assert all(r.json()["NeutronError"]["type"] == "IpAddressGenerationFailure"
                    for r in responses if r.status_code == 409)
         acked = {r.json()["port"]["id"] for r in responses if r.status_code == 201}
-        with httpx.Client(base_url=srv.url + "/v2.0", headers={"X-Auth-Token": admin_token}, timeout=30) as c:
+        with http.client(base_url=srv.url + "/v2.0", headers={"X-Auth-Token": admin_token}, timeout=30) as c:
             ports = c.get("/ports", params={"network_id": net["id"]}).json()["ports"]
         assert acked <= {p["id"] for p in ports}, "an acknowledged port was lost"
         # every request ended with an HTTP answer, so the pool is exactly full

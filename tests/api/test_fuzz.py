@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from tests.support import http
 from vxnet.api import app as app_module
 from vxnet.api.validation import Body
 
@@ -84,7 +85,7 @@ ATTRS, COLL_ATTRS = attribute_pools()
 @pytest.fixture(scope="module")
 def api(shared_server) -> dict[str, Any]:
     """Routes from /openapi.json, tokens, seed objects and a pool of real ids."""
-    doc = httpx.get(shared_server.url + "/openapi.json", timeout=10).json()
+    doc = http.get(shared_server.url + "/openapi.json", timeout=10).json()
     routes = sorted((m.upper(), p) for p, ops in doc["paths"].items() for m in ops
                     if m in ("get", "post", "put", "delete", "patch", "head") and p not in SKIP_PATHS)
     assert ("POST", "/v2.0/networks") in routes and ("GET", "/v2.0/networks/{network_id}") in routes
@@ -93,7 +94,7 @@ def api(shared_server) -> dict[str, Any]:
     admin = shared_server.api("admin")
     shared_server.api("alice")
     seeds = seed_objects(shared_server, routes)
-    client = httpx.Client(base_url=shared_server.url, timeout=30)
+    client = http.client(base_url=shared_server.url, timeout=30)
     ids, pools, examples, by_collection = observe(admin, routes)
     yield {"routes": routes, "tokens": tokens, "client": client, "admin": admin, "seeds": seeds,
            "ids": ids, "pools": pools, "examples": examples, "by_collection": by_collection}
@@ -486,8 +487,8 @@ def test_server_still_healthy_after_fuzzing(api: dict[str, Any], shared_server) 
     """The fuzzing left the server answering normally, and the metrics saw no 5xx."""
     r = api["admin"].get("/networks")
     assert r.status_code == 200
-    metrics = httpx.get(shared_server.url + "/metrics", headers={"X-Auth-Token": api["tokens"]["admin"]},
-                        timeout=10).text
+    metrics = http.get(shared_server.url + "/metrics", headers={"X-Auth-Token": api["tokens"]["admin"]},
+                       timeout=10).text
     fives = [line for line in metrics.splitlines()
              if line.startswith("vxnet_api_requests_total") and re.search(r'status="5\d\d"', line)]
     assert fives == []

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import USERS, ServerHandle, free_port, get_token, start_server
+from tests.support import http
 from vxnet.config import Config, User
 from vxnet.services.host_view import ViewIndex, empty_view, full_view
 from vxnet.store.contract import put as store_put
@@ -278,7 +279,7 @@ def srv(tmp_path) -> Iterator[ServerHandle]:
 
 def agent_client(h: ServerHandle) -> httpx.Client:
     tok = get_token(h.url, AGENT.name, AGENT.password, AGENT.project)
-    return httpx.Client(base_url=h.url + "/v2.0/vxnet", headers={"X-Auth-Token": tok}, timeout=30)
+    return http.client(base_url=h.url + "/v2.0/vxnet", headers={"X-Auth-Token": tok}, timeout=30)
 
 
 class StreamReader:
@@ -409,7 +410,7 @@ def test_stream_resume_and_compacted_since(srv: ServerHandle) -> None:
 def test_stream_needs_service_or_admin(srv: ServerHandle) -> None:
     r = srv.api("alice").get("/vxnet/hosts/hv1/view")
     assert r.status_code == 403 and r.json()["NeutronError"]["type"] == "PolicyNotAuthorized"
-    r = httpx.get(srv.url + "/v2.0/vxnet/hosts/hv1/view")
+    r = http.get(srv.url + "/v2.0/vxnet/hosts/hv1/view")
     assert r.status_code == 401
     r = agent_client(srv).get("/hosts/hv1/view", params={"since": "abc"})
     assert r.status_code == 400
@@ -619,7 +620,7 @@ def test_stream_metrics(srv: ServerHandle) -> None:
     s.wait(lambda m: m["type"] == "snapshot")
     _put(srv, "ports", _port("net-x", "hv1", "p1"))
     s.wait(lambda m: m["type"] == "update")
-    text = httpx.get(srv.url + "/metrics", headers={"X-Auth-Token": srv.token("admin")}).text
+    text = http.get(srv.url + "/metrics", headers={"X-Auth-Token": srv.token("admin")}).text
     assert "vxnet_view_streams 1.0" in text and "vxnet_view_tracked_hosts 1.0" in text
     count = [line for line in text.splitlines() if line.startswith("vxnet_view_fanout_seconds_count")]
     assert count and float(count[0].split()[1]) >= 1

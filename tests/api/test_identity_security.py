@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import USERS, ServerHandle, free_port, start_server
+from tests.support import http
 from vxnet.api.auth import Context, issue_token, verify_token
 from vxnet.api.errors import ApiError
 from vxnet.api.login_limits import LoginLimiter
@@ -58,7 +59,7 @@ def login(url: str, user: str, password: str, project: str | None = None,
     if project:
         body["auth"]["scope"] = {"project": {"name": project, "domain": {"id": "default"}}}
     if client is None:
-        return httpx.post(url + TOKENS, json=body, timeout=30)
+        return http.post(url + TOKENS, json=body, timeout=30)
     return client.post(url + TOKENS, json=body, timeout=30)
 
 
@@ -69,7 +70,7 @@ def token_of(url: str, user: User) -> str:
 
 
 def networks(url: str, token: str) -> int:
-    return httpx.get(url + "/v2.0/networks", headers={"X-Auth-Token": token}, timeout=30).status_code
+    return http.get(url + "/v2.0/networks", headers={"X-Auth-Token": token}, timeout=30).status_code
 
 
 def keystone_error(r: httpx.Response, status: int) -> dict[str, Any]:
@@ -231,17 +232,17 @@ def two_servers(tmp_path) -> Iterator[tuple[ServerHandle, ServerHandle]]:
 
 
 def revoke(url: str, caller: str, subject: str) -> httpx.Response:
-    return httpx.delete(url + TOKENS, headers={"X-Auth-Token": caller, "X-Subject-Token": subject}, timeout=30)
+    return http.delete(url + TOKENS, headers={"X-Auth-Token": caller, "X-Subject-Token": subject}, timeout=30)
 
 
 def validate(url: str, caller: str, subject: str, method: str = "GET") -> httpx.Response:
-    return httpx.request(method, url + TOKENS, headers={"X-Auth-Token": caller, "X-Subject-Token": subject},
-                         timeout=30)
+    return http.request(method, url + TOKENS, headers={"X-Auth-Token": caller, "X-Subject-Token": subject},
+                        timeout=30)
 
 
 def token_auth(url: str, token: str) -> httpx.Response:
-    return httpx.post(url + TOKENS, json={"auth": {"identity": {"methods": ["token"], "token": {"id": token}}}},
-                      timeout=30)
+    return http.post(url + TOKENS, json={"auth": {"identity": {"methods": ["token"], "token": {"id": token}}}},
+                     timeout=30)
 
 
 def test_revocation_on_one_server_is_honoured_by_the_other_within_a_second(two_servers) -> None:
@@ -287,15 +288,15 @@ def test_revoke_or_validate_without_a_subject_token_revokes_nothing(server: Serv
     alice, admin = token_of(server.url, USER["alice"]), token_of(server.url, USER["admin"])
     for headers in ({}, {"X-Subject-Token": ""}):
         for method in ("DELETE", "GET"):
-            r = httpx.request(method, server.url + TOKENS, headers={"X-Auth-Token": alice, **headers}, timeout=30)
+            r = http.request(method, server.url + TOKENS, headers={"X-Auth-Token": alice, **headers}, timeout=30)
             keystone_error(r, 403)
-            r = httpx.request(method, server.url + TOKENS, headers={"X-Auth-Token": admin, **headers}, timeout=30)
+            r = http.request(method, server.url + TOKENS, headers={"X-Auth-Token": admin, **headers}, timeout=30)
             assert keystone_error(r, 404)["message"] == "No token in the request"
         r = httpx.head(server.url + TOKENS, headers={"X-Auth-Token": admin, **headers}, timeout=30)
         assert r.status_code == 404
     assert networks(server.url, alice) == 200 and networks(server.url, admin) == 200
     assert server.store.range("/vxnet/identity/revoked/")[0] == []
-    keystone_error(httpx.delete(server.url + TOKENS, timeout=30), 401)  # and no caller at all: 401
+    keystone_error(http.delete(server.url + TOKENS, timeout=30), 401)  # and no caller at all: 401
 
 
 def test_all_tokens_of_a_user_can_be_revoked_on_every_server(two_servers) -> None:
@@ -305,12 +306,12 @@ def test_all_tokens_of_a_user_can_be_revoked_on_every_server(two_servers) -> Non
     bob = token_of(a.url, USER["bob"])
     uid = USER["alice"].id
     url = f"/identity/v3/OS-VXNET/users/{uid}/tokens"
-    keystone_error(httpx.delete(a.url + url, headers={"X-Auth-Token": bob}), 403)  # not bob's to do
-    keystone_error(httpx.delete(a.url + "/identity/v3/OS-VXNET/users/nobody/tokens",
-                                headers={"X-Auth-Token": token_of(a.url, USER["admin"])}), 404)
+    keystone_error(http.delete(a.url + url, headers={"X-Auth-Token": bob}), 403)  # not bob's to do
+    keystone_error(http.delete(a.url + "/identity/v3/OS-VXNET/users/nobody/tokens",
+                               headers={"X-Auth-Token": token_of(a.url, USER["admin"])}), 404)
     assert all(networks(b.url, t) == 200 for t in alice)
     time.sleep(0.01)  # tokens issued in the same clock tick as the cut-off would be ambiguous
-    assert httpx.delete(a.url + url, headers={"X-Auth-Token": token_of(a.url, USER["admin"])}).status_code == 204
+    assert http.delete(a.url + url, headers={"X-Auth-Token": token_of(a.url, USER["admin"])}).status_code == 204
     assert [networks(b.url, t) for t in alice] == [401, 401, 401]
     assert networks(b.url, bob) == 200
     assert networks(b.url, token_of(a.url, USER["alice"])) == 200  # logging in again works
@@ -463,8 +464,8 @@ def test_failed_logins_are_limited_per_user_and_per_source(tmp_path) -> None:
     config = Config(listen=f"127.0.0.1:{port}", users=USERS, login_failures_per_user=3,
                     login_failures_per_source=6, login_failure_window=60)
     h = start_server(os.path.join(tmp_path, "vxnet.db"), config, port)
-    here = {"client": httpx.Client()}  # the default source, 127.0.0.1
-    there = {"client": httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))}  # another one
+    here = {"client": http.client()}  # the default source, 127.0.0.1
+    there = {"client": http.client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))}  # another one
     try:
         assert login(h.url, "alice", "guess1", "tenant-a", **there).status_code == 401
         assert login(h.url, "alice", "guess2", "tenant-a", **there).status_code == 401
@@ -559,11 +560,11 @@ BAD_BODIES: list[Any] = [
 
 def test_malformed_auth_bodies_get_keystone_errors_never_5xx(server: ServerHandle) -> None:
     for body in BAD_BODIES:
-        r = httpx.post(server.url + TOKENS, json=body, timeout=30)
+        r = http.post(server.url + TOKENS, json=body, timeout=30)
         assert r.status_code in (400, 401), (body if len(str(body)) < 300 else str(body)[:300], r.text)
         keystone_error(r, r.status_code)
     for raw in (b"", b"{", b"\xff\xfe", b"[" * 5000 + b"]" * 5000):
-        r = httpx.post(server.url + TOKENS, content=raw, headers={"Content-Type": "application/json"}, timeout=30)
+        r = http.post(server.url + TOKENS, content=raw, headers={"Content-Type": "application/json"}, timeout=30)
         assert r.status_code == 400, (raw[:20], r.status_code, r.text[:200])
 
 
@@ -617,7 +618,7 @@ def test_identity_routes_never_5xx(fuzz_server: ServerHandle, data: st.DataObjec
     if data.draw(st.booleans()):
         headers["X-Subject-Token"] = data.draw(st.sampled_from(["", "x", "a.b", "x" * 20_000]))
     body = data.draw(st.one_of(auth_body(), JSON)) if method == "POST" else None
-    r = httpx.request(method, fuzz_server.url + path, json=body, headers=headers, timeout=30)
+    r = http.request(method, fuzz_server.url + path, json=body, headers=headers, timeout=30)
     assert r.status_code < 500, (method, path, str(body)[:300], r.status_code, r.text[:300])
     if r.status_code >= 400 and method != "HEAD":
         err = r.json()

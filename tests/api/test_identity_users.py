@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import USERS, ServerHandle, start_server
+from tests.support import http
 from vxnet.services.identity_users import USER_NAMES_PREFIX, USERS_PREFIX
 from vxnet.store.sqlite_store import SqliteStore
 
@@ -36,7 +37,7 @@ def login(url: str, name: str, password: str, project: dict[str, str] | None = N
         "name": name, "domain": {"id": "default"}, "password": password}}}}}
     if project is not None:
         body["auth"]["scope"] = {"project": {**project, "domain": {"id": "default"}}}
-    return httpx.post(url + V3 + "/auth/tokens", json=body, timeout=30)
+    return http.post(url + V3 + "/auth/tokens", json=body, timeout=30)
 
 
 def token(h: ServerHandle, name: str) -> dict[str, str]:
@@ -44,7 +45,7 @@ def token(h: ServerHandle, name: str) -> dict[str, str]:
 
 
 def networks(url: str, tok: str) -> int:
-    return httpx.get(url + "/v2.0/networks", headers={"X-Auth-Token": tok}, timeout=30).status_code
+    return http.get(url + "/v2.0/networks", headers={"X-Auth-Token": tok}, timeout=30).status_code
 
 
 @pytest.fixture
@@ -60,12 +61,12 @@ def two(tmp_path) -> Iterator[tuple[ServerHandle, ServerHandle]]:
 def test_dynamic_credentials_flow_and_tokens_follow_every_change(two) -> None:
     a, b = two
     admin = token(a, "admin")
-    r = httpx.post(a.url + V3 + "/projects", json={"project": {"name": "dyn-p", "domain_id": "default"}},
-                   headers=admin)
+    r = http.post(a.url + V3 + "/projects", json={"project": {"name": "dyn-p", "domain_id": "default"}},
+                  headers=admin)
     assert r.status_code == 201, r.text
     project = r.json()["project"]
     # tempest's create_user: name, password, domain_id, project_id, email
-    r = httpx.post(a.url + V3 + "/users", headers=admin, json={"user": {
+    r = http.post(a.url + V3 + "/users", headers=admin, json={"user": {
         "name": "dyn-u", "password": "dyn-pw-1", "domain_id": "default", "project_id": project["id"],
         "email": "dyn@example.org"}})
     assert r.status_code == 201, r.text
@@ -78,14 +79,14 @@ def test_dynamic_credentials_flow_and_tokens_follow_every_change(two) -> None:
     assert a.store.get(USER_NAMES_PREFIX + "dyn-u").value == user["id"]
     # no role yet: no token
     keystone_error(login(b.url, "dyn-u", "dyn-pw-1", {"name": "dyn-p"}), 401)
-    roles = {x["name"]: x["id"] for x in httpx.get(a.url + V3 + "/roles", headers=admin).json()["roles"]}
+    roles = {x["name"]: x["id"] for x in http.get(a.url + V3 + "/roles", headers=admin).json()["roles"]}
     grant = f"{a.url}{V3}/projects/{project['id']}/users/{user['id']}/roles/{roles['member']}"
-    assert httpx.put(grant, headers=admin).status_code == 204
-    assert httpx.put(grant, headers=admin).status_code == 204  # again: no change, no error
+    assert http.put(grant, headers=admin).status_code == 204
+    assert http.put(grant, headers=admin).status_code == 204  # again: no change, no error
     assert httpx.head(grant, headers=admin).status_code == 204
-    listed = httpx.get(f"{a.url}{V3}/projects/{project['id']}/users/{user['id']}/roles", headers=admin).json()
+    listed = http.get(f"{a.url}{V3}/projects/{project['id']}/users/{user['id']}/roles", headers=admin).json()
     assert [x["name"] for x in listed["roles"]] == ["member"]
-    ra = httpx.get(a.url + V3 + "/role_assignments", params={"user.id": user["id"]}, headers=admin).json()
+    ra = http.get(a.url + V3 + "/role_assignments", params={"user.id": user["id"]}, headers=admin).json()
     assert [(x["scope"]["project"]["id"], x["role"]["id"]) for x in ra["role_assignments"]] == [
         (project["id"], "member")]
     # the user logs in on the other server (scoped by name, by id, and by default) and works in Neutron
@@ -96,11 +97,11 @@ def test_dynamic_credentials_flow_and_tokens_follow_every_change(two) -> None:
         assert body["project"] == {"id": project["id"], "name": "dyn-p", "domain": {"id": "default", "name": "Default"}}
         assert [x["name"] for x in body["roles"]] == ["member"] and body["user"]["id"] == user["id"]
     tok = r.headers["X-Subject-Token"]
-    net = httpx.post(a.url + "/v2.0/networks", json={"network": {"name": "dyn"}}, headers={"X-Auth-Token": tok})
+    net = http.post(a.url + "/v2.0/networks", json={"network": {"name": "dyn"}}, headers={"X-Auth-Token": tok})
     assert net.status_code == 201 and net.json()["network"]["project_id"] == project["id"], net.text
-    assert httpx.get(f"{a.url}{V3}/users/{user['id']}", headers={"X-Auth-Token": tok}).status_code == 200  # itself
+    assert http.get(f"{a.url}{V3}/users/{user['id']}", headers={"X-Auth-Token": tok}).status_code == 200  # itself
     # a second role: the old token (member only) no longer matches the user's roles
-    assert httpx.put(grant.replace("/member", "/reader"), headers=admin).status_code == 204
+    assert http.put(grant.replace("/member", "/reader"), headers=admin).status_code == 204
     assert networks(b.url, tok) == 401
     r = login(a.url, "dyn-u", "dyn-pw-1", {"id": project["id"]})
     assert sorted(x["name"] for x in r.json()["token"]["roles"]) == ["member", "reader"]
@@ -121,67 +122,67 @@ def test_dynamic_credentials_flow_and_tokens_follow_every_change(two) -> None:
                        headers=admin).status_code == 200
     tok = login(b.url, "dyn-u", "dyn-pw-2", {"name": "dyn-p"}).headers["X-Subject-Token"]
     # deleting the user voids its tokens on both servers within a second
-    assert httpx.delete(f"{a.url}{V3}/users/{user['id']}", headers=admin).status_code == 204
+    assert http.delete(f"{a.url}{V3}/users/{user['id']}", headers=admin).status_code == 204
     t0 = time.monotonic()
     while networks(b.url, tok) != 401:
         assert time.monotonic() - t0 < 1.0, "server b still accepts a deleted user's token"
         time.sleep(0.02)
     assert networks(a.url, tok) == 401
     keystone_error(login(b.url, "dyn-u", "dyn-pw-2", {"name": "dyn-p"}), 401)
-    keystone_error(httpx.get(f"{a.url}{V3}/users/{user['id']}", headers=admin), 404)
-    keystone_error(httpx.delete(f"{a.url}{V3}/users/{user['id']}", headers=admin), 404)
-    keystone_error(httpx.put(grant, headers=admin), 404)
+    keystone_error(http.get(f"{a.url}{V3}/users/{user['id']}", headers=admin), 404)
+    keystone_error(http.delete(f"{a.url}{V3}/users/{user['id']}", headers=admin), 404)
+    keystone_error(http.put(grant, headers=admin), 404)
     assert a.store.get(USERS_PREFIX + user["id"]) is None and a.store.get(USER_NAMES_PREFIX + "dyn-u") is None
     # the name is free again (a new id: nothing of the old user's comes back)
-    r = httpx.post(a.url + V3 + "/users", headers=admin, json={"user": {"name": "dyn-u", "password": "x"}})
+    r = http.post(a.url + V3 + "/users", headers=admin, json={"user": {"name": "dyn-u", "password": "x"}})
     assert r.status_code == 201 and r.json()["user"]["id"] != user["id"]
-    assert httpx.delete(f"{a.url}/v2.0/networks/{net.json()['network']['id']}", headers=admin).status_code == 204
-    assert httpx.delete(f"{a.url}{V3}/projects/{project['id']}", headers=admin).status_code == 204
+    assert http.delete(f"{a.url}/v2.0/networks/{net.json()['network']['id']}", headers=admin).status_code == 204
+    assert http.delete(f"{a.url}{V3}/projects/{project['id']}", headers=admin).status_code == 204
 
 
 def test_user_api_is_admin_only_and_the_config_users_are_fixed(server: ServerHandle) -> None:
     url = server.url + V3
     admin, alice = token(server, "admin"), token(server, "alice")
-    r = httpx.post(url + "/users", headers=admin, json={"user": {"name": "u-adm", "password": "pw"}})
+    r = http.post(url + "/users", headers=admin, json={"user": {"name": "u-adm", "password": "pw"}})
     assert r.status_code == 201, r.text
     uid = r.json()["user"]["id"]
     alice_id = USER["alice"].id
-    pid = httpx.get(url + "/projects", params={"name": "tenant-a"}, headers=admin).json()["projects"][0]["id"]
+    pid = http.get(url + "/projects", params={"name": "tenant-a"}, headers=admin).json()["projects"][0]["id"]
     grant = f"{url}/projects/{pid}/users/{uid}/roles/admin"
     # a member may do none of it, and learns nothing about other users
-    keystone_error(httpx.post(url + "/users", headers=alice, json={"user": {"name": "evil", "password": "x"}}), 403)
-    keystone_error(httpx.get(url + "/users", headers=alice), 403)
-    keystone_error(httpx.get(f"{url}/users/{uid}", headers=alice), 404)
+    keystone_error(http.post(url + "/users", headers=alice, json={"user": {"name": "evil", "password": "x"}}), 403)
+    keystone_error(http.get(url + "/users", headers=alice), 403)
+    keystone_error(http.get(f"{url}/users/{uid}", headers=alice), 404)
     keystone_error(httpx.patch(f"{url}/users/{uid}", headers=alice, json={"user": {"password": "mine"}}), 403)
     keystone_error(httpx.patch(f"{url}/users/{alice_id}", headers=alice, json={"user": {"enabled": False}}), 403)
-    keystone_error(httpx.delete(f"{url}/users/{uid}", headers=alice), 403)
-    keystone_error(httpx.put(grant, headers=alice), 403)  # no self-made admins
-    keystone_error(httpx.put(f"{url}/projects/{pid}/users/{alice_id}/roles/admin", headers=alice), 403)
-    keystone_error(httpx.get(url + "/role_assignments", headers=alice), 403)
-    assert httpx.get(f"{url}/users/{alice_id}", headers=alice).json()["user"]["name"] == "alice"  # herself
-    assert [u["name"] for u in httpx.get(url + "/users", params={"name": "u-adm"}, headers=admin).json()["users"]] \
+    keystone_error(http.delete(f"{url}/users/{uid}", headers=alice), 403)
+    keystone_error(http.put(grant, headers=alice), 403)  # no self-made admins
+    keystone_error(http.put(f"{url}/projects/{pid}/users/{alice_id}/roles/admin", headers=alice), 403)
+    keystone_error(http.get(url + "/role_assignments", headers=alice), 403)
+    assert http.get(f"{url}/users/{alice_id}", headers=alice).json()["user"]["name"] == "alice"  # herself
+    assert [u["name"] for u in http.get(url + "/users", params={"name": "u-adm"}, headers=admin).json()["users"]] \
         == ["u-adm"]
-    assert {"admin", "alice", "u-adm"} <= {u["name"] for u in httpx.get(url + "/users", headers=admin).json()["users"]}
-    assert httpx.get(url + "/users/" + uid, headers=alice).status_code == 404
+    assert {"admin", "alice", "u-adm"} <= {u["name"] for u in http.get(url + "/users", headers=admin).json()["users"]}
+    assert http.get(url + "/users/" + uid, headers=alice).status_code == 404
     # nothing was changed by the refusals
-    assert httpx.get(f"{url}/projects/{pid}/users/{uid}/roles", headers=admin).json()["roles"] == []
-    assert len(httpx.get(url + "/users", headers=admin).json()["users"]) == len(USERS) + 1
+    assert http.get(f"{url}/projects/{pid}/users/{uid}/roles", headers=admin).json()["roles"] == []
+    assert len(http.get(url + "/users", headers=admin).json()["users"]) == len(USERS) + 1
     # the configuration's users: shown, never changed through the API
     keystone_error(httpx.patch(f"{url}/users/{alice_id}", headers=admin, json={"user": {"password": "x"}}), 403)
-    keystone_error(httpx.delete(f"{url}/users/{alice_id}", headers=admin), 403)
-    keystone_error(httpx.put(f"{url}/projects/{pid}/users/{alice_id}/roles/admin", headers=admin), 403)
-    assert httpx.get(server.url + "/v2.0/networks", headers=alice).status_code == 200  # alice's token still fine
+    keystone_error(http.delete(f"{url}/users/{alice_id}", headers=admin), 403)
+    keystone_error(http.put(f"{url}/projects/{pid}/users/{alice_id}/roles/admin", headers=admin), 403)
+    assert http.get(server.url + "/v2.0/networks", headers=alice).status_code == 200  # alice's token still fine
     # names are unique across the config and the store
     for name in ("alice", "u-adm"):
-        keystone_error(httpx.post(url + "/users", headers=admin, json={"user": {"name": name, "password": "x"}}), 409)
-    r = httpx.post(url + "/users", headers=admin, json={"user": {"name": "u-two", "password": "x"}})
+        keystone_error(http.post(url + "/users", headers=admin, json={"user": {"name": name, "password": "x"}}), 409)
+    r = http.post(url + "/users", headers=admin, json={"user": {"name": "u-two", "password": "x"}})
     keystone_error(httpx.patch(f"{url}/users/{r.json()['user']['id']}", headers=admin,
                                json={"user": {"name": "u-adm"}}), 409)
     # unknown project, role or user
-    keystone_error(httpx.put(f"{url}/projects/nope/users/{uid}/roles/member", headers=admin), 404)
-    keystone_error(httpx.put(f"{url}/projects/{pid}/users/{uid}/roles/superuser", headers=admin), 404)
-    keystone_error(httpx.put(f"{url}/projects/{pid}/users/nobody/roles/member", headers=admin), 404)
-    keystone_error(httpx.delete(f"{url}/projects/{pid}/users/{uid}/roles/member", headers=admin), 404)
+    keystone_error(http.put(f"{url}/projects/nope/users/{uid}/roles/member", headers=admin), 404)
+    keystone_error(http.put(f"{url}/projects/{pid}/users/{uid}/roles/superuser", headers=admin), 404)
+    keystone_error(http.put(f"{url}/projects/{pid}/users/nobody/roles/member", headers=admin), 404)
+    keystone_error(http.delete(f"{url}/projects/{pid}/users/{uid}/roles/member", headers=admin), 404)
 
 
 @pytest.mark.parametrize("user", [
@@ -201,23 +202,23 @@ def test_user_api_is_admin_only_and_the_config_users_are_fixed(server: ServerHan
 ])
 def test_invalid_user_bodies_are_400(shared_server: ServerHandle, user: dict[str, Any]) -> None:
     admin = token(shared_server, "admin")
-    r = httpx.post(shared_server.url + V3 + "/users", headers=admin, json={"user": user})
+    r = http.post(shared_server.url + V3 + "/users", headers=admin, json={"user": user})
     keystone_error(r, 400)
-    assert [u for u in httpx.get(shared_server.url + V3 + "/users", headers=admin).json()["users"]
+    assert [u for u in http.get(shared_server.url + V3 + "/users", headers=admin).json()["users"]
             if u["name"] == "x"] == []
-    keystone_error(httpx.post(shared_server.url + V3 + "/users", headers=admin, content=b"[]"), 400)
+    keystone_error(http.post(shared_server.url + V3 + "/users", headers=admin, content=b"[]"), 400)
 
 
 def test_deleting_a_project_drops_its_role_assignments(server: ServerHandle) -> None:
     url, admin = server.url + V3, token(server, "admin")
-    pid = httpx.post(url + "/projects", json={"project": {"name": "gone"}}, headers=admin).json()["project"]["id"]
-    uid = httpx.post(url + "/users", headers=admin, json={"user": {"name": "u-gone", "password": "pw",
+    pid = http.post(url + "/projects", json={"project": {"name": "gone"}}, headers=admin).json()["project"]["id"]
+    uid = http.post(url + "/users", headers=admin, json={"user": {"name": "u-gone", "password": "pw",
                                                                     "default_project_id": pid}}).json()["user"]["id"]
-    assert httpx.put(f"{url}/projects/{pid}/users/{uid}/roles/member", headers=admin).status_code == 204
+    assert http.put(f"{url}/projects/{pid}/users/{uid}/roles/member", headers=admin).status_code == 204
     tok = login(server.url, "u-gone", "pw").headers["X-Subject-Token"]  # unscoped: the default project
     assert networks(server.url, tok) == 200
-    assert httpx.delete(f"{url}/projects/{pid}", headers=admin).status_code == 204
+    assert http.delete(f"{url}/projects/{pid}", headers=admin).status_code == 204
     assert networks(server.url, tok) == 401
     keystone_error(login(server.url, "u-gone", "pw", {"id": pid}), 401)
-    ra = httpx.get(url + "/role_assignments", params={"user.id": uid}, headers=admin).json()["role_assignments"]
+    ra = http.get(url + "/role_assignments", params={"user.id": uid}, headers=admin).json()["role_assignments"]
     assert ra == []

@@ -32,6 +32,7 @@ import pytest
 
 from tests.api.helpers import assert_error
 from tests.conftest import PASSWORDS, USERS, ServerHandle, free_port, get_token, start_server
+from tests.support import http
 from vxnet.api.extensions import EXTENSIONS
 from vxnet.config import Config, project_id_for, user_id_for
 
@@ -125,7 +126,7 @@ def test_50_mb_body_sent_in_full_gets_the_413(shared_server: ServerHandle, user:
     """A client that sends all 50 MB before reading (httpx does) still reads the 413: the server
     discards the rest instead of resetting the connection; the server stays healthy."""
     headers = {"X-Auth-Token": shared_server.token(user)} if user else {}
-    with httpx.Client(base_url=shared_server.url, timeout=60) as c:
+    with http.client(base_url=shared_server.url, timeout=60) as c:
         r = c.post("/v2.0/networks", content=b" " * (50 * MB), headers=headers)
         assert_error(r, 413, "RequestEntityTooLarge")
         rid_of(r)
@@ -148,8 +149,8 @@ def test_chunked_body_through_httpx(shared_server: ServerHandle) -> None:
         for _ in range(40):
             yield b" " * 65536
 
-    with httpx.Client(base_url=shared_server.url + "/v2.0", timeout=60,
-                      headers={"X-Auth-Token": shared_server.token("alice")}) as c:
+    with http.client(base_url=shared_server.url + "/v2.0", timeout=60,
+                     headers={"X-Auth-Token": shared_server.token("alice")}) as c:
         r = c.post("/networks", content=gen())
         assert r.request.headers.get("transfer-encoding") == "chunked"
         assert_error(r, 413, "RequestEntityTooLarge")
@@ -194,7 +195,7 @@ def test_deep_json_is_400(shared_server: ServerHandle, depth: int, route: str, u
     if user:
         headers["X-Auth-Token"] = shared_server.token(user)
     body = '{"network": {"name": ' + nested(depth - 2) + "}}"
-    r = httpx.post(shared_server.url + route, content=body, headers=headers, timeout=30)
+    r = http.post(shared_server.url + route, content=body, headers=headers, timeout=30)
     assert r.status_code == 400
     assert "nests arrays/objects deeper than the limit of 32 levels" in refusal(400, r.json())
     rid_of(r)
@@ -202,7 +203,7 @@ def test_deep_json_is_400(shared_server: ServerHandle, depth: int, route: str, u
 
 def test_unbalanced_deep_json_is_400(shared_server: ServerHandle) -> None:
     for body in ["[" * 600_000, '{"a":' * 150_000, "]" * 1000, "[" * 40 + "]" * 39]:
-        r = httpx.post(shared_server.url + "/identity/v3/auth/tokens", content=body, timeout=30)
+        r = http.post(shared_server.url + "/identity/v3/auth/tokens", content=body, timeout=30)
         assert r.status_code == 400, r.text
 
 
@@ -227,7 +228,7 @@ def test_deep_and_wide_bodies_in_strings_are_not_depth(shared_server: ServerHand
 
 
 def test_server_healthy_after_the_attacks(shared_server: ServerHandle) -> None:
-    r = httpx.get(shared_server.url + "/metrics", headers={"X-Auth-Token": shared_server.token("admin")})
+    r = http.get(shared_server.url + "/metrics", headers={"X-Auth-Token": shared_server.token("admin")})
     fives = [ln for ln in r.text.splitlines() if ln.startswith("vxnet_api_requests_total") and 'status="5' in ln]
     assert fives == []
 
@@ -357,16 +358,16 @@ def test_every_response_has_a_request_id(shared_server: ServerHandle) -> None:
     url = shared_server.url
     tok = {"X-Auth-Token": shared_server.token("alice")}
     responses = [
-        httpx.get(url + "/"),
-        httpx.get(url + "/v2.0/networks", headers=tok),
-        httpx.get(url + "/v2.0/networks"),                                   # 401
-        httpx.get(url + "/v2.0/networks", headers={"X-Auth-Token": "forged.token"}),  # 401
-        httpx.get(url + "/v2.0/nothing-here", headers=tok),                  # 404
-        httpx.delete(url + "/v2.0/networks", headers=tok),                   # 405
-        httpx.post(url + "/v2.0/networks", headers=tok, content=b"{"),       # 400
-        httpx.post(url + "/v2.0/networks", headers=tok, content=b" " * (MB + 1)),  # 413
-        httpx.get(url + "/metrics", headers=tok),                            # 403
-        httpx.post(url + "/identity/v3/auth/tokens", json={"auth": {}}),     # 400
+        http.get(url + "/"),
+        http.get(url + "/v2.0/networks", headers=tok),
+        http.get(url + "/v2.0/networks"),                                   # 401
+        http.get(url + "/v2.0/networks", headers={"X-Auth-Token": "forged.token"}),  # 401
+        http.get(url + "/v2.0/nothing-here", headers=tok),                  # 404
+        http.delete(url + "/v2.0/networks", headers=tok),                   # 405
+        http.post(url + "/v2.0/networks", headers=tok, content=b"{"),       # 400
+        http.post(url + "/v2.0/networks", headers=tok, content=b" " * (MB + 1)),  # 413
+        http.get(url + "/metrics", headers=tok),                            # 403
+        http.post(url + "/identity/v3/auth/tokens", json={"auth": {}}),     # 400
     ]
     assert [r.status_code for r in responses] == [200, 200, 401, 401, 404, 405, 400, 413, 403, 400]
     ids = [rid_of(r) for r in responses]
@@ -380,7 +381,7 @@ def test_unexpected_error_is_a_neutron_500_with_request_id(tmp_path: Path, logs:
             raise RuntimeError("kaboom")
 
         h._server.config.app.add_api_route("/test-limits-boom", boom, include_in_schema=False)
-        r = httpx.get(h.url + "/test-limits-boom")
+        r = http.get(h.url + "/test-limits-boom")
         err = assert_error(r, 500, "InternalError")
         assert "kaboom" not in err["message"]
         rid = rid_of(r)
@@ -401,7 +402,7 @@ def test_access_line_per_request(shared_server: ServerHandle, logs: Any) -> None
     assert m.group(2) == user_id_for("alice") and m.group(3) == project_id_for("tenant-a")
     assert lines_for(logs, rid, "vxnet.audit", timeout=0.2) == []  # a read is not audited
     # unauthenticated: no user, no project
-    r = httpx.get(shared_server.url + "/v2.0/networks")
+    r = http.get(shared_server.url + "/v2.0/networks")
     (line,) = lines_for(logs, rid_of(r), "vxnet.access")
     assert " user=- project=- GET /v2.0/networks 401 " in line
 
@@ -439,7 +440,7 @@ def test_writes_and_denials_are_audited(shared_server: ServerHandle, logs: Any) 
     assert r.status_code == 204
     (line,) = lines_for(logs, rid_of(r), "vxnet.audit")
     assert f" DELETE /v2.0/networks/{net} 204 " in line and line.endswith(f" ok network_id={net}"), line
-    r = httpx.delete(shared_server.url + f"/v2.0/networks/{net}")
+    r = http.delete(shared_server.url + f"/v2.0/networks/{net}")
     assert " 401 " in lines_for(logs, rid_of(r), "vxnet.audit")[0]
 
 
@@ -448,16 +449,16 @@ def test_no_secret_is_ever_logged(shared_server: ServerHandle, logs: Any) -> Non
     body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": "bob", "domain": {"id": "default"}, "password": pw}}},
         "scope": {"project": {"name": "tenant-b", "domain": {"id": "default"}}}}}
-    r = httpx.post(shared_server.url + "/identity/v3/auth/tokens", json=body)
+    r = http.post(shared_server.url + "/identity/v3/auth/tokens", json=body)
     assert r.status_code == 201
     token = r.headers["X-Subject-Token"]
     assert lines_for(logs, rid_of(r), "vxnet.audit")  # the login is a write: audited
     bad = {**body, "auth": {**body["auth"], "identity": {"methods": ["password"], "password": {"user": {
         "name": "bob", "domain": {"id": "default"}, "password": "wrong-" + pw}}}}}
-    r = httpx.post(shared_server.url + "/identity/v3/auth/tokens", json=bad)
+    r = http.post(shared_server.url + "/identity/v3/auth/tokens", json=bad)
     assert r.status_code == 401
     assert " denied " in lines_for(logs, rid_of(r), "vxnet.audit")[0]
-    r = httpx.get(shared_server.url + "/v2.0/networks?name=x", headers={"X-Auth-Token": token})
+    r = http.get(shared_server.url + "/v2.0/networks?name=x", headers={"X-Auth-Token": token})
     rid_of(r)
     lines_for(logs, rid_of(r), "vxnet.access")
     text = "\n".join(rec.getMessage() for rec in logs.records)
@@ -469,16 +470,16 @@ def test_no_secret_is_ever_logged(shared_server: ServerHandle, logs: Any) -> Non
 
 def test_metrics_need_an_admin_token(shared_server: ServerHandle) -> None:
     url = shared_server.url + "/metrics"
-    assert_error(httpx.get(url), 401)
-    assert_error(httpx.get(url, headers={"X-Auth-Token": shared_server.token("alice")}), 403, "PolicyNotAuthorized")
-    r = httpx.get(url, headers={"X-Auth-Token": shared_server.token("admin")})
+    assert_error(http.get(url), 401)
+    assert_error(http.get(url, headers={"X-Auth-Token": shared_server.token("alice")}), 403, "PolicyNotAuthorized")
+    r = http.get(url, headers={"X-Auth-Token": shared_server.token("admin")})
     assert r.status_code == 200 and "vxnet_api_requests_total" in r.text
 
 
 def test_public_metrics(tmp_path: Path) -> None:
     h = limited_server(tmp_path, metrics_public=True)
     try:
-        r = httpx.get(h.url + "/metrics")
+        r = http.get(h.url + "/metrics")
         assert r.status_code == 200 and "vxnet_api_requests_total" in r.text
     finally:
         h.stop()
@@ -488,15 +489,15 @@ def test_metrics_on_their_own_listener(tmp_path: Path) -> None:
     mport = free_port()
     h = limited_server(tmp_path, metrics_listen=f"127.0.0.1:{mport}")
     try:
-        assert_error(httpx.get(h.url + "/metrics", headers={"X-Auth-Token": h.token("admin")}), 404)
+        assert_error(http.get(h.url + "/metrics", headers={"X-Auth-Token": h.token("admin")}), 404)
         h.api("alice").get("/networks")
-        r = httpx.get(f"http://127.0.0.1:{mport}/metrics")
+        r = http.get(f"http://127.0.0.1:{mport}/metrics")
         assert r.status_code == 200
         assert re.search(r'vxnet_api_requests_total\{method="GET",route="/v2.0/networks",status="200"\} 1\.0', r.text)
     finally:
         h.stop()
     with pytest.raises(httpx.ConnectError):  # the listener ends with the server
-        httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=2)
+        http.get(f"http://127.0.0.1:{mport}/metrics", timeout=2)
 
 
 # --- subnets: Neutron's CIDR rules ---------------------------------------------------------------
@@ -568,7 +569,7 @@ def test_index_lists_only_served_collections(shared_server: ServerHandle) -> Non
         href = r["links"][0]["href"]
         assert href == f"{shared_server.url}/v2.0/{r['collection']}"
         assert admin.get(href).status_code == 200, href
-    assert_error(httpx.get(shared_server.url + "/v2.0/"), 401)
+    assert_error(http.get(shared_server.url + "/v2.0/"), 401)
 
 
 def test_index_follows_the_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.api.helpers import assert_error, subnet
+from tests.support import http
 from vxnet.config import project_id_for
 
 TENANT_A = project_id_for("tenant-a")
@@ -584,10 +585,10 @@ def test_isolation_matrix(shared_server) -> None:
 
 
 def test_unauthenticated_requests(shared_server) -> None:
-    with httpx.Client(base_url=shared_server.url + "/v2.0") as anon:
+    with http.client(base_url=shared_server.url + "/v2.0") as anon:
         assert_error(anon.get("/networks"), 401)
         assert_error(anon.post("/networks", json={"network": {}}), 401)
-    with httpx.Client(base_url=shared_server.url + "/v2.0", headers={"X-Auth-Token": "garbage.token"}) as bad:
+    with http.client(base_url=shared_server.url + "/v2.0", headers={"X-Auth-Token": "garbage.token"}) as bad:
         assert_error(bad.get("/networks"), 401)
 
 
@@ -598,7 +599,7 @@ def test_fifty_concurrent_creates_get_unique_vnis(server) -> None:
     token = server.token("alice")
 
     def one(i: int) -> httpx.Response:
-        with httpx.Client(base_url=server.url + "/v2.0", headers={"X-Auth-Token": token}, timeout=60) as c:
+        with http.client(base_url=server.url + "/v2.0", headers={"X-Auth-Token": token}, timeout=60) as c:
             return c.post("/networks", json={"network": {"name": f"c{i}"}})
 
     with ThreadPoolExecutor(50) as pool:

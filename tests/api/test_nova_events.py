@@ -21,6 +21,7 @@ import pytest
 
 from tests.api.helpers import assert_error, network, port, subnet
 from tests.conftest import UNLIMITED, USERS, free_port, get_token, start_server
+from tests.support import http
 from tests.support.fake_nova import FakeNova
 from vxnet.config import Config, ConfigError, NovaSettings, User, load_nova
 from vxnet.services import nova_events
@@ -55,7 +56,7 @@ def env(tmp_path, nova):
 
 def agent(h: Any, host: str = "hv1") -> httpx.Client:
     tok = get_token(h.url, "vxnet-agent", "vxnet-agent-pw", "service")
-    c = httpx.Client(base_url=h.url + "/v2.0/vxnet", headers={"X-Auth-Token": tok}, timeout=30)
+    c = http.client(base_url=h.url + "/v2.0/vxnet", headers={"X-Auth-Token": tok}, timeout=30)
     assert c.post(f"/hosts/{host}/register", json={"underlay_ip": "198.51.100.7"}).status_code == 200
     return c
 
@@ -118,8 +119,8 @@ def test_one_vif_plugged_per_bound_port_with_the_exact_payload_and_a_valid_token
     rec = nova.accepted[0]
     assert rec.headers["X-OpenStack-Nova-API-Version"] == "2.1"
     # the token is one vxnet's identity accepts, of the configured service user
-    r = httpx.get(env.url + "/identity/v3/auth/tokens",
-                  headers={"X-Auth-Token": env.token("admin"), "X-Subject-Token": rec.token})
+    r = http.get(env.url + "/identity/v3/auth/tokens",
+                 headers={"X-Auth-Token": env.token("admin"), "X-Subject-Token": rec.token})
     assert r.status_code == 200, r.text
     tok = r.json()["token"]
     assert tok["user"]["name"] == "neutron" and {x["name"] for x in tok["roles"]} == {"service", "admin"}
@@ -135,7 +136,7 @@ def test_one_vif_plugged_per_bound_port_with_the_exact_payload_and_a_valid_token
     got = wait_events(nova, 4)
     assert got[3:] == [plugged(sentinel)] and len(got) == 4
     assert drained(env.store)
-    metrics = httpx.get(env.url + "/metrics", headers={"X-Auth-Token": env.token("admin")}).text
+    metrics = http.get(env.url + "/metrics", headers={"X-Auth-Token": env.token("admin")}).text
     assert "vxnet_nova_events_pending 0.0" in metrics and "vxnet_nova_events_sent_total 4.0" in metrics
 
 
@@ -262,8 +263,8 @@ def test_token_from_a_keystone(tmp_path, nova) -> None:
         p = vm_port(admin, net)
         report(a, "hv1", ACTIVE=[p["id"]])
         assert wait_events(nova, 1) == [plugged(p)]
-        r = httpx.get(h.url + "/identity/v3/auth/tokens",
-                      headers={"X-Auth-Token": h.token("admin"), "X-Subject-Token": nova.accepted[0].token})
+        r = http.get(h.url + "/identity/v3/auth/tokens",
+                     headers={"X-Auth-Token": h.token("admin"), "X-Subject-Token": nova.accepted[0].token})
         assert r.status_code == 200 and r.json()["token"]["user"]["name"] == "neutron"
         assert r.json()["token"]["methods"] == ["password"]
     finally:

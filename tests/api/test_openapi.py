@@ -6,14 +6,14 @@ objects, the real error codes with the NeutronError body (no FastAPI 422), the s
 
 from __future__ import annotations
 
-import httpx
 import jsonschema
 
 from tests.conftest import ServerHandle
+from tests.support import http
 
 
 def doc_of(server: ServerHandle) -> dict:
-    r = httpx.get(server.url + "/openapi.json", timeout=10)
+    r = http.get(server.url + "/openapi.json", timeout=10)
     assert r.status_code == 200
     return r.json()
 

@@ -35,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import ServerHandle, start_server
+from tests.support import http
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = {"admin": 4, "alice": 2}  # positive cases per operation
@@ -128,7 +129,7 @@ def fuzz_operation(server: ServerHandle, admin: httpx.Client, op: Any, headers: 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("user", ["admin", "alice"])
 def test_schema_fuzz(fuzz_server: ServerHandle, admin_api: httpx.Client, user: str) -> None:
-    doc = httpx.get(fuzz_server.url + "/openapi.json", timeout=10).json()
+    doc = http.get(fuzz_server.url + "/openapi.json", timeout=10).json()
     schema = schemathesis.openapi.from_dict(doc)
     headers = {"X-Auth-Token": fuzz_server.token(user)}
     before = count_objects(admin_api)

@@ -10,12 +10,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.api.test_agents import bound_port, register
 from tests.api.test_host_view import StreamReader, agent_client, start_agent_server
 from tests.conftest import ServerHandle
+from tests.support import http
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def test_server_metrics_carry_build_info_and_host_states(srv: ServerHandle) -> N
     assert c.post("/hosts/hv1/heartbeat", json=report(srv.store.revision())).status_code == 200
     deadline = time.time() + 10
     while True:
-        r = httpx.get(srv.url + "/metrics", headers={"X-Auth-Token": srv.token("admin")}, timeout=10)
+        r = http.get(srv.url + "/metrics", headers={"X-Auth-Token": srv.token("admin")}, timeout=10)
         assert r.status_code == 200 and "vxnet_build_info{" in r.text
         if 'vxnet_hosts{state="ok"} 1.0' in r.text or time.time() > deadline:
             break

@@ -29,6 +29,7 @@ import pytest
 
 from tests.api.helpers import assert_error
 from tests.conftest import UNLIMITED, USERS, ServerHandle, get_token, start_server
+from tests.support import http
 from vxnet.api import policy
 from vxnet.config import Config, User, project_id_for
 
@@ -74,7 +75,7 @@ class Lab:
     def __init__(self, h: ServerHandle) -> None:
         self.h = h
         users = {u.name: u for u in (*USERS, CAROL)}
-        self.c = {role: httpx.Client(base_url=h.url + "/v2.0", timeout=30, headers={"X-Auth-Token": get_token(
+        self.c = {role: http.client(base_url=h.url + "/v2.0", timeout=30, headers={"X-Auth-Token": get_token(
             h.url, users[name].name, users[name].password, users[name].project)}) for role, name in CALLERS.items()}
         self.project = {role: project_id_for(users[name].project) for role, name in CALLERS.items()}
         a = self.c["admin"]

@@ -8,7 +8,8 @@ store transaction (services/quotas.py).
   deletes and cascades freeing quota, nothing left behind by a refused create (no port, no IP or
   MAC claim), `check_limit`, counting on first use for a store without counters, the config's
   defaults, `enabled = false` and `vxnet quota reset-usage` after it;
-- max_fixed_ips_per_port / max_allowed_address_pair (400s);
+- max_fixed_ips_per_port / max_allowed_address_pair (400s); a request listing too many fixed IPs is
+  refused before any allocation;
 - 50 parallel port creates through two servers sharing one embedded store with a quota of 10:
   exactly 10 succeed;
 - /v2.0/network-ip-availabilities.
@@ -32,8 +33,10 @@ import uvicorn
 
 from tests.api.helpers import assert_error, network, port, subnet
 from tests.conftest import USERS, free_port, get_token, start_server
+from tests.support import http
 from vxnet.api.app import create_app
 from vxnet.config import Config, ConfigError, QuotaSettings, load_config, project_id_for
+from vxnet.services import ipam
 from vxnet.services.quotas import USAGE_PREFIX, stored_usage
 from vxnet.store.contract import Delete, Put
 from vxnet.store.sqlite_store import SqliteStore
@@ -133,7 +136,7 @@ def test_policy_member_reader_other_project_and_admin(server: Any) -> None:
         assert_error(c.delete(f"/quotas/{A}"), 403, "PolicyNotAuthorized", "delete_quota")
     assert ok(alice.get(f"/quotas/{A}"))["quota"] == DEFAULTS  # nothing changed
     # no token: 401
-    assert_error(httpx.get(server.url + f"/v2.0/quotas/{A}"), 401)
+    assert_error(http.get(server.url + f"/v2.0/quotas/{A}"), 401)
     # admin reads anyone's
     assert ok(admin.get(f"/quotas/{B}/details"))["quota"]["network"]["limit"] == 100
 
@@ -404,6 +407,37 @@ def test_max_fixed_ips_per_port_and_max_allowed_address_pair(server: Any) -> Non
     ok(alice.put(f"/ports/{q['id']}", json={"port": {"allowed_address_pairs": pairs[:2]}}))
 
 
+def test_an_over_limit_fixed_ips_request_is_refused_before_any_allocation(server: Any, monkeypatch: Any) -> None:
+    """Neutron checks the count a request lists first: a create or update listing 1,000 fixed
+    IPs is refused (the same 400) without one address or MAC being allocated; `network:*`
+    owners stay exempt (their 6 addresses are allocated, counted by the same probe)."""
+    alice, admin = server.api("alice"), server.api("admin")
+    net = network(alice)
+    sub = subnet(alice, net, "100.64.0.0/20")
+    p = port(alice, net, fixed_ips=[{"subnet_id": sub["id"]}] * 2)
+    allocations: Counter[str] = Counter()
+
+    def counting(name: str) -> Any:
+        real = getattr(ipam, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            allocations[name] += 1
+            return real(*args, **kwargs)
+        return counted
+    for name in ("allocate_ip", "allocate_mac"):   # the server runs in this process, in a thread
+        monkeypatch.setattr(ipam, name, counting(name))
+    many = [{"subnet_id": sub["id"]}] * 1000
+    assert_error(alice.post("/ports", json={"port": {"network_id": net["id"], "fixed_ips": many}}), 400,
+                 "InvalidInput", "Exceeded maximum amount of fixed ips per port")
+    kept = [{"ip_address": ip["ip_address"]} for ip in p["fixed_ips"]]
+    assert_error(alice.put(f"/ports/{p['id']}", json={"port": {"fixed_ips": kept + many}}), 400,
+                 "InvalidInput", "Exceeded maximum amount of fixed ips per port")
+    assert allocations == Counter(), allocations
+    assert len(server.store.range(f"/vxnet/ipam/{sub['id']}/")[0]) == 2
+    dhcp = port(admin, net, device_owner="network:dhcp", fixed_ips=[{"subnet_id": sub["id"]}] * 6)
+    assert len(dhcp["fixed_ips"]) == 6 and allocations == Counter(allocate_ip=6, allocate_mac=1), allocations
+
+
 def test_config_defaults_and_disabled(tmp_path: Any) -> None:
     cfg_file = tmp_path / "vxnet.toml"
     cfg_file.write_text('[quotas]\nquota_network = 2\nquota_port = -1\nmax_fixed_ips_per_port = 1\n')
@@ -475,13 +509,13 @@ def test_50_parallel_port_creates_through_two_servers_with_a_quota_of_10(tmp_pat
         urls = [u for _, _, u in servers]
         token = get_token(urls[0], "alice", "alice-pw", "tenant-a")
         admin_token = get_token(urls[0], "admin", "s3cret", "admin")
-        with httpx.Client(base_url=urls[1] + "/v2.0", headers={"X-Auth-Token": token}) as c:
+        with http.client(base_url=urls[1] + "/v2.0", headers={"X-Auth-Token": token}) as c:
             net = network(c)
             sub = subnet(c, net, "100.64.0.0/24")
-        with httpx.Client(base_url=urls[0] + "/v2.0", headers={"X-Auth-Token": admin_token}) as c:
+        with http.client(base_url=urls[0] + "/v2.0", headers={"X-Auth-Token": admin_token}) as c:
             set_quota(c, port=10)
-        clients = [httpx.Client(base_url=u + "/v2.0", headers={"X-Auth-Token": token}, timeout=120,
-                                limits=httpx.Limits(max_connections=25)) for u in urls]
+        clients = [http.client(base_url=u + "/v2.0", headers={"X-Auth-Token": token}, timeout=120,
+                               limits=httpx.Limits(max_connections=25)) for u in urls]
 
         def create(i: int) -> httpx.Response:
             # odd ones without an address: only the usage counter makes them conflict
@@ -499,7 +533,7 @@ def test_50_parallel_port_creates_through_two_servers_with_a_quota_of_10(tmp_pat
         for r in responses:
             if r.status_code == 409:
                 over_quota(r, "port")
-        with httpx.Client(base_url=urls[1] + "/v2.0", headers={"X-Auth-Token": token}) as c:
+        with http.client(base_url=urls[1] + "/v2.0", headers={"X-Auth-Token": token}) as c:
             listed = ok(c.get("/ports"))["ports"]
             assert details(c)["port"] == {"limit": 10, "used": 10, "reserved": 0}
         assert {p["id"] for p in listed} == {r.json()["port"]["id"] for r in responses if r.status_code == 201}

@@ -20,6 +20,7 @@ import pytest
 
 from tests.api.helpers import assert_error, network, port, subnet
 from tests.conftest import UNLIMITED, USERS, ServerHandle, get_token, start_server
+from tests.support import http
 from vxnet.config import Config, User, project_id_for
 from vxnet.store.contract import delete as store_delete
 from vxnet.store.contract import put as store_put
@@ -37,7 +38,7 @@ class Clients:
         def client(name: str) -> httpx.Client:
             u = users[name]
             tok = get_token(h.url, u.name, u.password, u.project)
-            return httpx.Client(base_url=h.url + "/v2.0", headers={"X-Auth-Token": tok}, timeout=30)
+            return http.client(base_url=h.url + "/v2.0", headers={"X-Auth-Token": tok}, timeout=30)
 
         self.admin, self.alice, self.bob, self.carol = (client(n) for n in ("admin", "alice", "bob", "carol"))
         self.reader = client("alice_reader")

@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from tests.conftest import free_port
+from tests.support import http
 from vxnet.api.app import create_app
 from vxnet.store.contract import delete as store_delete
 from vxnet.store.contract import put as store_put
@@ -97,10 +98,10 @@ def run_on_both(h: Any, user: str, fn: Any, n: int) -> list[Any]:
         urls = [h.url, other]
         for url in urls:
             for path in WARMUP_PATHS:
-                assert httpx.get(url + "/v2.0" + path, headers={"X-Auth-Token": token}).status_code == 404
+                assert http.get(url + "/v2.0" + path, headers={"X-Auth-Token": token}).status_code == 404
 
         def one(i: int) -> Any:
-            with httpx.Client(base_url=urls[i % 2] + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
+            with http.client(base_url=urls[i % 2] + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as c:
                 return fn(c, i)
 
         with ThreadPoolExecutor(n) as pool:
@@ -669,5 +670,5 @@ def test_admin_sees_and_changes_every_project(shared_server: Any) -> None:
 
 
 def test_unauthenticated_requests_are_401(shared_server: Any) -> None:
-    r = httpx.get(shared_server.url + "/v2.0/security-groups")
+    r = http.get(shared_server.url + "/v2.0/security-groups")
     assert r.status_code == 401 and err(r)["type"] == "Unauthorized"

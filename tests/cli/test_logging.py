@@ -14,6 +14,7 @@ import time
 import httpx
 
 from tests.conftest import free_port, get_token
+from tests.support import http
 
 CONFIG = """
 [server]
@@ -56,7 +57,7 @@ def test_json_logs_and_sighup_reloads_the_level(tmp_path) -> None:
         deadline = time.time() + 30
         while True:
             try:
-                httpx.get(url + "/", timeout=1)
+                http.get(url + "/", timeout=1)
                 break
             except httpx.TransportError:
                 assert time.time() < deadline and proc.poll() is None, err.read_text()
@@ -65,7 +66,7 @@ def test_json_logs_and_sighup_reloads_the_level(tmp_path) -> None:
 
         def revoke() -> str:
             victim = get_token(url, "admin", "s3cret", "admin")
-            r = httpx.delete(url + "/identity/v3/auth/tokens", headers={"X-Auth-Token": admin,
+            r = http.delete(url + "/identity/v3/auth/tokens", headers={"X-Auth-Token": admin,
                                                                       "X-Subject-Token": victim}, timeout=10)
             assert r.status_code == 204, r.text
             return r.headers["X-Openstack-Request-Id"]
@@ -88,7 +89,7 @@ def test_json_logs_and_sighup_reloads_the_level(tmp_path) -> None:
         proc.send_signal(signal.SIGHUP)                    # a bad file: logged, level unchanged, still serving
         docs = _wait(str(err), lambda d: "cannot re-read" in d["msg"] or "not one of" in d["msg"])
         assert [d for d in docs if d["level"] == "ERROR" and "log level" in d["msg"]], docs
-        assert proc.poll() is None and httpx.get(url + "/", timeout=5).status_code == 200
+        assert proc.poll() is None and http.get(url + "/", timeout=5).status_code == 200
     finally:
         proc.terminate()
         proc.wait(15)

@@ -38,7 +38,7 @@ import httpx
 import pytest
 
 from tests.clients.tempest_conf import tempest_accounts
-from tests.support import ports
+from tests.support import http, ports
 from tests.support.cli_forkserver import CliRunner, ForkServerCli, SubprocessCli
 
 VENV_BIN = Path(sys.executable).parent
@@ -117,13 +117,13 @@ class Cloud:
         body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": a.username, "domain": {"id": "default"}, "password": a.password}}},
             "scope": {"project": {"name": a.project, "domain": {"id": "default"}}}}}
-        r = httpx.post(self.url + "/identity/v3/auth/tokens", json=body, timeout=10)
+        r = http.post(self.url + "/identity/v3/auth/tokens", json=body, timeout=10)
         assert r.status_code == 201, r.text
         return r.headers["X-Subject-Token"]
 
     def api(self, user: str = "admin") -> httpx.Client:
         """An httpx client on /v2.0 holding `user`'s token."""
-        return httpx.Client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self.token(user)}, timeout=30)
+        return http.client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self.token(user)}, timeout=30)
 
     def server_errors(self) -> list[str]:
         """Lines of the server log reporting an unexpected exception (each one was a 500)."""
@@ -205,7 +205,7 @@ def start_cloud(workdir: Path, port: int | None = None, cli: CliRunner = SUBPROC
         if proc.poll() is not None:
             raise RuntimeError(f"vxnet server exited with {proc.returncode}:\n{cloud.log_tail()}")
         try:
-            if httpx.get(url + "/identity/v3", timeout=2).status_code == 200:
+            if http.get(url + "/identity/v3", timeout=2).status_code == 200:
                 return cloud
         except httpx.HTTPError:
             pass

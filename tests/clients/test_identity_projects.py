@@ -4,9 +4,8 @@ and plain HTTP: admins create and delete extra projects; names stay unique; memb
 
 from __future__ import annotations
 
-import httpx
-
 from tests.clients.conftest import Cloud
+from tests.support import http
 
 
 def test_admin_creates_lists_and_deletes_a_project_with_the_cli(vxnet_cloud: Cloud) -> None:
@@ -35,23 +34,23 @@ def test_project_names_are_unique_and_admin_only(vxnet_cloud: Cloud) -> None:
     url = vxnet_cloud.url + "/identity/v3/projects"
     admin = {"X-Auth-Token": vxnet_cloud.token("admin")}
     demo = {"X-Auth-Token": vxnet_cloud.token("demo")}
-    r = httpx.post(url, json={"project": {"name": "p-uniq"}}, headers=admin)
+    r = http.post(url, json={"project": {"name": "p-uniq"}}, headers=admin)
     assert r.status_code == 201, r.text
     pid = r.json()["project"]["id"]
-    assert httpx.post(url, json={"project": {"name": "p-uniq"}}, headers=admin).status_code == 409
+    assert http.post(url, json={"project": {"name": "p-uniq"}}, headers=admin).status_code == 409
     # a name from the config file is taken too
-    assert httpx.post(url, json={"project": {"name": "demo"}}, headers=admin).status_code == 409
-    assert httpx.post(url, json={"project": {}}, headers=admin).status_code == 400
-    assert httpx.post(url, json={"project": {"name": "p-member"}}, headers=demo).status_code == 403
-    assert httpx.delete(f"{url}/{pid}", headers=demo).status_code == 403
+    assert http.post(url, json={"project": {"name": "demo"}}, headers=admin).status_code == 409
+    assert http.post(url, json={"project": {}}, headers=admin).status_code == 400
+    assert http.post(url, json={"project": {"name": "p-member"}}, headers=demo).status_code == 403
+    assert http.delete(f"{url}/{pid}", headers=demo).status_code == 403
     # members do not see other projects
-    assert httpx.get(f"{url}/{pid}", headers=demo).status_code == 404
-    assert [p["name"] for p in httpx.get(url, headers=demo).json()["projects"]] == ["demo"]
+    assert http.get(f"{url}/{pid}", headers=demo).status_code == 404
+    assert [p["name"] for p in http.get(url, headers=demo).json()["projects"]] == ["demo"]
     # config projects are fixed
-    demo_pid = httpx.get(url, params={"name": "demo"}, headers=admin).json()["projects"][0]["id"]
-    assert httpx.delete(f"{url}/{demo_pid}", headers=admin).status_code == 403
-    assert httpx.delete(f"{url}/{pid}", headers=admin).status_code == 204
-    assert httpx.delete(f"{url}/{pid}", headers=admin).status_code == 404
+    demo_pid = http.get(url, params={"name": "demo"}, headers=admin).json()["projects"][0]["id"]
+    assert http.delete(f"{url}/{demo_pid}", headers=admin).status_code == 403
+    assert http.delete(f"{url}/{pid}", headers=admin).status_code == 204
+    assert http.delete(f"{url}/{pid}", headers=admin).status_code == 404
     # the name is free again
-    r = httpx.post(url, json={"project": {"name": "p-uniq"}}, headers=admin)
+    r = http.post(url, json={"project": {"name": "p-uniq"}}, headers=admin)
     assert r.status_code == 201 and r.json()["project"]["id"] != pid

@@ -5,7 +5,6 @@ everything is deleted again; a deleted user's token is refused."""
 
 from __future__ import annotations
 
-import httpx
 from tempest.lib import auth
 from tempest.lib import exceptions as lib_exc
 from tempest.lib.common import cred_client
@@ -18,6 +17,7 @@ from tempest.lib.services.identity.v3 import (
 )
 
 from tests.conftest import PASSWORDS, ServerHandle
+from tests.support import http
 
 
 def test_tempest_cred_client_creates_and_removes_users(server: ServerHandle) -> None:
@@ -43,14 +43,14 @@ def test_tempest_cred_client_creates_and_removes_users(server: ServerHandle) -> 
         pass
     creds = cc.get_credentials(user, project, "tdyn-pw")
     tok = auth.KeystoneV3AuthProvider(creds, uri).get_token()
-    r = httpx.post(server.url + "/v2.0/networks", json={"network": {"name": "tdyn"}}, headers={"X-Auth-Token": tok})
+    r = http.post(server.url + "/v2.0/networks", json={"network": {"name": "tdyn"}}, headers={"X-Auth-Token": tok})
     assert r.status_code == 201 and r.json()["network"]["project_id"] == project["id"], r.text
-    assert httpx.delete(f"{server.url}/v2.0/networks/{r.json()['network']['id']}",
-                        headers={"X-Auth-Token": tok}).status_code == 204
+    assert http.delete(f"{server.url}/v2.0/networks/{r.json()['network']['id']}",
+                       headers={"X-Auth-Token": tok}).status_code == 204
     cc.delete_user(user["id"])
     cc.delete_project(project["id"])
-    assert httpx.get(server.url + "/v2.0/networks", headers={"X-Auth-Token": tok}).status_code == 401
-    names = [u["name"] for u in httpx.get(uri + "/users", headers={"X-Auth-Token": server.token("admin")}).json()[
+    assert http.get(server.url + "/v2.0/networks", headers={"X-Auth-Token": tok}).status_code == 401
+    names = [u["name"] for u in http.get(uri + "/users", headers={"X-Auth-Token": server.token("admin")}).json()[
         "users"]]
     assert "tdyn-u" not in names
 

@@ -5,19 +5,18 @@ password gets Keystone's 401 the CLI understands.
 
 from __future__ import annotations
 
-import httpx
-
 from tests.clients.conftest import Cloud
+from tests.support import http
 
 
 def test_openstack_token_revoke_ends_the_token(vxnet_cloud: Cloud) -> None:
     cli = vxnet_cloud
     tok = cli.openstack("demo", "token", "issue", "-f", "json").json()
     token_id = tok["id"]
-    nets = httpx.get(cli.url + "/v2.0/networks", headers={"X-Auth-Token": token_id}, timeout=30)
+    nets = http.get(cli.url + "/v2.0/networks", headers={"X-Auth-Token": token_id}, timeout=30)
     assert nets.status_code == 200, nets.text
     cli.openstack("demo", "token", "revoke", token_id)
-    nets = httpx.get(cli.url + "/v2.0/networks", headers={"X-Auth-Token": token_id}, timeout=30)
+    nets = http.get(cli.url + "/v2.0/networks", headers={"X-Auth-Token": token_id}, timeout=30)
     assert nets.status_code == 401, nets.text
     assert cli.server_errors() == []
 

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import free_port, get_token
 from tests.root.conftest import PASSWORDS, USERS_TOML
+from tests.support import http
 from tests.support.etcd import EtcdCluster
 
 
@@ -49,7 +50,7 @@ class ServerProc:
         deadline = time.time() + wait
         while True:
             try:
-                if httpx.get(self.url + "/", timeout=1).status_code < 500:
+                if http.get(self.url + "/", timeout=1).status_code < 500:
                     return
             except httpx.HTTPError:
                 pass
@@ -88,7 +89,7 @@ def token(url: str, user: str = "admin") -> str:
 
 
 def api(url: str, tok: str, timeout: float = 30) -> httpx.Client:
-    return httpx.Client(base_url=url + "/v2.0", headers={"X-Auth-Token": tok}, timeout=timeout)
+    return http.client(base_url=url + "/v2.0", headers={"X-Auth-Token": tok}, timeout=timeout)
 
 
 class Servers:
@@ -133,7 +134,7 @@ def servers(etcd3: EtcdCluster, tmp_path_factory) -> Iterator[Servers]:
 
 def etcd_status(endpoint: str) -> dict:
     """A member's /v3/maintenance/status (header.member_id, leader)."""
-    return httpx.post(endpoint + "/v3/maintenance/status", json={}, timeout=2).json()
+    return http.post(endpoint + "/v3/maintenance/status", json={}, timeout=2).json()
 
 
 def leader_name(cluster: EtcdCluster) -> str:
@@ -237,8 +238,8 @@ def make_leader(cluster: EtcdCluster, name: str) -> None:
         current = leader_name(cluster)
         if current == name:
             return
-        r = httpx.post(cluster.endpoints[cluster.names.index(current)] + "/v3/maintenance/transfer-leadership",
-                       json={"targetID": target}, timeout=10)
+        r = http.post(cluster.endpoints[cluster.names.index(current)] + "/v3/maintenance/transfer-leadership",
+                      json={"targetID": target}, timeout=10)
         if r.status_code != 200:
             time.sleep(0.1)
     raise RuntimeError(f"could not make {name} the etcd leader")

@@ -13,11 +13,10 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
-
 from tests.conftest import free_port, get_token
 from tests.distributed.conftest import api, token, vxnet_server
 from tests.root.conftest import USERS_TOML
+from tests.support import http
 from tests.support.etcd import EtcdCluster
 from tests.support.fake_nova import FakeNova
 from vxnet.services import nova_events
@@ -53,7 +52,7 @@ def test_two_servers_on_etcd_deliver_each_event_once(etcd3: EtcdCluster, tmp_pat
         urls = [p.url for p in procs]
         admins = [api(u, token(u, "admin")) for u in urls]
         agent_tok = get_token(urls[0], "vxnet-agent", "vxnet-agent-pw", "service")
-        agents = [httpx.Client(base_url=u + "/v2.0/vxnet", headers={"X-Auth-Token": agent_tok}, timeout=30)
+        agents = [http.client(base_url=u + "/v2.0/vxnet", headers={"X-Auth-Token": agent_tok}, timeout=30)
                   for u in urls]
         assert agents[0].post("/hosts/hv1/register", json={"underlay_ip": "198.51.100.7"}).status_code == 200
         net = admins[0].post("/networks", json={"network": {"name": "nova"}}).json()["network"]
@@ -113,7 +112,7 @@ def test_a_crashed_servers_claims_lapse_and_another_server_delivers(etcd3: EtcdC
         nova.fail_with = 503
         with api(a.url, token(a.url, "admin")) as admin:
             agent_tok = get_token(a.url, "vxnet-agent", "vxnet-agent-pw", "service")
-            agent = httpx.Client(base_url=a.url + "/v2.0/vxnet", headers={"X-Auth-Token": agent_tok}, timeout=30)
+            agent = http.client(base_url=a.url + "/v2.0/vxnet", headers={"X-Auth-Token": agent_tok}, timeout=30)
             assert agent.post("/hosts/hv2/register", json={"underlay_ip": "198.51.100.8"}).status_code == 200
             net = admin.post("/networks", json={"network": {"name": "crash"}}).json()["network"]
             assert admin.post("/subnets", json={"subnet": {"network_id": net["id"], "ip_version": 4,

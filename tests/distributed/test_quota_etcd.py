@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.distributed.conftest import Servers, api, token
+from tests.support import http
 from tests.support.etcd import EtcdCluster
 from vxnet.config import project_id_for
 from vxnet.services.quotas import stored_usage
@@ -26,8 +27,8 @@ OVER = {"NeutronError": {"type": "OverQuota", "message": "Quota exceeded for res
 
 
 def _parallel_creates(urls: list[str], tok: str, net_id: str, n: int) -> list[httpx.Response]:
-    clients = [httpx.Client(base_url=u + "/v2.0", headers={"X-Auth-Token": tok}, timeout=120,
-                            limits=httpx.Limits(max_connections=25)) for u in urls]
+    clients = [http.client(base_url=u + "/v2.0", headers={"X-Auth-Token": tok}, timeout=120,
+                           limits=httpx.Limits(max_connections=25)) for u in urls]
 
     def create(i: int) -> httpx.Response:
         # every other port without an address: only the usage counter makes those conflict

@@ -12,10 +12,10 @@ import ast
 import pathlib
 import re
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerHandle
+from tests.support import http
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "metrics.md"
@@ -89,7 +89,7 @@ def test_every_metric_in_the_code_is_documented_with_its_type_and_labels() -> No
 
 def test_a_live_server_and_agent_expose_only_documented_metrics(server: ServerHandle) -> None:
     doc = doc_metrics()
-    text = httpx.get(server.url + "/metrics", headers={"X-Auth-Token": server.token("admin")}, timeout=10).text
+    text = http.get(server.url + "/metrics", headers={"X-Auth-Token": server.token("admin")}, timeout=10).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     # prometheus_client also writes a `<name>_created` sample per counter and histogram
     served = {exposed(n, f.type) for n, f in families.items() if not (n.endswith("_created") and n[:-8] in families)}

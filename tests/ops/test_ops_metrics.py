@@ -7,19 +7,19 @@ from __future__ import annotations
 import os
 import time
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.test_agents import bound_port, register
 from tests.api.test_host_view import agent_client, start_agent_server
 from tests.conftest import USERS, free_port, start_server
+from tests.support import http
 from tests.support.etcd import EtcdCluster
 from vxnet.config import Config
 from vxnet.store.etcd_store import EtcdStore
 
 
 def scrape(listen: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    r = httpx.get(f"http://{listen}/metrics", timeout=60)
+    r = http.get(f"http://{listen}/metrics", timeout=60)
     assert r.status_code == 200, r.text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for f in text_string_to_metric_families(r.text) for s in f.samples}

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import http
 from vxnet.lab import topology
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
@@ -94,7 +95,7 @@ class Lab:
         if user not in self._tokens:
             pw, project = PASSWORDS[user]
             self._tokens[user] = get_token(self.url, user, pw, project)
-        return httpx.Client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self._tokens[user]}, timeout=30)
+        return http.client(base_url=self.url + "/v2.0", headers={"X-Auth-Token": self._tokens[user]}, timeout=30)
 
     def network(self, user: str, cidr: str, name: str = "net") -> tuple[dict, dict]:
         with self.api(user) as c:

@@ -31,11 +31,11 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 
 from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import capture, nsexec
+from tests.support import http
 from vxnet.compute import metadata as cmeta
 from vxnet.compute import naming
 from vxnet.lab import nova_metadata, topology
@@ -390,13 +390,13 @@ def test_lab_endpoint_checks_the_signature(lab: Lab, routed: dict) -> None:
     iid, project = routed["ids"]["m1"], routed["ports"]["m1"]["project_id"]
     good = {"X-Instance-ID": iid, "X-Tenant-ID": project, "X-Forwarded-For": "192.0.2.11",
             "X-Instance-ID-Signature": cmeta.sign(secret, iid)}
-    assert httpx.get(url, headers=good, timeout=5).json()["uuid"] == iid
+    assert http.get(url, headers=good, timeout=5).json()["uuid"] == iid
     bad = dict(good, **{"X-Instance-ID-Signature": cmeta.sign("not-the-secret", iid)})
-    assert httpx.get(url, headers=bad, timeout=5).status_code == 403
+    assert http.get(url, headers=bad, timeout=5).status_code == 403
     other = dict(good, **{"X-Instance-ID": routed["ids"]["m2"]})          # m1's signature on m2's id
-    assert httpx.get(url, headers=other, timeout=5).status_code == 403
-    assert httpx.get(url, headers=dict(good, **{"X-Tenant-ID": "someone-else"}), timeout=5).status_code == 404
-    assert httpx.get(url, timeout=5).status_code == 400
+    assert http.get(url, headers=other, timeout=5).status_code == 403
+    assert http.get(url, headers=dict(good, **{"X-Tenant-ID": "someone-else"}), timeout=5).status_code == 404
+    assert http.get(url, timeout=5).status_code == 400
     mode = os.stat(nova_metadata.files(vlab.state_dir())["secret"]).st_mode & 0o777
     assert mode == 0o600, oct(mode)
 

@@ -13,10 +13,10 @@ import subprocess
 import sys
 import threading
 
-import httpx
 import pytest
 
 from tests.conftest import PASSWORDS, ServerHandle, get_token, start_server
+from tests.support import http
 from tests.support.etcd import EtcdCluster
 from vxnet.services.repo import EPOCH_KEY, ROOT
 from vxnet.store.etcd_store import EtcdStore
@@ -59,7 +59,7 @@ def test_backup_of_a_running_embedded_store_restores_identically(tmp_path) -> No
     token = h.token("alice")
     # a revoked token (its revocation record lives on a lease) must stay revoked after a restore
     revoked = get_token(h.url, "alice", PASSWORDS["alice"], "tenant-a")
-    r = httpx.delete(h.url + "/identity/v3/auth/tokens", headers={"X-Auth-Token": token, "X-Subject-Token": revoked})
+    r = http.delete(h.url + "/identity/v3/auth/tokens", headers={"X-Auth-Token": token, "X-Subject-Token": revoked})
     assert r.status_code == 204, r.text
     # writes go on during the backup: the snapshot must be one revision, whatever it catches
     stop = threading.Event()
@@ -113,7 +113,7 @@ def test_backup_of_a_running_embedded_store_restores_identically(tmp_path) -> No
         r = h2.api("alice")
         r.headers["X-Auth-Token"] = token  # issued by the server before the backup
         assert net_id in [n["id"] for n in r.get("/networks").json()["networks"]]
-        assert httpx.get(h2.url + "/v2.0/networks", headers={"X-Auth-Token": revoked}).status_code == 401
+        assert http.get(h2.url + "/v2.0/networks", headers={"X-Auth-Token": revoked}).status_code == 401
         assert any(k.startswith("/vxnet/identity/revoked/") for k in doc["leased"])
         leased = [kv for kv in restored.range("/vxnet/identity/revoked/")[0]]
         assert leased and all(kv.lease for kv in leased)  # on a lease again: garbage-collected in time

@@ -8,10 +8,10 @@ import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from tests.conftest import PASSWORDS, ServerHandle, get_token, start_server
+from tests.support import http
 from tests.support.etcd import EtcdCluster
 from vxnet.services.repo import EPOCH_KEY
 from vxnet.store.etcd_store import EtcdStore
@@ -43,7 +43,7 @@ def test_migrate_embedded_store_to_etcd(tmp_path, etcd: EtcdCluster) -> None:
     token = h.token("alice")
     # a revoked token (its revocation record lives on a lease) must stay revoked on the new store
     revoked = get_token(h.url, "alice", PASSWORDS["alice"], "tenant-a")
-    r = httpx.delete(h.url + "/identity/v3/auth/tokens", headers={"X-Auth-Token": token, "X-Subject-Token": revoked})
+    r = http.delete(h.url + "/identity/v3/auth/tokens", headers={"X-Auth-Token": token, "X-Subject-Token": revoked})
     assert r.status_code == 204, r.text
     before = snapshot(h)
     h.stop()
@@ -67,7 +67,7 @@ def test_migrate_embedded_store_to_etcd(tmp_path, etcd: EtcdCluster) -> None:
         r = h2.api("alice")
         r.headers["X-Auth-Token"] = token
         assert r.get("/networks").json()["networks"][0]["id"] == net["id"]
-        assert httpx.get(h2.url + "/v2.0/networks", headers={"X-Auth-Token": revoked}).status_code == 401
+        assert http.get(h2.url + "/v2.0/networks", headers={"X-Auth-Token": revoked}).status_code == 401
         revocations = store.range("/vxnet/identity/revoked/")[0]
         assert revocations and all(kv.lease for kv in revocations)  # on a lease again
         # and the migrated state is live: allocation continues without duplicates

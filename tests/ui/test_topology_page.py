@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from playwright.sync_api import Page, expect
 
 from tests.conftest import ServerHandle
+from tests.support import http
 from tests.ui.conftest import login
 
 NARROW = (390, 844)
@@ -164,7 +164,7 @@ def test_event_stream_tells_a_tenant_only_its_own_changes(ui_server: ServerHandl
     alice, bob = ui_server.api("alice"), ui_server.api("bob")
     seen: list[dict[str, Any]] = []
     url = ui_server.url + "/ui/events"
-    with httpx.stream("GET", url, params={"token": ui_server.token("bob")}, timeout=10) as r:
+    with http.stream("GET", url, params={"token": ui_server.token("bob")}, timeout=10) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = r.iter_lines()

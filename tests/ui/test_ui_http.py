@@ -5,28 +5,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from tests.conftest import USERS, ServerHandle
+from tests.support import http
 from vxnet.config import project_id_for
 
 
 def test_page_and_assets_are_served_with_a_strict_policy(ui_server: ServerHandle) -> None:
-    r = httpx.get(ui_server.url + "/ui")
+    r = http.get(ui_server.url + "/ui")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in r.headers["content-security-policy"]
     assert r.headers["x-content-type-options"] == "nosniff"
     assert '<script src="/ui/app.js"' in r.text
     for asset, kind in (("app.js", "javascript"), ("topology.js", "javascript"), ("app.css", "text/css")):
-        a = httpx.get(f"{ui_server.url}/ui/{asset}")
+        a = http.get(f"{ui_server.url}/ui/{asset}")
         assert a.status_code == 200 and kind in a.headers["content-type"], asset
-    assert httpx.get(ui_server.url + "/ui/", follow_redirects=True).url.path == "/ui"
+    assert http.get(ui_server.url + "/ui/", follow_redirects=True).url.path == "/ui"
 
 
 def test_nothing_outside_the_static_folder(ui_server: ServerHandle) -> None:
     for path in ("/ui/../api/app.py", "/ui/%2e%2e/%2e%2e/config.py", "/ui/..%2f..%2fapi%2fapp.py", "/ui/nope.js"):
-        r = httpx.get(ui_server.url + path)
+        r = http.get(ui_server.url + path)
         assert r.status_code == 404, path
         assert r.json()["NeutronError"]["type"] == "HTTPNotFound"
 
@@ -34,10 +33,10 @@ def test_nothing_outside_the_static_folder(ui_server: ServerHandle) -> None:
 def test_event_stream_needs_a_valid_token(ui_server: ServerHandle) -> None:
     url = ui_server.url + "/ui/events"
     for params in ({}, {"token": "garbage"}, {"token": ui_server.token("alice")[:-4] + "AAAA"}):
-        r = httpx.get(url, params=params, timeout=5)
+        r = http.get(url, params=params, timeout=5)
         assert r.status_code == 401, params
         assert "NeutronError" in r.json() or "error" in r.json()
-    with httpx.stream("GET", url, headers={"X-Auth-Token": ui_server.token("alice")}, timeout=5) as r:
+    with http.stream("GET", url, headers={"X-Auth-Token": ui_server.token("alice")}, timeout=5) as r:
         assert r.status_code == 200
         first = next(r.iter_lines())
         assert first.startswith(("retry:", "event: ready"))
@@ -64,7 +63,7 @@ def test_shared_network_and_its_subnets_deleted_together_reach_other_tenants(ui_
     sub = adm.post("/subnets", json={"subnet": {"network_id": net["id"], "cidr": "100.163.0.0/24",
                                                 "ip_version": 4}}).json()["subnet"]
     assert [s["id"] for s in ui_server.api("bob").get("/subnets").json()["subnets"]] == [sub["id"]]
-    with httpx.stream("GET", ui_server.url + "/ui/events", params={"token": ui_server.token("bob")}, timeout=10) as r:
+    with http.stream("GET", ui_server.url + "/ui/events", params={"token": ui_server.token("bob")}, timeout=10) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("retry:")
         assert adm.delete(f"/networks/{net['id']}").status_code == 204
@@ -98,7 +97,7 @@ def test_network_shared_by_rbac_tells_the_target_of_its_subnets(ui_server: Serve
     hidden = alice.post("/subnets", json={"subnet": {"network_id": private["id"], "cidr": "100.165.0.0/24",
                                                      "ip_version": 4}}).json()["subnet"]
     target = project_id_for(next(u.project for u in USERS if u.name == "bob"))
-    with httpx.stream("GET", ui_server.url + "/ui/events", params={"token": ui_server.token("bob")}, timeout=10) as r:
+    with http.stream("GET", ui_server.url + "/ui/events", params={"token": ui_server.token("bob")}, timeout=10) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("retry:")
         pol = alice.post("/rbac-policies", json={"rbac_policy": {

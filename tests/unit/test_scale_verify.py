@@ -13,12 +13,12 @@ import random
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
-import httpx
 import pytest
 
 from bench.scale_bench import World, add_arguments, compare, fill, references, verify
 from bench.servers import register_hosts
 from tests.conftest import ServerHandle, start_server
+from tests.support import http
 from tests.support.aio import run_in_thread
 from vxnet.store.sqlite_store import SqliteStore
 
@@ -101,7 +101,7 @@ def test_too_few_records_to_compare_is_a_problem(filled: tuple[ServerHandle, Wor
 
 def test_values_unlike_an_api_made_record_are_reported(filled: tuple[ServerHandle, World]) -> None:
     h, world = filled
-    with httpx.Client(base_url=h.url, headers={"X-Auth-Token": h.token("admin")}, timeout=30) as c:
+    with http.client(base_url=h.url, headers={"X-Auth-Token": h.token("admin")}, timeout=30) as c:
         refs = references(c)
         written = world.ports[0]
         got = c.get(f"/v2.0/ports/{written['id']}").json()["port"]

@@ -25,7 +25,7 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
-from vxnet.services import bindings, ipam, ipv6, rbac
+from vxnet.services import bindings, ipam, ipv6, quotas, rbac
 from vxnet.services.errors import BadRequest, Conflict, bad_request, not_found
 from vxnet.services.repo import ROOT, UnitOfWork, new_id, now_iso
 from vxnet.services.secgroups import ensure_default_group
@@ -124,6 +124,8 @@ def new_port_record(
     """Allocate MAC and fixed IPs, resolve security groups, and stage a complete port (the
     admin view). `fixed_ips` None means "one address from the network's subnets"; `[]` means
     none. Raises ServiceError (staging nothing useful: the caller's transaction must not commit)."""
+    if fixed_ips is not None:  # refused before anything is allocated, as in Neutron
+        quotas.check_fixed_ips_request(uow, len(fixed_ips), device_owner)
     pid = port_id or new_id("ports")
     ps = network.get("port_security_enabled", True) if port_security_enabled is None else port_security_enabled
     mac = ipam.allocate_mac(uow, network["id"], pid, mac_address)
@@ -252,6 +254,10 @@ def update_port(uow: UnitOfWork, port: dict[str, Any], net: dict[str, Any], chan
     an unbound port; removed addresses are released and new ones claimed in the same unit of
     work. Who may change which field is the API policy's business (api/policy.py, checked by
     the caller in the same unit of work); `is_admin` only widens which groups may be named."""
+    if "fixed_ips" in changes:  # refused before anything is released or allocated, as in Neutron
+        quotas.check_fixed_ips_request(uow, len(changes["fixed_ips"] or []),
+                                       changes.get("device_owner", port["device_owner"]) or "",
+                                       current=len(port["fixed_ips"]))
     changed: dict[str, Any] = {}
     for f in ("name", "description", "admin_state_up", "device_id", "qos_policy_id"):
         if f in changes:

@@ -43,6 +43,10 @@ Per-port limits (Neutron's `max_fixed_ips_per_port`, `max_allowed_address_pair`)
 every staged port too: more fixed IPs than allowed (ports of `network:*` owners are exempt, as in
 Neutron) -> 400 InvalidInput; more address pairs -> 400 AllowedAddressPairExhausted. A port
 already beyond a limit (the limit was lowered) may be updated as long as it does not grow.
+The fixed IPs a request lists are also checked before any of them is allocated, as Neutron
+does (`check_fixed_ips_request`, called by services/ports.py): a request listing thousands is
+refused without claiming them first. The check at the write stays: it also sees the addresses
+a port takes without listing them (IPv6 automatic addresses).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import itertools
 import json
 import random
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,6 +133,21 @@ def over_quota(resources: list[str]) -> Conflict:
     return Conflict("OverQuota", f"Quota exceeded for resources: {sorted(resources)}.")
 
 
+def too_many_fixed_ips() -> BadRequest:
+    """Neutron's answer to more fixed IPs than `max_fixed_ips_per_port` (400)."""
+    return BadRequest("InvalidInput", "Invalid input for operation: Exceeded maximum amount of fixed ips per port.")
+
+
+def check_fixed_ips_request(uow: UnitOfWork, requested: int, device_owner: str, current: int = 0) -> None:
+    """Refuse a create or update whose request lists `requested` fixed IPs, more than the
+    limit allows, before anything is allocated (Neutron's `_validate_max_ips_per_port`). As at
+    the write: `network:*` owners are exempt, and a port already beyond a lowered limit (it has
+    `current` addresses) may keep as many. No-op where no quota engine is installed."""
+    engine = _installed.get(uow.repo)
+    if engine is not None and requested > current and engine._too_many_ips(requested, device_owner):
+        raise too_many_fixed_ips()
+
+
 @dataclasses.dataclass
 class _Notes:
     """What the hook remembers within one unit of work."""
@@ -165,6 +185,11 @@ def _owner(value: str | None) -> str | None:
     return json.loads(value).get("project_id") or None
 
 
+# The engine each repository enforces (set by `install`), for the checks services make before
+# they stage anything (`check_fixed_ips_request`). Weak: a repository lives as long as its server.
+_installed: weakref.WeakKeyDictionary[Repo, QuotaEngine] = weakref.WeakKeyDictionary()
+
+
 class QuotaEngine:
     """Limits and usage over one store; `install` makes a repository count and enforce."""
 
@@ -175,6 +200,7 @@ class QuotaEngine:
     def install(self, repo: Repo) -> None:
         if self.settings.enabled:
             repo.stage_hook = self.stage
+            _installed[repo] = self
 
     # the stage hook ------------------------------------------------------------------------------
     def stage(self, uow: UnitOfWork, collection: str, key: str, obj: dict[str, Any] | None) -> None:
@@ -241,21 +267,22 @@ class QuotaEngine:
             overrides = notes.limits[project] = json.loads(kv.value) if kv else {}
         return int(overrides.get(resource, self.defaults[resource]))
 
+    def _too_many_ips(self, count: int, device_owner: str) -> bool:
+        """More fixed IPs than `max_fixed_ips_per_port` (ports of `network:*` owners are exempt)."""
+        return not device_owner.startswith("network:") and 0 <= self.settings.max_fixed_ips_per_port < count
+
     def _check_port(self, uow: UnitOfWork, key: str, port: dict[str, Any]) -> None:
-        max_ips = self.settings.max_fixed_ips_per_port
         max_pairs = self.settings.max_allowed_address_pair
         ips = len(port.get("fixed_ips") or [])
         pairs = len(port.get("allowed_address_pairs") or [])
-        trusted = str(port.get("device_owner") or "").startswith("network:")
-        too_many_ips = not trusted and 0 <= max_ips < ips
+        too_many_ips = self._too_many_ips(ips, str(port.get("device_owner") or ""))
         too_many_pairs = 0 <= max_pairs < pairs
         if not (too_many_ips or too_many_pairs):
             return
         raw = uow.get_raw(key)  # the port before this write: growing is refused, keeping is not
         old = json.loads(raw) if raw else {}
         if too_many_ips and ips > len(old.get("fixed_ips") or []):
-            raise BadRequest("InvalidInput",
-                             "Invalid input for operation: Exceeded maximum amount of fixed ips per port.")
+            raise too_many_fixed_ips()
         if too_many_pairs and pairs > len(old.get("allowed_address_pairs") or []):
             raise BadRequest("AllowedAddressPairExhausted",
                              f"The number of allowed address pair exceeds the maximum {max_pairs}.")
