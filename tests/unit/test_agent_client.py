@@ -424,7 +424,8 @@ def test_a_server_answering_5xx_is_skipped(srv: ServerHandle) -> None:
 def test_plain_http_servers_load_no_ca_bundle() -> None:
     # http:// and unix:// clients share one TLS context that loads nothing (httpx's default
     # loads the CA bundle per client, ~1-3 MB resident); https:// keeps the verified default.
-    from vxnet.agent.client import _plain_http_context, _Server
+    from vxnet.agent.client import _Server
+    from vxnet.httptls import verify_for
 
     def ctx(s: _Server) -> object:
         transport = s.transport or s.http._transport      # httpx's pool holds the context
@@ -433,8 +434,8 @@ def test_plain_http_servers_load_no_ca_bundle() -> None:
     plain, uds, tls = _Server("http://192.0.2.1:9696", 5), _Server("unix:///run/none.sock", 5), \
         _Server("https://192.0.2.1:9696", 5)
     try:
-        assert ctx(plain) is _plain_http_context() and ctx(uds) is _plain_http_context()
-        assert ctx(tls) is not _plain_http_context()
+        shared = verify_for("http://192.0.2.1")
+        assert ctx(plain) is shared and ctx(uds) is shared and ctx(tls) is not shared
         assert ctx(tls).verify_mode.name == "CERT_REQUIRED" and ctx(tls).get_ca_certs() != []
     finally:
         for s in (plain, uds, tls):

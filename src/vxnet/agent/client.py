@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 import httpx
 
 from vxnet.compute.view import decode_message
+from vxnet.httptls import verify_for
 
 log = logging.getLogger("vxnet.agent.client")
 
@@ -58,26 +58,12 @@ class ServerRejected(RuntimeError):
         self.status = status
 
 
-_no_tls: ssl.SSLContext | None = None
-
-
-def _plain_http_context() -> ssl.SSLContext:
-    """The TLS context of a client that speaks plain HTTP only (`http://`, `unix://`): httpx
-    makes one per client whether it is used or not, and its default loads the CA bundle
-    (~1-3 MB resident per client, measured); this one loads nothing and is shared. A server
-    URL with `https://` gets httpx's default (verified against the CA bundle) as before."""
-    global _no_tls
-    if _no_tls is None:
-        _no_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    return _no_tls
-
-
 class _Server:
     """One server URL: its HTTP client and token."""
 
     def __init__(self, url: str, timeout: float) -> None:
         url = url.strip().rstrip("/")
-        plain = {"verify": _plain_http_context()} if url.startswith(("http://", "unix://")) else {}
+        plain = {"verify": verify_for(url)}
         if url.startswith("unix://"):
             self.base = "http://localhost"
             self.transport: httpx.HTTPTransport | None = httpx.HTTPTransport(uds=url[len("unix://"):], **plain)

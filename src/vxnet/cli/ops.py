@@ -32,13 +32,16 @@ from vxnet.cli.trace import _lab_defaults, _token
 def _client(server: str | None, user: str | None, password: str | None, project: str | None) -> Any:
     import httpx
 
+    from vxnet.httptls import verify_for
+
     lab = _lab_defaults()
     url = server or lab.get("url")
     if not url:
         raise typer.BadParameter("no --server given and no lab running")
     tok = _token(url, user or lab.get("user", "admin"), password or lab.get("password", ""),
                  project or lab.get("project", "admin"))
-    return httpx.Client(base_url=url.rstrip("/") + "/v2.0", headers={"X-Auth-Token": tok}, timeout=30)
+    return httpx.Client(base_url=url.rstrip("/") + "/v2.0", headers={"X-Auth-Token": tok}, timeout=30,
+                        verify=verify_for(url))
 
 
 def _fail(what: str, r: Any) -> None:

@@ -21,10 +21,12 @@ def _lab_defaults() -> dict[str, str]:
 def _token(url: str, user: str, password: str, project: str) -> str:
     import httpx
 
+    from vxnet.httptls import verify_for
+
     body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": user, "domain": {"id": "default"}, "password": password}}},
         "scope": {"project": {"name": project, "domain": {"id": "default"}}}}}
-    r = httpx.post(url.rstrip("/") + "/identity/v3/auth/tokens", json=body, timeout=10)
+    r = httpx.post(url.rstrip("/") + "/identity/v3/auth/tokens", json=body, timeout=10, verify=verify_for(url))
     if r.status_code != 201:
         raise typer.BadParameter(f"cannot log in as {user}: {r.status_code} {r.text[:200]}")
     return r.headers["X-Subject-Token"]

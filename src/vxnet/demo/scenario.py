@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from vxnet.httptls import verify_for
+
 EXTERNAL_CIDR = "203.0.113.0/24"
 EXTERNAL_GATEWAY = "203.0.113.1"
 EXTERNAL_POOL = ("203.0.113.10", "203.0.113.99")
@@ -67,10 +69,11 @@ def login(url: str, user: str, password: str, project: str) -> httpx.Client:
     body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": user, "domain": {"id": "default"}, "password": password}}},
         "scope": {"project": {"name": project, "domain": {"id": "default"}}}}}
-    r = httpx.post(url + "/identity/v3/auth/tokens", json=body, timeout=10)
+    r = httpx.post(url + "/identity/v3/auth/tokens", json=body, timeout=10, verify=verify_for(url))
     if r.status_code != 201:
         raise DemoError(f"login as {user}: {r.status_code} {r.text}")
-    return httpx.Client(base_url=url + "/v2.0", headers={"X-Auth-Token": r.headers["X-Subject-Token"]}, timeout=30)
+    return httpx.Client(base_url=url + "/v2.0", headers={"X-Auth-Token": r.headers["X-Subject-Token"]}, timeout=30,
+                        verify=verify_for(url))
 
 
 def call(api: httpx.Client, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import httpx
 
 from vxnet.compute import naming
 from vxnet.config import load_config
+from vxnet.httptls import verify_for
 from vxnet.lab import nova_metadata, topology
 from vxnet.store.secure_files import write_private
 
@@ -103,7 +104,7 @@ def _wait_http(url: str, timeout: float = 20.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if httpx.get(url + "/", timeout=1).status_code < 500:
+            if httpx.get(url + "/", timeout=1, verify=verify_for(url)).status_code < 500:
                 return
         except httpx.HTTPError:
             pass
@@ -117,7 +118,7 @@ def token(st: dict[str, Any], url: str | None = None) -> str:
     body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": adm["name"], "domain": {"id": "default"}, "password": adm["password"]}}},
         "scope": {"project": {"name": adm["project"], "domain": {"id": "default"}}}}}
-    r = httpx.post((url or st["url"]) + "/identity/v3/auth/tokens", json=body, timeout=10)
+    r = httpx.post((url or st["url"]) + "/identity/v3/auth/tokens", json=body, timeout=10, verify=verify_for(url or st["url"]))
     if r.status_code != 201:
         raise LabError(f"cannot log in as {adm['name']}: {r.status_code} {r.text}")
     return r.headers["X-Subject-Token"]
@@ -286,10 +287,12 @@ def _api(st: dict[str, Any]) -> httpx.Client:
     urls = st.get("urls") or [st["url"]]
     for url in urls[:-1]:
         try:
-            return httpx.Client(base_url=url + "/v2.0", headers={"X-Auth-Token": token(st, url)}, timeout=10)
+            return httpx.Client(base_url=url + "/v2.0", headers={"X-Auth-Token": token(st, url)}, timeout=10,
+                                verify=verify_for(url))
         except httpx.TransportError:
             continue
-    return httpx.Client(base_url=urls[-1] + "/v2.0", headers={"X-Auth-Token": token(st, urls[-1])}, timeout=10)
+    return httpx.Client(base_url=urls[-1] + "/v2.0", headers={"X-Auth-Token": token(st, urls[-1])}, timeout=10,
+                        verify=verify_for(urls[-1]))
 
 
 def vm_add(name: str, host: str, port_id: str, bind: bool = True, hostname: str | None = None,

@@ -19,6 +19,7 @@ from vxnet.compute.gateway import GatewayDesired
 from vxnet.compute.host import HostDesired, HostSpec, compute_host
 from vxnet.compute.routing import RoutingState
 from vxnet.compute.state import HostState
+from vxnet.httptls import verify_for
 from vxnet.model import parse_view
 from vxnet.services.host_view import full_view, host_entry
 
@@ -148,7 +149,8 @@ def _list_all(api: httpx.Client, path: str, key: str) -> list[Obj]:
 def fetch(url: str, token: str) -> Snapshot:
     """Every object through the admin API (what an operator's token can see)."""
     objects: dict[str, dict[str, Obj]] = {}
-    with httpx.Client(base_url=url.rstrip("/") + "/v2.0", headers={"X-Auth-Token": token}, timeout=30) as api:
+    with httpx.Client(base_url=url.rstrip("/") + "/v2.0", headers={"X-Auth-Token": token}, timeout=30,
+                      verify=verify_for(url)) as api:
         for coll, path in COLLECTIONS.items():
             objects[coll] = {o["id"]: o for o in _list_all(api, f"/{path}", RESPONSE_KEYS.get(coll, coll))}
         hosts = {}
