@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import USERS, ServerHandle, free_port, get_token, start_server
 from vxnet.config import Config, User
-from vxnet.services.host_view import ViewIndex, empty_view, full_view
+from vxnet.services.host_view import VIEW_KEYS, ViewIndex, empty_view, full_view
 from vxnet.store.contract import put as store_put
 from vxnet.store.sqlite_store import SqliteStore
 
@@ -139,6 +139,20 @@ def _assert_agrees(index: ViewIndex, world: RandomWorld, held: dict[str, dict[st
         want = full_view(world.objects, world.hosts(), h)
         assert held[h] == want, f"host {h}: incremental view differs from full recompute"
         assert index.snapshot(h) == want
+    _assert_holders(index, world)
+
+
+def _assert_holders(index: ViewIndex, world: RandomWorld) -> None:
+    """`holders` answers, for every view key and every id a host holds or an object has, the
+    hosts whose member ids hold it (the reference: the members themselves), whether the index
+    keeps it (most keys) or derives it (ports)."""
+    for k in VIEW_KEYS:
+        ids = {i for mem in index.members.values() for i in mem[k]} | set(world.objects.get(k, ()))
+        ids |= {a["host"] for a in world.agents.values()} if k == "hosts" else set()
+        for i in ids | {"nothing-here"}:
+            want = {h for h, mem in index.members.items() if i in mem[k]}
+            got = index.holders(k, i)
+            assert set(got) == want and len(got) == len(want), f"holders of {k}/{i}"
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -293,18 +293,24 @@ class Message:
 class _Holders:
     """(view key, id) -> the tracked hosts whose view holds it. A few hosts (most objects: the
     hosts of one network) as a tuple, more as a set: ~230 bytes less per object than a set under
-    a (key, id) tuple, and there is one entry per object any host holds."""
+    a (key, id) tuple, and there is one entry per object any host holds. Not kept for ports
+    (`DERIVED`): `ViewIndex.holders` derives a port's from its network's, its binding host and
+    its groups' remote watchers (100,000 ports: ~13 MiB less); `add` and `discard` of a port
+    do nothing."""
 
     SMALL = 8
+    DERIVED = "ports"
 
     def __init__(self) -> None:
-        self._by: dict[str, dict[str, tuple[str, ...] | set[str]]] = {k: {} for k in VIEW_KEYS}
+        self._by: dict[str, dict[str, tuple[str, ...] | set[str]]] = {k: {} for k in VIEW_KEYS if k != self.DERIVED}
 
     def get(self, key: str, id_: str) -> Collection[str]:
         return self._by[key].get(id_, ())
 
     def add(self, key: str, id_: str, host: str) -> None:
-        d = self._by[key]
+        d = self._by.get(key)
+        if d is None:
+            return
         cur = d.get(id_)
         if cur is None:
             d[id_] = (host,)
@@ -315,7 +321,9 @@ class _Holders:
             cur.add(host)
 
     def discard(self, key: str, id_: str, host: str) -> None:
-        d = self._by[key]
+        d = self._by.get(key)
+        if d is None:
+            return
         cur = d.get(id_)
         if cur is None:
             return
@@ -478,6 +486,8 @@ class ViewIndex:
     def _set_membership(self, host: str, mem: dict[str, set[str]], remote: set[str]) -> None:
         old = self.members[host]
         for k in VIEW_KEYS:
+            if k == _Holders.DERIVED:
+                continue
             for i in old[k] - mem[k]:
                 self._holders.discard(k, i, host)
             for i in mem[k] - old[k]:
@@ -544,7 +554,27 @@ class ViewIndex:
 
     def holders(self, key: str, id_: str) -> Collection[str]:
         """Tracked hosts whose view contains (or would show) `key`/`id_` (read-only)."""
+        if key == _Holders.DERIVED:
+            return self._port_holders(id_)
         return self._holders.get(key, id_)
+
+    def _port_holders(self, id_: str) -> Collection[str]:
+        """The hosts holding stored port `id_`, derived as `membership` adds ports: the hosts
+        holding its network, its binding host, and the hosts watching one of its groups as a
+        remote group. Exact whenever the memberships are (between changes, and for a change's
+        object before it is stored or after a change that moves nothing)."""
+        port = self.objects["ports"].get(id_)
+        if port is None:
+            return ()
+        out = set(self._holders.get("networks", port["network_id"]))
+        host = port.get("binding:host_id")
+        if host and host in self.members:
+            out.add(host)
+        for g in port.get("security_groups") or ():
+            watch = self._remote_watch.get(g)
+            if watch:
+                out |= watch
+        return out
 
     # --- changes --------------------------------------------------------------------------
 
