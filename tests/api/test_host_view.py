@@ -144,13 +144,19 @@ def _assert_agrees(index: ViewIndex, world: RandomWorld, held: dict[str, dict[st
 
 def _assert_holders(index: ViewIndex, world: RandomWorld) -> None:
     """`holders` answers, for every view key and every id a host holds or an object has, the
-    hosts whose member ids hold it (the reference: the members themselves), whether the index
-    keeps it (most keys) or derives it (ports)."""
+    hosts whose member ids hold it, whether the index keeps it (most keys) or derives it
+    (ports); a port's holders and `in` a host's port members (both derived) against the full
+    scan's views instead."""
+    views = {h: full_view(world.objects, world.hosts(), h) for h in index.members}
     for k in VIEW_KEYS:
         ids = {i for mem in index.members.values() for i in mem[k]} | set(world.objects.get(k, ()))
         ids |= {a["host"] for a in world.agents.values()} if k == "hosts" else set()
         for i in ids | {"nothing-here"}:
-            want = {h for h, mem in index.members.items() if i in mem[k]}
+            if k == "ports":
+                want = {h for h, v in views.items() if i in v["ports"]}
+                assert {h for h, mem in index.members.items() if i in mem[k]} == want, f"members of ports/{i}"
+            else:
+                want = {h for h, mem in index.members.items() if i in mem[k]}
             got = index.holders(k, i)
             assert set(got) == want and len(got) == len(want), f"holders of {k}/{i}"
 

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from vxnet.model.resources import READ_FIELDS
@@ -340,6 +340,29 @@ class _Holders:
                 del d[id_]
 
 
+class _PortMembers(Collection[str]):
+    """`ViewIndex.members[host]["ports"]`: the port ids of a tracked host's view, derived from
+    its roots as `membership` finds them (its local ports, the ports of its networks, the
+    member ports of its remote groups), not kept as a set (100,000 ports on 1,000 hosts: ~15
+    MiB). `in` asks the index about the port's current value; iteration and `len` make the set."""
+
+    __slots__ = ("_host", "_index")
+
+    def __init__(self, index: ViewIndex, host: str) -> None:
+        self._index = index
+        self._host = host
+
+    def __contains__(self, id_: object) -> bool:
+        port = self._index.objects["ports"].get(id_)  # type: ignore[call-overload]
+        return port is not None and self._index._in_view(self._host, "ports", port)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index._port_ids(self._host))
+
+    def __len__(self) -> int:
+        return len(self._index._port_ids(self._host))
+
+
 class ViewIndex:
     """All objects, their indexes, and the member ids of every tracked host's view."""
 
@@ -359,7 +382,7 @@ class ViewIndex:
         self._gw_routers: dict[str, str] = {}  # router id -> external network id
         self._ext_nets: set[str] = set()
         # per tracked host: member ids per view key, and remote groups; reverse indexes
-        self.members: dict[str, dict[str, set[str]]] = {}
+        self.members: dict[str, dict[str, Any]] = {}   # host -> view key -> member ids (ports: `_PortMembers`)
         self._remote: dict[str, set[str]] = {}
         self._host_refs: dict[str, collections.Counter[str]] = {}  # host -> binding host -> view ports
         self._n0: dict[str, set[str]] = {}  # host -> networks of its local ports
@@ -430,10 +453,8 @@ class ViewIndex:
             nets |= set(self._gw_routers.values())
         for r in r_ids:
             nets |= {ports[q]["network_id"] for q in self._ifaces_by_router.get(r, ())}
-        port_ids = set(local)
         subnets: set[str] = set()
         for n in nets:
-            port_ids |= self._ports_by_net.get(n, set())
             subnets |= self._subnets_by_net.get(n, set())
         sgs: set[str] = set()
         for p in local:
@@ -443,8 +464,7 @@ class ViewIndex:
             rules |= self._rules_by_sg.get(g, set())
         all_rules = self.objects["security_group_rules"]
         remote = {rg for r in rules if (rg := all_rules[r].get("remote_group_id"))}
-        for g in remote:
-            port_ids |= self._ports_by_sg.get(g, set())
+        port_ids = self._ports_of(local, nets, remote)
         if gateway:
             fips = set(self.objects["floatingips"])
         else:
@@ -458,6 +478,32 @@ class ViewIndex:
         return ({"networks": nets, "subnets": subnets, "ports": port_ids, "routers": r_ids,
                  "floatingips": fips, "security_groups": sgs, "security_group_rules": rules,
                  **{c: set(self.objects[c]) for c in BROADCAST}, "hosts": host_names}, remote)
+
+    def _ports_of(self, local: Collection[str], nets: Collection[str], remote: Collection[str]) -> set[str]:
+        """The port ids of a view with these local ports, networks and remote groups (its roots)."""
+        port_ids = set(local)
+        for n in nets:
+            if (on := self._ports_by_net.get(n)) is not None:
+                port_ids |= on
+        for g in remote:
+            if (in_group := self._ports_by_sg.get(g)) is not None:
+                port_ids |= in_group
+        return port_ids
+
+    def _port_ids(self, host: str) -> set[str]:
+        """The port ids of tracked `host`'s view, from its roots as held and the indexes now."""
+        return self._ports_of(self._ports_by_host.get(host, ()), self.members[host]["networks"], self._remote[host])
+
+    def _ports_before(self, host: str, changed: tuple[str, str, Obj | None] | None) -> set[str]:
+        """The port ids `host`'s view held before `changed` (its roots are not replaced yet; the
+        indexes already hold the changed object, so a changed port is placed by its old value)."""
+        ids = self._port_ids(host)
+        if changed is not None and changed[0] == "ports":
+            _, i, old = changed
+            ids.discard(i)
+            if old is not None and self._in_view(host, "ports", old):
+                ids.add(i)
+        return ids
 
     def _value(self, key: str, id_: str) -> Any:
         if key == "hosts":
@@ -496,12 +542,13 @@ class ViewIndex:
             _discard(self._remote_watch, g, host)
         for g in remote - self._remote[host]:
             _add(self._remote_watch, g, host)
-        self.members[host] = mem
-        self._remote[host] = remote
         ports = self.objects["ports"]
         self._host_refs[host] = collections.Counter(
             b for p in mem["ports"] if (b := ports[p].get("binding:host_id")))
         self._n0[host] = {ports[p]["network_id"] for p in self._ports_by_host.get(host, ())}
+        mem["ports"] = _PortMembers(self, host)   # derived from the roots below, not kept
+        self.members[host] = mem
+        self._remote[host] = remote
 
     def snapshot(self, host: str) -> View:
         """The current view of a tracked host."""
@@ -523,7 +570,7 @@ class ViewIndex:
         out = []
         for k in VIEW_KEYS:
             objs: Mapping[str, Any] = self.hosts if k == "hosts" else self.objects[k]
-            members = self.members[host][k]
+            members = self._port_ids(host) if k == "ports" else self.members[host][k]
             own = 0
             if k == "ports" and (local := self._ports_by_host.get(host)):
                 mine = [i for i in members if i in local]
@@ -709,7 +756,10 @@ class ViewIndex:
         """Move one port, subnet or floating IP in or out of `h`'s view (whose roots this change
         leaves alone), keeping the `hosts` entries of the view's ports."""
         mem = self.members[h]
-        was = id_ in mem[coll]
+        if coll == "ports":   # derived membership (`_PortMembers`): the index holds `obj` already
+            was = old is not None and self._in_view(h, coll, old)
+        else:
+            was = id_ in mem[coll]
         now = obj is not None and self._in_view(h, coll, obj)
         if not was and not now:
             return
@@ -744,13 +794,14 @@ class ViewIndex:
         mem = self.members[h]
         if obj is not None:
             msg.set(coll, id_, project(h, coll, obj), project(h, coll, old) if was else None)
-            if not was:
+            if not was and coll != "ports":   # a port's membership and holders are derived
                 mem[coll].add(id_)
                 self._holders.add(coll, id_, h)
         else:
             msg.drop(coll, id_, project(h, coll, old))
-            mem[coll].discard(id_)
-            self._holders.discard(coll, id_, h)
+            if coll != "ports":
+                mem[coll].discard(id_)
+                self._holders.discard(coll, id_, h)
 
     def _in_view(self, h: str, coll: str, o: Obj) -> bool:
         """Whether a leaf object belongs to `h`'s view, given `h`'s current roots."""
@@ -802,7 +853,7 @@ class ViewIndex:
         for h in hosts:
             if h not in self.members:
                 continue
-            before = self.members[h]
+            before = {**self.members[h], "ports": self._ports_before(h, changed)}
             after, remote = self.membership(h)
             msg = out.setdefault(h, Message())
             for k in VIEW_KEYS:
