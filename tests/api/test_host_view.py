@@ -28,7 +28,8 @@ import pytest
 
 from tests.conftest import USERS, ServerHandle, free_port, get_token, start_server
 from vxnet.config import Config, User
-from vxnet.services.host_view import VIEW_KEYS, ViewIndex, empty_view, full_view
+from vxnet.services.host_view import VIEW_KEYS, empty_view, full_view
+from vxnet.services.view_index import ViewIndex
 from vxnet.store.contract import put as store_put
 from vxnet.store.sqlite_store import SqliteStore
 
