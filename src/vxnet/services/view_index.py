@@ -21,7 +21,7 @@ A host's port members are not kept as a set but derived from its roots (`_PortMe
 local ports, the ports of its networks, the member ports of its remote groups), and a port's
 holders from its network's holders, its binding host and its groups' remote watchers
 (`ViewIndex.holders`): both duplicated what the index holds anyway (100,000 ports on 1,000
-hosts: ~25 MiB; docs/benchmarks.md, session 16).
+hosts: tracking every host kept 38.6 MiB, now 13.1; docs/benchmarks.md, session 16).
 
 Invariant (tested against `full_view` on random histories): for every tracked host, applying
 `ViewIndex.apply`'s messages in order to `ViewIndex.snapshot` gives `full_view` of the same
