@@ -26,12 +26,18 @@ def _world() -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, 
     return objects, agents
 
 
-def test_port_members_and_holders_are_derived_not_kept() -> None:
+def _loaded() -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]], ViewIndex]:
+    """`_world` loaded into an index, every registered host tracked (as the hub does)."""
     objects, agents = _world()
     index = ViewIndex()
     index.load(objects, agents)
     for a in agents.values():
-        index.track(a["host"])   # as the hub does after its load
+        index.track(a["host"])
+    return objects, agents, index
+
+
+def test_port_members_and_holders_are_derived_not_kept() -> None:
+    objects, agents, index = _loaded()
     hosts = {a["host"]: host_entry(a) for a in agents.values()}
     for h in ("h0", "h1"):
         members = index.members[h]["ports"]
@@ -43,11 +49,7 @@ def test_port_members_and_holders_are_derived_not_kept() -> None:
 
 
 def test_kept_sets_are_sized_to_their_ids() -> None:
-    objects, agents = _world()
-    index = ViewIndex()
-    index.load(objects, agents)
-    for a in agents.values():
-        index.track(a["host"])   # as the hub does after its load
+    _, _, index = _loaded()
     kept = [s for idx in index._object_indexes() for s in idx.values()]
     kept += [s for mem in index.members.values() for k, s in mem.items() if k != "ports"]
     kept += list(index._n0.values()) + list(index._remote.values())
