@@ -140,7 +140,16 @@ def _assert_agrees(index: ViewIndex, world: RandomWorld, held: dict[str, dict[st
         want = full_view(world.objects, world.hosts(), h)
         assert held[h] == want, f"host {h}: incremental view differs from full recompute"
         assert index.snapshot(h) == want
+        _assert_port_list(index, h, want)
     _assert_holders(index, world)
+
+
+def _assert_port_list(index: ViewIndex, h: str, want: dict[str, Any]) -> None:
+    """`snapshot_items`' port ids (joined from the index's sets, not from a set of the view's
+    ports): each of the view's ports once, the ones bound to `h` first, `own` of them."""
+    (ids, own), = [(ids, own) for k, ids, _, own in index.snapshot_items(h) if k == "ports"]
+    assert len(ids) == len(set(ids)) and set(ids) == set(want["ports"]), f"host {h}: snapshot_items ports"
+    assert [i for i in ids if want["ports"][i].get("binding:host_id") == h] == ids[:own], f"host {h}: own ports"
 
 
 def _assert_holders(index: ViewIndex, world: RandomWorld) -> None:
