@@ -15,8 +15,14 @@ bytes taken from a table made beforehand (`cached_line`: what a hub that kept ea
 form serialised would do), and print what that table holds: the measurement that decided
 against such a table (docs/benchmarks.md, session 15).
 
+With `--memory`, the hub's load and the tracking of every host run under tracemalloc and
+print what each keeps (MiB, and its largest allocation sites). With `--changes N`, N port
+changes of each kind are applied to the view index as the hub's watch would (`ViewIndex.apply`,
+the objects `compact`ed) and the CPU of each is printed (p50 / p99 ms): the fan-out's compute,
+without the lines written or sent.
+
 `python -m bench.coldstart_cost [--hosts 1000 --networks 5000 --ports 100000] [--rounds 3]
-[--agents 40] [--peer-cache]`
+[--agents 40] [--peer-cache] [--memory] [--changes 200]`
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ import random
 import statistics
 import sys
 import time
+import tracemalloc
+from typing import Any
 
 from bench.scale_bench import add_arguments, fill
 from bench.servers import underlay
 from bench.sim_agents import RecordingDriver
 from vxnet.compute.host import HostComputer, HostSpec
 from vxnet.compute.view import ViewState, apply_message, decode_message
+from vxnet.services.compact import compact
 from vxnet.services.host_view import peer_copy
 from vxnet.services.view_hub import Hub, Snapshot, dumps
 from vxnet.store import open_store
@@ -61,6 +70,50 @@ def cached_line(snap: Snapshot, table: dict[str, bytes]) -> bytes:
     return b"".join(parts)
 
 
+def traced(title: str, before: tracemalloc.Snapshot, top: int = 8) -> tracemalloc.Snapshot:
+    """Print what was allocated and kept since `before` (collected first), and its largest sites."""
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    stats = after.compare_to(before, "lineno")
+    print(f"memory, {title}: {sum(x.size_diff for x in stats) / 2**20:.1f} MiB kept; largest sites: " + ", ".join(
+        f"{x.traceback[0].filename.rsplit('/', 2)[-1]}:{x.traceback[0].lineno} {x.size_diff / 2**20:.1f}"
+        for x in stats[:top]))
+    return after
+
+
+def port_changes(hub: Hub, hosts: list[str], n: int, rng: random.Random) -> None:
+    """Apply `n` port changes of each kind to the hub's view index, print the CPU of each."""
+    index = hub.index
+    ports = index.objects["ports"]
+    ids = sorted(ports)
+    nets = sorted(index.objects["networks"])
+
+    def changed(pid: str, **fields: Any) -> dict[str, Any]:
+        return compact({**ports[pid], **fields}, share_empty=True)
+
+    kinds = {
+        "status (its own host)": lambda k: ("ports", (pid := rng.choice(ids)),
+                                            changed(pid, status="ACTIVE" if ports[pid]["status"] != "ACTIVE" else "DOWN")),
+        "device_id (every holder)": lambda k: ("ports", (pid := rng.choice(ids)), changed(pid, device_id=f"vm-c{k}")),
+        "bound to another host": lambda k: ("ports", (pid := rng.choice(ids)),
+                                            changed(pid, **{"binding:host_id": rng.choice(hosts)})),
+        "new port": lambda k: ("ports", f"bench-port-{k}",
+                               {**ports[ids[0]], "id": f"bench-port-{k}", "network_id": rng.choice(nets),
+                                "binding:host_id": rng.choice(hosts), "mac_address": f"fa:16:3e:ff:{k >> 8:02x}:{k & 255:02x}"}),
+        "port deleted": lambda k: ("ports", f"bench-port-{k}", None),
+    }
+    for kind, make in kinds.items():
+        times = []
+        for k in range(n):
+            change = make(k)
+            t0 = time.process_time()
+            index.apply([change])
+            times.append((time.process_time() - t0) * 1000)
+        times.sort()
+        print(f"change, {kind}: p50 {statistics.median(times):.3f} ms, p99 {times[int(len(times) * 0.99)]:.3f} ms CPU "
+              f"(index.apply, {n} changes)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hosts", type=int, default=1000)
@@ -69,6 +122,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="server rounds (every host's snapshot each)")
     p.add_argument("--agents", type=int, default=40, help="views computed for the agent figure")
     p.add_argument("--peer-cache", action="store_true", help="also write the snapshots from a table of peer forms")
+    p.add_argument("--memory", action="store_true", help="trace what the load and the tracking keep")
+    p.add_argument("--changes", type=int, default=0, help="port changes of each kind applied to the index")
     opts = p.parse_args()
     sp = argparse.ArgumentParser()
     add_arguments(sp)
@@ -76,14 +131,23 @@ def main() -> None:
                                 "--scale-ports", str(opts.ports)])
     store = open_store("memory://")
     world = fill(store, world_opts, random.Random(9), 500)
+    print(f"{opts.ports} ports, {opts.networks} networks, {opts.hosts} hosts")
+    if opts.memory:
+        gc.collect()
+        tracemalloc.start()
+        mark = tracemalloc.take_snapshot()
     hub = Hub(store)
     hub.loop = asyncio.new_event_loop()
     hub._load()
+    if opts.memory:
+        mark = traced("the hub's load (the store's texts dropped)", mark)
     for i, h in enumerate(world.hosts):
         hub.index.hosts[h] = {"host": h, "underlay_ip": underlay(i), "alive": True, "gateway": False}
         hub.index.track(h)
+    if opts.memory:
+        traced(f"tracking {len(world.hosts)} hosts", mark)
+        tracemalloc.stop()
     gc.freeze()   # as the server after its load
-    print(f"{opts.ports} ports, {opts.networks} networks, {opts.hosts} hosts")
     table: dict[str, bytes] = {}
     if opts.peer_cache:
         t0 = time.process_time()
@@ -112,6 +176,8 @@ def main() -> None:
             assert cached == size
             print(f"server round {r + 1}, peer forms from the table: write out {t2 - t1:.2f} s CPU")
     lines = [bytes(hub.snapshot(h)) for h in world.hosts[:opts.agents]]
+    if opts.changes:
+        port_changes(hub, world.hosts, opts.changes, random.Random(7))
     hub.loop.close()
     store.close()
     del hub

@@ -29,7 +29,8 @@ import pytest
 from tests.conftest import USERS, ServerHandle, free_port, get_token, start_server
 from tests.support import http
 from vxnet.config import Config, User
-from vxnet.services.host_view import ViewIndex, empty_view, full_view
+from vxnet.services.host_view import VIEW_KEYS, empty_view, full_view
+from vxnet.services.view_index import ViewIndex
 from vxnet.store.contract import put as store_put
 from vxnet.store.sqlite_store import SqliteStore
 
@@ -140,6 +141,35 @@ def _assert_agrees(index: ViewIndex, world: RandomWorld, held: dict[str, dict[st
         want = full_view(world.objects, world.hosts(), h)
         assert held[h] == want, f"host {h}: incremental view differs from full recompute"
         assert index.snapshot(h) == want
+        _assert_port_list(index, h, want)
+    _assert_holders(index, world)
+
+
+def _assert_port_list(index: ViewIndex, h: str, want: dict[str, Any]) -> None:
+    """`snapshot_items`' port ids (joined from the index's sets, not from a set of the view's
+    ports): each of the view's ports once, the ones bound to `h` first, `own` of them."""
+    (ids, own), = [(ids, own) for k, ids, _, own in index.snapshot_items(h) if k == "ports"]
+    assert len(ids) == len(set(ids)) and set(ids) == set(want["ports"]), f"host {h}: snapshot_items ports"
+    assert [i for i in ids if want["ports"][i].get("binding:host_id") == h] == ids[:own], f"host {h}: own ports"
+
+
+def _assert_holders(index: ViewIndex, world: RandomWorld) -> None:
+    """`holders` answers, for every view key and every id a host holds or an object has, the
+    hosts whose member ids hold it, whether the index keeps it (most keys) or derives it
+    (ports); a port's holders and `in` a host's port members (both derived) against the full
+    scan's views instead."""
+    views = {h: full_view(world.objects, world.hosts(), h) for h in index.members}
+    for k in VIEW_KEYS:
+        ids = {i for mem in index.members.values() for i in mem[k]} | set(world.objects.get(k, ()))
+        ids |= {a["host"] for a in world.agents.values()} if k == "hosts" else set()
+        for i in ids | {"nothing-here"}:
+            if k == "ports":
+                want = {h for h, v in views.items() if i in v["ports"]}
+                assert {h for h, mem in index.members.items() if i in mem[k]} == want, f"members of ports/{i}"
+            else:
+                want = {h for h, mem in index.members.items() if i in mem[k]}
+            got = index.holders(k, i)
+            assert set(got) == want and len(got) == len(want), f"holders of {k}/{i}"
 
 
 @pytest.mark.parametrize("seed", range(40))

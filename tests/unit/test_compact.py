@@ -85,3 +85,14 @@ def test_shared_empties_refuse_changes_and_copy_as_ordinary() -> None:
     assert mine["tags"] == ["t"] and EMPTY_LIST == [] and a["tags"] == [] and b["binding:profile"] == {}
     assert type(copy.copy(a["tags"])) is list and type(list(a["tags"])) is list
     assert compact(_port(1))["tags"] is not EMPTY_LIST  # only when asked
+
+
+def test_lists_are_held_at_their_length() -> None:
+    """A parsed list of one or two items keeps room for four; the compact copy holds its items
+    only (equal, in order, the input's list untouched)."""
+    raw = json.loads('{"fixed_ips": [{"subnet_id": "s", "ip_address": "192.0.2.7"}], "groups": ["g1", "g2"]}')
+    c = compact(raw, share_empty=True)
+    assert c == raw and c["groups"] is not raw["groups"]
+    for k in ("fixed_ips", "groups"):
+        assert sys.getsizeof(c[k]) == sys.getsizeof(raw[k][:]) < sys.getsizeof(raw[k])
+    assert type(raw["fixed_ips"][0]) is dict and raw["fixed_ips"][0] == c["fixed_ips"][0]

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vxnet.model.resources import READ_FIELDS, parse
-from vxnet.services.host_view import ViewIndex, full_view, host_form
+from vxnet.services.host_view import full_view, host_form
+from vxnet.services.view_index import ViewIndex
 
 _text = st.text(alphabet="abcdef0123456789-", max_size=8)
 _opt = st.one_of(st.none(), _text)

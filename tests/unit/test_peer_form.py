@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vxnet.model.resources import _port
-from vxnet.services.host_view import PEER_HIDDEN, ViewIndex, peer_copy
+from vxnet.services.host_view import PEER_HIDDEN, peer_copy
+from vxnet.services.view_index import ViewIndex
 
 _text = st.text(alphabet="abcdef0123456789-", max_size=8)
 _ip = st.sampled_from(["192.0.2.5", "198.51.100.7", "2001:db8::9", "203.0.113.1"])

@@ -6,6 +6,8 @@ which the repo's listings share: `parse_resource`, services/repo.py): equal dict
   network's id in each of its ports, the project, the binding host, timestamps of one second),
   also inside a dict field (`binding:vif_details`) and the dicts of a list (`fixed_ips`): one
   copy of each, from process-wide pools;
+- holds its lists at their length (a list that `json` or a comprehension built with one item
+  keeps room for four: 24 bytes more, a port's `fixed_ips`);
 - is a key-sharing dict (PEP 412) when it can be: CPython keeps the attributes of instances of
   one class in dicts that share one key table and hold only their values. `compact` fills the
   `__dict__` of a new instance of a class made for the object's shape (its tuple of field names)
@@ -127,8 +129,11 @@ def compact(obj: Obj, share_empty: bool = False) -> Obj:
                 v = values.setdefault(v, v)
         elif isinstance(v, list):
             if v:
+                v = v[:]   # sized to its items: a parsed or built list of one item holds room for 4
                 if isinstance(v[0], dict):
-                    v = [_inner(d) if isinstance(d, dict) else d for d in v]
+                    for n, d in enumerate(v):
+                        if isinstance(d, dict):
+                            v[n] = _inner(d)
             elif share_empty:
                 v = EMPTY_LIST
         elif isinstance(v, dict):

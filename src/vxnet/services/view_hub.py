@@ -70,9 +70,10 @@ import orjson
 from vxnet import heap
 from vxnet.services.agents import LIVE_PREFIX, STATUS_PREFIX
 from vxnet.services.compact import compact, parse_resource
-from vxnet.services.host_view import COLLECTIONS, ViewIndex, peer_copy
+from vxnet.services.host_view import COLLECTIONS, peer_copy
 from vxnet.services.operations import DOCTOR_KEY
 from vxnet.services.repo import EPOCH_KEY, REQUEST_KEY, ROOT
+from vxnet.services.view_index import ViewIndex
 from vxnet.store.contract import CompactedError, Event, EventType, KeyValue, Put, Store, WatchHandle, key_missing
 
 log = logging.getLogger("vxnet.agents")
