@@ -57,7 +57,6 @@ import itertools
 import json
 import random
 import threading
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -143,8 +142,9 @@ def check_fixed_ips_request(uow: UnitOfWork, requested: int, device_owner: str, 
     limit allows, before anything is allocated (Neutron's `_validate_max_ips_per_port`). As at
     the write: `network:*` owners are exempt, and a port already beyond a lowered limit (it has
     `current` addresses) may keep as many. No-op where no quota engine is installed."""
-    engine = _installed.get(uow.repo)
-    if engine is not None and requested > current and engine._too_many_ips(requested, device_owner):
+    hook = uow.repo.stage_hook   # the engine `install` made the repository's hook (a bound `stage`)
+    engine = getattr(hook, "__self__", None)
+    if isinstance(engine, QuotaEngine) and requested > current and engine._too_many_ips(requested, device_owner):
         raise too_many_fixed_ips()
 
 
@@ -185,11 +185,6 @@ def _owner(value: str | None) -> str | None:
     return json.loads(value).get("project_id") or None
 
 
-# The engine each repository enforces (set by `install`), for the checks services make before
-# they stage anything (`check_fixed_ips_request`). Weak: a repository lives as long as its server.
-_installed: weakref.WeakKeyDictionary[Repo, QuotaEngine] = weakref.WeakKeyDictionary()
-
-
 class QuotaEngine:
     """Limits and usage over one store; `install` makes a repository count and enforce."""
 
@@ -200,7 +195,6 @@ class QuotaEngine:
     def install(self, repo: Repo) -> None:
         if self.settings.enabled:
             repo.stage_hook = self.stage
-            _installed[repo] = self
 
     # the stage hook ------------------------------------------------------------------------------
     def stage(self, uow: UnitOfWork, collection: str, key: str, obj: dict[str, Any] | None) -> None:
