@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
-from tests.support import http, ports
+from tests.support import http, ports, uvserver
 from vxnet.api.app import create_app
 from vxnet.config import QUOTA_DEFAULTS, Config, QuotaSettings, User
 from vxnet.store.contract import Store
@@ -42,7 +40,7 @@ def free_port() -> int:
 class ServerHandle:
     """A running server: its base URL, store and config."""
 
-    def __init__(self, url: str, store: Store, config: Config, thread: threading.Thread, server: uvicorn.Server) -> None:
+    def __init__(self, url: str, store: Store, config: Config, thread: threading.Thread, server: uvserver.Server) -> None:
         self.url = url
         self.store = store
         self.config = config
@@ -60,7 +58,7 @@ class ServerHandle:
 
     def stop(self, close_store: bool = True) -> None:
         """Stop the server; keep the store open when other servers share it."""
-        self._server.should_exit = True
+        self._server.stop()
         self._thread.join(10)
         if close_store:
             self.store.close()
@@ -80,16 +78,8 @@ def start_server(db_path: str, config: Config | None = None, port: int | None = 
     port = port or free_port()
     config = config or Config(listen=f"127.0.0.1:{port}", users=USERS, quotas=UNLIMITED)
     store = store if store is not None else SqliteStore(db_path)
-    app = create_app(config, store)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=1))  # open agent/UI streams end fast
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.01)
+    # timeout_graceful_shutdown: open agent/UI streams end fast
+    server, thread = uvserver.run_in_thread(create_app(config, store), port, timeout_graceful_shutdown=1)
     return ServerHandle(f"http://127.0.0.1:{port}", store, config, thread, server)
 
 

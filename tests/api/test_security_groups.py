@@ -5,8 +5,6 @@ the per-project `default` group, revision bumps, bulk create, concurrency and th
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.conftest import free_port
-from tests.support import http
+from tests.support import http, uvserver
 from vxnet.api.app import create_app
 from vxnet.store.contract import delete as store_delete
 from vxnet.store.contract import put as store_put
@@ -68,18 +65,11 @@ def twin_server(h: Any) -> Iterator[str]:
     """A second API server in this process over the same store, as a second vxnet server over
     one etcd would be: requests to the two really run at the same time."""
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(h.config, h.store), host="127.0.0.1", port=port,
-                                        log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not srv.started:
-        assert time.time() < deadline, "twin server did not start"
-        time.sleep(0.01)
+    srv, thread = uvserver.run_in_thread(create_app(h.config, h.store), port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        srv.should_exit = True
+        srv.stop()
         thread.join(10)
 
 

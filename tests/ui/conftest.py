@@ -1,8 +1,8 @@
 """Browser fixtures: a live vxnet server with the UI, and Debian's Chromium driven by Playwright.
 
-- `ui_server`: a fresh server per test (same users as tests/conftest.py), with the `ui` router
-  included even while app.py does not list it yet, and a short graceful-shutdown timeout so an
-  open event stream never holds the server up.
+- `ui_server`: a fresh server per test (tests/conftest.py's `start_server`: same users, Neutron's
+  default quotas, and a short graceful-shutdown timeout so an open event stream never holds the
+  server up).
 - `chromium`: one headless Chromium per session (Debian's /usr/lib/chromium/chromium; Playwright
   never downloads a browser here). `new_page(viewport)` opens a fresh context (fresh
   sessionStorage) per call and closes it after the test; uncaught page errors fail the test.
@@ -13,46 +13,25 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import PASSWORDS, USERS, ServerHandle
+from tests.conftest import PASSWORDS, USERS, ServerHandle, start_server
 from tests.support import ports
-from vxnet.api.app import create_app
 from vxnet.config import Config
-from vxnet.store.sqlite_store import SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "test-output" / "ui"
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p)), None)
 
 
-def _free_port() -> int:
-    return ports.free_port()
-
-
 def start_ui_server(db_path: str) -> ServerHandle:
-    port = _free_port()
-    config = Config(listen=f"127.0.0.1:{port}", users=USERS)
-    store = SqliteStore(db_path)
-    app = create_app(config, store)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.01)
-    return ServerHandle(f"http://127.0.0.1:{port}", store, config, thread, server)
+    port = ports.free_port()
+    return start_server(db_path, Config(listen=f"127.0.0.1:{port}", users=USERS), port)
 
 
 @pytest.fixture
