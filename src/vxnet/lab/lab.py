@@ -83,21 +83,31 @@ def _alive(pid: int, marker: str) -> bool:
 
 def _kill(pid: int, marker: str, sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
     """Signal our own process `pid` (only if its command line still carries `marker`)."""
-    if not _alive(pid, marker):
-        return
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
+    _kill_all([(pid, marker)], sig, wait)
+
+
+def _kill_all(procs: list[tuple[int, str]], sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
+    """Signal each of our own processes (PID, marker) whose command line still carries its marker,
+    all at once, then wait up to `wait` s for them together (SIGKILL to any still alive)."""
+    signalled = []
+    for pid, marker in procs:
+        if not _alive(pid, marker):
+            continue
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            continue
+        signalled.append((pid, marker))
     deadline = time.time() + wait
-    while time.time() < deadline and _alive(pid, marker):
+    while time.time() < deadline and any(_alive(pid, marker) for pid, marker in signalled):
         time.sleep(0.02)
-    if _alive(pid, marker):
-        os.kill(pid, signal.SIGKILL)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    for pid, marker in signalled:
+        if _alive(pid, marker):
+            os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
 
 
 def _wait_http(url: str, timeout: float = 20.0) -> None:
@@ -487,13 +497,14 @@ def down(quiet: bool = False) -> None:
     for name, vm in (st.get("vms") or {}).items():
         if vm.get("qemu"):
             _qemu_stop(name, vm)
-    for pid in (st.get("agents") or {}).values():
-        _kill(pid, "agent")
+    procs = [(pid, "agent") for pid in (st.get("agents") or {}).values()]
     if st.get("server_pid"):
-        _kill(st["server_pid"], "vxnet.lab.server")
-    stop_nova_metadata(st)
+        procs.append((st["server_pid"], "vxnet.lab.server"))
+    if (st.get("nova_metadata") or {}).get("pid"):
+        procs.append((st["nova_metadata"]["pid"], nova_metadata.MARKER))
     if st.get("bgp_pid"):
-        _kill(st["bgp_pid"], "bgpd")
+        procs.append((st["bgp_pid"], "bgpd"))
+    _kill_all(procs)  # together: each takes ~0.2-0.4 s to exit
     topology.teardown()
     _remove_router_namespaces()
     if os.path.exists(_state_path()):
