@@ -199,9 +199,11 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
         st["server_args"] = args
         st["url"] = f"http://{lhost or '127.0.0.1'}:{lport}"
         st["mgmt_url"] = f"http://{listen_mgmt}"
-        start_server(st)
+        start_server(st, wait=False)  # starts while the Nova metadata endpoint does (~0.4 s)
     nova_metadata.prepare(st, state_dir(), topology.MGMT_SERVER_IP)
     start_nova_metadata(st)
+    if st["server_pid"]:
+        _wait_http(st["url"])
     save_state(st)
     for i in range(1, hosts + gateways + 1):
         start_agent(st, topology.host_name(i))
@@ -209,13 +211,14 @@ def up(hosts: int, config: str, server: str | None = None, agent_args: list[str]
     return st
 
 
-def start_server(st: dict[str, Any]) -> int:
-    """Start the lab's own server (again) and wait until it answers."""
+def start_server(st: dict[str, Any], wait: bool = True) -> int:
+    """Start the lab's own server (again) and (unless not `wait`) wait until it answers."""
     if not st.get("server_args"):
         raise LabError("this lab uses an external server")
     st["server_pid"] = _spawn([sys.executable, "-m", "vxnet.lab.server", *st["server_args"]], "server.log")
     save_state(st)
-    _wait_http(st["url"])
+    if wait:
+        _wait_http(st["url"])
     return st["server_pid"]
 
 
