@@ -12,10 +12,12 @@ Store layout:
   leased: a dead host's last report stays readable.
 - A registration binds the ports whose binding to this host failed for want of a live agent
   (services/bindings.py).
+- Port statuses are written STATUS_CHUNK ports per transaction (each port's status stands
+  alone): a host reporting, or losing, all its ports at once stays within etcd's --max-txn-ops.
 - When the liveness key disappears (lease expired or revoked) and has not been recreated, the
-  record becomes `alive: false` and the host's ACTIVE ports DOWN, in one transaction. Every
-  server does this (idempotently); at start each server also repairs records left `alive`
-  without a liveness key.
+  host's ACTIVE ports go DOWN, then the record becomes `alive: false`, each transaction only
+  while the key is still missing. Every server does this (idempotently); at start each server
+  also repairs records left `alive` without a liveness key.
 
 Every function here does blocking store I/O: call it from a worker thread, never on the event
 loop. Failures are `vxnet.services.errors` (or store errors), never API errors.
@@ -42,6 +44,11 @@ log = logging.getLogger("vxnet.agents")
 HEARTBEAT_RECORD_INTERVAL = 10.0
 STATUS_PREFIX = f"{ROOT}agent-status/"
 STATUS_MAX_BYTES = 64 * 1024
+# Ports per status transaction. A port costs a compare and a put, and a Nova event a put more
+# (services/nova_events.py): 40 keep a transaction within etcd's default --max-txn-ops (128) and
+# the group commit's MAX_OPS (services/txn_batch.py), so a host reporting all its ports at once
+# (back after a failure) is not refused.
+STATUS_CHUNK = 40
 _AGENT_NS = uuid.UUID("0c5d1a7e-3f0b-4d2a-8a51-6e1f4b2c9d07")
 
 
@@ -169,32 +176,15 @@ def heartbeat(store: Store, host: str, status: dict[str, Any] | None = None) -> 
 def set_ports_status(repo: Repo, host: str, wanted: dict[str, str], seen_revision: int = 0) -> list[str]:
     """Set the status of the host's own ports (port id -> ACTIVE/DOWN); the ids changed.
     Ports bound elsewhere or missing are ignored. `seen_revision`: the store revision the report
-    is based on (the view hub's); the reads see at least that revision."""
+    is based on (the view hub's); the reads see at least that revision. Written STATUS_CHUNK
+    ports per transaction: each port's status stands alone, so a report that fails half-way
+    leaves only statuses that are true, and the agent's retry finds those already set."""
     if not wanted:
         return []
     read_after = getattr(repo.store, "read_after", None)
     if seen_revision and read_after is not None:
         read_after(seen_revision)
-
-    unknown: list[str] = []
-
-    def txn(uow: UnitOfWork) -> list[str]:
-        changed = []
-        unknown.clear()
-        for pid, status in wanted.items():
-            port = uow.get("ports", pid)
-            if port is None or port.get("binding:host_id") != host:
-                unknown.append(pid)
-                continue
-            if port.get("status") == status:
-                continue
-            port["status"] = status
-            _touch(port)
-            uow.put("ports", port)
-            changed.append(pid)
-        return changed
-
-    changed = repo.transact(txn)
+    changed, unknown, _ = _write_statuses(repo, host, wanted)
     catch_up = getattr(repo.store, "catch_up", None)
     if unknown and catch_up is not None:
         # Missing or bound elsewhere in this server's mirror: the port may have been created or
@@ -202,38 +192,72 @@ def set_ports_status(repo: Repo, host: str, wanted: dict[str, str], seen_revisio
         # is ahead of this one). Read again at the cluster's current revision before dropping
         # the report (the agent does not repeat it).
         catch_up()
-        wanted = {pid: wanted[pid] for pid in unknown}
-        changed += repo.transact(txn)
+        changed += _write_statuses(repo, host, {pid: wanted[pid] for pid in unknown})[0]
     return changed
 
 
-def mark_dead(repo: Repo, host: str) -> None:
-    """If `host` has no liveness key: its record says not alive and its ACTIVE ports go DOWN
-    (and a dead gateway host's routers move). Logs failures: the next sweep retries."""
+def _write_statuses(repo: Repo, host: str, wanted: dict[str, str],
+                    dead: bool = False) -> tuple[list[str], list[str], bool]:
+    """(ids changed, ids missing or bound elsewhere, done), one transaction per STATUS_CHUNK
+    ports. With `dead`, each transaction only while the host has no liveness key: once it has
+    one, the rest is left and `done` is False."""
+    changed: list[str] = []
+    unknown: list[str] = []
+    items = list(wanted.items())
+    for start in range(0, len(items), STATUS_CHUNK):
+        chunk = items[start:start + STATUS_CHUNK]
 
-    def txn(uow: UnitOfWork) -> tuple[bool, int]:
+        def txn(uow: UnitOfWork, chunk: list[tuple[str, str]] = chunk) -> tuple[list[str], list[str]] | None:
+            if dead and uow.get_raw(live_key(host)) is not None:
+                return None  # registered again meanwhile
+            done: list[str] = []
+            missing: list[str] = []
+            for pid, status in chunk:
+                port = uow.get("ports", pid)
+                if port is None or port.get("binding:host_id") != host:
+                    missing.append(pid)
+                    continue
+                if port.get("status") == status:
+                    continue
+                port["status"] = status
+                _touch(port)
+                uow.put("ports", port)
+                done.append(pid)
+            return done, missing
+
+        got = repo.transact(txn)
+        if got is None:
+            return changed, unknown, False
+        changed += got[0]
+        unknown += got[1]
+    return changed, unknown, True
+
+
+def mark_dead(repo: Repo, host: str) -> None:
+    """If `host` has no liveness key: its ACTIVE ports go DOWN, then its record says not alive
+    (and a dead gateway host's routers move), each transaction only while the key is still
+    missing. The ports go STATUS_CHUNK per transaction, before the record: a failure half-way
+    leaves the record alive, so the next sweep does the rest. Logs failures."""
+
+    def record(uow: UnitOfWork) -> bool | None:
         if uow.get_raw(live_key(host)) is not None:
-            return False, 0  # registered again meanwhile
+            return None  # registered again meanwhile
         rec = uow.get("agents", agent_id_for(host))
         was_alive = rec is not None and bool(rec.get("alive"))
         if rec is not None and was_alive:
             rec["alive"] = False
             uow.put("agents", rec)
-        down = 0
-        for port in uow.list("ports", lambda p: p.get("binding:host_id") == host and p.get("status") == "ACTIVE"):
-            p = dict(port)
-            p["status"] = "DOWN"
-            _touch(p)
-            uow.put("ports", p)
-            down += 1
         scheduler.reschedule(uow)  # a dead gateway host's routers move to an alive one
-        return was_alive, down
+        return was_alive
 
     try:
-        was_alive, down = repo.transact(txn)
+        active = [p["id"] for p in repo.list("ports") if p.get("binding:host_id") == host and p.get("status") == "ACTIVE"]
+        downed, _, still_dead = _write_statuses(repo, host, dict.fromkeys(active, "DOWN"), dead=True)
+        was_alive = repo.transact(record) if still_dead else None
     except Exception:  # the next start-up sweep or expiry retries; the watch must go on
         log.exception("marking agent %s dead failed", host)
         return
+    down = len(downed)
     if was_alive or down:
         # The event an operator looks for first when a host's ports went DOWN.
         log.warning("agent %s declared dead (its liveness lease ended without a heartbeat): "
