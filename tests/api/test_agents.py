@@ -182,6 +182,8 @@ def test_ports_status_only_for_the_host(srv: ServerHandle) -> None:
     assert c.post("/hosts/hv1/ports-status", json={"DOWN": [mine["id"]]}).json() == {"updated": [mine["id"]]}
     assert c.post("/hosts/hv1/ports-status", json={"ACTIVE": "x"}).status_code == 400
     assert c.post("/hosts/hv1/ports-status", json={"UP": []}).status_code == 400
+    # a host name no host can have is refused as on the other host endpoints, before the body
+    assert c.post("/hosts/hv%201/ports-status", json={"ACTIVE": [mine["id"]]}).status_code == 400
     assert srv.api("admin").get("/agents").json()["agents"][0]["configurations"]["ports"] == 1
 
 

@@ -206,6 +206,7 @@ async def floatingips_status(host: str, request: Request) -> dict[str, Any]:
 async def ports_status(host: str, request: Request) -> dict[str, Any]:
     st = AppState.of(request)
     require_agent(st.context(request), host)
+    _check_host(host)
     wanted = await _status_body(request, "port")
 
     # The agent reports on what the hub streamed to it: read at least at the hub's revision, or a
