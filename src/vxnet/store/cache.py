@@ -87,7 +87,35 @@ def unmirrored(prefix: str) -> bool:
     return UNMIRRORED.startswith(prefix) or prefix.startswith(UNMIRRORED)
 
 
-class Subscription:
+class WatchCalls:
+    """A watch's calls of its owner: `_deliver` a batch (nothing once cancelled), `_fail` once
+    with the error that ends it. A callback's or handler's exception is logged: it hurts
+    neither the stream nor the other watches."""
+
+    prefix: str
+    callback: WatchCallback
+    on_error: Callable[[Exception], None] | None
+    cancelled: threading.Event
+
+    def _deliver(self, events: list[Event]) -> None:
+        if events and not self.cancelled.is_set():
+            try:
+                self.callback(events)
+            except Exception:
+                log.exception("watch callback for %s failed", self.prefix)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.cancelled.is_set():
+            return
+        self.cancelled.set()
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:
+                log.exception("watch error handler for %s failed", self.prefix)
+
+
+class Subscription(WatchCalls):
     """A watch served from the mirror's stream (`Mirror.subscribe`): the revisions of `prefix`
     in order, as a store watch delivers them; `cancel` stops it.
 
@@ -112,22 +140,6 @@ class Subscription:
         self.cancelled.set()
         self.mirror._unsubscribe(self)
 
-    def _deliver(self, item: list[Event] | Exception) -> None:
-        """One batch, or the error that ends the watch (caller holds `Mirror._deliver_lock`)."""
-        if self.cancelled.is_set():
-            return
-        if isinstance(item, Exception):
-            self.cancelled.set()
-            if self.on_error is not None:
-                try:
-                    self.on_error(item)
-                except Exception:
-                    log.exception("watch error handler for %s failed", self.prefix)
-            return
-        try:
-            self.callback(item)
-        except Exception:
-            log.exception("watch callback for %s failed", self.prefix)
 
 
 class Mirror:
@@ -278,7 +290,7 @@ class Mirror:
             self._cond.notify_all()
         with self._deliver_lock:
             for sub in subs:
-                sub._deliver(CompactedError(self._compacted_at or rev))
+                sub._fail(CompactedError(self._compacted_at or rev))
 
     def _apply(self, events: Any) -> None:
         """Apply one watch response's events (etcd `mvccpb.Event`s)."""
