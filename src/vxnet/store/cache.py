@@ -124,8 +124,9 @@ class Subscription(WatchCalls):
     one delivery at a time (`Mirror._deliver_lock`). No thread of its own: the contract's
     callbacks must not block (the embedded store calls them on the committing thread, under
     its lock), and a hand-over to another thread put one more wake-up between etcd's watch
-    response and the view hub, on the path of every change to the agents (0.17 ms p50 on the
-    test machine, more under load; docs/benchmarks.md, session 17)."""
+    response and the view hub, on the path of every change to the agents (its cost was in the
+    tail: p90 0.27-0.80 ms with it, 0.15-0.24 without, at load 7-11; docs/benchmarks.md,
+    session 17)."""
 
     def __init__(self, mirror: Mirror, prefix: str, start: int, callback: WatchCallback,
                  on_error: Callable[[Exception], None] | None) -> None:
