@@ -52,7 +52,7 @@ from typing import Any
 
 from aetcd import rpc
 
-from vxnet.store.cache import UNMIRRORED, Mirror, unmirrored
+from vxnet.store.cache import UNMIRRORED, Mirror, WatchCalls, unmirrored
 from vxnet.store.contract import (
     CompactedError,
     Compare,
@@ -116,7 +116,9 @@ def _batches(events: Any) -> list[list[Event]]:
     return out
 
 
-class _Watch:
+class _Watch(WatchCalls):
+    """A watch of its own on etcd: its thread's stream delivers the batches."""
+
     def __init__(self, store: EtcdStore, prefix: str, start: int, callback: WatchCallback,
                  on_error: Callable[[Exception], None] | None) -> None:
         self.store = store
@@ -133,21 +135,6 @@ class _Watch:
         stream = self._stream
         if stream is not None:
             stream.shutdown()
-
-    def _deliver(self, events: list[Event]) -> None:
-        if events and not self.cancelled.is_set():
-            try:
-                self.callback(events)
-            except Exception:
-                log.exception("watch callback for %s failed", self.prefix)
-
-    def _fail(self, exc: Exception) -> None:
-        self.cancelled.set()
-        if self.on_error is not None:
-            try:
-                self.on_error(exc)
-            except Exception:
-                log.exception("watch error handler for %s failed", self.prefix)
 
     def _run(self) -> None:
         key, end = self.prefix.encode(), prefix_end(self.prefix).encode()
