@@ -36,17 +36,11 @@ from collections.abc import Mapping
 
 from vxnet.compute import naming
 from vxnet.compute.firewall import (
-    MAX_INDEX,
     Firewall,
-    GroupRules,
-    PortFilter,
-    SgRule,
-    group_members,
     group_rules_of,
     leased_in,
     local_ports,
     overlay_vnis,
-    port_filter,
     remote_groups,
     render_update,
     rules_of,
@@ -54,6 +48,7 @@ from vxnet.compute.firewall import (
     tap_indexes,
     zones_of,
 )
+from vxnet.compute.firewall_model import MAX_INDEX, GroupRules, PortFilter, SgRule, group_members, port_filter
 from vxnet.model import Port, Subnet, View
 
 INPUTS = ("networks", "subnets", "security_groups", "security_group_rules")   # beside `ports`: a change = full

@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from vxnet.compute.firewall import NftChain, NftSet, NftTable, table_text
+from vxnet.compute.nft_table import NftChain, NftSet, NftTable, table_text
 from vxnet.dataplane import nft_image
 from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, NftExecutor
 from vxnet.dataplane.nft_ledger import LEDGER, Token
