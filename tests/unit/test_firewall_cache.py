@@ -189,6 +189,25 @@ def test_after_an_index_collision_a_port_up_still_recomputes_only_its_filter() -
     assert cache.full == 1
 
 
+def test_a_port_up_keeps_the_sets_it_adds_nothing_to() -> None:
+    """The spliced rendering of a port-up keeps every set and map the port has no element in
+    as the same object (`diff_table` skips it without comparing its elements): here the
+    interval twins of a port without an address pair's CIDR."""
+    state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": world()})
+    cache = FirewallCache("h1")
+    before = cache.compute(state.view)
+    assert before.tables
+    p = port(6, "h1", addr=len(ADDRS))            # one exact address, no pair
+    state = apply_message(state, {"type": "update", "revision": 2, "put": {"ports": {p["id"]: p}}})
+    got = cache.compute(state.view)
+    assert got.tables == fwm.render(got) and "changed_from" in got.tables[0].__dict__
+    old, new = ({s.name: s for s in t.sets} for t in (before.tables[0], got.tables[0]))
+    assert new["ps_mark_net"] is old["ps_mark_net"] and new["ps_arp_net"] is old["ps_arp_net"]
+    assert new["ps_mark"] is not old["ps_mark"]
+    cmds = diff_table(before.tables[0], got.tables[0])
+    assert not any("ps_mark_net" in c or "ps_arp_net" in c for c in cmds) and any("ps_mark " in c for c in cmds)
+
+
 def fwm_slot(pid: str) -> int:
     return fwmodel.mark_indexes([pid])[pid]
 

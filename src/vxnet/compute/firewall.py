@@ -346,8 +346,11 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
                             tuple(p for p in fw.ports if p.pairs6), ((p, (parts[p].ps,)) for p in own_came))
 
     def elements(s: NftSet, of: Callable[[_PortParts], Collection[str]]) -> NftSet:
-        kept = s.elements.difference(*(of(parts[p]) for p in gone)) if gone else s.elements
-        return dataclasses.replace(s, elements=kept.union(*(of(parts[p]) for p in came)))
+        went, new = [x for p in gone if (x := of(parts[p]))], [x for p in came if (x := of(parts[p]))]
+        if not went and not new:
+            return s        # none of the ports has an element here: the same set (`diff_table` skips it)
+        kept = s.elements.difference(*went) if went else s.elements
+        return dataclasses.replace(s, elements=kept.union(*new))
 
     ps_sets = tuple(elements(s, lambda x, k=s.name: x.bridge.get(k, ())) for s in ps.sets)
     sg_sets = tuple(elements(s, lambda x: (x.eg_entry,)) if s.name == "eg_ports" else

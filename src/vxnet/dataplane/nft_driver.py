@@ -190,6 +190,8 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     declared: set[str] = set()    # sets and maps declared by this transaction
     for name, s in ns_.items():
         before = os_.get(name)
+        if before is s:
+            continue                              # the same object (kept by `render_update`): unchanged
         if (before is not None and before.kind == s.kind == "set" and before.type == s.type
                 and before.flags != s.flags):
             # A member set turning into an interval set or back (compute/firewall.py
