@@ -184,7 +184,8 @@ def measure(sizes: list[int], rounds: int, tables: str = "both") -> dict[str, An
     only "today"'s or only the "data"-driven tables in the namespace, and only their forms)."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from bench.firewall_bench import _view
-    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
 

@@ -53,7 +53,8 @@ def measure(sizes: list[int], rounds: int) -> dict[str, dict[str, float]]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from bench.firewall_bench import _view
     from bench.nft_jump_lab import _cpu_run
-    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
 

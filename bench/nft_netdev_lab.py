@@ -74,11 +74,11 @@ def netdev_tables(bridge_text: str, ports: list[Any], layout: str = "tables") ->
 
 
 def port_rules(p: Any) -> list[str]:
-    """A port's anti-spoofing rules as its own chain holds them (`_ps_chain`: since session 16
+    """A port's anti-spoofing rules as its own chain holds them (`ps_chain`: since session 16
     only a port with IPv6 pairs has one in the bridge table; the IPv4 ports' checks are
     elements of the shared chain's sets, and this lab's netdev form keeps the per-port chain)."""
-    from vxnet.compute.firewall import _ps_chain
-    return [r.text for r in _ps_chain(p).rules]
+    from vxnet.compute.firewall_ps import ps_chain
+    return [r.text for r in ps_chain(p).rules]
 
 
 def split_port_up(cmds: list[str]) -> tuple[list[str], list[str]]:
@@ -97,7 +97,8 @@ def measure(sizes: list[int], rounds: int, layout: str = "tables") -> dict[str, 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from bench.firewall_bench import _view
     from bench.nft_jump_lab import _cpu_run
-    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
 

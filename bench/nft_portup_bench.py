@@ -88,7 +88,8 @@ def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
     anonymous-set forms (ms), alternating by block."""
     import_repo()
     from bench.firewall_bench import _view
-    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_exec import NftExecutor
 
     out: dict[str, Any] = {}
@@ -195,7 +196,8 @@ def measure_sched(sizes: list[int], rounds: int) -> dict[str, Any]:
     import_repo()
     from bench.firewall_bench import _view
     from vxnet.agent.core import run_delay
-    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
 
@@ -245,7 +247,8 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
     """Inside the sandbox: per size, the transaction times of both forms (ms)."""
     import_repo()
     from bench.firewall_bench import _view
-    from vxnet.compute.firewall import compute_firewall, table_text
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_exec import NftExecutor
 
     out: dict[str, Any] = {}

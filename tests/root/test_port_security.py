@@ -23,7 +23,8 @@ import pytest
 
 from tests.root.conftest import Lab, needs_root
 from tests.root.helpers import capture, nsexec, ping
-from vxnet.compute import firewall as fwm
+from vxnet.compute import firewall_model as fwmodel
+from vxnet.compute import firewall_ps as fwps
 from vxnet.compute import naming
 from vxnet.dataplane.nft_driver import NftDriver
 from vxnet.lab import topology
@@ -86,8 +87,8 @@ def counters(host: int, port_id: str) -> dict[str, int]:
     port with IPv6 pairs), else the shared `ps` (whose counters count every such port of the
     host: callers compare before and after their own frames)."""
     c = NftDriver(topology.host_ns(host)).counters("bridge", "vxnet_ps")
-    own = "ps_" + fwm._ident(port_id)
-    chain = own if any(ch == own for ch, _ in c) else fwm.PS_SHARED
+    own = "ps_" + fwmodel.ident(port_id)
+    chain = own if any(ch == own for ch, _ in c) else fwps.PS_SHARED
     return {kind: pk for (ch, kind), (pk, _) in c.items() if ch == chain}
 
 

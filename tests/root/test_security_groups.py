@@ -23,7 +23,7 @@ import pytest
 
 from tests.root.conftest import Lab, needs_root
 from tests.root.helpers import nsexec, ping, wait_for
-from vxnet.compute import firewall as fwm
+from vxnet.compute import firewall_model as fwmodel
 from vxnet.dataplane.nft_driver import NftDriver
 from vxnet.lab import topology
 
@@ -158,7 +158,7 @@ class Topo:
 def srv_in(t: Topo) -> str:
     """The ingress chain of `srv`'s security profile (stateful, IPv4 only, group srv; the only
     local port of it on h1, so its counters are srv's)."""
-    return "in_" + fwm.sg_profile(True, False, (t.srv_g["id"],))
+    return "in_" + fwmodel.sg_profile(True, False, (t.srv_g["id"],))
 
 
 def roundtrip(p: subprocess.Popen[str]) -> bool:
@@ -211,7 +211,7 @@ def test_cidr_port_range_udp_and_icmp_rules(topo: Topo) -> None:
     assert ping("c1", "100.64.10.10", count=1, wait=0.5) == 0  # echo request is not type 13
     # The kernel's counters name the rules that decided (a SYN per accepted connection).
     counters = NftDriver(topology.host_ns(1)).counters("inet", "vxnet_sg")
-    gi, port_in = "gi_" + fwm._ident(topo.srv_g["id"]), srv_in(topo)
+    gi, port_in = "gi_" + fwmodel.ident(topo.srv_g["id"]), srv_in(topo)
     assert counters[(gi, f"sg:{r_ssh['id']}")][0] == 2
     assert counters[(gi, f"sg:{r_dns['id']}")][0] == 1
     assert counters[(gi, f"sg:{r_ts['id']}")][0] == 0
@@ -240,7 +240,7 @@ def test_remote_group_membership_follows_ports(topo: Topo) -> None:
     with topo.lab.api("alice") as c:
         assert c.put(f"/ports/{topo.c2['id']}", json={"port": {"security_groups": [
             topo.open_g["id"], topo.members_g["id"]]}}).status_code == 200
-    set_name = fwm.set_name(topo.members_g["id"])
+    set_name = fwmodel.set_name(topo.members_g["id"])
 
     def members() -> str:
         return nsexec(topology.host_ns(1), "nft", "list", "set", "inet", "vxnet_sg", set_name).stdout

@@ -20,7 +20,8 @@ import re
 
 from tests.unit.test_firewall import G1, GS, base_ports, port, view
 from vxnet.compute import dhcp, metadata
-from vxnet.compute.firewall import NftTable, compute_firewall
+from vxnet.compute.firewall import compute_firewall
+from vxnet.compute.nft_table import NftTable
 
 NAME_FIRST = re.compile(r'^(?:counter )?(?:iif|oif)name "')          # a rule that starts by copying a name
 NAME_LOOKUP = re.compile(r"\b(?:iif|oif)name (?:vmap|map) |\b(?:iif|oif)name \. ")  # one copy for a lookup

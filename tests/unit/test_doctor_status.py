@@ -22,9 +22,10 @@ from vxnet.agent.core import Agent, AgentConfig
 from vxnet.agent.reconciler import Reconciler
 from vxnet.cli.ops import doctor_exit, render_doctor, render_status
 from vxnet.compute import naming
-from vxnet.compute.firewall import NftTable, compute_firewall
+from vxnet.compute.firewall import compute_firewall
 from vxnet.compute.host import HostSpec
 from vxnet.compute.l2 import compute_l2
+from vxnet.compute.nft_table import NftTable
 from vxnet.dataplane.nft_driver import fingerprint
 from vxnet.services.operations import build_status, host_state
 

@@ -11,6 +11,9 @@ import pytest
 
 from vxnet.agent.firewall import revoked_flows
 from vxnet.compute import firewall as fwm
+from vxnet.compute import firewall_model as fwmodel
+from vxnet.compute import firewall_ps as fwps
+from vxnet.compute import nft_table as nft
 from vxnet.compute.firewall import Packet, compute_firewall, decide, mark_indexes, render_update, zone_map
 from vxnet.dataplane.nft_driver import diff_table, fingerprint, normalise_listing, parse_handles, parse_listing
 from vxnet.model import parse
@@ -102,7 +105,7 @@ def test_anti_spoofing_allows_own_and_pair_addresses_only() -> None:
     assert "ether saddr != { 02:00:00:00:02:0b, 02:00:00:00:07:10 } counter drop" in text
     arp = next(r for r in rules if "spoof-arp" in r)
     assert "02:00:00:00:02:0b . 0.0.0.0" in arp and "02:00:00:00:07:10 . 198.51.100.0/28" in arp
-    kinds = [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in rules]
+    kinds = [nft.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in rules]
     assert kinds == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-na-target", "spoof-dad-target", "spoof-nd-layout", "spoof-nd-lladdr", "spoof-rs-layout", "spoof-rs-lladdr", "mark6", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
                      "v6-unspecified", "spoof-ip", "spoof-ip6", "other"]
     # IPv6: the pair's address and both MACs' EUI-64 link-locals
@@ -122,7 +125,7 @@ def bridge_set(fw: fwm.Firewall, name: str) -> frozenset[str]:
 def test_port_without_addresses_sends_no_ip() -> None:
     fw = compute_firewall(view([port(P1, "192.0.2.11", fixed_ips=[])]), "h1")
     p = fw.port(P1)
-    assert fwm.ps_chain_name(p) == "ps"
+    assert fwps.ps_chain_name(p) == "ps"
     assert bridge_set(fw, "ps_mark") == bridge_set(fw, "ps_mark_net") == frozenset()      # no address to mark
     assert bridge_set(fw, "ps_arp") == {f'"{p.tap}" . {p.macs[0]} . 0.0.0.0'}               # probes only
     rules = chain(fw, "bridge", "ps")
@@ -141,7 +144,7 @@ def test_rule_kinds_render_to_nft_matches() -> None:
         f"meta nfproto ipv4 ip saddr @rg_{G2.replace('-', '')}",
         "meta nfproto ipv4 icmp type 8 icmp code 0",
         "meta nfproto ipv4 ip saddr 100.64.0.0/16 meta l4proto 6 th dport 22-23"]
-    assert [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in gi] == [
+    assert [nft.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in gi] == [
         "sg:r-gre", "sg:r-group", "sg:r-ping", "sg:r-ssh"]
     assert chain(fw, "inet", "ge_" + G1.replace("-", ""))[0].startswith("meta nfproto ipv4 counter accept")
     ge_s = chain(fw, "inet", "ge_" + GS.replace("-", ""))
@@ -151,12 +154,12 @@ def test_rule_kinds_render_to_nft_matches() -> None:
 def test_port_chains_stateful_and_stateless() -> None:
     fw = compute_firewall(view(base_ports()), "h1")
     p1, p3 = fw.port(P1), fw.port(P3)
-    in1 = chain(fw, "inet", fwm.sg_chain(p1, "ingress"))
+    in1 = chain(fw, "inet", fwmodel.sg_chain(p1, "ingress"))
     assert in1[0].startswith("ct state invalid counter drop")      # established: the base chain accepted it
     assert in1[1].startswith("udp sport 67 udp dport 68 counter accept")
     assert in1[2].startswith(f"counter jump gi_{G1.replace('-', '')}")       # IPv4-only port: no ND rules
     assert in1[-1].startswith("counter drop")
-    in3 = chain(fw, "inet", fwm.sg_chain(p3, "ingress"))
+    in3 = chain(fw, "inet", fwmodel.sg_chain(p3, "ingress"))
     assert not any("ct state" in r for r in in3)
     # established/related first in both forward base chains; ingress leaves the stateless P3's mark to its chain
     assert chain(fw, "inet", "egress")[0].startswith("ct state established,related counter accept")
@@ -354,7 +357,7 @@ class FakeNft:
                     assert elems <= set(held), "deleting absent elements"
                     t["sets"][name] -= {held[k] for k in elems}
 
-    def state(self, t: fwm.NftTable) -> dict:
+    def state(self, t: nft.NftTable) -> dict:
         """What the fake must hold for `t` (unordered chains in the fake's order)."""
         held = self.tables.get((t.family, t.name), {"chains": {}})["chains"]
         chains = {}
@@ -363,7 +366,7 @@ class FakeNft:
             chains[c.name] = want if c.ordered or sorted(want) != sorted(held.get(c.name, [])) else held[c.name]
         return {"chains": chains, "sets": {s.name: set(s.elements) for s in t.sets}}
 
-    def comment_handles(self, t: fwm.NftTable) -> dict[str, dict[str, int]]:
+    def comment_handles(self, t: nft.NftTable) -> dict[str, dict[str, int]]:
         """What `nft -a list chain` gives the driver: comment -> handle, per chain."""
         out: dict[str, dict[str, int]] = {}
         for name, rules in self.tables[(t.family, t.name)]["chains"].items():
@@ -389,7 +392,7 @@ def test_diff_converges_and_reverts() -> None:
         a, b = compute_firewall(random_view(), "h1"), compute_firewall(random_view(), "h1")
         fake = FakeNft()
         for ta in a.tables:
-            fake.run(fwm.table_text(ta).splitlines())
+            fake.run(nft.table_text(ta).splitlines())
         with_handles = rng.random() < 0.5      # rule-by-rule edits of group chains, or flush + refill
         for ta, tb in zip(a.tables, b.tables, strict=True):
             fake.run(diff_table(ta, tb, fake.comment_handles(ta) if with_handles else None))
@@ -422,7 +425,7 @@ def test_port_up_needs_no_cache_of_chains_and_sets() -> None:
             users = [i for i, c in enumerate(cmds) if f"@{rg} " in c]
             assert users and cmds.index(f"add set inet vxnet_sg {rg} {{ type ipv4_addr; }}") < users[0]
         fake = FakeNft()
-        fake.run(fwm.table_text(ta).splitlines())
+        fake.run(nft.table_text(ta).splitlines())
         fake.run(cmds)
         assert fake.tables[(tb.family, tb.name)] == fake.state(tb)
     # another local port of G1: its chains and one element per map and set, nothing else
@@ -446,16 +449,16 @@ def test_ports_of_one_profile_share_one_chain_pair() -> None:
     assert sorted(names) == sorted(f"{d}_{p.profile}" for p in (p1, p3, p4) for d in ("eg", "in"))
     maps = {s.name: s.elements for s in sg.sets if s.kind == "map"}
     for p in (p1, p2, p3, p4):
-        assert f"{p.index:#010x} : jump {fwm.sg_chain(p, 'egress')}" in maps["eg_ports"]
+        assert f"{p.index:#010x} : jump {fwmodel.sg_chain(p, 'egress')}" in maps["eg_ports"]
         # the mark's high half names the profile (its out-mark chain is shared too)
-        assert f"{fw.profile_numbers[p.profile] << 16:#010x} : jump {fwm.sg_chain(p, 'ingress')}" in maps["in_ports"]
+        assert f"{fw.profile_numbers[p.profile] << 16:#010x} : jump {fwmodel.sg_chain(p, 'ingress')}" in maps["in_ports"]
         assert f'"{p.tap}" : jump mk_{p.profile}' in bridge_set(fw, "out_ports")
     assert len(maps["eg_ports"]) == 4 and len(maps["in_ports"]) == 3
     assert sorted(c.name for c in fw.tables[0].chains if c.name.startswith("mk_")) == sorted(
         f"mk_{p.profile}" for p in (p1, p3, p4))
-    assert any("icmpv6" in r for r in chain(fw, "inet", fwm.sg_chain(p4, "ingress")))      # ND: ports with IPv6
-    assert not any("icmpv6" in r for r in chain(fw, "inet", fwm.sg_chain(p1, "ingress")))
-    assert [r for r in chain(fw, "inet", fwm.sg_chain(p3, "egress")) if "jump" in r][1].startswith(
+    assert any("icmpv6" in r for r in chain(fw, "inet", fwmodel.sg_chain(p4, "ingress")))      # ND: ports with IPv6
+    assert not any("icmpv6" in r for r in chain(fw, "inet", fwmodel.sg_chain(p1, "ingress")))
+    assert [r for r in chain(fw, "inet", fwmodel.sg_chain(p3, "egress")) if "jump" in r][1].startswith(
         f"counter jump ge_{G2.replace('-', '')}")
     # the same verdicts for both ports of the profile
     pkt = Packet("100.64.1.1", "192.0.2.11", 6, dport=22)
@@ -472,12 +475,12 @@ def test_a_profile_chain_goes_with_its_last_port() -> None:
     assert cmds and not any(" chain " in c or " rule " in c for c in cmds), cmds
     c = compute_firewall(view(ports[:2]), "h1")            # P3 gone: its profile's last port
     cmds = diff_table(a.tables[1], c.tables[1])
-    gone = fwm.sg_profile(True, False, (G1, G2))
+    gone = fwmodel.sg_profile(True, False, (G1, G2))
     assert f"delete chain inet vxnet_sg eg_{gone}" in cmds and f"delete chain inet vxnet_sg in_{gone}" in cmds
     assert not any(c.startswith(("add chain", "add rule")) for c in cmds)
     for target in (b, c):
         fake = FakeNft()
-        fake.run(fwm.table_text(a.tables[1]).splitlines())
+        fake.run(nft.table_text(a.tables[1]).splitlines())
         fake.run(diff_table(a.tables[1], target.tables[1]))
         assert fake.tables[("inet", "vxnet_sg")] == fake.state(target.tables[1])
 
@@ -493,7 +496,7 @@ def test_rule_change_rewrites_one_chain_whatever_the_ports() -> None:
     assert cmds[0] == f"flush chain inet vxnet_sg gi_{G1.replace('-', '')}" and len(cmds) == 6
     # With the kernel's rule handles: one added rule, the others (and their counters) untouched.
     fake = FakeNft()
-    fake.run(fwm.table_text(a.tables[1]).splitlines())
+    fake.run(nft.table_text(a.tables[1]).splitlines())
     cmds = diff_table(a.tables[1], b.tables[1], fake.comment_handles(a.tables[1]))
     assert len(cmds) == 1 and cmds[0].startswith(f"add rule inet vxnet_sg gi_{G1.replace('-', '')} ")
     assert "sg:r-web#" in cmds[0]
@@ -525,7 +528,7 @@ def test_fingerprint_matches_a_kernel_listing() -> None:
 
 @pytest.mark.parametrize("proto,expected", [("tcp", 6), ("UDP", 17), ("132", 132), (None, None), ("any", None)])
 def test_protocol_names_and_numbers(proto: str | None, expected: int | None) -> None:
-    r = fwm._sg_rule(parse("security_group_rules", "x", rule("x", G1, "ingress", protocol=proto)))
+    r = fwmodel.sg_rule(parse("security_group_rules", "x", rule("x", G1, "ingress", protocol=proto)))
     assert r is not None and r.protocol == expected
 
 
@@ -550,8 +553,8 @@ def dhcp_view(ports: list[dict], enable_dhcp: bool = True) -> dict:
 
 
 def kinds_of(fw: fwm.Firewall, pid: str) -> list[str]:
-    return [fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1))
-            for r in chain(fw, "bridge", fwm.ps_chain_name(fw.port(pid)))]
+    return [nft.comment_kind(re.search(r'comment "([^"]*)"', r).group(1))
+            for r in chain(fw, "bridge", fwps.ps_chain_name(fw.port(pid)))]
 
 
 def test_a_leased_port_may_renew_from_any_address_but_only_to_its_responder() -> None:
@@ -638,7 +641,7 @@ def test_ipv6_rules_render_with_remote_group_sets_and_icmpv6() -> None:
     assert fw.ignored_rules == ("r6-bad",)
     # members: IPv6 fixed IPs and pairs, no link-locals; no IPv4 set (no IPv4 rule names G2)
     assert fw.members6 == {G2: frozenset({"2001:db8::12", "2001:db8:1::/64"})} and fw.members == {}
-    in1 = chain(fw, "inet", fwm.sg_chain(fw.port(P1), "ingress"))
+    in1 = chain(fw, "inet", fwmodel.sg_chain(fw.port(P1), "ingress"))
     assert not any("icmpv6" in r for r in in1)                  # P1 has no IPv6 address
     sg = next(t for t in fw.tables if t.family == "inet")
     assert {s.name: s.type for s in sg.sets if s.kind == "set"} == {f"rg6_{G2.replace('-', '')}": "ipv6_addr",
@@ -668,7 +671,7 @@ def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
     p1 = port(P1, "192.0.2.11", fixed_ips=[{"subnet_id": "s6", "ip_address": "2001:db8::11"}],
               allowed_address_pairs=[{"ip_address": "2001:db8:5::/120", "mac_address": "02:00:00:00:07:10"}])
     fw = compute_firewall(view([p1]), "h1")
-    rules = {fwm.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)): r
+    rules = {nft.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)): r
              for r in chain(fw, "bridge", f"ps_{fw.port(P1).ident}")}
     na = rules["spoof-na-target"]
     assert "02:00:00:00:02:0b . 0x20010db8000000000000000000000011" in na
@@ -681,11 +684,11 @@ def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
     assert rules["mark6"].startswith("ether saddr . ip6 saddr { 02:00:00:00:02:0b . 2001:db8::11, "
                                      "02:00:00:00:02:0b . fe80::ff:fe00:20b, 02:00:00:00:07:10 . 2001:db8:5::/120, "
                                      "02:00:00:00:07:10 . fe80::ff:fe00:710 }")
-    in1 = chain(fw, "inet", fwm.sg_chain(fw.port(P1), "ingress"))
+    in1 = chain(fw, "inet", fwmodel.sg_chain(fw.port(P1), "ingress"))
     assert in1[2].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
                              "mld-listener-query } counter accept")
     assert in1[3].startswith("meta nfproto ipv6 udp sport 547 udp dport 546 counter accept")
-    eg1 = chain(fw, "inet", fwm.sg_chain(fw.port(P1), "egress"))
+    eg1 = chain(fw, "inet", fwmodel.sg_chain(fw.port(P1), "egress"))
     assert any(r.startswith("meta nfproto ipv6 udp sport 546 udp dport 547 counter accept") for r in eg1)
     out = chain(fw, "bridge", "out")
     assert out[0].startswith('icmpv6 type { nd-router-solicit, nd-router-advert, nd-redirect } oifname "vxv-*"')
@@ -736,7 +739,7 @@ def test_group_members_equal_the_collapsed_port_addresses() -> None:
     # collapse/collapse6 of every member port's fixed IPs and pairs, whatever the notation.
     import socket
 
-    from vxnet.compute.firewall import collapse, collapse6, group_members, port_addresses, port_addresses6
+    from vxnet.compute.firewall_model import collapse, collapse6, group_members, port_addresses, port_addresses6
     from vxnet.model import parse_view
 
     addrs = ["192.0.2.21", "192.0.2.22/32", "198.51.100.0/25", "198.51.100.7", "2001:db8::1", "2001:DB8:0::2",
@@ -813,7 +816,7 @@ def test_a_port_up_adds_only_elements_to_the_bridge_table() -> None:
         assert {c.split()[1] for c in up} <= {"map", "set", "element"}
         assert sorted(c.split()[4] for c in up if c.startswith("add element")) == ["ps_arp_net", "ps_mark_net"]
         fake = FakeNft()
-        fake.run(fwm.table_text(a.tables[0]).splitlines())
+        fake.run(nft.table_text(a.tables[0]).splitlines())
         fake.run(up)
         assert fake.tables[("bridge", "vxnet_ps")] == fake.state(b.tables[0])
         down = diff_table(new, a.tables[0])
@@ -841,7 +844,7 @@ def test_a_port_with_ipv6_pairs_keeps_its_own_chain_in_the_splice() -> None:
     spliced = render_update(a, b)
     assert spliced is not None and spliced == b.tables
     p2 = b.port(P2)
-    assert fwm.ps_chain_name(p2) == f"ps_{p2.ident}" and f'"{p2.tap}" : jump ps_{p2.ident}' in bridge_set(b, "pre_ports")
+    assert fwps.ps_chain_name(p2) == f"ps_{p2.ident}" and f'"{p2.tap}" : jump ps_{p2.ident}' in bridge_set(b, "pre_ports")
     assert [c.name for c in spliced[0].chains if c.name.startswith("ps_")] == sorted(
         f"ps_{b.port(q).ident}" for q in (P2, P3))
     assert not any(e.startswith(f'"{p2.tap}"') for e in bridge_set(b, "ps_mark") | bridge_set(b, "ps_macs"))
@@ -857,5 +860,5 @@ def test_link_locals_as_nd_packet_forms_them() -> None:
     macs = ["02:00:00:00:00:00", "00:00:00:00:00:00", "fa:16:3e:00:00:01", "ff:ff:ff:ff:ff:ff", "00:00:00:ff:00:00"]
     macs += [":".join(f"{rnd.choice([0, 0, rnd.randrange(256)]):02x}" for _ in range(6)) for _ in range(2000)]
     for mac in macs:
-        assert fwm._ll(mac) == link_local(mac)
-    assert fwm._ll("not a mac") is None and fwm._ll("02:00:00:00:00") is None
+        assert fwmodel._ll(mac) == link_local(mac)
+    assert fwmodel._ll("not a mac") is None and fwmodel._ll("02:00:00:00:00") is None

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vxnet.compute import firewall as fwm
+from vxnet.compute import firewall_model as fwmodel
+from vxnet.compute import nft_table as nft
 from vxnet.compute.firewall import compute_firewall
 from vxnet.compute.firewall_cache import FirewallCache
 from vxnet.compute.view import ViewState, apply_message
@@ -123,7 +125,7 @@ def test_the_cache_equals_the_full_recompute(ops: list[tuple[str, int, int]], ba
             assert all(t.chain_map() == {c.name: c for c in t.chains} for t in got.tables)
             # the diff from the last tables: the same commands as without the splice's hints
             for o, t in zip(last[h].tables, got.tables, strict=True):
-                plain = (fwm.NftTable(o.family, o.name, o.chains, o.sets), fwm.NftTable(t.family, t.name, t.chains, t.sets))
+                plain = (nft.NftTable(o.family, o.name, o.chains, o.sets), nft.NftTable(t.family, t.name, t.chains, t.sets))
                 assert sorted(diff_table(o, t)) == sorted(diff_table(*plain))
             for f in got.ports:
                 before = last[h].port(f.port_id)
@@ -158,7 +160,56 @@ def test_a_port_up_recomputes_only_its_port() -> None:
     assert cache.full == 1
     ids = {f.port_id: f.index for f in got.ports}
     assert ids[IDS[0]] == 16452 and ids[IDS[1]] == 16453 and ids[IDS[2]] == 16454     # in id order, probing
-    assert fwm.mark_indexes(ids) == ids
+    assert fwmodel.mark_indexes(ids) == ids
+
+
+def test_after_an_index_collision_a_port_up_still_recomputes_only_its_filter() -> None:
+    """Once two local ports collide (one index probed past the other's slot), a port that
+    comes at its own free slot, or goes, recomputes only its own filter, not every local
+    port's (issue 18: the pass of a host with a few hundred ports, where a collision is likely,
+    would grow with its ports again); the result is the full recompute's."""
+    state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": world()})
+    cache = FirewallCache("h1")
+    cache.compute(state.view)
+    rev = itertools.count(2)
+    for i in (1, 2, 6):       # 1 collides with 0's slot, 2 probes past both
+        p = port(i, "h1")
+        state = apply_message(state, {"type": "update", "revision": next(rev), "put": {"ports": {p["id"]: p}}})
+        cache.compute(state.view)
+    local = {f.port_id: f.index for f in cache.compute(state.view).ports}
+    assert local[IDS[1]] != fwm_slot(IDS[1])          # the collision is there
+    for i, host in ((7, "h1"), (8, "h1"), (7, ""), (9, "h1")):
+        p = port(i, host)
+        state = apply_message(state, {"type": "update", "revision": next(rev), "put": {"ports": {p["id"]: p}}})
+        got = cache.compute(state.view)
+        assert got == compute_firewall(state.view, "h1")
+        # a port that goes while an index is not its own slot: every index again, but only the
+        # filters whose index changed (none here) are computed
+        assert cache.refiltered == (1 if host else 0)
+    assert cache.full == 1
+
+
+def test_a_port_up_keeps_the_sets_it_adds_nothing_to() -> None:
+    """The spliced rendering of a port-up keeps every set and map the port has no element in
+    as the same object (`diff_table` skips it without comparing its elements): here the
+    interval twins of a port without an address pair's CIDR."""
+    state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": world()})
+    cache = FirewallCache("h1")
+    before = cache.compute(state.view)
+    assert before.tables
+    p = port(6, "h1", addr=len(ADDRS))            # one exact address, no pair
+    state = apply_message(state, {"type": "update", "revision": 2, "put": {"ports": {p["id"]: p}}})
+    got = cache.compute(state.view)
+    assert got.tables == fwm.render(got) and "changed_from" in got.tables[0].__dict__
+    old, new = ({s.name: s for s in t.sets} for t in (before.tables[0], got.tables[0]))
+    assert new["ps_mark_net"] is old["ps_mark_net"] and new["ps_arp_net"] is old["ps_arp_net"]
+    assert new["ps_mark"] is not old["ps_mark"]
+    cmds = diff_table(before.tables[0], got.tables[0])
+    assert not any("ps_mark_net" in c or "ps_arp_net" in c for c in cmds) and any("ps_mark " in c for c in cmds)
+
+
+def fwm_slot(pid: str) -> int:
+    return fwmodel.mark_indexes([pid])[pid]
 
 
 def test_a_port_up_of_a_profile_on_the_host_adds_no_rule_to_the_sg_table() -> None:

@@ -10,7 +10,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from bench import nft_netdev_lab as nl
 from bench.firewall_bench import _view
-from vxnet.compute.firewall import compute_firewall, table_text
+from vxnet.compute.firewall import compute_firewall
+from vxnet.compute.nft_table import table_text
 from vxnet.dataplane.nft_driver import diff_table
 
 

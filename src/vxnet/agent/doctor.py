@@ -43,8 +43,8 @@ from typing import Any, Protocol
 
 from vxnet.compute import naming
 from vxnet.compute.diff import Diff, diff
-from vxnet.compute.firewall import NftTable
 from vxnet.compute.host import HostSpec, compute_host
+from vxnet.compute.nft_table import NftTable
 
 CHECKED = ("bridges", "vxlans", "plugs", "fdb", "neighs", "nftables", "ns-neighs", "metadata")
 SHOWN = 500     # drift entries an answer lists (its `drift_count` counts them all)

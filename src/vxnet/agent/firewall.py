@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 from vxnet.agent.features import FeatureResult, HostContext
 from vxnet.agent.manager import Manager
-from vxnet.compute.firewall import Firewall, NftTable
+from vxnet.compute.firewall import Firewall
+from vxnet.compute.nft_table import NftTable
 from vxnet.dataplane.nft_driver import NftDriver, NftError
 
 log = logging.getLogger("vxnet.agent.firewall")

@@ -13,9 +13,11 @@ Contract:
   filtered or an open local port; the remote-group member sets it was or is in; the DHCP lease
   predicate of its network on this host (`firewall.leased_in` over that network's ports here);
   its mark index; its `PortFilter` (and those of the ports whose index or lease changed).
-- Exact fallbacks where one port's change can move others: a mark index that is not the port's
-  own hash slot (a collision) or a tap name shared by two ports recompute every index
-  (`tap_indexes`); an address leaving a remote group, or a prefix in one, recomputes that
+- Exact fallbacks where one port's change can move others: a port coming whose own hash slot
+  is taken (a collision), a port going while some index is not its port's own slot, or a tap
+  name shared by two ports recompute every index (`tap_indexes`), and the filters of the ports
+  whose index changed (a port coming at its free own slot moves no other: `_index_change`);
+  an address leaving a remote group, or a prefix in one, recomputes that
   group's members over the view (`group_members`: another port may hold the same address).
 - The result's rendering (`Firewall.tables`) is made from the last result's when that one was
   rendered and only a few stateful ports changed (`firewall.render_update`: their chains and
@@ -36,17 +38,11 @@ from collections.abc import Mapping
 
 from vxnet.compute import naming
 from vxnet.compute.firewall import (
-    MAX_INDEX,
     Firewall,
-    GroupRules,
-    PortFilter,
-    SgRule,
-    group_members,
     group_rules_of,
     leased_in,
     local_ports,
     overlay_vnis,
-    port_filter,
     remote_groups,
     render_update,
     rules_of,
@@ -54,6 +50,7 @@ from vxnet.compute.firewall import (
     tap_indexes,
     zones_of,
 )
+from vxnet.compute.firewall_model import MAX_INDEX, GroupRules, PortFilter, SgRule, group_members, port_filter
 from vxnet.model import Port, Subnet, View
 
 INPUTS = ("networks", "subnets", "security_groups", "security_group_rules")   # beside `ports`: a change = full
@@ -76,6 +73,7 @@ class FirewallCache:
         self.host = host
         self.full = 0                 # full recomputes (tests, observability)
         self.changed = 0              # ports the last call found changed
+        self.refiltered = 0           # filters the last call computed (`port_filter`)
         self._key: tuple[object, ...] | None = None
         self._last: Firewall | None = None           # the last result (its rendering: `render_update`)
         self._ports: Mapping[str, Port] = {}
@@ -139,6 +137,7 @@ class FirewallCache:
         or the one it has, kept when equal)."""
         old = self._filters.get(pid)
         p = self._local[pid]
+        self.refiltered += 1
         f = port_filter(p, self._index[pid], v.security_groups, self._leased.get(p.network_id, {}).get(pid, ""))
         if previous is not None and previous == f:
             f = previous
@@ -201,13 +200,23 @@ class FirewallCache:
 
     def _index_change(self, moved: Mapping[str, tuple[Port | None, Port | None]]) -> set[str]:
         """The mark indexes after the filtered local ports `moved` (id -> (before, after));
-        returns ids whose index may have changed (every indexed id after a full recompute)."""
+        returns the ids whose index is new or changed.
+
+        A port that comes whose own slot is free takes it and moves no other port's index, even
+        when some ports probed past collisions: a probe passes only slots taken at its turn, so
+        none passed a slot that is free (`mark_indexes` with the port gives the same indexes).
+        A port that goes frees its slot, which a probe may have passed: only while every index
+        is its port's own slot (`_natural`) is that known to move nothing."""
         added: set[str] = set()
-        fast = self._natural and self._complete
+        fast = self._complete
+        before = dict(self._index)
         for pid, (was, now) in sorted(moved.items()):
             if not fast:
                 break
             if was is not None and pid in self._index and (now is None or _tap(pid, was) != _tap(pid, now)):
+                if not self._natural:
+                    fast = False
+                    break
                 self._taps.pop(_tap(pid, was), None)
                 self._used.discard(self._index.pop(pid))
             if now is not None and pid not in self._index:
@@ -220,8 +229,12 @@ class FirewallCache:
                 added.add(pid)
         if fast:
             return added
-        self._reindex()      # a collision, a shared tap name or the capacity: every index again
-        return set(self._index)
+        # A collision, a shared tap name, the capacity, or a slot freed past which a port may
+        # have probed: every index again; the filters of the ports whose index is the same as
+        # before stay (a pass after the first collision on a host would otherwise recompute
+        # every local port's filter).
+        self._reindex()
+        return {pid for pid, i in self._index.items() if before.get(pid) != i}
 
     # ------------------------------------------------------------------ the pass
     def compute(self, v: View) -> Firewall:
@@ -235,6 +248,7 @@ class FirewallCache:
     def _compute(self, v: View) -> Firewall:
         key = tuple(v.bucket(k) for k in INPUTS)
         ports = v.ports
+        self.refiltered = 0
         if self._key is None or any(a is not b for a, b in zip(self._key, key, strict=True)):
             self._recompute(v)
             self.changed = len(ports)

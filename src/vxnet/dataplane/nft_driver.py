@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from vxnet.compute.firewall import NftChain, NftSet, NftTable, table_text
+from vxnet.compute.nft_table import NftChain, NftSet, NftTable, table_text
 from vxnet.dataplane import nft_image
 from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, NftExecutor
 from vxnet.dataplane.nft_ledger import LEDGER, Token
@@ -190,6 +190,8 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     declared: set[str] = set()    # sets and maps declared by this transaction
     for name, s in ns_.items():
         before = os_.get(name)
+        if before is s:
+            continue                              # the same object (kept by `render_update`): unchanged
         if (before is not None and before.kind == s.kind == "set" and before.type == s.type
                 and before.flags != s.flags):
             # A member set turning into an interval set or back (compute/firewall.py

@@ -16,8 +16,8 @@ import socket
 import subprocess
 from typing import Any
 
-from vxnet.compute.firewall import PS_TABLE, SG_TABLE
 from vxnet.compute.gateway import NAT_TABLE
+from vxnet.compute.naming import PS_TABLE, SG_TABLE
 from vxnet.trace.walk import Check, Trace
 
 

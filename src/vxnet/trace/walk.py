@@ -38,7 +38,9 @@ import ipaddress
 from typing import Any
 
 from vxnet.compute import naming
-from vxnet.compute.firewall import IP_PROTOCOL_MAP, Packet, decide, port_security, ps_chain_name
+from vxnet.compute.firewall import Packet, decide, port_security
+from vxnet.compute.firewall_model import IP_PROTOCOL_MAP
+from vxnet.compute.firewall_ps import ps_chain_name
 from vxnet.compute.metadata import METADATA_IP, METADATA_PORT
 from vxnet.compute.metadata import NFT_TABLE as METADATA_TABLE
 from vxnet.compute.routing import MAIN_TABLE, RouterNs
