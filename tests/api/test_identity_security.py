@@ -395,6 +395,7 @@ def test_vxnet_keys_rotate_on_a_running_server(tmp_path, revoke_old: bool) -> No
     h = start_server(db, load_config(str(cfg)), port)
     try:
         old = token_of(h.url, USER["alice"])
+        assert networks(h.url, old) == 200  # its signature checked (and remembered: auth.SignedTokens)
         key_before = h.store.get(TOKEN_KEY).value
         r = rotate_cli(cfg, *(["--revoke"] if revoke_old else []))
         assert r.returncode == 0, r.stderr

@@ -19,6 +19,7 @@ serves it to admin tokens only, or to anyone with `[server] metrics_public = tru
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -104,6 +105,15 @@ ROUTER_MODULES: tuple[ModuleType, ...] = (
     ui,
 )
 
+# FastAPI's native OpenTelemetry (0.16x): unless switched off, every request asks OpenTelemetry's
+# global providers whether anything is configured (15-27 us of server CPU per request on the
+# 2-vCPU VM, ~1% of a port create; docs/benchmarks.md). vxnet exports Prometheus metrics and
+# no traces: off, where this FastAPI has it.
+NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {}
+)
+
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # `<collection>` or, under one of Neutron's namespaces, `<namespace>/<collection>` (`qos/policies`)
 NAMESPACES = ("qos",)
@@ -164,7 +174,7 @@ def app_from_env() -> FastAPI:
 
 def create_app(config: Config, store: Store) -> FastAPI:
     """Build the ASGI application over an open store."""
-    app = FastAPI(title="vxnet", version="2.0", docs_url=None, redoc_url=None)
+    app = FastAPI(title="vxnet", version="2.0", docs_url=None, redoc_url=None, **NO_TELEMETRY)
     state = AppState(config, store)
     policy.of(config)  # build the enforcer now: a bad policy_file fails the start, not a request
     app.state.vxnet = state

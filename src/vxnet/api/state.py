@@ -20,7 +20,7 @@ import anyio.to_thread
 from anyio import CapacityLimiter
 from fastapi import Request
 
-from vxnet.api.auth import Context, authenticate
+from vxnet.api.auth import Context, SignedTokens, authenticate
 from vxnet.api.body import parse_json
 from vxnet.api.errors import unauthorized
 from vxnet.api.login_limits import LoginLimiter
@@ -83,6 +83,7 @@ class AppState:
         self.repo = Repo(store)
         self.identity = IdentityState(store)  # signing keys and revocations, mirrored by a watch
         self.users = UserDirectory({u.id: u for u in config.users}, self.identity)  # config, then store
+        self.signed_tokens = SignedTokens()  # signatures checked once per token (auth.py)
         self.login_limiter = LoginLimiter(config.login_failures_per_user, config.login_failures_per_source,
                                           config.login_failure_window)
         self.hub: Hub | None = None  # the server's one store watch, set by routers/agent_stream.setup()
@@ -95,7 +96,7 @@ class AppState:
 
     def check_token(self, token: str) -> Context:
         """The caller of `token` after every check (auth.authenticate); 401 otherwise."""
-        return authenticate(self.identity, self.users, token, self.config.token_ttl)
+        return authenticate(self.identity, self.users, token, self.config.token_ttl, signed=self.signed_tokens)
 
     @staticmethod
     def of(request: Request) -> AppState:
