@@ -178,8 +178,9 @@ def stored_kv(key: str, value: str, create_revision: int, mod_revision: int, ver
     the parsed object a reader attaches (StoredKeyValue); a short one is interned (see
     `Sharer`)."""
     if len(value) < MIN_DERIVED:
-        return KeyValue(key, sys.intern(value) if len(value) <= SHORT else value, create_revision, mod_revision,
-                        version, lease)
+        if len(value) <= SHORT and value.__class__ is str:   # (a str subclass cannot be interned)
+            value = sys.intern(value)
+        return KeyValue(key, value, create_revision, mod_revision, version, lease)
     return StoredKeyValue(key, value, create_revision, mod_revision, version, lease)
 
 
@@ -198,7 +199,7 @@ class Sharer:
            lease: int = 0) -> KeyValue:
         ints = self._ints
         n = len(value)
-        if n <= SHORT:
+        if n <= SHORT and value.__class__ is str:
             value = sys.intern(value)
         cls = KeyValue if n < MIN_DERIVED else StoredKeyValue   # as `stored_kv`, inline: a load makes many
         return cls(key, value, ints.setdefault(create_revision, create_revision),
