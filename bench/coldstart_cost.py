@@ -21,8 +21,16 @@ changes of each kind are applied to the view index as the hub's watch would (`Vi
 the objects `compact`ed) and the CPU of each is printed (p50 / p99 ms): the fan-out's compute,
 without the lines written or sent.
 
+With `--sqlite PATH`, the world is in a SQLite store at PATH (filled there if the file is new,
+every host then registered through `services.agents.register`, which rebinds its ports, as the
+scale bench's registration; kept for the next run: a full fill takes minutes), and the hub loads
+it as a restarted server does (the store's in-memory copy, `freeze_gc`, the texts dropped, the
+heap trimmed): the server's memory after the load and after the snapshot rounds is printed
+(RSS, glibc's heap in use, pymalloc's live blocks: vxnet/memprofile.py; not with `--memory`,
+whose tracing replaces the allocator).
+
 `python -m bench.coldstart_cost [--hosts 1000 --networks 5000 --ports 100000] [--rounds 3]
-[--agents 40] [--peer-cache] [--memory] [--changes 200]`
+[--agents 40] [--peer-cache] [--memory] [--changes 200] [--sqlite PATH]`
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import random
 import statistics
 import sys
@@ -37,15 +46,20 @@ import time
 import tracemalloc
 from typing import Any
 
-from bench.scale_bench import add_arguments, fill
-from bench.servers import underlay
+from bench.scale_bench import World, add_arguments, fill
+from bench.servers import rss_mib, underlay
 from bench.sim_agents import RecordingDriver
+from vxnet import heap
 from vxnet.compute.host import HostComputer, HostSpec
 from vxnet.compute.view import ViewState, apply_message, decode_message
+from vxnet.memprofile import malloc_stats, pymalloc_stats
+from vxnet.services import agents
 from vxnet.services.compact import compact
 from vxnet.services.host_view import peer_copy
+from vxnet.services.repo import Repo
 from vxnet.services.view_hub import Hub, Snapshot, dumps
 from vxnet.store import open_store
+from vxnet.store.contract import Store
 
 
 def peer_table(ports: dict[str, dict[str, object]]) -> dict[str, bytes]:
@@ -79,6 +93,25 @@ def traced(title: str, before: tracemalloc.Snapshot, top: int = 8) -> tracemallo
         f"{x.traceback[0].filename.rsplit('/', 2)[-1]}:{x.traceback[0].lineno} {x.size_diff / 2**20:.1f}"
         for x in stats[:top]))
     return after
+
+
+def sqlite_world(path: str, world_opts: argparse.Namespace) -> tuple[Store, list[str]]:
+    """The scale world in the SQLite store at `path` (filled and every host registered if the
+    file is new), reopened as a server opens it; its hosts."""
+    if not os.path.exists(path):
+        store = open_store(f"sqlite://{path}")
+        world = fill(store, world_opts, random.Random(9), 500)
+        repo = Repo(store)
+        for i, h in enumerate(world.hosts):   # a lease that outlives the run: liveness changes no view
+            agents.register(store, repo, h, agents.Registration(underlay(i)), 10**7)
+        store.close()
+    return open_store(f"sqlite://{path}"), World(world_opts.scale_hosts).hosts
+
+
+def memory(title: str) -> None:
+    """The process's memory now (after a full collection)."""
+    gc.collect()
+    print(f"memory, {title}: RSS {rss_mib(os.getpid()):.1f} MiB; {malloc_stats()}; {pymalloc_stats()}")
 
 
 def port_changes(hub: Hub, hosts: list[str], n: int, rng: random.Random) -> None:
@@ -124,13 +157,20 @@ def main() -> None:
     p.add_argument("--peer-cache", action="store_true", help="also write the snapshots from a table of peer forms")
     p.add_argument("--memory", action="store_true", help="trace what the load and the tracking keep")
     p.add_argument("--changes", type=int, default=0, help="port changes of each kind applied to the index")
+    p.add_argument("--sqlite", metavar="PATH", help="the world in a SQLite store at PATH, registered (made if new)")
     opts = p.parse_args()
     sp = argparse.ArgumentParser()
     add_arguments(sp)
     world_opts = sp.parse_args(["--scale-hosts", str(opts.hosts), "--scale-networks", str(opts.networks),
                                 "--scale-ports", str(opts.ports)])
-    store = open_store("memory://")
-    world = fill(store, world_opts, random.Random(9), 500)
+    if opts.sqlite:
+        heap.limit_malloc_arenas()   # as the server, at its start
+        store, hosts = sqlite_world(opts.sqlite, world_opts)
+        if not opts.memory:
+            memory("the store loaded")
+    else:
+        store = open_store("memory://")
+        hosts = fill(store, world_opts, random.Random(9), 500).hosts
     print(f"{opts.ports} ports, {opts.networks} networks, {opts.hosts} hosts")
     if opts.memory:
         gc.collect()
@@ -138,15 +178,21 @@ def main() -> None:
         mark = tracemalloc.take_snapshot()
     hub = Hub(store)
     hub.loop = asyncio.new_event_loop()
+    hub.freeze_gc = bool(opts.sqlite)   # as the server (registered hosts are tracked by the load)
+    t0 = time.process_time()
     hub._load()
+    print(f"hub load: {time.process_time() - t0:.2f} s CPU")
     if opts.memory:
         mark = traced("the hub's load (the store's texts dropped)", mark)
-    for i, h in enumerate(world.hosts):
+    for i, h in enumerate(hosts if not opts.sqlite else ()):
         hub.index.hosts[h] = {"host": h, "underlay_ip": underlay(i), "alive": True, "gateway": False}
         hub.index.track(h)
     if opts.memory:
-        traced(f"tracking {len(world.hosts)} hosts", mark)
+        if not opts.sqlite:   # (the load tracked the registered hosts)
+            traced(f"tracking {len(hosts)} hosts", mark)
         tracemalloc.stop()
+    elif opts.sqlite:
+        memory("the hub loaded")
     gc.freeze()   # as the server after its load
     table: dict[str, bytes] = {}
     if opts.peer_cache:
@@ -155,29 +201,31 @@ def main() -> None:
         held = sum(map(sys.getsizeof, table.values())) + sys.getsizeof(table)
         print(f"peer table: made in {time.process_time() - t0:.2f} s CPU, holds {held / 2**20:.1f} MiB "
               f"({held / len(table):.0f} bytes a port; sys.getsizeof)")
-        for h in world.hosts[:opts.agents]:
+        for h in hosts[:opts.agents]:
             snap = hub.snapshot(h)
             assert cached_line(snap, table) == bytes(snap), h
     for r in range(opts.rounds):
         t0 = time.process_time()
-        snaps = [hub.snapshot(h) for h in world.hosts]
+        snaps = [hub.snapshot(h) for h in hosts]
         t1 = time.process_time()
         size = sum(len(piece) for s in snaps for piece in s.chunks())
         t2 = time.process_time()
         del snaps
         print(f"server round {r + 1}: make {t1 - t0:.2f} s + write out {t2 - t1:.2f} s CPU for "
-              f"{len(world.hosts)} snapshots ({size / 2**20:.0f} MiB)")
+              f"{len(hosts)} snapshots ({size / 2**20:.0f} MiB)")
         if table:
-            snaps = [hub.snapshot(h) for h in world.hosts]
+            snaps = [hub.snapshot(h) for h in hosts]
             t1 = time.process_time()
             cached = sum(len(cached_line(s, table)) for s in snaps)
             t2 = time.process_time()
             del snaps
             assert cached == size
             print(f"server round {r + 1}, peer forms from the table: write out {t2 - t1:.2f} s CPU")
-    lines = [bytes(hub.snapshot(h)) for h in world.hosts[:opts.agents]]
+    if opts.sqlite and not opts.memory:
+        memory(f"after {opts.rounds} rounds of snapshots")
+    lines = [bytes(hub.snapshot(h)) for h in hosts[:opts.agents]]
     if opts.changes:
-        port_changes(hub, world.hosts, opts.changes, random.Random(7))
+        port_changes(hub, hosts, opts.changes, random.Random(7))
     hub.loop.close()
     store.close()
     del hub
@@ -192,7 +240,7 @@ def main() -> None:
             t1 = c()
             view = apply_message(ViewState(), msg, consume=True)
             t2 = c()
-            desired = HostComputer(HostSpec(world.hosts[i], underlay(i))).compute(view.view).l2
+            desired = HostComputer(HostSpec(hosts[i], underlay(i))).compute(view.view).l2
             t3 = c()
             RecordingDriver().apply(desired)
             t4 = c()

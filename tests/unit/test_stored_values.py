@@ -99,3 +99,16 @@ def test_a_load_shares_short_values_and_keeps_long_ones_for_a_parse() -> None:
     assert a.value is b.value and a.mod_revision is b.mod_revision
     assert isinstance(p, StoredKeyValue) and p.value == PORT
 
+
+
+def test_a_claims_value_and_the_parsed_ports_id_are_one_string() -> None:
+    """Short values, loaded or written, and a parsed resource's id are interned: the server
+    holds a port's id once, as its MAC and IP claims' value and as its parsed object's `id`
+    (100,000 ports: ~8 MiB; docs/benchmarks.md, session 17)."""
+    n = 7
+    pid = f"port-id-{n}"   # made at run time: no constant the compiler interned
+    loaded = Sharer().kv("/vxnet/mac/n/fa:16:3e:00:00:07", pid, 3, 3, 1)
+    written = stored_kv("/vxnet/ipam/s/100.64.0.7", f"port-id-{n}", 4, 4, 1)
+    port = parse_resource(json.dumps({"id": "port-id-7", "name": "vm-7"}))   # a parse makes new strings
+    assert loaded.value == written.value == port["id"] == "port-id-7"
+    assert loaded.value is written.value is port["id"]

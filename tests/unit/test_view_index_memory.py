@@ -56,3 +56,20 @@ def test_kept_sets_are_sized_to_their_ids() -> None:
     assert any(len(s) >= 100 for s in kept)
     for s in kept:
         assert sys.getsizeof(s) == sys.getsizeof(set(s)), s
+
+
+def test_a_hosts_networks_are_one_set_with_its_local_ports_networks() -> None:
+    """A host without routers holds the networks of its local ports: `_n0` and its `networks`
+    members are one set, also after a change that recomputes it; a host where they differ
+    keeps two."""
+    objects, _, index = _loaded()
+    assert all(index._n0[h] is index.members[h]["networks"] for h in ("h0", "h1", "h99"))
+    moved = {**objects["ports"]["p1"], "network_id": "n0"}   # h1's one port moves to n0
+    index.apply([("ports", "p1", moved)])
+    assert index.members["h1"]["networks"] == {"n0"} and index._n0["h1"] is index.members["h1"]["networks"]
+    iface = {"id": "r0-if", "network_id": "n1", "binding:host_id": "", "device_owner": "network:router_interface",
+             "device_id": "r0", "security_groups": []}
+    index.apply([("ports", "r0-if", iface),
+                 ("ports", "r0-if0", {**iface, "id": "r0-if0", "network_id": "n0"})])
+    assert index.members["h1"]["networks"] == {"n0", "n1"} and index._n0["h1"] == {"n0"}   # the router's other net
+    assert index._n0["h1"] is not index.members["h1"]["networks"]

@@ -6,6 +6,9 @@ which the repo's listings share: `parse_resource`, services/repo.py): equal dict
   network's id in each of its ports, the project, the binding host, timestamps of one second),
   also inside a dict field (`binding:vif_details`) and the dicts of a list (`fixed_ips`): one
   copy of each, from process-wide pools;
+- holds its `id` interned (`sys.intern`): the store's in-memory copy holds a port's id as the
+  value of its MAC and IP claims, interned too (store/contract.py `Sharer`, `stored_kv`), so the
+  server keeps one copy of it, not two (100,000 ports: ~8 MiB);
 - holds its lists at their length (a list that `json` or a comprehension built with one item
   keeps room for four: 24 bytes more, a port's `fixed_ips`);
 - is a key-sharing dict (PEP 412) when it can be: CPython keeps the attributes of instances of
@@ -27,6 +30,7 @@ on a change; the repo's listings hand them out read-only). The pools only grow u
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 Obj = dict[str, Any]
@@ -142,6 +146,9 @@ def compact(obj: Obj, share_empty: bool = False) -> Obj:
             elif share_empty:
                 v = EMPTY_DICT
         out[k] = v
+    ident = out.get("id")
+    if ident.__class__ is str:   # interned: the store's claims of a port hold its id (store/contract.py Sharer)
+        out["id"] = sys.intern(ident)
     return out
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -168,11 +169,17 @@ class StoredKeyValue(KeyValue):
         return (KeyValue, self._fields())
 
 
+SHORT = 64  # characters: values up to this long are interned (`stored_kv`, `Sharer`)
+
+
 def stored_kv(key: str, value: str, create_revision: int, mod_revision: int, version: int,
               lease: int = 0) -> KeyValue:
     """A KeyValue for a store's in-memory copy: a long value's text may later be dropped for
-    the parsed object a reader attaches (StoredKeyValue)."""
+    the parsed object a reader attaches (StoredKeyValue); a short one is interned (see
+    `Sharer`)."""
     if len(value) < MIN_DERIVED:
+        if len(value) <= SHORT and value.__class__ is str:   # (a str subclass cannot be interned)
+            value = sys.intern(value)
         return KeyValue(key, value, create_revision, mod_revision, version, lease)
     return StoredKeyValue(key, value, create_revision, mod_revision, version, lease)
 
@@ -180,22 +187,20 @@ def stored_kv(key: str, value: str, create_revision: int, mod_revision: int, ver
 class Sharer:
     """Builds the KeyValues of a load (`stored_kv`) with one copy of equal revision numbers (a
     transaction writes many keys at one revision; every number beyond 256 is an object of its
-    own, 32 bytes) and of equal short values (a port's MAC and IP claims both hold its id).
-    Equal values, so nothing a reader sees changes; drop it after the load (it holds what it
-    has seen)."""
-
-    SHORT = 64  # values up to this many characters are shared
+    own, 32 bytes) and of equal short values: interned (`sys.intern`), so a port's MAC and IP
+    claims hold one copy of its id, and that copy is the server's parse of the port's own `id`
+    too (services/compact.py interns it: 100,000 ports, ~8 MiB). Equal values, so nothing a
+    reader sees changes; drop it after the load (it holds the revisions it has seen)."""
 
     def __init__(self) -> None:
         self._ints: dict[int, int] = {}
-        self._strs: dict[str, str] = {}
 
     def kv(self, key: str, value: str, create_revision: int, mod_revision: int, version: int,
            lease: int = 0) -> KeyValue:
         ints = self._ints
         n = len(value)
-        if n <= self.SHORT:
-            value = self._strs.setdefault(value, value)
+        if n <= SHORT and value.__class__ is str:
+            value = sys.intern(value)
         cls = KeyValue if n < MIN_DERIVED else StoredKeyValue   # as `stored_kv`, inline: a load makes many
         return cls(key, value, ints.setdefault(create_revision, create_revision),
                    ints.setdefault(mod_revision, mod_revision), version, ints.setdefault(lease, lease))
