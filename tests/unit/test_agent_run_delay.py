@@ -41,3 +41,27 @@ def test_run_delay_reads_its_threads_schedstat_without_opening_it_each_time(monk
     plain, first, *values = out
     assert isinstance(plain, float)
     assert first >= plain and values == sorted(values) and values[0] >= first     # the same counter, monotonic
+
+
+def test_a_finished_threads_schedstat_file_is_closed() -> None:
+    """The kept-open file goes with its thread (agents restart passes and reporters' threads:
+    an fd a thread would leak)."""
+    import gc
+    import os
+
+    def schedstat_fds() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").endswith("/schedstat")
+            except OSError:
+                pass
+        return n
+
+    before = schedstat_fds()
+    threads = [threading.Thread(target=core.run_delay) for _ in range(5)]
+    for t in threads:
+        t.start()
+        t.join(10)
+    gc.collect()
+    assert schedstat_fds() == before

@@ -78,7 +78,7 @@ def _then(first: ReconcileResult, second: ReconcileResult) -> ReconcileResult:
                                full_read=first.full_read or second.full_read)
 
 
-_schedstat = threading.local()       # per thread: its own schedstat file, kept open
+_schedstat = threading.local()       # per thread: its own schedstat file, kept open (closed with the thread's locals)
 
 
 def run_delay() -> float:
@@ -86,10 +86,10 @@ def run_delay() -> float:
     The file stays open per thread (one `pread` a call, not an open, a read and a close: the
     pass reads it three times, twice before its plug)."""
     try:
-        fd = getattr(_schedstat, "fd", None)
-        if fd is None:
-            fd = _schedstat.fd = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
-        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+        f = getattr(_schedstat, "file", None)
+        if f is None:    # a file object, not a bare fd: it is closed when the thread's locals go
+            f = _schedstat.file = open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb", buffering=0)  # noqa: SIM115
+        return int(os.pread(f.fileno(), 128, 0).split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
 
