@@ -183,27 +183,16 @@ def set_name6(group_id: str) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def _norm4(addr: str) -> str | None:
-    """An IPv4 address or prefix in canonical form (a /32 as a plain address); None otherwise."""
+def _norm(addr: str, version: int) -> str | None:
+    """An address or prefix of IP `version` (4 or 6) in canonical form (a host prefix, /32 or
+    /128, as a plain address); None otherwise."""
     try:
         n = ipaddress.ip_network(addr, strict=False)
     except ValueError:
         return None
-    if n.version != 4:
+    if n.version != version:
         return None
-    return str(n.network_address) if n.prefixlen == 32 else str(n)
-
-
-@functools.lru_cache(maxsize=65536)
-def _norm6(addr: str) -> str | None:
-    """An IPv6 address or prefix in canonical form (a /128 as a plain address); None otherwise."""
-    try:
-        n = ipaddress.ip_network(addr, strict=False)
-    except ValueError:
-        return None
-    if n.version != 6:
-        return None
-    return str(n.network_address) if n.prefixlen == 128 else str(n)
+    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
 
 
 def _merged(norm: set[str] | frozenset[str], host_bits: int) -> frozenset[str]:
@@ -216,17 +205,17 @@ def _merged(norm: set[str] | frozenset[str], host_bits: int) -> frozenset[str]:
 
 def collapse6(addrs: Iterable[str]) -> frozenset[str]:
     """`collapse` for IPv6."""
-    return _merged({n for a in addrs if (n := _norm6(a)) is not None}, 128)
+    return _merged({n for a in addrs if (n := _norm(a, 6)) is not None}, 128)
 
 
 def collapse(addrs: Iterable[str]) -> frozenset[str]:
     """IPv4 addresses/CIDRs merged into non-overlapping prefixes (nft interval sets refuse
     overlaps); a /32 is written as a plain address."""
-    return _merged({n for a in addrs if (n := _norm4(a)) is not None}, 32)
+    return _merged({n for a in addrs if (n := _norm(a, 4)) is not None}, 32)
 
 
 def _canonical(addr: str, family: int) -> str | None:
-    """`_norm4(addr)` (AF_INET) or `_norm6(addr)` (AF_INET6) without their caches in the common
+    """`_norm(addr, 4)` (AF_INET) or `_norm(addr, 6)` (AF_INET6) without its cache in the common
     case: an address already in canonical form is returned itself (the same string object), so
     a remote group's 10,000 members cost no cache entries and no second copy of each string; a
     prefix, another notation or a non-address goes through the cached normaliser."""
@@ -237,7 +226,7 @@ def _canonical(addr: str, family: int) -> str | None:
             return addr
     except (OSError, ValueError):
         pass
-    return _norm6(addr) if family == socket.AF_INET6 else _norm4(addr)
+    return _norm(addr, 6 if family == socket.AF_INET6 else 4)
 
 
 def group_members(ports: Iterable[Port], group: str, family: int) -> frozenset[str]:
@@ -301,7 +290,7 @@ def sg_rule(r: Rule) -> SgRule | None:
 
 
 def _v4(addr: str) -> bool:
-    return _norm4(addr) is not None
+    return _norm(addr, 4) is not None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -329,9 +318,9 @@ def _ll(mac: str) -> str | None:
 def port_addresses6(port: Port, link_locals: bool = True) -> tuple[tuple[str, str], ...]:
     """(MAC, IPv6 address or CIDR) a port may use: fixed IPs, allowed address pairs and (as
     Neutron) the EUI-64 link-local of the port's MAC and of every pair's MAC."""
-    out = [(port.mac, f.ip_address) for f in port.fixed_ips if _norm6(f.ip_address) is not None]
+    out = [(port.mac, f.ip_address) for f in port.fixed_ips if _norm(f.ip_address, 6) is not None]
     out += [(pair.mac_address or port.mac, pair.ip_address) for pair in port.allowed_address_pairs
-            if _norm6(pair.ip_address) is not None]
+            if _norm(pair.ip_address, 6) is not None]
     if link_locals:
         for mac in sorted({port.mac, *(pair.mac_address or port.mac for pair in port.allowed_address_pairs)} - {""}):
             ll = _ll(mac)
