@@ -74,15 +74,18 @@ def start_upstream(state_dir: str) -> int:
 
 
 def routes(state_dir: str) -> dict[str, list[dict[str, Any]]]:
-    """prefix -> [{"nexthop", "peer", "best"}] of the upstream router's BGP table."""
+    """prefix -> [{"nexthop", "peer", "best"}] of the upstream router's valid paths; a prefix
+    without one is left out (a withdrawn prefix stays in bgpd's table, its path not valid, until
+    bgpd's next pass removes it)."""
     r = subprocess.run(["vtysh", "--vty_socket", upstream_dir(state_dir), "-c", "show ip bgp json"],
                        capture_output=True, text=True, timeout=20, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"vtysh: {r.stdout}{r.stderr}")
     table = json.loads(r.stdout or "{}").get("routes") or {}
-    return {prefix: [{"nexthop": (p.get("nexthops") or [{}])[0].get("ip"), "peer": p.get("peerId"),
-                      "best": bool(p.get("bestpath"))} for p in paths if p.get("valid")]
-            for prefix, paths in table.items()}
+    valid = {prefix: [{"nexthop": (p.get("nexthops") or [{}])[0].get("ip"), "peer": p.get("peerId"),
+                       "best": bool(p.get("bestpath"))} for p in paths if p.get("valid")]
+             for prefix, paths in table.items()}
+    return {prefix: paths for prefix, paths in valid.items() if paths}
 
 
 def peers(state_dir: str) -> dict[str, str]:
