@@ -74,11 +74,23 @@ def netdev_tables(bridge_text: str, ports: list[Any], layout: str = "tables") ->
 
 
 def port_rules(p: Any) -> list[str]:
-    """A port's anti-spoofing rules as its own chain holds them (`ps_chain`: since session 16
-    only a port with IPv6 pairs has one in the bridge table; the IPv4 ports' checks are
-    elements of the shared chain's sets, and this lab's netdev form keeps the per-port chain)."""
-    from vxnet.compute.firewall_ps import ps_chain
-    return [r.text for r in ps_chain(p).rules]
+    """A port's IPv4 anti-spoofing rules as its own chain held them (the per-port `ps_<port>`
+    chain of sessions before 16, a port of one MAC and plain comparisons; since session 18 no
+    port has one in the bridge table, and this lab's netdev form keeps the per-port chain)."""
+    from vxnet.compute.nft_table import nft_rule, set_text
+
+    mac = p.macs[0]
+    addrs = [a for _, a in p.pairs]
+    rules = [nft_rule("udp sport 67", "drop", "dhcp-server")]
+    rules += [nft_rule(f"ether saddr {m} ip saddr {a}", f"meta mark set {p.index:#x} accept", "mark") for m, a in p.pairs]
+    rules += [nft_rule(f"ether saddr != {mac}", "drop", "spoof-mac"),
+              nft_rule(f"arp saddr ether != {mac}", "drop", "spoof-arp"),
+              nft_rule(f"arp saddr ip != {set_text([*addrs, '0.0.0.0'])}", "drop", "spoof-arp"),
+              nft_rule("ether type arp", "accept", "arp"),
+              nft_rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client"),
+              nft_rule("ether type ip", "drop", "spoof-ip"), nft_rule("ether type ip6", "drop", "spoof-ip6"),
+              nft_rule("", "drop", "other")]
+    return [r.text for r in rules]
 
 
 def split_port_up(cmds: list[str]) -> tuple[list[str], list[str]]:

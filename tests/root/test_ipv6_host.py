@@ -10,7 +10,9 @@ clients: the VMs' own kernels (accept_ra=1) and ISC `dhclient -6`.
   hand is turned back on and its entries restored.
 - Guards: an RA and a DHCPv6 ADVERTISE sent by a VM reach no other VM (same host, other host);
   a spoofed IPv6 source and a forged neighbour advertisement never leave the host; an allowed
-  address pair with an IPv6 prefix lets that source (and the VM's NA for it) through.
+  address pair with an IPv6 prefix lets that source (and the VM's NA for it) through; a DAD
+  probe for another port's address, an NS/NA/RS whose link-layer option names another MAC
+  are dropped while the VM's own ND passes.
 - Security groups for IPv6: an ICMPv6 rule allows ping6, a TCP port without a rule is blocked,
   and an egress connection's replies pass by conntrack with no ingress rule.
 - Two projects with the same IPv6 prefix (and addresses) are isolated.
@@ -29,6 +31,7 @@ import pytest
 from tests.root.conftest import Lab, lab_session, needs_root
 from tests.root.helpers import capture, nsexec, wait_for
 from tests.root.test_port_security import counters, vm_capture
+from vxnet.compute import naming
 from vxnet.compute import nd_packet as nd
 from vxnet.lab import topology
 
@@ -136,8 +139,14 @@ if kind == "ra":
 elif kind == "advertise":
     msg = d6.Dhcp6Message(d6.ADVERTISE, 1, ((d6.OPT_SERVERID, d6.duid_ll(src_mac)),))
     frame = nd.udp6_frame(src_mac, dst_mac, src_ip, dst_ip, 547, 546, d6.encode_message(msg))
-elif kind == "na":      # unsolicited NA claiming sys.argv[7] for src_mac
-    frame = nd.icmp6_frame(src_mac, dst_mac, src_ip, dst_ip, nd.na_message(sys.argv[7], src_mac, nd.NA_OVERRIDE))
+elif kind == "na":      # unsolicited NA claiming sys.argv[7] for src_mac (or the MAC sys.argv[8])
+    lladdr = sys.argv[8] if len(sys.argv) > 8 else src_mac
+    frame = nd.icmp6_frame(src_mac, dst_mac, src_ip, dst_ip, nd.na_message(sys.argv[7], lladdr, nd.NA_OVERRIDE))
+elif kind == "ns":      # NS for sys.argv[7], with the source link-layer option sys.argv[8] if given
+    lladdr = sys.argv[8] if len(sys.argv) > 8 else None
+    frame = nd.icmp6_frame(src_mac, dst_mac, src_ip, dst_ip, nd.ns_message(sys.argv[7], lladdr))
+elif kind == "rs":      # RS with the source link-layer option sys.argv[7]
+    frame = nd.icmp6_frame(src_mac, dst_mac, src_ip, dst_ip, nd.rs_message(sys.argv[7]))
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("eth0", 0))
 for _ in range(3):
@@ -266,12 +275,70 @@ def test_spoofed_ipv6_source_and_forged_na_never_leave(lab: Lab, slaac: dict) ->
                 {"ip_address": "2001:db8:1::90/124"}]}})
             assert r.status_code == 200, r.text
         wait_for(lambda: ping6_from("a1", spoofed, v6_of(a2)) > 0, "the pair allowed", timeout=15)
-        # (the port's chain was rewritten, its counters restarted): no NA of a1 dropped since
-        assert counters(1, a1["id"])["spoof-na-target"] == 0
+        # a2 forgets the address and solicits it again: a1's NA for it passes (none dropped)
+        mid = counters(1, a1["id"])
+        nsexec(topology.vm_ns("a2"), "ip", "-6", "neigh", "flush", "to", spoofed)
+        assert ping6_from("a1", spoofed, v6_of(a2)) > 0
+        assert counters(1, a1["id"])["spoof-na-target"] == mid["spoof-na-target"]
     finally:
         nsexec(ns, "ip", "-6", "addr", "del", spoofed + "/64", "dev", "eth0")
         with lab.api("alice") as c:
             c.put(f"/ports/{a1['id']}", json={"port": {"allowed_address_pairs": []}})
+
+
+_ND_LINE = re.compile(r"(\S+) > \S+: ICMP6, (?:neighbor (solicitation), who has|neighbor (advertisement), tgt is) (\S+?),")
+
+
+def nd_seen(lines: list[str]) -> set[tuple[str, str, str]]:
+    """(source, "solicitation" | "advertisement", target) of the NS/NA in tcpdump lines."""
+    return {(m.group(1), m.group(2) or m.group(3), m.group(4)) for ln in lines if (m := _ND_LINE.search(ln))}
+
+
+def test_forged_neighbour_discovery_never_leaves_and_own_nd_works(lab: Lab, slaac: dict) -> None:
+    """A VM on a dual-stack port (in the shared `ps6`) cannot send an NA for another port's
+    address, a DAD probe for it, an NS or NA whose link-layer option names another MAC, or an
+    RS with another MAC; its own DAD probe, NS, NA and RS pass, and its kernel's ND works."""
+    a1, a2, a3 = slaac["a1"], slaac["a2"], slaac["a3"]
+    for vm in ("a1", "a2", "a3"):
+        enable_ipv6(vm)
+    wait_for(lambda: has_addr("a1", v6_of(a1)) and has_addr("a2", v6_of(a2)), "a1, a2 SLAAC", timeout=30)
+    m1, m2 = a1["mac_address"], a2["mac_address"]
+    mine, ll, other, far = v6_of(a1), nd.link_local(m1), v6_of(a2), v6_of(a3)
+    all_nodes = "33:33:00:00:00:01"
+    pre = nsexec(topology.host_ns(1), "nft", "list", "map", "bridge", "vxnet_ps", "pre_ports").stdout
+    assert f'"{naming.tap_name(a1["id"])}" : jump ps6' in pre, pre
+    before = counters(1, a1["id"])
+    with vm_capture("a2", f"icmp6 and ether src {m1}") as near, capture() as underlay:
+        # forged: each sent 3 times
+        raw6("a1", "na", m1, all_nodes, ll, "ff02::1", other)                       # a2's address
+        raw6("a1", "ns", m1, nd.multicast_mac(nd.solicited_node(other)), "::", nd.solicited_node(other), other)  # DAD
+        raw6("a1", "ns", m1, all_nodes, ll, "ff02::1", far, m2)                     # NS, a2's MAC as lladdr
+        raw6("a1", "na", m1, all_nodes, mine, "ff02::1", mine, m2)                  # NA, a2's MAC as lladdr
+        raw6("a1", "rs", m1, "33:33:00:00:00:02", ll, "ff02::2", m2)                # RS, a2's MAC as lladdr
+        # its own: a DAD probe for its address, an NS with its MAC, an NA for its address
+        raw6("a1", "ns", m1, nd.multicast_mac(nd.solicited_node(mine)), "::", nd.solicited_node(mine), mine)
+        raw6("a1", "ns", m1, all_nodes, mine, "ff02::1", far, m1)
+        raw6("a1", "na", m1, all_nodes, ll, "ff02::1", mine)
+    after = counters(1, a1["id"])
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert (delta["spoof-na-target"], delta["spoof-dad-target"], delta["spoof-nd-lladdr"], delta["spoof-rs-lladdr"]) == \
+        (3, 3, 6, 3), delta
+    assert delta["spoof-nd-layout"] == delta["spoof-rs-layout"] == 0
+    seen = nd_seen(near)
+    assert {("::", "solicitation", mine), (mine, "solicitation", far), (ll, "advertisement", mine)} <= seen, near
+    assert not seen & {(ll, "advertisement", other), ("::", "solicitation", other), (ll, "solicitation", far),
+                       (mine, "advertisement", mine)}, near
+    assert [f for f in underlay if m2 in f and m1 in f] == []
+    # its own RS (its MAC) is answered by the host's responder: an RA reaches a1
+    with vm_capture("a1", "icmp6 and ip6[40] == 134") as ras:
+        raw6("a1", "rs", m1, "33:33:00:00:00:02", ll, "ff02::2", m1)
+    assert ras, "no RA answered a1's own RS"
+    assert counters(1, a1["id"])["spoof-rs-lladdr"] == after["spoof-rs-lladdr"]
+    # and its kernel's neighbour discovery (NS/NA with link-layer options) works both ways
+    for vm in ("a1", "a2"):
+        nsexec(topology.vm_ns(vm), "ip", "-6", "neigh", "flush", "dev", "eth0")
+    assert ping6("a1", other) > 0 and ping6("a2", mine) > 0
+    assert counters(1, a1["id"])["spoof-nd-lladdr"] == after["spoof-nd-lladdr"]
 
 
 def ping6_from(vm: str, src: str, ip: str) -> int:

@@ -23,7 +23,6 @@ import pytest
 
 from tests.root.conftest import Lab, needs_root
 from tests.root.helpers import capture, nsexec, ping
-from vxnet.compute import firewall_model as fwmodel
 from vxnet.compute import firewall_ps as fwps
 from vxnet.compute import naming
 from vxnet.dataplane.nft_driver import NftDriver
@@ -83,12 +82,12 @@ def vm_capture(vm: str, bpf: str) -> Iterator[list[str]]:
 
 
 def counters(host: int, port_id: str) -> dict[str, int]:
-    """Packets per rule identity of a port's anti-spoofing chain on its host: its own chain (a
-    port with IPv6 pairs), else the shared `ps` (whose counters count every such port of the
-    host: callers compare before and after their own frames)."""
+    """Packets per rule identity of a port's anti-spoofing chain on its host: the shared chain
+    `pre_ports` sends its tap to (`ps`, or `ps6` for a port with IPv6 pairs), whose counters
+    count every such port of the host: callers compare before and after their own frames."""
     c = NftDriver(topology.host_ns(host)).counters("bridge", "vxnet_ps")
-    own = "ps_" + fwmodel.ident(port_id)
-    chain = own if any(ch == own for ch, _ in c) else fwps.PS_SHARED
+    pre = nsexec(topology.host_ns(host), "nft", "list", "map", "bridge", "vxnet_ps", "pre_ports").stdout
+    chain = fwps.PS_SHARED6 if f'"{naming.tap_name(port_id)}" : jump {fwps.PS_SHARED6}' in pre else fwps.PS_SHARED
     return {kind: pk for (ch, kind), (pk, _) in c.items() if ch == chain}
 
 

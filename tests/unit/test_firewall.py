@@ -100,21 +100,25 @@ def test_anti_spoofing_allows_own_and_pair_addresses_only() -> None:
     p = fw.port(P1)
     assert p.macs == ("02:00:00:00:02:0b", "02:00:00:00:07:10")
     assert p.pairs == (("02:00:00:00:02:0b", "192.0.2.11"), ("02:00:00:00:07:10", "198.51.100.0/28"))
-    rules = chain(fw, "bridge", f"ps_{p.ident}")
-    text = "\n".join(rules)
-    assert "ether saddr != { 02:00:00:00:02:0b, 02:00:00:00:07:10 } counter drop" in text
-    arp = next(r for r in rules if "spoof-arp" in r)
-    assert "02:00:00:00:02:0b . 0.0.0.0" in arp and "02:00:00:00:07:10 . 198.51.100.0/28" in arp
+    assert fwps.ps_chain_name(p) == "ps6"          # IPv6 pairs: the shared chain with the IPv6 checks
+    rules = chain(fw, "bridge", "ps6")
+    tap, mark = f'"{p.tap}"', f"{p.index:#010x}"
+    assert bridge_set(fw, "ps_macs") >= {f"{tap} . 02:00:00:00:02:0b", f"{tap} . 02:00:00:00:07:10"}
+    assert {f"{tap} . 02:00:00:00:02:0b . 0.0.0.0", f"{tap} . 02:00:00:00:07:10 . 0.0.0.0"} <= bridge_set(fw, "ps_arp")
+    assert bridge_set(fw, "ps_arp_net") == {f"{tap} . 02:00:00:00:07:10 . 198.51.100.0/28"}
+    assert bridge_set(fw, "ps_mark") == {f"{tap} . 02:00:00:00:02:0b . 192.0.2.11 : {mark}"}
     kinds = [nft.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)) for r in rules]
-    assert kinds == ["dhcp-server", "mark", "dhcp6-server", "ra-guard", "spoof-na-target", "spoof-dad-target", "spoof-nd-layout", "spoof-nd-lladdr", "spoof-rs-layout", "spoof-rs-lladdr", "mark6", "spoof-mac", "spoof-arp", "arp", "dhcp-client",
-                     "v6-unspecified", "spoof-ip", "spoof-ip6", "other"]
+    assert kinds == ["dhcp-server", "mark", "mark", "dhcp6-server", "ra-guard", "spoof-na-target", "spoof-dad-target",
+                     "spoof-nd-layout", "spoof-nd-lladdr", "spoof-rs-layout", "spoof-rs-lladdr", "mark6", "mark6",
+                     "spoof-mac", "spoof-arp", "arp", "dhcp-client", "dhcp-renew", "v6-unspecified", "spoof-ip",
+                     "spoof-ip6", "other"]
+    # the IPv4 checks are `ps`'s, in its order, around the IPv6 ones
+    assert [r for r in rules if r not in chain(fw, "bridge", "ps")] == rules[3:13] + [rules[-4]]
     # IPv6: the pair's address and both MACs' EUI-64 link-locals
     assert p.pairs6 == (("02:00:00:00:02:0b", "fe80::ff:fe00:20b"), ("02:00:00:00:07:10", "2001:db8::1"),
                         ("02:00:00:00:07:10", "fe80::ff:fe00:710"))
     assert rules[0].startswith("udp sport 67 counter drop")      # never a DHCP server, checked before IP
     assert all("counter " in r for r in rules)
-    assert rules[1].startswith("ether saddr . ip saddr { 02:00:00:00:02:0b . 192.0.2.11, "
-                               f"02:00:00:00:07:10 . 198.51.100.0/28 }} counter meta mark set {p.index:#x} accept")
 
 
 def bridge_set(fw: fwm.Firewall, name: str) -> frozenset[str]:
@@ -595,7 +599,7 @@ def test_port_security_off_gets_no_chain_at_all() -> None:
     fw = compute_firewall(dhcp_view([port(P1, "192.0.2.11", port_security_enabled=False)]), "h1")
     assert fw.port(P1) is None and fw.open_ports == {P1}
     ps = next(t for t in fw.tables if t.family == "bridge")
-    assert [c.name for c in ps.chains] == ["pre", "out", "ps"] and not any(s.elements for s in ps.sets)
+    assert [c.name for c in ps.chains] == ["pre", "out", "ps", "ps6"] and not any(s.elements for s in ps.sets)
     assert fwm.port_security(fw, P1, "02:00:00:00:02:0b", Packet("192.0.2.99", "192.0.2.1", 17, 68, 67)) == \
         ("accept", "unfiltered")
 
@@ -671,19 +675,25 @@ def test_nd_checks_use_the_ports_pairs_and_macs() -> None:
     p1 = port(P1, "192.0.2.11", fixed_ips=[{"subnet_id": "s6", "ip_address": "2001:db8::11"}],
               allowed_address_pairs=[{"ip_address": "2001:db8:5::/120", "mac_address": "02:00:00:00:07:10"}])
     fw = compute_firewall(view([p1]), "h1")
-    rules = {nft.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)): r
-             for r in chain(fw, "bridge", f"ps_{fw.port(P1).ident}")}
-    na = rules["spoof-na-target"]
-    assert "02:00:00:00:02:0b . 0x20010db8000000000000000000000011" in na
-    assert ("02:00:00:00:07:10 . 0x20010db8000500000000000000000000-0x20010db80005000000000000000000ff" in na)
-    assert "02:00:00:00:07:10 . 0xfe8000000000000000000000fe000710" not in na      # EUI-64: ff:fe
-    assert "02:00:00:00:07:10 . 0xfe800000000000000000fffffe000710" not in na
-    assert "02:00:00:00:07:10 . 0xfe80000000000000000000fffe000710" in na          # fe80::ff:fe00:710
-    assert "@th,208,48 != { 0x02000000020b, 0x020000000710 }" in rules["spoof-nd-lladdr"]
-    assert rules["spoof-dad-target"].startswith("ip6 saddr :: icmpv6 type nd-neighbor-solicit")
-    assert rules["mark6"].startswith("ether saddr . ip6 saddr { 02:00:00:00:02:0b . 2001:db8::11, "
-                                     "02:00:00:00:02:0b . fe80::ff:fe00:20b, 02:00:00:00:07:10 . 2001:db8:5::/120, "
-                                     "02:00:00:00:07:10 . fe80::ff:fe00:710 }")
+    rules = {nft.comment_kind(re.search(r'comment "([^"]*)"', r).group(1)): r for r in chain(fw, "bridge", "ps6")}
+    tap, mark = f'"{fw.port(P1).tap}"', f"{fw.port(P1).index:#010x}"
+    # the (MAC . address) pairs as raw 128-bit keys: exact ones in `ps_mark6`, a prefix as a range
+    assert bridge_set(fw, "ps_mark6") == {f"{tap} . 02:00:00:00:02:0b . 0x20010db8000000000000000000000011 : {mark}",
+                                          f"{tap} . 02:00:00:00:02:0b . 0xfe80000000000000000000fffe00020b : {mark}",
+                                          f"{tap} . 02:00:00:00:07:10 . 0xfe80000000000000000000fffe000710 : {mark}"}
+    assert bridge_set(fw, "ps_mark6_net") == {
+        f"{tap} . 02:00:00:00:07:10 . 0x20010db8000500000000000000000000-0x20010db80005000000000000000000ff : {mark}"}
+    assert bridge_set(fw, "ps_lladdr") == {f"{tap} . 0x2000000020b", f"{tap} . 0x20000000710"}
+    own = "iifname . ether saddr . @th,64,128 != @ps_mark6 iifname . ether saddr . @th,64,128 != @ps_mark6_net"
+    assert rules["spoof-na-target"].startswith(f"icmpv6 type nd-neighbor-advert {own} counter drop")
+    assert rules["spoof-dad-target"].startswith(f"ip6 saddr :: icmpv6 type nd-neighbor-solicit {own} counter drop")
+    assert "@th,192,8 { 1, 2 } iifname . @th,208,48 != @ps_lladdr counter drop" in rules["spoof-nd-lladdr"]
+    assert "@th,64,8 1 iifname . @th,80,48 != @ps_lladdr counter drop" in rules["spoof-rs-lladdr"]
+    assert [r.split(" counter")[0] for r in chain(fw, "bridge", "ps6") if "mark6#" in r] == [
+        f"ether type ip6 meta mark set iifname . ether saddr . @nh,64,128 map @ps_mark6{x}" for x in ("", "_net")]
+    decl = {x.name: x.declaration() for x in fw.tables[0].sets}
+    assert decl["ps_mark6"] == "{ typeof iifname . ether saddr . @nh,64,128 : meta mark; }"
+    assert decl["ps_lladdr"] == "{ typeof iifname . @th,208,48; }"
     in1 = chain(fw, "inet", fwmodel.sg_chain(fw.port(P1), "ingress"))
     assert in1[2].startswith("icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
                              "mld-listener-query } counter accept")
@@ -774,7 +784,7 @@ def test_an_ipv4_ports_checks_are_elements_of_the_shared_chains_sets() -> None:
     fw = compute_firewall(view([one, two, more]), "h1")
     t1, t2, t3 = (f'"{fw.port(p).tap}"' for p in (P1, P2, P3))
     i1, i2, i3 = (f"{fw.port(p).index:#010x}" for p in (P1, P2, P3))
-    assert [c.name for c in fw.tables[0].chains if c.name.startswith("ps")] == ["ps"]
+    assert [c.name for c in fw.tables[0].chains if c.name.startswith("ps")] == ["ps", "ps6"]   # ps6 unused here
     assert bridge_set(fw, "pre_ports") == {f"{t} : jump ps" for t in (t1, t2, t3)}
     assert bridge_set(fw, "ps_mark") == {f"{t1} . 02:00:00:00:02:0b . 192.0.2.11 : {i1}",
                                          f"{t2} . 02:00:00:00:02:0c . 192.0.2.12 : {i2}",
@@ -833,9 +843,11 @@ def test_a_port_up_adds_only_elements_to_the_bridge_table() -> None:
     assert set(new_chains) == {f"mk_{c.port(P4).profile}"}
 
 
-def test_a_port_with_ipv6_pairs_keeps_its_own_chain_in_the_splice() -> None:
-    """A port with IPv6 pairs: its own `ps_<port>` (the ND checks), dispatched from `pre_ports`;
-    `render_update` splices it in and out among the other such ports, as `render` orders it."""
+def test_a_port_with_ipv6_pairs_adds_only_elements_too() -> None:
+    """A port with IPv6 pairs: dispatched to the shared `ps6`, its facts elements of the shared
+    sets (the IPv4 ones and `ps_mark6`, `ps_lladdr`), so its port-up adds no chain and no rule,
+    by `render` and by `render_update`; the sets it has no element in are the same objects; the
+    table's chains are the same with 1 and with 20 such ports."""
     v6 = [{"subnet_id": "s", "ip_address": "192.0.2.14"}, {"subnet_id": "s6", "ip_address": "2001:db8::14"}]
     ports = [port(P1, "192.0.2.11"), port(P3, "192.0.2.13", fixed_ips=[{"subnet_id": "s6", "ip_address": "2001:db8::13"}])]
     a = compute_firewall(view(ports), "h1")
@@ -844,12 +856,30 @@ def test_a_port_with_ipv6_pairs_keeps_its_own_chain_in_the_splice() -> None:
     spliced = render_update(a, b)
     assert spliced is not None and spliced == b.tables
     p2 = b.port(P2)
-    assert fwps.ps_chain_name(p2) == f"ps_{p2.ident}" and f'"{p2.tap}" : jump ps_{p2.ident}' in bridge_set(b, "pre_ports")
-    assert [c.name for c in spliced[0].chains if c.name.startswith("ps_")] == sorted(
-        f"ps_{b.port(q).ident}" for q in (P2, P3))
-    assert not any(e.startswith(f'"{p2.tap}"') for e in bridge_set(b, "ps_mark") | bridge_set(b, "ps_macs"))
-    cmds = diff_table(a.tables[0], spliced[0])
-    assert f"add chain bridge vxnet_ps ps_{p2.ident}" in cmds
+    assert fwps.ps_chain_name(p2) == "ps6" and f'"{p2.tap}" : jump ps6' in bridge_set(b, "pre_ports")
+    assert [c.name for c in spliced[0].chains] == [c.name for c in a.tables[0].chains]
+    kept = {s.name for s, t in zip(a.tables[0].sets, spliced[0].sets, strict=True) if s is t}
+    assert kept == {"ps_mark_net", "ps_arp_net", "ps_dhcp", "ps_mark6_net"}
+    tap = f'"{p2.tap}"'
+    # pre, out, 1 mark, 1 MAC, 2 ARP, 2 IPv6 pairs (its address, its link-local), 1 ND MAC
+    assert sum(e.startswith(tap) for s in b.tables[0].sets for e in s.elements) == 9
+    for new in (b.tables[0], spliced[0]):
+        up = diff_table(a.tables[0], new)
+        assert up and not any(" chain " in c or " rule " in c for c in up), up
+        fake = FakeNft()
+        fake.run(nft.table_text(a.tables[0]).splitlines())
+        fake.run(up)
+        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(b.tables[0])
+        down = diff_table(new, a.tables[0])
+        assert down and all(c.startswith("delete element") for c in down), down
+        fake.run(down)
+        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(a.tables[0])
+    many = [port(f"p{i:07x}-0000-4000-8000-000000000000", f"192.0.2.{100 + i}",
+                 fixed_ips=[{"subnet_id": "s", "ip_address": f"192.0.2.{100 + i}"},
+                            {"subnet_id": "s6", "ip_address": f"2001:db8::{100 + i:x}"}]) for i in range(20)]
+    one, twenty = (compute_firewall(view(x), "h1") for x in (many[:1], many))
+    assert [c.name for c in one.tables[0].chains] == [c.name for c in twenty.tables[0].chains]
+    assert len(bridge_set(twenty, "ps_mark6")) == 40        # each port's address and link-local
 
 
 def test_link_locals_as_nd_packet_forms_them() -> None:

@@ -150,7 +150,7 @@ def test_port_security_checks_ipv6_sources_with_the_chains_rules() -> None:
     for spoofed in ("2001:db8:1::b", "2001:db8:1:0:98::5", "fe80::1234"):
         t = walk(snap, "a", "2001:db8:1::b", src_ip=spoofed)
         assert (t.verdict, t.deciding) == ("dropped", "spoof-ip6"), spoofed
-        assert dict(t.hops[0].check.args) == {"table": "ps", "chain": "ps_a", "rule": "spoof-ip6"}
+        assert dict(t.hops[0].check.args) == {"table": "ps", "chain": "ps6", "rule": "spoof-ip6"}
     # A DHCPv6 server frame from its own address: the DHCPv6-server guard, not mark6.
     t = walk(snap, "a", "2001:db8:1::b", "udp", 546, sport=547)
     assert (t.verdict, t.deciding) == ("dropped", "dhcp6-server")

@@ -10,8 +10,8 @@ by br_netfilter in `table inet`, where a bridged packet's iifname/oifname is the
 ports are therefore tagged with skb marks in bridge-family chains):
 
 - `table bridge vxnet_ps` (`compute/firewall_ps.py`): per local port with port security, its
-  anti-spoofing checks (a shared chain whose sets hold the port's facts, or its own chain for a
-  port with IPv6 pairs), marking its frames with its index; the destination port's profile
+  anti-spoofing checks (a shared chain, `ps` or `ps6` with IPv6 pairs, whose sets hold the
+  port's facts), marking its frames with its index; the destination port's profile
   number in the mark's high half.
 - `table inet vxnet_sg` (`compute/firewall_sg.py`): conntrack zones and notrack, established
   flows accepted first, then the marks dispatched to the chains of the ports' security profiles
@@ -41,11 +41,9 @@ at the VM's own port, with its real source address.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
 import ipaddress
-import operator
 import socket
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -68,7 +66,15 @@ from vxnet.compute.firewall_model import (
     sg_rule,
     zone_map,
 )
-from vxnet.compute.firewall_ps import PS_BASE, mark_chain, mark_chains, ps_chain, ps_chain_name, ps_elements, ps_table
+from vxnet.compute.firewall_ps import (
+    PS_BASE,
+    PS_SHARED_CHAINS,
+    mark_chain,
+    mark_chains,
+    ps_chain_name,
+    ps_elements,
+    ps_table,
+)
 from vxnet.compute.firewall_sg import (
     BASE_CHAINS,
     CT_MACS,
@@ -228,12 +234,10 @@ def compute_firewall(view: View | Mapping[str, Mapping[str, Any]], host: str) ->
 
 @dataclasses.dataclass(frozen=True)
 class _PortParts:
-    """What one port adds to the tables: its own anti-spoofing chain (None: the shared one), its
-    profile's two chains (shared with the other ports of the profile), and its elements in the
-    bridge table's sets and maps (`pre_ports`, `out_ports`, the shared chain's) and in
-    `eg_ports`."""
+    """What one port adds to the tables: its profile's two chains (shared with the other ports
+    of the profile), and its elements in the bridge table's sets and maps (`pre_ports`,
+    `out_ports`, the shared chains') and in `eg_ports`."""
 
-    ps: NftChain | None
     eg: NftChain
     in_: NftChain
     bridge: Mapping[str, frozenset[str]]
@@ -246,8 +250,7 @@ def _port_parts(p: PortFilter) -> _PortParts:
     # only the new port's chains and entries; the others' are these same objects.
     bridge = {"pre_ports": frozenset([f'"{p.tap}" : jump {ps_chain_name(p)}']),
               "out_ports": frozenset([f'"{p.tap}" : jump mk_{p.profile}']), **ps_elements(p)}
-    return _PortParts(ps_chain(p) if p.pairs6 else None, port_sg_chain(p, "egress"), port_sg_chain(p, "ingress"),
-                      bridge, f"{p.index:#010x} : jump eg_{p.profile}")
+    return _PortParts(port_sg_chain(p, "egress"), port_sg_chain(p, "ingress"), bridge, f"{p.index:#010x} : jump eg_{p.profile}")
 
 
 def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
@@ -257,37 +260,13 @@ def render(fw: Firewall) -> tuple[NftTable, NftTable, NftTable]:
     # the mark; VXLAN decapsulation starts from the NIC's 0), and only ours set these bits.
     parts = [_port_parts(p) for p in fw.ports]
     numbers = fw.profile_numbers
-    ps = ps_table((x.bridge for x in parts), numbers, (x.ps for x in parts if x.ps is not None))
+    ps = ps_table((x.bridge for x in parts), numbers)
     sg = sg_table(fw.ports, fw.groups, fw.members, fw.members6, fw.zones, numbers, (x.eg_entry for x in parts),
                   {x.eg.name[3:]: (x.eg, x.in_) for x in parts})
     return ps, sg, HOST
 
 
 _SPLICE_MAX = 8       # changed ports up to which `render_update` splices (beyond: `render`)
-
-
-def _splice(chains: tuple[NftChain, ...], start: int, width: int, old: tuple[PortFilter, ...],
-            gone: Iterable[PortFilter], new: tuple[PortFilter, ...], came: Iterable[tuple[PortFilter, tuple[NftChain, ...]]]
-            ) -> tuple[NftChain, ...]:
-    """`chains` (`width` chains per port from `start`, in `old`'s order) without the ports
-    `gone`, with the ports `came` (and their chains) at their places in `new`."""
-    out = list(chains)
-    for i in sorted((_place(old, p) for p in gone), reverse=True):
-        del out[start + width * i:start + width * (i + 1)]
-    for j, part in sorted(((_place(new, p), c) for p, c in came), key=lambda x: x[0]):
-        out[start + width * j:start + width * j] = part
-    return tuple(out)
-
-
-def _place(ports: tuple[PortFilter, ...], p: PortFilter) -> int:
-    """The index of `p` in `ports` (sorted by port id, as `Firewall.ports`)."""
-    i = bisect.bisect_left(ports, p.port_id, key=_port_id)
-    if i == len(ports) or ports[i] is not p:
-        raise ValueError(f"{p.port_id} not in the ports")
-    return i
-
-
-_port_id = operator.attrgetter("port_id")
 
 
 def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, NftTable] | None:
@@ -336,14 +315,9 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
         sg_chains = (*sg.chains[:start], *profile_chains(profiles))
     fw.__dict__["profile_numbers"] = numbers
 
-    # The bridge table: the shared chain, the profiles' mark chains, then the own chains of the
-    # ports with IPv6 pairs (in port order).
-    mk_start = len(PS_BASE) + 1           # the base chains, the shared chain
-    ps_chains = (*ps.chains[:mk_start], *mark_chains(numbers), *ps.chains[mk_start + len(before_numbers):])
-    own_gone, own_came = [p for p in gone if p.pairs6], [p for p in came if p.pairs6]
-    if own_gone or own_came:
-        ps_chains = _splice(ps_chains, mk_start + len(numbers), 1, tuple(p for p in prev.ports if p.pairs6), own_gone,
-                            tuple(p for p in fw.ports if p.pairs6), ((p, (parts[p].ps,)) for p in own_came))
+    # The bridge table: the shared chains, then the profiles' mark chains.
+    mk_start = len(PS_BASE) + len(PS_SHARED_CHAINS)
+    ps_chains = (*ps.chains[:mk_start], *mark_chains(numbers))
 
     def elements(s: NftSet, of: Callable[[_PortParts], Collection[str]]) -> NftSet:
         went, new = [x for p in gone if (x := of(parts[p]))], [x for p in came if (x := of(parts[p]))]
@@ -361,11 +335,9 @@ def render_update(prev: Firewall, fw: Firewall) -> tuple[NftTable, NftTable, Nft
     out = (NftTable(ps.family, ps.name, ps_chains, ps_sets), NftTable(sg.family, sg.name, sg_chains, sg_sets))
     mk_gone = [f"mk_{k}" for k in sorted(removed)]
     mk_came = [mark_chain(k, numbers[k]) for k in sorted(added)]
-    ps_gone = [*mk_gone, *(ps_chain_name(p) for p in own_gone)]
-    ps_came = [*mk_came, *(parts[p].ps for p in own_came)]
     sg_gone = [c.name for k in sorted(removed) for c in held[k]]
     sg_came = [c for k in sorted(added) for c in added[k]]
-    for before, after, went, new in ((ps, out[0], ps_gone, ps_came), (sg, out[1], sg_gone, sg_came)):
+    for before, after, went, new in ((ps, out[0], mk_gone, mk_came), (sg, out[1], sg_gone, sg_came)):
         # the only chains that differ from `before`'s (`nft_driver.diff_table` walks these alone);
         # a weak reference: a strong one would keep every rendering since the start alive
         after.__dict__["changed_from"] = (weakref.ref(before), tuple(dict.fromkeys([*went, *(c.name for c in new)])))

@@ -35,7 +35,7 @@ class NftSet:
     """A named set, or (`kind="map"`) a verdict map whose elements are `key : verdict` texts."""
 
     name: str
-    type: str
+    type: str                   # `ifname . ipv4_addr` (a `type`), or `typeof <expressions>` (raw payload keys)
     elements: frozenset[str]
     flags: str = "interval"
     kind: str = "set"           # set | map
@@ -44,7 +44,8 @@ class NftSet:
         """The `{ ... }` body of its `add set` / `add map` command; with `elements`, the command
         also adds those (to the set as the kernel holds it when it exists already: an `add` of a
         set with the same declaration changes nothing else)."""
-        return (f"{{ type {self.type};" + (f" flags {self.flags};" if self.flags else "")
+        key = self.type if self.type.startswith("typeof ") else f"type {self.type}"
+        return (f"{{ {key};" + (f" flags {self.flags};" if self.flags else "")
                 + (f" elements = {set_text(elements)};" if elements else "") + " }")
 
 
