@@ -137,7 +137,9 @@ def _same_lab(lab3: Any, ports: dict[str, Any], rounds: int, seconds: float) -> 
 
 # --- 2. apply time ----------------------------------------------------------------------------
 
-def _view(nports: int, extra_rules: int = 0, members_extra: int = 0) -> dict[str, Any]:
+def _view(nports: int, extra_rules: int = 0, members_extra: int = 0, dual_stack: bool = False) -> dict[str, Any]:
+    """A view of `nports` ports on h1 and `members_extra` on h2 in one group (port i: 100.64.x.y;
+    with `dual_stack` also 2001:db8::<i + 1>: each port has IPv6 pairs, its link-local too)."""
     net = {"id": NET, "provider:network_type": "vxlan", "provider:segmentation_id": 1001}
     rules = [{"id": "9c000000-0000-4000-8000-000000000001", "security_group_id": GROUP, "direction": "egress",
               "ethertype": "IPv4"},
@@ -152,7 +154,8 @@ def _view(nports: int, extra_rules: int = 0, members_extra: int = 0) -> dict[str
         pid = f"{i:08x}-9e00-4000-8000-000000000000"
         ports[pid] = {"id": pid, "network_id": NET, "binding:host_id": "h1" if i < nports else "h2",
                       "mac_address": f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}",
-                      "fixed_ips": [{"ip_address": f"100.{64 + (i >> 16)}.{i >> 8 & 255}.{i & 255}"}],
+                      "fixed_ips": [{"ip_address": f"100.{64 + (i >> 16)}.{i >> 8 & 255}.{i & 255}"},
+                                    *([{"ip_address": f"2001:db8::{i + 1:x}"}] if dual_stack else [])],
                       "security_groups": [GROUP], "port_security_enabled": True, "device_owner": "compute:nova"}
     return {"networks": {NET: net}, "ports": ports, "security_groups": {GROUP: {"id": GROUP, "stateful": True}},
             "security_group_rules": {r["id"]: r for r in rules}}

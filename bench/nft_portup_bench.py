@@ -31,6 +31,8 @@ the kernel's checks and validation, then its abort), then committed: the thread'
 on a run queue (`/proc/thread-self/schedstat`) and its involuntary context switches; then a
 pure Python loop of the same CPU time (no system call) as the control for what the machine's
 load alone costs. Run under `nice -n N` to see what a priority changes.
+`--nft-v6`: every port dual-stack (an IPv6 fixed IP besides its IPv4 one: IPv6 pairs, its
+link-local too), for the kernel forms (classic, sets, sched).
 Contract: only its own sandbox namespace; figures never invented.
 """
 
@@ -83,12 +85,18 @@ def anonymous_sets(text: str) -> str:
     return _ARP.sub(r"arp saddr ether . arp saddr ip != { \1 . \3, \1 . 0.0.0.0 } counter drop \2", text)
 
 
-def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
+def _fw(n: int, v6: bool) -> Any:
+    """The firewall of bench/firewall_bench.py's view of `n` local ports (dual-stack with `v6`)."""
+    from bench.firewall_bench import _view
+    from vxnet.compute.firewall import compute_firewall
+
+    return compute_firewall(_view(n, dual_stack=v6), "h1")
+
+
+def measure_sets(sizes: list[int], rounds: int, v6: bool = False) -> dict[str, Any]:
     """Inside the sandbox: per size, the port-up transaction times of the plain and the
     anonymous-set forms (ms), alternating by block."""
     import_repo()
-    from bench.firewall_bench import _view
-    from vxnet.compute.firewall import compute_firewall
     from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_exec import NftExecutor
 
@@ -100,11 +108,11 @@ def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
         for block in range(4):
             form = ("plain", "sets")[block % 2]
             shape = anonymous_sets if form == "sets" else (lambda x: x)
-            fw = compute_firewall(_view(n), "h1")
+            fw = _fw(n, v6)
             if ex.run("flush ruleset\n" + shape("".join(table_text(t) for t in fw.tables))) is not None:
                 raise RuntimeError(f"loading {n} ports ({form})")
             for k in range(max(1, rounds // 2)):
-                fw, _, text = _port_up(ex, fw, n + 1 + k, form, lambda ls, sh=shape: sh("\n".join(ls) + "\n"), times)
+                fw, _, text = _port_up(ex, fw, n + 1 + k, form, lambda ls, sh=shape: sh("\n".join(ls) + "\n"), times, v6)
                 sets_seen = max(sets_seen, text.count("{ 02:")) if form == "sets" else sets_seen
         ex.close()
         out[str(n)] = _result(times, sets_seen, fw)
@@ -112,14 +120,12 @@ def measure_sets(sizes: list[int], rounds: int) -> dict[str, Any]:
 
 
 def _port_up(ex: Any, fw: Any, n: int, form: str, text_of: Callable[[list[str]], str],
-             times: dict[str, list[float]]) -> tuple[Any, list[str], str]:
+             times: dict[str, list[float]], v6: bool = False) -> tuple[Any, list[str], str]:
     """The tables of `n` local ports after `fw`'s, loaded by one timed transaction (into
     `times[form]`) of the commands `diff_table` gives, as `text_of` writes them."""
-    from bench.firewall_bench import _view
-    from vxnet.compute.firewall import compute_firewall
     from vxnet.dataplane.nft_driver import diff_table
 
-    new = compute_firewall(_view(n), "h1")
+    new = _fw(n, v6)
     lines = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
     text = text_of(lines)
     t0 = time.perf_counter()
@@ -185,7 +191,7 @@ def _switches() -> int:
         return next(int(line.split(":")[1]) for line in f if line.startswith("nonvoluntary_ctxt_switches"))
 
 
-def measure_sched(sizes: list[int], rounds: int) -> dict[str, Any]:
+def measure_sched(sizes: list[int], rounds: int, v6: bool = False) -> dict[str, Any]:
     """Inside the sandbox: per size, each port-up's transaction (after 10 ms idle, as a pass
     after a wait) as the dry run first (`nft_ctx_set_dry_run`: libnftables' work and the
     kernel's checks, then the kernel aborts it) and then committed: its thread CPU, its wait
@@ -194,9 +200,7 @@ def measure_sched(sizes: list[int], rounds: int) -> dict[str, Any]:
     import ctypes
 
     import_repo()
-    from bench.firewall_bench import _view
     from vxnet.agent.core import run_delay
-    from vxnet.compute.firewall import compute_firewall
     from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
@@ -206,7 +210,7 @@ def measure_sched(sizes: list[int], rounds: int) -> dict[str, Any]:
         ex = NftExecutor()
         lib, ctx = ex._lib._lib, ex._lib._ctx  # type: ignore[union-attr]
         lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
-        fw = compute_firewall(_view(n), "h1")
+        fw = _fw(n, v6)
         if ex.run("flush ruleset\n" + "".join(table_text(t) for t in fw.tables)) is not None:
             raise RuntimeError(f"loading {n} ports")
         times: dict[str, list[float]] = {k: [] for k in (
@@ -214,7 +218,7 @@ def measure_sched(sizes: list[int], rounds: int) -> dict[str, Any]:
             "same-CPU Python loop: run-queue wait", "same-CPU Python loop: preempted (times)")}
         commands = 0
         for k in range(rounds):
-            new = compute_firewall(_view(n + 1 + k), "h1")
+            new = _fw(n + 1 + k, v6)
             lines = [c for t, o in zip(new.tables, fw.tables, strict=True) for c in diff_table(o, t)]
             text, commands = "\n".join(lines) + "\n", len(lines)
             lib.nft_ctx_set_dry_run(ctx, True)
@@ -243,11 +247,9 @@ def measure_sched(sizes: list[int], rounds: int) -> dict[str, Any]:
     return out
 
 
-def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
+def measure(sizes: list[int], rounds: int, v6: bool = False) -> dict[str, Any]:
     """Inside the sandbox: per size, the transaction times of both forms (ms)."""
     import_repo()
-    from bench.firewall_bench import _view
-    from vxnet.compute.firewall import compute_firewall
     from vxnet.compute.nft_table import table_text
     from vxnet.dataplane.nft_exec import NftExecutor
 
@@ -256,7 +258,7 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
         ex = NftExecutor()
         if ex.run("flush ruleset\n") is not None:
             raise RuntimeError("nft flush ruleset failed")
-        fw = compute_firewall(_view(n), "h1")
+        fw = _fw(n, v6)
         err = ex.run("".join(table_text(t) for t in fw.tables))
         if err is not None:
             raise RuntimeError(f"loading {n} ports: {err}")
@@ -265,7 +267,7 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
         for k in range(2 * rounds):
             form = ("cache-free", "classic")[k % 2]
             fw, lines, _ = _port_up(ex, fw, n + 1 + k, form,
-                                    lambda ls, f=form: "\n".join(ls if f == "cache-free" else classic(ls)) + "\n", times)
+                                    lambda ls, f=form: "\n".join(ls if f == "cache-free" else classic(ls)) + "\n", times, v6)
             commands = len(lines)
         ex.close()
         out[str(n)] = _result(times, commands, fw)
@@ -280,6 +282,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "compute: the pure part (firewall compute, render, diff), no kernel; sched: each "
                         "transaction's CPU (and its dry run's), run-queue wait and preemptions against a "
                         "pure Python loop of the same CPU")
+    p.add_argument("--nft-v6", action="store_true", help="dual-stack ports (an IPv6 fixed IP each; not with compute)")
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -289,11 +292,12 @@ def run(opts: argparse.Namespace) -> Report:
         return Report(NAME, cols, [["all", "not run", "", "", "", "", "needs root (namespaces)"]])
     sizes = [int(x) for x in str(getattr(opts, "nft_sizes", "10,100,300")).split(",")]
     rounds = 3 if opts.quick else max(1, int(getattr(opts, "nft_rounds", 15)))
+    v6 = bool(getattr(opts, "nft_v6", False))
     load0 = os.getloadavg()[0]
     fn = {"sets": "measure_sets", "compute": "measure_compute", "sched": "measure_sched"}.get(compare, "measure")
     try:
         res: dict[str, Any] = (measure_compute(sizes, rounds) if compare == "compute" else in_sandbox(  # type: ignore[assignment]
-            f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds})", 600))
+            f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds}, {v6!r})", 600))
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
     rows: list[list[str]] = []
@@ -305,6 +309,7 @@ def run(opts: argparse.Namespace) -> Report:
             rows.append([n, form, f"{statistics.median(xs):.2f}", f"{min(xs):.2f}", f"{max(xs):.2f}", str(len(xs)),
                          f"{what}; {r['objects']} chains+sets in the tables{unit}"])
     notes = [f"load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
+             *(["dual-stack ports (--nft-v6)"] if v6 else []),
              "the pure part of each port-up (in-process)" if fn == "measure_compute" else
              "each port-up: its dry run, its transaction, the same-CPU loop, in turn; nice "
              f"{os.getpriority(os.PRIO_PROCESS, 0)}" if fn == "measure_sched" else
