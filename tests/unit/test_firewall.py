@@ -807,6 +807,26 @@ def test_an_ipv4_ports_checks_are_elements_of_the_shared_chains_sets() -> None:
         assert fwm.port_security(fw, pid, mac, Packet("192.0.2.99", "192.0.2.1")) == ("drop", "spoof-ip")
 
 
+def elements_only(a: fwm.Firewall, b: fwm.Firewall, spliced: tuple[nft.NftTable, ...]) -> list[list[str]]:
+    """The bridge table's port-up commands from `a` to `b`, by `render` and by `render_update`
+    (`spliced`): elements only, no chain or rule; applied to the stateful fake they give `b`'s
+    table, and the port-down commands (element deletions only) give `a`'s back."""
+    ups = []
+    for new in (b.tables[0], spliced[0]):
+        up = diff_table(a.tables[0], new)
+        assert up and not any(" chain " in c or " rule " in c for c in up), up
+        fake = FakeNft()
+        fake.run(nft.table_text(a.tables[0]).splitlines())
+        fake.run(up)
+        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(b.tables[0])
+        down = diff_table(new, a.tables[0])
+        assert down and all(c.startswith("delete element") for c in down), down
+        fake.run(down)
+        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(a.tables[0])
+        ups.append(up)
+    return ups
+
+
 def test_a_port_up_adds_only_elements_to_the_bridge_table() -> None:
     """An IPv4 port of a profile on the host already: its port-up adds no chain and no rule to
     the bridge table (elements of its sets and maps only), by `render` and by `render_update`;
@@ -819,20 +839,10 @@ def test_a_port_up_adds_only_elements_to_the_bridge_table() -> None:
     assert b.port(P2).profile == a.port(P1).profile
     spliced = render_update(a, b)
     assert spliced is not None and spliced[0] == b.tables[0] and spliced[1] == b.tables[1]
-    for new in (b.tables[0], spliced[0]):
-        up = diff_table(a.tables[0], new)
-        assert up and not any(" chain " in c or " rule " in c for c in up), up
+    for up in elements_only(a, b, spliced):
         # the exact addresses as plain set elements, the CIDR pair in the interval sets
         assert {c.split()[1] for c in up} <= {"map", "set", "element"}
         assert sorted(c.split()[4] for c in up if c.startswith("add element")) == ["ps_arp_net", "ps_mark_net"]
-        fake = FakeNft()
-        fake.run(nft.table_text(a.tables[0]).splitlines())
-        fake.run(up)
-        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(b.tables[0])
-        down = diff_table(new, a.tables[0])
-        assert down and all(c.startswith("delete element") for c in down), down
-        fake.run(down)
-        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(a.tables[0])
     tap = f'"{b.port(P2).tap}"'
     assert all(not e.startswith(tap) for s in a.tables[0].sets for e in s.elements)
     # pre, out, 1 mark, 1 mark (CIDR), 2 MACs, 3 ARP (its address, each MAC with 0.0.0.0), 1 ARP (CIDR)
@@ -863,17 +873,7 @@ def test_a_port_with_ipv6_pairs_adds_only_elements_too() -> None:
     tap = f'"{p2.tap}"'
     # pre, out, 1 mark, 1 MAC, 2 ARP, 2 IPv6 pairs (its address, its link-local), 1 ND MAC
     assert sum(e.startswith(tap) for s in b.tables[0].sets for e in s.elements) == 9
-    for new in (b.tables[0], spliced[0]):
-        up = diff_table(a.tables[0], new)
-        assert up and not any(" chain " in c or " rule " in c for c in up), up
-        fake = FakeNft()
-        fake.run(nft.table_text(a.tables[0]).splitlines())
-        fake.run(up)
-        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(b.tables[0])
-        down = diff_table(new, a.tables[0])
-        assert down and all(c.startswith("delete element") for c in down), down
-        fake.run(down)
-        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(a.tables[0])
+    elements_only(a, b, spliced)
     many = [port(f"p{i:07x}-0000-4000-8000-000000000000", f"192.0.2.{100 + i}",
                  fixed_ips=[{"subnet_id": "s", "ip_address": f"192.0.2.{100 + i}"},
                             {"subnet_id": "s6", "ip_address": f"2001:db8::{100 + i:x}"}]) for i in range(20)]

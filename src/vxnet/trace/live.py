@@ -77,7 +77,7 @@ def check(c: Check, netns: str | None) -> str:
     if c.kind == "neigh":
         return "ok"
     if c.kind == "nft-rule" and dict(c.args).get("table") == "ps":
-        # A port-security rule: the rule of that identity in the port's own chain.
+        # A port-security rule: the rule of that identity in the port's chain (shared: `ps`, `ps6`).
         rules = _nft_rules(netns, *PS_TABLE)
         if rules is None:
             return f"DRIFT: table {' '.join(PS_TABLE)} missing"

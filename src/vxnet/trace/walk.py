@@ -444,7 +444,7 @@ def _port_security(w: Walker, host: str, source: str, port: dict[str, Any], pkt:
         verdict, kind = "accept", "unfiltered"
     else:
         verdict, kind = port_security(fw, source, mac, pkt)
-        # its own chain (a port with IPv6 pairs) or the shared one, its facts in that one's sets
+        # the shared chain of its kind (`ps6` with IPv6 pairs, else `ps`), its facts in the sets
         check = Check("nft-rule", host, (("table", "ps"), ("chain", ps_chain_name(pf)), ("rule", kind)))
         why = {"mark": "from its own MAC and address", "mark6": "from its own MAC and IPv6 address",
                "v6-unspecified": "duplicate address detection or MLD from ::",
