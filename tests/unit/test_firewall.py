@@ -882,6 +882,31 @@ def test_a_port_with_ipv6_pairs_adds_only_elements_too() -> None:
     assert len(bridge_set(twenty, "ps_mark6")) == 40        # each port's address and link-local
 
 
+def test_a_port_gaining_an_ipv6_address_moves_to_ps6_by_elements() -> None:
+    """A port that gets (or loses) an IPv6 address: its `pre_ports` element jumps to `ps6`
+    (back to `ps`) and its IPv6 elements come (go), no anti-spoofing chain or rule (its security
+    profile changes, so its profile's `mk_` chain may come and go); applied to the stateful
+    fake (which refuses a map key held with another verdict) both ways, by `render_update`."""
+    v4 = [port(P1, "192.0.2.11"), port(P3, "192.0.2.13")]
+    v6 = [v4[0], port(P3, "192.0.2.13", fixed_ips=[{"subnet_id": "s", "ip_address": "192.0.2.13"},
+                                                   {"subnet_id": "s6", "ip_address": "2001:db8::13"}])]
+    a, b = compute_firewall(view(v4), "h1"), compute_firewall(view(v6), "h1")
+    tap = f'"{b.port(P3).tap}"'
+    assert f"{tap} : jump ps" in bridge_set(a, "pre_ports") and f"{tap} : jump ps6" in bridge_set(b, "pre_ports")
+    for x, y in ((a, b), (b, a)):
+        x.tables                                                # noqa: B018 - rendered: `render_update` splices from it
+        spliced = render_update(x, compute_firewall(view(v6 if y is b else v4), "h1"))
+        assert spliced is not None and spliced[0] == y.tables[0]
+        cmds = diff_table(x.tables[0], spliced[0])
+        # elements only, and the out-mark chain of its profile (with IPv6 addresses: another one)
+        assert cmds and all(" element " in c or "elements = " in c or " mk_" in c for c in cmds), cmds
+        assert not any(" rule " in c or " chain bridge vxnet_ps ps" in c for c in cmds), cmds
+        fake = FakeNft()
+        fake.run(nft.table_text(x.tables[0]).splitlines())
+        fake.run(cmds)
+        assert fake.tables[("bridge", "vxnet_ps")] == fake.state(y.tables[0])
+
+
 def test_link_locals_as_nd_packet_forms_them() -> None:
     """The firewall's fast EUI-64 link-local equals `nd_packet.link_local` (zero runs included)."""
     from vxnet.compute.nd_packet import link_local
