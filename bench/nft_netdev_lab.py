@@ -74,22 +74,22 @@ def netdev_tables(bridge_text: str, ports: list[Any], layout: str = "tables") ->
 
 
 def port_rules(p: Any) -> list[str]:
-    """A port's IPv4 anti-spoofing rules as its own chain held them (the per-port `ps_<port>`
-    chain of sessions before 16, a port of one MAC and plain comparisons; since session 18 no
-    port has one in the bridge table, and this lab's netdev form keeps the per-port chain)."""
-    from vxnet.compute.nft_table import nft_rule, set_text
+    """A port's anti-spoofing rules as its own chain held them (the per-port `ps_<port>` chain
+    before session 18 for a port of one MAC and one IPv4 address, as this lab's ports are:
+    plain comparisons; since then no port has a chain of its own in the bridge table, and this
+    lab's netdev form keeps the per-port chain)."""
+    from vxnet.compute.nft_table import nft_rule
 
-    mac = p.macs[0]
-    addrs = [a for _, a in p.pairs]
-    rules = [nft_rule("udp sport 67", "drop", "dhcp-server")]
-    rules += [nft_rule(f"ether saddr {m} ip saddr {a}", f"meta mark set {p.index:#x} accept", "mark") for m, a in p.pairs]
-    rules += [nft_rule(f"ether saddr != {mac}", "drop", "spoof-mac"),
-              nft_rule(f"arp saddr ether != {mac}", "drop", "spoof-arp"),
-              nft_rule(f"arp saddr ip != {set_text([*addrs, '0.0.0.0'])}", "drop", "spoof-arp"),
-              nft_rule("ether type arp", "accept", "arp"),
-              nft_rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client"),
-              nft_rule("ether type ip", "drop", "spoof-ip"), nft_rule("ether type ip6", "drop", "spoof-ip6"),
-              nft_rule("", "drop", "other")]
+    (mac, addr), = p.pairs
+    rules = [nft_rule("udp sport 67", "drop", "dhcp-server"),
+             nft_rule(f"ether saddr {mac} ip saddr {addr}", f"meta mark set {p.index:#x} accept", "mark"),
+             nft_rule(f"ether saddr != {mac}", "drop", "spoof-mac"),
+             nft_rule(f"arp saddr ether != {mac}", "drop", "spoof-arp"),
+             nft_rule(f"arp saddr ip != {addr} arp saddr ip != 0.0.0.0", "drop", "spoof-arp"),
+             nft_rule("ether type arp", "accept", "arp"),
+             nft_rule("ip saddr 0.0.0.0 udp sport 68 udp dport 67", "accept", "dhcp-client"),
+             nft_rule("ether type ip", "drop", "spoof-ip"), nft_rule("ether type ip6", "drop", "spoof-ip6"),
+             nft_rule("", "drop", "other")]
     return [r.text for r in rules]
 
 
