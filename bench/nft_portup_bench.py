@@ -32,7 +32,7 @@ on a run queue (`/proc/thread-self/schedstat`) and its involuntary context switc
 pure Python loop of the same CPU time (no system call) as the control for what the machine's
 load alone costs. Run under `nice -n N` to see what a priority changes.
 `--nft-v6`: every port dual-stack (an IPv6 fixed IP besides its IPv4 one: IPv6 pairs, its
-link-local too), for the kernel forms (classic, sets, sched).
+link-local too), in every form.
 Contract: only its own sandbox namespace; figures never invented.
 """
 
@@ -140,7 +140,7 @@ def _result(times: dict[str, list[float]], commands: int, fw: Any) -> dict[str, 
     return {"times": times, "commands": commands, "objects": sum(len(t.chains) + len(t.sets) for t in fw.tables)}
 
 
-def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
+def measure_compute(sizes: list[int], rounds: int, v6: bool = False) -> dict[str, Any]:
     """Per size, the pure part of a port-up (ms): firewall compute, render, diff."""
     import_repo()
     from bench.firewall_bench import _view
@@ -150,7 +150,7 @@ def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for n in sizes:
-        raw = _view(n, members_extra=2 * n)
+        raw = _view(n, members_extra=2 * n, dual_stack=v6)
         state = apply_message(ViewState(), {"type": "snapshot", "revision": 1, "view": raw})
         hc = HostComputer(HostSpec("h1", "192.0.2.1"))
         fw = hc.compute(state.view).firewall
@@ -160,7 +160,8 @@ def measure_compute(sizes: list[int], rounds: int) -> dict[str, Any]:
         for k in range(rounds):
             pid = f"{10**6 + k:08x}-9e00-4000-8000-000000000000"
             p = dict(template, id=pid, mac_address=f"02:01:00:00:{k >> 8:02x}:{k & 255:02x}",
-                     fixed_ips=[{"ip_address": f"100.100.{k >> 8}.{k & 255}"}], **{"binding:host_id": ""})
+                     fixed_ips=[{"ip_address": f"100.100.{k >> 8}.{k & 255}"},
+                                *([{"ip_address": f"2001:db8:100::{k + 1:x}"}] if v6 else [])], **{"binding:host_id": ""})
             for host in ("", "h1"):         # created unbound, then bound here
                 state = apply_message(state, {"type": "update", "revision": rev,
                                               "put": {"ports": {pid: dict(p, **{"binding:host_id": host})}}})
@@ -282,7 +283,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "compute: the pure part (firewall compute, render, diff), no kernel; sched: each "
                         "transaction's CPU (and its dry run's), run-queue wait and preemptions against a "
                         "pure Python loop of the same CPU")
-    p.add_argument("--nft-v6", action="store_true", help="dual-stack ports (an IPv6 fixed IP each; not with compute)")
+    p.add_argument("--nft-v6", action="store_true", help="dual-stack ports (an IPv6 fixed IP each)")
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -296,7 +297,7 @@ def run(opts: argparse.Namespace) -> Report:
     load0 = os.getloadavg()[0]
     fn = {"sets": "measure_sets", "compute": "measure_compute", "sched": "measure_sched"}.get(compare, "measure")
     try:
-        res: dict[str, Any] = (measure_compute(sizes, rounds) if compare == "compute" else in_sandbox(  # type: ignore[assignment]
+        res: dict[str, Any] = (measure_compute(sizes, rounds, v6) if compare == "compute" else in_sandbox(  # type: ignore[assignment]
             f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds}, {v6!r})", 600))
     except Exception as e:  # noqa: BLE001 - the table says what broke
         return Report(NAME, cols, [["all", "failed", "", "", "", "", f"{type(e).__name__}: {e}"[:600]]])
