@@ -243,6 +243,82 @@ def measure_sched(sizes: list[int], rounds: int) -> dict[str, Any]:
     return out
 
 
+def measure_netlink(sizes: list[int], rounds: int) -> dict[str, Any]:
+    """Inside the sandbox: per size, each port-up's change applied the two ways the driver can,
+    alternating port by port, through an executor keeping the ledger (as the agent's): as text
+    through libnftables (`diff_table`, then the transaction) and as one netlink batch of its
+    elements (`element_batch`, then `run_batch`); the thread's CPU of each part (ms), and for
+    the text the dry run (libnftables' parse, evaluation and cache, the kernel's checks, abort)
+    and the two generation reads around a transaction."""
+    import ctypes
+
+    import_repo()
+    from bench.firewall_bench import _view
+    from vxnet.compute.firewall import compute_firewall
+    from vxnet.compute.nft_table import table_text
+    from vxnet.dataplane.nft_driver import diff_table, element_batch
+    from vxnet.dataplane.nft_exec import NftExecutor
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        ex = NftExecutor(ledger=True)
+        lib, ctx = ex._lib._lib, ex._lib._ctx  # type: ignore[union-attr]
+        lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        fw = compute_firewall(_view(n), "h1")
+        if ex.run("flush ruleset\n" + "".join(table_text(t) for t in fw.tables)) is not None:
+            raise RuntimeError(f"loading {n} ports")
+        times: dict[str, list[float]] = {k: [] for k in (
+            "libnftables: diff_table (Python)", "libnftables: dry run (parse, cache, kernel checks)",
+            "libnftables: transaction (with 2 generation reads)", "libnftables: diff + transaction",
+            "generation reads (2)", "netlink: element_batch (Python)", "netlink: batch (with 2 generation reads)",
+            "netlink: element_batch + batch", "libnftables: diff + transaction, wall", "netlink: element_batch + batch, wall")}
+        commands = 0
+        for k in range(2 * rounds):
+            new = compute_firewall(_view(n + 1 + k), "h1")
+            pairs = list(zip(new.tables, fw.tables, strict=True))
+            time.sleep(0.005)
+            w0, c0 = time.perf_counter(), time.thread_time()
+            if k % 2 == 0:
+                text = "\n".join(c for t, o in pairs for c in diff_table(o, t)) + "\n"
+                c1 = time.thread_time()
+                err = ex.run(text)
+                c2, w2 = time.thread_time(), time.perf_counter()
+                times["libnftables: diff_table (Python)"].append((c1 - c0) * 1e3)
+                times["libnftables: transaction (with 2 generation reads)"].append((c2 - c1) * 1e3)
+                times["libnftables: diff + transaction"].append((c2 - c0) * 1e3)
+                times["libnftables: diff + transaction, wall"].append((w2 - w0) * 1e3)
+                commands = text.count("\n")
+            else:
+                batch = element_batch(pairs)
+                if not batch:
+                    raise RuntimeError(f"port-up at {n} ports: not an element-only change")
+                c1 = time.thread_time()
+                err = ex.run_batch(batch)
+                c2, w2 = time.thread_time(), time.perf_counter()
+                times["netlink: element_batch (Python)"].append((c1 - c0) * 1e3)
+                times["netlink: batch (with 2 generation reads)"].append((c2 - c1) * 1e3)
+                times["netlink: element_batch + batch"].append((c2 - c0) * 1e3)
+                times["netlink: element_batch + batch, wall"].append((w2 - w0) * 1e3)
+            if err is not None:
+                raise RuntimeError(f"port-up at {n} ports: {err}")
+            fw = new
+            if k % 2 == 0:                     # the next port-up's text as a dry run: libnftables' part
+                nxt = compute_firewall(_view(n + 2 + k), "h1")
+                text = "\n".join(c for t, o in zip(nxt.tables, fw.tables, strict=True) for c in diff_table(o, t)) + "\n"
+                lib.nft_ctx_set_dry_run(ctx, True)
+                c0 = time.thread_time()
+                ex._lib.run(text)  # type: ignore[union-attr]
+                times["libnftables: dry run (parse, cache, kernel checks)"].append((time.thread_time() - c0) * 1e3)
+                lib.nft_ctx_set_dry_run(ctx, False)
+                c0 = time.thread_time()
+                ex.generation()
+                ex.generation()
+                times["generation reads (2)"].append((time.thread_time() - c0) * 1e3)
+        ex.close()
+        out[str(n)] = _result(times, commands, fw)
+    return out
+
+
 def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
     """Inside the sandbox: per size, the transaction times of both forms (ms)."""
     import_repo()
@@ -275,11 +351,12 @@ def measure(sizes: list[int], rounds: int) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nft-sizes", default="10,100,300", help="local ports before the port-ups (10,100,300)")
     p.add_argument("--nft-rounds", type=int, default=15, help="port-ups per form and size (15)")
-    p.add_argument("--nft-compare", choices=("classic", "sets", "compute", "sched"), default="classic",
+    p.add_argument("--nft-compare", choices=("classic", "sets", "compute", "sched", "netlink"), default="classic",
                    help="classic: cache-free vs classic commands; sets: plain vs anonymous-set checks; "
                         "compute: the pure part (firewall compute, render, diff), no kernel; sched: each "
                         "transaction's CPU (and its dry run's), run-queue wait and preemptions against a "
-                        "pure Python loop of the same CPU")
+                        "pure Python loop of the same CPU; netlink: the port-up as libnftables text vs a "
+                        "netlink batch of its elements (the thread's CPU of each part)")
 
 
 def run(opts: argparse.Namespace) -> Report:
@@ -290,7 +367,8 @@ def run(opts: argparse.Namespace) -> Report:
     sizes = [int(x) for x in str(getattr(opts, "nft_sizes", "10,100,300")).split(",")]
     rounds = 3 if opts.quick else max(1, int(getattr(opts, "nft_rounds", 15)))
     load0 = os.getloadavg()[0]
-    fn = {"sets": "measure_sets", "compute": "measure_compute", "sched": "measure_sched"}.get(compare, "measure")
+    fn = {"sets": "measure_sets", "compute": "measure_compute", "sched": "measure_sched",
+          "netlink": "measure_netlink"}.get(compare, "measure")
     try:
         res: dict[str, Any] = (measure_compute(sizes, rounds) if compare == "compute" else in_sandbox(  # type: ignore[assignment]
             f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds})", 600))
@@ -308,5 +386,7 @@ def run(opts: argparse.Namespace) -> Report:
              "the pure part of each port-up (in-process)" if fn == "measure_compute" else
              "each port-up: its dry run, its transaction, the same-CPU loop, in turn; nice "
              f"{os.getpriority(os.PRIO_PROCESS, 0)}" if fn == "measure_sched" else
+             "the thread's CPU (time.thread_time) unless 'wall'; forms alternate port-up by port-up; "
+             "executor with the ledger (as the agent's)" if fn == "measure_netlink" else
              "each port-up's transaction alone (libnftables in-process, the agent's executor); forms alternate"]
     return Report(NAME, cols, rows, notes=notes)
