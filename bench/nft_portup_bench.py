@@ -256,8 +256,9 @@ def measure_netlink(sizes: list[int], rounds: int) -> dict[str, Any]:
     from bench.firewall_bench import _view
     from vxnet.compute.firewall import compute_firewall
     from vxnet.compute.nft_table import table_text
-    from vxnet.dataplane.nft_driver import diff_table, element_batch
+    from vxnet.dataplane.nft_driver import diff_table
     from vxnet.dataplane.nft_exec import NftExecutor
+    from vxnet.dataplane.nft_netlink import element_batch
 
     out: dict[str, Any] = {}
     for n in sizes:
@@ -267,11 +268,7 @@ def measure_netlink(sizes: list[int], rounds: int) -> dict[str, Any]:
         fw = compute_firewall(_view(n), "h1")
         if ex.run("flush ruleset\n" + "".join(table_text(t) for t in fw.tables)) is not None:
             raise RuntimeError(f"loading {n} ports")
-        times: dict[str, list[float]] = {k: [] for k in (
-            "libnftables: diff_table (Python)", "libnftables: dry run (parse, cache, kernel checks)",
-            "libnftables: transaction (with 2 generation reads)", "libnftables: diff + transaction",
-            "generation reads (2)", "netlink: element_batch (Python)", "netlink: batch (with 2 generation reads)",
-            "netlink: element_batch + batch", "libnftables: diff + transaction, wall", "netlink: element_batch + batch, wall")}
+        times: dict[str, list[float]] = {}
         commands = 0
         for k in range(2 * rounds):
             new = compute_firewall(_view(n + 1 + k), "h1")
@@ -279,26 +276,23 @@ def measure_netlink(sizes: list[int], rounds: int) -> dict[str, Any]:
             time.sleep(0.005)
             w0, c0 = time.perf_counter(), time.thread_time()
             if k % 2 == 0:
+                form, parts = "libnftables", ("diff_table (Python)", "transaction (with 2 generation reads)",
+                                              "diff + transaction")
                 text = "\n".join(c for t, o in pairs for c in diff_table(o, t)) + "\n"
+                commands = text.count("\n")
                 c1 = time.thread_time()
                 err = ex.run(text)
-                c2, w2 = time.thread_time(), time.perf_counter()
-                times["libnftables: diff_table (Python)"].append((c1 - c0) * 1e3)
-                times["libnftables: transaction (with 2 generation reads)"].append((c2 - c1) * 1e3)
-                times["libnftables: diff + transaction"].append((c2 - c0) * 1e3)
-                times["libnftables: diff + transaction, wall"].append((w2 - w0) * 1e3)
-                commands = text.count("\n")
             else:
+                form, parts = "netlink", ("element_batch (Python)", "batch (with 2 generation reads)",
+                                          "element_batch + batch")
                 batch = element_batch(pairs)
                 if not batch:
                     raise RuntimeError(f"port-up at {n} ports: not an element-only change")
                 c1 = time.thread_time()
                 err = ex.run_batch(batch)
-                c2, w2 = time.thread_time(), time.perf_counter()
-                times["netlink: element_batch (Python)"].append((c1 - c0) * 1e3)
-                times["netlink: batch (with 2 generation reads)"].append((c2 - c1) * 1e3)
-                times["netlink: element_batch + batch"].append((c2 - c0) * 1e3)
-                times["netlink: element_batch + batch, wall"].append((w2 - w0) * 1e3)
+            c2, w2 = time.thread_time(), time.perf_counter()
+            for part, ms in zip((*parts, f"{parts[2]}, wall"), (c1 - c0, c2 - c1, c2 - c0, w2 - w0), strict=True):
+                times.setdefault(f"{form}: {part}", []).append(ms * 1e3)
             if err is not None:
                 raise RuntimeError(f"port-up at {n} ports: {err}")
             fw = new
@@ -308,12 +302,13 @@ def measure_netlink(sizes: list[int], rounds: int) -> dict[str, Any]:
                 lib.nft_ctx_set_dry_run(ctx, True)
                 c0 = time.thread_time()
                 ex._lib.run(text)  # type: ignore[union-attr]
-                times["libnftables: dry run (parse, cache, kernel checks)"].append((time.thread_time() - c0) * 1e3)
+                times.setdefault("libnftables: dry run (parse, cache, kernel checks)", []).append(
+                    (time.thread_time() - c0) * 1e3)
                 lib.nft_ctx_set_dry_run(ctx, False)
                 c0 = time.thread_time()
                 ex.generation()
                 ex.generation()
-                times["generation reads (2)"].append((time.thread_time() - c0) * 1e3)
+                times.setdefault("generation reads (2)", []).append((time.thread_time() - c0) * 1e3)
         ex.close()
         out[str(n)] = _result(times, commands, fw)
     return out

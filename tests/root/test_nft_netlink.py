@@ -16,7 +16,8 @@ import pytest
 from tests.root.conftest import needs_root
 from tests.root.helpers import nsexec
 from vxnet.compute.nft_table import NftChain, NftSet, NftTable, dispatch, entries_map, nft_rule, table_text
-from vxnet.dataplane.nft_driver import NftDriver, NftError, diff_table, element_batch
+from vxnet.dataplane.nft_driver import NftDriver, NftError, diff_table
+from vxnet.dataplane.nft_netlink import element_batch
 from vxnet.lab import topology
 
 pytestmark = needs_root

@@ -1,4 +1,4 @@
-"""dataplane/nft_netlink.py's element encoding (pure) and `nft_driver.element_batch`'s choice of
+"""dataplane/nft_netlink.py's element encoding (pure) and `element_batch`'s choice of
 what goes as a netlink batch. The expected bytes are what libnftables 1.0.6 sends for the same
 elements (`nft --debug=netlink add element ...`); the root test `test_nft_netlink.py` compares
 the kernel state both leave."""
@@ -11,8 +11,14 @@ import sys
 import pytest
 
 from vxnet.compute.nft_table import NftChain, NftSet, NftTable, nft_rule
-from vxnet.dataplane.nft_driver import element_batch
-from vxnet.dataplane.nft_netlink import NLA_F_NESTED, Unencodable, element_message, encode_element, layout
+from vxnet.dataplane.nft_netlink import (
+    NLA_F_NESTED,
+    Unencodable,
+    element_batch,
+    element_message,
+    encode_element,
+    layout,
+)
 
 TAP = b"tap00000021-9e\0\0"                 # ifname: 16 bytes
 MAC = bytes.fromhex("020000000021")

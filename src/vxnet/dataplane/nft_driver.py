@@ -61,7 +61,7 @@ from vxnet.compute.nft_table import NftChain, NftSet, NftTable, table_text
 from vxnet.dataplane import nft_image
 from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, NftExecutor
 from vxnet.dataplane.nft_ledger import LEDGER, Token
-from vxnet.dataplane.nft_netlink import MAX_BATCH, Message, Unencodable, element_message
+from vxnet.dataplane.nft_netlink import Message, element_batch
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
@@ -259,39 +259,6 @@ def diff_table(old: NftTable, new: NftTable, handles: dict[str, dict[str, int]] 
     head += [f"add {ns_[m].kind} {f} {n} {m} {ns_[m].declaration()}" for m in named if m in ns_]
     fill = [_fill_chain(f, n, c) for c in fills if c.rules]
     return pre + head + elements + fill + rules + tail
-
-
-def element_batch(changes: Iterable[tuple[NftTable, NftTable]]) -> list[Message] | None:
-    """The change from each `old` to `new` (`(new, old)` pairs) as netlink element messages
-    (`dataplane/nft_netlink.py`), when it only adds and deletes elements of existing sets and
-    maps (the same chains, the same sets with the same declarations: a port-up) and the
-    encoder knows every one of them; else None (the change goes as text through libnftables)."""
-    out: list[Message] = []
-    size = 0
-    for new, old in changes:
-        if old.chains != new.chains or len(old.sets) != len(new.sets):
-            return None
-        before = {s.name: s for s in old.sets}
-        for s in new.sets:
-            b = before.get(s.name)
-            if b is None or (b.kind, b.type, b.flags) != (s.kind, s.type, s.flags):
-                return None
-            if b is s or b.elements == s.elements:
-                continue
-            # a map element whose value changed: its key deleted, then added with the new value
-            for delete, elements in ((True, b.elements - s.elements), (False, s.elements - b.elements)):
-                if not elements:
-                    continue
-                try:
-                    m = element_message(new.family, new.name, s.name, s.type, s.flags, s.kind, sorted(elements), delete)
-                except Unencodable as e:
-                    log.debug("%s %s: %s; through libnftables", new.name, s.name, e)
-                    return None
-                out.append(m)
-                size += len(m.payload) + 20
-                if size > MAX_BATCH:
-                    return None
-    return out
 
 
 def _add_elements(f: str, n: str, s: NftSet, elements: frozenset[str]) -> list[str]:

@@ -13,6 +13,9 @@ Contract:
   then a GETGEN in its own request, and returns (the batch's errors as text or None, the
   generation after). The kernel handles a netlink request inside `sendmsg`, so every error of
   the batch is queued before the GETGEN's answer.
+- `element_batch([(new, old), ...])`: the messages turning each table `old` into `new` when
+  that only adds and deletes elements of existing sets and maps (the same chains, the same
+  declarations: a port-up), else None (the caller sends text through libnftables).
 - `element_message(family, table, set, elements, delete)`: one NEWSETELEM/DELSETELEM message of
   the elements, written as the agent writes them (`compute/nft_table.py` element texts) and
   encoded from the set's declared type (`NftSet.type`: nft datatypes or `typeof` expressions;
@@ -29,12 +32,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import logging
 import os
 import re
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from vxnet.compute.nft_table import NftTable
+
+log = logging.getLogger("vxnet.dataplane.nft")
 
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWSETELEM, NFT_MSG_GETGEN, NFT_MSG_DELSETELEM = 12, 16, 14
@@ -252,6 +260,39 @@ def element_message(family: str, table: str, name: str, type_text: str, flags: s
     return Message((NFNL_SUBSYS_NFTABLES << 8) | op, NLM_F_REQUEST | (0 if delete else NLM_F_CREATE),
                    FAMILIES[family], payload,
                    f"{'delete' if delete else 'add'} element {family} {table} {name} ({len(elements)})")
+
+
+def element_batch(changes: Iterable[tuple[NftTable, NftTable]]) -> list[Message] | None:
+    """The change from each `old` to `new` (`(new, old)` pairs) as netlink element messages
+    (`dataplane/nft_netlink.py`), when it only adds and deletes elements of existing sets and
+    maps (the same chains, the same sets with the same declarations: a port-up) and the
+    encoder knows every one of them; else None (the change goes as text through libnftables)."""
+    out: list[Message] = []
+    size = 0
+    for new, old in changes:
+        if old.chains != new.chains or len(old.sets) != len(new.sets):
+            return None
+        before = {s.name: s for s in old.sets}
+        for s in new.sets:
+            b = before.get(s.name)
+            if b is None or (b.kind, b.type, b.flags) != (s.kind, s.type, s.flags):
+                return None
+            if b is s or b.elements == s.elements:
+                continue
+            # a map element whose value changed: its key deleted, then added with the new value
+            for delete, elements in ((True, b.elements - s.elements), (False, s.elements - b.elements)):
+                if not elements:
+                    continue
+                try:
+                    m = element_message(new.family, new.name, s.name, s.type, s.flags, s.kind, sorted(elements), delete)
+                except Unencodable as e:
+                    log.debug("%s %s: %s; through libnftables", new.name, s.name, e)
+                    return None
+                out.append(m)
+                size += len(m.payload) + 20
+                if size > MAX_BATCH:
+                    return None
+    return out
 
 
 def _nlmsg(kind: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
