@@ -31,6 +31,12 @@ the kernel's checks and validation, then its abort), then committed: the thread'
 on a run queue (`/proc/thread-self/schedstat`) and its involuntary context switches; then a
 pure Python loop of the same CPU time (no system call) as the control for what the machine's
 load alone costs. Run under `nice -n N` to see what a priority changes.
+`--nft-compare netlink`: each port-up's change the two ways the driver can send it, alternating
+port by port through an executor keeping the ledger (as the agent's): as text through libnftables
+(`diff_table`, the transaction) and as one netlink batch of its elements (`nft_netlink`
+`element_batch`, `run_batch`); the thread's CPU of each part, the wall time of both, and for the
+text its dry run (libnftables' parse, evaluation and cache, the kernel's checks) and the two
+generation reads that bracket any transaction.
 Contract: only its own sandbox namespace; figures never invented.
 """
 
