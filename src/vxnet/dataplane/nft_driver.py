@@ -29,7 +29,12 @@ Contract:
   passes `previous` None next time.
 - Transactions and listings go through the one executor (`dataplane/nft_exec.py`: libnftables
   in-process, else the `nft` program), in a worker thread that entered the host namespace
-  (`setns` is per thread) when `netns` is set; `counters()` is a JSON listing through it.
+  (`setns` is per thread) when `netns` is set; `counters()` is a JSON listing through it. A
+  change that only adds and deletes elements of existing sets and maps (a port-up: the same
+  chains, the same set declarations) goes as one netlink batch of those elements instead
+  (`nft_netlink.element_batch`, `NftExecutor.run_batch`: all or nothing too, no libnftables
+  parse or cache; `ApplyResult.netlink`), when the encoder knows every element and the executor
+  runs in process; anything else as text.
 - `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
   (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
   packet meets the rules again instead of `ct established`.
