@@ -33,6 +33,12 @@ pure Python loop of the same CPU time (no system call) as the control for what t
 load alone costs. Run under `nice -n N` to see what a priority changes.
 `--nft-v6`: every port dual-stack (an IPv6 fixed IP besides its IPv4 one: IPv6 pairs, its
 link-local too), in every form.
+`--nft-compare netlink`: each port-up's change the two ways the driver can send it, alternating
+port by port through an executor keeping the ledger (as the agent's): as text through libnftables
+(`diff_table`, the transaction) and as one netlink batch of its elements (`nft_netlink`
+`element_batch`, `run_batch`); the thread's CPU of each part, the wall time of both, and for the
+text its dry run (libnftables' parse, evaluation and cache, the kernel's checks) and the two
+generation reads that bracket any transaction.
 Contract: only its own sandbox namespace; figures never invented.
 """
 
@@ -248,6 +254,75 @@ def measure_sched(sizes: list[int], rounds: int, v6: bool = False) -> dict[str, 
     return out
 
 
+def measure_netlink(sizes: list[int], rounds: int, v6: bool = False) -> dict[str, Any]:
+    """Inside the sandbox: per size, each port-up's change applied the two ways the driver can,
+    alternating port by port, through an executor keeping the ledger (as the agent's): as text
+    through libnftables (`diff_table`, then the transaction) and as one netlink batch of its
+    elements (`element_batch`, then `run_batch`); the thread's CPU of each part (ms), and for
+    the text the dry run (libnftables' parse, evaluation and cache, the kernel's checks, abort)
+    and the two generation reads around a transaction."""
+    import ctypes
+
+    import_repo()
+    from vxnet.compute.nft_table import table_text
+    from vxnet.dataplane.nft_driver import diff_table
+    from vxnet.dataplane.nft_exec import NftExecutor
+    from vxnet.dataplane.nft_netlink import element_batch
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        ex = NftExecutor(ledger=True)
+        lib, ctx = ex._lib._lib, ex._lib._ctx  # type: ignore[union-attr]
+        lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        fw = _fw(n, v6)
+        if ex.run("flush ruleset\n" + "".join(table_text(t) for t in fw.tables)) is not None:
+            raise RuntimeError(f"loading {n} ports")
+        times: dict[str, list[float]] = {}
+        commands = 0
+        for k in range(2 * rounds):
+            new = _fw(n + 1 + k, v6)
+            pairs = list(zip(new.tables, fw.tables, strict=True))
+            time.sleep(0.005)
+            w0, c0 = time.perf_counter(), time.thread_time()
+            if k % 2 == 0:
+                form, parts = "libnftables", ("diff_table (Python)", "transaction (with 2 generation reads)",
+                                              "diff + transaction")
+                text = "\n".join(c for t, o in pairs for c in diff_table(o, t)) + "\n"
+                commands = text.count("\n")
+                c1 = time.thread_time()
+                err = ex.run(text)
+            else:
+                form, parts = "netlink", ("element_batch (Python)", "batch (with 2 generation reads)",
+                                          "element_batch + batch")
+                batch = element_batch(pairs)
+                if not batch:
+                    raise RuntimeError(f"port-up at {n} ports: not an element-only change")
+                c1 = time.thread_time()
+                err = ex.run_batch(batch)
+            c2, w2 = time.thread_time(), time.perf_counter()
+            for part, ms in zip((*parts, f"{parts[2]}, wall"), (c1 - c0, c2 - c1, c2 - c0, w2 - w0), strict=True):
+                times.setdefault(f"{form}: {part}", []).append(ms * 1e3)
+            if err is not None:
+                raise RuntimeError(f"port-up at {n} ports: {err}")
+            fw = new
+            if k % 2 == 0:                     # the next port-up's text as a dry run: libnftables' part
+                nxt = _fw(n + 2 + k, v6)
+                text = "\n".join(c for t, o in zip(nxt.tables, fw.tables, strict=True) for c in diff_table(o, t)) + "\n"
+                lib.nft_ctx_set_dry_run(ctx, True)
+                c0 = time.thread_time()
+                ex._lib.run(text)  # type: ignore[union-attr]
+                times.setdefault("libnftables: dry run (parse, cache, kernel checks)", []).append(
+                    (time.thread_time() - c0) * 1e3)
+                lib.nft_ctx_set_dry_run(ctx, False)
+                c0 = time.thread_time()
+                ex.generation()
+                ex.generation()
+                times.setdefault("generation reads (2)", []).append((time.thread_time() - c0) * 1e3)
+        ex.close()
+        out[str(n)] = _result(times, commands, fw)
+    return out
+
+
 def measure(sizes: list[int], rounds: int, v6: bool = False) -> dict[str, Any]:
     """Inside the sandbox: per size, the transaction times of both forms (ms)."""
     import_repo()
@@ -278,11 +353,12 @@ def measure(sizes: list[int], rounds: int, v6: bool = False) -> dict[str, Any]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nft-sizes", default="10,100,300", help="local ports before the port-ups (10,100,300)")
     p.add_argument("--nft-rounds", type=int, default=15, help="port-ups per form and size (15)")
-    p.add_argument("--nft-compare", choices=("classic", "sets", "compute", "sched"), default="classic",
+    p.add_argument("--nft-compare", choices=("classic", "sets", "compute", "sched", "netlink"), default="classic",
                    help="classic: cache-free vs classic commands; sets: plain vs anonymous-set checks; "
                         "compute: the pure part (firewall compute, render, diff), no kernel; sched: each "
                         "transaction's CPU (and its dry run's), run-queue wait and preemptions against a "
-                        "pure Python loop of the same CPU")
+                        "pure Python loop of the same CPU; netlink: the port-up as libnftables text vs a "
+                        "netlink batch of its elements (the thread's CPU of each part)")
     p.add_argument("--nft-v6", action="store_true", help="dual-stack ports (an IPv6 fixed IP each)")
 
 
@@ -295,7 +371,8 @@ def run(opts: argparse.Namespace) -> Report:
     rounds = 3 if opts.quick else max(1, int(getattr(opts, "nft_rounds", 15)))
     v6 = bool(getattr(opts, "nft_v6", False))
     load0 = os.getloadavg()[0]
-    fn = {"sets": "measure_sets", "compute": "measure_compute", "sched": "measure_sched"}.get(compare, "measure")
+    fn = {"sets": "measure_sets", "compute": "measure_compute", "sched": "measure_sched",
+          "netlink": "measure_netlink"}.get(compare, "measure")
     try:
         res: dict[str, Any] = (measure_compute(sizes, rounds, v6) if compare == "compute" else in_sandbox(  # type: ignore[assignment]
             f"__import__('bench.nft_portup_bench', fromlist=['_']).{fn}({sizes!r}, {rounds}, {v6!r})", 600))
@@ -314,5 +391,7 @@ def run(opts: argparse.Namespace) -> Report:
              "the pure part of each port-up (in-process)" if fn == "measure_compute" else
              "each port-up: its dry run, its transaction, the same-CPU loop, in turn; nice "
              f"{os.getpriority(os.PRIO_PROCESS, 0)}" if fn == "measure_sched" else
+             "the thread's CPU (time.thread_time) unless 'wall'; forms alternate port-up by port-up; "
+             "executor with the ledger (as the agent's)" if fn == "measure_netlink" else
              "each port-up's transaction alone (libnftables in-process, the agent's executor); forms alternate"]
     return Report(NAME, cols, rows, notes=notes)

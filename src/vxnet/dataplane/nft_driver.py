@@ -29,7 +29,12 @@ Contract:
   passes `previous` None next time.
 - Transactions and listings go through the one executor (`dataplane/nft_exec.py`: libnftables
   in-process, else the `nft` program), in a worker thread that entered the host namespace
-  (`setns` is per thread) when `netns` is set; `counters()` is a JSON listing through it.
+  (`setns` is per thread) when `netns` is set; `counters()` is a JSON listing through it. A
+  change that only adds and deletes elements of existing sets and maps (a port-up: the same
+  chains, the same set declarations) goes as one netlink batch of those elements instead
+  (`nft_netlink.element_batch`, `NftExecutor.run_batch`: all or nothing too, no libnftables
+  parse or cache; `ApplyResult.netlink`), when the encoder knows every element and the executor
+  runs in process; anything else as text.
 - `forget_flows(zone, address)`: the conntrack entries of a flow whose access was revoked
   (a remote-group member left) are deleted (`conntrack -D`), as Neutron does, so its next
   packet meets the rules again instead of `ct established`.
@@ -61,6 +66,7 @@ from vxnet.compute.nft_table import NftChain, NftSet, NftTable, table_text
 from vxnet.dataplane import nft_image
 from vxnet.dataplane.nft_exec import OUTPUT_HANDLE, OUTPUT_JSON, NftExecutor
 from vxnet.dataplane.nft_ledger import LEDGER, Token
+from vxnet.dataplane.nft_netlink import Message, element_batch
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
@@ -78,8 +84,9 @@ class NftError(Exception):
 @dataclasses.dataclass(frozen=True)
 class ApplyResult:
     mode: str                 # noop | unchanged | verified | adopt | incremental | full
-    commands: int             # lines sent to nft
+    commands: int             # lines sent to nft (or element messages in the netlink batch)
     seconds: float
+    netlink: bool = False     # sent as a netlink batch of set/map elements, not through libnftables
 
 
 def _set_text(elements: Iterable[str]) -> str:
@@ -313,6 +320,7 @@ class _Transactions:
         self._q: queue.Queue[tuple[Callable[[], Any], list[Any], threading.Event] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._worker_exec: NftExecutor | None = None
+        self.netlink = False          # the last `run` sent its batch (not the text)
 
     def _worker(self) -> None:
         entered = True
@@ -369,10 +377,19 @@ class _Transactions:
         """Where the last transaction left the chain of our own commits (after `run`)."""
         return self._exec().token
 
-    def run(self, text: str) -> str | None:
-        """None on success, else the error text (nothing applied)."""
+    def run(self, text: str | Callable[[], str], batch: list[Message] | None = None) -> str | None:
+        """None on success, else the error text (nothing applied). With `batch` (the same change
+        as netlink element messages) the batch is sent instead of the text when the executor
+        runs in process (`text` may then be a function, called only when it does not)."""
+        def go() -> str:
+            ex = self._exec()
+            if batch and ex.in_process:
+                self.netlink = True
+                return ex.run_batch(batch) or ""
+            self.netlink = False
+            return ex.run(text if isinstance(text, str) else text()) or ""
         try:
-            return str(self.call(lambda: self._exec().run(text) or "")) or None
+            return str(self.call(go)) or None
         except (OSError, TimeoutError, subprocess.SubprocessError) as e:
             return f"{type(e).__name__}: {e}"
 
@@ -456,9 +473,12 @@ class NftDriver:
             # every commit since our last one was one of ours (nft_ledger): the kernel holds what we left
             mode, committed = "unchanged", self._committed[1]
             changes = [(t, old if old is not None else committed.get((t.family, t.name))) for t, old in changes]
+        # Only elements of existing sets change (a port-up): one netlink batch of them, no text
+        batch = None if force_full or any(old is None for _, old in changes) else element_batch(
+            (t, old) for t, old in changes if old is not None and old is not t)
         lines: list[str] = []
         fresh: set[Key] = set()       # tables read from the kernel (or rebuilt whole) by this call
-        for t, old in changes:
+        for t, old in () if batch else changes:
             if force_full:
                 lines += table_text(t).splitlines()
                 mode = "full"
@@ -476,14 +496,20 @@ class NftDriver:
             elif old is not t and old != t:
                 lines += diff_table(old, t, self._handles(old, t))
                 mode = mode if mode in ("full", "adopt") else "incremental"
-        if lines:
+        err: str | None = None
+        if batch:
+            mode = "incremental"
+            pairs = [(t, old) for t, old in changes if old is not None]
+            err = self._tx.run(lambda: "\n".join(c for t, old in pairs for c in diff_table(old, t)) + "\n", batch)
+        elif lines:
             err = self._tx.run("\n".join(lines) + "\n")
-            if err is not None:
-                self._committed = None
-                raise NftError(err[-2000:])
-        if lines or mode in ("adopt", "verified"):
-            self._prove(changes, fresh, proof, self._tx.token() if lines else self._mark(gen0))
-        self.last = ApplyResult(mode, len(lines), time.perf_counter() - t0)
+        if (lines or batch) and err is not None:
+            self._committed = None
+            raise NftError(err[-2000:])
+        if lines or batch or mode in ("adopt", "verified"):
+            self._prove(changes, fresh, proof, self._tx.token() if lines or batch else self._mark(gen0))
+        self.last = ApplyResult(mode, len(lines) or len(batch or ()), time.perf_counter() - t0,
+                                bool(batch) and self._tx.netlink)
         return self.last
 
     def _handles(self, old: NftTable, new: NftTable) -> dict[str, dict[str, int]]:

@@ -10,6 +10,10 @@ name). A libnftables context works in the namespace of the thread that created i
 per thread), so an executor must be created and used by one thread: the nftables driver's
 worker thread, the DHCP responder thread.
 
+`run_batch(messages)`: set and map element changes as one nf_tables netlink batch of our own
+(`dataplane/nft_netlink.py`: no libnftables parse, evaluation or cache; a port-up's transaction),
+all or nothing as `run`; only in process.
+
 With `ledger=True` the executor brackets each transaction with two reads of the namespace's
 ruleset generation and reports them to `nft_ledger.LEDGER` (`token`: where that left the chain
 of our own commits; `generation()`, `mark(gen)` for its user); a `netns` executor running the
@@ -24,7 +28,8 @@ import os
 import subprocess
 from typing import Any
 
-from vxnet.dataplane.nft_ledger import LEDGER, GenIdReader, NsKey, Token, thread_netns
+from vxnet.dataplane.nft_ledger import LEDGER, NsKey, Token, thread_netns
+from vxnet.dataplane.nft_netlink import Message, NfnlSocket
 
 log = logging.getLogger("vxnet.dataplane.nft")
 
@@ -97,7 +102,7 @@ class NftExecutor:
         self._lib: LibNft | None = None
         self._ledger = ledger
         self._ns: NsKey | None = None
-        self._gen: GenIdReader | None = None
+        self._gen: NfnlSocket | None = None
         self.token: Token | None = None       # after a transaction (ledger only): see nft_ledger
         if in_process:
             try:
@@ -139,13 +144,30 @@ class NftExecutor:
     def generation(self) -> int | None:
         """The ruleset generation of this executor's namespace (None: unreadable). Only from
         the executor's own thread, as every call."""
-        if self._gen is None:
-            self._gen = GenIdReader()
         try:
-            return self._gen.read()
+            return self._nfnl().generation()
         except OSError as e:
             log.debug("nft generation unreadable: %s", e)
             return None
+
+    def _nfnl(self) -> NfnlSocket:
+        if self._gen is None:
+            self._gen = NfnlSocket()
+        return self._gen
+
+    def run_batch(self, messages: list[Message]) -> str | None:
+        """Apply set/map element changes (`nft_netlink.element_message`) as one netlink batch,
+        without libnftables: None on success, else the error text (nothing applied). Only in
+        process (the thread is in the namespace: `in_process`)."""
+        assert self._lib is not None, "run_batch needs the thread in the namespace"
+        before = self.generation() if self._ledger else None
+        try:
+            err, after = self._nfnl().batch(messages)
+        except OSError as e:
+            err, after = f"nft netlink batch: {e}", None
+        if self._ledger:
+            self.token = LEDGER.commit(self._netns(), before, after, err is None)
+        return err
 
     def mark(self, gen: int) -> Token:
         """The caller verified the kernel after reading generation `gen` (nft_ledger `mark`)."""

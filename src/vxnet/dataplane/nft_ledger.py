@@ -29,16 +29,17 @@ as another process's commit reads as ours (`after` = `before` + 1). Commits of e
 keep no ledger (the QoS table through the `nft` program, another process) break the chain:
 the next check reads the kernel back (correct, only dearer).
 
-`GenIdReader` reads the generation of the namespace the thread that first calls it is in.
+The generation is read through `nft_netlink.NfnlSocket`, in the namespace of the thread that
+first uses it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import struct
 import threading
+
+from vxnet.dataplane.nft_netlink import NfnlSocket
 
 NsKey = tuple[int, int]          # (st_dev, st_ino) of a network namespace
 
@@ -109,58 +110,10 @@ class Ledger:
 LEDGER = Ledger()      # the process's (an agent's executors share it)
 
 
-class GenIdReader:
-    """Reads the nftables ruleset generation (NFT_MSG_GETGEN) of the namespace of the thread
-    that first calls it: it changes with every committed transaction, ours or anyone's.
-
-    The netlink socket is kept open: closing a NETLINK_NETFILTER socket costs the kernel a
-    grace period (5-15 ms measured here), which every port-up paid when it was per call."""
-
-    def __init__(self) -> None:
-        self._sock: socket.socket | None = None
-        self._seq = 0
-
-    def read(self) -> int:
-        if self._sock is None:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)        # NETLINK_NETFILTER
-            s.settimeout(5)
-            s.bind((0, 0))
-            self._sock = s
-        try:
-            return self._query(self._sock)
-        except OSError:
-            self.close()            # a broken socket: the next read opens a fresh one
-            raise
-
-    def _query(self, s: socket.socket) -> int:
-        self._seq += 1
-        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)              # nfgenmsg
-        s.send(struct.pack("=IHHII", 16 + len(body), (10 << 8) | 16, 1, self._seq, 0) + body)  # NFTABLES, GETGEN
-        while True:
-            data = s.recv(65536)
-            length, mtype, _, seq = struct.unpack_from("=IHHI", data)
-            if seq == self._seq:
-                break                                                    # an older answer: skip it
-        if mtype == 2:                                                   # NLMSG_ERROR
-            raise OSError(-struct.unpack_from("=i", data, 16)[0], "NFT_MSG_GETGEN")
-        off = 20
-        while off + 4 <= length:
-            alen, atype = struct.unpack_from("=HH", data, off)
-            if atype & 0x3FFF == 1:                                      # NFTA_GEN_ID
-                return int(struct.unpack_from("!I", data, off + 4)[0])
-            off += (alen + 3) & ~3
-        raise OSError("NFT_MSG_GETGEN: no generation id")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
 def nft_genid() -> int:
     """The ruleset generation of the calling thread's namespace (one-off: opens and closes a socket)."""
-    r = GenIdReader()
+    r = NfnlSocket()
     try:
-        return r.read()
+        return r.generation()
     finally:
         r.close()
