@@ -81,8 +81,8 @@ class _LosingWatchStore(SqliteStore):
         super().__init__(path)
         self.ends: list[Any] = []
 
-    def watch(self, prefix: str, start_revision: int, callback: Any, on_error: Any = None, **kw: Any) -> Any:
-        handle = super().watch(prefix, start_revision, callback, on_error, **kw)
+    def watch(self, prefix: str, start_revision: int, callback: Any, on_error: Any = None) -> Any:
+        handle = super().watch(prefix, start_revision, callback, on_error)
         self.ends.append((handle, on_error))
         return handle
 

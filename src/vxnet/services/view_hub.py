@@ -47,17 +47,6 @@ KeyValues the repo's listings return the hub's objects instead of parsing copies
 text, holding the hub's object instead (contract.StoredKeyValue; after a load, in steps on the
 loop: `_drop_texts`).
 
-On the embedded store the hub's work for a revision runs while its COMMIT's fsync does
-(`SqliteStore` tells the group before its COMMIT: `pending`): `_prepare` applies the group to
-the index and writes its lines, and holds them; when each revision comes back durable (the
-watch's callback), `_apply` shows it in one cheap step (`_publish`: the hub's revision, logs,
-streams, reports, listeners); a failed COMMIT drops them (`_commit_failed`). Invariant: no
-line, log entry, ping revision, snapshot or listener call shows a revision before it is
-durable. While revisions are held the index is ahead of what is shown, so a stream opened then
-is primed (its snapshot or replay) once they are shown. With listeners and a group of several
-revisions nothing is prepared early (a listener's `objects` is the state after its own
-revision). On etcd the watch delivers durable revisions only and `_apply` does both steps.
-
 The hub does no store I/O on the event loop after `start` (which runs before serving): the
 store revision a subscribe needs is read by the caller off the loop, unless the store answers
 it from memory (`revision_in_memory`: the embedded store).
@@ -251,21 +240,6 @@ async def wait_within(aw: Awaitable[Any], timeout: float) -> Any:
         return await aw
 
 
-class _Held:
-    """A revision applied to the index, its lines written, not shown yet (`Hub._prepare`)."""
-
-    __slots__ = ("changes", "events", "lines", "request_id", "rev", "spent")
-
-    def __init__(self, rev: int, events: list[Event], changes: list[Change], lines: list[tuple[str, bytes]],
-                 request_id: str | None, spent: float) -> None:
-        self.rev = rev
-        self.events = events
-        self.changes = changes
-        self.lines = lines     # (host, update line), the bound host first
-        self.request_id = request_id
-        self.spent = spent     # seconds of the index and the lines (the fan-out metric)
-
-
 class Subscriber:
     """One open stream: lines waiting to be sent."""
 
@@ -275,7 +249,6 @@ class Subscriber:
         self.lines: collections.deque[bytes | Snapshot] = collections.deque()
         self.ready = asyncio.Event()
         self.closed = False
-        self.waiting = False  # opened while revisions were held: not primed yet (no ping either)
 
     def take(self) -> bytes:
         """Everything queued, written out (and no longer queued)."""
@@ -320,12 +293,6 @@ class Hub:
         # and ends with `gc.freeze()`, so later full collections skip the loaded objects
         # (100,000 ports: one full collection scanned ~1.1 M objects, 1-2 s on a shared vCPU).
         self.freeze_gc = False
-        # Revisions prepared while their COMMIT runs (`_prepare`; None: the index failed), and
-        # streams opened meanwhile, primed once nothing is held (a snapshot now would show them).
-        self._held: dict[int, _Held | None] = {}
-        self._held_upto = 0
-        self._waiting: list[tuple[Subscriber, int | None, int]] = []
-        self.failed = False  # a held revision's COMMIT failed: no more snapshots (`_commit_failed`)
 
     # start / stop ------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -339,11 +306,7 @@ class Hub:
     def _watch_from_here(self) -> None:
         while True:
             try:
-                if getattr(self.store, "tells_pending", False):  # the embedded store: see `_prepare`
-                    self._watch = self.store.watch(ROOT, self.revision + 1, self._on_events,  # type: ignore[call-arg]
-                                                   self._on_watch_error, pending=self._on_pending)
-                else:
-                    self._watch = self.store.watch(ROOT, self.revision + 1, self._on_events, self._on_watch_error)
+                self._watch = self.store.watch(ROOT, self.revision + 1, self._on_events, self._on_watch_error)
                 return
             except CompactedError:  # compacted between the range and the watch: list again
                 self.resync()
@@ -478,61 +441,23 @@ class Hub:
         return attached
 
     def _on_events(self, events: list[Event]) -> None:
-        """Store thread: hand the (durable) revision to the event loop."""
-        self._to_loop(self._apply, events)
-
-    def _on_pending(self, group: list[list[Event]] | None) -> None:
-        """Store thread, before a group's COMMIT (or None: it failed): to the loop, which
-        prepares the group while the committing thread waits in the fsync."""
-        self._to_loop(self._prepare, group)
-
-    def _to_loop(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """Store thread: hand the revision to the event loop."""
         loop = self.loop
         if loop is None or loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # loop closing
-            loop.call_soon_threadsafe(fn, arg)
+            loop.call_soon_threadsafe(self._apply, events)
 
     # changes -----------------------------------------------------------------------------------
-    def _prepare(self, group: list[list[Event]] | None) -> None:
-        """A group of revisions whose COMMIT runs now: apply them to the index and write their
-        lines, held until each comes back durable (`_apply`); a failed COMMIT (None) drops
-        them. With listeners and several revisions in the group, nothing is done early: a
-        listener's `objects` is the state after its own revision."""
-        if group is None:
-            self._commit_failed()
-            return
-        if len(group) > 1 and self.listeners:
-            return
-        for events in group:
-            rev = events[0].kv.mod_revision
-            if rev <= max(self.revision, self._held_upto):
-                continue
-            self._held[rev] = held = self._compute(events)
-            self._held_upto = rev
-            if held is None:
-                return  # the index failed: `_apply` of this revision reloads, once it is durable
-
     def _apply(self, events: list[Event]) -> None:
-        """A durable revision: publish what `_prepare` made of it, or make it now."""
         rev = events[0].kv.mod_revision
-        if rev in self._held:
-            held = self._held.pop(rev)
-        elif rev <= self.revision:
+        if rev <= self.revision:
             return  # already in a reload
-        else:
-            held = self._compute(events)
-        if held is None:
-            self.resync()
-            return
-        self._publish(held)
-        if self._waiting and not self._held:
-            self._prime_waiting()
-
-    def _compute(self, events: list[Event]) -> _Held | None:
-        """Apply one revision to the index and write its lines, showing nothing yet; None if
-        the index failed (the caller reloads: a bug in the incremental path must not lose views)."""
-        rev = events[0].kv.mod_revision
+        lost = [e.kv.key[len(LIVE_PREFIX):] for e in events
+                if e.type is EventType.DELETE and e.kv.key.startswith(LIVE_PREFIX)]
+        if lost and self.on_liveness_lost is not None:
+            for host in lost:
+                self.on_liveness_lost(host)  # scheduled: runs after this revision is applied
         started = time.perf_counter()
         try:
             changes: list[Change] = []
@@ -564,39 +489,20 @@ class Hub:
                         index_changes.append((coll, id_, after))
                 changes.append((coll, id_, before, after))
             messages = self.index.apply(index_changes)
-        except Exception:
+        except Exception:  # a bug in the incremental path must not lose views: reload instead
             log.exception("view index failed at revision %d; reloading", rev)
-            return None
-        request_id = next((e.kv.value for e in events
-                           if e.type is EventType.PUT and e.kv.key == REQUEST_KEY), None)
-        lines = []
-        for h in _owners_first(messages, changes):
-            body: dict[str, Any] = {"type": "update", "revision": rev}
-            if request_id is not None:
-                body["request_id"] = request_id  # the API call that produced this revision
-            body.update(messages[h].wire())
-            lines.append((h, dumps(body) + b"\n"))
-        return _Held(rev, events, changes, lines, request_id, time.perf_counter() - started)
-
-    def _publish(self, held: _Held) -> None:
-        """Show a durable revision: the hub's revision, the hosts' logs and streams, reports,
-        doctor requests and listeners (in one loop step: see the module docstring on pings)."""
-        started = time.perf_counter()
-        rev, events, changes = held.rev, held.events, held.changes
-        lost = [e.kv.key[len(LIVE_PREFIX):] for e in events
-                if e.type is EventType.DELETE and e.kv.key.startswith(LIVE_PREFIX)]
-        if lost and self.on_liveness_lost is not None:
-            for host in lost:
-                self.on_liveness_lost(host)  # scheduled: runs after this revision is applied
+            self.resync()
+            return
         self.revision = rev
         if len(self.index.members) != len(self.floor):  # a host registered: tracked from here on
             for h in self.index.members:
                 if h not in self.floor:
                     self.floor[h] = rev
                     self.logs[h] = collections.deque()
-        if held.request_id is not None and held.lines and log.isEnabledFor(logging.DEBUG):  # no sort per revision
-            log.debug("revision %d (request %s) updates the views of %s", rev, held.request_id,
-                      ",".join(sorted(h for h, _ in held.lines)))
+        request_id = next((e.kv.value for e in events
+                           if e.type is EventType.PUT and e.kv.key == REQUEST_KEY), None)
+        if request_id is not None and messages and log.isEnabledFor(logging.DEBUG):  # no sort per revision
+            log.debug("revision %d (request %s) updates the views of %s", rev, request_id, ",".join(sorted(messages)))
         for e in events:
             if e.type is EventType.PUT and e.kv.key == DOCTOR_KEY:
                 self._doctor(e.kv.value)
@@ -605,13 +511,19 @@ class Hub:
                     self.reports[e.kv.key[len(STATUS_PREFIX):]] = _parse(e.kv.value)
                 else:
                     self.reports.pop(e.kv.key[len(STATUS_PREFIX):], None)
-        for h, line in held.lines:
+        for h in _owners_first(messages, changes):
+            msg = messages[h]
             self.last_change[h] = rev
+            body: dict[str, Any] = {"type": "update", "revision": rev}
+            if request_id is not None:
+                body["request_id"] = request_id  # the API call that produced this revision
+            body.update(msg.wire())
+            line = dumps(body) + b"\n"
             self._record(h, rev, line)
             for s in self.subs.get(h, ()):
                 s.push(line, rev)
         if self.fanout_seconds is not None:
-            self.fanout_seconds.observe(held.spent + time.perf_counter() - started)
+            self.fanout_seconds.observe(time.perf_counter() - started)
         if changes and self.listeners:
             objects = self.objects()
             for listener in list(self.listeners):
@@ -619,22 +531,6 @@ class Hub:
                     listener.on_changes(rev, changes, objects)
                 except Exception:  # one listener's bug must not stop the views
                     log.exception("change listener failed at revision %d", rev)
-
-    def _commit_failed(self) -> None:
-        """The COMMIT of the held revisions failed (the embedded store closed itself): drop
-        them and end every stream. The index is ahead of the file now, so the hub sends no
-        more snapshots (`failed`): a restarted server reloads the file."""
-        log.error("store commit failed: dropping the views' held revisions %s", sorted(self._held))
-        self._held.clear()
-        self.failed = True
-        for sub, _, _ in self._waiting:
-            sub.closed = True
-            sub.ready.set()
-        self._waiting.clear()
-        for subs in self.subs.values():
-            for s in subs:
-                s.closed = True
-                s.ready.set()
 
     def _doctor(self, value: str) -> None:
         """A doctor request: a `doctor` line to the streams of the hosts it names (not logged
@@ -666,7 +562,6 @@ class Hub:
         every open stream a snapshot."""
         self._log_order.clear()
         self._log_bytes = 0
-        self._held.clear()
         self._load(fetched)
         for host, subs in self.subs.items():
             self.index.track(host)
@@ -678,8 +573,6 @@ class Hub:
         for listener in list(self.listeners):
             with contextlib.suppress(Exception):
                 listener.on_reload(self.revision)
-        if self._waiting:
-            self._prime_waiting()
 
     # streams -----------------------------------------------------------------------------------
     def snapshot(self, host: str) -> Snapshot:
@@ -695,28 +588,7 @@ class Hub:
     def subscribe(self, host: str, since: int | None, store_revision: int) -> Subscriber:
         """A new stream for `host`, primed with a snapshot or the log after `since`.
         `store_revision`: the store's current revision, read by the caller off the loop (a
-        `since` beyond it belongs to another store). While revisions are held (`_prepare`) the
-        stream is primed when they are shown: the index holds them already."""
-        if self.failed:
-            sub = Subscriber(host, self.revision)
-            sub.closed = True
-            return sub
-        if self._held:
-            sub = Subscriber(host, self.revision)
-            sub.waiting = True
-            self._waiting.append((sub, since, store_revision))
-            return sub
-        return self._prime(Subscriber(host, self.revision), since, store_revision)
-
-    def _prime_waiting(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for sub, since, store_revision in waiting:
-            self._prime(sub, since, store_revision)
-
-    def _prime(self, sub: Subscriber, since: int | None, store_revision: int) -> Subscriber:
-        """`sub` primed with a snapshot or the log after `since`, and open."""
-        host = sub.host
-        sub.waiting = False
+        `since` beyond it belongs to another store)."""
         if self.index.track(host):
             self.floor[host] = self.revision
             self.logs[host] = collections.deque()
@@ -726,17 +598,16 @@ class Hub:
         if since is not None and floor <= since <= store_revision:
             replay = [(rev, line) for rev, line in self.logs.get(host, ()) if rev > since]
         if since is None or since < floor or since > store_revision or len(replay) >= LOG_LENGTH:
-            sub.since = self.revision  # a snapshot is shorter than a long replay
+            sub = Subscriber(host, self.revision)  # a snapshot is shorter than a long replay
             sub.push(self.snapshot(host))
         else:
-            sub.since = since
+            sub = Subscriber(host, since)
             for rev, line in replay:
                 sub.push(line, rev)
         self.subs.setdefault(host, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        self._waiting = [w for w in self._waiting if w[0] is not sub]
         subs = self.subs.get(sub.host)
         if subs is not None:
             subs.discard(sub)
@@ -781,7 +652,7 @@ class Hub:
                 except TimeoutError:
                     # Updates may have been queued after the timeout fired and before this
                     # resumed: they go first, or the ping would claim a revision not delivered.
-                    if not sub.lines and not sub.closed and not sub.waiting:
+                    if not sub.lines and not sub.closed:
                         yield self.ping_line(sub)
         finally:
             self.unsubscribe(sub)

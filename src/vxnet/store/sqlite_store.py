@@ -13,11 +13,6 @@ Design:
   such a read is in the same or a later group, so it is never durable without it. Watchers get
   events only once they are durable. If a COMMIT fails, memory is ahead of the file: the store
   closes itself (every later call raises StoreError) and a restart reloads the file.
-- A watch may also ask to hear a group while its COMMIT runs (`pending`): the group's
-  revisions just before the COMMIT (whose fsync releases the GIL, so a watcher on another
-  thread can prepare its work then), and `None` if that COMMIT fails. It must show nothing of
-  them until the same revisions come to its callback, durable (services/view_hub.py holds the
-  lines it made of them until then).
 - All keys are mirrored in memory (a dict, and the sorted `KeySet` of store/keyset.py), so
   reads never touch SQLite. A KeyValue handed out stays the same object until its key changes,
   so a parsed copy attached to it (`KeyValue.attach`) is shared by every reader, and a long
@@ -52,7 +47,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from vxnet.store import secure_files
 from vxnet.store.contract import (
@@ -97,22 +91,15 @@ _PUT_KV = ("INSERT INTO kv VALUES (?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE SET 
 _SET_META = "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value=excluded.value"
 
 
-# A watcher told of a group of revisions before its COMMIT (see the module docstring): each
-# revision's events under its prefix, or None when that COMMIT failed.
-PendingCallback = Callable[[list[list[Event]] | None], None]
-
-
 class _Watcher:
-    __slots__ = ("callback", "cancelled", "pending", "prefix", "start", "store")
+    __slots__ = ("callback", "cancelled", "prefix", "start", "store")
 
-    def __init__(self, store: SqliteStore, prefix: str, callback: WatchCallback, start: int = 0,
-                 pending: PendingCallback | None = None) -> None:
+    def __init__(self, store: SqliteStore, prefix: str, callback: WatchCallback, start: int = 0) -> None:
         self.store = store
         self.prefix = prefix
         self.callback = callback
         self.cancelled = False
         self.start = start
-        self.pending = pending
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -125,7 +112,6 @@ class SqliteStore:
     may_lose_answers = False  # a txn either commits and answers, or raises before COMMIT
     keeps_key_values = True   # get/range hand out the store's own KeyValues (see the module docstring)
     revision_in_memory = True  # `revision()` reads a field: callers on an event loop may call it there
-    tells_pending = True       # `watch(..., pending=)`: a group's revisions while its COMMIT runs
 
     def __init__(self, path: str, history: int = 200_000, reap_interval: float = 0.25,
                  synchronous: str = "FULL") -> None:
@@ -316,7 +302,6 @@ class SqliteStore:
         if not queue:
             return
         db = self._db
-        told: list[_Watcher] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for rev, staged, events, texts, revoked_lease in queue:
@@ -341,16 +326,13 @@ class SqliteStore:
             db.execute(_SET_META, ("revision", upto))
             if upto - self._compacted > self._history + 1000:
                 self._compact_locked(upto - self._history)
-            told = self._tell_pending(queue)
-            self._commit()
+            db.execute("COMMIT")
         except BaseException as e:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             with self._lock:  # memory is ahead of the file now: stop serving
                 self._failed = e
                 self._closed.set()
-                for w in told:
-                    _deliver(w.pending, None)
             log.exception("group commit failed: the store is closed")
             raise StoreError(f"commit failed: {e}") from e
         with self._lock:
@@ -362,26 +344,6 @@ class SqliteStore:
         if self._commits >= CHECKPOINT_EVERY:
             self._commits = 0
             self._checkpoint_due.set()
-
-    def _commit(self) -> None:
-        """The group's COMMIT: its fsync releases the GIL (a seam for tests that hold it)."""
-        self._db.execute("COMMIT")
-
-    def _tell_pending(self, queue: list[tuple[int, dict[str, KeyValue | None], list[Event], list[str], int]]
-                      ) -> list[_Watcher]:
-        """Hand the group's revisions to the watchers that asked for them before its COMMIT
-        (the module docstring); the watchers told."""
-        told = []
-        with self._lock:
-            for w in self._watchers:
-                if w.pending is None or w.cancelled:
-                    continue
-                group = [mine for rev, _, events, _, _ in queue if events and rev >= w.start
-                         for mine in [[e for e in events if e.kv.key.startswith(w.prefix)]] if mine]
-                if group:
-                    _deliver(w.pending, group)
-                    told.append(w)
-        return told
 
     def _holds(self, c: Compare) -> bool:
         if not c.prefix:
@@ -402,17 +364,15 @@ class SqliteStore:
         start_revision: int,
         callback: WatchCallback,
         on_error: Callable[[Exception], None] | None = None,
-        pending: PendingCallback | None = None,
     ) -> _Watcher:
         """See the contract. The embedded store never ends a watch by itself (it compacts only
         history older than any live watcher could need, and delivers synchronously), so
-        `on_error` is never called. `pending`: see the module docstring (history replayed here
-        is durable already: it goes to `callback` only)."""
+        `on_error` is never called."""
         with self._db_lock, self._lock:  # the file holds exactly the revisions up to _durable_rev
             self._check_open()
             if start_revision <= self._compacted:
                 raise CompactedError(self._compacted)
-            w = _Watcher(self, prefix, callback, start_revision, pending)
+            w = _Watcher(self, prefix, callback, start_revision)
             if start_revision <= self._durable_rev:
                 rows = self._db.execute(
                     "SELECT rev, type, key, value, create_rev, version, lease FROM events "
@@ -571,12 +531,10 @@ class SqliteStore:
         return int(row[0]) if row else 0
 
 
-def _deliver(callback: Callable[[Any], None], events: list[Any] | None) -> None:
-    """Run a watch callback (or a `pending` one); its failure is logged and hurts neither the
-    writer nor the other watchers."""
+def _deliver(callback: WatchCallback, events: list[Event]) -> None:
+    """Run a watch callback; its failure is logged and hurts neither the writer (whose
+    transaction is committed already) nor the other watchers."""
     try:
         callback(events)
     except Exception:
-        first = events[0] if events else None
-        log.exception("watch callback %r failed at revision %s", callback,
-                      first.kv.mod_revision if isinstance(first, Event) else "(a pending group)")
+        log.exception("watch callback %r failed at revision %s", callback, events[0].kv.mod_revision)
