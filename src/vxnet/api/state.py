@@ -3,21 +3,28 @@
 
 Store calls are synchronous (an etcd transaction is a network round trip, retries sleep), so an
 `async def` handler never makes them itself: it hands the whole piece of work (a repo
-transaction, a service call, a read) to `run_store`, which runs it on a worker thread under a
-bounded limiter (STORE_THREADS at once; the rest wait without blocking the loop). The event loop
-only parses, validates and streams.
+transaction, a service call, a read) to `run_store`, which runs it on a worker thread of the
+loop's store pool (STORE_THREADS at once; the rest wait in its queue without blocking the loop).
+The event loop only parses, validates and streams.
+
+The hop is the standard library's executor, not anyio's `to_thread.run_sync`: per call that one
+added a loop pass (its checkpoint), a capacity limiter's acquire and release and a cancel scope,
+~25-30 us of CPU per request of the ~1.5-2 ms a port create or bind costs (docs/benchmarks.md,
+session 18). What it did is kept: the work runs in a copy of the caller's context (the request
+id the store writes carry, services/repo.py REQUEST_ID); a cancelled caller stops waiting at
+once while started work runs its course on its thread, and queued work does not start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import weakref
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
-import anyio.to_thread
-from anyio import CapacityLimiter
 from fastapi import Request
 
 from vxnet.api.auth import Context, SignedTokens, authenticate
@@ -34,17 +41,19 @@ from vxnet.store.contract import Store
 P = ParamSpec("P")
 T = TypeVar("T")
 STORE_THREADS = 32  # concurrent store calls per server process; more wait their turn
-_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = weakref.WeakKeyDictionary()
+# One pool per loop (a server's, a test's): when the loop is gone, so is its pool, whose idle
+# threads then end (a ThreadPoolExecutor's workers stop once the executor is collected).
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
 
 
 async def run_store(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run blocking store work `fn(*args, **kwargs)` on a worker thread (bounded); its result.
-    Exceptions propagate as if called directly."""
+    """Run blocking store work `fn(*args, **kwargs)` on a worker thread (bounded), in a copy of
+    the caller's context; its result. Exceptions propagate as if called directly."""
     loop = asyncio.get_running_loop()
-    limiter = _limiters.get(loop)
-    if limiter is None:  # one per loop: a limiter's waiters belong to the loop they wait on
-        limiter = _limiters[loop] = CapacityLimiter(STORE_THREADS)
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=limiter)
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="vxnet-store")
+    return await loop.run_in_executor(pool, functools.partial(contextvars.copy_context().run, fn, *args, **kwargs))
 
 
 def off_loop(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
