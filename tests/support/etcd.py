@@ -1,5 +1,10 @@
 """Real etcd for tests: members started as subprocesses on free loopback ports with their own
 data directories, stopped by PID (also at interpreter exit, so a crashed test leaves nothing).
+
+`VXNET_ETCD_ARGS` (whitespace-separated) is added to every member's command line: how a
+benchmark is run against members with other settings (e.g. `--metrics extensive` for etcd's
+per-method handling times, `--backend-batch-interval 1s`; docs/benchmarks.md, the etcd write
+path's eleventh round) without a change of the tree.
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ class EtcdCluster:
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
              "--initial-cluster", self.initial, "--initial-cluster-state", "new",
              "--initial-cluster-token", os.path.basename(self.dir),
-             "--max-txn-ops", str(self.max_txn_ops)],
+             "--max-txn-ops", str(self.max_txn_ops), *os.environ.get("VXNET_ETCD_ARGS", "").split()],
             stdout=log, stderr=log,
         )
 
